@@ -1,0 +1,154 @@
+"""Exact torch implementations of the integer operators (see docs/integer_semantics.md).
+
+These functions are the ground truth every backend reproduces. They compute in int64 where an
+intermediate can exceed int32 and return the dtype the contract names. Each is FX-callable: an
+`IntegerGraph` calls them through `call_function` nodes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "quantize",
+    "dequantize",
+    "conv2d",
+    "linear",
+    "requantize",
+    "dequantize_acc",
+    "rescale",
+    "add",
+    "mean",
+    "mul",
+    "lut",
+    "flatten",
+    "fixmul",
+    "INTEGER_OPS",
+]
+
+
+def _channel_view(p: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Broadcast a per-channel vector [C] over dim 1 of an `ndim`-d tensor."""
+    return p.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def fixmul(v: torch.Tensor, multiplier: torch.Tensor | int, shift: torch.Tensor | int) -> torch.Tensor:
+    """`(v * M + 2^(s-1)) >> s` in int64: round half up (the fixed-point rule)."""
+    v = v.to(torch.int64)
+    m = torch.as_tensor(multiplier, dtype=torch.int64)
+    s = torch.as_tensor(shift, dtype=torch.int64)
+    return (v * m + (torch.ones_like(s) << (s - 1))) >> s
+
+
+def quantize(x: torch.Tensor, inv_scale: float, offset: float, qmax: int) -> torch.Tensor:
+    """Float -> codes: `clamp(floor(x * inv_scale + offset), 0, qmax)` in float64 (BatchQuant Eq. 5)."""
+    v = torch.floor(x.to(torch.float64) * inv_scale + offset)
+    return v.clamp(0, qmax).to(torch.uint8)
+
+
+def dequantize(q: torch.Tensor, scale: float, zero_point: float) -> torch.Tensor:
+    """Codes -> float64: `(q - zero_point) * scale`."""
+    return (q.to(torch.float64) - zero_point) * scale
+
+
+def conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    pad_value: int = 0,
+) -> torch.Tensor:
+    """uint8 codes (x) int8 weights -> int32 accumulator + bias; pads x with the code `pad_value`.
+
+    Computed in float64, which is exact for these magnitudes (|sum| < 2^53), then cast to int32;
+    `to_integer` has proven the int32 range.
+    """
+    pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    xd = x.to(torch.float64)
+    if pad != (0, 0):
+        xd = F.pad(xd, (pad[1], pad[1], pad[0], pad[0]), value=float(pad_value))
+    acc = F.conv2d(xd, w.to(torch.float64), None, stride, 0, dilation, groups)
+    return (acc.round().to(torch.int64) + _channel_view(bias.to(torch.int64), acc.ndim)).to(torch.int32)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K] x int8 [O, K] -> int32 [N, O] accumulator + bias."""
+    acc = x.to(torch.float64) @ w.to(torch.float64).T
+    return (acc.round().to(torch.int64) + bias.to(torch.int64)).to(torch.int32)
+
+
+def requantize(
+    acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, *, lo: int, hi: int
+) -> torch.Tensor:
+    """int32 accumulator -> codes with per-channel fixed-point multiplier and shift."""
+    m = _channel_view(multiplier.to(torch.int64), acc.ndim)
+    s = _channel_view(shift.to(torch.int64), acc.ndim)
+    return fixmul(acc, m, s).clamp(lo, hi).to(torch.uint8)
+
+
+def dequantize_acc(acc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """int32 accumulator -> float64 with a per-channel scale."""
+    return acc.to(torch.float64) * _channel_view(scale.to(torch.float64), acc.ndim)
+
+
+def rescale(x: torch.Tensor, *, multiplier: int, offset: int, shift: int, lo: int, hi: int) -> torch.Tensor:
+    """Codes of one quantizer -> codes of another: `clamp((x*M + offset) >> s, lo, hi)`."""
+    v = (x.to(torch.int64) * multiplier + offset) >> shift
+    return v.clamp(lo, hi).to(torch.uint8)
+
+
+def add(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    multiplier_a: int,
+    multiplier_b: int,
+    offset: int,
+    shift: int,
+    lo: int,
+    hi: int,
+) -> torch.Tensor:
+    """Requantized residual add: `clamp((a*Ma + b*Mb + offset) >> s, lo, hi)`."""
+    v = (a.to(torch.int64) * multiplier_a + b.to(torch.int64) * multiplier_b + offset) >> shift
+    return v.clamp(lo, hi).to(torch.uint8)
+
+
+def mean(x: torch.Tensor, *, multiplier: int, offset: int, shift: int, lo: int, hi: int) -> torch.Tensor:
+    """Global average pool on codes: `clamp((sum_hw(x)*M + offset) >> s, lo, hi)`, keepdim."""
+    total = x.to(torch.int64).sum(dim=(2, 3), keepdim=True)
+    return ((total * multiplier + offset) >> shift).clamp(lo, hi).to(torch.uint8)
+
+
+def mul(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    multiplier: int,
+    offset_g: int,
+    offset: int,
+    shift: int,
+    lo: int,
+    hi: int,
+) -> torch.Tensor:
+    """SE gating on codes: `clamp((x*g*M + g*offset_g + offset) >> s, lo, hi)`."""
+    xi, gi = x.to(torch.int64), g.to(torch.int64)
+    v = (xi * gi * multiplier + gi * offset_g + offset) >> shift
+    return v.clamp(lo, hi).to(torch.uint8)
+
+
+def lut(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """256-entry lookup table on codes (h-swish, swish, sigmoid)."""
+    return table.to(torch.uint8)[x.to(torch.int64)]
+
+
+def flatten(x: torch.Tensor) -> torch.Tensor:
+    """[N, ...] -> [N, prod(...)]."""
+    return x.reshape(x.shape[0], -1)
+
+
+INTEGER_OPS = (quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten)

@@ -12,7 +12,6 @@ import json
 import logging
 import operator
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import fx
 
 from qcompile.errors import CheckpointError
 from qcompile.ops import reference as R
+from qcompile.utils.io import atomic_write as _atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -239,21 +239,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (int, float, str, bool)) or obj is None:
         return obj
     return repr(obj)
-
-
-def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `target`."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class IntegerGraphBuilder:

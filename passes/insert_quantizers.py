@@ -1,0 +1,166 @@
+"""Pass `insert-quantizers`: turn a traced supernet into an elastic quantized supernet.
+
+QFA 3.1-3.4 / OQA 3.2: every quantized conv/linear gets an elastic LSQ weight quantizer (one
+step per bit-width) and an elastic activation quantizer (BatchQuant by default, one (gamma, beta)
+per bit-width) on its input; the active bits of each come from the `SubnetConfig`'s policy at
+`set_active` time. Layer groups outside the policy have fixed bits, defaulting to the seeds'
+conventions: first conv float (input and weights), last linear 8-bit, SE convs float, head convs
+and the blocks of fixed stages 8-bit (`head_layers`). The `QuantPoint`s of the supernet (residual adds, LUT activation inputs, SE input and gate,
+pool input, block outputs) become 8-bit activation quantizers (`residual_bits`), so the fake-quant
+model quantizes exactly the tensors the integer program materialises (docs/integer_semantics.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from qcompile.config import FLOAT_BITS, SubnetConfig
+from qcompile.errors import ConfigError
+from qcompile.nn.elastic import ElasticConv2d, ElasticLinear, QuantPoint
+from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.quant import LSQ, make_act_quant
+from qcompile.quant.functional import SUPPORTED_BITS
+
+QUANT_POINT_KINDS = ("pre_act", "residual_in", "block_out", "se_in", "se_gate", "pool_in")
+
+
+@dataclass(frozen=True)
+class PolicyBits:
+    """Binding of a quantizer's active bits to a config: `policy[slot][which]`, or `fixed` for layers
+    outside the policy; a float config (policy None) makes every quantizer a passthrough."""
+
+    slot: int | None
+    which: int  # 0 = weight, 1 = activation
+    fixed: int = FLOAT_BITS
+
+    def __call__(self, cfg: SubnetConfig) -> int:
+        if cfg.policy is None:
+            return FLOAT_BITS
+        return self.fixed if self.slot is None else cfg.policy[self.slot][self.which]
+
+
+def _quantized_choices(field: str, bits: Sequence[int]) -> tuple[int, ...]:
+    bits = tuple(int(b) for b in bits)
+    bad = [b for b in bits if b not in SUPPORTED_BITS and b != FLOAT_BITS]
+    if not bits or bad:
+        raise ConfigError(field, bad or bits, tuple(SUPPORTED_BITS) + (FLOAT_BITS,))
+    return tuple(b for b in bits if b != FLOAT_BITS)
+
+
+def _fixed(field: str, b: int) -> int:
+    if b != FLOAT_BITS and b not in SUPPORTED_BITS:
+        raise ConfigError(field, b, tuple(SUPPORTED_BITS) + (FLOAT_BITS,))
+    return int(b)
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: torch.nn.Module) -> None:
+    parent, _, leaf = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+
+
+def insert_quantizers(
+    gm: fx.GraphModule,
+    weight_bits: Sequence[int] = (2, 3, 4, 8, 32),
+    act_bits: Sequence[int] = (2, 3, 4, 8, 32),
+    *,
+    first_layer: int = FLOAT_BITS,
+    last_layer: int = 8,
+    head_layers: int = 8,
+    se_layers: int = FLOAT_BITS,
+    residual_bits: int = 8,
+    act_quant: str = "batchquant",
+    estimator: str = "channel_mean",
+    per_channel: bool = False,
+) -> fx.GraphModule:
+    """Return a quantized copy of the traced supernet `gm` (the input is not modified)."""
+    wq_choices = _quantized_choices("weight_bits", weight_bits)
+    aq_choices = _quantized_choices("act_bits", act_bits)
+    fixed = {
+        "stem": _fixed("first_layer", first_layer),
+        "classifier": _fixed("last_layer", last_layer),
+        "head": _fixed("head_layers", head_layers),
+        "se": _fixed("se_layers", se_layers),
+    }
+    rb = _fixed("residual_bits", residual_bits)
+    qkw = {"estimator": estimator} if act_quant == "batchquant" else {}
+
+    def act_q(bits: tuple[int, ...]):
+        return make_act_quant(act_quant, bits, **qkw)
+
+    gm = copy.deepcopy(gm)
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, (ElasticConv2d, ElasticLinear)):
+            role = getattr(mod, "role", "block")
+            if role == "block" and mod.slot is None:
+                role = "head"  # blocks of fixed stages (e.g. MobileNet's first block) are outside the policy
+            if role == "block":
+                wbind, abind = PolicyBits(mod.slot, 0), PolicyBits(mod.slot, 1)
+                wch, ach = wq_choices, aq_choices
+            else:
+                b = fixed.get(role, FLOAT_BITS)
+                if b == FLOAT_BITS:
+                    continue
+                wbind, abind = PolicyBits(None, 0, b), PolicyBits(None, 1, b)
+                wch, ach = (b,), (b,)
+            if not wch or not ach:
+                continue
+            nout = mod.max_out if isinstance(mod, ElasticConv2d) else mod.out
+            wq = LSQ(wch, per_channel=per_channel, num_channels=nout if per_channel else None)
+            wq.qc_binding = wbind
+            wq.active_bits = FLOAT_BITS
+            mod.weight_quant = wq
+            aq = act_q(ach)
+            aq.qc_binding = abind
+            aq.active_bits = FLOAT_BITS
+            qname = node.target + "_input_quant"
+            gm.add_submodule(qname, aq)
+            with graph.inserting_before(node):
+                qnode = graph.call_module(qname, (node.args[0],))
+            node.replace_input_with(node.args[0], qnode)
+        elif isinstance(mod, QuantPoint):
+            if mod.kind not in QUANT_POINT_KINDS:
+                raise ConfigError(f"{node.target}.kind", mod.kind, QUANT_POINT_KINDS)
+            if rb == FLOAT_BITS:
+                continue
+            aq = act_q((rb,))
+            aq.qc_binding = PolicyBits(None, 1, rb)
+            aq.active_bits = FLOAT_BITS
+            aq.quant_point = mod.kind
+            _set_module(gm, node.target, aq)
+    graph.lint()
+    gm.recompile()
+    gm.quantize_options = dict(
+        weight_bits=list(weight_bits), act_bits=list(act_bits), first_layer=first_layer, last_layer=last_layer,
+        head_layers=head_layers, se_layers=se_layers, residual_bits=residual_bits, act_quant=act_quant,
+        estimator=estimator, per_channel=per_channel,
+    )
+    return gm
+
+
+@register
+@dataclass(frozen=True)
+class InsertQuantizers(Pass):
+    """Pipeline form of `insert_quantizers` (bits as `2-3-4-8`)."""
+
+    name = "insert-quantizers"
+    weight_bits: str = "2-3-4-8-32"
+    act_bits: str = "2-3-4-8-32"
+    first_layer: int = FLOAT_BITS
+    last_layer: int = 8
+    act_quant: str = "batchquant"
+
+    def run(self, gm: fx.GraphModule) -> PassResult:
+        wb = tuple(int(b) for b in str(self.weight_bits).split("-"))
+        ab = tuple(int(b) for b in str(self.act_bits).split("-"))
+        out = insert_quantizers(gm, wb, ab, first_layer=self.first_layer, last_layer=self.last_layer,
+                                act_quant=self.act_quant)
+        return PassResult(out, True)

@@ -144,6 +144,7 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
             raise ConfigError(f"node {node.name}", node.target, "no get_attr nodes in a supernet graph")
         else:
             env[node] = graph.node_copy(node, lambda n: env[n])
+            env[node].type = None  # annotations such as torch.Tensor break GraphModule pickling in torch 2.13
     sub = fx.GraphModule(root, graph, class_name="Subnet")
     sub.graph.eliminate_dead_code()
     sub.graph.lint()

@@ -72,6 +72,8 @@ class PassManager:
         for p in self.passes:
             if isinstance(p, Pass):
                 resolved.append(p)
+            elif isinstance(p, str):
+                resolved.extend(parse_pipeline(p))
             elif isinstance(p, type) and issubclass(p, Pass):
                 resolved.append(p())
             elif callable(p):

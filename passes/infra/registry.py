@@ -19,7 +19,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 def kebab(name: str) -> str:
-    return re.sub(r"[_\s]+", "-", re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", name)).lower()
+    return re.sub(r"[_\s]+", "-", re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", name)).strip("-").lower()
 
 
 def register(obj: type[Pass] | Callable | None = None, *, name: str | None = None):

@@ -40,6 +40,8 @@ def trace(net: nn.Module) -> fx.GraphModule:
         graph = tracer.trace(net)
     except Exception as e:  # surface tracing failures as one readable error
         raise QcompileError(f"trace: cannot trace {type(net).__name__}: {type(e).__name__}: {e}") from e
+    for node in graph.nodes:
+        node.type = None  # annotations such as torch.Tensor break GraphModule pickling in torch 2.13
     gm = fx.GraphModule(tracer.root, graph, class_name=type(net).__name__ + "Graph")
     if hasattr(net, "space_info"):
         gm.space_info = dict(net.space_info)

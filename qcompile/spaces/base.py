@@ -208,6 +208,11 @@ class StagedSpace:
 
     def genes(self) -> list[Gene]:
         """The searchable choices, in encoding order. Fixed (single-choice) values are included for clarity."""
+        if not hasattr(self, "_genes"):
+            self._genes = self._build_genes()
+        return list(self._genes)
+
+    def _build_genes(self) -> list[Gene]:
         g = [Gene("resolution", None, self.resolutions)]
         if self.search_widths:
             g.append(Gene("widths", 0, self.stem_widths))
@@ -395,8 +400,8 @@ class StagedSpace:
         if len(indices) != len(genes) + 2 * self.num_layer_slots:
             raise ConfigError("indices", len(indices), f"{len(genes) + 2 * self.num_layer_slots} choice indices")
         it = iter(int(i) for i in indices)
-        vals = {id(g): g.choices[next(it)] for g in genes}
-        cfg = self._make(lambda g: vals[id(g)], None, None)
+        vals = iter([g.choices[next(it)] for g in genes])
+        cfg = self._make(lambda g: next(vals), None, None)
         bits = [self.bit_choices[next(it)] for _ in range(2 * self.num_layer_slots)]
         policy = QuantPolicy(tuple(zip(bits[::2], bits[1::2])))
         return cfg.with_policy(None if policy.is_float else policy)

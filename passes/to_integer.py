@@ -1,0 +1,551 @@
+"""to-integer: lower a calibrated fake-quant subnet to an `IntegerGraph` over `qcompile.ops`.
+
+Input: a static fake-quant subnet (fx.GraphModule of `QConv2d`/`QLinear` with LSQ weights, BatchNorm,
+activations, BatchQuant activation quantizers, residual adds, pools, SE). `to_integer` copies it, runs
+`fold_bn` and `fold_batchquant_bias` (BatchQuant Eq. 6), then walks the graph in order with one
+abstract value per node:
+
+- `Float`: a float64 tensor (float island; the graph input is float32),
+- `Codes(scale, zero_point, bits)` + a pending chain of activations: uint8 codes, real value
+  `f((q - zero_point) * scale)`,
+- `Acc(acc_scale[C])` + pending clamps: an int32 accumulator whose real value is `acc * acc_scale[c]`,
+- `Pending` add / mean / mul of codes, waiting for the quantizer that consumes them.
+
+A BatchQuant (QFA Eq. 5) consumes the value in front of it and fuses into one epilogue
+(docs/integer_semantics.md): `quantize` (float), `requantize` (accumulator: per-channel fixed-point
+multiplier and shift, ReLU/ReLU6 as `lo`/`hi`), `rescale` (codes, clamp-only chain), `lut` (codes through
+h-swish / swish / sigmoid / h-sigmoid), `add` (residual), `mean` (global average pool), `mul` (SE gate).
+Float layers (32-bit weights, SE convs) stay float64 islands between `dequantize` and `quantize`; the
+graph output is `dequantize_acc` of the classifier's accumulator.
+
+Error against the fake-quant model (each term is measured by tests/passes/test_to_integer.py):
+
+1. requantize: the int32 bias carries the float bias, folded BN, Eq. 6's `-(z+beta) sum w_q` and the
+   output zero point `z_out / r_c` rounded once, so the pre-floor value is off by at most
+   `1/2 r_c` codes (`r_c = acc_scale_c / scale_out`, "0.5 * multiplier codes"), plus the multiplier's
+   relative error `< 2^-31`.
+2. conv padding uses the code `floor(z + beta + 1/2)`: up to `1/2 * sum_{padded taps} |w_q|` accumulator
+   units at border outputs (zero for integer zero points); see passes/fold_batchquant_bias.py.
+3. rescale / add / mean / mul: fixed-point constants err by `<= (sum of input maxima + 1) / 2^(s+1)` codes.
+4. `quantize` and float islands compute in float64 where the fake-quant model uses float32 (~1e-7
+   relative); LUTs and clamp codes replay the fake-quant float32 arithmetic exactly.
+Each term moves a code only when the fake-quant value lies within that distance of a rounding
+boundary, and then by one code; logits (`dequantize_acc`) differ from the fake-quant logits by
+`acc_scale_c (1/2 + sum_k |w_q[c,k]| |dx_k|)` where `dx` is the code difference at the classifier input.
+
+`to_integer` finally runs the accumulator range analysis (`passes/accumulator_range.py`) and refuses
+with a `LoweringError` naming the node when int32 (or int64) could overflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from qcompile import ops as Q
+from qcompile.errors import LoweringError
+from qcompile.lowering.elementwise import ELEMENTWISE, build_lut, clamp_interval, code_of
+from qcompile.lowering.fixed_point import affine_fixed_point, quantize_multipliers
+from qcompile.lowering.modules import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
+from qcompile.lowering.patterns import classify, get_module
+from qcompile.ops import IntegerGraph, IntegerGraphBuilder
+from qcompile.passes.accumulator_range import accumulator_range
+from qcompile.passes.fold_batchquant_bias import InputQuant, fold_batchquant_bias, input_quantizer_params
+from qcompile.passes.fold_bn import bn_affine, fold_bn
+from qcompile.passes.infra import Pass, PassResult, register
+
+__all__ = ["ToInteger", "to_integer"]
+
+log = logging.getLogger(__name__)
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+# -- abstract values ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Float:
+    node: fx.Node
+    pooled: bool = False
+    f32_input: bool = False  # the raw graph input (float32); float-island ops need float64
+
+
+@dataclass(eq=False)
+class _Codes:
+    node: fx.Node
+    q: InputQuant
+    chain: tuple[str, ...] = ()
+    pooled: bool = False
+    src: str = ""
+
+
+@dataclass(eq=False)
+class _Acc:
+    layer: AccConv2d | AccLinear
+    x: _Codes
+    src: str
+    chain: tuple[str, ...] = ()
+    flat: bool = False
+    pooled: bool = False
+
+
+@dataclass(eq=False)
+class _Pending:
+    kind: str  # add | mean | mul
+    operands: tuple[_Codes, ...]
+    src: str
+    chain: tuple[str, ...] = ()
+    flat: bool = False
+    pooled: bool = False
+    hw: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+_Value = _Float | _Codes | _Acc | _Pending
+
+
+def _fmt(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def _same_quant(a: InputQuant, b: InputQuant) -> bool:
+    return a.bits == b.bits and math.isclose(a.scale, b.scale, rel_tol=1e-12) and math.isclose(
+        a.zero_point, b.zero_point, rel_tol=1e-12, abs_tol=1e-12)
+
+
+# -- the lowering walk -----------------------------------------------------------------------------------
+
+
+class _Lowering:
+    def __init__(self, gm: fx.GraphModule, strict: bool):
+        self.gm = gm
+        self.strict = strict
+        self.b = IntegerGraphBuilder()
+        self.env: dict[fx.Node, _Value] = {}
+        self.float_cache: dict[int, fx.Node] = {}
+        self.islands: list[str] = []
+        self._to_f64: fx.Node | None = None
+
+    # -- emission helpers
+    def const(self, t: torch.Tensor, name: str) -> fx.Node:
+        base, i = name, 1
+        while hasattr(self.b.root, name):
+            name, i = f"{base}_{i}", i + 1
+        return self.b.const(t, name)
+
+    def call(self, op: Any, args: tuple, kwargs: dict | None = None, *, src: str, **meta: Any) -> fx.Node:
+        base = getattr(op, "__name__", "op")
+        n = self.b.graph.call_function(op, tuple(args), dict(kwargs or {}), name=f"{src}_{base}")
+        n.meta["qcompile"] = {"src": src, **meta}
+        return n
+
+    @staticmethod
+    def _codes_meta(q: InputQuant) -> dict:
+        return {"bits": q.bits, "scale": _fmt(q.scale), "zero_point": _fmt(q.zero_point)}
+
+    # -- float materialisation
+    def as_float(self, v: _Value, reason: str, at: fx.Node, allowed: bool = False) -> fx.Node:
+        """The float64 value of `v` (emits dequantize / float ops once per value).
+
+        Leaving the integer program is refused in strict mode unless `allowed` (the input of a float
+        layer, the graph output).
+        """
+        if isinstance(v, _Float):
+            if v.f32_input:
+                if self._to_f64 is None:
+                    # float islands are float64 (integer_semantics.md); x + 0.0 (f64) promotes exactly
+                    zero = self.const(torch.zeros(1, dtype=torch.float64), "input_to_f64")
+                    self._to_f64 = self.call(operator.add, (v.node, zero), src="input", note="float32 -> float64")
+                return self._to_f64
+            return v.node
+        key = id(v)
+        if key in self.float_cache:
+            return self.float_cache[key]
+        if self.strict and not allowed:
+            raise LoweringError(f"node {at.name}", f"{reason}: the value from {v.src} would leave the integer "
+                                f"program (a float island)", "remove the op, or lower with strict=False")
+        self.islands.append(f"{at.name}: {reason}")
+        log.info("to_integer: float island at %s (%s)", at.name, reason)
+        src = v.src
+        if isinstance(v, _Codes):
+            node = self.call(Q.dequantize, (v.node, v.q.scale, v.q.zero_point), src=src, **self._codes_meta(v.q))
+            chain, flat = v.chain, False
+        elif isinstance(v, _Acc):
+            acc = self.emit_acc(v, v.layer.bias_acc)
+            scale = self.const(v.layer.acc_scale.clone(), f"{src}_acc_scale")
+            node = self.call(Q.dequantize_acc, (acc, scale), src=src)
+            chain, flat = v.chain, v.flat
+        else:
+            xs = [self.as_float(o, reason, at) for o in v.operands]
+            if v.kind == "add":
+                node = self.call(operator.add, tuple(xs), src=src)
+            elif v.kind == "mul":
+                node = self.call(operator.mul, tuple(xs), src=src)
+            else:
+                node = self.call(torch.mean, (xs[0],), {"dim": (2, 3), "keepdim": True}, src=src)
+            chain, flat = v.chain, v.flat
+        for name in chain:
+            node = self.call(ELEMENTWISE[name].fn, (node,), src=src)
+        if flat:
+            node = self.call(torch.flatten, (node, 1), src=src)
+        self.float_cache[key] = node
+        return node
+
+    # -- accumulators
+    def emit_acc(self, v: _Acc, bias_acc: torch.Tensor) -> fx.Node:
+        """conv2d / linear on the input codes with `bias = floor(bias_acc + 1/2)` (int32, range-checked)."""
+        layer = v.layer
+        b = torch.floor(bias_acc.to(torch.float64) + 0.5)
+        if float(b.min()) < _INT32_MIN or float(b.max()) > _INT32_MAX:
+            raise LoweringError(f"node {v.src}", f"folded int32 bias reaches [{b.min():.4g}, {b.max():.4g}], "
+                                "outside int32", "check the quantizer scales and BN statistics of this layer")
+        w = self.const(layer.weight_codes.clone(), f"{v.src}_w")
+        bias = self.const(b.to(torch.int32), f"{v.src}_bias")
+        meta = {"weight_bits": layer.weight_bits, "in_bits": layer.in_bits}
+        if isinstance(layer, AccConv2d):
+            kw = {"stride": tuple(layer.stride), "padding": tuple(layer.padding), "dilation": tuple(layer.dilation),
+                  "groups": int(layer.groups), "pad_value": int(layer.pad_value)}
+            return self.call(Q.conv2d, (v.x.node, w, bias), kw, src=v.src, **meta)
+        return self.call(Q.linear, (v.x.node, w, bias), src=v.src, **meta)
+
+    # -- the consumer quantizer: fuse the pending value into one epilogue
+    def clamp_codes(self, chain: Sequence[str], q: InputQuant) -> tuple[int, int]:
+        iv = clamp_interval(chain)
+        if iv is None or not chain:
+            return 0, q.qmax
+        lo = code_of(iv[0], q.scale, q.zero_point, q.qmax)
+        hi = code_of(iv[1], q.scale, q.zero_point, q.qmax)
+        return lo, max(lo, hi)
+
+    def quantize_value(self, v: _Value, q: InputQuant, node: fx.Node) -> _Codes:
+        src = node.name
+        cm = self._codes_meta(q)
+        if isinstance(v, (_Acc, _Pending)) and clamp_interval(v.chain) is None:
+            v = _Float(self.as_float(v, f"{v.chain} on {'an accumulator' if isinstance(v, _Acc) else v.kind} "
+                                       "has no integer form", node), pooled=v.pooled)
+        if isinstance(v, _Float):
+            x = v.node  # quantize accepts the float32 input directly
+            if not v.f32_input:
+                x = self.as_float(v, "", node)
+            out = self.call(Q.quantize, (x, 1.0 / q.scale, q.zero_point + 0.5, q.qmax), src=src, **cm)
+            return _Codes(out, q, pooled=v.pooled, src=src)
+        if isinstance(v, _Codes):
+            if not v.chain and _same_quant(v.q, q):
+                return _Codes(v.node, q, pooled=v.pooled, src=src)
+            if clamp_interval(v.chain) is not None:
+                lo, hi = self.clamp_codes(v.chain, q)
+                r = v.q.scale / q.scale
+                fp = affine_fixed_point([r], q.zero_point + 0.5 - v.q.zero_point * r, [v.q.qmax], f"node {src}")
+                out = self.call(Q.rescale, (v.node,), {"multiplier": fp.multipliers[0], "offset": fp.offset,
+                                                       "shift": fp.shift, "lo": lo, "hi": hi}, src=src, **cm)
+            else:
+                table = build_lut(v.chain, v.q.scale, v.q.zero_point, q.scale, q.zero_point, q.bits)
+                out = self.call(Q.lut, (v.node, self.const(table, f"{src}_table")), src=src,
+                                fn="+".join(v.chain), **cm)
+            return _Codes(out, q, pooled=v.pooled, src=src)
+        lo, hi = self.clamp_codes(v.chain, q)
+        if isinstance(v, _Acc):
+            r = v.layer.acc_scale.numpy() / q.scale
+            m, s = quantize_multipliers(r, f"node {src}")
+            if (m == 0).any():
+                raise LoweringError(f"node {src}", f"rescaling factor {r.min():.3g} underflows the multiplier",
+                                    "the output quantizer's scale is absurdly large; recalibrate")
+            # output zero point into the bias, in accumulator units of the realised multiplier
+            zp_acc = torch.from_numpy(q.zero_point * np.ldexp(1.0, s) / m.astype(np.float64))
+            acc = self.emit_acc(v, v.layer.bias_acc + zp_acc)
+            out = self.call(Q.requantize, (acc, self.const(torch.from_numpy(m).to(torch.int32), f"{src}_M"),
+                                           self.const(torch.from_numpy(s).to(torch.int32), f"{src}_shift")),
+                            {"lo": lo, "hi": hi}, src=src, **cm)
+        elif v.kind == "add":
+            a, b = v.operands
+            ra, rb = a.q.scale / q.scale, b.q.scale / q.scale
+            c = q.zero_point + 0.5 - a.q.zero_point * ra - b.q.zero_point * rb
+            fp = affine_fixed_point([ra, rb], c, [a.q.qmax, b.q.qmax], f"node {src}")
+            out = self.call(Q.add, (a.node, b.node), {
+                "multiplier_a": fp.multipliers[0], "multiplier_b": fp.multipliers[1], "offset": fp.offset,
+                "shift": fp.shift, "lo": lo, "hi": hi}, src=src, **cm)
+        elif v.kind == "mean":
+            (x,) = v.operands
+            assert v.hw is not None
+            r = x.q.scale / (v.hw * q.scale)
+            c = q.zero_point + 0.5 - x.q.zero_point * x.q.scale / q.scale
+            fp = affine_fixed_point([r], c, [x.q.qmax * v.hw], f"node {src}")
+            out = self.call(Q.mean, (x.node,), {"multiplier": fp.multipliers[0], "offset": fp.offset,
+                                                "shift": fp.shift, "lo": lo, "hi": hi}, src=src, hw=v.hw, **cm)
+        else:  # mul: (x - zx) sx * g sg / so + zo + 1/2 with the gate's zero point 0
+            x, g = v.operands
+            r = x.q.scale * g.q.scale / q.scale
+            fp = affine_fixed_point([r, -x.q.zero_point * r], q.zero_point + 0.5, [x.q.qmax * g.q.qmax, g.q.qmax],
+                                    f"node {src}")
+            out = self.call(Q.mul, (x.node, g.node), {
+                "multiplier": fp.multipliers[0], "offset_g": fp.multipliers[1], "offset": fp.offset,
+                "shift": fp.shift, "lo": lo, "hi": hi}, src=src, **cm)
+        if v.flat:
+            out = self.call(Q.flatten, (out,), src=src)
+        return _Codes(out, q, pooled=v.pooled, src=src)
+
+    # -- float layers
+    def float_layer(self, node: fx.Node, mod: nn.Module) -> _Float:
+        v = self.env[node.args[0]]
+        x = self.as_float(v, f"input of float layer {type(mod).__name__}", node, allowed=True)
+        w = mod.weight.detach().to(torch.float64)
+        bits = weight_bits_of(mod)
+        if bits < 32:  # quantized weights on a float input: dequantized weights, float island
+            codes, scale = mod.weight_quant.codes(mod.weight)
+            w = codes.to(torch.float64) * scale.detach().to(torch.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+        b = mod.bias.detach().to(torch.float64) if mod.bias is not None else None
+        if isinstance(mod, FoldedQConv2d):
+            w = w * mod.channel_scale.detach().to(torch.float64).reshape(-1, 1, 1, 1)
+        wn = self.const(w, f"{node.name}_weight")
+        bn_ = self.const(b, f"{node.name}_bias") if b is not None else None
+        meta = {"weight_bits": bits, "float": True}
+        if isinstance(mod, nn.Conv2d):
+            if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                raise LoweringError(f"node {node.name}", f"padding {mod.padding!r}/{mod.padding_mode!r} unsupported",
+                                    "use numeric zero padding")
+            out = self.call(F.conv2d, (x, wn, bn_, tuple(mod.stride), tuple(mod.padding), tuple(mod.dilation),
+                                       int(mod.groups)), src=node.name, **meta)
+        else:
+            out = self.call(F.linear, (x, wn, bn_), src=node.name, **meta)
+        self.islands.append(f"{node.name}: {bits}-bit layer")
+        return _Float(out, pooled=getattr(v, "pooled", False))
+
+    # -- the walk
+    def lower(self, hw_of: dict[str, int]) -> IntegerGraph:
+        output_node = None
+        for node in self.gm.graph.nodes:
+            k = classify(node, self.gm)
+            self.env[node] = self._lower_node(node, k.kind, k.params, hw_of)
+            if node.op == "output":
+                output_node = node
+        assert output_node is not None
+        return IntegerGraph(self.b.root, self.b.graph, {"float_islands": list(self.islands)})
+
+    def _unknown(self, node: fx.Node) -> LoweringError:
+        what = node.target if node.op != "call_module" else type(get_module(self.gm, node.target)).__name__
+        name = getattr(what, "__name__", str(what))
+        return LoweringError(
+            f"node {node.name} ({node.op} {name})",
+            "this op has no integer form and is not a float-island op of docs/integer_semantics.md",
+            "replace it with a supported op (conv, linear, BN, ReLU/ReLU6, h-swish, swish, sigmoid, h-sigmoid, "
+            "add, SE mul, global average pool, flatten) or extend qcompile.ops",
+        )
+
+    def _lower_node(self, node: fx.Node, kind: str, params: dict, hw_of: dict[str, int]) -> Any:
+        if kind == "placeholder":
+            if any(isinstance(v, _Float) and v.f32_input for v in self.env.values()):
+                raise LoweringError(f"node {node.name}", "a second graph input", "an IntegerGraph has one input")
+            return _Float(self.b.input(node.name), f32_input=True)
+        if kind == "output":
+            res = node.args[0]
+            if not isinstance(res, fx.Node):
+                raise LoweringError(f"node {node.name}", f"graph output {type(res).__name__} is not one tensor",
+                                    "return a single tensor (the logits)")
+            v = self.env[res]
+            out = v.node if isinstance(v, _Float) else self.as_float(v, "graph output", node, allowed=True)
+            self.b.graph.output(out)
+            return None
+        if kind in ("get_attr", "unknown"):
+            raise self._unknown(node)
+        x = node.args[0] if node.args else None
+        v = self.env.get(x) if isinstance(x, fx.Node) else None
+        if v is None and kind not in ("add", "mul"):
+            raise self._unknown(node)
+        if kind == "identity":
+            return v
+        if kind == "quantizer":
+            q = input_quantizer_params(get_module(self.gm, node.target), node.name)
+            return v if q is None else self.quantize_value(v, q, node)
+        if kind == "acc_conv" or kind == "acc_linear":
+            layer = get_module(self.gm, node.target)
+            inq = InputQuant(layer.in_scale, layer.in_zero_point, layer.in_bits)
+            if not (isinstance(v, _Codes) and not v.chain and _same_quant(v.q, inq)):
+                raise LoweringError(f"node {node.name}", "its input is not the codes of the quantizer it was folded "
+                                    "with", "run fold-batchquant-bias directly before to-integer")
+            return _Acc(layer, v, node.name, pooled=v.pooled)
+        if kind in ("conv", "linear"):
+            return self.float_layer(node, get_module(self.gm, node.target))
+        if kind == "bn":
+            bn = get_module(self.gm, node.target)
+            a, c = bn_affine(bn, f"node {node.name}")
+            xf = self.as_float(v, "BatchNorm2d not folded into a conv", node)
+            y = self.call(operator.mul, (xf, self.const(a.reshape(1, -1, 1, 1), f"{node.name}_scale")), src=node.name)
+            y = self.call(operator.add, (y, self.const(c.reshape(1, -1, 1, 1), f"{node.name}_shift")), src=node.name)
+            return _Float(y, pooled=getattr(v, "pooled", False))
+        if kind == "act":
+            act = params["act"]
+            if isinstance(v, _Float):
+                return _Float(self.call(ELEMENTWISE[act].fn, (self.as_float(v, "", node),), src=node.name),
+                              pooled=v.pooled)
+            if isinstance(v, (_Acc, _Pending)) and ELEMENTWISE[act].clamp is None:
+                xf = self.as_float(v, f"{act} needs an 8-bit quantizer on its input for a lookup table", node)
+                return _Float(self.call(ELEMENTWISE[act].fn, (xf,), src=node.name), pooled=v.pooled)
+            return _replace(v, chain=v.chain + (act,))
+        if kind == "flatten":
+            if isinstance(v, _Float):
+                return _Float(self.call(torch.flatten, (self.as_float(v, "", node), 1), src=node.name),
+                              pooled=v.pooled)
+            if isinstance(v, _Codes):
+                return _Codes(self.call(Q.flatten, (v.node,), src=node.name), v.q, v.chain, v.pooled, v.src)
+            return _replace(v, flat=True)
+        if kind == "mean":
+            if isinstance(v, _Codes) and not v.chain and hw_of.get(x.name) is not None:
+                return _Pending("mean", (v,), node.name, flat=not params["keepdim"], pooled=True, hw=hw_of[x.name])
+            if isinstance(v, _Codes) and not v.chain:
+                reason = "the spatial size is unknown (pass input_shape=)"
+            else:
+                reason = "average pool of a value that is not plain codes"
+            xf = self.as_float(v, reason, node)
+            y = self.call(torch.mean, (xf,), {"dim": (2, 3), "keepdim": True}, src=node.name)
+            if not params["keepdim"]:
+                y = self.call(torch.flatten, (y, 1), src=node.name)
+            return _Float(y, pooled=True)
+        if kind in ("add", "mul"):
+            return self._binary(node, kind)
+        raise self._unknown(node)
+
+    def _binary(self, node: fx.Node, kind: str) -> _Value:
+        args = node.args
+        vals = [self.env.get(a) if isinstance(a, fx.Node) else a for a in args]
+        codes = [v for v in vals if isinstance(v, _Codes) and not v.chain]
+        if len(codes) == 2:
+            a, b = codes
+            if kind == "add":
+                return _Pending("add", (a, b), node.name, pooled=a.pooled and b.pooled)
+            if a.pooled != b.pooled:
+                x, g = (b, a) if a.pooled else (a, b)
+                if g.q.zero_point == 0.0:
+                    return _Pending("mul", (x, g), node.name)
+                reason = (f"SE gate quantizer has zero point {g.q.zero_point:.6g} != 0 and the mul op has no "
+                          "x * zero_point(g) term")
+            else:
+                reason = "elementwise product of two full tensors"
+        else:
+            reason = f"{kind} of values that are not plain codes"
+        fl = []
+        for v in vals:
+            if isinstance(v, (_Float, _Codes, _Acc, _Pending)):
+                fl.append(self.as_float(v, reason, node))
+            elif isinstance(v, (int, float)):
+                fl.append(float(v))
+            else:
+                raise self._unknown(node)
+        op = operator.add if kind == "add" else operator.mul
+        pooled = all(getattr(v, "pooled", True) for v in vals)
+        return _Float(self.call(op, tuple(fl), src=node.name), pooled=pooled)
+
+
+def _replace(v: _Value, **changes: Any) -> _Value:
+    new = copy.copy(v)
+    for k, val in changes.items():
+        setattr(new, k, val)
+    return new
+
+
+# -- driver ------------------------------------------------------------------------------------------------
+
+
+def _spatial_sizes(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dict[str, int]:
+    """Node name -> H*W of 4-D node outputs, from ShapeProp on `input_shape` or existing tensor_meta."""
+    if input_shape is not None:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(tuple(input_shape)))
+    out = {}
+    for n in gm.graph.nodes:
+        tm = n.meta.get("tensor_meta")
+        if tm is not None and hasattr(tm, "shape") and len(tm.shape) == 4:
+            out[n.name] = int(tm.shape[2] * tm.shape[3])
+    return out
+
+
+def _input_shape_of(gm: fx.GraphModule) -> tuple[int, ...] | None:
+    """`gm.meta["input_shape"]`, `gm.input_shape`, or `(1, in_channels, r, r)` from `slice_subnet`'s config."""
+    for holder in (getattr(gm, "meta", {}), gm.__dict__):
+        shape = holder.get("input_shape") if isinstance(holder, dict) else None
+        if shape is not None:
+            return tuple(int(s) for s in shape)
+    cfg = getattr(gm, "subnet_config", None)
+    res = getattr(cfg, "resolution", None)
+    if res is not None:
+        info = getattr(gm, "space_info", None) or {}
+        in_ch = int(info.get("args", {}).get("in_channels", 3))
+        return (1, in_ch, int(res), int(res))
+    return None
+
+
+def _check_supported(gm: fx.GraphModule) -> None:
+    """Refuse unknown ops before folding, so the error names the user's node."""
+    for n in gm.graph.nodes:
+        if classify(n, gm).kind == "unknown" and n.op != "get_attr":
+            what = n.target if n.op != "call_module" else type(get_module(gm, n.target)).__name__
+            raise LoweringError(
+                f"node {n.name} ({n.op} {getattr(what, '__name__', what)})",
+                "this op has no integer form and is not a float-island op of docs/integer_semantics.md",
+                "replace it with a supported op (conv, linear, BN, ReLU/ReLU6, h-swish, swish, sigmoid, h-sigmoid, "
+                "add, SE mul, global average pool, flatten) or extend qcompile.ops",
+            )
+
+
+def to_integer(
+    gm: fx.GraphModule,
+    check_overflow: bool = True,
+    input_shape: Sequence[int] | None = None,
+    strict: bool = False,
+    bound: str = "bits",
+) -> IntegerGraph:
+    """Lower a calibrated fake-quant subnet to an `IntegerGraph` (the subnet itself is not modified).
+
+    Args:
+        gm: static fake-quant subnet (`slice_subnet` + calibration), or one already through
+            `fold_bn` / `fold_batchquant_bias`.
+        check_overflow: run the accumulator range analysis and refuse (LoweringError) on overflow.
+        input_shape: `(N, C, H, W)` of the input; needed for integer global average pooling (the `mean`
+            multiplier depends on H*W) and for shapes in `program_text()`. Defaults to
+            `gm.meta["input_shape"]` or `gm.input_shape`; without any, pools become float islands.
+        strict: refuse (LoweringError) any float island other than float layers and the graph output.
+        bound: accumulator bound, `"bits"` (any weights of the bit-width) or `"weights"` (these weights).
+
+    Returns an `IntegerGraph`; `ig(x)` runs the exact reference and returns float64 logits.
+    """
+    _check_supported(gm)
+    work = copy.deepcopy(gm).eval()
+    fold_bn(work)
+    fold_batchquant_bias(work)
+    shape = tuple(input_shape) if input_shape is not None else _input_shape_of(gm)
+    hw_of = _spatial_sizes(work, shape)
+    lowering = _Lowering(work, strict=strict)
+    ig = lowering.lower(hw_of)
+    ig.program_meta["input_shape"] = list(shape) if shape is not None else None
+    if check_overflow:
+        accumulator_range(ig, bound=bound, check=True)
+    if shape is not None:
+        with torch.no_grad():
+            ShapeProp(ig).propagate(torch.zeros(shape))
+    log.info("to_integer: %d ops, %d float islands", len(ig.ops()), len(lowering.islands))
+    return ig
+
+
+@register
+@dataclass(frozen=True)
+class ToInteger(Pass):
+    """Pass form of `to_integer`: returns the IntegerGraph as the pass result's graph module."""
+
+    name = "to-integer"
+    check_overflow: bool = True
+    strict: bool = False
+    bound: str = "bits"
+
+    def run(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(to_integer(gm, self.check_overflow, strict=self.strict, bound=self.bound), True)

@@ -1,0 +1,238 @@
+"""`export_onnx`: an IntegerGraph as an ONNX model that onnxruntime runs (issue 8).
+
+The model encodes the integer program of docs/integer_semantics.md (encodings in
+`qcompile.backends.onnx.emitter`), passes `onnx.checker` with full shape inference, has a
+dynamic batch dimension, and carries the subnet config, the quantization policy and the code
+range of every quantized tensor in its metadata. Bit-widths below 8 are stored in 8-bit
+containers (uint8 activation codes, int8 weight codes) clamped to their range; the ranges are in
+the metadata (`qcompile.activation_ranges`, `qcompile.weight_ranges`). Anything wider than
+8 bits (other than a float island) is refused with a LoweringError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx
+
+from qcompile.backends.onnx._deps import require_onnx
+from qcompile.backends.onnx.emitter import FORMATS, Emitter, ValueInfo, onnx_dtype
+from qcompile.errors import LoweringError
+
+log = logging.getLogger(__name__)
+
+#: onnxruntime 1.31 reads IR <= 13; onnx 1.23 would write 14. IR 10 / opset 21 also loads in older runtimes.
+DEFAULT_IR_VERSION = 10
+DEFAULT_OPSET = 21
+DEBUG_PREFIX = "qc/"
+
+ROUNDING_NOTE = (
+    "qoperator: bit-exact integer program (ConvInteger/MatMulInteger, int64 fixed-point with truncating Div, "
+    "equal to round-half-up after the clamp to lo >= 0). qdq: conv/linear + requantize run as "
+    "DequantizeLinear->Conv/Gemm->QuantizeLinear with scale float32(M/2^s) and round-half-to-even: within 1 "
+    "code of the reference; all other ops exact. Float islands float64 except k x k convs (float32)."
+)
+
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    """How `export_onnx` writes the model.
+
+    format: "qdq" (fused QDQ convs, within 1 code, fast) or "qoperator" (integer ops, bit-exact).
+    input_shape: NCHW input shape; default `program_meta["input_shape"]` or `(1, 3, r, r)` from
+        `program_meta["resolution"]`.
+    dynamic_batch: declare the batch dimension symbolic ("N").
+    debug_outputs: also output every op's value as `qc/<node name>` (for per-op comparisons).
+    """
+
+    format: str = "qoperator"
+    input_shape: tuple[int, ...] | None = None
+    opset: int = DEFAULT_OPSET
+    ir_version: int = DEFAULT_IR_VERSION
+    dynamic_batch: bool = True
+    debug_outputs: bool = False
+
+    def __post_init__(self) -> None:
+        from qcompile.errors import ConfigError
+
+        if self.format not in FORMATS:
+            raise ConfigError("format", self.format, FORMATS)
+        if not 7 <= self.ir_version <= 13:
+            raise ConfigError("ir_version", self.ir_version, "7..13", "onnxruntime 1.31 reads IR <= 13")
+        if self.opset < 21:
+            raise ConfigError("opset", self.opset, ">= 21", "per-axis int32 DequantizeLinear and Clip on uint8")
+
+
+def _as_integer_graph(obj: Any) -> fx.GraphModule:
+    from qcompile.ops.graph import IntegerGraph
+
+    if isinstance(obj, IntegerGraph):
+        return obj
+    if isinstance(obj, fx.GraphModule):
+        try:
+            from qcompile import to_integer  # the lead's public API; a subnet is converted first
+        except ImportError as e:
+            raise LoweringError("export_onnx", "got a subnet but qcompile.to_integer is not available",
+                                "pass an IntegerGraph (qc.to_integer(subnet))") from e
+        return to_integer(obj)
+    raise LoweringError("export_onnx", f"cannot export a {type(obj).__name__}",
+                        "pass an IntegerGraph or a calibrated subnet (fx.GraphModule)")
+
+
+def _input_shape(gm: fx.GraphModule, given: Sequence[int] | None) -> tuple[int, ...]:
+    if given is not None:
+        return tuple(int(v) for v in given)
+    meta = getattr(gm, "program_meta", {}) or {}
+    if meta.get("input_shape"):
+        return tuple(int(v) for v in meta["input_shape"])
+    res, cfg = meta.get("resolution"), meta.get("config")
+    if res is None and isinstance(cfg, dict):
+        res = cfg.get("resolution")
+    if res:
+        return (1, int(meta.get("in_channels", 3)), int(res), int(res))
+    raise LoweringError("export_onnx", "input shape unknown (no program_meta['input_shape'] or 'resolution')",
+                        "pass input_shape=(1, 3, H, W)")
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the reference once and records every node's dtype and shape."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.info: dict[str, ValueInfo] = {}
+        self.values: dict[str, torch.Tensor] = {}
+        self.keep = False
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and n.op in ("placeholder", "call_function"):
+            self.info[n.name] = ValueInfo(out.dtype, tuple(out.shape))
+            if self.keep:
+                self.values[n.name] = out
+        return out
+
+
+def trace_values(gm: fx.GraphModule, x: torch.Tensor, keep: bool = False) -> _Recorder:
+    """Run the reference executor on `x`, recording dtypes/shapes (and values when `keep`)."""
+    rec = _Recorder(gm)
+    rec.keep = keep
+    with torch.no_grad():
+        rec.run(x)
+    return rec
+
+
+def _json(obj: Any) -> str:
+    def default(o: Any) -> Any:
+        if hasattr(o, "to_json"):
+            js = o.to_json()
+            return json.loads(js) if isinstance(js, str) else js
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        if isinstance(o, torch.Tensor):
+            return o.tolist()
+        return repr(o)
+
+    return json.dumps(obj, default=default, sort_keys=True)
+
+
+def build_onnx_model(ig_or_subnet: Any, options: OnnxExportOptions | None = None) -> Any:
+    """The ONNX ModelProto for an IntegerGraph (checked with full shape inference), not written to disk."""
+    onnx = require_onnx()
+    from onnx import helper
+
+    opts = options or OnnxExportOptions()
+    gm = _as_integer_graph(ig_or_subnet)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise LoweringError("export_onnx", f"graph has {len(placeholders)} inputs", "export graphs with one input")
+    shape = _input_shape(gm, opts.input_shape)
+    rec = trace_values(gm, torch.zeros(shape, dtype=torch.float32))
+    em = Emitter(gm, rec.info, opts.format)
+    em.run()
+
+    def dims(s: tuple[int, ...]) -> list:
+        return ["N", *s[1:]] if opts.dynamic_batch and len(s) > 0 else list(s)
+
+    x = placeholders[0]
+    inputs = [helper.make_tensor_value_info(x.name, onnx_dtype(rec.info[x.name].dtype), dims(shape))]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+    outputs = []
+    for i, o in enumerate(outs):
+        name = "output" if len(outs) == 1 else f"output_{i}"
+        info = rec.info[o.name]
+        em.nodes.append(helper.make_node("Identity", [em.get(o)], [name], name=f"{name}/Identity"))
+        outputs.append(helper.make_tensor_value_info(name, onnx_dtype(info.dtype), dims(info.shape)))
+    if opts.debug_outputs:
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and n.name in em.values:
+                name = DEBUG_PREFIX + n.name
+                info = rec.info[n.name]
+                em.nodes.append(helper.make_node("Identity", [em.get(n)], [name], name=f"{name}/Identity"))
+                outputs.append(helper.make_tensor_value_info(name, onnx_dtype(info.dtype), dims(info.shape)))
+
+    graph = helper.make_graph(em.nodes, "qcompile_integer_program", inputs, outputs, em.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opts.opset)],
+                              producer_name="qcompile", doc_string="qcompile integer program (" + opts.format + ")")
+    model.ir_version = opts.ir_version
+    meta = dict(getattr(gm, "program_meta", {}) or {})
+    props = {
+        "qcompile.format": opts.format,
+        "qcompile.program_meta": _json(meta),
+        "qcompile.subnet_config": _json(meta.get("config", meta.get("subnet_config"))),
+        "qcompile.quant_policy": _json(meta.get("policy", meta.get("quant_policy"))),
+        "qcompile.activation_ranges": _json(em.ranges),
+        "qcompile.weight_ranges": _json(em.weight_ranges),
+        "qcompile.containers": "activation codes uint8, weight codes int8; narrower bit-widths are stored in these "
+                               "8-bit containers and clamped to the ranges in qcompile.activation_ranges / "
+                               "qcompile.weight_ranges",
+        "qcompile.float32_islands": _json(em.float32_islands),
+        "qcompile.qdq_fused": _json(em.fused),
+        "qcompile.exact_float32_convs": _json(em.exact_float_convs),
+        "qcompile.rounding": ROUNDING_NOTE,
+        "qcompile.input_shape": _json(list(shape)),
+    }
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    log.info("exported %d ONNX nodes (%s), %d QDQ-fused convs, %d float32 islands", len(em.nodes), opts.format,
+             len(em.fused), len(em.float32_islands))
+    return model
+
+
+def export_onnx(
+    ig_or_subnet: Any,
+    path: str | os.PathLike,
+    format: str = "qoperator",
+    *,
+    input_shape: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    ir_version: int = DEFAULT_IR_VERSION,
+    dynamic_batch: bool = True,
+    debug_outputs: bool = False,
+) -> Path:
+    """Write `ig_or_subnet` as an ONNX model to `path` and return the path.
+
+    format="qdq": QuantizeLinear/DequantizeLinear around Conv/Gemm (fused by onnxruntime), within
+    one code of the reference; format="qoperator": ConvInteger/MatMulInteger with explicit int64
+    fixed-point requantization, bit-exact. See `OnnxExportOptions` for the other arguments.
+    """
+    onnx = require_onnx()
+    opts = OnnxExportOptions(format=format, input_shape=None if input_shape is None else tuple(input_shape),
+                             opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
+                             debug_outputs=debug_outputs)
+    model = build_onnx_model(ig_or_subnet, opts)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,423 @@
+"""IntegerGraph -> Relax IRModule (BlockBuilder), one PrimFunc per op or fused group.
+
+The emitter walks the fx graph in program order. A `conv2d` (or `linear`) whose only user is a
+`requantize` becomes one "conv2d_requant" ("linear_requant") group. For each group it builds an
+`OpCall` and asks `select_strategy` (schedule engineers' kernels) first; otherwise it emits the naive
+TE kernel from `kernels.py` with `emit_te`, names the PrimFunc `<op>_<node>` and marks it with the
+attribute `qcompile.schedule = "default"` so the pipeline's schedule phase knows it may schedule it.
+PrimFuncs a strategy emits carry no such mark and are left as the strategy scheduled them.
+
+Constants (weights, biases, multipliers, shifts, tables) are bound as **Relax constants**: they are
+embedded in the executable (its constant pool, inside the exported shared library), the Relax
+`main` takes only the float input, and compile-time passes (FoldConstant, weight layout transforms
+of a strategy) can see and rewrite them.
+
+Semantics: docs/integer_semantics.md; ground truth `qcompile.ops.reference`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from qcompile.backends.tvm import kernels as K
+from qcompile.backends.tvm.strategy import OpCall, select_strategy
+from qcompile.errors import LoweringError
+from qcompile.ops import reference as R
+from qcompile.ops.graph import IntegerGraph, _fetch_attr, op_name
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EmitResult", "KernelRecord", "emit_relax", "graph_input_shape", "SCHEDULE_ATTR"]
+
+#: PrimFunc attribute marking naive kernels the default schedule phase may schedule
+SCHEDULE_ATTR = "qcompile.schedule"
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """One emitted kernel: its PrimFunc name(s), the op/group, the fx node(s), who emitted it."""
+
+    op: str
+    nodes: tuple[str, ...]
+    primfuncs: tuple[str, ...]
+    strategy: str  # "naive" or the Strategy's name
+
+
+@dataclass
+class EmitResult:
+    mod: Any  # tvm.IRModule
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+    kernels: list[KernelRecord] = field(default_factory=list)
+
+
+def graph_input_shape(ig: IntegerGraph, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The static input shape: the argument, else `program_meta["input_shape"]`, else the placeholder's tensor_meta."""
+    if input_shape is not None:
+        return tuple(int(s) for s in input_shape)
+    meta = ig.program_meta.get("input_shape")
+    if meta is not None:
+        return tuple(int(s) for s in meta)
+    for n in ig.graph.nodes:
+        if n.op == "placeholder":
+            tm = n.meta.get("tensor_meta")
+            if tm is not None:
+                return tuple(int(s) for s in tm.shape)
+            val = n.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                return tuple(int(s) for s in val.shape)
+    raise LoweringError(
+        "input", "the IntegerGraph carries no input shape",
+        "pass input_shape=(N, C, H, W) or set ig.program_meta['input_shape']",
+    )
+
+
+def _shape(e: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in e.ty.shape.values)
+
+
+def _dtype(e: Any) -> str:
+    return str(e.ty.dtype)
+
+
+_FLOAT_UNARY: dict[Callable, str] = {
+    F.relu: "relu",
+    F.relu6: "relu6",
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    torch.sigmoid: "sigmoid",
+    F.silu: "silu",
+}
+
+_INT_KERNELS: dict[Callable, Callable] = {
+    R.quantize: K.quantize,
+    R.dequantize: K.dequantize,
+    R.conv2d: K.conv2d,
+    R.linear: K.linear,
+    R.requantize: K.requantize,
+    R.dequantize_acc: K.dequantize_acc,
+    R.rescale: K.rescale,
+    R.add: K.add,
+    R.mean: K.mean,
+    R.mul: K.mul,
+    R.lut: K.lut,
+}
+
+# positional tensor operands of each integer op, in order; everything else is a static parameter
+_TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
+    R.quantize: ("x",),
+    R.dequantize: ("q",),
+    R.conv2d: ("x", "w", "bias"),
+    R.linear: ("x", "w", "bias"),
+    R.requantize: ("acc", "multiplier", "shift"),
+    R.dequantize_acc: ("acc", "scale"),
+    R.rescale: ("x",),
+    R.add: ("a", "b"),
+    R.mean: ("x",),
+    R.mul: ("x", "g"),
+    R.lut: ("x", "table"),
+    R.flatten: ("x",),
+}
+
+
+def _as_static(v: Any) -> Any:
+    """Static parameter as plain Python (tuples stay tuples; 0-d tensors become numbers)."""
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else tuple(v.tolist())
+    if isinstance(v, list):
+        return tuple(v)
+    return v
+
+
+class _Emitter:
+    def __init__(self, ig: IntegerGraph, target: Any, input_shape: tuple[int, ...], input_dtype: str,
+                 use_strategies: bool) -> None:
+        from tvm import relax
+
+        self.relax = relax
+        self.ig = ig
+        self.target = target
+        self.input_shape = input_shape
+        self.input_dtype = input_dtype
+        self.use_strategies = use_strategies
+        self.bb = relax.BlockBuilder()
+        self.env: dict[fx.Node, Any] = {}
+        self.kernels: list[KernelRecord] = []
+        self.fused: set[fx.Node] = set()
+
+    # -- operands --------------------------------------------------------------------------------
+    def const_value(self, node: fx.Node) -> np.ndarray:
+        t = _fetch_attr(self.ig, node.target)
+        return t.detach().contiguous().numpy()
+
+    def operand(self, a: Any, where: str, dtype: str | None = None, length: int | None = None) -> Any:
+        """A relax expression for a tensor operand (fx node, constant, or a scalar broadcast to `length`)."""
+        relax = self.relax
+        if isinstance(a, fx.Node):
+            if a.op == "get_attr":
+                v = self.const_value(a)
+                if dtype is not None:
+                    v = v.astype(dtype)
+                # relax.const narrows float64 arrays to float32 unless told the dtype
+                return relax.const(v, str(v.dtype))
+            if a not in self.env:
+                raise LoweringError(f"node {where}", f"operand {a.name} has no value (not emitted)",
+                                    "check the graph order")
+            return self.env[a]
+        if isinstance(a, (int, float)) and length is not None and dtype is not None:
+            return relax.const(np.full((length,), a, dtype=dtype), dtype)
+        raise LoweringError(f"node {where}", f"operand {a!r} is not a tensor", "pass a get_attr constant or a node")
+
+    def _new_funcs(self, before: set[str]) -> list[str]:
+        mod = self.bb.get()
+        return [gv.name_hint for gv in mod.get_global_vars() if gv.name_hint not in before and gv.name_hint != "main"]
+
+    def _funcs(self) -> set[str]:
+        return {gv.name_hint for gv in self.bb.get().get_global_vars()}
+
+    def emit_group(self, op: str, nodes: tuple[fx.Node, ...], fn: Callable, args: list[Any], static: dict[str, Any],
+                   call_params: dict[str, Any] | None = None) -> Any:
+        """Emit one kernel: a strategy if one applies, else `fn` through emit_te (marked for default scheduling)."""
+        relax = self.relax
+        name = f"{op}_{nodes[-1].name}"
+        before = self._funcs()
+        if self.use_strategies and call_params is not None:
+            call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
+            strat = select_strategy(call)
+            if strat is not None:
+                out = strat.emit(self.bb, call, args)
+                if not isinstance(out, relax.Var):
+                    out = self.bb.emit(out)
+                new = self._new_funcs(before)
+                self._unique_symbols(new)
+                self.kernels.append(KernelRecord(op, tuple(n.name for n in nodes), tuple(new), strat.name))
+                log.debug("%s: strategy %s", name, strat.name)
+                return out
+        out = self.bb.emit_te(fn, *args, **static, primfunc_name_hint=name)
+        new = self._new_funcs(before)
+        mod = self.bb.get()
+        for gname in new:
+            gv = mod.get_global_var(gname)
+            self.bb.update_func(gv, mod[gv].with_attr(SCHEDULE_ATTR, "default"))
+        self.kernels.append(KernelRecord(op, tuple(n.name for n in nodes), tuple(new), "naive"))
+        return out
+
+    def _unique_symbols(self, names: list[str]) -> None:
+        """Make each new PrimFunc's global_symbol its (unique) GlobalVar name: two calls of a strategy
+        that name kernels by shape would otherwise export one symbol twice."""
+        from tvm import tirx
+
+        mod = self.bb.get()
+        for gname in names:
+            gv = mod.get_global_var(gname)
+            f = mod[gv]
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs \
+                    and str(f.attrs["global_symbol"]) != gname:
+                self.bb.update_func(gv, f.with_attr("global_symbol", gname))
+
+    # -- ops ---------------------------------------------------------------------------------------
+    def bind(self, node: fx.Node) -> dict[str, Any]:
+        sig = inspect.signature(node.target)
+        try:
+            b = sig.bind(*node.args, **node.kwargs)
+        except TypeError as e:
+            raise LoweringError(f"node {node.name}", f"bad arguments for {op_name(node.target)}: {e}",
+                                "check the op signature in docs/integer_semantics.md") from e
+        b.apply_defaults()
+        return dict(b.arguments)
+
+    def integer_op(self, node: fx.Node) -> Any:
+        f = node.target
+        a = self.bind(node)
+        tensor_names = _TENSOR_ARGS[f]
+        static = {k: _as_static(v) for k, v in a.items() if k not in tensor_names}
+        for k, v in static.items():
+            if isinstance(v, fx.Node):
+                if v.op != "get_attr":
+                    raise LoweringError(f"node {node.name}", f"parameter {k} is computed at run time",
+                                        "pass it as a constant")
+                static[k] = _as_static(torch.from_numpy(self.const_value(v)))
+        if f is R.flatten:
+            x = self.operand(a["x"], node.name)
+            shp = _shape(x)
+            return self.bb.emit(self.relax.op.reshape(x, (shp[0], int(np.prod(shp[1:], dtype=np.int64)))))
+        if f is R.requantize:
+            acc_node = a["acc"]
+            if acc_node in self.fused:
+                return self.fused_requant(node, acc_node, a, static)
+            acc = self.operand(acc_node, node.name)
+            c = _shape(acc)[1]
+            args = [acc, self.operand(a["multiplier"], node.name, "int32", c),
+                    self.operand(a["shift"], node.name, "int32", c)]
+            params = {"shapes": (_shape(acc),), **static}
+            return self.emit_group("requantize", (node,), K.requantize, args, static, params)
+        args = []
+        for k in tensor_names:
+            length = None
+            if k in ("bias",) and isinstance(a[k], (int, float)):
+                length = int(self.const_value(a["w"]).shape[0]) if isinstance(a["w"], fx.Node) else None
+            args.append(self.operand(a[k], node.name, "int32" if k == "bias" else None, length))
+        if f is R.conv2d:
+            static = self._conv_static(static, node)
+        if f is R.dequantize_acc:
+            args[1] = self.operand(a["scale"], node.name, "float64", _shape(args[0])[1])
+        params = {"shapes": tuple(_shape(x) for x in args), **static}
+        if f in (R.conv2d, R.linear):
+            params.update(self._mm_params(f, args, static))
+        return self.emit_group(f.__name__, (node,), _INT_KERNELS[f], args, static, params)
+
+    def _conv_static(self, static: dict[str, Any], node: fx.Node) -> dict[str, Any]:
+        out = dict(static)
+        for k in ("stride", "padding", "dilation"):
+            v = out[k]
+            out[k] = (int(v), int(v)) if isinstance(v, int) else tuple(int(t) for t in v)
+        if isinstance(static["padding"], str):
+            raise LoweringError(f"node {node.name}", f"padding={static['padding']!r}", "use explicit integer padding")
+        out["groups"] = int(out["groups"])
+        out["pad_value"] = int(out["pad_value"])
+        return out
+
+    def _mm_params(self, f: Callable, args: list[Any], static: dict[str, Any]) -> dict[str, Any]:
+        xs, ws = _shape(args[0]), _shape(args[1])
+        if f is R.conv2d:
+            oh, ow = K.conv_out_hw(xs[2:], ws[2:], static["stride"], static["padding"], static["dilation"])
+            return {"x_shape": xs, "w_shape": ws, "out_shape": (xs[0], ws[0], oh, ow)}
+        return {"x_shape": xs, "w_shape": ws, "out_shape": (xs[0], ws[0])}
+
+    def fused_requant(self, rq: fx.Node, mm: fx.Node, a: dict[str, Any], static_rq: dict[str, Any]) -> Any:
+        f = mm.target
+        am = self.bind(mm)
+        static = {k: _as_static(v) for k, v in am.items() if k not in _TENSOR_ARGS[f]}
+        x = self.operand(am["x"], mm.name)
+        w = self.operand(am["w"], mm.name)
+        o = _shape(w)[0]
+        bias = self.operand(am["bias"], mm.name, "int32", o)
+        mult = self.operand(a["multiplier"], rq.name, "int32", o)
+        shift = self.operand(a["shift"], rq.name, "int32", o)
+        args = [x, w, bias, mult, shift]
+        if f is R.conv2d:
+            static = self._conv_static(static, mm)
+        static.update(lo=int(static_rq["lo"]), hi=int(static_rq["hi"]))
+        params = {**static, **self._mm_params(f, args, static)}
+        op = "conv2d_requant" if f is R.conv2d else "linear_requant"
+        fn = K.conv2d_requant if f is R.conv2d else K.linear_requant
+        return self.emit_group(op, (mm, rq), fn, args, static, params)
+
+    def float_op(self, node: fx.Node) -> Any:
+        from tvm import topi
+
+        f = node.target
+        args, kw = list(node.args), dict(node.kwargs)
+        if f in _FLOAT_UNARY:
+            x = self.float_operand(args[0] if args else kw["input"], node)
+            kind = _FLOAT_UNARY[f]
+            return self.emit_group(f"float_{kind}", (node,), K.float_unary, [x], {"kind": kind})
+        if f is F.conv2d:
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            p = {**dict(zip(names, args)), **kw}
+            x, w = self.float_operand(p["input"], node), self.float_operand(p["weight"], node)
+            b = p.get("bias")
+            static = {"stride": p.get("stride", 1), "padding": p.get("padding", 0),
+                      "dilation": p.get("dilation", 1), "groups": int(p.get("groups", 1))}
+            if isinstance(static["padding"], str):
+                raise LoweringError(f"node {node.name}", f"padding={static['padding']!r}", "use integer padding")
+            targs = [x, w] + ([self.float_operand(b, node)] if b is not None else [])
+            fn = K.float_conv2d if b is not None else (lambda x, w, **s: K.float_conv2d(x, w, None, **s))
+            return self.emit_group("float_conv2d", (node,), fn, targs, static)
+        if f is F.linear:
+            p = {**dict(zip(("input", "weight", "bias"), args)), **kw}
+            x, w = self.float_operand(p["input"], node), self.float_operand(p["weight"], node)
+            b = p.get("bias")
+            if b is None:
+                return self.emit_group("float_linear", (node,), lambda x, w: K.float_linear(x, w, None), [x, w], {})
+            return self.emit_group("float_linear", (node,), K.float_linear, [x, w, self.float_operand(b, node)], {})
+        if f is torch.mean:
+            p = {**dict(zip(("input", "dim", "keepdim"), args)), **kw}
+            dim = tuple(sorted(int(d) % 4 for d in (p.get("dim") or ())))
+            if dim != (2, 3) or not p.get("keepdim", False):
+                raise LoweringError(f"node {node.name}", f"torch.mean(dim={p.get('dim')}, keepdim={p.get('keepdim')})",
+                                    "only the global average pool mean(x, dim=(2, 3), keepdim=True) is supported")
+            return self.emit_group("float_mean", (node,), K.float_mean, [self.float_operand(p["input"], node)], {})
+        if f in (operator.add, operator.mul):
+            a, b = args
+            ta = self.float_operand(a, node) if isinstance(a, fx.Node) else float(a)
+            tb = self.float_operand(b, node) if isinstance(b, fx.Node) else float(b)
+            tensors = [t for t in (ta, tb) if not isinstance(t, float)]
+            fn_top = topi.add if f is operator.add else topi.multiply
+            name = "float_add" if f is operator.add else "float_mul"
+            if len(tensors) == 2:
+                return self.emit_group(name, (node,), fn_top, [ta, tb], {})
+            if isinstance(ta, float):
+                return self.emit_group(name, (node,), lambda t: fn_top(ta, t), [tb], {})
+            return self.emit_group(name, (node,), lambda t: fn_top(t, tb), [ta], {})
+        if f is torch.flatten:
+            p = {**dict(zip(("input", "start_dim", "end_dim"), args)), **kw}
+            x = self.float_operand(p["input"], node)
+            shp = _shape(x)
+            s, e = int(p.get("start_dim", 0)) % len(shp), int(p.get("end_dim", -1)) % len(shp)
+            new = shp[:s] + (int(np.prod(shp[s:e + 1], dtype=np.int64)),) + shp[e + 1:]
+            return self.bb.emit(self.relax.op.reshape(x, new))
+        raise LoweringError(f"node {node.name}", f"float op {op_name(f)} cannot be lowered",
+                            "use an op listed in docs/integer_semantics.md 'Float islands'")
+
+    def float_operand(self, a: Any, node: fx.Node) -> Any:
+        e = self.operand(a, node.name, "float64") if isinstance(a, fx.Node) and a.op == "get_attr" else \
+            self.operand(a, node.name)
+        if _dtype(e) != "float64":
+            raise LoweringError(f"node {node.name}", f"float-island operand has dtype {_dtype(e)}",
+                                "float islands compute in float64: dequantize into them first")
+        return e
+
+    # -- driver ------------------------------------------------------------------------------------
+    def run(self) -> EmitResult:
+        relax = self.relax
+        nodes = list(self.ig.graph.nodes)
+        placeholders = [n for n in nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise LoweringError("input", f"the graph has {len(placeholders)} inputs", "lower a single-input graph")
+        # conv2d/linear whose only user is requantize: fuse (the OpCall groups of strategy.py)
+        for n in nodes:
+            if n.op == "call_function" and n.target in (R.conv2d, R.linear) and len(n.users) == 1:
+                (u,) = n.users
+                if u.op == "call_function" and u.target is R.requantize and (u.args[:1] == (n,) or
+                                                                               u.kwargs.get("acc") is n):
+                    self.fused.add(n)
+        x = relax.Var(placeholders[0].name, relax.TensorType(self.input_shape, self.input_dtype))
+        out_node = next(n for n in nodes if n.op == "output")
+        result = out_node.args[0]
+        if not isinstance(result, fx.Node) or result.op != "call_function":
+            raise LoweringError("output", f"the graph returns {result!r}",
+                                "return the result of one op (tuples are not supported)")
+        with self.bb.function("main", [x]):
+            with self.bb.dataflow():
+                self.env[placeholders[0]] = x
+                for n in nodes:
+                    if n.op != "call_function" or n in self.fused:
+                        continue
+                    if getattr(n.target, "__module__", None) == R.__name__ and n.target in _TENSOR_ARGS:
+                        self.env[n] = self.integer_op(n)
+                    else:
+                        self.env[n] = self.float_op(n)
+                out = self.bb.emit_output(self.env[result])
+            self.bb.emit_func_output(out)
+        mod = self.bb.finalize()
+        return EmitResult(mod, self.input_shape, self.input_dtype, _shape(out), _dtype(out), self.kernels)
+
+
+def emit_relax(ig: IntegerGraph, target: Any, input_shape: tuple[int, ...] | None = None,
+               input_dtype: str = "float32", use_strategies: bool = True) -> EmitResult:
+    """Emit the Relax module of `ig` for `target` (a `tvm.target.Target`); `main(x: input) -> output`."""
+    shape = graph_input_shape(ig, input_shape)
+    return _Emitter(ig, target, shape, input_dtype, use_strategies).run()

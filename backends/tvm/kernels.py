@@ -1,0 +1,354 @@
+"""Naive TE kernels for every op of docs/integer_semantics.md, bit-exact with `qcompile.ops.reference`.
+
+These are the fallback kernels: the emitter uses them when no registered `Strategy` applies. Each
+function takes TE tensors (and Python scalars for static parameters) and returns a TE tensor, for
+`relax.BlockBuilder.emit_te`. Integer arithmetic follows the contract exactly: products accumulate
+in int32 (`to_integer` proves no overflow), every fixed-point step (`requantize`, `rescale`, `add`,
+`mean`, `mul`) runs in int64 with an arithmetic right shift (round half up through the offset,
+docs/integer_semantics.md "Fixed-point rule", gemmlowp's rounding). Float islands are float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tvm import te, tirx
+
+__all__ = [
+    "quantize",
+    "dequantize",
+    "conv2d_acc",
+    "conv2d",
+    "conv2d_requant",
+    "linear_acc",
+    "linear",
+    "linear_requant",
+    "requantize",
+    "dequantize_acc",
+    "rescale",
+    "add",
+    "mean",
+    "mul",
+    "lut",
+    "float_conv2d",
+    "float_linear",
+    "float_unary",
+    "float_mean",
+]
+
+I64 = "int64"
+F64 = "float64"
+
+#: bound on |x * inv_scale| before adding the offset. Any product beyond it clamps to 0 or qmax
+#: either way (qmax <= 255), so the clamp never changes a code; it exists to stop LLVM from
+#: contracting `x * inv_scale + offset` into one fused multiply-add (TVM's LLVM backend allows
+#: FP-op fusion), which rounds once instead of twice and could move a code next to a boundary.
+_PRODUCT_BOUND = float(2**40)
+
+
+def _c64(v: int) -> tirx.PrimExpr:
+    return tirx.const(int(v), I64)
+
+
+def _f64(v: float) -> tirx.PrimExpr:
+    return tirx.const(float(v), F64)
+
+
+def _clamp_u8(v: tirx.PrimExpr, lo: int, hi: int) -> tirx.PrimExpr:
+    """Clamp an int64 value to [lo, hi] and narrow to uint8 (lo/hi lie within [0, 255])."""
+    return tirx.max(tirx.min(v, _c64(hi)), _c64(lo)).astype("uint8")
+
+
+def quantize(x: te.Tensor, inv_scale: float, offset: float, qmax: int, name: str = "quantize") -> te.Tensor:
+    """`clamp(floor(f64(x) * inv_scale + offset), 0, qmax)` as uint8 (BatchQuant Eq. 5)."""
+
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        p = x(*i).astype(F64) * _f64(inv_scale)
+        # The clamp keeps the product a separately rounded float64 (see _PRODUCT_BOUND).
+        p = tirx.max(tirx.min(p, _f64(_PRODUCT_BOUND)), _f64(-_PRODUCT_BOUND))
+        v = tirx.floor(p + _f64(offset))
+        return tirx.max(tirx.min(v, _f64(qmax)), _f64(0.0)).astype("uint8")
+
+    return te.compute(x.shape, f, name=name)
+
+
+def dequantize(q: te.Tensor, scale: float, zero_point: float, name: str = "dequantize") -> te.Tensor:
+    """`(f64(q) - zero_point) * scale`."""
+    return te.compute(q.shape, lambda *i: (q(*i).astype(F64) - _f64(zero_point)) * _f64(scale), name=name)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_out_hw(
+    hw: tuple[int, int], k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int], dil: tuple[int, int]
+) -> tuple[int, int]:
+    """Output height/width of a convolution (PyTorch's formula)."""
+    return tuple((hw[i] + 2 * pad[i] - dil[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(2))  # type: ignore[return-value]
+
+
+def _pad(x: te.Tensor, pad: tuple[int, int], value: tirx.PrimExpr, name: str) -> te.Tensor:
+    if pad == (0, 0):
+        return x
+    n, c, h, w = (int(s) for s in x.shape)
+    ph, pw = pad
+
+    def f(b: tirx.PrimExpr, ch: tirx.PrimExpr, i: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
+        inside = tirx.all(i >= ph, i < h + ph, j >= pw, j < w + pw)
+        return tirx.if_then_else(inside, x[b, ch, i - ph, j - pw], value)
+
+    return te.compute((n, c, h + 2 * ph, w + 2 * pw), f, name=name)
+
+
+def _conv(
+    x: te.Tensor,
+    w: te.Tensor,
+    stride: int | Sequence[int],
+    padding: int | Sequence[int],
+    dilation: int | Sequence[int],
+    groups: int,
+    pad_value: tirx.PrimExpr,
+    acc_dtype: str,
+    name: str,
+) -> te.Tensor:
+    """Grouped NCHW convolution `sum(w * x_padded)` in `acc_dtype` (depthwise is groups == C)."""
+    st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+    n, c, h, wd = (int(s) for s in x.shape)
+    o, cg, kh, kw = (int(s) for s in w.shape)
+    oh, ow = conv_out_hw((h, wd), (kh, kw), st, pd, dl)
+    og = o // groups
+    xp = _pad(x, pd, pad_value, name + "_pad")
+    rc = te.reduce_axis((0, cg), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def f(b: tirx.PrimExpr, oc: tirx.PrimExpr, i: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
+        ic = (oc // og) * cg + rc if groups > 1 else rc
+        xv = xp[b, ic, i * st[0] + ry * dl[0], j * st[1] + rx * dl[1]].astype(acc_dtype)
+        return te.sum(xv * w[oc, rc, ry, rx].astype(acc_dtype), axis=[rc, ry, rx])
+
+    return te.compute((n, o, oh, ow), f, name=name)
+
+
+def conv2d_acc(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    pad_value: int = 0,
+    name: str = "conv2d",
+) -> te.Tensor:
+    """int32 `sum(w * x_padded) + bias[o]`, x padded with the code `pad_value`."""
+    acc = _conv(x, w, stride, padding, dilation, groups, tirx.const(pad_value, x.dtype), "int32", name + "_acc")
+    return te.compute(acc.shape, lambda b, oc, i, j: acc[b, oc, i, j] + bias[oc], name=name)
+
+
+def conv2d(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    pad_value: int = 0,
+) -> te.Tensor:
+    """Integer conv2d (docs/integer_semantics.md `conv2d`)."""
+    return conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
+
+
+def _fixmul(v: tirx.PrimExpr, m: tirx.PrimExpr, s: tirx.PrimExpr) -> tirx.PrimExpr:
+    """`(v * M + 2^(s-1)) >> s` in int64 (the fixed-point rule, round half up)."""
+    v, m, s = v.astype(I64), m.astype(I64), s.astype(I64)
+    return tirx.shift_right(v * m + tirx.shift_left(_c64(1), s - _c64(1)), s)
+
+
+def _requant_expr(
+    acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, lo: int, hi: int, channel_axis: int = 1
+) -> callable:
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        c = i[channel_axis]
+        return _clamp_u8(_fixmul(acc(*i), multiplier[c], shift[c]), lo, hi)
+
+    return f
+
+
+def requantize(
+    acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, lo: int, hi: int, name: str = "requantize"
+) -> te.Tensor:
+    """`clamp(fixmul(acc, M[c], s[c]), lo, hi)` per channel (dim 1) as uint8."""
+    return te.compute(acc.shape, _requant_expr(acc, multiplier, shift, lo, hi), name=name)
+
+
+def conv2d_requant(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    pad_value: int = 0,
+    lo: int = 0,
+    hi: int = 255,
+) -> te.Tensor:
+    """conv2d then requantize in one PrimFunc (the fused group "conv2d_requant")."""
+    acc = conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
+    return requantize(acc, multiplier, shift, lo, hi)
+
+
+def linear_acc(x: te.Tensor, w: te.Tensor, bias: te.Tensor, name: str = "linear") -> te.Tensor:
+    """int32 `x @ w.T + bias`."""
+    n, k = (int(s) for s in x.shape)
+    o = int(w.shape[0])
+    rk = te.reduce_axis((0, k), name="rk")
+    acc = te.compute(
+        (n, o),
+        lambda i, j: te.sum(x[i, rk].astype("int32") * w[j, rk].astype("int32"), axis=rk),
+        name=name + "_acc",
+    )
+    return te.compute((n, o), lambda i, j: acc[i, j] + bias[j], name=name)
+
+
+def linear(x: te.Tensor, w: te.Tensor, bias: te.Tensor) -> te.Tensor:
+    """Integer linear (docs/integer_semantics.md `linear`)."""
+    return linear_acc(x, w, bias)
+
+
+def linear_requant(
+    x: te.Tensor, w: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, lo: int = 0, hi: int = 255
+) -> te.Tensor:
+    """linear then requantize in one PrimFunc (the fused group "linear_requant")."""
+    return requantize(linear_acc(x, w, bias), multiplier, shift, lo, hi)
+
+
+def dequantize_acc(acc: te.Tensor, scale: te.Tensor) -> te.Tensor:
+    """`f64(acc) * scale[c]` (channel = dim 1)."""
+    return te.compute(acc.shape, lambda *i: acc(*i).astype(F64) * scale[i[1]], name="dequantize_acc")
+
+
+def rescale(x: te.Tensor, multiplier: int, offset: int, shift: int, lo: int, hi: int) -> te.Tensor:
+    """`clamp((x*M + offset) >> s, lo, hi)` in int64."""
+
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        v = x(*i).astype(I64) * _c64(multiplier) + _c64(offset)
+        return _clamp_u8(tirx.shift_right(v, _c64(shift)), lo, hi)
+
+    return te.compute(x.shape, f, name="rescale")
+
+
+def add(
+    a: te.Tensor, b: te.Tensor, multiplier_a: int, multiplier_b: int, offset: int, shift: int, lo: int, hi: int
+) -> te.Tensor:
+    """Residual add `clamp((a*Ma + b*Mb + offset) >> s, lo, hi)` in int64."""
+
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        v = a(*i).astype(I64) * _c64(multiplier_a) + b(*i).astype(I64) * _c64(multiplier_b) + _c64(offset)
+        return _clamp_u8(tirx.shift_right(v, _c64(shift)), lo, hi)
+
+    return te.compute(a.shape, f, name="add")
+
+
+def mean(x: te.Tensor, multiplier: int, offset: int, shift: int, lo: int, hi: int) -> te.Tensor:
+    """Global average pool on codes: `clamp((sum_hw(x)*M + offset) >> s, lo, hi)`, keepdim."""
+    n, c, h, w = (int(s) for s in x.shape)
+    ry = te.reduce_axis((0, h), name="ry")
+    rx = te.reduce_axis((0, w), name="rx")
+    total = te.compute(
+        (n, c, 1, 1), lambda b, ch, _i, _j: te.sum(x[b, ch, ry, rx].astype(I64), axis=[ry, rx]), name="mean_sum"
+    )
+
+    def f(b: tirx.PrimExpr, ch: tirx.PrimExpr, i: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
+        v = total[b, ch, i, j] * _c64(multiplier) + _c64(offset)
+        return _clamp_u8(tirx.shift_right(v, _c64(shift)), lo, hi)
+
+    return te.compute((n, c, 1, 1), f, name="mean")
+
+
+def mul(
+    x: te.Tensor, g: te.Tensor, multiplier: int, offset_g: int, offset: int, shift: int, lo: int, hi: int
+) -> te.Tensor:
+    """SE gating `clamp((x*g*M + g*offset_g + offset) >> s, lo, hi)`, g broadcast over H, W."""
+
+    def f(b: tirx.PrimExpr, ch: tirx.PrimExpr, i: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
+        gi = g[b, ch, 0, 0].astype(I64)
+        v = x[b, ch, i, j].astype(I64) * gi * _c64(multiplier) + gi * _c64(offset_g) + _c64(offset)
+        return _clamp_u8(tirx.shift_right(v, _c64(shift)), lo, hi)
+
+    return te.compute(x.shape, f, name="mul")
+
+
+def lut(x: te.Tensor, table: te.Tensor) -> te.Tensor:
+    """`table[x]` (256-entry table on codes)."""
+    return te.compute(x.shape, lambda *i: table[x(*i).astype("int32")], name="lut")
+
+
+# -- float64 islands ------------------------------------------------------------------------------
+
+
+def float_conv2d(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor | None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> te.Tensor:
+    """float64 `F.conv2d` (zero padding, optional bias)."""
+    acc = _conv(x, w, stride, padding, dilation, groups, _f64(0.0), F64, "float_conv2d_acc")
+    if bias is None:
+        return acc
+    return te.compute(acc.shape, lambda b, oc, i, j: acc[b, oc, i, j] + bias[oc], name="float_conv2d")
+
+
+def float_linear(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
+    """float64 `F.linear`."""
+    n, k = (int(s) for s in x.shape)
+    o = int(w.shape[0])
+    rk = te.reduce_axis((0, k), name="rk")
+    acc = te.compute((n, o), lambda i, j: te.sum(x[i, rk] * w[j, rk], axis=rk), name="float_linear_acc")
+    if bias is None:
+        return acc
+    return te.compute((n, o), lambda i, j: acc[i, j] + bias[j], name="float_linear")
+
+
+def _unary_expr(kind: str, v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The float64 formula of each activation, written in torch's CPU kernel order."""
+    zero, three, six, one = _f64(0.0), _f64(3.0), _f64(6.0), _f64(1.0)
+    if kind == "relu":
+        return tirx.max(v, zero)
+    if kind == "relu6":
+        return tirx.min(tirx.max(v, zero), six)
+    if kind == "hardswish":
+        return v * tirx.min(tirx.max(v + three, zero), six) / six
+    if kind == "hardsigmoid":
+        return tirx.min(tirx.max(v + three, zero), six) / six
+    if kind == "sigmoid":
+        return one / (one + tirx.exp(-v))
+    if kind == "silu":
+        return v / (one + tirx.exp(-v))
+    raise ValueError(kind)
+
+
+FLOAT_UNARY = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu")
+
+
+def float_unary(x: te.Tensor, kind: str) -> te.Tensor:
+    """float64 activation `kind` (one of FLOAT_UNARY)."""
+    return te.compute(x.shape, lambda *i: _unary_expr(kind, x(*i)), name=f"float_{kind}")
+
+
+def float_mean(x: te.Tensor) -> te.Tensor:
+    """float64 `torch.mean(x, dim=(2, 3), keepdim=True)`."""
+    n, c, h, w = (int(s) for s in x.shape)
+    ry = te.reduce_axis((0, h), name="ry")
+    rx = te.reduce_axis((0, w), name="rx")
+    total = te.compute((n, c, 1, 1), lambda b, ch, _i, _j: te.sum(x[b, ch, ry, rx], axis=[ry, rx]), name="float_sum")
+    return te.compute((n, c, 1, 1), lambda *i: total(*i) / _f64(h * w), name="float_mean")

@@ -1,0 +1,168 @@
+"""MobileNetV2-shaped models for the peer harness (until `qcompile.spaces.mobilenet_v2` subnets land).
+
+`MobileNetV2` is the float network of Sandler et al. 2018 (Table 2: inverted residual blocks
+t, c, n, s), width multiplier and depth scalable so tests can use a tiny one.
+`synthetic_integer_graph` writes an IntegerGraph with the same layer shapes (conv2d + requantize
+with ReLU6 clamps, residual `add`, `mean`, `linear`, `dequantize_acc`) and random 8-bit weights,
+calibrated with the reference ops so codes spread over their range: it times our ONNX export on
+the exact MobileNetV2 workload; it is not a trained network.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from qcompile.ops import IntegerGraph, IntegerGraphBuilder
+from qcompile.ops import reference as R
+
+#: (expansion t, channels c, repeats n, stride s), MobileNetV2 Table 2
+MBV2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def _div8(v: float) -> int:
+    return max(8, int(v + 4) // 8 * 8)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU6())
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1 -> depthwise kxk -> project 1x1 (linear bottleneck), residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(cin, hidden, 1, 1))
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), _conv_bn(hidden, cout, 1, 1, act=False)]
+        self.conv = nn.Sequential(*layers)
+        self.use_res = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """Float MobileNetV2; `width` scales channels, `depth` caps the repeats per stage (tiny test nets)."""
+
+    def __init__(self, num_classes: int = 1000, width: float = 1.0, depth: int | None = None):
+        super().__init__()
+        cin = _div8(32 * width)
+        last = _div8(1280 * max(1.0, width))
+        feats: list[nn.Module] = [_conv_bn(3, cin, 3, 2)]
+        self.blocks: list[tuple[int, int, int, int]] = []
+        for t, c, n, s in MBV2_SETTINGS:
+            cout = _div8(c * width)
+            for i in range(n if depth is None else min(n, depth)):
+                feats.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                self.blocks.append((cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        feats.append(_conv_bn(cin, last, 1, 1))
+        self.features = nn.Sequential(*feats)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+        self.stem_channels, self.last_channels = _div8(32 * width), last
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, depth: int | None = None, seed: int = 0) -> MobileNetV2:
+    """A MobileNetV2 in eval mode with seeded random weights (latency only)."""
+    torch.manual_seed(seed)
+    return MobileNetV2(num_classes, width, depth).eval()
+
+
+def _fixed_point(m: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, s) with M in [2^30, 2^31) and M / 2^s = m, per channel (gemmlowp encoding)."""
+    s = np.array([30 - math.floor(math.log2(v)) for v in m], dtype=np.int64)
+    return (torch.tensor(np.round(m * np.exp2(s)).astype(np.int64), dtype=torch.int32),
+            torch.tensor(s, dtype=torch.int32))
+
+
+class _Writer:
+    """Writes the integer program and evaluates it on a calibration input at the same time."""
+
+    def __init__(self, x: torch.Tensor, seed: int):
+        self.b = IntegerGraphBuilder()
+        self.gen = torch.Generator().manual_seed(seed)
+        inv_scale, offset = 32.0, 128.5
+        self.node = self.b.call(R.quantize, self.b.input("x"), inv_scale, offset, 255)
+        self.val = R.quantize(x, inv_scale, offset, 255)
+        self.zp = 128
+
+    def conv(self, cout: int, k: int, stride: int, groups: int, relu6: bool) -> None:
+        cin = self.val.shape[1]
+        w = torch.randint(-127, 128, (cout, cin // groups, k, k), generator=self.gen).to(torch.int8)
+        kw = dict(stride=stride, padding=k // 2, dilation=1, groups=groups, pad_value=self.zp)
+        acc = R.conv2d(self.val, w, torch.zeros(cout, dtype=torch.int32), **kw).to(torch.float64)
+        flat = acc.transpose(0, 1).reshape(cout, -1)
+        lo_q, hi_q = flat.amin(1), flat.amax(1)
+        # output codes: zero point 20 for ReLU6 outputs (lo = 20: the ReLU), 128 for linear bottlenecks
+        zp_out, lo = (20, 20) if relu6 else (128, 0)
+        m = (255 - lo) / torch.clamp(hi_q - lo_q, min=1.0) * (0.8 if relu6 else 1.6)
+        mult, shift = _fixed_point(m.numpy())
+        center = torch.zeros_like(m) if relu6 else (lo_q + hi_q) / 2  # ReLU6: acc 0 -> the zero point
+        bias = torch.round(zp_out / m - center).to(torch.int32)
+        node = self.b.call(R.conv2d, self.node, self.b.const(w), self.b.const(bias), **kw)
+        self.node = self.b.call(R.requantize, node, self.b.const(mult), self.b.const(shift), lo=lo, hi=255)
+        self.val = R.requantize(R.conv2d(self.val, w, bias, **kw), mult, shift, lo=lo, hi=255)
+        self.zp = zp_out
+
+    def add(self, other_node, other_val) -> None:
+        # (a + b) / 2: both inputs and the output have zero point 128
+        s = 31
+        kw = dict(multiplier_a=1 << 30, multiplier_b=1 << 30, offset=1 << (s - 1), shift=s, lo=0, hi=255)
+        self.node = self.b.call(R.add, self.node, other_node, **kw)
+        self.val = R.add(self.val, other_val, **kw)
+
+
+def synthetic_integer_graph(model: MobileNetV2, resolution: int = 224, seed: int = 0) -> IntegerGraph:
+    """An IntegerGraph with `model`'s layer shapes and random calibrated 8-bit weights (see module doc)."""
+    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
+    w = _Writer(x, seed)
+    w.conv(model.stem_channels, 3, 2, 1, True)
+    for cin, cout, stride, t in model.blocks:
+        skip_node, skip_val = w.node, w.val
+        hidden = cin * t
+        if t != 1:
+            w.conv(hidden, 1, 1, 1, True)
+        w.conv(hidden, 3, stride, hidden, True)
+        w.conv(cout, 1, 1, 1, False)
+        if stride == 1 and cin == cout:
+            w.add(skip_node, skip_val)
+    w.conv(model.last_channels, 1, 1, 1, True)
+    hw = w.val.shape[2] * w.val.shape[3]
+    s = 30 + int(math.log2(hw))
+    mkw = dict(multiplier=round(2**s / hw), offset=1 << (s - 1), shift=s, lo=0, hi=255)
+    node = w.b.call(R.mean, w.node, **mkw)
+    node = w.b.call(R.flatten, node)
+    ncls = model.classifier.out_features
+    fc = torch.randint(-127, 128, (ncls, model.last_channels), generator=w.gen).to(torch.int8)
+    node = w.b.call(R.linear, node, w.b.const(fc), w.b.const(torch.zeros(ncls, dtype=torch.int32)))
+    node = w.b.call(R.dequantize_acc, node, w.b.const(torch.full((ncls,), 1e-4, dtype=torch.float64)))
+    return w.b.build(node, meta={"input_shape": [1, 3, resolution, resolution], "synthetic": True,
+                                 "model": "mobilenet_v2-shaped"})

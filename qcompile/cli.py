@@ -1,0 +1,331 @@
+"""The `qcompile` command: space, train, extract, calibrate, lower, tune, bench, export-onnx, run, demo.
+
+Every command reads and writes the same on-disk artifacts (run directory, subnet directory, lowered
+directory, see `qcompile.artifacts`). Bad input exits non-zero with one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("qcompile")
+
+SPACE_NAMES = ("mobilenet_v3", "mobilenet_v2", "spaceevo")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace(",", " ").split())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected integers like 2,3,4, got {text!r}") from e
+
+
+def _space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="mobilenet_v3", choices=SPACE_NAMES, help="search space")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--width-mult", type=float, default=None, help="channel multiplier (default per command)")
+    p.add_argument("--resolutions", type=_ints, default=None, help="input sizes, e.g. 24,32")
+
+
+def _make_space(args, default_width: float = 1.0, default_res: tuple[int, ...] | None = None):
+    import qcompile as qc
+
+    kw = {"num_classes": args.num_classes, "width_mult": args.width_mult or default_width}
+    res = args.resolutions or default_res
+    if res:
+        kw["resolutions"] = res
+    return qc.spaces.get_space(args.space, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_space(args) -> int:
+    """Print a summary of a search space: size, largest/smallest MACs and parameters."""
+    space = _make_space(args, default_res=None)
+    print(space_summary(space))
+    return 0
+
+
+def space_summary(space) -> str:
+    big, small = space.largest(), space.smallest()
+    rows = [
+        f"space {space!r}",
+        f"  subnets (architectures x resolutions): {space.size():.3e}",
+        f"  with per-layer bits {{2,3,4}}:            {space.size(bits=(2, 3, 4)):.3e}",
+        f"  layer slots in a policy: {space.num_layer_slots}; encoding length {space.encoding_size()}",
+        f"  {'':10} {'resolution':>10} {'MACs':>14} {'params':>12}",
+    ]
+    for name, cfg in (("largest", big), ("smallest", small)):
+        rows.append(
+            f"  {name:10} {cfg.resolution:>10} {space.count_macs(cfg):>14,} {space.count_params(cfg):>12,}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_train(args) -> int:
+    from qcompile.train_run import train_run
+
+    train_run(
+        space=_make_space(args, default_width=0.35, default_res=(24, 32)),
+        data=args.data,
+        out=Path(args.out),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resume=args.resume,
+        data_root=args.data_root,
+    )
+    return 0
+
+
+def _subnet_config(args, space):
+    from qcompile.config import SubnetConfig
+
+    if args.config:
+        return space.validate(SubnetConfig.load(args.config))
+    if args.largest:
+        return space.largest(bits=args.bits[0] if args.bits else None)
+    if args.smallest:
+        return space.smallest(bits=args.bits[0] if args.bits else None)
+    return space.sample(seed=args.seed, bits=args.bits)
+
+
+def cmd_extract(args) -> int:
+    import qcompile as qc
+    from qcompile.artifacts import load_run, save_subnet
+
+    space, qnet, doc = load_run(args.run)
+    cfg = _subnet_config(args, space)
+    sub = qc.extract(qnet, cfg)
+    calibrated = False
+    if args.calibrate:
+        _calibrate(sub, args.run_data or "digits", cfg.resolution, space.in_channels, args.calib_batches)
+        calibrated = True
+    save_subnet(sub, args.out, space=space, quantize_options=doc.get("quantize"), calibrated=calibrated,
+                source=str(args.run))
+    print(f"subnet written to {args.out} ({'calibrated' if calibrated else 'not calibrated'})")
+    return 0
+
+
+def _calibrate(sub, data: str, resolution: int, in_channels: int, batches: int) -> None:
+    import qcompile as qc
+    from qcompile.data import load_dataset
+
+    ds = load_dataset(data, resolution=resolution, in_channels=in_channels)
+    qc.calibrate(sub, ds.train.loader(64, shuffle=True, seed=1, resolution=resolution), max_batches=batches)
+
+
+def cmd_calibrate(args) -> int:
+    from qcompile.artifacts import load_subnet, save_subnet
+
+    space, sub, doc = load_subnet(args.subnet)
+    _calibrate(sub, args.data, sub.subnet_config.resolution, space.in_channels, args.calib_batches)
+    out = args.out or args.subnet
+    save_subnet(sub, out, space=space, quantize_options=doc.get("quantize"), calibrated=True, source=doc.get("source"))
+    print(f"calibrated subnet written to {out}")
+    return 0
+
+
+def _load_calibrated(path):
+    from qcompile.artifacts import load_subnet
+    from qcompile.errors import LoweringError
+
+    space, sub, doc = load_subnet(path)
+    if not doc.get("calibrated"):
+        raise LoweringError(str(path), "subnet is not calibrated", f"run `qcompile calibrate {path}` first")
+    return space, sub, doc
+
+
+def cmd_lower(args) -> int:
+    import qcompile as qc
+
+    _, sub, _ = _load_calibrated(args.subnet)
+    low = qc.lower(sub, target=args.target, tune=args.tune)
+    low.export(args.out)
+    print(f"lowered for {args.target} into {args.out}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import qcompile as qc
+
+    _, sub, _ = _load_calibrated(args.subnet)
+    low = qc.lower(sub, target=args.target, tune=True, trials=args.trials)
+    if args.out:
+        low.export(args.out)
+    print(f"tuned {args.subnet} for {args.target} ({args.trials} trials per kernel); database updated")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from qcompile.bench_run import bench_subnet
+
+    _, sub, _ = _load_calibrated(args.subnet)
+    report = bench_subnet(sub, target=args.target, out=Path(args.out), repeat=args.repeat, threads=args.threads)
+    print(report)
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    import qcompile as qc
+
+    _, sub, _ = _load_calibrated(args.subnet)
+    qc.export_onnx(sub, args.out, format=args.format)
+    print(f"ONNX ({args.format}) written to {args.out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    import qcompile as qc
+
+    low = qc.load(args.lowered)
+    meta = getattr(low, "metadata", {}) or {}
+    res = int(meta.get("config", {}).get("resolution", 32))
+    if args.images:
+        from qcompile.data.base import resize
+
+        from PIL import Image
+        import torch
+
+        xs = []
+        for p in args.images:
+            if not Path(p).is_file():
+                raise FileNotFoundError(p)
+            img = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+            xs.append(torch.from_numpy(img).permute(2, 0, 1))
+        x = resize(torch.stack(xs), res).numpy()
+        names = list(args.images)
+    else:
+        from qcompile.data import load_dataset
+
+        ds = load_dataset(args.data, resolution=res).test
+        x = ds.images[: args.limit].numpy()
+        names = [f"{args.data}/test[{i}] (label {int(ds.labels[i])})" for i in range(len(x))]
+    logits = low(np.ascontiguousarray(x, dtype=np.float32))
+    for name, row in zip(names, logits):
+        print(f"{name}: class {int(np.argmax(row))}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from qcompile.demo import run_demo
+
+    report = run_demo(Path(args.out), quick=args.quick, seed=args.seed)
+    print(f"report: {report}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcompile", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("space", help="summarise a search space")
+    _space_args(s)
+    s.set_defaults(fn=cmd_space)
+
+    s = sub.add_parser("train", help="train a quantized supernet (checkpoints in OUT/checkpoints)")
+    _space_args(s)
+    s.add_argument("--data", default="digits", help="digits | folder:PATH | cifar10:PATH | cifar100:PATH")
+    s.add_argument("--data-root", default=None, help="dataset directory for folder/cifar")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--epochs", type=_ints, default=None, help="epochs per phase: float,mixed,low-bit")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("extract", help="slice a subnet out of a trained run")
+    s.add_argument("run", help="run directory from `qcompile train`")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--config", help="subnet JSON (SubnetConfig)")
+    g.add_argument("--largest", action="store_true")
+    g.add_argument("--smallest", action="store_true")
+    s.add_argument("--seed", type=int, default=0, help="random subnet seed (default choice)")
+    s.add_argument("--bits", type=_ints, default=(4,), help="bit choices of the policy, e.g. 2,3,4")
+    s.add_argument("--calibrate", action="store_true", help="also calibrate (BN + BatchQuant)")
+    s.add_argument("--run-data", default=None, help="calibration data (default digits)")
+    s.add_argument("--calib-batches", type=int, default=8)
+    s.add_argument("--out", required=True, help="subnet directory")
+    s.set_defaults(fn=cmd_extract)
+
+    s = sub.add_parser("calibrate", help="recalibrate BN and BatchQuant statistics of a subnet")
+    s.add_argument("subnet", help="subnet directory")
+    s.add_argument("--data", default="digits")
+    s.add_argument("--calib-batches", type=int, default=8)
+    s.add_argument("--out", default=None, help="output directory (default: in place)")
+    s.set_defaults(fn=cmd_calibrate)
+
+    for name, fn, helptext in (("lower", cmd_lower, "compile a calibrated subnet with TVM"),
+                               ("tune", cmd_tune, "tune a subnet's kernels into the tuning database")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("subnet", help="calibrated subnet directory")
+        s.add_argument("--target", default="x86", help="x86 | arm_cpu | TVM target JSON")
+        if name == "lower":
+            s.add_argument("--tune", action="store_true")
+            s.add_argument("--out", required=True, help="lowered directory")
+        else:
+            s.add_argument("--trials", type=int, default=64)
+            s.add_argument("--out", default=None)
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("bench", help="benchmark a subnet against peers (torch, onnxruntime, TVM)")
+    s.add_argument("subnet", help="calibrated subnet directory")
+    s.add_argument("--target", default="x86")
+    s.add_argument("--repeat", type=int, default=20)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--out", default="runs/bench")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")
+    s.add_argument("subnet")
+    s.add_argument("--format", default="qdq", choices=("qdq", "qoperator"))
+    s.add_argument("--out", required=True, help="model.onnx path")
+    s.set_defaults(fn=cmd_export_onnx)
+
+    s = sub.add_parser("run", help="classify images with a lowered model")
+    s.add_argument("lowered", help="lowered directory")
+    s.add_argument("images", nargs="*", help="image files (default: digits test images)")
+    s.add_argument("--data", default="digits")
+    s.add_argument("--limit", type=int, default=8)
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", help="the whole pipeline on the embedded digits data; writes OUT/report.md")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qcompile.errors import QcompileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.fn(args) or 0)
+    except (QcompileError, FileNotFoundError, NotADirectoryError, json.JSONDecodeError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"qcompile {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qcompile {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""ONNX export against the reference executor (issue 8 acceptance), on hand-built IntegerGraphs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from qcompile.backends.onnx import (
+    INSTALL_HINT,
+    MissingDependencyError,
+    OnnxRunner,
+    build_onnx_model,
+    compare_with_reference,
+    export_onnx,
+)
+from qcompile.backends.onnx.export import OnnxExportOptions
+from qcompile.errors import ConfigError, LoweringError
+from qcompile.ops import IntegerGraphBuilder
+from qcompile.ops import reference as R
+
+
+def _call_nodes(ig) -> list[str]:
+    return [n.name for n in ig.graph.nodes if n.op == "call_function"]
+
+
+def test_qoperator_is_bit_exact_at_every_op(all_ops_graph):
+    ig, x = all_ops_graph
+    cmp = compare_with_reference(ig, x, format="qoperator")
+    assert [d.node for d in cmp.nodes] == _call_nodes(ig)  # every op compared
+    assert {d.op for d in cmp.nodes} >= {f.__name__ for f in R.INTEGER_OPS}
+    for d in cmp.nodes:
+        if d.kind == "codes":
+            assert d.max_diff == 0, d
+        else:  # float64 island, summation order only
+            assert d.max_diff < 1e-12, d
+    assert cmp.top1_equal
+
+
+def test_qdq_within_one_code_and_fused(all_ops_graph, tmp_path):
+    ig, x = all_ops_graph
+    cmp = compare_with_reference(ig, x, format="qdq")
+    assert cmp.max_codes <= 1
+    assert cmp.top1_equal
+    fused = json.loads(cmp.meta["qcompile.qdq_fused"])
+    assert fused == ["conv2d", "conv2d_1", "conv2d_2"]
+    # onnxruntime really runs the QDQ convs as integer kernels
+    path = export_onnx(ig, tmp_path / "m.onnx", format="qdq")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    assert ops.count("QLinearConv") == 3
+    assert "Conv" not in ops
+
+
+def test_exported_logits_match_reference_end_to_end(all_ops_graph, tmp_path):
+    ig, x = all_ops_graph
+    ref = ig(x).numpy()
+    for fmt in ("qoperator", "qdq"):
+        y = OnnxRunner(export_onnx(ig, tmp_path / f"{fmt}.onnx", format=fmt), threads=1)(x.numpy())
+        assert y.dtype == np.float64 and y.shape == ref.shape
+        # logits in units of the final accumulator scale (c19): exact integer accumulators
+        scale = ig.c19.numpy()
+        np.testing.assert_allclose(y / scale, ref / scale, rtol=0, atol=1e-6)
+
+
+def test_round_half_even_ties_are_the_only_qdq_difference():
+    """M / 2^s = 1/2 puts every odd accumulator on a tie: the reference rounds up, QLinearConv to even."""
+    b = IntegerGraphBuilder()
+    xin = b.input("x")
+    q = b.call(R.quantize, xin, 1.0, 0.5, 255)
+    w = torch.ones(1, 1, 1, 1, dtype=torch.int8)
+    acc = b.call(R.conv2d, q, b.const(w), b.const(torch.zeros(1, dtype=torch.int32)))
+    out = b.call(R.requantize, acc, b.const(torch.tensor([1 << 30], dtype=torch.int32)),
+                 b.const(torch.tensor([31], dtype=torch.int32)), lo=0, hi=255)
+    ig = b.build(out, meta={"input_shape": [1, 1, 16, 16]})
+    x = torch.arange(256, dtype=torch.float32).reshape(1, 1, 16, 16)
+    ref = ig(x).numpy().astype(np.int64)
+    np.testing.assert_array_equal(ref.reshape(-1), (np.arange(256) + 1) // 2)  # floor(v/2 + 1/2)
+    exact = compare_with_reference(ig, x, format="qoperator")
+    qdq = compare_with_reference(ig, x, format="qdq")
+    assert exact.max_codes == 0
+    req = next(d for d in qdq.nodes if d.node == "requantize")
+    assert req.max_diff == 1
+    assert req.mismatches == 64  # odd v with (v+1)/2 odd: 1, 5, 9, ... -> 64 of 256
+
+
+def test_model_checks_ir_version_and_metadata(all_ops_graph, tmp_path):
+    ig, _ = all_ops_graph
+    path = export_onnx(ig, tmp_path / "m.onnx", format="qoperator")
+    m = onnx.load(path)
+    assert m.ir_version == 10 and m.ir_version <= 13
+    assert m.opset_import[0].version == 21
+    onnx.checker.check_model(m, full_check=True)
+    props = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(props["qcompile.subnet_config"]) == {"resolution": 12, "depths": [1]}
+    assert json.loads(props["qcompile.quant_policy"])["weight_bits"] == [8, 4, 2, 8]
+    act = json.loads(props["qcompile.activation_ranges"])
+    assert act["requantize_1"] == {"lo": 3, "hi": 15, "bits": 4}  # 4-bit codes in a uint8 container
+    assert act["requantize"] == {"lo": 17, "hi": 255, "bits": 8}
+    wr = json.loads(props["qcompile.weight_ranges"])
+    assert wr["conv2d_1"]["bits"] <= 4 and wr["conv2d_2"]["bits"] <= 2 and wr["linear"]["bits"] == 8
+    assert wr["conv2d_2"]["min"] >= -2 and wr["conv2d_2"]["max"] <= 1
+    # batch is symbolic
+    dim0 = m.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param == "N"
+
+
+def test_dynamic_batch_runs_other_batch_sizes(all_ops_graph, tmp_path):
+    ig, _ = all_ops_graph
+    run = OnnxRunner(export_onnx(ig, tmp_path / "m.onnx", format="qoperator"), threads=1)
+    x5 = torch.randn(5, 3, 12, 12, generator=torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(run(x5.numpy()), ig(x5).numpy())
+
+
+def test_float_islands(float_island_graph, all_ops_graph):
+    ig, x = float_island_graph
+    cmp = compare_with_reference(ig, x, format="qoperator")
+    by = {d.node: d for d in cmp.nodes}
+    # the 3x3 conv island has no float64 kernel in onnxruntime: float32, recorded in metadata
+    assert json.loads(cmp.meta["qcompile.float32_islands"]) == ["conv2d"]
+    assert 1e-9 < by["conv2d"].max_diff < 1e-3
+    assert cmp.max_codes <= 1
+    assert by["quantize"].max_diff == 0
+    # float64 islands (SE: mean, 1x1 conv, relu, hardsigmoid) stay float64
+    cmp2 = compare_with_reference(*all_ops_graph, format="qoperator")
+    for d in cmp2.nodes:
+        if d.kind == "relative":
+            assert d.max_diff < 1e-12, d
+
+
+def test_hardswish_silu_formulas_in_float64():
+    b = IntegerGraphBuilder()
+    xin = b.input("x")
+    d = b.call(R.dequantize, b.call(R.quantize, xin, 32.0, 128.5, 255), 1 / 32, 128.0)
+    hs = b.call(torch.nn.functional.hardswish, d)
+    out = b.call(torch.nn.functional.silu, hs)
+    ig = b.build(b.call(torch.nn.functional.hardsigmoid, out), meta={"input_shape": [1, 256]})
+    x = torch.linspace(-4.2, 4.2, 256).reshape(1, 256)
+    cmp = compare_with_reference(ig, x, format="qoperator")
+    for d in cmp.nodes:
+        assert d.max_diff < 1e-15, d
+
+
+def _conv_graph(w: torch.Tensor, lo: int = 0, hi: int = 255):
+    b = IntegerGraphBuilder()
+    q = b.call(R.quantize, b.input("x"), 10.0, 0.5, 255)
+    acc = b.call(R.conv2d, q, b.const(w), b.const(torch.zeros(w.shape[0], dtype=torch.int32)))
+    out = b.call(R.requantize, acc, b.const(torch.tensor([1 << 30], dtype=torch.int32)),
+                 b.const(torch.tensor([40], dtype=torch.int32)), lo=lo, hi=hi)
+    return b.build(out, meta={"input_shape": [1, 2, 4, 4]})
+
+
+def test_refuses_weights_wider_than_8_bits():
+    ig = _conv_graph(torch.full((2, 2, 1, 1), 300, dtype=torch.int16))
+    for fmt in ("qdq", "qoperator"):
+        with pytest.raises(LoweringError, match=r"conv2d: weight dtype torch.int16.*8 bits"):
+            build_onnx_model(ig, OnnxExportOptions(format=fmt))
+
+
+def test_refuses_code_ranges_outside_uint8():
+    ig = _conv_graph(torch.ones(2, 2, 1, 1, dtype=torch.int8), lo=0, hi=511)
+    with pytest.raises(LoweringError, match=r"requantize: code range \[0, 511\]"):
+        build_onnx_model(ig, OnnxExportOptions(format="qoperator"))
+
+
+def test_bad_options_and_missing_shape():
+    with pytest.raises(ConfigError, match="format"):
+        OnnxExportOptions(format="fp16")
+    with pytest.raises(ConfigError, match="ir_version"):
+        OnnxExportOptions(ir_version=14)
+    ig = _conv_graph(torch.ones(2, 2, 1, 1, dtype=torch.int8))
+    ig.program_meta = {}
+    with pytest.raises(LoweringError, match="input_shape"):
+        build_onnx_model(ig)
+    m = build_onnx_model(ig, OnnxExportOptions(input_shape=(1, 2, 4, 4)))
+    assert m.graph.input[0].type.tensor_type.shape.dim[3].dim_value == 4
+
+
+def test_missing_onnxruntime_gives_install_hint(monkeypatch, all_ops_graph):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install qcompile\[onnx\]") as ei:
+        OnnxRunner(build_onnx_model(all_ops_graph[0]))
+    assert isinstance(ei.value, ImportError) and INSTALL_HINT in str(ei.value)
+
+
+def test_wide_conv_uses_convinteger_and_int64_division_exactly():
+    """sum|w| * 255 >= 2^24 rules out the float32 conv; a shift > 45 rules out the float64 rescale."""
+    g = torch.Generator().manual_seed(5)
+    cin = 1024
+    w = torch.randint(-127, 128, (4, cin, 1, 1), generator=g).to(torch.int8)
+    w[:, :, 0, 0] = torch.where(w[:, :, 0, 0] >= 0, 127, -127).to(torch.int8)  # sum|w| = 1024*127
+    b = IntegerGraphBuilder()
+    q = b.call(R.quantize, b.input("x"), 60.0, 128.5, 255)
+    acc = b.call(R.conv2d, q, b.const(w), b.const(torch.tensor([0, 5, -7, 1 << 20], dtype=torch.int32)))
+    mult, shift = 1518500250, 48  # ~ 2^-17.5
+    out = b.call(R.requantize, acc, b.const(torch.full((4,), mult, dtype=torch.int32)),
+                 b.const(torch.full((4,), shift, dtype=torch.int32)), lo=0, hi=255)
+    ig = b.build(out, meta={"input_shape": [2, cin, 3, 3]})
+    x = torch.randn(2, cin, 3, 3, generator=g) * 2
+    ref = ig(x)
+    assert int((ref > 0).sum()) > 0 and int((ref < 255).sum()) > 0 and ref.unique().numel() > 5
+    m = build_onnx_model(ig, OnnxExportOptions(format="qoperator"))
+    ops = [n.op_type for n in m.graph.node]
+    assert "ConvInteger" in ops and "Div" in ops and "Conv" not in ops
+    assert compare_with_reference(ig, x, format="qoperator").max_codes == 0
+    assert compare_with_reference(ig, x, format="qdq").max_codes <= 1
+
+
+def test_small_convs_run_as_exact_float32_convs(all_ops_graph):
+    ig, _ = all_ops_graph
+    m = build_onnx_model(ig, OnnxExportOptions(format="qoperator"))
+    props = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(props["qcompile.exact_float32_convs"]) == ["conv2d", "conv2d_1", "conv2d_2"]
+    ops = [n.op_type for n in m.graph.node]
+    assert "ConvInteger" not in ops and ops.count("Conv") == 3

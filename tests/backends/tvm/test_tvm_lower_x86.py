@@ -1,0 +1,235 @@
+"""TVM backend on x86: bit-exact against the reference executor (docs/integer_semantics.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import tvm_graphs as G
+from conftest import make_input
+
+from qcompile import ops
+from qcompile.backends.tvm import load, lower_integer_graph, register_strategy, select_strategy
+from qcompile.backends.tvm import strategy as S
+from qcompile.backends.tvm import targets as T
+from qcompile.errors import CheckpointError, ConfigError, LoweringError
+from qcompile.ops import IntegerGraphBuilder
+
+
+def assert_exact(low, ig, x):
+    y, r = low(x), G.reference(ig, x)
+    assert y.dtype == r.dtype and y.shape == r.shape
+    np.testing.assert_array_equal(y, r)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_every_integer_op_bit_exact(bits):
+    ig = G.mbv2_like(seed=bits, bits=bits)
+    low = lower_integer_graph(ig, "x86")
+    for seed in range(3):
+        assert_exact(low, ig, make_input(ig, seed))
+
+
+def test_naive_kernels_bit_exact_without_strategies(mbv2_graph):
+    low = lower_integer_graph(mbv2_graph, "x86", use_strategies=False)
+    assert {k["strategy"] for k in low.kernels} == {"naive"}
+    for seed in range(3):
+        assert_exact(low, mbv2_graph, make_input(mbv2_graph, seed))
+
+
+def test_fusion_groups_and_kernel_names(mbv2_x86):
+    ops_ = [k["op"] for k in mbv2_x86.kernels]
+    assert ops_.count("conv2d_requant") == 4 and ops_.count("linear_requant") == 1
+    assert "requantize" not in ops_ and "conv2d" not in ops_
+    naive = lower_integer_graph(G.mbv2_like(seed=0), "x86", use_strategies=False)
+    names = [f for k in naive.kernels for f in k["primfuncs"]]
+    assert "conv2d_requant_requantize" in names and "lut_lut_1" in names
+
+
+def test_unfused_accumulators_and_dequantize_acc():
+    ig = G.unfused_acc()
+    low = lower_integer_graph(ig, "x86")
+    assert {"conv2d", "requantize", "dequantize_acc"} <= {k["op"] for k in low.kernels}
+    for seed in range(3):
+        assert_exact(low, ig, make_input(ig, seed, scale=0.3))
+
+
+def test_float_island_codes_exact():
+    ig = G.float_island()
+    low = lower_integer_graph(ig, "x86")
+    for seed in range(5):
+        assert_exact(low, ig, make_input(ig, seed))
+
+
+CONV_CASES = [
+    # c_in, c_out, k, stride, padding, dilation, groups, bits, hw
+    (3, 5, 3, 1, 0, 1, 1, 8, (7, 9)),
+    (4, 6, 3, 2, 1, 1, 2, 4, (11, 6)),
+    (8, 8, 5, 2, 2, 1, 8, 3, (9, 9)),
+    (6, 9, 3, (2, 1), (0, 2), (2, 1), 3, 2, (10, 7)),
+    (7, 3, 1, 1, 0, 1, 1, 8, (1, 1)),
+    (5, 5, 7, 3, 3, 1, 5, 4, (13, 13)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"c{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}g{c[6]}b{c[7]}")
+def test_conv_shapes_strides_groups_bits(case):
+    ci, co, k, st, pd, dl, gr, bits, hw = case
+    b = IntegerGraphBuilder()
+    g = G.Gen(b, seed=ci * co)
+    x = b.input("x")
+    q = b.call(ops.quantize, x, 1 / 0.05, 7.25 + 0.5, 2**bits - 1)
+    y = G.conv_block(g, q, ci, co, k, stride=st, padding=pd, dilation=dl, groups=gr, wbits=bits, abits_in=bits,
+                     abits_out=bits)
+    ig = b.build(y, {"input_shape": [2, ci, *hw]})
+    low = lower_integer_graph(ig, "x86")
+    for seed in range(2):
+        assert_exact(low, ig, make_input(ig, seed))
+
+
+def _edge_graph(mult: int, shift: int, wfill: int, pad_value: int):
+    b = IntegerGraphBuilder()
+    x = b.input("x")
+    q = b.call(ops.quantize, x, 1.0, 0.5, 255)
+    w = b.const(torch.full((4, 3, 3, 3), wfill, dtype=torch.int8))
+    acc = b.call(ops.conv2d, q, w, b.const(torch.tensor([0, 1, -1, 2**20], dtype=torch.int32)), stride=1,
+                 padding=1, dilation=1, groups=1, pad_value=pad_value)
+    r = b.call(ops.requantize, acc, b.const(torch.full((4,), mult, dtype=torch.int32)),
+               b.const(torch.full((4,), shift, dtype=torch.int32)), lo=0, hi=255)
+    s = b.call(ops.rescale, r, multiplier=2**31 - 1, offset=2**61, shift=62, lo=0, hi=255)
+    a = b.call(ops.add, r, s, multiplier_a=2**31 - 1, multiplier_b=2**31 - 1, offset=-(2**40), shift=31, lo=0, hi=255)
+    return b.build(b.call(ops.mul, a, b.call(ops.mean, a, multiplier=2**31 - 1, offset=0, shift=40, lo=0, hi=255),
+                          multiplier=2**31 - 1, offset_g=-(2**31), offset=2**45, shift=46, lo=3, hi=250),
+                   {"input_shape": [1, 3, 5, 4]})
+
+
+@pytest.mark.parametrize("mult,shift,wfill,pad_value", [(2**31 - 1, 62, -128, 255), (2**31 - 1, 1, 127, 0),
+                                                        (1, 1, -1, 128), (2**30, 31, 127, 255)])
+@pytest.mark.parametrize("fill", [255.0, 0.0, 1e9, -1e9])
+def test_edge_values(mult, shift, wfill, pad_value, fill):
+    """All-255 / all-0 codes, saturating quantize, extreme multipliers and shifts (int64 paths)."""
+    ig = _edge_graph(mult, shift, wfill, pad_value)
+    low = lower_integer_graph(ig, "x86")
+    assert_exact(low, ig, np.full((1, 3, 5, 4), fill, dtype=np.float32))
+
+
+def _fma_sensitive_case() -> tuple[float, float, float]:
+    """(x, inv_scale, offset) with floor(x*inv + off) different when rounded once (FMA) vs twice."""
+    rng = np.random.default_rng(0)
+    for _ in range(100000):
+        inv = float(rng.uniform(0.67, 0.99))
+        x = 3.0
+        p = x * inv  # in [2, 4): ulp 2^-51
+        e = Fraction(x) * Fraction(inv) - Fraction(p)
+        if e < -Fraction(1, 2**53):  # below a quarter ulp: exact x*inv + (2 - p) rounds under 2
+            return x, inv, 2.0 - p
+    raise AssertionError("no case found")
+
+
+def test_quantize_not_contracted_to_fma():
+    """LLVM fuses `x*inv + off` into one FMA unless prevented; the kernel must round twice like torch."""
+    x, inv, off = _fma_sensitive_case()
+    two_roundings = math.floor((x * inv) + off)
+    one_rounding = math.floor(float(Fraction(x) * Fraction(inv) + Fraction(off)))
+    assert (two_roundings, one_rounding) == (2, 1)  # the case discriminates
+    b = IntegerGraphBuilder()
+    ig = b.build(b.call(ops.quantize, b.input("x"), inv, off, 255), {"input_shape": [1, 1, 2, 3]})
+    xin = np.full((1, 1, 2, 3), x, dtype=np.float32)
+    assert G.reference(ig, xin).max() == 2
+    for use in (True, False):
+        assert_exact(lower_integer_graph(ig, "x86", use_strategies=use), ig, xin)
+
+
+def test_export_load_roundtrip(mbv2_x86, mbv2_graph, tmp_path):
+    x = make_input(mbv2_graph, 7)
+    path = mbv2_x86.export(tmp_path / "lib")
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["target"]["name"] == "x86" and meta["input"]["shape"] == [1, 3, 17, 15]
+    assert meta["versions"]["apache-tvm"].startswith("0.27")
+    again = load(path)
+    np.testing.assert_array_equal(again(x), mbv2_x86(x))
+    np.testing.assert_array_equal(again(x), G.reference(mbv2_graph, x))
+    np.testing.assert_array_equal(again.program(torch.from_numpy(x)).numpy(), G.reference(mbv2_graph, x))
+    mbv2_x86.export(path)  # overwriting an export is atomic and leaves one directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no exported library"):
+        load(tmp_path)
+    (tmp_path / "lib.so").write_bytes(b"x")
+    (tmp_path / "metadata.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load(tmp_path)
+
+
+def test_benchmark_local(mbv2_x86):
+    res = mbv2_x86.benchmark(repeat=5)
+    assert res.repeat == 5 and 0 < res.min_ms <= res.median_ms <= res.max_ms
+    names = {r["name"] for r in res.kernels}
+    primfuncs = {f for k in mbv2_x86.kernels for f in k["primfuncs"]}
+    assert primfuncs <= names
+    assert all(r["mean_ms"] >= 0 for r in res.kernels)
+    assert "kernel" in res.table().splitlines()[0]
+
+
+def test_input_shape_checked(mbv2_x86):
+    with pytest.raises(ConfigError, match="input shape"):
+        mbv2_x86(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_errors_name_setting_and_remedy(monkeypatch):
+    with pytest.raises(LoweringError, match="unknown target.*x86"):
+        T.resolve_target("tpu")
+    monkeypatch.setattr(T, "CROSS_CXX", "no-such-aarch64-g++")
+    with pytest.raises(LoweringError, match="no-such-aarch64-g\\+\\+.*not found"):
+        T.resolve_target("arm_cpu")
+    b = IntegerGraphBuilder()
+    y = b.call(torch.tanh, b.call(ops.dequantize, b.call(ops.quantize, b.input("x"), 1.0, 0.5, 255), 1.0, 0.0))
+    ig = b.build(y, {"input_shape": [1, 2]})
+    with pytest.raises(LoweringError, match="node tanh.*cannot be lowered"):
+        lower_integer_graph(ig, "x86")
+    b = IntegerGraphBuilder()
+    ig = b.build(b.call(ops.quantize, b.input("x"), 1.0, 0.5, 255))
+    with pytest.raises(LoweringError, match="input_shape"):
+        lower_integer_graph(ig, "x86")
+    b = IntegerGraphBuilder()
+    x = b.input("x")
+    d = b.call(ops.dequantize, b.call(ops.quantize, x, 1.0, 0.5, 255), 1.0, 0.0)
+    ig = b.build(b.call(operator.add, d, x), {"input_shape": [1, 2]})
+    with pytest.raises(LoweringError, match="float64"):
+        lower_integer_graph(ig, "x86")
+
+
+def test_strategy_registry_priority_and_fallback():
+    from tvm.target import Target
+
+    @register_strategy("qc_test_op", priority=1)
+    class Low:
+        name = "low"
+
+        def applies(self, call):
+            return True
+
+        def emit(self, bb, call, args):
+            raise AssertionError
+
+    @register_strategy("qc_test_op", priority=5)
+    class High:
+        name = "high"
+
+        def applies(self, call):
+            return call.params.get("ok", False)
+
+        def emit(self, bb, call, args):
+            raise AssertionError
+
+    tgt = Target({"kind": "llvm"})
+    assert select_strategy(S.OpCall("qc_test_op", {"ok": True}, tgt)).name == "high"
+    assert select_strategy(S.OpCall("qc_test_op", {}, tgt)).name == "low"
+    assert select_strategy(S.OpCall("qc_unknown_op", {}, tgt)) is None

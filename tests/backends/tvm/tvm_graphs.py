@@ -1,0 +1,150 @@
+"""IntegerGraphs built by hand for the TVM backend tests: every op, odd shapes, all bit-widths.
+
+Parameters are drawn so that accumulators stay inside int32 (as `to_integer` guarantees) and the
+requantization scales map typical accumulators onto the output code range, with some clamping.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qcompile import ops
+from qcompile.ops import IntegerGraph, IntegerGraphBuilder
+
+
+def fixed_point(scale: float) -> tuple[int, int]:
+    """(M, s) with M in [2^30, 2^31) and M / 2^s ~= scale (gemmlowp's normalised multiplier)."""
+    e = math.floor(math.log2(scale))
+    s = 30 - e
+    m = round(scale * 2.0**s)
+    if m >= 2**31:
+        m, s = m // 2, s - 1
+    assert 1 <= s <= 62, (scale, s)
+    return int(m), int(s)
+
+
+class Gen:
+    """Random parameters for one graph."""
+
+    def __init__(self, b: IntegerGraphBuilder, seed: int) -> None:
+        self.b = b
+        self.rng = np.random.default_rng(seed)
+
+    def weights(self, shape: tuple[int, ...], bits: int) -> object:
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return self.b.const(torch.from_numpy(self.rng.integers(lo, hi + 1, size=shape).astype(np.int8)))
+
+    def bias(self, n: int, mag: int = 2000) -> object:
+        return self.b.const(torch.from_numpy(self.rng.integers(-mag, mag + 1, size=n).astype(np.int32)))
+
+    def requant_params(self, n: int, fan_in: int, wbits: int, abits_in: int, abits_out: int) -> tuple:
+        # typical |acc| ~ sqrt(fan_in) * E|w| * E|x|; map +-3 sigma onto the output range
+        sigma = math.sqrt(fan_in) * (2 ** (wbits - 1)) * (2**abits_in) / 4
+        target = (2**abits_out - 1) / (3 * max(sigma, 1.0))
+        mults, shifts = [], []
+        for _ in range(n):
+            m, s = fixed_point(target * float(self.rng.uniform(0.5, 2.0)))
+            mults.append(m)
+            shifts.append(s)
+        m = self.b.const(torch.tensor(mults, dtype=torch.int32))
+        return m, self.b.const(torch.tensor(shifts, dtype=torch.int32))
+
+    def table(self, bits_out: int) -> object:
+        return self.b.const(torch.from_numpy(self.rng.integers(0, 2**bits_out, size=256).astype(np.uint8)))
+
+
+def conv_block(g: Gen, x, c_in: int, c_out: int, k: int, *, stride=1, padding=0, dilation=1, groups=1,
+               wbits=8, abits_in=8, abits_out=8, relu6=False, pad_value=None):
+    b = g.b
+    w = g.weights((c_out, c_in // groups, k, k), wbits)
+    pv = int(g.rng.integers(0, 2**abits_in)) if pad_value is None else pad_value
+    acc = b.call(ops.conv2d, x, w, g.bias(c_out), stride=stride, padding=padding, dilation=dilation,
+                 groups=groups, pad_value=pv)
+    m, s = g.requant_params(c_out, (c_in // groups) * k * k, wbits, abits_in, abits_out)
+    hi = min(2**abits_out - 1, 200) if relu6 else 2**abits_out - 1
+    return b.call(ops.requantize, acc, m, s, lo=int(g.rng.integers(0, 3)), hi=hi)
+
+
+def mbv2_like(seed: int = 0, bits: int = 8, shape=(1, 3, 17, 15)) -> IntegerGraph:
+    """quantize -> conv 3x3/s2 -> pointwise -> depthwise (pad, stride) -> lut -> SE (mean, mul) -> residual
+    add -> rescale -> mean -> flatten -> linear -> requantize -> dequantize: every integer op once."""
+    b = IntegerGraphBuilder()
+    g = Gen(b, seed)
+    x = b.input("x")
+    q = b.call(ops.quantize, x, 1 / 0.02, 128.3 + 0.5, 255)
+    c1 = conv_block(g, q, 3, 16, 3, stride=2, padding=1, wbits=bits, abits_in=8, abits_out=bits)
+    c2 = conv_block(g, c1, 16, 24, 1, wbits=bits, abits_in=bits, abits_out=8)
+    d = conv_block(g, c2, 24, 24, 3, stride=1, padding=1, groups=24, wbits=bits, abits_in=8, abits_out=8)
+    h = b.call(ops.lut, d, g.table(bits))
+    pooled = b.call(ops.mean, h, multiplier=1 << 20, offset=(1 << 24) + 12345, shift=25 - 2, lo=0, hi=255)
+    gate = b.call(ops.lut, pooled, g.table(8))
+    se = b.call(ops.mul, h, gate, multiplier=3 << 12, offset_g=-37 * (3 << 12), offset=1 << 19, shift=20, lo=0, hi=255)
+    p = conv_block(g, se, 24, 24, 1, wbits=bits, abits_in=8, abits_out=8)
+    r = b.call(ops.rescale, c2, multiplier=1 << 16 | 777, offset=(1 << 15) - 9 * (1 << 16), shift=16, lo=0, hi=255)
+    a = b.call(ops.add, p, r, multiplier_a=1 << 14, multiplier_b=3 << 13, offset=(1 << 14) - 128 * (1 << 15),
+               shift=15, lo=0, hi=255)
+    gp = b.call(ops.mean, a, multiplier=(1 << 24) // (a_hw := 8 * 9), offset=1 << 23, shift=24, lo=0, hi=255)
+    del a_hw
+    f = b.call(ops.flatten, gp)
+    w = g.weights((10, 24), bits)
+    lin = b.call(ops.linear, f, w, g.bias(10))
+    m, s = g.requant_params(10, 24, bits, 8, 8)
+    o = b.call(ops.requantize, lin, m, s, lo=0, hi=255)
+    y = b.call(ops.dequantize, o, 0.05, 131.25)
+    return b.build(y, {"input_shape": list(shape)})
+
+
+def unfused_acc(seed: int = 0, shape=(2, 5, 9, 7)) -> IntegerGraph:
+    """conv2d and linear NOT followed by requantize: conv2d -> dequantize_acc (float64) and an
+    accumulator used twice (requantize and dequantize_acc), so no fusion applies."""
+    b = IntegerGraphBuilder()
+    g = Gen(b, seed)
+    x = b.input("x")
+    q = b.call(ops.quantize, x, 1 / 0.03, 0.5, 15)
+    w = g.weights((6, 5, 3, 3), 4)
+    acc = b.call(ops.conv2d, q, w, g.bias(6), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=1, pad_value=0)
+    m, s = g.requant_params(6, 45, 4, 4, 4)
+    r = b.call(ops.requantize, acc, m, s, lo=0, hi=15)
+    sc = b.const(torch.from_numpy(g.rng.uniform(1e-4, 1e-2, 6)))
+    fa = b.call(ops.dequantize_acc, acc, sc)
+    fr = b.call(ops.dequantize, r, 0.1, 0.0)
+    return b.build(b.call(operator.add, fa, fr), {"input_shape": list(shape)})
+
+
+def float_island(seed: int = 0, shape=(1, 4, 6, 6)) -> IntegerGraph:
+    """A float64 island with every allowed float op, between quantize/dequantize at both ends."""
+    b = IntegerGraphBuilder()
+    g = Gen(b, seed)
+    x = b.input("x")
+    q = b.call(ops.quantize, x, 1 / 0.05, 100.5, 255)
+    d = b.call(ops.dequantize, q, 0.05, 100.0)
+    w1 = b.const(torch.from_numpy(g.rng.standard_normal((8, 2, 3, 3)) * 0.3))
+    b1 = b.const(torch.from_numpy(g.rng.standard_normal(8) * 0.1))
+    c = b.call(F.conv2d, d, w1, b1, 1, 1, 1, 2)
+    c = b.call(F.relu6, c)
+    h = b.call(F.hardswish, c)
+    w2 = b.const(torch.from_numpy(g.rng.standard_normal((8, 1, 3, 3)) * 0.3))
+    c2 = b.call(F.conv2d, h, w2, None, stride=2, padding=0, groups=8)
+    s = b.call(torch.sigmoid, c2)
+    sl = b.call(F.silu, c2)
+    hs = b.call(F.hardsigmoid, c2)
+    r = b.call(F.relu, b.call(operator.add, b.call(operator.mul, s, sl), hs))
+    m = b.call(torch.mean, r, dim=(2, 3), keepdim=True)
+    m = b.call(operator.mul, b.call(operator.add, m, 0.25), 2.0)
+    f = b.call(torch.flatten, m, 1)
+    wl = b.const(torch.from_numpy(g.rng.standard_normal((5, 8))))
+    bl = b.const(torch.from_numpy(g.rng.standard_normal(5)))
+    lin = b.call(F.linear, f, wl, bl)
+    out = b.call(ops.quantize, lin, 1 / 0.01, 128.5, 255)
+    return b.build(out, {"input_shape": list(shape)})
+
+
+def reference(ig: IntegerGraph, x: np.ndarray) -> np.ndarray:
+    """The reference executor's output as numpy."""
+    with torch.no_grad():
+        return ig(torch.from_numpy(x)).numpy()

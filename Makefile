@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[tvm,onnx,search,dev]"
 	touch $(STAMP)
 
+# One thread per test worker: two xdist workers with two OpenMP threads each oversubscribe the
+# two cores, and spinning OpenMP threads then run 30x slower (measured here).
+THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TVM_NUM_THREADS=1
+
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(THREADS) $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(THREADS) $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m slow
 
 demo: setup
 	$(BIN)/qcompile demo --out runs/demo

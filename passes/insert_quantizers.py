@@ -5,7 +5,8 @@ step per bit-width) and an elastic activation quantizer (BatchQuant by default, 
 per bit-width) on its input; the active bits of each come from the `SubnetConfig`'s policy at
 `set_active` time. Layer groups outside the policy have fixed bits, defaulting to the seeds'
 conventions: first conv float (input and weights), last linear 8-bit, SE convs float, head convs
-and the blocks of fixed stages 8-bit (`head_layers`). The `QuantPoint`s of the supernet (residual adds, LUT activation inputs, SE input and gate,
+and the blocks of fixed stages 8-bit (`head_layers`). The `QuantPoint`s of the supernet (residual adds,
+LUT activation inputs, SE input and gate,
 pool input, block outputs) become 8-bit activation quantizers (`residual_bits`), so the fake-quant
 model quantizes exactly the tensors the integer program materialises (docs/integer_semantics.md).
 """
@@ -139,9 +140,16 @@ def insert_quantizers(
     graph.lint()
     gm.recompile()
     gm.quantize_options = dict(
-        weight_bits=list(weight_bits), act_bits=list(act_bits), first_layer=first_layer, last_layer=last_layer,
-        head_layers=head_layers, se_layers=se_layers, residual_bits=residual_bits, act_quant=act_quant,
-        estimator=estimator, per_channel=per_channel,
+        weight_bits=list(weight_bits),
+        act_bits=list(act_bits),
+        first_layer=first_layer,
+        last_layer=last_layer,
+        head_layers=head_layers,
+        se_layers=se_layers,
+        residual_bits=residual_bits,
+        act_quant=act_quant,
+        estimator=estimator,
+        per_channel=per_channel,
     )
     return gm
 
@@ -161,6 +169,7 @@ class InsertQuantizers(Pass):
     def run(self, gm: fx.GraphModule) -> PassResult:
         wb = tuple(int(b) for b in str(self.weight_bits).split("-"))
         ab = tuple(int(b) for b in str(self.act_bits).split("-"))
-        out = insert_quantizers(gm, wb, ab, first_layer=self.first_layer, last_layer=self.last_layer,
-                                act_quant=self.act_quant)
+        out = insert_quantizers(
+            gm, wb, ab, first_layer=self.first_layer, last_layer=self.last_layer, act_quant=self.act_quant
+        )
         return PassResult(out, True)

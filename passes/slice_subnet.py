@@ -36,8 +36,16 @@ def _static_conv(mod: ElasticConv2d, in_ch: int) -> QConv2d:
     w = mod.active_weight(in_ch).detach()
     out, k = w.shape[0], w.shape[-1]
     groups = in_ch if mod.depthwise else 1
-    conv = QConv2d(in_ch, out, k, stride=mod.stride, padding=k // 2, groups=groups, bias=mod.bias is not None,
-                   weight_quant=_frozen_weight_quant(mod))
+    conv = QConv2d(
+        in_ch,
+        out,
+        k,
+        stride=mod.stride,
+        padding=k // 2,
+        groups=groups,
+        bias=mod.bias is not None,
+        weight_quant=_frozen_weight_quant(mod),
+    )
     conv.weight.data.copy_(w)
     if mod.bias is not None:
         conv.bias.data.copy_(mod.bias.detach()[:out])

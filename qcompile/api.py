@@ -37,8 +37,16 @@ def quantize(
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
     return insert_quantizers(
-        graph, weight_bits, act_bits, first_layer=first_layer, last_layer=last_layer, se_layers=se_layers,
-        head_layers=head_layers, residual_bits=residual_bits, act_quant=act_quant, estimator=estimator,
+        graph,
+        weight_bits,
+        act_bits,
+        first_layer=first_layer,
+        last_layer=last_layer,
+        se_layers=se_layers,
+        head_layers=head_layers,
+        residual_bits=residual_bits,
+        act_quant=act_quant,
+        estimator=estimator,
         per_channel=per_channel,
     )
 
@@ -89,5 +97,4 @@ def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", **kwargs: 
     return _export(subnet, path, format=format, **kwargs)
 
 
-__all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load",
-           "export_onnx"]
+__all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load", "export_onnx"]

@@ -152,9 +152,7 @@ class SubnetConfig:
             raise ConfigError(unknown[0], d[unknown[0]], f"known keys: {', '.join(sorted(known))}")
         policy = d.get("policy")
         if policy is not None:
-            if not isinstance(policy, Sequence) or any(
-                not isinstance(p, Sequence) or len(p) != 2 for p in policy
-            ):
+            if not isinstance(policy, Sequence) or any(not isinstance(p, Sequence) or len(p) != 2 for p in policy):
                 raise ConfigError("policy", policy, "a list of [weight_bits, act_bits] pairs")
             policy = QuantPolicy(tuple(tuple(p) for p in policy))
         return cls(

@@ -26,10 +26,7 @@ def test_json_round_trip_every_space(space_name):
 
 def test_stable_hash_is_process_independent():
     cfg = qc.spaces.mobilenet_v3().sample(seed=3, bits=(2, 4))
-    code = (
-        "import qcompile as qc;"
-        "print(qc.spaces.mobilenet_v3().sample(seed=3, bits=(2, 4)).stable_hash())"
-    )
+    code = "import qcompile as qc;print(qc.spaces.mobilenet_v3().sample(seed=3, bits=(2, 4)).stable_hash())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == cfg.stable_hash()
 

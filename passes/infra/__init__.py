@@ -4,5 +4,16 @@ from qcompile.passes.infra.manager import PassInstrument, PassManager, PassRecor
 from qcompile.passes.infra.pass_base import Pass, PassResult
 from qcompile.passes.infra.registry import get_pass, parse_pipeline, pipeline_string, register, registered
 
-__all__ = ["Pass", "PassResult", "PassManager", "PassInstrument", "PassRecord", "PrintAfter", "register",
-           "registered", "get_pass", "parse_pipeline", "pipeline_string"]
+__all__ = [
+    "Pass",
+    "PassResult",
+    "PassManager",
+    "PassInstrument",
+    "PassRecord",
+    "PrintAfter",
+    "register",
+    "registered",
+    "get_pass",
+    "parse_pipeline",
+    "pipeline_string",
+]

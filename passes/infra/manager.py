@@ -109,8 +109,9 @@ class PassManager:
             gm = result.graph_module
             modified |= result.modified
             self.records.append(PassRecord(p.name, p.spec(), dt, result.modified, n_before, len(gm.graph.nodes)))
-            log.debug("pass %s: %.3fs modified=%s nodes %d->%d", p.spec(), dt, result.modified, n_before,
-                      len(gm.graph.nodes))
+            log.debug(
+                "pass %s: %.3fs modified=%s nodes %d->%d", p.spec(), dt, result.modified, n_before, len(gm.graph.nodes)
+            )
             for ins in self.instruments:
                 ins.after(p, result)
         return PassResult(gm, modified)
@@ -118,8 +119,10 @@ class PassManager:
     def _failure(self, i: int, p: Pass, gm: fx.GraphModule, e: Exception) -> PassError:
         before = pipeline_string(self.passes[:i]) or "(none)"
         repro = Path(tempfile.mkdtemp(prefix="qcompile-pass-failure-")) / "reproducer.py"
-        repro.write_text(f"# pipeline: {self.pipeline}\n# failed pass: {p.spec()}\n# passes before: {before}\n"
-                         f"# graph before the failing pass:\n{gm.code}\n")
+        repro.write_text(
+            f"# pipeline: {self.pipeline}\n# failed pass: {p.spec()}\n# passes before: {before}\n"
+            f"# graph before the failing pass:\n{gm.code}\n"
+        )
         return PassError(
             f"pass '{p.spec()}' failed ({type(e).__name__}: {e}); passes before it: {before}; "
             f"reproducer with gm.code and the pipeline: {repro}"

@@ -30,7 +30,10 @@ BLOCK_CONVS = {"mbv1": 2, "mbv2": 3, "mbv3": 3, "bottleneck": 3, "bottleneck_se"
 
 
 class SqueezeExcite(nn.Module):
-    """SE of MobileNetV3 / OFA DynamicSE: mean -> 1x1 reduce (bias) -> ReLU -> 1x1 expand (bias) -> h-sigmoid -> x * s."""
+    """SE of MobileNetV3 / OFA DynamicSE.
+
+    mean -> 1x1 reduce (bias) -> ReLU -> 1x1 expand (bias) -> h-sigmoid -> x * s.
+    """
 
     def __init__(self, max_ch: int, ch_rule: Rule, slot_base: int | None = None) -> None:
         super().__init__()
@@ -77,7 +80,8 @@ class ElasticBlock(nn.Module):
 
     - mbv2 / mbv3: 1x1 expand -> kxk depthwise -> [SE] -> 1x1 project (OFA MBConv); expand ratio 1 drops the 1x1 expand.
     - mbv1: kxk depthwise -> 1x1 pointwise, both activated.
-    - bottleneck(_se): 1x1 reduce/expand -> kxk full conv -> [SE] -> 1x1 project (ResNet bottleneck, ratio on the input).
+    - bottleneck(_se): 1x1 reduce/expand -> kxk full conv -> [SE] -> 1x1 project (ResNet bottleneck,
+      ratio on the input).
     - fused(_se): kxk full conv expand -> [SE] -> 1x1 project (FusedMB).
     A residual identity joins when stride is 1 and the maximal input equals the maximal output.
     """
@@ -113,9 +117,17 @@ class ElasticBlock(nn.Module):
 
         def conv(cin, cout, k, s, *, dw=False, out_rule=None, kr=None, slot=None):
             return ElasticConv2d(
-                cin, cout, k, stride=s, depthwise=dw, out_rule=out_rule, kernel_rule=kr,
-                kernel_choices=kernels if k == kmax else None, kernel_transform=kernel_transform and dw,
-                slot=slot, role="block",
+                cin,
+                cout,
+                k,
+                stride=s,
+                depthwise=dw,
+                out_rule=out_rule,
+                kernel_rule=kr,
+                kernel_choices=kernels if k == kmax else None,
+                kernel_transform=kernel_transform and dw,
+                slot=slot,
+                role="block",
             )
 
         self.units = nn.ModuleList()
@@ -125,12 +137,16 @@ class ElasticBlock(nn.Module):
         if block_type in ("mbv2", "mbv3"):
             if max(expands) == 1 and min(expands) == 1:
                 # expand ratio 1: no inverted bottleneck (OFA first block)
-                self.units.append(ConvUnit(conv(max_in, max_in, kmax, stride, dw=True, kr=kernel_rule, slot=slots[0]), act))
+                self.units.append(
+                    ConvUnit(conv(max_in, max_in, kmax, stride, dw=True, kr=kernel_rule, slot=slots[0]), act)
+                )
                 mid_rule, max_mid = in_rule, max_in
                 proj_slot = slots[1]
             else:
                 self.units.append(ConvUnit(conv(max_in, max_mid, 1, 1, out_rule=mid_rule, slot=slots[0]), act))
-                self.units.append(ConvUnit(conv(max_mid, max_mid, kmax, stride, dw=True, kr=kernel_rule, slot=slots[1]), act))
+                self.units.append(
+                    ConvUnit(conv(max_mid, max_mid, kmax, stride, dw=True, kr=kernel_rule, slot=slots[1]), act)
+                )
                 proj_slot = slots[2]
             if has_se:
                 self._add_se(max_mid, mid_rule)
@@ -140,12 +156,16 @@ class ElasticBlock(nn.Module):
             self.units.append(ConvUnit(conv(max_in, max_out, 1, 1, out_rule=out_rule, slot=slots[1]), act))
         elif block_type in ("bottleneck", "bottleneck_se"):
             self.units.append(ConvUnit(conv(max_in, max_mid, 1, 1, out_rule=mid_rule, slot=slots[0]), act))
-            self.units.append(ConvUnit(conv(max_mid, max_mid, kmax, stride, out_rule=mid_rule, kr=kernel_rule, slot=slots[1]), act))
+            self.units.append(
+                ConvUnit(conv(max_mid, max_mid, kmax, stride, out_rule=mid_rule, kr=kernel_rule, slot=slots[1]), act)
+            )
             if has_se:
                 self._add_se(max_mid, mid_rule)
             self.units.append(ConvUnit(conv(max_mid, max_out, 1, 1, out_rule=out_rule, slot=slots[2]), None))
         elif block_type in ("fused", "fused_se"):
-            self.units.append(ConvUnit(conv(max_in, max_mid, kmax, stride, out_rule=mid_rule, kr=kernel_rule, slot=slots[0]), act))
+            self.units.append(
+                ConvUnit(conv(max_in, max_mid, kmax, stride, out_rule=mid_rule, kr=kernel_rule, slot=slots[0]), act)
+            )
             if has_se:
                 self._add_se(max_mid, mid_rule)
             self.units.append(ConvUnit(conv(max_mid, max_out, 1, 1, out_rule=out_rule, slot=slots[1]), None))

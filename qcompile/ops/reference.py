@@ -82,9 +82,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
     return (acc.round().to(torch.int64) + bias.to(torch.int64)).to(torch.int32)
 
 
-def requantize(
-    acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, *, lo: int, hi: int
-) -> torch.Tensor:
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, *, lo: int, hi: int) -> torch.Tensor:
     """int32 accumulator -> codes with per-channel fixed-point multiplier and shift."""
     m = _channel_view(multiplier.to(torch.int64), acc.ndim)
     s = _channel_view(shift.to(torch.int64), acc.ndim)

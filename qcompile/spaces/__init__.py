@@ -23,5 +23,16 @@ def from_dict(d: dict) -> StagedSpace:
     return get_space(d["name"], **d.get("args", {}))
 
 
-__all__ = ["SPACES", "get_space", "from_dict", "mobilenet_v2", "mobilenet_v3", "spaceevo",
-           "StagedSpace", "StageSpec", "HeadSpec", "LayerDesc", "Supernet"]
+__all__ = [
+    "SPACES",
+    "get_space",
+    "from_dict",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "spaceevo",
+    "StagedSpace",
+    "StageSpec",
+    "HeadSpec",
+    "LayerDesc",
+    "Supernet",
+]

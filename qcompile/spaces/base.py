@@ -20,7 +20,7 @@ from torch import nn
 
 from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError
-from qcompile.nn.blocks import BLOCK_CONVS, BLOCK_TYPES, ElasticBlock
+from qcompile.nn.blocks import BLOCK_CONVS, BLOCK_TYPES, ConvUnit, ElasticBlock
 from qcompile.nn.elastic import (
     Const,
     DepthGate,
@@ -31,7 +31,6 @@ from qcompile.nn.elastic import (
     make_divisible,
     out_size,
 )
-from qcompile.nn.blocks import ConvUnit
 
 
 @dataclass(frozen=True)
@@ -154,9 +153,7 @@ class StagedSpace:
 
         self.stem_widths = tuple(sorted({scale(w) for w in stem_widths}))
         self.stem_act = stem_act
-        self.stages = tuple(
-            replace(s, widths=tuple(sorted({scale(w) for w in s.widths}))) for s in stages
-        )
+        self.stages = tuple(replace(s, widths=tuple(sorted({scale(w) for w in s.widths}))) for s in stages)
         self.head = replace(
             head,
             expand=None if head.expand is None else scale(head.expand),
@@ -484,7 +481,7 @@ class StagedSpace:
                 o = out_size(hw, k, stride)
                 se = st.se or st.block.endswith("_se")
 
-                def add(n, cin, cout, kk, s, g, ih, oh, slot, role="block", bias=False, bn=True):
+                def add(n, cin, cout, kk, s, g, ih, oh, slot, role="block", bias=False, bn=True, name=name):
                     L.append(LayerDesc(f"{name}.{n}", "conv", cin, cout, kk, s, g, ih, oh, bias, bn, slot, role))
 
                 def add_se(ch, at_hw):
@@ -581,7 +578,9 @@ class Supernet(nn.Module):
         self.space_info = space.to_dict()
         sw = max(space.stem_widths)
         stem_rule = WidthOf(0, sw) if space.search_widths else Const(sw)
-        self.stem = ConvUnit(ElasticConv2d(space.in_channels, sw, 3, stride=2, out_rule=stem_rule, role="stem"), space.stem_act)
+        self.stem = ConvUnit(
+            ElasticConv2d(space.in_channels, sw, 3, stride=2, out_rule=stem_rule, role="stem"), space.stem_act
+        )
         self.stem_out = QuantPoint("block_out")
         stages = []
         c_max, c_rule = sw, stem_rule
@@ -603,9 +602,7 @@ class Supernet(nn.Module):
                         out_rule=w_rule,
                         stride=st.stride if b == 0 else 1,
                         kernels=st.kernels,
-                        expands=st.expands if st.channel_ratio_range is None else (
-                            st.channel_ratio_range[1],
-                        ),
+                        expands=st.expands if st.channel_ratio_range is None else (st.channel_ratio_range[1],),
                         act=st.act,
                         se=st.se,
                         block_slot=bs,

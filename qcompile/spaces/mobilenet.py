@@ -40,9 +40,18 @@ def mobilenet_v3(
         StageSpec("mbv3", (112,), d, 1, k, e, "hswish", se=True),
         StageSpec("mbv3", (160,), d, 2, k, e, "hswish", se=True),
     ]
-    args = dict(num_classes=num_classes, width_mult=width_mult, resolutions=list(resolutions),
-                in_channels=in_channels, kernels=list(k), expands=list(e), depths=list(d),
-                bit_choices=list(bit_choices), kernel_transform=kernel_transform, dropout=dropout)
+    args = dict(
+        num_classes=num_classes,
+        width_mult=width_mult,
+        resolutions=list(resolutions),
+        in_channels=in_channels,
+        kernels=list(k),
+        expands=list(e),
+        depths=list(d),
+        bit_choices=list(bit_choices),
+        kernel_transform=kernel_transform,
+        dropout=dropout,
+    )
     return StagedSpace(
         "mobilenet_v3",
         stem_widths=(16,),
@@ -88,11 +97,25 @@ def mobilenet_v2(
 
     stages = [
         StageSpec("mbv2", (16,), (1,), 1, (3,), (1,), "relu6"),
-        st(24, d, 2), st(40, d, 2), st(80, d, 2), st(96, d, 1), st(192, d, 2), st(320, (1,), 1),
+        st(24, d, 2),
+        st(40, d, 2),
+        st(80, d, 2),
+        st(96, d, 1),
+        st(192, d, 2),
+        st(320, (1,), 1),
     ]
-    args = dict(num_classes=num_classes, width_mult=width_mult, resolutions=list(resolutions),
-                in_channels=in_channels, fine_grained=fine_grained, kernels=list(k), expands=list(e),
-                depths=list(d), bit_choices=list(bit_choices), dropout=dropout)
+    args = dict(
+        num_classes=num_classes,
+        width_mult=width_mult,
+        resolutions=list(resolutions),
+        in_channels=in_channels,
+        fine_grained=fine_grained,
+        kernels=list(k),
+        expands=list(e),
+        depths=list(d),
+        bit_choices=list(bit_choices),
+        dropout=dropout,
+    )
     return StagedSpace(
         "mobilenet_v2",
         stem_widths=(32,),

@@ -37,7 +37,12 @@ VNNI_STAGES = (
 #: Table 12 (SpaceEvo@VNNI): block types and width lists of the searched space
 VNNI_SEARCHED_BLOCKS = ("bottleneck", "mbv2", "fused", "mbv2", "mbv2", "mbv3", "mbv3")
 VNNI_SEARCHED_WIDTHS = (
-    (16, 32), (32, 48), (64, 80), (112, 128, 144), (144, 160, 176), (240, 256, 272, 288, 304),
+    (16, 32),
+    (32, 48),
+    (64, 80),
+    (112, 128, 144),
+    (144, 160, 176),
+    (240, 256, 272, 288, 304),
     (320, 336, 352, 368, 384, 400, 416),
 )
 
@@ -79,12 +84,23 @@ def spaceevo(
             raise ConfigError(f"widths[{i}]", ws, f"widths within [{lo}, {hi}] (SpaceEvo Table 9)")
         exp, act = VNNI_BLOCKS[name]
         if i == 0:
-            stages.append(StageSpec(name, ws, depths, stride, (3,), (0.5,) if name.startswith("bottleneck") else (1,), act))
+            stages.append(
+                StageSpec(name, ws, depths, stride, (3,), (0.5,) if name.startswith("bottleneck") else (1,), act)
+            )
         else:
             stages.append(StageSpec(name, ws, depths, stride, tuple(kernels), exp, act))
-    args = dict(num_classes=num_classes, width_mult=width_mult, resolutions=list(resolutions),
-                in_channels=in_channels, blocks=names, widths=[list(w) for w in wid],
-                stem_widths=list(stem_widths), kernels=list(kernels), bit_choices=list(bit_choices), dropout=dropout)
+    args = dict(
+        num_classes=num_classes,
+        width_mult=width_mult,
+        resolutions=list(resolutions),
+        in_channels=in_channels,
+        blocks=names,
+        widths=[list(w) for w in wid],
+        stem_widths=list(stem_widths),
+        kernels=list(kernels),
+        bit_choices=list(bit_choices),
+        dropout=dropout,
+    )
     return StagedSpace(
         "spaceevo",
         stem_widths=tuple(stem_widths),

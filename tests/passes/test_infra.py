@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_failure_names_pass_and_predecessors(tmp_path):
     msg = str(e.value)
     assert "test-breaker" in msg and "passes before it: test-scale-output" in msg
     repro = msg.split("reproducer with gm.code and the pipeline: ")[1]
-    assert "test-scale-output,test-breaker" in open(repro).read()
+    assert "test-scale-output,test-breaker" in Path(repro).read_text()
 
 
 def test_function_passes_wrap_and_reject_bad_names():

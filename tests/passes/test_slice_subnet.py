@@ -105,6 +105,8 @@ def test_extracted_quantizers_carry_policy_bits(tiny_quantized):
     space, qnet = tiny_quantized["mobilenet_v2"]
     cfg = space.largest(bits=3)
     sub = qc.extract(qnet, cfg)
-    wbits = [m.weight_quant.active_bits for m in sub.modules() if isinstance(m, qc.nn.static.QConv2d) and m.weight_quant]
+    wbits = [
+        m.weight_quant.active_bits for m in sub.modules() if isinstance(m, qc.nn.static.QConv2d) and m.weight_quant
+    ]
     assert wbits.count(3) == sum(1 for s in range(space.num_layer_slots))  # every policy slot at 3 bits
     assert set(wbits) == {3, 8}  # plus the 8-bit fixed layers (first block, head)

@@ -122,8 +122,18 @@ def test_encoding_zeroes_skipped_blocks():
 def test_spaceevo_hyperspace_points():
     vnni = qc.spaces.spaceevo()
     assert vnni.stages[2].block == "fused" and vnni.stages[5].block == "mbv3"
-    other = qc.spaces.spaceevo(blocks=[3, 0, 1, 2, 4, 5, 6], widths=[(16,), (32,), (48,), (64,), (112,), (192,), (304,)])
-    assert [s.block for s in other.stages] == ["bottleneck", "mbv1", "mbv2", "mbv3", "bottleneck_se", "fused", "fused_se"]
+    other = qc.spaces.spaceevo(
+        blocks=[3, 0, 1, 2, 4, 5, 6], widths=[(16,), (32,), (48,), (64,), (112,), (192,), (304,)]
+    )
+    assert [s.block for s in other.stages] == [
+        "bottleneck",
+        "mbv1",
+        "mbv2",
+        "mbv3",
+        "bottleneck_se",
+        "fused",
+        "fused_se",
+    ]
     with pytest.raises(ConfigError, match="blocks"):
         qc.spaces.spaceevo(blocks=["mbv9"] * 7)
     with pytest.raises(ConfigError, match=r"widths\[1\]"):

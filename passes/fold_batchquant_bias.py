@@ -146,6 +146,8 @@ def _fold_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
                                 "use numeric zero padding")
         new: nn.Module = AccConv2d(w, acc_scale, bias_acc, stride=mod.stride, padding=mod.padding,
                                    dilation=mod.dilation, groups=mod.groups, **common)
+        # the fake-quant conv padded with the quantizer's zero code (zero_code_conv2d): padding is exact
+        new.pads_with_zero_code = mod.__dict__.get("_input_quant") is get_module(gm, src.target)
     else:
         new = AccLinear(w, acc_scale, bias_acc, **common)
     set_module(gm, node.target, new)

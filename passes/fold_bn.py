@@ -52,8 +52,12 @@ def _folded_module(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str) -> nn.Conv2d
     c = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros_like(a)
     new_bias = a * c + b
     dtype = conv.weight.dtype
+    link = conv.__dict__.get("_input_quant")  # zero-code padding (qcompile.nn.static.zero_code_conv2d)
     if weight_bits_of(conv) < 32:
-        return FoldedQConv2d(conv, a.to(dtype), new_bias.to(dtype))  # type: ignore[arg-type]
+        folded = FoldedQConv2d(conv, a.to(dtype), new_bias.to(dtype))  # type: ignore[arg-type]
+        if link is not None:
+            object.__setattr__(folded, "_input_quant", link)
+        return folded
     out = QConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
                   weight_quant=getattr(conv, "weight_quant", None))
@@ -61,6 +65,8 @@ def _folded_module(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str) -> nn.Conv2d
         w = conv.weight.detach().to(torch.float64) * a.reshape(-1, 1, 1, 1)
         out.weight.copy_(w.to(dtype))
         out.bias.copy_(new_bias.to(dtype))
+    if link is not None:
+        object.__setattr__(out, "_input_quant", link)
     return out
 
 

@@ -127,6 +127,8 @@ def insert_quantizers(
             with graph.inserting_before(node):
                 qnode = graph.call_module(qname, (node.args[0],))
             node.replace_input_with(node.args[0], qnode)
+            # padding uses the quantizer's zero code (padded_conv2d); a reference, not a submodule
+            object.__setattr__(mod, "_input_quant", aq)
         elif isinstance(mod, QuantPoint):
             if mod.kind not in QUANT_POINT_KINDS:
                 raise ConfigError(f"{node.target}.kind", mod.kind, QUANT_POINT_KINDS)

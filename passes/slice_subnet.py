@@ -137,6 +137,9 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
             shape = in_shapes.get(node.target)
             if isinstance(mod, ElasticConv2d):
                 new = _static_conv(mod, shape[1])
+                src = env[node.args[0]]
+                if src.op == "call_module" and isinstance(getattr(root, src.target), ActQuantizer):
+                    object.__setattr__(new, "_input_quant", getattr(root, src.target))  # zero-code padding
             elif isinstance(mod, ElasticBatchNorm2d):
                 new = _static_bn(mod, shape[1])
             elif isinstance(mod, ElasticLinear):

@@ -99,6 +99,7 @@ class _Acc:
     chain: tuple[str, ...] = ()
     flat: bool = False
     pooled: bool = False
+    in_hw: tuple[int, int] | None = None  # input spatial size (conv), for the exact border correction
 
 
 @dataclass(eq=False)
@@ -129,9 +130,11 @@ def _same_quant(a: InputQuant, b: InputQuant) -> bool:
 
 
 class _Lowering:
-    def __init__(self, gm: fx.GraphModule, strict: bool):
+    def __init__(self, gm: fx.GraphModule, strict: bool, float_epilogue: bool = False, widen_weights: bool = False):
         self.gm = gm
+        self.widen_weights = widen_weights
         self.strict = strict
+        self.float_epilogue = float_epilogue
         self.b = IntegerGraphBuilder()
         self.env: dict[fx.Node, _Value] = {}
         self.float_cache: dict[int, fx.Node] = {}
@@ -183,12 +186,12 @@ class _Lowering:
             node = self.call(Q.dequantize, (v.node, v.q.scale, v.q.zero_point), src=src, **self._codes_meta(v.q))
             chain, flat = v.chain, False
         elif isinstance(v, _Acc):
-            acc = self.emit_acc(v, v.layer.bias_acc)
-            scale = self.const(v.layer.acc_scale.clone(), f"{src}_acc_scale")
-            node = self.call(Q.dequantize_acc, (acc, scale), src=src)
+            # the graph output stays `dequantize_acc` (bias rounded to 1/2 accumulator unit, error term 1);
+            # inside the graph a float island gets the exact correction
+            node = self.exact_acc_float(v, correct=at.op != "output")
             chain, flat = v.chain, v.flat
         else:
-            xs = [self.as_float(o, reason, at) for o in v.operands]
+            xs = [self.as_float(o, reason, at, allowed) for o in v.operands]
             if v.kind == "add":
                 node = self.call(operator.add, tuple(xs), src=src)
             elif v.kind == "mul":
@@ -214,11 +217,46 @@ class _Lowering:
         w = self.const(layer.weight_codes.clone(), f"{v.src}_w")
         bias = self.const(b.to(torch.int32), f"{v.src}_bias")
         meta = {"weight_bits": layer.weight_bits, "in_bits": layer.in_bits}
+        if getattr(layer, "code_shift", 0):
+            meta["weight_codes_x"] = 2**layer.code_shift
         if isinstance(layer, AccConv2d):
             kw = {"stride": tuple(layer.stride), "padding": tuple(layer.padding), "dilation": tuple(layer.dilation),
                   "groups": int(layer.groups), "pad_value": int(layer.pad_value)}
             return self.call(Q.conv2d, (v.x.node, w, bias), kw, src=v.src, **meta)
         return self.call(Q.linear, (v.x.node, w, bias), src=v.src, **meta)
+
+    def exact_acc_float(self, v: _Acc, correct: bool = True) -> fx.Node:
+        """Real value of an accumulator, exact: `dequantize_acc` plus a float64 correction constant.
+
+        The correction restores what the int32 form rounds away: the fractional bias
+        `acc_scale (bias_acc - bias_int)` and, at border outputs of a padded conv, the padding code's
+        offset from the fractional zero point `acc_scale (z + beta - pad_value) sum_{padded taps} w_q`.
+        """
+        layer, src = v.layer, v.src
+        acc = self.emit_acc(v, layer.bias_acc)
+        scale = self.const(layer.acc_scale.clone(), f"{src}_acc_scale")
+        node = self.call(Q.dequantize_acc, (acc, scale), src=src)
+        if not correct:
+            return node
+        frac = layer.bias_acc - torch.floor(layer.bias_acc + 0.5)
+        corr = frac.reshape((1, -1) + ((1, 1) if isinstance(layer, AccConv2d) else ()))
+        if isinstance(layer, AccConv2d) and any(layer.padding) and not layer.pads_with_zero_code:
+            dz = layer.in_zero_point - layer.pad_value
+            if dz != 0.0:
+                if v.in_hw is None:
+                    raise LoweringError(f"node {src}", "the border correction of a padded conv needs the input size",
+                                        "pass input_shape= to to_integer")
+                cin = layer.weight_codes.shape[1] * layer.groups
+                ph, pw = layer.padding
+                mask = F.pad(torch.zeros(1, cin, *v.in_hw, dtype=torch.float64), (pw, pw, ph, ph), value=1.0)
+                border = F.conv2d(mask, layer.weight_codes.to(torch.float64), None, layer.stride, 0, layer.dilation,
+                                  layer.groups)
+                corr = corr + dz * border
+        corr = corr * layer.acc_scale.reshape(corr.shape[:2] + (1,) * (corr.ndim - 2))
+        if bool((corr != 0).any()):
+            node = self.call(operator.add, (node, self.const(corr, f"{src}_correction")), src=src,
+                             note="exact bias/border correction")
+        return node
 
     # -- the consumer quantizer: fuse the pending value into one epilogue
     def clamp_codes(self, chain: Sequence[str], q: InputQuant) -> tuple[int, int]:
@@ -232,6 +270,8 @@ class _Lowering:
     def quantize_value(self, v: _Value, q: InputQuant, node: fx.Node) -> _Codes:
         src = node.name
         cm = self._codes_meta(q)
+        if isinstance(v, _Acc) and self.float_epilogue:
+            v = _Float(self.as_float(v, "float epilogue", node, allowed=True), pooled=v.pooled)
         if isinstance(v, (_Acc, _Pending)) and clamp_interval(v.chain) is None:
             v = _Float(self.as_float(v, f"{v.chain} on {'an accumulator' if isinstance(v, _Acc) else v.kind} "
                                        "has no integer form", node), pooled=v.pooled)
@@ -262,12 +302,19 @@ class _Lowering:
             if (m == 0).any():
                 raise LoweringError(f"node {src}", f"rescaling factor {r.min():.3g} underflows the multiplier",
                                     "the output quantizer's scale is absurdly large; recalibrate")
-            # output zero point into the bias, in accumulator units of the realised multiplier
+            # Output zero point into the bias, in accumulator units of the realised multiplier. The int32
+            # bias takes the integer part; the fraction goes into the per-channel rounding offset
+            # (2^(s-1) + round(frac * M)), so the only rounding left is that of frac * M (< 1/2^(s-log2 M)).
             zp_acc = torch.from_numpy(q.zero_point * np.ldexp(1.0, s) / m.astype(np.float64))
-            acc = self.emit_acc(v, v.layer.bias_acc + zp_acc)
+            total = (v.layer.bias_acc.to(torch.float64) + zp_acc).numpy()
+            b_int = np.floor(total + 0.5)
+            offset = (np.left_shift(np.int64(1), s.astype(np.int64) - 1)
+                      + np.round((total - b_int) * m.astype(np.float64)).astype(np.int64))
+            acc = self.emit_acc(v, torch.from_numpy(b_int))
             out = self.call(Q.requantize, (acc, self.const(torch.from_numpy(m).to(torch.int32), f"{src}_M"),
                                            self.const(torch.from_numpy(s).to(torch.int32), f"{src}_shift")),
-                            {"lo": lo, "hi": hi}, src=src, **cm)
+                            {"lo": lo, "hi": hi, "offset": self.const(torch.from_numpy(offset), f"{src}_offset")},
+                            src=src, **cm)
         elif v.kind == "add":
             a, b = v.operands
             ra, rb = a.q.scale / q.scale, b.q.scale / q.scale
@@ -284,14 +331,15 @@ class _Lowering:
             fp = affine_fixed_point([r], c, [x.q.qmax * v.hw], f"node {src}")
             out = self.call(Q.mean, (x.node,), {"multiplier": fp.multipliers[0], "offset": fp.offset,
                                                 "shift": fp.shift, "lo": lo, "hi": hi}, src=src, hw=v.hw, **cm)
-        else:  # mul: (x - zx) sx * g sg / so + zo + 1/2 with the gate's zero point 0
+        else:  # mul: (x - zx)(g - zg) sx sg / so + zo + 1/2 = r xg - r zx g - r zg x + r zx zg + zo + 1/2
             x, g = v.operands
             r = x.q.scale * g.q.scale / q.scale
-            fp = affine_fixed_point([r, -x.q.zero_point * r], q.zero_point + 0.5, [x.q.qmax * g.q.qmax, g.q.qmax],
-                                    f"node {src}")
+            zx, zg = x.q.zero_point, g.q.zero_point
+            fp = affine_fixed_point([r, -zx * r, -zg * r], q.zero_point + 0.5 + r * zx * zg,
+                                    [x.q.qmax * g.q.qmax, g.q.qmax, x.q.qmax], f"node {src}")
             out = self.call(Q.mul, (x.node, g.node), {
-                "multiplier": fp.multipliers[0], "offset_g": fp.multipliers[1], "offset": fp.offset,
-                "shift": fp.shift, "lo": lo, "hi": hi}, src=src, **cm)
+                "multiplier": fp.multipliers[0], "offset_g": fp.multipliers[1], "offset_x": fp.multipliers[2],
+                "offset": fp.offset, "shift": fp.shift, "lo": lo, "hi": hi}, src=src, **cm)
         if v.flat:
             out = self.call(Q.flatten, (out,), src=src)
         return _Codes(out, q, pooled=v.pooled, src=src)
@@ -323,15 +371,15 @@ class _Lowering:
         return _Float(out, pooled=getattr(v, "pooled", False))
 
     # -- the walk
-    def lower(self, hw_of: dict[str, int]) -> IntegerGraph:
+    def lower(self, shapes: dict[str, tuple[int, ...]]) -> IntegerGraph:
         output_node = None
         for node in self.gm.graph.nodes:
             k = classify(node, self.gm)
-            self.env[node] = self._lower_node(node, k.kind, k.params, hw_of)
+            self.env[node] = self._lower_node(node, k.kind, k.params, shapes)
             if node.op == "output":
                 output_node = node
         assert output_node is not None
-        return IntegerGraph(self.b.root, self.b.graph, {"float_islands": list(self.islands)})
+        return IntegerGraph(self.b.root, self.b.graph, {"float_islands": list(dict.fromkeys(self.islands))})
 
     def _unknown(self, node: fx.Node) -> LoweringError:
         what = node.target if node.op != "call_module" else type(get_module(self.gm, node.target)).__name__
@@ -343,7 +391,7 @@ class _Lowering:
             "add, SE mul, global average pool, flatten) or extend qcompile.ops",
         )
 
-    def _lower_node(self, node: fx.Node, kind: str, params: dict, hw_of: dict[str, int]) -> Any:
+    def _lower_node(self, node: fx.Node, kind: str, params: dict, shapes: dict[str, tuple[int, ...]]) -> Any:
         if kind == "placeholder":
             if any(isinstance(v, _Float) and v.f32_input for v in self.env.values()):
                 raise LoweringError(f"node {node.name}", "a second graph input", "an IntegerGraph has one input")
@@ -374,7 +422,14 @@ class _Lowering:
             if not (isinstance(v, _Codes) and not v.chain and _same_quant(v.q, inq)):
                 raise LoweringError(f"node {node.name}", "its input is not the codes of the quantizer it was folded "
                                     "with", "run fold-batchquant-bias directly before to-integer")
-            return _Acc(layer, v, node.name, pooled=v.pooled)
+            if self.widen_weights and layer.in_bits <= 7:
+                # sub-8-bit weights spread over int8: the int32 bias rounds 2^k times finer. Inputs of at
+                # most 7 bits keep u8 x s8 pair sums below 2^15 (no vpmaddubsw saturation).
+                k = layer.max_widening()
+                if k > 0:
+                    layer = layer.widened(k)
+            hw = shapes.get(x.name)
+            return _Acc(layer, v, node.name, pooled=v.pooled, in_hw=None if hw is None else tuple(hw[2:]))
         if kind in ("conv", "linear"):
             return self.float_layer(node, get_module(self.gm, node.target))
         if kind == "bn":
@@ -401,8 +456,9 @@ class _Lowering:
                 return _Codes(self.call(Q.flatten, (v.node,), src=node.name), v.q, v.chain, v.pooled, v.src)
             return _replace(v, flat=True)
         if kind == "mean":
-            if isinstance(v, _Codes) and not v.chain and hw_of.get(x.name) is not None:
-                return _Pending("mean", (v,), node.name, flat=not params["keepdim"], pooled=True, hw=hw_of[x.name])
+            if isinstance(v, _Codes) and not v.chain and x.name in shapes:
+                hw = int(shapes[x.name][2] * shapes[x.name][3])
+                return _Pending("mean", (v,), node.name, flat=not params["keepdim"], pooled=True, hw=hw)
             if isinstance(v, _Codes) and not v.chain:
                 reason = "the spatial size is unknown (pass input_shape=)"
             else:
@@ -426,10 +482,7 @@ class _Lowering:
                 return _Pending("add", (a, b), node.name, pooled=a.pooled and b.pooled)
             if a.pooled != b.pooled:
                 x, g = (b, a) if a.pooled else (a, b)
-                if g.q.zero_point == 0.0:
-                    return _Pending("mul", (x, g), node.name)
-                reason = (f"SE gate quantizer has zero point {g.q.zero_point:.6g} != 0 and the mul op has no "
-                          "x * zero_point(g) term")
+                return _Pending("mul", (x, g), node.name)
             else:
                 reason = "elementwise product of two full tensors"
         else:
@@ -457,8 +510,8 @@ def _replace(v: _Value, **changes: Any) -> _Value:
 # -- driver ------------------------------------------------------------------------------------------------
 
 
-def _spatial_sizes(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dict[str, int]:
-    """Node name -> H*W of 4-D node outputs, from ShapeProp on `input_shape` or existing tensor_meta."""
+def _shapes_4d(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dict[str, tuple[int, ...]]:
+    """Node name -> shape of 4-D node outputs, from ShapeProp on `input_shape` or existing tensor_meta."""
     if input_shape is not None:
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros(tuple(input_shape)))
@@ -466,7 +519,7 @@ def _spatial_sizes(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dic
     for n in gm.graph.nodes:
         tm = n.meta.get("tensor_meta")
         if tm is not None and hasattr(tm, "shape") and len(tm.shape) == 4:
-            out[n.name] = int(tm.shape[2] * tm.shape[3])
+            out[n.name] = tuple(int(d) for d in tm.shape)
     return out
 
 
@@ -504,6 +557,8 @@ def to_integer(
     input_shape: Sequence[int] | None = None,
     strict: bool = False,
     bound: str = "bits",
+    float_epilogue: bool = False,
+    widen_weights: bool = False,
 ) -> IntegerGraph:
     """Lower a calibrated fake-quant subnet to an `IntegerGraph` (the subnet itself is not modified).
 
@@ -516,6 +571,11 @@ def to_integer(
             `gm.meta["input_shape"]` or `gm.input_shape`; without any, pools become float islands.
         strict: refuse (LoweringError) any float island other than float layers and the graph output.
         bound: accumulator bound, `"bits"` (any weights of the bit-width) or `"weights"` (these weights).
+        float_epilogue: replace each `requantize` by `dequantize_acc`, an exact float64 correction
+            (fractional bias, padding border) and `quantize`: integer convs with float epilogues that
+            match the fake-quant model code for code (a diagnostic and reference mode; see module doc).
+        widen_weights: store `b`-bit weight codes times `2^(8-b)` (same real weights) where the input has
+            at most 7 bits, so the int32 bias rounds `2^(8-b)` times more finely (error term 1 below).
 
     Returns an `IntegerGraph`; `ig(x)` runs the exact reference and returns float64 logits.
     """
@@ -524,9 +584,9 @@ def to_integer(
     fold_bn(work)
     fold_batchquant_bias(work)
     shape = tuple(input_shape) if input_shape is not None else _input_shape_of(gm)
-    hw_of = _spatial_sizes(work, shape)
-    lowering = _Lowering(work, strict=strict)
-    ig = lowering.lower(hw_of)
+    shapes = _shapes_4d(work, shape)
+    lowering = _Lowering(work, strict=strict, float_epilogue=float_epilogue, widen_weights=widen_weights)
+    ig = lowering.lower(shapes)
     ig.program_meta["input_shape"] = list(shape) if shape is not None else None
     if check_overflow:
         accumulator_range(ig, bound=bound, check=True)
@@ -546,6 +606,10 @@ class ToInteger(Pass):
     check_overflow: bool = True
     strict: bool = False
     bound: str = "bits"
+    float_epilogue: bool = False
+    widen_weights: bool = False
 
     def run(self, gm: fx.GraphModule) -> PassResult:
-        return PassResult(to_integer(gm, self.check_overflow, strict=self.strict, bound=self.bound), True)
+        ig = to_integer(gm, self.check_overflow, strict=self.strict, bound=self.bound,
+                        float_epilogue=self.float_epilogue, widen_weights=self.widen_weights)
+        return PassResult(ig, True)

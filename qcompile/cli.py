@@ -81,6 +81,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         resume=args.resume,
         data_root=args.data_root,
+        threads=args.threads,
     )
     return 0
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); 1 is fastest on a loaded machine")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("extract", help="slice a subnet out of a trained run")

@@ -39,12 +39,18 @@ def train_run(
     data_root: str | None = None,
     quantize_options: dict | None = None,
     train_config: dict | None = None,
+    threads: int | None = None,
 ):
-    """Train; returns the Trainer (its `epoch_log` holds per-epoch loss / accuracies)."""
+    """Train; returns the Trainer (its `epoch_log` holds per-epoch loss / accuracies).
+
+    `threads` sets `torch.set_num_threads` (None: leave torch's default). On a loaded machine one
+    thread can be several times faster than two (OpenMP workers spin against other processes).
+    """
     import qcompile as qc
     from qcompile.artifacts import RUN_FILE, write_run
     from qcompile.data import load_dataset
-    from qcompile.train import Trainer, TrainConfig, default_phases, latest_checkpoint
+    from qcompile.train import TrainConfig, Trainer, default_phases, latest_checkpoint
+    from qcompile.train.init import zero_init_residual_bn
 
     name, kw = parse_data(data, data_root)
     data_splits = load_dataset(name, resolution=max(space.resolutions), in_channels=space.in_channels, **kw)
@@ -57,9 +63,15 @@ def train_run(
             raise CheckpointError(f"{out}: nothing to resume (no run.json or checkpoint)")
     elif latest_checkpoint(ckpt_dir) is not None:
         raise CheckpointError(f"{out}: already holds a run; use --resume to continue or another --out")
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError("--threads", threads, ">= 1")
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     qopts = dict(quantize_options or QUANTIZE_DEFAULTS)
-    qnet = qc.quantize(qc.trace(space.build_supernet()), **qopts)
+    net = space.build_supernet()
+    zero_init_residual_bn(net)
+    qnet = qc.quantize(qc.trace(net), **qopts)
     phases = default_phases(tuple(epochs)) if epochs else default_phases()
     if epochs and len(epochs) != 3:
         raise ConfigError("--epochs", epochs, "three numbers: float, {2,3,4,32}, {2,3,4} phases")
@@ -70,5 +82,23 @@ def train_run(
         trainer.resume(latest_checkpoint(ckpt_dir))
         log.info("resumed from %s at step %d", latest_checkpoint(ckpt_dir), trainer.global_step)
     trainer.fit()
-    trainer.save(ckpt_dir)
+    if not trainer.epoch_log:  # every finished epoch already checkpointed; save only a run with none
+        trainer.save(ckpt_dir)
+    _report(trainer, space, data_splits, phases)
     return trainer
+
+
+def _report(trainer, space, data_splits, phases) -> None:
+    """Log the retraining-free test accuracy of the largest (top bits) and smallest (lowest bits) subnets."""
+    from qcompile.train.evaluate import evaluate_subnets
+
+    last = phases[-1]
+    if not trainer.cfg.evaluate or last.bits is None or not last.quant_bits:
+        return
+    cfgs = [space.largest(bits=max(last.quant_bits)), space.smallest(bits=min(last.quant_bits))]
+    acc = evaluate_subnets(trainer.model, space, data_splits, cfgs, calib_batches=trainer.cfg.calib_batches)
+    trainer.final_accuracy = {"largest": acc[0], "smallest": acc[1]}
+    log.info(
+        "test accuracy after calibration: largest @%d bits %.2f %%, smallest @%d bits %.2f %%",
+        max(last.quant_bits), 100 * acc[0], min(last.quant_bits), 100 * acc[1],
+    )

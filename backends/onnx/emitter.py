@@ -403,7 +403,10 @@ def _requantize(e: Emitter, n: fx.Node) -> None:
     ndim = len(e.info[src.name].shape)
     v = e.get(src, torch.int64, n)
     v = e.op("Mul", [v, e.const(e.channel(m, ndim), f"{n.name}_M")], n.name)
-    rnd = np.left_shift(np.ones_like(s), s - 1)
+    if a.get("offset") is not None:  # rounding term plus the fractional part of the folded bias
+        rnd = np.broadcast_to(e.tensor(a["offset"], n, "offset").to(torch.int64).numpy(), np.shape(s))
+    else:
+        rnd = np.left_shift(np.ones_like(s), s - 1)
     e.define(n, e.fixed_point(v, n.name, rnd, s, lo, hi, n, ndim))
 
 
@@ -485,6 +488,9 @@ def _mul(e: Emitter, n: fx.Node) -> None:
     if int(a["offset_g"]) != 0:
         vg = e.op("Mul", [g, e.const(np.int64(a["offset_g"]), "M")], n.name)
         v = e.op("Add", [v, vg], n.name)
+    if int(a.get("offset_x", 0)) != 0:
+        vx = e.op("Mul", [e.get(a["x"], torch.int64, n), e.const(np.int64(a["offset_x"]), "M")], n.name)
+        v = e.op("Add", [v, vx], n.name)
     e.define(n, e.fixed_point(v, n.name, a["offset"], a["shift"], a["lo"], a["hi"], n))
 
 

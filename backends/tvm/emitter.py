@@ -121,7 +121,7 @@ _TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
     R.dequantize: ("q",),
     R.conv2d: ("x", "w", "bias"),
     R.linear: ("x", "w", "bias"),
-    R.requantize: ("acc", "multiplier", "shift"),
+    R.requantize: ("acc", "multiplier", "shift", "offset"),
     R.dequantize_acc: ("acc", "scale"),
     R.rescale: ("x",),
     R.add: ("a", "b"),
@@ -179,6 +179,19 @@ class _Emitter:
         if isinstance(a, (int, float)) and length is not None and dtype is not None:
             return relax.const(np.full((length,), a, dtype=dtype), dtype)
         raise LoweringError(f"node {where}", f"operand {a!r} is not a tensor", "pass a get_attr constant or a node")
+
+    def offset_operand(self, a: dict[str, Any], where: str, length: int) -> Any:
+        """requantize's int64 per-channel `offset`; absent, the rounding term `2^(s-1)` from the shifts."""
+        if a.get("offset") is not None:
+            return self.operand(a["offset"], where, "int64", length)
+        shift = a["shift"]
+        if isinstance(shift, fx.Node) and shift.op == "get_attr":
+            s = np.broadcast_to(self.const_value(shift).astype(np.int64), (length,))
+        elif isinstance(shift, int):
+            s = np.full((length,), shift, dtype=np.int64)
+        else:
+            raise LoweringError(f"node {where}", "requantize shift is computed at run time", "pass it as a constant")
+        return self.relax.const(np.left_shift(np.int64(1), s - 1), "int64")
 
     def _new_funcs(self, before: set[str]) -> list[str]:
         mod = self.bb.get()
@@ -260,7 +273,7 @@ class _Emitter:
             acc = self.operand(acc_node, node.name)
             c = _shape(acc)[1]
             args = [acc, self.operand(a["multiplier"], node.name, "int32", c),
-                    self.operand(a["shift"], node.name, "int32", c)]
+                    self.operand(a["shift"], node.name, "int32", c), self.offset_operand(a, node.name, c)]
             params = {"shapes": (_shape(acc),), **static}
             return self.emit_group("requantize", (node,), K.requantize, args, static, params)
         args = []
@@ -306,7 +319,7 @@ class _Emitter:
         bias = self.operand(am["bias"], mm.name, "int32", o)
         mult = self.operand(a["multiplier"], rq.name, "int32", o)
         shift = self.operand(a["shift"], rq.name, "int32", o)
-        args = [x, w, bias, mult, shift]
+        args = [x, w, bias, mult, shift, self.offset_operand(a, rq.name, o)]
         if f is R.conv2d:
             static = self._conv_static(static, mm)
         static.update(lo=int(static_rq["lo"]), hi=int(static_rq["hi"]))
@@ -375,6 +388,8 @@ class _Emitter:
     def float_operand(self, a: Any, node: fx.Node) -> Any:
         e = self.operand(a, node.name, "float64") if isinstance(a, fx.Node) and a.op == "get_attr" else \
             self.operand(a, node.name)
+        if _dtype(e) == "float32":  # the graph input entering an island: torch promotes f32 (op) f64 to f64
+            return self.bb.emit(self.relax.op.astype(e, "float64"))
         if _dtype(e) != "float64":
             raise LoweringError(f"node {node.name}", f"float-island operand has dtype {_dtype(e)}",
                                 "float islands compute in float64: dequantize into them first")

@@ -168,20 +168,23 @@ def _fixmul(v: tirx.PrimExpr, m: tirx.PrimExpr, s: tirx.PrimExpr) -> tirx.PrimEx
 
 
 def _requant_expr(
-    acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, lo: int, hi: int, channel_axis: int = 1
+    acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, offset: te.Tensor, lo: int, hi: int,
+    channel_axis: int = 1,
 ) -> callable:
     def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
         c = i[channel_axis]
-        return _clamp_u8(_fixmul(acc(*i), multiplier[c], shift[c]), lo, hi)
+        v = acc(*i).astype(I64) * multiplier[c].astype(I64) + offset[c].astype(I64)
+        return _clamp_u8(tirx.shift_right(v, shift[c].astype(I64)), lo, hi)
 
     return f
 
 
 def requantize(
-    acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, lo: int, hi: int, name: str = "requantize"
+    acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, offset: te.Tensor, lo: int, hi: int,
+    name: str = "requantize",
 ) -> te.Tensor:
-    """`clamp(fixmul(acc, M[c], s[c]), lo, hi)` per channel (dim 1) as uint8."""
-    return te.compute(acc.shape, _requant_expr(acc, multiplier, shift, lo, hi), name=name)
+    """`clamp((acc*M[c] + offset[c]) >> s[c], lo, hi)` per channel (dim 1) as uint8 (offset int64)."""
+    return te.compute(acc.shape, _requant_expr(acc, multiplier, shift, offset, lo, hi), name=name)
 
 
 def conv2d_requant(
@@ -190,6 +193,7 @@ def conv2d_requant(
     bias: te.Tensor,
     multiplier: te.Tensor,
     shift: te.Tensor,
+    offset: te.Tensor,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
@@ -200,7 +204,7 @@ def conv2d_requant(
 ) -> te.Tensor:
     """conv2d then requantize in one PrimFunc (the fused group "conv2d_requant")."""
     acc = conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
-    return requantize(acc, multiplier, shift, lo, hi)
+    return requantize(acc, multiplier, shift, offset, lo, hi)
 
 
 def linear_acc(x: te.Tensor, w: te.Tensor, bias: te.Tensor, name: str = "linear") -> te.Tensor:
@@ -222,10 +226,11 @@ def linear(x: te.Tensor, w: te.Tensor, bias: te.Tensor) -> te.Tensor:
 
 
 def linear_requant(
-    x: te.Tensor, w: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, lo: int = 0, hi: int = 255
+    x: te.Tensor, w: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, offset: te.Tensor,
+    lo: int = 0, hi: int = 255,
 ) -> te.Tensor:
     """linear then requantize in one PrimFunc (the fused group "linear_requant")."""
-    return requantize(linear_acc(x, w, bias), multiplier, shift, lo, hi)
+    return requantize(linear_acc(x, w, bias), multiplier, shift, offset, lo, hi)
 
 
 def dequantize_acc(acc: te.Tensor, scale: te.Tensor) -> te.Tensor:
@@ -272,13 +277,15 @@ def mean(x: te.Tensor, multiplier: int, offset: int, shift: int, lo: int, hi: in
 
 
 def mul(
-    x: te.Tensor, g: te.Tensor, multiplier: int, offset_g: int, offset: int, shift: int, lo: int, hi: int
+    x: te.Tensor, g: te.Tensor, multiplier: int, offset_g: int, offset: int, shift: int, lo: int, hi: int,
+    offset_x: int = 0,
 ) -> te.Tensor:
-    """SE gating `clamp((x*g*M + g*offset_g + offset) >> s, lo, hi)`, g broadcast over H, W."""
+    """SE gating `clamp((x*g*M + g*offset_g + x*offset_x + offset) >> s, lo, hi)`, g broadcast over H, W."""
 
     def f(b: tirx.PrimExpr, ch: tirx.PrimExpr, i: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
         gi = g[b, ch, 0, 0].astype(I64)
-        v = x[b, ch, i, j].astype(I64) * gi * _c64(multiplier) + gi * _c64(offset_g) + _c64(offset)
+        xi = x[b, ch, i, j].astype(I64)
+        v = xi * gi * _c64(multiplier) + gi * _c64(offset_g) + xi * _c64(offset_x) + _c64(offset)
         return _clamp_u8(tirx.shift_right(v, _c64(shift)), lo, hi)
 
     return te.compute(x.shape, f, name="mul")

@@ -198,11 +198,27 @@ class ElasticConv2d(ElasticModule):
         w = self.quantized_active_weight(in_ch)
         b = None if self.bias is None else self.bias[: w.shape[0]]
         groups = in_ch if self.depthwise else 1
-        return F.conv2d(x, w, b, self.stride, self.active_kernel // 2, 1, groups)
+        return padded_conv2d(self, x, w, b, self.stride, self.active_kernel // 2, groups)
 
     def extra_repr(self) -> str:
         kind = "dw" if self.depthwise else "conv"
         return f"{kind} {self.max_in}->{self.max_out} k<={self.max_kernel} s={self.stride} slot={self.slot}"
+
+
+def padded_conv2d(conv: nn.Module, x, w, b, stride, padding: int, groups: int) -> torch.Tensor:
+    """conv2d whose zero padding is the input quantizer's zero code when there is one.
+
+    A BatchQuant zero point `z + beta` is fractional, so float 0 has no code; padding with the value
+    of the nearest code (`quantizer.pad_value`, at most half a step from 0) keeps the fake-quant model
+    exactly what the integer conv computes with `pad_value = floor(z + beta + 1/2)`. `_input_quant` is
+    set by `insert_quantizers` / `slice_subnet` (a plain reference, not a submodule).
+    """
+    q = conv.__dict__.get("_input_quant")
+    fill = q.pad_value if q is not None and q.active_bits != FLOAT_BITS else 0.0
+    if padding and fill != 0.0:
+        x = F.pad(x, (padding, padding, padding, padding), value=fill)
+        padding = 0
+    return F.conv2d(x, w, b, stride, padding, 1, groups)
 
 
 class ElasticBatchNorm2d(ElasticModule):

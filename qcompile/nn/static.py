@@ -22,7 +22,21 @@ class QConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return zero_code_conv2d(self, x, w, self.bias)
+
+
+def zero_code_conv2d(conv: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.conv2d` with `conv`'s geometry, padding with its input quantizer's zero code when linked.
+
+    See `qcompile.nn.elastic.padded_conv2d`: `conv._input_quant` (a plain reference set by
+    `insert_quantizers` / `slice_subnet`) makes the padding exactly the integer conv's `pad_value`.
+    """
+    q = conv.__dict__.get("_input_quant")
+    if q is not None and q.active_bits != 32 and q.pad_value != 0.0 and any(conv.padding):
+        ph, pw = conv.padding
+        x = F.pad(x, (pw, pw, ph, ph), value=q.pad_value)
+        return F.conv2d(x, w, bias, conv.stride, 0, conv.dilation, conv.groups)
+    return F.conv2d(x, w, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class QLinear(nn.Linear):

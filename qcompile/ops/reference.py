@@ -82,11 +82,26 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
     return (acc.round().to(torch.int64) + bias.to(torch.int64)).to(torch.int32)
 
 
-def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, *, lo: int, hi: int) -> torch.Tensor:
-    """int32 accumulator -> codes with per-channel fixed-point multiplier and shift."""
+def requantize(
+    acc: torch.Tensor,
+    multiplier: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    lo: int,
+    hi: int,
+    offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """int32 accumulator -> codes: `clamp((acc*M[c] + offset[c]) >> s[c], lo, hi)` in int64.
+
+    `offset` (int64 per channel) defaults to the rounding term `2^(s-1)`; `to_integer` adds the
+    fractional part of the folded bias to it, which the int32 bias cannot hold.
+    """
     m = _channel_view(multiplier.to(torch.int64), acc.ndim)
     s = _channel_view(shift.to(torch.int64), acc.ndim)
-    return fixmul(acc, m, s).clamp(lo, hi).to(torch.uint8)
+    if offset is None:
+        return fixmul(acc, m, s).clamp(lo, hi).to(torch.uint8)
+    off = _channel_view(offset.to(torch.int64), acc.ndim)
+    return ((acc.to(torch.int64) * m + off) >> s).clamp(lo, hi).to(torch.uint8)
 
 
 def dequantize_acc(acc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -132,10 +147,15 @@ def mul(
     shift: int,
     lo: int,
     hi: int,
+    offset_x: int = 0,
 ) -> torch.Tensor:
-    """SE gating on codes: `clamp((x*g*M + g*offset_g + offset) >> s, lo, hi)`."""
+    """SE gating on codes: `clamp((x*g*M + g*offset_g + x*offset_x + offset) >> s, lo, hi)`.
+
+    `(x - zx)(g - zg) = xg - zx g - zg x + zx zg`: `offset_g` carries x's zero point, `offset_x` the
+    gate's (BatchQuant's zero point `z + beta` is fractional, so the gate's is rarely exactly 0).
+    """
     xi, gi = x.to(torch.int64), g.to(torch.int64)
-    v = (xi * gi * multiplier + gi * offset_g + offset) >> shift
+    v = (xi * gi * multiplier + gi * offset_g + xi * offset_x + offset) >> shift
     return v.clamp(lo, hi).to(torch.uint8)
 
 

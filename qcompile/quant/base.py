@@ -33,6 +33,8 @@ class ActQuantizer(nn.Module, abc.ABC):
         self.calibrating = False
         # A buffer so the calibration state travels with the state_dict.
         self.register_buffer("calibrated", torch.tensor(False))
+        #: value a padded conv after this quantizer pads with (see functional.zero_code_value); set by forward
+        self.pad_value = 0.0
 
     @property
     def active_bits(self) -> int:

@@ -25,7 +25,7 @@ from torch import nn
 from qcompile.errors import ConfigError
 from qcompile.quant.base import EPS, ActQuantizer
 from qcompile.quant.estimators import get_estimator
-from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, range_qparams
+from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, range_qparams, zero_code_value
 
 __all__ = ["BatchQuant"]
 
@@ -118,6 +118,7 @@ class BatchQuant(ActQuantizer):
         n, p = self.qrange(b)
         delta, z = range_qparams(x_min, x_max, n, p, self.eps)
         gamma, beta = self.gamma[str(b)], self.beta[str(b)]
+        self.pad_value = zero_code_value(delta * gamma, z + beta, n, p)
         return fake_quant_affine(x, delta * gamma, z + beta, n, p)
 
     def qparams(self, bits: int | None = None) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import torch
 from qcompile.errors import ConfigError
 from qcompile.quant.base import EPS, ActQuantizer
 from qcompile.quant.estimators import minmax
-from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, range_qparams
+from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, range_qparams, zero_code_value
 
 __all__ = ["EMAQuant"]
 
@@ -92,6 +92,7 @@ class EMAQuant(ActQuantizer):
         x_min, x_max = self._range(x)
         n, p = self.qrange(b)
         delta, z = range_qparams(x_min, x_max, n, p, self.eps)
+        self.pad_value = zero_code_value(delta, z, n, p)
         return fake_quant_affine(x, delta, z, n, p)
 
     def qparams(self, bits: int | None = None) -> tuple[float, float]:

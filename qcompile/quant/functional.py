@@ -122,6 +122,17 @@ def range_qparams(
     return delta, z
 
 
+def zero_code_value(scale: torch.Tensor, zero_point: torch.Tensor, n: int, p: int) -> float:
+    """The representable value nearest 0: `(clamp(floor(zp + 1/2), n, p) - zp) * scale`.
+
+    With a fractional zero point (BatchQuant's `z + beta`, Eq. 5) float 0 has no code; a padded conv
+    after the quantizer pads with this value instead, i.e. with the integer code `floor(zp + 1/2)`, so
+    the integer program's padding is exact (docs/integer_semantics.md, conv2d `pad_value`).
+    """
+    zp = zero_point.detach()
+    return float((torch.clamp(torch.floor(zp + 0.5), n, p) - zp) * scale.detach())
+
+
 def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, n: int, p: int):
     """Asymmetric fake quantization `(clamp(round(x/scale + zp), n, p) - zp) * scale` (QFA Eq. 5).
 

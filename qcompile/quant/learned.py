@@ -18,7 +18,7 @@ from torch import nn
 from qcompile.errors import ConfigError
 from qcompile.quant.base import EPS, ActQuantizer
 from qcompile.quant.estimators import mean_std
-from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, grad_scale, range_qparams
+from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, grad_scale, range_qparams, zero_code_value
 
 __all__ = ["LearnedScaleQuant"]
 
@@ -72,6 +72,7 @@ class LearnedScaleQuant(ActQuantizer):
         g = 1.0 / math.sqrt(x.numel() * p)
         s = grad_scale(self.scale[str(b)], g).abs().clamp_min(self.eps)
         o = grad_scale(self.zero_point[str(b)], g)
+        self.pad_value = zero_code_value(s, o, n, p)
         return fake_quant_affine(x, s, o, n, p)
 
     def qparams(self, bits: int | None = None) -> tuple[float, float]:

@@ -11,7 +11,9 @@ from qcompile.train.config import (
     default_phases,
     progressive_shrinking_phases,
 )
+from qcompile.train.evaluate import evaluate_subnets
 from qcompile.train.inherit import bit_inheritance, inherit_bits
+from qcompile.train.init import zero_init_residual_bn
 from qcompile.train.layers import QuantLayer, quant_layers
 from qcompile.train.losses import IDMAlign, kd_loss, smooth_ce
 from qcompile.train.sampler import SandwichSampler, with_uniform_bits
@@ -32,6 +34,7 @@ __all__ = [
     "cosine_lr",
     "cosine_topk",
     "default_phases",
+    "evaluate_subnets",
     "inherit_bits",
     "kd_loss",
     "latest_checkpoint",
@@ -44,4 +47,5 @@ __all__ = [
     "unstable_fraction",
     "unstable_scores",
     "with_uniform_bits",
+    "zero_init_residual_bn",
 ]

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 def inherit_bits(model: nn.Module, src_bits: int, dst_bits: int) -> int:
     """Copy every per-bit table entry of `src_bits` into `dst_bits` (LSQ steps scaled by 2^(src-dst)).
 
-    Returns the number of quantizers changed. Raises ConfigError when a table lacks either choice.
+    Returns the number of quantizers changed. Quantizers whose tables hold neither choice pair
+    (fixed-bit ones: the 8-bit residual / head quantizers of `qc.quantize`) are left alone; a table
+    holding only one of the two, or a model with no table holding both, raises ConfigError.
     """
     if src_bits == dst_bits:
         raise ConfigError("dst_bits", dst_bits, f"!= src_bits ({src_bits})")
@@ -43,8 +45,10 @@ def inherit_bits(model: nn.Module, src_bits: int, dst_bits: int) -> int:
         for key in ("gamma", "beta"):
             if isinstance(getattr(m, key, None), nn.ParameterDict):
                 tables.append((key, getattr(m, key), 1.0))
+        s, d = str(src_bits), str(dst_bits)
+        if tables and all(s not in t and d not in t for _, t, _ in tables):
+            continue  # a fixed-bit quantizer (e.g. 8-bit residual): not part of the elastic choices
         for key, table, f in tables:
-            s, d = str(src_bits), str(dst_bits)
             if s not in table or d not in table:
                 raise ConfigError(f"{name}.{key}", sorted(table.keys()), f"both {src_bits} and {dst_bits}")
             if table[d].shape != table[s].shape:  # lazily materialised per-channel steps
@@ -55,6 +59,8 @@ def inherit_bits(model: nn.Module, src_bits: int, dst_bits: int) -> int:
         if tables and isinstance(init, torch.Tensor) and bits is not None and dst_bits in bits:
             init[list(bits).index(dst_bits)] = bool(init[list(bits).index(src_bits)])
         changed += bool(tables)
+    if changed == 0:
+        raise ConfigError("model", type(model).__name__, f"quantizers with both {src_bits} and {dst_bits} bits")
     logger.info("bit inheritance %d -> %d bits: %d quantizers", src_bits, dst_bits, changed)
     return changed
 

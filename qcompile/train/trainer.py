@@ -325,7 +325,9 @@ class Trainer:
             rec["acc_largest"] = self.evaluate(big)
             rec["acc_smallest"] = self.evaluate(small)
         self.epoch_log.append(rec)
-        if self.rank == 0:
+        if self.rank == 0 and "acc_largest" not in rec:
+            logger.info("phase %s epoch %d: loss %.4f, lr %.5f", phase.name, self.global_epoch, rec["loss"], lr)
+        elif self.rank == 0:
             logger.info(
                 "phase %s epoch %d: loss %.4f, largest %.2f %%, smallest %.2f %%, lr %.5f",
                 phase.name,

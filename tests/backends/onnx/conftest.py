@@ -115,7 +115,8 @@ def build_all_ops_graph(seed: int = 0, hw: int = 12, batch: int = 2):
     gv = R.quantize(F.hardsigmoid(F.conv2d(F.relu(F.conv2d(fv.mean(dim=(2, 3), keepdim=True), w_se1, b_se1)),
                                            w_se2, b_se2)), 255.0, 0.5, 255)
     mm, sm = scalar_fixed_point(1 / 255 * 0.98)
-    mul_kw = dict(multiplier=mm, offset_g=-3 * mm, offset=(1 << (sm - 1)) + 3 * (1 << sm), shift=sm, lo=0, hi=255)
+    mul_kw = dict(multiplier=mm, offset_g=-3 * mm, offset=(1 << (sm - 1)) + 3 * (1 << sm), shift=sm, lo=0, hi=255,
+                  offset_x=-2 * mm)
     n7 = b.call(R.mul, n6, q_g, **mul_kw)
     v7 = R.mul(v6, gv, **mul_kw)
     hw2 = v7.shape[2] * v7.shape[3]

@@ -83,7 +83,8 @@ def mbv2_like(seed: int = 0, bits: int = 8, shape=(1, 3, 17, 15)) -> IntegerGrap
     h = b.call(ops.lut, d, g.table(bits))
     pooled = b.call(ops.mean, h, multiplier=1 << 20, offset=(1 << 24) + 12345, shift=25 - 2, lo=0, hi=255)
     gate = b.call(ops.lut, pooled, g.table(8))
-    se = b.call(ops.mul, h, gate, multiplier=3 << 12, offset_g=-37 * (3 << 12), offset=1 << 19, shift=20, lo=0, hi=255)
+    se = b.call(ops.mul, h, gate, multiplier=3 << 12, offset_g=-37 * (3 << 12), offset=1 << 19, shift=20, lo=0, hi=255,
+                offset_x=-5 * (3 << 12))
     p = conv_block(g, se, 24, 24, 1, wbits=bits, abits_in=8, abits_out=8)
     r = b.call(ops.rescale, c2, multiplier=1 << 16 | 777, offset=(1 << 15) - 9 * (1 << 16), shift=16, lo=0, hi=255)
     a = b.call(ops.add, p, r, multiplier_a=1 << 14, multiplier_b=3 << 13, offset=(1 << 14) - 128 * (1 << 15),

@@ -1,0 +1,246 @@
+"""x86 pointwise (1x1, stride 1, groups 1) conv with fused bias + requantize, tensorized for AVX2/VNNI.
+
+The conv is the GEMM `acc[o, p] = sum_k w[o, k] * x[k, p]` over pixels `p = h*W + w` (integer_semantics.md
+`conv2d`; MobileNetV2's expand/project layers, Sandler et al. 2018). Layout choice: the network stays NCHW
+between kernels (no layout transforms in the graph), and inside the kernel
+
+- activations are packed per call to `xp[K/g, P, g]` (g = 4 u8 codes or 2 int16 codes adjacent per pixel),
+  a cheap O(K*P) pass before the O(O*K*P) GEMM, so the intrinsic's 256-bit vector operand is 8 pixels;
+- weights are packed once at compile time (`pack_weights`) to `[O, K/g, g]`, so one output channel's
+  g weights are a single 32-bit broadcast;
+- the result tile `To x Tp` (channels x pixels) is 8-lane rows of the NCHW output, and the
+  requantize epilogue runs on the tile while it is hot (`reverse_compute_at`).
+
+The intrinsic is picked per layer (see `intrin.x86`): VNNI when the target has it, else AVX2
+`vpmaddubsw` when the actual weights cannot saturate int16 for the layer's activation range, else the
+exact int16 `vpmaddwd` path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+
+from qcompile.backends.tvm.intrin.x86 import (
+    I16_8x2_AVX2,
+    U8S8_8x4_AVX2,
+    U8S8_8x4_VNNI,
+    U8S8_16x4_VNNI512,
+    has_avx512_vnni,
+    has_vnni,
+    register_x86_intrinsics,
+    u8s8_pairs_safe,
+)
+from qcompile.backends.tvm.schedules.requant import requant_expr
+from qcompile.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ConvGeometry",
+    "GemmKnobs",
+    "choose_mode",
+    "default_knobs",
+    "pack_weights",
+    "pointwise_conv_x86",
+    "MODES",
+    "LANES",
+]
+
+# mode -> (intrinsic, reduction group g, packed dtype of activations and weights)
+MODES = {
+    "u8s8": (U8S8_8x4_AVX2, 4, "uint8", "int8"),
+    "vnni": (U8S8_8x4_VNNI, 4, "uint8", "int8"),
+    "vnni512": (U8S8_16x4_VNNI512, 4, "uint8", "int8"),
+    "i16": (I16_8x2_AVX2, 2, "int16", "int16"),
+}
+LANES = {"u8s8": 8, "vnni": 8, "vnni512": 16, "i16": 8}  # int32 lanes (pixels) per intrinsic call
+
+
+@dataclass(frozen=True)
+class GemmKnobs:
+    """Tile of one micro-kernel step: `to` output channels x `tp` pixels (tp a multiple of 8)."""
+
+    to: int = 4
+    tp: int = 24
+    p_outer: bool = True  # loop pixels outside channels (activation tile reused across channels)
+
+    def __post_init__(self) -> None:
+        if self.tp % 8 or self.tp <= 0:
+            raise ConfigError("GemmKnobs.tp", self.tp, "positive multiples of 8")
+        if self.to <= 0:
+            raise ConfigError("GemmKnobs.to", self.to, "positive integers")
+
+
+def default_knobs(mode: str) -> GemmKnobs:
+    """Untuned tile per mode (measured best on average over MobileNetV2's pointwise layers here)."""
+    return GemmKnobs(16, 16) if LANES.get(mode, 8) == 16 else GemmKnobs(8, 16)
+
+
+def choose_mode(target: tvm.target.Target, w: np.ndarray, act_max: int) -> str:
+    """Exact intrinsic for this layer: 'vnni512'/'vnni' if available, 'u8s8' if no pair can saturate, else 'i16'."""
+    if has_avx512_vnni(target):
+        return "vnni512"
+    if has_vnni(target):
+        return "vnni"
+    _, g, _, _ = MODES["u8s8"]
+    if u8s8_pairs_safe(pack_weights(w, g, "int8"), act_max):
+        return "u8s8"
+    return "i16"
+
+
+def pack_weights(w: np.ndarray, group: int, dtype: str) -> np.ndarray:
+    """[O, K(,1,1)] int8 weights -> [O, ceil(K/g), g] in `dtype`, zero-padded on K (zero adds nothing)."""
+    w2 = np.asarray(w).reshape(w.shape[0], -1).astype(np.int64)
+    o, k = w2.shape
+    kp = -(-k // group) * group
+    out = np.zeros((o, kp), dtype=np.int64)
+    out[:, :k] = w2
+    return out.reshape(o, kp // group, group).astype(dtype)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Static shape of a groups=1 conv lowered as im2col + GEMM (batch 1, NCHW)."""
+
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    ho: int
+    wo: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    pad_value: int = 0
+
+
+def _fit_to(o: int, to: int) -> int:
+    """Largest divisor of `o` not above `to` (the channel tile must divide O: no channel padding)."""
+    for t in range(min(to, o), 0, -1):
+        if o % t == 0:
+            return t
+    return 1
+
+
+def pointwise_conv_x86(
+    k: int,
+    p: int,
+    o: int,
+    mode: str,
+    *,
+    lo: int | None = 0,
+    hi: int | None = 255,
+    shift_min: int = 1,
+    knobs: GemmKnobs = GemmKnobs(),
+    conv: ConvGeometry | None = None,
+) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
+
+    `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `conv` describes a full (groups=1)
+    conv, whose im2col (with `pad_value` in the padding) is then fused into the activation packing;
+    `K = C*KH*KW` in `(c, kh, kw)` order, the order of `w.reshape(O, -1)`. `out` is uint8 requantized
+    codes, or the int32 accumulator `acc + bias` when `lo is None` (op `conv2d` alone; `mult`/`shift`
+    are then not parameters).
+    """
+    if mode not in MODES:
+        raise ConfigError("mode", mode, sorted(MODES))
+    register_x86_intrinsics()
+    intrin, g, xdt, wdt = MODES[mode]
+    requant = lo is not None
+    to = _fit_to(o, knobs.to)
+    ln = LANES[mode]
+    tp = -(-min(knobs.tp, -(-p // 8) * 8) // ln) * ln  # whole intrinsic calls per tile row
+    pp = -(-p // tp) * tp
+    kb = -(-k // g)
+
+    wp = te.placeholder((o, kb, g), wdt, name="wp")
+    # requantize: the int64 bias term `bias*M + 2^(s-1)` (requant.bias_term); accumulator: the int32 bias
+    bias = te.placeholder((o,), "int64" if requant else "int32", name="bterm" if requant else "bias")
+    if conv is None:
+        x = te.placeholder((k, p), "uint8", name="x")
+
+        def gather(kk, j):
+            return tirx.if_then_else(tirx.all(kk < k, j < p), x[kk, j].astype(xdt), tirx.const(0, xdt))
+
+    else:
+        cg = conv
+        x = te.placeholder((cg.c, cg.h, cg.w), "uint8", name="x")
+
+        def gather(kk, j):
+            c_, kh, kw = kk // (cg.kh * cg.kw), (kk // cg.kw) % cg.kh, kk % cg.kw
+            yy = (j // cg.wo) * cg.stride[0] + kh * cg.dilation[0] - cg.padding[0]
+            xx = (j % cg.wo) * cg.stride[1] + kw * cg.dilation[1] - cg.padding[1]
+            inside = tirx.all(yy >= 0, yy < cg.h, xx >= 0, xx < cg.w)
+            val = tirx.if_then_else(inside, x[c_, yy, xx], tirx.const(cg.pad_value, "uint8"))
+            return tirx.if_then_else(tirx.all(kk < k, j < p), val.astype(xdt), tirx.const(0, xdt))
+
+    xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
+    rb = te.reduce_axis((0, kb), name="rb")
+    ri = te.reduce_axis((0, g), name="ri")
+    acc = te.compute(
+        (o, pp),
+        lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
+        name="gemm",
+    )
+    ragged = pp != p
+    if requant:
+        mult = te.placeholder((o,), "int32", name="mult")
+        shift = te.placeholder((o,), "int32", name="shift")
+        # requantize the whole (padded) tile with full vectors, then copy the valid columns: on ragged
+        # tiles a predicated requantize would run scalar int64 code per element
+        res = te.compute(
+            (o, pp) if ragged else (o, p),
+            lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min),
+            name="epilogue",
+        )
+        out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if ragged else res
+        args = [x, wp, bias, mult, shift, out]
+    else:
+        res = te.compute((o, pp) if ragged else (o, p), lambda c, j: acc[c, j] + bias[c], name="epilogue")
+        out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if ragged else res
+        args = [x, wp, bias, out]
+    func = te.create_prim_func(args).with_attr("global_symbol", "main")
+    sch = s_tir.Schedule(func)
+
+    # pack: parallel over reduction blocks, pixels inner so the writes are contiguous
+    pk = sch.get_sblock("xpack")
+    b, j, i = sch.get_loops(pk)
+    sch.parallel(b)
+    sch.unroll(i)
+    if conv is not None and pp == p:
+        sch.split(j, [None, conv.wo])  # output row / column loops: no div/mod by Wo per element
+
+    gm = sch.get_sblock("gemm")
+    c, j, rb_, ri_ = sch.get_loops(gm)
+    co, ci = sch.split(c, [None, to])
+    jo, jm, ji = sch.split(j, [None, tp // ln, ln])
+    if knobs.p_outer:
+        sch.reorder(jo, co, rb_, ci, jm, ji, ri_)
+        outer = sch.fuse(jo, co)
+    else:
+        sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
+        outer = sch.fuse(co, jo)
+    sch.parallel(outer)  # before decompose_reduction/tensorize (ARCHITECTURE.md, measured)
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, outer)
+    init = sch.decompose_reduction(gm, rb_)
+    sch.tensorize(ji, intrin)
+    sch.unroll(ci)
+    sch.unroll(jm)
+    # zero-init of the tile: vectorised over its 8-lane rows
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    # epilogue on the hot tile, vectorised over whole intrinsic rows (the tile is never ragged here)
+    eloops = sch.get_loops(ep)
+    _, e_ji = sch.split(eloops[-1], [None, ln])
+    sch.vectorize(e_ji)
+    if ragged:
+        crop = sch.get_sblock("crop")
+        sch.reverse_compute_at(crop, outer)
+    return sch.mod["main"]

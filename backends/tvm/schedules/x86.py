@@ -1,0 +1,358 @@
+"""Kernel strategies for x86 (AVX2 / AVX-VNNI): conv2d(+requantize) as tensorized GEMM or depthwise.
+
+Registered with `qcompile.backends.tvm.strategy.register_strategy`; the emitter imports this package
+lazily. Each `emit` builds its own scheduled PrimFunc, packs the weights (Relax constants) in numpy at
+emit time, and returns the `call_tir`. Layout between kernels stays NCHW (the contract of
+integer_semantics.md); the Relax reshapes around the kernels are views, not copies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_x86
+from qcompile.backends.tvm.schedules.gemm_x86 import (
+    MODES,
+    ConvGeometry,
+    choose_mode,
+    default_knobs,
+    pack_weights,
+    pointwise_conv_x86,
+)
+from qcompile.backends.tvm.strategy import OpCall, register_strategy
+from qcompile.errors import LoweringError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "X86ConvRequant",
+    "X86Conv",
+    "X86Add",
+    "X86Mean",
+    "X86LinearRequant",
+    "X86Linear",
+    "is_x86",
+    "const_value",
+    "conv_kind",
+    "gemm_workload",
+]
+
+
+def is_x86(target: tvm.target.Target) -> bool:
+    """An LLVM target for x86-64 with AVX2 (our intrinsics need it)."""
+    from qcompile.backends.tvm.intrin.x86 import has_avx2
+
+    if target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple and not triple.startswith(("x86_64", "i686", "amd64")):
+        return False
+    return has_avx2(target)
+
+
+def const_value(expr: relax.Expr, what: str, node: str) -> np.ndarray:
+    """numpy value of a Relax constant (weights, bias, multipliers are constants by contract)."""
+    val = getattr(expr, "value", None)
+    if val is None:
+        val = getattr(expr, "data", None)
+    if val is None or not hasattr(val, "numpy"):
+        raise LoweringError(
+            node, f"{what} is not a Relax constant ({type(expr).__name__})", "bind weights as relax.const"
+        )
+    return val.numpy()
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_kind(params: dict) -> str | None:
+    """'pointwise', 'depthwise', 'full' or None (unsupported) for conv params of batch 1."""
+    n, c, _h, _w = params["x_shape"]
+    o, cg, kh, kw = params["w_shape"]
+    groups = int(params.get("groups", 1))
+    if n != 1:
+        return None
+    if groups == 1:
+        pointwise = (kh, kw) == (1, 1) and _pair(params.get("stride", 1)) == (1, 1)
+        pointwise = pointwise and _pair(params.get("padding", 0)) == (0, 0)
+        return "pointwise" if pointwise else "full"
+    if groups == c == o and cg == 1:
+        return "depthwise"
+    return None
+
+
+def gemm_workload(params: dict) -> dict:
+    """The tuning key of a GEMM-lowered conv: what its schedule depends on (not the weights)."""
+    _, c, h, w = params["x_shape"]
+    o, _, kh, kw = params["w_shape"]
+    _, _, ho, wo = params["out_shape"]
+    return {"op": "conv_gemm", "k": c * kh * kw, "p": ho * wo, "o": o, "im2col": (kh, kw) != (1, 1)}
+
+
+def _bias_arg(args: list[relax.Expr], requant: bool, node: str) -> relax.Expr:
+    """The kernel's bias operand: int64 `bias*M + 2^(s-1)` when requantizing, else the int32 bias."""
+    from qcompile.backends.tvm.schedules.requant import bias_term
+
+    if not requant:
+        return args[2]
+    vals = [const_value(a, what, node) for a, what in zip(args[2:6], ("bias", "multiplier", "shift", "offset"))]
+    return relax.const(bias_term(*vals), "int64")  # relax.const alone would narrow int64 to int32
+
+
+class _ConvBase:
+    """Shared emit for `conv2d_requant` (u8 out) and `conv2d` (i32 out)."""
+
+    name = "x86_conv"
+    requant = True
+
+    def applies(self, call: OpCall) -> bool:
+        return is_x86(call.target) and conv_kind(call.params) is not None
+
+    def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
+        p = call.params
+        node = str(p.get("node", call.op))
+        kind = conv_kind(p)
+        _, c, h, w = (int(v) for v in p["x_shape"])
+        o, _, kh, kw = (int(v) for v in p["w_shape"])
+        _, _, ho, wo = (int(v) for v in p["out_shape"])
+        wnp = const_value(args[1], "weight", node)
+        bias = _bias_arg(args, self.requant, node)
+        if self.requant:
+            lo, hi = int(p["lo"]), int(p["hi"])
+            shift_np = const_value(args[4], "shift", node)
+            shift_min = int(shift_np.min()) if shift_np.size else 1
+            extra = [args[3], args[4]]
+            out_dtype = "uint8"
+        else:
+            lo = hi = None
+            shift_min = 1
+            extra = []
+            out_dtype = "int32"
+        stride, padding = _pair(p.get("stride", 1)), _pair(p.get("padding", 0))
+        dilation = _pair(p.get("dilation", 1))
+        pad_value = int(p.get("pad_value", 0))
+        tag = f"{'rq' if self.requant else 'acc'}_{c}x{h}x{w}_{o}x{kh}x{kw}_s{stride[0]}"
+
+        if kind == "depthwise":
+            func = depthwise_conv_x86(
+                c,
+                h,
+                w,
+                kh,
+                kw,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                pad_value=pad_value,
+                lo=lo,
+                hi=hi,
+                shift_min=shift_min,
+            )
+            xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
+            wc = relax.const(np.ascontiguousarray(wnp.reshape(c, kh, kw).astype(np.int8)))
+            gname = f"qc_dw_{tag}"
+            call_args = [xr, wc, bias, *extra]
+            out_shape2 = (c, ho, wo)
+        else:
+            from qcompile.backends.tvm.tuning import lookup_knobs
+
+            act_max = int(p.get("x_max", 255))
+            act_max = max(act_max, pad_value)
+            mode = choose_mode(call.target, wnp, act_max)
+            _, g, _, wdt = MODES[mode]
+            knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode)
+            if kind == "pointwise":
+                geom = None
+                xr = bb.emit(relax.op.reshape(args[0], (c, h * w)))
+            else:
+                geom = ConvGeometry(c, h, w, kh, kw, ho, wo, stride, padding, dilation, pad_value)
+                xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
+            func = pointwise_conv_x86(
+                c * kh * kw, ho * wo, o, mode, lo=lo, hi=hi, shift_min=shift_min, knobs=knobs, conv=geom
+            )
+            wc = relax.const(pack_weights(wnp, g, wdt))
+            gname = f"qc_gemm_{mode}_{tag}"
+            call_args = [xr, wc, bias, *extra]
+            out_shape2 = (o, ho * wo)
+            log.debug("%s: %s conv as GEMM with %s, tile %s", node, kind, mode, knobs)
+        gv = bb.add_func(func.with_attr("global_symbol", gname), gname)
+        y = bb.emit(relax.call_tir(gv, call_args, relax.TensorType(out_shape2, out_dtype)))
+        return bb.emit(relax.op.reshape(y, (1, o, ho, wo)))
+
+
+@register_strategy("conv2d_requant", priority=10)
+class X86ConvRequant(_ConvBase):
+    """conv2d + requantize fused: tensorized GEMM (pointwise / im2col) or row-vectorised depthwise."""
+
+    name = "x86_conv_requant"
+    requant = True
+
+
+@register_strategy("conv2d", priority=10)
+class X86Conv(_ConvBase):
+    """conv2d to the int32 accumulator (+bias), for convs not followed by requantize."""
+
+    name = "x86_conv"
+    requant = False
+
+
+def _elementwise_schedule(func: tvm.tirx.PrimFunc, block: str, n: int, vec: int = 16) -> tvm.tirx.PrimFunc:
+    """Flatten all loops, split into cores x vectors: memory-bound ops need only that."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock(block)
+    fused = sch.fuse(*sch.get_loops(blk))
+    if n % vec == 0:
+        outer, inner = sch.split(fused, [None, vec])
+        sch.parallel(outer) if n >= 4096 else None
+        sch.vectorize(inner)
+    return sch.mod["main"]
+
+
+@register_strategy("add", priority=10)
+class X86Add:
+    """Requantized residual add `clamp((a*Ma + b*Mb + offset) >> s, lo, hi)` (int64), vectorised."""
+
+    name = "x86_add"
+
+    def applies(self, call: OpCall) -> bool:
+        shapes = call.params.get("shapes")
+        return is_x86(call.target) and shapes is not None and tuple(shapes[0]) == tuple(shapes[1])
+
+    def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
+        from tvm import te, tirx
+
+        p = call.params
+        shape = tuple(int(d) for d in p["shapes"][0])
+        a = te.placeholder(shape, "uint8", name="a")
+        b = te.placeholder(shape, "uint8", name="b")
+        ma, mb, off = (tirx.const(int(p[k]), "int64") for k in ("multiplier_a", "multiplier_b", "offset"))
+        sh = tirx.const(int(p["shift"]), "int64")
+        lo, hi = tirx.const(int(p["lo"]), "int64"), tirx.const(int(p["hi"]), "int64")
+
+        def f(*i):
+            v = (a[i].astype("int64") * ma + b[i].astype("int64") * mb + off) >> sh
+            return tirx.Max(tirx.Min(v, hi), lo).astype("uint8")
+
+        out = te.compute(shape, f, name="add")
+        func = _elementwise_schedule(te.create_prim_func([a, b, out]), "add", int(np.prod(shape)))
+        gname = "qc_add_" + "x".join(map(str, shape))
+        gv = bb.add_func(func.with_attr("global_symbol", gname), gname)
+        return bb.emit(relax.call_tir(gv, [args[0], args[1]], relax.TensorType(shape, "uint8")))
+
+
+@register_strategy("mean", priority=10)
+class X86Mean:
+    """Global average pool on codes `clamp((sum_hw(x)*M + offset) >> s, lo, hi)`, channels over cores."""
+
+    name = "x86_mean"
+
+    def applies(self, call: OpCall) -> bool:
+        shapes = call.params.get("shapes")
+        return is_x86(call.target) and shapes is not None and len(shapes[0]) == 4
+
+    def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
+        from tvm import s_tir, te, tirx
+
+        p = call.params
+        n, c, h, w = (int(d) for d in p["shapes"][0])
+        x = te.placeholder((n, c, h, w), "uint8", name="x")
+        r1, r2 = te.reduce_axis((0, h), "r1"), te.reduce_axis((0, w), "r2")
+        tot = te.compute((n, c), lambda i, j: te.sum(x[i, j, r1, r2].astype("int64"), axis=[r1, r2]), name="sum")
+        m, off, sh = (tirx.const(int(p[k]), "int64") for k in ("multiplier", "offset", "shift"))
+        lo, hi = tirx.const(int(p["lo"]), "int64"), tirx.const(int(p["hi"]), "int64")
+        out = te.compute(
+            (n, c, 1, 1),
+            lambda i, j, _a, _b: tirx.Max(tirx.Min((tot[i, j] * m + off) >> sh, hi), lo).astype("uint8"),
+            name="mean",
+        )
+        sch = s_tir.Schedule(te.create_prim_func([x, out]))
+        loops = sch.get_loops(sch.get_sblock("mean"))
+        sch.compute_at(sch.get_sblock("sum"), loops[1])
+        sch.parallel(sch.fuse(loops[0], loops[1]))
+        gname = f"qc_mean_{n}x{c}x{h}x{w}"
+        gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
+        return bb.emit(relax.call_tir(gv, [args[0]], relax.TensorType((n, c, 1, 1), "uint8")))
+
+
+class _LinearBase:
+    """`x[N,K] @ w[O,K].T + bias` (+ requantize): weights pre-packed to int16 `[O/8, K, 8]`, 8 output
+    channels per int32 vector, activations broadcast. A GEMV at batch 1 is bound by reading the weights
+    once, which this does; int16 products cannot overflow int32, so any bit-width is exact."""
+
+    name = "x86_linear"
+    requant = True
+
+    def applies(self, call: OpCall) -> bool:
+        return is_x86(call.target) and int(call.params["w_shape"][0]) % 8 == 0
+
+    def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
+        from tvm import s_tir, te
+
+        from qcompile.backends.tvm.schedules.requant import requant_expr
+
+        p = call.params
+        node = str(p.get("node", call.op))
+        n, k = (int(d) for d in p["x_shape"])
+        o = int(p["w_shape"][0])
+        wnp = const_value(args[1], "weight", node).astype(np.int16)
+        wpk = np.ascontiguousarray(wnp.reshape(o // 8, 8, k).transpose(0, 2, 1))
+        x = te.placeholder((n, k), "uint8", name="x")
+        wp = te.placeholder((o // 8, k, 8), "int16", name="wp")
+        bias = te.placeholder((o,), "int64" if self.requant else "int32", name="bias")
+        r = te.reduce_axis((0, k), "r")
+        acc = te.compute(
+            (n, o // 8, 8),
+            lambda i, ob, oi: te.sum(x[i, r].astype("int32") * wp[ob, r, oi].astype("int32"), axis=r),
+            name="acc",
+        )
+        if self.requant:
+            mult = te.placeholder((o,), "int32", name="mult")
+            shift = te.placeholder((o,), "int32", name="shift")
+            smin = int(const_value(args[4], "shift", node).min())
+            lo, hi = int(p["lo"]), int(p["hi"])
+            out = te.compute(
+                (n, o),
+                lambda i, j: requant_expr(acc[i, j // 8, j % 8], bias[j], mult[j], shift[j], lo, hi, smin),
+                name="out",
+            )
+            tins, dt, extra = [x, wp, bias, mult, shift, out], "uint8", [args[3], args[4]]
+        else:
+            out = te.compute((n, o), lambda i, j: acc[i, j // 8, j % 8] + bias[j], name="out")
+            tins, dt, extra = [x, wp, bias, out], "int32", []
+        sch = s_tir.Schedule(te.create_prim_func(tins))
+        blk = sch.get_sblock("acc")
+        i, ob, oi, rr = sch.get_loops(blk)
+        sch.reorder(i, ob, rr, oi)
+        sch.parallel(ob) if o >= 64 else None
+        sch.reverse_compute_at(sch.get_sblock("out"), ob)
+        sch.vectorize(oi)
+        init = sch.decompose_reduction(blk, rr)
+        sch.vectorize(sch.get_loops(init)[-1])
+        gname = f"qc_linear_{'rq' if self.requant else 'acc'}_{n}x{k}_{o}"
+        gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
+        call_args = [args[0], relax.const(wpk), _bias_arg(args, self.requant, node), *extra]
+        return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))
+
+
+@register_strategy("linear_requant", priority=10)
+class X86LinearRequant(_LinearBase):
+    """linear + requantize fused (the classifier of MobileNets when its policy is integer)."""
+
+    name = "x86_linear_requant"
+    requant = True
+
+
+@register_strategy("linear", priority=10)
+class X86Linear(_LinearBase):
+    """linear to the int32 accumulator (+bias), e.g. logits dequantized by `dequantize_acc`."""
+
+    name = "x86_linear"
+    requant = False

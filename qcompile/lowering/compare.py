@@ -1,0 +1,92 @@
+"""Code-level comparison of a fake-quant subnet with its IntegerGraph (debugging and tests).
+
+Every activation quantizer of the fake-quant model outputs `x_hat = (q - zp) * scale`; its codes are
+recovered exactly as `floor(x_hat / scale + zp + 1/2)`. Every IntegerGraph op that produces codes for
+that quantizer carries `meta["qcompile"]["src"] == <quantizer node name>`. `compare_codes` runs both on
+the same input and reports, per quantizer in program order, how many codes differ and by how much.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from qcompile.lowering.patterns import classify, get_module
+from qcompile.ops import IntegerGraph
+from qcompile.ops import reference as R
+
+__all__ = ["CodeDiff", "compare_codes", "integer_node_values", "quantizer_codes"]
+
+_CODE_OPS = (R.quantize, R.requantize, R.rescale, R.lut, R.add, R.mean, R.mul)
+
+
+@dataclass(frozen=True)
+class CodeDiff:
+    """Codes of one quantizer: fraction that differ, largest difference, number compared."""
+
+    name: str
+    mismatch: float
+    max_diff: int
+    count: int
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, names: set[str]):
+        super().__init__(gm)
+        self.names, self.values = names, {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.names:
+            self.values[n.name] = out
+        return out
+
+
+def quantizer_codes(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Node name -> int64 codes of every calibrated quantizer (below 32 bits) of a fake-quant graph."""
+    quants = {}
+    for n in gm.graph.nodes:
+        if classify(n, gm).kind == "quantizer":
+            q = get_module(gm, n.target)
+            if q.active_bits < 32 and q.is_calibrated:
+                quants[n.name] = q.qparams()
+    rec = _Recorder(gm, set(quants))
+    with torch.no_grad():
+        rec.run(x)
+    out = {}
+    for name, (scale, zp) in quants.items():
+        v = rec.values[name].to(torch.float64)
+        out[name] = torch.floor(v / scale + zp + 0.5).to(torch.int64)
+    return out
+
+
+def integer_node_values(ig: IntegerGraph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`meta src` -> output of the last code-producing op lowered from that fake-quant node."""
+    names = {n.name: n for n in ig.graph.nodes if n.op == "call_function"}
+    rec = _Recorder(ig, set(names))
+    with torch.no_grad():
+        rec.run(x)
+    out = {}
+    for name, n in names.items():
+        if n.target in _CODE_OPS or (n.target is R.flatten and out.get(n.meta.get("qcompile", {}).get("src"))
+                                     is not None):
+            src = n.meta.get("qcompile", {}).get("src")
+            if src is not None:
+                out[src] = rec.values[name].to(torch.int64)
+    return out
+
+
+def compare_codes(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor) -> list[CodeDiff]:
+    """Per quantizer (program order of `gm`): mismatching-code fraction and max difference vs `ig`."""
+    fq = quantizer_codes(gm, x)
+    iv = integer_node_values(ig, x)
+    diffs = []
+    for name, codes in fq.items():
+        if name not in iv:
+            continue
+        other = iv[name].reshape(codes.shape)
+        d = (codes - other).abs()
+        diffs.append(CodeDiff(name, float((d > 0).double().mean()), int(d.max()), d.numel()))
+    return diffs

@@ -1,0 +1,315 @@
+"""x86 strategies and kernels bit-exact against qcompile.ops.reference (integer_semantics.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni, has_vnni  # noqa: E402
+from qcompile.backends.tvm.schedules.gemm_x86 import (  # noqa: E402
+    MODES,
+    GemmKnobs,
+    choose_mode,
+    pack_weights,
+    pointwise_conv_x86,
+)
+from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
+from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
+from qcompile.ops import reference as R  # noqa: E402
+
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})
+NATIVE = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+HOST_VNNI = has_vnni(NATIVE)
+HOST_VNNI512 = has_avx512_vnni(NATIVE)
+ZNVER5 = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+
+
+def _out_hw(h, w, k, s, p, d=1):
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _case(rng, c, h, w, o, k, s, p, groups, *, x_all=None, w_bits=8, pad_value=0):
+    x = rng.integers(0, 256, (1, c, h, w)).astype(np.uint8) if x_all is None else np.full((1, c, h, w), x_all, np.uint8)
+    lo_w, hi_w = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1)
+    wt = rng.integers(lo_w, hi_w, (o, c // groups, k, k)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, o).astype(np.int32)
+    mult = rng.integers(2**29, 2**31, o).astype(np.int32)
+    shift = rng.integers(34, 42, o).astype(np.int32)
+    return x, wt, bias, mult, shift
+
+
+def _reference(x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, requant=True):
+    acc = R.conv2d(
+        torch.from_numpy(x),
+        torch.from_numpy(wt),
+        torch.from_numpy(bias),
+        stride=s,
+        padding=p,
+        groups=groups,
+        pad_value=pad_value,
+    )
+    if not requant:
+        return acc.numpy()
+    return R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=lo, hi=hi).numpy()
+
+
+def _run_strategy(op, x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, target=AVX2):
+    o, _, k, _ = wt.shape
+    ho, wo = _out_hw(x.shape[2], x.shape[3], k, s, p)
+    params = {
+        "x_shape": x.shape,
+        "w_shape": wt.shape,
+        "out_shape": (1, o, ho, wo),
+        "stride": (s, s),
+        "padding": (p, p),
+        "dilation": (1, 1),
+        "groups": groups,
+        "pad_value": pad_value,
+        "node": "t",
+    }
+    if op == "conv2d_requant":
+        params.update(lo=lo, hi=hi)
+    call = OpCall(op, params, target)
+    strat = select_strategy(call)
+    assert strat is not None and strat.name.startswith("x86"), strat
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    consts = [relax.const(wt), relax.const(bias)]
+    if op == "conv2d_requant":
+        consts += [relax.const(mult), relax.const(shift)]
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = strat.emit(bb, call, [xv, *consts])
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    ex = tvm.compile(bb.get(), target=target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+# (c, h, w, o, k, stride, pad, groups, pad_value): MobileNetV2-like layers, small spatial sizes
+CASES = [
+    pytest.param(16, 14, 14, 96, 1, 1, 0, 1, 0, id="pointwise-expand"),
+    pytest.param(96, 7, 7, 24, 1, 1, 0, 1, 0, id="pointwise-project-ragged"),
+    pytest.param(3, 16, 16, 32, 3, 2, 1, 1, 113, id="full-3x3-s2-padvalue"),
+    pytest.param(8, 9, 11, 16, 3, 1, 1, 1, 5, id="full-3x3-s1-odd"),
+    pytest.param(32, 14, 14, 32, 3, 1, 1, 32, 17, id="depthwise-3x3-s1"),
+    pytest.param(24, 15, 15, 24, 3, 2, 1, 24, 3, id="depthwise-3x3-s2-odd"),
+    pytest.param(16, 12, 12, 16, 5, 2, 2, 16, 0, id="depthwise-5x5-s2"),
+]
+
+
+@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES)
+@pytest.mark.parametrize("x_all", [None, 255], ids=["random", "all255"])
+def test_conv_requant_bit_exact(c, h, w, o, k, s, p, groups, pad_value, x_all):
+    rng = np.random.default_rng(c * 100 + k)
+    x, wt, bias, mult, shift = _case(rng, c, h, w, o, k, s, p, groups, x_all=x_all)
+    if x_all == 255:
+        wt[:] = -128  # every u8 x s8 pair at -65280: saturates vpmaddubsw unless handled
+        wt[: o // 2] = 127
+        bias[:] = 0
+    kw = dict(s=s, p=p, groups=groups, pad_value=pad_value, lo=3, hi=250)
+    got = _run_strategy("conv2d_requant", x, wt, bias, mult, shift, **kw)
+    ref = _reference(x, wt, bias, mult, shift, **kw)
+    assert got.dtype == np.uint8 and got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+    assert len(np.unique(ref)) > 1 or x_all == 255  # the case exercises more than one code
+
+
+@pytest.mark.skipif(not HOST_VNNI512, reason="this CPU has no AVX512-VNNI")
+@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES[:4])
+def test_conv_requant_bit_exact_vnni512_target(c, h, w, o, k, s, p, groups, pad_value):
+    rng = np.random.default_rng(11)
+    x, wt, bias, mult, shift = _case(rng, c, h, w, o, k, s, p, groups)
+    x[..., :2] = 255
+    kw = dict(s=s, p=p, groups=groups, pad_value=pad_value, lo=0, hi=255)
+    got = _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=ZNVER5, **kw)
+    np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, **kw))
+
+
+@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", [CASES[0], CASES[2], CASES[5]])
+def test_conv_accumulator_bit_exact(c, h, w, o, k, s, p, groups, pad_value):
+    rng = np.random.default_rng(7)
+    x, wt, bias, mult, shift = _case(rng, c, h, w, o, k, s, p, groups)
+    kw = dict(s=s, p=p, groups=groups, pad_value=pad_value, lo=0, hi=255)
+    got = _run_strategy("conv2d", x, wt, bias, mult, shift, **kw)
+    ref = _reference(x, wt, bias, mult, shift, requant=False, **kw)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, ref)
+
+
+def _gemm_ref(x, w, bias, mult, shift, lo, hi):
+    acc = w.astype(np.int64) @ x.astype(np.int64) + bias[:, None]
+    s = shift.astype(np.int64)[:, None]
+    return np.clip((acc * mult.astype(np.int64)[:, None] + (np.int64(1) << (s - 1))) >> s, lo, hi)
+
+
+DEFAULT_KNOBS = GemmKnobs(8, 16)
+
+
+def _run_gemm(mode, x, w, bias, mult, shift, knobs=DEFAULT_KNOBS, target=AVX2, shift_min=None):
+    k, p = x.shape
+    o = w.shape[0]
+    sm = int(shift.min()) if shift_min is None else shift_min
+    lib = tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=sm, knobs=knobs), target=target)
+    _, g, _, wdt = MODES[mode]
+    out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
+    bterm = bias_term(bias, mult, shift)
+    lib(*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, g, wdt), bterm, mult, shift)), out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("knobs", [GemmKnobs(8, 16), GemmKnobs(4, 24, False), GemmKnobs(2, 8)])
+@pytest.mark.parametrize("shift_lo", [10, 24, 32, 40], ids=lambda s: f"shift>={s}")
+def test_gemm_i16_exact_all_codes(knobs, shift_lo):
+    """The int16 vpmaddwd path is exact for 8-bit codes, any tile, both requantize forms."""
+    rng = np.random.default_rng(shift_lo)
+    k, p, o = 37, 50, 16  # K not a multiple of the group, P not of the tile: both are padded
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, o).astype(np.int32)
+    shift = rng.integers(shift_lo, shift_lo + 8, o).astype(np.int32)
+    # keep the requantized value near the code range so the clamp is not the whole story
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 9) * rng.uniform(0.5, 1.0, o)).astype(np.int64)
+    mult = np.clip(mult, 1, 2**31 - 1).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    np.testing.assert_array_equal(_run_gemm("i16", x, w, bias, mult, shift, knobs), ref)
+
+
+def test_u8s8_exact_for_7bit_codes_and_saturates_for_8bit():
+    """vpmaddubsw is exact for codes < 128 and really saturates at 255 x -128 (why the i16 path exists)."""
+    rng = np.random.default_rng(1)
+    k, p, o = 64, 32, 8
+    mult = np.full(o, 2**20, np.int32)
+    shift = np.full(o, 30, np.int32)  # acc / 1024
+    x7 = rng.integers(0, 128, (k, p)).astype(np.uint8)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = np.full(o, 128 * 1024, np.int32)
+    ref = _gemm_ref(x7, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    np.testing.assert_array_equal(_run_gemm("u8s8", x7, w, bias, mult, shift), ref)
+    # 8-bit codes with -128 weights: each pair is 2*255*-128 = -65280, clipped to -32768 by vpmaddubsw
+    x255 = np.full((k, p), 255, np.uint8)
+    w_sat = np.full((o, k), -128, np.int8)
+    big_bias = np.full(o, 2_200_000, np.int32)  # sum(w*x) = -2,088,960: acc lands inside the code range
+    ref_sat = _gemm_ref(x255, w_sat, big_bias, mult, shift, 0, 255)
+    assert ref_sat.min() > 0 and ref_sat.max() < 255
+    assert not np.array_equal(_run_gemm("u8s8", x255, w_sat, big_bias, mult, shift), ref_sat)
+    np.testing.assert_array_equal(_run_gemm("i16", x255, w_sat, big_bias, mult, shift), ref_sat)
+
+
+def test_choose_mode_follows_the_saturation_bound():
+    t = AVX2
+    assert choose_mode(t, np.full((4, 8), 127, np.int8), 255) == "i16"  # 255*254 > 32767
+    assert choose_mode(t, np.full((4, 8), 127, np.int8), 127) == "u8s8"  # 127*254 = 32258
+    assert choose_mode(t, np.full((4, 8), -64, np.int8), 255) == "u8s8"  # 255*-128 = -32640
+    assert choose_mode(t, np.full((4, 8), -65, np.int8), 255) == "i16"  # 255*-130 < -32768
+    w4 = np.random.default_rng(0).integers(-8, 8, (32, 96)).astype(np.int8)  # 4-bit weights: always safe
+    assert choose_mode(t, w4, 255) == "u8s8"
+    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+    assert choose_mode(avx512, np.full((4, 8), 127, np.int8), 255) == "vnni512"
+    avxvnni = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
+    assert choose_mode(avxvnni, np.full((4, 8), 127, np.int8), 255) == "vnni"
+    mattr = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "mattr": ["+avxvnni"]})
+    assert choose_mode(mattr, np.full((4, 8), 127, np.int8), 255) == "vnni"
+
+
+@pytest.mark.skipif(not HOST_VNNI, reason="this CPU has no AVX-VNNI / AVX512-VNNI")
+@pytest.mark.parametrize(
+    "mode,knobs",
+    [
+        ("vnni", GemmKnobs(8, 16)),
+        ("vnni512", GemmKnobs(4, 32)),
+        ("vnni512", GemmKnobs(8, 8)),
+        ("vnni512", GemmKnobs(2, 64, False)),
+    ],
+)
+def test_gemm_vnni_exact_8bit(mode, knobs):
+    if mode == "vnni512" and not HOST_VNNI512:
+        pytest.skip("this CPU has no AVX512-VNNI")
+    rng = np.random.default_rng(3)
+    k, p, o = 96, 49, 24
+    x = np.concatenate([np.full((k, 8), 255, np.uint8), rng.integers(0, 256, (k, p - 8)).astype(np.uint8)], 1)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024  # centre codes near 128
+    shift = rng.integers(36, 40, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10)).astype(np.int32)
+    vnni = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=vnni), ref)
+
+
+def test_strategy_does_not_apply_off_x86_or_batch():
+    params = {"x_shape": (1, 8, 4, 4), "w_shape": (8, 8, 1, 1), "out_shape": (1, 8, 4, 4), "groups": 1}
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    assert select_strategy(OpCall("conv2d_requant", params, arm)) is None or not select_strategy(
+        OpCall("conv2d_requant", params, arm)
+    ).name.startswith("x86")
+    batch2 = dict(params, x_shape=(2, 8, 4, 4), out_shape=(2, 8, 4, 4))
+    s = select_strategy(OpCall("conv2d_requant", batch2, AVX2))
+    assert s is None or not s.name.startswith("x86")
+
+
+def _run_call(op, params, args_np, consts_np):
+    """Emit one OpCall with `args_np` as VM inputs and `consts_np` as Relax constants; run it."""
+    call = OpCall(op, params, AVX2)
+    strat = select_strategy(call)
+    assert strat is not None and strat.name.startswith("x86"), strat
+    bb = relax.BlockBuilder()
+    vs = [relax.Var(f"a{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(args_np)]
+    with bb.function("main", vs):
+        with bb.dataflow():
+            y = strat.emit(bb, call, [*vs, *(relax.const(c) for c in consts_np)])
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=AVX2), tvm.cpu())
+    return vm["main"](*(tvm.runtime.tensor(a) for a in args_np)).numpy()
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 56, 56), (1, 5, 3, 3)])
+def test_add_bit_exact(shape):
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, shape).astype(np.uint8)
+    b = rng.integers(0, 256, shape).astype(np.uint8)
+    kw = dict(multiplier_a=1 << 29, multiplier_b=3 << 27, offset=(1 << 29) - (90 << 30), shift=30, lo=0, hi=255)
+    ref = R.add(torch.from_numpy(a), torch.from_numpy(b), **kw).numpy()
+    got = _run_call("add", dict(kw, shapes=(shape, shape), node="add"), [a, b], [])
+    assert len(np.unique(ref)) > min(50, ref.size // 3)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_mean_bit_exact():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (1, 40, 7, 7)).astype(np.uint8)
+    kw = dict(multiplier=1 << 24, offset=(1 << 29) - (20 << 30), shift=30, lo=0, hi=255)
+    ref = R.mean(torch.from_numpy(x), **kw).numpy()
+    got = _run_call("mean", dict(kw, shapes=((1, 40, 7, 7),), node="mean"), [x], [])
+    assert len(np.unique(ref)) > 5
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("requant", [True, False])
+def test_linear_bit_exact(requant):
+    rng = np.random.default_rng(5)
+    n, k, o = 1, 160, 24
+    x = np.concatenate([np.full((n, 40), 255, np.uint8), rng.integers(0, 256, (n, k - 40)).astype(np.uint8)], 1)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, o).astype(np.int32) + (128 << 10)
+    mult = np.full(o, 1 << 26, np.int32)
+    shift = np.full(o, 36, np.int32)
+    acc = R.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias))
+    params = {"x_shape": (n, k), "w_shape": (o, k), "out_shape": (n, o), "node": "fc"}
+    if requant:
+        ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=0, hi=255).numpy()
+        got = _run_call("linear_requant", dict(params, lo=0, hi=255), [x], [w, bias, mult, shift])
+        assert len(np.unique(ref)) > 5
+    else:
+        ref = acc.numpy()
+        got = _run_call("linear", params, [x], [w, bias])
+    np.testing.assert_array_equal(got, ref)

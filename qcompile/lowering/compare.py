@@ -17,7 +17,7 @@ from qcompile.lowering.patterns import classify, get_module
 from qcompile.ops import IntegerGraph
 from qcompile.ops import reference as R
 
-__all__ = ["CodeDiff", "compare_codes", "integer_node_values", "quantizer_codes"]
+__all__ = ["CodeDiff", "compare_codes", "integer_node_values", "logit_bound", "quantizer_codes"]
 
 _CODE_OPS = (R.quantize, R.requantize, R.rescale, R.lut, R.add, R.mean, R.mul)
 
@@ -90,3 +90,29 @@ def compare_codes(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor) -> list
         d = (codes - other).abs()
         diffs.append(CodeDiff(name, float((d > 0).double().mean()), int(d.max()), d.numel()))
     return diffs
+
+
+def logit_bound(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-class bound on `|logits(ig) - logits(gm)|` (the documented bound of to_integer).
+
+    Both programs compute the classifier exactly from its input codes, so logits differ only through
+    (a) classifier input codes that differ, each by `dx`, moving a logit by at most `scale * |w| dx`,
+    and (b) the int32 bias and the fixed-point rounding, at most half an accumulator unit (`scale / 2`);
+    plus float32 rounding of the fake-quant model (`1e-5` relative).
+    """
+    from qcompile.ops import reference as R
+
+    lin = next(n for n in ig.graph.nodes if n.target is R.linear)
+    src = lin.args[0]
+    while src.target is R.flatten:
+        src = src.args[0]
+    rec = _Recorder(ig, {lin.args[0].name})
+    with torch.no_grad():
+        rec.run(x)
+    x_int = rec.values[lin.args[0].name].to(torch.float64).reshape(len(x), -1)
+    x_fq = quantizer_codes(gm, x)[src.meta["qcompile"]["src"]].to(torch.float64).reshape(len(x), -1)
+    w = getattr(ig, lin.args[1].target).to(torch.float64)
+    deq = next(n for n in ig.graph.nodes if n.target is R.dequantize_acc and n.args[0] is lin)
+    scale = getattr(ig, deq.args[1].target).to(torch.float64)
+    dx = (x_int - x_fq).abs()
+    return scale * (0.5 + dx @ w.abs().T) + 1e-5 * (1 + ref.abs())

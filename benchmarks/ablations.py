@@ -1,0 +1,190 @@
+"""Supernet-training ablations of the seed papers on digits, one per invocation.
+
+    .venv/bin/python benchmarks/ablations.py batchquant   # BatchQuant vs EMA min/max (QFA Table 4 / Sec. 5)
+    .venv/bin/python benchmarks/ablations.py two-stage    # two-stage vs single-stage elastic quantization (QFA Table 3)
+    .venv/bin/python benchmarks/ablations.py inheritance  # 2-bit by bit inheritance 4->3->2 vs direct 2-bit (OQA 3.4)
+    .venv/bin/python benchmarks/ablations.py bitsched     # with vs without bit scheduler + IDM (retraining-free 3.3)
+
+Every arm starts from the same float supernet (trained once per seed and cached in OUT), trains
+its quantized phases with the sandwich rule, and is evaluated retraining-free: `qc.extract` +
+`qc.calibrate` (8 training batches) per subnet, top-1 on the digits test split. Arm results are
+cached in OUT/arms.json (an arm shared by two ablations is trained once). The table is printed
+and written to OUT/<ablation>-seed<S>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import qcompile as qc
+from qcompile.data import load_dataset
+from qcompile.train import Phase, TrainConfig, Trainer, bit_inheritance
+from qcompile.train.evaluate import evaluate_subnets
+from qcompile.train.init import zero_init_residual_bn
+
+log = logging.getLogger("ablations")
+
+ABLATIONS = {
+    "batchquant": ("two-stage", "ema"),
+    "two-stage": ("two-stage", "single-stage"),
+    "inheritance": ("inherit-4-3-2", "direct-2"),
+    "bitsched": ("two-stage", "two-stage+bitsched+idm"),
+}
+ARM_TITLES = {
+    "two-stage": "BatchQuant, two-stage {2,3,4,32} -> {2,3,4}",
+    "ema": "EMA min/max, two-stage {2,3,4,32} -> {2,3,4}",
+    "single-stage": "BatchQuant, single-stage {2,3,4}",
+    "inherit-4-3-2": "bit inheritance 4 -> 3 -> 2 (K-bit teacher)",
+    "direct-2": "direct 2-bit QAT from float",
+    "two-stage+bitsched+idm": "two-stage, stage 2 with bit scheduler + IDM",
+}
+
+
+def _space(args: argparse.Namespace):
+    return qc.spaces.get_space(args.space, num_classes=10, width_mult=args.width, resolutions=(args.resolution,))
+
+
+def _tc(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(seed=args.seed, evaluate=False, progress=False)
+
+
+def float_supernet(args: argparse.Namespace, space, data) -> torch.fx.GraphModule:
+    """The traced float supernet after `--float-epochs` of sandwich training (cached per seed)."""
+    torch.manual_seed(args.seed)
+    net = space.build_supernet()
+    zero_init_residual_bn(net)
+    graph = qc.trace(net)
+    key = f"float-{args.space}-w{args.width}-r{args.resolution}-e{args.float_epochs}-seed{args.seed}.pt"
+    path = Path(args.out) / key
+    if path.is_file():
+        graph.load_state_dict(torch.load(path))
+        return graph
+    t = time.time()
+    Trainer(graph, space, data, _tc(args), [Phase("float", args.float_epochs, bits=None)]).fit()
+    log.info("float supernet: %.0f s", time.time() - t)
+    torch.save(graph.state_dict(), path)
+    return graph
+
+
+def train_arm(arm: str, args: argparse.Namespace, space, data, fgraph) -> torch.nn.Module:
+    """Train arm `arm` from a copy of the float supernet; returns the quantized supernet."""
+    e = args.epochs
+    tc = _tc(args)
+    qnet = qc.quantize(copy.deepcopy(fgraph), act_quant="ema" if arm == "ema" else "batchquant")
+    if arm in ("two-stage", "ema", "two-stage+bitsched+idm"):
+        sched = arm == "two-stage+bitsched+idm"
+        phases = [
+            Phase("bits-2-3-4-32", e, bits=(2, 3, 4, 32)),
+            Phase("bits-2-3-4", e, bits=(2, 3, 4), bit_schedule=sched, idm_weight=args.idm_weight if sched else 0.0),
+        ]
+        Trainer(qnet, space, data, tc, phases).fit()
+    elif arm == "single-stage":
+        Trainer(qnet, space, data, tc, [Phase("bits-2-3-4", 2 * e, bits=(2, 3, 4))]).fit()
+    elif arm == "direct-2":
+        Trainer(qnet, space, data, tc, [Phase("bits-2", 3 * e, bits=(2,))]).fit()
+    elif arm == "inherit-4-3-2":
+        Trainer(qnet, space, data, tc, [Phase("bits-4", e, bits=(4,))]).fit()
+        for k in (4, 3):
+            batches = data.train.loader(64, shuffle=True, seed=args.seed + k)
+            teacher = bit_inheritance(qnet, space, k, k - 1, batches, qc.set_active, num_images=1024)
+            phase = Phase(f"bits-{k - 1}", e, bits=(k - 1,), teacher="external")
+            Trainer(qnet, space, data, tc, [phase], teacher=teacher, teacher_bits=k).fit()
+    else:
+        raise ValueError(arm)
+    return qnet
+
+
+def evaluate_arm(arm: str, args: argparse.Namespace, space, data, qnet) -> dict[str, float]:
+    rng = random.Random(1000 + args.seed)
+    two_bit = arm in ("inherit-4-3-2", "direct-2")
+    mixed = (2,) if two_bit else (2, 3, 4)
+    top = 2 if two_bit else 4
+    cfgs = [space.largest(bits=top), space.smallest(bits=2)]
+    cfgs += [space.sample(seed=rng.randrange(2**31), bits=mixed) for _ in range(args.subnets)]
+    acc = evaluate_subnets(qnet, space, data, cfgs, calib_batches=8)
+    return {
+        "largest": acc[0],
+        "largest_bits": top,
+        "smallest_2bit": acc[1],
+        "median_random": statistics.median(acc[2:]),
+        "min_random": min(acc[2:]),
+        "random_bits": list(mixed),
+    }
+
+
+def run(args: argparse.Namespace) -> str:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    space = _space(args)
+    data = load_dataset("digits", resolution=args.resolution, in_channels=space.in_channels)
+    cache_path = out / "arms.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    settings = (
+        f"{args.space} w{args.width} r{args.resolution} float{args.float_epochs} e{args.epochs} "
+        f"idm{args.idm_weight} n{args.subnets} seed{args.seed}"
+    )
+    fgraph = None
+    rows = []
+    for arm in ABLATIONS[args.ablation]:
+        key = f"{arm} | {settings}"
+        if key not in cache or args.force:
+            fgraph = fgraph if fgraph is not None else float_supernet(args, space, data)
+            t = time.time()
+            qnet = train_arm(arm, args, space, data, fgraph)
+            train_s = time.time() - t
+            res = evaluate_arm(arm, args, space, data, qnet)
+            res["train_s"] = round(train_s, 1)
+            cache[key] = res
+            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        rows.append((arm, cache[key]))
+    lines = [
+        f"ablation `{args.ablation}` ({settings}; test accuracy %, retraining-free: extract + calibrate 8 batches)",
+        "",
+        "| arm | largest | smallest @2 bits | median of random | min of random | train s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm, r in rows:
+        bits = "{" + ",".join(str(b) for b in r["random_bits"]) + "}"
+        lines.append(
+            f"| {ARM_TITLES[arm]} | {100 * r['largest']:.1f} (@{r['largest_bits']}) | {100 * r['smallest_2bit']:.1f} "
+            f"| {100 * r['median_random']:.1f} ({args.subnets} @{bits}) | {100 * r['min_random']:.1f} "
+            f"| {r['train_s']:.0f} |"
+        )
+    table = "\n".join(lines)
+    (out / f"{args.ablation}-seed{args.seed}.md").write_text(table + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("ablation", choices=sorted(ABLATIONS))
+    p.add_argument("--space", default="mobilenet_v3")
+    p.add_argument("--width", type=float, default=0.35)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--float-epochs", type=int, default=3, help="shared float supernet epochs")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per quantized stage")
+    p.add_argument("--idm-weight", type=float, default=0.1)
+    p.add_argument("--subnets", type=int, default=10, help="random subnets evaluated per arm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/ablations")
+    p.add_argument("--force", action="store_true", help="retrain arms found in the cache")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("qcompile.quant.calibration").setLevel(logging.ERROR)
+    print(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

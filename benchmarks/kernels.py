@@ -1,0 +1,103 @@
+"""Per-layer kernels of qcompile (the exact PrimFuncs the x86 strategies emit) and their peers, timed alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from benchmarks.mbv2 import ConvLayer
+
+
+def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255, knobs=None, seed: int = 0):
+    """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call."""
+    import tvm
+
+    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_x86
+    from qcompile.backends.tvm.schedules.gemm_x86 import (
+        MODES,
+        ConvGeometry,
+        choose_mode,
+        default_knobs,
+        pack_weights,
+        pointwise_conv_x86,
+    )
+    from qcompile.backends.tvm.schedules.requant import bias_term
+    from qcompile.backends.tvm.tuning import lookup_knobs
+
+    rng = np.random.default_rng(seed)
+    hw = 2 ** (w_bits - 1)
+    w = rng.integers(-hw, hw, (ly.o, ly.c // ly.groups, ly.k, ly.k)).astype(np.int8)
+    mult = np.full(ly.o, 1 << 28, np.int32)
+    shift = np.full(ly.o, 40, np.int32)
+    bias = bias_term(rng.integers(-1000, 1000, ly.o), mult, shift)
+    pad = ly.k // 2
+    if ly.kind == "depthwise":
+        func = depthwise_conv_x86(
+            ly.c, ly.h, ly.h, ly.k, ly.k, stride=(ly.stride,) * 2, padding=(pad, pad), shift_min=40
+        )
+        x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)
+        wk, mode = w.reshape(ly.c, ly.k, ly.k), "dw"
+        out = np.zeros((ly.o, ly.ho, ly.ho), np.uint8)
+    else:
+        mode = choose_mode(target, w, x_max)
+        _, g, _, wdt = MODES[mode]
+        wl = {"op": "conv_gemm", "k": ly.c * ly.k * ly.k, "p": ly.ho * ly.ho, "o": ly.o, "im2col": ly.k != 1}
+        knobs = knobs or lookup_knobs(wl | {"mode": mode}, target) or default_knobs(mode)
+        geom = None
+        x = rng.integers(0, x_max + 1, (ly.c, ly.h * ly.h)).astype(np.uint8)
+        if ly.kind == "full":
+            geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, ly.ho, ly.ho, (ly.stride,) * 2, (pad, pad))
+            x = x.reshape(ly.c, ly.h, ly.h)
+        func = pointwise_conv_x86(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, mode, shift_min=40, knobs=knobs, conv=geom)
+        wk = pack_weights(w, g, wdt)
+        out = np.zeros((ly.o, ly.ho * ly.ho), np.uint8)
+    lib = tvm.compile(func, target=target)
+    args = [tvm.runtime.tensor(a) for a in (x, wk, bias, mult, shift, out)]
+    fn = lib.mod["main"]
+    return (lambda: fn(*args)), mode
+
+
+def ort_layer(ly: ConvLayer, threads: int = 2) -> Callable[[], object]:
+    """onnxruntime QDQ int8 conv+ReLU6 of the same shape; returns a one-call closure."""
+    from benchmarks.mbv2 import SingleConv, ort_int8_session
+
+    shape = (1, ly.c, ly.h, ly.h)
+    sess = ort_int8_session(SingleConv(ly), shape, threads)
+    xf = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return lambda: sess.run(None, {"x": xf})
+
+
+def torch_ao_layer(ly: ConvLayer, threads: int = 2) -> Callable[[], object]:
+    """torch.ao int8 conv+ReLU6 of the same shape (quantize/dequantize stubs excluded by pre-quantizing)."""
+    import torch
+
+    from benchmarks.mbv2 import SingleConv, torch_ao_int8
+
+    torch.set_num_threads(threads)
+    shape = (1, ly.c, ly.h, ly.h)
+    q = torch_ao_int8(SingleConv(ly), shape)
+    x = torch.randn(shape)
+
+    def run():
+        with torch.no_grad():
+            return q(x)
+
+    return run
+
+
+def time_min(fn: Callable[[], object], number: int = 100, warmup: int = 5) -> float:
+    """Fastest single call of `number` (seconds).
+
+    This machine is shared: a parallel kernel waits for its second thread whenever another process holds
+    that core, which inflates means and medians by up to 10x. The fastest call is the kernel's own speed.
+    """
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(number):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best

@@ -1,0 +1,284 @@
+"""MobileNetV2-shaped workloads built three ways on the same layer shapes, for side-by-side timing.
+
+- qcompile/TVM: the integer program (conv2d+requantize, residual add, mean, linear) emitted through the
+  registered x86 strategies, i.e. exactly the kernels `qc.lower` uses, with random codes and fixed-point
+  parameters (speed does not depend on values);
+- onnxruntime INT8: the float twin exported to ONNX and quantized QDQ (u8 activations, s8 per-channel
+  weights), run by MLAS;
+- torch.ao INT8: the float twin through FX graph-mode post-training quantization (x86 / fbgemm).
+
+Until `qcompile.spaces.mobilenet_v2().largest()` lands, the network is MobileNetV2 1.0 (Sandler et al.
+2018, Table 2: expand 6, 3x3 depthwise, widths 32-16-24-32-64-96-160-320-1280).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# (expand t, out channels c, repeats n, first stride s): MobileNetV2 Table 2
+MBV2_BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One conv of the network (batch 1, NCHW)."""
+
+    c: int
+    h: int
+    o: int
+    k: int
+    stride: int
+    groups: int
+
+    @property
+    def ho(self) -> int:
+        return (self.h + 2 * (self.k // 2) - self.k) // self.stride + 1
+
+    @property
+    def macs(self) -> int:
+        return self.o * (self.c // self.groups) * self.k * self.k * self.ho * self.ho
+
+    @property
+    def kind(self) -> str:
+        if self.groups > 1:
+            return "depthwise"
+        return "pointwise" if self.k == 1 else "full"
+
+
+def mbv2_layers(resolution: int = 224) -> list[tuple[str, ConvLayer, bool, bool]]:
+    """The conv layers in order as `(name, layer, residual_after, starts_block)`."""
+    out = []
+    h = resolution
+    first = ConvLayer(3, h, 32, 3, 2, 1)
+    out.append(("stem", first, False, False))
+    h, c = first.ho, 32
+    for bi, (t, co, n, s) in enumerate(MBV2_BLOCKS):
+        for r in range(n):
+            stride = s if r == 0 else 1
+            mid = c * t
+            if t != 1:
+                out.append((f"b{bi}.{r}.expand", ConvLayer(c, h, mid, 1, 1, 1), False, True))
+            dw = ConvLayer(mid, h, mid, 3, stride, mid)
+            out.append((f"b{bi}.{r}.dw", dw, False, t == 1))
+            h = dw.ho
+            out.append((f"b{bi}.{r}.project", ConvLayer(mid, h, co, 1, 1, 1), stride == 1 and c == co, False))
+            c = co
+    out.append(("head", ConvLayer(c, h, 1280, 1, 1, 1), False, False))
+    return out
+
+
+def _requant_params(rng: np.random.Generator, o: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bias, multiplier, shift keeping codes mid-range for a K-long u8 x s8 dot product."""
+    shift = np.full(o, 38, np.int32)
+    mult = (rng.uniform(0.5, 1.0, o) * 2.0**38 / (64.0 * np.sqrt(k) * 40)).astype(np.int32)
+    bias = rng.integers(-1000, 1000, o).astype(np.int32)
+    return bias, mult, shift
+
+
+def build_relax_mbv2(target, resolution: int = 224, num_classes: int = 1000, seed: int = 0, w_bits: int = 8):
+    """Relax IRModule of the 8-bit integer MobileNetV2 through qcompile's strategies (input u8 NCHW)."""
+    from tvm import relax
+
+    from qcompile.backends.tvm.strategy import OpCall, select_strategy
+
+    rng = np.random.default_rng(seed)
+    hw = 2 ** (w_bits - 1)
+
+    def emit(bb, op, params, args):
+        call = OpCall(op, params, target)
+        strat = select_strategy(call)
+        if strat is None:
+            raise RuntimeError(f"no strategy for {op} {params}")
+        return strat.emit(bb, call, args)
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, resolution, resolution), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            cur = x
+            block_in = x
+            for name, ly, residual, starts_block in mbv2_layers(resolution):
+                if starts_block:
+                    block_in = cur
+                w = rng.integers(-hw, hw, (ly.o, ly.c // ly.groups, ly.k, ly.k)).astype(np.int8)
+                bias, mult, shift = _requant_params(rng, ly.o, ly.c // ly.groups * ly.k * ly.k)
+                params = {
+                    "x_shape": (1, ly.c, ly.h, ly.h),
+                    "w_shape": w.shape,
+                    "out_shape": (1, ly.o, ly.ho, ly.ho),
+                    "stride": (ly.stride, ly.stride),
+                    "padding": (ly.k // 2, ly.k // 2),
+                    "dilation": (1, 1),
+                    "groups": ly.groups,
+                    "pad_value": 0,
+                    "lo": 0,
+                    "hi": 255,
+                    "node": name,
+                }
+                consts = [relax.const(a) for a in (w, bias, mult, shift)]
+                cur = emit(bb, "conv2d_requant", params, [cur, *consts])
+                if residual:
+                    shape = (1, ly.o, ly.ho, ly.ho)
+                    add = {
+                        "shapes": (shape, shape),
+                        "multiplier_a": 1 << 29,
+                        "multiplier_b": 1 << 29,
+                        "offset": 1 << 29,
+                        "shift": 30,
+                        "lo": 0,
+                        "hi": 255,
+                        "node": name + ".add",
+                    }
+                    cur = emit(bb, "add", add, [cur, block_in])
+            last = mbv2_layers(resolution)[-1][1]
+            mean = {
+                "shapes": ((1, last.o, last.ho, last.ho),),
+                "multiplier": 1 << 24,
+                "offset": 1 << 29,
+                "shift": 30,
+                "lo": 0,
+                "hi": 255,
+                "node": "pool",
+            }
+            cur = emit(bb, "mean", mean, [cur])
+            cur = bb.emit(relax.op.reshape(cur, (1, last.o)))
+            w = rng.integers(-hw, hw, (num_classes, last.o)).astype(np.int8)
+            bias = rng.integers(-1000, 1000, num_classes).astype(np.int32)
+            fc = {"x_shape": (1, last.o), "w_shape": w.shape, "out_shape": (1, num_classes), "node": "fc"}
+            cur = emit(bb, "linear", fc, [cur, relax.const(w), relax.const(bias)])
+            out = bb.emit_output(cur)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+# ---------------------------------------------------------------------------------------------
+# float twin for the peers
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int, co: int, t: int, s: int):
+        super().__init__()
+        mid = c * t
+        layers: list[nn.Module] = []
+        if t != 1:
+            layers += [nn.Conv2d(c, mid, 1, bias=True), nn.ReLU6()]
+        layers += [nn.Conv2d(mid, mid, 3, s, 1, groups=mid, bias=True), nn.ReLU6(), nn.Conv2d(mid, co, 1, bias=True)]
+        self.body = nn.Sequential(*layers)
+        self.residual = s == 1 and c == co
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class FloatMobileNetV2(nn.Module):
+    """MobileNetV2 1.0 with BN folded away (conv biases), the shape twin of `build_relax_mbv2`."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU6()]
+        c = 32
+        for t, co, n, s in MBV2_BLOCKS:
+            for r in range(n):
+                layers.append(_Block(c, co, t, s if r == 0 else 1))
+                c = co
+        layers += [
+            nn.Conv2d(c, 1280, 1),
+            nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(1280, num_classes),
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SingleConv(nn.Module):
+    """One conv + ReLU6 (the per-kernel peer of a fused conv2d+requantize)."""
+
+    def __init__(self, ly: ConvLayer):
+        super().__init__()
+        self.conv = nn.Conv2d(ly.c, ly.o, ly.k, ly.stride, ly.k // 2, groups=ly.groups)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+def ort_int8_session(model: nn.Module, shape: tuple[int, ...], threads: int = 2, seed: int = 0):
+    """onnxruntime session of `model` quantized QDQ (u8 activations, s8 per-channel weights, MLAS)."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(seed)
+    model = model.eval()
+    buf = io.BytesIO()
+    torch.onnx.export(
+        model, torch.randn(shape), buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
+    )
+    fm = onnx.load_from_string(buf.getvalue())
+    fm.ir_version = min(fm.ir_version, 10)  # onnxruntime 1.31 reads IR <= 13 (ARCHITECTURE.md)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            g = np.random.default_rng(seed)
+            self.data = iter([{"x": g.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        fp, qp = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+        onnx.save(fm, fp)
+        quantize_static(
+            fp,
+            qp,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(qp, so, providers=["CPUExecutionProvider"])
+
+
+def torch_ao_int8(model: nn.Module, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
+    """torch.ao FX post-training static quantization (x86 backend), calibrated on random inputs."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.manual_seed(seed)
+    torch.backends.quantized.engine = "x86"
+    model = model.eval()
+    ex = torch.randn(shape)
+    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs=(ex,))
+    with torch.no_grad():
+        for _ in range(4):
+            prepared(torch.randn(shape))
+    return convert_fx(prepared)

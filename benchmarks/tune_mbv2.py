@@ -1,0 +1,64 @@
+"""Tune every GEMM workload of MobileNetV2 into the persistent tuning database (once per machine).
+
+    .venv/bin/python -m benchmarks.tune_mbv2 --mcpu core-avx2      # or the host CPU, e.g. znver5
+
+Later lowerings of any subnet with these layer shapes pick the records up (`tuning.lookup_knobs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+def tune_network(target, resolution: int = 224, x_max: int = 255, w_bits: int = 8) -> dict:
+    """Tune each distinct conv GEMM of `mbv2_layers(resolution)`; returns {workload key: (knobs, us)}."""
+    import numpy as np
+
+    from benchmarks.mbv2 import mbv2_layers
+    from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
+    from qcompile.backends.tvm.tuning import TuningDB, tune_gemm, workload_key
+
+    rng = np.random.default_rng(0)
+    done: dict = {}
+    for _name, ly, _res, _start in mbv2_layers(resolution):
+        if ly.kind == "depthwise":
+            continue
+        hw = 2 ** (w_bits - 1)
+        w = rng.integers(-hw, hw, (ly.o, ly.c, ly.k, ly.k)).astype(np.int8)
+        mode = choose_mode(target, w, x_max)
+        wl = {"op": "conv_gemm", "k": ly.c * ly.k * ly.k, "p": ly.ho * ly.ho, "o": ly.o, "im2col": ly.k != 1}
+        wl["mode"] = mode
+        key = workload_key(wl)
+        if key in done:
+            continue
+        rec = TuningDB(target).get(wl)
+        if rec is not None:  # tuned before (by any earlier run): tune once for all
+            done[key] = (rec["knobs"], rec["latency_us"])
+            continue
+        t0 = time.perf_counter()
+        knobs, secs = tune_gemm(wl, target)
+        done[key] = (knobs, secs * 1e6)
+        log.info("%s -> %s %.1f us (%.0f s)", key, knobs, secs * 1e6, time.perf_counter() - t0)
+    return done
+
+
+def main() -> None:
+    import tvm
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--mcpu", default="core-avx2")
+    ap.add_argument("--resolution", type=int, default=224)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": 2})
+    t0 = time.perf_counter()
+    res = tune_network(target, args.resolution)
+    log.info("tuned %d workloads in %.0f s", len(res), time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -158,10 +158,10 @@ def cmd_tune(args) -> int:
     import qcompile as qc
 
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=True, trials=args.trials)
+    low = qc.lower(sub, target=args.target, tune=True)
     if args.out:
         low.export(args.out)
-    print(f"tuned {args.subnet} for {args.target} ({args.trials} trials per kernel); database updated")
+    print(f"tuned {args.subnet} for {args.target}; tuning database updated (reused by every later lowering)")
     return 0
 
 
@@ -280,8 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--tune", action="store_true")
             s.add_argument("--out", required=True, help="lowered directory")
         else:
-            s.add_argument("--trials", type=int, default=64)
-            s.add_argument("--out", default=None)
+            s.add_argument("--out", default=None, help="also export the tuned lowering here")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("bench", help="benchmark a subnet against peers (torch, onnxruntime, TVM)")

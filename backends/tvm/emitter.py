@@ -156,6 +156,7 @@ class _Emitter:
         self.env: dict[fx.Node, Any] = {}
         self.kernels: list[KernelRecord] = []
         self.fused: set[fx.Node] = set()
+        self.call_log: list | None = None
 
     # -- operands --------------------------------------------------------------------------------
     def const_value(self, node: fx.Node) -> np.ndarray:
@@ -208,6 +209,9 @@ class _Emitter:
         before = self._funcs()
         if self.use_strategies and call_params is not None:
             call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
+            if self.call_log is not None:
+                w = args[1] if len(args) > 1 else None
+                self.call_log.append((call, w.data.numpy() if hasattr(w, "data") else None))
             strat = select_strategy(call)
             if strat is not None:
                 out = strat.emit(self.bb, call, args)
@@ -451,7 +455,14 @@ class _Emitter:
 
 
 def emit_relax(ig: IntegerGraph, target: Any, input_shape: tuple[int, ...] | None = None,
-               input_dtype: str = "float32", use_strategies: bool = True) -> EmitResult:
-    """Emit the Relax module of `ig` for `target` (a `tvm.target.Target`); `main(x: input) -> output`."""
+               input_dtype: str = "float32", use_strategies: bool = True,
+               call_log: list | None = None) -> EmitResult:
+    """Emit the Relax module of `ig` for `target` (a `tvm.target.Target`); `main(x: input) -> output`.
+
+    With `call_log`, every OpCall offered to the strategies is appended as `(call, weight ndarray or None)`
+    (what tuning needs to tune each kernel before the final emission).
+    """
     shape = graph_input_shape(ig, input_shape)
-    return _Emitter(ig, target, shape, input_dtype, use_strategies).run()
+    em = _Emitter(ig, target, shape, input_dtype, use_strategies)
+    em.call_log = call_log
+    return em.run()

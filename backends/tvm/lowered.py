@@ -330,26 +330,27 @@ def lower_integer_graph(
 ) -> Lowered:
     """Compile an IntegerGraph with TVM (Relax + TIR) for `target` ("x86", "arm_cpu" or a target dict).
 
-    Bit-exact with the reference executor (docs/integer_semantics.md). `tune=True` hands the Relax
-    module to `qcompile.backends.tvm.tuning.tune_module(mod, target)` before the build.
+    Bit-exact with the reference executor (docs/integer_semantics.md). `tune=True` first tunes every
+    kernel into the persistent tuning database (`qcompile.backends.tvm.tuning`), reused afterwards by
+    every lowering of any subnet.
     """
     from tvm import relax
 
     spec = resolve_target(target, num_threads)
     tgt = spec.target()
     t0 = time.perf_counter()
+    if tune:
+        # Tune every kernel the strategies will emit (records land in the tuning database, shared by all
+        # subnets of any space), then emit again: the strategies read the database.
+        from qcompile.backends.tvm import tuning
+
+        calls: list = []
+        emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies, call_log=calls)
+        for call, w in calls:
+            tuning.tune_opcall(call, w)
+        log.info("tuned %d kernel calls for %s", len(calls), spec.name)
     em = emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies)
     mod = em.mod
-    if tune:
-        try:
-            from qcompile.backends.tvm import tuning
-        except ImportError as e:
-            raise LoweringError("tune=True", "qcompile.backends.tvm.tuning is not available",
-                                "lower with tune=False") from e
-        if not hasattr(tuning, "tune_module"):
-            raise LoweringError("tune=True", "qcompile.backends.tvm.tuning has no tune_module(mod, target)",
-                                "lower with tune=False")
-        mod = tuning.tune_module(mod, tgt)
     pipe = pipeline or default_pipeline(tgt)
     with tgt:
         lowered_mod = build_pass(pipe, tgt)(mod)

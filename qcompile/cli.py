@@ -192,10 +192,10 @@ def cmd_run(args) -> int:
     meta = getattr(low, "metadata", {}) or {}
     res = int(meta.get("config", {}).get("resolution", 32))
     if args.images:
-        from qcompile.data.base import resize
-
-        from PIL import Image
         import torch
+        from PIL import Image
+
+        from qcompile.data.base import resize
 
         xs = []
         for p in args.images:

@@ -11,7 +11,6 @@ codes, plus NumPy-level bounds computed here from the IntegerGraph's constants:
 """
 
 import math
-import operator
 
 import numpy as np
 import pytest

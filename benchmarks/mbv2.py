@@ -21,18 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from qcompile.bench.models import MBV2_SETTINGS
+
 log = logging.getLogger(__name__)
 
-# (expand t, out channels c, repeats n, first stride s): MobileNetV2 Table 2
-MBV2_BLOCKS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
+# (expand t, out channels c, repeats n, first stride s): MobileNetV2 Table 2, shared with the peer harness
+MBV2_BLOCKS = MBV2_SETTINGS
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import nn
 
 from qcompile import ops as Q
 from qcompile.errors import LoweringError
-from qcompile.lowering.compare import _Recorder, compare_codes, quantizer_codes
+from qcompile.lowering.compare import _Recorder, compare_codes, logit_bound, quantizer_codes
 from qcompile.ops import IntegerGraph
 from qcompile.passes import PassManager
 from qcompile.passes.to_integer import to_integer
@@ -35,24 +35,6 @@ def _logits(gm, ig, x):
         return gm(x).double(), ig(x).to(torch.float64)
 
 
-def _classifier_bound(gm, ig, x, ref):
-    """Per-sample, per-class bound on |logit_int - logit_fq| from the classifier input code difference."""
-    lin = next(n for n in ig.graph.nodes if n.target is Q.linear)
-    src = lin.args[0]
-    while src.target is Q.flatten:
-        src = src.args[0]
-    rec = _Recorder(ig, {lin.args[0].name})
-    with torch.no_grad():
-        rec.run(x)
-    x_int = rec.values[lin.args[0].name].to(torch.float64).reshape(len(x), -1)
-    x_fq = quantizer_codes(gm, x)[src.meta["qcompile"]["src"]].to(torch.float64).reshape(len(x), -1)
-    w = getattr(ig, lin.args[1].target).to(torch.float64)
-    deq = next(n for n in ig.graph.nodes if n.target is Q.dequantize_acc and n.args[0] is lin)
-    scale = getattr(ig, deq.args[1].target)
-    dx = (x_int - x_fq).abs()
-    return scale * (0.5 + dx @ w.abs().T) + 1e-5 * (1 + ref.abs())
-
-
 @pytest.mark.parametrize("kind", list(NETS))
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_integer_program_matches_fake_quant(kind, seed):
@@ -64,12 +46,12 @@ def test_integer_program_matches_fake_quant(kind, seed):
     assert (ref.argmax(1) == out.argmax(1)).double().mean() >= 0.99
     for d in compare_codes(gm, ig_exact, x):
         assert d.mismatch <= 2e-3, d
-    assert torch.all((out - ref).abs() <= _classifier_bound(gm, ig_exact, x, ref))
+    assert torch.all((out - ref).abs() <= logit_bound(gm, ig_exact, x, ref))
     # the integer program of the contract (requantize with int32 bias): within the documented bound
     ig = to_integer(gm, input_shape=SHAPE)
     assert "requantize" in ig.ops() or kind == "mixed"
     ref, out = _logits(gm, ig, x)
-    assert torch.all((out - ref).abs() <= _classifier_bound(gm, ig, x, ref))
+    assert torch.all((out - ref).abs() <= logit_bound(gm, ig, x, ref))
     agree = float((ref.argmax(1) == out.argmax(1)).double().mean())
     # Regression guard, not the acceptance target: with the int32 bias granularity of the current op
     # contract, 2-bit layers feeding 8-bit quantizers flip codes (measured 0.84-1.0 on these barely
@@ -161,7 +143,7 @@ def test_pipeline_string_and_save_load(tmp_path):
         # pipeline without input shape: pools become float islands, still within the classifier bound
         ref = gm(x).double()
         out = ig(x)
-    assert torch.all((out - ref).abs() <= _classifier_bound(gm, ig, x, ref) + 1e-3 * (1 + ref.abs()))
+    assert torch.all((out - ref).abs() <= logit_bound(gm, ig, x, ref) + 1e-3 * (1 + ref.abs()))
 
 
 class _Gelu(nn.Module):
@@ -222,7 +204,7 @@ def test_strict_mode_refuses_float_fallback_and_default_lowers_it_exactly():
     assert any("act" in s for s in ig.program_meta["float_islands"])
     x = digits16()["xte"][:64]
     ref, out = _logits(gm, ig, x)
-    assert torch.all((out - ref).abs() <= _classifier_bound(gm, ig, x, ref))
+    assert torch.all((out - ref).abs() <= logit_bound(gm, ig, x, ref))
 
 
 def test_strict_mode_accepts_float_layers():
@@ -253,5 +235,5 @@ def test_se_gate_with_fractional_zero_point_stays_integer():
     assert node.kwargs["offset_x"] != 0
     x = digits16()["xte"][:64]
     ref, out = _logits(gm, ig, x)
-    assert torch.all((out - ref).abs() <= _classifier_bound(gm, ig, x, ref))
+    assert torch.all((out - ref).abs() <= logit_bound(gm, ig, x, ref))
     assert np.isfinite(out.numpy()).all()

@@ -51,3 +51,22 @@ class QLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
         return F.linear(x, w, self.bias)
+
+
+def link_input_quantizers(gm) -> int:
+    """Link every conv of a static graph to the activation quantizer feeding it (zero-code padding).
+
+    `slice_subnet` does this for extracted subnets; call it on hand-built fake-quant graphs so their
+    padded convs compute exactly what the integer conv does. Returns the number of convs linked.
+    """
+    from qcompile.quant import ActQuantizer
+
+    n = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.Conv2d):
+            continue
+        src = node.args[0] if node.args else None
+        if getattr(src, "op", None) == "call_module" and isinstance(gm.get_submodule(src.target), ActQuantizer):
+            object.__setattr__(gm.get_submodule(node.target), "_input_quant", gm.get_submodule(src.target))
+            n += 1
+    return n

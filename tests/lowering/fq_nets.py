@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from qcompile.nn.static import QConv2d, QLinear
+from qcompile.nn.static import QConv2d, QLinear, link_input_quantizers
 from qcompile.quant import LSQ, ActQuantizer, BatchQuant, calibration
 
 BITS = (2, 3, 4, 8)
@@ -28,7 +28,9 @@ class LeafTracer(fx.Tracer):
 
 
 def trace_fq(module: nn.Module) -> fx.GraphModule:
-    return fx.GraphModule(module, LeafTracer().trace(module))
+    gm = fx.GraphModule(module, LeafTracer().trace(module))
+    link_input_quantizers(gm)  # padded convs pad with the input quantizer's zero code, as extracted subnets do
+    return gm
 
 
 def bq(bits: int = 8) -> BatchQuant:

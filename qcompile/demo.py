@@ -78,7 +78,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, settings: DemoSettin
     # 1. train once
     t0 = time.perf_counter()
     log.info("[1/6] training a quantized %s supernet on digits (phases %s epochs)", s.space, s.epochs)
-    trainer = train_run(space, "digits", out / "run", epochs=s.epochs, batch_size=s.batch_size, seed=seed)
+    # one torch thread: on a machine shared with other work two OpenMP threads spin and run many
+    # times slower (docs/training.md); TVM and onnxruntime are benchmarked with 2 threads below
+    trainer = train_run(space, "digits", out / "run", epochs=s.epochs, batch_size=s.batch_size, seed=seed,
+                        threads=1)
     timings["train"] = time.perf_counter() - t0
     qnet = trainer.model
     qnet.eval()

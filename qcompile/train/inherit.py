@@ -6,8 +6,9 @@ which is half the range of K bit. Finally ... recalculate the mean and variance 
 layers with randomly sampled 4096 training images. During training, we use the K and K-1 bit
 supernets as teacher and student." In qcompile one supernet holds every bit-width: the shared float
 weights are already "inherited"; the K-1 choice of every LSQ step table gets `2^(K-(K-1))` times
-the K step, and BatchQuant's residuals (gamma, beta) are copied (its scale already follows the range
-of the bit-width, QFA Eq. 5). The teacher is a frozen copy taken before the change.
+the K step; BatchQuant's gamma is copied (its scale already follows the range of the bit-width, QFA
+Eq. 5) and its beta, a zero-point shift in codes, is rescaled to the same real offset. The
+teacher is a frozen copy taken before the change.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ def inherit_bits(model: nn.Module, src_bits: int, dst_bits: int) -> int:
         tables: list[tuple[str, nn.ParameterDict, float]] = []
         if isinstance(getattr(m, "steps", None), nn.ParameterDict):
             tables.append(("steps", m.steps, factor))
-        for key in ("gamma", "beta"):
+        # BatchQuant: gamma multiplies the range-derived scale, so it carries over unchanged; beta
+        # shifts the zero point in codes, so it is rescaled by delta_src / delta_dst = (2^dst - 1) /
+        # (2^src - 1) to keep the same real-valued offset (the analogue of OQA's doubled step).
+        code_ratio = (2.0**dst_bits - 1.0) / (2.0**src_bits - 1.0)
+        for key, f in (("gamma", 1.0), ("beta", code_ratio)):
             if isinstance(getattr(m, key, None), nn.ParameterDict):
-                tables.append((key, getattr(m, key), 1.0))
+                tables.append((key, getattr(m, key), f))
         s, d = str(src_bits), str(dst_bits)
         if tables and all(s not in t and d not in t for _, t, _ in tables):
             continue  # a fixed-bit quantizer (e.g. 8-bit residual): not part of the elastic choices

@@ -32,7 +32,9 @@ def trained():
         if name not in cache:
             torch.manual_seed(0)
             space = tiny_space(name)
-            qnet = qc.quantize(qc.trace(space.build_supernet()), **QUANTIZE)
+            net = space.build_supernet()
+            zero_init_residual_bn(net)  # as `qcompile train` does: each residual block starts as the identity
+            qnet = qc.quantize(qc.trace(net), **QUANTIZE)
             cfg = TrainConfig(progress=False, evaluate=False, batch_size=64, seed=0)
             Trainer(qnet, space, data, cfg, default_phases((1, 0, 1))).fit()
             qnet.eval()

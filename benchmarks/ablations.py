@@ -35,7 +35,7 @@ from qcompile.train.init import zero_init_residual_bn
 log = logging.getLogger("ablations")
 
 ABLATIONS = {
-    "batchquant": ("two-stage", "ema"),
+    "batchquant": ("two-stage", "ema", "learned"),
     "two-stage": ("two-stage", "single-stage"),
     "inheritance": ("inherit-4-3-2", "direct-2"),
     "bitsched": ("two-stage", "two-stage+bitsched+idm"),
@@ -43,6 +43,7 @@ ABLATIONS = {
 ARM_TITLES = {
     "two-stage": "BatchQuant, two-stage {2,3,4,32} -> {2,3,4}",
     "ema": "EMA min/max, two-stage {2,3,4,32} -> {2,3,4}",
+    "learned": "learned scale + offset (LSQ+-style), two-stage {2,3,4,32} -> {2,3,4}",
     "single-stage": "BatchQuant, single-stage {2,3,4}",
     "inherit-4-3-2": "bit inheritance 4 -> 3 -> 2 (K-bit teacher)",
     "direct-2": "direct 2-bit QAT from float",
@@ -80,8 +81,9 @@ def train_arm(arm: str, args: argparse.Namespace, space, data, fgraph) -> torch.
     """Train arm `arm` from a copy of the float supernet; returns the quantized supernet."""
     e = args.epochs
     tc = _tc(args)
-    qnet = qc.quantize(copy.deepcopy(fgraph), act_quant="ema" if arm == "ema" else "batchquant")
-    if arm in ("two-stage", "ema", "two-stage+bitsched+idm"):
+    act_quant = {"ema": "ema", "learned": "learned"}.get(arm, "batchquant")
+    qnet = qc.quantize(copy.deepcopy(fgraph), act_quant=act_quant)
+    if arm in ("two-stage", "ema", "learned", "two-stage+bitsched+idm"):
         sched = arm == "two-stage+bitsched+idm"
         phases = [
             Phase("bits-2-3-4-32", e, bits=(2, 3, 4, 32)),

@@ -12,6 +12,7 @@ import torch
 import qcompile as qc
 from qcompile.data import load_dataset
 from qcompile.train import TrainConfig, Trainer, default_phases
+from qcompile.train.init import zero_init_residual_bn
 from tests.conftest import tiny_space
 
 QUANTIZE = {"weight_bits": (2, 3, 4, 8, 32), "act_bits": (2, 3, 4, 8, 32)}

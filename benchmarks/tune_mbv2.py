@@ -15,17 +15,24 @@ log = logging.getLogger(__name__)
 
 
 def tune_network(target, resolution: int = 224, x_max: int = 255, w_bits: int = 8) -> dict:
-    """Tune each distinct conv GEMM of `mbv2_layers(resolution)`; returns {workload key: (knobs, us)}."""
+    """Tune each distinct depthwise conv and conv GEMM of `mbv2_layers(resolution)`; {workload key: (knobs, us)}."""
     import numpy as np
 
     from benchmarks.mbv2 import mbv2_layers
     from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
-    from qcompile.backends.tvm.tuning import TuningDB, tune_gemm, workload_key
+    from qcompile.backends.tvm.schedules.x86 import depthwise_workload
+    from qcompile.backends.tvm.tuning import TuningDB, tune_depthwise, tune_gemm, workload_key
 
     rng = np.random.default_rng(0)
     done: dict = {}
     for _name, ly, _res, _start in mbv2_layers(resolution):
         if ly.kind == "depthwise":
+            dwl = depthwise_workload({"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": (ly.o, 1, ly.k, ly.k),
+                                      "stride": ly.stride, "padding": ly.k // 2, "dilation": 1})
+            key = workload_key(dwl)
+            if key not in done:
+                rec = TuningDB(target).get(dwl)
+                done[key] = (rec["knobs"], rec["latency_us"]) if rec is not None else tune_depthwise(dwl, target)
             continue
         hw = 2 ** (w_bits - 1)
         w = rng.integers(-hw, hw, (ly.o, ly.c, ly.k, ly.k)).astype(np.int8)

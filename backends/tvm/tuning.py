@@ -42,7 +42,9 @@ __all__ = [
     "cache_dir",
     "TuningDB",
     "lookup_knobs",
+    "lookup_dw_vec",
     "tune_gemm",
+    "tune_depthwise",
     "gemm_candidates",
     "tune_opcall",
     "ms_tune_primfunc",
@@ -165,6 +167,37 @@ def lookup_knobs(workload: dict, target: tvm.target.Target) -> Any:
         return None
 
 
+def lookup_dw_vec(workload: dict, target: tvm.target.Target) -> int | None:
+    """Tuned vector width of a depthwise workload (`schedules.x86.depthwise_workload`), or None."""
+    rec = _db(target).get(workload)
+    vec = rec.get("knobs", {}).get("vec") if rec is not None else None
+    if vec not in (4, 8, 16):
+        if rec is not None:
+            log.warning("ignoring bad depthwise tuning record for %s: %s", workload, rec)
+        return None
+    return int(vec)
+
+
+def _pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: int, what: dict) -> tuple[Any, float]:
+    """Time every `(knobs, lib)`, then re-time the three fastest in interleaved rounds and keep the best
+    minimum: on a shared machine one unlucky round must not crown a slow candidate."""
+    timed = []
+    for kn, lib in libs:
+        t = _time_func(lib, args, number, repeat)
+        log.debug("tune %s %s: %.1f us", what, kn, t * 1e6)
+        timed.append((t, kn, lib))
+    if not timed:
+        raise ConfigError("candidates", [], "at least one candidate schedule")
+    timed.sort(key=lambda r: r[0])
+    finalists = timed[:3]
+    best = {id(lib): t for t, _, lib in finalists}
+    for _ in range(3):
+        for _t, _kn, lib in finalists:
+            best[id(lib)] = min(best[id(lib)], _time_func(lib, args, number, 1))
+    t, kn, _ = min(((best[id(lib)], kn, lib) for _t, kn, lib in finalists), key=lambda r: r[0])
+    return kn, t
+
+
 def gemm_candidates(o: int, lanes: int = 8) -> list[Any]:
     """Tile candidates of the tensorized GEMM: register-resident tiles (4..16 accumulators of 8 lanes on
     AVX2's 16 ymm registers, 4..28 of 16 lanes on AVX-512's 32 zmm registers)."""
@@ -202,7 +235,7 @@ def tune_gemm(
     `workload` is `gemm_workload(params) | {"mode": mode}` (see `schedules.x86`). Random codes are used:
     the schedule's speed does not depend on values. Returns `(knobs, seconds)`.
     """
-    from qcompile.backends.tvm.schedules.gemm_x86 import LANES, MODES, pointwise_conv_x86
+    from qcompile.backends.tvm.schedules.gemm_x86 import LANES, MODES, default_knobs, pointwise_conv_x86
 
     k, p, o, mode = int(workload["k"]), int(workload["p"]), int(workload["o"]), workload["mode"]
     if mode not in MODES:
@@ -220,18 +253,43 @@ def tune_gemm(
         np.zeros((o, p), np.uint8),
     ]
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    best: tuple[Any, float] | None = None
-    for kn in candidates if candidates is not None else gemm_candidates(o, LANES[mode]):
-        func = pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=40, knobs=kn)
-        lib = tvm.compile(func, target=target)
-        t = _time_func(lib, args, number, repeat)
-        log.debug("tune %s %s: %.1f us", workload, kn, t * 1e6)
-        if best is None or t < best[1]:
-            best = (kn, t)
-    if best is None:
-        raise ConfigError("candidates", [], "at least one GemmKnobs")
+    if candidates is None:  # the untuned default always competes: tuning never makes a kernel slower
+        candidates = list(dict.fromkeys([default_knobs(mode), *gemm_candidates(o, LANES[mode])]))
+    libs = [(kn, tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=40, knobs=kn), target=target))
+            for kn in candidates]
+    best = _pick_fastest(libs, args, number, repeat, workload)
     _db(target).put(workload, asdict(best[0]), best[1] * 1e6)
     return best
+
+
+def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 20, repeat: int = 5,
+                   seed: int = 0) -> tuple[int, float]:
+    """Time the depthwise kernel of `workload` (`schedules.x86.depthwise_workload`) at 8 and 16 int32 lanes
+    (16 only on AVX-512 targets); store and return `(vec, seconds)` of the fastest."""
+    from qcompile.backends.tvm.intrin.x86 import has_avx512
+    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_x86
+
+    c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
+    (kh, kw), stride = workload["k"], tuple(workload["stride"])
+    padding, dilation = tuple(workload["padding"]), tuple(workload["dilation"])
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    rng = np.random.default_rng(seed)
+    arrays = [
+        rng.integers(0, 256, (c, h, w)).astype(np.uint8),
+        rng.integers(-100, 100, (c, kh, kw)).astype(np.int8),
+        rng.integers(-100, 100, c).astype(np.int64) << 30,
+        np.full(c, 1 << 30, np.int32),
+        np.full(c, 40, np.int32),
+        np.zeros((c, ho, wo), np.uint8),
+    ]
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
+    vecs = (8, 16) if has_avx512(target) else (4, 8)
+    libs = [(v, tvm.compile(depthwise_conv_x86(c, h, w, kh, kw, stride=stride, padding=padding, dilation=dilation,
+                                                shift_min=40, vec=v), target=target)) for v in vecs]
+    vec, t = _pick_fastest(libs, args, number, repeat, workload)
+    _db(target).put(workload, {"vec": int(vec)}, t * 1e6)
+    return vec, t
 
 
 def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tuple[Any, float] | None:
@@ -240,14 +298,21 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tup
     For `qc.lower(..., tune=True)`: call it for every OpCall before emitting; records already in the
     database are reused without timing (tune once for all subnets). `w` (the weight constant) decides the
     intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
-    `(knobs, seconds)` or None when the call has nothing to tune.
+    `(knobs, seconds)` (the vector width for a depthwise conv) or None when the call has nothing to tune.
     """
     from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
-    from qcompile.backends.tvm.schedules.x86 import conv_kind, gemm_workload, is_x86
+    from qcompile.backends.tvm.schedules.x86 import conv_kind, depthwise_workload, gemm_workload, is_x86
 
     if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
         return None
-    if conv_kind(call.params) not in ("pointwise", "full"):
+    kind = conv_kind(call.params)
+    if kind == "depthwise":
+        dwl = depthwise_workload(call.params)
+        rec = _db(call.target).get(dwl)
+        if rec is not None:
+            return rec["knobs"]["vec"], rec["latency_us"] * 1e-6
+        return tune_depthwise(dwl, call.target)
+    if kind not in ("pointwise", "full"):
         return None
     if w is None:
         w = np.full(tuple(call.params["w_shape"]), -128, np.int8)

@@ -194,6 +194,11 @@ def has_avx2(target: tvm.target.Target) -> bool:
     return "avx2" in _target_features(target)
 
 
+def has_avx512(target: tvm.target.Target) -> bool:
+    """True when the target can execute 512-bit integer vectors (AVX512-F + AVX512-BW)."""
+    return {"avx512f", "avx512bw"} <= _target_features(target)
+
+
 def has_vnni(target: tvm.target.Target) -> bool:
     """True when the target can execute the 256-bit `vpdpbusd` (AVX512-VL VNNI or AVX-VNNI)."""
     f = _target_features(target)

@@ -42,7 +42,7 @@ __all__ = [
     "cache_dir",
     "TuningDB",
     "lookup_knobs",
-    "lookup_dw_vec",
+    "lookup_dw_knobs",
     "tune_gemm",
     "tune_depthwise",
     "gemm_candidates",
@@ -167,15 +167,18 @@ def lookup_knobs(workload: dict, target: tvm.target.Target) -> Any:
         return None
 
 
-def lookup_dw_vec(workload: dict, target: tvm.target.Target) -> int | None:
-    """Tuned vector width of a depthwise workload (`schedules.x86.depthwise_workload`), or None."""
+def lookup_dw_knobs(workload: dict, target: tvm.target.Target) -> Any:
+    """Tuned `DwKnobs` of a depthwise workload (`schedules.x86.depthwise_workload`), or None."""
+    from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs
+
     rec = _db(target).get(workload)
-    vec = rec.get("knobs", {}).get("vec") if rec is not None else None
-    if vec not in (4, 8, 16):
-        if rec is not None:
-            log.warning("ignoring bad depthwise tuning record for %s: %s", workload, rec)
+    if rec is None:
         return None
-    return int(vec)
+    try:
+        return DwKnobs(**rec["knobs"])
+    except (TypeError, ConfigError) as e:
+        log.warning("ignoring bad depthwise tuning record for %s: %s", workload, e)
+        return None
 
 
 def _pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: int, what: dict) -> tuple[Any, float]:
@@ -263,11 +266,11 @@ def tune_gemm(
 
 
 def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 20, repeat: int = 5,
-                   seed: int = 0) -> tuple[int, float]:
-    """Time the depthwise kernel of `workload` (`schedules.x86.depthwise_workload`) at 8 and 16 int32 lanes
-    (16 only on AVX-512 targets); store and return `(vec, seconds)` of the fastest."""
+                   seed: int = 0) -> tuple[Any, float]:
+    """Time the depthwise schedules of `workload` (`schedules.x86.depthwise_workload`): the row kernel at 8 and
+    16 lanes and the tap-pair kernel (16 lanes only on AVX-512 targets); store and return `(DwKnobs, seconds)`."""
     from qcompile.backends.tvm.intrin.x86 import has_avx512
-    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_x86
+    from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs, depthwise_kernel, pack_pair_weights
 
     c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
     (kh, kw), stride = workload["k"], tuple(workload["stride"])
@@ -275,21 +278,28 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     rng = np.random.default_rng(seed)
-    arrays = [
-        rng.integers(0, 256, (c, h, w)).astype(np.uint8),
-        rng.integers(-100, 100, (c, kh, kw)).astype(np.int8),
-        rng.integers(-100, 100, c).astype(np.int64) << 30,
-        np.full(c, 1 << 30, np.int32),
-        np.full(c, 40, np.int32),
-        np.zeros((c, ho, wo), np.uint8),
-    ]
-    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
-    vecs = (8, 16) if has_avx512(target) else (4, 8)
-    libs = [(v, tvm.compile(depthwise_conv_x86(c, h, w, kh, kw, stride=stride, padding=padding, dilation=dilation,
-                                                shift_min=40, vec=v), target=target)) for v in vecs]
-    vec, t = _pick_fastest(libs, args, number, repeat, workload)
-    _db(target).put(workload, {"vec": int(vec)}, t * 1e6)
-    return vec, t
+    xs = rng.integers(0, 256, (c, h, w)).astype(np.uint8)
+    ws = rng.integers(-100, 100, (c, kh, kw)).astype(np.int8)
+    rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
+            np.zeros((c, ho, wo), np.uint8)]
+    vecs = (8, 16) if has_avx512(target) else (8,)
+    row_vecs = (4, *vecs) if len(vecs) == 1 else vecs
+    candidates = [DwKnobs(v, False) for v in row_vecs] + [DwKnobs(v, True) for v in vecs]
+    libs, argsets = [], {}
+    for kn in candidates:
+        func = depthwise_kernel(c, h, w, kh, kw, kn, stride=stride, padding=padding, dilation=dilation, shift_min=40)
+        libs.append((kn, tvm.compile(func, target=target)))
+    for pairs in (False, True):
+        wa = pack_pair_weights(ws, kh, kw) if pairs else ws
+        argsets[pairs] = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, wa, *rest)]
+    best = None
+    for pairs in (False, True):  # the two kernels take differently packed weights
+        group = [(kn, lib) for kn, lib in libs if kn.pairs == pairs]
+        kn, t = _pick_fastest(group, argsets[pairs], number, repeat, workload)
+        if best is None or t < best[1]:
+            best = (kn, t)
+    _db(target).put(workload, asdict(best[0]), best[1] * 1e6)
+    return best
 
 
 def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tuple[Any, float] | None:
@@ -298,7 +308,7 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tup
     For `qc.lower(..., tune=True)`: call it for every OpCall before emitting; records already in the
     database are reused without timing (tune once for all subnets). `w` (the weight constant) decides the
     intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
-    `(knobs, seconds)` (the vector width for a depthwise conv) or None when the call has nothing to tune.
+    `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune.
     """
     from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
     from qcompile.backends.tvm.schedules.x86 import conv_kind, depthwise_workload, gemm_workload, is_x86
@@ -309,8 +319,9 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tup
     if kind == "depthwise":
         dwl = depthwise_workload(call.params)
         rec = _db(call.target).get(dwl)
-        if rec is not None:
-            return rec["knobs"]["vec"], rec["latency_us"] * 1e-6
+        knobs = lookup_dw_knobs(dwl, call.target)
+        if knobs is not None:
+            return knobs, rec["latency_us"] * 1e-6
         return tune_depthwise(dwl, call.target)
     if kind not in ("pointwise", "full"):
         return None

@@ -20,6 +20,9 @@ Exactness (integer_semantics.md: TVM must match the reference bit for bit):
 - `U8S8_8x4_VNNI` is `vpdpbusd` (AVX512-VL VNNI or AVX-VNNI): four u8 x s8 products summed straight
   into int32, no int16 intermediate, exact for all codes. `U8S8_16x4_VNNI512` is its 512-bit form
   (16 pixels per step) for AVX512-VNNI CPUs.
+- `I16_16x2_AVX512` (`vpmaddwd` zmm, then `vpaddd`) and `I16_16x2_VNNI512` (`vpdpwssd`, the same sum
+  accumulated in one instruction, non-saturating) are the 16-lane int16 pair products; the depthwise
+  kernel feeds them two taps of one output pixel per int32 lane (exact: |x*w| <= 255*128 per product).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "I16_8x2_AVX2",
     "U8S8_8x4_VNNI",
     "U8S8_16x4_VNNI512",
+    "I16_16x2_AVX512",
+    "I16_16x2_VNNI512",
     "has_avx512_vnni",
     "register_x86_intrinsics",
     "u8s8_pairs_safe",
@@ -45,6 +50,8 @@ U8S8_8x4_AVX2 = "qcompile_u8s8_8x4_avx2"
 I16_8x2_AVX2 = "qcompile_i16_8x2_avx2"
 U8S8_8x4_VNNI = "qcompile_u8s8_8x4_vnni"
 U8S8_16x4_VNNI512 = "qcompile_u8s8_16x4_vnni512"
+I16_16x2_AVX512 = "qcompile_i16_16x2_avx512"
+I16_16x2_VNNI512 = "qcompile_i16_16x2_vnni512"
 
 
 def _desc(lanes: int, k: int, a_dtype: str, b_dtype: str, scope: str = "global"):
@@ -154,6 +161,34 @@ def _u8s8_16x4_vnni512(scope: str):
     return impl
 
 
+def _i16_16x2_512(intrin: str):
+    def make(scope: str):
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (16, 2), "int16", offset_factor=1)
+            B = T.match_buffer(b, (2,), "int16", offset_factor=1)
+            C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
+            with T.sblock("root"):
+                T.reads(C[0:16], A[0:16, 0:2], B[0:2])
+                T.writes(C[0:16])
+                a_vec = A.vload([0, 0], "int16x32")
+                b_i32 = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
+                b_vec = T.reinterpret(T.broadcast(b_i32, 16), dtype="int16x32")
+                if intrin == "vpdpwssd":
+                    C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.512"),
+                        C.vload([0], "int32x16"), a_vec, b_vec, dtype="int32x16",  # LLVM >= 20: <32 x i16>
+                    )
+                else:
+                    C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], "int32x16") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a_vec, b_vec, dtype="int32x16"
+                    )
+
+        return impl
+
+    return make
+
+
 _registered = False
 
 
@@ -167,6 +202,8 @@ def register_x86_intrinsics() -> None:
         I16_8x2_AVX2: (2, "int16", "int16", _i16_8x2_avx2),
         U8S8_8x4_VNNI: (4, "uint8", "int8", _u8s8_8x4_vnni),
         U8S8_16x4_VNNI512: (4, "uint8", "int8", _u8s8_16x4_vnni512),
+        I16_16x2_AVX512: (2, "int16", "int16", _i16_16x2_512("pmaddwd")),
+        I16_16x2_VNNI512: (2, "int16", "int16", _i16_16x2_512("vpdpwssd")),
     }
     # "global" accumulators are what TVM's matcher expects by default; "local" ones let the tile live
     # on the stack (promoted to registers by LLVM) instead of a workspace allocated per parallel task
@@ -174,7 +211,7 @@ def register_x86_intrinsics() -> None:
         for scope in ("global", "local"):
             full = name if scope == "global" else f"{name}_{scope}"
             if TensorIntrin.get(full, allow_missing=True) is None:
-                lanes = 16 if name == U8S8_16x4_VNNI512 else 8
+                lanes = 16 if name in (U8S8_16x4_VNNI512, I16_16x2_AVX512, I16_16x2_VNNI512) else 8
                 TensorIntrin.register(full, _desc(lanes, k, adt, bdt, scope), impl(scope))
     _registered = True
 

@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_x86
+from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs, depthwise_kernel, pack_pair_weights
 from qcompile.backends.tvm.schedules.gemm_x86 import (
     MODES,
     ConvGeometry,
@@ -103,15 +103,6 @@ def depthwise_workload(params: dict) -> dict:
             "padding": list(_pair(params.get("padding", 0))), "dilation": list(_pair(params.get("dilation", 1)))}
 
 
-def default_dw_vec(target: tvm.target.Target, wo: int, stride: int) -> int:
-    """Untuned vector width of the depthwise kernel: 16 int32 lanes (zmm) for unit-stride rows of at least
-    16 pixels on AVX-512 targets (measured 1.3-1.5x faster on 56-112 wide rows), else 8 (ymm); strided rows
-    are de-interleaved per phase and lose more to 16-lane padding than they gain."""
-    from qcompile.backends.tvm.intrin.x86 import has_avx512
-
-    return 16 if stride == 1 and wo >= 16 and has_avx512(target) else 8
-
-
 def _bias_arg(args: list[relax.Expr], requant: bool, node: str) -> relax.Expr:
     """The kernel's bias operand: int64 `bias*M + 2^(s-1)` when requantizing, else the int32 bias."""
     from qcompile.backends.tvm.schedules.requant import bias_term
@@ -157,26 +148,16 @@ class _ConvBase:
         tag = f"{'rq' if self.requant else 'acc'}_{c}x{h}x{w}_{o}x{kh}x{kw}_s{stride[0]}"
 
         if kind == "depthwise":
-            from qcompile.backends.tvm.tuning import lookup_dw_vec
+            from qcompile.backends.tvm.intrin.x86 import has_avx512
+            from qcompile.backends.tvm.tuning import lookup_dw_knobs
 
-            vec = lookup_dw_vec(depthwise_workload(p), call.target) or default_dw_vec(call.target, wo, stride[1])
-            func = depthwise_conv_x86(
-                c,
-                h,
-                w,
-                kh,
-                kw,
-                stride=stride,
-                padding=padding,
-                dilation=dilation,
-                pad_value=pad_value,
-                lo=lo,
-                hi=hi,
-                shift_min=shift_min,
-                vec=vec,
-            )
+            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or default_dw_knobs(
+                wo, has_avx512(call.target))
+            func = depthwise_kernel(c, h, w, kh, kw, knobs, stride=stride, padding=padding, dilation=dilation,
+                                    pad_value=pad_value, lo=lo, hi=hi, shift_min=shift_min)
             xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
-            wc = relax.const(np.ascontiguousarray(wnp.reshape(c, kh, kw).astype(np.int8)))
+            wdw = pack_pair_weights(wnp, kh, kw) if knobs.pairs else wnp.reshape(c, kh, kw).astype(np.int8)
+            wc = relax.const(np.ascontiguousarray(wdw))
             gname = f"qc_dw_{tag}"
             call_args = [xr, wc, bias, *extra]
             out_shape2 = (c, ho, wo)

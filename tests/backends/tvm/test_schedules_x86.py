@@ -313,3 +313,56 @@ def test_linear_bit_exact(requant):
         ref = acc.numpy()
         got = _run_call("linear", params, [x], [w, bias])
     np.testing.assert_array_equal(got, ref)
+
+
+# (c, h, k, stride, dilation, pad_value): the tap-pair depthwise kernel, odd and even kernel widths
+PAIR_CASES = [
+    pytest.param(5, 30, 7, 1, 1, 9, id="7x7-s1-odd-channels"),
+    pytest.param(6, 31, 7, 2, 1, 0, id="7x7-s2-odd-width"),
+    pytest.param(4, 29, 3, 1, 2, 250, id="3x3-s1-dilation2"),
+    pytest.param(3, 33, 5, 2, 1, 17, id="5x5-s2"),
+    pytest.param(2, 20, 2, 1, 1, 0, id="2x2-even-taps"),
+]
+
+
+@pytest.mark.parametrize("c,h,k,s,d,pad_value", PAIR_CASES)
+@pytest.mark.parametrize("vec,vnni", [(8, False), (16, False), (16, True)], ids=["ymm", "zmm", "vpdpwssd"])
+def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni):
+    """vpmaddwd / vpdpwssd on tap pairs: exact against the reference, extreme codes and weights included."""
+    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_pairs_x86, pack_pair_weights
+
+    if vec == 16 and not HOST_VNNI512:
+        pytest.skip("this CPU has no AVX-512 (VNNI)")
+    rng = np.random.default_rng(c * 10 + k)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255  # a whole plane at the largest code ...
+    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
+    wt[0] = -128  # ... against the most negative weights
+    bias = rng.integers(-20000, 20000, c).astype(np.int32)
+    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    shift = rng.integers(34, 42, c).astype(np.int32)
+    p = d * (k - 1) // 2
+    ho = (h + 2 * p - d * (k - 1) - 1) // s + 1
+    func = depthwise_conv_pairs_x86(c, h, h, k, k, stride=(s, s), padding=(p, p), dilation=(d, d),
+                                    pad_value=pad_value, lo=2, hi=253, shift_min=int(shift.min()), vec=vec, vnni=vnni)
+    lib = tvm.compile(func, target=ZNVER5 if vec == 16 else AVX2)
+    out = tvm.runtime.tensor(np.zeros((c, ho, ho), np.uint8))
+    lib(*(tvm.runtime.tensor(a) for a in (x[0], pack_pair_weights(wt, k, k), bias_term(bias, mult, shift),
+                                          mult, shift)), out)
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=p,
+                   dilation=d, groups=c, pad_value=pad_value)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=2, hi=253).numpy()[0]
+    assert len(np.unique(ref)) > 20
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
+    """A MobileNet-sized 7x7 depthwise layer (56 wide) goes to the pair kernel by default, bit-exact."""
+    from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs
+
+    assert default_dw_knobs(56, avx512=False).pairs and not default_dw_knobs(14, avx512=False).pairs
+    rng = np.random.default_rng(3)
+    x, wt, bias, mult, shift = _case(rng, 8, 56, 56, 8, 7, 1, 3, 8)
+    kw = dict(s=1, p=3, groups=8, pad_value=4, lo=0, hi=255)
+    np.testing.assert_array_equal(_run_strategy("conv2d_requant", x, wt, bias, mult, shift, **kw),
+                                  _reference(x, wt, bias, mult, shift, **kw))

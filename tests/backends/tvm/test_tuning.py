@@ -13,6 +13,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from qcompile.backends.tvm import tuning  # noqa: E402
+from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs  # noqa: E402
 from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs  # noqa: E402
 from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload  # noqa: E402
 from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
@@ -170,16 +171,16 @@ def test_tune_opcall_tunes_once_then_reuses(cache, monkeypatch):
     assert tuning.tune_opcall(linear) is None  # nothing to tune
 
 
-def test_depthwise_tuning_picks_a_width_and_is_reused(cache):
-    """Depthwise convs are tuned too (vector width); the record is reused and decides the emitted kernel."""
+def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache):
+    """Depthwise convs are tuned too (row or tap-pair kernel, vector width); the record is reused."""
     params = dict(_pointwise_call(16, 12, 16).params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1))
     dw = OpCall("conv2d_requant", params, AVX2)
-    vec, secs = tuning.tune_opcall(dw)
-    assert vec in (4, 8) and secs > 0  # AVX2: no 16-lane candidate
+    knobs, secs = tuning.tune_opcall(dw)
+    assert isinstance(knobs, DwKnobs) and knobs.vec in (4, 8) and secs > 0  # AVX2: no 16-lane candidate
     rec = tuning.TuningDB(AVX2).get(depthwise_workload(params))
-    assert rec["knobs"] == {"vec": vec}
-    assert tuning.lookup_dw_vec(depthwise_workload(params), AVX2) == vec
+    assert rec["knobs"] == {"vec": knobs.vec, "pairs": knobs.pairs}
     tuning._DB_CACHE.clear()
+    assert tuning.lookup_dw_knobs(depthwise_workload(params), AVX2) == knobs
     db = tuning._db(AVX2)
     db.records[tuning.workload_key(depthwise_workload(params))] = {"knobs": {"vec": 3}, "latency_us": 1.0}
-    assert tuning.lookup_dw_vec(depthwise_workload(params), AVX2) is None  # a bad record is ignored
+    assert tuning.lookup_dw_knobs(depthwise_workload(params), AVX2) is None  # a bad record is ignored

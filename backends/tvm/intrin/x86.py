@@ -39,6 +39,7 @@ __all__ = [
     "U8S8_16x4_VNNI512",
     "I16_16x2_AVX512",
     "I16_16x2_VNNI512",
+    "S8U8_16x4_VNNI512_BCAST",
     "has_avx512_vnni",
     "register_x86_intrinsics",
     "u8s8_pairs_safe",
@@ -52,6 +53,7 @@ U8S8_8x4_VNNI = "qcompile_u8s8_8x4_vnni"
 U8S8_16x4_VNNI512 = "qcompile_u8s8_16x4_vnni512"
 I16_16x2_AVX512 = "qcompile_i16_16x2_avx512"
 I16_16x2_VNNI512 = "qcompile_i16_16x2_vnni512"
+S8U8_16x4_VNNI512_BCAST = "qcompile_s8u8_16x4_vnni512_bcast"
 
 
 def _desc(lanes: int, k: int, a_dtype: str, b_dtype: str, scope: str = "global"):
@@ -189,6 +191,47 @@ def _i16_16x2_512(intrin: str):
     return make
 
 
+def _bcast_desc(scope: str):
+    """C[i] += sum_k A[k] * B[i, k]: 4 activations broadcast against 16 rows of 4 weights (a GEMV step)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i, r in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vr = T.axis.remap("SR", [i, r])
+                    C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
+
+    return desc
+
+
+def _s8u8_16x4_vnni512_bcast(scope: str):
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_vec = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], "int32x16"),
+                a_vec,
+                B.vload([0, 0], "int8x64"),
+                dtype="int32x16",
+            )
+
+    return impl
+
+
 _registered = False
 
 
@@ -205,6 +248,10 @@ def register_x86_intrinsics() -> None:
         I16_16x2_AVX512: (2, "int16", "int16", _i16_16x2_512("pmaddwd")),
         I16_16x2_VNNI512: (2, "int16", "int16", _i16_16x2_512("vpdpwssd")),
     }
+    for scope in ("global", "local"):
+        full = S8U8_16x4_VNNI512_BCAST if scope == "global" else f"{S8U8_16x4_VNNI512_BCAST}_{scope}"
+        if TensorIntrin.get(full, allow_missing=True) is None:
+            TensorIntrin.register(full, _bcast_desc(scope), _s8u8_16x4_vnni512_bcast(scope))
     # "global" accumulators are what TVM's matcher expects by default; "local" ones let the tile live
     # on the stack (promoted to registers by LLVM) instead of a workspace allocated per parallel task
     for name, (k, adt, bdt, impl) in table.items():

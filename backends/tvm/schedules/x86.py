@@ -339,6 +339,10 @@ class _LinearBase:
         node = str(p.get("node", call.op))
         n, k = (int(d) for d in p["x_shape"])
         o = int(p["w_shape"][0])
+        from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni
+
+        if has_avx512_vnni(call.target) and k % 4 == 0:
+            return self._emit_vnni(bb, call, args, n, k, o, node)
         wnp = const_value(args[1], "weight", node).astype(np.int16)
         wpk = np.ascontiguousarray(wnp.reshape(o // 8, 8, k).transpose(0, 2, 1))
         x = te.placeholder((n, k), "uint8", name="x")
@@ -374,6 +378,63 @@ class _LinearBase:
         init = sch.decompose_reduction(blk, rr)
         sch.vectorize(sch.get_loops(init)[-1])
         gname = f"qc_linear_{'rq' if self.requant else 'acc'}_{n}x{k}_{o}"
+        gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
+        call_args = [args[0], relax.const(wpk), _bias_arg(args, self.requant, node), *extra]
+        return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))
+
+
+    def _emit_vnni(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr], n: int, k: int, o: int,
+                   node: str) -> relax.Expr:
+        """AVX512-VNNI GEMV: int8 weights packed `[O/16, K/4, 16, 4]` (half the bytes of the int16 path), 4
+        activations broadcast per `vpdpbusd`, 4 channel blocks in flight (independent accumulators); O is
+        padded to 16 with zero weights, the padded outputs are never stored. Exact: u8 x s8 into int32."""
+        from tvm import s_tir, te
+
+        from qcompile.backends.tvm.intrin.x86 import S8U8_16x4_VNNI512_BCAST, register_x86_intrinsics
+        from qcompile.backends.tvm.schedules.requant import requant_expr
+
+        register_x86_intrinsics()
+        p = call.params
+        ob_n = -(-o // 16)
+        wnp = np.zeros((ob_n * 16, k), np.int8)
+        wnp[:o] = const_value(args[1], "weight", node).astype(np.int8)
+        wpk = np.ascontiguousarray(wnp.reshape(ob_n, 16, k // 4, 4).transpose(0, 2, 1, 3))
+        x = te.placeholder((n, k), "uint8", name="x")
+        wp = te.placeholder((ob_n, k // 4, 16, 4), "int8", name="wp")
+        bias = te.placeholder((o,), "int64" if self.requant else "int32", name="bias")
+        rb, ri = te.reduce_axis((0, k // 4), "rb"), te.reduce_axis((0, 4), "ri")
+        acc = te.compute(
+            (n, ob_n, 16),
+            lambda i, ob, oi: te.sum(x[i, rb * 4 + ri].astype("int32") * wp[ob, rb, oi, ri].astype("int32"),
+                                     axis=[rb, ri]),
+            name="acc",
+        )
+        if self.requant:
+            mult = te.placeholder((o,), "int32", name="mult")
+            shift = te.placeholder((o,), "int32", name="shift")
+            smin = int(const_value(args[4], "shift", node).min())
+            lo, hi = int(p["lo"]), int(p["hi"])
+            out = te.compute(
+                (n, o),
+                lambda i, j: requant_expr(acc[i, j // 16, j % 16], bias[j], mult[j], shift[j], lo, hi, smin),
+                name="out",
+            )
+            tins, dt, extra = [x, wp, bias, mult, shift, out], "uint8", [args[3], args[4]]
+        else:
+            out = te.compute((n, o), lambda i, j: acc[i, j // 16, j % 16] + bias[j], name="out")
+            tins, dt, extra = [x, wp, bias, out], "int32", []
+        sch = s_tir.Schedule(te.create_prim_func(tins))
+        blk = sch.get_sblock("acc")
+        i, ob, oi, rb_, ri_ = sch.get_loops(blk)
+        inner = 4 if ob_n % 4 == 0 else (2 if ob_n % 2 == 0 else 1)
+        obo, obi = sch.split(ob, [None, inner])
+        sch.reorder(i, obo, rb_, obi, oi, ri_)
+        sch.parallel(obo) if ob_n >= 8 else None
+        init = sch.decompose_reduction(blk, rb_)
+        sch.tensorize(oi, S8U8_16x4_VNNI512_BCAST)
+        sch.unroll(obi)
+        sch.vectorize(sch.get_loops(init)[-1])
+        gname = f"qc_linear_vnni_{'rq' if self.requant else 'acc'}_{n}x{k}_{o}"
         gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
         call_args = [args[0], relax.const(wpk), _bias_arg(args, self.requant, node), *extra]
         return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))

@@ -256,9 +256,9 @@ def test_strategy_does_not_apply_off_x86_or_batch():
     assert s is None or not s.name.startswith("x86")
 
 
-def _run_call(op, params, args_np, consts_np):
+def _run_call(op, params, args_np, consts_np, target=AVX2):
     """Emit one OpCall with `args_np` as VM inputs and `consts_np` as Relax constants; run it."""
-    call = OpCall(op, params, AVX2)
+    call = OpCall(op, params, target)
     strat = select_strategy(call)
     assert strat is not None and strat.name.startswith("x86"), strat
     bb = relax.BlockBuilder()
@@ -268,7 +268,7 @@ def _run_call(op, params, args_np, consts_np):
             y = strat.emit(bb, call, [*vs, *(relax.const(c) for c in consts_np)])
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=AVX2), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
     return vm["main"](*(tvm.runtime.tensor(a) for a in args_np)).numpy()
 
 
@@ -295,9 +295,13 @@ def test_mean_bit_exact():
 
 
 @pytest.mark.parametrize("requant", [True, False])
-def test_linear_bit_exact(requant):
+@pytest.mark.parametrize("target,o", [(AVX2, 24), (ZNVER5, 24), (ZNVER5, 1000)], ids=["avx2", "vnni", "vnni-o1000"])
+def test_linear_bit_exact(requant, target, o):
+    """int16 GEMV (AVX2) and the VNNI broadcast GEMV (O padded to 16 internally) against the reference."""
+    if target is ZNVER5 and not HOST_VNNI512:
+        pytest.skip("this CPU has no AVX512-VNNI")
     rng = np.random.default_rng(5)
-    n, k, o = 1, 160, 24
+    n, k = 1, 160
     x = np.concatenate([np.full((n, 40), 255, np.uint8), rng.integers(0, 256, (n, k - 40)).astype(np.uint8)], 1)
     w = rng.integers(-128, 128, (o, k)).astype(np.int8)
     bias = rng.integers(-5000, 5000, o).astype(np.int32) + (128 << 10)
@@ -307,11 +311,11 @@ def test_linear_bit_exact(requant):
     params = {"x_shape": (n, k), "w_shape": (o, k), "out_shape": (n, o), "node": "fc"}
     if requant:
         ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=0, hi=255).numpy()
-        got = _run_call("linear_requant", dict(params, lo=0, hi=255), [x], [w, bias, mult, shift])
+        got = _run_call("linear_requant", dict(params, lo=0, hi=255), [x], [w, bias, mult, shift], target)
         assert len(np.unique(ref)) > 5
     else:
         ref = acc.numpy()
-        got = _run_call("linear", params, [x], [w, bias])
+        got = _run_call("linear", params, [x], [w, bias], target)
     np.testing.assert_array_equal(got, ref)
 
 

@@ -171,14 +171,28 @@ def pointwise_conv_x86(
     else:
         cg = conv
         x = te.placeholder((cg.c, cg.h, cg.w), "uint8", name="x")
+        # the padded input once (a fill plus a vectorised interior copy), so that the im2col gather below
+        # has no bounds test per element (with one, the stem's packing ran scalar and cost more than its GEMM)
+        hp_ = max(cg.h + 2 * cg.padding[0], (cg.ho - 1) * cg.stride[0] + (cg.kh - 1) * cg.dilation[0] + 1)
+        wp2 = max(cg.w + 2 * cg.padding[1], (cg.wo - 1) * cg.stride[1] + (cg.kw - 1) * cg.dilation[1] + 1)
+        xpad = te.compute(
+            (cg.c, hp_, wp2),
+            lambda c_, yy, xx: tirx.if_then_else(
+                tirx.all(yy >= cg.padding[0], yy < cg.h + cg.padding[0],
+                         xx >= cg.padding[1], xx < cg.w + cg.padding[1]),
+                x[c_, yy - cg.padding[0], xx - cg.padding[1]], tirx.const(cg.pad_value, "uint8")),
+            name="xpad",
+        )
 
         def gather(kk, j):
-            c_, kh, kw = kk // (cg.kh * cg.kw), (kk // cg.kw) % cg.kh, kk % cg.kw
-            yy = (j // cg.wo) * cg.stride[0] + kh * cg.dilation[0] - cg.padding[0]
-            xx = (j % cg.wo) * cg.stride[1] + kw * cg.dilation[1] - cg.padding[1]
-            inside = tirx.all(yy >= 0, yy < cg.h, xx >= 0, xx < cg.w)
-            val = tirx.if_then_else(inside, x[c_, yy, xx], tirx.const(cg.pad_value, "uint8"))
-            return tirx.if_then_else(tirx.all(kk < k, j < p), val.astype(xdt), tirx.const(0, xdt))
+            # rows of K beyond k meet zero weights (pack_weights): read any valid code there, branch-free
+            kc = tirx.min(kk, k - 1)
+            c_, kh, kw = kc // (cg.kh * cg.kw), (kc // cg.kw) % cg.kh, kc % cg.kw
+            yy = (j // cg.wo) * cg.stride[0] + kh * cg.dilation[0]
+            xx = (j % cg.wo) * cg.stride[1] + kw * cg.dilation[1]
+            if pp == p:
+                return xpad[c_, yy, xx].astype(xdt)
+            return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
 
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
     rb = te.reduce_axis((0, kb), name="rb")
@@ -215,6 +229,10 @@ def pointwise_conv_x86(
     sch.unroll(i)
     if conv is not None and pp == p:
         sch.split(j, [None, conv.wo])  # output row / column loops: no div/mod by Wo per element
+    if conv is not None:
+        xp_blk = sch.get_sblock("xpad")
+        sch.decompose_padding(xp_blk, sch.get_loops(xp_blk)[1])
+        sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])
 
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)

@@ -63,10 +63,12 @@ def default_schedule_passes(target: Any) -> list:
 
 
 def finalize_passes(target: Any) -> list:
-    """Dataflow lowering and VM finalisation (TVM's cpu_generic passes)."""
+    """Dataflow lowering and VM finalisation (TVM's cpu_generic passes), dropping the PrimFuncs no call uses
+    any more (legalized reshapes that became views), which would otherwise be compiled and exported."""
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+    return cpu.dataflow_lower_passes(target) + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target)
 
 
 @dataclass(frozen=True)

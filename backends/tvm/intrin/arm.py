@@ -1,0 +1,146 @@
+"""aarch64 int8 dot-product tensor intrinsics registered by qcompile (`sdot` with +dotprod, plain NEON).
+
+Orientation matches `intrin.x86`: the *vector* operand is 4 output pixels x 4 reduction values of
+activations (16 bytes, packed `[K/4, P, 4]`), the *broadcast* operand is 4 weights of one output
+channel, and the result is 4 int32 lanes (4 pixels of one output channel, i.e. part of an NCHW row).
+That is the GEMM `acc[o, p] += sum_k xs[k, p] * w[o, k]` of integer_semantics.md `conv2d`.
+
+Both intrinsics multiply *signed* bytes. Activation codes are unsigned (0..255), so schedules feed
+`xs = x - 128` (in [-128, 127]) and fold `128 * sum_k w[o, k]` into the bias at emit time
+(`schedules.arm`); the identity `sum(x*w) = sum((x-128)*w) + 128*sum(w)` is exact in int32.
+
+- `S8S8_4x4_SDOT` is `sdot v.4s, v.16b, v.16b` (Armv8.2 dotprod): four s8 x s8 products summed into
+  each int32 lane, no narrow intermediate, exact for all operands. TVM 0.27 ships the same instruction
+  as `dot_4x4_i8i8s32_sdot` with the operands the other way round (activations broadcast); ours keeps
+  the pixels in lanes so results land in NCHW rows.
+- `S8S8_4x4_NEON` is the Armv8.0 sequence TVM's `dot_4x4_i8i8s32_neon` uses: `smull` (s8 x s8 -> int16,
+  exact: |(-128)*(-128)| = 16384 < 32767), `saddlp` (int16 pairs -> int32) on both halves, then `addp`.
+  No saturation anywhere, so it is exact for every weight bit-width 2..8 and every code.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+__all__ = ["S8S8_4x4_SDOT", "S8S8_4x4_NEON", "register_arm_intrinsics", "has_dotprod", "has_neon"]
+
+S8S8_4x4_SDOT = "qcompile_s8s8_4x4_sdot"
+S8S8_4x4_NEON = "qcompile_s8s8_4x4_neon"
+
+
+def _desc(scope: str):
+    """C[i] += A[i, k] * B[k], i < 4 pixels, k < 4 (int32 accumulate in `scope`)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4, 0:4], B[0:4])
+            T.writes(C[0:4])
+            for i, r in T.grid(4, 4):
+                with T.sblock("update"):
+                    vi, vr = T.axis.remap("SR", [i, r])
+                    C[vi] = C[vi] + T.cast(A[vi, vr], "int32") * T.cast(B[vr], "int32")
+
+    return desc
+
+
+def _sdot(scope: str):
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4, 0:4], B[0:4])
+            T.writes(C[0:4])
+            a_vec = A.vload([0, 0], "int8x16")
+            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec = T.reinterpret(T.broadcast(b_i32, 4), dtype="int8x16")
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                C.vload([0], "int32x4"),
+                a_vec,
+                b_vec,
+                dtype="int32x4",
+            )
+
+    return impl
+
+
+def _neon(scope: str):
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4, 0:4], B[0:4])
+            T.writes(C[0:4])
+            a_vec = A.vload([0, 0], "int8x16")
+            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec = T.reinterpret(T.broadcast(b_i32, 2), dtype="int8x8")
+            # pixels 0,1 in the low half, 2,3 in the high half; each int16 product is exact
+            lo = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                T.vectorlow(a_vec, dtype="int8x8"),
+                b_vec,
+                dtype="int16x8",
+            )
+            hi = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                T.vectorhigh(a_vec, dtype="int8x8"),
+                b_vec,
+                dtype="int16x8",
+            )
+            lo32 = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), lo, dtype="int32x4"
+            )
+            hi32 = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), hi, dtype="int32x4"
+            )
+            C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), lo32, hi32, dtype="int32x4"
+            )
+
+    return impl
+
+
+_registered = False
+
+
+def register_arm_intrinsics() -> None:
+    """Register the qcompile aarch64 intrinsics with TVM once (idempotent); "global" and "_local" scopes."""
+    global _registered
+    if _registered:
+        return
+    for name, impl in ((S8S8_4x4_SDOT, _sdot), (S8S8_4x4_NEON, _neon)):
+        for scope in ("global", "local"):
+            full = name if scope == "global" else f"{name}_{scope}"
+            if TensorIntrin.get(full, allow_missing=True) is None:
+                TensorIntrin.register(full, _desc(scope), impl(scope))
+    _registered = True
+
+
+def _target_features(target: tvm.target.Target) -> set[str]:
+    """Features the aarch64 target enables (mcpu's plus mattr), as LLVM reports them."""
+    from tvm.target import codegen
+
+    try:
+        return {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    except Exception:  # noqa: BLE001 - a target LLVM cannot resolve: trust only explicit +mattr
+        return {str(a).lstrip("+") for a in (target.attrs.get("mattr") or []) if str(a).startswith("+")}
+
+
+def has_dotprod(target: tvm.target.Target) -> bool:
+    """True when the aarch64 target may execute `sdot`/`udot` (Armv8.2-A dotprod)."""
+    return "dotprod" in _target_features(target)
+
+
+def has_neon(target: tvm.target.Target) -> bool:
+    """True when the aarch64 target has Advanced SIMD (every Armv8-A application core does)."""
+    return "neon" in _target_features(target)

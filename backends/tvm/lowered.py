@@ -322,6 +322,7 @@ def lower_integer_graph(
     target: str | dict = "x86",
     *,
     tune: bool = False,
+    trials: int | None = None,
     num_threads: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     input_dtype: str = "float32",
@@ -332,8 +333,11 @@ def lower_integer_graph(
 
     Bit-exact with the reference executor (docs/integer_semantics.md). `tune=True` first tunes every
     kernel into the persistent tuning database (`qcompile.backends.tvm.tuning`), reused afterwards by
-    every lowering of any subnet.
+    every lowering of any subnet; `trials` caps the schedules timed per kernel (default: all candidates,
+    most promising first, the untuned default always among them).
     """
+    if trials is not None and int(trials) < 1:
+        raise ConfigError("trials", trials, "a positive number of schedules to time per kernel, or None for all")
     from tvm import relax
 
     spec = resolve_target(target, num_threads)
@@ -347,7 +351,7 @@ def lower_integer_graph(
         calls: list = []
         emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies, call_log=calls)
         for call, w in calls:
-            tuning.tune_opcall(call, w)
+            tuning.tune_opcall(call, w, trials=trials)
         log.info("tuned %d kernel calls for %s", len(calls), spec.name)
     em = emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies)
     mod = em.mod

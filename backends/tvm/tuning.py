@@ -214,7 +214,9 @@ def gemm_candidates(o: int, lanes: int = 8) -> list[Any]:
             if o % to == 0 and 4 <= to * tp // lanes <= max_acc:
                 for p_outer in (True, False):
                     out.append(GemmKnobs(to, tp, p_outer))
-    return out
+    # most promising first (for `trials`): about 2/3 of the vector registers as accumulators, pixels outside
+    best_acc = 20 if lanes == 16 else 10
+    return sorted(out, key=lambda kn: (abs(kn.to * kn.tp // lanes - best_acc), not kn.p_outer))
 
 
 def _time_func(lib: Any, args: list, number: int, repeat: int) -> float:
@@ -232,6 +234,7 @@ def tune_gemm(
     number: int = 20,
     repeat: int = 5,
     seed: int = 0,
+    trials: int | None = None,
 ) -> tuple[Any, float]:
     """Time every candidate tile of a `conv_gemm` workload on this CPU; store and return the best.
 
@@ -258,6 +261,7 @@ def tune_gemm(
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     if candidates is None:  # the untuned default always competes: tuning never makes a kernel slower
         candidates = list(dict.fromkeys([default_knobs(mode), *gemm_candidates(o, LANES[mode])]))
+    candidates = list(candidates)[:trials] if trials else list(candidates)
     libs = [(kn, tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=40, knobs=kn), target=target))
             for kn in candidates]
     best = _pick_fastest(libs, args, number, repeat, workload)
@@ -266,11 +270,16 @@ def tune_gemm(
 
 
 def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 20, repeat: int = 5,
-                   seed: int = 0) -> tuple[Any, float]:
+                   seed: int = 0, trials: int | None = None) -> tuple[Any, float]:
     """Time the depthwise schedules of `workload` (`schedules.x86.depthwise_workload`): the row kernel at 8 and
     16 lanes and the tap-pair kernel (16 lanes only on AVX-512 targets); store and return `(DwKnobs, seconds)`."""
     from qcompile.backends.tvm.intrin.x86 import has_avx512
-    from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs, depthwise_kernel, pack_pair_weights
+    from qcompile.backends.tvm.schedules.depthwise_x86 import (
+        DwKnobs,
+        default_dw_knobs,
+        depthwise_kernel,
+        pack_pair_weights,
+    )
 
     c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
     (kh, kw), stride = workload["k"], tuple(workload["stride"])
@@ -285,6 +294,8 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     vecs = (8, 16) if has_avx512(target) else (8,)
     row_vecs = (4, *vecs) if len(vecs) == 1 else vecs
     candidates = [DwKnobs(v, False) for v in row_vecs] + [DwKnobs(v, True) for v in vecs]
+    default = default_dw_knobs(wo, has_avx512(target))
+    candidates = [default, *(kn for kn in candidates if kn != default)][: trials or None]
     libs, argsets = [], {}
     for kn in candidates:
         func = depthwise_kernel(c, h, w, kh, kw, kn, stride=stride, padding=padding, dilation=dilation, shift_min=40)
@@ -302,7 +313,8 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     return best
 
 
-def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tuple[Any, float] | None:
+def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
+                trials: int | None = None) -> tuple[Any, float] | None:
     """Tune the kernel an `OpCall` will get, if it is one of ours with knobs (conv lowered as GEMM).
 
     For `qc.lower(..., tune=True)`: call it for every OpCall before emitting; records already in the
@@ -322,7 +334,7 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tup
         knobs = lookup_dw_knobs(dwl, call.target)
         if knobs is not None:
             return knobs, rec["latency_us"] * 1e-6
-        return tune_depthwise(dwl, call.target)
+        return tune_depthwise(dwl, call.target, trials=trials)
     if kind not in ("pointwise", "full"):
         return None
     if w is None:
@@ -334,7 +346,7 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255) -> tup
         from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs
 
         return GemmKnobs(**rec["knobs"]), rec["latency_us"] * 1e-6
-    return tune_gemm(wl, call.target)
+    return tune_gemm(wl, call.target, trials=trials)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs  # noqa: E402
 from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs  # noqa: E402
 from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload  # noqa: E402
 from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
+from qcompile.errors import ConfigError  # noqa: E402
 from qcompile.ops import reference as R  # noqa: E402
 
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})
@@ -184,3 +185,24 @@ def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache):
     db = tuning._db(AVX2)
     db.records[tuning.workload_key(depthwise_workload(params))] = {"knobs": {"vec": 3}, "latency_us": 1.0}
     assert tuning.lookup_dw_knobs(depthwise_workload(params), AVX2) is None  # a bad record is ignored
+
+
+def test_trials_caps_the_schedules_timed_and_keeps_the_default(cache, monkeypatch):
+    """`trials=N` times the N most promising candidates, the untuned default first; bad values are refused."""
+    from qcompile.backends.tvm.schedules.gemm_x86 import default_knobs
+
+    timed = []
+    real = tuning._pick_fastest
+
+    def spy(libs, *a, **kw):
+        timed.extend(kn for kn, _ in libs)
+        return real(libs, *a, **kw)
+
+    monkeypatch.setattr(tuning, "_pick_fastest", spy)
+    wl = gemm_workload(_pointwise_call(16, 8, 16).params) | {"mode": "i16"}
+    knobs, _ = tuning.tune_gemm(wl, AVX2, number=2, repeat=1, trials=2)
+    assert len(timed) == 2 and timed[0] == default_knobs("i16") and knobs in timed
+    with pytest.raises(ConfigError, match="trials"):
+        from qcompile.backends.tvm import lower_integer_graph
+
+        lower_integer_graph(None, "x86", tune=True, trials=0)

@@ -28,23 +28,37 @@ def float_copy(sub: fx.GraphModule) -> fx.GraphModule:
 
 
 def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None = None, repeat: int = 20,
-                 threads: int = 2, batch: int = 1, calibration: list[np.ndarray] | None = None) -> str:
-    """Benchmark `sub` (calibrated) against the peers; returns the markdown table (also written to `out`)."""
+                 threads: int = 2, batch: int = 1, calibration: list[np.ndarray] | None = None,
+                 peers: tuple[str, ...] | None = None) -> str:
+    """Benchmark `sub` (calibrated) against the peers; returns the markdown table (also written to `out`).
+
+    The peers run the float twin (`float_copy`); onnxruntime on our export and the untuned TVM lowering
+    (target "x86" = this host's LLVM mcpu, or a target dict) run its IntegerGraph, so every row gets
+    fidelity vs torch fp32 and the integer rows also the code difference vs the reference executor.
+    peers: subset of `qcompile.bench.PEERS` (default: all).
+    """
     import qcompile as qc
     from qcompile.bench import BenchOptions, run_bench
+    from qcompile.bench.peers import tvm_runners
 
     cfg = sub.subnet_config
     in_ch = next(m for m in sub.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
     x = np.random.default_rng(0).standard_normal((batch, in_ch, cfg.resolution, cfg.resolution)).astype(np.float32)
     ig = qc.to_integer(sub)
-    runners = {}
-    if target in ("x86", "llvm") or isinstance(target, dict):
-        low = qc.lower(ig, target=target, num_threads=threads)
-        runners[f"qcompile_tvm_{target if isinstance(target, str) else 'custom'}"] = low
+    runners: dict = {}
+    targets: dict = {}
+    if target in ("x86", "llvm"):
+        runners, targets = tvm_runners(ig, ["host"], threads, x.shape)
+    elif isinstance(target, dict):
+        low = qc.lower(ig, target=target, num_threads=threads, input_shape=x.shape)
+        name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', 'custom')}_untuned"
+        runners, targets = {name: low}, {name: low.spec.tvm_target}
     result = run_bench(
-        float_copy(sub), x, integer_graph=ig, runners=runners,
-        options=BenchOptions(threads=threads, repeats=repeat), calibration=calibration, out_dir=out,
+        float_copy(sub), x, integer_graph=ig, runners=runners, graph_runners=list(runners),
+        options=BenchOptions(threads=threads, repeats=repeat, **({"peers": tuple(peers)} if peers else {})),
+        calibration=calibration, out_dir=out,
         title=f"subnet {cfg.stable_hash()} at {cfg.resolution}x{cfg.resolution}, batch {batch}, {threads} threads",
+        extra_meta={"tvm_targets": targets},
     )
     from qcompile.bench.report import to_markdown
 

@@ -1,7 +1,9 @@
-"""Peer comparison harness (issue 8): torch, torch.ao, onnxruntime and qcompile lowerings on one subnet.
+"""Peer comparison harness (issue 8): torch, torch.ao, onnxruntime, ExecuTorch and qcompile lowerings
+on one subnet.
 
-`run_bench(model, x, integer_graph=ig, runners={"tvm_x86": low}, out_dir=...)` times every runner
-in interleaved rounds with a fixed thread count and writes JSON, markdown and a bar chart.
+`run_bench(model, x, integer_graph=ig, runners={"qcompile_tvm": low}, graph_runners=["qcompile_tvm"],
+out_dir=...)` times every runner in interleaved rounds (with a settle step between runtimes) with a
+fixed thread count, measures output fidelity, and writes JSON, markdown and a bar chart.
 """
 
 from qcompile.bench.harness import PEERS, BenchOptions, BenchResult, Hook, Runner, RunnerStats, run_bench, time_runners
@@ -9,7 +11,14 @@ from qcompile.bench.models import MobileNetV2, mobilenet_v2, synthetic_integer_g
 from qcompile.bench.report import bar_chart, to_markdown, write_report
 
 __all__ = [
+    "INTEGER_PEERS",
     "PEERS",
+    "Fidelity",
+    "cosine",
+    "fidelity",
+    "max_code_diff",
+    "rel_l2",
+    "peers_doc",
     "BenchOptions",
     "BenchResult",
     "Hook",

@@ -1,8 +1,12 @@
-"""Interleaved latency harness: every runner, one process, the same input, fixed threads (issue 8).
+"""The peer harness (issue 8): every runner in one process, on the same input, fixed threads.
 
-Rounds interleave the runners (the order rotates every round) so slow drifts of a shared machine
-(frequency, other jobs) hit every runner alike; per runner we keep every sample and report the
-median and the 10th-90th percentile spread.
+Timing (`qcompile.bench.timing`): interleaved rounds with a rotating order, and before each timed call
+a settle step (wait until no thread of the process spins, then `lead_in` untimed calls), because the
+spinning thread pools of the previous runtime otherwise steal the cores of the next one. Per runner we
+keep every sample and report the median and the 10th-90th percentile spread.
+
+Fidelity (`qcompile.bench.fidelity`): relative L2 error and cosine similarity vs torch fp32 on the same
+input, and for runners of our IntegerGraph the max |code difference| vs the reference executor.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +26,32 @@ import torch
 from torch import nn
 
 from qcompile.bench import peers
+from qcompile.bench.fidelity import Fidelity, fidelity, output_scale
+from qcompile.bench.timing import Hook, Runner, time_runners
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[np.ndarray], np.ndarray]
-#: called after every timed call: (runner name, round index, seconds)
-Hook = Callable[[str, int, float], None]
+__all__ = ["PEERS", "INTEGER_PEERS", "BenchOptions", "BenchResult", "Hook", "Runner", "RunnerStats", "build_peers",
+           "run_bench", "time_runners"]
 
-PEERS = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq", "ort_ours_qoperator")
+PEERS = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq", "ort_ours_qoperator",
+         "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
+#: built-in peers that run our IntegerGraph (compared with the reference executor in codes)
+INTEGER_PEERS = ("ort_ours_qdq", "ort_ours_qoperator")
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """threads: intra-op threads for torch and onnxruntime; repeats: timed rounds; warmup: untimed calls
-    per runner; peers: which built-in peers to build (subset of PEERS); calibration_batches: random
-    batches for the int8 peers when no calibration data is given."""
+    """Harness settings.
+
+    threads: intra-op threads of every runtime; repeats: timed rounds (one timed call per runner per
+    round); warmup: untimed calls per runner before the rounds; peers: built-in peers to build (subset
+    of PEERS); calibration_batches: random batches for the int8 peers when no calibration data is given;
+    settle_ms: at most this long before each timed call, wait until no thread of the process is
+    spinning (the previous runtime's pool), 0 = no wait; lead_in: untimed calls of the runner right
+    before its timed call, so it is timed with its own pool hot as in a user's loop.
+    """
 
     threads: int = 2
     repeats: int = 30
@@ -45,12 +59,20 @@ class BenchOptions:
     peers: tuple[str, ...] = PEERS
     calibration_batches: int = 4
     seed: int = 0
+    settle_ms: float = 200.0
+    lead_in: int = 1
 
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ConfigError("threads", self.threads, ">= 1")
         if self.repeats < 1:
             raise ConfigError("repeats", self.repeats, ">= 1")
+        if self.warmup < 0:
+            raise ConfigError("warmup", self.warmup, ">= 0")
+        if not self.settle_ms >= 0:
+            raise ConfigError("settle_ms", self.settle_ms, ">= 0 (milliseconds; 0 disables the settle wait)")
+        if self.lead_in < 0:
+            raise ConfigError("lead_in", self.lead_in, ">= 0")
         unknown = [p for p in self.peers if p not in PEERS]
         if unknown:
             raise ConfigError("peers", unknown, PEERS)
@@ -58,17 +80,20 @@ class BenchOptions:
 
 @dataclass(frozen=True)
 class RunnerStats:
-    """Latency of one runner in milliseconds (None when the runner could not be built or failed)."""
+    """Latency of one runner in milliseconds (None when the runner could not be built or failed) and the
+    fidelity of its output (`qcompile.bench.fidelity`; None where not comparable)."""
 
     name: str
-    status: str  # "ok" or "unavailable: <reason>"
+    status: str  # "ok", "failed: <error>" or "unavailable: <reason or install hint>"
     median_ms: float | None = None
     p10_ms: float | None = None
     p90_ms: float | None = None
     min_ms: float | None = None
     mean_ms: float | None = None
     n: int = 0
-    top1_agrees_with_fp32: float | None = None
+    rel_l2_vs_fp32: float | None = None
+    cosine_vs_fp32: float | None = None
+    max_code_diff: float | None = None
     samples_ms: tuple[float, ...] = ()
 
 
@@ -83,38 +108,22 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "runners": [asdict(r) for r in self.runners]}
 
-
-def time_runners(runners: Mapping[str, Runner], x: np.ndarray, repeats: int, warmup: int,
-                 hook: Hook | None = None) -> dict[str, list[float] | str]:
-    """Interleaved timing; returns seconds per call per runner, or the error text of a runner that failed."""
-    names = list(runners)
-    samples: dict[str, list[float] | str] = {n: [] for n in names}
-    for n in names:
-        try:
-            for _ in range(warmup):
-                runners[n](x)
-        except Exception as e:  # a broken peer is recorded, the others still run
-            samples[n] = f"failed: {type(e).__name__}: {e}"
-            log.warning("runner %s failed: %s", n, e)
-    live = [n for n in names if isinstance(samples[n], list)]
-    for r in range(repeats):
-        k = r % max(1, len(live))
-        for n in live[k:] + live[:k]:
-            t0 = time.perf_counter()
-            runners[n](x)
-            dt = time.perf_counter() - t0
-            samples[n].append(dt)  # type: ignore[union-attr]
-            if hook is not None:
-                hook(n, r, dt)
-    return samples
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BenchResult:
+        """Inverse of `to_dict` (reads a bench.json back, e.g. to regenerate docs)."""
+        fields = RunnerStats.__dataclass_fields__
+        rows = tuple(RunnerStats(**{k: (tuple(v) if k == "samples_ms" else v) for k, v in r.items() if k in fields})
+                     for r in d["runners"])
+        return cls(rows, dict(d.get("meta", {})))
 
 
-def _stats(name: str, s: list[float] | str, agree: float | None) -> RunnerStats:
+def _stats(name: str, s: list[float] | str, fid: Fidelity) -> RunnerStats:
     if isinstance(s, str):
         return RunnerStats(name, s)
     ms = np.asarray(s) * 1e3
     return RunnerStats(name, "ok", float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)),
-                       float(ms.min()), float(ms.mean()), len(ms), agree, tuple(float(v) for v in ms))
+                       float(ms.min()), float(ms.mean()), len(ms), fid.rel_l2, fid.cosine, fid.max_code_diff,
+                       tuple(float(v) for v in ms))
 
 
 def build_peers(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: Path,
@@ -133,6 +142,9 @@ def build_peers(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir:
             return
         try:
             runners[name] = make()
+        except peers.MissingPeer as e:
+            missing[name] = f"unavailable: {e}"
+            log.warning("peer %s unavailable: %s", name, e)
         except Exception as e:
             missing[name] = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.warning("peer %s unavailable: %s", name, e)
@@ -156,6 +168,8 @@ def build_peers(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir:
         elif integer_graph is not None:
             attempt(name, lambda fmt=fmt: peers.ort_ours(integer_graph, workdir / f"ours_{fmt}.onnx", fmt,
                                                          options.threads, x.shape))
+    attempt("executorch_xnnpack_fp32", lambda: peers.executorch_xnnpack(model, x, options.threads))
+    attempt("executorch_xnnpack_int8", lambda: peers.executorch_xnnpack(model, x, options.threads, calib))
     return runners, missing
 
 
@@ -165,46 +179,50 @@ def run_bench(
     *,
     integer_graph: object | None = None,
     runners: Mapping[str, Runner] | None = None,
+    graph_runners: Collection[str] = (),
     hook: Hook | None = None,
     options: BenchOptions | None = None,
     calibration: Sequence[np.ndarray] | None = None,
     out_dir: str | os.PathLike | None = None,
     title: str = "qcompile peer comparison",
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> BenchResult:
     """Time the peers and the given runners (e.g. qcompile TVM lowerings) on one subnet.
 
     model: the float subnet (nn.Module, eval); x: one input batch (NCHW float32);
-    integer_graph: its IntegerGraph for our ONNX export (optional); runners: extra named
-    numpy callables timed with the peers; hook: called after every timed call.
+    integer_graph: its IntegerGraph, for our ONNX export and the code-difference column (optional);
+    runners: extra named numpy callables timed with the peers; graph_runners: which of `runners`
+    execute `integer_graph` (their output is compared with the reference executor in codes);
+    hook: called after every timed call; extra_meta: merged into the result's meta.
     Writes `bench.json`, `bench.md`, `bench.png` into `out_dir` when given.
     """
     opts = options or BenchOptions()
+    runners = dict(runners or {})
+    unknown = [n for n in graph_runners if n not in runners]
+    if unknown:
+        raise ConfigError("graph_runners", unknown, f"names of the given runners {list(runners)}")
+    if graph_runners and integer_graph is None:
+        raise ConfigError("graph_runners", list(graph_runners), "empty without an integer_graph",
+                          "pass the IntegerGraph the runners execute")
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
+    waits: list[float] = []
     try:
         with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
             built, missing = build_peers(model, x, opts, Path(tmp), integer_graph, calibration)
-            for name, fn in (runners or {}).items():
-                if name in built:
+            for name, fn in runners.items():
+                if name in built or name in PEERS:
                     raise ConfigError("runners", name, "names not used by the built-in peers", f"peers: {PEERS}")
                 built[name] = fn
-            samples = time_runners(built, x, opts.repeats, opts.warmup, hook)
-            ref = built["torch_fp32"](x) if "torch_fp32" in built else None
-            stats = []
-            for name in [*opts.peers, *(runners or {})]:
-                if name in missing:
-                    stats.append(RunnerStats(name, missing[name]))
-                    continue
-                agree = None
-                if ref is not None and isinstance(samples[name], list):
-                    y = np.asarray(built[name](x)).reshape(len(x), -1)
-                    if y.shape == ref.reshape(len(x), -1).shape:
-                        agree = float(np.mean(y.argmax(1) == ref.reshape(len(x), -1).argmax(1)))
-                stats.append(_stats(name, samples[name], agree))
+            samples = time_runners(built, x, opts.repeats, opts.warmup, hook, settle_s=opts.settle_ms / 1e3,
+                                   lead_in=opts.lead_in, settle_log=waits)
+            stats = _fidelity_stats(model, x, integer_graph, built, missing, samples,
+                                    [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners})
     finally:
         torch.set_num_threads(prev_threads)
-    meta = _environment(opts, x, title)
+    meta = _environment(opts, x, title, waits, integer_graph)
+    meta.update(extra_meta or {})
     result = BenchResult(tuple(stats), meta)
     if out_dir is not None:
         from qcompile.bench.report import write_report
@@ -213,26 +231,105 @@ def run_bench(
     return result
 
 
-def _environment(opts: BenchOptions, x: np.ndarray, title: str) -> dict[str, Any]:
+def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, built: Mapping[str, Runner],
+                    missing: Mapping[str, str], samples: Mapping[str, list[float] | str], order: Sequence[str],
+                    integer_names: Collection[str]) -> list[RunnerStats]:
+    """RunnerStats per runner in `order`, with fidelity vs torch fp32 and (integer runners) the reference."""
+    with torch.inference_mode():
+        fp32 = model.eval()(torch.from_numpy(x)).numpy()
+    ref = scale = None
+    # a synthetic IntegerGraph (random weights of its own) computes another function than `model`
+    comparable = not _is_synthetic(ig)
+    if ig is not None:
+        ref = ig(torch.from_numpy(x)).detach().numpy()
+        scale = output_scale(ig)
+    stats = []
+    for name in order:
+        if name in missing:
+            stats.append(RunnerStats(name, missing[name]))
+            continue
+        fid = Fidelity()
+        if isinstance(samples[name], list):
+            y = built[name](x)
+            is_int = name in integer_names
+            fid = fidelity(y, fp32 if (comparable or not is_int) else None, ref if is_int else None, scale)
+        stats.append(_stats(name, samples[name], fid))
+    return stats
+
+
+def _output_op(ig: Any) -> str | None:
+    """Name of the reference op whose value the IntegerGraph returns (e.g. "dequantize_acc")."""
+    if ig is None:
+        return None
+    out = next(n for n in ig.graph.nodes if n.op == "output").args[0]
+    return getattr(getattr(out, "target", None), "__name__", None)
+
+
+def _is_synthetic(ig: Any) -> bool:
+    """Whether `ig` was written by `synthetic_integer_graph` (random weights of its own)."""
+    return ig is not None and bool(getattr(ig, "program_meta", {}).get("synthetic", False))
+
+
+def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[float],
+                 ig: Any) -> dict[str, Any]:
     try:
         import onnxruntime
 
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
+    try:
+        from importlib.metadata import version
+
+        et_version: str | None = version("executorch")
+    except Exception:
+        et_version = None
+    w = np.asarray(waits, dtype=np.float64) * 1e3 if len(waits) else np.zeros(1)
+    synthetic = _is_synthetic(ig)
     return {
         "title": title,
         "threads": opts.threads,
         "repeats": opts.repeats,
         "warmup": opts.warmup,
+        "settle_ms": opts.settle_ms,
+        "lead_in": opts.lead_in,
+        "settle_waited_ms": {"median": float(np.median(w)), "max": float(w.max())},
         "input_shape": list(x.shape),
         "torch": torch.__version__,
         "onnxruntime": ort_version,
+        "executorch": et_version,
         "torch_quantized_engine": torch.backends.quantized.engine,
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu_model": _cpu_info("model name"),
+        "cpu_flags": sorted(set((_cpu_info("flags") or "").split()) & _FLAGS_OF_INTEREST),
         "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "note": "median and 10th-90th percentile of per-call wall time; rounds interleave all runners",
+        "synthetic_integer_graph": synthetic,
+        "graph_output_op": _output_op(ig),
+        "note": ("median and 10th-90th percentile of per-call wall time; rounds interleave all runners; before "
+                 "each timed call the harness waits (at most settle_ms) until no thread of the process spins, "
+                 "then makes lead_in untimed calls of that runner"),
+        "fidelity": ("rel_l2 = ||y - y_fp32|| / ||y_fp32||, cosine vs torch fp32 on the same input"
+                     + ("; not given for IntegerGraph runners: the graph is synthetic (its own random weights)"
+                        if synthetic else "")
+                     + "; max_code_diff: max |y - reference executor| in output codes (float outputs divided "
+                       "by their dequantize scale)"),
     }
+
+
+#: the vector extensions that decide int8 / fp32 kernel speed (ARCHITECTURE.md's machine: avx2 and fma only)
+_FLAGS_OF_INTEREST = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8"}
+
+
+def _cpu_info(key: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None

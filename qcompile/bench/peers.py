@@ -3,8 +3,10 @@
 torch fp32 eager; torch.ao int8 (FX graph mode, x86 backend, per-channel weights: the 8-bit
 policy only); onnxruntime fp32 on the TorchScript ONNX export; onnxruntime int8 from
 `quantize_static` (QDQ, uint8 activations, int8 weights, MinMax calibration) on that float
-model; onnxruntime on our own export of the IntegerGraph (`qcompile.backends.onnx`).
-A factory that cannot build its runner raises; the harness records the reason and goes on.
+model; onnxruntime on our own export of the IntegerGraph (`qcompile.backends.onnx`); ExecuTorch
+with the XNNPACK delegate, fp32 and int8 (PT2E `XNNPACKQuantizer`, per-channel symmetric weights).
+A factory that cannot build its runner raises; the harness records the reason and goes on
+(`MissingPeer`: the package is not installed, its message is the install hint).
 """
 
 from __future__ import annotations
@@ -14,14 +16,26 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from qcompile.errors import QcompileError
+
 log = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], np.ndarray]
+
+#: what to install for the ExecuTorch peers (ARCHITECTURE.md, "Environment facts"): --no-deps because
+#: executorch's full requirement list (coremltools, pandas, hydra, ...) is not needed to export and run
+EXECUTORCH_HINT = ("pip install -c constraints.txt --no-deps executorch==1.5.1 torchao==0.18.0 ruamel.yaml pyyaml "
+                   "tabulate (or: pip install -c constraints.txt -e .[bench])")
+
+
+class MissingPeer(QcompileError, ImportError):
+    """A peer's package is not installed; the message says what to install."""
 
 
 def torch_fp32(model: nn.Module) -> Runner:
@@ -110,3 +124,100 @@ def ort_ours(integer_graph: object, path: str | Path, fmt: str, threads: int, ba
 
     runner = ort_runner(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)), threads)
     return lambda x: np.asarray(runner(x), dtype=np.float32)
+
+
+def _require_executorch() -> None:
+    try:
+        import executorch.backends.xnnpack.partition.xnnpack_partitioner  # noqa: F401
+        import executorch.exir  # noqa: F401
+        import executorch.runtime  # noqa: F401
+    except ImportError as e:
+        raise MissingPeer(f"{e.name or e} is not installed: {EXECUTORCH_HINT}") from e
+
+
+def executorch_xnnpack(model: nn.Module, example: np.ndarray, threads: int,
+                       calibration: Sequence[np.ndarray] | None = None) -> Runner:
+    """ExecuTorch 1.5 program lowered with the XNNPACK partitioner, run by ExecuTorch's Python runtime.
+
+    fp32 when `calibration` is None; else int8: `torch.export` -> PT2E `prepare_pt2e` with
+    `XNNPACKQuantizer` (per-channel symmetric int8 weights, int8 activations) -> calibration batches ->
+    `convert_pt2e` -> export again -> XNNPACK delegate. The program is static-shaped: `example`'s shape.
+    `threads` sizes ExecuTorch's process-wide XNNPACK thread pool (reset only when its size differs: a
+    reset frees the pool that methods loaded before still use).
+    """
+    _require_executorch()
+    import copy
+
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    ex = (torch.from_numpy(np.ascontiguousarray(example)),)
+    m = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if calibration is not None:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(torch.export.export(m, ex).module(), quantizer)
+            with torch.no_grad():
+                for batch in calibration:
+                    prepared(torch.from_numpy(np.ascontiguousarray(batch)))
+            m = convert_pt2e(prepared)
+        program = to_edge_transform_and_lower(torch.export.export(m, ex),
+                                              partitioner=[XnnpackPartitioner()]).to_executorch()
+    if _threadpool_get_thread_count() != int(threads):
+        # process-wide pool; methods loaded earlier keep pointers into it, so reset only when it must change
+        _unsafe_reset_threadpool(int(threads))
+    buffer = program.buffer  # the loaded program points into these bytes: the closure keeps them alive
+    loaded = Runtime.get().load_program(buffer)
+    method = loaded.load_method("forward")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        _ = buffer, loaded
+        # copy: the output may live in the program's planned memory, overwritten by the next call
+        return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy().copy()
+
+    return run
+
+
+def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
+                input_shape: tuple[int, ...] | None = None) -> tuple[dict[str, Runner], dict[str, Any]]:
+    """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, and their targets.
+
+    mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); any other mcpu for the
+    target dict {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}.
+    A lowering that fails becomes a runner that raises, so its row says why.
+    """
+    import qcompile as qc
+
+    runners: dict[str, Runner] = {}
+    targets: dict[str, Any] = {}
+    for mcpu in mcpus:
+        target: str | dict = "x86" if mcpu == "host" else {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                                           "mcpu": mcpu, "num-cores": threads}
+        try:
+            low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape)
+        except Exception as e:  # recorded in the row, the other runners still run
+            log.warning("TVM lowering for mcpu %s failed: %s", mcpu, e)
+            name = f"qcompile_tvm_{mcpu}_untuned"
+            runners[name] = _raiser(f"lowering failed: {type(e).__name__}: {e}")
+            targets[name] = target
+            continue
+        name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', mcpu)}_untuned"
+        runners[name] = low
+        targets[name] = low.spec.tvm_target
+    return runners, targets
+
+
+def _raiser(msg: str) -> Runner:
+    def run(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError(msg)
+
+    return run

@@ -1,0 +1,105 @@
+"""Interleaved timing of several runtimes in one process, with a settle step between runtimes.
+
+Why the settle step: every CPU runtime keeps its worker threads spinning for a while after a call
+(onnxruntime's intra-op pool, libgomp's spin-wait after a torch op, TVM's and XNNPACK's pools) so
+that back-to-back calls of the *same* runtime start at once. When the next call belongs to another
+runtime, those spinners still hold the cores: on a 2-core machine a 2-thread torch call that follows
+an onnxruntime call measured 5x its solo latency. Turning spinning off would change what users of
+each runtime get, so instead, before a runner's turn, the harness
+
+1. waits until the process is quiet: it sleeps in `probe` steps until the process's CPU time
+   (all threads) grew by less than `idle_fraction` of a step, at most `settle` seconds in all;
+2. makes `lead_in` untimed calls of that runner, so the timed call finds its own pool as a user's
+   steady-state loop does (hot, spinning), not freshly parked;
+3. times one call.
+
+Rounds still interleave all runners with a rotating order, so slow drifts of a shared machine
+(frequency, other jobs) hit every runner alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+#: called after every timed call: (runner name, round index, seconds)
+Hook = Callable[[str, int, float], None]
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """Wall clock, process CPU clock (all threads) and sleep: injectable so tests can use a fake time."""
+
+    wall: Clock = time.perf_counter
+    cpu: Clock = time.process_time
+    sleep: Callable[[float], None] = time.sleep
+
+
+def settle(max_s: float, probe_s: float, idle_fraction: float, clocks: Clocks = Clocks()) -> float:
+    """Sleep in `probe_s` steps until one step used less than `idle_fraction * probe_s` of process CPU
+    time (no thread of this process is spinning any more), or `max_s` has passed; returns seconds waited."""
+    if max_s <= 0:
+        return 0.0
+    start = clocks.wall()
+    while True:
+        c0 = clocks.cpu()
+        clocks.sleep(probe_s)
+        busy = clocks.cpu() - c0
+        waited = clocks.wall() - start
+        if busy < idle_fraction * probe_s or waited >= max_s:
+            return waited
+
+
+def time_runners(
+    runners: Mapping[str, Runner],
+    x: np.ndarray,
+    repeats: int,
+    warmup: int,
+    hook: Hook | None = None,
+    *,
+    settle_s: float = 0.0,
+    lead_in: int = 0,
+    probe_s: float = 0.002,
+    idle_fraction: float = 0.05,
+    clocks: Clocks = Clocks(),
+    settle_log: list[float] | None = None,
+) -> dict[str, list[float] | str]:
+    """Interleaved timing; seconds per timed call per runner, or the error text of a runner that failed.
+
+    Each round visits every live runner once (order rotated by one per round); per visit: `settle`
+    (at most `settle_s`), `lead_in` untimed calls, one timed call, then `hook(name, round, seconds)`.
+    The seconds waited in each settle step are appended to `settle_log` when given.
+    """
+    names = list(runners)
+    samples: dict[str, list[float] | str] = {n: [] for n in names}
+    for n in names:
+        try:
+            for _ in range(warmup):
+                runners[n](x)
+        except Exception as e:  # a broken peer is recorded, the others still run
+            samples[n] = f"failed: {type(e).__name__}: {e}"
+            log.warning("runner %s failed: %s", n, e)
+    live = [n for n in names if isinstance(samples[n], list)]
+    for r in range(repeats):
+        k = r % max(1, len(live))
+        for n in live[k:] + live[:k]:
+            waited = settle(settle_s, probe_s, idle_fraction, clocks)
+            if settle_log is not None:
+                settle_log.append(waited)
+            for _ in range(lead_in):
+                runners[n](x)
+            t0 = clocks.wall()
+            runners[n](x)
+            dt = clocks.wall() - t0
+            samples[n].append(dt)  # type: ignore[union-attr]
+            if hook is not None:
+                hook(n, r, dt)
+    return samples

@@ -1,0 +1,114 @@
+"""The settle mechanism of the harness on a simulated machine: a fake clock, runners whose thread pools
+keep spinning after each call, and a slowdown while another runtime's pool spins. Deterministic:
+no wall-clock thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcompile.bench.timing import Clocks, settle, time_runners
+
+
+class FakeMachine:
+    """Wall and process-CPU clocks driven by the calls; `spin_until` is when the last runner's pool stops
+    spinning (it burns one core of process CPU time until then). A call that starts while *another*
+    runner's pool spins takes `slowdown` times longer (its cores are stolen)."""
+
+    def __init__(self, slowdown: float = 3.0):
+        self.t = 0.0
+        self.cpu_t = 0.0
+        self.spin_until = 0.0
+        self.spinner: str | None = None
+        self.slowdown = slowdown
+        self.sleeps: list[float] = []
+        self.calls: list[tuple[str, float]] = []  # (runner, start time)
+
+    def sleep(self, d: float) -> None:
+        self.sleeps.append(d)
+        self.cpu_t += max(0.0, min(self.t + d, self.spin_until) - self.t)  # the spinning pool's CPU time
+        self.t += d
+
+    def clocks(self) -> Clocks:
+        return Clocks(wall=lambda: self.t, cpu=lambda: self.cpu_t, sleep=self.sleep)
+
+    def runner(self, name: str, seconds: float, spin: float):
+        def run(x: np.ndarray) -> np.ndarray:
+            self.calls.append((name, self.t))
+            contended = self.spinner not in (None, name) and self.t < self.spin_until
+            d = seconds * (self.slowdown if contended else 1.0)
+            self.t += d
+            self.cpu_t += d
+            self.spin_until, self.spinner = self.t + spin, name
+            return x
+
+        return run
+
+
+def test_settle_waits_until_the_process_is_idle():
+    m = FakeMachine()
+    m.runner("a", 0.001, spin=0.007)(np.zeros(1))  # pool spins 7 ms after the call
+    waited = settle(0.2, 0.002, 0.05, m.clocks())
+    # probes of 2 ms: [0,2) [2,4) [4,6) busy, [6,8) busy 1 ms, [8,10) idle -> stop after 5 probes
+    assert m.sleeps == [0.002] * 5
+    assert waited == pytest.approx(0.010)
+
+
+def test_settle_is_capped_and_disabled_by_zero():
+    m = FakeMachine()
+    m.runner("a", 0.001, spin=10.0)(np.zeros(1))  # a pool that never parks
+    waited = settle(0.05, 0.002, 0.05, m.clocks())
+    assert waited == pytest.approx(0.05, abs=0.002) and waited >= 0.05
+    assert len(m.sleeps) == round(waited / 0.002)
+    m2 = FakeMachine()
+    assert settle(0.0, 0.002, 0.05, m2.clocks()) == 0.0 and m2.sleeps == []
+
+
+def _machine_and_runners():
+    m = FakeMachine(slowdown=3.0)
+    runners = {"torch": m.runner("torch", 0.014, spin=0.004), "ort": m.runner("ort", 0.002, spin=0.040)}
+    return m, runners
+
+
+def test_without_settle_interleaving_contaminates_and_with_settle_it_does_not():
+    m, runners = _machine_and_runners()
+    raw = time_runners(runners, np.zeros(1), repeats=6, warmup=1, clocks=m.clocks())
+    # the rotating order visits T O | O T | T O | ...: a call that follows the other runtime while its pool
+    # still spins is 3x slower; one that follows itself (round boundary) is not
+    assert raw["torch"] == pytest.approx([0.042, 0.042, 0.014, 0.042, 0.014, 0.042])
+    assert raw["ort"] == pytest.approx([0.006, 0.002, 0.006, 0.002, 0.006, 0.002])
+
+    m, runners = _machine_and_runners()
+    waits: list[float] = []
+    calls: list[tuple[str, int, float]] = []
+    s = time_runners(runners, np.zeros(1), repeats=6, warmup=1, settle_s=0.2, lead_in=1, clocks=m.clocks(),
+                     settle_log=waits, hook=lambda n, r, dt: calls.append((n, r, dt)))
+    assert s["torch"] == pytest.approx([0.014] * 6)  # the solo latencies
+    assert s["ort"] == pytest.approx([0.002] * 6)
+    assert len(waits) == 12 and max(waits) <= 0.2
+    # after torch (4 ms spin) the settle takes 3 probes (6 ms), after ort (40 ms spin) 21 probes (42 ms)
+    assert sorted({round(w, 6) for w in waits}) == [0.006, 0.042]
+    assert [(n, r) for n, r, _ in calls] == [("torch", 0), ("ort", 0), ("ort", 1), ("torch", 1), ("torch", 2),
+                                           ("ort", 2), ("ort", 3), ("torch", 3), ("torch", 4), ("ort", 4),
+                                           ("ort", 5), ("torch", 5)]
+    assert [dt for n, _, dt in calls if n == "torch"] == pytest.approx([0.014] * 6)
+
+
+def test_lead_in_calls_are_untimed_and_precede_the_timed_call():
+    m, runners = _machine_and_runners()
+    s = time_runners(runners, np.zeros(1), repeats=2, warmup=0, settle_s=0.2, lead_in=2, clocks=m.clocks())
+    names = [n for n, _ in m.calls]
+    # per visit: 2 lead-in calls + 1 timed call of the same runner, rounds rotate the order
+    assert names == ["torch"] * 3 + ["ort"] * 3 + ["ort"] * 3 + ["torch"] * 3
+    assert len(s["torch"]) == 2 and len(s["ort"]) == 2
+
+
+def test_failing_runner_is_recorded_and_the_others_still_run():
+    m, runners = _machine_and_runners()
+
+    def boom(x):
+        raise RuntimeError("kernel missing")
+
+    s = time_runners({**runners, "broken": boom}, np.zeros(1), repeats=3, warmup=1, clocks=m.clocks())
+    assert isinstance(s["broken"], str) and "kernel missing" in s["broken"] and s["broken"].startswith("failed:")
+    assert len(s["torch"]) == 3 and len(s["ort"]) == 3

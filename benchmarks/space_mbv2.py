@@ -88,8 +88,9 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, a.resolution, a.resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats,
                         peers=("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq"))
-    res = run_bench(float_copy(sub), x, integer_graph=ig, runners=runners, options=opts,
-                    title=f"largest mobilenet_v2 subnet, 8-bit, {a.resolution}px ({space.count_macs(cfg) / 1e6:.0f} MMAC)")
+    title = f"largest mobilenet_v2 subnet, 8-bit, {a.resolution}px ({space.count_macs(cfg) / 1e6:.0f} MMAC)"
+    res = run_bench(float_copy(sub), x, integer_graph=ig, runners=runners, graph_runners=list(runners), options=opts,
+                    title=title)
     data = res.to_dict() | {"lowering": info, "config": cfg.to_dict()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(data, indent=1, default=str))

@@ -153,32 +153,30 @@ def _db(target: tvm.target.Target) -> TuningDB:
     return db
 
 
-def lookup_knobs(workload: dict, target: tvm.target.Target) -> Any:
-    """Tuned `GemmKnobs` for a workload on a target, or None (then the default schedule is used)."""
-    from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs
-
+def _lookup(workload: dict, target: tvm.target.Target, knob_type: type) -> Any:
+    """The stored record of `workload` as `knob_type(**knobs)`, or None (absent, or not valid knobs)."""
     rec = _db(target).get(workload)
     if rec is None:
         return None
     try:
-        return GemmKnobs(**rec["knobs"])
+        return knob_type(**rec["knobs"])
     except (TypeError, ConfigError) as e:
         log.warning("ignoring bad tuning record for %s: %s", workload, e)
         return None
+
+
+def lookup_knobs(workload: dict, target: tvm.target.Target) -> Any:
+    """Tuned `GemmKnobs` for a workload on a target, or None (then the default schedule is used)."""
+    from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs
+
+    return _lookup(workload, target, GemmKnobs)
 
 
 def lookup_dw_knobs(workload: dict, target: tvm.target.Target) -> Any:
     """Tuned `DwKnobs` of a depthwise workload (`schedules.x86.depthwise_workload`), or None."""
     from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs
 
-    rec = _db(target).get(workload)
-    if rec is None:
-        return None
-    try:
-        return DwKnobs(**rec["knobs"])
-    except (TypeError, ConfigError) as e:
-        log.warning("ignoring bad depthwise tuning record for %s: %s", workload, e)
-        return None
+    return _lookup(workload, target, DwKnobs)
 
 
 def _pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: int, what: dict) -> tuple[Any, float]:

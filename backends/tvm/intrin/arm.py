@@ -21,32 +21,14 @@ Both intrinsics multiply *signed* bytes. Activation codes are unsigned (0..255),
 from __future__ import annotations
 
 import tvm
-from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from qcompile.backends.tvm.intrin.common import dot_desc, register_scoped, target_features
 
 __all__ = ["S8S8_4x4_SDOT", "S8S8_4x4_NEON", "register_arm_intrinsics", "has_dotprod", "has_neon"]
 
 S8S8_4x4_SDOT = "qcompile_s8s8_4x4_sdot"
 S8S8_4x4_NEON = "qcompile_s8s8_4x4_neon"
-
-
-def _desc(scope: str):
-    """C[i] += A[i, k] * B[k], i < 4 pixels, k < 4 (int32 accumulate in `scope`)."""
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4, 0:4], B[0:4])
-            T.writes(C[0:4])
-            for i, r in T.grid(4, 4):
-                with T.sblock("update"):
-                    vi, vr = T.axis.remap("SR", [i, r])
-                    C[vi] = C[vi] + T.cast(A[vi, vr], "int32") * T.cast(B[vr], "int32")
-
-    return desc
 
 
 def _sdot(scope: str):
@@ -119,28 +101,15 @@ def register_arm_intrinsics() -> None:
     if _registered:
         return
     for name, impl in ((S8S8_4x4_SDOT, _sdot), (S8S8_4x4_NEON, _neon)):
-        for scope in ("global", "local"):
-            full = name if scope == "global" else f"{name}_{scope}"
-            if TensorIntrin.get(full, allow_missing=True) is None:
-                TensorIntrin.register(full, _desc(scope), impl(scope))
+        register_scoped(name, lambda scope: dot_desc(4, 4, "int8", "int8", scope), impl)
     _registered = True
-
-
-def _target_features(target: tvm.target.Target) -> set[str]:
-    """Features the aarch64 target enables (mcpu's plus mattr), as LLVM reports them."""
-    from tvm.target import codegen
-
-    try:
-        return {str(f) for f in codegen.llvm_get_cpu_features(target)}
-    except Exception:  # noqa: BLE001 - a target LLVM cannot resolve: trust only explicit +mattr
-        return {str(a).lstrip("+") for a in (target.attrs.get("mattr") or []) if str(a).startswith("+")}
 
 
 def has_dotprod(target: tvm.target.Target) -> bool:
     """True when the aarch64 target may execute `sdot`/`udot` (Armv8.2-A dotprod)."""
-    return "dotprod" in _target_features(target)
+    return "dotprod" in target_features(target)
 
 
 def has_neon(target: tvm.target.Target) -> bool:
     """True when the aarch64 target has Advanced SIMD (every Armv8-A application core does)."""
-    return "neon" in _target_features(target)
+    return "neon" in target_features(target)

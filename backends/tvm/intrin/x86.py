@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from qcompile.backends.tvm.intrin.common import dot_desc, register_scoped, target_features
 
 __all__ = [
     "U8S8_8x4_AVX2",
@@ -54,25 +55,6 @@ U8S8_16x4_VNNI512 = "qcompile_u8s8_16x4_vnni512"
 I16_16x2_AVX512 = "qcompile_i16_16x2_avx512"
 I16_16x2_VNNI512 = "qcompile_i16_16x2_vnni512"
 S8U8_16x4_VNNI512_BCAST = "qcompile_s8u8_16x4_vnni512_bcast"
-
-
-def _desc(lanes: int, k: int, a_dtype: str, b_dtype: str, scope: str = "global"):
-    """TIR description: C[i] += A[i, k] * B[k] for i < lanes, k < k (int32 accumulate in `scope`)."""
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (lanes, k), a_dtype, offset_factor=1)
-        B = T.match_buffer(b, (k,), b_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:lanes, 0:k], B[0:k])
-            T.writes(C[0:lanes])
-            for i, r in T.grid(lanes, k):
-                with T.sblock("update"):
-                    vi, vr = T.axis.remap("SR", [i, r])
-                    C[vi] = C[vi] + T.cast(A[vi, vr], "int32") * T.cast(B[vr], "int32")
-
-    return desc
 
 
 def _u8s8_8x4_avx2(scope: str):
@@ -248,50 +230,33 @@ def register_x86_intrinsics() -> None:
         I16_16x2_AVX512: (2, "int16", "int16", _i16_16x2_512("pmaddwd")),
         I16_16x2_VNNI512: (2, "int16", "int16", _i16_16x2_512("vpdpwssd")),
     }
-    for scope in ("global", "local"):
-        full = S8U8_16x4_VNNI512_BCAST if scope == "global" else f"{S8U8_16x4_VNNI512_BCAST}_{scope}"
-        if TensorIntrin.get(full, allow_missing=True) is None:
-            TensorIntrin.register(full, _bcast_desc(scope), _s8u8_16x4_vnni512_bcast(scope))
-    # "global" accumulators are what TVM's matcher expects by default; "local" ones let the tile live
-    # on the stack (promoted to registers by LLVM) instead of a workspace allocated per parallel task
+    register_scoped(S8U8_16x4_VNNI512_BCAST, _bcast_desc, _s8u8_16x4_vnni512_bcast)
     for name, (k, adt, bdt, impl) in table.items():
-        for scope in ("global", "local"):
-            full = name if scope == "global" else f"{name}_{scope}"
-            if TensorIntrin.get(full, allow_missing=True) is None:
-                lanes = 16 if name in (U8S8_16x4_VNNI512, I16_16x2_AVX512, I16_16x2_VNNI512) else 8
-                TensorIntrin.register(full, _desc(lanes, k, adt, bdt, scope), impl(scope))
+        lanes = 16 if name in (U8S8_16x4_VNNI512, I16_16x2_AVX512, I16_16x2_VNNI512) else 8
+        register_scoped(name, lambda scope, lanes=lanes, k=k, adt=adt, bdt=bdt: dot_desc(lanes, k, adt, bdt, scope),
+                        impl)
     _registered = True
-
-
-def _target_features(target: tvm.target.Target) -> set[str]:
-    """CPU features the target enables (its mcpu's features plus mattr), as LLVM itself reports them."""
-    from tvm.target import codegen
-
-    try:
-        return {str(f) for f in codegen.llvm_get_cpu_features(target)}
-    except Exception:  # noqa: BLE001 - a target LLVM cannot resolve: trust only explicit +mattr
-        return {str(a).lstrip("+") for a in (target.attrs.get("mattr") or []) if str(a).startswith("+")}
 
 
 def has_avx2(target: tvm.target.Target) -> bool:
     """True when the x86 target may execute AVX2 instructions."""
-    return "avx2" in _target_features(target)
+    return "avx2" in target_features(target)
 
 
 def has_avx512(target: tvm.target.Target) -> bool:
     """True when the target can execute 512-bit integer vectors (AVX512-F + AVX512-BW)."""
-    return {"avx512f", "avx512bw"} <= _target_features(target)
+    return {"avx512f", "avx512bw"} <= target_features(target)
 
 
 def has_vnni(target: tvm.target.Target) -> bool:
     """True when the target can execute the 256-bit `vpdpbusd` (AVX512-VL VNNI or AVX-VNNI)."""
-    f = _target_features(target)
+    f = target_features(target)
     return "avxvnni" in f or {"avx512vnni", "avx512vl"} <= f
 
 
 def has_avx512_vnni(target: tvm.target.Target) -> bool:
     """True when the target can execute the 512-bit `vpdpbusd` (AVX512-VNNI + AVX512-BW)."""
-    return {"avx512vnni", "avx512bw"} <= _target_features(target)
+    return {"avx512vnni", "avx512bw"} <= target_features(target)
 
 
 def u8s8_pairs_safe(w_packed: np.ndarray, act_max: int) -> bool:

@@ -333,7 +333,6 @@ class _LinearBase:
     def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
         from tvm import s_tir, te
 
-        from qcompile.backends.tvm.schedules.requant import requant_expr
 
         p = call.params
         node = str(p.get("node", call.op))
@@ -354,21 +353,8 @@ class _LinearBase:
             lambda i, ob, oi: te.sum(x[i, r].astype("int32") * wp[ob, r, oi].astype("int32"), axis=r),
             name="acc",
         )
-        if self.requant:
-            mult = te.placeholder((o,), "int32", name="mult")
-            shift = te.placeholder((o,), "int32", name="shift")
-            smin = int(const_value(args[4], "shift", node).min())
-            lo, hi = int(p["lo"]), int(p["hi"])
-            out = te.compute(
-                (n, o),
-                lambda i, j: requant_expr(acc[i, j // 8, j % 8], bias[j], mult[j], shift[j], lo, hi, smin),
-                name="out",
-            )
-            tins, dt, extra = [x, wp, bias, mult, shift, out], "uint8", [args[3], args[4]]
-        else:
-            out = te.compute((n, o), lambda i, j: acc[i, j // 8, j % 8] + bias[j], name="out")
-            tins, dt, extra = [x, wp, bias, out], "int32", []
-        sch = s_tir.Schedule(te.create_prim_func(tins))
+        outs, dt, extra = self._output_stage(args, p, node, n, o, bias, lambda i, j: acc[i, j // 8, j % 8])
+        sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *outs]))
         blk = sch.get_sblock("acc")
         i, ob, oi, rr = sch.get_loops(blk)
         sch.reorder(i, ob, rr, oi)
@@ -383,6 +369,24 @@ class _LinearBase:
         return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))
 
 
+    def _output_stage(self, args: list[relax.Expr], p: dict, node: str, n: int, o: int, bias: Any,
+                      acc_at: Any) -> tuple[list, str, list]:
+        """(kernel tensors after the bias, output dtype, extra call args): requantize `acc_at(i, j)` with the
+        layer's multipliers, or add the int32 bias for the accumulator op."""
+        from tvm import te
+
+        from qcompile.backends.tvm.schedules.requant import requant_expr
+
+        if not self.requant:
+            return [te.compute((n, o), lambda i, j: acc_at(i, j) + bias[j], name="out")], "int32", []
+        mult = te.placeholder((o,), "int32", name="mult")
+        shift = te.placeholder((o,), "int32", name="shift")
+        smin = int(const_value(args[4], "shift", node).min())
+        lo, hi = int(p["lo"]), int(p["hi"])
+        out = te.compute((n, o), lambda i, j: requant_expr(acc_at(i, j), bias[j], mult[j], shift[j], lo, hi, smin),
+                         name="out")
+        return [mult, shift, out], "uint8", [args[3], args[4]]
+
     def _emit_vnni(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr], n: int, k: int, o: int,
                    node: str) -> relax.Expr:
         """AVX512-VNNI GEMV: int8 weights packed `[O/16, K/4, 16, 4]` (half the bytes of the int16 path), 4
@@ -391,7 +395,6 @@ class _LinearBase:
         from tvm import s_tir, te
 
         from qcompile.backends.tvm.intrin.x86 import S8U8_16x4_VNNI512_BCAST, register_x86_intrinsics
-        from qcompile.backends.tvm.schedules.requant import requant_expr
 
         register_x86_intrinsics()
         p = call.params
@@ -409,21 +412,8 @@ class _LinearBase:
                                      axis=[rb, ri]),
             name="acc",
         )
-        if self.requant:
-            mult = te.placeholder((o,), "int32", name="mult")
-            shift = te.placeholder((o,), "int32", name="shift")
-            smin = int(const_value(args[4], "shift", node).min())
-            lo, hi = int(p["lo"]), int(p["hi"])
-            out = te.compute(
-                (n, o),
-                lambda i, j: requant_expr(acc[i, j // 16, j % 16], bias[j], mult[j], shift[j], lo, hi, smin),
-                name="out",
-            )
-            tins, dt, extra = [x, wp, bias, mult, shift, out], "uint8", [args[3], args[4]]
-        else:
-            out = te.compute((n, o), lambda i, j: acc[i, j // 16, j % 16] + bias[j], name="out")
-            tins, dt, extra = [x, wp, bias, out], "int32", []
-        sch = s_tir.Schedule(te.create_prim_func(tins))
+        outs, dt, extra = self._output_stage(args, p, node, n, o, bias, lambda i, j: acc[i, j // 16, j % 16])
+        sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *outs]))
         blk = sch.get_sblock("acc")
         i, ob, oi, rb_, ri_ = sch.get_loops(blk)
         inner = 4 if ob_n % 4 == 0 else (2 if ob_n % 2 == 0 else 1)

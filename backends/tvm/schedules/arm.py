@@ -41,7 +41,7 @@ from qcompile.backends.tvm.intrin.arm import (
     has_dotprod,
     register_arm_intrinsics,
 )
-from qcompile.backends.tvm.schedules.gemm_x86 import ConvGeometry, pack_weights
+from qcompile.backends.tvm.schedules.gemm_x86 import ConvGeometry, _fit_to, pack_weights
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86 import const_value, conv_kind
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
@@ -102,14 +102,6 @@ def fold_code_offset(bias: np.ndarray, w: np.ndarray) -> np.ndarray:
     """int64 per-channel `bias + 128 * sum_k w[o, k]`: the bias that makes the shifted GEMM exact."""
     w2 = np.asarray(w).reshape(w.shape[0], -1).astype(np.int64)
     return np.asarray(bias).astype(np.int64) + CODE_OFFSET * w2.sum(axis=1)
-
-
-def _fit_to(o: int, to: int) -> int:
-    """Largest divisor of `o` not above `to` (the channel tile must divide O: no channel padding)."""
-    for t in range(min(to, o), 0, -1):
-        if o % t == 0:
-            return t
-    return 1
 
 
 def gemm_conv_arm(

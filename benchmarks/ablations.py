@@ -1,8 +1,8 @@
 """Supernet-training ablations of the seed papers on digits, one per invocation.
 
     .venv/bin/python benchmarks/ablations.py batchquant   # BatchQuant vs EMA min/max (QFA Table 4 / Sec. 5)
-    .venv/bin/python benchmarks/ablations.py two-stage    # two-stage vs single-stage elastic quantization (QFA Table 3)
-    .venv/bin/python benchmarks/ablations.py inheritance  # 2-bit by bit inheritance 4->3->2 vs direct 2-bit (OQA 3.4)
+    .venv/bin/python benchmarks/ablations.py two-stage    # two-stage (65:125 split) vs single-stage (QFA Table 3)
+    .venv/bin/python benchmarks/ablations.py inheritance  # bit inheritance 4->3->2 vs direct 2-bit QAT (OQA 3.4, A.2)
     .venv/bin/python benchmarks/ablations.py bitsched     # with vs without bit scheduler + IDM (retraining-free 3.3)
     .venv/bin/python benchmarks/ablations.py acceptance   # the default `qcompile train` run + its acceptance figures
 
@@ -10,7 +10,7 @@ Every arm starts from the same float supernet (trained once per seed and cached 
 its quantized phases with the sandwich rule, and is evaluated retraining-free: `qc.extract` +
 `qc.calibrate` (8 training batches) per subnet, top-1 on the digits test split. Arm results are
 cached in OUT/arms.json (an arm shared by two ablations is trained once). The table is printed
-and written to OUT/<ablation>-seed<S>.md.
+and written to OUT/<ablation>-seed<S>.md. `--epochs e` scales every budget (see `train_arm`).
 """
 
 from __future__ import annotations
@@ -36,16 +36,18 @@ log = logging.getLogger("ablations")
 
 ABLATIONS = {
     "batchquant": ("two-stage", "ema", "learned"),
-    "two-stage": ("two-stage", "single-stage"),
-    "inheritance": ("inherit-4-3-2", "direct-2"),
+    "two-stage": ("two-stage-qfa", "single-stage"),
+    "inheritance": ("inherit-oqa", "direct-2"),
     "bitsched": ("two-stage", "two-stage+bitsched+idm"),
 }
 ARM_TITLES = {
     "two-stage": "BatchQuant, two-stage {2,3,4,32} -> {2,3,4}",
     "ema": "EMA min/max, two-stage {2,3,4,32} -> {2,3,4}",
     "learned": "learned scale + offset (LSQ+-style), two-stage {2,3,4,32} -> {2,3,4}",
+    "two-stage-qfa": "BatchQuant, two-stage {2,3,4,32} -> {2,3,4}, QFA's 65:125 split",
     "single-stage": "BatchQuant, single-stage {2,3,4}",
-    "inherit-4-3-2": "bit inheritance 4 -> 3 -> 2 (K-bit teacher)",
+    "inherit-4-3-2": "bit inheritance 4 -> 3 -> 2, equal split of the 2-bit arm's epochs (K-bit teacher)",
+    "inherit-oqa": "bit inheritance 4 -> 3 -> 2, OQA's 25:120 split of the 2-bit arm's epochs (K-bit teacher)",
     "direct-2": "direct 2-bit QAT from float",
     "two-stage+bitsched+idm": "two-stage, stage 2 with bit scheduler + IDM",
 }
@@ -77,8 +79,48 @@ def float_supernet(args: argparse.Namespace, space, data) -> torch.fx.GraphModul
     return graph
 
 
+def qfa_split(total: int) -> tuple[int, int]:
+    """Stage lengths of QFA's two-stage elastic quantization for `total` quantized epochs.
+
+    QFA Sec. 4 / Table 3: 65 epochs {2,3,4,32} then 125 epochs {2,3,4}, against 190 epochs of
+    {2,3,4} for single-stage: the same total, the first stage 65/190 of it (at least one epoch).
+    """
+    first = min(max(1, round(total * 65 / 190)), total - 1)
+    return first, total - first
+
+
+def oqa_split(total: int) -> tuple[int, int]:
+    """Epochs at 3 and at 2 bits of OQA's bit inheritance, for `total` epochs of direct 2-bit QAT.
+
+    OQA A.2: QAT trains 150 epochs from the float model; bit inheritance starts from the 4-bit
+    supernet (OQA Step 1, which exists before either arm: the 4-bit product) and spends 25 epochs at
+    3 bits, then 120 at 2 bits: 145 epochs after the 4-bit supernet, the QAT budget. The epochs that
+    count are those after the 4-bit supernet; the 3-bit share is 25/145 (at least one epoch).
+    """
+    three = min(max(1, round(total * 25 / 145)), total - 1)
+    return three, total - three
+
+
+def _inherit(qnet, args, space, data, tc, epochs_per_bits: dict[int, int]) -> None:
+    """OQA Sec. 3.4: 4-bit supernet, then inherit 4 -> 3 -> 2 (steps doubled, BN re-estimated, K-bit
+    supernet as the KD teacher of the K-1 bit one), `epochs_per_bits[k]` epochs at k bits."""
+    Trainer(qnet, space, data, tc, [Phase("bits-4", epochs_per_bits[4], bits=(4,))]).fit()
+    for k in (4, 3):
+        batches = data.train.loader(64, shuffle=True, seed=args.seed + k)
+        # OQA recalibrates BN on 4096 images; digits' training split has 1 259, so all of them.
+        teacher = bit_inheritance(qnet, space, k, k - 1, batches, qc.set_active, num_images=4096)
+        phase = Phase(f"bits-{k - 1}", epochs_per_bits[k - 1], bits=(k - 1,), teacher="external")
+        Trainer(qnet, space, data, tc, [phase], teacher=teacher, teacher_bits=k).fit()
+
+
 def train_arm(arm: str, args: argparse.Namespace, space, data, fgraph) -> torch.nn.Module:
-    """Train arm `arm` from a copy of the float supernet; returns the quantized supernet."""
+    """Train arm `arm` from a copy of the float supernet; returns the quantized supernet.
+
+    Budgets (e = `--epochs`): the BatchQuant/bit-scheduler arms run e + e epochs; the two-stage
+    ablation compares 2e epochs split 65:125 (`qfa_split`) with 2e epochs of {2,3,4}; the
+    inheritance ablation compares 3e epochs of direct 2-bit QAT from float with a 4-bit supernet
+    (e epochs) followed by 3e epochs split 25:120 between 3 and 2 bits (`oqa_split`).
+    """
     e = args.epochs
     tc = _tc(args)
     act_quant = {"ema": "ema", "learned": "learned"}.get(arm, "batchquant")
@@ -90,17 +132,19 @@ def train_arm(arm: str, args: argparse.Namespace, space, data, fgraph) -> torch.
             Phase("bits-2-3-4", e, bits=(2, 3, 4), bit_schedule=sched, idm_weight=args.idm_weight if sched else 0.0),
         ]
         Trainer(qnet, space, data, tc, phases).fit()
+    elif arm == "two-stage-qfa":
+        first, second = qfa_split(2 * e)
+        phases = [Phase("bits-2-3-4-32", first, bits=(2, 3, 4, 32)), Phase("bits-2-3-4", second, bits=(2, 3, 4))]
+        Trainer(qnet, space, data, tc, phases).fit()
     elif arm == "single-stage":
         Trainer(qnet, space, data, tc, [Phase("bits-2-3-4", 2 * e, bits=(2, 3, 4))]).fit()
     elif arm == "direct-2":
         Trainer(qnet, space, data, tc, [Phase("bits-2", 3 * e, bits=(2,))]).fit()
+    elif arm == "inherit-oqa":
+        three, two = oqa_split(3 * e)
+        _inherit(qnet, args, space, data, tc, {4: e, 3: three, 2: two})
     elif arm == "inherit-4-3-2":
-        Trainer(qnet, space, data, tc, [Phase("bits-4", e, bits=(4,))]).fit()
-        for k in (4, 3):
-            batches = data.train.loader(64, shuffle=True, seed=args.seed + k)
-            teacher = bit_inheritance(qnet, space, k, k - 1, batches, qc.set_active, num_images=1024)
-            phase = Phase(f"bits-{k - 1}", e, bits=(k - 1,), teacher="external")
-            Trainer(qnet, space, data, tc, [phase], teacher=teacher, teacher_bits=k).fit()
+        _inherit(qnet, args, space, data, tc, {4: e, 3: e, 2: e})
     else:
         raise ValueError(arm)
     return qnet
@@ -108,7 +152,7 @@ def train_arm(arm: str, args: argparse.Namespace, space, data, fgraph) -> torch.
 
 def evaluate_arm(arm: str, args: argparse.Namespace, space, data, qnet) -> dict[str, float]:
     rng = random.Random(1000 + args.seed)
-    two_bit = arm in ("inherit-4-3-2", "direct-2")
+    two_bit = arm in ("inherit-4-3-2", "inherit-oqa", "direct-2")
     mixed = (2,) if two_bit else (2, 3, 4)
     top = 2 if two_bit else 4
     cfgs = [space.largest(bits=top), space.smallest(bits=2)]

@@ -82,6 +82,7 @@ def cmd_train(args) -> int:
         resume=args.resume,
         data_root=args.data_root,
         threads=args.threads,
+        train_config={"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else None,
     )
     return 0
 
@@ -148,7 +149,7 @@ def cmd_lower(args) -> int:
     import qcompile as qc
 
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=args.tune)
+    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials)
     low.export(args.out)
     print(f"lowered for {args.target} into {args.out}")
     return 0
@@ -158,7 +159,7 @@ def cmd_tune(args) -> int:
     import qcompile as qc
 
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=True)
+    low = qc.lower(sub, target=args.target, tune=True, trials=args.trials)
     if args.out:
         low.export(args.out)
     print(f"tuned {args.subnet} for {args.target}; tuning database updated (reused by every later lowering)")
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); 1 is fastest on a loaded machine")
+    s.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS optimiser steps (default: at epoch ends only)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("extract", help="slice a subnet out of a trained run")
@@ -276,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("subnet", help="calibrated subnet directory")
         s.add_argument("--target", default="x86", help="x86 | arm_cpu | TVM target JSON")
+        s.add_argument("--trials", type=int, default=None,
+                       help="schedules timed per kernel when tuning (default: all candidates)")
         if name == "lower":
             s.add_argument("--tune", action="store_true")
             s.add_argument("--out", required=True, help="lowered directory")

@@ -10,7 +10,12 @@ Layout of a checkpoint directory:
 
 A save writes both files into a temporary directory (each fsync'ed), renames it to a fresh
 `ckpt-*` name and only then swaps `latest` (temp file + fsync + rename). A crash or error at any
-point leaves `latest` on the previous complete checkpoint; loading verifies the sha256.
+point leaves `latest` on the previous complete checkpoint; loading verifies the sha256. Temporary
+directories left by a writer that was killed are removed by the next save.
+
+Fault injection (tests only): when the environment variable `QCOMPILE_CKPT_WRITE_DELAY` holds a
+number of seconds, a save sleeps that long after writing the tensors into its temporary directory,
+before the metadata and the renames, so that a test can SIGKILL the process mid-save.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from qcompile.errors import CheckpointError
+from qcompile.errors import CheckpointError, ConfigError
 from qcompile.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ VERSION = 1
 TENSORS = "tensors.safetensors"
 META = "meta.json"
 LATEST = "latest"
+TMP_PREFIX = ".tmp-ckpt-"
+WRITE_DELAY_ENV = "QCOMPILE_CKPT_WRITE_DELAY"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -119,13 +127,15 @@ def save_checkpoint(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-ckpt-"))
+    _remove_stale_tmp(directory)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=TMP_PREFIX))
     try:
         data = st_save({k: v.detach().contiguous().clone() for k, v in tensors.items()})
         digest = hashlib.sha256(data).hexdigest()
         full = {"format": FORMAT, "version": VERSION, **meta, "tensors_sha256": digest}
         text = json.dumps(full, indent=1, sort_keys=True, allow_nan=True)
         _write_synced(tmp / TENSORS, data)
+        _injected_delay()
         _write_synced(tmp / META, text.encode())
         _fsync_dir(tmp)
         name = f"ckpt-{step:08d}"
@@ -144,6 +154,29 @@ def save_checkpoint(
     _prune(directory, keep, final)
     logger.info("checkpoint: saved %s", final)
     return final
+
+
+def _remove_stale_tmp(directory: Path) -> None:
+    """Delete temporary directories of saves that never finished (the writer was killed).
+
+    One process writes a run's checkpoints (rank 0), so any temporary directory present before a
+    save starts belongs to a dead writer.
+    """
+    for p in directory.glob(TMP_PREFIX + "*"):
+        logger.warning("checkpoint: removing %s, left by an interrupted save", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _injected_delay() -> None:
+    """Sleep `$QCOMPILE_CKPT_WRITE_DELAY` seconds mid-save (fault injection for the kill tests)."""
+    value = os.environ.get(WRITE_DELAY_ENV)
+    if not value:
+        return
+    try:
+        delay = float(value)
+    except ValueError as e:
+        raise ConfigError(WRITE_DELAY_ENV, value, "a number of seconds") from e
+    time.sleep(delay)
 
 
 def _prune(directory: Path, keep: int, current: Path) -> None:

@@ -181,6 +181,8 @@ class TrainConfig:
             raise ConfigError("TrainConfig.kd_temperature", self.kd_temperature, "> 0")
         if self.bit_schedule_every < 1:
             raise ConfigError("TrainConfig.bit_schedule_every", self.bit_schedule_every, ">= 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError("TrainConfig.checkpoint_every", self.checkpoint_every, ">= 0 (0: epoch ends only)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

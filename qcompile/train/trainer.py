@@ -349,7 +349,9 @@ class Trainer:
             while self.epoch_in_phase < phase.epochs:
                 self.loader.set_epoch(self.global_epoch)
                 self.loader.skip(self.batch_in_epoch)
-                losses: list[float] = []
+                # A resumed epoch's mean loss also counts the steps run before the checkpoint.
+                start = self.global_step - self.batch_in_epoch
+                losses: list[float] = [h["loss"] for h in self.history if h["step"] >= start]
                 lr = 0.0
                 bar = tqdm(
                     self.loader,
@@ -371,7 +373,10 @@ class Trainer:
                     self.batch_in_epoch += 1
                     self.step_in_phase += 1
                     self.global_step += 1
-                    if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
+                    # Step checkpoints (mid-epoch); the last step of an epoch is saved just below,
+                    # after the epoch's log entry, so it is not written twice.
+                    every = self.cfg.checkpoint_every
+                    if every and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
                         self._autosave()
                 bar.close()
                 self.batch_in_epoch = 0

@@ -32,3 +32,14 @@ def space():
 def net(space):
     torch.manual_seed(0)
     return space.build_supernet()
+
+
+@pytest.fixture(scope="session")
+def kill_reference_run(tmp_path_factory):
+    """An uninterrupted run of kill_worker.py: (final checkpoint tensors, meta, per-step losses)."""
+    from kill_support import final_checkpoint, run_worker
+
+    run = tmp_path_factory.mktemp("kill-reference")
+    steps = run_worker(run)
+    tensors, meta = final_checkpoint(run)
+    return tensors, meta, steps

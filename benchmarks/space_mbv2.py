@@ -1,7 +1,7 @@
 """Issue 7's acceptance workload: the largest `mobilenet_v2` space subnet at 224, 8-bit, through qcompile.
 
-    QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.space_mbv2 --out benchmarks/space_mbv2.json \\
-        --markdown docs/benchmarks_space.md
+    QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.space_mbv2 --trials 12 \\
+        --out benchmarks/space_mbv2.json --markdown docs/benchmarks_space.md
 
 What it runs, in one process: `space.largest(bits=8)` of `qcompile.spaces.mobilenet_v2(num_classes=1000)` (OQA
 Table 7: kernel 7, expand 6, depth 4 everywhere; 606 MMAC at 224), quantized with every layer at 8 bits (first
@@ -43,7 +43,7 @@ def build_subnet(resolution: int = 224, seed: int = 0):
     return sub, qc.to_integer(sub), cfg, space
 
 
-def lowerings(ig, threads: int, tune: bool = True) -> tuple[dict, dict]:
+def lowerings(ig, threads: int, tune: bool = True, trials: int | None = None) -> tuple[dict, dict]:
     """`{row name: Lowered}` untuned (empty database) and, with `tune`, tuned (persistent database)."""
     import qcompile as qc
 
@@ -60,10 +60,10 @@ def lowerings(ig, threads: int, tune: bool = True) -> tuple[dict, dict]:
         os.environ["QCOMPILE_CACHE"] = warm
     if tune:
         t0 = time.perf_counter()
-        runners["qcompile_tvm_tuned"] = qc.lower(ig, target="x86", num_threads=threads, tune=True)
+        runners["qcompile_tvm_tuned"] = qc.lower(ig, target="x86", num_threads=threads, tune=True, trials=trials)
         tune_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        qc.lower(ig, target="x86", num_threads=threads, tune=True)  # the warm-database lowering time
+        qc.lower(ig, target="x86", num_threads=threads, tune=True, trials=trials)  # warm-database lowering time
         info["qcompile_tvm_tuned"] = {"tune_and_lower_s": round(tune_s, 1),
                                       "warm_lower_s": round(time.perf_counter() - t0, 1)}
     return runners, info
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-tune", action="store_true")
+    ap.add_argument("--trials", type=int, default=None, help="schedules timed per kernel when tuning")
     ap.add_argument("--out", default="benchmarks/space_mbv2.json")
     ap.add_argument("--markdown", default=None)
     a = ap.parse_args()
@@ -84,7 +85,7 @@ def main() -> None:
     from qcompile.bench_run import float_copy
 
     sub, ig, cfg, space = build_subnet(a.resolution)
-    runners, info = lowerings(ig, a.threads, tune=not a.no_tune)
+    runners, info = lowerings(ig, a.threads, tune=not a.no_tune, trials=a.trials)
     x = np.random.default_rng(0).standard_normal((1, 3, a.resolution, a.resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats,
                         peers=("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq"))

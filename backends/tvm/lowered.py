@@ -27,6 +27,7 @@ import numpy as np
 from qcompile.backends.tvm.emitter import emit_relax
 from qcompile.backends.tvm.pipeline import Pipeline, build_pass, default_pipeline
 from qcompile.backends.tvm.targets import TargetSpec, resolve_target
+from qcompile.backends.tvm.threads import ensure_thread_default
 from qcompile.errors import CheckpointError, ConfigError, LoweringError
 from qcompile.ops.graph import IntegerGraph
 
@@ -158,8 +159,14 @@ class Lowered:
         from tvm import relax
 
         if self._vm is None:
-            if self.num_threads:
+            pool = ensure_thread_default(self.num_threads)
+            if self.num_threads and int(self.num_threads) != pool:
+                # a different count than the pool was made with: resize it, but keep this thread's CPU set
+                # (config_threadpool pins the caller to one core, and later threads would inherit that)
+                aff = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
                 tvm.get_global_func("runtime.config_threadpool")(1, int(self.num_threads))
+                if aff is not None:
+                    os.sched_setaffinity(0, aff)
             self._vm = relax.VirtualMachine(self._exec, tvm.cpu())
         return self._vm
 

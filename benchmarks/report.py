@@ -286,7 +286,8 @@ def markdown(res: dict, command: str) -> str:
         "",
         "Modes: `i16` = exact int16 `vpmaddwd` path (8-bit weights x 8-bit codes can saturate",
         "`vpmaddubsw`), `u8s8` = `vpmaddubsw` (chosen when the layer's weights provably cannot saturate),",
-        "`vnni`/`vnni512` = `vpdpbusd` ymm/zmm, `dw` = depthwise row-vectorised kernel.",
+        "`vnni`/`vnni512` = `vpdpbusd` ymm/zmm, `dw-rowsN` / `dw-pairsN` = depthwise row kernel / tap-pair kernel at N",
+        "int32 lanes (the schedule the strategy picks: a tuning record, else `default_dw_knobs`).",
         "",
     ]
     lines += NOTES

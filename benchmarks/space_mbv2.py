@@ -10,6 +10,12 @@ twice: untuned (an empty tuning database: our default schedules) and tuned (`tun
 the persistent database first; a warm database makes this a lookup). Peers run the same subnet's float copy:
 onnxruntime INT8 (`quantize_static`, QDQ, MLAS), onnxruntime fp32, torch fp32, torch.ao INT8 (x86), all through
 `qcompile.bench.run_bench` (interleaved rounds, fixed threads). Random weights: latency only.
+
+Interleaved in one process, onnxruntime's median comes out inflated (its minimum matches a solo run; see
+docs/benchmarks.md). `--solo RUNNER` times one runner alone in this process (`ort_int8_qdq`, `ort_fp32`,
+`torch_fp32`, `qcompile_tvm_untuned`, `qcompile_tvm_tuned`); run it once per runner for solo medians:
+
+    for r in ort_int8_qdq qcompile_tvm_tuned; do .venv/bin/python -m benchmarks.space_mbv2 --trials 12 --solo $r; done
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=None, help="schedules timed per kernel when tuning")
     ap.add_argument("--out", default="benchmarks/space_mbv2.json")
     ap.add_argument("--markdown", default=None)
+    ap.add_argument("--solo", default=None, help="time only this runner, alone in the process")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from qcompile.bench import BenchOptions, run_bench
@@ -85,13 +92,25 @@ def main() -> None:
     from qcompile.bench_run import float_copy
 
     sub, ig, cfg, space = build_subnet(a.resolution)
-    runners, info = lowerings(ig, a.threads, tune=not a.no_tune, trials=a.trials)
+    peers = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq")
+    if a.solo and a.solo.startswith("qcompile_"):
+        peers = ()
+        runners, info = lowerings(ig, a.threads, tune=a.solo == "qcompile_tvm_tuned", trials=a.trials)
+        runners = {a.solo: runners[a.solo]}
+    elif a.solo:
+        peers, runners, info = (a.solo,), {}, {}
+    else:
+        runners, info = lowerings(ig, a.threads, tune=not a.no_tune, trials=a.trials)
     x = np.random.default_rng(0).standard_normal((1, 3, a.resolution, a.resolution)).astype(np.float32)
-    opts = BenchOptions(threads=a.threads, repeats=a.repeats,
-                        peers=("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq"))
+    opts = BenchOptions(threads=a.threads, repeats=a.repeats, peers=peers)
     title = f"largest mobilenet_v2 subnet, 8-bit, {a.resolution}px ({space.count_macs(cfg) / 1e6:.0f} MMAC)"
     res = run_bench(float_copy(sub), x, integer_graph=ig, runners=runners, graph_runners=list(runners), options=opts,
                     title=title)
+    if a.solo:
+        r = res.by_name()[a.solo]
+        log.info("SOLO %s median %.2f ms (p10 %.2f, p90 %.2f, min %.2f)", a.solo, r.median_ms, r.p10_ms, r.p90_ms,
+                 r.min_ms)
+        return
     data = res.to_dict() | {"lowering": info, "config": cfg.to_dict()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(data, indent=1, default=str))
@@ -99,10 +118,14 @@ def main() -> None:
     by = res.by_name()
     ort = by.get("ort_int8_qdq")
     if ort is not None and ort.median_ms:
-        md += "\n\n| qcompile row | median ms | x onnxruntime INT8 (median) | lowering |\n|---|---:|---:|---|\n"
+        md += ("\n\n| qcompile row | median ms | min ms | x onnxruntime INT8 (median) | x onnxruntime INT8 (min) "
+               "| lowering |\n|---|---:|---:|---:|---:|---|\n")
         for name in runners:
             r = by[name]
-            md += f"| {name} | {r.median_ms:.2f} | {r.median_ms / ort.median_ms:.2f} | {info.get(name, {})} |\n"
+            md += (f"| {name} | {r.median_ms:.2f} | {r.min_ms:.2f} | {r.median_ms / ort.median_ms:.2f} | "
+                   f"{r.min_ms / ort.min_ms:.2f} | {info.get(name, {})} |\n")
+        md += ("\nonnxruntime's median is inflated when it shares the process with the other runtimes (its minimum "
+               "matches a solo run): compare minima, or solo runs (`--solo`).\n")
     if a.markdown:
         Path(a.markdown).write_text(md + "\n")
     log.info("\n%s", md)

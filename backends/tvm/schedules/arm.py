@@ -41,7 +41,7 @@ from qcompile.backends.tvm.intrin.arm import (
     has_dotprod,
     register_arm_intrinsics,
 )
-from qcompile.backends.tvm.schedules.gemm_x86 import ConvGeometry, _fit_to, pack_weights
+from qcompile.backends.tvm.schedules.gemm_x86 import ConvGeometry, _fit_to, gemm_requant_stages, pack_weights
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86 import const_value, conv_kind
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
@@ -156,29 +156,8 @@ def gemm_conv_arm(
             val = (code.astype("int16") - off).astype("int8")
             return tirx.if_then_else(tirx.all(kk < k, j < p), val, tirx.const(0, "int8"))
 
-    xp = te.compute((kb, pp, 4), lambda b, j, i: gather(b * 4 + i, j), name="xpack")
-    rb = te.reduce_axis((0, kb), name="rb")
-    ri = te.reduce_axis((0, 4), name="ri")
-    acc = te.compute(
-        (o, pp),
-        lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
-        name="gemm",
-    )
-    ragged = pp != p
-    if requant:
-        mult = te.placeholder((o,), "int32", name="mult")
-        shift = te.placeholder((o,), "int32", name="shift")
-        res = te.compute(
-            (o, pp) if ragged else (o, p),
-            lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min),
-            name="epilogue",
-        )
-        args = [x, wp, bias, mult, shift]
-    else:
-        res = te.compute((o, pp) if ragged else (o, p), lambda c, j: acc[c, j] + bias[c], name="epilogue")
-        args = [x, wp, bias]
-    out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if ragged else res
-    sch = s_tir.Schedule(te.create_prim_func([*args, out]).with_attr("global_symbol", "main"))
+    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, lo, hi, shift_min)
+    sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *stages]).with_attr("global_symbol", "main"))
 
     pk = sch.get_sblock("xpack")
     b, j, i = sch.get_loops(pk)
@@ -203,7 +182,7 @@ def gemm_conv_arm(
     sch.vectorize(sch.get_loops(init)[-1])
     _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, _LANES])
     sch.vectorize(e_ji)
-    if ragged:
+    if pp != p:
         sch.reverse_compute_at(sch.get_sblock("crop"), outer)
     return sch.mod["main"]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
@@ -128,6 +129,36 @@ def _fit_to(o: int, to: int) -> int:
     return 1
 
 
+def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
+                        pp: int, lo: int | None, hi: int | None, shift_min: int) -> list[te.Tensor]:
+    """The stages every packed-GEMM conv kernel shares (x86 and aarch64), named as their schedules expect:
+    `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[o, j]`), `epilogue` (requantize with the
+    `bterm` bias, or add the int32 bias when `lo is None`) over whole tiles, and `crop` to P columns when the
+    pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
+    Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift,] out`."""
+    kb, g = kgroups
+    xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
+    rb = te.reduce_axis((0, kb), name="rb")
+    ri = te.reduce_axis((0, g), name="ri")
+    acc = te.compute(
+        (o, pp),
+        lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
+        name="gemm",
+    )
+    shape = (o, pp) if pp != p else (o, p)
+    if lo is not None:
+        mult = te.placeholder((o,), "int32", name="mult")
+        shift = te.placeholder((o,), "int32", name="shift")
+        res = te.compute(shape, lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min),
+                         name="epilogue")
+        ins = [mult, shift]
+    else:
+        res = te.compute(shape, lambda c, j: acc[c, j] + bias[c], name="epilogue")
+        ins = []
+    out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if pp != p else res
+    return [*ins, out]
+
+
 def pointwise_conv_x86(
     k: int,
     p: int,
@@ -194,31 +225,8 @@ def pointwise_conv_x86(
                 return xpad[c_, yy, xx].astype(xdt)
             return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
 
-    xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
-    rb = te.reduce_axis((0, kb), name="rb")
-    ri = te.reduce_axis((0, g), name="ri")
-    acc = te.compute(
-        (o, pp),
-        lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
-        name="gemm",
-    )
-    ragged = pp != p
-    if requant:
-        mult = te.placeholder((o,), "int32", name="mult")
-        shift = te.placeholder((o,), "int32", name="shift")
-        # requantize the whole (padded) tile with full vectors, then copy the valid columns: on ragged
-        # tiles a predicated requantize would run scalar int64 code per element
-        res = te.compute(
-            (o, pp) if ragged else (o, p),
-            lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min),
-            name="epilogue",
-        )
-        out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if ragged else res
-        args = [x, wp, bias, mult, shift, out]
-    else:
-        res = te.compute((o, pp) if ragged else (o, p), lambda c, j: acc[c, j] + bias[c], name="epilogue")
-        out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if ragged else res
-        args = [x, wp, bias, out]
+    stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, lo, hi, shift_min)
+    args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
@@ -258,7 +266,7 @@ def pointwise_conv_x86(
     eloops = sch.get_loops(ep)
     _, e_ji = sch.split(eloops[-1], [None, ln])
     sch.vectorize(e_ji)
-    if ragged:
+    if pp != p:
         crop = sch.get_sblock("crop")
         sch.reverse_compute_at(crop, outer)
     return sch.mod["main"]

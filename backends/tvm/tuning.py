@@ -202,7 +202,7 @@ def _pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: 
 def gemm_candidates(o: int, lanes: int = 8) -> list[Any]:
     """Tile candidates of the tensorized GEMM: register-resident tiles (4..16 accumulators of 8 lanes on
     AVX2's 16 ymm registers, 4..28 of 16 lanes on AVX-512's 32 zmm registers)."""
-    from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs
+    from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs, tile_on_stack
 
     out = []
     max_acc = 28 if lanes == 16 else 16
@@ -212,9 +212,10 @@ def gemm_candidates(o: int, lanes: int = 8) -> list[Any]:
             if o % to == 0 and 4 <= to * tp // lanes <= max_acc:
                 for p_outer in (True, False):
                     out.append(GemmKnobs(to, tp, p_outer))
-    # most promising first (for `trials`): about 2/3 of the vector registers as accumulators, pixels outside
-    best_acc = 20 if lanes == 16 else 10
-    return sorted(out, key=lambda kn: (abs(kn.to * kn.tp // lanes - best_acc), not kn.p_outer))
+    # most promising first (for `trials`): tiles that stay on the stack (no workspace call per tile), then
+    # about 2/3 of the vector registers as accumulators, pixels outside
+    best_acc = 12 if lanes == 16 else 10
+    return sorted(out, key=lambda kn: (not tile_on_stack(kn), abs(kn.to * kn.tp // lanes - best_acc), not kn.p_outer))
 
 
 def _time_func(lib: Any, args: list, number: int, repeat: int) -> float:

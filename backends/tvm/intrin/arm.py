@@ -40,9 +40,9 @@ def _sdot(scope: str):
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4, 0:4], B[0:4])
             T.writes(C[0:4])
-            a_vec = A.vload([0, 0], "int8x16")
-            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec = T.reinterpret(T.broadcast(b_i32, 4), dtype="int8x16")
+            a_vec: T.let[T.int8x16] = A.vload([0, 0], "int8x16")
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec: T.let[T.int8x16] = T.reinterpret(T.broadcast(b_i32, 4), dtype="int8x16")
             C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
                 C.vload([0], "int32x4"),
@@ -63,9 +63,9 @@ def _neon(scope: str):
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4, 0:4], B[0:4])
             T.writes(C[0:4])
-            a_vec = A.vload([0, 0], "int8x16")
-            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec = T.reinterpret(T.broadcast(b_i32, 2), dtype="int8x8")
+            a_vec: T.let[T.int8x16] = A.vload([0, 0], "int8x16")
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec: T.let[T.int8x8] = T.reinterpret(T.broadcast(b_i32, 2), dtype="int8x8")
             # pixels 0,1 in the low half, 2,3 in the high half; each int16 product is exact
             lo = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),

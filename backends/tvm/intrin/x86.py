@@ -66,10 +66,10 @@ def _u8s8_8x4_avx2(scope: str):
         with T.sblock("root"):
             T.reads(C[0:8], A[0:8, 0:4], B[0:4])
             T.writes(C[0:8])
-            a_vec = A.vload([0, 0], "uint8x32")
-            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec = T.reinterpret(T.broadcast(b_i32, 8), dtype="int8x32")
-            pairs = T.call_llvm_pure_intrin(
+            a_vec: T.let[T.uint8x32] = A.vload([0, 0], "uint8x32")
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec: T.let[T.int8x32] = T.reinterpret(T.broadcast(b_i32, 8), dtype="int8x32")
+            pairs: T.let[T.int16x16] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_vec, b_vec, dtype="int16x16"
             )
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
@@ -88,9 +88,9 @@ def _i16_8x2_avx2(scope: str):
         with T.sblock("root"):
             T.reads(C[0:8], A[0:8, 0:2], B[0:2])
             T.writes(C[0:8])
-            a_vec = A.vload([0, 0], "int16x16")
-            b_i32 = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
-            b_vec = T.reinterpret(T.broadcast(b_i32, 8), dtype="int16x16")
+            a_vec: T.let[T.int16x16] = A.vload([0, 0], "int16x16")
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
+            b_vec: T.let[T.int16x16] = T.reinterpret(T.broadcast(b_i32, 8), dtype="int16x16")
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_vec, b_vec, dtype="int32x8"
             )
@@ -108,9 +108,9 @@ def _u8s8_8x4_vnni(scope: str):
             T.reads(C[0:8], A[0:8, 0:4], B[0:4])
             T.writes(C[0:8])
             # LLVM >= 20 types vpdpbusd's multiplicands as <32 x i8> (older LLVM: <8 x i32>)
-            a_vec = A.vload([0, 0], "uint8x32")
-            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec = T.reinterpret(T.broadcast(b_i32, 8), dtype="int8x32")
+            a_vec: T.let[T.uint8x32] = A.vload([0, 0], "uint8x32")
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec: T.let[T.int8x32] = T.reinterpret(T.broadcast(b_i32, 8), dtype="int8x32")
             C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
                 C.vload([0], "int32x8"),
@@ -131,9 +131,9 @@ def _u8s8_16x4_vnni512(scope: str):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:16, 0:4], B[0:4])
             T.writes(C[0:16])
-            a_vec = A.vload([0, 0], "uint8x64")
-            b_i32 = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec = T.reinterpret(T.broadcast(b_i32, 16), dtype="int8x64")
+            a_vec: T.let[T.uint8x64] = A.vload([0, 0], "uint8x64")
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            b_vec: T.let[T.int8x64] = T.reinterpret(T.broadcast(b_i32, 16), dtype="int8x64")
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], "int32x16"),
@@ -155,9 +155,9 @@ def _i16_16x2_512(intrin: str):
             with T.sblock("root"):
                 T.reads(C[0:16], A[0:16, 0:2], B[0:2])
                 T.writes(C[0:16])
-                a_vec = A.vload([0, 0], "int16x32")
-                b_i32 = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
-                b_vec = T.reinterpret(T.broadcast(b_i32, 16), dtype="int16x32")
+                a_vec: T.let[T.int16x32] = A.vload([0, 0], "int16x32")
+                b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
+                b_vec: T.let[T.int16x32] = T.reinterpret(T.broadcast(b_i32, 16), dtype="int16x32")
                 if intrin == "vpdpwssd":
                     C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.512"),
@@ -201,8 +201,8 @@ def _s8u8_16x4_vnni512_bcast(scope: str):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_vec = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            a_i32: T.let[T.int32] = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_vec: T.let[T.uint8x64] = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], "int32x16"),

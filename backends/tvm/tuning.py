@@ -270,15 +270,11 @@ def tune_gemm(
 
 def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 20, repeat: int = 5,
                    seed: int = 0, trials: int | None = None) -> tuple[Any, float]:
-    """Time the depthwise schedules of `workload` (`schedules.x86.depthwise_workload`): the row kernel at 8 and
-    16 lanes and the tap-pair kernel (16 lanes only on AVX-512 targets); store and return `(DwKnobs, seconds)`."""
-    from qcompile.backends.tvm.intrin.x86 import has_avx512
-    from qcompile.backends.tvm.schedules.depthwise_x86 import (
-        DwKnobs,
-        default_dw_knobs,
-        depthwise_kernel,
-        pack_pair_weights,
-    )
+    """Time the depthwise schedules of `workload` (`schedules.x86.depthwise_workload`): the row kernel, tap pairs
+    and (VNNI targets) tap quads at several rows per step (`dw_candidates`); store and return
+    `(DwKnobs, seconds)`."""
+    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_avx512_vnni, has_vnni
+    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_candidates, dw_weights
 
     c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
     (kh, kw), stride = workload["k"], tuple(workload["stride"])
@@ -290,22 +286,18 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     ws = rng.integers(-100, 100, (c, kh, kw)).astype(np.int8)
     rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
             np.zeros((c, ho, wo), np.uint8)]
-    vecs = (8, 16) if has_avx512(target) else (8,)
-    row_vecs = (4, *vecs) if len(vecs) == 1 else vecs
-    candidates = [DwKnobs(v, False) for v in row_vecs] + [DwKnobs(v, True) for v in vecs]
-    default = default_dw_knobs(wo, has_avx512(target))
-    candidates = [default, *(kn for kn in candidates if kn != default)][: trials or None]
-    libs, argsets = [], {}
+    candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target))[: trials or None]
+    libs = []
     for kn in candidates:
-        func = depthwise_kernel(c, h, w, kh, kw, kn, stride=stride, padding=padding, dilation=dilation, shift_min=40)
+        extra = {"vnni": has_avx512_vnni(target)} if kn.pairs else {}
+        func = depthwise_kernel(c, h, w, kh, kw, kn, stride=stride, padding=padding, dilation=dilation, shift_min=40,
+                                **extra)
         libs.append((kn, tvm.compile(func, target=target)))
-    for pairs in (False, True):
-        wa = pack_pair_weights(ws, kh, kw) if pairs else ws
-        argsets[pairs] = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, wa, *rest)]
     best = None
-    for pairs in (False, True):  # the two kernels take differently packed weights
-        group = [(kn, lib) for kn, lib in libs if kn.pairs == pairs]
-        kn, t = _pick_fastest(group, argsets[pairs], number, repeat, workload)
+    for layout in dict.fromkeys((kn.pairs, kn.taps) for kn, _ in libs):  # the kernels differ in weight packing
+        group = [(kn, lib) for kn, lib in libs if (kn.pairs, kn.taps) == layout]
+        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, dw_weights(ws, kh, kw, group[0][0]), *rest)]
+        kn, t = _pick_fastest(group, args, number, repeat, workload)
         if best is None or t < best[1]:
             best = (kn, t)
     _db(target).put(workload, asdict(best[0]), best[1] * 1e6)

@@ -20,7 +20,7 @@ from qcompile.backends.tvm.schedules.requant import requant_expr
 from qcompile.errors import ConfigError
 
 __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_pairs_x86", "depthwise_kernel",
-           "pack_pair_weights"]
+           "dw_candidates", "dw_weights", "pack_pair_weights"]
 
 
 def _epilogue(acc: te.Tensor, bias: te.Tensor, shape: tuple[int, int, int, int], lo: int | None, hi: int | None,
@@ -69,8 +69,12 @@ def depthwise_conv_x86(
     hi: int | None = 255,
     shift_min: int = 1,
     vec: int = 8,
+    rows: int = 1,
 ) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x[C,H,W] u8, w[C,KH,KW] i8, bterm i64, mult, shift) -> out[C,Ho,Wo]`.
+
+    `rows` output rows (at most; the largest divisor of Ho not above it) are computed together, taps
+    outside them, so that `rows * ceil(Wo/vec)` independent accumulators hide the multiply-add latency.
 
     `out` is uint8 codes (`bterm = requant.bias_term(bias, mult, shift)`), or int32 `acc + bias` when
     `lo is None` (then the int32 bias replaces `bterm` and there are no `mult`/`shift` parameters).
@@ -121,16 +125,22 @@ def depthwise_conv_x86(
     dw = sch.get_sblock("dw")
     ch, y, xo, rh_, rw_ = sch.get_loops(dw)
     xoo, xoi = sch.split(xo, [None, vec])
-    sch.reorder(ch, y, xoo, rh_, rw_, xoi)
+    yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
+    # taps outside the block of rows x row vectors: independent accumulators (a 49-deep multiply-add chain
+    # per vector was latency bound on 7x7 kernels)
+    sch.reorder(ch, yo, rh_, rw_, yi, xoo, xoi)
     sch.parallel(ch)
-    _schedule_epilogue(sch, y, vec, wo != wov)
+    _schedule_epilogue(sch, yo, vec, wo != wov)
     sch.compute_at(sch.get_sblock("xpad"), ch)
     sch.compute_at(sch.get_sblock("w16"), ch)
+    # the block's accumulators stay in registers: a "local" buffer with constant indices after unrolling
+    sch.set_scope(dw, 0, "local")
     # vectorise before decompose_reduction: afterwards the update block under the row loop is no
     # longer a "local reduction block" and TVM refuses to vectorise it
     sch.vectorize(xoi)
-    sch.unroll(rh_)
     sch.unroll(rw_)
+    sch.unroll(yi)
+    sch.unroll(xoo)
     init = sch.decompose_reduction(dw, rh_)
     sch.vectorize(sch.get_loops(init)[-1])
     pad_blk = sch.get_sblock("xpad")
@@ -153,6 +163,12 @@ def _pair_intrinsic(vec: int, vnni: bool) -> str:
     return I16_16x2_VNNI512 if vnni else I16_16x2_AVX512
 
 
+def _quad_intrinsic(vec: int) -> str:
+    from qcompile.backends.tvm.intrin.x86 import U8S8_8x4_VNNI, U8S8_16x4_VNNI512
+
+    return U8S8_16x4_VNNI512 if vec == 16 else U8S8_8x4_VNNI
+
+
 def depthwise_conv_pairs_x86(
     c: int,
     h: int,
@@ -169,8 +185,11 @@ def depthwise_conv_pairs_x86(
     shift_min: int = 1,
     vec: int = 16,
     vnni: bool = False,
+    rows: int = 1,
+    taps: int = 2,
 ) -> tvm.tirx.PrimFunc:
-    """Depthwise conv with two taps per int32 lane: `vpmaddwd` / `vpdpwssd` on int16 tap pairs.
+    """Depthwise conv with two (or four) taps per int32 lane: `vpmaddwd` / `vpdpwssd` on int16 tap pairs,
+    or `vpdpbusd` on u8 tap quads (`taps=4`, AVX512-VNNI for 16 lanes, AVX-VNNI for 8).
 
     Same contract as `depthwise_conv_x86`. Horizontal taps `2j` and `2j+1` of output pixel `x` read the
     padded row at columns `x*S + 2j*D` and `x*S + (2j+1)*D`; the kernel stores each padded row once as
@@ -179,9 +198,16 @@ def depthwise_conv_pairs_x86(
     `vpmaddwd` (or `vpdpwssd`) does `2*vec` multiply-adds: ceil(KW/2) instructions per kernel row instead of
     KW multiplies and KW adds. An odd KW gets a zero weight in its last pair. Exact: every product is at
     most 255*128 in magnitude and the int32 sums are those of the reference.
+
+    With `taps=4` the same layout holds four u8 taps per lane (`xpair[ph, q, i]`, i < 4) against four int8
+    weights, and `vpdpbusd` does `4*vec` multiply-adds per instruction: half the instructions of pairs
+    (7 taps: 2 quads instead of 4 pairs per kernel row). Exact too: `vpdpbusd` adds the four u8 x s8
+    products in int32 without an int16 intermediate (no saturation) and |sum| <= KH*KW*255*128 < 2^31.
     """
     if vec not in (8, 16):
         raise ConfigError("vec", vec, (8, 16))
+    if taps not in (2, 4):
+        raise ConfigError("taps", taps, (2, 4))
     from qcompile.backends.tvm.intrin.x86 import register_x86_intrinsics
 
     register_x86_intrinsics()
@@ -192,33 +218,35 @@ def depthwise_conv_pairs_x86(
     if ho <= 0 or wo <= 0:
         raise ConfigError("depthwise geometry", (c, h, w, kh, kw, stride, padding), "a non-empty output")
     wov = -(-wo // vec) * vec
-    kp = -(-kw // 2)
+    g = taps
+    xdt, wdt = ("int16", "int16") if g == 2 else ("uint8", "int8")
+    kp = -(-kw // g)
     hp = h + 2 * padding[0]
-    wq = wov + (2 * (kp - 1) * dw_) // sw  # pair columns per phase that the taps can reach
+    wq = wov + (g * (kp - 1) * dw_) // sw  # tap-group columns per phase that the taps can reach
 
     x = te.placeholder((c, h, w), "uint8", name="x")
-    w2 = te.placeholder((c, kh, kp, 2), "int16", name="w2")  # taps in pairs, odd KW padded with a zero tap
+    w2 = te.placeholder((c, kh, kp, g), wdt, name="w2")  # taps in groups, the last one zero-padded
     bias = te.placeholder((c,), "int64" if lo is not None else "int32", name="bterm" if lo is not None else "bias")
 
-    wpad = wq * sw + dw_  # padded row length the pairs read
+    wpad = wq * sw + (g - 1) * dw_  # padded row length the groups read
 
     def padded(ch, yy, col):
         inside = tirx.all(yy >= padding[0], yy < h + padding[0], col >= padding[1], col < w + padding[1])
-        return tirx.if_then_else(inside, x[ch, yy - padding[0], col - padding[1]].astype("int16"),
-                                 tirx.const(pad_value, "int16"))
+        return tirx.if_then_else(inside, x[ch, yy - padding[0], col - padding[1]].astype(xdt),
+                                 tirx.const(pad_value, xdt))
 
     # two steps, both vectorisable: the padded plane (a constant fill plus an interior copy), then the
     # pairs, a branch-free gather at affine offsets (one per-element bounds test made this kernel scalar)
     xpad = te.compute((c, hp, wpad), padded, name="xpad")
-    xpair = te.compute((c, hp, sw, wq, 2), lambda ch, yy, ph, q, i: xpad[ch, yy, q * sw + ph + i * dw_],
+    xpair = te.compute((c, hp, sw, wq, g), lambda ch, yy, ph, q, i: xpad[ch, yy, q * sw + ph + i * dw_],
                        name="xpair")
     rh = te.reduce_axis((0, kh), name="rh")
     rj = te.reduce_axis((0, kp), name="rj")
-    ri = te.reduce_axis((0, 2), name="ri")
+    ri = te.reduce_axis((0, g), name="ri")
     acc = te.compute(
         (c, ho, wov),
         lambda ch, y, xo: te.sum(
-            xpair[ch, y * sh_ + rh * dh, (2 * rj * dw_) % sw, xo + (2 * rj * dw_) // sw, ri].astype("int32")
+            xpair[ch, y * sh_ + rh * dh, (g * rj * dw_) % sw, xo + (g * rj * dw_) // sw, ri].astype("int32")
             * w2[ch, rh, rj, ri].astype("int32"),
             axis=[rh, rj, ri],
         ),
@@ -230,11 +258,12 @@ def depthwise_conv_pairs_x86(
     dw = sch.get_sblock("dw")
     ch, y, xo, rh_, rj_, ri_ = sch.get_loops(dw)
     xoo, xoi = sch.split(xo, [None, vec])
-    # taps outside the row vectors: independent accumulators hide the dot-product latency (a chain of
-    # KH*ceil(KW/2) dependent vpdpwssd per vector was latency bound)
-    sch.reorder(ch, y, rh_, rj_, xoo, xoi, ri_)
+    yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
+    # taps outside the block of rows x row vectors: independent accumulators hide the dot-product latency
+    # (a chain of KH*ceil(KW/2) dependent vpdpwssd per vector was latency bound; one 56-wide row gives 4)
+    sch.reorder(ch, yo, rh_, rj_, yi, xoo, xoi, ri_)
     sch.parallel(ch)
-    _schedule_epilogue(sch, y, vec, wo != wov)
+    _schedule_epilogue(sch, yo, vec, wo != wov)
     sch.compute_at(sch.get_sblock("xpair"), ch)
     sch.compute_at(sch.get_sblock("xpad"), ch)
     pad_blk = sch.get_sblock("xpad")
@@ -245,20 +274,28 @@ def depthwise_conv_pairs_x86(
     # the row's accumulators stay in registers: a "local" buffer with constant indices after unrolling
     sch.set_scope(dw, 0, "local")
     init = sch.decompose_reduction(dw, rh_)
-    sch.tensorize(xoi, _pair_intrinsic(vec, vnni) + "_local")
+    sch.tensorize(xoi, (_pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec)) + "_local")
     sch.unroll(rj_)
+    sch.unroll(yi)
     sch.unroll(xoo)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]
 
 
-def pack_pair_weights(w: np.ndarray, kh: int, kw: int) -> np.ndarray:
-    """[C, (1,) KH, KW] int8 depthwise weights -> [C, KH, ceil(KW/2), 2] int16 tap pairs (zero-padded)."""
-    wc = np.asarray(w).reshape(-1, kh, kw).astype(np.int16)
-    kp = -(-kw // 2)
-    out = np.zeros((wc.shape[0], kh, 2 * kp), np.int16)
+def _fit_rows(ho: int, rows: int) -> int:
+    """Largest divisor of `ho` not above `rows` (output rows computed together; no ragged row block)."""
+    return max(r for r in range(1, min(rows, ho) + 1) if ho % r == 0)
+
+
+def pack_pair_weights(w: np.ndarray, kh: int, kw: int, taps: int = 2) -> np.ndarray:
+    """[C, (1,) KH, KW] int8 depthwise weights -> [C, KH, ceil(KW/taps), taps] tap groups (zero-padded):
+    int16 pairs for `taps=2`, int8 quads for `taps=4`."""
+    dt = np.int16 if taps == 2 else np.int8
+    wc = np.asarray(w).reshape(-1, kh, kw).astype(dt)
+    kp = -(-kw // taps)
+    out = np.zeros((wc.shape[0], kh, taps * kp), dt)
     out[:, :, :kw] = wc
-    return out.reshape(wc.shape[0], kh, kp, 2)
+    return out.reshape(wc.shape[0], kh, kp, taps)
 
 
 @dataclass(frozen=True)
@@ -267,24 +304,61 @@ class DwKnobs:
 
     vec: int = 8
     pairs: bool = False
+    rows: int = 1  # output rows per step (at most; the kernel takes the largest divisor of Ho not above it)
+    taps: int = 2  # taps per int32 lane of the grouped kernel: 2 (int16 pairs) or 4 (u8 quads, VNNI)
 
     def __post_init__(self) -> None:
         if self.vec not in (4, 8, 16) or (self.pairs and self.vec == 4):
             raise ConfigError("DwKnobs.vec", self.vec, "8 or 16 (4 also for the row kernel)")
+        if self.taps not in (2, 4):
+            raise ConfigError("DwKnobs.taps", self.taps, (2, 4))
+        if not 1 <= self.rows <= 16:
+            raise ConfigError("DwKnobs.rows", self.rows, "1..16")
 
 
-def default_dw_knobs(wo: int, avx512: bool) -> DwKnobs:
-    """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2):
-    rows of >= 28 outputs: the tap-pair kernel (1.3-3x faster on 7x7); 14-27: the row kernel at 16 lanes;
-    shorter rows: 8 lanes (16 would be mostly padding)."""
+def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False) -> DwKnobs:
+    """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2).
+
+    With a VNNI dot product (`vnni`): u8 tap quads (`vpdpbusd`), 16 lanes on AVX-512 for rows of >= 14
+    outputs, else 8 (7x7 layers 1.1-2.3x faster than pairs). Without: rows of >= 28 outputs take the
+    tap-pair kernel (1.3-3x faster on 7x7 than the row kernel); 14-27: the row kernel at 16 lanes; shorter
+    rows: 8 lanes (16 would be mostly padding). Rows per step: about 8 row vectors in flight."""
+    vec = 16 if avx512 and wo >= 14 else 8
+    if vnni:
+        return DwKnobs(vec, True, _rows_for(wo, vec), taps=4)
     if wo >= 28:
-        return DwKnobs(16 if avx512 else 8, True)
-    return DwKnobs(16 if avx512 and wo >= 14 else 8, False)
+        return DwKnobs(vec, True, _rows_for(wo, vec))
+    return DwKnobs(vec, False, _rows_for(wo, vec))
+
+
+def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False) -> list[DwKnobs]:
+    """Schedules the tuner times: the row kernel (4/8/16 lanes), pairs and (with VNNI) quads, each at 1, 2, 4 and
+    8 rows per step (the default first)."""
+    vecs = (8, 16) if avx512 else (8,)
+    kinds = [(v, False, 2) for v in ((4, 8) if not avx512 else vecs)] + [(v, True, 2) for v in vecs]
+    if vnni:
+        kinds += [(v, True, 4) for v in vecs]
+    out = [DwKnobs(v, pairs, r, taps) for v, pairs, taps in kinds for r in (1, 2, 4, 8)]
+    default = default_dw_knobs(wo, avx512, vnni=vnni)
+    return [default, *(kn for kn in out if kn != default)]
+
+
+def dw_weights(w: np.ndarray, kh: int, kw: int, knobs: DwKnobs) -> np.ndarray:
+    """The weight operand of `depthwise_kernel(..., knobs)`: [C, KH, KW] int8 for the row kernel, tap groups
+    (`pack_pair_weights`) for the grouped kernels."""
+    if knobs.pairs:
+        return pack_pair_weights(w, kh, kw, knobs.taps)
+    return np.asarray(w).reshape(-1, kh, kw).astype(np.int8)
+
+
+def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
+    """Rows per step so that about `accumulators` row vectors are in flight (at least one row)."""
+    return max(1, accumulators // -(-wo // vec))
 
 
 def depthwise_kernel(c: int, h: int, w: int, kh: int, kw: int, knobs: DwKnobs, **kw_args) -> tvm.tirx.PrimFunc:
-    """The depthwise PrimFunc `knobs` selects; its weight operand is `[C,KH,KW]` int8 for the row kernel and
-    `pack_pair_weights(...)` for the pair kernel."""
+    """The depthwise PrimFunc `knobs` selects; its weight operand is `dw_weights(w, kh, kw, knobs)`."""
     if knobs.pairs:
-        return depthwise_conv_pairs_x86(c, h, w, kh, kw, vec=knobs.vec, **kw_args)
-    return depthwise_conv_x86(c, h, w, kh, kw, vec=knobs.vec, **kw_args)
+        return depthwise_conv_pairs_x86(c, h, w, kh, kw, vec=knobs.vec, rows=knobs.rows, taps=knobs.taps,
+                                        **kw_args)
+    return depthwise_conv_x86(c, h, w, kh, kw, vec=knobs.vec, rows=knobs.rows, **kw_args)

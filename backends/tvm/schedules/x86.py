@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs, depthwise_kernel, pack_pair_weights
+from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs, depthwise_kernel, dw_weights
 from qcompile.backends.tvm.schedules.gemm_x86 import (
     MODES,
     ConvGeometry,
@@ -148,15 +148,16 @@ class _ConvBase:
         tag = f"{'rq' if self.requant else 'acc'}_{c}x{h}x{w}_{o}x{kh}x{kw}_s{stride[0]}"
 
         if kind == "depthwise":
-            from qcompile.backends.tvm.intrin.x86 import has_avx512
+            from qcompile.backends.tvm.intrin.x86 import has_avx512, has_avx512_vnni, has_vnni
             from qcompile.backends.tvm.tuning import lookup_dw_knobs
 
-            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or default_dw_knobs(
-                wo, has_avx512(call.target))
+            avx512, vnni = has_avx512(call.target), has_vnni(call.target)
+            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or default_dw_knobs(wo, avx512, vnni=vnni)
             func = depthwise_kernel(c, h, w, kh, kw, knobs, stride=stride, padding=padding, dilation=dilation,
-                                    pad_value=pad_value, lo=lo, hi=hi, shift_min=shift_min)
+                                    pad_value=pad_value, lo=lo, hi=hi, shift_min=shift_min,
+                                    **({"vnni": has_avx512_vnni(call.target)} if knobs.pairs else {}))
             xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
-            wdw = pack_pair_weights(wnp, kh, kw) if knobs.pairs else wnp.reshape(c, kh, kw).astype(np.int8)
+            wdw = dw_weights(wnp, kh, kw, knobs)
             wc = relax.const(np.ascontiguousarray(wdw))
             gname = f"qc_dw_{tag}"
             call_args = [xr, wc, bias, *extra]

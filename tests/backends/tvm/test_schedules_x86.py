@@ -330,13 +330,18 @@ PAIR_CASES = [
 
 
 @pytest.mark.parametrize("c,h,k,s,d,pad_value", PAIR_CASES)
-@pytest.mark.parametrize("vec,vnni", [(8, False), (16, False), (16, True)], ids=["ymm", "zmm", "vpdpwssd"])
-def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni):
-    """vpmaddwd / vpdpwssd on tap pairs: exact against the reference, extreme codes and weights included."""
+@pytest.mark.parametrize("vec,vnni,taps,rows", [(8, False, 2, 1), (16, False, 2, 1), (16, True, 2, 3), (16, True, 4, 2),
+                                               (8, True, 4, 8)],
+                         ids=["ymm", "zmm", "vpdpwssd-3rows", "quads-zmm-2rows", "quads-ymm-8rows"])
+def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni, taps, rows):
+    """vpmaddwd / vpdpwssd on tap pairs and vpdpbusd on u8 tap quads, several output rows per step: exact against
+    the reference, extreme codes and weights included."""
     from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_pairs_x86, pack_pair_weights
 
     if vec == 16 and not HOST_VNNI512:
         pytest.skip("this CPU has no AVX-512 (VNNI)")
+    if taps == 4 and not HOST_VNNI:
+        pytest.skip("this CPU has no VNNI dot product")
     rng = np.random.default_rng(c * 10 + k)
     x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
     x[0, 0] = 255  # a whole plane at the largest code ...
@@ -348,10 +353,11 @@ def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni):
     p = d * (k - 1) // 2
     ho = (h + 2 * p - d * (k - 1) - 1) // s + 1
     func = depthwise_conv_pairs_x86(c, h, h, k, k, stride=(s, s), padding=(p, p), dilation=(d, d),
-                                    pad_value=pad_value, lo=2, hi=253, shift_min=int(shift.min()), vec=vec, vnni=vnni)
-    lib = tvm.compile(func, target=ZNVER5 if vec == 16 else AVX2)
+                                    pad_value=pad_value, lo=2, hi=253, shift_min=int(shift.min()), vec=vec, vnni=vnni,
+                                    taps=taps, rows=rows)
+    lib = tvm.compile(func, target=ZNVER5 if vec == 16 or taps == 4 else AVX2)
     out = tvm.runtime.tensor(np.zeros((c, ho, ho), np.uint8))
-    lib(*(tvm.runtime.tensor(a) for a in (x[0], pack_pair_weights(wt, k, k), bias_term(bias, mult, shift),
+    lib(*(tvm.runtime.tensor(a) for a in (x[0], pack_pair_weights(wt, k, k, taps), bias_term(bias, mult, shift),
                                           mult, shift)), out)
     acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=p,
                    dilation=d, groups=c, pad_value=pad_value)
@@ -362,9 +368,12 @@ def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni):
 
 def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
     """A MobileNet-sized 7x7 depthwise layer (56 wide) goes to the pair kernel by default, bit-exact."""
-    from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs
+    from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs, default_dw_knobs
 
     assert default_dw_knobs(56, avx512=False).pairs and not default_dw_knobs(14, avx512=False).pairs
+    # with a VNNI dot product: u8 tap quads, about 8 row vectors in flight
+    assert default_dw_knobs(56, avx512=True, vnni=True) == DwKnobs(16, True, 2, taps=4)
+    assert default_dw_knobs(7, avx512=True, vnni=True) == DwKnobs(8, True, 8, taps=4)
     rng = np.random.default_rng(3)
     x, wt, bias, mult, shift = _case(rng, 8, 56, 56, 8, 7, 1, 3, 8)
     kw = dict(s=1, p=3, groups=8, pad_value=4, lo=0, hi=255)

@@ -3,11 +3,12 @@
     QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.report --out benchmarks/results.json \\
         --markdown docs/benchmarks.md
 
-Runs, in one process and one sitting (so every row saw the same machine load): the whole 8-bit MobileNetV2
-(224, batch 1, 2 threads) with qcompile/TVM untuned (default tiles, empty tuning database), tuned (after
-`benchmarks.tune_mbv2`), for the AVX2 target and the host's VNNI target; onnxruntime INT8 QDQ (MLAS) and
-torch.ao INT8 (x86) on the same shapes; then per-kernel rows for the distinct conv layers. Latencies are the
-fastest of N single calls (this machine is shared; see `kernels.time_min`), medians are reported too.
+Runs, in one sitting (so every row saw the same machine load): the whole 8-bit MobileNetV2 (224, batch 1,
+2 threads; each runtime in its own worker process, timed in interleaved rounds) with qcompile/TVM untuned
+(default tiles, empty tuning database), tuned (after `benchmarks.tune_mbv2`), for the AVX2 target and the
+host's VNNI target; onnxruntime INT8 QDQ (MLAS) and torch.ao INT8 (x86) on the same shapes; then per-kernel
+rows for the distinct conv layers. Latencies are the fastest of N single calls (this machine is shared; see
+`kernels.time_min`), medians are reported too.
 """
 
 from __future__ import annotations
@@ -62,80 +63,124 @@ def cpu_int8_peak(cores: int = 2) -> dict:
     }
 
 
-def _tvm_network(target) -> tuple:
-    """(callable, lowering seconds) of the whole network through qcompile's strategies."""
+def _tvm_network(target, resolution: int = 224) -> tuple[bytes, float]:
+    """(exported library bytes, lowering seconds) of the whole network through qcompile's strategies."""
+    import tempfile
+
     import tvm
-    from tvm import relax
 
     from benchmarks.mbv2 import build_relax_mbv2
 
     t0 = time.perf_counter()
-    ex = tvm.compile(build_relax_mbv2(target), target=target)
+    ex = tvm.compile(build_relax_mbv2(target, resolution), target=target)
     build_s = time.perf_counter() - t0
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    x = tvm.runtime.tensor(np.random.default_rng(0).integers(0, 256, (1, 3, 224, 224)).astype(np.uint8))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.so"
+        ex.export_library(str(path))
+        return path.read_bytes(), build_s
+
+
+# -- runner factories: module-level so that each runtime can be built in its own worker process ---------------
+
+def tvm_network_runner(lib: bytes, shape: tuple[int, ...] = (1, 3, 224, 224)):
+    """The exported Relax VM library `lib` on fixed random uint8 codes of `shape` (the input is ignored)."""
+    import tempfile
+
+    import tvm
+    from tvm import relax
+
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(tmp.name) / "net.so"
+    path.write_bytes(lib)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    codes = tvm.runtime.tensor(np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8))
     f = vm["main"]
-    return (lambda: f(x)), build_s
+
+    def run(_x: np.ndarray):
+        _ = tmp  # keep the library file as long as the runner
+        return f(codes).numpy()
+
+    return run
 
 
-def network_rows(number: int = 100) -> list[dict]:
-    """Whole MobileNetV2 224 int8 batch 1, 2 threads: qcompile (untuned/tuned, AVX2/host) and the peers.
+def ort_int8_runner(shape: tuple[int, ...], threads: int):
+    """onnxruntime INT8 QDQ (MLAS) session of the float twin, run on the given input."""
+    from benchmarks.mbv2 import FloatMobileNetV2, ort_int8_session
 
-    All runtimes are built first, then timed round-robin (one call of each in turn), so that every row
-    sees the same machine load.
+    sess = ort_int8_session(FloatMobileNetV2(), shape, threads=threads)
+    return lambda x: sess.run(None, {"x": x})[0]
+
+
+def torch_ao_runner(shape: tuple[int, ...], threads: int):
+    """torch.ao INT8 (x86) of the float twin, run on the given input."""
+    import torch
+
+    from benchmarks.mbv2 import FloatMobileNetV2, torch_ao_int8
+
+    torch.set_num_threads(threads)
+    q = torch_ao_int8(FloatMobileNetV2(), shape)
+
+    def run(x: np.ndarray):
+        with torch.no_grad():
+            return q(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def network_rows(number: int = 100, resolution: int = 224, tune: bool = True) -> list[dict]:
+    """Whole MobileNetV2 int8 batch 1, 2 threads: qcompile (untuned/tuned, AVX2/host) and the peers.
+
+    Each runtime is built and run in its own worker process (`qcompile.bench.workers`; sharing one process
+    inflated onnxruntime's median 4x), the TVM networks built here and shipped as exported libraries; then
+    all are timed in interleaved rounds (one call of each in turn, with the harness's settle step: the
+    previous runtime's spinning pool would otherwise steal a core), so that every row sees the same load.
     """
     import tempfile
 
-    import torch
     import tvm
 
-    from benchmarks.mbv2 import FloatMobileNetV2, ort_int8_session, torch_ao_int8
-    from benchmarks.tune_mbv2 import tune_network
+    from qcompile.bench.workers import RunnerSpec, time_isolated
 
-    runs: dict[str, tuple] = {}
-    info: dict[str, dict] = {}
-    shape = (1, 3, 224, 224)
+    threads = 2
+    shape = (1, 3, resolution, resolution)
     xf = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    sess = ort_int8_session(FloatMobileNetV2(), shape, threads=2)
-    runs["onnxruntime INT8 QDQ (MLAS)"] = lambda: sess.run(None, {"x": xf})
-    torch.set_num_threads(2)
-    q = torch_ao_int8(FloatMobileNetV2(), shape)
-    xt = torch.from_numpy(xf)
-
-    def run_ao():
-        with torch.no_grad():
-            return q(xt)
-
-    runs["torch.ao INT8 (x86)"] = run_ao
+    specs: dict[str, RunnerSpec] = {}
+    info: dict[str, dict] = {}
+    specs["onnxruntime INT8 QDQ (MLAS)"] = RunnerSpec("ort_int8", ort_int8_runner, (shape, threads))
+    specs["torch.ao INT8 (x86)"] = RunnerSpec("torch_ao_int8", torch_ao_runner, (shape, threads))
     mcpus = ["core-avx2"] + ([_host_cpu()] if _host_has_vnni() else [])
     for mcpu in mcpus:
-        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": threads})
         warm = os.environ.get("QCOMPILE_CACHE")
         with tempfile.TemporaryDirectory() as empty:  # untuned: an empty database
             os.environ["QCOMPILE_CACHE"] = empty
             name = f"qcompile TVM {mcpu} untuned"
-            runs[name], lower_s = _tvm_network(target)
+            lib, lower_s = _tvm_network(target, resolution)
+            specs[name] = RunnerSpec(name, tvm_network_runner, (lib, shape))
             info[name] = {"lower_s": lower_s}
         if warm is None:
             os.environ.pop("QCOMPILE_CACHE")
         else:
             os.environ["QCOMPILE_CACHE"] = warm
+        if not tune:
+            continue
+        from benchmarks.tune_mbv2 import tune_network
+
         t0 = time.perf_counter()
         tune_network(target)  # records already in the database are reused, not re-timed
         tune_s = time.perf_counter() - t0
         name = f"qcompile TVM {mcpu} tuned (warm DB)"
-        runs[name], lower_s = _tvm_network(target)
+        lib, lower_s = _tvm_network(target, resolution)
+        specs[name] = RunnerSpec(name, tvm_network_runner, (lib, shape))
         info[name] = {"lower_s": lower_s, "tune_s": tune_s}
-    from qcompile.bench.timing import time_runners
-
-    # interleaved rounds with the harness's settle + lead-in step: without it the thread pools of the previous
-    # runtime (still spinning after its call) took the cores from the next one (qcompile.bench.timing)
-    samples = time_runners({k: (lambda _x, fn=fn: fn()) for k, fn in runs.items()}, None, number, 3,
-                           settle_s=0.2, lead_in=1)
-    times = {k: v for k, v in samples.items() if isinstance(v, list)}
+    run = time_isolated(specs, xf, number, 3, threads=threads, settle_s=0.2, lead_in=1)
+    for k, v in run.samples.items():
+        if isinstance(v, str):
+            log.warning("%s: %s", k, v)
     return [
-        {"name": k, "min_ms": min(v) * 1e3, "median_ms": float(np.median(v)) * 1e3, "n": number, **info.get(k, {})}
-        for k, v in times.items()
+        {"name": k, "min_ms": min(v) * 1e3, "median_ms": float(np.median(v)) * 1e3, "n": number,
+         "pid": run.workers[k].get("pid"), **info.get(k, {})}
+        for k, v in run.samples.items() if isinstance(v, list)
     ]
 
 
@@ -204,9 +249,10 @@ NOTES = [
     "  `core-avx2` rows show what a strictly AVX2 target gets. With 8-bit weights and 8-bit codes AVX2 must",
     "  use the exact int16 path (`vpmaddubsw` would saturate: MLAS accepts that risk, or asks for",
     "  `reduce_range`), which halves its throughput; sub-8-bit layers take the `u8s8` path.",
-    "- Whole-network rows are timed in interleaved rounds so that all runtimes see the same load, with the",
-    "  harness's settle step before each timed call (`qcompile.bench.timing`: the previous runtime's spinning",
-    "  thread pool would otherwise steal a core). Per-kernel rows are single kernels, minimum of N calls.",
+    "- Whole-network rows: each runtime in its own worker process (`qcompile.bench.workers`; sharing one",
+    "  process inflated onnxruntime's median about 4x), timed in interleaved rounds so that all see the same",
+    "  load, with the harness's settle step before each timed call (the previous runtime's spinning thread",
+    "  pool would otherwise steal a core). Per-kernel rows are single kernels, minimum of N calls.",
     "- Depthwise layers run the tap-pair kernel (`vpmaddwd`/`vpdpwssd` on int16 tap pairs) on rows of >= 28",
     "  outputs and the row kernel otherwise (`schedules.depthwise_x86.default_dw_knobs`; the tuner decides).",
     "- Requantization is exact fixed point (int64 `acc*M + b >> s`, integer_semantics.md), about 1 instruction",

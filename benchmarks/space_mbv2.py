@@ -3,17 +3,18 @@
     QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.space_mbv2 --trials 12 \\
         --out benchmarks/space_mbv2.json --markdown docs/benchmarks_space.md
 
-What it runs, in one process: `space.largest(bits=8)` of `qcompile.spaces.mobilenet_v2(num_classes=1000)` (OQA
+What it runs: `space.largest(bits=8)` of `qcompile.spaces.mobilenet_v2(num_classes=1000)` (OQA
 Table 7: kernel 7, expand 6, depth 4 everywhere; 606 MMAC at 224), quantized with every layer at 8 bits (first
 layer too), calibrated on random images, converted by `qc.to_integer` and lowered by `qc.lower(..., "x86")`
 twice: untuned (an empty tuning database: our default schedules) and tuned (`tune=True`: every kernel timed into
 the persistent database first; a warm database makes this a lookup). Peers run the same subnet's float copy:
 onnxruntime INT8 (`quantize_static`, QDQ, MLAS), onnxruntime fp32, torch fp32, torch.ao INT8 (x86), all through
-`qcompile.bench.run_bench` (interleaved rounds, fixed threads). Random weights: latency only.
+`qcompile.bench.run_bench` (interleaved rounds, fixed threads, every runtime in its own worker process: the
+lowerings travel as exported libraries, `qcompile.bench.peers.tvm_spec`). Random weights: latency only.
 
-Interleaved in one process, onnxruntime's median comes out inflated (its minimum matches a solo run; see
-docs/benchmarks.md). `--solo RUNNER` times one runner alone in this process (`ort_int8_qdq`, `ort_fp32`,
-`torch_fp32`, `qcompile_tvm_untuned`, `qcompile_tvm_tuned`); run it once per runner for solo medians:
+Sharing one process inflated onnxruntime's median (7.8 ms vs 2.06 ms alone), hence the worker processes.
+`--solo RUNNER` times one runner with no other runtime in the rounds (`ort_int8_qdq`, `ort_fp32`,
+`torch_fp32`, `qcompile_tvm_untuned`, `qcompile_tvm_tuned`), to check the interleaved medians against:
 
     for r in ort_int8_qdq qcompile_tvm_tuned; do .venv/bin/python -m benchmarks.space_mbv2 --trials 12 --solo $r; done
 """
@@ -88,6 +89,7 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from qcompile.bench import BenchOptions, run_bench
+    from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
     from qcompile.bench_run import float_copy
 
@@ -104,7 +106,8 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, a.resolution, a.resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats, peers=peers)
     title = f"largest mobilenet_v2 subnet, 8-bit, {a.resolution}px ({space.count_macs(cfg) / 1e6:.0f} MMAC)"
-    res = run_bench(float_copy(sub), x, integer_graph=ig, runners=runners, graph_runners=list(runners), options=opts,
+    specs = {name: tvm_spec(low, name) for name, low in runners.items()}  # each lowering in its own worker
+    res = run_bench(float_copy(sub), x, integer_graph=ig, runners=specs, graph_runners=list(specs), options=opts,
                     title=title)
     if a.solo:
         r = res.by_name()[a.solo]
@@ -124,8 +127,8 @@ def main() -> None:
             r = by[name]
             md += (f"| {name} | {r.median_ms:.2f} | {r.min_ms:.2f} | {r.median_ms / ort.median_ms:.2f} | "
                    f"{r.min_ms / ort.min_ms:.2f} | {info.get(name, {})} |\n")
-        md += ("\nonnxruntime's median is inflated when it shares the process with the other runtimes (its minimum "
-               "matches a solo run): compare minima, or solo runs (`--solo`).\n")
+        md += ("\nEvery runtime ran in its own worker process (`qcompile.bench.workers`), in interleaved rounds with "
+               "a settle step; `--solo RUNNER` times one alone for comparison.\n")
     if a.markdown:
         Path(a.markdown).write_text(md + "\n")
     log.info("\n%s", md)

@@ -1,4 +1,4 @@
-"""`qcompile bench`: one subnet, every peer and every qcompile lowering, interleaved in one process."""
+"""`qcompile bench`: one subnet, every peer and every qcompile lowering, each in its own worker process."""
 
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None =
     """Benchmark `sub` (calibrated) against the peers; returns the markdown table (also written to `out`).
 
     The peers run the float twin (`float_copy`); onnxruntime on our export and the untuned TVM lowering
-    (target "x86" = this host's LLVM mcpu, or a target dict) run its IntegerGraph, so every row gets
+    (target "x86" = this host's LLVM mcpu, or a target dict) run its IntegerGraph, every row in its own
+    worker process (`qcompile.bench.workers`), so every row gets
     fidelity vs torch fp32 and the integer rows also the code difference vs the reference executor.
     peers: subset of `qcompile.bench.PEERS` (default: all).
     """
     import qcompile as qc
     from qcompile.bench import BenchOptions, run_bench
-    from qcompile.bench.peers import tvm_runners
+    from qcompile.bench.peers import tvm_runners, tvm_spec
 
     cfg = sub.subnet_config
     in_ch = next(m for m in sub.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
@@ -52,7 +53,7 @@ def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None =
     elif isinstance(target, dict):
         low = qc.lower(ig, target=target, num_threads=threads, input_shape=x.shape)
         name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', 'custom')}_untuned"
-        runners, targets = {name: low}, {name: low.spec.tvm_target}
+        runners, targets = {name: tvm_spec(low, name)}, {name: low.spec.tvm_target}
     result = run_bench(
         float_copy(sub), x, integer_graph=ig, runners=runners, graph_runners=list(runners),
         options=BenchOptions(threads=threads, repeats=repeat, **({"peers": tuple(peers)} if peers else {})),

@@ -1,9 +1,14 @@
-"""The peer harness (issue 8): every runner in one process, on the same input, fixed threads.
+"""The peer harness (issue 8): every runner on the same input, fixed threads, each in its own process.
 
-Timing (`qcompile.bench.timing`): interleaved rounds with a rotating order, and before each timed call
-a settle step (wait until no thread of the process spins, then `lead_in` untimed calls), because the
-spinning thread pools of the previous runtime otherwise steal the cores of the next one. Per runner we
-keep every sample and report the median and the 10th-90th percentile spread.
+Isolation (`qcompile.bench.workers`, the default `isolation="process"`): each runner is built and timed in
+its own spawned worker process, because runtimes sharing one process share allocator, caches, affinity and
+thread pools (measured: onnxruntime INT8 median 7.8 ms interleaved in one process vs 2.06 ms alone).
+`isolation="none"` keeps every runner in this process (`timing.time_runners`).
+
+Timing: interleaved rounds with a rotating order, and before each timed call a settle step (wait until no
+thread of any worker or of this process spins, then `lead_in` untimed calls), because the spinning thread
+pools of the previous runtime otherwise steal the cores of the next one. Per runner we keep every sample
+and report the median and the 10th-90th percentile spread.
 
 Fidelity (`qcompile.bench.fidelity`): relative L2 error and cosine similarity vs torch fp32 on the same
 input, and for runners of our IntegerGraph the max |code difference| vs the reference executor.
@@ -28,15 +33,18 @@ from torch import nn
 from qcompile.bench import peers
 from qcompile.bench.fidelity import Fidelity, fidelity, output_scale
 from qcompile.bench.timing import Hook, Runner, time_runners
+from qcompile.bench.workers import RunnerSpec, time_isolated
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PEERS", "INTEGER_PEERS", "BenchOptions", "BenchResult", "Hook", "Runner", "RunnerStats", "build_peers",
-           "run_bench", "time_runners"]
+__all__ = ["PEERS", "INTEGER_PEERS", "ISOLATION", "BenchOptions", "BenchResult", "Hook", "Runner", "RunnerSpec",
+           "RunnerStats", "build_peers", "peer_specs", "run_bench", "time_runners"]
 
 PEERS = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq", "ort_ours_qoperator",
          "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
+#: values of BenchOptions.isolation
+ISOLATION = ("process", "none")
 #: built-in peers that run our IntegerGraph (compared with the reference executor in codes)
 INTEGER_PEERS = ("ort_ours_qdq", "ort_ours_qoperator")
 
@@ -50,7 +58,10 @@ class BenchOptions:
     of PEERS); calibration_batches: random batches for the int8 peers when no calibration data is given;
     settle_ms: at most this long before each timed call, wait until no thread of the process is
     spinning (the previous runtime's pool), 0 = no wait; lead_in: untimed calls of the runner right
-    before its timed call, so it is timed with its own pool hot as in a user's loop.
+    before its timed call, so it is timed with its own pool hot as in a user's loop; isolation: "process"
+    (default: one spawned worker process per runner, `qcompile.bench.workers`) or "none" (every runner in
+    this process, `timing.time_runners`); worker_timeout_s: longest a worker may take to build its runner
+    or answer one request before its row is marked failed.
     """
 
     threads: int = 2
@@ -61,6 +72,8 @@ class BenchOptions:
     seed: int = 0
     settle_ms: float = 200.0
     lead_in: int = 1
+    isolation: str = "process"
+    worker_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -73,6 +86,11 @@ class BenchOptions:
             raise ConfigError("settle_ms", self.settle_ms, ">= 0 (milliseconds; 0 disables the settle wait)")
         if self.lead_in < 0:
             raise ConfigError("lead_in", self.lead_in, ">= 0")
+        if self.isolation not in ISOLATION:
+            raise ConfigError("isolation", self.isolation, ISOLATION,
+                              "'process': one worker process per runner; 'none': every runner in this process")
+        if not self.worker_timeout_s > 0:
+            raise ConfigError("worker_timeout_s", self.worker_timeout_s, "> 0 (seconds a worker may take per request)")
         unknown = [p for p in self.peers if p not in PEERS]
         if unknown:
             raise ConfigError("peers", unknown, PEERS)
@@ -95,6 +113,9 @@ class RunnerStats:
     cosine_vs_fp32: float | None = None
     max_code_diff: float | None = None
     samples_ms: tuple[float, ...] = ()
+    #: "process" (own worker process), "in-process" (a plain callable timed in the harness's process while
+    #: the others are isolated) or "none" (isolation="none": every runner in one process); "" when unknown
+    isolation: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,60 +138,103 @@ class BenchResult:
         return cls(rows, dict(d.get("meta", {})))
 
 
-def _stats(name: str, s: list[float] | str, fid: Fidelity) -> RunnerStats:
+def _stats(name: str, s: list[float] | str, fid: Fidelity, isolation: str = "") -> RunnerStats:
     if isinstance(s, str):
-        return RunnerStats(name, s)
+        return RunnerStats(name, s, isolation=isolation)
     ms = np.asarray(s) * 1e3
     return RunnerStats(name, "ok", float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)),
                        float(ms.min()), float(ms.mean()), len(ms), fid.rel_l2, fid.cosine, fid.max_code_diff,
-                       tuple(float(v) for v in ms))
+                       tuple(float(v) for v in ms), isolation)
+
+
+def peer_specs(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: Path,
+               integer_graph: object | None = None,
+               calibration: Sequence[np.ndarray] | None = None) -> tuple[dict[str, RunnerSpec], dict[str, str]]:
+    """Recipes (`RunnerSpec`) of the built-in peers named in `options.peers`, and the reason for each one
+    that cannot even be set up. The ONNX files (float export, our IntegerGraph exports) are written here into
+    `workdir`; everything else (torch.ao conversion, onnxruntime quantization, ExecuTorch export, sessions)
+    happens in the spec's factory, i.e. in the process that will run the peer."""
+    rng = np.random.default_rng(options.seed)
+    calib = list(calibration) if calibration is not None else [
+        rng.standard_normal(x.shape).astype(np.float32) for _ in range(options.calibration_batches)]
+    specs: dict[str, RunnerSpec] = {}
+    missing: dict[str, str] = {}
+    want = set(options.peers)
+    t = options.threads
+    if "torch_fp32" in want:
+        specs["torch_fp32"] = RunnerSpec("torch_fp32", peers.torch_fp32, (model,))
+    if "torch_ao_int8" in want:
+        specs["torch_ao_int8"] = RunnerSpec("torch_ao_int8", peers.torch_ao_int8, (model, calib))
+    if {"ort_fp32", "ort_int8_qdq"} & want:
+        float_onnx = workdir / "float.onnx"
+        try:
+            peers.export_float_onnx(model, x, float_onnx)
+            if "ort_fp32" in want:
+                specs["ort_fp32"] = RunnerSpec("ort_fp32", peers.ort_runner, (float_onnx, t))
+            if "ort_int8_qdq" in want:
+                specs["ort_int8_qdq"] = RunnerSpec("ort_int8_qdq", peers.ort_int8_static,
+                                                   (float_onnx, calib, workdir / "int8_qdq.onnx", t))
+        except Exception as e:
+            for n in ("ort_fp32", "ort_int8_qdq"):
+                if n in want:
+                    missing[n] = f"unavailable: float ONNX export failed: {type(e).__name__}: {e}"
+    for fmt in ("qdq", "qoperator"):
+        name = f"ort_ours_{fmt}"
+        if name not in want:
+            continue
+        if integer_graph is None:
+            missing[name] = "unavailable: no IntegerGraph given"
+            continue
+        try:
+            path = peers.export_ours(integer_graph, workdir / f"ours_{fmt}.onnx", fmt, x.shape)
+            specs[name] = RunnerSpec(name, peers.ort_float32, (path, t))
+        except Exception as e:
+            missing[name] = f"unavailable: {_first_line(e)}"
+    if "executorch_xnnpack_fp32" in want:
+        specs["executorch_xnnpack_fp32"] = RunnerSpec("executorch_xnnpack_fp32", peers.executorch_xnnpack,
+                                                      (model, x, t))
+    if "executorch_xnnpack_int8" in want:
+        specs["executorch_xnnpack_int8"] = RunnerSpec("executorch_xnnpack_int8", peers.executorch_xnnpack,
+                                                      (model, x, t, calib))
+    for name, why in missing.items():
+        log.warning("peer %s %s", name, why)
+    return specs, missing
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _build_in_process(specs: Mapping[str, RunnerSpec | Runner], builtin: Collection[str]
+                      ) -> tuple[dict[str, Runner], dict[str, str]]:
+    """Build every spec in this process (isolation "none"); a failed build becomes the row's status
+    ("unavailable: ..." for a missing package or a built-in peer, "failed: ..." for a user spec)."""
+    runners: dict[str, Runner] = {}
+    missing: dict[str, str] = {}
+    for name, r in specs.items():
+        if not isinstance(r, RunnerSpec):
+            runners[name] = r
+            continue
+        try:
+            runners[name] = r.build()
+        except peers.MissingPeer as e:
+            missing[name] = f"unavailable: {e}"
+        except Exception as e:
+            missing[name] = f"{'unavailable' if name in builtin else 'failed'}: {_first_line(e)}"
+        if name in missing:
+            log.warning("runner %s %s", name, missing[name])
+    return runners, missing
 
 
 def build_peers(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: Path,
                 integer_graph: object | None = None,
                 calibration: Sequence[np.ndarray] | None = None) -> tuple[dict[str, Runner], dict[str, str]]:
-    """The built-in peer runners named in `options.peers`, and the reason for each one that is unavailable."""
-    rng = np.random.default_rng(options.seed)
-    calib = list(calibration) if calibration is not None else [
-        rng.standard_normal(x.shape).astype(np.float32) for _ in range(options.calibration_batches)]
-    runners: dict[str, Runner] = {}
-    missing: dict[str, str] = {}
-    float_onnx = workdir / "float.onnx"
-
-    def attempt(name: str, make: Callable[[], Runner]) -> None:
-        if name not in options.peers:
-            return
-        try:
-            runners[name] = make()
-        except peers.MissingPeer as e:
-            missing[name] = f"unavailable: {e}"
-            log.warning("peer %s unavailable: %s", name, e)
-        except Exception as e:
-            missing[name] = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log.warning("peer %s unavailable: %s", name, e)
-
-    attempt("torch_fp32", lambda: peers.torch_fp32(model))
-    attempt("torch_ao_int8", lambda: peers.torch_ao_int8(model, calib))
-    if {"ort_fp32", "ort_int8_qdq"} & set(options.peers):
-        try:
-            peers.export_float_onnx(model, x, float_onnx)
-        except Exception as e:
-            for n in ("ort_fp32", "ort_int8_qdq"):
-                missing[n] = f"unavailable: float ONNX export failed: {type(e).__name__}: {e}"
-    if float_onnx.exists():
-        attempt("ort_fp32", lambda: peers.ort_runner(float_onnx, options.threads))
-        attempt("ort_int8_qdq", lambda: peers.ort_int8_static(float_onnx, calib, workdir / "int8_qdq.onnx",
-                                                              options.threads))
-    for fmt in ("qdq", "qoperator"):
-        name = f"ort_ours_{fmt}"
-        if name in options.peers and integer_graph is None:
-            missing[name] = "unavailable: no IntegerGraph given"
-        elif integer_graph is not None:
-            attempt(name, lambda fmt=fmt: peers.ort_ours(integer_graph, workdir / f"ours_{fmt}.onnx", fmt,
-                                                         options.threads, x.shape))
-    attempt("executorch_xnnpack_fp32", lambda: peers.executorch_xnnpack(model, x, options.threads))
-    attempt("executorch_xnnpack_int8", lambda: peers.executorch_xnnpack(model, x, options.threads, calib))
-    return runners, missing
+    """The built-in peer runners named in `options.peers`, built in this process, and the reason for each
+    one that is unavailable."""
+    specs, missing = peer_specs(model, x, options, workdir, integer_graph, calibration)
+    runners, failed = _build_in_process(specs, PEERS)
+    return runners, {**missing, **failed}
 
 
 def run_bench(
@@ -178,7 +242,7 @@ def run_bench(
     x: np.ndarray | torch.Tensor,
     *,
     integer_graph: object | None = None,
-    runners: Mapping[str, Runner] | None = None,
+    runners: Mapping[str, RunnerSpec | Runner] | None = None,
     graph_runners: Collection[str] = (),
     hook: Hook | None = None,
     options: BenchOptions | None = None,
@@ -191,10 +255,11 @@ def run_bench(
 
     model: the float subnet (nn.Module, eval); x: one input batch (NCHW float32);
     integer_graph: its IntegerGraph, for our ONNX export and the code-difference column (optional);
-    runners: extra named numpy callables timed with the peers; graph_runners: which of `runners`
-    execute `integer_graph` (their output is compared with the reference executor in codes);
-    hook: called after every timed call; extra_meta: merged into the result's meta.
-    Writes `bench.json`, `bench.md`, `bench.png` into `out_dir` when given.
+    runners: extra rows: `RunnerSpec`s (with `options.isolation="process"` each runs in its own worker
+    process, e.g. `peers.tvm_spec(lowered, name)`) or plain numpy callables (timed in this process, flagged
+    "in-process"); graph_runners: which of `runners` execute `integer_graph` (their output is compared
+    with the reference executor in codes); hook: called after every timed call; extra_meta: merged into
+    the result's meta. Writes `bench.json`, `bench.md`, `bench.png` into `out_dir` when given.
     """
     opts = options or BenchOptions()
     runners = dict(runners or {})
@@ -210,18 +275,31 @@ def run_bench(
     waits: list[float] = []
     try:
         with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
-            built, missing = build_peers(model, x, opts, Path(tmp), integer_graph, calibration)
+            specs, missing = peer_specs(model, x, opts, Path(tmp), integer_graph, calibration)
+            rows: dict[str, RunnerSpec | Runner] = dict(specs)
             for name, fn in runners.items():
-                if name in built or name in PEERS:
+                if name in PEERS:
                     raise ConfigError("runners", name, "names not used by the built-in peers", f"peers: {PEERS}")
-                built[name] = fn
-            samples = time_runners(built, x, opts.repeats, opts.warmup, hook, settle_s=opts.settle_ms / 1e3,
-                                   lead_in=opts.lead_in, settle_log=waits)
-            stats = _fidelity_stats(model, x, integer_graph, built, missing, samples,
-                                    [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners})
+                rows[name] = fn
+            if opts.isolation == "none":
+                built, failed = _build_in_process(rows, PEERS)
+                missing.update(failed)
+                samples = time_runners(built, x, opts.repeats, opts.warmup, hook, settle_s=opts.settle_ms / 1e3,
+                                       lead_in=opts.lead_in, settle_log=waits)
+                outputs = {n: (lambda n=n: built[n](x)) for n in built}
+                workers = {n: {"isolation": "none", "pid": os.getpid(), "threads": opts.threads} for n in built}
+            else:
+                run = time_isolated(rows, x, opts.repeats, opts.warmup, hook, threads=opts.threads,
+                                    settle_s=opts.settle_ms / 1e3, lead_in=opts.lead_in,
+                                    timeout_s=opts.worker_timeout_s, builtin=frozenset(PEERS))
+                samples, waits, workers = run.samples, run.settle_waits, run.workers
+                outputs = {n: (lambda y=y: y) for n, y in run.outputs.items()}
+            stats = _fidelity_stats(model, x, integer_graph, outputs, missing, samples,
+                                    [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners}, workers)
     finally:
         torch.set_num_threads(prev_threads)
     meta = _environment(opts, x, title, waits, integer_graph)
+    meta["workers"] = workers
     meta.update(extra_meta or {})
     result = BenchResult(tuple(stats), meta)
     if out_dir is not None:
@@ -231,10 +309,11 @@ def run_bench(
     return result
 
 
-def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, built: Mapping[str, Runner],
+def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, outputs: Mapping[str, Callable[[], np.ndarray]],
                     missing: Mapping[str, str], samples: Mapping[str, list[float] | str], order: Sequence[str],
-                    integer_names: Collection[str]) -> list[RunnerStats]:
-    """RunnerStats per runner in `order`, with fidelity vs torch fp32 and (integer runners) the reference."""
+                    integer_names: Collection[str], workers: Mapping[str, Mapping[str, Any]]) -> list[RunnerStats]:
+    """RunnerStats per runner in `order`, with fidelity vs torch fp32 and (integer runners) the reference;
+    `outputs[name]()` gives the runner's output on `x` (fetched from its worker, or computed here)."""
     with torch.inference_mode():
         fp32 = model.eval()(torch.from_numpy(x)).numpy()
     ref = scale = None
@@ -245,15 +324,16 @@ def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, built: Mapping[str
         scale = output_scale(ig)
     stats = []
     for name in order:
+        isolation = str(workers.get(name, {}).get("isolation", ""))
         if name in missing:
-            stats.append(RunnerStats(name, missing[name]))
+            stats.append(RunnerStats(name, missing[name], isolation=isolation))
             continue
         fid = Fidelity()
         if isinstance(samples[name], list):
-            y = built[name](x)
+            y = outputs[name]()
             is_int = name in integer_names
             fid = fidelity(y, fp32 if (comparable or not is_int) else None, ref if is_int else None, scale)
-        stats.append(_stats(name, samples[name], fid))
+        stats.append(_stats(name, samples[name], fid, isolation))
     return stats
 
 
@@ -309,9 +389,14 @@ def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "synthetic_integer_graph": synthetic,
         "graph_output_op": _output_op(ig),
-        "note": ("median and 10th-90th percentile of per-call wall time; rounds interleave all runners; before "
-                 "each timed call the harness waits (at most settle_ms) until no thread of the process spins, "
-                 "then makes lead_in untimed calls of that runner"),
+        "isolation": opts.isolation,
+        "note": (("each runner in its own spawned worker process (plain callables: in the harness's process, "
+                  "flagged in-process); " if opts.isolation == "process" else "every runner in one process; ")
+                 + "median and 10th-90th percentile of per-call wall time, timed around the call alone; rounds "
+                   "interleave all runners; before each timed call the harness waits (at most settle_ms) until "
+                   "no thread of " + ("any worker or of the harness" if opts.isolation == "process"
+                                      else "the process") + " spins, then makes lead_in untimed calls of that "
+                   "runner"),
         "fidelity": ("rel_l2 = ||y - y_fp32|| / ||y_fp32||, cosine vs torch fp32 on the same input"
                      + ("; not given for IntegerGraph runners: the graph is synthetic (its own random weights)"
                         if synthetic else "")

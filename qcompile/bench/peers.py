@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qcompile.bench.workers import RunnerSpec
 from qcompile.errors import QcompileError
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,22 @@ def ort_int8_static(float_onnx: str | Path, calibration: Sequence[np.ndarray], p
     return ort_runner(path, threads)
 
 
-def ort_ours(integer_graph: object, path: str | Path, fmt: str, threads: int, batch_shape: Sequence[int]) -> Runner:
-    """onnxruntime on `export_onnx(integer_graph, format=fmt)`; output cast to float32 like the peers."""
+def ort_float32(path: str | Path, threads: int) -> Runner:
+    """onnxruntime on an ONNX file, output cast to float32 like the peers (our IntegerGraph exports)."""
+    runner = ort_runner(path, threads)
+    return lambda x: np.asarray(runner(x), dtype=np.float32)
+
+
+def export_ours(integer_graph: object, path: str | Path, fmt: str, batch_shape: Sequence[int]) -> Path:
+    """`export_onnx(integer_graph, format=fmt)` at the batch's shape (`qcompile.backends.onnx`)."""
     from qcompile.backends.onnx import export_onnx
 
-    runner = ort_runner(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)), threads)
-    return lambda x: np.asarray(runner(x), dtype=np.float32)
+    return Path(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)))
+
+
+def ort_ours(integer_graph: object, path: str | Path, fmt: str, threads: int, batch_shape: Sequence[int]) -> Runner:
+    """onnxruntime on `export_onnx(integer_graph, format=fmt)`; output cast to float32 like the peers."""
+    return ort_float32(export_ours(integer_graph, path, fmt, batch_shape), threads)
 
 
 def _require_executorch() -> None:
@@ -188,16 +199,17 @@ def executorch_xnnpack(model: nn.Module, example: np.ndarray, threads: int,
 
 
 def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
-                input_shape: tuple[int, ...] | None = None) -> tuple[dict[str, Runner], dict[str, Any]]:
-    """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, and their targets.
+                input_shape: tuple[int, ...] | None = None) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
+    """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, as `RunnerSpec`s
+    (`tvm_spec`: each runs in its own worker process), and their targets.
 
     mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); any other mcpu for the
     target dict {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}.
-    A lowering that fails becomes a runner that raises, so its row says why.
+    A lowering that fails becomes a spec whose build raises, so its row says why.
     """
     import qcompile as qc
 
-    runners: dict[str, Runner] = {}
+    runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}
     for mcpu in mcpus:
         target: str | dict = "x86" if mcpu == "host" else {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
@@ -207,17 +219,52 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
         except Exception as e:  # recorded in the row, the other runners still run
             log.warning("TVM lowering for mcpu %s failed: %s", mcpu, e)
             name = f"qcompile_tvm_{mcpu}_untuned"
-            runners[name] = _raiser(f"lowering failed: {type(e).__name__}: {e}")
+            runners[name] = RunnerSpec(name, lowering_failed, (f"lowering failed: {type(e).__name__}: {e}",))
             targets[name] = target
             continue
         name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', mcpu)}_untuned"
-        runners[name] = low
+        runners[name] = tvm_spec(low, name)
         targets[name] = low.spec.tvm_target
     return runners, targets
 
 
-def _raiser(msg: str) -> Runner:
+#: the files of an exported `Lowered` a worker needs to run it (`Lowered.export`, `qcompile.backends.tvm.load`)
+_TVM_FILES = ("lib.so", "metadata.json")
+
+
+def tvm_spec(low: Any, name: str) -> RunnerSpec:
+    """A `RunnerSpec` for a qcompile TVM lowering: `low.export` into a temporary directory, the library and
+    its metadata carried as bytes (no directory has to outlive this call), `tvm_library` rebuilds it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qcompile-bench-tvm-") as tmp:
+        path = low.export(Path(tmp) / "lib")
+        files = {f: (path / f).read_bytes() for f in _TVM_FILES}
+    return RunnerSpec(name, tvm_library, (files,))
+
+
+def tvm_library(files: dict[str, bytes]) -> Runner:
+    """Load an exported qcompile TVM library from its files' bytes (`tvm_spec`) in this process.
+
+    The thread count is the lowering's `num_threads` (its metadata); where that is None, TVM's pool takes
+    `TVM_NUM_THREADS`, which the harness sets in each worker before TVM's pool exists.
+    """
+    import tempfile
+
+    from qcompile.backends.tvm import load
+
+    tmp = tempfile.TemporaryDirectory(prefix="qcompile-bench-tvm-")
+    for f, data in files.items():
+        (Path(tmp.name) / f).write_bytes(data)
+    low = load(tmp.name)
+
     def run(x: np.ndarray) -> np.ndarray:
-        raise RuntimeError(msg)
+        _ = tmp  # the library file lives as long as the runner (qemu-run targets reopen it per call)
+        return low(x)
 
     return run
+
+
+def lowering_failed(msg: str) -> Runner:
+    """Factory of a row whose lowering failed in the parent: raises, so the row's status says why."""
+    raise RuntimeError(msg)

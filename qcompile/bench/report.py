@@ -28,18 +28,33 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _label(r: RunnerStats) -> str:
+    """The row's name, flagged when it ran in the harness's process while the others were isolated."""
+    return f"{r.name} (in-process)" if r.isolation == "in-process" else r.name
+
+
 def _row(r: RunnerStats) -> str:
     if r.median_ms is None:
-        return f"| {r.name} | - | - | - | 0 | - | - | - | {r.status} |"
-    return (f"| {r.name} | {r.median_ms:.2f} | {r.p10_ms:.2f}-{r.p90_ms:.2f} | {r.min_ms:.2f} | {r.n} | "
+        return f"| {_label(r)} | - | - | - | 0 | - | - | - | {r.status} |"
+    return (f"| {_label(r)} | {r.median_ms:.2f} | {r.p10_ms:.2f}-{r.p90_ms:.2f} | {r.min_ms:.2f} | {r.n} | "
             f"{_num(r.rel_l2_vs_fp32, '.3g')} | {_num(r.cosine_vs_fp32, '.4f')} | {_num(r.max_code_diff, '.3g')} | "
             f"{r.status} |")
+
+
+def _isolation_words(m: Mapping) -> str:
+    iso = m.get("isolation")
+    if iso == "process":
+        return "one worker process per runner, "
+    if iso == "none":
+        return "all runners in one process, "
+    return ""  # a result written before isolation existed: one process
 
 
 def _header(m: Mapping) -> list[str]:
     et = f", executorch {m['executorch']}" if m.get("executorch") else ""
     return [
-        f"input {tuple(m.get('input_shape', ()))}, {m.get('threads')} threads, {m.get('repeats')} interleaved rounds "
+        f"input {tuple(m.get('input_shape', ()))}, {m.get('threads')} threads, {_isolation_words(m)}"
+        f"{m.get('repeats')} interleaved rounds "
         f"(+{m.get('warmup')} warm-up; settle <= {m.get('settle_ms')} ms and {m.get('lead_in')} untimed lead-in "
         f"call(s) before each timed call), torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}{et}, "
         f"{m.get('cpu_model') or m.get('processor') or m.get('machine')} x{m.get('cpu_count')}, "
@@ -59,6 +74,9 @@ def table(result: BenchResult) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [_row(r) for r in result.runners]
+    if any(r.isolation == "in-process" for r in result.runners):
+        lines += ["", "(in-process): a plain callable, timed in the harness's own process rather than in a worker "
+                      "of its own (pass a `RunnerSpec` to isolate it)."]
     return "\n".join(lines) + "\n"
 
 
@@ -95,15 +113,27 @@ def _load_note(m: Mapping) -> list[str]:
 
 def _timing_paragraph(m: Mapping) -> str:
     w = m.get("settle_waited_ms") or {}
-    return (f"Timing: all runners live in one process and take turns, one timed call each per round, the order "
-            f"rotating every round. CPU runtimes keep their worker threads spinning for a while after a call "
-            f"(onnxruntime's intra-op pool, libgomp after a torch op, TVM's and XNNPACK's pools); the next runtime "
-            f"would then lose its cores to them (measured: torch fp32 about 5x slower right after onnxruntime). So "
-            f"before each timed call the harness waits until no thread of the process uses CPU any more (probing "
-            f"every 2 ms, at most `settle_ms` = {m.get('settle_ms')} ms; this run waited {w.get('median', 0):.1f} ms "
-            f"median, {w.get('max', 0):.1f} ms max), then makes `lead_in` = {m.get('lead_in')} untimed call(s) of the "
-            f"same runner, so each is timed as in a user's loop, with its own pool as hot as it leaves it. No "
-            f"runtime's spinning is turned off.")
+    if m.get("isolation") == "process":
+        where = ("Timing: each runner is built and run in its own worker process (multiprocessing spawn), with "
+                 "its thread count set in that process, because runtimes sharing one process share allocator, "
+                 "caches, thread affinity and thread pools (measured: onnxruntime INT8 median 7.8 ms interleaved "
+                 "in one process vs 2.06 ms alone). The harness drives interleaved rounds, one timed call per "
+                 "runner per round, the order rotating every round; each worker times its call with "
+                 "`perf_counter` around the call alone and sends the seconds back, so the pipe is not in the "
+                 "sample. The input is sent once at start; the output for the fidelity columns comes from the "
+                 "first call. ")
+        idle = "no thread of any worker (nor of the harness) uses CPU any more"
+    else:
+        where = ("Timing: all runners live in one process and take turns, one timed call each per round, the "
+                 "order rotating every round. ")
+        idle = "no thread of the process uses CPU any more"
+    return (where + f"CPU runtimes keep their worker threads spinning for a while after a call (onnxruntime's "
+            f"intra-op pool, libgomp after a torch op, TVM's and XNNPACK's pools); the next runtime would then "
+            f"lose its cores to them (measured: torch fp32 about 5x slower right after onnxruntime). So before "
+            f"each timed call the harness waits until {idle} (probing every 2 ms, at most `settle_ms` = "
+            f"{m.get('settle_ms')} ms; this run waited {w.get('median', 0):.1f} ms median, {w.get('max', 0):.1f} ms "
+            f"max), then makes `lead_in` = {m.get('lead_in')} untimed call(s) of the same runner, so each is timed "
+            f"as in a user's loop, with its own pool as hot as it leaves it. No runtime's spinning is turned off.")
 
 
 def _comparable_note(m: Mapping) -> list[str]:

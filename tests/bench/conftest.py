@@ -29,7 +29,7 @@ def tiny_graph(tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_tvm(tiny_graph):
-    """The untuned host TVM lowering of the tiny graph, as the CLI builds it."""
+    """The untuned host TVM lowering of the tiny graph, as the CLI builds it: ({name: RunnerSpec}, targets)."""
     from qcompile.bench.peers import tvm_runners
 
     return tvm_runners(tiny_graph, ["host"], 1)

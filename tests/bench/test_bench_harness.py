@@ -43,6 +43,11 @@ def test_every_peer_runs_and_report_is_written(tiny_bench, tiny_tvm):
     assert m["settle_ms"] == BenchOptions().settle_ms and m["lead_in"] == BenchOptions().lead_in
     assert 0 <= m["settle_waited_ms"]["median"] <= m["settle_waited_ms"]["max"] <= m["settle_ms"] + 5
     assert m["synthetic_integer_graph"] is True and m["graph_output_op"] == "dequantize_acc"
+    # peers and the TVM lowering ran in worker processes of their own, the closures in this one
+    assert m["isolation"] == "process"
+    for name, s in stats.items():
+        want = "in-process" if name in EXTRA else "process"
+        assert s.isolation == want and m["workers"][name]["isolation"] == want, name
     assert [r["name"] for r in doc["runners"]] == list(stats)
     md = (out / "bench.md").read_text()
     assert md.count("\n| ") == len(stats) + 1 and "torch_ao_int8" in md and "cosine vs fp32" in md
@@ -88,10 +93,12 @@ def test_code_difference_of_integer_runners(tiny_bench, tiny_tvm):
 
 def test_tvm_row_names_the_llvm_mcpu(tiny_tvm, tiny_graph, tiny_input):
     runners, targets = tiny_tvm
-    ((name, low),) = runners.items()
+    ((name, spec),) = runners.items()
     mcpu = targets[name]["mcpu"]
     assert name == f"qcompile_tvm_{mcpu}_untuned" and mcpu not in ("", "native")
-    np.testing.assert_array_equal(low(tiny_input), tiny_graph(torch.from_numpy(tiny_input)).numpy())
+    # the spec carries the exported library; rebuilt here it runs the lowering bit-exactly
+    assert spec.name == name and set(spec.args[0]) == {"lib.so", "metadata.json"}
+    np.testing.assert_array_equal(spec.build()(tiny_input), tiny_graph(torch.from_numpy(tiny_input)).numpy())
 
 
 def test_hook_sees_interleaved_rotating_rounds(tiny_bench):
@@ -147,8 +154,10 @@ def test_missing_executorch_gives_install_hint(tiny_model, tiny_input, monkeypat
     monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import fails as if not installed
     with pytest.raises(peers.MissingPeer, match="pip install"):
         peers.executorch_xnnpack(tiny_model, tiny_input, threads=1)
+    # in this process: a spawned worker would not see the monkeypatch
     res = run_bench(tiny_model, tiny_input, options=BenchOptions(
-        threads=1, repeats=1, warmup=0, settle_ms=0, peers=("torch_fp32", "executorch_xnnpack_int8")))
+        threads=1, repeats=1, warmup=0, settle_ms=0, peers=("torch_fp32", "executorch_xnnpack_int8"),
+        isolation="none"))
     st = res.by_name()["executorch_xnnpack_int8"]
     assert st.status.startswith("unavailable: ") and "executorch==1.5.1" in st.status and st.median_ms is None
     assert res.by_name()["torch_fp32"].status == "ok"

@@ -25,7 +25,7 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
         pointwise_conv_x86,
     )
     from qcompile.backends.tvm.schedules.requant import bias_term
-    from qcompile.backends.tvm.schedules.x86 import depthwise_workload
+    from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload
     from qcompile.backends.tvm.tuning import lookup_dw_knobs, lookup_knobs
 
     rng = np.random.default_rng(seed)
@@ -48,7 +48,8 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     else:
         mode = choose_mode(target, w, x_max)
         _, g, _, wdt = MODES[mode]
-        wl = {"op": "conv_gemm", "k": ly.c * ly.k * ly.k, "p": ly.ho * ly.ho, "o": ly.o, "im2col": ly.k != 1}
+        wl = gemm_workload({"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": (ly.o, ly.c, ly.k, ly.k),
+                             "out_shape": (1, ly.o, ly.ho, ly.ho)})  # the strategy's own tuning key
         knobs = knobs or lookup_knobs(wl | {"mode": mode}, target) or default_knobs(mode)
         geom = None
         x = rng.integers(0, x_max + 1, (ly.c, ly.h * ly.h)).astype(np.uint8)

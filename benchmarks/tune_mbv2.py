@@ -20,7 +20,7 @@ def tune_network(target, resolution: int = 224, x_max: int = 255, w_bits: int = 
 
     from benchmarks.mbv2 import mbv2_layers
     from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
-    from qcompile.backends.tvm.schedules.x86 import depthwise_workload
+    from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload
     from qcompile.backends.tvm.tuning import TuningDB, tune_depthwise, tune_gemm, workload_key
 
     rng = np.random.default_rng(0)
@@ -37,7 +37,8 @@ def tune_network(target, resolution: int = 224, x_max: int = 255, w_bits: int = 
         hw = 2 ** (w_bits - 1)
         w = rng.integers(-hw, hw, (ly.o, ly.c, ly.k, ly.k)).astype(np.int8)
         mode = choose_mode(target, w, x_max)
-        wl = {"op": "conv_gemm", "k": ly.c * ly.k * ly.k, "p": ly.ho * ly.ho, "o": ly.o, "im2col": ly.k != 1}
+        wl = gemm_workload({"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": (ly.o, ly.c, ly.k, ly.k),
+                             "out_shape": (1, ly.o, ly.ho, ly.ho)})  # the strategy's own tuning key
         wl["mode"] = mode
         key = workload_key(wl)
         if key in done:

@@ -87,12 +87,19 @@ def conv_kind(params: dict) -> str | None:
     return None
 
 
+#: version of each kernel's schedule space, part of its tuning key: a record timed among older candidates (or
+#: before a kernel changed) is not reused, so a newer, faster default is never overridden by a stale record.
+#: gemm 2: stack-sized tiles and let-bound intrinsics; conv_dw 2: tap quads and rows per step.
+SCHEDULE_SPACE = {"conv_gemm": 2, "conv_dw": 2}
+
+
 def gemm_workload(params: dict) -> dict:
     """The tuning key of a GEMM-lowered conv: what its schedule depends on (not the weights)."""
     _, c, h, w = params["x_shape"]
     o, _, kh, kw = params["w_shape"]
     _, _, ho, wo = params["out_shape"]
-    return {"op": "conv_gemm", "k": c * kh * kw, "p": ho * wo, "o": o, "im2col": (kh, kw) != (1, 1)}
+    return {"op": "conv_gemm", "k": c * kh * kw, "p": ho * wo, "o": o, "im2col": (kh, kw) != (1, 1),
+            "space": SCHEDULE_SPACE["conv_gemm"]}
 
 
 def depthwise_workload(params: dict) -> dict:
@@ -100,7 +107,8 @@ def depthwise_workload(params: dict) -> dict:
     _, c, h, w = (int(v) for v in params["x_shape"])
     _, _, kh, kw = (int(v) for v in params["w_shape"])
     return {"op": "conv_dw", "c": c, "h": h, "w": w, "k": [kh, kw], "stride": list(_pair(params.get("stride", 1))),
-            "padding": list(_pair(params.get("padding", 0))), "dilation": list(_pair(params.get("dilation", 1)))}
+            "padding": list(_pair(params.get("padding", 0))), "dilation": list(_pair(params.get("dilation", 1))),
+            "space": SCHEDULE_SPACE["conv_dw"]}
 
 
 def _bias_arg(args: list[relax.Expr], requant: bool, node: str) -> relax.Expr:

@@ -206,3 +206,20 @@ def test_trials_caps_the_schedules_timed_and_keeps_the_default(cache, monkeypatc
         from qcompile.backends.tvm import lower_integer_graph
 
         lower_integer_graph(None, "x86", tune=True, trials=0)
+
+
+def test_records_of_an_older_schedule_space_are_not_reused(cache):
+    """A record timed among an older kernel's candidates (its key lacks the current `space`) is ignored, so a newer
+    default is not overridden by a stale tile; the current key is found."""
+    from qcompile.backends.tvm.schedules.x86 import SCHEDULE_SPACE
+
+    params = _pointwise_call(16, 8, 16).params
+    wl = gemm_workload(params) | {"mode": "i16"}
+    assert wl["space"] == SCHEDULE_SPACE["conv_gemm"]
+    old = {k: v for k, v in wl.items() if k != "space"}  # how session-1/2 databases keyed it
+    tuning._db(AVX2).put(old, {"to": 16, "tp": 16, "p_outer": True}, 1.0)
+    assert tuning.lookup_knobs(wl, AVX2) is None
+    tuning._db(AVX2).put(wl, {"to": 8, "tp": 16, "p_outer": True}, 2.0)
+    assert tuning.lookup_knobs(wl, AVX2) == GemmKnobs(8, 16)
+    dw = depthwise_workload(dict(params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1)))
+    assert dw["space"] == SCHEDULE_SPACE["conv_dw"]

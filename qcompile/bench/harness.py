@@ -273,6 +273,7 @@ def run_bench(
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     waits: list[float] = []
+    cpu0 = _cpu_snapshot()
     try:
         with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
             specs, missing = peer_specs(model, x, opts, Path(tmp), integer_graph, calibration)
@@ -300,6 +301,7 @@ def run_bench(
         torch.set_num_threads(prev_threads)
     meta = _environment(opts, x, title, waits, integer_graph)
     meta["workers"] = workers
+    meta.update(_other_load(cpu0, _cpu_snapshot()))
     meta.update(extra_meta or {})
     result = BenchResult(tuple(stats), meta)
     if out_dir is not None:
@@ -348,6 +350,35 @@ def _output_op(ig: Any) -> str | None:
 def _is_synthetic(ig: Any) -> bool:
     """Whether `ig` was written by `synthetic_integer_graph` (random weights of its own)."""
     return ig is not None and bool(getattr(ig, "program_meta", {}).get("synthetic", False))
+
+
+def _cpu_snapshot() -> dict[str, float] | None:
+    """Wall clock, the machine's busy and stolen CPU seconds (/proc/stat, all cores) and this process's own CPU
+    seconds including its reaped children (the workers); None where /proc/stat is missing (not Linux)."""
+    import resource
+
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    v = [int(f) / hz for f in fields]
+    own = sum(getattr(resource.getrusage(who), a) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for a in ("ru_utime", "ru_stime"))
+    # user nice system idle iowait irq softirq steal ...
+    return {"wall": time.monotonic(), "busy": v[0] + v[1] + v[2] + v[5] + v[6], "steal": v[7] if len(v) > 7 else 0.0,
+            "own": own}
+
+
+def _other_load(a: dict | None, b: dict | None) -> dict[str, float]:
+    """Cores' worth of CPU that *other* processes used during the run (machine busy time minus the harness's and
+    its workers' own), and the hypervisor's steal: what actually competed with the rows. The load average
+    cannot tell: it counts the benchmark's own threads."""
+    if a is None or b is None or b["wall"] <= a["wall"]:
+        return {}
+    wall = b["wall"] - a["wall"]
+    others = max(0.0, (b["busy"] - a["busy"]) - (b["own"] - a["own"])) / wall
+    return {"other_load_cores": round(others, 3), "steal_cores": round((b["steal"] - a["steal"]) / wall, 3)}
 
 
 def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[float],

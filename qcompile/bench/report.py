@@ -102,13 +102,20 @@ def _cpu_sentences(m: Mapping) -> str:
 
 
 def _load_note(m: Mapping) -> list[str]:
-    la = m.get("load_average")
     cores = m.get("cpu_count") or 1
-    if not la or la[0] <= 0.5 * cores:
-        return []
-    return [f"**Load average {la[0]:.1f} on {cores} cores during this run: other jobs competed for the cores, "
-            f"so latencies (torch's libgomp threads above all) are inflated and noisy. Regenerate on a quiet "
-            f"machine.**", ""]
+    other, steal = m.get("other_load_cores"), m.get("steal_cores") or 0.0
+    if other is None:  # older results: only the load average, which counts the benchmark's own threads too
+        la = m.get("load_average")
+        if not la or la[0] <= 0.5 * cores:
+            return []
+        return [f"**Load average {la[0]:.1f} on {cores} cores during this run (the benchmark's own threads "
+                f"included): other jobs may have competed for the cores. Regenerate on a quiet machine.**", ""]
+    if other + steal <= 0.1 * cores:
+        return [f"Other processes used {other:.2f} cores on average during this run and the hypervisor stole "
+                f"{steal:.2f}: a quiet machine.", ""]
+    return [f"**Other processes used {other:.2f} of {cores} cores on average during this run (hypervisor steal "
+            f"{steal:.2f}): they competed with the rows, so latencies are inflated and noisy. Regenerate on a "
+            f"quiet machine.**", ""]
 
 
 def _timing_paragraph(m: Mapping) -> str:
@@ -179,15 +186,20 @@ def peers_doc(result: BenchResult, command: str | None = None) -> str:
         "### ARCHITECTURE.md figure vs this run",
         "",
         *_comparable_note(m),
-        "| runner | ARCHITECTURE.md ms (AVX2 machine) | this run median ms | ratio (this run / figure) |",
-        "|---|---:|---:|---:|",
+        "| runner | ARCHITECTURE.md ms (AVX2 machine) | this run median ms | ratio (this run / figure) "
+        "| this run p10-p90 ms | figure within this run's p10-p90 |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for name, ref in ARCHITECTURE_MS.items():
         r = by.get(name)
         got = r.median_ms if r is not None else None
         ratio = "-" if got is None else f"{got / ref:.2f}"
-        lines.append(f"| {name} | {ref:.1f} | {_num(got, '.2f')} | {ratio} |")
-    lines += ["", _cpu_sentences(m), ""]
+        ok = r is not None and r.p10_ms is not None and r.p10_ms <= ref <= r.p90_ms
+        band = "-" if r is None or r.p10_ms is None else f"{r.p10_ms:.2f}-{r.p90_ms:.2f}"
+        lines.append(f"| {name} | {ref:.1f} | {_num(got, '.2f')} | {ratio} | {band} | "
+                     f"{'-' if r is None or r.p10_ms is None else ('yes' if ok else 'no')} |")
+    lines += ["", "\"Within noise\" here means the figure lies inside this run's own 10th-90th percentile band of "
+              "single-call latencies.", "", _cpu_sentences(m), ""]
     return "\n".join(lines)
 
 

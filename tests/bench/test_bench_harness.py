@@ -199,3 +199,19 @@ def test_missing_integer_graph_and_bad_options(tiny_model, tiny_input):
         run_bench(tiny_model, tiny_input, runners={"a": lambda x: x}, graph_runners=["a"],
                   options=BenchOptions(threads=1, repeats=1, warmup=0, peers=("torch_fp32",)))
     assert torch.get_num_threads() == before  # the harness restores torch's thread count
+
+
+def test_other_load_counts_only_other_processes():
+    """The load note uses the machine's busy time minus the harness's own (workers included), not the load
+    average, which counts the benchmark's own threads: 2 s of wall, 3.0 busy core-seconds of which 2.2 ours."""
+    from qcompile.bench.harness import _other_load
+    from qcompile.bench.report import _load_note
+
+    a = {"wall": 10.0, "busy": 100.0, "steal": 1.0, "own": 5.0}
+    b = {"wall": 12.0, "busy": 103.0, "steal": 1.1, "own": 7.2}
+    got = _other_load(a, b)
+    assert got == {"other_load_cores": pytest.approx(0.4), "steal_cores": pytest.approx(0.05)}
+    assert "competed" in _load_note({"cpu_count": 2, **got})[0]
+    quiet = _other_load(a, dict(b, busy=102.2))  # nothing but ourselves
+    assert quiet["other_load_cores"] == 0.0 and "quiet machine" in _load_note({"cpu_count": 2, **quiet})[0]
+    assert _other_load(None, b) == {} and _load_note({"cpu_count": 2, "load_average": [0.3]}) == []

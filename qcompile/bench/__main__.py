@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--settle-ms", type=float, default=d.settle_ms,
                    help="max wait for the previous runtime's spinning threads before each timed call (0: none)")
     p.add_argument("--lead-in", type=int, default=d.lead_in, help="untimed calls right before each timed call")
+    p.add_argument("--lead-in-ms", type=float, default=d.lead_in_ms,
+                   help="and untimed calls go on until this many ms have passed (0: exactly --lead-in calls)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     p.add_argument("--tvm", default="host,core-avx2",
                    help="comma-separated LLVM mcpus for untuned qcompile TVM rows ('host' = this CPU), '' for none")
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ig = synthetic_integer_graph(model, a.resolution)
     x = np.random.default_rng(0).standard_normal((a.batch, 3, a.resolution, a.resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats, warmup=a.warmup, settle_ms=a.settle_ms,
-                        lead_in=a.lead_in, peers=tuple(n for n in a.peers.split(",") if n))
+                        lead_in=a.lead_in, lead_in_ms=a.lead_in_ms, peers=tuple(n for n in a.peers.split(",") if n))
     runners, targets = tvm_runners(ig, [m for m in a.tvm.split(",") if m], a.threads, x.shape)
     command = " ".join(["python -m qcompile.bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     title = f"MobileNetV2 (width {a.width}) {a.resolution}x{a.resolution}, batch {a.batch}"

@@ -58,7 +58,8 @@ class BenchOptions:
     of PEERS); calibration_batches: random batches for the int8 peers when no calibration data is given;
     settle_ms: at most this long before each timed call, wait until no thread of the process is
     spinning (the previous runtime's pool), 0 = no wait; lead_in: untimed calls of the runner right
-    before its timed call, so it is timed with its own pool hot as in a user's loop; isolation: "process"
+    before its timed call, so it is timed with its own pool hot as in a user's loop; lead_in_ms: and untimed
+    calls go on until this long has passed (`timing.lead_in_calls` says why); isolation: "process"
     (default: one spawned worker process per runner, `qcompile.bench.workers`) or "none" (every runner in
     this process, `timing.time_runners`); worker_timeout_s: longest a worker may take to build its runner
     or answer one request before its row is marked failed.
@@ -72,6 +73,7 @@ class BenchOptions:
     seed: int = 0
     settle_ms: float = 200.0
     lead_in: int = 1
+    lead_in_ms: float = 50.0
     isolation: str = "process"
     worker_timeout_s: float = 600.0
 
@@ -86,6 +88,9 @@ class BenchOptions:
             raise ConfigError("settle_ms", self.settle_ms, ">= 0 (milliseconds; 0 disables the settle wait)")
         if self.lead_in < 0:
             raise ConfigError("lead_in", self.lead_in, ">= 0")
+        if not self.lead_in_ms >= 0:
+            raise ConfigError("lead_in_ms", self.lead_in_ms,
+                              ">= 0 (milliseconds of untimed calls before each timed call)")
         if self.isolation not in ISOLATION:
             raise ConfigError("isolation", self.isolation, ISOLATION,
                               "'process': one worker process per runner; 'none': every runner in this process")
@@ -286,12 +291,13 @@ def run_bench(
                 built, failed = _build_in_process(rows, PEERS)
                 missing.update(failed)
                 samples = time_runners(built, x, opts.repeats, opts.warmup, hook, settle_s=opts.settle_ms / 1e3,
-                                       lead_in=opts.lead_in, settle_log=waits)
+                                       lead_in=opts.lead_in, lead_in_s=opts.lead_in_ms / 1e3, settle_log=waits)
                 outputs = {n: (lambda n=n: built[n](x)) for n in built}
                 workers = {n: {"isolation": "none", "pid": os.getpid(), "threads": opts.threads} for n in built}
             else:
                 run = time_isolated(rows, x, opts.repeats, opts.warmup, hook, threads=opts.threads,
                                     settle_s=opts.settle_ms / 1e3, lead_in=opts.lead_in,
+                                    lead_in_s=opts.lead_in_ms / 1e3,
                                     timeout_s=opts.worker_timeout_s, builtin=frozenset(PEERS))
                 samples, waits, workers = run.samples, run.settle_waits, run.workers
                 outputs = {n: (lambda y=y: y) for n, y in run.outputs.items()}
@@ -404,6 +410,7 @@ def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[
         "warmup": opts.warmup,
         "settle_ms": opts.settle_ms,
         "lead_in": opts.lead_in,
+        "lead_in_ms": opts.lead_in_ms,
         "settle_waited_ms": {"median": float(np.median(w)), "max": float(w.max())},
         "input_shape": list(x.shape),
         "torch": torch.__version__,

@@ -55,8 +55,8 @@ def _header(m: Mapping) -> list[str]:
     return [
         f"input {tuple(m.get('input_shape', ()))}, {m.get('threads')} threads, {_isolation_words(m)}"
         f"{m.get('repeats')} interleaved rounds "
-        f"(+{m.get('warmup')} warm-up; settle <= {m.get('settle_ms')} ms and {m.get('lead_in')} untimed lead-in "
-        f"call(s) before each timed call), torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}{et}, "
+        f"(+{m.get('warmup')} warm-up; settle <= {m.get('settle_ms')} ms and {_lead_in_words(m)} "
+        f"before each timed call), torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}{et}, "
         f"{m.get('cpu_model') or m.get('processor') or m.get('machine')} x{m.get('cpu_count')}, "
         f"load average {_load(m)}, {m.get('timestamp')}",
     ]
@@ -139,8 +139,18 @@ def _timing_paragraph(m: Mapping) -> str:
             f"lose its cores to them (measured: torch fp32 about 5x slower right after onnxruntime). So before "
             f"each timed call the harness waits until {idle} (probing every 2 ms, at most `settle_ms` = "
             f"{m.get('settle_ms')} ms; this run waited {w.get('median', 0):.1f} ms median, {w.get('max', 0):.1f} ms "
-            f"max), then makes `lead_in` = {m.get('lead_in')} untimed call(s) of the same runner, so each is timed "
-            f"as in a user's loop, with its own pool as hot as it leaves it. No runtime's spinning is turned off.")
+            f"max), then makes {_lead_in_words(m)} of the same runner, so each is timed as in a user's loop, with "
+            f"its own pool as hot as it leaves it"
+            + (" and its threads spread over the cores again (after sleeping through the other runners' turns, "
+               "a runtime's pool threads were woken onto its main thread's vCPU and each parallel section waited "
+               "a 4 ms scheduler tick: `timing.lead_in_calls`)" if m.get("lead_in_ms") else "")
+            + ". No runtime's spinning is turned off.")
+
+
+def _lead_in_words(m: Mapping) -> str:
+    ms = m.get("lead_in_ms")
+    calls = f"{m.get('lead_in')} untimed lead-in call(s)"
+    return f"{calls}, continued for at least {ms:g} ms," if ms else calls
 
 
 def _comparable_note(m: Mapping) -> list[str]:

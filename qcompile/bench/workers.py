@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from qcompile.bench.timing import Clocks, Hook, Runner, settle
+from qcompile.bench.timing import Clocks, Hook, Runner, lead_in_calls, settle
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ def _worker_main(conn: Any, spec_bytes: bytes, x: np.ndarray, threads: int) -> N
                     runner(x)
                 conn.send(("ok", None))
             elif op == "time":
-                for _ in range(msg[1]):
-                    runner(x)
+                lead_in_calls(lambda: runner(x), msg[1], msg[2])
                 t = time.perf_counter()
                 runner(x)
                 conn.send(("sample", time.perf_counter() - t))
@@ -215,8 +214,8 @@ class _Worker:
         if n > 0:
             self._request(("warmup", n), "ok")
 
-    def timed(self, lead_in: int) -> float:
-        return float(self._request(("time", lead_in), "sample"))
+    def timed(self, lead_in: int, lead_in_s: float = 0.0) -> float:
+        return float(self._request(("time", lead_in, lead_in_s), "sample"))
 
     def close(self) -> None:
         """Stop the worker: ask, then SIGTERM, then SIGKILL; always reaped (no zombie)."""
@@ -268,9 +267,8 @@ class _InProcess:
         for _ in range(n):
             self._call()
 
-    def timed(self, lead_in: int) -> float:
-        for _ in range(lead_in):
-            self._call()
+    def timed(self, lead_in: int, lead_in_s: float = 0.0) -> float:
+        lead_in_calls(self._call, lead_in, lead_in_s)
         t = time.perf_counter()
         self._call()
         return time.perf_counter() - t
@@ -355,6 +353,7 @@ def time_isolated(
     threads: int = 1,
     settle_s: float = 0.0,
     lead_in: int = 0,
+    lead_in_s: float = 0.0,
     probe_s: float = 0.002,
     idle_fraction: float = 0.05,
     timeout_s: float = 300.0,
@@ -365,7 +364,8 @@ def time_isolated(
     Same schedule as `timing.time_runners`: `warmup` untimed calls per row (the first one returns the
     output kept for fidelity; at least that one is made), then `repeats` rounds over the live rows, order
     rotated by one per round; per visit: settle (every worker and this process idle, at most `settle_s`),
-    `lead_in` untimed calls and one timed call, then `hook(name, round, seconds)`. `threads` sets each
+    untimed calls (`timing.lead_in_calls`: at least `lead_in`, for at least `lead_in_s`) and one timed call, then
+    `hook(name, round, seconds)`. `threads` sets each
     worker's OMP/MKL/TVM_NUM_THREADS and torch's thread count. A row whose worker fails to build (status
     "unavailable: ..." for a missing package or a name in `builtin`, else "failed: ..."), raises, exits or
     does not answer within `timeout_s` is dropped from the rounds with that status; the others go on.
@@ -406,7 +406,7 @@ def time_isolated(
                     continue
                 waits.append(settle(settle_s, probe_s, idle_fraction, clocks))
                 try:
-                    dt = rows[n].timed(lead_in)
+                    dt = rows[n].timed(lead_in, lead_in_s)
                 except _RowFailed as e:
                     _drop(n, rows, status, str(e))
                     continue

@@ -189,6 +189,8 @@ def test_missing_integer_graph_and_bad_options(tiny_model, tiny_input):
         BenchOptions(settle_ms=-1)
     with pytest.raises(ConfigError, match="lead_in"):
         BenchOptions(lead_in=-1)
+    with pytest.raises(ConfigError, match="lead_in_ms"):
+        BenchOptions(lead_in_ms=-5)
     with pytest.raises(ConfigError, match="runners"):
         run_bench(tiny_model, tiny_input, runners={"torch_fp32": lambda x: x},
                   options=BenchOptions(threads=1, repeats=1, warmup=0, peers=("torch_fp32",)))

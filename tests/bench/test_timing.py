@@ -112,3 +112,21 @@ def test_failing_runner_is_recorded_and_the_others_still_run():
     s = time_runners({**runners, "broken": boom}, np.zeros(1), repeats=3, warmup=1, clocks=m.clocks())
     assert isinstance(s["broken"], str) and "kernel missing" in s["broken"] and s["broken"].startswith("failed:")
     assert len(s["torch"]) == 3 and len(s["ort"]) == 3
+
+
+def test_lead_in_calls_make_at_least_n_and_last_at_least_min_s():
+    """Untimed lead-in: at least `n` calls, and more until `min_s` has passed on the given clock."""
+    from qcompile.bench.timing import lead_in_calls
+
+    now = [0.0]
+    calls = []
+
+    def call():  # every call takes 7 ms of the fake clock
+        calls.append(now[0])
+        now[0] += 0.007
+
+    assert lead_in_calls(call, 1, 0.05, clock=lambda: now[0]) == 8  # ceil(50 / 7) calls
+    assert lead_in_calls(call, 3, 0.0, clock=lambda: now[0]) == 3
+    assert lead_in_calls(call, 0, 0.0, clock=lambda: now[0]) == 0
+    assert lead_in_calls(call, 10, 0.01, clock=lambda: now[0]) == 10  # the count wins when it takes longer
+    assert len(calls) == 21

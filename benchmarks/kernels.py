@@ -14,8 +14,7 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call."""
     import tvm
 
-    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_avx512_vnni, has_vnni
-    from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs, depthwise_kernel, dw_weights
+    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_weights, target_dw_knobs
     from qcompile.backends.tvm.schedules.gemm_x86 import (
         MODES,
         ConvGeometry,
@@ -37,10 +36,9 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     pad = ly.k // 2
     if ly.kind == "depthwise":  # the schedule the strategy would pick: tuned record, else the default
         params = {"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": w.shape, "stride": ly.stride, "padding": pad}
-        dk = lookup_dw_knobs(depthwise_workload(params), target) or default_dw_knobs(
-            ly.ho, has_avx512(target), vnni=has_vnni(target))
-        func = depthwise_kernel(ly.c, ly.h, ly.h, ly.k, ly.k, dk, stride=(ly.stride,) * 2, padding=(pad, pad),
-                                shift_min=40, **({"vnni": has_avx512_vnni(target)} if dk.pairs else {}))
+        dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target)
+        func = depthwise_kernel(ly.c, ly.h, ly.h, ly.k, ly.k, dk, target=target, stride=(ly.stride,) * 2,
+                                padding=(pad, pad), shift_min=40)
         x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)
         wk = dw_weights(w, ly.k, ly.k, dk)
         mode = f"dw-{('quads' if dk.taps == 4 else 'pairs') if dk.pairs else 'rows'}{dk.vec}"

@@ -273,7 +273,7 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     """Time the depthwise schedules of `workload` (`schedules.x86.depthwise_workload`): the row kernel, tap pairs
     and (VNNI targets) tap quads at several rows per step (`dw_candidates`); store and return
     `(DwKnobs, seconds)`."""
-    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_avx512_vnni, has_vnni
+    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
     from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_candidates, dw_weights
 
     c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
@@ -289,9 +289,8 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target))[: trials or None]
     libs = []
     for kn in candidates:
-        extra = {"vnni": has_avx512_vnni(target)} if kn.pairs else {}
-        func = depthwise_kernel(c, h, w, kh, kw, kn, stride=stride, padding=padding, dilation=dilation, shift_min=40,
-                                **extra)
+        func = depthwise_kernel(c, h, w, kh, kw, kn, target=target, stride=stride, padding=padding,
+                                dilation=dilation, shift_min=40)
         libs.append((kn, tvm.compile(func, target=target)))
     best = None
     for layout in dict.fromkeys((kn.pairs, kn.taps) for kn, _ in libs):  # the kernels differ in weight packing

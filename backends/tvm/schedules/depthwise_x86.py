@@ -20,7 +20,7 @@ from qcompile.backends.tvm.schedules.requant import requant_expr
 from qcompile.errors import ConfigError
 
 __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_pairs_x86", "depthwise_kernel",
-           "dw_candidates", "dw_weights", "pack_pair_weights"]
+           "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs"]
 
 
 def _epilogue(acc: te.Tensor, bias: te.Tensor, shape: tuple[int, int, int, int], lo: int | None, hi: int | None,
@@ -356,9 +356,22 @@ def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
     return max(1, accumulators // -(-wo // vec))
 
 
-def depthwise_kernel(c: int, h: int, w: int, kh: int, kw: int, knobs: DwKnobs, **kw_args) -> tvm.tirx.PrimFunc:
-    """The depthwise PrimFunc `knobs` selects; its weight operand is `dw_weights(w, kh, kw, knobs)`."""
+def target_dw_knobs(wo: int, target: tvm.target.Target) -> DwKnobs:
+    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product)."""
+    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
+
+    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target))
+
+
+def depthwise_kernel(c: int, h: int, w: int, kh: int, kw: int, knobs: DwKnobs, *,
+                     target: tvm.target.Target | None = None, **kw_args) -> tvm.tirx.PrimFunc:
+    """The depthwise PrimFunc `knobs` selects; its weight operand is `dw_weights(w, kh, kw, knobs)`. With a
+    `target`, the tap-pair kernel accumulates with `vpdpwssd` where the target has AVX512-VNNI."""
     if knobs.pairs:
+        if target is not None:
+            from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni
+
+            kw_args.setdefault("vnni", has_avx512_vnni(target))
         return depthwise_conv_pairs_x86(c, h, w, kh, kw, vec=knobs.vec, rows=knobs.rows, taps=knobs.taps,
                                         **kw_args)
     return depthwise_conv_x86(c, h, w, kh, kw, vec=knobs.vec, rows=knobs.rows, **kw_args)

@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompile.backends.tvm.schedules.depthwise_x86 import default_dw_knobs, depthwise_kernel, dw_weights
+from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_weights, target_dw_knobs
 from qcompile.backends.tvm.schedules.gemm_x86 import (
     MODES,
     ConvGeometry,
@@ -156,14 +156,11 @@ class _ConvBase:
         tag = f"{'rq' if self.requant else 'acc'}_{c}x{h}x{w}_{o}x{kh}x{kw}_s{stride[0]}"
 
         if kind == "depthwise":
-            from qcompile.backends.tvm.intrin.x86 import has_avx512, has_avx512_vnni, has_vnni
             from qcompile.backends.tvm.tuning import lookup_dw_knobs
 
-            avx512, vnni = has_avx512(call.target), has_vnni(call.target)
-            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or default_dw_knobs(wo, avx512, vnni=vnni)
-            func = depthwise_kernel(c, h, w, kh, kw, knobs, stride=stride, padding=padding, dilation=dilation,
-                                    pad_value=pad_value, lo=lo, hi=hi, shift_min=shift_min,
-                                    **({"vnni": has_avx512_vnni(call.target)} if knobs.pairs else {}))
+            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(wo, call.target)
+            func = depthwise_kernel(c, h, w, kh, kw, knobs, target=call.target, stride=stride, padding=padding,
+                                    dilation=dilation, pad_value=pad_value, lo=lo, hi=hi, shift_min=shift_min)
             xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
             wdw = dw_weights(wnp, kh, kw, knobs)
             wc = relax.const(np.ascontiguousarray(wdw))

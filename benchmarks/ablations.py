@@ -9,14 +9,19 @@
 Every arm starts from the same float supernet (trained once per seed and cached in OUT), trains
 its quantized phases with the sandwich rule, and is evaluated retraining-free: `qc.extract` +
 `qc.calibrate` (8 training batches) per subnet, top-1 on the digits test split. Arm results are
-cached in OUT/arms.json (an arm shared by two ablations is trained once). The table is printed
-and written to OUT/<ablation>-seed<S>.md. `--epochs e` scales every budget (see `train_arm`).
+cached in OUT/arms.json (an arm shared by two ablations is trained once; several seeds may run in
+parallel processes into one OUT). The table is printed and written to OUT/<ablation>-e<E>-seed<S>.md.
+`--epochs e` scales every budget (see `train_arm`); `--recipe qfa` trains the quantized phases with
+QFA's own recipe (`QFA_RECIPE`) instead of ours. `ABLATION --summary` prints the paired
+differences between the two arms over every seed and budget found in OUT/arms.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import fcntl
 import json
 import logging
 import random
@@ -31,6 +36,7 @@ from qcompile.data import load_dataset
 from qcompile.train import Phase, TrainConfig, Trainer, bit_inheritance
 from qcompile.train.evaluate import evaluate_subnets
 from qcompile.train.init import zero_init_residual_bn
+from qcompile.utils.io import atomic_write_text
 
 log = logging.getLogger("ablations")
 
@@ -59,6 +65,24 @@ def _space(args: argparse.Namespace):
 
 def _tc(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(seed=args.seed, evaluate=False, progress=False)
+
+
+#: QFA's own QAT recipe (apple/ml-batchquant main.py, both stages): learning rate 2.5e-3 per 64
+#: images, gradient clip 500, sandwich of largest + smallest + 4 random subnets, every member
+#: distilled (KD weight 1) from a frozen teacher: the largest subnet of the full-precision supernet.
+QFA_RECIPE = {"lr": 2.5e-3, "grad_clip": 500.0, "num_random": 4}
+
+
+def _train_qat(qnet, args: argparse.Namespace, space, data, phases: list[Phase], fgraph) -> None:
+    """Train the quantized `phases` with `--recipe`: ours (in-place KD from the largest subnet of
+    the step, `TrainConfig()` defaults) or QFA's (`QFA_RECIPE`, frozen float teacher)."""
+    if args.recipe == "default":
+        Trainer(qnet, space, data, _tc(args), phases).fit()
+        return
+    tc = dataclasses.replace(_tc(args), lr=QFA_RECIPE["lr"], grad_clip=QFA_RECIPE["grad_clip"])
+    phases = [dataclasses.replace(p, num_random=QFA_RECIPE["num_random"], teacher="external") for p in phases]
+    teacher = copy.deepcopy(fgraph)
+    Trainer(qnet, space, data, tc, phases, teacher=teacher, teacher_bits=None, teacher_config=space.largest()).fit()
 
 
 def float_supernet(args: argparse.Namespace, space, data) -> torch.fx.GraphModule:
@@ -131,15 +155,15 @@ def train_arm(arm: str, args: argparse.Namespace, space, data, fgraph) -> torch.
             Phase("bits-2-3-4-32", e, bits=(2, 3, 4, 32)),
             Phase("bits-2-3-4", e, bits=(2, 3, 4), bit_schedule=sched, idm_weight=args.idm_weight if sched else 0.0),
         ]
-        Trainer(qnet, space, data, tc, phases).fit()
+        _train_qat(qnet, args, space, data, phases, fgraph)
     elif arm == "two-stage-qfa":
         first, second = qfa_split(2 * e)
         phases = [Phase("bits-2-3-4-32", first, bits=(2, 3, 4, 32)), Phase("bits-2-3-4", second, bits=(2, 3, 4))]
-        Trainer(qnet, space, data, tc, phases).fit()
+        _train_qat(qnet, args, space, data, phases, fgraph)
     elif arm == "single-stage":
-        Trainer(qnet, space, data, tc, [Phase("bits-2-3-4", 2 * e, bits=(2, 3, 4))]).fit()
+        _train_qat(qnet, args, space, data, [Phase("bits-2-3-4", 2 * e, bits=(2, 3, 4))], fgraph)
     elif arm == "direct-2":
-        Trainer(qnet, space, data, tc, [Phase("bits-2", 3 * e, bits=(2,))]).fit()
+        Trainer(qnet, space, data, tc, [Phase("bits-2", 3 * e, bits=(2,))]).fit()  # pairs with _inherit
     elif arm == "inherit-oqa":
         three, two = oqa_split(3 * e)
         _inherit(qnet, args, space, data, tc, {4: e, 3: three, 2: two})
@@ -170,6 +194,17 @@ def evaluate_arm(arm: str, args: argparse.Namespace, space, data, qnet) -> dict[
     }
 
 
+def _record_arm(cache_path: Path, key: str, result: dict) -> None:
+    """Add one arm's result to OUT/arms.json. Ablations of several seeds often run in parallel
+    processes into one OUT: re-read under an exclusive lock and replace the file atomically, so one
+    process never drops another's arms."""
+    with open(cache_path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        cache[key] = result
+        atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+
+
 def run(args: argparse.Namespace) -> str:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +216,7 @@ def run(args: argparse.Namespace) -> str:
     settings = (
         f"{args.space} w{args.width} r{args.resolution} float{args.float_epochs} e{args.epochs} "
         f"idm{args.idm_weight} n{args.subnets} seed{args.seed}"
-    )
+    ) + ("" if args.recipe == "default" else f" recipe-{args.recipe}")
     fgraph = None
     rows = []
     for arm in ABLATIONS[args.ablation]:
@@ -194,7 +229,7 @@ def run(args: argparse.Namespace) -> str:
             res = evaluate_arm(arm, args, space, data, qnet)
             res["train_s"] = round(train_s, 1)
             cache[key] = res
-            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            _record_arm(cache_path, key, res)
         rows.append((arm, cache[key]))
     lines = [
         f"ablation `{args.ablation}` ({settings}; test accuracy %, retraining-free: extract + calibrate 8 batches)",
@@ -212,8 +247,82 @@ def run(args: argparse.Namespace) -> str:
             f"| {r['train_s']:.0f} |"
         )
     table = "\n".join(lines)
-    (out / f"{args.ablation}-seed{args.seed}.md").write_text(table + "\n")
+    recipe = "" if args.recipe == "default" else f"-{args.recipe}"
+    atomic_write_text(out / f"{args.ablation}{recipe}-e{args.epochs}-seed{args.seed}.md", table + "\n")
     return table
+
+
+#: Columns of `summary`: label, and how to read the figure from an arm's result.
+SUMMARY_COLUMNS = (
+    ("largest @top", lambda r: r["largest"]),
+    ("largest @3", lambda r: r["largest_3_2"][0] if r.get("largest_3_2") else None),
+    ("largest @2", lambda r: r["largest_3_2"][1] if r.get("largest_3_2") else None),
+    ("smallest @2", lambda r: r["smallest_2bit"]),
+    ("median random", lambda r: r["median_random"]),
+    ("min random", lambda r: r["min_random"]),
+)
+
+
+def _mean_ci(diffs: tuple[float | None, ...], level: float = 0.95) -> str:
+    """Student-t confidence interval of the mean paired difference (seeds are the samples)."""
+    from scipy import stats  # scikit-learn's dependency
+
+    if None in diffs or len(diffs) < 2:
+        return "-"
+    mean, sem = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+    half = float(stats.t.ppf(0.5 + level / 2, len(diffs) - 1)) * sem
+    return f"{mean - half:+.1f} .. {mean + half:+.1f}"
+
+
+def summary(args: argparse.Namespace) -> str:
+    """Paired differences (first arm minus second, points) of `args.ablation` over every seed in
+    OUT/arms.json, per setting (budget, recipe): one row per seed, then the mean, its 95 % confidence
+    interval (Student t over seeds) and the number of seeds where the first arm is ahead."""
+    cache_path = Path(args.out) / "arms.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    first, second = ABLATIONS[args.ablation][:2]
+    groups: dict[str, dict[int, dict[str, dict]]] = {}
+    for key, res in cache.items():
+        arm, settings = key.split(" | ")
+        if arm not in (first, second):
+            continue
+        parts = settings.split()
+        seed = int(next(x for x in parts if x.startswith("seed"))[4:])
+        group = " ".join(x for x in parts if not x.startswith("seed"))
+        groups.setdefault(group, {}).setdefault(seed, {})[arm] = res
+    labels = [c[0] for c in SUMMARY_COLUMNS]
+    lines = [
+        f"`{ARM_TITLES[first]}` minus `{ARM_TITLES[second]}` (test accuracy points; OUT = {args.out})",
+        "",
+        "| setting | seed | " + " | ".join(labels) + " |",
+        "|---|---:|" + "---:|" * len(labels),
+    ]
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:+.1f}"
+
+    def order(group: str) -> tuple:
+        epochs = next(int(x[1:]) for x in group.split() if x[:1] == "e" and x[1:].isdigit())
+        return ("recipe" in group, group.split(" e")[0], epochs, group)
+
+    for group in sorted(groups, key=order):
+        seeds = {s: arms for s, arms in sorted(groups[group].items()) if first in arms and second in arms}
+        diffs: dict[int, list[float | None]] = {}
+        for seed, arms in seeds.items():
+            row = []
+            for _, get in SUMMARY_COLUMNS:
+                a, b = get(arms[first]), get(arms[second])
+                row.append(None if a is None or b is None else 100 * (a - b))
+            diffs[seed] = row
+            lines.append(f"| {group} | {seed} | " + " | ".join(fmt(x) for x in row) + " |")
+        if len(diffs) > 1:
+            cols = list(zip(*diffs.values()))
+            mean = [statistics.mean(c) if None not in c else None for c in cols]
+            ahead = [f"{sum(x > 0 for x in c)}/{len(c)}" if None not in c else "-" for c in cols]
+            lines.append(f"| {group} | **mean** | " + " | ".join(f"**{fmt(x)}**" for x in mean) + " |")
+            lines.append(f"| {group} | 95 % CI | " + " | ".join(_mean_ci(c) for c in cols) + " |")
+            lines.append(f"| {group} | ahead | " + " | ".join(ahead) + " |")
+    return "\n".join(lines)
 
 
 def acceptance(args: argparse.Namespace) -> str:
@@ -241,12 +350,21 @@ def acceptance(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("ablation", choices=sorted(ABLATIONS) + ["acceptance"])
+    p.add_argument(
+        "--summary", action="store_true", help="print the paired differences over all seeds in OUT/arms.json"
+    )
     p.add_argument("--space", default="mobilenet_v3")
     p.add_argument("--width", type=float, default=0.35)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--float-epochs", type=int, default=3, help="shared float supernet epochs")
     p.add_argument("--epochs", type=int, default=2, help="epochs per quantized stage")
     p.add_argument("--idm-weight", type=float, default=0.1)
+    p.add_argument(
+        "--recipe",
+        choices=("default", "qfa"),
+        default="default",
+        help="QAT recipe of the non-inheritance arms: ours (in-place KD, lr 0.05) or QFA's (QFA_RECIPE)",
+    )
     p.add_argument("--subnets", type=int, default=10, help="random subnets evaluated per arm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -259,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         print("| seed | largest @4/4 | smallest @2/2 | median of 20 mixed | min | train s | steps |")
         print(acceptance(args))
+    elif args.summary:
+        print(summary(args))
     else:
         print(run(args))
     return 0

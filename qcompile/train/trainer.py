@@ -15,6 +15,7 @@ supernet or the quantized GraphModule.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -82,6 +83,9 @@ class Trainer:
         activate: subnet selector (default `qcompile.set_active`).
         teacher, teacher_bits: an external frozen supernet and the uniform bits it runs at, for
             phases with `teacher="external"` (bit inheritance, OQA 3.4).
+        teacher_config: a fixed subnet the external teacher always runs, at the student's
+            resolution (QFA's main.py distils every sandwich member from the largest subnet of the
+            full-precision supernet); None: the student's own subnet (OQA 3.4).
         checkpoint_dir: where `save()` writes and `checkpoint_every` / epoch ends checkpoint to.
     """
 
@@ -96,6 +100,7 @@ class Trainer:
         activate: Activate | None = None,
         teacher: nn.Module | None = None,
         teacher_bits: int | None = None,
+        teacher_config: SubnetConfig | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
     ):
         self.model = model
@@ -105,7 +110,7 @@ class Trainer:
         if not self.phases:
             raise ConfigError("phases", [], "at least one Phase")
         self.activate: Activate = activate or _default_activate
-        self.teacher, self.teacher_bits = teacher, teacher_bits
+        self.teacher, self.teacher_bits, self.teacher_config = teacher, teacher_bits, teacher_config
         if any(p.teacher == "external" for p in self.phases) and teacher is None:
             raise ConfigError("teacher", None, "a frozen supernet", "a phase has teacher='external'")
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -181,6 +186,8 @@ class Trainer:
 
     def _external_logits(self, cfg: SubnetConfig, x: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None
+        if self.teacher_config is not None:
+            cfg = dataclasses.replace(self.teacher_config, resolution=cfg.resolution)
         tcfg = with_uniform_bits(cfg, self.teacher_bits) if cfg.policy is not None else cfg
         with torch.no_grad():
             self.teacher.train()  # batch statistics: the frozen teacher's running stats are supernet-wide

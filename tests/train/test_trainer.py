@@ -142,6 +142,48 @@ def test_checkpoint_errors_and_atomicity(net, space, digits16, tmp_path, monkeyp
     assert {"space", "config", "phases", "position", "data", "optimizer", "rng"} <= set(meta_keys)
 
 
+def test_fixed_subnet_teacher_distils_every_member_from_the_largest_float_subnet(net, space, digits16):
+    """QFA's recipe: each sandwich member's loss is CE + KD against the largest subnet of a frozen
+    float supernet, run at the member's resolution, whatever subnet and bits the member has."""
+    ph = Phase("q", 1, bits=(2, 3, 4), num_random=1, teacher="external")
+    torch.manual_seed(1)
+    teacher = TinySpace().build_supernet()
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    tr = Trainer(
+        net,
+        space,
+        digits16,
+        TrainConfig(**FAST, grad_clip=1e9),
+        [ph],
+        activate=tiny_set_active,
+        teacher=teacher,
+        teacher_config=space.largest(),
+    )
+    x, y = next(iter(tr.loader))
+    ref = TinySpace().build_supernet()
+    ref.load_state_dict(net.state_dict())
+    ref_teacher = TinySpace().build_supernet()
+    ref_teacher.load_state_dict(frozen)
+    cfgs = tr.sampler.sample(0, ph)
+    assert len({c.resolution for c in cfgs}) > 1 or len({c.depths for c in cfgs}) > 1  # members differ
+    total = 0.0
+    for c in cfgs:
+        xr = F.interpolate(x, size=(c.resolution,) * 2, mode="bilinear", antialias=c.resolution < 16)
+        tiny_set_active(ref_teacher, space.largest().with_policy(None))
+        ref_teacher.train()
+        with torch.no_grad():
+            pt = F.softmax(ref_teacher(xr), 1)
+        tiny_set_active(ref, c)
+        ref.train()
+        logp = F.log_softmax(ref(xr), 1)
+        ce = -(0.9 * logp.gather(1, y[:, None]).squeeze(1) + 0.1 * logp.mean(1)).mean()
+        total += (ce + (pt * (pt.log() - logp)).sum(1).mean()).item()
+    got = tr.train_step(x, y, ph, 0, tr.steps_per_epoch)
+    assert got == pytest.approx(total, rel=1e-5)
+    for k, v in teacher.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, frozen[k]), k  # the teacher stays frozen
+
 def test_bit_inheritance_then_distillation_phase(space, digits16):
     torch.manual_seed(0)
     net = space.build_supernet()

@@ -44,7 +44,7 @@ ABLATIONS = {
     "batchquant": ("two-stage", "ema", "learned"),
     "two-stage": ("two-stage-qfa", "single-stage"),
     "inheritance": ("inherit-oqa", "direct-2"),
-    "bitsched": ("two-stage", "two-stage+bitsched+idm"),
+    "bitsched": ("two-stage+bitsched+idm", "two-stage"),
 }
 ARM_TITLES = {
     "two-stage": "BatchQuant, two-stage {2,3,4,32} -> {2,3,4}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +32,16 @@ def _median_ms(samples) -> float:
     return float(np.median(samples)) * 1e3
 
 
+def _cpu_share(calls: int = 15) -> float:
+    """Median CPU time / wall time of ~20 ms of plain work on this thread: ~1 unless other processes compete."""
+    shares = []
+    for _ in range(calls):
+        w, c = time.perf_counter(), time.thread_time()
+        H._work(8)
+        shares.append((time.thread_time() - c) / (time.perf_counter() - w))
+    return float(np.median(shares))
+
+
 def test_spinning_neighbour_does_not_inflate_an_isolated_runner():
     # ~20 ms of work per call: long enough that a freshly woken thread's scheduler credit does not cover it
     normal = RunnerSpec("normal", H.busy, (8,))
@@ -40,6 +51,12 @@ def test_spinning_neighbour_does_not_inflate_an_isolated_runner():
     solo = time_isolated({"normal": normal}, X, settle_s=0.4, lead_in=1, **kw)
     mixed = time_isolated({"spinner": spin, "normal": normal}, X, settle_s=0.4, lead_in=1, **kw)
     raw = time_isolated({"spinner": spin, "normal": normal}, X, settle_s=0.0, lead_in=0, **kw)
+    share = _cpu_share()
+    if share < 0.8:
+        # The premise is 5 runnable threads of ours on 2 cores (beside at most the sibling xdist worker). Other
+        # processes starve the spinner, so its spin may not overlap a probe; measured with two training processes
+        # beside the suite: settle waits of 2-15 ms, the raw control inflated 1.7x instead of 2.5-5x.
+        pytest.skip(f"this process got {share:.0%} of a core for plain work; the check needs a quiet machine")
     base = _median_ms(solo.samples["normal"])
     # the settle step waits for every worker's threads: the spinner's 150 ms show up as waits, not in samples
     # (medians: on a loaded machine a niced spinner may not be scheduled yet at the first probe, so a sample

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="retrain arms found in the cache")
     args = p.parse_args(argv)
     if args.recipe != "default" and args.ablation in ("inheritance", "acceptance"):
-        p.error(f"--recipe {args.recipe}: QFA's recipe applies to batchquant, two-stage and bitsched, not {args.ablation}")
+        p.error(f"--recipe {args.recipe}: applies to batchquant, two-stage and bitsched, not {args.ablation}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("qcompile.quant.calibration").setLevel(logging.ERROR)
     if args.ablation == "acceptance":

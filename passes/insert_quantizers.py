@@ -93,7 +93,10 @@ def insert_quantizers(
     def act_q(bits: tuple[int, ...]):
         return make_act_quant(act_quant, bits, **qkw)
 
+    space_info = getattr(gm, "space_info", None)
     gm = copy.deepcopy(gm)
+    if space_info is not None:  # keep the space: extract/set_active validate configs against it
+        gm.space_info = dict(space_info)
     graph = gm.graph
     for node in list(graph.nodes):
         if node.op != "call_module":

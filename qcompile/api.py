@@ -55,8 +55,18 @@ def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphMod
     """Static subnet `cfg` of a supernet graph (pass `slice-subnet`). An eager supernet is traced first."""
     from qcompile.passes.slice_subnet import slice_subnet
 
+    if not isinstance(cfg, SubnetConfig):
+        hint = "build one with qcompile.SubnetConfig.from_dict(d)" if isinstance(cfg, dict) else ""
+        raise ConfigError("cfg", type(cfg).__name__, "a qcompile.SubnetConfig (e.g. space.sample())", hint)
+    if not isinstance(graph, nn.Module):
+        raise ConfigError("graph", type(graph).__name__, "a supernet: qcompile.trace(net) or qcompile.quantize(...)")
     if not isinstance(graph, fx.GraphModule):
         graph = trace(graph)
+    info = getattr(graph, "space_info", None)
+    if info is not None:  # space identity: lengths, choices and resolution of this supernet's space
+        from qcompile.spaces import from_dict
+
+        from_dict(info).validate(cfg)
     return slice_subnet(graph, cfg)
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,22 +19,56 @@ from typing import Any
 import torch
 from torch import fx
 
+from qcompile import schema
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
-from qcompile.utils.io import atomic_write_bytes, atomic_write_text
+from qcompile.utils.io import atomic_write_text, staged_dir
 
 RUN_FILE = "run.json"
 SUBNET_FILE = "subnet.json"
 STATE_FILE = "state.safetensors"
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+#: the file that marks a directory as an artifact of each kind (`check_out`)
+MARKERS = {"run": RUN_FILE, "subnet": SUBNET_FILE, "lowered": "metadata.json", "demo": "summary.json"}
+
+
+def _read_json(path: Path, what: str, spec: dict | None = None, current: int | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing ({what})")
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}); the file is corrupt ({what})") from e
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno})") from e
+        raise CheckpointError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno}) ({what})") from e
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: JSON nested too deeply; the file is corrupt ({what})") from e
+    if spec is not None:
+        schema.check(doc, spec, str(path), current)
+    return doc
+
+
+def check_out(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:
+    """Refuse to write a `kind` artifact over something else: `path` must not exist, be an empty
+    directory, or already be a `kind` artifact (which is then replaced as a whole, atomically)."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        return p
+    marker = MARKERS[kind]
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: exists and is a file, not a {kind} directory; refusing to replace it "
+                              f"({option}: choose a new path or remove it first)")
+    if (p / marker).is_file():
+        return p
+    try:
+        names = sorted(x.name for x in p.iterdir())
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot list it ({e.strerror}) ({option}: choose another path)") from e
+    if not names:
+        return p
+    raise CheckpointError(f"{p}: exists and is not a {kind} directory (no {marker}; holds {names[:3]}); refusing "
+                          f"to replace it ({option}: choose a new path or remove it first)")
 
 
 def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) -> tuple[Any, fx.GraphModule]:
@@ -41,7 +76,11 @@ def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) ->
     import qcompile as qc
     from qcompile.spaces import from_dict
 
-    space = from_dict(space_dict)
+    try:
+        space = from_dict(space_dict)
+    except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"space {space_dict.get('name')!r}: cannot be rebuilt from its recorded "
+                              f"arguments ({e}) (the artifact is corrupt or from another qcompile)") from e
     graph = qc.trace(space.build_supernet())
     if quantize_options is not None:
         graph = qc.quantize(graph, **quantize_options)
@@ -62,14 +101,18 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory (make one with `qcompile train --out DIR`)")
-    doc = _read_json(run_dir / RUN_FILE, "written by `qcompile train`")
+    doc = _read_json(run_dir / RUN_FILE, "written by `qcompile train`", schema.RUN, schema.RUN_FORMAT)
     space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"))
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint yet (train first)")
     tensors, meta = load_checkpoint(ckpt)
-    if meta.get("space", {}).get("name") not in (None, space.name):
-        raise CheckpointError(f"{ckpt}: checkpoint of space {meta['space'].get('name')!r}, run is {space.name!r}")
+    ck_space = meta.get("space") if isinstance(meta.get("space"), dict) else {}
+    if ck_space.get("name") not in (None, space.name):
+        raise CheckpointError(f"{ckpt}: checkpoint of space {ck_space.get('name')!r}, run is {space.name!r}")
+    if ck_space.get("args") not in (None, space.to_dict().get("args")):
+        raise CheckpointError(f"{ckpt}: checkpoint of space arguments {ck_space.get('args')}, but "
+                              f"{run_dir / RUN_FILE} says {space.to_dict().get('args')} (run.json was changed)")
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     _load_state(graph, state, str(ckpt))
     return space, graph, doc
@@ -85,7 +128,11 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
             p = getattr(mod, leaf)
             if isinstance(p, torch.nn.Parameter):
                 setattr(mod, leaf, torch.nn.Parameter(torch.empty_like(v)))
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: weights do not fit this model ({str(e).splitlines()[-1].strip()}); "
+                              "was it written for another space, width or quantization setting?") from e
     if missing or unexpected:
         raise CheckpointError(
             f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
@@ -95,30 +142,36 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
 
 def save_subnet(sub: fx.GraphModule, out: str | os.PathLike, *, space, quantize_options: dict | None,
                 calibrated: bool, source: str | None = None) -> Path:
-    """Write a subnet directory (config JSON + state safetensors), atomically per file."""
+    """Write a subnet directory (config JSON + state safetensors) as a whole: into a fresh directory beside
+    `out`, swapped in at the end. `out` must be new, empty, or a subnet directory (`check_out`)."""
     from safetensors.torch import save as st_save
 
     cfg: SubnetConfig = sub.subnet_config
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out(out, "subnet")
     state = {k: v.detach().contiguous() for k, v in sub.state_dict().items()}
-    atomic_write_bytes(out / STATE_FILE, st_save(state))
-    doc = {"format": 1, "config": cfg.to_dict(), "space": space.to_dict(), "quantize": quantize_options,
-           "calibrated": calibrated, "source": source}
-    atomic_write_text(out / SUBNET_FILE, json.dumps(doc, indent=2))
+    data = st_save(state)
+    doc = {"format": schema.SUBNET_FORMAT, "config": cfg.to_dict(), "space": space.to_dict(),
+           "quantize": quantize_options, "calibrated": calibrated, "source": source,
+           "state_sha256": hashlib.sha256(data).hexdigest()}
+    with staged_dir(out) as tmp:
+        (tmp / STATE_FILE).write_bytes(data)
+        (tmp / SUBNET_FILE).write_text(json.dumps(doc, indent=2))
+        for f in (STATE_FILE, SUBNET_FILE):
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
     return out
 
 
 def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     """(space, static subnet in eval mode, subnet.json) from a subnet directory."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_st
 
     import qcompile as qc
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such subnet directory (make one with `qcompile extract --out DIR`)")
-    doc = _read_json(path / SUBNET_FILE, "written by `qcompile extract`")
+    doc = _read_json(path / SUBNET_FILE, "written by `qcompile extract`", schema.SUBNET, schema.SUBNET_FORMAT)
     try:
         cfg = SubnetConfig.from_dict(doc["config"])
     except (KeyError, ConfigError) as e:
@@ -126,12 +179,22 @@ def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"))
     space.validate(cfg)
     sub = qc.extract(graph, cfg)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"{path / STATE_FILE}: missing")
+    spath = path / STATE_FILE
+    if not os.path.lexists(spath):
+        raise CheckpointError(f"{spath}: missing (the subnet directory is incomplete; extract it again)")
     try:
-        state = load_file(str(path / STATE_FILE))
-    except Exception as e:
-        raise CheckpointError(f"{path / STATE_FILE}: cannot be read ({e})") from e
+        data = spath.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{spath}: cannot be read: {e.strerror or e} (check the file)") from e
+    want = doc.get("state_sha256")
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise CheckpointError(f"{spath}: sha256 does not match the one in {SUBNET_FILE}; the file is corrupt "
+                              "or was replaced (extract the subnet again)")
+    try:
+        state = load_st(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{spath}: not a valid safetensors file ({str(e).splitlines()[0] if str(e) else e!r})"
+                              " (extract the subnet again)") from e
     _load_state(sub, state, str(path / STATE_FILE))
     sub.eval()
     return space, sub, doc

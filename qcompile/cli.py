@@ -1,7 +1,10 @@
 """The `qcompile` command: space, train, extract, calibrate, lower, tune, bench, export-onnx, run, demo.
 
 Every command reads and writes the same on-disk artifacts (run directory, subnet directory, lowered
-directory, see `qcompile.artifacts`). Bad input exits non-zero with one line on stderr, never a traceback.
+directory, see `qcompile.artifacts`). Bad input exits 2 with one line on stderr,
+`qcompile CMD: error: <path or field>: <what> (<remedy>)`, never a traceback (unless `--debug`); see
+`qcompile.cli_errors`, which wraps every subcommand. `--out` never replaces something that is not an
+artifact of the same kind.
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
+
+from qcompile.cli_errors import OneLineParser, pop_debug, run_command
 
 log = logging.getLogger("qcompile")
 
@@ -24,17 +30,61 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected integers like 2,3,4, got {text!r}") from e
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _target(text: str):
+    """`x86`, `arm_cpu`, or a TVM target as JSON (`{"kind": "llvm", "mtriple": ...}`), checked here."""
+    from qcompile.backends.tvm.targets import KNOWN_TARGETS
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"target JSON does not parse ({e.msg} at column {e.colno})") from e
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("target JSON must be an object")
+        return value
+    if text not in KNOWN_TARGETS:
+        raise argparse.ArgumentTypeError(f"unknown target {text!r}; use one of {', '.join(KNOWN_TARGETS)} or "
+                                         "TVM target JSON such as '{\"kind\": \"llvm\", \"mcpu\": \"skylake\"}'")
+    return text
+
+
+def _target_name(target) -> str:
+    return target if isinstance(target, str) else json.dumps(target, sort_keys=True)
+
+
 def _space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="mobilenet_v3", choices=SPACE_NAMES, help="search space")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--width-mult", type=float, default=None, help="channel multiplier (default per command)")
+    p.add_argument("--num-classes", type=_positive_int, default=10)
+    p.add_argument("--width-mult", type=_positive_float, default=None,
+                   help="channel multiplier, > 0 (default per command)")
     p.add_argument("--resolutions", type=_ints, default=None, help="input sizes, e.g. 24,32")
 
 
 def _make_space(args, default_width: float = 1.0, default_res: tuple[int, ...] | None = None):
     import qcompile as qc
 
-    kw = {"num_classes": args.num_classes, "width_mult": args.width_mult or default_width}
+    kw = {"num_classes": args.num_classes, "width_mult": default_width if args.width_mult is None else args.width_mult}
     res = args.resolutions or default_res
     if res:
         kw["resolutions"] = res
@@ -101,8 +151,9 @@ def _subnet_config(args, space):
 
 def cmd_extract(args) -> int:
     import qcompile as qc
-    from qcompile.artifacts import load_run, save_subnet
+    from qcompile.artifacts import check_out, load_run, save_subnet
 
+    check_out(args.out, "subnet")
     space, qnet, doc = load_run(args.run)
     cfg = _subnet_config(args, space)
     sub = qc.extract(qnet, cfg)
@@ -125,8 +176,10 @@ def _calibrate(sub, data: str, resolution: int, in_channels: int, batches: int) 
 
 
 def cmd_calibrate(args) -> int:
-    from qcompile.artifacts import load_subnet, save_subnet
+    from qcompile.artifacts import check_out, load_subnet, save_subnet
 
+    if args.out:
+        check_out(args.out, "subnet")
     space, sub, doc = load_subnet(args.subnet)
     _calibrate(sub, args.data, sub.subnet_config.resolution, space.in_channels, args.calib_batches)
     out = args.out or args.subnet
@@ -147,28 +200,42 @@ def _load_calibrated(path):
 
 def cmd_lower(args) -> int:
     import qcompile as qc
+    from qcompile.artifacts import check_out
+    from qcompile.backends.tvm.targets import resolve_target
 
+    check_out(args.out, "lowered")  # before any work: never replace a subnet or a user directory
+    resolve_target(args.target)
     _, sub, _ = _load_calibrated(args.subnet)
     low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials)
     low.export(args.out)
-    print(f"lowered for {args.target} into {args.out}")
+    print(f"lowered for {_target_name(args.target)} into {args.out}")
     return 0
 
 
 def cmd_tune(args) -> int:
     import qcompile as qc
+    from qcompile.artifacts import check_out
+    from qcompile.backends.tvm.targets import resolve_target
 
+    if args.out:
+        check_out(args.out, "lowered")
+    resolve_target(args.target)
     _, sub, _ = _load_calibrated(args.subnet)
     low = qc.lower(sub, target=args.target, tune=True, trials=args.trials)
     if args.out:
         low.export(args.out)
-    print(f"tuned {args.subnet} for {args.target}; tuning database updated (reused by every later lowering)")
+    print(f"tuned {args.subnet} for {_target_name(args.target)}; "
+          "tuning database updated (reused by every later lowering)")
     return 0
 
 
 def cmd_bench(args) -> int:
     from qcompile.bench_run import bench_subnet
+    from qcompile.errors import ConfigError
 
+    if args.target == "arm_cpu":
+        raise ConfigError("--target", args.target, "x86 or TVM target JSON of this host",
+                          "bench times on this machine; use `qcompile lower --target arm_cpu` and a board")
     _, sub, _ = _load_calibrated(args.subnet)
     report = bench_subnet(sub, target=args.target, out=Path(args.out), repeat=args.repeat, threads=args.threads)
     print(report)
@@ -177,7 +244,11 @@ def cmd_bench(args) -> int:
 
 def cmd_export_onnx(args) -> int:
     import qcompile as qc
+    from qcompile.errors import CheckpointError
 
+    out = Path(args.out)
+    if out.is_dir():  # checked before any work or write
+        raise CheckpointError(f"{out}: is a directory (name the .onnx file to write, e.g. {out / 'model.onnx'})")
     _, sub, _ = _load_calibrated(args.subnet)
     qc.export_onnx(sub, args.out, format=args.format)
     print(f"ONNX ({args.format}) written to {args.out}")
@@ -198,12 +269,7 @@ def cmd_run(args) -> int:
 
         from qcompile.data.base import resize
 
-        xs = []
-        for p in args.images:
-            if not Path(p).is_file():
-                raise FileNotFoundError(p)
-            img = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
-            xs.append(torch.from_numpy(img).permute(2, 0, 1))
+        xs = [torch.from_numpy(_read_image(p, Image)).permute(2, 0, 1) for p in args.images]
         x = resize(torch.stack(xs), res).numpy()
         names = list(args.images)
     else:
@@ -218,6 +284,30 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _read_image(path: str, Image):
+    """An RGB image in [0, 1] as HWC float32; ConfigError naming the file for anything that is not one."""
+    import numpy as np
+
+    from qcompile.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(2, "No such file", str(p))
+    try:
+        with Image.open(p) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except OSError as e:  # UnidentifiedImageError, "image file is truncated", read errors
+        raise ConfigError(str(p), f"not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                          "PNG, JPEG or another format Pillow reads") from e
+    except (Image.DecompressionBombError, ValueError, SyntaxError) as e:
+        raise ConfigError(str(p), f"not a usable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                          "a normal-sized PNG or JPEG") from e
+    if arr.ndim != 3 or min(arr.shape[:2]) < 1:
+        raise ConfigError(str(p), f"image of shape {arr.shape}", "a non-empty RGB image")
+    return arr
+
+
 def cmd_demo(args) -> int:
     from qcompile.demo import run_demo
 
@@ -230,8 +320,10 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qcompile", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="qcompile", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of a failure (accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("space", help="summarise a search space")
@@ -244,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None, help="dataset directory for folder/cifar")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--epochs", type=_ints, default=None, help="epochs per phase: float,mixed,low-bit")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=_positive_int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     s.add_argument("--threads", type=int, default=None,
@@ -263,14 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", type=_ints, default=(4,), help="bit choices of the policy, e.g. 2,3,4")
     s.add_argument("--calibrate", action="store_true", help="also calibrate (BN + BatchQuant)")
     s.add_argument("--run-data", default=None, help="calibration data (default digits)")
-    s.add_argument("--calib-batches", type=int, default=8)
+    s.add_argument("--calib-batches", type=_positive_int, default=8)
     s.add_argument("--out", required=True, help="subnet directory")
     s.set_defaults(fn=cmd_extract)
 
     s = sub.add_parser("calibrate", help="recalibrate BN and BatchQuant statistics of a subnet")
     s.add_argument("subnet", help="subnet directory")
     s.add_argument("--data", default="digits")
-    s.add_argument("--calib-batches", type=int, default=8)
+    s.add_argument("--calib-batches", type=_positive_int, default=8)
     s.add_argument("--out", default=None, help="output directory (default: in place)")
     s.set_defaults(fn=cmd_calibrate)
 
@@ -278,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                                ("tune", cmd_tune, "tune a subnet's kernels into the tuning database")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("subnet", help="calibrated subnet directory")
-        s.add_argument("--target", default="x86", help="x86 | arm_cpu | TVM target JSON")
-        s.add_argument("--trials", type=int, default=None,
+        s.add_argument("--target", default="x86", type=_target,
+                       help='x86 | arm_cpu | TVM target JSON, e.g. \'{"kind": "llvm", "mcpu": "skylake"}\'')
+        s.add_argument("--trials", type=_positive_int, default=None,
                        help="schedules timed per kernel when tuning (default: all candidates)")
         if name == "lower":
             s.add_argument("--tune", action="store_true")
@@ -290,9 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmark a subnet against peers (torch, onnxruntime, TVM)")
     s.add_argument("subnet", help="calibrated subnet directory")
-    s.add_argument("--target", default="x86")
-    s.add_argument("--repeat", type=int, default=20)
-    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--target", default="x86", type=_target,
+                   help='x86 (this host) | TVM target JSON of this host, e.g. \'{"kind": "llvm", "mcpu": "skylake"}\'')
+    s.add_argument("--repeat", type=_positive_int, default=20)
+    s.add_argument("--threads", type=_positive_int, default=2)
     s.add_argument("--out", default="runs/bench")
     s.set_defaults(fn=cmd_bench)
 
@@ -306,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("lowered", help="lowered directory")
     s.add_argument("images", nargs="*", help="image files (default: digits test images)")
     s.add_argument("--data", default="digits")
-    s.add_argument("--limit", type=int, default=8)
+    s.add_argument("--limit", type=_positive_int, default=8)
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded digits data; writes OUT/report.md")
@@ -318,20 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qcompile.errors import QcompileError
-
+    """Parse and run one subcommand. Every failure of every subcommand ends in one line on stderr and
+    exit 2 (`qcompile.cli_errors`); `--debug` anywhere on the line shows the traceback instead."""
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
-        return int(args.fn(args) or 0)
-    except (QcompileError, FileNotFoundError, NotADirectoryError, json.JSONDecodeError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"qcompile {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"qcompile {args.command}: interrupted", file=sys.stderr)
-        return 130
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (one line, exit 2) and --help (exit 0)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    debug = debug or bool(getattr(args, "debug", False))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    return run_command(args.command, args.fn, args, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

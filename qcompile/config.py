@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -34,8 +35,8 @@ class QuantPolicy:
 
     def __post_init__(self) -> None:
         try:
-            norm = tuple((int(w), int(a)) for w, a in self.bits)
-        except (TypeError, ValueError) as e:
+            norm = tuple((_int(w), _int(a)) for w, a in self.bits)
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError("policy.bits", self.bits, "a sequence of (weight_bits, act_bits) pairs") from e
         object.__setattr__(self, "bits", norm)
 
@@ -58,12 +59,22 @@ class QuantPolicy:
         return [list(p) for p in self.bits]
 
 
+def _int(v: Any) -> int:
+    """An integral number as int; ValueError for bools, non-finite and fractional values."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise ValueError(f"not an integer: {v!r}")
+    if int(v) != v:
+        raise ValueError(f"not an integer: {v!r}")
+    return int(v)
+
+
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ConfigError(name, value, "a list of integers")
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        if (isinstance(v, bool) or not isinstance(v, (int, float))
+                or (isinstance(v, float) and not math.isfinite(v)) or int(v) != v):
             raise ConfigError(name, value, "a list of integers")
         out.append(int(v))
     return tuple(out)
@@ -74,8 +85,8 @@ def _num_tuple(name: str, value: Any) -> tuple[float, ...]:
         raise ConfigError(name, value, "a list of numbers")
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(name, value, "a list of numbers")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ConfigError(name, value, "a list of finite numbers")
         out.append(int(v) if float(v).is_integer() else float(v))
     return tuple(out)
 
@@ -102,7 +113,7 @@ class SubnetConfig:
     policy: QuantPolicy | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int):
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1:
             raise ConfigError("resolution", self.resolution, "a positive integer")
         object.__setattr__(self, "depths", _int_tuple("depths", self.depths))
         object.__setattr__(self, "kernels", _int_tuple("kernels", self.kernels))
@@ -152,7 +163,8 @@ class SubnetConfig:
             raise ConfigError(unknown[0], d[unknown[0]], f"known keys: {', '.join(sorted(known))}")
         policy = d.get("policy")
         if policy is not None:
-            if not isinstance(policy, Sequence) or any(not isinstance(p, Sequence) or len(p) != 2 for p in policy):
+            if isinstance(policy, (str, bytes)) or not isinstance(policy, Sequence) or any(
+                    isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) != 2 for p in policy):
                 raise ConfigError("policy", policy, "a list of [weight_bits, act_bits] pairs")
             policy = QuantPolicy(tuple(tuple(p) for p in policy))
         return cls(
@@ -167,10 +179,19 @@ class SubnetConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SubnetConfig:
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError("config", f"<binary data, byte {e.start}>", "UTF-8 JSON text") from e
+        if not isinstance(text, str):
+            raise ConfigError("config", type(text).__name__, "JSON text (str)")
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError("config", text[:40], f"valid JSON ({e.msg} at line {e.lineno})") from e
+        except RecursionError as e:
+            raise ConfigError("config", text[:40], "JSON nested less deeply") from e
         return cls.from_dict(d)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -183,4 +204,7 @@ class SubnetConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError("path", str(p), "an existing subnet JSON file")
-        return cls.from_json(p.read_text())
+        try:
+            return cls.from_json(p.read_bytes())
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e.field}", e.value, e.allowed) from e

@@ -61,16 +61,24 @@ def evaluate_config(qnet, cfg, data, calib_batches: int):
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, settings: DemoSettings | None = None) -> Path:
+    """Run the demo into a fresh directory beside `out` and swap it in at the end: a failure or Ctrl-C leaves
+    the previous `out` as it was. `out` must be new, empty or an earlier demo directory (it has summary.json)."""
+    from qcompile.artifacts import check_out
+    from qcompile.utils.io import staged_dir
+
+    out = check_out(Path(out), "demo")
+    with staged_dir(out) as work:
+        _run_demo(work, quick, seed, settings)
+    return out / "report.md"
+
+
+def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) -> Path:
     import qcompile as qc
     from qcompile.data import load_dataset
     from qcompile.search.cost import cost_report
     from qcompile.train_run import train_run
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     space = qc.spaces.get_space(s.space, num_classes=10, width_mult=s.width_mult, resolutions=s.resolutions)

@@ -47,34 +47,41 @@ def train_run(
     thread can be several times faster than two (OpenMP workers spin against other processes).
     """
     import qcompile as qc
-    from qcompile.artifacts import RUN_FILE, write_run
+    from qcompile.artifacts import RUN_FILE, check_out, write_run
     from qcompile.data import load_dataset
     from qcompile.train import TrainConfig, Trainer, default_phases, latest_checkpoint
     from qcompile.train.init import zero_init_residual_bn
 
+    if epochs is not None and (
+            len(epochs) != 3 or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs)):
+        raise ConfigError("--epochs", ",".join(map(str, epochs)),
+                          "three non-negative integers: float, {2,3,4,32}, {2,3,4} phases, e.g. 4,3,3")
+    if batch_size < 1:
+        raise ConfigError("--batch-size", batch_size, ">= 1")
     name, kw = parse_data(data, data_root)
     data_splits = load_dataset(name, resolution=max(space.resolutions), in_channels=space.in_channels, **kw)
     if data_splits.train.num_classes != space.num_classes:
         raise ConfigError("--num-classes", space.num_classes, f"{data_splits.train.num_classes} (classes in {data})")
     out = Path(out)
     ckpt_dir = out / "checkpoints"
+    qopts = dict(quantize_options or QUANTIZE_DEFAULTS)
     if resume:
         if not (out / RUN_FILE).is_file() or latest_checkpoint(ckpt_dir) is None:
             raise CheckpointError(f"{out}: nothing to resume (no run.json or checkpoint)")
-    elif latest_checkpoint(ckpt_dir) is not None:
-        raise CheckpointError(f"{out}: already holds a run; use --resume to continue or another --out")
+        _check_resume(out, space, qopts)  # before anything is written
+    else:
+        check_out(out, "run")
+        if latest_checkpoint(ckpt_dir) is not None:
+            raise CheckpointError(f"{out}: already holds a run; use --resume to continue or another --out")
     if threads is not None:
         if threads < 1:
             raise ConfigError("--threads", threads, ">= 1")
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    qopts = dict(quantize_options or QUANTIZE_DEFAULTS)
     net = space.build_supernet()
     zero_init_residual_bn(net)
     qnet = qc.quantize(qc.trace(net), **qopts)
     phases = default_phases(tuple(epochs)) if epochs else default_phases()
-    if epochs and len(epochs) != 3:
-        raise ConfigError("--epochs", epochs, "three numbers: float, {2,3,4,32}, {2,3,4} phases")
     cfg = TrainConfig(batch_size=batch_size, seed=seed, **(train_config or {}))
     write_run(out, space, qopts, {"data": data, "phases": [p.to_dict() for p in phases], "train": cfg.to_dict()})
     trainer = Trainer(qnet, space, data_splits, cfg, phases, checkpoint_dir=ckpt_dir)
@@ -86,6 +93,30 @@ def train_run(
         trainer.save(ckpt_dir)
     _report(trainer, space, data_splits, phases)
     return trainer
+
+
+def _check_resume(out: Path, space, qopts: dict) -> None:
+    """`--resume` must continue the same run: same space (name and arguments) and quantization options."""
+    import json
+
+    from qcompile import schema
+    from qcompile.artifacts import RUN_FILE, _read_json
+
+    path = out / RUN_FILE
+    doc = _read_json(path, "written by `qcompile train`", schema.RUN, schema.RUN_FORMAT)
+    want = json.loads(json.dumps(space.to_dict()))
+    have = doc["space"]
+    if have.get("name") != want["name"]:
+        raise CheckpointError(f"{path}: the run is of space {have.get('name')!r}, not {want['name']!r} "
+                              f"(resume with --space {have.get('name')} or train into another --out)")
+    for k in sorted(set(want.get("args", {})) | set(have.get("args", {}))):
+        a, b = have.get("args", {}).get(k), want.get("args", {}).get(k)
+        if a != b:
+            raise CheckpointError(f"{path}: the run has {k}={a!r}, this call {k}={b!r} "
+                                  "(resume with the run's settings or train into another --out)")
+    if doc.get("quantize") not in (None, json.loads(json.dumps(qopts))):
+        raise CheckpointError(f"{path}: the run was quantized with {doc.get('quantize')}, this call with {qopts} "
+                              "(resume with the run's settings)")
 
 
 def _report(trainer, space, data_splits, phases) -> None:

@@ -225,14 +225,21 @@ def export_onnx(
     one code of the reference; format="qoperator": ConvInteger/MatMulInteger with explicit int64
     fixed-point requantization, bit-exact. See `OnnxExportOptions` for the other arguments.
     """
-    onnx = require_onnx()
+    from qcompile.errors import CheckpointError
+    from qcompile.utils.io import atomic_write
+
+    require_onnx()
     opts = OnnxExportOptions(format=format, input_shape=None if input_shape is None else tuple(input_shape),
                              opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
                              debug_outputs=debug_outputs)
-    model = build_onnx_model(ig_or_subnet, opts)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    # checked before any work or write: never replace a directory or a file that is not a model
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory (name the .onnx file to write, e.g. {path / 'model.onnx'})")
+    if os.path.lexists(path) and path.suffix.lower() != ".onnx":
+        raise CheckpointError(f"{path}: exists and is not an .onnx file; refusing to replace it "
+                              "(choose a new path or remove it first)")
+    model = build_onnx_model(ig_or_subnet, opts)
+    data = model.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))  # temp file beside it, removed on any failure
     return path

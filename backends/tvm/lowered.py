@@ -149,9 +149,26 @@ class Lowered:
 
     # -- running -----------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> np.ndarray:
-        arr = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
+        """`x` as a contiguous array of the input dtype and shape; ConfigError for anything else, NaN/inf included
+        (the integer kernels would quantize NaN to an arbitrary code and disagree with the reference)."""
+        if x is None or isinstance(x, (str, bytes, dict)):
+            raise ConfigError("input", type(x).__name__, f"a {self.input_dtype} array of shape {self.input_shape}")
+        try:
+            src = np.asarray(x)
+            if src.dtype.kind not in "biuf":
+                raise TypeError(f"dtype {src.dtype}")
+            arr = np.ascontiguousarray(src.astype(self.input_dtype, copy=False))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ConfigError("input", type(x).__name__, f"a numeric array of shape {self.input_shape}",
+                              str(e).splitlines()[0] if str(e) else "") from e
         if arr.shape != self.input_shape:
             raise ConfigError("input shape", tuple(arr.shape), self.input_shape, "the library is static-shaped")
+        if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise ConfigError("input", f"{bad} non-finite value(s) (NaN or inf)", "finite numbers",
+                              "replace or drop them before calling")
+        if src.dtype.kind == "f" and np.dtype(self.input_dtype).kind != "f" and not np.isfinite(src).all():
+            raise ConfigError("input", "non-finite values (NaN or inf)", "finite numbers")
         return arr
 
     def _native_vm(self) -> Any:
@@ -200,25 +217,29 @@ class Lowered:
 
     # -- persistence --------------------------------------------------------------------------------
     def export(self, path: str | os.PathLike) -> Path:
-        """Write lib.so, program/ and metadata.json into `path`, atomically (temp dir then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
-            self._export_library(tmp / LIB_NAME)
+        """Write lib.so, program/ and metadata.json into `path` as a whole: into a fresh directory beside it,
+        swapped in at the end (a failure or Ctrl-C leaves what was there). `path` must be new, an empty
+        directory or a lowered directory; anything else is refused with `CheckpointError`."""
+        from qcompile.artifacts import check_out
+        from qcompile.utils.io import staged_dir
+
+        path = check_out(Path(path), "lowered")
+        with staged_dir(path) as tmp:
+            lib = tmp / LIB_NAME
+            try:
+                self._export_library(lib)
+            except OSError:
+                raise
+            except Exception as e:  # TVM/compiler failures (a full disk shows as "Compilation error")
+                raise LoweringError(str(path), f"writing {LIB_NAME} failed: {_first_line(e)}",
+                                    "check free disk space and that the directory is writable") from e
             if self.program is not None:
                 self.program.save(tmp / "program")
-            (tmp / "metadata.json").write_text(json.dumps(self.meta, indent=1))
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old.{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            meta = dict(self.meta, format=FORMAT_VERSION, library=_library_record(lib))
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
+            for f in (lib, tmp / "metadata.json"):
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         log.info("exported %s to %s", self, path)
         return path
 
@@ -389,6 +410,74 @@ def lower_integer_graph(
     return Lowered(None, ex, spec, meta, ig, num_threads)
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+#: ELF e_machine values of the architectures qcompile builds for
+ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
+
+
+def elf_info(path: Path, data: bytes) -> dict:
+    """Machine and extent of an ELF shared library; CheckpointError when `data` is not a complete 64-bit ELF."""
+    import struct
+
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise CheckpointError(f"{path}: not a shared library (no ELF header; {len(data)} bytes) "
+                              "(the lowered directory is corrupt: lower the subnet again)")
+    if data[4] != 2 or data[5] != 1:
+        raise CheckpointError(f"{path}: not a 64-bit little-endian ELF library (lower the subnet again)")
+    (e_type, e_machine) = struct.unpack_from("<HH", data, 16)
+    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 32)
+    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", data, 54)
+    if e_type != 3:  # ET_DYN
+        raise CheckpointError(f"{path}: ELF type {e_type} is not a shared library (lower the subnet again)")
+    end = max(e_phoff + e_phnum * e_phentsize, e_shoff + e_shnum * e_shentsize)
+    for i in range(min(e_phnum, 64)):
+        off = e_phoff + i * e_phentsize
+        if off + 56 > len(data):
+            break
+        _p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from("<IIQQQQ", data, off)
+        end = max(end, p_offset + p_filesz)
+    if end > len(data):
+        raise CheckpointError(f"{path}: truncated ({len(data)} bytes, its headers need {end}) "
+                              "(the lowered directory is corrupt: lower the subnet again)")
+    return {"machine": ELF_MACHINES.get(e_machine, f"e_machine {e_machine}"), "size": len(data)}
+
+
+def _library_record(lib: Path) -> dict:
+    import hashlib
+
+    data = lib.read_bytes()
+    info = elf_info(lib, data)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "machine": info["machine"]}
+
+
+def verify_library(lpath: Path, meta: dict, mpath: Path) -> None:
+    """Check lib.so before it is loaded (a truncated library would crash the process with SIGBUS):
+    ELF header and extent, machine against the target's arch, size and sha256 against metadata.json."""
+    import hashlib
+
+    try:
+        data = lpath.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{lpath}: cannot be read: {e.strerror or e} (check the file)") from e
+    info = elf_info(lpath, data)
+    arch = meta["target"]["arch"]
+    if info["machine"] != arch:
+        raise CheckpointError(f"{lpath}: library for {info['machine']}, but {mpath.name} says {arch} "
+                              "(the directory mixes files of two lowerings: lower the subnet again)")
+    rec = meta.get("library")
+    if rec is not None:
+        if rec["size"] != len(data):
+            raise CheckpointError(f"{lpath}: {len(data)} bytes, {mpath.name} recorded {rec['size']} "
+                                  "(truncated or replaced: lower the subnet again)")
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise CheckpointError(f"{lpath}: sha256 does not match the one in {mpath.name} "
+                                  "(corrupt or replaced: lower the subnet again)")
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=repr))
 
@@ -397,21 +486,35 @@ def load(path: str | os.PathLike) -> Lowered:
     """Load an exported library directory; `CheckpointError` if it is missing or not ours."""
     import tvm
 
+    from qcompile import schema
+
     path = Path(path)
     mpath, lpath = path / "metadata.json", path / LIB_NAME
-    if not mpath.exists() or not lpath.exists():
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such lowered directory (make one with `qcompile lower SUBNET --out DIR`)")
+    if not mpath.is_file() or not lpath.is_file():
         raise CheckpointError(f"{path}: no exported library here (expected metadata.json and {LIB_NAME})")
     try:
-        meta = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{mpath}: corrupt ({e})") from e
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{mpath}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+        meta = json.loads(mpath.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{mpath}: corrupt ({_first_line(e)}) (lower the subnet again)") from e
+    schema.check(meta, schema.LOWERED, str(mpath), schema.LOWERED_FORMAT)
     t = meta["target"]
+    if t["arch"] not in ELF_MACHINES.values():
+        raise CheckpointError(f"{mpath}: target.arch {t['arch']!r} is not one of {sorted(ELF_MACHINES.values())}")
+    verify_library(lpath, meta, mpath)
     import platform
 
     native = (platform.machine() in ("aarch64", "arm64")) == (t["arch"] == "aarch64")
     spec = TargetSpec(t["name"], t["tvm"], t["arch"], t.get("cross_cxx"), native)
-    program = IntegerGraph.load(path / "program") if (path / "program").exists() else None
-    ex = tvm.runtime.load_module(str(lpath)) if native else None
+    try:
+        program = IntegerGraph.load(path / "program") if (path / "program").exists() else None
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt program/ directory, whatever the reader raised
+        raise CheckpointError(f"{path / 'program'}: cannot be read ({_first_line(e)}) (lower the subnet again)") from e
+    try:
+        ex = tvm.runtime.load_module(str(lpath)) if native else None
+    except Exception as e:  # noqa: BLE001 - the loader's errors are TVM's own types
+        raise CheckpointError(f"{lpath}: cannot be loaded ({_first_line(e)}) (lower the subnet again)") from e
     return Lowered(lpath, ex, spec, meta, program, meta.get("num_threads"))

@@ -121,8 +121,14 @@ def resolve_target(target: str | dict, num_threads: int | None = None) -> Target
             raise LoweringError(
                 f"target={target!r}", f"kind {parsed.kind.name!r} is not supported", "use kind 'llvm' (CPU)"
             )
-        triple = str(target.get("mtriple", "")) or "x86_64"
-        arch = "aarch64" if triple.startswith(("aarch64", "arm64")) else "x86_64"
+        triple = str(target.get("mtriple", "")) or ("aarch64" if host_arch == "aarch64" else "x86_64")
+        if triple.startswith(("aarch64", "arm64")):
+            arch = "aarch64"
+        elif triple.startswith(("x86_64", "amd64")):
+            arch = "x86_64"
+        else:
+            raise LoweringError(f"target.mtriple={triple!r}", "qcompile builds only for x86-64 and aarch64",
+                                "use an mtriple starting with x86_64 or aarch64, or 'x86' / 'arm_cpu'")
         native = arch == ("aarch64" if host_arch == "aarch64" else "x86_64")
         cxx = None if native else (CROSS_CXX if arch == "aarch64" else None)
         if not native and arch != "aarch64":

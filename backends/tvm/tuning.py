@@ -14,7 +14,8 @@ Two kinds of records share the database:
 
 A database that does not parse, has the wrong schema or fails its checksum is ignored with a warning
 (moved aside to `*.corrupt`), never trusted. Writes go to a temporary file and `os.replace`, so a crash
-cannot leave half a file.
+cannot leave half a file. Processes share a database safely: every write takes an `fcntl` lock on
+`<db>.lock`, re-reads the file and merges (the faster record of a workload wins), so no record is lost.
 """
 
 from __future__ import annotations
@@ -116,26 +117,62 @@ class TuningDB:
         """The record of `workload`, or None."""
         return self.records.get(workload_key(workload))
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive `fcntl` lock on `<db>.lock`, shared by every process using this database file."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def put(self, workload: dict, knobs: dict, latency_us: float) -> None:
-        """Store (or improve) a record and write the database atomically."""
+        """Store (or improve) a record: under the lock, merge with what other processes wrote, write atomically."""
         key = workload_key(workload)
-        old = self.records.get(key)
-        if old is not None and old["latency_us"] <= latency_us:
-            return
-        self.records[key] = {"knobs": knobs, "latency_us": float(latency_us), "time": time.time()}
-        self.save()
+        rec = {"knobs": knobs, "latency_us": float(latency_us), "time": time.time()}
+        with self._locked():
+            merged = _merge(self._load(), self.records)
+            old = merged.get(key)
+            if old is None or old["latency_us"] > rec["latency_us"]:
+                merged[key] = rec
+            self.records = merged
+            self._write()
 
     def save(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Write the records, merged with the file's (other processes may have added some), atomically."""
+        with self._locked():
+            self.records = _merge(self._load(), self.records)
+            self._write()
+
+    def _write(self) -> None:
+        from qcompile.utils.io import atomic_write_text
+
         data = {
             "schema": SCHEMA,
             "target": str(self.target),
             "records": self.records,
             "checksum": _checksum(self.records),
         }
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def _valid_record(rec: Any) -> bool:
+    lat = rec.get("latency_us") if isinstance(rec, dict) else None
+    return isinstance(rec, dict) and isinstance(rec.get("knobs"), dict) and isinstance(lat, (int, float)) \
+        and not isinstance(lat, bool) and np.isfinite(lat)
+
+
+def _merge(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
+    """Union of two record sets; where both have a workload, the faster record wins."""
+    out = {k: v for k, v in a.items() if _valid_record(v)}
+    for k, v in b.items():
+        if _valid_record(v) and (k not in out or v["latency_us"] < out[k]["latency_us"]):
+            out[k] = v
+    return out
 
 
 _DB_CACHE: dict[tuple[str, str], TuningDB] = {}

@@ -34,12 +34,58 @@ def batchnorm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _inputs(batch: object) -> torch.Tensor:
+def _inputs(batch: object, i: int = 0, expect: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
+    """The image tensor of batch `i`, checked: floating point, NCHW, finite, of the subnet's channels and
+    resolution (`expect`, None where unknown). ConfigError naming the batch otherwise."""
     if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise ConfigError("calibrate batches", type(batch).__name__, "tensors or (images, labels) tuples")
+        x = batch
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        x = batch[0]
+    else:
+        raise ConfigError(f"calibrate batches[{i}]", type(batch).__name__, "tensors or (images, labels) tuples")
+    if not x.is_floating_point():
+        raise ConfigError(f"calibrate batches[{i}].dtype", str(x.dtype), "a floating-point image tensor",
+                          "convert with x.float() / 255")
+    if x.dim() != 4 or x.shape[0] < 1:
+        raise ConfigError(f"calibrate batches[{i}].shape", tuple(x.shape), "N x C x H x W with N >= 1")
+    channels, res = expect
+    if channels is not None and x.shape[1] != channels:
+        raise ConfigError(f"calibrate batches[{i}].shape", tuple(x.shape), f"{channels} channels")
+    if res is not None and tuple(x.shape[2:]) != (res, res):
+        raise ConfigError(f"calibrate batches[{i}].shape", tuple(x.shape), f"H = W = {res} (the subnet's resolution)")
+    if not bool(torch.isfinite(x).all()):
+        raise ConfigError(f"calibrate batches[{i}]", "non-finite values (NaN or inf)", "finite images")
+    return x
+
+
+def _expected_input(model: nn.Module) -> tuple[int | None, int | None]:
+    cfg = getattr(model, "subnet_config", None)
+    if cfg is None:  # not one of our subnets (e.g. qcompile.quantize_model): shapes are the model's business
+        return None, None
+    res = getattr(cfg, "resolution", None)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return (conv.in_channels if conv is not None else None), (res if isinstance(res, int) else None)
+
+
+def _snapshot(model: nn.Module) -> list:
+    """Everything calibration may change: buffers (cloned), parameters and plain attributes of every module."""
+    snap = []
+    for m in model.modules():
+        attrs = {k: v for k, v in m.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")}
+        bufs = {k: (None if b is None else b.detach().clone()) for k, b in m._buffers.items()}
+        snap.append((m, attrs, bufs, dict(m._parameters)))
+    return snap
+
+
+def _restore(snap: list) -> None:
+    for m, attrs, bufs, params in snap:
+        for k in [k for k in m.__dict__ if k not in ("_parameters", "_buffers", "_modules") and k not in attrs]:
+            del m.__dict__[k]
+        m.__dict__.update(attrs)
+        m._buffers.clear()
+        m._buffers.update(bufs)
+        m._parameters.clear()
+        m._parameters.update(params)
 
 
 @torch.no_grad()
@@ -53,9 +99,28 @@ def calibrate(
 
     `batches` yields image tensors or `(images, labels)` at the subnet's resolution. Returns `model`
     (for chaining); the number of images used is in `model.calibrated_images`. The model is left
-    in eval mode; on an exception the BN momenta are
-    restored and the quantizers stay uncalibrated.
+    in eval mode. A failing call (bad batch, empty iterable, Ctrl-C) raises with the model exactly as it was
+    before the call: statistics, quantizer estimates and flags are restored.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("subnet", type(model).__name__, "an extracted subnet (qcompile.extract)")
+    if batches is None or isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(batches, "__iter__"):
+        raise ConfigError("calibrate batches", type(batches).__name__,
+                          "an iterable of image tensors or (images, labels) tuples (a DataLoader, a list)")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ConfigError("max_batches", max_batches, "a positive integer or None")
+    expect = _expected_input(model)
+    snap = _snapshot(model)  # a failing call leaves the model as it was
+    try:
+        return _calibrate(model, batches, max_batches, quantizers, expect)
+    except BaseException:
+        _restore(snap)
+        raise
+
+
+def _calibrate(model: nn.Module, batches: Iterable[object], max_batches: int | None, quantizers: bool,
+               expect: tuple[int | None, int | None]) -> nn.Module:
     bns = batchnorm_modules(model)
     momenta = [m.momentum for _, m in bns]
     for _, m in bns:
@@ -77,7 +142,7 @@ def calibrate(
             for i, batch in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break
-                x = _inputs(batch)
+                x = _inputs(batch, i, expect)
                 model(x)
                 seen += int(x.shape[0])
             if seen == 0:

@@ -101,7 +101,15 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     ptr = directory / LATEST
     if not ptr.is_file():
         return None
-    name = ptr.read_text().strip()
+    try:
+        name = ptr.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise CheckpointError(
+            f"{ptr}: not a checkpoint name (binary data at byte {e.start}); the file is corrupt "
+            f"(write the name of one of {[p.name for p in _checkpoint_dirs(directory)]} into it)"
+        ) from e
+    if "/" in name or "\0" in name or name in (".", ".."):
+        raise CheckpointError(f"{ptr}: {name[:60]!r} is not a checkpoint name (expected ckpt-NNNNNNNN)")
     path = directory / name
     if not name or not path.is_dir():
         raise CheckpointError(

@@ -87,8 +87,10 @@ def to_integer(subnet: fx.GraphModule, check_overflow: bool = True):
 def lower(subnet, target: str | dict = "x86", *, tune: bool = False, **kwargs: Any):
     """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`."""
     from qcompile.backends.tvm import lower_integer_graph
+    from qcompile.backends.tvm.targets import resolve_target
     from qcompile.ops import IntegerGraph
 
+    resolve_target(target, kwargs.get("num_threads"))  # a bad target fails here, before any work
     ig = subnet if isinstance(subnet, IntegerGraph) else to_integer(subnet)
     return lower_integer_graph(ig, target, tune=tune, **kwargs)
 

@@ -213,7 +213,9 @@ def corrupt_artifact_cases(g, scratch: Path, lowered: Path | None = None, quick:
     json_docs = {
         "run": (g.run, "run.json",
                 lambda d: ["extract", str(d), "--smallest", "--out", str(d.parent / (d.name + "-x"))]),
-        "subnet": (g.subnet, "subnet.json", lambda d: ["lower", str(d), "--out", str(d.parent / (d.name + "-l"))]),
+        # calibrate (load, one batch, save) rather than lower: a mutation that still loads must not cost a TVM build
+        "subnet": (g.subnet, "subnet.json", lambda d: ["calibrate", str(d), "--calib-batches", "1", "--out",
+                                                       str(d.parent / (d.name + "-c"))]),
     }
     low = lowered or g.fake_lowered
     if low.exists():

@@ -230,3 +230,112 @@ def demo_interrupt(tmp: Path, monkeypatch) -> Ending:
     if "interrupted" not in end.stderr:
         return Ending(False, f"no 'interrupted' line: {end.stderr!r}")
     return Ending(True, "old demo intact")
+
+
+# -- permission faults ------------------------------------------------------------------------------
+# The suite runs as root, where chmod does not make a file unreadable or a directory unwritable. Two
+# stand-ins: opening chosen paths raises PermissionError (in-process, through `io.open`/`builtins.open`/
+# `os.open`), and a read-only tmpfs gives real EROFS on every write.
+
+class deny_open:
+    """Within the block, opening any path under one of `prefixes` fails with EACCES (reads or writes)."""
+
+    def __init__(self, *prefixes: Path, write_only: bool = False):
+        self.prefixes = tuple(str(p) for p in prefixes)
+        self.write_only = write_only
+
+    def _denied(self, file, mode_or_flags) -> bool:
+        if not isinstance(file, (str, bytes, os.PathLike)):
+            return False
+        path = os.fsdecode(os.fspath(file))
+        path = os.path.abspath(path)
+        if not path.startswith(self.prefixes):
+            return False
+        if not self.write_only:
+            return True
+        if isinstance(mode_or_flags, int):
+            return bool(mode_or_flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        return any(c in str(mode_or_flags) for c in "wax+")
+
+    def __enter__(self):
+        import builtins
+        import io
+
+        self._saved = (builtins.open, io.open, os.open)
+        real_open, _, real_os_open = self._saved
+
+        def fake_open(file, mode="r", *a, **k):
+            if self._denied(file, mode):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(os.fspath(file)))
+            return real_open(file, mode, *a, **k)
+
+        def fake_os_open(path, flags, *a, **k):
+            if self._denied(path, flags):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(os.fspath(path)))
+            return real_os_open(path, flags, *a, **k)
+
+        builtins.open = io.open = fake_open
+        os.open = fake_os_open
+        return self
+
+    def __exit__(self, *exc):
+        import builtins
+        import io
+
+        builtins.open, io.open, os.open = self._saved
+        return False
+
+
+def permission_cases(g, scratch: Path) -> list[Case]:
+    cases = []
+    reads = [
+        ("run.json", g.run, "run.json", lambda d: ["extract", str(d), "--smallest", "--out", str(scratch / "px")]),
+        ("checkpoints/latest", g.run, "checkpoints/latest",
+         lambda d: ["extract", str(d), "--smallest", "--out", str(scratch / "px")]),
+        ("subnet.json", g.subnet, "subnet.json", lambda d: ["lower", str(d), "--out", str(scratch / "pl")]),
+        ("state.safetensors", g.subnet, "state.safetensors",
+         lambda d: ["export-onnx", str(d), "--out", str(scratch / "p.onnx")]),
+        ("config", g.config_json.parent, "config.json",
+         lambda d: ["extract", str(g.run), "--config", str(d / "config.json"), "--out", str(scratch / "px")]),
+    ]
+    if g.fake_lowered.exists():
+        reads += [("metadata.json", g.fake_lowered, "metadata.json", lambda d: ["run", str(d), "--limit", "1"]),
+                  ("lib.so", g.fake_lowered, "lib.so", lambda d: ["run", str(d), "--limit", "1"])]
+    for name, src, rel, argv_of in reads:
+        def go(src=src, rel=rel, argv_of=argv_of) -> Ending:
+            with deny_open(src / rel):
+                end = run_cli(argv_of(src), expect_ok=False)
+            if end.ok and rel.split("/")[-1] not in end.stderr.strip().splitlines()[-1]:
+                return Ending(False, "the error line does not name the unreadable file", end.stderr)
+            return end
+        cases.append(Case(f"unreadable {name}", go, [g.root], [scratch]))
+    writes = [
+        ("extract --out", ["extract", str(g.run), "--smallest", "--out", str(scratch / "wx")]),
+        ("calibrate --out", ["calibrate", str(g.subnet), "--calib-batches", "1", "--out", str(scratch / "wc")]),
+        ("export-onnx --out", ["export-onnx", str(g.subnet), "--out", str(scratch / "w.onnx")]),
+    ]
+    for name, argv in writes:
+        def go(argv=argv) -> Ending:
+            with deny_open(scratch, write_only=True):
+                return run_cli(argv, expect_ok=False)
+        cases.append(Case(f"unwritable {name}", go, [g.root], [scratch]))
+    return cases
+
+
+def read_only_fs_cases(g, mnt: Path) -> list[Case]:
+    """Writes into a read-only file system (real EROFS): one line, nothing left, the old artifact intact."""
+    import subprocess
+
+    copy_artifact(g.subnet, mnt / "sub")
+    r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return []
+    argvs = {
+        "calibrate in place": ["calibrate", str(mnt / "sub"), "--calib-batches", "1"],
+        "extract": ["extract", str(g.run), "--smallest", "--out", str(mnt / "x")],
+        "export-onnx": ["export-onnx", str(g.subnet), "--out", str(mnt / "m.onnx")],
+        "lower --out under it": ["lower", str(g.subnet), "--out", str(mnt / "sub" / "low"), "--target", "x68"],
+        "train": ["train", "--epochs", "0,0,0", "--out", str(mnt / "run")],
+    }
+    return [Case(f"read-only fs: {k}", lambda a=a: run_cli(a, expect_ok=False), [mnt / "sub", g.root], [mnt])
+            for k, a in argvs.items()]

@@ -103,3 +103,14 @@ def test_truncated_library_does_not_crash_run(golden_lowered, tmp_path):
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert r.stderr.strip().splitlines()[-1].startswith("qcompile run: error: ") and "Traceback" not in r.stderr
     assert "lib.so" in r.stderr.splitlines()[-1]
+
+
+def test_permission_faults(golden, tmp_path):
+    _assert_clean("permission faults", F.permission_cases(golden, tmp_path))
+
+
+def test_read_only_file_system(golden, small_tmpfs):
+    cs = F.read_only_fs_cases(golden, small_tmpfs)
+    if not cs:
+        pytest.skip("cannot remount the tmpfs read-only here")
+    _assert_clean("read-only fs", cs)

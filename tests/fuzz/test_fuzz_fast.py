@@ -275,3 +275,7 @@ def test_sample_api(golden):
 
 def test_disk_full_sample(golden, small_tmpfs):
     _assert_clean("disk full (sample)", F.disk_full_cases(golden, small_tmpfs)[:2])
+
+
+def test_permission_faults_sample(golden, tmp_path):
+    _assert_clean("permission faults (sample)", F.permission_cases(golden, tmp_path)[::3])

@@ -83,7 +83,11 @@ def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) ->
                               f"arguments ({e}) (the artifact is corrupt or from another qcompile)") from e
     graph = qc.trace(space.build_supernet())
     if quantize_options is not None:
-        graph = qc.quantize(graph, **quantize_options)
+        try:
+            graph = qc.quantize(graph, **quantize_options)
+        except (TypeError, ValueError) as e:  # unknown option names, values of the wrong kind
+            raise CheckpointError(f"quantize options {quantize_options!r:.80}: cannot be applied ({e}) "
+                                  "(the artifact is corrupt or from another qcompile)") from e
     return space, graph
 
 

@@ -499,6 +499,11 @@ def load(path: str | os.PathLike) -> Lowered:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{mpath}: corrupt ({_first_line(e)}) (lower the subnet again)") from e
     schema.check(meta, schema.LOWERED, str(mpath), schema.LOWERED_FORMAT)
+    for io_ in ("input", "output"):
+        shape = meta[io_]["shape"]
+        if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            raise CheckpointError(f"{mpath}: {io_}.shape {shape!r:.60} is not a list of positive integers "
+                                  "(lower the subnet again)")
     t = meta["target"]
     if t["arch"] not in ELF_MACHINES.values():
         raise CheckpointError(f"{mpath}: target.arch {t['arch']!r} is not one of {sorted(ELF_MACHINES.values())}")

@@ -73,7 +73,7 @@ FILE_FAULTS: dict[str, Callable[[Path], None]] = {
     "dev-null": _dev_null,
 }
 
-JSON_VALUES = [None, 0, -1, 1e308, "x", [], {}, True, [[1, 2]], {"a": {"b": None}}]
+JSON_VALUES = [None, -1, 1e308, "x", [], True, {"a": {"b": None}}]
 
 
 def json_mutations(doc: dict) -> Iterator[tuple[str, object]]:

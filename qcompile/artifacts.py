@@ -71,7 +71,8 @@ def check_out(path: str | os.PathLike, kind: str, option: str = "--out") -> Path
                           f"to replace it ({option}: choose a new path or remove it first)")
 
 
-def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) -> tuple[Any, fx.GraphModule]:
+def build_quantized_supernet(space_dict: dict, quantize_options: dict | None,
+                             where: str = "artifact") -> tuple[Any, fx.GraphModule]:
     """(space, graph): the traced supernet, quantized with `quantize_options` (None = float)."""
     import qcompile as qc
     from qcompile.spaces import from_dict
@@ -79,14 +80,14 @@ def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) ->
     try:
         space = from_dict(space_dict)
     except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError
-        raise CheckpointError(f"space {space_dict.get('name')!r}: cannot be rebuilt from its recorded "
+        raise CheckpointError(f"{where}: space {space_dict.get('name')!r} cannot be rebuilt from its recorded "
                               f"arguments ({e}) (the artifact is corrupt or from another qcompile)") from e
     graph = qc.trace(space.build_supernet())
     if quantize_options is not None:
         try:
             graph = qc.quantize(graph, **quantize_options)
         except (TypeError, ValueError) as e:  # unknown option names, values of the wrong kind
-            raise CheckpointError(f"quantize options {quantize_options!r:.80}: cannot be applied ({e}) "
+            raise CheckpointError(f"{where}: quantize options {quantize_options!r:.80} cannot be applied ({e}) "
                                   "(the artifact is corrupt or from another qcompile)") from e
     return space, graph
 
@@ -106,7 +107,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory (make one with `qcompile train --out DIR`)")
     doc = _read_json(run_dir / RUN_FILE, "written by `qcompile train`", schema.RUN, schema.RUN_FORMAT)
-    space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"))
+    space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"), str(run_dir / RUN_FILE))
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint yet (train first)")
@@ -180,7 +181,7 @@ def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
         cfg = SubnetConfig.from_dict(doc["config"])
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path / SUBNET_FILE}: bad config ({e})") from e
-    space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"))
+    space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"), str(path / SUBNET_FILE))
     space.validate(cfg)
     sub = qc.extract(graph, cfg)
     spath = path / STATE_FILE

@@ -182,7 +182,11 @@ def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path / SUBNET_FILE}: bad config ({e})") from e
     space, graph = build_quantized_supernet(doc["space"], doc.get("quantize"), str(path / SUBNET_FILE))
-    space.validate(cfg)
+    try:
+        space.validate(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{path / SUBNET_FILE}: config does not fit its space {space.name} ({e}) "
+                              "(extract the subnet again)") from e
     sub = qc.extract(graph, cfg)
     spath = path / STATE_FILE
     if not os.path.lexists(spath):

@@ -520,6 +520,9 @@ def load(path: str | os.PathLike) -> Lowered:
         raise CheckpointError(f"{path / 'program'}: cannot be read ({_first_line(e)}) (lower the subnet again)") from e
     try:
         ex = tvm.runtime.load_module(str(lpath)) if native else None
+        if ex is not None:
+            ex["vm_load_executable"]  # a Relax VM library, not some other shared object
     except Exception as e:  # noqa: BLE001 - the loader's errors are TVM's own types
-        raise CheckpointError(f"{lpath}: cannot be loaded ({_first_line(e)}) (lower the subnet again)") from e
+        raise CheckpointError(f"{lpath}: cannot be loaded as a compiled model ({_first_line(e)}) "
+                              "(lower the subnet again)") from e
     return Lowered(lpath, ex, spec, meta, program, meta.get("num_threads"))

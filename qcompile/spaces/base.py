@@ -130,11 +130,14 @@ class StagedSpace:
     ) -> None:
         if num_classes < 1:
             raise ConfigError("num_classes", num_classes, "an integer >= 1")
-        if width_mult <= 0:
-            raise ConfigError("width_mult", width_mult, "a positive number")
+        if not 0 < width_mult < float("inf"):  # also refuses NaN
+            raise ConfigError("width_mult", width_mult, "a positive finite number")
         if in_channels < 1:
             raise ConfigError("in_channels", in_channels, "an integer >= 1")
-        res = tuple(sorted(int(r) for r in resolutions))
+        try:
+            res = tuple(sorted(int(r) for r in resolutions))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ConfigError("resolutions", resolutions, "a non-empty list of integer sizes >= 8") from e
         if not res or res[0] < 8:
             raise ConfigError("resolutions", resolutions, "a non-empty list of sizes >= 8")
         for s in stages:

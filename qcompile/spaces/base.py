@@ -128,11 +128,11 @@ class StagedSpace:
         kernel_transform: bool = False,
         args: dict | None = None,
     ) -> None:
-        if num_classes < 1:
+        if not _is_int(num_classes, 1):
             raise ConfigError("num_classes", num_classes, "an integer >= 1")
-        if not 0 < width_mult < float("inf"):  # also refuses NaN
+        if not _is_positive_finite(width_mult):
             raise ConfigError("width_mult", width_mult, "a positive finite number")
-        if in_channels < 1:
+        if not _is_int(in_channels, 1):
             raise ConfigError("in_channels", in_channels, "an integer >= 1")
         try:
             res = tuple(sorted(int(r) for r in resolutions))
@@ -653,3 +653,31 @@ def space_math_check(space: StagedSpace) -> float:
 
 
 __all__ = ["StagedSpace", "StageSpec", "HeadSpec", "LayerDesc", "Gene", "Supernet", "Stage", "field"]
+
+
+def _is_int(v: object, lo: int) -> bool:
+    """An integer (Python or NumPy, not bool) >= lo."""
+    import operator
+
+    if isinstance(v, bool):
+        return False
+    try:
+        return operator.index(v) >= lo
+    except TypeError:
+        return False
+
+
+def _is_positive_finite(v: object) -> bool:
+    if isinstance(v, (bool, str, bytes)):
+        return False
+    try:
+        return 0 < float(v) < float("inf")  # NaN compares false
+    except (TypeError, ValueError):
+        return False
+
+
+def resolution_list(resolutions: object) -> list:
+    """`resolutions` as a list; ConfigError when it is not a sequence of sizes."""
+    if isinstance(resolutions, (str, bytes)) or not hasattr(resolutions, "__iter__"):
+        raise ConfigError("resolutions", resolutions, "a non-empty list of integer sizes >= 8")
+    return list(resolutions)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qcompile.spaces.base import HeadSpec, StagedSpace, StageSpec
+from qcompile.spaces.base import HeadSpec, StagedSpace, StageSpec, resolution_list
 
 KERNELS = (3, 5, 7)
 EXPANDS = (3, 4, 6)
@@ -43,7 +43,7 @@ def mobilenet_v3(
     args = dict(
         num_classes=num_classes,
         width_mult=width_mult,
-        resolutions=list(resolutions),
+        resolutions=resolution_list(resolutions),
         in_channels=in_channels,
         kernels=list(k),
         expands=list(e),
@@ -107,7 +107,7 @@ def mobilenet_v2(
     args = dict(
         num_classes=num_classes,
         width_mult=width_mult,
-        resolutions=list(resolutions),
+        resolutions=resolution_list(resolutions),
         in_channels=in_channels,
         fine_grained=fine_grained,
         kernels=list(k),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from qcompile.errors import ConfigError
 from qcompile.nn.blocks import BLOCK_TYPES
-from qcompile.spaces.base import HeadSpec, StagedSpace, StageSpec
+from qcompile.spaces.base import HeadSpec, StagedSpace, StageSpec, resolution_list
 
 #: Table 11 search ids -> block type
 BLOCK_IDS = {0: "mbv1", 1: "mbv2", 2: "mbv3", 3: "bottleneck", 4: "bottleneck_se", 5: "fused", 6: "fused_se"}
@@ -92,7 +92,7 @@ def spaceevo(
     args = dict(
         num_classes=num_classes,
         width_mult=width_mult,
-        resolutions=list(resolutions),
+        resolutions=resolution_list(resolutions),
         in_channels=in_channels,
         blocks=names,
         widths=[list(w) for w in wid],

@@ -514,3 +514,16 @@ def scratch_dir(base: Path, name: str) -> Path:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     return d
+
+
+def space_cases() -> Iterator[Case]:
+    import qcompile as qc
+
+    bad = [{"width_mult": v} for v in (float("nan"), float("inf"), 0, -1, "x", None)]
+    bad += [{"resolutions": v} for v in ((), (0,), ("a",), (7,), None, 32)]
+    bad += [{"num_classes": v} for v in (0, -1, 2.5, "10", None)]
+    for name in ("mobilenet_v3", "mobilenet_v2", "spaceevo"):
+        for kw in bad:
+            yield Case(f"spaces.{name}({kw})", lambda n=name, kw=kw: run_api(lambda: qc.spaces.get_space(n, **kw),
+                                                                               expect_ok=False))
+    yield Case("get_space('bogus')", lambda: run_api(lambda: qc.spaces.get_space("bogus"), expect_ok=False))

@@ -114,3 +114,7 @@ def test_read_only_file_system(golden, small_tmpfs):
     if not cs:
         pytest.skip("cannot remount the tmpfs read-only here")
     _assert_clean("read-only fs", cs)
+
+
+def test_api_spaces():
+    _assert_clean("api spaces", C.space_cases())

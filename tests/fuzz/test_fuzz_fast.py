@@ -279,3 +279,7 @@ def test_disk_full_sample(golden, small_tmpfs):
 
 def test_permission_faults_sample(golden, tmp_path):
     _assert_clean("permission faults (sample)", F.permission_cases(golden, tmp_path)[::3])
+
+
+def test_space_constructors():
+    _assert_clean("api spaces", C.space_cases())

@@ -88,6 +88,8 @@ def run_command(command: str, fn: Callable[[Any], Any], args: Any, debug: bool =
     except KeyboardInterrupt:
         sys.stderr.write(f"qcompile {command}: interrupted\n")
         return EXIT_INTERRUPTED
+    except SystemExit as e:  # a command that calls parser.error() or sys.exit() itself
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USER)
     except Exception as e:  # noqa: BLE001 - the one place every failure is reported
         if debug:
             raise

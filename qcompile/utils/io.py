@@ -85,6 +85,28 @@ def swap_in_dir(new: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_dead_writers(target: Path) -> None:
+    """Remove `.NAME.new-PID-*` directories beside `target` whose writer process is gone (killed mid-write)."""
+    import logging
+    import shutil
+
+    for p in target.parent.glob(f".{target.name}.new-*-*"):
+        pid = p.name[len(f".{target.name}.new-"):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            logging.getLogger(__name__).warning("removing %s, left by a writer that was killed", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class staged_dir:
     """`with staged_dir(target) as tmp:` write into `tmp` (a fresh directory beside `target`); on success it
     replaces `target` in one swap, on any failure (Ctrl-C included) it is removed and `target` is untouched."""
@@ -95,7 +117,8 @@ class staged_dir:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.new-"))
+        _remove_dead_writers(self.target)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.new-{os.getpid()}-"))
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the artifact gets the usual mode

@@ -117,7 +117,7 @@ KILL_WRITER = textwrap.dedent("""
 def kill_mid_write(g, work: Path, delays: list[float]) -> list[Case]:
     """A process rewriting a subnet directory in a loop is killed with SIGKILL after each delay; the
     directory must then load and be byte-identical to the good one (the old or a complete new copy)."""
-    from qcompile.artifacts import load_subnet
+    from qcompile.artifacts import load_subnet, save_subnet
 
     cases = []
     for i, delay in enumerate(delays):
@@ -142,6 +142,13 @@ def kill_mid_write(g, work: Path, delays: list[float]) -> list[Case]:
                 return Ending(False, f"after kill -9 the subnet no longer loads: {e}")
             if tree_hash(dst) != want:
                 return Ending(False, "after kill -9 the subnet differs from the good one")
+            # the next write removes what the killed writer left beside it
+            space, sub, doc = load_subnet(dst)
+            save_subnet(sub, dst, space=space, quantize_options=doc.get("quantize"), calibrated=True,
+                        source=doc.get("source"))
+            left = temp_leftovers(work)
+            if left:
+                return Ending(False, f"temp dirs of the killed writer survive the next write: {left}")
             return Ending(True, f"killed after {delay:.2f} s; intact")
         cases.append(Case(f"kill -9 after {delay:.2f}s of rewriting a subnet", go))
     return cases

@@ -21,6 +21,7 @@ from qcompile.cli_errors import OneLineParser, pop_debug, run_command
 log = logging.getLogger("qcompile")
 
 SPACE_NAMES = ("mobilenet_v3", "mobilenet_v2", "spaceevo")
+KNOWN_TARGETS = ("x86", "arm_cpu")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -51,9 +52,8 @@ def _positive_int(text: str) -> int:
 
 
 def _target(text: str):
-    """`x86`, `arm_cpu`, or a TVM target as JSON (`{"kind": "llvm", "mtriple": ...}`), checked here."""
-    from qcompile.backends.tvm.targets import KNOWN_TARGETS
-
+    """`x86`, `arm_cpu`, or a TVM target as JSON (`{"kind": "llvm", "mtriple": ...}`), checked here
+    (names as `qcompile.backends.tvm.targets.KNOWN_TARGETS`, not imported: that would load TVM to parse)."""
     text = text.strip()
     if text.startswith("{"):
         try:

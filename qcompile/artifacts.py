@@ -22,15 +22,12 @@ from torch import fx
 from qcompile import schema
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
-from qcompile.utils.io import atomic_write_text, staged_dir
+from qcompile.utils.io import MARKERS, atomic_write_text, check_out, staged_dir  # noqa: F401 (re-exported)
 
 RUN_FILE = "run.json"
 SUBNET_FILE = "subnet.json"
 STATE_FILE = "state.safetensors"
 
-
-#: the file that marks a directory as an artifact of each kind (`check_out`)
-MARKERS = {"run": RUN_FILE, "subnet": SUBNET_FILE, "lowered": "metadata.json", "demo": "summary.json"}
 
 
 def _read_json(path: Path, what: str, spec: dict | None = None, current: int | None = None) -> dict[str, Any]:
@@ -47,28 +44,6 @@ def _read_json(path: Path, what: str, spec: dict | None = None, current: int | N
     if spec is not None:
         schema.check(doc, spec, str(path), current)
     return doc
-
-
-def check_out(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:
-    """Refuse to write a `kind` artifact over something else: `path` must not exist, be an empty
-    directory, or already be a `kind` artifact (which is then replaced as a whole, atomically)."""
-    p = Path(path)
-    if not os.path.lexists(p):
-        return p
-    marker = MARKERS[kind]
-    if not p.is_dir():
-        raise CheckpointError(f"{p}: exists and is a file, not a {kind} directory; refusing to replace it "
-                              f"({option}: choose a new path or remove it first)")
-    if (p / marker).is_file():
-        return p
-    try:
-        names = sorted(x.name for x in p.iterdir())
-    except OSError as e:
-        raise CheckpointError(f"{p}: cannot list it ({e.strerror}) ({option}: choose another path)") from e
-    if not names:
-        return p
-    raise CheckpointError(f"{p}: exists and is not a {kind} directory (no {marker}; holds {names[:3]}); refusing "
-                          f"to replace it ({option}: choose a new path or remove it first)")
 
 
 def build_quantized_supernet(space_dict: dict, quantize_options: dict | None,

@@ -220,8 +220,7 @@ class Lowered:
         """Write lib.so, program/ and metadata.json into `path` as a whole: into a fresh directory beside it,
         swapped in at the end (a failure or Ctrl-C leaves what was there). `path` must be new, an empty
         directory or a lowered directory; anything else is refused with `CheckpointError`."""
-        from qcompile.artifacts import check_out
-        from qcompile.utils.io import staged_dir
+        from qcompile.utils.io import check_out, staged_dir
 
         path = check_out(Path(path), "lowered")
         with staged_dir(path) as tmp:

@@ -137,3 +137,34 @@ class staged_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         return False
+
+
+# -- where artifacts may be written ---------------------------------------------------------------
+
+#: the file that marks a directory as an artifact of each kind (`check_out`)
+MARKERS = {"run": "run.json", "subnet": "subnet.json", "lowered": "metadata.json", "demo": "summary.json"}
+
+
+def check_out(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:
+    """Refuse to write a `kind` artifact over something else: `path` must not exist, be an empty
+    directory, or already be a `kind` artifact (which is then replaced as a whole, atomically)."""
+    from qcompile.errors import CheckpointError
+
+    p = Path(path)
+    if not os.path.lexists(p):
+        return p
+    marker = MARKERS[kind]
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: exists and is a file, not a {kind} directory; refusing to replace it "
+                              f"({option}: choose a new path or remove it first)")
+    if (p / marker).is_file():
+        return p
+    try:
+        names = sorted(x.name for x in p.iterdir())
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot list it ({e.strerror}) ({option}: choose another path)") from e
+    if not names:
+        return p
+    raise CheckpointError(f"{p}: exists and is not a {kind} directory (no {marker}; holds {names[:3]}); refusing "
+                          f"to replace it ({option}: choose a new path or remove it first)")
+

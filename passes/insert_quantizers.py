@@ -23,6 +23,7 @@ from torch import fx
 from qcompile.config import FLOAT_BITS, SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.nn.elastic import ElasticConv2d, ElasticLinear, QuantPoint
+from qcompile.nn.padding import link_pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import LSQ, make_act_quant
 from qcompile.quant.functional import SUPPORTED_BITS
@@ -128,7 +129,7 @@ def insert_quantizers(
                 qnode = graph.call_module(qname, (node.args[0],))
             node.replace_input_with(node.args[0], qnode)
             # padding uses the quantizer's zero code (padded_conv2d); a reference, not a submodule
-            object.__setattr__(mod, "_input_quant", aq)
+            link_pad_quantizer(mod, aq)
         elif isinstance(mod, QuantPoint):
             if mod.kind not in QUANT_POINT_KINDS:
                 raise ConfigError(f"{node.target}.kind", mod.kind, QUANT_POINT_KINDS)

@@ -617,6 +617,7 @@ def to_integer(
     if not isinstance(ig, IntegerGraph):
         raise ConfigError("pipeline", pm.pipeline, "a pipeline that produces an IntegerGraph, e.g. "
                           f"'{DEFAULT_PIPELINE}' plus your passes")
+    ig.program_meta = dataclasses.replace(ProgramMeta.from_dict(ig.program_meta), pipeline=pm.pipeline).to_dict()
     log.info("to_integer: %d ops, %d float islands (%s)", len(ig.ops()),
              len(ig.program_meta.get("float_islands", ())), pm.pipeline)
     return ig

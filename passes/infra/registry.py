@@ -261,3 +261,33 @@ def _ensure_builtin_passes() -> None:
     for f in sorted(Path(__file__).resolve().parents[1].glob("*.py")):
         if not f.stem.startswith("_"):
             importlib.import_module(f"qcompile.passes.{f.stem}")
+
+
+def load_pass_module(spec: str) -> Any:
+    """Import the module `spec` (a `.py` file path or a dotted module name) so that its `@register`
+    passes can be named in pipeline strings; returns the module. The CLI's `--pass-module`."""
+    import importlib
+    import importlib.util
+    import sys
+
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise ConfigError("--pass-module", spec, "an existing .py file or an importable module name")
+        name = f"qcompile_user_passes.{path.stem}"
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+            return sys.modules[name]
+        mod_spec = importlib.util.spec_from_file_location(name, path.resolve())
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ImportError as e:
+        raise ConfigError("--pass-module", spec, "an existing .py file or an importable module name",
+                          str(e)) from e

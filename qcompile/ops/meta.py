@@ -10,6 +10,7 @@ models) are kept in `extra`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,18 +21,20 @@ from qcompile.errors import ConfigError
 
 __all__ = ["ProgramMeta", "program_meta"]
 
-_KEYS = ("config", "policy", "input_shape", "pad_codes", "float_islands")
+_KEYS = ("config", "policy", "input_shape", "pad_codes", "float_islands", "pipeline")
 
 
 @dataclass(frozen=True)
 class ProgramMeta:
     """The subnet config (and its policy), the NCHW input shape, the padding code of each padded
-    integer conv (node name -> code `floor(z + beta + 1/2)`, BatchQuant Eq. 5), and the float islands."""
+    integer conv (node name -> code `floor(z + beta + 1/2)`, BatchQuant Eq. 5), the float islands,
+    and the pass pipeline that produced the program (set by `to_integer`)."""
 
     config: SubnetConfig | None = None
     input_shape: tuple[int, ...] | None = None
     pad_codes: tuple[tuple[str, int], ...] = ()
     float_islands: tuple[str, ...] = ()
+    pipeline: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,6 +57,7 @@ class ProgramMeta:
             input_shape=None if self.input_shape is None else list(self.input_shape),
             pad_codes=dict(self.pad_codes),
             float_islands=list(self.float_islands),
+            pipeline=self.pipeline,
         )
         return d
 
@@ -65,6 +69,7 @@ class ProgramMeta:
             input_shape=None if d.get("input_shape") is None else tuple(d["input_shape"]),
             pad_codes=tuple((str(k), int(v)) for k, v in dict(d.get("pad_codes") or {}).items()),
             float_islands=tuple(d.get("float_islands") or ()),
+            pipeline=str(d.get("pipeline") or ""),
             extra={k: v for k, v in d.items() if k not in _KEYS},
         )
 
@@ -93,4 +98,4 @@ def program_meta(ig: fx.GraphModule, input_shape: Sequence[int] | None = None) -
             shape = (1, int(meta.extra.get("in_channels", 3)), int(res), int(res))
     if shape == meta.input_shape:
         return meta
-    return ProgramMeta(meta.config, shape, meta.pad_codes, meta.float_islands, meta.extra)
+    return dataclasses.replace(meta, input_shape=shape)

@@ -14,5 +14,5 @@ from qcompile.passes.infra import (
     registered,
 )
 
-__all__ = ["Pass", "PassInstrument", "PassManager", "PassResult", "PrintAfter", "get_pass", "load_pass_module", "parse_pipeline",
-           "pipeline_string", "register", "registered"]
+__all__ = ["Pass", "PassInstrument", "PassManager", "PassResult", "PrintAfter", "get_pass", "load_pass_module",
+           "parse_pipeline", "pipeline_string", "register", "registered"]

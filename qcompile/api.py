@@ -32,14 +32,13 @@ def quantize(
     per_channel: bool = False,
 ) -> fx.GraphModule:
     """Insert elastic quantizers into a traced supernet (pass `insert-quantizers`); returns a new graph."""
-    from qcompile.passes.insert_quantizers import insert_quantizers
+    from qcompile.passes.insert_quantizers import InsertQuantizers
 
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
-    return insert_quantizers(
-        graph,
-        weight_bits,
-        act_bits,
+    return InsertQuantizers(
+        tuple(weight_bits),
+        tuple(act_bits),
         first_layer=first_layer,
         last_layer=last_layer,
         se_layers=se_layers,
@@ -48,7 +47,7 @@ def quantize(
         act_quant=act_quant,
         estimator=estimator,
         per_channel=per_channel,
-    )
+    ).run(graph).graph_module
 
 
 def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphModule:

@@ -207,7 +207,7 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
     target dict {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}.
     A lowering that fails becomes a spec whose build raises, so its row says why.
     """
-    import qcompile as qc
+    from qcompile import api as qc
 
     runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""The peer harness (issue 8): every runner on the same input, fixed threads, each in its own process.
+"""The peer harness: every runner on the same input, fixed threads, each in its own process.
 
 Isolation (`qcompile.bench.workers`, the default `isolation="process"`): each runner is built and timed in
 its own spawned worker process, because runtimes sharing one process share allocator, caches, affinity and
@@ -40,7 +40,7 @@ from qcompile.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["PEERS", "INTEGER_PEERS", "ISOLATION", "BenchOptions", "BenchResult", "Hook", "Runner", "RunnerSpec",
-           "RunnerStats", "build_peers", "peer_specs", "run_bench", "time_runners"]
+           "RunnerStats", "peer_specs", "run_bench", "time_runners"]
 
 PEERS = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq", "ort_ours_qoperator",
          "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
@@ -189,16 +189,6 @@ def _build_in_process(specs: Mapping[str, RunnerSpec | Runner], builtin: Collect
         if name in missing:
             log.warning("runner %s %s", name, missing[name])
     return runners, missing
-
-
-def build_peers(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: Path,
-                integer_graph: object | None = None,
-                calibration: Sequence[np.ndarray] | None = None) -> tuple[dict[str, Runner], dict[str, str]]:
-    """The built-in peer runners named in `options.peers`, built in this process, and the reason for each
-    one that is unavailable."""
-    specs, missing = peer_specs(model, x, options, workdir, integer_graph, calibration)
-    runners, failed = _build_in_process(specs, PEERS)
-    return runners, {**missing, **failed}
 
 
 def run_bench(

@@ -132,11 +132,6 @@ def export_ours(integer_graph: object, path: str | Path, fmt: str, batch_shape: 
     return Path(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)))
 
 
-def ort_ours(integer_graph: object, path: str | Path, fmt: str, threads: int, batch_shape: Sequence[int]) -> Runner:
-    """onnxruntime on `export_onnx(integer_graph, format=fmt)`; output cast to float32 like the peers."""
-    return ort_float32(export_ours(integer_graph, path, fmt, batch_shape), threads)
-
-
 def _require_executorch() -> None:
     try:
         import executorch.backends.xnnpack.partition.xnnpack_partitioner  # noqa: F401

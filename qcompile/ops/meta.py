@@ -64,8 +64,14 @@ class ProgramMeta:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProgramMeta:
         cfg = d.get("config")
+        if cfg is not None:
+            try:
+                cfg = SubnetConfig.from_dict(cfg)
+            except ConfigError as e:
+                raise ConfigError("program_meta.config", cfg, "a SubnetConfig dict (SubnetConfig.to_dict())",
+                                  str(e)) from e
         return cls(
-            config=SubnetConfig.from_dict(cfg) if isinstance(cfg, Mapping) else None,
+            config=cfg,
             input_shape=None if d.get("input_shape") is None else tuple(d["input_shape"]),
             pad_codes=tuple((str(k), int(v)) for k, v in dict(d.get("pad_codes") or {}).items()),
             float_islands=tuple(d.get("float_islands") or ()),

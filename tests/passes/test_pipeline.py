@@ -104,3 +104,10 @@ def test_slice_subnet_leaves_the_active_subnet_as_it_found_it(tiny_quantized):
     sub = qc.extract(qnet, b)
     assert state() == before
     assert sub.meta["subnet_config"] == b and sub.meta["input_shape"] == (1, 3, b.resolution, b.resolution)
+
+
+def test_program_meta_refuses_a_config_that_is_not_one():
+    with pytest.raises(ConfigError, match=r"program_meta\.config: got \{'resolution': 12\}.*kernels"):
+        ProgramMeta.from_dict({"config": {"resolution": 12}})
+    with pytest.raises(ConfigError, match=r"input_shape: got \(1, 0, 4, 4\)"):
+        ProgramMeta(input_shape=(1, 0, 4, 4))

@@ -146,12 +146,15 @@ def _load_calibrated(path):
 
 
 def _pipeline(args) -> str | None:
-    """`--pipeline`, after importing each `--pass-module` so that its passes are registered."""
-    from qcompile.passes import load_pass_module
+    """`--pipeline`, checked before any work, after importing each `--pass-module` (registers its passes)."""
+    from qcompile.passes import load_pass_module, parse_pipeline
 
     for spec in getattr(args, "pass_module", None) or ():
         load_pass_module(spec)
-    return getattr(args, "pipeline", None)
+    pipeline = getattr(args, "pipeline", None)
+    if pipeline is not None:
+        parse_pipeline(pipeline)  # an unknown pass, option or value fails here, naming it
+    return pipeline
 
 
 def cmd_lower(args) -> int:

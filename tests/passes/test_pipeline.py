@@ -111,3 +111,22 @@ def test_program_meta_refuses_a_config_that_is_not_one():
         ProgramMeta.from_dict({"config": {"resolution": 12}})
     with pytest.raises(ConfigError, match=r"input_shape: got \(1, 0, 4, 4\)"):
         ProgramMeta(input_shape=(1, 0, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pipeline", "fold-bn,lower-to-integer{strict=maybe}"],
+         "lower-to-integer.strict: got 'maybe'; allowed: true or false"),
+        (["--pipeline", "fold-bn,my-pass"], "pass: got 'my-pass'; allowed: ["),
+        (["--pass-module", "no_such_passes.py", "--pipeline", "fold-bn"], "--pass-module: got 'no_such_passes.py'"),
+    ],
+)
+def test_cli_bad_pipeline_fails_first_with_one_line(capsys, tmp_path, extra, message):
+    from qcompile.cli import main
+
+    for cmd in (["lower", str(tmp_path / "no-subnet"), "--out", str(tmp_path / "o")],
+                ["export-onnx", str(tmp_path / "no-subnet"), "--out", str(tmp_path / "m.onnx")]):
+        assert main(cmd + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

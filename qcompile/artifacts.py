@@ -49,7 +49,7 @@ def _read_json(path: Path, what: str, spec: dict | None = None, current: int | N
 def build_quantized_supernet(space_dict: dict, quantize_options: dict | None,
                              where: str = "artifact") -> tuple[Any, fx.GraphModule]:
     """(space, graph): the traced supernet, quantized with `quantize_options` (None = float)."""
-    import qcompile as qc
+    from qcompile import api as qc
     from qcompile.spaces import from_dict
 
     try:
@@ -146,7 +146,7 @@ def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     """(space, static subnet in eval mode, subnet.json) from a subnet directory."""
     from safetensors.torch import load as load_st
 
-    import qcompile as qc
+    from qcompile import api as qc
 
     path = Path(path)
     if not path.is_dir():

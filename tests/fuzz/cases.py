@@ -138,10 +138,11 @@ BAD_VALUES = {
     "calibrate": [["--calib-batches", "0"], ["--data", "bogus"]],
     "lower": [["--target", t] for t in ("x68", "", "{bad", "[]", '{"kind": "cuda"}',
                                         '{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}', '{"kind": "nope"}')]
-    + [["--trials", "0"], ["--trials", "x"]],
+    + [["--trials", "0"], ["--trials", "x"], ["--pipeline", "no-such-pass"], ["--pipeline", "fold-bn{x=1}"],
+       ["--pass-module", "/no/such/module.py"]],
     "tune": [["--target", "x68"], ["--target", '{"kind": "llvm", "mtriple": "riscv64"}'], ["--trials", "-1"]],
     "bench": [["--target", "x68"], ["--target", "arm_cpu"], ["--repeat", "0"], ["--threads", "0"]],
-    "export-onnx": [["--format", "qdx"]],
+    "export-onnx": [["--format", "qdx"], ["--pipeline", "no-such-pass"]],
     "run": [["--limit", "0"], ["--limit", "x"]],
     "demo": [["--seed", "x"]],
 }

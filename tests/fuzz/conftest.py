@@ -104,6 +104,10 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): run the group's tests on one xdist worker")
+
+
 def pytest_terminal_summary(terminalreporter):
     if not TALLY:
         return

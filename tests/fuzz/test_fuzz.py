@@ -20,7 +20,8 @@ from tests.fuzz import cases as C
 from tests.fuzz import faults as F
 from tests.fuzz.harness import run_cases
 
-pytestmark = pytest.mark.slow
+# one xdist worker builds the golden artifacts (and the one real lowering) once, and runs them all
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz")]
 
 
 def _assert_clean(family, cs):

@@ -17,6 +17,8 @@ from tests.fuzz import cases as C
 from tests.fuzz import faults as F
 from tests.fuzz.harness import Case, copy_artifact, run_cases, run_cli, temp_leftovers, tree_hash
 
+pytestmark = pytest.mark.xdist_group("fuzz-fast")  # the golden artifacts are built once, on one worker
+
 
 def _assert_clean(family, cs):
     tried, bad = run_cases(family, cs)

@@ -285,3 +285,40 @@ def test_permission_faults_sample(golden, tmp_path):
 
 def test_space_constructors():
     _assert_clean("api spaces", C.space_cases())
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_staged_dir_swaps_whole_or_not_at_all(tmp_path, monkeypatch, exchange):
+    from qcompile.utils import io as qio
+
+    if not exchange:  # the two-rename fallback of systems without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(qio, "_exchange", lambda a, b: False)
+    target = tmp_path / "art"
+    target.mkdir()
+    (target / "summary.json").write_text("old")
+    want = tree_hash(target)
+    with pytest.raises(KeyboardInterrupt), qio.staged_dir(target) as tmp:
+        (tmp / "summary.json").write_text("half")
+        raise KeyboardInterrupt
+    assert tree_hash(target) == want and sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    with qio.staged_dir(target) as tmp:
+        (tmp / "summary.json").write_text("new")
+    assert (target / "summary.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert oct(target.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+
+
+def test_check_out_rules(tmp_path):
+    from qcompile.utils.io import check_out
+
+    assert check_out(tmp_path / "new", "lowered") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    check_out(tmp_path / "empty", "lowered")
+    (tmp_path / "low").mkdir()
+    (tmp_path / "low" / "metadata.json").write_text("{}")
+    check_out(tmp_path / "low", "lowered")
+    with pytest.raises(CheckpointError, match="not a subnet directory"):
+        check_out(tmp_path / "low", "subnet")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        check_out(tmp_path / "f", "lowered")

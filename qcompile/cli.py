@@ -245,7 +245,9 @@ def cmd_tune(args) -> int:
 def cmd_bench(args) -> int:
     from qcompile.bench_run import bench_subnet
     from qcompile.errors import ConfigError
+    from qcompile.utils.io import check_out
 
+    check_out(args.out, "bench")
     if args.target == "arm_cpu":
         raise ConfigError("--target", args.target, "x86 or TVM target JSON of this host",
                           "bench times on this machine; use `qcompile lower --target arm_cpu` and a board")

@@ -142,7 +142,8 @@ class staged_dir:
 # -- where artifacts may be written ---------------------------------------------------------------
 
 #: the file that marks a directory as an artifact of each kind (`check_out`)
-MARKERS = {"run": "run.json", "subnet": "subnet.json", "lowered": "metadata.json", "demo": "summary.json"}
+MARKERS = {"run": "run.json", "subnet": "subnet.json", "lowered": "metadata.json", "demo": "summary.json",
+           "bench": "bench.json"}
 
 
 def check_out(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:

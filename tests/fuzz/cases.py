@@ -340,6 +340,7 @@ def out_collision_cases(g, scratch: Path, lowered: Path | None = None) -> Iterat
         "calibrate": lambda out: ["calibrate", str(g.subnet), "--out", str(out)],
         "export-onnx": lambda out: ["export-onnx", str(g.subnet), "--out", str(out)],
         "demo": lambda out: ["demo", "--quick", "--out", str(out)],
+        "bench": lambda out: ["bench", str(g.subnet), "--out", str(out)],
         "train": lambda out: ["train", "--epochs", "0,0,0", "--out", str(out)],
     }
     same_kind = {"extract": "subnet", "calibrate": "subnet", "train": "run"}

@@ -23,9 +23,11 @@ def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # write() errors (a full disk) name no file
+            raise OSError(e.errno, e.strerror or str(e), str(target)) from e
         raise
     return target
 
@@ -130,6 +132,8 @@ class staged_dir:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.filename is None:  # write() errors (a full disk) name no file
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.target)) from exc
             return False
         try:
             swap_in_dir(self.tmp, self.target)

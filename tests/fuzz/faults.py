@@ -53,7 +53,10 @@ def disk_full_cases(g, mnt: Path, lowered: Path | None = None) -> list[Case]:
         def go() -> Ending:
             fill(mnt, leave)
             try:
-                return run_cli(argv, expect_ok=False)
+                end = run_cli(argv, expect_ok=False)
+                if end.ok and str(mnt) not in end.stderr.strip().splitlines()[-1]:
+                    return Ending(False, "the disk-full error line does not name the path", end.stderr)
+                return end
             finally:
                 (mnt / "filler").unlink(missing_ok=True)
         return go

@@ -17,7 +17,7 @@ Where the quantizers go (the tensors the integer program materialises, docs/inte
 Weight steps: `"maxabs"` `s_c = max|w_c| / Qp`, `"mse"` the per-channel clip ratio minimising
 `||w - Q(w)||^2` over a grid, `"lsq"` OQA Sec. 3.2's training rule `s = 2 mean|w| / sqrt(Qp)`.
 Activation ranges come from `qc.calibrate(gm, batches, bn=False)` (QFA Sec. 3.4 calibration with the
-min-max estimator, Eq. 7; a trained model keeps its BN statistics).
+min-max estimator, Eq. 7, widened to contain 0; a trained model keeps its BN statistics).
 """
 
 from __future__ import annotations
@@ -250,10 +250,10 @@ def _unsupported(gm: fx.GraphModule) -> list[str]:
 
 
 @torch.no_grad()
-def init_weight_steps(wq: LSQ, weight: torch.Tensor, method: str = "maxabs", grid: int = 64) -> torch.Tensor:
+def init_weight_steps(wq: LSQ, weight: torch.Tensor, method: str = "maxabs", grid: int = 96) -> torch.Tensor:
     """Set the step of `wq`'s active bits from `weight` by `method` (module doc) and return it.
 
-    `"mse"` tries clip ratios `r` in `[0.2, 1]` (`grid` values) per output channel, with qcompile's
+    `"mse"` tries clip ratios `r` in `[0.05, 1]` (`grid` values) per output channel, with qcompile's
     round-half-up rule, and keeps the `s = r max|w_c| / Qp` of least squared error.
     """
     if method not in WEIGHT_INITS:
@@ -269,11 +269,15 @@ def init_weight_steps(wq: LSQ, weight: torch.Tensor, method: str = "maxabs", gri
     if method == "maxabs":
         s = amax / p
     else:
-        ratios = torch.linspace(0.2, 1.0, grid, dtype=torch.float64)
-        steps = ratios[:, None] * amax[None, :] / p  # [R, O]
-        q = torch.floor(torch.clamp(w[None] / steps[..., None], n, p) + 0.5)
-        err = ((q * steps[..., None] - w[None]) ** 2).sum(dim=2)  # [R, O]
-        s = steps.gather(0, err.argmin(dim=0, keepdim=True))[0]
+        best_err = torch.full_like(amax, float("inf"))
+        s = amax / p
+        for r in torch.linspace(0.05, 1.0, grid, dtype=torch.float64):  # one ratio at a time: O x K memory
+            st = r * amax / p
+            q = torch.floor(torch.clamp(w / st[:, None], n, p) + 0.5)
+            err = ((q * st[:, None] - w) ** 2).sum(dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            s = torch.where(better, st, s)
     if not wq.per_channel:
         s = s.max() if method == "maxabs" else s.median()
     param = wq.steps[str(bits)]
@@ -325,7 +329,7 @@ def quantize_model(
     weight_init: str = "maxabs",
     *,
     per_channel: bool = True,
-    estimator: str = "minmax",
+    estimator: str = "minmax_zero",
 ) -> fx.GraphModule:
     """A static fake-quant GraphModule of `model` under `policy` (module doc); `model` is not modified.
 
@@ -336,8 +340,8 @@ def quantize_model(
         example_inputs: `(x,)` with one image batch `(N, C, H, W)`: fixes the input shape (batch 1 is lowered).
         weight_init: `"maxabs"`, `"mse"` or `"lsq"` (module doc).
         per_channel: per-output-channel weight steps (default) or one per layer.
-        estimator: BatchQuant range estimator (QFA Eq. 7-9): `"minmax"` (post-training default),
-            `"channel_mean"`, `"mean_std"`.
+        estimator: BatchQuant range estimator: `"minmax_zero"` (QFA Eq. 7 with 0 inside the range; the
+            post-training default), `"minmax"`, `"channel_mean"` (Eq. 8), `"mean_std"` (Eq. 9).
 
     Raises `ConfigError` for bad policies / inputs, `LoweringError` listing every unsupported node at once.
     Run `qc.calibrate(gm, batches, bn=False)` before `to_integer` / `lower` / `export_onnx`.

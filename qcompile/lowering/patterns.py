@@ -173,7 +173,7 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> NodeKind:
         if t is F.dropout:
             return NodeKind("identity")
         act = classify_elementwise(node.op, t)
-        if act is not None and len(node.args) == 1 and not node.kwargs:
+        if act is not None and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
             return NodeKind("act", {"act": act})
         return NodeKind("unknown")
     if node.op == "call_method":
@@ -191,7 +191,7 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> NodeKind:
         if m in ("mul", "__mul__") and len(node.args) == 2 and not node.kwargs:
             return NodeKind("mul")
         act = classify_elementwise(node.op, m)
-        if act is not None and len(node.args) == 1 and not node.kwargs:
+        if act is not None and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
             return NodeKind("act", {"act": act})
         return NodeKind("unknown")
     return NodeKind("unknown")

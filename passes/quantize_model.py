@@ -421,6 +421,9 @@ def quantize_model(
     for n in graph.nodes:
         n.meta.pop("tensor_meta", None)
         n.type = None  # annotations break GraphModule pickling in torch 2.13 (as slice_subnet)
+    for m in gm.modules():
+        if isinstance(getattr(m, "inplace", None), bool):
+            m.inplace = False  # in-place activations would overwrite a quantizer's output that others read
     link_input_quantizers(gm)
     shape = (1,) + tuple(int(s) for s in x.shape[1:])
     gm.meta["input_shape"] = shape

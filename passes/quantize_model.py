@@ -32,7 +32,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from qcompile.config import FLOAT_BITS, QuantPolicy
+from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError, LoweringError
 from qcompile.lowering.patterns import classify, set_module
 from qcompile.nn.static import QConv2d, QLinear, link_input_quantizers
@@ -430,6 +430,9 @@ def quantize_model(
     gm.input_shape = shape
     gm.qc_layers = infos
     gm.qc_policy = dict(bits)
+    if shape[2] == shape[3]:  # the model's one point of the search space: its resolution and policy slots
+        gm.subnet_config = SubnetConfig(resolution=int(shape[2]), depths=(), kernels=(), expands=(),
+                                        policy=QuantPolicy(tuple(bits[n] for n in names)))
     gm.quantize_model_options = {"policy": {k: list(v) for k, v in bits.items()}, "weight_init": weight_init,
                                  "per_channel": per_channel, "estimator": estimator, "input_shape": list(shape)}
     log.info("quantize_model: %d layers, %d shared quantizers", len(names), len(need))

@@ -27,7 +27,8 @@ from torch import fx, nn
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["add_parser", "cmd_quantize_model", "cmd_recalibrate_model", "load_factory", "load_model_subnet", "save_model_subnet"]
+__all__ = ["add_parser", "cmd_quantize_model", "cmd_recalibrate_model", "load_factory", "load_model_subnet",
+           "save_model_subnet"]
 
 log = logging.getLogger(__name__)
 

@@ -557,12 +557,12 @@ _SUPPORTED_REMEDY = (
 
 
 def unsupported_nodes(gm: fx.GraphModule) -> list[str]:
-    """`"name (op target)"` of every node of `gm` the lowering has no form for, in graph order."""
+    """`"node name (op target)"` of every node of `gm` the lowering has no form for, in graph order."""
     out = []
     for n in gm.graph.nodes:
         if classify(n, gm).kind == "unknown" and n.op != "get_attr":
             what = n.target if n.op != "call_module" else type(get_module(gm, n.target)).__name__
-            out.append(f"{n.name} ({n.op} {getattr(what, '__name__', what)})")
+            out.append(f"node {n.name} ({n.op} {getattr(what, '__name__', what)})")
     return out
 
 
@@ -570,8 +570,11 @@ def _check_supported(gm: fx.GraphModule) -> None:
     """Refuse unknown ops before folding, naming every unsupported node of the user's graph at once."""
     bad = unsupported_nodes(gm)
     if bad:
+        where = bad[0] if len(bad) == 1 else f"{len(bad)} unsupported nodes: " + ", ".join(bad)
         raise LoweringError(
-            f"{len(bad)} unsupported node(s): " + ", ".join(bad),
+            where,
+            "this op has no integer form and is not a float-island op of docs/integer_semantics.md"
+            if len(bad) == 1 else
             "these ops have no integer form and are not float-island ops of docs/integer_semantics.md",
             _SUPPORTED_REMEDY,
         )

@@ -306,3 +306,22 @@ def test_layer_info_macs_and_bitops(model, w8a8, data):
     total = sum(ly.macs for ly in info.values())
     assert bitops(qc.layer_info(w8a8)) == 64 * total
     assert bitops(qc.layer_info(w8a8), {"stem": (4, 8)}) == 64 * total - 32 * info["stem"].macs
+
+
+def test_to_integer_lists_every_unsupported_node(w8a8):
+    """A graph edited after quantize_model: to_integer names all unsupported nodes in one error."""
+    import copy
+
+    gm = copy.deepcopy(w8a8)
+    g = gm.graph
+    out = next(n for n in g.nodes if n.op == "output")
+    src = out.args[0]
+    with g.inserting_before(out):
+        a = g.call_function(torch.nn.functional.gelu, (src,))
+        b = g.call_function(torch.tanh, (a,))
+    out.replace_input_with(src, b)
+    gm.recompile()
+    with pytest.raises(LoweringError) as e:
+        qc.to_integer(gm)
+    assert e.value.where.startswith("2 unsupported nodes: node gelu (call_function gelu), node tanh")
+    assert "max pool" in e.value.remedy

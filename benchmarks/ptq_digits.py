@@ -65,7 +65,9 @@ def ptq(model, data, policy, weight_init: str, calib_batches: int = 8):
     return gm
 
 
-def run(names, epochs: int, out: Path | None) -> list[dict]:
+def run(names, epochs: int, out: Path | None, policies=("w8a8", "mixed"),
+        inits=("maxabs", "mse", "lsq")) -> list[dict]:
+    """Train each model, PTQ it per policy and weight-step rule; rows of top-1 (%) (module doc)."""
     data = load_dataset("digits", resolution=32)
     rows = []
     for name in names:
@@ -73,9 +75,9 @@ def run(names, epochs: int, out: Path | None) -> list[dict]:
         model = train_float(name, data, epochs)
         fl = top1(model, data)
         log.info("%s: float %.2f %% (%.0f s training)", name, fl, time.time() - t0)
-        for pname in ("w8a8", "mixed"):
+        for pname in policies:
             policy = (8, 8) if pname == "w8a8" else mixed_policy(qc.layer_names(model))
-            for init in ("maxabs", "mse", "lsq"):
+            for init in inits:
                 gm = ptq(model, data, policy, init)
                 ig = qc.to_integer(gm)
                 row = {"model": name, "policy": pname, "weight_init": init, "epochs": epochs, "float": fl,

@@ -222,6 +222,58 @@ def resolve_policy(policy: Any, names: Sequence[str]) -> dict[str, tuple[int, in
     raise ConfigError("policy", policy, "(w, a), a QuantPolicy, or {layer_name: (w, a)}")
 
 
+# -- spelling normalisation -------------------------------------------------------------------------------------
+
+
+def _is_flatten_reshape(n: fx.Node) -> bool:
+    """`x.view(x.size(0), -1)`, `x.reshape(n, -1)`, `torch.reshape(...)`: (N, ...) -> (N, prod(...)) on a 4-D x."""
+    is_reshape = (n.op == "call_method" and n.target in ("view", "reshape")) or (
+        n.op == "call_function" and n.target is torch.reshape)
+    if not is_reshape or not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    src, out = _shape_of(n.args[0]), _shape_of(n)
+    return len(src) == 4 and len(out) == 2 and out[0] == src[0] and out[1] == src[1] * src[2] * src[3]
+
+
+def _is_global_avg_pool(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """`nn.AvgPool2d(k)` / `F.avg_pool2d(x, k)` whose single window is the whole (unpadded) input."""
+    if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.AvgPool2d):
+        m = gm.get_submodule(n.target)
+        k, pad = m.kernel_size, m.padding
+    elif n.op == "call_function" and n.target is torch.nn.functional.avg_pool2d:
+        k = n.args[1] if len(n.args) > 1 else n.kwargs.get("kernel_size")
+        pad = n.args[3] if len(n.args) > 3 else n.kwargs.get("padding", 0)
+    else:
+        return False
+    src = _shape_of(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else ()
+    kk = (k, k) if isinstance(k, int) else tuple(k)
+    return len(src) == 4 and kk == src[2:] and pad in (0, (0, 0)) and _shape_of(n)[2:] == (1, 1)
+
+
+def _normalise(gm: fx.GraphModule) -> None:
+    """Rewrite equivalent spellings into the ones the lowering knows (needs ShapeProp's tensor_meta):
+    a batch-keeping reshape of a 4-D tensor to 2-D becomes `torch.flatten(x, 1)` and an average pool whose
+    window is the whole input becomes `torch.mean(x, (2, 3), keepdim=True)`; dead shape arithmetic goes."""
+    changed = False
+    for n in list(gm.graph.nodes):
+        new = None
+        if _is_flatten_reshape(n):
+            with gm.graph.inserting_after(n):
+                new = gm.graph.call_function(torch.flatten, (n.args[0], 1))
+        elif _is_global_avg_pool(gm, n):
+            with gm.graph.inserting_after(n):
+                new = gm.graph.call_function(torch.mean, (n.args[0],), {"dim": (2, 3), "keepdim": True})
+        if new is not None:
+            new.meta = dict(n.meta)
+            n.replace_all_uses_with(new)
+            gm.graph.erase_node(n)
+            changed = True
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+
+
 # -- unsupported layers ----------------------------------------------------------------------------------------
 
 
@@ -353,6 +405,14 @@ def quantize_model(
                           "the input shape fixes pooling, MACs and the lowered program")
     x = _example(example_inputs)
     gm = _trace(model)
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x[:1].to(torch.float32))
+    except Exception as e:  # shape mismatch etc.: the float model itself fails on these inputs
+        raise ConfigError("example_inputs", tuple(x.shape), f"inputs {type(model).__name__} runs on",
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    _normalise(gm)
     bad = _unsupported(gm)
     if bad:
         raise LoweringError(
@@ -361,13 +421,10 @@ def quantize_model(
             "replace these layers with supported ones (e.g. a functional op by its module), keep them outside "
             "the quantized model, or extend qcompile.ops and the lowering",
         )
-    gm.eval()
     names = [n.target for n in _layer_nodes(gm)]
     if not names:
         raise ConfigError("model", type(model).__name__, "a model with at least one nn.Conv2d or nn.Linear")
     bits = resolve_policy(policy, names)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(x[:1].to(torch.float32))
     infos = _layer_infos(gm, bits)
 
     graph = gm.graph

@@ -141,6 +141,8 @@ def test_quant_policy_length_and_weight_init_checked(model, data):
         qc.quantize_model(model, (8, 8), (data[0],), weight_init="minmax")
     with pytest.raises(ConfigError, match="example_inputs"):
         qc.quantize_model(model, (8, 8))
+    with pytest.raises(ConfigError, match="example_inputs"):  # the model does not run on them
+        qc.quantize_model(model, (8, 8), (torch.zeros(1, 5, 16, 16),))
 
 
 class Unsupported(nn.Module):
@@ -153,16 +155,16 @@ class Unsupported(nn.Module):
     def forward(self, x):
         y = self.c(x)
         y = torch.cat([y, self.up(y)[:, :, ::2, ::2]], 1)
-        return self.fc(y.view(y.shape[0], -1))
+        return self.fc(torch.tanh(y.view(y.shape[0], -1)))  # the view is a flatten (normalised); tanh is not
 
 
 def test_unsupported_layers_listed_in_one_error():
     with pytest.raises(LoweringError) as e:
-        qc.quantize_model(Unsupported(), (8, 8), (torch.zeros(1, 3, 16, 16),))
+        qc.quantize_model(Unsupported(), (8, 8), (torch.zeros(1, 3, 32, 32),))
     msg = str(e.value)
-    for part in ("Upsample", "cat", "getitem", "view", "Remedy"):
+    for part in ("Upsample", "cat", "getitem", "tanh", "Remedy"):
         assert part in msg, part
-    assert e.value.where.startswith("model Unsupported: ")
+    assert e.value.where.startswith("model Unsupported: 4 unsupported node(s)") and "view" not in msg
 
 
 # -- weight steps ---------------------------------------------------------------------------------------------
@@ -325,3 +327,32 @@ def test_to_integer_lists_every_unsupported_node(w8a8):
         qc.to_integer(gm)
     assert e.value.where.startswith("2 unsupported nodes: node gelu (call_function gelu), node tanh")
     assert "max pool" in e.value.remedy
+
+
+class OldStyle(nn.Module):
+    """Spellings of older CNNs: x.view(x.size(0), -1), an average pool over the whole map, F.max_pool2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 5, padding=2)
+        self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = nn.AvgPool2d(4)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = self.pool(F.relu(self.c2(x)))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_view_and_whole_map_avg_pool_are_normalised(data):
+    torch.manual_seed(0)
+    model = OldStyle().eval()
+    x = data[0][:, :, :8, :8]
+    gm = qc.calibrate(qc.quantize_model(model, (8, 8), (x,)), [x], bn=False)
+    ig = qc.to_integer(gm)
+    assert {"max_pool2d", "mean", "flatten"} <= set(ig.ops())
+    assert ig.program_meta["float_islands"] == ["output: graph output"]
+    with torch.no_grad():
+        yf, yi = model(x), ig(x).float()
+    assert float((yi - yf).abs().max()) < 0.1 * float(yf.std())

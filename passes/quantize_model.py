@@ -36,6 +36,7 @@ from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError, LoweringError
 from qcompile.lowering.patterns import classify, set_module
 from qcompile.nn.static import QConv2d, QLinear, link_input_quantizers
+from qcompile.passes.insert_quantizers import PolicyBits
 from qcompile.quant import LSQ, SUPPORTED_BITS, ActQuantizer, BatchQuant
 from qcompile.quant.functional import signed_range
 
@@ -312,7 +313,7 @@ def init_weight_steps(wq: LSQ, weight: torch.Tensor, method: str = "maxabs", gri
         raise ConfigError("weight_init", method, WEIGHT_INITS)
     bits = wq.active_bits
     if method == "lsq":
-        wq.initialized.zero_()
+        wq.initialized[wq.bits.index(bits)] = False
         wq(weight)  # OQA Sec. 3.2 rule on first use
         return wq.step()
     n, p = signed_range(bits)
@@ -339,6 +340,26 @@ def init_weight_steps(wq: LSQ, weight: torch.Tensor, method: str = "maxabs", gri
     param.copy_(s.to(param.dtype).reshape(param.shape))
     wq.initialized[wq.bits.index(bits)] = True
     return wq.step()
+
+
+def _elastic_choices(bits: Mapping[str, tuple[int, int]], choices: Sequence[int] | None) -> tuple[int, ...] | None:
+    if choices is None:
+        return None
+    try:
+        ch = tuple(sorted({int(b) for b in choices}))
+    except (TypeError, ValueError):
+        raise ConfigError("bits_choices", choices, f"bit-widths in {ALLOWED_BITS}") from None
+    bad = [b for b in ch if b not in ALLOWED_BITS]
+    if not ch or bad:
+        raise ConfigError("bits_choices", bad or choices, f"bit-widths in {ALLOWED_BITS}")
+    return ch
+
+
+def _choices(choices: tuple[int, ...] | None, b: int) -> tuple[int, ...]:
+    """A quantizer's bit choices: the policy's `b` (static) or `choices` plus `b`, without 32 (passthrough)."""
+    if choices is None:
+        return () if b == FLOAT_BITS else (b,)
+    return tuple(sorted({c for c in (*choices, b) if c != FLOAT_BITS}))
 
 
 # -- the transformation ----------------------------------------------------------------------------------------
@@ -382,6 +403,7 @@ def quantize_model(
     *,
     per_channel: bool = True,
     estimator: str = "minmax_zero",
+    bits_choices: Sequence[int] | None = None,
 ) -> fx.GraphModule:
     """A static fake-quant GraphModule of `model` under `policy` (module doc); `model` is not modified.
 
@@ -394,6 +416,10 @@ def quantize_model(
         per_channel: per-output-channel weight steps (default) or one per layer.
         estimator: BatchQuant range estimator: `"minmax_zero"` (QFA Eq. 7 with 0 inside the range; the
             post-training default), `"minmax"`, `"channel_mean"` (Eq. 8), `"mean_std"` (Eq. 9).
+        bits_choices: elastic bit choices (e.g. `(2, 3, 4, 8)`): every layer's quantizers hold one step / residual pair
+            per choice and are bound to their policy slot, so `qc.set_active(gm, cfg)` switches the policy to
+            `cfg.policy` (slots in `layer_names` order; `gm.subnet_config.with_policy(...)`) without re-quantizing
+            (a bit search on a fixed model). Every layer then has its own input quantizer. Default: static.
 
     Raises `ConfigError` for bad policies / inputs, `LoweringError` listing every unsupported node at once.
     Run `qc.calibrate(gm, batches, bn=False)` before `to_integer` / `lower` / `export_onnx`.
@@ -425,6 +451,7 @@ def quantize_model(
     if not names:
         raise ConfigError("model", type(model).__name__, "a model with at least one nn.Conv2d or nn.Linear")
     bits = resolve_policy(policy, names)
+    choices = _elastic_choices(bits, bits_choices)
     infos = _layer_infos(gm, bits)
 
     graph = gm.graph
@@ -443,14 +470,20 @@ def quantize_model(
             qn = graph.call_module(name, (n,))
         n.replace_all_uses_with(qn, delete_user_cb=lambda u, qn=qn: u is not qn)
 
-    for node in [n for n in graph.nodes if n.op == "call_module" and n.target in bits]:
+    elastic = choices is not None
+    for slot, node in enumerate([n for n in graph.nodes if n.op == "call_module" and n.target in bits]):
         w, a = bits[node.target]
         mod = gm.get_submodule(node.target)
         wq = None
-        if w != FLOAT_BITS:
-            wq = LSQ((w,), per_channel=per_channel, num_channels=mod.weight.shape[0] if per_channel else None)
+        wch = _choices(choices, w)
+        if wch:
+            wq = LSQ(wch, per_channel=per_channel, num_channels=mod.weight.shape[0] if per_channel else None)
+            for b in wch:  # every choice's step from the weights (elastic: one step per bit-width, QFA 3.3)
+                wq.active_bits = b
+                init_weight_steps(wq, mod.weight, weight_init)
             wq.active_bits = w
-            init_weight_steps(wq, mod.weight, weight_init)
+            if elastic:
+                wq.qc_binding = PolicyBits(slot, 0)
         if isinstance(mod, nn.Conv2d):
             new: nn.Module = QConv2d(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride,
                                      padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
@@ -462,13 +495,18 @@ def quantize_model(
             if mod.bias is not None:
                 new.bias.copy_(mod.bias)
         set_module(gm, node.target, new)
-        if a == FLOAT_BITS:
+        ach = _choices(choices, a)
+        if not ach:
             continue
         src = node.args[0]
-        if _is_quantizer(gm, src) and gm.get_submodule(src.target).active_bits == a:
+        if not elastic and _is_quantizer(gm, src) and gm.get_submodule(src.target).active_bits == a:
             continue  # the shared quantizer at the producer already is this layer's input quantizer
         name = f"{_safe(node.target)}_input_quant"
-        gm.add_submodule(name, _act_quant(a, estimator))
+        q = BatchQuant(ach, estimator=estimator)
+        q.active_bits = a
+        if elastic:
+            q.qc_binding = PolicyBits(slot, 1)
+        gm.add_submodule(name, q)
         with graph.inserting_before(node):
             qn = graph.call_module(name, (src,))
         node.replace_input_with(src, qn)
@@ -491,6 +529,7 @@ def quantize_model(
         gm.subnet_config = SubnetConfig(resolution=int(shape[2]), depths=(), kernels=(), expands=(),
                                         policy=QuantPolicy(tuple(bits[n] for n in names)))
     gm.quantize_model_options = {"policy": {k: list(v) for k, v in bits.items()}, "weight_init": weight_init,
-                                 "per_channel": per_channel, "estimator": estimator, "input_shape": list(shape)}
+                                 "per_channel": per_channel, "estimator": estimator, "input_shape": list(shape),
+                                 "bits_choices": list(choices) if choices is not None else None}
     log.info("quantize_model: %d layers, %d shared quantizers", len(names), len(need))
     return gm.eval()

@@ -90,7 +90,8 @@ def load_model_subnet(path: Path, doc: dict) -> tuple[None, fx.GraphModule, dict
         model = load_factory(spec["factory"], spec.get("kwargs") or {})
         policy = {k: tuple(v) for k, v in opts["policy"].items()}
         gm = quantize_model(model, policy, (torch.zeros(opts["input_shape"]),), opts["weight_init"],
-                            per_channel=opts["per_channel"], estimator=opts["estimator"])
+                            per_channel=opts["per_channel"], estimator=opts["estimator"],
+                            bits_choices=opts.get("bits_choices"))
     except KeyError as e:
         raise CheckpointError(f"{path / SUBNET_FILE}: missing field {e}") from e
     if not (path / STATE_FILE).is_file():

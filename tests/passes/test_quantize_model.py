@@ -373,3 +373,25 @@ def test_minmax_zero_estimator_keeps_positive_gates_exact():
         q.train()
         errs[est] = float((q(gate).detach() - gate).abs().max())
     assert errs["minmax_zero"] <= 0.55 / 255 / 2 + 1e-6 and errs["minmax"] > 0.3
+
+
+def test_elastic_bits_switch_policy_with_set_active(model, data):
+    """bits_choices: one graph, any policy through qc.set_active (what a bit search on a fixed model needs)."""
+    x = (data[0],)
+    gm = qc.quantize_model(model, (8, 8), x, bits_choices=(2, 4, 8))
+    qc.calibrate(gm, data[:3], bn=False)
+    pol4 = {"c1": (4, 4), "grp": (2, 8)}
+    cfg = gm.subnet_config.with_policy(qc.QuantPolicy(tuple(pol4.get(n, (8, 8)) for n in NAMES)))
+    qc.set_active(gm, cfg)
+    assert gm.c1.weight_quant.active_bits == 4 and gm.c1_input_quant.active_bits == 4
+    assert gm.grp.weight_quant.active_bits == 2 and gm.stem.weight_quant.active_bits == 8
+    # the same as quantizing statically at that policy: weights exactly, logits up to the extra input quantizers
+    static = qc.quantize_model(model, pol4, x)
+    torch.testing.assert_close(gm.grp.weight_quant(gm.grp.weight), static.grp.weight_quant(static.grp.weight))
+    qc.calibrate(static, data[:3], bn=False)
+    ig = qc.to_integer(gm)
+    with torch.no_grad():
+        ys, yi = static(data[3]), ig(data[3]).float()
+    assert float((ys - yi).abs().max()) < 0.1 * float(ys.std())
+    qc.set_active(gm, cfg.with_policy(None))  # a float config: every bound quantizer passes through
+    assert gm.c1.weight_quant.active_bits == 32

@@ -46,9 +46,9 @@ def _inputs(batch: object, i: int = 0, expect: tuple[int | None, int | None] = (
     if not x.is_floating_point():
         raise ConfigError(f"calibrate batches[{i}].dtype", str(x.dtype), "a floating-point image tensor",
                           "convert with x.float() / 255")
-    if x.dim() != 4 or x.shape[0] < 1:
-        raise ConfigError(f"calibrate batches[{i}].shape", tuple(x.shape), "N x C x H x W with N >= 1")
     channels, res = expect
+    if x.dim() < 1 or x.shape[0] < 1 or (expect != (None, None) and x.dim() != 4):
+        raise ConfigError(f"calibrate batches[{i}].shape", tuple(x.shape), "N x C x H x W with N >= 1")
     if channels is not None and x.shape[1] != channels:
         raise ConfigError(f"calibrate batches[{i}].shape", tuple(x.shape), f"{channels} channels")
     if res is not None and tuple(x.shape[2:]) != (res, res):
@@ -94,8 +94,12 @@ def calibrate(
     batches: Iterable[object],
     max_batches: int | None = None,
     quantizers: bool = True,
+    bn: bool = True,
 ) -> nn.Module:
     """Recompute BN statistics and (with `quantizers`) BatchQuant running estimates of `model`.
+
+    `bn=False` keeps the BN running statistics (a trained model's, e.g. from `qc.quantize_model`) and runs
+    BN in eval mode: post-training calibration of the activation quantizers only.
 
     `batches` yields image tensors or `(images, labels)` at the subnet's resolution. Returns `model`
     (for chaining); the number of images used is in `model.calibrated_images`. The model is left
@@ -113,15 +117,15 @@ def calibrate(
     expect = _expected_input(model)
     snap = _snapshot(model)  # a failing call leaves the model as it was
     try:
-        return _calibrate(model, batches, max_batches, quantizers, expect)
+        return _calibrate(model, batches, max_batches, quantizers, bn, expect)
     except BaseException:
         _restore(snap)
         raise
 
 
-def _calibrate(model: nn.Module, batches: Iterable[object], max_batches: int | None, quantizers: bool,
+def _calibrate(model: nn.Module, batches: Iterable[object], max_batches: int | None, quantizers: bool, bn: bool,
                expect: tuple[int | None, int | None]) -> nn.Module:
-    bns = batchnorm_modules(model)
+    bns = batchnorm_modules(model) if bn else []
     momenta = [m.momentum for _, m in bns]
     for _, m in bns:
         m.running_mean.zero_()

@@ -453,7 +453,6 @@ def aging_evolution(
         # line 3: parent = best of S random members
         parent = h.from_encoding(max(run.rng.sample(population, settings.sample), key=lambda e: score_of[e]))
         stage = run.rng.randrange(h.n_stages)
-        added = 0
         for kind in ("block", "width"):  # lines 4-7
             if run.done():
                 break
@@ -467,7 +466,6 @@ def aging_evolution(
             rec = run.add(child, origin, cycle)
             score_of[rec["encoding"]] = rec["score"]
             population.append(rec["encoding"])
-            added += 1
             bar.update(1)
         # line 8: the oldest leave (as many as joined, so the population keeps size P)
         del population[: max(0, len(population) - settings.population)]

@@ -196,9 +196,8 @@ class ElasticStageTrainer:
     """Trains the elastic stage of block type `block` at Stage `stage` (1-based) and measures its archs."""
 
     def __init__(self, hyper: Hyperspace, stage: int, block: str, teacher_widths: Sequence[int], seed: int) -> None:
-        from qcompile.spaces.spaceevo import spaceevo
-
         import qcompile as qc
+        from qcompile.spaces.spaceevo import spaceevo
 
         self.hyper, self.stage, self.block, self.seed = hyper, stage, block, seed
         hs = hyper.stages[stage - 1]
@@ -351,7 +350,7 @@ class LookupTable:
         try:
             doc = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise ConfigError(f"lookup table {p}", "unreadable JSON", f"a file written by LookupTable.save ({e})") from e
+            raise ConfigError(f"lookup table {p}", "unreadable JSON", f"a LookupTable.save file ({e})") from e
         if doc.get("format") != TABLE_FORMAT:
             raise ConfigError(f"lookup table {p} format", doc.get("format"), TABLE_FORMAT)
         table = cls(doc["key"], {int(s): v for s, v in doc["entries"].items()}, doc.get("info", {}))
@@ -461,7 +460,7 @@ def build_or_load_table(
     settings: BKDSettings | None = None,
     progress: bool = False,
 ) -> LookupTable:
-    """Reuse `path` if it holds a table with the same key (else ConfigError naming the field); build it once otherwise."""
+    """Reuse `path` if it holds a table with the same key (else ConfigError naming the field); else build it once."""
     settings = settings or BKDSettings()
     key = table_key(hyper, data, seed, settings)
     p = Path(path)

@@ -40,6 +40,8 @@ from qcompile.spaces.spaceevo import VNNI_BLOCKS
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "qcompile.spaceevo-state/1"
+#: hyperspaces smaller than this are enumerated when random draws keep hitting known spaces
+ENUMERATE_BELOW = 20_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,11 +365,23 @@ class _Run:
         return h
 
     def random_unseen(self) -> CandidateSpace | None:
+        """A random space not evaluated yet: `max_tries` draws, then (small hyperspaces) an enumeration."""
+        h = self.scorer.hyper
         for _ in range(self.max_tries):
-            c = self.scorer.hyper.random(self.rng)
+            c = h.random(self.rng)
             if c.encoding not in self.seen:
                 return c
-        return None
+        if h.size() > ENUMERATE_BELOW:
+            return None
+        import itertools
+
+        per_stage = [[(b, w) for b in range(len(h.blocks)) for w in range(st.n_windows)] for st in h.stages]
+        unseen = []
+        for combo in itertools.product(*per_stage):
+            c = CandidateSpace(h, tuple(b for b, _ in combo), tuple(w for _, w in combo))
+            if c.encoding not in self.seen:
+                unseen.append(c)
+        return self.rng.choice(unseen) if unseen else None
 
 
 def random_search_spaces(scorer: QTScorer, n_spaces: int, seed: int = 0, max_tries: int = 50) -> SpaceSearchResult:

@@ -108,7 +108,7 @@ def cmd_evolve_space(args) -> int:
     }
     atomic_write_text(out / "history.json", json.dumps(doc, indent=1))
     plot_best_scores({"aging evolution": [evo], "random search": [rnd]}, out / "best_score.png",
-                     title=f"SpaceEvo on digits, constraints {list(args.constraints)} ms ({latency.describe()[:22]}...)")
+                     title=f"SpaceEvo on digits, constraints {list(args.constraints)} ms, {latency.describe()[:22]}...")
     print(f"best space {best['encoding']} (Q-T {best['score']:.4f}; random search best {rnd.best['score']:.4f} "
           f"over {len(rnd.history)} spaces)")
     print(f"written: {out / 'space.json'}, {out / 'history.json'}, {out / 'best_score.png'}")

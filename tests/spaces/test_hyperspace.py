@@ -113,3 +113,18 @@ def test_from_json_errors_name_the_field():
         qc.spaces.from_json(json.dumps(good))
     with pytest.raises(ConfigError, match=r"widths\[1\]"):
         qc.spaces.spaceevo(widths=[(16, 32), (8, 16), (64, 80), (112,), (144,), (240,), (320,)])
+
+
+def test_elastic_stem_and_residual_stem_widths_can_differ():
+    """The residual-stem stage follows an elastic stem: with stem 8 and stage width 16 (or the reverse)
+    a residual add would mismatch, so block 0 of a stage whose input width is searched separately has none."""
+    import torch
+
+    space = digits_hyperspace().from_encoding("111111-000000").build()
+    net = space.build_supernet().eval()
+    assert not net.stages[0].blocks[0].residual
+    cfg = space.largest()
+    for stem, first in ((8, 16), (16, 8), (16, 16)):
+        c = cfg.__class__(**{**cfg.__dict__, "widths": (stem, first, *cfg.widths[2:])})
+        qc.set_active(net, c)
+        assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)

@@ -39,7 +39,8 @@ def _table(out: Path, tiny: bool):
     from qcompile.spaces.hyperspace import digits_hyperspace
     from qcompile.train.blockwise import BKDSettings, build_or_load_table
 
-    settings = BKDSettings(teacher_epochs=2, float_epochs=0, int8_epochs=1, archs_per_stage=4) if tiny else None
+    settings = (BKDSettings(teacher_epochs=2, float_epochs=0, int8_epochs=1, archs_per_stage=4, train_subset=128)
+                if tiny else None)
     return build_or_load_table(out / "table.json", digits_hyperspace(), "digits", seed=0, settings=settings,
                                progress=True)
 

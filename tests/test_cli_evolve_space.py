@@ -114,3 +114,21 @@ def test_best_space_trains_searches_and_lowers_bit_exact(evolved, tmp_path, caps
     with torch.no_grad():
         ref = ig(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(low(x), ref)
+
+
+def test_train_space_json_builds_that_space(monkeypatch, tmp_path, capsys):
+    """`qcompile train --space-json FILE` trains exactly the saved space (train_run stubbed: wiring only)."""
+    import qcompile.train_run as tr
+
+    seen = {}
+    monkeypatch.setattr(tr, "train_run", lambda space, **kw: seen.update(space=space, **kw))
+    space = digits_hyperspace().from_encoding("052000-033330").build()
+    f = tmp_path / "space.json"
+    f.write_text(space.to_json())
+    assert main(["train", "--space-json", str(f), "--out", str(tmp_path / "run")]) == 0
+    assert seen["space"].spec() == space.spec() and encoding_of(seen["space"]) == "052000-033330"
+    assert main(["train", "--space-json", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r")]) == 2
+    f.write_text('{"name": "spaceevo", "args": {"blocks": ["x"]}}')
+    assert main(["train", "--space-json", str(f), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "blocks" in err[-1]

@@ -154,19 +154,20 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
         if c.encoding not in {x.encoding for x in cands}:
             cands.append(c)
     for k, cand in enumerate(cands):
-        if any(d["encoding"] == cand.encoding for d in done):
+        if any(d["encoding"] == cand.encoding and d.get("epochs", list(epochs)) == list(epochs) for d in done):
             continue
         t0 = time.process_time()
         space = cand.build()
         qnet = train_small_supernet(space, data, epochs, seed=k)
         res = pareto_accuracy(qnet, space, data, constraints, n_subnets, k, latency)
-        res.update(encoding=cand.encoding, qt_score=scorer.score(cand), per_constraint_qt=scorer.per_constraint(cand),
+        res.update(encoding=cand.encoding, epochs=list(epochs), qt_score=scorer.score(cand),
+                   per_constraint_qt=scorer.per_constraint(cand),
                    cpu_seconds=time.process_time() - t0)
         done.append(res)
         atomic_write_text(path, json.dumps(done, indent=1))
         print(f"[{len(done)}/{n_spaces}] {cand.encoding}: Q-T {res['qt_score']:.4f}, Pareto accuracy "
               f"{res['pareto_accuracy']:.4f} ({res['cpu_seconds']:.0f} CPU-s)", flush=True)
-    done = [d for d in done if d["encoding"] in {c.encoding for c in cands}]
+    done = [d for d in done if d["encoding"] in {c.encoding for c in cands} and d.get("epochs") == list(epochs)]
     tau, lo, hi = kendall_with_ci([d["qt_score"] for d in done], [d["pareto_accuracy"] for d in done])
     doc = {"constraints_ms": list(constraints), "epochs": list(epochs), "subnets_per_space": n_subnets,
            "kendall_tau": tau, "ci95": [lo, hi], "spaces": [{k: d[k] for k in ("encoding", "qt_score",

@@ -110,10 +110,11 @@ def test_best_space_trains_searches_and_lowers_bit_exact(evolved, tmp_path, caps
     assert SubnetConfig.from_json(best.to_json()) == sub.subnet_config
     ig = qc.to_integer(sub)
     low = qc.load(tmp_path / "low")
-    x = data.test.images[:8].numpy()
-    with torch.no_grad():
-        ref = ig(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(low(x), ref)
+    for i in range(4):  # the library is static-shaped, batch 1
+        x = data.test.images[i : i + 1].numpy()
+        with torch.no_grad():
+            ref = ig(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(low(x), ref)
 
 
 def test_train_space_json_builds_that_space(monkeypatch, tmp_path, capsys):

@@ -521,6 +521,7 @@ def evolve_space(
     population: int | None = None,
     sample: int | None = None,
     seed: int = 0,
+    cycles: int | None = None,
     latency: LatencyModel | None = None,
     n_samples: int = 1000,
     top_k: int = 20,
@@ -533,7 +534,8 @@ def evolve_space(
 
     `table`: a `LookupTable`; else `table_path` is reused or built by block-wise distillation on `data`
     (`qcompile.train.blockwise.build_or_load_table`; minutes). Population and sample default to the
-    paper's ratios (P = N/10, S = P/4). Returns the best space (a `StagedSpace`, `.to_json()`), with
+    paper's ratios (P = N/10, S = P/4); with `cycles` (as the CLI), P defaults to max(4, cycles/4) and
+    N = P + 2 cycles. Returns the best space (a `StagedSpace`, `.to_json()`), with
     `.candidate` (its `CandidateSpace`), `.qt_score` and `.history` (the `SpaceSearchResult`) attached.
     """
     from qcompile.spaces.hyperspace import digits_hyperspace
@@ -548,6 +550,11 @@ def evolve_space(
     elif hyper is not None and hyper != table.hyper:
         raise ConfigError("hyper", hyper.name, f"{table.hyper.name} (the table's hyperspace)")
     scorer = QTScorer(table, constraints, latency or latency_model(target), n_samples=n_samples, top_k=top_k)
+    if cycles is not None:
+        if cycles < 1:
+            raise ConfigError("cycles", cycles, ">= 1")
+        pop = population or max(4, cycles // 4)
+        n_spaces = pop + 2 * cycles
     if scorer.hyper.size() < n_spaces:
         raise ConfigError("n_spaces", n_spaces, f"<= {scorer.hyper.size()} (spaces in the hyperspace)")
     pop = population or max(2, n_spaces // 10)

@@ -168,6 +168,8 @@ def test_evolve_space_returns_a_space_with_json_and_history():
     assert len(space.history.history) == 40
     cfg = space.sample(seed=0, bits=(8,))
     space.validate(cfg)
+    by_cycles = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), cycles=6, seed=0, n_samples=200)
+    assert len(by_cycles.history.history) == 4 + 2 * 6
 
 
 def test_bad_constraints_and_settings():

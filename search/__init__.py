@@ -1,4 +1,4 @@
-"""Search over subnet configs: cost models (`cost`), predictors and algorithms (next tranche)."""
+"""Search over subnet configs: cost models (`cost`), predictors and algorithms."""
 
 # SpaceEvo: search the search space (issue 17)
 from qcompile.search.space_evolution import (  # noqa: F401

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qcompile.errors import ConfigError
+from qcompile.spaces import hyperspace  # noqa: F401  (registers the SpaceEvo encoding in space.to_json)
 from qcompile.spaces.base import HeadSpec, LayerDesc, StagedSpace, StageSpec, Supernet
 from qcompile.spaces.mobilenet import mobilenet_v2, mobilenet_v3
 from qcompile.spaces.spaceevo import spaceevo

@@ -33,6 +33,8 @@ from qcompile.nn.elastic import (
 
 #: the "format" field of `StagedSpace.to_json()` documents
 SPACE_JSON_FORMAT = "qcompile.space/1"
+#: space name -> function(space) -> extra fields of its JSON (SpaceEvo's encoding: qcompile.spaces.hyperspace)
+JSON_EXTRAS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -547,12 +549,9 @@ class StagedSpace:
         import json
 
         doc: dict[str, Any] = {"format": SPACE_JSON_FORMAT, **self.to_dict()}
-        if self.name == "spaceevo":
-            from qcompile.spaces.hyperspace import encoding_of
-
-            enc = encoding_of(self)
-            if enc is not None:
-                doc["encoding"] = enc
+        extra = JSON_EXTRAS.get(self.name)
+        if extra is not None:
+            doc.update(extra(self))
         return json.dumps(doc, indent=1, sort_keys=True)
 
     def spec(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qcompile.errors import ConfigError
+from qcompile.spaces.base import JSON_EXTRAS
 from qcompile.spaces.spaceevo import BLOCK_IDS, VNNI_STAGES
 
 _DIGITS = string.digits + string.ascii_lowercase
@@ -285,6 +286,13 @@ def encoding_of(space) -> str | None:
     cand = candidate_of(space)
     return None if cand is None else cand.encoding
 
+
+def _json_extra(space) -> dict[str, str]:
+    enc = encoding_of(space)
+    return {} if enc is None else {"encoding": enc}
+
+
+JSON_EXTRAS["spaceevo"] = _json_extra
 
 __all__ = [
     "HyperStage",

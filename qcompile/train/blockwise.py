@@ -39,9 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qcompile.api import quantize
 from qcompile.errors import ConfigError
+from qcompile.fx.tracer import set_active, trace
 from qcompile.spaces.hyperspace import Hyperspace
 from qcompile.spaces.spaceevo import VNNI_BLOCKS
+from qcompile.train.calibrate import calibrate
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,6 @@ class ElasticStageTrainer:
     """Trains the elastic stage of block type `block` at Stage `stage` (1-based) and measures its archs."""
 
     def __init__(self, hyper: Hyperspace, stage: int, block: str, teacher_widths: Sequence[int], seed: int) -> None:
-        import qcompile as qc
         from qcompile.spaces.spaceevo import spaceevo
 
         self.hyper, self.stage, self.block, self.seed = hyper, stage, block, seed
@@ -224,7 +226,7 @@ class ElasticStageTrainer:
         student = StageStudent(teacher_widths[stage], self.stage_in, copy.deepcopy(net.stages[stage]),
                                max(hs.widths), teacher_widths[stage + 1])
         del net
-        self.gm = qc.quantize(qc.trace(student), weight_bits=(8,), act_bits=(8,))
+        self.gm = quantize(trace(student), weight_bits=(8,), act_bits=(8,))
         self.k = self.probe.config_stages.index(stage)
         self.kernels = tuple(hyper.kernels)
         self.expands = tuple(VNNI_BLOCKS[block][0])
@@ -268,7 +270,6 @@ class ElasticStageTrainer:
     # -- training ----------------------------------------------------------------------------------
     def fit(self, x: torch.Tensor, y: torch.Tensor, var: torch.Tensor, settings: BKDSettings) -> list[float]:
         """Sandwich-rule BKD with the NSR loss: float epochs, then INT8 epochs. Returns per-epoch mean loss."""
-        import qcompile as qc
 
         rng = random.Random(self.seed)
         g = torch.Generator().manual_seed(self.seed)
@@ -288,7 +289,7 @@ class ElasticStageTrainer:
                     archs = [self.largest(), self.smallest(), self.random_arch(rng), self.random_arch(rng)]
                     opt.zero_grad()
                     for arch in archs:
-                        qc.set_active(self.gm, self.config(arch, phase == "int8"))
+                        set_active(self.gm, self.config(arch, phase == "int8"))
                         loss = nsr_loss(self.gm(x[idx]), y[idx], var)
                         loss.backward()
                         tot += float(loss.detach())
@@ -302,11 +303,10 @@ class ElasticStageTrainer:
     def measure(self, arch: StageArch, x_cal: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                 var: torch.Tensor, settings: BKDSettings) -> float:
         """INT8 NSR of `arch` on the validation split after BN + BatchQuant calibration on training inputs."""
-        import qcompile as qc
 
-        qc.set_active(self.gm, self.config(arch, True))
+        set_active(self.gm, self.config(arch, True))
         bs = settings.batch_size
-        qc.calibrate(self.gm, [x_cal[i : i + bs] for i in range(0, len(x_cal), bs)], max_batches=settings.calib_batches)
+        calibrate(self.gm, [x_cal[i : i + bs] for i in range(0, len(x_cal), bs)], max_batches=settings.calib_batches)
         pred = torch.cat([self.gm(x_val[i : i + 256]) for i in range(0, len(x_val), 256)])
         return float(nsr_loss(pred, y_val, var))
 

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -400,6 +401,7 @@ def build_table(
     from qcompile.data import load_dataset
 
     settings = settings or BKDSettings()
+    cpu0 = time.process_time()
     if len(hyper.resolutions) != 1:
         raise ConfigError("hyperspace.resolutions", hyper.resolutions, "one resolution for block-wise distillation")
     ds = load_dataset(data, resolution=hyper.resolutions[0], in_channels=hyper.in_channels)
@@ -447,7 +449,8 @@ def build_table(
                   max(r["nsr"] for r in rows))
     key = table_key(hyper, data, seed, settings)
     key["teacher_sha256"] = teacher_digest(teacher)
-    info = {"teacher_val_acc": teacher_acc, "teacher_widths": teacher.widths, "train_curves": curves}
+    info = {"teacher_val_acc": teacher_acc, "teacher_widths": teacher.widths, "train_curves": curves,
+            "cpu_seconds": time.process_time() - cpu0}
     return LookupTable(key, entries, info)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -162,10 +163,22 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
     sub.delete_all_unused_submodules()
     sub.recompile()
     sub.subnet_config = cfg
+    sub.meta["subnet_config"] = cfg  # to_integer copies it into the program's metadata (`subnet_meta`)
     if hasattr(gm, "space_info"):
         sub.space_info = dict(gm.space_info)
     sub.train(gm.training)
     return sub
+
+
+def subnet_meta(gm: fx.GraphModule) -> dict[str, Any]:
+    """`{"config": ..., "policy": ...}` (JSON) of the SubnetConfig `gm` was sliced for; `{}` for other graphs.
+
+    Backends write it into their artifacts' metadata, so a library says which subnet it runs.
+    """
+    cfg = getattr(gm, "meta", {}).get("subnet_config") or getattr(gm, "subnet_config", None)
+    if not isinstance(cfg, SubnetConfig):
+        return {}
+    return {"config": cfg.to_dict(), "policy": None if cfg.policy is None else cfg.policy.to_list()}
 
 
 @register

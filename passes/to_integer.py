@@ -64,6 +64,7 @@ from qcompile.passes.accumulator_range import accumulator_range
 from qcompile.passes.fold_batchquant_bias import InputQuant, fold_batchquant_bias, input_quantizer_params
 from qcompile.passes.fold_bn import bn_affine, fold_bn
 from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.passes.slice_subnet import subnet_meta
 
 __all__ = ["ToInteger", "to_integer"]
 
@@ -588,6 +589,7 @@ def to_integer(
     lowering = _Lowering(work, strict=strict, float_epilogue=float_epilogue, widen_weights=widen_weights)
     ig = lowering.lower(shapes)
     ig.program_meta["input_shape"] = list(shape) if shape is not None else None
+    ig.program_meta.update(subnet_meta(gm))  # config + policy of the subnet, for the artifacts' metadata
     if check_overflow:
         accumulator_range(ig, bound=bound, check=True)
     if shape is not None:

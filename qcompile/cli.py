@@ -170,7 +170,8 @@ def cmd_bench(args) -> int:
     from qcompile.bench_run import bench_subnet
 
     _, sub, _ = _load_calibrated(args.subnet)
-    report = bench_subnet(sub, target=args.target, out=Path(args.out), repeat=args.repeat, threads=args.threads)
+    report = bench_subnet(sub, target=args.target, out=Path(args.out), repeat=args.repeat, threads=args.threads,
+                          eval_data=None if args.data == "none" else args.data)
     print(report)
     return 0
 
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=20)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--out", default="runs/bench")
+    s.add_argument("--data", default="digits", help="test split for the top-1 columns ('none': no accuracy)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")

@@ -164,6 +164,18 @@ def runs_on_host(target: Any) -> bool:
     return isa <= host_cpu_features()
 
 
+def _absent_features(mcpu: str) -> list[str]:
+    """`-feature` for every extension LLVM's `mcpu` implies that /proc/cpuinfo does not list (a hypervisor may
+    mask some), so a target named after this CPU enables only what it really has."""
+    import tvm
+
+    from qcompile.backends.tvm.intrin.common import target_features
+
+    implied = target_features(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    host = host_cpu_features()
+    return sorted(f"-{f}" for f in implied if f.startswith(_ISA_PREFIXES) and f not in host)
+
+
 def family_target(family: str, num_cores: int = 2) -> dict[str, Any]:
     """A target dict that builds `family`'s kernels and enables no wider extension.
 
@@ -178,7 +190,7 @@ def family_target(family: str, num_cores: int = 2) -> dict[str, Any]:
         off = {o.lstrip("-") for o in _FAMILY_OFF[family]}
         no_512 = "avx512f" in off  # turning AVX-512F off turns every AVX-512 extension off: drop their "+"
         on = [a for a in tgt.get("mattr", []) if a[1:] not in off and not (no_512 and a.startswith("+avx512"))]
-        tgt["mattr"] = on + list(_FAMILY_OFF[family])
+        tgt["mattr"] = on + list(_FAMILY_OFF[family]) + _absent_features(tgt["mcpu"])
         return tgt
     level = _FAMILY_LEVEL.get(family, "x86-64-v4")
     mattr = [f"+{f}" for f in KERNEL_FAMILIES[family]]

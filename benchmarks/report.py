@@ -270,7 +270,7 @@ NOTES = [
     "  output (QDQ) for onnxruntime, and torch.ao's quantized conv dispatch; qcompile kernels take codes.",
     "",
     "Reproduce: `QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.report` (about 4 minutes with a",
-    "warm tuning database, 12 with an empty one); tuning alone: `python -m benchmarks.tune_mbv2 --mcpu core-avx2`.",
+    "warm tuning database, 12 with an empty one); tuning alone: `python -m benchmarks.tune_mbv2 --family avx2`.",
     "pytest-benchmark suites: `.venv/bin/python -m pytest benchmarks --benchmark-enable -p no:xdist",
     "--benchmark-json=benchmarks/bench.json`.",
     "",

@@ -16,14 +16,13 @@ import time
 
 import torch
 
-import qcompile as qc
 from benchmarks import ablations as A
 from qcompile.data import load_dataset
 from qcompile.quant import BatchQuant
 
 
 def _quantize_with(mode: str):
-    real = qc.quantize
+    real = A.qc.quantize  # the function train_arm calls
 
     def quantize(*args, **kwargs):
         qnet = real(*args, **kwargs)
@@ -43,9 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subnets", type=int, default=6)
     p.add_argument("--out", default="runs/zero_rounding")
     args = p.parse_args(argv)
-    ns = argparse.Namespace(space="mobilenet_v3", width=0.35, resolution=32, float_epochs=args.float_epochs,
-                            epochs=args.epochs, idm_weight=0.1, recipe="default", subnets=args.subnets,
-                            seed=args.seed, threads=1, out=args.out)
+    ns = argparse.Namespace(
+        space="mobilenet_v3",
+        width=0.35,
+        resolution=32,
+        float_epochs=args.float_epochs,
+        epochs=args.epochs,
+        idm_weight=0.1,
+        recipe="default",
+        subnets=args.subnets,
+        seed=args.seed,
+        threads=1,
+        out=args.out,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("qcompile.quant.calibration").setLevel(logging.ERROR)
     torch.set_num_threads(1)
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"seed": args.seed, "epochs": args.epochs, "subnets": args.subnets}
     for mode in ("round", "floor"):
         real, patched = _quantize_with(mode)
-        qc.quantize = patched
+        A.qc.quantize = patched
         try:
             t = time.process_time()
             qnet = A.train_arm("two-stage", ns, space, data, fgraph)
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             res = A.evaluate_arm("two-stage", ns, space, data, qnet)
             res["cpu_s"] = round(time.process_time() - t, 1)
         finally:
-            qc.quantize = real
+            A.qc.quantize = real
         result[mode] = res
     print(json.dumps(result))
     return 0

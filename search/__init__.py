@@ -1,1 +1,1 @@
-"""Search over subnet configs: cost models (`cost`), predictors and algorithms (next tranche)."""
+"""Search over subnet configs: cost models (`cost`), predictors and algorithms."""

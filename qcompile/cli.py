@@ -72,8 +72,14 @@ def space_summary(space) -> str:
 def cmd_train(args) -> int:
     from qcompile.train_run import train_run
 
+    if getattr(args, "space_json", None):
+        import qcompile as qc
+
+        space = qc.spaces.from_json(Path(args.space_json).read_text())
+    else:
+        space = _make_space(args, default_width=0.35, default_res=(24, 32))
     train_run(
-        space=_make_space(args, default_width=0.35, default_res=(24, 32)),
+        space=space,
         data=args.data,
         out=Path(args.out),
         epochs=args.epochs,
@@ -128,6 +134,10 @@ def cmd_calibrate(args) -> int:
     from qcompile.artifacts import load_subnet, save_subnet
 
     space, sub, doc = load_subnet(args.subnet)
+    if space is None:  # a `quantize-model` directory: keep the trained BN statistics
+        from qcompile.model_artifacts import cmd_recalibrate_model
+
+        return cmd_recalibrate_model(args, sub, doc)
     _calibrate(sub, args.data, sub.subnet_config.resolution, space.in_channels, args.calib_batches)
     out = args.out or args.subnet
     save_subnet(sub, out, space=space, quantize_options=doc.get("quantize"), calibrated=True, source=doc.get("source"))
@@ -299,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: torch's); 1 is fastest on a loaded machine")
     s.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimiser steps (default: at epoch ends only)")
+    s.add_argument("--space-json", default=None, metavar="FILE",
+                   help="train the space saved in FILE (space.to_json(), e.g. from evolve-space); overrides --space")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("extract", help="slice a subnet out of a trained run")
@@ -359,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="digits")
     s.add_argument("--limit", type=int, default=8)
     s.set_defaults(fn=cmd_run)
+
+    from qcompile.evolve_space_cli import add_parser as _add_evolve_space
+
+    _add_evolve_space(sub)
+
+    from qcompile.model_artifacts import add_parser as _add_quantize_model
+
+    _add_quantize_model(sub)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded digits data; writes OUT/report.md")
     s.add_argument("--out", default="runs/demo")

@@ -29,7 +29,8 @@ from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["kernel_workloads", "workload_key", "space_key", "block_keys", "plan_config"]
+__all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "workload_key", "space_key", "block_keys",
+           "plan_config"]
 
 _SKELETONS: OrderedDict[str, Any] = OrderedDict()
 _MEMO: dict[tuple, dict[Any, list[dict]]] = {}
@@ -68,13 +69,14 @@ def _skeleton(space: Any) -> Any:
     return qnet
 
 
-def skeleton_graph(space: Any, cfg: SubnetConfig) -> Any:
-    """The IntegerGraph of `cfg` on the skeleton supernet (random weights; structure as a trained one)."""
+def skeleton_graph(space: Any, cfg: SubnetConfig, qnet: Any = None) -> Any:
+    """The IntegerGraph of `cfg` on the skeleton supernet (random weights; structure as a trained one), or on
+    `qnet` (a trained quantized supernet of the space) when given."""
     import torch
 
     import qcompile as qc
 
-    sub = qc.extract(_skeleton(space), cfg)
+    sub = qc.extract(qnet if qnet is not None else _skeleton(space), cfg)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, space.in_channels, cfg.resolution, cfg.resolution, generator=g)
     qc.calibrate(sub, [x])
@@ -116,18 +118,29 @@ def _bit_class(bits: tuple[int, int] | None) -> str:
 
 
 def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
-    """Group -> memo key: "stem", (stage, block) and "head", each keyed by its layers' shapes and bit classes."""
-    layers = space.layers(cfg)
-    groups: dict[Any, list] = {}
-    for layer in layers:
-        m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.", layer.name)
-        g = (int(m.group(1)), int(m.group(2))) if m else ("stem" if layer.role == "stem" else "head")
-        bits = cfg.policy[layer.slot] if (cfg.policy is not None and layer.slot is not None) else None
-        bc = _bit_class(bits) if layer.slot is not None else layer.role
-        groups.setdefault(g, []).append((layer.name, layer.in_ch, layer.out_ch, layer.kernel, layer.stride,
-                                         layer.groups, layer.in_hw, layer.out_hw, bc))
-    pol = "none" if cfg.policy is None else "q"
-    return {g: (g, pol, tuple(v)) for g, v in groups.items()}
+    """Group -> memo key: "stem", (stage, block) and "head".
+
+    A block's kernels are fixed by its position (stage, index: stride, input size at a resolution), the
+    resolution, its own kernel/expand/channel choices, the stage widths (input and output channels) and the bit
+    classes of its layer slots (`_bit_class`); stem and head by resolution and widths. Computed from the config
+    alone in tens of microseconds (no `space.layers`), for `LatencyTable.predict`.
+    """
+    pol = cfg.policy
+    widths = cfg.widths
+    slot_of = getattr(space, "_slot_of", {})
+    keys: dict[Any, tuple] = {"stem": ("stem", cfg.resolution, widths, pol is None)}
+    for si in range(len(space.stages)):
+        for b in range(space.stage_depth(cfg, si)):
+            bs = space.block_slot(si, b)
+            if bs is None:
+                arch = None
+            else:
+                arch = (cfg.kernels[bs], cfg.expands[bs], cfg.channels[bs] if cfg.channels is not None else None)
+            bits = tuple(_bit_class(pol[sl]) if (pol is not None and sl is not None) else "f"
+                         for sl in slot_of.get((si, b), ()))
+            keys[(si, b)] = ((si, b), cfg.resolution, arch, widths, bits)
+    keys["head"] = ("head", cfg.resolution, widths, pol is None)
+    return keys
 
 
 def _split(records: list[Any]) -> dict[Any, list[dict]]:
@@ -137,6 +150,22 @@ def _split(records: list[Any]) -> dict[Any, list[dict]]:
         cur = _group_of(tuple(r.nodes), cur)
         out.setdefault(cur, []).append(dict(r.workload))
     return out
+
+
+def group_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86",
+                    num_threads: int | None = None) -> dict[str, list[dict]] | None:
+    """Memo key (`repr` of the block key) -> workloads of each group (stem, blocks, head) of `cfg`, in program order;
+    None for a space whose kernels do not split by block names (then use `kernel_workloads`)."""
+    spec = _resolve(target, num_threads)
+    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    keys = block_keys(space, cfg)
+    table = _MEMO.get(tkey, {})
+    if not all(k in table for k in keys.values()):
+        kernel_workloads(space, cfg, target, num_threads)
+        table = _MEMO.get(tkey, {})
+        if not all(k in table for k in keys.values()):
+            return None
+    return {repr(k): table[k] for k in keys.values()}
 
 
 def kernel_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads: int | None = None,

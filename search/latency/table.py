@@ -261,7 +261,7 @@ class LatencyTable:
     # -- building ---------------------------------------------------------------------------------------
     @classmethod
     def build(cls, space: Any, target: Any = "x86", num_threads: int = 1, *, table: LatencyTable | None = None,
-              max_cover: int = 32, n_fit: int = 8, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
+              max_cover: int = 16, n_fit: int = 4, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
               qnet: Any = None, network_repeat: int = 100, kernel_min_ms: float = 2.0, kernel_repeat: int = 7,
               progress: bool = True, path: str | os.PathLike | None = None) -> LatencyTable:
         """Time the kernels of a covering set of subnets (`covering_configs`) plus `n_fit` random subnets, and

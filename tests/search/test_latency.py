@@ -167,3 +167,14 @@ def test_kernel_predictor_held_out():
     p = KernelPredictor(seed=0).fit(ws[:120], ms[:120])
     err = [abs(p.predict(w) - m) / m for w, m in zip(ws[120:], ms[120:])]
     assert float(np.median(err)) < 0.10 and max(err) < 0.25
+
+
+def test_cli_latency_table_show(table, tmp_path, capsys):
+    from qcompile.cli import main
+
+    path = table.save(tmp_path / "t.json")
+    assert main(["latency-table", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(table.kernels)} timed kernel workloads, 3 timed networks" in out and "usable on this machine" in out
+    assert main(["latency-table", "show", str(tmp_path / "missing.json")]) == 2
+    assert "latency table path" in capsys.readouterr().err

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import statistics
 import time
@@ -262,7 +261,7 @@ class LatencyTable:
     @classmethod
     def build(cls, space: Any, target: Any = "x86", num_threads: int = 1, *, table: LatencyTable | None = None,
               max_cover: int = 16, n_fit: int = 4, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
-              qnet: Any = None, network_repeat: int = 100, kernel_min_ms: float = 2.0, kernel_repeat: int = 7,
+              qnet: Any = None, network_repeat: int = 100, kernel_window_us: float = 50.0, kernel_repeat: int = 25,
               progress: bool = True, path: str | os.PathLike | None = None) -> LatencyTable:
         """Time the kernels of a covering set of subnets (`covering_configs`) plus `n_fit` random subnets, and
         fit the overhead model on their end-to-end latencies. `table`: extend it (what it has is not re-timed,
@@ -285,7 +284,7 @@ class LatencyTable:
         todo = [(c, r) for c, r in todo if json.dumps(json.loads(c.to_json()), sort_keys=True) not in done]
         t0 = time.perf_counter()
         for cfg, role in tqdm(todo, desc="latency table", disable=not progress, unit="subnet"):
-            table._time_config(cfg, role, target, num_threads, qnet, network_repeat, kernel_min_ms, kernel_repeat)
+            table._time_config(cfg, role, target, num_threads, qnet, network_repeat, kernel_window_us, kernel_repeat)
             if path is not None:
                 table.save(path)
         table._predictor = None
@@ -309,15 +308,15 @@ class LatencyTable:
         return [float(x) for x in _network_samples(low, repeat)]
 
     def _time_config(self, cfg: SubnetConfig, role: str, target: Any, num_threads: int, qnet: Any,
-                     network_repeat: int, kernel_min_ms: float, kernel_repeat: int) -> None:
+                     network_repeat: int, kernel_window_us: float, kernel_repeat: int) -> None:
         import qcompile as qc
 
         ig = skeleton_graph(self.space, cfg, qnet=qnet)
         low = qc.lower(ig, target, num_threads=num_threads)
-        self.add_lowered(cfg, low, role, network_repeat, kernel_min_ms, kernel_repeat)
+        self.add_lowered(cfg, low, role, network_repeat, kernel_window_us, kernel_repeat)
 
     def add_lowered(self, cfg: SubnetConfig, low: Any, role: str = "fit", network_repeat: int = 100,
-                    kernel_min_ms: float = 2.0, kernel_repeat: int = 7) -> None:
+                    kernel_window_us: float = 50.0, kernel_repeat: int = 25) -> None:
         """Time the kernels of a lowered `cfg` the table lacks, and the network end to end (`role`: "cover" and
         "fit" networks enter `fit()`, others such as "validate" do not)."""
         self.space.validate(cfg)
@@ -331,7 +330,7 @@ class LatencyTable:
             if key in self.kernels or key in new or not k["primfuncs"]:
                 continue
             new[key] = (w, list(k["primfuncs"]))
-        timed = _time_primfuncs(low, sorted({f for _, fs in new.values() for f in fs}), kernel_min_ms, kernel_repeat)
+        timed = _time_primfuncs(low, sorted({f for _, fs in new.values() for f in fs}), kernel_window_us, kernel_repeat)
         for key, (w, fs) in new.items():
             if not all(f in timed for f in fs):
                 log.warning("kernel %s not timed (%s)", w["op"], fs)
@@ -404,9 +403,11 @@ def _network_samples(low: Any, repeat: int) -> list[float]:
     return [float(t) * 1e3 for t in ev(xin).results]
 
 
-def _time_primfuncs(low: Any, names: list[str], min_ms: float, repeat: int) -> dict[str, list[float]]:
-    """Per-PrimFunc latency samples (ms per call): `repeat` rounds, each looping the kernel for >= `min_ms`
-    (TVM's min_repeat_ms), so microsecond kernels are measured and not the timer."""
+def _time_primfuncs(low: Any, names: list[str], window_us: float, repeat: int) -> dict[str, list[float]]:
+    """Per-PrimFunc latency samples (ms per call): `repeat` windows of `number` back-to-back calls, `number` set
+    from a first estimate so that a window lasts about `window_us`: long enough for microsecond kernels to be
+    measured and not the timer, short enough that on a loaded machine most windows are not preempted (the
+    median is kept; a 2 ms window was preempted almost always at load 16 on 2 cores and read 5-10x high)."""
     import tvm
 
     from qcompile.backends.tvm.lowered import _find_function_module, _random_arg
@@ -425,6 +426,9 @@ def _time_primfuncs(low: Any, names: list[str], min_ms: float, repeat: int) -> d
         if m is None:
             continue
         args = [tvm.runtime.tensor(_random_arg(s, d, rng), dev) for s, d in sig]
-        ev = m.time_evaluator(name, dev, number=1, repeat=int(repeat), min_repeat_ms=max(1, int(math.ceil(min_ms))))
+        first = m.time_evaluator(name, dev, number=1, repeat=5)(*args).results
+        est = max(min(float(t) for t in first), 1e-8)
+        number = int(min(10_000, max(1, round(window_us * 1e-6 / est))))
+        ev = m.time_evaluator(name, dev, number=number, repeat=int(repeat))
         out[name] = [float(t) * 1e3 for t in ev(*args).results]
     return out

@@ -82,7 +82,7 @@ def table(lowered):
     space, pairs = lowered
     t = qs.LatencyTable(space, machine_keys("x86", 1))
     for i, (cfg, low) in enumerate(pairs):
-        t.add_lowered(cfg, low, role="cover" if i == 0 else "fit", network_repeat=60, kernel_min_ms=1,
+        t.add_lowered(cfg, low, role="cover" if i == 0 else "fit", network_repeat=60, kernel_window_us=50,
                       kernel_repeat=5)
     t.fit()
     return t

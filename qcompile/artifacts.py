@@ -38,7 +38,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) -> tuple[Any, fx.GraphModule]:
     """(space, graph): the traced supernet, quantized with `quantize_options` (None = float)."""
-    import qcompile as qc
+    from qcompile import api as qc
     from qcompile.spaces import from_dict
 
     space = from_dict(space_dict)
@@ -110,15 +110,20 @@ def save_subnet(sub: fx.GraphModule, out: str | os.PathLike, *, space, quantize_
 
 
 def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
-    """(space, static subnet in eval mode, subnet.json) from a subnet directory."""
+    """(space, static subnet in eval mode, subnet.json) from a subnet directory (space None for a
+    `qcompile quantize-model` directory)."""
     from safetensors.torch import load_file
 
-    import qcompile as qc
+    from qcompile import api as qc
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such subnet directory (make one with `qcompile extract --out DIR`)")
     doc = _read_json(path / SUBNET_FILE, "written by `qcompile extract`")
+    if doc.get("kind") == "model":  # written by `qcompile quantize-model`: no space (None)
+        from qcompile.model_artifacts import load_model_subnet
+
+        return load_model_subnet(path, doc)
     try:
         cfg = SubnetConfig.from_dict(doc["config"])
     except (KeyError, ConfigError) as e:

@@ -2,3 +2,15 @@
 
 from qcompile.search import objectives  # noqa: E402,F401
 from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: E402,F401
+
+# SpaceEvo: search the search space (issue 17)
+from qcompile.search.space_evolution import (  # noqa: F401
+    EvolutionSettings,
+    MacLatencyModel,
+    QTScorer,
+    SpaceSearchResult,
+    aging_evolution,
+    evolve_space,
+    latency_model,
+    random_search_spaces,
+)

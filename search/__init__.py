@@ -1,5 +1,8 @@
 """Search over subnet configs: cost models (`cost`), predictors and algorithms."""
 
+from qcompile.search import objectives  # noqa: E402,F401
+from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: E402,F401
+
 # SpaceEvo: search the search space (issue 17)
 from qcompile.search.space_evolution import (  # noqa: F401
     EvolutionSettings,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from qcompile.cli_errors import OneLineParser, pop_debug, run_command
+from qcompile.cli_spaces import make_space as _make_space
 
 log = logging.getLogger("qcompile")
 
@@ -79,16 +80,6 @@ def _space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width-mult", type=_positive_float, default=None,
                    help="channel multiplier, > 0 (default per command)")
     p.add_argument("--resolutions", type=_ints, default=None, help="input sizes, e.g. 24,32")
-
-
-def _make_space(args, default_width: float = 1.0, default_res: tuple[int, ...] | None = None):
-    import qcompile as qc
-
-    kw = {"num_classes": args.num_classes, "width_mult": default_width if args.width_mult is None else args.width_mult}
-    res = args.resolutions or default_res
-    if res:
-        kw["resolutions"] = res
-    return qc.spaces.get_space(args.space, **kw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ class LatencyTable:
 
     def measure(self, cfg: SubnetConfig, repeat: int = 100, qnet: Any = None) -> list[float]:
         """Lower `cfg` (skeleton weights unless `qnet`) and time `main` end to end: `repeat` calls (ms)."""
-        import qcompile as qc
+        from qcompile import api as qc
 
         ig = skeleton_graph(self.space, cfg, qnet=qnet)
         low = qc.lower(ig, self.target, num_threads=self.num_threads)
@@ -309,7 +309,7 @@ class LatencyTable:
 
     def _time_config(self, cfg: SubnetConfig, role: str, target: Any, num_threads: int, qnet: Any,
                      network_repeat: int, kernel_window_us: float, kernel_repeat: int) -> None:
-        import qcompile as qc
+        from qcompile import api as qc
 
         ig = skeleton_graph(self.space, cfg, qnet=qnet)
         low = qc.lower(ig, target, num_threads=num_threads)
@@ -360,7 +360,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | os.PathLike, *, check: bool = True) -> LatencyTable:
         """Read a saved table; with `check` (default) refuse one measured on another CPU/target/version."""
-        import qcompile as qc
+        from qcompile.spaces import get_space
 
         path = Path(path)
         try:
@@ -372,7 +372,7 @@ class LatencyTable:
         if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
             raise ConfigError("latency table format", d.get("format") if isinstance(d, dict) else type(d).__name__,
                               f"format {TABLE_FORMAT} (a file written by LatencyTable.save)")
-        space = qc.spaces.get_space(d["space"]["name"], **d["space"].get("args", {}))
+        space = get_space(d["space"]["name"], **d["space"].get("args", {}))
         kernels = {workload_key(k["workload"]): k for k in d["kernels"]}
         t = cls(space, d["keys"], kernels, d.get("networks", []), d.get("blocks", {}), d.get("fit"))
         if check:

@@ -54,7 +54,7 @@ def workload_key(w: dict) -> str:
 
 def _skeleton(space: Any) -> Any:
     """A quantized supernet of `space` with random weights (quantize() defaults), cached per space."""
-    import qcompile as qc
+    from qcompile import api as qc
 
     key = space_key(space)
     with _LOCK:
@@ -74,7 +74,7 @@ def skeleton_graph(space: Any, cfg: SubnetConfig, qnet: Any = None) -> Any:
     `qnet` (a trained quantized supernet of the space) when given."""
     import torch
 
-    import qcompile as qc
+    from qcompile import api as qc
 
     sub = qc.extract(qnet if qnet is not None else _skeleton(space), cfg)
     g = torch.Generator().manual_seed(0)

@@ -36,7 +36,7 @@ def quantize(
 
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
-    return insert_quantizers(
+    out = insert_quantizers(
         graph,
         weight_bits,
         act_bits,
@@ -49,6 +49,9 @@ def quantize(
         estimator=estimator,
         per_channel=per_channel,
     )
+    if hasattr(graph, "space_info"):  # keep the space: search (greedy_bits, evaluators) finds it here
+        out.space_info = dict(graph.space_info)
+    return out
 
 
 def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphModule:

@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_demo)
+
+    from qcompile.cli_predictor import add_parser as add_predictor_parser
+
+    add_predictor_parser(sub)
     return p
 
 

@@ -19,7 +19,12 @@ def tspace():
 @pytest.fixture(scope="session")
 def tqnet(tspace):
     torch.manual_seed(0)
-    return qc.quantize(qc.trace(tspace.build_supernet()), weight_bits=(2, 3, 4, 8, 32), act_bits=(2, 3, 4, 8, 32))
+    q = qc.quantize(qc.trace(tspace.build_supernet()), weight_bits=(2, 3, 4, 8, 32), act_bits=(2, 3, 4, 8, 32))
+    # an untrained supernet initialises its LSQ steps lazily, and `qc.extract` does that on the supernet
+    # itself; do it once for every bit-width so the weights are fixed from here on (as in a trained run)
+    for b in (2, 3, 4, 8):
+        qc.extract(q, tspace.largest(bits=b))
+    return q
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,7 @@ def bops_objective(space):
     return qs.Objective("bitops", lambda cfgs: np.array([qs.cost.bitops(space, c) for c in cfgs]), direction="min")
 
 
-def batches_of(data, n=2, bs=32):
+def batches_of(data, n=1, bs=48):
     return [b for _, b in zip(range(n), data.val.loader(bs, resolution=16))]
 
 
@@ -105,13 +105,15 @@ def test_quantize_keeps_the_space(tspace, tqnet):
 
 
 def test_greedy_bits_meets_budget_and_leaves_qnet_unchanged(tspace, tqnet, tdigits):
-    arch = tspace.sample(seed=3)
+    arch = tspace.smallest()
     bops = bops_objective(tspace)
-    budget = float(bops([arch.with_policy(tspace.uniform_policy(3))])[0])
+    top = float(bops([arch.with_policy(tspace.uniform_policy(4))])[0])
+    budget = 0.9 * top  # a few steps down from 4/4 (keeps the test fast)
     before = state_hash(tqnet)
     active_before = {n: getattr(m, "active_bits", None) for n, m in tqnet.named_modules()}
     cfg, hist = qs.greedy_bits(tqnet, arch, batches_of(tdigits), budget=budget, cost=bops, bits=BITS,
                                return_history=True, max_steps=40)
+    assert len(hist) <= 40 + sum(tspace._active_layer_slots(arch)) * 2 * 3 + 1
     assert state_hash(tqnet) == before
     assert {n: getattr(m, "active_bits", None) for n, m in tqnet.named_modules()} == active_before
     assert isinstance(cfg, qc.SubnetConfig)
@@ -121,7 +123,7 @@ def test_greedy_bits_meets_budget_and_leaves_qnet_unchanged(tspace, tqnet, tdigi
                                                                       arch.expands)
     active = tspace._active_layer_slots(arch)
     assert all(w in BITS and a in BITS for (w, a), on in zip(cfg.policy.bits, active) if on)
-    assert hist and all(h["cost"] >= hist[-1]["cost"] for h in hist[-1:])
+    assert hist and hist[0]["cost"] < top and len(hist) >= 2
 
 
 def test_greedy_bits_generous_budget_keeps_top_bits(tspace, tqnet, tdigits):

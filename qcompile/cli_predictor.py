@@ -97,7 +97,8 @@ def cmd_fit(args) -> int:
     r = pred.report
     print(f"predictor: {len(cfgs)} measured subnets, {r['n_train']} to fit, {r['n_holdout']} held out")
     if "kendall_tau" in r:
-        print(f"  held-out Kendall tau      {r['kendall_tau']:.3f}   (BitOPs alone {r.get('bitops_kendall_tau', float('nan')):.3f})")
+        bt = r.get("bitops_kendall_tau", float("nan"))
+        print(f"  held-out Kendall tau      {r['kendall_tau']:.3f}   (BitOPs alone {bt:.3f})")
         print(f"  held-out pairwise acc.    {100 * r['pairwise_accuracy']:.1f} %  "
               f"(BitOPs alone {100 * r.get('bitops_pairwise_accuracy', float('nan')):.1f} %)")
         print(f"  held-out RMSE             {r['rmse']:.4f}")

@@ -225,7 +225,7 @@ def greedy_bits(
     `options` or keyword options: `GreedyOptions` (lam, max_steps, lazy, ...). Returns the config
     (and the trajectory with `return_history=True`). `qnet` itself is left unchanged.
     """
-    import qcompile as qc
+    from qcompile.api import set_active
     from qcompile.search.objectives import Objective
     from qcompile.search.predictors.measured import space_of
     from qcompile.train.calibrate import calibrate
@@ -313,7 +313,7 @@ def greedy_bits(
 
     @torch.no_grad()
     def loss_fn(p: Policy) -> float:
-        qc.set_active(work, arch_cfg.with_policy(QuantPolicy(p)))
+        set_active(work, arch_cfg.with_policy(QuantPolicy(p)))
         total, count = 0.0, 0
         for x, y in loss_set:
             total += float(nn.functional.cross_entropy(work(x), y, reduction="sum"))
@@ -322,14 +322,13 @@ def greedy_bits(
         return total / max(count, 1)
 
     def calibrate_fn(p: Policy) -> None:
-        qc.set_active(work, arch_cfg.with_policy(QuantPolicy(p)))
+        set_active(work, arch_cfg.with_policy(QuantPolicy(p)))
         calibrate(work, calib_set)
 
     from tqdm.auto import tqdm
 
     with tqdm(desc="greedy bits", unit="step", disable=None, leave=False) as bar:
         policy, history = greedy_search(start, slots, bits_t, loss_fn, cost_fn, budget, opts, calibrate_fn, bar)
-    del work
     result = arch_cfg.with_policy(QuantPolicy(policy))
     log.info("greedy_bits: %d steps, %d loss evaluations, cost %.4g <= budget %.4g", len(history), n_loss[0],
              cost_fn(policy), budget)

@@ -134,7 +134,8 @@ class AccuracyPredictor:
         try:
             self.options = options or PredictorOptions(**kwargs)
         except TypeError as e:
-            raise ConfigError("AccuracyPredictor options", sorted(kwargs), list(PredictorOptions.__dataclass_fields__)) from e
+            allowed = list(PredictorOptions.__dataclass_fields__)
+            raise ConfigError("AccuracyPredictor options", sorted(kwargs), allowed) from e
         for attr in ("encode", "encoding_size", "num_layer_slots", "bit_choices"):
             if not hasattr(space, attr):
                 raise ConfigError("space", type(space).__name__, f"a search space with `{attr}` (qc.spaces.*)")
@@ -199,7 +200,8 @@ class AccuracyPredictor:
                 raise ConfigError("init_from", type(init_from).__name__, "an AccuracyPredictor")
             self._check_space(init_from, "init_from.space")
             if init_from.options.hidden != opts.hidden:
-                raise ConfigError("init_from.options.hidden", init_from.options.hidden, f"{opts.hidden} (this predictor's)")
+                raise ConfigError("init_from.options.hidden", init_from.options.hidden,
+                                  f"{opts.hidden} (this predictor's)")
             self.net.trunk.load_state_dict(init_from.net.trunk.state_dict())
             self.net.head.load_state_dict(init_from.net.head.state_dict())
             last = self.net.bit_head[-1]
@@ -217,7 +219,9 @@ class AccuracyPredictor:
             pred = self.predict([configs[i] for i in hold])
             true = y[hold]
             self.report.update(
-                kendall_tau=kendall_tau(pred, true), pairwise_accuracy=pairwise_accuracy(pred, true), rmse=rmse(pred, true)
+                kendall_tau=kendall_tau(pred, true),
+                pairwise_accuracy=pairwise_accuracy(pred, true),
+                rmse=rmse(pred, true),
             )
             bops = self._bitops([configs[i] for i in hold])
             if bops is not None:

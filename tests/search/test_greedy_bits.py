@@ -31,7 +31,8 @@ def toy(n_layers, seed):
 
 
 def all_policies(n):
-    return [tuple(zip(ws, as_)) for ws in itertools.product(BITS, repeat=n) for as_ in itertools.product(BITS, repeat=n)]
+    grid = list(itertools.product(BITS, repeat=n))
+    return [tuple(zip(ws, as_)) for ws in grid for as_ in grid]
 
 
 @pytest.mark.parametrize("lazy", [False, True])

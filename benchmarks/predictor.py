@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     if len(both) >= 2:
         again = np.array([by[(hashes[hold[j]], 2)] for j in both])
         out["noise_ceiling"] = scores(again, ht[both]) | {"n": len(both)}
+        mean2 = (ht[both] + again) / 2
+        out["bitops_only_vs_mean_of_2_seeds"] = scores(-bops[both], mean2)
     for seed in args.seeds:
         t0 = time.process_time()
         pred = qs.AccuracyPredictor(space, seed=seed, options=PredictorOptions(holdout=0.1)).fit(tc, tt)
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
         row = scores(p, ht) | {"fit_cpu_s": time.process_time() - t0, "internal_report": pred.report}
         if len(both) >= 2:
             row["vs_seed2"] = scores(p[both], again)
+            row["vs_mean_of_2_seeds"] = scores(p[both], mean2)
         out["predictor"][seed] = row
         log.info("predictor seed %d: tau %.3f, pairwise %.1f %%, RMSE %.4f", seed, row["kendall_tau"],
                  100 * row["pairwise_accuracy"], row["rmse"])

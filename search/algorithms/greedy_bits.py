@@ -163,6 +163,9 @@ def greedy_search(
         deltas = {q: d for q, d in deltas.items() if q not in visited}
         history.append({"step": step, "loss": float(cur_loss), "cost": cur_cost, "J": float(J[best]),
                         "candidates": len(cands), "down_only": down_only})
+        if step % 10 == 0:
+            log.info("greedy step %d: loss %.4f, cost %.4g (budget %.4g), %d candidates", step, cur_loss, cur_cost,
+                     budget, len(cands))
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{cur_loss:.4f}", cost=f"{cur_cost:.3e}")

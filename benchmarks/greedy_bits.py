@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-batches", type=int, default=4, help="training batches of 64 per greedy calibration")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--random", type=int, default=10)
+    ap.add_argument("--max-reevals", type=int, default=4)
+    ap.add_argument("--recalibrate-every", type=int, default=5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -74,23 +76,23 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     greedy, hist = qs.greedy_bits(qnet, arch, val, budget=budget, cost=bops, bits=bits, calib_batches=calib,
-                                  lam=args.lam, return_history=True)
+                                  lam=args.lam, max_reevals=args.max_reevals,
+                                  recalibrate_every=args.recalibrate_every, return_history=True)
     t_greedy, cpu_greedy = time.perf_counter() - t0, time.process_time() - cpu0
     rand = random_policies(space, arch, budget, bits, args.random, 1000 + args.seed, bops)
     cfgs = [greedy, uniform3, *rand]
     test = evaluate_subnets(qnet, space, data, cfgs, calib_batches=8, split="test", seed=args.seed)
-    valacc = evaluate_subnets(qnet, space, data, cfgs, calib_batches=8, split="val", seed=args.seed)
     res = {
         "seed": args.seed, "budget_bitops": budget, "greedy_bitops": float(bops([greedy])[0]),
         "greedy_steps": len(hist), "greedy_wall_s": t_greedy, "greedy_cpu_s": cpu_greedy,
         "test": {"greedy": test[0], "uniform_3_3": test[1], "random_median": statistics.median(test[2:]),
                  "random": test[2:]},
-        "val": {"greedy": valacc[0], "uniform_3_3": valacc[1], "random_median": statistics.median(valacc[2:])},
         "random_bitops": [float(b) for b in bops(rand)],
         "greedy_policy": [list(p) for p in greedy.policy.bits],
         "weight_bits_hist": {b: sum(1 for w, _ in greedy.policy.bits if w == b) for b in bits},
         "act_bits_hist": {b: sum(1 for _, a in greedy.policy.bits if a == b) for b in bits},
-        "command": f"benchmarks/greedy_bits.py {args.run} --seed {args.seed} --calib-batches {args.calib_batches}",
+        "command": f"benchmarks/greedy_bits.py {args.run} --seed {args.seed} --calib-batches {args.calib_batches} "
+                   f"--max-reevals {args.max_reevals} --recalibrate-every {args.recalibrate_every}",
     }
     log.info("seed %d: test greedy %.2f %% | uniform 3/3 %.2f %% | median of %d random %.2f %% "
              "(BitOPs %.4g <= %.4g; %d steps, %.0f s wall, %.0f s CPU)", args.seed, 100 * test[0], 100 * test[1],

@@ -54,6 +54,8 @@ class GreedyOptions:
     max_steps: int = 500
     lazy: bool = True
     refresh_every: int = 0  # lazy: re-evaluate every candidate every N steps (0: only at the first step)
+    max_reevals: int | None = None  # lazy: re-measurements per step before taking the best fresh one
+    recalibrate_every: int = 1  # recalibrate BN / BatchQuant statistics every N accepted moves
     calib_batches: int | None = None  # batches used for calibration (None: all given)
     loss_batches: int | None = None  # batches used for the loss (None: all given)
 
@@ -62,6 +64,10 @@ class GreedyOptions:
             raise ConfigError("GreedyOptions.lam", self.lam, "a finite number >= 0")
         if not 1 <= self.max_steps <= 100_000:
             raise ConfigError("GreedyOptions.max_steps", self.max_steps, "1..100000")
+        if self.max_reevals is not None and self.max_reevals < 1:
+            raise ConfigError("GreedyOptions.max_reevals", self.max_reevals, "None or >= 1")
+        if self.recalibrate_every < 1:
+            raise ConfigError("GreedyOptions.recalibrate_every", self.recalibrate_every, ">= 1")
         if self.refresh_every < 0:
             raise ConfigError("GreedyOptions.refresh_every", self.refresh_every, ">= 0 (0: first step only)")
         for name in ("calib_batches", "loss_batches"):
@@ -99,22 +105,23 @@ def greedy_search(
     cur = tuple(tuple(p) for p in start)
     visited = {cur}
     history: list[dict[str, Any]] = []
-    deltas: dict[Policy, float] = {}  # lazy: loss(candidate) - loss(current) when last measured
+    # lazy: loss(after move) - loss(current) when last measured, per move (slot, which, direction)
+    deltas: dict[tuple[int, int, int], float] = {}
 
-    def candidates(p: Policy, down_only: bool) -> list[Policy]:
+    def candidates(p: Policy, down_only: bool) -> list[tuple[tuple[int, int, int], Policy]]:
         out = []
         for which in (0, 1):  # weights, then activations
             for s in slots:
                 i = bits.index(p[s][which])
-                for j in ((i - 1,) if down_only else (i + 1, i - 1)):
-                    if 0 <= j < len(bits):
+                for d in ((-1,) if down_only else (1, -1)):
+                    if 0 <= i + d < len(bits):
                         q = list(p)
                         pair = list(q[s])
-                        pair[which] = bits[j]
+                        pair[which] = bits[i + d]
                         q[s] = (pair[0], pair[1])
                         q = tuple(q)
                         if q not in visited:
-                            out.append(q)
+                            out.append(((s, which, d), q))
         return out
 
     if calibrate_fn is not None:
@@ -131,36 +138,41 @@ def greedy_search(
             cands = candidates(cur, True)
         if not cands:  # cannot happen while cost > budget >= cheapest cost; stay bounded anyway
             break
-        costs = np.array([cost_fn(q) for q in cands], dtype=np.float64)
+        moves = [m for m, _ in cands]
+        pols = [q for _, q in cands]
+        costs = np.array([cost_fn(q) for q in pols], dtype=np.float64)
         full = (not options.lazy) or step == 0 or (options.refresh_every > 0 and step % options.refresh_every == 0)
-        fresh: set[Policy] = set()
-        if full:
-            for q in cands:
-                deltas[q] = loss_fn(q) - cur_loss
-                fresh.add(q)
-        else:
-            for q in cands:
-                if q not in deltas:
-                    deltas[q] = loss_fn(q) - cur_loss
-                    fresh.add(q)
-        # lazy greedy: re-measure the argmin until it is fresh (at most len(cands) re-measurements)
-        for _ in range(len(cands) + 1):
-            losses = np.array([cur_loss + deltas[q] for q in cands])
+        fresh: set[tuple[int, int, int]] = set()
+        for m, q in cands:
+            if full or m not in deltas:
+                deltas[m] = loss_fn(q) - cur_loss
+                fresh.add(m)
+        # lazy greedy: re-measure the argmin until it is fresh (at most len(cands) or max_reevals times;
+        # past max_reevals the best *fresh* candidate is taken)
+        limit = len(cands) if options.max_reevals is None else min(len(cands), options.max_reevals)
+        for k in range(limit + 1):
+            losses = np.array([cur_loss + deltas[m] for m in moves])
             J = _minmax(losses) + options.lam * _minmax(costs)
             best = int(np.argmin(J))  # ties: first, i.e. weights before activations, lower slots first
-            if cands[best] in fresh:
+            if moves[best] in fresh:
                 break
-            deltas[cands[best]] = loss_fn(cands[best]) - cur_loss
-            fresh.add(cands[best])
-        nxt = cands[best]
+            if k == limit:
+                if fresh:
+                    best = min((i for i, m in enumerate(moves) if m in fresh), key=lambda i: J[i])
+                break
+            deltas[moves[best]] = loss_fn(pols[best]) - cur_loss
+            fresh.add(moves[best])
+        nxt, (s_moved, w_moved, _) = pols[best], moves[best]
         visited.add(nxt)
         cur, cur_cost = nxt, float(costs[best])
-        if calibrate_fn is not None:
+        if calibrate_fn is not None and (step + 1) % options.recalibrate_every == 0:
             calibrate_fn(cur)
             cur_loss = loss_fn(cur)
         else:
-            cur_loss = cur_loss + deltas[nxt]
-        deltas = {q: d for q, d in deltas.items() if q not in visited}
+            cur_loss = cur_loss + deltas[moves[best]]
+        # the moved entry's up / down moves now start from another bit-width: forget them
+        for d in (1, -1):
+            deltas.pop((s_moved, w_moved, d), None)
         history.append({"step": step, "loss": float(cur_loss), "cost": cur_cost, "J": float(J[best]),
                         "candidates": len(cands), "down_only": down_only})
         if step % 10 == 0:

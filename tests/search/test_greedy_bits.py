@@ -155,3 +155,15 @@ def test_greedy_bits_errors(tspace, tqnet, tdigits):
         qs.greedy_bits(tqnet, arch, [torch.zeros(2, 3, 16, 16)], budget=cheapest * 1.5, cost=bops)
     with pytest.raises(ConfigError, match="lam"):
         qs.greedy_bits(tqnet, arch, b, budget=1e9, cost=bops, lam=-1)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_greedy_search_capped_reevaluations_still_meet_budget(seed):
+    loss, cost = toy(3, seed)
+    budget = cost(((3, 3),) * 3)
+    calls = []
+    got, hist = greedy_search(((4, 4),) * 3, range(3), BITS, lambda p: calls.append(p) or loss(p), cost, budget,
+                              GreedyOptions(max_reevals=1, recalibrate_every=2))
+    assert cost(got) <= budget and loss(got) <= loss(((3, 3),) * 3) + 1e-12
+    # first step: all 6 down-moves; afterwards at most new candidates + 1 re-measurement per step
+    assert len(calls) <= 1 + 6 + len(hist) * (3 + 1) + len(hist)

@@ -74,14 +74,14 @@ def main(argv=None) -> int:
     bops = np.array([float(qs.cost.bitops(space, c)) for c in hc])
     out: dict = {
         "n_fit": len(train), "n_holdout": len(hold), "accuracy_min_max": [float(allacc.min()), float(allacc.max())],
-        "accuracy_std": float(allacc.std()), "bitops_only": scores(-bops, ht), "predictor": {},
+        "accuracy_std": float(allacc.std()), "bitops_only": scores(-bops, ht) | {"rmse": None}, "predictor": {},
     }
     both = [j for j, i in enumerate(hold) if (hashes[i], 2) in by]
     if len(both) >= 2:
         again = np.array([by[(hashes[hold[j]], 2)] for j in both])
         out["noise_ceiling"] = scores(again, ht[both]) | {"n": len(both)}
         mean2 = (ht[both] + again) / 2
-        out["bitops_only_vs_mean_of_2_seeds"] = scores(-bops[both], mean2)
+        out["bitops_only_vs_mean_of_2_seeds"] = scores(-bops[both], mean2) | {"rmse": None}
     for seed in args.seeds:
         t0 = time.process_time()
         pred = qs.AccuracyPredictor(space, seed=seed, options=PredictorOptions(holdout=0.1)).fit(tc, tt)

@@ -8,7 +8,7 @@ a range `[lo, hi]` from its op's definition, propagated in program order.
   range over the reachable indices; `flatten` keeps the range.
 - accumulators (`conv2d`, `linear`), per output channel `c` with `K` taps and input codes in `[l, h]`
   (the padding code included):
-    * `bound="bits"` (default, the issue's rule: it holds for *any* weights of that bit-width):
+    * `bound="bits"` (default: it holds for *any* weights of that bit-width):
       `|acc_c - bias_c| <= K 2^(b_w - 1) max(|l|, |h|)`.
     * `bound="weights"` (exact for these weights): `acc_c in [P_c l + N_c h, P_c h + N_c l] + bias_c`
       with `P_c` / `N_c` the sums of the positive / negative codes of channel `c`.
@@ -190,7 +190,7 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
             table = _fetch(gm, n.args[1]).to(torch.int64)
             seg = table[max(x[0], 0) : min(x[1], 255) + 1]
             out = (int(seg.min()), int(seg.max())) if seg.numel() else (0, 255)
-        elif t is R.flatten:
+        elif t in (R.flatten, R.max_pool2d):
             out = rng.get(n.args[0])
         if out is not None:
             rng[n] = out

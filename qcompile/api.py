@@ -32,14 +32,13 @@ def quantize(
     per_channel: bool = False,
 ) -> fx.GraphModule:
     """Insert elastic quantizers into a traced supernet (pass `insert-quantizers`); returns a new graph."""
-    from qcompile.passes.insert_quantizers import insert_quantizers
+    from qcompile.passes.insert_quantizers import InsertQuantizers
 
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
-    out = insert_quantizers(
-        graph,
-        weight_bits,
-        act_bits,
+    out = InsertQuantizers(
+        tuple(weight_bits),
+        tuple(act_bits),
         first_layer=first_layer,
         last_layer=last_layer,
         se_layers=se_layers,
@@ -48,7 +47,7 @@ def quantize(
         act_quant=act_quant,
         estimator=estimator,
         per_channel=per_channel,
-    )
+    ).run(graph).graph_module
     if hasattr(graph, "space_info"):  # keep the space: search (greedy_bits, evaluators) finds it here
         out.space_info = dict(graph.space_info)
     return out
@@ -64,26 +63,72 @@ def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphMod
 
 
 def calibrate(subnet: nn.Module, batches: Iterable[Any], **kwargs: Any) -> nn.Module:
-    """Recompute BN statistics and BatchQuant running estimates of one extracted subnet (no weight changes)."""
+    """Recompute BN statistics and BatchQuant running estimates of one extracted subnet (no weight changes).
+
+    `bn=False` keeps the BN statistics (a trained model from `quantize_model`) and calibrates the quantizers only.
+    """
     from qcompile.train.calibrate import calibrate as _calibrate
 
     return _calibrate(subnet, batches, **kwargs)
 
 
-def to_integer(subnet: fx.GraphModule, check_overflow: bool = True):
-    """Lower a calibrated fake-quant subnet to an `IntegerGraph` (passes fold-bn, fold-batchquant-bias, to-integer)."""
+def quantize_model(model: nn.Module, policy: Any = (8, 8), example_inputs: Any = None,
+                   weight_init: str = "maxabs", **kwargs: Any) -> fx.GraphModule:
+    """Quantize any FX-traceable CNN with a fixed policy: a static fake-quant GraphModule like `extract`'s.
+
+    `policy` is `(w, a)`, a `QuantPolicy` or `{layer_name: (w, a)}` (names from `layer_names`); see
+    `qcompile.passes.quantize_model`. Calibrate with `calibrate(gm, batches, bn=False)`.
+    """
+    from qcompile.passes.quantize_model import quantize_model as _quantize_model
+
+    return _quantize_model(model, policy, example_inputs, weight_init, **kwargs)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The policy slots (conv / linear module paths, graph order) of a plain model or a `quantize_model` result."""
+    from qcompile.passes.quantize_model import layer_names as _layer_names
+
+    return _layer_names(model)
+
+
+def layer_info(model: nn.Module, example_inputs: Any = None):
+    """Per-layer `LayerInfo` (name, op, channels, kernel, groups, MACs, params, bits) for costs and bit search."""
+    from qcompile.passes.quantize_model import layer_info as _layer_info
+
+    return _layer_info(model, example_inputs)
+
+
+def to_integer(subnet: fx.GraphModule, check_overflow: bool = True, *, pipeline: str | Sequence[Any] | None = None):
+    """Lower a calibrated fake-quant subnet to an `IntegerGraph` through the pass pipeline.
+
+    The default pipeline is `fold-bn,fold-batchquant-bias,lower-to-integer,accumulator-range`
+    (the last only with `check_overflow`); `pipeline` names other registered passes, e.g.
+    `"fold-bn,fold-batchquant-bias,lower-to-integer,my-pass"` (docs/writing_a_pass.md).
+    """
     from qcompile.passes.to_integer import to_integer as _to_integer
 
-    return _to_integer(subnet, check_overflow=check_overflow)
+    return _to_integer(subnet, check_overflow=check_overflow, pipeline=pipeline)
 
 
-def lower(subnet, target: str | dict = "x86", *, tune: bool = False, **kwargs: Any):
-    """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`."""
-    from qcompile.backends.tvm import lower_integer_graph
+def _integer_graph(subnet: Any, pipeline: str | Sequence[Any] | None):
     from qcompile.ops import IntegerGraph
 
-    ig = subnet if isinstance(subnet, IntegerGraph) else to_integer(subnet)
-    return lower_integer_graph(ig, target, tune=tune, **kwargs)
+    if isinstance(subnet, IntegerGraph):
+        if pipeline is not None:
+            raise ConfigError("pipeline", pipeline, "None for an IntegerGraph (the pipeline lowers a subnet)")
+        return subnet
+    return to_integer(subnet, pipeline=pipeline)
+
+
+def lower(subnet, target: str | dict = "x86", *, tune: bool = False, pipeline: str | Sequence[Any] | None = None,
+          **kwargs: Any):
+    """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`.
+
+    `pipeline` (a pipeline string or pass instances) replaces `to_integer`'s default passes.
+    """
+    from qcompile.backends.tvm import lower_integer_graph
+
+    return lower_integer_graph(_integer_graph(subnet, pipeline), target, tune=tune, **kwargs)
 
 
 def load(path: str | os.PathLike):
@@ -93,11 +138,16 @@ def load(path: str | os.PathLike):
     return _load(path)
 
 
-def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", **kwargs: Any):
-    """Export a calibrated subnet (or an IntegerGraph) as ONNX ("qdq" or "qoperator")."""
+def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", *,
+                pipeline: str | Sequence[Any] | None = None, **kwargs: Any):
+    """Export a calibrated subnet (or an IntegerGraph) as ONNX ("qdq" or "qoperator").
+
+    `pipeline` replaces `to_integer`'s default passes, as in `lower`.
+    """
     from qcompile.backends.onnx import export_onnx as _export
 
-    return _export(subnet, path, format=format, **kwargs)
+    return _export(_integer_graph(subnet, pipeline), path, format=format, **kwargs)
 
 
-__all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load", "export_onnx"]
+__all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load", "export_onnx",
+           "quantize_model", "layer_names", "layer_info"]

@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import fx
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
+from qcompile.utils.state import load_state as _load_state
 
 RUN_FILE = "run.json"
 SUBNET_FILE = "subnet.json"
@@ -38,7 +38,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) -> tuple[Any, fx.GraphModule]:
     """(space, graph): the traced supernet, quantized with `quantize_options` (None = float)."""
-    import qcompile as qc
+    from qcompile import api as qc
     from qcompile.spaces import from_dict
 
     space = from_dict(space_dict)
@@ -75,24 +75,6 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     return space, graph, doc
 
 
-def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    # LSQ per-channel steps may be placeholders until first use: size them from the state first.
-    own = module.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            *path, leaf = k.split(".")
-            mod = module.get_submodule(".".join(path))
-            p = getattr(mod, leaf)
-            if isinstance(p, torch.nn.Parameter):
-                setattr(mod, leaf, torch.nn.Parameter(torch.empty_like(v)))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "was it written for another space or quantization setting?"
-        )
-
-
 def save_subnet(sub: fx.GraphModule, out: str | os.PathLike, *, space, quantize_options: dict | None,
                 calibrated: bool, source: str | None = None) -> Path:
     """Write a subnet directory (config JSON + state safetensors), atomically per file."""
@@ -110,15 +92,20 @@ def save_subnet(sub: fx.GraphModule, out: str | os.PathLike, *, space, quantize_
 
 
 def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
-    """(space, static subnet in eval mode, subnet.json) from a subnet directory."""
+    """(space, static subnet in eval mode, subnet.json) from a subnet directory (space None for a
+    `qcompile quantize-model` directory)."""
     from safetensors.torch import load_file
 
-    import qcompile as qc
+    from qcompile import api as qc
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such subnet directory (make one with `qcompile extract --out DIR`)")
     doc = _read_json(path / SUBNET_FILE, "written by `qcompile extract`")
+    if doc.get("kind") == "model":  # written by `qcompile quantize-model`: no space (None)
+        from qcompile.model_artifacts import load_model_subnet
+
+        return load_model_subnet(path, doc)
     try:
         cfg = SubnetConfig.from_dict(doc["config"])
     except (KeyError, ConfigError) as e:

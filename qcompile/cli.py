@@ -72,8 +72,14 @@ def space_summary(space) -> str:
 def cmd_train(args) -> int:
     from qcompile.train_run import train_run
 
+    if getattr(args, "space_json", None):
+        import qcompile as qc
+
+        space = qc.spaces.from_json(Path(args.space_json).read_text())
+    else:
+        space = _make_space(args, default_width=0.35, default_res=(24, 32))
     train_run(
-        space=_make_space(args, default_width=0.35, default_res=(24, 32)),
+        space=space,
         data=args.data,
         out=Path(args.out),
         epochs=args.epochs,
@@ -128,6 +134,10 @@ def cmd_calibrate(args) -> int:
     from qcompile.artifacts import load_subnet, save_subnet
 
     space, sub, doc = load_subnet(args.subnet)
+    if space is None:  # a `quantize-model` directory: keep the trained BN statistics
+        from qcompile.model_artifacts import cmd_recalibrate_model
+
+        return cmd_recalibrate_model(args, sub, doc)
     _calibrate(sub, args.data, sub.subnet_config.resolution, space.in_channels, args.calib_batches)
     out = args.out or args.subnet
     save_subnet(sub, out, space=space, quantize_options=doc.get("quantize"), calibrated=True, source=doc.get("source"))
@@ -145,11 +155,24 @@ def _load_calibrated(path):
     return space, sub, doc
 
 
+def _pipeline(args) -> str | None:
+    """`--pipeline`, checked before any work, after importing each `--pass-module` (registers its passes)."""
+    from qcompile.passes import load_pass_module, parse_pipeline
+
+    for spec in getattr(args, "pass_module", None) or ():
+        load_pass_module(spec)
+    pipeline = getattr(args, "pipeline", None)
+    if pipeline is not None:
+        parse_pipeline(pipeline)  # an unknown pass, option or value fails here, naming it
+    return pipeline
+
+
 def cmd_lower(args) -> int:
     import qcompile as qc
 
+    pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials)
+    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials, pipeline=pipeline)
     low.export(args.out)
     print(f"lowered for {args.target} into {args.out}")
     return 0
@@ -178,8 +201,9 @@ def cmd_bench(args) -> int:
 def cmd_export_onnx(args) -> int:
     import qcompile as qc
 
+    pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    qc.export_onnx(sub, args.out, format=args.format)
+    qc.export_onnx(sub, args.out, format=args.format, pipeline=pipeline)
     print(f"ONNX ({args.format}) written to {args.out}")
     return 0
 
@@ -190,8 +214,9 @@ def cmd_run(args) -> int:
     import qcompile as qc
 
     low = qc.load(args.lowered)
-    meta = getattr(low, "metadata", {}) or {}
-    res = int(meta.get("config", {}).get("resolution", 32))
+    meta = getattr(low, "meta", None) or getattr(low, "metadata", {}) or {}
+    shape = (meta.get("input") or {}).get("shape") or [1, 3, 32, 32]  # the library's static input shape
+    res = int(shape[-1])
     if args.images:
         import torch
         from PIL import Image
@@ -209,10 +234,11 @@ def cmd_run(args) -> int:
     else:
         from qcompile.data import load_dataset
 
-        ds = load_dataset(args.data, resolution=res).test
+        ds = load_dataset(args.data, resolution=res, in_channels=int(shape[1])).test
         x = ds.images[: args.limit].numpy()
         names = [f"{args.data}/test[{i}] (label {int(ds.labels[i])})" for i in range(len(x))]
-    logits = low(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    logits = np.concatenate([low(x[i : i + 1]) for i in range(len(x))])  # static batch-1 library
     for name, row in zip(names, logits):
         print(f"{name}: class {int(np.argmax(row))}")
     return 0
@@ -227,6 +253,14 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", default=None, metavar="PASSES",
+                   help="passes from subnet to integer program (default "
+                        "'fold-bn,fold-batchquant-bias,lower-to-integer,accumulator-range'); docs/writing_a_pass.md")
+    p.add_argument("--pass-module", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import this .py file or module first so its registered passes can be named (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: torch's); 1 is fastest on a loaded machine")
     s.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimiser steps (default: at epoch ends only)")
+    s.add_argument("--space-json", default=None, metavar="FILE",
+                   help="train the space saved in FILE (space.to_json(), e.g. from evolve-space); overrides --space")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("extract", help="slice a subnet out of a trained run")
@@ -282,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--trials", type=int, default=None,
                        help="schedules timed per kernel when tuning (default: all candidates)")
         if name == "lower":
+            _pipeline_args(s)
             s.add_argument("--tune", action="store_true")
             s.add_argument("--out", required=True, help="lowered directory")
         else:
@@ -299,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")
     s.add_argument("subnet")
     s.add_argument("--format", default="qdq", choices=("qdq", "qoperator"))
+    _pipeline_args(s)
     s.add_argument("--out", required=True, help="model.onnx path")
     s.set_defaults(fn=cmd_export_onnx)
 
@@ -308,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="digits")
     s.add_argument("--limit", type=int, default=8)
     s.set_defaults(fn=cmd_run)
+
+    from qcompile.evolve_space_cli import add_parser as _add_evolve_space
+
+    _add_evolve_space(sub)
+
+    from qcompile.model_artifacts import add_parser as _add_quantize_model
+
+    _add_quantize_model(sub)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded digits data; writes OUT/report.md")
     s.add_argument("--out", default="runs/demo")

@@ -11,6 +11,18 @@ from qcompile.search.predictors import (
     pairwise_accuracy,
 )
 
+# SpaceEvo: search the search space (issue 17)
+from qcompile.search.space_evolution import (  # noqa: F401
+    EvolutionSettings,
+    MacLatencyModel,
+    QTScorer,
+    SpaceSearchResult,
+    aging_evolution,
+    evolve_space,
+    latency_model,
+    random_search_spaces,
+)
+
 __all__ = [
     "cost",
     "Objective",

@@ -34,6 +34,7 @@ from qcompile.backends.tvm.strategy import OpCall, select_strategy
 from qcompile.errors import LoweringError
 from qcompile.ops import reference as R
 from qcompile.ops.graph import IntegerGraph, _fetch_attr, op_name
+from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,14 @@ class EmitResult:
 
 
 def graph_input_shape(ig: IntegerGraph, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The static input shape: the argument, else `program_meta["input_shape"]`, else the placeholder's tensor_meta."""
-    if input_shape is not None:
-        return tuple(int(s) for s in input_shape)
-    meta = ig.program_meta.get("input_shape")
-    if meta is not None:
-        return tuple(int(s) for s in meta)
-    for n in ig.graph.nodes:
-        if n.op == "placeholder":
-            tm = n.meta.get("tensor_meta")
-            if tm is not None:
-                return tuple(int(s) for s in tm.shape)
-            val = n.meta.get("val")
-            if isinstance(val, torch.Tensor):
-                return tuple(int(s) for s in val.shape)
-    raise LoweringError(
-        "input", "the IntegerGraph carries no input shape",
-        "pass input_shape=(N, C, H, W) or set ig.program_meta['input_shape']",
-    )
+    """The static input shape: the argument, else the graph's `ProgramMeta` (`qcompile.ops.meta.program_meta`)."""
+    shape = program_meta(ig, input_shape).input_shape
+    if shape is None:
+        raise LoweringError(
+            "input", "the IntegerGraph carries no input shape",
+            "pass input_shape=(N, C, H, W) or set ig.program_meta['input_shape']",
+        )
+    return shape
 
 
 def _shape(e: Any) -> tuple[int, ...]:
@@ -113,6 +104,7 @@ _INT_KERNELS: dict[Callable, Callable] = {
     R.mean: K.mean,
     R.mul: K.mul,
     R.lut: K.lut,
+    R.max_pool2d: K.max_pool2d,
 }
 
 # positional tensor operands of each integer op, in order; everything else is a static parameter
@@ -129,6 +121,7 @@ _TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
     R.mul: ("x", "g"),
     R.lut: ("x", "table"),
     R.flatten: ("x",),
+    R.max_pool2d: ("x",),
 }
 
 
@@ -314,7 +307,7 @@ class _Emitter:
         """
         if not isinstance(x, fx.Node) or x.op != "call_function":
             return 255
-        if x.target is R.flatten:
+        if x.target in (R.flatten, R.max_pool2d):
             return self._code_max(x.args[0] if x.args else x.kwargs.get("x"))
         a = self.bind(x)
         if x.target in (R.requantize, R.rescale, R.add, R.mean, R.mul):

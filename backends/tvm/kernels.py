@@ -30,6 +30,7 @@ __all__ = [
     "mean",
     "mul",
     "lut",
+    "max_pool2d",
     "float_conv2d",
     "float_linear",
     "float_unary",
@@ -161,12 +162,6 @@ def conv2d(
     return conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
 
 
-def _fixmul(v: tirx.PrimExpr, m: tirx.PrimExpr, s: tirx.PrimExpr) -> tirx.PrimExpr:
-    """`(v * M + 2^(s-1)) >> s` in int64 (the fixed-point rule, round half up)."""
-    v, m, s = v.astype(I64), m.astype(I64), s.astype(I64)
-    return tirx.shift_right(v * m + tirx.shift_left(_c64(1), s - _c64(1)), s)
-
-
 def _requant_expr(
     acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, offset: te.Tensor, lo: int, hi: int,
     channel_axis: int = 1,
@@ -294,6 +289,27 @@ def mul(
 def lut(x: te.Tensor, table: te.Tensor) -> te.Tensor:
     """`table[x]` (256-entry table on codes)."""
     return te.compute(x.shape, lambda *i: table[x(*i).astype("int32")], name="lut")
+
+
+def max_pool2d(
+    x: te.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+) -> te.Tensor:
+    """Max pool on uint8 codes, padding with the code 0 (exact, see `qcompile.ops.reference.max_pool2d`)."""
+    k, st, pad, dil = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+    n, c = int(x.shape[0]), int(x.shape[1])
+    oh, ow = conv_out_hw((int(x.shape[2]), int(x.shape[3])), k, st, pad, dil)
+    xp = _pad(x, pad, tirx.const(0, x.dtype), "max_pool_pad")
+    ry = te.reduce_axis((0, k[0]), name="ry")
+    rx = te.reduce_axis((0, k[1]), name="rx")
+    return te.compute(
+        (n, c, oh, ow),
+        lambda b, ch, i, j: te.max(xp[b, ch, i * st[0] + ry * dil[0], j * st[1] + rx * dil[1]], axis=[ry, rx]),
+        name="max_pool2d",
+    )
 
 
 # -- float64 islands ------------------------------------------------------------------------------

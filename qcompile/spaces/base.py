@@ -8,7 +8,6 @@ the weight-sharing supernet.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,11 @@ from qcompile.nn.elastic import (
     make_divisible,
     out_size,
 )
+
+#: the "format" field of `StagedSpace.to_json()` documents
+SPACE_JSON_FORMAT = "qcompile.space/1"
+#: space name -> function(space) -> extra fields of its JSON (SpaceEvo's encoding: qcompile.spaces.hyperspace)
+JSON_EXTRAS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -536,6 +540,35 @@ class StagedSpace:
         """Constructor arguments (space name + args) so a checkpoint can rebuild the same space."""
         return {"name": self.name, "args": self.args}
 
+    def to_json(self) -> str:
+        """The space as JSON text; `qcompile.spaces.from_json(text)` rebuilds an equal space.
+
+        For SpaceEvo spaces the text also carries the paper's appendix encoding
+        ("PerStageBlock-PerStageWidth") when the space is a point of a known hyperspace.
+        """
+        import json
+
+        doc: dict[str, Any] = {"format": SPACE_JSON_FORMAT, **self.to_dict()}
+        extra = JSON_EXTRAS.get(self.name)
+        if extra is not None:
+            doc.update(extra(self))
+        return json.dumps(doc, indent=1, sort_keys=True)
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that defines the space after construction (for equality checks across round trips)."""
+        return {
+            "name": self.name,
+            "stem_widths": self.stem_widths,
+            "stages": self.stages,
+            "head": self.head,
+            "num_classes": self.num_classes,
+            "resolutions": self.resolutions,
+            "in_channels": self.in_channels,
+            "bit_choices": self.bit_choices,
+            "search_widths": self.search_widths,
+            "kernel_transform": self.kernel_transform,
+        }
+
     # ------------------------------------------------------------------------------------------
     # supernet
     # ------------------------------------------------------------------------------------------
@@ -642,11 +675,6 @@ class Supernet(nn.Module):
             x = self.head_mix(x)
         x = torch.flatten(x, 1)
         return self.classifier(self.dropout(x))
-
-
-def space_math_check(space: StagedSpace) -> float:
-    """log10 of the space size with bits {2,3,4} (QFA reports ~2.19e76 for its MobileNetV3 space)."""
-    return math.log10(space.size(bits=(2, 3, 4)))
 
 
 __all__ = ["StagedSpace", "StageSpec", "HeadSpec", "LayerDesc", "Gene", "Supernet", "Stage", "field"]

@@ -91,8 +91,9 @@ def _locked(path: Path, mode: str) -> Iterator[Any]:
         try:
             yield f
         finally:
-            f.flush()
-            os.fsync(f.fileno()) if "a" in mode else None
+            if "a" in mode:
+                f.flush()
+                os.fsync(f.fileno())
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
@@ -165,7 +166,6 @@ class SupernetEvaluator:
         if isinstance(source, (str, os.PathLike)):
             from qcompile.artifacts import load_run
             from qcompile.data import load_dataset
-            from qcompile.train_run import parse_data
 
             run_space, qnet, doc = load_run(source)
             self.run_dir = str(source)
@@ -173,7 +173,9 @@ class SupernetEvaluator:
                 raise ConfigError("space", space.to_dict(), f"the run's space {run_space.to_dict()}")
             space = run_space
             if data is None:
-                name, kw = parse_data(doc.get("data", "digits"), None)
+                name, _, root = str(doc.get("data", "digits")).partition(":")  # as `qcompile train --data`
+                kw = {"root": root} if root else {}
+                name = "image_folder" if name == "folder" else name
                 data = load_dataset(name, resolution=max(space.resolutions), in_channels=space.in_channels, **kw)
         elif isinstance(source, torch.nn.Module):
             qnet = source

@@ -190,6 +190,44 @@ def greedy_search(
 # ------------------------------------------------------------------------------------------------
 
 
+class _FixedModelSpace:
+    """The one-architecture 'space' of a `qc.quantize_model(..., bits_choices=...)` model: its policy slots."""
+
+    def __init__(self, gm: nn.Module) -> None:
+        opts = getattr(gm, "quantize_model_options", {}) or {}
+        choices = opts.get("bits_choices")
+        if not choices:
+            raise ConfigError("qnet", "a static quantize_model result",
+                              "qc.quantize_model(model, ..., bits_choices=(2, 3, 4, 8)) for a bit search")
+        self.layers = tuple(gm.qc_layers)
+        self.bit_choices = tuple(int(b) for b in choices)
+        self.num_layer_slots = len(self.layers)
+        self.config = getattr(gm, "subnet_config", None)
+
+    def layer_slots(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def validate(self, cfg: SubnetConfig) -> SubnetConfig:
+        if self.config is not None and cfg.resolution != self.config.resolution:
+            raise ConfigError("arch_cfg.resolution", cfg.resolution, self.config.resolution)
+        if cfg.policy is not None and len(cfg.policy) != self.num_layer_slots:
+            raise ConfigError("policy", f"{len(cfg.policy)} entries", f"{self.num_layer_slots} (qc.layer_names)")
+        return cfg
+
+    def _check_bits(self, name: str, bits: Sequence[int]) -> tuple[int, ...]:
+        bad = [b for b in bits if b not in self.bit_choices]
+        if bad or not bits:
+            raise ConfigError(name, bad or bits, f"{self.bit_choices} (the model's bits_choices)")
+        return tuple(bits)
+
+    def _active_layer_slots(self, cfg: SubnetConfig) -> list[bool]:
+        return [True] * self.num_layer_slots
+
+    def bitops(self, cfg: SubnetConfig) -> float:
+        """sum over layers of MACs x weight bits x activation bits (APQ / OQA BitOPs; 32 = float)."""
+        return float(sum(layer.macs * w * a for layer, (w, a) in zip(self.layers, cfg.policy.bits)))
+
+
 def _trained_bits(qnet: nn.Module) -> dict[tuple[int, int], tuple[int, ...]]:
     """(slot, 0=weight/1=act) -> bit choices of the quantizers bound to that policy entry."""
     out: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -253,11 +291,16 @@ def greedy_bits(
         raise ConfigError("greedy_bits options", sorted(kwargs), list(GreedyOptions.__dataclass_fields__)) from e
     if not isinstance(qnet, nn.Module):
         raise ConfigError("qnet", type(qnet).__name__, "a quantized supernet graph (qc.quantize(...))")
+    fixed_model = space is None and getattr(qnet, "space_info", None) is None and hasattr(qnet, "qc_layers")
+    if fixed_model:  # a plain CNN from qc.quantize_model(..., bits_choices=...): one architecture, its own slots
+        space = _FixedModelSpace(qnet)
     space = space if space is not None else space_of(qnet)
     if not isinstance(arch_cfg, SubnetConfig):
         raise ConfigError("arch_cfg", type(arch_cfg).__name__, "a qcompile.SubnetConfig")
     space.validate(arch_cfg)
-    if cost is None:
+    if cost is None and fixed_model:
+        cost = Objective("bitops", lambda cfgs: np.array([space.bitops(c) for c in cfgs]), direction="min")
+    elif cost is None:
         from qcompile.search.cost import bitops
 
         cost = Objective("bitops", lambda cfgs: np.array([bitops(space, c) for c in cfgs]), direction="min")
@@ -338,7 +381,10 @@ def greedy_bits(
 
     def calibrate_fn(p: Policy) -> None:
         set_active(work, arch_cfg.with_policy(QuantPolicy(p)))
-        calibrate(work, calib_set)
+        if fixed_model:  # a trained plain CNN keeps its BN statistics; only the quantizers are calibrated
+            calibrate(work, calib_set, bn=False)
+        else:
+            calibrate(work, calib_set)
 
     from tqdm.auto import tqdm
 

@@ -167,3 +167,28 @@ def test_greedy_search_capped_reevaluations_still_meet_budget(seed):
     assert cost(got) <= budget and loss(got) <= loss(((3, 3),) * 3) + 1e-12
     # first step: all 6 down-moves; afterwards at most new candidates + 1 re-measurement per step
     assert len(calls) <= 1 + 6 + len(hist) * (3 + 1) + len(hist)
+
+
+def test_greedy_bits_on_a_fixed_model_from_quantize_model(tdigits):
+    """A plain CNN quantized with elastic bits (qc.quantize_model(..., bits_choices=...)): no space needed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 10),
+    ).eval()
+    b = batches_of(tdigits, 1)
+    gm = qc.quantize_model(model, policy=(4, 4), example_inputs=(b[0][0],), bits_choices=(2, 3, 4, 8))
+    qc.calibrate(gm, [x for x, _ in b], bn=False)
+    n = len(qc.layer_names(gm))
+    macs = [layer.macs for layer in gm.qc_layers]
+    budget = float(sum(m * 3 * 3 for m in macs))  # uniform 3/3
+    before = state_hash(gm)
+    cfg = qs.greedy_bits(gm, gm.subnet_config, b, budget=budget, bits=BITS)
+    assert state_hash(gm) == before
+    assert len(cfg.policy) == n
+    assert sum(m * w * a for m, (w, a) in zip(macs, cfg.policy.bits)) <= budget
+    assert all(w in BITS and a in BITS for w, a in cfg.policy.bits)
+    with pytest.raises(ConfigError, match="budget"):
+        qs.greedy_bits(gm, gm.subnet_config, b, budget=sum(m * 4 for m in macs) * 0.99, bits=BITS)

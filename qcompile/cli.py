@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     from qcompile.cli_predictor import add_parser as add_predictor_parser
 
     add_predictor_parser(sub)
+
+    from qcompile.search.latency.cli import add_parser as add_latency_table
+
+    add_latency_table(sub, _space_args)
     return p
 
 

@@ -11,6 +11,9 @@ from qcompile.search.predictors import (
     pairwise_accuracy,
 )
 
+from qcompile.search import objectives  # noqa: E402,F401
+from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: E402,F401
+
 # SpaceEvo: search the search space (issue 17)
 from qcompile.search.space_evolution import (  # noqa: F401
     EvolutionSettings,

@@ -54,3 +54,16 @@ class Objective:
     def minimised(self, values: np.ndarray) -> np.ndarray:
         """Values turned into a quantity to minimise (for pymoo and hypervolume)."""
         return self.sign * np.asarray(values, dtype=np.float64)
+
+
+def latency(table) -> Objective:
+    """Predicted end-to-end latency (ms) from a `qcompile.search.LatencyTable` (to minimise).
+
+    The table's kernel sums plus fitted overheads (OFA/APQ lookup tables at nn-Meter's kernel level);
+    configs of another space raise `ConfigError` from the table.
+    """
+    from qcompile.search.latency import LatencyTable
+
+    if not isinstance(table, LatencyTable):
+        raise ConfigError("table", type(table).__name__, "a qcompile.search.LatencyTable (LatencyTable.build/load)")
+    return Objective("latency", lambda cfgs: table.predict_many(cfgs), direction="min", unit="ms")

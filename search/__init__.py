@@ -1,7 +1,11 @@
 """Search over subnet configs: cost models (`cost`), objectives, predictors and algorithms."""
 
-from qcompile.search import cost
+from qcompile.search import (
+    cost,
+    objectives,  # noqa: E402,F401
+)
 from qcompile.search.algorithms.greedy_bits import GreedyOptions, greedy_bits
+from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: E402,F401
 from qcompile.search.objectives import Objective
 from qcompile.search.predictors import (
     AccuracyPredictor,
@@ -10,9 +14,6 @@ from qcompile.search.predictors import (
     kendall_tau,
     pairwise_accuracy,
 )
-
-from qcompile.search import objectives  # noqa: E402,F401
-from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: E402,F401
 
 # SpaceEvo: search the search space (issue 17)
 from qcompile.search.space_evolution import (  # noqa: F401

@@ -37,7 +37,7 @@ def quantize(
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
     _require_elastic_layers(graph)
-    return InsertQuantizers(
+    out = InsertQuantizers(
         tuple(weight_bits),
         tuple(act_bits),
         first_layer=first_layer,
@@ -49,6 +49,9 @@ def quantize(
         estimator=estimator,
         per_channel=per_channel,
     ).run(graph).graph_module
+    if hasattr(graph, "space_info"):  # keep the space: search (greedy_bits, evaluators) finds it here
+        out.space_info = dict(graph.space_info)
+    return out
 
 
 def _require_elastic_layers(graph: fx.GraphModule) -> None:

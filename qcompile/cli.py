@@ -472,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_demo)
 
+    from qcompile.cli_predictor import add_parser as add_predictor_parser
+
+    add_predictor_parser(sub)
+
     from qcompile.search.latency.cli import add_parser as add_latency_table
 
     add_latency_table(sub, _space_args)

@@ -1,7 +1,19 @@
-"""Search over subnet configs: cost models (`cost`), predictors and algorithms."""
+"""Search over subnet configs: cost models (`cost`), objectives, predictors and algorithms."""
 
-from qcompile.search import objectives  # noqa: E402,F401
+from qcompile.search import (
+    cost,
+    objectives,  # noqa: E402,F401
+)
+from qcompile.search.algorithms.greedy_bits import GreedyOptions, greedy_bits
 from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: E402,F401
+from qcompile.search.objectives import Objective
+from qcompile.search.predictors import (
+    AccuracyPredictor,
+    PredictorOptions,
+    SupernetEvaluator,
+    kendall_tau,
+    pairwise_accuracy,
+)
 
 # SpaceEvo: search the search space (issue 17)
 from qcompile.search.space_evolution import (  # noqa: F401
@@ -14,3 +26,15 @@ from qcompile.search.space_evolution import (  # noqa: F401
     latency_model,
     random_search_spaces,
 )
+
+__all__ = [
+    "cost",
+    "Objective",
+    "AccuracyPredictor",
+    "PredictorOptions",
+    "SupernetEvaluator",
+    "kendall_tau",
+    "pairwise_accuracy",
+    "greedy_bits",
+    "GreedyOptions",
+]

@@ -1,0 +1,297 @@
+"""Measured accuracy of subnets of a trained supernet, cached by canonical config in a JSONL file.
+
+QFA Sec. 3.4 / OQA Sec. 3.4: a subnet is sliced out (`qc.extract`), its BN and BatchQuant statistics
+are recalibrated on a few training batches (`qc.calibrate`) and it is evaluated, with no retraining
+(`qcompile.train.evaluate_subnets`). Search must not look at the test split, so the default split
+here is `val`.
+
+Every result is appended to a JSONL cache as soon as it is measured, one line per config, under an
+exclusive `fcntl` lock: processes (ranks of `qcompile predictor collect`, or separate runs) share one
+file, a killed process loses only the config it was measuring, and a rerun skips what is cached. A
+line's `key` hashes the canonical config together with everything that changes the measurement
+(split, calibration seed / batches, batch size, and a fingerprint of the supernet's weights), so a
+cache is never silently reused for another supernet or another protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
+from qcompile.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def canonical(space: Any, cfg: SubnetConfig) -> SubnetConfig:
+    """The one config of the networks `cfg` compiles to: genes of skipped blocks normalised.
+
+    Uses `space.canonical(cfg)` where the space provides it; otherwise kernels / expands / channels
+    of inactive block slots take the gene's first choice and the bits of inactive layer slots the
+    smallest bit choice (they change neither the network nor its cost).
+    """
+    fn = getattr(space, "canonical", None)
+    if callable(fn):
+        return fn(cfg)
+    if not hasattr(space, "_active_block_slots"):
+        return cfg
+    space.validate(cfg)
+    active = space._active_block_slots(cfg)
+    fields: dict[str, Any] = {}
+    for gene in space.genes():
+        if gene.field in ("kernels", "expands", "channels") and not active[gene.index]:
+            seq = list(fields.get(gene.field, getattr(cfg, gene.field)))
+            seq[gene.index] = gene.choices[0]
+            fields[gene.field] = tuple(seq)
+    out = replace(cfg, **fields) if fields else cfg
+    if cfg.policy is not None:
+        slot_active = space._active_layer_slots(cfg)
+        low = min(b for b in space.bit_choices)
+        bits = tuple(p if a else (low, low) for p, a in zip(cfg.policy.bits, slot_active))
+        if cfg.policy.is_float:
+            bits = tuple(p if a else (FLOAT_BITS, FLOAT_BITS) for p, a in zip(cfg.policy.bits, slot_active))
+        out = out.with_policy(QuantPolicy(bits))
+    return out
+
+
+def config_hash(space: Any, cfg: SubnetConfig) -> str:
+    """sha256 (16 hex digits) of the canonical config's JSON."""
+    text = json.dumps(canonical(space, cfg).to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) over the names and bytes of a model's parameters and buffers."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: str) -> Iterator[Any]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield f
+        finally:
+            if "a" in mode:
+                f.flush()
+                os.fsync(f.fileno())
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a JSONL cache (a torn last line of a killed writer is skipped with a warning)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    with _locked(path, "r") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d: unreadable line skipped (a writer killed mid-line?)", path, i + 1)
+    return out
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one record as one line, under an exclusive lock, fsynced (safe across processes)."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with _locked(Path(path), "a") as f:
+        f.write(line)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """What a measurement depends on besides the config (part of every cache key)."""
+
+    split: str = "val"
+    calib_batches: int = 8
+    calib_seed: int = 1
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError("split", self.split, SPLITS)
+        if not 1 <= self.calib_batches <= 10_000:
+            raise ConfigError("calib_batches", self.calib_batches, "1..10000")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size", self.batch_size, ">= 1")
+
+
+class SupernetEvaluator:
+    """Top-1 accuracy (0..1) of configs measured on a trained supernet; `.predict(configs) -> np.ndarray`.
+
+    `source` is a run directory of `qcompile train` (space, weights and dataset come from it) or a
+    quantized supernet graph with `data` (`DatasetSplits`); the space is `space` or the one
+    `qc.quantize` recorded on the graph. `cache` is a JSONL file shared across runs and processes.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | torch.nn.Module,
+        data: Any = None,
+        *,
+        space: Any = None,
+        split: str = "val",
+        calib_batches: int = 8,
+        calib_seed: int = 1,
+        batch_size: int = 64,
+        cache: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.protocol = EvalProtocol(split, calib_batches, calib_seed, batch_size)
+        self.run_dir: str | None = None
+        if isinstance(source, (str, os.PathLike)):
+            from qcompile.artifacts import load_run
+            from qcompile.data import load_dataset
+
+            run_space, qnet, doc = load_run(source)
+            self.run_dir = str(source)
+            if space is not None and space.to_dict() != run_space.to_dict():
+                raise ConfigError("space", space.to_dict(), f"the run's space {run_space.to_dict()}")
+            space = run_space
+            if data is None:
+                name, _, root = str(doc.get("data", "digits")).partition(":")  # as `qcompile train --data`
+                kw = {"root": root} if root else {}
+                name = "image_folder" if name == "folder" else name
+                data = load_dataset(name, resolution=max(space.resolutions), in_channels=space.in_channels, **kw)
+        elif isinstance(source, torch.nn.Module):
+            qnet = source
+            if space is None:
+                space = space_of(qnet)
+            if data is None:
+                raise ConfigError("data", None, "DatasetSplits (e.g. qcompile.data.digits()) with a model source")
+        else:
+            raise ConfigError("source", type(source).__name__, "a run directory or a quantized supernet graph")
+        for s in ("train", self.protocol.split):
+            if getattr(data, s, None) is None:
+                raise ConfigError("data", type(data).__name__, f"DatasetSplits with a {s!r} split")
+        qnet.eval()
+        self.qnet, self.space, self.data = qnet, space, data
+        self.fingerprint = model_fingerprint(qnet)
+        self.cache = Path(cache) if cache is not None else None
+        self.progress = progress
+        self._known: dict[str, float] = {}
+        self.n_measured = 0  # measured by this object (not read from the cache)
+        self.refresh()
+
+    # ------------------------------------------------------------------------------------------
+    def key(self, cfg: SubnetConfig) -> str:
+        doc = {"config": config_hash(self.space, cfg), "model": self.fingerprint, **asdict(self.protocol)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+    def refresh(self) -> int:
+        """Re-read the cache file (other processes may have appended); returns the records that match."""
+        if self.cache is None:
+            return len(self._known)
+        for rec in read_jsonl(self.cache):
+            if "key" in rec and "accuracy" in rec:
+                self._known[rec["key"]] = float(rec["accuracy"])
+        return len(self._known)
+
+    def cached(self, cfg: SubnetConfig) -> float | None:
+        return self._known.get(self.key(cfg))
+
+    def measure(self, cfg: SubnetConfig) -> float:
+        """Measure one config now (extract + calibrate + evaluate), record it in the cache, return it."""
+        from qcompile.train.evaluate import evaluate_subnets
+
+        p = self.protocol
+        cfg = canonical(self.space, cfg)
+        acc = evaluate_subnets(self.qnet, self.space, self.data, [cfg], calib_batches=p.calib_batches,
+                               split=p.split, batch_size=p.batch_size, seed=p.calib_seed)[0]
+        k = self.key(cfg)
+        self._known[k] = acc
+        self.n_measured += 1
+        if self.cache is not None:
+            append_jsonl(self.cache, {
+                "key": k, "config_hash": config_hash(self.space, cfg), "config": cfg.to_dict(), "accuracy": acc,
+                "model": self.fingerprint, "space": self.space.to_dict(), "run": self.run_dir, **asdict(p),
+            })
+        return acc
+
+    def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        """Accuracy (0..1) of each config: from the cache when there, else measured (progress bar) and cached."""
+        configs = list(configs)
+        for c in configs:
+            self.space.validate(c)
+        self.refresh()
+        todo = []
+        seen = set()
+        for c in configs:
+            k = self.key(c)
+            if k not in self._known and k not in seen:
+                seen.add(k)
+                todo.append(c)
+        if todo:
+            from tqdm.auto import tqdm
+
+            for c in tqdm(todo, desc=f"measure ({self.protocol.split})", disable=not self.progress or None):
+                if self.cache is not None and self.key(c) in self._known:
+                    continue
+                self.measure(c)
+        return np.array([self._known[self.key(c)] for c in configs], dtype=np.float64)
+
+    __call__ = predict
+
+
+def space_of(qnet: torch.nn.Module) -> Any:
+    """The search space a quantized supernet graph was built from (`space_info`, kept by `qc.trace`/`qc.quantize`)."""
+    info = getattr(qnet, "space_info", None)
+    if info is None:
+        raise ConfigError(
+            "qnet.space_info", None, "a supernet graph from qc.quantize(qc.trace(space.build_supernet()))",
+            "pass space=... explicitly for a model that does not record its space",
+        )
+    from qcompile.spaces import from_dict
+
+    return from_dict(info)
+
+
+def load_records(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[SubnetConfig], np.ndarray, list[dict]]:
+    """(space, configs, accuracies, records) of a JSONL cache; one record per distinct key (first wins)."""
+    recs = read_jsonl(path)
+    if not recs:
+        raise CheckpointError(f"{path}: no measurements (run `qcompile predictor collect RUN --out {path}`)")
+    spaces = {json.dumps(r.get("space"), sort_keys=True) for r in recs}
+    if len(spaces) != 1:
+        raise ConfigError(f"{path}: space", sorted(spaces), "records of one space only")
+    if space is None:
+        from qcompile.spaces import from_dict
+
+        space = from_dict(recs[0]["space"])
+    elif space.to_dict() != recs[0]["space"]:
+        raise ConfigError(f"{path}: space", recs[0]["space"], f"this space {space.to_dict()}")
+    seen, keep = set(), []
+    for r in recs:
+        if r["key"] not in seen:
+            seen.add(r["key"])
+            keep.append(r)
+    cfgs = [SubnetConfig.from_dict(r["config"]) for r in keep]
+    return space, cfgs, np.array([float(r["accuracy"]) for r in keep]), keep
+
+
+__all__ = ["SupernetEvaluator", "EvalProtocol", "canonical", "config_hash", "model_fingerprint",
+           "read_jsonl", "append_jsonl", "load_records", "space_of"]

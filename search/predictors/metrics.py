@@ -1,0 +1,71 @@
+"""Ranking metrics of accuracy predictors: Kendall tau, pairwise accuracy, RMSE.
+
+APQ (Sec. 4.2) and BatchQuant/QFA (Sec. 4) judge predictors by how well they *rank* subnets, since
+search only compares candidates: pairwise accuracy is the fraction of pairs ordered the same way by
+prediction and measurement (APQ reports 85 %), Kendall tau the normalised difference of concordant
+and discordant pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from qcompile.errors import ConfigError
+
+
+def _pair(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ConfigError(what, f"lengths {x.shape[0]} and {y.shape[0]}", "two sequences of equal length")
+    if x.shape[0] < 2:
+        raise ConfigError(what, f"{x.shape[0]} values", "at least 2 values to compare pairs")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ConfigError(what, "non-finite values", "finite numbers")
+    return x, y
+
+
+def _pair_signs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signs of x_i - x_j and y_i - y_j over the pairs i < j (O(n^2) memory; n is at most a few thousand)."""
+    iu = np.triu_indices(x.shape[0], k=1)
+    return np.sign(x[:, None] - x[None, :])[iu], np.sign(y[:, None] - y[None, :])[iu]
+
+
+def kendall_tau(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Kendall's tau-b between two score vectors (ties handled as in `scipy.stats.kendalltau`).
+
+    tau_b = (C - D) / sqrt((n0 - t_a) (n0 - t_b)), with n0 the number of pairs and t_a, t_b the pairs
+    tied in `a` resp. `b`. Returns 0.0 when either side is constant (no ordering to agree with),
+    where scipy returns NaN.
+    """
+    x, y = _pair(a, b, "kendall_tau(a, b)")
+    sx, sy = _pair_signs(x, y)
+    s = float(np.sum(sx * sy))
+    denom = float(np.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy))))
+    return float(np.clip(s / denom, -1.0, 1.0)) if denom > 0 else 0.0
+
+
+def pairwise_accuracy(pred_values: Sequence[float] | np.ndarray, true_values: Sequence[float] | np.ndarray) -> float:
+    """Fraction of pairs (i, j) with distinct true values that the predictions order the same way (APQ).
+
+    Pairs tied in `true_values` are left out (no order to get right); a pair tied in the prediction
+    but not in the truth counts half (a coin flip would order it). Returns 1.0 if every true value is equal.
+    """
+    p, t = _pair(pred_values, true_values, "pairwise_accuracy(pred_values, true_values)")
+    sp, st = _pair_signs(p, t)
+    keep = st != 0
+    if not np.any(keep):
+        return 1.0
+    agree = sp[keep] * st[keep]
+    return float((np.count_nonzero(agree > 0) + 0.5 * np.count_nonzero(agree == 0)) / np.count_nonzero(keep))
+
+
+def rmse(pred_values: Sequence[float] | np.ndarray, true_values: Sequence[float] | np.ndarray) -> float:
+    """Root mean squared error, in the values' own units."""
+    p, t = _pair(pred_values, true_values, "rmse(pred_values, true_values)")
+    return float(np.sqrt(np.mean((p - t) ** 2)))
+
+
+__all__ = ["kendall_tau", "pairwise_accuracy", "rmse"]

@@ -1,0 +1,125 @@
+"""SupernetEvaluator: measured accuracy equals an independent evaluation, JSONL cache reuse, canonical keys,
+and `qcompile predictor collect` sharded over 2 local processes, resumed, then `fit`."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qcompile.search as qs
+from qcompile import ConfigError
+from qcompile.search.predictors.measured import config_hash, read_jsonl
+from qcompile.train.evaluate import evaluate_subnets
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_measures_val_split_and_caches(tspace, tqnet, tdigits, tmp_path):
+    cache = tmp_path / "acc.jsonl"
+    cfgs = [tspace.sample(seed=i, bits=(2, 3, 4)) for i in range(3)]
+    ev = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, batch_size=32, cache=cache, progress=False)
+    got = ev.predict(cfgs)
+    ref = evaluate_subnets(tqnet, tspace, tdigits, cfgs, calib_batches=1, split="val", batch_size=32, seed=1)
+    assert isinstance(got, np.ndarray) and np.allclose(got, ref)
+    assert ev.n_measured == 3 and len(read_jsonl(cache)) == 3
+    # a new evaluator (another run) reuses the file: nothing is measured again
+    ev2 = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, batch_size=32, cache=cache, progress=False)
+    assert np.array_equal(ev2.predict(cfgs[::-1]), got[::-1]) and ev2.n_measured == 0
+    # another protocol (calibration seed) is another key
+    ev3 = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, batch_size=32, calib_seed=2, cache=cache,
+                               progress=False)
+    ev3.predict(cfgs[:1])
+    assert ev3.n_measured == 1 and len(read_jsonl(cache)) == 4
+    # usable as an objective's function
+    acc = qs.Objective("accuracy", ev2.predict, direction="max")
+    assert np.array_equal(acc(cfgs), got)
+
+
+def test_canonical_configs_share_one_measurement(tspace, tqnet, tdigits, tmp_path):
+    cfg = tspace.smallest(bits=3)  # depth 1 everywhere: the second block of each stage is skipped
+    k = list(cfg.kernels)
+    k[1] = 5 if k[1] == 3 else 3  # change a skipped block's kernel
+    twin = replace(cfg, kernels=tuple(k))
+    assert twin != cfg and config_hash(tspace, twin) == config_hash(tspace, cfg)
+    ev = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, cache=tmp_path / "c.jsonl", progress=False)
+    a, b = ev.predict([cfg, twin])
+    assert a == b and ev.n_measured == 1
+
+
+def test_torn_line_is_skipped(tspace, tqnet, tdigits, tmp_path):
+    cache = tmp_path / "acc.jsonl"
+    ev = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, cache=cache, progress=False)
+    ev.predict([tspace.smallest(bits=2)])
+    with open(cache, "a") as f:
+        f.write('{"key": "abc", "accur')  # a writer killed mid-line
+    assert len(read_jsonl(cache)) == 1
+    ev2 = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, cache=cache, progress=False)
+    ev2.predict([tspace.smallest(bits=2)])
+    assert ev2.n_measured == 0
+
+
+def test_bad_input(tspace, tqnet, tdigits):
+    with pytest.raises(ConfigError, match="split"):
+        qs.SupernetEvaluator(tqnet, tdigits, split="holdout")
+    with pytest.raises(ConfigError, match="data"):
+        qs.SupernetEvaluator(tqnet)
+    with pytest.raises(ConfigError, match="source"):
+        qs.SupernetEvaluator(42, tdigits)
+
+
+def make_run(space, qnet, out: Path) -> Path:
+    from qcompile.artifacts import write_run
+    from qcompile.train.checkpoint import save_checkpoint
+
+    write_run(out, space, {"weight_bits": [2, 3, 4, 8, 32], "act_bits": [2, 3, 4, 8, 32]}, {"data": "digits"})
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in qnet.state_dict().items()}
+    save_checkpoint(out / "checkpoints", tensors, {"space": space.to_dict()}, step=0)
+    return out
+
+
+def cli(*args):
+    return [sys.executable, "-m", "qcompile.cli", *args]
+
+
+@pytest.mark.slow
+def test_collect_two_processes_resume_and_fit(tspace, tqnet, tmp_path, capsys, caplog):
+    run = make_run(tspace, tqnet, tmp_path / "run")
+    out = tmp_path / "acc.jsonl"
+    common = ["predictor", "collect", str(run), "--n", "6", "--out", str(out), "--calib-batches", "1",
+              "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    # rank 0 by flags, rank 1 by torchrun's environment variables
+    p0 = subprocess.Popen(cli(*common, "--rank", "0", "--world-size", "2"), cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p1 = subprocess.Popen(cli(*common), cwd=ROOT, env={**env, "RANK": "1", "WORLD_SIZE": "2"},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    o0, o1 = p0.communicate(timeout=600)[0], p1.communicate(timeout=600)[0]
+    assert p0.returncode == 0, o0
+    assert p1.returncode == 0, o1
+    assert "rank 0/2: 3 configs" in o0 and "rank 1/2: 3 configs" in o1
+    recs = read_jsonl(out)
+    assert len(recs) == 6 and len({r["key"] for r in recs}) == 6  # each config measured once, by one rank
+    # resume (in this process): a single rank over the same configs measures nothing
+    from qcompile.cli import main
+
+    with caplog.at_level("INFO", logger="qcompile"):
+        assert main([*common, "--world-size", "1", "--rank", "0"]) == 0
+    assert "6 cached, 0 to measure" in caplog.text
+    assert len(read_jsonl(out)) == 6
+    assert main(["predictor", "fit", str(out), "--out", str(tmp_path / "pred"), "--epochs", "5",
+                 "--hidden", "8,8,8", "--holdout", "0.34"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out Kendall tau" in text and "pairwise" in text
+    pred = qs.AccuracyPredictor.load(tmp_path / "pred", space=tspace)
+    assert pred.report["n_holdout"] == 2
+    json.dumps(pred.report)
+    assert main(["predictor", "collect", str(run), "--n", "2", "--out", str(out), "--rank", "2",
+                 "--world-size", "2"]) == 2
+    assert "--rank" in capsys.readouterr().err

@@ -1,0 +1,16 @@
+"""Search algorithms, one per module; each returns a `SearchResult` (ARCHITECTURE.md "Public API, second part")."""
+
+from qcompile.search.algorithms.coarse_to_fine import CoarseToFineOptions, coarse_to_fine
+from qcompile.search.algorithms.evolution import EvolutionOptions, evolution
+from qcompile.search.algorithms.nsga2 import NSGA2Options, nsga2
+from qcompile.search.algorithms.random_search import random_search
+
+__all__ = [
+    "nsga2",
+    "random_search",
+    "evolution",
+    "coarse_to_fine",
+    "NSGA2Options",
+    "EvolutionOptions",
+    "CoarseToFineOptions",
+]

@@ -5,7 +5,15 @@ ARCHITECTURE.md "Public API, second part": `qs.nsga2`, `qs.random_search`, `qs.e
 """
 
 from qcompile.search import cost, objectives
-from qcompile.search.algorithms import coarse_to_fine, evolution, nsga2, random_search
+from qcompile.search.algorithms import (
+    CoarseToFineOptions,
+    EvolutionOptions,
+    NSGA2Options,
+    coarse_to_fine,
+    evolution,
+    nsga2,
+    random_search,
+)
 from qcompile.search.objectives import Objective
 from qcompile.search.result import SearchResult
 
@@ -18,4 +26,7 @@ __all__ = [
     "random_search",
     "evolution",
     "coarse_to_fine",
+    "NSGA2Options",
+    "EvolutionOptions",
+    "CoarseToFineOptions",
 ]

@@ -7,6 +7,7 @@ accuracy, not negated; algorithms that minimise convert internally with `Objecti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -65,8 +66,14 @@ def _cost_objective(space, name: str, field: str, unit: str, fixed: dict[str, in
     if not hasattr(space, "layers"):
         raise ConfigError(f"objectives.{name}(space)", type(space).__name__, "a search space (qc.spaces.*)")
 
+    fixed_items = tuple(sorted((fixed or {}).items()))
+
+    @functools.lru_cache(maxsize=1 << 16)
+    def one(cfg: SubnetConfig) -> float:  # configs are frozen: a search re-asks for parents often
+        return float(getattr(cost_report(space, cfg, dict(fixed_items)), field))
+
     def fn(configs: Sequence[SubnetConfig]) -> np.ndarray:
-        return np.array([float(getattr(cost_report(space, c, fixed), field)) for c in configs], dtype=np.float64)
+        return np.array([one(c) for c in configs], dtype=np.float64)
 
     return Objective(name, fn, "min", unit)
 

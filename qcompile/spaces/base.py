@@ -292,7 +292,8 @@ class StagedSpace:
         active = self._active_block_slots(cfg)
         if all(active):
             return cfg
-        first = {(g.field, g.index): g.choices[0] for g in self.genes() if g.field in ("kernels", "expands", "channels")}
+        elastic = ("kernels", "expands", "channels")
+        first = {(g.field, g.index): g.choices[0] for g in self.genes() if g.field in elastic}
         changes: dict[str, Any] = {}
         for fname in ("kernels", "expands", "channels"):
             seq = getattr(cfg, fname)

@@ -82,7 +82,9 @@ class Genome:
     def random(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.integers(0, self.upper + 1, size=(n, self.n_var))
 
-    def mutate(self, x: np.ndarray, rng: np.random.Generator, prob: float, genes: np.ndarray | None = None) -> np.ndarray:
+    def mutate(
+        self, x: np.ndarray, rng: np.random.Generator, prob: float, genes: np.ndarray | None = None
+    ) -> np.ndarray:
         """Resample each gene (of `genes`, default all) with probability `prob` to another of its choices."""
         y = np.array(x, dtype=np.int64)
         mask = rng.random(self.n_var) < prob

@@ -122,10 +122,10 @@ def evolution(
         children: list = []
         taken = set(parents)
 
-        def mutant():
+        def mutant(px=px):
             return genome.decode(genome.mutate(px[int(rng.integers(len(px)))], rng, opts.mutation_prob))
 
-        def cross():
+        def cross(px=px):
             a, b = rng.integers(len(px), size=2)
             return genome.decode(genome.crossover(px[int(a)], px[int(b)], rng))
 

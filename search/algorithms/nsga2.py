@@ -119,7 +119,8 @@ def nsga2(
     cons = check_constraints(constraints)
     unknown = sorted(set(options) - set(NSGA2Options.__dataclass_fields__))
     if unknown:
-        raise ConfigError(f"nsga2 option {unknown[0]!r}", options[unknown[0]], sorted(NSGA2Options.__dataclass_fields__))
+        allowed = sorted(NSGA2Options.__dataclass_fields__)
+        raise ConfigError(f"nsga2 option {unknown[0]!r}", options[unknown[0]], allowed)
     opts = NSGA2Options(**options)
     opts.check()
     opts = opts.resolved(int(n_evals), genome.n_var)

@@ -71,7 +71,7 @@ def test_pareto_matches_brute_force_and_constraints(space):
     assert res.best_index == best and G[best, 0] <= 0.5
     res_none = _result(space, F, G=G + 1.0, constraints=(ConstraintInfo("latency", "min", 0.5, "ms"),))
     with pytest.raises(ConfigError, match="best"):
-        res_none.best
+        _ = res_none.best
 
 
 def test_save_load_roundtrip(space, tmp_path):
@@ -80,7 +80,8 @@ def test_save_load_roundtrip(space, tmp_path):
     doc = json.loads((tmp_path / "s" / "search.json").read_text())
     assert len(doc["evaluations"]) == 5 and doc["seed"] == 0 and doc["ref_point"] is not None
     hv = [h["hypervolume"] for h in doc["hypervolume"]]
-    assert len(hv) == 3 and all(b >= a for a, b in itertools.pairwise(hv)) and hv[-1] == pytest.approx(res.hypervolume())
+    assert len(hv) == 3 and all(b >= a for a, b in itertools.pairwise(hv))
+    assert hv[-1] == pytest.approx(res.hypervolume())
     files = sorted((tmp_path / "s" / "pareto").glob("*.json"))
     assert [f.name for f in files] == [f"{k:03d}.json" for k in range(len(res.pareto))]
     assert [qc.SubnetConfig.from_json(f.read_text()) for f in files] == res.pareto

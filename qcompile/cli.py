@@ -309,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=8)
     s.set_defaults(fn=cmd_run)
 
+    from qcompile.search_run import add_parser as add_search_parser  # issue 23: `qcompile search`
+
+    add_search_parser(sub)
+
     s = sub.add_parser("demo", help="the whole pipeline on the embedded digits data; writes OUT/report.md")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")

@@ -62,7 +62,8 @@ class ConstraintInfo:
         return v <= self.limit if self.direction == "min" else v >= self.limit
 
     def __str__(self) -> str:
-        return f"{self.name}{'<=' if self.direction == 'min' else '>='}{self.limit:g}{self.unit}"
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.name}{'<=' if self.direction == 'min' else '>='}{self.limit:g}{unit}"
 
 
 def nondominated(Fmin: np.ndarray) -> np.ndarray:

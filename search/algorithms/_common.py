@@ -165,10 +165,7 @@ class Evaluator:
         self._gcache: dict[SubnetConfig, np.ndarray] = {}
         self.constraint_checks = 0
         self._bar = None
-        if progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.n_evals, desc=desc, unit="eval", leave=False)
+        self._progress, self._desc = progress, desc
 
     @property
     def remaining(self) -> int:
@@ -215,6 +212,10 @@ class Evaluator:
                 self.F.append(np.array([col[k] for col in cols]))
                 self.G.append(G[k])
                 self.gen.append(self.generation)
+            if self._progress and self._bar is None:  # created lazily: argument errors print no bar
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=self.n_evals, desc=self._desc, unit="eval", leave=False)
             if self._bar is not None:
                 self._bar.update(len(new))
         rows = [self.index[c] for c in cfgs[:take]]

@@ -29,7 +29,7 @@ from pymoo.operators.crossover.ux import UX
 from pymoo.problems.static import StaticProblem
 
 from qcompile.errors import ConfigError
-from qcompile.search.algorithms._common import Evaluator, Genome, check_common, check_constraints, log
+from qcompile.search.algorithms._common import Evaluator, Genome, check_common, check_constraints, check_reachable, log
 from qcompile.search.result import SearchResult
 
 
@@ -125,6 +125,7 @@ def nsga2(
     opts.check()
     opts = opts.resolved(int(n_evals), genome.n_var)
     ev = Evaluator(objectives, cons, n_evals, progress, desc="nsga2")
+    check_reachable(space, genome, ev)
     problem = SubnetProblem(genome, len(objectives), len(cons))
     algo = NSGA2(
         pop_size=opts.pop_size,

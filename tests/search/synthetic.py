@@ -13,7 +13,7 @@ from qcompile.search.cost import bitops
 
 
 class SyntheticPredictor:
-    def __init__(self, space, seed: int = 0, noise: float = 0.004) -> None:
+    def __init__(self, space, seed: int = 0, noise: float = 0.0015) -> None:
         self.space = space
         rng = np.random.default_rng(seed)
         self.w = rng.normal(0.0, noise, size=space.encoding_size())

@@ -245,30 +245,40 @@ class Evaluator:
         )
 
 
-def favourable_extreme(space, genome: Genome, objective: Objective) -> SubnetConfig:
-    """The config expected to be best on `objective`: smallest at the lowest bits for "min", else largest."""
-    if objective.direction == "min":
-        b = None if genome.bits is None else min(genome.bits)
-        return space.canonical(space.smallest(bits=b))
-    b = None if genome.bits is None else max(genome.bits)
-    return space.canonical(space.largest(bits=b))
+def _satisfied(values: np.ndarray, obj: Objective, limit: float) -> np.ndarray:
+    return values <= limit if obj.direction == "min" else values >= limit
 
 
-def check_reachable(space, genome: Genome, ev: Evaluator) -> list[SubnetConfig]:
-    """Raise `ConfigError` when even the favourable extreme of a constraint misses it; return the extremes."""
-    extremes = []
+def check_reachable(space, genome: Genome, ev: Evaluator, draws: int = 200) -> list[SubnetConfig]:
+    """Feasible seed configs; `ConfigError` when a constraint is unreachable (bounded tries).
+
+    Candidates: the smallest and the largest subnet at each allowed bit-width. A constraint none of
+    them meets gets `draws` random configs more; if none meets it either, the constraint is taken as
+    unreachable (e.g. a latency limit below the smallest subnet's) and `ConfigError` names the best
+    value seen. Returns the candidates that meet every constraint (possibly none).
+    """
+    if not ev.constraints:
+        return []
+    levels = [None] if genome.bits is None else sorted(genome.bits)
+    cands = [space.canonical(space.smallest(bits=b)) for b in levels]
+    cands += [space.canonical(space.largest(bits=b)) for b in reversed(levels)]
     for j, (obj, limit) in enumerate(ev.constraints):
-        cfg = favourable_extreme(space, genome, obj)
-        v = float(ev.constraint_values([cfg])[0, j])
-        ok = v <= limit if obj.direction == "min" else v >= limit
-        if not ok:
-            op = "<=" if obj.direction == "min" else ">="
-            which = "smallest" if obj.direction == "min" else "largest"
-            bound = "at least" if obj.direction == "min" else "at most"
-            raise ConfigError(
-                "constraints", f"{obj.name}{op}{limit:g}",
-                f"a limit {bound} {v:g} {obj.unit}".rstrip(),
-                f"unreachable: even the {which} subnet at bits {genome.bits} gives {obj.name}={v:g}",
-            )
-        extremes.append(cfg)
-    return extremes
+        if _satisfied(ev.constraint_values(cands)[:, j], obj, limit).any():
+            continue
+        rng = np.random.default_rng(12345 + j)
+        extra = [genome.decode(x) for x in genome.random(rng, draws)]
+        v = ev.constraint_values(extra)[:, j]
+        ok = _satisfied(v, obj, limit)
+        if ok.any():
+            cands += [c for c, k in zip(extra, ok) if k]
+            continue
+        seen = np.concatenate([ev.constraint_values(cands)[:, j], v])
+        best = float(seen.min() if obj.direction == "min" else seen.max())
+        op = "<=" if obj.direction == "min" else ">="
+        bound = "at least" if obj.direction == "min" else "at most"
+        raise ConfigError(
+            "constraints", f"{obj.name}{op}{limit:g}", f"a limit {bound} {best:g} {obj.unit}".rstrip(),
+            f"unreachable: the smallest and largest subnets at bits {genome.bits} and {draws} random ones "
+            f"give {obj.name} {'>=' if obj.direction == 'min' else '<='} {best:g}",
+        )
+    return [c for c, k in zip(cands, ev.feasible(cands)) if k]

@@ -2,9 +2,9 @@
 
 Every candidate meets every constraint before it costs an evaluation: random, mutated and crossed
 candidates that violate one are redrawn, at most `max_tries` times per slot (APQ, OFA and SpaceEvo
-loop `while True`; here the loop is bounded). If even the favourable extreme (the smallest subnet at
-the lowest bits for a "min" constraint) misses a limit, `ConfigError` is raised before searching;
-if random draws find no feasible candidate, the feasible extremes seed the population.
+loop `while True`; here the loop is bounded). If neither the smallest nor the largest subnet at any
+allowed bit-width nor 200 random ones meet a limit, `ConfigError` is raised before searching; if
+random draws find no feasible candidate, the feasible extremes seed the population.
 `res.best` is the best feasible config found on the (first) objective.
 """
 
@@ -106,6 +106,9 @@ def evolution(
         log.warning("evolution: no random candidate in %d draws meets %s; seeding with the extreme subnets",
                     opts.max_tries, ", ".join(f"{o.name}<>{lim:g}" for o, lim in cons))
         pop = list(dict.fromkeys(extremes))
+    if not pop:
+        raise ConfigError("constraints", ", ".join(f"{o.name} limit {lim:g}" for o, lim in cons),
+                          "constraints some subnet meets together (none found in bounded random draws)")
     gen = 0
     max_gen = 10 * int(n_evals) + 10
     while gen < max_gen:

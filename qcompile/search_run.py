@@ -141,6 +141,37 @@ def _command_line(args) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def _greedy_bits(args, space, objectives, constraints):
+    """Retraining-free greedy bits (Eq. 9) on one architecture: a one-config `SearchResult`."""
+    from itertools import islice
+
+    import qcompile.search as qs
+    from qcompile.artifacts import load_run
+    from qcompile.config import SubnetConfig
+    from qcompile.data import load_dataset
+    from qcompile.search.algorithms._common import Evaluator
+
+    fn = getattr(qs, "greedy_bits", None)
+    if fn is None:
+        raise ConfigError("--algorithm", "greedy-bits", "nsga2, evolution, random or coarse-to-fine "
+                          "(qs.greedy_bits is not in this build yet)")
+    budgets = [(o, lim) for o, lim in constraints if o.direction == "min"]
+    if not budgets:
+        raise ConfigError("--constraint", None, "a cost budget for greedy-bits, e.g. bitops<=2e7")
+    cost, budget = budgets[0]
+    space, qnet, doc = load_run(args.run)
+    arch = space.validate(SubnetConfig.load(args.arch)) if args.arch else space.largest()
+    data = load_dataset(doc.get("data", "digits") if isinstance(doc.get("data"), str) else "digits",
+                        resolution=arch.resolution, in_channels=space.in_channels)
+    batches = list(islice(data.train.loader(64, shuffle=True, seed=args.seed, resolution=arch.resolution), 8))
+    cfg = fn(qnet, arch, batches, budget=budget, cost=cost, bits=args.bits)
+    ev = Evaluator(objectives, constraints, 1)
+    ev.evaluate([cfg])
+    return ev.result("greedy-bits", args.seed, {"bits": list(args.bits), "arch": arch.to_dict(),
+                                                 "budget": {cost.name: budget}, "batches": len(batches)},
+                     space)
+
+
 def cmd_search(args) -> int:
     import qcompile.search as qs
 
@@ -172,9 +203,8 @@ def cmd_search(args) -> int:
     elif alg == "evolution":
         opts = {} if args.pop_size is None else {"population": args.pop_size, "parents": max(1, args.pop_size // 4)}
         res = qs.evolution(space, objectives, constraints=constraints, **common, **opts)
-    else:  # greedy-bits needs the trained supernet and data: see qs.greedy_bits
-        raise ConfigError("--algorithm", alg, "nsga2, evolution, random or coarse-to-fine from this command "
-                          "(greedy-bits: call qs.greedy_bits(qnet, arch_cfg, batches, budget, cost))")
+    else:
+        res = _greedy_bits(args, space, objectives, constraints)
     res.command = _command_line(args)
     out = res.save(args.out)
     best = res.best
@@ -201,6 +231,7 @@ def add_parser(sub) -> None:
     s.add_argument("--evals", type=int, default=2000, help="hard cap on objective evaluations")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--bits", type=_ints, default=(2, 3, 4), help="bit choices of the policy, e.g. 2,3,4")
+    s.add_argument("--arch", default=None, help="greedy-bits: architecture JSON (default: the largest)")
     s.add_argument("--pop-size", type=int, default=None, help="population (default suits --evals)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--out", required=True, help="output directory (search.json, pareto/, pareto.png)")

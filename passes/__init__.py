@@ -7,11 +7,12 @@ from qcompile.passes.infra import (
     PassResult,
     PrintAfter,
     get_pass,
+    load_pass_module,
     parse_pipeline,
     pipeline_string,
     register,
     registered,
 )
 
-__all__ = ["Pass", "PassInstrument", "PassManager", "PassResult", "PrintAfter", "get_pass", "parse_pipeline",
-           "pipeline_string", "register", "registered"]
+__all__ = ["Pass", "PassInstrument", "PassManager", "PassResult", "PrintAfter", "get_pass", "load_pass_module",
+           "parse_pipeline", "pipeline_string", "register", "registered"]

@@ -8,7 +8,7 @@ a range `[lo, hi]` from its op's definition, propagated in program order.
   range over the reachable indices; `flatten` keeps the range.
 - accumulators (`conv2d`, `linear`), per output channel `c` with `K` taps and input codes in `[l, h]`
   (the padding code included):
-    * `bound="bits"` (default, the issue's rule: it holds for *any* weights of that bit-width):
+    * `bound="bits"` (default: it holds for *any* weights of that bit-width):
       `|acc_c - bias_c| <= K 2^(b_w - 1) max(|l|, |h|)`.
     * `bound="weights"` (exact for these weights): `acc_c in [P_c l + N_c h, P_c h + N_c l] + bias_c`
       with `P_c` / `N_c` the sums of the positive / negative codes of channel `c`.

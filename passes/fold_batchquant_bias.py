@@ -39,6 +39,7 @@ from torch import fx, nn
 from qcompile.errors import LoweringError
 from qcompile.lowering.modules import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
 from qcompile.lowering.patterns import get_module, is_act_quantizer, set_module, source_through_shape_ops
+from qcompile.nn.padding import pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 
 __all__ = ["FoldBatchQuantBias", "InputQuant", "eq6_fold", "fold_batchquant_bias", "input_quantizer_params"]
@@ -147,7 +148,7 @@ def _fold_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
         new: nn.Module = AccConv2d(w, acc_scale, bias_acc, stride=mod.stride, padding=mod.padding,
                                    dilation=mod.dilation, groups=mod.groups, **common)
         # the fake-quant conv padded with the quantizer's zero code (zero_code_conv2d): padding is exact
-        new.pads_with_zero_code = mod.__dict__.get("_input_quant") is get_module(gm, src.target)
+        new.pads_with_zero_code = pad_quantizer(mod) is get_module(gm, src.target)
     else:
         new = AccLinear(w, acc_scale, bias_acc, **common)
     set_module(gm, node.target, new)

@@ -23,6 +23,7 @@ from torch import fx, nn
 from qcompile.errors import LoweringError
 from qcompile.lowering.modules import FoldedQConv2d, weight_bits_of
 from qcompile.lowering.patterns import get_module, set_module
+from qcompile.nn.padding import link_pad_quantizer, pad_quantizer
 from qcompile.nn.static import QConv2d
 from qcompile.passes.infra import Pass, PassResult, register
 
@@ -52,11 +53,10 @@ def _folded_module(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str) -> nn.Conv2d
     c = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros_like(a)
     new_bias = a * c + b
     dtype = conv.weight.dtype
-    link = conv.__dict__.get("_input_quant")  # zero-code padding (qcompile.nn.static.zero_code_conv2d)
+    link = pad_quantizer(conv)  # the folded conv pads like the original (qcompile.nn.padding)
     if weight_bits_of(conv) < 32:
         folded = FoldedQConv2d(conv, a.to(dtype), new_bias.to(dtype))  # type: ignore[arg-type]
-        if link is not None:
-            object.__setattr__(folded, "_input_quant", link)
+        link_pad_quantizer(folded, link)
         return folded
     out = QConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
@@ -65,8 +65,7 @@ def _folded_module(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str) -> nn.Conv2d
         w = conv.weight.detach().to(torch.float64) * a.reshape(-1, 1, 1, 1)
         out.weight.copy_(w.to(dtype))
         out.bias.copy_(new_bias.to(dtype))
-    if link is not None:
-        object.__setattr__(out, "_input_quant", link)
+    link_pad_quantizer(out, link)
     return out
 
 

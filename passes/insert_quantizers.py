@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx
@@ -23,8 +24,10 @@ from torch import fx
 from qcompile.config import FLOAT_BITS, SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.nn.elastic import ElasticConv2d, ElasticLinear, QuantPoint
+from qcompile.nn.padding import link_pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import LSQ, make_act_quant
+from qcompile.quant.factory import ACT_QUANTIZERS
 from qcompile.quant.functional import SUPPORTED_BITS
 
 QUANT_POINT_KINDS = ("pre_act", "residual_in", "block_out", "se_in", "se_gate", "pool_in")
@@ -64,114 +67,132 @@ def _set_module(gm: fx.GraphModule, target: str, module: torch.nn.Module) -> Non
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
+@register
+@dataclass(frozen=True)
+class InsertQuantizers(Pass):
+    """Insert elastic quantizers (the module doc); the fields are every option of `qc.quantize`.
+
+    Pipeline form: `insert-quantizers{weight_bits=2,3,4 act_bits=2,3,4,8 per_channel=true}`. The
+    graph given to `run` is not modified: the result is a quantized copy carrying
+    `quantize_options` (these fields) for `qcompile.artifacts`.
+    """
+
+    name = "insert-quantizers"
+    weight_bits: tuple[int, ...] = (2, 3, 4, 8, 32)
+    act_bits: tuple[int, ...] = (2, 3, 4, 8, 32)
+    first_layer: int = FLOAT_BITS
+    last_layer: int = 8
+    head_layers: int = 8
+    se_layers: int = FLOAT_BITS
+    residual_bits: int = 8
+    act_quant: str = "batchquant"
+    estimator: str = "channel_mean"
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        for f in ("weight_bits", "act_bits"):
+            v = getattr(self, f)
+            bits = (v,) if isinstance(v, int) else tuple(v)
+            object.__setattr__(self, f, tuple(int(b) for b in bits))
+            _quantized_choices(f, self.__dict__[f])
+        for f in ("first_layer", "last_layer", "head_layers", "se_layers", "residual_bits"):
+            object.__setattr__(self, f, _fixed(f, getattr(self, f)))
+        if self.act_quant not in ACT_QUANTIZERS:
+            raise ConfigError("act_quant", self.act_quant, tuple(ACT_QUANTIZERS))
+
+    def run(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(self._quantize(gm), True)
+
+    def _quantize(self, gm: fx.GraphModule) -> fx.GraphModule:
+        weight_bits, act_bits = self.weight_bits, self.act_bits
+        first_layer, last_layer, head_layers = self.first_layer, self.last_layer, self.head_layers
+        se_layers, residual_bits, act_quant = self.se_layers, self.residual_bits, self.act_quant
+        estimator, per_channel = self.estimator, self.per_channel
+        wq_choices = _quantized_choices("weight_bits", weight_bits)
+        aq_choices = _quantized_choices("act_bits", act_bits)
+        fixed = {
+            "stem": _fixed("first_layer", first_layer),
+            "classifier": _fixed("last_layer", last_layer),
+            "head": _fixed("head_layers", head_layers),
+            "se": _fixed("se_layers", se_layers),
+        }
+        rb = _fixed("residual_bits", residual_bits)
+        qkw = {"estimator": estimator} if act_quant == "batchquant" else {}
+
+        def act_q(bits: tuple[int, ...]):
+            return make_act_quant(act_quant, bits, **qkw)
+
+        gm = copy.deepcopy(gm)
+        graph = gm.graph
+        for node in list(graph.nodes):
+            if node.op != "call_module":
+                continue
+            mod = gm.get_submodule(node.target)
+            if isinstance(mod, (ElasticConv2d, ElasticLinear)):
+                role = getattr(mod, "role", "block")
+                if role == "block" and mod.slot is None:
+                    role = "head"  # blocks of fixed stages (e.g. MobileNet's first block) are outside the policy
+                if role == "block":
+                    wbind, abind = PolicyBits(mod.slot, 0), PolicyBits(mod.slot, 1)
+                    wch, ach = wq_choices, aq_choices
+                else:
+                    b = fixed.get(role, FLOAT_BITS)
+                    if b == FLOAT_BITS:
+                        continue
+                    wbind, abind = PolicyBits(None, 0, b), PolicyBits(None, 1, b)
+                    wch, ach = (b,), (b,)
+                if not wch or not ach:
+                    continue
+                nout = mod.max_out if isinstance(mod, ElasticConv2d) else mod.out
+                wq = LSQ(wch, per_channel=per_channel, num_channels=nout if per_channel else None)
+                wq.qc_binding = wbind
+                wq.active_bits = FLOAT_BITS
+                mod.weight_quant = wq
+                aq = act_q(ach)
+                aq.qc_binding = abind
+                aq.active_bits = FLOAT_BITS
+                qname = node.target + "_input_quant"
+                gm.add_submodule(qname, aq)
+                with graph.inserting_before(node):
+                    qnode = graph.call_module(qname, (node.args[0],))
+                node.replace_input_with(node.args[0], qnode)
+                # padding uses the quantizer's zero code (padded_conv2d); a reference, not a submodule
+                link_pad_quantizer(mod, aq)
+            elif isinstance(mod, QuantPoint):
+                if mod.kind not in QUANT_POINT_KINDS:
+                    raise ConfigError(f"{node.target}.kind", mod.kind, QUANT_POINT_KINDS)
+                if rb == FLOAT_BITS:
+                    continue
+                aq = act_q((rb,))
+                aq.qc_binding = PolicyBits(None, 1, rb)
+                aq.active_bits = FLOAT_BITS
+                aq.quant_point = mod.kind
+                _set_module(gm, node.target, aq)
+        graph.lint()
+        gm.recompile()
+        gm.quantize_options = dict(
+            weight_bits=list(weight_bits),
+            act_bits=list(act_bits),
+            first_layer=first_layer,
+            last_layer=last_layer,
+            head_layers=head_layers,
+            se_layers=se_layers,
+            residual_bits=residual_bits,
+            act_quant=act_quant,
+            estimator=estimator,
+            per_channel=per_channel,
+        )
+        return gm
+
+
 def insert_quantizers(
     gm: fx.GraphModule,
     weight_bits: Sequence[int] = (2, 3, 4, 8, 32),
     act_bits: Sequence[int] = (2, 3, 4, 8, 32),
-    *,
-    first_layer: int = FLOAT_BITS,
-    last_layer: int = 8,
-    head_layers: int = 8,
-    se_layers: int = FLOAT_BITS,
-    residual_bits: int = 8,
-    act_quant: str = "batchquant",
-    estimator: str = "channel_mean",
-    per_channel: bool = False,
+    **options: Any,
 ) -> fx.GraphModule:
-    """Return a quantized copy of the traced supernet `gm` (the input is not modified)."""
-    wq_choices = _quantized_choices("weight_bits", weight_bits)
-    aq_choices = _quantized_choices("act_bits", act_bits)
-    fixed = {
-        "stem": _fixed("first_layer", first_layer),
-        "classifier": _fixed("last_layer", last_layer),
-        "head": _fixed("head_layers", head_layers),
-        "se": _fixed("se_layers", se_layers),
-    }
-    rb = _fixed("residual_bits", residual_bits)
-    qkw = {"estimator": estimator} if act_quant == "batchquant" else {}
+    """Return a quantized copy of the traced supernet `gm` (the input is not modified).
 
-    def act_q(bits: tuple[int, ...]):
-        return make_act_quant(act_quant, bits, **qkw)
-
-    gm = copy.deepcopy(gm)
-    graph = gm.graph
-    for node in list(graph.nodes):
-        if node.op != "call_module":
-            continue
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, (ElasticConv2d, ElasticLinear)):
-            role = getattr(mod, "role", "block")
-            if role == "block" and mod.slot is None:
-                role = "head"  # blocks of fixed stages (e.g. MobileNet's first block) are outside the policy
-            if role == "block":
-                wbind, abind = PolicyBits(mod.slot, 0), PolicyBits(mod.slot, 1)
-                wch, ach = wq_choices, aq_choices
-            else:
-                b = fixed.get(role, FLOAT_BITS)
-                if b == FLOAT_BITS:
-                    continue
-                wbind, abind = PolicyBits(None, 0, b), PolicyBits(None, 1, b)
-                wch, ach = (b,), (b,)
-            if not wch or not ach:
-                continue
-            nout = mod.max_out if isinstance(mod, ElasticConv2d) else mod.out
-            wq = LSQ(wch, per_channel=per_channel, num_channels=nout if per_channel else None)
-            wq.qc_binding = wbind
-            wq.active_bits = FLOAT_BITS
-            mod.weight_quant = wq
-            aq = act_q(ach)
-            aq.qc_binding = abind
-            aq.active_bits = FLOAT_BITS
-            qname = node.target + "_input_quant"
-            gm.add_submodule(qname, aq)
-            with graph.inserting_before(node):
-                qnode = graph.call_module(qname, (node.args[0],))
-            node.replace_input_with(node.args[0], qnode)
-            # padding uses the quantizer's zero code (padded_conv2d); a reference, not a submodule
-            object.__setattr__(mod, "_input_quant", aq)
-        elif isinstance(mod, QuantPoint):
-            if mod.kind not in QUANT_POINT_KINDS:
-                raise ConfigError(f"{node.target}.kind", mod.kind, QUANT_POINT_KINDS)
-            if rb == FLOAT_BITS:
-                continue
-            aq = act_q((rb,))
-            aq.qc_binding = PolicyBits(None, 1, rb)
-            aq.active_bits = FLOAT_BITS
-            aq.quant_point = mod.kind
-            _set_module(gm, node.target, aq)
-    graph.lint()
-    gm.recompile()
-    gm.quantize_options = dict(
-        weight_bits=list(weight_bits),
-        act_bits=list(act_bits),
-        first_layer=first_layer,
-        last_layer=last_layer,
-        head_layers=head_layers,
-        se_layers=se_layers,
-        residual_bits=residual_bits,
-        act_quant=act_quant,
-        estimator=estimator,
-        per_channel=per_channel,
-    )
-    return gm
-
-
-@register
-@dataclass(frozen=True)
-class InsertQuantizers(Pass):
-    """Pipeline form of `insert_quantizers` (bits as `2-3-4-8`)."""
-
-    name = "insert-quantizers"
-    weight_bits: str = "2-3-4-8-32"
-    act_bits: str = "2-3-4-8-32"
-    first_layer: int = FLOAT_BITS
-    last_layer: int = 8
-    act_quant: str = "batchquant"
-
-    def run(self, gm: fx.GraphModule) -> PassResult:
-        wb = tuple(int(b) for b in str(self.weight_bits).split("-"))
-        ab = tuple(int(b) for b in str(self.act_bits).split("-"))
-        out = insert_quantizers(
-            gm, wb, ab, first_layer=self.first_layer, last_layer=self.last_layer, act_quant=self.act_quant
-        )
-        return PassResult(out, True)
+    The function form of `InsertQuantizers`; `options` are its other fields.
+    """
+    return InsertQuantizers(tuple(weight_bits), tuple(act_bits), **options).run(gm).graph_module

@@ -20,7 +20,7 @@ from qcompile.config import FLOAT_BITS, SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.fx.tracer import set_active
 from qcompile.nn.elastic import DepthGate, ElasticBatchNorm2d, ElasticConv2d, ElasticLinear, QuantPoint
-from qcompile.nn.static import QConv2d, QLinear
+from qcompile.nn.static import QConv2d, QLinear, link_pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import ActQuantizer
 
@@ -106,14 +106,46 @@ def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> d
     return rec.in_shapes
 
 
+def _active_state(gm: nn.Module) -> list[tuple[nn.Module, dict]]:
+    """The `active*` attributes (active kernel, width, depth gate, bits) of every elastic module."""
+    out = []
+    for m in gm.modules():
+        if callable(getattr(m, "apply_config", None)) or getattr(m, "qc_binding", None) is not None:
+            out.append((m, {k: v for k, v in vars(m).items() if k.startswith("active")}))
+    return out
+
+
 def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None = None) -> fx.GraphModule:
-    """Static GraphModule of subnet `cfg` of supernet graph `gm` (float or quantized)."""
+    """Static GraphModule of subnet `cfg` of supernet graph `gm` (float or quantized).
+
+    `gm`'s active subnet is restored afterwards. The result records `cfg` and its input shape
+    `(1, in_channels, r, r)` in `sub.meta["subnet_config"]` / `sub.meta["input_shape"]` (read by
+    `lower-to-integer`) and keeps `sub.subnet_config`.
+    """
     if not isinstance(gm, fx.GraphModule):
         raise ConfigError("graph", type(gm).__name__, "a traced supernet (qcompile.trace / qcompile.quantize)")
     if in_channels is None:
         info = getattr(gm, "space_info", None)
         in_channels = info["args"].get("in_channels", 3) if info else 3
-    set_active(gm, cfg)
+    saved = _active_state(gm)
+    try:
+        set_active(gm, cfg)
+        sub = _slice(gm, cfg, in_channels)
+    finally:
+        for m, state in saved:
+            for k in [k for k in vars(m) if k.startswith("active") and k not in state]:
+                delattr(m, k)
+            m.__dict__.update(state)
+    sub.subnet_config = cfg
+    sub.meta["subnet_config"] = cfg
+    sub.meta["input_shape"] = (1, int(in_channels), int(cfg.resolution), int(cfg.resolution))
+    if hasattr(gm, "space_info"):
+        sub.space_info = dict(gm.space_info)
+    sub.train(gm.training)
+    return sub
+
+
+def _slice(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> fx.GraphModule:
     in_shapes = _record_shapes(gm, cfg, in_channels)
 
     root = nn.Module()
@@ -139,7 +171,7 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
                 new = _static_conv(mod, shape[1])
                 src = env[node.args[0]]
                 if src.op == "call_module" and isinstance(getattr(root, src.target), ActQuantizer):
-                    object.__setattr__(new, "_input_quant", getattr(root, src.target))  # zero-code padding
+                    link_pad_quantizer(new, getattr(root, src.target))
             elif isinstance(mod, ElasticBatchNorm2d):
                 new = _static_bn(mod, shape[1])
             elif isinstance(mod, ElasticLinear):
@@ -161,10 +193,6 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
     sub.graph.lint()
     sub.delete_all_unused_submodules()
     sub.recompile()
-    sub.subnet_config = cfg
-    if hasattr(gm, "space_info"):
-        sub.space_info = dict(gm.space_info)
-    sub.train(gm.training)
     return sub
 
 

@@ -1,9 +1,10 @@
-"""to-integer: lower a calibrated fake-quant subnet to an `IntegerGraph` over `qcompile.ops`.
+"""lower-to-integer: lower a folded fake-quant subnet to an `IntegerGraph` over `qcompile.ops`.
 
 Input: a static fake-quant subnet (fx.GraphModule of `QConv2d`/`QLinear` with LSQ weights, BatchNorm,
-activations, BatchQuant activation quantizers, residual adds, pools, SE). `to_integer` copies it, runs
-`fold_bn` and `fold_batchquant_bias` (BatchQuant Eq. 6), then walks the graph in order with one
-abstract value per node:
+activations, BatchQuant activation quantizers, residual adds, pools, SE) after the passes `fold-bn`
+and `fold-batchquant-bias` (BatchQuant Eq. 6). `to_integer` runs the whole pipeline
+(`DEFAULT_PIPELINE`) on a copy; the walk here goes through the graph in order with one abstract
+value per node:
 
 - `Float`: a float64 tensor (float island; the graph input is float32),
 - `Codes(scale, zero_point, bits)` + a pending chain of activations: uint8 codes, real value
@@ -33,13 +34,14 @@ Each term moves a code only when the fake-quant value lies within that distance 
 boundary, and then by one code; logits (`dequantize_acc`) differ from the fake-quant logits by
 `acc_scale_c (1/2 + sum_k |w_q[c,k]| |dx_k|)` where `dx` is the code difference at the classifier input.
 
-`to_integer` finally runs the accumulator range analysis (`passes/accumulator_range.py`) and refuses
+The pipeline's last pass, `accumulator-range` (`passes/accumulator_range.py`), refuses
 with a `LoweringError` naming the node when int32 (or int64) could overflow.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import operator
@@ -54,18 +56,19 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from qcompile import ops as Q
-from qcompile.errors import LoweringError
+from qcompile.errors import ConfigError, LoweringError
 from qcompile.lowering.elementwise import ELEMENTWISE, build_lut, clamp_interval, code_of
-from qcompile.lowering.fixed_point import affine_fixed_point, quantize_multipliers
 from qcompile.lowering.modules import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
 from qcompile.lowering.patterns import classify, get_module
 from qcompile.ops import IntegerGraph, IntegerGraphBuilder
-from qcompile.passes.accumulator_range import accumulator_range
-from qcompile.passes.fold_batchquant_bias import InputQuant, fold_batchquant_bias, input_quantizer_params
-from qcompile.passes.fold_bn import bn_affine, fold_bn
+from qcompile.ops.meta import ProgramMeta
+from qcompile.passes.accumulator_range import AccumulatorRange
+from qcompile.passes.fold_batchquant_bias import FoldBatchQuantBias, InputQuant, input_quantizer_params
+from qcompile.passes.fold_bn import FoldBN, bn_affine
 from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.quant.fixed_point import affine_fixed_point, quantize_multipliers
 
-__all__ = ["ToInteger", "to_integer"]
+__all__ = ["DEFAULT_PIPELINE", "LowerToInteger", "ToInteger", "to_integer"]
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +382,7 @@ class _Lowering:
             if node.op == "output":
                 output_node = node
         assert output_node is not None
-        return IntegerGraph(self.b.root, self.b.graph, {"float_islands": list(dict.fromkeys(self.islands))})
+        return IntegerGraph(self.b.root, self.b.graph)
 
     def _unknown(self, node: fx.Node) -> LoweringError:
         what = node.target if node.op != "call_module" else type(get_module(self.gm, node.target)).__name__
@@ -524,17 +527,11 @@ def _shapes_4d(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dict[st
 
 
 def _input_shape_of(gm: fx.GraphModule) -> tuple[int, ...] | None:
-    """`gm.meta["input_shape"]`, `gm.input_shape`, or `(1, in_channels, r, r)` from `slice_subnet`'s config."""
+    """The input shape `slice_subnet` recorded in `gm.meta["input_shape"]` (or a `gm.input_shape` attribute)."""
     for holder in (getattr(gm, "meta", {}), gm.__dict__):
         shape = holder.get("input_shape") if isinstance(holder, dict) else None
         if shape is not None:
             return tuple(int(s) for s in shape)
-    cfg = getattr(gm, "subnet_config", None)
-    res = getattr(cfg, "resolution", None)
-    if res is not None:
-        info = getattr(gm, "space_info", None) or {}
-        in_ch = int(info.get("args", {}).get("in_channels", 3))
-        return (1, in_ch, int(res), int(res))
     return None
 
 
@@ -551,6 +548,10 @@ def _check_supported(gm: fx.GraphModule) -> None:
             )
 
 
+#: the passes of `to_integer` (each registered; the options of the last two come from its arguments)
+DEFAULT_PIPELINE = "fold-bn,fold-batchquant-bias,lower-to-integer,accumulator-range"
+
+
 def to_integer(
     gm: fx.GraphModule,
     check_overflow: bool = True,
@@ -559,16 +560,23 @@ def to_integer(
     bound: str = "bits",
     float_epilogue: bool = False,
     widen_weights: bool = False,
+    *,
+    pipeline: str | Sequence[Any] | None = None,
+    verify: bool = True,
 ) -> IntegerGraph:
     """Lower a calibrated fake-quant subnet to an `IntegerGraph` (the subnet itself is not modified).
+
+    Runs `DEFAULT_PIPELINE` (`fold-bn`, `fold-batchquant-bias`, `lower-to-integer`,
+    `accumulator-range`) through a `PassManager` on a copy of `gm`, with the graph verifier after
+    each pass and a reproducer file on failure.
 
     Args:
         gm: static fake-quant subnet (`slice_subnet` + calibration), or one already through
             `fold_bn` / `fold_batchquant_bias`.
         check_overflow: run the accumulator range analysis and refuse (LoweringError) on overflow.
         input_shape: `(N, C, H, W)` of the input; needed for integer global average pooling (the `mean`
-            multiplier depends on H*W) and for shapes in `program_text()`. Defaults to
-            `gm.meta["input_shape"]` or `gm.input_shape`; without any, pools become float islands.
+            multiplier depends on H*W) and for shapes in `program_text()`. Defaults to the shape
+            `slice_subnet` recorded (`gm.meta["input_shape"]`); without one, pools become float islands.
         strict: refuse (LoweringError) any float island other than float layers and the graph output.
         bound: accumulator bound, `"bits"` (any weights of the bit-width) or `"weights"` (these weights).
         float_epilogue: replace each `requantize` by `dequantize_acc`, an exact float64 correction
@@ -576,40 +584,101 @@ def to_integer(
             match the fake-quant model code for code (a diagnostic and reference mode; see module doc).
         widen_weights: store `b`-bit weight codes times `2^(8-b)` (same real weights) where the input has
             at most 7 bits, so the int32 bias rounds `2^(8-b)` times more finely (error term 1 below).
+        pipeline: instead of the default, these passes (a pipeline string such as
+            `"fold-bn,fold-batchquant-bias,lower-to-integer,my-pass"`, or pass instances); their
+            options come from the string, so `check_overflow` .. `widen_weights` are not used then.
+            `input_shape` still fills in `lower-to-integer`'s when the string leaves it out. The
+            pipeline must produce an IntegerGraph (contain `lower-to-integer` or `to-integer`).
+        verify: run the graph verifier after every pass.
 
     Returns an `IntegerGraph`; `ig(x)` runs the exact reference and returns float64 logits.
     """
+    from qcompile.passes.infra import PassManager
+
+    if not isinstance(gm, fx.GraphModule):
+        raise LoweringError("subnet", f"got a {type(gm).__name__}",
+                            "pass a calibrated subnet (qc.extract + qc.calibrate)")
     _check_supported(gm)
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    if pipeline is None:
+        passes: list[Any] = [FoldBN(), FoldBatchQuantBias(),
+                             LowerToInteger(shape, strict=strict, float_epilogue=float_epilogue,
+                                            widen_weights=widen_weights)]
+        if check_overflow:
+            passes.append(AccumulatorRange(bound=bound))
+    else:
+        passes = list(PassManager(pipeline, verify=False).passes)
+        if shape is not None:
+            passes = [dataclasses.replace(p, input_shape=shape)
+                      if isinstance(p, (LowerToInteger, ToInteger)) and p.input_shape is None else p for p in passes]
+    pm = PassManager(passes, verify=verify)
     work = copy.deepcopy(gm).eval()
-    fold_bn(work)
-    fold_batchquant_bias(work)
-    shape = tuple(input_shape) if input_shape is not None else _input_shape_of(gm)
-    shapes = _shapes_4d(work, shape)
-    lowering = _Lowering(work, strict=strict, float_epilogue=float_epilogue, widen_weights=widen_weights)
-    ig = lowering.lower(shapes)
-    ig.program_meta["input_shape"] = list(shape) if shape is not None else None
-    if check_overflow:
-        accumulator_range(ig, bound=bound, check=True)
-    if shape is not None:
-        with torch.no_grad():
-            ShapeProp(ig).propagate(torch.zeros(shape))
-    log.info("to_integer: %d ops, %d float islands", len(ig.ops()), len(lowering.islands))
+    ig = pm.run(work).graph_module
+    if not isinstance(ig, IntegerGraph):
+        raise ConfigError("pipeline", pm.pipeline, "a pipeline that produces an IntegerGraph, e.g. "
+                          f"'{DEFAULT_PIPELINE}' plus your passes")
+    ig.program_meta = dataclasses.replace(ProgramMeta.from_dict(ig.program_meta), pipeline=pm.pipeline).to_dict()
+    log.info("to_integer: %d ops, %d float islands (%s)", len(ig.ops()),
+             len(ig.program_meta.get("float_islands", ())), pm.pipeline)
     return ig
+
+
+def _pad_codes(ig: IntegerGraph) -> tuple[tuple[str, int], ...]:
+    out = []
+    for n in ig.graph.nodes:
+        if n.op == "call_function" and n.target is Q.conv2d and any(n.kwargs.get("padding", (0, 0))):
+            out.append((n.name, int(n.kwargs.get("pad_value", 0))))
+    return tuple(out)
+
+
+@register
+@dataclass(frozen=True)
+class LowerToInteger(Pass):
+    """Lower a folded fake-quant subnet (after `fold-bn`, `fold-batchquant-bias`) to an `IntegerGraph`.
+
+    The walk of the module doc. The result carries its `ProgramMeta` (subnet config and policy,
+    input shape, padding codes, float islands) in `program_meta`; options as in `to_integer`.
+    `input_shape` defaults to the shape `slice_subnet` recorded in `gm.meta`.
+    """
+
+    name = "lower-to-integer"
+    input_shape: tuple[int, ...] | None = None
+    strict: bool = False
+    float_epilogue: bool = False
+    widen_weights: bool = False
+
+    def run(self, gm: fx.GraphModule) -> PassResult:
+        _check_supported(gm)
+        shape = tuple(self.input_shape) if self.input_shape is not None else _input_shape_of(gm)
+        shapes = _shapes_4d(gm, shape)
+        lowering = _Lowering(gm, strict=self.strict, float_epilogue=self.float_epilogue,
+                             widen_weights=self.widen_weights)
+        ig = lowering.lower(shapes)
+        meta = ProgramMeta(config=gm.meta.get("subnet_config"), input_shape=shape, pad_codes=_pad_codes(ig),
+                           float_islands=tuple(dict.fromkeys(lowering.islands)))
+        ig.program_meta = meta.to_dict()
+        if shape is not None:
+            with torch.no_grad():
+                ShapeProp(ig).propagate(torch.zeros(shape))
+        return PassResult(ig, True)
 
 
 @register
 @dataclass(frozen=True)
 class ToInteger(Pass):
-    """Pass form of `to_integer`: returns the IntegerGraph as the pass result's graph module."""
+    """`lower-to-integer`, then `accumulator-range` when `check_overflow`: the pipeline string
+    `"fold-bn,fold-batchquant-bias,to-integer"` folds once (this pass does not fold)."""
 
     name = "to-integer"
     check_overflow: bool = True
+    input_shape: tuple[int, ...] | None = None
     strict: bool = False
     bound: str = "bits"
     float_epilogue: bool = False
     widen_weights: bool = False
 
     def run(self, gm: fx.GraphModule) -> PassResult:
-        ig = to_integer(gm, self.check_overflow, strict=self.strict, bound=self.bound,
-                        float_epilogue=self.float_epilogue, widen_weights=self.widen_weights)
-        return PassResult(ig, True)
+        res = LowerToInteger(self.input_shape, self.strict, self.float_epilogue, self.widen_weights).run(gm)
+        if self.check_overflow:
+            AccumulatorRange(bound=self.bound).run(res.graph_module)
+        return res

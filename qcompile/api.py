@@ -32,14 +32,13 @@ def quantize(
     per_channel: bool = False,
 ) -> fx.GraphModule:
     """Insert elastic quantizers into a traced supernet (pass `insert-quantizers`); returns a new graph."""
-    from qcompile.passes.insert_quantizers import insert_quantizers
+    from qcompile.passes.insert_quantizers import InsertQuantizers
 
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
-    return insert_quantizers(
-        graph,
-        weight_bits,
-        act_bits,
+    return InsertQuantizers(
+        tuple(weight_bits),
+        tuple(act_bits),
         first_layer=first_layer,
         last_layer=last_layer,
         se_layers=se_layers,
@@ -48,7 +47,7 @@ def quantize(
         act_quant=act_quant,
         estimator=estimator,
         per_channel=per_channel,
-    )
+    ).run(graph).graph_module
 
 
 def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphModule:
@@ -67,20 +66,37 @@ def calibrate(subnet: nn.Module, batches: Iterable[Any], **kwargs: Any) -> nn.Mo
     return _calibrate(subnet, batches, **kwargs)
 
 
-def to_integer(subnet: fx.GraphModule, check_overflow: bool = True):
-    """Lower a calibrated fake-quant subnet to an `IntegerGraph` (passes fold-bn, fold-batchquant-bias, to-integer)."""
+def to_integer(subnet: fx.GraphModule, check_overflow: bool = True, *, pipeline: str | Sequence[Any] | None = None):
+    """Lower a calibrated fake-quant subnet to an `IntegerGraph` through the pass pipeline.
+
+    The default pipeline is `fold-bn,fold-batchquant-bias,lower-to-integer,accumulator-range`
+    (the last only with `check_overflow`); `pipeline` names other registered passes, e.g.
+    `"fold-bn,fold-batchquant-bias,lower-to-integer,my-pass"` (docs/writing_a_pass.md).
+    """
     from qcompile.passes.to_integer import to_integer as _to_integer
 
-    return _to_integer(subnet, check_overflow=check_overflow)
+    return _to_integer(subnet, check_overflow=check_overflow, pipeline=pipeline)
 
 
-def lower(subnet, target: str | dict = "x86", *, tune: bool = False, **kwargs: Any):
-    """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`."""
-    from qcompile.backends.tvm import lower_integer_graph
+def _integer_graph(subnet: Any, pipeline: str | Sequence[Any] | None):
     from qcompile.ops import IntegerGraph
 
-    ig = subnet if isinstance(subnet, IntegerGraph) else to_integer(subnet)
-    return lower_integer_graph(ig, target, tune=tune, **kwargs)
+    if isinstance(subnet, IntegerGraph):
+        if pipeline is not None:
+            raise ConfigError("pipeline", pipeline, "None for an IntegerGraph (the pipeline lowers a subnet)")
+        return subnet
+    return to_integer(subnet, pipeline=pipeline)
+
+
+def lower(subnet, target: str | dict = "x86", *, tune: bool = False, pipeline: str | Sequence[Any] | None = None,
+          **kwargs: Any):
+    """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`.
+
+    `pipeline` (a pipeline string or pass instances) replaces `to_integer`'s default passes.
+    """
+    from qcompile.backends.tvm import lower_integer_graph
+
+    return lower_integer_graph(_integer_graph(subnet, pipeline), target, tune=tune, **kwargs)
 
 
 def load(path: str | os.PathLike):
@@ -90,11 +106,15 @@ def load(path: str | os.PathLike):
     return _load(path)
 
 
-def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", **kwargs: Any):
-    """Export a calibrated subnet (or an IntegerGraph) as ONNX ("qdq" or "qoperator")."""
+def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", *,
+                pipeline: str | Sequence[Any] | None = None, **kwargs: Any):
+    """Export a calibrated subnet (or an IntegerGraph) as ONNX ("qdq" or "qoperator").
+
+    `pipeline` replaces `to_integer`'s default passes, as in `lower`.
+    """
     from qcompile.backends.onnx import export_onnx as _export
 
-    return _export(subnet, path, format=format, **kwargs)
+    return _export(_integer_graph(subnet, pipeline), path, format=format, **kwargs)
 
 
 __all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load", "export_onnx"]

@@ -38,7 +38,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def build_quantized_supernet(space_dict: dict, quantize_options: dict | None) -> tuple[Any, fx.GraphModule]:
     """(space, graph): the traced supernet, quantized with `quantize_options` (None = float)."""
-    import qcompile as qc
+    from qcompile import api as qc
     from qcompile.spaces import from_dict
 
     space = from_dict(space_dict)
@@ -113,7 +113,7 @@ def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     """(space, static subnet in eval mode, subnet.json) from a subnet directory."""
     from safetensors.torch import load_file
 
-    import qcompile as qc
+    from qcompile import api as qc
 
     path = Path(path)
     if not path.is_dir():

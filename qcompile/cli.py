@@ -145,11 +145,24 @@ def _load_calibrated(path):
     return space, sub, doc
 
 
+def _pipeline(args) -> str | None:
+    """`--pipeline`, checked before any work, after importing each `--pass-module` (registers its passes)."""
+    from qcompile.passes import load_pass_module, parse_pipeline
+
+    for spec in getattr(args, "pass_module", None) or ():
+        load_pass_module(spec)
+    pipeline = getattr(args, "pipeline", None)
+    if pipeline is not None:
+        parse_pipeline(pipeline)  # an unknown pass, option or value fails here, naming it
+    return pipeline
+
+
 def cmd_lower(args) -> int:
     import qcompile as qc
 
+    pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials)
+    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials, pipeline=pipeline)
     low.export(args.out)
     print(f"lowered for {args.target} into {args.out}")
     return 0
@@ -178,8 +191,9 @@ def cmd_bench(args) -> int:
 def cmd_export_onnx(args) -> int:
     import qcompile as qc
 
+    pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    qc.export_onnx(sub, args.out, format=args.format)
+    qc.export_onnx(sub, args.out, format=args.format, pipeline=pipeline)
     print(f"ONNX ({args.format}) written to {args.out}")
     return 0
 
@@ -227,6 +241,14 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", default=None, metavar="PASSES",
+                   help="passes from subnet to integer program (default "
+                        "'fold-bn,fold-batchquant-bias,lower-to-integer,accumulator-range'); docs/writing_a_pass.md")
+    p.add_argument("--pass-module", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import this .py file or module first so its registered passes can be named (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--trials", type=int, default=None,
                        help="schedules timed per kernel when tuning (default: all candidates)")
         if name == "lower":
+            _pipeline_args(s)
             s.add_argument("--tune", action="store_true")
             s.add_argument("--out", required=True, help="lowered directory")
         else:
@@ -299,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")
     s.add_argument("subnet")
     s.add_argument("--format", default="qdq", choices=("qdq", "qoperator"))
+    _pipeline_args(s)
     s.add_argument("--out", required=True, help="model.onnx path")
     s.set_defaults(fn=cmd_export_onnx)
 

@@ -1,4 +1,4 @@
-"""ONNX backend: an IntegerGraph as a QDQ or integer-operator ONNX model for onnxruntime (issue 8).
+"""ONNX backend: an IntegerGraph as a QDQ or integer-operator ONNX model for onnxruntime.
 
 `export_onnx(ig, path, format="qdq" | "qoperator")` writes the model; `OnnxRunner` runs it;
 `compare_with_reference` measures the per-op distance to the reference executor in codes.

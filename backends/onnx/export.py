@@ -1,4 +1,4 @@
-"""`export_onnx`: an IntegerGraph as an ONNX model that onnxruntime runs (issue 8).
+"""`export_onnx`: an IntegerGraph as an ONNX model that onnxruntime runs.
 
 The model encodes the integer program of docs/integer_semantics.md (encodings in
 `qcompile.backends.onnx.emitter`), passes `onnx.checker` with full shape inference, has a
@@ -26,6 +26,7 @@ from torch import fx
 from qcompile.backends.onnx._deps import require_onnx
 from qcompile.backends.onnx.emitter import FORMATS, Emitter, ValueInfo, onnx_dtype
 from qcompile.errors import LoweringError
+from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ class OnnxExportOptions:
     """How `export_onnx` writes the model.
 
     format: "qdq" (fused QDQ convs, within 1 code, fast) or "qoperator" (integer ops, bit-exact).
-    input_shape: NCHW input shape; default `program_meta["input_shape"]` or `(1, 3, r, r)` from
-        `program_meta["resolution"]`.
+    input_shape: NCHW input shape; default the graph's `ProgramMeta` (`qcompile.ops.meta.program_meta`).
     dynamic_batch: declare the batch dimension symbolic ("N").
     debug_outputs: also output every op's value as `qc/<node name>` (for per-op comparisons).
     """
@@ -76,30 +76,20 @@ def _as_integer_graph(obj: Any) -> fx.GraphModule:
 
     if isinstance(obj, IntegerGraph):
         return obj
-    if isinstance(obj, fx.GraphModule):
-        try:
-            from qcompile import to_integer  # the lead's public API; a subnet is converted first
-        except ImportError as e:
-            raise LoweringError("export_onnx", "got a subnet but qcompile.to_integer is not available",
-                                "pass an IntegerGraph (qc.to_integer(subnet))") from e
+    if isinstance(obj, fx.GraphModule):  # a calibrated subnet: the default pipeline lowers it first
+        from qcompile.passes.to_integer import to_integer
+
         return to_integer(obj)
     raise LoweringError("export_onnx", f"cannot export a {type(obj).__name__}",
                         "pass an IntegerGraph or a calibrated subnet (fx.GraphModule)")
 
 
 def _input_shape(gm: fx.GraphModule, given: Sequence[int] | None) -> tuple[int, ...]:
-    if given is not None:
-        return tuple(int(v) for v in given)
-    meta = getattr(gm, "program_meta", {}) or {}
-    if meta.get("input_shape"):
-        return tuple(int(v) for v in meta["input_shape"])
-    res, cfg = meta.get("resolution"), meta.get("config")
-    if res is None and isinstance(cfg, dict):
-        res = cfg.get("resolution")
-    if res:
-        return (1, int(meta.get("in_channels", 3)), int(res), int(res))
-    raise LoweringError("export_onnx", "input shape unknown (no program_meta['input_shape'] or 'resolution')",
-                        "pass input_shape=(1, 3, H, W)")
+    shape = program_meta(gm, given).input_shape
+    if shape is None:
+        raise LoweringError("export_onnx", "input shape unknown (no program_meta['input_shape'] or 'resolution')",
+                            "pass input_shape=(1, 3, H, W)")
+    return shape
 
 
 class _Recorder(fx.Interpreter):
@@ -184,12 +174,12 @@ def build_onnx_model(ig_or_subnet: Any, options: OnnxExportOptions | None = None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opts.opset)],
                               producer_name="qcompile", doc_string="qcompile integer program (" + opts.format + ")")
     model.ir_version = opts.ir_version
-    meta = dict(getattr(gm, "program_meta", {}) or {})
+    meta = program_meta(gm).to_dict()
     props = {
         "qcompile.format": opts.format,
         "qcompile.program_meta": _json(meta),
-        "qcompile.subnet_config": _json(meta.get("config", meta.get("subnet_config"))),
-        "qcompile.quant_policy": _json(meta.get("policy", meta.get("quant_policy"))),
+        "qcompile.subnet_config": _json(meta["config"]),
+        "qcompile.quant_policy": _json(meta["policy"]),
         "qcompile.activation_ranges": _json(em.ranges),
         "qcompile.weight_ranges": _json(em.weight_ranges),
         "qcompile.containers": "activation codes uint8, weight codes int8; narrower bit-widths are stored in these "

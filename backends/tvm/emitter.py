@@ -34,6 +34,7 @@ from qcompile.backends.tvm.strategy import OpCall, select_strategy
 from qcompile.errors import LoweringError
 from qcompile.ops import reference as R
 from qcompile.ops.graph import IntegerGraph, _fetch_attr, op_name
+from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,14 @@ class EmitResult:
 
 
 def graph_input_shape(ig: IntegerGraph, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The static input shape: the argument, else `program_meta["input_shape"]`, else the placeholder's tensor_meta."""
-    if input_shape is not None:
-        return tuple(int(s) for s in input_shape)
-    meta = ig.program_meta.get("input_shape")
-    if meta is not None:
-        return tuple(int(s) for s in meta)
-    for n in ig.graph.nodes:
-        if n.op == "placeholder":
-            tm = n.meta.get("tensor_meta")
-            if tm is not None:
-                return tuple(int(s) for s in tm.shape)
-            val = n.meta.get("val")
-            if isinstance(val, torch.Tensor):
-                return tuple(int(s) for s in val.shape)
-    raise LoweringError(
-        "input", "the IntegerGraph carries no input shape",
-        "pass input_shape=(N, C, H, W) or set ig.program_meta['input_shape']",
-    )
+    """The static input shape: the argument, else the graph's `ProgramMeta` (`qcompile.ops.meta.program_meta`)."""
+    shape = program_meta(ig, input_shape).input_shape
+    if shape is None:
+        raise LoweringError(
+            "input", "the IntegerGraph carries no input shape",
+            "pass input_shape=(N, C, H, W) or set ig.program_meta['input_shape']",
+        )
+    return shape
 
 
 def _shape(e: Any) -> tuple[int, ...]:

@@ -161,12 +161,6 @@ def conv2d(
     return conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
 
 
-def _fixmul(v: tirx.PrimExpr, m: tirx.PrimExpr, s: tirx.PrimExpr) -> tirx.PrimExpr:
-    """`(v * M + 2^(s-1)) >> s` in int64 (the fixed-point rule, round half up)."""
-    v, m, s = v.astype(I64), m.astype(I64), s.astype(I64)
-    return tirx.shift_right(v * m + tirx.shift_left(_c64(1), s - _c64(1)), s)
-
-
 def _requant_expr(
     acc: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, offset: te.Tensor, lo: int, hi: int,
     channel_axis: int = 1,

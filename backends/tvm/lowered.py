@@ -30,6 +30,7 @@ from qcompile.backends.tvm.targets import TargetSpec, resolve_target
 from qcompile.backends.tvm.threads import ensure_thread_default
 from qcompile.errors import CheckpointError, ConfigError, LoweringError
 from qcompile.ops.graph import IntegerGraph
+from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,7 @@ def lower_integer_graph(
         ex = relax.build(lowered_mod, tgt, relax_pipeline=None)
     except Exception as e:
         raise LoweringError(f"target={spec.name}", f"TVM build failed: {e}", "report the graph and target") from e
+    pm = program_meta(ig).to_dict()
     meta = {
         "format": FORMAT_VERSION,
         "target": {"name": spec.name, "tvm": spec.tvm_target, "arch": spec.arch, "cross_cxx": spec.cross_cxx},
@@ -377,8 +379,8 @@ def lower_integer_graph(
         "kernels": [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy}
                     for k in em.kernels],
         "signatures": _kernel_signatures(lowered_mod),
-        "config": ig.program_meta.get("config"),
-        "policy": ig.program_meta.get("policy"),
+        "config": pm["config"],
+        "policy": pm["policy"],
         "program_meta": _jsonable(ig.program_meta),
         "num_threads": num_threads,
         "tuned": bool(tune),

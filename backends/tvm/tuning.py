@@ -313,7 +313,7 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
     `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune.
     """
     from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
-    from qcompile.backends.tvm.schedules.x86 import conv_kind, depthwise_workload, gemm_workload, is_x86
+    from qcompile.backends.tvm.schedules.workloads import conv_kind, depthwise_workload, gemm_workload, is_x86
 
     if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
         return None

@@ -2,7 +2,14 @@
 
 from qcompile.passes.infra.manager import PassInstrument, PassManager, PassRecord, PrintAfter
 from qcompile.passes.infra.pass_base import Pass, PassResult
-from qcompile.passes.infra.registry import get_pass, parse_pipeline, pipeline_string, register, registered
+from qcompile.passes.infra.registry import (
+    get_pass,
+    load_pass_module,
+    parse_pipeline,
+    pipeline_string,
+    register,
+    registered,
+)
 
 __all__ = [
     "Pass",
@@ -14,6 +21,7 @@ __all__ = [
     "register",
     "registered",
     "get_pass",
+    "load_pass_module",
     "parse_pipeline",
     "pipeline_string",
 ]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from torch import fx
 
-from qcompile.errors import PassError
+from qcompile.errors import ConfigError, LoweringError, PassError
 from qcompile.fx.verify import verify_graph
 from qcompile.passes.infra.pass_base import Pass, PassResult
-from qcompile.passes.infra.registry import parse_pipeline, pipeline_string, register
+from qcompile.passes.infra.registry import parse_pipeline, pipeline_string, wrap_function
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,13 @@ class PrintAfter(PassInstrument):
 class PassManager:
     """Runs `passes` (instances, classes, functions, or a pipeline string) in order.
 
-    With `verify=True` the graph verifier runs after every pass; a failure raises `PassError` naming
-    the failing pass and the passes before it, with `gm.code` and the pipeline string written to a
-    reproducer file.
+    With `verify=True` the graph verifier runs after every pass. A plain function is wrapped into a
+    pass class for this manager only (it is not registered, so it cannot shadow a registered name).
+
+    Failures: a `LoweringError` or `ConfigError` a pass raises about its input keeps its type (callers
+    catch them as before) and gets a note naming the pass, the passes before it and the reproducer;
+    any other exception, and a graph the verifier rejects, becomes a `PassError` with that text. The
+    reproducer file holds `gm.code` before the failing pass and the pipeline string.
     """
 
     passes: list = field(default_factory=list)
@@ -77,7 +81,7 @@ class PassManager:
             elif isinstance(p, type) and issubclass(p, Pass):
                 resolved.append(p())
             elif callable(p):
-                resolved.append(register(p)())
+                resolved.append(wrap_function(p)())
             else:
                 raise PassError(f"PassManager: {p!r} is not a pass")
         self.passes = resolved
@@ -104,7 +108,10 @@ class PassManager:
                 if self.verify:
                     verify_graph(result.graph_module)
             except Exception as e:
-                raise self._failure(i, p, gm, e) from e
+                err = self._failure(i, p, gm, e)
+                if err is e:
+                    raise
+                raise err from e
             dt = time.perf_counter() - t0
             gm = result.graph_module
             modified |= result.modified
@@ -116,17 +123,19 @@ class PassManager:
                 ins.after(p, result)
         return PassResult(gm, modified)
 
-    def _failure(self, i: int, p: Pass, gm: fx.GraphModule, e: Exception) -> PassError:
+    def _failure(self, i: int, p: Pass, gm: fx.GraphModule, e: Exception) -> Exception:
         before = pipeline_string(self.passes[:i]) or "(none)"
         repro = Path(tempfile.mkdtemp(prefix="qcompile-pass-failure-")) / "reproducer.py"
         repro.write_text(
             f"# pipeline: {self.pipeline}\n# failed pass: {p.spec()}\n# passes before: {before}\n"
             f"# graph before the failing pass:\n{gm.code}\n"
         )
-        return PassError(
-            f"pass '{p.spec()}' failed ({type(e).__name__}: {e}); passes before it: {before}; "
-            f"reproducer with gm.code and the pipeline: {repro}"
-        )
+        context = f"passes before it: {before}; reproducer with gm.code and the pipeline: {repro}"
+        if isinstance(e, (LoweringError, ConfigError)):
+            e.add_note(f"in pass '{p.spec()}'; {context}")
+            log.info("pass %s failed: %s; %s", p.spec(), e, context)
+            return e
+        return PassError(f"pass '{p.spec()}' failed ({type(e).__name__}: {e}); {context}")
 
     def timing_table(self) -> str:
         rows = [f"{'pass':<28} {'seconds':>8} {'modified':>8} {'nodes':>11}"]

@@ -6,7 +6,7 @@ A pass is a frozen dataclass whose fields are its options, with a kebab-case cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
 from torch import fx
@@ -40,16 +40,25 @@ class Pass:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def spec(self) -> str:
-        """This pass as a pipeline string element: `name{opt=value,...}` (defaults omitted)."""
+        """This pass as a pipeline string element: `name{opt=value other=1,2}` (defaults omitted).
+
+        Options are separated by spaces and tuple items by commas (xDSL's syntax), so
+        `parse_pipeline(p.spec())` gives a pass equal to `p`.
+        """
         opts = []
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.default is not v and f.default != v:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if default is not v and default != v:
                 opts.append(f"{f.name}={_fmt(v)}")
-        return self.name + ("{" + ",".join(opts) + "}" if opts else "")
+        return self.name + ("{" + " ".join(opts) + "}" if opts else "")
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (tuple, list)):
+        return ",".join(_fmt(x) for x in v)
     return str(v)

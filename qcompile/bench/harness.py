@@ -1,4 +1,4 @@
-"""The peer harness (issue 8): every runner on the same input, fixed threads, each in its own process.
+"""The peer harness: every runner on the same input, fixed threads, each in its own process.
 
 Isolation (`qcompile.bench.workers`, the default `isolation="process"`): each runner is built and timed in
 its own spawned worker process, because runtimes sharing one process share allocator, caches, affinity and
@@ -22,7 +22,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from qcompile.bench import peers
 from qcompile.bench.fidelity import Fidelity, fidelity, output_scale
+from qcompile.bench.result import BenchResult, RunnerStats
 from qcompile.bench.timing import Hook, Runner, time_runners
 from qcompile.bench.workers import RunnerSpec, time_isolated
 from qcompile.errors import ConfigError
@@ -39,7 +40,7 @@ from qcompile.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["PEERS", "INTEGER_PEERS", "ISOLATION", "BenchOptions", "BenchResult", "Hook", "Runner", "RunnerSpec",
-           "RunnerStats", "build_peers", "peer_specs", "run_bench", "time_runners"]
+           "RunnerStats", "peer_specs", "run_bench", "time_runners"]
 
 PEERS = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq", "ort_ours_qoperator",
          "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
@@ -99,48 +100,6 @@ class BenchOptions:
         unknown = [p for p in self.peers if p not in PEERS]
         if unknown:
             raise ConfigError("peers", unknown, PEERS)
-
-
-@dataclass(frozen=True)
-class RunnerStats:
-    """Latency of one runner in milliseconds (None when the runner could not be built or failed) and the
-    fidelity of its output (`qcompile.bench.fidelity`; None where not comparable)."""
-
-    name: str
-    status: str  # "ok", "failed: <error>" or "unavailable: <reason or install hint>"
-    median_ms: float | None = None
-    p10_ms: float | None = None
-    p90_ms: float | None = None
-    min_ms: float | None = None
-    mean_ms: float | None = None
-    n: int = 0
-    rel_l2_vs_fp32: float | None = None
-    cosine_vs_fp32: float | None = None
-    max_code_diff: float | None = None
-    samples_ms: tuple[float, ...] = ()
-    #: "process" (own worker process), "in-process" (a plain callable timed in the harness's process while
-    #: the others are isolated) or "none" (isolation="none": every runner in one process); "" when unknown
-    isolation: str = ""
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    runners: tuple[RunnerStats, ...]
-    meta: dict = field(default_factory=dict)
-
-    def by_name(self) -> dict[str, RunnerStats]:
-        return {r.name: r for r in self.runners}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "runners": [asdict(r) for r in self.runners]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BenchResult:
-        """Inverse of `to_dict` (reads a bench.json back, e.g. to regenerate docs)."""
-        fields = RunnerStats.__dataclass_fields__
-        rows = tuple(RunnerStats(**{k: (tuple(v) if k == "samples_ms" else v) for k, v in r.items() if k in fields})
-                     for r in d["runners"])
-        return cls(rows, dict(d.get("meta", {})))
 
 
 def _stats(name: str, s: list[float] | str, fid: Fidelity, isolation: str = "") -> RunnerStats:
@@ -230,16 +189,6 @@ def _build_in_process(specs: Mapping[str, RunnerSpec | Runner], builtin: Collect
         if name in missing:
             log.warning("runner %s %s", name, missing[name])
     return runners, missing
-
-
-def build_peers(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: Path,
-                integer_graph: object | None = None,
-                calibration: Sequence[np.ndarray] | None = None) -> tuple[dict[str, Runner], dict[str, str]]:
-    """The built-in peer runners named in `options.peers`, built in this process, and the reason for each
-    one that is unavailable."""
-    specs, missing = peer_specs(model, x, options, workdir, integer_graph, calibration)
-    runners, failed = _build_in_process(specs, PEERS)
-    return runners, {**missing, **failed}
 
 
 def run_bench(

@@ -132,11 +132,6 @@ def export_ours(integer_graph: object, path: str | Path, fmt: str, batch_shape: 
     return Path(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)))
 
 
-def ort_ours(integer_graph: object, path: str | Path, fmt: str, threads: int, batch_shape: Sequence[int]) -> Runner:
-    """onnxruntime on `export_onnx(integer_graph, format=fmt)`; output cast to float32 like the peers."""
-    return ort_float32(export_ours(integer_graph, path, fmt, batch_shape), threads)
-
-
 def _require_executorch() -> None:
     try:
         import executorch.backends.xnnpack.partition.xnnpack_partitioner  # noqa: F401
@@ -207,7 +202,7 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
     target dict {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}.
     A lowering that fails becomes a spec whose build raises, so its row says why.
     """
-    import qcompile as qc
+    from qcompile import api as qc
 
     runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}

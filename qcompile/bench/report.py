@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from qcompile.bench.harness import BenchResult, RunnerStats
+from qcompile.bench.result import BenchResult, RunnerStats
 
 #: ARCHITECTURE.md "Environment facts": MobileNetV2 224x224 batch 1, 2 threads, on an AVX2-only machine (ms)
 ARCHITECTURE_MS: dict[str, float] = {

@@ -1,4 +1,4 @@
-"""One worker process per runtime for the peer harness (issue 8).
+"""One worker process per runtime for the peer harness.
 
 Why: runtimes that share a process share its allocator, caches, thread affinity and their thread pools
 (OpenMP, onnxruntime, TVM, XNNPACK); measured: onnxruntime INT8 had a median of 7.8 ms interleaved in one

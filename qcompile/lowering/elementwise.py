@@ -137,6 +137,5 @@ def build_lut(
     return quantize_f32(x, out_scale, out_zero_point, 2**out_bits - 1).to(torch.uint8)
 
 
-#: binary ops the lowering recognises (call_function targets)
-ADD_TARGETS = (operator.add, torch.add)
+#: multiplications the lowering recognises (call_function targets)
 MUL_TARGETS = (operator.mul, torch.mul)

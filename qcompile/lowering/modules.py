@@ -127,7 +127,7 @@ class AccConv2d(_AccBase):
     """
 
     #: whether the fake-quant conv padded with the input quantizer's zero code (then no border correction
-    #: is needed); set per layer by fold-batchquant-bias from the conv's `_input_quant` link
+    #: is needed); set per layer by fold-batchquant-bias from the conv's padding link (qcompile.nn.padding)
     pads_with_zero_code = False
 
     def __init__(

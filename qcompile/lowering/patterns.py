@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qcompile.lowering.elementwise import classify_elementwise
+from qcompile.quant.base import ActQuantizer
 
 __all__ = [
     "NodeKind",
@@ -50,11 +51,7 @@ def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
 
 def is_act_quantizer(module: nn.Module) -> bool:
     """An activation quantizer (BatchQuant or a baseline with the same interface, `qcompile.quant.base`)."""
-    try:
-        from qcompile.quant.base import ActQuantizer
-    except ImportError:  # quant package not importable: fall back to the interface
-        ActQuantizer = ()  # noqa: N806
-    if ActQuantizer and isinstance(module, ActQuantizer):
+    if isinstance(module, ActQuantizer):
         return True
     return all(hasattr(module, a) for a in ("qparams", "is_calibrated", "active_bits")) and not hasattr(
         module, "codes"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcompile.config import FLOAT_BITS, SubnetConfig
+from qcompile.nn.padding import pad_quantizer
 
 # --------------------------------------------------------------------------------------------------
 # Rules: how a leaf's active channels / kernel follow from a SubnetConfig (picklable, hashable)
@@ -210,10 +211,10 @@ def padded_conv2d(conv: nn.Module, x, w, b, stride, padding: int, groups: int) -
 
     A BatchQuant zero point `z + beta` is fractional, so float 0 has no code; padding with the value
     of the nearest code (`quantizer.pad_value`, at most half a step from 0) keeps the fake-quant model
-    exactly what the integer conv computes with `pad_value = floor(z + beta + 1/2)`. `_input_quant` is
-    set by `insert_quantizers` / `slice_subnet` (a plain reference, not a submodule).
+    exactly what the integer conv computes with `pad_value = floor(z + beta + 1/2)`. The quantizer is
+    the one `qcompile.nn.padding.link_pad_quantizer` linked (`insert_quantizers`, `slice_subnet`).
     """
-    q = conv.__dict__.get("_input_quant")
+    q = pad_quantizer(conv)
     fill = q.pad_value if q is not None and q.active_bits != FLOAT_BITS else 0.0
     if padding and fill != 0.0:
         x = F.pad(x, (padding, padding, padding, padding), value=fill)

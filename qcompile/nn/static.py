@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qcompile.nn.padding import link_pad_quantizer, pad_quantizer
+
 
 class QConv2d(nn.Conv2d):
     """`nn.Conv2d` whose weight passes through `weight_quant` (LSQ, fixed bits) before the conv."""
@@ -28,10 +30,10 @@ class QConv2d(nn.Conv2d):
 def zero_code_conv2d(conv: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.conv2d` with `conv`'s geometry, padding with its input quantizer's zero code when linked.
 
-    See `qcompile.nn.elastic.padded_conv2d`: `conv._input_quant` (a plain reference set by
-    `insert_quantizers` / `slice_subnet`) makes the padding exactly the integer conv's `pad_value`.
+    See `qcompile.nn.padding`: the link `insert_quantizers` / `slice_subnet` set makes the padding
+    exactly the integer conv's `pad_value`.
     """
-    q = conv.__dict__.get("_input_quant")
+    q = pad_quantizer(conv)
     if q is not None and q.active_bits != 32 and q.pad_value != 0.0 and any(conv.padding):
         ph, pw = conv.padding
         x = F.pad(x, (pw, pw, ph, ph), value=q.pad_value)
@@ -67,6 +69,6 @@ def link_input_quantizers(gm) -> int:
             continue
         src = node.args[0] if node.args else None
         if getattr(src, "op", None) == "call_module" and isinstance(gm.get_submodule(src.target), ActQuantizer):
-            object.__setattr__(gm.get_submodule(node.target), "_input_quant", gm.get_submodule(src.target))
+            link_pad_quantizer(gm.get_submodule(node.target), gm.get_submodule(src.target))
             n += 1
     return n

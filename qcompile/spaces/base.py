@@ -8,7 +8,6 @@ the weight-sharing supernet.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -682,11 +681,6 @@ class Supernet(nn.Module):
             x = self.head_mix(x)
         x = torch.flatten(x, 1)
         return self.classifier(self.dropout(x))
-
-
-def space_math_check(space: StagedSpace) -> float:
-    """log10 of the space size with bits {2,3,4} (QFA reports ~2.19e76 for its MobileNetV3 space)."""
-    return math.log10(space.size(bits=(2, 3, 4)))
 
 
 __all__ = ["StagedSpace", "StageSpec", "HeadSpec", "LayerDesc", "Gene", "Supernet", "Stage", "field"]

@@ -57,11 +57,3 @@ def allreduce_gradients(params: list[nn.Parameter]) -> None:
         g.copy_(flat[off : off + g.numel()].view_as(g))
         off += g.numel()
 
-
-def all_sum(values: list[float]) -> list[float]:
-    """Sum a few Python numbers over ranks (metrics)."""
-    if world()[1] == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()

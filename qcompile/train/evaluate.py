@@ -39,7 +39,7 @@ def evaluate_subnets(
     Calibration uses `calib_batches` shuffled training batches of `batch_size` at the config's
     resolution (seeded by `seed`, the same for every config). `qnet` is not modified.
     """
-    import qcompile as qc
+    from qcompile import api as qc
 
     if calib_batches < 1:
         raise ConfigError("calib_batches", calib_batches, ">= 1")

@@ -2,7 +2,7 @@
 
 A *quant layer* is any module with an integer `slot` (its index in `QuantPolicy.bits`), a `weight`
 parameter and a `weight_quant` (an elastic LSQ holding one step per bit-width in `steps[str(b)]`,
-`qcompile.quant.LSQ`) or None before quantization. The lead's `ElasticConv2d` / `ElasticLinear`
+`qcompile.quant.LSQ`) or None before quantization. `ElasticConv2d` / `ElasticLinear`
 follow this, eagerly and inside the traced GraphModule (they are leaves), so nothing here depends
 on a particular space.
 """

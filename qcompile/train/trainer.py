@@ -45,14 +45,9 @@ Activate = Callable[[nn.Module, SubnetConfig], None]
 
 
 def _default_activate(model: nn.Module, cfg: SubnetConfig) -> None:
-    import qcompile
+    from qcompile.fx.tracer import set_active
 
-    fn = getattr(qcompile, "set_active", None)
-    if fn is None:
-        raise ConfigError(
-            "activate", None, "a callable", "qcompile.set_active is unavailable; pass activate="
-        )
-    fn(model, cfg)
+    set_active(model, cfg)
 
 
 def _jsonable(x: Any) -> Any:

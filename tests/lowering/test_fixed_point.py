@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qcompile.errors import LoweringError
-from qcompile.lowering.fixed_point import INT64_SAFE, affine_fixed_point, quantize_multiplier, quantize_multipliers
+from qcompile.quant.fixed_point import INT64_SAFE, affine_fixed_point, quantize_multiplier, quantize_multipliers
 
 
 @pytest.mark.parametrize("r", [1e-9, 3.7e-5, 0.0123, 0.5, 0.999999, 1.0, 3.14159, 1234.5, 2.0**29])

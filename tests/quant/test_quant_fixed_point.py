@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qcompile.errors import ConfigError
+from qcompile.errors import LoweringError
 from qcompile.ops import fixmul
 from qcompile.quant import fixmul_reference, quantize_multiplier
 
@@ -29,13 +29,21 @@ def test_quantize_multiplier_accuracy(rng):
     assert quantize_multiplier(1 - 2**-40) == (2**30, 30)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.5, 2.0**30, 2.0**31, 1e-12, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [-0.5, 2.0**30, 2.0**31, float("nan"), float("inf")])
 def test_quantize_multiplier_rejects(bad):
-    with pytest.raises(ConfigError, match="multiplier") as e:
-        quantize_multiplier(bad)
-    assert e.value.field == "multiplier"
-    with pytest.raises(ConfigError):
-        quantize_multiplier(np.array([0.5, bad]))
+    with pytest.raises(LoweringError, match="node x: rescaling factor") as e:
+        quantize_multiplier(bad, "node x")
+    assert e.value.where == "node x"
+    with pytest.raises(LoweringError, match=r"node y\[channel 1\]"):
+        quantize_multiplier(np.array([0.5, bad]), "node y")
+
+
+def test_quantize_multiplier_zero_and_tiny_factors():
+    # r = 0 is exact as M = 0 (the lowering then refuses a zero multiplier with its own message);
+    # below 2^-32 the shift caps at 62 and M loses precision but stays the nearest representable value
+    assert quantize_multiplier(0.0) == (0, 62)
+    m, s = quantize_multiplier(1e-12)
+    assert s == 62 and m == int(Fraction(1e-12) * 2**62 + Fraction(1, 2))
 
 
 def test_fixmul_reference_matches_ops_fixmul(rng):

@@ -25,7 +25,7 @@ from tvm.script import tirx as T
 
 from qcompile.backends.tvm.intrin.common import dot_desc, register_scoped, target_features
 
-__all__ = ["S8S8_4x4_SDOT", "S8S8_4x4_NEON", "register_arm_intrinsics", "has_dotprod", "has_neon"]
+__all__ = ["S8S8_4x4_SDOT", "S8S8_4x4_NEON", "register_arm_intrinsics", "has_dotprod"]
 
 S8S8_4x4_SDOT = "qcompile_s8s8_4x4_sdot"
 S8S8_4x4_NEON = "qcompile_s8s8_4x4_neon"
@@ -108,8 +108,3 @@ def register_arm_intrinsics() -> None:
 def has_dotprod(target: tvm.target.Target) -> bool:
     """True when the aarch64 target may execute `sdot`/`udot` (Armv8.2-A dotprod)."""
     return "dotprod" in target_features(target)
-
-
-def has_neon(target: tvm.target.Target) -> bool:
-    """True when the aarch64 target has Advanced SIMD (every Armv8-A application core does)."""
-    return "neon" in target_features(target)

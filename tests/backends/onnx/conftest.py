@@ -129,8 +129,9 @@ def build_all_ops_graph(seed: int = 0, hw: int = 12, batch: int = 2):
     n10 = b.call(R.linear, n9, b.const(w_fc), b.const(b_fc))
     scale_fc = torch.rand(10, generator=g, dtype=torch.float64) * 1e-3 + 1e-4
     n11 = b.call(R.dequantize_acc, n10, b.const(scale_fc))
-    ig = b.build(n11, meta={"input_shape": [batch, 3, hw, hw], "config": {"resolution": hw, "depths": [1]},
-                            "policy": {"weight_bits": [8, 4, 2, 8], "act_bits": [8, 4, 8, 8]}})
+    cfg = {"resolution": hw, "depths": [1], "kernels": [3], "expands": [1],
+           "policy": [[8, 8], [4, 4], [2, 8], [8, 8]]}  # a SubnetConfig dict (qcompile.ops.meta.ProgramMeta)
+    ig = b.build(n11, meta={"input_shape": [batch, 3, hw, hw], "config": cfg})
     return ig, x
 
 

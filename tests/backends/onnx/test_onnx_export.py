@@ -100,8 +100,9 @@ def test_model_checks_ir_version_and_metadata(all_ops_graph, tmp_path):
     assert m.opset_import[0].version == 21
     onnx.checker.check_model(m, full_check=True)
     props = {p.key: p.value for p in m.metadata_props}
-    assert json.loads(props["qcompile.subnet_config"]) == {"resolution": 12, "depths": [1]}
-    assert json.loads(props["qcompile.quant_policy"])["weight_bits"] == [8, 4, 2, 8]
+    assert json.loads(props["qcompile.subnet_config"])["depths"] == [1]
+    assert json.loads(props["qcompile.subnet_config"])["resolution"] == 12
+    assert json.loads(props["qcompile.quant_policy"]) == [[8, 8], [4, 4], [2, 8], [8, 8]]
     act = json.loads(props["qcompile.activation_ranges"])
     assert act["requantize_1"] == {"lo": 3, "hi": 15, "bits": 4}  # 4-bit codes in a uint8 container
     assert act["requantize"] == {"lo": 17, "hi": 255, "bits": 8}

@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=8)
     s.set_defaults(fn=cmd_run)
 
-    from qcompile.search_run import add_parser as add_search_parser  # issue 23: `qcompile search`
+    from qcompile.search_run import add_parser as add_search_parser  # `qcompile search`
 
     add_search_parser(sub)
 

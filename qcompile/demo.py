@@ -103,7 +103,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, settings: DemoSettin
         subs[name] = sub
         log.info("  %-16s acc %.2f %%  BitOPs %.3e", name, 100 * acc, cost.bitops)
     timings["evaluate"] = time.perf_counter() - t0
-    # 2b. pick the subnet by search under a budget (issue 23; qcompile/demo_search.py)
+    # 2b. pick the subnet by search under a budget (qcompile/demo_search.py)
     best, best_sub, pick = _search_step(space, qnet, data, rows, out, s, seed, quick)
     timings["search"] = pick.seconds
     best["config"].save(out / "best_subnet.json")
@@ -171,13 +171,14 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, settings: DemoSettin
 
 
 def _search_step(space, qnet, data, rows, out: Path, s: DemoSettings, seed: int, quick: bool):
-    """(best row, its calibrated subnet, the SearchPick): the searched subnet joins `rows` (issue 23)."""
+    """(best row, its calibrated subnet, the SearchPick): the searched subnet joins `rows`."""
     from qcompile.demo_search import DemoSearchSettings, pick_subnet
 
     t0 = time.perf_counter()
     log.info("[2b/6] picking the subnet by search under a budget")
     settings = DemoSearchSettings.quick() if quick else DemoSearchSettings()
-    pick = pick_subnet(space, qnet, data, rows, out / "search", s.calib_batches, seed=seed, settings=settings)
+    pick = pick_subnet(space, qnet, data, rows, out / "search", s.calib_batches, evaluate_config, seed=seed,
+                       settings=settings)
     rows.append(pick.row)
     pick.seconds = time.perf_counter() - t0
     return pick.row, pick.sub, pick

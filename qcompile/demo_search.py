@@ -1,4 +1,4 @@
-"""The demo's search step (issue 23): pick the deployed subnet by search under a budget on this host.
+"""The demo's search step: pick the deployed subnet by search under a budget on this host.
 
 Cheap by design (the demo must end within 15 minutes on 2 cores): the objectives are predicted
 accuracy and a cost model, and only a few subnets are measured.
@@ -6,7 +6,7 @@ accuracy and a cost model, and only a few subnets are measured.
 - Accuracy predictor: `qs.AccuracyPredictor` when this build has it and enough subnets were
   measured, else a least-squares line of measured accuracy on log BitOPs fitted to the subnets the
   demo measured in its step 2 (few points: a placeholder, said so in the report).
-- Budget: predicted latency on this host from `qs.LatencyTable` (issue 22) when this build has it,
+- Budget: predicted latency on this host from `qs.LatencyTable` when this build has it,
   else BitOPs. The limit is the median of the demo's random subnets, so the search has to find a
   better subnet at the cost of a typical one.
 - Search: NSGA-II (QFA Sec. 4) over (predicted accuracy, budget objective) with the budget as a
@@ -17,6 +17,7 @@ accuracy and a cost model, and only a few subnets are measured.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,14 @@ def _budget(space, rows):
     return obj, limit, "BitOPs (no latency table in this build: BitOPs stands in for latency)", None
 
 
-def pick_subnet(space, qnet, data, rows, out: Path, calib_batches: int, seed: int = 0,
+def pick_subnet(space, qnet, data, rows, out: Path, calib_batches: int, evaluate: Callable, seed: int = 0,
                 settings: DemoSearchSettings | None = None) -> SearchPick:
-    """Search, measure the pick and a few Pareto subnets, save `out/` (search.json, pareto/, pareto.png)."""
+    """Search, measure the pick and a few Pareto subnets, save `out/` (search.json, pareto/, pareto.png).
+
+    `evaluate(qnet, cfg, data, calib_batches) -> (accuracy, calibrated subnet)` measures one config
+    (the demo's `evaluate_config`).
+    """
     import qcompile.search as qs
-    from qcompile.demo import evaluate_config
     from qcompile.search.cost import cost_report
 
     s = settings or DemoSearchSettings()
@@ -125,7 +129,7 @@ def pick_subnet(space, qnet, data, rows, out: Path, calib_batches: int, seed: in
     measured, chosen_sub = [], None
     for k, i in enumerate(picks):
         cfg = res.configs[i]
-        a, sub = evaluate_config(qnet, cfg, data, calib_batches)
+        a, sub = evaluate(qnet, cfg, data, calib_batches)
         measured.append({"config": cfg, "predicted": float(res.F[i, 0]), "measured": a, "cost": float(res.F[i, 1]),
                          "label": "pick" if k == 0 else f"pareto #{pareto.index(i)}"})
         if k == 0:

@@ -1,4 +1,4 @@
-"""`qcompile search RUN`: pick subnets of a trained run by search (issue 23).
+"""`qcompile search RUN`: pick subnets of a trained run by search.
 
 ```
 qcompile search RUN --algorithm nsga2|evolution|random|greedy-bits|coarse-to-fine \
@@ -16,6 +16,7 @@ minimise, `NAME>=LIMIT` for accuracy; latency units ms, us or s. The space comes
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -88,15 +89,21 @@ def parse_constraint(text: str) -> Constraint:
     return Constraint(spec, op, limit)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace(",", " ").split())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected integers like 2,3,4, got {text!r}") from e
+
+
 def _space_of(run: str):
-    import qcompile as qc
-    from qcompile.spaces import SPACES, from_dict
+    from qcompile.spaces import SPACES, from_dict, get_space
 
     p = Path(run)
     if (p / "run.json").is_file():
         return from_dict(json.loads((p / "run.json").read_text())["space"])
     if run in SPACES:
-        return qc.spaces.get_space(run, num_classes=10, width_mult=0.35, resolutions=(24, 32))
+        return get_space(run, num_classes=10, width_mult=0.35, resolutions=(24, 32))
     raise ConfigError("RUN", run, "a run directory with run.json (qcompile train --out RUN) or a space name")
 
 
@@ -112,13 +119,13 @@ def build_objective(spec: str, space, args) -> Any:
             raise ConfigError("--predictor", None, "a predictor directory (qcompile predictor fit) for accuracy")
         cls = getattr(qs, "AccuracyPredictor", None)
         if cls is None:
-            raise ConfigError("accuracy", args.predictor, "qs.AccuracyPredictor, not in this build yet (issue 23)")
+            raise ConfigError("accuracy", args.predictor, "qs.AccuracyPredictor, not in this build yet")
         return qs.objectives.accuracy(cls.load(args.predictor, space=space))
     # latency
     table_cls = getattr(qs, "LatencyTable", None)
     factory = getattr(qs.objectives, "latency", None)
     if table_cls is None or factory is None:
-        raise ConfigError("latency", spec, "qs.LatencyTable, not in this build yet (issue 22); use bitops meanwhile")
+        raise ConfigError("latency", spec, "qs.LatencyTable, not in this build yet; use bitops meanwhile")
     if args.latency_table:
         table = table_cls.load(args.latency_table)
     else:
@@ -217,8 +224,6 @@ def cmd_search(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `qcompile search` on the CLI's subparsers."""
-    from qcompile.cli import _ints
-
     s = sub.add_parser("search", help="search subnets of a run for objectives and constraints (Pareto set)")
     s.add_argument("run", help="run directory from `qcompile train` (or a space name for cost-only search)")
     s.add_argument("--algorithm", default="nsga2", choices=ALGORITHMS)

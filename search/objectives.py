@@ -58,7 +58,7 @@ class Objective:
 
 
 # ------------------------------------------------------------------------------------------------
-# factories (issue 23). `latency(table)` comes from the latency-model issue, at the end of this file.
+# factories; `latency(table)` (the latency model) is at the end of this file.
 # ------------------------------------------------------------------------------------------------
 def _cost_objective(space, name: str, field: str, unit: str, fixed: dict[str, int] | None) -> Objective:
     from qcompile.search.cost import cost_report

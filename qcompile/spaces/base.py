@@ -284,7 +284,7 @@ class StagedSpace:
         Genes of blocks the depths skip (kernel, expand, fine channels) take their first choice, and
         the policy entries of their layer slots take the largest weight and activation bits of the
         active slots (so a float policy stays float and a uniform one stays uniform). Two configs that
-        differ only in skipped blocks then have equal `stable_hash` (issue 23; APQ Sec. 3.2 encodes
+        differ only in skipped blocks then have equal `stable_hash` (APQ Sec. 3.2 encodes
         skipped blocks as all-zero for the same reason). Idempotent.
         """
         self.validate(cfg)

@@ -42,7 +42,7 @@ class SandwichSampler:
         return random.Random(self.seed * 1_000_003 + step * 7919 + 17)
 
     def _raw_sample(self, seed: int, bits) -> SubnetConfig:
-        # Not canonicalised: the policy / kernels are grafted onto other depths (issue 23 keeps training as is).
+        # Not canonicalised: the policy / kernels are grafted onto other depths (training unchanged).
         if hasattr(self.space, "canonical"):
             return self.space.sample(seed=seed, bits=bits, canonical=False)
         return self.space.sample(seed=seed, bits=bits)

@@ -1,6 +1,6 @@
 """Random search: uniform samples of the genome (architecture and per-layer bits within `bits`).
 
-The baseline NSGA-II must beat at the same number of evaluations (issue 23 acceptance). Candidates
+The baseline NSGA-II must beat at the same number of evaluations (docs/search.md). Candidates
 violating a constraint are skipped before they cost an evaluation; draws are bounded
 (`max_draws_per_eval` per evaluation), so an unreachable constraint ends the search instead of looping.
 """

@@ -9,6 +9,7 @@ import torch
 import qcompile as qc
 import qcompile.search as qs
 from qcompile.data import load_dataset
+from qcompile.demo import evaluate_config
 from qcompile.demo_search import DemoSearchSettings, LogBitopsPredictor, pick_subnet, report_section
 from qcompile.search.cost import bitops
 from tests.conftest import tiny_space
@@ -32,7 +33,7 @@ def test_pick_subnet_meets_the_budget_and_measures(tmp_path):
     data = load_dataset("digits", resolution=32, in_channels=3)
     rows = [{"name": f"random mixed #{i}", "config": space.sample(seed=i, bits=(2, 3, 4)), "accuracy": 0.1 + 0.01 * i}
             for i in range(4)]
-    pick = pick_subnet(space, qnet, data, rows, tmp_path / "search", calib_batches=1, seed=0,
+    pick = pick_subnet(space, qnet, data, rows, tmp_path / "search", calib_batches=1, evaluate=evaluate_config, seed=0,
                        settings=DemoSearchSettings(n_evals=40, measured=2))
     limit = float(np.median([bitops(space, r["config"]) for r in rows]))
     if pick.table is None:  # BitOPs budget (no latency table in this build)

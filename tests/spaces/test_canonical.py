@@ -1,4 +1,4 @@
-"""Canonical configs (issue 23): configs that compile to the same network are one config."""
+"""Canonical configs: configs that compile to the same network are one config."""
 
 from dataclasses import replace
 

@@ -111,7 +111,8 @@ def main(argv=None) -> int:
         t_n, t_r = t_n + t1 - t0, t_r + t2 - t1
         hn, hr = n.hypervolume(ref), r.hypervolume(ref)
         wins += hn > hr
-        rows.append((seed, n.n_evals, r.n_evals, hn, hr, len(n.pareto), len(r.pareto), n.F[:, 0].max(), r.F[:, 0].max()))
+        best_n, best_r = n.F[:, 0].max(), r.F[:, 0].max()
+        rows.append((seed, n.n_evals, r.n_evals, hn, hr, len(n.pareto), len(r.pareto), best_n, best_r))
         log.info("seed %d: HV nsga2 %.4g random %.4g (%s)", seed, hn, hr, "win" if hn > hr else "LOSS")
     again = qs.nsga2(space, [acc, bops], n_evals=args.evals, seed=0)
     same = again.configs == qs.nsga2(space, [acc, bops], n_evals=args.evals, seed=0).configs

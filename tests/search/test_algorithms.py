@@ -120,3 +120,13 @@ def test_float_search_without_bits(space, objs):
     res = qs.random_search(space, [qs.objectives.qfa_flops(space)], n_evals=20, seed=0, bits=None)
     assert all(c.policy is None for c in res.configs)
     assert nondominated(res.Fmin).sum() >= 1
+
+
+def test_max_direction_constraint(space, objs):
+    acc, bops = objs
+    floor = float(np.median(acc([space.sample(seed=s, bits=(2, 3, 4)) for s in range(20)])))
+    res = qs.coarse_to_fine(space, [bops], n_evals=120, seed=0, constraints=[(acc, floor)])
+    assert (res.G[:, 0] >= floor).all()  # screened before evaluation
+    assert acc([res.best])[0] >= floor and res.F[res.best_index, 0] == res.F[:, 0].min()
+    with pytest.raises(ConfigError, match="unreachable"):
+        qs.random_search(space, [bops], n_evals=10, constraints=[(acc, 5.0)])

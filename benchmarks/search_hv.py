@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--evals", type=int, default=2000)
     p.add_argument("--predictor", default="synthetic", help="synthetic | fit:RUN")
     p.add_argument("--n-measured", type=int, default=40)
+    p.add_argument("--latency-table", default=None,
+                   help="cost axis: predicted latency from this LatencyTable JSON instead of BitOPs")
     p.add_argument("--md", default=None, help="also write the table to this markdown file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -99,6 +101,8 @@ def main(argv=None) -> int:
     else:
         raise SystemExit(f"--predictor: {args.predictor!r}; allowed: synthetic, fit:RUN")
     acc, bops = qs.objectives.accuracy(pred), qs.objectives.bitops(space)
+    if args.latency_table:  # the "x predicted latency" variant (needs qs.LatencyTable)
+        bops = qs.objectives.latency(qs.LatencyTable.load(args.latency_table))
     ref = [float(acc([space.smallest(bits=2)])[0]) - 0.05, 1.1 * float(bops([space.largest(bits=4)])[0])]
     rows, wins = [], 0
     t_n = t_r = 0.0
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     same = again.configs == qs.nsga2(space, [acc, bops], n_evals=args.evals, seed=0).configs
     lines = [
         f"predictor `{args.predictor}`{' ' + str(info) if info else ''}; space {space!r}; "
-        f"{args.evals} evaluations per search; reference point (accuracy {ref[0]:.4f}, BitOPs {ref[1]:.4g})",
+        f"{args.evals} evaluations per search; reference point (accuracy {ref[0]:.4f}, {bops.name} {ref[1]:.4g})",
         "",
         "| seed | evals NSGA-II / random | HV NSGA-II | HV random | HV ratio | Pareto size N / R | best acc N / R |",
         "|---:|---:|---:|---:|---:|---:|---:|",

@@ -190,7 +190,7 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
             table = _fetch(gm, n.args[1]).to(torch.int64)
             seg = table[max(x[0], 0) : min(x[1], 255) + 1]
             out = (int(seg.min()), int(seg.max())) if seg.numel() else (0, 255)
-        elif t is R.flatten:
+        elif t in (R.flatten, R.max_pool2d):
             out = rng.get(n.args[0])
         if out is not None:
             rng[n] = out

@@ -390,8 +390,7 @@ class _Lowering:
         return LoweringError(
             f"node {node.name} ({node.op} {name})",
             "this op has no integer form and is not a float-island op of docs/integer_semantics.md",
-            "replace it with a supported op (conv, linear, BN, ReLU/ReLU6, h-swish, swish, sigmoid, h-sigmoid, "
-            "add, SE mul, global average pool, flatten) or extend qcompile.ops",
+            _SUPPORTED_REMEDY,
         )
 
     def _lower_node(self, node: fx.Node, kind: str, params: dict, shapes: dict[str, tuple[int, ...]]) -> Any:
@@ -473,7 +472,20 @@ class _Lowering:
             return _Float(y, pooled=True)
         if kind in ("add", "mul"):
             return self._binary(node, kind)
+        if kind == "maxpool":
+            return self._maxpool(node, v, params)
         raise self._unknown(node)
+
+    def _maxpool(self, node: fx.Node, v: _Value, params: dict) -> _Codes:
+        """Max pool on plain codes: the codes of the float max pool (ops.max_pool2d), same quantizer."""
+        if not (isinstance(v, _Codes) and not v.chain):
+            raise LoweringError(f"node {node.name}", "max pool of a value that is not plain activation codes",
+                                "put an activation quantizer directly before the max pool (qc.quantize_model "
+                                "does)")
+        out = self.call(Q.max_pool2d, (v.node,), {k: tuple(params[k]) for k in
+                                                  ("kernel_size", "stride", "padding", "dilation")},
+                        src=node.name, **self._codes_meta(v.q))
+        return _Codes(out, v.q, pooled=v.pooled, src=node.name)
 
     def _binary(self, node: fx.Node, kind: str) -> _Value:
         args = node.args
@@ -535,17 +547,34 @@ def _input_shape_of(gm: fx.GraphModule) -> tuple[int, ...] | None:
     return None
 
 
-def _check_supported(gm: fx.GraphModule) -> None:
-    """Refuse unknown ops before folding, so the error names the user's node."""
+_SUPPORTED_REMEDY = (
+    "replace it with a supported op (conv, linear, BN, ReLU/ReLU6, h-swish, swish, sigmoid, h-sigmoid, "
+    "add, SE mul, global average pool, max pool, flatten) or extend qcompile.ops"
+)
+
+
+def unsupported_nodes(gm: fx.GraphModule) -> list[str]:
+    """`"node name (op target)"` of every node of `gm` the lowering has no form for, in graph order."""
+    out = []
     for n in gm.graph.nodes:
         if classify(n, gm).kind == "unknown" and n.op != "get_attr":
             what = n.target if n.op != "call_module" else type(get_module(gm, n.target)).__name__
-            raise LoweringError(
-                f"node {n.name} ({n.op} {getattr(what, '__name__', what)})",
-                "this op has no integer form and is not a float-island op of docs/integer_semantics.md",
-                "replace it with a supported op (conv, linear, BN, ReLU/ReLU6, h-swish, swish, sigmoid, h-sigmoid, "
-                "add, SE mul, global average pool, flatten) or extend qcompile.ops",
-            )
+            out.append(f"node {n.name} ({n.op} {getattr(what, '__name__', what)})")
+    return out
+
+
+def _check_supported(gm: fx.GraphModule) -> None:
+    """Refuse unknown ops before folding, naming every unsupported node of the user's graph at once."""
+    bad = unsupported_nodes(gm)
+    if bad:
+        where = bad[0] if len(bad) == 1 else f"{len(bad)} unsupported nodes: " + ", ".join(bad)
+        raise LoweringError(
+            where,
+            "this op has no integer form and is not a float-island op of docs/integer_semantics.md"
+            if len(bad) == 1 else
+            "these ops have no integer form and are not float-island ops of docs/integer_semantics.md",
+            _SUPPORTED_REMEDY,
+        )
 
 
 #: the passes of `to_integer` (each registered; the options of the last two come from its arguments)

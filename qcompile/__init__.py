@@ -10,7 +10,20 @@ sub = qc.extract(qnet, space.sample(seed=0, bits=(2, 3, 4)))
 """
 
 from qcompile import spaces
-from qcompile.api import calibrate, export_onnx, extract, load, lower, quantize, set_active, to_integer, trace
+from qcompile.api import (
+    calibrate,
+    export_onnx,
+    extract,
+    layer_info,
+    layer_names,
+    load,
+    lower,
+    quantize,
+    quantize_model,
+    set_active,
+    to_integer,
+    trace,
+)
 from qcompile.config import QuantPolicy, SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError, LoweringError, PassError, QcompileError
 
@@ -34,4 +47,7 @@ __all__ = [
     "lower",
     "load",
     "export_onnx",
+    "quantize_model",
+    "layer_names",
+    "layer_info",
 ]

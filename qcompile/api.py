@@ -60,10 +60,39 @@ def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphMod
 
 
 def calibrate(subnet: nn.Module, batches: Iterable[Any], **kwargs: Any) -> nn.Module:
-    """Recompute BN statistics and BatchQuant running estimates of one extracted subnet (no weight changes)."""
+    """Recompute BN statistics and BatchQuant running estimates of one extracted subnet (no weight changes).
+
+    `bn=False` keeps the BN statistics (a trained model from `quantize_model`) and calibrates the quantizers only.
+    """
     from qcompile.train.calibrate import calibrate as _calibrate
 
     return _calibrate(subnet, batches, **kwargs)
+
+
+def quantize_model(model: nn.Module, policy: Any = (8, 8), example_inputs: Any = None,
+                   weight_init: str = "maxabs", **kwargs: Any) -> fx.GraphModule:
+    """Quantize any FX-traceable CNN with a fixed policy: a static fake-quant GraphModule like `extract`'s.
+
+    `policy` is `(w, a)`, a `QuantPolicy` or `{layer_name: (w, a)}` (names from `layer_names`); see
+    `qcompile.passes.quantize_model`. Calibrate with `calibrate(gm, batches, bn=False)`.
+    """
+    from qcompile.passes.quantize_model import quantize_model as _quantize_model
+
+    return _quantize_model(model, policy, example_inputs, weight_init, **kwargs)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The policy slots (conv / linear module paths, graph order) of a plain model or a `quantize_model` result."""
+    from qcompile.passes.quantize_model import layer_names as _layer_names
+
+    return _layer_names(model)
+
+
+def layer_info(model: nn.Module, example_inputs: Any = None):
+    """Per-layer `LayerInfo` (name, op, channels, kernel, groups, MACs, params, bits) for costs and bit search."""
+    from qcompile.passes.quantize_model import layer_info as _layer_info
+
+    return _layer_info(model, example_inputs)
 
 
 def to_integer(subnet: fx.GraphModule, check_overflow: bool = True, *, pipeline: str | Sequence[Any] | None = None):
@@ -117,4 +146,5 @@ def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", *,
     return _export(_integer_graph(subnet, pipeline), path, format=format, **kwargs)
 
 
-__all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load", "export_onnx"]
+__all__ = ["trace", "set_active", "quantize", "extract", "calibrate", "to_integer", "lower", "load", "export_onnx",
+           "quantize_model", "layer_names", "layer_info"]

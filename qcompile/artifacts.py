@@ -110,7 +110,8 @@ def save_subnet(sub: fx.GraphModule, out: str | os.PathLike, *, space, quantize_
 
 
 def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
-    """(space, static subnet in eval mode, subnet.json) from a subnet directory."""
+    """(space, static subnet in eval mode, subnet.json) from a subnet directory (space None for a
+    `qcompile quantize-model` directory)."""
     from safetensors.torch import load_file
 
     from qcompile import api as qc
@@ -119,6 +120,10 @@ def load_subnet(path: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such subnet directory (make one with `qcompile extract --out DIR`)")
     doc = _read_json(path / SUBNET_FILE, "written by `qcompile extract`")
+    if doc.get("kind") == "model":  # written by `qcompile quantize-model`: no space (None)
+        from qcompile.model_artifacts import load_model_subnet
+
+        return load_model_subnet(path, doc)
     try:
         cfg = SubnetConfig.from_dict(doc["config"])
     except (KeyError, ConfigError) as e:

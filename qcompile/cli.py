@@ -128,6 +128,10 @@ def cmd_calibrate(args) -> int:
     from qcompile.artifacts import load_subnet, save_subnet
 
     space, sub, doc = load_subnet(args.subnet)
+    if space is None:  # a `quantize-model` directory: keep the trained BN statistics
+        from qcompile.model_artifacts import cmd_recalibrate_model
+
+        return cmd_recalibrate_model(args, sub, doc)
     _calibrate(sub, args.data, sub.subnet_config.resolution, space.in_channels, args.calib_batches)
     out = args.out or args.subnet
     save_subnet(sub, out, space=space, quantize_options=doc.get("quantize"), calibrated=True, source=doc.get("source"))
@@ -204,8 +208,9 @@ def cmd_run(args) -> int:
     import qcompile as qc
 
     low = qc.load(args.lowered)
-    meta = getattr(low, "metadata", {}) or {}
-    res = int(meta.get("config", {}).get("resolution", 32))
+    meta = getattr(low, "meta", None) or getattr(low, "metadata", {}) or {}
+    shape = (meta.get("input") or {}).get("shape") or [1, 3, 32, 32]  # the library's static input shape
+    res = int(shape[-1])
     if args.images:
         import torch
         from PIL import Image
@@ -223,10 +228,11 @@ def cmd_run(args) -> int:
     else:
         from qcompile.data import load_dataset
 
-        ds = load_dataset(args.data, resolution=res).test
+        ds = load_dataset(args.data, resolution=res, in_channels=int(shape[1])).test
         x = ds.images[: args.limit].numpy()
         names = [f"{args.data}/test[{i}] (label {int(ds.labels[i])})" for i in range(len(x))]
-    logits = low(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    logits = np.concatenate([low(x[i : i + 1]) for i in range(len(x))])  # static batch-1 library
     for name, row in zip(names, logits):
         print(f"{name}: class {int(np.argmax(row))}")
     return 0
@@ -336,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     from qcompile.search_run import add_parser as add_search_parser  # `qcompile search`
 
     add_search_parser(sub)
+
+    from qcompile.model_artifacts import add_parser as _add_quantize_model
+
+    _add_quantize_model(sub)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded digits data; writes OUT/report.md")
     s.add_argument("--out", default="runs/demo")

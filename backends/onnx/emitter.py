@@ -511,6 +511,18 @@ def _flatten(e: Emitter, n: fx.Node) -> None:
         e.ranges[n.name] = dict(e.ranges[a["x"].name])
 
 
+def _max_pool2d(e: Emitter, n: fx.Node) -> None:
+    """MaxPool on uint8 codes (onnxruntime has uint8 MaxPool since opset 12); ONNX pads with -inf, the
+    reference with code 0: the same result, as every window holds a real code >= 0."""
+    a = _bind_integer(n)
+    k, st = _pair(a["kernel_size"], "kernel_size", n), _pair(a["stride"], "stride", n)
+    pad, dil = _pair(a["padding"], "padding", n), _pair(a["dilation"], "dilation", n)
+    e.define(n, e.op("MaxPool", [e.get(a["x"], torch.uint8, n)], n.name, kernel_shape=list(k), strides=list(st),
+                     pads=[pad[0], pad[1], pad[0], pad[1]], dilations=list(dil)))
+    if a["x"].name in e.ranges:
+        e.ranges[n.name] = dict(e.ranges[a["x"].name])
+
+
 # ---- float islands --------------------------------------------------------------------------------------------
 def _fdtype(e: Emitter, n: fx.Node) -> torch.dtype:
     return e.info[n.name].dtype
@@ -647,6 +659,7 @@ _HANDLERS: dict[Callable, Callable[[Emitter, fx.Node], None]] = {
     R.mul: _mul,
     R.lut: _lut,
     R.flatten: _flatten,
+    R.max_pool2d: _max_pool2d,
     F.conv2d: _fconv2d,
     F.linear: _flinear,
     F.relu: _unary("Relu"),

@@ -104,6 +104,7 @@ _INT_KERNELS: dict[Callable, Callable] = {
     R.mean: K.mean,
     R.mul: K.mul,
     R.lut: K.lut,
+    R.max_pool2d: K.max_pool2d,
 }
 
 # positional tensor operands of each integer op, in order; everything else is a static parameter
@@ -120,6 +121,7 @@ _TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
     R.mul: ("x", "g"),
     R.lut: ("x", "table"),
     R.flatten: ("x",),
+    R.max_pool2d: ("x",),
 }
 
 
@@ -305,7 +307,7 @@ class _Emitter:
         """
         if not isinstance(x, fx.Node) or x.op != "call_function":
             return 255
-        if x.target is R.flatten:
+        if x.target in (R.flatten, R.max_pool2d):
             return self._code_max(x.args[0] if x.args else x.kwargs.get("x"))
         a = self.bind(x)
         if x.target in (R.requantize, R.rescale, R.add, R.mean, R.mul):

@@ -30,6 +30,7 @@ __all__ = [
     "mean",
     "mul",
     "lut",
+    "max_pool2d",
     "float_conv2d",
     "float_linear",
     "float_unary",
@@ -288,6 +289,27 @@ def mul(
 def lut(x: te.Tensor, table: te.Tensor) -> te.Tensor:
     """`table[x]` (256-entry table on codes)."""
     return te.compute(x.shape, lambda *i: table[x(*i).astype("int32")], name="lut")
+
+
+def max_pool2d(
+    x: te.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+) -> te.Tensor:
+    """Max pool on uint8 codes, padding with the code 0 (exact, see `qcompile.ops.reference.max_pool2d`)."""
+    k, st, pad, dil = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+    n, c = int(x.shape[0]), int(x.shape[1])
+    oh, ow = conv_out_hw((int(x.shape[2]), int(x.shape[3])), k, st, pad, dil)
+    xp = _pad(x, pad, tirx.const(0, x.dtype), "max_pool_pad")
+    ry = te.reduce_axis((0, k[0]), name="ry")
+    rx = te.reduce_axis((0, k[1]), name="rx")
+    return te.compute(
+        (n, c, oh, ow),
+        lambda b, ch, i, j: te.max(xp[b, ch, i * st[0] + ry * dil[0], j * st[1] + rx * dil[1]], axis=[ry, rx]),
+        name="max_pool2d",
+    )
 
 
 # -- float64 islands ------------------------------------------------------------------------------

@@ -84,6 +84,35 @@ def _flatten_kind(args: tuple, kwargs: dict) -> NodeKind | None:
     return None
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(x) for x in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _maxpool_kind(kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any,
+                  return_indices: Any) -> NodeKind:
+    """`maxpool` with pairs `kernel_size`, `stride`, `padding`, `dilation`; `unknown` for ceil mode or indices."""
+    if ceil_mode or return_indices:
+        return NodeKind("unknown")
+    k = _pair(kernel_size)
+    return NodeKind("maxpool", {"kernel_size": k, "stride": _pair(stride) if stride not in (None, ()) else k,
+                                "padding": _pair(padding), "dilation": _pair(dilation)})
+
+
+def _maxpool_call(args: tuple, kwargs: dict) -> NodeKind:
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    p = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}
+    p.update(dict(zip(names, args)))
+    p.update(kwargs)
+    return _maxpool_kind(p["kernel_size"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"],
+                         p["return_indices"])
+
+
+_MAXPOOL_FNS = tuple(f for f in (F.max_pool2d, getattr(F, "_max_pool2d", None), torch.max_pool2d) if f is not None)
+
+
 def _is_global_pool(output_size: Any) -> bool:
     return output_size == 1 or output_size == (1, 1) or output_size == [1, 1]
 
@@ -114,6 +143,9 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> NodeKind:
             return NodeKind("flatten")
         if isinstance(mod, nn.AdaptiveAvgPool2d) and _is_global_pool(mod.output_size):
             return NodeKind("mean", {"keepdim": True})
+        if isinstance(mod, nn.MaxPool2d):
+            return _maxpool_kind(mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode,
+                                 mod.return_indices)
         act = classify_elementwise(node.op, node.target, mod)
         if act is not None:
             return NodeKind("act", {"act": act})
@@ -130,13 +162,15 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> NodeKind:
         if t is F.adaptive_avg_pool2d:
             size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
             return NodeKind("mean", {"keepdim": True}) if _is_global_pool(size) else NodeKind("unknown")
+        if t in _MAXPOOL_FNS:
+            return _maxpool_call(node.args, node.kwargs)
         if t is torch.flatten:
             k = _flatten_kind(node.args, node.kwargs)
             return k if k is not None else NodeKind("unknown")
         if t is F.dropout:
             return NodeKind("identity")
         act = classify_elementwise(node.op, t)
-        if act is not None and len(node.args) == 1 and not node.kwargs:
+        if act is not None and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
             return NodeKind("act", {"act": act})
         return NodeKind("unknown")
     if node.op == "call_method":
@@ -154,7 +188,7 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> NodeKind:
         if m in ("mul", "__mul__") and len(node.args) == 2 and not node.kwargs:
             return NodeKind("mul")
         act = classify_elementwise(node.op, m)
-        if act is not None and len(node.args) == 1 and not node.kwargs:
+        if act is not None and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
             return NodeKind("act", {"act": act})
         return NodeKind("unknown")
     return NodeKind("unknown")

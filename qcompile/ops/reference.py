@@ -23,6 +23,7 @@ __all__ = [
     "mul",
     "lut",
     "flatten",
+    "max_pool2d",
     "fixmul",
     "INTEGER_OPS",
 ]
@@ -169,4 +170,39 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-INTEGER_OPS = (quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten)
+def max_pool2d(
+    x: torch.Tensor,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """Max pool on codes (uint8 in, uint8 out, same quantizer): exact, no requantization.
+
+    Dequantization `(q - z) s` with `s > 0` is increasing, so `max` commutes with it: the codes of the
+    float max pool are the max pool of the codes. Padding is the code 0: every window holds at least one
+    real element (PyTorch requires `padding <= kernel / 2`) and every code is `>= 0`, so a padded tap never
+    wins, exactly as PyTorch's implicit `-inf` padding.
+    """
+    ph, pw = padding
+    xd = x.to(torch.int32)
+    if ph or pw:
+        xd = F.pad(xd, (pw, pw, ph, ph), value=0)
+    kh, kw = kernel_size
+    dh, dw = dilation
+    sh, sw = stride
+    oh = (xd.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xd.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = xd[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+            out = tap if out is None else torch.maximum(out, tap)
+    assert out is not None
+    return out.to(torch.uint8)
+
+
+INTEGER_OPS = (
+    quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten, max_pool2d,
+)

@@ -44,8 +44,19 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu - 3 * sigma, mu + 3 * sigma
 
 
+def minmax_zero(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """QFA Eq. 7 widened to contain 0: `min(min_i x_i, 0)`, `max(max_i x_i, 0)` (post-training ranges).
+
+    Eq. 5 clamps the zero point to `[n, p]`, so a tensor that never reaches 0 (an SE gate in [0.45, 0.55])
+    would have its range shifted onto `[0, (p - n) delta]` and be clipped; containing 0 keeps it exact.
+    """
+    lo, hi = minmax(x)
+    return torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+
+
 ESTIMATORS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
     "minmax": minmax,
+    "minmax_zero": minmax_zero,
     "channel_mean": channel_mean,
     "mean_std": mean_std,
 }

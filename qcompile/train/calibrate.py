@@ -48,15 +48,19 @@ def calibrate(
     batches: Iterable[object],
     max_batches: int | None = None,
     quantizers: bool = True,
+    bn: bool = True,
 ) -> nn.Module:
     """Recompute BN statistics and (with `quantizers`) BatchQuant running estimates of `model`.
+
+    `bn=False` keeps the BN running statistics (a trained model's, e.g. from `qc.quantize_model`) and runs
+    BN in eval mode: post-training calibration of the activation quantizers only.
 
     `batches` yields image tensors or `(images, labels)` at the subnet's resolution. Returns `model`
     (for chaining); the number of images used is in `model.calibrated_images`. The model is left
     in eval mode; on an exception the BN momenta are
     restored and the quantizers stay uncalibrated.
     """
-    bns = batchnorm_modules(model)
+    bns = batchnorm_modules(model) if bn else []
     momenta = [m.momentum for _, m in bns]
     for _, m in bns:
         m.running_mean.zero_()

@@ -253,7 +253,8 @@ def pointwise_conv_x86(
         sch.split(j, [None, conv.wo])  # output row / column loops: no div/mod by Wo per element
     if conv is not None:
         xp_blk = sch.get_sblock("xpad")
-        sch.decompose_padding(xp_blk, sch.get_loops(xp_blk)[1])
+        if any(conv.padding) or hp_ != conv.h or wp2 != conv.w:  # unpadded (1x1 stride-2): nothing to decompose
+            sch.decompose_padding(xp_blk, sch.get_loops(xp_blk)[1])
         sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])
 
     gm = sch.get_sblock("gemm")

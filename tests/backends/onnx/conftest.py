@@ -58,7 +58,7 @@ class Calibrated:
 
 def build_all_ops_graph(seed: int = 0, hw: int = 12, batch: int = 2):
     """quantize -> conv/dwconv/1x1 (8, 4, 2-bit weights) -> requantize (ReLU, 4-bit) -> rescale -> lut
-    -> add -> SE (float island: mean, 1x1 conv, relu, 1x1 conv, hardsigmoid) -> mul -> mean -> flatten
+    -> add -> max pool -> SE (float island: mean, 1x1 conv, relu, 1x1 conv, hardsigmoid) -> mul -> mean -> flatten
     -> linear -> dequantize_acc (logits)."""
     g = torch.Generator().manual_seed(seed + 100)
     x = torch.randn(batch, 3, hw, hw, generator=g, dtype=torch.float32)
@@ -98,6 +98,9 @@ def build_all_ops_graph(seed: int = 0, hw: int = 12, batch: int = 2):
     add_kw = dict(multiplier_a=ma, multiplier_b=mb, offset=(1 << (sa - 1)) + 10 * (1 << sa), shift=sa, lo=0, hi=255)
     n6 = b.call(R.add, n5, n4, **add_kw)
     v6 = R.add(v5, v4, **add_kw)
+    mp_kw = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    n6 = b.call(R.max_pool2d, n6, **mp_kw)  # max pool on codes (ResNet stem), padded
+    v6 = R.max_pool2d(v6, **mp_kw)
     # SE branch as a float island (the default for SE convs), back to 8-bit gate codes
     d_kw = dict(scale=0.05, zero_point=10.0)
     f0 = b.call(R.dequantize, n6, **d_kw)

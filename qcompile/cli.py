@@ -72,8 +72,14 @@ def space_summary(space) -> str:
 def cmd_train(args) -> int:
     from qcompile.train_run import train_run
 
+    if getattr(args, "space_json", None):
+        import qcompile as qc
+
+        space = qc.spaces.from_json(Path(args.space_json).read_text())
+    else:
+        space = _make_space(args, default_width=0.35, default_res=(24, 32))
     train_run(
-        space=_make_space(args, default_width=0.35, default_res=(24, 32)),
+        space=space,
         data=args.data,
         out=Path(args.out),
         epochs=args.epochs,
@@ -279,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: torch's); 1 is fastest on a loaded machine")
     s.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimiser steps (default: at epoch ends only)")
+    s.add_argument("--space-json", default=None, metavar="FILE",
+                   help="train the space saved in FILE (space.to_json(), e.g. from evolve-space); overrides --space")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("extract", help="slice a subnet out of a trained run")
@@ -342,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     from qcompile.search_run import add_parser as add_search_parser  # `qcompile search`
 
     add_search_parser(sub)
+
+    from qcompile.evolve_space_cli import add_parser as _add_evolve_space
+
+    _add_evolve_space(sub)
 
     from qcompile.model_artifacts import add_parser as _add_quantize_model
 

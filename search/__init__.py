@@ -1,7 +1,8 @@
 """Search over subnet configs: cost models (`cost`), objectives, algorithms and their `SearchResult`.
 
 ARCHITECTURE.md "Public API, second part": `qs.nsga2`, `qs.random_search`, `qs.evolution`,
-`qs.coarse_to_fine` take a space and `Objective`s and return a `SearchResult`.
+`qs.coarse_to_fine` take a space and `Objective`s and return a `SearchResult`; SpaceEvo's
+`qs.evolve_space` searches the search space itself.
 """
 
 from qcompile.search import cost, objectives
@@ -17,6 +18,18 @@ from qcompile.search.algorithms import (
 from qcompile.search.objectives import Objective
 from qcompile.search.result import SearchResult
 
+# SpaceEvo: search the search space
+from qcompile.search.space_evolution import (  # noqa: F401
+    EvolutionSettings,
+    MacLatencyModel,
+    QTScorer,
+    SpaceSearchResult,
+    aging_evolution,
+    evolve_space,
+    latency_model,
+    random_search_spaces,
+)
+
 __all__ = [
     "cost",
     "objectives",
@@ -29,4 +42,12 @@ __all__ = [
     "NSGA2Options",
     "EvolutionOptions",
     "CoarseToFineOptions",
+    "EvolutionSettings",
+    "MacLatencyModel",
+    "QTScorer",
+    "SpaceSearchResult",
+    "aging_evolution",
+    "evolve_space",
+    "latency_model",
+    "random_search_spaces",
 ]

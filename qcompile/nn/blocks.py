@@ -83,7 +83,9 @@ class ElasticBlock(nn.Module):
     - bottleneck(_se): 1x1 reduce/expand -> kxk full conv -> [SE] -> 1x1 project (ResNet bottleneck,
       ratio on the input).
     - fused(_se): kxk full conv expand -> [SE] -> 1x1 project (FusedMB).
-    A residual identity joins when stride is 1 and the maximal input equals the maximal output.
+    A residual identity joins when stride is 1 and the input and output widths are always equal: the
+    same maximum and the same width rule (a searched input width of another stage can differ from the
+    block's active output width, e.g. SpaceEvo's residual-stem stage after an elastic stem).
     """
 
     def __init__(
@@ -105,7 +107,7 @@ class ElasticBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.block_type = block_type
-        self.residual = stride == 1 and max_in == max_out
+        self.residual = stride == 1 and max_in == max_out and in_rule == out_rule
         kmax = max(kernels)
         kernel_rule: Rule = KernelOf(block_slot) if block_slot is not None and len(kernels) > 1 else Const(kernels[0])
         if block_slot is not None:

@@ -31,6 +31,11 @@ from qcompile.nn.elastic import (
     out_size,
 )
 
+#: the "format" field of `StagedSpace.to_json()` documents
+SPACE_JSON_FORMAT = "qcompile.space/1"
+#: space name -> function(space) -> extra fields of its JSON (SpaceEvo's encoding: qcompile.spaces.hyperspace)
+JSON_EXTRAS: dict[str, Any] = {}
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -574,6 +579,35 @@ class StagedSpace:
     def to_dict(self) -> dict[str, Any]:
         """Constructor arguments (space name + args) so a checkpoint can rebuild the same space."""
         return {"name": self.name, "args": self.args}
+
+    def to_json(self) -> str:
+        """The space as JSON text; `qcompile.spaces.from_json(text)` rebuilds an equal space.
+
+        For SpaceEvo spaces the text also carries the paper's appendix encoding
+        ("PerStageBlock-PerStageWidth") when the space is a point of a known hyperspace.
+        """
+        import json
+
+        doc: dict[str, Any] = {"format": SPACE_JSON_FORMAT, **self.to_dict()}
+        extra = JSON_EXTRAS.get(self.name)
+        if extra is not None:
+            doc.update(extra(self))
+        return json.dumps(doc, indent=1, sort_keys=True)
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that defines the space after construction (for equality checks across round trips)."""
+        return {
+            "name": self.name,
+            "stem_widths": self.stem_widths,
+            "stages": self.stages,
+            "head": self.head,
+            "num_classes": self.num_classes,
+            "resolutions": self.resolutions,
+            "in_channels": self.in_channels,
+            "bit_choices": self.bit_choices,
+            "search_widths": self.search_widths,
+            "kernel_transform": self.kernel_transform,
+        }
 
     # ------------------------------------------------------------------------------------------
     # supernet

@@ -59,13 +59,30 @@ def spaceevo(
     kernels: Sequence[int] = (3, 5, 7),
     bit_choices: Sequence[int] = (2, 3, 4, 8, 32),
     dropout: float = 0.1,
+    depths: Sequence[Sequence[int]] | None = None,
+    width_ranges: Sequence[Sequence[int]] | None = None,
+    head_mix: int = 1280,
 ) -> StagedSpace:
     """A search space of the SpaceEvo hyperspace; defaults give SpaceEvo@VNNI (Table 12).
 
     `blocks`: 7 block types (names or Table 11 ids) for the residual stem and Stage1-6.
     `widths`: 7 width lists (each within the stage's Table 9 range). The residual stem stage uses
     kernel 3 and expand 0.5 as in Table 12; other stages kernel {3,5,7} and Table 11's expand ratios.
+    `depths` and `width_ranges` (7 entries each) replace Table 9's depth choices and width ranges
+    (a scaled hyperspace, e.g. `qcompile.spaces.hyperspace.digits_hyperspace`); `head_mix` is the
+    width of the 1x1 feature mix after the pool.
     """
+    stage_table = list(VNNI_STAGES)
+    if depths is not None:
+        if len(depths) != len(VNNI_STAGES) or any(not d or min(int(x) for x in d) < 1 for d in depths):
+            raise ConfigError("depths", depths, f"{len(VNNI_STAGES)} non-empty lists of depths >= 1")
+        stage_table = [(tuple(int(x) for x in d), st, rg) for d, (_, st, rg) in zip(depths, stage_table)]
+    if width_ranges is not None:
+        if len(width_ranges) != len(VNNI_STAGES) or any(len(r) != 2 or r[0] > r[1] for r in width_ranges):
+            raise ConfigError("width_ranges", width_ranges, f"{len(VNNI_STAGES)} (low, high) pairs with low <= high")
+        stage_table = [(d, st, (int(r[0]), int(r[1]))) for r, (d, st, _) in zip(width_ranges, stage_table)]
+    if head_mix < 1:
+        raise ConfigError("head_mix", head_mix, "an integer >= 1")
     blk = list(VNNI_SEARCHED_BLOCKS if blocks is None else blocks)
     wid = [tuple(w) for w in (VNNI_SEARCHED_WIDTHS if widths is None else widths)]
     if len(blk) != len(VNNI_STAGES):
@@ -79,16 +96,16 @@ def spaceevo(
             raise ConfigError(f"blocks[{i}]", b, sorted(BLOCK_TYPES) + sorted(BLOCK_IDS))
         names.append(name)
     stages = []
-    for i, (name, ws, (depths, stride, (lo, hi))) in enumerate(zip(names, wid, VNNI_STAGES)):
+    for i, (name, ws, (stage_depths, stride, (lo, hi))) in enumerate(zip(names, wid, stage_table)):
         if not ws or any(w < lo or w > hi for w in ws):
-            raise ConfigError(f"widths[{i}]", ws, f"widths within [{lo}, {hi}] (SpaceEvo Table 9)")
+            raise ConfigError(f"widths[{i}]", ws, f"widths within [{lo}, {hi}] (SpaceEvo Table 9 or width_ranges)")
         exp, act = VNNI_BLOCKS[name]
         if i == 0:
             stages.append(
-                StageSpec(name, ws, depths, stride, (3,), (0.5,) if name.startswith("bottleneck") else (1,), act)
+                StageSpec(name, ws, stage_depths, stride, (3,), (0.5,) if name.startswith("bottleneck") else (1,), act)
             )
         else:
-            stages.append(StageSpec(name, ws, depths, stride, tuple(kernels), exp, act))
+            stages.append(StageSpec(name, ws, stage_depths, stride, tuple(kernels), exp, act))
     args = dict(
         num_classes=num_classes,
         width_mult=width_mult,
@@ -101,12 +118,18 @@ def spaceevo(
         bit_choices=list(bit_choices),
         dropout=dropout,
     )
+    if depths is not None:
+        args["depths"] = [list(d) for d, _, _ in stage_table]
+    if width_ranges is not None:
+        args["width_ranges"] = [list(r) for _, _, r in stage_table]
+    if head_mix != 1280:
+        args["head_mix"] = head_mix
     return StagedSpace(
         "spaceevo",
         stem_widths=tuple(stem_widths),
         stem_act="hswish",
         stages=stages,
-        head=HeadSpec(expand=None, mix=1280, act="hswish", mix_bn=True, dropout=dropout),
+        head=HeadSpec(expand=None, mix=head_mix, act="hswish", mix_bn=True, dropout=dropout),
         num_classes=num_classes,
         width_mult=width_mult,
         resolutions=resolutions,

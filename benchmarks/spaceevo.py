@@ -1,0 +1,207 @@
+"""SpaceEvo on digits: search the search space, then check the Q-T score against trained supernets.
+
+    .venv/bin/python benchmarks/spaceevo.py search --out runs/spaceevo        # evolution vs random, 20 seeds
+    .venv/bin/python benchmarks/spaceevo.py qt --out runs/spaceevo --spaces 8 # Q-T effectiveness (Kendall tau)
+    .venv/bin/python benchmarks/spaceevo.py all --out runs/spaceevo           # both (about an hour on 2 cores)
+    .venv/bin/python benchmarks/spaceevo.py all --tiny --out /tmp/se          # CI: seconds to minutes
+
+Both parts share the block-wise lookup table OUT/table.json (built once by distillation, ~8 CPU-min,
+reused while its key matches) and the latency model `qcompile.search.space_evolution.latency_model`.
+
+`search`: for each seed, aging evolution (Algorithm 1, P = N/10, S = P/4) and random search evaluate
+the same number N of distinct spaces; the better best Q-T score wins the seed (acceptance: evolution
+on >= 15 of 20 seeds). Writes OUT/search.json and OUT/search.png.
+
+`qt`: K random candidate spaces (the paper samples 30), each trained as a small supernet (float
+epochs, then INT8 epochs with LSQ + BatchQuant, sandwich rule), then searched: M random INT8
+subnets, each calibrated and evaluated on the validation split, latency from the same model; a
+space's *Pareto accuracy* is the mean over the constraints of the best accuracy under each
+(0 for none). Kendall tau between Q-T scores and Pareto accuracies, with a 95 % bootstrap interval
+over spaces. Results are appended per space to OUT/qt_spaces.json (a rerun continues), summary in
+OUT/qt.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.spaceevo")
+
+
+def _table(out: Path, tiny: bool):
+    from qcompile.spaces.hyperspace import digits_hyperspace
+    from qcompile.train.blockwise import BKDSettings, build_or_load_table
+
+    settings = (BKDSettings(teacher_epochs=2, float_epochs=0, int8_epochs=1, archs_per_stage=4, train_subset=128)
+                if tiny else None)
+    return build_or_load_table(out / "table.json", digits_hyperspace(), "digits", seed=0, settings=settings,
+                               progress=True)
+
+
+def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool) -> dict:
+    from qcompile.search.space_evolution import (
+        EvolutionSettings,
+        QTScorer,
+        aging_evolution,
+        latency_model,
+        plot_best_scores,
+        random_search_spaces,
+    )
+    from qcompile.utils.io import atomic_write_text
+
+    table = _table(out, tiny)
+    scorer = QTScorer(table, constraints, latency_model("x86"))
+    pop = max(4, n_spaces // 10)
+    evo_runs, rnd_runs, rows = [], [], []
+    t0 = time.process_time()
+    for seed in range(seeds):
+        e = aging_evolution(scorer, EvolutionSettings(n_spaces=n_spaces, population=pop, sample=max(2, pop // 4),
+                                                      seed=seed))
+        r = random_search_spaces(scorer, n_spaces, seed=seed)
+        evo_runs.append(e)
+        rnd_runs.append(r)
+        rows.append({"seed": seed, "evolution": e.best["score"], "random": r.best["score"],
+                     "evolution_best": e.best["encoding"], "random_best": r.best["encoding"]})
+    wins = sum(r["evolution"] > r["random"] for r in rows)
+    ties = sum(r["evolution"] == r["random"] for r in rows)
+    doc = {
+        "constraints_ms": list(constraints), "n_spaces": n_spaces, "population": pop, "sample": max(2, pop // 4),
+        "seeds": seeds, "evolution_wins": wins, "ties": ties, "cpu_seconds": time.process_time() - t0,
+        "latency_model": scorer.latency.describe(), "table_key_sha": table.key.get("teacher_sha256"),
+        "rows": rows,
+    }
+    atomic_write_text(out / "search.json", json.dumps(doc, indent=1))
+    plot_best_scores({"aging evolution": evo_runs, "random search": rnd_runs}, out / "search.png",
+                     title=f"SpaceEvo digits: best Q-T vs evaluated spaces; evolution wins {wins}/{seeds} seeds")
+    print(f"evolution beats random search on {wins}/{seeds} seeds ({ties} ties) at {n_spaces} spaces each; "
+          f"mean best Q-T {np.mean([r['evolution'] for r in rows]):.4f} vs {np.mean([r['random'] for r in rows]):.4f}")
+    return doc
+
+
+def train_small_supernet(space, data, epochs: tuple[int, int], seed: int):
+    """Float epochs then INT8 epochs (weights LSQ, activations BatchQuant), sandwich rule; returns qnet."""
+    import torch
+
+    import qcompile as qc
+    from qcompile.train import Phase, TrainConfig, Trainer
+    from qcompile.train.init import zero_init_residual_bn
+
+    torch.manual_seed(seed)
+    net = space.build_supernet()
+    zero_init_residual_bn(net)
+    qnet = qc.quantize(qc.trace(net), weight_bits=(8, 32), act_bits=(8, 32))
+    phases = [Phase("float", epochs[0], bits=None), Phase("int8", epochs[1], bits=(8,))]
+    Trainer(qnet, space, data, TrainConfig(batch_size=64, seed=seed), [p for p in phases if p.epochs]).fit()
+    return qnet
+
+
+def pareto_accuracy(qnet, space, data, constraints, n_subnets: int, seed: int, latency) -> dict:
+    from qcompile.train.evaluate import evaluate_subnets
+
+    configs = [space.sample(seed=seed * 1000 + i, bits=(8,)) for i in range(n_subnets)]
+    configs[0] = space.largest(bits=8)
+    configs[1] = space.smallest(bits=8)
+    accs = evaluate_subnets(qnet, space, data, configs, calib_batches=4, split="val")
+    lats = [latency.predict(space, c) for c in configs]
+    per = [max([a for a, t in zip(accs, lats) if t < T], default=0.0) for T in constraints]
+    return {"accuracies": accs, "latency_ms": lats, "per_constraint": per, "pareto_accuracy": float(np.mean(per))}
+
+
+def kendall_with_ci(a, b, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    from scipy.stats import kendalltau
+
+    a, b = np.asarray(a), np.asarray(b)
+    tau = float(kendalltau(a, b).statistic)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(len(a), size=len(a))
+        if len(set(idx)) < 3:
+            continue
+        t = kendalltau(a[idx], b[idx]).statistic
+        if np.isfinite(t):
+            boots.append(t)
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (float("nan"), float("nan"))
+    return tau, float(lo), float(hi)
+
+
+def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool) -> dict:
+    import torch
+
+    from qcompile.data import load_dataset
+    from qcompile.search.space_evolution import QTScorer, latency_model
+    from qcompile.utils.io import atomic_write_text
+
+    torch.set_num_threads(1)
+    table = _table(out, tiny)
+    hyper = table.hyper
+    latency = latency_model("x86")
+    scorer = QTScorer(table, constraints, latency)
+    data = load_dataset("digits", resolution=hyper.resolutions[0], in_channels=hyper.in_channels)
+    path = out / "qt_spaces.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+    rng = random.Random(2026)
+    cands = []
+    while len(cands) < n_spaces:  # bounded: the hyperspace has ~2.4e8 spaces
+        c = hyper.random(rng)
+        if c.encoding not in {x.encoding for x in cands}:
+            cands.append(c)
+    for k, cand in enumerate(cands):
+        if any(d["encoding"] == cand.encoding and d.get("epochs", list(epochs)) == list(epochs) for d in done):
+            continue
+        t0 = time.process_time()
+        space = cand.build()
+        qnet = train_small_supernet(space, data, epochs, seed=k)
+        res = pareto_accuracy(qnet, space, data, constraints, n_subnets, k, latency)
+        res.update(encoding=cand.encoding, epochs=list(epochs), qt_score=scorer.score(cand),
+                   per_constraint_qt=scorer.per_constraint(cand),
+                   cpu_seconds=time.process_time() - t0)
+        done.append(res)
+        atomic_write_text(path, json.dumps(done, indent=1))
+        print(f"[{len(done)}/{n_spaces}] {cand.encoding}: Q-T {res['qt_score']:.4f}, Pareto accuracy "
+              f"{res['pareto_accuracy']:.4f} ({res['cpu_seconds']:.0f} CPU-s)", flush=True)
+    done = [d for d in done if d["encoding"] in {c.encoding for c in cands} and d.get("epochs") == list(epochs)]
+    tau, lo, hi = kendall_with_ci([d["qt_score"] for d in done], [d["pareto_accuracy"] for d in done])
+    doc = {"constraints_ms": list(constraints), "epochs": list(epochs), "subnets_per_space": n_subnets,
+           "kendall_tau": tau, "ci95": [lo, hi], "spaces": [{k: d[k] for k in ("encoding", "qt_score",
+           "pareto_accuracy", "per_constraint", "cpu_seconds")} for d in done], "latency_model": latency.describe()}
+    atomic_write_text(out / "qt.json", json.dumps(doc, indent=1))
+    print(f"Kendall tau(Q-T, Pareto accuracy) over {len(done)} spaces: {tau:.3f} (95% bootstrap CI {lo:.3f}..{hi:.3f})")
+    return doc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("search", "qt", "all"))
+    p.add_argument("--out", default="runs/spaceevo")
+    p.add_argument("--constraints", default="0.2,0.3,0.5")
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--n-spaces", type=int, default=300)
+    p.add_argument("--spaces", type=int, default=8, help="candidate spaces trained for the Q-T check")
+    p.add_argument("--epochs", default="2,1", help="float,int8 supernet epochs for the Q-T check")
+    p.add_argument("--subnets", type=int, default=16, help="subnets searched per trained space")
+    p.add_argument("--tiny", action="store_true", help="CI size: tiny table, 3 seeds, 3 spaces, 1 INT8 epoch")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cons = tuple(float(x) for x in args.constraints.split(","))
+    if args.tiny:
+        args.seeds, args.n_spaces, args.spaces, args.epochs, args.subnets = 3, 40, 3, "0,1", 4
+    epochs = tuple(int(x) for x in args.epochs.split(","))
+    if args.part in ("search", "all"):
+        run_search(out, args.seeds, args.n_spaces, cons, args.tiny)
+    if args.part in ("qt", "all"):
+        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,624 @@
+"""SpaceEvo: search the search space (SpaceEvo Sec. 3.2-3.3, Algorithm 1, Eq. 2).
+
+- **Q-T score** (Eq. 2, the paper's, not the authors' code's variant): for latency constraints
+  T1..Tn, `Q(A, T1..Tn) = sum_i Q(A, Ti)` with `Q(A, Ti) = E[Acc_int8(alpha)]` over the *top-tier*
+  subnets alpha of space A with `LAT(alpha) < Ti`: we sample `n_samples` subnets of A (5k in the
+  paper), keep those under Ti and average the accuracy proxy of the best `top_k` (20 in the paper).
+  A constraint no sampled subnet meets contributes 0. Accuracy proxy: the inverse of the subnet's
+  INT8 loss, the sum of its stages' NSR from the block-wise lookup table (Sec. 3.3: "we inverse the
+  measured loss to approximate the quantized accuracy"). The scoring subnet keeps the stem and the
+  residual-stem stage at their largest (they are not searched); Stage1-6 come from table entries
+  whose width lies in the candidate's windows.
+- **Latency**: `latency_model(target)` is the one function to swap. It returns the kernel-level
+  predictor of `qcompile.search` when that exists, else `MacLatencyModel`, a MAC-count stand-in
+  (say which one a result used: `model.describe()`). Latency must be additive over layers
+  (`layer_ms`), so a subnet's latency is precomputed per stage entry and input width.
+- **Aging evolution** (Algorithm 1) and a random-search baseline over spaces: bounded, deduplicated
+  (an encoding is evaluated at most once per run), seeded, resumable (state JSON written atomically),
+  and never stalls: a child that is already known is re-mutated at another stage, then replaced by an
+  unseen random space, within `max_tries`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from qcompile.config import SubnetConfig
+from qcompile.errors import ConfigError
+from qcompile.spaces.hyperspace import CandidateSpace, Hyperspace
+from qcompile.spaces.spaceevo import VNNI_BLOCKS
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "qcompile.spaceevo-state/1"
+#: hyperspaces smaller than this are enumerated when random draws keep hitting known spaces
+ENUMERATE_BELOW = 20_000
+
+
+# --------------------------------------------------------------------------------------------------
+# latency
+# --------------------------------------------------------------------------------------------------
+
+
+class LatencyModel(Protocol):
+    def layer_ms(self, layer) -> float: ...
+
+    def predict(self, space, cfg: SubnetConfig) -> float: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class MacLatencyModel:
+    """Stand-in INT8 latency (ms) from MAC counts: dense conv, depthwise conv and linear throughputs plus
+    a fixed cost per layer. Coefficients are rough figures for an AVX-512 VNNI core, not measurements
+    of our kernels; depthwise is slower per MAC, as SpaceEvo Sec. 2 observes for INT8."""
+
+    dense_gmacs: float = 20.0
+    depthwise_gmacs: float = 2.0
+    linear_gmacs: float = 5.0
+    per_layer_ms: float = 0.004
+
+    def layer_ms(self, layer) -> float:
+        if layer.kind == "linear":
+            rate = self.linear_gmacs
+        elif layer.groups > 1 and layer.groups == layer.in_ch:
+            rate = self.depthwise_gmacs
+        else:
+            rate = self.dense_gmacs
+        return layer.macs / (rate * 1e6) + self.per_layer_ms
+
+    def predict(self, space, cfg: SubnetConfig) -> float:
+        return float(sum(self.layer_ms(layer) for layer in space.layers(cfg)))
+
+    def describe(self) -> str:
+        return (f"MAC stand-in (dense {self.dense_gmacs} GMAC/s, depthwise {self.depthwise_gmacs}, "
+                f"linear {self.linear_gmacs}, {self.per_layer_ms} ms/layer)")
+
+
+def latency_model(target: str = "x86") -> LatencyModel:
+    """The latency predictor Q-T scores use: swap it here (the one place). Today: `MacLatencyModel`."""
+    if target not in ("x86", "arm_cpu"):
+        raise ConfigError("target", target, ("x86", "arm_cpu"))
+    return MacLatencyModel()
+
+
+# --------------------------------------------------------------------------------------------------
+# Q-T score
+# --------------------------------------------------------------------------------------------------
+
+
+def _probe_space(hyper: Hyperspace, block: str):
+    from qcompile.spaces.spaceevo import spaceevo
+
+    return spaceevo(
+        num_classes=hyper.num_classes,
+        resolutions=hyper.resolutions[-1:],
+        in_channels=hyper.in_channels,
+        blocks=["bottleneck", *[block] * hyper.n_stages],
+        widths=[hyper.first_widths, *[st.widths for st in hyper.stages]],
+        stem_widths=hyper.stem_widths,
+        kernels=hyper.kernels,
+        bit_choices=(8, 32),
+        dropout=0.0,
+        head_mix=hyper.head_mix,
+        depths=[hyper.first_depths, *[st.depths for st in hyper.stages]],
+        width_ranges=[(min(hyper.first_widths), max(hyper.first_widths)),
+                      *[(st.widths[0], st.widths[-1]) for st in hyper.stages]],
+    )
+
+
+def subnet_config(space, hyper: Hyperspace, rows: Sequence[dict[str, Any]], int8: bool = True) -> SubnetConfig:
+    """The SubnetConfig of `space` (a candidate or probe space of `hyper`) whose Stage1-6 are table `rows`;
+    stem and residual-stem stage at their largest, inactive block slots at the smallest choice."""
+    base = space.largest()
+    widths = list(base.widths)
+    depths = list(base.depths)
+    kernels, expands = list(base.kernels), list(base.expands)
+    for s, row in enumerate(rows, start=1):
+        k = space.config_stages.index(s)
+        widths[k + 1] = int(row["width"])
+        depths[k] = int(row["depth"])
+        for b in range(space.stages[s].max_depth):
+            slot = space.block_slot(s, b)
+            if b < row["depth"]:
+                kernels[slot], expands[slot] = row["kernels"][b], row["expands"][b]
+            else:
+                kernels[slot], expands[slot] = min(space.stages[s].kernels), min(space.stages[s].expands)
+    cfg = SubnetConfig(resolution=base.resolution, depths=tuple(depths), kernels=tuple(kernels),
+                       expands=tuple(expands), widths=tuple(widths))
+    return space.validate(cfg.with_policy(space.uniform_policy(8) if int8 else None))
+
+
+@dataclass
+class _StageData:
+    rows: list[dict[str, Any]]
+    nsr: np.ndarray
+    widths: np.ndarray
+    lat: np.ndarray  # [entry, previous-stage width index]
+
+
+class QTScorer:
+    """Q-T score (SpaceEvo Eq. 2) of candidate spaces from a lookup table and a latency model; memoised."""
+
+    def __init__(
+        self,
+        table,
+        constraints: Sequence[float],
+        latency: LatencyModel | None = None,
+        *,
+        n_samples: int = 1000,
+        top_k: int = 20,
+        seed: int = 0,
+    ) -> None:
+        cons = tuple(float(t) for t in constraints)
+        if not cons or any(not np.isfinite(t) or t <= 0 for t in cons):
+            raise ConfigError("constraints", constraints, "one or more positive latencies in ms")
+        if n_samples < 1 or top_k < 1:
+            raise ConfigError("n_samples/top_k", (n_samples, top_k), "integers >= 1")
+        self.table, self.constraints = table, cons
+        self.hyper: Hyperspace = table.hyper
+        self.latency = latency or latency_model()
+        self.n_samples, self.top_k, self.seed = int(n_samples), int(top_k), int(seed)
+        self._stage: dict[tuple[int, str], _StageData] = {}
+        self._probes: dict[str, Any] = {}
+        self._cache: dict[str, float] = {}
+        self._fixed_ms: float | None = None
+        self._head_ms: dict[int, float] = {}
+
+    def settings(self) -> dict[str, Any]:
+        return {"constraints": list(self.constraints), "n_samples": self.n_samples, "top_k": self.top_k,
+                "seed": self.seed, "latency": self.latency.describe(), "table": self.table.key}
+
+    # -- precomputation ----------------------------------------------------------------------------
+    def _probe(self, block: str):
+        if block not in self._probes:
+            self._probes[block] = _probe_space(self.hyper, block)
+        return self._probes[block]
+
+    def _prev_widths(self, s: int) -> tuple[int, ...]:
+        return (max(self.hyper.first_widths),) if s == 1 else self.hyper.stages[s - 2].widths
+
+    def _stage_data(self, s: int, block: str) -> _StageData:
+        key = (s, block)
+        if key not in self._stage:
+            rows = self.table.entries[s][block] if s in self.table.entries and block in self.table.entries[s] else []
+            if not rows:
+                raise ConfigError("lookup table", f"Stage{s} {block}", "a table with entries for every stage and block")
+            space = self._probe(block)
+            largest_rows = [self._largest_row(i, block) for i in range(1, self.hyper.n_stages + 1)]
+            prev = self._prev_widths(s)
+            lat = np.zeros((len(rows), len(prev)))
+            for j, c_in in enumerate(prev):
+                for i, row in enumerate(rows):
+                    rs = list(largest_rows)
+                    rs[s - 1] = row
+                    if s > 1:
+                        rs[s - 2] = dict(rs[s - 2], width=c_in)
+                    layers = space.layers(subnet_config(space, self.hyper, rs))
+                    lat[i, j] = sum(self.latency.layer_ms(layer) for layer in layers
+                                    if layer.name.startswith(f"stages.{s}."))
+            self._stage[key] = _StageData(rows, np.array([r["nsr"] for r in rows], dtype=np.float64),
+                                          np.array([r["width"] for r in rows]), lat)
+        return self._stage[key]
+
+    def _largest_row(self, s: int, block: str) -> dict[str, Any]:
+        st = self.hyper.stages[s - 1]
+        d = max(st.depths)
+        return {"width": max(st.widths), "depth": d, "kernels": [max(self.hyper.kernels)] * d,
+                "expands": [max(VNNI_BLOCKS[block][0])] * d}
+
+    def _fixed(self) -> float:
+        """Stem + residual-stem stage (at their largest) latency."""
+        if self._fixed_ms is None:
+            space = self._probe(self.hyper.blocks[0])
+            rows = [self._largest_row(i, self.hyper.blocks[0]) for i in range(1, self.hyper.n_stages + 1)]
+            layers = space.layers(subnet_config(space, self.hyper, rows))
+            self._fixed_ms = float(sum(self.latency.layer_ms(x) for x in layers
+                                       if x.name == "stem" or x.name.startswith("stages.0.")))
+        return self._fixed_ms
+
+    def _head(self, width: int) -> float:
+        if width not in self._head_ms:
+            space = self._probe(self.hyper.blocks[0])
+            rows = [self._largest_row(i, self.hyper.blocks[0]) for i in range(1, self.hyper.n_stages + 1)]
+            rows[-1] = dict(rows[-1], width=width)
+            layers = space.layers(subnet_config(space, self.hyper, rows))
+            self._head_ms[width] = float(sum(self.latency.layer_ms(x) for x in layers
+                                             if x.name.startswith("head.") or x.name == "classifier"))
+        return self._head_ms[width]
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def sample(self, cand: CandidateSpace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """`n_samples` subnets of `cand`: per-stage entry indices (into the window's rows), loss, latency (ms)."""
+        if cand.hyper != self.hyper:
+            raise ConfigError("candidate hyperspace", cand.hyper.name, f"{self.hyper.name} (the table's)")
+        rng = np.random.default_rng([self.seed, zlib.crc32(cand.encoding.encode())])
+        loss = np.zeros(self.n_samples)
+        lat = np.full(self.n_samples, self._fixed())
+        picks, prev_w = [], None
+        for s in range(1, self.hyper.n_stages + 1):
+            sd = self._stage_data(s, cand.block_names[s - 1])
+            ok = np.flatnonzero(np.isin(sd.widths, cand.stage_widths(s - 1)))
+            if ok.size == 0:
+                raise ConfigError(f"lookup table Stage{s} {cand.block_names[s - 1]}", cand.stage_widths(s - 1),
+                                  "widths the table sampled")
+            idx = ok[rng.integers(ok.size, size=self.n_samples)]
+            picks.append(idx)
+            loss += sd.nsr[idx]
+            if s == 1:
+                col = np.zeros(self.n_samples, dtype=int)
+            else:
+                col = np.searchsorted(np.array(self._prev_widths(s)), prev_w)
+            lat += sd.lat[idx, col]
+            prev_w = sd.widths[idx]
+        lat += np.array([self._head(int(w)) for w in prev_w])
+        return picks, loss, lat
+
+    def rows(self, cand: CandidateSpace, picks: list[np.ndarray], i: int) -> list[dict[str, Any]]:
+        return [self._stage_data(s, cand.block_names[s - 1]).rows[int(picks[s - 1][i])]
+                for s in range(1, self.hyper.n_stages + 1)]
+
+    def per_constraint(self, cand: CandidateSpace) -> list[float]:
+        """Q(A, Ti) for each constraint (Eq. 2)."""
+        _, loss, lat = self.sample(cand)
+        acc = 1.0 / loss
+        out = []
+        for t in self.constraints:
+            a = np.sort(acc[lat < t])[::-1][: self.top_k]
+            out.append(float(a.mean()) if a.size else 0.0)
+        return out
+
+    def score(self, cand: CandidateSpace) -> float:
+        """Q(A, T1..Tn) = sum_i Q(A, Ti) (Eq. 2); memoised per encoding."""
+        enc = cand.encoding
+        if enc not in self._cache:
+            self._cache[enc] = float(sum(self.per_constraint(cand)))
+        return self._cache[enc]
+
+
+# --------------------------------------------------------------------------------------------------
+# search over spaces
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvolutionSettings:
+    """Algorithm 1 sizes: N spaces in total, population P, sample S (paper: 5000, 500, 125)."""
+
+    n_spaces: int = 500
+    population: int = 50
+    sample: int = 12
+    seed: int = 0
+    max_tries: int = 50
+
+    def __post_init__(self) -> None:
+        if self.n_spaces < 1:
+            raise ConfigError("n_spaces", self.n_spaces, ">= 1")
+        if not 1 <= self.population <= self.n_spaces:
+            raise ConfigError("population", self.population, f"1..n_spaces ({self.n_spaces})")
+        if not 1 <= self.sample <= self.population:
+            raise ConfigError("sample", self.sample, f"1..population ({self.population})")
+        if self.max_tries < 1:
+            raise ConfigError("max_tries", self.max_tries, ">= 1")
+
+
+@dataclass
+class SpaceSearchResult:
+    """Every evaluated space in order: encoding, Q-T score, origin (init/block/width/random/fill)."""
+
+    method: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    exhausted: bool = False
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([h["score"] for h in self.history], dtype=np.float64)
+
+    @property
+    def best_so_far(self) -> np.ndarray:
+        return np.maximum.accumulate(self.scores) if self.history else np.zeros(0)
+
+    @property
+    def best(self) -> dict[str, Any]:
+        if not self.history:
+            raise ConfigError("history", "empty", "at least one evaluated space")
+        return max(self.history, key=lambda h: (h["score"], -h["i"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "exhausted": self.exhausted, "history": self.history}
+
+
+def _jsonable_state(st: tuple) -> list:
+    return [st[0], list(st[1]), st[2]]
+
+
+def _restore_state(st: list) -> tuple:
+    return (st[0], tuple(st[1]), st[2])
+
+
+class _Run:
+    def __init__(self, scorer: QTScorer, method: str, n_spaces: int, seed: int, max_tries: int) -> None:
+        self.scorer, self.n, self.max_tries = scorer, n_spaces, max_tries
+        self.rng = random.Random(seed)
+        self.result = SpaceSearchResult(method)
+        self.seen: set[str] = set()
+
+    def done(self) -> bool:
+        return len(self.result.history) >= self.n or self.result.exhausted
+
+    def add(self, cand: CandidateSpace, origin: str, cycle: int) -> dict[str, Any]:
+        assert cand.encoding not in self.seen
+        self.seen.add(cand.encoding)
+        h = {"i": len(self.result.history), "encoding": cand.encoding, "score": self.scorer.score(cand),
+             "origin": origin, "cycle": cycle}
+        self.result.history.append(h)
+        return h
+
+    def random_unseen(self) -> CandidateSpace | None:
+        """A random space not evaluated yet: `max_tries` draws, then (small hyperspaces) an enumeration."""
+        h = self.scorer.hyper
+        for _ in range(self.max_tries):
+            c = h.random(self.rng)
+            if c.encoding not in self.seen:
+                return c
+        if h.size() > ENUMERATE_BELOW:
+            return None
+        import itertools
+
+        per_stage = [[(b, w) for b in range(len(h.blocks)) for w in range(st.n_windows)] for st in h.stages]
+        unseen = []
+        for combo in itertools.product(*per_stage):
+            c = CandidateSpace(h, tuple(b for b, _ in combo), tuple(w for _, w in combo))
+            if c.encoding not in self.seen:
+                unseen.append(c)
+        return self.rng.choice(unseen) if unseen else None
+
+
+def random_search_spaces(scorer: QTScorer, n_spaces: int, seed: int = 0, max_tries: int = 50) -> SpaceSearchResult:
+    """Baseline: `n_spaces` distinct random spaces of the hyperspace (bounded tries)."""
+    run = _Run(scorer, "random", n_spaces, seed, max_tries)
+    while not run.done():
+        c = run.random_unseen()
+        if c is None:
+            run.result.exhausted = True
+            break
+        run.add(c, "random", len(run.result.history))
+    return run.result
+
+
+def aging_evolution(
+    scorer: QTScorer,
+    settings: EvolutionSettings,
+    *,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 50,
+    stop_after_cycles: int | None = None,
+    progress: bool = False,
+) -> SpaceSearchResult:
+    """Algorithm 1: random population of P; each cycle the best of S random members is the parent, child 1
+    mutates its block type and child 2 its width window at one random stage; both join, the oldest two leave.
+
+    Stops after `settings.n_spaces` distinct evaluated spaces (hard cap). With `state_path` the run's
+    state is written atomically every `checkpoint_every` cycles and at the end; `resume` continues it
+    (the state's key must match). `stop_after_cycles` ends early after that many cycles (tests, budgets).
+    """
+    from tqdm import tqdm
+
+    h = scorer.hyper
+    run = _Run(scorer, "evolution", settings.n_spaces, settings.seed, settings.max_tries)
+    key = {"settings": asdict(settings), "scorer": scorer.settings()}
+    population: list[str] = []
+    cycle = 0
+    if resume:
+        if state_path is None or not Path(state_path).is_file():
+            raise ConfigError("resume", state_path, "an existing evolution state file")
+        st = json.loads(Path(state_path).read_text())
+        if st.get("format") != STATE_FORMAT:
+            raise ConfigError(f"{state_path} format", st.get("format"), STATE_FORMAT)
+        from qcompile.train.blockwise import check_key
+
+        check_key(st["key"], json.loads(json.dumps(key)), str(state_path))
+        run.rng.setstate(_restore_state(st["rng"]))
+        run.result.history = st["history"]
+        run.result.exhausted = st.get("exhausted", False)
+        run.seen = {x["encoding"] for x in run.result.history}
+        for x in run.result.history:  # the memo: scores are deterministic, but this avoids recomputing
+            scorer._cache.setdefault(x["encoding"], x["score"])
+        population, cycle = st["population"], st["cycle"]
+
+    def save() -> None:
+        if state_path is None:
+            return
+        from qcompile.utils.io import atomic_write_text
+
+        doc = {"format": STATE_FORMAT, "key": key, "rng": _jsonable_state(run.rng.getstate()),
+               "population": population, "cycle": cycle, "history": run.result.history,
+               "exhausted": run.result.exhausted}
+        atomic_write_text(state_path, json.dumps(doc))
+
+    bar = tqdm(total=settings.n_spaces, initial=len(run.result.history), desc="aging evolution", unit="space",
+               disable=not progress)
+    # line 1: initial population (distinct random spaces)
+    while len(population) < settings.population and not run.done():
+        c = run.random_unseen()
+        if c is None:
+            run.result.exhausted = True
+            break
+        population.append(run.add(c, "init", 0)["encoding"])
+        bar.update(1)
+    score_of = {x["encoding"]: x["score"] for x in run.result.history}
+    cycles_here = 0
+    while not run.done():
+        if stop_after_cycles is not None and cycles_here >= stop_after_cycles:
+            break
+        cycle += 1
+        cycles_here += 1
+        # line 3: parent = best of S random members
+        parent = h.from_encoding(max(run.rng.sample(population, settings.sample), key=lambda e: score_of[e]))
+        stage = run.rng.randrange(h.n_stages)
+        for kind in ("block", "width"):  # lines 4-7
+            if run.done():
+                break
+            child = _fresh_child(run, parent, kind, stage)
+            origin = kind
+            if child is None:
+                child, origin = run.random_unseen(), "fill"
+            if child is None:
+                run.result.exhausted = True
+                break
+            rec = run.add(child, origin, cycle)
+            score_of[rec["encoding"]] = rec["score"]
+            population.append(rec["encoding"])
+            bar.update(1)
+        # line 8: the oldest leave (as many as joined, so the population keeps size P)
+        del population[: max(0, len(population) - settings.population)]
+        if cycle % checkpoint_every == 0:
+            save()
+    bar.close()
+    save()
+    if run.result.exhausted:
+        log.warning("aging evolution: no unseen space found in %d tries; stopped at %d spaces",
+                    settings.max_tries, len(run.result.history))
+    return run.result
+
+
+def _fresh_child(run: _Run, parent: CandidateSpace, kind: str, stage: int) -> CandidateSpace | None:
+    """Mutate `parent` (block type or width window) at `stage`; if the child is known, at other random stages."""
+    n = parent.hyper.n_stages
+    for t in range(run.max_tries):
+        s = stage if t == 0 else run.rng.randrange(n)
+        child = parent.mutate_block(run.rng, s) if kind == "block" else parent.mutate_width(run.rng, s)
+        if child is not None and child.encoding not in run.seen:
+            return child
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry
+# --------------------------------------------------------------------------------------------------
+
+
+def evolve_space(
+    constraints: Sequence[float] = (0.2, 0.3, 0.5),
+    *,
+    table=None,
+    table_path: str | Path | None = None,
+    hyper: Hyperspace | None = None,
+    data: str = "digits",
+    target: str = "x86",
+    n_spaces: int = 500,
+    population: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    cycles: int | None = None,
+    latency: LatencyModel | None = None,
+    n_samples: int = 1000,
+    top_k: int = 20,
+    bkd_settings=None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+):
+    """Search the hyperspace for the space with the highest Q-T score (SpaceEvo Algorithm 1, Eq. 2).
+
+    `table`: a `LookupTable`; else `table_path` is reused or built by block-wise distillation on `data`
+    (`qcompile.train.blockwise.build_or_load_table`; minutes). Population and sample default to the
+    paper's ratios (P = N/10, S = P/4); with `cycles` (as the CLI), P defaults to max(4, cycles/4) and
+    N = P + 2 cycles. Returns the best space (a `StagedSpace`, `.to_json()`), with
+    `.candidate` (its `CandidateSpace`), `.qt_score` and `.history` (the `SpaceSearchResult`) attached.
+    """
+    from qcompile.spaces.hyperspace import digits_hyperspace
+
+    if table is None:
+        from qcompile.train.blockwise import build_or_load_table
+
+        if table_path is None:
+            raise ConfigError("table", None, "a LookupTable or table_path (built there once, then reused)")
+        table = build_or_load_table(table_path, hyper or digits_hyperspace(), data, seed=0,
+                                    settings=bkd_settings, progress=progress)
+    elif hyper is not None and hyper != table.hyper:
+        raise ConfigError("hyper", hyper.name, f"{table.hyper.name} (the table's hyperspace)")
+    scorer = QTScorer(table, constraints, latency or latency_model(target), n_samples=n_samples, top_k=top_k)
+    if cycles is not None:
+        if cycles < 1:
+            raise ConfigError("cycles", cycles, ">= 1")
+        pop = population or max(4, cycles // 4)
+        n_spaces = pop + 2 * cycles
+    if scorer.hyper.size() < n_spaces:
+        raise ConfigError("n_spaces", n_spaces, f"<= {scorer.hyper.size()} (spaces in the hyperspace)")
+    pop = population or max(2, n_spaces // 10)
+    settings = EvolutionSettings(n_spaces=n_spaces, population=pop, sample=sample or max(1, pop // 4), seed=seed)
+    result = aging_evolution(scorer, settings, state_path=state_path, resume=resume, progress=progress)
+    best = result.best
+    cand = scorer.hyper.from_encoding(best["encoding"])
+    space = cand.build()
+    space.candidate, space.qt_score, space.history = cand, best["score"], result
+    space.scorer = scorer
+    return space
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def plot_best_scores(results: dict[str, Sequence[SpaceSearchResult]], path: str | Path, title: str = "") -> Path:
+    """PNG of best Q-T score against evaluated spaces (mean and range over seeds) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, runs in results.items():
+        n = min(len(r.history) for r in runs)
+        curves = np.stack([r.best_so_far[:n] for r in runs])
+        x = np.arange(1, n + 1)
+        ax.plot(x, curves.mean(0), label=f"{method} (mean of {len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2)
+    ax.set_xlabel("evaluated spaces")
+    ax.set_ylabel("best Q-T score (Eq. 2)")
+    ax.set_title(title or "SpaceEvo: aging evolution vs random search", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, f"{cpu_name()}, 2 cores shared with other jobs", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    from qcompile.utils.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return Path(path)
+
+
+__all__ = [
+    "LatencyModel",
+    "MacLatencyModel",
+    "latency_model",
+    "QTScorer",
+    "subnet_config",
+    "EvolutionSettings",
+    "SpaceSearchResult",
+    "aging_evolution",
+    "random_search_spaces",
+    "evolve_space",
+    "plot_best_scores",
+    "cpu_name",
+]

@@ -1,0 +1,24 @@
+"""CI's tiny version of benchmarks/spaceevo.py: tiny table, 3 seeds of evolution vs random, 3 trained spaces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_spaceevo_benchmark_tiny(tmp_path):
+    from benchmarks.spaceevo import main
+
+    assert main(["all", "--tiny", "--out", str(tmp_path)]) == 0
+    search = json.loads((tmp_path / "search.json").read_text())
+    assert search["seeds"] == 3 and len(search["rows"]) == 3
+    assert all(r["evolution"] > 0 and r["random"] > 0 for r in search["rows"])
+    qt = json.loads((tmp_path / "qt.json").read_text())
+    assert len(qt["spaces"]) == 3
+    assert all(0 <= s["pareto_accuracy"] <= 1 for s in qt["spaces"])
+    assert -1 <= qt["kendall_tau"] <= 1
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert sorted(table["entries"]) == ["1", "2", "3", "4", "5", "6"]
+    assert all(len(rows) == 4 for stage in table["entries"].values() for rows in stage.values())

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo lint bench clean
+.PHONY: setup arm-tools test test-slow demo lint bench clean
 
 setup: $(STAMP)
 
@@ -19,13 +19,30 @@ $(STAMP): pyproject.toml constraints.txt
 # two cores, and spinning OpenMP threads then run 30x slower (measured here).
 THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TVM_NUM_THREADS=1
 
-test: setup
+# The aarch64 checks (cross-compiled libraries run under qemu) need qemu-user and the cross g++.
+# Installed with apt-get where that works (root, or passwordless sudo); otherwise one line says they are
+# skipped and how to enable them, and the tests that need them skip.
+ARM_TOOLS := qemu-aarch64 aarch64-linux-gnu-g++
+ARM_PKGS := qemu-user g++-aarch64-linux-gnu
+
+arm-tools:
+	@missing=""; for t in $(ARM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo="sudo -n"; else sudo=none; fi; \
+	if [ "$$sudo" != none ] && command -v apt-get >/dev/null 2>&1 && \
+		echo "installing the aarch64 toolchain (missing:$$missing): apt-get install $(ARM_PKGS)" && \
+		$$sudo apt-get update -qq >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(ARM_PKGS) >/dev/null 2>&1; then exit 0; fi; \
+	echo "ARM checks skipped (missing:$$missing); enable them with: sudo apt-get install $(ARM_PKGS)"
+
+test: setup arm-tools
 	$(THREADS) $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-test-slow: setup
+test-slow: setup arm-tools
 	$(THREADS) $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m slow
 
-demo: setup
+demo: setup arm-tools
 	$(BIN)/qcompile demo --out runs/demo
 
 lint: setup

@@ -9,19 +9,21 @@ tvm = pytest.importorskip("tvm")
 
 @pytest.fixture(scope="session")
 def avx2_target():
-    return tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})
+    """The host's mcpu limited to AVX2 (never another CPU's: its code may SIGILL here)."""
+    from qcompile.backends.tvm.targets import family_target, runs_on_host
+
+    tgt = family_target("avx2", num_cores=2)
+    if not runs_on_host(tgt):
+        pytest.skip("this CPU cannot execute AVX2 kernels")
+    return tvm.target.Target(tgt)
 
 
 @pytest.fixture(scope="session")
 def host_target():
     """The host's best x86 target (AVX-512 VNNI here when the CPU has it, else AVX2)."""
-    from tvm.target import codegen
+    from qcompile.backends.tvm.targets import host_x86_target
 
-    from qcompile.backends.tvm.intrin.x86 import has_avx2
-
-    # LLVM aborts on mcpu="native": name the host CPU explicitly
-    host = tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2})
-    return host if has_avx2(host) else tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})
+    return tvm.target.Target(host_x86_target(num_threads=2))  # mcpu and features of this CPU
 
 
 @pytest.fixture(scope="session")

@@ -137,8 +137,6 @@ def network_rows(number: int = 100, resolution: int = 224, tune: bool = True) ->
     """
     import tempfile
 
-    import tvm
-
     from qcompile.bench.workers import RunnerSpec, time_isolated
 
     threads = 2
@@ -148,9 +146,7 @@ def network_rows(number: int = 100, resolution: int = 224, tune: bool = True) ->
     info: dict[str, dict] = {}
     specs["onnxruntime INT8 QDQ (MLAS)"] = RunnerSpec("ort_int8", ort_int8_runner, (shape, threads))
     specs["torch.ao INT8 (x86)"] = RunnerSpec("torch_ao_int8", torch_ao_runner, (shape, threads))
-    mcpus = ["core-avx2"] + ([_host_cpu()] if _host_has_vnni() else [])
-    for mcpu in mcpus:
-        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": threads})
+    for mcpu, target in _tvm_targets(threads).items():
         warm = os.environ.get("QCOMPILE_CACHE")
         with tempfile.TemporaryDirectory() as empty:  # untuned: an empty database
             os.environ["QCOMPILE_CACHE"] = empty
@@ -191,25 +187,35 @@ def _host_cpu() -> str:
 
 
 def _host_has_vnni() -> bool:
+    from qcompile.backends.tvm.targets import host_kernel_families
+
+    return bool({"avx-vnni", "avx512-vnni"} & set(host_kernel_families()))
+
+
+def _tvm_targets(threads: int) -> dict:
+    """label -> target: this CPU limited to AVX2 ("avx2"), plus the whole host CPU when it has VNNI. Both are
+    derived from the host, so nothing built here for another CPU runs (and SIGILLs) on this one."""
     import tvm
 
-    from qcompile.backends.tvm.intrin.x86 import has_vnni
+    from qcompile.backends.tvm.targets import family_target, host_x86_target
 
-    return has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": _host_cpu()}))
+    out = {"avx2": tvm.target.Target(family_target("avx2", threads))}
+    if _host_has_vnni():
+        out[_host_cpu()] = tvm.target.Target(host_x86_target(threads))
+    return out
 
 
 def kernel_rows(number: int = 60) -> list[dict]:
     """Distinct conv layers of MobileNetV2: qcompile kernel vs onnxruntime / torch.ao single conv+ReLU6."""
-    import tvm
 
     from benchmarks.kernels import ort_layer, qc_layer_kernel, time_min, torch_ao_layer
     from benchmarks.mbv2 import mbv2_layers
 
     peak = cpu_int8_peak()
     rows, seen = [], set()
-    targets = {"avx2": tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})}
-    if _host_has_vnni():
-        targets["vnni"] = tvm.target.Target({"kind": "llvm", "mcpu": _host_cpu(), "num-cores": 2})
+    targets = _tvm_targets(2)
+    if len(targets) > 1:
+        targets["vnni"] = targets.pop(_host_cpu())
     for name, ly, _r, _s in mbv2_layers(224):
         if ly in seen:
             continue
@@ -244,9 +250,9 @@ NOTES = [
     "",
     "- The network is built from the same strategies `qc.lower` uses (`benchmarks/mbv2.py`), with random",
     "  8-bit weights and codes; onnxruntime and torch.ao run the float twin quantized post-training.",
-    "- This CPU (AMD EPYC, LLVM `znver5`) has AVX-512 VNNI and AVX-VNNI, which ARCHITECTURE.md did not",
-    "  expect. MLAS uses them at run time, so the honest peer of onnxruntime is the host-target row; the",
-    "  `core-avx2` rows show what a strictly AVX2 target gets. With 8-bit weights and 8-bit codes AVX2 must",
+    "- When this CPU has AVX-512 VNNI or AVX-VNNI, MLAS uses them at run time, so the honest peer of",
+    "  onnxruntime is the host-target row; the `avx2` rows (this CPU's mcpu with AVX-512 and VNNI turned",
+    "  off) show what a strictly AVX2 target gets. With 8-bit weights and 8-bit codes AVX2 must",
     "  use the exact int16 path (`vpmaddubsw` would saturate: MLAS accepts that risk, or asks for",
     "  `reduce_range`), which halves its throughput; sub-8-bit layers take the `u8s8` path.",
     "- Whole-network rows: each runtime in its own worker process (`qcompile.bench.workers`; sharing one",
@@ -264,7 +270,7 @@ NOTES = [
     "  output (QDQ) for onnxruntime, and torch.ao's quantized conv dispatch; qcompile kernels take codes.",
     "",
     "Reproduce: `QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.report` (about 4 minutes with a",
-    "warm tuning database, 12 with an empty one); tuning alone: `python -m benchmarks.tune_mbv2 --mcpu core-avx2`.",
+    "warm tuning database, 12 with an empty one); tuning alone: `python -m benchmarks.tune_mbv2 --family avx2`.",
     "pytest-benchmark suites: `.venv/bin/python -m pytest benchmarks --benchmark-enable -p no:xdist",
     "--benchmark-json=benchmarks/bench.json`.",
     "",

@@ -1,6 +1,6 @@
 """Tune every GEMM workload of MobileNetV2 into the persistent tuning database (once per machine).
 
-    .venv/bin/python -m benchmarks.tune_mbv2 --mcpu core-avx2      # or the host CPU, e.g. znver5
+    .venv/bin/python -m benchmarks.tune_mbv2 --family avx2      # or avx512-vnni, host
 
 Later lowerings of any subnet with these layer shapes pick the records up (`tuning.lookup_knobs`).
 """
@@ -58,11 +58,16 @@ def main() -> None:
     import tvm
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--mcpu", default="core-avx2")
+    ap.add_argument("--family", default="avx2", help="kernel family (avx2, avx512, avx-vnni, avx512-vnni) or host")
     ap.add_argument("--resolution", type=int, default=224)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": 2})
+    from qcompile.backends.tvm.targets import family_target, host_x86_target, runs_on_host
+
+    tgt = host_x86_target(2) if args.family == "host" else family_target(args.family, 2)
+    if not runs_on_host(tgt):
+        ap.error(f"--family {args.family}: this CPU cannot execute it (tuning times kernels here)")
+    target = tvm.target.Target(tgt)
     t0 = time.perf_counter()
     res = tune_network(target, args.resolution)
     log.info("tuned %d workloads in %.0f s", len(res), time.perf_counter() - t0)

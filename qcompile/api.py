@@ -13,7 +13,7 @@ from typing import Any
 from torch import fx, nn
 
 from qcompile.config import FLOAT_BITS, SubnetConfig
-from qcompile.errors import ConfigError
+from qcompile.errors import ConfigError, LoweringError
 from qcompile.fx.tracer import set_active, trace
 
 
@@ -36,6 +36,7 @@ def quantize(
 
     if not isinstance(graph, fx.GraphModule):
         raise ConfigError("graph", type(graph).__name__, "a traced supernet: qcompile.trace(net)")
+    _require_elastic_layers(graph)
     return InsertQuantizers(
         tuple(weight_bits),
         tuple(act_bits),
@@ -50,10 +51,31 @@ def quantize(
     ).run(graph).graph_module
 
 
+def _require_elastic_layers(graph: fx.GraphModule) -> None:
+    """`quantize` places its quantizers on the elastic conv/linear layers of a qcompile space; a plain CNN has
+    none, and quantizing it would silently do nothing (and every later step lower a float model)."""
+    from qcompile.nn.elastic import ElasticConv2d, ElasticLinear
+
+    if not any(isinstance(m, (ElasticConv2d, ElasticLinear)) for m in graph.modules()):
+        plain = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in graph.modules())
+        raise ConfigError(
+            f"graph ({type(graph).__name__})",
+            f"no elastic conv or linear layer ({plain} plain nn.Conv2d/nn.Linear): nothing to quantize",
+            "a supernet of a qcompile space (qc.trace(space.build_supernet())); for your own CNN use "
+            "qc.quantize_model(model, policy=(8, 8), example_inputs=(x,))",
+        )
+
+
 def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphModule:
     """Static subnet `cfg` of a supernet graph (pass `slice-subnet`). An eager supernet is traced first."""
     from qcompile.passes.slice_subnet import slice_subnet
 
+    if not isinstance(cfg, SubnetConfig):
+        raise ConfigError(
+            "cfg",
+            repr(cfg)[:60],
+            "a qcompile.SubnetConfig, e.g. space.sample(seed=0), space.largest() or SubnetConfig.load(path)",
+        )
     if not isinstance(graph, fx.GraphModule):
         graph = trace(graph)
     return slice_subnet(graph, cfg)
@@ -104,6 +126,13 @@ def to_integer(subnet: fx.GraphModule, check_overflow: bool = True, *, pipeline:
     """
     from qcompile.passes.to_integer import to_integer as _to_integer
 
+    if not isinstance(subnet, fx.GraphModule):
+        raise LoweringError(
+            f"to_integer({type(subnet).__name__})",
+            "an eager nn.Module, not an extracted subnet (torch.fx.GraphModule)",
+            "qc.extract(qnet, cfg) then qc.calibrate(sub, batches) for a supernet; "
+            "qc.quantize_model(model, policy=(8, 8), example_inputs=(x,)) for your own CNN",
+        )
     return _to_integer(subnet, check_overflow=check_overflow, pipeline=pipeline)
 
 
@@ -117,15 +146,42 @@ def _integer_graph(subnet: Any, pipeline: str | Sequence[Any] | None):
     return to_integer(subnet, pipeline=pipeline)
 
 
-def lower(subnet, target: str | dict = "x86", *, tune: bool = False, pipeline: str | Sequence[Any] | None = None,
-          **kwargs: Any):
+def _require_integer_compute(ig: Any, allow_float: bool) -> None:
+    """A program whose every conv and linear is a float island gains nothing from integer kernels, and usually
+    means a float subnet (32-bit policy) or an unquantized model reached `lower` by mistake."""
+    from qcompile.ops import reference as R
+
+    if allow_float:
+        return
+    integer = {R.conv2d, R.linear}
+    if not any(n.op == "call_function" and n.target in integer for n in ig.graph.nodes):
+        raise LoweringError(
+            "lower",
+            f"the program has no integer conv or linear (ops: {', '.join(sorted(set(ig.ops()))) or 'none'})",
+            "quantize it first (a bit policy below 32 bits, qc.quantize / qc.quantize_model), or pass "
+            "allow_float=True to compile the float program anyway",
+        )
+
+
+def lower(
+    subnet,
+    target: str | dict = "x86",
+    *,
+    tune: bool = False,
+    pipeline: str | Sequence[Any] | None = None,
+    allow_float: bool = False,
+    **kwargs: Any,
+):
     """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`.
 
-    `pipeline` (a pipeline string or pass instances) replaces `to_integer`'s default passes.
+    `pipeline` (a pipeline string or pass instances) replaces `to_integer`'s default passes. `LoweringError`
+    when the program has no integer conv or linear (all float islands), unless `allow_float`.
     """
     from qcompile.backends.tvm import lower_integer_graph
 
-    return lower_integer_graph(_integer_graph(subnet, pipeline), target, tune=tune, **kwargs)
+    ig = _integer_graph(subnet, pipeline)
+    _require_integer_compute(ig, allow_float)
+    return lower_integer_graph(ig, target, tune=tune, **kwargs)
 
 
 def load(path: str | os.PathLike):

@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import fx
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
+from qcompile.utils.state import load_state as _load_state
 
 RUN_FILE = "run.json"
 SUBNET_FILE = "subnet.json"
@@ -73,24 +73,6 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, fx.GraphModule, dict]:
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     _load_state(graph, state, str(ckpt))
     return space, graph, doc
-
-
-def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    # LSQ per-channel steps may be placeholders until first use: size them from the state first.
-    own = module.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            *path, leaf = k.split(".")
-            mod = module.get_submodule(".".join(path))
-            p = getattr(mod, leaf)
-            if isinstance(p, torch.nn.Parameter):
-                setattr(mod, leaf, torch.nn.Parameter(torch.empty_like(v)))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "was it written for another space or quantization setting?"
-        )
 
 
 def save_subnet(sub: fx.GraphModule, out: str | os.PathLike, *, space, quantize_options: dict | None,

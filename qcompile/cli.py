@@ -193,7 +193,8 @@ def cmd_bench(args) -> int:
     from qcompile.bench_run import bench_subnet
 
     _, sub, _ = _load_calibrated(args.subnet)
-    report = bench_subnet(sub, target=args.target, out=Path(args.out), repeat=args.repeat, threads=args.threads)
+    report = bench_subnet(sub, target=args.target, out=Path(args.out), repeat=args.repeat, threads=args.threads,
+                          eval_data=None if args.data == "none" else args.data)
     print(report)
     return 0
 
@@ -212,36 +213,59 @@ def cmd_run(args) -> int:
     import numpy as np
 
     import qcompile as qc
+    from qcompile.errors import ConfigError
 
     low = qc.load(args.lowered)
-    meta = getattr(low, "meta", None) or getattr(low, "metadata", {}) or {}
-    shape = (meta.get("input") or {}).get("shape") or [1, 3, 32, 32]  # the library's static input shape
-    res = int(shape[-1])
+    shape = tuple(low.input_shape)
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise ConfigError(f"{args.lowered} input shape", shape, "an image library, (N, C, R, R)")
+    batch, channels, res = shape[0], shape[1], shape[2]  # the library's own resolution (static shape)
     if args.images:
-        import torch
-        from PIL import Image
-
-        from qcompile.data.base import resize
-
-        xs = []
-        for p in args.images:
-            if not Path(p).is_file():
-                raise FileNotFoundError(p)
-            img = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
-            xs.append(torch.from_numpy(img).permute(2, 0, 1))
-        x = resize(torch.stack(xs), res).numpy()
+        x = _read_images(args.images, channels, res, args.data)
         names = list(args.images)
     else:
         from qcompile.data import load_dataset
 
-        ds = load_dataset(args.data, resolution=res, in_channels=int(shape[1])).test
+        ds = load_dataset(args.data, resolution=res, in_channels=channels).test
         x = ds.images[: args.limit].numpy()
         names = [f"{args.data}/test[{i}] (label {int(ds.labels[i])})" for i in range(len(x))]
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    logits = np.concatenate([low(x[i : i + 1]) for i in range(len(x))])  # static batch-1 library
-    for name, row in zip(names, logits):
-        print(f"{name}: class {int(np.argmax(row))}")
+    x = np.ascontiguousarray(x, dtype=low.input_dtype)
+    for start in range(0, len(x), batch):  # a static-batch library: run it chunk by chunk, last one padded
+        chunk = x[start : start + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        logits = np.asarray(low(padded))[: len(chunk)]
+        for name, row in zip(names[start : start + batch], logits):
+            print(f"{name}: class {int(np.argmax(row))}")
     return 0
+
+
+def _read_images(paths: list[str], channels: int, res: int, data: str):
+    """Image files as the model's training data were prepared: pixels in [0, 1], grey or RGB as the library
+    takes, resized to `res`, standardised with the training split's statistics (digits)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from qcompile.data.base import resize
+    from qcompile.data.digits import normalisation
+    from qcompile.errors import ConfigError
+
+    if data != "digits":
+        raise ConfigError("--data", data, "digits (image files are standardised with the digits statistics)")
+    xs = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"image {p}: no such file")
+        try:
+            img = Image.open(p).convert("L" if channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConfigError("image", p, "an image file PIL can read (PNG, JPEG, ...)") from e
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        t = torch.from_numpy(arr)[None] if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
+        xs.append(t.expand(channels, -1, -1) if t.shape[0] != channels else t)
+    x = resize(torch.stack(xs), res).clamp(0.0, 1.0)
+    mean, std = normalisation(res, channels)
+    return ((x - mean) / std).numpy()
 
 
 def cmd_demo(args) -> int:
@@ -331,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=20)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--out", default="runs/bench")
+    s.add_argument("--data", default="digits", help="test split for the top-1 columns ('none': no accuracy)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")

@@ -151,7 +151,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, settings: DemoSettin
     # 5. benchmark against onnxruntime (interleaved rounds, one worker process per runtime)
     t0 = time.perf_counter()
     log.info("[5/6] benchmarking against onnxruntime")
-    bench_md = _bench(best_sub, ig, low, x_np[:1], s.bench_repeat, out / "bench")
+    bench_md = _bench(best_sub, ig, low, x_np[:1], s.bench_repeat, out / "bench", (x_np, data.test.labels.numpy()))
     bench_low = low.benchmark(repeat=s.bench_repeat)
     kernel_table = bench_low.table()
     timings["bench"] = time.perf_counter() - t0
@@ -204,7 +204,7 @@ def _elf_machine(path: Path) -> str:
     return {0xB7: "aarch64", 0x3E: "x86-64"}.get(machine, hex(machine))
 
 
-def _bench(sub, ig, low, x, repeat, out_dir) -> str:
+def _bench(sub, ig, low, x, repeat, out_dir, eval_set) -> str:
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
@@ -215,7 +215,7 @@ def _bench(sub, ig, low, x, repeat, out_dir) -> str:
         res = run_bench(float_copy(sub), x, integer_graph=ig, runners=runners,
                         options=BenchOptions(threads=2, repeats=repeat,
                                              peers=("torch_fp32", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq")),
-                        out_dir=out_dir, title="best subnet, batch 1, 2 threads")
+                        out_dir=out_dir, title="best subnet, batch 1, 2 threads", eval_set=eval_set, fake_quant=sub)
         return to_markdown(res)
     except Exception as e:  # the benchmark is informative; never lose the rest of the report over it
         log.warning("benchmark failed: %s", e)

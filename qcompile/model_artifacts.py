@@ -82,8 +82,8 @@ def load_model_subnet(path: Path, doc: dict) -> tuple[None, fx.GraphModule, dict
     """(None, quantized model in eval mode, subnet.json) from a `quantize-model` subnet directory."""
     from safetensors.torch import load_file
 
-    from qcompile.artifacts import _load_state
     from qcompile.passes.quantize_model import quantize_model
+    from qcompile.utils.state import load_state
 
     try:
         spec, opts = doc["model"], doc["quantize_model"]
@@ -100,7 +100,7 @@ def load_model_subnet(path: Path, doc: dict) -> tuple[None, fx.GraphModule, dict
         state = load_file(str(path / STATE_FILE))
     except Exception as e:
         raise CheckpointError(f"{path / STATE_FILE}: cannot be read ({e})") from e
-    _load_state(gm, state, str(path / STATE_FILE))
+    load_state(gm, state, str(path / STATE_FILE))
     return None, gm.eval(), doc
 
 
@@ -129,7 +129,7 @@ def _dataset(data: str, resolution: int, in_channels: int):
 
 def cmd_quantize_model(args) -> int:
     """quantize_model + calibrate(bn=False) (+ optional QAT finetune) -> subnet directory."""
-    import qcompile as qc
+    from qcompile import api as qc
 
     kwargs = json.loads(args.factory_kwargs) if args.factory_kwargs else {}
     model = load_factory(args.model, kwargs)
@@ -151,7 +151,7 @@ def cmd_quantize_model(args) -> int:
 
 def cmd_recalibrate_model(args, gm: fx.GraphModule, doc: dict) -> int:
     """`qcompile calibrate` on a quantize-model directory: quantizer ranges only (BN statistics kept)."""
-    import qcompile as qc
+    from qcompile import api as qc
 
     shape = doc["quantize_model"]["input_shape"]
     ds = _dataset(args.data, int(shape[2]), int(shape[1]))

@@ -43,3 +43,42 @@ def tiny_quantized():
         space = tiny_space(name)
         out[name] = (space, qc.quantize(qc.trace(space.build_supernet())))
     return out
+
+
+# ---- the last line of the run: host ISA and the x86 kernel families the tests executed ---------------
+_FAMILIES_KEY = "qcompile_kernel_families"
+
+
+def _family_record():
+    import sys
+
+    mod = sys.modules.get("tests.kernel_isa")  # imported only by tests that build kernels
+    return (set(mod.EXECUTED), set(mod.BUILT_ONLY)) if mod is not None else (set(), set())
+
+
+def pytest_configure(config):
+    config._qcompile_families = (set(), set())
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand the record to the controller
+        ran, only = _family_record()
+        session.config.workeroutput[_FAMILIES_KEY] = [sorted(ran), sorted(only)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    ran, only = getattr(node, "workeroutput", {}).get(_FAMILIES_KEY, ([], []))
+    node.config._qcompile_families[0].update(ran)
+    node.config._qcompile_families[1].update(only)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    ran, only = _family_record()
+    ran |= config._qcompile_families[0]
+    only |= config._qcompile_families[1]
+    if not (ran or only):
+        return
+    from tests.kernel_isa import summary_line
+
+    terminalreporter.write_line(summary_line(ran, only))

@@ -28,6 +28,7 @@ from qcompile.backends.tvm.emitter import emit_relax
 from qcompile.backends.tvm.pipeline import Pipeline, build_pass, default_pipeline
 from qcompile.backends.tvm.targets import TargetSpec, resolve_target
 from qcompile.backends.tvm.threads import ensure_thread_default
+from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError, LoweringError
 from qcompile.ops.graph import IntegerGraph
 from qcompile.ops.meta import program_meta
@@ -142,6 +143,12 @@ class Lowered:
     @property
     def kernels(self) -> list[dict]:
         return list(self.meta["kernels"])
+
+    @property
+    def config(self) -> SubnetConfig | None:
+        """The SubnetConfig the library was built from (metadata.json `config`); None for a hand-built graph."""
+        cfg = self.meta.get("config")
+        return None if cfg is None else SubnetConfig.from_dict(cfg)
 
     def __repr__(self) -> str:
         return (f"Lowered(target={self.spec.name!r}, input={self.input_dtype}{list(self.input_shape)}, "

@@ -16,7 +16,19 @@ from qcompile.errors import LoweringError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TargetSpec", "resolve_target", "host_x86_target", "ARM_CPU_TARGET", "CROSS_CXX", "KNOWN_TARGETS"]
+__all__ = [
+    "TargetSpec",
+    "resolve_target",
+    "host_x86_target",
+    "ARM_CPU_TARGET",
+    "CROSS_CXX",
+    "KNOWN_TARGETS",
+    "KERNEL_FAMILIES",
+    "host_cpu_features",
+    "host_kernel_families",
+    "runs_on_host",
+    "family_target",
+]
 
 KNOWN_TARGETS = ("x86", "arm_cpu")
 
@@ -82,6 +94,107 @@ def host_x86_target(num_threads: int | None = None) -> dict[str, Any]:
     if mattr:
         tgt["mattr"] = mattr
     return tgt
+
+
+# ---- which kernel families this host can execute -------------------------------------------------------
+# Code built for another CPU's mcpu may use instructions this one lacks and die with SIGILL (znver5 code
+# emits AVX512-VP2INTERSECT, which no Intel Xeon has). Tests and benchmarks therefore build per kernel
+# family and execute only where every instruction-set feature of the target is in /proc/cpuinfo.
+
+#: x86 kernel families of the int8 schedules -> the LLVM features they need (intrin/x86.py).
+KERNEL_FAMILIES: dict[str, tuple[str, ...]] = {
+    "avx2": ("avx2", "fma"),  # vpmaddubsw / vpmaddwd, 8 int32 lanes
+    "avx512": ("avx512f", "avx512bw", "avx512vl"),  # vpmaddwd zmm, 16 lanes
+    "avx-vnni": ("avxvnni",),  # VEX vpdpbusd ymm
+    "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),  # EVEX vpdpbusd / vpdpwssd
+    "amx-int8": ("amx-tile", "amx-int8"),  # tdpbusd (no qcompile kernel uses it yet)
+}
+
+# features a family target must not enable beyond its own (so "avx2" kernels stay 256-bit)
+_FAMILY_OFF = {
+    "avx2": ("-avx512f", "-avxvnni", "-amx-tile"),
+    "avx512": ("-avx512vnni", "-avxvnni", "-amx-tile"),
+    "avx-vnni": ("-avx512f", "-amx-tile"),
+    "avx512-vnni": ("-amx-tile",),
+    "amx-int8": (),
+}
+# generic x86-64 ISA levels (psABI), used to *build* a family the host lacks; never executed there
+_FAMILY_LEVEL = {"avx2": "x86-64-v3", "avx-vnni": "x86-64-v3"}
+
+# LLVM feature names that are instruction-set extensions (others, e.g. tuning flags, do not matter)
+_ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "bmi", "sse", "ssse3", "gfni", "vaes", "vpclmulqdq", "sha")
+
+
+def _llvm_feature_name(flag: str) -> str:
+    """A /proc/cpuinfo flag under its LLVM name (avx512_vnni -> avx512vnni, amx_int8 -> amx-int8)."""
+    special = {"pni": "sse3", "bmi1": "bmi", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "sha_ni": "sha"}
+    if flag in special:
+        return special[flag]
+    if flag.startswith("amx_"):
+        return flag.replace("_", "-")
+    return flag.replace("_", "")
+
+
+def host_cpu_features() -> frozenset[str]:
+    """The instruction-set features this CPU reports (/proc/cpuinfo), under LLVM's names."""
+    return frozenset(_llvm_feature_name(f) for f in _cpu_flags())
+
+
+def host_kernel_families() -> tuple[str, ...]:
+    """The kernel families of `KERNEL_FAMILIES` this host can execute, in table order."""
+    host = host_cpu_features()
+    return tuple(name for name, need in KERNEL_FAMILIES.items() if set(need) <= host)
+
+
+def runs_on_host(target: Any) -> bool:
+    """Whether code built for `target` (a tvm Target or dict) can execute on this CPU.
+
+    True when the target is x86-64, this host is x86-64, and every instruction-set feature LLVM enables
+    for the target (its mcpu's plus mattr) appears in /proc/cpuinfo.
+    """
+    import tvm
+
+    from qcompile.backends.tvm.intrin.common import target_features
+
+    tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(dict(target))
+    triple = str(tgt.attrs.get("mtriple", "") or "")
+    if platform.machine() not in ("x86_64", "AMD64") or (triple and not triple.startswith("x86_64")):
+        return False
+    isa = {f for f in target_features(tgt) if f.startswith(_ISA_PREFIXES)}
+    return isa <= host_cpu_features()
+
+
+def _absent_features(mcpu: str) -> list[str]:
+    """`-feature` for every extension LLVM's `mcpu` implies that /proc/cpuinfo does not list (a hypervisor may
+    mask some), so a target named after this CPU enables only what it really has."""
+    import tvm
+
+    from qcompile.backends.tvm.intrin.common import target_features
+
+    implied = target_features(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    host = host_cpu_features()
+    return sorted(f"-{f}" for f in implied if f.startswith(_ISA_PREFIXES) and f not in host)
+
+
+def family_target(family: str, num_cores: int = 2) -> dict[str, Any]:
+    """A target dict that builds `family`'s kernels and enables no wider extension.
+
+    Where this host has the family it is the host's own mcpu with the wider extensions turned off, so
+    the code runs here; otherwise a generic ISA level plus the family's features: build it and inspect
+    the assembly, but do not execute it (`runs_on_host` says False).
+    """
+    if family not in KERNEL_FAMILIES:
+        raise LoweringError(f"family={family!r}", "unknown kernel family", f"use one of {list(KERNEL_FAMILIES)}")
+    if family in host_kernel_families():
+        tgt = host_x86_target(num_cores)
+        off = {o.lstrip("-") for o in _FAMILY_OFF[family]}
+        no_512 = "avx512f" in off  # turning AVX-512F off turns every AVX-512 extension off: drop their "+"
+        on = [a for a in tgt.get("mattr", []) if a[1:] not in off and not (no_512 and a.startswith("+avx512"))]
+        tgt["mattr"] = on + list(_FAMILY_OFF[family]) + _absent_features(tgt["mcpu"])
+        return tgt
+    level = _FAMILY_LEVEL.get(family, "x86-64-v4")
+    mattr = [f"+{f}" for f in KERNEL_FAMILIES[family]]
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": level, "mattr": mattr, "num-cores": int(num_cores)}
 
 
 def resolve_target(target: str | dict, num_threads: int | None = None) -> TargetSpec:

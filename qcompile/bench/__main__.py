@@ -4,8 +4,9 @@ Table 2; the network ARCHITECTURE.md's peer figures were measured on), random we
 Rows: the built-in peers (torch, torch.ao, onnxruntime, ExecuTorch XNNPACK) on the float network, and
 qcompile on the same-shaped 8-bit integer program (`synthetic_integer_graph`): onnxruntime on our ONNX
 exports and our own untuned TVM lowerings (`qc.lower(ig, target, num_threads=threads)`), one row per
-LLVM mcpu (`host` = this CPU as LLVM detects it; `core-avx2` = the AVX2-only ISA of ARCHITECTURE.md's
-machine). For a real subnet of a space use `qcompile bench <subnet.json | checkpoint>`.
+LLVM mcpu or kernel family (`host` = this CPU as LLVM detects it; `avx2` = this CPU limited to AVX2, the ISA of
+ARCHITECTURE.md's machine; code for another CPU is not run here). For a real subnet of a space use
+`qcompile bench <subnet.json | checkpoint>`.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lead-in-ms", type=float, default=d.lead_in_ms,
                    help="and untimed calls go on until this many ms have passed (0: exactly --lead-in calls)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
-    p.add_argument("--tvm", default="host,core-avx2",
-                   help="comma-separated LLVM mcpus for untuned qcompile TVM rows ('host' = this CPU), '' for none")
+    p.add_argument("--tvm", default="host,avx2",
+                   help="comma-separated untuned qcompile TVM rows: 'host' (this CPU), a kernel family (avx2, avx512, "
+                        "avx-vnni, avx512-vnni) or an LLVM mcpu this CPU can execute; '' for none")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--doc", default=None, help="also write the docs section (e.g. docs/peers.md)")
     p.add_argument("--from-json", default=None, metavar="BENCH_JSON",

@@ -22,7 +22,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,8 @@ def run_bench(
     out_dir: str | os.PathLike | None = None,
     title: str = "qcompile peer comparison",
     extra_meta: Mapping[str, Any] | None = None,
+    eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+    fake_quant: nn.Module | None = None,
 ) -> BenchResult:
     """Time the peers and the given runners (e.g. qcompile TVM lowerings) on one subnet.
 
@@ -214,6 +216,9 @@ def run_bench(
     "in-process"); graph_runners: which of `runners` execute `integer_graph` (their output is compared
     with the reference executor in codes); hook: called after every timed call; extra_meta: merged into
     the result's meta. Writes `bench.json`, `bench.md`, `bench.png` into `out_dir` when given.
+    eval_set: `(images, labels)` (e.g. the real test split, at the input's resolution): after timing, every
+    runner classifies all of them (in batches shaped like `x`), giving its top-1 accuracy; with `fake_quant`
+    (the fake-quant subnet the integer runners were made from) also its top-1 agreement with that model.
     """
     opts = options or BenchOptions()
     runners = dict(runners or {})
@@ -224,6 +229,7 @@ def run_bench(
         raise ConfigError("graph_runners", list(graph_runners), "empty without an integer_graph",
                           "pass the IntegerGraph the runners execute")
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    eval_inputs, eval_labels = _eval_batches(eval_set, x.shape)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     waits: list[float] = []
@@ -243,18 +249,23 @@ def run_bench(
                                        lead_in=opts.lead_in, lead_in_s=opts.lead_in_ms / 1e3, settle_log=waits)
                 outputs = {n: (lambda n=n: built[n](x)) for n in built}
                 workers = {n: {"isolation": "none", "pid": os.getpid(), "threads": opts.threads} for n in built}
+                predictions = _predict_in_process(built, eval_inputs)
             else:
                 run = time_isolated(rows, x, opts.repeats, opts.warmup, hook, threads=opts.threads,
                                     settle_s=opts.settle_ms / 1e3, lead_in=opts.lead_in,
                                     lead_in_s=opts.lead_in_ms / 1e3,
-                                    timeout_s=opts.worker_timeout_s, builtin=frozenset(PEERS))
+                                    timeout_s=opts.worker_timeout_s, builtin=frozenset(PEERS),
+                                    eval_inputs=eval_inputs)
                 samples, waits, workers = run.samples, run.settle_waits, run.workers
+                predictions = run.predictions
                 outputs = {n: (lambda y=y: y) for n, y in run.outputs.items()}
             stats = _fidelity_stats(model, x, integer_graph, outputs, missing, samples,
                                     [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners}, workers)
     finally:
         torch.set_num_threads(prev_threads)
     meta = _environment(opts, x, title, waits, integer_graph)
+    if eval_inputs is not None:
+        stats, meta["eval_set"] = _accuracy_stats(stats, predictions, eval_labels, eval_set[0], fake_quant)
     meta["workers"] = workers
     meta.update(_other_load(cpu0, _cpu_snapshot()))
     meta.update(extra_meta or {})
@@ -292,6 +303,56 @@ def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, outputs: Mapping[s
             fid = fidelity(y, fp32 if (comparable or not is_int) else None, ref if is_int else None, scale)
         stats.append(_stats(name, samples[name], fid, isolation))
     return stats
+
+
+def _eval_batches(eval_set: tuple[np.ndarray, np.ndarray] | None, shape: tuple[int, ...]):
+    """The evaluation images as a stack of batches shaped like the timed input (last one zero-padded)."""
+    if eval_set is None:
+        return None, None
+    images, labels = (np.asarray(a) for a in eval_set)
+    if images.ndim != len(shape) or tuple(images.shape[1:]) != tuple(shape[1:]) or len(images) != len(labels):
+        raise ConfigError("eval_set", f"images {images.shape}, labels {labels.shape}",
+                          f"images (N, {', '.join(map(str, shape[1:]))}) like the input, and N labels")
+    b = shape[0]
+    n = len(images)
+    padded = np.zeros(((n + b - 1) // b * b, *shape[1:]), np.float32)
+    padded[:n] = images
+    return padded.reshape(-1, *shape), labels.astype(np.int64)
+
+
+def _predict_in_process(built: Mapping[str, Runner], eval_inputs: np.ndarray | None) -> dict[str, np.ndarray]:
+    if eval_inputs is None:
+        return {}
+    out = {}
+    for n, fn in built.items():
+        try:
+            out[n] = np.stack([np.asarray(fn(xb)) for xb in eval_inputs])
+        except Exception as e:  # a row that cannot classify keeps its timings
+            log.warning("runner %s: no predictions on the evaluation set: %s", n, e)
+    return out
+
+
+def _accuracy_stats(stats: list[RunnerStats], predictions: Mapping[str, np.ndarray], labels: np.ndarray,
+                    images: np.ndarray, fake_quant: nn.Module | None) -> tuple[list[RunnerStats], dict[str, Any]]:
+    """Top-1 accuracy of every runner on the evaluation set and its top-1 agreement with the fake-quant model."""
+    n = len(labels)
+    fq_top = None
+    meta: dict[str, Any] = {"n": n}
+    if fake_quant is not None:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            fq_top = torch.cat([fake_quant.eval()(x[i : i + 256]) for i in range(0, n, 256)]).argmax(1).numpy()
+        meta["fake_quant_top1"] = float((fq_top == labels).mean())
+    out = []
+    for s in stats:
+        y = predictions.get(s.name)
+        if y is None:
+            out.append(s)
+            continue
+        top = np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1])[:n].argmax(1)
+        agree = None if fq_top is None else float((top == fq_top).mean())
+        out.append(replace(s, top1=float((top == labels).mean()), agree_fake_quant=agree))
+    return out, meta
 
 
 def _output_op(ig: Any) -> str | None:

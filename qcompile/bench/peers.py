@@ -198,17 +198,29 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
     """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, as `RunnerSpec`s
     (`tvm_spec`: each runs in its own worker process), and their targets.
 
-    mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); any other mcpu for the
-    target dict {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}.
-    A lowering that fails becomes a spec whose build raises, so its row says why.
+    mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); a kernel family of
+    `targets.KERNEL_FAMILIES` ("avx2", "avx512-vnni", ...) for this CPU's mcpu limited to that family (row
+    `qcompile_tvm_<family>_untuned`); any other mcpu for the target dict {"kind": "llvm", "mtriple":
+    "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}. A target this CPU cannot execute (code for another
+    CPU can die with SIGILL) or a lowering that fails becomes a spec whose build raises, so its row says why.
     """
     from qcompile import api as qc
+    from qcompile.backends.tvm.targets import KERNEL_FAMILIES, family_target, runs_on_host
 
     runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}
     for mcpu in mcpus:
-        target: str | dict = "x86" if mcpu == "host" else {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
-                                                           "mcpu": mcpu, "num-cores": threads}
+        if mcpu == "host":
+            target: str | dict = "x86"
+        elif mcpu in KERNEL_FAMILIES:
+            target = family_target(mcpu, threads)
+        else:
+            target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}
+        if target != "x86" and not runs_on_host(target):
+            name = f"qcompile_tvm_{mcpu}_untuned"
+            runners[name] = RunnerSpec(name, lowering_failed, (f"not run: this CPU cannot execute {mcpu} code",))
+            targets[name] = target
+            continue
         try:
             low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape)
         except Exception as e:  # recorded in the row, the other runners still run
@@ -217,7 +229,8 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
             runners[name] = RunnerSpec(name, lowering_failed, (f"lowering failed: {type(e).__name__}: {e}",))
             targets[name] = target
             continue
-        name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', mcpu)}_untuned"
+        label = mcpu if mcpu in KERNEL_FAMILIES else low.spec.tvm_target.get("mcpu", mcpu)
+        name = f"qcompile_tvm_{label}_untuned"
         runners[name] = tvm_spec(low, name)
         targets[name] = low.spec.tvm_target
     return runners, targets

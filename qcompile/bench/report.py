@@ -33,12 +33,15 @@ def _label(r: RunnerStats) -> str:
     return f"{r.name} (in-process)" if r.isolation == "in-process" else r.name
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
 def _row(r: RunnerStats) -> str:
     if r.median_ms is None:
         return f"| {_label(r)} | - | - | - | 0 | - | - | - | {r.status} |"
     return (f"| {_label(r)} | {r.median_ms:.2f} | {r.p10_ms:.2f}-{r.p90_ms:.2f} | {r.min_ms:.2f} | {r.n} | "
-            f"{_num(r.rel_l2_vs_fp32, '.3g')} | {_num(r.cosine_vs_fp32, '.4f')} | {_num(r.max_code_diff, '.3g')} | "
-            f"{r.status} |")
+            f"{_pct(r.top1)} | {_pct(r.agree_fake_quant)} | {_num(r.max_code_diff, '.3g')} | {r.status} |")
 
 
 def _isolation_words(m: Mapping) -> str:
@@ -68,12 +71,23 @@ def _load(m: Mapping) -> str:
 
 
 def table(result: BenchResult) -> str:
-    """The peer table: latency, spread, fidelity columns, status."""
+    """The peer table: latency, spread, top-1 on the evaluation set, agreement with the fake-quant subnet, status.
+
+    No column compares with the float twin's outputs: its BN statistics were calibrated without the quantizers,
+    so its logits are another model's; accuracy on real labels is what a user compares.
+    """
     lines = [
-        "| runner | median ms | p10-p90 ms | min ms | n | rel L2 vs fp32 | cosine vs fp32 | max code diff | status |",
+        "| runner | median ms | p10-p90 ms | min ms | n | top-1 (test) | top-1 = fake-quant | max code diff | status |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [_row(r) for r in result.runners]
+    ev = result.meta.get("eval_set")
+    if ev:
+        fq = ev.get("fake_quant_top1")
+        lines += ["", f"top-1 on {ev['n']} test images" + (f"; the fake-quant subnet itself: {100 * fq:.1f} %" if fq
+                                                            is not None else "") + "."]
+    else:
+        lines += ["", "top-1 columns: no evaluation set was given (`run_bench(eval_set=...)`)."]
     if any(r.isolation == "in-process" for r in result.runners):
         lines += ["", "(in-process): a plain callable, timed in the harness's own process rather than in a worker "
                       "of its own (pass a `RunnerSpec` to isolate it)."]
@@ -127,7 +141,7 @@ def _timing_paragraph(m: Mapping) -> str:
                  "in one process vs 2.06 ms alone). The harness drives interleaved rounds, one timed call per "
                  "runner per round, the order rotating every round; each worker times its call with "
                  "`perf_counter` around the call alone and sends the seconds back, so the pipe is not in the "
-                 "sample. The input is sent once at start; the output for the fidelity columns comes from the "
+                 "sample. The input is sent once at start; the output for the code-difference column comes from the "
                  "first call. ")
         idle = "no thread of any worker (nor of the harness) uses CPU any more"
     else:
@@ -180,8 +194,9 @@ def peers_doc(result: BenchResult, command: str | None = None) -> str:
         *_header(m),
         "",
         *_load_note(m),
-        "Latency: median and 10th-90th percentile of single calls (ms). Fidelity on the same input as "
-        "torch fp32: relative L2 error and cosine similarity of the output; `max code diff`: largest "
+        "Latency: median and 10th-90th percentile of single calls (ms). `top-1 (test)`: accuracy on the real "
+        "test split, `top-1 = fake-quant`: how often the runner's class is the fake-quant subnet's (where the run "
+        "had an evaluation set); `max code diff`: largest "
         "difference to qcompile's reference executor in output codes, for runners of our IntegerGraph "
         "(0 = bit-exact; below 1 = float32 rounding of the dequantized output)."
         + (" The output here is the classifier's int32 accumulator dequantized, so its code is one accumulator "

@@ -29,6 +29,10 @@ class RunnerStats:
     #: "process" (own worker process), "in-process" (a plain callable timed in the harness's process while
     #: the others are isolated) or "none" (isolation="none": every runner in one process); "" when unknown
     isolation: str = ""
+    #: top-1 accuracy on the evaluation set (`run_bench(eval_set=...)`, e.g. the real test split)
+    top1: float | None = None
+    #: fraction of the evaluation set where the runner's top-1 equals the fake-quant subnet's
+    agree_fake_quant: float | None = None
 
 
 @dataclass(frozen=True)

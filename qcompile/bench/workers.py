@@ -70,6 +70,8 @@ class IsolatedRun:
     outputs: dict[str, np.ndarray]
     workers: dict[str, dict[str, Any]]
     settle_waits: list[float]
+    #: per row, its outputs on every batch of `eval_inputs` (stacked), made after the timed rounds
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _RowFailed(Exception):
@@ -105,6 +107,8 @@ def _worker_main(conn: Any, spec_bytes: bytes, x: np.ndarray, threads: int) -> N
         try:
             if op == "output":
                 conn.send(("output", np.asarray(runner(x))))
+            elif op == "predict":  # outputs on a stack of input batches (accuracy columns)
+                conn.send(("predictions", np.stack([np.asarray(runner(xb)) for xb in msg[1]])))
             elif op == "warmup":
                 for _ in range(msg[1]):
                     runner(x)
@@ -210,6 +214,9 @@ class _Worker:
     def output(self) -> np.ndarray:
         return self._request(("output",), "output")
 
+    def predict(self, xs: np.ndarray) -> np.ndarray:
+        return self._request(("predict", xs), "predictions")
+
     def warmup(self, n: int) -> None:
         if n > 0:
             self._request(("warmup", n), "ok")
@@ -262,6 +269,12 @@ class _InProcess:
 
     def output(self) -> np.ndarray:
         return np.asarray(self._call())
+
+    def predict(self, xs: np.ndarray) -> np.ndarray:
+        try:
+            return np.stack([np.asarray(self.fn(xb)) for xb in xs])
+        except Exception as e:
+            raise _RowFailed(f"failed: {_describe(e)}") from e
 
     def warmup(self, n: int) -> None:
         for _ in range(n):
@@ -358,6 +371,7 @@ def time_isolated(
     idle_fraction: float = 0.05,
     timeout_s: float = 300.0,
     builtin: frozenset[str] | set[str] = frozenset(),
+    eval_inputs: np.ndarray | None = None,
 ) -> IsolatedRun:
     """Interleaved timing with one worker process per `RunnerSpec` (plain callables run in this process).
 
@@ -369,6 +383,8 @@ def time_isolated(
     worker's OMP/MKL/TVM_NUM_THREADS and torch's thread count. A row whose worker fails to build (status
     "unavailable: ..." for a missing package or a name in `builtin`, else "failed: ..."), raises, exits or
     does not answer within `timeout_s` is dropped from the rounds with that status; the others go on.
+    `eval_inputs` (a stack of input batches shaped like `x`): after the rounds, every live row's outputs on
+    them go to `predictions` (a row failing there keeps its timings and gets no predictions).
     """
     names = list(runners)
     status: dict[str, str] = {}
@@ -376,6 +392,7 @@ def time_isolated(
     infos: dict[str, dict[str, Any]] = {}
     samples: dict[str, list[float] | str] = {}
     outputs: dict[str, np.ndarray] = {}
+    predictions: dict[str, np.ndarray] = {}
     waits: list[float] = []
     x = np.ascontiguousarray(x) if x is not None else x
     try:
@@ -413,6 +430,12 @@ def time_isolated(
                 samples[n].append(dt)  # type: ignore[union-attr]
                 if hook is not None:
                     hook(n, r, dt)
+        if eval_inputs is not None:
+            for n, row in rows.items():
+                try:
+                    predictions[n] = row.predict(eval_inputs)
+                except _RowFailed as e:
+                    log.warning("runner %s: no predictions on the evaluation set: %s", n, e)
     finally:
         for row in list(rows.values()):
             row.close()
@@ -421,7 +444,9 @@ def time_isolated(
             samples[n] = status[n]
             outputs.pop(n, None)
             log.warning("runner %s: %s", n, status[n])
-    return IsolatedRun({n: samples[n] for n in names}, outputs, {n: dict(i) for n, i in infos.items()}, waits)
+    return IsolatedRun(
+        {n: samples[n] for n in names}, outputs, {n: dict(i) for n, i in infos.items()}, waits, predictions
+    )
 
 
 def _drop(name: str, rows: dict[str, Any], status: dict[str, str], text: str) -> None:

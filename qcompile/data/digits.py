@@ -40,6 +40,21 @@ def normalise(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor,
     return tuple((t - mean) / std for t in (train, *others))
 
 
+def normalisation(
+    resolution: int = 32, in_channels: int = 3, seed: int = 0, split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel `(mean, std)` (1 x C x 1 x 1) that `digits` standardises with: images from elsewhere (e.g.
+    `qcompile run a.png`), scaled to [0, 1] and resized, become inputs the trained model expects."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = resize(x, resolution).clamp(0.0, 1.0).expand(-1, in_channels, -1, -1)
+    tr = stratified_split(d.target, split, seed)[0]
+    t = x[tr]
+    return t.mean(dim=(0, 2, 3), keepdim=True), t.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
 def digits(
     resolution: int = 32,
     in_channels: int = 3,

@@ -1,7 +1,7 @@
 """BatchQuant: asymmetric activation quantizer with batch range estimates and learned residuals.
 
 QFA (Bai et al., "BatchQuant") Sec. 3.4, Eq. 5:
-    delta = (x_max - x_min) / (p - n),   z = clamp(-floor(x_min / delta), n, p)
+    delta = (x_max - x_min) / (p - n),   z = clamp(round(-x_min / delta), n, p)   (round half up)
     q     = clamp(round(x / (delta gamma) + z + beta), n, p)       (round half up)
     x_hat = (q - z - beta) delta gamma
 with `[n, p] = [0, 2^b - 1]`, `(x_min, x_max)` from one of the estimators of Eq. 7-9, and one
@@ -12,6 +12,10 @@ The estimates are detached (no gradient flows into x_min / x_max): the paper tre
 statistics and leaves learning to the residuals ("we learn a multiplicative residual gamma on delta
 and an additive residual beta on z"), and apple/ml-batchquant's batch observer computes them on
 `x.detach()`. It also keeps the training graph identical to inference, where they are constants.
+
+QFA writes the zero point with the bracket of Eq. 1, which "indicates the round function"; earlier
+versions of this quantizer floored it instead. The mode is state (buffer `zero_round`), so a checkpoint
+written by them keeps its floor, and its numerics, when loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from torch import nn
 from qcompile.errors import ConfigError
 from qcompile.quant.base import EPS, ActQuantizer
 from qcompile.quant.estimators import get_estimator
-from qcompile.quant.functional import FLOAT_BITS, fake_quant_affine, range_qparams, zero_code_value
+from qcompile.quant.functional import (
+    FLOAT_BITS,
+    ZERO_ROUNDING,
+    fake_quant_affine,
+    range_qparams,
+    zero_code_value,
+)
 
 __all__ = ["BatchQuant"]
 
@@ -40,6 +50,8 @@ class BatchQuant(ActQuantizer):
         estimator: `"channel_mean"` (Eq. 8, default, the stable one in QFA Sec. 5), `"minmax"`
             (Eq. 7) or `"mean_std"` (Eq. 9).
         eps: floor on delta, for constant inputs.
+        zero_rounding: `"round"` (QFA Eq. 1/5, half up; the default) or `"floor"` (quantizers trained before,
+            which a state dict without `zero_round` restores).
 
     Modes: training uses this batch's estimates; inside `calibration(model)` each forward also adds
     them to a running mean; in eval the running estimates are used once calibrated (before that, the
@@ -47,7 +59,11 @@ class BatchQuant(ActQuantizer):
     """
 
     def __init__(
-        self, bits: Iterable[int] | int = (2, 3, 4, 8), estimator: str = "channel_mean", eps: float = EPS
+        self,
+        bits: Iterable[int] | int = (2, 3, 4, 8),
+        estimator: str = "channel_mean",
+        eps: float = EPS,
+        zero_rounding: str = "round",
     ):
         super().__init__(bits)
         self._estimate = get_estimator(estimator)
@@ -60,10 +76,23 @@ class BatchQuant(ActQuantizer):
         self.register_buffer("running_min", torch.zeros(()))
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        if zero_rounding not in ZERO_ROUNDING:
+            raise ConfigError("BatchQuant.zero_rounding", zero_rounding, list(ZERO_ROUNDING))
+        self.register_buffer("zero_round", torch.tensor(zero_rounding == "round"))
         self._warned_uncalibrated = False
 
+    @property
+    def zero_rounding(self) -> str:
+        """How the zero point is made an integer: "round" (QFA Eq. 1/5) or "floor" (older checkpoints)."""
+        return "round" if bool(self.zero_round) else "floor"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state written before the rounding mode was recorded floored the zero point: keep its numerics
+        state_dict.setdefault(prefix + "zero_round", torch.tensor(False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, estimator={self.estimator!r}"
+        return f"{super().extra_repr()}, estimator={self.estimator!r}, zero_rounding={self.zero_rounding!r}"
 
     # -- parameters ----------------------------------------------------------------------------
     def residuals(self, bits: int | None = None) -> tuple[nn.Parameter, nn.Parameter]:
@@ -116,7 +145,7 @@ class BatchQuant(ActQuantizer):
             return x
         x_min, x_max = self._estimates(x)
         n, p = self.qrange(b)
-        delta, z = range_qparams(x_min, x_max, n, p, self.eps)
+        delta, z = range_qparams(x_min, x_max, n, p, self.eps, self.zero_rounding)
         gamma, beta = self.gamma[str(b)], self.beta[str(b)]
         self.pad_value = zero_code_value(delta * gamma, z + beta, n, p)
         return fake_quant_affine(x, delta * gamma, z + beta, n, p)
@@ -132,14 +161,14 @@ class BatchQuant(ActQuantizer):
                 "run `with qcompile.quant.calibration(model):` over a few batches before lowering",
             )
         n, p = self.qrange(b)
-        delta, z = range_qparams(self.running_min, self.running_max, n, p, self.eps)
+        delta, z = range_qparams(self.running_min, self.running_max, n, p, self.eps, self.zero_rounding)
         gamma, beta = self.gamma[str(b)].detach(), self.beta[str(b)].detach()
         return float(delta * gamma), float(z + beta)
 
     def freeze(self, bits: int) -> BatchQuant:
         """Single-choice copy: residuals of `bits`, running estimates and calibration state."""
         b = self._choice(bits, "freeze(bits)")
-        frozen = BatchQuant((b,), estimator=self.estimator, eps=self.eps)
+        frozen = BatchQuant((b,), estimator=self.estimator, eps=self.eps, zero_rounding=self.zero_rounding)
         gamma, beta = self.residuals(b)
         frozen.gamma[str(b)] = nn.Parameter(gamma.detach().clone(), requires_grad=gamma.requires_grad)
         frozen.beta[str(b)] = nn.Parameter(beta.detach().clone(), requires_grad=beta.requires_grad)

@@ -109,17 +109,28 @@ def grad_scale(t: torch.Tensor, g: float) -> torch.Tensor:
     return _GradScale.apply(t, g)
 
 
+#: how `range_qparams` makes the zero point an integer: QFA's bracket (round half up) or the older floor
+ZERO_ROUNDING = ("round", "floor")
+
+
 def range_qparams(
-    x_min: torch.Tensor, x_max: torch.Tensor, n: int, p: int, eps: float
+    x_min: torch.Tensor, x_max: torch.Tensor, n: int, p: int, eps: float, zero_rounding: str = "floor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of an estimated range (QFA Eq. 1 / Eq. 5, first line).
 
     `delta = max((x_max - x_min) / (p - n), eps)` (eps guards constant inputs) and
-    `z = clamp(-floor(x_min / delta), n, p)`.
+    `z = clamp([-x_min / delta], n, p)`, where QFA says right after Eq. 1 that the bracket "indicates the
+    round function": `zero_rounding="round"` is `floor(-x_min / delta + 1/2)` (half up, as every rounding of
+    docs/integer_semantics.md); `"floor"` is `-floor(x_min / delta)`, what quantizers trained before used.
     """
     delta = torch.clamp((x_max - x_min) / (p - n), min=eps)
-    z = torch.clamp(-torch.floor(x_min / delta), n, p)
-    return delta, z
+    if zero_rounding == "round":
+        z = torch.floor(-x_min / delta + 0.5)
+    elif zero_rounding == "floor":
+        z = -torch.floor(x_min / delta)
+    else:
+        raise ConfigError("zero_rounding", zero_rounding, list(ZERO_ROUNDING))
+    return delta, torch.clamp(z, n, p)
 
 
 def zero_code_value(scale: torch.Tensor, zero_point: torch.Tensor, n: int, p: int) -> float:

@@ -50,7 +50,8 @@ def test_every_peer_runs_and_report_is_written(tiny_bench, tiny_tvm):
         assert s.isolation == want and m["workers"][name]["isolation"] == want, name
     assert [r["name"] for r in doc["runners"]] == list(stats)
     md = (out / "bench.md").read_text()
-    assert md.count("\n| ") == len(stats) + 1 and "torch_ao_int8" in md and "cosine vs fp32" in md
+    assert md.count("\n| ") == len(stats) + 1 and "torch_ao_int8" in md and "top-1 (test)" in md
+    assert "cosine" not in md and "rel L2" not in md  # no column compares with a differently calibrated twin
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 

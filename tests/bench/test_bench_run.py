@@ -29,7 +29,7 @@ def subnet():
 
 def test_bench_subnet_rows_and_fidelity(subnet, tmp_path):
     md = bench_subnet(subnet, target="x86", out=tmp_path, repeat=2, threads=1,
-                      peers=("torch_fp32", "ort_fp32", "ort_ours_qoperator"))
+                      peers=("torch_fp32", "ort_fp32", "ort_ours_qoperator"), eval_limit=40)
     doc = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["name"]: r for r in doc["runners"]}
     tvm = [n for n in rows if n.startswith("qcompile_tvm_")]
@@ -47,3 +47,18 @@ def test_bench_subnet_rows_and_fidelity(subnet, tmp_path):
     assert rows[tvm[0]]["cosine_vs_fp32"] == pytest.approx(cosine(y_ref, fp32), rel=1e-9)
     assert rows["ort_ours_qoperator"]["max_code_diff"] < 1.0
     assert rows["ort_fp32"]["rel_l2_vs_fp32"] < 1e-4  # float32 rounding through the layers
+    # accuracy columns: the digits test split, against the reference executor and the fake-quant subnet
+    from qcompile.data import load_dataset
+
+    test = load_dataset("digits", resolution=32).test
+    images, labels = test.images[:40], test.labels[:40].numpy()
+    with torch.inference_mode():
+        fq = subnet(images).argmax(1).numpy()
+        ref_top = np.concatenate([ig(images[i : i + 1]).numpy() for i in range(len(labels))]).argmax(1)
+        fp_top = float_copy(subnet)(images).argmax(1).numpy()
+    assert doc["meta"]["eval_set"] == {"n": len(labels), "fake_quant_top1": pytest.approx(float((fq == labels).mean()))}
+    assert rows[tvm[0]]["top1"] == pytest.approx(float((ref_top == labels).mean()))
+    assert rows[tvm[0]]["agree_fake_quant"] == pytest.approx(float((ref_top == fq).mean()))
+    assert rows["torch_fp32"]["top1"] == pytest.approx(float((fp_top == labels).mean()))
+    assert rows["torch_fp32"]["agree_fake_quant"] == pytest.approx(float((fp_top == fq).mean()))
+    assert f"| {100 * rows[tvm[0]]['top1']:.1f} % |" in md and "rel L2" not in md

@@ -79,17 +79,21 @@ ESTIMATORS = {"minmax": est_minmax, "channel_mean": est_channel_mean, "mean_std"
 EPS = F32(np.finfo(np.float32).eps)
 
 
-def range_qparams(x_min, x_max, n, p):
-    """QFA Eq. 5 first line in float32: delta (floored at eps) and z = clamp(-floor(x_min/delta))."""
+def range_qparams(x_min, x_max, n, p, rounding="round"):
+    """QFA Eq. 5 first line in float32: delta (floored at eps) and z = clamp([-x_min/delta]), the bracket
+    "the round function" (QFA after Eq. 1), half up; `rounding="floor"`: z = clamp(-floor(x_min/delta))."""
     delta = np.maximum(F32((F32(x_max) - F32(x_min)) / F32(p - n)), EPS)
-    z = np.clip(-np.floor(F32(F32(x_min) / delta)), n, p).astype(F32)
-    return F32(delta), F32(z)
+    if rounding == "round":
+        z = np.floor(F32(-F32(x_min) / delta) + F32(0.5))
+    else:
+        z = -np.floor(F32(F32(x_min) / delta))
+    return F32(delta), F32(np.clip(z, n, p))
 
 
-def bq_forward(x, x_min, x_max, gamma, beta, b):
+def bq_forward(x, x_min, x_max, gamma, beta, b, rounding="round"):
     """QFA Eq. 5 in float32: returns (codes, x_hat, u, delta, zp, scale)."""
     n, p = unsigned_range(b)
-    delta, z = range_qparams(x_min, x_max, n, p)
+    delta, z = range_qparams(x_min, x_max, n, p, rounding)
     scale = F32(delta * F32(gamma))
     zp = F32(z + F32(beta))
     u = (x.astype(F32) / scale + zp).astype(F32)
@@ -97,10 +101,10 @@ def bq_forward(x, x_min, x_max, gamma, beta, b):
     return q, ((q - zp) * scale).astype(F32), u, delta, zp, scale
 
 
-def bq_grads(x, x_min, x_max, gamma, beta, b, gout):
+def bq_grads(x, x_min, x_max, gamma, beta, b, gout, rounding="round"):
     """Analytic gradients of Eq. 5 with STE and detached estimates: (dx, dgamma, dbeta)."""
     n, p = unsigned_range(b)
-    q, _, u, delta, zp, scale = bq_forward(x, x_min, x_max, gamma, beta, b)
+    q, _, u, delta, zp, scale = bq_forward(x, x_min, x_max, gamma, beta, b, rounding)
     q, u, gout = q.astype(np.float64), u.astype(np.float64), gout.astype(np.float64)
     delta, zp, scale = float(delta), float(zp), float(scale)
     inside = (u >= n) & (u <= p)

@@ -49,9 +49,9 @@ def test_ema_training_tracks_numpy_ema(rng, ref, bits):
         np.testing.assert_allclose([q.running_min.item(), q.running_max.item()], ema, rtol=1e-6)
         # Forward uses the updated EMA range (Eq. 1 = Eq. 5 with gamma = 1, beta = 0).
         lo32, hi32 = np.float32(q.running_min.item()), np.float32(q.running_max.item())
-        np.testing.assert_array_equal(out, ref.bq_forward(x, lo32, hi32, 1.0, 0.0, bits)[1])
+        np.testing.assert_array_equal(out, ref.bq_forward(x, lo32, hi32, 1.0, 0.0, bits, "floor")[1])
     assert q.is_calibrated  # the EMA range is a static range
-    delta, z = ref.range_qparams(lo32, hi32, 0, 2**bits - 1)
+    delta, z = ref.range_qparams(lo32, hi32, 0, 2**bits - 1, "floor")  # the EMA baseline keeps the floor
     assert q.qparams() == (pytest.approx(float(delta), rel=1e-7), float(z))
 
 
@@ -82,7 +82,7 @@ def test_ema_gradient_is_ste(rng, ref):
     xt = torch.from_numpy(x).requires_grad_(True)
     q(xt).sum().backward()
     lo, hi = np.float32(q.running_min.item()), np.float32(q.running_max.item())
-    _, _, u, *_ = ref.bq_forward(x, lo, hi, 1.0, 0.0, 3)
+    _, _, u, *_ = ref.bq_forward(x, lo, hi, 1.0, 0.0, 3, "floor")
     np.testing.assert_allclose(xt.grad.numpy(), ((u >= 0) & (u <= 7)).astype(np.float32), rtol=3e-7)
 
 
@@ -98,7 +98,7 @@ def test_learned_init_forward_and_gradients(rng, ref, bits):
     out = q(xt)
     # Initialisation from the first batch by QFA Eq. 9 (LSQ+ init): delta and z of mu -/+ 3 sigma.
     lo, hi = ref.estimators["mean_std"](x)
-    delta, z = ref.range_qparams(lo, hi, 0, p)
+    delta, z = ref.range_qparams(lo, hi, 0, p, "floor")
     s, o = q.qparams(bits)
     assert s == pytest.approx(float(delta), rel=1e-5) and o == float(z)
     assert q.is_calibrated

@@ -9,7 +9,6 @@ import torch
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni, has_vnni  # noqa: E402
 from qcompile.backends.tvm.schedules.gemm_x86 import (  # noqa: E402
     MODES,
     GemmKnobs,
@@ -20,12 +19,23 @@ from qcompile.backends.tvm.schedules.gemm_x86 import (  # noqa: E402
 from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
 from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
 from qcompile.ops import reference as R  # noqa: E402
+from tests import kernel_isa as isa  # noqa: E402
 
-AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})
-NATIVE = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-HOST_VNNI = has_vnni(NATIVE)
-HOST_VNNI512 = has_avx512_vnni(NATIVE)
-ZNVER5 = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+# Targets derived from this host (its mcpu, wider extensions off); a family the host lacks is built for a
+# generic ISA level and only its assembly is checked (see tests/kernel_isa.py).
+AVX2 = isa.target("avx2")
+AVX512 = isa.target("avx512")
+VNNI512 = isa.target("avx512-vnni")
+VNNI256_FAMILY = isa.vnni256_family()
+VNNI256 = isa.target(VNNI256_FAMILY)
+FAMILY = {AVX2: "avx2", AVX512: "avx512", VNNI512: "avx512-vnni", VNNI256: VNNI256_FAMILY}
+# the instruction each family's int8 kernels are made of
+INSTR = {
+    "avx2": r"vpmadd(ubsw|wd)\s+.*%ymm",
+    "avx512": r"vpmaddwd\s+.*%zmm",
+    "avx512-vnni": r"vpdp(busd|wssd)\s+.*%zmm",
+    "avx-vnni": r"vpdpbusd\s+.*%ymm",
+}
 
 
 def _out_hw(h, w, k, s, p, d=1):
@@ -87,6 +97,10 @@ def _run_strategy(op, x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, 
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     ex = tvm.compile(bb.get(), target=target)
+    family = FAMILY[target]
+    isa.check_instructions(ex, family, *([INSTR[family]] if groups == 1 else []))  # depthwise: plain vector code
+    if not isa.should_execute(family):
+        pytest.skip(f"built and checked the {family} assembly; this CPU cannot execute it")
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
@@ -120,14 +134,13 @@ def test_conv_requant_bit_exact(c, h, w, o, k, s, p, groups, pad_value, x_all):
     assert len(np.unique(ref)) > 1 or x_all == 255  # the case exercises more than one code
 
 
-@pytest.mark.skipif(not HOST_VNNI512, reason="this CPU has no AVX512-VNNI")
 @pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES[:4])
 def test_conv_requant_bit_exact_vnni512_target(c, h, w, o, k, s, p, groups, pad_value):
     rng = np.random.default_rng(11)
     x, wt, bias, mult, shift = _case(rng, c, h, w, o, k, s, p, groups)
     x[..., :2] = 255
     kw = dict(s=s, p=p, groups=groups, pad_value=pad_value, lo=0, hi=255)
-    got = _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=ZNVER5, **kw)
+    got = _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=VNNI512, **kw)
     np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, **kw))
 
 
@@ -156,6 +169,16 @@ def _run_gemm(mode, x, w, bias, mult, shift, knobs=DEFAULT_KNOBS, target=AVX2, s
     o = w.shape[0]
     sm = int(shift.min()) if shift_min is None else shift_min
     lib = tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=sm, knobs=knobs), target=target)
+    family = FAMILY[target]
+    isa.check_instructions(
+        lib,
+        family,
+        {"u8s8": r"vpmaddubsw", "i16": r"vpmaddwd", "vnni": r"vpdpbusd\s+.*%ymm", "vnni512": r"vpdpbusd\s+.*%zmm"}[
+            mode
+        ],
+    )
+    if not isa.should_execute(family):
+        pytest.skip(f"built and checked the {mode} assembly; this CPU cannot execute {family}")
     _, g, _, wdt = MODES[mode]
     out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
     bterm = bias_term(bias, mult, shift)
@@ -211,15 +234,11 @@ def test_choose_mode_follows_the_saturation_bound():
     assert choose_mode(t, np.full((4, 8), -65, np.int8), 255) == "i16"  # 255*-130 < -32768
     w4 = np.random.default_rng(0).integers(-8, 8, (32, 96)).astype(np.int8)  # 4-bit weights: always safe
     assert choose_mode(t, w4, 255) == "u8s8"
-    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
-    assert choose_mode(avx512, np.full((4, 8), 127, np.int8), 255) == "vnni512"
-    avxvnni = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
-    assert choose_mode(avxvnni, np.full((4, 8), 127, np.int8), 255) == "vnni"
-    mattr = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "mattr": ["+avxvnni"]})
-    assert choose_mode(mattr, np.full((4, 8), 127, np.int8), 255) == "vnni"
+    assert choose_mode(VNNI512, np.full((4, 8), 127, np.int8), 255) == "vnni512"
+    assert choose_mode(isa.target("avx-vnni"), np.full((4, 8), 127, np.int8), 255) == "vnni"
+    assert choose_mode(AVX512, np.full((4, 8), 127, np.int8), 255) == "i16"  # AVX-512 without VNNI: int16 pairs
 
 
-@pytest.mark.skipif(not HOST_VNNI, reason="this CPU has no AVX-VNNI / AVX512-VNNI")
 @pytest.mark.parametrize(
     "mode,knobs",
     [
@@ -230,8 +249,6 @@ def test_choose_mode_follows_the_saturation_bound():
     ],
 )
 def test_gemm_vnni_exact_8bit(mode, knobs):
-    if mode == "vnni512" and not HOST_VNNI512:
-        pytest.skip("this CPU has no AVX512-VNNI")
     rng = np.random.default_rng(3)
     k, p, o = 96, 49, 24
     x = np.concatenate([np.full((k, 8), 255, np.uint8), rng.integers(0, 256, (k, p - 8)).astype(np.uint8)], 1)
@@ -239,7 +256,7 @@ def test_gemm_vnni_exact_8bit(mode, knobs):
     bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024  # centre codes near 128
     shift = rng.integers(36, 40, o).astype(np.int32)
     mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10)).astype(np.int32)
-    vnni = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+    vnni = VNNI512 if mode == "vnni512" else VNNI256
     ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
     assert len(np.unique(ref)) > 10
     np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=vnni), ref)
@@ -268,7 +285,13 @@ def _run_call(op, params, args_np, consts_np, target=AVX2):
             y = strat.emit(bb, call, [*vs, *(relax.const(c) for c in consts_np)])
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+    ex = tvm.compile(bb.get(), target=target)
+    family = FAMILY[target]
+    if op.startswith(("linear", "conv")):  # add / mean are plain vector code: no dot-product instruction
+        isa.check_instructions(ex, family, INSTR[family] if op.startswith("conv") or family == "avx2" else r"vpdpbusd")
+    if not isa.should_execute(family):
+        pytest.skip(f"built and checked the {family} assembly; this CPU cannot execute it")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](*(tvm.runtime.tensor(a) for a in args_np)).numpy()
 
 
@@ -295,11 +318,9 @@ def test_mean_bit_exact():
 
 
 @pytest.mark.parametrize("requant", [True, False])
-@pytest.mark.parametrize("target,o", [(AVX2, 24), (ZNVER5, 24), (ZNVER5, 1000)], ids=["avx2", "vnni", "vnni-o1000"])
+@pytest.mark.parametrize("target,o", [(AVX2, 24), (VNNI512, 24), (VNNI512, 1000)], ids=["avx2", "vnni", "vnni-o1000"])
 def test_linear_bit_exact(requant, target, o):
     """int16 GEMV (AVX2) and the VNNI broadcast GEMV (O padded to 16 internally) against the reference."""
-    if target is ZNVER5 and not HOST_VNNI512:
-        pytest.skip("this CPU has no AVX512-VNNI")
     rng = np.random.default_rng(5)
     n, k = 1, 160
     x = np.concatenate([np.full((n, 40), 255, np.uint8), rng.integers(0, 256, (n, k - 40)).astype(np.uint8)], 1)
@@ -330,18 +351,22 @@ PAIR_CASES = [
 
 
 @pytest.mark.parametrize("c,h,k,s,d,pad_value", PAIR_CASES)
-@pytest.mark.parametrize("vec,vnni,taps,rows", [(8, False, 2, 1), (16, False, 2, 1), (16, True, 2, 3), (16, True, 4, 2),
-                                               (8, True, 4, 8)],
-                         ids=["ymm", "zmm", "vpdpwssd-3rows", "quads-zmm-2rows", "quads-ymm-8rows"])
+@pytest.mark.parametrize(
+    "vec,vnni,taps,rows",
+    [(8, False, 2, 1), (16, False, 2, 1), (16, True, 2, 3), (16, True, 4, 2), (8, True, 4, 8)],
+    ids=["ymm", "zmm", "vpdpwssd-3rows", "quads-zmm-2rows", "quads-ymm-8rows"],
+)
 def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni, taps, rows):
     """vpmaddwd / vpdpwssd on tap pairs and vpdpbusd on u8 tap quads, several output rows per step: exact against
     the reference, extreme codes and weights included."""
     from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_pairs_x86, pack_pair_weights
 
-    if vec == 16 and not HOST_VNNI512:
-        pytest.skip("this CPU has no AVX-512 (VNNI)")
-    if taps == 4 and not HOST_VNNI:
-        pytest.skip("this CPU has no VNNI dot product")
+    if vec == 16:
+        target = VNNI512 if vnni else AVX512
+    else:
+        target = VNNI256 if vnni else AVX2
+    family = FAMILY[target]
+    instr = r"vpdpbusd" if taps == 4 else (r"vpdpwssd" if vnni else r"vpmaddwd")
     rng = np.random.default_rng(c * 10 + k)
     x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
     x[0, 0] = 255  # a whole plane at the largest code ...
@@ -352,15 +377,46 @@ def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni, taps
     shift = rng.integers(34, 42, c).astype(np.int32)
     p = d * (k - 1) // 2
     ho = (h + 2 * p - d * (k - 1) - 1) // s + 1
-    func = depthwise_conv_pairs_x86(c, h, h, k, k, stride=(s, s), padding=(p, p), dilation=(d, d),
-                                    pad_value=pad_value, lo=2, hi=253, shift_min=int(shift.min()), vec=vec, vnni=vnni,
-                                    taps=taps, rows=rows)
-    lib = tvm.compile(func, target=ZNVER5 if vec == 16 or taps == 4 else AVX2)
+    func = depthwise_conv_pairs_x86(
+        c,
+        h,
+        h,
+        k,
+        k,
+        stride=(s, s),
+        padding=(p, p),
+        dilation=(d, d),
+        pad_value=pad_value,
+        lo=2,
+        hi=253,
+        shift_min=int(shift.min()),
+        vec=vec,
+        vnni=vnni,
+        taps=taps,
+        rows=rows,
+    )
+    lib = tvm.compile(func, target=target)
+    isa.check_instructions(lib, family, instr + (r"\s+.*%zmm" if vec == 16 else r"\s+.*%ymm"))
+    if not isa.should_execute(family):
+        pytest.skip(f"built and checked the {family} assembly; this CPU cannot execute it")
     out = tvm.runtime.tensor(np.zeros((c, ho, ho), np.uint8))
-    lib(*(tvm.runtime.tensor(a) for a in (x[0], pack_pair_weights(wt, k, k, taps), bias_term(bias, mult, shift),
-                                          mult, shift)), out)
-    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=p,
-                   dilation=d, groups=c, pad_value=pad_value)
+    lib(
+        *(
+            tvm.runtime.tensor(a)
+            for a in (x[0], pack_pair_weights(wt, k, k, taps), bias_term(bias, mult, shift), mult, shift)
+        ),
+        out,
+    )
+    acc = R.conv2d(
+        torch.from_numpy(x),
+        torch.from_numpy(wt),
+        torch.from_numpy(bias),
+        stride=s,
+        padding=p,
+        dilation=d,
+        groups=c,
+        pad_value=pad_value,
+    )
     ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=2, hi=253).numpy()[0]
     assert len(np.unique(ref)) > 20
     np.testing.assert_array_equal(out.numpy(), ref)
@@ -377,8 +433,9 @@ def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
     rng = np.random.default_rng(3)
     x, wt, bias, mult, shift = _case(rng, 8, 56, 56, 8, 7, 1, 3, 8)
     kw = dict(s=1, p=3, groups=8, pad_value=4, lo=0, hi=255)
-    np.testing.assert_array_equal(_run_strategy("conv2d_requant", x, wt, bias, mult, shift, **kw),
-                                  _reference(x, wt, bias, mult, shift, **kw))
+    np.testing.assert_array_equal(
+        _run_strategy("conv2d_requant", x, wt, bias, mult, shift, **kw), _reference(x, wt, bias, mult, shift, **kw)
+    )
 
 
 def _workspace_calls(func, target) -> int:
@@ -388,7 +445,7 @@ def _workspace_calls(func, target) -> int:
     return mod.inspect_source("asm").count("__TVMBackendAllocWorkspace@GOTPCREL")
 
 
-@pytest.mark.parametrize("mode,target", [("vnni512", ZNVER5), ("vnni", ZNVER5), ("u8s8", AVX2), ("i16", AVX2)])
+@pytest.mark.parametrize("mode,target", [("vnni512", VNNI512), ("vnni", VNNI256), ("u8s8", AVX2), ("i16", AVX2)])
 def test_default_gemm_tile_needs_no_workspace_per_tile(mode, target):
     """The intrinsics bind their operands as lets and the default tile stays under TVM's stack limit, so the only
     workspace is the per-call activation pack: measured 144 -> 64 us on the 24x3136x144 expand layer."""
@@ -399,5 +456,4 @@ def test_default_gemm_tile_needs_no_workspace_per_tile(mode, target):
     assert _workspace_calls(pointwise_conv_x86(24, 3136, 144, mode, shift_min=40, knobs=kn), target) == 1
     # the counter-check: a 16x16 int32 tile is exactly 1 KiB, so it is a workspace too (more call sites)
     assert not tile_on_stack(GemmKnobs(16, 16))
-    assert _workspace_calls(pointwise_conv_x86(24, 3136, 144, mode, shift_min=40, knobs=GemmKnobs(16, 16)),
-                            target) > 1
+    assert _workspace_calls(pointwise_conv_x86(24, 3136, 144, mode, shift_min=40, knobs=GemmKnobs(16, 16)), target) > 1

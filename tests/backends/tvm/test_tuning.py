@@ -19,8 +19,16 @@ from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workloa
 from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
 from qcompile.errors import ConfigError  # noqa: E402
 from qcompile.ops import reference as R  # noqa: E402
+from tests import kernel_isa as isa  # noqa: E402
 
-AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2})
+AVX2 = isa.target("avx2")  # the host's mcpu limited to AVX2 (a generic x86-64-v3 where it has no AVX2)
+
+
+@pytest.fixture
+def runs_avx2():
+    """Tuning times kernels: only where this CPU executes the AVX2 family."""
+    if not isa.should_execute("avx2"):
+        pytest.skip("this CPU cannot execute AVX2 kernels")
 
 
 @pytest.fixture
@@ -41,7 +49,7 @@ def test_cache_dir_default_and_override(monkeypatch, tmp_path):
 
 def test_target_key_separates_targets():
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
-    vnni = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+    vnni = isa.target("avx512-vnni")  # never executed: only its key
     keys = {tuning.target_key(t) for t in (AVX2, arm, vnni)}
     assert len(keys) == 3
     assert tuning.target_key(AVX2) == tuning.target_key(tvm.target.Target(dict(AVX2.export())))
@@ -99,7 +107,7 @@ def _pointwise_call(c, hw, o):
     return OpCall("conv2d_requant", params, AVX2)
 
 
-def test_tuned_record_is_used_by_later_lowerings_and_stays_exact(cache, caplog):
+def test_tuned_record_is_used_by_later_lowerings_and_stays_exact(cache, caplog, runs_avx2):
     c, hw, o = 24, 8, 16
     call = _pointwise_call(c, hw, o)
     wl = gemm_workload(call.params) | {"mode": "i16"}
@@ -132,7 +140,7 @@ def test_tuned_record_is_used_by_later_lowerings_and_stays_exact(cache, caplog):
 
 
 @pytest.mark.slow
-def test_meta_schedule_tuning_persists(cache):
+def test_meta_schedule_tuning_persists(cache, runs_avx2):
     """Meta-schedule (generic kernels) writes its JSONDatabase under the cache and reuses it."""
     from tvm import te
 
@@ -152,7 +160,7 @@ def test_meta_schedule_tuning_persists(cache):
     np.testing.assert_array_equal(out2.numpy(), x * 3 + 1)
 
 
-def test_tune_opcall_tunes_once_then_reuses(cache, monkeypatch):
+def test_tune_opcall_tunes_once_then_reuses(cache, monkeypatch, runs_avx2):
     call = _pointwise_call(16, 8, 16)
     calls = []
     real = tuning.tune_gemm
@@ -172,7 +180,7 @@ def test_tune_opcall_tunes_once_then_reuses(cache, monkeypatch):
     assert tuning.tune_opcall(linear) is None  # nothing to tune
 
 
-def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache):
+def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache, runs_avx2):
     """Depthwise convs are tuned too (row or tap-pair kernel, vector width); the record is reused."""
     params = dict(_pointwise_call(16, 12, 16).params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1))
     dw = OpCall("conv2d_requant", params, AVX2)
@@ -187,7 +195,7 @@ def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache):
     assert tuning.lookup_dw_knobs(depthwise_workload(params), AVX2) is None  # a bad record is ignored
 
 
-def test_trials_caps_the_schedules_timed_and_keeps_the_default(cache, monkeypatch):
+def test_trials_caps_the_schedules_timed_and_keeps_the_default(cache, monkeypatch, runs_avx2):
     """`trials=N` times the N most promising candidates, the untuned default first; bad values are refused."""
     from qcompile.backends.tvm.schedules.gemm_x86 import default_knobs
 

@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_demo)
+
+    from qcompile.search.latency.cli import add_parser as add_latency_table
+
+    add_latency_table(sub, _space_args)
     return p
 
 

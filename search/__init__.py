@@ -15,6 +15,7 @@ from qcompile.search.algorithms import (
     nsga2,
     random_search,
 )
+from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_workloads  # noqa: F401
 from qcompile.search.objectives import Objective
 from qcompile.search.result import SearchResult
 
@@ -50,4 +51,7 @@ __all__ = [
     "evolve_space",
     "latency_model",
     "random_search_spaces",
+    "KernelPredictor",
+    "LatencyTable",
+    "kernel_workloads",
 ]

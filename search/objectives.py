@@ -128,3 +128,16 @@ def check_objectives(objectives, what: str = "objectives") -> list[Objective]:
     if len(set(names)) != len(names):
         raise ConfigError(what, names, "objectives with distinct names")
     return objectives
+
+
+def latency(table) -> Objective:
+    """Predicted end-to-end latency (ms) from a `qcompile.search.LatencyTable` (to minimise).
+
+    The table's kernel sums plus fitted overheads (OFA/APQ lookup tables at nn-Meter's kernel level);
+    configs of another space raise `ConfigError` from the table.
+    """
+    from qcompile.search.latency import LatencyTable
+
+    if not isinstance(table, LatencyTable):
+        raise ConfigError("table", type(table).__name__, "a qcompile.search.LatencyTable (LatencyTable.build/load)")
+    return Objective("latency", lambda cfgs: table.predict_many(cfgs), direction="min", unit="ms")

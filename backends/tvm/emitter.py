@@ -38,7 +38,8 @@ from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmitResult", "KernelRecord", "emit_relax", "graph_input_shape", "SCHEDULE_ATTR"]
+__all__ = ["EmitResult", "KernelRecord", "emit_relax", "plan_kernels", "kernel_workload", "graph_input_shape",
+           "SCHEDULE_ATTR"]
 
 #: PrimFunc attribute marking naive kernels the default schedule phase may schedule
 SCHEDULE_ATTR = "qcompile.schedule"
@@ -52,6 +53,40 @@ class KernelRecord:
     nodes: tuple[str, ...]
     primfuncs: tuple[str, ...]
     strategy: str  # "naive" or the Strategy's name
+    #: what decides the kernel's speed (op, strategy, mode, shapes, stride, groups): `kernel_workload`
+    workload: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+class _Shaped:
+    """Shape and dtype of a value in a dry emission (`plan_kernels`): no TVM expression is built."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = str(dtype)
+
+
+_WORKLOAD_PARAMS = ("stride", "padding", "dilation", "groups")
+
+
+def kernel_workload(op: str, strategy: Any, shapes: tuple[tuple[int, ...], ...], params: dict[str, Any],
+                    call: OpCall | None, weight: np.ndarray | None) -> dict[str, Any]:
+    """The latency-relevant description of one emitted kernel (nn-Meter's "kernel" unit, Zhang et al. 2021):
+    op, strategy, the strategy's kernel kind and mode (`Strategy.describe`, e.g. the x86 GEMM intrinsic, which
+    on AVX2 depends on the bits), operand shapes, stride, padding, dilation, groups. Both `emit_relax` and the
+    dry `plan_kernels` call it, so the kernels a config plans and the kernels a lowering emits cannot drift."""
+    w: dict[str, Any] = {"op": op, "strategy": strategy if isinstance(strategy, str) else strategy.name,
+                         "shapes": [list(s) for s in shapes]}
+    for k in _WORKLOAD_PARAMS:
+        if k in params:
+            v = params[k]
+            w[k] = list(v) if isinstance(v, tuple) else v
+    w.setdefault("groups", 1)
+    if "out_shape" in params:
+        w["out_shape"] = list(params["out_shape"])
+    describe = getattr(strategy, "describe", None)
+    if describe is not None and call is not None:
+        w.update(describe(call, weight))
+    return w
 
 
 @dataclass
@@ -76,11 +111,22 @@ def graph_input_shape(ig: IntegerGraph, input_shape: tuple[int, ...] | None) -> 
 
 
 def _shape(e: Any) -> tuple[int, ...]:
+    if isinstance(e, _Shaped):
+        return e.shape
     return tuple(int(v) for v in e.ty.shape.values)
 
 
 def _dtype(e: Any) -> str:
+    if isinstance(e, _Shaped):
+        return e.dtype
     return str(e.ty.dtype)
+
+
+def _node_shaped(node: fx.Node) -> _Shaped:
+    tm = node.meta.get("tensor_meta")
+    if tm is None:
+        raise LoweringError(f"node {node.name}", "no tensor_meta (shape) on the node", "run ShapeProp on the graph")
+    return _Shaped(tuple(tm.shape), str(tm.dtype).replace("torch.", ""))
 
 
 _FLOAT_UNARY: dict[Callable, str] = {
@@ -136,16 +182,21 @@ def _as_static(v: Any) -> Any:
 
 class _Emitter:
     def __init__(self, ig: IntegerGraph, target: Any, input_shape: tuple[int, ...], input_dtype: str,
-                 use_strategies: bool) -> None:
-        from tvm import relax
+                 use_strategies: bool, dry: bool = False) -> None:
+        self.dry = dry
+        if dry:
+            self.relax: Any = None
+            self.bb: Any = None
+        else:
+            from tvm import relax
 
-        self.relax = relax
+            self.relax = relax
+            self.bb = relax.BlockBuilder()
         self.ig = ig
         self.target = target
         self.input_shape = input_shape
         self.input_dtype = input_dtype
         self.use_strategies = use_strategies
-        self.bb = relax.BlockBuilder()
         self.env: dict[fx.Node, Any] = {}
         self.kernels: list[KernelRecord] = []
         self.fused: set[fx.Node] = set()
@@ -164,6 +215,8 @@ class _Emitter:
                 v = self.const_value(a)
                 if dtype is not None:
                     v = v.astype(dtype)
+                if self.dry:
+                    return _Shaped(v.shape, str(v.dtype))
                 # relax.const narrows float64 arrays to float32 unless told the dtype
                 return relax.const(v, str(v.dtype))
             if a not in self.env:
@@ -171,11 +224,15 @@ class _Emitter:
                                     "check the graph order")
             return self.env[a]
         if isinstance(a, (int, float)) and length is not None and dtype is not None:
+            if self.dry:
+                return _Shaped((length,), dtype)
             return relax.const(np.full((length,), a, dtype=dtype), dtype)
         raise LoweringError(f"node {where}", f"operand {a!r} is not a tensor", "pass a get_attr constant or a node")
 
     def offset_operand(self, a: dict[str, Any], where: str, length: int) -> Any:
         """requantize's int64 per-channel `offset`; absent, the rounding term `2^(s-1)` from the shifts."""
+        if self.dry:
+            return _Shaped((length,), "int64")
         if a.get("offset") is not None:
             return self.operand(a["offset"], where, "int64", length)
         shift = a["shift"]
@@ -199,12 +256,25 @@ class _Emitter:
         """Emit one kernel: a strategy if one applies, else `fn` through emit_te (marked for default scheduling)."""
         relax = self.relax
         name = f"{op}_{nodes[-1].name}"
+        shapes = tuple(_shape(a) for a in args)
+        node_names = tuple(n.name for n in nodes)
+        if self.dry:  # plan_kernels: the same choice as below, no TVM expression
+            strat = None
+            call = None
+            if self.use_strategies and call_params is not None:
+                call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
+                strat = select_strategy(call)
+            wl = kernel_workload(op, strat or "naive", shapes, {**static, **(call_params or {})},
+                                 call if strat is not None else None, None)
+            self.kernels.append(KernelRecord(op, node_names, (), wl["strategy"], wl))
+            return _node_shaped(nodes[-1])
         before = self._funcs()
         if self.use_strategies and call_params is not None:
             call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
+            w = args[1] if len(args) > 1 else None
+            wnp = w.data.numpy() if hasattr(w, "data") else None
             if self.call_log is not None:
-                w = args[1] if len(args) > 1 else None
-                self.call_log.append((call, w.data.numpy() if hasattr(w, "data") else None))
+                self.call_log.append((call, wnp))
             strat = select_strategy(call)
             if strat is not None:
                 out = strat.emit(self.bb, call, args)
@@ -212,7 +282,8 @@ class _Emitter:
                     out = self.bb.emit(out)
                 new = self._new_funcs(before)
                 self._unique_symbols(new)
-                self.kernels.append(KernelRecord(op, tuple(n.name for n in nodes), tuple(new), strat.name))
+                wl = kernel_workload(op, strat, shapes, {**static, **call_params}, call, wnp)
+                self.kernels.append(KernelRecord(op, node_names, tuple(new), strat.name, wl))
                 log.debug("%s: strategy %s", name, strat.name)
                 return out
         out = self.bb.emit_te(fn, *args, **static, primfunc_name_hint=name)
@@ -221,7 +292,8 @@ class _Emitter:
         for gname in new:
             gv = mod.get_global_var(gname)
             self.bb.update_func(gv, mod[gv].with_attr(SCHEDULE_ATTR, "default"))
-        self.kernels.append(KernelRecord(op, tuple(n.name for n in nodes), tuple(new), "naive"))
+        wl = kernel_workload(op, "naive", shapes, {**static, **(call_params or {})}, None, None)
+        self.kernels.append(KernelRecord(op, node_names, tuple(new), "naive", wl))
         return out
 
     def _unique_symbols(self, names: list[str]) -> None:
@@ -262,7 +334,10 @@ class _Emitter:
         if f is R.flatten:
             x = self.operand(a["x"], node.name)
             shp = _shape(x)
-            return self.bb.emit(self.relax.op.reshape(x, (shp[0], int(np.prod(shp[1:], dtype=np.int64)))))
+            new_shape = (shp[0], int(np.prod(shp[1:], dtype=np.int64)))
+            if self.dry:
+                return _Shaped(new_shape, _dtype(x))
+            return self.bb.emit(self.relax.op.reshape(x, new_shape))
         if f is R.requantize:
             acc_node = a["acc"]
             if acc_node in self.fused:
@@ -397,6 +472,8 @@ class _Emitter:
             shp = _shape(x)
             s, e = int(p.get("start_dim", 0)) % len(shp), int(p.get("end_dim", -1)) % len(shp)
             new = shp[:s] + (int(np.prod(shp[s:e + 1], dtype=np.int64)),) + shp[e + 1:]
+            if self.dry:
+                return _Shaped(new, _dtype(x))
             return self.bb.emit(self.relax.op.reshape(x, new))
         raise LoweringError(f"node {node.name}", f"float op {op_name(f)} cannot be lowered",
                             "use an op listed in docs/integer_semantics.md 'Float islands'")
@@ -405,6 +482,8 @@ class _Emitter:
         e = self.operand(a, node.name, "float64") if isinstance(a, fx.Node) and a.op == "get_attr" else \
             self.operand(a, node.name)
         if _dtype(e) == "float32":  # the graph input entering an island: torch promotes f32 (op) f64 to f64
+            if self.dry:
+                return _Shaped(_shape(e), "float64")
             return self.bb.emit(self.relax.op.astype(e, "float64"))
         if _dtype(e) != "float64":
             raise LoweringError(f"node {node.name}", f"float-island operand has dtype {_dtype(e)}",
@@ -412,19 +491,44 @@ class _Emitter:
         return e
 
     # -- driver ------------------------------------------------------------------------------------
-    def run(self) -> EmitResult:
-        relax = self.relax
-        nodes = list(self.ig.graph.nodes)
-        placeholders = [n for n in nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise LoweringError("input", f"the graph has {len(placeholders)} inputs", "lower a single-input graph")
-        # conv2d/linear whose only user is requantize: fuse (the OpCall groups of strategy.py)
+    def _find_fused(self, nodes: list[fx.Node]) -> None:
+        """conv2d/linear whose only user is requantize: fuse (the OpCall groups of strategy.py)."""
         for n in nodes:
             if n.op == "call_function" and n.target in (R.conv2d, R.linear) and len(n.users) == 1:
                 (u,) = n.users
                 if u.op == "call_function" and u.target is R.requantize and (u.args[:1] == (n,) or
                                                                                u.kwargs.get("acc") is n):
                     self.fused.add(n)
+
+    def _walk(self, nodes: list[fx.Node]) -> None:
+        for n in nodes:
+            if n.op != "call_function" or n in self.fused:
+                continue
+            if getattr(n.target, "__module__", None) == R.__name__ and n.target in _TENSOR_ARGS:
+                self.env[n] = self.integer_op(n)
+            else:
+                self.env[n] = self.float_op(n)
+
+    def _placeholders(self, nodes: list[fx.Node]) -> list[fx.Node]:
+        placeholders = [n for n in nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise LoweringError("input", f"the graph has {len(placeholders)} inputs", "lower a single-input graph")
+        return placeholders
+
+    def plan(self) -> list[KernelRecord]:
+        """Dry run: the kernels `run` would emit, without building any TVM expression."""
+        nodes = list(self.ig.graph.nodes)
+        placeholders = self._placeholders(nodes)
+        self._find_fused(nodes)
+        self.env[placeholders[0]] = _Shaped(self.input_shape, self.input_dtype)
+        self._walk(nodes)
+        return self.kernels
+
+    def run(self) -> EmitResult:
+        relax = self.relax
+        nodes = list(self.ig.graph.nodes)
+        placeholders = self._placeholders(nodes)
+        self._find_fused(nodes)
         x = relax.Var(placeholders[0].name, relax.TensorType(self.input_shape, self.input_dtype))
         out_node = next(n for n in nodes if n.op == "output")
         result = out_node.args[0]
@@ -434,13 +538,7 @@ class _Emitter:
         with self.bb.function("main", [x]):
             with self.bb.dataflow():
                 self.env[placeholders[0]] = x
-                for n in nodes:
-                    if n.op != "call_function" or n in self.fused:
-                        continue
-                    if getattr(n.target, "__module__", None) == R.__name__ and n.target in _TENSOR_ARGS:
-                        self.env[n] = self.integer_op(n)
-                    else:
-                        self.env[n] = self.float_op(n)
+                self._walk(nodes)
                 out = self.bb.emit_output(self.env[result])
             self.bb.emit_func_output(out)
         mod = self.bb.finalize()
@@ -459,3 +557,16 @@ def emit_relax(ig: IntegerGraph, target: Any, input_shape: tuple[int, ...] | Non
     em = _Emitter(ig, target, shape, input_dtype, use_strategies)
     em.call_log = call_log
     return em.run()
+
+
+def plan_kernels(ig: IntegerGraph, target: Any, input_shape: tuple[int, ...] | None = None,
+                 input_dtype: str = "float32", use_strategies: bool = True) -> list[KernelRecord]:
+    """The kernels `emit_relax` would emit for `ig` on `target`, in order, without TVM expressions or builds.
+
+    The same `_Emitter` walk (fusion, OpCall parameters, `select_strategy`, `kernel_workload`) in dry mode:
+    shapes come from each node's `tensor_meta`. Weight-dependent choices (the AVX2 u8s8/i16 mode) are taken
+    for unknown weights (`Strategy.describe(call, None)`). `primfuncs` are empty.
+    """
+    shape = graph_input_shape(ig, input_shape)
+    em = _Emitter(ig, target, shape, input_dtype, use_strategies, dry=True)
+    return em.plan()

@@ -383,8 +383,8 @@ def lower_integer_graph(
         "target": {"name": spec.name, "tvm": spec.tvm_target, "arch": spec.arch, "cross_cxx": spec.cross_cxx},
         "input": {"shape": list(em.input_shape), "dtype": em.input_dtype},
         "output": {"shape": list(em.output_shape), "dtype": em.output_dtype},
-        "kernels": [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy}
-                    for k in em.kernels],
+        "kernels": [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy,
+                     "workload": k.workload} for k in em.kernels],
         "signatures": _kernel_signatures(lowered_mod),
         "config": pm["config"],
         "policy": pm["policy"],

@@ -96,12 +96,17 @@ def default_knobs(mode: str) -> GemmKnobs:
     return GemmKnobs(12, 16) if LANES.get(mode, 8) == 16 else GemmKnobs(8, 16)
 
 
-def choose_mode(target: tvm.target.Target, w: np.ndarray, act_max: int) -> str:
-    """Exact intrinsic for this layer: 'vnni512'/'vnni' if available, 'u8s8' if no pair can saturate, else 'i16'."""
+def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -> str:
+    """Exact intrinsic for this layer: 'vnni512'/'vnni' if available, 'u8s8' if no pair can saturate, else 'i16'.
+
+    `w=None` (weights unknown, as in `plan_kernels`): 'u8s8' when no int8 weight pair can saturate int16 at
+    `act_max` (2 * act_max * 128 <= 32767), else 'i16' (what the worst-case weights would need)."""
     if has_avx512_vnni(target):
         return "vnni512"
     if has_vnni(target):
         return "vnni"
+    if w is None:
+        return "u8s8" if 2 * int(act_max) * 128 <= 32767 else "i16"
     _, g, _, _ = MODES["u8s8"]
     if u8s8_pairs_safe(pack_weights(w, g, "int8"), act_max):
         return "u8s8"

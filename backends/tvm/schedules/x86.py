@@ -84,6 +84,14 @@ class _ConvBase:
     def applies(self, call: OpCall) -> bool:
         return is_x86(call.target) and conv_kind(call.params) is not None
 
+    def describe(self, call: OpCall, weight: np.ndarray | None) -> dict:
+        """Kernel kind and GEMM intrinsic mode, as `emit` chooses them (`weight=None`: unknown weights)."""
+        kind = conv_kind(call.params)
+        if kind == "depthwise":
+            return {"kind": kind}
+        act_max = max(int(call.params.get("x_max", 255)), int(call.params.get("pad_value", 0)))
+        return {"kind": kind, "mode": choose_mode(call.target, weight, act_max)}
+
     def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
         p = call.params
         node = str(p.get("node", call.op))
@@ -289,6 +297,13 @@ class _LinearBase:
 
     def applies(self, call: OpCall) -> bool:
         return is_x86(call.target) and int(call.params["w_shape"][0]) % 8 == 0
+
+    def describe(self, call: OpCall, weight: np.ndarray | None) -> dict:
+        """GEMV mode as `emit` chooses it: AVX512-VNNI int8 when K % 4 == 0, else the int16 path."""
+        from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni
+
+        k = int(call.params["x_shape"][1])
+        return {"kind": "gemv", "mode": "vnni512" if has_avx512_vnni(call.target) and k % 4 == 0 else "i16"}
 
     def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
         from tvm import s_tir, te

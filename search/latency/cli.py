@@ -1,0 +1,69 @@
+"""`qcompile latency-table build|show`: build a LatencyTable for a space on this machine, or print one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser"]
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from qcompile.cli import _make_space
+    from qcompile.search.latency import LatencyTable
+    from qcompile.search.latency.validate import heldout_configs, scatter_plot, summarize, validate
+
+    qnet = None
+    if args.run:
+        from qcompile.artifacts import load_run
+
+        space, qnet, _doc = load_run(args.run)
+    else:
+        space = _make_space(args, default_width=0.35, default_res=(24, 32))
+    out = Path(args.out)
+    old = LatencyTable.load(out) if out.exists() else None
+    table = LatencyTable.build(space, args.target, args.threads, table=old, max_cover=args.max_cover,
+                               n_fit=args.n_fit, qnet=qnet, path=out)
+    print(table.summary())
+    if args.validate:
+        rows = validate(table, heldout_configs(space, args.validate), repeat=args.repeat)
+        png = scatter_plot(rows, out.with_suffix(".png"))
+        print(json.dumps(summarize(rows), indent=1))
+        print(f"scatter plot: {png}")
+    print(f"table written to {out}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from qcompile.search.latency import LatencyTable
+
+    table = LatencyTable.load(args.table, check=False)
+    print(table.summary())
+    try:
+        table.check()
+        print("  usable on this machine")
+    except Exception as e:  # noqa: BLE001 - show says why, does not fail
+        print(f"  NOT usable here: {e}")
+    return 0
+
+
+def add_parser(sub: Any, space_args: Any) -> None:
+    """Register `latency-table` on the `qcompile` subcommand parser (`space_args` adds --space etc.)."""
+    lt = sub.add_parser("latency-table", help="build or show a latency table measured from our own kernels")
+    lsub = lt.add_subparsers(dest="latency_command", required=True, metavar="ACTION")
+    b = lsub.add_parser("build", help="time the kernels of a space on this machine (progress bar)")
+    space_args(b)
+    b.add_argument("--run", default=None, help="trained run directory (its space and weights)")
+    b.add_argument("--target", default="x86", help="x86 (arm_cpu through RPC is not implemented yet)")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--out", required=True, help="table JSON (extended if it exists)")
+    b.add_argument("--validate", type=int, default=0, metavar="K", help="measure K held-out subnets; writes OUT.png")
+    b.add_argument("--repeat", type=int, default=60, help="end-to-end calls per validation measurement")
+    b.add_argument("--max-cover", type=int, default=16)
+    b.add_argument("--n-fit", type=int, default=4)
+    b.set_defaults(fn=cmd_build)
+    s = lsub.add_parser("show", help="print a table's keys, size and fit")
+    s.add_argument("table")
+    s.set_defaults(fn=cmd_show)

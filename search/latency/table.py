@@ -1,0 +1,434 @@
+"""`LatencyTable`: network latency of any subnet from qcompile's own int8 kernels, timed on this machine.
+
+Model (OFA/APQ lookup tables, Cai et al. 2020 / Wang et al. 2020, at nn-Meter's kernel granularity,
+Zhang et al. 2021): latency(cfg) = a * sum_k t(k) + b * (number of kernels) + c, over the kernels `k`
+that `kernel_workloads` says `qc.lower` emits for cfg. `t(k)` is the median of the kernel's timed
+samples when the table has it, else the kernel-level random-forest predictor (`predictor.py`).
+a, b, c (scale, per-kernel and per-call overhead of the Relax VM) are fit by non-negative least
+squares on whole networks timed end to end. SpaceEvo (Table 7) reports such predictors at 92.5 % of
+models within +-10 % on Intel VNNI.
+
+A table records what its numbers depend on (`keys`): target and its TVM dict, CPU model, LLVM mcpu and
+features, thread count, tuning database state, qcompile and TVM versions; `check()` refuses a table
+measured elsewhere with a `ConfigError` naming what differs. JSON only, raw samples kept, written
+atomically; `build(..., table=old)` extends a table and re-times nothing it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompile.config import SubnetConfig
+from qcompile.errors import ConfigError
+from qcompile.search.latency.predictor import KernelPredictor
+from qcompile.search.latency.workloads import (
+    group_workloads,
+    kernel_workloads,
+    skeleton_graph,
+    space_key,
+    workload_key,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LatencyTable", "machine_keys", "covering_configs", "TABLE_FORMAT"]
+
+TABLE_FORMAT = 1
+#: keys that must agree between a table and the machine using it (thread count is checked separately)
+CHECKED_KEYS = ("target", "cpu_model", "mcpu", "mattr", "qcompile", "tvm")
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib_metadata.version(pkg)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _tuning_state(spec: Any) -> dict:
+    """Tuning database path, record count and content hash (the kernels' schedules depend on it)."""
+    try:
+        from qcompile.backends.tvm.tuning import TuningDB
+
+        db = TuningDB(spec.target())
+        data = db.path.read_bytes() if db.path.exists() else b""
+        n = len(json.loads(data).get("records", {})) if data else 0
+        return {"records": n, "sha1": hashlib.sha1(data).hexdigest()[:12] if data else None}
+    except Exception as e:  # noqa: BLE001 - a missing/corrupt DB means untuned kernels
+        log.debug("tuning state unavailable: %s", e)
+        return {"records": 0, "sha1": None}
+
+
+def machine_keys(target: Any = "x86", num_threads: int = 1) -> dict:
+    """What a table's numbers depend on, for this machine and `target`."""
+    from qcompile.backends.tvm.targets import resolve_target
+
+    spec = resolve_target(target, num_threads)
+    if not spec.native:
+        raise ConfigError("target", target, "a target that runs on this machine (arm_cpu tables need a board "
+                          "through TVM RPC, which is not implemented yet; qemu timings are emulation)")
+    t = spec.tvm_target
+    return {"target": spec.name, "tvm_target": t, "cpu_model": _cpu_model(), "mcpu": t.get("mcpu", ""),
+            "mattr": sorted(t.get("mattr", [])), "num_threads": int(num_threads), "tuning": _tuning_state(spec),
+            "qcompile": _version("qcompile"), "tvm": _version("apache-tvm")}
+
+
+def covering_configs(space: Any, max_configs: int = 32, seed: int = 0,
+                     bits: Sequence[int] | None = (2, 3, 4)) -> list[SubnetConfig]:
+    """Subnets whose blocks together take every (kernel, expand/channels, width) choice at every block position
+    and resolution: one subnet per combination of choice indices, all blocks at that combination, every stage at
+    its largest depth (block shapes do not depend on depth). More than `max_configs`: a seeded sample."""
+    import itertools
+    import random
+
+    genes = space.genes()
+    fields = [f for f in ("widths", "kernels", "expands", "channels") if any(g.field == f for g in genes)]
+    counts = [max(len(g.choices) for g in genes if g.field == f) for f in fields]
+    combos = list(itertools.product(*[range(c) for c in counts]))
+    out = []
+    rng = random.Random(seed)
+    for r in space.resolutions:
+        for combo in combos:
+            idx = dict(zip(fields, combo))
+
+            def pick(g: Any, r: int = r, idx: dict = idx) -> Any:
+                if g.field == "resolution":
+                    return r
+                if g.field == "depths":
+                    return max(g.choices)
+                return g.choices[idx[g.field] % len(g.choices)]
+
+            cfg = space._make(pick, None, None)  # noqa: SLF001 - the space's own config constructor
+            if bits is not None:
+                policy = space.sample(seed=rng.randrange(1 << 30), bits=bits).policy
+                cfg = cfg.with_policy(policy)
+            out.append(space.validate(cfg) or cfg)
+    if len(out) > max_configs:
+        out = rng.sample(out, max_configs)
+    return out
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+class LatencyTable:
+    """Kernel latencies (raw samples) + whole-network measurements + the fitted overhead model."""
+
+    def __init__(self, space: Any, keys: dict, kernels: dict | None = None, networks: list | None = None,
+                 blocks: dict | None = None, fit: dict | None = None) -> None:
+        self.space = space
+        self.keys = keys
+        self.kernels: dict[str, dict] = kernels or {}  # workload key -> {"workload", "samples_ms", "median_ms"}
+        self.networks: list[dict] = networks or []  # {"config", "samples_ms", "median_ms", "role"}
+        self.blocks: dict[str, list[str]] = blocks or {}  # block memo key -> workload keys
+        self.fit_params: dict = fit or {"scale": 1.0, "per_kernel_ms": 0.0, "per_call_ms": 0.0}
+        self._block_cache: dict[str, tuple[float, int]] = {}
+        self._predictor: KernelPredictor | None = None
+        self._median: dict[str, float] = {k: float(v["median_ms"]) for k, v in self.kernels.items()}
+        self._restore_blocks()
+
+    def _restore_blocks(self) -> None:
+        """Block sums from the persisted block memo (a loaded table predicts seen blocks without the emitter)."""
+        self._block_cache.clear()
+        for k, wkeys in self.blocks.items():
+            self._block_cache[k] = (sum(self._kernel_ms(json.loads(wk), wk) for wk in wkeys), len(wkeys))
+
+    # -- identity -----------------------------------------------------------------------------------
+    @property
+    def num_threads(self) -> int:
+        return int(self.keys["num_threads"])
+
+    @property
+    def target(self) -> str:
+        return str(self.keys["target"])
+
+    def check(self, target: Any = None, num_threads: int | None = None, space: Any = None) -> None:
+        """Raise `ConfigError` naming every key that differs from this machine (and the given space/threads)."""
+        here = machine_keys(target or self.target, num_threads or self.num_threads)
+        diffs = [f"{k}: table {self.keys.get(k)!r}, here {here[k]!r}" for k in CHECKED_KEYS
+                 if self.keys.get(k) != here[k]]
+        if num_threads is not None and int(num_threads) != self.num_threads:
+            diffs.append(f"num_threads: table {self.num_threads}, asked {num_threads}")
+        if space is not None and space_key(space) != space_key(self.space):
+            diffs.append(f"space: table {space_key(self.space)}, asked {space_key(space)}")
+        if diffs:
+            raise ConfigError("latency table", "; ".join(diffs),
+                              "a table measured on this CPU, target, thread count, space and qcompile version "
+                              "(rebuild it: qcompile latency-table build)")
+
+    # -- prediction -----------------------------------------------------------------------------------
+    def _kernel_ms(self, w: dict, key: str | None = None) -> float:
+        key = key or workload_key(w)
+        ms = self._median.get(key)
+        if ms is not None:
+            return ms
+        if self._predictor is None:
+            self._refit_predictor()
+        return self._predictor.predict(w)  # type: ignore[union-attr]
+
+    def _refit_predictor(self) -> None:
+        ws = [v["workload"] for v in self.kernels.values()]
+        ms = [float(v["median_ms"]) for v in self.kernels.values()]
+        if not ws:
+            raise ConfigError("latency table", "no timed kernels", "build the table first (LatencyTable.build)")
+        self._predictor = KernelPredictor(seed=0).fit(ws, ms)
+
+    def kernel_sum(self, cfg: SubnetConfig) -> tuple[float, int]:
+        """(sum of kernel latencies in ms, number of kernels) of `cfg`, memoised per block."""
+        from qcompile.search.latency.workloads import block_keys
+
+        keys = [repr(k) for k in block_keys(self.space, cfg).values()]
+        total, n = 0.0, 0
+        groups = None
+        for k in keys:
+            hit = self._block_cache.get(k)
+            if hit is None:
+                if groups is None:
+                    groups = group_workloads(self.space, cfg, self.target, self.num_threads)
+                if groups is None:  # not block-structured: the whole config, unmemoised
+                    ws = kernel_workloads(self.space, cfg, self.target, self.num_threads)
+                    return sum(self._kernel_ms(w) for w in ws), len(ws)
+                ws = groups[k]
+                wkeys = [workload_key(w) for w in ws]
+                self.blocks[k] = wkeys
+                hit = (sum(self._kernel_ms(w, wk) for w, wk in zip(ws, wkeys)), len(ws))
+                self._block_cache[k] = hit
+            total += hit[0]
+            n += hit[1]
+        return total, n
+
+    def predict(self, cfg: SubnetConfig) -> float:
+        """Predicted end-to-end latency (ms) of subnet `cfg` lowered for this table's target and threads."""
+        self.space.validate(cfg)
+        s, n = self.kernel_sum(cfg)
+        f = self.fit_params
+        return float(f["scale"] * s + f["per_kernel_ms"] * n + f["per_call_ms"])
+
+    def predict_many(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
+        return np.array([self.predict(c) for c in cfgs], dtype=np.float64)
+
+    # -- fitting ----------------------------------------------------------------------------------------
+    def fit(self, roles: Sequence[str] = ("cover", "fit")) -> dict:
+        """Fit scale (>= 0), per-kernel (any sign: isolated timings carry the timer's per-call cost, which the
+        network does not pay) and per-call overhead (>= 0) by bounded relative least squares on timed networks."""
+        from scipy.optimize import lsq_linear
+
+        rows, ys = [], []
+        for net in self.networks:
+            if net.get("role") not in roles:
+                continue
+            cfg = SubnetConfig.from_json(net["config"])
+            s, n = self.kernel_sum(cfg)
+            rows.append([s, n, 1.0])
+            ys.append(float(net["median_ms"]))
+        if len(rows) < 3:
+            log.warning("only %d networks timed: overhead model not fit (sum of kernels)", len(rows))
+            return self.fit_params
+        A, y = np.array(rows), np.array(ys)
+        # relative least squares: each network weighs by 1/latency
+        wgt = 1.0 / y
+        res = lsq_linear(A * wgt[:, None], y * wgt, bounds=([0.0, -np.inf, 0.0], [np.inf, np.inf, np.inf]))
+        coef = res.x
+        self.fit_params = {"scale": float(coef[0]), "per_kernel_ms": float(coef[1]), "per_call_ms": float(coef[2]),
+                           "networks": len(rows)}
+        return self.fit_params
+
+    # -- building ---------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, space: Any, target: Any = "x86", num_threads: int = 1, *, table: LatencyTable | None = None,
+              max_cover: int = 16, n_fit: int = 4, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
+              qnet: Any = None, network_repeat: int = 100, kernel_window_us: float = 50.0, kernel_repeat: int = 25,
+              progress: bool = True, path: str | os.PathLike | None = None) -> LatencyTable:
+        """Time the kernels of a covering set of subnets (`covering_configs`) plus `n_fit` random subnets, and
+        fit the overhead model on their end-to-end latencies. `table`: extend it (what it has is not re-timed,
+        a second build of the same space is a lookup). `qnet`: a trained quantized supernet (else random weights:
+        the kernels and their speed do not depend on the weight values on VNNI hosts). `path`: save after each
+        subnet, so an interrupted build resumes."""
+        from tqdm import tqdm
+
+        if int(num_threads) < 1:
+            raise ConfigError("num_threads", num_threads, "a positive thread count")
+        keys = machine_keys(target, num_threads)
+        if table is None:
+            table = cls(space, keys)
+        else:
+            table.check(target, num_threads, space)
+        done = {json.dumps(json.loads(n["config"]), sort_keys=True) for n in table.networks}
+        cover = covering_configs(space, max_cover, seed, bits)
+        fits = [space.sample(seed=seed * 100_003 + 10_000 + i, bits=bits) for i in range(n_fit)]
+        todo = [(c, "cover") for c in cover] + [(c, "fit") for c in fits]
+        todo = [(c, r) for c, r in todo if json.dumps(json.loads(c.to_json()), sort_keys=True) not in done]
+        t0 = time.perf_counter()
+        for cfg, role in tqdm(todo, desc="latency table", disable=not progress, unit="subnet"):
+            table._time_config(cfg, role, target, num_threads, qnet, network_repeat, kernel_window_us, kernel_repeat)
+            if path is not None:
+                table.save(path)
+        table._predictor = None
+        table._restore_blocks()
+        table.fit()
+        table.keys = {**table.keys, "build_seconds": round(time.perf_counter() - t0 + table.keys.get(
+            "build_seconds", 0.0), 1)}
+        if path is not None:
+            table.save(path)
+        log.info("latency table: %d kernels, %d networks, fit %s", len(table.kernels), len(table.networks),
+                 table.fit_params)
+        return table
+
+    def measure(self, cfg: SubnetConfig, repeat: int = 100, qnet: Any = None) -> list[float]:
+        """Lower `cfg` (skeleton weights unless `qnet`) and time `main` end to end: `repeat` calls (ms)."""
+        import qcompile as qc
+
+        ig = skeleton_graph(self.space, cfg, qnet=qnet)
+        low = qc.lower(ig, self.target, num_threads=self.num_threads)
+        low.benchmark(repeat=5, kernels=False)  # warm up: thread pool, caches
+        return [float(x) for x in _network_samples(low, repeat)]
+
+    def _time_config(self, cfg: SubnetConfig, role: str, target: Any, num_threads: int, qnet: Any,
+                     network_repeat: int, kernel_window_us: float, kernel_repeat: int) -> None:
+        import qcompile as qc
+
+        ig = skeleton_graph(self.space, cfg, qnet=qnet)
+        low = qc.lower(ig, target, num_threads=num_threads)
+        self.add_lowered(cfg, low, role, network_repeat, kernel_window_us, kernel_repeat)
+
+    def add_lowered(self, cfg: SubnetConfig, low: Any, role: str = "fit", network_repeat: int = 100,
+                    kernel_window_us: float = 50.0, kernel_repeat: int = 25) -> None:
+        """Time the kernels of a lowered `cfg` the table lacks, and the network end to end (`role`: "cover" and
+        "fit" networks enter `fit()`, others such as "validate" do not)."""
+        self.space.validate(cfg)
+        if int(low.num_threads or 0) != self.num_threads:
+            raise ConfigError("lowered num_threads", low.num_threads, f"{self.num_threads} (the table's)")
+        low.benchmark(repeat=5, kernels=False)  # warm up: thread pool, caches
+        new = {}
+        for k in low.meta["kernels"]:
+            w = k["workload"]
+            key = workload_key(w)
+            if key in self.kernels or key in new or not k["primfuncs"]:
+                continue
+            new[key] = (w, list(k["primfuncs"]))
+        timed = _time_primfuncs(low, sorted({f for _, fs in new.values() for f in fs}), kernel_window_us, kernel_repeat)
+        for key, (w, fs) in new.items():
+            if not all(f in timed for f in fs):
+                log.warning("kernel %s not timed (%s)", w["op"], fs)
+                continue
+            samples = [sum(v) for v in zip(*(timed[f] for f in fs))]
+            self.kernels[key] = {"workload": w, "samples_ms": samples, "median_ms": _median(samples)}
+            self._median[key] = _median(samples)
+        self._predictor = None
+        self._restore_blocks()
+        net = _network_samples(low, network_repeat)
+        self.networks.append({"config": cfg.to_json(), "role": role, "samples_ms": net, "median_ms": _median(net),
+                              "kernels": len(low.meta["kernels"])})
+
+    # -- persistence ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, "space": self.space.to_dict(), "keys": self.keys, "fit": self.fit_params,
+                "kernels": list(self.kernels.values()), "networks": self.networks, "blocks": self.blocks}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the table as JSON (raw samples included), atomically."""
+        from qcompile.utils.io import atomic_write_text
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=0))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, check: bool = True) -> LatencyTable:
+        """Read a saved table; with `check` (default) refuse one measured on another CPU/target/version."""
+        import qcompile as qc
+
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError("latency table path", str(path), "an existing table JSON") from e
+        except json.JSONDecodeError as e:
+            raise ConfigError("latency table", f"{path}: not JSON ({e})", "a file written by LatencyTable.save") from e
+        if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
+            raise ConfigError("latency table format", d.get("format") if isinstance(d, dict) else type(d).__name__,
+                              f"format {TABLE_FORMAT} (a file written by LatencyTable.save)")
+        space = qc.spaces.get_space(d["space"]["name"], **d["space"].get("args", {}))
+        kernels = {workload_key(k["workload"]): k for k in d["kernels"]}
+        t = cls(space, d["keys"], kernels, d.get("networks", []), d.get("blocks", {}), d.get("fit"))
+        if check:
+            t.check()
+        return t
+
+    def summary(self) -> str:
+        k = self.keys
+        nets = [n for n in self.networks]
+        lines = [f"latency table: space {self.space!r}", f"  target {k['target']} ({k['cpu_model']}, mcpu "
+                 f"{k['mcpu']}, {len(k['mattr'])} features), {k['num_threads']} thread(s), tuning {k['tuning']}",
+                 f"  qcompile {k['qcompile']}, tvm {k['tvm']}, built in {k.get('build_seconds', '?')} s",
+                 f"  {len(self.kernels)} timed kernel workloads, {len(nets)} timed networks",
+                 f"  fit: latency = {self.fit_params['scale']:.3f} * sum(kernels) + "
+                 f"{1e3 * self.fit_params['per_kernel_ms']:.2f} us * n_kernels + "
+                 f"{1e3 * self.fit_params['per_call_ms']:.1f} us"]
+        return "\n".join(lines)
+
+
+def _network_samples(low: Any, repeat: int) -> list[float]:
+    """`repeat` end-to-end calls of `main` (ms each)."""
+    import tvm
+
+    vm = low._native_vm()  # noqa: SLF001 - the lowered library's VM, thread pool configured
+    x = np.random.default_rng(0).standard_normal(low.input_shape).astype(low.input_dtype)
+    xin = tvm.runtime.tensor(x, tvm.cpu())
+    ev = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=int(repeat))
+    return [float(t) * 1e3 for t in ev(xin).results]
+
+
+def _time_primfuncs(low: Any, names: list[str], window_us: float, repeat: int) -> dict[str, list[float]]:
+    """Per-PrimFunc latency samples (ms per call): `repeat` windows of `number` back-to-back calls, `number` set
+    from a first estimate so that a window lasts about `window_us`: long enough for microsecond kernels to be
+    measured and not the timer, short enough that on a loaded machine most windows are not preempted (the
+    median is kept; a 2 ms window was preempted almost always at load 16 on 2 cores and read 5-10x high)."""
+    import tvm
+
+    from qcompile.backends.tvm.lowered import _find_function_module, _random_arg
+
+    low._native_vm()  # noqa: SLF001 - configures the thread pool for this table's thread count
+    lib = low._exec  # noqa: SLF001
+    mod = lib.mod if hasattr(lib, "mod") else lib
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    out: dict[str, list[float]] = {}
+    for name in names:
+        sig = low.meta["signatures"].get(name)
+        if sig is None:
+            continue
+        m = _find_function_module(mod, name)
+        if m is None:
+            continue
+        args = [tvm.runtime.tensor(_random_arg(s, d, rng), dev) for s, d in sig]
+        first = m.time_evaluator(name, dev, number=1, repeat=5)(*args).results
+        est = max(min(float(t) for t in first), 1e-8)
+        number = int(min(10_000, max(1, round(window_us * 1e-6 / est))))
+        ev = m.time_evaluator(name, dev, number=number, repeat=int(repeat))
+        out[name] = [float(t) * 1e3 for t in ev(*args).results]
+    return out

@@ -1,0 +1,92 @@
+"""Predicted vs measured end-to-end latency on held-out subnets (SpaceEvo Table 7's +-10 % / +-5 % metric).
+
+Each held-out subnet is predicted first (`table.predict`), then lowered and timed end to end (median of
+`repeat` calls of `main`); it never enters the table's fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompile.config import SubnetConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["validate", "summarize", "scatter_plot", "heldout_configs"]
+
+
+def heldout_configs(space: Any, n: int, seed: int = 900_000, bits: Sequence[int] | None = (2, 3, 4)) -> list:
+    """`n` random mixed-bit subnets drawn with seeds the table build never uses."""
+    return [space.sample(seed=seed + i, bits=bits) for i in range(int(n))]
+
+
+def validate(table: Any, cfgs: Sequence[SubnetConfig], repeat: int = 60, *, budget_s: float | None = None,
+             out_jsonl: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Predict, then measure each config (median of `repeat` calls); stops after `budget_s` seconds."""
+    from tqdm import tqdm
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for i, cfg in enumerate(tqdm(list(cfgs), desc="validate", disable=not progress, unit="subnet")):
+        if budget_s is not None and time.perf_counter() - t0 > budget_s:
+            log.warning("validation budget of %.0f s spent after %d subnets", budget_s, i)
+            break
+        tp = time.perf_counter()
+        pred = table.predict(cfg)
+        t_pred = time.perf_counter() - tp
+        samples = table.measure(cfg, repeat=repeat)
+        row = {"config": cfg.to_json(), "predicted_ms": pred, "measured_ms": statistics.median(samples),
+               "min_ms": min(samples), "samples_ms": samples, "predict_s": t_pred}
+        rows.append(row)
+        if out_jsonl is not None:
+            with open(out_jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Fraction within +-10 % and +-5 %, RMSE (ms), mean absolute percentage error, count."""
+    if not rows:
+        return {"n": 0}
+    p = np.array([r["predicted_ms"] for r in rows])
+    m = np.array([r["measured_ms"] for r in rows])
+    rel = np.abs(p - m) / m
+    return {"n": len(rows), "within_10pct": float(np.mean(rel <= 0.10)), "within_5pct": float(np.mean(rel <= 0.05)),
+            "rmse_ms": float(math.sqrt(np.mean((p - m) ** 2))), "mape": float(np.mean(rel)),
+            "measured_median_ms": float(np.median(m))}
+
+
+def scatter_plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Predicted vs measured scatter with the +-10 % band (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    p = [r["predicted_ms"] for r in rows]
+    m = [r["measured_ms"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(m, p, s=12)
+    lo, hi = min(m + p) * 0.9, max(m + p) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1)
+    ax.plot([lo, hi], [lo * 1.1, hi * 1.1], "k:", lw=0.8)
+    ax.plot([lo, hi], [lo * 0.9, hi * 0.9], "k:", lw=0.8)
+    ax.set_xlabel("measured (ms, median)")
+    ax.set_ylabel("predicted (ms)")
+    s = summarize(rows)
+    ax.set_title(title or f"n={s['n']}, within 10%: {100 * s['within_10pct']:.0f}%, 5%: {100 * s['within_5pct']:.0f}%")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,198 @@
+"""The kernels `qc.lower` would emit for a subnet config, from the config alone (no TVM build).
+
+nn-Meter (Zhang et al., MobiSys 2021) predicts latency per *kernel*, the unit a runtime actually
+executes after fusion; qcompile owns its emitter, so the kernel list is not guessed from operator
+rules but produced by the emitter's own walk in dry mode (`backends.tvm.emitter.plan_kernels`):
+the same fusion, the same `OpCall` parameters, the same `select_strategy`, the same
+`kernel_workload` record that a real lowering writes into `Lowered.meta["kernels"]`.
+
+Slow path (about a second): a skeleton quantized supernet of the space (random weights, cached per
+space), `extract` + a two-image random calibration + `to_integer` (graph structure does not depend on
+the statistics), then the dry emission. Fast path (milliseconds): the kernels of each block depend
+only on the block's layer shapes and on which of its bits change a kernel (32 = float island; 8-bit
+activations, which change the AVX2 GEMM mode), so kernel lists are memoised per block (OFA/APQ
+per-block lookup tables, Cai et al. 2020, Wang et al. 2020); a config with an unseen block takes the
+slow path once and fills the memo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from qcompile.config import FLOAT_BITS, SubnetConfig
+from qcompile.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "workload_key", "space_key", "block_keys",
+           "plan_config"]
+
+_SKELETONS: OrderedDict[str, Any] = OrderedDict()
+_MEMO: dict[tuple, dict[Any, list[dict]]] = {}
+_LOCK = threading.Lock()
+_BLOCK_RE = re.compile(r"^stages_(\d+)_blocks_(\d+)_")
+_HEAD_PREFIXES = ("head", "pool", "classifier")
+
+
+def space_key(space: Any) -> str:
+    """A stable identity of a space (its constructor arguments), for caches and table keys."""
+    try:
+        return json.dumps(space.to_dict(), sort_keys=True, default=repr)
+    except AttributeError as e:
+        raise ConfigError("space", type(space).__name__, "a qcompile StagedSpace (qc.spaces.*)") from e
+
+
+def workload_key(w: dict) -> str:
+    """Canonical string of a workload dict (the table's key)."""
+    return json.dumps(w, sort_keys=True, separators=(",", ":"))
+
+
+def _skeleton(space: Any) -> Any:
+    """A quantized supernet of `space` with random weights (quantize() defaults), cached per space."""
+    import qcompile as qc
+
+    key = space_key(space)
+    with _LOCK:
+        if key in _SKELETONS:
+            _SKELETONS.move_to_end(key)
+            return _SKELETONS[key]
+    qnet = qc.quantize(qc.trace(space.build_supernet()))
+    with _LOCK:
+        _SKELETONS[key] = qnet
+        while len(_SKELETONS) > 4:
+            _SKELETONS.popitem(last=False)
+    return qnet
+
+
+def skeleton_graph(space: Any, cfg: SubnetConfig, qnet: Any = None) -> Any:
+    """The IntegerGraph of `cfg` on the skeleton supernet (random weights; structure as a trained one), or on
+    `qnet` (a trained quantized supernet of the space) when given."""
+    import torch
+
+    import qcompile as qc
+
+    sub = qc.extract(qnet if qnet is not None else _skeleton(space), cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, space.in_channels, cfg.resolution, cfg.resolution, generator=g)
+    qc.calibrate(sub, [x])
+    return qc.to_integer(sub)
+
+
+def _resolve(target: Any, num_threads: int | None) -> Any:
+    from qcompile.backends.tvm.targets import resolve_target
+
+    return resolve_target(target, num_threads)
+
+
+def plan_config(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads: int | None = None) -> list[Any]:
+    """Slow path: the emitter's dry walk over the skeleton IntegerGraph of `cfg` -> `KernelRecord`s."""
+    from qcompile.backends.tvm.emitter import plan_kernels
+
+    spec = _resolve(target, num_threads)
+    return plan_kernels(skeleton_graph(space, cfg), spec.target())
+
+
+def _group_of(nodes: tuple[str, ...], current: Any) -> Any:
+    for n in nodes:
+        m = _BLOCK_RE.match(n)
+        if m:
+            return (int(m.group(1)), int(m.group(2)))
+    if current == "head" or any(n.startswith(_HEAD_PREFIXES) for n in nodes):
+        return "head"
+    return current
+
+
+def _bit_class(bits: tuple[int, int] | None) -> str:
+    """What of a layer's (weight, activation) bits changes a kernel: float islands, 8-bit activations."""
+    if bits is None:
+        return "f"
+    w, a = bits
+    if w == FLOAT_BITS or a == FLOAT_BITS:
+        return "f"
+    return "i8" if a >= 8 else "i"
+
+
+def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
+    """Group -> memo key: "stem", (stage, block) and "head".
+
+    A block's kernels are fixed by its position (stage, index: stride, input size at a resolution), the
+    resolution, its own kernel/expand/channel choices, the stage widths (input and output channels) and the bit
+    classes of its layer slots (`_bit_class`); stem and head by resolution and widths. Computed from the config
+    alone in tens of microseconds (no `space.layers`), for `LatencyTable.predict`.
+    """
+    pol = cfg.policy
+    widths = cfg.widths
+    slot_of = getattr(space, "_slot_of", {})
+    keys: dict[Any, tuple] = {"stem": ("stem", cfg.resolution, widths, pol is None)}
+    for si in range(len(space.stages)):
+        for b in range(space.stage_depth(cfg, si)):
+            bs = space.block_slot(si, b)
+            if bs is None:
+                arch = None
+            else:
+                arch = (cfg.kernels[bs], cfg.expands[bs], cfg.channels[bs] if cfg.channels is not None else None)
+            bits = tuple(_bit_class(pol[sl]) if (pol is not None and sl is not None) else "f"
+                         for sl in slot_of.get((si, b), ()))
+            keys[(si, b)] = ((si, b), cfg.resolution, arch, widths, bits)
+    keys["head"] = ("head", cfg.resolution, widths, pol is None)
+    return keys
+
+
+def _split(records: list[Any]) -> dict[Any, list[dict]]:
+    out: dict[Any, list[dict]] = {}
+    cur: Any = "stem"
+    for r in records:
+        cur = _group_of(tuple(r.nodes), cur)
+        out.setdefault(cur, []).append(dict(r.workload))
+    return out
+
+
+def group_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86",
+                    num_threads: int | None = None) -> dict[str, list[dict]] | None:
+    """Memo key (`repr` of the block key) -> workloads of each group (stem, blocks, head) of `cfg`, in program order;
+    None for a space whose kernels do not split by block names (then use `kernel_workloads`)."""
+    spec = _resolve(target, num_threads)
+    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    keys = block_keys(space, cfg)
+    table = _MEMO.get(tkey, {})
+    if not all(k in table for k in keys.values()):
+        kernel_workloads(space, cfg, target, num_threads)
+        table = _MEMO.get(tkey, {})
+        if not all(k in table for k in keys.values()):
+            return None
+    return {repr(k): table[k] for k in keys.values()}
+
+
+def kernel_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads: int | None = None,
+                     *, memo: bool = True) -> list[dict]:
+    """The kernels `qc.lower(subnet_of(cfg), target)` emits, in order, one workload dict each.
+
+    Each entry names its `op`, `strategy` (kernel provider), `kind`/`mode` where the strategy distinguishes
+    them (x86 GEMM intrinsic: vnni512, vnni, u8s8 or i16; gemv), operand `shapes`, `out_shape`, `stride`,
+    `padding`, `dilation` and `groups` (1 for non-conv ops). `memo=False` forces the slow path.
+    Raises `ConfigError` for a config outside the space.
+    """
+    space.validate(cfg)
+    spec = _resolve(target, num_threads)
+    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    keys = block_keys(space, cfg)
+    table = _MEMO.setdefault(tkey, {})
+    if memo and all(k in table for k in keys.values()):
+        out: list[dict] = []
+        for k in keys.values():
+            out.extend(dict(w) for w in table[k])
+        return out
+    records = plan_config(space, cfg, target, num_threads)
+    split = _split(records)
+    if set(split) == set(keys):
+        for g, ws in split.items():
+            table[keys[g]] = [dict(w) for w in ws]
+    else:  # a space whose node names do not follow stages_i_blocks_j: no memo, always exact
+        log.debug("kernel groups %s differ from layer groups %s: not memoised", sorted(map(str, split)),
+                  sorted(map(str, keys)))
+    return [dict(r.workload) for r in records]

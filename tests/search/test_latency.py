@@ -1,0 +1,180 @@
+"""kernel_workloads against real lowerings, LatencyTable timing/fit/persistence/refusals, kernel predictor.
+
+Tiny space (2 blocks per stage, 16x16 input): three untuned x86 lowerings shared by the session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import qcompile as qc
+import qcompile.search as qs
+from qcompile.errors import ConfigError
+from qcompile.search.latency.predictor import KernelPredictor
+from qcompile.search.latency.table import covering_configs, machine_keys
+
+pytestmark = pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="x86 host kernels")
+
+
+def _tiny():
+    return qc.spaces.mobilenet_v3(num_classes=10, width_mult=0.25, resolutions=(16,), depths=(2,), kernels=(3, 5),
+                                  expands=(3, 6))
+
+
+def _lower(space, qnet, cfg, seed):
+    """A real lowering: trained-like weights differ from kernel_workloads' skeleton (other seed), other data."""
+    sub = qc.extract(qnet, cfg)
+    g = torch.Generator().manual_seed(seed)
+    qc.calibrate(sub, [torch.rand(4, 3, cfg.resolution, cfg.resolution, generator=g) * 4 - 2 for _ in range(2)])
+    return qc.lower(sub, "x86", num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def lowered():
+    """(space, [(cfg, Lowered)]): the covering config of 1 and two random mixed-bit subnets."""
+    space = _tiny()
+    torch.manual_seed(123)
+    qnet = qc.quantize(qc.trace(space.build_supernet()))
+    cfgs = [covering_configs(space, 1, seed=0)[0]] + [space.sample(seed=s, bits=(2, 3, 4)) for s in (7, 8)]
+    return space, [(c, _lower(space, qnet, c, i)) for i, c in enumerate(cfgs)]
+
+
+def test_kernel_workloads_equal_emitted(lowered):
+    space, pairs = lowered
+    for cfg, low in pairs:
+        emitted = [k["workload"] for k in low.meta["kernels"]]
+        planned = qs.kernel_workloads(space, cfg, target="x86", memo=False)
+        assert planned == emitted
+        assert len(planned) == len(low.meta["kernels"]) > 20
+        assert all("op" in w and "groups" in w for w in planned)
+        convs = [w for w in planned if w["op"] == "conv2d_requant"]
+        assert any(w["groups"] > 1 and w["kind"] == "depthwise" for w in convs)
+        assert any(w["groups"] == 1 and w["kind"] == "pointwise" for w in convs)
+
+
+def test_kernel_workloads_block_memo(lowered):
+    """A config made of blocks already seen is answered from the per-block memo, equal to the slow path."""
+    space, pairs = lowered
+    a, b = pairs[1][0], pairs[2][0]
+    for cfg in (a, b):
+        qs.kernel_workloads(space, cfg)
+    mixed = a.__class__(resolution=a.resolution, depths=a.depths,
+                        kernels=tuple(x if i % 2 else y for i, (x, y) in enumerate(zip(a.kernels, b.kernels))),
+                        expands=tuple(x if i % 2 else y for i, (x, y) in enumerate(zip(a.expands, b.expands))),
+                        widths=a.widths, channels=a.channels, policy=b.policy)
+    t0 = time.perf_counter()
+    fast = qs.kernel_workloads(space, mixed)
+    dt = time.perf_counter() - t0
+    assert dt < 0.05, f"memo path took {dt * 1e3:.1f} ms"
+    assert fast == qs.kernel_workloads(space, mixed, memo=False)
+
+
+@pytest.fixture(scope="session")
+def table(lowered):
+    space, pairs = lowered
+    t = qs.LatencyTable(space, machine_keys("x86", 1))
+    for i, (cfg, low) in enumerate(pairs):
+        t.add_lowered(cfg, low, role="cover" if i == 0 else "fit", network_repeat=60, kernel_window_us=50,
+                      kernel_repeat=5)
+    t.fit()
+    return t
+
+
+def test_table_samples_and_sums(table, lowered):
+    space, pairs = lowered
+    for v in table.kernels.values():
+        assert len(v["samples_ms"]) == 5 and v["median_ms"] == statistics.median(v["samples_ms"]) > 0
+    cfg, low = pairs[1]
+    keys = [json.dumps(k["workload"], sort_keys=True, separators=(",", ":")) for k in low.meta["kernels"]]
+    expect = sum(table.kernels[k]["median_ms"] for k in keys)  # every emitted kernel was timed (or its twin)
+    s, n = table.kernel_sum(cfg)
+    assert n == len(keys) and math.isclose(s, expect, rel_tol=1e-12)
+    for net in table.networks:
+        assert len(net["samples_ms"]) == 60 and net["median_ms"] > 0
+
+
+def test_table_predicts_fit_networks(table, lowered):
+    _, pairs = lowered
+    f = table.fit_params
+    assert f["scale"] > 0 and f["networks"] == 3
+    for cfg, _ in pairs:
+        measured = next(n["median_ms"] for n in table.networks if n["config"] == cfg.to_json())
+        pred = table.predict(cfg)
+        assert abs(pred - measured) / measured < 0.35, (pred, measured)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        table.predict(pairs[1][0])
+    assert (time.perf_counter() - t0) / 100 < 1e-3
+
+
+def test_table_save_load_and_refusals(table, lowered, tmp_path):
+    space, pairs = lowered
+    path = table.save(tmp_path / "t.json")
+    loaded = qs.LatencyTable.load(path)
+    for cfg, _ in pairs:
+        assert loaded.predict(cfg) == pytest.approx(table.predict(cfg), rel=1e-12)
+    d = json.loads(path.read_text())
+    d["keys"]["cpu_model"] = "Some Other CPU"
+    (tmp_path / "other.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="cpu_model"):
+        qs.LatencyTable.load(tmp_path / "other.json")
+    other = qc.spaces.mobilenet_v3(num_classes=10, width_mult=0.25, resolutions=(16,), depths=(3,))
+    with pytest.raises(ConfigError):
+        table.predict(other.sample(seed=0, bits=(2, 3, 4)))
+    with pytest.raises(ConfigError, match="space"):
+        qs.LatencyTable.build(other, "x86", 1, table=loaded, max_cover=1, n_fit=0, progress=False)
+    with pytest.raises(ConfigError, match="num_threads"):
+        qs.LatencyTable.build(space, "x86", 2, table=loaded, max_cover=1, n_fit=0, progress=False)
+
+
+def test_second_build_is_lookup(table, lowered):
+    space, _ = lowered
+    t0 = time.perf_counter()
+    again = qs.LatencyTable.build(space, "x86", 1, table=table, max_cover=1, n_fit=0, progress=False)
+    assert time.perf_counter() - t0 < 5.0
+    assert len(again.networks) == 3
+
+
+def test_latency_objective(table, lowered):
+    _, pairs = lowered
+    obj = qs.objectives.latency(table)
+    cfgs = [c for c, _ in pairs]
+    assert obj.direction == "min" and obj.unit == "ms"
+    np.testing.assert_allclose(obj(cfgs), [table.predict(c) for c in cfgs])
+    with pytest.raises(ConfigError, match="LatencyTable"):
+        qs.objectives.latency({"not": "a table"})
+
+
+def test_kernel_predictor_held_out():
+    """Forest per kernel type recovers a synthetic latency law (ms = 1e-6 * FLOPs + 1e-3) within 25 % held out."""
+    rng = np.random.default_rng(0)
+    ws, ms = [], []
+    for _ in range(160):
+        c, o, h = int(rng.choice([8, 16, 24, 32, 48])), int(rng.choice([8, 16, 32, 64])), int(rng.choice([4, 8, 16]))
+        w = {"op": "conv2d_requant", "strategy": "x86_conv_requant", "kind": "pointwise", "mode": "vnni512",
+             "shapes": [[1, c, h, h], [o, c, 1, 1], [o], [o], [o], [o]], "out_shape": [1, o, h, h], "groups": 1,
+             "stride": [1, 1]}
+        ws.append(w)
+        ms.append(1e-6 * c * o * h * h + 1e-3)
+    p = KernelPredictor(seed=0).fit(ws[:120], ms[:120])
+    err = [abs(p.predict(w) - m) / m for w, m in zip(ws[120:], ms[120:])]
+    assert float(np.median(err)) < 0.10 and max(err) < 0.25
+
+
+def test_cli_latency_table_show(table, tmp_path, capsys):
+    from qcompile.cli import main
+
+    path = table.save(tmp_path / "t.json")
+    assert main(["latency-table", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(table.kernels)} timed kernel workloads, 3 timed networks" in out and "usable on this machine" in out
+    assert main(["latency-table", "show", str(tmp_path / "missing.json")]) == 2
+    assert "latency table path" in capsys.readouterr().err

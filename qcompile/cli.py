@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive_int, default=8)
     s.set_defaults(fn=cmd_run)
 
+    from qcompile.search_run import add_parser as add_search_parser  # `qcompile search`
+
+    add_search_parser(sub)
+
     from qcompile.evolve_space_cli import add_parser as _add_evolve_space
 
     _add_evolve_space(sub)

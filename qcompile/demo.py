@@ -111,9 +111,9 @@ def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) 
         subs[name] = sub
         log.info("  %-16s acc %.2f %%  BitOPs %.3e", name, 100 * acc, cost.bitops)
     timings["evaluate"] = time.perf_counter() - t0
-    mixed = [r for r in rows if r["name"].startswith("random")] or rows
-    best = max(mixed, key=lambda r: (r["accuracy"], -r["bitops"]))
-    best_sub = subs[best["name"]]
+    # 2b. pick the subnet by search under a budget (qcompile/demo_search.py)
+    best, best_sub, pick = _search_step(space, qnet, data, rows, out, s, seed, quick)
+    timings["search"] = pick.seconds
     best["config"].save(out / "best_subnet.json")
 
     # 3. integer program and x86 lowering, checked bit-exact
@@ -160,7 +160,8 @@ def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) 
     t0 = time.perf_counter()
     log.info("[5/6] benchmarking against onnxruntime")
     bench_md = _bench(best_sub, ig, low, x_np[:1], s.bench_repeat, out / "bench", (x_np, data.test.labels.numpy()))
-    kernel_table = low.benchmark(repeat=s.bench_repeat).table()
+    bench_low = low.benchmark(repeat=s.bench_repeat)
+    kernel_table = bench_low.table()
     timings["bench"] = time.perf_counter() - t0
 
     # 6. report
@@ -169,11 +170,32 @@ def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) 
     timings["total"] = time.perf_counter() - t_start
     report = _report(s, space, trainer, rows, best, x86_exact, x86_acc, fq_acc, n_check, arm, bench_md,
                      kernel_table, timings)
+    report += "\n" + _search_section(pick, bench_low.median_ms)
     (out / "report.md").write_text(report)
     (out / "summary.json").write_text(json.dumps({
         "accuracies": {r["name"]: r["accuracy"] for r in rows}, "best": best["name"], "x86_bit_exact": x86_exact,
         "arm": arm, "timings_s": timings}, indent=2))
     return out / "report.md"
+
+
+def _search_step(space, qnet, data, rows, out: Path, s: DemoSettings, seed: int, quick: bool):
+    """(best row, its calibrated subnet, the SearchPick): the searched subnet joins `rows`."""
+    from qcompile.demo_search import DemoSearchSettings, pick_subnet
+
+    t0 = time.perf_counter()
+    log.info("[2b/6] picking the subnet by search under a budget")
+    settings = DemoSearchSettings.quick() if quick else DemoSearchSettings()
+    pick = pick_subnet(space, qnet, data, rows, out / "search", s.calib_batches, evaluate_config, seed=seed,
+                       settings=settings)
+    rows.append(pick.row)
+    pick.seconds = time.perf_counter() - t0
+    return pick.row, pick.sub, pick
+
+
+def _search_section(pick, measured_ms: float) -> str:
+    from qcompile.demo_search import report_section
+
+    return report_section(pick, measured_ms)
 
 
 def _at(cfg, resolution):

@@ -7,6 +7,7 @@ accuracy, not negated; algorithms that minimise convert internally with `Objecti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,79 @@ class Objective:
     def minimised(self, values: np.ndarray) -> np.ndarray:
         """Values turned into a quantity to minimise (for pymoo and hypervolume)."""
         return self.sign * np.asarray(values, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# factories; `latency(table)` (the latency model) is at the end of this file.
+# ------------------------------------------------------------------------------------------------
+def _cost_objective(space, name: str, field: str, unit: str, fixed: dict[str, int] | None) -> Objective:
+    from qcompile.search.cost import cost_report
+
+    if not hasattr(space, "layers"):
+        raise ConfigError(f"objectives.{name}(space)", type(space).__name__, "a search space (qc.spaces.*)")
+
+    fixed_items = tuple(sorted((fixed or {}).items()))
+
+    @functools.lru_cache(maxsize=1 << 16)
+    def one(cfg: SubnetConfig) -> float:  # configs are frozen: a search re-asks for parents often
+        return float(getattr(cost_report(space, cfg, dict(fixed_items)), field))
+
+    def fn(configs: Sequence[SubnetConfig]) -> np.ndarray:
+        return np.array([one(c) for c in configs], dtype=np.float64)
+
+    return Objective(name, fn, "min", unit)
+
+
+def bitops(space, fixed: dict[str, int] | None = None) -> Objective:
+    """BitOPs of the quantized layers, `sum m*n*MACs` (QFA Sec. 5), minimised."""
+    return _cost_objective(space, "bitops", "bitops", "BitOPs", fixed)
+
+
+def qfa_flops(space, fixed: dict[str, int] | None = None) -> Objective:
+    """QFA's complexity measure: FLOPs (MACs) of float layers + BitOPs of quantized layers / 64 (QFA Sec. 5)."""
+    return _cost_objective(space, "qfa_flops", "qfa_flops", "FLOPs", fixed)
+
+
+def model_bits(space, fixed: dict[str, int] | None = None) -> Objective:
+    """Weight storage in bits (float layers at 32 bits), minimised."""
+    return _cost_objective(space, "model_bits", "model_bits", "bits", fixed)
+
+
+def macs(space) -> Objective:
+    """Multiply-accumulates of the subnet regardless of bits, minimised."""
+    return _cost_objective(space, "macs", "macs", "MACs", None)
+
+
+def accuracy(predictor, name: str = "accuracy") -> Objective:
+    """Predicted (or measured) top-1 accuracy, maximised: `predictor.predict(configs) -> np.ndarray`.
+
+    Any object with `predict` works: `qs.AccuracyPredictor` (APQ Sec. 3.2 MLP on the one-hot
+    encoding), a measured-accuracy evaluator, or a test stand-in.
+    """
+    predict = getattr(predictor, "predict", None)
+    if not callable(predict):
+        raise ConfigError(
+            "objectives.accuracy(predictor)", type(predictor).__name__, "an object with .predict(configs) -> np.ndarray"
+        )
+    return Objective(name, lambda configs: np.asarray(predict(list(configs)), dtype=np.float64), "max", "top-1")
+
+
+def check_objectives(objectives, what: str = "objectives") -> list[Objective]:
+    """A non-empty list of `Objective` with distinct names (one Objective alone is accepted)."""
+    if isinstance(objectives, Objective):
+        objectives = [objectives]
+    if isinstance(objectives, (str, bytes)) or not isinstance(objectives, Sequence):
+        raise ConfigError(what, type(objectives).__name__, "a list of qcompile.search.Objective")
+    objectives = list(objectives)
+    if not objectives:
+        raise ConfigError(what, "[]", "at least one Objective")
+    for o in objectives:
+        if not isinstance(o, Objective):
+            raise ConfigError(what, type(o).__name__, "qcompile.search.Objective instances")
+    names = [o.name for o in objectives]
+    if len(set(names)) != len(names):
+        raise ConfigError(what, names, "objectives with distinct names")
+    return objectives
 
 
 def latency(table) -> Objective:

@@ -274,10 +274,50 @@ class StagedSpace:
             raise ConfigError(name, bad or bits, self.bit_choices)
         return bits
 
-    def sample(self, seed: int | None = None, bits: Sequence[int] | None = None) -> SubnetConfig:
-        """A uniformly random subnet; with `bits`, also a random per-layer (weight, act) bit policy."""
+    def sample(
+        self, seed: int | None = None, bits: Sequence[int] | None = None, canonical: bool = True
+    ) -> SubnetConfig:
+        """A uniformly random subnet; with `bits`, also a random per-layer (weight, act) bit policy.
+
+        The result is `canonical` (genes of skipped blocks normalised) unless `canonical=False`, which
+        the training sampler uses when it grafts the sampled policy or kernels onto another depth.
+        """
         rng = random.Random(seed)
-        return self._make(lambda g: rng.choice(g.choices), bits, rng)
+        cfg = self._make(lambda g: rng.choice(g.choices), bits, rng)
+        return self.canonical(cfg) if canonical else cfg
+
+    def canonical(self, cfg: SubnetConfig) -> SubnetConfig:
+        """The one representative of every config that compiles to the same network as `cfg`.
+
+        Genes of blocks the depths skip (kernel, expand, fine channels) take their first choice, and
+        the policy entries of their layer slots take the largest weight and activation bits of the
+        active slots (so a float policy stays float and a uniform one stays uniform). Two configs that
+        differ only in skipped blocks then have equal `stable_hash` (APQ Sec. 3.2 encodes
+        skipped blocks as all-zero for the same reason). Idempotent.
+        """
+        self.validate(cfg)
+        active = self._active_block_slots(cfg)
+        if all(active):
+            return cfg
+        elastic = ("kernels", "expands", "channels")
+        first = {(g.field, g.index): g.choices[0] for g in self.genes() if g.field in elastic}
+        changes: dict[str, Any] = {}
+        for fname in ("kernels", "expands", "channels"):
+            seq = getattr(cfg, fname)
+            if seq is None:
+                continue
+            new = tuple(v if active[i] else first.get((fname, i), v) for i, v in enumerate(seq))
+            if new != seq:
+                changes[fname] = new
+        if cfg.policy is not None:
+            slot_active = self._active_layer_slots(cfg)
+            on = [p for p, a in zip(cfg.policy.bits, slot_active) if a]
+            if on:
+                fill = (max(w for w, _ in on), max(a for _, a in on))
+                bits = tuple(p if a else fill for p, a in zip(cfg.policy.bits, slot_active))
+                if bits != cfg.policy.bits:
+                    changes["policy"] = QuantPolicy(bits)
+        return replace(cfg, **changes) if changes else cfg
 
     def largest(self, bits: int | None = None) -> SubnetConfig:
         """The largest subnet; with `bits`, uniform bit-width `bits` for weights and activations."""
@@ -399,7 +439,7 @@ class StagedSpace:
         return sum(len(g.choices) for g in self.genes()) + 2 * self.num_layer_slots * len(self.bit_choices)
 
     def decode(self, indices: Sequence[int]) -> SubnetConfig:
-        """Inverse of `encode(cfg, one_hot=False)`."""
+        """Inverse of `encode(cfg, one_hot=False)` on canonical configs; the result is canonical."""
         genes = self.genes()
         if len(indices) != len(genes) + 2 * self.num_layer_slots:
             raise ConfigError("indices", len(indices), f"{len(genes) + 2 * self.num_layer_slots} choice indices")
@@ -408,7 +448,7 @@ class StagedSpace:
         cfg = self._make(lambda g: next(vals), None, None)
         bits = [self.bit_choices[next(it)] for _ in range(2 * self.num_layer_slots)]
         policy = QuantPolicy(tuple(zip(bits[::2], bits[1::2])))
-        return cfg.with_policy(None if policy.is_float else policy)
+        return self.canonical(cfg.with_policy(None if policy.is_float else policy))
 
     def choice_counts(self) -> list[int]:
         """Number of choices per index of `encode(one_hot=False)` (for mutation / crossover / pymoo bounds)."""

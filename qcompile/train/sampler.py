@@ -41,6 +41,12 @@ class SandwichSampler:
         # A fresh generator per step: resume needs no sampler state and ranks agree on subnets.
         return random.Random(self.seed * 1_000_003 + step * 7919 + 17)
 
+    def _raw_sample(self, seed: int, bits) -> SubnetConfig:
+        # Not canonicalised: the policy / kernels are grafted onto other depths (training unchanged).
+        if hasattr(self.space, "canonical"):
+            return self.space.sample(seed=seed, bits=bits, canonical=False)
+        return self.space.sample(seed=seed, bits=bits)
+
     def _restrict(self, cfg: SubnetConfig, largest: SubnetConfig, phase: Phase) -> SubnetConfig:
         """Keep only the phase's elastic dimensions; the others come from the largest (OFA PS)."""
         fixed = {f: getattr(largest, f) for e, f in ELASTIC_FIELDS.items() if e not in phase.elastic}
@@ -49,7 +55,7 @@ class SandwichSampler:
     def _random_policy(self, rng: random.Random, phase: Phase) -> QuantPolicy | None:
         if phase.bits is None:
             return None
-        return self.space.sample(seed=rng.randrange(2**31), bits=phase.bits).policy
+        return self._raw_sample(rng.randrange(2**31), phase.bits).policy
 
     def _extreme(self, rng: random.Random, phase: Phase, which: str) -> SubnetConfig:
         if phase.bits is None:
@@ -74,7 +80,7 @@ class SandwichSampler:
         smallest = self._restrict(self._extreme(rng, phase, "smallest"), largest_arch, phase)
         out.append(smallest)
         for _ in range(phase.num_random):
-            cfg = self.space.sample(seed=rng.randrange(2**31), bits=phase.bits)
+            cfg = self._raw_sample(rng.randrange(2**31), phase.bits)
             out.append(self._restrict(cfg, largest_arch, phase))
         return out
 

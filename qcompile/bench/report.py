@@ -24,6 +24,14 @@ ARCHITECTURE_MS: dict[str, float] = {
 }
 
 
+FLOAT_TWIN_NOTE = (
+    "torch, onnxruntime (int8 from its own quantizer) and ExecuTorch rows run the subnet's float twin: the same "
+    "layers and weights with the quantizers removed, so the same work to time, but not the model the quantized "
+    "supernet was trained to be; their top-1 says so. The qcompile and `ort_ours` rows run the subnet's own "
+    "integer program."
+)
+
+
 def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -85,7 +93,8 @@ def table(result: BenchResult) -> str:
     if ev:
         fq = ev.get("fake_quant_top1")
         lines += ["", f"top-1 on {ev['n']} test images" + (f"; the fake-quant subnet itself: {100 * fq:.1f} %" if fq
-                                                            is not None else "") + "."]
+                                                            is not None else "") + ".",
+                  "", FLOAT_TWIN_NOTE]
     else:
         lines += ["", "top-1 columns: no evaluation set was given (`run_bench(eval_set=...)`)."]
     if any(r.isolation == "in-process" for r in result.runners):

@@ -17,7 +17,14 @@ from qcompile.lowering.patterns import classify, get_module
 from qcompile.ops import IntegerGraph
 from qcompile.ops import reference as R
 
-__all__ = ["CodeDiff", "compare_codes", "integer_node_values", "logit_bound", "quantizer_codes"]
+__all__ = [
+    "CodeDiff",
+    "compare_codes",
+    "compare_codes_local",
+    "integer_node_values",
+    "logit_bound",
+    "quantizer_codes",
+]
 
 _CODE_OPS = (R.quantize, R.requantize, R.rescale, R.lut, R.add, R.mean, R.mul)
 
@@ -78,18 +85,67 @@ def integer_node_values(ig: IntegerGraph, x: torch.Tensor) -> dict[str, torch.Te
     return out
 
 
-def compare_codes(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor) -> list[CodeDiff]:
-    """Per quantizer (program order of `gm`): mismatching-code fraction and max difference vs `ig`."""
-    fq = quantizer_codes(gm, x)
-    iv = integer_node_values(ig, x)
+def _code_producers(ig: IntegerGraph) -> dict[str, fx.Node]:
+    """`meta src` -> the last code-producing IntegerGraph node lowered from that fake-quant quantizer."""
+    last: dict[str, fx.Node] = {}
+    for n in ig.graph.nodes:
+        if n.op != "call_function":
+            continue
+        src = n.meta.get("qcompile", {}).get("src")
+        if src is not None and (n.target in _CODE_OPS or (n.target is R.flatten and src in last)):
+            last[src] = n
+    return last
+
+
+def _diffs(fq: dict[str, torch.Tensor], iv: dict[str, torch.Tensor]) -> list[CodeDiff]:
     diffs = []
     for name, codes in fq.items():
         if name not in iv:
             continue
-        other = iv[name].reshape(codes.shape)
-        d = (codes - other).abs()
+        d = (codes - iv[name].reshape(codes.shape)).abs()
         diffs.append(CodeDiff(name, float((d > 0).double().mean()), int(d.max()), d.numel()))
     return diffs
+
+
+def compare_codes(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor) -> list[CodeDiff]:
+    """Per quantizer (program order of `gm`): mismatching-code fraction and max difference vs `ig`.
+
+    Both programs run end to end, so a one-code rounding difference early on propagates: in a deep
+    network with random weights the differences of late layers are mostly inherited (see
+    `compare_codes_local` for the error each layer adds by itself).
+    """
+    return _diffs(quantizer_codes(gm, x), integer_node_values(ig, x))
+
+
+class _TeacherForced(fx.Interpreter):
+    """Runs an IntegerGraph, replacing each quantizer's codes by the fake-quant model's after recording."""
+
+    def __init__(self, ig: IntegerGraph, teacher: dict[str, torch.Tensor]):
+        super().__init__(ig)
+        self.producers = {n: src for src, n in _code_producers(ig).items() if src in teacher}
+        self.teacher, self.values = teacher, {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        src = self.producers.get(n)
+        if src is None:
+            return out
+        self.values[src] = out.to(torch.int64)
+        return self.teacher[src].reshape(out.shape).to(out.dtype)
+
+
+def compare_codes_local(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor) -> list[CodeDiff]:
+    """Like `compare_codes`, but each IntegerGraph op reads the fake-quant model's codes of its inputs.
+
+    What remains is the error each quantizer's integer arithmetic adds by itself (to_integer's
+    fixed-point multipliers and rounding), free of differences inherited from earlier layers: at most
+    one code where a value sits on a rounding boundary, however deep the network.
+    """
+    fq = quantizer_codes(gm, x)
+    forced = _TeacherForced(ig, fq)
+    with torch.no_grad():
+        forced.run(x)
+    return _diffs(fq, forced.values)
 
 
 def logit_bound(gm: fx.GraphModule, ig: IntegerGraph, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import qcompile as qc
 from qcompile.backends.tvm.qemu import qemu_available
 from qcompile.data import load_dataset
-from qcompile.lowering.compare import compare_codes
+from qcompile.lowering.compare import compare_codes, compare_codes_local
 from tests.models.torchvision_models import MODELS
 
 pytestmark = pytest.mark.slow
@@ -76,10 +76,16 @@ def test_integer_program_matches_fake_quant(integer_graphs, digits, name, policy
     with torch.no_grad():
         yq, yi = copy.deepcopy(gm).double()(x), ig(x)
     assert float((yq.argmax(1) == yi.argmax(1)).double().mean()) >= 0.95
-    # codes: the input quantizer agrees exactly; later ones differ by one code near rounding boundaries
-    # (to_integer's error terms), which untrained random-weight networks amplify layer by layer
+    # end to end, one-code rounding differences propagate and a random-weight ResNet-18 amplifies them
+    # (measured: 1e-5 of codes differ after the stem, 0.29 after layer4); the first quantizer agrees
+    # exactly and the first block within a few tenths of a percent
     diffs = compare_codes(copy.deepcopy(gm).double(), ig, x[:16])
-    assert diffs[0].max_diff == 0 and max(d.mismatch for d in diffs) < 0.25, diffs
+    assert diffs[0].max_diff == 0 and diffs[1].mismatch < 1e-3, diffs
+    # layer by layer (each integer op reads the fake-quant codes of its inputs): what to_integer's
+    # arithmetic adds is at most one code, on rounding boundaries only (measured <= 1.5e-4 of codes)
+    local = compare_codes_local(copy.deepcopy(gm).double(), ig, x[:16])
+    assert len(local) == len(diffs)
+    assert max(d.max_diff for d in local) <= 1 and max(d.mismatch for d in local) < 2e-3, local
 
 
 @pytest.mark.parametrize("name, policy", CASES)

@@ -20,7 +20,7 @@ from torch import nn
 
 from qcompile import ops as Q
 from qcompile.errors import LoweringError
-from qcompile.lowering.compare import _Recorder, compare_codes, logit_bound, quantizer_codes
+from qcompile.lowering.compare import _Recorder, compare_codes, compare_codes_local, logit_bound, quantizer_codes
 from qcompile.ops import IntegerGraph
 from qcompile.passes import PassManager
 from qcompile.passes.to_integer import to_integer
@@ -46,6 +46,9 @@ def test_integer_program_matches_fake_quant(kind, seed):
     assert (ref.argmax(1) == out.argmax(1)).double().mean() >= 0.99
     for d in compare_codes(gm, ig_exact, x):
         assert d.mismatch <= 2e-3, d
+    # teacher-forced (each op reads the fake-quant codes of its inputs): each op's own error is one code
+    for d in compare_codes_local(gm, ig_exact, x):
+        assert d.max_diff <= 1 and d.mismatch <= 2e-3, d
     assert torch.all((out - ref).abs() <= logit_bound(gm, ig_exact, x, ref))
     # the integer program of the contract (requantize with int32 bias): within the documented bound
     ig = to_integer(gm, input_shape=SHAPE)

@@ -115,8 +115,11 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
         t = n.target
         meta = n.meta.setdefault("qcompile", {})
         out: Interval | None = None
-        if t is R.quantize:
+        if t in (R.quantize, R.quantize_linear):
             out = (0, int(_arg(n, 3, "qmax")))
+        elif t in (R.requantize_float, R.rescale_float, R.add_float, R.mean_float):
+            # float32 epilogues of the qdq flavour: no int64 intermediate; codes in the clamp [lo, hi]
+            out = (int(n.kwargs["lo"]), int(n.kwargs["hi"]))
         elif t in (R.conv2d, R.linear):
             x = rng.get(n.args[0])
             if x is None:

@@ -27,6 +27,7 @@ from qcompile.nn.elastic import ElasticConv2d, ElasticLinear, QuantPoint
 from qcompile.nn.padding import link_pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import LSQ, make_act_quant
+from qcompile.quant.flavour import DEFAULT_FLAVOUR, check_flavour
 from qcompile.quant.factory import ACT_QUANTIZERS
 from qcompile.quant.functional import SUPPORTED_BITS
 
@@ -88,8 +89,13 @@ class InsertQuantizers(Pass):
     act_quant: str = "batchquant"
     estimator: str = "channel_mean"
     per_channel: bool = False
+    flavour: str = DEFAULT_FLAVOUR
 
     def __post_init__(self) -> None:
+        check_flavour(self.flavour)
+        if self.flavour != DEFAULT_FLAVOUR and self.act_quant != "batchquant":
+            raise ConfigError("flavour", self.flavour, (DEFAULT_FLAVOUR,),
+                              f"act_quant={self.act_quant!r} has only the fixed-point flavour; use 'batchquant'")
         for f in ("weight_bits", "act_bits"):
             v = getattr(self, f)
             bits = (v,) if isinstance(v, int) else tuple(v)
@@ -117,7 +123,7 @@ class InsertQuantizers(Pass):
             "se": _fixed("se_layers", se_layers),
         }
         rb = _fixed("residual_bits", residual_bits)
-        qkw = {"estimator": estimator} if act_quant == "batchquant" else {}
+        qkw = {"estimator": estimator, "flavour": self.flavour} if act_quant == "batchquant" else {}
 
         def act_q(bits: tuple[int, ...]):
             return make_act_quant(act_quant, bits, **qkw)
@@ -184,6 +190,7 @@ class InsertQuantizers(Pass):
             act_quant=act_quant,
             estimator=estimator,
             per_channel=per_channel,
+            flavour=self.flavour,
         )
         return gm
 

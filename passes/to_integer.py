@@ -67,6 +67,7 @@ from qcompile.passes.fold_batchquant_bias import FoldBatchQuantBias, InputQuant,
 from qcompile.passes.fold_bn import FoldBN, bn_affine
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant.fixed_point import affine_fixed_point, quantize_multipliers
+from qcompile.quant.flavour import DEFAULT_FLAVOUR, flavour_of
 
 __all__ = ["DEFAULT_PIPELINE", "LowerToInteger", "ToInteger", "to_integer"]
 
@@ -133,8 +134,11 @@ def _same_quant(a: InputQuant, b: InputQuant) -> bool:
 
 
 class _Lowering:
-    def __init__(self, gm: fx.GraphModule, strict: bool, float_epilogue: bool = False, widen_weights: bool = False):
+    def __init__(self, gm: fx.GraphModule, strict: bool, float_epilogue: bool = False, widen_weights: bool = False,
+                 flavour: str = DEFAULT_FLAVOUR):
         self.gm = gm
+        #: the "qdq" flavour's epilogues are float32 (qcompile.ops.QDQ_OPS), the fixed-point flavour's gemmlowp
+        self.qdq = flavour == "qdq"
         self.widen_weights = widen_weights
         self.strict = strict
         self.float_epilogue = float_epilogue
@@ -282,12 +286,20 @@ class _Lowering:
             x = v.node  # quantize accepts the float32 input directly
             if not v.f32_input:
                 x = self.as_float(v, "", node)
-            out = self.call(Q.quantize, (x, 1.0 / q.scale, q.zero_point + 0.5, q.qmax), src=src, **cm)
+            if self.qdq:
+                out = self.call(Q.quantize_linear, (x, q.scale, _int_zp(q, src), q.qmax), src=src, **cm)
+            else:
+                out = self.call(Q.quantize, (x, 1.0 / q.scale, q.zero_point + 0.5, q.qmax), src=src, **cm)
             return _Codes(out, q, pooled=v.pooled, src=src)
         if isinstance(v, _Codes):
             if not v.chain and _same_quant(v.q, q):
                 return _Codes(v.node, q, pooled=v.pooled, src=src)
-            if clamp_interval(v.chain) is not None:
+            if clamp_interval(v.chain) is not None and self.qdq:
+                lo, hi = self.clamp_codes(v.chain, q)
+                out = self.call(Q.rescale_float, (v.node,), {
+                    "x_scale": v.q.scale, "x_zero_point": _int_zp(v.q, src), "y_scale": q.scale,
+                    "zero_point": _int_zp(q, src), "lo": lo, "hi": hi}, src=src, **cm)
+            elif clamp_interval(v.chain) is not None:
                 lo, hi = self.clamp_codes(v.chain, q)
                 r = v.q.scale / q.scale
                 fp = affine_fixed_point([r], q.zero_point + 0.5 - v.q.zero_point * r, [v.q.qmax], f"node {src}")
@@ -299,7 +311,9 @@ class _Lowering:
                                 fn="+".join(v.chain), **cm)
             return _Codes(out, q, pooled=v.pooled, src=src)
         lo, hi = self.clamp_codes(v.chain, q)
-        if isinstance(v, _Acc):
+        if self.qdq and (isinstance(v, _Acc) or v.kind in ("add", "mean")):
+            out = self.qdq_epilogue(v, q, lo, hi, src, cm)
+        elif isinstance(v, _Acc):
             r = v.layer.acc_scale.numpy() / q.scale
             m, s = quantize_multipliers(r, f"node {src}")
             if (m == 0).any():
@@ -346,6 +360,36 @@ class _Lowering:
         if v.flat:
             out = self.call(Q.flatten, (out,), src=src)
         return _Codes(out, q, pooled=v.pooled, src=src)
+
+    def qdq_epilogue(self, v: _Acc | _Pending, q: InputQuant, lo: int, hi: int, src: str, cm: dict) -> fx.Node:
+        """The qdq flavour's epilogues: `requantize_float` (QLinearConv), `add_float`, `mean_float`.
+
+        A conv's weight scale is `acc_scale / x_scale` in float32 (BN folded into it, BatchQuant Eq. 6 with an
+        integer zero point), so onnxruntime's `X_scale * W_scale / Y_scale` is the real requantization factor;
+        the int32 bias is `round(b / acc_scale) - zx sum w`, the integer the QDQ bias (int32, scale
+        `X_scale * W_scale`) and the input zero point put in QLinearConv's accumulator.
+        """
+        zp = _int_zp(q, src)
+        if isinstance(v, _Acc):
+            xq = v.x.q
+            w_scale = (v.layer.acc_scale.to(torch.float64) / xq.scale).to(torch.float32)
+            if not bool(torch.isfinite(w_scale).all()) or bool((w_scale <= 0).any()):
+                raise LoweringError(f"node {src}", "weight scale acc_scale / x_scale is not a positive float32",
+                                    "recalibrate: a zero or non-finite scale means a dead channel or broken statistics")
+            acc = self.emit_acc(v, v.layer.bias_acc)
+            return self.call(Q.requantize_float, (acc, self.const(w_scale, f"{src}_w_scale")), {
+                "x_scale": xq.scale, "x_zero_point": _int_zp(xq, src), "y_scale": q.scale, "zero_point": zp,
+                "lo": lo, "hi": hi}, src=src, **cm)
+        if v.kind == "add":
+            a, b = v.operands
+            return self.call(Q.add_float, (a.node, b.node), {
+                "a_scale": a.q.scale, "a_zero_point": _int_zp(a.q, src), "b_scale": b.q.scale,
+                "b_zero_point": _int_zp(b.q, src), "y_scale": q.scale, "zero_point": zp, "lo": lo, "hi": hi},
+                src=src, **cm)
+        (x,) = v.operands
+        return self.call(Q.mean_float, (x.node,), {"x_scale": x.q.scale, "x_zero_point": _int_zp(x.q, src),
+                                                    "y_scale": q.scale, "zero_point": zp, "lo": lo, "hi": hi},
+                         src=src, hw=v.hw, **cm)
 
     # -- float layers
     def float_layer(self, node: fx.Node, mod: nn.Module) -> _Float:
@@ -515,6 +559,15 @@ class _Lowering:
         return _Float(self.call(op, tuple(fl), src=node.name), pooled=pooled)
 
 
+def _int_zp(q: InputQuant, where: str) -> int:
+    """The integer zero point of a qdq-flavour quantizer (LoweringError if a fractional one got mixed in)."""
+    zp = q.zero_point
+    if zp != math.floor(zp):
+        raise LoweringError(f"node {where}", f"zero point {zp!r} is fractional in a 'qdq' flavour program",
+                            "put every activation quantizer in one flavour: qcompile.quant.set_flavour(subnet, 'qdq')")
+    return int(zp)
+
+
 def _replace(v: _Value, **changes: Any) -> _Value:
     new = copy.copy(v)
     for k, val in changes.items():
@@ -680,11 +733,14 @@ class LowerToInteger(Pass):
         _check_supported(gm)
         shape = tuple(self.input_shape) if self.input_shape is not None else _input_shape_of(gm)
         shapes = _shapes_4d(gm, shape)
+        flavour = flavour_of(gm)
+        if flavour != DEFAULT_FLAVOUR and self.float_epilogue:
+            raise ConfigError("float_epilogue", True, (False,), f"the {flavour!r} flavour has float epilogues of its own")
         lowering = _Lowering(gm, strict=self.strict, float_epilogue=self.float_epilogue,
-                             widen_weights=self.widen_weights)
+                             widen_weights=self.widen_weights and flavour == DEFAULT_FLAVOUR, flavour=flavour)
         ig = lowering.lower(shapes)
         meta = ProgramMeta(config=gm.meta.get("subnet_config"), input_shape=shape, pad_codes=_pad_codes(ig),
-                           float_islands=tuple(dict.fromkeys(lowering.islands)))
+                           float_islands=tuple(dict.fromkeys(lowering.islands)), flavour=flavour)
         ig.program_meta = meta.to_dict()
         if shape is not None:
             with torch.no_grad():

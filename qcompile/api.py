@@ -30,8 +30,14 @@ def quantize(
     act_quant: str = "batchquant",
     estimator: str = "channel_mean",
     per_channel: bool = False,
+    flavour: str = "fixed-point",
 ) -> fx.GraphModule:
-    """Insert elastic quantizers into a traced supernet (pass `insert-quantizers`); returns a new graph."""
+    """Insert elastic quantizers into a traced supernet (pass `insert-quantizers`); returns a new graph.
+
+    `flavour` is the arithmetic of the activation quantizers (`qcompile.quant.flavour`): `"fixed-point"`
+    (QFA Eq. 5, fractional zero points; QOperator/TVM exact) or `"qdq"` (integer zero points and
+    QuantizeLinear rounding, so the ONNX QDQ export computes what was evaluated).
+    """
     from qcompile.passes.insert_quantizers import InsertQuantizers
 
     if not isinstance(graph, fx.GraphModule):
@@ -48,6 +54,7 @@ def quantize(
         act_quant=act_quant,
         estimator=estimator,
         per_channel=per_channel,
+        flavour=flavour,
     ).run(graph).graph_module
     if hasattr(graph, "space_info"):  # keep the space: search (greedy_bits, evaluators) finds it here
         out.space_info = dict(graph.space_info)
@@ -69,8 +76,12 @@ def _require_elastic_layers(graph: fx.GraphModule) -> None:
         )
 
 
-def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphModule:
-    """Static subnet `cfg` of a supernet graph (pass `slice-subnet`). An eager supernet is traced first."""
+def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig, *, flavour: str | None = None) -> fx.GraphModule:
+    """Static subnet `cfg` of a supernet graph (pass `slice-subnet`). An eager supernet is traced first.
+
+    `flavour` (None: the supernet's) puts the subnet's activation quantizers in that flavour
+    (`qcompile.quant.flavour`); calibrate after changing it, its accuracy is measured in that flavour.
+    """
     from qcompile.passes.slice_subnet import slice_subnet
 
     if not isinstance(cfg, SubnetConfig):
@@ -90,16 +101,26 @@ def extract(graph: fx.GraphModule | nn.Module, cfg: SubnetConfig) -> fx.GraphMod
         from qcompile.spaces import from_dict
 
         from_dict(info).validate(cfg)
-    return slice_subnet(graph, cfg)
+    sub = slice_subnet(graph, cfg)
+    if flavour is not None:
+        from qcompile.quant.flavour import set_flavour
+
+        set_flavour(sub, flavour)
+    return sub
 
 
-def calibrate(subnet: nn.Module, batches: Iterable[Any], **kwargs: Any) -> nn.Module:
+def calibrate(subnet: nn.Module, batches: Iterable[Any], *, flavour: str | None = None, **kwargs: Any) -> nn.Module:
     """Recompute BN statistics and BatchQuant running estimates of one extracted subnet (no weight changes).
 
     `bn=False` keeps the BN statistics (a trained model from `quantize_model`) and calibrates the quantizers only.
+    `flavour` (None: keep) first puts the activation quantizers in that flavour (`qcompile.quant.flavour`).
     """
     from qcompile.train.calibrate import calibrate as _calibrate
 
+    if flavour is not None:
+        from qcompile.quant.flavour import set_flavour
+
+        set_flavour(subnet, flavour)
     return _calibrate(subnet, batches, **kwargs)
 
 

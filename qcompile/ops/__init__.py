@@ -3,7 +3,9 @@
 from qcompile.ops.graph import FLOAT_OPS, IntegerGraph, IntegerGraphBuilder, op_name
 from qcompile.ops.reference import (
     INTEGER_OPS,
+    QDQ_OPS,
     add,
+    add_float,
     conv2d,
     dequantize,
     dequantize_acc,
@@ -13,15 +15,21 @@ from qcompile.ops.reference import (
     lut,
     max_pool2d,
     mean,
+    mean_float,
     mul,
     quantize,
+    quantize_linear,
     requantize,
+    requantize_float,
     rescale,
+    rescale_float,
 )
 
 __all__ = [
     "FLOAT_OPS",
     "INTEGER_OPS",
+    "QDQ_OPS",
+    "add_float",
     "IntegerGraph",
     "IntegerGraphBuilder",
     "add",
@@ -34,9 +42,13 @@ __all__ = [
     "lut",
     "max_pool2d",
     "mean",
+    "mean_float",
     "mul",
     "op_name",
     "quantize",
+    "quantize_linear",
     "requantize",
+    "requantize_float",
     "rescale",
+    "rescale_float",
 ]

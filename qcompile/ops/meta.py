@@ -18,26 +18,30 @@ from torch import fx
 
 from qcompile.config import QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError
+from qcompile.quant.flavour import check_flavour
 
 __all__ = ["ProgramMeta", "program_meta"]
 
-_KEYS = ("config", "policy", "input_shape", "pad_codes", "float_islands", "pipeline")
+_KEYS = ("config", "policy", "input_shape", "pad_codes", "float_islands", "pipeline", "flavour")
 
 
 @dataclass(frozen=True)
 class ProgramMeta:
     """The subnet config (and its policy), the NCHW input shape, the padding code of each padded
     integer conv (node name -> code `floor(z + beta + 1/2)`, BatchQuant Eq. 5), the float islands,
-    and the pass pipeline that produced the program (set by `to_integer`)."""
+    the pass pipeline that produced the program (set by `to_integer`) and the quantization flavour
+    (`qcompile.quant.flavour`: "fixed-point" epilogues or the float32 epilogues of "qdq")."""
 
     config: SubnetConfig | None = None
     input_shape: tuple[int, ...] | None = None
     pad_codes: tuple[tuple[str, int], ...] = ()
     float_islands: tuple[str, ...] = ()
     pipeline: str = ""
+    flavour: str = "fixed-point"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_flavour(self.flavour, "program_meta.flavour")
         if self.input_shape is not None:
             shape = tuple(int(s) for s in self.input_shape)
             if not shape or min(shape) < 1:
@@ -58,6 +62,7 @@ class ProgramMeta:
             pad_codes=dict(self.pad_codes),
             float_islands=list(self.float_islands),
             pipeline=self.pipeline,
+            flavour=self.flavour,
         )
         return d
 
@@ -76,6 +81,7 @@ class ProgramMeta:
             pad_codes=tuple((str(k), int(v)) for k, v in dict(d.get("pad_codes") or {}).items()),
             float_islands=tuple(d.get("float_islands") or ()),
             pipeline=str(d.get("pipeline") or ""),
+            flavour=str(d.get("flavour") or "fixed-point"),
             extra={k: v for k, v in d.items() if k not in _KEYS},
         )
 

@@ -25,7 +25,13 @@ __all__ = [
     "flatten",
     "max_pool2d",
     "fixmul",
+    "quantize_linear",
+    "requantize_float",
+    "rescale_float",
+    "add_float",
+    "mean_float",
     "INTEGER_OPS",
+    "QDQ_OPS",
 ]
 
 
@@ -203,6 +209,78 @@ def max_pool2d(
     return out.to(torch.uint8)
 
 
+# -- the "qdq" flavour: float32 requantization as ONNX QuantizeLinear and onnxruntime's MLAS compute it ----------
+#
+# Every op below ends like ONNX QuantizeLinear, `saturate(round(v) + zero_point)` with "rounding to nearest ties
+# to even" (ONNX Operators.md), in float32, then clamps to the consumer's `[lo, hi]` (ReLU/ReLU6 and sub-8-bit
+# ranges). Zero points are integers (qcompile.quant.flavour). The float32 operations and their order follow
+# onnxruntime: QLinearConv's output scale is `X_scale * W_scale[c] / Y_scale` (qlinearconv.cc), applied by
+# MlasRequantizeOutput as `float(acc) * scale`, round to nearest even (cvtps2dq), + zero point; DequantizeLinear
+# is `float(q - zp) * scale`; QLinearGlobalAveragePool's scale is `ScaleInput / (ScaleOutput * float(ImageSize))`
+# applied to `sum - zp * ImageSize` (qlgavgpool.cpp); QLinearAdd computes `(ScaleA (a - za) + ScaleB (b - zb)) /
+# ScaleC` (qladd.cpp, the scalar kernel).
+
+_F32 = torch.float32
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(float(v), dtype=_F32)
+
+
+def _saturate(v: torch.Tensor, zero_point: int, lo: int, hi: int) -> torch.Tensor:
+    """`clamp(round_half_even(v) + zero_point, lo, hi)` -> uint8 (v float32)."""
+    return (torch.round(v).to(torch.int64) + int(zero_point)).clamp(lo, hi).to(torch.uint8)
+
+
+def quantize_linear(x: torch.Tensor, scale: float, zero_point: int, qmax: int) -> torch.Tensor:
+    """ONNX QuantizeLinear in float32: `clamp(round_half_even(f32(x) / f32(scale)) + zero_point, 0, qmax)`."""
+    return _saturate(x.to(_F32) / _f32(scale), zero_point, 0, qmax)
+
+
+def requantize_float(
+    acc: torch.Tensor, w_scale: torch.Tensor, *, x_scale: float, y_scale: float, zero_point: int, lo: int, hi: int,
+    x_zero_point: int = 0,
+) -> torch.Tensor:
+    """QLinearConv's epilogue: `clamp(round_half_even(f32(acc) * s[c]) + zero_point, lo, hi)`,
+    `s = (f32(x_scale) * f32(w_scale[c])) / f32(y_scale)` in float32. The accumulator already holds the
+    int32 bias and the input zero point's `- x_zero_point * sum w` (the conv's `pad_value` is
+    `x_zero_point`); `x_zero_point` is recorded here for exporters, which write it as the input's zero point."""
+    s = (_f32(x_scale) * w_scale.to(_F32)) / _f32(y_scale)
+    return _saturate(acc.to(_F32) * _channel_view(s, acc.ndim), zero_point, lo, hi)
+
+
+def rescale_float(
+    x: torch.Tensor, *, x_scale: float, x_zero_point: int, y_scale: float, zero_point: int, lo: int, hi: int,
+) -> torch.Tensor:
+    """DequantizeLinear then QuantizeLinear: `clamp(round_half_even(f32(x - zx) * sx / sy) + zero_point, lo, hi)`."""
+    v = (x.to(torch.int32) - int(x_zero_point)).to(_F32) * _f32(x_scale)
+    return _saturate(v / _f32(y_scale), zero_point, lo, hi)
+
+
+def add_float(
+    a: torch.Tensor, b: torch.Tensor, *, a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: int,
+    y_scale: float, zero_point: int, lo: int, hi: int,
+) -> torch.Tensor:
+    """QLinearAdd: `clamp(round_half_even((sa f32(a - za) + sb f32(b - zb)) / sy) + zero_point, lo, hi)`."""
+    va = _f32(a_scale) * (a.to(torch.int32) - int(a_zero_point)).to(_F32)
+    vb = _f32(b_scale) * (b.to(torch.int32) - int(b_zero_point)).to(_F32)
+    return _saturate((va + vb) / _f32(y_scale), zero_point, lo, hi)
+
+
+def mean_float(
+    x: torch.Tensor, *, x_scale: float, x_zero_point: int, y_scale: float, zero_point: int, lo: int, hi: int,
+) -> torch.Tensor:
+    """QLinearGlobalAveragePool (keepdim): `clamp(round_half_even(f32(sum_hw(x) - zx HW) * s) + zero_point, lo, hi)`,
+    `s = sx / (sy * f32(HW))` in float32."""
+    hw = x.shape[2] * x.shape[3]
+    acc = x.to(torch.int64).sum(dim=(2, 3), keepdim=True) - int(x_zero_point) * hw
+    s = _f32(x_scale) / (_f32(y_scale) * _f32(hw))
+    return _saturate(acc.to(torch.int32).to(_F32) * s, zero_point, lo, hi)
+
+
+#: the ops of the "qdq" flavour (float32 requantization)
+QDQ_OPS = (quantize_linear, requantize_float, rescale_float, add_float, mean_float)
+
 INTEGER_OPS = (
     quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten, max_pool2d,
-)
+) + QDQ_OPS

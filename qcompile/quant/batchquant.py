@@ -16,6 +16,11 @@ and an additive residual beta on z"), and apple/ml-batchquant's batch observer c
 QFA writes the zero point with the bracket of Eq. 1, which "indicates the round function"; earlier
 versions of this quantizer floored it instead. The mode is state (buffer `zero_round`), so a checkpoint
 written by them keeps its floor, and its numerics, when loaded.
+
+Flavour (`qcompile.quant.flavour`): in the ``"qdq"`` flavour the zero point `z + beta` is made an integer
+by the same zero-point rule (straight-through, so beta keeps learning) and the forward is ONNX's
+QuantizeLinear/DequantizeLinear (float32, ties to even); the flavour is a buffer (`qdq`), so checkpoints
+keep it, and a state dict written before flavours existed loads as ``"fixed-point"``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import nn
 from qcompile.errors import ConfigError
 from qcompile.quant.base import EPS, ActQuantizer
 from qcompile.quant.estimators import get_estimator
+from qcompile.quant.flavour import DEFAULT_FLAVOUR, check_flavour, fake_quant_qdq
 from qcompile.quant.functional import (
     FLOAT_BITS,
     ZERO_ROUNDING,
@@ -52,6 +58,8 @@ class BatchQuant(ActQuantizer):
         eps: floor on delta, for constant inputs.
         zero_rounding: `"round"` (QFA Eq. 1/5, half up; the default) or `"floor"` (quantizers trained before,
             which a state dict without `zero_round` restores).
+        flavour: `"fixed-point"` (Eq. 5 as written, fractional zero point) or `"qdq"` (integer zero point,
+            ONNX QuantizeLinear arithmetic); see `qcompile.quant.flavour`.
 
     Modes: training uses this batch's estimates; inside `calibration(model)` each forward also adds
     them to a running mean; in eval the running estimates are used once calibrated (before that, the
@@ -64,6 +72,7 @@ class BatchQuant(ActQuantizer):
         estimator: str = "channel_mean",
         eps: float = EPS,
         zero_rounding: str = "round",
+        flavour: str = DEFAULT_FLAVOUR,
     ):
         super().__init__(bits)
         self._estimate = get_estimator(estimator)
@@ -79,6 +88,7 @@ class BatchQuant(ActQuantizer):
         if zero_rounding not in ZERO_ROUNDING:
             raise ConfigError("BatchQuant.zero_rounding", zero_rounding, list(ZERO_ROUNDING))
         self.register_buffer("zero_round", torch.tensor(zero_rounding == "round"))
+        self.register_buffer("qdq", torch.tensor(check_flavour(flavour, "BatchQuant.flavour") == "qdq"))
         self._warned_uncalibrated = False
 
     @property
@@ -86,13 +96,33 @@ class BatchQuant(ActQuantizer):
         """How the zero point is made an integer: "round" (QFA Eq. 1/5) or "floor" (older checkpoints)."""
         return "round" if bool(self.zero_round) else "floor"
 
+    @property
+    def flavour(self) -> str:
+        """`"qdq"` (integer zero point, QuantizeLinear arithmetic) or `"fixed-point"` (QFA Eq. 5 as written)."""
+        return "qdq" if bool(self.qdq) else "fixed-point"
+
+    @flavour.setter
+    def flavour(self, flavour: str) -> None:
+        self.qdq.fill_(check_flavour(flavour, "BatchQuant.flavour") == "qdq")
+
+    def _zero_point(self, z: torch.Tensor, beta: torch.Tensor, n: int, p: int) -> torch.Tensor:
+        """`z + beta` (fixed-point), or in the qdq flavour made an integer by the zero-point rule (STE)."""
+        zp = z + beta
+        if not bool(self.qdq):
+            return zp
+        t = torch.floor(zp + 0.5) if self.zero_rounding == "round" else torch.floor(zp)
+        return torch.clamp(zp + (t - zp).detach(), n, p)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a state written before the rounding mode was recorded floored the zero point: keep its numerics
         state_dict.setdefault(prefix + "zero_round", torch.tensor(False))
+        # and one written before flavours existed is the fixed-point flavour
+        state_dict.setdefault(prefix + "qdq", torch.tensor(False))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, estimator={self.estimator!r}, zero_rounding={self.zero_rounding!r}"
+        return (f"{super().extra_repr()}, estimator={self.estimator!r}, zero_rounding={self.zero_rounding!r}, "
+                f"flavour={self.flavour!r}")
 
     # -- parameters ----------------------------------------------------------------------------
     def residuals(self, bits: int | None = None) -> tuple[nn.Parameter, nn.Parameter]:
@@ -147,11 +177,15 @@ class BatchQuant(ActQuantizer):
         n, p = self.qrange(b)
         delta, z = range_qparams(x_min, x_max, n, p, self.eps, self.zero_rounding)
         gamma, beta = self.gamma[str(b)], self.beta[str(b)]
-        self.pad_value = zero_code_value(delta * gamma, z + beta, n, p)
-        return fake_quant_affine(x, delta * gamma, z + beta, n, p)
+        zp = self._zero_point(z, beta, n, p)
+        self.pad_value = zero_code_value(delta * gamma, zp, n, p)
+        if bool(self.qdq):
+            return fake_quant_qdq(x, delta * gamma, zp, n, p)
+        return fake_quant_affine(x, delta * gamma, zp, n, p)
 
     def qparams(self, bits: int | None = None) -> tuple[float, float]:
-        """`(scale, zero_point) = (delta gamma, z + beta)` from the running estimates (Eq. 5, 6)."""
+        """`(scale, zero_point) = (delta gamma, z + beta)` from the running estimates (Eq. 5, 6); in the qdq
+        flavour the zero point is the integer of `_zero_point` and the scale the float32 `delta gamma`."""
         b = self._choice(bits, "qparams(bits)")
         if not self.is_calibrated:
             raise ConfigError(
@@ -163,12 +197,13 @@ class BatchQuant(ActQuantizer):
         n, p = self.qrange(b)
         delta, z = range_qparams(self.running_min, self.running_max, n, p, self.eps, self.zero_rounding)
         gamma, beta = self.gamma[str(b)].detach(), self.beta[str(b)].detach()
-        return float(delta * gamma), float(z + beta)
+        return float(delta * gamma), float(self._zero_point(z, beta, n, p))
 
     def freeze(self, bits: int) -> BatchQuant:
         """Single-choice copy: residuals of `bits`, running estimates and calibration state."""
         b = self._choice(bits, "freeze(bits)")
-        frozen = BatchQuant((b,), estimator=self.estimator, eps=self.eps, zero_rounding=self.zero_rounding)
+        frozen = BatchQuant((b,), estimator=self.estimator, eps=self.eps, zero_rounding=self.zero_rounding,
+                            flavour=self.flavour)
         gamma, beta = self.residuals(b)
         frozen.gamma[str(b)] = nn.Parameter(gamma.detach().clone(), requires_grad=gamma.requires_grad)
         frozen.beta[str(b)] = nn.Parameter(beta.detach().clone(), requires_grad=beta.requires_grad)

@@ -27,8 +27,8 @@ from qcompile.nn.elastic import ElasticConv2d, ElasticLinear, QuantPoint
 from qcompile.nn.padding import link_pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import LSQ, make_act_quant
-from qcompile.quant.flavour import DEFAULT_FLAVOUR, check_flavour
 from qcompile.quant.factory import ACT_QUANTIZERS
+from qcompile.quant.flavour import DEFAULT_FLAVOUR, check_flavour
 from qcompile.quant.functional import SUPPORTED_BITS
 
 QUANT_POINT_KINDS = ("pre_act", "residual_in", "block_out", "se_in", "se_gate", "pool_in")

@@ -735,7 +735,8 @@ class LowerToInteger(Pass):
         shapes = _shapes_4d(gm, shape)
         flavour = flavour_of(gm)
         if flavour != DEFAULT_FLAVOUR and self.float_epilogue:
-            raise ConfigError("float_epilogue", True, (False,), f"the {flavour!r} flavour has float epilogues of its own")
+            raise ConfigError("float_epilogue", True, (False,),
+                              f"the {flavour!r} flavour has float epilogues of its own")
         lowering = _Lowering(gm, strict=self.strict, float_epilogue=self.float_epilogue,
                              widen_weights=self.widen_weights and flavour == DEFAULT_FLAVOUR, flavour=flavour)
         ig = lowering.lower(shapes)

@@ -162,7 +162,8 @@ class Emitter:
         if key is not None and key in self._const_cache:
             return self._const_cache[key]
         name = self.fresh(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # 0-d stays 0-d (np.ascontiguousarray would make it 1-d): QLinearAdd & co. require scalar scales
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr) if arr.ndim else arr.copy(), name))
         if key is not None:
             self._const_cache[key] = name
         return name
@@ -288,7 +289,7 @@ class Emitter:
         for n in self.gm.graph.nodes:
             if n.op == "call_function" and n.target in (R.conv2d, R.linear):
                 users = list(n.users)
-                if len(users) == 1 and users[0].target is R.requantize and users[0].args[0] is n:
+                if len(users) == 1 and users[0].target in (R.requantize, R.requantize_float) and users[0].args[0] is n:
                     self._skip.add(n.name)
 
 
@@ -523,6 +524,104 @@ def _max_pool2d(e: Emitter, n: fx.Node) -> None:
         e.ranges[n.name] = dict(e.ranges[a["x"].name])
 
 
+# ---- the qdq flavour: plain QuantizeLinear / DequantizeLinear around float ops ------------------------------------
+# Each op of qcompile.ops.QDQ_OPS is the float32 arithmetic onnxruntime runs for the pattern written here (the
+# module doc of qcompile.ops.reference cites it), so these patterns are exact on onnxruntime. Scales are float32
+# and zero points uint8, as the reference ops take them; sub-8-bit ranges and ReLU/ReLU6 are a Clip on the codes.
+def _f32(v: float) -> np.float32:
+    return np.float32(v)
+
+
+def _clip_codes(e: Emitter, n: fx.Node, q: str, lo: int, hi: int) -> str:
+    e.check_range(n, lo, hi)
+    if lo > 0 or hi < 255:
+        q = e.op("Clip", [q, e.const(np.uint8(lo), "lo_u8"), e.const(np.uint8(hi), "hi_u8")], n.name)
+    e.ranges[n.name] = {"lo": lo, "hi": hi, "bits": _ubits(hi)}
+    return q
+
+
+def _dq(e: Emitter, n: fx.Node, x: Any, scale: float, zp: int, base: str) -> str:
+    return e.op("DequantizeLinear", [e.get(x, torch.uint8, n), e.const(_f32(scale), "scale_f32"),
+                                     e.const(np.uint8(zp), "zp_u8")], base)
+
+
+def _q(e: Emitter, v: str, scale: float, zp: int, base: str) -> str:
+    return e.op("QuantizeLinear", [v, e.const(_f32(scale), "scale_f32"), e.const(np.uint8(zp), "zp_u8")], base)
+
+
+def _quantize_linear(e: Emitter, n: fx.Node) -> None:
+    a = _bind_integer(n)
+    q = _q(e, e.get(a["x"], torch.float32, n), a["scale"], int(a["zero_point"]), n.name)
+    e.define(n, _clip_codes(e, n, q, 0, int(a["qmax"])))
+
+
+def _requantize_float(e: Emitter, n: fx.Node) -> None:
+    """DequantizeLinear -> Conv/Gemm (int32 bias) -> QuantizeLinear: onnxruntime's QLinearConv (exact, see
+    reference.requantize_float); an accumulator with other users is rescaled as MlasRequantizeOutput does."""
+    a = _bind_integer(n)
+    src: fx.Node = a["acc"]
+    w_scale = e.tensor(a["w_scale"], n, "w_scale").to(torch.float32).numpy().reshape(-1)
+    xs, ys, zx, zy = a["x_scale"], a["y_scale"], int(a["x_zero_point"]), int(a["zero_point"])
+    lo, hi = int(a["lo"]), int(a["hi"])
+    if src.name not in e._skip:
+        ndim = len(e.info[src.name].shape)
+        scale = (_f32(xs) * w_scale).astype(np.float32) / _f32(ys)
+        v = e.op("Cast", [e.get(src, torch.int32, n)], n.name, to=onnx_dtype(torch.float32))
+        v = e.op("Mul", [v, e.const(e.channel(scale.astype(np.float32), ndim), f"{n.name}_scale")], n.name)
+        e.define(n, _clip_codes(e, n, _q(e, v, 1.0, zy, n.name), lo, hi))
+        return
+    sa = _bind_integer(src)
+    w = e.tensor(sa["w"], src, "weight")
+    e.record_weight(src, w)
+    nout = w.shape[0]
+    # the accumulator's bias holds -zx sum(w); QLinearConv subtracts the input zero point itself
+    b = e.tensor(sa["bias"], src, "bias").to(torch.int64) + zx * w.to(torch.int64).reshape(nout, -1).sum(1)
+    if bool((b.abs() > 2**31 - 1).any()):
+        raise LoweringError(f"node {src.name}", "bias exceeds int32", "export with format='qoperator'")
+    w_scale = np.broadcast_to(w_scale, (nout,)).astype(np.float32)
+    x = _dq(e, src, sa["x"], xs, zx, f"{src.name}_x")
+    wf = e.op("DequantizeLinear", [e.const(w.numpy(), f"{src.name}_w"), e.const(w_scale, f"{src.name}_wscale"),
+                                   e.const(np.zeros(nout, np.int8), f"{src.name}_wzp")], f"{src.name}_w", axis=0)
+    bscale = (_f32(xs) * w_scale).astype(np.float32)  # the QDQ bias convention: scale x_scale * w_scale, zp 0
+    bf = e.op("DequantizeLinear", [e.const(b.numpy().astype(np.int32), f"{src.name}_bias"),
+                                   e.const(bscale, f"{src.name}_bscale"),
+                                   e.const(np.zeros(nout, np.int32), f"{src.name}_bzp")], f"{src.name}_b", axis=0)
+    if src.target is R.conv2d:
+        pad = _pair(sa["padding"], "padding", src)
+        if pad != (0, 0) and int(sa["pad_value"]) != zx:
+            raise LoweringError(f"node {src.name}", f"pad code {sa['pad_value']} is not the input zero point {zx}",
+                                "a qdq-flavour conv pads with its input's zero point; re-run to_integer")
+        attrs = dict(strides=list(_pair(sa["stride"], "stride", src)), pads=[pad[0], pad[1], pad[0], pad[1]],
+                     dilations=list(_pair(sa["dilation"], "dilation", src)), group=int(sa["groups"]),
+                     kernel_shape=list(w.shape[2:]))
+        y = e.op("Conv", [x, wf, bf], src.name, **attrs)
+    else:
+        y = e.op("Gemm", [x, wf, bf], src.name, transB=1)
+    e.define(n, _clip_codes(e, n, _q(e, y, ys, zy, n.name), lo, hi))
+    e.fused.append(src.name)
+
+
+def _rescale_float(e: Emitter, n: fx.Node) -> None:
+    a = _bind_integer(n)
+    v = _dq(e, n, a["x"], a["x_scale"], int(a["x_zero_point"]), n.name)
+    e.define(n, _clip_codes(e, n, _q(e, v, a["y_scale"], int(a["zero_point"]), n.name), int(a["lo"]), int(a["hi"])))
+
+
+def _add_float(e: Emitter, n: fx.Node) -> None:
+    a = _bind_integer(n)
+    va = _dq(e, n, a["a"], a["a_scale"], int(a["a_zero_point"]), f"{n.name}_a")
+    vb = _dq(e, n, a["b"], a["b_scale"], int(a["b_zero_point"]), f"{n.name}_b")
+    v = e.op("Add", [va, vb], n.name)
+    e.define(n, _clip_codes(e, n, _q(e, v, a["y_scale"], int(a["zero_point"]), n.name), int(a["lo"]), int(a["hi"])))
+
+
+def _mean_float(e: Emitter, n: fx.Node) -> None:
+    a = _bind_integer(n)
+    v = _dq(e, n, a["x"], a["x_scale"], int(a["x_zero_point"]), n.name)
+    v = e.op("GlobalAveragePool", [v], n.name)
+    e.define(n, _clip_codes(e, n, _q(e, v, a["y_scale"], int(a["zero_point"]), n.name), int(a["lo"]), int(a["hi"])))
+
+
 # ---- float islands --------------------------------------------------------------------------------------------
 def _fdtype(e: Emitter, n: fx.Node) -> torch.dtype:
     return e.info[n.name].dtype
@@ -660,6 +759,11 @@ _HANDLERS: dict[Callable, Callable[[Emitter, fx.Node], None]] = {
     R.lut: _lut,
     R.flatten: _flatten,
     R.max_pool2d: _max_pool2d,
+    R.quantize_linear: _quantize_linear,
+    R.requantize_float: _requantize_float,
+    R.rescale_float: _rescale_float,
+    R.add_float: _add_float,
+    R.mean_float: _mean_float,
     F.conv2d: _fconv2d,
     F.linear: _flinear,
     F.relu: _unary("Relu"),

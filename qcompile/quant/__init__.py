@@ -9,8 +9,8 @@ from qcompile.quant.calibration import activation_quantizers, calibration
 from qcompile.quant.ema import EMAQuant
 from qcompile.quant.estimators import ESTIMATORS, channel_mean, mean_std, minmax
 from qcompile.quant.factory import ACT_QUANTIZERS, make_act_quant
-from qcompile.quant.flavour import DEFAULT_FLAVOUR, FLAVOURS, flavour_of, set_flavour
 from qcompile.quant.fixed_point import fixmul_reference, quantize_multiplier
+from qcompile.quant.flavour import DEFAULT_FLAVOUR, FLAVOURS, flavour_of, set_flavour
 from qcompile.quant.functional import FLOAT_BITS, SUPPORTED_BITS
 from qcompile.quant.learned import LearnedScaleQuant
 from qcompile.quant.lsq import LSQ

@@ -121,7 +121,26 @@ def calibrate(subnet: nn.Module, batches: Iterable[Any], *, flavour: str | None 
         from qcompile.quant.flavour import set_flavour
 
         set_flavour(subnet, flavour)
-    return _calibrate(subnet, batches, **kwargs)
+    seen: list[Any] = []
+
+    def keep_first(it: Iterable[Any]) -> Iterable[Any]:
+        for b in it:
+            if not seen:
+                seen.append(b)
+            yield b
+
+    out = _calibrate(subnet, keep_first(batches), **kwargs)
+    meta = getattr(subnet, "meta", None)
+    if isinstance(meta, dict) and seen:
+        # a small sample of the calibration images, to measure a QDQ export's agreement (export_onnx)
+        first = seen[0][0] if isinstance(seen[0], (tuple, list)) else seen[0]
+        if hasattr(first, "detach"):
+            meta["calibration_sample"] = first.detach()[:_CALIBRATION_SAMPLE].clone()
+    return out
+
+
+#: images of the first calibration batch kept on the subnet (export_onnx measures QDQ agreement on them)
+_CALIBRATION_SAMPLE = 64
 
 
 def quantize_model(model: nn.Module, policy: Any = (8, 8), example_inputs: Any = None,
@@ -230,10 +249,14 @@ def export_onnx(subnet, path: str | os.PathLike, format: str = "qdq", *,
                 pipeline: str | Sequence[Any] | None = None, **kwargs: Any):
     """Export a calibrated subnet (or an IntegerGraph) as ONNX ("qdq" or "qoperator").
 
-    `pipeline` replaces `to_integer`'s default passes, as in `lower`.
+    `pipeline` replaces `to_integer`'s default passes, as in `lower`. A QDQ export of a "fixed-point" flavour
+    subnet warns that it is approximate, with the top-1 agreement measured on the sample of calibration
+    images `calibrate` kept (`check_inputs=` overrides it).
     """
     from qcompile.backends.onnx import export_onnx as _export
 
+    if format == "qdq" and "check_inputs" not in kwargs:
+        kwargs["check_inputs"] = (getattr(subnet, "meta", None) or {}).get("calibration_sample")
     return _export(_integer_graph(subnet, pipeline), path, format=format, **kwargs)
 
 

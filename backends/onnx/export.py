@@ -39,7 +39,9 @@ ROUNDING_NOTE = (
     "qoperator: bit-exact integer program (ConvInteger/MatMulInteger, int64 fixed-point with truncating Div, "
     "equal to round-half-up after the clamp to lo >= 0). qdq: conv/linear + requantize run as "
     "DequantizeLinear->Conv/Gemm->QuantizeLinear with scale float32(M/2^s) and round-half-to-even: within 1 "
-    "code of the reference; all other ops exact. Float islands float64 except k x k convs (float32)."
+    "code of the reference; all other ops exact. Float islands float64 except k x k convs (float32). "
+    "A program of the 'qdq' flavour (qcompile.quant.flavour) exports as plain QuantizeLinear/DequantizeLinear "
+    "around Conv/Gemm/Add/GlobalAveragePool whose float32 arithmetic the program itself uses: bit-exact."
 )
 
 
@@ -177,6 +179,7 @@ def build_onnx_model(ig_or_subnet: Any, options: OnnxExportOptions | None = None
     meta = program_meta(gm).to_dict()
     props = {
         "qcompile.format": opts.format,
+        "qcompile.flavour": meta.get("flavour", "fixed-point"),
         "qcompile.program_meta": _json(meta),
         "qcompile.subnet_config": _json(meta["config"]),
         "qcompile.quant_policy": _json(meta["policy"]),
@@ -198,6 +201,39 @@ def build_onnx_model(ig_or_subnet: Any, options: OnnxExportOptions | None = None
     return model
 
 
+class QdqApproximationWarning(UserWarning):
+    """A QDQ export that does not compute what the integer program computes (the fixed-point flavour)."""
+
+
+def qdq_agreement(ig: fx.GraphModule, model: bytes | str | os.PathLike, inputs: Any) -> tuple[float, int]:
+    """(share of inputs whose onnxruntime top-1 on `model` equals `ig`'s, number of inputs)."""
+    import numpy as np
+
+    from qcompile.backends.onnx.runtime import OnnxRunner
+
+    x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+    with torch.no_grad():
+        ref = ig(x).numpy().reshape(len(x), -1).argmax(1)
+    got = OnnxRunner(model).__call__(x.numpy()).reshape(len(x), -1).argmax(1)
+    return float((ref == got).mean()), len(x)
+
+
+def _warn_approximate(ig: fx.GraphModule, data: bytes, check_inputs: Any) -> None:
+    import warnings
+
+    msg = ("QDQ export of a 'fixed-point' flavour program is approximate: QDQ has integer zero points, "
+           "round-half-to-even and float scales where the program has BatchQuant's fractional z + beta and "
+           "gemmlowp fixed point; each op may move one code and the codes drift with depth")
+    if check_inputs is not None and len(check_inputs):
+        agree, n = qdq_agreement(ig, data, check_inputs)
+        msg += f"; onnxruntime's top-1 equals the integer program's on {100 * agree:.1f} % of {n} calibration images"
+    else:
+        msg += "; pass check_inputs= (calibration images) to measure the top-1 agreement"
+    msg += ". For an exact QDQ file quantize in the 'qdq' flavour (qc.quantize(..., flavour='qdq'))."
+    log.warning(msg)
+    warnings.warn(msg, QdqApproximationWarning, stacklevel=3)
+
+
 def export_onnx(
     ig_or_subnet: Any,
     path: str | os.PathLike,
@@ -208,12 +244,18 @@ def export_onnx(
     ir_version: int = DEFAULT_IR_VERSION,
     dynamic_batch: bool = True,
     debug_outputs: bool = False,
+    check_inputs: Any = None,
 ) -> Path:
     """Write `ig_or_subnet` as an ONNX model to `path` and return the path.
 
     format="qdq": QuantizeLinear/DequantizeLinear around Conv/Gemm (fused by onnxruntime), within
     one code of the reference; format="qoperator": ConvInteger/MatMulInteger with explicit int64
     fixed-point requantization, bit-exact. See `OnnxExportOptions` for the other arguments.
+
+    A QDQ export of a program of the default "fixed-point" flavour is approximate (fractional zero points
+    and round-half-up have no QDQ form): it warns (`QdqApproximationWarning`) and, given `check_inputs`
+    (images, e.g. the calibration batches `qc.calibrate` keeps a sample of), says by how much: the share of
+    inputs whose onnxruntime top-1 equals the integer program's. The "qdq" flavour exports exactly.
     """
     from qcompile.errors import CheckpointError
     from qcompile.utils.io import atomic_write
@@ -231,5 +273,8 @@ def export_onnx(
                               "(choose a new path or remove it first)")
     model = build_onnx_model(ig_or_subnet, opts)
     data = model.SerializeToString()
+    flavour = next((p.value for p in model.metadata_props if p.key == "qcompile.flavour"), "fixed-point")
+    if format == "qdq" and flavour == "fixed-point":
+        _warn_approximate(_as_integer_graph(ig_or_subnet), data, check_inputs)
     atomic_write(path, lambda f: f.write(data))  # temp file beside it, removed on any failure
     return path

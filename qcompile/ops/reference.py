@@ -217,8 +217,8 @@ def max_pool2d(
 # onnxruntime: QLinearConv's output scale is `X_scale * W_scale[c] / Y_scale` (qlinearconv.cc), applied by
 # MlasRequantizeOutput as `float(acc) * scale`, round to nearest even (cvtps2dq), + zero point; DequantizeLinear
 # is `float(q - zp) * scale`; QLinearGlobalAveragePool's scale is `ScaleInput / (ScaleOutput * float(ImageSize))`
-# applied to `sum - zp * ImageSize` (qlgavgpool.cpp); QLinearAdd computes `(ScaleA (a - za) + ScaleB (b - zb)) /
-# ScaleC` (qladd.cpp, the scalar kernel).
+# applied to `sum - zp * ImageSize` (qlgavgpool.cpp); QLinearAdd is its x86 AVX2 kernel (qladd_avx2.cpp; the
+# ARM kernel is fixed point and is not reproduced).
 
 _F32 = torch.float32
 
@@ -261,10 +261,17 @@ def add_float(
     a: torch.Tensor, b: torch.Tensor, *, a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: int,
     y_scale: float, zero_point: int, lo: int, hi: int,
 ) -> torch.Tensor:
-    """QLinearAdd: `clamp(round_half_even((sa f32(a - za) + sb f32(b - zb)) / sy) + zero_point, lo, hi)`."""
-    va = _f32(a_scale) * (a.to(torch.int32) - int(a_zero_point)).to(_F32)
-    vb = _f32(b_scale) * (b.to(torch.int32) - int(b_zero_point)).to(_F32)
-    return _saturate((va + vb) / _f32(y_scale), zero_point, lo, hi)
+    """QLinearAdd as onnxruntime's x86 kernel (MlasQLinearAddKernelAvx2Helper) computes it, in float32:
+    `rA = sa / sy`, `rB = sb / sy`, `k = zy - (rA za + rB zb)`, `v = fma(a, rA, fma(b, rB, k))`, then
+    `clamp(round_half_even(v), lo, hi)` (the zero point is inside `k`). Each fma is one float32 rounding of the
+    exact float64 `x * y + z` (products of a code and a float32 are exact in float64)."""
+    ra = _f32(a_scale) / _f32(y_scale)
+    rb = _f32(b_scale) / _f32(y_scale)
+    k = _f32(zero_point) - (ra * _f32(a_zero_point) + rb * _f32(b_zero_point))
+    f64 = torch.float64
+    t = (b.to(f64) * rb.to(f64) + k.to(f64)).to(_F32)
+    t = (a.to(f64) * ra.to(f64) + t.to(f64)).to(_F32)
+    return _saturate(t, 0, lo, hi)
 
 
 def mean_float(

@@ -1,0 +1,115 @@
+"""The "qdq" flavour: the fake-quant forward, the integer program and the ONNX QDQ export compute the same
+float32 QuantizeLinear arithmetic, checked against onnxruntime (the independent reference) op by op."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import qcompile as qc
+from qcompile.backends.onnx.export import OnnxExportOptions, QdqApproximationWarning, build_onnx_model
+from qcompile.backends.onnx.runtime import OnnxRunner, compare_with_reference
+from qcompile.data import load_dataset
+from qcompile.ops import reference as R
+from qcompile.quant import BatchQuant, calibration
+
+pytest.importorskip("onnxruntime")
+
+
+def test_batchquant_qdq_forward_is_quantize_linear():
+    torch.manual_seed(0)
+    q = BatchQuant((4,), estimator="minmax", flavour="qdq")
+    with torch.no_grad():
+        q.beta["4"].fill_(0.37)  # a fractional beta: the fixed-point flavour's zero point would be z + 0.37
+    x = torch.randn(8, 3, 5, 5) * 2 + 0.3
+    with calibration(q):
+        q(x)
+    q.eval()
+    scale, zp = q.qparams()
+    assert zp == int(zp)
+    s = np.float32(scale)
+    ref = np.clip(np.round(x.numpy() / s) + zp, 0, 15)  # QuantizeLinear: x / scale, ties to even
+    got = q(x).detach().numpy()
+    np.testing.assert_array_equal(got, ((ref - zp) * s).astype(np.float32))
+    # the flavour is state: it survives a state dict; a state dict written before flavours is fixed-point
+    fresh = BatchQuant((4,), estimator="minmax")
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.flavour == "qdq"
+    old = {k: v for k, v in q.state_dict().items() if k != "qdq"}
+    fresh.load_state_dict(old)
+    assert fresh.flavour == "fixed-point"
+    with pytest.raises(qc.ConfigError, match="flavour"):
+        BatchQuant((4,), flavour="qdq8")
+
+
+def test_requantize_float_rounds_half_to_even():
+    acc = torch.tensor([[1], [3], [5], [-3]], dtype=torch.int32).reshape(4, 1)
+    out = R.requantize_float(acc, torch.tensor([0.5]), x_scale=1.0, y_scale=1.0, zero_point=10, lo=0, hi=255)
+    assert out.reshape(-1).tolist() == [10, 12, 12, 8]  # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -1.5 -> -2
+
+
+@pytest.fixture(scope="module")
+def qdq_subnet():
+    torch.manual_seed(0)
+    space = qc.spaces.get_space("mobilenet_v3", num_classes=10, width_mult=0.25, resolutions=(32,))
+    graph = qc.trace(space.build_supernet())
+    qnet = qc.quantize(graph, weight_bits=(2, 3, 4), act_bits=(2, 3, 4, 8), first_layer=8, se_layers=8,
+                       flavour="qdq")
+    data = load_dataset("digits", resolution=32, in_channels=space.in_channels)
+    sub = qc.extract(qnet, space.sample(seed=3, bits=(2, 3, 4)))
+    qc.calibrate(sub, data.train.loader(64, shuffle=True, seed=1, resolution=32), max_batches=2)
+    x, _ = next(iter(data.test.loader(96, resolution=32)))
+    return space, qnet, sub, x
+
+
+def test_qdq_flavour_is_bit_exact_on_onnxruntime(qdq_subnet):
+    _, _, sub, x = qdq_subnet
+    ig = qc.to_integer(sub)
+    assert ig.program_meta["flavour"] == "qdq"
+    ops = {n.target for n in ig.graph.nodes if n.op == "call_function"}
+    assert set(R.QDQ_OPS) <= ops  # every float32 op of the flavour is exercised
+    cmp = compare_with_reference(ig, x.numpy(), format="qdq", threads=1)
+    assert cmp.meta["qcompile.flavour"] == "qdq"
+    for d in cmp.nodes:
+        assert d.mismatches == 0, d  # every code, every accumulator, the logits: bit for bit
+    # the plain export (no debug outputs): exact as written (no graph rewrites); with onnxruntime's full graph
+    # optimisation some rewrite of the plain file (not yet identified) moves codes: measured, not hidden
+    model = build_onnx_model(ig, OnnxExportOptions(format="qdq", input_shape=(1, 3, 32, 32)))
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "GlobalAveragePool", "Add"} <= kinds
+    with torch.no_grad():
+        ref = ig(x).numpy()
+    got = OnnxRunner(model, threads=1, optimization="none")(x.numpy())
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    fused = OnnxRunner(model, threads=1)(x.numpy())
+    assert (fused.argmax(1) == ref.argmax(1)).mean() >= 0.9  # untrained net: near-tied logits
+
+
+def test_flavour_can_be_set_at_extract_and_refuses_mixing(qdq_subnet):
+    space, qnet, _, _ = qdq_subnet
+    sub = qc.extract(qnet, space.smallest(bits=2), flavour="fixed-point")
+    assert qc.quant.flavour_of(sub) == "fixed-point"
+    with pytest.raises(qc.ConfigError, match="flavour"):
+        qc.quantize(qc.trace(space.build_supernet()), flavour="int8")
+
+
+def test_fixed_point_qdq_export_warns_with_agreement(qdq_subnet, tmp_path):
+    space, qnet, _, x = qdq_subnet
+    sub = qc.extract(qnet, space.sample(seed=3, bits=(2, 3, 4)), flavour="fixed-point")
+    qc.calibrate(sub, [(x[:48], None)])
+    with pytest.warns(QdqApproximationWarning, match=r"% of 48 calibration images"):
+        qc.export_onnx(sub, tmp_path / "m.onnx", format="qdq")
+
+
+@pytest.mark.xfail(strict=True, reason="OpenVINO 2026.4.1 runs this QDQ export at chance level (3.9 % top-1 "
+                   "agreement with the integer program measured on 359 digits images); cause not found yet")
+def test_openvino_agrees_with_integer_program(qdq_subnet):
+    pytest.importorskip("openvino")
+    from qcompile.backends.onnx.openvino_runner import agreement
+
+    _, _, sub, x = qdq_subnet
+    ig = qc.to_integer(sub)
+    model = build_onnx_model(ig, OnnxExportOptions(format="qdq", input_shape=(1, 3, 32, 32)))
+    res = agreement(ig, model, x)
+    assert res.top1_agreement >= 0.99

@@ -209,7 +209,7 @@ def qdq_agreement(ig: fx.GraphModule, model: bytes | str | os.PathLike, inputs: 
     """(share of inputs whose onnxruntime top-1 on `model` equals `ig`'s, number of inputs)."""
     import numpy as np
 
-    from qcompile.backends.onnx.runtime import OnnxRunner
+    from qcompile.backends.onnx.session import OnnxRunner
 
     x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
     with torch.no_grad():

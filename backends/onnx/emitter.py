@@ -602,8 +602,14 @@ def _requantize_float(e: Emitter, n: fx.Node) -> None:
 
 
 def _rescale_float(e: Emitter, n: fx.Node) -> None:
+    """DequantizeLinear -> QuantizeLinear. The codes pass a Clip first: onnxruntime's DoubleQDQPairsRemover
+    would otherwise merge Q1 -> DQ1 -> Q2 into one QuantizeLinear of the float value (no rounding to the codes
+    of Q1), which is another function."""
     a = _bind_integer(n)
-    v = _dq(e, n, a["x"], a["x_scale"], int(a["x_zero_point"]), n.name)
+    x = e.get(a["x"], torch.uint8, n)
+    x = e.op("Clip", [x, e.const(np.uint8(0), "lo_u8"), e.const(np.uint8(255), "hi_u8")], f"{n.name}_keep")
+    v = e.op("DequantizeLinear", [x, e.const(_f32(a["x_scale"]), "scale_f32"),
+                                  e.const(np.uint8(int(a["x_zero_point"])), "zp_u8")], n.name)
     e.define(n, _clip_codes(e, n, _q(e, v, a["y_scale"], int(a["zero_point"]), n.name), int(a["lo"]), int(a["hi"])))
 
 

@@ -73,17 +73,14 @@ def test_qdq_flavour_is_bit_exact_on_onnxruntime(qdq_subnet):
     assert cmp.meta["qcompile.flavour"] == "qdq"
     for d in cmp.nodes:
         assert d.mismatches == 0, d  # every code, every accumulator, the logits: bit for bit
-    # the plain export (no debug outputs): exact as written (no graph rewrites); with onnxruntime's full graph
-    # optimisation some rewrite of the plain file (not yet identified) moves codes: measured, not hidden
+    # the plain export (no debug outputs) under onnxruntime's default optimisation, which fuses the QDQ
+    # patterns into QLinearConv / QLinearAdd / QLinearGlobalAveragePool: the reference logits, bit for bit
     model = build_onnx_model(ig, OnnxExportOptions(format="qdq", input_shape=(1, 3, 32, 32)))
     kinds = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "GlobalAveragePool", "Add"} <= kinds
     with torch.no_grad():
         ref = ig(x).numpy()
-    got = OnnxRunner(model, threads=1, optimization="none")(x.numpy())
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-    fused = OnnxRunner(model, threads=1)(x.numpy())
-    assert (fused.argmax(1) == ref.argmax(1)).mean() >= 0.9  # untrained net: near-tied logits
+    np.testing.assert_array_equal(OnnxRunner(model, threads=1)(x.numpy()), ref)
 
 
 def test_flavour_can_be_set_at_extract_and_refuses_mixing(qdq_subnet):

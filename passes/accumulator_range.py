@@ -117,7 +117,7 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
         out: Interval | None = None
         if t in (R.quantize, R.quantize_linear):
             out = (0, int(_arg(n, 3, "qmax")))
-        elif t in (R.requantize_float, R.rescale_float, R.add_float, R.mean_float):
+        elif t in (R.requantize_float, R.rescale_float, R.add_float, R.mean_float, R.mul_float):
             # float32 epilogues of the qdq flavour: no int64 intermediate; codes in the clamp [lo, hi]
             out = (int(n.kwargs["lo"]), int(n.kwargs["hi"]))
         elif t in (R.conv2d, R.linear):

@@ -311,7 +311,7 @@ class _Lowering:
                                 fn="+".join(v.chain), **cm)
             return _Codes(out, q, pooled=v.pooled, src=src)
         lo, hi = self.clamp_codes(v.chain, q)
-        if self.qdq and (isinstance(v, _Acc) or v.kind in ("add", "mean")):
+        if self.qdq and (isinstance(v, _Acc) or v.kind in ("add", "mean", "mul")):
             out = self.qdq_epilogue(v, q, lo, hi, src, cm)
         elif isinstance(v, _Acc):
             r = v.layer.acc_scale.numpy() / q.scale
@@ -362,7 +362,7 @@ class _Lowering:
         return _Codes(out, q, pooled=v.pooled, src=src)
 
     def qdq_epilogue(self, v: _Acc | _Pending, q: InputQuant, lo: int, hi: int, src: str, cm: dict) -> fx.Node:
-        """The qdq flavour's epilogues: `requantize_float` (QLinearConv), `add_float`, `mean_float`.
+        """The qdq flavour's epilogues: `requantize_float` (QLinearConv), `add_float`, `mul_float`, `mean_float`.
 
         A conv's weight scale is `acc_scale / x_scale` in float32 (BN folded into it, BatchQuant Eq. 6 with an
         integer zero point), so onnxruntime's `X_scale * W_scale / Y_scale` is the real requantization factor;
@@ -385,6 +385,12 @@ class _Lowering:
             return self.call(Q.add_float, (a.node, b.node), {
                 "a_scale": a.q.scale, "a_zero_point": _int_zp(a.q, src), "b_scale": b.q.scale,
                 "b_zero_point": _int_zp(b.q, src), "y_scale": q.scale, "zero_point": zp, "lo": lo, "hi": hi},
+                src=src, **cm)
+        if v.kind == "mul":
+            x, g = v.operands
+            return self.call(Q.mul_float, (x.node, g.node), {
+                "x_scale": x.q.scale, "x_zero_point": _int_zp(x.q, src), "g_scale": g.q.scale,
+                "g_zero_point": _int_zp(g.q, src), "y_scale": q.scale, "zero_point": zp, "lo": lo, "hi": hi},
                 src=src, **cm)
         (x,) = v.operands
         return self.call(Q.mean_float, (x.node,), {"x_scale": x.q.scale, "x_zero_point": _int_zp(x.q, src),

@@ -621,6 +621,14 @@ def _add_float(e: Emitter, n: fx.Node) -> None:
     e.define(n, _clip_codes(e, n, _q(e, v, a["y_scale"], int(a["zero_point"]), n.name), int(a["lo"]), int(a["hi"])))
 
 
+def _mul_float(e: Emitter, n: fx.Node) -> None:
+    a = _bind_integer(n)
+    vx = _dq(e, n, a["x"], a["x_scale"], int(a["x_zero_point"]), f"{n.name}_x")
+    vg = _dq(e, n, a["g"], a["g_scale"], int(a["g_zero_point"]), f"{n.name}_g")
+    v = e.op("Mul", [vx, vg], n.name)
+    e.define(n, _clip_codes(e, n, _q(e, v, a["y_scale"], int(a["zero_point"]), n.name), int(a["lo"]), int(a["hi"])))
+
+
 def _mean_float(e: Emitter, n: fx.Node) -> None:
     a = _bind_integer(n)
     v = _dq(e, n, a["x"], a["x_scale"], int(a["x_zero_point"]), n.name)
@@ -770,6 +778,7 @@ _HANDLERS: dict[Callable, Callable[[Emitter, fx.Node], None]] = {
     R.rescale_float: _rescale_float,
     R.add_float: _add_float,
     R.mean_float: _mean_float,
+    R.mul_float: _mul_float,
     F.conv2d: _fconv2d,
     F.linear: _flinear,
     F.relu: _unary("Relu"),

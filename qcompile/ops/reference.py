@@ -30,6 +30,7 @@ __all__ = [
     "rescale_float",
     "add_float",
     "mean_float",
+    "mul_float",
     "INTEGER_OPS",
     "QDQ_OPS",
 ]
@@ -285,8 +286,19 @@ def mean_float(
     return _saturate(acc.to(torch.int32).to(_F32) * s, zero_point, lo, hi)
 
 
+def mul_float(
+    x: torch.Tensor, g: torch.Tensor, *, x_scale: float, x_zero_point: int, g_scale: float, g_zero_point: int,
+    y_scale: float, zero_point: int, lo: int, hi: int,
+) -> torch.Tensor:
+    """QLinearMul (SE gating, `g` broadcast over H, W) as onnxruntime's kernels compute it:
+    `clamp(round_half_even(f32((x - zx)(g - zg)) * r + zy), lo, hi)`, `r = sx * sg / sy` in float32."""
+    r = (_f32(x_scale) * _f32(g_scale)) / _f32(y_scale)
+    prod = (x.to(torch.int32) - int(x_zero_point)) * (g.to(torch.int32) - int(g_zero_point))
+    return _saturate(prod.to(_F32) * r + _f32(zero_point), 0, lo, hi)
+
+
 #: the ops of the "qdq" flavour (float32 requantization)
-QDQ_OPS = (quantize_linear, requantize_float, rescale_float, add_float, mean_float)
+QDQ_OPS = (quantize_linear, requantize_float, rescale_float, add_float, mean_float, mul_float)
 
 INTEGER_OPS = (
     quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten, max_pool2d,

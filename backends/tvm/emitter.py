@@ -153,6 +153,16 @@ _INT_KERNELS: dict[Callable, Callable] = {
     R.max_pool2d: K.max_pool2d,
 }
 
+#: the qdq flavour's float32 epilogues (emitted by `Emitter.qdq_op`)
+_QDQ_KERNELS: dict[Callable, Callable] = {
+    R.quantize_linear: K.quantize_linear,
+    R.requantize_float: K.requantize_float,
+    R.rescale_float: K.rescale_float,
+    R.add_float: K.add_float,
+    R.mean_float: K.mean_float,
+    R.mul_float: K.mul_float,
+}
+
 # positional tensor operands of each integer op, in order; everything else is a static parameter
 _TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
     R.quantize: ("x",),
@@ -168,6 +178,12 @@ _TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
     R.lut: ("x", "table"),
     R.flatten: ("x",),
     R.max_pool2d: ("x",),
+    R.quantize_linear: ("x",),
+    R.requantize_float: ("acc", "w_scale"),
+    R.rescale_float: ("x",),
+    R.add_float: ("a", "b"),
+    R.mean_float: ("x",),
+    R.mul_float: ("x", "g"),
 }
 
 
@@ -338,6 +354,8 @@ class _Emitter:
             if self.dry:
                 return _Shaped(new_shape, _dtype(x))
             return self.bb.emit(self.relax.op.reshape(x, new_shape))
+        if f in _QDQ_KERNELS:
+            return self.qdq_op(node, f, a, static)
         if f is R.requantize:
             acc_node = a["acc"]
             if acc_node in self.fused:
@@ -364,6 +382,46 @@ class _Emitter:
             params["x_max"] = self._code_max(a["x"])
         return self.emit_group(f.__name__, (node,), _INT_KERNELS[f], args, static, params)
 
+    def qdq_op(self, node: fx.Node, f: Callable, a: dict[str, Any], static: dict[str, Any]) -> Any:
+        """A float32 epilogue of the qdq flavour. Its float32 constants (QLinearConv's `x_scale * w_scale /
+        y_scale`, QLinearAdd's ratios and offset, ...) are computed here with numpy float32 in the reference's
+        order, so the kernel only applies them."""
+        f32 = np.float32
+        lo_hi = {"lo": int(static.get("lo", 0)), "hi": int(static.get("hi", static.get("qmax", 255)))}
+        if f is R.quantize_linear:
+            args = [self.operand(a["x"], node.name)]
+            kw = {"scale": float(f32(static["scale"])), "zero_point": int(static["zero_point"]),
+                  "qmax": int(static["qmax"])}
+        elif f is R.requantize_float:
+            acc = self.operand(a["acc"], node.name)
+            c = _shape(acc)[1]
+            w = np.broadcast_to(self.const_value(a["w_scale"]).astype(f32).reshape(-1), (c,))
+            scale = (f32(static["x_scale"]) * w).astype(f32) / f32(static["y_scale"])
+            args = [acc, self.relax.const(scale.astype(f32), "float32") if not self.dry else _Shaped((c,), "float32")]
+            kw = {"zero_point": int(static["zero_point"]), **lo_hi}
+        elif f is R.rescale_float:
+            args = [self.operand(a["x"], node.name)]
+            kw = {k: static[k] for k in ("x_scale", "x_zero_point", "y_scale", "zero_point")} | lo_hi
+        elif f is R.add_float:
+            args = [self.operand(a["a"], node.name), self.operand(a["b"], node.name)]
+            ra = f32(static["a_scale"]) / f32(static["y_scale"])
+            rb = f32(static["b_scale"]) / f32(static["y_scale"])
+            k = f32(static["zero_point"]) - (ra * f32(static["a_zero_point"]) + rb * f32(static["b_zero_point"]))
+            kw = {"ra": float(ra), "rb": float(rb), "k": float(k), **lo_hi}
+        elif f is R.mean_float:
+            x = self.operand(a["x"], node.name)
+            hw = _shape(x)[2] * _shape(x)[3]
+            scale = f32(static["x_scale"]) / (f32(static["y_scale"]) * f32(hw))
+            args = [x]
+            kw = {"x_zero_point": int(static["x_zero_point"]), "scale": float(scale),
+                  "zero_point": int(static["zero_point"]), **lo_hi}
+        else:  # mul_float
+            args = [self.operand(a["x"], node.name), self.operand(a["g"], node.name)]
+            r = (f32(static["x_scale"]) * f32(static["g_scale"])) / f32(static["y_scale"])
+            kw = {"x_zero_point": int(static["x_zero_point"]), "g_zero_point": int(static["g_zero_point"]),
+                  "r": float(r), "zero_point": int(static["zero_point"]), **lo_hi}
+        return self.emit_group(f.__name__, (node,), _QDQ_KERNELS[f], args, kw)
+
     def _conv_static(self, static: dict[str, Any], node: fx.Node) -> dict[str, Any]:
         out = dict(static)
         for k in ("stride", "padding", "dilation"):
@@ -385,9 +443,10 @@ class _Emitter:
         if x.target in (R.flatten, R.max_pool2d):
             return self._code_max(x.args[0] if x.args else x.kwargs.get("x"))
         a = self.bind(x)
-        if x.target in (R.requantize, R.rescale, R.add, R.mean, R.mul):
+        if x.target in (R.requantize, R.rescale, R.add, R.mean, R.mul, R.requantize_float, R.rescale_float,
+                        R.add_float, R.mean_float, R.mul_float):
             return int(min(255, a["hi"]))
-        if x.target is R.quantize:
+        if x.target in (R.quantize, R.quantize_linear):
             return int(min(255, a["qmax"]))
         if x.target is R.lut and isinstance(a["table"], fx.Node):
             return int(self.const_value(a["table"]).max())

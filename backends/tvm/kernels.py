@@ -375,3 +375,84 @@ def float_mean(x: te.Tensor) -> te.Tensor:
     rx = te.reduce_axis((0, w), name="rx")
     total = te.compute((n, c, 1, 1), lambda b, ch, _i, _j: te.sum(x[b, ch, ry, rx], axis=[ry, rx]), name="float_sum")
     return te.compute((n, c, 1, 1), lambda *i: total(*i) / _f64(h * w), name="float_mean")
+
+
+# -- the "qdq" flavour: float32 epilogues (qcompile.ops.reference, QDQ_OPS) ------------------------------------
+# TVM's LLVM backend contracts a float multiply and add into one FMA. Where the reference rounds a float32
+# product before an add, the product is formed in float64 (exact for these operands: a code or an int32 times a
+# float32) and narrowed to float32 explicitly, so no contraction can merge the two roundings.
+F32 = "float32"
+
+
+def _f32c(v: float) -> tirx.PrimExpr:
+    return tirx.const(float(v), F32)
+
+
+def _rne_u8(v: tirx.PrimExpr, zero_point: int, lo: int, hi: int) -> tirx.PrimExpr:
+    """`clamp(round_half_even(v) + zero_point, lo, hi)` as uint8 (v float32; nearbyint = ties to even)."""
+    return _clamp_u8(tirx.nearbyint(v).astype(I64) + _c64(zero_point), lo, hi)
+
+
+def quantize_linear(x: te.Tensor, scale: float, zero_point: int, qmax: int) -> te.Tensor:
+    """ONNX QuantizeLinear: `clamp(round_half_even(f32(x) / scale) + zero_point, 0, qmax)`."""
+    return te.compute(x.shape, lambda *i: _rne_u8(x(*i).astype(F32) / _f32c(scale), zero_point, 0, qmax),
+                      name="quantize_linear")
+
+
+def requantize_float(acc: te.Tensor, scale: te.Tensor, zero_point: int, lo: int, hi: int) -> te.Tensor:
+    """QLinearConv's epilogue `clamp(round_half_even(f32(acc) * scale[c]) + zero_point, lo, hi)`; `scale` is the
+    float32 `x_scale * w_scale[c] / y_scale` the emitter computed as onnxruntime does."""
+
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        return _rne_u8(acc(*i).astype(F32) * scale[i[1]], zero_point, lo, hi)
+
+    return te.compute(acc.shape, f, name="requantize_float")
+
+
+def rescale_float(x: te.Tensor, x_scale: float, x_zero_point: int, y_scale: float, zero_point: int, lo: int,
+                  hi: int) -> te.Tensor:
+    """DequantizeLinear then QuantizeLinear in float32."""
+
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        v = (x(*i).astype("int32") - tirx.const(x_zero_point, "int32")).astype(F32) * _f32c(x_scale)
+        return _rne_u8(v / _f32c(y_scale), zero_point, lo, hi)
+
+    return te.compute(x.shape, f, name="rescale_float")
+
+
+def add_float(a: te.Tensor, b: te.Tensor, ra: float, rb: float, k: float, lo: int, hi: int) -> te.Tensor:
+    """onnxruntime's x86 QLinearAdd: `v = fma(a, ra, fma(b, rb, k))` (float32), `clamp(round_half_even(v), lo,
+    hi)`; each fma is the float64 `x * y + z` (product exact) narrowed once to float32."""
+
+    def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        t = (b(*i).astype(F64) * _f64(rb) + _f64(k)).astype(F32)
+        t = (a(*i).astype(F64) * _f64(ra) + t.astype(F64)).astype(F32)
+        return _rne_u8(t, 0, lo, hi)
+
+    return te.compute(a.shape, f, name="add_float")
+
+
+def mean_float(x: te.Tensor, x_zero_point: int, scale: float, zero_point: int, lo: int, hi: int) -> te.Tensor:
+    """QLinearGlobalAveragePool: `clamp(round_half_even(f32(sum_hw(x) - zx HW) * scale) + zero_point, lo, hi)`."""
+    n, c, h, w = (int(s) for s in x.shape)
+    ry = te.reduce_axis((0, h), name="ry")
+    rx = te.reduce_axis((0, w), name="rx")
+    total = te.compute((n, c, 1, 1), lambda b, ch, _i, _j: te.sum(x[b, ch, ry, rx].astype("int32"), axis=[ry, rx]),
+                       name="mean_float_sum")
+    off = tirx.const(x_zero_point * h * w, "int32")
+    return te.compute((n, c, 1, 1), lambda *i: _rne_u8((total(*i) - off).astype(F32) * _f32c(scale), zero_point,
+                                                       lo, hi), name="mean_float")
+
+
+def mul_float(x: te.Tensor, g: te.Tensor, x_zero_point: int, g_zero_point: int, r: float, zero_point: int, lo: int,
+              hi: int) -> te.Tensor:
+    """QLinearMul with the gate broadcast over H, W: `round_half_even(f32(f32((x - zx)(g - zg)) * r) + zy)`."""
+
+    def f(b: tirx.PrimExpr, ch: tirx.PrimExpr, y: tirx.PrimExpr, xx: tirx.PrimExpr) -> tirx.PrimExpr:
+        prod = ((x[b, ch, y, xx].astype("int32") - tirx.const(x_zero_point, "int32"))
+                * (g[b, ch, 0, 0].astype("int32") - tirx.const(g_zero_point, "int32")))
+        v = (prod.astype(F64) * _f64(r)).astype(F32)
+        v = (v.astype(F64) + _f64(zero_point)).astype(F32)
+        return _rne_u8(v, 0, lo, hi)
+
+    return te.compute(x.shape, f, name="mul_float")

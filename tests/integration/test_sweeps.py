@@ -62,12 +62,12 @@ def test_integer_program_agrees_with_fake_quant_50(trained, digits32, name):
     assert float(np.mean(agreements)) >= 0.99 and min(agreements) >= 0.97, agreements
 
 
-def _untrained_subnet(tiny_quantized, name, seed):
+def _untrained_subnet(tiny_quantized, name, seed, flavour="fixed-point"):
     """Calibrated subnet of the untrained tiny supernet: exactness needs no training."""
     space, qnet = tiny_quantized[name]
     cfg = space.sample(seed=seed, bits=BITS)
     g = torch.Generator().manual_seed(seed)
-    sub = qc.extract(qnet, cfg)
+    sub = qc.extract(qnet, cfg, flavour=flavour)
     qc.calibrate(sub, [torch.randn(16, 3, 32, 32, generator=g) for _ in range(2)])
     return qc.to_integer(sub), torch.randn(2, 3, 32, 32, generator=g)
 
@@ -90,11 +90,17 @@ def test_tvm_x86_bit_exact(tiny_quantized, space_name):
     assert exact
 
 
+#: subnets per space of the slow sweeps: the default flavour's full count; the qdq flavour's float32 epilogues
+#: (qcompile.ops.QDQ_OPS) on the space that has them all (SE mul, adds, pools), two subnets to keep CI short
+SWEEP = {"fixed-point": 30, "qdq": 2}
+SWEEP_CASES = [(name, "fixed-point") for name in SPACE_NAMES] + [("mobilenet_v3", "qdq")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SPACE_NAMES)
-def test_tvm_x86_bit_exact_30(tiny_quantized, name):
-    for seed in range(30):
-        ig, x = _untrained_subnet(tiny_quantized, name, 1000 + seed)
+@pytest.mark.parametrize(("name", "flavour"), SWEEP_CASES)
+def test_tvm_x86_bit_exact_30(tiny_quantized, name, flavour):
+    for seed in range(SWEEP[flavour]):
+        ig, x = _untrained_subnet(tiny_quantized, name, 1000 + seed, flavour)
         exact, _ = _tvm_exact(ig, x, "x86")
         assert exact, seed
 
@@ -107,10 +113,10 @@ needs_qemu = pytest.mark.skipif(
 
 @needs_qemu
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SPACE_NAMES)
-def test_tvm_arm_qemu_bit_exact_30(tiny_quantized, name, tmp_path):
-    for seed in range(30):
-        ig, x = _untrained_subnet(tiny_quantized, name, 2000 + seed)
+@pytest.mark.parametrize(("name", "flavour"), SWEEP_CASES)
+def test_tvm_arm_qemu_bit_exact_30(tiny_quantized, name, flavour, tmp_path):
+    for seed in range(SWEEP[flavour]):
+        ig, x = _untrained_subnet(tiny_quantized, name, 2000 + seed, flavour)
         exact, low = _tvm_exact(ig, x, "arm_cpu")
         assert exact, seed
         if seed == 0:
@@ -120,10 +126,10 @@ def test_tvm_arm_qemu_bit_exact_30(tiny_quantized, name, tmp_path):
             assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 0xB7  # EM_AARCH64
 
 
-def _onnx_check(ig, x):
+def _onnx_check(ig, x, format="qoperator"):
     from qcompile.backends.onnx.runtime import compare_with_reference
 
-    cmp = compare_with_reference(ig, x, format="qoperator", threads=1)
+    cmp = compare_with_reference(ig, x, format=format, threads=1)
     return cmp.max_codes, cmp.top1_equal
 
 
@@ -134,12 +140,15 @@ def test_onnx_within_one_code(tiny_quantized, space_name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SPACE_NAMES)
-def test_onnx_within_one_code_30(tiny_quantized, name):
-    for seed in range(30):
-        ig, x = _untrained_subnet(tiny_quantized, name, 3000 + seed)
+@pytest.mark.parametrize(("name", "flavour"), SWEEP_CASES)
+def test_onnx_within_one_code_30(tiny_quantized, name, flavour):
+    for seed in range(SWEEP[flavour]):
+        ig, x = _untrained_subnet(tiny_quantized, name, 3000 + seed, flavour)
         max_codes, top1 = _onnx_check(ig, x)
         assert max_codes <= 1 and top1, (seed, max_codes)
+        if flavour == "qdq":  # the plain QDQ export of the qdq flavour: bit-exact
+            max_codes, top1 = _onnx_check(ig, x, format="qdq")
+            assert max_codes <= 1 and top1, (seed, max_codes)  # float-island stems run float32 there
 
 
 @pytest.mark.slow

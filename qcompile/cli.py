@@ -111,7 +111,7 @@ def space_summary(space) -> str:
 
 
 def cmd_train(args) -> int:
-    from qcompile.train_run import train_run
+    from qcompile.train_run import QUANTIZE_DEFAULTS, train_run
 
     if getattr(args, "space_json", None):
         import qcompile as qc
@@ -130,6 +130,7 @@ def cmd_train(args) -> int:
         data_root=args.data_root,
         threads=args.threads,
         train_config={"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else None,
+        quantize_options=None if args.flavour == "fixed-point" else {**QUANTIZE_DEFAULTS, "flavour": args.flavour},
     )
     return 0
 
@@ -395,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every STEPS optimiser steps (default: at epoch ends only)")
     s.add_argument("--space-json", default=None, metavar="FILE",
                    help="train the space saved in FILE (space.to_json(), e.g. from evolve-space); overrides --space")
+    s.add_argument("--flavour", choices=("fixed-point", "qdq"), default="fixed-point",
+                   help="quantization arithmetic (qcompile.quant.flavour): 'qdq' trains what a standard ONNX QDQ "
+                        "graph computes, so the QDQ export is the evaluated model")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("extract", help="slice a subnet out of a trained run")

@@ -111,3 +111,12 @@ def test_openvino_agrees_with_integer_program(qdq_subnet):
     model = build_onnx_model(ig, OnnxExportOptions(format="qdq", input_shape=(1, 3, 32, 32)))
     res = agreement(ig, model, x)
     assert res.top1_agreement >= 0.99
+
+
+def test_flavour_is_recorded_in_quantize_options_and_restored(qdq_subnet):
+    from qcompile.artifacts import build_quantized_supernet
+
+    space, qnet, _, _ = qdq_subnet
+    assert qnet.quantize_options["flavour"] == "qdq"
+    _, again = build_quantized_supernet(space.to_dict(), qnet.quantize_options)
+    assert qc.quant.flavour_of(again) == "qdq"

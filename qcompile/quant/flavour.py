@@ -26,7 +26,6 @@ flavour is a buffer of each quantizer, so it travels with the state dict and che
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -38,8 +37,6 @@ __all__ = [
     "check_flavour",
     "fake_quant_qdq",
     "flavour_of",
-    "qdq_codes",
-    "qdq_output_scale",
     "round_half_even_ste",
     "set_flavour",
 ]
@@ -84,19 +81,6 @@ def fake_quant_qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     xs = x.float() / scale.float()
     q = round_half_even_ste(torch.clamp(xs, n - zero_point, p - zero_point)) + zero_point
     return ((q - zero_point) * scale.float()).to(x.dtype)
-
-
-@torch.no_grad()
-def qdq_codes(x: torch.Tensor, scale: float, zero_point: int, qmax: int) -> torch.Tensor:
-    """The uint8 codes QuantizeLinear gives (float32 division, ties to even), clamped to `[0, qmax]`."""
-    q = torch.round(x.float() / torch.tensor(scale, dtype=torch.float32)) + zero_point
-    return q.clamp(0, qmax).to(torch.uint8)
-
-
-def qdq_output_scale(x_scale: float, w_scale: np.ndarray, y_scale: float) -> np.ndarray:
-    """onnxruntime's QLinearConv output scale `X_scale * W_scale[c] / Y_scale`, float32 left to right."""
-    xs, ys = np.float32(x_scale), np.float32(y_scale)
-    return (xs * np.asarray(w_scale, dtype=np.float32)).astype(np.float32) / ys
 
 
 def _act_quantizers(model: nn.Module) -> list[nn.Module]:

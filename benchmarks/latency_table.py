@@ -22,8 +22,8 @@ log = logging.getLogger("benchmarks.latency_table")
 
 
 def demo_space():
-    """The space `make demo` trains (qcompile.demo.DemoSettings: mobilenet_v3, width 0.35, 24 and 32 px)."""
-    from qcompile.demo import DemoSettings
+    """The space `make demo` trains (qcompile.cli.demo.DemoSettings: mobilenet_v3, width 0.35, 24 and 32 px)."""
+    from qcompile.cli.demo import DemoSettings
 
     s = DemoSettings()
     return qc.spaces.get_space(s.space, num_classes=10, width_mult=s.width_mult, resolutions=s.resolutions)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import qcompile.search as qs
-from qcompile.cli_predictor import collect_configs
+from qcompile.cli.predictor import collect_configs
 from qcompile.errors import ConfigError
 from qcompile.search.predictors import PredictorOptions, rmse
 from qcompile.search.predictors.measured import config_hash, read_jsonl

@@ -60,8 +60,8 @@ def fit_predictor(run: str, n: int, seed: int = 0):
     from scipy.stats import kendalltau
 
     from qcompile.artifacts import load_run
+    from qcompile.cli.demo import evaluate_config
     from qcompile.data import load_dataset
-    from qcompile.demo import evaluate_config
 
     space, qnet, _ = load_run(run)
     data = load_dataset("digits", resolution=max(space.resolutions), in_channels=space.in_channels)

@@ -119,7 +119,7 @@ def test_best_space_trains_searches_and_lowers_bit_exact(evolved, tmp_path, caps
 
 def test_train_space_json_builds_that_space(monkeypatch, tmp_path, capsys):
     """`qcompile train --space-json FILE` trains exactly the saved space (train_run stubbed: wiring only)."""
-    import qcompile.train_run as tr
+    import qcompile.cli.train_run as tr
 
     seen = {}
     monkeypatch.setattr(tr, "train_run", lambda space, **kw: seen.update(space=space, **kw))

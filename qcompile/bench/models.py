@@ -1,6 +1,6 @@
 """The standard MobileNetV2 for the peer harness: the network ARCHITECTURE.md's peer figures were
 measured on, so `python -m qcompile.bench` can reproduce them (subnets of a space are benchmarked by
-`qcompile bench <subnet>`, `qcompile.bench_run`).
+`qcompile bench <subnet>`, `qcompile.cli.bench_run`).
 
 `MobileNetV2` is the float network of Sandler et al. 2018 (Table 2: inverted residual blocks
 t, c, n, s), width multiplier and depth scalable so tests can use a tiny one.

@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from qcompile.cli_spaces import make_space as _make_space
+    from qcompile.cli.spaces import make_space as _make_space
     from qcompile.search.latency import LatencyTable
     from qcompile.search.latency.validate import heldout_configs, scatter_plot, summarize, validate
 

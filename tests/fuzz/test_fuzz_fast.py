@@ -174,7 +174,7 @@ def test_debug_shows_the_traceback(capsys):
 
 
 def test_internal_errors_are_one_line_with_exit_70(monkeypatch, capsys):
-    import qcompile.cli as cli
+    import qcompile.cli.app as cli
 
     monkeypatch.setattr(cli, "cmd_space", lambda args: {}["boom"])
     parser_fn = cli.build_parser

@@ -8,9 +8,9 @@ import torch
 
 import qcompile as qc
 import qcompile.search as qs
+from qcompile.cli.demo import evaluate_config
+from qcompile.cli.demo_search import DemoSearchSettings, LogBitopsPredictor, pick_subnet, report_section
 from qcompile.data import load_dataset
-from qcompile.demo import evaluate_config
-from qcompile.demo_search import DemoSearchSettings, LogBitopsPredictor, pick_subnet, report_section
 from qcompile.search.cost import bitops
 from tests.conftest import tiny_space
 

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: source directory -> import name (pyproject.toml's [tool.setuptools.package-dir])
 PACKAGES = {"qcompile": "qcompile", "passes": "qcompile.passes", "backends": "qcompile.backends",
             "search": "qcompile.search"}
-#: modules that run commands on top of the public API; they may import the top-level package
-COMMANDS = {"qcompile.cli", "qcompile.demo", "qcompile.train_run", "qcompile.bench_run"}
+#: the commands run on top of the public API; they may import the top-level package
+COMMANDS = "qcompile.cli"
 
 
 def _modules() -> dict[str, Path]:
@@ -78,5 +78,5 @@ def test_no_import_cycle():
 
 def test_library_modules_do_not_import_the_top_level_package():
     g = import_graph()
-    offenders = sorted(m for m in g.predecessors("qcompile") if m not in COMMANDS)
+    offenders = sorted(m for m in g.predecessors("qcompile") if m != COMMANDS and not m.startswith(COMMANDS + "."))
     assert not offenders, f"modules below the top level import the `qcompile` package itself: {offenders}"

@@ -34,9 +34,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError, LoweringError
-from qcompile.lowering.patterns import classify, set_module
 from qcompile.nn.static import QConv2d, QLinear, link_input_quantizers
 from qcompile.passes.insert_quantizers import PolicyBits
+from qcompile.passes.patterns import classify, set_module
 from qcompile.quant import LSQ, SUPPORTED_BITS, ActQuantizer, BatchQuant
 from qcompile.quant.functional import signed_range
 

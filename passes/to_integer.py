@@ -57,15 +57,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from qcompile import ops as Q
 from qcompile.errors import ConfigError, LoweringError
-from qcompile.lowering.elementwise import ELEMENTWISE, build_lut, clamp_interval, code_of
-from qcompile.lowering.modules import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
-from qcompile.lowering.patterns import classify, get_module
+from qcompile.nn.folded import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
 from qcompile.ops import IntegerGraph, IntegerGraphBuilder
 from qcompile.ops.meta import ProgramMeta
 from qcompile.passes.accumulator_range import AccumulatorRange
+from qcompile.passes.elementwise import ELEMENTWISE, build_lut, clamp_interval, code_of
 from qcompile.passes.fold_batchquant_bias import FoldBatchQuantBias, InputQuant, input_quantizer_params
 from qcompile.passes.fold_bn import FoldBN, bn_affine
 from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.passes.patterns import classify, get_module
 from qcompile.quant.fixed_point import affine_fixed_point, quantize_multipliers
 
 __all__ = ["DEFAULT_PIPELINE", "LowerToInteger", "ToInteger", "to_integer"]

@@ -17,7 +17,7 @@ import torch
 import qcompile as qc
 from qcompile.backends.tvm.qemu import qemu_available
 from qcompile.data import load_dataset
-from qcompile.lowering.compare import compare_codes, compare_codes_local
+from qcompile.debug.compare import compare_codes, compare_codes_local
 from tests.models.torchvision_models import MODELS
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import qcompile as qc
 from qcompile.config import QuantPolicy, SubnetConfig
-from qcompile.lowering.modules import weight_bits_of
-from qcompile.lowering.patterns import get_module, is_act_quantizer, source_through_shape_ops
+from qcompile.nn.folded import weight_bits_of
+from qcompile.passes.patterns import get_module, is_act_quantizer, source_through_shape_ops
 from qcompile.search.cost import bitops, cost_report, model_bits
 
 

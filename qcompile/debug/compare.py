@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompile.lowering.patterns import classify, get_module
 from qcompile.ops import IntegerGraph
 from qcompile.ops import reference as R
+from qcompile.passes.patterns import classify, get_module
 
 __all__ = [
     "CodeDiff",

@@ -95,17 +95,20 @@ def cmd_space(args) -> int:
 
 
 def space_summary(space) -> str:
+    from qcompile.search.cost import count_macs, count_params
+    from qcompile.search.encoding import encoding_size
+
     big, small = space.largest(), space.smallest()
     rows = [
         f"space {space!r}",
         f"  subnets (architectures x resolutions): {space.size():.3e}",
         f"  with per-layer bits {{2,3,4}}:            {space.size(bits=(2, 3, 4)):.3e}",
-        f"  layer slots in a policy: {space.num_layer_slots}; encoding length {space.encoding_size()}",
+        f"  layer slots in a policy: {space.num_layer_slots}; encoding length {encoding_size(space)}",
         f"  {'':10} {'resolution':>10} {'MACs':>14} {'params':>12}",
     ]
     for name, cfg in (("largest", big), ("smallest", small)):
         rows.append(
-            f"  {name:10} {cfg.resolution:>10} {space.count_macs(cfg):>14,} {space.count_params(cfg):>12,}"
+            f"  {name:10} {cfg.resolution:>10} {count_macs(space, cfg):>14,} {count_params(space, cfg):>12,}"
         )
     return "\n".join(rows)
 

@@ -522,7 +522,6 @@ def quantize_model(
     link_input_quantizers(gm)
     shape = (1,) + tuple(int(s) for s in x.shape[1:])
     gm.meta["input_shape"] = shape
-    gm.input_shape = shape
     gm.qc_layers = infos
     gm.qc_policy = dict(bits)
     if shape[2] == shape[3]:  # the model's one point of the search space: its resolution and policy slots

@@ -539,12 +539,10 @@ def _shapes_4d(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dict[st
 
 
 def _input_shape_of(gm: fx.GraphModule) -> tuple[int, ...] | None:
-    """The input shape `slice_subnet` recorded in `gm.meta["input_shape"]` (or a `gm.input_shape` attribute)."""
-    for holder in (getattr(gm, "meta", {}), gm.__dict__):
-        shape = holder.get("input_shape") if isinstance(holder, dict) else None
-        if shape is not None:
-            return tuple(int(s) for s in shape)
-    return None
+    """The input shape `slice_subnet` / `quantize_model` recorded in `gm.meta["input_shape"]`, the one place
+    it is kept on a fake-quant graph (`ProgramMeta.input_shape` carries it on to the IntegerGraph)."""
+    shape = getattr(gm, "meta", {}).get("input_shape")
+    return None if shape is None else tuple(int(s) for s in shape)
 
 
 _SUPPORTED_REMEDY = (

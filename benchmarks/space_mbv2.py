@@ -91,7 +91,7 @@ def main() -> None:
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
-    from qcompile.cli.bench_run import float_copy
+    from qcompile.passes.float_copy import float_copy
 
     sub, ig, cfg, space = build_subnet(a.resolution)
     peers = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq")

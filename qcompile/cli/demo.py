@@ -216,7 +216,7 @@ def _bench(sub, ig, low, x, repeat, out_dir, eval_set) -> str:
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
-    from qcompile.cli.bench_run import float_copy
+    from qcompile.passes.float_copy import float_copy
 
     try:  # every row in its own worker process: the lowering travels as its exported library
         runners = {"qcompile_tvm_x86": tvm_spec(low, "qcompile_tvm_x86")}

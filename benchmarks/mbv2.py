@@ -7,8 +7,8 @@
   weights), run by MLAS;
 - torch.ao INT8: the float twin through FX graph-mode post-training quantization (x86 / fbgemm).
 
-Until `qcompile.spaces.mobilenet_v2().largest()` lands, the network is MobileNetV2 1.0 (Sandler et al.
-2018, Table 2: expand 6, 3x3 depthwise, widths 32-16-24-32-64-96-160-320-1280).
+The network is MobileNetV2 1.0 (Sandler et al. 2018, Table 2: expand 6, 3x3 depthwise, widths
+32-16-24-32-64-96-160-320-1280).
 """
 
 from __future__ import annotations

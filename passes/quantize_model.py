@@ -1,6 +1,6 @@
 """`quantize_model`: bring your own CNN. Trace any FX-traceable model and insert qcompile's quantizers.
 
-A fixed network is a one-point search space (issue 18): the result is the same kind of static fake-quant
+A fixed network is a one-point search space: the result is the same kind of static fake-quant
 `fx.GraphModule` that `qcompile.extract` returns (`QConv2d` / `QLinear` with frozen LSQ weight
 quantizers, `nn.BatchNorm2d`, BatchQuant activation quantizers), so `qc.calibrate`, `qc.to_integer`,
 `qc.lower`, `qc.export_onnx` and the CLI accept it unchanged.

@@ -1,4 +1,4 @@
-"""Fast subset of the fuzz suite (issue 19): the issue's examples one by one, plus a fixed sample of the
+"""Fast subset of the fuzz suite: the documented bad inputs one by one, plus a fixed sample of the
 generated cases that end before any lowering. The full suite is tests/fuzz/test_fuzz.py (slow)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""torchvision's MobileNetV2, MobileNetV3-small and ResNet-18 through `qc.quantize_model` (issue 18 acceptance).
+"""torchvision's MobileNetV2, MobileNetV3-small and ResNet-18 through `qc.quantize_model`.
 
 At w8a8 and a mixed 4/8 policy, resolution 32: the integer program matches the fake-quant model, TVM x86
 is bit-exact with the IntegerGraph, onnxruntime on the QOperator export is exact, and aarch64 under

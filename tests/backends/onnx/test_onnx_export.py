@@ -1,4 +1,4 @@
-"""ONNX export against the reference executor (issue 8 acceptance), on hand-built IntegerGraphs."""
+"""ONNX export against the reference executor, on hand-built IntegerGraphs."""
 
 from __future__ import annotations
 

@@ -105,26 +105,19 @@ def tvm_network_runner(lib: bytes, shape: tuple[int, ...] = (1, 3, 224, 224)):
 
 def ort_int8_runner(shape: tuple[int, ...], threads: int):
     """onnxruntime INT8 QDQ (MLAS) session of the float twin, run on the given input."""
-    from benchmarks.mbv2 import FloatMobileNetV2, ort_int8_session
+    from benchmarks.mbv2 import float_twin, ort_int8
 
-    sess = ort_int8_session(FloatMobileNetV2(), shape, threads=threads)
-    return lambda x: sess.run(None, {"x": x})[0]
+    return ort_int8(float_twin(), shape, threads=threads)
 
 
 def torch_ao_runner(shape: tuple[int, ...], threads: int):
     """torch.ao INT8 (x86) of the float twin, run on the given input."""
     import torch
 
-    from benchmarks.mbv2 import FloatMobileNetV2, torch_ao_int8
+    from benchmarks.mbv2 import float_twin, torch_ao_int8
 
     torch.set_num_threads(threads)
-    q = torch_ao_int8(FloatMobileNetV2(), shape)
-
-    def run(x: np.ndarray):
-        with torch.no_grad():
-            return q(torch.from_numpy(x)).numpy()
-
-    return run
+    return torch_ao_int8(float_twin(), shape)
 
 
 def network_rows(number: int = 100, resolution: int = 224, tune: bool = True) -> list[dict]:

@@ -26,7 +26,7 @@ __all__ = [
     "quantizer_codes",
 ]
 
-_CODE_OPS = (R.quantize, R.requantize, R.rescale, R.lut, R.add, R.mean, R.mul)
+_CODE_OPS = CODE_OPS  # ops that emit fresh codes
 
 
 @dataclass(frozen=True)

@@ -116,10 +116,10 @@ def _integer(fn: Callable[..., Any], operands: tuple[str, ...], out_dtype: OutDt
 
 
 def _float(fn: Callable[..., Any], operands: tuple[str, ...], params: tuple[tuple[str, Any], ...] = (),
-           elementwise: bool = False) -> OpDef:
+           elementwise: bool = False, optional: tuple[str, ...] = ()) -> OpDef:
     """A float-island op (float64 on every backend): torch builtins have no inspectable signature, so it is
-    written out here; tensor operands default to None (e.g. an absent conv bias)."""
-    sig = tuple((k, None) for k in operands) + params
+    written out here; `optional` operands default to None (an absent conv or linear bias)."""
+    sig = tuple((k, None if k in optional else REQUIRED) for k in operands) + params
     return OpDef(getattr(fn, "__name__", str(fn)), fn, "float", operands, tuple(k for k, _ in params), "same", sig,
                  elementwise)
 
@@ -142,8 +142,8 @@ OPS: tuple[OpDef, ...] = (
     _integer(R.flatten, ("x",), "same"),
     _integer(R.max_pool2d, ("x",), "same"),
     _float(F.conv2d, ("input", "weight", "bias"),
-           (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))),
-    _float(F.linear, ("input", "weight", "bias")),
+           (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)), optional=("bias",)),
+    _float(F.linear, ("input", "weight", "bias"), optional=("bias",)),
     _float(F.relu, ("input",), _INPLACE, elementwise=True),
     _float(F.relu6, ("input",), _INPLACE, elementwise=True),
     _float(F.hardswish, ("input",), _INPLACE, elementwise=True),

@@ -14,18 +14,12 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call."""
     import tvm
 
-    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_weights, target_dw_knobs
-    from qcompile.backends.tvm.schedules.gemm_x86 import (
-        MODES,
-        ConvGeometry,
-        choose_mode,
-        default_knobs,
-        pack_weights,
-        pointwise_conv_x86,
-    )
+    from qcompile.backends.tvm.schedules.conv import ConvGeometry, pack_weights
     from qcompile.backends.tvm.schedules.requant import bias_term
     from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload
-    from qcompile.backends.tvm.tuning import lookup_dw_knobs, lookup_knobs
+    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
+    from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pointwise_conv_x86
+    from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 
     rng = np.random.default_rng(seed)
     hw = 2 ** (w_bits - 1)

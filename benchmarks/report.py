@@ -253,7 +253,7 @@ NOTES = [
     "  load, with the harness's settle step before each timed call (the previous runtime's spinning thread",
     "  pool would otherwise steal a core). Per-kernel rows are single kernels, minimum of N calls.",
     "- Depthwise layers run the tap-pair kernel (`vpmaddwd`/`vpdpwssd` on int16 tap pairs) on rows of >= 28",
-    "  outputs and the row kernel otherwise (`schedules.depthwise_x86.default_dw_knobs`; the tuner decides).",
+    "  outputs and the row kernel otherwise (`schedules.x86.depthwise.default_dw_knobs`; the tuner decides).",
     "- Requantization is exact fixed point (int64 `acc*M + b >> s`, integer_semantics.md), about 1 instruction",
     "  per output; MLAS requantizes in float32. On layers with few input channels (K = 16..40) this epilogue,",
     "  not the dot products, bounds the kernel.",

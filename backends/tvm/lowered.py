@@ -381,12 +381,12 @@ def lower_integer_graph(
     if tune:
         # Tune every kernel the strategies will emit (records land in the tuning database, shared by all
         # subnets of any space), then emit again: the strategies read the database.
-        from qcompile.backends.tvm import tuning
+        from qcompile.backends.tvm.schedules import tune_opcall
 
         calls: list = []
         emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies, call_log=calls)
         for call, w in calls:
-            tuning.tune_opcall(call, w, trials=trials)
+            tune_opcall(call, w, trials=trials)
         log.info("tuned %d kernel calls for %s", len(calls), spec.name)
     em = emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies)
     mod = em.mod

@@ -1,8 +1,7 @@
 """Integer operators and their exact reference implementations (docs/integer_semantics.md)."""
 
-from qcompile.ops.graph import FLOAT_OPS, IntegerGraph, IntegerGraphBuilder, op_name
+from qcompile.ops.graph import IntegerGraph, IntegerGraphBuilder, op_name
 from qcompile.ops.reference import (
-    INTEGER_OPS,
     add,
     conv2d,
     dequantize,
@@ -18,12 +17,15 @@ from qcompile.ops.reference import (
     requantize,
     rescale,
 )
+from qcompile.ops.table import FLOAT_OPS, INTEGER_OPS, OPS, OpDef, op_def
 
 __all__ = [
     "FLOAT_OPS",
     "INTEGER_OPS",
     "IntegerGraph",
     "IntegerGraphBuilder",
+    "OPS",
+    "OpDef",
     "add",
     "conv2d",
     "dequantize",
@@ -35,6 +37,7 @@ __all__ = [
     "max_pool2d",
     "mean",
     "mul",
+    "op_def",
     "op_name",
     "quantize",
     "requantize",

@@ -2,7 +2,8 @@
 
 These functions are the ground truth every backend reproduces. They compute in int64 where an
 intermediate can exceed int32 and return the dtype the contract names. Each is FX-callable: an
-`IntegerGraph` calls them through `call_function` nodes.
+`IntegerGraph` calls them through `call_function` nodes. Each op is declared (operands, static
+parameters, output dtype) in `qcompile.ops.table`; `fixmul` is a helper, not an op.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ __all__ = [
     "flatten",
     "max_pool2d",
     "fixmul",
-    "INTEGER_OPS",
 ]
 
 
@@ -202,7 +202,3 @@ def max_pool2d(
     assert out is not None
     return out.to(torch.uint8)
 
-
-INTEGER_OPS = (
-    quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten, max_pool2d,
-)

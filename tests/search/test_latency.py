@@ -60,6 +60,15 @@ def test_kernel_workloads_equal_emitted(lowered):
         assert any(w["groups"] == 1 and w["kind"] == "pointwise" for w in convs)
 
 
+def test_emitted_kernels_equal_lowered(lowered):
+    """`emitted_kernels` (emission without the TVM build, what the slow sweep compares against) writes exactly
+    the `meta["kernels"]` of a real lowering: PrimFunc names, strategies and workloads."""
+    from qcompile.backends.tvm.lowered import emitted_kernels
+
+    for _cfg, low in lowered[1][:2]:
+        assert emitted_kernels(low.program, "x86", num_threads=1) == low.meta["kernels"]
+
+
 def test_kernel_workloads_block_memo(lowered):
     """A config made of blocks already seen is answered from the per-block memo, equal to the slow path."""
     space, pairs = lowered

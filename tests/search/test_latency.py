@@ -187,3 +187,76 @@ def test_cli_latency_table_show(table, tmp_path, capsys):
     assert f"{len(table.kernels)} timed kernel workloads, 3 timed networks" in out and "usable on this machine" in out
     assert main(["latency-table", "show", str(tmp_path / "missing.json")]) == 2
     assert "latency table path" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def rpc_tracker():
+    """A TVM RPC tracker on 127.0.0.1 with two servers registered under one key (two "boards" of this host)."""
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9300, port_end=9400, silent=True)
+    key = f"qcompile-test-{os.getpid()}"  # xdist workers each run their own tracker
+    servers = [rpc.Server(host="127.0.0.1", port=9400, port_end=9600, key=key, silent=True,
+                          tracker_addr=("127.0.0.1", tracker.port)) for _ in range(2)]
+    client = rpc.connect_tracker("127.0.0.1", tracker.port)
+    for _ in range(100):  # servers register asynchronously
+        if client.summary().get("queue_info", {}).get(key, {}).get("free", 0) == 2:
+            break
+        time.sleep(0.05)
+    yield tracker, key
+    for s in servers:
+        s.terminate()
+    tracker.terminate()
+
+
+def test_table_timed_through_rpc(lowered, rpc_tracker, tmp_path):
+    """Kernels and network timed on "boards" behind a local RPC server / tracker: the same kernels as a local
+    table, positive samples, keys naming the recorded CPU and where it was timed; such a table is checked against
+    its recorded CPU, not this host's."""
+    from qcompile.search.latency.remote import Boards
+
+    space, pairs = lowered
+    tracker, key = rpc_tracker
+    boards = Boards(tracker=f"127.0.0.1:{tracker.port}", key=key, cpu_model="test board")
+    sessions = boards.sessions()
+    assert len(sessions) == 2
+    keys = machine_keys("x86", 1, boards)
+    assert keys["cpu_model"] == "test board" and keys["remote"] == f"tracker 127.0.0.1:{tracker.port} key {key}"
+    t = qs.LatencyTable(space, keys)
+    cfg, low = pairs[1]
+    t.add_lowered(cfg, low, role="fit", network_repeat=10, kernel_repeat=3, session=sessions[1], where=boards.where)
+    emitted = {json.dumps(k["workload"], sort_keys=True, separators=(",", ":")) for k in low.meta["kernels"]
+               if k["primfuncs"]}
+    assert set(t.kernels) == emitted
+    assert all(len(v["samples_ms"]) == 3 and v["median_ms"] > 0 for v in t.kernels.values())
+    assert len(t.networks[0]["samples_ms"]) == 10 and t.networks[0]["median_ms"] > 0
+    path = t.save(tmp_path / "remote.json")
+    loaded = qs.LatencyTable.load(path)  # checked against the recorded board, not this host's CPU
+    assert loaded.keys["cpu_model"] == "test board"
+    assert loaded.kernel_sum(cfg) == pytest.approx(t.kernel_sum(cfg), rel=1e-12)
+    with pytest.raises(ConfigError, match="cpu_model"):
+        loaded.check(boards=Boards(remote="127.0.0.1:1", cpu_model="another board"))
+
+
+def test_rpc_and_arm_refusals():
+    """arm_cpu tables need boards (qemu is emulation); boards need an address, a key with a tracker, a CPU model;
+    an unreachable server is one LoweringError naming it."""
+    from qcompile.errors import LoweringError
+    from qcompile.search.latency.remote import Boards
+
+    with pytest.raises(ConfigError, match="qemu"):
+        machine_keys("arm_cpu", 1)
+    arm = machine_keys("arm_cpu", 1, Boards(remote="127.0.0.1:1", cpu_model="ARM Cortex-A72"))
+    assert arm["target"] == "arm_cpu" and arm["cpu_model"] == "ARM Cortex-A72" and arm["remote"] == "rpc 127.0.0.1:1"
+    with pytest.raises(ConfigError, match="cpu_model"):
+        Boards(remote="127.0.0.1:9090")
+    with pytest.raises(ConfigError, match="key"):
+        Boards(tracker="127.0.0.1:9190", cpu_model="x")
+    with pytest.raises(ConfigError, match="exactly one"):
+        Boards(remote="127.0.0.1:9090", tracker="127.0.0.1:9190", key="k", cpu_model="x")
+    with pytest.raises(ConfigError, match="host:port"):
+        Boards(remote="nohost", cpu_model="x")
+    with pytest.raises(LoweringError, match="127.0.0.1:1"):
+        qs.LatencyTable.build(_tiny(), "arm_cpu", 1, remote="127.0.0.1:1", cpu_model="ARM Cortex-A72",
+                              max_cover=1, n_fit=0, progress=False)

@@ -5,7 +5,8 @@ subnet's own weights) stopped before the TVM build, which `test_latency.py::test
 checks against real lowerings. Each space's supernet has other weights and calibration data than the skeleton
 `kernel_workloads` plans on, and the per-block memo answers later subnets (so the memo is checked too).
 Micro spaces (16 px, 1-2 blocks per stage, 2 kernel and expand choices), 10 subnets each in CI (about a minute);
-QCOMPILE_LATENCY_SWEEP=30 runs the acceptance count. The same sweep on the real demo / mobilenet_v2 / spaceevo spaces: `python -m benchmarks.workload_sweep`.
+QCOMPILE_LATENCY_SWEEP=30 runs the acceptance count. The same sweep on the real demo / mobilenet_v2 / spaceevo
+spaces: `python -m benchmarks.workload_sweep`.
 """
 
 from __future__ import annotations

@@ -112,19 +112,32 @@ class LocalTimer:
 
 
 class RemoteTimer:
-    """Times a lowered (cross-compiled) library on the board behind an RPC session: upload, load, VM."""
+    """Times a lowered (cross-compiled) library on the board behind an RPC session: upload, load, VM.
+
+    The kernels are timed from a second library holding only the compiled PrimFuncs: an RPC module answers
+    `time_evaluator` only for functions it defines itself, and the Relax library keeps them in an import that
+    a remote client cannot reach.
+    """
 
     def __init__(self, low: Any, sess: Any, where: str) -> None:
         from tvm import relax
 
         self.low = low
         self.where = where
+        self.kernels: Any = None
+        tag = f"qcompile_{id(low):x}"
         with tempfile.TemporaryDirectory(prefix="qcompile-latency-") as tmp:
             lib = Path(tmp) / "lib.so"
             low._export_library(lib)  # noqa: SLF001 - the library as `export` writes it (cross compiler for arm)
-            name = f"qcompile_{id(low):x}.so"
-            sess.upload(str(lib), name)
-        self.lib = sess.load_module(name)
+            sess.upload(str(lib), f"{tag}.so")
+            kmod = _kernel_module(low)
+            if kmod is not None:
+                klib = Path(tmp) / "kernels.so"
+                kmod.export_library(str(klib), **({"cc": low.spec.cross_cxx} if low.spec.cross_cxx else {}))
+                sess.upload(str(klib), f"{tag}_kernels.so")
+        self.lib = sess.load_module(f"{tag}.so")
+        if kmod is not None:
+            self.kernels = sess.load_module(f"{tag}_kernels.so")
         self.dev = sess.cpu()
         if low.num_threads:
             try:  # the board's thread pool: the table's thread count
@@ -134,15 +147,25 @@ class RemoteTimer:
         self.vm = relax.VirtualMachine(self.lib, self.dev)
 
     def function(self, name: str) -> Any:
-        from qcompile.backends.tvm.lowered import _imports
-
-        for cand in [self.lib, *_imports(self.lib)]:
+        for cand in [m for m in (self.kernels, self.lib) if m is not None]:
             try:
                 cand.time_evaluator(name, self.dev, number=1, repeat=1)
                 return cand
             except Exception:  # noqa: BLE001, S112 - an RPC module answers only for the symbols it defines
                 continue
         return None
+
+
+def _kernel_module(low: Any) -> Any:
+    """The compiled-kernel module of a freshly lowered library (exportable on its own), else None."""
+    from qcompile.backends.tvm.lowered import _find_function_module
+
+    names = [f for k in low.meta["kernels"] for f in k["primfuncs"]]
+    lib = low._exec  # noqa: SLF001
+    if not names or getattr(low, "_lib_path", None) is not None:  # a loaded library cannot be re-exported
+        log.warning("kernels of a loaded library are not timed on the board (lower the subnet again)")
+        return None
+    return _find_function_module(lib.mod if hasattr(lib, "mod") else lib, names[0])
 
 
 def network_samples(timer: Any, repeat: int) -> list[float]:

@@ -262,3 +262,18 @@ def test_rpc_and_arm_refusals():
     with pytest.raises(LoweringError, match="127.0.0.1:1"):
         qs.LatencyTable.build(_tiny(), "arm_cpu", 1, remote="127.0.0.1:1", cpu_model="ARM Cortex-A72",
                               max_cover=1, n_fit=0, progress=False)
+
+
+def test_cli_latency_table_build_boards_refusals(tmp_path, capsys):
+    """`latency-table build --target arm_cpu` needs --remote or --tracker; an unreachable board is named."""
+    from qcompile.cli import main
+
+    base = ["latency-table", "build", "--space", "mobilenet_v3", "--width-mult", "0.25", "--resolutions", "16",
+            "--target", "arm_cpu", "--out", str(tmp_path / "arm.json")]
+    assert main(base) == 2
+    assert "qemu" in capsys.readouterr().err
+    assert main([*base, "--remote", "127.0.0.1:1"]) == 2
+    assert "cpu_model" in capsys.readouterr().err
+    assert main([*base, "--remote", "127.0.0.1:1", "--cpu-model", "ARM Cortex-A72"]) == 2
+    assert "127.0.0.1:1" in capsys.readouterr().err
+    assert not (tmp_path / "arm.json").exists()

@@ -590,6 +590,7 @@ def to_integer(
     *,
     pipeline: str | Sequence[Any] | None = None,
     verify: bool = True,
+    copy_input: bool = True,
 ) -> IntegerGraph:
     """Lower a calibrated fake-quant subnet to an `IntegerGraph` (the subnet itself is not modified).
 
@@ -617,6 +618,8 @@ def to_integer(
             `input_shape` still fills in `lower-to-integer`'s when the string leaves it out. The
             pipeline must produce an IntegerGraph (contain `lower-to-integer` or `to-integer`).
         verify: run the graph verifier after every pass.
+        copy_input: run on a deep copy of `gm` (default); False lets the passes consume `gm` (callers that
+            made `gm` only to convert it, and want to skip copying its weights).
 
     Returns an `IntegerGraph`; `ig(x)` runs the exact reference and returns float64 logits.
     """
@@ -639,7 +642,7 @@ def to_integer(
             passes = [dataclasses.replace(p, input_shape=shape)
                       if isinstance(p, (LowerToInteger, ToInteger)) and p.input_shape is None else p for p in passes]
     pm = PassManager(passes, verify=verify)
-    work = copy.deepcopy(gm).eval()
+    work = (copy.deepcopy(gm) if copy_input else gm).eval()
     ig = pm.run(work).graph_module
     if not isinstance(ig, IntegerGraph):
         raise ConfigError("pipeline", pm.pipeline, "a pipeline that produces an IntegerGraph, e.g. "

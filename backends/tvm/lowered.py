@@ -35,7 +35,7 @@ from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Lowered", "BenchmarkResult", "lower_integer_graph", "load", "FORMAT_VERSION"]
+__all__ = ["Lowered", "BenchmarkResult", "lower_integer_graph", "emitted_kernels", "load", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 LIB_NAME = "lib.so"
@@ -403,8 +403,7 @@ def lower_integer_graph(
         "target": {"name": spec.name, "tvm": spec.tvm_target, "arch": spec.arch, "cross_cxx": spec.cross_cxx},
         "input": {"shape": list(em.input_shape), "dtype": em.input_dtype},
         "output": {"shape": list(em.output_shape), "dtype": em.output_dtype},
-        "kernels": [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy,
-                     "workload": k.workload} for k in em.kernels],
+        "kernels": _kernel_entries(em.kernels),
         "signatures": _kernel_signatures(lowered_mod),
         "config": pm["config"],
         "policy": pm["policy"],
@@ -416,6 +415,27 @@ def lower_integer_graph(
     }
     log.info("lowered %d kernels for %s in %.1f s", len(em.kernels), spec.name, meta["build_seconds"])
     return Lowered(None, ex, spec, meta, ig, num_threads)
+
+
+def _kernel_entries(kernels: list) -> list[dict]:
+    """`Lowered.meta["kernels"]`: one entry per emitted kernel (`KernelRecord`), in program order."""
+    return [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy,
+             "workload": k.workload} for k in kernels]
+
+
+def emitted_kernels(ig: IntegerGraph, target: str | dict = "x86", *, num_threads: int | None = None,
+                    input_shape: tuple[int, ...] | None = None, input_dtype: str = "float32",
+                    use_strategies: bool = True) -> list[dict]:
+    """The `meta["kernels"]` list `lower_integer_graph(ig, target)` (untuned) writes, without compiling.
+
+    Runs the real emission (`emit_relax`: strategies emit and schedule their PrimFuncs with the actual
+    weights, naive kernels through `emit_te`) and stops once the Relax IRModule is assembled, before the
+    TVM pass pipeline and `relax.build` (seconds to minutes per network). Used to check, cheaply,
+    that the dry `plan_kernels` walk behind `qcompile.search.kernel_workloads` names the emitted kernels.
+    """
+    spec = resolve_target(target, num_threads)
+    em = emit_relax(ig, spec.target(), input_shape, input_dtype, use_strategies=use_strategies)
+    return _kernel_entries(em.kernels)
 
 
 def _first_line(e: BaseException) -> str:

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.space_mbv2 import lowerings
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
-    from qcompile.bench.report import FLOAT_TWIN_NOTE, to_markdown
+    from qcompile.bench.report import to_markdown
     from qcompile.utils.io import atomic_write_text
 
     model, gm, ig = build(a.resolution)
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     md = [f"# torchvision ResNet-18, w8a8, {a.resolution}x{a.resolution}, batch 1\n",
           "Command: `" + " ".join(["python -m benchmarks.resnet18", *(argv or sys.argv[1:])]) + "`\n",
-          FLOAT_TWIN_NOTE + "\n"]
+          "The peers run the float ResNet-18 (their int8 rows quantize it with their own tools); the qcompile "
+          "rows run its `quantize_model` integer program (max code diff: vs the reference executor). Random "
+          "weights: latency only, no accuracy columns.\n"]
     for threads in (int(t) for t in a.threads.split(",")):
         lows, info = lowerings(ig, threads, tune=a.tune, trials=a.trials)
         specs = {name: tvm_spec(low, name) for name, low in lows.items()}

@@ -169,7 +169,8 @@ def peer_specs(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: 
                                                       (model, x, t, calib))
     for name, why in missing.items():
         log.warning("peer %s %s", name, why)
-    return specs, missing
+    # rows (and the rounds' rotation) follow PEERS' order, whatever order the recipes were made in
+    return {n: specs[n] for n in PEERS if n in specs}, missing
 
 
 def _first_line(e: BaseException) -> str:

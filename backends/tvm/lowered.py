@@ -39,6 +39,8 @@ __all__ = ["Lowered", "BenchmarkResult", "lower_integer_graph", "emitted_kernels
 
 FORMAT_VERSION = 1
 LIB_NAME = "lib.so"
+#: byte alignment TVM requires of a tensor imported through DLPack (kAllocAlignment)
+_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class Lowered:
         self.num_threads = num_threads
         self._workdir = workdir  # keeps a temp lib alive as long as this object
         self._vm: Any = None
+        self._main: Any = None  # the VM's "main", looked up once
+        self._in_array: np.ndarray | None = None  # 64-byte aligned input buffer ...
+        self._in_tensor: Any = None  # ... and the TVM tensor that shares its memory
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -196,16 +201,36 @@ class Lowered:
         return self._vm
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the library on `x` (numpy in, numpy out; output dtype as the graph's last op)."""
+        """Run the library on `x` (numpy in, numpy out; output dtype as the graph's last op).
+
+        Not thread-safe (neither is TVM's VM): one input buffer per `Lowered`. The returned array owns
+        the VM's fresh output tensor (no copy); later calls do not change it.
+        """
         arr = self._check_input(x)
         if self.spec.native:
-            import tvm
-
-            return self._native_vm()["main"](tvm.runtime.tensor(arr)).numpy()
+            if self._main is None:
+                self._bind_native()
+            # per call: one small copy into the bound input, no TVM allocation or output copy (together
+            # about 25 us of the ~1 ms demo subnet: docs/benchmarks.md, "Per-call overhead")
+            np.copyto(self._in_array, arr)
+            return np.from_dlpack(self._main(self._in_tensor))
         from qcompile.backends.tvm.qemu import run_aarch64
 
         out, _ = run_aarch64(self.library_path(), arr, repeat=1, num_threads=self.num_threads)
         return out
+
+    def _bind_native(self) -> None:
+        """Look up `main` once and bind a 64-byte aligned input buffer (TVM's DLPack import requires the
+        alignment) to a TVM tensor sharing its memory, so a call copies `x` once and allocates nothing."""
+        import tvm
+
+        dtype = np.dtype(self.input_dtype)
+        n = int(np.prod(self.input_shape))
+        raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
+        start = -raw.ctypes.data % _ALIGN
+        self._in_array = raw[start : start + n * dtype.itemsize].view(dtype).reshape(self.input_shape)
+        self._in_tensor = tvm.runtime.from_dlpack(self._in_array)
+        self._main = self._native_vm()["main"]
 
     def library_path(self) -> Path:
         """Path of the shared library (written to a temp dir on first use for in-memory builds)."""

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.demo_peers --threads 2 --repeats 30 --out runs/demo_peers
 
 The subnet (`benchmarks.overhead.demo_subnet`: random weights, calibrated on random images) goes through
-`qcompile.bench_run.bench_subnet`, as `qcompile bench SUBNET` does: the peers (torch, onnxruntime, OpenVINO,
+`qcompile.cli.bench_run.bench_subnet`, as `qcompile bench SUBNET` does: the peers (torch, onnxruntime, OpenVINO,
 ExecuTorch XNNPACK; fp32 and int8) run its float twin, onnxruntime on our ONNX export and the untuned TVM lowering
 run its integer program, each in its own worker process, interleaved rounds; top-1 on the digits test split
 (random weights: near chance for every row; the column shows the harness's accuracy path, not a model).
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from benchmarks.overhead import demo_subnet
-    from qcompile.bench_run import bench_subnet
+    from qcompile.cli.bench_run import bench_subnet
 
     md = bench_subnet(demo_subnet(), out=Path(a.out), repeat=a.repeats, threads=a.threads)
     log.info("\n%s", md)

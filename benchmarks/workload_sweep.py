@@ -27,7 +27,7 @@ BITS = (2, 3, 4, 8, 32)
 
 
 def spaces() -> dict:
-    """The demo's space (`qcompile.demo.DemoSettings`), MobileNetV2 at 224 (OQA's) and SpaceEvo@VNNI."""
+    """The demo's space (`qcompile.cli.demo.DemoSettings`), MobileNetV2 at 224 (OQA's) and SpaceEvo@VNNI."""
     from benchmarks.latency_table import demo_space
 
     return {"demo_mobilenet_v3": demo_space(),

@@ -9,7 +9,6 @@ import torch
 import qcompile as qc
 import qcompile.search as qs
 from qcompile.cli.demo import evaluate_config
-from qcompile.data import load_dataset
 from qcompile.cli.demo_search import (
     DemoSearchSettings,
     LogBitopsPredictor,
@@ -18,6 +17,7 @@ from qcompile.cli.demo_search import (
     report_section,
     table_path,
 )
+from qcompile.data import load_dataset
 from qcompile.search.cost import bitops
 from tests.conftest import tiny_space
 

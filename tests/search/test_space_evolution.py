@@ -143,7 +143,7 @@ def test_no_stall_when_children_are_known():
     rnd = random_search_spaces(sc, 64, seed=0)
     assert len({x["encoding"] for x in rnd.history}) == 64
     with pytest.raises(ConfigError, match="n_spaces"):
-        qs.evolve_space((0.1, 1.0), table=synthetic_table(h, per_width=1), n_spaces=65)
+        qs.evolve_space((0.1, 1.0), table=synthetic_table(h, per_width=1), n_spaces=65, latency_kind="mac")
 
 
 def test_evolution_beats_random_search_on_most_seeds(scorer):
@@ -160,7 +160,8 @@ def test_evolution_beats_random_search_on_most_seeds(scorer):
 
 def test_evolve_space_returns_a_space_with_json_and_history():
     h = digits_hyperspace()
-    space = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), n_spaces=40, seed=0, n_samples=200)
+    space = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), n_spaces=40, seed=0, n_samples=200,
+                            latency_kind="mac")
     back = qc.spaces.from_json(space.to_json())
     assert back.spec() == space.spec()
     assert json.loads(space.to_json())["encoding"] == space.candidate.encoding
@@ -168,7 +169,8 @@ def test_evolve_space_returns_a_space_with_json_and_history():
     assert len(space.history.history) == 40
     cfg = space.sample(seed=0, bits=(8,))
     space.validate(cfg)
-    by_cycles = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), cycles=6, seed=0, n_samples=200)
+    by_cycles = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), cycles=6, seed=0, n_samples=200,
+                               latency_kind="mac")
     assert len(by_cycles.history.history) == 4 + 2 * 6
 
 

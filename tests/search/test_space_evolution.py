@@ -184,3 +184,35 @@ def test_bad_constraints_and_settings():
         EvolutionSettings(n_spaces=10, population=5, sample=6)
     with pytest.raises(ConfigError, match="target"):
         qs.latency_model("gpu")
+
+
+def test_block_latency_chains_stage_pairs_into_few_subnets():
+    """Every (entry, input width) pair of every stage is priced, each from a subnet in which that stage has that
+    entry and input width, with close to the largest stage's pair count of priced subnets (not their sum)."""
+    h = digits_hyperspace()
+    table = synthetic_table(h, per_width=2)
+
+    class Counting(MacLatencyModel):
+        calls: list = []
+
+        def part_ms(self, space, cfg):
+            self.calls.append(cfg)
+            return super().part_ms(space, cfg)
+
+    model = Counting()
+    sc = QTScorer(table, (0.3,), model, n_samples=10)
+    sc._stage_data(1, "fused_se")
+    pairs = {s: len(table.entries[s]["fused_se"]) * len(sc._prev_widths(s)) for s in range(1, 7)}
+    assert max(pairs.values()) <= len(model.calls) <= 1.25 * max(pairs.values()) < sum(pairs.values())
+    space = sc._probe("fused_se")
+    for s in range(1, 7):
+        sd = sc._stage_data(s, "fused_se")
+        assert not np.isnan(sd.lat).any()
+        rows = [dict(sc._largest_row(i, "fused_se")) for i in range(1, 7)]
+        for i, j in ((0, 0), (len(sd.rows) - 1, len(sc._prev_widths(s)) - 1)):
+            rs = list(rows)
+            rs[s - 1] = sd.rows[i]
+            if s > 1:
+                rs[s - 2] = dict(rs[s - 2], width=sc._prev_widths(s)[j])
+            want = MacLatencyModel().part_ms(space, subnet_config(space, h, rs))[f"stage{s}"]
+            assert sd.lat[i, j] == pytest.approx(want, rel=1e-12)

@@ -60,18 +60,18 @@ def quantile_constraints(scorer, quantiles, n_spaces: int = 40, seed: int = 0) -
     return tuple(round(float(np.quantile(lats, q)), 4) for q in quantiles)
 
 
-def _constraints(out: Path, table, latency, constraints, quantiles):
+def _constraints(out: Path, table, latency, constraints, quantiles, input_widths: str = "all"):
     from qcompile.search.space_evolution import QTScorer
 
     if quantiles:
-        probe = QTScorer(table, (1.0,), latency, n_samples=200)
+        probe = QTScorer(table, (1.0,), latency, n_samples=200, input_widths=input_widths)
         constraints = quantile_constraints(probe, quantiles)
         log.info("constraints at latency quantiles %s of random spaces' subnets: %s ms", quantiles, constraints)
     return tuple(constraints)
 
 
 def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool, kind: str = "kernels",
-               quantiles=None) -> dict:
+               quantiles=None, input_widths: str = "all") -> dict:
     from qcompile.search.space_evolution import (
         EvolutionSettings,
         QTScorer,
@@ -83,8 +83,8 @@ def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool, ki
 
     table = _table(out, tiny)
     latency = _latency(out, kind)
-    constraints = _constraints(out, table, latency, constraints, quantiles)
-    scorer = QTScorer(table, constraints, latency)
+    constraints = _constraints(out, table, latency, constraints, quantiles, input_widths)
+    scorer = QTScorer(table, constraints, latency, input_widths=input_widths)
     pop = max(4, n_spaces // 10)
     evo_runs, rnd_runs, rows = [], [], []
     t0 = time.process_time()
@@ -107,7 +107,8 @@ def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool, ki
         "constraints_ms": list(constraints), "quantiles": list(quantiles or []), "n_spaces": n_spaces,
         "population": pop, "sample": max(2, pop // 4), "seeds": seeds, "evolution_wins": wins, "ties": ties,
         "cpu_seconds": time.process_time() - t0, "precompute_cpu_seconds": t_pre,
-        "latency_model": latency.describe(), "table_key_sha": table.key.get("teacher_sha256"),
+        "latency_model": latency.describe(), "input_widths": input_widths,
+        "table_key_sha": table.key.get("teacher_sha256"),
         "rows": rows,
     }
     atomic_write_text(out / f"search_{kind}.json", json.dumps(doc, indent=1))
@@ -217,7 +218,7 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
 
 
 def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool,
-           kind: str = "kernels", quantiles=None) -> dict:
+           kind: str = "kernels", quantiles=None, input_widths: str = "all") -> dict:
     """Q-T scores of the trained spaces against their Pareto accuracies (Kendall tau, 95 % bootstrap interval).
     With `quantiles`, the constraints sit at those quantiles of the latency of the trained spaces' searched
     subnets (so every constraint binds somewhere)."""
@@ -235,7 +236,7 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
     if quantiles:
         pooled = np.concatenate([d["latency_ms"] for d in trained])
         constraints = tuple(round(float(np.quantile(pooled, q)), 4) for q in quantiles)
-    scorer = QTScorer(table, constraints, latency)
+    scorer = QTScorer(table, constraints, latency, input_widths=input_widths)
     rows = []
     for d in trained:
         cand = table.hyper.from_encoding(d["encoding"])
@@ -247,7 +248,8 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
     tau, lo, hi = kendall_with_ci([r["qt_score"] for r in rows], [r["pareto_accuracy"] for r in rows])
     doc = {"constraints_ms": list(constraints), "quantiles": list(quantiles or []), "epochs": list(epochs),
            "subnets_per_space": n_subnets, "kendall_tau": tau, "ci95": [lo, hi], "spaces": rows,
-           "latency_model": latency.describe(), "pricing_cpu_seconds": time.process_time() - t0}
+           "latency_model": latency.describe(), "input_widths": input_widths,
+           "pricing_cpu_seconds": time.process_time() - t0}
     atomic_write_text(out / f"qt_{kind}.json", json.dumps(doc, indent=1))
     print(f"[{kind} latency, constraints {list(constraints)} ms] Kendall tau(Q-T, Pareto accuracy) over {len(rows)} "
           f"spaces: {tau:.3f} (95% bootstrap CI {lo:.3f}..{hi:.3f})")
@@ -262,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--quantiles", default=None,
                    help="constraints at these latency quantiles instead (search: random spaces' subnets; qt: the "
                         "trained spaces' searched subnets), e.g. 0.1,0.3,0.6")
+    p.add_argument("--input-widths", choices=("all", "ends"), default="all",
+                   help="stage latency at every input width or at the ends, interpolated (QTScorer.input_widths)")
     p.add_argument("--latency", choices=("kernels", "mac"), default="kernels",
                    help="kernels: our INT8 kernels timed here (OUT/latency/, built once); mac: MAC-count stand-in")
     p.add_argument("--seeds", type=int, default=20)
@@ -282,9 +286,9 @@ def main(argv=None) -> int:
     if args.part == "train":
         train_spaces(out, args.spaces, epochs, args.subnets, args.tiny)
     if args.part in ("search", "all"):
-        run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant)
+        run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant, args.input_widths)
     if args.part in ("qt", "all"):
-        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant)
+        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant, args.input_widths)
     return 0
 
 

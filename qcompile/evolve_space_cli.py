@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     s.add_argument("--latency", default="kernels",
                    help="Q-T latency: kernels = our INT8 kernels timed on this host (built once into --latency-dir, "
                         "minutes), mac = MAC-count stand-in")
+    s.add_argument("--input-widths", default="all",
+                   help="stage latency at every input width (all) or at the smallest and largest, interpolated "
+                        "between (ends: ~4x fewer dry lowerings for --latency kernels)")
     s.add_argument("--latency-dir", default=None, help="kernel timing cache (default: latency/ next to the table)")
     s.add_argument("--constraints", type=_floats, default=(0.2, 0.3, 0.5), help="latency constraints in ms")
     s.add_argument("--cycles", type=int, required=True, help="Algorithm 1 cycles (2 new spaces each)")
@@ -53,6 +56,7 @@ def cmd_evolve_space(args) -> int:
 
     from qcompile.errors import ConfigError
     from qcompile.search.space_evolution import (
+        INPUT_WIDTHS,
         LATENCY_KINDS,
         EvolutionSettings,
         QTScorer,
@@ -89,13 +93,15 @@ def cmd_evolve_space(args) -> int:
         raise ConfigError("target", args.target, ("x86", "arm_cpu"))
     if args.latency not in LATENCY_KINDS:
         raise ConfigError("--latency", args.latency, LATENCY_KINDS)
+    if args.input_widths not in INPUT_WIDTHS:
+        raise ConfigError("--input-widths", args.input_widths, INPUT_WIDTHS)
     if any(not t > 0 for t in args.constraints):
         raise ConfigError("constraints", args.constraints, "positive latencies in ms")
     table = build_or_load_table(table_path, hyper, args.data, seed=0, settings=BKDSettings(**bkd), progress=True)
     latency_dir = Path(args.latency_dir or table_path.parent / "latency")
     latency = latency_model(args.target, args.latency, cache_dir=latency_dir, hyper=hyper, progress=True)
     log.info("Q-T latency: %s", latency.describe())
-    scorer = QTScorer(table, args.constraints, latency, seed=args.seed)
+    scorer = QTScorer(table, args.constraints, latency, seed=args.seed, input_widths=args.input_widths)
     pop = args.population or max(4, args.cycles // 4)
     n_spaces = pop + 2 * args.cycles
     settings = EvolutionSettings(n_spaces=n_spaces, population=pop, sample=args.sample or max(2, pop // 4),
@@ -112,6 +118,7 @@ def cmd_evolve_space(args) -> int:
         "constraints_ms": list(args.constraints),
         "target": args.target,
         "latency": args.latency,
+        "input_widths": args.input_widths,
         "latency_model": latency.describe(),
         "score": "Q-T, SpaceEvo Eq. 2: sum over constraints of the mean 1/NSR-loss of the top-k subnets under it",
         "settings": {"n_spaces": n_spaces, "population": pop, "sample": settings.sample, "seed": args.seed,

@@ -231,6 +231,11 @@ class KernelLatencyModel:
             if n:
                 self._save(sid)
 
+    def known_configs(self, space) -> list[SubnetConfig]:
+        """The configs of `space` whose kernel lists are cached (priced without a dry walk)."""
+        _, doc = self._shard(space)
+        return [SubnetConfig.from_json(c) for c in doc["configs"]]
+
     # -- LatencyModel -------------------------------------------------------------------------------
     def part_ms(self, space, cfg: SubnetConfig) -> dict[str, float]:
         out = {p: self.costs.kernels_ms(ws) for p, ws in self.part_workloads(space, cfg).items()}

@@ -216,3 +216,41 @@ def test_block_latency_chains_stage_pairs_into_few_subnets():
                 rs[s - 2] = dict(rs[s - 2], width=sc._prev_widths(s)[j])
             want = MacLatencyModel().part_ms(space, subnet_config(space, h, rs))[f"stage{s}"]
             assert sd.lat[i, j] == pytest.approx(want, rel=1e-12)
+
+
+def test_input_width_ends_interpolates_and_known_configs_are_reused():
+    """`input_widths="ends"` prices the smallest and largest input width of each entry exactly (same as "all") and
+    interpolates linearly in between; a model's already-priced subnets (`known_configs`) are reused, not priced
+    again."""
+    h = digits_hyperspace()
+    table = synthetic_table(h, per_width=1)
+
+    class Known(MacLatencyModel):
+        def __init__(self, known=()):
+            self.known, self.calls = list(known), []
+
+        def part_ms(self, space, cfg):
+            self.calls.append(cfg)
+            return super().part_ms(space, cfg)
+
+        def known_configs(self, space):
+            return self.known
+
+    exact = QTScorer(table, (0.3,), Known(), n_samples=10)
+    first = Known()
+    ends = QTScorer(table, (0.3,), first, n_samples=10, input_widths="ends")
+    for s in range(1, 7):
+        a, b = exact._stage_data(s, "mbv3").lat, ends._stage_data(s, "mbv3").lat
+        np.testing.assert_allclose(b[:, [0, -1]], a[:, [0, -1]], rtol=1e-12)
+        w = np.array(exact._prev_widths(s), dtype=float)
+        if len(w) > 2:
+            t = (w - w[0]) / (w[-1] - w[0])
+            np.testing.assert_allclose(b, b[:, :1] + (b[:, -1:] - b[:, :1]) * t, rtol=1e-12)
+    assert len(first.calls) < len(exact.latency.calls)
+    again = Known(first.calls)
+    reuse = QTScorer(table, (0.3,), again, n_samples=10, input_widths="ends")
+    for s in range(1, 7):
+        np.testing.assert_allclose(reuse._stage_data(s, "mbv3").lat, ends._stage_data(s, "mbv3").lat, rtol=1e-12)
+    assert all(any(c == k for k in first.calls) for c in again.calls)  # only known subnets were priced
+    with pytest.raises(ConfigError, match="input_widths"):
+        QTScorer(table, (0.3,), MacLatencyModel(), input_widths="some")

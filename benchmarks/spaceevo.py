@@ -182,9 +182,10 @@ def _candidates(hyper, n_spaces: int):
     return cands
 
 
-def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: int, tiny: bool) -> list[dict]:
+def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: int, tiny: bool,
+                 train: bool = True) -> list[dict]:
     """Train K random candidate spaces and evaluate `n_subnets` subnets of each (no latency: that is `run_qt`).
-    Appends per space to OUT/qt_spaces.json (a rerun continues)."""
+    Appends per space to OUT/qt_spaces.json (a rerun continues). `train=False`: only those trained so far."""
     import torch
 
     from qcompile.data import load_dataset
@@ -202,7 +203,7 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
 
     cands = _candidates(hyper, n_spaces)
     for k, cand in enumerate(cands):
-        if any(same(d, cand) for d in done):
+        if any(same(d, cand) for d in done) or not train:
             continue
         t0 = time.process_time()
         space = cand.build()
@@ -218,7 +219,7 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
 
 
 def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool,
-           kind: str = "kernels", quantiles=None, input_widths: str = "all") -> dict:
+           kind: str = "kernels", quantiles=None, input_widths: str = "all", train: bool = True) -> dict:
     """Q-T scores of the trained spaces against their Pareto accuracies (Kendall tau, 95 % bootstrap interval).
     With `quantiles`, the constraints sit at those quantiles of the latency of the trained spaces' searched
     subnets (so every constraint binds somewhere)."""
@@ -226,7 +227,7 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
     from qcompile.search.space_evolution import QTScorer
     from qcompile.utils.io import atomic_write_text
 
-    trained = train_spaces(out, n_spaces, epochs, n_subnets, tiny)
+    trained = train_spaces(out, n_spaces, epochs, n_subnets, tiny, train)
     table = _table(out, tiny)
     latency = _latency(out, kind)
     t0 = time.process_time()
@@ -273,6 +274,7 @@ def main(argv=None) -> int:
     p.add_argument("--spaces", type=int, default=8, help="candidate spaces trained for the Q-T check")
     p.add_argument("--epochs", default="2,1", help="float,int8 supernet epochs for the Q-T check")
     p.add_argument("--subnets", type=int, default=16, help="subnets searched per trained space")
+    p.add_argument("--score-only", action="store_true", help="qt: score the spaces trained so far, train none")
     p.add_argument("--tiny", action="store_true", help="CI size: tiny table, 3 seeds, 3 spaces, 1 INT8 epoch")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -288,7 +290,8 @@ def main(argv=None) -> int:
     if args.part in ("search", "all"):
         run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant, args.input_widths)
     if args.part in ("qt", "all"):
-        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant, args.input_widths)
+        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant, args.input_widths,
+               not args.score_only)
     return 0
 
 

@@ -267,8 +267,9 @@ def main(argv=None) -> int:
                         "trained spaces' searched subnets), e.g. 0.1,0.3,0.6")
     p.add_argument("--input-widths", choices=("all", "ends"), default="all",
                    help="stage latency at every input width or at the ends, interpolated (QTScorer.input_widths)")
-    p.add_argument("--latency", choices=("kernels", "mac"), default="kernels",
-                   help="kernels: our INT8 kernels timed here (OUT/latency/, built once); mac: MAC-count stand-in")
+    p.add_argument("--latency", choices=("kernels", "mac"), default=None,
+                   help="kernels (default; --tiny: mac): our INT8 kernels timed here (OUT/latency/, built once, "
+                        "minutes); mac: MAC-count stand-in")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--n-spaces", type=int, default=300)
     p.add_argument("--spaces", type=int, default=8, help="candidate spaces trained for the Q-T check")
@@ -283,6 +284,7 @@ def main(argv=None) -> int:
     cons = tuple(float(x) for x in args.constraints.split(","))
     if args.tiny:
         args.seeds, args.n_spaces, args.spaces, args.epochs, args.subnets = 3, 40, 3, "0,1", 4
+    args.latency = args.latency or ("mac" if args.tiny else "kernels")
     epochs = tuple(int(x) for x in args.epochs.split(","))
     quant = tuple(float(x) for x in args.quantiles.split(",")) if args.quantiles else None
     if args.part == "train":

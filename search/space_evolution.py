@@ -9,10 +9,11 @@
   measured loss to approximate the quantized accuracy"). The scoring subnet keeps the stem and the
   residual-stem stage at their largest (they are not searched); Stage1-6 come from table entries
   whose width lies in the candidate's windows.
-- **Latency**: `latency_model(target)` is the one function to swap. It returns the kernel-level
-  predictor of `qcompile.search` when that exists, else `MacLatencyModel`, a MAC-count stand-in
-  (say which one a result used: `model.describe()`). Latency must be additive over layers
-  (`layer_ms`), so a subnet's latency is precomputed per stage entry and input width.
+- **Latency**: `latency_model(target, kind)` is the one function to swap: "kernels" (default), our
+  INT8 kernels timed on this host (`space_latency.KernelLatencyModel`), or "mac", `MacLatencyModel`, a
+  MAC-count stand-in (say which one a result used: `model.describe()`). A model prices the parts of a
+  subnet (`part_ms`: fixed, stage1..stageN, head), so a subnet's latency is precomputed per stage entry
+  and input width, chaining the pairs of all stages into few priced subnets (`_block_latency`).
 - **Aging evolution** (Algorithm 1) and a random-search baseline over spaces: bounded, deduplicated
   (an encoding is evaluated at most once per run), seeded, resumable (state JSON written atomically),
   and never stalls: a child that is already known is re-mutated at another stage, then replaced by an

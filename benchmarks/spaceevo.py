@@ -45,12 +45,18 @@ def _table(out: Path, tiny: bool):
                                progress=True)
 
 
+#: subnets timed per block type (covering, random): `--timing 2,1`
+TIMING = (2, 1)
+
+
 def _latency(out: Path, kind: str):
     """The Q-T latency model: our INT8 kernels timed here (cached in OUT/latency/, built once) or the MAC stand-in."""
     from qcompile.search.space_evolution import latency_model
+    from qcompile.search.space_latency import TimingSettings
     from qcompile.spaces.hyperspace import digits_hyperspace
 
-    return latency_model("x86", kind, cache_dir=out / "latency", hyper=digits_hyperspace(), progress=True)
+    return latency_model("x86", kind, cache_dir=out / "latency", hyper=digits_hyperspace(), progress=True,
+                         timing=TimingSettings(max_cover=TIMING[0], n_fit=TIMING[1]))
 
 
 def quantile_constraints(scorer, quantiles, n_spaces: int = 40, seed: int = 0) -> tuple[float, ...]:
@@ -275,6 +281,7 @@ def main(argv=None) -> int:
     p.add_argument("--spaces", type=int, default=8, help="candidate spaces trained for the Q-T check")
     p.add_argument("--epochs", default="2,1", help="float,int8 supernet epochs for the Q-T check")
     p.add_argument("--subnets", type=int, default=16, help="subnets searched per trained space")
+    p.add_argument("--timing", default="2,1", help="kernels: covering,random subnets timed per block type")
     p.add_argument("--score-only", action="store_true", help="qt: score the spaces trained so far, train none")
     p.add_argument("--tiny", action="store_true", help="CI size: tiny table, 3 seeds, 3 spaces, 1 INT8 epoch")
     args = p.parse_args(argv)
@@ -285,6 +292,8 @@ def main(argv=None) -> int:
     if args.tiny:
         args.seeds, args.n_spaces, args.spaces, args.epochs, args.subnets = 3, 40, 3, "0,1", 4
     args.latency = args.latency or ("mac" if args.tiny else "kernels")
+    global TIMING
+    TIMING = tuple(int(x) for x in args.timing.split(","))
     epochs = tuple(int(x) for x in args.epochs.split(","))
     quant = tuple(float(x) for x in args.quantiles.split(",")) if args.quantiles else None
     if args.part == "train":

@@ -110,13 +110,15 @@ LATENCY_KINDS = ("kernels", "mac")
 
 
 def latency_model(target: str = "x86", kind: str = "kernels", *, cache_dir: str | Path | None = None,
-                  hyper: Hyperspace | None = None, num_threads: int = 1, progress: bool = False) -> LatencyModel:
+                  hyper: Hyperspace | None = None, num_threads: int = 1, progress: bool = False,
+                  timing=None) -> LatencyModel:
     """The latency predictor Q-T scores use (the one place to swap it).
 
     `kind="kernels"` (default): our INT8 kernels timed on this host (`space_latency.KernelLatencyModel`:
     every subnet priced by the fused kernels `qc.lower` emits for it, SpaceEvo Sec. 3.3 / nn-Meter), its
     timing tables and kernel lists cached in `cache_dir` (built once, resumable; minutes). `kind="mac"`:
-    `MacLatencyModel`, the MAC-count stand-in (no timing).
+    `MacLatencyModel`, the MAC-count stand-in (no timing). `timing`: `space_latency.TimingSettings`
+    (subnets timed per block type).
     """
     if target not in ("x86", "arm_cpu"):
         raise ConfigError("target", target, ("x86", "arm_cpu"))
@@ -130,7 +132,7 @@ def latency_model(target: str = "x86", kind: str = "kernels", *, cache_dir: str 
     from qcompile.spaces.hyperspace import digits_hyperspace
 
     return KernelLatencyModel.build_or_load(cache_dir, hyper or digits_hyperspace(), target,
-                                            num_threads=num_threads, progress=progress)
+                                            num_threads=num_threads, settings=timing, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 COSTS_FORMAT = "qcompile.spaceevo-kernel-costs/1"
 KERNELS_FORMAT = "qcompile.spaceevo-kernel-lists/1"
+#: a timed network whose median exceeds its fastest call by this factor was mostly preempted: not fit on
+PREEMPTED_RATIO = 3.0
 #: machine facts a kernel list depends on (strategy and GEMM mode selection)
 _LIST_KEYS = ("target", "mcpu", "mattr", "qcompile", "tvm")
 
@@ -128,24 +130,31 @@ class KernelCosts:
 
     def fit(self, tables: list[LatencyTable], target: str, num_threads: int) -> dict[str, float]:
         """Fit (a >= 0, b, c >= 0) on every timed network of `tables` (relative least squares, as
-        `LatencyTable.fit`, with the pooled kernel costs)."""
+        `LatencyTable.fit`, with the pooled kernel costs). A network whose median is more than
+        `PREEMPTED_RATIO` times its fastest call was mostly preempted (a loaded machine) and is left out."""
         from scipy.optimize import lsq_linear
 
-        rows, ys = [], []
+        rows, ys, dropped = [], [], 0
         for t in tables:
             for net in t.networks:
                 if net.get("role") not in ("cover", "fit"):
                     continue
+                if float(net["median_ms"]) > PREEMPTED_RATIO * min(net.get("samples_ms") or [net["median_ms"]]):
+                    dropped += 1
+                    continue
                 ws = kernel_workloads(t.space, SubnetConfig.from_json(net["config"]), target, num_threads)
                 rows.append([sum(self.kernel_ms(w) for w in ws), len(ws), 1.0])
                 ys.append(float(net["median_ms"]))
+        if dropped:
+            log.warning("%d timed network(s) left out of the fit: median > %g x fastest call (preempted)", dropped,
+                        PREEMPTED_RATIO)
         if len(rows) < 3:
             log.warning("only %d timed networks: latency = sum of kernel costs (no overhead fit)", len(rows))
             return self.fit_params
         A, y = np.array(rows), np.array(ys)
         res = lsq_linear(A / y[:, None], np.ones_like(y), bounds=([0.0, -np.inf, 0.0], [np.inf, np.inf, np.inf]))
         self.fit_params = {"scale": float(res.x[0]), "per_kernel_ms": float(res.x[1]), "per_call_ms": float(res.x[2]),
-                           "networks": len(rows)}
+                           "networks": len(rows), "preempted_networks": dropped}
         return self.fit_params
 
 

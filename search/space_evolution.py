@@ -210,7 +210,8 @@ class QTScorer:
         self._probes: dict[str, Any] = {}
         self._cache: dict[str, float] = {}
         self._fixed_ms: float | None = None
-        self._head_ms: dict[int, float] = {}
+        # the head's kernels depend on the last stage's block type (what its output needs), not only on its width
+        self._head_ms: dict[tuple[str, int], float] = {}
 
     def settings(self) -> dict[str, Any]:
         return {"constraints": list(self.constraints), "n_samples": self.n_samples, "top_k": self.top_k,
@@ -253,7 +254,7 @@ class QTScorer:
         cols = {s: range(len(prev[s])) if self.input_widths == "all" else sorted({0, len(prev[s]) - 1}) for s in rows}
         pending = {s: {(i, j) for i in range(len(rows[s])) for j in cols[s]} for s in rows}
         space = self._probe(block)
-        self._harvest(space, rows, prev, pending, lat)
+        self._harvest(space, block, rows, prev, pending, lat)
         while any(pending.values()):
             chain, priced, c_in = [], [], prev[1][0]
             for s in range(1, n + 1):
@@ -278,7 +279,7 @@ class QTScorer:
                 pending[s].discard((i, j))
             if self._fixed_ms is None:
                 self._fixed_ms = float(parts.get(FIXED, 0.0))
-            self._head_ms.setdefault(c_in, float(parts.get(HEAD, 0.0)))
+            self._head_ms.setdefault((block, c_in), float(parts.get(HEAD, 0.0)))
         for s in rows:
             if self.input_widths == "ends" and len(prev[s]) > 2:
                 w = np.asarray(prev[s], dtype=np.float64)
@@ -287,7 +288,7 @@ class QTScorer:
             self._stage[(s, block)] = _StageData(rows[s], np.array([r["nsr"] for r in rows[s]], dtype=np.float64),
                                                  np.array([r["width"] for r in rows[s]]), lat[s])
 
-    def _harvest(self, space, rows, prev, pending, lat) -> None:
+    def _harvest(self, space, block: str, rows, prev, pending, lat) -> None:
         """Price pending pairs from subnets the latency model has already priced (`known_configs`, e.g. a cache
         filled by an earlier run with other settings): a stage whose entry and input width match a pending pair."""
         known = getattr(self.latency, "known_configs", None)
@@ -318,7 +319,7 @@ class QTScorer:
                 if self._fixed_ms is None:
                     self._fixed_ms = float(parts.get(FIXED, 0.0))
                 last = space.config_stages.index(len(rows)) + 1
-                self._head_ms.setdefault(int(cfg.widths[last]), float(parts.get(HEAD, 0.0)))
+                self._head_ms.setdefault((block, int(cfg.widths[last])), float(parts.get(HEAD, 0.0)))
 
     def _largest_row(self, s: int, block: str) -> dict[str, Any]:
         st = self.hyper.stages[s - 1]
@@ -332,14 +333,15 @@ class QTScorer:
             self._block_latency(self.hyper.blocks[0])
         return float(self._fixed_ms)  # type: ignore[arg-type]
 
-    def _head(self, width: int) -> float:
-        if width not in self._head_ms:
-            space = self._probe(self.hyper.blocks[0])
-            rows = [self._largest_row(i, self.hyper.blocks[0]) for i in range(1, self.hyper.n_stages + 1)]
+    def _head(self, block: str, width: int) -> float:
+        """Head latency after a last stage of type `block` and output `width`."""
+        if (block, width) not in self._head_ms:
+            space = self._probe(block)
+            rows = [self._largest_row(i, block) for i in range(1, self.hyper.n_stages + 1)]
             rows[-1] = dict(rows[-1], width=width)
-            self._head_ms[width] = float(self.latency.part_ms(space, subnet_config(space, self.hyper, rows))
-                                         .get(HEAD, 0.0))
-        return self._head_ms[width]
+            self._head_ms[(block, width)] = float(self.latency.part_ms(space, subnet_config(space, self.hyper, rows))
+                                                  .get(HEAD, 0.0))
+        return self._head_ms[(block, width)]
 
     # -- scoring -----------------------------------------------------------------------------------
     def sample(self, cand: CandidateSpace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -365,7 +367,7 @@ class QTScorer:
                 col = np.searchsorted(np.array(self._prev_widths(s)), prev_w)
             lat += sd.lat[idx, col]
             prev_w = sd.widths[idx]
-        lat += np.array([self._head(int(w)) for w in prev_w])
+        lat += np.array([self._head(cand.block_names[-1], int(w)) for w in prev_w])
         return picks, loss, lat
 
     def rows(self, cand: CandidateSpace, picks: list[np.ndarray], i: int) -> list[dict[str, Any]]:

@@ -210,7 +210,8 @@ class QTScorer:
         self._probes: dict[str, Any] = {}
         self._cache: dict[str, float] = {}
         self._fixed_ms: float | None = None
-        # the head's kernels depend on the last stage's block type (what its output needs), not only on its width
+        # the head's kernels depend on the last stage's block type and entry (what its output needs, what fuses),
+        # not only on its width: memoised per (block type, last-stage entry) from the subnets that price the stage
         self._head_ms: dict[tuple[str, int], float] = {}
 
     def settings(self) -> dict[str, Any]:
@@ -277,9 +278,10 @@ class QTScorer:
             for s, i, j in priced:
                 lat[s][i, j] = parts.get(f"stage{s}", 0.0)
                 pending[s].discard((i, j))
+                if s == n:
+                    self._head_ms.setdefault((block, i), float(parts.get(HEAD, 0.0)))
             if self._fixed_ms is None:
                 self._fixed_ms = float(parts.get(FIXED, 0.0))
-            self._head_ms.setdefault((block, c_in), float(parts.get(HEAD, 0.0)))
         for s in rows:
             if self.input_widths == "ends" and len(prev[s]) > 2:
                 w = np.asarray(prev[s], dtype=np.float64)
@@ -313,13 +315,12 @@ class QTScorer:
                 if i is None or c_in not in prev[s] or (i, prev[s].index(c_in)) not in pending[s]:
                     continue
                 parts = parts if parts is not None else self.latency.part_ms(space, cfg)
+                if s == len(rows):
+                    self._head_ms.setdefault((block, i), float(parts.get(HEAD, 0.0)))
                 lat[s][i, prev[s].index(c_in)] = parts.get(f"stage{s}", 0.0)
                 pending[s].discard((i, prev[s].index(c_in)))
-            if parts is not None:
-                if self._fixed_ms is None:
-                    self._fixed_ms = float(parts.get(FIXED, 0.0))
-                last = space.config_stages.index(len(rows)) + 1
-                self._head_ms.setdefault((block, int(cfg.widths[last])), float(parts.get(HEAD, 0.0)))
+            if parts is not None and self._fixed_ms is None:
+                self._fixed_ms = float(parts.get(FIXED, 0.0))
 
     def _largest_row(self, s: int, block: str) -> dict[str, Any]:
         st = self.hyper.stages[s - 1]
@@ -333,15 +334,11 @@ class QTScorer:
             self._block_latency(self.hyper.blocks[0])
         return float(self._fixed_ms)  # type: ignore[arg-type]
 
-    def _head(self, block: str, width: int) -> float:
-        """Head latency after a last stage of type `block` and output `width`."""
-        if (block, width) not in self._head_ms:
-            space = self._probe(block)
-            rows = [self._largest_row(i, block) for i in range(1, self.hyper.n_stages + 1)]
-            rows[-1] = dict(rows[-1], width=width)
-            self._head_ms[(block, width)] = float(self.latency.part_ms(space, subnet_config(space, self.hyper, rows))
-                                                  .get(HEAD, 0.0))
-        return self._head_ms[(block, width)]
+    def _head(self, block: str, entry: int) -> float:
+        """Head latency after a last stage of type `block` at table entry `entry` (priced with that stage)."""
+        if (block, entry) not in self._head_ms:
+            self._block_latency(block)
+        return self._head_ms[(block, entry)]
 
     # -- scoring -----------------------------------------------------------------------------------
     def sample(self, cand: CandidateSpace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -367,7 +364,9 @@ class QTScorer:
                 col = np.searchsorted(np.array(self._prev_widths(s)), prev_w)
             lat += sd.lat[idx, col]
             prev_w = sd.widths[idx]
-        lat += np.array([self._head(cand.block_names[-1], int(w)) for w in prev_w])
+        last = cand.block_names[-1]
+        heads = np.array([self._head(last, i) for i in range(len(self._stage_data(self.hyper.n_stages, last).rows))])
+        lat += heads[picks[-1]]
         return picks, loss, lat
 
     def rows(self, cand: CandidateSpace, picks: list[np.ndarray], i: int) -> list[dict[str, Any]]:

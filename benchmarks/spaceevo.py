@@ -45,18 +45,15 @@ def _table(out: Path, tiny: bool):
                                progress=True)
 
 
-#: subnets timed per block type (covering, random): `--timing 2,1`
-TIMING = (2, 1)
-
-
-def _latency(out: Path, kind: str):
-    """The Q-T latency model: our INT8 kernels timed here (cached in OUT/latency/, built once) or the MAC stand-in."""
+def _latency(out: Path, kind: str, timing: tuple[int, int] = (2, 1)):
+    """The Q-T latency model: our INT8 kernels timed here (cached in OUT/latency/, built once; `timing`: covering
+    and random subnets timed per block type) or the MAC stand-in."""
     from qcompile.search.space_evolution import latency_model
     from qcompile.search.space_latency import TimingSettings
     from qcompile.spaces.hyperspace import digits_hyperspace
 
     return latency_model("x86", kind, cache_dir=out / "latency", hyper=digits_hyperspace(), progress=True,
-                         timing=TimingSettings(max_cover=TIMING[0], n_fit=TIMING[1]))
+                         timing=TimingSettings(max_cover=timing[0], n_fit=timing[1]))
 
 
 def quantile_constraints(scorer, quantiles, n_spaces: int = 40, seed: int = 0) -> tuple[float, ...]:
@@ -77,7 +74,7 @@ def _constraints(out: Path, table, latency, constraints, quantiles, input_widths
 
 
 def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool, kind: str = "kernels",
-               quantiles=None, input_widths: str = "all") -> dict:
+               quantiles=None, input_widths: str = "all", timing: tuple[int, int] = (2, 1)) -> dict:
     from qcompile.search.space_evolution import (
         EvolutionSettings,
         QTScorer,
@@ -88,7 +85,7 @@ def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool, ki
     from qcompile.utils.io import atomic_write_text
 
     table = _table(out, tiny)
-    latency = _latency(out, kind)
+    latency = _latency(out, kind, timing)
     constraints = _constraints(out, table, latency, constraints, quantiles, input_widths)
     scorer = QTScorer(table, constraints, latency, input_widths=input_widths)
     pop = max(4, n_spaces // 10)
@@ -225,7 +222,8 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
 
 
 def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool,
-           kind: str = "kernels", quantiles=None, input_widths: str = "all", train: bool = True) -> dict:
+           kind: str = "kernels", quantiles=None, input_widths: str = "all", train: bool = True,
+           timing: tuple[int, int] = (2, 1)) -> dict:
     """Q-T scores of the trained spaces against their Pareto accuracies (Kendall tau, 95 % bootstrap interval).
     With `quantiles`, the constraints sit at those quantiles of the latency of the trained spaces' searched
     subnets (so every constraint binds somewhere)."""
@@ -235,7 +233,7 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
 
     trained = train_spaces(out, n_spaces, epochs, n_subnets, tiny, train)
     table = _table(out, tiny)
-    latency = _latency(out, kind)
+    latency = _latency(out, kind, timing)
     t0 = time.process_time()
     for d in trained:
         space = table.hyper.from_encoding(d["encoding"]).build()
@@ -292,17 +290,16 @@ def main(argv=None) -> int:
     if args.tiny:
         args.seeds, args.n_spaces, args.spaces, args.epochs, args.subnets = 3, 40, 3, "0,1", 4
     args.latency = args.latency or ("mac" if args.tiny else "kernels")
-    global TIMING
-    TIMING = tuple(int(x) for x in args.timing.split(","))
+    timing = tuple(int(x) for x in args.timing.split(","))
     epochs = tuple(int(x) for x in args.epochs.split(","))
     quant = tuple(float(x) for x in args.quantiles.split(",")) if args.quantiles else None
     if args.part == "train":
         train_spaces(out, args.spaces, epochs, args.subnets, args.tiny)
     if args.part in ("search", "all"):
-        run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant, args.input_widths)
+        run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant, args.input_widths, timing)
     if args.part in ("qt", "all"):
         run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant, args.input_widths,
-               not args.score_only)
+               not args.score_only, timing)
     return 0
 
 

@@ -329,7 +329,7 @@ def acceptance(args: argparse.Namespace) -> str:
     """The issue-4 acceptance figures of one seed: a default `qcompile train` run (CLI defaults:
     MobileNetV3 width 0.35, resolutions 24/32, epochs 4,3,3, batch 64), then retraining-free test
     accuracy of the largest at 4/4, the smallest at 2/2 and the median of 20 random {2,3,4} subnets."""
-    from qcompile.train_run import train_run
+    from qcompile.cli.train_run import train_run
 
     space = qc.spaces.get_space("mobilenet_v3", num_classes=10, width_mult=0.35, resolutions=(24, 32))
     out = Path(args.out) / f"acceptance-seed{args.seed}"

@@ -3,8 +3,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/greedy_bits.py RUN --seed 0 [--out greedy-seed0.json]
 
 On the largest architecture at the top resolution, the budget is the BitOPs of uniform 3/3 bits.
-`greedy_bits` searches with the loss on the *val* split (all of it, one batch) and recalibrates on
-`--calib-batches` shuffled training batches (seeded by `--seed`). Then every policy -- greedy,
+`greedy_bits` searches with the loss on the *val* split (all of it, one batch), plus with
+`--extra-train N` a fixed subset of N training images (the `SupernetEvaluator` one, seeded by
+`EXTRA_TRAIN_SEED`: a larger, less noisy loss set the search may see), and recalibrates on
+`--calib-batches` shuffled training batches (seeded by `--seed`); `--exact` re-measures every
+candidate at every step (`lazy=False`). Then every policy -- greedy,
 uniform 3/3 and 10 random per-layer {2,3,4} policies of no more BitOPs (seeded rejection sampling,
 bounded) -- is measured the same way on the *test* split (extract + calibrate on 8 training batches
 seeded by `--seed` + evaluate), which the search never saw. Writes a JSON summary.
@@ -28,6 +31,7 @@ from qcompile.artifacts import load_run
 from qcompile.config import QuantPolicy
 from qcompile.data import load_dataset
 from qcompile.errors import ConfigError
+from qcompile.search.predictors.measured import EvalProtocol
 from qcompile.train.evaluate import evaluate_subnets
 from qcompile.utils.io import atomic_write_text
 
@@ -56,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--random", type=int, default=10)
     ap.add_argument("--max-reevals", type=int, default=4)
     ap.add_argument("--recalibrate-every", type=int, default=5)
+    ap.add_argument("--extra-train", type=int, default=0, help="training images added to the val loss set")
+    ap.add_argument("--exact", action="store_true", help="lazy=False: re-measure every candidate each step")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -70,20 +76,23 @@ def main(argv=None) -> int:
     uniform3 = arch.with_policy(space.uniform_policy(3))
     budget = float(bops([uniform3])[0])
     r = arch.resolution
-    val = [next(iter(data.val.loader(len(data.val), resolution=r)))]
+    loss_set = EvalProtocol(extra_train=args.extra_train).eval_set(data)
+    val = [next(iter(loss_set.loader(len(loss_set), resolution=r)))]
     calib = [x for _, (x, _) in zip(range(args.calib_batches), data.train.loader(64, shuffle=True, seed=args.seed,
                                                                                    resolution=r))]
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     greedy, hist = qs.greedy_bits(qnet, arch, val, budget=budget, cost=bops, bits=bits, calib_batches=calib,
                                   lam=args.lam, max_reevals=args.max_reevals,
-                                  recalibrate_every=args.recalibrate_every, return_history=True)
+                                  recalibrate_every=args.recalibrate_every, lazy=not args.exact,
+                                  return_history=True)
     t_greedy, cpu_greedy = time.perf_counter() - t0, time.process_time() - cpu0
     rand = random_policies(space, arch, budget, bits, args.random, 1000 + args.seed, bops)
     cfgs = [greedy, uniform3, *rand]
     test = evaluate_subnets(qnet, space, data, cfgs, calib_batches=8, split="test", seed=args.seed)
     res = {
-        "seed": args.seed, "budget_bitops": budget, "greedy_bitops": float(bops([greedy])[0]),
+        "seed": args.seed, "lam": args.lam, "extra_train": args.extra_train, "lazy": not args.exact,
+        "loss_set_size": len(loss_set), "budget_bitops": budget, "greedy_bitops": float(bops([greedy])[0]),
         "greedy_steps": len(hist), "greedy_wall_s": t_greedy, "greedy_cpu_s": cpu_greedy,
         "test": {"greedy": test[0], "uniform_3_3": test[1], "random_median": statistics.median(test[2:]),
                  "random": test[2:]},
@@ -92,7 +101,8 @@ def main(argv=None) -> int:
         "weight_bits_hist": {b: sum(1 for w, _ in greedy.policy.bits if w == b) for b in bits},
         "act_bits_hist": {b: sum(1 for _, a in greedy.policy.bits if a == b) for b in bits},
         "command": f"benchmarks/greedy_bits.py {args.run} --seed {args.seed} --calib-batches {args.calib_batches} "
-                   f"--max-reevals {args.max_reevals} --recalibrate-every {args.recalibrate_every}",
+                   f"--max-reevals {args.max_reevals} --recalibrate-every {args.recalibrate_every} --lam {args.lam} "
+                   f"--extra-train {args.extra_train}{' --exact' if args.exact else ''}",
     }
     log.info("seed %d: test greedy %.2f %% | uniform 3/3 %.2f %% | median of %d random %.2f %% "
              "(BitOPs %.4g <= %.4g; %d steps, %.0f s wall, %.0f s CPU)", args.seed, 100 * test[0], 100 * test[1],

@@ -14,18 +14,12 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call."""
     import tvm
 
-    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_weights, target_dw_knobs
-    from qcompile.backends.tvm.schedules.gemm_x86 import (
-        MODES,
-        ConvGeometry,
-        choose_mode,
-        default_knobs,
-        pack_weights,
-        pointwise_conv_x86,
-    )
+    from qcompile.backends.tvm.schedules.conv import ConvGeometry, pack_weights
     from qcompile.backends.tvm.schedules.requant import bias_term
     from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload
-    from qcompile.backends.tvm.tuning import lookup_dw_knobs, lookup_knobs
+    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
+    from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pointwise_conv_x86
+    from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 
     rng = np.random.default_rng(seed)
     hw = 2 ** (w_bits - 1)
@@ -65,30 +59,25 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
 
 def ort_layer(ly: ConvLayer, threads: int = 2) -> Callable[[], object]:
     """onnxruntime QDQ int8 conv+ReLU6 of the same shape; returns a one-call closure."""
-    from benchmarks.mbv2 import SingleConv, ort_int8_session
+    from benchmarks.mbv2 import SingleConv, ort_int8
 
     shape = (1, ly.c, ly.h, ly.h)
-    sess = ort_int8_session(SingleConv(ly), shape, threads)
+    run = ort_int8(SingleConv(ly), shape, threads)
     xf = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return lambda: sess.run(None, {"x": xf})
+    return lambda: run(xf)
 
 
 def torch_ao_layer(ly: ConvLayer, threads: int = 2) -> Callable[[], object]:
-    """torch.ao int8 conv+ReLU6 of the same shape (quantize/dequantize stubs excluded by pre-quantizing)."""
+    """torch.ao int8 conv+ReLU6 of the same shape; returns a one-call closure (float input, as the peer)."""
     import torch
 
     from benchmarks.mbv2 import SingleConv, torch_ao_int8
 
     torch.set_num_threads(threads)
     shape = (1, ly.c, ly.h, ly.h)
-    q = torch_ao_int8(SingleConv(ly), shape)
-    x = torch.randn(shape)
-
-    def run():
-        with torch.no_grad():
-            return q(x)
-
-    return run
+    run = torch_ao_int8(SingleConv(ly), shape)
+    xf = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return lambda: run(xf)
 
 
 def time_min(fn: Callable[[], object], number: int = 100, warmup: int = 5) -> float:

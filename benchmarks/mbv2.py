@@ -7,13 +7,12 @@
   weights), run by MLAS;
 - torch.ao INT8: the float twin through FX graph-mode post-training quantization (x86 / fbgemm).
 
-Until `qcompile.spaces.mobilenet_v2().largest()` lands, the network is MobileNetV2 1.0 (Sandler et al.
-2018, Table 2: expand 6, 3x3 depthwise, widths 32-16-24-32-64-96-160-320-1280).
+The network is MobileNetV2 1.0 (Sandler et al. 2018, Table 2: expand 6, 3x3 depthwise, widths
+32-16-24-32-64-96-160-320-1280).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 
@@ -162,47 +161,16 @@ def build_relax_mbv2(target, resolution: int = 224, num_classes: int = 1000, see
 
 
 # ---------------------------------------------------------------------------------------------
-# float twin for the peers
+# float twin and peers: the ones `qcompile bench` uses (qcompile.bench)
 
 
-class _Block(nn.Module):
-    def __init__(self, c: int, co: int, t: int, s: int):
-        super().__init__()
-        mid = c * t
-        layers: list[nn.Module] = []
-        if t != 1:
-            layers += [nn.Conv2d(c, mid, 1, bias=True), nn.ReLU6()]
-        layers += [nn.Conv2d(mid, mid, 3, s, 1, groups=mid, bias=True), nn.ReLU6(), nn.Conv2d(mid, co, 1, bias=True)]
-        self.body = nn.Sequential(*layers)
-        self.residual = s == 1 and c == co
+def float_twin(num_classes: int = 1000, seed: int = 0) -> nn.Module:
+    """MobileNetV2 1.0 in float, seeded (`qcompile.bench.mobilenet_v2`): the shape twin of `build_relax_mbv2`.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
+    Its BatchNorms fold into the convs in both peers (the ONNX export in eval mode, torch.ao's fusion)."""
+    from qcompile.bench import mobilenet_v2
 
-
-class FloatMobileNetV2(nn.Module):
-    """MobileNetV2 1.0 with BN folded away (conv biases), the shape twin of `build_relax_mbv2`."""
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU6()]
-        c = 32
-        for t, co, n, s in MBV2_BLOCKS:
-            for r in range(n):
-                layers.append(_Block(c, co, t, s if r == 0 else 1))
-                c = co
-        layers += [
-            nn.Conv2d(c, 1280, 1),
-            nn.ReLU6(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(1280, num_classes),
-        ]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    return mobilenet_v2(num_classes, seed=seed)
 
 
 class SingleConv(nn.Module):
@@ -217,62 +185,28 @@ class SingleConv(nn.Module):
         return self.act(self.conv(x))
 
 
-def ort_int8_session(model: nn.Module, shape: tuple[int, ...], threads: int = 2, seed: int = 0):
-    """onnxruntime session of `model` quantized QDQ (u8 activations, s8 per-channel weights, MLAS)."""
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def _calibration(shape: tuple[int, ...], seed: int, n: int = 4) -> list[np.ndarray]:
+    g = np.random.default_rng(seed)
+    return [g.standard_normal(shape).astype(np.float32) for _ in range(n)]
 
-    torch.manual_seed(seed)
-    model = model.eval()
-    buf = io.BytesIO()
-    torch.onnx.export(
-        model, torch.randn(shape), buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
-    )
-    fm = onnx.load_from_string(buf.getvalue())
-    fm.ir_version = min(fm.ir_version, 10)  # onnxruntime 1.31 reads IR <= 13 (ARCHITECTURE.md)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            g = np.random.default_rng(seed)
-            self.data = iter([{"x": g.standard_normal(shape).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.data, None)
-
-    import os
+def ort_int8(model: nn.Module, shape: tuple[int, ...], threads: int = 2, seed: int = 0):
+    """onnxruntime INT8 QDQ runner of `model` (u8 activations, s8 per-channel weights, MLAS):
+    `qcompile.bench.peers.ort_int8_static` on the float export, calibrated on 4 random inputs."""
     import tempfile
+    from pathlib import Path
 
-    with tempfile.TemporaryDirectory() as d:
-        fp, qp = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
-        onnx.save(fm, fp)
-        quantize_static(
-            fp,
-            qp,
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(qp, so, providers=["CPUExecutionProvider"])
+    from qcompile.bench.peers import export_float_onnx, ort_int8_static
+
+    cal = _calibration(shape, seed)
+    with tempfile.TemporaryDirectory() as d:  # the session holds the model in memory
+        fp = export_float_onnx(model.eval(), cal[0], Path(d) / "f.onnx")
+        return ort_int8_static(fp, cal, Path(d) / "q.onnx", threads, per_channel=True)
 
 
-def torch_ao_int8(model: nn.Module, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
-    """torch.ao FX post-training static quantization (x86 backend), calibrated on random inputs."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+def torch_ao_int8(model: nn.Module, shape: tuple[int, ...], seed: int = 0):
+    """torch.ao FX post-training static quantization runner (x86 backend), calibrated on 4 random inputs
+    (`qcompile.bench.peers.torch_ao_int8`)."""
+    from qcompile.bench.peers import torch_ao_int8 as _torch_ao_int8
 
-    torch.manual_seed(seed)
-    torch.backends.quantized.engine = "x86"
-    model = model.eval()
-    ex = torch.randn(shape)
-    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs=(ex,))
-    with torch.no_grad():
-        for _ in range(4):
-            prepared(torch.randn(shape))
-    return convert_fx(prepared)
+    return _torch_ao_int8(model, _calibration(shape, seed))

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 import qcompile.search as qs
-from qcompile.cli_predictor import collect_configs
+from qcompile.cli.predictor import collect_configs
+from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.predictors import PredictorOptions, rmse
 from qcompile.search.predictors.measured import config_hash, read_jsonl
@@ -61,7 +62,9 @@ def main(argv=None) -> int:
     by = {}
     for r in recs:
         if r["split"] == "val" and r["calib_batches"] == args.calib_batches:
-            by.setdefault((r["config_hash"], r["calib_seed"]), float(r["accuracy"]))
+            # hash of the stored config under today's canonical form (a cache may predate a change of it)
+            h = config_hash(space, SubnetConfig.from_dict(r["config"]))
+            by.setdefault((h, r["calib_seed"]), float(r["accuracy"]))
     cfgs = collect_configs(space, args.n, 0, (2, 3, 4))
     hashes = [config_hash(space, c) for c in cfgs]
     hold = [i for i in range(args.holdout_n) if (hashes[i], 1) in by]

@@ -1,4 +1,4 @@
-"""Post-training quantization of torchvision models on digits (issue 18 acceptance: w8a8 within 1 point).
+"""Post-training quantization of torchvision models on digits (target: w8a8 within 1 point of float).
 
     .venv/bin/python benchmarks/ptq_digits.py --out runs/ptq_digits            # all three models
     .venv/bin/python benchmarks/ptq_digits.py --models resnet18 --epochs 4

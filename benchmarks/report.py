@@ -105,26 +105,19 @@ def tvm_network_runner(lib: bytes, shape: tuple[int, ...] = (1, 3, 224, 224)):
 
 def ort_int8_runner(shape: tuple[int, ...], threads: int):
     """onnxruntime INT8 QDQ (MLAS) session of the float twin, run on the given input."""
-    from benchmarks.mbv2 import FloatMobileNetV2, ort_int8_session
+    from benchmarks.mbv2 import float_twin, ort_int8
 
-    sess = ort_int8_session(FloatMobileNetV2(), shape, threads=threads)
-    return lambda x: sess.run(None, {"x": x})[0]
+    return ort_int8(float_twin(), shape, threads=threads)
 
 
 def torch_ao_runner(shape: tuple[int, ...], threads: int):
     """torch.ao INT8 (x86) of the float twin, run on the given input."""
     import torch
 
-    from benchmarks.mbv2 import FloatMobileNetV2, torch_ao_int8
+    from benchmarks.mbv2 import float_twin, torch_ao_int8
 
     torch.set_num_threads(threads)
-    q = torch_ao_int8(FloatMobileNetV2(), shape)
-
-    def run(x: np.ndarray):
-        with torch.no_grad():
-            return q(torch.from_numpy(x)).numpy()
-
-    return run
+    return torch_ao_int8(float_twin(), shape)
 
 
 def network_rows(number: int = 100, resolution: int = 224, tune: bool = True) -> list[dict]:
@@ -260,7 +253,7 @@ NOTES = [
     "  load, with the harness's settle step before each timed call (the previous runtime's spinning thread",
     "  pool would otherwise steal a core). Per-kernel rows are single kernels, minimum of N calls.",
     "- Depthwise layers run the tap-pair kernel (`vpmaddwd`/`vpdpwssd` on int16 tap pairs) on rows of >= 28",
-    "  outputs and the row kernel otherwise (`schedules.depthwise_x86.default_dw_knobs`; the tuner decides).",
+    "  outputs and the row kernel otherwise (`schedules.x86.depthwise.default_dw_knobs`; the tuner decides).",
     "- Requantization is exact fixed point (int64 `acc*M + b >> s`, integer_semantics.md), about 1 instruction",
     "  per output; MLAS requantizes in float32. On layers with few input channels (K = 16..40) this epilogue,",
     "  not the dot products, bounds the kernel.",
@@ -353,8 +346,10 @@ def main() -> None:
     ap.add_argument("--number", type=int, default=100)
     ap.add_argument("--skip-kernels", action="store_true")
     ap.add_argument("--from-json", help="only re-render the markdown of an earlier run's JSON")
-    ap.add_argument("--include", nargs="*", default=["docs/benchmarks_space.md", "docs/peers.md"],
-                    help="generated sections appended to the markdown when they exist (space subnet, peers)")
+    ap.add_argument("--include", nargs="*",
+                    default=["docs/benchmarks_space.md", "docs/peers.md", "docs/benchmarks_demo.md"],
+                    help="generated sections appended to the markdown when they exist (space subnet, peers, demo "
+                         "subnet)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cmd = "QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.report"

@@ -8,7 +8,8 @@ Table 7: kernel 7, expand 6, depth 4 everywhere; 606 MMAC at 224), quantized wit
 layer too), calibrated on random images, converted by `qc.to_integer` and lowered by `qc.lower(..., "x86")`
 twice: untuned (an empty tuning database: our default schedules) and tuned (`tune=True`: every kernel timed into
 the persistent database first; a warm database makes this a lookup). Peers run the same subnet's float copy:
-onnxruntime INT8 (`quantize_static`, QDQ, MLAS), onnxruntime fp32, torch fp32, torch.ao INT8 (x86), all through
+onnxruntime INT8 (`quantize_static`, QDQ, MLAS), OpenVINO INT8 (the same QDQ model) and fp32, ExecuTorch
+XNNPACK INT8, onnxruntime fp32, torch fp32, torch.ao INT8 (x86), all through
 `qcompile.bench.run_bench` (interleaved rounds, fixed threads, every runtime in its own worker process: the
 lowerings travel as exported libraries, `qcompile.bench.peers.tvm_spec`). Random weights: latency only.
 
@@ -91,10 +92,11 @@ def main() -> None:
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
-    from qcompile.bench_run import float_copy
+    from qcompile.passes.float_copy import float_copy
 
     sub, ig, cfg, space = build_subnet(a.resolution)
-    peers = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq")
+    peers = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "openvino_fp32", "openvino_int8_qdq",
+             "executorch_xnnpack_int8")
     if a.solo and a.solo.startswith("qcompile_"):
         peers = ()
         runners, info = lowerings(ig, a.threads, tune=a.solo == "qcompile_tvm_tuned", trials=a.trials)

@@ -45,21 +45,56 @@ def _table(out: Path, tiny: bool):
                                progress=True)
 
 
-def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool) -> dict:
+def _latency(out: Path, kind: str, timing: tuple[int, int] = (2, 1)):
+    """The Q-T latency model: our INT8 kernels timed here (cached in OUT/latency/, built once; `timing`: covering
+    and random subnets timed per block type) or the MAC stand-in."""
+    from qcompile.search.space_evolution import latency_model
+    from qcompile.search.space_latency import TimingSettings
+    from qcompile.spaces.hyperspace import digits_hyperspace
+
+    return latency_model("x86", kind, cache_dir=out / "latency", hyper=digits_hyperspace(), progress=True,
+                         timing=TimingSettings(max_cover=timing[0], n_fit=timing[1]))
+
+
+def quantile_constraints(scorer, quantiles, n_spaces: int = 40, seed: int = 0) -> tuple[float, ...]:
+    """Constraints (ms) at `quantiles` of the latency of subnets of `n_spaces` random spaces (so that they bind)."""
+    rng = random.Random(seed)
+    lats = np.concatenate([scorer.sample(scorer.hyper.random(rng))[2] for _ in range(n_spaces)])
+    return tuple(round(float(np.quantile(lats, q)), 4) for q in quantiles)
+
+
+def _constraints(out: Path, table, latency, constraints, quantiles, input_widths: str = "all"):
+    from qcompile.search.space_evolution import QTScorer
+
+    if quantiles:
+        probe = QTScorer(table, (1.0,), latency, n_samples=200, input_widths=input_widths)
+        constraints = quantile_constraints(probe, quantiles)
+        log.info("constraints at latency quantiles %s of random spaces' subnets: %s ms", quantiles, constraints)
+    return tuple(constraints)
+
+
+def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool, kind: str = "kernels",
+               quantiles=None, input_widths: str = "all", timing: tuple[int, int] = (2, 1)) -> dict:
     from qcompile.search.space_evolution import (
         EvolutionSettings,
         QTScorer,
         aging_evolution,
-        latency_model,
         plot_best_scores,
         random_search_spaces,
     )
     from qcompile.utils.io import atomic_write_text
 
     table = _table(out, tiny)
-    scorer = QTScorer(table, constraints, latency_model("x86"))
+    latency = _latency(out, kind, timing)
+    constraints = _constraints(out, table, latency, constraints, quantiles, input_widths)
+    scorer = QTScorer(table, constraints, latency, input_widths=input_widths)
     pop = max(4, n_spaces // 10)
     evo_runs, rnd_runs, rows = [], [], []
+    t0 = time.process_time()
+    for h in scorer.hyper.blocks:  # the per-stage latency precompute (cached kernel lists), outside the timing
+        scorer._stage_data(1, h)
+    getattr(latency, "flush", lambda: None)()
+    t_pre = time.process_time() - t0
     t0 = time.process_time()
     for seed in range(seeds):
         e = aging_evolution(scorer, EvolutionSettings(n_spaces=n_spaces, population=pop, sample=max(2, pop // 4),
@@ -72,16 +107,20 @@ def run_search(out: Path, seeds: int, n_spaces: int, constraints, tiny: bool) ->
     wins = sum(r["evolution"] > r["random"] for r in rows)
     ties = sum(r["evolution"] == r["random"] for r in rows)
     doc = {
-        "constraints_ms": list(constraints), "n_spaces": n_spaces, "population": pop, "sample": max(2, pop // 4),
-        "seeds": seeds, "evolution_wins": wins, "ties": ties, "cpu_seconds": time.process_time() - t0,
-        "latency_model": scorer.latency.describe(), "table_key_sha": table.key.get("teacher_sha256"),
+        "constraints_ms": list(constraints), "quantiles": list(quantiles or []), "n_spaces": n_spaces,
+        "population": pop, "sample": max(2, pop // 4), "seeds": seeds, "evolution_wins": wins, "ties": ties,
+        "cpu_seconds": time.process_time() - t0, "precompute_cpu_seconds": t_pre,
+        "latency_model": latency.describe(), "input_widths": input_widths,
+        "table_key_sha": table.key.get("teacher_sha256"),
         "rows": rows,
     }
-    atomic_write_text(out / "search.json", json.dumps(doc, indent=1))
-    plot_best_scores({"aging evolution": evo_runs, "random search": rnd_runs}, out / "search.png",
-                     title=f"SpaceEvo digits: best Q-T vs evaluated spaces; evolution wins {wins}/{seeds} seeds")
-    print(f"evolution beats random search on {wins}/{seeds} seeds ({ties} ties) at {n_spaces} spaces each; "
-          f"mean best Q-T {np.mean([r['evolution'] for r in rows]):.4f} vs {np.mean([r['random'] for r in rows]):.4f}")
+    atomic_write_text(out / f"search_{kind}.json", json.dumps(doc, indent=1))
+    plot_best_scores({"aging evolution": evo_runs, "random search": rnd_runs}, out / f"search_{kind}.png",
+                     title=f"SpaceEvo digits ({kind} latency): best Q-T vs evaluated spaces; evolution wins "
+                           f"{wins}/{seeds} seeds")
+    print(f"[{kind} latency, constraints {list(constraints)} ms] evolution beats random search on {wins}/{seeds} "
+          f"seeds ({ties} ties) at {n_spaces} spaces each; mean best Q-T "
+          f"{np.mean([r['evolution'] for r in rows]):.4f} vs {np.mean([r['random'] for r in rows]):.4f}")
     return doc
 
 
@@ -102,16 +141,20 @@ def train_small_supernet(space, data, epochs: tuple[int, int], seed: int):
     return qnet
 
 
-def pareto_accuracy(qnet, space, data, constraints, n_subnets: int, seed: int, latency) -> dict:
+def subnet_accuracies(qnet, space, data, n_subnets: int, seed: int) -> tuple[list, list[float]]:
+    """`n_subnets` INT8 subnets (largest, smallest, random), each calibrated and evaluated on the validation split."""
     from qcompile.train.evaluate import evaluate_subnets
 
     configs = [space.sample(seed=seed * 1000 + i, bits=(8,)) for i in range(n_subnets)]
     configs[0] = space.largest(bits=8)
     configs[1] = space.smallest(bits=8)
-    accs = evaluate_subnets(qnet, space, data, configs, calib_batches=4, split="val")
-    lats = [latency.predict(space, c) for c in configs]
+    return configs, evaluate_subnets(qnet, space, data, configs, calib_batches=4, split="val")
+
+
+def pareto_accuracy(accs, lats, constraints) -> dict:
+    """Mean over the constraints of the best accuracy under each (0 where no subnet meets it)."""
     per = [max([a for a, t in zip(accs, lats) if t < T], default=0.0) for T in constraints]
-    return {"accuracies": accs, "latency_ms": lats, "per_constraint": per, "pareto_accuracy": float(np.mean(per))}
+    return {"per_constraint": per, "pareto_accuracy": float(np.mean(per))}
 
 
 def kendall_with_ci(a, b, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -132,61 +175,112 @@ def kendall_with_ci(a, b, n_boot: int = 2000, seed: int = 0) -> tuple[float, flo
     return tau, float(lo), float(hi)
 
 
-def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool) -> dict:
-    import torch
-
-    from qcompile.data import load_dataset
-    from qcompile.search.space_evolution import QTScorer, latency_model
-    from qcompile.utils.io import atomic_write_text
-
-    torch.set_num_threads(1)
-    table = _table(out, tiny)
-    hyper = table.hyper
-    latency = latency_model("x86")
-    scorer = QTScorer(table, constraints, latency)
-    data = load_dataset("digits", resolution=hyper.resolutions[0], in_channels=hyper.in_channels)
-    path = out / "qt_spaces.json"
-    done = json.loads(path.read_text()) if path.is_file() else []
+def _candidates(hyper, n_spaces: int):
     rng = random.Random(2026)
     cands = []
     while len(cands) < n_spaces:  # bounded: the hyperspace has ~2.4e8 spaces
         c = hyper.random(rng)
         if c.encoding not in {x.encoding for x in cands}:
             cands.append(c)
+    return cands
+
+
+def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: int, tiny: bool,
+                 train: bool = True) -> list[dict]:
+    """Train K random candidate spaces and evaluate `n_subnets` subnets of each (no latency: that is `run_qt`).
+    Appends per space to OUT/qt_spaces.json (a rerun continues). `train=False`: only those trained so far."""
+    import torch
+
+    from qcompile.data import load_dataset
+    from qcompile.spaces.hyperspace import digits_hyperspace
+    from qcompile.utils.io import atomic_write_text
+
+    torch.set_num_threads(1)
+    hyper = digits_hyperspace()
+    data = load_dataset("digits", resolution=hyper.resolutions[0], in_channels=hyper.in_channels)
+    path = out / "qt_spaces.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+
+    def same(d, cand) -> bool:
+        return d["encoding"] == cand.encoding and d["epochs"] == list(epochs) and d["subnets"] == n_subnets
+
+    cands = _candidates(hyper, n_spaces)
     for k, cand in enumerate(cands):
-        if any(d["encoding"] == cand.encoding and d.get("epochs", list(epochs)) == list(epochs) for d in done):
+        if any(same(d, cand) for d in done) or not train:
             continue
         t0 = time.process_time()
         space = cand.build()
         qnet = train_small_supernet(space, data, epochs, seed=k)
-        res = pareto_accuracy(qnet, space, data, constraints, n_subnets, k, latency)
-        res.update(encoding=cand.encoding, epochs=list(epochs), qt_score=scorer.score(cand),
-                   per_constraint_qt=scorer.per_constraint(cand),
-                   cpu_seconds=time.process_time() - t0)
-        done.append(res)
+        configs, accs = subnet_accuracies(qnet, space, data, n_subnets, k)
+        done.append({"encoding": cand.encoding, "epochs": list(epochs), "subnets": n_subnets,
+                     "configs": [c.to_json() for c in configs], "accuracies": accs,
+                     "cpu_seconds": time.process_time() - t0})
         atomic_write_text(path, json.dumps(done, indent=1))
-        print(f"[{len(done)}/{n_spaces}] {cand.encoding}: Q-T {res['qt_score']:.4f}, Pareto accuracy "
-              f"{res['pareto_accuracy']:.4f} ({res['cpu_seconds']:.0f} CPU-s)", flush=True)
-    done = [d for d in done if d["encoding"] in {c.encoding for c in cands} and d.get("epochs") == list(epochs)]
-    tau, lo, hi = kendall_with_ci([d["qt_score"] for d in done], [d["pareto_accuracy"] for d in done])
-    doc = {"constraints_ms": list(constraints), "epochs": list(epochs), "subnets_per_space": n_subnets,
-           "kendall_tau": tau, "ci95": [lo, hi], "spaces": [{k: d[k] for k in ("encoding", "qt_score",
-           "pareto_accuracy", "per_constraint", "cpu_seconds")} for d in done], "latency_model": latency.describe()}
-    atomic_write_text(out / "qt.json", json.dumps(doc, indent=1))
-    print(f"Kendall tau(Q-T, Pareto accuracy) over {len(done)} spaces: {tau:.3f} (95% bootstrap CI {lo:.3f}..{hi:.3f})")
+        print(f"[{k + 1}/{n_spaces}] {cand.encoding}: trained, {n_subnets} subnets, accuracy "
+              f"{min(accs):.3f}-{max(accs):.3f} ({done[-1]['cpu_seconds']:.0f} CPU-s)", flush=True)
+    return [d for c in cands for d in done if same(d, c)]
+
+
+def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool,
+           kind: str = "kernels", quantiles=None, input_widths: str = "all", train: bool = True,
+           timing: tuple[int, int] = (2, 1)) -> dict:
+    """Q-T scores of the trained spaces against their Pareto accuracies (Kendall tau, 95 % bootstrap interval).
+    With `quantiles`, the constraints sit at those quantiles of the latency of the trained spaces' searched
+    subnets (so every constraint binds somewhere)."""
+    from qcompile.config import SubnetConfig
+    from qcompile.search.space_evolution import QTScorer
+    from qcompile.utils.io import atomic_write_text
+
+    trained = train_spaces(out, n_spaces, epochs, n_subnets, tiny, train)
+    table = _table(out, tiny)
+    latency = _latency(out, kind, timing)
+    t0 = time.process_time()
+    for d in trained:
+        space = table.hyper.from_encoding(d["encoding"]).build()
+        d["latency_ms"] = [latency.predict(space, SubnetConfig.from_json(c)) for c in d["configs"]]
+    if quantiles:
+        pooled = np.concatenate([d["latency_ms"] for d in trained])
+        constraints = tuple(round(float(np.quantile(pooled, q)), 4) for q in quantiles)
+    scorer = QTScorer(table, constraints, latency, input_widths=input_widths)
+    rows = []
+    for d in trained:
+        cand = table.hyper.from_encoding(d["encoding"])
+        rows.append({"encoding": d["encoding"], "qt_score": scorer.score(cand), "per_constraint_qt":
+                     scorer.per_constraint(cand), **pareto_accuracy(d["accuracies"], d["latency_ms"], constraints),
+                     "latency_range_ms": [min(d["latency_ms"]), max(d["latency_ms"])],
+                     "max_accuracy": max(d["accuracies"]), "cpu_seconds": d["cpu_seconds"]})
+    getattr(latency, "flush", lambda: None)()
+    tau, lo, hi = kendall_with_ci([r["qt_score"] for r in rows], [r["pareto_accuracy"] for r in rows])
+    doc = {"constraints_ms": list(constraints), "quantiles": list(quantiles or []), "epochs": list(epochs),
+           "subnets_per_space": n_subnets, "kendall_tau": tau, "ci95": [lo, hi], "spaces": rows,
+           "latency_model": latency.describe(), "input_widths": input_widths,
+           "pricing_cpu_seconds": time.process_time() - t0}
+    atomic_write_text(out / f"qt_{kind}.json", json.dumps(doc, indent=1))
+    print(f"[{kind} latency, constraints {list(constraints)} ms] Kendall tau(Q-T, Pareto accuracy) over {len(rows)} "
+          f"spaces: {tau:.3f} (95% bootstrap CI {lo:.3f}..{hi:.3f})")
     return doc
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("search", "qt", "all"))
+    p.add_argument("part", choices=("search", "qt", "train", "all"))
     p.add_argument("--out", default="runs/spaceevo")
-    p.add_argument("--constraints", default="0.2,0.3,0.5")
+    p.add_argument("--constraints", default="0.2,0.3,0.5", help="latency constraints (ms)")
+    p.add_argument("--quantiles", default=None,
+                   help="constraints at these latency quantiles instead (search: random spaces' subnets; qt: the "
+                        "trained spaces' searched subnets), e.g. 0.1,0.3,0.6")
+    p.add_argument("--input-widths", choices=("all", "ends"), default="all",
+                   help="stage latency at every input width or at the ends, interpolated (QTScorer.input_widths)")
+    p.add_argument("--latency", choices=("kernels", "mac"), default=None,
+                   help="kernels (default; --tiny: mac): our INT8 kernels timed here (OUT/latency/, built once, "
+                        "minutes); mac: MAC-count stand-in")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--n-spaces", type=int, default=300)
     p.add_argument("--spaces", type=int, default=8, help="candidate spaces trained for the Q-T check")
     p.add_argument("--epochs", default="2,1", help="float,int8 supernet epochs for the Q-T check")
     p.add_argument("--subnets", type=int, default=16, help="subnets searched per trained space")
+    p.add_argument("--timing", default="2,1", help="kernels: covering,random subnets timed per block type")
+    p.add_argument("--score-only", action="store_true", help="qt: score the spaces trained so far, train none")
     p.add_argument("--tiny", action="store_true", help="CI size: tiny table, 3 seeds, 3 spaces, 1 INT8 epoch")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -195,11 +289,17 @@ def main(argv=None) -> int:
     cons = tuple(float(x) for x in args.constraints.split(","))
     if args.tiny:
         args.seeds, args.n_spaces, args.spaces, args.epochs, args.subnets = 3, 40, 3, "0,1", 4
+    args.latency = args.latency or ("mac" if args.tiny else "kernels")
+    timing = tuple(int(x) for x in args.timing.split(","))
     epochs = tuple(int(x) for x in args.epochs.split(","))
+    quant = tuple(float(x) for x in args.quantiles.split(",")) if args.quantiles else None
+    if args.part == "train":
+        train_spaces(out, args.spaces, epochs, args.subnets, args.tiny)
     if args.part in ("search", "all"):
-        run_search(out, args.seeds, args.n_spaces, cons, args.tiny)
+        run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant, args.input_widths, timing)
     if args.part in ("qt", "all"):
-        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny)
+        run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant, args.input_widths,
+               not args.score_only, timing)
     return 0
 
 

@@ -41,26 +41,24 @@ def test_mobilenet_v2(benchmark, runtime, qc_vm_factory, mbv2_input, avx2_target
 
         out_shape = tuple(fn().shape)
     elif runtime == "onnxruntime":
-        from benchmarks.mbv2 import FloatMobileNetV2, ort_int8_session
+        from benchmarks.mbv2 import float_twin, ort_int8
 
-        sess = ort_int8_session(FloatMobileNetV2(), x_f32.shape, threads=2)
+        run = ort_int8(float_twin(), x_f32.shape, threads=2)
 
         def fn():
-            return sess.run(None, {"x": x_f32})[0]
+            return run(x_f32)
 
         out_shape = fn().shape
     else:
         import torch
 
-        from benchmarks.mbv2 import FloatMobileNetV2, torch_ao_int8
+        from benchmarks.mbv2 import float_twin, torch_ao_int8
 
         torch.set_num_threads(2)
-        q = torch_ao_int8(FloatMobileNetV2(), x_f32.shape)
-        xt = torch.from_numpy(x_f32)
+        run = torch_ao_int8(float_twin(), x_f32.shape)
 
         def fn():
-            with torch.no_grad():
-                return q(xt)
+            return run(x_f32)
 
         out_shape = tuple(fn().shape)
     assert tuple(out_shape) == (1, 1000)

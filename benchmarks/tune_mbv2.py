@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.tune_mbv2 --family avx2      # or avx512-vnni, host
 
-Later lowerings of any subnet with these layer shapes pick the records up (`tuning.lookup_knobs`).
+Later lowerings of any subnet with these layer shapes pick the records up (`schedules.x86.tune.lookup_knobs`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ def tune_network(target, resolution: int = 224, x_max: int = 255, w_bits: int = 
     import numpy as np
 
     from benchmarks.mbv2 import mbv2_layers
-    from qcompile.backends.tvm.schedules.gemm_x86 import choose_mode
     from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload
-    from qcompile.backends.tvm.tuning import TuningDB, tune_depthwise, tune_gemm, workload_key
+    from qcompile.backends.tvm.schedules.x86.gemm import choose_mode
+    from qcompile.backends.tvm.schedules.x86.tune import tune_depthwise, tune_gemm
+    from qcompile.backends.tvm.tuning import TuningDB, workload_key
 
     rng = np.random.default_rng(0)
     done: dict = {}

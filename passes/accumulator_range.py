@@ -33,6 +33,7 @@ from torch import fx
 
 from qcompile.errors import ConfigError, LoweringError
 from qcompile.ops import reference as R
+from qcompile.ops.table import CODE_OPS, op_def
 from qcompile.passes.infra import Pass, PassResult, register
 
 __all__ = ["INT32_MAX", "INT32_MIN", "INT64_MAX", "AccumulatorRange", "accumulator_range"]
@@ -50,12 +51,6 @@ def _fetch(gm: fx.GraphModule, node: Any) -> torch.Tensor:
     for part in node.target.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _arg(n: fx.Node, i: int, name: str, default: Any = None) -> Any:
-    if len(n.args) > i:
-        return n.args[i]
-    return n.kwargs.get(name, default)
 
 
 def _where(n: fx.Node) -> str:
@@ -115,22 +110,24 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
         t = n.target
         meta = n.meta.setdefault("qcompile", {})
         out: Interval | None = None
+        d = op_def(t)
+        if d is None or d.kind != "integer":  # float islands carry no integer range
+            continue
+        kw = d.bind(n.args, n.kwargs, _where(n))
         if t in (R.quantize, R.quantize_linear):
-            out = (0, int(_arg(n, 3, "qmax")))
+            out = (0, int(kw["qmax"]))
         elif t in (R.requantize_float, R.rescale_float, R.add_float, R.mean_float, R.mul_float):
             # float32 epilogues of the qdq flavour: no int64 intermediate; codes in the clamp [lo, hi]
-            out = (int(n.kwargs["lo"]), int(n.kwargs["hi"]))
+            out = (int(kw["lo"]), int(kw["hi"]))
         elif t in (R.conv2d, R.linear):
-            x = rng.get(n.args[0])
+            x = rng.get(kw["x"])
             if x is None:
                 raise LoweringError(_where(n), "integer conv/linear reads a tensor that is not integer codes",
-                                    "its input must come from quantize/requantize/rescale/add/mean/mul/lut")
-            w, bias = _fetch(gm, n.args[1]), _fetch(gm, n.args[2])
-            if t is R.conv2d:
-                pad = _arg(n, 4, "padding", 0)
-                if pad not in (0, (0, 0), [0, 0]):
-                    pv = int(_arg(n, 8, "pad_value", 0))
-                    x = (min(x[0], pv), max(x[1], pv))
+                                    f"its input must come from {'/'.join(f.__name__ for f in CODE_OPS)}")
+            w, bias = _fetch(gm, kw["w"]), _fetch(gm, kw["bias"])
+            if t is R.conv2d and kw["padding"] not in (0, (0, 0), [0, 0]):
+                pv = int(kw["pad_value"])
+                x = (min(x[0], pv), max(x[1], pv))
             by_bits, by_weights = _acc_ranges(n, w, bias, x)
             meta["acc_bound_bits"], meta["acc_bound_weights"] = list(by_bits), list(by_weights)
             out = by_bits if bound == "bits" else by_weights
@@ -145,56 +142,53 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
                     "check the quantizer scales that set its bias",
                 )
         elif t is R.requantize:
-            acc = rng.get(n.args[0], (INT32_MIN, INT32_MAX))
-            m, s = _fetch(gm, n.args[1]), _fetch(gm, n.args[2])
+            acc = rng.get(kw["acc"], (INT32_MIN, INT32_MAX))
+            m, s = _fetch(gm, kw["multiplier"]), _fetch(gm, kw["shift"])
             mag = max(abs(acc[0]), abs(acc[1]))
             _check64(n, mag * int(m.to(torch.int64).abs().max()) + 2 ** (int(s.max()) - 1), "|acc| M + 2^(s-1)",
                      check)
-            out = (int(_arg(n, 3, "lo")), int(_arg(n, 4, "hi")))
+            out = (int(kw["lo"]), int(kw["hi"]))
         elif t is R.rescale:
-            x = rng.get(n.args[0], (0, 255))
-            m, off, sh = int(n.kwargs["multiplier"]), int(n.kwargs["offset"]), int(n.kwargs["shift"])
+            x = rng.get(kw["x"], (0, 255))
+            m, off, sh = int(kw["multiplier"]), int(kw["offset"]), int(kw["shift"])
             _check64(n, max(abs(x[0]), abs(x[1])) * abs(m) + abs(off), "|x| M + |offset|", check)
-            lo, hi = int(n.kwargs["lo"]), int(n.kwargs["hi"])
+            lo, hi = int(kw["lo"]), int(kw["hi"])
             ends = sorted(((x[0] * m + off) >> sh, (x[1] * m + off) >> sh))
             out = _clamp_iv((ends[0], ends[1]), lo, hi)
         elif t is R.add:
-            a, b = rng.get(n.args[0], (0, 255)), rng.get(n.args[1], (0, 255))
-            kw = n.kwargs
+            a, b = rng.get(kw["a"], (0, 255)), rng.get(kw["b"], (0, 255))
             v = (max(map(abs, a)) * abs(int(kw["multiplier_a"])) + max(map(abs, b)) * abs(int(kw["multiplier_b"]))
                  + abs(int(kw["offset"])))
             _check64(n, v, "|a| Ma + |b| Mb + |offset|", check)
             out = (int(kw["lo"]), int(kw["hi"]))
         elif t is R.mean:
-            x = rng.get(n.args[0], (0, 255))
+            x = rng.get(kw["x"], (0, 255))
             hw = meta.get("hw")
             if hw is None:
-                tm = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
+                tm = kw["x"].meta.get("tensor_meta") if isinstance(kw["x"], fx.Node) else None
                 hw = int(tm.shape[2] * tm.shape[3]) if tm is not None else None
             if hw is None:
                 if check:
                     raise LoweringError(_where(n), "spatial size of the averaged tensor is unknown",
                                         "annotate meta['qcompile']['hw'] or run ShapeProp before the analysis")
             else:
-                kw = n.kwargs
                 _check64(n, hw * max(map(abs, x)) * abs(int(kw["multiplier"])) + abs(int(kw["offset"])),
                          "HW |x| M + |offset|", check)
-            out = (int(n.kwargs["lo"]), int(n.kwargs["hi"]))
+            out = (int(kw["lo"]), int(kw["hi"]))
         elif t is R.mul:
-            x, g = rng.get(n.args[0], (0, 255)), rng.get(n.args[1], (0, 255))
-            kw = n.kwargs
+            x, g = rng.get(kw["x"], (0, 255)), rng.get(kw["g"], (0, 255))
             gm_ = max(map(abs, g))
             v = max(map(abs, x)) * gm_ * abs(int(kw["multiplier"])) + gm_ * abs(int(kw["offset_g"])) + abs(
                 int(kw["offset"]))
             _check64(n, v, "|x||g| M + |g||offset_g| + |offset|", check)
             out = (int(kw["lo"]), int(kw["hi"]))
         elif t is R.lut:
-            x = rng.get(n.args[0], (0, 255))
-            table = _fetch(gm, n.args[1]).to(torch.int64)
+            x = rng.get(kw["x"], (0, 255))
+            table = _fetch(gm, kw["table"]).to(torch.int64)
             seg = table[max(x[0], 0) : min(x[1], 255) + 1]
             out = (int(seg.min()), int(seg.max())) if seg.numel() else (0, 255)
-        elif t in (R.flatten, R.max_pool2d):
-            out = rng.get(n.args[0])
+        elif d.out_dtype == "same":  # flatten, max_pool2d: the input's codes, rearranged
+            out = rng.get(kw[d.operands[0]])
         if out is not None:
             rng[n] = out
             meta["range"] = list(out)

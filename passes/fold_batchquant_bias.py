@@ -37,10 +37,10 @@ import torch
 from torch import fx, nn
 
 from qcompile.errors import LoweringError
-from qcompile.lowering.modules import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
-from qcompile.lowering.patterns import get_module, is_act_quantizer, set_module, source_through_shape_ops
+from qcompile.nn.folded import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
 from qcompile.nn.padding import pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.passes.patterns import get_module, is_act_quantizer, set_module, source_through_shape_ops
 
 __all__ = ["FoldBatchQuantBias", "InputQuant", "eq6_fold", "fold_batchquant_bias", "input_quantizer_params"]
 

@@ -21,11 +21,11 @@ import torch
 from torch import fx, nn
 
 from qcompile.errors import LoweringError
-from qcompile.lowering.modules import FoldedQConv2d, weight_bits_of
-from qcompile.lowering.patterns import get_module, set_module
+from qcompile.nn.folded import FoldedQConv2d, weight_bits_of
 from qcompile.nn.padding import link_pad_quantizer, pad_quantizer
 from qcompile.nn.static import QConv2d
 from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.passes.patterns import get_module, set_module
 
 __all__ = ["FoldBN", "bn_affine", "fold_bn"]
 

@@ -1,6 +1,6 @@
 """`quantize_model`: bring your own CNN. Trace any FX-traceable model and insert qcompile's quantizers.
 
-A fixed network is a one-point search space (issue 18): the result is the same kind of static fake-quant
+A fixed network is a one-point search space: the result is the same kind of static fake-quant
 `fx.GraphModule` that `qcompile.extract` returns (`QConv2d` / `QLinear` with frozen LSQ weight
 quantizers, `nn.BatchNorm2d`, BatchQuant activation quantizers), so `qc.calibrate`, `qc.to_integer`,
 `qc.lower`, `qc.export_onnx` and the CLI accept it unchanged.
@@ -34,9 +34,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError, LoweringError
-from qcompile.lowering.patterns import classify, set_module
 from qcompile.nn.static import QConv2d, QLinear, link_input_quantizers
 from qcompile.passes.insert_quantizers import PolicyBits
+from qcompile.passes.patterns import classify, set_module
 from qcompile.quant import LSQ, SUPPORTED_BITS, ActQuantizer, BatchQuant
 from qcompile.quant.functional import signed_range
 
@@ -522,7 +522,6 @@ def quantize_model(
     link_input_quantizers(gm)
     shape = (1,) + tuple(int(s) for s in x.shape[1:])
     gm.meta["input_shape"] = shape
-    gm.input_shape = shape
     gm.qc_layers = infos
     gm.qc_policy = dict(bits)
     if shape[2] == shape[3]:  # the model's one point of the search space: its resolution and policy slots

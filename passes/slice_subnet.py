@@ -25,11 +25,29 @@ from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import ActQuantizer
 
 
-def _frozen_weight_quant(mod) -> nn.Module | None:
+def _frozen_weight_quant(mod, quantized_weight: torch.Tensor) -> nn.Module | None:
+    """The layer's weight quantizer frozen at its active bits, its step initialised if the supernet's is not.
+
+    An untrained supernet initialises an LSQ step lazily on the first forward at that bit-width (OQA
+    Sec. 3.2); the copy is initialised here from `quantized_weight`, the tensor the supernet's forward
+    would quantize, so the subnet computes what the supernet would while the supernet stays untouched.
+    """
     q = getattr(mod, "weight_quant", None)
     if q is None or q.active_bits == FLOAT_BITS:
         return None
-    return q.freeze(q.active_bits)
+    frozen = q.freeze(q.active_bits)
+    is_init = getattr(frozen, "is_initialized", None)
+    if is_init is not None and not is_init(frozen.active_bits):
+        with torch.no_grad():
+            frozen(quantized_weight.detach())
+    return frozen
+
+
+def _supernet_quantized_weight(mod: ElasticConv2d, in_ch: int) -> torch.Tensor:
+    """The weight `ElasticConv2d.quantized_active_weight` passes to its quantizer."""
+    if mod.kernel_transform and mod.active_kernel != mod.max_kernel:
+        return mod.active_weight(in_ch)
+    return mod.weight
 
 
 def _static_conv(mod: ElasticConv2d, in_ch: int) -> QConv2d:
@@ -44,7 +62,7 @@ def _static_conv(mod: ElasticConv2d, in_ch: int) -> QConv2d:
         padding=k // 2,
         groups=groups,
         bias=mod.bias is not None,
-        weight_quant=_frozen_weight_quant(mod),
+        weight_quant=_frozen_weight_quant(mod, _supernet_quantized_weight(mod, in_ch)),
     )
     conv.weight.data.copy_(w)
     if mod.bias is not None:
@@ -64,7 +82,7 @@ def _static_bn(mod: ElasticBatchNorm2d, c: int) -> nn.BatchNorm2d:
 
 
 def _static_linear(mod: ElasticLinear, in_features: int) -> QLinear:
-    lin = QLinear(in_features, mod.out, bias=mod.bias is not None, weight_quant=_frozen_weight_quant(mod))
+    lin = QLinear(in_features, mod.out, bias=mod.bias is not None, weight_quant=_frozen_weight_quant(mod, mod.weight))
     lin.weight.data.copy_(mod.weight.detach()[:, :in_features])
     if mod.bias is not None:
         lin.bias.data.copy_(mod.bias.detach())
@@ -85,8 +103,15 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> dict[str, torch.Size]:
+    """Input shape of every call_module node of the active subnet, from one forward on zeros.
+
+    Weight quantizers run at 32 bits meanwhile: shapes do not depend on them, and a quantized forward
+    would initialise the supernet's uninitialised LSQ steps as a side effect.
+    """
     modes = {m: m.training for m in gm.modules()}
     quant_states = [(q, q.calibrating) for q in gm.modules() if isinstance(q, ActQuantizer)]
+    weight_quants = [(m.weight_quant, m.weight_quant.active_bits) for m in gm.modules()
+                     if isinstance(m, (ElasticConv2d, ElasticLinear)) and getattr(m, "weight_quant", None) is not None]
     quant_log = logging.getLogger("qcompile.quant")
     level = quant_log.level
     try:
@@ -94,6 +119,8 @@ def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> d
         gm.eval()
         for q, _ in quant_states:
             q.calibrating = False
+        for wq, _ in weight_quants:
+            wq.active_bits = FLOAT_BITS
         rec = _ShapeRecorder(gm)
         with torch.no_grad():
             rec.run(torch.zeros(1, in_channels, cfg.resolution, cfg.resolution))
@@ -103,7 +130,12 @@ def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> d
             m.training = t
         for q, c in quant_states:
             q.calibrating = c
+        for wq, b in weight_quants:
+            wq.active_bits = b
     return rec.in_shapes
+
+
+_ACTIVE = ("active", "_active")  # quantizers keep their bits behind an `active_bits` property
 
 
 def _active_state(gm: nn.Module) -> list[tuple[nn.Module, dict]]:
@@ -111,7 +143,7 @@ def _active_state(gm: nn.Module) -> list[tuple[nn.Module, dict]]:
     out = []
     for m in gm.modules():
         if callable(getattr(m, "apply_config", None)) or getattr(m, "qc_binding", None) is not None:
-            out.append((m, {k: v for k, v in vars(m).items() if k.startswith("active")}))
+            out.append((m, {k: v for k, v in vars(m).items() if k.startswith(_ACTIVE)}))
     return out
 
 
@@ -133,7 +165,7 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
         sub = _slice(gm, cfg, in_channels)
     finally:
         for m, state in saved:
-            for k in [k for k in vars(m) if k.startswith("active") and k not in state]:
+            for k in [k for k in vars(m) if k.startswith(_ACTIVE) and k not in state]:
                 delattr(m, k)
             m.__dict__.update(state)
     sub.subnet_config = cfg

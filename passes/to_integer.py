@@ -57,15 +57,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from qcompile import ops as Q
 from qcompile.errors import ConfigError, LoweringError
-from qcompile.lowering.elementwise import ELEMENTWISE, build_lut, clamp_interval, code_of
-from qcompile.lowering.modules import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
-from qcompile.lowering.patterns import classify, get_module
+from qcompile.nn.folded import AccConv2d, AccLinear, FoldedQConv2d, weight_bits_of
 from qcompile.ops import IntegerGraph, IntegerGraphBuilder
 from qcompile.ops.meta import ProgramMeta
 from qcompile.passes.accumulator_range import AccumulatorRange
+from qcompile.passes.elementwise import ELEMENTWISE, build_lut, clamp_interval, code_of
 from qcompile.passes.fold_batchquant_bias import FoldBatchQuantBias, InputQuant, input_quantizer_params
 from qcompile.passes.fold_bn import FoldBN, bn_affine
 from qcompile.passes.infra import Pass, PassResult, register
+from qcompile.passes.patterns import classify, get_module
 from qcompile.quant.fixed_point import affine_fixed_point, quantize_multipliers
 from qcompile.quant.flavour import DEFAULT_FLAVOUR, flavour_of
 
@@ -598,12 +598,10 @@ def _shapes_4d(gm: fx.GraphModule, input_shape: Sequence[int] | None) -> dict[st
 
 
 def _input_shape_of(gm: fx.GraphModule) -> tuple[int, ...] | None:
-    """The input shape `slice_subnet` recorded in `gm.meta["input_shape"]` (or a `gm.input_shape` attribute)."""
-    for holder in (getattr(gm, "meta", {}), gm.__dict__):
-        shape = holder.get("input_shape") if isinstance(holder, dict) else None
-        if shape is not None:
-            return tuple(int(s) for s in shape)
-    return None
+    """The input shape `slice_subnet` / `quantize_model` recorded in `gm.meta["input_shape"]`, the one place
+    it is kept on a fake-quant graph (`ProgramMeta.input_shape` carries it on to the IntegerGraph)."""
+    shape = getattr(gm, "meta", {}).get("input_shape")
+    return None if shape is None else tuple(int(s) for s in shape)
 
 
 _SUPPORTED_REMEDY = (
@@ -651,6 +649,7 @@ def to_integer(
     *,
     pipeline: str | Sequence[Any] | None = None,
     verify: bool = True,
+    copy_input: bool = True,
 ) -> IntegerGraph:
     """Lower a calibrated fake-quant subnet to an `IntegerGraph` (the subnet itself is not modified).
 
@@ -678,6 +677,8 @@ def to_integer(
             `input_shape` still fills in `lower-to-integer`'s when the string leaves it out. The
             pipeline must produce an IntegerGraph (contain `lower-to-integer` or `to-integer`).
         verify: run the graph verifier after every pass.
+        copy_input: run on a deep copy of `gm` (default); False lets the passes consume `gm` (callers that
+            made `gm` only to convert it, and want to skip copying its weights).
 
     Returns an `IntegerGraph`; `ig(x)` runs the exact reference and returns float64 logits.
     """
@@ -700,7 +701,7 @@ def to_integer(
             passes = [dataclasses.replace(p, input_shape=shape)
                       if isinstance(p, (LowerToInteger, ToInteger)) and p.input_shape is None else p for p in passes]
     pm = PassManager(passes, verify=verify)
-    work = copy.deepcopy(gm).eval()
+    work = (copy.deepcopy(gm) if copy_input else gm).eval()
     ig = pm.run(work).graph_module
     if not isinstance(ig, IntegerGraph):
         raise ConfigError("pipeline", pm.pipeline, "a pipeline that produces an IntegerGraph, e.g. "

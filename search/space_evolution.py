@@ -9,10 +9,11 @@
   measured loss to approximate the quantized accuracy"). The scoring subnet keeps the stem and the
   residual-stem stage at their largest (they are not searched); Stage1-6 come from table entries
   whose width lies in the candidate's windows.
-- **Latency**: `latency_model(target)` is the one function to swap. It returns the kernel-level
-  predictor of `qcompile.search` when that exists, else `MacLatencyModel`, a MAC-count stand-in
-  (say which one a result used: `model.describe()`). Latency must be additive over layers
-  (`layer_ms`), so a subnet's latency is precomputed per stage entry and input width.
+- **Latency**: `latency_model(target, kind)` is the one function to swap: "kernels" (default), our
+  INT8 kernels timed on this host (`space_latency.KernelLatencyModel`), or "mac", `MacLatencyModel`, a
+  MAC-count stand-in (say which one a result used: `model.describe()`). A model prices the parts of a
+  subnet (`part_ms`: fixed, stage1..stageN, head), so a subnet's latency is precomputed per stage entry
+  and input width, chaining the pairs of all stages into few priced subnets (`_block_latency`).
 - **Aging evolution** (Algorithm 1) and a random-search baseline over spaces: bounded, deduplicated
   (an encoding is evaluated at most once per run), seeded, resumable (state JSON written atomically),
   and never stalls: a child that is already known is re-mutated at another stage, then replaced by an
@@ -49,12 +50,25 @@ ENUMERATE_BELOW = 20_000
 # --------------------------------------------------------------------------------------------------
 
 
-class LatencyModel(Protocol):
-    def layer_ms(self, layer) -> float: ...
+#: names of a subnet's latency parts: "fixed" (stem, residual-stem stage, per-call cost), "stage1".."stageN", "head"
+FIXED, HEAD = "fixed", "head"
 
+
+class LatencyModel(Protocol):
     def predict(self, space, cfg: SubnetConfig) -> float: ...
 
+    def part_ms(self, space, cfg: SubnetConfig) -> dict[str, float]: ...
+
     def describe(self) -> str: ...
+
+
+def layer_part(name: str) -> str:
+    """The latency part of a layer of a SpaceEvo space (`space.layers` names)."""
+    if name == "stem" or name.startswith("stages.0."):
+        return FIXED
+    if name.startswith("stages."):
+        return f"stage{name.split('.')[1]}"
+    return HEAD
 
 
 @dataclass(frozen=True)
@@ -80,41 +94,50 @@ class MacLatencyModel:
     def predict(self, space, cfg: SubnetConfig) -> float:
         return float(sum(self.layer_ms(layer) for layer in space.layers(cfg)))
 
+    def part_ms(self, space, cfg: SubnetConfig) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for layer in space.layers(cfg):
+            part = layer_part(layer.name)
+            out[part] = out.get(part, 0.0) + self.layer_ms(layer)
+        return out
+
     def describe(self) -> str:
         return (f"MAC stand-in (dense {self.dense_gmacs} GMAC/s, depthwise {self.depthwise_gmacs}, "
                 f"linear {self.linear_gmacs}, {self.per_layer_ms} ms/layer)")
 
 
-def latency_model(target: str = "x86") -> LatencyModel:
-    """The latency predictor Q-T scores use: swap it here (the one place). Today: `MacLatencyModel`."""
+LATENCY_KINDS = ("kernels", "mac")
+
+
+def latency_model(target: str = "x86", kind: str = "kernels", *, cache_dir: str | Path | None = None,
+                  hyper: Hyperspace | None = None, num_threads: int = 1, progress: bool = False,
+                  timing=None) -> LatencyModel:
+    """The latency predictor Q-T scores use (the one place to swap it).
+
+    `kind="kernels"` (default): our INT8 kernels timed on this host (`space_latency.KernelLatencyModel`:
+    every subnet priced by the fused kernels `qc.lower` emits for it, SpaceEvo Sec. 3.3 / nn-Meter), its
+    timing tables and kernel lists cached in `cache_dir` (built once, resumable; minutes). `kind="mac"`:
+    `MacLatencyModel`, the MAC-count stand-in (no timing). `timing`: `space_latency.TimingSettings`
+    (subnets timed per block type).
+    """
     if target not in ("x86", "arm_cpu"):
         raise ConfigError("target", target, ("x86", "arm_cpu"))
-    return MacLatencyModel()
+    if kind not in LATENCY_KINDS:
+        raise ConfigError("latency", kind, LATENCY_KINDS)
+    if kind == "mac":
+        return MacLatencyModel()
+    if cache_dir is None:
+        raise ConfigError("latency cache_dir", None, "a directory for the kernel timing tables (kind='kernels')")
+    from qcompile.search.space_latency import KernelLatencyModel
+    from qcompile.spaces.hyperspace import digits_hyperspace
+
+    return KernelLatencyModel.build_or_load(cache_dir, hyper or digits_hyperspace(), target,
+                                            num_threads=num_threads, settings=timing, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------
 # Q-T score
 # --------------------------------------------------------------------------------------------------
-
-
-def _probe_space(hyper: Hyperspace, block: str):
-    from qcompile.spaces.spaceevo import spaceevo
-
-    return spaceevo(
-        num_classes=hyper.num_classes,
-        resolutions=hyper.resolutions[-1:],
-        in_channels=hyper.in_channels,
-        blocks=["bottleneck", *[block] * hyper.n_stages],
-        widths=[hyper.first_widths, *[st.widths for st in hyper.stages]],
-        stem_widths=hyper.stem_widths,
-        kernels=hyper.kernels,
-        bit_choices=(8, 32),
-        dropout=0.0,
-        head_mix=hyper.head_mix,
-        depths=[hyper.first_depths, *[st.depths for st in hyper.stages]],
-        width_ranges=[(min(hyper.first_widths), max(hyper.first_widths)),
-                      *[(st.widths[0], st.widths[-1]) for st in hyper.stages]],
-    )
 
 
 def subnet_config(space, hyper: Hyperspace, rows: Sequence[dict[str, Any]], int8: bool = True) -> SubnetConfig:
@@ -147,8 +170,18 @@ class _StageData:
     lat: np.ndarray  # [entry, previous-stage width index]
 
 
+#: how a stage's latency is priced over its input widths: every one, or the smallest and largest with linear
+#: interpolation between them (the first layer's cost grows about linearly with its input channels)
+INPUT_WIDTHS = ("all", "ends")
+
+
 class QTScorer:
-    """Q-T score (SpaceEvo Eq. 2) of candidate spaces from a lookup table and a latency model; memoised."""
+    """Q-T score (SpaceEvo Eq. 2) of candidate spaces from a lookup table and a latency model; memoised.
+
+    `input_widths="ends"` prices each stage entry at its smallest and largest input width only and
+    interpolates linearly in between: 2 instead of up to 8 priced input widths per entry, for latency
+    models that cost a dry lowering per priced subnet (`KernelLatencyModel`); "all" (default) is exact.
+    """
 
     def __init__(
         self,
@@ -159,57 +192,135 @@ class QTScorer:
         n_samples: int = 1000,
         top_k: int = 20,
         seed: int = 0,
+        input_widths: str = "all",
     ) -> None:
         cons = tuple(float(t) for t in constraints)
+        if input_widths not in INPUT_WIDTHS:
+            raise ConfigError("input_widths", input_widths, INPUT_WIDTHS)
+        self.input_widths = input_widths
         if not cons or any(not np.isfinite(t) or t <= 0 for t in cons):
             raise ConfigError("constraints", constraints, "one or more positive latencies in ms")
         if n_samples < 1 or top_k < 1:
             raise ConfigError("n_samples/top_k", (n_samples, top_k), "integers >= 1")
         self.table, self.constraints = table, cons
         self.hyper: Hyperspace = table.hyper
-        self.latency = latency or latency_model()
+        self.latency: LatencyModel = latency if latency is not None else MacLatencyModel()
         self.n_samples, self.top_k, self.seed = int(n_samples), int(top_k), int(seed)
         self._stage: dict[tuple[int, str], _StageData] = {}
         self._probes: dict[str, Any] = {}
         self._cache: dict[str, float] = {}
         self._fixed_ms: float | None = None
-        self._head_ms: dict[int, float] = {}
+        # the head's kernels depend on the last stage's block type and entry (what its output needs, what fuses),
+        # not only on its width: memoised per (block type, last-stage entry) from the subnets that price the stage
+        self._head_ms: dict[tuple[str, int], float] = {}
 
     def settings(self) -> dict[str, Any]:
         return {"constraints": list(self.constraints), "n_samples": self.n_samples, "top_k": self.top_k,
-                "seed": self.seed, "latency": self.latency.describe(), "table": self.table.key}
+                "seed": self.seed, "latency": self.latency.describe(), "input_widths": self.input_widths,
+                "table": self.table.key}
 
     # -- precomputation ----------------------------------------------------------------------------
     def _probe(self, block: str):
         if block not in self._probes:
-            self._probes[block] = _probe_space(self.hyper, block)
+            self._probes[block] = self.hyper.probe_space(block, self.hyper.resolutions[-1:])
         return self._probes[block]
 
     def _prev_widths(self, s: int) -> tuple[int, ...]:
         return (max(self.hyper.first_widths),) if s == 1 else self.hyper.stages[s - 2].widths
 
+    def _rows(self, s: int, block: str) -> list[dict[str, Any]]:
+        rows = self.table.entries[s][block] if s in self.table.entries and block in self.table.entries[s] else []
+        if not rows:
+            raise ConfigError("lookup table", f"Stage{s} {block}", "a table with entries for every stage and block")
+        return rows
+
     def _stage_data(self, s: int, block: str) -> _StageData:
-        key = (s, block)
-        if key not in self._stage:
-            rows = self.table.entries[s][block] if s in self.table.entries and block in self.table.entries[s] else []
-            if not rows:
-                raise ConfigError("lookup table", f"Stage{s} {block}", "a table with entries for every stage and block")
-            space = self._probe(block)
-            largest_rows = [self._largest_row(i, block) for i in range(1, self.hyper.n_stages + 1)]
-            prev = self._prev_widths(s)
-            lat = np.zeros((len(rows), len(prev)))
-            for j, c_in in enumerate(prev):
-                for i, row in enumerate(rows):
-                    rs = list(largest_rows)
-                    rs[s - 1] = row
-                    if s > 1:
-                        rs[s - 2] = dict(rs[s - 2], width=c_in)
-                    layers = space.layers(subnet_config(space, self.hyper, rs))
-                    lat[i, j] = sum(self.latency.layer_ms(layer) for layer in layers
-                                    if layer.name.startswith(f"stages.{s}."))
-            self._stage[key] = _StageData(rows, np.array([r["nsr"] for r in rows], dtype=np.float64),
-                                          np.array([r["width"] for r in rows]), lat)
-        return self._stage[key]
+        if (s, block) not in self._stage:
+            self._block_latency(block)
+        return self._stage[(s, block)]
+
+    def _block_latency(self, block: str) -> None:
+        """Latency of every (Stage s entry, input width) of `block`, for all stages at once.
+
+        A stage's latency depends only on its own entry and its input width (the previous stage's
+        width), so one subnet prices one pair per stage: subnets are chained greedily so that each
+        stage takes a pair not yet priced, its width chosen to feed a width the next stage still needs.
+        This keeps the number of priced subnets near the largest stage's (entries x input widths),
+        which matters for latency models that cost a dry lowering per subnet (`KernelLatencyModel`).
+        """
+        n = self.hyper.n_stages
+        rows = {s: self._rows(s, block) for s in range(1, n + 1)}
+        prev = {s: self._prev_widths(s) for s in range(1, n + 1)}
+        lat = {s: np.full((len(rows[s]), len(prev[s])), np.nan) for s in rows}
+        cols = {s: range(len(prev[s])) if self.input_widths == "all" else sorted({0, len(prev[s]) - 1}) for s in rows}
+        pending = {s: {(i, j) for i in range(len(rows[s])) for j in cols[s]} for s in rows}
+        space = self._probe(block)
+        self._harvest(space, block, rows, prev, pending, lat)
+        while any(pending.values()):
+            chain, priced, c_in = [], [], prev[1][0]
+            for s in range(1, n + 1):
+                j = prev[s].index(c_in)
+                need: dict[int, int] = {}
+                if s < n:
+                    for _, jj in pending[s + 1]:
+                        need[prev[s + 1][jj]] = need.get(prev[s + 1][jj], 0) + 1
+                todo = sorted(i for i, jj in pending[s] if jj == j)
+                if todo:
+                    i = max(todo, key=lambda i: (need.get(int(rows[s][i]["width"]), 0), -i))
+                    chain.append(rows[s][i])
+                    priced.append((s, i, j))
+                else:  # feeder: the stage at its largest, at the width the next stage needs most
+                    w = max(self.hyper.stages[s - 1].widths, key=lambda w: (need.get(w, 0), -w))
+                    chain.append(dict(self._largest_row(s, block), width=w))
+                c_in = int(chain[-1]["width"])
+            cfg = subnet_config(space, self.hyper, chain)
+            parts = self.latency.part_ms(space, cfg)
+            for s, i, j in priced:
+                lat[s][i, j] = parts.get(f"stage{s}", 0.0)
+                pending[s].discard((i, j))
+                if s == n:
+                    self._head_ms.setdefault((block, i), float(parts.get(HEAD, 0.0)))
+            if self._fixed_ms is None:
+                self._fixed_ms = float(parts.get(FIXED, 0.0))
+        for s in rows:
+            if self.input_widths == "ends" and len(prev[s]) > 2:
+                w = np.asarray(prev[s], dtype=np.float64)
+                t = (w - w[0]) / (w[-1] - w[0])
+                lat[s] = lat[s][:, :1] + (lat[s][:, -1:] - lat[s][:, :1]) * t[None, :]
+            self._stage[(s, block)] = _StageData(rows[s], np.array([r["nsr"] for r in rows[s]], dtype=np.float64),
+                                                 np.array([r["width"] for r in rows[s]]), lat[s])
+
+    def _harvest(self, space, block: str, rows, prev, pending, lat) -> None:
+        """Price pending pairs from subnets the latency model has already priced (`known_configs`, e.g. a cache
+        filled by an earlier run with other settings): a stage whose entry and input width match a pending pair."""
+        known = getattr(self.latency, "known_configs", None)
+        if known is None:
+            return
+
+        def key(r) -> tuple:
+            return (int(r["width"]), int(r["depth"]), tuple(int(k) for k in r["kernels"][: r["depth"]]),
+                    tuple(float(e) for e in r["expands"][: r["depth"]]))
+
+        index = {s: {key(r): i for i, r in enumerate(rows[s])} for s in rows}
+        for cfg in known(space):
+            parts = None
+            for s in rows:
+                k = space.config_stages.index(s)
+                d = int(cfg.depths[k])
+                slots = [space.block_slot(s, b) for b in range(d)]
+                i = index[s].get(key({"width": cfg.widths[k + 1], "depth": d,
+                                      "kernels": [cfg.kernels[x] for x in slots],
+                                      "expands": [cfg.expands[x] for x in slots]}))
+                c_in = int(cfg.widths[k])
+                if i is None or c_in not in prev[s] or (i, prev[s].index(c_in)) not in pending[s]:
+                    continue
+                parts = parts if parts is not None else self.latency.part_ms(space, cfg)
+                if s == len(rows):
+                    self._head_ms.setdefault((block, i), float(parts.get(HEAD, 0.0)))
+                lat[s][i, prev[s].index(c_in)] = parts.get(f"stage{s}", 0.0)
+                pending[s].discard((i, prev[s].index(c_in)))
+            if parts is not None and self._fixed_ms is None:
+                self._fixed_ms = float(parts.get(FIXED, 0.0))
 
     def _largest_row(self, s: int, block: str) -> dict[str, Any]:
         st = self.hyper.stages[s - 1]
@@ -218,24 +329,16 @@ class QTScorer:
                 "expands": [max(VNNI_BLOCKS[block][0])] * d}
 
     def _fixed(self) -> float:
-        """Stem + residual-stem stage (at their largest) latency."""
+        """Stem + residual-stem stage (at their largest) latency, with the model's per-call cost."""
         if self._fixed_ms is None:
-            space = self._probe(self.hyper.blocks[0])
-            rows = [self._largest_row(i, self.hyper.blocks[0]) for i in range(1, self.hyper.n_stages + 1)]
-            layers = space.layers(subnet_config(space, self.hyper, rows))
-            self._fixed_ms = float(sum(self.latency.layer_ms(x) for x in layers
-                                       if x.name == "stem" or x.name.startswith("stages.0.")))
-        return self._fixed_ms
+            self._block_latency(self.hyper.blocks[0])
+        return float(self._fixed_ms)  # type: ignore[arg-type]
 
-    def _head(self, width: int) -> float:
-        if width not in self._head_ms:
-            space = self._probe(self.hyper.blocks[0])
-            rows = [self._largest_row(i, self.hyper.blocks[0]) for i in range(1, self.hyper.n_stages + 1)]
-            rows[-1] = dict(rows[-1], width=width)
-            layers = space.layers(subnet_config(space, self.hyper, rows))
-            self._head_ms[width] = float(sum(self.latency.layer_ms(x) for x in layers
-                                             if x.name.startswith("head.") or x.name == "classifier"))
-        return self._head_ms[width]
+    def _head(self, block: str, entry: int) -> float:
+        """Head latency after a last stage of type `block` at table entry `entry` (priced with that stage)."""
+        if (block, entry) not in self._head_ms:
+            self._block_latency(block)
+        return self._head_ms[(block, entry)]
 
     # -- scoring -----------------------------------------------------------------------------------
     def sample(self, cand: CandidateSpace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -261,7 +364,9 @@ class QTScorer:
                 col = np.searchsorted(np.array(self._prev_widths(s)), prev_w)
             lat += sd.lat[idx, col]
             prev_w = sd.widths[idx]
-        lat += np.array([self._head(int(w)) for w in prev_w])
+        last = cand.block_names[-1]
+        heads = np.array([self._head(last, i) for i in range(len(self._stage_data(self.hyper.n_stages, last).rows))])
+        lat += heads[picks[-1]]
         return picks, loss, lat
 
     def rows(self, cand: CandidateSpace, picks: list[np.ndarray], i: int) -> list[dict[str, Any]]:
@@ -523,6 +628,8 @@ def evolve_space(
     seed: int = 0,
     cycles: int | None = None,
     latency: LatencyModel | None = None,
+    latency_kind: str = "kernels",
+    latency_dir: str | Path | None = None,
     n_samples: int = 1000,
     top_k: int = 20,
     bkd_settings=None,
@@ -535,8 +642,10 @@ def evolve_space(
     `table`: a `LookupTable`; else `table_path` is reused or built by block-wise distillation on `data`
     (`qcompile.train.blockwise.build_or_load_table`; minutes). Population and sample default to the
     paper's ratios (P = N/10, S = P/4); with `cycles` (as the CLI), P defaults to max(4, cycles/4) and
-    N = P + 2 cycles. Returns the best space (a `StagedSpace`, `.to_json()`), with
-    `.candidate` (its `CandidateSpace`), `.qt_score` and `.history` (the `SpaceSearchResult`) attached.
+    N = P + 2 cycles. Latency: `latency`, else `latency_model(target, latency_kind)` with its kernel timing
+    cache in `latency_dir` (default: `latency/` next to `table_path`). Returns the best space (a `StagedSpace`,
+    `.to_json()`), with `.candidate` (its `CandidateSpace`), `.qt_score` and `.history` (the
+    `SpaceSearchResult`) attached.
     """
     from qcompile.spaces.hyperspace import digits_hyperspace
 
@@ -549,14 +658,20 @@ def evolve_space(
                                     settings=bkd_settings, progress=progress)
     elif hyper is not None and hyper != table.hyper:
         raise ConfigError("hyper", hyper.name, f"{table.hyper.name} (the table's hyperspace)")
-    scorer = QTScorer(table, constraints, latency or latency_model(target), n_samples=n_samples, top_k=top_k)
     if cycles is not None:
         if cycles < 1:
             raise ConfigError("cycles", cycles, ">= 1")
         pop = population or max(4, cycles // 4)
         n_spaces = pop + 2 * cycles
-    if scorer.hyper.size() < n_spaces:
-        raise ConfigError("n_spaces", n_spaces, f"<= {scorer.hyper.size()} (spaces in the hyperspace)")
+    if table.hyper.size() < n_spaces:
+        raise ConfigError("n_spaces", n_spaces, f"<= {table.hyper.size()} (spaces in the hyperspace)")
+    if latency is None:
+        if latency_dir is None and latency_kind == "kernels":
+            if table_path is None:
+                raise ConfigError("latency_dir", None, "a directory for kernel timings (or latency_kind='mac')")
+            latency_dir = Path(table_path).parent / "latency"
+        latency = latency_model(target, latency_kind, cache_dir=latency_dir, hyper=table.hyper, progress=progress)
+    scorer = QTScorer(table, constraints, latency, n_samples=n_samples, top_k=top_k)
     pop = population or max(2, n_spaces // 10)
     settings = EvolutionSettings(n_spaces=n_spaces, population=pop, sample=sample or max(1, pop // 4), seed=seed)
     result = aging_evolution(scorer, settings, state_path=state_path, resume=resume, progress=progress)

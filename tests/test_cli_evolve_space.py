@@ -26,7 +26,7 @@ def table_path(tmp_path_factory):
 def evolved(table_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("evo")
     code = main(["evolve-space", "--data", "digits", "--target", "x86", "--constraints", "0.2,0.3,0.5",
-                 "--cycles", "10", "--table", str(table_path), "--out", str(out)])
+                 "--cycles", "10", "--latency", "mac", "--table", str(table_path), "--out", str(out)])
     assert code == 0
     return out
 
@@ -42,14 +42,15 @@ def test_evolve_space_writes_space_history_and_plot(evolved):
     space = qc.spaces.from_json((evolved / "space.json").read_text())
     assert encoding_of(space) == best["encoding"]
     assert (evolved / "best_score.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "stand-in" in hist["latency_model"]
+    assert hist["latency"] == "mac" and "stand-in" in hist["latency_model"]
 
 
 def test_evolve_space_resume_continues_the_state(evolved, table_path):
     before = json.loads((evolved / "evolution_state.json").read_text())
     assert before["cycle"] == 10
     # the same run again with --resume: nothing left to do, same best space
-    code = main(["evolve-space", "--cycles", "10", "--table", str(table_path), "--out", str(evolved), "--resume"])
+    code = main(["evolve-space", "--cycles", "10", "--latency", "mac", "--table", str(table_path),
+                 "--out", str(evolved), "--resume"])
     assert code == 0
     assert json.loads((evolved / "evolution_state.json").read_text())["history"] == before["history"]
 
@@ -61,6 +62,7 @@ def test_evolve_space_resume_continues_the_state(evolved, table_path):
         (["--cycles", "2", "--data", "cifar10"], "--data"),
         (["--cycles", "2", "--target", "gpu"], "target"),
         (["--cycles", "2", "--constraints", "0.2,-1"], "constraints"),
+        (["--cycles", "2", "--latency", "flops"], "--latency"),
     ],
 )
 def test_bad_input_is_one_line(capsys, table_path, tmp_path, argv, field):
@@ -74,7 +76,8 @@ def test_table_of_another_seed_is_refused(capsys, table_path, tmp_path):
     doc["key"]["data"] = "cifar10"
     other = tmp_path / "t.json"
     other.write_text(json.dumps(doc))
-    code = main(["evolve-space", "--cycles", "2", "--table", str(other), "--out", str(tmp_path / "o")])
+    code = main(["evolve-space", "--cycles", "2", "--latency", "mac", "--table", str(other),
+                 "--out", str(tmp_path / "o")])
     assert code == 2 and "'data'" in capsys.readouterr().err
 
 
@@ -97,7 +100,7 @@ def test_best_space_trains_searches_and_lowers_bit_exact(evolved, tmp_path, caps
     assert encoding_of(space) == json.loads((evolved / "space.json").read_text())["encoding"]
     # search: the most accurate of a few 4-bit subnets under 0.3 ms (latency model of evolve-space)
     data = load_dataset("digits", resolution=16, in_channels=3)
-    lat = latency_model("x86")
+    lat = latency_model("x86", "mac")
     cands = [c for c in (space.sample(seed=i, bits=(4,)) for i in range(12)) if lat.predict(space, c) < 0.3][:4]
     assert cands
     accs = evaluate_subnets(qnet, space, data, cands, calib_batches=2, split="val")
@@ -119,7 +122,7 @@ def test_best_space_trains_searches_and_lowers_bit_exact(evolved, tmp_path, caps
 
 def test_train_space_json_builds_that_space(monkeypatch, tmp_path, capsys):
     """`qcompile train --space-json FILE` trains exactly the saved space (train_run stubbed: wiring only)."""
-    import qcompile.train_run as tr
+    import qcompile.cli.train_run as tr
 
     seen = {}
     monkeypatch.setattr(tr, "train_run", lambda space, **kw: seen.update(space=space, **kw))

@@ -103,6 +103,6 @@ def test_run_refuses_an_unreadable_image(lowered_dir, capsys, tmp_path):
     bad.write_text("hello")
     assert main(["run", str(path), str(bad)]) == 2
     err = capsys.readouterr().err
-    # one line naming the file and what is allowed (the checked image reader of issue 19)
+    # one line naming the file and what is allowed (the checked image reader)
     assert err.startswith(f"qcompile run: error: {bad}: ") and "image" in err and "PNG" in err
     assert len(err.strip().splitlines()) == 1

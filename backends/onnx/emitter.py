@@ -23,7 +23,6 @@ model metadata as ``float32_islands``), 1 x 1 convs become a float64 MatMul.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import operator
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from torch import fx
 
 from qcompile.errors import LoweringError
 from qcompile.ops import reference as R
+from qcompile.ops.table import op_def
 
 log = logging.getLogger(__name__)
 
@@ -77,40 +77,21 @@ _NP = {
     torch.float64: np.float64,
 }
 
-# Positional signatures of the float-island ops (torch builtins have no inspectable signature).
-_FLOAT_SIGS: dict[Callable, tuple[tuple[str, Any], ...]] = {
-    F.conv2d: (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0),
-               ("dilation", 1), ("groups", 1)),
-    F.linear: (("input", None), ("weight", None), ("bias", None)),
-    F.relu: (("input", None), ("inplace", False)),
-    F.relu6: (("input", None), ("inplace", False)),
-    F.hardswish: (("input", None), ("inplace", False)),
-    F.hardsigmoid: (("input", None), ("inplace", False)),
-    torch.sigmoid: (("input", None),),
-    F.silu: (("input", None), ("inplace", False)),
-    torch.mean: (("input", None), ("dim", None), ("keepdim", False)),
-    operator.add: (("a", None), ("b", None)),
-    operator.mul: (("a", None), ("b", None)),
-    torch.flatten: (("input", None), ("start_dim", 0), ("end_dim", -1)),
-}
-
-
-def _bind_float(node: fx.Node) -> dict[str, Any]:
-    sig = _FLOAT_SIGS[node.target]
-    out = {k: d for k, d in sig}
-    for (k, _), a in zip(sig, node.args):
-        out[k] = a
-    for k, v in node.kwargs.items():
-        if k not in out:
-            raise LoweringError(f"node {node.name}", f"unexpected keyword {k!r} for {node.target}", "")
-        out[k] = v
-    return out
+def _bind(node: fx.Node) -> dict[str, Any]:
+    """Operands and parameters of a node by name, as the op table declares them (defaults filled in)."""
+    d = op_def(node.target)
+    if d is None:
+        raise LoweringError(f"node {node.name}", f"op {node.target} is not in the op table",
+                            "only qcompile.ops and the float-island ops are allowed")
+    return d.bind(node.args, node.kwargs, f"node {node.name}")
 
 
 def _bind_integer(node: fx.Node) -> dict[str, Any]:
-    ba = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-    ba.apply_defaults()
-    return dict(ba.arguments)
+    return _bind(node)
+
+
+def _bind_float(node: fx.Node) -> dict[str, Any]:
+    return _bind(node)
 
 
 def _pair(v: int | Sequence[int], what: str, node: fx.Node) -> tuple[int, int]:
@@ -793,4 +774,11 @@ _HANDLERS: dict[Callable, Callable[[Emitter, fx.Node], None]] = {
     torch.flatten: _fflatten,
 }
 
-__all__ = ["FORMATS", "Emitter", "ValueInfo", "onnx_dtype"]
+
+
+def handled_ops() -> frozenset[Callable]:
+    """The ops of `qcompile.ops.table.OPS` this emitter translates (a test checks that it is all of them)."""
+    return frozenset(_HANDLERS)
+
+
+__all__ = ["FORMATS", "Emitter", "ValueInfo", "handled_ops", "onnx_dtype"]

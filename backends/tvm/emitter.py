@@ -17,7 +17,6 @@ Semantics: docs/integer_semantics.md; ground truth `qcompile.ops.reference`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import operator
 from collections.abc import Callable
@@ -35,11 +34,12 @@ from qcompile.errors import LoweringError
 from qcompile.ops import reference as R
 from qcompile.ops.graph import IntegerGraph, _fetch_attr, op_name
 from qcompile.ops.meta import program_meta
+from qcompile.ops.table import OPS, OpDef, is_integer_op, op_def
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EmitResult", "KernelRecord", "emit_relax", "plan_kernels", "kernel_workload", "graph_input_shape",
-           "SCHEDULE_ATTR"]
+           "handled_ops", "SCHEDULE_ATTR"]
 
 #: PrimFunc attribute marking naive kernels the default schedule phase may schedule
 SCHEDULE_ATTR = "qcompile.schedule"
@@ -129,15 +129,10 @@ def _node_shaped(node: fx.Node) -> _Shaped:
     return _Shaped(tuple(tm.shape), str(tm.dtype).replace("torch.", ""))
 
 
-_FLOAT_UNARY: dict[Callable, str] = {
-    F.relu: "relu",
-    F.relu6: "relu6",
-    F.hardswish: "hardswish",
-    F.hardsigmoid: "hardsigmoid",
-    torch.sigmoid: "sigmoid",
-    F.silu: "silu",
-}
+#: float-island activations of the op table that `kernels.float_unary` computes
+_FLOAT_UNARY: dict[Callable, str] = {d.fn: d.name for d in OPS if d.elementwise and d.name in K.FLOAT_UNARY}
 
+#: integer op -> its naive TE kernel (`flatten` is a reshape, `requantize` after a conv/linear is fused)
 _INT_KERNELS: dict[Callable, Callable] = {
     R.quantize: K.quantize,
     R.dequantize: K.dequantize,
@@ -163,28 +158,14 @@ _QDQ_KERNELS: dict[Callable, Callable] = {
     R.mul_float: K.mul_float,
 }
 
-# positional tensor operands of each integer op, in order; everything else is a static parameter
-_TENSOR_ARGS: dict[Callable, tuple[str, ...]] = {
-    R.quantize: ("x",),
-    R.dequantize: ("q",),
-    R.conv2d: ("x", "w", "bias"),
-    R.linear: ("x", "w", "bias"),
-    R.requantize: ("acc", "multiplier", "shift", "offset"),
-    R.dequantize_acc: ("acc", "scale"),
-    R.rescale: ("x",),
-    R.add: ("a", "b"),
-    R.mean: ("x",),
-    R.mul: ("x", "g"),
-    R.lut: ("x", "table"),
-    R.flatten: ("x",),
-    R.max_pool2d: ("x",),
-    R.quantize_linear: ("x",),
-    R.requantize_float: ("acc", "w_scale"),
-    R.rescale_float: ("x",),
-    R.add_float: ("a", "b"),
-    R.mean_float: ("x",),
-    R.mul_float: ("x", "g"),
-}
+
+def _op(node: fx.Node) -> OpDef:
+    """The table entry of a node's op; an op outside `qcompile.ops.table` is a `LoweringError`."""
+    d = op_def(node.target)
+    if d is None:
+        raise LoweringError(f"node {node.name}", f"op {op_name(node.target)} is not in the op table",
+                            "use an op of qcompile.ops.table.OPS (docs/integer_semantics.md)")
+    return d
 
 
 def _as_static(v: Any) -> Any:
@@ -327,19 +308,12 @@ class _Emitter:
 
     # -- ops ---------------------------------------------------------------------------------------
     def bind(self, node: fx.Node) -> dict[str, Any]:
-        sig = inspect.signature(node.target)
-        try:
-            b = sig.bind(*node.args, **node.kwargs)
-        except TypeError as e:
-            raise LoweringError(f"node {node.name}", f"bad arguments for {op_name(node.target)}: {e}",
-                                "check the op signature in docs/integer_semantics.md") from e
-        b.apply_defaults()
-        return dict(b.arguments)
+        return _op(node).bind(node.args, node.kwargs, f"node {node.name}")
 
     def integer_op(self, node: fx.Node) -> Any:
         f = node.target
         a = self.bind(node)
-        tensor_names = _TENSOR_ARGS[f]
+        tensor_names = _op(node).operands
         static = {k: _as_static(v) for k, v in a.items() if k not in tensor_names}
         for k, v in static.items():
             if isinstance(v, fx.Node):
@@ -438,17 +412,17 @@ class _Emitter:
 
         Strategies use it to pick a faster int8 dot product when sub-8-bit codes cannot saturate int16.
         """
-        if not isinstance(x, fx.Node) or x.op != "call_function":
+        d = op_def(x.target) if isinstance(x, fx.Node) and x.op == "call_function" else None
+        if d is None or d.kind != "integer":
             return 255
-        if x.target in (R.flatten, R.max_pool2d):
-            return self._code_max(x.args[0] if x.args else x.kwargs.get("x"))
+        if d.out_dtype == "same":  # flatten, max_pool2d: the producer's codes, rearranged
+            return self._code_max(x.args[0] if x.args else x.kwargs.get(d.operands[0]))
         a = self.bind(x)
-        if x.target in (R.requantize, R.rescale, R.add, R.mean, R.mul, R.requantize_float, R.rescale_float,
-                        R.add_float, R.mean_float, R.mul_float):
+        if "hi" in d.params:  # requantize, rescale, add, mean, mul: their clamp
             return int(min(255, a["hi"]))
-        if x.target in (R.quantize, R.quantize_linear):
+        if "qmax" in d.params:
             return int(min(255, a["qmax"]))
-        if x.target is R.lut and isinstance(a["table"], fx.Node):
+        if "table" in d.operands and isinstance(a["table"], fx.Node):
             return int(self.const_value(a["table"]).max())
         return 255
 
@@ -462,7 +436,7 @@ class _Emitter:
     def fused_requant(self, rq: fx.Node, mm: fx.Node, a: dict[str, Any], static_rq: dict[str, Any]) -> Any:
         f = mm.target
         am = self.bind(mm)
-        static = {k: _as_static(v) for k, v in am.items() if k not in _TENSOR_ARGS[f]}
+        static = {k: _as_static(v) for k, v in am.items() if k not in _op(mm).operands}
         x = self.operand(am["x"], mm.name)
         w = self.operand(am["w"], mm.name)
         o = _shape(w)[0]
@@ -479,63 +453,66 @@ class _Emitter:
         return self.emit_group(op, (mm, rq), fn, args, static, params)
 
     def float_op(self, node: fx.Node) -> Any:
+        handler = _FLOAT_HANDLERS.get(node.target)
+        if handler is not None:
+            return handler(self, node, _op(node).bind(node.args, node.kwargs, f"node {node.name}"))
+        if node.target in _FLOAT_UNARY:
+            p = _op(node).bind(node.args, node.kwargs, f"node {node.name}")
+            kind = _FLOAT_UNARY[node.target]
+            return self.emit_group(f"float_{kind}", (node,), K.float_unary, [self.float_operand(p["input"], node)],
+                                   {"kind": kind})
+        raise LoweringError(f"node {node.name}", f"float op {op_name(node.target)} cannot be lowered",
+                            "use an op listed in docs/integer_semantics.md 'Float islands'")
+
+    def _float_conv2d(self, node: fx.Node, p: dict[str, Any]) -> Any:
+        x, w = self.float_operand(p["input"], node), self.float_operand(p["weight"], node)
+        b = p["bias"]
+        static = {"stride": p["stride"], "padding": p["padding"], "dilation": p["dilation"],
+                  "groups": int(p["groups"])}
+        if isinstance(static["padding"], str):
+            raise LoweringError(f"node {node.name}", f"padding={static['padding']!r}", "use integer padding")
+        targs = [x, w] + ([self.float_operand(b, node)] if b is not None else [])
+        fn = K.float_conv2d if b is not None else (lambda x, w, **s: K.float_conv2d(x, w, None, **s))
+        return self.emit_group("float_conv2d", (node,), fn, targs, static)
+
+    def _float_linear(self, node: fx.Node, p: dict[str, Any]) -> Any:
+        x, w = self.float_operand(p["input"], node), self.float_operand(p["weight"], node)
+        b = p["bias"]
+        if b is None:
+            return self.emit_group("float_linear", (node,), lambda x, w: K.float_linear(x, w, None), [x, w], {})
+        return self.emit_group("float_linear", (node,), K.float_linear, [x, w, self.float_operand(b, node)], {})
+
+    def _float_mean(self, node: fx.Node, p: dict[str, Any]) -> Any:
+        dim = tuple(sorted(int(d) % 4 for d in (p["dim"] or ())))
+        if dim != (2, 3) or not p["keepdim"]:
+            raise LoweringError(f"node {node.name}", f"torch.mean(dim={p['dim']}, keepdim={p['keepdim']})",
+                                "only the global average pool mean(x, dim=(2, 3), keepdim=True) is supported")
+        return self.emit_group("float_mean", (node,), K.float_mean, [self.float_operand(p["input"], node)], {})
+
+    def _float_binary(self, node: fx.Node, p: dict[str, Any]) -> Any:
         from tvm import topi
 
-        f = node.target
-        args, kw = list(node.args), dict(node.kwargs)
-        if f in _FLOAT_UNARY:
-            x = self.float_operand(args[0] if args else kw["input"], node)
-            kind = _FLOAT_UNARY[f]
-            return self.emit_group(f"float_{kind}", (node,), K.float_unary, [x], {"kind": kind})
-        if f is F.conv2d:
-            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-            p = {**dict(zip(names, args)), **kw}
-            x, w = self.float_operand(p["input"], node), self.float_operand(p["weight"], node)
-            b = p.get("bias")
-            static = {"stride": p.get("stride", 1), "padding": p.get("padding", 0),
-                      "dilation": p.get("dilation", 1), "groups": int(p.get("groups", 1))}
-            if isinstance(static["padding"], str):
-                raise LoweringError(f"node {node.name}", f"padding={static['padding']!r}", "use integer padding")
-            targs = [x, w] + ([self.float_operand(b, node)] if b is not None else [])
-            fn = K.float_conv2d if b is not None else (lambda x, w, **s: K.float_conv2d(x, w, None, **s))
-            return self.emit_group("float_conv2d", (node,), fn, targs, static)
-        if f is F.linear:
-            p = {**dict(zip(("input", "weight", "bias"), args)), **kw}
-            x, w = self.float_operand(p["input"], node), self.float_operand(p["weight"], node)
-            b = p.get("bias")
-            if b is None:
-                return self.emit_group("float_linear", (node,), lambda x, w: K.float_linear(x, w, None), [x, w], {})
-            return self.emit_group("float_linear", (node,), K.float_linear, [x, w, self.float_operand(b, node)], {})
-        if f is torch.mean:
-            p = {**dict(zip(("input", "dim", "keepdim"), args)), **kw}
-            dim = tuple(sorted(int(d) % 4 for d in (p.get("dim") or ())))
-            if dim != (2, 3) or not p.get("keepdim", False):
-                raise LoweringError(f"node {node.name}", f"torch.mean(dim={p.get('dim')}, keepdim={p.get('keepdim')})",
-                                    "only the global average pool mean(x, dim=(2, 3), keepdim=True) is supported")
-            return self.emit_group("float_mean", (node,), K.float_mean, [self.float_operand(p["input"], node)], {})
-        if f in (operator.add, operator.mul):
-            a, b = args
-            ta = self.float_operand(a, node) if isinstance(a, fx.Node) else float(a)
-            tb = self.float_operand(b, node) if isinstance(b, fx.Node) else float(b)
-            tensors = [t for t in (ta, tb) if not isinstance(t, float)]
-            fn_top = topi.add if f is operator.add else topi.multiply
-            name = "float_add" if f is operator.add else "float_mul"
-            if len(tensors) == 2:
-                return self.emit_group(name, (node,), fn_top, [ta, tb], {})
-            if isinstance(ta, float):
-                return self.emit_group(name, (node,), lambda t: fn_top(ta, t), [tb], {})
-            return self.emit_group(name, (node,), lambda t: fn_top(t, tb), [ta], {})
-        if f is torch.flatten:
-            p = {**dict(zip(("input", "start_dim", "end_dim"), args)), **kw}
-            x = self.float_operand(p["input"], node)
-            shp = _shape(x)
-            s, e = int(p.get("start_dim", 0)) % len(shp), int(p.get("end_dim", -1)) % len(shp)
-            new = shp[:s] + (int(np.prod(shp[s:e + 1], dtype=np.int64)),) + shp[e + 1:]
-            if self.dry:
-                return _Shaped(new, _dtype(x))
-            return self.bb.emit(self.relax.op.reshape(x, new))
-        raise LoweringError(f"node {node.name}", f"float op {op_name(f)} cannot be lowered",
-                            "use an op listed in docs/integer_semantics.md 'Float islands'")
+        a, b = p["a"], p["b"]
+        ta = self.float_operand(a, node) if isinstance(a, fx.Node) else float(a)
+        tb = self.float_operand(b, node) if isinstance(b, fx.Node) else float(b)
+        tensors = [t for t in (ta, tb) if not isinstance(t, float)]
+        add = node.target is operator.add
+        fn_top = topi.add if add else topi.multiply
+        name = "float_add" if add else "float_mul"
+        if len(tensors) == 2:
+            return self.emit_group(name, (node,), fn_top, [ta, tb], {})
+        if isinstance(ta, float):
+            return self.emit_group(name, (node,), lambda t: fn_top(ta, t), [tb], {})
+        return self.emit_group(name, (node,), lambda t: fn_top(t, tb), [ta], {})
+
+    def _float_flatten(self, node: fx.Node, p: dict[str, Any]) -> Any:
+        x = self.float_operand(p["input"], node)
+        shp = _shape(x)
+        s, e = int(p["start_dim"]) % len(shp), int(p["end_dim"]) % len(shp)
+        new = shp[:s] + (int(np.prod(shp[s:e + 1], dtype=np.int64)),) + shp[e + 1:]
+        if self.dry:
+            return _Shaped(new, _dtype(x))
+        return self.bb.emit(self.relax.op.reshape(x, new))
 
     def float_operand(self, a: Any, node: fx.Node) -> Any:
         e = self.operand(a, node.name, "float64") if isinstance(a, fx.Node) and a.op == "get_attr" else \
@@ -563,7 +540,7 @@ class _Emitter:
         for n in nodes:
             if n.op != "call_function" or n in self.fused:
                 continue
-            if getattr(n.target, "__module__", None) == R.__name__ and n.target in _TENSOR_ARGS:
+            if is_integer_op(n.target):
                 self.env[n] = self.integer_op(n)
             else:
                 self.env[n] = self.float_op(n)
@@ -602,6 +579,23 @@ class _Emitter:
             self.bb.emit_func_output(out)
         mod = self.bb.finalize()
         return EmitResult(mod, self.input_shape, self.input_dtype, _shape(out), _dtype(out), self.kernels)
+
+
+#: float-island op (other than the activations of `_FLOAT_UNARY`) -> its emitter method
+_FLOAT_HANDLERS: dict[Callable, Callable[[_Emitter, fx.Node, dict[str, Any]], Any]] = {
+    F.conv2d: _Emitter._float_conv2d,
+    F.linear: _Emitter._float_linear,
+    torch.mean: _Emitter._float_mean,
+    operator.add: _Emitter._float_binary,
+    operator.mul: _Emitter._float_binary,
+    torch.flatten: _Emitter._float_flatten,
+}
+
+
+def handled_ops() -> frozenset[Callable]:
+    """The ops of `qcompile.ops.table.OPS` this emitter lowers (a test checks that it is all of them)."""
+    return (frozenset(_INT_KERNELS) | frozenset(_QDQ_KERNELS) | {R.flatten} | frozenset(_FLOAT_UNARY)
+            | frozenset(_FLOAT_HANDLERS))
 
 
 def emit_relax(ig: IntegerGraph, target: Any, input_shape: tuple[int, ...] | None = None,

@@ -35,10 +35,12 @@ from qcompile.ops.meta import program_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Lowered", "BenchmarkResult", "lower_integer_graph", "load", "FORMAT_VERSION"]
+__all__ = ["Lowered", "BenchmarkResult", "lower_integer_graph", "emitted_kernels", "load", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 LIB_NAME = "lib.so"
+#: byte alignment TVM requires of a tensor imported through DLPack (kAllocAlignment)
+_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class Lowered:
         self.num_threads = num_threads
         self._workdir = workdir  # keeps a temp lib alive as long as this object
         self._vm: Any = None
+        self._main: Any = None  # the VM's "main", looked up once
+        self._in_array: np.ndarray | None = None  # 64-byte aligned input buffer ...
+        self._in_tensor: Any = None  # ... and the TVM tensor that shares its memory
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -196,16 +201,36 @@ class Lowered:
         return self._vm
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the library on `x` (numpy in, numpy out; output dtype as the graph's last op)."""
+        """Run the library on `x` (numpy in, numpy out; output dtype as the graph's last op).
+
+        Not thread-safe (neither is TVM's VM): one input buffer per `Lowered`. The returned array owns
+        the VM's fresh output tensor (no copy); later calls do not change it.
+        """
         arr = self._check_input(x)
         if self.spec.native:
-            import tvm
-
-            return self._native_vm()["main"](tvm.runtime.tensor(arr)).numpy()
+            if self._main is None:
+                self._bind_native()
+            # per call: one small copy into the bound input, no TVM allocation or output copy (together
+            # about 25 us of the ~1 ms demo subnet: docs/benchmarks.md, "Per-call overhead")
+            np.copyto(self._in_array, arr)
+            return np.from_dlpack(self._main(self._in_tensor))
         from qcompile.backends.tvm.qemu import run_aarch64
 
         out, _ = run_aarch64(self.library_path(), arr, repeat=1, num_threads=self.num_threads)
         return out
+
+    def _bind_native(self) -> None:
+        """Look up `main` once and bind a 64-byte aligned input buffer (TVM's DLPack import requires the
+        alignment) to a TVM tensor sharing its memory, so a call copies `x` once and allocates nothing."""
+        import tvm
+
+        dtype = np.dtype(self.input_dtype)
+        n = int(np.prod(self.input_shape))
+        raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
+        start = -raw.ctypes.data % _ALIGN
+        self._in_array = raw[start : start + n * dtype.itemsize].view(dtype).reshape(self.input_shape)
+        self._in_tensor = tvm.runtime.from_dlpack(self._in_array)
+        self._main = self._native_vm()["main"]
 
     def library_path(self) -> Path:
         """Path of the shared library (written to a temp dir on first use for in-memory builds)."""
@@ -381,12 +406,12 @@ def lower_integer_graph(
     if tune:
         # Tune every kernel the strategies will emit (records land in the tuning database, shared by all
         # subnets of any space), then emit again: the strategies read the database.
-        from qcompile.backends.tvm import tuning
+        from qcompile.backends.tvm.schedules import tune_opcall
 
         calls: list = []
         emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies, call_log=calls)
         for call, w in calls:
-            tuning.tune_opcall(call, w, trials=trials)
+            tune_opcall(call, w, trials=trials)
         log.info("tuned %d kernel calls for %s", len(calls), spec.name)
     em = emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies)
     mod = em.mod
@@ -403,8 +428,7 @@ def lower_integer_graph(
         "target": {"name": spec.name, "tvm": spec.tvm_target, "arch": spec.arch, "cross_cxx": spec.cross_cxx},
         "input": {"shape": list(em.input_shape), "dtype": em.input_dtype},
         "output": {"shape": list(em.output_shape), "dtype": em.output_dtype},
-        "kernels": [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy,
-                     "workload": k.workload} for k in em.kernels],
+        "kernels": _kernel_entries(em.kernels),
         "signatures": _kernel_signatures(lowered_mod),
         "config": pm["config"],
         "policy": pm["policy"],
@@ -416,6 +440,27 @@ def lower_integer_graph(
     }
     log.info("lowered %d kernels for %s in %.1f s", len(em.kernels), spec.name, meta["build_seconds"])
     return Lowered(None, ex, spec, meta, ig, num_threads)
+
+
+def _kernel_entries(kernels: list) -> list[dict]:
+    """`Lowered.meta["kernels"]`: one entry per emitted kernel (`KernelRecord`), in program order."""
+    return [{"op": k.op, "nodes": list(k.nodes), "primfuncs": list(k.primfuncs), "strategy": k.strategy,
+             "workload": k.workload} for k in kernels]
+
+
+def emitted_kernels(ig: IntegerGraph, target: str | dict = "x86", *, num_threads: int | None = None,
+                    input_shape: tuple[int, ...] | None = None, input_dtype: str = "float32",
+                    use_strategies: bool = True) -> list[dict]:
+    """The `meta["kernels"]` list `lower_integer_graph(ig, target)` (untuned) writes, without compiling.
+
+    Runs the real emission (`emit_relax`: strategies emit and schedule their PrimFuncs with the actual
+    weights, naive kernels through `emit_te`) and stops once the Relax IRModule is assembled, before the
+    TVM pass pipeline and `relax.build` (seconds to minutes per network). Used to check, cheaply,
+    that the dry `plan_kernels` walk behind `qcompile.search.kernel_workloads` names the emitted kernels.
+    """
+    spec = resolve_target(target, num_threads)
+    em = emit_relax(ig, spec.target(), input_shape, input_dtype, use_strategies=use_strategies)
+    return _kernel_entries(em.kernels)
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Peer comparison harness: torch, torch.ao, onnxruntime, ExecuTorch and qcompile lowerings
+"""Peer comparison harness: torch, torch.ao, onnxruntime, ExecuTorch, OpenVINO and qcompile lowerings
 on one subnet.
 
 `run_bench(model, x, integer_graph=ig, runners={"qcompile_tvm": peers.tvm_spec(low, "qcompile_tvm")},

@@ -1,7 +1,7 @@
 """`python -m qcompile.bench`: the peer comparison on the standard MobileNetV2 (Sandler et al. 2018,
 Table 2; the network ARCHITECTURE.md's peer figures were measured on), random weights.
 
-Rows: the built-in peers (torch, torch.ao, onnxruntime, ExecuTorch XNNPACK) on the float network, and
+Rows: the built-in peers (torch, torch.ao, onnxruntime, ExecuTorch XNNPACK, OpenVINO) on the float network, and
 qcompile on the same-shaped 8-bit integer program (`synthetic_integer_graph`): onnxruntime on our ONNX
 exports and our own untuned TVM lowerings (`qc.lower(ig, target, num_threads=threads)`), one row per
 LLVM mcpu or kernel family (`host` = this CPU as LLVM detects it; `avx2` = this CPU limited to AVX2, the ISA of

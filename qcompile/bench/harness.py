@@ -43,7 +43,7 @@ __all__ = ["PEERS", "INTEGER_PEERS", "ISOLATION", "BenchOptions", "BenchResult",
            "RunnerStats", "peer_specs", "run_bench", "time_runners"]
 
 PEERS = ("torch_fp32", "torch_ao_int8", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq", "ort_ours_qoperator",
-         "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
+         "executorch_xnnpack_fp32", "executorch_xnnpack_int8", "openvino_fp32", "openvino_int8_qdq")
 #: values of BenchOptions.isolation
 ISOLATION = ("process", "none")
 #: built-in peers that run our IntegerGraph (compared with the reference executor in codes)
@@ -129,7 +129,8 @@ def peer_specs(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: 
         specs["torch_fp32"] = RunnerSpec("torch_fp32", peers.torch_fp32, (model,))
     if "torch_ao_int8" in want:
         specs["torch_ao_int8"] = RunnerSpec("torch_ao_int8", peers.torch_ao_int8, (model, calib))
-    if {"ort_fp32", "ort_int8_qdq"} & want:
+    onnx_peers = ("ort_fp32", "ort_int8_qdq", "openvino_fp32", "openvino_int8_qdq")
+    if want.intersection(onnx_peers):
         float_onnx = workdir / "float.onnx"
         try:
             peers.export_float_onnx(model, x, float_onnx)
@@ -138,8 +139,14 @@ def peer_specs(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: 
             if "ort_int8_qdq" in want:
                 specs["ort_int8_qdq"] = RunnerSpec("ort_int8_qdq", peers.ort_int8_static,
                                                    (float_onnx, calib, workdir / "int8_qdq.onnx", t))
+            if "openvino_fp32" in want:
+                specs["openvino_fp32"] = RunnerSpec("openvino_fp32", peers.openvino_runner, (float_onnx, t))
+            if "openvino_int8_qdq" in want:
+                # its own file (workers run concurrently), quantized by the same deterministic recipe
+                specs["openvino_int8_qdq"] = RunnerSpec("openvino_int8_qdq", peers.openvino_int8_qdq,
+                                                        (float_onnx, calib, workdir / "ov_int8_qdq.onnx", t))
         except Exception as e:
-            for n in ("ort_fp32", "ort_int8_qdq"):
+            for n in onnx_peers:
                 if n in want:
                     missing[n] = f"unavailable: float ONNX export failed: {type(e).__name__}: {e}"
     for fmt in ("qdq", "qoperator"):
@@ -162,7 +169,8 @@ def peer_specs(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: 
                                                       (model, x, t, calib))
     for name, why in missing.items():
         log.warning("peer %s %s", name, why)
-    return specs, missing
+    # rows (and the rounds' rotation) follow PEERS' order, whatever order the recipes were made in
+    return {n: specs[n] for n in PEERS if n in specs}, missing
 
 
 def _first_line(e: BaseException) -> str:
@@ -411,6 +419,10 @@ def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[
         et_version: str | None = version("executorch")
     except Exception:
         et_version = None
+    try:
+        ov_version: str | None = version("openvino")
+    except Exception:
+        ov_version = None
     w = np.asarray(waits, dtype=np.float64) * 1e3 if len(waits) else np.zeros(1)
     synthetic = _is_synthetic(ig)
     return {
@@ -426,6 +438,7 @@ def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[
         "torch": torch.__version__,
         "onnxruntime": ort_version,
         "executorch": et_version,
+        "openvino": ov_version,
         "torch_quantized_engine": torch.backends.quantized.engine,
         "machine": platform.machine(),
         "processor": platform.processor(),

@@ -1,6 +1,6 @@
 """The standard MobileNetV2 for the peer harness: the network ARCHITECTURE.md's peer figures were
 measured on, so `python -m qcompile.bench` can reproduce them (subnets of a space are benchmarked by
-`qcompile bench <subnet>`, `qcompile.bench_run`).
+`qcompile bench <subnet>`, `qcompile.cli.bench_run`).
 
 `MobileNetV2` is the float network of Sandler et al. 2018 (Table 2: inverted residual blocks
 t, c, n, s), width multiplier and depth scalable so tests can use a tiny one.
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from qcompile.ops import IntegerGraph, IntegerGraphBuilder
 from qcompile.ops import reference as R
+from qcompile.quant.fixed_point import quantize_multipliers
 
 #: (expansion t, channels c, repeats n, stride s), MobileNetV2 Table 2
 MBV2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -98,13 +98,6 @@ def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, depth: int | None 
     return MobileNetV2(num_classes, width, depth).eval()
 
 
-def _fixed_point(m: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, s) with M in [2^30, 2^31) and M / 2^s = m, per channel (gemmlowp encoding)."""
-    s = np.array([30 - math.floor(math.log2(v)) for v in m], dtype=np.int64)
-    return (torch.tensor(np.round(m * np.exp2(s)).astype(np.int64), dtype=torch.int32),
-            torch.tensor(s, dtype=torch.int32))
-
-
 class _Writer:
     """Writes the integer program and evaluates it on a calibration input at the same time."""
 
@@ -126,7 +119,7 @@ class _Writer:
         # output codes: zero point 20 for ReLU6 outputs (lo = 20: the ReLU), 128 for linear bottlenecks
         zp_out, lo = (20, 20) if relu6 else (128, 0)
         m = (255 - lo) / torch.clamp(hi_q - lo_q, min=1.0) * (0.8 if relu6 else 1.6)
-        mult, shift = _fixed_point(m.numpy())
+        mult, shift = (torch.tensor(v, dtype=torch.int32) for v in quantize_multipliers(m.numpy(), "conv"))
         center = torch.zeros_like(m) if relu6 else (lo_q + hi_q) / 2  # ReLU6: acc 0 -> the zero point
         bias = torch.round(zp_out / m - center).to(torch.int32)
         node = self.b.call(R.conv2d, self.node, self.b.const(w), self.b.const(bias), **kw)

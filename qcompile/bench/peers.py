@@ -4,7 +4,10 @@ torch fp32 eager; torch.ao int8 (FX graph mode, x86 backend, per-channel weights
 policy only); onnxruntime fp32 on the TorchScript ONNX export; onnxruntime int8 from
 `quantize_static` (QDQ, uint8 activations, int8 weights, MinMax calibration) on that float
 model; onnxruntime on our own export of the IntegerGraph (`qcompile.backends.onnx`); ExecuTorch
-with the XNNPACK delegate, fp32 and int8 (PT2E `XNNPACKQuantizer`, per-channel symmetric weights).
+with the XNNPACK delegate, fp32 and int8 (PT2E `XNNPACKQuantizer`, per-channel symmetric weights);
+OpenVINO's CPU plugin (oneDNN) on the same float ONNX file (fp32) and on onnxruntime's QDQ model of it (int8:
+OpenVINO's low-precision transformations turn the QDQ pairs into int8 convolutions, AMX-INT8 / VNNI where the
+host has them).
 A factory that cannot build its runner raises; the harness records the reason and goes on
 (`MissingPeer`: the package is not installed, its message is the install hint).
 """
@@ -33,6 +36,8 @@ Runner = Callable[[np.ndarray], np.ndarray]
 #: executorch's full requirement list (coremltools, pandas, hydra, ...) is not needed to export and run
 EXECUTORCH_HINT = ("pip install -c constraints.txt --no-deps executorch==1.5.1 torchao==0.18.0 ruamel.yaml pyyaml "
                    "tabulate (or: pip install -c constraints.txt -e .[bench])")
+
+OPENVINO_HINT = "pip install -c constraints.txt openvino==2026.4.1 (or: pip install -c constraints.txt -e .[bench])"
 
 
 class MissingPeer(QcompileError, ImportError):
@@ -93,7 +98,15 @@ def ort_runner(path: str | Path, threads: int) -> Runner:
 
 def ort_int8_static(float_onnx: str | Path, calibration: Sequence[np.ndarray], path: str | Path, threads: int,
                     per_channel: bool = False) -> Runner:
-    """onnxruntime `quant_pre_process` + `quantize_static` (QDQ, U8 activations, S8 weights, MinMax), a session."""
+    """onnxruntime on its own QDQ model of `float_onnx` (`ort_qdq_model`), a session."""
+    return ort_runner(ort_qdq_model(float_onnx, calibration, path, per_channel), threads)
+
+
+def ort_qdq_model(float_onnx: str | Path, calibration: Sequence[np.ndarray], path: str | Path,
+                  per_channel: bool = False) -> Path:
+    """onnxruntime `quant_pre_process` + `quantize_static` (QDQ, U8 activations, S8 weights, MinMax) into `path`.
+
+    Deterministic: the same float model and calibration batches give the same QDQ model."""
     from qcompile.backends.onnx import require_onnxruntime
 
     require_onnxruntime()
@@ -116,7 +129,7 @@ def ort_int8_static(float_onnx: str | Path, calibration: Sequence[np.ndarray], p
         src = Path(float_onnx)
     quantize_static(str(src), str(path), _Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
-    return ort_runner(path, threads)
+    return Path(path)
 
 
 def ort_float32(path: str | Path, threads: int) -> Runner:
@@ -130,6 +143,45 @@ def export_ours(integer_graph: object, path: str | Path, fmt: str, batch_shape: 
     from qcompile.backends.onnx import export_onnx
 
     return Path(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)))
+
+
+def _require_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as e:
+        raise MissingPeer(f"{e.name or e} is not installed: {OPENVINO_HINT}") from e
+    return openvino
+
+
+def openvino_runner(path: str | Path, threads: int, precision: str | None = "f32") -> Runner:
+    """OpenVINO's CPU plugin on an ONNX file: latency hint, one stream, `threads` inference threads.
+
+    precision: `INFERENCE_PRECISION_HINT` for the parts that stay in floating point ("f32": the fp32 row
+    really runs fp32; on AMX hosts OpenVINO's default is bf16); None keeps OpenVINO's default (the int8 row:
+    how an OpenVINO user runs a quantized model). One infer request, reused per call, as in a serving loop.
+    """
+    ov = _require_openvino()
+    core = ov.Core()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads)}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer([np.ascontiguousarray(x, dtype=np.float32)])
+        # copy: the output tensor is the request's buffer, overwritten by the next call
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    return run
+
+
+def openvino_int8_qdq(float_onnx: str | Path, calibration: Sequence[np.ndarray], path: str | Path,
+                      threads: int) -> Runner:
+    """OpenVINO on onnxruntime's QDQ model of `float_onnx` (`ort_int8_static`'s recipe: the same calibration
+    batches and MinMax ranges, so the same quantized model the `ort_int8_qdq` row runs)."""
+    _require_openvino()
+    return openvino_runner(ort_qdq_model(float_onnx, calibration, path), threads, precision=None)
 
 
 def _require_executorch() -> None:

@@ -25,7 +25,8 @@ ARCHITECTURE_MS: dict[str, float] = {
 
 
 FLOAT_TWIN_NOTE = (
-    "torch, onnxruntime (int8 from its own quantizer) and ExecuTorch rows run the subnet's float twin: the same "
+    "torch, onnxruntime (int8 from its own quantizer), OpenVINO (int8: onnxruntime's QDQ model) and ExecuTorch rows "
+    "run the subnet's float twin: the same "
     "layers and weights with the quantizers removed, so the same work to time, but not the model the quantized "
     "supernet was trained to be; their top-1 says so. The qcompile and `ort_ours` rows run the subnet's own "
     "integer program."
@@ -63,6 +64,7 @@ def _isolation_words(m: Mapping) -> str:
 
 def _header(m: Mapping) -> list[str]:
     et = f", executorch {m['executorch']}" if m.get("executorch") else ""
+    et += f", openvino {m['openvino']}" if m.get("openvino") else ""
     return [
         f"input {tuple(m.get('input_shape', ()))}, {m.get('threads')} threads, {_isolation_words(m)}"
         f"{m.get('repeats')} interleaved rounds "

@@ -1,8 +1,7 @@
 """Integer operators and their exact reference implementations (docs/integer_semantics.md)."""
 
-from qcompile.ops.graph import FLOAT_OPS, IntegerGraph, IntegerGraphBuilder, op_name
+from qcompile.ops.graph import IntegerGraph, IntegerGraphBuilder, op_name
 from qcompile.ops.reference import (
-    INTEGER_OPS,
     QDQ_OPS,
     add,
     add_float,
@@ -25,6 +24,7 @@ from qcompile.ops.reference import (
     rescale,
     rescale_float,
 )
+from qcompile.ops.table import FLOAT_OPS, INTEGER_OPS, OPS, OpDef, op_def
 
 __all__ = [
     "FLOAT_OPS",
@@ -33,6 +33,8 @@ __all__ = [
     "add_float",
     "IntegerGraph",
     "IntegerGraphBuilder",
+    "OPS",
+    "OpDef",
     "add",
     "conv2d",
     "dequantize",
@@ -46,6 +48,7 @@ __all__ = [
     "mean_float",
     "mul_float",
     "mul",
+    "op_def",
     "op_name",
     "quantize",
     "quantize_linear",

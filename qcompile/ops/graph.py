@@ -1,8 +1,8 @@
 """`IntegerGraph`: an fx.GraphModule over `qcompile.ops`, with a readable form and save/load.
 
 Backends (TVM, ONNX) read the graph node by node: `placeholder` (float input), `get_attr`
-(constant tensors: weights, biases, multipliers, tables), `call_function` (an op of
-`qcompile.ops` or a float-island op), `output`. `IntegerGraphBuilder` writes such graphs by
+(constant tensors: weights, biases, multipliers, tables), `call_function` (an op of the op table
+`qcompile.ops.table`: an integer op or a float-island op), `output`. `IntegerGraphBuilder` writes such graphs by
 hand, which the backend tests use to exercise one op at a time.
 """
 
@@ -10,45 +10,28 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx
 
 from qcompile.errors import CheckpointError
-from qcompile.ops import reference as R
+from qcompile.ops.table import OPS, op_def
 from qcompile.utils.io import atomic_write as _atomic_write
 
 log = logging.getLogger(__name__)
-
-#: float-island ops allowed in an IntegerGraph (computed in float64 on every backend)
-FLOAT_OPS: tuple[Callable, ...] = (
-    F.conv2d,
-    F.linear,
-    F.relu,
-    F.relu6,
-    F.hardswish,
-    F.hardsigmoid,
-    torch.sigmoid,
-    F.silu,
-    torch.mean,
-    operator.add,
-    operator.mul,
-    torch.flatten,
-)
 
 _FORMAT_VERSION = 1
 
 
 def op_name(target: Any) -> str:
-    """Short printable name of a call_function target."""
-    if getattr(target, "__module__", "") == R.__name__:
-        return target.__name__
+    """Short printable name of a call_function target (`OpDef.display` for ops of the table)."""
+    d = op_def(target)
+    if d is not None:
+        return d.display
     mod = getattr(target, "__module__", "") or ""
     return f"float.{target.__name__}" if mod else str(target)
 
@@ -142,9 +125,7 @@ class IntegerGraph(fx.GraphModule):
         return cls(root, _graph_from_json(doc["graph"]), doc.get("meta"))
 
 
-_OP_TABLE: dict[str, Callable] = {f"ops.{f.__name__}": f for f in R.INTEGER_OPS}
-_OP_TABLE.update({f"float.{getattr(f, '__name__', str(f))}": f for f in FLOAT_OPS})
-_OP_NAMES = {v: k for k, v in _OP_TABLE.items()}
+_OP_TABLE: dict[str, Callable] = {d.key: d.fn for d in OPS}
 
 
 def _arg_to_json(a: Any) -> Any:
@@ -179,9 +160,10 @@ def _graph_to_json(graph: fx.Graph) -> list[dict]:
     for n in graph.nodes:
         rec: dict[str, Any] = {"op": n.op, "name": n.name}
         if n.op == "call_function":
-            if n.target not in _OP_NAMES:
+            d = op_def(n.target)
+            if d is None:
                 raise CheckpointError(f"node {n.name}: op {n.target} is not an integer or float-island op")
-            rec["target"] = _OP_NAMES[n.target]
+            rec["target"] = d.key
         elif n.op in ("get_attr", "placeholder"):
             rec["target"] = n.target
         elif n.op != "output":

@@ -2,7 +2,8 @@
 
 These functions are the ground truth every backend reproduces. They compute in int64 where an
 intermediate can exceed int32 and return the dtype the contract names. Each is FX-callable: an
-`IntegerGraph` calls them through `call_function` nodes.
+`IntegerGraph` calls them through `call_function` nodes. Each op is declared (operands, static
+parameters, output dtype) in `qcompile.ops.table`; `fixmul` is a helper, not an op.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = [
     "add_float",
     "mean_float",
     "mul_float",
-    "INTEGER_OPS",
     "QDQ_OPS",
 ]
 
@@ -300,6 +300,3 @@ def mul_float(
 #: the ops of the "qdq" flavour (float32 requantization)
 QDQ_OPS = (quantize_linear, requantize_float, rescale_float, add_float, mean_float, mul_float)
 
-INTEGER_OPS = (
-    quantize, dequantize, conv2d, linear, requantize, dequantize_acc, rescale, add, mean, mul, lut, flatten, max_pool2d,
-) + QDQ_OPS

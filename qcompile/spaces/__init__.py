@@ -6,9 +6,10 @@ from typing import Any
 
 from qcompile.errors import ConfigError
 from qcompile.spaces import hyperspace  # noqa: F401  (registers the SpaceEvo encoding in space.to_json)
-from qcompile.spaces.base import HeadSpec, LayerDesc, StagedSpace, StageSpec, Supernet
+from qcompile.spaces.base import HeadSpec, StagedSpace, StageSpec
 from qcompile.spaces.mobilenet import mobilenet_v2, mobilenet_v3
 from qcompile.spaces.spaceevo import spaceevo
+from qcompile.spaces.supernet import Supernet
 
 SPACES = {"mobilenet_v3": mobilenet_v3, "mobilenet_v2": mobilenet_v2, "spaceevo": spaceevo}
 
@@ -67,6 +68,5 @@ __all__ = [
     "StagedSpace",
     "StageSpec",
     "HeadSpec",
-    "LayerDesc",
     "Supernet",
 ]

@@ -11,25 +11,20 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from qcompile.config import FLOAT_BITS, QuantPolicy, SubnetConfig
+from qcompile.config import QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError
-from qcompile.nn.blocks import BLOCK_CONVS, BLOCK_TYPES, ConvUnit, ElasticBlock
+from qcompile.nn.blocks import BLOCK_CONVS, BLOCK_TYPES
 from qcompile.nn.elastic import (
-    Const,
-    DepthGate,
-    ElasticConv2d,
-    ElasticLinear,
-    QuantPoint,
-    WidthOf,
     make_divisible,
-    out_size,
 )
+
+if TYPE_CHECKING:
+    from qcompile.search.cost.layers import LayerDesc
+    from qcompile.spaces.supernet import Supernet
 
 #: the "format" field of `StagedSpace.to_json()` documents
 SPACE_JSON_FORMAT = "qcompile.space/1"
@@ -73,34 +68,6 @@ class HeadSpec:
     act: str
     mix_bn: bool = False
     dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class LayerDesc:
-    """One conv / linear layer of a concrete subnet (computed from the config alone)."""
-
-    name: str
-    kind: str  # "conv" | "linear"
-    in_ch: int
-    out_ch: int
-    kernel: int
-    stride: int
-    groups: int
-    in_hw: int
-    out_hw: int
-    bias: bool
-    bn: bool
-    slot: int | None
-    role: str
-
-    @property
-    def params(self) -> int:
-        w = self.out_ch * (self.in_ch // self.groups) * self.kernel * self.kernel
-        return w + (self.out_ch if self.bias else 0) + (2 * self.out_ch if self.bn else 0)
-
-    @property
-    def macs(self) -> int:
-        return self.out_hw * self.out_hw * self.out_ch * (self.in_ch // self.groups) * self.kernel * self.kernel
 
 
 @dataclass(frozen=True)
@@ -398,79 +365,32 @@ class StagedSpace:
         return total
 
     # ------------------------------------------------------------------------------------------
-    # encodings and variation (search sees only these)
+    # encodings and variation: `qcompile.search.encoding` (how search reads a config); these
+    # methods are deprecated aliases kept for existing callers, new code calls the functions
     # ------------------------------------------------------------------------------------------
     def encode(self, cfg: SubnetConfig, one_hot: bool = True) -> np.ndarray:
-        """Fixed-length vector: one-hot per gene (APQ/QFA predictors); skipped blocks are all-zero (APQ 3.2).
+        """Deprecated alias of `qcompile.search.encoding.encode(space, cfg, one_hot)`."""
+        from qcompile.search.encoding import encode
 
-        Bits: one-hot over `bit_choices` for weight and activation of every layer slot. With
-        `one_hot=False`, the choice indices (for evolution operators).
-        """
-        self.validate(cfg)
-        active = self._active_block_slots(cfg)
-        parts: list[np.ndarray] = []
-        for gene in self.genes():
-            v = cfg.resolution if gene.field == "resolution" else getattr(cfg, gene.field)[gene.index]
-            idx = gene.choices.index(v)
-            if not one_hot:
-                parts.append(np.array([idx], dtype=np.float32))
-                continue
-            vec = np.zeros(len(gene.choices), dtype=np.float32)
-            skipped = gene.field in ("kernels", "expands", "channels") and not active[gene.index]
-            if not skipped:
-                vec[idx] = 1.0
-            parts.append(vec)
-        policy = cfg.policy or QuantPolicy.uniform(self.num_layer_slots, FLOAT_BITS)
-        slot_active = self._active_layer_slots(cfg)
-        for i, (w, a) in enumerate(policy.bits):
-            for b in (w, a):
-                if not one_hot:
-                    parts.append(np.array([self.bit_choices.index(b)], dtype=np.float32))
-                    continue
-                vec = np.zeros(len(self.bit_choices), dtype=np.float32)
-                if slot_active[i]:
-                    vec[self.bit_choices.index(b)] = 1.0
-                parts.append(vec)
-        return np.concatenate(parts)
+        return encode(self, cfg, one_hot)
 
     def encoding_size(self, one_hot: bool = True) -> int:
-        if not one_hot:
-            return len(self.genes()) + 2 * self.num_layer_slots
-        return sum(len(g.choices) for g in self.genes()) + 2 * self.num_layer_slots * len(self.bit_choices)
+        """Deprecated alias of `qcompile.search.encoding.encoding_size`."""
+        from qcompile.search.encoding import encoding_size
+
+        return encoding_size(self, one_hot)
 
     def decode(self, indices: Sequence[int]) -> SubnetConfig:
-        """Inverse of `encode(cfg, one_hot=False)` on canonical configs; the result is canonical."""
-        genes = self.genes()
-        if len(indices) != len(genes) + 2 * self.num_layer_slots:
-            raise ConfigError("indices", len(indices), f"{len(genes) + 2 * self.num_layer_slots} choice indices")
-        it = iter(int(i) for i in indices)
-        vals = iter([g.choices[next(it)] for g in genes])
-        cfg = self._make(lambda g: next(vals), None, None)
-        bits = [self.bit_choices[next(it)] for _ in range(2 * self.num_layer_slots)]
-        policy = QuantPolicy(tuple(zip(bits[::2], bits[1::2])))
-        return self.canonical(cfg.with_policy(None if policy.is_float else policy))
+        """Deprecated alias of `qcompile.search.encoding.decode`."""
+        from qcompile.search.encoding import decode
+
+        return decode(self, indices)
 
     def choice_counts(self) -> list[int]:
-        """Number of choices per index of `encode(one_hot=False)` (for mutation / crossover / pymoo bounds)."""
-        return [len(g.choices) for g in self.genes()] + [len(self.bit_choices)] * (2 * self.num_layer_slots)
+        """Deprecated alias of `qcompile.search.encoding.choice_counts`."""
+        from qcompile.search.encoding import choice_counts
 
-    def mutate(self, cfg: SubnetConfig, rate: float = 0.1, seed: int | None = None, bits: Sequence[int] | None = None):
-        """Resample each gene with probability `rate` (APQ / OFA evolution); bits only within `bits`."""
-        rng = random.Random(seed)
-        idx = self.encode(cfg, one_hot=False).astype(int)
-        counts = self.choice_counts()
-        allowed = None if bits is None else [self.bit_choices.index(b) for b in self._check_bits("bits", bits)]
-        ng = len(self.genes())
-        for i in range(len(idx)):
-            if rng.random() < rate:
-                idx[i] = rng.choice(allowed) if (i >= ng and allowed is not None) else rng.randrange(counts[i])
-        return self.decode(idx)
-
-    def crossover(self, a: SubnetConfig, b: SubnetConfig, seed: int | None = None) -> SubnetConfig:
-        """Uniform crossover: each gene from either parent (APQ)."""
-        rng = random.Random(seed)
-        ia, ib = self.encode(a, one_hot=False), self.encode(b, one_hot=False)
-        return self.decode([x if rng.random() < 0.5 else y for x, y in zip(ia, ib)])
+        return choice_counts(self)
 
     # ------------------------------------------------------------------------------------------
     # analytic description of a subnet
@@ -503,81 +423,24 @@ class StagedSpace:
             return cfg.depths[self.config_stages.index(si)]
         return max(self.stages[si].depths)
 
+    # the layer walk is `qcompile.search.cost.layers` (what a subnet costs); deprecated aliases:
     def layers(self, cfg: SubnetConfig) -> list[LayerDesc]:
-        """The conv/linear layers of subnet `cfg`, computed from the config alone (not from modules)."""
-        self.validate(cfg)
-        L: list[LayerDesc] = []
-        hw = cfg.resolution
-        c = self.stem_width(cfg)
-        o = out_size(hw, 3, 2)
-        L.append(LayerDesc("stem", "conv", self.in_channels, c, 3, 2, 1, hw, o, False, True, None, "stem"))
-        hw = o
-        for si, st in enumerate(self.stages):
-            width = self.stage_width(cfg, si)
-            for b in range(self.stage_depth(cfg, si)):
-                stride = st.stride if b == 0 else 1
-                bs = self.block_slot(si, b)
-                k = cfg.kernels[bs] if bs is not None else st.kernels[0]
-                e = cfg.expands[bs] if bs is not None else st.expands[0]
-                if bs is not None and cfg.channels is not None and st.channel_ratio_range is not None:
-                    mid = cfg.channels[bs]
-                else:
-                    mid = make_divisible(round(c * e), 8)
-                slots = self._slot_of.get((si, b), (None, None, None))
-                name = f"stages.{si}.blocks.{b}"
-                o = out_size(hw, k, stride)
-                se = st.se or st.block.endswith("_se")
+        """Deprecated alias of `qcompile.search.cost.layers.layers(space, cfg)`."""
+        from qcompile.search.cost.layers import layers
 
-                def add(n, cin, cout, kk, s, g, ih, oh, slot, role="block", bias=False, bn=True, name=name):
-                    L.append(LayerDesc(f"{name}.{n}", "conv", cin, cout, kk, s, g, ih, oh, bias, bn, slot, role))
-
-                def add_se(ch, at_hw):
-                    mid_se = make_divisible(ch // 4, 8)
-                    add("se.reduce", ch, mid_se, 1, 1, 1, 1, 1, None, "se", True, False)
-                    add("se.expand", mid_se, ch, 1, 1, 1, 1, 1, None, "se", True, False)
-
-                if st.block in ("mbv2", "mbv3"):
-                    if max(st.expands) == 1 and min(st.expands) == 1:
-                        add("conv0", c, c, k, stride, c, hw, o, slots[0])
-                        mid = c
-                        proj = slots[1]
-                    else:
-                        add("conv0", c, mid, 1, 1, 1, hw, hw, slots[0])
-                        add("conv1", mid, mid, k, stride, mid, hw, o, slots[1])
-                        proj = slots[2]
-                    if se:
-                        add_se(mid, o)
-                    add("project", mid, width, 1, 1, 1, o, o, proj)
-                elif st.block == "mbv1":
-                    add("conv0", c, c, k, stride, c, hw, o, slots[0])
-                    add("conv1", c, width, 1, 1, 1, o, o, slots[1])
-                elif st.block.startswith("bottleneck"):
-                    add("conv0", c, mid, 1, 1, 1, hw, hw, slots[0])
-                    add("conv1", mid, mid, k, stride, 1, hw, o, slots[1])
-                    if se:
-                        add_se(mid, o)
-                    add("project", mid, width, 1, 1, 1, o, o, slots[2])
-                else:  # fused
-                    add("conv0", c, mid, k, stride, 1, hw, o, slots[0])
-                    if se:
-                        add_se(mid, o)
-                    add("project", mid, width, 1, 1, 1, o, o, slots[1])
-                c, hw = width, o
-        h = self.head
-        if h.expand is not None:
-            L.append(LayerDesc("head.expand", "conv", c, h.expand, 1, 1, 1, hw, hw, False, True, None, "head"))
-            c = h.expand
-        if h.mix is not None:
-            L.append(LayerDesc("head.mix", "conv", c, h.mix, 1, 1, 1, 1, 1, False, h.mix_bn, None, "head"))
-            c = h.mix
-        L.append(LayerDesc("classifier", "linear", c, self.num_classes, 1, 1, 1, 1, 1, True, False, None, "classifier"))
-        return L
+        return layers(self, cfg)
 
     def count_params(self, cfg: SubnetConfig) -> int:
-        return sum(layer.params for layer in self.layers(cfg))
+        """Deprecated alias of `qcompile.search.cost.count_params`."""
+        from qcompile.search.cost.layers import count_params
+
+        return count_params(self, cfg)
 
     def count_macs(self, cfg: SubnetConfig) -> int:
-        return sum(layer.macs for layer in self.layers(cfg))
+        """Deprecated alias of `qcompile.search.cost.count_macs`."""
+        from qcompile.search.cost.layers import count_macs
+
+        return count_macs(self, cfg)
 
     def to_dict(self) -> dict[str, Any]:
         """Constructor arguments (space name + args) so a checkpoint can rebuild the same space."""
@@ -616,111 +479,16 @@ class StagedSpace:
     # supernet
     # ------------------------------------------------------------------------------------------
     def build_supernet(self) -> Supernet:
+        """The weight-sharing supernet of this space (`qcompile.spaces.supernet.Supernet`)."""
+        from qcompile.spaces.supernet import Supernet
+
         return Supernet(self)
 
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
 
 
-def _is_fx_tracing() -> bool:
-    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-
-
-class Stage(nn.Module):
-    """Blocks of one stage; blocks beyond the minimum depth are behind a `DepthGate`."""
-
-    def __init__(self, blocks: list[ElasticBlock], gates: list[DepthGate | None]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.gates = nn.ModuleList([g if g is not None else nn.Identity() for g in gates])
-        self._gated = [g is not None for g in gates]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk, gate, gated in zip(self.blocks, self.gates, self._gated):
-            if not gated:
-                x = blk(x)
-            elif _is_fx_tracing():
-                x = gate(x, blk(x))
-            elif gate.active:  # eager: skip inactive blocks instead of computing and discarding
-                x = blk(x)
-        return x
-
-
-class Supernet(nn.Module):
-    """The weight-sharing supernet of a `StagedSpace`. `qcompile.set_active(net, cfg)` selects the subnet."""
-
-    def __init__(self, space: StagedSpace) -> None:
-        super().__init__()
-        self.space_info = space.to_dict()
-        sw = max(space.stem_widths)
-        stem_rule = WidthOf(0, sw) if space.search_widths else Const(sw)
-        self.stem = ConvUnit(
-            ElasticConv2d(space.in_channels, sw, 3, stride=2, out_rule=stem_rule, role="stem"), space.stem_act
-        )
-        self.stem_out = QuantPoint("block_out")
-        stages = []
-        c_max, c_rule = sw, stem_rule
-        for si, st in enumerate(space.stages):
-            wmax = max(st.widths)
-            if si in space.config_stages and space.search_widths:
-                w_rule = WidthOf(space.config_stages.index(si) + 1, wmax)
-            else:
-                w_rule = Const(wmax)
-            blocks, gates = [], []
-            for b in range(st.max_depth):
-                bs = space.block_slot(si, b)
-                blocks.append(
-                    ElasticBlock(
-                        st.block,
-                        max_in=c_max if b == 0 else wmax,
-                        max_out=wmax,
-                        in_rule=c_rule if b == 0 else w_rule,
-                        out_rule=w_rule,
-                        stride=st.stride if b == 0 else 1,
-                        kernels=st.kernels,
-                        expands=st.expands if st.channel_ratio_range is None else (st.channel_ratio_range[1],),
-                        act=st.act,
-                        se=st.se,
-                        block_slot=bs,
-                        policy_slots=space._slot_of.get((si, b)),
-                        kernel_transform=space.kernel_transform,
-                    )
-                )
-                k = space.config_stages.index(si) if si in space.config_stages else None
-                gates.append(DepthGate(k, b) if k is not None and b >= min(st.depths) else None)
-            stages.append(Stage(blocks, gates))
-            c_max, c_rule = wmax, w_rule
-        self.stages = nn.ModuleList(stages)
-        h = space.head
-        self.head_expand = None
-        if h.expand is not None:
-            self.head_expand = ConvUnit(ElasticConv2d(c_max, h.expand, 1, role="head"), h.act)
-            c_max = h.expand
-        self.pool_in = QuantPoint("pool_in")
-        self.head_mix = None
-        if h.mix is not None:
-            conv = ElasticConv2d(c_max, h.mix, 1, role="head")
-            self.head_mix = ConvUnit(conv, h.act)
-            if not h.mix_bn:
-                self.head_mix.bn = None
-            c_max = h.mix
-        self.dropout = nn.Dropout(h.dropout)
-        self.classifier = ElasticLinear(c_max, space.num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_out(self.stem(x))
-        for stage in self.stages:
-            x = stage(x)
-        if self.head_expand is not None:
-            x = self.head_expand(x)
-        x = self.pool_in(x).mean((2, 3), keepdim=True)
-        if self.head_mix is not None:
-            x = self.head_mix(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(self.dropout(x))
-
-
-__all__ = ["StagedSpace", "StageSpec", "HeadSpec", "LayerDesc", "Gene", "Supernet", "Stage", "field"]
+__all__ = ["StagedSpace", "StageSpec", "HeadSpec", "Gene", "field"]
 
 
 def _is_int(v: object, lo: int) -> bool:

@@ -123,6 +123,30 @@ class Hyperspace:
             raise ConfigError("encoding", text, "window indices 0-9, a-z") from e
         return self.candidate([int(c) for c in blk], windows)
 
+    def probe_space(self, block: str, resolutions: Sequence[int] | None = None):
+        """The elastic space with `block` in every Stage1-6 over each stage's *whole* width range (SpaceEvo
+        Sec. 3.3: one elastic stage per (stage, block type) covers every window of the hyperspace), 8-bit or
+        float layers, no dropout. Block-wise distillation trains its stages; Q-T latency is priced on it."""
+        from qcompile.spaces.spaceevo import spaceevo
+
+        if block not in self.blocks:
+            raise ConfigError("block", block, self.blocks)
+        return spaceevo(
+            num_classes=self.num_classes,
+            resolutions=tuple(resolutions) if resolutions is not None else self.resolutions,
+            in_channels=self.in_channels,
+            blocks=["bottleneck", *[block] * self.n_stages],
+            widths=[self.first_widths, *[st.widths for st in self.stages]],
+            stem_widths=self.stem_widths,
+            kernels=self.kernels,
+            bit_choices=(8, 32),
+            dropout=0.0,
+            head_mix=self.head_mix,
+            depths=[self.first_depths, *[st.depths for st in self.stages]],
+            width_ranges=[(min(self.first_widths), max(self.first_widths)),
+                          *[(st.widths[0], st.widths[-1]) for st in self.stages]],
+        )
+
     def random(self, rng: random.Random) -> CandidateSpace:
         """A uniformly random candidate (Algorithm 1 line 1: random initial population)."""
         return CandidateSpace(

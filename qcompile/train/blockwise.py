@@ -200,26 +200,9 @@ class ElasticStageTrainer:
     """Trains the elastic stage of block type `block` at Stage `stage` (1-based) and measures its archs."""
 
     def __init__(self, hyper: Hyperspace, stage: int, block: str, teacher_widths: Sequence[int], seed: int) -> None:
-        from qcompile.spaces.spaceevo import spaceevo
-
         self.hyper, self.stage, self.block, self.seed = hyper, stage, block, seed
         hs = hyper.stages[stage - 1]
-        full = [tuple(st.widths) for st in hyper.stages]
-        self.probe = spaceevo(
-            num_classes=hyper.num_classes,
-            resolutions=hyper.resolutions,
-            in_channels=hyper.in_channels,
-            blocks=["bottleneck", *[block] * hyper.n_stages],
-            widths=[hyper.first_widths, *full],
-            stem_widths=hyper.stem_widths,
-            kernels=hyper.kernels,
-            bit_choices=(8, 32),
-            dropout=0.0,
-            head_mix=hyper.head_mix,
-            depths=[hyper.first_depths, *[st.depths for st in hyper.stages]],
-            width_ranges=[(min(hyper.first_widths), max(hyper.first_widths)),
-                          *[(st.widths[0], st.widths[-1]) for st in hyper.stages]],
-        )
+        self.probe = hyper.probe_space(block)
         torch.manual_seed(seed)
         net = self.probe.build_supernet()
         prev_widths = hyper.first_widths if stage == 1 else hyper.stages[stage - 2].widths

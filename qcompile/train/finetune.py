@@ -1,6 +1,6 @@
 """Short QAT finetune of a `qc.quantize_model` result through the supernet `Trainer`.
 
-A fixed network is a one-point search space (issue 18): `OnePointSpace` answers `largest`, `smallest`
+A fixed network is a one-point search space: `OnePointSpace` answers `largest`, `smallest`
 and `sample` with the model's own `SubnetConfig`, the subnet selector is a no-op, and one phase with
 the "largest" sampler and no teacher is plain quantization-aware training (LSQ steps and BatchQuant
 residuals learn, QFA Eq. 2 and 5; the straight-through estimator of OQA Eq. 1). BN trains as usual; the

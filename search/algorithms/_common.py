@@ -6,11 +6,12 @@ The search sees only the space's encoding (`space.choice_counts()`, `encode(one_
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -114,6 +115,71 @@ def check_common(space, objectives, n_evals: int, seed: int, bits) -> tuple[list
     if bits is not None and not isinstance(bits, (int, Sequence)) or isinstance(bits, (str, bytes)):
         raise ConfigError("bits", bits, "a tuple of bit-widths such as (2, 3, 4), or None for float subnets")
     return objectives, Genome(space, bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """Base of every algorithm's frozen options: field checks by kind and unknown names rejected.
+
+    Subclasses list their fields in `INTS` (integers >= 1, None allowed where the default is None),
+    `PROBS` (probabilities in [0, 1]) and `FRACTIONS` (in (0, 1]); `check()` adds cross-field rules.
+    """
+
+    ALGORITHM: ClassVar[str] = "search"
+    INTS: ClassVar[tuple[str, ...]] = ()
+    PROBS: ClassVar[tuple[str, ...]] = ()
+    FRACTIONS: ClassVar[tuple[str, ...]] = ()
+
+    def check(self) -> None:
+        for name in self.INTS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise ConfigError(name, v, "an integer >= 1")
+        for name in self.PROBS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
+                raise ConfigError(name, v, "a probability in [0, 1]")
+        for name in self.FRACTIONS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ConfigError(name, v, "a fraction in (0, 1]")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SearchOptions:
+        """The options of `**options`, checked; an unknown name raises `ConfigError` listing the known ones."""
+        fields = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ConfigError(f"{cls.ALGORITHM} option {unknown[0]!r}", options[unknown[0]], fields)
+        opts = cls(**options)
+        opts.check()
+        return opts
+
+
+class SearchSetup(NamedTuple):
+    """What `setup_search` checked and built: objectives, genome, constraints, evaluator, feasible extremes."""
+
+    objectives: list[Objective]
+    genome: Genome
+    constraints: list[tuple[Objective, float]]
+    ev: Evaluator
+    feasible_extremes: list[SubnetConfig]
+
+
+def setup_search(space, objectives, n_evals: int, seed: int, bits, constraints, progress: bool,
+                 desc: str) -> SearchSetup:
+    """The argument checks and set-up every algorithm shares, in one order (so errors are the same):
+    objectives / n_evals / seed / bits, constraints, then the reachability of the constraints."""
+    objectives, genome = check_common(space, objectives, n_evals, seed, bits)
+    cons = check_constraints(constraints)
+    ev = Evaluator(objectives, cons, n_evals, progress, desc=desc)
+    return SearchSetup(objectives, genome, cons, ev, check_reachable(space, genome, ev))
+
+
+def genome_options(genome: Genome, opts: Any = None, **extra: Any) -> dict[str, Any]:
+    """`options` of a `SearchResult`: the allowed bits, the algorithm's options and `extra` counters."""
+    fields = dataclasses.asdict(opts) if opts is not None else {}
+    return {"bits": None if genome.bits is None else list(genome.bits), **fields, **extra}
 
 
 def check_constraints(constraints) -> list[tuple[Objective, float]]:

@@ -11,38 +11,26 @@ coarse stage. Draws are bounded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from qcompile.errors import ConfigError
-from qcompile.search.algorithms._common import (
-    SKELETON_FIELDS,
-    Evaluator,
-    check_common,
-    check_constraints,
-    check_reachable,
-    log,
-)
+from qcompile.search.algorithms._common import SKELETON_FIELDS, SearchOptions, genome_options, log, setup_search
 from qcompile.search.result import SearchResult, nondominated
 
 
 @dataclass(frozen=True)
-class CoarseToFineOptions:
+class CoarseToFineOptions(SearchOptions):
+    """OQA's split of the budget and the fine stage's per-gene perturbation probability."""
+
+    ALGORITHM = "coarse_to_fine"
+    INTS = ("batch", "max_draws_per_eval")
+    FRACTIONS = ("coarse_fraction", "perturb_prob")
+
     coarse_fraction: float = 0.5
     perturb_prob: float = 0.3
     batch: int = 50
     max_draws_per_eval: int = 50
-
-    def check(self) -> None:
-        for name in ("coarse_fraction", "perturb_prob"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
-                raise ConfigError(name, v, "a fraction in (0, 1]")
-        for name in ("batch", "max_draws_per_eval"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(name, v, "an integer >= 1")
 
 
 def coarse_to_fine(
@@ -58,16 +46,9 @@ def coarse_to_fine(
     **options,
 ) -> SearchResult:
     """OQA's coarse-to-fine selection; generation 0 is the coarse stage, later ones the fine stage."""
-    objectives, genome = check_common(space, objectives, n_evals, seed, bits)
-    cons = check_constraints(constraints)
-    unknown = sorted(set(options) - set(CoarseToFineOptions.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"coarse_to_fine option {unknown[0]!r}", options[unknown[0]],
-                          sorted(CoarseToFineOptions.__dataclass_fields__))
-    opts = CoarseToFineOptions(**options)
-    opts.check()
-    ev = Evaluator(objectives, cons, n_evals, progress, desc="coarse-to-fine")
-    check_reachable(space, genome, ev)
+    opts = CoarseToFineOptions.from_options(options)
+    objectives, genome, _, ev, _ = setup_search(space, objectives, n_evals, seed, bits, constraints, progress,
+                                                "coarse-to-fine")
     rng = np.random.default_rng(int(seed))
     skeleton = genome.gene_mask(SKELETON_FIELDS, bits=False)
     fine = ~skeleton
@@ -105,6 +86,4 @@ def coarse_to_fine(
         ev.evaluate([c for c, ok in zip(cfgs, ev.feasible(cfgs)) if ok])
         gen += 1
     log.info("coarse-to-fine: %d evaluations (%d coarse)", len(ev.configs), min(n_coarse, len(ev.configs)))
-    return ev.result("coarse-to-fine", seed,
-                     {"bits": None if genome.bits is None else list(genome.bits), **asdict(opts), "draws": draws},
-                     space, ref_point)
+    return ev.result("coarse-to-fine", seed, genome_options(genome, opts, draws=draws), space, ref_point)

@@ -11,7 +11,7 @@ random draws find no feasible candidate, the feasible extremes seed the populati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,17 +19,21 @@ from qcompile.errors import ConfigError
 from qcompile.search.algorithms._common import (
     Evaluator,
     Genome,
-    check_common,
-    check_constraints,
-    check_reachable,
+    SearchOptions,
+    genome_options,
     log,
+    setup_search,
 )
 from qcompile.search.result import SearchResult
 
 
 @dataclass(frozen=True)
-class EvolutionOptions:
+class EvolutionOptions(SearchOptions):
     """APQ's settings (Sec. 4.1 "Evolutionary architecture search")."""
+
+    ALGORITHM = "evolution"
+    INTS = ("population", "parents", "max_tries")
+    PROBS = ("mutation_ratio", "mutation_prob")
 
     population: int = 100
     parents: int = 25
@@ -38,16 +42,9 @@ class EvolutionOptions:
     max_tries: int = 50  # redraws of one candidate slot before giving up on it
 
     def check(self) -> None:
-        for name in ("population", "parents", "max_tries"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(name, v, "an integer >= 1")
+        super().check()
         if self.parents > self.population:
             raise ConfigError("parents", self.parents, f"<= population ({self.population})")
-        for name in ("mutation_ratio", "mutation_prob"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ConfigError(name, v, "a probability in [0, 1]")
 
 
 def _draw(make, ev: Evaluator, tries: int, taken: set):
@@ -78,16 +75,9 @@ def evolution(
     `objective` is one `Objective` (a list is accepted: its first is optimised, the others are only
     recorded). `options`: fields of `EvolutionOptions`.
     """
-    objectives, genome = check_common(space, objective, n_evals, seed, bits)
-    cons = check_constraints(constraints)
-    unknown = sorted(set(options) - set(EvolutionOptions.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"evolution option {unknown[0]!r}", options[unknown[0]],
-                          sorted(EvolutionOptions.__dataclass_fields__))
-    opts = EvolutionOptions(**options)
-    opts.check()
-    ev = Evaluator(objectives, cons, n_evals, progress, desc="evolution")
-    extremes = check_reachable(space, genome, ev)
+    opts = EvolutionOptions.from_options(options)
+    objectives, genome, cons, ev, extremes = setup_search(space, objective, n_evals, seed, bits, constraints,
+                                                          progress, "evolution")
     rng = np.random.default_rng(int(seed))
     sign = objectives[0].sign
 
@@ -143,8 +133,7 @@ def evolution(
             break
         pop = parents + children
         gen += 1
-    res = ev.result("evolution", seed, {"bits": None if genome.bits is None else list(genome.bits), **asdict(opts)},
-                    space, ref_point)
+    res = ev.result("evolution", seed, genome_options(genome, opts), space, ref_point)
     log.info("evolution: %d evaluations, best %s = %g", res.n_evals, objectives[0].name, res.F[res.best_index, 0])
     return res
 

@@ -16,7 +16,7 @@ choices for a small budget).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -28,14 +28,17 @@ from pymoo.core.sampling import Sampling
 from pymoo.operators.crossover.ux import UX
 from pymoo.problems.static import StaticProblem
 
-from qcompile.errors import ConfigError
-from qcompile.search.algorithms._common import Evaluator, Genome, check_common, check_constraints, check_reachable, log
+from qcompile.search.algorithms._common import Genome, SearchOptions, genome_options, log, setup_search
 from qcompile.search.result import SearchResult
 
 
 @dataclass(frozen=True)
-class NSGA2Options:
+class NSGA2Options(SearchOptions):
     """NSGA-II settings; None picks the budget-suited default described in the module docstring."""
+
+    ALGORITHM = "nsga2"
+    INTS = ("pop_size", "n_offsprings", "max_stall")
+    PROBS = ("crossover_prob", "mutation_prob")
 
     pop_size: int | None = None
     n_offsprings: int | None = None
@@ -50,17 +53,6 @@ class NSGA2Options:
         mut = self.mutation_prob if self.mutation_prob is not None else 1.0 / max(n_var, 1)
         return NSGA2Options(pop, off, self.crossover_prob, mut, self.max_stall)
 
-    def check(self) -> None:
-        for name in ("pop_size", "n_offsprings"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-                raise ConfigError(name, v, "an integer >= 1")
-        for name in ("crossover_prob", "mutation_prob"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-                raise ConfigError(name, v, "a probability in [0, 1]")
-        if not isinstance(self.max_stall, int) or self.max_stall < 1:
-            raise ConfigError("max_stall", self.max_stall, "an integer >= 1")
 
 
 class SubnetProblem(Problem):
@@ -115,17 +107,10 @@ def nsga2(
     `objectives`: `Objective`s (own directions); `constraints`: `[(Objective, limit)]`, handled as
     pymoo inequality constraints; `options`: fields of `NSGA2Options`. Same seed, same result.
     """
-    objectives, genome = check_common(space, objectives, n_evals, seed, bits)
-    cons = check_constraints(constraints)
-    unknown = sorted(set(options) - set(NSGA2Options.__dataclass_fields__))
-    if unknown:
-        allowed = sorted(NSGA2Options.__dataclass_fields__)
-        raise ConfigError(f"nsga2 option {unknown[0]!r}", options[unknown[0]], allowed)
-    opts = NSGA2Options(**options)
-    opts.check()
+    opts = NSGA2Options.from_options(options)
+    objectives, genome, cons, ev, _ = setup_search(space, objectives, n_evals, seed, bits, constraints, progress,
+                                                   "nsga2")
     opts = opts.resolved(int(n_evals), genome.n_var)
-    ev = Evaluator(objectives, cons, n_evals, progress, desc="nsga2")
-    check_reachable(space, genome, ev)
     problem = SubnetProblem(genome, len(objectives), len(cons))
     algo = NSGA2(
         pop_size=opts.pop_size,
@@ -162,5 +147,4 @@ def nsga2(
         PymooEvaluator().eval(static, pop)
         algo.tell(infills=pop)
     log.info("nsga2: %d evaluations, population %d", len(ev.configs), opts.pop_size)
-    return ev.result("nsga2", seed, {"bits": None if genome.bits is None else list(genome.bits), **asdict(opts)},
-                     space, ref_point)
+    return ev.result("nsga2", seed, genome_options(genome, opts), space, ref_point)

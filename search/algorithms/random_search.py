@@ -8,12 +8,23 @@ violating a constraint are skipped before they cost an evaluation; draws are bou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from qcompile.errors import ConfigError
-from qcompile.search.algorithms._common import Evaluator, check_common, check_constraints, check_reachable, log
+from qcompile.search.algorithms._common import SearchOptions, genome_options, log, setup_search
 from qcompile.search.result import SearchResult
+
+
+@dataclass(frozen=True)
+class RandomSearchOptions(SearchOptions):
+    """Configs drawn per generation and the bound on draws per evaluation."""
+
+    ALGORITHM = "random_search"
+    INTS = ("batch", "max_draws_per_eval")
+
+    batch: int = 100
+    max_draws_per_eval: int = 50
 
 
 def random_search(
@@ -30,17 +41,13 @@ def random_search(
     progress: bool = False,
 ) -> SearchResult:
     """Evaluate up to `n_evals` distinct uniformly random (canonical) configs; generations of `batch`."""
-    objectives, genome = check_common(space, objectives, n_evals, seed, bits)
-    cons = check_constraints(constraints)
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError("batch", batch, "an integer >= 1")
-    ev = Evaluator(objectives, cons, n_evals, progress, desc="random")
-    check_reachable(space, genome, ev)
+    opts = RandomSearchOptions.from_options({"batch": batch, "max_draws_per_eval": max_draws_per_eval})
+    _, genome, _, ev, _ = setup_search(space, objectives, n_evals, seed, bits, constraints, progress, "random")
     rng = np.random.default_rng(int(seed))
-    draws, max_draws = 0, max_draws_per_eval * int(n_evals)
+    draws, max_draws = 0, opts.max_draws_per_eval * int(n_evals)
     gen = 0
     while ev.remaining > 0 and draws < max_draws:
-        n = min(batch, ev.remaining)
+        n = min(opts.batch, ev.remaining)
         X = genome.random(rng, n)
         draws += n
         cfgs = [genome.decode(x) for x in X]
@@ -51,5 +58,4 @@ def random_search(
     if ev.remaining > 0:
         log.warning("random search: %d of %d evaluations after %d draws (constraints or a small space)",
                     len(ev.configs), n_evals, draws)
-    opts = {"bits": None if genome.bits is None else list(genome.bits), "batch": batch, "draws": draws}
-    return ev.result("random", seed, opts, space, ref_point)
+    return ev.result("random", seed, genome_options(genome, batch=opts.batch, draws=draws), space, ref_point)

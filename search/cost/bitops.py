@@ -8,9 +8,11 @@ head 8, SE float by default).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompile.config import FLOAT_BITS, SubnetConfig
+from qcompile.search.cost.layers import layers
 
 DEFAULT_FIXED = {"stem": FLOAT_BITS, "classifier": 8, "head": 8, "se": FLOAT_BITS}
 
@@ -40,9 +42,18 @@ class CostReport:
 
 
 def cost_report(space, cfg: SubnetConfig, fixed: dict[str, int] | None = None) -> CostReport:
+    """MACs, float MACs, BitOPs, parameters and weight bits of subnet `cfg` of `space` (QFA section 5).
+
+    `fixed` overrides the bits of the layers outside the policy (`DEFAULT_FIXED`: stem, classifier, head, SE).
+    """
+    return layer_costs(layers(space, cfg), cfg, fixed)
+
+
+def layer_costs(layer_list: Iterable, cfg: SubnetConfig, fixed: dict[str, int] | None = None) -> CostReport:
+    """`cost_report` of a given layer list (each with `macs`, `params`, `slot`, `role`, as `LayerDesc`)."""
     fixed = {**DEFAULT_FIXED, **(fixed or {})}
     macs = float_macs = bops = params = mbits = 0
-    for layer in space.layers(cfg):
+    for layer in layer_list:
         w, a = _layer_bits(layer, cfg, fixed)
         macs += layer.macs
         params += layer.params

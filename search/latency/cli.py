@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from qcompile.cli_spaces import make_space as _make_space
+    from qcompile.cli.spaces import make_space as _make_space
     from qcompile.search.latency import LatencyTable
     from qcompile.search.latency.validate import heldout_configs, scatter_plot, summarize, validate
 
@@ -25,10 +25,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     old = LatencyTable.load(out) if out.exists() else None
     table = LatencyTable.build(space, args.target, args.threads, table=old, max_cover=args.max_cover,
-                               n_fit=args.n_fit, qnet=qnet, path=out)
+                               n_fit=args.n_fit, qnet=qnet, path=out, remote=args.remote, tracker=args.tracker,
+                               key=args.key, cpu_model=args.cpu_model)
     print(table.summary())
     if args.validate:
-        rows = validate(table, heldout_configs(space, args.validate), repeat=args.repeat)
+        session = None
+        if args.remote or args.tracker:
+            from qcompile.search.latency.remote import Boards
+
+            session = Boards(args.remote, args.tracker, args.key, args.cpu_model).sessions()[0]
+        rows = validate(table, heldout_configs(space, args.validate), repeat=args.repeat, session=session)
         png = scatter_plot(rows, out.with_suffix(".png"))
         print(json.dumps(summarize(rows), indent=1))
         print(f"scatter plot: {png}")
@@ -56,7 +62,11 @@ def add_parser(sub: Any, space_args: Any) -> None:
     b = lsub.add_parser("build", help="time the kernels of a space on this machine (progress bar)")
     space_args(b)
     b.add_argument("--run", default=None, help="trained run directory (its space and weights)")
-    b.add_argument("--target", default="x86", help="x86 (arm_cpu through RPC is not implemented yet)")
+    b.add_argument("--target", default="x86", help="x86 (here) or arm_cpu (on boards: --remote or --tracker)")
+    b.add_argument("--remote", default=None, metavar="HOST:PORT", help="time on the board behind this TVM RPC server")
+    b.add_argument("--tracker", default=None, metavar="HOST:PORT", help="time on every free board of --key")
+    b.add_argument("--key", default=None, help="device key of the boards registered with --tracker")
+    b.add_argument("--cpu-model", default=None, help="the boards' CPU model (recorded in the table keys)")
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--out", required=True, help="table JSON (extended if it exists)")
     b.add_argument("--validate", type=int, default=0, metavar="K", help="measure K held-out subnets; writes OUT.png")

@@ -32,6 +32,14 @@ import numpy as np
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.latency.predictor import KernelPredictor
+from qcompile.search.latency.remote import (
+    Boards,
+    LocalTimer,
+    Recorded,
+    RemoteTimer,
+    network_samples,
+    primfunc_samples,
+)
 from qcompile.search.latency.workloads import (
     group_workloads,
     kernel_workloads,
@@ -82,18 +90,21 @@ def _tuning_state(spec: Any) -> dict:
         return {"records": 0, "sha1": None}
 
 
-def machine_keys(target: Any = "x86", num_threads: int = 1) -> dict:
-    """What a table's numbers depend on, for this machine and `target`."""
+def machine_keys(target: Any = "x86", num_threads: int = 1, boards: Boards | Recorded | None = None) -> dict:
+    """What a table's numbers depend on, for this machine and `target`, or for the RPC `boards` (their CPU model
+    as the caller recorded it in `Boards.cpu_model`; `remote` says where the kernels were timed)."""
     from qcompile.backends.tvm.targets import resolve_target
 
     spec = resolve_target(target, num_threads)
-    if not spec.native:
-        raise ConfigError("target", target, "a target that runs on this machine (arm_cpu tables need a board "
-                          "through TVM RPC, which is not implemented yet; qemu timings are emulation)")
+    if boards is None and not spec.native:
+        raise ConfigError("target", target, "a target that runs on this machine, or boards reached through TVM "
+                          "RPC (remote='host:port' or tracker='host:port' with key=...): timings under qemu are "
+                          "emulation and never enter a table")
     t = spec.tvm_target
-    return {"target": spec.name, "tvm_target": t, "cpu_model": _cpu_model(), "mcpu": t.get("mcpu", ""),
-            "mattr": sorted(t.get("mattr", [])), "num_threads": int(num_threads), "tuning": _tuning_state(spec),
-            "qcompile": _version("qcompile"), "tvm": _version("apache-tvm")}
+    return {"target": spec.name, "tvm_target": t, "cpu_model": boards.cpu_model if boards else _cpu_model(),
+            "mcpu": t.get("mcpu", ""), "mattr": sorted(t.get("mattr", [])), "num_threads": int(num_threads),
+            "tuning": _tuning_state(spec), "qcompile": _version("qcompile"), "tvm": _version("apache-tvm"),
+            "remote": boards.where if boards else None}
 
 
 def covering_configs(space: Any, max_configs: int = 32, seed: int = 0,
@@ -166,9 +177,13 @@ class LatencyTable:
     def target(self) -> str:
         return str(self.keys["target"])
 
-    def check(self, target: Any = None, num_threads: int | None = None, space: Any = None) -> None:
-        """Raise `ConfigError` naming every key that differs from this machine (and the given space/threads)."""
-        here = machine_keys(target or self.target, num_threads or self.num_threads)
+    def check(self, target: Any = None, num_threads: int | None = None, space: Any = None,
+              boards: Boards | None = None) -> None:
+        """Raise `ConfigError` naming every key that differs from this machine, or from `boards` for a table timed
+        through RPC (its CPU model as recorded; without `boards`, the recorded one), and the given space/threads."""
+        if boards is None and self.keys.get("remote"):  # the boards are not here: their CPU as recorded
+            boards = Recorded(cpu_model=self.keys["cpu_model"], where=self.keys["remote"])
+        here = machine_keys(target or self.target, num_threads or self.num_threads, boards)
         diffs = [f"{k}: table {self.keys.get(k)!r}, here {here[k]!r}" for k in CHECKED_KEYS
                  if self.keys.get(k) != here[k]]
         if num_threads is not None and int(num_threads) != self.num_threads:
@@ -262,31 +277,41 @@ class LatencyTable:
     def build(cls, space: Any, target: Any = "x86", num_threads: int = 1, *, table: LatencyTable | None = None,
               max_cover: int = 16, n_fit: int = 4, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
               qnet: Any = None, network_repeat: int = 100, kernel_window_us: float = 50.0, kernel_repeat: int = 25,
-              progress: bool = True, path: str | os.PathLike | None = None) -> LatencyTable:
+              progress: bool = True, path: str | os.PathLike | None = None, remote: str | None = None,
+              tracker: str | None = None, key: str | None = None, cpu_model: str | None = None) -> LatencyTable:
         """Time the kernels of a covering set of subnets (`covering_configs`) plus `n_fit` random subnets, and
         fit the overhead model on their end-to-end latencies. `table`: extend it (what it has is not re-timed,
         a second build of the same space is a lookup). `qnet`: a trained quantized supernet (else random weights:
         the kernels and their speed do not depend on the weight values on VNNI hosts). `path`: save after each
-        subnet, so an interrupted build resumes."""
+        subnet, so an interrupted build resumes. `remote="host:port"` times on the board behind a TVM RPC server,
+        `tracker="host:port"` with `key` on every free board of that key (subnets spread over them; the libraries
+        are cross-compiled here); `cpu_model` names the boards' CPU for the keys (required with either)."""
         from tqdm import tqdm
 
         if int(num_threads) < 1:
             raise ConfigError("num_threads", num_threads, "a positive thread count")
-        keys = machine_keys(target, num_threads)
+        boards = None
+        if remote is not None or tracker is not None:
+            boards = Boards(remote=remote, tracker=tracker, key=key, cpu_model=cpu_model)
+        keys = machine_keys(target, num_threads, boards)
         if table is None:
             table = cls(space, keys)
         else:
-            table.check(target, num_threads, space)
+            table.check(target, num_threads, space, boards)
         done = {json.dumps(json.loads(n["config"]), sort_keys=True) for n in table.networks}
         cover = covering_configs(space, max_cover, seed, bits)
         fits = [space.sample(seed=seed * 100_003 + 10_000 + i, bits=bits) for i in range(n_fit)]
         todo = [(c, "cover") for c in cover] + [(c, "fit") for c in fits]
         todo = [(c, r) for c, r in todo if json.dumps(json.loads(c.to_json()), sort_keys=True) not in done]
         t0 = time.perf_counter()
-        for cfg, role in tqdm(todo, desc="latency table", disable=not progress, unit="subnet"):
-            table._time_config(cfg, role, target, num_threads, qnet, network_repeat, kernel_window_us, kernel_repeat)
-            if path is not None:
-                table.save(path)
+        timing = dict(network_repeat=network_repeat, kernel_window_us=kernel_window_us, kernel_repeat=kernel_repeat)
+        if boards is None:
+            for cfg, role in tqdm(todo, desc="latency table", disable=not progress, unit="subnet"):
+                table._time_config(cfg, role, target, num_threads, qnet, **timing)
+                if path is not None:
+                    table.save(path)
+        else:
+            table._time_on_boards(todo, boards, target, num_threads, qnet, progress, path, timing)
         table._predictor = None
         table._restore_blocks()
         table.fit()
@@ -298,14 +323,15 @@ class LatencyTable:
                  table.fit_params)
         return table
 
-    def measure(self, cfg: SubnetConfig, repeat: int = 100, qnet: Any = None) -> list[float]:
-        """Lower `cfg` (skeleton weights unless `qnet`) and time `main` end to end: `repeat` calls (ms)."""
+    def measure(self, cfg: SubnetConfig, repeat: int = 100, qnet: Any = None, session: Any = None) -> list[float]:
+        """Lower `cfg` (skeleton weights unless `qnet`) and time `main` end to end: `repeat` calls (ms), here or on
+        the board behind an RPC `session`."""
         from qcompile import api as qc
 
         ig = skeleton_graph(self.space, cfg, qnet=qnet)
         low = qc.lower(ig, self.target, num_threads=self.num_threads)
-        low.benchmark(repeat=5, kernels=False)  # warm up: thread pool, caches
-        return [float(x) for x in _network_samples(low, repeat)]
+        timer = LocalTimer(low) if session is None else RemoteTimer(low, session, "rpc")
+        return [float(x) for x in network_samples(timer, repeat)]
 
     def _time_config(self, cfg: SubnetConfig, role: str, target: Any, num_threads: int, qnet: Any,
                      network_repeat: int, kernel_window_us: float, kernel_repeat: int) -> None:
@@ -315,14 +341,69 @@ class LatencyTable:
         low = qc.lower(ig, target, num_threads=num_threads)
         self.add_lowered(cfg, low, role, network_repeat, kernel_window_us, kernel_repeat)
 
+    def _time_on_boards(self, todo: list, boards: Boards, target: Any, num_threads: int, qnet: Any, progress: bool,
+                        path: str | os.PathLike | None, timing: dict) -> None:
+        """Lower each subnet here (cross-compiled), time it on the next free board: one worker thread per RPC
+        session, so k boards time k subnets at once while this process lowers the next."""
+        import queue
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        from qcompile import api as qc
+
+        sessions = boards.sessions()
+        free: queue.Queue = queue.Queue()
+        for s in sessions:
+            free.put(s)
+        lock = threading.Lock()
+        bar = tqdm(total=len(todo), desc=f"latency table ({len(sessions)} board(s))", disable=not progress,
+                   unit="subnet")
+
+        def time_on_board(cfg: SubnetConfig, role: str, low: Any) -> None:
+            sess = free.get()
+            try:
+                self.add_lowered(cfg, low, role, session=sess, where=boards.where, lock=lock, **timing)
+            finally:
+                free.put(sess)
+            with lock:
+                if path is not None:
+                    self.save(path)
+                bar.update(1)
+
+        slots = threading.BoundedSemaphore(len(sessions))  # at most one lowered subnet waiting per board
+
+        def release_after(cfg: SubnetConfig, role: str, low: Any) -> None:
+            try:
+                time_on_board(cfg, role, low)
+            finally:
+                slots.release()
+
+        with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+            futures = []
+            for cfg, role in todo:
+                slots.acquire()
+                low = qc.lower(skeleton_graph(self.space, cfg, qnet=qnet), target, num_threads=num_threads)
+                futures.append(pool.submit(release_after, cfg, role, low))
+            for f in futures:
+                f.result()  # a board's error surfaces here
+        bar.close()
+
     def add_lowered(self, cfg: SubnetConfig, low: Any, role: str = "fit", network_repeat: int = 100,
-                    kernel_window_us: float = 50.0, kernel_repeat: int = 25) -> None:
+                    kernel_window_us: float = 50.0, kernel_repeat: int = 25, *, session: Any = None,
+                    where: str = "rpc", lock: Any = None) -> None:
         """Time the kernels of a lowered `cfg` the table lacks, and the network end to end (`role`: "cover" and
-        "fit" networks enter `fit()`, others such as "validate" do not)."""
+        "fit" networks enter `fit()`, others such as "validate" do not); on the board behind an RPC `session`
+        when given (`lock` guards the table when several boards add at once)."""
+        import contextlib
+
         self.space.validate(cfg)
         if int(low.num_threads or 0) != self.num_threads:
             raise ConfigError("lowered num_threads", low.num_threads, f"{self.num_threads} (the table's)")
-        low.benchmark(repeat=5, kernels=False)  # warm up: thread pool, caches
+        timer = LocalTimer(low) if session is None else RemoteTimer(low, session, where)
+        guard = lock if lock is not None else contextlib.nullcontext()
+        network_samples(timer, 5)  # warm up: thread pool, caches
         new = {}
         for k in low.meta["kernels"]:
             w = k["workload"]
@@ -330,19 +411,21 @@ class LatencyTable:
             if key in self.kernels or key in new or not k["primfuncs"]:
                 continue
             new[key] = (w, list(k["primfuncs"]))
-        timed = _time_primfuncs(low, sorted({f for _, fs in new.values() for f in fs}), kernel_window_us, kernel_repeat)
-        for key, (w, fs) in new.items():
-            if not all(f in timed for f in fs):
-                log.warning("kernel %s not timed (%s)", w["op"], fs)
-                continue
-            samples = [sum(v) for v in zip(*(timed[f] for f in fs))]
-            self.kernels[key] = {"workload": w, "samples_ms": samples, "median_ms": _median(samples)}
-            self._median[key] = _median(samples)
-        self._predictor = None
-        self._restore_blocks()
-        net = _network_samples(low, network_repeat)
-        self.networks.append({"config": cfg.to_json(), "role": role, "samples_ms": net, "median_ms": _median(net),
-                              "kernels": len(low.meta["kernels"])})
+        timed = primfunc_samples(timer, sorted({f for _, fs in new.values() for f in fs}), kernel_window_us,
+                                 kernel_repeat)
+        net = network_samples(timer, network_repeat)
+        with guard:
+            for key, (w, fs) in new.items():
+                if not all(f in timed for f in fs):
+                    log.warning("kernel %s not timed (%s)", w["op"], fs)
+                    continue
+                samples = [sum(v) for v in zip(*(timed[f] for f in fs))]
+                self.kernels[key] = {"workload": w, "samples_ms": samples, "median_ms": _median(samples)}
+                self._median[key] = _median(samples)
+            self._predictor = None
+            self._restore_blocks()
+            self.networks.append({"config": cfg.to_json(), "role": role, "samples_ms": net,
+                                  "median_ms": _median(net), "kernels": len(low.meta["kernels"])})
 
     # -- persistence ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -390,45 +473,3 @@ class LatencyTable:
                  f"{1e3 * self.fit_params['per_kernel_ms']:.2f} us * n_kernels + "
                  f"{1e3 * self.fit_params['per_call_ms']:.1f} us"]
         return "\n".join(lines)
-
-
-def _network_samples(low: Any, repeat: int) -> list[float]:
-    """`repeat` end-to-end calls of `main` (ms each)."""
-    import tvm
-
-    vm = low._native_vm()  # noqa: SLF001 - the lowered library's VM, thread pool configured
-    x = np.random.default_rng(0).standard_normal(low.input_shape).astype(low.input_dtype)
-    xin = tvm.runtime.tensor(x, tvm.cpu())
-    ev = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=int(repeat))
-    return [float(t) * 1e3 for t in ev(xin).results]
-
-
-def _time_primfuncs(low: Any, names: list[str], window_us: float, repeat: int) -> dict[str, list[float]]:
-    """Per-PrimFunc latency samples (ms per call): `repeat` windows of `number` back-to-back calls, `number` set
-    from a first estimate so that a window lasts about `window_us`: long enough for microsecond kernels to be
-    measured and not the timer, short enough that on a loaded machine most windows are not preempted (the
-    median is kept; a 2 ms window was preempted almost always at load 16 on 2 cores and read 5-10x high)."""
-    import tvm
-
-    from qcompile.backends.tvm.lowered import _find_function_module, _random_arg
-
-    low._native_vm()  # noqa: SLF001 - configures the thread pool for this table's thread count
-    lib = low._exec  # noqa: SLF001
-    mod = lib.mod if hasattr(lib, "mod") else lib
-    dev = tvm.cpu()
-    rng = np.random.default_rng(0)
-    out: dict[str, list[float]] = {}
-    for name in names:
-        sig = low.meta["signatures"].get(name)
-        if sig is None:
-            continue
-        m = _find_function_module(mod, name)
-        if m is None:
-            continue
-        args = [tvm.runtime.tensor(_random_arg(s, d, rng), dev) for s, d in sig]
-        first = m.time_evaluator(name, dev, number=1, repeat=5)(*args).results
-        est = max(min(float(t) for t in first), 1e-8)
-        number = int(min(10_000, max(1, round(window_us * 1e-6 / est))))
-        ev = m.time_evaluator(name, dev, number=number, repeat=int(repeat))
-        out[name] = [float(t) * 1e3 for t in ev(*args).results]
-    return out

@@ -30,8 +30,9 @@ def heldout_configs(space: Any, n: int, seed: int = 900_000, bits: Sequence[int]
 
 
 def validate(table: Any, cfgs: Sequence[SubnetConfig], repeat: int = 60, *, budget_s: float | None = None,
-             out_jsonl: str | Path | None = None, progress: bool = True) -> list[dict]:
-    """Predict, then measure each config (median of `repeat` calls); stops after `budget_s` seconds."""
+             out_jsonl: str | Path | None = None, progress: bool = True, session: Any = None) -> list[dict]:
+    """Predict, then measure each config (median of `repeat` calls; on the board behind an RPC `session` when
+    given); stops after `budget_s` seconds."""
     from tqdm import tqdm
 
     rows: list[dict] = []
@@ -43,7 +44,7 @@ def validate(table: Any, cfgs: Sequence[SubnetConfig], repeat: int = 60, *, budg
         tp = time.perf_counter()
         pred = table.predict(cfg)
         t_pred = time.perf_counter() - tp
-        samples = table.measure(cfg, repeat=repeat)
+        samples = table.measure(cfg, repeat=repeat, session=session)
         row = {"config": cfg.to_json(), "predicted_ms": pred, "measured_ms": statistics.median(samples),
                "min_ms": min(samples), "samples_ms": samples, "predict_s": t_pred}
         rows.append(row)

@@ -29,8 +29,8 @@ from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "workload_key", "space_key", "block_keys",
-           "plan_config"]
+__all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "plan_graph", "workload_key", "space_key",
+           "block_keys", "plan_config"]
 
 _SKELETONS: OrderedDict[str, Any] = OrderedDict()
 _MEMO: dict[tuple, dict[Any, list[dict]]] = {}
@@ -83,6 +83,25 @@ def skeleton_graph(space: Any, cfg: SubnetConfig, qnet: Any = None) -> Any:
     return qc.to_integer(sub)
 
 
+def plan_graph(space: Any, cfg: SubnetConfig) -> Any:
+    """The IntegerGraph `plan_config` walks: `skeleton_graph` without what does not change the kernels.
+
+    The same `extract`, calibration and `to_integer` passes, minus the accumulator range analysis (it only
+    annotates node meta and refuses overflow), the graph verifier after each pass, and the deep copy of the
+    freshly extracted subnet (nothing else holds it): about half the time of `skeleton_graph`.
+    """
+    import torch
+
+    from qcompile import api as qc
+    from qcompile.passes.to_integer import to_integer
+
+    sub = qc.extract(_skeleton(space), cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, space.in_channels, cfg.resolution, cfg.resolution, generator=g)
+    qc.calibrate(sub, [x])
+    return to_integer(sub, check_overflow=False, verify=False, copy_input=False)
+
+
 def _resolve(target: Any, num_threads: int | None) -> Any:
     from qcompile.backends.tvm.targets import resolve_target
 
@@ -94,7 +113,7 @@ def plan_config(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads:
     from qcompile.backends.tvm.emitter import plan_kernels
 
     spec = _resolve(target, num_threads)
-    return plan_kernels(skeleton_graph(space, cfg), spec.target())
+    return plan_kernels(plan_graph(space, cfg), spec.target())
 
 
 def _group_of(nodes: tuple[str, ...], current: Any) -> Any:

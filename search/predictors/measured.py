@@ -11,6 +11,13 @@ file, a killed process loses only the config it was measuring, and a rerun skips
 line's `key` hashes the canonical config together with everything that changes the measurement
 (split, calibration seed / batches, batch size, and a fingerprint of the supernet's weights), so a
 cache is never silently reused for another supernet or another protocol.
+
+Less noisy measurements (`EvalProtocol`): on a small val split one top-1 measurement moves by about
+a point between calibration seeds, which caps how well any predictor can rank subnets. Three knobs
+lower that noise without touching the test split: `calib_seeds` averages the measurement over that
+many calibration seeds (`calib_seed`, `calib_seed + 1`, ...); `extra_train` adds a fixed subset of
+that many training images (a permutation seeded by `EXTRA_TRAIN_SEED`) to the evaluation set; and
+each record also carries the mean cross-entropy (`loss`), a smoother metric than top-1 for ranking.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from qcompile.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EXTRA_TRAIN_SEED = 12345  # fixed: every measurement with `extra_train=n` sees the same n training images
 
 
 def canonical(space: Any, cfg: SubnetConfig) -> SubnetConfig:
@@ -130,14 +138,43 @@ class EvalProtocol:
     calib_batches: int = 8
     calib_seed: int = 1
     batch_size: int = 64
+    calib_seeds: int = 1  # measurements averaged over calibration seeds calib_seed .. calib_seed + calib_seeds - 1
+    extra_train: int = 0  # training images (fixed subset) added to the evaluation set
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ConfigError("split", self.split, SPLITS)
-        if not 1 <= self.calib_batches <= 10_000:
-            raise ConfigError("calib_batches", self.calib_batches, "1..10000")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size", self.batch_size, ">= 1")
+        for name, lo, hi in (("calib_batches", 1, 10_000), ("calib_seeds", 1, 100), ("batch_size", 1, 1 << 20),
+                             ("extra_train", 0, 1 << 30)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(name, v, f"an integer in {lo}..{hi}")
+        if self.extra_train and self.split == "train":
+            raise ConfigError("extra_train", self.extra_train, "0 with split='train' (the split already is train)")
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields of the cache key; the later ones only when not at their default, so caches written
+        before they existed keep their keys."""
+        doc = asdict(self)
+        for name in ("calib_seeds", "extra_train"):
+            if doc[name] == EvalProtocol.__dataclass_fields__[name].default:
+                del doc[name]
+        return doc
+
+    def eval_set(self, data: Any) -> Any:
+        """The images measurements are taken on: the split, plus the fixed training subset if any."""
+        ds = getattr(data, self.split)
+        if not self.extra_train:
+            return ds
+        n = len(data.train)
+        if self.extra_train > n:
+            raise ConfigError("extra_train", self.extra_train, f"at most the {n} training images")
+        from qcompile.data.base import ArrayDataset
+
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(EXTRA_TRAIN_SEED))[: self.extra_train]
+        extra = data.train.subset(idx)
+        return ArrayDataset(torch.cat([ds.images, extra.images]), torch.cat([ds.labels, extra.labels]),
+                            ds.num_classes, f"{ds.name}+train[{self.extra_train}]")
 
 
 class SupernetEvaluator:
@@ -158,10 +195,12 @@ class SupernetEvaluator:
         calib_batches: int = 8,
         calib_seed: int = 1,
         batch_size: int = 64,
+        calib_seeds: int = 1,
+        extra_train: int = 0,
         cache: str | os.PathLike | None = None,
         progress: bool = True,
     ) -> None:
-        self.protocol = EvalProtocol(split, calib_batches, calib_seed, batch_size)
+        self.protocol = EvalProtocol(split, calib_batches, calib_seed, batch_size, calib_seeds, extra_train)
         self.run_dir: str | None = None
         if isinstance(source, (str, os.PathLike)):
             from qcompile.artifacts import load_run
@@ -190,16 +229,18 @@ class SupernetEvaluator:
                 raise ConfigError("data", type(data).__name__, f"DatasetSplits with a {s!r} split")
         qnet.eval()
         self.qnet, self.space, self.data = qnet, space, data
+        self.eval_set = self.protocol.eval_set(data)
         self.fingerprint = model_fingerprint(qnet)
         self.cache = Path(cache) if cache is not None else None
         self.progress = progress
         self._known: dict[str, float] = {}
+        self._loss: dict[str, float] = {}
         self.n_measured = 0  # measured by this object (not read from the cache)
         self.refresh()
 
     # ------------------------------------------------------------------------------------------
     def key(self, cfg: SubnetConfig) -> str:
-        doc = {"config": config_hash(self.space, cfg), "model": self.fingerprint, **asdict(self.protocol)}
+        doc = {"config": config_hash(self.space, cfg), "model": self.fingerprint, **self.protocol.key_fields()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
     def refresh(self) -> int:
@@ -209,28 +250,58 @@ class SupernetEvaluator:
         for rec in read_jsonl(self.cache):
             if "key" in rec and "accuracy" in rec:
                 self._known[rec["key"]] = float(rec["accuracy"])
+                if rec.get("loss") is not None:
+                    self._loss[rec["key"]] = float(rec["loss"])
         return len(self._known)
 
     def cached(self, cfg: SubnetConfig) -> float | None:
         return self._known.get(self.key(cfg))
 
-    def measure(self, cfg: SubnetConfig) -> float:
-        """Measure one config now (extract + calibrate + evaluate), record it in the cache, return it."""
-        from qcompile.train.evaluate import evaluate_subnets
+    @torch.no_grad()
+    def _top1_loss(self, cfg: SubnetConfig, seed: int) -> tuple[float, float]:
+        """(top-1, mean cross-entropy) on the evaluation set after extract + calibrate with one seed."""
+        from qcompile import api as qc
 
         p = self.protocol
+        sub = qc.extract(self.qnet, cfg)
+        qc.calibrate(sub, self.data.train.loader(p.batch_size, shuffle=True, seed=seed, resolution=cfg.resolution),
+                     max_batches=p.calib_batches)
+        sub.eval()
+        correct, loss, seen = 0, 0.0, 0
+        for xb, yb in self.eval_set.loader(256, resolution=cfg.resolution):
+            out = sub(xb)
+            correct += int((out.argmax(1) == yb).sum())
+            loss += float(torch.nn.functional.cross_entropy(out, yb, reduction="sum"))
+            seen += len(yb)
+        return correct / max(seen, 1), loss / max(seen, 1)
+
+    def measure(self, cfg: SubnetConfig) -> float:
+        """Measure one config now (extract + calibrate + evaluate, averaged over the protocol's calibration
+        seeds), record top-1 and loss in the cache, return top-1."""
+        p = self.protocol
         cfg = canonical(self.space, cfg)
-        acc = evaluate_subnets(self.qnet, self.space, self.data, [cfg], calib_batches=p.calib_batches,
-                               split=p.split, batch_size=p.batch_size, seed=p.calib_seed)[0]
+        self.space.validate(cfg)
+        runs = [self._top1_loss(cfg, p.calib_seed + i) for i in range(p.calib_seeds)]
+        acc, loss = float(np.mean([r[0] for r in runs])), float(np.mean([r[1] for r in runs]))
         k = self.key(cfg)
-        self._known[k] = acc
+        self._known[k], self._loss[k] = acc, loss
         self.n_measured += 1
         if self.cache is not None:
             append_jsonl(self.cache, {
                 "key": k, "config_hash": config_hash(self.space, cfg), "config": cfg.to_dict(), "accuracy": acc,
-                "model": self.fingerprint, "space": self.space.to_dict(), "run": self.run_dir, **asdict(p),
+                "loss": loss, "model": self.fingerprint, "space": self.space.to_dict(), "run": self.run_dir,
+                **asdict(p),
             })
         return acc
+
+    def loss(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        """Mean cross-entropy of each config on the evaluation set (measured and cached like `predict`)."""
+        configs = list(configs)
+        self.predict(configs)
+        missing = [c for c in configs if self.key(c) not in self._loss]
+        for c in missing:  # cached by a version that did not record the loss: measure again
+            self.measure(c)
+        return np.array([self._loss[self.key(c)] for c in configs], dtype=np.float64)
 
     def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
         """Accuracy (0..1) of each config: from the cache when there, else measured (progress bar) and cached."""

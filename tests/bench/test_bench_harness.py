@@ -17,6 +17,7 @@ from qcompile.bench.report import ARCHITECTURE_MS, load_result, peers_doc, to_ma
 from qcompile.errors import ConfigError
 
 HAVE_EXECUTORCH = importlib.util.find_spec("executorch") is not None
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 EXTRA = ["reference_executor", "reference_off_by_3", "fp32_scaled", "fp32_noisy"]
 
 
@@ -30,7 +31,8 @@ def test_every_peer_runs_and_report_is_written(tiny_bench, tiny_tvm):
     stats = res.by_name()
     assert list(stats) == [*PEERS, *EXTRA, *tiny_tvm[0]]
     for name, s in stats.items():
-        if name.startswith("executorch") and not HAVE_EXECUTORCH:
+        if (name.startswith("executorch") and not HAVE_EXECUTORCH) or (name.startswith("openvino")
+                                                                       and not HAVE_OPENVINO):
             assert s.status.startswith("unavailable: ") and "pip install" in s.status and s.n == 0
             continue
         assert s.status == "ok", (name, s.status)
@@ -68,10 +70,12 @@ def test_fidelity_columns_equal_numpy_formulas(tiny_bench, tiny_model, tiny_inpu
     assert st["fp32_noisy"].cosine_vs_fp32 == pytest.approx(
         np.sum(y * ref.reshape(-1)) / np.sqrt(np.sum(y**2) * np.sum(ref**2)), rel=1e-6)
     assert st["torch_fp32"].rel_l2_vs_fp32 == 0.0
-    for name in ("ort_fp32", *(["executorch_xnnpack_fp32"] if HAVE_EXECUTORCH else [])):
+    for name in ("ort_fp32", *(["executorch_xnnpack_fp32"] if HAVE_EXECUTORCH else []),
+                 *(["openvino_fp32"] if HAVE_OPENVINO else [])):
         assert st[name].rel_l2_vs_fp32 < 1e-5 and st[name].cosine_vs_fp32 > 1 - 1e-9, name
     # int8 peers work on random weights even where top-1 would flip: small error, aligned outputs
-    for name in ("torch_ao_int8", "ort_int8_qdq", *(["executorch_xnnpack_int8"] if HAVE_EXECUTORCH else [])):
+    for name in ("torch_ao_int8", "ort_int8_qdq", *(["executorch_xnnpack_int8"] if HAVE_EXECUTORCH else []),
+                 *(["openvino_int8_qdq"] if HAVE_OPENVINO else [])):
         assert 0 < st[name].rel_l2_vs_fp32 < 0.1 and st[name].cosine_vs_fp32 > 0.99, name
         assert st[name].max_code_diff is None
     for name in EXTRA[2:]:
@@ -147,6 +151,70 @@ def test_int8_peers_track_the_float_model(tiny_model, tmp_path):
     oq = np.concatenate([qdq(x[i:i + 1]) for i in range(len(x))])
     for y in (ao, oq):
         assert np.corrcoef(y.reshape(-1), ref.reshape(-1))[0, 1] > 0.95
+
+
+def _coarse_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A coarse random pattern plus noise: pooled features (and logits) differ between images."""
+    coarse = np.kron(rng.standard_normal((n, 3, 4, 4)), np.ones((1, 1, 8, 8)))
+    return (2 * coarse + 0.3 * rng.standard_normal((n, 3, 32, 32))).astype(np.float32)
+
+
+def _live_cnn(rng: np.random.Generator) -> torch.nn.Module:
+    """A small CNN whose logits depend on the input (the tiny random MobileNetV2's barely do: its activations
+    die out): BN statistics estimated on images like the test's, so every layer's output is centred and scaled."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16, momentum=None), nn.ReLU(),
+                      nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16, momentum=None), nn.ReLU6(),
+                      nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32, momentum=None), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+    with torch.no_grad():
+        m.train()(torch.from_numpy(_coarse_images(rng, 64)))
+    return m.eval()
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed (bench extra)")
+def test_openvino_peers_track_torch_and_onnxruntime_int8(tmp_path):
+    rng = np.random.default_rng(5)
+    model = _live_cnn(rng)
+    calib = list(_coarse_images(rng, 8)[:, None])
+    xs = list(_coarse_images(rng, 16)[:, None])
+    ref = np.concatenate([peers.torch_fp32(model)(x) for x in xs])
+    assert ref.std(0).mean() > 0.3 * np.abs(ref).mean()  # the logits do depend on the input
+    path = peers.export_float_onnx(model, xs[0], tmp_path / "f.onnx")
+    ov32 = np.concatenate([peers.openvino_runner(path, threads=1)(x) for x in xs])
+    # OpenVINO fp32 (precision hint f32, not the bf16 default of AMX hosts) computes torch's function
+    np.testing.assert_allclose(ov32, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+    ov8_fn = peers.openvino_int8_qdq(path, calib, tmp_path / "ov_q.onnx", threads=1)
+    ort8_fn = peers.ort_int8_static(path, calib, tmp_path / "ort_q.onnx", threads=1)
+    ov8 = np.concatenate([ov8_fn(x) for x in xs])
+    ort8 = np.concatenate([ort8_fn(x) for x in xs])
+    # the same QDQ model (deterministic recipe) on two runtimes: their int8 results agree to a few output steps
+    assert (tmp_path / "ov_q.onnx").read_bytes() == (tmp_path / "ort_q.onnx").read_bytes()
+    spread = float(ref.max() - ref.min())
+    assert np.abs(ov8 - ort8).max() < 0.03 * spread
+    assert (ov8.argmax(1) == ort8.argmax(1)).mean() >= 15 / 16
+    # and both are per-tensor MinMax int8 of the float model (8 calibration images): close to it, not equal
+    for y in (ov8, ort8):
+        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert 0 < rel < 0.25
+
+
+def test_missing_openvino_gives_install_hint(tiny_model, tiny_input, monkeypatch):
+    from qcompile.bench import run_bench
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if not installed
+    with pytest.raises(peers.MissingPeer, match="openvino==2026.4.1"):
+        peers.openvino_runner("unused.onnx", threads=1)
+    res = run_bench(tiny_model, tiny_input, options=BenchOptions(
+        threads=1, repeats=1, warmup=0, settle_ms=0, peers=("ort_fp32", "openvino_fp32", "openvino_int8_qdq"),
+        isolation="none"))
+    st = res.by_name()
+    for name in ("openvino_fp32", "openvino_int8_qdq"):
+        assert st[name].status.startswith("unavailable: ") and "pip install" in st[name].status, name
+        assert st[name].median_ms is None
+    assert st["ort_fp32"].status == "ok"
 
 
 def test_missing_executorch_gives_install_hint(tiny_model, tiny_input, monkeypatch):

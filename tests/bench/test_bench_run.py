@@ -11,7 +11,8 @@ import torch
 
 import qcompile as qc
 from qcompile.bench.fidelity import cosine, rel_l2
-from qcompile.bench_run import bench_subnet, float_copy
+from qcompile.cli.bench_run import bench_subnet
+from qcompile.passes.float_copy import float_copy
 from tests.conftest import tiny_space
 
 

@@ -45,7 +45,7 @@ def golden(tmp_path_factory) -> Golden:
 
     import qcompile as qc
     from qcompile.artifacts import load_run, save_subnet
-    from qcompile.train_run import train_run
+    from qcompile.cli.train_run import train_run
     from tests.conftest import tiny_space
 
     os.environ.setdefault("QCOMPILE_CACHE", str(tmp_path_factory.mktemp("cache")))

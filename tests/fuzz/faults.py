@@ -217,7 +217,7 @@ def concurrent_tuning(root: Path, procs: int, per_proc: int) -> Ending:
 
 def demo_interrupt(tmp: Path, monkeypatch) -> Ending:
     """A previous demo directory survives a demo interrupted (Ctrl-C) half-way, and no temp dir is left."""
-    import qcompile.demo as demo
+    import qcompile.cli.demo as demo
 
     old = tmp / "demo"
     old.mkdir()

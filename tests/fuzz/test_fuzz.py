@@ -93,7 +93,8 @@ def test_concurrent_tuning_4_processes(tmp_path):
 
 
 def test_truncated_library_does_not_crash_run(golden_lowered, tmp_path):
-    """The SIGBUS of issue 19, in a real process: `qcompile run` on a truncated lib.so ends in one line."""
+    """A truncated lib.so (a SIGBUS unless checked before dlopen) in a real process: `qcompile run` ends in
+    one line."""
     from tests.fuzz.harness import copy_artifact
 
     d = copy_artifact(golden_lowered, tmp_path / "low")

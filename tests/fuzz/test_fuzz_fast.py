@@ -1,4 +1,4 @@
-"""Fast subset of the fuzz suite (issue 19): the issue's examples one by one, plus a fixed sample of the
+"""Fast subset of the fuzz suite: the documented bad inputs one by one, plus a fixed sample of the
 generated cases that end before any lowering. The full suite is tests/fuzz/test_fuzz.py (slow)."""
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def test_debug_shows_the_traceback(capsys):
 
 
 def test_internal_errors_are_one_line_with_exit_70(monkeypatch, capsys):
-    import qcompile.cli as cli
+    import qcompile.cli.app as cli
 
     monkeypatch.setattr(cli, "cmd_space", lambda args: {}["boom"])
     parser_fn = cli.build_parser

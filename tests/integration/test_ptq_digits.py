@@ -1,4 +1,4 @@
-"""Issue 18 acceptance: after short training on digits, w8a8 post-training quantization is within 1 point of float.
+"""After short training on digits, w8a8 post-training quantization is within 1 point of float.
 
 torchvision's MobileNetV3-small (width 0.5, 32x32) trained 4 epochs, `quantize_model` with max-abs weight
 steps, `calibrate(bn=False)` on 8 batches; top-1 of the integer program (the exact reference) vs float.

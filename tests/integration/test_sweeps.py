@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import qcompile as qc
-from qcompile.lowering.compare import logit_bound
+from qcompile.debug.compare import logit_bound
 from tests.conftest import SPACE_NAMES
 from tests.integration.conftest import calibrated_subnet
 

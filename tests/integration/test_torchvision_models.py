@@ -1,4 +1,4 @@
-"""torchvision's MobileNetV2, MobileNetV3-small and ResNet-18 through `qc.quantize_model` (issue 18 acceptance).
+"""torchvision's MobileNetV2, MobileNetV3-small and ResNet-18 through `qc.quantize_model`.
 
 At w8a8 and a mixed 4/8 policy, resolution 32: the integer program matches the fake-quant model, TVM x86
 is bit-exact with the IntegerGraph, onnxruntime on the QOperator export is exact, and aarch64 under
@@ -17,7 +17,7 @@ import torch
 import qcompile as qc
 from qcompile.backends.tvm.qemu import qemu_available
 from qcompile.data import load_dataset
-from qcompile.lowering.compare import compare_codes, compare_codes_local
+from qcompile.debug.compare import compare_codes, compare_codes_local
 from tests.models.torchvision_models import MODELS
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from qcompile.errors import LoweringError
-from qcompile.lowering.modules import AccConv2d, AccLinear
+from qcompile.nn.folded import AccConv2d, AccLinear
 from qcompile.passes import PassManager
 from qcompile.passes.fold_batchquant_bias import fold_batchquant_bias
 from qcompile.quant import calibration
-from tests.lowering.fq_nets import bq, qconv, qlinear, trace_fq
+from tests.passes.fq_nets import bq, qconv, qlinear, trace_fq
 
 
 class _Lin(nn.Module):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from qcompile.lowering.modules import FoldedQConv2d
+from qcompile.nn.folded import FoldedQConv2d
 from qcompile.passes import PassManager
 from qcompile.passes.fold_bn import fold_bn
-from tests.lowering.fq_nets import bq, qconv, trace_fq
+from tests.passes.fq_nets import bq, qconv, trace_fq
 
 
 class _Net(nn.Module):

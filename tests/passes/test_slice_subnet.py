@@ -110,3 +110,48 @@ def test_extracted_quantizers_carry_policy_bits(tiny_quantized):
     ]
     assert wbits.count(3) == sum(1 for s in range(space.num_layer_slots))  # every policy slot at 3 bits
     assert set(wbits) == {3, 8}  # plus the 8-bit fixed layers (first block, head)
+
+
+def _supernet_state(qnet):
+    """Everything an extract could change on the supernet: active choices, LSQ flags and steps, modes."""
+    from qcompile.quant.lsq import LSQ
+
+    active = {(n, k): v for n, m in qnet.named_modules() for k, v in vars(m).items() if k.startswith("_active")
+              or k.startswith("active")}
+    lsq = {n: (m.initialized.clone(), {k: p.detach().clone() for k, p in m.steps.items()})
+           for n, m in qnet.named_modules() if isinstance(m, LSQ)}
+    return active, lsq, {n: m.training for n, m in qnet.named_modules()}
+
+
+def _assert_same_state(a, b):
+    assert a[0] == b[0] and a[2] == b[2]
+    assert a[1].keys() == b[1].keys()
+    for n, (init, steps) in a[1].items():
+        assert torch.equal(init, b[1][n][0]), n
+        assert all(torch.equal(steps[k], b[1][n][1][k]) for k in steps), n
+
+
+def test_extract_leaves_the_supernet_as_it_found_it():
+    """Active subnet, LSQ steps (initialised or not) and modes are unchanged by `qc.extract`; the copy's
+    steps are initialised, and the subnet computes what the supernet computes in that config."""
+    torch.manual_seed(0)
+    space = qc.spaces.mobilenet_v3(num_classes=10, width_mult=0.25, resolutions=(32,))
+    qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(2, 4, 8), act_bits=(2, 4, 8))
+    qnet.eval()
+    qc.set_active(qnet, space.smallest(bits=8))
+    before = _supernet_state(qnet)
+    assert not any(bool(init.any()) for init, _ in before[1].values() if init.numel())  # untrained: lazy steps
+    cfg = space.sample(seed=1, bits=(2, 4))
+    sub = qc.extract(qnet, cfg)
+    _assert_same_state(_supernet_state(qnet), before)
+    wq = [m.weight_quant for m in sub.modules() if getattr(m, "weight_quant", None) is not None]
+    assert wq and all(q.is_initialized(q.active_bits) for q in wq)
+    # the supernet initialises its own steps lazily on its first forward in `cfg`: same steps, same output
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    qc.set_active(qnet, cfg)
+    sub.eval()
+    with torch.no_grad():
+        for model in (qnet, sub):
+            with calibration(model):
+                model(x)
+        assert torch.equal(sub(x), qnet(x))

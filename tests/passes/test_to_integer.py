@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcompile import ops as Q
+from qcompile.debug.compare import _Recorder, compare_codes, compare_codes_local, logit_bound, quantizer_codes
 from qcompile.errors import LoweringError
-from qcompile.lowering.compare import _Recorder, compare_codes, compare_codes_local, logit_bound, quantizer_codes
 from qcompile.ops import IntegerGraph
 from qcompile.passes import PassManager
 from qcompile.passes.to_integer import to_integer
 from qcompile.quant import calibration
-from tests.lowering.fq_nets import NETS, bq, digits16, qconv, qlinear, trace_fq, trained
+from tests.passes.fq_nets import NETS, bq, digits16, qconv, qlinear, trace_fq, trained
 
 SHAPE = (1, 1, 16, 16)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from qcompile.lowering.compare import compare_codes, logit_bound
+from qcompile.debug.compare import compare_codes, logit_bound
 from qcompile.passes.to_integer import to_integer
 from qcompile.quant import BatchQuant, calibration
-from tests.lowering.fq_nets import digits16, trained
+from tests.passes.fq_nets import digits16, trained
 
 SHAPE = (1, 1, 16, 16)
 

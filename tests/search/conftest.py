@@ -20,10 +20,18 @@ def tspace():
 def tqnet(tspace):
     torch.manual_seed(0)
     q = qc.quantize(qc.trace(tspace.build_supernet()), weight_bits=(2, 3, 4, 8, 32), act_bits=(2, 3, 4, 8, 32))
-    # an untrained supernet initialises its LSQ steps lazily, and `qc.extract` does that on the supernet
-    # itself; do it once for every bit-width so the weights are fixed from here on (as in a trained run)
-    for b in (2, 3, 4, 8):
-        qc.extract(q, tspace.largest(bits=b))
+    # an untrained supernet initialises its LSQ steps lazily (its first forward at a bit-width, or each
+    # extracted copy); fix them once for every bit-width from the full weights, as a trained run has them
+    with torch.no_grad():
+        for m in q.modules():
+            wq = getattr(m, "weight_quant", None)
+            if wq is None:
+                continue
+            active = wq.active_bits
+            for b in (b for b in wq.bits if b != 32 and not wq.is_initialized(b)):
+                wq.active_bits = b
+                wq(m.weight)
+            wq.active_bits = active
     return q
 
 

@@ -130,3 +130,18 @@ def test_max_direction_constraint(space, objs):
     assert acc([res.best])[0] >= floor and res.F[res.best_index, 0] == res.F[:, 0].min()
     with pytest.raises(ConfigError, match="unreachable"):
         qs.random_search(space, [bops], n_evals=10, constraints=[(acc, 5.0)])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s, o: qs.nsga2(s, list(o), n_evals=10, crossover_prob=1.5), "crossover_prob.*probability"),
+    (lambda s, o: qs.nsga2(s, list(o), n_evals=10, max_stall=0), "max_stall.*integer >= 1"),
+    (lambda s, o: qs.coarse_to_fine(s, list(o), n_evals=10, perturb_prob=0.0), "perturb_prob.*fraction"),
+    (lambda s, o: qs.coarse_to_fine(s, list(o), n_evals=10, pop=5), "coarse_to_fine option 'pop'"),
+    (lambda s, o: qs.evolution(s, o[0], n_evals=10, mutation_prob=-0.1), "mutation_prob.*probability"),
+    (lambda s, o: qs.evolution(s, o[0], n_evals=10, pop=5), "evolution option 'pop'"),
+    (lambda s, o: qs.random_search(s, list(o), n_evals=10, batch=0), "batch.*integer >= 1"),
+])
+def test_bad_options_share_one_check(space, objs, call, match):
+    """Every algorithm's options go through `SearchOptions`: one message per kind of field."""
+    with pytest.raises(ConfigError, match=match):
+        call(space, objs)

@@ -8,9 +8,16 @@ import torch
 
 import qcompile as qc
 import qcompile.search as qs
+from qcompile.cli.demo import evaluate_config
+from qcompile.cli.demo_search import (
+    DemoSearchSettings,
+    LogBitopsPredictor,
+    load_or_build_table,
+    pick_subnet,
+    report_section,
+    table_path,
+)
 from qcompile.data import load_dataset
-from qcompile.demo import evaluate_config
-from qcompile.demo_search import DemoSearchSettings, LogBitopsPredictor, pick_subnet, report_section
 from qcompile.search.cost import bitops
 from tests.conftest import tiny_space
 
@@ -25,7 +32,7 @@ def test_log_bitops_predictor_recovers_a_line():
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_pick_subnet_meets_the_budget_and_measures(tmp_path):
+def test_pick_subnet_meets_the_budget_and_measures(tmp_path, monkeypatch):
     torch.manual_seed(0)
     space = tiny_space("mobilenet_v3")
     opts = {"weight_bits": [2, 3, 4, 8, 32], "act_bits": [2, 3, 4, 8, 32]}
@@ -34,7 +41,7 @@ def test_pick_subnet_meets_the_budget_and_measures(tmp_path):
     rows = [{"name": f"random mixed #{i}", "config": space.sample(seed=i, bits=(2, 3, 4)), "accuracy": 0.1 + 0.01 * i}
             for i in range(4)]
     pick = pick_subnet(space, qnet, data, rows, tmp_path / "search", calib_batches=1, evaluate=evaluate_config, seed=0,
-                       settings=DemoSearchSettings(n_evals=40, measured=2))
+                       settings=DemoSearchSettings(n_evals=40, measured=2, table_cache=str(tmp_path / "cache")))
     limit = float(np.median([bitops(space, r["config"]) for r in rows]))
     if pick.table is None:  # BitOPs budget (no latency table in this build)
         assert pick.limit == pytest.approx(limit) and bitops(space, pick.row["config"]) <= limit
@@ -44,3 +51,14 @@ def test_pick_subnet_meets_the_budget_and_measures(tmp_path):
     assert 0.0 <= pick.row["accuracy"] <= 1.0 and pick.measured[0]["measured"] == pick.row["accuracy"]
     text = report_section(pick, measured_ms=1.25)
     assert "1.250 ms" in text and "Subnet picked by search" in text and pick.row["config"].stable_hash() in text
+    if pick.table is not None:  # the table is cached: a second demo run times nothing and predicts the same
+        path = table_path(space, str(tmp_path / "cache"))
+        assert path.is_file()
+
+        def no_timing(*a, **k):
+            raise AssertionError("a cached latency table was timed again")
+
+        monkeypatch.setattr(qs.LatencyTable, "_time_config", no_timing)
+        again = load_or_build_table(space, path)
+        cfg = pick.row["config"]
+        assert again.predict(cfg) == pytest.approx(pick.table.predict(cfg))

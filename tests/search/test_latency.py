@@ -60,6 +60,15 @@ def test_kernel_workloads_equal_emitted(lowered):
         assert any(w["groups"] == 1 and w["kind"] == "pointwise" for w in convs)
 
 
+def test_emitted_kernels_equal_lowered(lowered):
+    """`emitted_kernels` (emission without the TVM build, what the slow sweep compares against) writes exactly
+    the `meta["kernels"]` of a real lowering: PrimFunc names, strategies and workloads."""
+    from qcompile.backends.tvm.lowered import emitted_kernels
+
+    for _cfg, low in lowered[1][:2]:
+        assert emitted_kernels(low.program, "x86", num_threads=1) == low.meta["kernels"]
+
+
 def test_kernel_workloads_block_memo(lowered):
     """A config made of blocks already seen is answered from the per-block memo, equal to the slow path."""
     space, pairs = lowered
@@ -70,9 +79,12 @@ def test_kernel_workloads_block_memo(lowered):
                         kernels=tuple(x if i % 2 else y for i, (x, y) in enumerate(zip(a.kernels, b.kernels))),
                         expands=tuple(x if i % 2 else y for i, (x, y) in enumerate(zip(a.expands, b.expands))),
                         widths=a.widths, channels=a.channels, policy=b.policy)
-    t0 = time.perf_counter()
-    fast = qs.kernel_workloads(space, mixed)
-    dt = time.perf_counter() - t0
+    times = []
+    for _ in range(5):  # the least preempted of 5 calls: the machine may be shared
+        t0 = time.perf_counter()
+        fast = qs.kernel_workloads(space, mixed)
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
     assert dt < 0.05, f"memo path took {dt * 1e3:.1f} ms"
     assert fast == qs.kernel_workloads(space, mixed, memo=False)
 
@@ -178,3 +190,90 @@ def test_cli_latency_table_show(table, tmp_path, capsys):
     assert f"{len(table.kernels)} timed kernel workloads, 3 timed networks" in out and "usable on this machine" in out
     assert main(["latency-table", "show", str(tmp_path / "missing.json")]) == 2
     assert "latency table path" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def rpc_tracker():
+    """A TVM RPC tracker on 127.0.0.1 with two servers registered under one key (two "boards" of this host)."""
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9300, port_end=9400, silent=True)
+    key = f"qcompile-test-{os.getpid()}"  # xdist workers each run their own tracker
+    servers = [rpc.Server(host="127.0.0.1", port=9400, port_end=9600, key=key, silent=True,
+                          tracker_addr=("127.0.0.1", tracker.port)) for _ in range(2)]
+    client = rpc.connect_tracker("127.0.0.1", tracker.port)
+    deadline = time.monotonic() + 300  # servers register once their worker process has imported TVM
+    while client.summary().get("queue_info", {}).get(key, {}).get("free", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield tracker, key
+    for s in servers:
+        s.terminate()
+    tracker.terminate()
+
+
+def test_table_timed_through_rpc(lowered, rpc_tracker, tmp_path):
+    """Kernels and network timed on "boards" behind a local RPC server / tracker: the same kernels as a local
+    table, positive samples, keys naming the recorded CPU and where it was timed; such a table is checked against
+    its recorded CPU, not this host's."""
+    from qcompile.search.latency.remote import Boards
+
+    space, pairs = lowered
+    tracker, key = rpc_tracker
+    boards = Boards(tracker=f"127.0.0.1:{tracker.port}", key=key, cpu_model="test board")
+    sessions = boards.sessions()
+    assert len(sessions) == 2
+    keys = machine_keys("x86", 1, boards)
+    assert keys["cpu_model"] == "test board" and keys["remote"] == f"tracker 127.0.0.1:{tracker.port} key {key}"
+    t = qs.LatencyTable(space, keys)
+    cfg, low = pairs[1]
+    t.add_lowered(cfg, low, role="fit", network_repeat=10, kernel_repeat=3, session=sessions[1], where=boards.where)
+    emitted = {json.dumps(k["workload"], sort_keys=True, separators=(",", ":")) for k in low.meta["kernels"]
+               if k["primfuncs"]}
+    assert set(t.kernels) == emitted
+    assert all(len(v["samples_ms"]) == 3 and v["median_ms"] > 0 for v in t.kernels.values())
+    assert len(t.networks[0]["samples_ms"]) == 10 and t.networks[0]["median_ms"] > 0
+    path = t.save(tmp_path / "remote.json")
+    loaded = qs.LatencyTable.load(path)  # checked against the recorded board, not this host's CPU
+    assert loaded.keys["cpu_model"] == "test board"
+    assert loaded.kernel_sum(cfg) == pytest.approx(t.kernel_sum(cfg), rel=1e-12)
+    with pytest.raises(ConfigError, match="cpu_model"):
+        loaded.check(boards=Boards(remote="127.0.0.1:1", cpu_model="another board"))
+
+
+def test_rpc_and_arm_refusals():
+    """arm_cpu tables need boards (qemu is emulation); boards need an address, a key with a tracker, a CPU model;
+    an unreachable server is one LoweringError naming it."""
+    from qcompile.errors import LoweringError
+    from qcompile.search.latency.remote import Boards
+
+    with pytest.raises(ConfigError, match="qemu"):
+        machine_keys("arm_cpu", 1)
+    arm = machine_keys("arm_cpu", 1, Boards(remote="127.0.0.1:1", cpu_model="ARM Cortex-A72"))
+    assert arm["target"] == "arm_cpu" and arm["cpu_model"] == "ARM Cortex-A72" and arm["remote"] == "rpc 127.0.0.1:1"
+    with pytest.raises(ConfigError, match="cpu_model"):
+        Boards(remote="127.0.0.1:9090")
+    with pytest.raises(ConfigError, match="key"):
+        Boards(tracker="127.0.0.1:9190", cpu_model="x")
+    with pytest.raises(ConfigError, match="exactly one"):
+        Boards(remote="127.0.0.1:9090", tracker="127.0.0.1:9190", key="k", cpu_model="x")
+    with pytest.raises(ConfigError, match="host:port"):
+        Boards(remote="nohost", cpu_model="x")
+    with pytest.raises(LoweringError, match="127.0.0.1:1"):
+        qs.LatencyTable.build(_tiny(), "arm_cpu", 1, remote="127.0.0.1:1", cpu_model="ARM Cortex-A72",
+                              max_cover=1, n_fit=0, progress=False)
+
+
+def test_cli_latency_table_build_boards_refusals(tmp_path, capsys):
+    """`latency-table build --target arm_cpu` needs --remote or --tracker; an unreachable board is named."""
+    from qcompile.cli import main
+
+    base = ["latency-table", "build", "--space", "mobilenet_v3", "--width-mult", "0.25", "--resolutions", "16",
+            "--target", "arm_cpu", "--out", str(tmp_path / "arm.json")]
+    assert main(base) == 2
+    assert "qemu" in capsys.readouterr().err
+    assert main([*base, "--remote", "127.0.0.1:1"]) == 2
+    assert "cpu_model" in capsys.readouterr().err
+    assert main([*base, "--remote", "127.0.0.1:1", "--cpu-model", "ARM Cortex-A72"]) == 2
+    assert "127.0.0.1:1" in capsys.readouterr().err
+    assert not (tmp_path / "arm.json").exists()

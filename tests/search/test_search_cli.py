@@ -12,8 +12,8 @@ import qcompile as qc
 import qcompile.search as qs
 from qcompile.artifacts import load_subnet, write_run
 from qcompile.cli import main
+from qcompile.cli.search_run import parse_constraint, parse_objective_list
 from qcompile.errors import ConfigError
-from qcompile.search_run import parse_constraint, parse_objective_list
 from qcompile.train.checkpoint import save_checkpoint
 from tests.conftest import tiny_space
 

@@ -143,7 +143,7 @@ def test_no_stall_when_children_are_known():
     rnd = random_search_spaces(sc, 64, seed=0)
     assert len({x["encoding"] for x in rnd.history}) == 64
     with pytest.raises(ConfigError, match="n_spaces"):
-        qs.evolve_space((0.1, 1.0), table=synthetic_table(h, per_width=1), n_spaces=65)
+        qs.evolve_space((0.1, 1.0), table=synthetic_table(h, per_width=1), n_spaces=65, latency_kind="mac")
 
 
 def test_evolution_beats_random_search_on_most_seeds(scorer):
@@ -160,7 +160,8 @@ def test_evolution_beats_random_search_on_most_seeds(scorer):
 
 def test_evolve_space_returns_a_space_with_json_and_history():
     h = digits_hyperspace()
-    space = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), n_spaces=40, seed=0, n_samples=200)
+    space = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), n_spaces=40, seed=0, n_samples=200,
+                            latency_kind="mac")
     back = qc.spaces.from_json(space.to_json())
     assert back.spec() == space.spec()
     assert json.loads(space.to_json())["encoding"] == space.candidate.encoding
@@ -168,7 +169,8 @@ def test_evolve_space_returns_a_space_with_json_and_history():
     assert len(space.history.history) == 40
     cfg = space.sample(seed=0, bits=(8,))
     space.validate(cfg)
-    by_cycles = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), cycles=6, seed=0, n_samples=200)
+    by_cycles = qs.evolve_space((0.2, 0.3, 0.5), table=synthetic_table(h), cycles=6, seed=0, n_samples=200,
+                               latency_kind="mac")
     assert len(by_cycles.history.history) == 4 + 2 * 6
 
 
@@ -182,3 +184,73 @@ def test_bad_constraints_and_settings():
         EvolutionSettings(n_spaces=10, population=5, sample=6)
     with pytest.raises(ConfigError, match="target"):
         qs.latency_model("gpu")
+
+
+def test_block_latency_chains_stage_pairs_into_few_subnets():
+    """Every (entry, input width) pair of every stage is priced, each from a subnet in which that stage has that
+    entry and input width, with close to the largest stage's pair count of priced subnets (not their sum)."""
+    h = digits_hyperspace()
+    table = synthetic_table(h, per_width=2)
+
+    class Counting(MacLatencyModel):
+        calls: list = []
+
+        def part_ms(self, space, cfg):
+            self.calls.append(cfg)
+            return super().part_ms(space, cfg)
+
+    model = Counting()
+    sc = QTScorer(table, (0.3,), model, n_samples=10)
+    sc._stage_data(1, "fused_se")
+    pairs = {s: len(table.entries[s]["fused_se"]) * len(sc._prev_widths(s)) for s in range(1, 7)}
+    assert max(pairs.values()) <= len(model.calls) <= 1.25 * max(pairs.values()) < sum(pairs.values())
+    space = sc._probe("fused_se")
+    for s in range(1, 7):
+        sd = sc._stage_data(s, "fused_se")
+        assert not np.isnan(sd.lat).any()
+        rows = [dict(sc._largest_row(i, "fused_se")) for i in range(1, 7)]
+        for i, j in ((0, 0), (len(sd.rows) - 1, len(sc._prev_widths(s)) - 1)):
+            rs = list(rows)
+            rs[s - 1] = sd.rows[i]
+            if s > 1:
+                rs[s - 2] = dict(rs[s - 2], width=sc._prev_widths(s)[j])
+            want = MacLatencyModel().part_ms(space, subnet_config(space, h, rs))[f"stage{s}"]
+            assert sd.lat[i, j] == pytest.approx(want, rel=1e-12)
+
+
+def test_input_width_ends_interpolates_and_known_configs_are_reused():
+    """`input_widths="ends"` prices the smallest and largest input width of each entry exactly (same as "all") and
+    interpolates linearly in between; a model's already-priced subnets (`known_configs`) are reused, not priced
+    again."""
+    h = digits_hyperspace()
+    table = synthetic_table(h, per_width=1)
+
+    class Known(MacLatencyModel):
+        def __init__(self, known=()):
+            self.known, self.calls = list(known), []
+
+        def part_ms(self, space, cfg):
+            self.calls.append(cfg)
+            return super().part_ms(space, cfg)
+
+        def known_configs(self, space):
+            return self.known
+
+    exact = QTScorer(table, (0.3,), Known(), n_samples=10)
+    first = Known()
+    ends = QTScorer(table, (0.3,), first, n_samples=10, input_widths="ends")
+    for s in range(1, 7):
+        a, b = exact._stage_data(s, "mbv3").lat, ends._stage_data(s, "mbv3").lat
+        np.testing.assert_allclose(b[:, [0, -1]], a[:, [0, -1]], rtol=1e-12)
+        w = np.array(exact._prev_widths(s), dtype=float)
+        if len(w) > 2:
+            t = (w - w[0]) / (w[-1] - w[0])
+            np.testing.assert_allclose(b, b[:, :1] + (b[:, -1:] - b[:, :1]) * t, rtol=1e-12)
+    assert len(first.calls) < len(exact.latency.calls)
+    again = Known(first.calls)
+    reuse = QTScorer(table, (0.3,), again, n_samples=10, input_widths="ends")
+    for s in range(1, 7):
+        np.testing.assert_allclose(reuse._stage_data(s, "mbv3").lat, ends._stage_data(s, "mbv3").lat, rtol=1e-12)
+    assert all(any(c == k for k in first.calls) for c in again.calls)  # only known subnets were priced
+    with pytest.raises(ConfigError, match="input_widths"):
+        QTScorer(table, (0.3,), MacLatencyModel(), input_widths="some")

@@ -40,6 +40,51 @@ def test_measures_val_split_and_caches(tspace, tqnet, tdigits, tmp_path):
     assert np.array_equal(acc(cfgs), got)
 
 
+def _reference(qnet, space, data, cfg, images, labels, seed, calib_batches=1, batch_size=32):
+    """Independent measurement: extract, calibrate on seeded training batches, top-1 and CE on given images."""
+    import torch
+
+    from qcompile import api as qc
+    from qcompile.data.base import resize
+
+    sub = qc.extract(qnet, cfg)
+    qc.calibrate(sub, data.train.loader(batch_size, shuffle=True, seed=seed, resolution=cfg.resolution),
+                 max_batches=calib_batches)
+    sub.eval()
+    with torch.no_grad():
+        out = sub(resize(images, cfg.resolution))
+    return float((out.argmax(1) == labels).float().mean()), float(torch.nn.functional.cross_entropy(out, labels))
+
+
+def test_less_noisy_protocol_seed_average_extra_train_and_loss(tspace, tqnet, tdigits, tmp_path):
+    """`calib_seeds` averages seeds, `extra_train` adds a fixed training subset, `loss` is the mean CE."""
+    import torch
+
+    from qcompile.search.predictors.measured import EXTRA_TRAIN_SEED, EvalProtocol
+
+    cfg = tspace.sample(seed=5, bits=(2, 3, 4))
+    ev = qs.SupernetEvaluator(tqnet, tdigits, calib_batches=1, batch_size=32, calib_seeds=2, extra_train=50,
+                              cache=tmp_path / "a.jsonl", progress=False)
+    got_acc, got_loss = ev.predict([cfg])[0], ev.loss([cfg])[0]
+    assert ev.n_measured == 1  # loss comes with the same measurement
+    idx = torch.randperm(len(tdigits.train), generator=torch.Generator().manual_seed(EXTRA_TRAIN_SEED))[:50]
+    images = torch.cat([tdigits.val.images, tdigits.train.images[idx]])
+    labels = torch.cat([tdigits.val.labels, tdigits.train.labels[idx]])
+    assert len(ev.eval_set) == len(tdigits.val) + 50
+    ref = [_reference(tqnet, tspace, tdigits, cfg, images, labels, seed) for seed in (1, 2)]
+    assert got_acc == pytest.approx(np.mean([r[0] for r in ref]), abs=1e-6)
+    assert got_loss == pytest.approx(np.mean([r[1] for r in ref]), rel=1e-4)
+    rec = read_jsonl(tmp_path / "a.jsonl")[0]
+    assert rec["calib_seeds"] == 2 and rec["extra_train"] == 50 and rec["loss"] == pytest.approx(got_loss)
+    # the default protocol's key fields are the four of caches written before the new fields existed
+    assert set(EvalProtocol().key_fields()) == {"split", "calib_batches", "calib_seed", "batch_size"}
+    assert "extra_train" in EvalProtocol(extra_train=5).key_fields()
+    with pytest.raises(ConfigError, match="extra_train"):
+        qs.SupernetEvaluator(tqnet, tdigits, extra_train=10**6, progress=False)
+    with pytest.raises(ConfigError, match="calib_seeds"):
+        qs.SupernetEvaluator(tqnet, tdigits, calib_seeds=0, progress=False)
+
+
 def test_canonical_configs_share_one_measurement(tspace, tqnet, tdigits, tmp_path):
     cfg = tspace.smallest(bits=3)  # depth 1 everywhere: the second block of each stage is skipped
     k = list(cfg.kernels)

@@ -9,6 +9,7 @@ import pytest
 
 import qcompile as qc
 from qcompile import ConfigError
+from qcompile.search.cost import count_macs, layers
 from qcompile.spaces.hyperspace import digits_hyperspace, encoding_of, vnni_hyperspace
 
 
@@ -86,8 +87,8 @@ def test_json_round_trip_equal_specs_layers_macs(space):
     assert back.to_json() == text
     for seed in range(5):
         cfg = space.sample(seed=seed, bits=(2, 4, 8))
-        assert back.layers(cfg) == space.layers(cfg)
-        assert back.count_macs(cfg) == space.count_macs(cfg)
+        assert layers(back, cfg) == layers(space, cfg)
+        assert count_macs(back, cfg) == count_macs(space, cfg)
     assert back.num_layer_slots == space.num_layer_slots
 
 
@@ -129,3 +130,19 @@ def test_elastic_stem_and_residual_stem_widths_can_differ():
         c = cfg.__class__(**{**cfg.__dict__, "widths": (stem, first, *cfg.widths[2:])})
         qc.set_active(net, c)
         assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_probe_space_holds_every_candidates_stages():
+    """`Hyperspace.probe_space(block)`: `block` in every Stage1-6 over each stage's whole width range, 8-bit or
+    float layers; every candidate with that block at a stage has its stage widths inside the probe's."""
+    h = digits_hyperspace()
+    p = h.probe_space("fused_se")
+    assert p.args["blocks"] == ["bottleneck", *["fused_se"] * 6]
+    assert [tuple(w) for w in p.args["widths"][1:]] == [st.widths for st in h.stages]
+    assert tuple(p.args["bit_choices"]) == (8, 32) and p.args["dropout"] == 0.0
+    cand = h.from_encoding("555555-113333")
+    for s in range(6):
+        assert set(cand.stage_widths(s)) <= set(p.args["widths"][s + 1])
+    assert list(h.probe_space("mbv1", resolutions=(16,)).args["resolutions"]) == [16]
+    with pytest.raises(ConfigError, match="block"):
+        h.probe_space("resnet")

@@ -10,6 +10,8 @@ import pytest
 
 import qcompile as qc
 from qcompile import ConfigError, QuantPolicy
+from qcompile.search.cost import count_macs, count_params
+from qcompile.search.encoding import choice_counts, crossover, decode, encode, encoding_size, mutate
 from tests.conftest import tiny_space
 
 
@@ -19,7 +21,7 @@ def test_mobilenet_v3_largest_matches_ofa():
     7,664,760 parameters and 566,170,656 MACs. The acceptance bound is 1 %; we match exactly."""
     space = qc.spaces.mobilenet_v3(num_classes=1000)
     cfg = replace(space.largest(), resolution=224)
-    params, macs = space.count_params(cfg), space.count_macs(cfg)
+    params, macs = count_params(space, cfg), count_macs(space, cfg)
     assert abs(params - 7_664_760) / 7_664_760 < 0.01
     assert abs(macs - 566_170_656) / 566_170_656 < 0.01
     assert (params, macs) == (7_664_760, 566_170_656)
@@ -31,9 +33,9 @@ def test_mobilenet_v3_smallest_matches_ofa():
     """Same source: min subnet (ks 3, e 3, d 2): 3,410,792 params; 121,278,672 MACs at 224, 41,476,224 at 128."""
     space = qc.spaces.mobilenet_v3(num_classes=1000)
     small = space.smallest()
-    assert space.count_params(small) == 3_410_792
-    assert space.count_macs(replace(small, resolution=224)) == 121_278_672
-    assert space.count_macs(replace(small, resolution=128)) == 41_476_224
+    assert count_params(space, small) == 3_410_792
+    assert count_macs(space, replace(small, resolution=224)) == 121_278_672
+    assert count_macs(space, replace(small, resolution=128)) == 41_476_224
 
 
 def test_qfa_space_size():
@@ -61,7 +63,7 @@ def test_sample_is_deterministic_and_valid(space_name):
     assert len({space.sample(seed=s) for s in range(20)}) > 15
     for s in range(20):
         space.validate(space.sample(seed=s, bits=(2, 3, 4)))
-    assert space.count_macs(space.smallest()) < space.count_macs(space.largest())
+    assert count_macs(space, space.smallest()) < count_macs(space, space.largest())
 
 
 def test_validate_names_the_field():
@@ -96,26 +98,40 @@ def test_set_active_validates():
 
 def test_encoding_round_trip_and_mutation(space_name):
     space = tiny_space(space_name)
-    n = space.encoding_size()
+    n = encoding_size(space)
     for s in range(10):
         cfg = space.sample(seed=s, bits=(2, 3, 4))
-        vec = space.encode(cfg)
+        vec = encode(space, cfg)
         assert vec.shape == (n,) and set(np.unique(vec)) <= {0.0, 1.0}
-        idx = space.encode(cfg, one_hot=False)
-        assert space.decode(idx) == cfg
-        child = space.mutate(cfg, rate=0.3, seed=s, bits=(2, 3, 4))
+        idx = encode(space, cfg, one_hot=False)
+        assert decode(space, idx) == cfg
+        child = mutate(space, cfg, rate=0.3, seed=s, bits=(2, 3, 4))
         space.validate(child)
         assert child.policy is not None and {b for p in child.policy.bits for b in p} <= {2, 3, 4}
-        mix = space.crossover(cfg, space.sample(seed=100 + s, bits=(2, 3, 4)), seed=s)
+        mix = crossover(space, cfg, space.sample(seed=100 + s, bits=(2, 3, 4)), seed=s)
         space.validate(mix)
+
+
+def test_decode_names_an_out_of_range_gene():
+    space = tiny_space("mobilenet_v3")
+    idx = encode(space, space.smallest(bits=4), one_hot=False).astype(int)
+    counts = choice_counts(space)
+    for pos, bad in ((0, counts[0]), (len(idx) - 1, counts[-1]), (1, -1)):
+        wrong = idx.copy()
+        wrong[pos] = bad
+        want = rf"indices\[{pos}\]: got {bad}; allowed: a choice index in \[0, {counts[pos] - 1}\]"
+        with pytest.raises(ConfigError, match=want):
+            decode(space, wrong)
+    with pytest.raises(ConfigError, match="indices"):
+        decode(space, idx[:-1])
 
 
 def test_encoding_zeroes_skipped_blocks():
     """APQ 3.2: a skipped block's encoding is all zeros."""
     space = qc.spaces.mobilenet_v3()
     shallow = space.smallest(bits=4)
-    vec = space.encode(shallow)
-    deep = space.encode(space.largest(bits=4))
+    vec = encode(space, shallow)
+    deep = encode(space, space.largest(bits=4))
     assert vec.sum() < deep.sum()
 
 

@@ -1,4 +1,4 @@
-"""SIGKILL a training process and resume it in a new one (issue 4 acceptance).
+"""SIGKILL a training process and resume it in a new one.
 
 "Killing training mid-epoch and resuming loses at most the steps since the last checkpoint and
 reproduces the uninterrupted run's final weights (CPU, same seed)." The reference is an

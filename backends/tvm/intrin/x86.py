@@ -25,7 +25,10 @@ Exactness (integer_semantics.md: TVM must match the reference bit for bit):
   kernel feeds them two taps of one output pixel per int32 lane (exact: |x*w| <= 255*128 per product).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: the TVMScript `T.let[...]` annotations of `dot_impl` name closure
+# variables, which Python captures only while annotations are evaluated eagerly
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tvm
@@ -41,6 +44,8 @@ __all__ = [
     "I16_16x2_AVX512",
     "I16_16x2_VNNI512",
     "S8U8_16x4_VNNI512_BCAST",
+    "DOT_INTRINSICS",
+    "dot_impl",
     "has_avx512_vnni",
     "register_x86_intrinsics",
     "u8s8_pairs_safe",
@@ -56,117 +61,69 @@ I16_16x2_AVX512 = "qcompile_i16_16x2_avx512"
 I16_16x2_VNNI512 = "qcompile_i16_16x2_vnni512"
 S8U8_16x4_VNNI512_BCAST = "qcompile_s8u8_16x4_vnni512_bcast"
 
-
-def _u8s8_8x4_avx2(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (8, 4), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:8, 0:4], B[0:4])
-            T.writes(C[0:8])
-            a_vec: T.let[T.uint8x32] = A.vload([0, 0], "uint8x32")
-            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec: T.let[T.int8x32] = T.reinterpret(T.broadcast(b_i32, 8), dtype="int8x32")
-            pairs: T.let[T.int16x16] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_vec, b_vec, dtype="int16x16"
-            )
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8"
-            )
-
-    return impl
+#: name -> (instruction, int32 lanes) of each broadcast dot-product intrinsic (`dot_impl`)
+DOT_INTRINSICS = {
+    U8S8_8x4_AVX2: ("pmaddubsw", 8),
+    I16_8x2_AVX2: ("pmaddwd", 8),
+    U8S8_8x4_VNNI: ("vpdpbusd", 8),
+    U8S8_16x4_VNNI512: ("vpdpbusd", 16),
+    I16_16x2_AVX512: ("pmaddwd", 16),
+    I16_16x2_VNNI512: ("vpdpwssd", 16),
+}
 
 
-def _i16_8x2_avx2(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (8, 2), "int16", offset_factor=1)
-        B = T.match_buffer(b, (2,), "int16", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:8, 0:2], B[0:2])
-            T.writes(C[0:8])
-            a_vec: T.let[T.int16x16] = A.vload([0, 0], "int16x16")
-            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
-            b_vec: T.let[T.int16x16] = T.reinterpret(T.broadcast(b_i32, 8), dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_vec, b_vec, dtype="int32x8"
-            )
-
-    return impl
+#: (instruction, lanes) -> LLVM intrinsic
+_LLVM = {
+    ("pmaddubsw", 8): "llvm.x86.avx2.pmadd.ub.sw",
+    ("pmaddwd", 8): "llvm.x86.avx2.pmadd.wd",
+    ("pmaddwd", 16): "llvm.x86.avx512.pmaddw.d.512",
+    ("vpdpbusd", 8): "llvm.x86.avx512.vpdpbusd.256",
+    ("vpdpbusd", 16): "llvm.x86.avx512.vpdpbusd.512",
+    ("vpdpwssd", 16): "llvm.x86.avx512.vpdpwssd.512",
+}
 
 
-def _u8s8_8x4_vnni(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (8, 4), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:8, 0:4], B[0:4])
-            T.writes(C[0:8])
-            # LLVM >= 20 types vpdpbusd's multiplicands as <32 x i8> (older LLVM: <8 x i32>)
-            a_vec: T.let[T.uint8x32] = A.vload([0, 0], "uint8x32")
-            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec: T.let[T.int8x32] = T.reinterpret(T.broadcast(b_i32, 8), dtype="int8x32")
-            C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-                C.vload([0], "int32x8"),
-                a_vec,
-                b_vec,
-                dtype="int32x8",
-            )
-
-    return impl
+def _operands(instr: str) -> tuple[int, str, str]:
+    """(reduction values per lane, activation dtype, weight dtype) of an instruction."""
+    return (4, "uint8", "int8") if instr in ("pmaddubsw", "vpdpbusd") else (2, "int16", "int16")
 
 
-def _u8s8_16x4_vnni512(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (16, 4), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
-            T.writes(C[0:16])
-            a_vec: T.let[T.uint8x64] = A.vload([0, 0], "uint8x64")
-            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec: T.let[T.int8x64] = T.reinterpret(T.broadcast(b_i32, 16), dtype="int8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], "int32x16"),
-                a_vec,
-                b_vec,
-                dtype="int32x16",
-            )
+def dot_impl(instr: str, lanes: int) -> Callable[[str], Any]:
+    """Implementation (scope -> PrimFunc) of `C[i] += sum_k A[i, k] * B[k]` for `i < lanes` with one x86
+    instruction: `pmaddubsw` (u8 x s8, k = 4, AVX2, then `pmaddwd` with ones), `pmaddwd` (int16, k = 2,
+    AVX2 or AVX-512), `vpdpbusd` (u8 x s8, k = 4, VNNI 256 or 512 bit) or `vpdpwssd` (int16, k = 2,
+    VNNI 512 bit). The weights `B` are broadcast to every lane; LLVM >= 20 types the VNNI multiplicands
+    as byte / word vectors (older LLVM: <N x i32>)."""
+    k, a_dt, b_dt = _operands(instr)
+    width = lanes * k
+    a_vt, b_vt, c_vt = f"{a_dt}x{width}", f"{b_dt}x{width}", f"int32x{lanes}"
+    a_let, b_let = getattr(T, a_vt), getattr(T, b_vt)
+    llvm = _LLVM[(instr, lanes)]
+    fused = instr in ("vpdpbusd", "vpdpwssd")  # accumulates in the instruction itself
 
-    return impl
-
-
-def _i16_16x2_512(intrin: str):
-    def make(scope: str):
+    def make(scope: str) -> Any:
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (16, 2), "int16", offset_factor=1)
-            B = T.match_buffer(b, (2,), "int16", offset_factor=1)
-            C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
+            A = T.match_buffer(a, (lanes, k), a_dt, offset_factor=1)
+            B = T.match_buffer(b, (k,), b_dt, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
             with T.sblock("root"):
-                T.reads(C[0:16], A[0:16, 0:2], B[0:2])
-                T.writes(C[0:16])
-                a_vec: T.let[T.int16x32] = A.vload([0, 0], "int16x32")
-                b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int16x2"), dtype="int32")
-                b_vec: T.let[T.int16x32] = T.reinterpret(T.broadcast(b_i32, 16), dtype="int16x32")
-                if intrin == "vpdpwssd":
-                    C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.512"),
-                        C.vload([0], "int32x16"), a_vec, b_vec, dtype="int32x16",  # LLVM >= 20: <32 x i16>
-                    )
+                T.reads(C[0:lanes], A[0:lanes, 0:k], B[0:k])
+                T.writes(C[0:lanes])
+                a_vec: T.let[a_let] = A.vload([0, 0], a_vt)
+                b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], f"{b_dt}x{k}"), dtype="int32")
+                b_vec: T.let[b_let] = T.reinterpret(T.broadcast(b_i32, lanes), dtype=b_vt)
+                if fused:
+                    C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm), C.vload([0], c_vt), a_vec, b_vec, dtype=c_vt)
+                elif instr == "pmaddubsw":
+                    pairs: T.let[T.int16x16] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm), a_vec, b_vec, dtype="int16x16")
+                    C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vt) + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype=c_vt)
                 else:
-                    C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], "int32x16") + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a_vec, b_vec, dtype="int32x16"
-                    )
+                    C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vt) + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm), a_vec, b_vec, dtype=c_vt)
 
         return impl
 
@@ -222,19 +179,11 @@ def register_x86_intrinsics() -> None:
     global _registered
     if _registered:
         return
-    table = {
-        U8S8_8x4_AVX2: (4, "uint8", "int8", _u8s8_8x4_avx2),
-        I16_8x2_AVX2: (2, "int16", "int16", _i16_8x2_avx2),
-        U8S8_8x4_VNNI: (4, "uint8", "int8", _u8s8_8x4_vnni),
-        U8S8_16x4_VNNI512: (4, "uint8", "int8", _u8s8_16x4_vnni512),
-        I16_16x2_AVX512: (2, "int16", "int16", _i16_16x2_512("pmaddwd")),
-        I16_16x2_VNNI512: (2, "int16", "int16", _i16_16x2_512("vpdpwssd")),
-    }
     register_scoped(S8U8_16x4_VNNI512_BCAST, _bcast_desc, _s8u8_16x4_vnni512_bcast)
-    for name, (k, adt, bdt, impl) in table.items():
-        lanes = 16 if name in (U8S8_16x4_VNNI512, I16_16x2_AVX512, I16_16x2_VNNI512) else 8
+    for name, (instr, lanes) in DOT_INTRINSICS.items():
+        k, adt, bdt = _operands(instr)
         register_scoped(name, lambda scope, lanes=lanes, k=k, adt=adt, bdt=bdt: dot_desc(lanes, k, adt, bdt, scope),
-                        impl)
+                        dot_impl(instr, lanes))
     _registered = True
 
 

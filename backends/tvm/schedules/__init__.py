@@ -1,10 +1,29 @@
-"""qcompile's own kernel schedules for the TVM backend; importing this registers the strategies.
+"""qcompile's own kernel schedules for the TVM backend, one package per target; importing this registers the
+strategies.
 
-x86 (AVX2, AVX-512, VNNI): `x86` registers `conv2d_requant` / `conv2d` (tensorized GEMM for pointwise and full
-convs, row-vectorised or tap-pair depthwise), `linear`, `add`, `rescale`, `mean`. Kernel builders live in
-`gemm_x86`, `depthwise_x86`; the requantize epilogue in `requant`.
-aarch64 (`sdot` with +dotprod, NEON otherwise): `arm` registers `conv2d_requant` / `conv2d` (packed GEMM,
-depthwise vectorised over channels).
+- `x86` (AVX2, AVX-512, VNNI): `strategy` registers `conv2d_requant` / `conv2d` (tensorized GEMM for pointwise
+  and full convs, row or tap-pair depthwise), `linear`, `add`, `rescale`, `mean`; `gemm` and `depthwise` build
+  the kernels and list their tuning candidates; `tune` times them into the tuning database, keyed by `workloads`.
+- `arm` (aarch64: `sdot` with +dotprod, NEON otherwise): `strategy` registers `conv2d_requant` / `conv2d`;
+  `gemm` (packed GEMM) and `depthwise` (vectorised over channels) build the kernels.
+- shared by both: `conv` (conv kind and geometry, the packed-GEMM stages, the one conv `emit`) and `requant`
+  (the fused requantize epilogue).
 """
 
-from qcompile.backends.tvm.schedules import arm, x86  # noqa: F401  (importing registers the strategies)
+from __future__ import annotations
+
+from typing import Any
+
+from qcompile.backends.tvm.schedules import arm, x86
+from qcompile.backends.tvm.schedules.x86 import tune as _x86_tune
+from qcompile.backends.tvm.strategy import OpCall
+
+__all__ = ["arm", "tune_opcall", "x86"]
+
+
+def tune_opcall(call: OpCall, w: Any = None, *, trials: int | None = None) -> tuple[Any, float] | None:
+    """Tune the kernel an OpCall will get on its target, if that kernel has knobs (`qc.lower(..., tune=True)`).
+
+    Returns `(knobs, seconds)`, or None when the call's kernel has nothing to tune (only the x86 convs do).
+    """
+    return _x86_tune.tune_opcall(call, w, trials=trials)

@@ -1,4 +1,4 @@
-"""ONNX export against the reference executor (issue 8 acceptance), on hand-built IntegerGraphs."""
+"""ONNX export against the reference executor, on hand-built IntegerGraphs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from qcompile.backends.onnx import (
 )
 from qcompile.backends.onnx.export import OnnxExportOptions
 from qcompile.errors import ConfigError, LoweringError
-from qcompile.ops import IntegerGraphBuilder
+from qcompile.ops import INTEGER_OPS, QDQ_OPS, IntegerGraphBuilder
 from qcompile.ops import reference as R
 
 
@@ -34,7 +34,7 @@ def test_qoperator_is_bit_exact_at_every_op(all_ops_graph):
     cmp = compare_with_reference(ig, x, format="qoperator")
     assert [d.node for d in cmp.nodes] == _call_nodes(ig)  # every op compared
     # the float32 ops of the qdq flavour are covered by tests/backends/onnx/test_qdq_flavour.py
-    assert {d.op for d in cmp.nodes} >= {f.__name__ for f in R.INTEGER_OPS if f not in R.QDQ_OPS}
+    assert {d.op for d in cmp.nodes} >= {f.__name__ for f in INTEGER_OPS if f not in QDQ_OPS}
     for d in cmp.nodes:
         if d.kind == "codes":
             assert d.max_diff == 0, d

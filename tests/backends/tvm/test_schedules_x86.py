@@ -9,14 +9,14 @@ import torch
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from qcompile.backends.tvm.schedules.gemm_x86 import (  # noqa: E402
+from qcompile.backends.tvm.schedules.conv import pack_weights  # noqa: E402
+from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
+from qcompile.backends.tvm.schedules.x86.gemm import (  # noqa: E402
     MODES,
     GemmKnobs,
     choose_mode,
-    pack_weights,
     pointwise_conv_x86,
 )
-from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
 from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
 from qcompile.ops import reference as R  # noqa: E402
 from tests import kernel_isa as isa  # noqa: E402
@@ -359,7 +359,7 @@ PAIR_CASES = [
 def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni, taps, rows):
     """vpmaddwd / vpdpwssd on tap pairs and vpdpbusd on u8 tap quads, several output rows per step: exact against
     the reference, extreme codes and weights included."""
-    from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_conv_pairs_x86, pack_pair_weights
+    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_conv_pairs_x86, pack_pair_weights
 
     if vec == 16:
         target = VNNI512 if vnni else AVX512
@@ -424,7 +424,7 @@ def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni, taps
 
 def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
     """A MobileNet-sized 7x7 depthwise layer (56 wide) goes to the pair kernel by default, bit-exact."""
-    from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs, default_dw_knobs
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, default_dw_knobs
 
     assert default_dw_knobs(56, avx512=False).pairs and not default_dw_knobs(14, avx512=False).pairs
     # with a VNNI dot product: u8 tap quads, about 8 row vectors in flight
@@ -449,7 +449,7 @@ def _workspace_calls(func, target) -> int:
 def test_default_gemm_tile_needs_no_workspace_per_tile(mode, target):
     """The intrinsics bind their operands as lets and the default tile stays under TVM's stack limit, so the only
     workspace is the per-call activation pack: measured 144 -> 64 us on the 24x3136x144 expand layer."""
-    from qcompile.backends.tvm.schedules.gemm_x86 import STACK_TILE_BYTES, default_knobs, tile_on_stack
+    from qcompile.backends.tvm.schedules.x86.gemm import STACK_TILE_BYTES, default_knobs, tile_on_stack
 
     kn = default_knobs(mode)
     assert tile_on_stack(kn) and kn.to * kn.tp * 4 < STACK_TILE_BYTES

@@ -13,9 +13,9 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from qcompile.backends.tvm import tuning  # noqa: E402
-from qcompile.backends.tvm.schedules.depthwise_x86 import DwKnobs  # noqa: E402
-from qcompile.backends.tvm.schedules.gemm_x86 import GemmKnobs  # noqa: E402
-from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload  # noqa: E402
+from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload, tune  # noqa: E402
+from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs  # noqa: E402
+from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs  # noqa: E402
 from qcompile.backends.tvm.strategy import OpCall, select_strategy  # noqa: E402
 from qcompile.errors import ConfigError  # noqa: E402
 from qcompile.ops import reference as R  # noqa: E402
@@ -63,8 +63,8 @@ def test_db_round_trip_keeps_the_best(cache):
     again = tuning.TuningDB(AVX2)
     assert again.get(wl)["knobs"] == {"to": 4, "tp": 16, "p_outer": True}
     assert again.get(wl)["latency_us"] == 10.0
-    assert tuning.lookup_knobs(wl, AVX2) == GemmKnobs(4, 16, True)
-    assert tuning.lookup_knobs(dict(wl, o=16), AVX2) is None
+    assert tune.lookup_knobs(wl, AVX2) == GemmKnobs(4, 16, True)
+    assert tune.lookup_knobs(dict(wl, o=16), AVX2) is None
 
 
 @pytest.mark.parametrize("damage", ["garbage", "checksum", "schema"])
@@ -84,10 +84,10 @@ def test_corrupt_db_is_ignored_with_a_warning(cache, damage):
         path.write_text(json.dumps(data))
     tuning._DB_CACHE.clear()
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        assert tuning.lookup_knobs(wl, AVX2) is None
+        assert tune.lookup_knobs(wl, AVX2) is None
     assert path.with_suffix(".corrupt").exists() and not path.exists()
     tuning._DB_CACHE.clear()
-    assert tuning.lookup_knobs(wl, AVX2) is None  # and it stays a clean, empty database
+    assert tune.lookup_knobs(wl, AVX2) is None  # and it stays a clean, empty database
 
 
 def _pointwise_call(c, hw, o):
@@ -112,9 +112,9 @@ def test_tuned_record_is_used_by_later_lowerings_and_stays_exact(cache, caplog, 
     call = _pointwise_call(c, hw, o)
     wl = gemm_workload(call.params) | {"mode": "i16"}
     cands = [GemmKnobs(2, 8, False), GemmKnobs(4, 16, True)]
-    best, secs = tuning.tune_gemm(wl, AVX2, cands, number=3, repeat=2)
+    best, secs = tune.tune_gemm(wl, AVX2, cands, number=3, repeat=2)
     assert best in cands and secs > 0
-    assert tuning.lookup_knobs(wl, AVX2) == best
+    assert tune.lookup_knobs(wl, AVX2) == best
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (1, c, hw, hw)).astype(np.uint8)
@@ -163,52 +163,52 @@ def test_meta_schedule_tuning_persists(cache, runs_avx2):
 def test_tune_opcall_tunes_once_then_reuses(cache, monkeypatch, runs_avx2):
     call = _pointwise_call(16, 8, 16)
     calls = []
-    real = tuning.tune_gemm
+    real = tune.tune_gemm
 
     def counting(wl, target, candidates=None, **kw):
         calls.append(wl)
         return real(wl, target, [GemmKnobs(4, 8), GemmKnobs(8, 16)], number=2, repeat=1)
 
-    monkeypatch.setattr(tuning, "tune_gemm", counting)
+    monkeypatch.setattr(tune, "tune_gemm", counting)
     w = np.full((16, 16, 1, 1), 3, np.int8)  # small weights: the u8s8 intrinsic is exact for them
-    knobs, _ = tuning.tune_opcall(call, w)
+    knobs, _ = tune.tune_opcall(call, w)
     assert calls == [gemm_workload(call.params) | {"mode": "u8s8"}]
     tuning._DB_CACHE.clear()  # a later process: served from disk, not re-timed
-    again, _ = tuning.tune_opcall(call, w)
+    again, _ = tune.tune_opcall(call, w)
     assert again == knobs and len(calls) == 1
     linear = OpCall("linear_requant", {"x_shape": (1, 16), "w_shape": (8, 16), "out_shape": (1, 8)}, AVX2)
-    assert tuning.tune_opcall(linear) is None  # nothing to tune
+    assert tune.tune_opcall(linear) is None  # nothing to tune
 
 
 def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache, runs_avx2):
     """Depthwise convs are tuned too (row or tap-pair kernel, vector width); the record is reused."""
     params = dict(_pointwise_call(16, 12, 16).params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1))
     dw = OpCall("conv2d_requant", params, AVX2)
-    knobs, secs = tuning.tune_opcall(dw)
+    knobs, secs = tune.tune_opcall(dw)
     assert isinstance(knobs, DwKnobs) and knobs.vec in (4, 8) and secs > 0  # AVX2: no 16-lane candidate
     rec = tuning.TuningDB(AVX2).get(depthwise_workload(params))
     assert rec["knobs"] == {"vec": knobs.vec, "pairs": knobs.pairs, "rows": knobs.rows, "taps": knobs.taps}
     tuning._DB_CACHE.clear()
-    assert tuning.lookup_dw_knobs(depthwise_workload(params), AVX2) == knobs
-    db = tuning._db(AVX2)
+    assert tune.lookup_dw_knobs(depthwise_workload(params), AVX2) == knobs
+    db = tuning.database(AVX2)
     db.records[tuning.workload_key(depthwise_workload(params))] = {"knobs": {"vec": 3}, "latency_us": 1.0}
-    assert tuning.lookup_dw_knobs(depthwise_workload(params), AVX2) is None  # a bad record is ignored
+    assert tune.lookup_dw_knobs(depthwise_workload(params), AVX2) is None  # a bad record is ignored
 
 
 def test_trials_caps_the_schedules_timed_and_keeps_the_default(cache, monkeypatch, runs_avx2):
     """`trials=N` times the N most promising candidates, the untuned default first; bad values are refused."""
-    from qcompile.backends.tvm.schedules.gemm_x86 import default_knobs
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
 
     timed = []
-    real = tuning._pick_fastest
+    real = tuning.pick_fastest
 
     def spy(libs, *a, **kw):
         timed.extend(kn for kn, _ in libs)
         return real(libs, *a, **kw)
 
-    monkeypatch.setattr(tuning, "_pick_fastest", spy)
+    monkeypatch.setattr(tuning, "pick_fastest", spy)
     wl = gemm_workload(_pointwise_call(16, 8, 16).params) | {"mode": "i16"}
-    knobs, _ = tuning.tune_gemm(wl, AVX2, number=2, repeat=1, trials=2)
+    knobs, _ = tune.tune_gemm(wl, AVX2, number=2, repeat=1, trials=2)
     assert len(timed) == 2 and timed[0] == default_knobs("i16") and knobs in timed
     with pytest.raises(ConfigError, match="trials"):
         from qcompile.backends.tvm import lower_integer_graph
@@ -225,9 +225,9 @@ def test_records_of_an_older_schedule_space_are_not_reused(cache):
     wl = gemm_workload(params) | {"mode": "i16"}
     assert wl["space"] == SCHEDULE_SPACE["conv_gemm"]
     old = {k: v for k, v in wl.items() if k != "space"}  # how session-1/2 databases keyed it
-    tuning._db(AVX2).put(old, {"to": 16, "tp": 16, "p_outer": True}, 1.0)
-    assert tuning.lookup_knobs(wl, AVX2) is None
-    tuning._db(AVX2).put(wl, {"to": 8, "tp": 16, "p_outer": True}, 2.0)
-    assert tuning.lookup_knobs(wl, AVX2) == GemmKnobs(8, 16)
+    tuning.database(AVX2).put(old, {"to": 16, "tp": 16, "p_outer": True}, 1.0)
+    assert tune.lookup_knobs(wl, AVX2) is None
+    tuning.database(AVX2).put(wl, {"to": 8, "tp": 16, "p_outer": True}, 2.0)
+    assert tune.lookup_knobs(wl, AVX2) == GemmKnobs(8, 16)
     dw = depthwise_workload(dict(params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1)))
     assert dw["space"] == SCHEDULE_SPACE["conv_dw"]

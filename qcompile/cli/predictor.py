@@ -72,7 +72,7 @@ def cmd_collect(args) -> int:
         torch.set_num_threads(args.threads)
     rank, world = shard_of(args.rank, args.world_size)
     ev = SupernetEvaluator(args.run, split=args.split, calib_batches=args.calib_batches, calib_seed=args.calib_seed,
-                           cache=args.out, progress=True)
+                           calib_seeds=args.calib_seeds, extra_train=args.extra_train, cache=args.out, progress=True)
     bits = None if args.bits == (32,) else args.bits
     cfgs = collect_configs(ev.space, args.n, args.seed, bits)
     mine = cfgs[rank::world]
@@ -120,6 +120,10 @@ def add_parser(sub) -> None:
     s.add_argument("--split", default="val", choices=("train", "val", "test"))
     s.add_argument("--calib-batches", type=int, default=8)
     s.add_argument("--calib-seed", type=int, default=1)
+    s.add_argument("--calib-seeds", type=int, default=1,
+                   help="average each measurement over this many calibration seeds (less noise)")
+    s.add_argument("--extra-train", type=int, default=0,
+                   help="add a fixed subset of this many training images to the evaluation set (less noise)")
     s.add_argument("--rank", type=int, default=None, help="this process's shard (default: $RANK or 0)")
     s.add_argument("--world-size", type=int, default=None, help="number of shards (default: $WORLD_SIZE or 1)")
     s.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a shared machine)")

@@ -1,4 +1,4 @@
-"""One error path for every `qcompile` subcommand (issue 19).
+"""One error path for every `qcompile` subcommand.
 
 `run_command(command, fn, args, debug)` calls a subcommand and turns every failure the user can cause
 into one line on stderr, `qcompile CMD: error: <path or field>: <what> (<remedy>)`, and exit status 2:

@@ -1,9 +1,11 @@
-"""Kernel strategies for x86 (AVX2 / AVX-VNNI): conv2d(+requantize) as tensorized GEMM or depthwise.
+"""Kernel strategies for x86 (AVX2 / AVX-VNNI): conv2d(+requantize) as tensorized GEMM or depthwise, linear,
+add, rescale, mean.
 
 Registered with `qcompile.backends.tvm.strategy.register_strategy`; the emitter imports this package
 lazily. Each `emit` builds its own scheduled PrimFunc, packs the weights (Relax constants) in numpy at
-emit time, and returns the `call_tir`. Layout between kernels stays NCHW (the contract of
-integer_semantics.md); the Relax reshapes around the kernels are views, not copies.
+emit time, and returns the `call_tir` (convs through the shared `conv.ConvStrategy.emit`). Layout between
+kernels stays NCHW (the contract of integer_semantics.md); the Relax reshapes around the kernels are views,
+not copies.
 """
 
 from __future__ import annotations
@@ -15,25 +17,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompile.backends.tvm.schedules.depthwise_x86 import depthwise_kernel, dw_weights, target_dw_knobs
-from qcompile.backends.tvm.schedules.gemm_x86 import (
-    MODES,
-    ConvGeometry,
-    choose_mode,
-    default_knobs,
-    pack_weights,
-    pointwise_conv_x86,
-)
-from qcompile.backends.tvm.schedules.workloads import (
-    SCHEDULE_SPACE,
-    _pair,
-    conv_kind,
-    depthwise_workload,
-    gemm_workload,
-    is_x86,
-)
+from qcompile.backends.tvm.schedules.conv import ConvCall, ConvKernel, ConvStrategy, const_value, conv_kind
+from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
+from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
+from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
+from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
+from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
-from qcompile.errors import LoweringError
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +34,21 @@ __all__ = [
     "X86Mean",
     "X86LinearRequant",
     "X86Linear",
-    "is_x86",
-    "const_value",
-    "conv_kind",
-    "gemm_workload",
-    "depthwise_workload",
-    "SCHEDULE_SPACE",
+    "X86Rescale",
 ]
-
-
-def const_value(expr: relax.Expr, what: str, node: str) -> np.ndarray:
-    """numpy value of a Relax constant (weights, bias, multipliers are constants by contract)."""
-    val = getattr(expr, "value", None)
-    if val is None:
-        val = getattr(expr, "data", None)
-    if val is None or not hasattr(val, "numpy"):
-        raise LoweringError(
-            node, f"{what} is not a Relax constant ({type(expr).__name__})", "bind weights as relax.const"
-        )
-    return val.numpy()
 
 
 def _bias_arg(args: list[relax.Expr], requant: bool, node: str) -> relax.Expr:
     """The kernel's bias operand: int64 `bias*M + 2^(s-1)` when requantizing, else the int32 bias."""
-    from qcompile.backends.tvm.schedules.requant import bias_term
-
     if not requant:
         return args[2]
     vals = [const_value(a, what, node) for a, what in zip(args[2:6], ("bias", "multiplier", "shift", "offset"))]
     return relax.const(bias_term(*vals), "int64")  # relax.const alone would narrow int64 to int32
 
 
-class _ConvBase:
-    """Shared emit for `conv2d_requant` (u8 out) and `conv2d` (i32 out)."""
+class _ConvBase(ConvStrategy):
+    """x86 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): tensorized GEMM for pointwise and full
+    convs (the intrinsic per layer, `gemm.choose_mode`), row or tap-pair depthwise; tuned knobs when stored."""
 
     name = "x86_conv"
     requant = True
@@ -92,68 +64,27 @@ class _ConvBase:
         act_max = max(int(call.params.get("x_max", 255)), int(call.params.get("pad_value", 0)))
         return {"kind": kind, "mode": choose_mode(call.target, weight, act_max)}
 
-    def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
-        p = call.params
-        node = str(p.get("node", call.op))
-        kind = conv_kind(p)
-        _, c, h, w = (int(v) for v in p["x_shape"])
-        o, _, kh, kw = (int(v) for v in p["w_shape"])
-        _, _, ho, wo = (int(v) for v in p["out_shape"])
-        wnp = const_value(args[1], "weight", node)
-        bias = _bias_arg(args, self.requant, node)
-        if self.requant:
-            lo, hi = int(p["lo"]), int(p["hi"])
-            shift_np = const_value(args[4], "shift", node)
-            shift_min = int(shift_np.min()) if shift_np.size else 1
-            extra = [args[3], args[4]]
-            out_dtype = "uint8"
-        else:
-            lo = hi = None
-            shift_min = 1
-            extra = []
-            out_dtype = "int32"
-        stride, padding = _pair(p.get("stride", 1)), _pair(p.get("padding", 0))
-        dilation = _pair(p.get("dilation", 1))
-        pad_value = int(p.get("pad_value", 0))
-        tag = f"{'rq' if self.requant else 'acc'}_{c}x{h}x{w}_{o}x{kh}x{kw}_s{stride[0]}"
-
-        if kind == "depthwise":
-            from qcompile.backends.tvm.tuning import lookup_dw_knobs
-
-            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(wo, call.target)
-            func = depthwise_kernel(c, h, w, kh, kw, knobs, target=call.target, stride=stride, padding=padding,
-                                    dilation=dilation, pad_value=pad_value, lo=lo, hi=hi, shift_min=shift_min)
-            xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
-            wdw = dw_weights(wnp, kh, kw, knobs)
-            wc = relax.const(np.ascontiguousarray(wdw))
-            gname = f"qc_dw_{tag}"
-            call_args = [xr, wc, bias, *extra]
-            out_shape2 = (c, ho, wo)
-        else:
-            from qcompile.backends.tvm.tuning import lookup_knobs
-
-            act_max = int(p.get("x_max", 255))
-            act_max = max(act_max, pad_value)
-            mode = choose_mode(call.target, wnp, act_max)
-            _, g, _, wdt = MODES[mode]
-            knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode)
-            if kind == "pointwise":
-                geom = None
-                xr = bb.emit(relax.op.reshape(args[0], (c, h * w)))
-            else:
-                geom = ConvGeometry(c, h, w, kh, kw, ho, wo, stride, padding, dilation, pad_value)
-                xr = bb.emit(relax.op.reshape(args[0], (c, h, w)))
-            func = pointwise_conv_x86(
-                c * kh * kw, ho * wo, o, mode, lo=lo, hi=hi, shift_min=shift_min, knobs=knobs, conv=geom
-            )
-            wc = relax.const(pack_weights(wnp, g, wdt))
-            gname = f"qc_gemm_{mode}_{tag}"
-            call_args = [xr, wc, bias, *extra]
-            out_shape2 = (o, ho * wo)
-            log.debug("%s: %s conv as GEMM with %s, tile %s", node, kind, mode, knobs)
-        gv = bb.add_func(func.with_attr("global_symbol", gname), gname)
-        y = bb.emit(relax.call_tir(gv, call_args, relax.TensorType(out_shape2, out_dtype)))
-        return bb.emit(relax.op.reshape(y, (1, o, ho, wo)))
+    def kernel(self, call: OpCall, conv: ConvCall, args: list[relax.Expr]) -> ConvKernel:
+        p, cv = call.params, conv
+        bias = _bias_arg(args, self.requant, cv.node)
+        if cv.kind == "depthwise":
+            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target)
+            func = depthwise_kernel(cv.c, cv.h, cv.w, cv.kh, cv.kw, knobs, target=call.target, stride=cv.stride,
+                                    padding=cv.padding, dilation=cv.dilation, pad_value=cv.pad_value, lo=cv.lo,
+                                    hi=cv.hi, shift_min=cv.shift_min)
+            wdw = dw_weights(cv.weight, cv.kh, cv.kw, knobs)
+            return ConvKernel(func, f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w), np.ascontiguousarray(wdw), bias,
+                              (cv.c, cv.ho, cv.wo))
+        act_max = max(int(p.get("x_max", 255)), cv.pad_value)
+        mode = choose_mode(call.target, cv.weight, act_max)
+        _, g, _, wdt = MODES[mode]
+        knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode)
+        func = pointwise_conv_x86(cv.c * cv.kh * cv.kw, cv.ho * cv.wo, cv.o, mode, lo=cv.lo, hi=cv.hi,
+                                  shift_min=cv.shift_min, knobs=knobs, conv=cv.geometry)
+        log.debug("%s: %s conv as GEMM with %s, tile %s", cv.node, cv.kind, mode, knobs)
+        x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
+        return ConvKernel(func, f"qc_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, g, wdt), bias,
+                          (cv.o, cv.ho * cv.wo))
 
 
 @register_strategy("conv2d_requant", priority=10)
@@ -349,8 +280,6 @@ class _LinearBase:
         """(kernel tensors after the bias, output dtype, extra call args): requantize `acc_at(i, j)` with the
         layer's multipliers, or add the int32 bias for the accumulator op."""
         from tvm import te
-
-        from qcompile.backends.tvm.schedules.requant import requant_expr
 
         if not self.requant:
             return [te.compute((n, o), lambda i, j: acc_at(i, j) + bias[j], name="out")], "int32", []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import tvm
@@ -36,17 +35,16 @@ from qcompile.backends.tvm.intrin.x86 import (
     register_x86_intrinsics,
     u8s8_pairs_safe,
 )
-from qcompile.backends.tvm.schedules.requant import requant_expr
+from qcompile.backends.tvm.schedules.conv import ConvGeometry, fit_to, gemm_requant_stages, pack_weights
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ConvGeometry",
     "GemmKnobs",
     "choose_mode",
     "default_knobs",
-    "pack_weights",
+    "gemm_candidates",
     "pointwise_conv_x86",
     "tile_on_stack",
     "MODES",
@@ -96,6 +94,23 @@ def default_knobs(mode: str) -> GemmKnobs:
     return GemmKnobs(12, 16) if LANES.get(mode, 8) == 16 else GemmKnobs(8, 16)
 
 
+def gemm_candidates(o: int, lanes: int = 8) -> list[GemmKnobs]:
+    """Tile candidates of the tensorized GEMM (what `tune.tune_gemm` times): register-resident tiles (4..16
+    accumulators of 8 lanes on AVX2's 16 ymm registers, 4..28 of 16 lanes on AVX-512's 32 zmm registers)."""
+    out = []
+    max_acc = 28 if lanes == 16 else 16
+    tps = (16, 32, 48, 64) if lanes == 16 else (8, 16, 24, 32)
+    for to in (2, 4, 6, 8, 12, 16):
+        for tp in tps:
+            if o % to == 0 and 4 <= to * tp // lanes <= max_acc:
+                for p_outer in (True, False):
+                    out.append(GemmKnobs(to, tp, p_outer))
+    # most promising first (for `trials`): tiles that stay on the stack (no workspace call per tile), then
+    # about 2/3 of the vector registers as accumulators, pixels outside
+    best_acc = 12 if lanes == 16 else 10
+    return sorted(out, key=lambda kn: (not tile_on_stack(kn), abs(kn.to * kn.tp // lanes - best_acc), not kn.p_outer))
+
+
 def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -> str:
     """Exact intrinsic for this layer: 'vnni512'/'vnni' if available, 'u8s8' if no pair can saturate, else 'i16'.
 
@@ -111,71 +126,6 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
     if u8s8_pairs_safe(pack_weights(w, g, "int8"), act_max):
         return "u8s8"
     return "i16"
-
-
-def pack_weights(w: np.ndarray, group: int, dtype: str) -> np.ndarray:
-    """[O, K(,1,1)] int8 weights -> [O, ceil(K/g), g] in `dtype`, zero-padded on K (zero adds nothing)."""
-    w2 = np.asarray(w).reshape(w.shape[0], -1).astype(np.int64)
-    o, k = w2.shape
-    kp = -(-k // group) * group
-    out = np.zeros((o, kp), dtype=np.int64)
-    out[:, :k] = w2
-    return out.reshape(o, kp // group, group).astype(dtype)
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Static shape of a groups=1 conv lowered as im2col + GEMM (batch 1, NCHW)."""
-
-    c: int
-    h: int
-    w: int
-    kh: int
-    kw: int
-    ho: int
-    wo: int
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    pad_value: int = 0
-
-
-def _fit_to(o: int, to: int) -> int:
-    """Largest divisor of `o` not above `to` (the channel tile must divide O: no channel padding)."""
-    for t in range(min(to, o), 0, -1):
-        if o % t == 0:
-            return t
-    return 1
-
-
-def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
-                        pp: int, lo: int | None, hi: int | None, shift_min: int) -> list[te.Tensor]:
-    """The stages every packed-GEMM conv kernel shares (x86 and aarch64), named as their schedules expect:
-    `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[o, j]`), `epilogue` (requantize with the
-    `bterm` bias, or add the int32 bias when `lo is None`) over whole tiles, and `crop` to P columns when the
-    pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
-    Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift,] out`."""
-    kb, g = kgroups
-    xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
-    rb = te.reduce_axis((0, kb), name="rb")
-    ri = te.reduce_axis((0, g), name="ri")
-    acc = te.compute(
-        (o, pp),
-        lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
-        name="gemm",
-    )
-    shape = (o, pp) if pp != p else (o, p)
-    if lo is not None:
-        mult = te.placeholder((o,), "int32", name="mult")
-        shift = te.placeholder((o,), "int32", name="shift")
-        res = te.compute(shape, lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min),
-                         name="epilogue")
-        ins = [mult, shift]
-    else:
-        res = te.compute(shape, lambda c, j: acc[c, j] + bias[c], name="epilogue")
-        ins = []
-    out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if pp != p else res
-    return [*ins, out]
 
 
 def pointwise_conv_x86(
@@ -203,7 +153,7 @@ def pointwise_conv_x86(
     register_x86_intrinsics()
     intrin, g, xdt, wdt = MODES[mode]
     requant = lo is not None
-    to = _fit_to(o, knobs.to)
+    to = fit_to(o, knobs.to)
     ln = LANES[mode]
     tp = -(-min(knobs.tp, -(-p // 8) * 8) // ln) * ln  # whole intrinsic calls per tile row
     pp = -(-p // tp) * tp

@@ -30,6 +30,13 @@ def add_parser(sub) -> None:
     s = sub.add_parser("evolve-space", help="SpaceEvo: search a quantization-friendly search space (Q-T score)")
     s.add_argument("--data", default="digits", help="dataset of the block-wise distillation (digits)")
     s.add_argument("--target", default="x86", help="latency target (x86 | arm_cpu)")
+    s.add_argument("--latency", default="kernels",
+                   help="Q-T latency: kernels = our INT8 kernels timed on this host (built once into --latency-dir, "
+                        "minutes), mac = MAC-count stand-in")
+    s.add_argument("--input-widths", default="all",
+                   help="stage latency at every input width (all) or at the smallest and largest, interpolated "
+                        "between (ends: ~4x fewer dry lowerings for --latency kernels)")
+    s.add_argument("--latency-dir", default=None, help="kernel timing cache (default: latency/ next to the table)")
     s.add_argument("--constraints", type=_floats, default=(0.2, 0.3, 0.5), help="latency constraints in ms")
     s.add_argument("--cycles", type=int, required=True, help="Algorithm 1 cycles (2 new spaces each)")
     s.add_argument("--population", type=int, default=None, help="P (default max(4, cycles/4))")
@@ -49,6 +56,8 @@ def cmd_evolve_space(args) -> int:
 
     from qcompile.errors import ConfigError
     from qcompile.search.space_evolution import (
+        INPUT_WIDTHS,
+        LATENCY_KINDS,
         EvolutionSettings,
         QTScorer,
         aging_evolution,
@@ -78,16 +87,28 @@ def cmd_evolve_space(args) -> int:
         bkd.update(teacher_epochs=int(args.bkd_epochs[0]), float_epochs=int(args.bkd_epochs[1]),
                    int8_epochs=int(args.bkd_epochs[2]))
     hyper = digits_hyperspace()
-    table = build_or_load_table(Path(args.table) if args.table else out / "table.json", hyper, args.data,
-                                seed=0, settings=BKDSettings(**bkd), progress=True)
-    latency = latency_model(args.target)
-    scorer = QTScorer(table, args.constraints, latency, seed=args.seed)
+    table_path = Path(args.table) if args.table else out / "table.json"
+    # checked before minutes of distillation and kernel timing
+    if args.target not in ("x86", "arm_cpu"):
+        raise ConfigError("target", args.target, ("x86", "arm_cpu"))
+    if args.latency not in LATENCY_KINDS:
+        raise ConfigError("--latency", args.latency, LATENCY_KINDS)
+    if args.input_widths not in INPUT_WIDTHS:
+        raise ConfigError("--input-widths", args.input_widths, INPUT_WIDTHS)
+    if any(not t > 0 for t in args.constraints):
+        raise ConfigError("constraints", args.constraints, "positive latencies in ms")
+    table = build_or_load_table(table_path, hyper, args.data, seed=0, settings=BKDSettings(**bkd), progress=True)
+    latency_dir = Path(args.latency_dir or table_path.parent / "latency")
+    latency = latency_model(args.target, args.latency, cache_dir=latency_dir, hyper=hyper, progress=True)
+    log.info("Q-T latency: %s", latency.describe())
+    scorer = QTScorer(table, args.constraints, latency, seed=args.seed, input_widths=args.input_widths)
     pop = args.population or max(4, args.cycles // 4)
     n_spaces = pop + 2 * args.cycles
     settings = EvolutionSettings(n_spaces=n_spaces, population=pop, sample=args.sample or max(2, pop // 4),
                                  seed=args.seed)
     evo = aging_evolution(scorer, settings, state_path=out / "evolution_state.json", resume=args.resume,
                           progress=True)
+    getattr(latency, "flush", lambda: None)()
     rnd = random_search_spaces(scorer, len(evo.history), seed=args.seed)
     best = evo.best
     cand = hyper.from_encoding(best["encoding"])
@@ -96,6 +117,8 @@ def cmd_evolve_space(args) -> int:
     doc = {
         "constraints_ms": list(args.constraints),
         "target": args.target,
+        "latency": args.latency,
+        "input_widths": args.input_widths,
         "latency_model": latency.describe(),
         "score": "Q-T, SpaceEvo Eq. 2: sum over constraints of the mean 1/NSR-loss of the top-k subnets under it",
         "settings": {"n_spaces": n_spaces, "population": pop, "sample": settings.sample, "seed": args.seed,
@@ -111,6 +134,7 @@ def cmd_evolve_space(args) -> int:
                      title=f"SpaceEvo on digits, constraints {list(args.constraints)} ms, {latency.describe()[:22]}...")
     print(f"best space {best['encoding']} (Q-T {best['score']:.4f}; random search best {rnd.best['score']:.4f} "
           f"over {len(rnd.history)} spaces)")
+    print(f"latency ({args.latency}): {latency.describe()}")
     print(f"written: {out / 'space.json'}, {out / 'history.json'}, {out / 'best_score.png'}")
     return 0
 

@@ -3,7 +3,7 @@
 Every command reads and writes the same on-disk artifacts (run directory, subnet directory, lowered
 directory, see `qcompile.artifacts`). Bad input exits 2 with one line on stderr,
 `qcompile CMD: error: <path or field>: <what> (<remedy>)`, never a traceback (unless `--debug`); see
-`qcompile.cli_errors`, which wraps every subcommand. `--out` never replaces something that is not an
+`qcompile.cli.errors`, which wraps every subcommand. `--out` never replaces something that is not an
 artifact of the same kind.
 """
 
@@ -16,8 +16,8 @@ import math
 import sys
 from pathlib import Path
 
-from qcompile.cli_errors import OneLineParser, pop_debug, run_command
-from qcompile.cli_spaces import make_space as _make_space
+from qcompile.cli.errors import OneLineParser, pop_debug, run_command
+from qcompile.cli.spaces import make_space as _make_space
 
 log = logging.getLogger("qcompile")
 
@@ -95,23 +95,26 @@ def cmd_space(args) -> int:
 
 
 def space_summary(space) -> str:
+    from qcompile.search.cost import count_macs, count_params
+    from qcompile.search.encoding import encoding_size
+
     big, small = space.largest(), space.smallest()
     rows = [
         f"space {space!r}",
         f"  subnets (architectures x resolutions): {space.size():.3e}",
         f"  with per-layer bits {{2,3,4}}:            {space.size(bits=(2, 3, 4)):.3e}",
-        f"  layer slots in a policy: {space.num_layer_slots}; encoding length {space.encoding_size()}",
+        f"  layer slots in a policy: {space.num_layer_slots}; encoding length {encoding_size(space)}",
         f"  {'':10} {'resolution':>10} {'MACs':>14} {'params':>12}",
     ]
     for name, cfg in (("largest", big), ("smallest", small)):
         rows.append(
-            f"  {name:10} {cfg.resolution:>10} {space.count_macs(cfg):>14,} {space.count_params(cfg):>12,}"
+            f"  {name:10} {cfg.resolution:>10} {count_macs(space, cfg):>14,} {count_params(space, cfg):>12,}"
         )
     return "\n".join(rows)
 
 
 def cmd_train(args) -> int:
-    from qcompile.train_run import QUANTIZE_DEFAULTS, train_run
+    from qcompile.cli.train_run import QUANTIZE_DEFAULTS, train_run
 
     if getattr(args, "space_json", None):
         import qcompile as qc
@@ -245,7 +248,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from qcompile.bench_run import bench_subnet
+    from qcompile.cli.bench_run import bench_subnet
     from qcompile.errors import ConfigError
     from qcompile.utils.io import check_out
 
@@ -352,7 +355,7 @@ def _read_images(paths: list[str], channels: int, res: int, data: str):
 
 
 def cmd_demo(args) -> int:
-    from qcompile.demo import run_demo
+    from qcompile.cli.demo import run_demo
 
     report = run_demo(Path(args.out), quick=args.quick, seed=args.seed)
     print(f"report: {report}")
@@ -462,11 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive_int, default=8)
     s.set_defaults(fn=cmd_run)
 
-    from qcompile.search_run import add_parser as add_search_parser  # `qcompile search`
+    from qcompile.cli.search_run import add_parser as add_search_parser  # `qcompile search`
 
     add_search_parser(sub)
 
-    from qcompile.evolve_space_cli import add_parser as _add_evolve_space
+    from qcompile.cli.evolve_space import add_parser as _add_evolve_space
 
     _add_evolve_space(sub)
 
@@ -480,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_demo)
 
-    from qcompile.cli_predictor import add_parser as add_predictor_parser
+    from qcompile.cli.predictor import add_parser as add_predictor_parser
 
     add_predictor_parser(sub)
 
@@ -492,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse and run one subcommand. Every failure of every subcommand ends in one line on stderr and
-    exit 2 (`qcompile.cli_errors`); `--debug` anywhere on the line shows the traceback instead."""
+    exit 2 (`qcompile.cli.errors`); `--debug` anywhere on the line shows the traceback instead."""
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:

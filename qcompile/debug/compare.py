@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompile.lowering.patterns import classify, get_module
 from qcompile.ops import IntegerGraph
 from qcompile.ops import reference as R
+from qcompile.ops.table import CODE_OPS
+from qcompile.passes.patterns import classify, get_module
 
 __all__ = [
     "CodeDiff",
@@ -25,8 +26,6 @@ __all__ = [
     "logit_bound",
     "quantizer_codes",
 ]
-
-_CODE_OPS = (R.quantize, R.requantize, R.rescale, R.lut, R.add, R.mean, R.mul)
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def integer_node_values(ig: IntegerGraph, x: torch.Tensor) -> dict[str, torch.Te
         rec.run(x)
     out = {}
     for name, n in names.items():
-        if n.target in _CODE_OPS or (n.target is R.flatten and out.get(n.meta.get("qcompile", {}).get("src"))
+        if n.target in CODE_OPS or (n.target is R.flatten and out.get(n.meta.get("qcompile", {}).get("src"))
                                      is not None):
             src = n.meta.get("qcompile", {}).get("src")
             if src is not None:
@@ -92,7 +91,7 @@ def _code_producers(ig: IntegerGraph) -> dict[str, fx.Node]:
         if n.op != "call_function":
             continue
         src = n.meta.get("qcompile", {}).get("src")
-        if src is not None and (n.target in _CODE_OPS or (n.target is R.flatten and src in last)):
+        if src is not None and (n.target in CODE_OPS or (n.target is R.flatten and src in last)):
             last[src] = n
     return last
 

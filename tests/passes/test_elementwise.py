@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qcompile.lowering.elementwise import build_lut, clamp_interval, code_of
+from qcompile.passes.elementwise import build_lut, clamp_interval, code_of
 
 
 def _np_quant(y, scale, zp, qmax):

@@ -74,9 +74,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, settings: DemoSettin
 
 def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) -> Path:
     import qcompile as qc
+    from qcompile.cli.train_run import train_run
     from qcompile.data import load_dataset
     from qcompile.search.cost import cost_report
-    from qcompile.train_run import train_run
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     t_start = time.perf_counter()
@@ -111,7 +111,7 @@ def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) 
         subs[name] = sub
         log.info("  %-16s acc %.2f %%  BitOPs %.3e", name, 100 * acc, cost.bitops)
     timings["evaluate"] = time.perf_counter() - t0
-    # 2b. pick the subnet by search under a budget (qcompile/demo_search.py)
+    # 2b. pick the subnet by search under a budget (qcompile/cli/demo_search.py)
     best, best_sub, pick = _search_step(space, qnet, data, rows, out, s, seed, quick)
     timings["search"] = pick.seconds
     best["config"].save(out / "best_subnet.json")
@@ -180,7 +180,7 @@ def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) 
 
 def _search_step(space, qnet, data, rows, out: Path, s: DemoSettings, seed: int, quick: bool):
     """(best row, its calibrated subnet, the SearchPick): the searched subnet joins `rows`."""
-    from qcompile.demo_search import DemoSearchSettings, pick_subnet
+    from qcompile.cli.demo_search import DemoSearchSettings, pick_subnet
 
     t0 = time.perf_counter()
     log.info("[2b/6] picking the subnet by search under a budget")
@@ -193,7 +193,7 @@ def _search_step(space, qnet, data, rows, out: Path, s: DemoSettings, seed: int,
 
 
 def _search_section(pick, measured_ms: float) -> str:
-    from qcompile.demo_search import report_section
+    from qcompile.cli.demo_search import report_section
 
     return report_section(pick, measured_ms)
 
@@ -216,7 +216,7 @@ def _bench(sub, ig, low, x, repeat, out_dir, eval_set) -> str:
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
-    from qcompile.bench_run import float_copy
+    from qcompile.passes.float_copy import float_copy
 
     try:  # every row in its own worker process: the lowering travels as its exported library
         runners = {"qcompile_tvm_x86": tvm_spec(low, "qcompile_tvm_x86")}

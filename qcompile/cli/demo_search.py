@@ -7,7 +7,10 @@ accuracy and a cost model, and only a few subnets are measured.
   measured, else a least-squares line of measured accuracy on log BitOPs fitted to the subnets the
   demo measured in its step 2 (few points: a placeholder, said so in the report).
 - Budget: predicted latency on this host from `qs.LatencyTable` when this build has it,
-  else BitOPs. The limit is the median of the demo's random subnets, so the search has to find a
+  else BitOPs. The table is cached across runs (`DemoSearchSettings.table_cache`, default
+  `$QCOMPILE_CACHE_DIR` or `~/.cache/qcompile`, one file per space, target and thread count): a
+  table of another CPU, target or version is refused by `LatencyTable.load` and rebuilt; an
+  interrupted build resumes. The limit is the median of the demo's random subnets, so the search has to find a
   better subnet at the cost of a typical one.
 - Search: NSGA-II (QFA Sec. 4) over (predicted accuracy, budget objective) with the budget as a
   constraint; the pick is `res.best`, the most accurate predicted subnet within the budget. The pick
@@ -16,7 +19,10 @@ accuracy and a cost model, and only a few subnets are measured.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,7 @@ class DemoSearchSettings:
     measured: int = 3  # Pareto subnets measured (the pick included)
     bits: tuple[int, ...] = (2, 3, 4)
     min_rows_for_mlp: int = 24  # below this many measured subnets the MLP predictor is not fitted
+    table_cache: str | None = None  # latency table cache folder; None: $QCOMPILE_CACHE_DIR or ~/.cache/qcompile
 
     @classmethod
     def quick(cls) -> DemoSearchSettings:
@@ -83,7 +90,34 @@ def _predictor(space, rows, settings: DemoSearchSettings):
     return LogBitopsPredictor(space, cfgs, accs), f"least squares of accuracy on log BitOPs ({len(rows)} subnets)"
 
 
-def _budget(space, rows):
+def table_path(space, cache_dir: str | None = None, target: str = "x86", num_threads: int = 1) -> Path:
+    """Where the latency table of `space` on this host is cached (one file per space, target and threads)."""
+    root = Path(cache_dir or os.environ.get("QCOMPILE_CACHE_DIR") or Path.home() / ".cache" / "qcompile")
+    digest = hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return root / f"latency-{target}-{num_threads}t-{digest}.json"
+
+
+def load_or_build_table(space, path: Path):
+    """The cached table at `path` (completed if an earlier build was interrupted), else a new one saved there.
+
+    A cached table of another CPU, target or version fails `LatencyTable.load`'s check and is rebuilt.
+    """
+    from qcompile.errors import ConfigError
+    from qcompile.search import LatencyTable
+
+    old = None
+    if path.is_file():
+        try:
+            old = LatencyTable.load(path)
+            old.check("x86", 1, space)
+        except ConfigError as e:
+            log.info("latency table cache %s not usable (%s): rebuilding", path, str(e).splitlines()[0])
+            old = None
+    # with a complete cached table this times nothing (every subnet is already in it)
+    return LatencyTable.build(space, target="x86", num_threads=1, table=old, path=path, progress=old is None)
+
+
+def _budget(space, rows, cache_dir: str | None = None):
     """(objective, limit, description, table or None): predicted latency when available, else BitOPs."""
     import qcompile.search as qs
 
@@ -92,7 +126,7 @@ def _budget(space, rows):
     factory = getattr(qs.objectives, "latency", None)
     if table_cls is not None and factory is not None:
         try:
-            table = table_cls.build(space, target="x86", num_threads=1)
+            table = load_or_build_table(space, table_path(space, cache_dir))
             obj = factory(table)
             limit = float(np.median(obj([r["config"] for r in random_rows])))
             return obj, limit, "predicted x86 latency on this host (qs.LatencyTable, 1 thread)", table
@@ -116,7 +150,7 @@ def pick_subnet(space, qnet, data, rows, out: Path, calib_batches: int, evaluate
     s = settings or DemoSearchSettings()
     pred, pred_name = _predictor(space, rows, s)
     acc = qs.objectives.accuracy(pred, name="predicted accuracy")
-    budget, limit, how, table = _budget(space, rows)
+    budget, limit, how, table = _budget(space, rows, s.table_cache)
     log.info("  searching: NSGA-II, %d evaluations, %s <= %.4g %s", s.n_evals, budget.name, limit, budget.unit)
     res = qs.nsga2(space, [acc, budget], n_evals=s.n_evals, seed=seed, bits=s.bits, constraints=[(budget, limit)])
     pareto = res.pareto_indices

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from qcompile.lowering.elementwise import classify_elementwise
+from qcompile.passes.elementwise import classify_elementwise
 from qcompile.quant.base import ActQuantizer
 
 __all__ = [
@@ -123,7 +123,7 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> NodeKind:
         return NodeKind(node.op)
     if node.op == "call_module":
         mod = get_module(gm, node.target)
-        from qcompile.lowering.modules import AccConv2d, AccLinear
+        from qcompile.nn.folded import AccConv2d, AccLinear
 
         if isinstance(mod, AccConv2d):
             return NodeKind("acc_conv")

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import fx
 
-from qcompile.quant import ActQuantizer
-
-
-def float_copy(sub: fx.GraphModule) -> fx.GraphModule:
-    """The same subnet with every quantizer removed (the float model peers run)."""
-    f = copy.deepcopy(sub)
-    for node in list(f.graph.nodes):
-        if node.op == "call_module" and isinstance(f.get_submodule(node.target), ActQuantizer):
-            node.replace_all_uses_with(node.args[0])
-            f.graph.erase_node(node)
-    for m in f.modules():
-        if hasattr(m, "weight_quant"):
-            m.weight_quant = None
-    f.delete_all_unused_submodules()
-    f.recompile()
-    return f.eval()
+from qcompile.passes.float_copy import float_copy
 
 
 def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None = None, repeat: int = 20,

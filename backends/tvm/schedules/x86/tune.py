@@ -1,0 +1,147 @@
+"""Tuning of the x86 kernels: time the candidate schedules of a GEMM or depthwise conv on this CPU and keep the
+fastest in the tuning database (`qcompile.backends.tvm.tuning`), keyed by `workloads`.
+
+`x86.strategy` looks the stored knobs up (`lookup_knobs`, `lookup_dw_knobs`) when it emits a kernel;
+`tune_opcall` tunes the kernel an OpCall will get (`qc.lower(..., tune=True)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import tvm
+
+from qcompile.backends.tvm import tuning
+from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
+from qcompile.backends.tvm.schedules.conv import conv_kind
+from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_candidates, dw_weights
+from qcompile.backends.tvm.schedules.x86.gemm import (
+    LANES,
+    MODES,
+    GemmKnobs,
+    choose_mode,
+    default_knobs,
+    gemm_candidates,
+    pointwise_conv_x86,
+)
+from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
+from qcompile.errors import ConfigError
+
+__all__ = ["lookup_knobs", "lookup_dw_knobs", "tune_gemm", "tune_depthwise", "tune_opcall"]
+
+
+def lookup_knobs(workload: dict, target: tvm.target.Target) -> GemmKnobs | None:
+    """Tuned `GemmKnobs` for a workload on a target, or None (then the default schedule is used)."""
+    return tuning.lookup(workload, target, GemmKnobs)
+
+
+def lookup_dw_knobs(workload: dict, target: tvm.target.Target) -> DwKnobs | None:
+    """Tuned `DwKnobs` of a depthwise workload (`workloads.depthwise_workload`), or None."""
+    return tuning.lookup(workload, target, DwKnobs)
+
+
+def tune_gemm(
+    workload: dict,
+    target: tvm.target.Target,
+    candidates: Iterable[Any] | None = None,
+    *,
+    number: int = 20,
+    repeat: int = 5,
+    seed: int = 0,
+    trials: int | None = None,
+) -> tuple[Any, float]:
+    """Time every candidate tile of a `conv_gemm` workload on this CPU; store and return the best.
+
+    `workload` is `gemm_workload(params) | {"mode": mode}` (`workloads.gemm_workload`). Random codes are used:
+    the schedule's speed does not depend on values. Returns `(knobs, seconds)`.
+    """
+    k, p, o, mode = int(workload["k"]), int(workload["p"]), int(workload["o"]), workload["mode"]
+    if mode not in MODES:
+        raise ConfigError("workload.mode", mode, sorted(MODES))
+    _, g, _, wdt = MODES[mode]
+    rng = np.random.default_rng(seed)
+    dev = tvm.cpu()
+    kb = -(-k // g)
+    arrays = [
+        rng.integers(0, 128, (k, p)).astype(np.uint8),
+        rng.integers(-64, 64, (o, kb, g)).astype(wdt),
+        rng.integers(-100, 100, o).astype(np.int64) << 30,  # bias term (requant.bias_term)
+        np.full(o, 1 << 30, np.int32),
+        np.full(o, 40, np.int32),
+        np.zeros((o, p), np.uint8),
+    ]
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    if candidates is None:  # the untuned default always competes: tuning never makes a kernel slower
+        candidates = list(dict.fromkeys([default_knobs(mode), *gemm_candidates(o, LANES[mode])]))
+    candidates = list(candidates)[:trials] if trials else list(candidates)
+    libs = [(kn, tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=40, knobs=kn), target=target))
+            for kn in candidates]
+    best = tuning.pick_fastest(libs, args, number, repeat, workload)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
+    return best
+
+
+def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 20, repeat: int = 5,
+                   seed: int = 0, trials: int | None = None) -> tuple[Any, float]:
+    """Time the depthwise schedules of `workload` (`workloads.depthwise_workload`): the row kernel, tap pairs
+    and (VNNI targets) tap quads at several rows per step (`dw_candidates`); store and return
+    `(DwKnobs, seconds)`."""
+    c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
+    (kh, kw), stride = workload["k"], tuple(workload["stride"])
+    padding, dilation = tuple(workload["padding"]), tuple(workload["dilation"])
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    rng = np.random.default_rng(seed)
+    xs = rng.integers(0, 256, (c, h, w)).astype(np.uint8)
+    ws = rng.integers(-100, 100, (c, kh, kw)).astype(np.int8)
+    rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
+            np.zeros((c, ho, wo), np.uint8)]
+    candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target))[: trials or None]
+    libs = []
+    for kn in candidates:
+        func = depthwise_kernel(c, h, w, kh, kw, kn, target=target, stride=stride, padding=padding,
+                                dilation=dilation, shift_min=40)
+        libs.append((kn, tvm.compile(func, target=target)))
+    best = None
+    for layout in dict.fromkeys((kn.pairs, kn.taps) for kn, _ in libs):  # the kernels differ in weight packing
+        group = [(kn, lib) for kn, lib in libs if (kn.pairs, kn.taps) == layout]
+        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, dw_weights(ws, kh, kw, group[0][0]), *rest)]
+        kn, t = tuning.pick_fastest(group, args, number, repeat, workload)
+        if best is None or t < best[1]:
+            best = (kn, t)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
+    return best
+
+
+def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
+                trials: int | None = None) -> tuple[Any, float] | None:
+    """Tune the kernel an `OpCall` will get, if it is one of ours with knobs (conv lowered as GEMM).
+
+    For `qc.lower(..., tune=True)`: call it for every OpCall before emitting; records already in the
+    database are reused without timing (tune once for all subnets). `w` (the weight constant) decides the
+    intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
+    `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune.
+    """
+    if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
+        return None
+    kind = conv_kind(call.params)
+    if kind == "depthwise":
+        dwl = depthwise_workload(call.params)
+        rec = tuning.database(call.target).get(dwl)
+        knobs = lookup_dw_knobs(dwl, call.target)
+        if knobs is not None:
+            return knobs, rec["latency_us"] * 1e-6
+        return tune_depthwise(dwl, call.target, trials=trials)
+    if kind not in ("pointwise", "full"):
+        return None
+    if w is None:
+        w = np.full(tuple(call.params["w_shape"]), -128, np.int8)
+    x_max = max(int(call.params.get("x_max", x_max)), int(call.params.get("pad_value", 0)))
+    wl = gemm_workload(call.params) | {"mode": choose_mode(call.target, w, x_max)}
+    rec = tuning.database(call.target).get(wl)
+    if rec is not None:
+        return GemmKnobs(**rec["knobs"]), rec["latency_us"] * 1e-6
+    return tune_gemm(wl, call.target, trials=trials)

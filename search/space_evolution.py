@@ -35,6 +35,7 @@ import numpy as np
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
+from qcompile.search.space_latency import FIXED, HEAD
 from qcompile.spaces.hyperspace import CandidateSpace, Hyperspace
 from qcompile.spaces.spaceevo import VNNI_BLOCKS
 
@@ -50,8 +51,6 @@ ENUMERATE_BELOW = 20_000
 # --------------------------------------------------------------------------------------------------
 
 
-#: names of a subnet's latency parts: "fixed" (stem, residual-stem stage, per-call cost), "stage1".."stageN", "head"
-FIXED, HEAD = "fixed", "head"
 
 
 class LatencyModel(Protocol):

@@ -37,8 +37,10 @@ from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.latency import KernelPredictor, LatencyTable, covering_configs, kernel_workloads, machine_keys
 from qcompile.search.latency.workloads import block_keys, group_workloads, space_key, workload_key
-from qcompile.search.space_evolution import FIXED, HEAD
 from qcompile.spaces.hyperspace import Hyperspace
+
+#: names of a subnet's latency parts: "fixed" (stem, residual-stem stage, per-call cost), "stage1".."stageN", "head"
+FIXED, HEAD = "fixed", "head"
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ __all__ = [
     "add_float",
     "mean_float",
     "mul_float",
-    "QDQ_OPS",
 ]
 
 

@@ -75,6 +75,14 @@ def _examples() -> dict:
         R.lut: ((codes, torch.arange(256).flip(0).to(torch.uint8)), {}),
         R.flatten: ((codes,), {}),
         R.max_pool2d: ((codes,), dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))),
+        R.quantize_linear: ((torch.randn(1, 3, 5, 5, generator=g),), dict(scale=0.05, zero_point=128, qmax=255)),
+        R.requantize_float: ((acc, torch.full((3,), 0.02)), dict(x_scale=0.1, y_scale=0.5, zero_point=3, lo=0, hi=255)),
+        R.rescale_float: ((codes,), dict(x_scale=0.1, x_zero_point=5, y_scale=0.2, zero_point=7, lo=0, hi=255)),
+        R.add_float: ((codes, codes), dict(a_scale=0.1, a_zero_point=3, b_scale=0.2, b_zero_point=4, y_scale=0.3,
+                                          zero_point=5, lo=0, hi=255)),
+        R.mean_float: ((codes,), dict(x_scale=0.1, x_zero_point=3, y_scale=0.1, zero_point=2, lo=0, hi=255)),
+        R.mul_float: ((codes, codes[:, :, :1, :1]), dict(x_scale=0.1, x_zero_point=3, g_scale=0.01, g_zero_point=0,
+                                                         y_scale=0.1, zero_point=2, lo=0, hi=255)),
     }
 
 
@@ -156,9 +164,9 @@ def test_accumulator_range_covers_every_code_op():
         b = IntegerGraphBuilder()
         x = b.input()
         nodes = [b.const(a) if isinstance(a, torch.Tensor) else a for a in args]
-        if f is not R.quantize:  # a code input comes from a quantize
+        if f not in (R.quantize, R.quantize_linear):  # a code input comes from a quantize
             nodes[0] = b.call(R.quantize, x, 1.0, 0.0, 255)
-            if f in (R.add, R.mul):
+            if f in (R.add, R.mul, R.add_float, R.mul_float):
                 nodes[1] = nodes[0]
         else:
             nodes[0] = x

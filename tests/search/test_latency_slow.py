@@ -4,7 +4,7 @@ The emitted list comes from `emitted_kernels`: the real emission of `qc.lower` (
 subnet's own weights) stopped before the TVM build, which `test_latency.py::test_emitted_kernels_equal_lowered`
 checks against real lowerings. Each space's supernet has other weights and calibration data than the skeleton
 `kernel_workloads` plans on, and the per-block memo answers later subnets (so the memo is checked too).
-Micro spaces (16 px, 1-2 blocks per stage, 2 kernel and expand choices), 10 subnets each in CI (about a minute);
+Micro spaces (16 px, 1-2 blocks per stage, 2 kernel and expand choices), 4 subnets each in CI;
 QCOMPILE_LATENCY_SWEEP=30 runs the acceptance count. The same sweep on the real demo / mobilenet_v2 / spaceevo
 spaces: `python -m benchmarks.workload_sweep`.
 """
@@ -21,7 +21,7 @@ import qcompile.search as qs
 from qcompile.api import _integer_graph
 from qcompile.backends.tvm.lowered import emitted_kernels
 
-N = int(os.environ.get("QCOMPILE_LATENCY_SWEEP", "10"))
+N = int(os.environ.get("QCOMPILE_LATENCY_SWEEP", "4"))
 #: every bit class the kernels distinguish: sub-8-bit, 8-bit activations, float islands
 BITS = (2, 3, 4, 8, 32)
 

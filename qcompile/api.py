@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from qcompile.config import FLOAT_BITS, SubnetConfig
@@ -129,7 +130,9 @@ def calibrate(subnet: nn.Module, batches: Iterable[Any], *, flavour: str | None 
                 seen.append(b)
             yield b
 
-    out = _calibrate(subnet, keep_first(batches), **kwargs)
+    # only a valid iterable is wrapped: `_calibrate` names anything else (None, a tensor, a string) in its error
+    valid = batches is not None and not isinstance(batches, (str, bytes, torch.Tensor)) and hasattr(batches, "__iter__")
+    out = _calibrate(subnet, keep_first(batches) if valid else batches, **kwargs)
     meta = getattr(subnet, "meta", None)
     if isinstance(meta, dict) and seen:
         # a small sample of the calibration images, to measure a QDQ export's agreement (export_onnx)

@@ -1,4 +1,4 @@
-"""The `qcompile` command: space, train, extract, calibrate, lower, tune, bench, export-onnx, run, demo.
+"""The `qcompile` command: compile quantized-for-all subnets (train, search, lower, export, bench, run, demo).
 
 Every command reads and writes the same on-disk artifacts (run directory, subnet directory, lowered
 directory, see `qcompile.artifacts`). Bad input exits 2 with one line on stderr,

@@ -10,7 +10,6 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from qcompile.config import FLOAT_BITS, SubnetConfig
@@ -122,28 +121,7 @@ def calibrate(subnet: nn.Module, batches: Iterable[Any], *, flavour: str | None 
         from qcompile.quant.flavour import set_flavour
 
         set_flavour(subnet, flavour)
-    seen: list[Any] = []
-
-    def keep_first(it: Iterable[Any]) -> Iterable[Any]:
-        for b in it:
-            if not seen:
-                seen.append(b)
-            yield b
-
-    # only a valid iterable is wrapped: `_calibrate` names anything else (None, a tensor, a string) in its error
-    valid = batches is not None and not isinstance(batches, (str, bytes, torch.Tensor)) and hasattr(batches, "__iter__")
-    out = _calibrate(subnet, keep_first(batches) if valid else batches, **kwargs)
-    meta = getattr(subnet, "meta", None)
-    if isinstance(meta, dict) and seen:
-        # a small sample of the calibration images, to measure a QDQ export's agreement (export_onnx)
-        first = seen[0][0] if isinstance(seen[0], (tuple, list)) else seen[0]
-        if hasattr(first, "detach"):
-            meta["calibration_sample"] = first.detach()[:_CALIBRATION_SAMPLE].clone()
-    return out
-
-
-#: images of the first calibration batch kept on the subnet (export_onnx measures QDQ agreement on them)
-_CALIBRATION_SAMPLE = 64
+    return _calibrate(subnet, batches, **kwargs)
 
 
 def quantize_model(model: nn.Module, policy: Any = (8, 8), example_inputs: Any = None,

@@ -88,6 +88,10 @@ def _restore(snap: list) -> None:
         m._parameters.update(params)
 
 
+#: images of the first calibration batch kept in `model.meta` (export_onnx measures QDQ agreement on them)
+CALIBRATION_SAMPLE = 64
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
@@ -136,7 +140,7 @@ def _calibrate(model: nn.Module, batches: Iterable[object], max_batches: int | N
     model.eval()
     for _, m in bns:
         m.train()
-    seen = 0
+    seen, sample = 0, None
     try:
         with contextlib.ExitStack() as stack:
             if quantizers:
@@ -147,6 +151,8 @@ def _calibrate(model: nn.Module, batches: Iterable[object], max_batches: int | N
                 if max_batches is not None and i >= max_batches:
                     break
                 x = _inputs(batch, i, expect)
+                if sample is None:
+                    sample = x.detach()[:CALIBRATION_SAMPLE].clone()
                 model(x)
                 seen += int(x.shape[0])
             if seen == 0:
@@ -157,4 +163,7 @@ def _calibrate(model: nn.Module, batches: Iterable[object], max_batches: int | N
         model.eval()
     logger.debug("calibrate: %d images, %d BN modules", seen, len(bns))
     model.calibrated_images = seen
+    meta = getattr(model, "meta", None)
+    if isinstance(meta, dict):  # a few calibration images: export_onnx measures a QDQ export's agreement on them
+        meta["calibration_sample"] = sample
     return model

@@ -14,8 +14,8 @@ a range `[lo, hi]` from its op's definition, propagated in program order.
       with `P_c` / `N_c` the sums of the positive / negative codes of channel `c`.
   The accumulator must fit int32: `[-2^31, 2^31 - 1]`.
 - int64 epilogues: `|acc| M + 2^(s-1)` (requantize), `|x| M + |offset|` (rescale),
-  `|a| Ma + |b| Mb + |offset|` (add), `HW max|x| M + |offset|` (mean), `|x||g| M + |g||offset_g| + |offset|`
-  (mul) must stay below 2^63.
+  `|a| Ma + |b| Mb + |offset|` (add), `HW max|x| M + |offset|` (mean), `|x||g| M + |g||offset_g| + |x||offset_x|
+  + |offset|` (mul) must stay below 2^63.
 
 Results go to `node.meta["qcompile"]["range"]` (and `acc_bound_bits` / `acc_bound_weights` for
 accumulators). With `check=True` an overflow raises `LoweringError` naming the node, the source node of
@@ -178,9 +178,10 @@ def accumulator_range(gm: fx.GraphModule, bound: str = "bits", check: bool = Tru
         elif t is R.mul:
             x, g = rng.get(kw["x"], (0, 255)), rng.get(kw["g"], (0, 255))
             gm_ = max(map(abs, g))
-            v = max(map(abs, x)) * gm_ * abs(int(kw["multiplier"])) + gm_ * abs(int(kw["offset_g"])) + abs(
-                int(kw["offset"]))
-            _check64(n, v, "|x||g| M + |g||offset_g| + |offset|", check)
+            xm = max(map(abs, x))
+            v = (xm * gm_ * abs(int(kw["multiplier"])) + gm_ * abs(int(kw["offset_g"]))
+                 + xm * abs(int(kw["offset_x"])) + abs(int(kw["offset"])))
+            _check64(n, v, "|x||g| M + |g||offset_g| + |x||offset_x| + |offset|", check)
             out = (int(kw["lo"]), int(kw["hi"]))
         elif t is R.lut:
             x = rng.get(kw["x"], (0, 255))

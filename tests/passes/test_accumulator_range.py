@@ -63,3 +63,28 @@ def test_small_layer_passes_and_analysis_does_not_modify():
     assert not res.modified
     rq = next(n for n in ig.graph.nodes if n.target is Q.requantize)
     assert rq.meta["qcompile"]["range"] == [0, 255]
+
+
+def _mul_graph(offset_x: int):
+    """SE gate `mul` on two 8-bit code tensors whose only large term is the gate's zero-point product."""
+    b = IntegerGraphBuilder()
+    x = b.input()
+    q = b.call(Q.quantize, x, 10.0, 7.5, 255)
+    gq = b.call(Q.quantize, x, 5.0, 2.5, 255)
+    out = b.call(Q.mul, q, gq, multiplier=3, offset_g=-7, offset=11, shift=20, lo=0, hi=255, offset_x=offset_x)
+    return b.build(out)
+
+
+def test_mul_bound_counts_the_gate_zero_point_term():
+    # |x||g| M + |g||offset_g| + |x||offset_x| + |offset| with x, g in [0, 255]: by hand,
+    # 255*255*3 + 255*7 + 255*offset_x + 11 = 196,871 + 255 offset_x. offset_x = 2^56 puts the bound at
+    # 255 * 2^56 + 196,871 > 2^63 - 1, while the other terms alone are six digits.
+    off = 2**56
+    expected = 255 * 255 * 3 + 255 * 7 + 255 * off + 11
+    assert expected > 2**63 - 1 > 255 * 255 * 3 + 255 * 7 + 11
+    with pytest.raises(LoweringError, match=rf"offset_x.* can reach {expected} > 2\^63 - 1"):
+        accumulator_range(_mul_graph(off))
+    # 2^55: 255 * 2^55 + 196,871 = 2^63 - 2^55 + 196,871 < 2^63 - 1 is accepted, and the result is the clamp
+    rng = accumulator_range(_mul_graph(2**55))
+    assert 255 * 2**55 + 196_871 < 2**63 - 1
+    assert list(rng.values())[-1] == (0, 255)

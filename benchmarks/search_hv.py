@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qcompile as qc  # noqa: E402
 import qcompile.search as qs  # noqa: E402
 from qcompile.search.cost import bitops  # noqa: E402
+from qcompile.search.encoding import encode  # noqa: E402
 
 log = logging.getLogger("search_hv")
 
@@ -52,7 +53,7 @@ class RidgePredictor:
         self.space, self.alpha = space, alpha
 
     def _x(self, configs):
-        return np.array([np.concatenate([self.space.encode(c), [np.log(max(bitops(self.space, c), 1))]])
+        return np.array([np.concatenate([encode(self.space, c), [np.log(max(bitops(self.space, c), 1))]])
                          for c in configs])
 
     def fit(self, configs, acc):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompile.search.cost import count_macs
+
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +109,7 @@ def main() -> None:
         runners, info = lowerings(ig, a.threads, tune=not a.no_tune, trials=a.trials)
     x = np.random.default_rng(0).standard_normal((1, 3, a.resolution, a.resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats, peers=peers)
-    title = f"largest mobilenet_v2 subnet, 8-bit, {a.resolution}px ({space.count_macs(cfg) / 1e6:.0f} MMAC)"
+    title = f"largest mobilenet_v2 subnet, 8-bit, {a.resolution}px ({count_macs(space, cfg) / 1e6:.0f} MMAC)"
     specs = {name: tvm_spec(low, name) for name, low in runners.items()}  # each lowering in its own worker
     res = run_bench(float_copy(sub), x, integer_graph=ig, runners=specs, graph_runners=list(specs), options=opts,
                     title=title)

@@ -63,7 +63,7 @@ class Objective:
 def _cost_objective(space, name: str, field: str, unit: str, fixed: dict[str, int] | None) -> Objective:
     from qcompile.search.cost import cost_report
 
-    if not hasattr(space, "layers"):
+    if not hasattr(space, "stages"):  # the layer walk reads the stages (a fixed model has none)
         raise ConfigError(f"objectives.{name}(space)", type(space).__name__, "a search space (qc.spaces.*)")
 
     fixed_items = tuple(sorted((fixed or {}).items()))

@@ -35,6 +35,7 @@ import numpy as np
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
+from qcompile.search.cost import layers
 from qcompile.search.space_latency import FIXED, HEAD
 from qcompile.spaces.hyperspace import CandidateSpace, Hyperspace
 from qcompile.spaces.spaceevo import VNNI_BLOCKS
@@ -62,7 +63,7 @@ class LatencyModel(Protocol):
 
 
 def layer_part(name: str) -> str:
-    """The latency part of a layer of a SpaceEvo space (`space.layers` names)."""
+    """The latency part of a layer of a SpaceEvo space (`qcompile.search.cost.layers` names)."""
     if name == "stem" or name.startswith("stages.0."):
         return FIXED
     if name.startswith("stages."):
@@ -91,11 +92,11 @@ class MacLatencyModel:
         return layer.macs / (rate * 1e6) + self.per_layer_ms
 
     def predict(self, space, cfg: SubnetConfig) -> float:
-        return float(sum(self.layer_ms(layer) for layer in space.layers(cfg)))
+        return float(sum(self.layer_ms(layer) for layer in layers(space, cfg)))
 
     def part_ms(self, space, cfg: SubnetConfig) -> dict[str, float]:
         out: dict[str, float] = {}
-        for layer in space.layers(cfg):
+        for layer in layers(space, cfg):
             part = layer_part(layer.name)
             out[part] = out.get(part, 0.0) + self.layer_ms(layer)
         return out

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from qcompile.config import QuantPolicy, SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.nn.blocks import BLOCK_CONVS, BLOCK_TYPES
@@ -23,7 +21,6 @@ from qcompile.nn.elastic import (
 )
 
 if TYPE_CHECKING:
-    from qcompile.search.cost.layers import LayerDesc
     from qcompile.spaces.supernet import Supernet
 
 #: the "format" field of `StagedSpace.to_json()` documents
@@ -365,34 +362,6 @@ class StagedSpace:
         return total
 
     # ------------------------------------------------------------------------------------------
-    # encodings and variation: `qcompile.search.encoding` (how search reads a config); these
-    # methods are deprecated aliases kept for existing callers, new code calls the functions
-    # ------------------------------------------------------------------------------------------
-    def encode(self, cfg: SubnetConfig, one_hot: bool = True) -> np.ndarray:
-        """Deprecated alias of `qcompile.search.encoding.encode(space, cfg, one_hot)`."""
-        from qcompile.search.encoding import encode
-
-        return encode(self, cfg, one_hot)
-
-    def encoding_size(self, one_hot: bool = True) -> int:
-        """Deprecated alias of `qcompile.search.encoding.encoding_size`."""
-        from qcompile.search.encoding import encoding_size
-
-        return encoding_size(self, one_hot)
-
-    def decode(self, indices: Sequence[int]) -> SubnetConfig:
-        """Deprecated alias of `qcompile.search.encoding.decode`."""
-        from qcompile.search.encoding import decode
-
-        return decode(self, indices)
-
-    def choice_counts(self) -> list[int]:
-        """Deprecated alias of `qcompile.search.encoding.choice_counts`."""
-        from qcompile.search.encoding import choice_counts
-
-        return choice_counts(self)
-
-    # ------------------------------------------------------------------------------------------
     # analytic description of a subnet
     # ------------------------------------------------------------------------------------------
     def _active_block_slots(self, cfg: SubnetConfig) -> list[bool]:
@@ -422,25 +391,6 @@ class StagedSpace:
         if si in self.config_stages:
             return cfg.depths[self.config_stages.index(si)]
         return max(self.stages[si].depths)
-
-    # the layer walk is `qcompile.search.cost.layers` (what a subnet costs); deprecated aliases:
-    def layers(self, cfg: SubnetConfig) -> list[LayerDesc]:
-        """Deprecated alias of `qcompile.search.cost.layers.layers(space, cfg)`."""
-        from qcompile.search.cost.layers import layers
-
-        return layers(self, cfg)
-
-    def count_params(self, cfg: SubnetConfig) -> int:
-        """Deprecated alias of `qcompile.search.cost.count_params`."""
-        from qcompile.search.cost.layers import count_params
-
-        return count_params(self, cfg)
-
-    def count_macs(self, cfg: SubnetConfig) -> int:
-        """Deprecated alias of `qcompile.search.cost.count_macs`."""
-        from qcompile.search.cost.layers import count_macs
-
-        return count_macs(self, cfg)
 
     def to_dict(self) -> dict[str, Any]:
         """Constructor arguments (space name + args) so a checkpoint can rebuild the same space."""

@@ -1,6 +1,6 @@
 """What every search algorithm shares: the integer genome over a space, argument checks, the evaluator.
 
-The search sees only the space's encoding (`space.choice_counts()`, `encode(one_hot=False)`,
+The search sees only the space's encoding (`choice_counts(space)`, `encode(one_hot=False)`,
 `decode`) and the objectives, never hard-coded offsets (ARCHITECTURE.md, lessons from the anchors).
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
+from qcompile.search.encoding import choice_counts, decode, encode
 from qcompile.search.objectives import Objective, check_objectives
 from qcompile.search.result import ConstraintInfo, ObjectiveInfo, SearchResult
 
@@ -32,18 +33,18 @@ class Genome:
     Gene i of the architecture part indexes `space.genes()[i].choices`; each of the 2 x layer-slot
     bit genes indexes `bits` (not `space.bit_choices`), so any operator that stays within the
     bounds `[0, upper]` respects `bits`. `bits=None` searches float subnets (no bit genes).
-    Decoding goes through `space.decode`, so configs are canonical and so are re-encoded genomes.
+    Decoding goes through `qcompile.search.encoding.decode`, so configs are canonical and so are re-encoded genomes.
     """
 
     def __init__(self, space, bits: Sequence[int] | None) -> None:
-        if not hasattr(space, "choice_counts") or not hasattr(space, "decode"):
+        if not hasattr(space, "genes") or not hasattr(space, "bit_choices"):
             raise ConfigError("space", type(space).__name__, "a search space (qc.spaces.*)")
         self.space = space
         self.bits = None if bits is None else space._check_bits("bits", bits)
         genes = space.genes()
         self.fields = [g.field for g in genes]
         self.n_arch = len(genes)
-        counts = space.choice_counts()[: self.n_arch]
+        counts = choice_counts(space)[: self.n_arch]
         self.n_bit_genes = 0 if self.bits is None else 2 * space.num_layer_slots
         nb = 0 if self.bits is None else len(self.bits)
         self.upper = np.array(counts + [nb] * self.n_bit_genes, dtype=np.int64) - 1
@@ -59,12 +60,12 @@ class Genome:
             raise ConfigError("genome", x.tolist(), f"{self.n_var} integers within 0..{self.upper.tolist()}")
         if self.bits is None:
             full = np.concatenate([x, np.zeros(2 * self.space.num_layer_slots, dtype=np.int64)])
-            return self.space.canonical(self.space.decode(full).with_policy(None))
+            return self.space.canonical(decode(self.space, full).with_policy(None))
         full = np.concatenate([x[: self.n_arch], self._bit_index[x[self.n_arch :]]])
-        return self.space.decode(full)
+        return decode(self.space, full)
 
     def encode(self, cfg: SubnetConfig) -> np.ndarray:
-        idx = self.space.encode(cfg, one_hot=False).astype(np.int64)
+        idx = encode(self.space, cfg, one_hot=False).astype(np.int64)
         arch = idx[: self.n_arch]
         if self.bits is None:
             return arch

@@ -1,7 +1,7 @@
 """NSGA-II over architecture and per-layer bits on pymoo (QFA Sec. 4, "Multi-objective evolutionary search").
 
 Split as pymoo intends: `SubnetProblem` (integer choice indices of `Genome`, bounds from
-`space.choice_counts()` with bit genes indexing the allowed `bits`), `ChoiceSampling`,
+`choice_counts(space)` with bit genes indexing the allowed `bits`), `ChoiceSampling`,
 `ChoiceMutation` (resample a gene to another choice), pymoo's uniform crossover `UX`,
 `CanonicalRepair` (genes of skipped blocks normalised, so pymoo's duplicate elimination sees one
 genome per network). The loop is pymoo's ask/tell, so `n_evals` is a hard cap: the last offspring

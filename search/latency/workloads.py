@@ -142,7 +142,7 @@ def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
     A block's kernels are fixed by its position (stage, index: stride, input size at a resolution), the
     resolution, its own kernel/expand/channel choices, the stage widths (input and output channels) and the bit
     classes of its layer slots (`_bit_class`); stem and head by resolution and widths. Computed from the config
-    alone in tens of microseconds (no `space.layers`), for `LatencyTable.predict`.
+    alone in tens of microseconds (no `qcompile.search.cost.layers` walk), for `LatencyTable.predict`.
     """
     pol = cfg.policy
     widths = cfg.widths

@@ -1,6 +1,6 @@
 """MLP accuracy predictor on the one-hot encoding of a subnet (APQ Sec. 3.3; BatchQuant/QFA Sec. 4).
 
-The input is `space.encode(cfg)`: one-hot genes of the architecture (skipped blocks all-zero, APQ
+The input is `encode(space, cfg)`: one-hot genes of the architecture (skipped blocks all-zero, APQ
 Sec. 3.2) followed by one-hot weight and activation bits of every layer slot. APQ's predictor is an
 MLP with 3 hidden layers of 400 units; so is the default here (`PredictorOptions.hidden`).
 
@@ -36,6 +36,7 @@ from torch import nn
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
+from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -107,11 +108,11 @@ def _space_dict(space: Any) -> dict[str, Any]:
 
 
 def _arch_size(space: Any) -> int:
-    """Length of the architecture part of `space.encode(cfg)` (the rest is one-hot bits)."""
+    """Length of the architecture part of `encode(space, cfg)` (the rest is one-hot bits)."""
     genes = getattr(space, "genes", None)
     if callable(genes):
         return sum(len(g.choices) for g in genes())
-    return space.encoding_size() - 2 * space.num_layer_slots * len(space.bit_choices)
+    return encoding_size(space) - 2 * space.num_layer_slots * len(space.bit_choices)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class _Scale:
 
 
 class AccuracyPredictor:
-    """MLP on `space.encode(cfg)` predicting top-1 accuracy; `.fit(configs, accuracies)` returns self.
+    """MLP on `encode(space, cfg)` predicting top-1 accuracy; `.fit(configs, accuracies)` returns self.
 
     `report` (after `fit`): held-out `kendall_tau`, `pairwise_accuracy`, `rmse`, `n_train`,
     `n_holdout`, and `bitops_kendall_tau` where the space has a cost model (ranking by -BitOPs, the
@@ -141,7 +142,7 @@ class AccuracyPredictor:
                 raise ConfigError("space", type(space).__name__, f"a search space with `{attr}` (qc.spaces.*)")
         self.space = space
         self.seed = int(seed)
-        self.n_in = int(space.encoding_size())
+        self.n_in = int(encoding_size(space))
         self.n_arch = int(_arch_size(space))
         self.scale = _Scale()
         self.report: dict[str, Any] = {}
@@ -158,7 +159,7 @@ class AccuracyPredictor:
         configs = list(configs)
         if not configs:
             return torch.zeros(0, self.n_in)
-        return torch.from_numpy(np.stack([self.space.encode(c) for c in configs]).astype(np.float32))
+        return torch.from_numpy(np.stack([encode(self.space, c) for c in configs]).astype(np.float32))
 
     def _check_space(self, other: AccuracyPredictor | Any, what: str) -> None:
         if _space_dict(other.space) != _space_dict(self.space):
@@ -234,7 +235,7 @@ class AccuracyPredictor:
         return self
 
     def _bitops(self, configs: list[SubnetConfig]) -> np.ndarray | None:
-        if not hasattr(self.space, "layers"):
+        if not hasattr(self.space, "stages"):  # the layer walk reads the stages
             return None
         from qcompile.search.cost import bitops
 

@@ -6,6 +6,7 @@ import pytest
 import qcompile as qc
 import qcompile.search as qs
 from qcompile import CheckpointError, ConfigError
+from qcompile.search.encoding import encode, encoding_size
 
 FAST = dict(hidden=(64, 64, 64), bit_hidden=(64,), epochs=60)
 
@@ -14,8 +15,8 @@ def synthetic(space, n, seed, bits=(2, 3, 4)):
     """Configs and a ground-truth 'accuracy': a fixed linear function of the one-hot encoding + interactions."""
     cfgs = [space.sample(seed=seed + i, bits=bits) for i in range(n)]
     rng = np.random.RandomState(1234)
-    w = rng.normal(0, 1, space.encoding_size())
-    x = np.stack([space.encode(c) for c in cfgs])
+    w = rng.normal(0, 1, encoding_size(space))
+    x = np.stack([encode(space, c) for c in cfgs])
     y = x @ w
     return cfgs, 0.9 + 0.02 * (y - y.mean()) / y.std()
 
@@ -84,11 +85,11 @@ def test_transfer_from_float_predictor(tspace):
     """APQ transfer: the quantized predictor starts from the float one (bit head at zero) and beats
     a scratch fit when few quantized samples are available."""
     rng = np.random.RandomState(7)
-    wa = rng.normal(0, 1, tspace.encoding_size())
+    wa = rng.normal(0, 1, encoding_size(tspace))
     n_arch = qs.AccuracyPredictor(tspace).n_arch
 
     def truth(cfgs, quant):
-        x = np.stack([tspace.encode(c) for c in cfgs])
+        x = np.stack([encode(tspace, c) for c in cfgs])
         arch = x[:, :n_arch] @ wa[:n_arch]
         bitpart = x[:, n_arch:] @ wa[n_arch:] if quant else 0.0
         return 0.9 + 0.01 * arch + 0.003 * bitpart

@@ -94,7 +94,7 @@ def test_bitops_of_a_config_match_the_extracted_subnet(tiny_quantized, name, see
     assert bops > 0 and float_macs > 0
     assert (r.macs, r.float_macs, r.bitops) == (macs, float_macs, bops)
     assert r.qfa_flops == pytest.approx(float_macs + bops / 64, rel=0, abs=1e-9)
-    assert r.macs == space.count_macs(cfg)
+    assert r.macs == count_macs(space, cfg)
 
 
 def _one_block_space():

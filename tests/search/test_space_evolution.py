@@ -11,6 +11,7 @@ import pytest
 import qcompile as qc
 import qcompile.search as qs
 from qcompile import ConfigError
+from qcompile.search.cost import layers
 from qcompile.search.space_evolution import (
     EvolutionSettings,
     MacLatencyModel,
@@ -32,7 +33,7 @@ def scorer():
 
 def test_stage_latency_sum_equals_full_subnet_prediction(scorer):
     """The per-stage precomputed latency of a sampled subnet equals the model's prediction from the
-    subnet's full layer list (space.layers of the candidate's own StagedSpace)."""
+    subnet's full layer list (`layers` of the candidate's own StagedSpace)."""
     h = scorer.hyper
     rng = random.Random(1)
     for _ in range(3):
@@ -50,7 +51,7 @@ def test_stage_latency_sum_equals_full_subnet_prediction(scorer):
 
 def test_qt_score_single_subnet_space_by_hand():
     """A table with one entry per (stage, block) makes every sampled subnet the same: Eq. 2 is then
-    1/loss for each constraint its latency meets and 0 otherwise (latency from space.layers by hand)."""
+    1/loss for each constraint its latency meets and 0 otherwise (latency from `layers(space, cfg)` by hand)."""
     h = digits_hyperspace()
     cand = h.from_encoding("111111-000000")
     rows = {}
@@ -62,7 +63,7 @@ def test_qt_score_single_subnet_space_by_hand():
     space = cand.build()
     cfg = subnet_config(space, h, [rows[s]["mbv2"][0] for s in range(1, 7)])
     model = MacLatencyModel()
-    ms = sum(model.layer_ms(layer) for layer in space.layers(cfg))
+    ms = sum(model.layer_ms(layer) for layer in layers(space, cfg))
     loss = sum(0.1 * s for s in range(1, 7))
     sc = QTScorer(table, (ms * 0.99, ms * 1.01, ms * 2), model, n_samples=50, top_k=5)
     assert sc.per_constraint(cand) == pytest.approx([0.0, 1 / loss, 1 / loss])

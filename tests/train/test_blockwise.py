@@ -8,6 +8,7 @@ import torch
 
 from qcompile import ConfigError
 from qcompile.quant import LSQ
+from qcompile.search.cost import layers
 from qcompile.spaces.hyperspace import digits_hyperspace
 from qcompile.train.blockwise import (
     BKDSettings,
@@ -83,9 +84,9 @@ def test_stage_configs_follow_the_arch(stage_data):
     k = tr.probe.config_stages.index(4)
     assert cfg.widths[k + 1] == 72 and cfg.depths[k] == arch.depth and cfg.policy is None
     assert tr.config(arch, int8=True).policy.bits[0] == (8, 8)
-    layers = [x for x in tr.probe.layers(cfg) if x.name.startswith("stages.4.")]
-    assert layers[0].in_ch == tr.stage_in == max(h.stages[2].widths)
-    assert layers[-1].out_ch == 72
+    stage4 = [x for x in layers(tr.probe, cfg) if x.name.startswith("stages.4.")]
+    assert stage4[0].in_ch == tr.stage_in == max(h.stages[2].widths)
+    assert stage4[-1].out_ch == 72
 
 
 def test_table_round_trip_and_key_refusal(tmp_path):

@@ -14,7 +14,7 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call."""
     import tvm
 
-    from qcompile.backends.tvm.schedules.conv import ConvGeometry, pack_weights
+    from qcompile.backends.tvm.schedules.conv import ConvGeometry, DwConv, GemmConv, pack_weights
     from qcompile.backends.tvm.schedules.requant import bias_term
     from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload
     from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
@@ -31,8 +31,8 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     if ly.kind == "depthwise":  # the schedule the strategy would pick: tuned record, else the default
         params = {"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": w.shape, "stride": ly.stride, "padding": pad}
         dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target)
-        func = depthwise_kernel(ly.c, ly.h, ly.h, ly.k, ly.k, dk, target=target, stride=(ly.stride,) * 2,
-                                padding=(pad, pad), shift_min=40)
+        dw = DwConv(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad), shift_min=40)
+        func = depthwise_kernel(dw, dk, target=target)
         x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)
         wk = dw_weights(w, ly.k, ly.k, dk)
         mode = f"dw-{('quads' if dk.taps == 4 else 'pairs') if dk.pairs else 'rows'}{dk.vec}"
@@ -46,9 +46,10 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
         geom = None
         x = rng.integers(0, x_max + 1, (ly.c, ly.h * ly.h)).astype(np.uint8)
         if ly.kind == "full":
-            geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, ly.ho, ly.ho, (ly.stride,) * 2, (pad, pad))
+            geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad))
             x = x.reshape(ly.c, ly.h, ly.h)
-        func = pointwise_conv_x86(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, mode, shift_min=40, knobs=knobs, conv=geom)
+        gc = GemmConv(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, shift_min=40, conv=geom)
+        func = pointwise_conv_x86(gc, mode, knobs)
         wk = pack_weights(w, g, wdt)
         out = np.zeros((ly.o, ly.ho * ly.ho), np.uint8)
     lib = tvm.compile(func, target=target)

@@ -1,6 +1,6 @@
 """NSGA-II against random search at the same number of evaluations: hypervolume of (accuracy, BitOPs).
 
-Issue 23 acceptance: NSGA-II beats random search in hypervolume (predicted accuracy x BitOPs) on
+What it checks: NSGA-II beats random search in hypervolume (predicted accuracy x BitOPs) on
 >= 9 of 10 seeds, and the same seed gives the same result. Predictor-only: each search takes seconds.
 
 Predictors (`--predictor`):

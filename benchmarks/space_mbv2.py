@@ -1,4 +1,4 @@
-"""Issue 7's acceptance workload: the largest `mobilenet_v2` space subnet at 224, 8-bit, through qcompile.
+"""The space benchmark workload: the largest `mobilenet_v2` space subnet at 224, 8-bit, through qcompile.
 
     QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.space_mbv2 --trials 12 \\
         --out benchmarks/space_mbv2.json --markdown docs/benchmarks_space.md

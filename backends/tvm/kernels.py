@@ -148,18 +148,8 @@ def conv2d_acc(
     return te.compute(acc.shape, lambda b, oc, i, j: acc[b, oc, i, j] + bias[oc], name=name)
 
 
-def conv2d(
-    x: te.Tensor,
-    w: te.Tensor,
-    bias: te.Tensor,
-    stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
-    dilation: int | Sequence[int] = 1,
-    groups: int = 1,
-    pad_value: int = 0,
-) -> te.Tensor:
-    """Integer conv2d (docs/integer_semantics.md `conv2d`)."""
-    return conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
+#: integer conv2d (docs/integer_semantics.md `conv2d`): the accumulator kernel, under the op's name
+conv2d = conv2d_acc
 
 
 def _requant_expr(
@@ -215,9 +205,8 @@ def linear_acc(x: te.Tensor, w: te.Tensor, bias: te.Tensor, name: str = "linear"
     return te.compute((n, o), lambda i, j: acc[i, j] + bias[j], name=name)
 
 
-def linear(x: te.Tensor, w: te.Tensor, bias: te.Tensor) -> te.Tensor:
-    """Integer linear (docs/integer_semantics.md `linear`)."""
-    return linear_acc(x, w, bias)
+#: integer linear (docs/integer_semantics.md `linear`): the accumulator kernel, under the op's name
+linear = linear_acc
 
 
 def linear_requant(

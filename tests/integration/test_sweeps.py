@@ -1,4 +1,4 @@
-"""End-to-end sweeps over random subnets of every space (issues 5, 6, 8 acceptance).
+"""End-to-end sweeps over random subnets of every space (the bit-exactness acceptance of the backends).
 
 - integer program vs fake-quant subnet (after calibration on digits): top-1 agreement >= 99 % and
   logits within a bound computed from the classifier input codes;

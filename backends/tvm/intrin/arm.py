@@ -21,75 +21,13 @@ Both intrinsics multiply *signed* bytes. Activation codes are unsigned (0..255),
 from __future__ import annotations
 
 import tvm
-from tvm.script import tirx as T
 
-from qcompile.backends.tvm.intrin.common import dot_desc, register_scoped, target_features
+from qcompile.backends.tvm.intrin.common import dot_desc, dot_impl, register_scoped, target_features
 
 __all__ = ["S8S8_4x4_SDOT", "S8S8_4x4_NEON", "register_arm_intrinsics", "has_dotprod"]
 
 S8S8_4x4_SDOT = "qcompile_s8s8_4x4_sdot"
 S8S8_4x4_NEON = "qcompile_s8s8_4x4_neon"
-
-
-def _sdot(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4, 0:4], B[0:4])
-            T.writes(C[0:4])
-            a_vec: T.let[T.int8x16] = A.vload([0, 0], "int8x16")
-            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec: T.let[T.int8x16] = T.reinterpret(T.broadcast(b_i32, 4), dtype="int8x16")
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([0], "int32x4"),
-                a_vec,
-                b_vec,
-                dtype="int32x4",
-            )
-
-    return impl
-
-
-def _neon(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4, 0:4], B[0:4])
-            T.writes(C[0:4])
-            a_vec: T.let[T.int8x16] = A.vload([0, 0], "int8x16")
-            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
-            b_vec: T.let[T.int8x8] = T.reinterpret(T.broadcast(b_i32, 2), dtype="int8x8")
-            # pixels 0,1 in the low half, 2,3 in the high half; each int16 product is exact
-            lo = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                T.vectorlow(a_vec, dtype="int8x8"),
-                b_vec,
-                dtype="int16x8",
-            )
-            hi = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                T.vectorhigh(a_vec, dtype="int8x8"),
-                b_vec,
-                dtype="int16x8",
-            )
-            lo32 = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), lo, dtype="int32x4"
-            )
-            hi32 = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), hi, dtype="int32x4"
-            )
-            C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), lo32, hi32, dtype="int32x4"
-            )
-
-    return impl
 
 
 _registered = False
@@ -100,8 +38,9 @@ def register_arm_intrinsics() -> None:
     global _registered
     if _registered:
         return
-    for name, impl in ((S8S8_4x4_SDOT, _sdot), (S8S8_4x4_NEON, _neon)):
-        register_scoped(name, lambda scope: dot_desc(4, 4, "int8", "int8", scope), impl)
+    for name, form in ((S8S8_4x4_SDOT, "fused"), (S8S8_4x4_NEON, "neon")):
+        register_scoped(name, lambda scope: dot_desc(4, 4, "int8", "int8", scope),
+                        dot_impl(4, 4, "int8", "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", form))
     _registered = True
 
 

@@ -25,16 +25,12 @@ Exactness (integer_semantics.md: TVM must match the reference bit for bit):
   kernel feeds them two taps of one output pixel per int32 lane (exact: |x*w| <= 255*128 per product).
 """
 
-# no `from __future__ import annotations`: the TVMScript `T.let[...]` annotations of `dot_impl` name closure
-# variables, which Python captures only while annotations are evaluated eagerly
-from collections.abc import Callable
-from typing import Any
+from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm.script import tirx as T
 
-from qcompile.backends.tvm.intrin.common import dot_desc, register_scoped, target_features
+from qcompile.backends.tvm.intrin.common import dot_desc, dot_impl, register_scoped, target_features
 
 __all__ = [
     "U8S8_8x4_AVX2",
@@ -45,7 +41,6 @@ __all__ = [
     "I16_16x2_VNNI512",
     "S8U8_16x4_VNNI512_BCAST",
     "DOT_INTRINSICS",
-    "dot_impl",
     "has_avx512_vnni",
     "register_x86_intrinsics",
     "u8s8_pairs_safe",
@@ -88,87 +83,8 @@ def _operands(instr: str) -> tuple[int, str, str]:
     return (4, "uint8", "int8") if instr in ("pmaddubsw", "vpdpbusd") else (2, "int16", "int16")
 
 
-def dot_impl(instr: str, lanes: int) -> Callable[[str], Any]:
-    """Implementation (scope -> PrimFunc) of `C[i] += sum_k A[i, k] * B[k]` for `i < lanes` with one x86
-    instruction: `pmaddubsw` (u8 x s8, k = 4, AVX2, then `pmaddwd` with ones), `pmaddwd` (int16, k = 2,
-    AVX2 or AVX-512), `vpdpbusd` (u8 x s8, k = 4, VNNI 256 or 512 bit) or `vpdpwssd` (int16, k = 2,
-    VNNI 512 bit). The weights `B` are broadcast to every lane; LLVM >= 20 types the VNNI multiplicands
-    as byte / word vectors (older LLVM: <N x i32>)."""
-    k, a_dt, b_dt = _operands(instr)
-    width = lanes * k
-    a_vt, b_vt, c_vt = f"{a_dt}x{width}", f"{b_dt}x{width}", f"int32x{lanes}"
-    a_let, b_let = getattr(T, a_vt), getattr(T, b_vt)
-    llvm = _LLVM[(instr, lanes)]
-    fused = instr in ("vpdpbusd", "vpdpwssd")  # accumulates in the instruction itself
-
-    def make(scope: str) -> Any:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (lanes, k), a_dt, offset_factor=1)
-            B = T.match_buffer(b, (k,), b_dt, offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:lanes, 0:k], B[0:k])
-                T.writes(C[0:lanes])
-                a_vec: T.let[a_let] = A.vload([0, 0], a_vt)
-                b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], f"{b_dt}x{k}"), dtype="int32")
-                b_vec: T.let[b_let] = T.reinterpret(T.broadcast(b_i32, lanes), dtype=b_vt)
-                if fused:
-                    C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(llvm), C.vload([0], c_vt), a_vec, b_vec, dtype=c_vt)
-                elif instr == "pmaddubsw":
-                    pairs: T.let[T.int16x16] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(llvm), a_vec, b_vec, dtype="int16x16")
-                    C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vt) + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype=c_vt)
-                else:
-                    C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vt) + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(llvm), a_vec, b_vec, dtype=c_vt)
-
-        return impl
-
-    return make
-
-
-def _bcast_desc(scope: str):
-    """C[i] += sum_k A[k] * B[i, k]: 4 activations broadcast against 16 rows of 4 weights (a GEMV step)."""
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, r in T.grid(16, 4):
-                with T.sblock("update"):
-                    vi, vr = T.axis.remap("SR", [i, r])
-                    C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
-
-    return desc
-
-
-def _s8u8_16x4_vnni512_bcast(scope: str):
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32: T.let[T.int32] = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_vec: T.let[T.uint8x64] = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], "int32x16"),
-                a_vec,
-                B.vload([0, 0], "int8x64"),
-                dtype="int32x16",
-            )
-
-    return impl
+#: instruction -> how `common.dot_impl` uses it (`common.DOT_FORMS`)
+_FORM = {"pmaddubsw": "pairs", "pmaddwd": "add", "vpdpbusd": "fused", "vpdpwssd": "fused"}
 
 
 _registered = False
@@ -179,11 +95,13 @@ def register_x86_intrinsics() -> None:
     global _registered
     if _registered:
         return
-    register_scoped(S8U8_16x4_VNNI512_BCAST, _bcast_desc, _s8u8_16x4_vnni512_bcast)
+    # the GEMV step: 4 activations broadcast against 16 rows of 4 weights
+    register_scoped(S8U8_16x4_VNNI512_BCAST, lambda scope: dot_desc(16, 4, "uint8", "int8", scope, bcast="a"),
+                    dot_impl(16, 4, "uint8", "int8", _LLVM[("vpdpbusd", 16)], "fused", bcast="a"))
     for name, (instr, lanes) in DOT_INTRINSICS.items():
         k, adt, bdt = _operands(instr)
         register_scoped(name, lambda scope, lanes=lanes, k=k, adt=adt, bdt=bdt: dot_desc(lanes, k, adt, bdt, scope),
-                        dot_impl(instr, lanes))
+                        dot_impl(lanes, k, adt, bdt, _LLVM[(instr, lanes)], _FORM[instr]))
     _registered = True
 
 

@@ -17,20 +17,28 @@ import tvm
 from tvm import relax, te
 
 from qcompile.backends.tvm.schedules.requant import requant_expr
-from qcompile.backends.tvm.strategy import OpCall
-from qcompile.errors import LoweringError
+from qcompile.backends.tvm.strategy import OpCall, register_strategy
+from qcompile.errors import ConfigError, LoweringError
 
 __all__ = [
     "ConvCall",
     "ConvGeometry",
     "ConvKernel",
     "ConvStrategy",
+    "DwConv",
     "const_value",
     "conv_kind",
+    "dw_epilogue",
+    "GemmConv",
+    "GemmTile",
     "fit_to",
     "gemm_requant_stages",
+    "gemm_tile",
+    "schedule_gemm_pack",
+    "schedule_gemm_tiles",
     "pack_weights",
     "pair",
+    "register_requant_pair",
 ]
 
 
@@ -79,19 +87,93 @@ def pack_weights(w: np.ndarray, group: int, dtype: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Static shape of a groups=1 conv lowered as im2col + GEMM (batch 1, NCHW)."""
+    """Static shape of a conv (batch 1, NCHW): input `C x H x W`, kernel `KH x KW`, the padding code."""
 
     c: int
     h: int
     w: int
     kh: int
     kw: int
-    ho: int
-    wo: int
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     pad_value: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ho <= 0 or self.wo <= 0:
+            raise ConfigError("conv geometry", (self.c, self.h, self.w, self.kh, self.kw, self.stride, self.padding),
+                              "a non-empty output")
+
+    @property
+    def ho(self) -> int:
+        return (self.h + 2 * self.padding[0] - self.dilation[0] * (self.kh - 1) - 1) // self.stride[0] + 1
+
+    @property
+    def wo(self) -> int:
+        return (self.w + 2 * self.padding[1] - self.dilation[1] * (self.kw - 1) - 1) // self.stride[1] + 1
+
+
+@dataclass(frozen=True)
+class DwConv(ConvGeometry):
+    """A depthwise conv (groups == C) and its epilogue, what every target's depthwise kernel computes: uint8
+    codes requantized into `[lo, hi]` (`requant.requant_expr`, `shift_min` the layer's smallest shift), or the
+    int32 accumulator `acc + bias` when `lo is None` (integer_semantics.md `conv2d`)."""
+
+    lo: int | None = 0
+    hi: int | None = 255
+    shift_min: int = 1
+
+    @property
+    def requant(self) -> bool:
+        return self.lo is not None
+
+    def bias(self) -> te.Tensor:
+        """The bias operand: int64 `bterm = requant.bias_term(bias, M, s)` when requantizing, else int32."""
+        return te.placeholder((self.c,), "int64" if self.requant else "int32",
+                              name="bterm" if self.requant else "bias")
+
+
+def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None) -> list[te.Tensor]:
+    """Placeholders and stages after a depthwise accumulator `acc_at(ch, y, x)`: requantize (or add the int32
+    bias) over `[C, Ho, wov]` as stage `epilogue`, then, when rows were padded to whole vectors (`wov > Wo`),
+    copy the `Wo` valid outputs (`crop`): a ragged vectorised requantize would run scalar int64 code per element
+    (measured: a whole 56-wide 7x7 layer 1.6x slower). Returns the tensors after `(x, w, bias)` in the kernel's
+    signature."""
+    c, ho, wo = dw.c, dw.ho, dw.wo
+    wov = wo if wov is None else wov
+    ins: list[te.Tensor] = []
+    if dw.requant:
+        mult = te.placeholder((c,), "int32", name="mult")
+        shift = te.placeholder((c,), "int32", name="shift")
+        ins = [mult, shift]
+        res = te.compute((c, ho, wov), lambda ch, y, xo: requant_expr(acc_at(ch, y, xo), bias[ch], mult[ch],
+                                                                        shift[ch], dw.lo, dw.hi, dw.shift_min),
+                         name="epilogue")
+    else:
+        res = te.compute((c, ho, wov), lambda ch, y, xo: acc_at(ch, y, xo) + bias[ch], name="epilogue")
+    if wo == wov:
+        return [*ins, res]
+    return [*ins, te.compute((c, ho, wo), lambda ch, y, xo: res[ch, y, xo], name="crop")]
+
+
+@dataclass(frozen=True)
+class GemmConv:
+    """A groups=1 conv as the GEMM `acc[O, P] = sum_k w[O, K] x[K, P]` and its epilogue, what every target's GEMM
+    kernel computes: `x` is `[K, P]` for a pointwise conv, or `[C, H, W]` when `conv` describes a full conv (its
+    im2col fused into the packing, `K = C*KH*KW` in `(c, kh, kw)` order); the output is uint8 codes requantized
+    into `[lo, hi]`, or the int32 accumulator `acc + bias` when `lo is None`."""
+
+    k: int
+    p: int
+    o: int
+    lo: int | None = 0
+    hi: int | None = 255
+    shift_min: int = 1
+    conv: ConvGeometry | None = None
+
+    @property
+    def requant(self) -> bool:
+        return self.lo is not None
 
 
 def fit_to(o: int, to: int) -> int:
@@ -100,6 +182,75 @@ def fit_to(o: int, to: int) -> int:
         if o % t == 0:
             return t
     return 1
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """The blocking of a packed-GEMM conv kernel: `acc[O, P]` over `kb` groups of `g` reduction values, tiles of
+    `to` channels x `tp` pixels (whole intrinsic calls of `lanes` pixels), pixels padded to `pp`."""
+
+    o: int
+    p: int
+    kb: int
+    g: int
+    to: int
+    tp: int
+    pp: int
+    lanes: int
+
+    def operands(self, wdt: str, requant: bool) -> tuple[te.Tensor, te.Tensor]:
+        """Placeholders `wp[O, K/g, g]` (weights packed at emit time) and the bias: the int64 `bterm`
+        (`requant.bias_term`) when requantizing, else the int32 bias."""
+        wp = te.placeholder((self.o, self.kb, self.g), wdt, name="wp")
+        bias = te.placeholder((self.o,), "int64" if requant else "int32", name="bterm" if requant else "bias")
+        return wp, bias
+
+
+def gemm_tile(k: int, p: int, o: int, g: int, to: int, tp: int, align: int, lanes: int) -> GemmTile:
+    """The tile of knobs `to x tp` for a `K x P -> O` GEMM: `to` a divisor of O (`fit_to`), `tp` at most P
+    rounded up to `align`, in whole intrinsic calls of `lanes` pixels."""
+    tp_ = -(-min(tp, -(-p // align) * align) // lanes) * lanes
+    return GemmTile(o, p, -(-k // g), g, fit_to(o, to), tp_, -(-p // tp_) * tp_, lanes)
+
+
+def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None) -> None:
+    """The activation packing `xpack`: parallel over reduction blocks, the group unrolled, pixels inner so the
+    writes are contiguous; a full conv's pixels split into output rows and columns (no div/mod by Wo per
+    element) when no pixel padding follows."""
+    pk = sch.get_sblock("xpack")
+    b, j, i = sch.get_loops(pk)
+    sch.parallel(b)
+    sch.unroll(i)
+    if conv is not None and tile.pp == tile.p:
+        sch.split(j, [None, conv.wo])
+
+
+def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True) -> None:
+    """The `gemm` micro-kernel: `to x tp` tiles (pixels outside channels with `p_outer`), parallel over tiles
+    before decompose_reduction / tensorize (ARCHITECTURE.md, measured), the intrinsic on the innermost
+    `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile."""
+    gm = sch.get_sblock("gemm")
+    c, j, rb_, ri_ = sch.get_loops(gm)
+    co, ci = sch.split(c, [None, tile.to])
+    jo, jm, ji = sch.split(j, [None, tile.tp // tile.lanes, tile.lanes])
+    if p_outer:
+        sch.reorder(jo, co, rb_, ci, jm, ji, ri_)
+        outer = sch.fuse(jo, co)
+    else:
+        sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
+        outer = sch.fuse(co, jo)
+    sch.parallel(outer)
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, outer)
+    init = sch.decompose_reduction(gm, rb_)
+    sch.tensorize(ji, intrin)
+    sch.unroll(ci)
+    sch.unroll(jm)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
+    sch.vectorize(e_ji)
+    if tile.pp != tile.p:
+        sch.reverse_compute_at(sch.get_sblock("crop"), outer)
 
 
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
@@ -185,8 +336,20 @@ class ConvCall:
         """The im2col geometry of a full conv; None for a pointwise conv (a plain GEMM)."""
         if self.kind != "full":
             return None
-        return ConvGeometry(self.c, self.h, self.w, self.kh, self.kw, self.ho, self.wo, self.stride, self.padding,
-                            self.dilation, self.pad_value)
+        return ConvGeometry(self.c, self.h, self.w, self.kh, self.kw, self.stride, self.padding, self.dilation,
+                            self.pad_value)
+
+    @property
+    def gemm(self) -> GemmConv:
+        """The pointwise or full conv as the GEMM the GEMM kernels take."""
+        return GemmConv(self.c * self.kh * self.kw, self.ho * self.wo, self.o, self.lo, self.hi, self.shift_min,
+                        self.geometry)
+
+    @property
+    def depthwise(self) -> DwConv:
+        """The depthwise conv and epilogue the depthwise kernels take."""
+        return DwConv(self.c, self.h, self.w, self.kh, self.kw, self.stride, self.padding, self.dilation,
+                      self.pad_value, self.lo, self.hi, self.shift_min)
 
     @property
     def out_dtype(self) -> str:
@@ -227,3 +390,16 @@ class ConvStrategy:
         y = bb.emit(relax.call_tir(gv, [xr, relax.const(k.weight), k.bias, *extra],
                                    relax.TensorType(k.out_shape, conv.out_dtype)))
         return bb.emit(relax.op.reshape(y, (1, conv.o, conv.ho, conv.wo)))
+
+
+def register_requant_pair(base: type, op: str, name: str, names: tuple[str, str], docs: tuple[str, str],
+                          priority: int = 10) -> tuple[type, type]:
+    """Register `base`'s two flavours as strategies: `<op>_requant` (uint8 codes, `requant = True`, strategy
+    `<name>_requant`) and `<op>` (the int32 accumulator, strategy `<name>`). Returns the classes, named
+    `names`, with docstrings `docs`."""
+    out = []
+    for requant, cls_name, doc in zip((True, False), names, docs):
+        cls = type(cls_name, (base,), {"__doc__": doc, "__module__": base.__module__, "requant": requant,
+                                       "name": f"{name}_requant" if requant else name})
+        out.append(register_strategy(f"{op}_requant" if requant else op, priority=priority)(cls))
+    return out[0], out[1]

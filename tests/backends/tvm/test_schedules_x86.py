@@ -9,7 +9,7 @@ import torch
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from qcompile.backends.tvm.schedules.conv import pack_weights  # noqa: E402
+from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, pack_weights  # noqa: E402
 from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
 from qcompile.backends.tvm.schedules.x86.gemm import (  # noqa: E402
     MODES,
@@ -168,7 +168,7 @@ def _run_gemm(mode, x, w, bias, mult, shift, knobs=DEFAULT_KNOBS, target=AVX2, s
     k, p = x.shape
     o = w.shape[0]
     sm = int(shift.min()) if shift_min is None else shift_min
-    lib = tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=sm, knobs=knobs), target=target)
+    lib = tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=sm), mode, knobs), target=target)
     family = FAMILY[target]
     isa.check_instructions(
         lib,
@@ -377,24 +377,8 @@ def test_depthwise_tap_pairs_bit_exact(c, h, k, s, d, pad_value, vec, vnni, taps
     shift = rng.integers(34, 42, c).astype(np.int32)
     p = d * (k - 1) // 2
     ho = (h + 2 * p - d * (k - 1) - 1) // s + 1
-    func = depthwise_conv_pairs_x86(
-        c,
-        h,
-        h,
-        k,
-        k,
-        stride=(s, s),
-        padding=(p, p),
-        dilation=(d, d),
-        pad_value=pad_value,
-        lo=2,
-        hi=253,
-        shift_min=int(shift.min()),
-        vec=vec,
-        vnni=vnni,
-        taps=taps,
-        rows=rows,
-    )
+    dw = DwConv(c, h, h, k, k, (s, s), (p, p), (d, d), pad_value, lo=2, hi=253, shift_min=int(shift.min()))
+    func = depthwise_conv_pairs_x86(dw, vec=vec, vnni=vnni, taps=taps, rows=rows)
     lib = tvm.compile(func, target=target)
     isa.check_instructions(lib, family, instr + (r"\s+.*%zmm" if vec == 16 else r"\s+.*%ymm"))
     if not isa.should_execute(family):
@@ -453,7 +437,8 @@ def test_default_gemm_tile_needs_no_workspace_per_tile(mode, target):
 
     kn = default_knobs(mode)
     assert tile_on_stack(kn) and kn.to * kn.tp * 4 < STACK_TILE_BYTES
-    assert _workspace_calls(pointwise_conv_x86(24, 3136, 144, mode, shift_min=40, knobs=kn), target) == 1
+    assert _workspace_calls(pointwise_conv_x86(GemmConv(24, 3136, 144, shift_min=40), mode, kn), target) == 1
     # the counter-check: a 16x16 int32 tile is exactly 1 KiB, so it is a workspace too (more call sites)
     assert not tile_on_stack(GemmKnobs(16, 16))
-    assert _workspace_calls(pointwise_conv_x86(24, 3136, 144, mode, shift_min=40, knobs=GemmKnobs(16, 16)), target) > 1
+    big = pointwise_conv_x86(GemmConv(24, 3136, 144, shift_min=40), mode, GemmKnobs(16, 16))
+    assert _workspace_calls(big, target) > 1

@@ -12,58 +12,40 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from qcompile.backends.tvm.schedules.requant import requant_expr
+from qcompile.backends.tvm.schedules.conv import DwConv, dw_epilogue
 from qcompile.errors import ConfigError
 
 __all__ = ["depthwise_conv_arm", "pack_depthwise_weights"]
 
 
-def depthwise_conv_arm(
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    *,
-    stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    pad_value: int = 0,
-    lo: int | None = 0,
-    hi: int | None = 255,
-    shift_min: int = 1,
-    vec: int = 8,
-) -> tvm.tirx.PrimFunc:
+def depthwise_conv_arm(dw: DwConv, *, vec: int = 8) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x[C,H,W] u8, w[KH,KW,Cv] i16, bterm[C] i64, mult, shift) -> out[C,Ho,Wo]`.
 
     `Cv` is C rounded up to `vec` (pre-packed weights zero-padded; `pack_depthwise_weights`). `out` is
-    uint8 codes (`bterm = requant.bias_term(bias, mult, shift)`), or int32 `acc + bias` when `lo is None`.
+    uint8 codes (`bterm = requant.bias_term(bias, mult, shift)`), or int32 `acc + bias` when `dw.lo is None`.
     """
     if vec not in (4, 8, 16):
         raise ConfigError("vec", vec, (4, 8, 16))
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    if ho <= 0 or wo <= 0:
-        raise ConfigError("depthwise geometry", (c, h, w, kh, kw, stride, padding), "a non-empty output")
+    c, h, w, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
+    stride, padding, dilation = dw.stride, dw.padding, dw.dilation
     cv = -(-c // vec) * vec
     hp, wp_ = h + 2 * padding[0], w + 2 * padding[1]
     x = te.placeholder((c, h, w), "uint8", name="x")
     wt = te.placeholder((kh, kw, cv), "int16", name="w")
-    requant = lo is not None
-    bias = te.placeholder((c,), "int64" if requant else "int32", name="bterm" if requant else "bias")
+    bias = dw.bias()
     xpad = te.compute(
         (hp, wp_, cv),
         lambda yy, xx, ch: tirx.if_then_else(
             tirx.all(yy >= padding[0], yy < h + padding[0], xx >= padding[1], xx < w + padding[1], ch < c),
             x[ch, yy - padding[0], xx - padding[1]].astype("int16"),
-            tirx.const(pad_value, "int16"),
+            tirx.const(dw.pad_value, "int16"),
         ),
         name="xpad",
     )
     rh = te.reduce_axis((0, kh), name="rh")
     rw = te.reduce_axis((0, kw), name="rw")
     acc = te.compute(
-        (ho, wo, cv),
+        (dw.ho, dw.wo, cv),
         lambda y, xo, ch: te.sum(
             xpad[y * stride[0] + rh * dilation[0], xo * stride[1] + rw * dilation[1], ch].astype("int32")
             * wt[rh, rw, ch].astype("int32"),
@@ -71,25 +53,14 @@ def depthwise_conv_arm(
         ),
         name="dw",
     )
-    if requant:
-        mult = te.placeholder((c,), "int32", name="mult")
-        shift = te.placeholder((c,), "int32", name="shift")
-        out = te.compute(
-            (c, ho, wo),
-            lambda ch, y, xo: requant_expr(acc[y, xo, ch], bias[ch], mult[ch], shift[ch], lo, hi, shift_min),
-            name="epilogue",
-        )
-        args = [x, wt, bias, mult, shift, out]
-    else:
-        out = te.compute((c, ho, wo), lambda ch, y, xo: acc[y, xo, ch] + bias[ch], name="epilogue")
-        args = [x, wt, bias, out]
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[y, xo, ch], bias)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     # transpose + pad: one pass over the input, rows over the cores
     pad_loops = sch.get_loops(sch.get_sblock("xpad"))
     sch.parallel(pad_loops[0])
-    dw = sch.get_sblock("dw")
-    y, xo, ch, rh_, rw_ = sch.get_loops(dw)
+    dw_blk = sch.get_sblock("dw")
+    y, xo, ch, rh_, rw_ = sch.get_loops(dw_blk)
     cb, ci = sch.split(ch, [None, vec])
     sch.reorder(y, xo, cb, rh_, rw_, ci)
     sch.parallel(y)
@@ -99,7 +70,7 @@ def depthwise_conv_arm(
     sch.vectorize(ci)
     sch.unroll(rh_)
     sch.unroll(rw_)
-    init = sch.decompose_reduction(dw, rh_)
+    init = sch.decompose_reduction(dw_blk, rh_)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]
 

@@ -30,7 +30,13 @@ from qcompile.backends.tvm.intrin.arm import (
     has_dotprod,
     register_arm_intrinsics,
 )
-from qcompile.backends.tvm.schedules.conv import ConvGeometry, fit_to, gemm_requant_stages
+from qcompile.backends.tvm.schedules.conv import (
+    GemmConv,
+    gemm_requant_stages,
+    gemm_tile,
+    schedule_gemm_pack,
+    schedule_gemm_tiles,
+)
 from qcompile.errors import ConfigError
 
 __all__ = ["ARM_MODES", "CODE_OFFSET", "K_MAX", "ArmGemmKnobs", "arm_mode", "fold_code_offset", "gemm_conv_arm"]
@@ -69,38 +75,23 @@ def fold_code_offset(bias: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.asarray(bias).astype(np.int64) + CODE_OFFSET * w2.sum(axis=1)
 
 
-def gemm_conv_arm(
-    k: int,
-    p: int,
-    o: int,
-    mode: str,
-    *,
-    lo: int | None = 0,
-    hi: int | None = 255,
-    shift_min: int = 1,
-    knobs: ArmGemmKnobs = ArmGemmKnobs(),
-    conv: ConvGeometry | None = None,
-) -> tvm.tirx.PrimFunc:
+def gemm_conv_arm(gc: GemmConv, mode: str, knobs: ArmGemmKnobs = ArmGemmKnobs()) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/4, 4] i8, bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
-    `x` is `[K, P]` uint8 (pointwise) or `[C, H, W]` when `conv` describes a groups=1 conv (im2col with
+    `x` is `[K, P]` uint8 (pointwise) or `[C, H, W]` when `gc.conv` describes a groups=1 conv (im2col with
     `pad_value` fused into the packing; `K = C*KH*KW` in `(c, kh, kw)` order). `bterm` must be
-    `requant.bias_term(fold_code_offset(bias, w), M, s)`; without requantize (`lo is None`) the bias operand
+    `requant.bias_term(fold_code_offset(bias, w), M, s)`; without requantize (`gc.lo is None`) the bias operand
     is the int32 `fold_code_offset(bias, w)` and `out` is the int32 accumulator plus bias.
     """
     if mode not in ARM_MODES:
         raise ConfigError("mode", mode, sorted(ARM_MODES))
     register_arm_intrinsics()
     intrin = ARM_MODES[mode]
-    requant = lo is not None
-    to = fit_to(o, knobs.to)
-    tp = -(-min(knobs.tp, -(-p // _LANES) * _LANES) // _LANES) * _LANES
-    pp = -(-p // tp) * tp
-    kb = -(-k // 4)
+    k, p, o, conv, requant = gc.k, gc.p, gc.o, gc.conv, gc.requant
+    tile = gemm_tile(k, p, o, 4, knobs.to, knobs.tp, _LANES, _LANES)
+    pp, kb = tile.pp, tile.kb
     off = tirx.const(CODE_OFFSET, "int16")
-
-    wp = te.placeholder((o, kb, 4), "int8", name="wp")
-    bias = te.placeholder((o,), "int64" if requant else "int32", name="bterm" if requant else "bias")
+    wp, bias = tile.operands("int8", requant)
     if conv is None:
         x = te.placeholder((k, p), "uint8", name="x")
 
@@ -121,32 +112,9 @@ def gemm_conv_arm(
             val = (code.astype("int16") - off).astype("int8")
             return tirx.if_then_else(tirx.all(kk < k, j < p), val, tirx.const(0, "int8"))
 
-    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, lo, hi, shift_min)
+    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min)
     sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *stages]).with_attr("global_symbol", "main"))
 
-    pk = sch.get_sblock("xpack")
-    b, j, i = sch.get_loops(pk)
-    sch.parallel(b)
-    sch.unroll(i)
-    if conv is not None and pp == p:
-        sch.split(j, [None, conv.wo])  # output row / column loops: no div/mod by Wo per element
-
-    gm = sch.get_sblock("gemm")
-    c, j, rb_, ri_ = sch.get_loops(gm)
-    co, ci = sch.split(c, [None, to])
-    jo, jm, ji = sch.split(j, [None, tp // _LANES, _LANES])
-    sch.reorder(jo, co, rb_, ci, jm, ji, ri_)
-    outer = sch.fuse(jo, co)
-    sch.parallel(outer)  # before decompose_reduction / tensorize (as on x86)
-    ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, outer)
-    init = sch.decompose_reduction(gm, rb_)
-    sch.tensorize(ji, intrin)
-    sch.unroll(ci)
-    sch.unroll(jm)
-    sch.vectorize(sch.get_loops(init)[-1])
-    _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, _LANES])
-    sch.vectorize(e_ji)
-    if pp != p:
-        sch.reverse_compute_at(sch.get_sblock("crop"), outer)
+    schedule_gemm_pack(sch, tile, conv)
+    schedule_gemm_tiles(sch, tile, intrin)
     return sch.mod["main"]

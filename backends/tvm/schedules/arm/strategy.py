@@ -23,9 +23,10 @@ from qcompile.backends.tvm.schedules.conv import (
     const_value,
     conv_kind,
     pack_weights,
+    register_requant_pair,
 )
 from qcompile.backends.tvm.schedules.requant import bias_term
-from qcompile.backends.tvm.strategy import OpCall, register_strategy
+from qcompile.backends.tvm.strategy import OpCall
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +71,19 @@ class _ArmConvBase(ConvStrategy):
         bnp = const_value(args[2], "bias", cv.node).astype(np.int64)
         if cv.kind == "depthwise":
             vec = 8
-            func = depthwise_conv_arm(
-                cv.c, cv.h, cv.w, cv.kh, cv.kw, stride=cv.stride, padding=cv.padding, dilation=cv.dilation,
-                pad_value=cv.pad_value, lo=cv.lo, hi=cv.hi, shift_min=cv.shift_min, vec=vec,
-            )  # fmt: skip
+            func = depthwise_conv_arm(cv.depthwise, vec=vec)
             return ConvKernel(func, f"qc_arm_dw_{cv.tag}", (cv.c, cv.h, cv.w),
                               pack_depthwise_weights(cv.weight, vec), self._bias(args, cv.node, bnp),
                               (cv.c, cv.ho, cv.wo))
         mode = arm_mode(call.target)
-        func = gemm_conv_arm(cv.c * cv.kh * cv.kw, cv.ho * cv.wo, cv.o, mode, lo=cv.lo, hi=cv.hi,
-                             shift_min=cv.shift_min, conv=cv.geometry)
+        func = gemm_conv_arm(cv.gemm, mode)
         log.debug("%s: %s conv as GEMM with %s", cv.node, cv.kind, mode)
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
         return ConvKernel(func, f"qc_arm_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, 4, "int8"),
                           self._bias(args, cv.node, fold_code_offset(bnp, cv.weight)), (cv.o, cv.ho * cv.wo))
 
 
-@register_strategy("conv2d_requant", priority=10)
-class ArmConvRequant(_ArmConvBase):
-    """conv2d + requantize fused on aarch64: sdot/NEON GEMM (pointwise, im2col) or channel-vector depthwise."""
-
-    name = "arm_conv_requant"
-    requant = True
-
-
-@register_strategy("conv2d", priority=10)
-class ArmConv(_ArmConvBase):
-    """conv2d to the int32 accumulator (+bias) on aarch64."""
-
-    name = "arm_conv"
-    requant = False
+ArmConvRequant, ArmConv = register_requant_pair(
+    _ArmConvBase, "conv2d", "arm_conv", ("ArmConvRequant", "ArmConv"),
+    ("conv2d + requantize fused on aarch64: sdot/NEON GEMM (pointwise, im2col) or channel-vector depthwise.",
+     "conv2d to the int32 accumulator (+bias) on aarch64."))

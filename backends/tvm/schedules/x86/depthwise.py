@@ -16,32 +16,11 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from qcompile.backends.tvm.schedules.requant import requant_expr
+from qcompile.backends.tvm.schedules.conv import DwConv, dw_epilogue
 from qcompile.errors import ConfigError
 
 __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_pairs_x86", "depthwise_kernel",
            "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs"]
-
-
-def _epilogue(acc: te.Tensor, bias: te.Tensor, shape: tuple[int, int, int, int], lo: int | None, hi: int | None,
-              shift_min: int) -> list[te.Tensor]:
-    """Placeholders and stages after the accumulator `acc[C, Ho, Wov]`: requantize (or add the int32 bias) on
-    whole vectors of each row, then, when rows were padded to whole vectors (`wo < wov`), copy the `wo`
-    valid outputs. A ragged vectorised requantize would run scalar int64 code per element (measured: the
-    whole 56-wide 7x7 layer 1.6x slower)."""
-    c, ho, wo, wov = shape
-    ins: list[te.Tensor] = []
-    if lo is not None:
-        mult = te.placeholder((c,), "int32", name="mult")
-        shift = te.placeholder((c,), "int32", name="shift")
-        ins = [mult, shift]
-        res = te.compute((c, ho, wov), lambda ch, y, xo: requant_expr(acc[ch, y, xo], bias[ch], mult[ch], shift[ch],
-                                                                        lo, hi, shift_min), name="epilogue")
-    else:
-        res = te.compute((c, ho, wov), lambda ch, y, xo: acc[ch, y, xo] + bias[ch], name="epilogue")
-    if wo == wov:
-        return [*ins, res]
-    return [*ins, te.compute((c, ho, wo), lambda ch, y, xo: res[ch, y, xo], name="crop")]
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -54,37 +33,20 @@ def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged:
         sch.reverse_compute_at(sch.get_sblock("crop"), row)
 
 
-def depthwise_conv_x86(
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    *,
-    stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    pad_value: int = 0,
-    lo: int | None = 0,
-    hi: int | None = 255,
-    shift_min: int = 1,
-    vec: int = 8,
-    rows: int = 1,
-) -> tvm.tirx.PrimFunc:
+def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x[C,H,W] u8, w[C,KH,KW] i8, bterm i64, mult, shift) -> out[C,Ho,Wo]`.
 
     `rows` output rows (at most; the largest divisor of Ho not above it) are computed together, taps
     outside them, so that `rows * ceil(Wo/vec)` independent accumulators hide the multiply-add latency.
 
     `out` is uint8 codes (`bterm = requant.bias_term(bias, mult, shift)`), or int32 `acc + bias` when
-    `lo is None` (then the int32 bias replaces `bterm` and there are no `mult`/`shift` parameters).
+    `dw.lo is None` (then the int32 bias replaces `bterm` and there are no `mult`/`shift` parameters).
     """
     if vec not in (4, 8, 16):
         raise ConfigError("vec", vec, (4, 8, 16))
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    if ho <= 0 or wo <= 0:
-        raise ConfigError("depthwise geometry", (c, h, w, kh, kw, stride, padding), "a non-empty output")
+    c, h, w, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
+    stride, padding, dilation, pad_value = dw.stride, dw.padding, dw.dilation, dw.pad_value
+    ho, wo = dw.ho, dw.wo
     wov = -(-wo // vec) * vec  # rows padded to whole vectors; the epilogue writes only wo of them
     hp = h + 2 * padding[0]
     wp_ = max(w + 2 * padding[1], (wov - 1) * stride[1] + (kw - 1) * dilation[1] + 1)
@@ -95,7 +57,7 @@ def depthwise_conv_x86(
 
     x = te.placeholder((c, h, w), "uint8", name="x")
     wt = te.placeholder((c, kh, kw), "int8", name="w")
-    bias = te.placeholder((c,), "int64" if lo is not None else "int32", name="bterm" if lo is not None else "bias")
+    bias = dw.bias()
     xpad = te.compute(
         (c, hp, sw, wq),
         lambda ch, yy, ph, q: tirx.if_then_else(
@@ -119,11 +81,11 @@ def depthwise_conv_x86(
         ),
         name="dw",
     )
-    args = [x, wt, bias, *_epilogue(acc, bias, (c, ho, wo, wov), lo, hi, shift_min)]
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
-    dw = sch.get_sblock("dw")
-    ch, y, xo, rh_, rw_ = sch.get_loops(dw)
+    dw_blk = sch.get_sblock("dw")
+    ch, y, xo, rh_, rw_ = sch.get_loops(dw_blk)
     xoo, xoi = sch.split(xo, [None, vec])
     yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
     # taps outside the block of rows x row vectors: independent accumulators (a 49-deep multiply-add chain
@@ -134,14 +96,14 @@ def depthwise_conv_x86(
     sch.compute_at(sch.get_sblock("xpad"), ch)
     sch.compute_at(sch.get_sblock("w16"), ch)
     # the block's accumulators stay in registers: a "local" buffer with constant indices after unrolling
-    sch.set_scope(dw, 0, "local")
+    sch.set_scope(dw_blk, 0, "local")
     # vectorise before decompose_reduction: afterwards the update block under the row loop is no
     # longer a "local reduction block" and TVM refuses to vectorise it
     sch.vectorize(xoi)
     sch.unroll(rw_)
     sch.unroll(yi)
     sch.unroll(xoo)
-    init = sch.decompose_reduction(dw, rh_)
+    init = sch.decompose_reduction(dw_blk, rh_)
     sch.vectorize(sch.get_loops(init)[-1])
     pad_blk = sch.get_sblock("xpad")
     pad_loops = sch.get_loops(pad_blk)
@@ -169,25 +131,8 @@ def _quad_intrinsic(vec: int) -> str:
     return U8S8_16x4_VNNI512 if vec == 16 else U8S8_8x4_VNNI
 
 
-def depthwise_conv_pairs_x86(
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    *,
-    stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    pad_value: int = 0,
-    lo: int | None = 0,
-    hi: int | None = 255,
-    shift_min: int = 1,
-    vec: int = 16,
-    vnni: bool = False,
-    rows: int = 1,
-    taps: int = 2,
-) -> tvm.tirx.PrimFunc:
+def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, rows: int = 1,
+                             taps: int = 2) -> tvm.tirx.PrimFunc:
     """Depthwise conv with two (or four) taps per int32 lane: `vpmaddwd` / `vpdpwssd` on int16 tap pairs,
     or `vpdpbusd` on u8 tap quads (`taps=4`, AVX512-VNNI for 16 lanes, AVX-VNNI for 8).
 
@@ -211,12 +156,10 @@ def depthwise_conv_pairs_x86(
     from qcompile.backends.tvm.intrin.x86 import register_x86_intrinsics
 
     register_x86_intrinsics()
-    sh_, sw = stride
-    dh, dw_ = dilation
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // sh_ + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // sw + 1
-    if ho <= 0 or wo <= 0:
-        raise ConfigError("depthwise geometry", (c, h, w, kh, kw, stride, padding), "a non-empty output")
+    c, h, w, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
+    padding, pad_value = dw.padding, dw.pad_value
+    (sh_, sw), (dh, dw_) = dw.stride, dw.dilation
+    ho, wo = dw.ho, dw.wo
     wov = -(-wo // vec) * vec
     g = taps
     xdt, wdt = ("int16", "int16") if g == 2 else ("uint8", "int8")
@@ -226,7 +169,7 @@ def depthwise_conv_pairs_x86(
 
     x = te.placeholder((c, h, w), "uint8", name="x")
     w2 = te.placeholder((c, kh, kp, g), wdt, name="w2")  # taps in groups, the last one zero-padded
-    bias = te.placeholder((c,), "int64" if lo is not None else "int32", name="bterm" if lo is not None else "bias")
+    bias = dw.bias()
 
     wpad = wq * sw + (g - 1) * dw_  # padded row length the groups read
 
@@ -252,11 +195,11 @@ def depthwise_conv_pairs_x86(
         ),
         name="dw",
     )
-    args = [x, w2, bias, *_epilogue(acc, bias, (c, ho, wo, wov), lo, hi, shift_min)]
+    args = [x, w2, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
-    dw = sch.get_sblock("dw")
-    ch, y, xo, rh_, rj_, ri_ = sch.get_loops(dw)
+    dw_blk = sch.get_sblock("dw")
+    ch, y, xo, rh_, rj_, ri_ = sch.get_loops(dw_blk)
     xoo, xoi = sch.split(xo, [None, vec])
     yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
     # taps outside the block of rows x row vectors: independent accumulators hide the dot-product latency
@@ -272,8 +215,8 @@ def depthwise_conv_pairs_x86(
     pair_loops = sch.get_loops(sch.get_sblock("xpair"))
     sch.unroll(pair_loops[-1])
     # the row's accumulators stay in registers: a "local" buffer with constant indices after unrolling
-    sch.set_scope(dw, 0, "local")
-    init = sch.decompose_reduction(dw, rh_)
+    sch.set_scope(dw_blk, 0, "local")
+    init = sch.decompose_reduction(dw_blk, rh_)
     sch.tensorize(xoi, (_pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec)) + "_local")
     sch.unroll(rj_)
     sch.unroll(yi)
@@ -363,15 +306,14 @@ def target_dw_knobs(wo: int, target: tvm.target.Target) -> DwKnobs:
     return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target))
 
 
-def depthwise_kernel(c: int, h: int, w: int, kh: int, kw: int, knobs: DwKnobs, *,
-                     target: tvm.target.Target | None = None, **kw_args) -> tvm.tirx.PrimFunc:
+def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | None = None) -> tvm.tirx.PrimFunc:
     """The depthwise PrimFunc `knobs` selects; its weight operand is `dw_weights(w, kh, kw, knobs)`. With a
     `target`, the tap-pair kernel accumulates with `vpdpwssd` where the target has AVX512-VNNI."""
     if knobs.pairs:
+        vnni = False
         if target is not None:
             from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni
 
-            kw_args.setdefault("vnni", has_avx512_vnni(target))
-        return depthwise_conv_pairs_x86(c, h, w, kh, kw, vec=knobs.vec, rows=knobs.rows, taps=knobs.taps,
-                                        **kw_args)
-    return depthwise_conv_x86(c, h, w, kh, kw, vec=knobs.vec, rows=knobs.rows, **kw_args)
+            vnni = has_avx512_vnni(target)
+        return depthwise_conv_pairs_x86(dw, vec=knobs.vec, vnni=vnni, rows=knobs.rows, taps=knobs.taps)
+    return depthwise_conv_x86(dw, vec=knobs.vec, rows=knobs.rows)

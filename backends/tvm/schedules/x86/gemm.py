@@ -35,7 +35,14 @@ from qcompile.backends.tvm.intrin.x86 import (
     register_x86_intrinsics,
     u8s8_pairs_safe,
 )
-from qcompile.backends.tvm.schedules.conv import ConvGeometry, fit_to, gemm_requant_stages, pack_weights
+from qcompile.backends.tvm.schedules.conv import (
+    GemmConv,
+    gemm_requant_stages,
+    gemm_tile,
+    pack_weights,
+    schedule_gemm_pack,
+    schedule_gemm_tiles,
+)
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -128,40 +135,24 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
     return "i16"
 
 
-def pointwise_conv_x86(
-    k: int,
-    p: int,
-    o: int,
-    mode: str,
-    *,
-    lo: int | None = 0,
-    hi: int | None = 255,
-    shift_min: int = 1,
-    knobs: GemmKnobs = GemmKnobs(),
-    conv: ConvGeometry | None = None,
-) -> tvm.tirx.PrimFunc:
+def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs()) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
-    `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `conv` describes a full (groups=1)
+    `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `gc.conv` describes a full (groups=1)
     conv, whose im2col (with `pad_value` in the padding) is then fused into the activation packing;
     `K = C*KH*KW` in `(c, kh, kw)` order, the order of `w.reshape(O, -1)`. `out` is uint8 requantized
-    codes, or the int32 accumulator `acc + bias` when `lo is None` (op `conv2d` alone; `mult`/`shift`
+    codes, or the int32 accumulator `acc + bias` when `gc.lo is None` (op `conv2d` alone; `mult`/`shift`
     are then not parameters).
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
     register_x86_intrinsics()
     intrin, g, xdt, wdt = MODES[mode]
-    requant = lo is not None
-    to = fit_to(o, knobs.to)
-    ln = LANES[mode]
-    tp = -(-min(knobs.tp, -(-p // 8) * 8) // ln) * ln  # whole intrinsic calls per tile row
-    pp = -(-p // tp) * tp
-    kb = -(-k // g)
-
-    wp = te.placeholder((o, kb, g), wdt, name="wp")
+    k, p, o, conv, requant = gc.k, gc.p, gc.o, gc.conv, gc.requant
+    tile = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, LANES[mode])  # whole intrinsic calls per tile row
+    pp, kb = tile.pp, tile.kb
     # requantize: the int64 bias term `bias*M + 2^(s-1)` (requant.bias_term); accumulator: the int32 bias
-    bias = te.placeholder((o,), "int64" if requant else "int32", name="bterm" if requant else "bias")
+    wp, bias = tile.operands(wdt, requant)
     if conv is None:
         x = te.placeholder((k, p), "uint8", name="x")
 
@@ -194,49 +185,16 @@ def pointwise_conv_x86(
                 return xpad[c_, yy, xx].astype(xdt)
             return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
 
-    stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, lo, hi, shift_min)
+    stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
-    # pack: parallel over reduction blocks, pixels inner so the writes are contiguous
-    pk = sch.get_sblock("xpack")
-    b, j, i = sch.get_loops(pk)
-    sch.parallel(b)
-    sch.unroll(i)
-    if conv is not None and pp == p:
-        sch.split(j, [None, conv.wo])  # output row / column loops: no div/mod by Wo per element
+    schedule_gemm_pack(sch, tile, conv)
     if conv is not None:
         xp_blk = sch.get_sblock("xpad")
         if any(conv.padding) or hp_ != conv.h or wp2 != conv.w:  # unpadded (1x1 stride-2): nothing to decompose
             sch.decompose_padding(xp_blk, sch.get_loops(xp_blk)[1])
         sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])
-
-    gm = sch.get_sblock("gemm")
-    c, j, rb_, ri_ = sch.get_loops(gm)
-    co, ci = sch.split(c, [None, to])
-    jo, jm, ji = sch.split(j, [None, tp // ln, ln])
-    if knobs.p_outer:
-        sch.reorder(jo, co, rb_, ci, jm, ji, ri_)
-        outer = sch.fuse(jo, co)
-    else:
-        sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
-        outer = sch.fuse(co, jo)
-    sch.parallel(outer)  # before decompose_reduction/tensorize (ARCHITECTURE.md, measured)
-    ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, outer)
-    init = sch.decompose_reduction(gm, rb_)
-    sch.tensorize(ji, intrin)
-    sch.unroll(ci)
-    sch.unroll(jm)
-    # zero-init of the tile: vectorised over its 8-lane rows
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    # epilogue on the hot tile, vectorised over whole intrinsic rows (the tile is never ragged here)
-    eloops = sch.get_loops(ep)
-    _, e_ji = sch.split(eloops[-1], [None, ln])
-    sch.vectorize(e_ji)
-    if pp != p:
-        crop = sch.get_sblock("crop")
-        sch.reverse_compute_at(crop, outer)
+    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer)
     return sch.mod["main"]

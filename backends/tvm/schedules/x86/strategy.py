@@ -17,7 +17,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompile.backends.tvm.schedules.conv import ConvCall, ConvKernel, ConvStrategy, const_value, conv_kind
+from qcompile.backends.tvm.schedules.conv import (
+    ConvCall,
+    ConvKernel,
+    ConvStrategy,
+    const_value,
+    conv_kind,
+    register_requant_pair,
+)
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
@@ -69,9 +76,7 @@ class _ConvBase(ConvStrategy):
         bias = _bias_arg(args, self.requant, cv.node)
         if cv.kind == "depthwise":
             knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target)
-            func = depthwise_kernel(cv.c, cv.h, cv.w, cv.kh, cv.kw, knobs, target=call.target, stride=cv.stride,
-                                    padding=cv.padding, dilation=cv.dilation, pad_value=cv.pad_value, lo=cv.lo,
-                                    hi=cv.hi, shift_min=cv.shift_min)
+            func = depthwise_kernel(cv.depthwise, knobs, target=call.target)
             wdw = dw_weights(cv.weight, cv.kh, cv.kw, knobs)
             return ConvKernel(func, f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w), np.ascontiguousarray(wdw), bias,
                               (cv.c, cv.ho, cv.wo))
@@ -79,28 +84,17 @@ class _ConvBase(ConvStrategy):
         mode = choose_mode(call.target, cv.weight, act_max)
         _, g, _, wdt = MODES[mode]
         knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode)
-        func = pointwise_conv_x86(cv.c * cv.kh * cv.kw, cv.ho * cv.wo, cv.o, mode, lo=cv.lo, hi=cv.hi,
-                                  shift_min=cv.shift_min, knobs=knobs, conv=cv.geometry)
+        func = pointwise_conv_x86(cv.gemm, mode, knobs)
         log.debug("%s: %s conv as GEMM with %s, tile %s", cv.node, cv.kind, mode, knobs)
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
         return ConvKernel(func, f"qc_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, g, wdt), bias,
                           (cv.o, cv.ho * cv.wo))
 
 
-@register_strategy("conv2d_requant", priority=10)
-class X86ConvRequant(_ConvBase):
-    """conv2d + requantize fused: tensorized GEMM (pointwise / im2col) or row-vectorised depthwise."""
-
-    name = "x86_conv_requant"
-    requant = True
-
-
-@register_strategy("conv2d", priority=10)
-class X86Conv(_ConvBase):
-    """conv2d to the int32 accumulator (+bias), for convs not followed by requantize."""
-
-    name = "x86_conv"
-    requant = False
+X86ConvRequant, X86Conv = register_requant_pair(
+    _ConvBase, "conv2d", "x86_conv", ("X86ConvRequant", "X86Conv"),
+    ("conv2d + requantize fused: tensorized GEMM (pointwise / im2col) or row-vectorised depthwise.",
+     "conv2d to the int32 accumulator (+bias), for convs not followed by requantize."))
 
 
 def _elementwise_schedule(func: tvm.tirx.PrimFunc, block: str, n: int, vec: int = 16) -> tvm.tirx.PrimFunc:
@@ -334,17 +328,7 @@ class _LinearBase:
         return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))
 
 
-@register_strategy("linear_requant", priority=10)
-class X86LinearRequant(_LinearBase):
-    """linear + requantize fused (the classifier of MobileNets when its policy is integer)."""
-
-    name = "x86_linear_requant"
-    requant = True
-
-
-@register_strategy("linear", priority=10)
-class X86Linear(_LinearBase):
-    """linear to the int32 accumulator (+bias), e.g. logits dequantized by `dequantize_acc`."""
-
-    name = "x86_linear"
-    requant = False
+X86LinearRequant, X86Linear = register_requant_pair(
+    _LinearBase, "linear", "x86_linear", ("X86LinearRequant", "X86Linear"),
+    ("linear + requantize fused (the classifier of MobileNets when its policy is integer).",
+     "linear to the int32 accumulator (+bias), e.g. logits dequantized by `dequantize_acc`."))

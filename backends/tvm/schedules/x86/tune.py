@@ -16,7 +16,7 @@ import tvm
 
 from qcompile.backends.tvm import tuning
 from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
-from qcompile.backends.tvm.schedules.conv import conv_kind
+from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, conv_kind
 from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_candidates, dw_weights
 from qcompile.backends.tvm.schedules.x86.gemm import (
     LANES,
@@ -77,7 +77,7 @@ def tune_gemm(
     if candidates is None:  # the untuned default always competes: tuning never makes a kernel slower
         candidates = list(dict.fromkeys([default_knobs(mode), *gemm_candidates(o, LANES[mode])]))
     candidates = list(candidates)[:trials] if trials else list(candidates)
-    libs = [(kn, tvm.compile(pointwise_conv_x86(k, p, o, mode, lo=0, hi=255, shift_min=40, knobs=kn), target=target))
+    libs = [(kn, tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), mode, kn), target=target))
             for kn in candidates]
     best = tuning.pick_fastest(libs, args, number, repeat, workload)
     tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
@@ -92,8 +92,8 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
     (kh, kw), stride = workload["k"], tuple(workload["stride"])
     padding, dilation = tuple(workload["padding"]), tuple(workload["dilation"])
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    dw = DwConv(c, h, w, kh, kw, stride, padding, dilation, shift_min=40)
+    ho, wo = dw.ho, dw.wo
     rng = np.random.default_rng(seed)
     xs = rng.integers(0, 256, (c, h, w)).astype(np.uint8)
     ws = rng.integers(-100, 100, (c, kh, kw)).astype(np.int8)
@@ -102,8 +102,7 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target))[: trials or None]
     libs = []
     for kn in candidates:
-        func = depthwise_kernel(c, h, w, kh, kw, kn, target=target, stride=stride, padding=padding,
-                                dilation=dilation, shift_min=40)
+        func = depthwise_kernel(dw, kn, target=target)
         libs.append((kn, tvm.compile(func, target=target)))
     best = None
     for layout in dict.fromkeys((kn.pairs, kn.taps) for kn, _ in libs):  # the kernels differ in weight packing

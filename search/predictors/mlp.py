@@ -137,7 +137,7 @@ class AccuracyPredictor:
         except TypeError as e:
             allowed = list(PredictorOptions.__dataclass_fields__)
             raise ConfigError("AccuracyPredictor options", sorted(kwargs), allowed) from e
-        for attr in ("encode", "encoding_size", "num_layer_slots", "bit_choices"):
+        for attr in ("genes", "num_layer_slots", "bit_choices"):  # what search.encoding reads
             if not hasattr(space, attr):
                 raise ConfigError("space", type(space).__name__, f"a search space with `{attr}` (qc.spaces.*)")
         self.space = space

@@ -6,8 +6,10 @@ strategies.
   the kernels and list their tuning candidates; `tune` times them into the tuning database, keyed by `workloads`.
 - `arm` (aarch64: `sdot` with +dotprod, NEON otherwise): `strategy` registers `conv2d_requant` / `conv2d`;
   `gemm` (packed GEMM) and `depthwise` (vectorised over channels) build the kernels.
-- shared by both: `conv` (conv kind and geometry, the packed-GEMM stages, the one conv `emit`) and `requant`
-  (the fused requantize epilogue).
+- shared by both: `conv` (conv kind and geometry, the one conv `emit`, what the kernels take: `DwConv` and its
+  epilogue for depthwise, `GemmConv` with the packed-GEMM stages, tiling and schedule for GEMM convs, and the
+  registration of a strategy's requantize / accumulator pair) and `requant` (the fused requantize epilogue).
+  The tensor intrinsics of both targets come from one builder (`intrin.common.dot_impl`).
 """
 
 from __future__ import annotations

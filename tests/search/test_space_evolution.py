@@ -219,9 +219,9 @@ def test_block_latency_chains_stage_pairs_into_few_subnets():
 
 
 def test_input_width_ends_interpolates_and_known_configs_are_reused():
-    """`input_widths="ends"` prices the smallest and largest input width of each entry exactly (same as "all") and
-    interpolates linearly in between; a model's already-priced subnets (`known_configs`) are reused, not priced
-    again."""
+    """`input_widths="ends"` prices the smallest and largest input width of each entry exactly (same as "all"), in
+    stride-1 stages also the entry's own width (residual), and interpolates linearly in between; a model's
+    already-priced subnets (`known_configs`) are reused, not priced again."""
     h = digits_hyperspace()
     table = synthetic_table(h, per_width=1)
 
@@ -239,13 +239,21 @@ def test_input_width_ends_interpolates_and_known_configs_are_reused():
     exact = QTScorer(table, (0.3,), Known(), n_samples=10)
     first = Known()
     ends = QTScorer(table, (0.3,), first, n_samples=10, input_widths="ends")
+    n_own = 0
     for s in range(1, 7):
-        a, b = exact._stage_data(s, "mbv3").lat, ends._stage_data(s, "mbv3").lat
+        sd = exact._stage_data(s, "mbv3")
+        a, b = sd.lat, ends._stage_data(s, "mbv3").lat
         np.testing.assert_allclose(b[:, [0, -1]], a[:, [0, -1]], rtol=1e-12)
         w = np.array(exact._prev_widths(s), dtype=float)
-        if len(w) > 2:
-            t = (w - w[0]) / (w[-1] - w[0])
-            np.testing.assert_allclose(b, b[:, :1] + (b[:, -1:] - b[:, :1]) * t, rtol=1e-12)
+        for i, width in enumerate(sd.widths):
+            for j in range(1, len(w) - 1):
+                if w[j] == width and h.stages[s - 1].stride == 1:  # residual: priced exactly
+                    assert b[i, j] == pytest.approx(a[i, j], rel=1e-12)
+                    n_own += 1
+                else:
+                    t = (w[j] - w[0]) / (w[-1] - w[0])
+                    assert b[i, j] == pytest.approx(b[i, 0] + (b[i, -1] - b[i, 0]) * t, rel=1e-12)
+    assert n_own > 0
     assert len(first.calls) < len(exact.latency.calls)
     again = Known(first.calls)
     reuse = QTScorer(table, (0.3,), again, n_samples=10, input_widths="ends")

@@ -48,6 +48,46 @@ def test_stage_latency_sum_equals_full_subnet_prediction(scorer):
                 assert r["width"] in cand.stage_widths(s)
 
 
+class _ResidualHead(MacLatencyModel):
+    """The MAC model plus a head cost that, as in our INT8 kernel lists, depends on whether the last stage's
+    first block keeps a residual add (its input width equals its output width)."""
+
+    def part_ms(self, space, cfg):
+        parts = super().part_ms(space, cfg)
+        k = space.config_stages.index(max(space.config_stages))
+        parts["head"] = parts.get("head", 0.0) + (0.01 if cfg.widths[k] == cfg.widths[k + 1] else 0.0)
+        return parts
+
+    def predict(self, space, cfg):
+        return float(sum(self.part_ms(space, cfg).values()))
+
+
+@pytest.mark.parametrize("input_widths", ["all", "ends"])
+def test_head_memo_depends_on_the_last_stage_input_width(input_widths):
+    """A head whose cost depends on the last stage's input width (residual or not) is memoised per input width:
+    sampled subnets cost exactly the model's prediction of the whole subnet, residual and not ("ends" too: the
+    residual width of a stride-1 stage is priced, the others share the non-residual head)."""
+    h = digits_hyperspace()
+    sc = QTScorer(synthetic_table(h, per_width=1), (0.3,), _ResidualHead(), n_samples=400,
+                  input_widths=input_widths)
+    cand = h.candidate(["mbv3"] * 6, [0, 0, 0, 0, 3, 0])  # Stage5 and Stage6 windows share width 152
+    picks, _, lat = sc.sample(cand)
+    space = cand.build()
+    k = space.config_stages.index(6)
+    seen = set()
+    for i in range(400):
+        cfg = subnet_config(space, h, sc.rows(cand, picks, i))
+        residual = cfg.widths[k] == cfg.widths[k + 1]
+        if residual in seen:
+            continue
+        seen.add(residual)
+        head = sc._head("mbv3", int(picks[-1][i]), h.stages[4].widths.index(cfg.widths[k]))
+        assert head == pytest.approx(sc.latency.part_ms(space, cfg)["head"], rel=1e-12)
+        if input_widths == "all":
+            assert lat[i] == pytest.approx(sc.latency.predict(space, cfg), rel=1e-9)
+    assert seen == {True, False}
+
+
 def test_qt_score_single_subnet_space_by_hand():
     """A table with one entry per (stage, block) makes every sampled subnet the same: Eq. 2 is then
     1/loss for each constraint its latency meets and 0 otherwise (latency from space.layers by hand)."""

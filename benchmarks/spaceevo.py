@@ -141,14 +141,19 @@ def train_small_supernet(space, data, epochs: tuple[int, int], seed: int):
     return qnet
 
 
-def subnet_accuracies(qnet, space, data, n_subnets: int, seed: int) -> tuple[list, list[float]]:
-    """`n_subnets` INT8 subnets (largest, smallest, random), each calibrated and evaluated on the validation split."""
-    from qcompile.train.evaluate import evaluate_subnets
+def subnet_accuracies(qnet, space, data, n_subnets: int, seed: int, calib_seeds: int = 1,
+                      extra_train: int = 0) -> tuple[list, list[float]]:
+    """`n_subnets` INT8 subnets (largest, smallest, random), each calibrated and evaluated on the validation split
+    plus `extra_train` fixed training images, averaged over `calib_seeds` calibration seeds (`EvalProtocol`: both
+    lower the measurement noise of a 179-image val split)."""
+    from qcompile.search.predictors import SupernetEvaluator
 
     configs = [space.sample(seed=seed * 1000 + i, bits=(8,)) for i in range(n_subnets)]
     configs[0] = space.largest(bits=8)
     configs[1] = space.smallest(bits=8)
-    return configs, evaluate_subnets(qnet, space, data, configs, calib_batches=4, split="val")
+    ev = SupernetEvaluator(qnet, data, space=space, split="val", calib_batches=4, calib_seeds=calib_seeds,
+                           extra_train=extra_train, progress=False)
+    return configs, [float(a) for a in ev.predict(configs)]
 
 
 def pareto_accuracy(accs, lats, constraints) -> dict:
@@ -186,7 +191,7 @@ def _candidates(hyper, n_spaces: int):
 
 
 def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: int, tiny: bool,
-                 train: bool = True) -> list[dict]:
+                 train: bool = True, calib_seeds: int = 1, extra_train: int = 0) -> list[dict]:
     """Train K random candidate spaces and evaluate `n_subnets` subnets of each (no latency: that is `run_qt`).
     Appends per space to OUT/qt_spaces.json (a rerun continues). `train=False`: only those trained so far."""
     import torch
@@ -202,7 +207,8 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
     done = json.loads(path.read_text()) if path.is_file() else []
 
     def same(d, cand) -> bool:
-        return d["encoding"] == cand.encoding and d["epochs"] == list(epochs) and d["subnets"] == n_subnets
+        return (d["encoding"] == cand.encoding and d["epochs"] == list(epochs) and d["subnets"] == n_subnets
+                and d.get("calib_seeds", 1) == calib_seeds and d.get("extra_train", 0) == extra_train)
 
     cands = _candidates(hyper, n_spaces)
     for k, cand in enumerate(cands):
@@ -211,8 +217,9 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
         t0 = time.process_time()
         space = cand.build()
         qnet = train_small_supernet(space, data, epochs, seed=k)
-        configs, accs = subnet_accuracies(qnet, space, data, n_subnets, k)
+        configs, accs = subnet_accuracies(qnet, space, data, n_subnets, k, calib_seeds, extra_train)
         done.append({"encoding": cand.encoding, "epochs": list(epochs), "subnets": n_subnets,
+                     "calib_seeds": calib_seeds, "extra_train": extra_train,
                      "configs": [c.to_json() for c in configs], "accuracies": accs,
                      "cpu_seconds": time.process_time() - t0})
         atomic_write_text(path, json.dumps(done, indent=1))
@@ -223,7 +230,7 @@ def train_spaces(out: Path, n_spaces: int, epochs: tuple[int, int], n_subnets: i
 
 def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_subnets: int, tiny: bool,
            kind: str = "kernels", quantiles=None, input_widths: str = "all", train: bool = True,
-           timing: tuple[int, int] = (2, 1)) -> dict:
+           timing: tuple[int, int] = (2, 1), calib_seeds: int = 1, extra_train: int = 0) -> dict:
     """Q-T scores of the trained spaces against their Pareto accuracies (Kendall tau, 95 % bootstrap interval).
     With `quantiles`, the constraints sit at those quantiles of the latency of the trained spaces' searched
     subnets (so every constraint binds somewhere)."""
@@ -231,7 +238,7 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
     from qcompile.search.space_evolution import QTScorer
     from qcompile.utils.io import atomic_write_text
 
-    trained = train_spaces(out, n_spaces, epochs, n_subnets, tiny, train)
+    trained = train_spaces(out, n_spaces, epochs, n_subnets, tiny, train, calib_seeds, extra_train)
     table = _table(out, tiny)
     latency = _latency(out, kind, timing)
     t0 = time.process_time()
@@ -252,7 +259,8 @@ def run_qt(out: Path, n_spaces: int, constraints, epochs: tuple[int, int], n_sub
     getattr(latency, "flush", lambda: None)()
     tau, lo, hi = kendall_with_ci([r["qt_score"] for r in rows], [r["pareto_accuracy"] for r in rows])
     doc = {"constraints_ms": list(constraints), "quantiles": list(quantiles or []), "epochs": list(epochs),
-           "subnets_per_space": n_subnets, "kendall_tau": tau, "ci95": [lo, hi], "spaces": rows,
+           "subnets_per_space": n_subnets, "calib_seeds": calib_seeds, "extra_train": extra_train,
+           "kendall_tau": tau, "ci95": [lo, hi], "spaces": rows,
            "latency_model": latency.describe(), "input_widths": input_widths,
            "pricing_cpu_seconds": time.process_time() - t0}
     atomic_write_text(out / f"qt_{kind}.json", json.dumps(doc, indent=1))
@@ -279,6 +287,10 @@ def main(argv=None) -> int:
     p.add_argument("--spaces", type=int, default=8, help="candidate spaces trained for the Q-T check")
     p.add_argument("--epochs", default="2,1", help="float,int8 supernet epochs for the Q-T check")
     p.add_argument("--subnets", type=int, default=16, help="subnets searched per trained space")
+    p.add_argument("--calib-seeds", type=int, default=1,
+                   help="qt/train: each subnet's accuracy averaged over this many calibration seeds")
+    p.add_argument("--extra-train", type=int, default=0,
+                   help="qt/train: fixed training images added to the val split for the subnets' accuracies")
     p.add_argument("--timing", default="2,1", help="kernels: covering,random subnets timed per block type")
     p.add_argument("--score-only", action="store_true", help="qt: score the spaces trained so far, train none")
     p.add_argument("--tiny", action="store_true", help="CI size: tiny table, 3 seeds, 3 spaces, 1 INT8 epoch")
@@ -294,12 +306,13 @@ def main(argv=None) -> int:
     epochs = tuple(int(x) for x in args.epochs.split(","))
     quant = tuple(float(x) for x in args.quantiles.split(",")) if args.quantiles else None
     if args.part == "train":
-        train_spaces(out, args.spaces, epochs, args.subnets, args.tiny)
+        train_spaces(out, args.spaces, epochs, args.subnets, args.tiny, calib_seeds=args.calib_seeds,
+                     extra_train=args.extra_train)
     if args.part in ("search", "all"):
         run_search(out, args.seeds, args.n_spaces, cons, args.tiny, args.latency, quant, args.input_widths, timing)
     if args.part in ("qt", "all"):
         run_qt(out, args.spaces, cons, epochs, args.subnets, args.tiny, args.latency, quant, args.input_widths,
-               not args.score_only, timing)
+               not args.score_only, timing, args.calib_seeds, args.extra_train)
     return 0
 
 

@@ -209,10 +209,12 @@ class QTScorer:
         self._stage: dict[tuple[int, str], _StageData] = {}
         self._probes: dict[str, Any] = {}
         self._cache: dict[str, float] = {}
-        self._fixed_ms: float | None = None
-        # the head's kernels depend on the last stage's block type and entry (what its output needs, what fuses),
-        # not only on its width: memoised per (block type, last-stage entry) from the subnets that price the stage
-        self._head_ms: dict[tuple[str, int], float] = {}
+        # stem + residual-stem stage, per Stage1 block type (priced with that block's probe subnets)
+        self._fixed_ms: dict[str, float] = {}
+        # the head's kernels depend on the last stage's block type, entry and input width: with input width ==
+        # output width its first block keeps a residual add, whose output rescale the emitter groups with the head.
+        # Memoised per (block type, last-stage entry, input-width index) from the subnets that price that pair
+        self._head_ms: dict[tuple[str, int, int], float] = {}
 
     def settings(self) -> dict[str, Any]:
         return {"constraints": list(self.constraints), "n_samples": self.n_samples, "top_k": self.top_k,
@@ -252,8 +254,7 @@ class QTScorer:
         rows = {s: self._rows(s, block) for s in range(1, n + 1)}
         prev = {s: self._prev_widths(s) for s in range(1, n + 1)}
         lat = {s: np.full((len(rows[s]), len(prev[s])), np.nan) for s in rows}
-        cols = {s: range(len(prev[s])) if self.input_widths == "all" else sorted({0, len(prev[s]) - 1}) for s in rows}
-        pending = {s: {(i, j) for i in range(len(rows[s])) for j in cols[s]} for s in rows}
+        pending = {s: {(i, j) for i in range(len(rows[s])) for j in self._priced_cols(s, rows[s][i])} for s in rows}
         space = self._probe(block)
         self._harvest(space, block, rows, prev, pending, lat)
         while any(pending.values()):
@@ -275,20 +276,47 @@ class QTScorer:
                 c_in = int(chain[-1]["width"])
             cfg = subnet_config(space, self.hyper, chain)
             parts = self.latency.part_ms(space, cfg)
-            for s, i, j in priced:
-                lat[s][i, j] = parts.get(f"stage{s}", 0.0)
-                pending[s].discard((i, j))
-                if s == n:
-                    self._head_ms.setdefault((block, i), float(parts.get(HEAD, 0.0)))
-            if self._fixed_ms is None:
-                self._fixed_ms = float(parts.get(FIXED, 0.0))
+            self._record(block, parts, priced, lat, pending, n)
         for s in rows:
             if self.input_widths == "ends" and len(prev[s]) > 2:
                 w = np.asarray(prev[s], dtype=np.float64)
                 t = (w - w[0]) / (w[-1] - w[0])
-                lat[s] = lat[s][:, :1] + (lat[s][:, -1:] - lat[s][:, :1]) * t[None, :]
+                interp = lat[s][:, :1] + (lat[s][:, -1:] - lat[s][:, :1]) * t[None, :]
+                lat[s] = np.where(np.isnan(lat[s]), interp, lat[s])  # priced pairs keep their exact price
             self._stage[(s, block)] = _StageData(rows[s], np.array([r["nsr"] for r in rows[s]], dtype=np.float64),
                                                  np.array([r["width"] for r in rows[s]]), lat[s])
+        if self.input_widths == "ends":
+            # an unpriced input width differs from the entry's width (those are priced): no residual, so the head
+            # is the one after a priced input width that also differs (one of the two ends does)
+            for i, r in enumerate(rows[n]):
+                for j in range(len(prev[n])):
+                    if (block, i, j) not in self._head_ms:
+                        other = next(k for k in (0, len(prev[n]) - 1) if prev[n][k] != int(r["width"]))
+                        self._head_ms[(block, i, j)] = self._head_ms[(block, i, other)]
+
+    def _priced_cols(self, s: int, row: dict[str, Any]) -> list[int]:
+        """Input-width indices at which a Stage s entry is priced: all, or ("ends") the smallest and largest plus,
+        in a stride-1 stage, the entry's own width (input == output width: the first block keeps a residual add,
+        a step that interpolation would miss)."""
+        prev = self._prev_widths(s)
+        if self.input_widths == "all":
+            return list(range(len(prev)))
+        own = {j for j, c in enumerate(prev) if c == int(row["width"]) and self.hyper.stages[s - 1].stride == 1}
+        return sorted({0, len(prev) - 1} | own)
+
+    def _record(self, block: str, parts: dict[str, float], priced, lat, pending, n: int) -> None:
+        """Store the parts of one priced subnet: its (stage, entry, input width) pairs, the head after its last
+        stage's pair, the fixed part for its Stage1 block type (the same in every subnet: checked)."""
+        for s, i, j in priced:
+            lat[s][i, j] = parts.get(f"stage{s}", 0.0)
+            pending[s].discard((i, j))
+            if s == n:
+                self._head_ms[(block, i, j)] = float(parts.get(HEAD, 0.0))
+        fixed = float(parts.get(FIXED, 0.0))
+        old = self._fixed_ms.setdefault(block, fixed)
+        if abs(old - fixed) > 1e-9 * max(abs(old), 1e-12):
+            raise ConfigError("latency model", f"fixed part {fixed} ms != {old} ms for Stage1 {block}",
+                              "a stem + residual-stem price that does not depend on Stage1-6")
 
     def _harvest(self, space, block: str, rows, prev, pending, lat) -> None:
         """Price pending pairs from subnets the latency model has already priced (`known_configs`, e.g. a cache
@@ -303,7 +331,7 @@ class QTScorer:
 
         index = {s: {key(r): i for i, r in enumerate(rows[s])} for s in rows}
         for cfg in known(space):
-            parts = None
+            priced = []
             for s in rows:
                 k = space.config_stages.index(s)
                 d = int(cfg.depths[k])
@@ -312,15 +340,10 @@ class QTScorer:
                                       "kernels": [cfg.kernels[x] for x in slots],
                                       "expands": [cfg.expands[x] for x in slots]}))
                 c_in = int(cfg.widths[k])
-                if i is None or c_in not in prev[s] or (i, prev[s].index(c_in)) not in pending[s]:
-                    continue
-                parts = parts if parts is not None else self.latency.part_ms(space, cfg)
-                if s == len(rows):
-                    self._head_ms.setdefault((block, i), float(parts.get(HEAD, 0.0)))
-                lat[s][i, prev[s].index(c_in)] = parts.get(f"stage{s}", 0.0)
-                pending[s].discard((i, prev[s].index(c_in)))
-            if parts is not None and self._fixed_ms is None:
-                self._fixed_ms = float(parts.get(FIXED, 0.0))
+                if i is not None and c_in in prev[s] and (i, prev[s].index(c_in)) in pending[s]:
+                    priced.append((s, i, prev[s].index(c_in)))
+            if priced:
+                self._record(block, self.latency.part_ms(space, cfg), priced, lat, pending, len(rows))
 
     def _largest_row(self, s: int, block: str) -> dict[str, Any]:
         st = self.hyper.stages[s - 1]
@@ -328,17 +351,19 @@ class QTScorer:
         return {"width": max(st.widths), "depth": d, "kernels": [max(self.hyper.kernels)] * d,
                 "expands": [max(VNNI_BLOCKS[block][0])] * d}
 
-    def _fixed(self) -> float:
-        """Stem + residual-stem stage (at their largest) latency, with the model's per-call cost."""
-        if self._fixed_ms is None:
-            self._block_latency(self.hyper.blocks[0])
-        return float(self._fixed_ms)  # type: ignore[arg-type]
-
-    def _head(self, block: str, entry: int) -> float:
-        """Head latency after a last stage of type `block` at table entry `entry` (priced with that stage)."""
-        if (block, entry) not in self._head_ms:
+    def _fixed(self, block: str) -> float:
+        """Stem + residual-stem stage (at their largest) latency before a Stage1 of type `block`, with the
+        model's per-call cost."""
+        if block not in self._fixed_ms:
             self._block_latency(block)
-        return self._head_ms[(block, entry)]
+        return self._fixed_ms[block]
+
+    def _head(self, block: str, entry: int, col: int) -> float:
+        """Head latency after a last stage of type `block` at table entry `entry` and input width index `col`
+        (priced with that stage)."""
+        if (block, entry, col) not in self._head_ms:
+            self._block_latency(block)
+        return self._head_ms[(block, entry, col)]
 
     # -- scoring -----------------------------------------------------------------------------------
     def sample(self, cand: CandidateSpace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -347,7 +372,7 @@ class QTScorer:
             raise ConfigError("candidate hyperspace", cand.hyper.name, f"{self.hyper.name} (the table's)")
         rng = np.random.default_rng([self.seed, zlib.crc32(cand.encoding.encode())])
         loss = np.zeros(self.n_samples)
-        lat = np.full(self.n_samples, self._fixed())
+        lat = np.full(self.n_samples, self._fixed(cand.block_names[0]))
         picks, prev_w = [], None
         for s in range(1, self.hyper.n_stages + 1):
             sd = self._stage_data(s, cand.block_names[s - 1])
@@ -364,9 +389,10 @@ class QTScorer:
                 col = np.searchsorted(np.array(self._prev_widths(s)), prev_w)
             lat += sd.lat[idx, col]
             prev_w = sd.widths[idx]
-        last = cand.block_names[-1]
-        heads = np.array([self._head(last, i) for i in range(len(self._stage_data(self.hyper.n_stages, last).rows))])
-        lat += heads[picks[-1]]
+        last, n = cand.block_names[-1], self.hyper.n_stages
+        heads = np.array([[self._head(last, i, j) for j in range(len(self._prev_widths(n)))]
+                          for i in range(len(self._stage_data(n, last).rows))])
+        lat += heads[picks[-1], col]
         return picks, loss, lat
 
     def rows(self, cand: CandidateSpace, picks: list[np.ndarray], i: int) -> list[dict[str, Any]]:

@@ -12,10 +12,18 @@ space, so it cannot price the other candidates of a hyperspace. This module adap
   with (a, b, c) fit by bounded relative least squares on every timed network of the tables (the
   `LatencyTable` model, pooled).
 - **Kernel lists** (`KernelLatencyModel.part_ms`): the fused kernels `qc.lower` emits for a subnet
-  (`qcompile.search.kernel_workloads`, the emitter's dry walk) split into the parts the Q-T scorer
-  memoises: "fixed" (stem + residual-stem stage, plus the per-call cost c), "stage1".."stageN", "head".
+  (`structural_groups`, the emitter's dry walk as in `qcompile.search.kernel_workloads`) split into the
+  parts the Q-T scorer memoises: "fixed" (stem + residual-stem stage, plus the per-call cost c),
+  "stage1".."stageN", "head".
   A dry walk costs about a second, so the lists are cached per (probe space, config) in JSON shards
   (`kernels/<space>.json`, written atomically every few configs: an interrupted build resumes).
+- **Structural kernel lists** (`structural_groups`): `to_integer` leaves out the requantization between two
+  quantizers whose calibrated (scale, zero point) coincide. On the random-weight skeleton the lists are
+  planned on, two *distinct* quantizers coincide only by accident of its values (e.g. a quantizer reading
+  another's codes through a mean over a 1x1 map coincides when the data hold an exact 0), so the same
+  stage got a different kernel list in a block type's probe space than in a candidate space. The lists
+  here are planned with every distinct quantizer's scale moved by its own factor of 1 + O(1e-6): a
+  requantization is left out only between points of the same quantizer, a property of the architecture.
 
 Everything lives in one cache directory (next to the block-wise NSR table by default): the timing
 tables `latency_<block>.json`, `kernel_costs.json` (the pooled fit, reused while the tables are
@@ -36,7 +44,7 @@ import numpy as np
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.latency import KernelPredictor, LatencyTable, covering_configs, kernel_workloads, machine_keys
-from qcompile.search.latency.workloads import block_keys, group_workloads, space_key, workload_key
+from qcompile.search.latency.workloads import block_keys, space_key, workload_key
 from qcompile.spaces.hyperspace import Hyperspace
 
 #: names of a subnet's latency parts: "fixed" (stem, residual-stem stage, per-call cost), "stage1".."stageN", "head"
@@ -45,13 +53,14 @@ FIXED, HEAD = "fixed", "head"
 log = logging.getLogger(__name__)
 
 COSTS_FORMAT = "qcompile.spaceevo-kernel-costs/1"
-KERNELS_FORMAT = "qcompile.spaceevo-kernel-lists/1"
+KERNELS_FORMAT = "qcompile.spaceevo-kernel-lists/2"
 #: a timed network whose median exceeds its fastest call by this factor was mostly preempted: not fit on
 PREEMPTED_RATIO = 3.0
 #: machine facts a kernel list depends on (strategy and GEMM mode selection)
 _LIST_KEYS = ("target", "mcpu", "mattr", "qcompile", "tvm")
 
-__all__ = ["TimingSettings", "KernelCosts", "KernelLatencyModel", "group_part", "COSTS_FORMAT", "KERNELS_FORMAT"]
+__all__ = ["TimingSettings", "KernelCosts", "KernelLatencyModel", "group_part", "structural_groups", "COSTS_FORMAT",
+           "KERNELS_FORMAT"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,40 @@ def group_part(group: Any) -> str:
     if group == "head":
         return HEAD
     return f"stage{group[0]}"
+
+
+def structural_groups(space, cfg: SubnetConfig, target: str = "x86", num_threads: int = 1) -> dict[Any, list[dict]]:
+    """Kernel group ("stem", (stage, block), "head") -> the workloads `qc.lower` emits for `cfg` on the skeleton
+    supernet (`search.latency.workloads`: seeded random weights, two-image calibration), planned with every
+    distinct activation quantizer's scale moved by its own relative 1e-6 step, so that `to_integer` leaves out
+    a requantization only where producer and consumer share a quantizer, never where two calibrated scales
+    coincide by accident of the random values (module docstring). One dry walk (about a second)."""
+    import torch
+
+    from qcompile import api as qc
+    from qcompile.backends.tvm.emitter import plan_kernels
+    from qcompile.passes.to_integer import to_integer
+    from qcompile.quant.base import ActQuantizer
+    from qcompile.search.latency import workloads as wl
+
+    space.validate(cfg)
+    sub = qc.extract(wl._skeleton(space), cfg)
+    g = torch.Generator().manual_seed(0)
+    qc.calibrate(sub, [torch.randn(2, space.in_channels, cfg.resolution, cfg.resolution, generator=g)])
+    quantizers = [m for m in sub.modules() if isinstance(m, ActQuantizer)]
+    try:
+        for k, m in enumerate(quantizers):
+            def moved(bits=None, _m=m, _f=1.0 + 1e-6 * (k + 1)):
+                scale, zp = type(_m).qparams(_m, bits)
+                return scale * _f, zp
+
+            m.qparams = moved  # instance attribute: shadows the method for this walk only
+        ig = to_integer(sub, check_overflow=False, verify=False, copy_input=False)
+        records = plan_kernels(ig, wl._resolve(target, num_threads).target())
+    finally:
+        for m in quantizers:
+            m.__dict__.pop("qparams", None)
+    return wl._split(records)
 
 
 def _sha(text: str | bytes, n: int = 16) -> str:
@@ -164,7 +207,7 @@ class KernelLatencyModel:
     """Latency model of the Q-T score (`space_evolution.LatencyModel`) from our INT8 kernels.
 
     `part_ms(space, cfg)`: the cost of each part of `cfg`'s kernel list (cached per space and config);
-    `predict(space, cfg)`: their sum, the cost of the whole of `kernel_workloads(space, cfg)` (tested
+    `predict(space, cfg)`: their sum, the cost of the whole of `structural_groups(space, cfg)` (tested
     against that list priced directly).
     """
 
@@ -206,15 +249,15 @@ class KernelLatencyModel:
         ck = cfg.to_json()
         hit = doc["configs"].get(ck)
         if hit is None:
-            groups = group_workloads(space, cfg, self.target, self.num_threads)
-            if groups is None:
+            groups = structural_groups(space, cfg, self.target, self.num_threads)
+            if set(groups) != set(block_keys(space, cfg)):
                 raise ConfigError("space", getattr(space, "name", space),
                                   "a space whose kernels group by stage and block (stages_i_blocks_j node names)")
             self.dry_walks += 1
             hit = {}
-            for g, k in block_keys(space, cfg).items():
+            for g in block_keys(space, cfg):
                 idx = hit.setdefault(group_part(g), [])
-                for w in groups[repr(k)]:
+                for w in groups[g]:
                     wk = workload_key(w)
                     if wk not in doc["_index"]:
                         doc["_index"][wk] = len(doc["workloads"])

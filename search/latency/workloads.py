@@ -37,6 +37,8 @@ _MEMO: dict[tuple, dict[Any, list[dict]]] = {}
 _LOCK = threading.Lock()
 _BLOCK_RE = re.compile(r"^stages_(\d+)_blocks_(\d+)_")
 _HEAD_PREFIXES = ("head", "pool", "classifier")
+#: torch seed of the skeleton supernets' random weights (kernel lists are reproducible across processes)
+SKELETON_SEED = 0
 
 
 def space_key(space: Any) -> str:
@@ -61,7 +63,13 @@ def _skeleton(space: Any) -> Any:
         if key in _SKELETONS:
             _SKELETONS.move_to_end(key)
             return _SKELETONS[key]
-    qnet = qc.quantize(qc.trace(space.build_supernet()))
+    import torch
+
+    # seeded: which requantizations `to_integer` elides depends on the calibrated scales (`_same_quant`), so an
+    # unseeded skeleton could give a config a different kernel list in each process or after an LRU eviction
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SKELETON_SEED)
+        qnet = qc.quantize(qc.trace(space.build_supernet()))
     with _LOCK:
         _SKELETONS[key] = qnet
         while len(_SKELETONS) > 4:

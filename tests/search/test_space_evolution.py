@@ -49,6 +49,46 @@ def test_stage_latency_sum_equals_full_subnet_prediction(scorer):
                 assert r["width"] in cand.stage_widths(s)
 
 
+class _ResidualHead(MacLatencyModel):
+    """The MAC model plus a head cost that, as in our INT8 kernel lists, depends on whether the last stage's
+    first block keeps a residual add (its input width equals its output width)."""
+
+    def part_ms(self, space, cfg):
+        parts = super().part_ms(space, cfg)
+        k = space.config_stages.index(max(space.config_stages))
+        parts["head"] = parts.get("head", 0.0) + (0.01 if cfg.widths[k] == cfg.widths[k + 1] else 0.0)
+        return parts
+
+    def predict(self, space, cfg):
+        return float(sum(self.part_ms(space, cfg).values()))
+
+
+@pytest.mark.parametrize("input_widths", ["all", "ends"])
+def test_head_memo_depends_on_the_last_stage_input_width(input_widths):
+    """A head whose cost depends on the last stage's input width (residual or not) is memoised per input width:
+    sampled subnets cost exactly the model's prediction of the whole subnet, residual and not ("ends" too: the
+    residual width of a stride-1 stage is priced, the others share the non-residual head)."""
+    h = digits_hyperspace()
+    sc = QTScorer(synthetic_table(h, per_width=1), (0.3,), _ResidualHead(), n_samples=400,
+                  input_widths=input_widths)
+    cand = h.candidate(["mbv3"] * 6, [0, 0, 0, 0, 3, 0])  # Stage5 and Stage6 windows share width 152
+    picks, _, lat = sc.sample(cand)
+    space = cand.build()
+    k = space.config_stages.index(6)
+    seen = set()
+    for i in range(400):
+        cfg = subnet_config(space, h, sc.rows(cand, picks, i))
+        residual = cfg.widths[k] == cfg.widths[k + 1]
+        if residual in seen:
+            continue
+        seen.add(residual)
+        head = sc._head("mbv3", int(picks[-1][i]), h.stages[4].widths.index(cfg.widths[k]))
+        assert head == pytest.approx(sc.latency.part_ms(space, cfg)["head"], rel=1e-12)
+        if input_widths == "all":
+            assert lat[i] == pytest.approx(sc.latency.predict(space, cfg), rel=1e-9)
+    assert seen == {True, False}
+
+
 def test_qt_score_single_subnet_space_by_hand():
     """A table with one entry per (stage, block) makes every sampled subnet the same: Eq. 2 is then
     1/loss for each constraint its latency meets and 0 otherwise (latency from `layers(space, cfg)` by hand)."""
@@ -220,9 +260,9 @@ def test_block_latency_chains_stage_pairs_into_few_subnets():
 
 
 def test_input_width_ends_interpolates_and_known_configs_are_reused():
-    """`input_widths="ends"` prices the smallest and largest input width of each entry exactly (same as "all") and
-    interpolates linearly in between; a model's already-priced subnets (`known_configs`) are reused, not priced
-    again."""
+    """`input_widths="ends"` prices the smallest and largest input width of each entry exactly (same as "all"), in
+    stride-1 stages also the entry's own width (residual), and interpolates linearly in between; a model's
+    already-priced subnets (`known_configs`) are reused, not priced again."""
     h = digits_hyperspace()
     table = synthetic_table(h, per_width=1)
 
@@ -240,13 +280,21 @@ def test_input_width_ends_interpolates_and_known_configs_are_reused():
     exact = QTScorer(table, (0.3,), Known(), n_samples=10)
     first = Known()
     ends = QTScorer(table, (0.3,), first, n_samples=10, input_widths="ends")
+    n_own = 0
     for s in range(1, 7):
-        a, b = exact._stage_data(s, "mbv3").lat, ends._stage_data(s, "mbv3").lat
+        sd = exact._stage_data(s, "mbv3")
+        a, b = sd.lat, ends._stage_data(s, "mbv3").lat
         np.testing.assert_allclose(b[:, [0, -1]], a[:, [0, -1]], rtol=1e-12)
         w = np.array(exact._prev_widths(s), dtype=float)
-        if len(w) > 2:
-            t = (w - w[0]) / (w[-1] - w[0])
-            np.testing.assert_allclose(b, b[:, :1] + (b[:, -1:] - b[:, :1]) * t, rtol=1e-12)
+        for i, width in enumerate(sd.widths):
+            for j in range(1, len(w) - 1):
+                if w[j] == width and h.stages[s - 1].stride == 1:  # residual: priced exactly
+                    assert b[i, j] == pytest.approx(a[i, j], rel=1e-12)
+                    n_own += 1
+                else:
+                    t = (w[j] - w[0]) / (w[-1] - w[0])
+                    assert b[i, j] == pytest.approx(b[i, 0] + (b[i, -1] - b[i, 0]) * t, rel=1e-12)
+    assert n_own > 0
     assert len(first.calls) < len(exact.latency.calls)
     again = Known(first.calls)
     reuse = QTScorer(table, (0.3,), again, n_samples=10, input_widths="ends")

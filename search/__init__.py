@@ -21,9 +21,12 @@ from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_worklo
 from qcompile.search.objectives import Objective
 from qcompile.search.predictors import (
     AccuracyPredictor,
+    BoostedOptions,
+    BoostedPredictor,
     PredictorOptions,
     SupernetEvaluator,
     kendall_tau,
+    load_predictor,
     pairwise_accuracy,
 )
 from qcompile.search.result import SearchResult
@@ -64,6 +67,9 @@ __all__ = [
     "LatencyTable",
     "kernel_workloads",
     "AccuracyPredictor",
+    "BoostedOptions",
+    "BoostedPredictor",
+    "load_predictor",
     "PredictorOptions",
     "SupernetEvaluator",
     "kendall_tau",

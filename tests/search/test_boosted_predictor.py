@@ -87,3 +87,49 @@ def test_bad_options_and_inputs(tspace, data):
         BoostedPredictor(tspace, **FAST).fit(cfgs, y[:5])
     with pytest.raises(ConfigError, match="not fitted"):
         BoostedPredictor(tspace).predict(cfgs[:2])
+
+
+def test_cli_fit_gbt_on_negated_loss(tspace, data, tmp_path, capsys):
+    """`qcompile predictor fit --kind gbt --target loss` fits -loss (higher = better) and saves a loadable predictor."""
+    from qcompile.cli import main
+    from qcompile.search.predictors.measured import append_jsonl
+
+    cfgs, y = data
+    cache = tmp_path / "acc.jsonl"
+    for i, (c, v) in enumerate(zip(cfgs[:80], y[:80])):
+        append_jsonl(
+            cache,
+            {"key": f"k{i}", "config": c.to_dict(), "accuracy": 0.5, "loss": float(-v), "space": tspace.to_dict()},
+        )
+    assert (
+        main(
+            [
+                "predictor",
+                "fit",
+                str(cache),
+                "--out",
+                str(tmp_path / "p"),
+                "--kind",
+                "gbt",
+                "--target",
+                "loss",
+                "--n-estimators",
+                "40",
+                "--holdout",
+                "0.25",
+            ]
+        )
+        == 0
+    )
+    assert "held-out Kendall tau" in capsys.readouterr().out
+    pred = load_predictor(tmp_path / "p", space=tspace)
+    assert isinstance(pred, BoostedPredictor) and pred.report["target"] == "negated mean loss"
+    assert pred.report["n_holdout"] == 20 and len(pred.trees) == 40
+    # it predicts the fitted values (-loss = y; 60 samples: a weak fit, but of the right sign), not the accuracy
+    assert qs.kendall_tau(pred.predict(cfgs[80:200]), y[80:200]) > 0.15
+    (tmp_path / "old.jsonl").write_text(cache.read_text().replace('"loss": ', '"loss_": '))
+    capsys.readouterr()
+    assert (
+        main(["predictor", "fit", str(tmp_path / "old.jsonl"), "--out", str(tmp_path / "q"), "--target", "loss"]) == 2
+    )
+    assert "records without a loss" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
     qcompile predictor collect RUN --n 500 --out acc.jsonl [--bits 2,3,4] [--seed 0]
                                    [--rank R --world-size W]     # or torchrun's RANK / WORLD_SIZE
-    qcompile predictor fit acc.jsonl --out pred/ [--kind mlp|gbt] [--target accuracy|loss] [--holdout 0.2]
+    qcompile predictor fit acc.jsonl --out pred/ [--kind mlp|mlp-ens|gbt] [--target accuracy|loss] [--holdout 0.2]
                                                  [--init-from float_pred/]
 
 `collect` draws `--n` configs (`space.sample(seed=seed+i, bits=...)`, canonical, deduplicated), keeps
@@ -105,7 +105,13 @@ def fit_values(records: list[dict], target: str):
 
 
 def cmd_fit(args) -> int:
-    from qcompile.search.predictors import AccuracyPredictor, BoostedOptions, BoostedPredictor, PredictorOptions
+    from qcompile.search.predictors import (
+        AccuracyPredictor,
+        BoostedOptions,
+        BoostedPredictor,
+        MLPEnsemble,
+        PredictorOptions,
+    )
     from qcompile.search.predictors.measured import load_records
 
     space, cfgs, _, recs = load_records(args.data)
@@ -117,8 +123,11 @@ def cmd_fit(args) -> int:
     else:
         opts = PredictorOptions(epochs=args.epochs, holdout=args.holdout,
                                 hidden=args.hidden if args.hidden else PredictorOptions.hidden)
-        init = AccuracyPredictor.load(args.init_from, space=space) if args.init_from else None
-        pred = AccuracyPredictor(space, seed=args.seed, options=opts).fit(cfgs, values, init_from=init)
+        if args.kind == "mlp-ens":
+            pred = MLPEnsemble(space, seed=args.seed, members=args.members, options=opts).fit(cfgs, values)
+        else:
+            init = AccuracyPredictor.load(args.init_from, space=space) if args.init_from else None
+            pred = AccuracyPredictor(space, seed=args.seed, options=opts).fit(cfgs, values, init_from=init)
     pred.report["target"] = "top-1" if args.target == "accuracy" else "negated mean loss"
     pred.save(args.out)
     r = pred.report
@@ -160,8 +169,10 @@ def add_parser(sub) -> None:
     s = ps.add_parser("fit", help="fit an accuracy predictor (MLP or boosted trees) on a JSONL cache")
     s.add_argument("data", help="JSONL cache from `qcompile predictor collect`")
     s.add_argument("--out", required=True, help="predictor directory (safetensors + JSON)")
-    s.add_argument("--kind", default="mlp", choices=("mlp", "gbt"),
-                   help="mlp: APQ's MLP on the encoding; gbt: boosted trees over a log-BitOPs line")
+    s.add_argument("--kind", default="mlp", choices=("mlp", "mlp-ens", "gbt"),
+                   help="mlp: APQ's MLP on the encoding; mlp-ens: the mean of --members MLP seeds; "
+                        "gbt: boosted trees over a log-BitOPs line")
+    s.add_argument("--members", type=int, default=5, help="mlp-ens: number of MLPs")
     s.add_argument("--target", default="accuracy", choices=("accuracy", "loss"),
                    help="fit top-1, or the negated mean loss (less noisy, docs/search.md)")
     s.add_argument("--seed", type=int, default=0)

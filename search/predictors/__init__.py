@@ -4,12 +4,13 @@ boosted trees over a log-BitOPs line (`BoostedPredictor`); `load_predictor` read
 from qcompile.search.predictors.boosted import BoostedOptions, BoostedPredictor, load_predictor
 from qcompile.search.predictors.measured import SupernetEvaluator, canonical, config_hash
 from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
-from qcompile.search.predictors.mlp import AccuracyPredictor, PredictorOptions
+from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble, PredictorOptions
 
 __all__ = [
     "AccuracyPredictor",
     "BoostedOptions",
     "BoostedPredictor",
+    "MLPEnsemble",
     "PredictorOptions",
     "SupernetEvaluator",
     "canonical",

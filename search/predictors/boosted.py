@@ -314,7 +314,7 @@ def _read_doc(path: Path, kind: str) -> dict[str, Any]:
 
 def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
     """Any saved accuracy predictor (`predictor.json`'s `kind`): the MLP, an MLP ensemble or boosted trees."""
-    from qcompile.search.predictors.mlp import AccuracyPredictor
+    from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble
 
     path = Path(path)
     if not (path / JSON_FILE).is_file():
@@ -325,6 +325,8 @@ def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
         raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
     if kind == KIND:
         return BoostedPredictor.load(path, space=space)
+    if kind == MLPEnsemble.kind:
+        return MLPEnsemble.load(path, space=space)
     return AccuracyPredictor.load(path, space=space)
 
 

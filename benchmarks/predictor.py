@@ -169,13 +169,15 @@ def main(argv=None) -> int:
     init = None
     if args.float_data:
         fby = measurements(args.float_data, space, protocol, args.target)
-        frecs = [
-            (
-                SubnetConfig.from_dict(r["config"]),
-                fby[(config_hash(space, SubnetConfig.from_dict(r["config"])), int(r["calib_seed"]))],
-            )
-            for r in read_jsonl(args.float_data)
-        ]
+        # float subnets measured with the same protocol (calibration seed 1), one per canonical config
+        frecs = []
+        for r in read_jsonl(args.float_data):
+            cfg = SubnetConfig.from_dict(r["config"])
+            key = (config_hash(space, cfg), 1)
+            if int(r.get("calib_seed", 1)) == 1 and key in fby:
+                frecs.append((cfg, fby.pop(key)))
+        if len(frecs) < 20:
+            raise ConfigError("--float-data", f"{len(frecs)} float subnets of this protocol", ">= 20")
         out["n_float"] = len(frecs)
     for kind in args.kinds.split(","):
         t0 = time.process_time()

@@ -135,9 +135,9 @@ def cmd_fit(args) -> int:
           f"{r['n_holdout']} held out")
     if "kendall_tau" in r:
         bt = r.get("bitops_kendall_tau", float("nan"))
-        print(f"  held-out Kendall tau      {r['kendall_tau']:.3f}   (BitOPs alone {bt:.3f})")
+        print(f"  held-out Kendall tau      {r['kendall_tau']:.3f}   (fewer BitOPs = better: {bt:.3f})")
         print(f"  held-out pairwise acc.    {100 * r['pairwise_accuracy']:.1f} %  "
-              f"(BitOPs alone {100 * r.get('bitops_pairwise_accuracy', float('nan')):.1f} %)")
+              f"(fewer BitOPs = better: {100 * r.get('bitops_pairwise_accuracy', float('nan')):.1f} %)")
         print(f"  held-out RMSE             {r['rmse']:.4f}")
     print(f"saved: {Path(args.out)}")
     return 0

@@ -1,24 +1,32 @@
-"""Accuracy predictor on measured subnets of a trained digits supernet: held-out ranking vs BitOPs and noise.
+"""Accuracy predictors on measured subnets of a trained supernet: held-out ranking against BitOPs and the noise.
 
-    # measure configs i = 0..399 (space.sample(seed=i, bits=(2,3,4))), val split, 4 calibration batches
-    # of 64 with calibration seed 1; then configs 0..99 again with calibration seed 2 (the noise ceiling).
-    # Each in two processes (R = 0, 1) sharing one resumable JSONL file:
-    OMP_NUM_THREADS=1 .venv/bin/qcompile predictor collect RUN --n 400 --out acc.jsonl --calib-batches 4 \\
-        --threads 1 --rank R --world-size 2
-    OMP_NUM_THREADS=1 .venv/bin/qcompile predictor collect RUN --n 100 --out acc.jsonl --calib-batches 4 \\
-        --calib-seed 2 --threads 1 --rank R --world-size 2
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/predictor.py RUN acc.jsonl --out pred.json
+    # measure configs i = 0..399 (space.sample(seed=i, bits=(2,3,4)), canonical) with the less noisy
+    # protocol (val + 512 fixed training images, 8 calibration batches); resumable JSONL cache:
+    OMP_NUM_THREADS=1 .venv/bin/python -m qcompile.cli predictor collect RUN --n 400 --out acc.jsonl \\
+        --calib-batches 8 --extra-train 512 --threads 1
+    # optional: the same held-out configs again with calibration seed 2 (the noise ceiling), and float
+    # subnets for the APQ transfer variant
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/predictor.py RUN acc.jsonl --target loss --out pred.json \\
+        [--float-data float.jsonl]
 
-The held-out set is configs 0..`holdout_n`-1 (never seen by the fit); the predictor is fitted on
-the others (`AccuracyPredictor(space, seed)`, default options). Held-out Kendall tau, pairwise
-accuracy and RMSE are reported for the predictor, for ranking by BitOPs alone (fewer = better), and
-for the calibration-seed-2 measurement of the same subnets against the seed-1 one (the noise
-ceiling: no predictor of the seed-1 numbers can be expected to rank better than a re-measurement).
+Split: config i is held out when i % `--holdout-every` == 0 (100 of 400), so the held-out set and the
+fit set grow together while the cache is filled. Hyper-parameters of every predictor kind are chosen by
+K-fold cross-validation on the fit set only (mean Kendall tau over the folds); the chosen setting is
+refitted on the whole fit set and scored once on the held-out subnets: Kendall tau, pairwise accuracy
+(APQ's metric) and RMSE, next to ranking by BitOPs alone (in both directions: more BitOPs = more
+accurate is the natural proxy, fewer = better the convention of `pred.report`) and, where the held-out
+subnets were also measured with calibration seed 2, the noise ceiling (seed 2 against seed 1).
+
+Kinds: `mlp` (APQ's MLP on the one-hot encoding, `qs.AccuracyPredictor`), `mlp-ens` (mean of 5 MLP
+seeds), `mlp-transfer` (APQ transfer: initialised from an MLP fitted on float subnets, `--float-data`),
+`gbt` (`qs.BoostedPredictor`: boosted trees over a log-BitOPs line). The target is the measurement's
+mean loss (`--target loss`, fitted negated so that higher = better) or top-1 (`--target accuracy`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -31,77 +39,197 @@ import qcompile.search as qs
 from qcompile.cli.predictor import collect_configs
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
-from qcompile.search.predictors import PredictorOptions, rmse
+from qcompile.search.predictors import BoostedOptions, PredictorOptions, rmse
 from qcompile.search.predictors.measured import config_hash, read_jsonl
 from qcompile.spaces import from_dict
 from qcompile.utils.io import atomic_write_text
 
 log = logging.getLogger("benchmarks.predictor")
 
+MLP_GRID = {
+    "small": dict(hidden=(64, 64), bit_hidden=(64,), epochs=200, weight_decay=1e-3),
+    "apq": dict(hidden=(400, 400, 400), bit_hidden=(400,), epochs=300, weight_decay=1e-4),
+}
+GBT_GRID = [
+    dict(max_depth=d, n_estimators=n, learning_rate=lr)
+    for d, n, lr in itertools.product((1, 2, 3), (300,), (0.02, 0.05))
+]
+
 
 def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    return {"kendall_tau": qs.kendall_tau(pred, true), "pairwise_accuracy": qs.pairwise_accuracy(pred, true),
-            "rmse": rmse(pred, true)}
+    return {
+        "kendall_tau": qs.kendall_tau(pred, true),
+        "pairwise_accuracy": qs.pairwise_accuracy(pred, true),
+        "rmse": rmse(pred, true),
+    }
+
+
+def measurements(path: str, space, protocol: dict, target: str) -> dict[tuple[str, int], float]:
+    """(canonical config hash, calibration seed) -> value (higher = better) of the records of `protocol`."""
+    by: dict[tuple[str, int], float] = {}
+    for r in read_jsonl(path):
+        if any(r.get(k, d) != v for k, (v, d) in protocol.items()):
+            continue
+        v = float(r["accuracy"]) if target == "accuracy" else -float(r["loss"])
+        by.setdefault((config_hash(space, SubnetConfig.from_dict(r["config"])), int(r["calib_seed"])), v)
+    return by
+
+
+def make_fitter(space, kind: str, params: dict, seed: int, init_from=None):
+    """A function (configs, values) -> fitted predictor of `kind` with `params` (no internal hold-out)."""
+    if kind == "gbt":
+        return lambda c, y: qs.BoostedPredictor(space, seed=seed, options=BoostedOptions(holdout=0.0, **params)).fit(
+            c, y
+        )
+    seeds = range(seed, seed + 5) if kind == "mlp-ens" else (seed,)
+
+    def fit(c, y):
+        preds = [
+            qs.AccuracyPredictor(space, seed=s, options=PredictorOptions(holdout=0.0, **params)).fit(
+                c, y, init_from=init_from
+            )
+            for s in seeds
+        ]
+        return _Mean(preds)
+
+    return fit
+
+
+class _Mean:
+    def __init__(self, preds):
+        self.preds = preds
+
+    def predict(self, configs):
+        return np.mean([p.predict(configs) for p in self.preds], axis=0)
+
+
+def cross_validate(fitter, cfgs: list, y: np.ndarray, k: int, seed: int) -> float:
+    """Mean held-out Kendall tau over `k` folds of the fit set."""
+    perm = np.random.RandomState(seed).permutation(len(cfgs))
+    taus = []
+    for f in range(k):
+        te = np.sort(perm[f::k])
+        tr = np.sort(np.setdiff1d(perm, te))
+        p = fitter([cfgs[i] for i in tr], y[tr]).predict([cfgs[i] for i in te])
+        taus.append(qs.kendall_tau(p, y[te]))
+    return float(np.mean(taus))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run")
     ap.add_argument("data", help="JSONL from `qcompile predictor collect`")
-    ap.add_argument("--n", type=int, default=400, help="configs 0..n-1 were collected")
-    ap.add_argument("--holdout-n", type=int, default=100)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="predictor seeds")
-    ap.add_argument("--calib-batches", type=int, default=4)
+    ap.add_argument("--n", type=int, default=400, help="configs 0..n-1 were (or are being) collected")
+    ap.add_argument("--holdout-every", type=int, default=4, help="config i is held out when i %% this == 0")
+    ap.add_argument("--target", default="loss", choices=("loss", "accuracy"))
+    ap.add_argument("--calib-batches", type=int, default=8)
+    ap.add_argument("--calib-seeds", type=int, default=1)
+    ap.add_argument("--extra-train", type=int, default=512)
+    ap.add_argument("--kinds", default="mlp,mlp-ens,gbt", help="comma-separated: mlp, mlp-ens, mlp-transfer, gbt")
+    ap.add_argument("--float-data", default=None, help="JSONL of float subnets (collect --bits 32) for mlp-transfer")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
 
-    recs = read_jsonl(args.data)
-    space = from_dict(recs[0]["space"])
-    by = {}
-    for r in recs:
-        if r["split"] == "val" and r["calib_batches"] == args.calib_batches:
-            # hash of the stored config under today's canonical form (a cache may predate a change of it)
-            h = config_hash(space, SubnetConfig.from_dict(r["config"]))
-            by.setdefault((h, r["calib_seed"]), float(r["accuracy"]))
+    space = from_dict(read_jsonl(args.data)[0]["space"])
+    protocol = {
+        "split": ("val", "val"),
+        "calib_batches": (args.calib_batches, None),
+        "calib_seeds": (args.calib_seeds, 1),
+        "extra_train": (args.extra_train, 0),
+    }
+    by = measurements(args.data, space, protocol, args.target)
     cfgs = collect_configs(space, args.n, 0, (2, 3, 4))
     hashes = [config_hash(space, c) for c in cfgs]
-    hold = [i for i in range(args.holdout_n) if (hashes[i], 1) in by]
-    train = [i for i in range(args.holdout_n, len(cfgs)) if (hashes[i], 1) in by]
-    if len(hold) < 2 or len(train) < 10:
-        raise ConfigError("measurements", f"{len(hold)} held-out, {len(train)} to fit", ">= 2 and >= 10")
+    hold = [i for i in range(len(cfgs)) if i % args.holdout_every == 0 and (hashes[i], 1) in by]
+    fit = [i for i in range(len(cfgs)) if i % args.holdout_every != 0 and (hashes[i], 1) in by]
+    if len(hold) < 10 or len(fit) < 20:
+        raise ConfigError("measurements", f"{len(hold)} held-out, {len(fit)} to fit", ">= 10 and >= 20")
     hc, ht = [cfgs[i] for i in hold], np.array([by[(hashes[i], 1)] for i in hold])
-    tc, tt = [cfgs[i] for i in train], np.array([by[(hashes[i], 1)] for i in train])
-    allacc = np.concatenate([ht, tt])
+    fc, ft = [cfgs[i] for i in fit], np.array([by[(hashes[i], 1)] for i in fit])
     bops = np.array([float(qs.cost.bitops(space, c)) for c in hc])
     out: dict = {
-        "n_fit": len(train), "n_holdout": len(hold), "accuracy_min_max": [float(allacc.min()), float(allacc.max())],
-        "accuracy_std": float(allacc.std()), "bitops_only": scores(-bops, ht) | {"rmse": None}, "predictor": {},
+        "target": args.target,
+        "protocol": {k: v for k, (v, _) in protocol.items()},
+        "n_fit": len(fit),
+        "n_holdout": len(hold),
+        "value_std": float(np.concatenate([ht, ft]).std()),
+        "bitops_more_is_better": scores(bops, ht) | {"rmse": None},
+        "bitops_fewer_is_better": scores(-bops, ht) | {"rmse": None},
+        "predictors": {},
     }
+    # the noise ceiling: the held-out subnets measured again with calibration seed 2
     both = [j for j, i in enumerate(hold) if (hashes[i], 2) in by]
-    if len(both) >= 2:
+    if len(both) >= 10:
         again = np.array([by[(hashes[hold[j]], 2)] for j in both])
         out["noise_ceiling"] = scores(again, ht[both]) | {"n": len(both)}
-        mean2 = (ht[both] + again) / 2
-        out["bitops_only_vs_mean_of_2_seeds"] = scores(-bops[both], mean2) | {"rmse": None}
-    for seed in args.seeds:
+    init = None
+    if args.float_data:
+        fby = measurements(args.float_data, space, protocol, args.target)
+        # float subnets measured with the same protocol (calibration seed 1), one per canonical config
+        frecs = []
+        for r in read_jsonl(args.float_data):
+            cfg = SubnetConfig.from_dict(r["config"])
+            key = (config_hash(space, cfg), 1)
+            if int(r.get("calib_seed", 1)) == 1 and key in fby:
+                frecs.append((cfg, fby.pop(key)))
+        if len(frecs) < 20:
+            raise ConfigError("--float-data", f"{len(frecs)} float subnets of this protocol", ">= 20")
+        out["n_float"] = len(frecs)
+    for kind in args.kinds.split(","):
         t0 = time.process_time()
-        pred = qs.AccuracyPredictor(space, seed=seed, options=PredictorOptions(holdout=0.1)).fit(tc, tt)
-        p = pred.predict(hc)
-        row = scores(p, ht) | {"fit_cpu_s": time.process_time() - t0, "internal_report": pred.report}
-        if len(both) >= 2:
-            row["vs_seed2"] = scores(p[both], again)
-            row["vs_mean_of_2_seeds"] = scores(p[both], mean2)
-        out["predictor"][seed] = row
-        log.info("predictor seed %d: tau %.3f, pairwise %.1f %%, RMSE %.4f", seed, row["kendall_tau"],
-                 100 * row["pairwise_accuracy"], row["rmse"])
-    log.info("BitOPs alone: tau %.3f, pairwise %.1f %%", out["bitops_only"]["kendall_tau"],
-             100 * out["bitops_only"]["pairwise_accuracy"])
+        if kind == "gbt":
+            grid = {json.dumps(p): p for p in GBT_GRID}
+        elif kind in ("mlp", "mlp-transfer"):
+            grid = dict(MLP_GRID)
+        elif kind == "mlp-ens":  # five seeds of the small MLP (the APQ size costs 5x as much for each setting)
+            grid = {"small": MLP_GRID["small"]}
+        else:
+            raise ConfigError("--kinds", kind, "mlp, mlp-ens, mlp-transfer, gbt")
+        if kind == "mlp-transfer":
+            if not args.float_data:
+                raise ConfigError("--float-data", None, "a collect cache of float subnets for mlp-transfer")
+            fcf, fval = [c for c, _ in frecs], np.array([v for _, v in frecs])
+        cv = {}
+        for name, params in grid.items():
+            if kind == "mlp-transfer":
+                init = qs.AccuracyPredictor(space, seed=args.seed, options=PredictorOptions(holdout=0.0, **params)).fit(
+                    fcf, fval
+                )
+            cv[name] = cross_validate(make_fitter(space, kind, params, args.seed, init), fc, ft, args.folds, args.seed)
+            log.info("%s %s: CV tau %.3f", kind, name, cv[name])
+        best = max(cv, key=cv.get)
+        if kind == "mlp-transfer":
+            init = qs.AccuracyPredictor(space, seed=args.seed, options=PredictorOptions(holdout=0.0, **grid[best])).fit(
+                fcf, fval
+            )
+        pred = make_fitter(space, kind, grid[best], args.seed, init)(fc, ft)
+        row = scores(pred.predict(hc), ht) | {"chosen": grid[best], "cv_tau": cv, "cpu_s": time.process_time() - t0}
+        out["predictors"][kind] = row
+        log.info(
+            "%s (%s): held-out tau %.3f, pairwise %.1f %%, RMSE %.4f",
+            kind,
+            best,
+            row["kendall_tau"],
+            100 * row["pairwise_accuracy"],
+            row["rmse"],
+        )
+    log.info(
+        "BitOPs alone (more = better): tau %.3f, pairwise %.1f %%",
+        out["bitops_more_is_better"]["kendall_tau"],
+        100 * out["bitops_more_is_better"]["pairwise_accuracy"],
+    )
     if "noise_ceiling" in out:
         nc = out["noise_ceiling"]
-        log.info("noise ceiling (calibration seed 2 vs 1, %d subnets): tau %.3f, pairwise %.1f %%, RMSE %.4f",
-                 nc["n"], nc["kendall_tau"], 100 * nc["pairwise_accuracy"], nc["rmse"])
+        log.info(
+            "noise ceiling (calibration seed 2 vs 1, %d subnets): tau %.3f, pairwise %.1f %%",
+            nc["n"],
+            nc["kendall_tau"],
+            100 * nc["pairwise_accuracy"],
+        )
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(out, indent=2))
     print(json.dumps(out, indent=1))

@@ -21,9 +21,13 @@ from qcompile.search.latency import KernelPredictor, LatencyTable, kernel_worklo
 from qcompile.search.objectives import Objective
 from qcompile.search.predictors import (
     AccuracyPredictor,
+    BoostedOptions,
+    BoostedPredictor,
+    MLPEnsemble,
     PredictorOptions,
     SupernetEvaluator,
     kendall_tau,
+    load_predictor,
     pairwise_accuracy,
 )
 from qcompile.search.result import SearchResult
@@ -64,6 +68,10 @@ __all__ = [
     "LatencyTable",
     "kernel_workloads",
     "AccuracyPredictor",
+    "BoostedOptions",
+    "BoostedPredictor",
+    "MLPEnsemble",
+    "load_predictor",
     "PredictorOptions",
     "SupernetEvaluator",
     "kendall_tau",

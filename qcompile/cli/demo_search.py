@@ -40,10 +40,16 @@ class DemoSearchSettings:
     bits: tuple[int, ...] = (2, 3, 4)
     min_rows_for_mlp: int = 24  # below this many measured subnets the MLP predictor is not fitted
     table_cache: str | None = None  # latency table cache folder; None: $QCOMPILE_CACHE_DIR or ~/.cache/qcompile
+    # Subnets the latency table lowers and times on a cold cache: covering subnets (each all blocks at one
+    # kernel/expand choice, full depth) + random ones for the overhead fit. Each is a full TVM build of a
+    # deepest-architecture network (~20 CPU-s), so the table dominates the demo's search step; kernels
+    # of the uncovered choices are predicted by the table's kernel model (docs/search.md).
+    table_cover: int = 6
+    table_fit: int = 3
 
     @classmethod
     def quick(cls) -> DemoSearchSettings:
-        return cls(n_evals=80, measured=2)
+        return cls(n_evals=80, measured=2, table_cover=2, table_fit=2)
 
 
 class LogBitopsPredictor:
@@ -97,8 +103,9 @@ def table_path(space, cache_dir: str | None = None, target: str = "x86", num_thr
     return root / f"latency-{target}-{num_threads}t-{digest}.json"
 
 
-def load_or_build_table(space, path: Path):
-    """The cached table at `path` (completed if an earlier build was interrupted), else a new one saved there.
+def load_or_build_table(space, path: Path, max_cover: int = 6, n_fit: int = 3):
+    """The cached table at `path` (completed if an earlier build was interrupted), else a new one of `max_cover`
+    covering + `n_fit` random subnets saved there (`LatencyTable.build`).
 
     A cached table of another CPU, target or version fails `LatencyTable.load`'s check and is rebuilt.
     """
@@ -114,10 +121,11 @@ def load_or_build_table(space, path: Path):
             log.info("latency table cache %s not usable (%s): rebuilding", path, str(e).splitlines()[0])
             old = None
     # with a complete cached table this times nothing (every subnet is already in it)
-    return LatencyTable.build(space, target="x86", num_threads=1, table=old, path=path, progress=old is None)
+    return LatencyTable.build(space, target="x86", num_threads=1, table=old, path=path, progress=old is None,
+                              max_cover=max_cover, n_fit=n_fit)
 
 
-def _budget(space, rows, cache_dir: str | None = None):
+def _budget(space, rows, settings: DemoSearchSettings):
     """(objective, limit, description, table or None): predicted latency when available, else BitOPs."""
     import qcompile.search as qs
 
@@ -126,7 +134,8 @@ def _budget(space, rows, cache_dir: str | None = None):
     factory = getattr(qs.objectives, "latency", None)
     if table_cls is not None and factory is not None:
         try:
-            table = load_or_build_table(space, table_path(space, cache_dir))
+            table = load_or_build_table(space, table_path(space, settings.table_cache), settings.table_cover,
+                                        settings.table_fit)
             obj = factory(table)
             limit = float(np.median(obj([r["config"] for r in random_rows])))
             return obj, limit, "predicted x86 latency on this host (qs.LatencyTable, 1 thread)", table
@@ -150,7 +159,7 @@ def pick_subnet(space, qnet, data, rows, out: Path, calib_batches: int, evaluate
     s = settings or DemoSearchSettings()
     pred, pred_name = _predictor(space, rows, s)
     acc = qs.objectives.accuracy(pred, name="predicted accuracy")
-    budget, limit, how, table = _budget(space, rows, s.table_cache)
+    budget, limit, how, table = _budget(space, rows, s)
     log.info("  searching: NSGA-II, %d evaluations, %s <= %.4g %s", s.n_evals, budget.name, limit, budget.unit)
     res = qs.nsga2(space, [acc, budget], n_evals=s.n_evals, seed=seed, bits=s.bits, constraints=[(budget, limit)])
     pareto = res.pareto_indices

@@ -2,14 +2,16 @@
 
     qcompile predictor collect RUN --n 500 --out acc.jsonl [--bits 2,3,4] [--seed 0]
                                    [--rank R --world-size W]     # or torchrun's RANK / WORLD_SIZE
-    qcompile predictor fit acc.jsonl --out pred/ [--holdout 0.2] [--init-from float_pred/]
+    qcompile predictor fit acc.jsonl --out pred/ [--kind mlp|mlp-ens|gbt] [--target accuracy|loss] [--holdout 0.2]
+                                                 [--init-from float_pred/]
 
 `collect` draws `--n` configs (`space.sample(seed=seed+i, bits=...)`, canonical, deduplicated), keeps
 this rank's shard (every `world_size`-th), skips configs already in the JSONL cache and measures the
 rest on the `--split` split (default val), appending each result under a file lock. Run it again
 to resume; run it under `torchrun --nproc-per-node K` (or with `--rank/--world-size` on several
 machines sharing the file) to shard. `fit` prints the held-out Kendall tau, pairwise accuracy and
-RMSE next to the ranking by BitOPs alone.
+RMSE next to the ranking by BitOPs alone; `--target loss` fits the negated mean loss (higher = better,
+as search maximises it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import os
 from pathlib import Path
 
 log = logging.getLogger("qcompile")
+
+# the gbt defaults of `predictor fit` (BoostedOptions' own; kept here so that --help does not import torch)
+BOOSTED_DEFAULTS = {"n_estimators": 300, "max_depth": 2, "learning_rate": 0.05}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -84,23 +89,55 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def fit_values(records: list[dict], target: str):
+    """The values a predictor is fitted to, higher = better: top-1, or the negated mean loss."""
+    import numpy as np
+
+    from qcompile.errors import ConfigError
+
+    if target == "accuracy":
+        return np.array([float(r["accuracy"]) for r in records])
+    missing = sum(r.get("loss") is None for r in records)
+    if missing:
+        raise ConfigError("--target", target, "accuracy (this cache has records without a loss)",
+                          f"{missing} of {len(records)} records were written before the loss was recorded")
+    return -np.array([float(r["loss"]) for r in records])
+
+
 def cmd_fit(args) -> int:
-    from qcompile.search.predictors import AccuracyPredictor, PredictorOptions
+    from qcompile.search.predictors import (
+        AccuracyPredictor,
+        BoostedOptions,
+        BoostedPredictor,
+        MLPEnsemble,
+        PredictorOptions,
+    )
     from qcompile.search.predictors.measured import load_records
 
-    space, cfgs, acc, _ = load_records(args.data)
-    opts = PredictorOptions(epochs=args.epochs, holdout=args.holdout,
-                            hidden=args.hidden if args.hidden else PredictorOptions.hidden)
-    init = AccuracyPredictor.load(args.init_from, space=space) if args.init_from else None
-    pred = AccuracyPredictor(space, seed=args.seed, options=opts).fit(cfgs, acc, init_from=init)
+    space, cfgs, _, recs = load_records(args.data)
+    values = fit_values(recs, args.target)
+    if args.kind == "gbt":
+        bopts = BoostedOptions(n_estimators=args.n_estimators, max_depth=args.max_depth,
+                               learning_rate=args.learning_rate, holdout=args.holdout)
+        pred = BoostedPredictor(space, seed=args.seed, options=bopts).fit(cfgs, values)
+    else:
+        opts = PredictorOptions(epochs=args.epochs, holdout=args.holdout,
+                                hidden=args.hidden if args.hidden else PredictorOptions.hidden)
+        if args.kind == "mlp-ens":
+            pred = MLPEnsemble(space, seed=args.seed, members=args.members, options=opts).fit(cfgs, values)
+        else:
+            init = AccuracyPredictor.load(args.init_from, space=space) if args.init_from else None
+            pred = AccuracyPredictor(space, seed=args.seed, options=opts).fit(cfgs, values, init_from=init)
+    pred.report["target"] = "top-1" if args.target == "accuracy" else "negated mean loss"
     pred.save(args.out)
     r = pred.report
-    print(f"predictor: {len(cfgs)} measured subnets, {r['n_train']} to fit, {r['n_holdout']} held out")
+    print(f"predictor ({args.kind}, target {r['target']}): {len(cfgs)} measured subnets, {r['n_train']} to fit, "
+          f"{r['n_holdout']} held out")
     if "kendall_tau" in r:
         bt = r.get("bitops_kendall_tau", float("nan"))
-        print(f"  held-out Kendall tau      {r['kendall_tau']:.3f}   (BitOPs alone {bt:.3f})")
+        print(f"  held-out Kendall tau      {r['kendall_tau']:.3f}   (fewer BitOPs = better: {bt:.3f})")
         print(f"  held-out pairwise acc.    {100 * r['pairwise_accuracy']:.1f} %  "
-              f"(BitOPs alone {100 * r.get('bitops_pairwise_accuracy', float('nan')):.1f} %)")
+              f"(fewer BitOPs = better: {100 * r.get('bitops_pairwise_accuracy', float('nan')):.1f} %)")
         print(f"  held-out RMSE             {r['rmse']:.4f}")
     print(f"saved: {Path(args.out)}")
     return 0
@@ -129,11 +166,20 @@ def add_parser(sub) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a shared machine)")
     s.set_defaults(fn=cmd_collect)
 
-    s = ps.add_parser("fit", help="fit the MLP accuracy predictor on a JSONL cache; print held-out scores")
+    s = ps.add_parser("fit", help="fit an accuracy predictor (MLP or boosted trees) on a JSONL cache")
     s.add_argument("data", help="JSONL cache from `qcompile predictor collect`")
     s.add_argument("--out", required=True, help="predictor directory (safetensors + JSON)")
+    s.add_argument("--kind", default="mlp", choices=("mlp", "mlp-ens", "gbt"),
+                   help="mlp: APQ's MLP on the encoding; mlp-ens: the mean of --members MLP seeds; "
+                        "gbt: boosted trees over a log-BitOPs line")
+    s.add_argument("--members", type=int, default=5, help="mlp-ens: number of MLPs")
+    s.add_argument("--target", default="accuracy", choices=("accuracy", "loss"),
+                   help="fit top-1, or the negated mean loss (less noisy, docs/search.md)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--holdout", type=float, default=0.2)
+    s.add_argument("--n-estimators", type=int, default=BOOSTED_DEFAULTS["n_estimators"], help="gbt: trees")
+    s.add_argument("--max-depth", type=int, default=BOOSTED_DEFAULTS["max_depth"], help="gbt: tree depth")
+    s.add_argument("--learning-rate", type=float, default=BOOSTED_DEFAULTS["learning_rate"], help="gbt: shrinkage")
     s.add_argument("--epochs", type=int, default=300)
     s.add_argument("--hidden", type=_ints, default=None, help="hidden widths (default 400,400,400)")
     s.add_argument("--init-from", default=None, help="predictor fitted on float subnets (APQ transfer)")

@@ -120,7 +120,9 @@ def build_objective(spec: str, space, args) -> Any:
         cls = getattr(qs, "AccuracyPredictor", None)
         if cls is None:
             raise ConfigError("accuracy", args.predictor, "qs.AccuracyPredictor, not in this build yet")
-        return qs.objectives.accuracy(cls.load(args.predictor, space=space))
+        from qcompile.search.predictors import load_predictor
+
+        return qs.objectives.accuracy(load_predictor(args.predictor, space=space))
     # latency
     table_cls = getattr(qs, "LatencyTable", None)
     factory = getattr(qs.objectives, "latency", None)

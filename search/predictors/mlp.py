@@ -339,4 +339,89 @@ class AccuracyPredictor:
         return f"AccuracyPredictor(space={getattr(self.space, 'name', '?')}, seed={self.seed}, report={self.report})"
 
 
-__all__ = ["AccuracyPredictor", "PredictorOptions"]
+
+
+ENSEMBLE_KIND = "mlp-ensemble"
+
+
+class MLPEnsemble:
+    """The mean of `members` `AccuracyPredictor`s that differ only in their seed (initialisation and batch order).
+
+    Averaging independently initialised networks lowers the variance of a predictor fitted on a few
+    hundred samples (Lakshminarayanan et al. 2017, deep ensembles). One seeded split holds out `holdout`
+    of the samples for all members, so `report` scores the ensemble on configs no member saw.
+    """
+
+    kind = ENSEMBLE_KIND
+
+    def __init__(self, space: Any, seed: int = 0, members: int = 5, options: PredictorOptions | None = None,
+                 **kwargs: Any) -> None:
+        if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= 100:
+            raise ConfigError("MLPEnsemble.members", members, "an integer in 1..100")
+        first = AccuracyPredictor(space, seed=seed, options=options, **kwargs)
+        self.space, self.seed, self.options = space, int(seed), first.options
+        member_opts = PredictorOptions(**{**self.options.to_dict(), "holdout": 0.0})
+        self.members = [AccuracyPredictor(space, seed=seed + i, options=member_opts) for i in range(members)]
+        self.report: dict[str, Any] = {}
+
+    def fit(self, configs: Sequence[SubnetConfig], accuracies: Sequence[float] | np.ndarray) -> MLPEnsemble:
+        """Fit every member on the same training part; score the mean on the held-out part (`report`)."""
+        configs = list(configs)
+        y = np.asarray(accuracies, dtype=np.float64).reshape(-1)
+        if len(configs) != y.shape[0]:
+            raise ConfigError("accuracies", f"{y.shape[0]} values", f"one per config ({len(configs)})")
+        n_hold = int(round(self.options.holdout * len(configs)))
+        if len(configs) - n_hold < 2:
+            raise ConfigError("configs", f"{len(configs)} samples", f"at least {n_hold + 2}")
+        perm = np.random.RandomState(self.seed).permutation(len(configs))
+        hold, train = perm[:n_hold], perm[n_hold:]
+        for m in self.members:
+            m.fit([configs[i] for i in train], y[train])
+        self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold), "members": len(self.members)}
+        if n_hold >= 2:
+            hc = [configs[i] for i in hold]
+            pred, true = self.predict(hc), y[hold]
+            self.report.update(kendall_tau=kendall_tau(pred, true), pairwise_accuracy=pairwise_accuracy(pred, true),
+                               rmse=rmse(pred, true))
+            bops = self.members[0]._bitops(hc)
+            if bops is not None:
+                self.report["bitops_kendall_tau"] = kendall_tau(-bops, true)
+                self.report["bitops_pairwise_accuracy"] = pairwise_accuracy(-bops, true)
+        return self
+
+    def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        """Mean of the members' predictions (1-D float64, in the fitted units)."""
+        return np.mean([m.predict(configs) for m in self.members], axis=0)
+
+    __call__ = predict
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Directory `path`: `predictor.json` (kind, space, report) and one member predictor per `member-NN/`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for i, m in enumerate(self.members):
+            m.save(path / f"member-{i:02d}")
+        doc = {"format": FORMAT, "kind": ENSEMBLE_KIND, "space": _space_dict(self.space), "seed": self.seed,
+               "members": len(self.members), "options": self.options.to_dict(), "report": self.report}
+        atomic_write_text(path / JSON_FILE, json.dumps(doc, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, space: Any = None) -> MLPEnsemble:
+        """Read an ensemble written by `save`; with `space`, refuse (ConfigError) one fitted for another space."""
+        path = Path(path)
+        try:
+            doc = json.loads((path / JSON_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path / JSON_FILE}: not a readable predictor ({e})") from e
+        if doc.get("format") != FORMAT or doc.get("kind") != ENSEMBLE_KIND:
+            raise CheckpointError(f"{path / JSON_FILE}: not an {ENSEMBLE_KIND} of format {FORMAT}")
+        members = [AccuracyPredictor.load(path / f"member-{i:02d}", space=space) for i in range(int(doc["members"]))]
+        ens = cls.__new__(cls)
+        ens.space, ens.seed, ens.members = members[0].space, int(doc["seed"]), members
+        ens.options = PredictorOptions(**doc["options"])
+        ens.report = doc.get("report", {})
+        return ens
+
+
+__all__ = ["AccuracyPredictor", "MLPEnsemble", "PredictorOptions"]

@@ -106,3 +106,24 @@ def test_transfer_from_float_predictor(tspace):
     tau_s = qs.kendall_tau(scratch.predict(test), t_true)
     assert tpred.transferred and not scratch.transferred
     assert tau_t > tau_s + 0.05, (tau_t, tau_s)
+
+
+def test_mlp_ensemble_is_the_mean_of_its_members_and_roundtrips(tspace, tmp_path):
+    """MLPEnsemble: one held-out split for all members, prediction = mean of members, save/load via load_predictor."""
+    cfgs, y = synthetic(tspace, 120, 0)
+    ens = qs.MLPEnsemble(tspace, seed=2, members=3, **FAST).fit(cfgs, y)
+    assert [m.seed for m in ens.members] == [2, 3, 4] and ens.report["n_holdout"] == 24
+    test, _ = synthetic(tspace, 20, 5000)
+    mean = np.mean([m.predict(test) for m in ens.members], axis=0)
+    np.testing.assert_allclose(ens.predict(test), mean, rtol=0, atol=1e-12)
+    # every member was fitted on the same 96 configs: a member refitted on them alone predicts the same
+    train = np.random.RandomState(2).permutation(120)[24:]  # the ensemble's seeded split, in its order
+    opts = qs.PredictorOptions(**{**FAST, "holdout": 0.0})
+    alone = qs.AccuracyPredictor(tspace, seed=3, options=opts).fit([cfgs[i] for i in train], y[train])
+    np.testing.assert_allclose(alone.predict(test), ens.members[1].predict(test), rtol=0, atol=1e-6)
+    ens.save(tmp_path / "e")
+    back = qs.load_predictor(tmp_path / "e", space=tspace)
+    assert isinstance(back, qs.MLPEnsemble)
+    np.testing.assert_allclose(back.predict(test), ens.predict(test), rtol=0, atol=1e-9)
+    with pytest.raises(ConfigError, match="members"):
+        qs.MLPEnsemble(tspace, members=0)

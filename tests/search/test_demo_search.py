@@ -41,7 +41,8 @@ def test_pick_subnet_meets_the_budget_and_measures(tmp_path, monkeypatch):
     rows = [{"name": f"random mixed #{i}", "config": space.sample(seed=i, bits=(2, 3, 4)), "accuracy": 0.1 + 0.01 * i}
             for i in range(4)]
     pick = pick_subnet(space, qnet, data, rows, tmp_path / "search", calib_batches=1, evaluate=evaluate_config, seed=0,
-                       settings=DemoSearchSettings(n_evals=40, measured=2, table_cache=str(tmp_path / "cache")))
+                       settings=DemoSearchSettings(n_evals=40, measured=2, table_cache=str(tmp_path / "cache"),
+                                                   table_cover=2, table_fit=1))
     limit = float(np.median([bitops(space, r["config"]) for r in rows]))
     if pick.table is None:  # BitOPs budget (no latency table in this build)
         assert pick.limit == pytest.approx(limit) and bitops(space, pick.row["config"]) <= limit
@@ -59,6 +60,7 @@ def test_pick_subnet_meets_the_budget_and_measures(tmp_path, monkeypatch):
             raise AssertionError("a cached latency table was timed again")
 
         monkeypatch.setattr(qs.LatencyTable, "_time_config", no_timing)
-        again = load_or_build_table(space, path)
+        again = load_or_build_table(space, path, max_cover=2, n_fit=1)
+        assert len(again.networks) == 3  # the demo's table size settings reach LatencyTable.build
         cfg = pick.row["config"]
         assert again.predict(cfg) == pytest.approx(pick.table.predict(cfg))

@@ -1,0 +1,333 @@
+"""Gradient-boosted trees predicting a subnet's measured score from its encoding and costs.
+
+An alternative to the MLP of APQ (Sec. 3.3) for the few hundred measured subnets a supernet of
+this size affords: a least-squares line of the score on log BitOPs (QFA Sec. 5: BitOPs is the cost
+that explains most of the quantization error) is the baseline, and shallow boosted regression trees
+(Friedman 2001, squared loss; `sklearn.ensemble.GradientBoostingRegressor`) fit what the line
+misses from the features
+
+    [space.encode(cfg), log BitOPs, log MACs, log model bits, mean/min weight bits, mean/min activation bits]
+
+so that ``prediction = a + b * log BitOPs + lr * sum_t tree_t(features)``. scikit-learn does the
+fitting; the fitted trees are stored as plain arrays (safetensors) + JSON, never pickled, and are
+evaluated here in numpy, so a saved predictor loads without scikit-learn's object format.
+
+Like `AccuracyPredictor`, every fit holds out `holdout` of the samples (seeded) and reports Kendall
+tau, pairwise accuracy and RMSE on them, next to ranking by BitOPs alone, in `report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompile.config import SubnetConfig
+from qcompile.errors import CheckpointError, ConfigError
+from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
+from qcompile.utils.io import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+KIND = "gbt-accuracy-predictor"
+JSON_FILE = "predictor.json"
+WEIGHTS_FILE = "predictor.safetensors"
+N_COST_FEATURES = 7
+
+
+@dataclass(frozen=True)
+class BoostedOptions:
+    """Boosting options (Friedman's stochastic gradient boosting: shallow trees, shrinkage, row subsampling).
+
+    `residual`: fit the trees to what a least-squares line on log BitOPs leaves; else to the score itself.
+    """
+
+    n_estimators: int = 300
+    max_depth: int = 2
+    learning_rate: float = 0.05
+    subsample: float = 0.8
+    min_samples_leaf: int = 3
+    residual: bool = True
+    holdout: float = 0.2
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("n_estimators", 1 <= self.n_estimators <= 100_000, "1..100000"),
+            ("max_depth", 1 <= self.max_depth <= 16, "1..16"),
+            ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
+            ("subsample", 0 < self.subsample <= 1, "in (0, 1]"),
+            ("min_samples_leaf", self.min_samples_leaf >= 1, ">= 1"),
+            ("holdout", 0 <= self.holdout < 1, "a fraction in [0, 1)"),
+        )
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"BoostedOptions.{name}", getattr(self, name), allowed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cost_features(space: Any, cfg: SubnetConfig) -> np.ndarray:
+    """log BitOPs, log MACs, log model bits, and the mean / min weight and activation bits of the policy."""
+    from qcompile.search.cost import cost_report
+
+    r = cost_report(space, cfg)
+    # a float subnet has no policy: 32-bit weights and activations
+    pol = np.asarray(cfg.policy if cfg.policy else [[32, 32]], dtype=np.float64).reshape(-1, 2)
+    return np.array(
+        [
+            np.log(max(r.bitops, 1)),
+            np.log(max(r.macs, 1)),
+            np.log(max(r.model_bits, 1)),
+            pol[:, 0].mean(),
+            pol[:, 0].min(),
+            pol[:, 1].mean(),
+            pol[:, 1].min(),
+        ]
+    )
+
+
+def features(space: Any, configs: Sequence[SubnetConfig]) -> np.ndarray:
+    """(n, encoding_size + 7) float64: the one-hot encoding followed by `cost_features`."""
+    configs = list(configs)
+    if not configs:
+        return np.zeros((0, space.encoding_size() + N_COST_FEATURES))
+    return np.stack(
+        [np.concatenate([np.asarray(space.encode(c), dtype=np.float64), cost_features(space, c)]) for c in configs]
+    )
+
+
+def _space_dict(space: Any) -> dict[str, Any]:
+    to_dict = getattr(space, "to_dict", None)
+    return to_dict() if callable(to_dict) else {"name": getattr(space, "name", type(space).__name__)}
+
+
+class BoostedPredictor:
+    """Boosted trees over a log-BitOPs line; `.fit(configs, values)` returns self, `.predict(configs)` values.
+
+    Values are in the units they were fitted in (top-1, or a negated loss so that higher is better).
+    """
+
+    kind = KIND
+
+    def __init__(self, space: Any, seed: int = 0, options: BoostedOptions | None = None, **kwargs: Any) -> None:
+        if options is not None and kwargs:
+            raise ConfigError("BoostedPredictor options", sorted(kwargs), "either options=... or keyword options")
+        try:
+            self.options = options or BoostedOptions(**kwargs)
+        except TypeError as e:
+            raise ConfigError(
+                "BoostedPredictor options", sorted(kwargs), list(BoostedOptions.__dataclass_fields__)
+            ) from e
+        for attr in ("encode", "encoding_size", "layers"):
+            if not hasattr(space, attr):
+                raise ConfigError("space", type(space).__name__, f"a search space with `{attr}` (qc.spaces.*)")
+        self.space = space
+        self.seed = int(seed)
+        self.n_features = int(space.encoding_size()) + N_COST_FEATURES
+        self.line = np.zeros(2)  # a + b * log BitOPs
+        self.init = 0.0  # the boosting's constant start (mean residual)
+        self.trees: list[dict[str, np.ndarray]] = []
+        self.report: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self, configs: Sequence[SubnetConfig], values: Sequence[float] | np.ndarray) -> BoostedPredictor:
+        """Fit on `configs` -> `values`; `holdout` of them (seeded) are kept out and scored in `report`."""
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        configs = list(configs)
+        y = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(configs) != y.shape[0]:
+            raise ConfigError("values", f"{y.shape[0]} values", f"one per config ({len(configs)})")
+        if not np.all(np.isfinite(y)):
+            raise ConfigError("values", "non-finite values", "finite numbers")
+        opts = self.options
+        n_hold = int(round(opts.holdout * len(configs)))
+        if len(configs) - n_hold < 4:
+            raise ConfigError("configs", f"{len(configs)} samples", f"at least {n_hold + 4} (holdout {opts.holdout})")
+        x = features(self.space, configs)
+        perm = np.random.RandomState(self.seed).permutation(len(configs))
+        # the fit sees its rows in their given order (sklearn's row subsampling depends on it)
+        hold, train = perm[:n_hold], np.sort(perm[n_hold:])
+        lb = x[:, -N_COST_FEATURES]
+        if opts.residual:
+            a = np.column_stack([np.ones(len(train)), lb[train]])
+            self.line = np.linalg.lstsq(a, y[train], rcond=None)[0]
+        else:
+            self.line = np.zeros(2)
+        resid = y[train] - self._line(lb[train])
+        gbr = GradientBoostingRegressor(
+            n_estimators=opts.n_estimators,
+            max_depth=opts.max_depth,
+            learning_rate=opts.learning_rate,
+            subsample=opts.subsample,
+            min_samples_leaf=opts.min_samples_leaf,
+            random_state=self.seed,
+        ).fit(x[train], resid)
+        self.init = float(np.asarray(gbr.init_.constant_).reshape(-1)[0])
+        self.trees = [_tree_arrays(est[0].tree_) for est in gbr.estimators_]
+        self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold)}
+        if n_hold >= 2:
+            pred = self._predict_features(x[hold])
+            true = y[hold]
+            self.report.update(
+                kendall_tau=kendall_tau(pred, true),
+                pairwise_accuracy=pairwise_accuracy(pred, true),
+                rmse=rmse(pred, true),
+                bitops_kendall_tau=kendall_tau(-lb[hold], true),
+                bitops_pairwise_accuracy=pairwise_accuracy(-lb[hold], true),
+            )
+            log.info(
+                "boosted predictor held-out (%d): tau %.3f, pairwise %.1f %%, RMSE %.4g",
+                n_hold,
+                self.report["kendall_tau"],
+                100 * self.report["pairwise_accuracy"],
+                self.report["rmse"],
+            )
+        return self
+
+    def _line(self, log_bitops: np.ndarray) -> np.ndarray:
+        return self.line[0] + self.line[1] * log_bitops
+
+    def _predict_features(self, x: np.ndarray) -> np.ndarray:
+        out = self._line(x[:, -N_COST_FEATURES]) + self.init
+        for t in self.trees:
+            out = out + self.options.learning_rate * _tree_predict(t, x)
+        return out
+
+    def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        """Predicted value of each config (1-D float64, in the fitted units)."""
+        configs = list(configs)
+        if not configs:
+            return np.zeros(0)
+        if not self.trees:
+            raise ConfigError("BoostedPredictor", "not fitted", "call .fit(configs, values) or .load(path) first")
+        return self._predict_features(features(self.space, configs))
+
+    __call__ = predict
+
+    # ------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write directory `path`: `predictor.safetensors` (the trees' arrays) + `predictor.json` (the rest)."""
+        from safetensors.numpy import save as st_save
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays = {f"tree{i:05d}.{k}": np.ascontiguousarray(v) for i, t in enumerate(self.trees) for k, v in t.items()}
+        atomic_write_bytes(path / WEIGHTS_FILE, st_save(arrays))
+        doc = {
+            "format": FORMAT,
+            "kind": KIND,
+            "space": _space_dict(self.space),
+            "n_features": self.n_features,
+            "seed": self.seed,
+            "options": self.options.to_dict(),
+            "line": [float(v) for v in self.line],
+            "init": self.init,
+            "n_trees": len(self.trees),
+            "report": self.report,
+        }
+        atomic_write_text(path / JSON_FILE, json.dumps(doc, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, space: Any = None) -> BoostedPredictor:
+        """Read a predictor written by `save`; with `space`, refuse (ConfigError) one fitted for another space."""
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        doc = _read_doc(path, KIND)
+        if space is not None and _space_dict(space) != doc["space"]:
+            raise ConfigError(
+                "predictor space",
+                doc["space"],
+                f"this space {_space_dict(space)}",
+                f"{path} was fitted for another space",
+            )
+        if space is None:
+            from qcompile.spaces import from_dict
+
+            space = from_dict(doc["space"])
+        pred = cls(space, seed=doc["seed"], options=BoostedOptions(**doc["options"]))
+        if pred.n_features != doc["n_features"]:
+            raise ConfigError(
+                "predictor features", doc["n_features"], pred.n_features, f"{path} was fitted for another space"
+            )
+        arrays = load_file(str(path / WEIGHTS_FILE))
+        pred.trees = [{k: arrays[f"tree{i:05d}.{k}"] for k in _TREE_KEYS} for i in range(int(doc["n_trees"]))]
+        pred.line = np.asarray(doc["line"], dtype=np.float64)
+        pred.init = float(doc["init"])
+        pred.report = doc.get("report", {})
+        return pred
+
+    def __repr__(self) -> str:
+        return f"BoostedPredictor(space={getattr(self.space, 'name', '?')}, seed={self.seed}, report={self.report})"
+
+
+_TREE_KEYS = ("left", "right", "feature", "threshold", "value")
+
+
+def _tree_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """The arrays of a fitted sklearn tree that prediction needs (leaves have left == right == -1)."""
+    return {
+        "left": tree.children_left.astype(np.int32),
+        "right": tree.children_right.astype(np.int32),
+        "feature": tree.feature.astype(np.int32),
+        "threshold": tree.threshold.astype(np.float64),
+        "value": tree.value.reshape(-1).astype(np.float64),
+    }
+
+
+def _tree_predict(t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Leaf value of every row of `x`: descend all rows at once (sklearn's rule: go left when x <= threshold)."""
+    node = np.zeros(x.shape[0], dtype=np.int64)
+    rows = np.arange(x.shape[0])
+    left, right, feat, thr = t["left"], t["right"], t["feature"], t["threshold"]
+    for _ in range(left.shape[0]):
+        inner = left[node] >= 0
+        if not inner.any():
+            break
+        f = np.where(inner, feat[node], 0)
+        go_left = x[rows, f] <= thr[node]
+        node = np.where(inner, np.where(go_left, left[node], right[node]), node)
+    return t["value"][node]
+
+
+def _read_doc(path: Path, kind: str) -> dict[str, Any]:
+    if not (path / JSON_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{path}: not a predictor directory (needs {JSON_FILE} and {WEIGHTS_FILE})")
+    try:
+        doc = json.loads((path / JSON_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
+    if doc.get("format") != FORMAT or doc.get("kind") != kind:
+        raise CheckpointError(f"{path / JSON_FILE}: not a {kind} of format {FORMAT} (kind {doc.get('kind')!r})")
+    return doc
+
+
+def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
+    """Any saved accuracy predictor (`predictor.json`'s `kind`): the MLP, an MLP ensemble or boosted trees."""
+    from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble
+
+    path = Path(path)
+    if not (path / JSON_FILE).is_file():
+        raise CheckpointError(f"{path}: not a predictor directory (needs {JSON_FILE})")
+    try:
+        kind = json.loads((path / JSON_FILE).read_text()).get("kind")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
+    if kind == KIND:
+        return BoostedPredictor.load(path, space=space)
+    if kind == MLPEnsemble.kind:
+        return MLPEnsemble.load(path, space=space)
+    return AccuracyPredictor.load(path, space=space)
+
+
+__all__ = ["BoostedOptions", "BoostedPredictor", "cost_features", "features", "load_predictor"]

@@ -106,9 +106,9 @@ def train_standalone(
     """Train `config` (architecture + bit policy) alone; returns the `Trainer` (`.model` is the quantized supernet).
 
     The network is built as `qcompile train` builds the supernet (`torch.manual_seed(init_seed)`,
-    `build_supernet`, zero-init of residual BN, `qc.quantize` with `quantize_options`), then trained on
-    `standalone_phases(phases, config)`. Evaluate it like a supernet subnet:
-    `evaluate_subnets(trainer.model, space, data, [config])` (slice + calibrate + test).
+    `build_supernet`, zero-init of residual BN, `qc.quantize(**quantize_options)`; None: `qc.quantize`'s
+    defaults, which `qcompile train` uses too), then trained on `standalone_phases(phases, config)`.
+    Evaluate it like a supernet subnet: `evaluate_subnets(trainer.model, space, data, [config])`.
 
     Args:
         phases: the supernet recipe (e.g. `default_phases()`); drop its float phase to train from scratch.
@@ -121,8 +121,7 @@ def train_standalone(
     """
     import torch
 
-    import qcompile as qc
-    from qcompile.cli.train_run import QUANTIZE_DEFAULTS
+    from qcompile import api as qc
     from qcompile.train.checkpoint import load_checkpoint
     from qcompile.train.init import zero_init_residual_bn
     from qcompile.train.trainer import Trainer
@@ -134,7 +133,7 @@ def train_standalone(
     torch.manual_seed(tcfg.seed if init_seed is None else init_seed)
     net = space.build_supernet()
     zero_init_residual_bn(net)
-    qnet = qc.quantize(qc.trace(net), **dict(quantize_options or QUANTIZE_DEFAULTS))
+    qnet = qc.quantize(qc.trace(net), **dict(quantize_options or {}))
     trainer = Trainer(qnet, FixedSubnetSpace(space, config), data, tcfg, fixed, checkpoint_dir=checkpoint_dir)
     if start is not None:
         _, meta = load_checkpoint(start)

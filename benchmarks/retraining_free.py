@@ -147,7 +147,7 @@ def run(
         raise ConfigError("--init", bad[0], INITS)
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
-    (out / "subnets.json").write_text(json.dumps({k: v.to_dict() for k, v in subnets.items()}, indent=1))
+    atomic_write_text(out / "subnets.json", json.dumps({k: v.to_dict() for k, v in subnets.items()}, indent=1))
     done = _load_units(out)
 
     # Supernet side: cheap (one calibration + test pass per config and calibration seed).
@@ -242,6 +242,9 @@ def run(
 def summarize(units: dict[str, dict]) -> str:
     """Markdown table: per subnet and bits, supernet accuracy vs standalone mean +- std over seeds."""
     rows = []
+    labels = {u.get("supernet") for u in units.values() if u["kind"] == "supernet"}
+    if len(labels) > 1:
+        raise ConfigError("units of supernets", sorted(map(str, labels)), "one supernet per OUT directory")
     sup = {(u["subnet"], u["bits"]): u for u in units.values() if u["kind"] == "supernet"}
     std = [u for u in units.values() if u["kind"] == "standalone"]
     head = (
@@ -270,7 +273,8 @@ def summarize(units: dict[str, dict]) -> str:
                 f"| {name} | {s.get('macs', '')} | {b}/{b} | {100 * s['accuracy']:.1f} ({by}) | {init} "
                 f"| {mean:.1f} ± {sd:.1f} ({len(accs)}) | {per} | {100 * s['accuracy'] - mean:+.1f} |"
             )
-    # A unit's cpu_s includes its float phase only if it trained it; count each float phase once.
+    # A unit's cpu_s includes the float phase only if that unit trained it; a float phase whose unit was
+    # stopped before it finished is added from the other units' record of it, so each counts once.
     cpu = sum(u.get("cpu_s", 0.0) for u in units.values())
     floats = {(u["subnet"], u["seed"]): u.get("float_phase_cpu_s", 0.0) for u in std if u["init"] == "float"}
     cpu += sum(floats.values()) - sum(u.get("float_phase_cpu_s", 0.0) for u in std if u.get("trained_float"))

@@ -18,10 +18,12 @@ from qcompile.train.layers import QuantLayer, quant_layers
 from qcompile.train.losses import IDMAlign, kd_loss, smooth_ce
 from qcompile.train.sampler import SandwichSampler, with_uniform_bits
 from qcompile.train.schedule import cosine_lr, cosine_topk
+from qcompile.train.standalone import FixedSubnetSpace, standalone_phases, train_standalone
 from qcompile.train.trainer import Trainer, space_identity
 
 __all__ = [
     "BitScheduler",
+    "FixedSubnetSpace",
     "IDMAlign",
     "Phase",
     "QuantLayer",
@@ -44,6 +46,8 @@ __all__ = [
     "save_checkpoint",
     "smooth_ce",
     "space_identity",
+    "standalone_phases",
+    "train_standalone",
     "unstable_fraction",
     "unstable_scores",
     "with_uniform_bits",

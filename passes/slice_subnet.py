@@ -23,6 +23,7 @@ from qcompile.nn.elastic import DepthGate, ElasticBatchNorm2d, ElasticConv2d, El
 from qcompile.nn.static import QConv2d, QLinear, link_pad_quantizer
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import ActQuantizer
+from qcompile.quant.flavour import link_bias_grid
 
 
 def _frozen_weight_quant(mod, quantized_weight: torch.Tensor) -> nn.Module | None:
@@ -225,6 +226,7 @@ def _slice(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> fx.GraphM
     sub.graph.lint()
     sub.delete_all_unused_submodules()
     sub.recompile()
+    link_bias_grid(sub)  # the qdq flavour's int32 bias grid in the fake-quant forward (inactive otherwise)
     return sub
 
 

@@ -2,7 +2,9 @@
 
 OpenVINO reads the ONNX file, turns QuantizeLinear/DequantizeLinear pairs into FakeQuantize and runs int8
 kernels on oneDNN (AMX-INT8 / VNNI where the CPU has them). It does not promise ONNX's float32 rounding
-order, so agreement with the integer program is measured (`agreement`), not assumed. OpenVINO's CPU plugin
+order, so agreement with the integer program is measured (`agreement`), not assumed. One of its fusions
+(`Conv -> Q -> DQ -> Add` into the convolution) clamps without rounding; the QDQ export puts a lookup on
+those codes so that the rounding stays (`qcompile.backends.onnx.export`, docs/qdq.md). OpenVINO's CPU plugin
 computes int64 as int32 and float64 as float32, so only the "qdq" flavour's plain QDQ export (no int64
 fixed-point arithmetic) is a meaningful input.
 """
@@ -37,6 +39,7 @@ class OpenVinoRunner:
     `precision` is OpenVINO's INFERENCE_PRECISION_HINT. It defaults to "f32" because on CPUs with AMX-BF16
     OpenVINO otherwise runs every float op in bfloat16 (8-bit mantissa), which moves codes in every layer
     (measured: chance-level agreement with the integer program); the int8 convolutions are unaffected.
+    `EXECUTION_MODE_HINT=ACCURACY` on top of f32 changed no output in the measurements of docs/qdq.md.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Any, threads: int | None = None, precision: str = "f32"):

@@ -218,17 +218,13 @@ def test_reshape_views_absorbed_into_kernels(mbv2_x86, mbv2_graph):
     instruction is left between kernels, one fewer register kill per view, and outputs stay bit-exact;
     the same graph built without the pass has the views."""
     import dataclasses
+    import functools
 
-    from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
 
-    from qcompile.backends.tvm.pipeline import default_pipeline
-
-    def without_absorb(t):
-        return cpu.dataflow_lower_passes(t) + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(t)
-
-    plain = lower_integer_graph(mbv2_graph, "x86", pipeline=dataclasses.replace(default_pipeline(),
-                                                                                finalize=without_absorb))
+    keep_views = dataclasses.replace(default_pipeline(), finalize=functools.partial(finalize_passes,
+                                                                                    absorb_views=False))
+    plain = lower_integer_graph(mbv2_graph, "x86", pipeline=keep_views)
     x = make_input(mbv2_graph, 5)
     before, after = _vm_calls(plain, x), _vm_calls(mbv2_x86, x)
     views = before.get("vm.builtin.reshape", 0)

@@ -122,6 +122,11 @@ def _retype_plan(mod: Any, wanted: dict[tuple[str, int], set]) -> dict[str, dict
     return plan
 
 
+def _symbol(func: Any, name: str) -> str:
+    attrs = func.attrs
+    return str(attrs["global_symbol"]) if attrs is not None and "global_symbol" in attrs else name
+
+
 def _apply(mod: Any, plan: dict[str, dict[int, tuple[int, ...]]], mutator: Any) -> Any:
     """Retype the planned kernels and rewrite their calls with `mutator(module, new GlobalVars)`.
 
@@ -132,7 +137,12 @@ def _apply(mod: Any, plan: dict[str, dict[int, tuple[int, ...]]], mutator: Any) 
 
     keep = {gv: f for gv, f in mod.functions.items() if gv.name_hint not in plan}
     bb = relax.BlockBuilder(tvm.IRModule(keep, attrs=mod.attrs))
-    gvs = {name: bb.add_func(_retype_params(mod[name], p), name) for name, p in plan.items()}
+    # the symbol AttachGlobalSymbol would give it anyway: without it, add_func would merge kernels that became
+    # structurally equal (two LUTs of one table and shape) and drop a name from the kernel table
+    gvs = {
+        name: bb.add_func(_retype_params(mod[name], p).with_attr("global_symbol", _symbol(mod[name], name)), name)
+        for name, p in plan.items()
+    }
     out = bb.get()
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):

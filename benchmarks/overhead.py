@@ -15,6 +15,9 @@ interleaved rounds (each round times every quantity once, in rotating order, so 
 - the VM instructions per call (counted with the VM's instrument hook): kernel calls, `reshape` views,
   `alloc_tensor` / `alloc_storage`, `null_value` (register kills).
 
+`--keep-views` builds without `AbsorbReshapeViews` (backends/tvm/views.py), for the before figure: the reshape
+views between kernels then stay VM instructions.
+
 The excess of end-to-end over the kernel sum is split into: Python wrapper (`__call__` minus the VM called from
 Python), Python-to-VM call (VM from Python minus `time_evaluator`), and VM dispatch + builtins (`time_evaluator`
 minus the kernel sum; also holds the cache effects of running kernels back to back instead of alone).
@@ -176,6 +179,18 @@ def to_markdown(res: dict[str, Any], threads: int, meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pipeline(keep_views: bool) -> Any:
+    """The default lowering pipeline, or the same without `AbsorbReshapeViews`."""
+    import dataclasses
+    import functools
+
+    from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
+
+    pipe = default_pipeline()
+    return dataclasses.replace(pipe, finalize=functools.partial(finalize_passes, absorb_views=False)) \
+        if keep_views else pipe
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -183,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calls", type=int, default=50, help="calls per quantity per round (their median is kept)")
     ap.add_argument("--kernel-repeat", type=int, default=20)
     ap.add_argument("--out", default="runs/overhead")
+    ap.add_argument("--keep-views", action="store_true",
+                    help="build without absorbing the reshape views between kernels (the before figure)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import qcompile as qc
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     warm = os.environ.get("QCOMPILE_CACHE")
     with tempfile.TemporaryDirectory() as empty:  # untuned: our default schedules, no database records
         os.environ["QCOMPILE_CACHE"] = empty
-        low = qc.lower(ig, target="x86", num_threads=a.threads)
+        low = qc.lower(ig, target="x86", num_threads=a.threads, pipeline=_pipeline(a.keep_views))
     if warm is None:
         os.environ.pop("QCOMPILE_CACHE")
     else:
@@ -203,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {"cpu": _cpu_info("model name") or platform.processor(), "load_before": load_before,
             "load_after": "/".join(f"{v:.1f}" for v in os.getloadavg()),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": a.threads, "kernels": len(low.kernels)}
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": a.threads, "kernels": len(low.kernels),
+            "reshape_views": "kept" if a.keep_views else "absorbed"}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"overhead_t{a.threads}.json", json.dumps(res | {"meta": meta}, indent=1))

@@ -62,13 +62,22 @@ def default_schedule_passes(target: Any) -> list:
     return [_schedule]
 
 
-def finalize_passes(target: Any) -> list:
-    """Dataflow lowering and VM finalisation (TVM's cpu_generic passes), dropping the PrimFuncs no call uses
-    any more (legalized reshapes that became views), which would otherwise be compiled and exported."""
+def finalize_passes(target: Any, absorb_views: bool = True) -> list:
+    """Dataflow lowering and VM finalisation (TVM's cpu_generic passes, static memory planning included),
+    with the reshape views between kernels absorbed into the kernels' parameter shapes (`views`), dropping the
+    PrimFuncs no call uses any more (legalized reshapes that became views), which would otherwise be compiled
+    and exported. `absorb_views=False` keeps the views (for before/after measurements)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return cpu.dataflow_lower_passes(target) + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target)
+    from qcompile.backends.tvm.views import AbsorbReshapeViews
+
+    rewrite_reshape, *to_vm = cpu.dataflow_lower_passes(target)
+    # views become plain VM reshapes here; absorb those between kernels into the kernels' parameter shapes
+    # and drop the dead ones while still in dataflow form (DCE only removes pure dataflow bindings)
+    absorb = [rewrite_reshape, AbsorbReshapeViews(), relax.transform.DeadCodeElimination()] if absorb_views \
+        else [rewrite_reshape]
+    return absorb + to_vm + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target)
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,72 @@ def test_repeated_calls_keep_earlier_outputs(mbv2_x86, mbv2_graph):
     assert mbv2_x86._in_array.ctypes.data % 64 == 0
 
 
+def _vm_calls(low, x) -> dict:
+    """Calls per `main` by symbol (the VM's instrument hook)."""
+    import collections
+
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(low._exec, tvm.cpu())
+    counts: collections.Counter = collections.Counter()
+
+    def instrument(func, symbol, before, ret, *args):
+        counts[symbol] += before
+        return 0
+
+    vm.set_instrument(instrument)
+    vm["main"](tvm.runtime.tensor(x))
+    return dict(counts)
+
+
+def test_reshape_views_absorbed_into_kernels(mbv2_x86, mbv2_graph):
+    """Kernels read their NCHW neighbours' buffers directly (views.AbsorbReshapeViews): no `reshape`
+    instruction is left between kernels, one fewer register kill per view, and outputs stay bit-exact;
+    the same graph built without the pass has the views."""
+    import dataclasses
+    import functools
+
+    from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
+
+    keep_views = dataclasses.replace(default_pipeline(), finalize=functools.partial(finalize_passes,
+                                                                                    absorb_views=False))
+    plain = lower_integer_graph(mbv2_graph, "x86", pipeline=keep_views)
+    x = make_input(mbv2_graph, 5)
+    before, after = _vm_calls(plain, x), _vm_calls(mbv2_x86, x)
+    views = before.get("vm.builtin.reshape", 0)
+    assert views >= 10 and after.get("vm.builtin.reshape", 0) == 0
+    assert after["vm.builtin.null_value"] == before["vm.builtin.null_value"] - views
+    kernels = {k: n for k, n in after.items() if not k.startswith("vm.")}
+    assert kernels == {k: n for k, n in before.items() if not k.startswith("vm.")}
+    for seed in (5, 6):
+        xs = make_input(mbv2_graph, seed)
+        np.testing.assert_array_equal(mbv2_x86(xs), plain(xs))
+        np.testing.assert_array_equal(mbv2_x86(xs), G.reference(mbv2_graph, xs))
+
+
+def test_absorbed_views_keep_every_kernel_name():
+    """Two LUTs of one table and shape become structurally equal kernels once their outputs are retyped to
+    the flat shape the rescales read: each must keep its own PrimFunc (the kernel table maps names to nodes)."""
+    b = IntegerGraphBuilder()
+    table = b.const(torch.arange(255, -1, -1, dtype=torch.int32).to(torch.uint8))
+    q = b.call(ops.quantize, b.input("x"), 1 / 0.05, 128.5, 255)
+    y = q
+    for _ in range(2):
+        y = b.call(ops.lut, y, table)
+        y = b.call(ops.rescale, y, multiplier=(1 << 16) | 777, offset=(1 << 15) - 9 * (1 << 16), shift=16, lo=0,
+                   hi=255)
+    ig = b.build(y, {"input_shape": [1, 4, 8, 8]})
+    low = lower_integer_graph(ig, "x86")
+    names = {f for k in low.kernels for f in k["primfuncs"]}
+    assert sum(1 for n in names if n.startswith("lut")) == 2
+    assert names == set(low.meta["signatures"])
+    x = make_input(ig, 3)
+    assert _vm_calls(low, x).get("vm.builtin.reshape", 0) == 1  # the function's result only: NCHW again
+    assert_exact(low, ig, x)
+    assert {r["name"] for r in low.benchmark(repeat=2).kernels} >= names
+
+
 def test_input_shape_checked(mbv2_x86):
     with pytest.raises(ConfigError, match="input shape"):
         mbv2_x86(np.zeros((1, 3, 16, 16), np.float32))

@@ -6,7 +6,7 @@ that explains most of the quantization error) is the baseline, and shallow boost
 (Friedman 2001, squared loss; `sklearn.ensemble.GradientBoostingRegressor`) fit what the line
 misses from the features
 
-    [space.encode(cfg), log BitOPs, log MACs, log model bits, mean/min weight bits, mean/min activation bits]
+    [encode(space, cfg), log BitOPs, log MACs, log model bits, mean/min weight bits, mean/min activation bits]
 
 so that ``prediction = a + b * log BitOPs + lr * sum_t tree_t(features)``. scikit-learn does the
 fitting; the fitted trees are stored as plain arrays (safetensors) + JSON, never pickled, and are
@@ -30,6 +30,7 @@ import numpy as np
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
+from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -98,9 +99,9 @@ def features(space: Any, configs: Sequence[SubnetConfig]) -> np.ndarray:
     """(n, encoding_size + 7) float64: the one-hot encoding followed by `cost_features`."""
     configs = list(configs)
     if not configs:
-        return np.zeros((0, space.encoding_size() + N_COST_FEATURES))
+        return np.zeros((0, encoding_size(space) + N_COST_FEATURES))
     return np.stack(
-        [np.concatenate([np.asarray(space.encode(c), dtype=np.float64), cost_features(space, c)]) for c in configs]
+        [np.concatenate([np.asarray(encode(space, c), dtype=np.float64), cost_features(space, c)]) for c in configs]
     )
 
 
@@ -126,12 +127,12 @@ class BoostedPredictor:
             raise ConfigError(
                 "BoostedPredictor options", sorted(kwargs), list(BoostedOptions.__dataclass_fields__)
             ) from e
-        for attr in ("encode", "encoding_size", "layers"):
+        for attr in ("genes", "num_layer_slots", "bit_choices"):  # what search.encoding reads
             if not hasattr(space, attr):
                 raise ConfigError("space", type(space).__name__, f"a search space with `{attr}` (qc.spaces.*)")
         self.space = space
         self.seed = int(seed)
-        self.n_features = int(space.encoding_size()) + N_COST_FEATURES
+        self.n_features = int(encoding_size(space)) + N_COST_FEATURES
         self.line = np.zeros(2)  # a + b * log BitOPs
         self.init = 0.0  # the boosting's constant start (mean residual)
         self.trees: list[dict[str, np.ndarray]] = []

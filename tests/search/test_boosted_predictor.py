@@ -9,6 +9,7 @@ import qcompile as qc
 import qcompile.search as qs
 from qcompile import CheckpointError, ConfigError
 from qcompile.search.cost import bitops
+from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.boosted import BoostedPredictor, features, load_predictor
 
 FAST = dict(n_estimators=60, max_depth=2, learning_rate=0.1)
@@ -17,8 +18,8 @@ FAST = dict(n_estimators=60, max_depth=2, learning_rate=0.1)
 def truth(space, cfgs):
     """A score that falls with log BitOPs plus an architecture effect BitOPs does not see."""
     rng = np.random.RandomState(1234)
-    w = rng.normal(0, 1, space.encoding_size())
-    x = np.stack([space.encode(c) for c in cfgs])
+    w = rng.normal(0, 1, encoding_size(space))
+    x = np.stack([encode(space, c) for c in cfgs])
     lb = np.log([bitops(space, c) for c in cfgs])
     return -0.5 * (lb - lb.mean()) / lb.std() + (x @ w - (x @ w).mean()) / (x @ w).std()
 

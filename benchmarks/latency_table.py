@@ -2,8 +2,8 @@
 demo's space and of mobilenet_v2 at 224 (docs/latency.md), in three resumable phases:
 
     prepare   lower every library the tables and the validation need and save them under
-              OUT/prep/<emitter key>/<space>/ (heavy, tolerates a loaded machine; `--sets validate` lowers only
-              the held-out subnets, e.g. after an emitter change when the tables are kept)
+              OUT/prep/<emitter key>/<space>/ (heavy, tolerates a loaded machine; `--sets fit,validate` skips the
+              optional covering subnets)
     time      load and time them at `--threads N` on a quiet machine: the tables' distinct kernel workloads and
               every network twice (two passes in independent random orders), interleaved so that drift hits
               kernels, fit and held-out networks alike; nothing is lowered
@@ -93,9 +93,21 @@ def _done(d: Path) -> bool:
     return saved(d)
 
 
+def _interleave(groups: dict[str, list]) -> list:
+    """The items of every group in one list, each group spread evenly over it (ordered by the fraction of its
+    own group done), so an interrupted run leaves every group partly done."""
+    return [(t, e) for _, t, _, e in sorted(((i + 0.5) / len(es), t, i, e) for t, es in groups.items()
+                                            for i, e in enumerate(es))]
+
+
 def prepare(args: argparse.Namespace) -> int:
-    """Lower and save every library, table sets first, then the held-out subnets of both spaces interleaved (so
-    an interrupted run leaves both spaces partly validated); skips what is on disk."""
+    """Lower and save every library, set by set in `--sets` order (default: the fit subnets, the held-out subnets,
+    then the covering subnets), each set interleaved over the spaces; skips what is on disk.
+
+    The covering subnets come last because nothing needs them for the validation: the covering sets are
+    complete (`SPACES`), so every kernel workload of a held-out subnet is one a covering subnet has, and `time`
+    times it from whichever prepared library holds it; the overhead model is fit on the fit (and any covering)
+    networks only."""
     from tqdm import tqdm
 
     from qcompile.search.latency.libraries import emitter_key, save_for_timing
@@ -104,22 +116,18 @@ def prepare(args: argparse.Namespace) -> int:
 
     key = emitter_key()
     root = prep_dir(args.out, key["key"])
-    sets = set(args.sets.split(","))
-    queues: dict[str, list] = {}
-    spaces = {}
+    spaces, entries = {}, {}
     for tag in args.spaces.split(","):
-        space, entries = plan(tag)
-        spaces[tag] = space
-        atomic_write_text(root / tag / "plan.json", json.dumps({"space": space.to_dict(), "entries": entries},
-                                                               indent=0))
-        queues[tag] = [e for e in entries if ("validate" if e["role"] == "validate" else "table") in sets]
+        spaces[tag], entries[tag] = plan(tag)
+        atomic_write_text(root / tag / "plan.json", json.dumps({"space": spaces[tag].to_dict(),
+                                                                "entries": entries[tag]}, indent=0))
     atomic_write_text(root / "key.json", json.dumps(key, indent=1))
-    table_jobs = [(t, e) for t, q in queues.items() for e in q if e["role"] != "validate"]
-    val = [(t, [e for e in q if e["role"] == "validate"]) for t, q in queues.items()]
-    # both spaces advance together (ordered by the fraction of their own held-out set done)
-    val_jobs = [(t, e) for _, t, e in sorted(((i + 0.5) / len(es), t, e) for t, es in val
-                                              for i, e in enumerate(es))]
-    jobs = [(t, e) for t, e in table_jobs + val_jobs if not _done(root / t / e["name"])]
+    jobs = []
+    for role in args.sets.split(","):
+        if role not in ("fit", "validate", "cover"):
+            raise qc.ConfigError("--sets", role, "a comma-separated list of fit, validate and cover")
+        jobs += _interleave({t: [e for e in es if e["role"] == role] for t, es in entries.items()})
+    jobs = [(t, e) for t, e in jobs if not _done(root / t / e["name"])]
     log.info("prepare %s: %d libraries to lower (%s), key %s", root, len(jobs), args.sets, key["key"])
     for tag, e in tqdm(jobs, desc="prepare", unit="lib"):
         t0 = time.perf_counter()
@@ -184,14 +192,15 @@ def time_phase(args: argparse.Namespace) -> int:
     for tag, es in entries.items():
         for e in es:
             networks.append((tag, e["name"], e["role"]))
-            if e["role"] == "validate" and not args.validation_kernels:
+            if e["role"] == "validate" and args.kernels_from == "table":
                 continue
             meta = json.loads((root / tag / e["name"] / "metadata.json").read_text())
             for k in meta["kernels"]:
                 wk = workload_key(k["workload"])
                 if k["primfuncs"] and (tag, wk) not in kernels:
                     kernels[(tag, wk)] = (e["name"], k["workload"], list(k["primfuncs"]))
-    rows_path = root / f"time_t{args.threads}.jsonl"
+    rows_path = root / "timings" / args.run / f"time_t{args.threads}.jsonl"
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if rows_path.exists():
         for line in rows_path.read_text().splitlines():
@@ -258,9 +267,11 @@ def report(args: argparse.Namespace) -> int:
     import numpy as np
 
     root = prep_dir(args.out, args.key)
+    out = args.out / f"report_{args.run}"
+    out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"cpu": _cpu_model(), "machine": platform.node(), "prep": str(root),
                      "key": json.loads((root / "key.json").read_text()), "results": {}}
-    for tfile in sorted(root.glob("time_t*.jsonl")):
+    for tfile in sorted((root / "timings" / args.run).glob("time_t*.jsonl")):
         threads = int(tfile.stem.split("_t")[1])
         rows = _rows(tfile)
         for tag in args.spaces.split(","):
@@ -299,15 +310,15 @@ def report(args: argparse.Namespace) -> int:
                                             "within_5pct": float(np.mean(rel <= 0.05))}
                 res[stat.removesuffix("_ms")] = s
                 if stat == "median_ms":
-                    table.save(args.out / f"table_{tag}_t{threads}.json")
-                    scatter_plot(val, args.out / f"scatter_{tag}_t{threads}.png",
+                    table.save(out / f"table_{tag}_t{threads}.json")
+                    scatter_plot(val, out / f"scatter_{tag}_t{threads}.png",
                                  title=f"{tag}, {threads} thread(s): n={s['n']}, "
                                        f"10%: {100 * s.get('within_10pct', 0):.0f}%, "
                                        f"5%: {100 * s.get('within_5pct', 0):.0f}%")
-                    with open(args.out / f"validation_{tag}_t{threads}.jsonl", "w") as f:
+                    with open(out / f"validation_{tag}_t{threads}.jsonl", "w") as f:
                         f.writelines(json.dumps(r) + "\n" for r in val)
             summary["results"][f"{tag}_t{threads}"] = res
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -370,17 +381,20 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--out", type=Path, default=Path("runs/latency"))
     common.add_argument("--spaces", default=",".join(SPACES), help=f"comma-separated, of {sorted(SPACES)}")
     common.add_argument("--key", default=None, help="emitter key of the prepared libraries (default: this tree's)")
+    common.add_argument("--run", default="quiet", help="name of the timing run (time writes, report reads "
+                        "OUT/prep/KEY/timings/RUN/; report writes OUT/report_RUN/)")
     p = sub.add_parser("prepare", parents=[common], help="lower and save every library (heavy)")
-    p.add_argument("--sets", default="table,validate", help="table (cover + fit subnets), validate, or both")
+    p.add_argument("--sets", default="fit,validate,cover", help="which subnets, in this order: fit (random, for "
+                   "the overhead fit), validate (held out), cover (covering set, optional: see prepare())")
     t = sub.add_parser("time", parents=[common], help="time the prepared libraries (quiet machine)")
     t.add_argument("--threads", type=int, required=True)
     t.add_argument("--repeat", type=int, default=50, help="end-to-end calls per network and pass (median)")
     t.add_argument("--passes", type=int, default=2, help="times each network is measured (reproducibility)")
     t.add_argument("--kernel-repeat", type=int, default=25, help="timing windows per kernel (median)")
     t.add_argument("--window-us", type=float, default=50.0, help="length of one kernel timing window")
-    t.add_argument("--validation-kernels", action="store_true",
-                   help="also time the held-out subnets' kernels (diagnosis; the complete covering sets already "
-                        "hold every block)")
+    t.add_argument("--kernels-from", choices=("all", "table"), default="all",
+                   help="time the distinct kernel workloads of all prepared libraries (default; the same workloads "
+                        "as the complete covering sets, see prepare()) or of the cover/fit libraries only")
     t.add_argument("--accept-key", action="store_true", help="time libraries prepared under another emitter key")
     t.add_argument("--seed", type=int, default=0, help="order of the interleaved schedule")
     sub.add_parser("report", parents=[common], help="fit, predict and score what `time` measured")

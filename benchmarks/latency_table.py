@@ -235,8 +235,13 @@ def time_phase(args: argparse.Namespace) -> int:
                        t_s=round(time.perf_counter() - t0, 3), load1=os.getloadavg()[0])
             f.write(json.dumps(row) + "\n")
             f.flush()
-    log.info("timed %d items in %.1f s at %d thread(s), load %s", len(todo), time.perf_counter() - t0,
-             args.threads, os.getloadavg())
+    took = time.perf_counter() - t0
+    log.info("timed %d items in %.1f s at %d thread(s), load %s", len(todo), took, args.threads, os.getloadavg())
+    with open(rows_path.with_suffix(".runs.jsonl"), "a") as f:  # one line per (resumed) invocation
+        f.write(json.dumps({"cpu": _cpu_model(), "threads": args.threads, "items": len(todo), "seconds": round(took, 1),
+                            "load_end": os.getloadavg(), "argv": vars(args) | {"out": str(args.out)},
+                            "env": {k: v for k, v in os.environ.items() if k.startswith(("TVM_", "OMP_"))},
+                            "affinity": sorted(os.sched_getaffinity(0))}) + "\n")
     return 0
 
 
@@ -262,15 +267,31 @@ def table_from_timings(space: Any, threads: int, kernel_rows: list[dict], net_ro
     return table
 
 
+def _coverage(space: Any, entries: list[dict]) -> dict:
+    """Whether the covering subnets hold every block (memo key: position, resolution, choices, widths, bit
+    classes) of the held-out subnets, from the configs alone; the held-out kernels timed from their own libraries
+    are then the workloads a table built from the covering set would hold."""
+    from qcompile.search.latency.workloads import block_keys
+
+    cover = {repr(k) for e in entries if e["role"] == "cover"
+             for k in block_keys(space, qc.SubnetConfig.from_json(e["config"])).values()}
+    held = {repr(k) for e in entries if e["role"] == "validate"
+            for k in block_keys(space, qc.SubnetConfig.from_json(e["config"])).values()}
+    return {"heldout_blocks": len(held), "in_covering_set": len(held & cover)}
+
+
 def report(args: argparse.Namespace) -> int:
     """Fit, predict and score every (space, thread count) that `time` produced."""
     import numpy as np
+
+    from qcompile.search.latency.workloads import kernel_workloads, remember, workload_key
 
     root = prep_dir(args.out, args.key)
     out = args.out / f"report_{args.run}"
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"cpu": _cpu_model(), "machine": platform.node(), "prep": str(root),
-                     "key": json.loads((root / "key.json").read_text()), "results": {}}
+                     "key": json.loads((root / "key.json").read_text()), "results": {}, "workloads": {}}
+    metas: dict[tuple, list] = {}
     for tfile in sorted((root / "timings" / args.run).glob("time_t*.jsonl")):
         threads = int(tfile.stem.split("_t")[1])
         rows = _rows(tfile)
@@ -282,24 +303,37 @@ def report(args: argparse.Namespace) -> int:
             nrows = [dict(r, config=cfg_of[r["entry"]]) for r in rows if r["space"] == tag and r["kind"] == "network"]
             if not nrows:
                 continue
-            by = {}
+            by: dict[str, dict] = {}
             for r in nrows:
                 by.setdefault(r["entry"], {})[r["pass"]] = r
+            # the block memo from the libraries' own kernel lists (equal to kernel_workloads: spot-checked below)
+            for name in by:
+                if (tag, name) not in metas:
+                    metas[(tag, name)] = json.loads((root / tag / name / "metadata.json").read_text())["kernels"]
+                remember(space, qc.SubnetConfig.from_json(cfg_of[name]), metas[(tag, name)], "x86", threads)
+            if tag not in summary["workloads"]:
+                names = sorted(n for n in by if by[n][min(by[n])]["role"] == "validate")[: args.check_workloads]
+                eq = [kernel_workloads(space, qc.SubnetConfig.from_json(cfg_of[n]), "x86", threads, memo=False)
+                      == [k["workload"] for k in metas[(tag, n)]] for n in names]
+                summary["workloads"][tag] = {"checked": len(eq), "equal": sum(eq),
+                                             **_coverage(space, plan_d["entries"])}
             res: dict = {"threads": threads, "kernels_timed": len(krows),
-                         "load1": [min(r["load1"] for r in rows), max(r["load1"] for r in rows)]}
+                         "load1": [min(r["load1"] for r in rows), max(r["load1"] for r in rows)],
+                         "time_phase_s": max(r["t_s"] for r in rows)}
             for stat in ("median_ms", "min_ms"):
                 table = table_from_timings(space, threads, krows, nrows, stat)
-                val = []
+                val, untimed = [], 0
                 for name, passes in by.items():
                     if 1 not in passes or passes[1]["role"] != "validate":
                         continue
                     cfg = qc.SubnetConfig.from_json(cfg_of[name])
+                    untimed += sum(workload_key(k["workload"]) not in table.kernels for k in metas[(tag, name)])
                     row = {"config": cfg_of[name], "predicted_ms": table.predict(cfg),
                            "measured_ms": passes[1][stat]}
                     if 2 in passes:
                         row["measured2_ms"] = passes[2][stat]
                     val.append(row)
-                s = {"fit": table.fit_params, **summarize(val)}
+                s = {"fit": table.fit_params, "heldout_kernels_from_forest": untimed, **summarize(val)}
                 again = [r for r in val if "measured2_ms" in r]
                 if again:
                     s["vs_pass2"] = summarize([{"predicted_ms": r["predicted_ms"], "measured_ms": r["measured2_ms"]}
@@ -309,7 +343,7 @@ def report(args: argparse.Namespace) -> int:
                                             "within_10pct": float(np.mean(rel <= 0.10)),
                                             "within_5pct": float(np.mean(rel <= 0.05))}
                 res[stat.removesuffix("_ms")] = s
-                if stat == "median_ms":
+                if stat == "median_ms" and val:
                     table.save(out / f"table_{tag}_t{threads}.json")
                     scatter_plot(val, out / f"scatter_{tag}_t{threads}.png",
                                  title=f"{tag}, {threads} thread(s): n={s['n']}, "
@@ -388,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                    "the overhead fit), validate (held out), cover (covering set, optional: see prepare())")
     t = sub.add_parser("time", parents=[common], help="time the prepared libraries (quiet machine)")
     t.add_argument("--threads", type=int, required=True)
-    t.add_argument("--repeat", type=int, default=50, help="end-to-end calls per network and pass (median)")
+    t.add_argument("--repeat", type=int, default=100, help="end-to-end calls per network and pass (median)")
     t.add_argument("--passes", type=int, default=2, help="times each network is measured (reproducibility)")
     t.add_argument("--kernel-repeat", type=int, default=25, help="timing windows per kernel (median)")
     t.add_argument("--window-us", type=float, default=50.0, help="length of one kernel timing window")
@@ -397,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                         "as the complete covering sets, see prepare()) or of the cover/fit libraries only")
     t.add_argument("--accept-key", action="store_true", help="time libraries prepared under another emitter key")
     t.add_argument("--seed", type=int, default=0, help="order of the interleaved schedule")
-    sub.add_parser("report", parents=[common], help="fit, predict and score what `time` measured")
+    r = sub.add_parser("report", parents=[common], help="fit, predict and score what `time` measured")
+    r.add_argument("--check-workloads", type=int, default=3, metavar="K",
+                   help="held-out subnets per space whose kernel_workloads (slow path) are compared with the "
+                        "kernels of their libraries")
     b = sub.add_parser("build", help="all in one process (lower, time, validate)")
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--space", default="demo", help="demo (the demo's space) or a qcompile space name, e.g. "

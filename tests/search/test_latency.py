@@ -331,3 +331,21 @@ def test_timing_schedule_interleaves():
     assert pos[0] < 5 and pos[-1] > len(items) - 5  # not all kernels first or last
     first = [i[2] for i in items if i[0] == "network" and i[1] == 1]
     assert first != [i[2] for i in items if i[0] == "network" and i[1] == 2]  # independent orders
+
+
+def test_remember_fills_the_block_memo(lowered, monkeypatch):
+    """`remember` (a lowering's own kernel list into the per-block memo) answers `kernel_workloads` for that
+    config, and for configs of the same blocks, without the slow path, equal to what the emitter emitted."""
+    from qcompile.search.latency import workloads
+
+    space, pairs = lowered
+    monkeypatch.setattr(workloads, "_MEMO", {})
+
+    def no_slow_path(*a, **k):
+        raise AssertionError("slow path taken")
+
+    monkeypatch.setattr(workloads, "plan_config", no_slow_path)
+    for cfg, low in pairs:
+        assert workloads.remember(space, cfg, low.meta["kernels"], "x86", 1)
+    for cfg, low in pairs:
+        assert qs.kernel_workloads(space, cfg, "x86", 1) == [k["workload"] for k in low.meta["kernels"]]

@@ -280,6 +280,54 @@ def _coverage(space: Any, entries: list[dict]) -> dict:
     return {"heldout_blocks": len(held), "in_covering_set": len(held & cover)}
 
 
+def _design(kernels: list[dict], timed: dict[str, float], per_strategy: bool) -> list[float]:
+    """One row of the overhead model: [sum of kernel medians, kernel count(s), 1]; with `per_strategy`, the
+    count split into scheduled (x86_*) and TE-emitted (naive: float islands, LUTs, (de)quantize) kernels."""
+    from qcompile.search.latency.workloads import workload_key
+
+    total = sum(timed.get(workload_key(k["workload"]), 0.0) for k in kernels)
+    if not per_strategy:
+        return [total, float(len(kernels)), 1.0]
+    naive = sum(k["strategy"] == "naive" for k in kernels)
+    return [total, float(len(kernels) - naive), float(naive), 1.0]
+
+
+def _lsq(A: Any, y: Any) -> Any:
+    """Relative least squares with scale and per-call term >= 0 (as `LatencyTable.fit`)."""
+    import numpy as np
+    from scipy.optimize import lsq_linear
+
+    w = 1.0 / y
+    lo = np.full(A.shape[1], -np.inf)
+    lo[0] = lo[-1] = 0.0
+    return lsq_linear(A * w[:, None], y * w, bounds=(lo, np.full(A.shape[1], np.inf))).x
+
+
+def overhead_models(fit_rows: list, fit_y: list, val_rows: list, val_y: list) -> dict:
+    """The overhead model with one per-kernel term vs one per strategy class: leave-one-out relative error on
+    the fit networks (what would justify the larger model) and, for information, the held-out scores."""
+    import numpy as np
+
+    def rows(rs: list, cols: int) -> Any:  # rows are [sum, n_scheduled, n_naive, 1]
+        return np.array([[r[0], r[1] + r[2], r[3]] if cols == 3 else r for r in rs], dtype=float).reshape(-1, cols)
+
+    out = {}
+    for name, cols in (("one_per_kernel_term", 3), ("per_strategy_terms", 4)):
+        A = rows(fit_rows, cols)
+        y = np.array(fit_y, dtype=float)
+        if len(y) < cols + 2:
+            continue
+        loo = [abs(A[i] @ _lsq(np.delete(A, i, 0), np.delete(y, i)) - y[i]) / y[i] for i in range(len(y))]
+        coef = _lsq(A, y)
+        V = rows(val_rows, cols)
+        pred = V @ coef if len(V) else np.array([])
+        rel = np.abs(pred - np.array(val_y)) / np.array(val_y) if len(V) else np.array([])
+        out[name] = {"coef": coef.tolist(), "fit_loo_mape": float(np.mean(loo)),
+                     "heldout_within_10pct": float(np.mean(rel <= 0.10)) if len(rel) else None,
+                     "heldout_within_5pct": float(np.mean(rel <= 0.05)) if len(rel) else None}
+    return out
+
+
 def report(args: argparse.Namespace) -> int:
     """Fit, predict and score every (space, thread count) that `time` produced."""
     import numpy as np
@@ -292,8 +340,13 @@ def report(args: argparse.Namespace) -> int:
     summary: dict = {"cpu": _cpu_model(), "machine": platform.node(), "prep": str(root),
                      "key": json.loads((root / "key.json").read_text()), "results": {}, "workloads": {}}
     metas: dict[tuple, list] = {}
+    import re
+
     for tfile in sorted((root / "timings" / args.run).glob("time_t*.jsonl")):
-        threads = int(tfile.stem.split("_t")[1])
+        m = re.fullmatch(r"time_t(\d+)\.jsonl", tfile.name)
+        if m is None:  # time_tN.runs.jsonl
+            continue
+        threads = int(m.group(1))
         rows = _rows(tfile)
         for tag in args.spaces.split(","):
             plan_d = json.loads((root / tag / "plan.json").read_text())
@@ -334,6 +387,12 @@ def report(args: argparse.Namespace) -> int:
                         row["measured2_ms"] = passes[2][stat]
                     val.append(row)
                 s = {"fit": table.fit_params, "heldout_kernels_from_forest": untimed, **summarize(val)}
+                timed = {k: v["median_ms"] for k, v in table.kernels.items()}
+                fit_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] in ("cover", "fit")]
+                val_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] == "validate"]
+                s["overhead_models"] = overhead_models(
+                    [_design(metas[(tag, n)], timed, True) for n in fit_names], [by[n][1][stat] for n in fit_names],
+                    [_design(metas[(tag, n)], timed, True) for n in val_names], [by[n][1][stat] for n in val_names])
                 again = [r for r in val if "measured2_ms" in r]
                 if again:
                     s["vs_pass2"] = summarize([{"predicted_ms": r["predicted_ms"], "measured_ms": r["measured2_ms"]}

@@ -210,6 +210,10 @@ def time_phase(args: argparse.Namespace) -> int:
     todo = [it for it in items if (it[0], it[2][0], it[2][1], it[1]) not in done]
     log.info("time at %d thread(s): %d kernels, %d networks x %d passes; %d items left; load %s", args.threads,
              len(kernels), len(networks), args.passes, len(todo), os.getloadavg())
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        log.warning("load average %.1f on %d CPUs: other processes are running, the timings will measure them "
+                    "too (this phase wants a quiet machine)", load1, os.cpu_count() or 0)
     timers: dict[tuple, SavedTimer] = {}
     t0 = time.perf_counter()
     with open(rows_path, "a") as f:

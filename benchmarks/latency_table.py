@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -128,6 +129,9 @@ def prepare(args: argparse.Namespace) -> int:
             raise qc.ConfigError("--sets", role, "a comma-separated list of fit, validate and cover")
         jobs += _interleave({t: [e for e in es if e["role"] == role] for t, es in entries.items()})
     jobs = [(t, e) for t, e in jobs if not _done(root / t / e["name"])]
+    for tag in entries:  # staging directories of an interrupted save (save_for_timing, Lowered.export)
+        for stale in (root / tag).glob(".*.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
     log.info("prepare %s: %d libraries to lower (%s), key %s", root, len(jobs), args.sets, key["key"])
     for tag, e in tqdm(jobs, desc="prepare", unit="lib"):
         t0 = time.perf_counter()
@@ -137,6 +141,29 @@ def prepare(args: argparse.Namespace) -> int:
         log.info("%s/%s: %d kernels, %.1f s", tag, e["name"], len(low.meta["kernels"]), time.perf_counter() - t0)
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     log.info("prepared: %s, %.1f MB", root, size / 1e6)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """What `prepare` has on disk (per space and role), its size, and whether its key is this tree's."""
+    from qcompile.search.latency.libraries import emitter_key
+
+    here = emitter_key()["key"]
+    for root in sorted((args.out / "prep").glob("*")):
+        if not (root / "key.json").exists():
+            continue
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        print(f"{root}  ({'this tree' if root.name == here else 'another emitter key'}, {size / 1e6:.0f} MB)")
+        for tag in sorted(SPACES):
+            p = root / tag / "plan.json"
+            if not p.exists():
+                continue
+            es = json.loads(p.read_text())["entries"]
+            counts = {r: (sum(_done(root / tag / e["name"]) for e in es if e["role"] == r),
+                          sum(e["role"] == r for e in es)) for r in ("fit", "validate", "cover")}
+            print(f"  {tag}: " + ", ".join(f"{r} {d}/{n}" for r, (d, n) in counts.items()))
+        for t in sorted((root / "timings").glob("*/time_t*.runs.jsonl")):
+            print(f"  timed: {t.parent.name}/{t.name.split('.')[0]}")
     return 0
 
 
@@ -498,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                         "as the complete covering sets, see prepare()) or of the cover/fit libraries only")
     t.add_argument("--accept-key", action="store_true", help="time libraries prepared under another emitter key")
     t.add_argument("--seed", type=int, default=0, help="order of the interleaved schedule")
+    sub.add_parser("status", parents=[common], help="what prepare has on disk")
     r = sub.add_parser("report", parents=[common], help="fit, predict and score what `time` measured")
     r.add_argument("--check-workloads", type=int, default=3, metavar="K",
                    help="held-out subnets per space whose kernel_workloads (slow path) are compared with the "
@@ -517,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=Path("runs/latency"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return {"prepare": prepare, "time": time_phase, "report": report, "build": build}[args.cmd](args)
+    return {"prepare": prepare, "status": status, "time": time_phase, "report": report, "build": build}[args.cmd](args)
 
 
 if __name__ == "__main__":

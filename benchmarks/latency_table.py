@@ -312,51 +312,56 @@ def _coverage(space: Any, entries: list[dict]) -> dict:
     return {"heldout_blocks": len(held), "in_covering_set": len(held & cover)}
 
 
-def _design(kernels: list[dict], timed: dict[str, float], per_strategy: bool) -> list[float]:
-    """One row of the overhead model: [sum of kernel medians, kernel count(s), 1]; with `per_strategy`, the
-    count split into scheduled (x86_*) and TE-emitted (naive: float islands, LUTs, (de)quantize) kernels."""
+def _design(kernels: list[dict], timed: dict[str, float]) -> list[float]:
+    """Features of one network for the overhead models: [sum of scheduled (x86_*) kernel medians, sum of
+    TE-emitted (naive: float islands, LUTs, (de)quantize) kernel medians, count of each, 1]."""
     from qcompile.search.latency.workloads import workload_key
 
-    total = sum(timed.get(workload_key(k["workload"]), 0.0) for k in kernels)
-    if not per_strategy:
-        return [total, float(len(kernels)), 1.0]
-    naive = sum(k["strategy"] == "naive" for k in kernels)
-    return [total, float(len(kernels) - naive), float(naive), 1.0]
+    f = [0.0, 0.0, 0.0, 0.0, 1.0]
+    for k in kernels:
+        naive = k["strategy"] == "naive"
+        f[1 if naive else 0] += timed.get(workload_key(k["workload"]), 0.0)
+        f[3 if naive else 2] += 1.0
+    return f
 
 
-def _lsq(A: Any, y: Any) -> Any:
-    """Relative least squares with scale and per-call term >= 0 (as `LatencyTable.fit`)."""
+#: overhead models over `_design` features: (columns, which coefficients are >= 0); the first is `LatencyTable.fit`
+OVERHEAD_MODELS = {
+    "scale_kernel_call": (lambda f: [f[0] + f[1], f[2] + f[3], f[4]], (True, False, True)),
+    "per_strategy_kernel_term": (lambda f: [f[0] + f[1], f[2], f[3], f[4]], (True, False, False, True)),
+    "per_strategy_scale": (lambda f: [f[0], f[1], f[2] + f[3], f[4]], (True, True, False, True)),
+}
+
+
+def _lsq(A: Any, y: Any, nonneg: tuple) -> Any:
+    """Relative least squares (each network weighs 1/latency), coefficients flagged in `nonneg` >= 0."""
     import numpy as np
     from scipy.optimize import lsq_linear
 
     w = 1.0 / y
-    lo = np.full(A.shape[1], -np.inf)
-    lo[0] = lo[-1] = 0.0
+    lo = np.array([0.0 if n else -np.inf for n in nonneg])
     return lsq_linear(A * w[:, None], y * w, bounds=(lo, np.full(A.shape[1], np.inf))).x
 
 
 def overhead_models(fit_rows: list, fit_y: list, val_rows: list, val_y: list) -> dict:
-    """The overhead model with one per-kernel term vs one per strategy class: leave-one-out relative error on
-    the fit networks (what would justify the larger model) and, for information, the held-out scores."""
+    """Each model of `OVERHEAD_MODELS`: leave-one-out relative error on the fit networks (what would justify a
+    larger model, chosen without the held-out subnets) and, for information, its held-out scores."""
     import numpy as np
 
-    def rows(rs: list, cols: int) -> Any:  # rows are [sum, n_scheduled, n_naive, 1]
-        return np.array([[r[0], r[1] + r[2], r[3]] if cols == 3 else r for r in rs], dtype=float).reshape(-1, cols)
-
     out = {}
-    for name, cols in (("one_per_kernel_term", 3), ("per_strategy_terms", 4)):
-        A = rows(fit_rows, cols)
-        y = np.array(fit_y, dtype=float)
-        if len(y) < cols + 2:
+    y = np.array(fit_y, dtype=float)
+    vy = np.array(val_y, dtype=float)
+    for name, (cols, nonneg) in OVERHEAD_MODELS.items():
+        A = np.array([cols(r) for r in fit_rows], dtype=float).reshape(-1, len(nonneg))
+        if len(y) < len(nonneg) + 2:
             continue
-        loo = [abs(A[i] @ _lsq(np.delete(A, i, 0), np.delete(y, i)) - y[i]) / y[i] for i in range(len(y))]
-        coef = _lsq(A, y)
-        V = rows(val_rows, cols)
-        pred = V @ coef if len(V) else np.array([])
-        rel = np.abs(pred - np.array(val_y)) / np.array(val_y) if len(V) else np.array([])
+        loo = [abs(A[i] @ _lsq(np.delete(A, i, 0), np.delete(y, i), nonneg) - y[i]) / y[i] for i in range(len(y))]
+        coef = _lsq(A, y, nonneg)
+        rel = (np.abs(np.array([cols(r) for r in val_rows], dtype=float) @ coef - vy) / vy) if len(vy) else vy
         out[name] = {"coef": coef.tolist(), "fit_loo_mape": float(np.mean(loo)),
                      "heldout_within_10pct": float(np.mean(rel <= 0.10)) if len(rel) else None,
-                     "heldout_within_5pct": float(np.mean(rel <= 0.05)) if len(rel) else None}
+                     "heldout_within_5pct": float(np.mean(rel <= 0.05)) if len(rel) else None,
+                     "heldout_mape": float(np.mean(rel)) if len(rel) else None}
     return out
 
 
@@ -423,8 +428,8 @@ def report(args: argparse.Namespace) -> int:
                 fit_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] in ("cover", "fit")]
                 val_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] == "validate"]
                 s["overhead_models"] = overhead_models(
-                    [_design(metas[(tag, n)], timed, True) for n in fit_names], [by[n][1][stat] for n in fit_names],
-                    [_design(metas[(tag, n)], timed, True) for n in val_names], [by[n][1][stat] for n in val_names])
+                    [_design(metas[(tag, n)], timed) for n in fit_names], [by[n][1][stat] for n in fit_names],
+                    [_design(metas[(tag, n)], timed) for n in val_names], [by[n][1][stat] for n in val_names])
                 again = [r for r in val if "measured2_ms" in r]
                 if again:
                     s["vs_pass2"] = summarize([{"predicted_ms": r["predicted_ms"], "measured_ms": r["measured2_ms"]}

@@ -238,7 +238,7 @@ def time_phase(args: argparse.Namespace) -> int:
     log.info("time at %d thread(s): %d kernels, %d networks x %d passes; %d items left; load %s", args.threads,
              len(kernels), len(networks), args.passes, len(todo), os.getloadavg())
     load1 = os.getloadavg()[0]
-    if load1 > 0.5:
+    if load1 > 1.0:
         log.warning("load average %.1f on %d CPUs: other processes are running, the timings will measure them "
                     "too (this phase wants a quiet machine)", load1, os.cpu_count() or 0)
     timers: dict[tuple, SavedTimer] = {}

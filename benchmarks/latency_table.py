@@ -128,7 +128,10 @@ def prepare(args: argparse.Namespace) -> int:
         if role not in ("fit", "validate", "cover"):
             raise qc.ConfigError("--sets", role, "a comma-separated list of fit, validate and cover")
         jobs += _interleave({t: [e for e in es if e["role"] == role] for t, es in entries.items()})
-    jobs = [(t, e) for t, e in jobs if not _done(root / t / e["name"])]
+    i, n = (int(v) for v in args.shard.split("/"))
+    if not 0 <= i < n:
+        raise qc.ConfigError("--shard", args.shard, "i/n with 0 <= i < n (e.g. 0/2 and 1/2 in two processes)")
+    jobs = [(t, e) for t, e in jobs[i::n] if not _done(root / t / e["name"])]
     for tag in entries:  # staging directories of an interrupted save (save_for_timing, Lowered.export)
         for stale in (root / tag).glob(".*.tmp*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -514,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--run", default="quiet", help="name of the timing run (time writes, report reads "
                         "OUT/prep/KEY/timings/RUN/; report writes OUT/report_RUN/)")
     p = sub.add_parser("prepare", parents=[common], help="lower and save every library (heavy)")
+    p.add_argument("--shard", default="0/1", help="i/n: lower every n-th library from the i-th (n processes on an "
+                   "idle machine with n cores; each lowering is single-threaded)")
     p.add_argument("--sets", default="fit,validate,cover", help="which subnets, in this order: fit (random, for "
                    "the overhead fit), validate (held out), cover (covering set, optional: see prepare())")
     t = sub.add_parser("time", parents=[common], help="time the prepared libraries (quiet machine)")

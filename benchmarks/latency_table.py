@@ -204,6 +204,8 @@ def schedule(kernels: list, networks: list, passes: int, seed: int) -> list:
 def time_phase(args: argparse.Namespace) -> int:
     """Time prepared libraries at `--threads` (nothing is lowered); appends one JSON line per item, resumable."""
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's pool exists (backends/tvm/threads.py)
+    if args.cpus:  # before TVM's pool exists: its workers inherit the set (and TVM binds them within it)
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     from tqdm import tqdm
 
     from qcompile.search.latency.libraries import SavedTimer, emitter_key
@@ -533,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--kernels-from", choices=("all", "table"), default="all",
                    help="time the distinct kernel workloads of all prepared libraries (default; the same workloads "
                         "as the complete covering sets, see prepare()) or of the cover/fit libraries only")
+    t.add_argument("--cpus", default=None, help="comma-separated CPU ids to run on (e.g. 1 for a 1-thread run "
+                   "kept off the CPU that takes the interrupts); default: all")
     t.add_argument("--accept-key", action="store_true", help="time libraries prepared under another emitter key")
     t.add_argument("--seed", type=int, default=0, help="order of the interleaved schedule")
     sub.add_parser("status", parents=[common], help="what prepare has on disk")

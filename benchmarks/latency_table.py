@@ -1,30 +1,52 @@
-"""Latency-table acceptance: build the table for the demo's space, then predicted vs measured on held-out
-random mixed-bit subnets (docs/latency.md). Resumable: the table and the validation rows are written as it goes.
+"""Latency-table acceptance: predicted vs measured end-to-end latency on held-out random mixed-bit subnets of the
+demo's space and of mobilenet_v2 at 224 (docs/latency.md), in three resumable phases:
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.latency_table --threads 1 --validate 100 --out runs/latency
-    .venv/bin/python -m benchmarks.latency_table --threads 2 --validate 100 --out runs/latency
-    .venv/bin/python -m benchmarks.latency_table --space mobilenet_v2 --resolution 224 --validate 20 --out runs/latency
+    prepare   lower every library the tables and the validation need and save them under
+              OUT/prep/<emitter key>/<space>/ (heavy, tolerates a loaded machine; `--sets fit,validate` skips the
+              optional covering subnets)
+    time      load and time them at `--threads N` on a quiet machine: the tables' distinct kernel workloads and
+              every network twice (two passes in independent random orders), interleaved so that drift hits
+              kernels, fit and held-out networks alike; nothing is lowered
+    report    fit each table from the timings (held-out subnets never enter the fit), predict the held-out
+              subnets with `LatencyTable.predict`, score (+-10 %, +-5 %, RMSE) per space and thread count, and
+              state the measurement's own reproducibility (pass 1 vs pass 2); writes table_*.json, summary.json,
+              scatter PNGs
 
-`--repeat-measure K` measures the first K held-out subnets a second time and reports how far the two
-measurements of the same subnet differ (the measurement's own reproducibility, next to the prediction error).
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.latency_table prepare --out runs/latency
+    .venv/bin/python -m benchmarks.latency_table time --threads 1 --out runs/latency
+    .venv/bin/python -m benchmarks.latency_table time --threads 2 --out runs/latency
+    .venv/bin/python -m benchmarks.latency_table report --out runs/latency
+
+`build` is the older all-in-one run (lower, time and validate one subnet after another in one process).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import platform
+import random
+import shutil
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import qcompile as qc
 from qcompile.search.latency import LatencyTable
-from qcompile.search.latency.table import _cpu_model
+from qcompile.search.latency.table import _cpu_model, covering_configs
 from qcompile.search.latency.validate import heldout_configs, scatter_plot, summarize, validate
 
 log = logging.getLogger("benchmarks.latency_table")
+
+#: the two validation spaces: tag -> (space name, resolution (None: the demo's), held-out subnets, covering cap,
+#: fit subnets). Both covering sets are complete (every kernel/expand choice at every block position and
+#: resolution: 18 subnets for the demo space, 9 for mobilenet_v2 at 224), so every held-out block is in a table.
+SPACES = {"demo": ("demo", None, 100, 18, 6), "mbv2_224": ("mobilenet_v2", 224, 20, 9, 6)}
+BITS = (2, 3, 4)
 
 
 def demo_space():
@@ -42,10 +64,403 @@ def get_space(name: str, resolution: int | None):
     return qc.spaces.get_space(name, num_classes=1000, resolutions=(resolution or 224,))
 
 
+# -- prepare -----------------------------------------------------------------------------------------------------
+def plan(tag: str, seed: int = 0) -> tuple[Any, list[dict]]:
+    """The space of `tag` and its entries: {"name", "role" (cover/fit/validate), "config"}, in a fixed order (the
+    covering and fit subnets `LatencyTable.build` would lower, then `heldout_configs`)."""
+    name, res, n_val, max_cover, n_fit = SPACES[tag]
+    space = get_space(name, res)
+    cover = covering_configs(space, max_cover, seed, BITS)
+    fits = [space.sample(seed=seed * 100_003 + 10_000 + i, bits=BITS) for i in range(n_fit)]
+    entries = []
+    for role, cfgs in (("cover", cover), ("fit", fits), ("validate", heldout_configs(space, n_val, bits=BITS))):
+        for i, c in enumerate(cfgs):
+            js = c.to_json()
+            entries.append({"name": f"{role}_{i:03d}_{hashlib.sha1(js.encode()).hexdigest()[:8]}", "role": role,
+                            "config": js})
+    return space, entries
+
+
+def prep_dir(out: Path, key: str | None = None) -> Path:
+    """OUT/prep/<emitter key of this tree> (or of `key`)."""
+    from qcompile.search.latency.libraries import emitter_key
+
+    return out / "prep" / (key or emitter_key()["key"])
+
+
+def _done(d: Path) -> bool:
+    from qcompile.search.latency.libraries import saved
+
+    return saved(d)
+
+
+def _interleave(groups: dict[str, list]) -> list:
+    """The items of every group in one list, alternating between the groups (one item of each in turn), so an
+    interrupted run leaves the smaller sets (mobilenet_v2's 20 held-out subnets) complete first."""
+    return [(t, e) for _, _, t, e in sorted((i, k, t, e) for k, (t, es) in enumerate(groups.items())
+                                            for i, e in enumerate(es))]
+
+
+def prepare(args: argparse.Namespace) -> int:
+    """Lower and save every library, set by set in `--sets` order (default: the fit subnets, the held-out subnets,
+    then the covering subnets), each set alternating between the spaces; skips what is on disk.
+
+    The covering subnets come last because nothing needs them for the validation: the covering sets are
+    complete (`SPACES`), so every kernel workload of a held-out subnet is one a covering subnet has, and `time`
+    times it from whichever prepared library holds it; the overhead model is fit on the fit (and any covering)
+    networks only."""
+    from tqdm import tqdm
+
+    from qcompile.search.latency.libraries import emitter_key, save_for_timing
+    from qcompile.search.latency.workloads import skeleton_graph
+    from qcompile.utils.io import atomic_write_text
+
+    key = emitter_key()
+    root = prep_dir(args.out, key["key"])
+    spaces, entries = {}, {}
+    for tag in args.spaces.split(","):
+        spaces[tag], entries[tag] = plan(tag)
+        atomic_write_text(root / tag / "plan.json", json.dumps({"space": spaces[tag].to_dict(),
+                                                                "entries": entries[tag]}, indent=0))
+    atomic_write_text(root / "key.json", json.dumps(key, indent=1))
+    jobs = []
+    for role in args.sets.split(","):
+        if role not in ("fit", "validate", "cover"):
+            raise qc.ConfigError("--sets", role, "a comma-separated list of fit, validate and cover")
+        jobs += _interleave({t: [e for e in es if e["role"] == role] for t, es in entries.items()})
+    i, n = (int(v) for v in args.shard.split("/"))
+    if not 0 <= i < n:
+        raise qc.ConfigError("--shard", args.shard, "i/n with 0 <= i < n (e.g. 0/2 and 1/2 in two processes)")
+    jobs = [(t, e) for t, e in jobs[i::n] if not _done(root / t / e["name"])]
+    for tag in entries:  # staging directories of an interrupted save (save_for_timing, Lowered.export)
+        for stale in (root / tag).glob(".*.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    log.info("prepare %s: %d libraries to lower (%s), key %s", root, len(jobs), args.sets, key["key"])
+    for tag, e in tqdm(jobs, desc="prepare", unit="lib"):
+        t0 = time.perf_counter()
+        cfg = qc.SubnetConfig.from_json(e["config"])
+        low = qc.lower(skeleton_graph(spaces[tag], cfg), "x86")
+        save_for_timing(low, root / tag / e["name"])
+        log.info("%s/%s: %d kernels, %.1f s", tag, e["name"], len(low.meta["kernels"]), time.perf_counter() - t0)
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    log.info("prepared: %s, %.1f MB", root, size / 1e6)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """What `prepare` has on disk (per space and role), its size, and whether its key is this tree's."""
+    from qcompile.search.latency.libraries import emitter_key
+
+    here = emitter_key()["key"]
+    for root in sorted((args.out / "prep").glob("*")):
+        if not (root / "key.json").exists():
+            continue
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        print(f"{root}  ({'this tree' if root.name == here else 'another emitter key'}, {size / 1e6:.0f} MB)")
+        for tag in sorted(SPACES):
+            p = root / tag / "plan.json"
+            if not p.exists():
+                continue
+            es = json.loads(p.read_text())["entries"]
+            counts = {r: (sum(_done(root / tag / e["name"]) for e in es if e["role"] == r),
+                          sum(e["role"] == r for e in es)) for r in ("fit", "validate", "cover")}
+            print(f"  {tag}: " + ", ".join(f"{r} {d}/{n}" for r, (d, n) in counts.items()))
+        for t in sorted((root / "timings").glob("*/time_t*.runs.jsonl")):
+            print(f"  timed: {t.parent.name}/{t.name.split('.')[0]}")
+    return 0
+
+
+# -- time --------------------------------------------------------------------------------------------------------
+def _entries(root: Path, tags: list[str]) -> dict[str, list[dict]]:
+    out = {}
+    for tag in tags:
+        p = root / tag / "plan.json"
+        if not p.exists():
+            raise qc.ConfigError("prepared space", str(p), "a directory written by `prepare` (run it first)")
+        out[tag] = [e for e in json.loads(p.read_text())["entries"] if _done(root / tag / e["name"])]
+    return out
+
+
+def schedule(kernels: list, networks: list, passes: int, seed: int) -> list:
+    """Each network once per pass (every pass in its own random order), the kernels (shuffled) spread evenly
+    between them, so slow drift of the machine moves kernels, fit and held-out networks alike."""
+    rng = random.Random(seed)
+    nets = []
+    for p in range(1, passes + 1):
+        order = list(networks)
+        rng.shuffle(order)
+        nets += [("network", p, n) for n in order]
+    ks = list(kernels)
+    rng.shuffle(ks)
+    out, j = [], 0
+    for i, n in enumerate(nets):
+        upto = round((i + 1) * len(ks) / max(1, len(nets)))
+        out += [("kernel", 1, k) for k in ks[j:upto]]
+        j = upto
+        out.append(n)
+    return out + [("kernel", 1, k) for k in ks[j:]]
+
+
+def time_phase(args: argparse.Namespace) -> int:
+    """Time prepared libraries at `--threads` (nothing is lowered); appends one JSON line per item, resumable."""
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's pool exists (backends/tvm/threads.py)
+    if args.cpus:  # before TVM's pool exists: its workers inherit the set (and TVM binds them within it)
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    from tqdm import tqdm
+
+    from qcompile.search.latency.libraries import SavedTimer, emitter_key
+    from qcompile.search.latency.remote import network_samples, primfunc_samples
+    from qcompile.search.latency.workloads import workload_key
+
+    root = prep_dir(args.out, args.key)
+    here = emitter_key()["key"]
+    if root.name != here and not args.accept_key:
+        raise qc.ConfigError("prepared libraries", root.name, f"libraries of this tree's emitter key {here} (run "
+                             "`prepare` again, or pass --accept-key to time the old ones)")
+    tags = args.spaces.split(",")
+    entries = _entries(root, tags)
+    kernels: dict[tuple, tuple] = {}  # (tag, workload key) -> (entry name, workload, primfuncs)
+    networks = []
+    for tag, es in entries.items():
+        for e in es:
+            networks.append((tag, e["name"], e["role"]))
+            if e["role"] == "validate" and args.kernels_from == "table":
+                continue
+            meta = json.loads((root / tag / e["name"] / "metadata.json").read_text())
+            for k in meta["kernels"]:
+                wk = workload_key(k["workload"])
+                if k["primfuncs"] and (tag, wk) not in kernels:
+                    kernels[(tag, wk)] = (e["name"], k["workload"], list(k["primfuncs"]))
+    rows_path = root / "timings" / args.run / f"time_t{args.threads}.jsonl"
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if rows_path.exists():
+        for line in rows_path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["kind"], r["space"], r.get("wkey") or r["entry"], r["pass"]))
+    items = schedule(sorted(kernels), networks, args.passes, args.seed)
+    todo = [it for it in items if (it[0], it[2][0], it[2][1], it[1]) not in done]
+    log.info("time at %d thread(s): %d kernels, %d networks x %d passes; %d items left; load %s", args.threads,
+             len(kernels), len(networks), args.passes, len(todo), os.getloadavg())
+    load1 = os.getloadavg()[0]
+    if load1 > 1.0:
+        log.warning("load average %.1f on %d CPUs: other processes are running, the timings will measure them "
+                    "too (this phase wants a quiet machine)", load1, os.cpu_count() or 0)
+    timers: dict[tuple, SavedTimer] = {}
+    t0 = time.perf_counter()
+    with open(rows_path, "a") as f:
+        for kind, p, item in tqdm(todo, desc=f"time t{args.threads}", unit="item"):
+            tag = item[0]
+            name = kernels[item][0] if kind == "kernel" else item[1]
+            timer = timers.get((tag, name))
+            if timer is None:
+                timer = timers[(tag, name)] = SavedTimer(root / tag / name, args.threads)
+            row: dict = {"kind": kind, "space": tag, "entry": name, "pass": p}
+            if kind == "kernel":
+                _, w, fs = kernels[item]
+                timed = primfunc_samples(timer, fs, args.window_us, args.kernel_repeat)
+                if not all(fn in timed for fn in fs):
+                    log.warning("%s: kernel %s not timed", name, w["op"])
+                    continue
+                samples = [sum(v) for v in zip(*(timed[fn] for fn in fs))]
+                row.update(wkey=item[1], workload=w)
+            else:
+                samples = network_samples(timer, args.repeat, budget_ms=args.network_budget_ms,
+                                          min_repeat=args.min_repeat)
+                row["role"] = item[2]
+            row.update(samples_ms=samples, median_ms=statistics.median(samples), min_ms=min(samples),
+                       t_s=round(time.perf_counter() - t0, 3), load1=os.getloadavg()[0])
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    took = time.perf_counter() - t0
+    log.info("timed %d items in %.1f s at %d thread(s), load %s", len(todo), took, args.threads, os.getloadavg())
+    with open(rows_path.with_suffix(".runs.jsonl"), "a") as f:  # one line per (resumed) invocation
+        f.write(json.dumps({"cpu": _cpu_model(), "threads": args.threads, "items": len(todo), "seconds": round(took, 1),
+                            "load_end": os.getloadavg(), "argv": vars(args) | {"out": str(args.out)},
+                            "env": {k: v for k, v in os.environ.items() if k.startswith(("TVM_", "OMP_"))},
+                            "affinity": sorted(os.sched_getaffinity(0))}) + "\n")
+    return 0
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def table_from_timings(space: Any, threads: int, kernel_rows: list[dict], net_rows: list[dict],
+                       stat: str = "median_ms") -> LatencyTable:
+    """A `LatencyTable` of `space` from `time` rows: kernels and the pass-1 cover/fit networks, fit on those."""
+    from qcompile.search.latency.table import machine_keys
+    from qcompile.search.latency.workloads import workload_key
+
+    kernels = {}
+    for r in kernel_rows:
+        kernels[workload_key(r["workload"])] = {"workload": r["workload"], "samples_ms": r["samples_ms"],
+                                                "median_ms": float(r[stat])}
+    nets = [{"config": r["config"], "role": r["role"], "samples_ms": r["samples_ms"], "median_ms": float(r[stat]),
+             "kernels": None} for r in net_rows if r["role"] in ("cover", "fit") and r["pass"] == 1]
+    table = LatencyTable(space, machine_keys("x86", threads), kernels, nets, {}, None)
+    table.fit()
+    return table
+
+
+def _coverage(space: Any, entries: list[dict]) -> dict:
+    """Whether the covering subnets hold every block (memo key: position, resolution, choices, widths, bit
+    classes) of the held-out subnets, from the configs alone; the held-out kernels timed from their own libraries
+    are then the workloads a table built from the covering set would hold."""
+    from qcompile.search.latency.workloads import block_keys
+
+    cover = {repr(k) for e in entries if e["role"] == "cover"
+             for k in block_keys(space, qc.SubnetConfig.from_json(e["config"])).values()}
+    held = {repr(k) for e in entries if e["role"] == "validate"
+            for k in block_keys(space, qc.SubnetConfig.from_json(e["config"])).values()}
+    return {"heldout_blocks": len(held), "in_covering_set": len(held & cover)}
+
+
+def _design(kernels: list[dict], timed: dict[str, float]) -> list[float]:
+    """Features of one network for the overhead models: [sum of scheduled (x86_*) kernel medians, sum of
+    TE-emitted (naive: float islands, LUTs, (de)quantize) kernel medians, count of each, 1]."""
+    from qcompile.search.latency.workloads import workload_key
+
+    f = [0.0, 0.0, 0.0, 0.0, 1.0]
+    for k in kernels:
+        naive = k["strategy"] == "naive"
+        f[1 if naive else 0] += timed.get(workload_key(k["workload"]), 0.0)
+        f[3 if naive else 2] += 1.0
+    return f
+
+
+#: overhead models over `_design` features: (columns, which coefficients are >= 0); the first is `LatencyTable.fit`
+OVERHEAD_MODELS = {
+    "scale_kernel_call": (lambda f: [f[0] + f[1], f[2] + f[3], f[4]], (True, False, True)),
+    "per_strategy_kernel_term": (lambda f: [f[0] + f[1], f[2], f[3], f[4]], (True, False, False, True)),
+    "per_strategy_scale": (lambda f: [f[0], f[1], f[2] + f[3], f[4]], (True, True, False, True)),
+}
+
+
+def _lsq(A: Any, y: Any, nonneg: tuple) -> Any:
+    """Relative least squares (each network weighs 1/latency), coefficients flagged in `nonneg` >= 0."""
+    import numpy as np
+    from scipy.optimize import lsq_linear
+
+    w = 1.0 / y
+    lo = np.array([0.0 if n else -np.inf for n in nonneg])
+    return lsq_linear(A * w[:, None], y * w, bounds=(lo, np.full(A.shape[1], np.inf))).x
+
+
+def overhead_models(fit_rows: list, fit_y: list, val_rows: list, val_y: list) -> dict:
+    """Each model of `OVERHEAD_MODELS`: leave-one-out relative error on the fit networks (what would justify a
+    larger model, chosen without the held-out subnets) and, for information, its held-out scores."""
+    import numpy as np
+
+    out = {}
+    y = np.array(fit_y, dtype=float)
+    vy = np.array(val_y, dtype=float)
+    for name, (cols, nonneg) in OVERHEAD_MODELS.items():
+        A = np.array([cols(r) for r in fit_rows], dtype=float).reshape(-1, len(nonneg))
+        if len(y) < len(nonneg) + 2:
+            continue
+        loo = [abs(A[i] @ _lsq(np.delete(A, i, 0), np.delete(y, i), nonneg) - y[i]) / y[i] for i in range(len(y))]
+        coef = _lsq(A, y, nonneg)
+        rel = (np.abs(np.array([cols(r) for r in val_rows], dtype=float) @ coef - vy) / vy) if len(vy) else vy
+        out[name] = {"coef": coef.tolist(), "fit_loo_mape": float(np.mean(loo)),
+                     "heldout_within_10pct": float(np.mean(rel <= 0.10)) if len(rel) else None,
+                     "heldout_within_5pct": float(np.mean(rel <= 0.05)) if len(rel) else None,
+                     "heldout_mape": float(np.mean(rel)) if len(rel) else None}
+    return out
+
+
+def report(args: argparse.Namespace) -> int:
+    """Fit, predict and score every (space, thread count) that `time` produced."""
+    import numpy as np
+
+    from qcompile.search.latency.workloads import kernel_workloads, remember, workload_key
+
+    root = prep_dir(args.out, args.key)
+    out = args.out / f"report_{args.run}"
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"cpu": _cpu_model(), "machine": platform.node(), "prep": str(root),
+                     "key": json.loads((root / "key.json").read_text()), "results": {}, "workloads": {}}
+    metas: dict[tuple, list] = {}
+    import re
+
+    for tfile in sorted((root / "timings" / args.run).glob("time_t*.jsonl")):
+        m = re.fullmatch(r"time_t(\d+)\.jsonl", tfile.name)
+        if m is None:  # time_tN.runs.jsonl
+            continue
+        threads = int(m.group(1))
+        rows = _rows(tfile)
+        for tag in args.spaces.split(","):
+            plan_d = json.loads((root / tag / "plan.json").read_text())
+            cfg_of = {e["name"]: e["config"] for e in plan_d["entries"]}
+            space, _ = plan(tag)
+            krows = [r for r in rows if r["space"] == tag and r["kind"] == "kernel"]
+            nrows = [dict(r, config=cfg_of[r["entry"]]) for r in rows if r["space"] == tag and r["kind"] == "network"]
+            if not nrows:
+                continue
+            by: dict[str, dict] = {}
+            for r in nrows:
+                by.setdefault(r["entry"], {})[r["pass"]] = r
+            # the block memo from the libraries' own kernel lists (equal to kernel_workloads: spot-checked below)
+            for name in by:
+                if (tag, name) not in metas:
+                    metas[(tag, name)] = json.loads((root / tag / name / "metadata.json").read_text())["kernels"]
+                remember(space, qc.SubnetConfig.from_json(cfg_of[name]), metas[(tag, name)], "x86", threads)
+            if tag not in summary["workloads"]:
+                names = sorted(n for n in by if by[n][min(by[n])]["role"] == "validate")[: args.check_workloads]
+                eq = [kernel_workloads(space, qc.SubnetConfig.from_json(cfg_of[n]), "x86", threads, memo=False)
+                      == [k["workload"] for k in metas[(tag, n)]] for n in names]
+                summary["workloads"][tag] = {"checked": len(eq), "equal": sum(eq),
+                                             **_coverage(space, plan_d["entries"])}
+            res: dict = {"threads": threads, "kernels_timed": len(krows),
+                         "load1": [min(r["load1"] for r in rows), max(r["load1"] for r in rows)],
+                         "time_phase_s": max(r["t_s"] for r in rows)}
+            for stat in ("median_ms", "min_ms"):
+                table = table_from_timings(space, threads, krows, nrows, stat)
+                val, untimed = [], 0
+                for name, passes in by.items():
+                    if 1 not in passes or passes[1]["role"] != "validate":
+                        continue
+                    cfg = qc.SubnetConfig.from_json(cfg_of[name])
+                    untimed += sum(workload_key(k["workload"]) not in table.kernels for k in metas[(tag, name)])
+                    row = {"config": cfg_of[name], "predicted_ms": table.predict(cfg),
+                           "measured_ms": passes[1][stat]}
+                    if 2 in passes:
+                        row["measured2_ms"] = passes[2][stat]
+                    val.append(row)
+                s = {"fit": table.fit_params, "heldout_kernels_from_forest": untimed, **summarize(val)}
+                timed = {k: v["median_ms"] for k, v in table.kernels.items()}
+                fit_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] in ("cover", "fit")]
+                val_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] == "validate"]
+                s["overhead_models"] = overhead_models(
+                    [_design(metas[(tag, n)], timed) for n in fit_names], [by[n][1][stat] for n in fit_names],
+                    [_design(metas[(tag, n)], timed) for n in val_names], [by[n][1][stat] for n in val_names])
+                again = [r for r in val if "measured2_ms" in r]
+                if again:
+                    s["vs_pass2"] = summarize([{"predicted_ms": r["predicted_ms"], "measured_ms": r["measured2_ms"]}
+                                               for r in again])
+                    rel = np.array([abs(r["measured2_ms"] - r["measured_ms"]) / r["measured_ms"] for r in again])
+                    s["reproducibility"] = {"n": len(again), "median_rel_diff": float(np.median(rel)),
+                                            "within_10pct": float(np.mean(rel <= 0.10)),
+                                            "within_5pct": float(np.mean(rel <= 0.05))}
+                res[stat.removesuffix("_ms")] = s
+                if stat == "median_ms" and val:
+                    table.save(out / f"table_{tag}_t{threads}.json")
+                    scatter_plot(val, out / f"scatter_{tag}_t{threads}.png",
+                                 title=f"{tag}, {threads} thread(s): n={s['n']}, "
+                                       f"10%: {100 * s.get('within_10pct', 0):.0f}%, "
+                                       f"5%: {100 * s.get('within_5pct', 0):.0f}%")
+                    with open(out / f"validation_{tag}_t{threads}.jsonl", "w") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in val)
+            summary["results"][f"{tag}_t{threads}"] = res
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+# -- build (all in one process) ----------------------------------------------------------------------------------
 def reproducibility(table: LatencyTable, rows: list[dict], k: int, repeat: int) -> dict:
     """Measure the first `k` validated subnets again: relative difference between the two medians."""
-    import statistics
-
     diffs = []
     for r in rows[:k]:
         again = statistics.median(table.measure(qc.SubnetConfig.from_json(r["config"]), repeat=repeat))
@@ -57,41 +472,8 @@ def reproducibility(table: LatencyTable, rows: list[dict], k: int, repeat: int) 
             "within_5pct": sum(d <= 0.05 for d in diffs) / len(diffs)}
 
 
-def min_variant(tpath: Path, rows: list[dict]) -> dict:
-    """The same table refit on minima (kernel: min over windows; network: min over calls), scored against each
-    held-out subnet's minimum: on a machine loaded by other jobs, minima are the least disturbed statistic."""
-    d = json.loads(tpath.read_text())
-    for k in d["kernels"]:
-        k["median_ms"] = min(k["samples_ms"])
-    for n in d["networks"]:
-        n["median_ms"] = min(n["samples_ms"])
-    d["blocks"] = {}
-    from qcompile.search.latency.workloads import workload_key
-
-    t = LatencyTable(qc.spaces.get_space(d["space"]["name"], **d["space"]["args"]), d["keys"],
-                     {workload_key(k["workload"]): k for k in d["kernels"]}, d["networks"], {}, None)
-    t.fit()
-    scored = [{"predicted_ms": t.predict(qc.SubnetConfig.from_json(r["config"])), "measured_ms": r["min_ms"]}
-              for r in rows]
-    return {"fit": t.fit_params, **summarize(scored)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--space", default="demo", help="demo (the demo's space) or a qcompile space name, e.g. "
-                    "mobilenet_v2 (full width, 1000 classes)")
-    ap.add_argument("--resolution", type=int, default=None, help="input resolution of a named space (224)")
-    ap.add_argument("--repeat-measure", type=int, default=0, metavar="K",
-                    help="measure the first K held-out subnets again (reproducibility of the measurement)")
-    ap.add_argument("--validate", type=int, default=100, help="held-out subnets to measure")
-    ap.add_argument("--repeat", type=int, default=60, help="end-to-end calls per measurement (median)")
-    ap.add_argument("--budget-min", type=float, default=None, help="stop validating after this many minutes")
-    ap.add_argument("--max-cover", type=int, default=16)
-    ap.add_argument("--n-fit", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("runs/latency"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build(args: argparse.Namespace) -> int:
+    """Lower, time and validate one subnet after another in this process (no quiet window needed to start)."""
     out = args.out / (f"t{args.threads}" if args.space == "demo" else f"{args.space}_{args.resolution or 224}_t"
                                                                       f"{args.threads}")
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     lookup_s = time.perf_counter() - t1
     log.info("%s\nbuild %.1f s (this call), second build %.2f s", table.summary(), build_s, lookup_s)
     rows_path = out / "validation.jsonl"
-    done = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    done = _rows(rows_path)
     for r in done:  # measured before (table-independent): predicted again with this table
         r["predicted_ms"] = table.predict(qc.SubnetConfig.from_json(r["config"]))
     seen = {r["config"] for r in done}
@@ -118,7 +500,6 @@ def main(argv: list[str] | None = None) -> int:
                "table_build_s_total": table.keys.get("build_seconds"), "second_build_s": round(lookup_s, 3),
                "kernels": len(table.kernels), "networks": len(table.networks), "fit": table.fit_params,
                **summarize(rows)}
-    summary["min_statistic"] = min_variant(tpath, rows)
     summary["load_average"] = list(os.getloadavg())
     if args.repeat_measure:
         summary["reproducibility"] = reproducibility(table, rows, args.repeat_measure, args.repeat)
@@ -126,6 +507,59 @@ def main(argv: list[str] | None = None) -> int:
     scatter_plot(rows, out / "scatter.png")
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, default=Path("runs/latency"))
+    common.add_argument("--spaces", default=",".join(SPACES), help=f"comma-separated, of {sorted(SPACES)}")
+    common.add_argument("--key", default=None, help="emitter key of the prepared libraries (default: this tree's)")
+    common.add_argument("--run", default="quiet", help="name of the timing run (time writes, report reads "
+                        "OUT/prep/KEY/timings/RUN/; report writes OUT/report_RUN/)")
+    p = sub.add_parser("prepare", parents=[common], help="lower and save every library (heavy)")
+    p.add_argument("--shard", default="0/1", help="i/n: lower every n-th library from the i-th (n processes on an "
+                   "idle machine with n cores; each lowering is single-threaded)")
+    p.add_argument("--sets", default="fit,validate,cover", help="which subnets, in this order: fit (random, for "
+                   "the overhead fit), validate (held out), cover (covering set, optional: see prepare())")
+    t = sub.add_parser("time", parents=[common], help="time the prepared libraries (quiet machine)")
+    t.add_argument("--threads", type=int, required=True)
+    t.add_argument("--repeat", type=int, default=100, help="end-to-end calls per network and pass (median)")
+    t.add_argument("--network-budget-ms", type=float, default=1500.0,
+                   help="fewer calls for slow networks: as many as fit this budget, at least --min-repeat")
+    t.add_argument("--min-repeat", type=int, default=50, help="calls per network and pass at least (median)")
+    t.add_argument("--passes", type=int, default=2, help="times each network is measured (reproducibility)")
+    t.add_argument("--kernel-repeat", type=int, default=25, help="timing windows per kernel (median)")
+    t.add_argument("--window-us", type=float, default=50.0, help="length of one kernel timing window")
+    t.add_argument("--kernels-from", choices=("all", "table"), default="all",
+                   help="time the distinct kernel workloads of all prepared libraries (default; the same workloads "
+                        "as the complete covering sets, see prepare()) or of the cover/fit libraries only")
+    t.add_argument("--cpus", default=None, help="comma-separated CPU ids to run on (e.g. 1 for a 1-thread run "
+                   "kept off the CPU that takes the interrupts); default: all")
+    t.add_argument("--accept-key", action="store_true", help="time libraries prepared under another emitter key")
+    t.add_argument("--seed", type=int, default=0, help="order of the interleaved schedule")
+    sub.add_parser("status", parents=[common], help="what prepare has on disk")
+    r = sub.add_parser("report", parents=[common], help="fit, predict and score what `time` measured")
+    r.add_argument("--check-workloads", type=int, default=3, metavar="K",
+                   help="held-out subnets per space whose kernel_workloads (slow path) are compared with the "
+                        "kernels of their libraries")
+    b = sub.add_parser("build", help="all in one process (lower, time, validate)")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--space", default="demo", help="demo (the demo's space) or a qcompile space name, e.g. "
+                   "mobilenet_v2 (full width, 1000 classes)")
+    b.add_argument("--resolution", type=int, default=None, help="input resolution of a named space (224)")
+    b.add_argument("--repeat-measure", type=int, default=0, metavar="K",
+                   help="measure the first K held-out subnets again (reproducibility of the measurement)")
+    b.add_argument("--validate", type=int, default=100, help="held-out subnets to measure")
+    b.add_argument("--repeat", type=int, default=60, help="end-to-end calls per measurement (median)")
+    b.add_argument("--budget-min", type=float, default=None, help="stop validating after this many minutes")
+    b.add_argument("--max-cover", type=int, default=16)
+    b.add_argument("--n-fit", type=int, default=4)
+    b.add_argument("--out", type=Path, default=Path("runs/latency"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return {"prepare": prepare, "status": status, "time": time_phase, "report": report, "build": build}[args.cmd](args)
 
 
 if __name__ == "__main__":

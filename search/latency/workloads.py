@@ -30,7 +30,7 @@ from qcompile.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "plan_graph", "workload_key", "space_key",
-           "block_keys", "plan_config"]
+           "block_keys", "plan_config", "remember"]
 
 _SKELETONS: OrderedDict[str, Any] = OrderedDict()
 _MEMO: dict[tuple, dict[Any, list[dict]]] = {}
@@ -171,12 +171,31 @@ def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
 
 
 def _split(records: list[Any]) -> dict[Any, list[dict]]:
+    """Workloads per group (stem, (stage, block), head) of `KernelRecord`s or `meta["kernels"]` entries."""
     out: dict[Any, list[dict]] = {}
     cur: Any = "stem"
     for r in records:
-        cur = _group_of(tuple(r.nodes), cur)
-        out.setdefault(cur, []).append(dict(r.workload))
+        nodes, w = (r["nodes"], r["workload"]) if isinstance(r, dict) else (r.nodes, r.workload)
+        cur = _group_of(tuple(nodes), cur)
+        out.setdefault(cur, []).append(dict(w))
     return out
+
+
+def remember(space: Any, cfg: SubnetConfig, kernels: list[dict], target: Any = "x86",
+             num_threads: int | None = None) -> bool:
+    """Fill the per-block memo from the `meta["kernels"]` of a real lowering of `cfg` (what `kernel_workloads`
+    computes for it: the exactness tests assert the two are equal), so that configs made of these blocks are
+    answered without the slow path. False (nothing memoised) when the kernels do not split by block."""
+    spec = _resolve(target, num_threads)
+    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    keys = block_keys(space, cfg)
+    split = _split(kernels)
+    if set(split) != set(keys):
+        return False
+    table = _MEMO.setdefault(tkey, {})
+    for g, ws in split.items():
+        table.setdefault(keys[g], [dict(w) for w in ws])
+    return True
 
 
 def group_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86",

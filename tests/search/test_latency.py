@@ -277,3 +277,100 @@ def test_cli_latency_table_build_boards_refusals(tmp_path, capsys):
     assert main([*base, "--remote", "127.0.0.1:1", "--cpu-model", "ARM Cortex-A72"]) == 2
     assert "127.0.0.1:1" in capsys.readouterr().err
     assert not (tmp_path / "arm.json").exists()
+
+
+def test_saved_library_times_like_the_lowered_one(lowered, tmp_path):
+    """`save_for_timing` + `SavedTimer` (the prepare/time split of benchmarks/latency_table.py): the reloaded
+    library computes the same codes as the lowered one, and every kernel of `meta["kernels"]` is timed from it."""
+    from qcompile.search.latency.libraries import SavedTimer, save_for_timing, saved
+    from qcompile.search.latency.remote import network_samples, primfunc_samples
+
+    _space, pairs = lowered
+    low = pairs[1][1]
+    d = save_for_timing(low, tmp_path / "lib")
+    assert saved(d) and not saved(tmp_path / "missing")
+    assert not (d / "program").exists() and low.program is not None  # graph left out, not taken from `low`
+    timer = SavedTimer(d, 1)
+    x = np.random.default_rng(3).standard_normal(low.input_shape).astype(low.input_dtype)
+    np.testing.assert_array_equal(timer.low(x), low(x))
+    names = sorted({f for k in low.meta["kernels"] for f in k["primfuncs"]})
+    assert all(timer.function(f) is not None for f in names)
+    timed = primfunc_samples(timer, names[:4], 20.0, 3)
+    assert set(timed) == set(names[:4]) and all(len(v) == 3 and min(v) > 0 for v in timed.values())
+    net = network_samples(timer, 3)
+    assert len(net) == 3 and min(net) > 0
+
+
+def test_emitter_key_follows_the_sources(tmp_path, monkeypatch):
+    """Prepared libraries are keyed by the sources that make them: editing one changes the key, nothing else."""
+    from qcompile.search.latency import libraries
+
+    src = tmp_path / "backends" / "tvm" / "emitter.py"
+    src.parent.mkdir(parents=True)
+    src.write_text("A = 1\n")
+    (tmp_path / "search").mkdir()
+    monkeypatch.setattr(libraries, "_repo_root", lambda: tmp_path)
+    k1 = libraries.emitter_key()
+    (tmp_path / "search" / "other.py").write_text("B = 2\n")  # not a library source
+    assert libraries.emitter_key()["key"] == k1["key"] and len(k1["key"]) == 16
+    src.write_text("A = 2\n")
+    assert libraries.emitter_key()["key"] != k1["key"]
+
+
+def test_timing_schedule_interleaves():
+    """Every network once per pass, every kernel once, kernels spread over the whole run (drift hits all)."""
+    from benchmarks.latency_table import schedule
+
+    nets = [("s", f"n{i}", "fit") for i in range(10)]
+    ks = [("s", f"k{i}") for i in range(40)]
+    items = schedule(ks, nets, 2, seed=1)
+    assert sorted(i[2] for i in items if i[0] == "kernel") == sorted(ks)
+    for p in (1, 2):
+        assert sorted(i[2] for i in items if i[0] == "network" and i[1] == p) == sorted(nets)
+    pos = [j for j, i in enumerate(items) if i[0] == "kernel"]
+    assert pos[0] < 5 and pos[-1] > len(items) - 5  # not all kernels first or last
+    first = [i[2] for i in items if i[0] == "network" and i[1] == 1]
+    assert first != [i[2] for i in items if i[0] == "network" and i[1] == 2]  # independent orders
+
+
+def test_remember_fills_the_block_memo(lowered, monkeypatch):
+    """`remember` (a lowering's own kernel list into the per-block memo) answers `kernel_workloads` for that
+    config, and for configs of the same blocks, without the slow path, equal to what the emitter emitted."""
+    from qcompile.search.latency import workloads
+
+    space, pairs = lowered
+    monkeypatch.setattr(workloads, "_MEMO", {})
+
+    def no_slow_path(*a, **k):
+        raise AssertionError("slow path taken")
+
+    monkeypatch.setattr(workloads, "plan_config", no_slow_path)
+    for cfg, low in pairs:
+        assert workloads.remember(space, cfg, low.meta["kernels"], "x86", 1)
+    for cfg, low in pairs:
+        assert qs.kernel_workloads(space, cfg, "x86", 1) == [k["workload"] for k in low.meta["kernels"]]
+
+
+def test_overhead_models_recover_a_known_model():
+    """The report's overhead models on synthetic networks whose scheduled and TE-emitted kernels cost different
+    per-call overheads: the per-strategy model recovers the coefficients, and leave-one-out on the fit networks
+    (not the held-out ones) prefers it; the one-term model cannot fit them exactly."""
+    from benchmarks.latency_table import overhead_models
+
+    rng = np.random.default_rng(0)
+
+    def nets(n):
+        rows, y = [], []
+        for _ in range(n):
+            sx, sn, nx, nn = rng.uniform(0.05, 0.5), rng.uniform(0.01, 0.1), rng.integers(40, 200), rng.integers(5, 80)
+            rows.append([sx, sn, float(nx), float(nn), 1.0])
+            y.append(1.2 * (sx + sn) + 0.001 * nx + 0.004 * nn + 0.02)
+        return rows, y
+
+    fr, fy = nets(12)
+    vr, vy = nets(30)
+    m = overhead_models(fr, fy, vr, vy)
+    np.testing.assert_allclose(m["per_strategy_kernel_term"]["coef"], [1.2, 0.001, 0.004, 0.02], rtol=1e-6,
+                               atol=1e-9)
+    assert m["per_strategy_kernel_term"]["fit_loo_mape"] < 1e-6 < m["scale_kernel_call"]["fit_loo_mape"]
+    assert m["per_strategy_kernel_term"]["heldout_within_5pct"] == 1.0

@@ -1,0 +1,113 @@
+"""Lowered libraries saved to disk and timed later, in another process: the heavy and the quiet half of a table.
+
+Lowering a subnet (TVM pipeline + LLVM) takes seconds to minutes of CPU and tolerates a loaded machine; timing
+it does not. So a table's networks can be lowered ahead (`save_for_timing`: the Relax VM library as `export`
+writes it, without the IntegerGraph; locally, unlike through RPC, the loaded library's kernel module answers
+`time_evaluator` for each PrimFunc, so no second kernels-only library is written: that export would cost as
+much LLVM code generation again, 20 s per demo subnet under load) and timed in a short quiet
+window (`SavedTimer`: `load`, then the same `network_samples` / `primfunc_samples` as `LatencyTable.build`).
+
+Libraries do not depend on the thread count (the x86 target's `num-cores` changes no emitted kernel: the
+libraries lowered for 1 and 2 threads are byte-identical), so one library is timed at every thread count.
+They do depend on the emitter and the passes that make the integer graph: `emitter_key` hashes those sources
+with the TVM version and the host target, and a directory prepared under another key is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["emitter_key", "save_for_timing", "saved", "SavedTimer"]
+
+#: sources whose change can change a lowered library (graph construction, integer passes, emitter, schedules)
+_KEY_SOURCES = ("backends/tvm", "passes", "qcompile/ops", "qcompile/nn", "qcompile/quant", "qcompile/spaces",
+                "qcompile/fx", "qcompile/config.py")
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def emitter_key(target: Any = "x86") -> dict:
+    """Identity of the libraries this tree lowers: sha1 over the sources in `_KEY_SOURCES`, the TVM version, the
+    target dict (host mcpu and features); the git commit is recorded for reference, not compared."""
+    from qcompile.backends.tvm.targets import resolve_target
+    from qcompile.search.latency.table import _version
+
+    root = _repo_root()
+    h = hashlib.sha1()
+    for src in _KEY_SOURCES:
+        p = root / src
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p] if p.exists() else []
+        for f in files:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    tgt = dict(resolve_target(target, None).tvm_target)
+    tgt.pop("num-cores", None)  # no effect on the emitted kernels (module docstring)
+    h.update(json.dumps(tgt, sort_keys=True).encode())
+    tvm = _version("apache-tvm")
+    h.update(tvm.encode())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"key": h.hexdigest()[:16], "tvm": tvm, "target": tgt, "commit": commit}
+
+
+def saved(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a complete library written by `save_for_timing`."""
+    from qcompile.backends.tvm.lowered import LIB_NAME
+
+    path = Path(path)
+    return (path / "metadata.json").is_file() and (path / LIB_NAME).is_file()
+
+
+def save_for_timing(low: Any, path: str | os.PathLike) -> Path:
+    """Write `low`'s library and metadata (`Lowered.export`, IntegerGraph left out) into directory `path`,
+    atomically: a half-written directory never appears under `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    program, low.program = low.program, None  # the timing needs the library only (and mbv2@224 graphs are MBs)
+    try:
+        low.export(tmp)
+    finally:
+        low.program = program
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+class SavedTimer:
+    """Times a library written by `save_for_timing` at `num_threads` (the timer interface of `remote.py`)."""
+
+    where = "local"
+
+    def __init__(self, path: str | os.PathLike, num_threads: int) -> None:
+        import tvm
+
+        from qcompile.backends.tvm.lowered import load
+
+        self.path = Path(path)
+        self.low = load(self.path)
+        self.low.num_threads = int(num_threads)
+        self.dev = tvm.cpu()
+        self.vm = self.low._native_vm()  # noqa: SLF001 - the library's VM, thread pool configured
+
+    def function(self, name: str) -> Any:
+        """The module of the loaded library that defines PrimFunc `name`, or None."""
+        from qcompile.backends.tvm.lowered import _find_function_module
+
+        return _find_function_module(self.low._exec, name)  # noqa: SLF001

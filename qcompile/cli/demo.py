@@ -159,7 +159,13 @@ def _run_demo(out: Path, quick: bool, seed: int, settings: DemoSettings | None) 
     # 5. benchmark against onnxruntime (interleaved rounds, one worker process per runtime)
     t0 = time.perf_counter()
     log.info("[5/6] benchmarking against onnxruntime")
-    bench_md = _bench(best_sub, ig, low, x_np[:1], s.bench_repeat, out / "bench", (x_np, data.test.labels.numpy()))
+    from qcompile.data.base import resize
+
+    res = best["config"].resolution
+    twin_batches = data.train.loader(64, shuffle=True, seed=1, resolution=res)
+    calib = [a[None] for a in resize(data.train.images[:32], res).numpy().astype(np.float32)]
+    bench_md = _bench(best_sub, ig, low, x_np[:1], s.bench_repeat, out / "bench", (x_np, data.test.labels.numpy()),
+                      twin_batches, calib)
     bench_low = low.benchmark(repeat=s.bench_repeat)
     kernel_table = bench_low.table()
     timings["bench"] = time.perf_counter() - t0
@@ -212,15 +218,17 @@ def _elf_machine(path: Path) -> str:
     return {0xB7: "aarch64", 0x3E: "x86-64"}.get(machine, hex(machine))
 
 
-def _bench(sub, ig, low, x, repeat, out_dir, eval_set) -> str:
+def _bench(sub, ig, low, x, repeat, out_dir, eval_set, twin_batches, calibration) -> str:
     from qcompile.bench import BenchOptions, run_bench
     from qcompile.bench.peers import tvm_spec
     from qcompile.bench.report import to_markdown
-    from qcompile.passes.float_copy import float_copy
+    from qcompile.cli.bench_run import float_twin
 
     try:  # every row in its own worker process: the lowering travels as its exported library
         runners = {"qcompile_tvm_x86": tvm_spec(low, "qcompile_tvm_x86")}
-        res = run_bench(float_copy(sub), x, integer_graph=ig, runners=runners,
+        # the float rows run the float twin (BN statistics recomputed without quantizers); the int8 peers
+        # quantize it with real training images (random batches otherwise)
+        res = run_bench(float_twin(sub, twin_batches), x, integer_graph=ig, runners=runners, calibration=calibration,
                         options=BenchOptions(threads=2, repeats=repeat,
                                              peers=("torch_fp32", "ort_fp32", "ort_int8_qdq", "ort_ours_qdq")),
                         out_dir=out_dir, title="best subnet, batch 1, 2 threads", eval_set=eval_set, fake_quant=sub)

@@ -11,8 +11,9 @@ import torch
 
 import qcompile as qc
 from qcompile.bench.fidelity import cosine, rel_l2
-from qcompile.cli.bench_run import bench_subnet
+from qcompile.cli.bench_run import bench_subnet, float_twin, float_twin_batches
 from qcompile.passes.float_copy import float_copy
+from qcompile.train.calibrate import batchnorm_modules
 from tests.conftest import tiny_space
 
 
@@ -40,8 +41,9 @@ def test_bench_subnet_rows_and_fidelity(subnet, tmp_path):
     # independent references: the float twin and the reference executor of the subnet's IntegerGraph
     ig = qc.to_integer(subnet)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    twin = float_twin(subnet, float_twin_batches("digits", 3, 32))  # what the float rows run
     with torch.inference_mode():
-        fp32 = float_copy(subnet)(torch.from_numpy(x)).numpy()
+        fp32 = twin(torch.from_numpy(x)).numpy()
     y_ref = ig(torch.from_numpy(x)).numpy()
     assert rows[tvm[0]]["max_code_diff"] == 0.0
     assert rows[tvm[0]]["rel_l2_vs_fp32"] == pytest.approx(rel_l2(y_ref, fp32), rel=1e-9)
@@ -56,10 +58,39 @@ def test_bench_subnet_rows_and_fidelity(subnet, tmp_path):
     with torch.inference_mode():
         fq = subnet(images).argmax(1).numpy()
         ref_top = np.concatenate([ig(images[i : i + 1]).numpy() for i in range(len(labels))]).argmax(1)
-        fp_top = float_copy(subnet)(images).argmax(1).numpy()
+        fp_top = twin(images).argmax(1).numpy()
     assert doc["meta"]["eval_set"] == {"n": len(labels), "fake_quant_top1": pytest.approx(float((fq == labels).mean()))}
     assert rows[tvm[0]]["top1"] == pytest.approx(float((ref_top == labels).mean()))
     assert rows[tvm[0]]["agree_fake_quant"] == pytest.approx(float((ref_top == fq).mean()))
     assert rows["torch_fp32"]["top1"] == pytest.approx(float((fp_top == labels).mean()))
     assert rows["torch_fp32"]["agree_fake_quant"] == pytest.approx(float((fp_top == fq).mean()))
     assert f"| {100 * rows[tvm[0]]['top1']:.1f} % |" in md and "rel L2" not in md
+
+
+def test_float_twin_recomputes_bn_statistics_without_quantizers(subnet):
+    """The float rows' network: BN statistics of the float copy over the given batches (the first BN's input
+    does not depend on any BN, so its statistics can be computed by hand from the plain copy)."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(3)]
+    plain = float_copy(subnet)
+    modules = dict(plain.named_modules())
+    bns = {n for n, _ in batchnorm_modules(plain)}
+    first = next(n.target for n in plain.graph.nodes if n.op == "call_module" and n.target in bns)
+    seen: list[torch.Tensor] = []
+    hook = modules[first].register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    with torch.no_grad():
+        for b in batches:
+            plain(b)
+    hook.remove()
+    before = {k: v.clone() for k, v in subnet.state_dict().items()}
+    twin = float_twin(subnet, batches)
+    bn = dict(twin.named_modules())[first]
+    torch.testing.assert_close(bn.running_mean, torch.cat(seen).mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    # momentum None: the cumulative average of the per-batch (unbiased) variances
+    torch.testing.assert_close(bn.running_var, torch.stack([s.var((0, 2, 3)) for s in seen]).mean(0),
+                               rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(bn.running_mean, modules[first].running_mean)  # the copy's were the subnet's
+    assert all(torch.equal(v, subnet.state_dict()[k]) for k, v in before.items())  # the subnet is untouched
+    assert not twin.training
+    untouched = float_twin(subnet, None)
+    assert torch.equal(dict(untouched.named_modules())[first].running_mean, modules[first].running_mean)

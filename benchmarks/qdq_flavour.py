@@ -6,8 +6,8 @@ bits): extract, calibrate (8 batches), `to_integer`, export QDQ, then per runtim
 top-1 equals the integer program's, and the accuracies of the fake-quant subnet, the integer program and each
 runtime. Results are appended to `--out` (JSON lines) one subnet at a time; a rerun skips the subnets already
 there (resumable). `--accuracy-only` measures the fake-quant accuracy alone (in both flavours it is the integer
-program's: fixed-point exactly, qdq through `BiasGrid`), for the per-seed accuracy table; `--summary A.jsonl ...`
-prints the docs table (largest, smallest, median of the random subnets) of finished files.
+program's: fixed-point exactly, qdq through the `bias_grid` hooks), for the per-seed accuracy table;
+`--summary A.jsonl ...` prints the docs table (largest, smallest, median of the random subnets) of finished files.
 
     qcompile train --space mobilenet_v3 --width-mult 0.25 --resolutions 32 --epochs 1,0,1 \\
         --flavour qdq --out runs/qdq_q0 --threads 1

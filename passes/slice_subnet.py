@@ -21,9 +21,9 @@ from qcompile.errors import ConfigError
 from qcompile.fx.tracer import set_active
 from qcompile.nn.elastic import DepthGate, ElasticBatchNorm2d, ElasticConv2d, ElasticLinear, QuantPoint
 from qcompile.nn.static import QConv2d, QLinear, link_pad_quantizer
+from qcompile.passes.bias_grid import link_bias_grid
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import ActQuantizer
-from qcompile.quant.flavour import link_bias_grid
 
 
 def _frozen_weight_quant(mod, quantized_weight: torch.Tensor) -> nn.Module | None:

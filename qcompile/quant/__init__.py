@@ -10,13 +10,12 @@ from qcompile.quant.ema import EMAQuant
 from qcompile.quant.estimators import ESTIMATORS, channel_mean, mean_std, minmax
 from qcompile.quant.factory import ACT_QUANTIZERS, make_act_quant
 from qcompile.quant.fixed_point import fixmul_reference, quantize_multiplier
-from qcompile.quant.flavour import DEFAULT_FLAVOUR, FLAVOURS, BiasGrid, flavour_of, link_bias_grid, set_flavour
+from qcompile.quant.flavour import DEFAULT_FLAVOUR, FLAVOURS, flavour_of, set_flavour
 from qcompile.quant.functional import FLOAT_BITS, SUPPORTED_BITS
 from qcompile.quant.learned import LearnedScaleQuant
 from qcompile.quant.lsq import LSQ
 
 __all__ = [
-    "BiasGrid",
     "ACT_QUANTIZERS",
     "DEFAULT_FLAVOUR",
     "FLAVOURS",
@@ -33,7 +32,6 @@ __all__ = [
     "channel_mean",
     "fixmul_reference",
     "flavour_of",
-    "link_bias_grid",
     "make_act_quant",
     "mean_std",
     "minmax",

@@ -120,7 +120,7 @@ def test_qdq_fake_quant_forward_has_the_int32_bias_grid(qdq_subnet):
     import copy
 
     from qcompile.debug.compare import compare_codes_local
-    from qcompile.quant import BiasGrid
+    from qcompile.passes.bias_grid import BiasGrid
 
     _, _, sub, x = qdq_subnet
     ig = qc.to_integer(sub)

@@ -31,7 +31,7 @@ import numpy as np
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.encoding import encode, encoding_size
-from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
+from qcompile.search.predictors.metrics import heldout_report, log_heldout
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -176,22 +176,8 @@ class BoostedPredictor:
         self.trees = [_tree_arrays(est[0].tree_) for est in gbr.estimators_]
         self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold)}
         if n_hold >= 2:
-            pred = self._predict_features(x[hold])
-            true = y[hold]
-            self.report.update(
-                kendall_tau=kendall_tau(pred, true),
-                pairwise_accuracy=pairwise_accuracy(pred, true),
-                rmse=rmse(pred, true),
-                bitops_kendall_tau=kendall_tau(-lb[hold], true),
-                bitops_pairwise_accuracy=pairwise_accuracy(-lb[hold], true),
-            )
-            log.info(
-                "boosted predictor held-out (%d): tau %.3f, pairwise %.1f %%, RMSE %.4g",
-                n_hold,
-                self.report["kendall_tau"],
-                100 * self.report["pairwise_accuracy"],
-                self.report["rmse"],
-            )
+            self.report.update(heldout_report(self._predict_features(x[hold]), y[hold], bitops=lb[hold]))
+            log_heldout(log, "boosted predictor", self.report)
         return self
 
     def _line(self, log_bitops: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ and discordant pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,4 +69,25 @@ def rmse(pred_values: Sequence[float] | np.ndarray, true_values: Sequence[float]
     return float(np.sqrt(np.mean((p - t) ** 2)))
 
 
-__all__ = ["kendall_tau", "pairwise_accuracy", "rmse"]
+def heldout_report(pred_values: Sequence[float] | np.ndarray, true_values: Sequence[float] | np.ndarray,
+                   bitops: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
+    """A predictor's held-out scores: `kendall_tau`, `pairwise_accuracy`, `rmse`; with `bitops` (or any
+    increasing function of it) also the baseline that ranks fewer BitOPs higher (`bitops_kendall_tau`,
+    `bitops_pairwise_accuracy`), which a predictor has to beat to be worth fitting."""
+    out = {"kendall_tau": kendall_tau(pred_values, true_values),
+           "pairwise_accuracy": pairwise_accuracy(pred_values, true_values),
+           "rmse": rmse(pred_values, true_values)}
+    if bitops is not None:
+        neg = -np.asarray(bitops, dtype=np.float64)
+        out["bitops_kendall_tau"] = kendall_tau(neg, true_values)
+        out["bitops_pairwise_accuracy"] = pairwise_accuracy(neg, true_values)
+    return out
+
+
+def log_heldout(logger: Any, what: str, report: dict[str, Any]) -> None:
+    """One log line of a predictor's held-out scores (`heldout_report`)."""
+    logger.info("%s held-out (%d): tau %.3f, pairwise %.1f %%, RMSE %.4g", what, report["n_holdout"],
+                report["kendall_tau"], 100 * report["pairwise_accuracy"], report["rmse"])
+
+
+__all__ = ["heldout_report", "kendall_tau", "log_heldout", "pairwise_accuracy", "rmse"]

@@ -37,7 +37,7 @@ from torch import nn
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.encoding import encode, encoding_size
-from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
+from qcompile.search.predictors.metrics import heldout_report, log_heldout
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -217,21 +217,9 @@ class AccuracyPredictor:
         self._train(x[train], yt[train])
         self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold), "transferred": self.transferred}
         if n_hold >= 2:
-            pred = self.predict([configs[i] for i in hold])
-            true = y[hold]
-            self.report.update(
-                kendall_tau=kendall_tau(pred, true),
-                pairwise_accuracy=pairwise_accuracy(pred, true),
-                rmse=rmse(pred, true),
-            )
-            bops = self._bitops([configs[i] for i in hold])
-            if bops is not None:
-                self.report["bitops_kendall_tau"] = kendall_tau(-bops, true)
-                self.report["bitops_pairwise_accuracy"] = pairwise_accuracy(-bops, true)
-            log.info(
-                "predictor held-out (%d): tau %.3f, pairwise %.1f %%, RMSE %.4f",
-                n_hold, self.report["kendall_tau"], 100 * self.report["pairwise_accuracy"], self.report["rmse"],
-            )
+            held = [configs[i] for i in hold]
+            self.report.update(heldout_report(self.predict(held), y[hold], bitops=self._bitops(held)))
+            log_heldout(log, "predictor", self.report)
         return self
 
     def _bitops(self, configs: list[SubnetConfig]) -> np.ndarray | None:
@@ -379,14 +367,9 @@ class MLPEnsemble:
             m.fit([configs[i] for i in train], y[train])
         self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold), "members": len(self.members)}
         if n_hold >= 2:
-            hc = [configs[i] for i in hold]
-            pred, true = self.predict(hc), y[hold]
-            self.report.update(kendall_tau=kendall_tau(pred, true), pairwise_accuracy=pairwise_accuracy(pred, true),
-                               rmse=rmse(pred, true))
-            bops = self.members[0]._bitops(hc)
-            if bops is not None:
-                self.report["bitops_kendall_tau"] = kendall_tau(-bops, true)
-                self.report["bitops_pairwise_accuracy"] = pairwise_accuracy(-bops, true)
+            held = [configs[i] for i in hold]
+            self.report.update(heldout_report(self.predict(held), y[hold], bitops=self.members[0]._bitops(held)))
+            log_heldout(log, "predictor ensemble", self.report)
         return self
 
     def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:

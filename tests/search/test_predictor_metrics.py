@@ -62,3 +62,15 @@ def test_metrics_bad_input():
         qs.pairwise_accuracy([1], [1])
     with pytest.raises(ConfigError, match="finite"):
         qs.kendall_tau([1, np.nan], [1, 2])
+
+
+def test_heldout_report_by_hand():
+    from qcompile.search.predictors.metrics import heldout_report
+
+    # pairs (0,1) and (0,2) concordant, (1,2) discordant: tau (2 - 1) / 3, 2 of 3 pairs ordered right
+    r = heldout_report([1.0, 2.0, 3.0], [1.0, 3.0, 2.0], bitops=[30.0, 20.0, 10.0])
+    assert r["kendall_tau"] == pytest.approx(1 / 3) and r["pairwise_accuracy"] == pytest.approx(2 / 3)
+    assert r["rmse"] == pytest.approx((2 / 3) ** 0.5)
+    # fewer BitOPs ranked higher: -bitops orders the configs as the predictions do
+    assert r["bitops_kendall_tau"] == pytest.approx(1 / 3) and r["bitops_pairwise_accuracy"] == pytest.approx(2 / 3)
+    assert "bitops_kendall_tau" not in heldout_report([1.0, 2.0], [2.0, 1.0])

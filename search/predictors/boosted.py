@@ -31,7 +31,7 @@ import numpy as np
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.encoding import encode, encoding_size
-from qcompile.search.predictors.metrics import heldout_report, log_heldout
+from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -143,20 +143,12 @@ class BoostedPredictor:
         """Fit on `configs` -> `values`; `holdout` of them (seeded) are kept out and scored in `report`."""
         from sklearn.ensemble import GradientBoostingRegressor
 
-        configs = list(configs)
-        y = np.asarray(values, dtype=np.float64).reshape(-1)
-        if len(configs) != y.shape[0]:
-            raise ConfigError("values", f"{y.shape[0]} values", f"one per config ({len(configs)})")
-        if not np.all(np.isfinite(y)):
-            raise ConfigError("values", "non-finite values", "finite numbers")
         opts = self.options
-        n_hold = int(round(opts.holdout * len(configs)))
-        if len(configs) - n_hold < 4:
-            raise ConfigError("configs", f"{len(configs)} samples", f"at least {n_hold + 4} (holdout {opts.holdout})")
+        configs, y, hold, train = fit_split(configs, values, opts.holdout, self.seed, min_train=4)
+        n_hold = len(hold)
         x = features(self.space, configs)
-        perm = np.random.RandomState(self.seed).permutation(len(configs))
         # the fit sees its rows in their given order (sklearn's row subsampling depends on it)
-        hold, train = perm[:n_hold], np.sort(perm[n_hold:])
+        train = np.sort(train)
         lb = x[:, -N_COST_FEATURES]
         if opts.residual:
             a = np.column_stack([np.ones(len(train)), lb[train]])

@@ -84,10 +84,28 @@ def heldout_report(pred_values: Sequence[float] | np.ndarray, true_values: Seque
     return out
 
 
+def fit_split(configs: Sequence[Any], values: Sequence[float] | np.ndarray, holdout: float, seed: int,
+              min_train: int = 2, field: str = "values") -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Checked fit inputs and their seeded held-out split: `(configs, y, hold, train)` with `round(holdout * n)`
+    held-out indices and the rest (in permutation order) for training. ConfigError for a count mismatch,
+    non-finite values, or fewer than `min_train` training samples."""
+    configs = list(configs)
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(configs) != y.shape[0]:
+        raise ConfigError(field, f"{y.shape[0]} values", f"one per config ({len(configs)})")
+    if not np.all(np.isfinite(y)):
+        raise ConfigError(field, "non-finite values", "finite numbers")
+    n_hold = int(round(holdout * len(configs)))
+    if len(configs) - n_hold < min_train:
+        raise ConfigError("configs", f"{len(configs)} samples", f"at least {n_hold + min_train} (holdout {holdout})")
+    perm = np.random.RandomState(seed).permutation(len(configs))
+    return configs, y, perm[:n_hold], perm[n_hold:]
+
+
 def log_heldout(logger: Any, what: str, report: dict[str, Any]) -> None:
     """One log line of a predictor's held-out scores (`heldout_report`)."""
     logger.info("%s held-out (%d): tau %.3f, pairwise %.1f %%, RMSE %.4g", what, report["n_holdout"],
                 report["kendall_tau"], 100 * report["pairwise_accuracy"], report["rmse"])
 
 
-__all__ = ["heldout_report", "kendall_tau", "log_heldout", "pairwise_accuracy", "rmse"]
+__all__ = ["fit_split", "heldout_report", "kendall_tau", "log_heldout", "pairwise_accuracy", "rmse"]

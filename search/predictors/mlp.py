@@ -37,7 +37,7 @@ from torch import nn
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.encoding import encode, encoding_size
-from qcompile.search.predictors.metrics import heldout_report, log_heldout
+from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -179,20 +179,10 @@ class AccuracyPredictor:
         float subnets): trunk, head and target scaling are copied, the bit head's last layer starts
         at zero. `holdout` of the samples (seeded) are kept out of training and scored in `report`.
         """
-        configs = list(configs)
-        y = np.asarray(accuracies, dtype=np.float64).reshape(-1)
-        if len(configs) != y.shape[0]:
-            raise ConfigError("accuracies", f"{y.shape[0]} values", f"one per config ({len(configs)})")
-        if not np.all(np.isfinite(y)):
-            raise ConfigError("accuracies", "non-finite values", "finite numbers")
         opts = self.options
-        n_hold = int(round(opts.holdout * len(configs)))
-        if len(configs) - n_hold < 2:
-            raise ConfigError("configs", f"{len(configs)} samples", f"at least {n_hold + 2} (holdout {opts.holdout})")
+        configs, y, hold, train = fit_split(configs, accuracies, opts.holdout, self.seed, field="accuracies")
+        n_hold = len(hold)
         x = self.encode(configs)
-        rng = np.random.RandomState(self.seed)
-        perm = rng.permutation(len(configs))
-        hold, train = perm[:n_hold], perm[n_hold:]
 
         self.net = self._new_net()
         self.transferred = init_from is not None
@@ -354,15 +344,8 @@ class MLPEnsemble:
 
     def fit(self, configs: Sequence[SubnetConfig], accuracies: Sequence[float] | np.ndarray) -> MLPEnsemble:
         """Fit every member on the same training part; score the mean on the held-out part (`report`)."""
-        configs = list(configs)
-        y = np.asarray(accuracies, dtype=np.float64).reshape(-1)
-        if len(configs) != y.shape[0]:
-            raise ConfigError("accuracies", f"{y.shape[0]} values", f"one per config ({len(configs)})")
-        n_hold = int(round(self.options.holdout * len(configs)))
-        if len(configs) - n_hold < 2:
-            raise ConfigError("configs", f"{len(configs)} samples", f"at least {n_hold + 2}")
-        perm = np.random.RandomState(self.seed).permutation(len(configs))
-        hold, train = perm[:n_hold], perm[n_hold:]
+        configs, y, hold, train = fit_split(configs, accuracies, self.options.holdout, self.seed, field="accuracies")
+        n_hold = len(hold)
         for m in self.members:
             m.fit([configs[i] for i in train], y[train])
         self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold), "members": len(self.members)}

@@ -32,14 +32,12 @@ from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
+from qcompile.search.predictors.saved import FORMAT, JSON_FILE, WEIGHTS_FILE, read_doc, saved_space, space_dict
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
 KIND = "gbt-accuracy-predictor"
-JSON_FILE = "predictor.json"
-WEIGHTS_FILE = "predictor.safetensors"
 N_COST_FEATURES = 7
 
 
@@ -103,11 +101,6 @@ def features(space: Any, configs: Sequence[SubnetConfig]) -> np.ndarray:
     return np.stack(
         [np.concatenate([np.asarray(encode(space, c), dtype=np.float64), cost_features(space, c)]) for c in configs]
     )
-
-
-def _space_dict(space: Any) -> dict[str, Any]:
-    to_dict = getattr(space, "to_dict", None)
-    return to_dict() if callable(to_dict) else {"name": getattr(space, "name", type(space).__name__)}
 
 
 class BoostedPredictor:
@@ -204,7 +197,7 @@ class BoostedPredictor:
         doc = {
             "format": FORMAT,
             "kind": KIND,
-            "space": _space_dict(self.space),
+            "space": space_dict(self.space),
             "n_features": self.n_features,
             "seed": self.seed,
             "options": self.options.to_dict(),
@@ -222,18 +215,8 @@ class BoostedPredictor:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        doc = _read_doc(path, KIND)
-        if space is not None and _space_dict(space) != doc["space"]:
-            raise ConfigError(
-                "predictor space",
-                doc["space"],
-                f"this space {_space_dict(space)}",
-                f"{path} was fitted for another space",
-            )
-        if space is None:
-            from qcompile.spaces import from_dict
-
-            space = from_dict(doc["space"])
+        doc = read_doc(path, KIND)
+        space = saved_space(doc, space, path)
         pred = cls(space, seed=doc["seed"], options=BoostedOptions(**doc["options"]))
         if pred.n_features != doc["n_features"]:
             raise ConfigError(
@@ -277,18 +260,6 @@ def _tree_predict(t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         go_left = x[rows, f] <= thr[node]
         node = np.where(inner, np.where(go_left, left[node], right[node]), node)
     return t["value"][node]
-
-
-def _read_doc(path: Path, kind: str) -> dict[str, Any]:
-    if not (path / JSON_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{path}: not a predictor directory (needs {JSON_FILE} and {WEIGHTS_FILE})")
-    try:
-        doc = json.loads((path / JSON_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
-    if doc.get("format") != FORMAT or doc.get("kind") != kind:
-        raise CheckpointError(f"{path / JSON_FILE}: not a {kind} of format {FORMAT} (kind {doc.get('kind')!r})")
-    return doc
 
 
 def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:

@@ -35,16 +35,14 @@ import torch
 from torch import nn
 
 from qcompile.config import SubnetConfig
-from qcompile.errors import CheckpointError, ConfigError
+from qcompile.errors import ConfigError
 from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
+from qcompile.search.predictors.saved import FORMAT, JSON_FILE, WEIGHTS_FILE, read_doc, saved_space, space_dict
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-JSON_FILE = "predictor.json"
-WEIGHTS_FILE = "predictor.safetensors"
 
 
 @dataclass(frozen=True)
@@ -102,11 +100,6 @@ class _Net(nn.Module):
         return (self.head(self.trunk(x[:, : self.n_arch])) + self.bit_head(x)).squeeze(1)
 
 
-def _space_dict(space: Any) -> dict[str, Any]:
-    to_dict = getattr(space, "to_dict", None)
-    return to_dict() if callable(to_dict) else {"name": getattr(space, "name", type(space).__name__)}
-
-
 def _arch_size(space: Any) -> int:
     """Length of the architecture part of `encode(space, cfg)` (the rest is one-hot bits)."""
     genes = getattr(space, "genes", None)
@@ -162,8 +155,8 @@ class AccuracyPredictor:
         return torch.from_numpy(np.stack([encode(self.space, c) for c in configs]).astype(np.float32))
 
     def _check_space(self, other: AccuracyPredictor | Any, what: str) -> None:
-        if _space_dict(other.space) != _space_dict(self.space):
-            raise ConfigError(what, _space_dict(other.space), f"a predictor of this space {_space_dict(self.space)}")
+        if space_dict(other.space) != space_dict(self.space):
+            raise ConfigError(what, space_dict(other.space), f"a predictor of this space {space_dict(self.space)}")
 
     # ------------------------------------------------------------------------------------------
     def fit(
@@ -268,7 +261,7 @@ class AccuracyPredictor:
         doc = {
             "format": FORMAT,
             "kind": "mlp-accuracy-predictor",
-            "space": _space_dict(self.space),
+            "space": space_dict(self.space),
             "n_in": self.n_in,
             "n_arch": self.n_arch,
             "seed": self.seed,
@@ -286,22 +279,8 @@ class AccuracyPredictor:
         from safetensors.torch import load_file
 
         path = Path(path)
-        if not (path / JSON_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"{path}: not a predictor directory (needs {JSON_FILE} and {WEIGHTS_FILE})")
-        try:
-            doc = json.loads((path / JSON_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
-        if doc.get("format") != FORMAT or doc.get("kind") != "mlp-accuracy-predictor":
-            raise CheckpointError(f"{path / JSON_FILE}: not an accuracy predictor of format {FORMAT}")
-        if space is not None:
-            if _space_dict(space) != doc["space"]:
-                raise ConfigError("predictor space", doc["space"], f"this space {_space_dict(space)}",
-                                  f"{path} was fitted for another space")
-        else:
-            from qcompile.spaces import from_dict
-
-            space = from_dict(doc["space"])
+        doc = read_doc(path, "mlp-accuracy-predictor")
+        space = saved_space(doc, space, path)
         opts = doc["options"]
         pred = cls(space, seed=doc["seed"], options=PredictorOptions(**opts))
         if pred.n_in != doc["n_in"]:
@@ -367,7 +346,7 @@ class MLPEnsemble:
         path.mkdir(parents=True, exist_ok=True)
         for i, m in enumerate(self.members):
             m.save(path / f"member-{i:02d}")
-        doc = {"format": FORMAT, "kind": ENSEMBLE_KIND, "space": _space_dict(self.space), "seed": self.seed,
+        doc = {"format": FORMAT, "kind": ENSEMBLE_KIND, "space": space_dict(self.space), "seed": self.seed,
                "members": len(self.members), "options": self.options.to_dict(), "report": self.report}
         atomic_write_text(path / JSON_FILE, json.dumps(doc, indent=2))
         return path
@@ -376,12 +355,7 @@ class MLPEnsemble:
     def load(cls, path: str | os.PathLike, space: Any = None) -> MLPEnsemble:
         """Read an ensemble written by `save`; with `space`, refuse (ConfigError) one fitted for another space."""
         path = Path(path)
-        try:
-            doc = json.loads((path / JSON_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path / JSON_FILE}: not a readable predictor ({e})") from e
-        if doc.get("format") != FORMAT or doc.get("kind") != ENSEMBLE_KIND:
-            raise CheckpointError(f"{path / JSON_FILE}: not an {ENSEMBLE_KIND} of format {FORMAT}")
+        doc = read_doc(path, ENSEMBLE_KIND, weights=False)
         members = [AccuracyPredictor.load(path / f"member-{i:02d}", space=space) for i in range(int(doc["members"]))]
         ens = cls.__new__(cls)
         ens.space, ens.seed, ens.members = members[0].space, int(doc["seed"]), members

@@ -341,8 +341,34 @@ def space_of(qnet: torch.nn.Module) -> Any:
     return from_dict(info)
 
 
+#: the record fields that make two measurements of one config comparable
+PROTOCOL_FIELDS = ("model", "split", "calib_batches", "calib_seed", "calib_seeds", "extra_train", "batch_size")
+
+
+def _one_protocol(recs: list[dict], path: object) -> list[dict]:
+    """The records of the protocol most records share, one per config: a cache can hold the same configs
+    measured again (another calibration seed, another model), and fitting on both would count a config
+    twice (possibly once in the fit and once in the held-out part) and mix measurements that differ."""
+    from collections import Counter
+
+    proto = [tuple(json.dumps(r.get(f), sort_keys=True) for f in PROTOCOL_FIELDS) for r in recs]
+    counts = Counter(proto)
+    best = max(counts, key=lambda p: (counts[p], -proto.index(p)))  # most records; ties: the first written
+    out, configs = [], set()
+    for r, p in zip(recs, proto):
+        h = r.get("config_hash", r["key"])
+        if p == best and h not in configs:
+            configs.add(h)
+            out.append(r)
+    if len(out) < len(recs):
+        log.warning("%s: %d of %d records kept (one protocol, one record per config: %s)", path, len(out), len(recs),
+                    dict(zip(PROTOCOL_FIELDS, (json.loads(v) for v in best))))
+    return out
+
+
 def load_records(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[SubnetConfig], np.ndarray, list[dict]]:
-    """(space, configs, accuracies, records) of a JSONL cache; one record per distinct key (first wins)."""
+    """(space, configs, accuracies, records) of a JSONL cache: the records of its most common measurement
+    protocol (`PROTOCOL_FIELDS`), one per config (first wins)."""
     recs = read_jsonl(path)
     if not recs:
         raise CheckpointError(f"{path}: no measurements (run `qcompile predictor collect RUN --out {path}`)")
@@ -360,6 +386,7 @@ def load_records(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[
         if r["key"] not in seen:
             seen.add(r["key"])
             keep.append(r)
+    keep = _one_protocol(keep, path)
     cfgs = [SubnetConfig.from_dict(r["config"]) for r in keep]
     return space, cfgs, np.array([float(r["accuracy"]) for r in keep]), keep
 

@@ -13,7 +13,7 @@ import pytest
 
 import qcompile.search as qs
 from qcompile import ConfigError
-from qcompile.search.predictors.measured import config_hash, read_jsonl
+from qcompile.search.predictors.measured import config_hash, load_records, read_jsonl
 from qcompile.train.evaluate import evaluate_subnets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,10 @@ def test_measures_val_split_and_caches(tspace, tqnet, tdigits, tmp_path):
                                progress=False)
     ev3.predict(cfgs[:1])
     assert ev3.n_measured == 1 and len(read_jsonl(cache)) == 4
+    # fitting reads one protocol (the most common) and one record per config: cfgs[0] is not counted twice
+    space, fit_cfgs, fit_acc, recs = load_records(cache)
+    assert [c.stable_hash() for c in fit_cfgs] == [c.stable_hash() for c in cfgs]
+    assert np.array_equal(fit_acc, got) and {r["calib_seed"] for r in recs} == {1}
     # usable as an objective's function
     acc = qs.Objective("accuracy", ev2.predict, direction="max")
     assert np.array_equal(acc(cfgs), got)

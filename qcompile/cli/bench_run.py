@@ -39,22 +39,21 @@ def float_twin(sub: fx.GraphModule, batches: Iterable[Any] | None, max_batches: 
     return calibrate(twin, batches, max_batches=max_batches, quantizers=False)
 
 
-def calibration_images(name: str, in_channels: int, resolution: int, n: int = 32) -> list[np.ndarray]:
-    """`n` single images (1 x C x H x W float32) from the training split of dataset `name`: the calibration
-    inputs of the int8 peers (onnxruntime/OpenVINO/XNNPACK post-training quantization of the float twin)."""
-    from qcompile.data import load_dataset
-
-    train = load_dataset(name, resolution=resolution, in_channels=in_channels).train
-    images = train.images[:n].numpy().astype(np.float32)
-    return [images[i : i + 1] for i in range(len(images))]
-
-
 def float_twin_batches(name: str, in_channels: int, resolution: int) -> Iterable[Any]:
     """Training-split batches of dataset `name` for `float_twin` (the loader `qcompile.cli.demo` calibrates with)."""
     from qcompile.data import load_dataset
 
-    train = load_dataset(name, resolution=resolution, in_channels=in_channels).train
-    return train.loader(64, shuffle=True, seed=1, resolution=resolution)
+    return _twin_batches(load_dataset(name, resolution=resolution, in_channels=in_channels), resolution)
+
+
+def _twin_batches(data: Any, resolution: int) -> Iterable[Any]:
+    return data.train.loader(64, shuffle=True, seed=1, resolution=resolution)
+
+
+def _calibration_images(data: Any, n: int = 32) -> list[np.ndarray]:
+    """`n` single training images (1 x C x H x W float32): the int8 peers' post-training calibration inputs."""
+    images = data.train.images[:n].numpy().astype(np.float32)
+    return [images[i : i + 1] for i in range(len(images))]
 
 
 def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None = None, repeat: int = 20,
@@ -89,17 +88,21 @@ def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None =
         low = qc.lower(ig, target=target, num_threads=threads, input_shape=x.shape)
         name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', 'custom')}_untuned"
         runners, targets = {name: tvm_spec(low, name)}, {name: low.spec.tvm_target}
+    data = None
     if eval_data is not None:
-        twin = float_twin(sub, float_twin_batches(eval_data, in_ch, cfg.resolution))
+        from qcompile.data import load_dataset
+
+        data = load_dataset(eval_data, resolution=cfg.resolution, in_channels=in_ch)
+        twin = float_twin(sub, _twin_batches(data, cfg.resolution))
         if calibration is None and batch == 1:
-            calibration = calibration_images(eval_data, in_ch, cfg.resolution)
+            calibration = _calibration_images(data)
     else:
         twin = float_twin(sub, None if calibration is None else [torch.from_numpy(c) for c in calibration])
     result = run_bench(
         twin, x, integer_graph=ig, runners=runners, graph_runners=list(runners),
         options=BenchOptions(threads=threads, repeats=repeat, **({"peers": tuple(peers)} if peers else {})),
         calibration=calibration, out_dir=out, fake_quant=sub,
-        eval_set=_eval_set(eval_data, in_ch, cfg.resolution, eval_limit),
+        eval_set=_eval_set(data, eval_limit),
         title=f"subnet {cfg.stable_hash()} at {cfg.resolution}x{cfg.resolution}, batch {batch}, {threads} threads",
         extra_meta={"tvm_targets": targets},
     )
@@ -108,11 +111,7 @@ def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None =
     return to_markdown(result)
 
 
-def _eval_set(name: str | None, in_channels: int, resolution: int,
-              limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-    if name is None:
+def _eval_set(data: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    if data is None:
         return None
-    from qcompile.data import load_dataset
-
-    test = load_dataset(name, resolution=resolution, in_channels=in_channels).test
-    return test.images[:limit].numpy(), test.labels[:limit].numpy()
+    return data.test.images[:limit].numpy(), data.test.labels[:limit].numpy()

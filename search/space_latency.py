@@ -59,8 +59,8 @@ PREEMPTED_RATIO = 3.0
 #: machine facts a kernel list depends on (strategy and GEMM mode selection)
 _LIST_KEYS = ("target", "mcpu", "mattr", "qcompile", "tvm")
 
-__all__ = ["TimingSettings", "KernelCosts", "KernelLatencyModel", "group_part", "structural_groups", "COSTS_FORMAT",
-           "KERNELS_FORMAT"]
+__all__ = ["TimingSettings", "KernelCosts", "KernelLatencyModel", "costs_key", "group_part", "structural_groups",
+           "COSTS_FORMAT", "KERNELS_FORMAT"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,12 @@ class TimingSettings:
                               "max_cover >= 1, n_fit >= 0")
         if self.num_threads < 1:
             raise ConfigError("num_threads", self.num_threads, ">= 1")
+
+
+def costs_key(table_shas: dict[str, str], settings: TimingSettings, target: str) -> dict:
+    """The key under which `kernel_costs.json` keeps a fit, in its JSON form (the settings' tuples come back from
+    the file as lists, so a key compared before that round trip would never match and the fit would rerun)."""
+    return json.loads(json.dumps({"tables": table_shas, "settings": asdict(settings), "target": target}))
 
 
 def group_part(group: Any) -> str:
@@ -336,7 +342,7 @@ class KernelLatencyModel:
         costs = KernelCosts.pool(tables)
         cpath = cache / "kernel_costs.json"
         doc = json.loads(cpath.read_text()) if cpath.is_file() else {}
-        want_key = {"tables": shas, "settings": asdict(settings), "target": target}
+        want_key = costs_key(shas, settings, target)
         if doc.get("format") == COSTS_FORMAT and doc.get("key") == want_key:
             costs.fit_params = doc["fit"]
         else:

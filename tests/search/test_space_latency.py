@@ -15,7 +15,14 @@ import qcompile.search as qs
 from qcompile import ConfigError
 from qcompile.search.latency.workloads import workload_key
 from qcompile.search.space_evolution import QTScorer, latency_model, subnet_config
-from qcompile.search.space_latency import KernelCosts, KernelLatencyModel, group_part, structural_groups
+from qcompile.search.space_latency import (
+    KernelCosts,
+    KernelLatencyModel,
+    TimingSettings,
+    costs_key,
+    group_part,
+    structural_groups,
+)
 from qcompile.spaces.hyperspace import Hyperspace, HyperStage
 from tests.search.spaceevo_helpers import synthetic_table
 
@@ -141,3 +148,13 @@ def test_latency_kind_is_checked():
     with pytest.raises(ConfigError, match="cache_dir"):
         latency_model("x86", "kernels")
     assert "stand-in" in latency_model("x86", "mac").describe()
+
+
+def test_the_kernel_costs_key_survives_its_file(tmp_path):
+    """`kernel_costs.json` is reused only when its stored key equals the wanted one: the key read back from the
+    file equals a freshly computed key (tuples in the settings included), and another setting does not."""
+    key = costs_key({"mbv1": "ab12"}, TimingSettings(bits=(4, 8)), "x86")
+    path = tmp_path / "kernel_costs.json"
+    path.write_text(json.dumps({"key": key}))
+    assert json.loads(path.read_text())["key"] == costs_key({"mbv1": "ab12"}, TimingSettings(bits=(4, 8)), "x86")
+    assert json.loads(path.read_text())["key"] != costs_key({"mbv1": "ab12"}, TimingSettings(bits=(8,)), "x86")

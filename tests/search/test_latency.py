@@ -410,6 +410,58 @@ def test_time_phase_rounds_resume_and_report_reads_them(lowered, saved_lib, tmp_
         lt.time_phase(argparse.Namespace(**(vars(args) | {"calls": 0})))
 
 
+def _neighbour_configs(space):
+    """A: 8-bit everywhere, kernel 3; B: A with the successor of block X float; D: A with kernel 5 at X."""
+    import dataclasses
+
+    x, nxt = sorted(space._slot_of)[:2]
+    a = space.sample(seed=0, bits=(8,))
+    a = dataclasses.replace(a, kernels=tuple(3 for _ in a.kernels))
+    bits = list(a.policy.bits)
+    for sl in space._slot_of[nxt]:
+        bits[sl] = (32, 32)
+    b = dataclasses.replace(a, policy=dataclasses.replace(a.policy, bits=tuple(bits)))
+    ks = list(a.kernels)
+    ks[space.block_slot(*x)] = 5
+    return x, a, b, dataclasses.replace(a, kernels=tuple(ks))
+
+
+def test_block_keys_edges():
+    """Block X's key differs when its successor is float (its kernels then end with that layer's dequantize:
+    the slow test below checks it against the emitter's plan), and not when the successor is integer at other
+    bits (a 2-bit or an 8-bit neighbour changes only its own kernels), so integer configs keep sharing blocks."""
+    import dataclasses
+
+    from qcompile.search.latency.workloads import block_keys
+
+    space = _tiny()
+    x, a, b, _ = _neighbour_configs(space)
+    assert block_keys(space, a)[x] != block_keys(space, b)[x]
+    low = dataclasses.replace(a, policy=dataclasses.replace(a.policy, bits=tuple((2, 2) for _ in a.policy.bits)))
+    ka, kl = block_keys(space, a), block_keys(space, low)
+    assert ka[x][-1] == kl[x][-1] == ("i", "i") and ka["head"] == kl["head"]
+
+
+@pytest.mark.slow
+def test_block_memo_keys_carry_the_neighbouring_bit_classes(monkeypatch):
+    """A block followed by a float layer ends with that layer's `dequantize` (the emitter's own plan says so), so
+    its memo key must differ from the same block followed by an integer layer; otherwise a config whose blocks
+    were all seen in other contexts is answered with the wrong kernels. A: 8-bit everywhere; B: A with block
+    X's successor float; D: A with another kernel size at X. After B and D every block of A was seen (X only
+    before a float layer), and A must still come out as the emitter plans it."""
+    from qcompile.search.latency import workloads
+
+    monkeypatch.setattr(workloads, "_MEMO", {})
+    space = _tiny()
+    x, a, b, d = _neighbour_configs(space)
+    plan_a = workloads._split(workloads.plan_config(space, a, "x86", 1))
+    plan_b = workloads._split(workloads.plan_config(space, b, "x86", 1))
+    assert plan_a[x] != plan_b[x] and plan_b[x][-1]["op"] == "dequantize"  # the fact the key must carry
+    for cfg in (b, d):
+        qs.kernel_workloads(space, cfg, "x86", 1)
+    assert qs.kernel_workloads(space, a, "x86", 1) == [w for g in plan_a.values() for w in g]
+
+
 def test_remember_fills_the_block_memo(lowered, monkeypatch):
     """`remember` (a lowering's own kernel list into the per-block memo) answers `kernel_workloads` for that
     config, and for configs of the same blocks, without the slow path, equal to what the emitter emitted."""

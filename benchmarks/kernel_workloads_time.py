@@ -33,8 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         workloads.kernel_workloads(space, cfg, "x86", 1)
         ts.append(time.perf_counter() - t0)
-    print(json.dumps({"seconds": [round(t, 3) for t in ts], "median_s": round(statistics.median(ts), 3),
-                      "threads": os.environ.get("OMP_NUM_THREADS"), "load": os.getloadavg()}))
+    print(
+        json.dumps(
+            {
+                "seconds": [round(t, 3) for t in ts],
+                "median_s": round(statistics.median(ts), 3),
+                "threads": os.environ.get("OMP_NUM_THREADS"),
+                "load": os.getloadavg(),
+            }
+        )
+    )
     return 0
 
 

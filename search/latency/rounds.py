@@ -75,5 +75,9 @@ def split_reproducibility(items: Sequence[dict], stat: str = "rmin") -> dict:
         return {"n": 0}
     a, b = np.array(pairs).T
     rel = np.abs(b - a) / a
-    return {"n": len(pairs), "median_rel_diff": float(np.median(rel)), "within_10pct": float(np.mean(rel <= 0.10)),
-            "within_5pct": float(np.mean(rel <= 0.05))}
+    return {
+        "n": len(pairs),
+        "median_rel_diff": float(np.median(rel)),
+        "within_10pct": float(np.mean(rel <= 0.10)),
+        "within_5pct": float(np.mean(rel <= 0.05)),
+    }

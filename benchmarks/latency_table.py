@@ -5,11 +5,13 @@ demo's space and of mobilenet_v2 at 224 (docs/latency.md), in three resumable ph
               OUT/prep/<emitter key>/<space>/ (heavy, tolerates a loaded machine; `--sets fit,validate` skips the
               optional covering subnets)
     time      load and time them at `--threads N` on a quiet machine: the tables' distinct kernel workloads and
-              every network twice (two passes in independent random orders), interleaved so that drift hits
-              kernels, fit and held-out networks alike; nothing is lowered
+              every network, sampled in `--rounds` short round-robin rounds spread over the whole run (each round
+              visits every item once, in a fresh random order, with `--calls` calls), so that slow drift of
+              the host hits every item alike (search/latency/rounds.py); nothing is lowered
     report    fit each table from the timings (held-out subnets never enter the fit), predict the held-out
-              subnets with `LatencyTable.predict`, score (+-10 %, +-5 %, RMSE) per space and thread count, and
-              state the measurement's own reproducibility (pass 1 vs pass 2); writes table_*.json, summary.json,
+              subnets with `LatencyTable.predict`, score (+-10 %, +-5 %, RMSE) per space, thread count and
+              statistic (rmin: median over rounds of the per-round minimum; median and min over all samples), and
+              state the measurement's own reproducibility (even vs odd rounds); writes table_*.json, summary.json,
               scatter PNGs
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.latency_table prepare --out runs/latency
@@ -28,7 +30,6 @@ import json
 import logging
 import os
 import platform
-import random
 import shutil
 import statistics
 import time
@@ -181,124 +182,202 @@ def _entries(root: Path, tags: list[str]) -> dict[str, list[dict]]:
     return out
 
 
-def schedule(kernels: list, networks: list, passes: int, seed: int) -> list:
-    """Each network once per pass (every pass in its own random order), the kernels (shuffled) spread evenly
-    between them, so slow drift of the machine moves kernels, fit and held-out networks alike."""
-    rng = random.Random(seed)
-    nets = []
-    for p in range(1, passes + 1):
-        order = list(networks)
-        rng.shuffle(order)
-        nets += [("network", p, n) for n in order]
-    ks = list(kernels)
-    rng.shuffle(ks)
-    out, j = [], 0
-    for i, n in enumerate(nets):
-        upto = round((i + 1) * len(ks) / max(1, len(nets)))
-        out += [("kernel", 1, k) for k in ks[j:upto]]
-        j = upto
-        out.append(n)
-    return out + [("kernel", 1, k) for k in ks[j:]]
+def timing_items(root: Path, entries: dict[str, list[dict]], kernels_from: str = "all") -> list[dict]:
+    """What `time` samples: each distinct kernel workload of the prepared libraries (of the cover/fit libraries
+    only with `kernels_from="table"`), timed from the first library that has it, then every network; sorted,
+    so the list (and a resumed run's item indices) depend only on what is on disk."""
+    from qcompile.search.latency.workloads import workload_key
+
+    kernels: dict[tuple, dict] = {}
+    networks = []
+    for tag, es in entries.items():
+        for e in es:
+            networks.append({"kind": "network", "space": tag, "entry": e["name"], "role": e["role"]})
+            if e["role"] == "validate" and kernels_from == "table":
+                continue
+            meta = json.loads((root / tag / e["name"] / "metadata.json").read_text())
+            for k in meta["kernels"]:
+                wk = workload_key(k["workload"])
+                if k["primfuncs"] and (tag, wk) not in kernels:
+                    kernels[(tag, wk)] = {"kind": "kernel", "space": tag, "entry": e["name"], "wkey": wk,
+                                          "workload": k["workload"], "primfuncs": list(k["primfuncs"])}
+    return [kernels[k] for k in sorted(kernels)] + sorted(networks, key=lambda n: (n["space"], n["entry"]))
+
+
+def _item_id(it: dict) -> str:
+    return f"{it['kind']}|{it['space']}|{it.get('wkey') or it['entry']}"
+
+
+def _done_rounds(path: Path) -> int:
+    """Rounds complete in a `rounds_tN.jsonl` (one JSON line per round); a line cut by a kill is dropped."""
+    if not path.exists():
+        return 0
+    text = path.read_text()
+    if text and not text.endswith("\n"):  # interrupted mid-write: keep the complete rounds only
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text)
+    return len(text.splitlines())
 
 
 def time_phase(args: argparse.Namespace) -> int:
-    """Time prepared libraries at `--threads` (nothing is lowered); appends one JSON line per item, resumable."""
+    """Time prepared libraries at `--threads` (nothing is lowered) in `--rounds` round-robin rounds
+    (`search/latency/rounds.py`): each round visits every kernel workload and network once, in a fresh random
+    order, with `--calls` calls (networks) or `--calls` windows of ~`--window-us` (kernels). One JSON line per
+    round with every item's samples; resumable (a rerun continues at the next round with the same items and the
+    same calls per kernel window)."""
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's pool exists (backends/tvm/threads.py)
     if args.cpus:  # before TVM's pool exists: its workers inherit the set (and TVM binds them within it)
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     from tqdm import tqdm
 
     from qcompile.search.latency.libraries import SavedTimer, emitter_key
-    from qcompile.search.latency.remote import network_samples, primfunc_samples
-    from qcompile.search.latency.workloads import workload_key
+    from qcompile.search.latency.remote import kernel_evaluator, network_evaluator
+    from qcompile.search.latency.rounds import round_order
+    from qcompile.utils.io import atomic_write_text
 
     root = prep_dir(args.out, args.key)
     here = emitter_key()["key"]
     if root.name != here and not args.accept_key:
         raise qc.ConfigError("prepared libraries", root.name, f"libraries of this tree's emitter key {here} (run "
                              "`prepare` again, or pass --accept-key to time the old ones)")
-    tags = args.spaces.split(",")
-    entries = _entries(root, tags)
-    kernels: dict[tuple, tuple] = {}  # (tag, workload key) -> (entry name, workload, primfuncs)
-    networks = []
-    for tag, es in entries.items():
-        for e in es:
-            networks.append((tag, e["name"], e["role"]))
-            if e["role"] == "validate" and args.kernels_from == "table":
-                continue
-            meta = json.loads((root / tag / e["name"] / "metadata.json").read_text())
-            for k in meta["kernels"]:
-                wk = workload_key(k["workload"])
-                if k["primfuncs"] and (tag, wk) not in kernels:
-                    kernels[(tag, wk)] = (e["name"], k["workload"], list(k["primfuncs"]))
-    rows_path = root / "timings" / args.run / f"time_t{args.threads}.jsonl"
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["kind"], r["space"], r.get("wkey") or r["entry"], r["pass"]))
-    items = schedule(sorted(kernels), networks, args.passes, args.seed)
-    todo = [it for it in items if (it[0], it[2][0], it[2][1], it[1]) not in done]
-    log.info("time at %d thread(s): %d kernels, %d networks x %d passes; %d items left; load %s", args.threads,
-             len(kernels), len(networks), args.passes, len(todo), os.getloadavg())
-    load1 = os.getloadavg()[0]
-    if load1 > 1.0:
+    for name in ("rounds", "calls"):
+        if getattr(args, name) < 1:
+            raise qc.ConfigError(f"--{name}", getattr(args, name), "an integer >= 1")
+    entries = _entries(root, args.spaces.split(","))
+    if getattr(args, "subset", None):  # plumbing checks: the first K libraries of each space and role
+        entries = {t: [e for e in es if sum(x["role"] == e["role"] for x in es[: es.index(e)]) < args.subset]
+                   for t, es in entries.items()}
+    run_dir = root / "timings" / args.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    items_path = run_dir / f"rounds_t{args.threads}.items.json"
+    rounds_path = run_dir / f"rounds_t{args.threads}.jsonl"
+    items = timing_items(root, entries, args.kernels_from)
+    old = json.loads(items_path.read_text()) if items_path.exists() else None
+    if old is not None:
+        if [_item_id(i) for i in old["items"]] != [_item_id(i) for i in items] or old["calls"] != args.calls:
+            raise qc.ConfigError("--run", args.run, f"a new run name: {items_path} holds another item list or "
+                                 f"--calls {old['calls']} (the prepared libraries changed since it started)")
+        items = old["items"]
+    start = _done_rounds(rounds_path)
+    log.info("time at %d thread(s): %d kernels, %d networks; rounds %d..%d of %d, %d calls per item and round; "
+             "load %s", args.threads, sum(i["kind"] == "kernel" for i in items),
+             sum(i["kind"] == "network" for i in items), start, args.rounds - 1, args.rounds, args.calls,
+             os.getloadavg())
+    if start >= args.rounds:
+        return 0
+    if os.getloadavg()[0] > 1.0:
         log.warning("load average %.1f on %d CPUs: other processes are running, the timings will measure them "
-                    "too (this phase wants a quiet machine)", load1, os.cpu_count() or 0)
+                    "too (this phase wants a quiet machine)", os.getloadavg()[0], os.cpu_count() or 0)
     timers: dict[tuple, SavedTimer] = {}
+    fns = []
+    for it in tqdm(items, desc="load", unit="item"):
+        key = (it["space"], it["entry"])
+        timer = timers.get(key)
+        if timer is None:
+            timer = timers[key] = SavedTimer(root / it["space"] / it["entry"], args.threads)
+        if it["kind"] == "network":
+            fns.append(network_evaluator(timer, args.calls))
+            continue
+        made = kernel_evaluator(timer, it["primfuncs"], args.window_us, args.calls, it.get("numbers"))
+        if made is None:
+            raise qc.LoweringError(f"{it['space']}/{it['entry']}", f"kernel {it['workload']['op']} has a PrimFunc "
+                                   "the library does not define", "prepare the library again")
+        fns.append(made[0])
+        it["numbers"] = made[1]
+    if old is None:
+        atomic_write_text(items_path, json.dumps({"threads": args.threads, "calls": args.calls,
+                                                  "window_us": args.window_us, "seed": args.seed, "items": items}))
     t0 = time.perf_counter()
-    with open(rows_path, "a") as f:
-        for kind, p, item in tqdm(todo, desc=f"time t{args.threads}", unit="item"):
-            tag = item[0]
-            name = kernels[item][0] if kind == "kernel" else item[1]
-            timer = timers.get((tag, name))
-            if timer is None:
-                timer = timers[(tag, name)] = SavedTimer(root / tag / name, args.threads)
-            row: dict = {"kind": kind, "space": tag, "entry": name, "pass": p}
-            if kind == "kernel":
-                _, w, fs = kernels[item]
-                timed = primfunc_samples(timer, fs, args.window_us, args.kernel_repeat)
-                if not all(fn in timed for fn in fs):
-                    log.warning("%s: kernel %s not timed", name, w["op"])
-                    continue
-                samples = [sum(v) for v in zip(*(timed[fn] for fn in fs))]
-                row.update(wkey=item[1], workload=w)
-            else:
-                samples = network_samples(timer, args.repeat, budget_ms=args.network_budget_ms,
-                                          min_repeat=args.min_repeat)
-                row["role"] = item[2]
-            row.update(samples_ms=samples, median_ms=statistics.median(samples), min_ms=min(samples),
-                       t_s=round(time.perf_counter() - t0, 3), load1=os.getloadavg()[0])
-            f.write(json.dumps(row) + "\n")
+    with open(rounds_path, "a") as f:
+        for r in tqdm(range(start, args.rounds), desc=f"time t{args.threads}", unit="round"):
+            tr = time.perf_counter()
+            samples: list = [None] * len(items)
+            for i in round_order(len(items), args.seed, r):
+                samples[i] = [round(x, 6) for x in fns[i]()]
+            f.write(json.dumps({"round": r, "t_s": round(time.perf_counter() - t0, 3), "unix": round(time.time(), 1),
+                                "round_s": round(time.perf_counter() - tr, 3), "load1": os.getloadavg()[0],
+                                "samples_ms": samples}) + "\n")
             f.flush()
     took = time.perf_counter() - t0
-    log.info("timed %d items in %.1f s at %d thread(s), load %s", len(todo), took, args.threads, os.getloadavg())
-    with open(rows_path.with_suffix(".runs.jsonl"), "a") as f:  # one line per (resumed) invocation
-        f.write(json.dumps({"cpu": _cpu_model(), "threads": args.threads, "items": len(todo), "seconds": round(took, 1),
-                            "load_end": os.getloadavg(), "argv": vars(args) | {"out": str(args.out)},
+    log.info("timed rounds %d..%d in %.1f s at %d thread(s), load %s", start, args.rounds - 1, took, args.threads,
+             os.getloadavg())
+    with open(run_dir / f"rounds_t{args.threads}.runs.jsonl", "a") as f:  # one line per (resumed) invocation
+        f.write(json.dumps({"cpu": _cpu_model(), "threads": args.threads, "rounds": [start, args.rounds],
+                            "seconds": round(took, 1), "load_end": os.getloadavg(),
+                            "argv": vars(args) | {"out": str(args.out)},
                             "env": {k: v for k, v in os.environ.items() if k.startswith(("TVM_", "OMP_"))},
                             "affinity": sorted(os.sched_getaffinity(0))}) + "\n")
     return 0
-
 
 # -- report ------------------------------------------------------------------------------------------------------
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def table_from_timings(space: Any, threads: int, kernel_rows: list[dict], net_rows: list[dict],
-                       stat: str = "median_ms") -> LatencyTable:
-    """A `LatencyTable` of `space` from `time` rows: kernels and the pass-1 cover/fit networks, fit on those."""
+def load_timings(run_dir: Path) -> dict[int, dict]:
+    """Every thread count timed in `run_dir`: {threads: {"protocol", "items", "load1", "time_phase_s"}}, each
+    item a dict (kind, space, entry, role / wkey + workload) with its samples grouped by round (`rounds_ms`), all
+    samples (`samples_ms`) and `rounds.item_stats`.
+
+    Round-robin runs (`rounds_tN.jsonl`) have one group per round. Runs of the older burst protocol
+    (`time_tN.jsonl`: each network in two passes of >= 50 consecutive calls, each kernel once) are read with
+    one group per pass, so their `rmin` is the mean of the two passes' minima and even vs odd is pass 1 vs 2."""
+    import re
+
+    from qcompile.search.latency.rounds import item_stats
+
+    out: dict[int, dict] = {}
+    for p in sorted(run_dir.glob("rounds_t*.jsonl")):
+        m = re.fullmatch(r"rounds_t(\d+)\.jsonl", p.name)
+        if m is None or not (run_dir / f"rounds_t{m.group(1)}.items.json").exists():
+            continue
+        items = json.loads((run_dir / f"rounds_t{m.group(1)}.items.json").read_text())["items"]
+        rounds = _rows(p)
+        if not rounds:
+            continue
+        for i, it in enumerate(items):
+            it["rounds_ms"] = [r["samples_ms"][i] for r in rounds]
+        out[int(m.group(1))] = {"protocol": f"{len(rounds)} round-robin rounds", "items": items,
+                                "load1": [min(r["load1"] for r in rounds), max(r["load1"] for r in rounds)],
+                                "time_phase_s": rounds[-1]["t_s"]}
+    for p in sorted(run_dir.glob("time_t*.jsonl")):
+        m = re.fullmatch(r"time_t(\d+)\.jsonl", p.name)
+        if m is None or int(m.group(1)) in out:
+            continue
+        rows = _rows(p)
+        by: dict[tuple, dict] = {}
+        for r in rows:
+            k = (r["kind"], r["space"], r.get("wkey") or r["entry"])
+            it = by.setdefault(k, {f: r[f] for f in ("kind", "space", "entry", "role", "wkey", "workload") if f in r})
+            it.setdefault("passes", {})[r["pass"]] = r["samples_ms"]
+        items = []
+        for it in by.values():
+            passes = it.pop("passes")
+            it["rounds_ms"] = [passes[q] for q in sorted(passes)]
+            items.append(it)
+        out[int(m.group(1))] = {"protocol": "bursts (passes)", "items": items,
+                                "load1": [min(r["load1"] for r in rows), max(r["load1"] for r in rows)],
+                                "time_phase_s": max(r["t_s"] for r in rows)}
+    for v in out.values():
+        for it in v["items"]:
+            it["samples_ms"] = [x for r in it["rounds_ms"] for x in r]
+            it.update(item_stats(it["rounds_ms"]))
+    return out
+
+
+def table_from_timings(space: Any, threads: int, kernel_items: list[dict], net_items: list[dict],
+                       stat: str = "rmin_ms") -> LatencyTable:
+    """A `LatencyTable` of `space` from timed items (`load_timings`): the kernels and the cover/fit networks,
+    each at statistic `stat`, fit on those networks."""
     from qcompile.search.latency.table import machine_keys
     from qcompile.search.latency.workloads import workload_key
 
     kernels = {}
-    for r in kernel_rows:
+    for r in kernel_items:
         kernels[workload_key(r["workload"])] = {"workload": r["workload"], "samples_ms": r["samples_ms"],
                                                 "median_ms": float(r[stat])}
     nets = [{"config": r["config"], "role": r["role"], "samples_ms": r["samples_ms"], "median_ms": float(r[stat]),
-             "kernels": None} for r in net_rows if r["role"] in ("cover", "fit") and r["pass"] == 1]
+             "kernels": None} for r in net_items if r["role"] in ("cover", "fit")]
     table = LatencyTable(space, machine_keys("x86", threads), kernels, nets, {}, None)
     table.fit()
     return table
@@ -371,9 +450,10 @@ def overhead_models(fit_rows: list, fit_y: list, val_rows: list, val_y: list) ->
 
 
 def report(args: argparse.Namespace) -> int:
-    """Fit, predict and score every (space, thread count) that `time` produced."""
-    import numpy as np
-
+    """Fit, predict and score every (space, thread count) that `time` produced, once per statistic of
+    `rounds.STATISTICS`: `rmin` (the round-robin statistic; its table, scatter and validation rows are written)
+    and the burst-era `median` and `min`, so the statistics can be compared on the same samples."""
+    from qcompile.search.latency.rounds import STATISTICS, split_reproducibility
     from qcompile.search.latency.workloads import kernel_workloads, remember, workload_key
 
     root = prep_dir(args.out, args.key)
@@ -382,72 +462,55 @@ def report(args: argparse.Namespace) -> int:
     summary: dict = {"cpu": _cpu_model(), "machine": platform.node(), "prep": str(root),
                      "key": json.loads((root / "key.json").read_text()), "results": {}, "workloads": {}}
     metas: dict[tuple, list] = {}
-    import re
-
-    for tfile in sorted((root / "timings" / args.run).glob("time_t*.jsonl")):
-        m = re.fullmatch(r"time_t(\d+)\.jsonl", tfile.name)
-        if m is None:  # time_tN.runs.jsonl
-            continue
-        threads = int(m.group(1))
-        rows = _rows(tfile)
+    for threads, run in sorted(load_timings(root / "timings" / args.run).items()):
         for tag in args.spaces.split(","):
             plan_d = json.loads((root / tag / "plan.json").read_text())
             cfg_of = {e["name"]: e["config"] for e in plan_d["entries"]}
             space, _ = plan(tag)
-            krows = [r for r in rows if r["space"] == tag and r["kind"] == "kernel"]
-            nrows = [dict(r, config=cfg_of[r["entry"]]) for r in rows if r["space"] == tag and r["kind"] == "network"]
-            if not nrows:
+            kitems = [r for r in run["items"] if r["space"] == tag and r["kind"] == "kernel"]
+            nitems = [dict(r, config=cfg_of[r["entry"]]) for r in run["items"]
+                      if r["space"] == tag and r["kind"] == "network"]
+            if not nitems:
                 continue
-            by: dict[str, dict] = {}
-            for r in nrows:
-                by.setdefault(r["entry"], {})[r["pass"]] = r
             # the block memo from the libraries' own kernel lists (equal to kernel_workloads: spot-checked below)
-            for name in by:
-                if (tag, name) not in metas:
-                    metas[(tag, name)] = json.loads((root / tag / name / "metadata.json").read_text())["kernels"]
-                remember(space, qc.SubnetConfig.from_json(cfg_of[name]), metas[(tag, name)], "x86", threads)
+            for r in nitems:
+                if (tag, r["entry"]) not in metas:
+                    metas[(tag, r["entry"])] = json.loads((root / tag / r["entry"] / "metadata.json").read_text())[
+                        "kernels"]
+                remember(space, qc.SubnetConfig.from_json(r["config"]), metas[(tag, r["entry"])], "x86", threads)
             if tag not in summary["workloads"]:
-                names = sorted(n for n in by if by[n][min(by[n])]["role"] == "validate")[: args.check_workloads]
+                names = sorted(r["entry"] for r in nitems if r["role"] == "validate")[: args.check_workloads]
                 eq = [kernel_workloads(space, qc.SubnetConfig.from_json(cfg_of[n]), "x86", threads, memo=False)
                       == [k["workload"] for k in metas[(tag, n)]] for n in names]
                 summary["workloads"][tag] = {"checked": len(eq), "equal": sum(eq),
                                              **_coverage(space, plan_d["entries"])}
-            res: dict = {"threads": threads, "kernels_timed": len(krows),
-                         "load1": [min(r["load1"] for r in rows), max(r["load1"] for r in rows)],
-                         "time_phase_s": max(r["t_s"] for r in rows)}
-            for stat in ("median_ms", "min_ms"):
-                table = table_from_timings(space, threads, krows, nrows, stat)
+            res: dict = {"threads": threads, "protocol": run["protocol"], "kernels_timed": len(kitems),
+                         "load1": run["load1"], "time_phase_s": run["time_phase_s"]}
+            fits = [r for r in nitems if r["role"] in ("cover", "fit")]
+            vals = [r for r in nitems if r["role"] == "validate"]
+            for stat in (f"{s}_ms" for s in STATISTICS):
+                table = table_from_timings(space, threads, kitems, nitems, stat)
                 val, untimed = [], 0
-                for name, passes in by.items():
-                    if 1 not in passes or passes[1]["role"] != "validate":
-                        continue
-                    cfg = qc.SubnetConfig.from_json(cfg_of[name])
-                    untimed += sum(workload_key(k["workload"]) not in table.kernels for k in metas[(tag, name)])
-                    row = {"config": cfg_of[name], "predicted_ms": table.predict(cfg),
-                           "measured_ms": passes[1][stat]}
-                    if 2 in passes:
-                        row["measured2_ms"] = passes[2][stat]
-                    val.append(row)
+                for r in vals:
+                    untimed += sum(workload_key(k["workload"]) not in table.kernels for k in metas[(tag, r["entry"])])
+                    val.append({"config": r["config"], "predicted_ms": table.predict(qc.SubnetConfig.from_json(
+                        r["config"])), "measured_ms": r[stat], "rounds": len(r["rounds_ms"]),
+                        **({"measured_even_ms": r["even"][stat], "measured_odd_ms": r["odd"][stat]}
+                           if r["even"] else {})})
                 s = {"fit": table.fit_params, "heldout_kernels_from_forest": untimed, **summarize(val)}
                 timed = {k: v["median_ms"] for k, v in table.kernels.items()}
-                fit_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] in ("cover", "fit")]
-                val_names = [n for n, ps in by.items() if 1 in ps and ps[1]["role"] == "validate"]
                 s["overhead_models"] = overhead_models(
-                    [_design(metas[(tag, n)], timed) for n in fit_names], [by[n][1][stat] for n in fit_names],
-                    [_design(metas[(tag, n)], timed) for n in val_names], [by[n][1][stat] for n in val_names])
-                again = [r for r in val if "measured2_ms" in r]
-                if again:
-                    s["vs_pass2"] = summarize([{"predicted_ms": r["predicted_ms"], "measured_ms": r["measured2_ms"]}
-                                               for r in again])
-                    rel = np.array([abs(r["measured2_ms"] - r["measured_ms"]) / r["measured_ms"] for r in again])
-                    s["reproducibility"] = {"n": len(again), "median_rel_diff": float(np.median(rel)),
-                                            "within_10pct": float(np.mean(rel <= 0.10)),
-                                            "within_5pct": float(np.mean(rel <= 0.05))}
+                    [_design(metas[(tag, r["entry"])], timed) for r in fits], [r[stat] for r in fits],
+                    [_design(metas[(tag, r["entry"])], timed) for r in vals], [r[stat] for r in vals])
+                # the measurement's own floor: the statistic on the even vs on the odd rounds (held-out networks;
+                # kernels alike, since the table's sums carry their noise)
+                s["reproducibility"] = split_reproducibility(vals, stat.removesuffix("_ms"))
+                s["reproducibility_kernels"] = split_reproducibility(kitems, stat.removesuffix("_ms"))
                 res[stat.removesuffix("_ms")] = s
-                if stat == "median_ms" and val:
+                if stat == "rmin_ms" and val:
                     table.save(out / f"table_{tag}_t{threads}.json")
                     scatter_plot(val, out / f"scatter_{tag}_t{threads}.png",
-                                 title=f"{tag}, {threads} thread(s): n={s['n']}, "
+                                 title=f"{tag}, {threads} thread(s), rmin: n={s['n']}, "
                                        f"10%: {100 * s.get('within_10pct', 0):.0f}%, "
                                        f"5%: {100 * s.get('within_5pct', 0):.0f}%")
                     with open(out / f"validation_{tag}_t{threads}.jsonl", "w") as f:
@@ -455,7 +518,29 @@ def report(args: argparse.Namespace) -> int:
             summary["results"][f"{tag}_t{threads}"] = res
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
+    print(comparison_table(summary))
     return 0
+
+
+def comparison_table(summary: dict) -> str:
+    """The report's figures as a Markdown table: per space, thread count and statistic, the held-out score and
+    the measurement's own reproducibility (even vs odd rounds)."""
+    lines = ["| space, threads | protocol | statistic | n | measured median ms | held-out +-10 % / +-5 % / RMSE ms | "
+             "reproducibility (even vs odd) +-10 % / +-5 % / median diff | kernels: +-10 % / +-5 % |",
+             "|---|---|---|---:|---:|---|---|---|"]
+    for key, res in summary["results"].items():
+        for stat in ("rmin", "median", "min"):
+            s = res.get(stat)
+            if not s or not s.get("n"):
+                continue
+            rp, rk = s["reproducibility"], s["reproducibility_kernels"]
+            rep = (f"{100 * rp['within_10pct']:.0f} % / {100 * rp['within_5pct']:.0f} % / "
+                   f"{100 * rp['median_rel_diff']:.1f} %") if rp.get("n") else "-"
+            kern = f"{100 * rk['within_10pct']:.0f} % / {100 * rk['within_5pct']:.0f} %" if rk.get("n") else "-"
+            lines.append(f"| {key} | {res['protocol']} | {stat} | {s['n']} | {s['measured_median_ms']:.3f} | "
+                         f"{100 * s['within_10pct']:.0f} % / {100 * s['within_5pct']:.0f} % / {s['rmse_ms']:.4f} | "
+                         f"{rep} | {kern} |")
+    return "\n".join(lines)
 
 
 # -- build (all in one process) ----------------------------------------------------------------------------------
@@ -525,12 +610,10 @@ def main(argv: list[str] | None = None) -> int:
                    "the overhead fit), validate (held out), cover (covering set, optional: see prepare())")
     t = sub.add_parser("time", parents=[common], help="time the prepared libraries (quiet machine)")
     t.add_argument("--threads", type=int, required=True)
-    t.add_argument("--repeat", type=int, default=100, help="end-to-end calls per network and pass (median)")
-    t.add_argument("--network-budget-ms", type=float, default=1500.0,
-                   help="fewer calls for slow networks: as many as fit this budget, at least --min-repeat")
-    t.add_argument("--min-repeat", type=int, default=50, help="calls per network and pass at least (median)")
-    t.add_argument("--passes", type=int, default=2, help="times each network is measured (reproducibility)")
-    t.add_argument("--kernel-repeat", type=int, default=25, help="timing windows per kernel (median)")
+    t.add_argument("--rounds", type=int, default=60, help="round-robin rounds over all kernels and networks "
+                   "(search/latency/rounds.py; even vs odd rounds give the reproducibility)")
+    t.add_argument("--calls", type=int, default=3, help="calls per network (kernels: timing windows) and round; "
+                   "the per-round minimum is kept, the median over rounds estimates the latency")
     t.add_argument("--window-us", type=float, default=50.0, help="length of one kernel timing window")
     t.add_argument("--kernels-from", choices=("all", "table"), default="all",
                    help="time the distinct kernel workloads of all prepared libraries (default; the same workloads "
@@ -538,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--cpus", default=None, help="comma-separated CPU ids to run on (e.g. 1 for a 1-thread run "
                    "kept off the CPU that takes the interrupts); default: all")
     t.add_argument("--accept-key", action="store_true", help="time libraries prepared under another emitter key")
-    t.add_argument("--seed", type=int, default=0, help="order of the interleaved schedule")
+    t.add_argument("--seed", type=int, default=0, help="the rounds' random orders")
+    t.add_argument("--subset", type=int, default=None, metavar="K", help="time only the first K libraries of each "
+                   "space and role (a plumbing check of the protocol, not a measurement)")
     sub.add_parser("status", parents=[common], help="what prepare has on disk")
     r = sub.add_parser("report", parents=[common], help="fit, predict and score what `time` measured")
     r.add_argument("--check-workloads", type=int, default=3, metavar="K",

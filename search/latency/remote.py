@@ -21,7 +21,8 @@ from qcompile.errors import ConfigError, LoweringError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Boards", "Recorded", "RemoteTimer", "LocalTimer", "network_samples", "primfunc_samples"]
+__all__ = ["Boards", "Recorded", "RemoteTimer", "LocalTimer", "network_samples", "primfunc_samples",
+           "network_evaluator", "kernel_evaluator"]
 
 
 @dataclass(frozen=True)
@@ -209,3 +210,49 @@ def primfunc_samples(timer: Any, names: Sequence[str], window_us: float, repeat:
         ev = m.time_evaluator(name, timer.dev, number=number, repeat=int(repeat))
         out[name] = [float(t) * 1e3 for t in ev(*args).results]
     return out
+
+
+def network_evaluator(timer: Any, calls: int) -> Any:
+    """A callable that makes `calls` end-to-end calls of `main` and returns their times (ms): one round of the
+    round-robin protocol (`rounds.py`). TVM's time evaluator makes one untimed call first."""
+    import tvm
+
+    low = timer.low
+    x = np.random.default_rng(0).standard_normal(low.input_shape).astype(low.input_dtype)
+    xin = tvm.runtime.tensor(x, timer.dev)
+    ev = timer.vm.time_evaluator("main", timer.dev, number=1, repeat=int(calls))
+    return lambda: [float(t) * 1e3 for t in ev(xin).results]
+
+
+def kernel_evaluator(timer: Any, names: Sequence[str], window_us: float, windows: int,
+                     numbers: dict[str, int] | None = None) -> tuple[Any, dict[str, int]] | None:
+    """A callable returning `windows` samples (ms) of one kernel workload made of PrimFuncs `names` (window w of
+    each PrimFunc summed), and the calls per window of each PrimFunc: from `numbers` when given (a resumed run
+    keeps its windows), else set so a window lasts about `window_us` (as `primfunc_samples`). None when a
+    PrimFunc is not in the library."""
+    import tvm
+
+    from qcompile.backends.tvm.lowered import _random_arg
+
+    low = timer.low
+    rng = np.random.default_rng(0)
+    evs, used = [], {}
+    for name in names:
+        sig = low.meta["signatures"].get(name)
+        m = timer.function(name) if sig is not None else None
+        if m is None:
+            return None
+        args = [tvm.runtime.tensor(_random_arg(s, d, rng), timer.dev) for s, d in sig]
+        number = (numbers or {}).get(name)
+        if number is None:
+            first = m.time_evaluator(name, timer.dev, number=1, repeat=5)(*args).results
+            est = max(min(float(t) for t in first), 1e-8)
+            number = int(min(10_000, max(1, round(window_us * 1e-6 / est))))
+        used[name] = int(number)
+        evs.append((m.time_evaluator(name, timer.dev, number=int(number), repeat=int(windows)), args))
+
+    def run() -> list[float]:
+        per = [[float(t) * 1e3 for t in ev(*args).results] for ev, args in evs]
+        return [sum(v) for v in zip(*per)]
+
+    return run, used

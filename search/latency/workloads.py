@@ -10,7 +10,8 @@ Slow path (about a second): a skeleton quantized supernet of the space (random w
 space), `extract` + a two-image random calibration + `to_integer` (graph structure does not depend on
 the statistics), then the dry emission. Fast path (milliseconds): the kernels of each block depend
 only on the block's layer shapes and on which of its bits change a kernel (32 = float island; 8-bit
-activations, which change the AVX2 GEMM mode), so kernel lists are memoised per block (OFA/APQ
+activations, which change the AVX2 GEMM mode), the neighbouring layers' classes included (`block_keys`),
+so kernel lists are memoised per block (OFA/APQ
 per-block lookup tables, Cai et al. 2020, Wang et al. 2020); a config with an unseen block takes the
 slow path once and fills the memo.
 """
@@ -135,27 +136,45 @@ def _group_of(nodes: tuple[str, ...], current: Any) -> Any:
 
 
 def _bit_class(bits: tuple[int, int] | None) -> str:
-    """What of a layer's (weight, activation) bits changes a kernel: float islands, 8-bit activations."""
+    """What of a layer's (weight, activation) bits changes a kernel: "f" float island (both float), "wf"/"wf8"
+    float weights on quantized activations, "af" quantized weights on float activations, "i"/"i8" integer (8-bit
+    activations change the AVX2 GEMM mode; on VNNI 2/3/4/8-bit layers run the same kernels). A float weight or
+    a float activation alone already places quantize/dequantize kernels differently from a float island."""
     if bits is None:
         return "f"
     w, a = bits
-    if w == FLOAT_BITS or a == FLOAT_BITS:
+    if w == FLOAT_BITS and a == FLOAT_BITS:
         return "f"
-    return "i8" if a >= 8 else "i"
+    suffix = "8" if a != FLOAT_BITS and a >= 8 else ""
+    if w == FLOAT_BITS:
+        return "wf" + suffix
+    if a == FLOAT_BITS:
+        return "af"
+    return "i8" if suffix else "i"
+
+
+#: a neighbouring layer's bit class as an edge of a block key (`block_keys`)
+_EDGE = {"i8": "i", "wf8": "wf"}
 
 
 def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
     """Group -> memo key: "stem", (stage, block) and "head".
 
     A block's kernels are fixed by its position (stage, index: stride, input size at a resolution), the
-    resolution, its own kernel/expand/channel choices, the stage widths (input and output channels) and the bit
-    classes of its layer slots (`_bit_class`); stem and head by resolution and widths. Computed from the config
-    alone in tens of microseconds (no `qcompile.search.cost.layers` walk), for `LatencyTable.predict`.
+    resolution, its own kernel/expand/channel choices, the stage widths (input and output channels), the bit
+    classes of its layer slots (`_bit_class`) and its *edges*: whether the layer before it (the last slot of the
+    previous block) and the layer after it (the first slot of the next block) have float weights or
+    activations. The edges matter because a float island's boundary kernels belong to the group whose node
+    starts them: a block followed by a float layer ends with that layer's `dequantize`, a block after one
+    starts without its `rescale`.
+    Stem and head by resolution and widths, the stem with the class of the layer after it, the head with the
+    class of the layer before it (the last block's last slot). Computed from the config alone in tens of
+    microseconds (no `qcompile.search.cost.layers` walk), for `LatencyTable.predict`.
     """
     pol = cfg.policy
     widths = cfg.widths
     slot_of = getattr(space, "_slot_of", {})
-    keys: dict[Any, tuple] = {"stem": ("stem", cfg.resolution, widths, pol is None)}
+    blocks: list[tuple[tuple[int, int], Any, tuple[str, ...]]] = []
     for si in range(len(space.stages)):
         for b in range(space.stage_depth(cfg, si)):
             bs = space.block_slot(si, b)
@@ -165,8 +184,17 @@ def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
                 arch = (cfg.kernels[bs], cfg.expands[bs], cfg.channels[bs] if cfg.channels is not None else None)
             bits = tuple(_bit_class(pol[sl]) if (pol is not None and sl is not None) else "f"
                          for sl in slot_of.get((si, b), ()))
-            keys[(si, b)] = ((si, b), cfg.resolution, arch, widths, bits)
-    keys["head"] = ("head", cfg.resolution, widths, pol is None)
+            blocks.append(((si, b), arch, bits))
+    # a neighbour's class as far as it moves kernels into this group: where float begins or ends. Integer
+    # neighbours of any bit width (and the stem, the head and fixed blocks, integer under the quantize()
+    # defaults and the same in every config) change only their own kernels.
+    first = [_EDGE.get(bits[0], bits[0]) if bits else "i" for _, _, bits in blocks]
+    last = [_EDGE.get(bits[-1], bits[-1]) if bits else "i" for _, _, bits in blocks]
+    keys: dict[Any, tuple] = {"stem": ("stem", cfg.resolution, widths, pol is None, first[0] if blocks else "i")}
+    for i, (pos, arch, bits) in enumerate(blocks):
+        edges = (last[i - 1] if i > 0 else "i", first[i + 1] if i + 1 < len(blocks) else "i")
+        keys[pos] = (pos, cfg.resolution, arch, widths, bits, edges)
+    keys["head"] = ("head", cfg.resolution, widths, pol is None, last[-1] if blocks else "i")
     return keys
 
 

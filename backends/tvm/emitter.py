@@ -1,7 +1,11 @@
 """IntegerGraph -> Relax IRModule (BlockBuilder), one PrimFunc per op or fused group.
 
 The emitter walks the fx graph in program order. A `conv2d` (or `linear`) whose only user is a
-`requantize` becomes one "conv2d_requant" ("linear_requant") group. For each group it builds an
+`requantize` becomes one "conv2d_requant" ("linear_requant") group. A conv2d group also takes the chain of
+integer elementwise ops that follow it while each is the only user of the one before (`FUSED_EPILOGUE_OPS`:
+a lookup-table activation, a rescale, a residual add reading the other operand as its skip tensor): they run
+on the code in the kernel's epilogue (`schedules.requant.EpilogueStep`), and the group is emitted at the
+chain's last node. For each group it builds an
 `OpCall` and asks `select_strategy` (schedule engineers' kernels) first; otherwise it emits the naive
 TE kernel from `kernels.py` with `emit_te`, names the PrimFunc `<op>_<node>` and marks it with the
 attribute `qcompile.schedule = "default"` so the pipeline's schedule phase knows it may schedule it.
@@ -17,6 +21,7 @@ Semantics: docs/integer_semantics.md; ground truth `qcompile.ops.reference`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 from collections.abc import Callable
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcompile.backends.tvm import kernels as K
+from qcompile.backends.tvm.schedules.requant import EpilogueStep
 from qcompile.backends.tvm.strategy import OpCall, select_strategy
 from qcompile.errors import LoweringError
 from qcompile.ops import reference as R
@@ -39,7 +45,7 @@ from qcompile.ops.table import OPS, OpDef, is_integer_op, op_def
 log = logging.getLogger(__name__)
 
 __all__ = ["EmitResult", "KernelRecord", "emit_relax", "plan_kernels", "kernel_workload", "graph_input_shape",
-           "handled_ops", "SCHEDULE_ATTR"]
+           "handled_ops", "SCHEDULE_ATTR", "FUSED_EPILOGUE_OPS"]
 
 #: PrimFunc attribute marking naive kernels the default schedule phase may schedule
 SCHEDULE_ATTR = "qcompile.schedule"
@@ -81,6 +87,8 @@ def kernel_workload(op: str, strategy: Any, shapes: tuple[tuple[int, ...], ...],
             v = params[k]
             w[k] = list(v) if isinstance(v, tuple) else v
     w.setdefault("groups", 1)
+    if params.get("post"):  # the fused epilogue changes the kernel's cost: part of its identity
+        w["epilogue"] = [st.op for st in params["post"]]
     if "out_shape" in params:
         w["out_shape"] = list(params["out_shape"])
     describe = getattr(strategy, "describe", None)
@@ -148,6 +156,10 @@ _INT_KERNELS: dict[Callable, Callable] = {
     R.max_pool2d: K.max_pool2d,
 }
 
+#: integer elementwise ops a conv2d + requantize group takes into its epilogue (lookup table, rescale, residual
+#: add; `schedules.requant.apply_post`); an empty set emits each of them as its own kernel
+FUSED_EPILOGUE_OPS: frozenset[Callable] = frozenset({R.lut, R.rescale, R.add})
+
 #: the qdq flavour's float32 epilogues (emitted by `Emitter.qdq_op`)
 _QDQ_KERNELS: dict[Callable, Callable] = {
     R.quantize_linear: K.quantize_linear,
@@ -197,6 +209,9 @@ class _Emitter:
         self.env: dict[fx.Node, Any] = {}
         self.kernels: list[KernelRecord] = []
         self.fused: set[fx.Node] = set()
+        #: last node of an epilogue chain -> (the requantize, the chain's ops after it)
+        self.chains: dict[fx.Node, tuple[fx.Node, tuple[fx.Node, ...]]] = {}
+        self.deferred: set[fx.Node] = set()  # requantize and inner chain nodes: emitted with the chain's end
         self.call_log: list | None = None
 
     # -- operands --------------------------------------------------------------------------------
@@ -433,7 +448,39 @@ class _Emitter:
             return {"x_shape": xs, "w_shape": ws, "out_shape": (xs[0], ws[0], oh, ow)}
         return {"x_shape": xs, "w_shape": ws, "out_shape": (xs[0], ws[0])}
 
-    def fused_requant(self, rq: fx.Node, mm: fx.Node, a: dict[str, Any], static_rq: dict[str, Any]) -> Any:
+    def _static_int(self, v: Any, node: fx.Node) -> int:
+        """A static integer parameter (a Python number, a 0-d tensor or a `get_attr` constant)."""
+        if isinstance(v, fx.Node):
+            if v.op != "get_attr":
+                raise LoweringError(f"node {node.name}", "a static parameter is computed at run time",
+                                    "pass it as a constant")
+            v = self.const_value(v)
+        return int(np.asarray(_as_static(v) if not isinstance(v, np.ndarray) else v).reshape(-1)[0])
+
+    def _post(self, rq: fx.Node, chain: tuple[fx.Node, ...]) -> tuple[tuple[EpilogueStep, ...], list[Any]]:
+        """The epilogue steps of `chain` (ops after `rq`) and their tensor operands (tables, skip tensors)."""
+        steps: list[EpilogueStep] = []
+        operands: list[Any] = []
+        prev = rq
+        for n in chain:
+            a = self.bind(n)
+            if n.target is R.lut:
+                table = self.const_value(a["table"]).reshape(-1).astype(np.uint8)
+                steps.append(EpilogueStep("lut", (int(table.size),)))
+                operands.append(_Shaped(table.shape, "uint8") if self.dry else self.relax.const(table, "uint8"))
+            elif n.target is R.rescale:
+                steps.append(EpilogueStep("rescale", tuple(self._static_int(a[k], n) for k in
+                                                           ("multiplier", "offset", "shift", "lo", "hi"))))
+            else:  # add: the conv's code is `a` or `b`, the other operand the skip tensor
+                mine, other = ("a", "b") if a["a"] is prev else ("b", "a")
+                steps.append(EpilogueStep("add", tuple(self._static_int(a[k], n) for k in (
+                    f"multiplier_{mine}", f"multiplier_{other}", "offset", "shift", "lo", "hi"))))
+                operands.append(self.operand(a[other], n.name))
+            prev = n
+        return tuple(steps), operands
+
+    def fused_requant(self, rq: fx.Node, mm: fx.Node, a: dict[str, Any], static_rq: dict[str, Any],
+                      chain: tuple[fx.Node, ...] = ()) -> Any:
         f = mm.target
         am = self.bind(mm)
         static = {k: _as_static(v) for k, v in am.items() if k not in _op(mm).operands}
@@ -450,7 +497,12 @@ class _Emitter:
         params = {**static, **self._mm_params(f, args, static), "x_max": self._code_max(am["x"])}
         op = "conv2d_requant" if f is R.conv2d else "linear_requant"
         fn = K.conv2d_requant if f is R.conv2d else K.linear_requant
-        return self.emit_group(op, (mm, rq), fn, args, static, params)
+        if chain:
+            post, post_operands = self._post(rq, chain)
+            args += post_operands
+            params["post"] = post
+            fn = functools.partial(K.conv2d_requant, post=post)  # emit_te passes only TVM-typed keywords
+        return self.emit_group(op, (mm, rq, *chain), fn, args, static, params)
 
     def float_op(self, node: fx.Node) -> Any:
         handler = _FLOAT_HANDLERS.get(node.target)
@@ -535,10 +587,49 @@ class _Emitter:
                 if u.op == "call_function" and u.target is R.requantize and (u.args[:1] == (n,) or
                                                                                u.kwargs.get("acc") is n):
                     self.fused.add(n)
+                    if n.target is R.conv2d:
+                        self._find_chain(u)
+
+    def _epilogue_next(self, cur: fx.Node) -> fx.Node | None:
+        """The op that can run in the epilogue after `cur`: `cur`'s only user, an op of `FUSED_EPILOGUE_OPS`
+        reading `cur` elementwise (a residual add's other operand of the same shape is its skip tensor)."""
+        if len(cur.users) != 1:
+            return None
+        (u,) = cur.users
+        if u.op != "call_function" or u.target not in FUSED_EPILOGUE_OPS:
+            return None
+        a = self.bind(u)
+        if u.target is R.lut:
+            return u if a["x"] is cur and isinstance(a["table"], fx.Node) and a["table"].op == "get_attr" else None
+        if u.target is R.rescale:
+            return u if a["x"] is cur else None
+        other = a["b"] if a["a"] is cur else a["a"] if a["b"] is cur else None
+        if not isinstance(other, fx.Node) or other is cur or other.op == "get_attr":
+            return None
+        shape = cur.meta.get("tensor_meta"), other.meta.get("tensor_meta")
+        if shape[0] is None or shape[1] is None or tuple(shape[0].shape) != tuple(shape[1].shape):
+            return None
+        return u
+
+    def _find_chain(self, rq: fx.Node) -> None:
+        chain: list[fx.Node] = []
+        cur = rq
+        while (nxt := self._epilogue_next(cur)) is not None:
+            chain.append(nxt)
+            cur = nxt
+        if chain:
+            self.chains[chain[-1]] = (rq, tuple(chain))
+            self.deferred.update([rq, *chain[:-1]])
 
     def _walk(self, nodes: list[fx.Node]) -> None:
         for n in nodes:
-            if n.op != "call_function" or n in self.fused:
+            if n.op != "call_function" or n in self.fused or n in self.deferred:
+                continue
+            if n in self.chains:
+                rq, chain = self.chains[n]
+                a = self.bind(rq)
+                static = {k: _as_static(v) for k, v in a.items() if k not in _op(rq).operands}
+                self.env[n] = self.fused_requant(rq, a["acc"], a, static, chain)
                 continue
             if is_integer_op(n.target):
                 self.env[n] = self.integer_op(n)

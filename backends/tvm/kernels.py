@@ -179,6 +179,7 @@ def conv2d_requant(
     multiplier: te.Tensor,
     shift: te.Tensor,
     offset: te.Tensor,
+    *post_operands: te.Tensor,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
@@ -186,10 +187,18 @@ def conv2d_requant(
     pad_value: int = 0,
     lo: int = 0,
     hi: int = 255,
+    post: tuple = (),
 ) -> te.Tensor:
-    """conv2d then requantize in one PrimFunc (the fused group "conv2d_requant")."""
+    """conv2d then requantize in one PrimFunc (the fused group "conv2d_requant"), then the fused elementwise
+    steps `post` (`schedules.requant.EpilogueStep`: lookup table, rescale, residual add) on each code, their
+    tables and skip tensors (NCHW, the output's shape) being `post_operands`."""
     acc = conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
-    return requantize(acc, multiplier, shift, offset, lo, hi)
+    if not post:
+        return requantize(acc, multiplier, shift, offset, lo, hi)
+    from qcompile.backends.tvm.schedules.requant import apply_post
+
+    rq = _requant_expr(acc, multiplier, shift, offset, lo, hi)
+    return te.compute(acc.shape, lambda *i: apply_post(rq(*i), post, post_operands, i), name="requantize")
 
 
 def linear_acc(x: te.Tensor, w: te.Tensor, bias: te.Tensor, name: str = "linear") -> te.Tensor:

@@ -5,8 +5,11 @@ The emitter walks the fx graph in program order. A `conv2d` (or `linear`) whose 
 integer elementwise ops that follow it while each is the only user of the one before (`FUSED_EPILOGUE_OPS`:
 a lookup-table activation, a rescale, a residual add reading the other operand as its skip tensor): they run
 on the code in the kernel's epilogue (`schedules.requant.EpilogueStep`), and the group is emitted at the
-chain's last node. For each group it builds an
-`OpCall` and asks `select_strategy` (schedule engineers' kernels) first; otherwise it emits the naive
+chain's last node. A float island that is a chain `dequantize -> float ops -> quantize` (each step the only
+user of the one before; squeeze-excite's pool, two 1x1 convs and activations), with the gate multiply that
+reads it when there is one, is one "float_island" kernel (`kernels.float_island`), emitted at its last node.
+For each group it builds an `OpCall` and asks `select_strategy` (schedule engineers' kernels) first;
+otherwise it emits the naive
 TE kernel from `kernels.py` with `emit_te`, names the PrimFunc `<op>_<node>` and marks it with the
 attribute `qcompile.schedule = "default"` so the pipeline's schedule phase knows it may schedule it.
 PrimFuncs a strategy emits carry no such mark and are left as the strategy scheduled them.
@@ -89,6 +92,8 @@ def kernel_workload(op: str, strategy: Any, shapes: tuple[tuple[int, ...], ...],
     w.setdefault("groups", 1)
     if params.get("post"):  # the fused epilogue changes the kernel's cost: part of its identity
         w["epilogue"] = [st.op for st in params["post"]]
+    if params.get("island"):  # the steps of a fused float island
+        w["island"] = list(params["island"])
     if "out_shape" in params:
         w["out_shape"] = list(params["out_shape"])
     describe = getattr(strategy, "describe", None)
@@ -160,6 +165,9 @@ _INT_KERNELS: dict[Callable, Callable] = {
 #: add; `schedules.requant.apply_post`); an empty set emits each of them as its own kernel
 FUSED_EPILOGUE_OPS: frozenset[Callable] = frozenset({R.lut, R.rescale, R.add})
 
+#: whether a `dequantize -> float ops -> quantize (-> gate mul)` chain is one kernel (`_Emitter.float_island`)
+FUSE_FLOAT_ISLANDS = True
+
 #: the qdq flavour's float32 epilogues (emitted by `Emitter.qdq_op`)
 _QDQ_KERNELS: dict[Callable, Callable] = {
     R.quantize_linear: K.quantize_linear,
@@ -212,6 +220,7 @@ class _Emitter:
         #: last node of an epilogue chain -> (the requantize, the chain's ops after it)
         self.chains: dict[fx.Node, tuple[fx.Node, tuple[fx.Node, ...]]] = {}
         self.deferred: set[fx.Node] = set()  # requantize and inner chain nodes: emitted with the chain's end
+        self.islands: dict[fx.Node, tuple[fx.Node, ...]] = {}  # last node -> a float island fused in one kernel
         self.call_log: list | None = None
 
     # -- operands --------------------------------------------------------------------------------
@@ -264,8 +273,11 @@ class _Emitter:
         return {gv.name_hint for gv in self.bb.get().get_global_vars()}
 
     def emit_group(self, op: str, nodes: tuple[fx.Node, ...], fn: Callable, args: list[Any], static: dict[str, Any],
-                   call_params: dict[str, Any] | None = None) -> Any:
-        """Emit one kernel: a strategy if one applies, else `fn` through emit_te (marked for default scheduling)."""
+                   call_params: dict[str, Any] | None = None, schedule: bool = True,
+                   described: dict[str, Any] | None = None) -> Any:
+        """Emit one kernel: a strategy if one applies, else `fn` through emit_te (marked for default scheduling
+        unless `schedule` is False: it then runs its stages as written). `described`: parameters that only
+        describe the kernel in its workload (`kernel_workload`), not passed to `fn`."""
         relax = self.relax
         name = f"{op}_{nodes[-1].name}"
         shapes = tuple(_shape(a) for a in args)
@@ -276,7 +288,7 @@ class _Emitter:
             if self.use_strategies and call_params is not None:
                 call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
                 strat = select_strategy(call)
-            wl = kernel_workload(op, strat or "naive", shapes, {**static, **(call_params or {})},
+            wl = kernel_workload(op, strat or "naive", shapes, {**static, **(call_params or {}), **(described or {})},
                                  call if strat is not None else None, None)
             self.kernels.append(KernelRecord(op, node_names, (), wl["strategy"], wl))
             return _node_shaped(nodes[-1])
@@ -301,10 +313,10 @@ class _Emitter:
         out = self.bb.emit_te(fn, *args, **static, primfunc_name_hint=name)
         new = self._new_funcs(before)
         mod = self.bb.get()
-        for gname in new:
+        for gname in new if schedule else ():
             gv = mod.get_global_var(gname)
             self.bb.update_func(gv, mod[gv].with_attr(SCHEDULE_ATTR, "default"))
-        wl = kernel_workload(op, "naive", shapes, {**static, **(call_params or {})}, None, None)
+        wl = kernel_workload(op, "naive", shapes, {**static, **(call_params or {}), **(described or {})}, None, None)
         self.kernels.append(KernelRecord(op, node_names, tuple(new), "naive", wl))
         return out
 
@@ -606,10 +618,118 @@ class _Emitter:
         other = a["b"] if a["a"] is cur else a["a"] if a["b"] is cur else None
         if not isinstance(other, fx.Node) or other is cur or other.op == "get_attr":
             return None
-        shape = cur.meta.get("tensor_meta"), other.meta.get("tensor_meta")
-        if shape[0] is None or shape[1] is None or tuple(shape[0].shape) != tuple(shape[1].shape):
+        return u if self._node_shape(cur) == self._node_shape(other) else None
+
+    def _node_shape(self, node: fx.Node) -> tuple[int, ...]:
+        """A node's static shape from its `tensor_meta`; a graph built without shapes is shape-propagated once
+        with the reference executor on zeros of the input shape (an analysis: it only writes `node.meta`)."""
+        if node.meta.get("tensor_meta") is None:
+            from torch.fx.passes.shape_prop import ShapeProp
+
+            with torch.no_grad():
+                ShapeProp(self.ig).propagate(torch.zeros(self.input_shape, dtype=getattr(torch, self.input_dtype)))
+        return tuple(int(d) for d in node.meta["tensor_meta"].shape)
+
+    def _island_step(self, cur: fx.Node) -> fx.Node | None:
+        """`cur`'s only user when it is a float op of one tensor input (`cur`; weights are constants) that
+        `kernels.float_island` computes, or the quantize that ends the island."""
+        if len(cur.users) != 1:
             return None
-        return u
+        (u,) = cur.users
+        if u.op != "call_function":
+            return None
+        if u.target is R.quantize:
+            return u if self.bind(u)["x"] is cur else None
+        if u.target in _FLOAT_UNARY:
+            return u if _op(u).bind(u.args, u.kwargs, u.name)["input"] is cur else None
+        if u.target in (F.conv2d, F.linear, torch.mean):
+            p = _op(u).bind(u.args, u.kwargs, u.name)
+            consts = [p[k] for k in ("weight", "bias") if k in p and p[k] is not None]
+            if p["input"] is cur and all(isinstance(c, fx.Node) and c.op == "get_attr" for c in consts) \
+                    and not isinstance(p.get("padding"), str):
+                return u
+        return None
+
+    def _find_islands(self, nodes: list[fx.Node]) -> None:
+        """`dequantize -> float ops -> quantize` chains (then the gate multiply of the codes the island read,
+        when that is the quantize's only user) become one kernel: `self.islands[last] = chain`."""
+        if not FUSE_FLOAT_ISLANDS:
+            return
+        for n in nodes:
+            if n.op != "call_function" or n.target is not R.dequantize or n in self.deferred:
+                continue
+            chain = [n]
+            while (nxt := self._island_step(chain[-1])) is not None:
+                chain.append(nxt)
+                if nxt.target is R.quantize:
+                    break
+            if chain[-1].target is not R.quantize or len(chain) < 3:
+                continue
+            q, src = chain[-1], self.bind(n)["q"]
+            if len(q.users) == 1:
+                (u,) = q.users
+                if u.op == "call_function" and u.target is R.mul:
+                    a = self.bind(u)
+                    if a["g"] is q and a["x"] is src and len(self._node_shape(q)) == 4:
+                        chain.append(u)
+            self.islands[chain[-1]] = tuple(chain)
+            self.deferred.update(chain[:-1])
+
+    def _node_static(self, node: fx.Node) -> dict[str, Any]:
+        """An integer op's static parameters as plain Python (constants fetched)."""
+        a = self.bind(node)
+        out = {}
+        for k, v in a.items():
+            if k in _op(node).operands:
+                continue
+            v = _as_static(v)
+            if isinstance(v, fx.Node):
+                v = _as_static(torch.from_numpy(self.const_value(v)))
+            out[k] = v
+        return out
+
+    def float_island(self, chain: tuple[fx.Node, ...]) -> Any:
+        """Emit the island `chain` as one `kernels.float_island` kernel (its stages unscheduled: each is tiny,
+        and inlining one into the next could contract a float multiply and add into one rounding)."""
+        first = chain[0]
+        args = [self.operand(self.bind(first)["q"], first.name)]
+        steps: list[tuple[str, tuple]] = []
+        for n in chain:
+            if n.target is R.dequantize:
+                st = self._node_static(n)
+                steps.append(("dequantize", (float(st["scale"]), float(st["zero_point"]))))
+            elif n.target is R.quantize:
+                st = self._node_static(n)
+                steps.append(("quantize", (float(st["inv_scale"]), float(st["offset"]), int(st["qmax"]))))
+            elif n.target is R.mul:
+                st = self._node_static(n)
+                steps.append(("mul", tuple(int(st[k]) for k in ("multiplier", "offset_g", "offset", "shift", "lo",
+                                                                 "hi", "offset_x"))))
+            elif n.target in _FLOAT_UNARY:
+                steps.append(("float_unary", (_FLOAT_UNARY[n.target],)))
+            else:
+                p = _op(n).bind(n.args, n.kwargs, f"node {n.name}")
+                if n.target is torch.mean:
+                    dim = tuple(sorted(int(d) % 4 for d in (p["dim"] or ())))
+                    if dim != (2, 3) or not p["keepdim"]:
+                        raise LoweringError(f"node {n.name}", f"torch.mean(dim={p['dim']}, keepdim={p['keepdim']})",
+                                            "only the global average pool mean(x, dim=(2, 3), keepdim=True) is "
+                                            "supported")
+                    steps.append(("float_mean", ()))
+                    continue
+                has_bias = p["bias"] is not None
+                args.append(self.float_operand(p["weight"], n))
+                if has_bias:
+                    args.append(self.float_operand(p["bias"], n))
+                if n.target is F.conv2d:
+                    steps.append(("float_conv2d", (has_bias, *(_as_static(p[k]) for k in
+                                                               ("stride", "padding", "dilation")), int(p["groups"]))))
+                else:
+                    steps.append(("float_linear", (has_bias,)))
+        kinds = tuple(k if k != "float_unary" else f"float_{kw[0]}" for k, kw in steps)
+        fn = functools.partial(K.float_island, steps=tuple(steps))  # emit_te passes only TVM-typed keywords
+        return self.emit_group("float_island", chain, fn, args, {}, None, schedule=False,
+                               described={"island": kinds})
 
     def _find_chain(self, rq: fx.Node) -> None:
         chain: list[fx.Node] = []
@@ -624,6 +744,9 @@ class _Emitter:
     def _walk(self, nodes: list[fx.Node]) -> None:
         for n in nodes:
             if n.op != "call_function" or n in self.fused or n in self.deferred:
+                continue
+            if n in self.islands:
+                self.env[n] = self.float_island(self.islands[n])
                 continue
             if n in self.chains:
                 rq, chain = self.chains[n]
@@ -647,6 +770,7 @@ class _Emitter:
         nodes = list(self.ig.graph.nodes)
         placeholders = self._placeholders(nodes)
         self._find_fused(nodes)
+        self._find_islands(nodes)
         self.env[placeholders[0]] = _Shaped(self.input_shape, self.input_dtype)
         self._walk(nodes)
         return self.kernels
@@ -656,6 +780,7 @@ class _Emitter:
         nodes = list(self.ig.graph.nodes)
         placeholders = self._placeholders(nodes)
         self._find_fused(nodes)
+        self._find_islands(nodes)
         x = relax.Var(placeholders[0].name, relax.TensorType(self.input_shape, self.input_dtype))
         out_node = next(n for n in nodes if n.op == "output")
         result = out_node.args[0]

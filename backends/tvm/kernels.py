@@ -35,6 +35,7 @@ __all__ = [
     "float_linear",
     "float_unary",
     "float_mean",
+    "float_island",
 ]
 
 I64 = "int64"
@@ -373,6 +374,42 @@ def float_mean(x: te.Tensor) -> te.Tensor:
     rx = te.reduce_axis((0, w), name="rx")
     total = te.compute((n, c, 1, 1), lambda b, ch, _i, _j: te.sum(x[b, ch, ry, rx], axis=[ry, rx]), name="float_sum")
     return te.compute((n, c, 1, 1), lambda *i: total(*i) / _f64(h * w), name="float_mean")
+
+
+def float_island(x: te.Tensor, *consts: te.Tensor, steps: tuple[tuple[str, tuple], ...]) -> te.Tensor:
+    """A whole float island in one kernel: `steps` applied in order to the codes `x`, each the kernel of this
+    module that computes it alone, as its own stage (materialised, not inlined: the same float64 operations
+    in the same order as separate kernels, so the same bits).
+
+    Each step is `(kind, keywords)`: `("dequantize", (scale, zero_point))`, `("float_mean", ())`,
+    `("float_conv2d", (has_bias, stride, padding, dilation, groups))` and `("float_linear", (has_bias,))` (their
+    weights and biases next in `consts`), `("float_unary", (kind,))`, `("quantize", (inv_scale, offset, qmax))`,
+    and last, optionally, `("mul", (multiplier, offset_g, offset, shift, lo, hi, offset_x))`: the gate multiply
+    of squeeze-excite, `x` gated by the island's codes (Howard et al. 2019, MobileNetV3 Fig. 4).
+    """
+    it = iter(consts)
+    t = x
+    for kind, kw in steps:
+        if kind == "dequantize":
+            t = dequantize(t, *kw)
+        elif kind == "float_mean":
+            t = float_mean(t)
+        elif kind == "float_conv2d":
+            has_bias, stride, padding, dilation, groups = kw
+            w = next(it)
+            t = float_conv2d(t, w, next(it) if has_bias else None, stride, padding, dilation, groups)
+        elif kind == "float_linear":
+            w = next(it)
+            t = float_linear(t, w, next(it) if kw[0] else None)
+        elif kind == "float_unary":
+            t = float_unary(t, kw[0])
+        elif kind == "quantize":
+            t = quantize(t, *kw)
+        elif kind == "mul":
+            t = mul(x, t, *kw)
+        else:
+            raise ValueError(f"float island step {kind!r}")
+    return t
 
 
 # -- the "qdq" flavour: float32 epilogues (qcompile.ops.reference, QDQ_OPS) ------------------------------------

@@ -161,9 +161,12 @@ _INT_KERNELS: dict[Callable, Callable] = {
     R.max_pool2d: K.max_pool2d,
 }
 
-#: integer elementwise ops a conv2d + requantize group takes into its epilogue (lookup table, rescale, residual
-#: add; `schedules.requant.apply_post`); an empty set emits each of them as its own kernel
-FUSED_EPILOGUE_OPS: frozenset[Callable] = frozenset({R.lut, R.rescale, R.add})
+#: integer elementwise ops a conv2d + requantize group takes into its epilogue (`schedules.requant.apply_post`):
+#: lookup-table activations and the residual add; an empty set emits each of them as its own kernel. `R.rescale`
+#: is supported too but not fused by default: in the search spaces a rescale is the *next* block's input
+#: quantizer, so fusing it would put one block's kernel in another's, which the per-block latency memo
+#: (`search/latency/workloads.py`) keys by each block's own choices.
+FUSED_EPILOGUE_OPS: frozenset[Callable] = frozenset({R.lut, R.add})
 
 #: whether a `dequantize -> float ops -> quantize (-> gate mul)` chain is one kernel (`_Emitter.float_island`)
 FUSE_FLOAT_ISLANDS = True
@@ -646,7 +649,8 @@ class _Emitter:
             p = _op(u).bind(u.args, u.kwargs, u.name)
             consts = [p[k] for k in ("weight", "bias") if k in p and p[k] is not None]
             if p["input"] is cur and all(isinstance(c, fx.Node) and c.op == "get_attr" for c in consts) \
-                    and not isinstance(p.get("padding"), str):
+                    and not isinstance(p.get("padding"), str) \
+                    and len(self._node_shape(cur)) == (2 if u.target is F.linear else 4):
                 return u
         return None
 

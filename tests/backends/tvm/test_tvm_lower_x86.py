@@ -318,23 +318,28 @@ def test_strategy_registry_priority_and_fallback():
     assert select_strategy(S.OpCall("qc_unknown_op", {}, tgt)) is None
 
 
-@pytest.mark.parametrize("use_strategies", [True, False])
-def test_elementwise_ops_fused_into_conv_epilogues(use_strategies, monkeypatch):
-    """lut, residual add and rescale after a conv + requantize run in its epilogue: five kernels instead of
-    nine, each conv kernel named and described (`workload["epilogue"]`) by its fused steps, the dry plan
-    (`plan_kernels`, what the latency tables price) the same kernels, and the output bit-exact against the
-    reference executor and against the unfused program."""
+@pytest.mark.parametrize(("use_strategies", "with_rescale"), [(True, False), (True, True), (False, True)])
+def test_elementwise_ops_fused_into_conv_epilogues(use_strategies, with_rescale, monkeypatch):
+    """lut and residual add (and rescale, when enabled) after a conv + requantize run in its epilogue: six (five)
+    kernels instead of nine, each conv kernel named and described (`workload["epilogue"]`) by its fused steps,
+    the dry plan (`plan_kernels`, what the latency tables price) the same kernels, and the output bit-exact
+    against the reference executor and against the unfused program."""
     from qcompile.backends.tvm import emitter
 
+    if with_rescale:
+        monkeypatch.setattr(emitter, "FUSED_EPILOGUE_OPS", emitter.FUSED_EPILOGUE_OPS | {ops.rescale})
     ig = G.epilogue_chains()
     low = lower_integer_graph(ig, "x86", use_strategies=use_strategies)
-    assert [k["op"] for k in low.kernels] == ["quantize", *["conv2d_requant"] * 3, "dequantize"]
-    assert [k["workload"].get("epilogue") for k in low.kernels[1:4]] == [["lut"], ["add", "rescale"], ["lut"]]
+    convs = [k for k in low.kernels if k["op"] == "conv2d_requant"]
+    mid = ["add", "rescale"] if with_rescale else ["add"]
+    assert [k["op"] for k in low.kernels] == ["quantize", *["conv2d_requant"] * 2, *([] if with_rescale else
+                                              ["rescale"]), "conv2d_requant", "dequantize"]
+    assert [k["workload"].get("epilogue") for k in convs] == [["lut"], mid, ["lut"]]
     plan = emitter.plan_kernels(ig, T.resolve_target("x86").target(), use_strategies=use_strategies)
     assert [k.workload for k in plan] == [k["workload"] for k in low.kernels]
-    names = [f for k in low.kernels[1:4] for f in k["primfuncs"]]
+    names = [f for k in convs for f in k["primfuncs"]]
     if use_strategies:  # the kernel symbols carry the epilogue (distinct from an unfused kernel of that shape)
-        assert names[0].endswith("_lut") and names[1].endswith("_add_rescale") and names[2].endswith("_lut")
+        assert names[0].endswith("_lut") and names[1].endswith("_" + "_".join(mid)) and names[2].endswith("_lut")
     monkeypatch.setattr(emitter, "FUSED_EPILOGUE_OPS", frozenset())
     plain = lower_integer_graph(ig, "x86", use_strategies=use_strategies)
     assert sorted(k["op"] for k in plain.kernels) == sorted(["quantize", *["conv2d_requant"] * 3, "lut", "lut",

@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import qcompile as qc
+    from qcompile.backends.tvm import lower_integer_graph
     from qcompile.utils.io import atomic_write_text
 
     ig = qc.to_integer(demo_subnet())
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     warm = os.environ.get("QCOMPILE_CACHE")
     with tempfile.TemporaryDirectory() as empty:  # untuned: our default schedules, no database records
         os.environ["QCOMPILE_CACHE"] = empty
-        low = qc.lower(ig, target="x86", num_threads=a.threads, pipeline=_pipeline(a.keep_views))
+        low = lower_integer_graph(ig, "x86", num_threads=a.threads, pipeline=_pipeline(a.keep_views))
     if warm is None:
         os.environ.pop("QCOMPILE_CACHE")
     else:

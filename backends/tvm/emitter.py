@@ -3,7 +3,7 @@
 The emitter walks the fx graph in program order. A `conv2d` (or `linear`) whose only user is a
 `requantize` becomes one "conv2d_requant" ("linear_requant") group. A conv2d group also takes the chain of
 integer elementwise ops that follow it while each is the only user of the one before (`FUSED_EPILOGUE_OPS`:
-a lookup-table activation, a rescale, a residual add reading the other operand as its skip tensor): they run
+a lookup-table activation, a residual add reading the other operand as its skip tensor; a rescale on request): they run
 on the code in the kernel's epilogue (`schedules.requant.EpilogueStep`), and the group is emitted at the
 chain's last node. A float island that is a chain `dequantize -> float ops -> quantize` (each step the only
 user of the one before; squeeze-excite's pool, two 1x1 convs and activations), with the gate multiply that
@@ -48,7 +48,7 @@ from qcompile.ops.table import OPS, OpDef, is_integer_op, op_def
 log = logging.getLogger(__name__)
 
 __all__ = ["EmitResult", "KernelRecord", "emit_relax", "plan_kernels", "kernel_workload", "graph_input_shape",
-           "handled_ops", "SCHEDULE_ATTR", "FUSED_EPILOGUE_OPS"]
+           "handled_ops", "SCHEDULE_ATTR", "FUSED_EPILOGUE_OPS", "FUSE_FLOAT_ISLANDS"]
 
 #: PrimFunc attribute marking naive kernels the default schedule phase may schedule
 SCHEDULE_ATTR = "qcompile.schedule"

@@ -16,7 +16,9 @@ interleaved rounds (each round times every quantity once, in rotating order, so 
   `alloc_tensor` / `alloc_storage`, `null_value` (register kills).
 
 `--keep-views` builds without `AbsorbReshapeViews` (backends/tvm/views.py), for the before figure: the reshape
-views between kernels then stay VM instructions.
+views between kernels then stay VM instructions. `--unfused` builds without the emitter's fusions (elementwise ops
+in conv epilogues, `emitter.FUSED_EPILOGUE_OPS`; float islands as one kernel, `emitter.FUSE_FLOAT_ISLANDS`): each
+of those ops is then its own kernel.
 
 The excess of end-to-end over the kernel sum is split into: Python wrapper (`__call__` minus the VM called from
 Python), Python-to-VM call (VM from Python minus `time_evaluator`), and VM dispatch + builtins (`time_evaluator`
@@ -200,16 +202,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/overhead")
     ap.add_argument("--keep-views", action="store_true",
                     help="build without absorbing the reshape views between kernels (the before figure)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="build without epilogue and float-island fusion (one kernel per elementwise op)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import qcompile as qc
+    from qcompile.backends.tvm import lower_integer_graph
     from qcompile.utils.io import atomic_write_text
 
     ig = qc.to_integer(demo_subnet())
+    if a.unfused:
+        from qcompile.backends.tvm import emitter
+
+        emitter.FUSED_EPILOGUE_OPS = frozenset()
+        emitter.FUSE_FLOAT_ISLANDS = False
     warm = os.environ.get("QCOMPILE_CACHE")
     with tempfile.TemporaryDirectory() as empty:  # untuned: our default schedules, no database records
         os.environ["QCOMPILE_CACHE"] = empty
-        low = qc.lower(ig, target="x86", num_threads=a.threads, pipeline=_pipeline(a.keep_views))
+        low = lower_integer_graph(ig, "x86", num_threads=a.threads, pipeline=_pipeline(a.keep_views))
     if warm is None:
         os.environ.pop("QCOMPILE_CACHE")
     else:
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"cpu": _cpu_info("model name") or platform.processor(), "load_before": load_before,
             "load_after": "/".join(f"{v:.1f}" for v in os.getloadavg()),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": a.threads, "kernels": len(low.kernels),
-            "reshape_views": "kept" if a.keep_views else "absorbed"}
+            "reshape_views": "kept" if a.keep_views else "absorbed", "fusion": "off" if a.unfused else "on"}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"overhead_t{a.threads}.json", json.dumps(res | {"meta": meta}, indent=1))

@@ -1,8 +1,15 @@
 """IntegerGraph -> Relax IRModule (BlockBuilder), one PrimFunc per op or fused group.
 
 The emitter walks the fx graph in program order. A `conv2d` (or `linear`) whose only user is a
-`requantize` becomes one "conv2d_requant" ("linear_requant") group. For each group it builds an
-`OpCall` and asks `select_strategy` (schedule engineers' kernels) first; otherwise it emits the naive
+`requantize` becomes one "conv2d_requant" ("linear_requant") group. A conv2d group also takes the chain of
+integer elementwise ops that follow it while each is the only user of the one before (`FUSED_EPILOGUE_OPS`:
+a lookup-table activation, a residual add reading the other operand as its skip tensor; a rescale on request): they run
+on the code in the kernel's epilogue (`schedules.requant.EpilogueStep`), and the group is emitted at the
+chain's last node. A float island that is a chain `dequantize -> float ops -> quantize` (each step the only
+user of the one before; squeeze-excite's pool, two 1x1 convs and activations), with the gate multiply that
+reads it when there is one, is one "float_island" kernel (`kernels.float_island`), emitted at its last node.
+For each group it builds an `OpCall` and asks `select_strategy` (schedule engineers' kernels) first;
+otherwise it emits the naive
 TE kernel from `kernels.py` with `emit_te`, names the PrimFunc `<op>_<node>` and marks it with the
 attribute `qcompile.schedule = "default"` so the pipeline's schedule phase knows it may schedule it.
 PrimFuncs a strategy emits carry no such mark and are left as the strategy scheduled them.
@@ -17,6 +24,7 @@ Semantics: docs/integer_semantics.md; ground truth `qcompile.ops.reference`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 from collections.abc import Callable
@@ -29,6 +37,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcompile.backends.tvm import kernels as K
+from qcompile.backends.tvm.schedules.requant import EpilogueStep
 from qcompile.backends.tvm.strategy import OpCall, select_strategy
 from qcompile.errors import LoweringError
 from qcompile.ops import reference as R
@@ -39,7 +48,7 @@ from qcompile.ops.table import OPS, OpDef, is_integer_op, op_def
 log = logging.getLogger(__name__)
 
 __all__ = ["EmitResult", "KernelRecord", "emit_relax", "plan_kernels", "kernel_workload", "graph_input_shape",
-           "handled_ops", "SCHEDULE_ATTR"]
+           "handled_ops", "SCHEDULE_ATTR", "FUSED_EPILOGUE_OPS", "FUSE_FLOAT_ISLANDS"]
 
 #: PrimFunc attribute marking naive kernels the default schedule phase may schedule
 SCHEDULE_ATTR = "qcompile.schedule"
@@ -81,6 +90,10 @@ def kernel_workload(op: str, strategy: Any, shapes: tuple[tuple[int, ...], ...],
             v = params[k]
             w[k] = list(v) if isinstance(v, tuple) else v
     w.setdefault("groups", 1)
+    if params.get("post"):  # the fused epilogue changes the kernel's cost: part of its identity
+        w["epilogue"] = [st.op for st in params["post"]]
+    if params.get("island"):  # the steps of a fused float island
+        w["island"] = list(params["island"])
     if "out_shape" in params:
         w["out_shape"] = list(params["out_shape"])
     describe = getattr(strategy, "describe", None)
@@ -148,6 +161,16 @@ _INT_KERNELS: dict[Callable, Callable] = {
     R.max_pool2d: K.max_pool2d,
 }
 
+#: integer elementwise ops a conv2d + requantize group takes into its epilogue (`schedules.requant.apply_post`):
+#: lookup-table activations and the residual add; an empty set emits each of them as its own kernel. `R.rescale`
+#: is supported too but not fused by default: in the search spaces a rescale is the *next* block's input
+#: quantizer, so fusing it would put one block's kernel in another's, which the per-block latency memo
+#: (`search/latency/workloads.py`) keys by each block's own choices.
+FUSED_EPILOGUE_OPS: frozenset[Callable] = frozenset({R.lut, R.add})
+
+#: whether a `dequantize -> float ops -> quantize (-> gate mul)` chain is one kernel (`_Emitter.float_island`)
+FUSE_FLOAT_ISLANDS = True
+
 #: the qdq flavour's float32 epilogues (emitted by `Emitter.qdq_op`)
 _QDQ_KERNELS: dict[Callable, Callable] = {
     R.quantize_linear: K.quantize_linear,
@@ -197,6 +220,10 @@ class _Emitter:
         self.env: dict[fx.Node, Any] = {}
         self.kernels: list[KernelRecord] = []
         self.fused: set[fx.Node] = set()
+        #: last node of an epilogue chain -> (the requantize, the chain's ops after it)
+        self.chains: dict[fx.Node, tuple[fx.Node, tuple[fx.Node, ...]]] = {}
+        self.deferred: set[fx.Node] = set()  # requantize and inner chain nodes: emitted with the chain's end
+        self.islands: dict[fx.Node, tuple[fx.Node, ...]] = {}  # last node -> a float island fused in one kernel
         self.call_log: list | None = None
 
     # -- operands --------------------------------------------------------------------------------
@@ -249,8 +276,11 @@ class _Emitter:
         return {gv.name_hint for gv in self.bb.get().get_global_vars()}
 
     def emit_group(self, op: str, nodes: tuple[fx.Node, ...], fn: Callable, args: list[Any], static: dict[str, Any],
-                   call_params: dict[str, Any] | None = None) -> Any:
-        """Emit one kernel: a strategy if one applies, else `fn` through emit_te (marked for default scheduling)."""
+                   call_params: dict[str, Any] | None = None, schedule: bool = True,
+                   described: dict[str, Any] | None = None) -> Any:
+        """Emit one kernel: a strategy if one applies, else `fn` through emit_te (marked for default scheduling
+        unless `schedule` is False: it then runs its stages as written). `described`: parameters that only
+        describe the kernel in its workload (`kernel_workload`), not passed to `fn`."""
         relax = self.relax
         name = f"{op}_{nodes[-1].name}"
         shapes = tuple(_shape(a) for a in args)
@@ -261,7 +291,7 @@ class _Emitter:
             if self.use_strategies and call_params is not None:
                 call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
                 strat = select_strategy(call)
-            wl = kernel_workload(op, strat or "naive", shapes, {**static, **(call_params or {})},
+            wl = kernel_workload(op, strat or "naive", shapes, {**static, **(call_params or {}), **(described or {})},
                                  call if strat is not None else None, None)
             self.kernels.append(KernelRecord(op, node_names, (), wl["strategy"], wl))
             return _node_shaped(nodes[-1])
@@ -286,10 +316,10 @@ class _Emitter:
         out = self.bb.emit_te(fn, *args, **static, primfunc_name_hint=name)
         new = self._new_funcs(before)
         mod = self.bb.get()
-        for gname in new:
+        for gname in new if schedule else ():
             gv = mod.get_global_var(gname)
             self.bb.update_func(gv, mod[gv].with_attr(SCHEDULE_ATTR, "default"))
-        wl = kernel_workload(op, "naive", shapes, {**static, **(call_params or {})}, None, None)
+        wl = kernel_workload(op, "naive", shapes, {**static, **(call_params or {}), **(described or {})}, None, None)
         self.kernels.append(KernelRecord(op, node_names, tuple(new), "naive", wl))
         return out
 
@@ -433,7 +463,39 @@ class _Emitter:
             return {"x_shape": xs, "w_shape": ws, "out_shape": (xs[0], ws[0], oh, ow)}
         return {"x_shape": xs, "w_shape": ws, "out_shape": (xs[0], ws[0])}
 
-    def fused_requant(self, rq: fx.Node, mm: fx.Node, a: dict[str, Any], static_rq: dict[str, Any]) -> Any:
+    def _static_int(self, v: Any, node: fx.Node) -> int:
+        """A static integer parameter (a Python number, a 0-d tensor or a `get_attr` constant)."""
+        if isinstance(v, fx.Node):
+            if v.op != "get_attr":
+                raise LoweringError(f"node {node.name}", "a static parameter is computed at run time",
+                                    "pass it as a constant")
+            v = self.const_value(v)
+        return int(np.asarray(_as_static(v) if not isinstance(v, np.ndarray) else v).reshape(-1)[0])
+
+    def _post(self, rq: fx.Node, chain: tuple[fx.Node, ...]) -> tuple[tuple[EpilogueStep, ...], list[Any]]:
+        """The epilogue steps of `chain` (ops after `rq`) and their tensor operands (tables, skip tensors)."""
+        steps: list[EpilogueStep] = []
+        operands: list[Any] = []
+        prev = rq
+        for n in chain:
+            a = self.bind(n)
+            if n.target is R.lut:
+                table = self.const_value(a["table"]).reshape(-1).astype(np.uint8)
+                steps.append(EpilogueStep("lut", (int(table.size),)))
+                operands.append(_Shaped(table.shape, "uint8") if self.dry else self.relax.const(table, "uint8"))
+            elif n.target is R.rescale:
+                steps.append(EpilogueStep("rescale", tuple(self._static_int(a[k], n) for k in
+                                                           ("multiplier", "offset", "shift", "lo", "hi"))))
+            else:  # add: the conv's code is `a` or `b`, the other operand the skip tensor
+                mine, other = ("a", "b") if a["a"] is prev else ("b", "a")
+                steps.append(EpilogueStep("add", tuple(self._static_int(a[k], n) for k in (
+                    f"multiplier_{mine}", f"multiplier_{other}", "offset", "shift", "lo", "hi"))))
+                operands.append(self.operand(a[other], n.name))
+            prev = n
+        return tuple(steps), operands
+
+    def fused_requant(self, rq: fx.Node, mm: fx.Node, a: dict[str, Any], static_rq: dict[str, Any],
+                      chain: tuple[fx.Node, ...] = ()) -> Any:
         f = mm.target
         am = self.bind(mm)
         static = {k: _as_static(v) for k, v in am.items() if k not in _op(mm).operands}
@@ -450,7 +512,12 @@ class _Emitter:
         params = {**static, **self._mm_params(f, args, static), "x_max": self._code_max(am["x"])}
         op = "conv2d_requant" if f is R.conv2d else "linear_requant"
         fn = K.conv2d_requant if f is R.conv2d else K.linear_requant
-        return self.emit_group(op, (mm, rq), fn, args, static, params)
+        if chain:
+            post, post_operands = self._post(rq, chain)
+            args += post_operands
+            params["post"] = post
+            fn = functools.partial(K.conv2d_requant, post=post)  # emit_te passes only TVM-typed keywords
+        return self.emit_group(op, (mm, rq, *chain), fn, args, static, params)
 
     def float_op(self, node: fx.Node) -> Any:
         handler = _FLOAT_HANDLERS.get(node.target)
@@ -535,10 +602,161 @@ class _Emitter:
                 if u.op == "call_function" and u.target is R.requantize and (u.args[:1] == (n,) or
                                                                                u.kwargs.get("acc") is n):
                     self.fused.add(n)
+                    if n.target is R.conv2d:
+                        self._find_chain(u)
+
+    def _epilogue_next(self, cur: fx.Node) -> fx.Node | None:
+        """The op that can run in the epilogue after `cur`: `cur`'s only user, an op of `FUSED_EPILOGUE_OPS`
+        reading `cur` elementwise (a residual add's other operand of the same shape is its skip tensor)."""
+        if len(cur.users) != 1:
+            return None
+        (u,) = cur.users
+        if u.op != "call_function" or u.target not in FUSED_EPILOGUE_OPS:
+            return None
+        a = self.bind(u)
+        if u.target is R.lut:
+            return u if a["x"] is cur and isinstance(a["table"], fx.Node) and a["table"].op == "get_attr" else None
+        if u.target is R.rescale:
+            return u if a["x"] is cur else None
+        other = a["b"] if a["a"] is cur else a["a"] if a["b"] is cur else None
+        if not isinstance(other, fx.Node) or other is cur or other.op == "get_attr":
+            return None
+        return u if self._node_shape(cur) == self._node_shape(other) else None
+
+    def _node_shape(self, node: fx.Node) -> tuple[int, ...]:
+        """A node's static shape from its `tensor_meta`; a graph built without shapes is shape-propagated once
+        with the reference executor on zeros of the input shape (an analysis: it only writes `node.meta`)."""
+        if node.meta.get("tensor_meta") is None:
+            from torch.fx.passes.shape_prop import ShapeProp
+
+            with torch.no_grad():
+                ShapeProp(self.ig).propagate(torch.zeros(self.input_shape, dtype=getattr(torch, self.input_dtype)))
+        return tuple(int(d) for d in node.meta["tensor_meta"].shape)
+
+    def _island_step(self, cur: fx.Node) -> fx.Node | None:
+        """`cur`'s only user when it is a float op of one tensor input (`cur`; weights are constants) that
+        `kernels.float_island` computes, or the quantize that ends the island."""
+        if len(cur.users) != 1:
+            return None
+        (u,) = cur.users
+        if u.op != "call_function":
+            return None
+        if u.target is R.quantize:
+            return u if self.bind(u)["x"] is cur else None
+        if u.target in _FLOAT_UNARY:
+            return u if _op(u).bind(u.args, u.kwargs, u.name)["input"] is cur else None
+        if u.target in (F.conv2d, F.linear, torch.mean):
+            p = _op(u).bind(u.args, u.kwargs, u.name)
+            consts = [p[k] for k in ("weight", "bias") if k in p and p[k] is not None]
+            if p["input"] is cur and all(isinstance(c, fx.Node) and c.op == "get_attr" for c in consts) \
+                    and not isinstance(p.get("padding"), str) \
+                    and len(self._node_shape(cur)) == (2 if u.target is F.linear else 4):
+                return u
+        return None
+
+    def _find_islands(self, nodes: list[fx.Node]) -> None:
+        """`dequantize -> float ops -> quantize` chains (then the gate multiply of the codes the island read,
+        when that is the quantize's only user) become one kernel: `self.islands[last] = chain`."""
+        if not FUSE_FLOAT_ISLANDS:
+            return
+        for n in nodes:
+            if n.op != "call_function" or n.target is not R.dequantize or n in self.deferred:
+                continue
+            chain = [n]
+            while (nxt := self._island_step(chain[-1])) is not None:
+                chain.append(nxt)
+                if nxt.target is R.quantize:
+                    break
+            if chain[-1].target is not R.quantize or len(chain) < 3:
+                continue
+            q, src = chain[-1], self.bind(n)["q"]
+            if len(q.users) == 1:
+                (u,) = q.users
+                if u.op == "call_function" and u.target is R.mul:
+                    a = self.bind(u)
+                    if a["g"] is q and a["x"] is src and len(self._node_shape(q)) == 4:
+                        chain.append(u)
+            self.islands[chain[-1]] = tuple(chain)
+            self.deferred.update(chain[:-1])
+
+    def _node_static(self, node: fx.Node) -> dict[str, Any]:
+        """An integer op's static parameters as plain Python (constants fetched)."""
+        a = self.bind(node)
+        out = {}
+        for k, v in a.items():
+            if k in _op(node).operands:
+                continue
+            v = _as_static(v)
+            if isinstance(v, fx.Node):
+                v = _as_static(torch.from_numpy(self.const_value(v)))
+            out[k] = v
+        return out
+
+    def float_island(self, chain: tuple[fx.Node, ...]) -> Any:
+        """Emit the island `chain` as one `kernels.float_island` kernel (its stages unscheduled: each is tiny,
+        and inlining one into the next could contract a float multiply and add into one rounding)."""
+        first = chain[0]
+        args = [self.operand(self.bind(first)["q"], first.name)]
+        steps: list[tuple[str, tuple]] = []
+        for n in chain:
+            if n.target is R.dequantize:
+                st = self._node_static(n)
+                steps.append(("dequantize", (float(st["scale"]), float(st["zero_point"]))))
+            elif n.target is R.quantize:
+                st = self._node_static(n)
+                steps.append(("quantize", (float(st["inv_scale"]), float(st["offset"]), int(st["qmax"]))))
+            elif n.target is R.mul:
+                st = self._node_static(n)
+                steps.append(("mul", tuple(int(st[k]) for k in ("multiplier", "offset_g", "offset", "shift", "lo",
+                                                                 "hi", "offset_x"))))
+            elif n.target in _FLOAT_UNARY:
+                steps.append(("float_unary", (_FLOAT_UNARY[n.target],)))
+            else:
+                p = _op(n).bind(n.args, n.kwargs, f"node {n.name}")
+                if n.target is torch.mean:
+                    dim = tuple(sorted(int(d) % 4 for d in (p["dim"] or ())))
+                    if dim != (2, 3) or not p["keepdim"]:
+                        raise LoweringError(f"node {n.name}", f"torch.mean(dim={p['dim']}, keepdim={p['keepdim']})",
+                                            "only the global average pool mean(x, dim=(2, 3), keepdim=True) is "
+                                            "supported")
+                    steps.append(("float_mean", ()))
+                    continue
+                has_bias = p["bias"] is not None
+                args.append(self.float_operand(p["weight"], n))
+                if has_bias:
+                    args.append(self.float_operand(p["bias"], n))
+                if n.target is F.conv2d:
+                    steps.append(("float_conv2d", (has_bias, *(_as_static(p[k]) for k in
+                                                               ("stride", "padding", "dilation")), int(p["groups"]))))
+                else:
+                    steps.append(("float_linear", (has_bias,)))
+        kinds = tuple(k if k != "float_unary" else f"float_{kw[0]}" for k, kw in steps)
+        fn = functools.partial(K.float_island, steps=tuple(steps))  # emit_te passes only TVM-typed keywords
+        return self.emit_group("float_island", chain, fn, args, {}, None, schedule=False,
+                               described={"island": kinds})
+
+    def _find_chain(self, rq: fx.Node) -> None:
+        chain: list[fx.Node] = []
+        cur = rq
+        while (nxt := self._epilogue_next(cur)) is not None:
+            chain.append(nxt)
+            cur = nxt
+        if chain:
+            self.chains[chain[-1]] = (rq, tuple(chain))
+            self.deferred.update([rq, *chain[:-1]])
 
     def _walk(self, nodes: list[fx.Node]) -> None:
         for n in nodes:
-            if n.op != "call_function" or n in self.fused:
+            if n.op != "call_function" or n in self.fused or n in self.deferred:
+                continue
+            if n in self.islands:
+                self.env[n] = self.float_island(self.islands[n])
+                continue
+            if n in self.chains:
+                rq, chain = self.chains[n]
+                a = self.bind(rq)
+                static = {k: _as_static(v) for k, v in a.items() if k not in _op(rq).operands}
+                self.env[n] = self.fused_requant(rq, a["acc"], a, static, chain)
                 continue
             if is_integer_op(n.target):
                 self.env[n] = self.integer_op(n)
@@ -556,6 +774,7 @@ class _Emitter:
         nodes = list(self.ig.graph.nodes)
         placeholders = self._placeholders(nodes)
         self._find_fused(nodes)
+        self._find_islands(nodes)
         self.env[placeholders[0]] = _Shaped(self.input_shape, self.input_dtype)
         self._walk(nodes)
         return self.kernels
@@ -565,6 +784,7 @@ class _Emitter:
         nodes = list(self.ig.graph.nodes)
         placeholders = self._placeholders(nodes)
         self._find_fused(nodes)
+        self._find_islands(nodes)
         x = relax.Var(placeholders[0].name, relax.TensorType(self.input_shape, self.input_dtype))
         out_node = next(n for n in nodes if n.op == "output")
         result = out_node.args[0]

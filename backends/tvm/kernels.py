@@ -35,6 +35,7 @@ __all__ = [
     "float_linear",
     "float_unary",
     "float_mean",
+    "float_island",
 ]
 
 I64 = "int64"
@@ -179,6 +180,7 @@ def conv2d_requant(
     multiplier: te.Tensor,
     shift: te.Tensor,
     offset: te.Tensor,
+    *post_operands: te.Tensor,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
@@ -186,10 +188,18 @@ def conv2d_requant(
     pad_value: int = 0,
     lo: int = 0,
     hi: int = 255,
+    post: tuple = (),
 ) -> te.Tensor:
-    """conv2d then requantize in one PrimFunc (the fused group "conv2d_requant")."""
+    """conv2d then requantize in one PrimFunc (the fused group "conv2d_requant"), then the fused elementwise
+    steps `post` (`schedules.requant.EpilogueStep`: lookup table, rescale, residual add) on each code, their
+    tables and skip tensors (NCHW, the output's shape) being `post_operands`."""
     acc = conv2d_acc(x, w, bias, stride, padding, dilation, groups, pad_value)
-    return requantize(acc, multiplier, shift, offset, lo, hi)
+    if not post:
+        return requantize(acc, multiplier, shift, offset, lo, hi)
+    from qcompile.backends.tvm.schedules.requant import apply_post
+
+    rq = _requant_expr(acc, multiplier, shift, offset, lo, hi)
+    return te.compute(acc.shape, lambda *i: apply_post(rq(*i), post, post_operands, i), name="requantize")
 
 
 def linear_acc(x: te.Tensor, w: te.Tensor, bias: te.Tensor, name: str = "linear") -> te.Tensor:
@@ -364,6 +374,42 @@ def float_mean(x: te.Tensor) -> te.Tensor:
     rx = te.reduce_axis((0, w), name="rx")
     total = te.compute((n, c, 1, 1), lambda b, ch, _i, _j: te.sum(x[b, ch, ry, rx], axis=[ry, rx]), name="float_sum")
     return te.compute((n, c, 1, 1), lambda *i: total(*i) / _f64(h * w), name="float_mean")
+
+
+def float_island(x: te.Tensor, *consts: te.Tensor, steps: tuple[tuple[str, tuple], ...]) -> te.Tensor:
+    """A whole float island in one kernel: `steps` applied in order to the codes `x`, each the kernel of this
+    module that computes it alone, as its own stage (materialised, not inlined: the same float64 operations
+    in the same order as separate kernels, so the same bits).
+
+    Each step is `(kind, keywords)`: `("dequantize", (scale, zero_point))`, `("float_mean", ())`,
+    `("float_conv2d", (has_bias, stride, padding, dilation, groups))` and `("float_linear", (has_bias,))` (their
+    weights and biases next in `consts`), `("float_unary", (kind,))`, `("quantize", (inv_scale, offset, qmax))`,
+    and last, optionally, `("mul", (multiplier, offset_g, offset, shift, lo, hi, offset_x))`: the gate multiply
+    of squeeze-excite, `x` gated by the island's codes (Howard et al. 2019, MobileNetV3 Fig. 4).
+    """
+    it = iter(consts)
+    t = x
+    for kind, kw in steps:
+        if kind == "dequantize":
+            t = dequantize(t, *kw)
+        elif kind == "float_mean":
+            t = float_mean(t)
+        elif kind == "float_conv2d":
+            has_bias, stride, padding, dilation, groups = kw
+            w = next(it)
+            t = float_conv2d(t, w, next(it) if has_bias else None, stride, padding, dilation, groups)
+        elif kind == "float_linear":
+            w = next(it)
+            t = float_linear(t, w, next(it) if kw[0] else None)
+        elif kind == "float_unary":
+            t = float_unary(t, kw[0])
+        elif kind == "quantize":
+            t = quantize(t, *kw)
+        elif kind == "mul":
+            t = mul(x, t, *kw)
+        else:
+            raise ValueError(f"float island step {kind!r}")
+    return t
 
 
 # -- the "qdq" flavour: float32 epilogues (qcompile.ops.reference, QDQ_OPS) ------------------------------------

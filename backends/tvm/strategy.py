@@ -11,7 +11,10 @@ applies wins, ties go to the earliest registration.
 - `"conv2d_requant"`: conv2d whose only user is requantize. params: `x_shape` (N, C, H, W),
   `w_shape` (O, C/groups, KH, KW), `out_shape`, `stride`, `padding`, `dilation` (2-tuples), `groups`,
   `pad_value`, `lo`, `hi`, `node` (fx node name of the requantize). args: `[x:u8, w:i8, bias:i32[O],
-  multiplier:i32[O], shift:i32[O]]` -> u8 `out_shape`.
+  multiplier:i32[O], shift:i32[O], offset:i64[O]]` -> u8 `out_shape`. With a fused epilogue, `post` (a tuple of
+  `schedules.requant.EpilogueStep`: lookup table, residual add, rescale) and, after `offset`, the steps' tensor
+  operands in step order (u8 tables, u8 skip tensors of `out_shape`); the kernel applies
+  `schedules.requant.apply_post` to each code.
 - `"conv2d"`: conv2d alone. Same params without `lo`/`hi`; args `[x, w, bias]` -> i32.
 - `"linear_requant"`: params `x_shape` (N, K), `w_shape` (O, K), `out_shape`, `lo`, `hi`, `node`;
   args `[x:u8, w:i8, bias:i32[O], multiplier:i32[O], shift:i32[O]]` -> u8.

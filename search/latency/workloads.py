@@ -199,11 +199,14 @@ def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
 
 
 def _split(records: list[Any]) -> dict[Any, list[dict]]:
-    """Workloads per group (stem, (stage, block), head) of `KernelRecord`s or `meta["kernels"]` entries."""
+    """Workloads per group (stem, (stage, block), head) of `KernelRecord`s or `meta["kernels"]` entries; empty
+    (nothing to memoise) when a fused kernel holds nodes of two blocks, whose workload then depends on both."""
     out: dict[Any, list[dict]] = {}
     cur: Any = "stem"
     for r in records:
         nodes, w = (r["nodes"], r["workload"]) if isinstance(r, dict) else (r.nodes, r.workload)
+        if len({m.groups() for m in map(_BLOCK_RE.match, nodes) if m}) > 1:
+            return {}
         cur = _group_of(tuple(nodes), cur)
         out.setdefault(cur, []).append(dict(w))
     return out

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 
-from qcompile.backends.tvm.schedules.requant import requant_expr
+from qcompile.backends.tvm.schedules.requant import EpilogueStep, apply_post, post_placeholders, requant_expr
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
 from qcompile.errors import ConfigError, LoweringError
 
@@ -116,12 +116,14 @@ class ConvGeometry:
 @dataclass(frozen=True)
 class DwConv(ConvGeometry):
     """A depthwise conv (groups == C) and its epilogue, what every target's depthwise kernel computes: uint8
-    codes requantized into `[lo, hi]` (`requant.requant_expr`, `shift_min` the layer's smallest shift), or the
-    int32 accumulator `acc + bias` when `lo is None` (integer_semantics.md `conv2d`)."""
+    codes requantized into `[lo, hi]` (`requant.requant_expr`, `shift_min` the layer's smallest shift) then
+    passed through the fused elementwise steps `post` (`requant.apply_post`), or the int32 accumulator
+    `acc + bias` when `lo is None` (integer_semantics.md `conv2d`)."""
 
     lo: int | None = 0
     hi: int | None = 255
     shift_min: int = 1
+    post: tuple[EpilogueStep, ...] = ()
 
     @property
     def requant(self) -> bool:
@@ -138,17 +140,22 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
     bias) over `[C, Ho, wov]` as stage `epilogue`, then, when rows were padded to whole vectors (`wov > Wo`),
     copy the `Wo` valid outputs (`crop`): a ragged vectorised requantize would run scalar int64 code per element
     (measured: a whole 56-wide 7x7 layer 1.6x slower). Returns the tensors after `(x, w, bias)` in the kernel's
-    signature."""
+    signature: `[mult, shift, *post operands,] out` (`requant.post_placeholders` over `[C, Ho, Wo]`)."""
     c, ho, wo = dw.c, dw.ho, dw.wo
     wov = wo if wov is None else wov
     ins: list[te.Tensor] = []
     if dw.requant:
         mult = te.placeholder((c,), "int32", name="mult")
         shift = te.placeholder((c,), "int32", name="shift")
-        ins = [mult, shift]
-        res = te.compute((c, ho, wov), lambda ch, y, xo: requant_expr(acc_at(ch, y, xo), bias[ch], mult[ch],
-                                                                        shift[ch], dw.lo, dw.hi, dw.shift_min),
-                         name="epilogue")
+        post_ins = post_placeholders(dw.post, (c, ho, wo))
+        ins = [mult, shift, *post_ins]
+
+        def at(ch, y, xo):  # padded columns of a row read a valid skip element; they are cropped
+            return (ch, y, tirx.min(xo, wo - 1) if wov != wo else xo)
+
+        res = te.compute((c, ho, wov), lambda ch, y, xo: apply_post(
+            requant_expr(acc_at(ch, y, xo), bias[ch], mult[ch], shift[ch], dw.lo, dw.hi, dw.shift_min),
+            dw.post, post_ins, at(ch, y, xo)), name="epilogue")
     else:
         res = te.compute((c, ho, wov), lambda ch, y, xo: acc_at(ch, y, xo) + bias[ch], name="epilogue")
     if wo == wov:
@@ -161,7 +168,8 @@ class GemmConv:
     """A groups=1 conv as the GEMM `acc[O, P] = sum_k w[O, K] x[K, P]` and its epilogue, what every target's GEMM
     kernel computes: `x` is `[K, P]` for a pointwise conv, or `[C, H, W]` when `conv` describes a full conv (its
     im2col fused into the packing, `K = C*KH*KW` in `(c, kh, kw)` order); the output is uint8 codes requantized
-    into `[lo, hi]`, or the int32 accumulator `acc + bias` when `lo is None`."""
+    into `[lo, hi]` then passed through the fused elementwise steps `post` (`requant.apply_post`), or the int32
+    accumulator `acc + bias` when `lo is None`."""
 
     k: int
     p: int
@@ -170,6 +178,7 @@ class GemmConv:
     hi: int | None = 255
     shift_min: int = 1
     conv: ConvGeometry | None = None
+    post: tuple[EpilogueStep, ...] = ()
 
     @property
     def requant(self) -> bool:
@@ -254,12 +263,15 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
 
 
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
-                        pp: int, lo: int | None, hi: int | None, shift_min: int) -> list[te.Tensor]:
+                        pp: int, lo: int | None, hi: int | None, shift_min: int,
+                        post: tuple[EpilogueStep, ...] = ()) -> list[te.Tensor]:
     """The stages every packed-GEMM conv kernel shares (x86 and aarch64), named as their schedules expect:
     `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[o, j]`), `epilogue` (requantize with the
     `bterm` bias, or add the int32 bias when `lo is None`) over whole tiles, and `crop` to P columns when the
     pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
-    Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift,] out`."""
+    The requantized code goes through the fused steps `post` (`requant.apply_post`; their operands
+    `requant.post_placeholders` over `[O, P]`). Returns the tensors after `(x, wp, bias)` in the kernel's
+    signature: `[mult, shift, *post operands,] out`."""
     kb, g = kgroups
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
     rb = te.reduce_axis((0, kb), name="rb")
@@ -273,9 +285,15 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     if lo is not None:
         mult = te.placeholder((o,), "int32", name="mult")
         shift = te.placeholder((o,), "int32", name="shift")
-        res = te.compute(shape, lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min),
-                         name="epilogue")
-        ins = [mult, shift]
+        post_ins = post_placeholders(post, (o, p))
+
+        def at(c, j):  # padded pixels read a valid skip element; they are cropped
+            return (c, tirx.min(j, p - 1) if pp != p else j)
+
+        res = te.compute(shape, lambda c, j: apply_post(
+            requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min), post, post_ins, at(c, j)),
+            name="epilogue")
+        ins = [mult, shift, *post_ins]
     else:
         res = te.compute(shape, lambda c, j: acc[c, j] + bias[c], name="epilogue")
         ins = []
@@ -306,6 +324,7 @@ class ConvCall:
     hi: int | None
     shift_min: int  # the layer's smallest shift (requant.requant_expr), 1 without requantize
     weight: np.ndarray
+    post: tuple[EpilogueStep, ...] = ()  # elementwise ops fused into the epilogue (requant.apply_post)
 
     @classmethod
     def read(cls, call: OpCall, args: list[relax.Expr], requant: bool) -> ConvCall:
@@ -323,13 +342,14 @@ class ConvCall:
             shift_min = 1
         return cls(node, conv_kind(p) or "", c, h, w, o, kh, kw, ho, wo, pair(p.get("stride", 1)),
                    pair(p.get("padding", 0)), pair(p.get("dilation", 1)), int(p.get("pad_value", 0)), requant,
-                   lo, hi, shift_min, const_value(args[1], "weight", node))
+                   lo, hi, shift_min, const_value(args[1], "weight", node), tuple(p.get("post", ())))
 
     @property
     def tag(self) -> str:
         """Shape part of the kernel's symbol name."""
         kind = "rq" if self.requant else "acc"
-        return f"{kind}_{self.c}x{self.h}x{self.w}_{self.o}x{self.kh}x{self.kw}_s{self.stride[0]}"
+        post = "".join(f"_{st.op}" for st in self.post)
+        return f"{kind}_{self.c}x{self.h}x{self.w}_{self.o}x{self.kh}x{self.kw}_s{self.stride[0]}{post}"
 
     @property
     def geometry(self) -> ConvGeometry | None:
@@ -343,13 +363,13 @@ class ConvCall:
     def gemm(self) -> GemmConv:
         """The pointwise or full conv as the GEMM the GEMM kernels take."""
         return GemmConv(self.c * self.kh * self.kw, self.ho * self.wo, self.o, self.lo, self.hi, self.shift_min,
-                        self.geometry)
+                        self.geometry, self.post)
 
     @property
     def depthwise(self) -> DwConv:
         """The depthwise conv and epilogue the depthwise kernels take."""
         return DwConv(self.c, self.h, self.w, self.kh, self.kw, self.stride, self.padding, self.dilation,
-                      self.pad_value, self.lo, self.hi, self.shift_min)
+                      self.pad_value, self.lo, self.hi, self.shift_min, self.post)
 
     @property
     def out_dtype(self) -> str:
@@ -387,6 +407,14 @@ class ConvStrategy:
         xr = bb.emit(relax.op.reshape(args[0], k.x_shape))
         gv = bb.add_func(k.func.with_attr("global_symbol", k.name), k.name)
         extra = [args[3], args[4]] if self.requant else []
+        # the fused epilogue's operands (args after the offset, `requant.post_placeholders` order): lookup
+        # tables as they are, skip tensors viewed in the kernel's output layout
+        post_args = iter(args[6:])
+        for st in conv.post:
+            if st.op == "lut":
+                extra.append(next(post_args))
+            elif st.op == "add":
+                extra.append(bb.emit(relax.op.reshape(next(post_args), k.out_shape)))
         y = bb.emit(relax.call_tir(gv, [xr, relax.const(k.weight), k.bias, *extra],
                                    relax.TensorType(k.out_shape, conv.out_dtype)))
         return bb.emit(relax.op.reshape(y, (1, conv.o, conv.ho, conv.wo)))

@@ -32,7 +32,8 @@ def test_arm_bit_exact_under_qemu(arm_mbv2, mbv2_graph):
         np.testing.assert_array_equal(arm_mbv2(x), G.reference(mbv2_graph, x))
 
 
-@pytest.mark.parametrize("build", [G.float_island, lambda: G.mbv2_like(seed=2, bits=2), G.unfused_acc])
+@pytest.mark.parametrize("build", [G.float_island, lambda: G.mbv2_like(seed=2, bits=2), G.unfused_acc,
+                                   G.epilogue_chains, G.se_island])
 def test_arm_other_graphs_exact(build):
     ig = build()
     x = make_input(ig, 3, scale=0.5)

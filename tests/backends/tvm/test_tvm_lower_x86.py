@@ -316,3 +316,57 @@ def test_strategy_registry_priority_and_fallback():
     assert select_strategy(S.OpCall("qc_test_op", {"ok": True}, tgt)).name == "high"
     assert select_strategy(S.OpCall("qc_test_op", {}, tgt)).name == "low"
     assert select_strategy(S.OpCall("qc_unknown_op", {}, tgt)) is None
+
+
+@pytest.mark.parametrize(("use_strategies", "with_rescale"), [(True, False), (True, True), (False, True)])
+def test_elementwise_ops_fused_into_conv_epilogues(use_strategies, with_rescale, monkeypatch):
+    """lut and residual add (and rescale, when enabled) after a conv + requantize run in its epilogue: six (five)
+    kernels instead of nine, each conv kernel named and described (`workload["epilogue"]`) by its fused steps,
+    the dry plan (`plan_kernels`, what the latency tables price) the same kernels, and the output bit-exact
+    against the reference executor and against the unfused program."""
+    from qcompile.backends.tvm import emitter
+
+    if with_rescale:
+        monkeypatch.setattr(emitter, "FUSED_EPILOGUE_OPS", emitter.FUSED_EPILOGUE_OPS | {ops.rescale})
+    ig = G.epilogue_chains()
+    low = lower_integer_graph(ig, "x86", use_strategies=use_strategies)
+    convs = [k for k in low.kernels if k["op"] == "conv2d_requant"]
+    mid = ["add", "rescale"] if with_rescale else ["add"]
+    assert [k["op"] for k in low.kernels] == ["quantize", *["conv2d_requant"] * 2, *([] if with_rescale else
+                                              ["rescale"]), "conv2d_requant", "dequantize"]
+    assert [k["workload"].get("epilogue") for k in convs] == [["lut"], mid, ["lut"]]
+    plan = emitter.plan_kernels(ig, T.resolve_target("x86").target(), use_strategies=use_strategies)
+    assert [k.workload for k in plan] == [k["workload"] for k in low.kernels]
+    names = [f for k in convs for f in k["primfuncs"]]
+    if use_strategies:  # the kernel symbols carry the epilogue (distinct from an unfused kernel of that shape)
+        assert names[0].endswith("_lut") and names[1].endswith("_" + "_".join(mid)) and names[2].endswith("_lut")
+    monkeypatch.setattr(emitter, "FUSED_EPILOGUE_OPS", frozenset())
+    plain = lower_integer_graph(ig, "x86", use_strategies=use_strategies)
+    assert sorted(k["op"] for k in plain.kernels) == sorted(["quantize", *["conv2d_requant"] * 3, "lut", "lut",
+                                                             "add", "rescale", "dequantize"])
+    for seed in range(3):
+        x = make_input(ig, seed, scale=1.5)
+        np.testing.assert_array_equal(low(x), G.reference(ig, x))
+        np.testing.assert_array_equal(low(x), plain(x))
+
+
+def test_squeeze_excite_float_island_is_one_kernel(monkeypatch):
+    """dequantize -> mean -> conv -> relu -> conv -> hardsigmoid -> quantize -> gate multiply: one kernel (eight
+    unfused), described by its steps in the workload and the dry plan, bit-exact against the reference and
+    against the unfused program."""
+    from qcompile.backends.tvm import emitter
+
+    ig = G.se_island()
+    low = lower_integer_graph(ig, "x86")
+    assert [k["op"] for k in low.kernels] == ["quantize", "conv2d_requant", "float_island", "dequantize"]
+    assert low.kernels[2]["workload"]["island"] == ["dequantize", "float_mean", "float_conv2d", "float_relu",
+                                                    "float_conv2d", "float_hardsigmoid", "quantize", "mul"]
+    plan = emitter.plan_kernels(ig, T.resolve_target("x86").target())
+    assert [k.workload for k in plan] == [k["workload"] for k in low.kernels]
+    monkeypatch.setattr(emitter, "FUSE_FLOAT_ISLANDS", False)
+    plain = lower_integer_graph(ig, "x86")
+    assert len(plain.kernels) == 11
+    for seed in range(4):
+        x = make_input(ig, seed, scale=1.5)
+        np.testing.assert_array_equal(low(x), G.reference(ig, x))
+        np.testing.assert_array_equal(low(x), plain(x))

@@ -149,3 +149,44 @@ def reference(ig: IntegerGraph, x: np.ndarray) -> np.ndarray:
     """The reference executor's output as numpy."""
     with torch.no_grad():
         return ig(torch.from_numpy(x)).numpy()
+
+
+def epilogue_chains(seed: int = 0, shape=(1, 3, 9, 11)) -> IntegerGraph:
+    """Convs followed by the integer elementwise ops the emitter fuses into their epilogue: full conv -> lut
+    (its codes read twice), depthwise -> residual add (the conv's codes as the add's *second* operand, so the
+    multipliers swap) -> rescale, pointwise (to 12 channels, 99 pixels: ragged GEMM tiles) -> lut ->
+    dequantize. Odd widths leave padded columns in every kernel's epilogue."""
+    b = IntegerGraphBuilder()
+    g = Gen(b, seed)
+    q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
+    h = b.call(ops.lut, conv_block(g, q, 3, 8, 3, padding=1), g.table(8))
+    d = conv_block(g, h, 8, 8, 3, padding=1, groups=8)
+    a = b.call(ops.add, h, d, multiplier_a=3 << 13, multiplier_b=1 << 14, offset=(1 << 14) - 100 * (1 << 15),
+               shift=15, lo=0, hi=255)
+    r = b.call(ops.rescale, a, multiplier=(1 << 16) | 4321, offset=(1 << 15) - 7 * (1 << 16), shift=16, lo=2,
+               hi=250)
+    p = b.call(ops.lut, conv_block(g, r, 8, 12, 1), g.table(8))
+    y = b.call(ops.dequantize, p, 0.04, 101.5)
+    return b.build(y, {"input_shape": list(shape)})
+
+
+def se_island(seed: int = 0, shape=(1, 3, 7, 9)) -> IntegerGraph:
+    """Squeeze-excite with a float island (MobileNetV3's): conv codes -> dequantize -> global mean -> 1x1 conv
+    -> relu -> 1x1 conv -> hardsigmoid -> quantize -> gate multiply of the same codes -> dequantize."""
+    b = IntegerGraphBuilder()
+    g = Gen(b, seed)
+    q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
+    c = conv_block(g, q, 3, 8, 3, padding=1)
+    d = b.call(ops.dequantize, c, 0.04, 120.5)
+    m = b.call(torch.mean, d, dim=(2, 3), keepdim=True)
+    w1 = b.const(torch.from_numpy(g.rng.standard_normal((4, 8, 1, 1)) * 0.5))
+    b1 = b.const(torch.from_numpy(g.rng.standard_normal(4) * 0.1))
+    r = b.call(F.relu, b.call(F.conv2d, m, w1, b1))
+    w2 = b.const(torch.from_numpy(g.rng.standard_normal((8, 4, 1, 1)) * 0.8))
+    b2 = b.const(torch.from_numpy(g.rng.standard_normal(8) * 0.5))
+    hs = b.call(F.hardsigmoid, b.call(F.conv2d, r, w2, b2))
+    gate = b.call(ops.quantize, hs, 255.0, 0.5, 255)
+    se = b.call(ops.mul, c, gate, multiplier=3 << 12, offset_g=-37 * (3 << 12), offset=1 << 19, shift=20, lo=0,
+                hi=255, offset_x=-5 * (3 << 12))
+    y = b.call(ops.dequantize, se, 0.05, 99.0)
+    return b.build(y, {"input_shape": list(shape)})

@@ -112,7 +112,7 @@ def gemm_conv_arm(gc: GemmConv, mode: str, knobs: ArmGemmKnobs = ArmGemmKnobs())
             val = (code.astype("int16") - off).astype("int8")
             return tirx.if_then_else(tirx.all(kk < k, j < p), val, tirx.const(0, "int8"))
 
-    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min)
+    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post)
     sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *stages]).with_attr("global_symbol", "main"))
 
     schedule_gemm_pack(sch, tile, conv)

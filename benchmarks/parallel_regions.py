@@ -100,6 +100,7 @@ def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:
         k = r % len(names)
         for name in names[k:] + names[:k]:
             samples[name].append(_median_us(mains[name], calls))
+        log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{n} {v[-1]:.0f} us" for n, v in samples.items()))
     return {n: {"median_us": float(np.median(v)), "p10_us": float(np.percentile(v, 10)),
                 "p90_us": float(np.percentile(v, 90)), "rounds": v} for n, v in samples.items()}
 

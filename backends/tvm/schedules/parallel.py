@@ -27,9 +27,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MIN_WORK", "ENV_MIN_WORK", "min_parallel_work", "parallel_if_worth"]
 
-#: Below this many inner iterations a kernel runs on one thread. Measured (Intel Xeon, AVX-512 VNNI, 2-thread
-#: pool, load ~5): placeholder, set from benchmarks/parallel_regions.py.
-DEFAULT_MIN_WORK = 1 << 18
+#: Below this many inner iterations (about 1 MMAC: ~20 us serial for a VNNI conv) a kernel runs on one thread.
+#: Measured on the demo-sized subnet (Intel Xeon, AVX-512 VNNI, 2-thread pool, load average 7-8 from other
+#: jobs; median of 5 rounds x 10 `main` calls, `benchmarks/parallel_regions.py`): every kernel parallel 2.1 s per call,
+#: threshold 65536 0.49 s, 262144 26 ms, no parallel kernel 1.34 ms. Under load each parallel region costs
+#: up to a scheduler tick waiting for the worker, which no kernel of a few hundred kMAC can win back, so the
+#: threshold sits above the demo's kernels; MobileNetV2's 224 px layers (1.6-20 MMAC pointwise, 3.6 MMAC
+#: depthwise at 112 px) stay parallel, its depthwise layers at 7 px (0.4-0.5 MMAC) do not.
+DEFAULT_MIN_WORK = 1 << 20
 
 #: Environment variable overriding `DEFAULT_MIN_WORK` (an integer >= 0; 0 parallelises every kernel), read at
 #: schedule time so a benchmark can build the same network both ways in one process.

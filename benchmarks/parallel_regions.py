@@ -92,7 +92,7 @@ def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:
     for name, low in builds.items():
         x = np.random.default_rng(0).standard_normal(low.input_shape).astype(np.float32)
         main, xt = low._native_vm()["main"], tvm.runtime.tensor(x)
-        mains[name] = (lambda m=main, t=xt: m(t))
+        mains[name] = lambda m=main, t=xt: m(t)
         _median_us(mains[name], 5)  # warm
     samples: dict[str, list[float]] = {k: [] for k in mains}
     names = list(mains)
@@ -101,8 +101,15 @@ def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:
         for name in names[k:] + names[:k]:
             samples[name].append(_median_us(mains[name], calls))
         log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{n} {v[-1]:.0f} us" for n, v in samples.items()))
-    return {n: {"median_us": float(np.median(v)), "p10_us": float(np.percentile(v, 10)),
-                "p90_us": float(np.percentile(v, 90)), "rounds": v} for n, v in samples.items()}
+    return {
+        n: {
+            "median_us": float(np.median(v)),
+            "p10_us": float(np.percentile(v, 10)),
+            "p90_us": float(np.percentile(v, 90)),
+            "rounds": v,
+        }
+        for n, v in samples.items()
+    }
 
 
 def kernel_table(par: Any, ser: Any, repeat: int) -> list[dict[str, Any]]:
@@ -117,8 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="+", default=["demo", "mbv2"])
-    ap.add_argument("--thresholds", nargs="+", default=["0", "default", "never"],
-                    help="QCOMPILE_PARALLEL_MIN_WORK values: integers, 'default' or 'never'")
+    ap.add_argument(
+        "--thresholds",
+        nargs="+",
+        default=["0", "default", "never"],
+        help="QCOMPILE_PARALLEL_MIN_WORK values: integers, 'default' or 'never'",
+    )
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=50, help="calls per build per round (their median is kept)")
     ap.add_argument("--kernels", action="store_true", help="also the per-kernel table of the 0 and never builds")
@@ -148,16 +159,29 @@ def main(argv: list[str] | None = None) -> None:
         res: dict[str, Any] = {"e2e": measure(builds, a.rounds, a.calls)}
         if a.kernels:
             res["kernels"] = kernel_table(builds["0"], builds["never"], a.kernel_repeat)
-        res["meta"] = {"cpu": _cpu_info("model name") or platform.processor(), "threads": a.threads,
-                       "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "load_before": load_before,
-                       "load_after": "/".join(f"{v:.1f}" for v in os.getloadavg()),
-                       "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "rounds": a.rounds,
-                       "calls": a.calls, "thresholds": {t: _threshold_value(t) for t in thresholds}}
+        res["meta"] = {
+            "cpu": _cpu_info("model name") or platform.processor(),
+            "threads": a.threads,
+            "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
+            "load_before": load_before,
+            "load_after": "/".join(f"{v:.1f}" for v in os.getloadavg()),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+            "rounds": a.rounds,
+            "calls": a.calls,
+            "thresholds": {t: _threshold_value(t) for t in thresholds},
+        }
         atomic_write_text(path, json.dumps(res, indent=1))
         e2e = res["e2e"]
-        log.info("%s, %d thread(s), load %s / %s: %s", model, a.threads, load_before, res["meta"]["load_after"],
-                 ", ".join(f"{t}: {e2e[t]['median_us']:.0f} us ({e2e[t]['p10_us']:.0f}-{e2e[t]['p90_us']:.0f})"
-                           for t in e2e))
+        log.info(
+            "%s, %d thread(s), load %s / %s: %s",
+            model,
+            a.threads,
+            load_before,
+            res["meta"]["load_after"],
+            ", ".join(
+                f"{t}: {e2e[t]['median_us']:.0f} us ({e2e[t]['p10_us']:.0f}-{e2e[t]['p90_us']:.0f})" for t in e2e
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,16 @@ def test_serial_and_parallel_builds_agree_with_reference(monkeypatch):
     bias = rng.integers(-20000, 20000, c).astype(np.int32)
     mult = rng.integers(2**29, 2**31, c).astype(np.int32)
     shift = np.full(c, 34, np.int32)
-    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=1, padding=1,
-                   dilation=1, groups=c, pad_value=0)
+    acc = R.conv2d(
+        torch.from_numpy(x),
+        torch.from_numpy(wt),
+        torch.from_numpy(bias),
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=c,
+        pad_value=0,
+    )
     ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=0, hi=255).numpy()[0]
     assert len(np.unique(ref)) > 20
     outs = {}

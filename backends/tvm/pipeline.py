@@ -7,7 +7,8 @@ schedule (schedules naive PrimFuncs), finalize (memory planning and VM lowering)
 
 The default schedule only touches PrimFuncs the emitter marked `qcompile.schedule = "default"`
 (its naive kernels): pad stages are inlined into their consumer, the outer spatial loops are fused
-and parallelised, and the innermost spatial loop of element-wise stages is vectorised. Kernels a
+and parallelised where the kernel's work pays for a parallel region (`schedules/parallel.py`), and the
+innermost spatial loop of element-wise stages is vectorised. Kernels a
 `Strategy` emitted keep their own schedules. No FuseOps: each op/group stays its own named
 PrimFunc so the per-kernel benchmark table maps back to graph nodes.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qcompile.backends.tvm.emitter import SCHEDULE_ATTR
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +121,41 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     return any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars)
 
 
+def _block_work(sch: Any, loops: list) -> int:
+    """Inner iterations of the block under `loops` (the product of their extents); a symbolic extent (a
+    dynamic dimension) counts as unbounded, so such kernels keep their parallel region."""
+    work = 1
+    for lp in loops:
+        extent = sch.get(lp).extent
+        if not isinstance(extent, int) and not hasattr(extent, "value"):
+            return 1 << 62
+        work *= int(extent)
+    return work
+
+
 def _schedule_block(sch: Any, block: Any) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
+    work = _block_work(sch, loops)
     if _is_reduction(sch, block):
         # loops come out spatial-first from TE; fuse the spatial prefix and parallelise it
         n_spatial = sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0)
         spatial = loops[:n_spatial]
         if len(spatial) > 1:
             outer = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
-            sch.parallel(outer)
+            parallel_if_worth(sch, outer, work)
         elif spatial:
-            sch.parallel(spatial[0])
+            parallel_if_worth(sch, spatial[0], work)
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = int(sch.get(fused).extent)
     lanes = next((v for v in _VECTOR_LANES if extent % v == 0 and extent >= 2 * v), None)
     if lanes is None:
-        sch.parallel(fused)
+        parallel_if_worth(sch, fused, work)
         return
     outer, inner = sch.split(fused, factors=[None, lanes])
-    sch.parallel(outer)
+    parallel_if_worth(sch, outer, work)
     sch.vectorize(inner)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import EpilogueStep, apply_post, post_placeholders, requant_expr
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
 from qcompile.errors import ConfigError, LoweringError
@@ -228,7 +229,7 @@ def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None) -> N
     element) when no pixel padding follows."""
     pk = sch.get_sblock("xpack")
     b, j, i = sch.get_loops(pk)
-    sch.parallel(b)
+    parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g)
     sch.unroll(i)
     if conv is not None and tile.pp == tile.p:
         sch.split(j, [None, conv.wo])
@@ -248,7 +249,7 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
     else:
         sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
         outer = sch.fuse(co, jo)
-    sch.parallel(outer)
+    parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, outer)
     init = sch.decompose_reduction(gm, rb_)

@@ -13,6 +13,7 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from qcompile.backends.tvm.schedules.conv import DwConv, dw_epilogue
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
 __all__ = ["depthwise_conv_arm", "pack_depthwise_weights"]
@@ -58,12 +59,13 @@ def depthwise_conv_arm(dw: DwConv, *, vec: int = 8) -> tvm.tirx.PrimFunc:
 
     # transpose + pad: one pass over the input, rows over the cores
     pad_loops = sch.get_loops(sch.get_sblock("xpad"))
-    sch.parallel(pad_loops[0])
+    work = dw.ho * dw.wo * cv * kh * kw
+    parallel_if_worth(sch, pad_loops[0], work)
     dw_blk = sch.get_sblock("dw")
     y, xo, ch, rh_, rw_ = sch.get_loops(dw_blk)
     cb, ci = sch.split(ch, [None, vec])
     sch.reorder(y, xo, cb, rh_, rw_, ci)
-    sch.parallel(y)
+    parallel_if_worth(sch, y, work)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, y)
     # vectorise before decompose_reduction (afterwards TVM no longer sees a local reduction block)

@@ -25,6 +25,7 @@ from qcompile.backends.tvm.schedules.conv import (
     conv_kind,
     register_requant_pair,
 )
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
@@ -106,7 +107,7 @@ def _elementwise_schedule(func: tvm.tirx.PrimFunc, block: str, n: int, vec: int 
     fused = sch.fuse(*sch.get_loops(blk))
     if n % vec == 0:
         outer, inner = sch.split(fused, [None, vec])
-        sch.parallel(outer) if n >= 4096 else None
+        parallel_if_worth(sch, outer, n)
         sch.vectorize(inner)
     return sch.mod["main"]
 
@@ -206,7 +207,7 @@ class X86Mean:
         sch = s_tir.Schedule(te.create_prim_func([x, out]))
         loops = sch.get_loops(sch.get_sblock("mean"))
         sch.compute_at(sch.get_sblock("sum"), loops[1])
-        sch.parallel(sch.fuse(loops[0], loops[1]))
+        parallel_if_worth(sch, sch.fuse(loops[0], loops[1]), n * c * h * w)
         gname = f"qc_mean_{n}x{c}x{h}x{w}"
         gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
         return bb.emit(relax.call_tir(gv, [args[0]], relax.TensorType((n, c, 1, 1), "uint8")))
@@ -258,7 +259,7 @@ class _LinearBase:
         blk = sch.get_sblock("acc")
         i, ob, oi, rr = sch.get_loops(blk)
         sch.reorder(i, ob, rr, oi)
-        sch.parallel(ob) if o >= 64 else None
+        parallel_if_worth(sch, ob, n * k * o)
         sch.reverse_compute_at(sch.get_sblock("out"), ob)
         sch.vectorize(oi)
         init = sch.decompose_reduction(blk, rr)
@@ -317,7 +318,7 @@ class _LinearBase:
         inner = 4 if ob_n % 4 == 0 else (2 if ob_n % 2 == 0 else 1)
         obo, obi = sch.split(ob, [None, inner])
         sch.reorder(i, obo, rb_, obi, oi, ri_)
-        sch.parallel(obo) if ob_n >= 8 else None
+        parallel_if_worth(sch, obo, n * k * ob_n * 16)
         init = sch.decompose_reduction(blk, rb_)
         sch.tensorize(oi, S8U8_16x4_VNNI512_BCAST)
         sch.unroll(obi)

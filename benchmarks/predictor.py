@@ -19,8 +19,18 @@ subnets were also measured with calibration seed 2, the noise ceiling (seed 2 ag
 
 Kinds: `mlp` (APQ's MLP on the one-hot encoding, `qs.AccuracyPredictor`), `mlp-ens` (mean of 5 MLP
 seeds), `mlp-transfer` (APQ transfer: initialised from an MLP fitted on float subnets, `--float-data`),
-`gbt` (`qs.BoostedPredictor`: boosted trees over a log-BitOPs line). The target is the measurement's
-mean loss (`--target loss`, fitted negated so that higher = better) or top-1 (`--target accuracy`).
+`gbt` (`qs.BoostedPredictor`: boosted trees over a log-BitOPs line), and with `--sensitivity` the
+sensitivity prior (`qcompile.search.predictors.sensitivity`: per-layer loss increases measured once
+on the largest architecture, one layer slot at a time at 2 bits, as the retraining-free paper's
+greedy search measures them): `sens-line` (least squares on log BitOPs and the summed sensitivities
+of the 2- and 3-bit layers, no trees) and `gbt-sens` (boosted trees over that line, the sensitivity
+features among the trees' features). The target is the measurement's mean loss (`--target loss`,
+fitted negated so that higher = better), its logarithm (`--target logloss`, fitted as -log loss) or
+top-1 (`--target accuracy`).
+
+    # the sensitivity prior (121 measurements of the largest architecture, cached in FILE.jsonl, resumable)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/predictor.py RUN acc.jsonl --sensitivity sens.json \
+        --kinds sens-line,gbt-sens,gbt,mlp-ens --out pred.json
 """
 
 from __future__ import annotations
@@ -70,17 +80,23 @@ def measurements(path: str, space, protocol: dict, target: str) -> dict[tuple[st
     for r in read_jsonl(path):
         if any(r.get(k, d) != v for k, (v, d) in protocol.items()):
             continue
-        v = float(r["accuracy"]) if target == "accuracy" else -float(r["loss"])
+        if target == "accuracy":
+            v = float(r["accuracy"])
+        elif target == "logloss":
+            v = -float(np.log(r["loss"]))
+        else:
+            v = -float(r["loss"])
         by.setdefault((config_hash(space, SubnetConfig.from_dict(r["config"])), int(r["calib_seed"])), v)
     return by
 
 
-def make_fitter(space, kind: str, params: dict, seed: int, init_from=None):
+def make_fitter(space, kind: str, params: dict, seed: int, init_from=None, sensitivity=None):
     """A function (configs, values) -> fitted predictor of `kind` with `params` (no internal hold-out)."""
-    if kind == "gbt":
-        return lambda c, y: qs.BoostedPredictor(space, seed=seed, options=BoostedOptions(holdout=0.0, **params)).fit(
-            c, y
-        )
+    if kind in ("gbt", "gbt-sens", "sens-line"):
+        sens = sensitivity if kind != "gbt" else None
+        return lambda c, y: qs.BoostedPredictor(
+            space, seed=seed, options=BoostedOptions(holdout=0.0, **params), sensitivity=sens
+        ).fit(c, y)
     seeds = range(seed, seed + 5) if kind == "mlp-ens" else (seed,)
 
     def fit(c, y):
@@ -115,18 +131,36 @@ def cross_validate(fitter, cfgs: list, y: np.ndarray, k: int, seed: int) -> floa
     return float(np.mean(taus))
 
 
+def load_or_measure_sensitivity(run: str, path: str, calib_batches: int, extra_train: int):
+    """The `LayerSensitivity` saved at `path`, else measured on `run` with the collect protocol (2 bits; the
+    measurements are cached in `path` + ".jsonl", so an interrupted measurement resumes) and saved."""
+    from qcompile.search.predictors.sensitivity import LayerSensitivity, measure_sensitivities
+
+    if Path(path).is_file():
+        return LayerSensitivity.load(path)
+    ev = qs.SupernetEvaluator(run, calib_batches=calib_batches, extra_train=extra_train, cache=path + ".jsonl")
+    sens = measure_sensitivities(ev, low_bits=(2,))
+    sens.save(path)
+    return sens
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run")
     ap.add_argument("data", help="JSONL from `qcompile predictor collect`")
     ap.add_argument("--n", type=int, default=400, help="configs 0..n-1 were (or are being) collected")
     ap.add_argument("--holdout-every", type=int, default=4, help="config i is held out when i %% this == 0")
-    ap.add_argument("--target", default="loss", choices=("loss", "accuracy"))
+    ap.add_argument("--target", default="loss", choices=("loss", "logloss", "accuracy"))
     ap.add_argument("--calib-batches", type=int, default=8)
     ap.add_argument("--calib-seeds", type=int, default=1)
     ap.add_argument("--extra-train", type=int, default=512)
     ap.add_argument("--kinds", default="mlp,mlp-ens,gbt", help="comma-separated: mlp, mlp-ens, mlp-transfer, gbt")
     ap.add_argument("--float-data", default=None, help="JSONL of float subnets (collect --bits 32) for mlp-transfer")
+    ap.add_argument(
+        "--sensitivity",
+        default=None,
+        help="LayerSensitivity JSON for sens-line / gbt-sens; measured on RUN (same protocol, 2 bits) if missing",
+    )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -166,6 +200,18 @@ def main(argv=None) -> int:
     if len(both) >= 10:
         again = np.array([by[(hashes[hold[j]], 2)] for j in both])
         out["noise_ceiling"] = scores(again, ht[both]) | {"n": len(both)}
+    sens = None
+    if args.sensitivity:
+        sens = load_or_measure_sensitivity(args.run, args.sensitivity, args.calib_batches, args.extra_train)
+        out["sensitivity"] = {
+            "file": args.sensitivity,
+            "base_loss": sens.base_loss,
+            "weight_2bit_mean": float(sens.weight.mean()),
+            "act_2bit_mean": float(sens.act.mean()),
+        }
+        # the prior alone: the additive estimate of the loss increase, unfitted
+        add = -sens.features(space, hc)[:, -1]
+        out["sensitivity_sum_alone"] = scores(add, ht) | {"rmse": None}
     init = None
     if args.float_data:
         fby = measurements(args.float_data, space, protocol, args.target)
@@ -181,14 +227,18 @@ def main(argv=None) -> int:
         out["n_float"] = len(frecs)
     for kind in args.kinds.split(","):
         t0 = time.process_time()
-        if kind == "gbt":
+        if kind in ("sens-line", "gbt-sens") and sens is None:
+            raise ConfigError("--kinds", kind, "with --sensitivity FILE.json")
+        if kind in ("gbt", "gbt-sens"):
             grid = {json.dumps(p): p for p in GBT_GRID}
+        elif kind == "sens-line":
+            grid = {"line": dict(n_estimators=0)}
         elif kind in ("mlp", "mlp-transfer"):
             grid = dict(MLP_GRID)
         elif kind == "mlp-ens":  # five seeds of the small MLP (the APQ size costs 5x as much for each setting)
             grid = {"small": MLP_GRID["small"]}
         else:
-            raise ConfigError("--kinds", kind, "mlp, mlp-ens, mlp-transfer, gbt")
+            raise ConfigError("--kinds", kind, "mlp, mlp-ens, mlp-transfer, gbt, gbt-sens, sens-line")
         if kind == "mlp-transfer":
             if not args.float_data:
                 raise ConfigError("--float-data", None, "a collect cache of float subnets for mlp-transfer")
@@ -199,14 +249,16 @@ def main(argv=None) -> int:
                 init = qs.AccuracyPredictor(space, seed=args.seed, options=PredictorOptions(holdout=0.0, **params)).fit(
                     fcf, fval
                 )
-            cv[name] = cross_validate(make_fitter(space, kind, params, args.seed, init), fc, ft, args.folds, args.seed)
+            cv[name] = cross_validate(
+                make_fitter(space, kind, params, args.seed, init, sens), fc, ft, args.folds, args.seed
+            )
             log.info("%s %s: CV tau %.3f", kind, name, cv[name])
         best = max(cv, key=cv.get)
         if kind == "mlp-transfer":
             init = qs.AccuracyPredictor(space, seed=args.seed, options=PredictorOptions(holdout=0.0, **grid[best])).fit(
                 fcf, fval
             )
-        pred = make_fitter(space, kind, grid[best], args.seed, init)(fc, ft)
+        pred = make_fitter(space, kind, grid[best], args.seed, init, sens)(fc, ft)
         row = scores(pred.predict(hc), ht) | {"chosen": grid[best], "cv_tau": cv, "cpu_s": time.process_time() - t0}
         out["predictors"][kind] = row
         log.info(

@@ -8,7 +8,13 @@ misses from the features
 
     [encode(space, cfg), log BitOPs, log MACs, log model bits, mean/min weight bits, mean/min activation bits]
 
-so that ``prediction = a + b * log BitOPs + lr * sum_t tree_t(features)``. scikit-learn does the
+so that ``prediction = a + b * log BitOPs + lr * sum_t tree_t(features)``.
+
+With a `LayerSensitivity` (per-layer loss increases measured on the supernet, the retraining-free
+paper's Eq. 9 quantities; `qcompile.search.predictors.sensitivity`), its additive features (summed
+sensitivities of the 2- and 3-bit weight and activation layers, and the total) join both the line and
+the trees' features: the line is then an additive sensitivity model fitted by least squares, and
+``n_estimators=0`` keeps that line alone. scikit-learn does the
 fitting; the fitted trees are stored as plain arrays (safetensors) + JSON, never pickled, and are
 evaluated here in numpy, so a saved predictor loads without scikit-learn's object format.
 
@@ -33,12 +39,15 @@ from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
 from qcompile.search.predictors.saved import FORMAT, JSON_FILE, WEIGHTS_FILE, read_doc, saved_space, space_dict
+from qcompile.search.predictors.sensitivity import LayerSensitivity
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 KIND = "gbt-accuracy-predictor"
 N_COST_FEATURES = 7
+SENS_BITS = (2, 3)
+N_SENS_FEATURES = 2 * len(SENS_BITS) + 1
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class BoostedOptions:
     `residual`: fit the trees to what a least-squares line on log BitOPs leaves; else to the score itself.
     """
 
-    n_estimators: int = 300
+    n_estimators: int = 300  # 0: the line alone
     max_depth: int = 2
     learning_rate: float = 0.05
     subsample: float = 0.8
@@ -58,7 +67,7 @@ class BoostedOptions:
 
     def __post_init__(self) -> None:
         checks = (
-            ("n_estimators", 1 <= self.n_estimators <= 100_000, "1..100000"),
+            ("n_estimators", 0 <= self.n_estimators <= 100_000, "0..100000"),
             ("max_depth", 1 <= self.max_depth <= 16, "1..16"),
             ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
             ("subsample", 0 < self.subsample <= 1, "in (0, 1]"),
@@ -93,25 +102,38 @@ def cost_features(space: Any, cfg: SubnetConfig) -> np.ndarray:
     )
 
 
-def features(space: Any, configs: Sequence[SubnetConfig]) -> np.ndarray:
-    """(n, encoding_size + 7) float64: the one-hot encoding followed by `cost_features`."""
+def features(space: Any, configs: Sequence[SubnetConfig], sensitivity: LayerSensitivity | None = None) -> np.ndarray:
+    """(n, encoding_size + 7 [+ 5]) float64: the one-hot encoding, `cost_features`, and with `sensitivity`
+    its additive features (`LayerSensitivity.features`, bits 2 and 3)."""
     configs = list(configs)
+    n_extra = 0 if sensitivity is None else N_SENS_FEATURES
     if not configs:
-        return np.zeros((0, encoding_size(space) + N_COST_FEATURES))
-    return np.stack(
+        return np.zeros((0, encoding_size(space) + N_COST_FEATURES + n_extra))
+    x = np.stack(
         [np.concatenate([np.asarray(encode(space, c), dtype=np.float64), cost_features(space, c)]) for c in configs]
     )
+    if sensitivity is None:
+        return x
+    return np.hstack([x, sensitivity.features(space, configs, bits=SENS_BITS)])
 
 
 class BoostedPredictor:
     """Boosted trees over a log-BitOPs line; `.fit(configs, values)` returns self, `.predict(configs)` values.
 
     Values are in the units they were fitted in (top-1, or a negated loss so that higher is better).
+    With `sensitivity`, the line also has the additive sensitivity features (module docstring).
     """
 
     kind = KIND
 
-    def __init__(self, space: Any, seed: int = 0, options: BoostedOptions | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        space: Any,
+        seed: int = 0,
+        options: BoostedOptions | None = None,
+        sensitivity: LayerSensitivity | None = None,
+        **kwargs: Any,
+    ) -> None:
         if options is not None and kwargs:
             raise ConfigError("BoostedPredictor options", sorted(kwargs), "either options=... or keyword options")
         try:
@@ -123,13 +145,24 @@ class BoostedPredictor:
         for attr in ("genes", "num_layer_slots", "bit_choices"):  # what search.encoding reads
             if not hasattr(space, attr):
                 raise ConfigError("space", type(space).__name__, f"a search space with `{attr}` (qc.spaces.*)")
+        if sensitivity is not None and sensitivity.weight.shape[0] != space.num_layer_slots:
+            raise ConfigError(
+                "sensitivity", f"{sensitivity.weight.shape[0]} layer slots", f"{space.num_layer_slots} (the space's)"
+            )
         self.space = space
         self.seed = int(seed)
-        self.n_features = int(encoding_size(space)) + N_COST_FEATURES
-        self.line = np.zeros(2)  # a + b * log BitOPs
+        self.sensitivity = sensitivity
+        n_enc = int(encoding_size(space))
+        self.n_features = n_enc + N_COST_FEATURES + (0 if sensitivity is None else N_SENS_FEATURES)
+        # the line's columns: log BitOPs, then the sensitivity features
+        self._line_cols = [n_enc] + (
+            [] if sensitivity is None else list(range(n_enc + N_COST_FEATURES, self.n_features))
+        )
+        self.line = np.zeros(1 + len(self._line_cols))  # a + b . (log BitOPs [, sensitivity features])
         self.init = 0.0  # the boosting's constant start (mean residual)
         self.trees: list[dict[str, np.ndarray]] = []
         self.report: dict[str, Any] = {}
+        self._fitted = False
 
     # ------------------------------------------------------------------------------------------
     def fit(self, configs: Sequence[SubnetConfig], values: Sequence[float] | np.ndarray) -> BoostedPredictor:
@@ -139,37 +172,41 @@ class BoostedPredictor:
         opts = self.options
         configs, y, hold, train = fit_split(configs, values, opts.holdout, self.seed, min_train=4)
         n_hold = len(hold)
-        x = features(self.space, configs)
+        x = features(self.space, configs, self.sensitivity)
         # the fit sees its rows in their given order (sklearn's row subsampling depends on it)
         train = np.sort(train)
-        lb = x[:, -N_COST_FEATURES]
-        if opts.residual:
-            a = np.column_stack([np.ones(len(train)), lb[train]])
+        lb = x[:, self._line_cols[0]]
+        if opts.residual or opts.n_estimators == 0:
+            a = np.column_stack([np.ones(len(train)), x[train][:, self._line_cols]])
             self.line = np.linalg.lstsq(a, y[train], rcond=None)[0]
         else:
-            self.line = np.zeros(2)
-        resid = y[train] - self._line(lb[train])
-        gbr = GradientBoostingRegressor(
-            n_estimators=opts.n_estimators,
-            max_depth=opts.max_depth,
-            learning_rate=opts.learning_rate,
-            subsample=opts.subsample,
-            min_samples_leaf=opts.min_samples_leaf,
-            random_state=self.seed,
-        ).fit(x[train], resid)
-        self.init = float(np.asarray(gbr.init_.constant_).reshape(-1)[0])
-        self.trees = [_tree_arrays(est[0].tree_) for est in gbr.estimators_]
+            self.line = np.zeros(1 + len(self._line_cols))
+        resid = y[train] - self._line(x[train])
+        if opts.n_estimators:
+            gbr = GradientBoostingRegressor(
+                n_estimators=opts.n_estimators,
+                max_depth=opts.max_depth,
+                learning_rate=opts.learning_rate,
+                subsample=opts.subsample,
+                min_samples_leaf=opts.min_samples_leaf,
+                random_state=self.seed,
+            ).fit(x[train], resid)
+            self.init = float(np.asarray(gbr.init_.constant_).reshape(-1)[0])
+            self.trees = [_tree_arrays(est[0].tree_) for est in gbr.estimators_]
+        else:
+            self.init, self.trees = 0.0, []
+        self._fitted = True
         self.report = {"n_train": int(len(train)), "n_holdout": int(n_hold)}
         if n_hold >= 2:
             self.report.update(heldout_report(self._predict_features(x[hold]), y[hold], bitops=lb[hold]))
             log_heldout(log, "boosted predictor", self.report)
         return self
 
-    def _line(self, log_bitops: np.ndarray) -> np.ndarray:
-        return self.line[0] + self.line[1] * log_bitops
+    def _line(self, x: np.ndarray) -> np.ndarray:
+        return self.line[0] + x[:, self._line_cols] @ self.line[1:]
 
     def _predict_features(self, x: np.ndarray) -> np.ndarray:
-        out = self._line(x[:, -N_COST_FEATURES]) + self.init
+        out = self._line(x) + self.init
         for t in self.trees:
             out = out + self.options.learning_rate * _tree_predict(t, x)
         return out
@@ -179,9 +216,9 @@ class BoostedPredictor:
         configs = list(configs)
         if not configs:
             return np.zeros(0)
-        if not self.trees:
+        if not self._fitted:
             raise ConfigError("BoostedPredictor", "not fitted", "call .fit(configs, values) or .load(path) first")
-        return self._predict_features(features(self.space, configs))
+        return self._predict_features(features(self.space, configs, self.sensitivity))
 
     __call__ = predict
 
@@ -204,6 +241,7 @@ class BoostedPredictor:
             "line": [float(v) for v in self.line],
             "init": self.init,
             "n_trees": len(self.trees),
+            "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "report": self.report,
         }
         atomic_write_text(path / JSON_FILE, json.dumps(doc, indent=2))
@@ -217,7 +255,9 @@ class BoostedPredictor:
         path = Path(path)
         doc = read_doc(path, KIND)
         space = saved_space(doc, space, path)
-        pred = cls(space, seed=doc["seed"], options=BoostedOptions(**doc["options"]))
+        sens = doc.get("sensitivity")
+        sens = None if sens is None else LayerSensitivity.from_dict(sens)
+        pred = cls(space, seed=doc["seed"], options=BoostedOptions(**doc["options"]), sensitivity=sens)
         if pred.n_features != doc["n_features"]:
             raise ConfigError(
                 "predictor features", doc["n_features"], pred.n_features, f"{path} was fitted for another space"
@@ -227,6 +267,7 @@ class BoostedPredictor:
         pred.line = np.asarray(doc["line"], dtype=np.float64)
         pred.init = float(doc["init"])
         pred.report = doc.get("report", {})
+        pred._fitted = True
         return pred
 
     def __repr__(self) -> str:

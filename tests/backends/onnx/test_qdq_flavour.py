@@ -182,6 +182,7 @@ def test_qdq_training_forward_has_the_int32_bias_grid(qdq_subnet):
     from torch import nn
 
     space, qnet, sub, x = qdq_subnet
+    x = x[:48]
     cfg = space.sample(seed=3, bits=(2, 3, 4))
     # the supernet carries the hooks (insert_quantizers), and its training forward is the subnet's
     supernet = copy.deepcopy(qnet)

@@ -82,9 +82,12 @@ class BiasGrid:
         if bn_input is None:
             a, b = bn_affine(bn, "BiasGrid")
             return a[:o], b[:o]
-        y = bn_input.detach().to(torch.float64)
+        y = bn_input.detach()
         dims = [d for d in range(y.ndim) if d != 1]
-        mean, var = y.mean(dims), y.var(dims, unbiased=False)  # what F.batch_norm normalises with in training
+        # what F.batch_norm normalises with in training, in the statistics' dtype (float32), as the running
+        # statistics that eval mode and fold_bn read are stored
+        mean = y.mean(dims).to(torch.float64)
+        var = y.var(dims, unbiased=False).to(torch.float64)
         gamma = bn.weight.detach()[:o].to(torch.float64) if bn.weight is not None else torch.ones_like(var)
         beta = bn.bias.detach()[:o].to(torch.float64) if bn.bias is not None else torch.zeros_like(var)
         a = gamma / torch.sqrt(var + bn.eps)

@@ -49,7 +49,7 @@ class BiasGrid:
         if not all(getattr(q, "flavour", DEFAULT_FLAVOUR) == "qdq" and q.active_bits < 32 and not q.calibrating
                    for q in qs):
             return False
-        return self.layer.training or all(q.is_calibrated for q in qs)
+        return self.in_quant.training or all(q.is_calibrated for q in qs)
 
     @torch.no_grad()
     def shift(self, bn_input: torch.Tensor | None = None, channels: int | None = None) -> torch.Tensor:
@@ -95,7 +95,7 @@ class BiasGrid:
 
     def _input_scale(self) -> float | torch.Tensor:
         q = self.in_quant
-        if self.layer.training:
+        if q.training:
             # the scale BatchQuant quantized this batch with (its batch estimates, `last_scale`)
             return q.last_scale.detach().to(torch.float64)
         return q.qparams()[0]

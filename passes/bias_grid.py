@@ -1,8 +1,9 @@
-"""`link_bias_grid`: the qdq flavour's int32 bias grid in the fake-quant forward of a static subnet.
+"""`link_bias_grid`: the qdq flavour's int32 bias grid in the fake-quant forward, in training and in eval.
 
 A graph-level companion of `qcompile.quant.flavour` (it reads the graph's patterns and `fold_bn`'s BN affine,
-so it lives with the passes): `slice_subnet` links every extracted subnet; the hooks do nothing outside the
-qdq flavour.
+so it lives with the passes): `insert_quantizers` links the quantized supernet, so training sees the grid
+(straight-through), and `slice_subnet` links every extracted subnet; the hooks do nothing outside the qdq
+flavour.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ class BiasGrid:
     `A_c floor(c_c / A_c + 1/2) - c_c` to the output of the module that ends the affine part (the BN, or the
     conv / linear without one): the fake-quant forward then computes what the QDQ graph computes.
 
-    Active in eval mode only, once both quantizers are calibrated, in the qdq flavour, below 32 bits, and
-    only where the layer's output is requantized (`link_bias_grid` checks the graph): training sees the
-    float bias, whose batch statistics fold into no fixed grid.
+    Eval mode (once both quantizers are calibrated) folds the BN's running statistics and reads the input
+    quantizer's calibrated scale, as `fold_bn` + `eq6_fold` do. Training mode folds this batch's BN statistics
+    (what `F.batch_norm` normalises with: mean and biased variance of the BN input) and the scale the input
+    quantizer used on this batch, so training sees the grid its deployed model will have; the shift is a
+    constant of the backward pass (straight-through: `d(A round(c / A)) / dc = 1`, as LSQ and BatchQuant
+    treat their rounding, QFA Sec. 3.4). Elastic layers (`qcompile.nn.elastic`) use the first channels of
+    their per-channel tensors, the ones the active subnet computes.
+
+    Active in the qdq flavour only, below 32 bits, outside calibration, and only where the layer's output is
+    requantized (`link_bias_grid` checks the graph).
     """
 
     def __init__(self, layer: nn.Module, bn: nn.Module | None, in_quant: nn.Module, out_quant: nn.Module):
@@ -35,35 +43,83 @@ class BiasGrid:
 
     def active(self) -> bool:
         qs = (self.in_quant, self.out_quant)
-        return (not self.layer.training and getattr(self.layer, "weight_quant", None) is not None
-                and self.layer.weight_quant.active_bits < 32
-                and all(getattr(q, "flavour", DEFAULT_FLAVOUR) == "qdq" and q.active_bits < 32 and q.is_calibrated
-                        and not q.calibrating for q in qs))
+        wq = getattr(self.layer, "weight_quant", None)
+        if wq is None or wq.active_bits >= 32:
+            return False
+        if not all(getattr(q, "flavour", DEFAULT_FLAVOUR) == "qdq" and q.active_bits < 32 and not q.calibrating
+                   for q in qs):
+            return False
+        return self.in_quant.training or all(q.is_calibrated for q in qs)
 
     @torch.no_grad()
-    def shift(self) -> torch.Tensor:
-        """Per-channel `A_c floor(c_c / A_c + 1/2) - c_c` (float64), as `fold_bn` + `eq6_fold` compute it."""
+    def shift(self, bn_input: torch.Tensor | None = None, channels: int | None = None) -> torch.Tensor:
+        """Per-channel `A_c floor(c_c / A_c + 1/2) - c_c` (float64), as `fold_bn` + `eq6_fold` compute it.
+
+        `bn_input` (the BN's input in training mode) gives the batch statistics; `channels` (default: all)
+        how many leading channels of an elastic layer are active.
+        """
         layer = self.layer
         dtype = layer.weight.dtype
+        o = layer.weight.shape[0] if channels is None else channels
         _, w_scale = layer.weight_quant.codes(layer.weight)
-        o = layer.weight.shape[0]
-        sw = w_scale.to(torch.float64).reshape(-1).expand(o)
-        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else torch.zeros(o, dtype=torch.float64)
+        w_scale = w_scale.to(torch.float64).reshape(-1)
+        sw = w_scale[:o] if w_scale.numel() > 1 else w_scale.expand(o)
+        bias = (layer.bias.detach()[:o].to(torch.float64) if layer.bias is not None
+                else torch.zeros(o, dtype=torch.float64))
         if self.bn is None:
             a, c = torch.ones(o, dtype=torch.float64), bias
         else:  # fold_bn stores the folded scale and bias in the weights' dtype: round them the same way
-            a, b = bn_affine(self.bn, "BiasGrid")
+            a, b = self._bn_fold(bn_input, o)
             a, c = a.to(dtype).to(torch.float64), (a * bias + b).to(dtype).to(torch.float64)
-        x_scale, _ = self.in_quant.qparams()
+        x_scale = self._input_scale()
         acc_scale = (sw * x_scale * a).abs()
         acc_scale = torch.where(acc_scale == 0, sw * x_scale, acc_scale)  # a dead channel (eq6_fold)
         return acc_scale * torch.floor(c / acc_scale + 0.5) - c
 
+    def _bn_fold(self, bn_input: torch.Tensor | None, o: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(a, b)` of `BN(y) = a y + b` in float64: running statistics in eval, this batch's in training."""
+        bn = self.bn
+        if bn_input is None:
+            a, b = bn_affine(bn, "BiasGrid")
+            return a[:o], b[:o]
+        y = bn_input.detach()
+        dims = [d for d in range(y.ndim) if d != 1]
+        # what F.batch_norm normalises with in training, in the statistics' dtype (float32), as the running
+        # statistics that eval mode and fold_bn read are stored
+        mean = y.mean(dims).to(torch.float64)
+        var = y.var(dims, unbiased=False).to(torch.float64)
+        gamma = bn.weight.detach()[:o].to(torch.float64) if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias.detach()[:o].to(torch.float64) if bn.bias is not None else torch.zeros_like(var)
+        a = gamma / torch.sqrt(var + bn.eps)
+        return a, beta - a * mean
+
+    def _input_scale(self) -> float | torch.Tensor:
+        q = self.in_quant
+        if q.training:
+            # the scale BatchQuant quantized this batch with (its batch estimates, `last_scale`)
+            return q.last_scale.detach().to(torch.float64)
+        return q.qparams()[0]
+
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if not self.active():
             return None
-        d = self.shift().to(output.dtype)
+        bn_input = inputs[0] if self.bn is not None and self.bn.training else None
+        d = self.shift(bn_input, channels=output.shape[1]).to(output.dtype)
+        # a constant of the backward pass: the straight-through estimator of the bias rounding
         return output + d.reshape((1, -1) + (1,) * (output.ndim - 2))
+
+
+def _kind(node, gm) -> str:
+    """`classify`'s kind, with the elastic conv / BN / linear of a supernet graph read as their static forms."""
+    from qcompile.nn.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
+    from qcompile.passes.patterns import classify, get_module
+
+    if node.op == "call_module":
+        mod = get_module(gm, node.target)
+        for cls, kind in ((ElasticConv2d, "conv"), (ElasticBatchNorm2d, "bn"), (ElasticLinear, "linear")):
+            if isinstance(mod, cls):
+                return kind
+    return classify(node, gm).kind
 
 
 def _requantized_by(node, gm) -> object | None:
@@ -75,10 +131,10 @@ def _requantized_by(node, gm) -> object | None:
     cur = node
     while len(cur.users) == 1:
         nxt = next(iter(cur.users))
-        k = classify(nxt, gm)
-        if k.kind == "quantizer":
+        kind = _kind(nxt, gm)
+        if kind == "quantizer":
             return nxt
-        if k.kind == "identity" or (k.kind == "act" and ELEMENTWISE[k.params["act"]].clamp is not None):
+        if kind == "identity" or (kind == "act" and ELEMENTWISE[classify(nxt, gm).params["act"]].clamp is not None):
             cur = nxt
             continue
         return None
@@ -86,22 +142,22 @@ def _requantized_by(node, gm) -> object | None:
 
 
 def link_bias_grid(gm) -> int:
-    """Install `BiasGrid` on every quantized conv / linear of a static fake-quant graph whose input comes from
-    an activation quantizer and whose (BN-folded) output is requantized; returns how many. Idempotent; the hooks
-    do nothing outside the qdq flavour, so a subnet may change flavour afterwards (`set_flavour`)."""
-    from qcompile.passes.patterns import classify, get_module, source_through_shape_ops
+    """Install `BiasGrid` on every quantized conv / linear of a fake-quant graph (a static subnet, or a
+    quantized supernet of elastic layers) whose input comes from an activation quantizer and whose (BN-folded)
+    output is requantized; returns how many. Idempotent; the hooks do nothing outside the qdq flavour, so a
+    model may change flavour afterwards (`set_flavour`)."""
+    from qcompile.passes.patterns import get_module, source_through_shape_ops
 
     n = 0
     for node in gm.graph.nodes:
-        kind = classify(node, gm).kind
-        if kind not in ("conv", "linear") or not node.args:
+        if _kind(node, gm) not in ("conv", "linear") or not node.args:
             continue
         layer = get_module(gm, node.target)
         src = source_through_shape_ops(node.args[0], gm)
-        if getattr(layer, "weight_quant", None) is None or classify(src, gm).kind != "quantizer":
+        if getattr(layer, "weight_quant", None) is None or _kind(src, gm) != "quantizer":
             continue
         tail, bn = node, None
-        if len(node.users) == 1 and classify(next(iter(node.users)), gm).kind == "bn":
+        if len(node.users) == 1 and _kind(next(iter(node.users)), gm) == "bn":
             tail = next(iter(node.users))
             bn = get_module(gm, tail.target)
         out_q = _requantized_by(tail, gm)

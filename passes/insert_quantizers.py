@@ -25,6 +25,7 @@ from qcompile.config import FLOAT_BITS, SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.nn.elastic import ElasticConv2d, ElasticLinear, QuantPoint
 from qcompile.nn.padding import link_pad_quantizer
+from qcompile.passes.bias_grid import link_bias_grid
 from qcompile.passes.infra import Pass, PassResult, register
 from qcompile.quant import LSQ, make_act_quant
 from qcompile.quant.factory import ACT_QUANTIZERS
@@ -192,6 +193,7 @@ class InsertQuantizers(Pass):
             per_channel=per_channel,
             flavour=self.flavour,
         )
+        link_bias_grid(gm)  # the qdq flavour trains on the int32 bias grid it is deployed with (inactive otherwise)
         return gm
 
 

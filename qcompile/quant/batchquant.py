@@ -179,6 +179,8 @@ class BatchQuant(ActQuantizer):
         gamma, beta = self.gamma[str(b)], self.beta[str(b)]
         zp = self._zero_point(z, beta, n, p)
         self.pad_value = zero_code_value(delta * gamma, zp, n, p)
+        #: the scale of this forward (batch estimates in training): the qdq bias grid's `x_scale` (BiasGrid)
+        self.last_scale = (delta * gamma).detach()
         if bool(self.qdq):
             return fake_quant_qdq(x, delta * gamma, zp, n, p)
         return fake_quant_affine(x, delta * gamma, zp, n, p)

@@ -149,3 +149,96 @@ def test_flavour_is_recorded_in_quantize_options_and_restored(qdq_subnet):
     assert qnet.quantize_options["flavour"] == "qdq"
     _, again = build_quantized_supernet(space.to_dict(), qnet.quantize_options)
     assert qc.quant.flavour_of(again) == "qdq"
+
+
+def _train_mode(model):
+    """Training mode with dropout off, so two forwards of the same batch compute the same thing."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    return model
+
+
+def _drop_bias_grid(model) -> int:
+    from qcompile.passes.bias_grid import BiasGrid
+
+    n = 0
+    for m in model.modules():
+        for k, h in list(m._forward_hooks.items()):
+            if isinstance(h, BiasGrid):
+                del m._forward_hooks[k]
+                n += 1
+    return n
+
+
+def test_qdq_training_forward_has_the_int32_bias_grid(qdq_subnet):
+    """Training sees the bias grid the deployed model has: in training mode (batch statistics) the qdq
+    fake-quant forward equals the eval-mode forward whose BN and BatchQuant running statistics are this batch's
+    (eval mode is the integer program's arithmetic, `test_qdq_fake_quant_forward_has_the_int32_bias_grid`);
+    the quantized supernet computes what its extracted subnet computes; the grid's rounding is straight-through."""
+    import copy
+
+    from torch import nn
+
+    space, qnet, sub, x = qdq_subnet
+    x = x[:48]
+    cfg = space.sample(seed=3, bits=(2, 3, 4))
+    # the supernet carries the hooks (insert_quantizers), and its training forward is the subnet's
+    supernet = copy.deepcopy(qnet)
+    extracted = _train_mode(qc.extract(supernet, cfg))  # before the supernet's forward moves its BN statistics
+    qc.set_active(supernet, cfg)
+    with torch.no_grad():
+        y_super = _train_mode(supernet)(x)
+        y_sub = extracted(x)
+    torch.testing.assert_close(y_super, y_sub, rtol=0, atol=1e-6)
+
+    # training mode vs eval mode with the running statistics set to this batch's (mean, biased variance;
+    # BatchQuant's batch estimates): the same arithmetic, so equal up to float32 evaluation order (1e-5)
+    train = _train_mode(copy.deepcopy(sub))
+    seen: dict[str, object] = {}
+    hooks = []
+    for name, m in train.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_pre_hook(lambda _, a, k=name: seen.__setitem__(k, a[0].detach())))
+        elif isinstance(m, BatchQuant):
+            hooks.append(m.register_forward_pre_hook(lambda q, a, k=name: seen.__setitem__(k, q.batch_estimates(a[0]))))
+    y_train = train(x)
+    for h in hooks:
+        h.remove()
+    ev = copy.deepcopy(train).eval()
+    with torch.no_grad():
+        for name, m in ev.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(seen[name].mean((0, 2, 3)))
+                m.running_var.copy_(seen[name].var((0, 2, 3), unbiased=False))
+            elif isinstance(m, BatchQuant):
+                m.running_min.copy_(seen[name][0])
+                m.running_max.copy_(seen[name][1])
+        y_eval = ev(x)
+    torch.testing.assert_close(y_train.detach(), y_eval, rtol=0, atol=1e-5)
+    assert bool((y_train.argmax(1) == y_eval.argmax(1)).all())
+
+    # without the hooks the training forward is another model (on this subnet: top-1 agreement ~20 %)
+    bare = copy.deepcopy(train)
+    assert _drop_bias_grid(bare) > 10
+    with torch.no_grad():
+        y_bare = bare(x)
+    assert (y_bare.argmax(1) == y_eval.argmax(1)).float().mean() < 0.9
+
+    # straight-through: one hooked BN in training mode adds a shift of whole accumulator units, and the
+    # gradient reaching its affine bias is the upstream gradient summed, as without the shift
+    from qcompile.passes.bias_grid import BiasGrid
+
+    bn, grid = next((m, h) for m in train.modules() for h in m._forward_hooks.values()
+                    if isinstance(h, BiasGrid) and isinstance(m, nn.BatchNorm2d)
+                    and h.layer.weight_quant.active_bits == 2)
+    inp = seen[next(k for k, m in train.named_modules() if m is bn)].clone().requires_grad_(True)
+    out = bn(inp)
+    plain = nn.functional.batch_norm(inp, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    shift = (out - plain).detach()
+    assert shift.abs().amax() > 0
+    torch.testing.assert_close(shift[0, :, 0, 0], grid.shift(inp, channels=inp.shape[1]).float(), rtol=0, atol=1e-5)
+    r = torch.randn_like(out)
+    (g_bias,) = torch.autograd.grad((out * r).sum(), bn.bias)
+    torch.testing.assert_close(g_bias, r.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)

@@ -161,3 +161,27 @@ def test_amx_plan_covers_the_gemm(okp):
     assert blk.so * blk.sp * 4 <= 128 * 1024 or (blk.so, blk.sp) == (16 * blk.to, 16 * blk.tp)
     blocks = (plan.opad // blk.so) * (plan.pp // blk.sp)
     assert blocks >= min(2, (-(-o // 16)) * (-(-p // 16)) // (blk.to * blk.tp))  # both threads get work
+
+
+@pytest.mark.slow
+def test_amx_network_bit_exact():
+    """The largest `mobilenet_v2` space subnet (8-bit, 128 px) lowered for this host: its large 1x1 convs run on AMX
+    and the whole network matches the reference integer executor bit for bit."""
+    import qcompile as qc
+    from qcompile.backends.tvm import lower_integer_graph
+
+    if not isa.should_execute("amx-int8"):
+        pytest.skip("this CPU has no AMX-INT8: the host lowering has no AMX kernel")
+    torch.manual_seed(0)
+    space = qc.spaces.mobilenet_v2(num_classes=10, resolutions=(128,))
+    qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(8,), act_bits=(8,), first_layer=8)
+    sub = qc.extract(qnet, space.largest(bits=8))
+    gen = torch.Generator().manual_seed(0)
+    qc.calibrate(sub, [torch.randn(2, 3, 128, 128, generator=gen) for _ in range(2)])
+    ig = qc.to_integer(sub)
+    low = lower_integer_graph(ig, "x86", input_shape=(1, 3, 128, 128))
+    n_amx = sum(1 for k in low.meta["kernels"] if k["workload"].get("mode") == "amx")
+    assert n_amx >= 10, n_amx
+    x = torch.randn(2, 3, 128, 128, generator=gen)
+    got = np.concatenate([low(x[i : i + 1].numpy()) for i in range(len(x))])
+    np.testing.assert_array_equal(got.astype(np.float64), ig(x).numpy().astype(np.float64))

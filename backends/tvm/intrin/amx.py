@@ -33,6 +33,7 @@ import tvm
 from tvm.s_tir import TensorIntrin
 
 from qcompile.backends.tvm.intrin.common import target_features
+from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,14 @@ class AmxBlock:
     tp: int
 
     def __post_init__(self) -> None:
-        assert self.to * self.tp + self.to + self.tp <= 8, "AMX has 8 tile registers"
-        assert self.so % (16 * self.to) == 0 and self.sp % (16 * self.tp) == 0
-        assert 1 <= self.kc4 <= 16 and self.kb % self.kc4 == 0
+        if min(self.to, self.tp) < 1 or self.to * self.tp + self.to + self.tp > 8:
+            raise ConfigError("AmxBlock.to x tp", (self.to, self.tp), "C, A and B tiles within AMX's 8 registers")
+        if self.so % (16 * self.to) or self.sp % (16 * self.tp) or min(self.so, self.sp) < 1:
+            raise ConfigError(
+                "AmxBlock.so x sp", (self.so, self.sp), f"positive multiples of {(16 * self.to, 16 * self.tp)}"
+            )
+        if not 1 <= self.kc4 <= 16 or self.kb % self.kc4:
+            raise ConfigError("AmxBlock.kc4", self.kc4, f"1..16 dividing kb={self.kb} (a tile row holds 64 bytes)")
 
     @property
     def nk(self) -> int:

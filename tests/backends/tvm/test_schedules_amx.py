@@ -185,3 +185,12 @@ def test_amx_network_bit_exact():
     x = torch.randn(2, 3, 128, 128, generator=gen)
     got = np.concatenate([low(x[i : i + 1].numpy()) for i in range(len(x))])
     np.testing.assert_array_equal(got.astype(np.float64), ig(x).numpy().astype(np.float64))
+
+
+def test_amx_block_refuses_shapes_the_tiles_cannot_hold():
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="8 registers"):
+        AmxBlock(48, 32, 24, 12, 3, 2)  # 6 C + 3 A + 2 B tiles
+    with pytest.raises(ConfigError, match="kc4"):
+        AmxBlock(32, 32, 34, 17, 2, 2)  # a 68-byte tile row

@@ -347,9 +347,10 @@ def main() -> None:
     ap.add_argument("--skip-kernels", action="store_true")
     ap.add_argument("--from-json", help="only re-render the markdown of an earlier run's JSON")
     ap.add_argument("--include", nargs="*",
-                    default=["docs/benchmarks_space.md", "docs/peers.md", "docs/benchmarks_demo.md"],
+                    default=["docs/benchmarks_space.md", "docs/peers.md", "docs/benchmarks_demo.md",
+                             "docs/benchmarks_amx.md"],
                     help="generated sections appended to the markdown when they exist (space subnet, peers, demo "
-                         "subnet)")
+                         "subnet, AMX against VNNI)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cmd = "QCOMPILE_CACHE=/tmp/qc-bench .venv/bin/python -m benchmarks.report"

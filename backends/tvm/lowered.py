@@ -189,6 +189,7 @@ class Lowered:
         from tvm import relax
 
         if self._vm is None:
+            _allow_amx(self.spec)
             pool = ensure_thread_default(self.num_threads)
             if self.num_threads and int(self.num_threads) != pool:
                 # a different count than the pool was made with: resize it, but keep this thread's CPU set
@@ -305,6 +306,7 @@ class Lowered:
         from tvm import relax
 
         if sess is None:
+            _allow_amx(self.spec)
             dev = tvm.cpu()
             lib = self._exec if self._lib_path is None else tvm.runtime.load_module(str(self._lib_path))
             vm = self._native_vm() if self._lib_path is None else relax.VirtualMachine(lib, dev)
@@ -353,6 +355,16 @@ class Lowered:
             dev = sess.cpu()
             vm = relax.VirtualMachine(sess.load_module(LIB_NAME), dev)
             return vm["main"](tvm.runtime.tensor(arr, dev)).numpy()
+
+
+def _allow_amx(spec: TargetSpec) -> None:
+    """Before a native library runs: if its target has AMX-INT8, ask Linux for the tile data (once per process;
+    an AMX kernel without it dies with SIGILL). The strategy builds AMX kernels only where this succeeds."""
+    if spec.native and spec.arch == "x86_64":
+        from qcompile.backends.tvm.intrin.amx import enable_amx, has_amx
+
+        if has_amx(spec.target()) and not enable_amx():
+            log.warning("target %s has AMX-INT8 but Linux refused this process the tile data", spec.tvm_target)
 
 
 def _imports(mod: Any) -> list:

@@ -107,7 +107,7 @@ KERNEL_FAMILIES: dict[str, tuple[str, ...]] = {
     "avx512": ("avx512f", "avx512bw", "avx512vl"),  # vpmaddwd zmm, 16 lanes
     "avx-vnni": ("avxvnni",),  # VEX vpdpbusd ymm
     "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),  # EVEX vpdpbusd / vpdpwssd
-    "amx-int8": ("amx-tile", "amx-int8"),  # tdpbusd (no qcompile kernel uses it yet)
+    "amx-int8": ("amx-tile", "amx-int8"),  # tdpbsud tiles (schedules/x86/amx.py), large GEMM convs
 }
 
 # features a family target must not enable beyond its own (so "avx2" kernels stay 256-bit)

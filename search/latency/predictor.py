@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["KernelPredictor", "kernel_type", "features"]
 
-_MODES = ("", "vnni512", "vnni", "u8s8", "i16")
+_MODES = ("", "vnni512", "vnni", "u8s8", "i16", "amx")
 
 
 def kernel_type(w: dict) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "GemmKnobs",
+    "activation_gather",
+    "schedule_xpad",
     "choose_mode",
     "default_knobs",
     "gemm_candidates",
@@ -153,48 +156,64 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs()) 
     pp, kb = tile.pp, tile.kb
     # requantize: the int64 bias term `bias*M + 2^(s-1)` (requant.bias_term); accumulator: the int32 bias
     wp, bias = tile.operands(wdt, requant)
-    if conv is None:
-        x = te.placeholder((k, p), "uint8", name="x")
-
-        def gather(kk, j):
-            return tirx.if_then_else(tirx.all(kk < k, j < p), x[kk, j].astype(xdt), tirx.const(0, xdt))
-
-    else:
-        cg = conv
-        x = te.placeholder((cg.c, cg.h, cg.w), "uint8", name="x")
-        # the padded input once (a fill plus a vectorised interior copy), so that the im2col gather below
-        # has no bounds test per element (with one, the stem's packing ran scalar and cost more than its GEMM)
-        hp_ = max(cg.h + 2 * cg.padding[0], (cg.ho - 1) * cg.stride[0] + (cg.kh - 1) * cg.dilation[0] + 1)
-        wp2 = max(cg.w + 2 * cg.padding[1], (cg.wo - 1) * cg.stride[1] + (cg.kw - 1) * cg.dilation[1] + 1)
-        xpad = te.compute(
-            (cg.c, hp_, wp2),
-            lambda c_, yy, xx: tirx.if_then_else(
-                tirx.all(yy >= cg.padding[0], yy < cg.h + cg.padding[0],
-                         xx >= cg.padding[1], xx < cg.w + cg.padding[1]),
-                x[c_, yy - cg.padding[0], xx - cg.padding[1]], tirx.const(cg.pad_value, "uint8")),
-            name="xpad",
-        )
-
-        def gather(kk, j):
-            # rows of K beyond k meet zero weights (pack_weights): read any valid code there, branch-free
-            kc = tirx.min(kk, k - 1)
-            c_, kh, kw = kc // (cg.kh * cg.kw), (kc // cg.kw) % cg.kh, kc % cg.kw
-            yy = (j // cg.wo) * cg.stride[0] + kh * cg.dilation[0]
-            xx = (j % cg.wo) * cg.stride[1] + kw * cg.dilation[1]
-            if pp == p:
-                return xpad[c_, yy, xx].astype(xdt)
-            return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
-
+    x, gather, pad = activation_gather(gc, xdt, pp)
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
     schedule_gemm_pack(sch, tile, conv)
-    if conv is not None:
-        xp_blk = sch.get_sblock("xpad")
-        if any(conv.padding) or hp_ != conv.h or wp2 != conv.w:  # unpadded (1x1 stride-2): nothing to decompose
-            sch.decompose_padding(xp_blk, sch.get_loops(xp_blk)[1])
-        sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])
+    schedule_xpad(sch, conv, pad)
     schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer)
     return sch.mod["main"]
+
+
+def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, tuple[int, int]]:
+    """The kernel's input placeholder and `gather(k, j)`, the activation code of reduction row `k` and pixel `j`
+    (0 beyond K, or beyond P when pixels are padded to `pp`), in `xdt`; and the padded input's (H, W).
+
+    A full conv reads an explicitly padded copy `xpad` (a fill plus a vectorised interior copy, `schedule_xpad`),
+    so that the im2col gather has no bounds test per element (with one, the stem's packing ran scalar and cost
+    more than its GEMM)."""
+    k, p, conv = gc.k, gc.p, gc.conv
+    if conv is None:
+        x = te.placeholder((k, p), "uint8", name="x")
+
+        def gather_pw(kk: Any, j: Any) -> Any:
+            return tirx.if_then_else(tirx.all(kk < k, j < p), x[kk, j].astype(xdt), tirx.const(0, xdt))
+
+        return x, gather_pw, (0, 0)
+    cg = conv
+    x = te.placeholder((cg.c, cg.h, cg.w), "uint8", name="x")
+    hp_ = max(cg.h + 2 * cg.padding[0], (cg.ho - 1) * cg.stride[0] + (cg.kh - 1) * cg.dilation[0] + 1)
+    wp2 = max(cg.w + 2 * cg.padding[1], (cg.wo - 1) * cg.stride[1] + (cg.kw - 1) * cg.dilation[1] + 1)
+    xpad = te.compute(
+        (cg.c, hp_, wp2),
+        lambda c_, yy, xx: tirx.if_then_else(
+            tirx.all(yy >= cg.padding[0], yy < cg.h + cg.padding[0],
+                     xx >= cg.padding[1], xx < cg.w + cg.padding[1]),
+            x[c_, yy - cg.padding[0], xx - cg.padding[1]], tirx.const(cg.pad_value, "uint8")),
+        name="xpad",
+    )
+
+    def gather(kk: Any, j: Any) -> Any:
+        # rows of K beyond k meet zero weights (pack_weights): read any valid code there, branch-free
+        kc = tirx.min(kk, k - 1)
+        c_, kh, kw = kc // (cg.kh * cg.kw), (kc // cg.kw) % cg.kh, kc % cg.kw
+        yy = (j // cg.wo) * cg.stride[0] + kh * cg.dilation[0]
+        xx = (j % cg.wo) * cg.stride[1] + kw * cg.dilation[1]
+        if pp == p:
+            return xpad[c_, yy, xx].astype(xdt)
+        return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
+
+    return x, gather, (hp_, wp2)
+
+
+def schedule_xpad(sch: s_tir.Schedule, conv: Any, pad: tuple[int, int]) -> None:
+    """Schedule `activation_gather`'s padded copy of a full conv's input (nothing for a pointwise conv)."""
+    if conv is None:
+        return
+    xp_blk = sch.get_sblock("xpad")
+    if any(conv.padding) or pad != (conv.h, conv.w):  # unpadded (1x1 stride-2): nothing to decompose
+        sch.decompose_padding(xp_blk, sch.get_loops(xp_blk)[1])
+    sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])

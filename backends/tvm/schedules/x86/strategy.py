@@ -27,6 +27,7 @@ from qcompile.backends.tvm.schedules.conv import (
 )
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
+from qcompile.backends.tvm.schedules.x86.amx import amx_kernel_applies, amx_plan, conv_amx, pack_amx_weights
 from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
 from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
@@ -54,9 +55,22 @@ def _bias_arg(args: list[relax.Expr], requant: bool, node: str) -> relax.Expr:
     return relax.const(bias_term(*vals), "int64")  # relax.const alone would narrow int64 to int32
 
 
+def _gemm_okp(params: dict) -> tuple[int, int, int]:
+    """(O, K, P) of a groups=1 conv's GEMM from its OpCall params."""
+    _, c, _, _ = (int(v) for v in params["x_shape"])
+    o, _, kh, kw = (int(v) for v in params["w_shape"])
+    _, _, ho, wo = (int(v) for v in params["out_shape"])
+    return o, c * kh * kw, ho * wo
+
+
+def _num_cores(target: Any) -> int:
+    return int(target.attrs.get("num-cores", 0) or 0) or 2
+
+
 class _ConvBase(ConvStrategy):
     """x86 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): tensorized GEMM for pointwise and full
-    convs (the intrinsic per layer, `gemm.choose_mode`), row or tap-pair depthwise; tuned knobs when stored."""
+    convs (AMX-INT8 tiles where the target has them and the GEMM is large, `amx.amx_kernel_applies`; else the
+    vector intrinsic per layer, `gemm.choose_mode`), row or tap-pair depthwise; tuned knobs when stored."""
 
     name = "x86_conv"
     requant = True
@@ -69,6 +83,8 @@ class _ConvBase(ConvStrategy):
         kind = conv_kind(call.params)
         if kind == "depthwise":
             return {"kind": kind}
+        if amx_kernel_applies(call.target, *_gemm_okp(call.params)):
+            return {"kind": kind, "mode": "amx"}
         act_max = max(int(call.params.get("x_max", 255)), int(call.params.get("pad_value", 0)))
         return {"kind": kind, "mode": choose_mode(call.target, weight, act_max)}
 
@@ -81,13 +97,19 @@ class _ConvBase(ConvStrategy):
             wdw = dw_weights(cv.weight, cv.kh, cv.kw, knobs)
             return ConvKernel(func, f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w), np.ascontiguousarray(wdw), bias,
                               (cv.c, cv.ho, cv.wo))
+        x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
+        gc = cv.gemm
+        if amx_kernel_applies(call.target, gc.o, gc.k, gc.p):
+            plan = amx_plan(gc.o, gc.k, gc.p, _num_cores(call.target))
+            log.debug("%s: %s conv as GEMM on AMX tiles, %s", cv.node, cv.kind, plan)
+            return ConvKernel(conv_amx(gc, plan), f"qc_gemm_amx_{cv.tag}", x_shape, pack_amx_weights(cv.weight, plan),
+                              bias, (cv.o, cv.ho * cv.wo))
         act_max = max(int(p.get("x_max", 255)), cv.pad_value)
         mode = choose_mode(call.target, cv.weight, act_max)
         _, g, _, wdt = MODES[mode]
         knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode)
         func = pointwise_conv_x86(cv.gemm, mode, knobs)
         log.debug("%s: %s conv as GEMM with %s, tile %s", cv.node, cv.kind, mode, knobs)
-        x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
         return ConvKernel(func, f"qc_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, g, wdt), bias,
                           (cv.o, cv.ho * cv.wo))
 

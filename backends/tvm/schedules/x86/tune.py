@@ -122,7 +122,8 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
     For `qc.lower(..., tune=True)`: call it for every OpCall before emitting; records already in the
     database are reused without timing (tune once for all subnets). `w` (the weight constant) decides the
     intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
-    `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune.
+    `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune (including GEMMs
+    that run on AMX tiles).
     """
     if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
         return None
@@ -136,6 +137,13 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
         return tune_depthwise(dwl, call.target, trials=trials)
     if kind not in ("pointwise", "full"):
         return None
+    from qcompile.backends.tvm.schedules.x86.amx import amx_kernel_applies
+
+    _, c, _, _ = (int(v) for v in call.params["x_shape"])
+    o, _, kh, kw = (int(v) for v in call.params["w_shape"])
+    _, _, ho, wo = (int(v) for v in call.params["out_shape"])
+    if amx_kernel_applies(call.target, o, c * kh * kw, ho * wo):
+        return None  # the AMX kernel has no knobs (its blocking follows from the shape, `amx.amx_plan`)
     if w is None:
         w = np.full(tuple(call.params["w_shape"]), -128, np.int8)
     x_max = max(int(call.params.get("x_max", x_max)), int(call.params.get("pad_value", 0)))

@@ -194,3 +194,37 @@ def test_amx_block_refuses_shapes_the_tiles_cannot_hold():
         AmxBlock(48, 32, 24, 12, 3, 2)  # 6 C + 3 A + 2 B tiles
     with pytest.raises(ConfigError, match="kc4"):
         AmxBlock(32, 32, 34, 17, 2, 2)  # a 68-byte tile row
+
+
+def test_amx_kernels_carry_the_fused_epilogue():
+    """Large 1x1 convs followed by a LUT and by a residual add, lowered for this (AMX) host: the emitter fuses both
+    into the conv epilogue and the strategy puts both convs on AMX; the AMX kernels apply the fused steps (ragged 15 x 13 pixels: padded
+    tiles read a valid skip element) and the network equals the reference integer executor."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tvm_graphs as G
+
+    from qcompile import ops
+    from qcompile.backends.tvm import lower_integer_graph
+    from qcompile.ops import IntegerGraphBuilder
+
+    b = IntegerGraphBuilder()
+    g = G.Gen(b, 3)
+    q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
+    h = b.call(ops.lut, G.conv_block(g, q, 128, 160, 1), g.table(8))
+    d = G.conv_block(g, h, 160, 160, 1)
+    a = b.call(ops.add, h, d, multiplier_a=3 << 13, multiplier_b=1 << 14, offset=(1 << 14) - 100 * (1 << 15),
+               shift=15, lo=0, hi=255)
+    ig = b.build(b.call(ops.dequantize, a, 0.04, 101.5), {"input_shape": [1, 128, 15, 13]})
+    if not isa.should_execute("amx-int8"):
+        pytest.skip("this CPU has no AMX-INT8: the host lowering has no AMX kernel")
+    low = lower_integer_graph(ig, "x86")
+    convs = [k for k in low.meta["kernels"] if k["op"] == "conv2d_requant"]
+    assert [(k["workload"].get("mode"), k["workload"].get("epilogue")) for k in convs] == [
+        ("amx", ["lut"]), ("amx", ["add"])]
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = (rng.standard_normal((1, 128, 15, 13)) * 1.5).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(low(x)), G.reference(ig, x))

@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
-from tvm import s_tir, te
+from tvm import s_tir, te, tirx
 
 from qcompile.backends.tvm.intrin.amx import AmxBlock, amx_intrin, enable_amx, has_amx
 from qcompile.backends.tvm.schedules.conv import GemmConv, GemmTile, schedule_gemm_pack
-from qcompile.backends.tvm.schedules.requant import requant_expr
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
+from qcompile.backends.tvm.schedules.requant import apply_post, post_placeholders, requant_expr
 from qcompile.backends.tvm.schedules.x86.gemm import activation_gather, schedule_xpad
 from qcompile.backends.tvm.targets import host_cpu_features
 
@@ -166,12 +168,21 @@ def conv_amx(gc: GemmConv, plan: AmxPlan | None = None, num_threads: int = 2) ->
     if gc.requant:
         mult = te.placeholder((o,), "int32", name="mult")
         shift = te.placeholder((o,), "int32", name="shift")
+        # the fused elementwise steps (LUT, residual add), as in `conv.gemm_requant_stages`: padded pixels read
+        # a valid skip element and are cropped
+        post_ins = post_placeholders(gc.post, (o, p))
+
+        def at(c: Any, j: Any) -> tuple[Any, Any]:
+            return (c, tirx.min(j, p - 1) if pp != p else j)
+
         res = te.compute(
             shape,
-            lambda c, j: requant_expr(acc[c, j], bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min),
+            lambda c, j: apply_post(
+                requant_expr(acc[c, j], bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min),
+                gc.post, post_ins, at(c, j)),
             name="epilogue",
         )
-        ins = [mult, shift]
+        ins = [mult, shift, *post_ins]
     else:
         res = te.compute(shape, lambda c, j: acc[c, j] + bias[c], name="epilogue")
         ins = []
@@ -187,7 +198,7 @@ def conv_amx(gc: GemmConv, plan: AmxPlan | None = None, num_threads: int = 2) ->
     jo, ji = sch.split(j, [None, blk.sp])
     sch.reorder(jo, co, ci, ji, rb_, ri_)
     outer = sch.fuse(jo, co)
-    sch.parallel(outer)
+    parallel_if_worth(sch, outer, opad * pp * kb * 4)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, outer)
     init = sch.decompose_reduction(gm, ci)

@@ -197,9 +197,10 @@ def test_amx_block_refuses_shapes_the_tiles_cannot_hold():
 
 
 def test_amx_kernels_carry_the_fused_epilogue():
-    """Large 1x1 convs followed by a LUT and by a residual add, lowered for this (AMX) host: the emitter fuses both
-    into the conv epilogue and the strategy puts both convs on AMX; the AMX kernels apply the fused steps (ragged 15 x 13 pixels: padded
-    tiles read a valid skip element) and the network equals the reference integer executor."""
+    """Large 1x1 convs followed by a LUT and by a residual add, lowered for this (AMX) host: the emitter fuses
+    both into the conv epilogue and the strategy puts both convs on AMX; the AMX kernels apply the fused steps
+    (ragged 15 x 13 pixels: padded tiles read a valid skip element) and the network equals the reference
+    integer executor."""
     import sys
     from pathlib import Path
 

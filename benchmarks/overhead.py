@@ -93,7 +93,8 @@ def _legacy_call(low: Any):
     return call
 
 
-def _median_us(fn, n: int) -> float:
+def median_us(fn, n: int) -> float:
+    """Median wall time (us) of `n` back-to-back calls of `fn`."""
     ts = np.empty(n)
     for i in range(n):
         t = time.perf_counter()
@@ -115,9 +116,9 @@ def measure(low: Any, rounds: int, calls: int, kernel_repeat: int) -> dict[str, 
     ev = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=calls)
     legacy = _legacy_call(low)
     quantities = {
-        "lowered_call": lambda: _median_us(lambda: low(x), calls),
-        "lowered_call_before_fix": lambda: _median_us(lambda: legacy(x), calls),
-        "vm_from_python": lambda: _median_us(lambda: main(xt), calls),
+        "lowered_call": lambda: median_us(lambda: low(x), calls),
+        "lowered_call_before_fix": lambda: median_us(lambda: legacy(x), calls),
+        "vm_from_python": lambda: median_us(lambda: main(xt), calls),
         "vm_time_evaluator": lambda: float(np.median(ev(xt).results) * 1e6),
     }
     for f in quantities.values():  # warm every path
@@ -138,11 +139,11 @@ def measure(low: Any, rounds: int, calls: int, kernel_repeat: int) -> dict[str, 
     ks = float(np.median(kernel_sums))
     y = main(xt)
     wrapper = {
-        "check_input": _median_us(lambda: low._check_input(x), 200),
-        "copy_into_bound_input": _median_us(lambda: np.copyto(low._in_array, x), 200),
-        "tvm_tensor_per_call (before)": _median_us(lambda: tvm.runtime.tensor(x), 200),
-        "output_numpy_copy (before)": _median_us(lambda: y.numpy(), 200),
-        "output_from_dlpack": _median_us(lambda: np.from_dlpack(y), 200),
+        "check_input": median_us(lambda: low._check_input(x), 200),
+        "copy_into_bound_input": median_us(lambda: np.copyto(low._in_array, x), 200),
+        "tvm_tensor_per_call (before)": median_us(lambda: tvm.runtime.tensor(x), 200),
+        "output_numpy_copy (before)": median_us(lambda: y.numpy(), 200),
+        "output_from_dlpack": median_us(lambda: np.from_dlpack(y), 200),
     }
     return {"median_us": med, "p10_p90_us": spread, "kernel_sum_us": ks,
             "kernel_sum_p10_p90_us": (float(np.percentile(kernel_sums, 10)), float(np.percentile(kernel_sums, 90))),

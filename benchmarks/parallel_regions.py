@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.overhead import median_us
+
 log = logging.getLogger(__name__)
 
 NEVER = str(1 << 62)
@@ -75,15 +77,6 @@ def build(ig: Any, threads: int, threshold: str) -> Any:
                 os.environ[k] = v
 
 
-def _median_us(fn: Any, n: int) -> float:
-    ts = np.empty(n)
-    for i in range(n):
-        t = time.perf_counter()
-        fn()
-        ts[i] = time.perf_counter() - t
-    return float(np.median(ts) * 1e6)
-
-
 def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:
     """Median (us) of `calls` VM calls per build per round, interleaved; median and p10/p90 over rounds."""
     import tvm
@@ -93,13 +86,13 @@ def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:
         x = np.random.default_rng(0).standard_normal(low.input_shape).astype(np.float32)
         main, xt = low._native_vm()["main"], tvm.runtime.tensor(x)
         mains[name] = lambda m=main, t=xt: m(t)
-        _median_us(mains[name], 5)  # warm
+        median_us(mains[name], 5)  # warm
     samples: dict[str, list[float]] = {k: [] for k in mains}
     names = list(mains)
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            samples[name].append(_median_us(mains[name], calls))
+            samples[name].append(median_us(mains[name], calls))
         log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{n} {v[-1]:.0f} us" for n, v in samples.items()))
     return {
         n: {

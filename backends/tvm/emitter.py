@@ -738,7 +738,10 @@ class _Emitter:
     def _find_chain(self, rq: fx.Node) -> None:
         chain: list[fx.Node] = []
         cur = rq
-        while (nxt := self._epilogue_next(cur)) is not None:
+        claimed = {m for _, ch in self.chains.values() for m in ch}
+        # a residual add of two conv outputs (ResNet's downsample branch) is the next op of both convs: the first
+        # chain takes it and the other conv's code stays a value it reads as its skip tensor
+        while (nxt := self._epilogue_next(cur)) is not None and nxt not in claimed:
             chain.append(nxt)
             cur = nxt
         if chain:

@@ -15,13 +15,19 @@ uniform bits (4/4, 3/3, optionally 2/2), this script measures
   seed) is trained once and shared by every bit policy (checkpoint at the phase boundary: the continuation is
   the same computation as one uninterrupted run).
 
+`--run` takes several supernet runs of the same recipe (comma-separated, e.g. three training seeds): each is
+evaluated on the same architectures, and the summary compares the mean over supernets with the mean over
+standalone seeds (difference with a Welch t 95 % interval). The standalone recipe is the first run's; the others
+must match it but for the seed.
+
 Every finished unit is one JSON file under `OUT/units/` (written atomically); a rerun skips finished units, so
 a killed run resumes with at most one unit lost. `--summary` writes `OUT/table.md`.
 
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.retraining_free \
-        --run runs/retraining_free/supernet-seed0 --pareto runs/retraining_free/demo-search/pareto \
-        --seeds 0,1,2 --bits 4,3 --init float --out runs/retraining_free/out
-    .venv/bin/python -m benchmarks.retraining_free --summary --out runs/retraining_free/out
+    R=runs/retraining_free
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python -m benchmarks.retraining_free \
+        --run $R/supernet-seed0,$R/supernet-seed1,$R/supernet-seed2 --pareto $R/demo-search/pareto \
+        --seeds 0,1,2 --bits 4,3 --init float --out $R/out
+    .venv/bin/python -m benchmarks.retraining_free --summary --out $R/out
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -47,6 +54,10 @@ log = logging.getLogger("benchmarks.retraining_free")
 SIZES = ("small", "middle", "large")
 INITS = ("float", "scratch")
 CALIB_SEEDS = (1, 2, 3)  # 1 is evaluate_subnets' default: the standard evaluation
+# TrainConfig fields that do not change the trained weights: checkpoints and progress bars, and the per-epoch
+# validation, which runs on a deep copy of the model.
+BOOKKEEPING = frozenset({"seed", "checkpoint_every", "keep_checkpoints", "progress", "evaluate"})
+GOAL_POINTS = 1.0  # the retraining-free goal: the supernet's subnet within 1 point of standalone QAT
 
 
 def pick_subnets(space: Any, configs: Sequence[SubnetConfig]) -> dict[str, SubnetConfig]:
@@ -83,6 +94,25 @@ class Recipe:
         from qcompile.train import Phase
 
         return cls(tuple(Phase.from_dict(p) for p in doc["phases"]), dict(doc["train"]), doc.get("quantize"))
+
+    def check_same(self, other: Recipe, where: str) -> None:
+        """Raise `ConfigError` unless `other` has the same phases, quantizers and TrainConfig but for the seed and
+        the fields that do not change the trained weights (`BOOKKEEPING`)."""
+
+        def parts(r: Recipe) -> dict[str, str]:
+            train = {k: v for k, v in r.train.items() if k not in BOOKKEEPING}
+            return {
+                "phases": json.dumps([p.to_dict() for p in r.phases], sort_keys=True, default=str),
+                **{f"train.{k}": json.dumps(v, sort_keys=True) for k, v in sorted(train.items())},
+                "quantize": json.dumps(r.quantize, sort_keys=True),
+            }
+
+        a, b = parts(self), parts(other)
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if diff:
+            raise ConfigError(
+                "--run", where, f"supernet runs of one recipe (this one differs from the first in {', '.join(diff)})"
+            )
 
     def train_config(self, seed: int, progress: bool):
         from qcompile.train import TrainConfig
@@ -136,24 +166,51 @@ def run(
     progress: bool = True,
     supernet_label: str = "seed0",
 ) -> dict[str, dict]:
-    """Measure every unit not yet in `out/units/`; returns all units (old and new) by key."""
-    from tqdm import tqdm
-
-    from qcompile.search.cost.layers import count_macs
-    from qcompile.train import evaluate_subnets, train_standalone
-
+    """Measure every unit not yet in `out/units/` (one supernet, then standalone); returns all units by key."""
     bad = [i for i in inits if i not in INITS]
     if bad:
         raise ConfigError("--init", bad[0], INITS)
+    run_supernet(space, qnet, data, subnets, bits=bits, out=out, calib_batches=calib_batches, label=supernet_label)
+    return run_standalone(
+        space, data, recipe, subnets, bits=bits, seeds=seeds, inits=inits, out=out, calib_batches=calib_batches,
+        progress=progress,
+    )
+
+
+def _prepare(out: Path, subnets: dict[str, SubnetConfig]) -> dict[str, dict]:
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "subnets.json", json.dumps({k: v.to_dict() for k, v in subnets.items()}, indent=1))
-    done = _load_units(out)
+    text = json.dumps({k: v.to_dict() for k, v in subnets.items()}, indent=1)
+    old = out / "subnets.json"
+    # Units of different supernets are compared per architecture: one OUT holds one set of architectures.
+    if old.is_file() and json.loads(old.read_text()) != json.loads(text):
+        raise ConfigError("--pareto", str(old), "the architectures this OUT was started with (another --out)")
+    atomic_write_text(old, text)
+    return _load_units(out)
 
-    # Supernet side: cheap (one calibration + test pass per config and calibration seed).
+
+def run_supernet(
+    space: Any,
+    qnet: Any,
+    data: Any,
+    subnets: dict[str, SubnetConfig],
+    *,
+    bits: Sequence[int],
+    out: Path,
+    calib_batches: int = 8,
+    label: str = "seed0",
+) -> dict[str, dict]:
+    """Evaluate each subnet x bits on the trained supernet `qnet` (calibration seeds `CALIB_SEEDS`) into
+    `out/units/supernet-LABEL-*.json`, skipping finished units; returns all units by key."""
+    from qcompile.search.cost.layers import count_macs
+    from qcompile.train import evaluate_subnets
+
+    out = Path(out)
+    done = _prepare(out, subnets)
+    # Cheap: one calibration + test pass per config and calibration seed.
     for name, arch in subnets.items():
         for b in bits:
-            key = f"supernet-{supernet_label}-{name}-w{b}"
+            key = f"supernet-{label}-{name}-w{b}"
             if key in done:
                 continue
             cfg = uniform(space, arch, b)
@@ -163,7 +220,7 @@ def run(
             ]
             done[key] = {
                 "kind": "supernet",
-                "supernet": supernet_label,
+                "supernet": label,
                 "subnet": name,
                 "bits": b,
                 "config": cfg.to_dict(),
@@ -176,6 +233,33 @@ def run(
                 **_env(),
             }
             _write_unit(out, key, done[key])
+            log.info("%s: %.2f %%", key, 100 * accs[0])
+    return done
+
+
+def run_standalone(
+    space: Any,
+    data: Any,
+    recipe: Recipe,
+    subnets: dict[str, SubnetConfig],
+    *,
+    bits: Sequence[int],
+    seeds: Sequence[int],
+    inits: Sequence[str],
+    out: Path,
+    calib_batches: int = 8,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Train and evaluate every standalone unit (seed x init x subnet x bits) not yet in `out/units/`."""
+    from tqdm import tqdm
+
+    from qcompile.train import evaluate_subnets, train_standalone
+
+    bad = [i for i in inits if i not in INITS]
+    if bad:
+        raise ConfigError("--init", bad[0], INITS)
+    out = Path(out)
+    done = _prepare(out, subnets)
 
     # Standalone side: seed-major, so the first seeds are complete if the run is stopped early.
     todo = [
@@ -239,25 +323,67 @@ def run(
     return done
 
 
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high): Welch's t interval for a difference of means with unequal variances
+    (Welch-Satterthwaite degrees of freedom). NaN bounds when a side has fewer than two values."""
+    from scipy import stats
+
+    d = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return d, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return d, d, d
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    h = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return d, d - h, d + h
+
+
+def verdict(low: float, high: float, goal: float = GOAL_POINTS) -> str:
+    """Whether "the supernet's subnet is within `goal` points of standalone QAT (or better)" holds for a
+    difference interval [low, high] in points: yes (the whole interval is above -goal), no (the whole interval
+    is below -goal), or undecided (the interval contains -goal, or there is none)."""
+    if math.isnan(low):
+        return "undecided (no interval)"
+    if low >= -goal:
+        return "yes"
+    if high < -goal:
+        return "no"
+    return "undecided"
+
+
 def summarize(units: dict[str, dict]) -> str:
-    """Markdown table: per subnet and bits, supernet accuracy vs standalone mean +- std over seeds."""
+    """Markdown table: per subnet, bits and init, the supernet mean +- sd over supernet runs (calibration seed 1)
+    vs the standalone mean +- sd over seeds, their difference with a Welch t 95 % interval, and the verdict on
+    the goal (within `GOAL_POINTS` at these bits)."""
     rows = []
-    labels = {u.get("supernet") for u in units.values() if u["kind"] == "supernet"}
-    if len(labels) > 1:
-        raise ConfigError("units of supernets", sorted(map(str, labels)), "one supernet per OUT directory")
-    sup = {(u["subnet"], u["bits"]): u for u in units.values() if u["kind"] == "supernet"}
+    sup: dict[tuple[str, int], list[dict]] = {}
+    for u in units.values():
+        if u["kind"] == "supernet":
+            sup.setdefault((u["subnet"], u["bits"]), []).append(u)
     std = [u for u in units.values() if u["kind"] == "standalone"]
     head = (
-        "| subnet | MACs | bits | supernet (calib seeds 1 / 2 / 3) | init | standalone mean ± std (n) "
-        "| per seed | supernet − standalone |\n|---|---:|---:|---|---|---|---|---:|"
+        "| subnet | MACs | bits | supernet mean ± sd (n) | per supernet: calib seed 1 (seeds 1-3 mean) | init "
+        "| standalone mean ± sd (n) | per seed | supernet − standalone [95 % CI] | within 1 point? |\n"
+        "|---|---:|---:|---|---|---|---|---|---|---|"
     )
 
     def order(k):
         return (SIZES.index(k[0]) if k[0] in SIZES else 9, -k[1])
 
+    def mean_sd(xs: list[float]) -> str:
+        if len(xs) < 2:
+            return f"{statistics.fmean(xs):.1f} ({len(xs)})"
+        return f"{statistics.fmean(xs):.1f} ± {statistics.stdev(xs):.1f} ({len(xs)})"
+
     for name, b in sorted(sup, key=order):
-        s = sup[(name, b)]
-        by = "/".join(f"{100 * a:.1f}" for a in s["accuracy_by_calib_seed"])
+        sups = sorted(sup[(name, b)], key=lambda u: str(u.get("supernet")))
+        s_acc = [100 * u["accuracy"] for u in sups]
+        per_sup = ", ".join(
+            f"{u.get('supernet')} {100 * u['accuracy']:.1f} ({100 * statistics.fmean(u['accuracy_by_calib_seed']):.1f})"
+            for u in sups
+        )
         for init in INITS:
             runs = sorted(
                 (u for u in std if u["subnet"] == name and u["bits"] == b and u["init"] == init),
@@ -266,12 +392,12 @@ def summarize(units: dict[str, dict]) -> str:
             if not runs:
                 continue
             accs = [100 * u["accuracy"] for u in runs]
-            mean = statistics.fmean(accs)
-            sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
             per = ", ".join(f"s{u['seed']} {a:.1f}" for u, a in zip(runs, accs))
+            d, lo, hi = welch_interval(s_acc, accs)
+            ci = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else f"{d:+.1f}"
             rows.append(
-                f"| {name} | {s.get('macs', '')} | {b}/{b} | {100 * s['accuracy']:.1f} ({by}) | {init} "
-                f"| {mean:.1f} ± {sd:.1f} ({len(accs)}) | {per} | {100 * s['accuracy'] - mean:+.1f} |"
+                f"| {name} | {sups[0].get('macs', '')} | {b}/{b} | {mean_sd(s_acc)} | {per_sup} | {init} "
+                f"| {mean_sd(accs)} | {per} | {ci} | {verdict(lo, hi)} |"
             )
     # A unit's cpu_s includes the float phase only if that unit trained it; a float phase whose unit was
     # stopped before it finished is added from the other units' record of it, so each counts once.
@@ -290,8 +416,14 @@ def summarize(units: dict[str, dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="runs/retraining_free/supernet-seed0", help="trained supernet run directory")
-    ap.add_argument("--supernet-label", default=None, help="name of the supernet in unit keys (default: seed<S>)")
+    ap.add_argument(
+        "--run",
+        default="runs/retraining_free/supernet-seed0",
+        help="trained supernet run directories, comma-separated (runs of one recipe, e.g. three training seeds)",
+    )
+    ap.add_argument(
+        "--supernet-label", default=None, help="names of the supernets in unit keys, comma-separated (default: seed<S>)"
+    )
     ap.add_argument(
         "--pareto",
         default="runs/retraining_free/demo-search/pareto",
@@ -304,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/retraining_free/out")
     ap.add_argument("--summary", action="store_true", help="only write OUT/table.md from the finished units")
+    ap.add_argument("--supernet-only", action="store_true", help="evaluate the supernets, train no standalone run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
@@ -320,26 +453,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qcompile.search.cost.layers import count_macs
 
     torch.set_num_threads(args.threads)
-    space, qnet, doc = load_run(args.run)
-    files = sorted(Path(args.pareto).glob("*.json"))
-    subnets = pick_subnets(space, [SubnetConfig.from_json(f.read_text()) for f in files])
-    for name, a in subnets.items():
-        log.info("%s: %s MACs, %s", name, count_macs(space, a), a.to_json())
-    data = load_dataset(doc["data"], resolution=max(space.resolutions), in_channels=space.in_channels)
-    label = args.supernet_label or f"seed{doc['train']['seed']}"
-    run(
-        space,
-        qnet,
-        data,
-        Recipe.from_run(doc),
-        subnets,
-        bits=[int(b) for b in args.bits.split(",")],
-        seeds=[int(s) for s in args.seeds.split(",")],
-        inits=args.init.split(","),
-        out=out,
-        calib_batches=args.calib_batches,
-        supernet_label=label,
-    )
+    run_dirs = [r for r in args.run.split(",") if r]
+    labels = args.supernet_label.split(",") if args.supernet_label else [None] * len(run_dirs)
+    if len(labels) != len(run_dirs):
+        raise ConfigError("--supernet-label", args.supernet_label, f"one label per --run ({len(run_dirs)})")
+    bits = [int(b) for b in args.bits.split(",")]
+    first = None  # (space, data, recipe, subnets) of the first run: the standalone recipe and the architectures
+    seen: set[str] = set()
+    for run_dir, label in zip(run_dirs, labels):
+        space, qnet, doc = load_run(run_dir)
+        recipe = Recipe.from_run(doc)
+        label = label or f"seed{doc['train']['seed']}"
+        if label in seen:
+            raise ConfigError("--run", run_dir, f"runs with distinct labels ({label!r} twice; see --supernet-label)")
+        seen.add(label)
+        if first is None:
+            files = sorted(Path(args.pareto).glob("*.json"))
+            subnets = pick_subnets(space, [SubnetConfig.from_json(f.read_text()) for f in files])
+            for name, a in subnets.items():
+                log.info("%s: %s MACs, %s", name, count_macs(space, a), a.to_json())
+            data = load_dataset(doc["data"], resolution=max(space.resolutions), in_channels=space.in_channels)
+            first = (space, data, recipe, subnets)
+        else:
+            if json.dumps(space.to_dict(), sort_keys=True) != json.dumps(first[0].to_dict(), sort_keys=True):
+                raise ConfigError("--run", run_dir, "supernet runs of one space (the first run's)")
+            first[2].check_same(recipe, run_dir)
+        run_supernet(
+            space, qnet, first[1], first[3], bits=bits, out=out, calib_batches=args.calib_batches, label=label
+        )
+    if not args.supernet_only and first is not None:
+        space, data, recipe, subnets = first
+        run_standalone(
+            space,
+            data,
+            recipe,
+            subnets,
+            bits=bits,
+            seeds=[int(s) for s in args.seeds.split(",")],
+            inits=args.init.split(","),
+            out=out,
+            calib_batches=args.calib_batches,
+        )
     text = summarize(_load_units(out))
     atomic_write_text(out / "table.md", text)
     print(text)

@@ -148,21 +148,33 @@ def test_benchmark_plumbing(micro, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--init"):
         rf.run(space, qnet, data, recipe, subnets, bits=[3], seeds=[0], inits=["warm"], out=tmp_path)
 
+    # A second supernet in the same OUT: its own units beside the first's; other architectures are refused.
+    more = rf.run_supernet(space, qnet, data, subnets, bits=[3], out=tmp_path, calib_batches=1, label="seed1")
+    assert more["supernet-seed1-small-w3"]["accuracy_by_calib_seed"] == sup["accuracy_by_calib_seed"]
+    assert "| 3/3 | " in rf.summarize(more) and " (2) | seed0 " in rf.summarize(more)
+    with pytest.raises(ConfigError, match="--pareto"):
+        rf.run_supernet(space, qnet, data, {"small": space.largest()}, bits=[3], out=tmp_path, label="seed2")
+
 
 def test_benchmark_summary_table():
+    from scipy import stats
+
     from benchmarks import retraining_free as rf
 
-    sup = {
-        "kind": "supernet",
-        "subnet": "middle",
-        "bits": 3,
-        "macs": 123,
-        "accuracy": 0.95,
-        "accuracy_by_calib_seed": [0.95, 0.94, 0.96],
-        "cpu_s": 1.0,
-        "load": [2.0, 0, 0],
-    }
-    units = {"supernet-x": sup}
+    units = {}
+    sup_accs = {"seed0": (0.95, 0.94, 0.96), "seed1": (0.93, 0.93, 0.92), "seed2": (0.96, 0.95, 0.95)}
+    for label, by_calib in sup_accs.items():
+        units[f"supernet-{label}"] = {
+            "kind": "supernet",
+            "supernet": label,
+            "subnet": "middle",
+            "bits": 3,
+            "macs": 123,
+            "accuracy": by_calib[0],
+            "accuracy_by_calib_seed": list(by_calib),
+            "cpu_s": 1.0,
+            "load": [2.0, 0, 0],
+        }
     for seed, acc in enumerate((0.90, 0.92, 0.97)):
         units[f"s{seed}"] = {
             "kind": "standalone",
@@ -178,9 +190,32 @@ def test_benchmark_summary_table():
         }
     table = rf.summarize(units)
     row = next(r for r in table.splitlines() if r.startswith("| middle |"))
-    accs = [90.0, 92.0, 97.0]
+    sup, std = [95.0, 93.0, 96.0], [90.0, 92.0, 97.0]
+    # Reference: scipy's Welch t-test (unequal variances) interval for the difference of means.
+    ci = stats.ttest_ind(sup, std, equal_var=False).confidence_interval(0.95)
+    d = statistics.fmean(sup) - statistics.fmean(std)
+    assert rf.welch_interval(sup, std) == pytest.approx((d, ci.low, ci.high), rel=1e-9)
     assert row == (
-        f"| middle | 123 | 3/3 | 95.0 (95.0/94.0/96.0) | float | {statistics.fmean(accs):.1f} ± "
-        f"{statistics.stdev(accs):.1f} (3) | s0 90.0, s1 92.0, s2 97.0 | {95 - statistics.fmean(accs):+.1f} |"
+        f"| middle | 123 | 3/3 | {statistics.fmean(sup):.1f} ± {statistics.stdev(sup):.1f} (3) "
+        "| seed0 95.0 (95.0), seed1 93.0 (92.7), seed2 96.0 (95.3) | float "
+        f"| {statistics.fmean(std):.1f} ± {statistics.stdev(std):.1f} (3) | s0 90.0, s1 92.0, s2 97.0 "
+        f"| {d:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | undecided |"
     )
-    assert "CPU time 31 s" in table and "2.0-3.0" in table
+    assert "CPU time 33 s" in table and "2.0-3.0" in table
+    # The verdict on "within 1 point": decided only when the whole interval is on one side of -1.
+    assert [rf.verdict(lo, hi) for lo, hi in ((-0.9, 2.0), (-3.0, -1.1), (-1.5, 0.5))] == ["yes", "no", "undecided"]
+    assert rf.welch_interval([95.0], std)[1] != rf.welch_interval([95.0], std)[1]  # one supernet: no interval
+    assert rf.welch_interval([95.0, 95.0], [94.0, 94.0]) == (1.0, 1.0, 1.0)
+
+
+def test_benchmark_runs_of_one_recipe():
+    from benchmarks import retraining_free as rf
+
+    base = rf.Recipe(tuple(PHASES), TrainConfig(seed=0).to_dict(), None)
+    # Another seed and other bookkeeping (checkpoints, progress, per-epoch validation) are the same recipe.
+    other = rf.Recipe(tuple(PHASES), TrainConfig(seed=2, checkpoint_every=5, evaluate=False).to_dict(), None)
+    base.check_same(other, "b")
+    with pytest.raises(ConfigError, match="train.lr"):
+        base.check_same(rf.Recipe(tuple(PHASES), TrainConfig(seed=0, lr=0.1).to_dict(), None), "c")
+    with pytest.raises(ConfigError, match="phases"):
+        base.check_same(rf.Recipe(tuple(PHASES[:2]), TrainConfig(seed=0).to_dict(), None), "d")

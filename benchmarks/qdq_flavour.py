@@ -38,15 +38,19 @@ def evaluate(qnet, name: str, cfg, data, calib_batches: int, threads: int, accur
     from qcompile.backends.onnx.export import OnnxExportOptions, build_onnx_model
     from qcompile.backends.onnx.openvino_runner import OpenVinoRunner
     from qcompile.backends.onnx.session import OnnxRunner
+    from qcompile.data.base import resize
     from qcompile.quant import flavour_of
 
     sub = qc.extract(qnet, cfg)
     qc.calibrate(sub, data.train.loader(64, shuffle=True, seed=1, resolution=cfg.resolution),
                  max_batches=calib_batches)
-    x, y = data.test.images, data.test.labels.numpy()
+    # The test split at the config's resolution, as `evaluate_subnets` (and the trainer's report) evaluates it:
+    # a subnet calibrated at 24 px but fed the 32 px source images is another, much less accurate, model.
+    x, y = resize(data.test.images, cfg.resolution), data.test.labels.numpy()
     with torch.no_grad():
         fq = sub(x).argmax(1).numpy()
     row = {"name": name, "config": cfg.to_dict(), "flavour": flavour_of(sub), "n": int(len(y)),
+           "resolution": int(x.shape[-1]),
            "acc_fake_quant": float((fq == y).mean())}
     if accuracy_only:
         return row

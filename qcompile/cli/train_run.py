@@ -129,7 +129,11 @@ def _report(trainer, space, data_splits, phases) -> None:
     cfgs = [space.largest(bits=max(last.quant_bits)), space.smallest(bits=min(last.quant_bits))]
     acc = evaluate_subnets(trainer.model, space, data_splits, cfgs, calib_batches=trainer.cfg.calib_batches)
     trainer.final_accuracy = {"largest": acc[0], "smallest": acc[1]}
+    # Name the resolution and calibration: the same config evaluated on the source-size images or with other
+    # calibration batches is a different measurement.
     log.info(
-        "test accuracy after calibration: largest @%d bits %.2f %%, smallest @%d bits %.2f %%",
-        max(last.quant_bits), 100 * acc[0], min(last.quant_bits), 100 * acc[1],
+        "test accuracy after calibration (%d training batches, seed 1; test split at each subnet's resolution): "
+        "largest @%d bits (%d px) %.2f %%, smallest @%d bits (%d px) %.2f %%",
+        trainer.cfg.calib_batches, max(last.quant_bits), cfgs[0].resolution, 100 * acc[0],
+        min(last.quant_bits), cfgs[1].resolution, 100 * acc[1],
     )

@@ -331,7 +331,7 @@ class Trainer:
             logger.info("phase %s epoch %d: loss %.4f, lr %.5f", phase.name, self.global_epoch, rec["loss"], lr)
         elif self.rank == 0:
             logger.info(
-                "phase %s epoch %d: loss %.4f, largest %.2f %%, smallest %.2f %%, lr %.5f",
+                "phase %s epoch %d: loss %.4f, val split after calibration: largest %.2f %%, smallest %.2f %%, lr %.5f",
                 phase.name,
                 self.global_epoch,
                 rec["loss"],

@@ -242,3 +242,32 @@ def test_qdq_training_forward_has_the_int32_bias_grid(qdq_subnet):
     r = torch.randn_like(out)
     (g_bias,) = torch.autograd.grad((out * r).sum(), bn.bias)
     torch.testing.assert_close(g_bias, r.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_flavour_benchmark_measures_at_the_config_resolution():
+    """`benchmarks/qdq_flavour.py` evaluates a subnet as `evaluate_subnets` (the trainer's report) does: on the test
+    split resized to the config's resolution. Labels are the predictions of the subnet calibrated and run at its
+    24 px, so the right measurement is 100 %; the 32 px source images give another model's predictions."""
+    from benchmarks import qdq_flavour as bq
+    from qcompile.data.base import ArrayDataset, DatasetSplits, resize
+    from qcompile.train import evaluate_subnets
+
+    torch.manual_seed(0)
+    space = qc.spaces.get_space("mobilenet_v3", num_classes=10, width_mult=0.25, resolutions=(24, 32))
+    qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(2, 3, 4), act_bits=(2, 3, 4, 8),
+                       first_layer=8, se_layers=8, flavour="qdq")
+    full = load_dataset("digits", resolution=32, in_channels=space.in_channels)
+    idx = torch.arange(128)
+    cfg = space.smallest(bits=4)
+    assert cfg.resolution == 24
+    sub = qc.extract(qnet, cfg)
+    qc.calibrate(sub, full.train.loader(64, shuffle=True, seed=1, resolution=24), max_batches=1)
+    with torch.no_grad():
+        pred = sub(resize(full.test.images[idx], 24)).argmax(1)
+        at_source = sub(full.test.images[idx]).argmax(1)
+    assert (pred != at_source).any()  # the resolution matters for this model
+    data = DatasetSplits(full.train, full.val, ArrayDataset(full.test.images[idx], pred, 10))
+    assert evaluate_subnets(qnet, space, data, [cfg], calib_batches=1) == [1.0]
+    row = bq.evaluate(qnet, "smallest 4/4", cfg, data, calib_batches=1, threads=1, accuracy_only=True)
+    assert row["acc_fake_quant"] == 1.0
+    assert row["resolution"] == 24

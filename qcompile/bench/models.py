@@ -161,3 +161,33 @@ def synthetic_integer_graph(model: MobileNetV2, resolution: int = 224, seed: int
     node = w.b.call(R.dequantize_acc, node, w.b.const(torch.full((ncls,), 1e-4, dtype=torch.float64)))
     return w.b.build(node, meta={"input_shape": [1, 3, resolution, resolution], "synthetic": True,
                                  "model": "mobilenet_v2-shaped"})
+
+
+#: the subnets `python -m qcompile.bench --model` names besides the standard MobileNetV2: (space, num_classes,
+#: width multiplier, resolution, calibration batch size). "mobilenet_v3-largest": `space.largest()` of the QFA/OQA
+#: MobileNetV3 space (OQA Table 8: kernel 7, expand 6, depth 4 in every stage) at width 1.0, 224 px, ImageNet's
+#: 1000 classes; "demo": the same architecture at the size `make demo` deploys (`qcompile.cli.demo.DemoSettings`:
+#: width 0.35, 32 px, the 10 digits classes).
+SPACE_MODELS: dict[str, tuple[str, int, float, int, int]] = {
+    "mobilenet_v3-largest": ("mobilenet_v3", 1000, 1.0, 224, 2),
+    "demo": ("mobilenet_v3", 10, 0.35, 32, 8),
+}
+
+
+def largest_subnet(space_name: str = "mobilenet_v3", *, num_classes: int = 1000, width: float = 1.0,
+                   resolution: int = 224, bits: int = 8, seed: int = 0, calib_batch: int = 2):
+    """The calibrated fake-quant `space.largest(bits=bits)` subnet (every layer, the first too, at `bits`) of
+    `space_name` at `width` and `resolution`, random weights (seeded), calibrated on two batches of
+    `calib_batch` random images: the workload for latency, not for accuracy."""
+    from qcompile import api as qc
+    from qcompile import spaces
+
+    torch.manual_seed(seed)
+    space = spaces.get_space(space_name, num_classes=num_classes, width_mult=width, resolutions=(resolution,))
+    cfg = space.largest(bits=bits)
+    qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(bits,), act_bits=(bits,), first_layer=bits)
+    sub = qc.extract(qnet, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    qc.calibrate(sub, [torch.randn(calib_batch, space.in_channels, resolution, resolution, generator=gen)
+                       for _ in range(2)])
+    return sub

@@ -246,9 +246,18 @@ def executorch_xnnpack(model: nn.Module, example: np.ndarray, threads: int,
 
 
 def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
-                input_shape: tuple[int, ...] | None = None) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
-    """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, as `RunnerSpec`s
-    (`tvm_spec`: each runs in its own worker process), and their targets.
+                input_shape: tuple[int, ...] | None = None, *, tuned: bool = False, trials: int | None = None,
+                lowered_dir: str | Path | None = None) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
+    """qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned` (and with `tuned`, also
+    `qcompile_tvm_<mcpu>_tuned`), as `RunnerSpec`s (`tvm_spec`: each runs in its own worker process), and their
+    targets.
+
+    Untuned rows are lowered with an empty tuning database, so they show the default schedules even where the
+    persistent database (`$QCOMPILE_CACHE/tuning`) holds records, which every lowering reads. Tuned rows lower
+    with `tune=True, trials=trials` against that database: with a warm one a lookup, with a cold one every
+    kernel is timed first (minutes to hours: build the database beforehand). `lowered_dir`: each lowering is
+    exported to `lowered_dir/<row>` and reused by later calls while the integer program, target, threads, input
+    shape and tuning settings match (`lowering_key`); remove the folder after changing kernels or the database.
 
     mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); a kernel family of
     `targets.KERNEL_FAMILIES` ("avx2", "avx512-vnni", ...) for this CPU's mcpu limited to that family (row
@@ -256,11 +265,11 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
     "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}. A target this CPU cannot execute (code for another
     CPU can die with SIGILL) or a lowering that fails becomes a spec whose build raises, so its row says why.
     """
-    from qcompile import api as qc
     from qcompile.backends.tvm.targets import KERNEL_FAMILIES, family_target, runs_on_host
 
     runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}
+    kinds = ("untuned", "tuned") if tuned else ("untuned",)
     for mcpu in mcpus:
         if mcpu == "host":
             target: str | dict = "x86"
@@ -269,23 +278,100 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
         else:
             target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}
         if target != "x86" and not runs_on_host(target):
-            name = f"qcompile_tvm_{mcpu}_untuned"
-            runners[name] = RunnerSpec(name, lowering_failed, (f"not run: this CPU cannot execute {mcpu} code",))
-            targets[name] = target
+            for kind in kinds:
+                name = f"qcompile_tvm_{mcpu}_{kind}"
+                runners[name] = RunnerSpec(name, lowering_failed, (f"not run: this CPU cannot execute {mcpu} code",))
+                targets[name] = target
             continue
-        try:
-            low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape)
-        except Exception as e:  # recorded in the row, the other runners still run
-            log.warning("TVM lowering for mcpu %s failed: %s", mcpu, e)
-            name = f"qcompile_tvm_{mcpu}_untuned"
-            runners[name] = RunnerSpec(name, lowering_failed, (f"lowering failed: {type(e).__name__}: {e}",))
-            targets[name] = target
-            continue
-        label = mcpu if mcpu in KERNEL_FAMILIES else low.spec.tvm_target.get("mcpu", mcpu)
-        name = f"qcompile_tvm_{label}_untuned"
-        runners[name] = tvm_spec(low, name)
-        targets[name] = low.spec.tvm_target
+        for kind in kinds:
+            try:
+                low, label = _lowering(ig, target, threads, input_shape, kind == "tuned", trials, mcpu,
+                                       lowered_dir)
+            except Exception as e:  # recorded in the row, the other runners still run
+                log.warning("TVM lowering (%s) for mcpu %s failed: %s", kind, mcpu, e)
+                name = f"qcompile_tvm_{mcpu}_{kind}"
+                runners[name] = RunnerSpec(name, lowering_failed, (f"lowering failed: {type(e).__name__}: {e}",))
+                targets[name] = target
+                continue
+            name = f"qcompile_tvm_{label}_{kind}"
+            runners[name] = tvm_spec(low, name)
+            targets[name] = low.spec.tvm_target
     return runners, targets
+
+
+def lowering_key(ig: Any, target: Any, threads: int, input_shape: tuple[int, ...] | None, tune: bool,
+                 trials: int | None) -> str:
+    """sha256 of what a lowering depends on: the integer program (every node's op, operands and parameters, every
+    constant's bytes; not `node.meta`, which lowering annotates), the target, thread count, input shape and tuning
+    settings (the tuning database's contents are not in it)."""
+    import hashlib
+    import json
+
+    from qcompile.ops.graph import op_name
+
+    h = hashlib.sha256()
+    for n in ig.graph.nodes:
+        if n.op == "get_attr":
+            h.update(n.target.encode())
+            h.update(_attr(ig, n.target).detach().contiguous().cpu().numpy().tobytes())
+        elif n.op == "call_function":
+            h.update(f"{n.name}={op_name(n.target)}{ig._describe_arg(n.args)}{ig._describe_arg(n.kwargs)}".encode())
+        else:
+            h.update(f"{n.op}:{n.name}:{ig._describe_arg(n.args)}".encode())
+    h.update(json.dumps([target, threads, list(input_shape or ()), tune, trials], sort_keys=True,
+                        default=str).encode())
+    return h.hexdigest()
+
+
+def _attr(mod: Any, target: str) -> torch.Tensor:
+    for part in target.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+def _lowering(ig: Any, target: Any, threads: int, input_shape: tuple[int, ...] | None, tune: bool,
+              trials: int | None, mcpu: str, lowered_dir: str | Path | None) -> tuple[Any, str]:
+    """(Lowered, row label) of one qcompile row, from `lowered_dir` when a matching export is there."""
+    import json
+    import os
+    import tempfile
+    import time
+
+    from qcompile import api as qc
+    from qcompile.backends.tvm.targets import KERNEL_FAMILIES
+
+    kind = "tuned" if tune else "untuned"
+    key = cached = None
+    if lowered_dir is not None:
+        key = lowering_key(ig, target, threads, input_shape, tune, trials)
+        cached = Path(lowered_dir) / f"{mcpu}_{kind}"
+        stamp = cached / "lowering_key.json"
+        if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+            low = qc.load(cached)
+            log.info("reusing the %s lowering for %s from %s", kind, mcpu, cached)
+            return low, json.loads(stamp.read_text())["label"]
+    t0 = time.perf_counter()
+    if tune:
+        low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape, tune=True, trials=trials)
+    else:
+        saved = os.environ.get("QCOMPILE_CACHE")
+        with tempfile.TemporaryDirectory(prefix="qcompile-empty-db-") as empty:
+            os.environ["QCOMPILE_CACHE"] = empty  # default schedules: no record of the persistent database
+            try:
+                low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape)
+            finally:
+                if saved is None:
+                    os.environ.pop("QCOMPILE_CACHE", None)
+                else:
+                    os.environ["QCOMPILE_CACHE"] = saved
+    log.info("%s lowering for %s took %.1f s", kind, mcpu, time.perf_counter() - t0)
+    label = mcpu if mcpu in KERNEL_FAMILIES else low.spec.tvm_target.get("mcpu", mcpu)
+    if cached is not None:
+        from qcompile.utils.io import atomic_write_text
+
+        low.export(cached)
+        atomic_write_text(cached / "lowering_key.json", json.dumps({"key": key, "label": label}))
+    return low, label
 
 
 #: the files of an exported `Lowered` a worker needs to run it (`Lowered.export`, `qcompile.backends.tvm.load`)

@@ -219,6 +219,12 @@ def peers_doc(result: BenchResult, command: str | None = None) -> str:
         table(result),
         _timing_paragraph(m),
         "",
+        *target_table(result),
+    ]
+    if not m.get("synthetic_integer_graph"):  # ARCHITECTURE.md's figures are of the standard MobileNetV2 only
+        lines += ["", _cpu_sentences(m), ""]
+        return "\n".join(lines)
+    lines += [
         "### ARCHITECTURE.md figure vs this run",
         "",
         *_comparable_note(m),
@@ -237,6 +243,34 @@ def peers_doc(result: BenchResult, command: str | None = None) -> str:
     lines += ["", "\"Within noise\" here means the figure lies inside this run's own 10th-90th percentile band of "
               "single-call latencies.", "", _cpu_sentences(m), ""]
     return "\n".join(lines)
+
+
+#: the INT8 peers qcompile's rows are held against (the fastest of them by median, per run)
+INT8_PEERS = ("openvino_int8_qdq", "ort_int8_qdq", "executorch_xnnpack_int8")
+#: qcompile row / fastest INT8 peer (medians) that a row must not exceed: tuned (warm tuning database), untuned
+TARGET_RATIO = {"tuned": 0.8, "untuned": 1.0}
+
+
+def target_table(result: BenchResult) -> list[str]:
+    """Markdown lines: every qcompile TVM row's median over the fastest INT8 peer's (of `INT8_PEERS` that ran),
+    against `TARGET_RATIO`; empty when no INT8 peer or no qcompile row has a median."""
+    by = result.by_name()
+    peers = [by[n] for n in INT8_PEERS if n in by and by[n].median_ms]
+    ours = [r for r in result.runners if r.name.startswith("qcompile_tvm_") and r.median_ms]
+    if not peers or not ours:
+        return []
+    best = min(peers, key=lambda r: r.median_ms)
+    lines = [f"### qcompile against the fastest INT8 peer ({best.name}, median {best.median_ms:.2f} ms)", "",
+             "| qcompile row | median ms | x fastest INT8 peer (median) | x that peer (min) | target (median) | met |",
+             "|---|---:|---:|---:|---:|:-:|"]
+    for r in ours:
+        kind = "tuned" if r.name.endswith("_tuned") else "untuned"
+        ratio = r.median_ms / best.median_ms
+        mins = "-" if not (r.min_ms and best.min_ms) else f"{r.min_ms / best.min_ms:.2f}"
+        goal = TARGET_RATIO[kind]
+        lines.append(f"| {r.name} | {r.median_ms:.2f} | {ratio:.2f} | {mins} | <= {goal:.1f} | "
+                     f"{'yes' if ratio <= goal else 'no'} |")
+    return [*lines, ""]
 
 
 def bar_chart(result: BenchResult, path: str | os.PathLike) -> Path:

@@ -1,0 +1,104 @@
+"""`python -m qcompile.bench --model/--tuned/--lowered`: the acceptance models, tuned rows, reused lowerings and
+the table against the fastest INT8 peer."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from qcompile.bench.models import SPACE_MODELS
+from qcompile.bench.report import INT8_PEERS, target_table
+from qcompile.bench.result import BenchResult, RunnerStats
+
+
+def test_demo_model_is_the_size_make_demo_deploys():
+    from qcompile.cli.demo import DemoSettings
+
+    s = DemoSettings()
+    space, classes, width, res, _ = SPACE_MODELS["demo"]
+    assert (space, classes, width, res) == (s.space, 10, s.width_mult, max(s.resolutions))
+    assert SPACE_MODELS["mobilenet_v3-largest"][:4] == ("mobilenet_v3", 1000, 1.0, 224)
+
+
+def _row(name, median, minimum=None):
+    return RunnerStats(name, "ok", median_ms=median, p10_ms=median, p90_ms=median, min_ms=minimum or median, n=3)
+
+
+def test_target_table_against_the_fastest_int8_peer():
+    res = BenchResult((_row("ort_fp32", 1.0), _row("ort_int8_qdq", 5.0, 4.0), _row("openvino_int8_qdq", 4.0, 3.0),
+                       _row("executorch_xnnpack_int8", 6.0), _row("qcompile_tvm_x_untuned", 3.9, 3.3),
+                       _row("qcompile_tvm_x_tuned", 3.3, 2.4)))
+    lines = target_table(res)
+    # the fp32 row is faster but not an INT8 peer: OpenVINO INT8 (4.0 ms) is the reference
+    assert lines[0] == "### qcompile against the fastest INT8 peer (openvino_int8_qdq, median 4.00 ms)"
+    assert "| qcompile_tvm_x_untuned | 3.90 | 0.97 | 1.10 | <= 1.0 | yes |" in lines
+    assert "| qcompile_tvm_x_tuned | 3.30 | 0.82 | 0.80 | <= 0.8 | no |" in lines  # 3.3 / 4.0 > 0.8
+    failed = RunnerStats("openvino_int8_qdq", "failed: x")
+    rows = tuple(failed if r.name == "openvino_int8_qdq" else r for r in res.runners)
+    assert "(ort_int8_qdq, median 5.00 ms)" in target_table(BenchResult(rows))[0]
+    assert target_table(BenchResult(tuple(r for r in res.runners if r.name not in INT8_PEERS))) == []
+
+
+@pytest.fixture
+def spy_lower(monkeypatch):
+    """Records (tune, $QCOMPILE_CACHE) of every `qc.lower` the bench rows make."""
+    from qcompile import api
+
+    calls, real = [], api.lower
+
+    def lower(*args, **kwargs):
+        calls.append((kwargs.get("tune", False), os.environ.get("QCOMPILE_CACHE")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "lower", lower)
+    return calls
+
+
+def test_untuned_row_ignores_the_database_and_lowerings_are_reused(tiny_graph, tiny_input, tmp_path, monkeypatch,
+                                                                  spy_lower):
+    from qcompile.bench.peers import lowering_key, tvm_runners
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
+    runners, targets = tvm_runners(tiny_graph, ["host"], 1, tiny_input.shape, lowered_dir=tmp_path / "low")
+    ((name, spec),) = runners.items()
+    assert name == f"qcompile_tvm_{targets[name]['mcpu']}_untuned"
+    ((tune, db),) = spy_lower
+    assert not tune and db not in (None, str(cache)) and os.environ["QCOMPILE_CACHE"] == str(cache)
+    ref = tiny_graph(torch.from_numpy(tiny_input)).numpy()
+    np.testing.assert_array_equal(spec.build()(tiny_input), ref)
+    again, _ = tvm_runners(tiny_graph, ["host"], 1, tiny_input.shape, lowered_dir=tmp_path / "low")
+    assert len(spy_lower) == 1 and list(again) == [name]  # same settings: the export is loaded, nothing lowered
+    np.testing.assert_array_equal(again[name].build()(tiny_input), ref)
+    key = lowering_key(tiny_graph, "x86", 1, tiny_input.shape, False, None)
+    assert key == lowering_key(tiny_graph, "x86", 1, tiny_input.shape, False, None)
+    others = [lowering_key(tiny_graph, "x86", 2, tiny_input.shape, False, None),
+              lowering_key(tiny_graph, "x86", 1, tiny_input.shape, True, 12),
+              lowering_key(tiny_graph, "x86", 1, (2, *tiny_input.shape[1:]), False, None)]
+    assert key not in others and len(set(others)) == 3
+
+
+@pytest.mark.slow
+def test_tuned_row_tunes_into_the_database_and_is_reused(tiny_graph, tiny_input, tmp_path, monkeypatch, spy_lower):
+    from qcompile.bench.peers import tvm_runners
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
+    runners, targets = tvm_runners(tiny_graph, ["host"], 1, tiny_input.shape, tuned=True, trials=1,
+                                   lowered_dir=tmp_path / "low")
+    mcpu = next(iter(targets.values()))["mcpu"]
+    assert list(runners) == [f"qcompile_tvm_{mcpu}_untuned", f"qcompile_tvm_{mcpu}_tuned"]
+    (untuned, untuned_db), (tuned, tuned_db) = spy_lower
+    # the untuned row never sees the persistent database; the tuned one tunes into it
+    assert (untuned, tuned, tuned_db) == (False, True, str(cache)) and untuned_db != str(cache)
+    assert any((cache / "tuning").glob("*.json"))
+    ref = tiny_graph(torch.from_numpy(tiny_input)).numpy()
+    for spec in runners.values():
+        np.testing.assert_array_equal(spec.build()(tiny_input), ref)
+    again, _ = tvm_runners(tiny_graph, ["host"], 1, tiny_input.shape, tuned=True, trials=1,
+                           lowered_dir=tmp_path / "low")
+    assert len(spy_lower) == 2 and list(again) == list(runners)
+    np.testing.assert_array_equal(again[f"qcompile_tvm_{mcpu}_tuned"].build()(tiny_input), ref)

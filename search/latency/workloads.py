@@ -6,14 +6,17 @@ rules but produced by the emitter's own walk in dry mode (`backends.tvm.emitter.
 the same fusion, the same `OpCall` parameters, the same `select_strategy`, the same
 `kernel_workload` record that a real lowering writes into `Lowered.meta["kernels"]`.
 
-Slow path (about a second): a skeleton quantized supernet of the space (random weights, cached per
-space), `extract` + a two-image random calibration + `to_integer` (graph structure does not depend on
-the statistics), then the dry emission. Fast path (milliseconds): the kernels of each block depend
-only on the block's layer shapes and on which of its bits change a kernel (32 = float island; 8-bit
-activations, which change the AVX2 GEMM mode), the neighbouring layers' classes included (`block_keys`),
-so kernel lists are memoised per block (OFA/APQ
-per-block lookup tables, Cai et al. 2020, Wang et al. 2020); a config with an unseen block takes the
-slow path once and fills the memo.
+Whole-config path (about a second quiet, the cost of a config whose blocks are all unseen): a skeleton
+quantized supernet of the space (random weights, cached per space), `extract` + a two-image random
+calibration + `to_integer` (graph structure does not depend on the statistics), then the dry emission.
+Memo (well under a millisecond): the kernels of each block depend only on the block's layer shapes and on
+which of its bits change a kernel (32 = float island; 8-bit activations, which change the AVX2 GEMM mode),
+the neighbouring layers' classes included (`block_keys`), so kernel lists are memoised per block (OFA/APQ
+per-block lookup tables, Cai et al. 2020, Wang et al. 2020). A kernel belongs to the block of its last node
+(`_group_of`), which places the float islands that cross a block boundary. Window path (a config with some
+unseen blocks): each run of unseen blocks is planned by the same passes and the same dry emission on a window
+of the skeleton supernet graph (`window_graph`: the run, the quantizer in front of it, the next block behind
+it), a fraction of the whole config's cost.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from qcompile.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "plan_graph", "workload_key", "space_key",
-           "block_keys", "plan_config", "remember"]
+           "block_keys", "plan_config", "remember", "window_graph", "window_workloads"]
 
 _SKELETONS: OrderedDict[str, Any] = OrderedDict()
 _MEMO: dict[tuple, dict[Any, list[dict]]] = {}
@@ -181,6 +184,7 @@ def window_graph(space: Any, cfg: SubnetConfig, run: list[Any], order: list[Any]
         graph.output(env[nodes[end]])
     gm = fx.GraphModule(qnet, graph)
     sub = slice_subnet(gm, cfg, space.in_channels, input_shape=shape)
+    del sub.subnet_config  # a window, not the subnet: calibration must not expect the subnet's input size
     g = torch.Generator().manual_seed(0)
     from qcompile import api as qc
 
@@ -355,7 +359,9 @@ def kernel_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86", num_thr
 
     Each entry names its `op`, `strategy` (kernel provider), `kind`/`mode` where the strategy distinguishes
     them (x86 GEMM intrinsic: vnni512, vnni, u8s8 or i16; gemv), operand `shapes`, `out_shape`, `stride`,
-    `padding`, `dilation` and `groups` (1 for non-conv ops). `memo=False` forces the slow path.
+    `padding`, `dilation` and `groups` (1 for non-conv ops). Blocks seen before come from the per-block memo,
+    runs of unseen blocks from windows (`window_workloads`) when some blocks were seen, the whole config
+    (`plan_config`) otherwise or when a window fails. `memo=False` forces the whole-config plan.
     Raises `ConfigError` for a config outside the space.
     """
     space.validate(cfg)

@@ -504,6 +504,42 @@ def test_float_island_across_blocks_is_memoised(monkeypatch):
     assert qs.kernel_workloads(space, b, "x86", 1) == [r.workload for r in records]
 
 
+def test_unseen_block_planned_on_a_window(monkeypatch):
+    """A config with one unseen block is planned on a window (the block, the output quantizer in front of it and
+    the next block behind it), not on the whole config, and equals the emitter's plan of the whole config:
+    X (kernel 5) before a float block whose island starts at X's output codes, and the first block (the stem
+    comes along) and a middle one."""
+    import dataclasses
+
+    from qcompile.search.latency import workloads
+
+    monkeypatch.setattr(workloads, "_MEMO", {})
+    space = _tiny()
+    x, _, b, _ = _neighbour_configs(space)
+    qs.kernel_workloads(space, b, "x86", 1)
+    variants = []
+    for pos in (x, sorted(space._slot_of)[3]):
+        ks = list(b.kernels)
+        ks[space.block_slot(*pos)] = 5
+        variants.append(dataclasses.replace(b, kernels=tuple(ks)))
+    exact = [[r.workload for r in workloads.plan_config(space, v, "x86", 1)] for v in variants]
+    windows = []
+    real_window = workloads.window_workloads
+
+    def window(space_, cfg, run, *a, **k):
+        windows.append(run)
+        return real_window(space_, cfg, run, *a, **k)
+
+    def no_slow_path(*a, **k):
+        raise AssertionError("whole-config plan taken")
+
+    monkeypatch.setattr(workloads, "plan_config", no_slow_path)
+    monkeypatch.setattr(workloads, "window_workloads", window)
+    for v, ex in zip(variants, exact):
+        assert qs.kernel_workloads(space, v, "x86", 1) == ex
+    assert windows == [[x], [sorted(space._slot_of)[3]]]
+
+
 def test_remember_fills_the_block_memo(lowered, monkeypatch):
     """`remember` (a lowering's own kernel list into the per-block memo) answers `kernel_workloads` for that
     config, and for configs of the same blocks, without the slow path, equal to what the emitter emitted."""

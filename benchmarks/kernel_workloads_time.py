@@ -6,12 +6,14 @@
 Run in a fresh process. `first_s`: the first call of the process (qcompile imported; the per-space setup
 that `kernel_workloads` caches, e.g. a skeleton supernet, included). `cold_s`: each of `--n` random configs
 (bits {2, 3, 4, 8, 32}) with the per-block memo cleared first, so every block is unseen. `warm_s`: the same
-configs again, every block in the memo.
+configs again, every block in the memo. `one_block_s`: each config with one block's kernel size changed (its
+other blocks in the memo, so only that block is planned, on a window of the supernet graph).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -43,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         workloads.kernel_workloads(space, cfg, "x86", 1)
         warm.append(time.perf_counter() - t0)
+    one = []
+    for i, cfg in enumerate(cfgs):
+        bs = [j for j, (si, b) in enumerate(space._block_slots) if b < space.stage_depth(cfg, si)]  # noqa: SLF001
+        j = bs[(7 * i) % len(bs)]
+        choices = [k for k in space.stages[space._block_slots[j][0]].kernels if k != cfg.kernels[j]]  # noqa: SLF001
+        if not choices:
+            continue
+        ks = list(cfg.kernels)
+        ks[j] = choices[0]
+        t0 = time.perf_counter()
+        workloads.kernel_workloads(space, dataclasses.replace(cfg, kernels=tuple(ks)), "x86", 1)
+        one.append(time.perf_counter() - t0)
     print(
         json.dumps(
             {
@@ -52,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cold_median_s": round(statistics.median(cold), 4),
                 "warm_median_ms": round(statistics.median(warm) * 1e3, 3),
                 "warm_max_ms": round(max(warm) * 1e3, 3),
+                "one_block_s": [round(t, 4) for t in one],
+                "one_block_median_s": round(statistics.median(one), 4) if one else None,
                 "threads": os.environ.get("OMP_NUM_THREADS"),
                 "load": os.getloadavg(),
             }

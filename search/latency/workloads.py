@@ -210,10 +210,24 @@ def window_workloads(space: Any, cfg: SubnetConfig, run: list[Any], order: list[
     return {g: split[g] for g in run}
 
 
-def _resolve(target: Any, num_threads: int | None) -> Any:
-    from qcompile.backends.tvm.targets import resolve_target
+_TARGETS: dict[tuple[str, int | None], tuple[Any, str]] = {}
 
-    return resolve_target(target, num_threads)
+
+def _target(target: Any, num_threads: int | None) -> tuple[Any, str]:
+    """(TargetSpec, its canonical JSON) of `target`, cached per process: resolving the host target reads
+    /proc/cpuinfo, most of a memo hit's time otherwise, and the host does not change under a running process."""
+    k = (json.dumps(target, sort_keys=True, default=repr) if isinstance(target, dict) else repr(target), num_threads)
+    hit = _TARGETS.get(k)
+    if hit is None:
+        from qcompile.backends.tvm.targets import resolve_target
+
+        spec = resolve_target(target, num_threads)
+        hit = _TARGETS[k] = (spec, json.dumps(spec.tvm_target, sort_keys=True))
+    return hit
+
+
+def _resolve(target: Any, num_threads: int | None) -> Any:
+    return _target(target, num_threads)[0]
 
 
 def plan_config(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads: int | None = None) -> list[Any]:
@@ -325,8 +339,7 @@ def remember(space: Any, cfg: SubnetConfig, kernels: list[dict], target: Any = "
     """Fill the per-block memo from the `meta["kernels"]` of a real lowering of `cfg` (what `kernel_workloads`
     computes for it: the exactness tests assert the two are equal), so that configs made of these blocks are
     answered without the slow path. False (nothing memoised) when the kernels do not split by block."""
-    spec = _resolve(target, num_threads)
-    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    tkey = (space_key(space), _target(target, num_threads)[1])
     keys = block_keys(space, cfg)
     split = _split(kernels)
     if set(split) != set(keys):
@@ -341,8 +354,7 @@ def group_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86",
                     num_threads: int | None = None) -> dict[str, list[dict]] | None:
     """Memo key (`repr` of the block key) -> workloads of each group (stem, blocks, head) of `cfg`, in program order;
     None for a space whose kernels do not split by block names (then use `kernel_workloads`)."""
-    spec = _resolve(target, num_threads)
-    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    tkey = (space_key(space), _target(target, num_threads)[1])
     keys = block_keys(space, cfg)
     table = _MEMO.get(tkey, {})
     if not all(k in table for k in keys.values()):
@@ -365,8 +377,7 @@ def kernel_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86", num_thr
     Raises `ConfigError` for a config outside the space.
     """
     space.validate(cfg)
-    spec = _resolve(target, num_threads)
-    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    tkey = (space_key(space), _target(target, num_threads)[1])
     keys = block_keys(space, cfg)
     table = _MEMO.setdefault(tkey, {})
     order = list(keys)

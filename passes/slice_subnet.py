@@ -103,8 +103,10 @@ class _ShapeRecorder(fx.Interpreter):
         return super().call_module(target, args, kwargs)
 
 
-def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> dict[str, torch.Size]:
-    """Input shape of every call_module node of the active subnet, from one forward on zeros.
+def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int,
+                   input_shape: tuple[int, ...] | None = None) -> dict[str, torch.Size]:
+    """Input shape of every call_module node of the active subnet, from one forward on zeros of `input_shape`
+    (default `(1, in_channels, r, r)`).
 
     Weight quantizers run at 32 bits meanwhile: shapes do not depend on them, and a quantized forward
     would initialise the supernet's uninitialised LSQ steps as a side effect.
@@ -124,7 +126,7 @@ def _record_shapes(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> d
             wq.active_bits = FLOAT_BITS
         rec = _ShapeRecorder(gm)
         with torch.no_grad():
-            rec.run(torch.zeros(1, in_channels, cfg.resolution, cfg.resolution))
+            rec.run(torch.zeros(input_shape or (1, in_channels, cfg.resolution, cfg.resolution)))
     finally:
         quant_log.setLevel(level)
         for m, t in modes.items():
@@ -148,12 +150,14 @@ def _active_state(gm: nn.Module) -> list[tuple[nn.Module, dict]]:
     return out
 
 
-def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None = None) -> fx.GraphModule:
+def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
     """Static GraphModule of subnet `cfg` of supernet graph `gm` (float or quantized).
 
     `gm`'s active subnet is restored afterwards. The result records `cfg` and its input shape
     `(1, in_channels, r, r)` in `sub.meta["subnet_config"]` / `sub.meta["input_shape"]` (read by
-    `lower-to-integer`) and keeps `sub.subnet_config`.
+    `lower-to-integer`) and keeps `sub.subnet_config`. `input_shape`: the input shape of a graph that is a
+    part of a supernet (a window of blocks, whose input is a block's input), instead of `(1, in_channels, r, r)`.
     """
     if not isinstance(gm, fx.GraphModule):
         raise ConfigError("graph", type(gm).__name__, "a traced supernet (qcompile.trace / qcompile.quantize)")
@@ -163,7 +167,7 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
     saved = _active_state(gm)
     try:
         set_active(gm, cfg)
-        sub = _slice(gm, cfg, in_channels)
+        sub = _slice(gm, cfg, in_channels, input_shape)
     finally:
         for m, state in saved:
             for k in [k for k in vars(m) if k.startswith(_ACTIVE) and k not in state]:
@@ -171,15 +175,17 @@ def slice_subnet(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int | None 
             m.__dict__.update(state)
     sub.subnet_config = cfg
     sub.meta["subnet_config"] = cfg
-    sub.meta["input_shape"] = (1, int(in_channels), int(cfg.resolution), int(cfg.resolution))
+    sub.meta["input_shape"] = (tuple(int(s) for s in input_shape) if input_shape is not None
+                               else (1, int(in_channels), int(cfg.resolution), int(cfg.resolution)))
     if hasattr(gm, "space_info"):
         sub.space_info = dict(gm.space_info)
     sub.train(gm.training)
     return sub
 
 
-def _slice(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int) -> fx.GraphModule:
-    in_shapes = _record_shapes(gm, cfg, in_channels)
+def _slice(gm: fx.GraphModule, cfg: SubnetConfig, in_channels: int,
+           input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
+    in_shapes = _record_shapes(gm, cfg, in_channels, input_shape)
 
     root = nn.Module()
     graph = fx.Graph()

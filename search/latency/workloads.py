@@ -6,14 +6,17 @@ rules but produced by the emitter's own walk in dry mode (`backends.tvm.emitter.
 the same fusion, the same `OpCall` parameters, the same `select_strategy`, the same
 `kernel_workload` record that a real lowering writes into `Lowered.meta["kernels"]`.
 
-Slow path (about a second): a skeleton quantized supernet of the space (random weights, cached per
-space), `extract` + a two-image random calibration + `to_integer` (graph structure does not depend on
-the statistics), then the dry emission. Fast path (milliseconds): the kernels of each block depend
-only on the block's layer shapes and on which of its bits change a kernel (32 = float island; 8-bit
-activations, which change the AVX2 GEMM mode), the neighbouring layers' classes included (`block_keys`),
-so kernel lists are memoised per block (OFA/APQ
-per-block lookup tables, Cai et al. 2020, Wang et al. 2020); a config with an unseen block takes the
-slow path once and fills the memo.
+Whole-config path (about a second quiet, the cost of a config whose blocks are all unseen): a skeleton
+quantized supernet of the space (random weights, cached per space), `extract` + a two-image random
+calibration + `to_integer` (graph structure does not depend on the statistics), then the dry emission.
+Memo (well under a millisecond): the kernels of each block depend only on the block's layer shapes and on
+which of its bits change a kernel (32 = float island; 8-bit activations, which change the AVX2 GEMM mode),
+the neighbouring layers' classes included (`block_keys`), so kernel lists are memoised per block (OFA/APQ
+per-block lookup tables, Cai et al. 2020, Wang et al. 2020). A kernel belongs to the block of its last node
+(`_group_of`), which places the float islands that cross a block boundary. Window path (a config with some
+unseen blocks): each run of unseen blocks is planned by the same passes and the same dry emission on a window
+of the skeleton supernet graph (`window_graph`: the run, the quantizer in front of it, the next block behind
+it), a fraction of the whole config's cost.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from qcompile.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["kernel_workloads", "group_workloads", "skeleton_graph", "plan_graph", "workload_key", "space_key",
-           "block_keys", "plan_config", "remember"]
+           "block_keys", "plan_config", "remember", "window_graph", "window_workloads"]
 
 _SKELETONS: OrderedDict[str, Any] = OrderedDict()
 _MEMO: dict[tuple, dict[Any, list[dict]]] = {}
@@ -111,10 +114,120 @@ def plan_graph(space: Any, cfg: SubnetConfig) -> Any:
     return to_integer(sub, check_overflow=False, verify=False, copy_input=False)
 
 
-def _resolve(target: Any, num_threads: int | None) -> Any:
-    from qcompile.backends.tvm.targets import resolve_target
+def _node_groups(names: list[str]) -> list[Any]:
+    """The group (stem, (stage, block), head) of each supernet graph node name, in graph order (`_group_of` on
+    one node: a node not named after a block, such as a residual `add` or a depth gate, joins the one before)."""
+    out: list[Any] = []
+    cur: Any = "stem"
+    for n in names:
+        cur = _group_of((n,), cur)
+        out.append(cur)
+    return out
 
-    return resolve_target(target, num_threads)
+
+def _entry_shape(space: Any, cfg: SubnetConfig, prev: Any) -> tuple[int, int, int, int]:
+    """Shape of the activation that group `prev` (stem or a block) hands to the next group: the output of its last
+    conv (`qcompile.search.cost.layers`, computed from the config alone)."""
+    from qcompile.search.cost.layers import layers
+
+    prefix = "stem" if prev == "stem" else f"stages.{prev[0]}.blocks.{prev[1]}."
+    last = [d for d in layers(space, cfg) if d.name == prefix or d.name.startswith(prefix)][-1]
+    return (1, last.out_ch, last.out_hw, last.out_hw)
+
+
+def window_graph(space: Any, cfg: SubnetConfig, run: list[Any], order: list[Any], qnet: Any = None) -> Any:
+    """The IntegerGraph of a window of `cfg`'s groups: the consecutive groups `run` (of `order`, the config's
+    groups stem, blocks, head) with the context the emitter's decisions read, through the same passes as
+    `plan_graph` (`slice_subnet`, calibration, `to_integer`).
+
+    Context: in front, the 8-bit quantizer of the previous group's output (`block_out`; the codes every block
+    reads), fed by a float input of its shape; behind, the whole next group (a float island that starts at the
+    last block's output codes ends at the next block's `block_out` quantizer at the latest), or the head. The
+    kernels of the context groups are planned and dropped (`window_workloads`). A window that starts at the
+    first block takes the stem along: the stem's lookup-table output sets the largest input code (`x_max`) of
+    the first block's convs.
+    """
+    import torch
+    from torch import fx
+
+    from qcompile.passes.slice_subnet import slice_subnet
+    from qcompile.passes.to_integer import to_integer
+    from qcompile.quant import ActQuantizer
+
+    qnet = qnet if qnet is not None else _skeleton(space)
+    i0, i1 = order.index(run[0]), order.index(run[-1])
+    last = order[i1 + 1] if i1 + 1 < len(order) else "head"
+    nodes = list(qnet.graph.nodes)
+    groups = _node_groups([n.name for n in nodes])
+    start = 0 if run[0] == "stem" else groups.index(run[0])
+    end = len(nodes) - 1 if last == "head" else max(i for i, g in enumerate(groups) if g == last)
+    graph = fx.Graph()
+    env: dict[Any, Any] = {}
+    entry = None
+    shape = (1, space.in_channels, cfg.resolution, cfg.resolution)
+    if start > 0:
+        prev = order[i0 - 1]
+        quants = [n for n, g in zip(nodes[:start], groups[:start]) if g == prev and n.op == "call_module"
+                  and isinstance(qnet.get_submodule(n.target), ActQuantizer)]
+        if not quants:
+            raise ValueError(f"no output quantizer in group {prev}")
+        shape = _entry_shape(space, cfg, prev)
+        entry = graph.call_module(quants[-1].target, (graph.placeholder("x"),))
+    for n in nodes[start:end + 1]:
+        if n.op == "output":
+            graph.output(fx.node.map_arg(n.args[0], lambda a: env[a]))
+            break
+        # everything a window node reads from before the window is the stream entering it (the residual skip is
+        # the block's input)
+        env[n] = graph.node_copy(n, lambda a: env.get(a, entry))
+    else:
+        graph.output(env[nodes[end]])
+    gm = fx.GraphModule(qnet, graph)
+    sub = slice_subnet(gm, cfg, space.in_channels, input_shape=shape)
+    del sub.subnet_config  # a window, not the subnet: calibration must not expect the subnet's input size
+    g = torch.Generator().manual_seed(0)
+    from qcompile import api as qc
+
+    qc.calibrate(sub, [torch.randn(2, *shape[1:], generator=g)])
+    return to_integer(sub, check_overflow=False, verify=False, copy_input=False)
+
+
+def window_workloads(space: Any, cfg: SubnetConfig, run: list[Any], order: list[Any], target: Any = "x86",
+                     num_threads: int | None = None) -> dict[Any, list[dict]]:
+    """Workloads of each group of `run` (consecutive groups of `order`), planned by the emitter's dry walk
+    (`plan_kernels`) on `window_graph`; the kernels of the context groups are dropped (`_split` owns each kernel
+    to one group). Raises ValueError when the window does not give every group of `run` contiguous kernels."""
+    from qcompile.backends.tvm.emitter import plan_kernels
+
+    spec = _resolve(target, num_threads)
+    if run[0] != "stem" and order.index(run[0]) == 1:
+        run = ["stem", *run]
+    i0 = order.index(run[0])
+    records = plan_kernels(window_graph(space, cfg, run, order), spec.target())
+    split = _split(records, start=order[i0 - 1] if i0 > 0 else "stem")
+    if not all(g in split for g in run):
+        raise ValueError(f"window {run[0]}..{run[-1]}: groups {sorted(map(str, split))}")
+    return {g: split[g] for g in run}
+
+
+_TARGETS: dict[tuple[str, int | None], tuple[Any, str]] = {}
+
+
+def _target(target: Any, num_threads: int | None) -> tuple[Any, str]:
+    """(TargetSpec, its canonical JSON) of `target`, cached per process: resolving the host target reads
+    /proc/cpuinfo, most of a memo hit's time otherwise, and the host does not change under a running process."""
+    k = (json.dumps(target, sort_keys=True, default=repr) if isinstance(target, dict) else repr(target), num_threads)
+    hit = _TARGETS.get(k)
+    if hit is None:
+        from qcompile.backends.tvm.targets import resolve_target
+
+        spec = resolve_target(target, num_threads)
+        hit = _TARGETS[k] = (spec, json.dumps(spec.tvm_target, sort_keys=True))
+    return hit
+
+
+def _resolve(target: Any, num_threads: int | None) -> Any:
+    return _target(target, num_threads)[0]
 
 
 def plan_config(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads: int | None = None) -> list[Any]:
@@ -126,7 +239,14 @@ def plan_config(space: Any, cfg: SubnetConfig, target: Any = "x86", num_threads:
 
 
 def _group_of(nodes: tuple[str, ...], current: Any) -> Any:
-    for n in nodes:
+    """The group (stem, (stage, block), head) that owns a kernel of fx nodes `nodes`: the block of its *last*
+    node named after a block (`current`, the previous kernel's group, for nodes such as `input_add`).
+
+    The last node, because the emitter emits a fused kernel at its last node and a kernel that crosses a block
+    boundary is a float island that starts with the `dequantize` of the previous block's 8-bit output codes
+    (`block_out` quantizer) and runs through the next block's float layers: everything that sizes it but the
+    codes' shape (fixed by the next block's position and the stage widths) is the next block's choice."""
+    for n in reversed(nodes):
         m = _BLOCK_RE.match(n)
         if m:
             return (int(m.group(1)), int(m.group(2)))
@@ -198,16 +318,18 @@ def block_keys(space: Any, cfg: SubnetConfig) -> dict[Any, tuple]:
     return keys
 
 
-def _split(records: list[Any]) -> dict[Any, list[dict]]:
-    """Workloads per group (stem, (stage, block), head) of `KernelRecord`s or `meta["kernels"]` entries; empty
-    (nothing to memoise) when a fused kernel holds nodes of two blocks, whose workload then depends on both."""
+def _split(records: list[Any], start: Any = "stem") -> dict[Any, list[dict]]:
+    """Workloads per group (stem, (stage, block), head) of `KernelRecord`s or `meta["kernels"]` entries, each
+    kernel in the group of `_group_of`; empty (nothing to memoise) when a group's kernels are not contiguous in
+    program order (concatenating the groups would then reorder the kernels)."""
     out: dict[Any, list[dict]] = {}
-    cur: Any = "stem"
+    cur: Any = start
     for r in records:
         nodes, w = (r["nodes"], r["workload"]) if isinstance(r, dict) else (r.nodes, r.workload)
-        if len({m.groups() for m in map(_BLOCK_RE.match, nodes) if m}) > 1:
+        g = _group_of(tuple(nodes), cur)
+        if g != cur and g in out:
             return {}
-        cur = _group_of(tuple(nodes), cur)
+        cur = g
         out.setdefault(cur, []).append(dict(w))
     return out
 
@@ -217,8 +339,7 @@ def remember(space: Any, cfg: SubnetConfig, kernels: list[dict], target: Any = "
     """Fill the per-block memo from the `meta["kernels"]` of a real lowering of `cfg` (what `kernel_workloads`
     computes for it: the exactness tests assert the two are equal), so that configs made of these blocks are
     answered without the slow path. False (nothing memoised) when the kernels do not split by block."""
-    spec = _resolve(target, num_threads)
-    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    tkey = (space_key(space), _target(target, num_threads)[1])
     keys = block_keys(space, cfg)
     split = _split(kernels)
     if set(split) != set(keys):
@@ -233,8 +354,7 @@ def group_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86",
                     num_threads: int | None = None) -> dict[str, list[dict]] | None:
     """Memo key (`repr` of the block key) -> workloads of each group (stem, blocks, head) of `cfg`, in program order;
     None for a space whose kernels do not split by block names (then use `kernel_workloads`)."""
-    spec = _resolve(target, num_threads)
-    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    tkey = (space_key(space), _target(target, num_threads)[1])
     keys = block_keys(space, cfg)
     table = _MEMO.get(tkey, {})
     if not all(k in table for k in keys.values()):
@@ -251,15 +371,26 @@ def kernel_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86", num_thr
 
     Each entry names its `op`, `strategy` (kernel provider), `kind`/`mode` where the strategy distinguishes
     them (x86 GEMM intrinsic: vnni512, vnni, u8s8 or i16; gemv), operand `shapes`, `out_shape`, `stride`,
-    `padding`, `dilation` and `groups` (1 for non-conv ops). `memo=False` forces the slow path.
+    `padding`, `dilation` and `groups` (1 for non-conv ops). Blocks seen before come from the per-block memo,
+    runs of unseen blocks from windows (`window_workloads`) when some blocks were seen, the whole config
+    (`plan_config`) otherwise or when a window fails. `memo=False` forces the whole-config plan.
     Raises `ConfigError` for a config outside the space.
     """
     space.validate(cfg)
-    spec = _resolve(target, num_threads)
-    tkey = (space_key(space), json.dumps(spec.tvm_target, sort_keys=True))
+    tkey = (space_key(space), _target(target, num_threads)[1])
     keys = block_keys(space, cfg)
     table = _MEMO.setdefault(tkey, {})
-    if memo and all(k in table for k in keys.values()):
+    order = list(keys)
+    missing = [g for g in order if keys[g] not in table]
+    if memo and missing and len(missing) < len(order):
+        try:
+            for run in _runs(order, missing):
+                for g, ws in window_workloads(space, cfg, run, order, target, num_threads).items():
+                    table.setdefault(keys[g], ws)
+            missing = []
+        except Exception as e:  # noqa: BLE001 - any failure of a window: the whole-config plan is exact
+            log.debug("window plan of %s failed (%s): planning the whole config", missing, e)
+    if memo and not missing:
         out: list[dict] = []
         for k in keys.values():
             out.extend(dict(w) for w in table[k])
@@ -273,3 +404,16 @@ def kernel_workloads(space: Any, cfg: SubnetConfig, target: Any = "x86", num_thr
         log.debug("kernel groups %s differ from layer groups %s: not memoised", sorted(map(str, split)),
                   sorted(map(str, keys)))
     return [dict(r.workload) for r in records]
+
+
+def _runs(order: list[Any], missing: list[Any]) -> list[list[Any]]:
+    """`missing` (a subset of `order`) as runs of consecutive groups; runs one seen group apart are joined (one
+    window of one more group costs less than a second window)."""
+    idx = [order.index(g) for g in missing]
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i - runs[-1][-1] <= 2:
+            runs[-1].extend(range(runs[-1][-1] + 1, i + 1))
+        else:
+            runs.append([i])
+    return [[order[i] for i in r] for r in runs]

@@ -467,6 +467,79 @@ def test_block_memo_keys_carry_the_neighbouring_bit_classes(monkeypatch):
     assert qs.kernel_workloads(space, a, "x86", 1) == [w for g in plan_a.values() for w in g]
 
 
+def test_float_island_across_blocks_is_memoised(monkeypatch):
+    """With float islands fused, block X's 8-bit output codes are dequantized inside the island of its float
+    successor, one kernel holding nodes of both blocks. It belongs to the successor (`_group_of`), so the config
+    is memoised, and a config made of blocks seen in two such configs is answered from the memo exactly as the
+    emitter plans it. B: X before a float block; F: B with kernel 5 at X and at a later block; G: B with kernel
+    5 at X only (X from F, the rest from B)."""
+    import dataclasses
+
+    from qcompile.search.latency import workloads
+
+    monkeypatch.setattr(workloads, "_MEMO", {})
+    space = _tiny()
+    x, _, b, _ = _neighbour_configs(space)
+    later = sorted(space._slot_of)[2]
+    ks = list(b.kernels)
+    ks[space.block_slot(*x)] = 5
+    g = dataclasses.replace(b, kernels=tuple(ks))
+    ks[space.block_slot(*later)] = 5
+    f = dataclasses.replace(b, kernels=tuple(ks))
+    records = workloads.plan_config(space, b, "x86", 1)
+    spans = [r for r in records if len({m.groups() for m in map(workloads._BLOCK_RE.match, r.nodes) if m}) > 1]
+    assert spans and spans[0].op == "float_island" and spans[0].nodes[0].endswith("out_q_dequantize")
+    assert workloads._group_of(spans[0].nodes, x) != x  # the successor's kernel
+    for cfg in (b, f):
+        qs.kernel_workloads(space, cfg, "x86", 1)
+    table = next(iter(workloads._MEMO.values()))
+    assert all(k in table for k in workloads.block_keys(space, b).values())
+    exact = [r.workload for r in workloads.plan_config(space, g, "x86", 1)]  # the emitter's plan, memo untouched
+
+    def no_slow_path(*a, **k):
+        raise AssertionError("slow path taken")
+
+    monkeypatch.setattr(workloads, "plan_config", no_slow_path)
+    assert qs.kernel_workloads(space, g, "x86", 1) == exact
+    assert qs.kernel_workloads(space, b, "x86", 1) == [r.workload for r in records]
+
+
+def test_unseen_block_planned_on_a_window(monkeypatch):
+    """A config with one unseen block is planned on a window (the block, the output quantizer in front of it and
+    the next block behind it), not on the whole config, and equals the emitter's plan of the whole config:
+    X (kernel 5) before a float block whose island starts at X's output codes, and the first block (the stem
+    comes along) and a middle one."""
+    import dataclasses
+
+    from qcompile.search.latency import workloads
+
+    monkeypatch.setattr(workloads, "_MEMO", {})
+    space = _tiny()
+    x, _, b, _ = _neighbour_configs(space)
+    qs.kernel_workloads(space, b, "x86", 1)
+    variants = []
+    for pos in (x, sorted(space._slot_of)[3]):
+        ks = list(b.kernels)
+        ks[space.block_slot(*pos)] = 5
+        variants.append(dataclasses.replace(b, kernels=tuple(ks)))
+    exact = [[r.workload for r in workloads.plan_config(space, v, "x86", 1)] for v in variants]
+    windows = []
+    real_window = workloads.window_workloads
+
+    def window(space_, cfg, run, *a, **k):
+        windows.append(run)
+        return real_window(space_, cfg, run, *a, **k)
+
+    def no_slow_path(*a, **k):
+        raise AssertionError("whole-config plan taken")
+
+    monkeypatch.setattr(workloads, "plan_config", no_slow_path)
+    monkeypatch.setattr(workloads, "window_workloads", window)
+    for v, ex in zip(variants, exact):
+        assert qs.kernel_workloads(space, v, "x86", 1) == ex
+    assert windows == [[x], [sorted(space._slot_of)[3]]]
+
+
 def test_remember_fills_the_block_memo(lowered, monkeypatch):
     """`remember` (a lowering's own kernel list into the per-block memo) answers `kernel_workloads` for that
     config, and for configs of the same blocks, without the slow path, equal to what the emitter emitted."""

@@ -53,3 +53,20 @@ def test_kernel_workloads_equal_emitted_sweep(name):
         assert qs.kernel_workloads(space, cfg, "x86") == emitted, f"{name} subnet {i}: {cfg.to_json()}"
         checked += len(emitted)
     assert checked > 10 * N
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3", "mobilenet_v2", "spaceevo"])
+def test_window_plans_equal_the_whole_plan(name):
+    """Every group planned on its own window (`window_workloads`: the group, the quantizer in front of it, the
+    next group behind it) has the kernels the whole config's plan gives it."""
+    from qcompile.search.latency import workloads
+
+    space = _micro(name)
+    for i in range(max(1, N // 2)):
+        cfg = space.sample(seed=2000 + i, bits=BITS)
+        order = list(workloads.block_keys(space, cfg))
+        whole = workloads._split(workloads.plan_config(space, cfg, "x86", 1))
+        assert set(whole) == set(order)
+        for g in order[1:]:
+            for gg, ws in workloads.window_workloads(space, cfg, [g], order, "x86", 1).items():
+                assert ws == whole[gg], f"{name} config {i}, group {gg}: {cfg.to_json()}"

@@ -13,6 +13,7 @@ import torch
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
+from tvm_graphs import conv_call_params  # noqa: E402
 
 from qcompile.backends.tvm.intrin.amx import AmxBlock, enable_amx, has_amx  # noqa: E402
 from qcompile.backends.tvm.schedules.x86.amx import AMX_MIN_K, amx_kernel_applies, amx_plan, use_amx  # noqa: E402
@@ -39,29 +40,10 @@ def _case(rng, c, h, w, o, k, *, extreme=False):
     return x, wt, bias, mult, shift
 
 
-def _params(x, wt, s, p, pad_value, requant):
-    o, _, k, _ = wt.shape
-    ho = (x.shape[2] + 2 * p - k) // s + 1
-    wo = (x.shape[3] + 2 * p - k) // s + 1
-    params = {
-        "x_shape": x.shape,
-        "w_shape": wt.shape,
-        "out_shape": (1, o, ho, wo),
-        "stride": (s, s),
-        "padding": (p, p),
-        "dilation": (1, 1),
-        "groups": 1,
-        "pad_value": pad_value,
-        "node": "t",
-    }
-    if requant:
-        params.update(lo=3, hi=250)
-    return params
-
-
 def _run(x, wt, bias, mult, shift, *, s, p, pad_value, requant=True):
     op = "conv2d_requant" if requant else "conv2d"
-    call = OpCall(op, _params(x, wt, s, p, pad_value, requant), AMX)
+    lohi = {"lo": 3, "hi": 250} if requant else {}
+    call = OpCall(op, conv_call_params(x.shape, wt.shape, s=s, p=p, groups=1, pad_value=pad_value, **lohi), AMX)
     strat = select_strategy(call)
     assert strat.describe(call, wt)["mode"] == "amx"
     bb = relax.BlockBuilder()
@@ -143,7 +125,7 @@ def test_amx_chosen_per_workload():
     assert not amx_kernel_applies(isa.target("avx512-vnni"), 96, 576, 196)
     call = OpCall(
         "conv2d_requant",
-        _params(np.zeros((1, 24, 56, 56), np.uint8), np.zeros((144, 24, 1, 1), np.int8), 1, 0, 0, True),
+        conv_call_params((1, 24, 56, 56), (144, 24, 1, 1), s=1, p=0, groups=1, pad_value=0, lo=3, hi=250),
         AMX,
     )
     assert select_strategy(call).describe(call, None)["mode"] != "amx"

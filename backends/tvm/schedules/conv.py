@@ -223,22 +223,24 @@ def gemm_tile(k: int, p: int, o: int, g: int, to: int, tp: int, align: int, lane
     return GemmTile(o, p, -(-k // g), g, fit_to(o, to), tp_, -(-p // tp_) * tp_, lanes)
 
 
-def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None) -> None:
+def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind: str) -> None:
     """The activation packing `xpack`: parallel over reduction blocks, the group unrolled, pixels inner so the
     writes are contiguous; a full conv's pixels split into output rows and columns (no div/mod by Wo per
-    element) when no pixel padding follows."""
+    element) when no pixel padding follows. `kind` is the GEMM's `parallel.UNIT_COST_NS` kind: the packing is
+    parallel exactly when the GEMM is (one decision per kernel, on its MACs)."""
     pk = sch.get_sblock("xpack")
     b, j, i = sch.get_loops(pk)
-    parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g)
+    parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g, kind)
     sch.unroll(i)
     if conv is not None and tile.pp == tile.p:
         sch.split(j, [None, conv.wo])
 
 
-def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True) -> None:
+def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True, *, kind: str) -> None:
     """The `gemm` micro-kernel: `to x tp` tiles (pixels outside channels with `p_outer`), parallel over tiles
     before decompose_reduction / tensorize (ARCHITECTURE.md, measured), the intrinsic on the innermost
-    `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile."""
+    `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile;
+    `kind`: the intrinsic's `parallel.UNIT_COST_NS` kind."""
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)
     co, ci = sch.split(c, [None, tile.to])
@@ -249,7 +251,7 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
     else:
         sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
         outer = sch.fuse(co, jo)
-    parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g)
+    parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, outer)
     init = sch.decompose_reduction(gm, rb_)

@@ -190,7 +190,7 @@ def conv_amx(gc: GemmConv, plan: AmxPlan | None = None, num_threads: int = 2) ->
     func = te.create_prim_func([x, wp, bias, *ins, out]).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
-    schedule_gemm_pack(sch, GemmTile(opad, p, kb, 4, blk.so, blk.sp, pp, 16), conv)
+    schedule_gemm_pack(sch, GemmTile(opad, p, kb, 4, blk.so, blk.sp, pp, 16), conv, "gemm_amx")
     schedule_xpad(sch, conv, pad)
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)
@@ -198,7 +198,7 @@ def conv_amx(gc: GemmConv, plan: AmxPlan | None = None, num_threads: int = 2) ->
     jo, ji = sch.split(j, [None, blk.sp])
     sch.reorder(jo, co, ci, ji, rb_, ri_)
     outer = sch.fuse(jo, co)
-    parallel_if_worth(sch, outer, opad * pp * kb * 4)
+    parallel_if_worth(sch, outer, opad * pp * kb * 4, "gemm_amx")
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, outer)
     init = sch.decompose_reduction(gm, ci)

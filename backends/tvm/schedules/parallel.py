@@ -41,27 +41,33 @@ __all__ = [
 
 #: Serial nanoseconds per unit of `work`, by kernel kind. Measured by `python -m benchmarks.parallel_costs` on
 #: "Intel(R) Xeon(R) Processor" (LLVM mcpu emeraldrapids: AVX-512 VNNI, AVX-VNNI, AMX-INT8), 1 thread, untuned
-#: default schedules, 2026-12-06 (load average in docs/benchmarks_demo.md, "Parallel regions"). ARM kernels use
-#: the kind of the same instruction class (`sdot` GEMM = "gemm_dot", the NEON fallback = "gemm_int16"); those
-#: costs were not measured on an ARM core.
+#: default schedules, minimum of 300 single calls, 2026-12-06 19:45 UTC, load average 10-11 from other jobs
+#: (docs/benchmarks_demo.md, "Parallel regions"); rounded to two digits. ARM kernels use the kind of the same
+#: instruction class (`sdot` GEMM = "gemm_dot", the NEON fallback = "gemm_int16"); those costs were not measured
+#: on an ARM core.
 UNIT_COST_NS: dict[str, float] = {
     # packed-GEMM conv (pointwise or im2col), per MAC, packing and requantize epilogue included:
-    "gemm_dot": 0.020,  # int8 dot-product intrinsic: AVX-512 VNNI / AVX-VNNI vpdpbusd, ARM sdot
-    "gemm_amx": 0.010,  # AMX-INT8 tdpbusd tiles
-    "gemm_int16": 0.040,  # int16 multiply-add: AVX2 vpmaddwd / vpmaddubsw, ARM smull/saddlp
-    "gemv": 0.050,  # linear layer (batch rows x K x O), per MAC: weight-load bound
-    "depthwise": 0.20,  # depthwise conv, per tap (x86 row and tap-pair kernels, ARM NHWC kernel)
-    "elementwise": 0.10,  # flat uint8 element-wise kernel (add, rescale), per element
-    "reduce": 0.20,  # global mean, per input element
-    "naive": 0.50,  # default schedule (`pipeline.schedule_primfunc`), spatial block, per element
-    "naive_reduce": 1.0,  # default schedule, reduction block, per loop iteration (scalar MAC)
+    "gemm_dot": 0.0080,  # int8 dot-product intrinsic: AVX-512 VNNI / AVX-VNNI vpdpbusd, ARM sdot
+    "gemm_amx": 0.0027,  # AMX-INT8 tdpbusd tiles
+    "gemm_int16": 0.023,  # int16 multiply-add: AVX2 vpmaddwd / vpmaddubsw, ARM smull/saddlp
+    "gemv": 0.023,  # linear layer (batch rows x K x O), per MAC: weight-load bound
+    "depthwise": 0.042,  # depthwise conv, per tap (x86 row and tap-pair kernels, ARM NHWC kernel)
+    "elementwise": 0.21,  # flat uint8 element-wise kernel (add, rescale; int64 arithmetic), per element
+    "reduce": 0.075,  # global mean, per input element
+    "naive": 0.47,  # default schedule (`pipeline.schedule_primfunc`), spatial block, per element
+    "naive_reduce": 0.052,  # default schedule, reduction block, per loop iteration
 }
 
 #: The kinds `parallel_if_worth` accepts.
 KINDS = frozenset(UNIT_COST_NS)
 
-#: Estimated serial time (us) from which a kernel gets a parallel region.
-DEFAULT_MIN_US = 20.0
+#: Estimated serial time (us) from which a kernel gets a parallel region. On 2 threads a kernel of t us takes about
+#: t/2 + J, J the fork/join: a few us on a quiet machine, up to a scheduler tick when the worker thread is asleep
+#: or descheduled (a loaded machine), which no kernel of a few tens of us wins back. 25 us sits above every kernel
+#: of the demo's 32 px subnet (largest 19 us, a VNNI 1x1 conv), so it never forks the pool, and below
+#: MobileNetV2's 224 px layers that matter (depthwise 22-260 us, GEMMs 16-154 us; at 25 us, 69 of its 91
+#: parallel sites stay parallel): the kernels left serial are those that can gain at most ~10 us each.
+DEFAULT_MIN_US = 25.0
 
 #: Environment variable overriding `DEFAULT_MIN_US` (a number >= 0; 0 parallelises every kernel), read at schedule
 #: time so a benchmark can build the same network several ways in one process.

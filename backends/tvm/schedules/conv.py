@@ -267,9 +267,10 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
 
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
-                        post: tuple[EpilogueStep, ...] = ()) -> list[te.Tensor]:
-    """The stages every packed-GEMM conv kernel shares (x86 and aarch64), named as their schedules expect:
-    `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[o, j]`), `epilogue` (requantize with the
+                        post: tuple[EpilogueStep, ...] = (), opad: int | None = None) -> list[te.Tensor]:
+    """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
+    expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
+    `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
     `bterm` bias, or add the int32 bias when `lo is None`) over whole tiles, and `crop` to P columns when the
     pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
     The requantized code goes through the fused steps `post` (`requant.apply_post`; their operands
@@ -280,7 +281,7 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     rb = te.reduce_axis((0, kb), name="rb")
     ri = te.reduce_axis((0, g), name="ri")
     acc = te.compute(
-        (o, pp),
+        (o if opad is None else opad, pp),
         lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
         name="gemm",
     )

@@ -184,7 +184,8 @@ def _naive_reduce(c: int, h: int, o: int = 16) -> Callable[[Any], Any]:
 #: kind -> (small, large) kernel makers and whether they need AMX
 CASES: dict[str, tuple[tuple[Callable[[Any], Any], Callable[[Any], Any]], bool]] = {
     "gemm_dot": ((_gemm("vnni512", 96, 196, 192), _gemm("vnni512", 96, 784, 192)), False),
-    "gemm_amx": ((_amx(256, 196, 256), _amx(256, 784, 256)), True),
+    # MobileNetV2's 1x1 convs near the threshold (28x28 192->32, 14x14 576->96): large-K tiles cost less per MAC
+    "gemm_amx": ((_amx(192, 784, 32), _amx(576, 196, 96)), True),
     "gemm_int16": ((_gemm("i16", 96, 196, 192), _gemm("i16", 96, 784, 192)), False),
     "gemv": ((_linear(640, 504), _linear(1280, 1000)), False),
     "depthwise": ((_depthwise(144, 14), _depthwise(144, 28)), False),

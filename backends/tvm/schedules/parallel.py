@@ -48,7 +48,7 @@ __all__ = [
 UNIT_COST_NS: dict[str, float] = {
     # packed-GEMM conv (pointwise or im2col), per MAC, packing and requantize epilogue included:
     "gemm_dot": 0.0080,  # int8 dot-product intrinsic: AVX-512 VNNI / AVX-VNNI vpdpbusd, ARM sdot
-    "gemm_amx": 0.0027,  # AMX-INT8 tdpbusd tiles
+    "gemm_amx": 0.0039,  # AMX-INT8 tdpbusd tiles (MobileNetV2-sized 1x1 convs, 20:16 UTC, load 9)
     "gemm_int16": 0.023,  # int16 multiply-add: AVX2 vpmaddwd / vpmaddubsw, ARM smull/saddlp
     "gemv": 0.023,  # linear layer (batch rows x K x O), per MAC: weight-load bound
     "depthwise": 0.042,  # depthwise conv, per tap (x86 row and tap-pair kernels, ARM NHWC kernel)
@@ -65,7 +65,7 @@ KINDS = frozenset(UNIT_COST_NS)
 #: t/2 + J, J the fork/join: a few us on a quiet machine, up to a scheduler tick when the worker thread is asleep
 #: or descheduled (a loaded machine), which no kernel of a few tens of us wins back. 25 us sits above every kernel
 #: of the demo's 32 px subnet (largest 19 us, a VNNI 1x1 conv), so it never forks the pool, and below
-#: MobileNetV2's 224 px layers that matter (depthwise 22-260 us, GEMMs 16-154 us; at 25 us, 69 of its 91
+#: MobileNetV2's 224 px layers that matter (depthwise 22-260 us, GEMMs 10-154 us; at 25 us, 71 of its 91
 #: parallel sites stay parallel): the kernels left serial are those that can gain at most ~10 us each.
 DEFAULT_MIN_US = 25.0
 

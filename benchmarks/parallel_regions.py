@@ -1,12 +1,15 @@
 """Parallel regions only where they pay: one network built with several `parallel_if_worth` thresholds.
 
     OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python -m benchmarks.parallel_regions --threads 2 \\
-        --models demo mbv2 --thresholds 0 default never --out runs/parallel_regions
+        --models demo mbv2 --thresholds 0 raw default never --out runs/parallel_regions
 
-Each model is lowered untuned for x86 once per threshold (`QCOMPILE_PARALLEL_MIN_WORK`, read at schedule time,
-so every build happens in this one process; `0` = every kernel parallel, as before the rule, `never` = none,
-`default` = `schedules/parallel.py`'s `DEFAULT_MIN_WORK`). TVM sizes its pool once per process, so 1 and 2
-threads are two runs of this script. Timed in interleaved rounds (each round calls every build `--calls`
+Each model is lowered untuned for x86 once per threshold, every build in this one process (the thresholds are
+environment variables read at schedule time): a number is `QCOMPILE_PARALLEL_MIN_US`, the estimated serial time
+(us) from which a kernel is parallel; `0` = every kernel parallel (as before any rule), `never` = none,
+`default` = `schedules/parallel.py`'s `DEFAULT_MIN_US`; `raw` = the earlier unweighted rule (raw inner
+iterations >= 2**20, whatever the kernel kind) and `raw:N` the same with N iterations
+(`QCOMPILE_PARALLEL_MIN_WORK`). TVM sizes its pool once per process, so 1 and 2 threads are two runs of this
+script. Timed in interleaved rounds (each round calls every build `--calls`
 times, in rotating order, so the machine's load hits all alike): the median per round of the VM's `main`
 called from Python on a prepared tensor, and the median over rounds. With `--kernels`, the per-kernel medians
 (`Lowered.benchmark`) of the `0` and `never` builds, joined by PrimFunc name: which kernels a parallel
@@ -34,7 +37,9 @@ from benchmarks.overhead import median_us
 
 log = logging.getLogger(__name__)
 
-NEVER = str(1 << 62)
+NEVER_US = "1e30"
+#: the unweighted rule's threshold before kernel kinds were weighted (raw inner iterations)
+RAW_DEFAULT = 1 << 20
 
 
 def integer_graph(model: str) -> Any:
@@ -52,22 +57,33 @@ def integer_graph(model: str) -> Any:
     raise qc.ConfigError(f"--models: {model!r} is not one of 'demo', 'mbv2'")
 
 
-def _threshold_value(name: str) -> str:
-    from qcompile.backends.tvm.schedules.parallel import DEFAULT_MIN_WORK
+def _threshold_env(name: str) -> dict[str, str | None]:
+    """The environment of threshold `name` (`QCOMPILE_PARALLEL_MIN_US` / `_MIN_WORK`; None = unset)."""
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US, ENV_MIN_WORK
 
-    return {"default": str(DEFAULT_MIN_WORK), "never": NEVER}.get(name, name)
+    if name == "raw" or name.startswith("raw:"):
+        return {ENV_MIN_US: None, ENV_MIN_WORK: str(int(name[4:]) if name != "raw" else RAW_DEFAULT)}
+    us = {"default": None, "never": NEVER_US}.get(name, name)
+    if us is not None:
+        float(us)  # a malformed threshold fails here, before any build
+    return {ENV_MIN_US: us, ENV_MIN_WORK: None}
 
 
 def build(ig: Any, threads: int, threshold: str) -> Any:
-    """`ig` lowered untuned for x86 with `QCOMPILE_PARALLEL_MIN_WORK=threshold`; the environment restored."""
+    """`ig` lowered untuned for x86 with the parallel rule of `threshold` (`_threshold_env`); the environment
+    restored."""
     import qcompile as qc
-    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_WORK
 
-    saved = {k: os.environ.get(k) for k in (ENV_MIN_WORK, "QCOMPILE_CACHE")}
+    env = _threshold_env(threshold)
+    saved = {k: os.environ.get(k) for k in (*env, "QCOMPILE_CACHE")}
     try:
         with tempfile.TemporaryDirectory() as empty:  # untuned: default schedules, no database records
             os.environ["QCOMPILE_CACHE"] = empty
-            os.environ[ENV_MIN_WORK] = _threshold_value(threshold)
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             return qc.lower(ig, target="x86", num_threads=threads)
     finally:
         for k, v in saved.items():
@@ -120,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--thresholds",
         nargs="+",
-        default=["0", "default", "never"],
-        help="QCOMPILE_PARALLEL_MIN_WORK values: integers, 'default' or 'never'",
+        default=["0", "raw", "default", "never"],
+        help="estimated serial us (QCOMPILE_PARALLEL_MIN_US), 'default', 'never', 'raw' or 'raw:N' (module doc)",
     )
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=50, help="calls per build per round (their median is kept)")
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
             "rounds": a.rounds,
             "calls": a.calls,
-            "thresholds": {t: _threshold_value(t) for t in thresholds},
+            "thresholds": {t: _threshold_env(t) for t in thresholds},
         }
         atomic_write_text(path, json.dumps(res, indent=1))
         e2e = res["e2e"]

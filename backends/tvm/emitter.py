@@ -222,6 +222,7 @@ class _Emitter:
         self.fused: set[fx.Node] = set()
         #: last node of an epilogue chain -> (the requantize, the chain's ops after it)
         self.chains: dict[fx.Node, tuple[fx.Node, tuple[fx.Node, ...]]] = {}
+        self.claimed: set[fx.Node] = set()  # the ops of every chain in `chains` (kept as chains are found)
         self.deferred: set[fx.Node] = set()  # requantize and inner chain nodes: emitted with the chain's end
         self.islands: dict[fx.Node, tuple[fx.Node, ...]] = {}  # last node -> a float island fused in one kernel
         self.call_log: list | None = None
@@ -738,14 +739,14 @@ class _Emitter:
     def _find_chain(self, rq: fx.Node) -> None:
         chain: list[fx.Node] = []
         cur = rq
-        claimed = {m for _, ch in self.chains.values() for m in ch}
         # a residual add of two conv outputs (ResNet's downsample branch) is the next op of both convs: the first
         # chain takes it and the other conv's code stays a value it reads as its skip tensor
-        while (nxt := self._epilogue_next(cur)) is not None and nxt not in claimed:
+        while (nxt := self._epilogue_next(cur)) is not None and nxt not in self.claimed:
             chain.append(nxt)
             cur = nxt
         if chain:
             self.chains[chain[-1]] = (rq, tuple(chain))
+            self.claimed.update(chain)
             self.deferred.update([rq, *chain[:-1]])
 
     def _walk(self, nodes: list[fx.Node]) -> None:

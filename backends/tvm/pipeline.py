@@ -144,18 +144,18 @@ def _schedule_block(sch: Any, block: Any) -> None:
         spatial = loops[:n_spatial]
         if len(spatial) > 1:
             outer = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
-            parallel_if_worth(sch, outer, work)
+            parallel_if_worth(sch, outer, work, "naive_reduce")
         elif spatial:
-            parallel_if_worth(sch, spatial[0], work)
+            parallel_if_worth(sch, spatial[0], work, "naive_reduce")
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = int(sch.get(fused).extent)
     lanes = next((v for v in _VECTOR_LANES if extent % v == 0 and extent >= 2 * v), None)
     if lanes is None:
-        parallel_if_worth(sch, fused, work)
+        parallel_if_worth(sch, fused, work, "naive")
         return
     outer, inner = sch.split(fused, factors=[None, lanes])
-    parallel_if_worth(sch, outer, work)
+    parallel_if_worth(sch, outer, work, "naive")
     sch.vectorize(inner)
 
 

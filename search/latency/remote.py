@@ -3,7 +3,9 @@
 OFA/APQ tables and nn-Meter predictors are built on the device itself; for `arm_cpu` qcompile cross-compiles
 each subnet here and times the library on the board (`tvm.rpc`: upload, `load_module`, `time_evaluator`).
 Timings under qemu are emulation and never enter a table. The board's CPU cannot be read through a stock
-TVM runtime server (no LLVM, no host functions), so its model is recorded by the caller (`cpu_model`).
+TVM runtime server (no LLVM, no host functions), so its model is recorded by the caller (`cpu_model`). An x86
+board with AMX-INT8 needs a server that requests the AMX tile permission before it serves
+(`python -m qcompile.backends.tvm.rpc_server`, or TVM's server started as `backends/tvm/rpc.py` says).
 """
 
 from __future__ import annotations
@@ -76,14 +78,15 @@ class Boards:
             n = _free_servers(tracker.summary(), self.key)  # type: ignore[arg-type]
             if n == 0:
                 raise LoweringError(f"tracker={self.tracker!r}", f"no server registered under key {self.key!r}",
-                                    f"start `python -m tvm.exec.rpc_server --tracker {self.tracker} --key {self.key}`"
-                                    " on each board")
+                                    "start `python -m qcompile.backends.tvm.rpc_server "
+                                    f"--tracker {self.tracker} --key {self.key}` on each board")
             return [tracker.request(self.key, session_timeout=self.timeout) for _ in range(n)]
         except LoweringError:
             raise
         except Exception as e:  # connection refused / timed out surface as TVM errors
             raise LoweringError(self.where, f"cannot reach the TVM RPC service ({e})",
-                                "start `python -m tvm.exec.rpc_server` (and the tracker) and check the address") from e
+                                "start `python -m qcompile.backends.tvm.rpc_server` (and the tracker) and check the "
+                                "address") from e
 
 
 def _free_servers(summary: dict, key: str) -> int:

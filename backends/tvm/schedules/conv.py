@@ -223,22 +223,24 @@ def gemm_tile(k: int, p: int, o: int, g: int, to: int, tp: int, align: int, lane
     return GemmTile(o, p, -(-k // g), g, fit_to(o, to), tp_, -(-p // tp_) * tp_, lanes)
 
 
-def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None) -> None:
+def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind: str) -> None:
     """The activation packing `xpack`: parallel over reduction blocks, the group unrolled, pixels inner so the
     writes are contiguous; a full conv's pixels split into output rows and columns (no div/mod by Wo per
-    element) when no pixel padding follows."""
+    element) when no pixel padding follows. `kind` is the GEMM's `parallel.UNIT_COST_NS` kind: the packing is
+    parallel exactly when the GEMM is (one decision per kernel, on its MACs)."""
     pk = sch.get_sblock("xpack")
     b, j, i = sch.get_loops(pk)
-    parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g)
+    parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g, kind)
     sch.unroll(i)
     if conv is not None and tile.pp == tile.p:
         sch.split(j, [None, conv.wo])
 
 
-def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True) -> None:
+def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True, *, kind: str) -> None:
     """The `gemm` micro-kernel: `to x tp` tiles (pixels outside channels with `p_outer`), parallel over tiles
     before decompose_reduction / tensorize (ARCHITECTURE.md, measured), the intrinsic on the innermost
-    `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile."""
+    `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile;
+    `kind`: the intrinsic's `parallel.UNIT_COST_NS` kind."""
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)
     co, ci = sch.split(c, [None, tile.to])
@@ -249,7 +251,7 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
     else:
         sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
         outer = sch.fuse(co, jo)
-    parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g)
+    parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, outer)
     init = sch.decompose_reduction(gm, rb_)
@@ -265,9 +267,10 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
 
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
-                        post: tuple[EpilogueStep, ...] = ()) -> list[te.Tensor]:
-    """The stages every packed-GEMM conv kernel shares (x86 and aarch64), named as their schedules expect:
-    `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[o, j]`), `epilogue` (requantize with the
+                        post: tuple[EpilogueStep, ...] = (), opad: int | None = None) -> list[te.Tensor]:
+    """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
+    expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
+    `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
     `bterm` bias, or add the int32 bias when `lo is None`) over whole tiles, and `crop` to P columns when the
     pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
     The requantized code goes through the fused steps `post` (`requant.apply_post`; their operands
@@ -278,7 +281,7 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     rb = te.reduce_axis((0, kb), name="rb")
     ri = te.reduce_axis((0, g), name="ri")
     acc = te.compute(
-        (o, pp),
+        (o if opad is None else opad, pp),
         lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
         name="gemm",
     )

@@ -1,18 +1,21 @@
-"""When a kernel gets a parallel region: only where its work pays for waking and joining the thread pool.
+"""When a kernel gets a parallel region: only where its estimated serial time pays for waking and joining the pool.
 
 Every `sch.parallel` loop makes each call of the kernel a fork/join of TVM's thread pool. A network of ~200
 kernels of ~2 us each (the demo's 32 px subnet) then pays ~200 joins per inference; when the worker thread
 is asleep or descheduled (a loaded machine), one join costs up to a scheduler tick, so the whole network ran
-slower at 2 threads than at 1. Kernels below `DEFAULT_MIN_WORK` therefore run serially on the calling
-thread; large layers (MobileNetV2 at 224) stay parallel.
+slower at 2 threads than at 1. A kernel therefore runs serially on the calling thread unless its estimated
+serial time reaches `DEFAULT_MIN_US`.
 
-`work` is the kernel's scalar inner-loop iterations: multiply-accumulates for convs and GEMMs (output
-elements x taps / reduction length), elements for element-wise kernels, input elements for reductions. It
-is known at every schedule call site before any loop is transformed.
+The estimate is `work x UNIT_COST_NS[kind]`: `work` is the kernel's scalar inner-loop iterations (multiply-
+accumulates for convs and GEMMs, taps for depthwise convs, elements for element-wise kernels, input elements for
+reductions), known at every schedule call site before any loop is transformed; `kind` says what one iteration
+costs. Raw iterations are not comparable across kinds: a depthwise tap or an element-wise element costs 10-50x
+a VNNI MAC, so a rule on raw iterations left MobileNetV2's mid-sized depthwise kernels (576 x 14 x 14 x 9 taps,
+~200 us) serial while it parallelised GEMMs of a few microseconds.
 
-The threshold was chosen from per-kernel medians of the same kernels built with every loop parallel and
-with none, in one process with a 2-thread pool (`python -m benchmarks.parallel_regions`, docs/performance.md
-"Parallel regions"): see `DEFAULT_MIN_WORK`.
+`UNIT_COST_NS` is measured once per CPU by `python -m benchmarks.parallel_costs` (serial kernels of each kind
+at two sizes, 1 thread; the cost is the slope, so call overhead drops out). Every `sch.parallel` site of the
+schedules (x86, ARM, the default schedule in `pipeline.py`) goes through `parallel_if_worth` with its kind.
 """
 
 from __future__ import annotations
@@ -25,44 +28,106 @@ from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MIN_WORK", "ENV_MIN_WORK", "min_parallel_work", "parallel_if_worth"]
+__all__ = [
+    "DEFAULT_MIN_US",
+    "ENV_MIN_US",
+    "ENV_MIN_WORK",
+    "KINDS",
+    "UNIT_COST_NS",
+    "estimated_us",
+    "min_parallel_us",
+    "parallel_if_worth",
+]
 
-#: Below this many inner iterations (about 1 MMAC: ~20 us serial for a VNNI conv) a kernel runs on one thread.
-#: Measured on the demo-sized subnet (Intel Xeon, AVX-512 VNNI, 2-thread pool, load average 7-8 from other
-#: jobs; median of 5 rounds x 10 `main` calls, `benchmarks/parallel_regions.py`): every kernel parallel 2.1 s per call,
-#: threshold 65536 0.49 s, 262144 26 ms, no parallel kernel 1.34 ms. Under load each parallel region costs
-#: up to a scheduler tick waiting for the worker, which no kernel of a few hundred kMAC can win back, so the
-#: threshold sits above the demo's kernels; MobileNetV2's 224 px layers (1.6-20 MMAC pointwise, 3.6 MMAC
-#: depthwise at 112 px) stay parallel, its depthwise layers at 7 px (0.4-0.5 MMAC) do not.
-DEFAULT_MIN_WORK = 1 << 20
+#: Serial nanoseconds per unit of `work`, by kernel kind. Measured by `python -m benchmarks.parallel_costs` on
+#: "Intel(R) Xeon(R) Processor" (LLVM mcpu emeraldrapids: AVX-512 VNNI, AVX-VNNI, AMX-INT8), 1 thread, untuned
+#: default schedules, minimum of 300 single calls, 2026-12-06 19:45 UTC, load average 10-11 from other jobs
+#: (docs/benchmarks_demo.md, "Parallel regions"); rounded to two digits. ARM kernels use the kind of the same
+#: instruction class (`sdot` GEMM = "gemm_dot", the NEON fallback = "gemm_int16"); those costs were not measured
+#: on an ARM core.
+UNIT_COST_NS: dict[str, float] = {
+    # packed-GEMM conv (pointwise or im2col), per MAC, packing and requantize epilogue included:
+    "gemm_dot": 0.0080,  # int8 dot-product intrinsic: AVX-512 VNNI / AVX-VNNI vpdpbusd, ARM sdot
+    "gemm_amx": 0.0039,  # AMX-INT8 tdpbusd tiles (MobileNetV2-sized 1x1 convs, 20:16 UTC, load 9)
+    "gemm_int16": 0.023,  # int16 multiply-add: AVX2 vpmaddwd / vpmaddubsw, ARM smull/saddlp
+    "gemv": 0.023,  # linear layer (batch rows x K x O), per MAC: weight-load bound
+    "depthwise": 0.042,  # depthwise conv, per tap (x86 row and tap-pair kernels, ARM NHWC kernel)
+    "elementwise": 0.21,  # flat uint8 element-wise kernel (add, rescale; int64 arithmetic), per element
+    "reduce": 0.075,  # global mean, per input element
+    "naive": 0.47,  # default schedule (`pipeline.schedule_primfunc`), spatial block, per element
+    "naive_reduce": 0.052,  # default schedule, reduction block, per loop iteration
+}
 
-#: Environment variable overriding `DEFAULT_MIN_WORK` (an integer >= 0; 0 parallelises every kernel), read at
-#: schedule time so a benchmark can build the same network both ways in one process.
+#: The kinds `parallel_if_worth` accepts.
+KINDS = frozenset(UNIT_COST_NS)
+
+#: Estimated serial time (us) from which a kernel gets a parallel region. On 2 threads a kernel of t us takes about
+#: t/2 + J, J the fork/join: a few us on a quiet machine, up to a scheduler tick when the worker thread is asleep
+#: or descheduled (a loaded machine), which no kernel of a few tens of us wins back. 25 us sits above every kernel
+#: of the demo's 32 px subnet (largest 19 us, a VNNI 1x1 conv), so it never forks the pool, and below
+#: MobileNetV2's 224 px layers that matter (depthwise 22-260 us, GEMMs 10-154 us; at 25 us, 71 of its 91
+#: parallel sites stay parallel): the kernels left serial are those that can gain at most ~10 us each.
+DEFAULT_MIN_US = 25.0
+
+#: Environment variable overriding `DEFAULT_MIN_US` (a number >= 0; 0 parallelises every kernel), read at schedule
+#: time so a benchmark can build the same network several ways in one process.
+ENV_MIN_US = "QCOMPILE_PARALLEL_MIN_US"
+
+#: Environment variable selecting the unweighted rule instead: parallel when the raw inner iterations reach this
+#: integer, whatever the kind. Kept so that `benchmarks.parallel_regions` can time both rules in one process.
 ENV_MIN_WORK = "QCOMPILE_PARALLEL_MIN_WORK"
 
 
-def min_parallel_work() -> int:
-    """The threshold in force: `QCOMPILE_PARALLEL_MIN_WORK` if set, else `DEFAULT_MIN_WORK`."""
+def min_parallel_us() -> float:
+    """The threshold in force (us of estimated serial time): `QCOMPILE_PARALLEL_MIN_US` if set, else the default."""
+    raw = os.environ.get(ENV_MIN_US)
+    if raw is None or raw == "":
+        return DEFAULT_MIN_US
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:  # also rejects nan
+        raise ConfigError(f"{ENV_MIN_US}={raw!r}: expected a number >= 0 (microseconds; 0 = always parallel)")
+    return value
+
+
+def _min_raw_work() -> int | None:
     raw = os.environ.get(ENV_MIN_WORK)
     if raw is None or raw == "":
-        return DEFAULT_MIN_WORK
+        return None
     try:
         value = int(raw)
     except ValueError:
         value = -1
     if value < 0:
-        raise ConfigError(f"{ENV_MIN_WORK}={raw!r}: expected an integer >= 0 (inner iterations; 0 = always parallel)")
+        raise ConfigError(f"{ENV_MIN_WORK}={raw!r}: expected an integer >= 0 (raw inner iterations; 0 = always "
+                          f"parallel), or unset for the rule on estimated time ({ENV_MIN_US})")
     return value
 
 
-def parallel_if_worth(sch: Any, loop: Any, work: int, threshold: int | None = None) -> bool:
-    """Annotate `loop` parallel when `work` (the kernel's inner iterations) reaches the threshold.
+def estimated_us(work: int, kind: str) -> float:
+    """Estimated serial time (us) of a kernel of `kind` doing `work` units: `work * UNIT_COST_NS[kind] / 1000`."""
+    if kind not in UNIT_COST_NS:
+        raise ConfigError(f"parallel kernel kind {kind!r}: expected one of {sorted(UNIT_COST_NS)}")
+    return int(work) * UNIT_COST_NS[kind] * 1e-3
 
-    `threshold` defaults to `min_parallel_work()`. Only the loop annotation depends on it: the kernel's
-    arithmetic, and so its bit-exact result, is the same either way. Returns whether the loop was annotated.
+
+def parallel_if_worth(sch: Any, loop: Any, work: int, kind: str, threshold_us: float | None = None) -> bool:
+    """Annotate `loop` parallel when the kernel's estimated serial time (`estimated_us(work, kind)`) reaches the
+    threshold (`threshold_us`, default `min_parallel_us()`); with `QCOMPILE_PARALLEL_MIN_WORK` set and no
+    `threshold_us`, when the raw `work` reaches that instead.
+
+    Only the loop annotation depends on it: the kernel's arithmetic, and so its bit-exact result, is the same
+    either way. Returns whether the loop was annotated.
     """
-    limit = min_parallel_work() if threshold is None else threshold
-    if int(work) >= limit:
+    est = estimated_us(work, kind)  # validates `kind` on every path
+    raw_limit = _min_raw_work() if threshold_us is None else None
+    if raw_limit is not None:
+        worth = int(work) >= raw_limit
+    else:
+        worth = est >= (min_parallel_us() if threshold_us is None else threshold_us)
+    log.debug("%s kernel: work %d, est. %.1f us serial -> %s", kind, int(work), est, "parallel" if worth else "serial")
+    if worth:
         sch.parallel(loop)
-        return True
-    return False
+    return worth

@@ -13,6 +13,7 @@ import torch
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
+from tvm_graphs import conv_call_params  # noqa: E402
 
 from qcompile.backends.tvm.intrin.amx import AmxBlock, enable_amx, has_amx  # noqa: E402
 from qcompile.backends.tvm.schedules.x86.amx import AMX_MIN_K, amx_kernel_applies, amx_plan, use_amx  # noqa: E402
@@ -39,29 +40,11 @@ def _case(rng, c, h, w, o, k, *, extreme=False):
     return x, wt, bias, mult, shift
 
 
-def _params(x, wt, s, p, pad_value, requant):
-    o, _, k, _ = wt.shape
-    ho = (x.shape[2] + 2 * p - k) // s + 1
-    wo = (x.shape[3] + 2 * p - k) // s + 1
-    params = {
-        "x_shape": x.shape,
-        "w_shape": wt.shape,
-        "out_shape": (1, o, ho, wo),
-        "stride": (s, s),
-        "padding": (p, p),
-        "dilation": (1, 1),
-        "groups": 1,
-        "pad_value": pad_value,
-        "node": "t",
-    }
-    if requant:
-        params.update(lo=3, hi=250)
-    return params
-
-
-def _run(x, wt, bias, mult, shift, *, s, p, pad_value, requant=True):
+def _build(x, wt, bias, mult, shift, *, s, p, pad_value, requant=True):
+    """The conv through the x86 strategy for the AMX target: a Relax executable whose one kernel is on AMX."""
     op = "conv2d_requant" if requant else "conv2d"
-    call = OpCall(op, _params(x, wt, s, p, pad_value, requant), AMX)
+    lohi = {"lo": 3, "hi": 250} if requant else {}
+    call = OpCall(op, conv_call_params(x.shape, wt.shape, s=s, p=p, groups=1, pad_value=pad_value, **lohi), AMX)
     strat = select_strategy(call)
     assert strat.describe(call, wt)["mode"] == "amx"
     bb = relax.BlockBuilder()
@@ -75,6 +58,11 @@ def _run(x, wt, bias, mult, shift, *, s, p, pad_value, requant=True):
     assert any("qc_gemm_amx_" in gv.name_hint for gv in mod.get_global_vars())
     ex = tvm.compile(mod, target=AMX)
     isa.check_instructions(ex, "amx-int8", *AMX_ASM)
+    return ex
+
+
+def _run(x, wt, bias, mult, shift, *, s, p, pad_value, requant=True):
+    ex = _build(x, wt, bias, mult, shift, s=s, p=p, pad_value=pad_value, requant=requant)
     if not isa.should_execute("amx-int8"):
         pytest.skip("built and checked the AMX assembly; this CPU has no AMX-INT8")
     assert enable_amx(), "this CPU has AMX-INT8 but Linux refused the tile data (arch_prctl)"
@@ -143,7 +131,7 @@ def test_amx_chosen_per_workload():
     assert not amx_kernel_applies(isa.target("avx512-vnni"), 96, 576, 196)
     call = OpCall(
         "conv2d_requant",
-        _params(np.zeros((1, 24, 56, 56), np.uint8), np.zeros((144, 24, 1, 1), np.int8), 1, 0, 0, True),
+        conv_call_params((1, 24, 56, 56), (144, 24, 1, 1), s=1, p=0, groups=1, pad_value=0, lo=3, hi=250),
         AMX,
     )
     assert select_strategy(call).describe(call, None)["mode"] != "amx"
@@ -229,3 +217,33 @@ def test_amx_kernels_carry_the_fused_epilogue():
     for _ in range(2):
         x = (rng.standard_normal((1, 128, 15, 13)) * 1.5).astype(np.float32)
         np.testing.assert_array_equal(np.asarray(low(x)), G.reference(ig, x))
+
+
+@pytest.mark.slow  # two RPC servers, each a fresh Python process that imports qcompile (47 s at load 15)
+def test_amx_kernel_runs_on_the_rpc_server(tmp_path):
+    """An AMX conv library run through a local RPC server (127.0.0.1) started by `rpc.start_rpc_server`: the server
+    process asked for the AMX tile data before serving, so the kernel runs there, bit-exact. A plain
+    `tvm.rpc.Server` does not ask, and the same library kills its session (SIGILL)."""
+    from tvm import rpc
+
+    from qcompile.backends.tvm.rpc import remote_session, start_rpc_server
+
+    if not isa.should_execute("amx-int8"):
+        pytest.skip("this CPU has no AMX-INT8")
+    x, wt, bias, mult, shift = _case(np.random.default_rng(7), 128, 16, 16, 64, 1)
+    ref = _reference(x, wt, bias, mult, shift, s=1, p=0, pad_value=0)
+    _build(x, wt, bias, mult, shift, s=1, p=0, pad_value=0).export_library(str(tmp_path / "amx.so"))
+
+    def run_on(server) -> np.ndarray:
+        try:
+            with remote_session(f"127.0.0.1:{server.port}", timeout=30) as sess:
+                sess.upload(str(tmp_path / "amx.so"), "amx.so")
+                dev = sess.cpu()
+                vm = relax.VirtualMachine(sess.load_module("amx.so"), dev)
+                return vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+        finally:
+            server.terminate()
+
+    np.testing.assert_array_equal(run_on(start_rpc_server("127.0.0.1", 9620, 9700, silent=True)), ref)
+    with pytest.raises(Exception):  # noqa: B017  (the session dies: TVM reports a closed connection)
+        run_on(rpc.Server(host="127.0.0.1", port=9700, port_end=9780, silent=True))

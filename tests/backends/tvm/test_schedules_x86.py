@@ -8,6 +8,7 @@ import torch
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
+from tvm_graphs import conv_call_params  # noqa: E402
 
 from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, pack_weights  # noqa: E402
 from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
@@ -38,10 +39,6 @@ INSTR = {
 }
 
 
-def _out_hw(h, w, k, s, p, d=1):
-    return (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _case(rng, c, h, w, o, k, s, p, groups, *, x_all=None, w_bits=8, pad_value=0):
     x = rng.integers(0, 256, (1, c, h, w)).astype(np.uint8) if x_all is None else np.full((1, c, h, w), x_all, np.uint8)
     lo_w, hi_w = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1)
@@ -68,21 +65,8 @@ def _reference(x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, req
 
 
 def _run_strategy(op, x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, target=AVX2):
-    o, _, k, _ = wt.shape
-    ho, wo = _out_hw(x.shape[2], x.shape[3], k, s, p)
-    params = {
-        "x_shape": x.shape,
-        "w_shape": wt.shape,
-        "out_shape": (1, o, ho, wo),
-        "stride": (s, s),
-        "padding": (p, p),
-        "dilation": (1, 1),
-        "groups": groups,
-        "pad_value": pad_value,
-        "node": "t",
-    }
-    if op == "conv2d_requant":
-        params.update(lo=lo, hi=hi)
+    lohi = {"lo": lo, "hi": hi} if op == "conv2d_requant" else {}
+    params = conv_call_params(x.shape, wt.shape, s=s, p=p, groups=groups, pad_value=pad_value, **lohi)
     call = OpCall(op, params, target)
     strat = select_strategy(call)
     assert strat is not None and strat.name.startswith("x86"), strat

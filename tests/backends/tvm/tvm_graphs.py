@@ -17,6 +17,29 @@ from qcompile import ops
 from qcompile.ops import IntegerGraph, IntegerGraphBuilder
 
 
+def conv_call_params(x_shape, w_shape, *, s: int, p: int, groups: int, pad_value: int,
+                     lo: int | None = None, hi: int | None = None) -> dict:
+    """The OpCall params of one batch-1 `conv2d_requant` (with `lo`/`hi`) or `conv2d` (without) node `t`:
+    input `x_shape`, weights `w_shape` `[O, C/groups, K, K]`, square stride `s` and padding `p`, no dilation."""
+    o, _, k, _ = w_shape
+    ho = (x_shape[2] + 2 * p - k) // s + 1
+    wo = (x_shape[3] + 2 * p - k) // s + 1
+    params = {
+        "x_shape": tuple(x_shape),
+        "w_shape": tuple(w_shape),
+        "out_shape": (1, o, ho, wo),
+        "stride": (s, s),
+        "padding": (p, p),
+        "dilation": (1, 1),
+        "groups": groups,
+        "pad_value": pad_value,
+        "node": "t",
+    }
+    if lo is not None:
+        params.update(lo=lo, hi=hi)
+    return params
+
+
 def fixed_point(scale: float) -> tuple[int, int]:
     """(M, s) with M in [2^30, 2^31) and M / 2^s ~= scale (gemmlowp's normalised multiplier)."""
     e = math.floor(math.log2(scale))

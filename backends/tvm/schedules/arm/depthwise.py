@@ -60,12 +60,12 @@ def depthwise_conv_arm(dw: DwConv, *, vec: int = 8) -> tvm.tirx.PrimFunc:
     # transpose + pad: one pass over the input, rows over the cores
     pad_loops = sch.get_loops(sch.get_sblock("xpad"))
     work = dw.ho * dw.wo * cv * kh * kw
-    parallel_if_worth(sch, pad_loops[0], work)
+    parallel_if_worth(sch, pad_loops[0], work, "depthwise")
     dw_blk = sch.get_sblock("dw")
     y, xo, ch, rh_, rw_ = sch.get_loops(dw_blk)
     cb, ci = sch.split(ch, [None, vec])
     sch.reorder(y, xo, cb, rh_, rw_, ci)
-    parallel_if_worth(sch, y, work)
+    parallel_if_worth(sch, y, work, "depthwise")
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, y)
     # vectorise before decompose_reduction (afterwards TVM no longer sees a local reduction block)

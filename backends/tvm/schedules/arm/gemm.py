@@ -115,6 +115,7 @@ def gemm_conv_arm(gc: GemmConv, mode: str, knobs: ArmGemmKnobs = ArmGemmKnobs())
     stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post)
     sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *stages]).with_attr("global_symbol", "main"))
 
-    schedule_gemm_pack(sch, tile, conv)
-    schedule_gemm_tiles(sch, tile, intrin)
+    kind = "gemm_dot" if mode == "sdot" else "gemm_int16"  # parallel.UNIT_COST_NS: the x86 instruction class
+    schedule_gemm_pack(sch, tile, conv, kind)
+    schedule_gemm_tiles(sch, tile, intrin, kind=kind)
     return sch.mod["main"]

@@ -18,16 +18,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import tvm
-from tvm import s_tir, te, tirx
+from tvm import s_tir, te
 
 from qcompile.backends.tvm.intrin.amx import AmxBlock, amx_intrin, enable_amx, has_amx
-from qcompile.backends.tvm.schedules.conv import GemmConv, GemmTile, schedule_gemm_pack
+from qcompile.backends.tvm.schedules.conv import GemmConv, GemmTile, gemm_requant_stages, schedule_gemm_pack
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
-from qcompile.backends.tvm.schedules.requant import apply_post, post_placeholders, requant_expr
 from qcompile.backends.tvm.schedules.x86.gemm import activation_gather, schedule_xpad
 from qcompile.backends.tvm.targets import host_cpu_features
 
@@ -157,40 +155,11 @@ def conv_amx(gc: GemmConv, plan: AmxPlan | None = None, num_threads: int = 2) ->
     x, gather, pad = activation_gather(gc, "uint8", pp)
     wp = te.placeholder((opad, kb, 4), "int8", name="wp")
     bias = te.placeholder((o,), "int64" if gc.requant else "int32", name="bterm" if gc.requant else "bias")
-    xp = te.compute((kb, pp, 4), lambda b, j, i: gather(b * 4 + i, j), name="xpack")
-    rb, ri = te.reduce_axis((0, kb), name="rb"), te.reduce_axis((0, 4), name="ri")
-    acc = te.compute(
-        (opad, pp),
-        lambda c, j: te.sum(xp[rb, j, ri].astype("int32") * wp[c, rb, ri].astype("int32"), axis=[rb, ri]),
-        name="gemm",
-    )
-    shape = (o, pp)
-    if gc.requant:
-        mult = te.placeholder((o,), "int32", name="mult")
-        shift = te.placeholder((o,), "int32", name="shift")
-        # the fused elementwise steps (LUT, residual add), as in `conv.gemm_requant_stages`: padded pixels read
-        # a valid skip element and are cropped
-        post_ins = post_placeholders(gc.post, (o, p))
-
-        def at(c: Any, j: Any) -> tuple[Any, Any]:
-            return (c, tirx.min(j, p - 1) if pp != p else j)
-
-        res = te.compute(
-            shape,
-            lambda c, j: apply_post(
-                requant_expr(acc[c, j], bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min),
-                gc.post, post_ins, at(c, j)),
-            name="epilogue",
-        )
-        ins = [mult, shift, *post_ins]
-    else:
-        res = te.compute(shape, lambda c, j: acc[c, j] + bias[c], name="epilogue")
-        ins = []
-    out = te.compute((o, p), lambda c, j: res[c, j], name="crop") if pp != p else res
-    func = te.create_prim_func([x, wp, bias, *ins, out]).with_attr("global_symbol", "main")
+    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post, opad)
+    func = te.create_prim_func([x, wp, bias, *stages]).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
-    schedule_gemm_pack(sch, GemmTile(opad, p, kb, 4, blk.so, blk.sp, pp, 16), conv)
+    schedule_gemm_pack(sch, GemmTile(opad, p, kb, 4, blk.so, blk.sp, pp, 16), conv, "gemm_amx")
     schedule_xpad(sch, conv, pad)
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)
@@ -198,7 +167,7 @@ def conv_amx(gc: GemmConv, plan: AmxPlan | None = None, num_threads: int = 2) ->
     jo, ji = sch.split(j, [None, blk.sp])
     sch.reorder(jo, co, ci, ji, rb_, ri_)
     outer = sch.fuse(jo, co)
-    parallel_if_worth(sch, outer, opad * pp * kb * 4)
+    parallel_if_worth(sch, outer, opad * pp * kb * 4, "gemm_amx")
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, outer)
     init = sch.decompose_reduction(gm, ci)

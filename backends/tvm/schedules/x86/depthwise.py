@@ -92,7 +92,7 @@ def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.P
     # taps outside the block of rows x row vectors: independent accumulators (a 49-deep multiply-add chain
     # per vector was latency bound on 7x7 kernels)
     sch.reorder(ch, yo, rh_, rw_, yi, xoo, xoi)
-    parallel_if_worth(sch, ch, c * ho * wov * kh * kw)
+    parallel_if_worth(sch, ch, c * ho * wov * kh * kw, "depthwise")
     _schedule_epilogue(sch, yo, vec, wo != wov)
     sch.compute_at(sch.get_sblock("xpad"), ch)
     sch.compute_at(sch.get_sblock("w16"), ch)
@@ -206,7 +206,7 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
     # taps outside the block of rows x row vectors: independent accumulators hide the dot-product latency
     # (a chain of KH*ceil(KW/2) dependent vpdpwssd per vector was latency bound; one 56-wide row gives 4)
     sch.reorder(ch, yo, rh_, rj_, yi, xoo, xoi, ri_)
-    parallel_if_worth(sch, ch, c * ho * wov * kh * kp * g)
+    parallel_if_worth(sch, ch, c * ho * wov * kh * kp * g, "depthwise")
     _schedule_epilogue(sch, yo, vec, wo != wov)
     sch.compute_at(sch.get_sblock("xpair"), ch)
     sch.compute_at(sch.get_sblock("xpad"), ch)

@@ -58,6 +58,7 @@ __all__ = [
     "pointwise_conv_x86",
     "tile_on_stack",
     "MODES",
+    "MODE_KIND",
     "STACK_TILE_BYTES",
     "LANES",
 ]
@@ -70,6 +71,8 @@ MODES = {
     "i16": (I16_8x2_AVX2, 2, "int16", "int16"),
 }
 LANES = {"u8s8": 8, "vnni": 8, "vnni512": 16, "i16": 8}  # int32 lanes (pixels) per intrinsic call
+#: mode -> its `parallel.UNIT_COST_NS` kind (serial cost per MAC)
+MODE_KIND = {"u8s8": "gemm_int16", "vnni": "gemm_dot", "vnni512": "gemm_dot", "i16": "gemm_int16"}
 
 
 @dataclass(frozen=True)
@@ -162,9 +165,9 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs()) 
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
-    schedule_gemm_pack(sch, tile, conv)
+    schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
     schedule_xpad(sch, conv, pad)
-    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer)
+    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode])
     return sch.mod["main"]
 
 

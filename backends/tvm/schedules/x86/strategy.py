@@ -129,7 +129,7 @@ def _elementwise_schedule(func: tvm.tirx.PrimFunc, block: str, n: int, vec: int 
     fused = sch.fuse(*sch.get_loops(blk))
     if n % vec == 0:
         outer, inner = sch.split(fused, [None, vec])
-        parallel_if_worth(sch, outer, n)
+        parallel_if_worth(sch, outer, n, "elementwise")
         sch.vectorize(inner)
     return sch.mod["main"]
 
@@ -229,7 +229,7 @@ class X86Mean:
         sch = s_tir.Schedule(te.create_prim_func([x, out]))
         loops = sch.get_loops(sch.get_sblock("mean"))
         sch.compute_at(sch.get_sblock("sum"), loops[1])
-        parallel_if_worth(sch, sch.fuse(loops[0], loops[1]), n * c * h * w)
+        parallel_if_worth(sch, sch.fuse(loops[0], loops[1]), n * c * h * w, "reduce")
         gname = f"qc_mean_{n}x{c}x{h}x{w}"
         gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
         return bb.emit(relax.call_tir(gv, [args[0]], relax.TensorType((n, c, 1, 1), "uint8")))
@@ -281,7 +281,7 @@ class _LinearBase:
         blk = sch.get_sblock("acc")
         i, ob, oi, rr = sch.get_loops(blk)
         sch.reorder(i, ob, rr, oi)
-        parallel_if_worth(sch, ob, n * k * o)
+        parallel_if_worth(sch, ob, n * k * o, "gemv")
         sch.reverse_compute_at(sch.get_sblock("out"), ob)
         sch.vectorize(oi)
         init = sch.decompose_reduction(blk, rr)
@@ -340,7 +340,7 @@ class _LinearBase:
         inner = 4 if ob_n % 4 == 0 else (2 if ob_n % 2 == 0 else 1)
         obo, obi = sch.split(ob, [None, inner])
         sch.reorder(i, obo, rb_, obi, oi, ri_)
-        parallel_if_worth(sch, obo, n * k * ob_n * 16)
+        parallel_if_worth(sch, obo, n * k * ob_n * 16, "gemv")
         init = sch.decompose_reduction(blk, rb_)
         sch.tensorize(oi, S8U8_16x4_VNNI512_BCAST)
         sch.unroll(obi)

@@ -10,6 +10,9 @@ interleaved rounds (each round times every quantity once, in rotating order, so 
 - `Lowered.__call__` (what a user calls: input check, copy in, VM, output), and the same with the call path before
   the bound input buffer (`tvm.runtime.tensor(x)` per call, `.numpy()` copy of the output): the wrapper fix;
 - the VM's `main` called from Python on a prepared TVM tensor, and timed by TVM's `time_evaluator` (C++ loop);
+- `Lowered.__call__` and the VM's `main` again in thread CPU time (`median_cpu_us`, only with `--threads 1`): on
+  a loaded machine wall time also counts the waits of a descheduled ~1 ms call, which kernels of a few us timed
+  alone rarely see;
 - every kernel alone (`Lowered.benchmark` per-PrimFunc timing), summed over the calls `main` makes (a PrimFunc
   used by several nodes counts once per call);
 - the VM instructions per call (counted with the VM's instrument hook): kernel calls, `reshape` views,
@@ -103,6 +106,18 @@ def median_us(fn, n: int) -> float:
     return float(np.median(ts) * 1e6)
 
 
+def median_cpu_us(fn, n: int) -> float:
+    """Median CPU time of this thread (us) over `n` back-to-back calls of `fn` (1 thread only: TVM's pool
+    workers are not counted). Unlike wall time it leaves out the time the thread waits descheduled, which on a
+    loaded machine hits a ~1 ms call far more often than a ~5 us kernel timed alone."""
+    ts = np.empty(n)
+    for i in range(n):
+        t = time.thread_time_ns()
+        fn()
+        ts[i] = time.thread_time_ns() - t
+    return float(np.median(ts) / 1e3)
+
+
 def measure(low: Any, rounds: int, calls: int, kernel_repeat: int) -> dict[str, Any]:
     """Interleaved rounds; per round and quantity the median of `calls` calls (us); kernels: Lowered.benchmark."""
     import tvm
@@ -120,6 +135,8 @@ def measure(low: Any, rounds: int, calls: int, kernel_repeat: int) -> dict[str, 
         "lowered_call_before_fix": lambda: median_us(lambda: legacy(x), calls),
         "vm_from_python": lambda: median_us(lambda: main(xt), calls),
         "vm_time_evaluator": lambda: float(np.median(ev(xt).results) * 1e6),
+        "lowered_call_cpu": lambda: median_cpu_us(lambda: low(x), calls),
+        "vm_from_python_cpu": lambda: median_cpu_us(lambda: main(xt), calls),
     }
     for f in quantities.values():  # warm every path
         f()
@@ -161,6 +178,8 @@ def to_markdown(res: dict[str, Any], threads: int, meta: dict[str, Any]) -> str:
         ("`Lowered.__call__` before the fix (TVM tensor per call, output copy)", "lowered_call_before_fix"),
         ("VM `main` from Python, prepared TVM tensor", "vm_from_python"),
         ("VM `main`, `time_evaluator` (C++ loop)", "vm_time_evaluator"),
+        ("`Lowered.__call__`, thread CPU time", "lowered_call_cpu"),
+        ("VM `main` from Python, thread CPU time", "vm_from_python_cpu"),
     ]
     lines = [f"{threads} thread(s), {meta['cpu']}, load average before/after {meta['load_before']} / "
              f"{meta['load_after']}, {meta['timestamp']}:", "",

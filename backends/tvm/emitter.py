@@ -723,6 +723,12 @@ class _Emitter:
                     steps.append(("float_mean", ()))
                     continue
                 has_bias = p["bias"] is not None
+                if n.target is F.conv2d and self._gemv_conv(n, p):
+                    args.append(self._gemv_weight(p["weight"]))
+                    if has_bias:
+                        args.append(self.float_operand(p["bias"], n))
+                    steps.append(("float_gemv", (has_bias,)))
+                    continue
                 args.append(self.float_operand(p["weight"], n))
                 if has_bias:
                     args.append(self.float_operand(p["bias"], n))
@@ -733,8 +739,42 @@ class _Emitter:
                     steps.append(("float_linear", (has_bias,)))
         kinds = tuple(k if k != "float_unary" else f"float_{kw[0]}" for k, kw in steps)
         fn = functools.partial(K.float_island, steps=tuple(steps))  # emit_te passes only TVM-typed keywords
-        return self.emit_group("float_island", chain, fn, args, {}, None, schedule=False,
-                               described={"island": kinds})
+        out = self.emit_group("float_island", chain, fn, args, {}, None, schedule=False,
+                              described={"island": kinds})
+        if not self.dry and "float_gemv" in kinds:
+            mod = self.bb.get()
+            for gname in self.kernels[-1].primfuncs:
+                gv = mod.get_global_var(gname)
+                self.bb.update_func(gv, K.schedule_float_island(mod[gv]))
+        return out
+
+    def _gemv_conv(self, n: fx.Node, p: dict[str, Any]) -> bool:
+        """A 1x1, groups=1, unpadded, stride-1 float conv of a `[1, C, 1, 1]` input (squeeze-excite's reduce
+        and expand convs after the global pool): `kernels.float_gemv`."""
+        w = p["weight"]
+        if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+            return False
+        shape = tuple(self.const_value(w).shape)
+        pad, st, dil = (_as_static(p[k]) for k in ("padding", "stride", "dilation"))
+
+        def ones(v: Any, k: int) -> bool:  # an int or a tuple of ints, all equal to k ("same"/"valid": no)
+            return not isinstance(v, str) and all(int(u) == k for u in ((v,) if isinstance(v, int) else v))
+
+        return (len(shape) == 4 and shape[2:] == (1, 1) and int(p["groups"]) == 1
+                and self._node_shape(p["input"]) == (1, shape[1], 1, 1)
+                and ones(pad, 0) and ones(st, 1) and ones(dil, 1))
+
+    def _gemv_weight(self, w: fx.Node) -> Any:
+        """The weights of a `float_gemv` conv as `[C, O]`: float32 when every value is a float32 number (the
+        kernel widens them exactly; half the bytes), float64 otherwise."""
+        v = self.const_value(w).astype(np.float64)
+        wt = np.ascontiguousarray(v.reshape(v.shape[0], -1).T)
+        w32 = wt.astype(np.float32)
+        if np.array_equal(w32.astype(np.float64), wt):
+            wt = w32
+        if self.dry:
+            return _Shaped(wt.shape, str(wt.dtype))
+        return self.relax.const(wt, str(wt.dtype))
 
     def _find_chain(self, rq: fx.Node) -> None:
         chain: list[fx.Node] = []

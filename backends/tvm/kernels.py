@@ -35,7 +35,9 @@ __all__ = [
     "float_linear",
     "float_unary",
     "float_mean",
+    "float_gemv",
     "float_island",
+    "schedule_float_island",
 ]
 
 I64 = "int64"
@@ -376,14 +378,54 @@ def float_mean(x: te.Tensor) -> te.Tensor:
     return te.compute((n, c, 1, 1), lambda *i: total(*i) / _f64(h * w), name="float_mean")
 
 
+def float_gemv(x: te.Tensor, wt: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
+    """float64 1x1 conv of a pooled input `x[1, C, 1, 1]` (squeeze-excite's reduce and expand convs) with its
+    weights transposed to `wt[C, O]`: `acc[o] = sum_c x[c] * f64(wt[c, o])`, c ascending from 0.0 as in
+    `float_conv2d`, then `+ bias[o]`. `wt` may be float32 when every weight is a float32 value (widening is
+    exact, so the products are the same; half the bytes to read). `schedule_float_island` vectorises the stage
+    `gemv_acc` over `o`: each lane runs the same operations in the same order as the scalar `float_conv2d` of
+    its channel, so the bits are the same, with independent accumulators instead of one serial add chain."""
+    c, o = (int(v) for v in wt.shape)
+    rc = te.reduce_axis((0, c), name="rc")
+    acc = te.compute((1, o, 1, 1), lambda b, oc, i, j: te.sum(x[b, rc, i, j] * wt[rc, oc].astype(F64), axis=rc),
+                     name="gemv_acc")
+    if bias is None:
+        return acc
+    return te.compute(acc.shape, lambda b, oc, i, j: acc[b, oc, i, j] + bias[oc], name="gemv_bias")
+
+
+#: float64 lanes of the float-island GEMV (an AVX-512 register; on AVX2 and NEON LLVM splits it)
+GEMV_LANES = 8
+
+
+def schedule_float_island(func: tirx.PrimFunc, lanes: int = GEMV_LANES) -> tirx.PrimFunc:
+    """Vectorise each `gemv_acc` stage of a float island over its output channels, with the channel reduction
+    outside. Each channel's reduction order is unchanged (so are its bits); the other stages run as written."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        if not sch.get(blk).name_hint.startswith("gemv_acc"):
+            continue
+        b, oc, i, j, rc = sch.get_loops(blk)
+        sch.reorder(b, i, j, rc, oc)
+        if int(sch.get(oc).extent) % lanes == 0:  # vectorise before decompose_reduction (TVM requires it)
+            _, inner = sch.split(oc, [None, lanes])
+            sch.vectorize(inner)
+        sch.decompose_reduction(blk, rc)
+    return sch.mod["main"]
+
+
 def float_island(x: te.Tensor, *consts: te.Tensor, steps: tuple[tuple[str, tuple], ...]) -> te.Tensor:
     """A whole float island in one kernel: `steps` applied in order to the codes `x`, each the kernel of this
     module that computes it alone, as its own stage (materialised, not inlined: the same float64 operations
     in the same order as separate kernels, so the same bits).
 
     Each step is `(kind, keywords)`: `("dequantize", (scale, zero_point))`, `("float_mean", ())`,
-    `("float_conv2d", (has_bias, stride, padding, dilation, groups))` and `("float_linear", (has_bias,))` (their
-    weights and biases next in `consts`), `("float_unary", (kind,))`, `("quantize", (inv_scale, offset, qmax))`,
+    `("float_conv2d", (has_bias, stride, padding, dilation, groups))`, `("float_gemv", (has_bias,))` (a 1x1 conv
+    of a pooled `[1, C, 1, 1]` input with weights `[C, O]`: `float_gemv`) and `("float_linear", (has_bias,))`
+    (their weights and biases next in `consts`), `("float_unary", (kind,))`, `("quantize", (inv_scale, offset,
+    qmax))`,
     and last, optionally, `("mul", (multiplier, offset_g, offset, shift, lo, hi, offset_x))`: the gate multiply
     of squeeze-excite, `x` gated by the island's codes (Howard et al. 2019, MobileNetV3 Fig. 4).
     """
@@ -398,6 +440,9 @@ def float_island(x: te.Tensor, *consts: te.Tensor, steps: tuple[tuple[str, tuple
             has_bias, stride, padding, dilation, groups = kw
             w = next(it)
             t = float_conv2d(t, w, next(it) if has_bias else None, stride, padding, dilation, groups)
+        elif kind == "float_gemv":
+            wt = next(it)
+            t = float_gemv(t, wt, next(it) if kw[0] else None)
         elif kind == "float_linear":
             w = next(it)
             t = float_linear(t, w, next(it) if kw[0] else None)

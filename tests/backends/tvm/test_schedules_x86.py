@@ -406,6 +406,29 @@ def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
     )
 
 
+@pytest.mark.parametrize("c,h,k,s,pad_value", [(24, 1, 7, 1, 9), (16, 2, 7, 1, 200), (16, 2, 7, 2, 0),
+                                                 (8, 2, 3, 1, 255), (12, 1, 5, 1, 17)])
+def test_depthwise_on_tiny_inputs_skips_the_padding_taps(c, h, k, s, pad_value):
+    """7x7, 5x5 and 3x3 depthwise layers on 1x1 and 2x2 inputs (MobileNetV3's last stages at 32 px) take the
+    small kernel (a [P, Q] matrix per channel plus the padding taps' constant), bit-exact against the reference
+    with extreme codes and weights; with a zero pad code the constant is 0 and the layer still matches."""
+    from qcompile.backends.tvm.schedules.conv import DwConv
+    from qcompile.backends.tvm.schedules.x86.depthwise import small_dw_applies, small_dw_weights
+
+    p = k // 2
+    dw = DwConv(c, h, h, k, k, (s, s), (p, p), (1, 1), pad_value)
+    assert small_dw_applies(dw) and not small_dw_applies(DwConv(c, 8, 8, k, k, (s, s), (p, p), (1, 1), 0))
+    rng = np.random.default_rng(c + h + k)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, c, k, s, p, c)
+    x[0, 0], wt[0] = 255, -128  # the largest code against the most negative weights
+    wp = small_dw_weights(wt, dw)
+    assert wp.shape == (c, dw.ho * dw.wo, h * h + 1) and (wp[:, :, -1] == 0).all() == (pad_value == 0)
+    kw = dict(s=s, p=p, groups=c, pad_value=pad_value, lo=1, hi=254)
+    for target in (AVX2, VNNI512):
+        np.testing.assert_array_equal(_run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=target, **kw),
+                                      _reference(x, wt, bias, mult, shift, **kw))
+
+
 def _workspace_calls(func, target) -> int:
     """Call sites of TVMBackendAllocWorkspace in the kernel's assembly (heap scratch instead of the stack)."""
     lib = tvm.compile(func, target=target)

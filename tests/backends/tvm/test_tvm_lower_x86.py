@@ -359,8 +359,8 @@ def test_squeeze_excite_float_island_is_one_kernel(monkeypatch):
     ig = G.se_island()
     low = lower_integer_graph(ig, "x86")
     assert [k["op"] for k in low.kernels] == ["quantize", "conv2d_requant", "float_island", "dequantize"]
-    assert low.kernels[2]["workload"]["island"] == ["dequantize", "float_mean", "float_conv2d", "float_relu",
-                                                    "float_conv2d", "float_hardsigmoid", "quantize", "mul"]
+    assert low.kernels[2]["workload"]["island"] == ["dequantize", "float_mean", "float_gemv", "float_relu",
+                                                    "float_gemv", "float_hardsigmoid", "quantize", "mul"]
     plan = emitter.plan_kernels(ig, T.resolve_target("x86").target())
     assert [k.workload for k in plan] == [k["workload"] for k in low.kernels]
     monkeypatch.setattr(emitter, "FUSE_FLOAT_ISLANDS", False)
@@ -370,6 +370,34 @@ def test_squeeze_excite_float_island_is_one_kernel(monkeypatch):
         x = make_input(ig, seed, scale=1.5)
         np.testing.assert_array_equal(low(x), G.reference(ig, x))
         np.testing.assert_array_equal(low(x), plain(x))
+
+
+def test_float_island_gemv_is_vectorised_and_exact(monkeypatch):
+    """Squeeze-excite's 1x1 convs of the pooled input are `float_gemv` stages vectorised over output channels,
+    with float32-valued weights stored as float32 (`[C, O]`) and float64 ones kept float64; both bit-exact
+    against the reference and against the unfused program, whose float convs are scalar `float_conv2d`."""
+    from qcompile.backends.tvm import emitter
+
+    tgt = T.resolve_target("x86").target()
+    for f32 in (True, False):
+        ig = G.se_island(seed=3, shape=(1, 3, 5, 6), channels=24, hidden=16, float32_weights=f32)
+        em = emitter.emit_relax(ig, tgt, None, "float32")
+        (name,) = em.kernels[2].primfuncs
+        func = em.mod[name]
+        # parameters: codes, reduce weights [C, O] and bias, expand weights and bias, output
+        params = [(tuple(int(d) for d in p.shape), str(p.dtype)) for p in func.params]
+        wdt = "float32" if f32 else "float64"
+        assert (params[1], params[3]) == (((24, 16), wdt), ((16, 24), wdt))
+        assert func.script().count("T.vectorized") >= 2  # both gemv stages (16 and 24 channels: 8 lanes)
+        low = lower_integer_graph(ig, "x86")
+        monkeypatch.setattr(emitter, "FUSE_FLOAT_ISLANDS", False)
+        plain = lower_integer_graph(ig, "x86")
+        monkeypatch.undo()
+        assert "float_conv2d" in [k["op"] for k in plain.kernels]
+        for seed in range(3):
+            x = make_input(ig, seed, scale=1.5)
+            np.testing.assert_array_equal(low(x), G.reference(ig, x))
+            np.testing.assert_array_equal(low(x), plain(x))
 
 
 def test_residual_add_of_two_conv_branches_is_fused_once():

@@ -193,20 +193,26 @@ def epilogue_chains(seed: int = 0, shape=(1, 3, 9, 11)) -> IntegerGraph:
     return b.build(y, {"input_shape": list(shape)})
 
 
-def se_island(seed: int = 0, shape=(1, 3, 7, 9)) -> IntegerGraph:
+def se_island(seed: int = 0, shape=(1, 3, 7, 9), channels: int = 8, hidden: int = 4,
+              float32_weights: bool = False) -> IntegerGraph:
     """Squeeze-excite with a float island (MobileNetV3's): conv codes -> dequantize -> global mean -> 1x1 conv
-    -> relu -> 1x1 conv -> hardsigmoid -> quantize -> gate multiply of the same codes -> dequantize."""
+    -> relu -> 1x1 conv -> hardsigmoid -> quantize -> gate multiply of the same codes -> dequantize.
+    `float32_weights`: the float weights and biases are float32 values (as a trained float layer's are)."""
     b = IntegerGraphBuilder()
     g = Gen(b, seed)
+
+    def f(a: np.ndarray) -> object:
+        return b.const(torch.from_numpy(a.astype(np.float32).astype(np.float64) if float32_weights else a))
+
     q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
-    c = conv_block(g, q, 3, 8, 3, padding=1)
+    c = conv_block(g, q, 3, channels, 3, padding=1)
     d = b.call(ops.dequantize, c, 0.04, 120.5)
     m = b.call(torch.mean, d, dim=(2, 3), keepdim=True)
-    w1 = b.const(torch.from_numpy(g.rng.standard_normal((4, 8, 1, 1)) * 0.5))
-    b1 = b.const(torch.from_numpy(g.rng.standard_normal(4) * 0.1))
+    w1 = f(g.rng.standard_normal((hidden, channels, 1, 1)) * 0.5)
+    b1 = f(g.rng.standard_normal(hidden) * 0.1)
     r = b.call(F.relu, b.call(F.conv2d, m, w1, b1))
-    w2 = b.const(torch.from_numpy(g.rng.standard_normal((8, 4, 1, 1)) * 0.8))
-    b2 = b.const(torch.from_numpy(g.rng.standard_normal(8) * 0.5))
+    w2 = f(g.rng.standard_normal((channels, hidden, 1, 1)) * 0.8)
+    b2 = f(g.rng.standard_normal(channels) * 0.5)
     hs = b.call(F.hardsigmoid, b.call(F.conv2d, r, w2, b2))
     gate = b.call(ops.quantize, hs, 255.0, 0.5, 255)
     se = b.call(ops.mul, c, gate, multiplier=3 << 12, offset_g=-37 * (3 << 12), offset=1 << 19, shift=20, lo=0,

@@ -21,7 +21,8 @@ from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
 __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_pairs_x86", "depthwise_kernel",
-           "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs"]
+           "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs", "small_dw_applies",
+           "small_dw_weights", "depthwise_small_x86"]
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -318,3 +319,68 @@ def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | 
             vnni = has_avx512_vnni(target)
         return depthwise_conv_pairs_x86(dw, vec=knobs.vec, vnni=vnni, rows=knobs.rows, taps=knobs.taps)
     return depthwise_conv_x86(dw, vec=knobs.vec, rows=knobs.rows)
+
+
+#: most input pixels per channel for `depthwise_small_x86` (its weight operand holds Ho*Wo x (H*W + 1) int32)
+SMALL_DW_PIXELS = 4
+
+
+def small_dw_applies(dw: DwConv) -> bool:
+    """A depthwise layer on a tiny input (at most `SMALL_DW_PIXELS` pixels, e.g. MobileNetV3's 7x7 layers at
+    1x1 and 2x2 in a 32 px network) whose taps mostly read padding: `depthwise_small_x86` computes it."""
+    return dw.h * dw.w <= SMALL_DW_PIXELS and dw.ho * dw.wo <= SMALL_DW_PIXELS and 2 * dw.h * dw.w < dw.kh * dw.kw
+
+
+def small_dw_weights(w: np.ndarray, dw: DwConv) -> np.ndarray:
+    """The weight operand of `depthwise_small_x86`: int32 `[C, P, Q + 1]` (P = Ho*Wo outputs, Q = H*W inputs).
+    `[c, p, q]` is the weight of the tap that joins output `p` to input `q` (0 if none); `[c, p, Q]` is what the
+    taps of `p` that fall on padding add, `pad_value * sum(w)` over them. The accumulator is the same integer sum
+    in another order (exact: `to_integer` proved that no partial sum overflows int32, and these are partial sums
+    of the same terms)."""
+    c, h, wd, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
+    (sh, sw), (ph, pw), (dh, dwl) = dw.stride, dw.padding, dw.dilation
+    wc = np.asarray(w).reshape(c, kh, kw).astype(np.int64)
+    q = h * wd
+    out = np.zeros((c, dw.ho * dw.wo, q + 1), np.int64)
+    for y in range(dw.ho):
+        for x in range(dw.wo):
+            p = y * dw.wo + x
+            for i in range(kh):
+                for j in range(kw):
+                    iy, ix = y * sh + i * dh - ph, x * sw + j * dwl - pw
+                    if 0 <= iy < h and 0 <= ix < wd:
+                        out[:, p, iy * wd + ix] += wc[:, i, j]
+                    else:
+                        out[:, p, q] += int(dw.pad_value) * wc[:, i, j]
+    return out.astype(np.int32)
+
+
+def depthwise_small_x86(dw: DwConv) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc `(x[C,H,W] u8, wp[C,P,Q+1] i32, bterm i64, mult, shift, ...) -> out[C,Ho,Wo]` for
+    `small_dw_applies` layers: `acc[c, p] = wp[c, p, Q] + sum_q wp[c, p, q] * x[c, q]` (`small_dw_weights`),
+    then the shared depthwise epilogue (`dw_epilogue`: requantize and fused steps). Work per channel is
+    Ho*Wo*H*W multiply-adds instead of Ho*Wo*KH*KW (1 instead of 49 for a 7x7 layer on a 1x1 input); the row
+    kernel's vectors would hold 1-2 useful lanes of 8 there."""
+    c, h, w = dw.c, dw.h, dw.w
+    p, q = dw.ho * dw.wo, h * w
+    x = te.placeholder((c, h, w), "uint8", name="x")
+    wp = te.placeholder((c, p, q + 1), "int32", name="w")
+    bias = dw.bias()
+    rq = te.reduce_axis((0, q), name="rq")
+    s = te.compute((c, p), lambda ch, i: te.sum(wp[ch, i, rq] * x[ch, rq // w, rq % w].astype("int32"), axis=rq),
+                   name="dw_small")
+    acc = te.compute((c, p), lambda ch, i: s[ch, i] + wp[ch, i, q], name="dw_acc")
+    wo = dw.wo
+    args = [x, wp, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y * wo + xo], bias)]
+    sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
+    sch.compute_inline(sch.get_sblock("dw_acc"))
+    blk = sch.get_sblock("dw_small")
+    ch_, i_, r_ = sch.get_loops(blk)
+    sch.unroll(i_)
+    sch.unroll(r_)
+    ep = sch.get_sblock("epilogue")
+    fused = sch.fuse(*sch.get_loops(ep))
+    if (c * p) % 16 == 0:
+        _, inner = sch.split(fused, [None, 16])
+        sch.vectorize(inner)
+    return sch.mod["main"]

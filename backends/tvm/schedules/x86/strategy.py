@@ -28,7 +28,14 @@ from qcompile.backends.tvm.schedules.conv import (
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86.amx import amx_kernel_applies, amx_plan, conv_amx, pack_amx_weights
-from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
+from qcompile.backends.tvm.schedules.x86.depthwise import (
+    depthwise_kernel,
+    depthwise_small_x86,
+    dw_weights,
+    small_dw_applies,
+    small_dw_weights,
+    target_dw_knobs,
+)
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
 from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
@@ -91,6 +98,9 @@ class _ConvBase(ConvStrategy):
     def kernel(self, call: OpCall, conv: ConvCall, args: list[relax.Expr]) -> ConvKernel:
         p, cv = call.params, conv
         bias = _bias_arg(args, self.requant, cv.node)
+        if cv.kind == "depthwise" and small_dw_applies(cv.depthwise):
+            return ConvKernel(depthwise_small_x86(cv.depthwise), f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w),
+                              small_dw_weights(cv.weight, cv.depthwise), bias, (cv.c, cv.ho, cv.wo))
         if cv.kind == "depthwise":
             knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target)
             func = depthwise_kernel(cv.depthwise, knobs, target=call.target)

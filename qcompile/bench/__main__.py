@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tvm", default="host,avx2",
                    help="comma-separated untuned qcompile TVM rows: 'host' (this CPU), a kernel family (avx2, avx512, "
                         "avx-vnni, avx512-vnni) or an LLVM mcpu this CPU can execute; '' for none")
+    p.add_argument("--tvm-batch", default="static",
+                   help="comma-separated 'static' (a library for --batch) and/or 'dynamic' (one library for any batch "
+                        "size, called with --batch; rows *_dynbatch_*)")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--doc", default=None, help="also write the docs section (e.g. docs/peers.md)")
     p.add_argument("--from-json", default=None, metavar="BENCH_JSON",
@@ -66,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = np.random.default_rng(0).standard_normal((a.batch, 3, a.resolution, a.resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats, warmup=a.warmup, settle_ms=a.settle_ms,
                         lead_in=a.lead_in, lead_in_ms=a.lead_in_ms, peers=tuple(n for n in a.peers.split(",") if n))
-    runners, targets = tvm_runners(ig, [m for m in a.tvm.split(",") if m], a.threads, x.shape)
+    runners, targets = tvm_runners(ig, [m for m in a.tvm.split(",") if m], a.threads, x.shape,
+                                   [b for b in a.tvm_batch.split(",") if b])
     command = " ".join(["python -m qcompile.bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     title = f"MobileNetV2 (width {a.width}) {a.resolution}x{a.resolution}, batch {a.batch}"
     res = run_bench(model, x, integer_graph=ig, runners=runners, graph_runners=list(runners), options=opts,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from qcompile.bench.workers import RunnerSpec
-from qcompile.errors import QcompileError
+from qcompile.errors import ConfigError, QcompileError
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,12 @@ def executorch_xnnpack(model: nn.Module, example: np.ndarray, threads: int,
     return run
 
 
-def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
-                input_shape: tuple[int, ...] | None = None) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
+def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int, input_shape: tuple[int, ...] | None = None,
+                batch_modes: Sequence[str] = ("static",)) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
     """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, as `RunnerSpec`s
-    (`tvm_spec`: each runs in its own worker process), and their targets.
+    (`tvm_spec`: each runs in its own worker process), and their targets. `batch_modes`: "static" (a library
+    for `input_shape`'s batch) and/or "dynamic" (one library for any batch, `batch="dynamic"`, called with
+    `input_shape`'s batch; rows `qcompile_tvm_<mcpu>_dynbatch_untuned`).
 
     mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); a kernel family of
     `targets.KERNEL_FAMILIES` ("avx2", "avx512-vnni", ...) for this CPU's mcpu limited to that family (row
@@ -261,7 +263,12 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
 
     runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}
-    for mcpu in mcpus:
+    bad = [m for m in batch_modes if m not in ("static", "dynamic")]
+    if bad or not batch_modes:
+        raise ConfigError("batch_modes", bad or list(batch_modes), "'static' and/or 'dynamic'")
+    for mcpu, mode in [(m, b) for m in mcpus for b in batch_modes]:
+        tag = "_dynbatch" if mode == "dynamic" else ""
+        kw: dict[str, Any] = {"batch": "dynamic"} if mode == "dynamic" else {}
         if mcpu == "host":
             target: str | dict = "x86"
         elif mcpu in KERNEL_FAMILIES:
@@ -269,20 +276,20 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
         else:
             target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}
         if target != "x86" and not runs_on_host(target):
-            name = f"qcompile_tvm_{mcpu}_untuned"
+            name = f"qcompile_tvm_{mcpu}{tag}_untuned"
             runners[name] = RunnerSpec(name, lowering_failed, (f"not run: this CPU cannot execute {mcpu} code",))
             targets[name] = target
             continue
         try:
-            low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape)
+            low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape, **kw)
         except Exception as e:  # recorded in the row, the other runners still run
             log.warning("TVM lowering for mcpu %s failed: %s", mcpu, e)
-            name = f"qcompile_tvm_{mcpu}_untuned"
+            name = f"qcompile_tvm_{mcpu}{tag}_untuned"
             runners[name] = RunnerSpec(name, lowering_failed, (f"lowering failed: {type(e).__name__}: {e}",))
             targets[name] = target
             continue
         label = mcpu if mcpu in KERNEL_FAMILIES else low.spec.tvm_target.get("mcpu", mcpu)
-        name = f"qcompile_tvm_{label}_untuned"
+        name = f"qcompile_tvm_{label}{tag}_untuned"
         runners[name] = tvm_spec(low, name)
         targets[name] = low.spec.tvm_target
     return runners, targets

@@ -1,0 +1,109 @@
+"""Per-image latency of static and dynamic-batch libraries (`lower_integer_graph(..., batch=...)`), batch 1 and 8.
+
+Workloads: the demo-sized subnet (`benchmarks.overhead.demo_subnet`: largest `mobilenet_v3` at width 0.35, 32 px,
+every layer 8-bit, random weights) and MobileNetV2 1.0 at 224 px (`qcompile.bench.models.synthetic_integer_graph`,
+the network of `python -m qcompile.bench`). Per workload three untuned x86 libraries: static batch 1, static batch
+8 and one `batch="dynamic"` library, which is called at batch 1 and at batch 8. Each figure is the median wall time
+of `rounds` back-to-back `low(x)` calls (the public call path: input copy, VM, output), divided by the batch.
+
+Resumable: every finished (workload, library) is written to `--out` (JSON, atomically) and skipped on a rerun.
+Run: `OMP_NUM_THREADS=1 nice -n 19 python -m benchmarks.batch --threads 1 --out runs/batch/measure.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = (("static1", 1, (1,)), ("static8", 8, (8,)), ("dynamic", "dynamic", (1, 8)))
+
+
+def _graph(name: str) -> Any:
+    import qcompile as qc
+
+    if name == "demo":
+        from benchmarks.overhead import demo_subnet
+
+        return qc.to_integer(demo_subnet()), 32
+    from qcompile.bench.models import mobilenet_v2, synthetic_integer_graph
+
+    return synthetic_integer_graph(mobilenet_v2(num_classes=1000), 224), 224
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _save(path: Path, res: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, path)
+
+
+def median_ms(fn: Any, n: int) -> float:
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1e3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tqdm import tqdm
+
+    from qcompile.backends.tvm import lower_integer_graph
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workloads", default="demo,mbv2_224")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--out", default="runs/batch/measure.json")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = json.loads(out.read_text()) if out.exists() else {"cpu": _cpu(), "threads": a.threads, "rows": {}}
+    todo = [(w, lib) for w in a.workloads.split(",") for lib in LIBRARIES if f"{w}/{lib[0]}" not in res["rows"]]
+    graphs: dict[str, Any] = {}
+    for w, (lib, batch, calls) in tqdm(todo, desc="libraries"):
+        if w not in graphs:
+            graphs[w] = _graph(w)
+        ig, px = graphs[w]
+        load0 = os.getloadavg()[0]
+        t = time.perf_counter()
+        low = lower_integer_graph(ig, "x86", num_threads=a.threads, input_shape=(1, 3, px, px), batch=batch)
+        build_s = time.perf_counter() - t
+        row: dict[str, Any] = {"build_s": round(build_s, 1)}
+        rng = np.random.default_rng(0)
+        for n in calls:
+            x = rng.standard_normal((n, 3, px, px)).astype(np.float32)
+            for _ in range(3):
+                low(x)
+            ms = median_ms(lambda x=x, low=low: low(x), max(5, a.rounds // n))
+            row[f"batch{n}_call_ms"] = round(ms, 4)
+            row[f"batch{n}_per_image_ms"] = round(ms / n, 4)
+        row["load1"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        res["rows"][f"{w}/{lib}"] = row
+        _save(out, res)
+        log.info("%s/%s: %s", w, lib, row)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,9 @@ Relax `main` a symbolic batch `n` (`R.Tensor(("n", c, h, w))`) and each kernel a
 buffer is re-declared (`DeclBuffer`) over the address of image `b` of the new, `n`-image parameter. Every access
 of the body, by index or through the raw pointer (the tensorized VNNI / AMX / AVX2 GEMMs read their operands
 through pointers), reads the byte it read at batch 1 in image `b`: bit-exact by construction, for every kernel
-family, the tensorized ones included, and N stays the outermost loop of every kernel.
+family, the tensorized ones included, and N stays the outermost loop of every kernel. A fixed batch
+(`lower_integer_graph(..., batch=8)`) is the same loop with a constant extent: the strategies schedule batch-1
+convolutions only (`schedules.conv`), so this is also how a static batch-N library gets their kernels.
 
 The loop is serial: a kernel's own parallel region (`schedules/parallel.py`) runs inside it, once per image, and
 TVM's CPU codegen does not nest parallel regions. Weights and other constants are shared by all images.
@@ -128,10 +130,10 @@ def _batch_primfunc(func: Any, name: str, batched: dict[int, tuple[int, ...]], n
     return tirx.PrimFunc(params, body, func.ret_type, func.attrs)
 
 
-def dynamic_batch(mod: Any) -> Any:
+def dynamic_batch(mod: Any, batch: int | None = None) -> Any:
     """`mod` (dataflow form, after the reshape views were absorbed) with a symbolic batch in `main` and every
-    kernel (see the module docstring). Expects `main` to be one dataflow block of `call_tir` and `reshape`
-    bindings over tensors of the batch-1 program."""
+    kernel (see the module docstring), or with `batch` images (the same loop, a constant extent). Expects `main`
+    to be one dataflow block of `call_tir` and `reshape` bindings over tensors of the batch-1 program."""
     import tvm
     from tvm import relax, tirx
 
@@ -142,7 +144,7 @@ def dynamic_batch(mod: Any) -> Any:
     if len(main.params) != 1:
         raise LoweringError("main", f"{len(main.params)} parameters", "batch='dynamic' lowers single-input graphs")
     blocks = list(main.body.blocks)
-    n = tirx.Var(BATCH_VAR, "int64")
+    n = tirx.Var(BATCH_VAR, "int64") if batch is None else tirx.IntImm("int64", int(batch))
 
     def batched_ty(ty: Any, where: str) -> Any:
         shape = _static(ty.shape) if isinstance(ty, relax.TensorType) and ty.shape is not None else None
@@ -172,6 +174,9 @@ def dynamic_batch(mod: Any) -> Any:
                     batched_vars.add(bind.var)
                 continue
             name = v.args[0].name_hint
+            if len(v.args) > 2:
+                raise LoweringError(f"kernel {name}", "the call passes symbolic TIR variables",
+                                    "batch='dynamic' rewrites calls of static batch-1 kernels only")
             args = list(v.args[1].fields)
             pos = {i: _static(a.ty.shape) for i, a in enumerate(args) if isinstance(a, relax.Var) and a in batched_vars}
             if not pos:
@@ -228,12 +233,12 @@ def dynamic_batch(mod: Any) -> Any:
     return bb.get()
 
 
-def DynamicBatch() -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
-    """`dynamic_batch` as a module pass."""
+def DynamicBatch(batch: int | None = None) -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+    """`dynamic_batch` as a module pass (`batch`: None for a symbolic batch, else that many images)."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.DynamicBatch")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return dynamic_batch(mod)
+        return dynamic_batch(mod, batch)
 
     return _pass

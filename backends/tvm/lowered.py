@@ -448,10 +448,11 @@ def lower_integer_graph(
     every lowering of any subnet; `trials` caps the schedules timed per kernel (default: all candidates,
     most promising first, the untuned default always among them).
 
-    `batch`: None keeps the input shape (`input_shape`, else the graph's); an int `N` builds for `N` images per
-    call (static); `"dynamic"` builds one library for any batch size: its kernels are the batch-1 kernels, each
-    run once per image in an outer loop over a symbolic batch `n` (`batch.DynamicBatch`). `LoweringError` when
-    the graph does not treat images independently.
+    `batch`: None emits every kernel for the input shape (`input_shape`, else the graph's); `"dynamic"` builds
+    one library for any batch size: the batch-1 kernels, each run once per image in an outer loop over a
+    symbolic batch `n` (`batch.DynamicBatch`); an int `N` builds the same loop for exactly `N` images (static
+    shapes; the conv strategies schedule batch 1 only, so `input_shape=(N, ...)` leaves convs naive). Both
+    raise `LoweringError` when the graph does not treat images independently.
     """
     if trials is not None and int(trials) < 1:
         raise ConfigError("trials", trials, "a positive number of schedules to time per kernel, or None for all")
@@ -487,8 +488,8 @@ def lower_integer_graph(
         **({"batch": "dynamic"} if dynamic else {}),
         "format": FORMAT_VERSION,
         "target": {"name": spec.name, "tvm": spec.tvm_target, "arch": spec.arch, "cross_cxx": spec.cross_cxx},
-        "input": {"shape": list(em.input_shape), "dtype": em.input_dtype},
-        "output": {"shape": list(em.output_shape), "dtype": em.output_dtype},
+        "input": {"shape": _batched(em.input_shape, batch), "dtype": em.input_dtype},
+        "output": {"shape": _batched(em.output_shape, batch), "dtype": em.output_dtype},
         "kernels": _kernel_entries(em.kernels),
         "signatures": _kernel_signatures(lowered_mod),
         "config": pm["config"],
@@ -501,6 +502,14 @@ def lower_integer_graph(
     }
     log.info("lowered %d kernels for %s in %.1f s", len(em.kernels), spec.name, meta["build_seconds"])
     return Lowered(None, ex, spec, meta, ig, num_threads)
+
+
+def _batched(shape: tuple[int, ...], batch: int | str | None) -> list[int]:
+    """A shape of the emitted program as `main` takes or returns it: with `batch=N` the batch-1 shape's leading 1
+    becomes N; otherwise (no batch, or "dynamic": the shape of one image) as emitted."""
+    if isinstance(batch, str) or batch is None or int(batch) == 1:
+        return list(shape)
+    return [int(batch), *shape[1:]]
 
 
 def _batch_setup(ig: IntegerGraph, batch: int | str, input_shape: tuple[int, ...] | None, input_dtype: str,
@@ -516,17 +525,17 @@ def _batch_setup(ig: IntegerGraph, batch: int | str, input_shape: tuple[int, ...
     dynamic = batch == "dynamic"
     if not dynamic and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1):
         raise ConfigError("batch", batch, "a positive number of images per call, 'dynamic' (any batch size) or None")
-    shape = graph_input_shape(ig, input_shape)
-    shape = (1 if dynamic else int(batch), *shape[1:])
-    if not dynamic:
+    shape = (1, *graph_input_shape(ig, input_shape)[1:])
+    if batch == 1:
         return shape, pipeline
     check_batch_independent(ig, shape, input_dtype)
     pipe = pipeline or default_pipeline()
-    if "dynamic_batch" not in inspect.signature(pipe.finalize).parameters:
+    if "batch_loop" not in inspect.signature(pipe.finalize).parameters:
         raise LoweringError("pipeline.finalize", f"{getattr(pipe.finalize, '__name__', pipe.finalize)} takes no "
-                            "dynamic_batch argument", "batch='dynamic' needs a finalize phase like "
-                            "pipeline.finalize_passes (add a dynamic_batch keyword that appends batch.DynamicBatch)")
-    return shape, dataclasses.replace(pipe, finalize=functools.partial(pipe.finalize, dynamic_batch=True))
+                            "batch_loop argument", f"batch={batch!r} needs a finalize phase like "
+                            "pipeline.finalize_passes (a batch_loop keyword that appends batch.DynamicBatch)")
+    loop = "dynamic" if dynamic else int(batch)
+    return shape, dataclasses.replace(pipe, finalize=functools.partial(pipe.finalize, batch_loop=loop))
 
 
 def _kernel_entries(kernels: list) -> list[dict]:

@@ -249,8 +249,8 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int, input_shape: tuple[
                 batch_modes: Sequence[str] = ("static",)) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
     """Untuned qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned`, as `RunnerSpec`s
     (`tvm_spec`: each runs in its own worker process), and their targets. `batch_modes`: "static" (a library
-    for `input_shape`'s batch) and/or "dynamic" (one library for any batch, `batch="dynamic"`, called with
-    `input_shape`'s batch; rows `qcompile_tvm_<mcpu>_dynbatch_untuned`).
+    for `input_shape`'s batch N, `batch=N`: the batch-1 kernels in a loop of N) and/or "dynamic" (one library for
+    any batch, `batch="dynamic"`, called with N images; rows `qcompile_tvm_<mcpu>_dynbatch_untuned`).
 
     mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); a kernel family of
     `targets.KERNEL_FAMILIES` ("avx2", "avx512-vnni", ...) for this CPU's mcpu limited to that family (row
@@ -268,7 +268,7 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int, input_shape: tuple[
         raise ConfigError("batch_modes", bad or list(batch_modes), "'static' and/or 'dynamic'")
     for mcpu, mode in [(m, b) for m in mcpus for b in batch_modes]:
         tag = "_dynbatch" if mode == "dynamic" else ""
-        kw: dict[str, Any] = {"batch": "dynamic"} if mode == "dynamic" else {}
+        kw: dict[str, Any] = {"batch": "dynamic" if mode == "dynamic" else int(input_shape[0])} if input_shape else {}
         if mcpu == "host":
             target: str | dict = "x86"
         elif mcpu in KERNEL_FAMILIES:

@@ -164,8 +164,12 @@ def test_dynamic_amx_kernels_exact():
 
 
 @pytest.mark.slow
-def test_static_batch_n_library_exact(mbv2_graph):
-    """`batch=N` builds a static library for N images (the strategies' kernels at batch N)."""
+def test_static_batch_n_library_exact(mbv2_graph, mbv2_x86):
+    """`batch=N` builds a static library for N images: the batch-1 kernels (the strategies') looped N times, where
+    `input_shape=(N, ...)` would emit naive convs."""
     low = lower_integer_graph(mbv2_graph, "x86", batch=3)
-    assert low.input_shape == (3, 3, 17, 15) and not low.dynamic_batch
+    assert low.input_shape == (3, 3, 17, 15) and low.meta["output"]["shape"] == [3, 10] and not low.dynamic_batch
+    assert [k["strategy"] for k in low.kernels] == [k["strategy"] for k in mbv2_x86.kernels]
     assert_every_batch_exact(low, mbv2_graph, (3,))
+    with pytest.raises(ConfigError, match="static-shaped"):
+        low(batch_input(mbv2_graph, 1))

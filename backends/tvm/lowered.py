@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 LIB_NAME = "lib.so"
 #: byte alignment TVM requires of a tensor imported through DLPack (kAllocAlignment)
 _ALIGN = 64
+#: input buffers a dynamic-batch library keeps bound, one per recent batch size
+_BOUND_SHAPES = 4
 
 
 @dataclass(frozen=True)
@@ -243,11 +245,14 @@ class Lowered:
     def _bind_native(self, shape: tuple[int, ...] | None = None) -> None:
         """Look up `main` once and bind a 64-byte aligned input buffer (TVM's DLPack import requires the
         alignment) to a TVM tensor sharing its memory, so a call copies `x` once and allocates nothing. A
-        dynamic-batch library keeps one such buffer per batch size it was called with."""
+        dynamic-batch library keeps one such buffer for each of the last `_BOUND_SHAPES` batch sizes it was called
+        with."""
         import tvm
 
         shape = tuple(self.input_shape if shape is None else shape)
         if shape not in self._bound:
+            if len(self._bound) >= _BOUND_SHAPES:  # the oldest batch size's buffer goes (a dict keeps insertion order)
+                self._bound.pop(next(iter(self._bound)))
             dtype = np.dtype(self.input_dtype)
             n = int(np.prod(shape))
             raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)

@@ -56,6 +56,15 @@ def test_dynamic_library_exact_at_every_batch(mbv2_dynamic, mbv2_graph, mbv2_x86
     assert all(any("n" in shape for shape, _ in sigs[f]) for k in mbv2_dynamic.kernels for f in k["primfuncs"])
 
 
+def test_dynamic_library_keeps_few_input_buffers(mbv2_dynamic, mbv2_graph):
+    """Each new batch size binds an aligned input buffer; only the last four stay bound (memory stays bounded), and
+    an evicted size is bound again correctly."""
+    for n in (1, 2, 4, 5, 6, 7, 1):
+        x = batch_input(mbv2_graph, n, seed=20 + n)
+        np.testing.assert_array_equal(mbv2_dynamic(x), G.reference(mbv2_graph, x))
+    assert len(mbv2_dynamic._bound) == 4 and (1, 3, 17, 15) in mbv2_dynamic._bound
+
+
 def test_dynamic_float_island_se_exact():
     """Squeeze-excite as one float-island kernel (float64 mean, two 1x1 convs, hardsigmoid, quantize, gate)."""
     ig = G.se_island(seed=0)

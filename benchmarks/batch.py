@@ -71,6 +71,29 @@ def median_ms(fn: Any, n: int) -> float:
     return float(np.median(ts) * 1e3)
 
 
+def cpu_ab(low_static: Any, low_dynamic: Any, rounds: int, batch: int = 8) -> dict[str, float]:
+    """CPU ms per image (`time.process_time`: preemption on a loaded machine does not inflate it) and wall ms per
+    image, in one process, of: the static batch-1 library called `batch` times, the dynamic library called once
+    with `batch` images, and the dynamic library called `batch` times with one image."""
+    px = low_static.input_shape[-1]
+    xb = np.random.default_rng(0).standard_normal((batch, 3, px, px)).astype(np.float32)
+    xs = [xb[i : i + 1].copy() for i in range(batch)]
+    runs = {
+        f"static1_x{batch}": lambda: [low_static(x) for x in xs],
+        f"dynamic_at_{batch}": lambda: low_dynamic(xb),
+        f"dynamic_at_1_x{batch}": lambda: [low_dynamic(x) for x in xs],
+    }
+    out = {}
+    for name, fn in runs.items():
+        fn()
+        t, w = time.process_time(), time.perf_counter()
+        for _ in range(rounds):
+            fn()
+        out[f"{name}_cpu_ms_per_image"] = round((time.process_time() - t) / rounds * 1e3 / batch, 4)
+        out[f"{name}_wall_ms_per_image"] = round((time.perf_counter() - w) / rounds * 1e3 / batch, 4)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
@@ -81,11 +104,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--out", default="runs/batch/measure.json")
+    p.add_argument("--cpu-ab", action="store_true",
+                   help="instead: per workload, static batch-1 vs dynamic library by CPU time in one process")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     res = json.loads(out.read_text()) if out.exists() else {"cpu": _cpu(), "threads": a.threads, "rows": {}}
+    if a.cpu_ab:
+        for w in a.workloads.split(","):
+            ig, px = _graph(w)
+            libs = [lower_integer_graph(ig, "x86", num_threads=a.threads, input_shape=(1, 3, px, px), batch=b)
+                    for b in (None, "dynamic")]
+            res.setdefault("cpu_ab", {})[w] = {**cpu_ab(*libs, rounds=a.rounds), "load1": os.getloadavg()[0]}
+            _save(out, res)
+            log.info("%s: %s", w, res["cpu_ab"][w])
+        return
     todo = [(w, lib) for w in a.workloads.split(",") for lib in LIBRARIES if f"{w}/{lib[0]}" not in res["rows"]]
     graphs: dict[str, Any] = {}
     for w, (lib, batch, emit_batch, calls) in tqdm(todo, desc="libraries"):

@@ -208,7 +208,8 @@ def lower(
     """Compile a calibrated subnet (or an IntegerGraph) to integer kernels with TVM: returns a `Lowered`.
 
     `pipeline` (a pipeline string or pass instances) replaces `to_integer`'s default passes. `LoweringError`
-    when the program has no integer conv or linear (all float islands), unless `allow_float`.
+    when the program has no integer conv or linear (all float islands), unless `allow_float`. Keywords go to
+    `lower_integer_graph`: `batch="dynamic"` builds one library for any batch size, `batch=N` for N images.
     """
     from qcompile.backends.tvm import lower_integer_graph
     from qcompile.backends.tvm.targets import resolve_target

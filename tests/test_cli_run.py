@@ -106,3 +106,17 @@ def test_run_refuses_an_unreadable_image(lowered_dir, capsys, tmp_path):
     # one line naming the file and what is allowed (the checked image reader)
     assert err.startswith(f"qcompile run: error: {bad}: ") and "image" in err and "PNG" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_run_dynamic_batch_library_classifies_in_one_call(lowered_dir, capsys, tmp_path):
+    """A `batch="dynamic"` library runs the images up to 64 per call, no padding: the same classes as the
+    reference executor."""
+    _, _, ig, _ = lowered_dir
+    path = qc.lower(ig, target="x86", batch="dynamic").export(tmp_path / "dyn")
+    assert qc.load(path).dynamic_batch
+    assert main(["run", str(path), "--limit", "7"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    test = load_dataset("digits", resolution=32).test
+    want = np.argmax(np.asarray(ig(test.images[:7])), axis=1)
+    assert lines == [f"digits/test[{i}] (label {int(test.labels[i])}): class {int(want[i])}" for i in range(7)]

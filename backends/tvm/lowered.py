@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 LIB_NAME = "lib.so"
 #: byte alignment TVM requires of a tensor imported through DLPack (kAllocAlignment)
 _ALIGN = 64
+#: input buffers a dynamic-batch library keeps bound, one per recent batch size
+_BOUND_SHAPES = 4
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,12 @@ def _stats(ms: list[float]) -> dict[str, float]:
     }
 
 
-def _kernel_signatures(mod: Any) -> dict[str, list[tuple[list[int], str]]]:
-    """PrimFunc name -> [(shape, dtype)] of its buffer parameters (for per-kernel timing)."""
+def _kernel_signatures(mod: Any) -> dict[str, list[tuple[list[int | str], str]]]:
+    """PrimFunc name -> [(shape, dtype)] of its buffer parameters (for per-kernel timing); the symbolic batch of
+    a `batch="dynamic"` library stays its name (`batch.BATCH_VAR`), filled in with the batch when timed."""
     from tvm import tirx
+
+    from qcompile.backends.tvm.batch import BATCH_VAR
 
     sigs = {}
     for gv, f in mod.functions.items():
@@ -99,15 +104,17 @@ def _kernel_signatures(mod: Any) -> dict[str, list[tuple[list[int], str]]]:
                 if shape is None:
                     break
                 try:
-                    params.append(([int(s) for s in shape], str(p.dtype)))
-                except TypeError:  # symbolic shape: not timed on its own
+                    params.append(([s.name if isinstance(s, tirx.Var) and s.name == BATCH_VAR else int(s)
+                                    for s in shape], str(p.dtype)))
+                except TypeError:  # another symbolic shape: not timed on its own
                     break
             else:
                 sigs[gv.name_hint] = params
     return sigs
 
 
-def _random_arg(shape: list[int], dtype: str, rng: np.random.Generator) -> np.ndarray:
+def _random_arg(shape: list[int], dtype: str, rng: np.random.Generator, batch: int = 1) -> np.ndarray:
+    shape = [batch if isinstance(d, str) else d for d in shape]  # the symbolic batch of a dynamic library
     if dtype.startswith("float"):
         return rng.standard_normal(shape).astype(dtype)
     # small non-negative integers keep shifts and table indices in range
@@ -131,6 +138,7 @@ class Lowered:
         self._main: Any = None  # the VM's "main", looked up once
         self._in_array: np.ndarray | None = None  # 64-byte aligned input buffer ...
         self._in_tensor: Any = None  # ... and the TVM tensor that shares its memory
+        self._bound: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}  # input shape -> the two above
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -140,6 +148,15 @@ class Lowered:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["input"]["shape"])
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the library takes any batch size (`lower_integer_graph(..., batch="dynamic")`); `input_shape`
+        and the output shape in `meta` are then those of one image."""
+        return self.meta.get("batch") == "dynamic"
+
+    def _shape_text(self, shape: list[int] | tuple[int, ...]) -> str:
+        return str(["n", *shape[1:]] if self.dynamic_batch else list(shape)).replace("'", "")
 
     @property
     def input_dtype(self) -> str:
@@ -156,8 +173,8 @@ class Lowered:
         return None if cfg is None else SubnetConfig.from_dict(cfg)
 
     def __repr__(self) -> str:
-        return (f"Lowered(target={self.spec.name!r}, input={self.input_dtype}{list(self.input_shape)}, "
-                f"output={self.meta['output']['dtype']}{self.meta['output']['shape']}, "
+        return (f"Lowered(target={self.spec.name!r}, input={self.input_dtype}{self._shape_text(self.input_shape)}, "
+                f"output={self.meta['output']['dtype']}{self._shape_text(self.meta['output']['shape'])}, "
                 f"kernels={len(self.meta['kernels'])})")
 
     # -- running -----------------------------------------------------------------------------------
@@ -174,8 +191,13 @@ class Lowered:
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError("input", type(x).__name__, f"a numeric array of shape {self.input_shape}",
                               str(e).splitlines()[0] if str(e) else "") from e
-        if arr.shape != self.input_shape:
-            raise ConfigError("input shape", tuple(arr.shape), self.input_shape, "the library is static-shaped")
+        if self.dynamic_batch:
+            if arr.ndim != len(self.input_shape) or arr.shape[1:] != self.input_shape[1:] or arr.shape[0] < 1:
+                raise ConfigError("input shape", tuple(arr.shape), f"(N, {', '.join(map(str, self.input_shape[1:]))})"
+                                  " for any batch N >= 1")
+        elif arr.shape != self.input_shape:
+            raise ConfigError("input shape", tuple(arr.shape), self.input_shape,
+                              "the library is static-shaped: lower with batch='dynamic' for any batch size")
         if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise ConfigError("input", f"{bad} non-finite value(s) (NaN or inf)", "finite numbers",
@@ -209,8 +231,8 @@ class Lowered:
         """
         arr = self._check_input(x)
         if self.spec.native:
-            if self._main is None:
-                self._bind_native()
+            if self._main is None or self._in_array.shape != arr.shape:
+                self._bind_native(arr.shape)
             # per call: one small copy into the bound input, no TVM allocation or output copy (together
             # about 25 us of the ~1 ms demo subnet: docs/benchmarks.md, "Per-call overhead")
             np.copyto(self._in_array, arr)
@@ -220,18 +242,26 @@ class Lowered:
         out, _ = run_aarch64(self.library_path(), arr, repeat=1, num_threads=self.num_threads)
         return out
 
-    def _bind_native(self) -> None:
+    def _bind_native(self, shape: tuple[int, ...] | None = None) -> None:
         """Look up `main` once and bind a 64-byte aligned input buffer (TVM's DLPack import requires the
-        alignment) to a TVM tensor sharing its memory, so a call copies `x` once and allocates nothing."""
+        alignment) to a TVM tensor sharing its memory, so a call copies `x` once and allocates nothing. A
+        dynamic-batch library keeps one such buffer for each of the last `_BOUND_SHAPES` batch sizes it was called
+        with."""
         import tvm
 
-        dtype = np.dtype(self.input_dtype)
-        n = int(np.prod(self.input_shape))
-        raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
-        start = -raw.ctypes.data % _ALIGN
-        self._in_array = raw[start : start + n * dtype.itemsize].view(dtype).reshape(self.input_shape)
-        self._in_tensor = tvm.runtime.from_dlpack(self._in_array)
-        self._main = self._native_vm()["main"]
+        shape = tuple(self.input_shape if shape is None else shape)
+        if shape not in self._bound:
+            if len(self._bound) >= _BOUND_SHAPES:  # the oldest batch size's buffer goes (a dict keeps insertion order)
+                self._bound.pop(next(iter(self._bound)))
+            dtype = np.dtype(self.input_dtype)
+            n = int(np.prod(shape))
+            raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
+            start = -raw.ctypes.data % _ALIGN
+            arr = raw[start : start + n * dtype.itemsize].view(dtype).reshape(shape)
+            self._bound[shape] = (arr, tvm.runtime.from_dlpack(arr))
+        self._in_array, self._in_tensor = self._bound[shape]
+        if self._main is None:
+            self._main = self._native_vm()["main"]
 
     def library_path(self) -> Path:
         """Path of the shared library (written to a temp dir on first use for in-memory builds)."""
@@ -278,15 +308,18 @@ class Lowered:
 
     # -- benchmarking -------------------------------------------------------------------------------
     def benchmark(self, repeat: int = 50, *, number: int = 1, remote: str | None = None, kernels: bool = True,
-                  seed: int = 0) -> BenchmarkResult:
+                  seed: int = 0, batch: int | None = None) -> BenchmarkResult:
         """Latency of `main` (ms) over `repeat` runs and, if `kernels`, a per-PrimFunc table.
 
         Local native targets time in-process with `time_evaluator`; `remote="host:port"` uploads
         the library to a TVM RPC server (a real board) and times there; an arm_cpu library without
-        `remote` is timed under qemu (emulated: only useful to check it runs, not for latency).
+        `remote` is timed under qemu (emulated: only useful to check it runs, not for latency). `batch`: the
+        images per call of a `batch="dynamic"` library (default 1; the per-kernel table is timed at it too); a
+        static library takes only its own batch. Times are per call, not per image.
         """
+        shape = self._batch_shape(batch)
         rng = np.random.default_rng(seed)
-        x = rng.standard_normal(self.input_shape).astype(self.input_dtype)
+        x = rng.standard_normal(shape).astype(self.input_dtype)
         if remote is not None:
             from qcompile.backends.tvm.rpc import remote_session
 
@@ -299,6 +332,17 @@ class Lowered:
         _, ms = run_aarch64(self.library_path(), x, repeat=max(repeat, 2), num_threads=self.num_threads)
         return BenchmarkResult(**_stats(ms), repeat=len(ms), where="qemu (emulated, not device latency)",
                                kernels=())
+
+    def _batch_shape(self, batch: int | None) -> tuple[int, ...]:
+        """The input shape of a call with `batch` images (None: the library's own batch, 1 when dynamic)."""
+        if batch is None:
+            return self.input_shape
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ConfigError("batch", batch, "a positive number of images per call")
+        if not self.dynamic_batch and int(batch) != self.input_shape[0]:
+            raise ConfigError("batch", batch, f"{self.input_shape[0]} (the library is static-shaped: lower with "
+                              "batch='dynamic' for any batch size)")
+        return (int(batch), *self.input_shape[1:])
 
     def _benchmark_module(self, sess: Any, x: np.ndarray, repeat: int, number: int, kernels: bool,
                           rng: np.random.Generator, where: str) -> BenchmarkResult:
@@ -326,7 +370,7 @@ class Lowered:
             for name, sig in self.meta["signatures"].items():
                 found = _find_function_module(mod_for_kernels, name) if sess is None else None
                 candidates = [found] if found is not None else [mod_for_kernels, *_imports(mod_for_kernels)]
-                args = [tvm.runtime.tensor(_random_arg(s, d, rng), dev) for s, d in sig]
+                args = [tvm.runtime.tensor(_random_arg(s, d, rng, len(x)), dev) for s, d in sig]
                 kms = None
                 for cand in candidates:
                     try:  # an RPC module only answers for the module that defines the symbol
@@ -400,6 +444,7 @@ def lower_integer_graph(
     input_dtype: str = "float32",
     pipeline: Pipeline | None = None,
     use_strategies: bool = True,
+    batch: int | str | None = None,
 ) -> Lowered:
     """Compile an IntegerGraph with TVM (Relax + TIR) for `target` ("x86", "arm_cpu" or a target dict).
 
@@ -407,6 +452,12 @@ def lower_integer_graph(
     kernel into the persistent tuning database (`qcompile.backends.tvm.tuning`), reused afterwards by
     every lowering of any subnet; `trials` caps the schedules timed per kernel (default: all candidates,
     most promising first, the untuned default always among them).
+
+    `batch`: None emits every kernel for the input shape (`input_shape`, else the graph's); `"dynamic"` builds
+    one library for any batch size: the batch-1 kernels, each run once per image in an outer loop over a
+    symbolic batch `n` (`batch.DynamicBatch`); an int `N` builds the same loop for exactly `N` images (static
+    shapes; the conv strategies schedule batch 1 only, so `input_shape=(N, ...)` leaves convs naive). Both
+    raise `LoweringError` when the graph does not treat images independently.
     """
     if trials is not None and int(trials) < 1:
         raise ConfigError("trials", trials, "a positive number of schedules to time per kernel, or None for all")
@@ -415,6 +466,9 @@ def lower_integer_graph(
     spec = resolve_target(target, num_threads)
     tgt = spec.target()
     t0 = time.perf_counter()
+    dynamic = batch == "dynamic"
+    if batch is not None:
+        input_shape, pipeline = _batch_setup(ig, batch, input_shape, input_dtype, pipeline)
     if tune:
         # Tune every kernel the strategies will emit (records land in the tuning database, shared by all
         # subnets of any space), then emit again: the strategies read the database.
@@ -436,10 +490,11 @@ def lower_integer_graph(
         raise LoweringError(f"target={spec.name}", f"TVM build failed: {e}", "report the graph and target") from e
     pm = program_meta(ig).to_dict()
     meta = {
+        **({"batch": "dynamic"} if dynamic else {}),
         "format": FORMAT_VERSION,
         "target": {"name": spec.name, "tvm": spec.tvm_target, "arch": spec.arch, "cross_cxx": spec.cross_cxx},
-        "input": {"shape": list(em.input_shape), "dtype": em.input_dtype},
-        "output": {"shape": list(em.output_shape), "dtype": em.output_dtype},
+        "input": {"shape": _batched(em.input_shape, batch), "dtype": em.input_dtype},
+        "output": {"shape": _batched(em.output_shape, batch), "dtype": em.output_dtype},
         "kernels": _kernel_entries(em.kernels),
         "signatures": _kernel_signatures(lowered_mod),
         "config": pm["config"],
@@ -452,6 +507,40 @@ def lower_integer_graph(
     }
     log.info("lowered %d kernels for %s in %.1f s", len(em.kernels), spec.name, meta["build_seconds"])
     return Lowered(None, ex, spec, meta, ig, num_threads)
+
+
+def _batched(shape: tuple[int, ...], batch: int | str | None) -> list[int]:
+    """A shape of the emitted program as `main` takes or returns it: with `batch=N` the batch-1 shape's leading 1
+    becomes N; otherwise (no batch, or "dynamic": the shape of one image) as emitted."""
+    if isinstance(batch, str) or batch is None or int(batch) == 1:
+        return list(shape)
+    return [int(batch), *shape[1:]]
+
+
+def _batch_setup(ig: IntegerGraph, batch: int | str, input_shape: tuple[int, ...] | None, input_dtype: str,
+                 pipeline: Pipeline | None) -> tuple[tuple[int, ...], Pipeline | None]:
+    """The input shape and pipeline of `lower_integer_graph(..., batch=...)` (see there)."""
+    import dataclasses
+    import functools
+    import inspect
+
+    from qcompile.backends.tvm.batch import check_batch_independent
+    from qcompile.backends.tvm.emitter import graph_input_shape
+
+    dynamic = batch == "dynamic"
+    if not dynamic and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise ConfigError("batch", batch, "a positive number of images per call, 'dynamic' (any batch size) or None")
+    shape = (1, *graph_input_shape(ig, input_shape)[1:])
+    if batch == 1:
+        return shape, pipeline
+    check_batch_independent(ig, shape, input_dtype)
+    pipe = pipeline or default_pipeline()
+    if "batch_loop" not in inspect.signature(pipe.finalize).parameters:
+        raise LoweringError("pipeline.finalize", f"{getattr(pipe.finalize, '__name__', pipe.finalize)} takes no "
+                            "batch_loop argument", f"batch={batch!r} needs a finalize phase like "
+                            "pipeline.finalize_passes (a batch_loop keyword that appends batch.DynamicBatch)")
+    loop = "dynamic" if dynamic else int(batch)
+    return shape, dataclasses.replace(pipe, finalize=functools.partial(pipe.finalize, batch_loop=loop))
 
 
 def _kernel_entries(kernels: list) -> list[dict]:

@@ -64,11 +64,13 @@ def default_schedule_passes(target: Any) -> list:
     return [_schedule]
 
 
-def finalize_passes(target: Any, absorb_views: bool = True) -> list:
+def finalize_passes(target: Any, absorb_views: bool = True, batch_loop: int | str | None = None) -> list:
     """Dataflow lowering and VM finalisation (TVM's cpu_generic passes, static memory planning included),
     with the reshape views between kernels absorbed into the kernels' parameter shapes (`views`), dropping the
     PrimFuncs no call uses any more (legalized reshapes that became views), which would otherwise be compiled
-    and exported. `absorb_views=False` keeps the views (for before/after measurements)."""
+    and exported. `absorb_views=False` keeps the views (for before/after measurements). `batch_loop="dynamic"`
+    then gives `main` and every batch-1 kernel a symbolic batch, `batch_loop=N` N images (`batch.DynamicBatch`),
+    still in dataflow form."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -79,6 +81,10 @@ def finalize_passes(target: Any, absorb_views: bool = True) -> list:
     # and drop the dead ones while still in dataflow form (DCE only removes pure dataflow bindings)
     absorb = [rewrite_reshape, AbsorbReshapeViews(), relax.transform.DeadCodeElimination()] if absorb_views \
         else [rewrite_reshape]
+    if batch_loop is not None:
+        from qcompile.backends.tvm.batch import DynamicBatch
+
+        absorb = absorb + [DynamicBatch(None if batch_loop == "dynamic" else int(batch_loop))]
     return absorb + to_vm + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target)
 
 

@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=12, help="schedules timed per kernel where --tuned must tune")
     p.add_argument("--lowered", default=None, metavar="DIR",
                    help="export the qcompile lowerings here and reuse them on later runs (settings must match)")
+    p.add_argument("--tvm-batch", default="static",
+                   help="comma-separated 'static' (a library for --batch) and/or 'dynamic' (one library for any batch "
+                        "size, called with --batch; rows *_dynbatch_*)")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--doc", default=None, help="also write the docs section (e.g. docs/peers.md)")
     p.add_argument("--from-json", default=None, metavar="BENCH_JSON",
@@ -104,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         lead_in=a.lead_in, lead_in_ms=a.lead_in_ms, peers=tuple(n for n in a.peers.split(",") if n))
     t0 = time.perf_counter()
     runners, targets = tvm_runners(ig, [m for m in a.tvm.split(",") if m], a.threads, x.shape, tuned=a.tuned,
-                                   trials=a.trials, lowered_dir=a.lowered)
+                                   trials=a.trials, lowered_dir=a.lowered,
+                                   batch_modes=[b for b in a.tvm_batch.split(",") if b])
     lower_s = round(time.perf_counter() - t0, 1)
     command = " ".join(["python -m qcompile.bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     res = run_bench(model, x, integer_graph=ig, runners=runners, graph_runners=list(runners), options=opts,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from qcompile.bench.workers import RunnerSpec
-from qcompile.errors import QcompileError
+from qcompile.errors import ConfigError, QcompileError
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,8 @@ def executorch_xnnpack(model: nn.Module, example: np.ndarray, threads: int,
 
 def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
                 input_shape: tuple[int, ...] | None = None, *, tuned: bool = False, trials: int | None = None,
-                lowered_dir: str | Path | None = None) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
+                lowered_dir: str | Path | None = None,
+                batch_modes: Sequence[str] = ("static",)) -> tuple[dict[str, RunnerSpec], dict[str, Any]]:
     """qcompile TVM lowerings of `ig`, named `qcompile_tvm_<mcpu>_untuned` (and with `tuned`, also
     `qcompile_tvm_<mcpu>_tuned`), as `RunnerSpec`s (`tvm_spec`: each runs in its own worker process), and their
     targets.
@@ -258,6 +259,9 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
     kernel is timed first (minutes to hours: build the database beforehand). `lowered_dir`: each lowering is
     exported to `lowered_dir/<row>` and reused by later calls while the integer program, target, threads, input
     shape and tuning settings match (`lowering_key`); remove the folder after changing kernels or the database.
+    `batch_modes`: "static" (a library for `input_shape`'s batch N, `batch=N`: the batch-1 kernels in a loop of
+    N) and/or "dynamic" (one library for any batch, `batch="dynamic"`, called with N images; rows
+    `qcompile_tvm_<mcpu>_dynbatch_<kind>`).
 
     mcpu "host" lowers for target "x86" (LLVM's host CPU and cpuinfo features); a kernel family of
     `targets.KERNEL_FAMILIES` ("avx2", "avx512-vnni", ...) for this CPU's mcpu limited to that family (row
@@ -269,8 +273,13 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
 
     runners: dict[str, RunnerSpec] = {}
     targets: dict[str, Any] = {}
+    bad = [m for m in batch_modes if m not in ("static", "dynamic")]
+    if bad or not batch_modes:
+        raise ConfigError("batch_modes", bad or list(batch_modes), "'static' and/or 'dynamic'")
     kinds = ("untuned", "tuned") if tuned else ("untuned",)
-    for mcpu in mcpus:
+    for mcpu, mode in [(m, b) for m in mcpus for b in batch_modes]:
+        tag = "_dynbatch" if mode == "dynamic" else ""
+        batch: int | str | None = ("dynamic" if mode == "dynamic" else int(input_shape[0])) if input_shape else None
         if mcpu == "host":
             target: str | dict = "x86"
         elif mcpu in KERNEL_FAMILIES:
@@ -279,31 +288,32 @@ def tvm_runners(ig: Any, mcpus: Sequence[str], threads: int,
             target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": threads}
         if target != "x86" and not runs_on_host(target):
             for kind in kinds:
-                name = f"qcompile_tvm_{mcpu}_{kind}"
+                name = f"qcompile_tvm_{mcpu}{tag}_{kind}"
                 runners[name] = RunnerSpec(name, lowering_failed, (f"not run: this CPU cannot execute {mcpu} code",))
                 targets[name] = target
             continue
         for kind in kinds:
             try:
                 low, label = _lowering(ig, target, threads, input_shape, kind == "tuned", trials, mcpu,
-                                       lowered_dir)
+                                       lowered_dir, batch)
             except Exception as e:  # recorded in the row, the other runners still run
                 log.warning("TVM lowering (%s) for mcpu %s failed: %s", kind, mcpu, e)
-                name = f"qcompile_tvm_{mcpu}_{kind}"
+                name = f"qcompile_tvm_{mcpu}{tag}_{kind}"
                 runners[name] = RunnerSpec(name, lowering_failed, (f"lowering failed: {type(e).__name__}: {e}",))
                 targets[name] = target
                 continue
-            name = f"qcompile_tvm_{label}_{kind}"
+            name = f"qcompile_tvm_{label}{tag}_{kind}"
             runners[name] = tvm_spec(low, name)
             targets[name] = low.spec.tvm_target
     return runners, targets
 
 
 def lowering_key(ig: Any, target: Any, threads: int, input_shape: tuple[int, ...] | None, tune: bool,
-                 trials: int | None) -> str:
+                 trials: int | None, batch: int | str | None = None) -> str:
     """sha256 of what a lowering depends on: the integer program (every node's op, operands and parameters, every
     constant's bytes; not `node.meta`, which lowering annotates), the target, thread count, input shape and tuning
-    settings (the tuning database's contents are not in it)."""
+    settings, and the batch mode where it is not the default single image (the tuning database's contents are not
+    in it)."""
     import hashlib
     import json
 
@@ -318,8 +328,10 @@ def lowering_key(ig: Any, target: Any, threads: int, input_shape: tuple[int, ...
             h.update(f"{n.name}={op_name(n.target)}{ig._describe_arg(n.args)}{ig._describe_arg(n.kwargs)}".encode())
         else:
             h.update(f"{n.op}:{n.name}:{ig._describe_arg(n.args)}".encode())
-    h.update(json.dumps([target, threads, list(input_shape or ()), tune, trials], sort_keys=True,
-                        default=str).encode())
+    settings = [target, threads, list(input_shape or ()), tune, trials]
+    if batch not in (None, 1):
+        settings.append(batch)
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -330,8 +342,10 @@ def _attr(mod: Any, target: str) -> torch.Tensor:
 
 
 def _lowering(ig: Any, target: Any, threads: int, input_shape: tuple[int, ...] | None, tune: bool,
-              trials: int | None, mcpu: str, lowered_dir: str | Path | None) -> tuple[Any, str]:
-    """(Lowered, row label) of one qcompile row, from `lowered_dir` when a matching export is there."""
+              trials: int | None, mcpu: str, lowered_dir: str | Path | None,
+              batch: int | str | None = None) -> tuple[Any, str]:
+    """(Lowered, row label) of one qcompile row, from `lowered_dir` when a matching export is there. `batch`:
+    `qc.lower`'s batch mode (None: its default)."""
     import json
     import os
     import tempfile
@@ -343,22 +357,24 @@ def _lowering(ig: Any, target: Any, threads: int, input_shape: tuple[int, ...] |
     kind = "tuned" if tune else "untuned"
     key = cached = None
     if lowered_dir is not None:
-        key = lowering_key(ig, target, threads, input_shape, tune, trials)
-        cached = Path(lowered_dir) / f"{mcpu}_{kind}"
+        key = lowering_key(ig, target, threads, input_shape, tune, trials, batch)
+        cached = Path(lowered_dir) / f"{mcpu}{'_dynbatch' if batch == 'dynamic' else ''}_{kind}"
         stamp = cached / "lowering_key.json"
         if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
             low = qc.load(cached)
             log.info("reusing the %s lowering for %s from %s", kind, mcpu, cached)
             return low, json.loads(stamp.read_text())["label"]
     t0 = time.perf_counter()
+    kw: dict[str, Any] = {} if batch is None else {"batch": batch}
     if tune:
-        low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape, tune=True, trials=trials)
+        low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape, tune=True, trials=trials,
+                       **kw)
     else:
         saved = os.environ.get("QCOMPILE_CACHE")
         with tempfile.TemporaryDirectory(prefix="qcompile-empty-db-") as empty:
             os.environ["QCOMPILE_CACHE"] = empty  # default schedules: no record of the persistent database
             try:
-                low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape)
+                low = qc.lower(ig, target=target, num_threads=threads, input_shape=input_shape, **kw)
             finally:
                 if saved is None:
                     os.environ.pop("QCOMPILE_CACHE", None)

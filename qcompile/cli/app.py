@@ -52,6 +52,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _batch(text: str) -> int | str:
+    """`--batch`: "dynamic" (any batch size) or a positive number of images per call."""
+    return "dynamic" if text == "dynamic" else _positive_int(text)
+
+
 def _target(text: str):
     """`x86`, `arm_cpu`, or a TVM target as JSON (`{"kind": "llvm", "mtriple": ...}`), checked here
     (names as `qcompile.backends.tvm.targets.KNOWN_TARGETS`, not imported: that would load TVM to parse)."""
@@ -224,7 +229,7 @@ def cmd_lower(args) -> int:
     resolve_target(args.target)
     pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials, pipeline=pipeline)
+    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials, pipeline=pipeline, batch=args.batch)
     low.export(args.out)
     print(f"lowered for {_target_name(args.target)} into {args.out}")
     return 0
@@ -277,6 +282,10 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
+#: images per call of `qcompile run` on a dynamic-batch library
+_RUN_CHUNK = 64
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
@@ -288,6 +297,7 @@ def cmd_run(args) -> int:
     if len(shape) != 4 or shape[2] != shape[3]:
         raise ConfigError(f"{args.lowered} input shape", shape, "an image library, (N, C, R, R)")
     batch, channels, res = shape[0], shape[1], shape[2]  # the library's own resolution (static shape)
+    dynamic = bool(getattr(low, "dynamic_batch", False))  # any batch size: up to _RUN_CHUNK images per call
     if args.images:
         x = _read_images(args.images, channels, res, args.data)
         names = list(args.images)
@@ -298,9 +308,12 @@ def cmd_run(args) -> int:
         x = ds.images[: args.limit].numpy()
         names = [f"{args.data}/test[{i}] (label {int(ds.labels[i])})" for i in range(len(x))]
     x = np.ascontiguousarray(x, dtype=low.input_dtype)
+    if dynamic:
+        batch = max(1, min(len(x), _RUN_CHUNK))
     for start in range(0, len(x), batch):  # a static-batch library: run it chunk by chunk, last one padded
         chunk = x[start : start + batch]
-        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        padded = chunk if dynamic else np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]),
+                                                                        chunk.dtype)])
         logits = np.asarray(low(padded))[: len(chunk)]
         for name, row in zip(names[start : start + batch], logits):
             print(f"{name}: class {int(np.argmax(row))}")
@@ -436,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "lower":
             _pipeline_args(s)
             s.add_argument("--tune", action="store_true")
+            s.add_argument("--batch", type=_batch, default=None,
+                           help="images per call: a number, or 'dynamic' for one library that takes any batch size "
+                                "(default: the calibrated subnet's input shape)")
             s.add_argument("--out", required=True, help="lowered directory")
         else:
             s.add_argument("--out", default=None, help="also export the tuned lowering here")

@@ -85,7 +85,7 @@ def bench_subnet(sub: fx.GraphModule, *, target: str = "x86", out: Path | None =
     if target in ("x86", "llvm"):
         runners, targets = tvm_runners(ig, ["host"], threads, x.shape)
     elif isinstance(target, dict):
-        low = qc.lower(ig, target=target, num_threads=threads, input_shape=x.shape)
+        low = qc.lower(ig, target=target, num_threads=threads, input_shape=x.shape, batch=int(x.shape[0]))
         name = f"qcompile_tvm_{low.spec.tvm_target.get('mcpu', 'custom')}_untuned"
         runners, targets = {name: tvm_spec(low, name)}, {name: low.spec.tvm_target}
     data = None

@@ -47,3 +47,15 @@ def test_arm_export_load_and_benchmark(arm_mbv2, mbv2_graph, tmp_path):
     np.testing.assert_array_equal(again(x), G.reference(mbv2_graph, x))
     res = again.benchmark(repeat=3)
     assert res.repeat == 3 and res.min_ms > 0 and "qemu" in res.where
+
+
+def test_arm_dynamic_batch_exact_under_qemu(mbv2_graph):
+    """One `batch="dynamic"` aarch64 library (sdot/NEON kernels in the per-image loop), run under qemu at batch 1
+    and 3: bit-exact with the reference integer executor."""
+    low = lower_integer_graph(mbv2_graph, "arm_cpu", batch="dynamic")
+    assert low.dynamic_batch
+    for n in (1, 3):
+        x = (np.random.default_rng(n).standard_normal((n, 3, 17, 15)) * 3).astype(np.float32)
+        y = low(x)
+        assert y.shape[0] == n
+        np.testing.assert_array_equal(y, G.reference(mbv2_graph, x))

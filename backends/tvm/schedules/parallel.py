@@ -63,11 +63,13 @@ KINDS = frozenset(UNIT_COST_NS)
 
 #: Estimated serial time (us) from which a kernel gets a parallel region. On 2 threads a kernel of t us takes about
 #: t/2 + J, J the fork/join: a few us on a quiet machine, up to a scheduler tick when the worker thread is asleep
-#: or descheduled (a loaded machine), which no kernel of a few tens of us wins back. 25 us sits above every kernel
-#: of the demo's 32 px subnet (largest 19 us, a VNNI 1x1 conv), so it never forks the pool, and below
-#: MobileNetV2's 224 px layers that matter (depthwise 22-260 us, GEMMs 10-154 us; at 25 us, 71 of its 91
-#: parallel sites stay parallel): the kernels left serial are those that can gain at most ~10 us each.
-DEFAULT_MIN_US = 25.0
+#: or descheduled (a loaded machine). Chosen on a quiet machine (docs/benchmarks_demo.md, "Parallel regions",
+#: quiet window): at 2 threads MobileNetV2 224 took 2459 us at 10 us, 2580 us at 25 us and 2483 us with every
+#: kernel parallel (at 25 us five AMX convs of 10-23 us stay serial); the demo's 32 px subnet took 812 / 810 /
+#: 921 us (never parallel: 775 us), so 10 us costs the small network nothing measurable when quiet. Under heavy
+#: load the one demo kernel above 10 us (a 19 us VNNI 1x1 conv) waits for a descheduled worker; raise the
+#: threshold with `QCOMPILE_PARALLEL_MIN_US` on a machine shared with other jobs.
+DEFAULT_MIN_US = 10.0
 
 #: Environment variable overriding `DEFAULT_MIN_US` (a number >= 0; 0 parallelises every kernel), read at schedule
 #: time so a benchmark can build the same network several ways in one process.

@@ -136,6 +136,12 @@ def load_or_measure_sensitivity(run: str, path: str, calib_batches: int, extra_t
     measurements are cached in `path` + ".jsonl", so an interrupted measurement resumes) and saved."""
     from qcompile.search.predictors.sensitivity import LayerSensitivity, measure_sensitivities
 
+    if path == "noise":  # the data-free prior: per-layer quantization noise-to-signal of the supernet itself
+        from qcompile.artifacts import load_run
+        from qcompile.search.predictors.noise import noise_sensitivity
+
+        space, qnet, _ = load_run(run)
+        return noise_sensitivity(qnet, space)
     if Path(path).is_file():
         return LayerSensitivity.load(path)
     ev = qs.SupernetEvaluator(run, calib_batches=calib_batches, extra_train=extra_train, cache=path + ".jsonl")
@@ -159,7 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--sensitivity",
         default=None,
-        help="LayerSensitivity JSON for sens-line / gbt-sens; measured on RUN (same protocol, 2 bits) if missing",
+        help="LayerSensitivity JSON for sens-line / gbt-sens; measured on RUN (same protocol, 2 bits) if missing; "
+        "'noise': the data-free noise-to-signal prior of RUN (search/predictors/noise.py)",
     )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)

@@ -1,11 +1,12 @@
 """Accuracy of subnets: measured on the supernet (cached), and predicted by an MLP (APQ / QFA Sec. 4) or by
 boosted trees over a log-BitOPs line (`BoostedPredictor`, optionally with the per-layer sensitivity prior
-`LayerSensitivity`); `load_predictor` reads either kind."""
+`LayerSensitivity`, measured or the data-free `noise_sensitivity`); `load_predictor` reads either kind."""
 
 from qcompile.search.predictors.boosted import BoostedOptions, BoostedPredictor, load_predictor
 from qcompile.search.predictors.measured import SupernetEvaluator, canonical, config_hash
 from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
 from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble, PredictorOptions
+from qcompile.search.predictors.noise import noise_sensitivity
 from qcompile.search.predictors.sensitivity import LayerSensitivity, measure_sensitivities, sensitivity_configs
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "kendall_tau",
     "load_predictor",
     "measure_sensitivities",
+    "noise_sensitivity",
     "pairwise_accuracy",
     "rmse",
     "sensitivity_configs",

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.bench.harness import _cpu_info
+
 log = logging.getLogger(__name__)
 
 #: (name, `batch=` argument, input batch of the lowering, batches called): `emit8` emits every kernel for 8 images
@@ -44,16 +46,6 @@ def _graph(name: str) -> Any:
     from qcompile.bench.models import mobilenet_v2, synthetic_integer_graph
 
     return synthetic_integer_graph(mobilenet_v2(num_classes=1000), 224), 224
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _save(path: Path, res: dict) -> None:
@@ -110,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = json.loads(out.read_text()) if out.exists() else {"cpu": _cpu(), "threads": a.threads, "rows": {}}
+    cpu = _cpu_info("model name") or platform.processor()
+    res = json.loads(out.read_text()) if out.exists() else {"cpu": cpu, "threads": a.threads, "rows": {}}
     if a.cpu_ab:
         for w in a.workloads.split(","):
             ig, px = _graph(w)

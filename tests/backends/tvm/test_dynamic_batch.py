@@ -157,14 +157,7 @@ def test_dynamic_every_isa_family_exact(family):
 @pytest.mark.slow
 def test_dynamic_amx_kernels_exact():
     """Large 1x1 convs on AMX-INT8 tiles (with a fused LUT and residual add), one tile configuration per image."""
-    b = IntegerGraphBuilder()
-    g = G.Gen(b, 3)
-    q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
-    h = b.call(ops.lut, G.conv_block(g, q, 128, 160, 1), g.table(8))
-    d = G.conv_block(g, h, 160, 160, 1)
-    a = b.call(ops.add, h, d, multiplier_a=3 << 13, multiplier_b=1 << 14, offset=(1 << 14) - 100 * (1 << 15),
-               shift=15, lo=0, hi=255)
-    ig = b.build(b.call(ops.dequantize, a, 0.04, 101.5), {"input_shape": [1, 128, 15, 13]})
+    ig = G.amx_residual()
     if not isa.should_execute("amx-int8"):
         pytest.skip("this CPU has no AMX-INT8: the host lowering has no AMX kernel")
     low = lower_integer_graph(ig, "x86", batch="dynamic")

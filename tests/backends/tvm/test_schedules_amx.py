@@ -195,18 +195,9 @@ def test_amx_kernels_carry_the_fused_epilogue():
     sys.path.insert(0, str(Path(__file__).parent))
     import tvm_graphs as G
 
-    from qcompile import ops
     from qcompile.backends.tvm import lower_integer_graph
-    from qcompile.ops import IntegerGraphBuilder
 
-    b = IntegerGraphBuilder()
-    g = G.Gen(b, 3)
-    q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
-    h = b.call(ops.lut, G.conv_block(g, q, 128, 160, 1), g.table(8))
-    d = G.conv_block(g, h, 160, 160, 1)
-    a = b.call(ops.add, h, d, multiplier_a=3 << 13, multiplier_b=1 << 14, offset=(1 << 14) - 100 * (1 << 15),
-               shift=15, lo=0, hi=255)
-    ig = b.build(b.call(ops.dequantize, a, 0.04, 101.5), {"input_shape": [1, 128, 15, 13]})
+    ig = G.amx_residual()
     if not isa.should_execute("amx-int8"):
         pytest.skip("this CPU has no AMX-INT8: the host lowering has no AMX kernel")
     low = lower_integer_graph(ig, "x86")

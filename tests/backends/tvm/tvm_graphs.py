@@ -193,6 +193,20 @@ def epilogue_chains(seed: int = 0, shape=(1, 3, 9, 11)) -> IntegerGraph:
     return b.build(y, {"input_shape": list(shape)})
 
 
+def amx_residual(seed: int = 3, shape=(1, 128, 15, 13)) -> IntegerGraph:
+    """Two large 1x1 convs (K = 128 and 160, past the AMX rule) with a fused LUT and a residual add of the first
+    conv's codes: both convs go to AMX-INT8 tiles on a host that has them, and the padded tiles of the ragged
+    15 x 13 pixels read a valid skip element."""
+    b = IntegerGraphBuilder()
+    g = Gen(b, seed)
+    q = b.call(ops.quantize, b.input("x"), 1 / 0.03, 127.6, 255)
+    h = b.call(ops.lut, conv_block(g, q, shape[1], 160, 1), g.table(8))
+    d = conv_block(g, h, 160, 160, 1)
+    a = b.call(ops.add, h, d, multiplier_a=3 << 13, multiplier_b=1 << 14, offset=(1 << 14) - 100 * (1 << 15),
+               shift=15, lo=0, hi=255)
+    return b.build(b.call(ops.dequantize, a, 0.04, 101.5), {"input_shape": list(shape)})
+
+
 def se_island(seed: int = 0, shape=(1, 3, 7, 9), channels: int = 8, hidden: int = 4,
               float32_weights: bool = False) -> IntegerGraph:
     """Squeeze-excite with a float island (MobileNetV3's): conv codes -> dequantize -> global mean -> 1x1 conv

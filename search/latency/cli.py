@@ -26,6 +26,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     old = LatencyTable.load(out) if out.exists() else None
     table = LatencyTable.build(space, args.target, args.threads, table=old, max_cover=args.max_cover,
                                n_fit=args.n_fit, qnet=qnet, path=out, remote=args.remote, tracker=args.tracker,
+                               rounds=args.rounds, calls=args.calls,
                                key=args.key, cpu_model=args.cpu_model)
     print(table.summary())
     if args.validate:
@@ -73,6 +74,9 @@ def add_parser(sub: Any, space_args: Any) -> None:
     b.add_argument("--repeat", type=int, default=60, help="end-to-end calls per validation measurement")
     b.add_argument("--max-cover", type=int, default=16)
     b.add_argument("--n-fit", type=int, default=4)
+    b.add_argument("--rounds", type=int, default=40,
+                   help="round-robin timing rounds (each visits every new kernel and network once)")
+    b.add_argument("--calls", type=int, default=3, help="calls (kernels: windows) per item and round")
     b.set_defaults(fn=cmd_build)
     s = lsub.add_parser("show", help="print a table's keys, size and fit")
     s.add_argument("table")

@@ -508,3 +508,71 @@ def test_overhead_models_recover_a_known_model():
                                atol=1e-9)
     assert m["per_strategy_kernel_term"]["fit_loo_mape"] < 1e-6 < m["scale_kernel_call"]["fit_loo_mape"]
     assert m["per_strategy_kernel_term"]["heldout_within_5pct"] == 1.0
+
+
+def test_build_times_in_rounds_and_resumes_without_lowering(lowered, tmp_path, monkeypatch):
+    """`build` here: lower + save each subnet, then time kernels and networks in round-robin rounds; each entry
+    keeps its rounds and `latency_ms` = rmin (checked by hand); a build interrupted after lowering resumes from
+    the saved libraries (a second lowering fails the test), and a complete table is a lookup."""
+    import qcompile.api
+    from qcompile.search.latency.libraries import saved
+    from qcompile.search.latency.table import _library_dir
+    from qcompile.search.latency.workloads import workload_key
+
+    space, pairs = lowered
+    cfg = pairs[0][0]  # covering_configs(space, 1, seed=0)[0]: the plan of max_cover=1, n_fit=0
+    path = tmp_path / "t.json"
+    libs = tmp_path / "t.json.libs"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(qs.LatencyTable, "_time_rounds", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, path=path)
+    assert saved(_library_dir(libs, cfg)) and not path.exists()
+
+    def no_lowering(*a, **k):
+        raise AssertionError("a saved library was lowered again")
+
+    monkeypatch.setattr(qcompile.api, "lower", no_lowering)
+    t = qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, path=path, rounds=4, calls=2)
+    assert t.keys["timing"] == {"protocol": "rounds", "stat": "rmin", "rounds": 4, "calls": 2, "window_us": 50.0}
+    (net,) = t.networks
+    emitted = pairs[0][1].meta["kernels"]
+    assert net["config"] == cfg.to_json() and net["role"] == "cover" and net["kernels"] == len(emitted)
+    entries = [net, *t.kernels.values()]
+    assert set(t.kernels) == {workload_key(k["workload"]) for k in emitted if k["primfuncs"]}
+    for e in entries:
+        assert len(e["rounds_ms"]) == 4 and all(len(r) == 2 for r in e["rounds_ms"]) and e["stat"] == "rmin"
+        assert e["latency_ms"] == statistics.median(min(r) for r in e["rounds_ms"]) > 0
+        assert e["samples_ms"] == [x for r in e["rounds_ms"] for x in r] and "median_ms" not in e
+    s, n = t.kernel_sum(cfg)
+    assert n == len(emitted)
+    assert math.isclose(s, sum(t.kernels[workload_key(k["workload"])]["latency_ms"] for k in emitted), rel_tol=1e-12)
+    loaded = qs.LatencyTable.load(path)
+    assert loaded.networks == json.loads(json.dumps(t.networks))
+    assert loaded.predict(cfg) == pytest.approx(t.predict(cfg), rel=1e-12)
+    again = qs.LatencyTable.build(space, "x86", 1, table=loaded, max_cover=1, n_fit=0, progress=False, path=path)
+    assert again.networks[0]["rounds_ms"] == net["rounds_ms"]  # nothing timed again
+    with pytest.raises(ConfigError, match="rounds"):
+        qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, rounds=0)
+
+
+def test_burst_table_still_loads_and_predicts(table, lowered, tmp_path):
+    """A table written before the round-robin protocol (entries with `median_ms` only, no `latency_ms`/`rounds_ms`)
+    loads, and predicts a * sum(median_ms) + b * n + c."""
+    from qcompile.search.latency.workloads import workload_key
+
+    space, pairs = lowered
+    d = table.to_dict()
+    assert all("latency_ms" not in e and "rounds_ms" not in e for e in d["kernels"] + d["networks"])
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    old = qs.LatencyTable.load(path)
+    f = old.fit_params
+    for cfg, low in pairs:
+        ms = sum(old.kernels[workload_key(k["workload"])]["median_ms"] for k in low.meta["kernels"])
+        expect = f["scale"] * ms + f["per_kernel_ms"] * len(low.meta["kernels"]) + f["per_call_ms"]
+        assert old.predict(cfg) == pytest.approx(expect, rel=1e-12)

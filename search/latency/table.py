@@ -297,27 +297,37 @@ class LatencyTable:
     @classmethod
     def build(cls, space: Any, target: Any = "x86", num_threads: int = 1, *, table: LatencyTable | None = None,
               max_cover: int = 16, n_fit: int = 4, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
-              qnet: Any = None, rounds: int = 40, calls: int = 3, network_repeat: int = 100,
-              kernel_window_us: float = 50.0, kernel_repeat: int = 25, progress: bool = True,
-              path: str | os.PathLike | None = None, libs: str | os.PathLike | None = None,
+              qnet: Any = None, validate: Sequence[SubnetConfig] = (), phase: str = "all", rounds: int = 40,
+              calls: int = 3, network_repeat: int = 100, kernel_window_us: float = 50.0, kernel_repeat: int = 25,
+              progress: bool = True, path: str | os.PathLike | None = None, libs: str | os.PathLike | None = None,
               remote: str | None = None, tracker: str | None = None, key: str | None = None,
               cpu_model: str | None = None) -> LatencyTable:
         """Time the kernels of a covering set of subnets (`covering_configs`) plus `n_fit` random subnets, and
         fit the overhead model on their end-to-end latencies. `table`: extend it (what it has is not re-timed,
         a second build of the same space is a lookup). `qnet`: a trained quantized supernet (else random weights:
-        the kernels and their speed do not depend on the weight values on VNNI hosts).
+        the kernels and their speed do not depend on the weight values on VNNI hosts). `validate`: held-out
+        subnets timed end to end in the same rounds, stored with role "validate" (never in the fit, their kernels
+        are not timed; `validate.heldout_rows` scores them).
 
         Here (no boards) the build runs in two phases. First each subnet the table lacks is lowered and its
         library written to `libs` (`save_for_timing`; default `<path>.libs/`, a temporary directory without
-        `path`), one directory per config: an interrupted build resumes without lowering again. Then every new
-        kernel workload and every network of this build whose library is in `libs` (the new ones and, so the fit
-        sees one measurement window, those timed before) are timed together in `rounds` round-robin rounds
-        (`rounds.py`: each round visits every item once in a fresh seeded order, `calls` end-to-end calls per
-        network, `calls` windows of ~`kernel_window_us` per kernel), after one untimed warm-up round. A host whose
-        speed drifts over seconds then moves every item alike, where one burst per subnet measured each at its
-        own moment. Each entry keeps its samples by round (`rounds_ms`) and `latency_ms` = `rmin` (median over
-        rounds of the per-round minimum, `rounds.round_stat`). The timing phase itself restarts from its first
-        round when interrupted (it takes seconds to a minute; the lowering is what takes minutes).
+        `path`), under the emitter key of this tree (`libraries.emitter_key`: a library lowered by another
+        emitter is never timed) and one directory per config: an interrupted build resumes without lowering
+        again. Then every new kernel workload and every network of this build whose library is in `libs` (the
+        new ones and, so the fit sees one measurement window, those timed before) are timed together in `rounds`
+        round-robin rounds (`rounds.run_rounds`, the loop the validation benchmark runs: each round visits every
+        item once in a fresh seeded order, `calls` end-to-end calls per network, `calls` windows of
+        ~`kernel_window_us` per kernel), after one untimed warm-up round. A host whose speed drifts over seconds
+        then moves every item alike, where one burst per subnet measured each at its own moment. Each entry
+        keeps its samples by round (`rounds_ms`) and `latency_ms` = `rmin` (median over rounds of the per-round
+        minimum, `rounds.round_stat`). The timing phase restarts from its first round when interrupted (it takes
+        seconds to a minute; the lowering is what takes minutes).
+
+        `phase` splits the two for a quiet-window measurement: "lower" only lowers and saves the libraries of
+        the plan (and of `validate`) that `libs` lacks, under any load, and returns `table` untimed; "time"
+        lowers nothing (a missing library is a `ConfigError`) and re-times every kernel and network of the plan
+        from the saved libraries, replacing what `table` held for them; "all" (default) does both, timing only
+        what is new.
 
         `remote="host:port"` times on the board behind a TVM RPC server, `tracker="host:port"` with `key` on
         every free board of that key (subnets spread over them; the libraries are cross-compiled here);
@@ -331,40 +341,66 @@ class LatencyTable:
         for name, v in (("rounds", rounds), ("calls", calls)):
             if int(v) < 1:
                 raise ConfigError(name, v, "an integer >= 1 (round-robin rounds, calls per item and round)")
+        if phase not in ("all", "lower", "time"):
+            raise ConfigError("phase", phase, "'all' (lower what is new, then time it), 'lower' or 'time'")
         boards = None
         if remote is not None or tracker is not None:
             boards = Boards(remote=remote, tracker=tracker, key=key, cpu_model=cpu_model)
+            if phase != "all" or validate:
+                raise ConfigError("phase" if phase != "all" else "validate", phase if phase != "all" else
+                                  f"{len(validate)} subnets", "phase='all' and no validate subnets with boards "
+                                  "(their libraries live on the board only for one RPC session; score held-out "
+                                  "subnets with validate.validate)")
+        if phase != "all" and libs is None and path is None:
+            raise ConfigError("libs", None, f"a directory (or `path`) for phase={phase!r}: the libraries must "
+                              "outlive the call that lowers them")
         keys = machine_keys(target, num_threads, boards)
         if table is None:
             table = cls(space, keys)
         else:
             table.check(target, num_threads, space, boards)
-        done = {json.dumps(json.loads(n["config"]), sort_keys=True) for n in table.networks}
+        done = {_config_id(SubnetConfig.from_json(n["config"])) for n in table.networks}
         cover = covering_configs(space, max_cover, seed, bits)
         fits = [space.sample(seed=seed * 100_003 + 10_000 + i, bits=bits) for i in range(n_fit)]
-        plan = [(c, "cover") for c in cover] + [(c, "fit") for c in fits]
+        plan = [(c, "cover") for c in cover] + [(c, "fit") for c in fits] + [(c, "validate") for c in validate]
         todo = [(c, r) for c, r in plan if _config_id(c) not in done]
         t0 = time.perf_counter()
         timing = dict(network_repeat=network_repeat, kernel_window_us=kernel_window_us, kernel_repeat=kernel_repeat)
         if boards is not None:
             table._time_on_boards(todo, boards, target, num_threads, qnet, progress, path, timing)
-        elif todo:  # else every subnet of the plan is in the table: a lookup
+        elif todo or phase != "all":  # else every subnet of the plan is in the table: a lookup
             import tempfile
+
+            from qcompile.search.latency.libraries import emitter_key, saved
 
             with contextlib.ExitStack() as stack:
                 if libs is None:
                     libs = (Path(f"{path}.libs") if path is not None else
                             Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-lt-"))))
-                libs = Path(libs)
-                for cfg, _role in tqdm(todo, desc="latency table: lower", disable=not progress, unit="subnet"):
-                    table._lower_saved(cfg, target, num_threads, qnet, libs)
-                from qcompile.search.latency.libraries import saved
-
-                # this build's networks with a library here: the new ones and those timed by an earlier build
-                nets = [(c, r, _library_dir(libs, c)) for c, r in plan if saved(_library_dir(libs, c))]
-                table._time_rounds(nets, rounds, calls, kernel_window_us, seed, progress)
-                table.keys = {**table.keys, "timing": {"protocol": "rounds", "stat": "rmin", "rounds": int(rounds),
-                                                       "calls": int(calls), "window_us": float(kernel_window_us)}}
+                libs = Path(libs) / emitter_key(target)["key"]
+                if phase == "time":
+                    missing = [c for c, _ in plan if not saved(_library_dir(libs, c))]
+                    if missing:
+                        raise ConfigError("libs", str(libs), f"a saved library for every subnet of the plan "
+                                          f"({len(missing)} of {len(plan)} missing, e.g. "
+                                          f"{_library_dir(libs, missing[0]).name}): run phase='lower' "
+                                          "(`--lower-only`) with the same settings first")
+                else:
+                    lower = plan if phase == "lower" else todo
+                    for cfg, _role in tqdm(lower, desc="latency table: lower", disable=not progress, unit="subnet"):
+                        table._lower_saved(cfg, target, num_threads, qnet, libs)
+                if phase != "lower":
+                    # this build's networks with a library here: the new ones and those timed by an earlier build
+                    nets = [(c, r, _library_dir(libs, c)) for c, r in plan if saved(_library_dir(libs, c))]
+                    table._time_rounds(nets, rounds, calls, kernel_window_us, seed, progress,
+                                       retime=phase == "time")
+                    table.keys = {**table.keys, "timing": {"protocol": "rounds", "stat": "rmin",
+                                                           "rounds": int(rounds), "calls": int(calls),
+                                                           "window_us": float(kernel_window_us)}}
+        if phase == "lower":
+            log.info("latency table: %d libraries lowered and saved in %.0f s (not timed: phase='lower')",
+                     len(plan), time.perf_counter() - t0)
+            return table
         table._predictor = None
         table._restore_blocks()
         table.fit()
@@ -398,14 +434,13 @@ class LatencyTable:
         return save_for_timing(low, d)
 
     def _time_rounds(self, nets: list, rounds: int, calls: int, window_us: float, seed: int,
-                     progress: bool) -> None:
-        """Time the saved libraries `nets` ([(cfg, role, dir)]) end to end and every kernel workload of theirs
-        that the table lacks, in round-robin rounds (`build`'s docstring); store `rmin` and the rounds."""
-        from tqdm import tqdm
-
+                     progress: bool, retime: bool = False) -> None:
+        """Time the saved libraries `nets` ([(cfg, role, dir)]) end to end and every kernel workload of the
+        cover and fit ones that the table lacks (all of them with `retime`), in round-robin rounds (`build`'s
+        docstring); store `rmin` and the rounds."""
         from qcompile.search.latency.libraries import SavedTimer
         from qcompile.search.latency.remote import kernel_evaluator, network_evaluator
-        from qcompile.search.latency.rounds import round_order, round_stat
+        from qcompile.search.latency.rounds import round_stat, run_rounds
         from qcompile.search.latency.workloads import remember
 
         items: list[tuple[str, Any, Any]] = []  # (kind, key or (cfg, role, n_kernels), callable)
@@ -420,9 +455,11 @@ class LatencyTable:
             # slow kernel_workloads path (they are equal: tests/search/test_latency.py)
             remember(self.space, cfg, kernels, self.target, self.num_threads)
             items.append(("network", (cfg, role, len(kernels)), network_evaluator(timer, calls)))
+            if role not in ("cover", "fit"):  # held out: only its end-to-end latency is measured
+                continue
             for k in kernels:
                 wkey = workload_key(k["workload"])
-                if wkey in self.kernels or wkey in seen or not k["primfuncs"]:
+                if (wkey in self.kernels and not retime) or wkey in seen or not k["primfuncs"]:
                     continue
                 made = kernel_evaluator(timer, list(k["primfuncs"]), window_us, calls)
                 if made is None:
@@ -435,9 +472,12 @@ class LatencyTable:
         for fn in (f for _, _, f in items):  # warm-up round (thread pool, caches), not kept
             fn()
         samples: list[list[list[float]]] = [[] for _ in items]
-        for r in tqdm(range(int(rounds)), desc="latency table: time", disable=not progress, unit="round"):
-            for i in round_order(len(items), seed, r):
-                samples[i].append([round(float(x), 6) for x in items[i][2]()])
+        t0 = time.perf_counter()
+        for _r, got in run_rounds([f for _, _, f in items], rounds, seed, progress=progress,
+                                  desc="latency table: time"):
+            for i, x in enumerate(got):
+                samples[i].append(x)
+        log.info("timed %d rounds in %.1f s, load %s", rounds, time.perf_counter() - t0, os.getloadavg())
         by_config = {_config_id(SubnetConfig.from_json(n["config"])): i for i, n in enumerate(self.networks)}
         for (kind, what, _), rs in zip(items, samples):
             entry = {"rounds_ms": rs, "samples_ms": [x for r in rs for x in r], "stat": "rmin",
@@ -593,7 +633,9 @@ class LatencyTable:
         lines = [f"latency table: space {self.space!r}", f"  target {k['target']} ({k['cpu_model']}, mcpu "
                  f"{k['mcpu']}, {len(k['mattr'])} features), {k['num_threads']} thread(s), tuning {k['tuning']}",
                  f"  qcompile {k['qcompile']}, tvm {k['tvm']}, built in {k.get('build_seconds', '?')} s",
-                 f"  {len(self.kernels)} timed kernel workloads, {len(nets)} timed networks",
+                 f"  {len(self.kernels)} timed kernel workloads, {len(nets)} timed networks ("
+                 + ", ".join(f"{sum(n.get('role') == r for n in nets)} {r}" for r in sorted({n.get("role")
+                                                                                           for n in nets})) + ")",
                  f"  fit: latency = {self.fit_params['scale']:.3f} * sum(kernels) + "
                  f"{1e3 * self.fit_params['per_kernel_ms']:.2f} us * n_kernels + "
                  f"{1e3 * self.fit_params['per_call_ms']:.1f} us"]

@@ -279,6 +279,21 @@ def test_cli_latency_table_build_boards_refusals(tmp_path, capsys):
     assert not (tmp_path / "arm.json").exists()
 
 
+def test_cli_latency_table_time_only_refusals(tmp_path, capsys):
+    """`--lower-only` and `--time-only` exclude each other; `--time-only` lowers nothing and names the libraries
+    it lacks (seconds: it stops before any lowering or timing)."""
+    from qcompile.cli import main
+
+    base = ["latency-table", "build", "--space", "mobilenet_v3", "--width-mult", "0.25", "--resolutions", "16",
+            "--max-cover", "2", "--n-fit", "1", "--validate", "2", "--libs", str(tmp_path / "libs"),
+            "--out", str(tmp_path / "t.json")]
+    assert main([*base, "--lower-only", "--time-only"]) == 2
+    assert "--lower-only/--time-only" in capsys.readouterr().err
+    assert main([*base, "--time-only"]) == 2
+    assert "5 of 5 missing" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
 @pytest.fixture(scope="session")
 def saved_lib(lowered, tmp_path_factory):
     """The second lowering of `lowered`, written once by `save_for_timing` (writing the object takes seconds)."""
@@ -515,7 +530,7 @@ def test_build_times_in_rounds_and_resumes_without_lowering(lowered, tmp_path, m
     keeps its rounds and `latency_ms` = rmin (checked by hand); a build interrupted after lowering resumes from
     the saved libraries (a second lowering fails the test), and a complete table is a lookup."""
     import qcompile.api
-    from qcompile.search.latency.libraries import saved
+    from qcompile.search.latency.libraries import emitter_key, saved
     from qcompile.search.latency.table import _library_dir
     from qcompile.search.latency.workloads import workload_key
 
@@ -531,7 +546,7 @@ def test_build_times_in_rounds_and_resumes_without_lowering(lowered, tmp_path, m
         m.setattr(qs.LatencyTable, "_time_rounds", interrupted)
         with pytest.raises(KeyboardInterrupt):
             qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, path=path)
-    assert saved(_library_dir(libs, cfg)) and not path.exists()
+    assert saved(_library_dir(libs / emitter_key("x86")["key"], cfg)) and not path.exists()
 
     def no_lowering(*a, **k):
         raise AssertionError("a saved library was lowered again")
@@ -576,3 +591,58 @@ def test_burst_table_still_loads_and_predicts(table, lowered, tmp_path):
         ms = sum(old.kernels[workload_key(k["workload"])]["median_ms"] for k in low.meta["kernels"])
         expect = f["scale"] * ms + f["per_kernel_ms"] * len(low.meta["kernels"]) + f["per_call_ms"]
         assert old.predict(cfg) == pytest.approx(expect, rel=1e-12)
+
+
+def test_build_phases_time_only_and_heldout_rows(lowered, saved_lib, tmp_path, monkeypatch):
+    """`phase="time"` lowers nothing: it refuses a plan whose libraries are missing, and otherwise re-times every
+    kernel and network of the plan from the saved libraries (twice: the second replaces the first). Held-out
+    subnets (`validate=`) are timed in the same rounds with role "validate": never in the fit, their kernels not
+    timed; `heldout_rows` predicts them with `table.predict` and scores their rmin."""
+    import shutil
+
+    import qcompile.api
+    from qcompile.search.latency.libraries import emitter_key, save_for_timing
+    from qcompile.search.latency.table import _library_dir
+    from qcompile.search.latency.validate import heldout_rows
+    from qcompile.search.latency.workloads import workload_key
+
+    space, pairs = lowered
+    (cover, cover_low), *held = pairs  # cover: the plan of max_cover=1, n_fit=0
+    libs, path = tmp_path / "libs", tmp_path / "t.json"
+    kw = dict(max_cover=1, n_fit=0, progress=False, path=path, libs=libs, validate=[c for c, _ in held])
+    with pytest.raises(ConfigError, match="3 of 3 missing"):
+        qs.LatencyTable.build(space, "x86", 1, phase="time", **kw)
+    for i, (c, low) in enumerate(pairs):  # what phase="lower" writes, from the session's lowerings
+        d = _library_dir(libs / emitter_key("x86")["key"], c)
+        if i == 1:  # written once for the session already
+            shutil.copytree(saved_lib, d)
+        else:
+            save_for_timing(low, d)
+
+    def fail(*a, **k):
+        raise AssertionError("lowered or timed")
+
+    monkeypatch.setattr(qcompile.api, "lower", fail)
+    with monkeypatch.context() as m:
+        m.setattr(qs.LatencyTable, "_time_rounds", fail)
+        untimed = qs.LatencyTable.build(space, "x86", 1, phase="lower", **kw)  # every library there: nothing to do
+    assert not untimed.networks and not untimed.kernels and not path.exists()
+    t = qs.LatencyTable.build(space, "x86", 1, phase="time", rounds=3, calls=2, **kw)
+    assert [n["role"] for n in t.networks] == ["cover", "validate", "validate"]
+    assert set(t.kernels) == {workload_key(k["workload"]) for k in cover_low.meta["kernels"] if k["primfuncs"]}
+    assert t.fit_params["scale"] == 1.0 and "networks" not in t.fit_params  # one fit network: no fit
+    rows = heldout_rows(qs.LatencyTable.load(path))
+    assert len(rows) == 2
+    for row, net, (c, low) in zip(rows, t.networks[1:], held):
+        assert row["config"] == net["config"] == c.to_json() and len(net["rounds_ms"]) == 3
+        assert row["measured_ms"] == row["latency_ms"] == statistics.median(min(r) for r in net["rounds_ms"])
+        assert row["median_ms"] == statistics.median(net["samples_ms"]) and row["min_ms"] == min(net["samples_ms"])
+        assert row["predicted_ms"] == pytest.approx(t.predict(c), rel=1e-12)
+        assert row["forest_kernels"] == sum(workload_key(k["workload"]) not in t.kernels for k in low.meta["kernels"])
+    assert sum(r["forest_kernels"] for r in rows) > 0  # the held-out subnets have kernels the cover lacks
+    again = qs.LatencyTable.build(space, "x86", 1, phase="time", rounds=2, calls=1, table=t, **kw)
+    assert len(again.networks) == 3 and set(again.kernels) == set(t.kernels)
+    assert all(len(e["rounds_ms"]) == 2 and len(e["rounds_ms"][0]) == 1
+               for e in [*again.networks, *again.kernels.values()])
+    with pytest.raises(ConfigError, match="phase"):
+        qs.LatencyTable.build(space, "x86", 1, phase="quiet", **kw)

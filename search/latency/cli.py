@@ -50,7 +50,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             ids = {c.to_json() for c in heldout}
             rows = [r for r in rows if r["config"] in ids]
             forest = [r["forest_kernels"] for r in rows if r["forest_kernels"] is not None]
-            print(f"held-out subnets timed in the table's {table.keys['timing']['rounds']} rounds "
+            print(f"held-out subnets timed in the table's {table.keys.get('timing', {}).get('rounds', '?')} rounds "
                   f"({sum(forest)} of their kernels from the forest):")
             for name, key in (("rmin", "latency_ms"), ("median of all samples", "median_ms")):
                 print(f"  measured = {name}: " + json.dumps(summarize([{**r, "measured_ms": r[key]} for r in rows])))

@@ -112,7 +112,7 @@ def scatter_plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Pat
     ax.plot([lo, hi], [lo, hi], "k-", lw=1)
     ax.plot([lo, hi], [lo * 1.1, hi * 1.1], "k:", lw=0.8)
     ax.plot([lo, hi], [lo * 0.9, hi * 0.9], "k:", lw=0.8)
-    ax.set_xlabel("measured (ms, median)")
+    ax.set_xlabel("measured (ms: rmin of rounds, or median of a burst)")
     ax.set_ylabel("predicted (ms)")
     s = summarize(rows)
     ax.set_title(title or f"n={s['n']}, within 10%: {100 * s['within_10pct']:.0f}%, 5%: {100 * s['within_5pct']:.0f}%")

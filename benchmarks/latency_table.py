@@ -38,7 +38,7 @@ from typing import Any
 
 import qcompile as qc
 from qcompile.search.latency import LatencyTable
-from qcompile.search.latency.table import _cpu_model, covering_configs
+from qcompile.search.latency.table import _cpu_model, covering_configs, entry_ms
 from qcompile.search.latency.validate import heldout_configs, scatter_plot, summarize, validate
 
 log = logging.getLogger("benchmarks.latency_table")
@@ -214,8 +214,10 @@ def _done_rounds(path: Path) -> int:
         return 0
     text = path.read_text()
     if text and not text.endswith("\n"):  # interrupted mid-write: keep the complete rounds only
+        from qcompile.utils.io import atomic_write_text
+
         text = text[: text.rfind("\n") + 1]
-        path.write_text(text)
+        atomic_write_text(path, text)
     return len(text.splitlines())
 
 
@@ -232,7 +234,7 @@ def time_phase(args: argparse.Namespace) -> int:
 
     from qcompile.search.latency.libraries import SavedTimer, emitter_key
     from qcompile.search.latency.remote import kernel_evaluator, network_evaluator
-    from qcompile.search.latency.rounds import round_order
+    from qcompile.search.latency.rounds import run_rounds
     from qcompile.utils.io import atomic_write_text
 
     root = prep_dir(args.out, args.key)
@@ -287,17 +289,14 @@ def time_phase(args: argparse.Namespace) -> int:
     if old is None:
         atomic_write_text(items_path, json.dumps({"threads": args.threads, "calls": args.calls,
                                                   "window_us": args.window_us, "seed": args.seed, "items": items}))
-    t0 = time.perf_counter()
+    t0 = tr = time.perf_counter()
     with open(rounds_path, "a") as f:
-        for r in tqdm(range(start, args.rounds), desc=f"time t{args.threads}", unit="round"):
-            tr = time.perf_counter()
-            samples: list = [None] * len(items)
-            for i in round_order(len(items), args.seed, r):
-                samples[i] = [round(x, 6) for x in fns[i]()]
+        for r, samples in run_rounds(fns, args.rounds, args.seed, start, desc=f"time t{args.threads}"):
             f.write(json.dumps({"round": r, "t_s": round(time.perf_counter() - t0, 3), "unix": round(time.time(), 1),
                                 "round_s": round(time.perf_counter() - tr, 3), "load1": os.getloadavg()[0],
                                 "samples_ms": samples}) + "\n")
             f.flush()
+            tr = time.perf_counter()
     took = time.perf_counter() - t0
     log.info("timed rounds %d..%d in %.1f s at %d thread(s), load %s", start, args.rounds - 1, took, args.threads,
              os.getloadavg())
@@ -375,9 +374,9 @@ def table_from_timings(space: Any, threads: int, kernel_items: list[dict], net_i
     kernels = {}
     for r in kernel_items:
         kernels[workload_key(r["workload"])] = {"workload": r["workload"], "samples_ms": r["samples_ms"],
-                                                "median_ms": float(r[stat])}
-    nets = [{"config": r["config"], "role": r["role"], "samples_ms": r["samples_ms"], "median_ms": float(r[stat]),
-             "kernels": None} for r in net_items if r["role"] in ("cover", "fit")]
+                                                "latency_ms": float(r[stat]), "stat": stat.removesuffix("_ms")}
+    nets = [{"config": r["config"], "role": r["role"], "samples_ms": r["samples_ms"], "latency_ms": float(r[stat]),
+             "stat": stat.removesuffix("_ms"), "kernels": None} for r in net_items if r["role"] in ("cover", "fit")]
     table = LatencyTable(space, machine_keys("x86", threads), kernels, nets, {}, None)
     table.fit()
     return table
@@ -498,7 +497,7 @@ def report(args: argparse.Namespace) -> int:
                         **({"measured_even_ms": r["even"][stat], "measured_odd_ms": r["odd"][stat]}
                            if r["even"] else {})})
                 s = {"fit": table.fit_params, "heldout_kernels_from_forest": untimed, **summarize(val)}
-                timed = {k: v["median_ms"] for k, v in table.kernels.items()}
+                timed = {k: entry_ms(v) for k, v in table.kernels.items()}
                 s["overhead_models"] = overhead_models(
                     [_design(metas[(tag, r["entry"])], timed) for r in fits], [r[stat] for r in fits],
                     [_design(metas[(tag, r["entry"])], timed) for r in vals], [r[stat] for r in vals])

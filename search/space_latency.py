@@ -44,6 +44,7 @@ import numpy as np
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.latency import KernelPredictor, LatencyTable, covering_configs, kernel_workloads, machine_keys
+from qcompile.search.latency.table import entry_ms
 from qcompile.search.latency.workloads import block_keys, space_key, workload_key
 from qcompile.spaces.hyperspace import Hyperspace
 
@@ -146,20 +147,29 @@ class KernelCosts:
             raise ConfigError("kernel costs", "no timed kernels", "latency tables with timed kernels")
         self.kernels = kernels
         self.fit_params = dict(fit)
-        self._ms: dict[str, float] = {k: float(v["median_ms"]) for k, v in kernels.items()}
+        self._ms: dict[str, float] = {k: entry_ms(v) for k, v in kernels.items()}
         self.predictor = KernelPredictor(seed=seed).fit([v["workload"] for v in kernels.values()],
-                                                        [float(v["median_ms"]) for v in kernels.values()])
+                                                        [entry_ms(v) for v in kernels.values()])
 
     @classmethod
     def pool(cls, tables: list[LatencyTable]) -> KernelCosts:
-        """Kernels of all `tables` (a workload timed by several: the median of its pooled samples); no fit yet."""
+        """Kernels of all `tables`; a workload timed by several: `rmin` over their pooled rounds
+        (`rounds.round_stat`) when every table timed it in rounds, else the median of its pooled samples
+        (burst timings); no fit yet."""
+        from qcompile.search.latency.rounds import round_stat
+
         samples: dict[str, list[float]] = {}
+        rounds: dict[str, list | None] = {}
         work: dict[str, dict] = {}
         for t in tables:
             for k, v in t.kernels.items():
                 work.setdefault(k, v["workload"])
                 samples.setdefault(k, []).extend(float(x) for x in v["samples_ms"])
-        kernels = {k: {"workload": work[k], "median_ms": float(np.median(samples[k]))} for k in sorted(work)}
+                rs = rounds.setdefault(k, [])
+                rounds[k] = rs + list(v["rounds_ms"]) if rs is not None and "rounds_ms" in v else None
+        kernels = {k: {"workload": work[k], **({"latency_ms": round_stat(rounds[k], "rmin"), "stat": "rmin"}
+                                               if rounds[k] else {"median_ms": float(np.median(samples[k]))})}
+                   for k in sorted(work)}
         return cls(kernels, {"scale": 1.0, "per_kernel_ms": 0.0, "per_call_ms": 0.0, "networks": 0})
 
     def kernel_ms(self, w: dict, key: str | None = None) -> float:
@@ -190,12 +200,12 @@ class KernelCosts:
             for net in t.networks:
                 if net.get("role") not in ("cover", "fit"):
                     continue
-                if float(net["median_ms"]) > PREEMPTED_RATIO * min(net.get("samples_ms") or [net["median_ms"]]):
+                if entry_ms(net) > PREEMPTED_RATIO * min(net.get("samples_ms") or [entry_ms(net)]):
                     dropped += 1
                     continue
                 ws = kernel_workloads(t.space, SubnetConfig.from_json(net["config"]), target, num_threads)
                 rows.append([sum(self.kernel_ms(w) for w in ws), len(ws), 1.0])
-                ys.append(float(net["median_ms"]))
+                ys.append(entry_ms(net))
         if dropped:
             log.warning("%d timed network(s) left out of the fit: median > %g x fastest call (preempted)", dropped,
                         PREEMPTED_RATIO)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["STATISTICS", "round_order", "round_stat", "item_stats", "split_reproducibility"]
+__all__ = ["STATISTICS", "round_order", "run_rounds", "round_stat", "item_stats", "split_reproducibility"]
 
 #: what `item_stats` computes: rmin (the round-robin statistic), and the burst-era statistics over all samples
 STATISTICS = ("rmin", "median", "min")
@@ -37,6 +37,22 @@ def round_order(n_items: int, seed: int, round_index: int) -> list[int]:
     order = list(range(int(n_items)))
     random.Random(f"{seed}:{round_index}").shuffle(order)
     return order
+
+
+def run_rounds(fns: Sequence[Callable[[], Sequence[float]]], rounds: int, seed: int, start: int = 0,
+               progress: bool = True, desc: str = "time") -> Iterator[tuple[int, list[list[float]]]]:
+    """The round-robin protocol itself: for each round `r` in `start..rounds-1`, call every item's sampler
+    (`fns[i]()`: a few calls or kernel windows, times in ms) once, in the order `round_order(len(fns), seed, r)`,
+    and yield `(r, samples)` with `samples[i]` the item's samples of that round (rounded to ns). The caller keeps
+    them (a JSON line per round in the benchmark, table entries in `LatencyTable.build`); resuming at `start`
+    repeats the orders an uninterrupted run would have used."""
+    from tqdm import tqdm
+
+    for r in tqdm(range(int(start), int(rounds)), desc=desc, disable=not progress, unit="round"):
+        samples: list = [None] * len(fns)
+        for i in round_order(len(fns), seed, r):
+            samples[i] = [round(float(x), 6) for x in fns[i]()]
+        yield r, samples
 
 
 def round_stat(rounds: Sequence[Sequence[float]], stat: str = "rmin") -> float:

@@ -2,8 +2,10 @@
 
 Model (OFA/APQ lookup tables, Cai et al. 2020 / Wang et al. 2020, at nn-Meter's kernel granularity,
 Zhang et al. 2021): latency(cfg) = a * sum_k t(k) + b * (number of kernels) + c, over the kernels `k`
-that `kernel_workloads` says `qc.lower` emits for cfg. `t(k)` is the median of the kernel's timed
-samples when the table has it, else the kernel-level random-forest predictor (`predictor.py`).
+that `kernel_workloads` says `qc.lower` emits for cfg. `t(k)` is the kernel's timed latency when the table has
+it (`latency_ms`: `rmin`, the round-robin statistic of `rounds.py`, for tables built locally; `median_ms` of a
+burst for older tables and RPC boards; `entry_ms` reads either), else the kernel-level random-forest predictor
+(`predictor.py`).
 a, b, c (scale, per-kernel and per-call overhead of the Relax VM) are fit by non-negative least
 squares on whole networks timed end to end. SpaceEvo (Table 7) reports such predictors at 92.5 % of
 models within +-10 % on Intel VNNI.
@@ -16,6 +18,7 @@ atomically; `build(..., table=old)` extends a table and re-times nothing it alre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -50,7 +53,7 @@ from qcompile.search.latency.workloads import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LatencyTable", "machine_keys", "covering_configs", "TABLE_FORMAT"]
+__all__ = ["LatencyTable", "machine_keys", "covering_configs", "entry_ms", "TABLE_FORMAT"]
 
 TABLE_FORMAT = 1
 #: keys that must agree between a table and the machine using it (thread count is checked separately)
@@ -146,6 +149,23 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def entry_ms(entry: dict) -> float:
+    """The latency (ms) a table uses for a kernel or network entry: `latency_ms` (the statistic named by
+    `stat`, `rmin` for round-robin timings) when present, else `median_ms` (burst timings: tables written
+    before the round-robin protocol, and RPC boards)."""
+    return float(entry["latency_ms"] if "latency_ms" in entry else entry["median_ms"])
+
+
+def _library_dir(libs: Path, cfg: SubnetConfig) -> Path:
+    """Where `build` saves the library of `cfg` (one directory per config)."""
+    return Path(libs) / hashlib.sha1(_config_id(cfg).encode()).hexdigest()[:16]
+
+
+def _config_id(cfg: SubnetConfig) -> str:
+    """Canonical form of a config (key of a network in a table and of its saved library)."""
+    return json.dumps(json.loads(cfg.to_json()), sort_keys=True)
+
+
 class LatencyTable:
     """Kernel latencies (raw samples) + whole-network measurements + the fitted overhead model."""
 
@@ -153,13 +173,14 @@ class LatencyTable:
                  blocks: dict | None = None, fit: dict | None = None) -> None:
         self.space = space
         self.keys = keys
-        self.kernels: dict[str, dict] = kernels or {}  # workload key -> {"workload", "samples_ms", "median_ms"}
-        self.networks: list[dict] = networks or []  # {"config", "samples_ms", "median_ms", "role"}
+        # workload key -> {"workload", "rounds_ms", "samples_ms", "latency_ms", "stat"} (burst: "median_ms")
+        self.kernels: dict[str, dict] = kernels or {}
+        self.networks: list[dict] = networks or []  # {"config", "role", "rounds_ms", "samples_ms", "latency_ms", ...}
         self.blocks: dict[str, list[str]] = blocks or {}  # block memo key -> workload keys
         self.fit_params: dict = fit or {"scale": 1.0, "per_kernel_ms": 0.0, "per_call_ms": 0.0}
         self._block_cache: dict[str, tuple[float, int]] = {}
         self._predictor: KernelPredictor | None = None
-        self._median: dict[str, float] = {k: float(v["median_ms"]) for k, v in self.kernels.items()}
+        self._median: dict[str, float] = {k: entry_ms(v) for k, v in self.kernels.items()}
         self._restore_blocks()
 
     def _restore_blocks(self) -> None:
@@ -207,7 +228,7 @@ class LatencyTable:
 
     def _refit_predictor(self) -> None:
         ws = [v["workload"] for v in self.kernels.values()]
-        ms = [float(v["median_ms"]) for v in self.kernels.values()]
+        ms = [entry_ms(v) for v in self.kernels.values()]
         if not ws:
             raise ConfigError("latency table", "no timed kernels", "build the table first (LatencyTable.build)")
         self._predictor = KernelPredictor(seed=0).fit(ws, ms)
@@ -259,7 +280,7 @@ class LatencyTable:
             cfg = SubnetConfig.from_json(net["config"])
             s, n = self.kernel_sum(cfg)
             rows.append([s, n, 1.0])
-            ys.append(float(net["median_ms"]))
+            ys.append(entry_ms(net))
         if len(rows) < 3:
             log.warning("only %d networks timed: overhead model not fit (sum of kernels)", len(rows))
             return self.fit_params
@@ -276,45 +297,115 @@ class LatencyTable:
     @classmethod
     def build(cls, space: Any, target: Any = "x86", num_threads: int = 1, *, table: LatencyTable | None = None,
               max_cover: int = 16, n_fit: int = 4, bits: Sequence[int] | None = (2, 3, 4), seed: int = 0,
-              qnet: Any = None, network_repeat: int = 100, kernel_window_us: float = 50.0, kernel_repeat: int = 25,
-              progress: bool = True, path: str | os.PathLike | None = None, remote: str | None = None,
-              tracker: str | None = None, key: str | None = None, cpu_model: str | None = None) -> LatencyTable:
+              qnet: Any = None, validate: Sequence[SubnetConfig] = (), phase: str = "all", rounds: int = 40,
+              calls: int = 3, network_repeat: int = 100, kernel_window_us: float = 50.0, kernel_repeat: int = 25,
+              progress: bool = True, path: str | os.PathLike | None = None, libs: str | os.PathLike | None = None,
+              remote: str | None = None, tracker: str | None = None, key: str | None = None,
+              cpu_model: str | None = None) -> LatencyTable:
         """Time the kernels of a covering set of subnets (`covering_configs`) plus `n_fit` random subnets, and
         fit the overhead model on their end-to-end latencies. `table`: extend it (what it has is not re-timed,
         a second build of the same space is a lookup). `qnet`: a trained quantized supernet (else random weights:
-        the kernels and their speed do not depend on the weight values on VNNI hosts). `path`: save after each
-        subnet, so an interrupted build resumes. `remote="host:port"` times on the board behind a TVM RPC server,
-        `tracker="host:port"` with `key` on every free board of that key (subnets spread over them; the libraries
-        are cross-compiled here); `cpu_model` names the boards' CPU for the keys (required with either)."""
+        the kernels and their speed do not depend on the weight values on VNNI hosts). `validate`: held-out
+        subnets timed end to end in the same rounds, stored with role "validate" (never in the fit, their kernels
+        are not timed; `validate.heldout_rows` scores them).
+
+        Here (no boards) the build runs in two phases. First each subnet the table lacks is lowered and its
+        library written to `libs` (`save_for_timing`; default `<path>.libs/`, a temporary directory without
+        `path`), under the emitter key of this tree (`libraries.emitter_key`: a library lowered by another
+        emitter is never timed) and one directory per config: an interrupted build resumes without lowering
+        again. Then every new kernel workload and every network of this build whose library is in `libs` (the
+        new ones and, so the fit sees one measurement window, those timed before) are timed together in `rounds`
+        round-robin rounds (`rounds.run_rounds`, the loop the validation benchmark runs: each round visits every
+        item once in a fresh seeded order, `calls` end-to-end calls per network, `calls` windows of
+        ~`kernel_window_us` per kernel), after one untimed warm-up round. A host whose speed drifts over seconds
+        then moves every item alike, where one burst per subnet measured each at its own moment. Each entry
+        keeps its samples by round (`rounds_ms`) and `latency_ms` = `rmin` (median over rounds of the per-round
+        minimum, `rounds.round_stat`). The timing phase restarts from its first round when interrupted (it takes
+        seconds to a minute; the lowering is what takes minutes).
+
+        `phase` splits the two for a quiet-window measurement: "lower" only lowers and saves the libraries of
+        the plan (and of `validate`) that `libs` lacks, under any load, and returns `table` untimed; "time"
+        lowers nothing (a missing library is a `ConfigError`) and re-times every kernel and network of the plan
+        from the saved libraries, replacing what `table` held for them; "all" (default) does both, timing only
+        what is new.
+
+        `remote="host:port"` times on the board behind a TVM RPC server, `tracker="host:port"` with `key` on
+        every free board of that key (subnets spread over them; the libraries are cross-compiled here);
+        `cpu_model` names the boards' CPU for the keys (required with either). Boards keep the burst protocol of
+        `add_lowered` (`network_repeat` calls, `kernel_repeat` windows per subnet, right after its lowering, median
+        kept): their libraries live on the board only for the RPC session that uploaded them."""
         from tqdm import tqdm
 
         if int(num_threads) < 1:
             raise ConfigError("num_threads", num_threads, "a positive thread count")
+        for name, v in (("rounds", rounds), ("calls", calls)):
+            if int(v) < 1:
+                raise ConfigError(name, v, "an integer >= 1 (round-robin rounds, calls per item and round)")
+        if phase not in ("all", "lower", "time"):
+            raise ConfigError("phase", phase, "'all' (lower what is new, then time it), 'lower' or 'time'")
         boards = None
         if remote is not None or tracker is not None:
             boards = Boards(remote=remote, tracker=tracker, key=key, cpu_model=cpu_model)
+            if phase != "all" or validate:
+                raise ConfigError("phase" if phase != "all" else "validate", phase if phase != "all" else
+                                  f"{len(validate)} subnets", "phase='all' and no validate subnets with boards "
+                                  "(their libraries live on the board only for one RPC session; score held-out "
+                                  "subnets with validate.validate)")
+        if phase != "all" and libs is None and path is None:
+            raise ConfigError("libs", None, f"a directory (or `path`) for phase={phase!r}: the libraries must "
+                              "outlive the call that lowers them")
         keys = machine_keys(target, num_threads, boards)
         if table is None:
             table = cls(space, keys)
         else:
             table.check(target, num_threads, space, boards)
-        done = {json.dumps(json.loads(n["config"]), sort_keys=True) for n in table.networks}
+        done = {_config_id(SubnetConfig.from_json(n["config"])) for n in table.networks}
         cover = covering_configs(space, max_cover, seed, bits)
         fits = [space.sample(seed=seed * 100_003 + 10_000 + i, bits=bits) for i in range(n_fit)]
-        todo = [(c, "cover") for c in cover] + [(c, "fit") for c in fits]
-        todo = [(c, r) for c, r in todo if json.dumps(json.loads(c.to_json()), sort_keys=True) not in done]
+        plan = [(c, "cover") for c in cover] + [(c, "fit") for c in fits] + [(c, "validate") for c in validate]
+        todo = [(c, r) for c, r in plan if _config_id(c) not in done]
         t0 = time.perf_counter()
         timing = dict(network_repeat=network_repeat, kernel_window_us=kernel_window_us, kernel_repeat=kernel_repeat)
-        if boards is None:
-            for cfg, role in tqdm(todo, desc="latency table", disable=not progress, unit="subnet"):
-                table._time_config(cfg, role, target, num_threads, qnet, **timing)
-                if path is not None:
-                    table.save(path)
-        else:
+        if boards is not None:
             table._time_on_boards(todo, boards, target, num_threads, qnet, progress, path, timing)
+        elif todo or phase != "all":  # else every subnet of the plan is in the table: a lookup
+            import tempfile
+
+            from qcompile.search.latency.libraries import emitter_key, saved
+
+            with contextlib.ExitStack() as stack:
+                if libs is None:
+                    libs = (Path(f"{path}.libs") if path is not None else
+                            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-lt-"))))
+                libs = Path(libs) / emitter_key(target)["key"]
+                if phase == "time":
+                    missing = [c for c, _ in plan if not saved(_library_dir(libs, c))]
+                    if missing:
+                        raise ConfigError("libs", str(libs), f"a saved library for every subnet of the plan "
+                                          f"({len(missing)} of {len(plan)} missing, e.g. "
+                                          f"{_library_dir(libs, missing[0]).name}): run phase='lower' "
+                                          "(`--lower-only`) with the same settings first")
+                else:
+                    lower = plan if phase == "lower" else todo
+                    for cfg, _role in tqdm(lower, desc="latency table: lower", disable=not progress, unit="subnet"):
+                        table._lower_saved(cfg, target, num_threads, qnet, libs)
+                if phase != "lower":
+                    # this build's networks with a library here: the new ones and those timed by an earlier build
+                    nets = [(c, r, _library_dir(libs, c)) for c, r in plan if saved(_library_dir(libs, c))]
+                    table._time_rounds(nets, rounds, calls, kernel_window_us, seed, progress,
+                                       retime=phase == "time")
+                    table.keys = {**table.keys, "timing": {"protocol": "rounds", "stat": "rmin",
+                                                           "rounds": int(rounds), "calls": int(calls),
+                                                           "window_us": float(kernel_window_us)}}
+        if phase == "lower":
+            log.info("latency table: %d libraries lowered and saved in %.0f s (not timed: phase='lower')",
+                     len(plan), time.perf_counter() - t0)
+            return table
         table._predictor = None
         table._restore_blocks()
         table.fit()
+        for net in table.networks:  # every timed network's blocks into the saved memo: a reloaded table (a second
+            table.kernel_sum(SubnetConfig.from_json(net["config"]))  # build, held-out scoring) predicts them fast
         table.keys = {**table.keys, "build_seconds": round(time.perf_counter() - t0 + table.keys.get(
             "build_seconds", 0.0), 1)}
         if path is not None:
@@ -333,13 +424,80 @@ class LatencyTable:
         timer = LocalTimer(low) if session is None else RemoteTimer(low, session, "rpc")
         return [float(x) for x in network_samples(timer, repeat)]
 
-    def _time_config(self, cfg: SubnetConfig, role: str, target: Any, num_threads: int, qnet: Any,
-                     network_repeat: int, kernel_window_us: float, kernel_repeat: int) -> None:
+    def _lower_saved(self, cfg: SubnetConfig, target: Any, num_threads: int, qnet: Any, libs: Path) -> Path:
+        """Lower `cfg` and write its library to `libs` (`save_for_timing`), unless a complete one is there."""
         from qcompile import api as qc
+        from qcompile.search.latency.libraries import save_for_timing, saved
 
-        ig = skeleton_graph(self.space, cfg, qnet=qnet)
-        low = qc.lower(ig, target, num_threads=num_threads)
-        self.add_lowered(cfg, low, role, network_repeat, kernel_window_us, kernel_repeat)
+        d = _library_dir(libs, cfg)
+        if saved(d):
+            return d
+        low = qc.lower(skeleton_graph(self.space, cfg, qnet=qnet), target, num_threads=num_threads)
+        return save_for_timing(low, d)
+
+    def _time_rounds(self, nets: list, rounds: int, calls: int, window_us: float, seed: int,
+                     progress: bool, retime: bool = False) -> None:
+        """Time the saved libraries `nets` ([(cfg, role, dir)]) end to end and every kernel workload of the
+        cover and fit ones that the table lacks (all of them with `retime`), in round-robin rounds (`build`'s
+        docstring); store `rmin` and the rounds."""
+        from qcompile.search.latency.libraries import SavedTimer
+        from qcompile.search.latency.remote import kernel_evaluator, network_evaluator
+        from qcompile.search.latency.rounds import round_stat, run_rounds
+        from qcompile.search.latency.workloads import remember
+
+        items: list[tuple[str, Any, Any]] = []  # (kind, key or (cfg, role, n_kernels), callable)
+        seen: set[str] = set()
+        timers = []  # the loaded libraries stay alive while their evaluators run
+        for cfg, role, d in nets:
+            self.space.validate(cfg)
+            timer = SavedTimer(d, self.num_threads)
+            timers.append(timer)
+            kernels = timer.low.meta["kernels"]
+            # the lowering's own kernel list fills the block memo: fit() and predict() of these blocks skip the
+            # slow kernel_workloads path (they are equal: tests/search/test_latency.py)
+            remember(self.space, cfg, kernels, self.target, self.num_threads)
+            items.append(("network", (cfg, role, len(kernels)), network_evaluator(timer, calls)))
+            if role not in ("cover", "fit"):  # held out: only its end-to-end latency is measured
+                continue
+            for k in kernels:
+                wkey = workload_key(k["workload"])
+                if (wkey in self.kernels and not retime) or wkey in seen or not k["primfuncs"]:
+                    continue
+                made = kernel_evaluator(timer, list(k["primfuncs"]), window_us, calls)
+                if made is None:
+                    log.warning("kernel %s not timed (%s not in %s)", k["workload"]["op"], k["primfuncs"], d)
+                    continue
+                seen.add(wkey)
+                items.append(("kernel", (wkey, k["workload"]), made[0]))
+        log.info("timing %d kernel workloads and %d networks in %d rounds of %d calls, load %s",
+                 len(seen), len(nets), rounds, calls, os.getloadavg())
+        for fn in (f for _, _, f in items):  # warm-up round (thread pool, caches), not kept
+            fn()
+        samples: list[list[list[float]]] = [[] for _ in items]
+        t0 = time.perf_counter()
+        for _r, got in run_rounds([f for _, _, f in items], rounds, seed, progress=progress,
+                                  desc="latency table: time"):
+            for i, x in enumerate(got):
+                samples[i].append(x)
+        log.info("timed %d rounds in %.1f s, load %s", rounds, time.perf_counter() - t0, os.getloadavg())
+        by_config = {_config_id(SubnetConfig.from_json(n["config"])): i for i, n in enumerate(self.networks)}
+        for (kind, what, _), rs in zip(items, samples):
+            entry = {"rounds_ms": rs, "samples_ms": [x for r in rs for x in r], "stat": "rmin",
+                     "latency_ms": round_stat(rs, "rmin")}
+            if kind == "kernel":
+                wkey, w = what
+                self.kernels[wkey] = {"workload": w, **entry}
+                self._median[wkey] = entry["latency_ms"]
+                continue
+            cfg, role, n = what
+            net = {"config": cfg.to_json(), "role": role, **entry, "kernels": n}
+            i = by_config.get(_config_id(cfg))
+            if i is None:
+                self.networks.append(net)
+            else:  # timed again in this window: the new measurement replaces the old one
+                self.networks[i] = net
+        self._predictor = None
+        self._restore_blocks()
 
     def _time_on_boards(self, todo: list, boards: Boards, target: Any, num_threads: int, qnet: Any, progress: bool,
                         path: str | os.PathLike | None, timing: dict) -> None:
@@ -395,7 +553,11 @@ class LatencyTable:
                     where: str = "rpc", lock: Any = None) -> None:
         """Time the kernels of a lowered `cfg` the table lacks, and the network end to end (`role`: "cover" and
         "fit" networks enter `fit()`, others such as "validate" do not); on the board behind an RPC `session`
-        when given (`lock` guards the table when several boards add at once)."""
+        when given (`lock` guards the table when several boards add at once).
+
+        Burst protocol: `network_repeat` consecutive calls and `kernel_repeat` windows right after the lowering,
+        median kept (`median_ms`). `build` uses it for RPC boards only; here it times the round-robin rounds of
+        `_time_rounds`, whose `rmin` reproduces on a host whose speed drifts (`rounds.py`)."""
         import contextlib
 
         from qcompile.search.latency.workloads import remember
@@ -473,7 +635,9 @@ class LatencyTable:
         lines = [f"latency table: space {self.space!r}", f"  target {k['target']} ({k['cpu_model']}, mcpu "
                  f"{k['mcpu']}, {len(k['mattr'])} features), {k['num_threads']} thread(s), tuning {k['tuning']}",
                  f"  qcompile {k['qcompile']}, tvm {k['tvm']}, built in {k.get('build_seconds', '?')} s",
-                 f"  {len(self.kernels)} timed kernel workloads, {len(nets)} timed networks",
+                 f"  {len(self.kernels)} timed kernel workloads, {len(nets)} timed networks ("
+                 + ", ".join(f"{sum(n.get('role') == r for n in nets)} {r}" for r in sorted({n.get("role")
+                                                                                           for n in nets})) + ")",
                  f"  fit: latency = {self.fit_params['scale']:.3f} * sum(kernels) + "
                  f"{1e3 * self.fit_params['per_kernel_ms']:.2f} us * n_kernels + "
                  f"{1e3 * self.fit_params['per_call_ms']:.1f} us"]

@@ -1,7 +1,9 @@
 """Predicted vs measured end-to-end latency on held-out subnets (SpaceEvo Table 7's +-10 % / +-5 % metric).
 
-Each held-out subnet is predicted first (`table.predict`), then lowered and timed end to end (median of
-`repeat` calls of `main`); it never enters the table's fit.
+Held-out subnets never enter the table's fit. Two ways to measure them: `LatencyTable.build(..., validate=cfgs)`
+times them in the same round-robin rounds as the table (`heldout_rows` scores their `rmin`), or `validate`
+predicts, lowers and times one subnet after another (median of `repeat` consecutive calls of `main`; the only
+way on RPC boards).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from qcompile.config import SubnetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["validate", "summarize", "scatter_plot", "heldout_configs"]
+__all__ = ["validate", "heldout_rows", "summarize", "scatter_plot", "heldout_configs"]
 
 
 def heldout_configs(space: Any, n: int, seed: int = 900_000, bits: Sequence[int] | None = (2, 3, 4)) -> list:
@@ -54,6 +56,34 @@ def validate(table: Any, cfgs: Sequence[SubnetConfig], repeat: int = 60, *, budg
     return rows
 
 
+def heldout_rows(table: Any, stat: str = "latency_ms") -> list[dict]:
+    """Predicted vs measured rows of the networks `table` holds with role "validate" (timed in the table's own
+    round-robin rounds by `LatencyTable.build(..., validate=...)`). `measured_ms` is the entry's `stat`
+    (`latency_ms`: rmin; `median_ms` / `min_ms` of all samples are kept beside it); `forest_kernels` counts the
+    subnet's kernels the table has not timed (predicted by the kernel-level forest)."""
+    from qcompile.search.latency.rounds import round_stat
+    from qcompile.search.latency.workloads import block_keys
+
+    rows = []
+    for net in table.networks:
+        if net.get("role") != "validate":
+            continue
+        cfg = SubnetConfig.from_json(net["config"])
+        tp = time.perf_counter()
+        pred = table.predict(cfg)
+        t_pred = time.perf_counter() - tp
+        rounds = net.get("rounds_ms") or [net["samples_ms"]]
+        row = {"config": net["config"], "predicted_ms": pred, "latency_ms": float(net.get("latency_ms", math.nan)),
+               "median_ms": round_stat(rounds, "median"), "min_ms": round_stat(rounds, "min"),
+               "rounds": len(rounds), "predict_s": t_pred}
+        row["measured_ms"] = float(row[stat] if stat in row else net[stat])
+        keys = [repr(k) for k in block_keys(table.space, cfg).values()]
+        row["forest_kernels"] = (sum(wk not in table.kernels for k in keys for wk in table.blocks[k])
+                                 if all(k in table.blocks for k in keys) else None)
+        rows.append(row)
+    return rows
+
+
 def summarize(rows: Sequence[dict]) -> dict:
     """Fraction within +-10 % and +-5 %, RMSE (ms), mean absolute percentage error, count."""
     if not rows:
@@ -82,7 +112,7 @@ def scatter_plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Pat
     ax.plot([lo, hi], [lo, hi], "k-", lw=1)
     ax.plot([lo, hi], [lo * 1.1, hi * 1.1], "k:", lw=0.8)
     ax.plot([lo, hi], [lo * 0.9, hi * 0.9], "k:", lw=0.8)
-    ax.set_xlabel("measured (ms, median)")
+    ax.set_xlabel("measured (ms: rmin of rounds, or median of a burst)")
     ax.set_ylabel("predicted (ms)")
     s = summarize(rows)
     ax.set_title(title or f"n={s['n']}, within 10%: {100 * s['within_10pct']:.0f}%, 5%: {100 * s['within_5pct']:.0f}%")

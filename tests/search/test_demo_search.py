@@ -59,7 +59,8 @@ def test_pick_subnet_meets_the_budget_and_measures(tmp_path, monkeypatch):
         def no_timing(*a, **k):
             raise AssertionError("a cached latency table was timed again")
 
-        monkeypatch.setattr(qs.LatencyTable, "_time_config", no_timing)
+        monkeypatch.setattr(qs.LatencyTable, "_lower_saved", no_timing)
+        monkeypatch.setattr(qs.LatencyTable, "_time_rounds", no_timing)
         again = load_or_build_table(space, path, max_cover=2, n_fit=1)
         assert len(again.networks) == 3  # the demo's table size settings reach LatencyTable.build
         cfg = pick.row["config"]

@@ -279,6 +279,21 @@ def test_cli_latency_table_build_boards_refusals(tmp_path, capsys):
     assert not (tmp_path / "arm.json").exists()
 
 
+def test_cli_latency_table_time_only_refusals(tmp_path, capsys):
+    """`--lower-only` and `--time-only` exclude each other; `--time-only` lowers nothing and names the libraries
+    it lacks (seconds: it stops before any lowering or timing)."""
+    from qcompile.cli import main
+
+    base = ["latency-table", "build", "--space", "mobilenet_v3", "--width-mult", "0.25", "--resolutions", "16",
+            "--max-cover", "2", "--n-fit", "1", "--validate", "2", "--libs", str(tmp_path / "libs"),
+            "--out", str(tmp_path / "t.json")]
+    assert main([*base, "--lower-only", "--time-only"]) == 2
+    assert "--lower-only/--time-only" in capsys.readouterr().err
+    assert main([*base, "--time-only"]) == 2
+    assert "5 of 5 missing" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
 @pytest.fixture(scope="session")
 def saved_lib(lowered, tmp_path_factory):
     """The second lowering of `lowered`, written once by `save_for_timing` (writing the object takes seconds)."""
@@ -581,3 +596,126 @@ def test_overhead_models_recover_a_known_model():
                                atol=1e-9)
     assert m["per_strategy_kernel_term"]["fit_loo_mape"] < 1e-6 < m["scale_kernel_call"]["fit_loo_mape"]
     assert m["per_strategy_kernel_term"]["heldout_within_5pct"] == 1.0
+
+
+def test_build_times_in_rounds_and_resumes_without_lowering(lowered, tmp_path, monkeypatch):
+    """`build` here: lower + save each subnet, then time kernels and networks in round-robin rounds; each entry
+    keeps its rounds and `latency_ms` = rmin (checked by hand); a build interrupted after lowering resumes from
+    the saved libraries (a second lowering fails the test), and a complete table is a lookup."""
+    import qcompile.api
+    from qcompile.search.latency.libraries import emitter_key, saved
+    from qcompile.search.latency.table import _library_dir
+    from qcompile.search.latency.workloads import workload_key
+
+    space, pairs = lowered
+    cfg = pairs[0][0]  # covering_configs(space, 1, seed=0)[0]: the plan of max_cover=1, n_fit=0
+    path = tmp_path / "t.json"
+    libs = tmp_path / "t.json.libs"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(qs.LatencyTable, "_time_rounds", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, path=path)
+    assert saved(_library_dir(libs / emitter_key("x86")["key"], cfg)) and not path.exists()
+
+    def no_lowering(*a, **k):
+        raise AssertionError("a saved library was lowered again")
+
+    monkeypatch.setattr(qcompile.api, "lower", no_lowering)
+    t = qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, path=path, rounds=4, calls=2)
+    assert t.keys["timing"] == {"protocol": "rounds", "stat": "rmin", "rounds": 4, "calls": 2, "window_us": 50.0}
+    (net,) = t.networks
+    emitted = pairs[0][1].meta["kernels"]
+    assert net["config"] == cfg.to_json() and net["role"] == "cover" and net["kernels"] == len(emitted)
+    entries = [net, *t.kernels.values()]
+    assert set(t.kernels) == {workload_key(k["workload"]) for k in emitted if k["primfuncs"]}
+    for e in entries:
+        assert len(e["rounds_ms"]) == 4 and all(len(r) == 2 for r in e["rounds_ms"]) and e["stat"] == "rmin"
+        assert e["latency_ms"] == statistics.median(min(r) for r in e["rounds_ms"]) > 0
+        assert e["samples_ms"] == [x for r in e["rounds_ms"] for x in r] and "median_ms" not in e
+    s, n = t.kernel_sum(cfg)
+    assert n == len(emitted)
+    assert math.isclose(s, sum(t.kernels[workload_key(k["workload"])]["latency_ms"] for k in emitted), rel_tol=1e-12)
+    loaded = qs.LatencyTable.load(path)
+    assert loaded.networks == json.loads(json.dumps(t.networks))
+    assert loaded.predict(cfg) == pytest.approx(t.predict(cfg), rel=1e-12)
+    again = qs.LatencyTable.build(space, "x86", 1, table=loaded, max_cover=1, n_fit=0, progress=False, path=path)
+    assert again.networks[0]["rounds_ms"] == net["rounds_ms"]  # nothing timed again
+    with pytest.raises(ConfigError, match="rounds"):
+        qs.LatencyTable.build(space, "x86", 1, max_cover=1, n_fit=0, progress=False, rounds=0)
+
+
+def test_burst_table_still_loads_and_predicts(table, lowered, tmp_path):
+    """A table written before the round-robin protocol (entries with `median_ms` only, no `latency_ms`/`rounds_ms`)
+    loads, and predicts a * sum(median_ms) + b * n + c."""
+    from qcompile.search.latency.workloads import workload_key
+
+    space, pairs = lowered
+    d = table.to_dict()
+    assert all("latency_ms" not in e and "rounds_ms" not in e for e in d["kernels"] + d["networks"])
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    old = qs.LatencyTable.load(path)
+    f = old.fit_params
+    for cfg, low in pairs:
+        ms = sum(old.kernels[workload_key(k["workload"])]["median_ms"] for k in low.meta["kernels"])
+        expect = f["scale"] * ms + f["per_kernel_ms"] * len(low.meta["kernels"]) + f["per_call_ms"]
+        assert old.predict(cfg) == pytest.approx(expect, rel=1e-12)
+
+
+def test_build_phases_time_only_and_heldout_rows(lowered, saved_lib, tmp_path, monkeypatch):
+    """`phase="time"` lowers nothing: it refuses a plan whose libraries are missing, and otherwise re-times every
+    kernel and network of the plan from the saved libraries (twice: the second replaces the first). Held-out
+    subnets (`validate=`) are timed in the same rounds with role "validate": never in the fit, their kernels not
+    timed; `heldout_rows` predicts them with `table.predict` and scores their rmin."""
+    import shutil
+
+    import qcompile.api
+    from qcompile.search.latency.libraries import emitter_key, save_for_timing
+    from qcompile.search.latency.table import _library_dir
+    from qcompile.search.latency.validate import heldout_rows
+    from qcompile.search.latency.workloads import workload_key
+
+    space, pairs = lowered
+    (cover, cover_low), *held = pairs[:2]  # cover: the plan of max_cover=1, n_fit=0; one held-out subnet
+    libs, path = tmp_path / "libs", tmp_path / "t.json"
+    kw = dict(max_cover=1, n_fit=0, progress=False, path=path, libs=libs, validate=[c for c, _ in held])
+    with pytest.raises(ConfigError, match="2 of 2 missing"):
+        qs.LatencyTable.build(space, "x86", 1, phase="time", **kw)
+    for i, (c, low) in enumerate(pairs[:2]):  # what phase="lower" writes, from the session's lowerings
+        d = _library_dir(libs / emitter_key("x86")["key"], c)
+        if i == 1:  # written once for the session already
+            shutil.copytree(saved_lib, d)
+        else:
+            save_for_timing(low, d)
+
+    def fail(*a, **k):
+        raise AssertionError("lowered or timed")
+
+    monkeypatch.setattr(qcompile.api, "lower", fail)
+    with monkeypatch.context() as m:
+        m.setattr(qs.LatencyTable, "_time_rounds", fail)
+        untimed = qs.LatencyTable.build(space, "x86", 1, phase="lower", **kw)  # every library there: nothing to do
+    assert not untimed.networks and not untimed.kernels and not path.exists()
+    t = qs.LatencyTable.build(space, "x86", 1, phase="time", rounds=3, calls=2, **kw)
+    assert [n["role"] for n in t.networks] == ["cover", "validate"]
+    assert set(t.kernels) == {workload_key(k["workload"]) for k in cover_low.meta["kernels"] if k["primfuncs"]}
+    assert t.fit_params["scale"] == 1.0 and "networks" not in t.fit_params  # one fit network: no fit
+    rows = heldout_rows(qs.LatencyTable.load(path))
+    assert len(rows) == 1
+    for row, net, (c, low) in zip(rows, t.networks[1:], held):
+        assert row["config"] == net["config"] == c.to_json() and len(net["rounds_ms"]) == 3
+        assert row["measured_ms"] == row["latency_ms"] == statistics.median(min(r) for r in net["rounds_ms"])
+        assert row["median_ms"] == statistics.median(net["samples_ms"]) and row["min_ms"] == min(net["samples_ms"])
+        assert row["predicted_ms"] == pytest.approx(t.predict(c), rel=1e-12)
+        assert row["forest_kernels"] == sum(workload_key(k["workload"]) not in t.kernels for k in low.meta["kernels"])
+    assert sum(r["forest_kernels"] for r in rows) > 0  # the held-out subnets have kernels the cover lacks
+    again = qs.LatencyTable.build(space, "x86", 1, phase="time", rounds=2, calls=1, table=t, **kw)
+    assert len(again.networks) == 2 and set(again.kernels) == set(t.kernels)
+    assert all(len(e["rounds_ms"]) == 2 and len(e["rounds_ms"][0]) == 1
+               for e in [*again.networks, *again.kernels.values()])
+    with pytest.raises(ConfigError, match="phase"):
+        qs.LatencyTable.build(space, "x86", 1, phase="quiet", **kw)

@@ -135,6 +135,13 @@ def test_pooled_costs_take_the_median_of_all_samples():
     costs = KernelCosts.pool([a, b])
     assert costs.kernel_ms(w1) == 3.0 and costs.kernel_ms(w2) == 4.0
     assert costs.network_ms([w1, w2, w1]) == 10.0  # a = 1, b = c = 0 before a fit
+    # timed in rounds by every table: rmin over the pooled rounds (median of per-round minima 1, 5, 3)
+    a = T({k1: {"workload": w1, "samples_ms": [1.0, 2.0, 5.0], "rounds_ms": [[1.0, 2.0], [5.0]]}})
+    b = T({k1: {"workload": w1, "samples_ms": [3.0, 4.0], "rounds_ms": [[3.0, 4.0]]}})
+    assert KernelCosts.pool([a, b]).kernel_ms(w1) == 3.0
+    # one burst table among them: the median of all samples (1, 2, 5, 9, 10), not the rounds of `a` alone
+    c = T({k1: {"workload": w1, "samples_ms": [9.0, 10.0]}})
+    assert KernelCosts.pool([a, c]).kernel_ms(w1) == 5.0 and KernelCosts.pool([c, a]).kernel_ms(w1) == 5.0
 
 
 def test_group_parts():

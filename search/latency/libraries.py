@@ -33,6 +33,16 @@ _KEY_SOURCES = ("backends/tvm", "passes", "qcompile/ops", "qcompile/nn", "qcompi
                 "qcompile/fx", "qcompile/config.py")
 
 
+def package_version(pkg: str) -> str:
+    """The installed version of `pkg`, or "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
@@ -41,7 +51,6 @@ def emitter_key(target: Any = "x86") -> dict:
     """Identity of the libraries this tree lowers: sha1 over the sources in `_KEY_SOURCES`, the TVM version, the
     target dict (host mcpu and features); the git commit is recorded for reference, not compared."""
     from qcompile.backends.tvm.targets import resolve_target
-    from qcompile.search.latency.table import _version
 
     root = _repo_root()
     h = hashlib.sha1()
@@ -54,7 +63,7 @@ def emitter_key(target: Any = "x86") -> dict:
     tgt = dict(resolve_target(target, None).tvm_target)
     tgt.pop("num-cores", None)  # no effect on the emitted kernels (module docstring)
     h.update(json.dumps(tgt, sort_keys=True).encode())
-    tvm = _version("apache-tvm")
+    tvm = package_version("apache-tvm")
     h.update(tvm.encode())
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

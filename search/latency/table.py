@@ -26,7 +26,6 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
+from qcompile.search.latency.libraries import package_version
 from qcompile.search.latency.predictor import KernelPredictor
 from qcompile.search.latency.remote import (
     Boards,
@@ -58,13 +58,6 @@ __all__ = ["LatencyTable", "machine_keys", "covering_configs", "entry_ms", "TABL
 TABLE_FORMAT = 1
 #: keys that must agree between a table and the machine using it (thread count is checked separately)
 CHECKED_KEYS = ("target", "cpu_model", "mcpu", "mattr", "qcompile", "tvm")
-
-
-def _version(pkg: str) -> str:
-    try:
-        return importlib_metadata.version(pkg)
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _cpu_model() -> str:
@@ -106,7 +99,8 @@ def machine_keys(target: Any = "x86", num_threads: int = 1, boards: Boards | Rec
     t = spec.tvm_target
     return {"target": spec.name, "tvm_target": t, "cpu_model": boards.cpu_model if boards else _cpu_model(),
             "mcpu": t.get("mcpu", ""), "mattr": sorted(t.get("mattr", [])), "num_threads": int(num_threads),
-            "tuning": _tuning_state(spec), "qcompile": _version("qcompile"), "tvm": _version("apache-tvm"),
+            "tuning": _tuning_state(spec), "qcompile": package_version("qcompile"),
+            "tvm": package_version("apache-tvm"),
             "remote": boards.where if boards else None}
 
 

@@ -80,32 +80,31 @@ ENV_MIN_US = "QCOMPILE_PARALLEL_MIN_US"
 ENV_MIN_WORK = "QCOMPILE_PARALLEL_MIN_WORK"
 
 
-def min_parallel_us() -> float:
-    """The threshold in force (us of estimated serial time): `QCOMPILE_PARALLEL_MIN_US` if set, else the default."""
-    raw = os.environ.get(ENV_MIN_US)
-    if raw is None or raw == "":
-        return DEFAULT_MIN_US
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0.0:  # also rejects nan
-        raise ConfigError(f"{ENV_MIN_US}={raw!r}: expected a number >= 0 (microseconds; 0 = always parallel)")
-    return value
-
-
-def _min_raw_work() -> int | None:
-    raw = os.environ.get(ENV_MIN_WORK)
+def _env_number(name: str, cast: type, allowed: str) -> float | int | None:
+    """The non-negative number in environment variable `name` (None when unset or empty); `ConfigError` naming the
+    variable, its value and `allowed` otherwise."""
+    raw = os.environ.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
         value = -1
-    if value < 0:
-        raise ConfigError(f"{ENV_MIN_WORK}={raw!r}: expected an integer >= 0 (raw inner iterations; 0 = always "
-                          f"parallel), or unset for the rule on estimated time ({ENV_MIN_US})")
+    if not value >= 0:  # also rejects nan
+        raise ConfigError(f"{name}={raw!r}: expected {allowed}")
     return value
+
+
+def min_parallel_us() -> float:
+    """The threshold in force (us of estimated serial time): `QCOMPILE_PARALLEL_MIN_US` if set, else the default."""
+    value = _env_number(ENV_MIN_US, float, "a number >= 0 (microseconds; 0 = always parallel)")
+    return DEFAULT_MIN_US if value is None else float(value)
+
+
+def _min_raw_work() -> int | None:
+    value = _env_number(ENV_MIN_WORK, int, "an integer >= 0 (raw inner iterations; 0 = always parallel), or unset "
+                        f"for the rule on estimated time ({ENV_MIN_US})")
+    return None if value is None else int(value)
 
 
 def estimated_us(work: int, kind: str) -> float:

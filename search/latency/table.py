@@ -57,7 +57,7 @@ __all__ = ["LatencyTable", "machine_keys", "covering_configs", "entry_ms", "TABL
 
 TABLE_FORMAT = 1
 #: keys that must agree between a table and the machine using it (thread count is checked separately)
-CHECKED_KEYS = ("target", "cpu_model", "mcpu", "mattr", "qcompile", "tvm")
+CHECKED_KEYS = ("target", "cpu_model", "mcpu", "mattr", "qcompile", "tvm", "emitter")
 
 
 def _cpu_model() -> str:
@@ -96,8 +96,13 @@ def machine_keys(target: Any = "x86", num_threads: int = 1, boards: Boards | Rec
         raise ConfigError("target", target, "a target that runs on this machine, or boards reached through TVM "
                           "RPC (remote='host:port' or tracker='host:port' with key=...): timings under qemu are "
                           "emulation and never enter a table")
+    from qcompile.search.latency.libraries import emitter_key
+
     t = spec.tvm_target
-    return {"target": spec.name, "tvm_target": t, "cpu_model": boards.cpu_model if boards else _cpu_model(),
+    # the emitter key changes with any source that can change a kernel, so a table of older kernels is refused
+    # even at an unchanged version number (a stale table once predicted 0.325 ms for a 0.174 ms subnet)
+    return {"target": spec.name, "emitter": emitter_key(spec.name)["key"], "tvm_target": t,
+            "cpu_model": boards.cpu_model if boards else _cpu_model(),
             "mcpu": t.get("mcpu", ""), "mattr": sorted(t.get("mattr", [])), "num_threads": int(num_threads),
             "tuning": _tuning_state(spec), "qcompile": package_version("qcompile"),
             "tvm": package_version("apache-tvm"),

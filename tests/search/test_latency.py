@@ -19,6 +19,7 @@ import qcompile as qc
 import qcompile.search as qs
 from qcompile.errors import ConfigError
 from qcompile.search.latency.predictor import KernelPredictor
+from qcompile.search.latency.libraries import emitter_key
 from qcompile.search.latency.table import covering_configs, machine_keys
 
 pytestmark = pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="x86 host kernels")
@@ -138,6 +139,14 @@ def test_table_save_load_and_refusals(table, lowered, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(d))
     with pytest.raises(ConfigError, match="cpu_model"):
         qs.LatencyTable.load(tmp_path / "other.json")
+    d = json.loads(path.read_text())  # same CPU and version, kernels of another emitter (sources changed)
+    assert d["keys"]["emitter"] == emitter_key("x86")["key"]
+    d["keys"]["emitter"] = "0123456789abcdef"
+    (tmp_path / "stale.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="emitter"):
+        qs.LatencyTable.load(tmp_path / "stale.json")
+    assert qs.LatencyTable.load(tmp_path / "stale.json", check=False).predict(pairs[0][0]) == pytest.approx(
+        table.predict(pairs[0][0]), rel=1e-12)
     other = qc.spaces.mobilenet_v3(num_classes=10, width_mult=0.25, resolutions=(16,), depths=(3,))
     with pytest.raises(ConfigError):
         table.predict(other.sample(seed=0, bits=(2, 3, 4)))

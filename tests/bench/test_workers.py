@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from qcompile.bench import BenchOptions, RunnerSpec, run_bench, time_isolated
+from qcompile.bench.harness import _cpu_snapshot, _other_load
 from qcompile.bench.report import to_markdown
 from qcompile.errors import ConfigError
 from tests.bench import spawn_helpers as H
@@ -49,7 +50,9 @@ def test_spinning_neighbour_does_not_inflate_an_isolated_runner():
     spin = RunnerSpec("spinner", H.spinner, (150.0, 4))
     kw = dict(repeats=12, warmup=2, threads=1)
     solo = time_isolated({"normal": normal}, X, settle_s=0.4, lead_in=1, **kw)
+    before = _cpu_snapshot()
     mixed = time_isolated({"spinner": spin, "normal": normal}, X, settle_s=0.4, lead_in=1, **kw)
+    others = _other_load(before, _cpu_snapshot()).get("other_load_cores", 0.0)
     raw = time_isolated({"spinner": spin, "normal": normal}, X, settle_s=0.0, lead_in=0, **kw)
     base = _median_ms(solo.samples["normal"])
     cpu = _work_cpu_ms(8)
@@ -58,6 +61,11 @@ def test_spinning_neighbour_does_not_inflate_an_isolated_runner():
         # Other processes starve the spinner, so its spin may not overlap a probe: measured beside training
         # processes, settle waits of 2-15 ms, and a raw control inflated 1.6x instead of 2.5-5x.
         pytest.skip(f"the solo runner took {base:.0f} ms per call for {cpu:.0f} ms of CPU work: the machine is busy")
+    if others > 1.2:
+        # Same premise, checked where it matters: beyond the sibling xdist worker (one core at most), other
+        # processes took cores during the isolated run, so a settle wait cannot make the cores free (measured
+        # beside four niced engineers' builds: 2 cores of others, the isolated median inflated 4.7x).
+        pytest.skip(f"other processes used {others:.2f} cores during the isolated run: the machine is busy")
     # the settle step waits for every worker's threads: the spinner's 150 ms show up as waits, not in samples
     # (medians: on a loaded machine a niced spinner may not be scheduled yet at the first probe, so a sample
     # or two can still be hit; measured here: all 12 raw samples 2.5-5x, 0-2 of the isolated ones)

@@ -10,7 +10,9 @@
         [--float-data float.jsonl]
 
 Split: config i is held out when i % `--holdout-every` == 0 (100 of 400), so the held-out set and the
-fit set grow together while the cache is filled. Hyper-parameters of every predictor kind are chosen by
+fit set grow together while the cache is filled; with `--holdout-below B` only configs i < B can be held
+out (`--holdout-every 3 --holdout-below 300`: the same 100 subnets however far the collection goes).
+Hyper-parameters of every predictor kind are chosen by
 K-fold cross-validation on the fit set only (mean Kendall tau over the folds); the chosen setting is
 refitted on the whole fit set and scored once on the held-out subnets: Kendall tau, pairwise accuracy
 (APQ's metric) and RMSE, next to ranking by BitOPs alone (in both directions: more BitOPs = more
@@ -63,6 +65,11 @@ MLP_GRID = {
 GBT_GRID = [
     dict(max_depth=d, n_estimators=n, learning_rate=lr)
     for d, n, lr in itertools.product((1, 2, 3), (300,), (0.02, 0.05))
+]
+#: for thousands of fit subnets: deeper trees and more of them can pay off (chosen by CV like the small grid)
+GBT_GRID_LARGE = [
+    dict(max_depth=d, n_estimators=n, learning_rate=lr)
+    for d, n, lr in itertools.product((2, 3, 4), (300, 1000), (0.02, 0.05))
 ]
 
 
@@ -156,6 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("data", help="JSONL from `qcompile predictor collect`")
     ap.add_argument("--n", type=int, default=400, help="configs 0..n-1 were (or are being) collected")
     ap.add_argument("--holdout-every", type=int, default=4, help="config i is held out when i %% this == 0")
+    ap.add_argument("--holdout-below", type=int, default=None,
+                    help="... and i < this (a held-out set fixed while the collection grows past it)")
+    ap.add_argument("--gbt-grid", default="small", choices=("small", "large"),
+                    help="settings the CV chooses the trees' from (large: for thousands of fit subnets)")
     ap.add_argument("--target", default="loss", choices=("loss", "logloss", "accuracy"))
     ap.add_argument("--calib-batches", type=int, default=8)
     ap.add_argument("--calib-seeds", type=int, default=1)
@@ -185,8 +196,10 @@ def main(argv=None) -> int:
     by = measurements(args.data, space, protocol, args.target)
     cfgs = collect_configs(space, args.n, 0, (2, 3, 4))
     hashes = [config_hash(space, c) for c in cfgs]
-    hold = [i for i in range(len(cfgs)) if i % args.holdout_every == 0 and (hashes[i], 1) in by]
-    fit = [i for i in range(len(cfgs)) if i % args.holdout_every != 0 and (hashes[i], 1) in by]
+    below = len(cfgs) if args.holdout_below is None else args.holdout_below
+    held = {i for i in range(min(below, len(cfgs))) if i % args.holdout_every == 0}
+    hold = [i for i in range(len(cfgs)) if i in held and (hashes[i], 1) in by]
+    fit = [i for i in range(len(cfgs)) if i not in held and (hashes[i], 1) in by]
     if len(hold) < 10 or len(fit) < 20:
         raise ConfigError("measurements", f"{len(hold)} held-out, {len(fit)} to fit", ">= 10 and >= 20")
     hc, ht = [cfgs[i] for i in hold], np.array([by[(hashes[i], 1)] for i in hold])
@@ -237,7 +250,7 @@ def main(argv=None) -> int:
         if kind in ("sens-line", "gbt-sens") and sens is None:
             raise ConfigError("--kinds", kind, "with --sensitivity FILE.json")
         if kind in ("gbt", "gbt-sens"):
-            grid = {json.dumps(p): p for p in GBT_GRID}
+            grid = {json.dumps(p): p for p in (GBT_GRID_LARGE if args.gbt_grid == "large" else GBT_GRID)}
         elif kind == "sens-line":
             grid = {"line": dict(n_estimators=0)}
         elif kind in ("mlp", "mlp-transfer"):

@@ -54,6 +54,7 @@ def test_kernel_workloads_equal_emitted(lowered):
         emitted = [k["workload"] for k in low.meta["kernels"]]
         planned = qs.kernel_workloads(space, cfg, target="x86", memo=False)
         assert planned == emitted
+        assert qs.kernel_workloads(space, cfg, target="x86") == emitted  # whole plan, windows or memo
         assert len(planned) == len(low.meta["kernels"]) > 20
         assert all("op" in w and "groups" in w for w in planned)
         convs = [w for w in planned if w["op"] == "conv2d_requant"]

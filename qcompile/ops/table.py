@@ -10,6 +10,7 @@ each backend, which `tests/ops/test_op_table.py` checks).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,11 @@ REQUIRED: Any = _Required()
 OutDtype = Literal["uint8", "int32", "float64", "same"]
 
 
+#: the reference functions' signatures, built once: `inspect.signature` per bind was a fifth of a dry
+#: `plan_kernels` walk (the emitter binds every node it visits)
+_signature = functools.lru_cache(maxsize=None)(inspect.signature)
+
+
 @dataclass(frozen=True)
 class OpDef:
     """One operator of the integer program.
@@ -81,7 +87,7 @@ class OpDef:
         """All operands and parameters by name, defaults filled in; a bad call raises `LoweringError`."""
         if self.kind == "integer":  # the reference's own signature (keyword-only parameters included)
             try:
-                ba = inspect.signature(self.fn).bind(*args, **kwargs)
+                ba = _signature(self.fn).bind(*args, **kwargs)
             except TypeError as e:
                 raise LoweringError(where, f"bad arguments for {self.display}: {e}",
                                     "check the op signature in docs/integer_semantics.md") from e

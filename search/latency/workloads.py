@@ -95,23 +95,69 @@ def skeleton_graph(space: Any, cfg: SubnetConfig, qnet: Any = None) -> Any:
     return qc.to_integer(sub)
 
 
+#: `plan_graph` slices, calibrates and lowers a config above this resolution at this one, then propagates the
+#: config's own shapes through the integer graph: the op graph `to_integer` builds does not depend on the input
+#: size (shapes enter the kernels only through `tensor_meta`), and the forward passes on real tensors (shape
+#: recording, calibration, shape propagation of the fake-quant graph) were a third of a 224 px plan
+PLAN_RESOLUTION = 64
+
+
+def _unbound(space: Any) -> Any:
+    """The skeleton's graph as a GraphModule without `space_info` (same modules): `slice_subnet` then accepts a
+    config at a resolution the space does not list (`plan_graph` at `PLAN_RESOLUTION`); cached per space."""
+    import copy
+
+    from torch import fx
+
+    qnet = _skeleton(space)
+    view = qnet.__dict__.get("_qc_unbound")
+    if view is None:
+        view = fx.GraphModule(qnet, copy.deepcopy(qnet.graph))
+        view.training = qnet.training  # the flag only: train() would reach the shared modules
+        qnet.__dict__["_qc_unbound"] = view
+    return view
+
+
 def plan_graph(space: Any, cfg: SubnetConfig) -> Any:
     """The IntegerGraph `plan_config` walks: `skeleton_graph` without what does not change the kernels.
 
-    The same `extract`, calibration and `to_integer` passes, minus the accumulator range analysis (it only
+    The same `slice_subnet`, calibration and `to_integer` passes, minus the accumulator range analysis (it only
     annotates node meta and refuses overflow), the graph verifier after each pass, and the deep copy of the
-    freshly extracted subnet (nothing else holds it): about half the time of `skeleton_graph`.
+    freshly extracted subnet (nothing else holds it); a config above `PLAN_RESOLUTION` is sliced, calibrated
+    and lowered at that resolution, and its shapes at its own resolution are propagated through the result.
     """
+    import dataclasses
+
     import torch
+    from torch.fx.passes.shape_prop import ShapeProp
 
     from qcompile import api as qc
+    from qcompile.ops.meta import ProgramMeta
+    from qcompile.passes.slice_subnet import slice_subnet
     from qcompile.passes.to_integer import to_integer
 
-    sub = qc.extract(_skeleton(space), cfg)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, space.in_channels, cfg.resolution, cfg.resolution, generator=g)
-    qc.calibrate(sub, [x])
-    return to_integer(sub, check_overflow=False, verify=False, copy_input=False)
+    def lowered(res: int) -> Any:
+        if res != cfg.resolution:  # the caller (`kernel_workloads`) validated cfg; `res` is not the space's
+            sub = slice_subnet(_unbound(space), dataclasses.replace(cfg, resolution=res), space.in_channels)
+        else:
+            sub = qc.extract(_skeleton(space), cfg)
+        g = torch.Generator().manual_seed(0)
+        qc.calibrate(sub, [torch.randn(2, space.in_channels, res, res, generator=g)])
+        return to_integer(sub, check_overflow=False, verify=False, copy_input=False)
+
+    if cfg.resolution <= PLAN_RESOLUTION:
+        return lowered(cfg.resolution)
+    try:
+        ig = lowered(PLAN_RESOLUTION)
+    except Exception as e:  # noqa: BLE001 - whatever fails at the small size: the config's own size is exact
+        log.debug("plan at %d px failed (%s): planning at %d px", PLAN_RESOLUTION, e, cfg.resolution)
+        return lowered(cfg.resolution)
+    shape = (1, space.in_channels, cfg.resolution, cfg.resolution)
+    with torch.no_grad():
+        ShapeProp(ig).propagate(torch.zeros(shape))
+    ig.program_meta = dataclasses.replace(ProgramMeta.from_dict(ig.program_meta), input_shape=shape,
+                                          config=cfg).to_dict()
+    return ig
 
 
 def _node_groups(names: list[str]) -> list[Any]:

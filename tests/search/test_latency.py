@@ -54,6 +54,7 @@ def test_kernel_workloads_equal_emitted(lowered):
         emitted = [k["workload"] for k in low.meta["kernels"]]
         planned = qs.kernel_workloads(space, cfg, target="x86", memo=False)
         assert planned == emitted
+        assert qs.kernel_workloads(space, cfg, target="x86") == emitted  # whole plan, windows or memo
         assert len(planned) == len(low.meta["kernels"]) > 20
         assert all("op" in w and "groups" in w for w in planned)
         convs = [w for w in planned if w["op"] == "conv2d_requant"]
@@ -526,6 +527,40 @@ def test_float_island_across_blocks_is_memoised(monkeypatch):
     monkeypatch.setattr(workloads, "plan_config", no_slow_path)
     assert qs.kernel_workloads(space, g, "x86", 1) == exact
     assert qs.kernel_workloads(space, b, "x86", 1) == [r.workload for r in records]
+
+
+def test_plan_at_a_small_resolution_equals_the_plan_at_the_configs_own(monkeypatch):
+    """`plan_graph` lowers a config above `PLAN_RESOLUTION` at that resolution and propagates the config's own
+    shapes: the kernels equal a plan at the config's resolution; a failure at the small size falls back to it."""
+    from qcompile.backends.tvm.emitter import plan_kernels
+    from qcompile.passes import slice_subnet as slicing
+    from qcompile.search.latency import workloads
+
+    space = qc.spaces.mobilenet_v3(num_classes=10, width_mult=0.25, resolutions=(96,), depths=(1,), kernels=(3, 5),
+                                   expands=(3, 6))
+    target = workloads._resolve("x86", 1).target()
+
+    def plan(cfg, res):
+        monkeypatch.setattr(workloads, "PLAN_RESOLUTION", res)
+        ig = workloads.plan_graph(space, cfg)
+        assert tuple(ig.program_meta["input_shape"]) == (1, 3, 96, 96)
+        return [r.workload for r in plan_kernels(ig, target)]
+
+    cfgs = [space.sample(seed=s, bits=(2, 3, 4, 8, 32)) for s in (1, 2)]
+    for cfg in cfgs:
+        small, full = plan(cfg, 32), plan(cfg, 1 << 30)
+        assert small == full and len(full) > 20
+        assert any(w["out_shape"][-1] == 48 for w in full if "out_shape" in w)  # 96 px shapes, not 32 px ones
+    real, calls = slicing.slice_subnet, []
+
+    def no_small(gm, cfg, *a, **k):
+        calls.append(cfg.resolution)
+        if cfg.resolution != 96:
+            raise RuntimeError("no plan at the small size")
+        return real(gm, cfg, *a, **k)
+
+    monkeypatch.setattr(slicing, "slice_subnet", no_small)
+    assert plan(cfgs[0], 32) == plan(cfgs[0], 1 << 30) and calls == [32, 96, 96]
 
 
 def test_unseen_block_planned_on_a_window(monkeypatch):

@@ -70,3 +70,54 @@ def test_window_plans_equal_the_whole_plan(name):
         for g in order[1:]:
             for gg, ws in workloads.window_workloads(space, cfg, [g], order, "x86", 1).items():
                 assert ws == whole[gg], f"{name} config {i}, group {gg}: {cfg.to_json()}"
+
+
+#: the acceptance count of issue 22: random subnets per real space
+N_REAL = int(os.environ.get("QCOMPILE_WORKLOADS_EXACT", "30"))
+
+
+def _real_space(name: str):
+    """The demo's space (`benchmarks.latency_table.demo_space`) and OQA's MobileNetV2 space at 224 px."""
+    if name == "demo":
+        return qc.spaces.mobilenet_v3(num_classes=10, width_mult=0.35, resolutions=(24, 32))
+    return qc.spaces.mobilenet_v2(num_classes=1000, resolutions=(224,))
+
+
+@pytest.mark.parametrize("name", ["demo", "mobilenet_v2_224"])
+def test_kernel_workloads_exact_on_real_spaces(name, monkeypatch):
+    """Issue 22's acceptance: `kernel_workloads` (skeleton weights; whole plan, windows, per-block memo as a
+    caller meets them) equals the whole-config dry emission (`plan_kernels`) of the real integer graph
+    (`qc.lower`'s `to_integer`) of a differently seeded supernet calibrated on other data, entry by entry, for
+    `N_REAL` random subnets with bits {2, 3, 4, 8, 32} (float islands, 8-bit activations, sub-8-bit)."""
+    from qcompile.backends.tvm.emitter import plan_kernels
+    from qcompile.backends.tvm.targets import resolve_target
+    from qcompile.search.latency import workloads
+
+    space = _real_space(name)
+    torch.manual_seed(11)
+    qnet = qc.quantize(qc.trace(space.build_supernet()))
+    target = resolve_target("x86", 1).target()
+    g = torch.Generator().manual_seed(3)
+    paths = {"plan_config": 0, "window_workloads": 0}
+
+    def counting(fn):
+        def counted(*a, **k):
+            paths[fn.__name__] += 1
+            return fn(*a, **k)
+        return counted
+
+    for fn in (workloads.plan_config, workloads.window_workloads):
+        monkeypatch.setattr(workloads, fn.__name__, counting(fn))
+    workloads._MEMO.pop((workloads.space_key(space), workloads._target("x86", 1)[1]), None)
+    bits, checked = set(), 0
+    for i in range(N_REAL):
+        cfg = space.sample(seed=3000 + i, bits=BITS)
+        sub = qc.extract(qnet, cfg)
+        qc.calibrate(sub, [torch.rand(2, space.in_channels, cfg.resolution, cfg.resolution, generator=g) * 4 - 2])
+        ref = [r.workload for r in plan_kernels(_integer_graph(sub, None), target)]
+        assert qs.kernel_workloads(space, cfg, "x86", 1) == ref, f"{name} subnet {i}: {cfg.to_json()}"
+        bits.update(b for wa in cfg.policy.bits for b in wa)
+        checked += len(ref)
+    assert {8, 32} <= bits and checked > 50 * N_REAL
+    # the memo's answers are checked too: after the first config, unseen blocks are planned on windows
+    assert paths["plan_config"] >= 1 and (N_REAL < 3 or paths["window_workloads"] >= 1), paths

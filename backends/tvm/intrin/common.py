@@ -136,8 +136,21 @@ def register_scoped(name: str, desc: Callable[[str], Any], impl: Callable[[str],
             TensorIntrin.register(full, desc(scope), impl(scope))
 
 
+#: str(target) -> its features: asking LLVM costs ~0.5 ms a call, and strategy selection asks for every kernel
+#: (half of a dry `plan_kernels` walk before this cache); a target string names its mcpu and mattr
+_FEATURES: dict[str, frozenset[str]] = {}
+
+
 def target_features(target: tvm.target.Target) -> set[str]:
     """CPU features the target enables (its mcpu's features plus mattr), as LLVM itself reports them."""
+    key = str(target)
+    hit = _FEATURES.get(key)
+    if hit is None:
+        hit = _FEATURES[key] = frozenset(_llvm_features(target))
+    return set(hit)
+
+
+def _llvm_features(target: tvm.target.Target) -> set[str]:
     from tvm.target import codegen
 
     try:

@@ -5,7 +5,9 @@ A `Lowered` runs the compiled Relax VM library: natively for x86 (and aarch64 ho
 through TVM RPC (`benchmark(remote="host:port")`, `run_remote`). `export(dir)` writes, atomically,
 `lib.so` (the library; weights are Relax constants inside it), `program/` (the IntegerGraph it was
 compiled from: its weights as safetensors, so the library can be rebuilt and checked against the
-reference) and `metadata.json` (target, shapes, kernels, config, policy, versions).
+reference) and `metadata.json` (target, shapes, kernels, config, policy, versions). Where the program is a
+straight line of static-shaped kernel calls, `main` makes one call, to a native driver that calls every
+kernel (`driver.py`, `meta["driver"]`).
 """
 
 from __future__ import annotations

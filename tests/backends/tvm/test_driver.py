@@ -4,45 +4,20 @@ arena. Bit-exact against the reference integer executor and the same kernels run
 from __future__ import annotations
 
 import collections
-import dataclasses
-import functools
 import warnings
 
 import numpy as np
 import pytest
 import tvm_graphs as G
-from conftest import make_input
+from conftest import make_input, vm_calls, vm_pipeline
 
 from qcompile.backends.tvm import load, lower_integer_graph
 from qcompile.backends.tvm.driver import ALIGN, DRIVER_NAME, _first_fit, _Slot
-from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
-
-
-def _vm_program(**kw):
-    return dataclasses.replace(default_pipeline(), finalize=functools.partial(finalize_passes, native_driver=False,
-                                                                              **kw))
-
-
-def _vm_calls(low, x) -> collections.Counter:
-    """Calls per `main` by symbol, from the VM's instrument hook."""
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(low._exec, tvm.cpu())
-    counts: collections.Counter = collections.Counter()
-
-    def instrument(func, symbol, before, ret, *args):
-        counts[symbol] += before
-        return 0
-
-    vm.set_instrument(instrument)
-    vm["main"](tvm.runtime.tensor(x))
-    return counts
 
 
 @pytest.fixture(scope="module")
 def mbv2_vm(mbv2_graph):
-    return lower_integer_graph(mbv2_graph, "x86", pipeline=_vm_program())
+    return lower_integer_graph(mbv2_graph, "x86", pipeline=vm_pipeline())
 
 
 def test_driver_calls_the_vm_programs_kernels_bit_exact(mbv2_x86, mbv2_vm, mbv2_graph):
@@ -52,7 +27,7 @@ def test_driver_calls_the_vm_programs_kernels_bit_exact(mbv2_x86, mbv2_vm, mbv2_
     drv = mbv2_x86.meta["driver"]
     assert drv is not None and mbv2_vm.meta["driver"] is None
     x = make_input(mbv2_graph, 1)
-    on_vm, on_driver = _vm_calls(mbv2_vm, x), _vm_calls(mbv2_x86, x)
+    on_vm, on_driver = vm_calls(mbv2_vm, x), vm_calls(mbv2_x86, x)
     vm_kernels = {k: n for k, n in on_vm.items() if not k.startswith("vm.")}
     assert sum(vm_kernels.values()) >= 10
     assert collections.Counter(drv["calls"]) == vm_kernels

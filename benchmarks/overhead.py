@@ -7,8 +7,7 @@ Workload: the demo-sized subnet (largest `mobilenet_v3` at width 0.35, 32 px, ev
 calibrated on random images), lowered untuned for x86 (`qc.lower`, empty tuning database). Measured in
 interleaved rounds (each round times every quantity once, in rotating order, so the machine's load hits all alike):
 
-- `Lowered.__call__` (what a user calls: input check, copy in, VM, output), and the same with the call path before
-  the bound input buffer (`tvm.runtime.tensor(x)` per call, `.numpy()` copy of the output): the wrapper fix;
+- `Lowered.__call__` (what a user calls: input check, copy in, VM, output);
 - the VM's `main` called from Python on a prepared TVM tensor, and timed by TVM's `time_evaluator` (C++ loop);
 - `Lowered.__call__` and the VM's `main` again in thread CPU time (`median_cpu_us`, only with `--threads 1`): on
   a loaded machine wall time also counts the waits of a descheduled ~1 ms call, which kernels of a few us timed
@@ -17,6 +16,10 @@ interleaved rounds (each round times every quantity once, in rotating order, so 
   used by several nodes counts once per call);
 - the VM instructions per call (counted with the VM's instrument hook): kernel calls, `reshape` views,
   `alloc_tensor` / `alloc_storage`, `null_value` (register kills).
+
+Each build of `--builds` (default both) is measured in the same rounds: `driver`, the default lowering, where
+`main` calls one native function that calls every kernel (`backends/tvm/driver.py`), and `vm`, the same kernels
+with one Relax VM instruction per kernel call (`finalize_passes(native_driver=False)`, the figure before it).
 
 `--keep-views` builds without `AbsorbReshapeViews` (backends/tvm/views.py), for the before figure: the reshape
 views between kernels then stay VM instructions. `--unfused` builds without the emitter's fusions (elementwise ops
@@ -64,7 +67,8 @@ def demo_subnet(seed: int = 0, width: float = 0.35, resolution: int = 32):
 
 def vm_instructions(low: Any, x: np.ndarray) -> dict[str, Any]:
     """Calls per `main` by symbol, from the VM's instrument hook (timings of the hook itself are not used:
-    the Python callback dominates them)."""
+    the Python callback dominates them). With a native driver (`meta["driver"]`) the hook sees one call, the
+    driver's; its kernel calls are the driver's list."""
     import tvm
     from tvm import relax
 
@@ -80,20 +84,11 @@ def vm_instructions(low: Any, x: np.ndarray) -> dict[str, Any]:
     vm["main"](tvm.runtime.tensor(x))
     builtins = {s: n for s, n in counts.items() if s.startswith("vm.")}
     kernels = {s: n for s, n in counts.items() if not s.startswith("vm.")}
+    driver = low.meta.get("driver")
+    if driver:
+        builtins |= {f"driver {s}": n for s, n in kernels.items()}
+        kernels = dict(collections.Counter(driver["calls"]))
     return {"builtins": builtins, "kernel_calls": kernels}
-
-
-def _legacy_call(low: Any):
-    """`Lowered.__call__` as it was before the bound input buffer: a TVM tensor per call, output copied."""
-    import tvm
-
-    vm = low._native_vm()
-
-    def call(x: np.ndarray) -> np.ndarray:
-        arr = low._check_input(x)
-        return vm["main"](tvm.runtime.tensor(arr)).numpy()
-
-    return call
 
 
 def median_us(fn, n: int) -> float:
@@ -118,99 +113,124 @@ def median_cpu_us(fn, n: int) -> float:
     return float(np.median(ts) / 1e3)
 
 
-def measure(low: Any, rounds: int, calls: int, kernel_repeat: int) -> dict[str, Any]:
-    """Interleaved rounds; per round and quantity the median of `calls` calls (us); kernels: Lowered.benchmark."""
+#: quantities timed per build, each round (label, key)
+ROWS = (
+    ("`Lowered.__call__` (numpy in, numpy out)", "lowered_call"),
+    ("`main` from Python, prepared TVM tensor", "vm_from_python"),
+    ("`main`, `time_evaluator` (C++ loop)", "vm_time_evaluator"),
+    ("`Lowered.__call__`, thread CPU time", "lowered_call_cpu"),
+    ("`main` from Python, thread CPU time", "vm_from_python_cpu"),
+)
+
+
+def measure(builds: dict[str, Any], rounds: int, calls: int, kernel_repeat: int) -> dict[str, Any]:
+    """Interleaved rounds over every build and quantity (rotating order); per round and quantity the median of
+    `calls` calls (us); kernels: `Lowered.benchmark` of each build, summed over the calls its `main` makes."""
     import tvm
 
-    x = np.random.default_rng(0).standard_normal(low.input_shape).astype(np.float32)
-    instr = vm_instructions(low, x)
-    vm = low._native_vm()
-    main = vm["main"]
+    any_low = next(iter(builds.values()))
+    x = np.random.default_rng(0).standard_normal(any_low.input_shape).astype(np.float32)
     xt = tvm.runtime.tensor(x)
-    # number=1: with number > 1 this VM's evaluator reported ~7x the per-call time (6.4 ms vs 0.82 ms)
-    ev = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=calls)
-    legacy = _legacy_call(low)
-    quantities = {
-        "lowered_call": lambda: median_us(lambda: low(x), calls),
-        "lowered_call_before_fix": lambda: median_us(lambda: legacy(x), calls),
-        "vm_from_python": lambda: median_us(lambda: main(xt), calls),
-        "vm_time_evaluator": lambda: float(np.median(ev(xt).results) * 1e6),
-        "lowered_call_cpu": lambda: median_cpu_us(lambda: low(x), calls),
-        "vm_from_python_cpu": lambda: median_cpu_us(lambda: main(xt), calls),
-    }
+    quantities: dict[tuple[str, str], Any] = {}
+    instr = {}
+    for label, low in builds.items():
+        instr[label] = vm_instructions(low, x)
+        vm = low._native_vm()
+        main = vm["main"]
+        # number=1: with number > 1 this VM's evaluator reported ~7x the per-call time (6.4 ms vs 0.82 ms)
+        ev = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=calls)
+        quantities |= {
+            (label, "lowered_call"): lambda low=low: median_us(lambda: low(x), calls),
+            (label, "vm_from_python"): lambda main=main: median_us(lambda: main(xt), calls),
+            (label, "vm_time_evaluator"): lambda ev=ev: float(np.median(ev(xt).results) * 1e6),
+            (label, "lowered_call_cpu"): lambda low=low: median_cpu_us(lambda: low(x), calls),
+            (label, "vm_from_python_cpu"): lambda main=main: median_cpu_us(lambda: main(xt), calls),
+        }
     for f in quantities.values():  # warm every path
         f()
-    samples: dict[str, list[float]] = {k: [] for k in quantities}
-    kernel_sums: list[float] = []
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in quantities}
+    kernel_sums: dict[str, list[float]] = {label: [] for label in builds}
     names = list(quantities)
+    untimed: dict[str, list[str]] = {}
     for r in range(rounds):
-        k = r % len(names)
+        k = (r * 7) % len(names)  # rotate the start, builds and quantities alike
         for name in names[k:] + names[:k]:
             samples[name].append(quantities[name]())
-        b = low.benchmark(repeat=kernel_repeat, kernels=True)
-        per = {row["name"]: row["median_ms"] * 1e3 for row in b.kernels}
-        kernel_sums.append(sum(per.get(s, 0.0) * n for s, n in instr["kernel_calls"].items()))
-    untimed = sorted(s for s in instr["kernel_calls"] if s not in per)
-    med = {k: float(np.median(v)) for k, v in samples.items()}
-    spread = {k: (float(np.percentile(v, 10)), float(np.percentile(v, 90))) for k, v in samples.items()}
-    ks = float(np.median(kernel_sums))
-    y = main(xt)
-    wrapper = {
-        "check_input": median_us(lambda: low._check_input(x), 200),
-        "copy_into_bound_input": median_us(lambda: np.copyto(low._in_array, x), 200),
-        "tvm_tensor_per_call (before)": median_us(lambda: tvm.runtime.tensor(x), 200),
-        "output_numpy_copy (before)": median_us(lambda: y.numpy(), 200),
+        for label, low in builds.items():
+            b = low.benchmark(repeat=kernel_repeat, kernels=True)
+            per = {row["name"]: row["median_ms"] * 1e3 for row in b.kernels}
+            calls_ = instr[label]["kernel_calls"]
+            kernel_sums[label].append(sum(per.get(s, 0.0) * n for s, n in calls_.items()))
+            untimed[label] = sorted(s for s in calls_ if s not in per)
+    out: dict[str, Any] = {}
+    for label, low in builds.items():
+        med = {q: float(np.median(samples[(label, q)])) for _, q in ROWS}
+        spread = {q: (float(np.percentile(samples[(label, q)], 10)), float(np.percentile(samples[(label, q)], 90)))
+                  for _, q in ROWS}
+        ks = float(np.median(kernel_sums[label]))
+        out[label] = {"median_us": med, "p10_p90_us": spread, "kernel_sum_us": ks,
+                      "kernel_sum_p10_p90_us": (float(np.percentile(kernel_sums[label], 10)),
+                                                float(np.percentile(kernel_sums[label], 90))),
+                      "instructions": instr[label], "untimed_kernels": untimed[label],
+                      "driver": low.meta.get("driver") is not None,
+                      "excess_pct": 100 * (med["lowered_call"] / ks - 1)}
+    y = any_low._native_vm()["main"](xt)
+    out["wrapper_parts_us"] = {
+        "check_input": median_us(lambda: any_low._check_input(x), 200),
+        "copy_into_bound_input": median_us(lambda: np.copyto(any_low._in_array, x), 200),
         "output_from_dlpack": median_us(lambda: np.from_dlpack(y), 200),
     }
-    return {"median_us": med, "p10_p90_us": spread, "kernel_sum_us": ks,
-            "kernel_sum_p10_p90_us": (float(np.percentile(kernel_sums, 10)), float(np.percentile(kernel_sums, 90))),
-            "instructions": instr, "untimed_kernels": untimed, "wrapper_parts_us": wrapper,
-            "excess_pct": 100 * (med["lowered_call"] / ks - 1), "excess_pct_before_fix": 100 * (
-                med["lowered_call_before_fix"] / ks - 1)}
+    return out
 
 
 def to_markdown(res: dict[str, Any], threads: int, meta: dict[str, Any]) -> str:
-    m, s, ks = res["median_us"], res["p10_p90_us"], res["kernel_sum_us"]
-    b = res["instructions"]["builtins"]
-    n_kernels = sum(res["instructions"]["kernel_calls"].values())
-    rows = [
-        ("`Lowered.__call__` (numpy in, numpy out)", "lowered_call"),
-        ("`Lowered.__call__` before the fix (TVM tensor per call, output copy)", "lowered_call_before_fix"),
-        ("VM `main` from Python, prepared TVM tensor", "vm_from_python"),
-        ("VM `main`, `time_evaluator` (C++ loop)", "vm_time_evaluator"),
-        ("`Lowered.__call__`, thread CPU time", "lowered_call_cpu"),
-        ("VM `main` from Python, thread CPU time", "vm_from_python_cpu"),
-    ]
+    labels = [k for k in res if k != "wrapper_parts_us"]
     lines = [f"{threads} thread(s), {meta['cpu']}, load average before/after {meta['load_before']} / "
-             f"{meta['load_after']}, {meta['timestamp']}:", "",
-             "| quantity | median us | p10-p90 us | x kernel sum |", "|---|---:|---:|---:|"]
-    for label, k in rows:
-        lines.append(f"| {label} | {m[k]:.0f} | {s[k][0]:.0f}-{s[k][1]:.0f} | {m[k] / ks:.3f} |")
-    lo, hi = res["kernel_sum_p10_p90_us"]
-    lines.append(f"| sum of the {n_kernels} kernel calls, each timed alone | {ks:.0f} | {lo:.0f}-{hi:.0f} | 1.000 |")
-    lines += ["", "Breakdown of the excess (medians, us per call): "
-              f"Python wrapper {m['lowered_call'] - m['vm_from_python']:.0f} (before the fix "
-              f"{m['lowered_call_before_fix'] - m['vm_from_python']:.0f}); Python-to-VM call "
-              f"{m['vm_from_python'] - m['vm_time_evaluator']:.0f}; VM dispatch, builtins and back-to-back cache "
-              f"effects {m['vm_time_evaluator'] - ks:.0f}.", "",
-              "VM instructions per call: " + ", ".join(f"{n} `{k.removeprefix('vm.builtin.')}`"
-                                                       for k, n in sorted(b.items(), key=lambda kv: -kv[1]))
-              + f", {n_kernels} kernel calls.", "",
-              "Wrapper parts (us, median of 200): " + ", ".join(f"{k} {v:.1f}" for k, v in
-                                                                 res["wrapper_parts_us"].items()) + "."]
+             f"{meta['load_after']}, {meta['timestamp']}; builds measured in the same interleaved rounds:", "",
+             "| quantity | " + " | ".join(f"{lb}: median us (p10-p90), x kernel sum" for lb in labels) + " |",
+             "|---|" + "---:|" * len(labels)]
+    for text, q in ROWS:
+        cells = []
+        for lb in labels:
+            m, s, ks = res[lb]["median_us"][q], res[lb]["p10_p90_us"][q], res[lb]["kernel_sum_us"]
+            cells.append(f"{m:.0f} ({s[0]:.0f}-{s[1]:.0f}), {m / ks:.3f}")
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    cells = []
+    for lb in labels:
+        lo, hi = res[lb]["kernel_sum_p10_p90_us"]
+        n = sum(res[lb]["instructions"]["kernel_calls"].values())
+        cells.append(f"{res[lb]['kernel_sum_us']:.0f} ({lo:.0f}-{hi:.0f}), {n} calls")
+    lines.append("| sum of the kernel calls, each timed alone | " + " | ".join(cells) + " |")
+    lines.append("")
+    for lb in labels:
+        m, ks = res[lb]["median_us"], res[lb]["kernel_sum_us"]
+        b = res[lb]["instructions"]["builtins"]
+        lines += [f"{lb}: excess over the kernel sum (medians, us per call): Python wrapper "
+                  f"{m['lowered_call'] - m['vm_from_python']:.0f}; Python-to-VM call "
+                  f"{m['vm_from_python'] - m['vm_time_evaluator']:.0f}; VM dispatch, builtins, driver and "
+                  f"back-to-back cache effects {m['vm_time_evaluator'] - ks:.0f}. VM instructions per call: "
+                  + ", ".join(f"{n} `{k.removeprefix('vm.builtin.')}`" for k, n in sorted(b.items(),
+                                                                                        key=lambda kv: -kv[1]))
+                  + ".", ""]
+    lines.append("Wrapper parts (us, median of 200): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                    res["wrapper_parts_us"].items()) + ".")
     return "\n".join(lines) + "\n"
 
 
-def _pipeline(keep_views: bool) -> Any:
-    """The default lowering pipeline, or the same without `AbsorbReshapeViews`."""
+#: the builds `--builds` names: the default native driver, and one VM instruction per kernel (the before figure)
+BUILDS = {"driver": "native driver", "vm": "Relax VM per kernel"}
+
+
+def _pipeline(keep_views: bool, driver: bool) -> Any:
+    """The default lowering pipeline, without `AbsorbReshapeViews` if `keep_views`, without the native driver
+    (`driver.NativeDriver`) unless `driver`."""
     import dataclasses
     import functools
 
     from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
 
-    pipe = default_pipeline()
-    return dataclasses.replace(pipe, finalize=functools.partial(finalize_passes, absorb_views=False)) \
-        if keep_views else pipe
+    return dataclasses.replace(default_pipeline(), finalize=functools.partial(
+        finalize_passes, absorb_views=not keep_views, native_driver=driver))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,9 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/overhead")
     ap.add_argument("--keep-views", action="store_true",
                     help="build without absorbing the reshape views between kernels (the before figure)")
+    ap.add_argument("--builds", default="driver,vm",
+                    help="comma-separated builds measured side by side: " + ", ".join(f"{k} ({v})" for k, v in
+                                                                                    BUILDS.items()))
     ap.add_argument("--unfused", action="store_true",
                     help="build without epilogue and float-island fusion (one kernel per elementwise op)")
     a = ap.parse_args(argv)
+    kinds = [k.strip() for k in a.builds.split(",") if k.strip()]
+    if not kinds or any(k not in BUILDS for k in kinds):
+        ap.error(f"--builds {a.builds!r}: a comma-separated list of {', '.join(BUILDS)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import qcompile as qc
     from qcompile.backends.tvm import lower_integer_graph
@@ -239,18 +265,20 @@ def main(argv: list[str] | None = None) -> None:
     warm = os.environ.get("QCOMPILE_CACHE")
     with tempfile.TemporaryDirectory() as empty:  # untuned: our default schedules, no database records
         os.environ["QCOMPILE_CACHE"] = empty
-        low = lower_integer_graph(ig, "x86", num_threads=a.threads, pipeline=_pipeline(a.keep_views))
+        builds = {BUILDS[k]: lower_integer_graph(ig, "x86", num_threads=a.threads,
+                                                 pipeline=_pipeline(a.keep_views, k == "driver")) for k in kinds}
     if warm is None:
         os.environ.pop("QCOMPILE_CACHE")
     else:
         os.environ["QCOMPILE_CACHE"] = warm
     load_before = "/".join(f"{v:.1f}" for v in os.getloadavg())
-    res = measure(low, a.rounds, a.calls, a.kernel_repeat)
+    res = measure(builds, a.rounds, a.calls, a.kernel_repeat)
     from qcompile.bench.harness import _cpu_info
 
     meta = {"cpu": _cpu_info("model name") or platform.processor(), "load_before": load_before,
             "load_after": "/".join(f"{v:.1f}" for v in os.getloadavg()),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": a.threads, "kernels": len(low.kernels),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": a.threads,
+            "kernels": len(next(iter(builds.values())).kernels),
             "reshape_views": "kept" if a.keep_views else "absorbed", "fusion": "off" if a.unfused else "on"}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

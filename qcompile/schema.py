@@ -53,6 +53,7 @@ LOWERED: Spec = {
     "output": (_SHAPE, True),
     "kernels": (list, True),
     "signatures": (dict, False),
+    "driver": ((dict, NoneType), False),
     "config": ((dict, NoneType), False),
     "policy": ((list, NoneType), False),
     "num_threads": ((int, NoneType), False),

@@ -64,13 +64,15 @@ def default_schedule_passes(target: Any) -> list:
     return [_schedule]
 
 
-def finalize_passes(target: Any, absorb_views: bool = True, batch_loop: int | str | None = None) -> list:
+def finalize_passes(target: Any, absorb_views: bool = True, batch_loop: int | str | None = None,
+                    native_driver: bool = True) -> list:
     """Dataflow lowering and VM finalisation (TVM's cpu_generic passes, static memory planning included),
     with the reshape views between kernels absorbed into the kernels' parameter shapes (`views`), dropping the
     PrimFuncs no call uses any more (legalized reshapes that became views), which would otherwise be compiled
     and exported. `absorb_views=False` keeps the views (for before/after measurements). `batch_loop="dynamic"`
     then gives `main` and every batch-1 kernel a symbolic batch, `batch_loop=N` N images (`batch.DynamicBatch`),
-    still in dataflow form."""
+    still in dataflow form. `native_driver` (without a batch loop) moves the kernel calls of `main` into one
+    TIR function on a planned arena (`driver.NativeDriver`); `False` keeps one VM instruction per kernel."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -85,6 +87,10 @@ def finalize_passes(target: Any, absorb_views: bool = True, batch_loop: int | st
         from qcompile.backends.tvm.batch import DynamicBatch
 
         absorb = absorb + [DynamicBatch(None if batch_loop == "dynamic" else int(batch_loop))]
+    elif native_driver:
+        from qcompile.backends.tvm.driver import NativeDriver
+
+        absorb = absorb + [NativeDriver()]
     return absorb + to_vm + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target)
 
 

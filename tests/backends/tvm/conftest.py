@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 import tvm_graphs as G
 
 from qcompile.backends.tvm import lower_integer_graph
+
+
+def vm_calls(low, x) -> collections.Counter:
+    """Calls per `main` by symbol (the VM's instrument hook): kernels, VM builtins, or the native driver."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(low._exec, tvm.cpu())
+    counts: collections.Counter = collections.Counter()
+
+    def instrument(func, symbol, before, ret, *args):
+        counts[symbol] += before
+        return 0
+
+    vm.set_instrument(instrument)
+    vm["main"](tvm.runtime.tensor(x))
+    return counts
+
+
+def vm_pipeline(**kw):
+    """The default pipeline with one VM instruction per kernel (no native driver) and `finalize_passes(**kw)`."""
+    import dataclasses
+    import functools
+
+    from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
+
+    return dataclasses.replace(default_pipeline(), finalize=functools.partial(finalize_passes, native_driver=False,
+                                                                              **kw))
 
 
 def make_input(ig, seed: int = 0, scale: float = 3.0) -> np.ndarray:

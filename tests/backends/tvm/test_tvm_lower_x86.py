@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import operator
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import tvm_graphs as G
-from conftest import make_input
+from conftest import make_input, vm_calls, vm_pipeline
 
 from qcompile import ops
 from qcompile.backends.tvm import load, lower_integer_graph, register_strategy, select_strategy
@@ -194,39 +195,15 @@ def test_repeated_calls_keep_earlier_outputs(mbv2_x86, mbv2_graph):
     assert mbv2_x86._in_array.ctypes.data % 64 == 0
 
 
-def _vm_calls(low, x) -> dict:
-    """Calls per `main` by symbol (the VM's instrument hook)."""
-    import collections
-
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(low._exec, tvm.cpu())
-    counts: collections.Counter = collections.Counter()
-
-    def instrument(func, symbol, before, ret, *args):
-        counts[symbol] += before
-        return 0
-
-    vm.set_instrument(instrument)
-    vm["main"](tvm.runtime.tensor(x))
-    return dict(counts)
-
-
 def test_reshape_views_absorbed_into_kernels(mbv2_x86, mbv2_graph):
     """Kernels read their NCHW neighbours' buffers directly (views.AbsorbReshapeViews): no `reshape`
     instruction is left between kernels, one fewer register kill per view, and outputs stay bit-exact;
-    the same graph built without the pass has the views."""
-    import dataclasses
-    import functools
-
-    from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
-
-    keep_views = dataclasses.replace(default_pipeline(), finalize=functools.partial(finalize_passes,
-                                                                                    absorb_views=False))
-    plain = lower_integer_graph(mbv2_graph, "x86", pipeline=keep_views)
+    the same graph built without the pass has the views (both VM programs without the native driver)."""
+    plain = lower_integer_graph(mbv2_graph, "x86", pipeline=vm_pipeline(absorb_views=False))
+    absorbed = lower_integer_graph(mbv2_graph, "x86", pipeline=vm_pipeline())
+    assert plain.meta["driver"] is None and absorbed.meta["driver"] is None
     x = make_input(mbv2_graph, 5)
-    before, after = _vm_calls(plain, x), _vm_calls(mbv2_x86, x)
+    before, after = vm_calls(plain, x), vm_calls(absorbed, x)
     views = before.get("vm.builtin.reshape", 0)
     assert views >= 10 and after.get("vm.builtin.reshape", 0) == 0
     assert after["vm.builtin.null_value"] == before["vm.builtin.null_value"] - views
@@ -234,8 +211,9 @@ def test_reshape_views_absorbed_into_kernels(mbv2_x86, mbv2_graph):
     assert kernels == {k: n for k, n in before.items() if not k.startswith("vm.")}
     for seed in (5, 6):
         xs = make_input(mbv2_graph, seed)
-        np.testing.assert_array_equal(mbv2_x86(xs), plain(xs))
+        np.testing.assert_array_equal(absorbed(xs), plain(xs))
         np.testing.assert_array_equal(mbv2_x86(xs), G.reference(mbv2_graph, xs))
+        np.testing.assert_array_equal(absorbed(xs), G.reference(mbv2_graph, xs))
 
 
 def test_absorbed_views_keep_every_kernel_name():
@@ -250,13 +228,22 @@ def test_absorbed_views_keep_every_kernel_name():
         y = b.call(ops.rescale, y, multiplier=(1 << 16) | 777, offset=(1 << 15) - 9 * (1 << 16), shift=16, lo=0,
                    hi=255)
     ig = b.build(y, {"input_shape": [1, 4, 8, 8]})
-    low = lower_integer_graph(ig, "x86")
+    low = lower_integer_graph(ig, "x86", pipeline=vm_pipeline())
     names = {f for k in low.kernels for f in k["primfuncs"]}
     assert sum(1 for n in names if n.startswith("lut")) == 2
     assert names == set(low.meta["signatures"])
     x = make_input(ig, 3)
-    assert _vm_calls(low, x).get("vm.builtin.reshape", 0) == 1  # the function's result only: NCHW again
+    on_vm = vm_calls(low, x)
+    assert on_vm.get("vm.builtin.reshape", 0) == 1  # the function's result only: NCHW again
     assert_exact(low, ig, x)
+    # the native driver calls the same kernels as often; the result's view is its output buffer's shape, no VM
+    # reshape
+    drv = lower_integer_graph(ig, "x86")
+    assert collections.Counter(drv.meta["driver"]["calls"]) == {k: n for k, n in on_vm.items()
+                                                                if not k.startswith("vm.")}
+    assert set(drv.meta["driver"]["calls"]) == names == set(drv.meta["signatures"])
+    assert vm_calls(drv, x).get("vm.builtin.reshape", 0) == 0
+    assert_exact(drv, ig, x)
     assert {r["name"] for r in low.benchmark(repeat=2).kernels} >= names
 
 

@@ -1,0 +1,281 @@
+"""One native function that runs every kernel of `main`: the Relax VM out of the per-kernel loop.
+
+Per kernel, the Relax VM executes an `alloc_tensor` (a new tensor object on a statically planned storage), a
+packed call through the interpreter and a register kill: about 0.2-0.3 us each, ~30 us per call of the demo
+subnet's 104 kernels (docs/benchmarks_demo.md, "Per-call overhead"). `NativeDriver` replaces the kernel calls
+of `main` by one TIR PrimFunc, `qc_driver`, compiled into the same library, which calls the kernels in program
+order as direct C calls (`tvm_call_cpacked`: a DLTensor per argument built on the stack, no lookup, no tensor
+object, no interpreter) on
+
+- one arena for every intermediate tensor, its offsets planned at compile time (liveness intervals, first fit of
+  the largest first, 64-byte aligned): the arena is the driver's second output, so the VM allocates it once per
+  call from its static plan;
+- one constant blob holding every weight, bias and table the kernels read (64-byte aligned offsets), one Relax
+  constant instead of hundreds of arguments.
+
+`main` becomes `R.call_tir(qc_driver, (x, blob), [out, arena])[0]`: `Lowered.__call__`, `benchmark`, `export` /
+`load`, the qemu runner and RPC all run it unchanged. The kernels keep their own exported symbols (the per-kernel
+table times them alone). Each kernel reads and writes exactly the bytes it did under the VM (the same compact
+row-major buffers; a reshape is the same bytes under another shape), so the outputs are bit-exact by construction;
+tests compare them with the reference executor.
+
+The rewrite applies when `main` is a straight line of `call_tir` (one static-shaped tensor each), `reshape` and
+variable bindings over static-shaped tensors, and returns a tensor a kernel wrote; anything else (a dynamic batch,
+a tuple output, another Relax op) keeps the VM program, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DRIVER_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info"]
+
+DRIVER_NAME = "qc_driver"
+#: PrimFunc attribute of the driver: the kernel symbols it calls, in order (`driver_calls`)
+DRIVER_CALLS_ATTR = "qcompile.driver_calls"
+#: byte alignment of every arena and blob offset (TVM's kAllocAlignment: kernels assume it of their buffers)
+ALIGN = 64
+
+
+class _NotApplicable(Exception):
+    """`main` is not a straight line of kernel calls over static shapes (the message says why)."""
+
+
+@dataclass
+class _Slot:
+    """A tensor's bytes: a parameter of `main`, the output, an arena range or a constant."""
+
+    kind: str  # "param", "out", "arena", "const"
+    index: int = 0  # parameter index, or constant index
+    nbytes: int = 0
+    first: int = 0  # arena: the call that writes it ...
+    last: int = 0  # ... and the last call that reads it
+    offset: int = 0  # arena / blob byte offset
+
+
+@dataclass
+class _Plan:
+    calls: list = field(default_factory=list)  # (symbol, [(slot, shape, dtype)])
+    consts: list = field(default_factory=list)  # numpy arrays, by constant index
+    arena_bytes: int = 0
+    blob: np.ndarray | None = None
+
+
+def _static(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
+    from tvm import relax, tirx
+
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        raise _NotApplicable(f"{what} is not a tensor of known shape ({ty})")
+    dims = getattr(ty.shape, "values", None)
+    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
+        raise _NotApplicable(f"{what} has a symbolic shape ({ty})")
+    return tuple(int(d) for d in dims), str(ty.dtype)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _symbol(func: Any, name: str) -> str:
+    attrs = func.attrs
+    return str(attrs["global_symbol"]) if attrs is not None and "global_symbol" in attrs else name
+
+
+def _first_fit(slots: list[_Slot]) -> int:
+    """Arena offsets: the largest tensors first, each at the lowest aligned offset that overlaps no placed tensor
+    alive at the same time (both ends inclusive: a kernel's output never shares bytes with its inputs).
+    Returns the arena size."""
+    placed: list[_Slot] = []
+    for s in sorted(slots, key=lambda s: (-s.nbytes, s.first)):
+        busy = sorted((p.offset, p.offset + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
+        off = 0
+        for lo, hi in busy:
+            if off + s.nbytes <= lo:
+                break
+            off = max(off, _align(hi))
+        s.offset = off
+        placed.append(s)
+    return max((_align(p.offset + p.nbytes) for p in placed), default=0)
+
+
+def _plan(mod: Any, main: Any) -> _Plan:
+    """The kernel calls of `main` with the bytes each argument lives in; `_NotApplicable` if it is not a straight
+    line of kernel calls."""
+    import tvm
+    from tvm import relax, tirx
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    reshape = tvm.ir.Op.get("relax.reshape")
+    where: dict[Any, tuple[_Slot, tuple[int, ...], str]] = {}  # relax var -> (slot, shape, dtype)
+    for i, p in enumerate(main.params):
+        where[p] = (_Slot("param", i), *_static(p.ty, f"parameter {p.name}"))
+    plan = _Plan()
+    const_slot: dict[Any, _Slot] = {}
+    arena: list[_Slot] = []
+    body = main.body
+    if not isinstance(body, relax.SeqExpr):
+        raise _NotApplicable("main's body is not a sequence of bindings")
+    for block in body.blocks:
+        for b in block.bindings:
+            if not isinstance(b, relax.VarBinding):
+                raise _NotApplicable(f"{type(b).__name__} {b.var.name}")
+            v = b.value
+            if isinstance(v, relax.Var) and v in where:
+                where[b.var] = where[v]
+            elif isinstance(v, relax.Call) and v.op == reshape and isinstance(v.args[0], relax.Var) \
+                    and v.args[0] in where:
+                slot, shape, dtype = where[v.args[0]]
+                new_shape, new_dtype = _static(b.var.ty, f"reshape {b.var.name}")
+                if _nbytes(new_shape, new_dtype) != _nbytes(shape, dtype):
+                    raise _NotApplicable(f"reshape {b.var.name} changes the size")
+                where[b.var] = (slot, new_shape, new_dtype)
+            elif isinstance(v, relax.Call) and v.op == call_tir and len(v.args) == 2:
+                gv = v.args[0]
+                func = mod[gv]
+                if not isinstance(func, tirx.PrimFunc):
+                    raise _NotApplicable(f"call_tir of {gv.name_hint}, not a PrimFunc")
+                n = len(plan.calls)
+                args = []
+                for a in v.args[1].fields:
+                    if isinstance(a, tvm.ir.Constant):
+                        key = next((k for k in const_slot if k.same_as(a)), None)
+                        if key is None:
+                            const_slot[a] = _Slot("const", len(plan.consts))
+                            plan.consts.append(a.value.numpy())
+                            key = a
+                        args.append((const_slot[key], *_static(a.ty, "a constant")))
+                    elif isinstance(a, relax.Var) and a in where:
+                        slot, shape, dtype = where[a]
+                        slot.last = max(slot.last, n)
+                        args.append((slot, shape, dtype))
+                    else:
+                        raise _NotApplicable(f"argument {a} of {gv.name_hint}")
+                shape, dtype = _static(b.var.ty, f"output of {gv.name_hint}")
+                out = _Slot("arena", nbytes=_nbytes(shape, dtype), first=n, last=n)
+                arena.append(out)
+                where[b.var] = (out, shape, dtype)
+                if len(args) + 1 != len(func.params):
+                    raise _NotApplicable(f"{gv.name_hint} takes {len(func.params)} buffers, called with "
+                                         f"{len(args) + 1}")
+                plan.calls.append((_symbol(func, gv.name_hint), gv, [*args, (out, shape, dtype)]))
+            else:
+                raise _NotApplicable(f"binding {b.var.name} = {type(v).__name__} {getattr(v, 'op', '')}")
+    ret = body.body
+    if not isinstance(ret, relax.Var) or ret not in where:
+        raise _NotApplicable("main does not return one tensor variable")
+    slot, _, _ = where[ret]
+    if slot.kind != "arena":
+        raise _NotApplicable("main returns a parameter or a constant, not a kernel's output")
+    slot.kind = "out"  # the kernel writes the driver's output buffer directly
+    if not plan.calls:
+        raise _NotApplicable("main calls no kernel")
+    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"]), ALIGN)
+    off, parts = 0, []
+    for i, c in enumerate(plan.consts):
+        nxt = _align(off)
+        parts.append(np.zeros(nxt - off, np.uint8))
+        next(s for s in const_slot.values() if s.index == i).offset = nxt
+        raw = np.ascontiguousarray(c).view(np.uint8).reshape(-1)
+        parts.append(raw)
+        off = nxt + raw.size
+    plan.blob = np.concatenate(parts + [np.zeros(_align(off) - off + ALIGN, np.uint8)])
+    return plan
+
+
+def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple) -> Any:
+    """The TIR driver: parameters (main's inputs..., blob, out, arena), one `tvm_call_cpacked` per kernel."""
+    from tvm import tirx
+
+    ins = [tirx.decl_buffer(shape, dtype, f"in{i}") for i, (shape, dtype) in enumerate(params)]
+    blob = tirx.decl_buffer((int(plan.blob.size),), "uint8", "blob")
+    out = tirx.decl_buffer(out_ty[0], out_ty[1], "out")
+    arena = tirx.decl_buffer((plan.arena_bytes,), "uint8", "arena")
+
+    def pointer(slot: _Slot) -> Any:
+        if slot.kind == "param":
+            return ins[slot.index].data
+        if slot.kind == "out":
+            return out.data
+        base = arena if slot.kind == "arena" else blob
+        return tirx.address_of(tirx.BufferLoad(base, [tirx.IntImm("int32", slot.offset)]))
+
+    stmts = []
+    for symbol, _gv, args in plan.calls:
+        arrays = [
+            tirx.tvm_stack_make_array(pointer(slot), tirx.tvm_stack_make_shape(*shape) if shape else 0, 0,
+                                      len(shape), tirx.const(0, dtype), 0)
+            for slot, shape, dtype in args
+        ]
+        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, *arrays)))
+    func = tirx.PrimFunc([*ins, blob, out, arena], tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
+    return func.with_attrs({"global_symbol": DRIVER_NAME, DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls]})
+
+
+def native_driver(mod: Any) -> Any:
+    """`mod` with `main`'s kernel calls moved into one TIR driver (see the module docstring); `mod` unchanged
+    when `main` is not a straight line of kernel calls over static shapes. Expects dataflow form, after
+    `AbsorbReshapeViews`."""
+    import tvm
+    from tvm import relax
+
+    main = mod["main"]
+    try:
+        plan = _plan(mod, main)
+    except _NotApplicable as e:
+        log.info("native driver not used, the Relax VM runs the kernels: %s", e)
+        return mod
+    params = [_static(p.ty, p.name) for p in main.params]
+    out_ty = _static(main.body.body.ty, "the result")
+    driver = _driver_primfunc(plan, params, out_ty)
+    # the kernels are now called by symbol only: an exported symbol keeps each one (and its per-kernel timing)
+    # through dead-code elimination
+    kernels = {gv: mod[gv].with_attr("global_symbol", sym) for sym, gv, _ in plan.calls}
+    out = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in kernels and gv.name_hint != "main"},
+                       attrs=mod.attrs)
+    for gv, f in kernels.items():
+        out[gv] = f
+    bb = relax.BlockBuilder(out)
+    gv_driver = bb.add_func(driver, DRIVER_NAME)
+    new_params = [relax.Var(p.name, p.ty) for p in main.params]
+    blob = relax.const(plan.blob)
+    with bb.function("main", new_params, attrs=dict(main.attrs or {}), private=False):
+        with bb.dataflow():
+            res = bb.emit(relax.call_tir(gv_driver, [*new_params, blob], [
+                relax.TensorType(out_ty[0], out_ty[1]), relax.TensorType((plan.arena_bytes,), "uint8")]))
+            y = bb.emit_output(relax.TupleGetItem(res, 0))
+        bb.emit_func_output(y)
+    log.info("native driver: %d kernel calls, arena %d bytes, %d constants in a %d-byte blob", len(plan.calls),
+             plan.arena_bytes, len(plan.consts), plan.blob.size)
+    return bb.get()
+
+
+def driver_info(mod: Any) -> dict | None:
+    """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes"};
+    None without a driver."""
+    for gv, f in mod.functions.items():
+        if gv.name_hint == DRIVER_NAME and f.attrs is not None and DRIVER_CALLS_ATTR in f.attrs:
+            params = list(f.params)
+            return {"calls": [str(s) for s in f.attrs[DRIVER_CALLS_ATTR]],
+                    "arena_bytes": int(params[-1].shape[0]), "blob_bytes": int(params[-3].shape[0])}
+    return None
+
+
+def NativeDriver() -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+    """`native_driver` as a module pass."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.NativeDriver")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        return native_driver(mod)
+
+    return _pass

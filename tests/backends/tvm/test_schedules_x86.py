@@ -478,7 +478,8 @@ def test_pointwise_conv_on_few_pixels_is_a_gemv_over_channels(c, h, o, target, o
     x[0, :2], wt[: o // 2, :2] = 255, -128
     zmm = target == VNNI512 and o % 16 == 0
     kw = dict(s=1, p=0, groups=1, pad_value=0, lo=2, hi=253)
-    got = _run_strategy(op, x, wt, bias, mult, shift, target=target, instr=r"vpdpbusd\s+.*%" + ("zmm" if zmm else "ymm"),
+    instr = r"vpdpbusd\s+.*%" + ("zmm" if zmm else "ymm")
+    got = _run_strategy(op, x, wt, bias, mult, shift, target=target, instr=instr,
                         expect={"kind": "gemv", "mode": "vnni512" if zmm else "vnni"}, **kw)
     np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, requant=op == "conv2d_requant", **kw))
     assert not gemv_applies(target, "pointwise", 9, c) and not gemv_applies(AVX2, "pointwise", 1, c)

@@ -485,15 +485,15 @@ def test_pointwise_conv_on_few_pixels_is_a_gemv_over_channels(c, h, o, target, o
     assert not gemv_applies(target, "pointwise", 9, c) and not gemv_applies(AVX2, "pointwise", 1, c)
 
 
-@pytest.mark.parametrize("c,h,k,s,pad_value", [(96, 4, 7, 1, 9), (48, 4, 7, 2, 200), (24, 2, 7, 1, 255),
+@pytest.mark.parametrize("c,h,k,s,pad_value", [(96, 4, 7, 1, 9), (48, 8, 7, 2, 200), (24, 2, 7, 1, 255),
                                                  (40, 1, 7, 1, 17), (16, 4, 3, 1, 0), (20, 3, 5, 2, 77)])
 @pytest.mark.parametrize("target", [VNNI512, AVXVNNI], ids=["avx512-vnni", "avx-vnni"])
 def test_depthwise_on_small_maps_puts_channels_in_the_lanes(c, h, k, s, pad_value, target):
-    """Depthwise layers on maps of at most 16 pixels (4x4, 3x3, 2x2, 1x1; 7x7, 5x5, 3x3, stride 1 and 2) take the
-    channel-vector kernel (`vpdpbusd` on four inputs of each channel, the padding taps folded into a per-pixel
-    bias), bit-exact against the reference with extreme codes and weights, requantized and to the accumulator;
+    """Depthwise layers with at most 16 output pixels (4x4, 3x3, 2x2, 1x1, and 8x8 -> 4x4 at stride 2; 7x7, 5x5,
+    3x3) take the channel-vector kernel (`vpdpbusd` on four inputs of each channel, the padding taps folded into a
+    per-pixel bias), bit-exact against the reference with extreme codes and weights, requantized and to the accumulator;
     C = 20 and 40 (not a multiple of 16) run on 8 lanes with a ragged last vector."""
-    from qcompile.backends.tvm.schedules.x86.depthwise import CVEC_DW_PIXELS, cvec_dw_lanes
+    from qcompile.backends.tvm.schedules.x86.depthwise import CVEC_DW_IN_PIXELS, CVEC_DW_PIXELS, cvec_dw_lanes
 
     p = k // 2
     rng = np.random.default_rng(c + h + k)
@@ -509,4 +509,5 @@ def test_depthwise_on_small_maps_puts_channels_in_the_lanes(c, h, k, s, pad_valu
     np.testing.assert_array_equal(
         _run_strategy("conv2d", x, wt, bias, mult, shift, target=target, instr=instr, expect=mode, **kw),
         _reference(x, wt, bias, mult, shift, requant=False, **kw))
-    assert cvec_dw_lanes(c, CVEC_DW_PIXELS + 1, 1, 16) == 0 and cvec_dw_lanes(c, 16, 16, 0) == 0
+    assert cvec_dw_lanes(c, 16, CVEC_DW_PIXELS + 1, 16) == 0 and cvec_dw_lanes(c, CVEC_DW_IN_PIXELS + 1, 4, 16) == 0
+    assert cvec_dw_lanes(c, 16, 16, 0) == 0

@@ -459,6 +459,7 @@ def depthwise_cvec_x86(dw: DwConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
         U8S8_16x4_VNNI512_LANEWISE,
         register_x86_intrinsics,
     )
+    from qcompile.backends.tvm.schedules.x86.gemv import schedule_lane_block
 
     register_x86_intrinsics()
     c, h, w, ho, wo = dw.c, dw.h, dw.w, dw.ho, dw.wo
@@ -487,22 +488,7 @@ def depthwise_cvec_x86(dw: DwConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
     yo, yi = sch.split(y_, [None, _cvec_rows(ho, wo)])
     sch.reorder(cc_, yo, rb_, yi, xo_, li_, ri_)
     parallel_if_worth(sch, cc_, c * p * qb * 4, "depthwise")
-    sch.set_scope(blk, 0, "local")  # the block's accumulators in registers
-    ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, yo)
-    init = sch.decompose_reduction(blk, rb_)
-    sch.tensorize(li_, (U8S8_16x4_VNNI512_LANEWISE if lanes == 16 else U8S8_8x4_VNNI_LANEWISE) + "_local")
-    sch.unroll(yi)
-    sch.unroll(xo_)
-    sch.vectorize(sch.get_loops(init)[-1])
-    # the epilogue of the block: channels in the lanes, output pixels outside (strided stores to NCHW)
-    e_ch, *e_pix = sch.get_loops(ep)[2:]  # under (channel vector, row block); loops of extent 1 are gone
-    if e_pix:
-        sch.reorder(*e_pix, e_ch)
-    for lp in e_pix:
-        sch.unroll(lp)
-    if c % lanes == 0:
-        _, e_ci = sch.split(e_ch, [None, lanes])
-        sch.vectorize(e_ci)
+    schedule_lane_block(sch, blk, yo, rb_, li_, U8S8_16x4_VNNI512_LANEWISE if lanes == 16 else U8S8_8x4_VNNI_LANEWISE,
+                        (yi, xo_), 2, c, lanes)
     sch.unroll(sch.get_loops(sch.get_sblock("xpack"))[-1])
     return sch.mod["main"]

@@ -38,7 +38,7 @@ from qcompile.backends.tvm.schedules.requant import apply_post, post_placeholder
 from qcompile.errors import ConfigError
 
 __all__ = ["GEMV_MAX_PIXELS", "GEMV_MAX_ACC", "gemv_applies", "gemv_lanes", "gemv_mode", "pack_gemv_weights",
-           "pointwise_gemv_x86"]
+           "pointwise_gemv_x86", "schedule_lane_block"]
 
 #: most output pixels of a pointwise conv that `pointwise_gemv_x86` computes (more: the pixel-vector GEMM)
 GEMV_MAX_PIXELS = 4
@@ -81,6 +81,32 @@ def pack_gemv_weights(w: np.ndarray, lanes: int) -> np.ndarray:
 def _channel_block(ob: int, p: int, max_acc: int = GEMV_MAX_ACC) -> int:
     """Channel vectors per block: the largest divisor of `ob` with `p * To <= max_acc` (no ragged block)."""
     return max(t for t in range(1, ob + 1) if ob % t == 0 and p * t <= max(max_acc, p))
+
+
+def schedule_lane_block(sch: s_tir.Schedule, blk: Any, at: Any, rb: Any, lanes_loop: Any, intrin: str,
+                        unroll: tuple, n_outer: int, channels: int, lanes: int) -> None:
+    """What the kernels with channels in the vector lanes (`pointwise_gemv_x86`, `depthwise.depthwise_cvec_x86`)
+    schedule alike once their block loops are ordered: the block's accumulators in registers (a stack tile with
+    constant indices after unrolling `unroll`), the `epilogue` stage of the block at loop `at` while it is hot,
+    the zero-init vectorised, `intrin` (its `_local` form) on `lanes_loop`, and the epilogue with channels in the
+    lanes and output pixels outside (strided stores to `[C, pixels]` when there are several). `n_outer`: the
+    epilogue's loops down to `at`; its loops of extent 1 are gone (one pixel)."""
+    sch.set_scope(blk, 0, "local")
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, at)
+    init = sch.decompose_reduction(blk, rb)
+    sch.tensorize(lanes_loop, intrin + "_local")
+    for lp in unroll:
+        sch.unroll(lp)
+    sch.vectorize(sch.get_loops(init)[-1])
+    e_ch, *e_pix = sch.get_loops(ep)[n_outer:]
+    if e_pix:
+        sch.reorder(*e_pix, e_ch)
+    for lp in e_pix:
+        sch.unroll(lp)
+    if channels % lanes == 0:
+        _, e_ci = sch.split(e_ch, [None, lanes])
+        sch.vectorize(e_ci)
 
 
 def pointwise_gemv_x86(gc: GemmConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
@@ -127,24 +153,8 @@ def pointwise_gemv_x86(gc: GemmConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
     co, ci = sch.split(c_, [None, _channel_block(ob, p)])
     sch.reorder(co, rb_, j_, ci, li_, ri_)
     parallel_if_worth(sch, co, o * k * p, "gemv")
-    # the block's accumulators live in registers (a stack tile with constant indices after unrolling)
-    sch.set_scope(blk, 0, "local")
-    ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, co)
-    init = sch.decompose_reduction(blk, rb_)
-    sch.tensorize(li_, (S8U8_16x4_VNNI512_BCAST if lanes == 16 else S8U8_8x4_VNNI_BCAST) + "_local")
-    sch.unroll(j_)
-    sch.unroll(ci)
-    sch.vectorize(sch.get_loops(init)[-1])
-    # the epilogue of the block, channels in the vector lanes (pixels outside: for P > 1 the stores are strided)
-    e_loops = sch.get_loops(ep)[1:]  # under the block loop: channels, then pixels (absent when P == 1)
-    e_c = e_loops[0]
-    if len(e_loops) > 1:
-        sch.reorder(e_loops[1], e_c)
-        sch.unroll(e_loops[1])
-    if o % lanes == 0:
-        _, e_ci = sch.split(e_c, [None, lanes])
-        sch.vectorize(e_ci)
+    schedule_lane_block(sch, blk, co, rb_, li_, S8U8_16x4_VNNI512_BCAST if lanes == 16 else S8U8_8x4_VNNI_BCAST,
+                        (j_, ci), 1, o, lanes)
     xp_loops = sch.get_loops(sch.get_sblock("xpack"))
     sch.unroll(xp_loops[-1])
     return sch.mod["main"]

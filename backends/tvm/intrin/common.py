@@ -18,10 +18,18 @@ from tvm.script import tirx as T
 __all__ = ["DOT_FORMS", "dot_desc", "dot_impl", "register_scoped", "target_features"]
 
 
+def _shapes(lanes: int, k: int, bcast: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Operand shapes of A and B: the broadcast one is `(k,)`, a vector one `(lanes, k)` (`bcast="none"`: both)."""
+    if bcast not in ("a", "b", "none"):
+        raise ValueError(bcast)
+    return ((k,) if bcast == "a" else (lanes, k)), ((k,) if bcast == "b" else (lanes, k))
+
+
 def dot_desc(lanes: int, k: int, a_dtype: str, b_dtype: str, scope: str = "global", bcast: str = "b") -> Any:
-    """TIR description: `C[i] += A[i, k] * B[k]` for i < lanes, k < k (`bcast="b"`), or `C[i] += A[k] * B[i, k]`
-    (`bcast="a"`); int32 accumulate in `scope`."""
-    a_shape, b_shape = ((lanes, k), (k,)) if bcast == "b" else ((k,), (lanes, k))
+    """TIR description: `C[i] += A[i, k] * B[k]` for i < lanes, k < k (`bcast="b"`), `C[i] += A[k] * B[i, k]`
+    (`bcast="a"`), or `C[i] += A[i, k] * B[i, k]` (`bcast="none"`, lane by lane: a depthwise step with channels
+    in the lanes); int32 accumulate in `scope`."""
+    a_shape, b_shape = _shapes(lanes, k, bcast)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -31,16 +39,20 @@ def dot_desc(lanes: int, k: int, a_dtype: str, b_dtype: str, scope: str = "globa
         with T.sblock("root"):
             if bcast == "b":
                 T.reads(C[0:lanes], A[0:lanes, 0:k], B[0:k])
-            else:
+            elif bcast == "a":
                 T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
+            else:
+                T.reads(C[0:lanes], A[0:lanes, 0:k], B[0:lanes, 0:k])
             T.writes(C[0:lanes])
             for i, r in T.grid(lanes, k):
                 with T.sblock("update"):
                     vi, vr = T.axis.remap("SR", [i, r])
                     if bcast == "b":
                         C[vi] = C[vi] + T.cast(A[vi, vr], "int32") * T.cast(B[vr], "int32")
-                    else:
+                    elif bcast == "a":
                         C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
+                    else:
+                        C[vi] = C[vi] + T.cast(A[vi, vr], "int32") * T.cast(B[vi, vr], "int32")
 
     return desc
 
@@ -55,7 +67,8 @@ def dot_impl(lanes: int, k: int, a_dt: str, b_dt: str, llvm: str, form: str = "f
              bcast: str = "b") -> Callable[[str], Any]:
     """Implementation (scope -> PrimFunc) of the `dot_desc` step with one instruction (`DOT_FORMS`): the vector
     operand is loaded whole, the `k` values of the broadcast operand (`bcast`) are read as one int32 and
-    broadcast to every lane (the NEON form broadcasts to half the lanes: `smull` multiplies 8 bytes)."""
+    broadcast to every lane (the NEON form broadcasts to half the lanes: `smull` multiplies 8 bytes); with
+    `bcast="none"` (fused form only) both operands are loaded whole."""
     if form not in DOT_FORMS:
         raise ValueError(form)
     width = lanes * k
@@ -64,7 +77,9 @@ def dot_impl(lanes: int, k: int, a_dt: str, b_dt: str, llvm: str, form: str = "f
     bc_lanes = lanes // 2 if form == "neon" else lanes
     vec_vt, bc_vt = f"{vec_dt}x{width}", f"{bc_dt}x{bc_lanes * k}"
     vec_let, bc_let = getattr(T, vec_vt), getattr(T, bc_vt)
-    a_shape, b_shape = ((lanes, k), (k,)) if bcast == "b" else ((k,), (lanes, k))
+    a_shape, b_shape = _shapes(lanes, k, bcast)
+    if bcast == "none" and form != "fused":
+        raise ValueError(f"bcast='none' needs the fused form, not {form!r}")
 
     def make(scope: str) -> Any:
         @T.prim_func(s_tir=True)
@@ -73,7 +88,13 @@ def dot_impl(lanes: int, k: int, a_dt: str, b_dt: str, llvm: str, form: str = "f
             B = T.match_buffer(b, b_shape, b_dt, offset_factor=1)
             C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
             with T.sblock("root"):
-                if bcast == "a":  # a GEMV step: activations broadcast, the weight rows are the vector operand
+                if bcast == "none":  # both operands whole vectors, lane by lane
+                    T.reads(C[0:lanes], A[0:lanes, 0:k], B[0:lanes, 0:k])
+                    T.writes(C[0:lanes])
+                    C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm), C.vload([0], c_vt), A.vload([0, 0], f"{a_dt}x{width}"),
+                        B.vload([0, 0], f"{b_dt}x{width}"), dtype=c_vt)
+                elif bcast == "a":  # a GEMV step: activations broadcast, the weight rows are the vector operand
                     T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
                     T.writes(C[0:lanes])
                     a_i32: T.let[T.int32] = T.reinterpret(A.vload([0], f"{a_dt}x{k}"), dtype="int32")

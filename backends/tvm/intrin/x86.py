@@ -40,6 +40,9 @@ __all__ = [
     "I16_16x2_AVX512",
     "I16_16x2_VNNI512",
     "S8U8_16x4_VNNI512_BCAST",
+    "S8U8_8x4_VNNI_BCAST",
+    "U8S8_16x4_VNNI512_LANEWISE",
+    "U8S8_8x4_VNNI_LANEWISE",
     "DOT_INTRINSICS",
     "has_avx512_vnni",
     "register_x86_intrinsics",
@@ -55,6 +58,9 @@ U8S8_16x4_VNNI512 = "qcompile_u8s8_16x4_vnni512"
 I16_16x2_AVX512 = "qcompile_i16_16x2_avx512"
 I16_16x2_VNNI512 = "qcompile_i16_16x2_vnni512"
 S8U8_16x4_VNNI512_BCAST = "qcompile_s8u8_16x4_vnni512_bcast"
+S8U8_8x4_VNNI_BCAST = "qcompile_s8u8_8x4_vnni_bcast"
+U8S8_16x4_VNNI512_LANEWISE = "qcompile_u8s8_16x4_vnni512_lanewise"
+U8S8_8x4_VNNI_LANEWISE = "qcompile_u8s8_8x4_vnni_lanewise"
 
 #: name -> (instruction, int32 lanes) of each broadcast dot-product intrinsic (`dot_impl`)
 DOT_INTRINSICS = {
@@ -95,9 +101,14 @@ def register_x86_intrinsics() -> None:
     global _registered
     if _registered:
         return
-    # the GEMV step: 4 activations broadcast against 16 rows of 4 weights
-    register_scoped(S8U8_16x4_VNNI512_BCAST, lambda scope: dot_desc(16, 4, "uint8", "int8", scope, bcast="a"),
-                    dot_impl(16, 4, "uint8", "int8", _LLVM[("vpdpbusd", 16)], "fused", bcast="a"))
+    # the GEMV steps: 4 activations broadcast against 16 (8) rows of 4 weights, zmm (ymm) vpdpbusd
+    for name, lanes in ((S8U8_16x4_VNNI512_BCAST, 16), (S8U8_8x4_VNNI_BCAST, 8)):
+        register_scoped(name, lambda scope, lanes=lanes: dot_desc(lanes, 4, "uint8", "int8", scope, bcast="a"),
+                        dot_impl(lanes, 4, "uint8", "int8", _LLVM[("vpdpbusd", lanes)], "fused", bcast="a"))
+    # the lane-wise steps: 4 activations of each lane's channel against that channel's 4 weights (depthwise)
+    for name, lanes in ((U8S8_16x4_VNNI512_LANEWISE, 16), (U8S8_8x4_VNNI_LANEWISE, 8)):
+        register_scoped(name, lambda scope, lanes=lanes: dot_desc(lanes, 4, "uint8", "int8", scope, bcast="none"),
+                        dot_impl(lanes, 4, "uint8", "int8", _LLVM[("vpdpbusd", lanes)], "fused", bcast="none"))
     for name, (instr, lanes) in DOT_INTRINSICS.items():
         k, adt, bdt = _operands(instr)
         register_scoped(name, lambda scope, lanes=lanes, k=k, adt=adt, bdt=bdt: dot_desc(lanes, k, adt, bdt, scope),

@@ -136,14 +136,20 @@ class DwConv(ConvGeometry):
                               name="bterm" if self.requant else "bias")
 
 
-def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None) -> list[te.Tensor]:
+def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None,
+                bias_at: Any = None) -> list[te.Tensor]:
     """Placeholders and stages after a depthwise accumulator `acc_at(ch, y, x)`: requantize (or add the int32
     bias) over `[C, Ho, wov]` as stage `epilogue`, then, when rows were padded to whole vectors (`wov > Wo`),
     copy the `Wo` valid outputs (`crop`): a ragged vectorised requantize would run scalar int64 code per element
     (measured: a whole 56-wide 7x7 layer 1.6x slower). Returns the tensors after `(x, w, bias)` in the kernel's
-    signature: `[mult, shift, *post operands,] out` (`requant.post_placeholders` over `[C, Ho, Wo]`)."""
+    signature: `[mult, shift, *post operands,] out` (`requant.post_placeholders` over `[C, Ho, Wo]`).
+    `bias_at(ch, y, x)`: the bias element of an output (default `bias[ch]`; a per-pixel bias folds in constants
+    that depend on the output pixel, as `x86.depthwise.depthwise_cvec_x86` does with its padding taps)."""
     c, ho, wo = dw.c, dw.ho, dw.wo
     wov = wo if wov is None else wov
+    if bias_at is None:
+        def bias_at(ch, y, xo):
+            return bias[ch]
     ins: list[te.Tensor] = []
     if dw.requant:
         mult = te.placeholder((c,), "int32", name="mult")
@@ -155,10 +161,10 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
             return (ch, y, tirx.min(xo, wo - 1) if wov != wo else xo)
 
         res = te.compute((c, ho, wov), lambda ch, y, xo: apply_post(
-            requant_expr(acc_at(ch, y, xo), bias[ch], mult[ch], shift[ch], dw.lo, dw.hi, dw.shift_min),
+            requant_expr(acc_at(ch, y, xo), bias_at(ch, y, xo), mult[ch], shift[ch], dw.lo, dw.hi, dw.shift_min),
             dw.post, post_ins, at(ch, y, xo)), name="epilogue")
     else:
-        res = te.compute((c, ho, wov), lambda ch, y, xo: acc_at(ch, y, xo) + bias[ch], name="epilogue")
+        res = te.compute((c, ho, wov), lambda ch, y, xo: acc_at(ch, y, xo) + bias_at(ch, y, xo), name="epilogue")
     if wo == wov:
         return [*ins, res]
     return [*ins, te.compute((c, ho, wo), lambda ch, y, xo: res[ch, y, xo], name="crop")]

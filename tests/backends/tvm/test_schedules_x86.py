@@ -29,7 +29,8 @@ AVX512 = isa.target("avx512")
 VNNI512 = isa.target("avx512-vnni")
 VNNI256_FAMILY = isa.vnni256_family()
 VNNI256 = isa.target(VNNI256_FAMILY)
-FAMILY = {AVX2: "avx2", AVX512: "avx512", VNNI512: "avx512-vnni", VNNI256: VNNI256_FAMILY}
+AVXVNNI = isa.target("avx-vnni")  # 256-bit VNNI without AVX-512 (built only, unless this host has it)
+FAMILY = {AVX2: "avx2", AVX512: "avx512", VNNI512: "avx512-vnni", VNNI256: VNNI256_FAMILY, AVXVNNI: "avx-vnni"}
 # the instruction each family's int8 kernels are made of
 INSTR = {
     "avx2": r"vpmadd(ubsw|wd)\s+.*%ymm",
@@ -64,12 +65,18 @@ def _reference(x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, req
     return R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=lo, hi=hi).numpy()
 
 
-def _run_strategy(op, x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, target=AVX2):
+def _run_strategy(op, x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, hi, target=AVX2, instr=None,
+                  expect=None):
+    """Emit the conv through `select_strategy`, build it for `target`, check the assembly (the family's int8
+    instruction for groups=1, or the regex `instr`) and, where this host can, run it. `expect`: the strategy's
+    `describe` must contain these items."""
     lohi = {"lo": lo, "hi": hi} if op == "conv2d_requant" else {}
     params = conv_call_params(x.shape, wt.shape, s=s, p=p, groups=groups, pad_value=pad_value, **lohi)
     call = OpCall(op, params, target)
     strat = select_strategy(call)
     assert strat is not None and strat.name.startswith("x86"), strat
+    if expect is not None:
+        assert strat.describe(call, wt).items() >= expect.items(), strat.describe(call, wt)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
     consts = [relax.const(wt), relax.const(bias)]
@@ -82,7 +89,9 @@ def _run_strategy(op, x, wt, bias, mult, shift, *, s, p, groups, pad_value, lo, 
         bb.emit_func_output(out)
     ex = tvm.compile(bb.get(), target=target)
     family = FAMILY[target]
-    isa.check_instructions(ex, family, *([INSTR[family]] if groups == 1 else []))  # depthwise: plain vector code
+    if instr is None:  # depthwise: plain vector code
+        instr = INSTR[family] if groups == 1 else None
+    isa.check_instructions(ex, family, *([instr] if instr else []))
     if not isa.should_execute(family):
         pytest.skip(f"built and checked the {family} assembly; this CPU cannot execute it")
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -449,3 +458,56 @@ def test_default_gemm_tile_needs_no_workspace_per_tile(mode, target):
     assert not tile_on_stack(GemmKnobs(16, 16))
     big = pointwise_conv_x86(GemmConv(24, 3136, 144, shift_min=40), mode, GemmKnobs(16, 16))
     assert _workspace_calls(big, target) > 1
+
+
+# pointwise convs on 1-4 pixels (MobileNetV3's last stages at 32 px): (c, h, o); O % 16 != 0 takes 8 lanes
+GEMV_CASES = [(56, 1, 336), (40, 2, 240), (336, 1, 56), (36, 2, 40), (6, 1, 16), (24, 2, 8)]
+
+
+@pytest.mark.parametrize("c,h,o", GEMV_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("target", [VNNI512, AVXVNNI], ids=["avx512-vnni", "avx-vnni"])
+@pytest.mark.parametrize("op", ["conv2d_requant", "conv2d"])
+def test_pointwise_conv_on_few_pixels_is_a_gemv_over_channels(c, h, o, target, op):
+    """A 1x1 conv on at most 4 pixels takes the GEMV kernel (output channels in the `vpdpbusd` lanes, zmm where
+    16 divides O, else ymm), bit-exact against the reference with the largest codes against the most negative
+    weights, K not a multiple of 4 (6: zero-padded quads) and O smaller than a vector (8)."""
+    from qcompile.backends.tvm.schedules.x86.gemv import gemv_applies
+
+    rng = np.random.default_rng(c * 7 + o)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, o, 1, 1, 0, 1)
+    x[0, :2], wt[: o // 2, :2] = 255, -128
+    zmm = target == VNNI512 and o % 16 == 0
+    kw = dict(s=1, p=0, groups=1, pad_value=0, lo=2, hi=253)
+    instr = r"vpdpbusd\s+.*%" + ("zmm" if zmm else "ymm")
+    got = _run_strategy(op, x, wt, bias, mult, shift, target=target, instr=instr,
+                        expect={"kind": "gemv", "mode": "vnni512" if zmm else "vnni"}, **kw)
+    np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, requant=op == "conv2d_requant", **kw))
+    assert not gemv_applies(target, "pointwise", 9, c) and not gemv_applies(AVX2, "pointwise", 1, c)
+
+
+@pytest.mark.parametrize("c,h,k,s,pad_value", [(96, 4, 7, 1, 9), (48, 8, 7, 2, 200), (24, 2, 7, 1, 255),
+                                                 (40, 1, 7, 1, 17), (16, 4, 3, 1, 0), (20, 3, 5, 2, 77)])
+@pytest.mark.parametrize("target", [VNNI512, AVXVNNI], ids=["avx512-vnni", "avx-vnni"])
+def test_depthwise_on_small_maps_puts_channels_in_the_lanes(c, h, k, s, pad_value, target):
+    """Depthwise layers with at most 16 output pixels (4x4, 3x3, 2x2, 1x1, and 8x8 -> 4x4 at stride 2; 7x7, 5x5,
+    3x3) take the channel-vector kernel (`vpdpbusd` on four inputs of each channel, the padding taps folded into a
+    per-pixel bias), bit-exact against the reference with extreme codes and weights, requantized and to the accumulator;
+    C = 20 and 40 (not a multiple of 16) run on 8 lanes with a ragged last vector."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import CVEC_DW_IN_PIXELS, CVEC_DW_PIXELS, cvec_dw_lanes
+
+    p = k // 2
+    rng = np.random.default_rng(c + h + k)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, c, k, s, p, c)
+    x[0, 0], wt[0] = 255, -128
+    zmm = target == VNNI512 and c % 16 == 0
+    kw = dict(s=s, p=p, groups=c, pad_value=pad_value, lo=1, hi=254)
+    mode = {"kind": "depthwise", "mode": "cvec_vnni512" if zmm else "cvec_vnni"}
+    instr = r"vpdpbusd\s+.*%" + ("zmm" if zmm else "ymm")
+    np.testing.assert_array_equal(
+        _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=target, instr=instr, expect=mode, **kw),
+        _reference(x, wt, bias, mult, shift, **kw))
+    np.testing.assert_array_equal(
+        _run_strategy("conv2d", x, wt, bias, mult, shift, target=target, instr=instr, expect=mode, **kw),
+        _reference(x, wt, bias, mult, shift, requant=False, **kw))
+    assert cvec_dw_lanes(c, 16, CVEC_DW_PIXELS + 1, 16) == 0 and cvec_dw_lanes(c, CVEC_DW_IN_PIXELS + 1, 4, 16) == 0
+    assert cvec_dw_lanes(c, 16, 16, 0) == 0

@@ -11,6 +11,7 @@ requantize epilogue runs on each finished row. Channels are spread over the core
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
@@ -22,7 +23,8 @@ from qcompile.errors import ConfigError
 
 __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_pairs_x86", "depthwise_kernel",
            "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs", "small_dw_applies",
-           "small_dw_weights", "depthwise_small_x86"]
+           "small_dw_weights", "depthwise_small_x86", "CVEC_DW_PIXELS", "CVEC_DW_IN_PIXELS", "cvec_dw_lanes",
+           "cvec_dw_operands", "depthwise_cvec_x86", "tap_matrix"]
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -331,17 +333,16 @@ def small_dw_applies(dw: DwConv) -> bool:
     return dw.h * dw.w <= SMALL_DW_PIXELS and dw.ho * dw.wo <= SMALL_DW_PIXELS and 2 * dw.h * dw.w < dw.kh * dw.kw
 
 
-def small_dw_weights(w: np.ndarray, dw: DwConv) -> np.ndarray:
-    """The weight operand of `depthwise_small_x86`: int32 `[C, P, Q + 1]` (P = Ho*Wo outputs, Q = H*W inputs).
-    `[c, p, q]` is the weight of the tap that joins output `p` to input `q` (0 if none); `[c, p, Q]` is what the
-    taps of `p` that fall on padding add, `pad_value * sum(w)` over them. The accumulator is the same integer sum
-    in another order (exact: `to_integer` proved that no partial sum overflows int32, and these are partial sums
-    of the same terms)."""
+def tap_matrix(w: np.ndarray, dw: DwConv) -> tuple[np.ndarray, np.ndarray]:
+    """A depthwise conv as one matrix per channel: int64 `m[C, P, Q]` (P = Ho*Wo outputs, Q = H*W inputs), the
+    weight of the tap that joins output `p` to input `q` (0 if none: at most one tap does, so every entry is an
+    int8 weight), and `pad[C, P]`, what the taps of `p` that fall on padding add, `pad_value * sum(w)` over them.
+    `acc[c, p] = pad[c, p] + sum_q m[c, p, q] * x[c, q]` is the conv's integer sum in another order."""
     c, h, wd, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
     (sh, sw), (ph, pw), (dh, dwl) = dw.stride, dw.padding, dw.dilation
     wc = np.asarray(w).reshape(c, kh, kw).astype(np.int64)
-    q = h * wd
-    out = np.zeros((c, dw.ho * dw.wo, q + 1), np.int64)
+    m = np.zeros((c, dw.ho * dw.wo, h * wd), np.int64)
+    pad = np.zeros((c, dw.ho * dw.wo), np.int64)
     for y in range(dw.ho):
         for x in range(dw.wo):
             p = y * dw.wo + x
@@ -349,10 +350,18 @@ def small_dw_weights(w: np.ndarray, dw: DwConv) -> np.ndarray:
                 for j in range(kw):
                     iy, ix = y * sh + i * dh - ph, x * sw + j * dwl - pw
                     if 0 <= iy < h and 0 <= ix < wd:
-                        out[:, p, iy * wd + ix] += wc[:, i, j]
+                        m[:, p, iy * wd + ix] += wc[:, i, j]
                     else:
-                        out[:, p, q] += int(dw.pad_value) * wc[:, i, j]
-    return out.astype(np.int32)
+                        pad[:, p] += int(dw.pad_value) * wc[:, i, j]
+    return m, pad
+
+
+def small_dw_weights(w: np.ndarray, dw: DwConv) -> np.ndarray:
+    """The weight operand of `depthwise_small_x86`: int32 `[C, P, Q + 1]`, `tap_matrix`'s `m` with `pad` as the
+    last column. The accumulator is the same integer sum in another order (exact: `to_integer` proved that no
+    partial sum overflows int32, and these are partial sums of the same terms)."""
+    m, pad = tap_matrix(w, dw)
+    return np.concatenate([m, pad[:, :, None]], axis=2).astype(np.int32)
 
 
 def depthwise_small_x86(dw: DwConv) -> tvm.tirx.PrimFunc:
@@ -383,4 +392,103 @@ def depthwise_small_x86(dw: DwConv) -> tvm.tirx.PrimFunc:
     if (c * p) % 16 == 0:
         _, inner = sch.split(fused, [None, 16])
         sch.vectorize(inner)
+    return sch.mod["main"]
+
+
+#: most output pixels per channel of `depthwise_cvec_x86` (a 4x4 map)
+CVEC_DW_PIXELS = 16
+#: most input pixels per channel of `depthwise_cvec_x86` (an 8x8 map, e.g. a stride-2 layer from 8x8 to 4x4): its
+#: weight operand is P x Q bytes per channel, at most 1 KB. An 8x8 -> 8x8 layer (4 KB per channel, 196 KB for 48
+#: channels) measured only 1.3x faster alone (4.5 -> 3.3 us) and is left to the row kernels.
+CVEC_DW_IN_PIXELS = 64
+
+
+def cvec_dw_lanes(c: int, in_pixels: int, out_pixels: int, target_lanes: int) -> int:
+    """Vector lanes of `depthwise_cvec_x86` for a depthwise layer of `c` channels on a small map, or 0 where it does
+    not apply: at most `CVEC_DW_IN_PIXELS` input and `CVEC_DW_PIXELS` output pixels (e.g. MobileNetV3's layers at
+    4x4, 2x2 and 1x1 in a 32 px network, and 8x8 -> 4x4 at stride 2) and a VNNI dot product of `target_lanes`
+    int32 lanes (`gemv.gemv_lanes`; 0: none). 16 lanes (zmm) where 16 divides C, else 8 (ymm)."""
+    if not target_lanes or in_pixels > CVEC_DW_IN_PIXELS or out_pixels > CVEC_DW_PIXELS:
+        return 0
+    return 16 if target_lanes == 16 and c % 16 == 0 else 8
+
+
+def _cvec_rows(ho: int, wo: int, max_acc: int = 8) -> int:
+    """Output rows per block of `depthwise_cvec_x86`: the largest divisor of Ho with rows * Wo <= max_acc
+    accumulators (at least one row)."""
+    return max(r for r in range(1, ho + 1) if ho % r == 0 and (r * wo <= max_acc or r == 1))
+
+
+def cvec_dw_operands(w: np.ndarray, bias: np.ndarray, mult: np.ndarray | None, dw: DwConv,
+                     lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The weight and bias operands of `depthwise_cvec_x86`, from the layer's int8 weights and its bias operand
+    (`bias` the int64 `bterm[C]` with `mult[C]` when requantizing, else the int32 bias and `mult=None`):
+
+    - weights int8 `[C/L, Q/4, P, L, 4]`: `tap_matrix`'s `m`, channels padded to whole vectors and inputs to whole
+      quads with zeros (a zero weight adds nothing);
+    - the per-pixel bias `[P, C]` with the padding taps' constant `pad[c, p]` folded in: `bterm + pad*M` (int64,
+      wrapping like the kernel: `(acc + pad)*M + bterm = acc*M + (bterm + pad*M)` in the ring of int64) or
+      `bias + pad` (int32, wrapping: the true accumulator fits int32, so the wrapped sum is the same integer)."""
+    m, pad = tap_matrix(w, dw)
+    c, p, q = m.shape
+    cb, qb = -(-c // lanes), -(-q // 4)
+    full = np.zeros((cb * lanes, p, qb * 4), np.int8)
+    full[:c, :, :q] = m
+    wpk = np.ascontiguousarray(full.reshape(cb, lanes, p, qb, 4).transpose(0, 3, 2, 1, 4))
+    b = np.asarray(bias).astype(np.int64)[None, :]
+    with np.errstate(over="ignore"):
+        if dw.requant:
+            bpc = b + pad.T * np.asarray(mult).astype(np.int64)[None, :]
+        else:
+            bpc = (b + pad.T).astype(np.int32)
+    return wpk, np.ascontiguousarray(bpc)
+
+
+def depthwise_cvec_x86(dw: DwConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc `(x[C,H,W] u8, w[C/L,Q/4,P,L,4] i8, bias[P,C], mult, shift, ...) -> out[C,Ho,Wo]` for
+    `cvec_dw_applies` layers: `acc[c, p] = sum_q m[c, p, q] * x[c, q]` (`tap_matrix`) with channels in the
+    vector lanes, four inputs per `vpdpbusd` lane (`bcast="none"` intrinsic), then the shared depthwise epilogue
+    with the per-pixel bias (`cvec_dw_operands`: the int64 `bterm` with the padding taps folded in, or the int32
+    bias). A 7x7 layer on a 4x4 map does 16 multiply-adds per output and channel instead of 49 (33 of them on
+    padding), 16 channels per instruction instead of a 4-wide row in a vector of 8 or 16 lanes. Exact:
+    `vpdpbusd` adds four u8 x s8 products into int32, and the sum is the conv's in another order."""
+    if lanes not in (8, 16):
+        raise ConfigError("lanes", lanes, (8, 16))
+    from qcompile.backends.tvm.intrin.x86 import (
+        U8S8_8x4_VNNI_LANEWISE,
+        U8S8_16x4_VNNI512_LANEWISE,
+        register_x86_intrinsics,
+    )
+    from qcompile.backends.tvm.schedules.x86.gemv import schedule_lane_block
+
+    register_x86_intrinsics()
+    c, h, w, ho, wo = dw.c, dw.h, dw.w, dw.ho, dw.wo
+    p, q = ho * wo, h * w
+    cb, qb = -(-c // lanes), -(-q // 4)
+    x = te.placeholder((c, h, w), "uint8", name="x")
+    wt = te.placeholder((cb, qb, p, lanes, 4), "int8", name="w")
+    bias = te.placeholder((p, c), "int64" if dw.requant else "int32", name="bterm" if dw.requant else "bias")
+
+    def code(ch: Any, qq: Any) -> Any:  # x[ch, qq] for valid indices, read branch-free (the weight is 0 beyond)
+        qc = tirx.min(qq, q - 1)
+        return x[tirx.min(ch, c - 1), qc // w, qc % w]
+
+    xq = te.compute((qb, cb, lanes, 4), lambda b, cc, li, i: tirx.if_then_else(
+        tirx.all(b * 4 + i < q, cc * lanes + li < c), code(cc * lanes + li, b * 4 + i), tirx.const(0, "uint8")),
+        name="xpack")
+    rb, ri = te.reduce_axis((0, qb), name="rb"), te.reduce_axis((0, 4), name="ri")
+    acc = te.compute((cb, ho, wo, lanes), lambda cc, y, xo, li: te.sum(
+        xq[rb, cc, li, ri].astype("int32") * wt[cc, rb, y * wo + xo, li, ri].astype("int32"), axis=[rb, ri]),
+        name="dw_cvec")
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch // lanes, y, xo, ch % lanes], bias,
+                                      bias_at=lambda ch, y, xo: bias[y * wo + xo, ch])]
+    sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
+    blk = sch.get_sblock("dw_cvec")
+    cc_, y_, xo_, li_, rb_, ri_ = sch.get_loops(blk)
+    yo, yi = sch.split(y_, [None, _cvec_rows(ho, wo)])
+    sch.reorder(cc_, yo, rb_, yi, xo_, li_, ri_)
+    parallel_if_worth(sch, cc_, c * p * qb * 4, "depthwise")
+    schedule_lane_block(sch, blk, yo, rb_, li_, U8S8_16x4_VNNI512_LANEWISE if lanes == 16 else U8S8_8x4_VNNI_LANEWISE,
+                        (yi, xo_), 2, c, lanes)
+    sch.unroll(sch.get_loops(sch.get_sblock("xpack"))[-1])
     return sch.mod["main"]

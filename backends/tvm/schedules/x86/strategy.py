@@ -29,6 +29,9 @@ from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86.amx import amx_kernel_applies, amx_plan, conv_amx, pack_amx_weights
 from qcompile.backends.tvm.schedules.x86.depthwise import (
+    cvec_dw_lanes,
+    cvec_dw_operands,
+    depthwise_cvec_x86,
     depthwise_kernel,
     depthwise_small_x86,
     dw_weights,
@@ -37,6 +40,13 @@ from qcompile.backends.tvm.schedules.x86.depthwise import (
     target_dw_knobs,
 )
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
+from qcompile.backends.tvm.schedules.x86.gemv import (
+    gemv_applies,
+    gemv_lanes,
+    gemv_mode,
+    pack_gemv_weights,
+    pointwise_gemv_x86,
+)
 from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
@@ -70,6 +80,13 @@ def _gemm_okp(params: dict) -> tuple[int, int, int]:
     return o, c * kh * kw, ho * wo
 
 
+def _cvec_lanes(call: OpCall) -> int:
+    """Lanes of the channel-vector depthwise kernel for a depthwise OpCall (`depthwise.cvec_dw_lanes`), 0: none."""
+    _, c, h, w = (int(v) for v in call.params["x_shape"])
+    _, _, ho, wo = (int(v) for v in call.params["out_shape"])
+    return cvec_dw_lanes(c, h * w, ho * wo, gemv_lanes(call.target))
+
+
 def _num_cores(target: Any) -> int:
     return int(target.attrs.get("num-cores", 0) or 0) or 2
 
@@ -77,7 +94,8 @@ def _num_cores(target: Any) -> int:
 class _ConvBase(ConvStrategy):
     """x86 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): tensorized GEMM for pointwise and full
     convs (AMX-INT8 tiles where the target has them and the GEMM is large, `amx.amx_kernel_applies`; else the
-    vector intrinsic per layer, `gemm.choose_mode`), row or tap-pair depthwise; tuned knobs when stored."""
+    vector intrinsic per layer, `gemm.choose_mode`; a GEMV over output channels for pointwise convs on at most
+    `gemv.GEMV_MAX_PIXELS` pixels), row or tap-pair depthwise; tuned knobs when stored."""
 
     name = "x86_conv"
     requant = True
@@ -89,8 +107,12 @@ class _ConvBase(ConvStrategy):
         """Kernel kind and GEMM intrinsic mode, as `emit` chooses them (`weight=None`: unknown weights)."""
         kind = conv_kind(call.params)
         if kind == "depthwise":
-            return {"kind": kind}
-        if amx_kernel_applies(call.target, *_gemm_okp(call.params)):
+            lanes = _cvec_lanes(call)
+            return {"kind": kind, "mode": "cvec_vnni512" if lanes == 16 else "cvec_vnni"} if lanes else {"kind": kind}
+        o, k, p = _gemm_okp(call.params)
+        if gemv_applies(call.target, kind, p, k):
+            return {"kind": "gemv", "mode": gemv_mode(call.target, o)}
+        if amx_kernel_applies(call.target, o, k, p):
             return {"kind": kind, "mode": "amx"}
         act_max = max(int(call.params.get("x_max", 255)), int(call.params.get("pad_value", 0)))
         return {"kind": kind, "mode": choose_mode(call.target, weight, act_max)}
@@ -98,6 +120,12 @@ class _ConvBase(ConvStrategy):
     def kernel(self, call: OpCall, conv: ConvCall, args: list[relax.Expr]) -> ConvKernel:
         p, cv = call.params, conv
         bias = _bias_arg(args, self.requant, cv.node)
+        lanes = _cvec_lanes(call) if cv.kind == "depthwise" else 0
+        if lanes:
+            mult = const_value(args[3], "multiplier", cv.node) if self.requant else None
+            wpk, bpc = cvec_dw_operands(cv.weight, const_value(bias, "bias", cv.node), mult, cv.depthwise, lanes)
+            return ConvKernel(depthwise_cvec_x86(cv.depthwise, lanes), f"qc_dwv_{cv.tag}", (cv.c, cv.h, cv.w), wpk,
+                              relax.const(bpc, str(bpc.dtype)), (cv.c, cv.ho, cv.wo))
         if cv.kind == "depthwise" and small_dw_applies(cv.depthwise):
             return ConvKernel(depthwise_small_x86(cv.depthwise), f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w),
                               small_dw_weights(cv.weight, cv.depthwise), bias, (cv.c, cv.ho, cv.wo))
@@ -109,6 +137,12 @@ class _ConvBase(ConvStrategy):
                               (cv.c, cv.ho, cv.wo))
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
         gc = cv.gemm
+        if gemv_applies(call.target, cv.kind, gc.p, gc.k):
+            mode = gemv_mode(call.target, gc.o)
+            lanes = 16 if mode == "vnni512" else 8
+            log.debug("%s: pointwise conv on %d pixels as a GEMV over channels, %d lanes", cv.node, gc.p, lanes)
+            return ConvKernel(pointwise_gemv_x86(gc, lanes), f"qc_gemv_{mode}_{cv.tag}", x_shape,
+                              pack_gemv_weights(cv.weight, lanes), bias, (cv.o, cv.ho * cv.wo))
         if amx_kernel_applies(call.target, gc.o, gc.k, gc.p):
             plan = amx_plan(gc.o, gc.k, gc.p, _num_cores(call.target))
             log.debug("%s: %s conv as GEMM on AMX tiles, %s", cv.node, cv.kind, plan)

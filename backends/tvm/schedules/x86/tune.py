@@ -123,7 +123,7 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
     database are reused without timing (tune once for all subnets). `w` (the weight constant) decides the
     intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
     `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune (including GEMMs
-    that run on AMX tiles).
+    that run on AMX tiles or as a GEMV, `gemv.gemv_applies`).
     """
     if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
         return None
@@ -142,6 +142,10 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
     _, c, _, _ = (int(v) for v in call.params["x_shape"])
     o, _, kh, kw = (int(v) for v in call.params["w_shape"])
     _, _, ho, wo = (int(v) for v in call.params["out_shape"])
+    from qcompile.backends.tvm.schedules.x86.gemv import gemv_applies
+
+    if gemv_applies(call.target, kind, ho * wo, c * kh * kw):
+        return None  # the GEMV kernel has no knobs (its channel block follows from the shape)
     if amx_kernel_applies(call.target, o, c * kh * kw, ho * wo):
         return None  # the AMX kernel has no knobs (its blocking follows from the shape, `amx.amx_plan`)
     if w is None:

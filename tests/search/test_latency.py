@@ -123,10 +123,13 @@ def test_table_predicts_fit_networks(table, lowered):
         measured = next(n["median_ms"] for n in table.networks if n["config"] == cfg.to_json())
         pred = table.predict(cfg)
         assert abs(pred - measured) / measured < 0.35, (pred, measured)
-    t0 = time.perf_counter()
-    for _ in range(100):
-        table.predict(pairs[1][0])
-    assert (time.perf_counter() - t0) / 100 < 1e-3
+    per_call = []
+    for _ in range(5):  # CPU time of this thread, the least disturbed of 5 batches: the machine may be shared
+        t0 = time.thread_time()
+        for _ in range(20):
+            table.predict(pairs[1][0])
+        per_call.append((time.thread_time() - t0) / 20)
+    assert min(per_call) < 1e-3, f"predict took {min(per_call) * 1e3:.2f} ms of CPU"
 
 
 def test_table_save_load_and_refusals(table, lowered, tmp_path):

@@ -18,8 +18,8 @@ import torch
 import qcompile as qc
 import qcompile.search as qs
 from qcompile.errors import ConfigError
-from qcompile.search.latency.predictor import KernelPredictor
 from qcompile.search.latency.libraries import emitter_key
+from qcompile.search.latency.predictor import KernelPredictor
 from qcompile.search.latency.table import covering_configs, machine_keys
 
 pytestmark = pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="x86 host kernels")

@@ -119,7 +119,7 @@ def fit_values(records: list[dict], target: str):
 
 
 def sensitivity_prior(spec: str, run: str | os.PathLike, *, cache: str | os.PathLike | None = None,
-                      protocol: dict | None = None, model: str | None = None, space=None):
+                      protocol: dict | None = None, model: str | None = None, space=None, why: str = ""):
     """The `LayerSensitivity` named by `spec`: "noise" (the data-free prior of `run`'s supernet,
     `noise_sensitivity`), "measured" (`measure_sensitivities` on `run` at 2 bits against 4, with the
     `SupernetEvaluator` keyword `protocol`, measurements cached in `cache`: resumable) or the path of a saved
@@ -133,7 +133,7 @@ def sensitivity_prior(spec: str, run: str | os.PathLike, *, cache: str | os.Path
         return LayerSensitivity.load(spec)
     if run is None:
         raise ConfigError("--run", None, f"the run directory of the supernet (--sensitivity {spec} reads it)",
-                          "the cache's records do not name one")
+                          why or "the cache's records do not name one")
     from qcompile.artifacts import load_run
     from qcompile.search.predictors.measured import model_fingerprint
 
@@ -167,13 +167,14 @@ def _fit_sensitivity(args, space, recs):
     if args.sensitivity is None:
         raise ConfigError("--sensitivity", None, f"{', '.join(SENS_SOURCES)} or a LayerSensitivity JSON",
                           f"--kind {args.kind} needs a sensitivity prior")
-    runs = {r.get("run") for r in recs} - {None}
-    run = args.run if args.run is not None else (runs.pop() if len(runs) == 1 else None)
+    runs = sorted({r.get("run") for r in recs} - {None})
+    run = args.run if args.run is not None else (runs[0] if len(runs) == 1 else None)
     fields = [f for f in EvalProtocol.__dataclass_fields__ if f in recs[0]]
     data = Path(args.data)
     cache = data.with_name(data.stem + ".sensitivity.jsonl")
     return sensitivity_prior(args.sensitivity, run, cache=cache, protocol={f: recs[0][f] for f in fields},
-                             model=recs[0].get("model"), space=space)
+                             model=recs[0].get("model"), space=space,
+                             why=f"the records name {len(runs)} runs" if len(runs) > 1 else "")
 
 
 def cmd_fit(args) -> int:

@@ -1,11 +1,11 @@
 """Per-image latency of static and dynamic-batch libraries (`lower_integer_graph(..., batch=...)`), batch 1 and 8.
 
-Workloads: the demo-sized subnet (`benchmarks.overhead.demo_subnet`: largest `mobilenet_v3` at width 0.35, 32 px,
-every layer 8-bit, random weights) and MobileNetV2 1.0 at 224 px (`qcompile.bench.models.synthetic_integer_graph`,
-the network of `python -m qcompile.bench`). Per workload four untuned x86 libraries: static batch 1, two static
-batch 8 (`emit8`, `static8`) and one `batch="dynamic"` library, called at batch 1 and at batch 8. Each figure is the
-median wall time of `rounds` back-to-back `low(x)` calls (the public call path: input copy, VM, output), divided
-by the batch.
+Workloads: the demo-sized subnet (`qcompile.bench.models.space_model("demo")`: largest `mobilenet_v3` at width
+0.35, 32 px, every layer 8-bit, random weights) and MobileNetV2 1.0 at 224 px
+(`qcompile.bench.models.synthetic_integer_graph`, the network of `python -m qcompile.bench`). Per workload four
+untuned x86 libraries: static batch 1, two static batch 8 (`emit8`, `static8`) and one `batch="dynamic"` library,
+called at batch 1 and at batch 8. Each figure is the median wall time of `rounds` back-to-back `low(x)` calls (the
+public call path: input copy, VM, output), divided by the batch.
 `emit8` is the library of `input_shape=(8, ...)` (every kernel emitted for 8 images: the conv strategies take
 batch 1 only, so its convs are naive), `static8` the one of `batch=8` (the batch-1 kernels looped 8 times).
 
@@ -40,9 +40,9 @@ def _graph(name: str) -> Any:
     import qcompile as qc
 
     if name == "demo":
-        from benchmarks.overhead import demo_subnet
+        from qcompile.bench.models import space_model
 
-        return qc.to_integer(demo_subnet()), 32
+        return qc.to_integer(space_model("demo")), 32
     from qcompile.bench.models import mobilenet_v2, synthetic_integer_graph
 
     return synthetic_integer_graph(mobilenet_v2(num_classes=1000), 224), 224

@@ -4,7 +4,8 @@
         --out runs/overhead
 
 Workload: the demo-sized subnet (largest `mobilenet_v3` at width 0.35, 32 px, every layer 8-bit; random weights,
-calibrated on random images), lowered untuned for x86 (`qc.lower`, empty tuning database). Measured in
+calibrated on random images; `qcompile.bench.models.space_model("demo")`, the subnet of
+`python -m qcompile.bench --model demo`), lowered untuned for x86 (`qc.lower`, empty tuning database). Measured in
 interleaved rounds (each round times every quantity once, in rotating order, so the machine's load hits all alike):
 
 - `Lowered.__call__` (what a user calls: input check, copy in, VM, output);
@@ -47,22 +48,6 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-
-
-def demo_subnet(seed: int = 0, width: float = 0.35, resolution: int = 32):
-    """The calibrated fake-quant largest 8-bit `mobilenet_v3` subnet at `width`, `resolution` (random weights)."""
-    import torch
-
-    import qcompile as qc
-
-    torch.manual_seed(seed)
-    space = qc.spaces.get_space("mobilenet_v3", num_classes=10, width_mult=width, resolutions=(resolution,))
-    cfg = space.largest(bits=8)
-    qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(8,), act_bits=(8,), first_layer=8)
-    sub = qc.extract(qnet, cfg)
-    gen = torch.Generator().manual_seed(seed)
-    qc.calibrate(sub, [torch.randn(8, space.in_channels, resolution, resolution, generator=gen) for _ in range(2)])
-    return sub
 
 
 def vm_instructions(low: Any, x: np.ndarray) -> dict[str, Any]:
@@ -254,9 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import qcompile as qc
     from qcompile.backends.tvm import lower_integer_graph
+    from qcompile.bench.models import space_model
     from qcompile.utils.io import atomic_write_text
 
-    ig = qc.to_integer(demo_subnet())
+    ig = qc.to_integer(space_model("demo"))
     if a.unfused:
         from qcompile.backends.tvm import emitter
 

@@ -47,9 +47,9 @@ def integer_graph(model: str) -> Any:
     import qcompile as qc
 
     if model == "demo":
-        from benchmarks.overhead import demo_subnet
+        from qcompile.bench.models import space_model
 
-        return qc.to_integer(demo_subnet())
+        return qc.to_integer(space_model("demo"))
     if model == "mbv2":
         from qcompile.bench.models import mobilenet_v2, synthetic_integer_graph
 

@@ -140,19 +140,14 @@ def cross_validate(fitter, cfgs: list, y: np.ndarray, k: int, seed: int) -> floa
 
 def load_or_measure_sensitivity(run: str, path: str, calib_batches: int, extra_train: int):
     """The `LayerSensitivity` saved at `path`, else measured on `run` with the collect protocol (2 bits; the
-    measurements are cached in `path` + ".jsonl", so an interrupted measurement resumes) and saved."""
-    from qcompile.search.predictors.sensitivity import LayerSensitivity, measure_sensitivities
+    measurements are cached in `path` + ".jsonl", so an interrupted measurement resumes) and saved; "noise": the
+    data-free prior of `run` (`qcompile predictor fit --sensitivity` reads them the same way)."""
+    from qcompile.cli.predictor import sensitivity_prior
 
-    if path == "noise":  # the data-free prior: per-layer quantization noise-to-signal of the supernet itself
-        from qcompile.artifacts import load_run
-        from qcompile.search.predictors.noise import noise_sensitivity
-
-        space, qnet, _ = load_run(run)
-        return noise_sensitivity(qnet, space)
-    if Path(path).is_file():
-        return LayerSensitivity.load(path)
-    ev = qs.SupernetEvaluator(run, calib_batches=calib_batches, extra_train=extra_train, cache=path + ".jsonl")
-    sens = measure_sensitivities(ev, low_bits=(2,))
+    if path == "noise" or Path(path).is_file():
+        return sensitivity_prior(path, run)
+    sens = sensitivity_prior("measured", run, cache=path + ".jsonl",
+                             protocol={"calib_batches": calib_batches, "extra_train": extra_train})
     sens.save(path)
     return sens
 

@@ -151,30 +151,19 @@ def _env() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "load": load}
 
 
-def run(
-    space: Any,
-    qnet: Any,
-    data: Any,
-    recipe: Recipe,
-    subnets: dict[str, SubnetConfig],
-    *,
-    bits: Sequence[int],
-    seeds: Sequence[int],
-    inits: Sequence[str],
-    out: Path,
-    calib_batches: int = 8,
-    progress: bool = True,
-    supernet_label: str = "seed0",
-) -> dict[str, dict]:
-    """Measure every unit not yet in `out/units/` (one supernet, then standalone); returns all units by key."""
+def _check_inits(inits: Sequence[str]) -> None:
     bad = [i for i in inits if i not in INITS]
     if bad:
         raise ConfigError("--init", bad[0], INITS)
+
+
+def run(space: Any, qnet: Any, data: Any, recipe: Recipe, subnets: dict[str, SubnetConfig], *, bits: Sequence[int],
+        out: Path, calib_batches: int = 8, supernet_label: str = "seed0", **standalone: Any) -> dict[str, dict]:
+    """Measure every unit not yet in `out/units/`: the supernet's (`run_supernet`), then the standalone ones
+    (`run_standalone`, which takes the other keywords: `seeds`, `inits`, `progress`); returns all units by key."""
+    _check_inits(standalone.get("inits", ()))
     run_supernet(space, qnet, data, subnets, bits=bits, out=out, calib_batches=calib_batches, label=supernet_label)
-    return run_standalone(
-        space, data, recipe, subnets, bits=bits, seeds=seeds, inits=inits, out=out, calib_batches=calib_batches,
-        progress=progress,
-    )
+    return run_standalone(space, data, recipe, subnets, bits=bits, out=out, calib_batches=calib_batches, **standalone)
 
 
 def _prepare(out: Path, subnets: dict[str, SubnetConfig]) -> dict[str, dict]:
@@ -255,9 +244,7 @@ def run_standalone(
 
     from qcompile.train import evaluate_subnets, train_standalone
 
-    bad = [i for i in inits if i not in INITS]
-    if bad:
-        raise ConfigError("--init", bad[0], INITS)
+    _check_inits(inits)
     out = Path(out)
     done = _prepare(out, subnets)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -91,3 +92,23 @@ def test_corrupt_artifact(capsys, subnet_dir, tmp_path):
     (path / "state.safetensors").write_bytes(b"garbage")
     code, _, err = _run(capsys, "lower", str(path), "--out", str(tmp_path / "low"))
     assert code == 2 and "state.safetensors" in err
+
+
+def test_every_subcommand_help_says_what_it_does(capsys):
+    """Each subcommand's own --help opens with its one-line summary from the command list (nested actions too)."""
+    from qcompile.cli.app import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, child in action.choices.items():
+                    yield [*path, name], helps[name]
+                    yield from walk(child, [*path, name])
+
+    commands = list(walk(build_parser(), []))
+    assert {"predictor fit", "latency-table show", "export-onnx"} <= {" ".join(c) for c, _ in commands}
+    for cmd, summary in commands:
+        code, out, _ = _run(capsys, *cmd, "--help")
+        text = " ".join(out.split())
+        assert code == 0 and (summary[0].upper() + summary[1:]) in text, cmd

@@ -31,6 +31,7 @@ from qcompile.backends.tvm.emitter import emit_relax
 from qcompile.backends.tvm.pipeline import Pipeline, build_pass, default_pipeline
 from qcompile.backends.tvm.targets import TargetSpec, resolve_target
 from qcompile.backends.tvm.threads import ensure_thread_default
+from qcompile.backends.tvm.tvm_log import quiet_scope_warnings
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError, LoweringError
 from qcompile.ops.graph import IntegerGraph
@@ -126,6 +127,14 @@ def _random_arg(shape: list[int], dtype: str, rng: np.random.Generator, batch: i
         return rng.standard_normal(shape).astype(dtype)
     # small non-negative integers keep shifts and table indices in range
     return rng.integers(1, 8, size=shape).astype(dtype)
+
+
+def load_library(path: str | os.PathLike) -> Any:
+    """`tvm.runtime.load_module(path)` without TVM's "Scope Loaded:" debug lines (`tvm_log.py`)."""
+    import tvm
+
+    with quiet_scope_warnings():
+        return tvm.runtime.load_module(str(path))
 
 
 class Lowered:
@@ -311,7 +320,8 @@ class Lowered:
             shutil.copyfile(self._lib_path, path)
             return
         kw = {"cc": self.spec.cross_cxx} if self.spec.cross_cxx else {}
-        self._exec.export_library(str(path), **kw)
+        with quiet_scope_warnings():  # TVM's debug lines, one per constant once the VM has run (tvm_log.py)
+            self._exec.export_library(str(path), **kw)
 
     # -- persistence --------------------------------------------------------------------------------
     def export(self, path: str | os.PathLike) -> Path:
@@ -386,7 +396,7 @@ class Lowered:
         if sess is None:
             _allow_amx(self.spec)
             dev = tvm.cpu()
-            lib = self._exec if self._lib_path is None else tvm.runtime.load_module(str(self._lib_path))
+            lib = self._exec if self._lib_path is None else load_library(self._lib_path)
             vm = self._native_vm() if self._lib_path is None else relax.VirtualMachine(lib, dev)
             mod_for_kernels = lib.mod if hasattr(lib, "mod") else lib
         else:
@@ -681,8 +691,6 @@ def _jsonable(obj: Any) -> Any:
 
 def load(path: str | os.PathLike) -> Lowered:
     """Load an exported library directory; `CheckpointError` if it is missing or not ours."""
-    import tvm
-
     from qcompile import schema
 
     path = Path(path)
@@ -716,7 +724,7 @@ def load(path: str | os.PathLike) -> Lowered:
     except Exception as e:  # noqa: BLE001 - a corrupt program/ directory, whatever the reader raised
         raise CheckpointError(f"{path / 'program'}: cannot be read ({_first_line(e)}) (lower the subnet again)") from e
     try:
-        ex = tvm.runtime.load_module(str(lpath)) if native else None
+        ex = load_library(lpath) if native else None
         if ex is not None:
             ex["vm_load_executable"]  # a Relax VM library, not some other shared object
     except Exception as e:  # noqa: BLE001 - the loader's errors are TVM's own types

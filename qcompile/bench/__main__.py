@@ -10,7 +10,7 @@ ARCHITECTURE.md's machine; code for another CPU is not run here). For a real sub
 `qcompile bench <subnet.json | checkpoint>`.
 
 `--model mobilenet_v3-largest` / `--model demo`: the largest 8-bit subnet of the MobileNetV3 space (random
-weights, calibrated on random images; `models.largest_subnet`): the peers run its float copy (`float_copy`:
+weights, calibrated on random images; `models.space_model`): the peers run its float copy (`float_copy`:
 quantizers removed), the qcompile rows its own IntegerGraph (`qc.to_integer`), so every row computes the same
 network. `--tuned` adds one `qcompile_tvm_<mcpu>_tuned` row per `--tvm` entry, lowered with `tune=True` against
 the persistent tuning database (`$QCOMPILE_CACHE/tuning`; warm it first with the same command, or
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.bench.harness import PEERS, BenchOptions, run_bench
-from qcompile.bench.models import SPACE_MODELS, largest_subnet, mobilenet_v2, synthetic_integer_graph
+from qcompile.bench.models import SPACE_MODELS, mobilenet_v2, space_model, synthetic_integer_graph
 from qcompile.bench.peers import tvm_runners
 from qcompile.bench.report import load_result, peers_doc, to_markdown
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("qcompile").setLevel(logging.INFO)  # not the INFO chatter of onnxruntime.quantization
     if a.trials < 1:
         p.error(f"--trials {a.trials}: a positive number of schedules per kernel")
-    space_name, classes, width, resolution, calib_batch = SPACE_MODELS.get(a.model, ("", 1000, 1.0, 224, 0))
+    space_name, classes, width, resolution, _ = SPACE_MODELS.get(a.model, ("", 1000, 1.0, 224, 0))
     classes = a.classes if a.classes is not None else classes
     width = a.width if a.width is not None else width
     resolution = a.resolution if a.resolution is not None else resolution
@@ -97,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from qcompile import api as qc
         from qcompile.passes.float_copy import float_copy
 
-        sub = largest_subnet(space_name, num_classes=classes, width=width, resolution=resolution,
-                             calib_batch=calib_batch)
+        sub = space_model(a.model, num_classes=classes, width=width, resolution=resolution)
         model, ig = float_copy(sub).eval(), qc.to_integer(sub)
         title = (f"largest 8-bit {space_name} subnet (width {width}, {classes} classes) {resolution}x{resolution}"
                  f", batch {a.batch}")

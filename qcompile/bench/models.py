@@ -191,3 +191,18 @@ def largest_subnet(space_name: str = "mobilenet_v3", *, num_classes: int = 1000,
     qc.calibrate(sub, [torch.randn(calib_batch, space.in_channels, resolution, resolution, generator=gen)
                        for _ in range(2)])
     return sub
+
+
+def space_model(model: str, *, num_classes: int | None = None, width: float | None = None,
+                resolution: int | None = None, seed: int = 0):
+    """`largest_subnet` of one of `SPACE_MODELS` (`"demo"`, `"mobilenet_v3-largest"`), every field that is not
+    None overriding the model's: the one builder of `python -m qcompile.bench --model` and of the benchmarks that
+    time the demo-sized subnet (`benchmarks.overhead`, `batch`, `parallel_regions`)."""
+    if model not in SPACE_MODELS:
+        from qcompile.errors import ConfigError
+
+        raise ConfigError(f"model {model!r}: not a space model; allowed: {', '.join(SPACE_MODELS)}")
+    space_name, classes, w, res, calib_batch = SPACE_MODELS[model]
+    return largest_subnet(space_name, num_classes=classes if num_classes is None else num_classes,
+                          width=w if width is None else width, resolution=res if resolution is None else resolution,
+                          seed=seed, calib_batch=calib_batch)

@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")
-    s.add_argument("subnet")
+    s.add_argument("subnet", help="calibrated subnet directory")
     s.add_argument("--format", default="qdq", choices=("qdq", "qoperator"))
     _pipeline_args(s)
     s.add_argument("--out", required=True, help="model.onnx path")
@@ -506,7 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
     from qcompile.search.latency.cli import add_parser as add_latency_table
 
     add_latency_table(sub, _space_args)
+    _describe(p)
     return p
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand's own `--help` its one-line summary from the command list as its description
+    (where it has none), down to the actions of `predictor` and `latency-table`."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            helps = {a.dest: a.help for a in action._choices_actions}  # noqa: SLF001
+            for name, child in action.choices.items():
+                if child.description is None and helps.get(name):
+                    child.description = helps[name][0].upper() + helps[name][1:] + "."
+                _describe(child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,8 @@
                                    [--rank R --world-size W]     # or torchrun's RANK / WORLD_SIZE
     qcompile predictor fit acc.jsonl --out pred/ [--kind mlp|mlp-ens|gbt] [--target accuracy|loss] [--holdout 0.2]
                                                  [--init-from float_pred/]
+    qcompile predictor fit acc.jsonl --out pred/ --kind gbt-sens|sens-line --sensitivity noise|measured|SENS.json
+                                                 [--run RUN]
 
 `collect` draws `--n` configs (`space.sample(seed=seed+i, bits=...)`, canonical, deduplicated), keeps
 this rank's shard (every `world_size`-th), skips configs already in the JSONL cache and measures the
@@ -12,6 +14,14 @@ to resume; run it under `torchrun --nproc-per-node K` (or with `--rank/--world-s
 machines sharing the file) to shard. `fit` prints the held-out Kendall tau, pairwise accuracy and
 RMSE next to the ranking by BitOPs alone; `--target loss` fits the negated mean loss (higher = better,
 as search maximises it).
+
+`--kind sens-line` / `gbt-sens` add the per-layer sensitivity prior (`search/predictors/sensitivity.py`,
+`noise.py`) to the boosted predictor: `sens-line` is the least-squares line on log BitOPs and the summed
+sensitivities alone (no trees), `gbt-sens` boosted trees over that line. `--sensitivity noise` computes the
+data-free prior from the run's weights and quantizers (milliseconds); `measured` measures it on the run
+(2 * layer slots + 1 supernet evaluations at 2 bits, with the cache's own protocol, cached and resumable in
+DATA.sensitivity.jsonl); a path loads a saved `LayerSensitivity` JSON. The run is the one the cache's records
+name, or `--run`. The prior is saved with the predictor (predictor.json), so `load_predictor` needs no run.
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ log = logging.getLogger("qcompile")
 
 # the gbt defaults of `predictor fit` (BoostedOptions' own; kept here so that --help does not import torch)
 BOOSTED_DEFAULTS = {"n_estimators": 300, "max_depth": 2, "learning_rate": 0.05}
+#: predictor kinds of `predictor fit`; the last two need --sensitivity
+KINDS = ("mlp", "mlp-ens", "gbt", "sens-line", "gbt-sens")
+SENS_KINDS = ("sens-line", "gbt-sens")
+SENS_SOURCES = ("noise", "measured")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -104,7 +118,67 @@ def fit_values(records: list[dict], target: str):
     return -np.array([float(r["loss"]) for r in records])
 
 
+def sensitivity_prior(spec: str, run: str | os.PathLike, *, cache: str | os.PathLike | None = None,
+                      protocol: dict | None = None, model: str | None = None, space=None, why: str = ""):
+    """The `LayerSensitivity` named by `spec`: "noise" (the data-free prior of `run`'s supernet,
+    `noise_sensitivity`), "measured" (`measure_sensitivities` on `run` at 2 bits against 4, with the
+    `SupernetEvaluator` keyword `protocol`, measurements cached in `cache`: resumable) or the path of a saved
+    one. With `model` / `space`, refuse (ConfigError) a run whose weights / space are not those."""
+    from qcompile.errors import ConfigError
+    from qcompile.search.predictors.sensitivity import LayerSensitivity
+
+    if spec not in SENS_SOURCES:
+        if not Path(spec).is_file():
+            raise ConfigError("--sensitivity", spec, f"{', '.join(SENS_SOURCES)} or an existing LayerSensitivity JSON")
+        return LayerSensitivity.load(spec)
+    if run is None:
+        raise ConfigError("--run", None, f"the run directory of the supernet (--sensitivity {spec} reads it)",
+                          why or "the cache's records do not name one")
+    from qcompile.artifacts import load_run
+    from qcompile.search.predictors.measured import model_fingerprint
+
+    run_space, qnet, _ = load_run(run)
+    if space is not None and run_space.to_dict() != space.to_dict():
+        raise ConfigError("--run", str(run), "a run of the cache's space", "its space differs from the records'")
+    if model is not None and model_fingerprint(qnet) != model:
+        raise ConfigError("--run", str(run), f"the run the cache was measured on (model {model})",
+                          "its weights differ; pass the right run with --run")
+    if spec == "noise":
+        from qcompile.search.predictors.noise import noise_sensitivity
+
+        return noise_sensitivity(qnet, run_space)
+    from qcompile.search.predictors import SupernetEvaluator, measure_sensitivities
+
+    ev = SupernetEvaluator(run, cache=cache, progress=True, **(protocol or {}))
+    return measure_sensitivities(ev, low_bits=(2,))
+
+
+def _fit_sensitivity(args, space, recs):
+    """The sensitivity prior of `--kind sens-line|gbt-sens` (None for the other kinds), after checking the
+    options that go with it."""
+    from qcompile.errors import ConfigError
+    from qcompile.search.predictors.measured import EvalProtocol
+
+    if args.kind not in SENS_KINDS:
+        if args.sensitivity is not None or args.run is not None:
+            flag = "--sensitivity" if args.sensitivity is not None else "--run"
+            raise ConfigError(flag, args.sensitivity or args.run, f"only with --kind {' or '.join(SENS_KINDS)}")
+        return None
+    if args.sensitivity is None:
+        raise ConfigError("--sensitivity", None, f"{', '.join(SENS_SOURCES)} or a LayerSensitivity JSON",
+                          f"--kind {args.kind} needs a sensitivity prior")
+    runs = sorted({r.get("run") for r in recs} - {None})
+    run = args.run if args.run is not None else (runs[0] if len(runs) == 1 else None)
+    fields = [f for f in EvalProtocol.__dataclass_fields__ if f in recs[0]]
+    data = Path(args.data)
+    cache = data.with_name(data.stem + ".sensitivity.jsonl")
+    return sensitivity_prior(args.sensitivity, run, cache=cache, protocol={f: recs[0][f] for f in fields},
+                             model=recs[0].get("model"), space=space,
+                             why=f"the records name {len(runs)} runs" if len(runs) > 1 else "")
+
+
 def cmd_fit(args) -> int:
+    from qcompile.errors import ConfigError
     from qcompile.search.predictors import (
         AccuracyPredictor,
         BoostedOptions,
@@ -114,12 +188,20 @@ def cmd_fit(args) -> int:
     )
     from qcompile.search.predictors.measured import load_records
 
+    if args.init_from is not None and args.kind != "mlp":
+        raise ConfigError("--init-from", args.init_from, "only with --kind mlp (APQ transfer of an MLP)")
+    if args.kind == "sens-line" and args.n_estimators not in (None, 0):
+        raise ConfigError("--n-estimators", args.n_estimators, "0 or unset with --kind sens-line (the line alone)",
+                          "use --kind gbt-sens for trees over the sensitivity line")
     space, cfgs, _, recs = load_records(args.data)
     values = fit_values(recs, args.target)
-    if args.kind == "gbt":
-        bopts = BoostedOptions(n_estimators=args.n_estimators, max_depth=args.max_depth,
-                               learning_rate=args.learning_rate, holdout=args.holdout)
-        pred = BoostedPredictor(space, seed=args.seed, options=bopts).fit(cfgs, values)
+    sens = _fit_sensitivity(args, space, recs)
+    if args.kind in ("gbt", *SENS_KINDS):
+        n_est = 0 if args.kind == "sens-line" else (
+            BOOSTED_DEFAULTS["n_estimators"] if args.n_estimators is None else args.n_estimators)
+        bopts = BoostedOptions(n_estimators=n_est, max_depth=args.max_depth, learning_rate=args.learning_rate,
+                               holdout=args.holdout)
+        pred = BoostedPredictor(space, seed=args.seed, options=bopts, sensitivity=sens).fit(cfgs, values)
     else:
         opts = PredictorOptions(epochs=args.epochs, holdout=args.holdout,
                                 hidden=args.hidden if args.hidden else PredictorOptions.hidden)
@@ -129,9 +211,12 @@ def cmd_fit(args) -> int:
             init = AccuracyPredictor.load(args.init_from, space=space) if args.init_from else None
             pred = AccuracyPredictor(space, seed=args.seed, options=opts).fit(cfgs, values, init_from=init)
     pred.report["target"] = "top-1" if args.target == "accuracy" else "negated mean loss"
+    if sens is not None:
+        pred.report["sensitivity"] = args.sensitivity
     pred.save(args.out)
     r = pred.report
-    print(f"predictor ({args.kind}, target {r['target']}): {len(cfgs)} measured subnets, {r['n_train']} to fit, "
+    prior = f", sensitivity {args.sensitivity}" if sens is not None else ""
+    print(f"predictor ({args.kind}{prior}, target {r['target']}): {len(cfgs)} measured subnets, {r['n_train']} to fit, "
           f"{r['n_holdout']} held out")
     if "kendall_tau" in r:
         bt = r.get("bitops_kendall_tau", float("nan"))
@@ -166,21 +251,30 @@ def add_parser(sub) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a shared machine)")
     s.set_defaults(fn=cmd_collect)
 
-    s = ps.add_parser("fit", help="fit an accuracy predictor (MLP or boosted trees) on a JSONL cache")
+    s = ps.add_parser("fit", help="fit an accuracy predictor (MLP, boosted trees, sensitivity prior) on a JSONL cache")
     s.add_argument("data", help="JSONL cache from `qcompile predictor collect`")
     s.add_argument("--out", required=True, help="predictor directory (safetensors + JSON)")
-    s.add_argument("--kind", default="mlp", choices=("mlp", "mlp-ens", "gbt"),
+    s.add_argument("--kind", default="mlp", choices=KINDS,
                    help="mlp: APQ's MLP on the encoding; mlp-ens: the mean of --members MLP seeds; "
-                        "gbt: boosted trees over a log-BitOPs line")
+                        "gbt: boosted trees over a log-BitOPs line; sens-line: a line on log BitOPs and the "
+                        "summed per-layer sensitivities (no trees); gbt-sens: boosted trees over that line")
+    s.add_argument("--sensitivity", default=None, metavar="noise|measured|SENS.json",
+                   help="sens-line / gbt-sens: the per-layer prior, data-free from the run's quantizers (noise), "
+                        "measured on the run (2 bits; cached in DATA.sensitivity.jsonl, resumable) or a saved "
+                        "LayerSensitivity")
+    s.add_argument("--run", default=None,
+                   help="--sensitivity noise|measured: the trained run (default: the run the records name)")
     s.add_argument("--members", type=int, default=5, help="mlp-ens: number of MLPs")
     s.add_argument("--target", default="accuracy", choices=("accuracy", "loss"),
                    help="fit top-1, or the negated mean loss (less noisy, docs/search.md)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--holdout", type=float, default=0.2)
-    s.add_argument("--n-estimators", type=int, default=BOOSTED_DEFAULTS["n_estimators"], help="gbt: trees")
-    s.add_argument("--max-depth", type=int, default=BOOSTED_DEFAULTS["max_depth"], help="gbt: tree depth")
-    s.add_argument("--learning-rate", type=float, default=BOOSTED_DEFAULTS["learning_rate"], help="gbt: shrinkage")
+    s.add_argument("--n-estimators", type=int, default=None,
+                   help=f"gbt, gbt-sens: trees (default {BOOSTED_DEFAULTS['n_estimators']})")
+    s.add_argument("--max-depth", type=int, default=BOOSTED_DEFAULTS["max_depth"], help="gbt, gbt-sens: tree depth")
+    s.add_argument("--learning-rate", type=float, default=BOOSTED_DEFAULTS["learning_rate"],
+                   help="gbt, gbt-sens: shrinkage")
     s.add_argument("--epochs", type=int, default=300)
     s.add_argument("--hidden", type=_ints, default=None, help="hidden widths (default 400,400,400)")
-    s.add_argument("--init-from", default=None, help="predictor fitted on float subnets (APQ transfer)")
+    s.add_argument("--init-from", default=None, help="mlp: predictor fitted on float subnets (APQ transfer)")
     s.set_defaults(fn=cmd_fit)

@@ -109,5 +109,5 @@ def add_parser(sub: Any, space_args: Any) -> None:
                    "the libraries saved by --lower-only (or an earlier build) in rounds (wants a quiet machine)")
     b.set_defaults(fn=cmd_build)
     s = lsub.add_parser("show", help="print a table's keys, size and fit")
-    s.add_argument("table")
+    s.add_argument("table", help="latency table JSON (from `latency-table build --out`)")
     s.set_defaults(fn=cmd_show)

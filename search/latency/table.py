@@ -165,6 +165,47 @@ def _config_id(cfg: SubnetConfig) -> str:
     return json.dumps(json.loads(cfg.to_json()), sort_keys=True)
 
 
+#: seconds between two writes of the timing phase's side file (each write fsyncs: 20-120 ms for 300 items at
+#: 1-60 rounds on the shared 2-vCPU VM at load 7.7), so an interruption loses at most this much timing
+SIDE_FILE_EVERY_S = 2.0
+
+
+def rounds_file(path: str | os.PathLike | None, libs: Path | None) -> Path | None:
+    """Where `build`'s timing phase keeps its completed rounds while it runs: beside the table (`<path>.rounds.json`),
+    else in the libraries' directory; None (not resumable) for a build with neither."""
+    if path is not None:
+        return Path(f"{path}.rounds.json")
+    return None if libs is None else Path(libs) / "rounds.json"
+
+
+def _item_id(kind: str, what: Any) -> str:
+    """A timed item's identity in the side file: a kernel's workload key, a network's config and role."""
+    if kind == "kernel":
+        return f"kernel:{what[0]}"
+    cfg, role, _n = what
+    return f"network:{role}:{_config_id(cfg)}"
+
+
+def _resumed_rounds(side: Path | None, ident: dict) -> list:
+    """The completed rounds of an interrupted timing phase in `side`, if it timed the same items with the same
+    calls, window and seed (`ident`); else [] (a start from round 0, said in the log)."""
+    if side is None or not side.exists():
+        return []
+    try:
+        doc = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s: unreadable (%s); timing from round 0", side, e)
+        return []
+    if {k: doc.get(k) for k in ident} != ident:
+        log.warning("%s: rounds of other items or settings; timing from round 0", side)
+        return []
+    rounds = doc.get("rounds", [])
+    if not all(isinstance(r, list) and len(r) == len(ident["items"]) for r in rounds):
+        log.warning("%s: malformed rounds; timing from round 0", side)
+        return []
+    return rounds
+
+
 class LatencyTable:
     """Kernel latencies (raw samples) + whole-network measurements + the fitted overhead model."""
 
@@ -319,8 +360,12 @@ class LatencyTable:
         ~`kernel_window_us` per kernel), after one untimed warm-up round. A host whose speed drifts over seconds
         then moves every item alike, where one burst per subnet measured each at its own moment. Each entry
         keeps its samples by round (`rounds_ms`) and `latency_ms` = `rmin` (median over rounds of the per-round
-        minimum, `rounds.round_stat`). The timing phase restarts from its first round when interrupted (it takes
-        seconds to a minute; the lowering is what takes minutes).
+        minimum, `rounds.round_stat`). The timing phase is resumable too: after a round, at most every
+        `SIDE_FILE_EVERY_S` seconds, the rounds so far are written atomically to a side file next to the table
+        (`rounds_file`: `<path>.rounds.json`, else `<libs>/rounds.json`; none for a temporary `libs`), and a build
+        interrupted in the rounds resumes at the next round, with the orders an uninterrupted one would have used,
+        when the side file was written for the same items, calls, window and seed (else it starts again from round
+        0). The side file goes once the table is saved.
 
         `phase` splits the two for a quiet-window measurement: "lower" only lowers and saves the libraries of
         the plan (and of `validate`) that `libs` lacks, under any load, and returns `table` untimed; "time"
@@ -364,6 +409,7 @@ class LatencyTable:
         plan = [(c, "cover") for c in cover] + [(c, "fit") for c in fits] + [(c, "validate") for c in validate]
         todo = [(c, r) for c, r in plan if _config_id(c) not in done]
         t0 = time.perf_counter()
+        side = None  # the timing phase's completed rounds, while it runs (`rounds_file`)
         timing = dict(network_repeat=network_repeat, kernel_window_us=kernel_window_us, kernel_repeat=kernel_repeat)
         if boards is not None:
             table._time_on_boards(todo, boards, target, num_threads, qnet, progress, path, timing)
@@ -373,6 +419,7 @@ class LatencyTable:
             from qcompile.search.latency.libraries import emitter_key, saved
 
             with contextlib.ExitStack() as stack:
+                user_libs = libs is not None
                 if libs is None:
                     libs = (Path(f"{path}.libs") if path is not None else
                             Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-lt-"))))
@@ -391,8 +438,9 @@ class LatencyTable:
                 if phase != "lower":
                     # this build's networks with a library here: the new ones and those timed by an earlier build
                     nets = [(c, r, _library_dir(libs, c)) for c, r in plan if saved(_library_dir(libs, c))]
+                    side = rounds_file(path, libs if user_libs else None)
                     table._time_rounds(nets, rounds, calls, kernel_window_us, seed, progress,
-                                       retime=phase == "time")
+                                       retime=phase == "time", side=side)
                     table.keys = {**table.keys, "timing": {"protocol": "rounds", "stat": "rmin",
                                                            "rounds": int(rounds), "calls": int(calls),
                                                            "window_us": float(kernel_window_us)}}
@@ -409,6 +457,8 @@ class LatencyTable:
             "build_seconds", 0.0), 1)}
         if path is not None:
             table.save(path)
+        if side is not None:  # the rounds are in the table now
+            side.unlink(missing_ok=True)
         log.info("latency table: %d kernels, %d networks, fit %s", len(table.kernels), len(table.networks),
                  table.fit_params)
         return table
@@ -435,14 +485,17 @@ class LatencyTable:
         return save_for_timing(low, d)
 
     def _time_rounds(self, nets: list, rounds: int, calls: int, window_us: float, seed: int,
-                     progress: bool, retime: bool = False) -> None:
+                     progress: bool, retime: bool = False, side: Path | None = None) -> None:
         """Time the saved libraries `nets` ([(cfg, role, dir)]) end to end and every kernel workload of the
         cover and fit ones that the table lacks (all of them with `retime`), in round-robin rounds (`build`'s
-        docstring); store `rmin` and the rounds."""
+        docstring); store `rmin` and the rounds. With `side`, the completed rounds are written there (at most
+        every `SIDE_FILE_EVERY_S`) and a run interrupted earlier with the same items resumes from them
+        (`_resumed_rounds`)."""
         from qcompile.search.latency.libraries import SavedTimer
         from qcompile.search.latency.remote import kernel_evaluator, network_evaluator
         from qcompile.search.latency.rounds import round_stat, run_rounds
         from qcompile.search.latency.workloads import remember
+        from qcompile.utils.io import atomic_write_text
 
         items: list[tuple[str, Any, Any]] = []  # (kind, key or (cfg, role, n_kernels), callable)
         seen: set[str] = set()
@@ -470,14 +523,23 @@ class LatencyTable:
                 items.append(("kernel", (wkey, k["workload"]), made[0]))
         log.info("timing %d kernel workloads and %d networks in %d rounds of %d calls, load %s",
                  len(seen), len(nets), rounds, calls, os.getloadavg())
-        for fn in (f for _, _, f in items):  # warm-up round (thread pool, caches), not kept
-            fn()
-        samples: list[list[list[float]]] = [[] for _ in items]
+        ident = {"items": [_item_id(kind, what) for kind, what, _ in items], "calls": int(calls),
+                 "window_us": float(window_us), "seed": int(seed)}
+        done = _resumed_rounds(side, ident)[: int(rounds)]  # done[r][i]: item i's samples of round r
+        if done:
+            log.info("resuming the timing at round %d of %d (%s)", len(done), rounds, side)
         t0 = time.perf_counter()
-        for _r, got in run_rounds([f for _, _, f in items], rounds, seed, progress=progress,
-                                  desc="latency table: time"):
-            for i, x in enumerate(got):
-                samples[i].append(x)
+        if len(done) < rounds:
+            for fn in (f for _, _, f in items):  # warm-up round (thread pool, caches), not kept
+                fn()
+            last = time.perf_counter()
+            for _r, got in run_rounds([f for _, _, f in items], rounds, seed, start=len(done), progress=progress,
+                                      desc="latency table: time"):
+                done.append(got)
+                if side is not None and time.perf_counter() - last >= SIDE_FILE_EVERY_S:
+                    atomic_write_text(side, json.dumps({**ident, "rounds": done}))
+                    last = time.perf_counter()
+        samples = [[r[i] for r in done] for i in range(len(items))]
         log.info("timed %d rounds in %.1f s, load %s", rounds, time.perf_counter() - t0, os.getloadavg())
         by_config = {_config_id(SubnetConfig.from_json(n["config"])): i for i, n in enumerate(self.networks)}
         for (kind, what, _), rs in zip(items, samples):

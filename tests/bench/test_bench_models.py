@@ -23,6 +23,20 @@ def test_demo_model_is_the_size_make_demo_deploys():
     assert SPACE_MODELS["mobilenet_v3-largest"][:4] == ("mobilenet_v3", 1000, 1.0, 224)
 
 
+def test_space_model_is_the_largest_subnet_with_overrides():
+    from qcompile import ConfigError, spaces
+    from qcompile.bench.models import largest_subnet, space_model
+
+    sub = space_model("demo", width=0.25)  # the demo's classes and resolution, a narrower width
+    want = largest_subnet("mobilenet_v3", num_classes=10, width=0.25, resolution=32, calib_batch=8)
+    assert sub.subnet_config == spaces.get_space("mobilenet_v3", num_classes=10, width_mult=0.25,
+                                                 resolutions=(32,)).largest(bits=8)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sub(x), want(x))  # same seed, same calibration batches: the same network
+    with pytest.raises(ConfigError, match="'mobilenet_v2'.*demo"):
+        space_model("mobilenet_v2")
+
+
 def _row(name, median, minimum=None):
     return RunnerStats(name, "ok", median_ms=median, p10_ms=median, p90_ms=median, min_ms=minimum or median, n=3)
 

@@ -766,3 +766,62 @@ def test_build_phases_time_only_and_heldout_rows(lowered, saved_lib, tmp_path, m
                for e in [*again.networks, *again.kernels.values()])
     with pytest.raises(ConfigError, match="phase"):
         qs.LatencyTable.build(space, "x86", 1, phase="quiet", **kw)
+
+
+def test_time_phase_resumes_after_an_interruption_in_the_rounds(lowered, tmp_path, monkeypatch):
+    """An interruption during the timing rounds keeps the rounds done so far (a side file next to the table,
+    rewritten atomically each round); the next build times only the rounds left, in the orders an uninterrupted
+    one would have used, and stores exactly `rounds` rounds per entry with rmin over all of them. A side file of
+    other items is not resumed from."""
+    from qcompile.search.latency import remote
+    from qcompile.search.latency import table as T
+    from qcompile.search.latency.libraries import emitter_key, save_for_timing
+    from qcompile.search.latency.rounds import round_stat
+    from qcompile.search.latency.table import _library_dir, rounds_file
+
+    monkeypatch.setattr(T, "SIDE_FILE_EVERY_S", 0.0)  # the side file after every round
+
+    space, pairs = lowered
+    cfg, low = pairs[0]  # the plan of max_cover=1, n_fit=0
+    libs, path = tmp_path / "libs", tmp_path / "t.json"
+    save_for_timing(low, _library_dir(libs / emitter_key("x86")["key"], cfg))
+    kw = dict(max_cover=1, n_fit=0, progress=False, path=path, libs=libs, phase="time", rounds=5, calls=1)
+    side = rounds_file(path, None)
+    real = remote.network_evaluator
+    calls = []
+
+    def counting(limit=None):
+        def make(timer, n):
+            fn = real(timer, n)
+
+            def call():
+                calls.append(1)
+                if limit is not None and len(calls) > limit:
+                    raise RuntimeError("timer interrupted")
+                return fn()
+            return call
+        return make
+
+    k = 2
+    with monkeypatch.context() as m:  # the network is timed once per round: fail in round k (after warm-up + k)
+        m.setattr(remote, "network_evaluator", counting(limit=1 + k))
+        with pytest.raises(RuntimeError, match="timer interrupted"):
+            qs.LatencyTable.build(space, "x86", 1, **kw)
+    assert not path.exists()
+    kept = json.loads(side.read_text())
+    assert len(kept["rounds"]) == k and kept["calls"] == 1 and kept["seed"] == 0
+    net_i = kept["items"].index(next(i for i in kept["items"] if i.startswith("network:cover:")))
+    calls.clear()
+    monkeypatch.setattr(remote, "network_evaluator", counting())
+    t = qs.LatencyTable.build(space, "x86", 1, **kw)
+    assert len(calls) == 1 + 5 - k  # warm-up, then only the rounds left
+    (net,) = t.networks
+    assert len(net["rounds_ms"]) == 5 and net["rounds_ms"][:k] == [r[net_i] for r in kept["rounds"]]
+    for e in [net, *t.kernels.values()]:
+        assert len(e["rounds_ms"]) == 5 and e["latency_ms"] == round_stat(e["rounds_ms"], "rmin")
+    assert not side.exists() and qs.LatencyTable.load(path).networks[0]["rounds_ms"] == net["rounds_ms"]
+    # a side file of another item list (or settings) starts again from round 0
+    side.write_text(json.dumps({**kept, "items": ["kernel:other"] * len(kept["items"])}))
+    calls.clear()
+    qs.LatencyTable.build(space, "x86", 1, **kw)
+    assert len(calls) == 1 + 5 and not side.exists()

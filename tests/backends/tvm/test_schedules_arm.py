@@ -17,6 +17,7 @@ import torch
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
+from tvm_graphs import conv_call_params  # noqa: E402
 
 from qcompile.backends.tvm.qemu import qemu_available, run_aarch64  # noqa: E402
 from qcompile.backends.tvm.schedules.arm import (  # noqa: E402
@@ -36,10 +37,6 @@ NEON = tvm.target.Target(NEON_DICT)
 TARGETS = {"sdot": SDOT, "neon": NEON}
 
 needs_qemu = pytest.mark.skipif(not qemu_available(), reason="needs qemu-aarch64 and aarch64-linux-gnu-g++")
-
-
-def _out_hw(h, w, k, s, p):
-    return (h + 2 * p - (k - 1) - 1) // s + 1, (w + 2 * p - (k - 1) - 1) // s + 1
 
 
 # name, op, (c, h, w), o, k, stride, pad, groups, pad_value, weight bits, activation pattern
@@ -90,25 +87,14 @@ def _make_case(rng, case):
         ).numpy()  # fmt: skip
         mid = np.round(rng.integers(20, 236, o) * 2.0 ** (shift.astype(np.float64) - 31))
         bias = (mid - acc0.mean(axis=(0, 2, 3))).astype(np.int32)
-    ho, wo = _out_hw(h, w, k, s, p)
-    params = {
-        "x_shape": (1, c, h, w),
-        "w_shape": wt.shape,
-        "out_shape": (1, o, ho, wo),
-        "stride": (s, s),
-        "padding": (p, p),
-        "dilation": (1, 1),
-        "groups": groups,
-        "pad_value": pad_value,
-        "node": name,
-    }
+    lohi = {"lo": 2, "hi": 253} if op == "conv2d_requant" else {}
+    params = conv_call_params(x.shape, wt.shape, s=s, p=p, groups=groups, pad_value=pad_value, node=name, **lohi)
     acc = R.conv2d(
         torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias),
         stride=s, padding=p, groups=groups, pad_value=pad_value,
     )  # fmt: skip
     if op == "conv2d_requant":
-        params.update(lo=2, hi=253)
-        ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=2, hi=253).numpy()
+        ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), **lohi).numpy()
         consts = [wt, bias, mult, shift]
     else:
         ref = acc.numpy()

@@ -18,8 +18,8 @@ from qcompile.ops import IntegerGraph, IntegerGraphBuilder
 
 
 def conv_call_params(x_shape, w_shape, *, s: int, p: int, groups: int, pad_value: int,
-                     lo: int | None = None, hi: int | None = None) -> dict:
-    """The OpCall params of one batch-1 `conv2d_requant` (with `lo`/`hi`) or `conv2d` (without) node `t`:
+                     lo: int | None = None, hi: int | None = None, node: str = "t") -> dict:
+    """The OpCall params of one batch-1 `conv2d_requant` (with `lo`/`hi`) or `conv2d` (without) node `node`:
     input `x_shape`, weights `w_shape` `[O, C/groups, K, K]`, square stride `s` and padding `p`, no dilation."""
     o, _, k, _ = w_shape
     ho = (x_shape[2] + 2 * p - k) // s + 1
@@ -33,7 +33,7 @@ def conv_call_params(x_shape, w_shape, *, s: int, p: int, groups: int, pad_value
         "dilation": (1, 1),
         "groups": groups,
         "pad_value": pad_value,
-        "node": "t",
+        "node": node,
     }
     if lo is not None:
         params.update(lo=lo, hi=hi)

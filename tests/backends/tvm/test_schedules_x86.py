@@ -411,7 +411,7 @@ def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
 def test_depthwise_3x3_on_short_rows_takes_the_row_kernel_with_avx512_vnni():
     """3x3 layers with <= 14 outputs per row take the row kernel on AVX-512 VNNI (the tap-quad copy costs more
     there); wider rows, larger kernels and 8-lane AVX-VNNI keep the quads; unknown `kw` keeps the old choice."""
-    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, default_dw_knobs
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, default_dw_knobs, dw_candidates
 
     assert default_dw_knobs(14, avx512=True, vnni=True, kw=3) == DwKnobs(16, False, 4)
     assert default_dw_knobs(7, avx512=True, vnni=True, kw=3) == DwKnobs(8, False, 1)
@@ -419,6 +419,8 @@ def test_depthwise_3x3_on_short_rows_takes_the_row_kernel_with_avx512_vnni():
     assert default_dw_knobs(14, avx512=True, vnni=True, kw=5).taps == 4
     assert default_dw_knobs(14, avx512=False, vnni=True, kw=3).taps == 4
     assert default_dw_knobs(14, avx512=True, vnni=True) == DwKnobs(16, True, 8, taps=4)
+    # the tuner times the default first (what `trials=1` keeps)
+    assert dw_candidates(14, True, vnni=True, kw=3)[0] == DwKnobs(16, False, 4)
 
 
 @pytest.mark.parametrize("k,wo,dot", [(3, 14, False), (3, 7, False), (5, 14, True), (3, 28, True)])

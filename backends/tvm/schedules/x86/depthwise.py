@@ -289,15 +289,15 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     return DwKnobs(vec, False, _rows_for(wo, vec))
 
 
-def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False) -> list[DwKnobs]:
+def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None) -> list[DwKnobs]:
     """Schedules the tuner times: the row kernel (4/8/16 lanes), pairs and (with VNNI) quads, each at 1, 2, 4 and
-    8 rows per step (the default first)."""
+    8 rows per step (the default for kernel width `kw`, `default_dw_knobs`, first)."""
     vecs = (8, 16) if avx512 else (8,)
     kinds = [(v, False, 2) for v in ((4, 8) if not avx512 else vecs)] + [(v, True, 2) for v in vecs]
     if vnni:
         kinds += [(v, True, 4) for v in vecs]
     out = [DwKnobs(v, pairs, r, taps) for v, pairs, taps in kinds for r in (1, 2, 4, 8)]
-    default = default_dw_knobs(wo, avx512, vnni=vnni)
+    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw)
     return [default, *(kn for kn in out if kn != default)]
 
 

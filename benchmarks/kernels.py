@@ -30,7 +30,7 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     pad = ly.k // 2
     if ly.kind == "depthwise":  # the schedule the strategy would pick: tuned record, else the default
         params = {"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": w.shape, "stride": ly.stride, "padding": pad}
-        dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target)
+        dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target, ly.k)
         dw = DwConv(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad), shift_min=40)
         func = depthwise_kernel(dw, dk, target=target)
         x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -412,6 +414,46 @@ def test_depthwise_strategy_uses_tap_pairs_on_wide_rows():
     kw = dict(s=1, p=3, groups=8, pad_value=4, lo=0, hi=255)
     np.testing.assert_array_equal(
         _run_strategy("conv2d_requant", x, wt, bias, mult, shift, **kw), _reference(x, wt, bias, mult, shift, **kw)
+    )
+
+
+def test_depthwise_3x3_on_short_rows_takes_the_row_kernel_with_avx512_vnni():
+    """3x3 layers with <= 14 outputs per row take the row kernel on AVX-512 VNNI (the tap-quad copy costs more
+    there); wider rows, larger kernels and 8-lane AVX-VNNI keep the quads; unknown `kw` keeps the old choice."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, default_dw_knobs, dw_candidates
+
+    assert default_dw_knobs(14, avx512=True, vnni=True, kw=3) == DwKnobs(16, False, 4)
+    assert default_dw_knobs(7, avx512=True, vnni=True, kw=3) == DwKnobs(8, False, 1)
+    assert default_dw_knobs(28, avx512=True, vnni=True, kw=3) == DwKnobs(16, True, 4, taps=4)
+    assert default_dw_knobs(14, avx512=True, vnni=True, kw=5).taps == 4
+    assert default_dw_knobs(14, avx512=False, vnni=True, kw=3).taps == 4
+    assert default_dw_knobs(14, avx512=True, vnni=True) == DwKnobs(16, True, 8, taps=4)
+    # the tuner times the default first (what `trials=1` keeps)
+    assert dw_candidates(14, True, vnni=True, kw=3)[0] == DwKnobs(16, False, 4)
+
+
+@pytest.mark.parametrize("k,wo,dot", [(3, 14, False), (3, 7, False), (5, 14, True), (3, 28, True)])
+def test_depthwise_default_kernel_assembly_on_avx512_vnni(k, wo, dot):
+    """Compile-only: the default VNNI512 depthwise kernel of a k x k layer with `wo` outputs per row uses
+    `vpdpbusd` (tap quads) exactly where `default_dw_knobs` says, and nothing wider than AVX-512 VNNI."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, target_dw_knobs
+
+    dw = DwConv(8, wo, wo, k, k, (1, 1), (k // 2, k // 2), shift_min=34)
+    built = tvm.compile(depthwise_kernel(dw, target_dw_knobs(wo, VNNI512, k), target=VNNI512), target=VNNI512)
+    isa.check_instructions(built, "avx512-vnni")
+    assert bool(re.search(r"vpdpbusd", isa.assembly(built))) == dot
+
+
+@pytest.mark.parametrize("c,h,s,pad_value", [(16, 14, 1, 9), (32, 14, 2, 0), (24, 7, 1, 255), (16, 28, 2, 3)])
+def test_depthwise_3x3_short_rows_bit_exact_on_avx512_vnni(c, h, s, pad_value):
+    """MobileNetV2's 3x3 depthwise shapes at 14 and 7 px through the strategy on AVX-512 VNNI (the row kernel
+    at 2 rows x 16 lanes and 1 row x 8 lanes), bit-exact against the reference."""
+    rng = np.random.default_rng(h * 10 + s)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, c, 3, s, 1, c)
+    kw = dict(s=s, p=1, groups=c, pad_value=pad_value, lo=0, hi=255)
+    np.testing.assert_array_equal(
+        _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=VNNI512, **kw),
+        _reference(x, wt, bias, mult, shift, **kw),
     )
 
 

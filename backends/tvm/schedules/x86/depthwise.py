@@ -263,14 +263,27 @@ class DwKnobs:
             raise ConfigError("DwKnobs.rows", self.rows, "1..16")
 
 
-def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False) -> DwKnobs:
+#: widest output row (pixels) on which a 3x3 depthwise layer takes the row kernel even where VNNI tap quads exist
+#: (`default_dw_knobs`)
+ROW_KERNEL_MAX_WO_3X3 = 14
+
+
+def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None) -> DwKnobs:
     """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2).
 
     With a VNNI dot product (`vnni`): u8 tap quads (`vpdpbusd`), 16 lanes on AVX-512 for rows of >= 14
     outputs, else 8 (7x7 layers 1.1-2.3x faster than pairs). Without: rows of >= 28 outputs take the
     tap-pair kernel (1.3-3x faster on 7x7 than the row kernel); 14-27: the row kernel at 16 lanes; shorter
-    rows: 8 lanes (16 would be mostly padding). Rows per step: about 8 row vectors in flight."""
+    rows: 8 lanes (16 would be mostly padding). Rows per step: about 8 row vectors in flight.
+
+    Exception (`kw`, the kernel width, given): a 3x3 layer with rows of <= `ROW_KERNEL_MAX_WO_3X3` outputs on an
+    AVX-512 VNNI target takes the row kernel (2 rows per step at 14 outputs, 1 at 7). There the quads kernel's
+    per-channel tap-quad copy (4 bytes per padded pixel) costs more than its 3 `vpdpbusd` per row vector save:
+    MobileNetV2's 384x14x14 layer 73 -> 54 us, 960x7x7 61 -> 56 us on AMD EPYC Zen 4, 1 thread
+    (docs/peers.md, "AMD EPYC Zen 4"); at 56 outputs quads stay 1.6x faster than rows."""
     vec = 16 if avx512 and wo >= 14 else 8
+    if vnni and avx512 and kw is not None and kw <= 3 and wo <= ROW_KERNEL_MAX_WO_3X3:
+        return DwKnobs(vec, False, 4 if wo >= 14 else 1)
     if vnni:
         return DwKnobs(vec, True, _rows_for(wo, vec), taps=4)
     if wo >= 28:
@@ -278,15 +291,15 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False) -> DwKnobs:
     return DwKnobs(vec, False, _rows_for(wo, vec))
 
 
-def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False) -> list[DwKnobs]:
+def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None) -> list[DwKnobs]:
     """Schedules the tuner times: the row kernel (4/8/16 lanes), pairs and (with VNNI) quads, each at 1, 2, 4 and
-    8 rows per step (the default first)."""
+    8 rows per step (the default for kernel width `kw`, `default_dw_knobs`, first)."""
     vecs = (8, 16) if avx512 else (8,)
     kinds = [(v, False, 2) for v in ((4, 8) if not avx512 else vecs)] + [(v, True, 2) for v in vecs]
     if vnni:
         kinds += [(v, True, 4) for v in vecs]
     out = [DwKnobs(v, pairs, r, taps) for v, pairs, taps in kinds for r in (1, 2, 4, 8)]
-    default = default_dw_knobs(wo, avx512, vnni=vnni)
+    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw)
     return [default, *(kn for kn in out if kn != default)]
 
 
@@ -303,11 +316,11 @@ def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
     return max(1, accumulators // -(-wo // vec))
 
 
-def target_dw_knobs(wo: int, target: tvm.target.Target) -> DwKnobs:
-    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product)."""
+def target_dw_knobs(wo: int, target: tvm.target.Target, kw: int | None = None) -> DwKnobs:
+    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product); `kw` the kernel width."""
     from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
 
-    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target))
+    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw)
 
 
 def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | None = None) -> tvm.tirx.PrimFunc:

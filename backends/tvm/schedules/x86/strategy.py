@@ -130,7 +130,7 @@ class _ConvBase(ConvStrategy):
             return ConvKernel(depthwise_small_x86(cv.depthwise), f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w),
                               small_dw_weights(cv.weight, cv.depthwise), bias, (cv.c, cv.ho, cv.wo))
         if cv.kind == "depthwise":
-            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target)
+            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target, cv.kw)
             func = depthwise_kernel(cv.depthwise, knobs, target=call.target)
             wdw = dw_weights(cv.weight, cv.kh, cv.kw, knobs)
             return ConvKernel(func, f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w), np.ascontiguousarray(wdw), bias,

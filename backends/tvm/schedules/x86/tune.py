@@ -99,7 +99,7 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     ws = rng.integers(-100, 100, (c, kh, kw)).astype(np.int8)
     rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
             np.zeros((c, ho, wo), np.uint8)]
-    candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target))[: trials or None]
+    candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw)[: trials or None]
     libs = []
     for kn in candidates:
         func = depthwise_kernel(dw, kn, target=target)

@@ -11,6 +11,12 @@ Two exact rewrites make it cheap on AVX2, which has no 64-bit multiply or arithm
 2. With every shift >= 32, `v >> s = (v >> 32) >> (s - 32)`: nested floor divisions by powers of two.
    `v >> 32` truncated to int32 is a lane shuffle; the rest is an int32 `vpsravd`.
 
+A third form (`requant_expr(..., pairs=True)`, the x86 GEMM's epilogue) changes where each lane's int64 lives,
+not what it is: the per-lane int64 `acc*M + bterm` is computed by two TIR ops (`MADD_HI32`, `MADD_SHR_CLAMP`)
+whose vector lowering multiplies the even and the odd int32 lanes of the accumulator in place
+(`vpmuldq`), instead of sign-extending the vector to two int64 halves and narrowing the result back
+(`pair_lowering` has the proof).
+
 Integer elementwise ops that follow the requantize (a 256-entry lookup-table activation, a rescale to
 another quantizer, the requantized residual add reading the skip tensor) run on the code inside the same
 epilogue (`EpilogueStep`, `apply_post`): the code is still in a register, so the separate kernel, its output
@@ -25,9 +31,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tvm
 from tvm import te, tirx
 
-__all__ = ["EPILOGUE_OPS", "EpilogueStep", "apply_post", "bias_term", "post_placeholders", "requant_expr"]
+__all__ = [
+    "EPILOGUE_OPS",
+    "MADD_HI32",
+    "MADD_SHR_CLAMP",
+    "EpilogueStep",
+    "apply_post",
+    "bias_term",
+    "pair_lowering",
+    "post_placeholders",
+    "register_pair_ops",
+    "requant_expr",
+]
 
 #: integer ops (`qcompile.ops.reference` names) that can run inside a requantize epilogue
 EPILOGUE_OPS = ("lut", "rescale", "add")
@@ -110,6 +128,106 @@ def bias_term(bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, offset: np.
         return b * m + off
 
 
+#: `madd_hi32(acc: int32, M: int32, bterm: int64) -> int32`: `(sext(acc)*sext(M) + bterm) >> 32` (arithmetic)
+MADD_HI32 = "qcompile.madd_hi32"
+#: `madd_shr_clamp(acc: int32, M: int32, bterm: int64, s: int32, lo: int32, hi: int32) -> int32`:
+#: `clamp((sext(acc)*sext(M) + bterm) >> s, lo, hi)` in int64 (arithmetic shift, `s` in [0, 63])
+MADD_SHR_CLAMP = "qcompile.madd_shr_clamp"
+
+_pair_ops_registered = False
+
+
+def _i64(v: int) -> tirx.PrimExpr:
+    return tirx.const(v, "int64")
+
+
+def _scalar_form(op: str, args: Sequence[tirx.PrimExpr]) -> tirx.PrimExpr:
+    """The ops' definitions as plain int64 TIR: the lowering of a scalar (or odd-lane) call."""
+    v = args[0].astype("int64") * args[1].astype("int64") + args[2].astype("int64")
+    if op == MADD_HI32:
+        return (v >> _i64(32)).astype("int32")
+    r = v >> args[3].astype("int64")
+    return tirx.Max(tirx.Min(r, args[5].astype("int64")), args[4].astype("int64")).astype("int32")
+
+
+def _halves(x: tirx.PrimExpr, n: int, dtype: str) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """Even and odd lanes of the `n`-lane vector `x` as two `n/2`-lane vectors of `dtype` (a broadcast stays
+    a broadcast; otherwise a shuffle, which LLVM folds into the consumer where it can)."""
+    if isinstance(x, tirx.Broadcast):
+        v = x.value.astype(dtype)
+        return tirx.Broadcast(v, n // 2), tirx.Broadcast(v, n // 2)
+    idx = [[tirx.const(2 * i + h, "int32") for i in range(n // 2)] for h in (0, 1)]
+    return tirx.Shuffle([x], idx[0]).astype(f"{dtype}x{n // 2}"), tirx.Shuffle([x], idx[1]).astype(f"{dtype}x{n // 2}")
+
+
+def pair_lowering(e: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Lower a (vectorised) `MADD_HI32` / `MADD_SHR_CLAMP` call without widening the accumulator.
+
+    For an `n`-lane call (n even) the int32 vectors `acc` and `M` are reinterpreted as `n/2` int64 lanes
+    (x86 is little-endian: int64 lane `i` holds int32 lane `2i` in its low half, `2i+1` in its high half):
+
+    - even lanes: `(q << 32) >> 32` sign-extends the low half in place, odd lanes: `q >> 32` (arithmetic)
+      brings the high half down sign-extended; LLVM selects one `vpmuldq` per product (it reads only the low
+      halves, which have 33 sign bits), so `pe[i] = acc[2i]*M[2i] + bterm[2i]`, `po[i] = acc[2i+1]*M[2i+1] +
+      bterm[2i+1]` are the int64 values `v` of the reference formula, bit for bit: `|acc*M| <= 2^62` is exact
+      in int64 and `+ bterm` wraps exactly as the reference's int64 addition does;
+    - `MADD_HI32`: the high half of `pe[i]` (int32 lane `2i+1` of its int32 view) is `v >> 32` (arithmetic) of
+      lane `2i`, truncated to int32 exactly as the reference's `(v >> 32).astype(int32)`; that of `po[i]` is
+      lane `2i+1`'s. One two-source shuffle (`vpermt2d`) puts them in lanes `2i`, `2i+1`: no `vpmovsxdq` /
+      `vpmovqd` / `vinserti64x4`;
+    - `MADD_SHR_CLAMP`: `clamp(pe >> s, lo, hi)` and `clamp(po >> s, lo, hi)` in int64 (the reference's own
+      operations per lane); a value in `[lo, hi]` (int32 bounds) equals the low half of its int64, which the
+      shuffle places in lanes `2i`, `2i+1`.
+
+    Only the placement of lanes differs from the widening form, never an operation on a value, so the result
+    equals `_scalar_form` for every int32 `acc`, `M`, int64 `bterm` and `s` in [0, 63] (tested against
+    `qcompile.ops.reference.requantize` on adversarial accumulators). Scalar and odd-lane calls lower to
+    `_scalar_form`."""
+    op = e.op.name
+    args = list(e.args)
+    n = e.ty.dtype.lanes
+    if n == 1 or n % 2:
+        return _scalar_form(op, args)
+    h = n // 2
+    q64, q32 = f"int64x{h}", f"int32x{n}"
+    sh32 = tirx.Broadcast(_i64(32), h)
+
+    def evens_odds(x: tirx.PrimExpr) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+        q = tirx.reinterpret(q64, x)
+        even = (q << sh32) >> sh32
+        # one channel's multiplier (a broadcast) has M in both halves: the even form serves the odd lanes too,
+        # and LLVM feeds the int32 broadcast straight to `vpmuldq` (no sign extension, no shift)
+        return even, (even if isinstance(x, tirx.Broadcast) else q >> sh32)
+
+    ae, ao = evens_odds(args[0])
+    me, mo = evens_odds(args[1])
+    be, bo = _halves(args[2], n, "int64")
+    pe, po = ae * me + be, ao * mo + bo
+    if op == MADD_HI32:
+        hi_idx = [tirx.const(j, "int32") for i in range(h) for j in (2 * i + 1, n + 2 * i + 1)]
+        return tirx.Shuffle([tirx.reinterpret(q32, pe), tirx.reinterpret(q32, po)], hi_idx)
+    se, so = _halves(args[3], n, "int64")
+    lo_e, lo_o = _halves(args[4], n, "int64")
+    hi_e, hi_o = _halves(args[5], n, "int64")
+    re = tirx.Max(tirx.Min(pe >> se, hi_e), lo_e)
+    ro = tirx.Max(tirx.Min(po >> so, hi_o), lo_o)
+    lo_idx = [tirx.const(j, "int32") for i in range(h) for j in (2 * i, n + 2 * i)]
+    return tirx.Shuffle([tirx.reinterpret(q32, re), tirx.reinterpret(q32, ro)], lo_idx)
+
+
+def register_pair_ops() -> None:
+    """Register `MADD_HI32` and `MADD_SHR_CLAMP` with TVM once: pure, vectorisable (the vectoriser widens the
+    call lane by lane) and lowered by `pair_lowering` (TVM's `LowerIntrin`, after vectorisation)."""
+    global _pair_ops_registered
+    if _pair_ops_registered:
+        return
+    for op in (MADD_HI32, MADD_SHR_CLAMP):
+        tvm.ir.register_op_attr(op, "TCallEffectKind", tirx.CallEffectKind.Pure.value)
+        tvm.ir.register_op_attr(op, "TVectorizable", True)
+        tirx.op.register_intrin_lowering(op, "default", f=pair_lowering, level=10)
+    _pair_ops_registered = True
+
+
 def requant_expr(
     acc: tirx.PrimExpr,
     bterm: tirx.PrimExpr,
@@ -118,13 +236,26 @@ def requant_expr(
     lo: int,
     hi: int,
     shift_min: int = 1,
+    *,
+    pairs: bool = False,
 ) -> tirx.PrimExpr:
     """uint8 code of one int32 accumulator (without bias); scalar TE expressions of one channel.
 
     `shift_min` is the smallest shift of the layer (known at emit time); `>= 32` selects rewrite 2.
     The `& 31` / `& 63` masks are no-ops for valid shifts (1..62) but give TVM's bound analysis a
     non-negative shift amount (with a possibly negative one it "proves" the clamp away).
+    `pairs=True` computes the int64 `acc*M + bterm` through `MADD_HI32` / `MADD_SHR_CLAMP` (same integers,
+    even/odd-lane vector lowering, `pair_lowering`); the default is the widening form.
     """
+    if pairs:
+        register_pair_ops()
+        if shift_min >= 32:
+            hi32 = tirx.call_intrin("int32", MADD_HI32, acc, mult, bterm)
+            r = hi32 >> ((shift - tirx.const(32, "int32")) & tirx.const(31, "int32"))
+            return tirx.Max(tirx.Min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype("uint8")
+        r = tirx.call_intrin("int32", MADD_SHR_CLAMP, acc, mult, bterm, shift & tirx.const(63, "int32"),
+                             tirx.const(lo, "int32"), tirx.const(hi, "int32"))
+        return r.astype("uint8")
     v = acc.astype("int64") * mult.astype("int64") + bterm
     if shift_min >= 32:
         hi32 = (v >> tirx.const(32, "int64")).astype("int32")

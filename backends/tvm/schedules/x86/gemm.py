@@ -141,14 +141,16 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
     return "i16"
 
 
-def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs()) -> tvm.tirx.PrimFunc:
+def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), *,
+                       pairs: bool = True) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
     `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `gc.conv` describes a full (groups=1)
     conv, whose im2col (with `pad_value` in the padding) is then fused into the activation packing;
     `K = C*KH*KW` in `(c, kh, kw)` order, the order of `w.reshape(O, -1)`. `out` is uint8 requantized
     codes, or the int32 accumulator `acc + bias` when `gc.lo is None` (op `conv2d` alone; `mult`/`shift`
-    are then not parameters).
+    are then not parameters). `pairs` (default) requantizes the even and odd int32 lanes of the accumulator in
+    place (`requant.requant_expr(..., pairs=True)`, `requant.pair_lowering`); `pairs=False` is the widening form.
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
@@ -160,7 +162,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs()) 
     # requantize: the int64 bias term `bias*M + 2^(s-1)` (requant.bias_term); accumulator: the int32 bias
     wp, bias = tile.operands(wdt, requant)
     x, gather, pad = activation_gather(gc, xdt, pp)
-    stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post)
+    stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
+                                 pairs=pairs)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)

@@ -1,0 +1,178 @@
+"""The even/odd-lane requantize epilogue (`requant.requant_expr(..., pairs=True)`, `requant.pair_lowering`)
+bit-exact against `qcompile.ops.reference.requantize` on adversarial accumulators, and its assembly."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+from tvm import s_tir, te  # noqa: E402
+
+from qcompile.backends.tvm.schedules.conv import GemmConv, pack_weights  # noqa: E402
+from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr  # noqa: E402
+from qcompile.backends.tvm.schedules.x86.gemm import MODES, GemmKnobs, pointwise_conv_x86  # noqa: E402
+from qcompile.ops import reference as R  # noqa: E402
+from tests import kernel_isa as isa  # noqa: E402
+
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+
+def _channels(shifts: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel (multiplier, shift, int64 offset): every multiplier class (0, 1, 2^30, 2^31 - 1, random) at
+    every shift, offsets the default rounding term `2^(s-1)`, 0, a random negative or positive one."""
+    ms, ss, offs = [], [], []
+    for s in shifts:
+        for m in (0, 1, 2**30, 2**31 - 1, int(rng.integers(1, 2**31))):
+            for kind in ("round", "zero", "random"):
+                ms.append(m)
+                ss.append(s)
+                if kind == "round":
+                    offs.append(1 << (s - 1))
+                elif kind == "zero":
+                    offs.append(0)
+                else:  # |offset| < 2^61 keeps `acc*M + offset` inside int64 (the contract's bound is 2^62)
+                    offs.append(int(rng.integers(-(2**61), 2**61)))
+    return np.array(ms, np.int64), np.array(ss, np.int64), np.array(offs, np.int64)
+
+
+def _accumulators(m: int, s: int, off: int, lo: int, hi: int, p: int, rng: np.random.Generator) -> np.ndarray:
+    """`p` int32 accumulators for one channel: the int32 extremes and small values, the accumulators either side
+    of each rounding boundary `acc*M + off = q*2^s` around the clamp range (exactly on it where M divides,
+    e.g. round-half-up ties with M = 2^30), and random int32s."""
+    vals = [I32_MIN, I32_MIN + 1, -(2**30), -2, -1, 0, 1, 2, 2**30, I32_MAX - 1, I32_MAX]
+    if m > 0:
+        for q in (lo - 1, lo, lo + 1, (lo + hi) // 2, hi - 1, hi, hi + 1):
+            a0 = ((q << s) - off) // m
+            vals += [a0 - 1, a0, a0 + 1, a0 + 2]
+    vals = [min(max(v, I32_MIN), I32_MAX) for v in vals]
+    rest = p - len(vals)
+    vals += list(rng.integers(I32_MIN, I32_MAX, rest // 2, endpoint=True))
+    vals += list(rng.integers(-(2**20), 2**20, rest - rest // 2))
+    return rng.permutation(np.array(vals[:p], np.int64)).astype(np.int32)
+
+
+def _reference(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int, hi: int,
+               offset: np.ndarray | None = None) -> np.ndarray:
+    """`qcompile.ops.reference.requantize` of an `[O, P]` int32 accumulator (channels on dim 1 of `[1, O, P]`)."""
+    t = (lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.int64)))
+    return R.requantize(torch.from_numpy(acc)[None], t(mult), t(shift), lo=lo, hi=hi, offset=t(offset)).numpy()[0]
+
+
+def _epilogue_kernel(o: int, p: int, lo: int, hi: int, shift_min: int, lanes: int,
+                     channels_in_lanes: bool = False) -> tvm.tirx.PrimFunc:
+    """The GEMM epilogue alone: `out[c, j] = requant_expr(acc[c, j], bterm[c], M[c], s[c], pairs=True)`, its
+    pixel loop vectorised by `lanes` (1: scalar); `channels_in_lanes`: `[P, O]` tensors with the channel loop
+    vectorised, so multiplier, bias term and shift are vectors too (not broadcasts)."""
+    shape = (p, o) if channels_in_lanes else (o, p)
+    acc = te.placeholder(shape, "int32", name="acc")
+    bterm = te.placeholder((o,), "int64", name="bterm")
+    mult = te.placeholder((o,), "int32", name="mult")
+    shift = te.placeholder((o,), "int32", name="shift")
+
+    def body(a, b):
+        c, j = (b, a) if channels_in_lanes else (a, b)
+        return requant_expr(acc[a, b], bterm[c], mult[c], shift[c], lo, hi, shift_min, pairs=True)
+
+    out = te.compute(shape, body, name="epilogue")
+    sch = s_tir.Schedule(te.create_prim_func([acc, bterm, mult, shift, out]))
+    if lanes > 1:
+        _, ji = sch.split(sch.get_loops(sch.get_sblock("epilogue"))[-1], [None, lanes])
+        sch.vectorize(ji)
+    return sch.mod["main"]
+
+
+# (family, vector lanes): zmm int32x16, ymm int32x8, and the scalar lowering
+LANE_CASES = [("avx512-vnni", 16, False), ("avx2", 8, False), ("avx2", 1, False), ("avx512-vnni", 16, True)]
+
+
+@pytest.mark.parametrize("family,lanes,cil", LANE_CASES,
+                         ids=[f"{f}-x{n}{'-channels' if c else ''}" for f, n, c in LANE_CASES])
+@pytest.mark.parametrize("shifts,lo,hi", [
+    ([32, 33, 40, 47, 61, 62], 0, 255),  # every shift >= 32: the int32 tail (`MADD_HI32`)
+    ([32, 38, 62], 3, 200),
+    ([1, 2, 16, 31, 32, 33, 62], 0, 255),  # some shift < 32: the int64 tail (`MADD_SHR_CLAMP`)
+    ([1, 31, 40], 0, 6),
+], ids=["hi32", "hi32-clamp", "int64", "int64-relu6"])
+def test_pair_epilogue_bit_exact_on_adversarial_accumulators(family, lanes, cil, shifts, lo, hi):
+    rng = np.random.default_rng(sum(shifts) + lo + hi)
+    mult, shift, off = _channels(shifts, rng)
+    if cil:  # whole vectors of channels: repeat the first ones
+        pad = -len(mult) % lanes
+        mult, shift, off = (np.concatenate([a, a[:pad]]) for a in (mult, shift, off))
+    o, p = len(mult), 96
+    acc = np.stack([_accumulators(int(m), int(s), int(f), lo, hi, p, rng) for m, s, f in zip(mult, shift, off)])
+    ref = _reference(acc, mult, shift, lo, hi, offset=off)
+    inside = (ref > lo) & (ref < hi)
+    assert inside.sum() > o and (ref == lo).any() and (ref == hi).any()  # neither clamp is the whole story
+    bterm = bias_term(np.zeros(o, np.int64), mult, shift, off)
+    lib = tvm.compile(_epilogue_kernel(o, p, lo, hi, min(shifts), lanes, cil), target=isa.target(family))
+    asm = isa.assembly(lib)
+    if lanes > 1:
+        reg = "zmm" if lanes == 16 else "ymm"
+        assert re.search(rf"vpmuldq\s+.*%{reg}", asm), f"no {reg} vpmuldq"
+        assert not re.search(r"vpmovsxdq", asm), "the accumulator is still sign-extended to int64 halves"
+    if not isa.should_execute(family):
+        pytest.skip(f"built and checked the assembly; this CPU cannot execute {family}")
+    acc_in = np.ascontiguousarray(acc.T) if cil else acc
+    out = tvm.runtime.tensor(np.zeros(acc_in.shape, np.uint8))
+    lib(*(tvm.runtime.tensor(a) for a in (acc_in, bterm, mult.astype(np.int32), shift.astype(np.int32))), out)
+    np.testing.assert_array_equal(out.numpy().T if cil else out.numpy(), ref)
+
+
+def test_pair_epilogue_with_bias_matches_the_reference_conv_requantize():
+    """`bterm = bias*M + 2^(s-1)` (rewrite 1) through the pair form equals requantize(acc + bias)."""
+    rng = np.random.default_rng(7)
+    o, p = 24, 64
+    mult = rng.integers(0, 2**31, o).astype(np.int64)
+    shift = rng.integers(32, 63, o).astype(np.int64)
+    bias = rng.integers(-(2**24), 2**24, o).astype(np.int64)
+    acc = rng.integers(-(2**30), 2**30, (o, p)).astype(np.int32)
+    acc[:, :4] = [I32_MIN + 2**24, I32_MAX - 2**24, 0, -1]
+    ref = _reference((acc.astype(np.int64) + bias[:, None]).astype(np.int32), mult, shift, 0, 255)
+    lib = tvm.compile(_epilogue_kernel(o, p, 0, 255, 32, 16), target=isa.target("avx512-vnni"))
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("this CPU cannot execute avx512-vnni")
+    out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
+    args = (acc, bias_term(bias, mult, shift), mult.astype(np.int32), shift.astype(np.int32))
+    lib(*(tvm.runtime.tensor(a) for a in args), out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def _epilogue_instructions(asm: str) -> dict[str, int]:
+    return {ins: len(re.findall(rf"^\s+{ins}\s", asm, re.M))
+            for ins in ("vpmuldq", "vpmovsxdq", "vpmovqd")}
+
+
+@pytest.mark.parametrize("shift_min", [36, 20], ids=["hi32", "int64"])
+def test_gemm_epilogue_multiplies_lanes_in_place(shift_min):
+    """The VNNI-512 GEMM (K=16, MobileNetV2's 16->96 expand) with `pairs` has no `vpmovsxdq` widening or
+    `vpmovqd` narrowing, the widening form sign-extends, and both give the reference's codes."""
+    rng = np.random.default_rng(shift_min)
+    k, p, o = 16, 77, 24
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, o).astype(np.int32)
+    shift = rng.integers(shift_min, shift_min + 4, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 8) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    target = isa.target("avx512-vnni")
+    gc = GemmConv(k, p, o, shift_min=shift_min)
+    libs = {pairs: tvm.compile(pointwise_conv_x86(gc, "vnni512", GemmKnobs(12, 16), pairs=pairs), target=target)
+            for pairs in (False, True)}
+    new, old = (_epilogue_instructions(isa.assembly(libs[v])) for v in (True, False))
+    assert new["vpmuldq"] >= 2 and new["vpmovsxdq"] == 0 and new["vpmovqd"] == 0
+    assert old["vpmovsxdq"] > 0
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("built and checked the assembly; this CPU cannot execute avx512-vnni")
+    acc = w.astype(np.int64) @ x.astype(np.int64) + bias[:, None]
+    ref = _reference(acc.astype(np.int32), mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    _, g, _, wdt = MODES["vnni512"]
+    for pairs, lib in libs.items():
+        out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
+        lib(*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, g, wdt), bias_term(bias, mult, shift), mult, shift)),
+            out)
+        np.testing.assert_array_equal(out.numpy(), ref, err_msg=f"pairs={pairs}")

@@ -10,8 +10,13 @@ import numpy as np
 from benchmarks.mbv2 import ConvLayer
 
 
-def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255, knobs=None, seed: int = 0):
-    """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call."""
+def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255, knobs=None, seed: int = 0,
+                    pairs: bool = True, shift: int = 40, with_out: bool = False):
+    """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call.
+
+    `pairs`: the GEMM's requantize form (`pointwise_conv_x86(..., pairs=)`); `shift`: every channel's shift (>= 32
+    selects the int32 tail of the epilogue, below 32 the int64 one); `with_out=True` returns `(run, mode, out)`
+    with `out()` the output tensor as numpy."""
     import tvm
 
     from qcompile.backends.tvm.schedules.conv import ConvGeometry, DwConv, GemmConv, pack_weights
@@ -24,14 +29,14 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     rng = np.random.default_rng(seed)
     hw = 2 ** (w_bits - 1)
     w = rng.integers(-hw, hw, (ly.o, ly.c // ly.groups, ly.k, ly.k)).astype(np.int8)
-    mult = np.full(ly.o, 1 << 28, np.int32)
-    shift = np.full(ly.o, 40, np.int32)
+    mult = np.full(ly.o, (1 << 28) >> max(0, 40 - shift), np.int32)
+    shift = np.full(ly.o, shift, np.int32)
     bias = bias_term(rng.integers(-1000, 1000, ly.o), mult, shift)
     pad = ly.k // 2
     if ly.kind == "depthwise":  # the schedule the strategy would pick: tuned record, else the default
         params = {"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": w.shape, "stride": ly.stride, "padding": pad}
         dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target, ly.k)
-        dw = DwConv(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad), shift_min=40)
+        dw = DwConv(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad), shift_min=int(shift[0]))
         func = depthwise_kernel(dw, dk, target=target)
         x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)
         wk = dw_weights(w, ly.k, ly.k, dk)
@@ -48,13 +53,15 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
         if ly.kind == "full":
             geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad))
             x = x.reshape(ly.c, ly.h, ly.h)
-        gc = GemmConv(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, shift_min=40, conv=geom)
-        func = pointwise_conv_x86(gc, mode, knobs)
+        gc = GemmConv(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, shift_min=int(shift[0]), conv=geom)
+        func = pointwise_conv_x86(gc, mode, knobs, pairs=pairs)
         wk = pack_weights(w, g, wdt)
         out = np.zeros((ly.o, ly.ho * ly.ho), np.uint8)
     lib = tvm.compile(func, target=target)
     args = [tvm.runtime.tensor(a) for a in (x, wk, bias, mult, shift, out)]
     fn = lib.mod["main"]
+    if with_out:
+        return (lambda: fn(*args)), mode, (lambda: args[-1].numpy())
     return (lambda: fn(*args)), mode
 
 

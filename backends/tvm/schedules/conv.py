@@ -137,14 +137,16 @@ class DwConv(ConvGeometry):
 
 
 def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None,
-                bias_at: Any = None) -> list[te.Tensor]:
+                bias_at: Any = None, *, pairs: bool = False) -> list[te.Tensor]:
     """Placeholders and stages after a depthwise accumulator `acc_at(ch, y, x)`: requantize (or add the int32
     bias) over `[C, Ho, wov]` as stage `epilogue`, then, when rows were padded to whole vectors (`wov > Wo`),
     copy the `Wo` valid outputs (`crop`): a ragged vectorised requantize would run scalar int64 code per element
     (measured: a whole 56-wide 7x7 layer 1.6x slower). Returns the tensors after `(x, w, bias)` in the kernel's
     signature: `[mult, shift, *post operands,] out` (`requant.post_placeholders` over `[C, Ho, Wo]`).
     `bias_at(ch, y, x)`: the bias element of an output (default `bias[ch]`; a per-pixel bias folds in constants
-    that depend on the output pixel, as `x86.depthwise.depthwise_cvec_x86` does with its padding taps)."""
+    that depend on the output pixel, as `x86.depthwise.depthwise_cvec_x86` does with its padding taps).
+    `pairs`: `requant.requant_expr`'s even/odd-lane form (measured faster for the x86 depthwise kernels too,
+    docs/peers.md session 11; off by default, so every caller keeps its kernel until it opts in)."""
     c, ho, wo = dw.c, dw.ho, dw.wo
     wov = wo if wov is None else wov
     if bias_at is None:
@@ -161,7 +163,8 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
             return (ch, y, tirx.min(xo, wo - 1) if wov != wo else xo)
 
         res = te.compute((c, ho, wov), lambda ch, y, xo: apply_post(
-            requant_expr(acc_at(ch, y, xo), bias_at(ch, y, xo), mult[ch], shift[ch], dw.lo, dw.hi, dw.shift_min),
+            requant_expr(acc_at(ch, y, xo), bias_at(ch, y, xo), mult[ch], shift[ch], dw.lo, dw.hi, dw.shift_min,
+                         pairs=pairs),
             dw.post, post_ins, at(ch, y, xo)), name="epilogue")
     else:
         res = te.compute((c, ho, wov), lambda ch, y, xo: acc_at(ch, y, xo) + bias_at(ch, y, xo), name="epilogue")

@@ -224,6 +224,7 @@ def register_pair_ops() -> None:
     for op in (MADD_HI32, MADD_SHR_CLAMP):
         tvm.ir.register_op_attr(op, "TCallEffectKind", tirx.CallEffectKind.Pure.value)
         tvm.ir.register_op_attr(op, "TVectorizable", True)
+        tvm.ir.register_op_attr(op, "TScriptPrinterName", op.replace(".", "_"))  # printed as `T.qcompile_...`
         tirx.op.register_intrin_lowering(op, "default", f=pair_lowering, level=10)
     _pair_ops_registered = True
 

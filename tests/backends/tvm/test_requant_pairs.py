@@ -176,3 +176,40 @@ def test_gemm_epilogue_multiplies_lanes_in_place(shift_min):
         lib(*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, g, wdt), bias_term(bias, mult, shift), mult, shift)),
             out)
         np.testing.assert_array_equal(out.numpy(), ref, err_msg=f"pairs={pairs}")
+
+
+@pytest.mark.parametrize("c,h,s,pad_value,knobs", [
+    (32, 14, 1, 9, (16, False, 4, 2)),  # the 3x3 row kernel at 14 px (2 rows x 16 lanes)
+    (24, 7, 1, 0, (8, False, 1, 2)),  # 1 row x 8 lanes at 7 px
+    (16, 28, 2, 3, (16, True, 4, 4)),  # tap quads (`vpdpbusd`)
+], ids=["rows16", "rows8", "quads16"])
+@pytest.mark.parametrize("shift_lo", [36, 20], ids=["hi32", "int64"])
+def test_depthwise_epilogue_opt_in_pairs_bit_exact(monkeypatch, c, h, s, pad_value, knobs, shift_lo):
+    """`conv.dw_epilogue(..., pairs=True)` (off by default) keeps the x86 depthwise kernels bit-exact."""
+    import functools
+
+    from qcompile.backends.tvm.schedules.conv import DwConv, dw_epilogue
+    from qcompile.backends.tvm.schedules.x86 import depthwise as xdw
+
+    monkeypatch.setattr(xdw, "dw_epilogue", functools.partial(dw_epilogue, pairs=True))
+    rng = np.random.default_rng(h + s + shift_lo)
+    x = rng.integers(0, 256, (c, h, h)).astype(np.uint8)
+    w = rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, c).astype(np.int32)
+    shift = rng.integers(shift_lo, shift_lo + 4, c).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 12) * rng.uniform(0.5, 1.0, c)).astype(np.int32)
+    dk = xdw.DwKnobs(*knobs[:3], taps=knobs[3])
+    dw = DwConv(c, h, h, 3, 3, (s, s), (1, 1), pad_value=pad_value, shift_min=int(shift.min()))
+    target = isa.target("avx512-vnni")
+    lib = tvm.compile(xdw.depthwise_kernel(dw, dk, target=target), target=target)
+    assert not re.search(r"vpmovsxdq", isa.assembly(lib))
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("built and checked the assembly; this CPU cannot execute avx512-vnni")
+    acc = R.conv2d(torch.from_numpy(x)[None], torch.from_numpy(w), torch.from_numpy(bias), stride=s, padding=1,
+                   groups=c, pad_value=pad_value)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=0, hi=255).numpy()[0]
+    assert len(np.unique(ref)) > 10
+    out = tvm.runtime.tensor(np.zeros((c, dw.ho, dw.wo), np.uint8))
+    args = (x, xdw.dw_weights(w, 3, 3, dk), bias_term(bias, mult, shift), mult, shift)
+    lib(*(tvm.runtime.tensor(a) for a in args), out)
+    np.testing.assert_array_equal(out.numpy(), ref)

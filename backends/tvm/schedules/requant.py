@@ -141,13 +141,15 @@ def _i64(v: int) -> tirx.PrimExpr:
     return tirx.const(v, "int64")
 
 
-def _scalar_form(op: str, args: Sequence[tirx.PrimExpr]) -> tirx.PrimExpr:
-    """The ops' definitions as plain int64 TIR: the lowering of a scalar (or odd-lane) call."""
-    v = args[0].astype("int64") * args[1].astype("int64") + args[2].astype("int64")
+def _scalar_form(op: str, args: Sequence[tirx.PrimExpr], n: int = 1) -> tirx.PrimExpr:
+    """The ops' definitions as plain int64 TIR (lane by lane for an `n`-lane call): the lowering of a scalar or
+    odd-lane call."""
+    i64, i32 = ("int64", "int32") if n == 1 else (f"int64x{n}", f"int32x{n}")
+    v = args[0].astype(i64) * args[1].astype(i64) + args[2].astype(i64)
     if op == MADD_HI32:
-        return (v >> _i64(32)).astype("int32")
-    r = v >> args[3].astype("int64")
-    return tirx.Max(tirx.Min(r, args[5].astype("int64")), args[4].astype("int64")).astype("int32")
+        return (v >> tirx.Broadcast(_i64(32), n) if n > 1 else v >> _i64(32)).astype(i32)
+    r = v >> args[3].astype(i64)
+    return tirx.Max(tirx.Min(r, args[5].astype(i64)), args[4].astype(i64)).astype(i32)
 
 
 def _halves(x: tirx.PrimExpr, n: int, dtype: str) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
@@ -181,13 +183,13 @@ def pair_lowering(e: tirx.PrimExpr) -> tirx.PrimExpr:
 
     Only the placement of lanes differs from the widening form, never an operation on a value, so the result
     equals `_scalar_form` for every int32 `acc`, `M`, int64 `bterm` and `s` in [0, 63] (tested against
-    `qcompile.ops.reference.requantize` on adversarial accumulators). Scalar and odd-lane calls lower to
-    `_scalar_form`."""
+    `qcompile.ops.reference.requantize` on adversarial accumulators). Calls of 1, 2 or an odd number of lanes
+    lower to `_scalar_form`, lane by lane."""
     op = e.op.name
     args = list(e.args)
     n = e.ty.dtype.lanes
-    if n == 1 or n % 2:
-        return _scalar_form(op, args)
+    if n < 4 or n % 2:  # (two lanes would make one-lane "vectors")
+        return _scalar_form(op, args, n)
     h = n // 2
     q64, q32 = f"int64x{h}", f"int32x{n}"
     sh32 = tirx.Broadcast(_i64(32), h)

@@ -213,3 +213,23 @@ def test_depthwise_epilogue_opt_in_pairs_bit_exact(monkeypatch, c, h, s, pad_val
     args = (x, xdw.dw_weights(w, 3, 3, dk), bias_term(bias, mult, shift), mult, shift)
     lib(*(tvm.runtime.tensor(a) for a in args), out)
     np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("lanes", [2, 3, 4, 7])
+@pytest.mark.parametrize("shift_min", [40, 8], ids=["hi32", "int64"])
+def test_pair_epilogue_on_short_and_odd_vectors(lanes, shift_min):
+    """Vectors of 2 or an odd number of lanes lower lane by lane, 4 lanes by the pair form: all exact."""
+    rng = np.random.default_rng(lanes * shift_min)
+    o, p = 5, lanes * 6
+    acc = rng.integers(I32_MIN, I32_MAX, (o, p), endpoint=True).astype(np.int32)
+    acc[:, :2] = [I32_MIN, I32_MAX]
+    mult = rng.integers(0, 2**31, o).astype(np.int64)
+    shift = rng.integers(shift_min, shift_min + 20, o).astype(np.int64)
+    ref = _reference(acc, mult, shift, 0, 255)
+    lib = tvm.compile(_epilogue_kernel(o, p, 0, 255, shift_min, lanes), target=isa.target("avx2"))
+    if not isa.should_execute("avx2"):
+        pytest.skip("this CPU cannot execute avx2")
+    out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
+    args = (acc, bias_term(np.zeros(o, np.int64), mult, shift), mult.astype(np.int32), shift.astype(np.int32))
+    lib(*(tvm.runtime.tensor(a) for a in args), out)
+    np.testing.assert_array_equal(out.numpy(), ref)

@@ -61,6 +61,7 @@ from qcompile.cli.predictor import collect_configs
 from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.predictors import BoostedOptions, PredictorOptions, rmse
+from qcompile.search.predictors.ensemble import DEFAULT_GBT
 from qcompile.search.predictors.measured import config_hash, read_jsonl
 from qcompile.spaces import from_dict
 from qcompile.utils.io import atomic_write_text
@@ -271,8 +272,11 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout-every", type=int, default=4, help="config i is held out when i %% this == 0")
     ap.add_argument("--holdout-below", type=int, default=None,
                     help="... and i < this (a held-out set fixed while the collection grows past it)")
-    ap.add_argument("--gbt-grid", default="small", choices=("small", "large"),
-                    help="settings the CV chooses the trees' from (large: for thousands of fit subnets)")
+    ap.add_argument("--gbt-grid", default="small", choices=("small", "large", "default"),
+                    help="settings the CV chooses the trees' from (large: for thousands of fit subnets; default: "
+                         "only the ensemble's default trees, depth 3 x 1000 x lr 0.02)")
+    ap.add_argument("--mlp-grid", default="all", choices=("all", *MLP_GRID),
+                    help="settings the CV chooses mlp's and mlp-transfer's from (one name: that setting alone)")
     ap.add_argument("--target", default="loss", choices=("loss", "logloss", "accuracy"))
     ap.add_argument("--calib-batches", type=int, default=8)
     ap.add_argument("--calib-seeds", type=int, default=1)
@@ -369,11 +373,12 @@ def main(argv=None) -> int:
         if kind in ("sens-line", "gbt-sens") and sens is None:
             raise ConfigError("--kinds", kind, "with --sensitivity FILE.json")
         if kind in ("gbt", "gbt-sens"):
-            grids[kind] = {json.dumps(p): p for p in (GBT_GRID_LARGE if args.gbt_grid == "large" else GBT_GRID)}
+            gbt_grid = {"small": GBT_GRID, "large": GBT_GRID_LARGE, "default": [DEFAULT_GBT]}[args.gbt_grid]
+            grids[kind] = {json.dumps(p): p for p in gbt_grid}
         elif kind == "sens-line":
             grids[kind] = {"line": dict(n_estimators=0)}
         elif kind in ("mlp", "mlp-transfer"):
-            grids[kind] = dict(MLP_GRID)
+            grids[kind] = dict(MLP_GRID) if args.mlp_grid == "all" else {args.mlp_grid: MLP_GRID[args.mlp_grid]}
         elif kind == "mlp-ens":  # five seeds of the small MLP (the APQ size costs 5x as much for each setting)
             grids[kind] = {"small": MLP_GRID["small"]}
         elif kind != "ens":

@@ -82,11 +82,18 @@ def test_ens_cv_uses_the_folds_of_gbt_and_mlp(tspace, cache, tmp_path, monkeypat
 
 
 def test_cv_only_reads_no_heldout_value_and_one_process_agrees(cache, tmp_path, monkeypatch):
+    """--cv-only at one setting each (--gbt-grid default: the ensemble's trees; --mlp-grid NAME)."""
+    from benchmarks import predictor as bp
+
     path, *_ = cache
-    one = bench(monkeypatch, path, tmp_path / "b.json", "--kinds", "gbt,ens", "--cv-only", "--jobs", "1")
+    monkeypatch.setattr(bp, "DEFAULT_GBT", GBT[1])
+    grids = ("--gbt-grid", "default", "--mlp-grid", "a")
+    one = bench(monkeypatch, path, tmp_path / "b.json", "--kinds", "gbt,ens", "--cv-only", "--jobs", "1", *grids)
     assert set(one["predictors"]) == {"gbt", "mlp", "ens"}
+    assert list(one["predictors"]["gbt"]["cv_tau"]) == [json.dumps(GBT[1])]
+    assert list(one["predictors"]["mlp"]["cv_tau"]) == ["a"]
     assert not any("kendall_tau" in r for r in one["predictors"].values())
     assert "bitops_more_is_better" not in one and "noise_ceiling" not in one
-    two = bench(monkeypatch, path, tmp_path / "c.json", "--kinds", "gbt,ens", "--cv-only", "--jobs", "2")
+    two = bench(monkeypatch, path, tmp_path / "c.json", "--kinds", "gbt,ens", "--cv-only", "--jobs", "2", *grids)
     for kind in one["predictors"]:
         assert one["predictors"][kind]["cv_tau"] == two["predictors"][kind]["cv_tau"]

@@ -3,6 +3,7 @@ boosted trees over a log-BitOPs line (`BoostedPredictor`, optionally with the pe
 `LayerSensitivity`, measured or the data-free `noise_sensitivity`); `load_predictor` reads either kind."""
 
 from qcompile.search.predictors.boosted import BoostedOptions, BoostedPredictor, load_predictor
+from qcompile.search.predictors.ensemble import EnsemblePredictor
 from qcompile.search.predictors.measured import SupernetEvaluator, canonical, config_hash
 from qcompile.search.predictors.metrics import kendall_tau, pairwise_accuracy, rmse
 from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble, PredictorOptions
@@ -13,6 +14,7 @@ __all__ = [
     "AccuracyPredictor",
     "BoostedOptions",
     "BoostedPredictor",
+    "EnsemblePredictor",
     "LayerSensitivity",
     "MLPEnsemble",
     "PredictorOptions",

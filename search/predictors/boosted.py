@@ -304,7 +304,10 @@ def _tree_predict(t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
-    """Any saved accuracy predictor (`predictor.json`'s `kind`): the MLP, an MLP ensemble or boosted trees."""
+    """Any saved accuracy predictor (`predictor.json`'s `kind`): the MLP, an MLP ensemble, boosted trees or an
+    ensemble of kinds (`EnsemblePredictor`)."""
+    from qcompile.search.predictors.ensemble import KIND as ENSEMBLE_KIND
+    from qcompile.search.predictors.ensemble import EnsemblePredictor
     from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble
 
     path = Path(path)
@@ -318,6 +321,8 @@ def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
         return BoostedPredictor.load(path, space=space)
     if kind == MLPEnsemble.kind:
         return MLPEnsemble.load(path, space=space)
+    if kind == ENSEMBLE_KIND:
+        return EnsemblePredictor.load(path, space=space)
     return AccuracyPredictor.load(path, space=space)
 
 

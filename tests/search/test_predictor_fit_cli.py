@@ -130,3 +130,40 @@ def test_the_run_must_be_the_one_measured(tspace, tqnet, cache, tmp_path, capsys
     assert fit(bare, tmp_path / "p", "--kind", "gbt-sens", "--sensitivity", "noise", "--n-estimators", "5",
                "--run", str(make_run(tspace, tqnet, tmp_path / "run3"))) == 0
     assert isinstance(load_predictor(tmp_path / "p"), BoostedPredictor)
+
+
+def test_ensemble_fit_then_search_with_it(tspace, cache, tmp_path, capsys):
+    """`--kind ensemble`: the saved directory predicts what the same ensemble fitted in-process predicts, and
+    `qcompile search --predictor DIR` maximises exactly those predictions."""
+    import json
+
+    import qcompile.search as qs
+    from qcompile.search.predictors import AccuracyPredictor, EnsemblePredictor, PredictorOptions
+
+    path, run, cfgs, y = cache
+    assert fit(path, tmp_path / "p", "--kind", "ensemble", "--n-estimators", "30", "--epochs", "20",
+               "--hidden", "32,32") == 0
+    assert "predictor (ensemble, target negated mean loss)" in capsys.readouterr().out
+    got = load_predictor(tmp_path / "p", space=tspace)
+    assert isinstance(got, EnsemblePredictor) and len(got.members) == 2
+    gbt_opts = got.members[0].options
+    # the trees take the ensemble's defaults (depth 3, shrinkage 0.02) where no flag was given
+    assert (gbt_opts.n_estimators, gbt_opts.max_depth, gbt_opts.learning_rate) == (30, 3, 0.02)
+    want = EnsemblePredictor(tspace, seed=0, holdout=0.25, members=[
+        BoostedPredictor(tspace, seed=0, options=BoostedOptions(n_estimators=30, max_depth=3, learning_rate=0.02,
+                                                                holdout=0.0)),
+        AccuracyPredictor(tspace, seed=0, options=PredictorOptions(epochs=20, hidden=(32, 32), holdout=0.0)),
+    ]).fit(cfgs, y)
+    test = [tspace.sample(seed=800 + i, bits=(2, 3, 4)) for i in range(30)]
+    np.testing.assert_allclose(got.predict(test), want.predict(test), rtol=0, atol=1e-12)
+    assert got.report["kendall_tau"] == pytest.approx(want.report["kendall_tau"])
+    assert got.report["n_holdout"] == 15 and got.report["target"] == "negated mean loss"
+
+    assert main(["search", str(run), "--algorithm", "random", "--objectives", "accuracy,bitops", "--predictor",
+                 str(tmp_path / "p"), "--evals", "24", "--seed", "0", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    res = qs.SearchResult.load(tmp_path / "s")
+    assert res.n_evals == 24
+    assert json.loads((tmp_path / "s" / "search.json").read_text())["algorithm"] == "random"
+    # values are kept in the objective's own units and direction (search/result.py)
+    np.testing.assert_allclose(res.F[:, 0], got.predict(res.configs), rtol=1e-9, atol=1e-12)

@@ -6,6 +6,11 @@ between kernels, so the vector axis is the output row (8..112 pixels wide) inste
 channel's padded plane (at most 230x230 bytes) is built in cache right before its rows are computed
 (padding with the code `pad_value`), the kh/kw taps are unrolled around 8-lane int32 vectors, and the
 requantize epilogue runs on each finished row. Channels are spread over the cores.
+
+The accumulator tiles keep TVM's default "global" scope: LowerTVMBuiltin stack-allocates a small constant-size
+buffer (which LLVM then keeps in registers) only in that scope, and turned a "local" tile into a
+`TVMBackendAllocWorkspace` + `TVMBackendFreeWorkspace` call pair in every channel's iteration (10-23 % of the
+7-28 px MobileNetV2 layers' time; docs/peers.md, "session 11").
 """
 
 from __future__ import annotations
@@ -99,8 +104,9 @@ def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.P
     _schedule_epilogue(sch, yo, vec, wo != wov)
     sch.compute_at(sch.get_sblock("xpad"), ch)
     sch.compute_at(sch.get_sblock("w16"), ch)
-    # the block's accumulators stay in registers: a "local" buffer with constant indices after unrolling
-    sch.set_scope(dw_blk, 0, "local")
+    # the block's accumulators stay in registers: a stack tile with constant indices after unrolling (no
+    # "local" scope: TVM stack-allocates only "global" buffers and serves any other scope with a
+    # TVMBackendAllocWorkspace/FreeWorkspace call pair per channel: 13 ns per channel on 960x7x7)
     # vectorise before decompose_reduction: afterwards the update block under the row loop is no
     # longer a "local reduction block" and TVM refuses to vectorise it
     sch.vectorize(xoi)
@@ -218,10 +224,10 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
     sch.vectorize(sch.get_loops(pad_blk)[-1])
     pair_loops = sch.get_loops(sch.get_sblock("xpair"))
     sch.unroll(pair_loops[-1])
-    # the row's accumulators stay in registers: a "local" buffer with constant indices after unrolling
-    sch.set_scope(dw_blk, 0, "local")
+    # the row's accumulators stay in registers: a stack tile with constant indices after unrolling ("global"
+    # scope and the intrinsic's global form: see depthwise_conv_x86)
     init = sch.decompose_reduction(dw_blk, rh_)
-    sch.tensorize(xoi, (_pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec)) + "_local")
+    sch.tensorize(xoi, _pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec))
     sch.unroll(rj_)
     sch.unroll(yi)
     sch.unroll(xoo)

@@ -35,12 +35,13 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     pad = ly.k // 2
     if ly.kind == "depthwise":  # the schedule the strategy would pick: tuned record, else the default
         params = {"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": w.shape, "stride": ly.stride, "padding": pad}
-        dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target, ly.k)
+        dk = lookup_dw_knobs(depthwise_workload(params), target) or target_dw_knobs(ly.ho, target, ly.k, ly.stride)
         dw = DwConv(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad), shift_min=int(shift[0]))
         func = depthwise_kernel(dw, dk, target=target)
         x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)
-        wk = dw_weights(w, ly.k, ly.k, dk)
-        mode = f"dw-{('quads' if dk.taps == 4 else 'pairs') if dk.pairs else 'rows'}{dk.vec}"
+        wk = dw_weights(w, ly.k, ly.k, dk, ly.stride)
+        kind = ("quads" if dk.taps == 4 else "pairs") if dk.pairs else ("vquads" if dk.vquads else "rows")
+        mode = f"dw-{kind}{dk.vec}"
         out = np.zeros((ly.o, ly.ho, ly.ho), np.uint8)
     else:
         mode = choose_mode(target, w, x_max)

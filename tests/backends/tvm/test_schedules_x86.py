@@ -430,6 +430,83 @@ def test_depthwise_3x3_on_short_rows_takes_the_row_kernel_with_avx512_vnni():
     assert default_dw_knobs(14, avx512=True, vnni=True) == DwKnobs(16, True, 8, taps=4)
     # the tuner times the default first (what `trials=1` keeps)
     assert dw_candidates(14, True, vnni=True, kw=3)[0] == DwKnobs(16, False, 4)
+    # stride 1 (undilated): the vertical-quad kernel, 4 rows per step; stride 2 keeps the row kernel
+    assert default_dw_knobs(14, avx512=True, vnni=True, kw=3, stride=1) == DwKnobs(16, False, 4, vquads=True)
+    assert default_dw_knobs(7, avx512=True, vnni=True, kw=3, stride=1) == DwKnobs(8, False, 4, vquads=True)
+    assert default_dw_knobs(7, avx512=True, vnni=True, kw=3, stride=2) == DwKnobs(8, False, 1)
+    assert not default_dw_knobs(28, avx512=True, vnni=True, kw=3, stride=1).vquads
+    assert dw_candidates(14, True, vnni=True, kw=3, stride=1)[0].vquads
+
+
+# (c, h, k, stride, pad_value, vec, rows): the vertical-quad depthwise kernel; odd sizes, C not a multiple of 16,
+# rows not a multiple of the block, 5x5 / 7x7 (two and three row quads), stride 2 (period 2)
+VQUAD_CASES = [
+    pytest.param(20, 14, 3, 1, 9, 16, 4, id="3x3-s1-14px"),
+    pytest.param(13, 7, 3, 1, 255, 8, 4, id="3x3-s1-7px"),
+    pytest.param(24, 13, 3, 2, 0, 16, 4, id="3x3-s2-odd"),
+    pytest.param(17, 9, 5, 1, 3, 8, 2, id="5x5-s1-rows2"),
+    pytest.param(16, 11, 5, 2, 7, 16, 8, id="5x5-s2-rows8"),
+    pytest.param(6, 10, 7, 1, 0, 16, 4, id="7x7-s1"),
+    pytest.param(5, 15, 7, 2, 200, 8, 1, id="7x7-s2-rows1"),
+]
+
+
+@pytest.mark.parametrize("c,h,k,s,pad_value,vec,rows", VQUAD_CASES)
+def test_depthwise_vertical_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
+    """`vpdpbusd` on four vertically adjacent padded rows (`depthwise_conv_vquads_x86`) through `depthwise_kernel`
+    and `dw_weights`: exact against the reference, the largest codes against the most negative weights."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_weights
+
+    target = VNNI512
+    rng = np.random.default_rng(c * 100 + h * 10 + k + s)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255
+    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
+    wt[0] = -128
+    bias = rng.integers(-20000, 20000, c).astype(np.int32)
+    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    shift = rng.integers(34, 42, c).astype(np.int32)
+    p = (k - 1) // 2
+    ho = (h + 2 * p - k) // s + 1
+    dw = DwConv(c, h, h, k, k, (s, s), (p, p), (1, 1), pad_value, lo=1, hi=254, shift_min=int(shift.min()))
+    knobs = DwKnobs(vec, False, rows, vquads=True)
+    lib = tvm.compile(depthwise_kernel(dw, knobs, target=target), target=target)
+    isa.check_instructions(lib, FAMILY[target], r"vpdpbusd" + (r"\s+.*%zmm" if vec == 16 else r"\s+.*%ymm"))
+    if not isa.should_execute(FAMILY[target]):
+        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
+    out = tvm.runtime.tensor(np.zeros((c, ho, ho), np.uint8))
+    args = (x[0], dw_weights(wt, k, k, knobs, s), bias_term(bias, mult, shift), mult, shift)
+    lib(*(tvm.runtime.tensor(a) for a in args), out)
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=p,
+                   groups=c, pad_value=pad_value)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=1, hi=254).numpy()[0]
+    assert len(np.unique(ref)) > 20
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("c,h", [(20, 14), (13, 7)])
+def test_depthwise_vertical_quads_int32_accumulator_through_the_strategy(c, h):
+    """A 3x3 stride-1 depthwise conv without requantize (int32 `acc + bias`) on 14 / 7 px takes the default
+    vertical-quad kernel on AVX-512 VNNI (`vpdpbusd`), exact against the reference."""
+    rng = np.random.default_rng(c + h)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, c, 3, 1, 1, c)
+    x[0, 0] = 255
+    wt[0] = -128
+    kw = dict(s=1, p=1, groups=c, pad_value=7, lo=0, hi=255)
+    got = _run_strategy("conv2d", x, wt, bias, mult, shift, target=VNNI512, instr=r"vpdpbusd", **kw)
+    ref = _reference(x, wt, bias, mult, shift, requant=False, **kw)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_depthwise_vertical_quads_rejects_dilation():
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_conv_vquads_x86
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dilation"):
+        depthwise_conv_vquads_x86(DwConv(8, 14, 14, 3, 3, (1, 1), (2, 2), (2, 2), shift_min=34))
+    with pytest.raises(ConfigError, match="vquads"):
+        DwKnobs(16, True, 4, taps=4, vquads=True)
 
 
 @pytest.mark.parametrize("k,wo,dot", [(3, 14, False), (3, 7, False), (5, 14, True), (3, 28, True)])
@@ -442,6 +519,25 @@ def test_depthwise_default_kernel_assembly_on_avx512_vnni(k, wo, dot):
     built = tvm.compile(depthwise_kernel(dw, target_dw_knobs(wo, VNNI512, k), target=VNNI512), target=VNNI512)
     isa.check_instructions(built, "avx512-vnni")
     assert bool(re.search(r"vpdpbusd", isa.assembly(built))) == dot
+
+
+@pytest.mark.parametrize("kernel", ["rows-7", "rows-14", "cvec", "gemv"])
+def test_register_tiles_are_not_workspace_allocations(kernel):
+    """Compile-only: the accumulator tiles of the row depthwise kernel on 7/14 px maps and of the channel-lane
+    kernels (`depthwise_cvec_x86`, `pointwise_gemv_x86`) live on the stack, not in a `TVMBackendAllocWorkspace`
+    call per channel (what a "local"-scope tile became: 10-23 % of MobileNetV2's 7-28 px depthwise time)."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_cvec_x86, depthwise_kernel
+    from qcompile.backends.tvm.schedules.x86.gemv import pointwise_gemv_x86
+
+    if kernel == "cvec":
+        func = depthwise_cvec_x86(DwConv(32, 4, 4, 7, 7, (1, 1), (3, 3), shift_min=34), 16)
+    elif kernel == "gemv":
+        func = pointwise_gemv_x86(GemmConv(64, 1, 96, shift_min=34), 16)
+    else:
+        h = int(kernel.split("-")[1])
+        knobs = DwKnobs(8, False, 1) if h == 7 else DwKnobs(16, False, 4)
+        func = depthwise_kernel(DwConv(32, h, h, 3, 3, (1, 1), (1, 1), shift_min=34), knobs, target=VNNI512)
+    assert _workspace_calls(func, VNNI512) == 0
 
 
 @pytest.mark.parametrize("c,h,s,pad_value", [(16, 14, 1, 9), (32, 14, 2, 0), (24, 7, 1, 255), (16, 28, 2, 3)])

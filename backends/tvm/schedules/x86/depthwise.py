@@ -6,10 +6,16 @@ between kernels, so the vector axis is the output row (8..112 pixels wide) inste
 channel's padded plane (at most 230x230 bytes) is built in cache right before its rows are computed
 (padding with the code `pad_value`), the kh/kw taps are unrolled around 8-lane int32 vectors, and the
 requantize epilogue runs on each finished row. Channels are spread over the cores.
+
+The accumulator tiles keep TVM's default "global" scope: LowerTVMBuiltin stack-allocates a small constant-size
+buffer (which LLVM then keeps in registers) only in that scope, and turned a "local" tile into a
+`TVMBackendAllocWorkspace` + `TVMBackendFreeWorkspace` call pair in every channel's iteration (10-23 % of the
+7-28 px MobileNetV2 layers' time; docs/peers.md, "session 11").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +30,8 @@ from qcompile.errors import ConfigError
 __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_pairs_x86", "depthwise_kernel",
            "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs", "small_dw_applies",
            "small_dw_weights", "depthwise_small_x86", "CVEC_DW_PIXELS", "CVEC_DW_IN_PIXELS", "cvec_dw_lanes",
-           "cvec_dw_operands", "depthwise_cvec_x86", "tap_matrix"]
+           "cvec_dw_operands", "depthwise_cvec_x86", "tap_matrix", "depthwise_conv_vquads_x86", "pack_vquad_weights",
+           "vquad_geometry"]
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -99,8 +106,9 @@ def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.P
     _schedule_epilogue(sch, yo, vec, wo != wov)
     sch.compute_at(sch.get_sblock("xpad"), ch)
     sch.compute_at(sch.get_sblock("w16"), ch)
-    # the block's accumulators stay in registers: a "local" buffer with constant indices after unrolling
-    sch.set_scope(dw_blk, 0, "local")
+    # the block's accumulators stay in registers: a stack tile with constant indices after unrolling (no
+    # "local" scope: TVM stack-allocates only "global" buffers and serves any other scope with a
+    # TVMBackendAllocWorkspace/FreeWorkspace call pair per channel: 13 ns per channel on 960x7x7)
     # vectorise before decompose_reduction: afterwards the update block under the row loop is no
     # longer a "local reduction block" and TVM refuses to vectorise it
     sch.vectorize(xoi)
@@ -218,10 +226,115 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
     sch.vectorize(sch.get_loops(pad_blk)[-1])
     pair_loops = sch.get_loops(sch.get_sblock("xpair"))
     sch.unroll(pair_loops[-1])
-    # the row's accumulators stay in registers: a "local" buffer with constant indices after unrolling
-    sch.set_scope(dw_blk, 0, "local")
+    # the row's accumulators stay in registers: a stack tile with constant indices after unrolling ("global"
+    # scope and the intrinsic's global form: see depthwise_conv_x86)
     init = sch.decompose_reduction(dw_blk, rh_)
-    sch.tensorize(xoi, (_pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec)) + "_local")
+    sch.tensorize(xoi, _pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec))
+    sch.unroll(rj_)
+    sch.unroll(yi)
+    sch.unroll(xoo)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch.mod["main"]
+
+
+def vquad_geometry(kh: int, stride: int) -> tuple[int, int]:
+    """`(period, quads)` of `depthwise_conv_vquads_x86`: output row `y` starts at padded row `y*S`, in phase
+    `(y*S) % 4` of its first row quad; the phase repeats every `period` rows, and `quads` row quads cover the KH
+    rows of every phase."""
+    period = 4 // math.gcd(stride, 4)
+    return period, max(((p * stride) % 4 + kh - 1) // 4 + 1 for p in range(period))
+
+
+def pack_vquad_weights(w: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
+    """[C, (1,) KH, KW] int8 depthwise weights -> the weight operand of `depthwise_conv_vquads_x86`: int8
+    `[C, period, quads, KW, 4]` (`vquad_geometry`), `wq[c, p, j, kw, i] = w[c, 4j + i - (p*S) % 4, kw]` where that
+    kernel row exists, else 0 (a zero weight adds nothing: the quad's rows outside the window)."""
+    period, nq = vquad_geometry(kh, stride)
+    wc = np.asarray(w).reshape(-1, kh, kw).astype(np.int8)
+    out = np.zeros((wc.shape[0], period, nq, kw, 4), np.int8)
+    for p in range(period):
+        off = (p * stride) % 4
+        for j in range(nq):
+            for i in range(4):
+                if 0 <= 4 * j + i - off < kh:
+                    out[:, p, j, :, i] = wc[:, 4 * j + i - off, :]
+    return out
+
+
+def depthwise_conv_vquads_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm.tirx.PrimFunc:
+    """Depthwise conv on *vertical* u8 tap quads: `vpdpbusd` multiplies four vertically adjacent padded rows of a
+    column by four kernel rows (`pack_vquad_weights`). Same contract as `depthwise_conv_x86`, weights
+    `pack_vquad_weights(w, KH, KW, S)`; AVX512-VNNI for 16 lanes, AVX-VNNI / AVX512-VL for 8.
+
+    The padded plane is stored once as row quads `xq[q4, ph, q, i] = pad[4*q4 + i, q*S + ph]` (one byte per
+    padded pixel, where the horizontal quads of `depthwise_conv_pairs_x86` copy each pixel four times: that copy
+    is what made them slower than the row kernel on 7-14 px maps). Output row `y` reads the quads of its KH rows
+    (one or two for 3x3) with the weights of its phase `y % period`, `KW` instructions per quad and row vector
+    instead of the row kernel's KH*KW widening loads, `vpmulld` and `vpaddd`. Rows are computed in blocks of a
+    multiple of the period (Ho padded to whole blocks; the epilogue writes only Ho rows). Exact: `vpdpbusd` adds
+    four u8 x s8 products into int32 with no intermediate rounding and |acc| <= KH*KW*255*128 < 2^31.
+    Dilation must be 1."""
+    if vec not in (8, 16):
+        raise ConfigError("vec", vec, (8, 16))
+    if dw.dilation != (1, 1):
+        raise ConfigError("DwConv.dilation", dw.dilation, "(1, 1) for the vertical-quad kernel")
+    from qcompile.backends.tvm.intrin.x86 import register_x86_intrinsics
+
+    register_x86_intrinsics()
+    c, h, w, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
+    padding, pad_value = dw.padding, dw.pad_value
+    sh, sw = dw.stride
+    ho, wo = dw.ho, dw.wo
+    period, nq = vquad_geometry(kh, sh)
+    blk_rows = max(period, rows // period * period)  # whole periods: the phase is a constant per unrolled row
+    hov = -(-ho // blk_rows) * blk_rows
+    wov = -(-wo // vec) * vec
+    rq = ((hov - 1) * sh) // 4 + nq  # row quads the padded row blocks reach
+    wq = wov + (kw - 1) // sw
+
+    x = te.placeholder((c, h, w), "uint8", name="x")
+    wt = te.placeholder((c, period, nq, kw, 4), "int8", name="w")
+    bias = dw.bias()
+
+    def padded(ch, yy, col):
+        inside = tirx.all(yy >= padding[0], yy < h + padding[0], col >= padding[1], col < w + padding[1])
+        return tirx.if_then_else(inside, x[ch, yy - padding[0], col - padding[1]], tirx.const(pad_value, "uint8"))
+
+    # the padded plane (a constant fill plus a vectorised interior copy), then the byte interleave of 4 rows
+    xpad = te.compute((c, 4 * rq, wq * sw), padded, name="xpad")
+    xq = te.compute((c, rq, sw, wq, 4), lambda ch, q4, ph, q, i: xpad[ch, 4 * q4 + i, q * sw + ph], name="xquad")
+    rj = te.reduce_axis((0, nq), name="rj")
+    rw = te.reduce_axis((0, kw), name="rw")
+    ri = te.reduce_axis((0, 4), name="ri")
+    acc = te.compute(
+        (c, hov, wov),
+        lambda ch, y, xo: te.sum(
+            xq[ch, (y * sh) // 4 + rj, rw % sw, xo + rw // sw, ri].astype("int32")
+            * wt[ch, y % period, rj, rw, ri].astype("int32"),
+            axis=[rj, rw, ri],
+        ),
+        name="dw",
+    )
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov)]
+    sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
+
+    dw_blk = sch.get_sblock("dw")
+    ch, y, xo, rj_, rw_, ri_ = sch.get_loops(dw_blk)
+    xoo, xoi = sch.split(xo, [None, vec])
+    yo, yi = sch.split(y, [None, blk_rows])
+    sch.reorder(ch, yo, rj_, rw_, yi, xoo, xoi, ri_)
+    parallel_if_worth(sch, ch, c * ho * wov * kh * kw, "depthwise")
+    _schedule_epilogue(sch, yo, vec, wo != wov)
+    sch.compute_at(sch.get_sblock("xquad"), ch)
+    sch.compute_at(sch.get_sblock("xpad"), ch)
+    pad_blk = sch.get_sblock("xpad")
+    sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
+    sch.vectorize(sch.get_loops(pad_blk)[-1])
+    sch.unroll(sch.get_loops(sch.get_sblock("xquad"))[-1])
+    # accumulators: a stack tile in registers ("global" scope, see depthwise_conv_x86)
+    init = sch.decompose_reduction(dw_blk, rj_)
+    sch.tensorize(xoi, _quad_intrinsic(vec))
+    sch.unroll(rw_)
     sch.unroll(rj_)
     sch.unroll(yi)
     sch.unroll(xoo)
@@ -253,8 +366,11 @@ class DwKnobs:
     pairs: bool = False
     rows: int = 1  # output rows per step (at most; the kernel takes the largest divisor of Ho not above it)
     taps: int = 2  # taps per int32 lane of the grouped kernel: 2 (int16 pairs) or 4 (u8 quads, VNNI)
+    vquads: bool = False  # vertical u8 tap quads (`depthwise_conv_vquads_x86`, VNNI); `pairs` must be False
 
     def __post_init__(self) -> None:
+        if self.vquads and (self.pairs or self.vec == 4):
+            raise ConfigError("DwKnobs.vquads", self.vquads, "only with pairs=False and vec 8 or 16")
         if self.vec not in (4, 8, 16) or (self.pairs and self.vec == 4):
             raise ConfigError("DwKnobs.vec", self.vec, "8 or 16 (4 also for the row kernel)")
         if self.taps not in (2, 4):
@@ -268,7 +384,8 @@ class DwKnobs:
 ROW_KERNEL_MAX_WO_3X3 = 14
 
 
-def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None) -> DwKnobs:
+def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
+                     stride: int | None = None) -> DwKnobs:
     """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2).
 
     With a VNNI dot product (`vnni`): u8 tap quads (`vpdpbusd`), 16 lanes on AVX-512 for rows of >= 14
@@ -280,9 +397,14 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     AVX-512 VNNI target takes the row kernel (2 rows per step at 14 outputs, 1 at 7). There the quads kernel's
     per-channel tap-quad copy (4 bytes per padded pixel) costs more than its 3 `vpdpbusd` per row vector save:
     MobileNetV2's 384x14x14 layer 73 -> 54 us, 960x7x7 61 -> 56 us on AMD EPYC Zen 4, 1 thread
-    (docs/peers.md, "AMD EPYC Zen 4"); at 56 outputs quads stay 1.6x faster than rows."""
+    (docs/peers.md, "AMD EPYC Zen 4"); at 56 outputs quads stay 1.6x faster than rows. Of those, stride-1
+    layers (`stride`: the vertical stride of an undilated layer, None if unknown or dilated) take the
+    vertical-quad kernel (`depthwise_conv_vquads_x86`, 4 rows per step): 384x14x14 45 -> 39 us, 960x7x7
+    43 -> 39 us (docs/peers.md, "session 11"); at stride 2 it was slower than rows."""
     vec = 16 if avx512 and wo >= 14 else 8
     if vnni and avx512 and kw is not None and kw <= 3 and wo <= ROW_KERNEL_MAX_WO_3X3:
+        if stride == 1:
+            return DwKnobs(vec, False, 4, vquads=True)
         return DwKnobs(vec, False, 4 if wo >= 14 else 1)
     if vnni:
         return DwKnobs(vec, True, _rows_for(wo, vec), taps=4)
@@ -291,7 +413,8 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     return DwKnobs(vec, False, _rows_for(wo, vec))
 
 
-def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None) -> list[DwKnobs]:
+def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
+                  stride: int | None = None) -> list[DwKnobs]:
     """Schedules the tuner times: the row kernel (4/8/16 lanes), pairs and (with VNNI) quads, each at 1, 2, 4 and
     8 rows per step (the default for kernel width `kw`, `default_dw_knobs`, first)."""
     vecs = (8, 16) if avx512 else (8,)
@@ -299,13 +422,16 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
     if vnni:
         kinds += [(v, True, 4) for v in vecs]
     out = [DwKnobs(v, pairs, r, taps) for v, pairs, taps in kinds for r in (1, 2, 4, 8)]
-    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw)
+    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride)
     return [default, *(kn for kn in out if kn != default)]
 
 
-def dw_weights(w: np.ndarray, kh: int, kw: int, knobs: DwKnobs) -> np.ndarray:
+def dw_weights(w: np.ndarray, kh: int, kw: int, knobs: DwKnobs, stride: int = 1) -> np.ndarray:
     """The weight operand of `depthwise_kernel(..., knobs)`: [C, KH, KW] int8 for the row kernel, tap groups
-    (`pack_pair_weights`) for the grouped kernels."""
+    (`pack_pair_weights`) for the grouped kernels, vertical quads (`pack_vquad_weights`, which depend on the
+    vertical `stride`) for `knobs.vquads`."""
+    if knobs.vquads:
+        return pack_vquad_weights(w, kh, kw, stride)
     if knobs.pairs:
         return pack_pair_weights(w, kh, kw, knobs.taps)
     return np.asarray(w).reshape(-1, kh, kw).astype(np.int8)
@@ -316,11 +442,13 @@ def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
     return max(1, accumulators // -(-wo // vec))
 
 
-def target_dw_knobs(wo: int, target: tvm.target.Target, kw: int | None = None) -> DwKnobs:
-    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product); `kw` the kernel width."""
+def target_dw_knobs(wo: int, target: tvm.target.Target, kw: int | None = None,
+                    stride: int | None = None) -> DwKnobs:
+    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product); `kw` the kernel width,
+    `stride` the vertical stride."""
     from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
 
-    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw)
+    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw, stride=stride)
 
 
 def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | None = None) -> tvm.tirx.PrimFunc:
@@ -333,6 +461,8 @@ def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | 
 
             vnni = has_avx512_vnni(target)
         return depthwise_conv_pairs_x86(dw, vec=knobs.vec, vnni=vnni, rows=knobs.rows, taps=knobs.taps)
+    if knobs.vquads:
+        return depthwise_conv_vquads_x86(dw, vec=knobs.vec, rows=knobs.rows)
     return depthwise_conv_x86(dw, vec=knobs.vec, rows=knobs.rows)
 
 

@@ -87,15 +87,15 @@ def schedule_lane_block(sch: s_tir.Schedule, blk: Any, at: Any, rb: Any, lanes_l
                         unroll: tuple, n_outer: int, channels: int, lanes: int) -> None:
     """What the kernels with channels in the vector lanes (`pointwise_gemv_x86`, `depthwise.depthwise_cvec_x86`)
     schedule alike once their block loops are ordered: the block's accumulators in registers (a stack tile with
-    constant indices after unrolling `unroll`), the `epilogue` stage of the block at loop `at` while it is hot,
-    the zero-init vectorised, `intrin` (its `_local` form) on `lanes_loop`, and the epilogue with channels in the
-    lanes and output pixels outside (strided stores to `[C, pixels]` when there are several). `n_outer`: the
-    epilogue's loops down to `at`; its loops of extent 1 are gone (one pixel)."""
-    sch.set_scope(blk, 0, "local")
+    constant indices after unrolling `unroll`; "global" scope, as in `depthwise.py`: a "local" one cost a
+    TVMBackendAllocWorkspace/FreeWorkspace pair per block), the `epilogue` stage of the block at loop `at` while
+    it is hot, the zero-init vectorised, `intrin` (its global-scope form) on `lanes_loop`, and the epilogue with
+    channels in the lanes and output pixels outside (strided stores to `[C, pixels]` when there are several).
+    `n_outer`: the epilogue's loops down to `at`; its loops of extent 1 are gone (one pixel)."""
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, at)
     init = sch.decompose_reduction(blk, rb)
-    sch.tensorize(lanes_loop, intrin + "_local")
+    sch.tensorize(lanes_loop, intrin)
     for lp in unroll:
         sch.unroll(lp)
     sch.vectorize(sch.get_loops(init)[-1])

@@ -130,9 +130,11 @@ class _ConvBase(ConvStrategy):
             return ConvKernel(depthwise_small_x86(cv.depthwise), f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w),
                               small_dw_weights(cv.weight, cv.depthwise), bias, (cv.c, cv.ho, cv.wo))
         if cv.kind == "depthwise":
-            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target, cv.kw)
+            sh = cv.depthwise.stride[0] if cv.depthwise.dilation == (1, 1) else None  # vquads: undilated only
+            knobs = lookup_dw_knobs(depthwise_workload(p), call.target) or target_dw_knobs(cv.wo, call.target, cv.kw,
+                                                                                         sh)
             func = depthwise_kernel(cv.depthwise, knobs, target=call.target)
-            wdw = dw_weights(cv.weight, cv.kh, cv.kw, knobs)
+            wdw = dw_weights(cv.weight, cv.kh, cv.kw, knobs, cv.depthwise.stride[0])
             return ConvKernel(func, f"qc_dw_{cv.tag}", (cv.c, cv.h, cv.w), np.ascontiguousarray(wdw), bias,
                               (cv.c, cv.ho, cv.wo))
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)

@@ -99,15 +99,20 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     ws = rng.integers(-100, 100, (c, kh, kw)).astype(np.int8)
     rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
             np.zeros((c, ho, wo), np.uint8)]
-    candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw)[: trials or None]
+    candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw,
+                               stride=stride[0] if dilation == (1, 1) else None)[: trials or None]
     libs = []
     for kn in candidates:
         func = depthwise_kernel(dw, kn, target=target)
         libs.append((kn, tvm.compile(func, target=target)))
     best = None
-    for layout in dict.fromkeys((kn.pairs, kn.taps) for kn, _ in libs):  # the kernels differ in weight packing
-        group = [(kn, lib) for kn, lib in libs if (kn.pairs, kn.taps) == layout]
-        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, dw_weights(ws, kh, kw, group[0][0]), *rest)]
+    def layout_of(kn: DwKnobs) -> tuple:  # the kernels differ in weight packing
+        return kn.pairs, kn.taps, kn.vquads
+
+    for layout in dict.fromkeys(layout_of(kn) for kn, _ in libs):
+        group = [(kn, lib) for kn, lib in libs if layout_of(kn) == layout]
+        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, dw_weights(ws, kh, kw, group[0][0], stride[0]),
+                                                            *rest)]
         kn, t = tuning.pick_fastest(group, args, number, repeat, workload)
         if best is None or t < best[1]:
             best = (kn, t)

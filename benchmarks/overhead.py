@@ -8,7 +8,10 @@ calibrated on random images; `qcompile.bench.models.space_model("demo")`, the su
 `python -m qcompile.bench --model demo`), lowered untuned for x86 (`qc.lower`, empty tuning database). Measured in
 interleaved rounds (each round times every quantity once, in rotating order, so the machine's load hits all alike):
 
-- `Lowered.__call__` (what a user calls: input check, copy in, VM, output);
+- `Lowered.__call__` (what a user calls: input check, copy in, the native driver called directly or the VM's
+  `main`, output);
+- for a build with a native driver: `__call__` as it was before it called the driver directly (input checked
+  from Python, VM `main`, output from DLPack), and the driver alone called from Python on prepared tensors;
 - the VM's `main` called from Python on a prepared TVM tensor, and timed by TVM's `time_evaluator` (C++ loop);
 - `Lowered.__call__` and the VM's `main` again in thread CPU time (`median_cpu_us`, only with `--threads 1`): on
   a loaded machine wall time also counts the waits of a descheduled ~1 ms call, which kernels of a few us timed
@@ -27,9 +30,11 @@ views between kernels then stay VM instructions. `--unfused` builds without the 
 in conv epilogues, `emitter.FUSED_EPILOGUE_OPS`; float islands as one kernel, `emitter.FUSE_FLOAT_ISLANDS`): each
 of those ops is then its own kernel.
 
-The excess of end-to-end over the kernel sum is split into: Python wrapper (`__call__` minus the VM called from
-Python), Python-to-VM call (VM from Python minus `time_evaluator`), and VM dispatch + builtins (`time_evaluator`
-minus the kernel sum; also holds the cache effects of running kernels back to back instead of alone).
+Each cell gives the median over rounds (and p10-p90) and the minimum over rounds, each against the kernel sum's.
+The excess of end-to-end over the kernel sum is split into: Python wrapper (`__call__` minus what it calls: the
+driver or the VM, called from Python), Python-to-VM call (VM from Python minus `time_evaluator`), and VM dispatch +
+builtins (`time_evaluator` minus the kernel sum; also holds the cache effects of running kernels back to back
+instead of alone).
 """
 
 from __future__ import annotations
@@ -98,9 +103,12 @@ def median_cpu_us(fn, n: int) -> float:
     return float(np.median(ts) / 1e3)
 
 
-#: quantities timed per build, each round (label, key)
+#: quantities timed per build, each round (label, key); a build without a native driver has no `driver_*` rows
 ROWS = (
     ("`Lowered.__call__` (numpy in, numpy out)", "lowered_call"),
+    ("`__call__` through VM `main` (input check from Python, output from DLPack: before the direct driver)",
+     "lowered_call_via_main"),
+    ("the driver from Python, prepared tensors", "driver_from_python"),
     ("`main` from Python, prepared TVM tensor", "vm_from_python"),
     ("`main`, `time_evaluator` (C++ loop)", "vm_time_evaluator"),
     ("`Lowered.__call__`, thread CPU time", "lowered_call_cpu"),
@@ -131,6 +139,14 @@ def measure(builds: dict[str, Any], rounds: int, calls: int, kernel_repeat: int)
             (label, "lowered_call_cpu"): lambda low=low: median_cpu_us(lambda: low(x), calls),
             (label, "vm_from_python_cpu"): lambda main=main: median_cpu_us(lambda: main(xt), calls),
         }
+        low(x)  # binds the input buffer and, where the library has one, the directly called driver
+        if low._driver is not None:
+            quantities |= {
+                (label, "lowered_call_via_main"): lambda low=low, main=main: median_us(
+                    lambda: _call_via_main(low, main, x), calls),
+                (label, "driver_from_python"): lambda low=low: median_us(
+                    lambda: low._driver(*low._driver_args), calls),
+            }
     for f in quantities.values():  # warm every path
         f()
     samples: dict[tuple[str, str], list[float]] = {k: [] for k in quantities}
@@ -149,11 +165,14 @@ def measure(builds: dict[str, Any], rounds: int, calls: int, kernel_repeat: int)
             untimed[label] = sorted(s for s in calls_ if s not in per)
     out: dict[str, Any] = {}
     for label, low in builds.items():
-        med = {q: float(np.median(samples[(label, q)])) for _, q in ROWS}
+        rows = [q for _, q in ROWS if (label, q) in samples]
+        med = {q: float(np.median(samples[(label, q)])) for q in rows}
         spread = {q: (float(np.percentile(samples[(label, q)], 10)), float(np.percentile(samples[(label, q)], 90)))
-                  for _, q in ROWS}
+                  for q in rows}
+        low_ = {q: float(np.min(samples[(label, q)])) for q in rows}
         ks = float(np.median(kernel_sums[label]))
-        out[label] = {"median_us": med, "p10_p90_us": spread, "kernel_sum_us": ks,
+        out[label] = {"median_us": med, "p10_p90_us": spread, "min_us": low_, "kernel_sum_us": ks,
+                      "kernel_sum_min_us": float(np.min(kernel_sums[label])),
                       "kernel_sum_p10_p90_us": (float(np.percentile(kernel_sums[label], 10)),
                                                 float(np.percentile(kernel_sums[label], 90))),
                       "instructions": instr[label], "untimed_kernels": untimed[label],
@@ -162,10 +181,22 @@ def measure(builds: dict[str, Any], rounds: int, calls: int, kernel_repeat: int)
     y = any_low._native_vm()["main"](xt)
     out["wrapper_parts_us"] = {
         "check_input": median_us(lambda: any_low._check_input(x), 200),
+        "ready_input (short check from Python)": median_us(lambda: any_low._ready_input(x, any_low._in_array), 200),
         "copy_into_bound_input": median_us(lambda: np.copyto(any_low._in_array, x), 200),
         "output_from_dlpack": median_us(lambda: np.from_dlpack(y), 200),
+        "output_copy": median_us(lambda: np.from_dlpack(y).copy(), 200),
     }
     return out
+
+
+def _call_via_main(low: Any, main: Any, x: np.ndarray) -> np.ndarray:
+    """`Lowered.__call__` as it was before the driver was called directly: the input checked from Python
+    (`_ready_input`), copied into the bound buffer, VM `main` (output and arena tensors allocated per call), the
+    output from DLPack."""
+    if not low._ready_input(x, low._in_array):
+        raise ValueError("the benchmark input must take the short path")
+    np.copyto(low._in_array, x)
+    return np.from_dlpack(main(low._in_tensor))
 
 
 def to_markdown(res: dict[str, Any], threads: int, meta: dict[str, Any]) -> str:
@@ -177,21 +208,30 @@ def to_markdown(res: dict[str, Any], threads: int, meta: dict[str, Any]) -> str:
     for text, q in ROWS:
         cells = []
         for lb in labels:
+            if q not in res[lb]["median_us"]:
+                cells.append("-")
+                continue
             m, s, ks = res[lb]["median_us"][q], res[lb]["p10_p90_us"][q], res[lb]["kernel_sum_us"]
-            cells.append(f"{m:.0f} ({s[0]:.0f}-{s[1]:.0f}), {m / ks:.3f}")
+            mn, ksmin = res[lb]["min_us"][q], res[lb]["kernel_sum_min_us"]
+            cells.append(f"{m:.1f} ({s[0]:.0f}-{s[1]:.0f}), **{m / ks:.3f}**; min {mn:.1f}, {mn / ksmin:.3f}")
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
     cells = []
     for lb in labels:
         lo, hi = res[lb]["kernel_sum_p10_p90_us"]
         n = sum(res[lb]["instructions"]["kernel_calls"].values())
-        cells.append(f"{res[lb]['kernel_sum_us']:.0f} ({lo:.0f}-{hi:.0f}), {n} calls")
+        cells.append(f"{res[lb]['kernel_sum_us']:.1f} ({lo:.0f}-{hi:.0f}); min {res[lb]['kernel_sum_min_us']:.1f}; "
+                     f"{n} calls")
     lines.append("| sum of the kernel calls, each timed alone | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: median over rounds of the per-round medians (p10-p90 over rounds), its ratio to the median "
+              "kernel sum; the minimum over rounds and its ratio to the minimum kernel sum."]
     lines.append("")
     for lb in labels:
         m, ks = res[lb]["median_us"], res[lb]["kernel_sum_us"]
         b = res[lb]["instructions"]["builtins"]
+        via = "the driver" if "driver_from_python" in m else "the VM"
         lines += [f"{lb}: excess over the kernel sum (medians, us per call): Python wrapper "
-                  f"{m['lowered_call'] - m['vm_from_python']:.0f}; Python-to-VM call "
+                  f"{m['lowered_call'] - m.get('driver_from_python', m['vm_from_python']):.1f} (around {via} "
+                  f"called from Python); Python-to-VM call "
                   f"{m['vm_from_python'] - m['vm_time_evaluator']:.0f}; VM dispatch, builtins, driver and "
                   f"back-to-back cache effects {m['vm_time_evaluator'] - ks:.0f}. VM instructions per call: "
                   + ", ".join(f"{n} `{k.removeprefix('vm.builtin.')}`" for k, n in sorted(b.items(),

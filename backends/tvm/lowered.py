@@ -50,6 +50,10 @@ _BOUND_SHAPES = 4
 #: inputs up to this many values take the one-dot finiteness test of `Lowered._ready_input` (OpenBLAS threads
 #: a longer dot)
 _DOT_CHECK_MAX = 8192
+#: `Lowered.__call__` calls the native driver directly and returns a copy of its output buffer up to this many
+#: bytes (a 64 KiB copy: 1.5 us on Zen 4, less than the ~3 us `main` adds to the driver by its allocations
+#: and `np.from_dlpack`; a larger output keeps `main` and its fresh output tensor)
+_COPY_OUT_MAX = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ def _kernel_signatures(mod: Any) -> dict[str, list[tuple[list[int | str], str]]]
 
     sigs = {}
     for gv, f in mod.functions.items():
-        if isinstance(f, tirx.PrimFunc) and gv.name_hint != DRIVER_NAME:  # the driver runs the whole program
+        # the driver (and its input checks) runs the whole program, not a kernel of it
+        if isinstance(f, tirx.PrimFunc) and not gv.name_hint.startswith(DRIVER_NAME):
             params = []
             for p in f.params:  # TVM 0.27: buffer parameters are Vars typed as buffers
                 shape = getattr(p, "shape", None)
@@ -156,6 +161,14 @@ class Lowered:
         self._in_tensor: Any = None  # ... and the TVM tensor that shares its memory
         self._bound: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}  # input shape -> the two above
         self._probes: dict[np.dtype, np.ndarray] = {}  # dtype -> the finiteness probe of `_ready_input`
+        # the native driver called directly (`_bind_driver`): its function, its arguments (input, blob, output,
+        # arena tensors) and the output buffer they share memory with; None runs the VM's `main`
+        self._driver: Any = None
+        self._driver_args: tuple = ()
+        self._out_array: np.ndarray | None = None
+        # (shape, dtype, strides) of the input the driver takes without a check from Python (it checks finiteness
+        # itself); None where it does not
+        self._ready: tuple | None = None
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -243,23 +256,42 @@ class Lowered:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run the library on `x` (numpy in, numpy out; output dtype as the graph's last op).
 
-        Not thread-safe (neither is TVM's VM): one input buffer per `Lowered`. The returned array owns
-        the VM's fresh output tensor (no copy); later calls do not change it.
+        Not thread-safe (neither is TVM's VM): one input, output and arena buffer per `Lowered`. The returned
+        array is the caller's: later calls do not change it (a copy of the driver's output buffer, or the VM's
+        fresh output tensor without a copy).
         """
+        # any Python work between two calls costs the next one more than its own time in cold caches
+        # (docs/benchmarks_demo.md, "Per-call overhead"), so the common call is short
+        ready = self._ready
+        if ready is not None and type(x) is np.ndarray and x.shape == ready[0] and x.dtype is ready[1] \
+                and x.strides == ready[2]:
+            # a C-contiguous array of the bound input's shape and dtype: copied as it is; the driver checks
+            # finiteness itself before any kernel runs (`driver.finite_check`)
+            np.copyto(self._in_array, x)
+            try:
+                self._driver(*self._driver_args)
+            except Exception:
+                self._check_input(x)  # the driver refused a NaN/inf: the ConfigError says so
+                raise
+            return self._out_array.copy()
         bound = self._in_array
         if bound is not None and self._ready_input(x, bound):
-            # the common call (an array as the bound buffer takes it, finite): no conversion, and the cheapest
-            # finiteness test; any Python work between two calls costs the next one more than its own time
-            # in cold caches (docs/benchmarks_demo.md, "Per-call overhead"), so the fast path is short
+            # an array the bound buffer takes as it is, with finite values (the cheapest test from Python)
             np.copyto(bound, x)
+            if self._driver is not None:
+                self._driver(*self._driver_args)
+                return self._out_array.copy()
             return np.from_dlpack(self._main(self._in_tensor))
         arr = self._check_input(x)
         if self.spec.native:
             if self._main is None or self._in_array.shape != arr.shape:
                 self._bind_native(arr.shape)
-            # per call: one small copy into the bound input, no TVM allocation or output copy (together
-            # about 25 us of the ~1 ms demo subnet: docs/benchmarks.md, "Per-call overhead")
+            # per call: one small copy into the bound input, no TVM allocation (docs/benchmarks.md,
+            # "Per-call overhead")
             np.copyto(self._in_array, arr)
+            if self._driver is not None:
+                self._driver(*self._driver_args)
+                return self._out_array.copy()
             return np.from_dlpack(self._main(self._in_tensor))
         from qcompile.backends.tvm.qemu import run_aarch64
 
@@ -296,15 +328,44 @@ class Lowered:
         if shape not in self._bound:
             if len(self._bound) >= _BOUND_SHAPES:  # the oldest batch size's buffer goes (a dict keeps insertion order)
                 self._bound.pop(next(iter(self._bound)))
-            dtype = np.dtype(self.input_dtype)
-            n = int(np.prod(shape))
-            raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
-            start = -raw.ctypes.data % _ALIGN
-            arr = raw[start : start + n * dtype.itemsize].view(dtype).reshape(shape)
+            arr = _aligned_empty(shape, np.dtype(self.input_dtype))
             self._bound[shape] = (arr, tvm.runtime.from_dlpack(arr))
         self._in_array, self._in_tensor = self._bound[shape]
         if self._main is None:
             self._main = self._native_vm()["main"]
+            self._bind_driver()
+
+    def _bind_driver(self) -> None:
+        """Call the native driver (`driver.py`) directly, out of the VM: `main` would allocate an output and an
+        arena tensor per call and return through the VM (about 3 us of the demo subnet's ~100 us, plus 0.3 us
+        for `np.from_dlpack`: docs/benchmarks_demo.md, "The driver called directly"). Here the arguments are
+        made once: the bound input, the constant blob (the library's `qc_driver_blob`, the VM's constant
+        itself), an output buffer whose copy each call returns, and one arena. Libraries without a driver,
+        with an output above `_COPY_OUT_MAX` bytes (where a copy would cost more than the VM's allocation)
+        or built before `qc_driver_blob` existed keep calling `main`."""
+        from qcompile.backends.tvm.driver import DRIVER_BLOB_NAME, DRIVER_NAME
+
+        info = self.meta.get("driver")
+        out_shape, out_dtype = tuple(self.meta["output"]["shape"]), np.dtype(self.meta["output"]["dtype"])
+        if info is None or self.dynamic_batch or math.prod(out_shape) * out_dtype.itemsize > _COPY_OUT_MAX:
+            return
+        vm = self._native_vm()
+        lib = next((m for m in vm.module.imports if m.implements_function(DRIVER_NAME)), None)
+        if lib is None or not vm.module.implements_function(DRIVER_BLOB_NAME):
+            log.debug("%s: no directly callable driver (built before %s), main runs it", self, DRIVER_BLOB_NAME)
+            return
+        import tvm
+
+        blob = vm[DRIVER_BLOB_NAME]()
+        out = _aligned_empty(out_shape, out_dtype)
+        arena = _aligned_empty((int(info["arena_bytes"]),), np.dtype(np.uint8))
+        self._out_array = out
+        # the tensors share the arrays' memory and keep them alive (DLPack)
+        self._driver_args = (self._in_tensor, blob, tvm.runtime.from_dlpack(out), tvm.runtime.from_dlpack(arena))
+        self._driver = lib.get_function(DRIVER_NAME)
+        if 0 in info.get("finite_checked", ()) or np.dtype(self.input_dtype).kind != "f":
+            bound = self._in_array
+            self._ready = (bound.shape, bound.dtype, bound.strides)
 
     def library_path(self) -> Path:
         """Path of the shared library (written to a temp dir on first use for in-memory builds)."""
@@ -443,6 +504,14 @@ class Lowered:
             dev = sess.cpu()
             vm = relax.VirtualMachine(sess.load_module(LIB_NAME), dev)
             return vm["main"](tvm.runtime.tensor(arr, dev)).numpy()
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data is `_ALIGN`-byte aligned (TVM's DLPack import requires it)."""
+    n = math.prod(shape) * dtype.itemsize
+    raw = np.empty(n + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + n].view(dtype).reshape(shape)
 
 
 def _allow_amx(spec: TargetSpec) -> None:

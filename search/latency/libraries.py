@@ -15,6 +15,8 @@ with the TVM version and the host target, and a directory prepared under another
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
@@ -49,10 +51,27 @@ def _repo_root() -> Path:
 
 def emitter_key(target: Any = "x86") -> dict:
     """Identity of the libraries this tree lowers: sha1 over the sources in `_KEY_SOURCES`, the TVM version, the
-    target dict (host mcpu and features); the git commit is recorded for reference, not compared."""
+    target dict (host mcpu and features); the git commit is recorded for reference, not compared.
+
+    Cached per target name and process (hashing the sources and `git rev-parse` take ~5 ms, and `machine_keys`
+    asks on every call; the sources do not change under a running process): a test that edits them calls
+    `emitter_key.cache_clear()`. A target dict is not cached. Returns a fresh dict each call."""
+    if isinstance(target, str):
+        return copy.deepcopy(_emitter_key_cached(target, _repo_root()))
+    return _emitter_key(target, _repo_root())
+
+
+@functools.cache
+def _emitter_key_cached(target: str, root: Path) -> dict:
+    return _emitter_key(target, root)
+
+
+emitter_key.cache_clear = _emitter_key_cached.cache_clear  # type: ignore[attr-defined]
+
+
+def _emitter_key(target: Any, root: Path) -> dict:
     from qcompile.backends.tvm.targets import resolve_target
 
-    root = _repo_root()
     h = hashlib.sha1()
     for src in _KEY_SOURCES:
         p = root / src

@@ -348,9 +348,33 @@ def test_emitter_key_follows_the_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(libraries, "_repo_root", lambda: tmp_path)
     k1 = libraries.emitter_key()
     (tmp_path / "search" / "other.py").write_text("B = 2\n")  # not a library source
+    libraries.emitter_key.cache_clear()
     assert libraries.emitter_key()["key"] == k1["key"] and len(k1["key"]) == 16
     src.write_text("A = 2\n")
-    assert libraries.emitter_key()["key"] != k1["key"]
+    assert libraries.emitter_key()["key"] == k1["key"]  # cached per process: sources do not change under it
+    libraries.emitter_key.cache_clear()
+    k2 = libraries.emitter_key()
+    assert k2["key"] != k1["key"]
+    k2["target"]["mcpu"] = "changed by the caller"  # each call returns its own dict
+    assert libraries.emitter_key() != k2
+    assert libraries.emitter_key({"kind": "llvm", "mcpu": "znver4"})["key"] != k2["key"]  # a dict: not cached
+
+
+def test_emitter_key_cached_per_target_and_process(monkeypatch):
+    """`machine_keys` asks for the emitter key on every call: the sources are hashed (and git asked) once per
+    target name, not again until `emitter_key.cache_clear()`."""
+    from qcompile.search.latency import libraries
+
+    libraries.emitter_key.cache_clear()
+    reads = []
+    real = libraries._emitter_key
+    monkeypatch.setattr(libraries, "_emitter_key", lambda *a: reads.append(a) or real(*a))
+    keys = [machine_keys("x86", 1)["emitter"] for _ in range(3)] + [libraries.emitter_key("x86")["key"]]
+    assert len(set(keys)) == 1 and len(reads) == 1
+    libraries.emitter_key("arm_cpu")
+    assert len(reads) == 2
+    libraries.emitter_key.cache_clear()
+    assert libraries.emitter_key("x86")["key"] == keys[0] and len(reads) == 3
 
 
 def test_round_statistics_by_hand():

@@ -124,3 +124,97 @@ def test_fast_input_path_checks_like_the_full_one(mbv2_x86, mbv2_graph):
     assert not mbv2_x86._ready_input(x.astype(np.float64), mbv2_x86._in_array)
     assert not mbv2_x86._ready_input(np.asfortranarray(x), mbv2_x86._in_array)
     np.testing.assert_array_equal(mbv2_x86(x.astype(np.float64)), G.reference(mbv2_graph, x))
+
+
+def test_call_runs_the_driver_directly(mbv2_x86, mbv2_graph):
+    """`__call__` calls the driver out of the VM on prepared tensors: outputs equal `main`'s and the reference's,
+    the returned array is the caller's (not the driver's output buffer, unchanged by later calls), and a
+    non-contiguous, float64 or big-endian input is still converted."""
+    import tvm
+
+    x = make_input(mbv2_graph, 21)
+    y = mbv2_x86(x)
+    assert mbv2_x86._driver is not None and mbv2_x86._ready is not None
+    assert mbv2_x86.meta["driver"]["finite_checked"] == [0]
+    assert not np.shares_memory(y, mbv2_x86._out_array) and y.flags.owndata
+    via_main = mbv2_x86._native_vm()["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(y, via_main)
+    np.testing.assert_array_equal(y, G.reference(mbv2_graph, x))
+    kept = y.copy()
+    y2 = mbv2_x86(make_input(mbv2_graph, 22))
+    assert not np.array_equal(y2, kept)
+    np.testing.assert_array_equal(y, kept)
+    for other in (np.asfortranarray(x), x.astype(np.float64), x.astype(">f4"), x[..., ::-1][..., ::-1]):
+        np.testing.assert_array_equal(mbv2_x86(other), kept)
+
+
+def test_driver_refuses_non_finite_inputs_itself(mbv2_x86, mbv2_graph):
+    """The driver checks its float input before any kernel runs (`driver.finite_check`): called directly or through
+    the VM's `main` with a NaN or inf it fails, and `__call__` turns that into the ConfigError of the input check."""
+    import tvm
+
+    from qcompile.errors import ConfigError
+
+    x = make_input(mbv2_graph, 23)
+    mbv2_x86(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in (0, x.size // 2, x.size - 1):
+            y = x.copy()
+            y.flat[pos] = bad
+            with pytest.raises(ConfigError, match="non-finite"):
+                mbv2_x86(y)
+            np.copyto(mbv2_x86._in_array, y)
+            with pytest.raises(Exception, match="non-finite"):
+                mbv2_x86._driver(*mbv2_x86._driver_args)
+            with pytest.raises(Exception, match="non-finite"):
+                mbv2_x86._native_vm()["main"](tvm.runtime.tensor(y))
+    np.testing.assert_array_equal(mbv2_x86(x), G.reference(mbv2_graph, x))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_finite_check_on_the_bits(dtype):
+    """`finite_check` passes the largest finite values, subnormals and signed zeros, and fails on NaN (either sign)
+    and +-inf at the first, a middle and the last position (the vectorised loop's remainder included)."""
+    import tvm
+
+    from qcompile.backends.tvm.driver import finite_check
+    from qcompile.backends.tvm.targets import resolve_target
+
+    n = 37
+    lib = tvm.tirx.build(tvm.IRModule({"chk": finite_check(n, dtype, "chk")}), target=resolve_target("x86").target())
+    check = lib["chk"]
+    fi = np.finfo(dtype)
+    ok = np.resize(np.array([fi.max, -fi.max, fi.smallest_subnormal, -fi.tiny, 0.0, -0.0, 1.5], dtype), n)
+    check(tvm.runtime.tensor(ok))
+    for bad in (np.nan, -np.nan, np.inf, -np.inf):
+        for pos in (0, n // 2, n - 1):
+            y = ok.copy()
+            y[pos] = bad
+            with pytest.raises(Exception, match="non-finite"):
+                check(tvm.runtime.tensor(y))
+
+
+def test_driver_through_main_where_not_called_directly(mbv2_graph, monkeypatch):
+    """An output above `_COPY_OUT_MAX` bytes, or a library without `qc_driver_blob` (built before it), runs the
+    driver through the VM's `main` as before: bit-exact, NaN refused from Python."""
+    from qcompile.backends.tvm import driver, lowered
+    from qcompile.errors import ConfigError
+
+    x = make_input(mbv2_graph, 24)
+    ref = G.reference(mbv2_graph, x)
+    low = lower_integer_graph(mbv2_graph, "x86")
+    with monkeypatch.context() as m:
+        m.setattr(lowered, "_COPY_OUT_MAX", 0)
+        np.testing.assert_array_equal(low(x), ref)
+        assert low._driver is None and low._ready is None
+    again = lower_integer_graph(mbv2_graph, "x86")
+    monkeypatch.setattr(driver, "DRIVER_BLOB_NAME", "qc_not_there")
+    y = again(x)
+    assert again._driver is None
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(again(x + 1), G.reference(mbv2_graph, x + 1))
+    np.testing.assert_array_equal(y, ref)  # the VM's fresh output tensor, not reused
+    bad = x.copy()
+    bad.flat[3] = np.nan
+    with pytest.raises(ConfigError, match="non-finite"):
+        again(bad)

@@ -196,6 +196,32 @@ def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache, runs_avx2):
     assert tune.lookup_dw_knobs(depthwise_workload(params), AVX2) is None  # a bad record is ignored
 
 
+@pytest.mark.parametrize("family, c, hw, k, stride", [
+    ("avx512-vnni", 96, 4, 7, 1),  # 4x4 map: the channel-vector kernel (16 lanes)
+    ("avx512-vnni", 48, 8, 3, 2),  # 8x8 -> 4x4 at stride 2: channel-vector too
+    ("avx2", 32, 2, 7, 1),  # no VNNI: the small-input scalar kernel
+])
+def test_depthwise_without_knobs_is_not_tuned(cache, monkeypatch, family, c, hw, k, stride):
+    """A depthwise layer that takes the channel-vector or small-input kernel has no knobs to tune: `tune_opcall`
+    times nothing and stores nothing (a tuning space of one); the same geometry on a larger map still tunes."""
+    from qcompile.backends.tvm.schedules.x86.strategy import depthwise_knobs_used
+
+    target = isa.target(family)
+    ho = (hw + 2 * (k // 2) - k) // stride + 1
+    params = dict(_pointwise_call(c, hw, c).params, w_shape=(c, 1, k, k), groups=c, padding=(k // 2, k // 2),
+                  stride=(stride, stride), out_shape=(1, c, ho, ho))
+    call = OpCall("conv2d_requant", params, target)
+    timed = []
+    monkeypatch.setattr(tune, "tune_depthwise", lambda wl, *a, **kw: timed.append(wl) or (DwKnobs(), 1e-6))
+    assert not depthwise_knobs_used(call)
+    assert tune.tune_opcall(call) is None and timed == []
+    assert not tuning.database(target).records
+    big = dict(params, x_shape=(1, c, 4 * hw, 4 * hw), out_shape=(1, c, 4 * ho, 4 * ho))
+    big_call = OpCall("conv2d_requant", big, target)
+    assert depthwise_knobs_used(big_call)
+    assert tune.tune_opcall(big_call) is not None and timed == [depthwise_workload(big)]
+
+
 def test_trials_caps_the_schedules_timed_and_keeps_the_default(cache, monkeypatch, runs_avx2):
     """`trials=N` times the N most promising candidates, the untuned default first; bad values are refused."""
     from qcompile.backends.tvm.schedules.x86.gemm import default_knobs

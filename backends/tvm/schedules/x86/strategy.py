@@ -21,6 +21,7 @@ from qcompile.backends.tvm.schedules.conv import (
     ConvCall,
     ConvKernel,
     ConvStrategy,
+    DwConv,
     const_value,
     conv_kind,
     register_requant_pair,
@@ -85,6 +86,18 @@ def _cvec_lanes(call: OpCall) -> int:
     _, c, h, w = (int(v) for v in call.params["x_shape"])
     _, _, ho, wo = (int(v) for v in call.params["out_shape"])
     return cvec_dw_lanes(c, h * w, ho * wo, gemv_lanes(call.target))
+
+
+def depthwise_knobs_used(call: OpCall) -> bool:
+    """Whether the depthwise kernel `_ConvBase.kernel` emits for a depthwise OpCall reads tuned `DwKnobs`: only the
+    row / tap-pair kernels do; the channel-vector kernel (`_cvec_lanes`) and the small-input one
+    (`depthwise.small_dw_applies`) follow from the shape, so `tune.tune_opcall` has nothing to time for them."""
+    if _cvec_lanes(call):
+        return False
+    wl = depthwise_workload(call.params)
+    dw = DwConv(wl["c"], wl["h"], wl["w"], *wl["k"], tuple(wl["stride"]), tuple(wl["padding"]),
+                tuple(wl["dilation"]))
+    return not small_dw_applies(dw)
 
 
 def _num_cores(target: Any) -> int:

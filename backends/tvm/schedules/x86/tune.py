@@ -128,12 +128,17 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
     database are reused without timing (tune once for all subnets). `w` (the weight constant) decides the
     intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
     `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune (including GEMMs
-    that run on AMX tiles or as a GEMV, `gemv.gemv_applies`).
+    that run on AMX tiles or as a GEMV, `gemv.gemv_applies`, and depthwise layers on the channel-vector or
+    small-input kernel, `strategy.depthwise_knobs_used`).
     """
     if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
         return None
     kind = conv_kind(call.params)
     if kind == "depthwise":
+        from qcompile.backends.tvm.schedules.x86.strategy import depthwise_knobs_used  # it imports this module
+
+        if not depthwise_knobs_used(call):
+            return None  # the channel-vector or small-input kernel: no knobs, a tuning space of one
         dwl = depthwise_workload(call.params)
         rec = tuning.database(call.target).get(dwl)
         knobs = lookup_dw_knobs(dwl, call.target)

@@ -289,8 +289,9 @@ class SupernetEvaluator:
         what does not depend on the config done once: the data batches are cached per seed and resolution
         (`_calib_batches`, `_eval_batches`), each weight is fake-quantized once per subnet instead of once per
         forward (it is constant during calibration and evaluation), each activation quantizer's calibrated
-        scale and zero point are computed once before evaluation instead of once per batch, and autograd is
-        off (`torch.inference_mode`).
+        scale and zero point are computed once before evaluation instead of once per batch, the activation
+        quantizers round without the straight-through autograd Function (`_fake_quant_affine_nograd`), and
+        autograd is off (`torch.inference_mode`).
         """
         from qcompile import api as qc
 
@@ -298,6 +299,7 @@ class SupernetEvaluator:
         sub = qc.extract(self.qnet, cfg)
         with torch.inference_mode():
             _constant_weight_quant(sub)
+            _calibration_act_quant(sub)
             qc.calibrate(sub, self._calib_batches(seed, cfg.resolution), max_batches=p.calib_batches)
             sub.eval()
             _constant_act_quant(sub)
@@ -415,7 +417,7 @@ def _constant_act_quant(sub: torch.nn.Module) -> int:
     """
     from qcompile.quant.batchquant import BatchQuant
     from qcompile.quant.flavour import fake_quant_qdq
-    from qcompile.quant.functional import fake_quant_affine, range_qparams, zero_code_value
+    from qcompile.quant.functional import range_qparams, zero_code_value
 
     n = 0
     for q in sub.modules():
@@ -431,8 +433,52 @@ def _constant_act_quant(sub: torch.nn.Module) -> int:
         scale = delta * gamma
         q.pad_value = zero_code_value(scale, zp, lo, hi)
         q.last_scale = scale.detach()
-        fq = fake_quant_qdq if bool(q.qdq) else fake_quant_affine
+        fq = fake_quant_qdq if bool(q.qdq) else _fake_quant_affine_nograd
         q.forward = lambda x, _fq=fq, _s=scale, _zp=zp, _lo=lo, _hi=hi: _fq(x, _s, _zp, _lo, _hi)
+        n += 1
+    return n
+
+
+def _fake_quant_affine_nograd(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: int,
+                              hi: int) -> torch.Tensor:
+    """`qcompile.quant.functional.fake_quant_affine` without autograd: the same operations in the same order
+    (`round_ste`'s forward is `floor(t + 0.5)`), minus the custom autograd Function's call overhead."""
+    q = torch.floor(torch.clamp(x / scale + zero_point, lo, hi) + 0.5)
+    return (q - zero_point) * scale
+
+
+def _calibration_act_quant(sub: torch.nn.Module) -> int:
+    """Give each fixed-point BatchQuant of `sub` a calibration forward without autograd overhead.
+
+    The same operations as `BatchQuant.forward` in calibration mode (QFA Sec. 3.4: batch estimates, added to
+    the running mean, Eq. 5 with this batch's range), in the same order, with the bit-width's constants
+    looked up once and `floor(t + 0.5)` called directly instead of through `round_ste`. Outside calibration
+    the quantizer's own forward runs. Returns the quantizers changed.
+    """
+    from qcompile.quant.batchquant import BatchQuant
+    from qcompile.quant.functional import range_qparams, zero_code_value
+
+    n = 0
+    for q in sub.modules():
+        if type(q) is not BatchQuant or bool(q.qdq) or q.active_bits == FLOAT_BITS:
+            continue
+        b = q.active_bits
+        lo, hi = q.qrange(b)
+        gamma, beta, rounding = q.gamma[str(b)], q.beta[str(b)], q.zero_rounding
+
+        def forward(x, _q=q, _lo=lo, _hi=hi, _gamma=gamma, _beta=beta, _rounding=rounding):
+            if not _q.calibrating or _q.active_bits == FLOAT_BITS:
+                return BatchQuant.forward(_q, x)
+            x_min, x_max = _q.batch_estimates(x)
+            _q._accumulate(x_min, x_max)
+            delta, z = range_qparams(x_min, x_max, _lo, _hi, _q.eps, _rounding)
+            zp = _q._zero_point(z, _beta, _lo, _hi)
+            scale = delta * _gamma
+            _q.pad_value = zero_code_value(scale, zp, _lo, _hi)
+            _q.last_scale = scale.detach()
+            return _fake_quant_affine_nograd(x, scale, zp, _lo, _hi)
+
+        q.forward = forward
         n += 1
     return n
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 EXTRA_TRAIN_SEED = 12345  # fixed: every measurement with `extra_train=n` sees the same n training images
+EVAL_BATCH = 256  # images per evaluation forward (fixed: the loss is summed per batch, in this order)
 
 
 def canonical(space: Any, cfg: SubnetConfig) -> SubnetConfig:
@@ -235,6 +237,8 @@ class SupernetEvaluator:
         self.progress = progress
         self._known: dict[str, float] = {}
         self._loss: dict[str, float] = {}
+        self._calib_cache: dict[tuple[int, int], list] = {}  # (seed, resolution) -> calibration batches
+        self._eval_cache: dict[int, list] = {}  # resolution -> evaluation batches
         self.n_measured = 0  # measured by this object (not read from the cache)
         self.refresh()
 
@@ -257,9 +261,60 @@ class SupernetEvaluator:
     def cached(self, cfg: SubnetConfig) -> float | None:
         return self._known.get(self.key(cfg))
 
-    @torch.no_grad()
+    def _calib_batches(self, seed: int, resolution: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The calibration batches of one seed at one resolution, materialised once per evaluator: the very
+        tensors `self.data.train.loader(batch_size, shuffle=True, seed=seed, resolution=r)` yields, so every
+        config of that seed and resolution is calibrated on the same values as before, minus the repeated
+        permutation, indexing and resize."""
+        key = (seed, resolution)
+        if key not in self._calib_cache:
+            p = self.protocol
+            loader = self.data.train.loader(p.batch_size, shuffle=True, seed=seed, resolution=resolution)
+            with torch.no_grad():
+                self._calib_cache[key] = list(itertools.islice(loader, p.calib_batches))
+        return self._calib_cache[key]
+
+    def _eval_batches(self, resolution: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The evaluation batches (256 images, in order) at one resolution, materialised once per evaluator."""
+        if resolution not in self._eval_cache:
+            with torch.no_grad():
+                self._eval_cache[resolution] = list(self.eval_set.loader(EVAL_BATCH, resolution=resolution))
+        return self._eval_cache[resolution]
+
     def _top1_loss(self, cfg: SubnetConfig, seed: int) -> tuple[float, float]:
-        """(top-1, mean cross-entropy) on the evaluation set after extract + calibrate with one seed."""
+        """(top-1, mean cross-entropy) on the evaluation set after extract + calibrate with one seed.
+
+        Computes exactly what `_top1_loss_reference` computes (same tensors, same operations, same batches and
+        reduction order; `tests/search/test_supernet_evaluator.py` asserts equality to the last bit), with
+        what does not depend on the config done once: the data batches are cached per seed and resolution
+        (`_calib_batches`, `_eval_batches`), each weight is fake-quantized once per subnet instead of once per
+        forward (it is constant during calibration and evaluation), each activation quantizer's calibrated
+        scale and zero point are computed once before evaluation instead of once per batch, the activation
+        quantizers round without the straight-through autograd Function (`_fake_quant_affine_nograd`), and
+        autograd is off (`torch.inference_mode`).
+        """
+        from qcompile import api as qc
+
+        p = self.protocol
+        sub = qc.extract(self.qnet, cfg)
+        with torch.inference_mode():
+            _constant_weight_quant(sub)
+            _calibration_act_quant(sub)
+            qc.calibrate(sub, self._calib_batches(seed, cfg.resolution), max_batches=p.calib_batches)
+            sub.eval()
+            _constant_act_quant(sub)
+            correct, loss, seen = 0, 0.0, 0
+            for xb, yb in self._eval_batches(cfg.resolution):
+                out = sub(xb)
+                correct += int((out.argmax(1) == yb).sum())
+                loss += float(torch.nn.functional.cross_entropy(out, yb, reduction="sum"))
+                seen += len(yb)
+        return correct / max(seen, 1), loss / max(seen, 1)
+
+    @torch.no_grad()
+    def _top1_loss_reference(self, cfg: SubnetConfig, seed: int) -> tuple[float, float]:
+        """The measurement as first written (fresh loaders, per-forward quantization): the reference the
+        tests hold `_top1_loss` to, bit for bit."""
         from qcompile import api as qc
 
         p = self.protocol
@@ -268,7 +323,7 @@ class SupernetEvaluator:
                      max_batches=p.calib_batches)
         sub.eval()
         correct, loss, seen = 0, 0.0, 0
-        for xb, yb in self.eval_set.loader(256, resolution=cfg.resolution):
+        for xb, yb in self.eval_set.loader(EVAL_BATCH, resolution=cfg.resolution):
             out = sub(xb)
             correct += int((out.argmax(1) == yb).sum())
             loss += float(torch.nn.functional.cross_entropy(out, yb, reduction="sum"))
@@ -327,6 +382,105 @@ class SupernetEvaluator:
 
     __call__ = predict
 
+
+
+def _constant_weight_quant(sub: torch.nn.Module) -> int:
+    """Fake-quantize each weight of an extracted subnet once: its quantizer then returns that tensor.
+
+    A static subnet's weights and LSQ steps never change during calibration and evaluation (`qc.calibrate`
+    changes statistics only), so `weight_quant(weight)` is the same tensor at every forward; computing it
+    once gives the same values. The quantizer stays in place (integer lowering and the qdq bias grid read
+    its `codes`); only its `forward` on this layer's own weight is replaced. Returns the layers changed.
+    For the evaluator's private subnets only: the subnet must not be trained afterwards.
+    """
+    from qcompile.nn.static import QConv2d, QLinear
+
+    n = 0
+    for m in sub.modules():
+        wq = getattr(m, "weight_quant", None)
+        if not isinstance(m, (QConv2d, QLinear)) or wq is None or wq.active_bits == FLOAT_BITS:
+            continue
+        weight, value, forward = m.weight, wq(m.weight).detach(), wq.forward
+        wq.forward = lambda w, _src=weight, _value=value, _fwd=forward: _value if w is _src else _fwd(w)
+        n += 1
+    return n
+
+
+def _constant_act_quant(sub: torch.nn.Module) -> int:
+    """Compute each calibrated BatchQuant's scale and zero point once, for evaluation.
+
+    In eval mode a calibrated `BatchQuant.forward` derives `delta gamma` and `z + beta` from its running
+    estimates (QFA Eq. 5) at every batch; they are constants once calibration is over. This replaces the
+    forward of each such quantizer of `sub` by the same fake quantization with those constants, computed by
+    the same functions in the same order (so the same values), and sets `pad_value` / `last_scale` as the
+    forward would. Call after `qc.calibrate` and `sub.eval()`; returns the quantizers changed.
+    """
+    from qcompile.quant.batchquant import BatchQuant
+    from qcompile.quant.flavour import fake_quant_qdq
+    from qcompile.quant.functional import range_qparams, zero_code_value
+
+    n = 0
+    for q in sub.modules():
+        if type(q) is not BatchQuant or q.training or q.calibrating or not q.is_calibrated:
+            continue
+        b = q.active_bits
+        if b == FLOAT_BITS:
+            continue
+        lo, hi = q.qrange(b)
+        delta, z = range_qparams(q.running_min, q.running_max, lo, hi, q.eps, q.zero_rounding)
+        gamma, beta = q.gamma[str(b)], q.beta[str(b)]
+        zp = q._zero_point(z, beta, lo, hi)
+        scale = delta * gamma
+        q.pad_value = zero_code_value(scale, zp, lo, hi)
+        q.last_scale = scale.detach()
+        fq = fake_quant_qdq if bool(q.qdq) else _fake_quant_affine_nograd
+        q.forward = lambda x, _fq=fq, _s=scale, _zp=zp, _lo=lo, _hi=hi: _fq(x, _s, _zp, _lo, _hi)
+        n += 1
+    return n
+
+
+def _fake_quant_affine_nograd(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: int,
+                              hi: int) -> torch.Tensor:
+    """`qcompile.quant.functional.fake_quant_affine` without autograd: the same operations in the same order
+    (`round_ste`'s forward is `floor(t + 0.5)`), minus the custom autograd Function's call overhead."""
+    q = torch.floor(torch.clamp(x / scale + zero_point, lo, hi) + 0.5)
+    return (q - zero_point) * scale
+
+
+def _calibration_act_quant(sub: torch.nn.Module) -> int:
+    """Give each fixed-point BatchQuant of `sub` a calibration forward without autograd overhead.
+
+    The same operations as `BatchQuant.forward` in calibration mode (QFA Sec. 3.4: batch estimates, added to
+    the running mean, Eq. 5 with this batch's range), in the same order, with the bit-width's constants
+    looked up once and `floor(t + 0.5)` called directly instead of through `round_ste`. Outside calibration
+    the quantizer's own forward runs. Returns the quantizers changed.
+    """
+    from qcompile.quant.batchquant import BatchQuant
+    from qcompile.quant.functional import range_qparams, zero_code_value
+
+    n = 0
+    for q in sub.modules():
+        if type(q) is not BatchQuant or bool(q.qdq) or q.active_bits == FLOAT_BITS:
+            continue
+        b = q.active_bits
+        lo, hi = q.qrange(b)
+        gamma, beta, rounding = q.gamma[str(b)], q.beta[str(b)], q.zero_rounding
+
+        def forward(x, _q=q, _lo=lo, _hi=hi, _gamma=gamma, _beta=beta, _rounding=rounding):
+            if not _q.calibrating or _q.active_bits == FLOAT_BITS:
+                return BatchQuant.forward(_q, x)
+            x_min, x_max = _q.batch_estimates(x)
+            _q._accumulate(x_min, x_max)
+            delta, z = range_qparams(x_min, x_max, _lo, _hi, _q.eps, _rounding)
+            zp = _q._zero_point(z, _beta, _lo, _hi)
+            scale = delta * _gamma
+            _q.pad_value = zero_code_value(scale, zp, _lo, _hi)
+            _q.last_scale = scale.detach()
+            return _fake_quant_affine_nograd(x, scale, zp, _lo, _hi)
+
+        q.forward = forward
+        n += 1
+    return n
 
 def space_of(qnet: torch.nn.Module) -> Any:
     """The search space a quantized supernet graph was built from (`space_info`, kept by `qc.trace`/`qc.quantize`)."""

@@ -13,7 +13,7 @@ import pytest
 
 import qcompile.search as qs
 from qcompile import ConfigError
-from qcompile.search.predictors.measured import config_hash, load_records, read_jsonl
+from qcompile.search.predictors.measured import config_hash, load_records, model_fingerprint, read_jsonl
 from qcompile.train.evaluate import evaluate_subnets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +87,42 @@ def test_less_noisy_protocol_seed_average_extra_train_and_loss(tspace, tqnet, td
         qs.SupernetEvaluator(tqnet, tdigits, extra_train=10**6, progress=False)
     with pytest.raises(ConfigError, match="calib_seeds"):
         qs.SupernetEvaluator(tqnet, tdigits, calib_seeds=0, progress=False)
+
+
+@pytest.mark.parametrize("flavour", ["fixed-point", "qdq"])
+def test_fast_measurement_is_bit_identical_to_the_reference(tspace, tqnet, tdigits, flavour):
+    """`_top1_loss` (cached batches, weights and quantizer constants computed once, inference mode) gives the
+    top-1 and the loss of `_top1_loss_reference` (the measurement as first written) to the last bit, for
+    configs with 2..8 and 32-bit layers, two calibration seeds, each config twice (the second from the data
+    caches), on a supernet whose BatchQuant residuals were moved off their initial values (fractional zero
+    points: the zero-code padding path) in both flavours."""
+    import copy
+
+    import torch
+
+    from qcompile.quant.batchquant import BatchQuant
+    from qcompile.quant.flavour import set_flavour
+
+    qnet = set_flavour(copy.deepcopy(tqnet), flavour)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in qnet.modules():
+            if isinstance(m, BatchQuant):
+                for b in m.gamma:
+                    m.gamma[b].mul_(0.8 + 0.4 * torch.rand((), generator=g))
+                    m.beta[b].add_(torch.rand((), generator=g) - 0.5)
+    ev = qs.SupernetEvaluator(qnet, tdigits, space=tspace, calib_batches=3, batch_size=32, extra_train=300,
+                              progress=False)
+    cfgs = [tspace.sample(seed=i, bits=(2, 3, 4, 8, 32)) for i in range(3)] + [tspace.largest(bits=2)]
+    values = set()
+    for cfg in cfgs + cfgs[:1]:
+        for seed in (1, 2):
+            fast, ref = ev._top1_loss(cfg, seed), ev._top1_loss_reference(cfg, seed)
+            assert fast == ref, (cfg, seed, fast, ref)
+            values.add(ref)
+    assert len(values) > 4  # distinct measurements, not one degenerate value
+    # the supernet is untouched by either path: the cache key (its fingerprint) stays valid
+    assert model_fingerprint(qnet) == ev.fingerprint
 
 
 def test_canonical_configs_share_one_measurement(tspace, tqnet, tdigits, tmp_path):

@@ -108,7 +108,7 @@ def analyse(threads: int = 2, resolution: int = 224) -> list[dict]:
     return rows
 
 
-#: MobileNetV2 224's pointwise GEMMs (K, P, O) whose schedule `--pack-in-tiles` changes, and their calls
+#: MobileNetV2 224's pointwise GEMMs (K, P, O, calls) with evenly split pixel tiles (`--pack-in-tiles` candidates)
 MBV2_PACK_SHAPES = ((32, 12544, 16, 1), (16, 12544, 96, 1), (96, 3136, 24, 1), (24, 3136, 144, 2),
                     (32, 784, 192, 3), (192, 784, 32, 2), (160, 49, 960, 3), (960, 49, 160, 2), (320, 49, 1280, 1))
 
@@ -136,6 +136,7 @@ def time_pack_variants(rounds: int = 40, calls: int = 5) -> list[tuple[tuple[int
             os.environ[ENV_PACK_IN_TILES] = flag
             func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=20), "vnni512", default_knobs("vnni512"))
             libs.append(tvm.compile(func, target=target))
+        os.environ[ENV_PACK_IN_TILES] = "0"
         x = rng.integers(0, 256, (k, p), dtype=np.uint8)
         w = rng.integers(-128, 128, (o, k), dtype=np.int8)
         bias = rng.integers(-5000, 5000, o).astype(np.int32)

@@ -38,6 +38,8 @@ def test_split_ratio_is_ceil_chunk_over_ideal_share():
     (576, 49, 160, [("b", 144), ("j_0_c_0_fused", 64)]),
     # 14x14 expand (96 -> 576): 13 pixel tiles (odd) x 48 channel tiles of 12 = 624, even
     (96, 196, 576, [("b", 24), ("j_0_c_0_fused", 624)]),
+    # K > 2 O (a project layer): the per-tile packing costs more serially, two regions stay
+    (192, 784, 32, [("b", 48), ("j_0_c_0_fused", 196)]),
 ])
 def test_mbv2_gemm_extents_split_evenly(always_parallel, k, p, o, loops):
     func = pointwise_conv_x86(GemmConv(k, p, o), "vnni512", default_knobs("vnni512"))
@@ -54,11 +56,13 @@ def test_mbv2_depthwise_7x7_parallel_over_channels(always_parallel):
 
 
 @pytest.mark.parametrize("k,p,o,loops", [
-    (576, 49, 160, [("j_0", 4)]),  # 7x7: 4 pixel tiles, one region
+    (160, 49, 960, [("j_0", 4)]),  # 7x7: 4 pixel tiles, one region
     (32, 784, 192, [("j_0", 49)]),  # 28x28: 49 tiles split 25:24 (1.02), one region
     (24, 3136, 144, [("j_0", 196)]),
     # 14x14: 13 tiles would split 7:6 (1.077): the separate packing region and the even 13 x 48 fused extent stay
     (96, 196, 576, [("b", 24), ("j_0_c_0_fused", 624)]),
+    # K > 2 O (a project layer): the per-tile packing costs more serially, two regions stay
+    (192, 784, 32, [("b", 48), ("j_0_c_0_fused", 196)]),
 ])
 def test_pack_in_tiles_one_region_where_pixel_tiles_split_evenly(always_parallel, monkeypatch, k, p, o, loops):
     from qcompile.backends.tvm.schedules.x86.gemm import ENV_PACK_IN_TILES

@@ -170,7 +170,7 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
-    if conv is None and knobs.p_outer and pack_in_tiles() and pixel_tiles_balanced(tile.pp // tile.tp):
+    if conv is None and knobs.p_outer and pack_in_tiles() and pack_in_tiles_applies(k, o, tile.pp // tile.tp):
         schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode])
         return sch.mod["main"]
     schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
@@ -207,6 +207,14 @@ def pixel_tiles_balanced(n_tiles: int, threads: int = PACK_IN_TILES_THREADS) -> 
     parallel launch) within `PACK_IN_TILES_MAX_RATIO` of the ideal share."""
     busy = min(threads, n_tiles)
     return n_tiles > 0 and -(-n_tiles // busy) / (n_tiles / threads) <= PACK_IN_TILES_MAX_RATIO
+
+
+def pack_in_tiles_applies(k: int, o: int, n_tiles: int) -> bool:
+    """Where `ENV_PACK_IN_TILES` takes the one-region GEMM: pixel tiles split evenly (`pixel_tiles_balanced`) and
+    `K <= 2 O`. With more reduction rows than that per output channel the per-tile packing (K x tp codes, reused by
+    only O/to channel tiles) cost more serially than the bulk pass (1-thread minima, interleaved: 192x784->32
+    1.16-1.17x, 96x3136->24 1.05x; expand layers 0.9-1.0x; `benchmarks.parallel_split --time-gemm`)."""
+    return k <= 2 * o and pixel_tiles_balanced(n_tiles)
 
 
 def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kind: str) -> None:

@@ -257,6 +257,30 @@ def test_gemm_vnni_exact_8bit(mode, knobs):
     np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=vnni), ref)
 
 
+@pytest.mark.parametrize("mode,target,knobs", [
+    ("vnni512", VNNI512, GemmKnobs(12, 16)), ("vnni", VNNI256, GemmKnobs(8, 16)), ("i16", AVX2, GemmKnobs(8, 16))])
+@pytest.mark.parametrize("p", [49, 784])
+def test_gemm_pack_in_tiles_exact(monkeypatch, mode, target, knobs, p):
+    """The one-region pointwise GEMM (activations packed per pixel tile inside the parallel loop, issue 20) gives
+    the reference codes, with a padded pixel tile (49 px) and 49 tiles (784 px), every kernel parallel."""
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+    from qcompile.backends.tvm.schedules.x86.gemm import ENV_PACK_IN_TILES
+
+    monkeypatch.setenv(ENV_PACK_IN_TILES, "1")
+    monkeypatch.setenv(ENV_MIN_US, "0")
+    rng = np.random.default_rng(5)
+    k, o = 48, 24  # K <= 2 O: the one-region schedule applies
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(36, 40, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10)).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target), ref)
+
+
 def test_strategy_does_not_apply_off_x86_or_batch():
     params = {"x_shape": (1, 8, 4, 4), "w_shape": (8, 8, 1, 1), "out_shape": (1, 8, 4, 4), "groups": 1}
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})

@@ -19,6 +19,7 @@ exact int16 `vpmaddwd` path.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from qcompile.backends.tvm.schedules.conv import (
     schedule_gemm_pack,
     schedule_gemm_tiles,
 )
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -168,10 +170,80 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
+    if conv is None and knobs.p_outer and pack_in_tiles() and pack_in_tiles_applies(k, o, tile.pp // tile.tp):
+        schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode])
+        return sch.mod["main"]
     schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
     schedule_xpad(sch, conv, pad)
     schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode])
     return sch.mod["main"]
+
+
+#: Environment variable: "1" packs a pointwise GEMM's activations per pixel tile inside its one parallel region
+#: (`schedule_gemm_pack_in_tiles`) where its pixel tiles split evenly (`pixel_tiles_balanced`); unset, "" or "0"
+#: (default) keeps the separate packing region. Read at schedule time, so one process can build both
+#: (`benchmarks.parallel_split`, issue 20). Default off until timed at 2 threads on a quiet machine.
+ENV_PACK_IN_TILES = "QCOMPILE_GEMM_PACK_IN_TILES"
+
+
+def pack_in_tiles() -> bool:
+    """Whether `ENV_PACK_IN_TILES` selects the one-region pointwise GEMM; `ConfigError` for other values."""
+    raw = os.environ.get(ENV_PACK_IN_TILES, "")
+    if raw not in ("", "0", "1"):
+        raise ConfigError(ENV_PACK_IN_TILES, raw, "'1' (pack per pixel tile), '0' or unset (separate packing)")
+    return raw == "1"
+
+
+#: Largest slowest-thread share (over the ideal) that the one-region GEMM accepts for its pixel-tile loop on
+#: `PACK_IN_TILES_THREADS` threads: 49 tiles (28x28 px) split 25:24 (1.02) qualify, 13 tiles (14x14 px) split 7:6
+#: (1.077, ~30 us of MobileNetV2's 14x14 GEMMs at 2 threads) keep the separate packing region and its even
+#: tiles x channel-tiles extent.
+PACK_IN_TILES_MAX_RATIO = 1.03
+PACK_IN_TILES_THREADS = 2
+
+
+def pixel_tiles_balanced(n_tiles: int, threads: int = PACK_IN_TILES_THREADS) -> bool:
+    """Whether `n_tiles` pixel tiles split over `threads` contiguous chunks of ceil(n/threads) (TVM's static
+    parallel launch) within `PACK_IN_TILES_MAX_RATIO` of the ideal share."""
+    busy = min(threads, n_tiles)
+    return n_tiles > 0 and -(-n_tiles // busy) / (n_tiles / threads) <= PACK_IN_TILES_MAX_RATIO
+
+
+def pack_in_tiles_applies(k: int, o: int, n_tiles: int) -> bool:
+    """Where `ENV_PACK_IN_TILES` takes the one-region GEMM: pixel tiles split evenly (`pixel_tiles_balanced`) and
+    `K <= 2 O`. With more reduction rows than that per output channel the per-tile packing (K x tp codes, reused by
+    only O/to channel tiles) cost more serially than the bulk pass (1-thread minima, interleaved: 192x784->32
+    1.16-1.17x, 96x3136->24 1.05x; expand layers 0.9-1.0x; `benchmarks.parallel_split --time-gemm`)."""
+    return k <= 2 * o and pixel_tiles_balanced(n_tiles)
+
+
+def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kind: str) -> None:
+    """Pointwise GEMM with one parallel region: parallel over pixel tiles only, each iteration packing its own
+    `K x tp` activations (`xpack` computed at the pixel tile) before its channel tiles, instead of a separate
+    parallel packing loop over reduction blocks (a second fork/join per kernel: 35 of MobileNetV2 224's 88
+    regions, `benchmarks.parallel_split`). Same blocks and arithmetic as `schedule_gemm_pack` +
+    `schedule_gemm_tiles` with `p_outer`, so the same bit-exact result; the parallel extent is the pixel-tile
+    count (`pp / tp`: 13 at 14x14, a 7:6 split on 2 threads), not tiles x channel tiles."""
+    gm = sch.get_sblock("gemm")
+    c, j, rb_, ri_ = sch.get_loops(gm)
+    co, ci = sch.split(c, [None, tile.to])
+    jo, jm, ji = sch.split(j, [None, tile.tp // tile.lanes, tile.lanes])
+    sch.reorder(jo, co, rb_, ci, jm, ji, ri_)
+    parallel_if_worth(sch, jo, tile.o * tile.pp * tile.kb * tile.g, kind)
+    pk = sch.get_sblock("xpack")
+    sch.compute_at(pk, jo)
+    sch.unroll(sch.get_loops(pk)[-1])
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, co)
+    init = sch.decompose_reduction(gm, rb_)
+    sch.tensorize(ji, intrin)
+    sch.unroll(ci)
+    sch.unroll(jm)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
+    sch.vectorize(e_ji)
+    if tile.pp != tile.p:
+        sch.reverse_compute_at(sch.get_sblock("crop"), co)
 
 
 def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, tuple[int, int]]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import platform
 
 import numpy as np
 
 from benchmarks.kernels import qc_layer_kernel, time_min
 from benchmarks.mbv2 import ConvLayer, mbv2_layers
+from qcompile.bench.harness import _cpu_info
 
 
 def gemm_layers(resolution: int = 224) -> list[tuple[str, ConvLayer, int]]:
@@ -31,17 +31,6 @@ def gemm_layers(resolution: int = 224) -> list[tuple[str, ConvLayer, int]]:
             count[ly] += 1
             first.setdefault(ly, name)
     return [(first[ly], ly, n) for ly, n in count.items()]
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
 
     target = tvm.target.Target(host_x86_target(int(os.environ.get("TVM_NUM_THREADS", "1"))))
     layers = [t for t in gemm_layers() if not args.layers or any(s in t[0] for s in args.layers)]
-    print(f"CPU {_cpu_name()}, mcpu {target.attrs.get('mcpu')}, load {os.getloadavg()[0]:.1f}, "
+    cpu = _cpu_info("model name") or "unknown CPU"
+    print(f"CPU {cpu}, mcpu {target.attrs.get('mcpu')}, load {os.getloadavg()[0]:.1f}, "
           f"shift {args.shift}, {args.rounds} rounds x {args.number} calls, interleaved, minima")
     kernels = []
     for name, ly, calls in layers:

@@ -87,7 +87,6 @@ GBT_GRID_MEDIUM = [
     for d, n, lr in itertools.product((3, 4), (1000,), (0.02, 0.05))
 ]
 
-GBT_GRIDS = {"small": GBT_GRID, "medium": GBT_GRID_MEDIUM, "large": GBT_GRID_LARGE, "default": [DEFAULT_GBT]}
 
 #: the members of kind `ens` (`qs.EnsemblePredictor`), each at the setting its own CV chose
 ENS_MEMBERS = ("gbt", "mlp")
@@ -379,7 +378,9 @@ def main(argv=None) -> int:
         if kind in ("sens-line", "gbt-sens") and sens is None:
             raise ConfigError("--kinds", kind, "with --sensitivity FILE.json")
         if kind in ("gbt", "gbt-sens"):
-            gbt_grid = GBT_GRIDS[args.gbt_grid]
+            # looked up per call (tests replace the module's grids)
+            gbt_grid = {"small": GBT_GRID, "medium": GBT_GRID_MEDIUM, "large": GBT_GRID_LARGE,
+                        "default": [DEFAULT_GBT]}[args.gbt_grid]
             grids[kind] = {json.dumps(p): p for p in gbt_grid}
         elif kind == "sens-line":
             grids[kind] = {"line": dict(n_estimators=0)}

@@ -35,10 +35,18 @@ from typing import Any
 import numpy as np
 
 from qcompile.config import SubnetConfig
-from qcompile.errors import CheckpointError, ConfigError
+from qcompile.errors import ConfigError
 from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
-from qcompile.search.predictors.saved import FORMAT, JSON_FILE, WEIGHTS_FILE, read_doc, saved_space, space_dict
+from qcompile.search.predictors.saved import (
+    FORMAT,
+    JSON_FILE,
+    WEIGHTS_FILE,
+    read_doc,
+    register_kind,
+    saved_space,
+    space_dict,
+)
 from qcompile.search.predictors.sensitivity import LayerSensitivity
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -303,27 +311,6 @@ def _tree_predict(t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return t["value"][node]
 
 
-def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
-    """Any saved accuracy predictor (`predictor.json`'s `kind`): the MLP, an MLP ensemble, boosted trees or an
-    ensemble of kinds (`EnsemblePredictor`)."""
-    from qcompile.search.predictors.ensemble import KIND as ENSEMBLE_KIND
-    from qcompile.search.predictors.ensemble import EnsemblePredictor
-    from qcompile.search.predictors.mlp import AccuracyPredictor, MLPEnsemble
+register_kind(KIND, BoostedPredictor)
 
-    path = Path(path)
-    if not (path / JSON_FILE).is_file():
-        raise CheckpointError(f"{path}: not a predictor directory (needs {JSON_FILE})")
-    try:
-        kind = json.loads((path / JSON_FILE).read_text()).get("kind")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
-    if kind == KIND:
-        return BoostedPredictor.load(path, space=space)
-    if kind == MLPEnsemble.kind:
-        return MLPEnsemble.load(path, space=space)
-    if kind == ENSEMBLE_KIND:
-        return EnsemblePredictor.load(path, space=space)
-    return AccuracyPredictor.load(path, space=space)
-
-
-__all__ = ["BoostedOptions", "BoostedPredictor", "cost_features", "features", "load_predictor"]
+__all__ = ["BoostedOptions", "BoostedPredictor", "cost_features", "features"]

@@ -35,7 +35,7 @@ import numpy as np
 from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError
 from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
-from qcompile.search.predictors.saved import FORMAT, JSON_FILE, read_doc, space_dict
+from qcompile.search.predictors.saved import FORMAT, JSON_FILE, read_doc, register_kind, space_dict
 from qcompile.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ class EnsemblePredictor:
     def load(cls, path: str | os.PathLike, space: Any = None) -> EnsemblePredictor:
         """Read an ensemble written by `save` (each member by `load_predictor`); with `space`, refuse
         (ConfigError) one fitted for another space."""
-        from qcompile.search.predictors.boosted import load_predictor
-        from qcompile.search.predictors.saved import saved_space
+        from qcompile.search.predictors.saved import load_predictor, saved_space
 
         path = Path(path)
         doc = read_doc(path, KIND, weights=False)
@@ -201,5 +200,7 @@ class EnsemblePredictor:
         return (f"EnsemblePredictor(space={getattr(self.space, 'name', '?')}, members={self.member_kinds()}, "
                 f"report={self.report})")
 
+
+register_kind(KIND, EnsemblePredictor)
 
 __all__ = ["DEFAULT_GBT", "DEFAULT_MLP", "EnsemblePredictor", "default_members"]

@@ -38,7 +38,15 @@ from qcompile.config import SubnetConfig
 from qcompile.errors import ConfigError
 from qcompile.search.encoding import encode, encoding_size
 from qcompile.search.predictors.metrics import fit_split, heldout_report, log_heldout
-from qcompile.search.predictors.saved import FORMAT, JSON_FILE, WEIGHTS_FILE, read_doc, saved_space, space_dict
+from qcompile.search.predictors.saved import (
+    FORMAT,
+    JSON_FILE,
+    WEIGHTS_FILE,
+    read_doc,
+    register_kind,
+    saved_space,
+    space_dict,
+)
 from qcompile.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -363,5 +371,8 @@ class MLPEnsemble:
         ens.report = doc.get("report", {})
         return ens
 
+
+register_kind("mlp-accuracy-predictor", AccuracyPredictor)
+register_kind(ENSEMBLE_KIND, MLPEnsemble)
 
 __all__ = ["AccuracyPredictor", "MLPEnsemble", "PredictorOptions"]

@@ -5,6 +5,7 @@ survives library upgrades."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,30 @@ def saved_space(doc: dict[str, Any], space: Any, path: Path) -> Any:
     from qcompile.spaces import from_dict
 
     return from_dict(doc["space"])
+
+
+#: predictor kind (`predictor.json`'s `kind`) -> its class; each predictor module registers its own
+#: (`register_kind`), so `load_predictor` reads every kind without importing any of them (an ensemble loads its
+#: members through it)
+_KINDS: dict[str, Any] = {}
+#: files written before predictors named their kind are APQ MLPs
+_DEFAULT_KIND = "mlp-accuracy-predictor"
+
+
+def register_kind(kind: str, cls: Any) -> None:
+    """Make `load_predictor` read directories whose `predictor.json` says `kind` with `cls.load`."""
+    _KINDS[kind] = cls
+
+
+def load_predictor(path: str | os.PathLike, space: Any = None) -> Any:
+    """Any saved accuracy predictor (`predictor.json`'s `kind`): the MLP, an MLP ensemble, boosted trees or an
+    ensemble of kinds (`EnsemblePredictor`); with `space`, one fitted for another space is refused."""
+    path = Path(path)
+    if not (path / JSON_FILE).is_file():
+        raise CheckpointError(f"{path}: not a predictor directory (needs {JSON_FILE})")
+    try:
+        kind = json.loads((path / JSON_FILE).read_text()).get("kind")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / JSON_FILE}: corrupt JSON ({e.msg})") from e
+    cls = _KINDS.get(kind) or _KINDS[_DEFAULT_KIND]
+    return cls.load(path, space=space)

@@ -44,6 +44,7 @@ def _work_cpu_ms(rounds: int, calls: int = 3) -> float:
 
 
 def test_spinning_neighbour_does_not_inflate_an_isolated_runner():
+    load = os.getloadavg()[0]  # before our own spinning threads add to it
     # ~20 ms of work per call: long enough that a freshly woken thread's scheduler credit does not cover it
     normal = RunnerSpec("normal", H.busy, (8,))
     # 4 threads spin 150 ms after every call of the neighbour: 5 runnable threads on this machine's cores
@@ -66,10 +67,14 @@ def test_spinning_neighbour_does_not_inflate_an_isolated_runner():
         # processes took cores during the isolated run, so a settle wait cannot make the cores free (measured
         # beside four niced engineers' builds: 2 cores of others, the isolated median inflated 4.7x).
         pytest.skip(f"other processes used {others:.2f} cores during the isolated run: the machine is busy")
+    if load > 2 * (os.cpu_count() or 2):
+        # Same premise over the minute before the test (the xdist workers are at most one runnable thread each):
+        # failed once at 0.06 s of settle waits beside a 2-process predictor collection and a lowering, load ~5
+        pytest.skip(f"load average {load:.1f} on {os.cpu_count()} cores: the machine is busy")
     # the settle step waits for every worker's threads: the spinner's 150 ms show up as waits, not in samples
     # (medians: on a loaded machine a niced spinner may not be scheduled yet at the first probe, so a sample
     # or two can still be hit; measured here: all 12 raw samples 2.5-5x, 0-2 of the isolated ones)
-    assert max(mixed.settle_waits) >= 0.1
+    assert max(mixed.settle_waits) >= 0.1, (mixed.settle_waits, others, load)
     assert _median_ms(mixed.samples["normal"]) < 1.5 * base, (mixed.samples["normal"], solo.samples["normal"])
     # control: without the settle step the spinning neighbour takes the cores (so the check above can fail)
     assert _median_ms(raw.samples["normal"]) > 1.8 * base, (raw.samples["normal"], solo.samples["normal"])

@@ -10,7 +10,8 @@ import qcompile.search as qs
 from qcompile import CheckpointError, ConfigError
 from qcompile.search.cost import bitops
 from qcompile.search.encoding import encode, encoding_size
-from qcompile.search.predictors.boosted import BoostedPredictor, features, load_predictor
+from qcompile.search.predictors.boosted import BoostedPredictor, features
+from qcompile.search.predictors.saved import load_predictor
 
 FAST = dict(n_estimators=60, max_depth=2, learning_rate=0.1)
 

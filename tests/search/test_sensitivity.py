@@ -7,7 +7,8 @@ import pytest
 import qcompile.search as qs
 from qcompile import ConfigError
 from qcompile.search.cost import bitops
-from qcompile.search.predictors.boosted import BoostedPredictor, load_predictor
+from qcompile.search.predictors.boosted import BoostedPredictor
+from qcompile.search.predictors.saved import load_predictor
 from qcompile.search.predictors.sensitivity import LayerSensitivity, measure_sensitivities, sensitivity_configs
 
 

@@ -204,7 +204,7 @@ def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache, runs_avx2):
 def test_depthwise_without_knobs_is_not_tuned(cache, monkeypatch, family, c, hw, k, stride):
     """A depthwise layer that takes the channel-vector or small-input kernel has no knobs to tune: `tune_opcall`
     times nothing and stores nothing (a tuning space of one); the same geometry on a larger map still tunes."""
-    from qcompile.backends.tvm.schedules.x86.strategy import depthwise_knobs_used
+    from qcompile.backends.tvm.schedules.x86.dw_choice import depthwise_knobs_used
 
     target = isa.target(family)
     ho = (hw + 2 * (k // 2) - k) // stride + 1

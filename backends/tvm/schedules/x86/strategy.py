@@ -21,7 +21,6 @@ from qcompile.backends.tvm.schedules.conv import (
     ConvCall,
     ConvKernel,
     ConvStrategy,
-    DwConv,
     const_value,
     conv_kind,
     register_requant_pair,
@@ -30,7 +29,6 @@ from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import bias_term, requant_expr
 from qcompile.backends.tvm.schedules.x86.amx import amx_kernel_applies, amx_plan, conv_amx, pack_amx_weights
 from qcompile.backends.tvm.schedules.x86.depthwise import (
-    cvec_dw_lanes,
     cvec_dw_operands,
     depthwise_cvec_x86,
     depthwise_kernel,
@@ -40,10 +38,10 @@ from qcompile.backends.tvm.schedules.x86.depthwise import (
     small_dw_weights,
     target_dw_knobs,
 )
+from qcompile.backends.tvm.schedules.x86.dw_choice import cvec_lanes
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
 from qcompile.backends.tvm.schedules.x86.gemv import (
     gemv_applies,
-    gemv_lanes,
     gemv_mode,
     pack_gemv_weights,
     pointwise_gemv_x86,
@@ -81,25 +79,6 @@ def _gemm_okp(params: dict) -> tuple[int, int, int]:
     return o, c * kh * kw, ho * wo
 
 
-def _cvec_lanes(call: OpCall) -> int:
-    """Lanes of the channel-vector depthwise kernel for a depthwise OpCall (`depthwise.cvec_dw_lanes`), 0: none."""
-    _, c, h, w = (int(v) for v in call.params["x_shape"])
-    _, _, ho, wo = (int(v) for v in call.params["out_shape"])
-    return cvec_dw_lanes(c, h * w, ho * wo, gemv_lanes(call.target))
-
-
-def depthwise_knobs_used(call: OpCall) -> bool:
-    """Whether the depthwise kernel `_ConvBase.kernel` emits for a depthwise OpCall reads tuned `DwKnobs`: only the
-    row / tap-pair kernels do; the channel-vector kernel (`_cvec_lanes`) and the small-input one
-    (`depthwise.small_dw_applies`) follow from the shape, so `tune.tune_opcall` has nothing to time for them."""
-    if _cvec_lanes(call):
-        return False
-    wl = depthwise_workload(call.params)
-    dw = DwConv(wl["c"], wl["h"], wl["w"], *wl["k"], tuple(wl["stride"]), tuple(wl["padding"]),
-                tuple(wl["dilation"]))
-    return not small_dw_applies(dw)
-
-
 def _num_cores(target: Any) -> int:
     return int(target.attrs.get("num-cores", 0) or 0) or 2
 
@@ -120,7 +99,7 @@ class _ConvBase(ConvStrategy):
         """Kernel kind and GEMM intrinsic mode, as `emit` chooses them (`weight=None`: unknown weights)."""
         kind = conv_kind(call.params)
         if kind == "depthwise":
-            lanes = _cvec_lanes(call)
+            lanes = cvec_lanes(call)
             return {"kind": kind, "mode": "cvec_vnni512" if lanes == 16 else "cvec_vnni"} if lanes else {"kind": kind}
         o, k, p = _gemm_okp(call.params)
         if gemv_applies(call.target, kind, p, k):
@@ -133,7 +112,7 @@ class _ConvBase(ConvStrategy):
     def kernel(self, call: OpCall, conv: ConvCall, args: list[relax.Expr]) -> ConvKernel:
         p, cv = call.params, conv
         bias = _bias_arg(args, self.requant, cv.node)
-        lanes = _cvec_lanes(call) if cv.kind == "depthwise" else 0
+        lanes = cvec_lanes(call) if cv.kind == "depthwise" else 0
         if lanes:
             mult = const_value(args[3], "multiplier", cv.node) if self.requant else None
             wpk, bpc = cvec_dw_operands(cv.weight, const_value(bias, "bias", cv.node), mult, cv.depthwise, lanes)

@@ -18,6 +18,7 @@ from qcompile.backends.tvm import tuning
 from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
 from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, conv_kind
 from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_candidates, dw_weights
+from qcompile.backends.tvm.schedules.x86.dw_choice import depthwise_knobs_used
 from qcompile.backends.tvm.schedules.x86.gemm import (
     LANES,
     MODES,
@@ -129,14 +130,12 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, x_max: int = 255, *,
     intrinsic exactly as `emit` will; without it the exact-for-all-codes mode is tuned. Returns
     `(knobs, seconds)` (`GemmKnobs` or `DwKnobs`) or None when the call has nothing to tune (including GEMMs
     that run on AMX tiles or as a GEMV, `gemv.gemv_applies`, and depthwise layers on the channel-vector or
-    small-input kernel, `strategy.depthwise_knobs_used`).
+    small-input kernel, `dw_choice.depthwise_knobs_used`).
     """
     if call.op not in ("conv2d_requant", "conv2d") or not is_x86(call.target):
         return None
     kind = conv_kind(call.params)
     if kind == "depthwise":
-        from qcompile.backends.tvm.schedules.x86.strategy import depthwise_knobs_used  # it imports this module
-
         if not depthwise_knobs_used(call):
             return None  # the channel-vector or small-input kernel: no knobs, a tuning space of one
         dwl = depthwise_workload(call.params)

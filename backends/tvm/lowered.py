@@ -778,6 +778,13 @@ def load(path: str | os.PathLike) -> Lowered:
         if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
             raise CheckpointError(f"{mpath}: {io_}.shape {shape!r:.60} is not a list of positive integers "
                                   "(lower the subnet again)")
+    drv = meta.get("driver")
+    if drv is not None:  # `Lowered.__call__` sizes the driver's arena from it and calls the driver directly
+        arena = drv.get("arena_bytes")
+        checked = drv.get("finite_checked", [])
+        if not isinstance(arena, int) or isinstance(arena, bool) or arena <= 0 or not isinstance(checked, list):
+            raise CheckpointError(f"{mpath}: driver {drv!r:.60} needs a positive integer arena_bytes and a list "
+                                  "finite_checked (lower the subnet again)")
     t = meta["target"]
     if t["arch"] not in ELF_MACHINES.values():
         raise CheckpointError(f"{mpath}: target.arch {t['arch']!r} is not one of {sorted(ELF_MACHINES.values())}")

@@ -261,8 +261,15 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
         sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
         outer = sch.fuse(co, jo)
     parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
+    finish_gemm_tile(sch, tile, intrin, gm, outer, rb_, ci, jm, ji)
+
+
+def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb_: Any, ci: Any, jm: Any,
+                     ji: Any) -> None:
+    """The common tail of the tiled GEMM schedules: the epilogue (and `crop` of padded pixels) under loop `at`,
+    the zero-init split off and vectorised, the intrinsic on `ji`, the tile's register loops unrolled."""
     ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, outer)
+    sch.reverse_compute_at(ep, at)
     init = sch.decompose_reduction(gm, rb_)
     sch.tensorize(ji, intrin)
     sch.unroll(ci)
@@ -271,7 +278,7 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
     _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
     sch.vectorize(e_ji)
     if tile.pp != tile.p:
-        sch.reverse_compute_at(sch.get_sblock("crop"), outer)
+        sch.reverse_compute_at(sch.get_sblock("crop"), at)
 
 
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,

@@ -39,6 +39,7 @@ from qcompile.backends.tvm.intrin.x86 import (
 )
 from qcompile.backends.tvm.schedules.conv import (
     GemmConv,
+    finish_gemm_tile,
     gemm_requant_stages,
     gemm_tile,
     pack_weights,
@@ -233,17 +234,7 @@ def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kin
     pk = sch.get_sblock("xpack")
     sch.compute_at(pk, jo)
     sch.unroll(sch.get_loops(pk)[-1])
-    ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, co)
-    init = sch.decompose_reduction(gm, rb_)
-    sch.tensorize(ji, intrin)
-    sch.unroll(ci)
-    sch.unroll(jm)
-    sch.vectorize(sch.get_loops(init)[-1])
-    _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
-    sch.vectorize(e_ji)
-    if tile.pp != tile.p:
-        sch.reverse_compute_at(sch.get_sblock("crop"), co)
+    finish_gemm_tile(sch, tile, intrin, gm, co, rb_, ci, jm, ji)
 
 
 def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, tuple[int, int]]:

@@ -154,11 +154,12 @@ def _timing_paragraph(m: Mapping) -> str:
                  "`perf_counter` around the call alone and sends the seconds back, so the pipe is not in the "
                  "sample. The input is sent once at start; the output for the code-difference column comes from the "
                  "first call. ")
-        idle = "no thread of any worker (nor of the harness) uses CPU any more"
+        idle = ("no thread of any worker (nor of the harness) uses CPU any more or is runnable (state R in "
+                "/proc: another process's CPU clock is only brought up to date at a scheduler tick)")
     else:
         where = ("Timing: all runners live in one process and take turns, one timed call each per round, the "
                  "order rotating every round. ")
-        idle = "no thread of the process uses CPU any more"
+        idle = "no other thread of the process uses CPU any more or is runnable (state R in /proc)"
     return (where + f"CPU runtimes keep their worker threads spinning for a while after a call (onnxruntime's "
             f"intra-op pool, libgomp after a torch op, TVM's and XNNPACK's pools); the next runtime would then "
             f"lose its cores to them (measured: torch fp32 about 5x slower right after onnxruntime). So before "

@@ -8,7 +8,12 @@ an onnxruntime call measured 5x its solo latency. Turning spinning off would cha
 each runtime get, so instead, before a runner's turn, the harness
 
 1. waits until the process is quiet: it sleeps in `probe` steps until the process's CPU time
-   (all threads) grew by less than `idle_fraction` of a step, at most `settle` seconds in all;
+   (all threads) grew by less than `idle_fraction` of a step *and* none of its other threads is runnable
+   (state R in /proc), at most `settle` seconds in all. The CPU clock alone is not enough: Linux brings
+   another thread's CPU time up to date only at a scheduler tick or a context switch (4 ms at HZ=250),
+   so a 2 ms probe saw no growth for about half of the probes of a process with 4 spinning threads
+   (measured on the 2-vCPU Zen 4 host), and a runner then started beside spinning threads (CI failure:
+   6 of 12 samples 3x the solo time). A spinning thread is in state R at every probe;
 2. makes `lead_in` untimed calls of that runner, so the timed call finds its own pool as a user's
    steady-state loop does (hot, spinning), not freshly parked;
 3. times one call.
@@ -20,6 +25,8 @@ Rounds still interleave all runners with a rotating order, so slow drifts of a s
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,18 +41,47 @@ Hook = Callable[[str, int, float], None]
 Clock = Callable[[], float]
 
 
+def runnable_threads(pid: int, exclude_tid: int | None = None) -> int:
+    """Threads of process `pid` that are running or waiting for a core (state R in /proc/<pid>/task/*/stat),
+    not counting thread `exclude_tid`; 0 where /proc is missing (not Linux) or the process is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    n = 0
+    for tid in tids:
+        if exclude_tid is not None and tid == str(exclude_tid):
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split(None, 1)[0]
+        except (OSError, IndexError):
+            continue  # the thread ended between the listing and the read
+        n += state == "R"
+    return n
+
+
+def own_runnable_threads() -> int:
+    """Runnable threads of this process other than the calling one (the one that probes)."""
+    return runnable_threads(os.getpid(), threading.get_native_id())
+
+
 @dataclass(frozen=True)
 class Clocks:
-    """Wall clock, process CPU clock (all threads) and sleep: injectable so tests can use a fake time."""
+    """Wall clock, process CPU clock (all threads), sleep and the count of runnable threads besides the
+    caller's: injectable so tests can use a fake time."""
 
     wall: Clock = time.perf_counter
     cpu: Clock = time.process_time
     sleep: Callable[[float], None] = time.sleep
+    runnable: Callable[[], int] = own_runnable_threads
 
 
 def settle(max_s: float, probe_s: float, idle_fraction: float, clocks: Clocks = Clocks()) -> float:
     """Sleep in `probe_s` steps until one step used less than `idle_fraction * probe_s` of process CPU
-    time (no thread of this process is spinning any more), or `max_s` has passed; returns seconds waited."""
+    time and no other thread is runnable at its end (no thread is spinning any more), or `max_s` has
+    passed; returns seconds waited. (The runnable count is read outside the CPU-measured step, so reading
+    /proc does not count as activity.)"""
     if max_s <= 0:
         return 0.0
     start = clocks.wall()
@@ -54,7 +90,7 @@ def settle(max_s: float, probe_s: float, idle_fraction: float, clocks: Clocks = 
         clocks.sleep(probe_s)
         busy = clocks.cpu() - c0
         waited = clocks.wall() - start
-        if busy < idle_fraction * probe_s or waited >= max_s:
+        if waited >= max_s or (busy < idle_fraction * probe_s and clocks.runnable() == 0):
             return waited
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from qcompile.bench.timing import Clocks, Hook, Runner, lead_in_calls, settle
+from qcompile.bench.timing import Clocks, Hook, Runner, lead_in_calls, own_runnable_threads, runnable_threads, settle
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ class _Worker:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid, self._clock)
 
+    def runnable_threads(self) -> int:
+        return runnable_threads(self.pid)
+
     def _request(self, msg: tuple, expect: str, timeout_s: float | None = None) -> Any:
         if msg:
             try:
@@ -258,6 +261,9 @@ class _InProcess:
     def cpu_seconds(self) -> float:
         return 0.0  # the parent's own CPU time is counted once, by the group clock
 
+    def runnable_threads(self) -> int:
+        return 0  # the parent's threads are counted once, by the group clock
+
     def wait_ready(self) -> None:
         return None
 
@@ -338,6 +344,10 @@ class _GroupCpu:
         self.overhead += p1 - p0
         return total + p1 - self.overhead
 
+    def runnable(self) -> int:
+        """Runnable threads of every live worker and of this process, the probing thread aside."""
+        return own_runnable_threads() + sum(r.runnable_threads() for r in self.rows.values())
+
 
 @contextmanager
 def _thread_env(threads: int) -> Iterator[None]:
@@ -414,7 +424,8 @@ def time_isolated(
         live = [n for n in names if n in rows]
         for n in live:
             samples[n] = []
-        clocks = Clocks(cpu=_GroupCpu(rows))
+        group = _GroupCpu(rows)
+        clocks = Clocks(cpu=group, runnable=group.runnable)
         for r in range(repeats):
             order = [n for n in live if n in rows]
             k = r % max(1, len(order))

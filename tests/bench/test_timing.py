@@ -4,10 +4,15 @@ no wall-clock thresholds."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 
-from qcompile.bench.timing import Clocks, settle, time_runners
+from qcompile.bench.timing import Clocks, own_runnable_threads, runnable_threads, settle, time_runners
 
 
 class FakeMachine:
@@ -30,7 +35,8 @@ class FakeMachine:
         self.t += d
 
     def clocks(self) -> Clocks:
-        return Clocks(wall=lambda: self.t, cpu=lambda: self.cpu_t, sleep=self.sleep)
+        return Clocks(wall=lambda: self.t, cpu=lambda: self.cpu_t, sleep=self.sleep,
+                      runnable=lambda: int(self.t < self.spin_until))
 
     def runner(self, name: str, seconds: float, spin: float):
         def run(x: np.ndarray) -> np.ndarray:
@@ -62,6 +68,55 @@ def test_settle_is_capped_and_disabled_by_zero():
     assert len(m.sleeps) == round(waited / 0.002)
     m2 = FakeMachine()
     assert settle(0.0, 0.002, 0.05, m2.clocks()) == 0.0 and m2.sleeps == []
+
+
+def test_settle_waits_for_runnable_threads_when_the_cpu_clock_lags():
+    """Linux brings another thread's CPU time up to date only at a scheduler tick: between ticks the clock of
+    a process whose pool spins reads flat (CI failure: a 2 ms probe saw no growth, the harness timed a
+    runner beside 4 spinning threads). Time in integer microseconds: 4 ms ticks, the pool spins 20 ms."""
+    tick, spin_until, now = 4000, 20000, [0]
+
+    def sleep(d: float) -> None:
+        now[0] += round(d * 1e6)
+
+    def cpu() -> float:  # the spinner's CPU time as of the last tick
+        return min(now[0] // tick * tick, spin_until) / 1e6
+
+    def clocks(runnable) -> Clocks:
+        return Clocks(wall=lambda: now[0] / 1e6, cpu=cpu, sleep=sleep, runnable=runnable)
+
+    # the CPU clock alone: the first probe [0, 2 ms) sees no tick and calls the process idle
+    assert settle(0.2, 0.002, 0.05, clocks(lambda: 0)) == pytest.approx(0.002)
+    # with the runnable count: [20, 22) ms is the first probe with no growth after the spin ended
+    now[0] = 0
+    waited = settle(0.2, 0.002, 0.05, clocks(lambda: int(now[0] < spin_until)))
+    assert waited == pytest.approx(0.022)
+
+
+def test_runnable_threads_counts_a_spinning_thread_and_not_the_caller():
+    before = own_runnable_threads()
+    stop = threading.Event()
+    buf = bytes(1 << 20)
+
+    def spin() -> None:
+        while not stop.is_set():
+            hashlib.sha256(buf)  # releases the GIL: the thread stays runnable while the caller reads /proc
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    try:
+        seen = max(own_runnable_threads() for _ in range(50))
+        # the whole process, the caller included (it is running while it reads)
+        assert runnable_threads(os.getpid()) >= 1
+    finally:
+        stop.set()
+        th.join()
+    assert seen >= before + 1, (seen, before)
+    deadline = time.monotonic() + 2.0
+    while own_runnable_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert own_runnable_threads() <= before
+    assert runnable_threads(2**22 + 12345) == 0  # no such process (pid_max is at most 2**22)
 
 
 def _machine_and_runners():

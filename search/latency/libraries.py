@@ -28,7 +28,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["emitter_key", "save_for_timing", "saved", "SavedTimer"]
+__all__ = ["emitter_key", "save_for_timing", "saved", "schedule_env", "SavedTimer"]
 
 #: sources whose change can change a lowered library (graph construction, integer passes, emitter, schedules)
 _KEY_SOURCES = ("backends/tvm", "passes", "qcompile/ops", "qcompile/nn", "qcompile/quant", "qcompile/spaces",
@@ -49,27 +49,39 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def schedule_env() -> tuple[tuple[str, str], ...]:
+    """The set ones of the environment variables that the schedules read when they emit a kernel (the parallel
+    rule's thresholds, the opt-in one-region GEMM), as sorted (name, value) pairs."""
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US, ENV_MIN_WORK
+    from qcompile.backends.tvm.schedules.x86.gemm import ENV_PACK_IN_TILES
+
+    return tuple(sorted((n, os.environ[n]) for n in (ENV_MIN_US, ENV_MIN_WORK, ENV_PACK_IN_TILES) if n in os.environ))
+
+
 def emitter_key(target: Any = "x86") -> dict:
     """Identity of the libraries this tree lowers: sha1 over the sources in `_KEY_SOURCES`, the TVM version, the
-    target dict (host mcpu and features); the git commit is recorded for reference, not compared.
+    target dict (host mcpu and features) and the schedule variables that are set (`schedule_env`: a library
+    lowered with `QCOMPILE_GEMM_PACK_IN_TILES=1` is another library; unset ones leave the key as it was); the git
+    commit is recorded for reference, not compared.
 
     Cached per target name and process (hashing the sources and `git rev-parse` take ~5 ms, and `machine_keys`
     asks on every call; the sources do not change under a running process): a test that edits them calls
     `emitter_key.cache_clear()`. A target dict is not cached. Returns a fresh dict each call."""
+    env = schedule_env()
     if isinstance(target, str):
-        return copy.deepcopy(_emitter_key_cached(target, _repo_root()))
-    return _emitter_key(target, _repo_root())
+        return copy.deepcopy(_emitter_key_cached(target, _repo_root(), env))
+    return _emitter_key(target, _repo_root(), env)
 
 
 @functools.cache
-def _emitter_key_cached(target: str, root: Path) -> dict:
-    return _emitter_key(target, root)
+def _emitter_key_cached(target: str, root: Path, env: tuple[tuple[str, str], ...]) -> dict:
+    return _emitter_key(target, root, env)
 
 
 emitter_key.cache_clear = _emitter_key_cached.cache_clear  # type: ignore[attr-defined]
 
 
-def _emitter_key(target: Any, root: Path) -> dict:
+def _emitter_key(target: Any, root: Path, env: tuple[tuple[str, str], ...] = ()) -> dict:
     from qcompile.backends.tvm.targets import resolve_target
 
     h = hashlib.sha1()
@@ -84,12 +96,14 @@ def _emitter_key(target: Any, root: Path) -> dict:
     h.update(json.dumps(tgt, sort_keys=True).encode())
     tvm = package_version("apache-tvm")
     h.update(tvm.encode())
+    if env:  # hashed only when set, so the key of a default lowering is unchanged
+        h.update(json.dumps(env).encode())
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"key": h.hexdigest()[:16], "tvm": tvm, "target": tgt, "commit": commit}
+    return {"key": h.hexdigest()[:16], "tvm": tvm, "target": tgt, "env": dict(env), "commit": commit}
 
 
 def saved(path: str | os.PathLike) -> bool:

@@ -360,6 +360,28 @@ def test_emitter_key_follows_the_sources(tmp_path, monkeypatch):
     assert libraries.emitter_key({"kind": "llvm", "mcpu": "znver4"})["key"] != k2["key"]  # a dict: not cached
 
 
+def test_emitter_key_follows_the_schedule_variables(monkeypatch):
+    """A schedule variable that is set (here the opt-in one-region GEMM, or the parallel rule's threshold) makes
+    other kernels, so another key; unset, the key is the default one, and the cache does not hide a change."""
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+    from qcompile.backends.tvm.schedules.x86.gemm import ENV_PACK_IN_TILES
+    from qcompile.search.latency import libraries
+
+    for n in (ENV_PACK_IN_TILES, ENV_MIN_US, "QCOMPILE_PARALLEL_MIN_WORK"):
+        monkeypatch.delenv(n, raising=False)
+    base = libraries.emitter_key("x86")
+    assert base["env"] == {}
+    monkeypatch.setenv(ENV_PACK_IN_TILES, "1")
+    packed = libraries.emitter_key("x86")
+    assert packed["key"] != base["key"] and packed["env"] == {ENV_PACK_IN_TILES: "1"}
+    monkeypatch.setenv(ENV_MIN_US, "0")
+    both = libraries.emitter_key("x86")
+    assert len({base["key"], packed["key"], both["key"]}) == 3
+    monkeypatch.delenv(ENV_PACK_IN_TILES)
+    monkeypatch.delenv(ENV_MIN_US)
+    assert libraries.emitter_key("x86")["key"] == base["key"]
+
+
 def test_emitter_key_cached_per_target_and_process(monkeypatch):
     """`machine_keys` asks for the emitter key on every call: the sources are hashed (and git asked) once per
     target name, not again until `emitter_key.cache_clear()`."""

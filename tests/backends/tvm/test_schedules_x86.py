@@ -130,7 +130,13 @@ def test_conv_requant_bit_exact(c, h, w, o, k, s, p, groups, pad_value, x_all):
     assert len(np.unique(ref)) > 1 or x_all == 255  # the case exercises more than one code
 
 
-@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES[:4])
+# the shape-aware default tiles through the strategy (gemm.default_knobs): a full 3x3 conv on a 7x7 output (im2col
+# into 8-lane whole rows) and a K=16 expand on 16x16 pixels (6 x 32)
+CASES_VNNI512 = [*CASES[:4], pytest.param(16, 7, 7, 24, 3, 1, 1, 1, 9, id="full-3x3-7x7-ymm-rows"),
+                 pytest.param(16, 16, 16, 48, 1, 1, 0, 1, 0, id="pointwise-k16-6x32")]
+
+
+@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES_VNNI512)
 def test_conv_requant_bit_exact_vnni512_target(c, h, w, o, k, s, p, groups, pad_value):
     rng = np.random.default_rng(11)
     x, wt, bias, mult, shift = _case(rng, c, h, w, o, k, s, p, groups)
@@ -343,7 +349,8 @@ def test_gemm_unrolled_epilogue_keeps_the_tile_in_registers():
 
 
 @pytest.mark.parametrize("mode,target,knobs", [
-    ("vnni512", VNNI512, GemmKnobs(12, 16)), ("vnni", VNNI256, GemmKnobs(8, 16)), ("i16", AVX2, GemmKnobs(8, 16))])
+    ("vnni512", VNNI512, GemmKnobs(12, 16)), ("vnni", VNNI256, GemmKnobs(8, 16)), ("i16", AVX2, GemmKnobs(8, 16)),
+    ("vnni512", VNNI512, GemmKnobs(3, 56, True, 8))])
 @pytest.mark.parametrize("p", [49, 784])
 def test_gemm_pack_in_tiles_exact(monkeypatch, mode, target, knobs, p):
     """The one-region pointwise GEMM (activations packed per pixel tile inside the parallel loop, issue 20) gives
@@ -363,7 +370,8 @@ def test_gemm_pack_in_tiles_exact(monkeypatch, mode, target, knobs, p):
     mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10)).astype(np.int32)
     ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
     assert len(np.unique(ref)) > 10
-    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target), ref)
+    instr = r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else None
+    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target, instr=instr), ref)
 
 
 def test_strategy_does_not_apply_off_x86_or_batch():

@@ -2,9 +2,10 @@
 
 `python -m benchmarks.gemm_tiles [--rounds R] [--number N] [--layers SUBSTR ...]` compiles every distinct groups=1
 conv of MobileNetV2 1.0 at 224 (`epilogue.gemm_layers`) three times: "old", `GemmKnobs(12, 16)` without the
-unrolled epilogue (the "vnni512" kernel before session 12); "unroll", the same tile with
+unrolled epilogue and the split packing (the "vnni512" kernel before session 12); "unroll", the same tile with
 `pointwise_conv_x86(..., unroll_epilogue=True)`; "new", the shape-aware `gemm.default_knobs(mode, K, P)` (a
-whole-row 8-lane tile at 7x7, 6x32 for K <= 24) with the unrolled epilogue (today's default). It checks that all
+whole-row 8-lane tile at 7x7, 6x32 for K <= 24) with the unrolled epilogue and the packing of pixel-padded GEMMs
+split from its zero fill (`split_pack_padding`; today's default). It checks that all
 three write the same codes and times them interleaved in `R` rounds of `N` calls in this process
 (`kernels.time_min`), printing each variant's minimum over all rounds and the sums weighted by how often the
 network runs each layer. Run it with `OMP_NUM_THREADS=1 TVM_NUM_THREADS=1` for 1-thread figures on an
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         variants = {}
         for label, kn in VARIANTS:
             run, mode, out = qc_layer_kernel(ly, target, knobs=kn or new, with_out=True,
-                                             unroll_epilogue=label != "old")
+                                             unroll_epilogue=label != "old", split_pack_padding=label == "new")
             run()
             variants[label] = (run, out())
         if mode != "vnni512":

@@ -327,6 +327,20 @@ def test_gemm_default_tile_by_shape_exact_on_avx512_vnni(k, p, o):
         assert not re.search(r"vpdpbusd\s+.*%zmm", asm)
 
 
+@pytest.mark.parametrize("k,p,split", [(96, 49, True), (384, 196, True), (16, 12544, False), (37, 49, False)],
+                         ids=lambda v: str(v))
+def test_gemm_packing_of_padded_pixels_is_split_from_its_zero_fill(k, p, split):
+    """`schedule_pack_padding`: where pixels are padded to whole tiles the packing is a zero fill plus a copy of the
+    P real pixels with no test per element; no fill where nothing is padded, nor where K % 4 pads the reduction too
+    (not a padding pattern: the per-element test stays). Bit-exact either way (the other GEMM tests; here 7x7)."""
+    script = pointwise_conv_x86(GemmConv(k, p, 24, shift_min=36), "vnni512", GemmKnobs(12, 16)).script()
+    assert ("xpack_pad_const" in script) == split
+    if split:
+        assert "if_then_else" not in script.split('sblock("xpack")')[1].split("sblock(")[0]
+    old = pointwise_conv_x86(GemmConv(k, p, 24, shift_min=36), "vnni512", GemmKnobs(12, 16), split_pack_padding=False)
+    assert "xpack_pad_const" not in old.script()
+
+
 def test_gemm_unrolled_epilogue_keeps_the_tile_in_registers():
     """`unroll_epilogue` (the x86 default): the 12 x 16 tile's epilogue reads all 12 zmm accumulators in
     registers; without it LLVM stores them to the stack and the epilogue loop reloads them. Bit-exact both ways."""

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "GemmKnobs",
     "activation_gather",
+    "schedule_pack_padding",
     "schedule_xpad",
     "choose_mode",
     "default_knobs",
@@ -198,7 +199,8 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
 
 
 def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), *,
-                       pairs: bool = True, unroll_epilogue: bool = True) -> tvm.tirx.PrimFunc:
+                       pairs: bool = True, unroll_epilogue: bool = True,
+                       split_pack_padding: bool = True) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
     `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `gc.conv` describes a full (groups=1)
@@ -207,8 +209,9 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     codes, or the int32 accumulator `acc + bias` when `gc.lo is None` (op `conv2d` alone; `mult`/`shift`
     are then not parameters). `pairs` (default) requantizes the even and odd int32 lanes of the accumulator in
     place (`requant.requant_expr(..., pairs=True)`, `requant.pair_lowering`); `pairs=False` is the widening form.
-    `unroll_epilogue` (default): the epilogue reads the accumulator tile in registers (`conv.finish_gemm_tile`);
-    False is the kernel before session 12 (kept for `benchmarks.gemm_tiles`).
+    `unroll_epilogue` (default): the epilogue reads the accumulator tile in registers (`conv.finish_gemm_tile`).
+    `split_pack_padding` (default): the packing of pixel-padded pointwise GEMMs without a test per element
+    (`schedule_pack_padding`). False for either is the kernel before session 12 (kept for `benchmarks.gemm_tiles`).
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
@@ -231,6 +234,7 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
         schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
         return sch.mod["main"]
     schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
+    schedule_pack_padding(sch, conv, split_pack_padding and tile.pp != p)
     schedule_xpad(sch, conv, pad)
     schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
     return sch.mod["main"]
@@ -305,8 +309,14 @@ def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, 
     if conv is None:
         x = te.placeholder((k, p), "uint8", name="x")
 
+        # only the bounds that can fail (K padded to the group, g | 4; pixels padded to the tile): a predicate on
+        # the pixel alone is a padding pattern `schedule_pack_padding` splits off
+
         def gather_pw(kk: Any, j: Any) -> Any:
-            return tirx.if_then_else(tirx.all(kk < k, j < p), x[kk, j].astype(xdt), tirx.const(0, xdt))
+            conds = ([] if k % 4 == 0 else [kk < k]) + ([] if pp == p else [j < p])
+            if not conds:
+                return x[kk, j].astype(xdt)
+            return tirx.if_then_else(tirx.all(*conds), x[kk, j].astype(xdt), tirx.const(0, xdt))
 
         return x, gather_pw, (0, 0)
     cg = conv
@@ -333,6 +343,20 @@ def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, 
         return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
 
     return x, gather, (hp_, wp2)
+
+
+def schedule_pack_padding(sch: s_tir.Schedule, conv: Any, padded: bool) -> None:
+    """A pointwise GEMM whose pixels are padded to whole tiles (`padded`): split the activation packing `xpack`
+    into a zero fill and a branch-free copy of the P real pixels (`decompose_padding` inside the parallel
+    reduction-block loop). With the `j < P` test in every element the packing ran scalar: MobileNetV2's 14x14 and
+    7x7 projects spent 12-15 us of 39-56 us packing (1 thread, docs/peers.md session 12). Nothing for a full conv
+    (its gather reads `xpad`) or when the predicate is not a padding pattern (K not a multiple of 4 as well)."""
+    if conv is not None or not padded:
+        return
+    pk = sch.get_sblock("xpack")
+    j = sch.get_loops(pk)[1]
+    if sch.can_decompose_padding(pk, j):
+        sch.decompose_padding(pk, j)
 
 
 def schedule_xpad(sch: s_tir.Schedule, conv: Any, pad: tuple[int, int]) -> None:

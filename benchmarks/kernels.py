@@ -11,12 +11,13 @@ from benchmarks.mbv2 import ConvLayer
 
 
 def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255, knobs=None, seed: int = 0,
-                    pairs: bool = True, shift: int = 40, with_out: bool = False):
+                    pairs: bool = True, shift: int = 40, with_out: bool = False, unroll_epilogue: bool = True,
+                    split_pack_padding: bool = True):
     """Compile the conv2d+requantize kernel of one layer; returns `(run, mode)` with `run()` one call.
 
     `pairs`: the GEMM's requantize form (`pointwise_conv_x86(..., pairs=)`); `shift`: every channel's shift (>= 32
     selects the int32 tail of the epilogue, below 32 the int64 one); `with_out=True` returns `(run, mode, out)`
-    with `out()` the output tensor as numpy."""
+    with `out()` the output tensor as numpy; `unroll_epilogue`, `split_pack_padding`: `pointwise_conv_x86`'s."""
     import tvm
 
     from qcompile.backends.tvm.schedules.conv import ConvGeometry, DwConv, GemmConv, pack_weights
@@ -48,14 +49,16 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
         _, g, _, wdt = MODES[mode]
         wl = gemm_workload({"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": (ly.o, ly.c, ly.k, ly.k),
                              "out_shape": (1, ly.o, ly.ho, ly.ho)})  # the strategy's own tuning key
-        knobs = knobs or lookup_knobs(wl | {"mode": mode}, target) or default_knobs(mode)
+        knobs = (knobs or lookup_knobs(wl | {"mode": mode}, target)
+                 or default_knobs(mode, ly.c * ly.k * ly.k, ly.ho * ly.ho))
         geom = None
         x = rng.integers(0, x_max + 1, (ly.c, ly.h * ly.h)).astype(np.uint8)
         if ly.kind == "full":
             geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad))
             x = x.reshape(ly.c, ly.h, ly.h)
         gc = GemmConv(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, shift_min=int(shift[0]), conv=geom)
-        func = pointwise_conv_x86(gc, mode, knobs, pairs=pairs)
+        func = pointwise_conv_x86(gc, mode, knobs, pairs=pairs, unroll_epilogue=unroll_epilogue,
+                                  split_pack_padding=split_pack_padding)
         wk = pack_weights(w, g, wdt)
         out = np.zeros((ly.o, ly.ho * ly.ho), np.uint8)
     lib = tvm.compile(func, target=target)

@@ -245,11 +245,12 @@ def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind
         sch.split(j, [None, conv.wo])
 
 
-def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True, *, kind: str) -> None:
+def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True, *, kind: str,
+                        unroll_epilogue: bool = False) -> None:
     """The `gemm` micro-kernel: `to x tp` tiles (pixels outside channels with `p_outer`), parallel over tiles
     before decompose_reduction / tensorize (ARCHITECTURE.md, measured), the intrinsic on the innermost
     `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile;
-    `kind`: the intrinsic's `parallel.UNIT_COST_NS` kind."""
+    `kind`: the intrinsic's `parallel.UNIT_COST_NS` kind; `unroll_epilogue`: `finish_gemm_tile`'s."""
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)
     co, ci = sch.split(c, [None, tile.to])
@@ -261,13 +262,17 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
         sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
         outer = sch.fuse(co, jo)
     parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
-    finish_gemm_tile(sch, tile, intrin, gm, outer, rb_, ci, jm, ji)
+    finish_gemm_tile(sch, tile, intrin, gm, outer, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue)
 
 
 def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb_: Any, ci: Any, jm: Any,
-                     ji: Any) -> None:
+                     ji: Any, *, unroll_epilogue: bool = False) -> None:
     """The common tail of the tiled GEMM schedules: the epilogue (and `crop` of padded pixels) under loop `at`,
-    the zero-init split off and vectorised, the intrinsic on `ji`, the tile's register loops unrolled."""
+    the zero-init split off and vectorised, the intrinsic on `ji`, the tile's register loops unrolled.
+
+    `unroll_epilogue` also unrolls the epilogue's channel and vector loops, so that every accumulator is read at a
+    constant index and LLVM keeps the tile in registers (x86 12x16 tile: without it the 12 zmm accumulators were
+    stored to the stack and reloaded one channel at a time by the epilogue loop; docs/peers.md session 12)."""
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, at)
     init = sch.decompose_reduction(gm, rb_)
@@ -275,8 +280,11 @@ def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb
     sch.unroll(ci)
     sch.unroll(jm)
     sch.vectorize(sch.get_loops(init)[-1])
-    _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
+    e_jo, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
     sch.vectorize(e_ji)
+    if unroll_epilogue:
+        sch.unroll(sch.get_loops(ep)[-3])
+        sch.unroll(e_jo)
     if tile.pp != tile.p:
         sch.reverse_compute_at(sch.get_sblock("crop"), at)
 

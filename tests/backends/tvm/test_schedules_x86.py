@@ -37,7 +37,8 @@ FAMILY = {AVX2: "avx2", AVX512: "avx512", VNNI512: "avx512-vnni", VNNI256: VNNI2
 INSTR = {
     "avx2": r"vpmadd(ubsw|wd)\s+.*%ymm",
     "avx512": r"vpmaddwd\s+.*%zmm",
-    "avx512-vnni": r"vpdp(busd|wssd)\s+.*%zmm",
+    # zmm, or the AVX512-VL ymm form that GEMMs on <= 64 pixels take (gemm.default_knobs: 7x7 pads 49 -> 56, not 64)
+    "avx512-vnni": r"vpdp(busd|wssd)\s+.*%[yz]mm",
     "avx-vnni": r"vpdpbusd\s+.*%ymm",
 }
 
@@ -129,7 +130,13 @@ def test_conv_requant_bit_exact(c, h, w, o, k, s, p, groups, pad_value, x_all):
     assert len(np.unique(ref)) > 1 or x_all == 255  # the case exercises more than one code
 
 
-@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES[:4])
+# the shape-aware default tiles through the strategy (gemm.default_knobs): a full 3x3 conv on a 7x7 output (im2col
+# into 8-lane whole rows) and a K=16 expand on 16x16 pixels (6 x 32)
+CASES_VNNI512 = [*CASES[:4], pytest.param(16, 7, 7, 24, 3, 1, 1, 1, 9, id="full-3x3-7x7-ymm-rows"),
+                 pytest.param(16, 16, 16, 48, 1, 1, 0, 1, 0, id="pointwise-k16-6x32")]
+
+
+@pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES_VNNI512)
 def test_conv_requant_bit_exact_vnni512_target(c, h, w, o, k, s, p, groups, pad_value):
     rng = np.random.default_rng(11)
     x, wt, bias, mult, shift = _case(rng, c, h, w, o, k, s, p, groups)
@@ -159,18 +166,19 @@ def _gemm_ref(x, w, bias, mult, shift, lo, hi):
 DEFAULT_KNOBS = GemmKnobs(8, 16)
 
 
-def _run_gemm(mode, x, w, bias, mult, shift, knobs=DEFAULT_KNOBS, target=AVX2, shift_min=None):
+def _run_gemm(mode, x, w, bias, mult, shift, knobs=DEFAULT_KNOBS, target=AVX2, shift_min=None, instr=None,
+             unroll_epilogue=True):
     k, p = x.shape
     o = w.shape[0]
     sm = int(shift.min()) if shift_min is None else shift_min
-    lib = tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=sm), mode, knobs), target=target)
+    func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=sm), mode, knobs, unroll_epilogue=unroll_epilogue)
+    lib = tvm.compile(func, target=target)
     family = FAMILY[target]
     isa.check_instructions(
         lib,
         family,
-        {"u8s8": r"vpmaddubsw", "i16": r"vpmaddwd", "vnni": r"vpdpbusd\s+.*%ymm", "vnni512": r"vpdpbusd\s+.*%zmm"}[
-            mode
-        ],
+        instr or {"u8s8": r"vpmaddubsw", "i16": r"vpmaddwd", "vnni": r"vpdpbusd\s+.*%ymm",
+                  "vnni512": r"vpdpbusd\s+.*%zmm"}[mode],
     )
     if not isa.should_execute(family):
         pytest.skip(f"built and checked the {mode} assembly; this CPU cannot execute {family}")
@@ -257,8 +265,106 @@ def test_gemm_vnni_exact_8bit(mode, knobs):
     np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=vnni), ref)
 
 
+def test_default_gemm_knobs_by_shape():
+    """Which untuned tile a GEMM gets (issue 20, docs/peers.md session 12): a whole-row tile of 8-lane calls where
+    that pads fewer of <= 64 pixels than 16 lanes would (MobileNetV2's 7x7 layers), 6 x 32 for K <= 24 where 32
+    divides P (the expands at 112 and 56 px), else 12 x 16; other modes keep their tile whatever the shape."""
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
+
+    assert default_knobs("vnni512") == GemmKnobs(12, 16)
+    for k in (160, 320, 576, 960, 16):  # 7x7: 49 px, 7 ymm vectors, 21 accumulators
+        assert default_knobs("vnni512", k, 49) == GemmKnobs(3, 56, True, 8)
+    assert default_knobs("vnni512", 40, 36) == GemmKnobs(4, 40, True, 8)  # 6x6: 5 vectors, 20 accumulators
+    assert default_knobs("vnni512", 16, 12544) == GemmKnobs(6, 32)  # 16->96 at 112 px
+    assert default_knobs("vnni512", 24, 3136) == GemmKnobs(6, 32)  # 24->144 at 56 px
+    for k, p in ((16, 196), (32, 784), (27, 12544), (25, 3136), (96, 196), (64, 16), (64, 64)):
+        # 14x14 (no 32 multiple), K = 25-32, 4x4 and 8x8 (8 and 16 lanes pad alike): the 12 x 16 tile
+        assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)
+    for mode in ("vnni", "u8s8", "i16"):
+        assert default_knobs(mode, 16, 49) == default_knobs(mode, 16, 12544) == GemmKnobs(8, 16)
+    assert default_knobs("vnni512", 160, 5) == GemmKnobs(21, 8, True, 8)  # one vector: 21 channels
+
+
+def test_gemm_knobs_lanes_must_name_an_intrinsic_of_the_mode():
+    from qcompile.backends.tvm.schedules.x86.gemm import tile_intrinsic
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="GemmKnobs.lanes"):
+        GemmKnobs(3, 56, True, 4)
+    assert tile_intrinsic("vnni512", GemmKnobs(3, 56, True, 8))[1] == 8
+    assert tile_intrinsic("vnni512", GemmKnobs(12, 16, True, 16))[1] == 16
+    for mode in ("vnni", "u8s8", "i16"):  # no 16-lane form of an 8-lane mode
+        with pytest.raises(ConfigError, match="GemmKnobs.lanes"):
+            pointwise_conv_x86(GemmConv(16, 49, 8), mode, GemmKnobs(4, 16, True, 16))
+
+
+@pytest.mark.parametrize("k,p,o", [(160, 49, 48), (37, 36, 16), (960, 49, 20), (16, 1024, 24), (24, 96, 36)],
+                         ids=lambda v: str(v))
+def test_gemm_default_tile_by_shape_exact_on_avx512_vnni(k, p, o):
+    """The shape-aware default tiles (8-lane whole rows at 7x7 and 6x6, 6 x 32 for K <= 24) give the reference
+    codes with the largest codes against the most negative weights, K not a multiple of 4 (37), O not a multiple
+    of the 3-channel tile (20: `fit_to` takes 2), and the 8-lane form really is ymm."""
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
+
+    rng = np.random.default_rng(k + p + o)
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(36, 40, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    knobs = default_knobs("vnni512", k, p)
+    assert knobs != GemmKnobs(12, 16)
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    instr = r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else r"vpdpbusd\s+.*%zmm"
+    got = _run_gemm("vnni512", x, w, bias, mult, shift, knobs, target=VNNI512, instr=instr)
+    np.testing.assert_array_equal(got, ref)
+    if knobs.lanes == 8:
+        asm = isa.assembly(tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=36), "vnni512", knobs),
+                                       target=VNNI512))
+        assert not re.search(r"vpdpbusd\s+.*%zmm", asm)
+
+
+@pytest.mark.parametrize("k,p,split", [(96, 49, True), (384, 196, True), (16, 12544, False), (37, 49, False)],
+                         ids=lambda v: str(v))
+def test_gemm_packing_of_padded_pixels_is_split_from_its_zero_fill(k, p, split):
+    """`schedule_pack_padding`: where pixels are padded to whole tiles the packing is a zero fill plus a copy of the
+    P real pixels with no test per element; no fill where nothing is padded, nor where K % 4 pads the reduction too
+    (not a padding pattern: the per-element test stays). Bit-exact either way (the other GEMM tests; here 7x7)."""
+    script = pointwise_conv_x86(GemmConv(k, p, 24, shift_min=36), "vnni512", GemmKnobs(12, 16)).script()
+    assert ("xpack_pad_const" in script) == split
+    if split:
+        assert "if_then_else" not in script.split('sblock("xpack")')[1].split("sblock(")[0]
+    old = pointwise_conv_x86(GemmConv(k, p, 24, shift_min=36), "vnni512", GemmKnobs(12, 16), split_pack_padding=False)
+    assert "xpack_pad_const" not in old.script()
+
+
+def test_gemm_unrolled_epilogue_keeps_the_tile_in_registers():
+    """`unroll_epilogue` (the x86 default): the 12 x 16 tile's epilogue reads all 12 zmm accumulators in
+    registers; without it LLVM stores them to the stack and the epilogue loop reloads them. Bit-exact both ways."""
+    spill = re.compile(r"vmovdq[au]64\s+%zmm\d+, -?\d*\(%rsp\)")
+    gc = GemmConv(16, 12544, 96, shift_min=36)
+    asm = {un: isa.assembly(tvm.compile(pointwise_conv_x86(gc, "vnni512", GemmKnobs(12, 16), unroll_epilogue=un),
+                                        target=VNNI512)) for un in (False, True)}
+    assert spill.search(asm[False]) and not spill.search(asm[True])
+    rng = np.random.default_rng(9)
+    k, p, o = 20, 200, 24
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(30, 40, o).astype(np.int32)  # both epilogue tails (shift < 32 and >= 32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 12)).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    for un in (False, True):
+        got = _run_gemm("vnni512", x, w, bias, mult, shift, GemmKnobs(12, 16), target=VNNI512, unroll_epilogue=un)
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("mode,target,knobs", [
-    ("vnni512", VNNI512, GemmKnobs(12, 16)), ("vnni", VNNI256, GemmKnobs(8, 16)), ("i16", AVX2, GemmKnobs(8, 16))])
+    ("vnni512", VNNI512, GemmKnobs(12, 16)), ("vnni", VNNI256, GemmKnobs(8, 16)), ("i16", AVX2, GemmKnobs(8, 16)),
+    ("vnni512", VNNI512, GemmKnobs(3, 56, True, 8))])
 @pytest.mark.parametrize("p", [49, 784])
 def test_gemm_pack_in_tiles_exact(monkeypatch, mode, target, knobs, p):
     """The one-region pointwise GEMM (activations packed per pixel tile inside the parallel loop, issue 20) gives
@@ -278,7 +384,8 @@ def test_gemm_pack_in_tiles_exact(monkeypatch, mode, target, knobs, p):
     mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10)).astype(np.int32)
     ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
     assert len(np.unique(ref)) > 10
-    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target), ref)
+    instr = r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else None
+    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target, instr=instr), ref)
 
 
 def test_strategy_does_not_apply_off_x86_or_batch():

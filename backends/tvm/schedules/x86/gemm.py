@@ -54,14 +54,17 @@ log = logging.getLogger(__name__)
 __all__ = [
     "GemmKnobs",
     "activation_gather",
+    "schedule_pack_padding",
     "schedule_xpad",
     "choose_mode",
     "default_knobs",
     "gemm_candidates",
     "pointwise_conv_x86",
+    "tile_intrinsic",
     "tile_on_stack",
     "MODES",
     "MODE_KIND",
+    "NARROW_INTRIN",
     "STACK_TILE_BYTES",
     "LANES",
 ]
@@ -80,17 +83,39 @@ MODE_KIND = {"u8s8": "gemm_int16", "vnni": "gemm_dot", "vnni512": "gemm_dot", "i
 
 @dataclass(frozen=True)
 class GemmKnobs:
-    """Tile of one micro-kernel step: `to` output channels x `tp` pixels (tp a multiple of 8)."""
+    """Tile of one micro-kernel step: `to` output channels x `tp` pixels (tp a multiple of 8).
+
+    `lanes`: int32 lanes (pixels) per intrinsic call; 0 is the mode's own width (`LANES`), 8 on a "vnni512"
+    mode takes the 256-bit `vpdpbusd` (`U8S8_8x4_VNNI`, AVX512-VL encoding), so that pixels are padded to a
+    multiple of 8 instead of 16 (`tile_intrinsic`; 49 px: 56 instead of 64)."""
 
     to: int = 4
     tp: int = 24
     p_outer: bool = True  # loop pixels outside channels (activation tile reused across channels)
+    lanes: int = 0
 
     def __post_init__(self) -> None:
         if self.tp % 8 or self.tp <= 0:
             raise ConfigError("GemmKnobs.tp", self.tp, "positive multiples of 8")
         if self.to <= 0:
             raise ConfigError("GemmKnobs.to", self.to, "positive integers")
+        if self.lanes not in (0, 8, 16):
+            raise ConfigError("GemmKnobs.lanes", self.lanes, "0 (the mode's width), 8 or 16")
+
+
+#: mode -> {lanes: intrinsic} of the narrower intrinsics a mode may run its tiles with (`GemmKnobs.lanes`)
+NARROW_INTRIN = {"vnni512": {8: U8S8_8x4_VNNI}}
+
+
+def tile_intrinsic(mode: str, knobs: GemmKnobs) -> tuple[str, int]:
+    """The intrinsic and its int32 lanes that the tiles of `mode` with `knobs` are tensorized with: the mode's own
+    (`MODES`, `LANES`) unless `knobs.lanes` names a narrower one of `NARROW_INTRIN`; `ConfigError` otherwise."""
+    if knobs.lanes in (0, LANES[mode]):
+        return MODES[mode][0], LANES[mode]
+    narrow = NARROW_INTRIN.get(mode, {})
+    if knobs.lanes not in narrow:
+        raise ConfigError("GemmKnobs.lanes", knobs.lanes, f"0 or {sorted({LANES[mode], *narrow})} with mode {mode!r}")
+    return narrow[knobs.lanes], knobs.lanes
 
 
 #: TVM's LowerTVMBuiltin keeps an allocation on the stack only below this many bytes; a larger accumulator
@@ -104,10 +129,39 @@ def tile_on_stack(knobs: GemmKnobs) -> bool:
     return knobs.to * knobs.tp * 4 < STACK_TILE_BYTES
 
 
-def default_knobs(mode: str) -> GemmKnobs:
+#: `default_knobs`: GEMMs on at most this many pixels take one whole-row tile of 8-lane calls on "vnni512"
+#: where that pads fewer pixels (MobileNetV2's 7x7 layers: 49 -> 56 instead of 64)
+NARROW_ROW_MAX_P = 64
+#: accumulators (`to` x vectors) of that whole-row tile: 3 x 7 at 49 px, leaving registers for the 7 activations
+NARROW_ROW_ACC = 21
+#: `default_knobs`: GEMMs of at most this reduction depth K (whose requantize epilogue outweighs the K/4
+#: `vpdpbusd` per vector) take two zmm per channel (6 x 32) where P is a multiple of 32
+SMALL_K_MAX = 24
+
+
+def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> GemmKnobs:
     """Untuned tile per mode: the most accumulators that still keep the tile on the stack (`tile_on_stack`);
-    12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with AVX2."""
-    return GemmKnobs(12, 16) if LANES.get(mode, 8) == 16 else GemmKnobs(8, 16)
+    12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with AVX2.
+
+    Given the GEMM's reduction depth `k` and pixel count `p`, "vnni512" has two shape rules (1 thread, minima of
+    interleaved rounds, docs/peers.md "session 12"):
+
+    - `p <= NARROW_ROW_MAX_P` where 8-lane padding is shorter than 16-lane padding: one tile over the whole
+      (8-padded) row of 256-bit calls (`lanes=8`), `NARROW_ROW_ACC // (tp/8)` channels (160->960, 960->160 and
+      320->1280 at 7x7: 0.71-0.87x the 12x16 tile's time);
+    - `k <= SMALL_K_MAX` with `p % 32 == 0`: 6 x 32, two zmm per channel, so the epilogue's per-channel
+      operands are loaded once per two vectors and the accumulators stay in registers (16->96 at 112 px 0.88x,
+      24->144 at 56 px 0.94x; where 32 does not divide P the padded tile and its crop were 1.6x slower).
+    """
+    if LANES.get(mode, 8) != 16:
+        return GemmKnobs(8, 16)
+    if mode == "vnni512" and p is not None:
+        tp8 = -(-p // 8) * 8
+        if p <= NARROW_ROW_MAX_P and tp8 < -(-p // 16) * 16:
+            return GemmKnobs(max(1, NARROW_ROW_ACC // (tp8 // 8)), tp8, True, 8)
+        if k is not None and k <= SMALL_K_MAX and p % 32 == 0:
+            return GemmKnobs(6, 32)
+    return GemmKnobs(12, 16)
 
 
 def gemm_candidates(o: int, lanes: int = 8) -> list[GemmKnobs]:
@@ -145,7 +199,8 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
 
 
 def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), *,
-                       pairs: bool = True) -> tvm.tirx.PrimFunc:
+                       pairs: bool = True, unroll_epilogue: bool = True,
+                       split_pack_padding: bool = True) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
     `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `gc.conv` describes a full (groups=1)
@@ -154,13 +209,17 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     codes, or the int32 accumulator `acc + bias` when `gc.lo is None` (op `conv2d` alone; `mult`/`shift`
     are then not parameters). `pairs` (default) requantizes the even and odd int32 lanes of the accumulator in
     place (`requant.requant_expr(..., pairs=True)`, `requant.pair_lowering`); `pairs=False` is the widening form.
+    `unroll_epilogue` (default): the epilogue reads the accumulator tile in registers (`conv.finish_gemm_tile`).
+    `split_pack_padding` (default): the packing of pixel-padded pointwise GEMMs without a test per element
+    (`schedule_pack_padding`). False for either is the kernel before session 12 (kept for `benchmarks.gemm_tiles`).
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
     register_x86_intrinsics()
-    intrin, g, xdt, wdt = MODES[mode]
+    _, g, xdt, wdt = MODES[mode]
+    intrin, lanes = tile_intrinsic(mode, knobs)
     k, p, o, conv, requant = gc.k, gc.p, gc.o, gc.conv, gc.requant
-    tile = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, LANES[mode])  # whole intrinsic calls per tile row
+    tile = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, lanes)  # whole intrinsic calls per tile row
     pp, kb = tile.pp, tile.kb
     # requantize: the int64 bias term `bias*M + 2^(s-1)` (requant.bias_term); accumulator: the int32 bias
     wp, bias = tile.operands(wdt, requant)
@@ -172,11 +231,12 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     sch = s_tir.Schedule(func)
 
     if conv is None and knobs.p_outer and pack_in_tiles() and pack_in_tiles_applies(k, o, tile.pp // tile.tp):
-        schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode])
+        schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
         return sch.mod["main"]
     schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
+    schedule_pack_padding(sch, conv, split_pack_padding and tile.pp != p)
     schedule_xpad(sch, conv, pad)
-    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode])
+    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
     return sch.mod["main"]
 
 
@@ -218,7 +278,8 @@ def pack_in_tiles_applies(k: int, o: int, n_tiles: int) -> bool:
     return k <= 2 * o and pixel_tiles_balanced(n_tiles)
 
 
-def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kind: str) -> None:
+def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kind: str, *,
+                                unroll_epilogue: bool = False) -> None:
     """Pointwise GEMM with one parallel region: parallel over pixel tiles only, each iteration packing its own
     `K x tp` activations (`xpack` computed at the pixel tile) before its channel tiles, instead of a separate
     parallel packing loop over reduction blocks (a second fork/join per kernel: 35 of MobileNetV2 224's 88
@@ -234,7 +295,7 @@ def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kin
     pk = sch.get_sblock("xpack")
     sch.compute_at(pk, jo)
     sch.unroll(sch.get_loops(pk)[-1])
-    finish_gemm_tile(sch, tile, intrin, gm, co, rb_, ci, jm, ji)
+    finish_gemm_tile(sch, tile, intrin, gm, co, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue)
 
 
 def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, tuple[int, int]]:
@@ -248,8 +309,14 @@ def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, 
     if conv is None:
         x = te.placeholder((k, p), "uint8", name="x")
 
+        # only the bounds that can fail (K padded to the group, g | 4; pixels padded to the tile): a predicate on
+        # the pixel alone is a padding pattern `schedule_pack_padding` splits off
+
         def gather_pw(kk: Any, j: Any) -> Any:
-            return tirx.if_then_else(tirx.all(kk < k, j < p), x[kk, j].astype(xdt), tirx.const(0, xdt))
+            conds = ([] if k % 4 == 0 else [kk < k]) + ([] if pp == p else [j < p])
+            if not conds:
+                return x[kk, j].astype(xdt)
+            return tirx.if_then_else(tirx.all(*conds), x[kk, j].astype(xdt), tirx.const(0, xdt))
 
         return x, gather_pw, (0, 0)
     cg = conv
@@ -276,6 +343,20 @@ def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, 
         return tirx.if_then_else(j < p, xpad[c_, tirx.min(yy, hp_ - 1), xx], tirx.const(0, "uint8")).astype(xdt)
 
     return x, gather, (hp_, wp2)
+
+
+def schedule_pack_padding(sch: s_tir.Schedule, conv: Any, padded: bool) -> None:
+    """A pointwise GEMM whose pixels are padded to whole tiles (`padded`): split the activation packing `xpack`
+    into a zero fill and a branch-free copy of the P real pixels (`decompose_padding` inside the parallel
+    reduction-block loop). With the `j < P` test in every element the packing ran scalar: MobileNetV2's 14x14 and
+    7x7 projects spent 12-15 us of 39-56 us packing (1 thread, docs/peers.md session 12). Nothing for a full conv
+    (its gather reads `xpad`) or when the predicate is not a padding pattern (K not a multiple of 4 as well)."""
+    if conv is not None or not padded:
+        return
+    pk = sch.get_sblock("xpack")
+    j = sch.get_loops(pk)[1]
+    if sch.can_decompose_padding(pk, j):
+        sch.decompose_padding(pk, j)
 
 
 def schedule_xpad(sch: s_tir.Schedule, conv: Any, pad: tuple[int, int]) -> None:

@@ -76,7 +76,7 @@ def tune_gemm(
     ]
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     if candidates is None:  # the untuned default always competes: tuning never makes a kernel slower
-        candidates = list(dict.fromkeys([default_knobs(mode), *gemm_candidates(o, LANES[mode])]))
+        candidates = list(dict.fromkeys([default_knobs(mode, k, p), *gemm_candidates(o, LANES[mode])]))
     candidates = list(candidates)[:trials] if trials else list(candidates)
     libs = [(kn, tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), mode, kn), target=target))
             for kn in candidates]

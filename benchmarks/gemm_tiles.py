@@ -1,0 +1,80 @@
+"""The x86 GEMM's untuned kernel before and after session 12 (issue 20), per MobileNetV2 layer.
+
+`python -m benchmarks.gemm_tiles [--rounds R] [--number N] [--layers SUBSTR ...]` compiles every distinct groups=1
+conv of MobileNetV2 1.0 at 224 (`epilogue.gemm_layers`) three times: "old", `GemmKnobs(12, 16)` without the
+unrolled epilogue and the split packing (the "vnni512" kernel before session 12); "unroll", the same tile with
+`pointwise_conv_x86(..., unroll_epilogue=True)`; "new", the shape-aware `gemm.default_knobs(mode, K, P)` (a
+whole-row 8-lane tile at 7x7, 6x32 for K <= 24) with the unrolled epilogue and the packing of pixel-padded GEMMs
+split from its zero fill (`split_pack_padding`; today's default). It checks that all
+three write the same codes and times them interleaved in `R` rounds of `N` calls in this process
+(`kernels.time_min`), printing each variant's minimum over all rounds and the sums weighted by how often the
+network runs each layer. Run it with `OMP_NUM_THREADS=1 TVM_NUM_THREADS=1` for 1-thread figures on an
+AVX-512 VNNI host; it names the host's CPU and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from benchmarks.epilogue import gemm_layers
+from benchmarks.kernels import qc_layer_kernel, time_min
+from qcompile.bench.harness import _cpu_info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--number", type=int, default=30)
+    ap.add_argument("--layers", nargs="*", default=None, help="only layers whose name contains one of these")
+    args = ap.parse_args(argv)
+    import tvm
+
+    from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs, default_knobs
+    from qcompile.backends.tvm.targets import host_x86_target
+
+    target = tvm.target.Target(host_x86_target(int(os.environ.get("TVM_NUM_THREADS", "1"))))
+    layers = [t for t in gemm_layers() if not args.layers or any(s in t[0] for s in args.layers)]
+    cpu = _cpu_info("model name") or "unknown CPU"
+    print(f"CPU {cpu}, mcpu {target.attrs.get('mcpu')}, load {os.getloadavg()[0]:.1f}, "
+          f"{args.rounds} rounds x {args.number} calls, interleaved, minima")
+    VARIANTS = (("old", GemmKnobs(12, 16)), ("unroll", GemmKnobs(12, 16)), ("new", None))
+    kernels = []
+    for name, ly, calls in layers:
+        new = default_knobs("vnni512", ly.c * ly.k * ly.k, ly.ho * ly.ho)
+        variants = {}
+        for label, kn in VARIANTS:
+            run, mode, out = qc_layer_kernel(ly, target, knobs=kn or new, with_out=True,
+                                             unroll_epilogue=label != "old", split_pack_padding=label == "new")
+            run()
+            variants[label] = (run, out())
+        if mode != "vnni512":
+            raise SystemExit(f"{name}: mode {mode}, this comparison needs an AVX-512 VNNI host")
+        if any(not np.array_equal(variants["old"][1], v[1]) for v in variants.values()):
+            raise SystemExit(f"{name}: the kernels disagree")
+        kernels.append((name, ly, calls, new, variants))
+    best = {(name, v): float("inf") for name, *_ in kernels for v, _ in VARIANTS}
+    for _ in range(args.rounds):
+        for name, _ly, _calls, _kn, variants in kernels:
+            for v, (run, _) in variants.items():
+                best[name, v] = min(best[name, v], time_min(run, args.number, warmup=2))
+    tot = {v: 0.0 for v, _ in VARIANTS}
+    print(f"{'layer':16} {'C->O @px (K)':22} {'calls':>5} {'new tile':10} {'old us':>8} {'unroll':>8} {'new us':>8} "
+          f"{'ratio':>6}")
+    for name, ly, calls, kn, _ in kernels:
+        us = {v: best[name, v] * 1e6 for v, _ in VARIANTS}
+        for v in tot:
+            tot[v] += us[v] * calls
+        shape = f"{ly.c}->{ly.o} @{ly.ho} ({ly.c * ly.k * ly.k})"
+        tile = f"{kn.to}x{kn.tp}" + (f" l{kn.lanes}" if kn.lanes else "")
+        print(f"{name:16} {shape:22} {calls:5d} {tile:10} {us['old']:8.1f} {us['unroll']:8.1f} {us['new']:8.1f} "
+              f"{us['new'] / us['old']:6.2f}")
+    print(f"{'sum x calls':16} {'':22} {'':5} {'':10} {tot['old']:8.1f} {tot['unroll']:8.1f} {tot['new']:8.1f} "
+          f"{tot['new'] / tot['old']:6.2f}")
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -55,6 +55,7 @@ def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max
 
     from qcompile import api as qc
     from qcompile.backends.tvm.lowered import _find_function_module, _random_arg, load_library
+    from qcompile.bench.harness import _cpu_snapshot, _other_load  # others' cores during a round
 
     low = qc.load(lowered)
     dev = tvm.cpu()
@@ -74,8 +75,6 @@ def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max
     x = rng.standard_normal(low.input_shape).astype(low.input_dtype)
     for _ in range(20):
         low(x)
-    from qcompile.bench.harness import _cpu_snapshot, _other_load
-
     per_round: list[tuple[float, dict[str, float], float]] = []  # (others' cores, kernel minima, network min)
     names = list(evs)
     for r in range(rounds):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,25 @@ def gemm_layers(resolution: int = 224) -> list[tuple[str, ConvLayer, int]]:
     return [(first[ly], ly, n) for ly, n in count.items()]
 
 
+def host_target_and_layers(args: argparse.Namespace, what: str = "") -> tuple[Any, list]:
+    """This host's TVM target (`TVM_NUM_THREADS` threads) and the layers of `gemm_layers` that `args.layers`
+    selects; prints the header line (CPU, mcpu, load, `what`, rounds x calls) every figure needs."""
+    import tvm
+
+    from qcompile.backends.tvm.targets import host_x86_target
+
+    target = tvm.target.Target(host_x86_target(int(os.environ.get("TVM_NUM_THREADS", "1"))))
+    every = gemm_layers()
+    layers = [t for t in every if not args.layers or any(s in t[0] for s in args.layers)]
+    if not layers:
+        raise SystemExit(f"--layers {' '.join(args.layers)}: no layer name contains these; the names: "
+                         + " ".join(t[0] for t in every))
+    cpu = _cpu_info("model name") or "unknown CPU"
+    print(f"CPU {cpu}, mcpu {target.attrs.get('mcpu')}, load {os.getloadavg()[0]:.1f}, "
+          f"{what}{args.rounds} rounds x {args.number} calls, interleaved, minima")
+    return target, layers
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -40,15 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shift", type=int, default=40, help="every channel's shift (< 32: the int64 tail)")
     ap.add_argument("--layers", nargs="*", default=None, help="only layers whose name contains one of these")
     args = ap.parse_args(argv)
-    import tvm
-
-    from qcompile.backends.tvm.targets import host_x86_target
-
-    target = tvm.target.Target(host_x86_target(int(os.environ.get("TVM_NUM_THREADS", "1"))))
-    layers = [t for t in gemm_layers() if not args.layers or any(s in t[0] for s in args.layers)]
-    cpu = _cpu_info("model name") or "unknown CPU"
-    print(f"CPU {cpu}, mcpu {target.attrs.get('mcpu')}, load {os.getloadavg()[0]:.1f}, "
-          f"shift {args.shift}, {args.rounds} rounds x {args.number} calls, interleaved, minima")
+    target, layers = host_target_and_layers(args, f"shift {args.shift}, ")
     kernels = []
     for name, ly, calls in layers:
         variants = {}

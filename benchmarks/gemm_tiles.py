@@ -19,9 +19,8 @@ import os
 
 import numpy as np
 
-from benchmarks.epilogue import gemm_layers
+from benchmarks.epilogue import host_target_and_layers
 from benchmarks.kernels import qc_layer_kernel, time_min
-from qcompile.bench.harness import _cpu_info
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,16 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--number", type=int, default=30)
     ap.add_argument("--layers", nargs="*", default=None, help="only layers whose name contains one of these")
     args = ap.parse_args(argv)
-    import tvm
-
     from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs, default_knobs
-    from qcompile.backends.tvm.targets import host_x86_target
 
-    target = tvm.target.Target(host_x86_target(int(os.environ.get("TVM_NUM_THREADS", "1"))))
-    layers = [t for t in gemm_layers() if not args.layers or any(s in t[0] for s in args.layers)]
-    cpu = _cpu_info("model name") or "unknown CPU"
-    print(f"CPU {cpu}, mcpu {target.attrs.get('mcpu')}, load {os.getloadavg()[0]:.1f}, "
-          f"{args.rounds} rounds x {args.number} calls, interleaved, minima")
+    target, layers = host_target_and_layers(args)
     VARIANTS = (("old", GemmKnobs(12, 16)), ("unroll", GemmKnobs(12, 16)), ("new", None))
     kernels = []
     for name, ly, calls in layers:

@@ -49,14 +49,13 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
         _, g, _, wdt = MODES[mode]
         wl = gemm_workload({"x_shape": (1, ly.c, ly.h, ly.h), "w_shape": (ly.o, ly.c, ly.k, ly.k),
                              "out_shape": (1, ly.o, ly.ho, ly.ho)})  # the strategy's own tuning key
-        knobs = (knobs or lookup_knobs(wl | {"mode": mode}, target)
-                 or default_knobs(mode, ly.c * ly.k * ly.k, ly.ho * ly.ho))
         geom = None
         x = rng.integers(0, x_max + 1, (ly.c, ly.h * ly.h)).astype(np.uint8)
         if ly.kind == "full":
             geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad))
             x = x.reshape(ly.c, ly.h, ly.h)
         gc = GemmConv(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, shift_min=int(shift[0]), conv=geom)
+        knobs = knobs or lookup_knobs(wl | {"mode": mode}, target) or default_knobs(mode, gc.k, gc.p)
         func = pointwise_conv_x86(gc, mode, knobs, pairs=pairs, unroll_epilogue=unroll_epilogue,
                                   split_pack_padding=split_pack_padding)
         wk = pack_weights(w, g, wdt)

@@ -20,6 +20,7 @@ from qcompile.backends.tvm.targets import ARM_CPU_TARGET
 from qcompile.errors import ConfigError, LoweringError
 
 SDOT = tvm.target.Target(dict(ARM_CPU_TARGET))
+I8MM = tvm.target.Target(dict(ARM_CPU_TARGET, mattr=["+neon", "+dotprod", "+i8mm"]))
 needs_qemu = pytest.mark.skipif(not qemu_available(), reason="needs qemu-aarch64 and aarch64-linux-gnu-g++")
 
 
@@ -41,18 +42,24 @@ def _pw_call(c=24, hw=(7, 7), o=16, target=SDOT):
     return OpCall("conv2d_requant", params, target)
 
 
-@pytest.mark.parametrize("mode", ["sdot", "neon"])
-@pytest.mark.parametrize(("o", "p"), [(16, 49), (96, 196), (13, 5), (1, 1), (24, 3136)])
+@pytest.mark.parametrize("mode", ["sdot", "neon", "i8mm"])
+@pytest.mark.parametrize(("o", "p"), [(16, 49), (96, 196), (13, 5), (1, 1), (24, 3136), (2, 3)])
 def test_candidates_valid_per_mode(mode, o, p):
+    step = 2 if mode == "i8mm" else 1  # smmla: 2 channels per call
+    if o % step:
+        with pytest.raises(ConfigError, match="multiple of 2"):
+            tune.arm_gemm_candidates(o, p, mode)
+        return
     cands = tune.arm_gemm_candidates(o, p, mode)
     assert len(cands) == len(set(cands))
     p4 = -(-p // 4) * 4
     # the untuned tile first, as the kernel would run it (`conv.gemm_tile`: to divides O, tp clamped to P)
-    assert cands[0] == ArmGemmKnobs(max(t for t in range(1, 5) if o % t == 0), min(16, p4))
+    assert cands[0] == ArmGemmKnobs(max(t for t in range(step, 5, step) if o % t == 0), min(16, p4))
+    act = 2 if mode == "i8mm" else 4  # pixels per activation vector
     for kn in cands:
-        assert o % kn.to == 0 and kn.tp % 4 == 0 and kn.tp <= p4
+        assert o % kn.to == 0 and kn.to % step == 0 and kn.tp % 4 == 0 and kn.tp <= p4
         # accumulators + activation vectors + the mode's operands fit the 32 NEON registers
-        assert kn.to * kn.tp // 4 + kn.tp // 4 + tune.OPERAND_REGS[mode] == tune.registers_used(kn, mode) <= 32
+        assert kn.to * kn.tp // 4 + kn.tp // act + tune.OPERAND_REGS[mode] == tune.registers_used(kn, mode) <= 32
 
 
 def test_candidates_register_budget_differs_by_mode():
@@ -130,14 +137,16 @@ class _fake_session:  # noqa: N801 - stands in for the `tune._session` context m
 
 @needs_qemu
 @pytest.mark.qemu
-def test_tune_gemm_through_qemu_rpc(db_root, qemu_rpc):
+@pytest.mark.parametrize("mode", ["sdot", "i8mm"])
+def test_tune_gemm_through_qemu_rpc(db_root, qemu_rpc, mode):
     """Candidates cross-compiled, uploaded, checked bit-exact and timed on the aarch64 RPC server under qemu; the
     fastest is stored, tagged emulated."""
-    wl = {"op": "conv_gemm_arm", "k": 24, "p": 49, "o": 16, "im2col": False, "mode": "sdot", "space": 1}
+    target = SDOT if mode == "sdot" else I8MM
+    wl = {"op": "conv_gemm_arm", "k": 24, "p": 49, "o": 16, "im2col": False, "mode": mode, "space": 1}
     cands = [ArmGemmKnobs(4, 16), ArmGemmKnobs(2, 8), ArmGemmKnobs(16, 4)]
-    best, secs = tune.tune_gemm(wl, SDOT, qemu_rpc.address, cands, number=2, repeat=2)
+    best, secs = tune.tune_gemm(wl, target, qemu_rpc.address, cands, number=2, repeat=2)
     assert best in cands and secs > 0
-    rec = tuning.database(SDOT).get(wl)
+    rec = tuning.database(target).get(wl)
     assert rec["knobs"] == {"to": best.to, "tp": best.tp} and rec["emulated"] is True
     assert rec["remote"] == qemu_rpc.address and rec["latency_us"] == pytest.approx(secs * 1e6)
 

@@ -31,6 +31,7 @@ import tvm
 
 from qcompile.backends.tvm import tuning
 from qcompile.backends.tvm.schedules.arm.gemm import (
+    ARM_GROUP,
     ARM_MODES,
     K_MAX,
     ArmGemmKnobs,
@@ -38,7 +39,7 @@ from qcompile.backends.tvm.schedules.arm.gemm import (
     fold_code_offset,
     gemm_conv_arm,
 )
-from qcompile.backends.tvm.schedules.conv import GemmConv, conv_kind, fit_to, pack_weights
+from qcompile.backends.tvm.schedules.conv import GemmConv, conv_kind, pack_weights
 from qcompile.backends.tvm.schedules.requant import bias_term
 from qcompile.errors import ConfigError, LoweringError
 
@@ -56,10 +57,10 @@ __all__ = [
 
 #: NEON/AdvSIMD vector registers of AArch64 (v0..v31, 128 bits each)
 REGISTERS = 32
-#: live vector registers of one micro-kernel step besides the accumulators and the `tp/4` activation vectors:
+#: live vector registers of one micro-kernel step besides the accumulators and the activation vectors:
 #: `sdot` needs the broadcast weights (1); the NEON sequence (`intrin.arm`) also its two `smull` int16x8 products
-#: and two `saddlp` int32x4 partial sums (1 + 4)
-OPERAND_REGS = {"sdot": 1, "neon": 5}
+#: and two `saddlp` int32x4 partial sums (1 + 4); `smmla` the two weight rows combined, and the next ones (2)
+OPERAND_REGS = {"sdot": 1, "neon": 5, "i8mm": 2}
 #: version of the ARM GEMM schedule space, part of the tuning key (as `x86.workloads.SCHEDULE_SPACE`)
 SCHEDULE_SPACE = 1
 _TO = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
@@ -86,16 +87,19 @@ def lookup_knobs(workload: dict, target: tvm.target.Target) -> ArmGemmKnobs | No
 
 
 def registers_used(knobs: ArmGemmKnobs, mode: str) -> int:
-    """Vector registers one step of the `to x tp` tile keeps live: `to * tp/4` int32x4 accumulators, `tp/4`
-    activation vectors (4 pixels x 4 reduction values each) and the mode's operands (`OPERAND_REGS`)."""
+    """Vector registers one step of the `to x tp` tile keeps live: `to * tp/4` int32x4 accumulators (4 lanes of
+    one channel, or a 2x2 channel x pixel block with `smmla`), the activation vectors (`tp/4` of 4 pixels x 4
+    reduction values, or `tp/2` of 2 x 8 with `smmla`) and the mode's operands (`OPERAND_REGS`)."""
     if mode not in ARM_MODES:
         raise ConfigError("mode", mode, sorted(ARM_MODES))
-    return knobs.to * knobs.tp // 4 + knobs.tp // 4 + OPERAND_REGS[mode]
+    # smmla: 2 pixels x 8 reduction values per activation vector, sdot/NEON 4 x 4
+    act = knobs.tp // 2 if mode == "i8mm" else knobs.tp // 4
+    return knobs.to * knobs.tp // 4 + act + OPERAND_REGS[mode]
 
 
 def arm_gemm_candidates(o: int, p: int, mode: str) -> list[ArmGemmKnobs]:
-    """Tiles worth timing for an `O`-channel, `P`-pixel GEMM in `mode`: `to` dividing O, `tp` up to P rounded
-    up to 4 (what `conv.gemm_tile` would clamp it to), every live value in the 32 vector registers
+    """Tiles worth timing for an `O`-channel, `P`-pixel GEMM in `mode`: `to` dividing O (and even for 'i8mm'),
+    `tp` up to P rounded up to 4 (what `conv.gemm_tile` would clamp it to), every live value in the 32 vector registers
     (`registers_used`). The untuned default (`ArmGemmKnobs()`, as the kernel would use it) comes first, then
     the tiles nearest `_BEST_ACC` accumulators, most pixels first."""
     if mode not in ARM_MODES:
@@ -104,12 +108,15 @@ def arm_gemm_candidates(o: int, p: int, mode: str) -> list[ArmGemmKnobs]:
         raise ConfigError("o, p", (o, p), "positive channel and pixel counts")
     p4 = -(-p // 4) * 4
     default = ArmGemmKnobs()
-    first = ArmGemmKnobs(fit_to(o, default.to), min(default.tp, p4))
+    step = 2 if mode == "i8mm" else 1  # smmla fills 2 channels per call
+    if o % step:
+        raise ConfigError("o", o, f"a multiple of {step} for mode {mode!r}")
+    first = ArmGemmKnobs(max(t for t in range(step, default.to + 1, step) if o % t == 0), min(default.tp, p4))
     out = {first}
     for to in _TO:
         for tp in _TP:
             kn = ArmGemmKnobs(to, tp)
-            if o % to == 0 and tp <= p4 and registers_used(kn, mode) <= REGISTERS:
+            if o % to == 0 and to % step == 0 and tp <= p4 and registers_used(kn, mode) <= REGISTERS:
                 out.add(kn)
     rest = sorted(out - {first}, key=lambda kn: (abs(kn.to * kn.tp // 4 - _BEST_ACC), -kn.tp, kn.to))
     return [first, *rest]
@@ -136,7 +143,7 @@ def _session(remote: Any) -> Iterator[tuple[Any, str]]:
         yield remote, getattr(remote, "qcompile_address", "rpc session")
 
 
-def _problem(k: int, p: int, o: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, int]:
+def _problem(k: int, p: int, o: int, seed: int, group: int = 4) -> tuple[list[np.ndarray], np.ndarray, int]:
     """Random operands of a `K x P -> O` requantizing GEMM (codes 0..255 with both extremes, full-range int8
     weights, shifts that spread the outputs over the code range), the kernel's arguments and the reference
     output from `qcompile.ops.reference`; returns `(arguments, expected, shift_min)`."""
@@ -158,7 +165,7 @@ def _problem(k: int, p: int, o: int, seed: int) -> tuple[list[np.ndarray], np.nd
     acc = R.conv2d(torch.from_numpy(x.reshape(1, k, 1, p)), torch.from_numpy(w.reshape(o, k, 1, 1)),
                    torch.from_numpy(bias))
     ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=0, hi=255).numpy().reshape(o, p)
-    args = [x, pack_weights(w, 4, "int8"), bias_term(fold_code_offset(bias, w), mult, shift), mult, shift]
+    args = [x, pack_weights(w, group, "int8"), bias_term(fold_code_offset(bias, w), mult, shift), mult, shift]
     return args, ref.astype(np.uint8), int(shift.min())
 
 
@@ -201,7 +208,7 @@ def tune_gemm(
     cands = cands[: int(trials)] if trials else cands
     if not cands:
         raise ConfigError("candidates", [], "at least one ArmGemmKnobs")
-    arrays, ref, shift_min = _problem(k, p, o, seed)
+    arrays, ref, shift_min = _problem(k, p, o, seed, ARM_GROUP[mode])
     gc = GemmConv(k, p, o, shift_min=shift_min)
     from qcompile.backends.tvm.rpc import remote_emulation
 
@@ -265,7 +272,7 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, *, remote: Any = None,
     _, cg, kh, kw = (int(v) for v in call.params["w_shape"])
     if kind not in ("pointwise", "full") or cg * kh * kw > K_MAX:
         return None
-    wl = gemm_workload(call.params, arm_mode(call.target))
+    wl = gemm_workload(call.params, arm_mode(call.target, int(call.params["w_shape"][0])))
     rec = tuning.database(call.target).get(wl)
     knobs = lookup_knobs(wl, call.target) if rec is not None else None
     if knobs is not None and not rec.get("emulated"):

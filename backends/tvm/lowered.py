@@ -416,20 +416,23 @@ class Lowered:
                   seed: int = 0, batch: int | None = None) -> BenchmarkResult:
         """Latency of `main` (ms) over `repeat` runs and, if `kernels`, a per-PrimFunc table.
 
-        Local native targets time in-process with `time_evaluator`; `remote="host:port"` uploads
-        the library to a TVM RPC server (a real board) and times there; an arm_cpu library without
-        `remote` is timed under qemu (emulated: only useful to check it runs, not for latency). `batch`: the
-        images per call of a `batch="dynamic"` library (default 1; the per-kernel table is timed at it too); a
-        static library takes only its own batch. Times are per call, not per image.
+        Local native targets time in-process with `time_evaluator`; `remote="host:port"` uploads the library to a
+        TVM RPC server (a real board) and times there (`where` says so when that server is an emulator,
+        `rpc.remote_emulation`); an arm_cpu library without `remote` is timed under qemu (emulated: only useful to
+        check it runs, not for latency). `batch`: the images per call of a `batch="dynamic"` library (default 1; the
+        per-kernel table is timed at it too); a static library takes only its own batch. Times are per call, not per
+        image.
         """
         shape = self._batch_shape(batch)
         rng = np.random.default_rng(seed)
         x = rng.standard_normal(shape).astype(self.input_dtype)
         if remote is not None:
-            from qcompile.backends.tvm.rpc import remote_session
+            from qcompile.backends.tvm.rpc import remote_emulation, remote_session
 
             with remote_session(remote) as sess:
-                return self._benchmark_module(sess, x, repeat, number, kernels, rng, where=f"rpc {remote}")
+                emulated = remote_emulation(sess)
+                where = f"rpc {remote}" + (f" ({emulated}: emulated, not device latency)" if emulated else "")
+                return self._benchmark_module(sess, x, repeat, number, kernels, rng, where=where)
         if self.spec.native:
             return self._benchmark_module(None, x, repeat, number, kernels, rng, where="local")
         from qcompile.backends.tvm.qemu import run_aarch64

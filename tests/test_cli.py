@@ -94,6 +94,15 @@ def test_corrupt_artifact(capsys, subnet_dir, tmp_path):
     assert code == 2 and "state.safetensors" in err
 
 
+def test_tune_for_arm_without_remote_is_refused(capsys, subnet_dir, tmp_path):
+    """ARM kernels are timed on the device: `tune --target arm_cpu` needs `--remote HOST:PORT`, and says so."""
+    path, _ = subnet_dir
+    code, _, err = _run(capsys, "tune", str(path), "--target", "arm_cpu")
+    assert code == 2 and "remote" in err and "host:port" in err
+    code, _, err = _run(capsys, "lower", str(path), "--out", str(tmp_path / "low"), "--remote", "127.0.0.1:9")
+    assert code == 2 and "tune=False" in err
+
+
 def test_every_subcommand_help_says_what_it_does(capsys):
     """Each subcommand's own --help opens with its one-line summary from the command list (nested actions too)."""
     from qcompile.cli.app import build_parser

@@ -416,20 +416,23 @@ class Lowered:
                   seed: int = 0, batch: int | None = None) -> BenchmarkResult:
         """Latency of `main` (ms) over `repeat` runs and, if `kernels`, a per-PrimFunc table.
 
-        Local native targets time in-process with `time_evaluator`; `remote="host:port"` uploads
-        the library to a TVM RPC server (a real board) and times there; an arm_cpu library without
-        `remote` is timed under qemu (emulated: only useful to check it runs, not for latency). `batch`: the
-        images per call of a `batch="dynamic"` library (default 1; the per-kernel table is timed at it too); a
-        static library takes only its own batch. Times are per call, not per image.
+        Local native targets time in-process with `time_evaluator`; `remote="host:port"` uploads the library to a
+        TVM RPC server (a real board) and times there (`where` says so when that server is an emulator,
+        `rpc.remote_emulation`); an arm_cpu library without `remote` is timed under qemu (emulated: only useful to
+        check it runs, not for latency). `batch`: the images per call of a `batch="dynamic"` library (default 1; the
+        per-kernel table is timed at it too); a static library takes only its own batch. Times are per call, not per
+        image.
         """
         shape = self._batch_shape(batch)
         rng = np.random.default_rng(seed)
         x = rng.standard_normal(shape).astype(self.input_dtype)
         if remote is not None:
-            from qcompile.backends.tvm.rpc import remote_session
+            from qcompile.backends.tvm.rpc import remote_emulation, remote_session
 
             with remote_session(remote) as sess:
-                return self._benchmark_module(sess, x, repeat, number, kernels, rng, where=f"rpc {remote}")
+                emulated = remote_emulation(sess)
+                where = f"rpc {remote}" + (f" ({emulated}: emulated, not device latency)" if emulated else "")
+                return self._benchmark_module(sess, x, repeat, number, kernels, rng, where=where)
         if self.spec.native:
             return self._benchmark_module(None, x, repeat, number, kernels, rng, where="local")
         from qcompile.backends.tvm.qemu import run_aarch64
@@ -558,13 +561,16 @@ def lower_integer_graph(
     pipeline: Pipeline | None = None,
     use_strategies: bool = True,
     batch: int | str | None = None,
+    remote: str | None = None,
 ) -> Lowered:
     """Compile an IntegerGraph with TVM (Relax + TIR) for `target` ("x86", "arm_cpu" or a target dict).
 
     Bit-exact with the reference executor (docs/integer_semantics.md). `tune=True` first tunes every
     kernel into the persistent tuning database (`qcompile.backends.tvm.tuning`), reused afterwards by
     every lowering of any subnet; `trials` caps the schedules timed per kernel (default: all candidates,
-    most promising first, the untuned default always among them).
+    most promising first, the untuned default always among them). x86 kernels are timed on this host; for a
+    target this host cannot run (`arm_cpu`), `remote="host:port"` names the TVM RPC server on the device that
+    times them (`schedules.arm.tune`; records timed under qemu are tagged emulated, docs/latency.md).
 
     `batch`: None emits every kernel for the input shape (`input_shape`, else the graph's); `"dynamic"` builds
     one library for any batch size: the batch-1 kernels, each run once per image in an outer loop over a
@@ -578,6 +584,7 @@ def lower_integer_graph(
 
     spec = resolve_target(target, num_threads)
     tgt = spec.target()
+    _check_tune_remote(spec, tune, remote)
     t0 = time.perf_counter()
     dynamic = batch == "dynamic"
     if batch is not None:
@@ -590,7 +597,7 @@ def lower_integer_graph(
         calls: list = []
         emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies, call_log=calls)
         for call, w in calls:
-            tune_opcall(call, w, trials=trials)
+            tune_opcall(call, w, trials=trials, remote=remote)
         log.info("tuned %d kernel calls for %s", len(calls), spec.name)
     em = emit_relax(ig, tgt, input_shape, input_dtype, use_strategies=use_strategies)
     mod = em.mod
@@ -621,6 +628,27 @@ def lower_integer_graph(
     }
     log.info("lowered %d kernels for %s in %.1f s", len(em.kernels), spec.name, meta["build_seconds"])
     return Lowered(None, ex, spec, meta, ig, num_threads)
+
+
+def _check_tune_remote(spec: TargetSpec, tune: bool, remote: str | None) -> None:
+    """ConfigError unless `remote` fits: needed to tune for a target this host cannot run (its kernels are timed
+    on the device), used only with `tune=True`, and only for aarch64 (x86 kernels are tuned on this host)."""
+    from qcompile.backends.tvm.rpc import parse_remote
+
+    if remote is not None:
+        parse_remote(remote)  # ConfigError for anything but "host:port"
+        if not tune:
+            raise ConfigError("remote", remote, "None when tune=False",
+                              "the remote only times candidate kernels while tuning; time a lowered library with "
+                              "Lowered.benchmark(remote=...)")
+        if spec.arch != "aarch64":
+            raise ConfigError("remote", remote, f"None for target {spec.name!r} ({spec.arch})",
+                              "x86 kernels are tuned on this host; tuning through RPC covers aarch64 targets")
+    elif tune and not spec.native:
+        raise ConfigError("remote", None, "'host:port' of a TVM RPC server on the target device",
+                          f"tune=True for target {spec.name!r} ({spec.arch}) times every candidate kernel on the "
+                          "device, which this host is not; start `python -m tvm.exec.rpc_server --port 9090` on "
+                          "the board, or qemu.QemuRpcServer for an emulated one")
 
 
 def _driver_record(mod: Any) -> dict | None:

@@ -6,15 +6,20 @@ with `pip download` into the cache directory (`$QCOMPILE_CACHE`, default `~/.cac
 runner (`runner/runner.cc`) is cross-compiled against the tvm-ffi headers on first use and cached
 by a hash of its source and the versions. Inputs and outputs travel through raw `.bin` files plus
 dtype/shape arguments; the runner prints the output dtype, shape and timings as one JSON line.
+
+`QemuRpcServer` runs the same runtime as a TVM RPC server (`runner/rpc_server.cc`: TVM's handshake, then the
+runtime's `rpc.ServerLoop`) under qemu on 127.0.0.1: an emulated board for the RPC paths (tuning, benchmark).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,9 +34,23 @@ from qcompile.errors import LoweringError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cache_dir", "ensure_aarch64_runtime", "ensure_runner", "run_aarch64", "qemu_available"]
+__all__ = [
+    "EMULATED_QUERY",
+    "QemuRpcServer",
+    "cache_dir",
+    "ensure_aarch64_runtime",
+    "ensure_rpc_server",
+    "ensure_runner",
+    "run_aarch64",
+    "qemu_available",
+]
+
+#: global function of qcompile's aarch64 RPC server (`runner/rpc_server.cc`) started with `--emulated`: returns
+#: what emulates it. A real board's server lacks it (`rpc.remote_emulation`).
+EMULATED_QUERY = "qcompile.rpc.server.emulated"
 
 RUNNER_SRC = Path(__file__).with_name("runner") / "runner.cc"
+RPC_SERVER_SRC = Path(__file__).with_name("runner") / "rpc_server.cc"
 SYSROOT = Path(os.environ.get("QCOMPILE_AARCH64_SYSROOT", "/usr/aarch64-linux-gnu"))
 QEMU = os.environ.get("QCOMPILE_QEMU", "qemu-aarch64")
 _RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
@@ -92,25 +111,106 @@ def _ffi_includes() -> list[str]:
 
 def ensure_runner() -> Path:
     """The cross-compiled runner binary (built on first use, cached by source and version hash)."""
+    return _cross_build(RUNNER_SRC, "runner-aarch64", "arm_cpu runner")
+
+
+def ensure_rpc_server() -> Path:
+    """The cross-compiled aarch64 TVM RPC server (`runner/rpc_server.cc`; built on first use, cached like the
+    runner)."""
+    return _cross_build(RPC_SERVER_SRC, "rpc-server-aarch64", "arm_cpu RPC server")
+
+
+def _cross_build(src_path: Path, stem: str, what: str) -> Path:
+    """Cross-compile one C++ source against the tvm-ffi headers and the aarch64 runtime, cached by a hash of the
+    source and the TVM versions."""
     if shutil.which(CROSS_CXX) is None:
-        raise LoweringError("arm_cpu runner", f"cross compiler {CROSS_CXX!r} not found",
+        raise LoweringError(what, f"cross compiler {CROSS_CXX!r} not found",
                             "install g++-aarch64-linux-gnu or set QCOMPILE_AARCH64_CXX")
     rt = ensure_aarch64_runtime()
-    src = RUNNER_SRC.read_bytes()
+    src = src_path.read_bytes()
     key = hashlib.sha256(src + repr(_versions()).encode()).hexdigest()[:16]
-    exe = cache_dir() / f"runner-aarch64-{key}"
+    exe = cache_dir() / f"{stem}-{key}"
     if exe.exists():
         return exe
     tmp = exe.with_name(exe.name + f".{os.getpid()}.tmp")
-    cmd = [CROSS_CXX, "-O2", "-std=c++17", str(RUNNER_SRC), "-o", str(tmp)]
+    cmd = [CROSS_CXX, "-O2", "-std=c++17", str(src_path), "-o", str(tmp)]
     cmd += [f"-I{d}" for d in _ffi_includes()]
     cmd += [f"-L{rt}", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", f"-Wl,-rpath,{rt}", "-ldl", "-lpthread"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        raise LoweringError("arm_cpu runner", f"cross compilation failed: {r.stderr.strip()[-800:]}",
+        raise LoweringError(what, f"cross compilation failed: {r.stderr.strip()[-800:]}",
                             f"check {CROSS_CXX} and the tvm-ffi headers")
     os.replace(tmp, exe)
     return exe
+
+
+class QemuRpcServer:
+    """An aarch64 TVM RPC server under `qemu-aarch64` on this machine: an *emulated* board for the RPC code paths
+    (upload, load, `time_evaluator`, tuning). Its timings are emulation, never ARM latency: the server answers
+    `EMULATED_QUERY` with a description, and the tuner tags what it times there as emulated.
+
+        with QemuRpcServer() as srv:
+            qc.lower(sub, target="arm_cpu", tune=True, remote=srv.address)
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, start_timeout: float = 60.0):
+        if shutil.which(QEMU) is None:
+            raise LoweringError("arm_cpu RPC server", f"{QEMU!r} not found", "install qemu-user (Debian: qemu-user)")
+        if not SYSROOT.is_dir():
+            raise LoweringError("arm_cpu RPC server", f"aarch64 sysroot {SYSROOT} missing",
+                                "install g++-aarch64-linux-gnu or set QCOMPILE_AARCH64_SYSROOT")
+        exe = ensure_rpc_server()
+        self.host = host
+        self.workdir = tempfile.mkdtemp(prefix="qcompile-rpc-")  # the server's uploads; removed by close()
+        self.log_path = Path(self.workdir) / "server.log"  # the server's stderr (sessions that ended abnormally)
+        # own process group: the server forks one child per session, and close() ends them together
+        with open(self.log_path, "w") as err_file:
+            self.proc = subprocess.Popen([QEMU, "-L", str(SYSROOT), str(exe), host, str(int(port)),
+                                          self.workdir, "--emulated"],
+                                         stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                         start_new_session=True)
+        line = _readline_with_timeout(self.proc, start_timeout)
+        if not line.startswith("listening "):
+            err = self.log_path.read_text(errors="replace")
+            self.close()
+            raise LoweringError("arm_cpu RPC server", f"did not start under qemu (said {line!r}; {err.strip()[-400:]})",
+                                "check qemu-aarch64 and the aarch64 runtime")
+        self.port = int(line.split()[1])
+        self.address = f"{host}:{self.port}"
+        log.info("aarch64 RPC server under qemu at %s (emulated: timings are not ARM latency)", self.address)
+
+    def close(self) -> None:
+        """Stop the server and its session processes."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> QemuRpcServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _readline_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
+    """The first stdout line of `proc`, or '' after `timeout` seconds or at its exit."""
+    import selectors
+
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        return proc.stdout.readline().strip() if sel.select(timeout) else ""
+    finally:
+        sel.close()
 
 
 def run_aarch64(

@@ -26,7 +26,7 @@ from qcompile.errors import ConfigError, LoweringError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["allow_amx_in_server", "parse_remote", "remote_session", "start_rpc_server"]
+__all__ = ["allow_amx_in_server", "parse_remote", "remote_emulation", "remote_session", "start_rpc_server"]
 
 
 def parse_remote(remote: str) -> tuple[str, int]:
@@ -53,6 +53,20 @@ def remote_session(remote: str, timeout: float = 60.0) -> Iterator[Any]:
         yield sess
     finally:
         del sess
+
+
+def remote_emulation(sess: Any) -> str | None:
+    """What emulates the remote device (e.g. "qemu-aarch64"), or None for real hardware.
+
+    qcompile's aarch64 server under qemu (`qemu.QemuRpcServer`) answers `qemu.EMULATED_QUERY`; a board's TVM
+    server has no such function, so anything else counts as real hardware."""
+    from qcompile.backends.tvm.qemu import EMULATED_QUERY
+
+    try:
+        query = sess.get_function(EMULATED_QUERY)
+    except Exception:  # noqa: BLE001 - "function not found" on the remote: a real server
+        return None
+    return str(query()) if query is not None else None
 
 
 def allow_amx_in_server() -> None:

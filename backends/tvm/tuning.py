@@ -45,6 +45,8 @@ __all__ = [
     "lookup",
     "pick_fastest",
     "time_func",
+    "time_on",
+    "pick_fastest_on",
     "ms_tune_primfunc",
     "ms_apply",
     "target_key",
@@ -127,14 +129,19 @@ class TuningDB:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def put(self, workload: dict, knobs: dict, latency_us: float) -> None:
-        """Store (or improve) a record: under the lock, merge with what other processes wrote, write atomically."""
+    def put(self, workload: dict, knobs: dict, latency_us: float, *, extra: dict | None = None,
+            replace: bool = False) -> None:
+        """Store (or improve) a record: under the lock, merge with what other processes wrote, write atomically.
+
+        `extra`: further fields of the record (e.g. `emulated`, `remote` of a remote timing); `replace`: store it
+        even if the stored record is faster (a timing on real hardware replaces one under emulation: the two
+        latencies are not comparable)."""
         key = workload_key(workload)
-        rec = {"knobs": knobs, "latency_us": float(latency_us), "time": time.time()}
+        rec = {**(extra or {}), "knobs": knobs, "latency_us": float(latency_us), "time": time.time()}
         with self._locked():
             merged = _merge(self._load(), self.records)
             old = merged.get(key)
-            if old is None or old["latency_us"] > rec["latency_us"]:
+            if old is None or replace or old["latency_us"] > rec["latency_us"]:
                 merged[key] = rec
             self.records = merged
             self._write()
@@ -224,6 +231,33 @@ def time_func(lib: Any, args: list, number: int, repeat: int) -> float:
     speed, means include waits for a descheduled worker thread."""
     ev = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=number * repeat, min_repeat_ms=0)
     return float(min(ev(*args).results))
+
+
+def time_on(mod: Any, dev: Any, args: list, number: int, repeat: int) -> float:
+    """`time_func` for any module and device, e.g. a library loaded on a TVM RPC session (`sess.load_module`,
+    `sess.cpu()`): the fastest of `number * repeat` single calls of `main`, timed where the module lives."""
+    ev = mod.time_evaluator("main", dev, number=1, repeat=number * repeat, min_repeat_ms=0)
+    return float(min(ev(*args).results))
+
+
+def pick_fastest_on(dev: Any, mods: list[tuple[Any, Any]], args: list, number: int, repeat: int,
+                    what: dict) -> tuple[Any, float]:
+    """`pick_fastest` for `(knobs, module)` pairs loaded on `dev` (a remote device through RPC): every candidate
+    timed, then the three fastest re-timed in interleaved rounds; the best minimum wins."""
+    if not mods:
+        raise ConfigError("candidates", [], "at least one candidate schedule")
+    timed = []
+    for kn, mod in mods:
+        t = time_on(mod, dev, args, number, repeat)
+        log.debug("tune %s %s: %.1f us", what, kn, t * 1e6)
+        timed.append([t, kn, mod])
+    timed.sort(key=lambda r: r[0])
+    finalists = timed[:3]
+    for _ in range(3):
+        for row in finalists:
+            row[0] = min(row[0], time_on(row[2], dev, args, number, 1))
+    t, kn, _ = min(finalists, key=lambda r: r[0])
+    return kn, t
 
 
 # ----------------------------------------------------------------------------------------------

@@ -229,7 +229,8 @@ def cmd_lower(args) -> int:
     resolve_target(args.target)
     pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials, pipeline=pipeline, batch=args.batch)
+    low = qc.lower(sub, target=args.target, tune=args.tune, trials=args.trials, pipeline=pipeline, batch=args.batch,
+                   remote=args.remote)
     low.export(args.out)
     print(f"lowered for {_target_name(args.target)} into {args.out}")
     return 0
@@ -244,7 +245,7 @@ def cmd_tune(args) -> int:
         check_out(args.out, "lowered")
     resolve_target(args.target)
     _, sub, _ = _load_calibrated(args.subnet)
-    low = qc.lower(sub, target=args.target, tune=True, trials=args.trials)
+    low = qc.lower(sub, target=args.target, tune=True, trials=args.trials, remote=args.remote)
     if args.out:
         low.export(args.out)
     print(f"tuned {args.subnet} for {_target_name(args.target)}; "
@@ -446,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='x86 | arm_cpu | TVM target JSON, e.g. \'{"kind": "llvm", "mcpu": "skylake"}\'')
         s.add_argument("--trials", type=_positive_int, default=None,
                        help="schedules timed per kernel when tuning (default: all candidates)")
+        s.add_argument("--remote", default=None, metavar="HOST:PORT",
+                       help="TVM RPC server on the device that times the kernels when tuning for a target this "
+                            "host cannot run (arm_cpu); qemu timings are emulation, not latency")
         if name == "lower":
             _pipeline_args(s)
             s.add_argument("--tune", action="store_true")

@@ -73,20 +73,35 @@ class Boards:
         host, port = parse_remote(self.remote or self.tracker)  # type: ignore[arg-type]
         try:
             if self.remote is not None:
-                return [rpc.connect(host, port, session_timeout=self.timeout)]
+                return _boards_only([rpc.connect(host, port, session_timeout=self.timeout)], self.where)
             tracker = rpc.connect_tracker(host, port)
             n = _free_servers(tracker.summary(), self.key)  # type: ignore[arg-type]
             if n == 0:
                 raise LoweringError(f"tracker={self.tracker!r}", f"no server registered under key {self.key!r}",
                                     "start `python -m qcompile.backends.tvm.rpc_server "
                                     f"--tracker {self.tracker} --key {self.key}` on each board")
-            return [tracker.request(self.key, session_timeout=self.timeout) for _ in range(n)]
-        except LoweringError:
+            return _boards_only([tracker.request(self.key, session_timeout=self.timeout) for _ in range(n)],
+                                self.where)
+        except (LoweringError, ConfigError):
             raise
         except Exception as e:  # connection refused / timed out surface as TVM errors
             raise LoweringError(self.where, f"cannot reach the TVM RPC service ({e})",
                                 "start `python -m qcompile.backends.tvm.rpc_server` (and the tracker) and check the "
                                 "address") from e
+
+
+def _boards_only(sessions: list[Any], where: str) -> list[Any]:
+    """`sessions`, or ConfigError when one is an emulator (qcompile's aarch64 server under qemu,
+    `rpc.remote_emulation`): timings under qemu never enter a table."""
+    from qcompile.backends.tvm.rpc import remote_emulation
+
+    for sess in sessions:
+        emulated = remote_emulation(sess)
+        if emulated:
+            raise ConfigError("boards", where, "RPC servers on real boards",
+                              f"the server runs under {emulated}: emulated timings are not latency and never enter "
+                              "a latency table")
+    return sessions
 
 
 def _free_servers(summary: dict, key: str) -> int:

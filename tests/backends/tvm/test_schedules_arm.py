@@ -34,7 +34,9 @@ SDOT = tvm.target.Target(dict(ARM_CPU_TARGET, **{"num-cores": 2}))
 #: aarch64 without the dotprod extension (Cortex-A53/A72 class): the NEON fallback
 NEON_DICT = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 2}
 NEON = tvm.target.Target(NEON_DICT)
-TARGETS = {"sdot": SDOT, "neon": NEON}
+#: Armv8.6 with the int8 matrix multiply (`smmla`; qemu-aarch64's default "max" CPU has it)
+I8MM = tvm.target.Target(dict(ARM_CPU_TARGET, mattr=["+neon", "+dotprod", "+i8mm"], **{"num-cores": 2}))
+TARGETS = {"sdot": SDOT, "neon": NEON, "i8mm": I8MM}
 
 needs_qemu = pytest.mark.skipif(not qemu_available(), reason="needs qemu-aarch64 and aarch64-linux-gnu-g++")
 
@@ -148,7 +150,8 @@ def arm_builds(cases, tmp_path_factory):
 def test_target_predicates():
     assert is_arm(SDOT) and is_arm(NEON)
     assert not is_arm(tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"}))
-    assert arm_mode(SDOT) == "sdot" and arm_mode(NEON) == "neon"
+    assert arm_mode(SDOT) == "sdot" and arm_mode(NEON) == "neon" and arm_mode(I8MM) == "i8mm"
+    assert arm_mode(I8MM, 13) == "sdot" and arm_mode(I8MM, 12) == "i8mm"  # smmla fills 2 channels per call
     a55 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55"})
     assert arm_mode(a55) == "sdot"  # dotprod implied by the core, not only by mattr
 
@@ -168,7 +171,7 @@ def test_code_offset_identity_exact():
 
 @needs_qemu
 @pytest.mark.qemu
-@pytest.mark.parametrize("mode", ["sdot", "neon"])
+@pytest.mark.parametrize("mode", ["sdot", "neon", "i8mm"])
 def test_arm_strategies_bit_exact_under_qemu(arm_builds, cases, mode):
     lib, xin, names = arm_builds[mode]
     assert all(n.startswith("arm_") for n in names), names
@@ -206,6 +209,11 @@ def test_generated_code_uses_the_instruction(arm_builds):
     assert "\tsdot\t" not in neon_asm
     assert re.search(r"\tsmull2?\tv\d+\.8h, v\d+\.(8|16)b", neon_asm)
     assert re.search(r"\ts(addlp|adalp)\tv\d+\.4s, v\d+\.8h", neon_asm)
+    i8mm_asm = kernels_asm(arm_builds["i8mm"][0])
+    assert re.search(r"\tsmmla\tv\d+\.4s, v\d+\.16b, v\d+\.16b", i8mm_asm)
+    assert "\tsmmla\t" not in sdot_asm
+    # the odd-channel cases (pw-odd: 13, acc-pw: 9) fall back to sdot in the i8mm build
+    assert re.search(r"\tsdot\tv\d+\.4s", i8mm_asm)
 
 
 @needs_qemu

@@ -1,5 +1,5 @@
-"""aarch64 kernels (NEON, Armv8.2 dotprod): `strategy` registers them, `gemm` and `depthwise` build them.
-Importing this package registers the strategies."""
+"""aarch64 kernels (NEON, Armv8.2 dotprod, Armv8.6 i8mm): `strategy` registers them, `gemm` and `depthwise` build
+them, `tune` times the GEMM's tiles on the device through TVM RPC. Importing this package registers the strategies."""
 
 from qcompile.backends.tvm.schedules.arm.depthwise import depthwise_conv_arm, pack_depthwise_weights
 from qcompile.backends.tvm.schedules.arm.gemm import (

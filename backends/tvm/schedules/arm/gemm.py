@@ -1,9 +1,10 @@
-"""aarch64 GEMM conv kernel (pointwise and full convs, groups == 1), tensorized with `sdot` or NEON.
+"""aarch64 GEMM conv kernel (pointwise and full convs, groups == 1), tensorized with `smmla` (i8mm), `sdot` or NEON.
 
 GEMM (pointwise and full convs, `acc[o, p] = sum_k w[o, k] * x[k, p]`): activations are packed per call
 to `xs[K/4, P, 4]` int8 with `xs = x - 128` (im2col with `pad_value` fused for full convs), weights are
 packed once at emit time to `[O, K/4, 4]`, and a `To x Tp` tile of 4-lane rows is accumulated with `sdot`
-(+dotprod) or the NEON smull/saddlp fallback (`intrin.arm`), then requantized while hot
+(+dotprod) or the NEON smull/saddlp fallback (`intrin.arm`), or with `smmla` (+i8mm: groups of 8 reduction values,
+`[K/8, P, 8]` / `[O, K/8, 8]`, 2x2 channel x pixel blocks), then requantized while hot
 (`requant.requant_expr`). Both instructions are s8 x s8; activation codes are u8, so the kernel uses the
 exact identity
 
@@ -25,33 +26,44 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from qcompile.backends.tvm.intrin.arm import (
+    S8S8_2x2x8_MMLA,
     S8S8_4x4_NEON,
     S8S8_4x4_SDOT,
     has_dotprod,
+    has_i8mm,
     register_arm_intrinsics,
 )
 from qcompile.backends.tvm.schedules.conv import (
     GemmConv,
+    GemmTile,
     gemm_requant_stages,
     gemm_tile,
     schedule_gemm_pack,
     schedule_gemm_tiles,
 )
+from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
-__all__ = ["ARM_MODES", "CODE_OFFSET", "K_MAX", "ArmGemmKnobs", "arm_mode", "fold_code_offset", "gemm_conv_arm"]
+__all__ = ["ARM_GROUP", "ARM_MODES", "CODE_OFFSET", "K_MAX", "ArmGemmKnobs", "arm_mode", "fold_code_offset",
+           "gemm_conv_arm"]
 
 #: subtracted from u8 codes so they fit s8 (`sum(x*w) = sum((x-128)*w) + 128*sum(w)`)
 CODE_OFFSET = 128
-#: mode -> intrinsic; both take int8 x int8, 4 pixels x 4 reduction values per call
-ARM_MODES = {"sdot": S8S8_4x4_SDOT, "neon": S8S8_4x4_NEON}
+#: mode -> intrinsic; all take int8 x int8: `sdot`/`neon` 4 pixels x 4 reduction values of one channel per call,
+#: `i8mm` (`smmla`) 2 channels x 2 pixels x 8 reduction values
+ARM_MODES = {"sdot": S8S8_4x4_SDOT, "neon": S8S8_4x4_NEON, "i8mm": S8S8_2x2x8_MMLA}
+#: mode -> reduction values per packed group (the `g` of `xs[K/g, P, g]` and of the weights `[O, K/g, g]`)
+ARM_GROUP = {"sdot": 4, "neon": 4, "i8mm": 8}
 _LANES = 4
 # largest K for which the shifted int32 accumulator cannot overflow: K * 128 * 128 < 2^31
 K_MAX = (2**31 - 1) // (CODE_OFFSET * CODE_OFFSET)
 
 
-def arm_mode(target: tvm.target.Target) -> str:
-    """'sdot' when the target has the dotprod extension, else 'neon'."""
+def arm_mode(target: tvm.target.Target, o: int | None = None) -> str:
+    """'i8mm' when the target has the int8 matrix multiply extension (and the conv's `o` output channels, if
+    given, are even: `smmla` fills 2 channels at a time), else 'sdot' with the dotprod extension, else 'neon'."""
+    if has_i8mm(target) and (o is None or o % 2 == 0):
+        return "i8mm"
     return "sdot" if has_dotprod(target) else "neon"
 
 
@@ -76,10 +88,11 @@ def fold_code_offset(bias: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def gemm_conv_arm(gc: GemmConv, mode: str, knobs: ArmGemmKnobs = ArmGemmKnobs()) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc `(x, wp[O, K/4, 4] i8, bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
+    """Scheduled PrimFunc `(x, wp[O, K/g, g] i8, bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
-    `x` is `[K, P]` uint8 (pointwise) or `[C, H, W]` when `gc.conv` describes a groups=1 conv (im2col with
-    `pad_value` fused into the packing; `K = C*KH*KW` in `(c, kh, kw)` order). `bterm` must be
+    `g = ARM_GROUP[mode]` (4, or 8 for 'i8mm', which needs an even O and rounds the knobs' `to` down to an even
+    divisor of O). `x` is `[K, P]` uint8 (pointwise) or `[C, H, W]` when `gc.conv` describes a groups=1 conv
+    (im2col with `pad_value` fused into the packing; `K = C*KH*KW` in `(c, kh, kw)` order). `bterm` must be
     `requant.bias_term(fold_code_offset(bias, w), M, s)`; without requantize (`gc.lo is None`) the bias operand
     is the int32 `fold_code_offset(bias, w)` and `out` is the int32 accumulator plus bias.
     """
@@ -88,7 +101,14 @@ def gemm_conv_arm(gc: GemmConv, mode: str, knobs: ArmGemmKnobs = ArmGemmKnobs())
     register_arm_intrinsics()
     intrin = ARM_MODES[mode]
     k, p, o, conv, requant = gc.k, gc.p, gc.o, gc.conv, gc.requant
-    tile = gemm_tile(k, p, o, 4, knobs.to, knobs.tp, _LANES, _LANES)
+    g = ARM_GROUP[mode]
+    if mode == "i8mm":
+        if o % 2:
+            raise ConfigError("GemmConv.o", o, "an even channel count for mode 'i8mm' (smmla fills 2 channels)")
+        to2 = max(t for t in range(2, max(knobs.to, 2) + 1, 2) if o % t == 0)  # 2 divides O
+        tile = gemm_tile(k, p, o, g, to2, knobs.tp, _LANES, 2)
+    else:
+        tile = gemm_tile(k, p, o, g, knobs.to, knobs.tp, _LANES, _LANES)
     pp, kb = tile.pp, tile.kb
     off = tirx.const(CODE_OFFSET, "int16")
     wp, bias = tile.operands("int8", requant)
@@ -112,10 +132,38 @@ def gemm_conv_arm(gc: GemmConv, mode: str, knobs: ArmGemmKnobs = ArmGemmKnobs())
             val = (code.astype("int16") - off).astype("int8")
             return tirx.if_then_else(tirx.all(kk < k, j < p), val, tirx.const(0, "int8"))
 
-    stages = gemm_requant_stages(gather, (kb, 4), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post)
+    stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post)
     sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *stages]).with_attr("global_symbol", "main"))
 
-    kind = "gemm_dot" if mode == "sdot" else "gemm_int16"  # parallel.UNIT_COST_NS: the x86 instruction class
+    kind = "gemm_int16" if mode == "neon" else "gemm_dot"  # parallel.UNIT_COST_NS: the x86 instruction class
     schedule_gemm_pack(sch, tile, conv, kind)
-    schedule_gemm_tiles(sch, tile, intrin, kind=kind)
+    if mode == "i8mm":
+        _schedule_mmla_tiles(sch, tile, intrin, kind)
+    else:
+        schedule_gemm_tiles(sch, tile, intrin, kind=kind)
     return sch.mod["main"]
+
+
+def _schedule_mmla_tiles(sch: s_tir.Schedule, tile: GemmTile, intrin: str, kind: str) -> None:
+    """`conv.schedule_gemm_tiles` for `smmla`: `to x tp` tiles (pixels outside), inside them 2-channel x 2-pixel
+    blocks over the 8 reduction values of a group, the intrinsic on the 2x2x8 block; parallel over tiles before
+    decompose_reduction / tensorize, the epilogue (and `crop`) on each hot tile."""
+    gm = sch.get_sblock("gemm")
+    c, j, rb_, ri_ = sch.get_loops(gm)
+    co, ci = sch.split(c, [None, tile.to])
+    ci_o, ci_i = sch.split(ci, [None, 2])
+    jo, jm, ji = sch.split(j, [None, tile.tp // tile.lanes, tile.lanes])
+    sch.reorder(jo, co, rb_, ci_o, jm, ci_i, ji, ri_)
+    outer = sch.fuse(jo, co)
+    parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, outer)
+    init = sch.decompose_reduction(gm, rb_)
+    sch.tensorize(ci_i, intrin)
+    sch.unroll(ci_o)
+    sch.unroll(jm)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _, e_ji = sch.split(sch.get_loops(ep)[-1], [None, _LANES])
+    sch.vectorize(e_ji)
+    if tile.pp != tile.p:
+        sch.reverse_compute_at(sch.get_sblock("crop"), outer)

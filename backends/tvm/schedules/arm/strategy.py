@@ -1,5 +1,6 @@
-"""Kernel strategies for aarch64 (NEON, Armv8.2 dotprod): conv2d(+requantize) as a tensorized GEMM
-(`gemm`) or a channel-vectorised depthwise kernel (`depthwise`).
+"""Kernel strategies for aarch64 (NEON, Armv8.2 dotprod, Armv8.6 i8mm): conv2d(+requantize) as a tensorized GEMM
+(`gemm`, its tile from the tuning database when `arm.tune` tuned it on a device) or a channel-vectorised
+depthwise kernel (`depthwise`).
 
 Registered with `qcompile.backends.tvm.strategy.register_strategy` (priority 10, like x86); they apply
 only to LLVM targets whose triple is aarch64 (`is_arm`). Layout between kernels stays NCHW
@@ -15,7 +16,15 @@ import tvm
 from tvm import relax
 
 from qcompile.backends.tvm.schedules.arm.depthwise import depthwise_conv_arm, pack_depthwise_weights
-from qcompile.backends.tvm.schedules.arm.gemm import K_MAX, arm_mode, fold_code_offset, gemm_conv_arm
+from qcompile.backends.tvm.schedules.arm.gemm import (
+    ARM_GROUP,
+    K_MAX,
+    ArmGemmKnobs,
+    arm_mode,
+    fold_code_offset,
+    gemm_conv_arm,
+)
+from qcompile.backends.tvm.schedules.arm.tune import gemm_workload, lookup_knobs
 from qcompile.backends.tvm.schedules.conv import (
     ConvCall,
     ConvKernel,
@@ -42,7 +51,7 @@ def is_arm(target: tvm.target.Target) -> bool:
 
 
 class _ArmConvBase(ConvStrategy):
-    """aarch64 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): sdot/NEON GEMM for pointwise and
+    """aarch64 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): smmla/sdot/NEON GEMM for pointwise and
     full convs (K below `K_MAX`), channel-vector depthwise."""
 
     name = "arm_conv"
@@ -75,11 +84,14 @@ class _ArmConvBase(ConvStrategy):
             return ConvKernel(func, f"qc_arm_dw_{cv.tag}", (cv.c, cv.h, cv.w),
                               pack_depthwise_weights(cv.weight, vec), self._bias(args, cv.node, bnp),
                               (cv.c, cv.ho, cv.wo))
-        mode = arm_mode(call.target)
-        func = gemm_conv_arm(cv.gemm, mode)
-        log.debug("%s: %s conv as GEMM with %s", cv.node, cv.kind, mode)
+        mode = arm_mode(call.target, cv.o)
+        # a tile tuned on the device (`arm.tune`, through RPC) if the tuning database has one
+        knobs = lookup_knobs(gemm_workload(call.params, mode), call.target) or ArmGemmKnobs()
+        func = gemm_conv_arm(cv.gemm, mode, knobs)
+        log.debug("%s: %s conv as GEMM with %s, tile %s", cv.node, cv.kind, mode, knobs)
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
-        return ConvKernel(func, f"qc_arm_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, 4, "int8"),
+        return ConvKernel(func, f"qc_arm_gemm_{mode}_{cv.tag}", x_shape,
+                          pack_weights(cv.weight, ARM_GROUP[mode], "int8"),
                           self._bias(args, cv.node, fold_code_offset(bnp, cv.weight)), (cv.o, cv.ho * cv.wo))
 
 

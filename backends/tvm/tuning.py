@@ -127,10 +127,11 @@ class TuningDB:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def put(self, workload: dict, knobs: dict, latency_us: float) -> None:
-        """Store (or improve) a record: under the lock, merge with what other processes wrote, write atomically."""
+    def put(self, workload: dict, knobs: dict, latency_us: float, info: dict | None = None) -> None:
+        """Store (or improve) a record: under the lock, merge with what other processes wrote, write atomically.
+        `info`: what else the tuner measured (`pick_fastest`'s stats: the default's time, candidates, threads)."""
         key = workload_key(workload)
-        rec = {"knobs": knobs, "latency_us": float(latency_us), "time": time.time()}
+        rec = {"knobs": knobs, "latency_us": float(latency_us), "time": time.time(), **(info or {})}
         with self._locked():
             merged = _merge(self._load(), self.records)
             old = merged.get(key)
@@ -199,17 +200,28 @@ def lookup(workload: dict, target: tvm.target.Target, knob_type: type) -> Any:
         return None
 
 
+#: rounds in which `pick_fastest` re-times its finalists (the three fastest and the first candidate)
+FINAL_ROUNDS = 5
+#: another candidate replaces the first (the untuned default) only when its minimum is this much lower: minima of
+#: interleaved rounds of one kernel differ by about 1 % between runs here (docs/peers.md, session 12)
+KEEP_FIRST_MARGIN = 0.02
+
+
 def pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: int, what: dict, *,
-                 lib_args: list[list] | None = None, threads: int | None = None) -> tuple[Any, float]:
+                 lib_args: list[list] | None = None, threads: int | None = None,
+                 stats: dict | None = None) -> tuple[Any, float]:
     """The fastest `(knobs, lib)` and its time in seconds, timed at `threads` (TVM's pool, `threads.pool_threads`; the
     thread count the lowering runs at, so that a tile that wins on one core but splits badly over two is not kept;
     None: the pool as it is).
 
     Every candidate is timed in `repeat` interleaved rounds of `number` single calls (each round visits all of them,
-    starting one further each time), then the three fastest in three more rounds; each keeps its minimum. On a shared
-    machine a burst of load hits the candidates of one round alike, and a minimum is the kernel's own speed (a mean
-    includes waits for a descheduled worker). `lib_args`: one argument list per lib where their operands differ
-    (depthwise weight layouts), else `args` for all."""
+    starting one further each time), then the three fastest and the first in `FINAL_ROUNDS` more rounds; each keeps
+    its minimum. On a shared machine a burst of load hits the candidates of one round alike, and a minimum is the
+    kernel's own speed (a mean includes waits for a descheduled worker). The first candidate wins unless another
+    is `KEEP_FIRST_MARGIN` faster. `lib_args`: one argument list per lib where their operands differ
+    (depthwise weight layouts), else `args` for all. `stats`, if given, receives `first_us` (the first candidate's
+    minimum: the untuned default's, as the tuners order them), `candidates` and `threads` (the pool's count while
+    timing)."""
     from qcompile.backends.tvm.threads import pool_threads
 
     if not libs:
@@ -225,11 +237,19 @@ def pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: i
                     best[i] = min(best[i], float(min(evs[i](*per_lib[i]).results)))
 
         rounds(list(range(len(libs))), max(1, repeat))
-        finalists = sorted(range(len(libs)), key=lambda i: best[i])[:3]
-        rounds(finalists, 3)
+        # the first candidate (the untuned default) always gets the final rounds: one burst of load during its
+        # first rounds (a worker thread descheduled by a busier process) must not hand the record to another tile
+        finalists = sorted({0, *sorted(range(len(libs)), key=lambda i: best[i])[:3]})
+        rounds(finalists, FINAL_ROUNDS)
     for i, (kn, _) in enumerate(libs):
         log.debug("tune %s %s: %.1f us at %d thread(s)", what, kn, best[i] * 1e6, got)
     i = min(finalists, key=lambda j: best[j])
+    if best[i] > best[0] * (1 - KEEP_FIRST_MARGIN):
+        i = 0  # not clearly faster than the default: keep the default (tuning never makes a kernel slower)
+    log.info("tuned %s: %s %.1f us, first candidate %.1f us (%d timed at %d thread(s))", what, libs[i][0],
+             best[i] * 1e6, best[0] * 1e6, len(libs), got)
+    if stats is not None:
+        stats.update(first_us=best[0] * 1e6, candidates=len(libs), threads=got)
     return libs[i][0], best[i]
 
 

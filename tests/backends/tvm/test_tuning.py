@@ -368,6 +368,8 @@ def test_tuning_times_at_the_targets_thread_count(cache, monkeypatch, runs_avx2)
     wl = gemm_workload(_pointwise_call(16, 8, 16).params) | {"mode": "i16"}
     tune.tune_gemm(wl, _target_with_cores(1), [GemmKnobs(4, 8), GemmKnobs(8, 16)], number=2, repeat=1)
     assert seen and set(seen) == {1} and int(num()) == pool
+    rec = tuning.database(_target_with_cores(1)).get(wl)  # the record says how it was timed
+    assert rec["threads"] == 1 and rec["candidates"] == 2 and rec["first_us"] >= rec["latency_us"] > 0
     seen.clear()
     with pytest.warns(RuntimeWarning, match="TVM_NUM_THREADS"):
         tune.tune_gemm(wl, _target_with_cores(pool + 1), [GemmKnobs(4, 8)], number=2, repeat=1)
@@ -447,3 +449,38 @@ def test_warm_database_lowering_is_exact_and_not_retuned(cache, monkeypatch, cap
     assert all(f"tile {kn}" in caplog.text for kn in gemm)
     np.testing.assert_array_equal(again(x), ref)
     assert again.meta["kernels"] == tuned.meta["kernels"]
+
+
+def _fake_evaluators(monkeypatch, times):
+    """`tuning._evaluator` replaced: lib i's evaluations return `times[i](call number)` seconds."""
+    calls = {}
+
+    class Res:
+        def __init__(self, t):
+            self.results = [t]
+
+    def fake(lib, number):
+        def ev(*args):
+            calls[lib] = calls.get(lib, 0) + 1
+            return Res(times[lib](calls[lib]))
+        return ev
+
+    monkeypatch.setattr(tuning, "_evaluator", fake)
+    return calls
+
+
+def test_pick_fastest_keeps_the_default_unless_clearly_faster(monkeypatch):
+    """The first candidate (the untuned default) is kept unless another's minimum is `KEEP_FIRST_MARGIN` lower, and it
+    is re-timed in the final rounds even after a burst of load spoilt all its first rounds."""
+    libs = [("default", 0), ("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    stats = {}
+    _fake_evaluators(monkeypatch, [lambda n: 10.0, lambda n: 9.9, lambda n: 12.0, lambda n: 13.0, lambda n: 14.0])
+    assert tuning.pick_fastest(libs, [], 2, 3, {}, stats=stats) == ("default", 10.0)  # 1 % faster: noise
+    assert stats == {"first_us": 10.0e6, "candidates": 5, "threads": stats["threads"]}
+    _fake_evaluators(monkeypatch, [lambda n: 10.0, lambda n: 9.0, lambda n: 12.0, lambda n: 13.0, lambda n: 14.0])
+    assert tuning.pick_fastest(libs, [], 2, 3, {}) == ("a", 9.0)
+    # the default's first three rounds are slow (load), then its real 10.0; the others are 11..14
+    calls = _fake_evaluators(monkeypatch, [lambda n: 1000.0 if n <= 3 else 10.0, lambda n: 11.0, lambda n: 12.0,
+                                           lambda n: 13.0, lambda n: 14.0])
+    assert tuning.pick_fastest(libs, [], 2, 3, {}) == ("default", 10.0)
+    assert calls[0] == 3 + tuning.FINAL_ROUNDS and calls[4] == 3  # finalists: the default and the three fastest

@@ -81,8 +81,9 @@ def tune_gemm(
     candidates = list(candidates)[:trials] if trials else list(candidates)
     libs = [(kn, tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), mode, kn), target=target))
             for kn in candidates]
-    best = tuning.pick_fastest(libs, args, number, repeat, workload, threads=target_threads(target))
-    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
+    stats: dict = {}
+    best = tuning.pick_fastest(libs, args, number, repeat, workload, threads=target_threads(target), stats=stats)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, stats)
     return best
 
 
@@ -114,9 +115,10 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
                                 for a in (xs, dw_weights(ws, kh, kw, kn, stride[0]), *rest)]
         return operands[layout]
 
+    stats: dict = {}
     best = tuning.pick_fastest(libs, [], number, repeat, workload, lib_args=[args_of(kn) for kn, _ in libs],
-                               threads=target_threads(target))
-    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
+                               threads=target_threads(target), stats=stats)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, stats)
     return best
 
 

@@ -127,15 +127,19 @@ class TuningDB:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def put(self, workload: dict, knobs: dict, latency_us: float, info: dict | None = None) -> None:
+    def put(self, workload: dict, knobs: dict, latency_us: float, *, extra: dict | None = None,
+            replace: bool = False) -> None:
         """Store (or improve) a record: under the lock, merge with what other processes wrote, write atomically.
-        `info`: what else the tuner measured (`pick_fastest`'s stats: the default's time, candidates, threads)."""
+
+        `extra`: further fields of the record (e.g. `emulated`, `remote` of a remote timing); `replace`: store it
+        even if the stored record is faster (a timing on real hardware replaces one under emulation: the two
+        latencies are not comparable)."""
         key = workload_key(workload)
-        rec = {"knobs": knobs, "latency_us": float(latency_us), "time": time.time(), **(info or {})}
+        rec = {**(extra or {}), "knobs": knobs, "latency_us": float(latency_us), "time": time.time()}
         with self._locked():
             merged = _merge(self._load(), self.records)
             old = merged.get(key)
-            if old is None or old["latency_us"] > rec["latency_us"]:
+            if old is None or replace or old["latency_us"] > rec["latency_us"]:
                 merged[key] = rec
             self.records = merged
             self._write()

@@ -83,7 +83,7 @@ def tune_gemm(
             for kn in candidates]
     stats: dict = {}
     best = tuning.pick_fastest(libs, args, number, repeat, workload, threads=target_threads(target), stats=stats)
-    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, stats)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, extra=stats)
     return best
 
 
@@ -118,7 +118,7 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     stats: dict = {}
     best = tuning.pick_fastest(libs, [], number, repeat, workload, lib_args=[args_of(kn) for kn, _ in libs],
                                threads=target_threads(target), stats=stats)
-    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, stats)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, extra=stats)
     return best
 
 

@@ -11,12 +11,16 @@ backend is imported, unless the user already did.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["physical_cores", "ensure_thread_default"]
+__all__ = ["physical_cores", "ensure_thread_default", "pool_threads", "target_threads"]
 
 
 def physical_cores() -> int:
@@ -44,3 +48,44 @@ def ensure_thread_default(num_threads: int | None = None) -> int:
         os.environ["TVM_NUM_THREADS"] = str(num_threads or physical_cores())
         log.debug("TVM_NUM_THREADS=%s", os.environ["TVM_NUM_THREADS"])
     return int(os.environ["TVM_NUM_THREADS"])
+
+
+def target_threads(target: Any) -> int | None:
+    """The thread count a lowering for `target` runs at: its `num-cores` attribute (`targets.resolve_target` sets it
+    from `num_threads`), or None where the target does not say."""
+    n = int(target.attrs.get("num-cores", 0) or 0) if hasattr(target, "attrs") else 0
+    return n or None
+
+
+@contextlib.contextmanager
+def pool_threads(n: int | None) -> Iterator[int]:
+    """Run the block with TVM's thread pool at `n` workers (None: as it is); yields the count in effect and restores
+    the previous count and this thread's CPU set afterwards.
+
+    The pool can shrink and grow back (`runtime.config_threadpool`), but never beyond the size it was created with
+    (`TVM_NUM_THREADS`, `ensure_thread_default`): asked for more, the block runs with that many and a
+    `RuntimeWarning` says so (the tuner's timings are then for fewer threads than the lowering's)."""
+    import tvm
+
+    ensure_thread_default()  # before the pool exists: its size is fixed at creation
+    num = tvm.get_global_func("runtime.NumThreads")
+    before = int(num())
+    if n is None or int(n) == before:
+        yield before
+        return
+    config = tvm.get_global_func("runtime.config_threadpool")
+    aff = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        config(1, int(n))
+        got = int(num())
+        if aff is not None:  # config_threadpool may pin the calling thread to one core
+            os.sched_setaffinity(0, aff)
+        if got < int(n):
+            warnings.warn(f"TVM's thread pool runs {got} thread(s), not the {int(n)} asked for: it was created with "
+                          f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; unset it or set it to at least "
+                          f"{int(n)} before the first TVM kernel runs", RuntimeWarning, stacklevel=3)
+        yield got
+    finally:
+        config(1, before)
+        if aff is not None:
+            os.sched_setaffinity(0, aff)

@@ -206,24 +206,62 @@ def lookup(workload: dict, target: tvm.target.Target, knob_type: type) -> Any:
         return None
 
 
-def pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: int, what: dict) -> tuple[Any, float]:
-    """Time every `(knobs, lib)`, then re-time the three fastest in interleaved rounds and keep the best
-    minimum: on a shared machine one unlucky round must not crown a slow candidate."""
-    timed = []
-    for kn, lib in libs:
-        t = time_func(lib, args, number, repeat)
-        log.debug("tune %s %s: %.1f us", what, kn, t * 1e6)
-        timed.append((t, kn, lib))
-    if not timed:
+#: rounds in which `pick_fastest` re-times its finalists (the three fastest and the first candidate)
+FINAL_ROUNDS = 5
+#: another candidate replaces the first (the untuned default) only when its minimum is this much lower: minima of
+#: interleaved rounds of one kernel differ by about 1 % between runs here (docs/peers.md, session 12)
+KEEP_FIRST_MARGIN = 0.02
+
+
+def pick_fastest(libs: list[tuple[Any, Any]], args: list, number: int, repeat: int, what: dict, *,
+                 lib_args: list[list] | None = None, threads: int | None = None,
+                 stats: dict | None = None) -> tuple[Any, float]:
+    """The fastest `(knobs, lib)` and its time in seconds, timed at `threads` (TVM's pool, `threads.pool_threads`; the
+    thread count the lowering runs at, so that a tile that wins on one core but splits badly over two is not kept;
+    None: the pool as it is).
+
+    Every candidate is timed in `repeat` interleaved rounds of `number` single calls (each round visits all of them,
+    starting one further each time), then the three fastest and the first in `FINAL_ROUNDS` more rounds; each keeps
+    its minimum. On a shared machine a burst of load hits the candidates of one round alike, and a minimum is the
+    kernel's own speed (a mean includes waits for a descheduled worker). The first candidate wins unless another
+    is `KEEP_FIRST_MARGIN` faster. `lib_args`: one argument list per lib where their operands differ
+    (depthwise weight layouts), else `args` for all. `stats`, if given, receives `first_us` (the first candidate's
+    minimum: the untuned default's, as the tuners order them), `candidates` and `threads` (the pool's count while
+    timing)."""
+    from qcompile.backends.tvm.threads import pool_threads
+
+    if not libs:
         raise ConfigError("candidates", [], "at least one candidate schedule")
-    timed.sort(key=lambda r: r[0])
-    finalists = timed[:3]
-    best = {id(lib): t for t, _, lib in finalists}
-    for _ in range(3):
-        for _t, _kn, lib in finalists:
-            best[id(lib)] = min(best[id(lib)], time_func(lib, args, number, 1))
-    t, kn, _ = min(((best[id(lib)], kn, lib) for _t, kn, lib in finalists), key=lambda r: r[0])
-    return kn, t
+    per_lib = lib_args if lib_args is not None else [args] * len(libs)
+    with pool_threads(threads) as got:
+        evs = [_evaluator(lib, number) for _, lib in libs]
+        best = [float("inf")] * len(libs)
+
+        def rounds(idx: list[int], n: int) -> None:
+            for r in range(n):
+                for i in idx[r % len(idx):] + idx[: r % len(idx)]:
+                    best[i] = min(best[i], float(min(evs[i](*per_lib[i]).results)))
+
+        rounds(list(range(len(libs))), max(1, repeat))
+        # the first candidate (the untuned default) always gets the final rounds: one burst of load during its
+        # first rounds (a worker thread descheduled by a busier process) must not hand the record to another tile
+        finalists = sorted({0, *sorted(range(len(libs)), key=lambda i: best[i])[:3]})
+        rounds(finalists, FINAL_ROUNDS)
+    for i, (kn, _) in enumerate(libs):
+        log.debug("tune %s %s: %.1f us at %d thread(s)", what, kn, best[i] * 1e6, got)
+    i = min(finalists, key=lambda j: best[j])
+    if best[i] > best[0] * (1 - KEEP_FIRST_MARGIN):
+        i = 0  # not clearly faster than the default: keep the default (tuning never makes a kernel slower)
+    log.info("tuned %s: %s %.1f us, first candidate %.1f us (%d timed at %d thread(s))", what, libs[i][0],
+             best[i] * 1e6, best[0] * 1e6, len(libs), got)
+    if stats is not None:
+        stats.update(first_us=best[0] * 1e6, candidates=len(libs), threads=got)
+    return libs[i][0], best[i]
+
+
+def _evaluator(lib: Any, number: int) -> Any:
+    """`number` single calls of `lib`'s `main` per evaluation, each timed on its own."""
+    return lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=max(1, number), min_repeat_ms=0)
 
 
 def time_func(lib: Any, args: list, number: int, repeat: int) -> float:

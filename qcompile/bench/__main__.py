@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.bench.harness import PEERS, BenchOptions, run_bench
-from qcompile.bench.models import SPACE_MODELS, mobilenet_v2, space_model, synthetic_integer_graph
+from qcompile.bench.models import SPACE_MODELS, harness_program
 from qcompile.bench.peers import tvm_runners
 from qcompile.bench.report import load_result, peers_doc, to_markdown
 
@@ -85,22 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("qcompile").setLevel(logging.INFO)  # not the INFO chatter of onnxruntime.quantization
     if a.trials < 1:
         p.error(f"--trials {a.trials}: a positive number of schedules per kernel")
-    space_name, classes, width, resolution, _ = SPACE_MODELS.get(a.model, ("", 1000, 1.0, 224, 0))
-    classes = a.classes if a.classes is not None else classes
-    width = a.width if a.width is not None else width
+    _, _, _, resolution, _ = SPACE_MODELS.get(a.model, ("", 1000, 1.0, 224, 0))
     resolution = a.resolution if a.resolution is not None else resolution
-    if a.model == "mobilenet_v2":
-        model = mobilenet_v2(num_classes=classes, width=width)
-        ig = synthetic_integer_graph(model, resolution)
-        title = f"MobileNetV2 (width {width}) {resolution}x{resolution}, batch {a.batch}"
-    else:
-        from qcompile import api as qc
-        from qcompile.passes.float_copy import float_copy
-
-        sub = space_model(a.model, num_classes=classes, width=width, resolution=resolution)
-        model, ig = float_copy(sub).eval(), qc.to_integer(sub)
-        title = (f"largest 8-bit {space_name} subnet (width {width}, {classes} classes) {resolution}x{resolution}"
-                 f", batch {a.batch}")
+    model, ig, title = harness_program(a.model, classes=a.classes, width=a.width, resolution=resolution)
+    title = f"{title}, batch {a.batch}"
     x = np.random.default_rng(0).standard_normal((a.batch, 3, resolution, resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats, warmup=a.warmup, settle_ms=a.settle_ms,
                         lead_in=a.lead_in, lead_in_ms=a.lead_in_ms, peers=tuple(n for n in a.peers.split(",") if n))

@@ -206,3 +206,24 @@ def space_model(model: str, *, num_classes: int | None = None, width: float | No
     return largest_subnet(space_name, num_classes=classes if num_classes is None else num_classes,
                           width=w if width is None else width, resolution=res if resolution is None else resolution,
                           seed=seed, calib_batch=calib_batch)
+
+
+def harness_program(model: str = "mobilenet_v2", *, classes: int | None = None, width: float | None = None,
+                    resolution: int | None = None) -> tuple[nn.Module, IntegerGraph, str]:
+    """(float network the peers run, IntegerGraph the qcompile rows lower, title) of `python -m qcompile.bench
+    --model model`: MobileNetV2 and its same-shaped `synthetic_integer_graph`, or the `space_model` of one of
+    `SPACE_MODELS` (its `float_copy` for the peers). Fields left None take the model's own. The one builder of the
+    harness and of `benchmarks.tune_peers`, whose exported lowerings the harness reuses only if the program is
+    identical (`peers.lowering_key`)."""
+    space_name, c, w, r, _ = SPACE_MODELS.get(model, ("", 1000, 1.0, 224, 0))
+    classes, width, resolution = (c if classes is None else classes, w if width is None else width,
+                                  r if resolution is None else resolution)
+    if model == "mobilenet_v2":
+        net = mobilenet_v2(num_classes=classes, width=width)
+        return net, synthetic_integer_graph(net, resolution), f"MobileNetV2 (width {width}) {resolution}x{resolution}"
+    from qcompile import api as qc
+    from qcompile.passes.float_copy import float_copy
+
+    sub = space_model(model, num_classes=classes, width=width, resolution=resolution)
+    title = f"largest 8-bit {space_name} subnet (width {width}, {classes} classes) {resolution}x{resolution}"
+    return float_copy(sub).eval(), qc.to_integer(sub), title

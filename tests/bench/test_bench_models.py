@@ -116,3 +116,18 @@ def test_tuned_row_tunes_into_the_database_and_is_reused(tiny_graph, tiny_input,
                            lowered_dir=tmp_path / "low")
     assert len(spy_lower) == 2 and list(again) == list(runners)
     np.testing.assert_array_equal(again[f"qcompile_tvm_{mcpu}_tuned"].build()(tiny_input), ref)
+
+
+def test_harness_program_is_what_the_harness_lowers():
+    """`models.harness_program` (the harness's and `benchmarks.tune_peers`' one builder): MobileNetV2's synthetic
+    program and the space models' integer graph, the same program twice (so an exported lowering's key matches)."""
+    from qcompile.bench.models import harness_program
+    from qcompile.bench.peers import lowering_key
+
+    net, ig, title = harness_program("mobilenet_v2", width=0.25, resolution=32, classes=10)
+    assert title == "MobileNetV2 (width 0.25) 32x32"
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    _, ig2, _ = harness_program("mobilenet_v2", width=0.25, resolution=32, classes=10)
+    assert lowering_key(ig, "x86", 2, (1, 3, 32, 32), True, 8) == lowering_key(ig2, "x86", 2, (1, 3, 32, 32), True, 8)
+    _, _, title = harness_program("demo", width=0.25)
+    assert title == "largest 8-bit mobilenet_v3 subnet (width 0.25, 10 classes) 32x32"

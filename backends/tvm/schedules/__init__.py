@@ -3,7 +3,8 @@ strategies.
 
 - `x86` (AVX2, AVX-512, VNNI): `strategy` registers `conv2d_requant` / `conv2d` (tensorized GEMM for pointwise
   and full convs, row or tap-pair depthwise), `linear`, `add`, `rescale`, `mean`; `gemm` and `depthwise` build
-  the kernels and list their tuning candidates; `tune` times them into the tuning database, keyed by `workloads`.
+  the kernels, `gemm_space` and `depthwise` list their tuning candidates; `tune` times them into the tuning
+  database, keyed by `workloads`.
 - `arm` (aarch64: `sdot` with +dotprod, NEON otherwise): `strategy` registers `conv2d_requant` / `conv2d`;
   `gemm` (packed GEMM) and `depthwise` (vectorised over channels) build the kernels; `tune` times the GEMM's
   tiles on the device through TVM RPC into the tuning database.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,228 @@ def test_records_of_an_older_schedule_space_are_not_reused(cache):
     assert tune.lookup_knobs(wl, AVX2) == GemmKnobs(8, 16)
     dw = depthwise_workload(dict(params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1)))
     assert dw["space"] == SCHEDULE_SPACE["conv_dw"]
+
+
+# ---- the candidate space (issue 20, session 13): what the untuned rules choose between, default first -----------
+
+
+@pytest.mark.parametrize("k, p, o, expect", [
+    (960, 49, 160, [GemmKnobs(2, 56, True, 8)]),  # 7x7 project: the default's 3 x row fits O as 2 x 56 ymm
+    (160, 49, 960, [GemmKnobs(3, 56, True, 8), GemmKnobs(2, 56, True, 8), GemmKnobs(12, 16)]),  # 7x7 expand
+    (96, 196, 576, [GemmKnobs(8, 16), GemmKnobs(6, 16), GemmKnobs(6, 32)]),  # 14 px expand
+    (16, 12544, 96, [GemmKnobs(6, 32), GemmKnobs(4, 48)]),  # K = 16 at 112 px
+    (24, 196, 144, [GemmKnobs(6, 32), GemmKnobs(4, 48)]),  # small K where 32 does not divide P
+])
+def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
+    """`gemm_space` starts with the untuned default (so tuning never makes a kernel slower), lists the tiles session 12
+    measured close (8-lane ymm rows at 7x7, 8x16 / 6x16 / 6x32 at 14 px, 6x32 / 4x48 for small K) within the first
+    eight (what `trials=8` times), every candidate is valid for the mode, and no two give the same kernel."""
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs, tile_intrinsic
+    from qcompile.backends.tvm.schedules.x86.gemm_space import effective_tile, gemm_space
+
+    space = gemm_space("vnni512", k, p, o)
+    assert space[0] == default_knobs("vnni512", k, p)
+    keys = [effective_tile("vnni512", k, p, o, kn) for kn in space]
+    assert len(set(keys)) == len(keys) > 20
+    first = {effective_tile("vnni512", k, p, o, kn) for kn in space[:8]}
+    for kn in expect:
+        assert effective_tile("vnni512", k, p, o, kn) in first, kn
+    assert any(kn.lanes == 8 for kn in space) and any(kn.lanes == 0 for kn in space)
+    for kn in space:
+        _, lanes = tile_intrinsic("vnni512", kn)  # raises for a lane count the mode has no intrinsic for
+        assert kn.tp % lanes == 0
+
+
+@pytest.mark.parametrize("mode", ["vnni", "u8s8", "i16"])
+def test_gemm_space_of_8_lane_modes_has_no_narrower_tiles(mode):
+    """AVX2 / AVX-VNNI modes run 8 lanes already: no `lanes=8` duplicates, at most 16 accumulators (16 ymm)."""
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
+    from qcompile.backends.tvm.schedules.x86.gemm_space import gemm_space
+
+    space = gemm_space(mode, 64, 196, 96)
+    assert space[0] == default_knobs(mode, 64, 196) and len(space) > 10
+    assert all(kn.lanes == 0 and kn.to * kn.tp // 8 <= 16 for kn in space[1:])
+    with pytest.raises(ConfigError, match="mode"):
+        gemm_space("avx9", 64, 196, 96)
+
+
+def test_gemm_axes_name_gemm_knobs_fields():
+    """The grid's axes are `GemmKnobs` fields (one place lists them; a new knob adds its entry there)."""
+    import dataclasses
+
+    from qcompile.backends.tvm.schedules.x86.gemm_space import gemm_axes
+
+    fields = {f.name for f in dataclasses.fields(GemmKnobs)}
+    for mode in ("vnni512", "vnni", "u8s8", "i16"):
+        axes = gemm_axes(mode)
+        assert set(axes) <= fields and axes["lanes"][0] == 0
+    assert gemm_axes("vnni512")["lanes"] == (0, 8) and gemm_axes("vnni")["lanes"] == (0,)
+
+
+@pytest.mark.parametrize("wo, ho, stride, default", [
+    (14, 14, 1, DwKnobs(16, False, 4, vquads=True)),
+    (7, 7, 2, DwKnobs(8, False, 1)),
+    (56, 56, 1, DwKnobs(16, True, 2, taps=4)),
+])
+def test_dw_candidates_cover_the_depthwise_rules_default_first(wo, ho, stride, default):
+    """The depthwise space starts with the default and has, within the first five, the other kernels the untuned
+    rules choose between (vertical quads, tap quads, the row kernel); one entry per distinct kernel at this Ho."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import _fit_rows, dw_candidates
+
+    cands = dw_candidates(wo, True, vnni=True, kw=3, stride=stride, ho=ho)
+    assert cands[0] == default
+    kinds = {(kn.pairs, kn.taps, kn.vquads) for kn in cands[:5]}
+    assert {(False, 2, True), (True, 4, False), (False, 2, False)} <= kinds
+    plain = [(kn.vec, kn.pairs, kn.taps, _fit_rows(ho, kn.rows)) for kn in cands if not kn.vquads]
+    assert len(set(plain)) == len(plain)
+    assert not any(kn.vquads for kn in dw_candidates(wo, True, vnni=True, kw=3, stride=None, ho=ho))  # dilated
+    assert not any(kn.taps == 4 or kn.vquads or kn.vec == 16 for kn in dw_candidates(wo, False, kw=3, stride=1))
+
+
+def _spy_threads(monkeypatch):
+    """Record TVM's pool size at every timed evaluation of `tuning.pick_fastest`."""
+    seen = []
+    real = tuning._evaluator
+    num = tvm.get_global_func("runtime.NumThreads")
+
+    def spy(lib, number):
+        ev = real(lib, number)
+
+        def timed(*args):
+            seen.append(int(num()))
+            return ev(*args)
+        return timed
+
+    monkeypatch.setattr(tuning, "_evaluator", spy)
+    return seen
+
+
+def _target_with_cores(n):
+    return tvm.target.Target(dict(AVX2.export(), **{"num-cores": n}))
+
+
+def test_tuning_times_at_the_targets_thread_count(cache, monkeypatch, runs_avx2):
+    """The tuner times at the lowering's thread count (the target's `num-cores`) and gives the pool back as it was;
+    asked for more threads than TVM's pool has, it says so."""
+    num = tvm.get_global_func("runtime.NumThreads")
+    pool = int(num())
+    seen = _spy_threads(monkeypatch)
+    wl = gemm_workload(_pointwise_call(16, 8, 16).params) | {"mode": "i16"}
+    tune.tune_gemm(wl, _target_with_cores(1), [GemmKnobs(4, 8), GemmKnobs(8, 16)], number=2, repeat=1)
+    assert seen and set(seen) == {1} and int(num()) == pool
+    rec = tuning.database(_target_with_cores(1)).get(wl)  # the record says how it was timed
+    assert rec["threads"] == 1 and rec["candidates"] == 2 and rec["first_us"] >= rec["latency_us"] > 0
+    seen.clear()
+    with pytest.warns(RuntimeWarning, match="TVM_NUM_THREADS"):
+        tune.tune_gemm(wl, _target_with_cores(pool + 1), [GemmKnobs(4, 8)], number=2, repeat=1)
+    assert set(seen) == {pool} and int(num()) == pool
+
+
+def test_tuning_at_two_threads_times_at_two_threads(tmp_path, runs_avx2):
+    """In a process whose pool has 2 workers (TVM_NUM_THREADS=2), a 2-core target is timed at 2 threads and a 1-core
+    target at 1, GEMM and depthwise alike (the test suite itself runs with one TVM thread)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import json, pytest, tvm
+from tests.backends.tvm import test_tuning as T
+from qcompile.backends.tvm.schedules.x86 import depthwise_workload, gemm_workload, tune
+from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs
+mp = pytest.MonkeyPatch()
+seen = T._spy_threads(mp)
+out = {}
+params = T._pointwise_call(16, 8, 16).params
+dwp = dict(params, w_shape=(16, 1, 3, 3), groups=16, padding=(1, 1))
+for n in (2, 1):
+    tgt = T._target_with_cores(n)
+    tune.tune_gemm(gemm_workload(params) | {"mode": "i16"}, tgt, [GemmKnobs(4, 8), GemmKnobs(8, 16)], number=2,
+                   repeat=1)
+    tune.tune_depthwise(depthwise_workload(dwp), tgt, number=2, repeat=1, trials=2)
+    out[n] = sorted(set(seen))
+    seen.clear()
+print(json.dumps(out))
+"""
+    env = dict(os.environ, TVM_NUM_THREADS="2", QCOMPILE_CACHE=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=str(Path(__file__).resolve().parents[3]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"2": [2], "1": [1]}
+
+
+def test_warm_database_lowering_is_exact_and_not_retuned(cache, monkeypatch, caplog):
+    """On a tiny network (3x3 stem, pointwise and depthwise convs): a tuned lowering whose records are *not* the
+    defaults (the tuner made to keep its last candidate) is bit-exact against the untuned lowering and the reference
+    executor; a second `tune=True` lowering against the warm database times nothing and builds the same kernels."""
+    from qcompile.backends.tvm import lower_integer_graph
+    from tests.backends.tvm import tvm_graphs as G
+
+    ig = G.mbv2_like(seed=1)
+    x = np.random.default_rng(0).standard_normal((1, 3, 17, 15)).astype(np.float32)
+    untuned = lower_integer_graph(ig, "x86", num_threads=1)  # the database is still empty
+    picked = []
+
+    def last(libs, *a, **kw):  # no timing: keep the last candidate, a non-default kernel
+        picked.append(libs[-1][0])
+        return libs[-1][0], 1e-6
+
+    monkeypatch.setattr(tuning, "pick_fastest", last)
+    with caplog.at_level(logging.DEBUG, logger="qcompile.backends.tvm.schedules.x86"):
+        tuned = lower_integer_graph(ig, "x86", num_threads=1, tune=True, trials=3)
+    assert len(picked) >= 3 and any(isinstance(kn, DwKnobs) for kn in picked)
+    gemm = [kn for kn in picked if isinstance(kn, GemmKnobs)]
+    assert gemm and all(f"tile {kn}" in caplog.text for kn in gemm)  # built with the stored, non-default tiles
+    recs = tuning.database(tvm.target.Target(untuned.spec.tvm_target)).records
+    assert len(recs) == len(picked)
+    ref = G.reference(ig, x)
+    np.testing.assert_array_equal(untuned(x), ref)
+    np.testing.assert_array_equal(tuned(x), ref)
+
+    def never(*a, **kw):
+        raise AssertionError("a warm database must not be re-tuned")
+
+    monkeypatch.setattr(tune, "tune_gemm", never)
+    monkeypatch.setattr(tune, "tune_depthwise", never)
+    tuning._DB_CACHE.clear()  # a later process: the records come from disk
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="qcompile.backends.tvm.schedules.x86"):
+        again = lower_integer_graph(ig, "x86", num_threads=1, tune=True, trials=3)
+    assert all(f"tile {kn}" in caplog.text for kn in gemm)
+    np.testing.assert_array_equal(again(x), ref)
+    assert again.meta["kernels"] == tuned.meta["kernels"]
+
+
+def _fake_evaluators(monkeypatch, times):
+    """`tuning._evaluator` replaced: lib i's evaluations return `times[i](call number)` seconds."""
+    calls = {}
+
+    class Res:
+        def __init__(self, t):
+            self.results = [t]
+
+    def fake(lib, number):
+        def ev(*args):
+            calls[lib] = calls.get(lib, 0) + 1
+            return Res(times[lib](calls[lib]))
+        return ev
+
+    monkeypatch.setattr(tuning, "_evaluator", fake)
+    return calls
+
+
+def test_pick_fastest_keeps_the_default_unless_clearly_faster(monkeypatch):
+    """The first candidate (the untuned default) is kept unless another's minimum is `KEEP_FIRST_MARGIN` lower, and it
+    is re-timed in the final rounds even after a burst of load spoilt all its first rounds."""
+    libs = [("default", 0), ("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    stats = {}
+    _fake_evaluators(monkeypatch, [lambda n: 10.0, lambda n: 9.9, lambda n: 12.0, lambda n: 13.0, lambda n: 14.0])
+    assert tuning.pick_fastest(libs, [], 2, 3, {}, stats=stats) == ("default", 10.0)  # 1 % faster: noise
+    assert stats == {"first_us": 10.0e6, "candidates": 5, "threads": stats["threads"]}
+    _fake_evaluators(monkeypatch, [lambda n: 10.0, lambda n: 9.0, lambda n: 12.0, lambda n: 13.0, lambda n: 14.0])
+    assert tuning.pick_fastest(libs, [], 2, 3, {}) == ("a", 9.0)
+    # the default's first three rounds are slow (load), then its real 10.0; the others are 11..14
+    calls = _fake_evaluators(monkeypatch, [lambda n: 1000.0 if n <= 3 else 10.0, lambda n: 11.0, lambda n: 12.0,
+                                           lambda n: 13.0, lambda n: 14.0])
+    assert tuning.pick_fastest(libs, [], 2, 3, {}) == ("default", 10.0)
+    assert calls[0] == 3 + tuning.FINAL_ROUNDS and calls[4] == 3  # finalists: the default and the three fastest

@@ -1,5 +1,6 @@
-"""x86 kernels (AVX2, AVX-512, VNNI): `strategy` registers them, `gemm` and `depthwise` build them, `tune`
-times their candidates into the tuning database, `workloads` keys them there. Importing this package
+"""x86 kernels (AVX2, AVX-512, VNNI): `strategy` registers them, `gemm` and `depthwise` build them, `gemm_space` and
+`depthwise.dw_candidates` list their tuning candidates, `tune` times them into the tuning database, `workloads` keys
+them there. Importing this package
 registers the strategies."""
 
 from qcompile.backends.tvm.schedules.x86.strategy import (

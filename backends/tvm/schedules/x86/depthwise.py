@@ -419,16 +419,51 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
 
 
 def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                  stride: int | None = None) -> list[DwKnobs]:
-    """Schedules the tuner times: the row kernel (4/8/16 lanes), pairs and (with VNNI) quads, each at 1, 2, 4 and
-    8 rows per step (the default for kernel width `kw`, `default_dw_knobs`, first)."""
+                  stride: int | None = None, ho: int | None = None) -> list[DwKnobs]:
+    """Schedules the tuner times, in the order `trials` cuts them (`tune.tune_depthwise`):
+
+    1. the default for kernel width `kw` and vertical `stride` (`default_dw_knobs`), so tuning never makes a layer
+       slower;
+    2. the kernels `default_dw_knobs` chooses between on some shape, each at the vector width and rows per step its
+       rule gives at this `wo`: vertical quads (VNNI, undilated: `stride` given), tap quads (VNNI), the row kernel
+       (4 rows at >= 14 outputs, else 1, as the 3x3 rule; and about 8 row vectors in flight), tap pairs;
+    3. every kernel at 8 and (AVX-512) 16 lanes, 4 for the row kernel without AVX-512, at 1, 2, 4 and 8 rows.
+
+    With the output height `ho`, knobs that give the same kernel (rows fitted to a divisor of Ho, or to whole
+    periods of the vertical-quad kernel) are listed once."""
+    vec = 16 if avx512 and wo >= 14 else 8
     vecs = (8, 16) if avx512 else (8,)
-    kinds = [(v, False, 2) for v in ((4, 8) if not avx512 else vecs)] + [(v, True, 2) for v in vecs]
-    if vnni:
-        kinds += [(v, True, 4) for v in vecs]
-    out = [DwKnobs(v, pairs, r, taps) for v, pairs, taps in kinds for r in (1, 2, 4, 8)]
     default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride)
-    return [default, *(kn for kn in out if kn != default)]
+    likely = []
+    if vnni and stride is not None:
+        likely.append(DwKnobs(vec, False, 4, vquads=True))
+    if vnni:
+        likely.append(DwKnobs(vec, True, _rows_for(wo, vec), taps=4))
+    likely += [DwKnobs(vec, False, 4 if wo >= 14 else 1), DwKnobs(vec, False, _rows_for(wo, vec)),
+               DwKnobs(vec, True, _rows_for(wo, vec))]
+    kinds = [(v, False, 2, False) for v in ((4, 8) if not avx512 else vecs)] + [(v, True, 2, False) for v in vecs]
+    if vnni:
+        kinds += [(v, True, 4, False) for v in vecs]
+        if stride is not None:
+            kinds += [(v, False, 2, True) for v in vecs]
+    grid = [DwKnobs(v, pairs, r, taps, vq) for v, pairs, taps, vq in kinds for r in (1, 2, 4, 8)]
+    grid.sort(key=lambda kn: kn.vec != vec)  # the default's width first (a stable sort keeps the rest in order)
+
+    def kernel(kn: DwKnobs) -> tuple:
+        if ho is None:
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.rows
+        if kn.vquads:  # rows in whole periods of the phase (`depthwise_conv_vquads_x86`), Ho padded to them
+            period, _ = vquad_geometry(1, stride or 1)
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, min(max(period, kn.rows // period * period),
+                                                             -(-ho // period) * period)
+        return kn.vec, kn.pairs, kn.taps, kn.vquads, _fit_rows(ho, kn.rows)
+
+    out, seen = [], set()
+    for kn in (default, *likely, *grid):
+        if kernel(kn) not in seen:
+            seen.add(kernel(kn))
+            out.append(kn)
+    return out
 
 
 def dw_weights(w: np.ndarray, kh: int, kw: int, knobs: DwKnobs, stride: int = 1) -> np.ndarray:

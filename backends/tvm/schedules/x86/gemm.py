@@ -58,7 +58,6 @@ __all__ = [
     "schedule_xpad",
     "choose_mode",
     "default_knobs",
-    "gemm_candidates",
     "pointwise_conv_x86",
     "tile_intrinsic",
     "tile_on_stack",
@@ -162,23 +161,6 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> Gemm
         if k is not None and k <= SMALL_K_MAX and p % 32 == 0:
             return GemmKnobs(6, 32)
     return GemmKnobs(12, 16)
-
-
-def gemm_candidates(o: int, lanes: int = 8) -> list[GemmKnobs]:
-    """Tile candidates of the tensorized GEMM (what `tune.tune_gemm` times): register-resident tiles (4..16
-    accumulators of 8 lanes on AVX2's 16 ymm registers, 4..28 of 16 lanes on AVX-512's 32 zmm registers)."""
-    out = []
-    max_acc = 28 if lanes == 16 else 16
-    tps = (16, 32, 48, 64) if lanes == 16 else (8, 16, 24, 32)
-    for to in (2, 4, 6, 8, 12, 16):
-        for tp in tps:
-            if o % to == 0 and 4 <= to * tp // lanes <= max_acc:
-                for p_outer in (True, False):
-                    out.append(GemmKnobs(to, tp, p_outer))
-    # most promising first (for `trials`): tiles that stay on the stack (no workspace call per tile), then
-    # about 2/3 of the vector registers as accumulators, pixels outside
-    best_acc = 12 if lanes == 16 else 10
-    return sorted(out, key=lambda kn: (not tile_on_stack(kn), abs(kn.to * kn.tp // lanes - best_acc), not kn.p_outer))
 
 
 def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -> str:

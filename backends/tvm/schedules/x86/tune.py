@@ -1,6 +1,11 @@
 """Tuning of the x86 kernels: time the candidate schedules of a GEMM or depthwise conv on this CPU and keep the
 fastest in the tuning database (`qcompile.backends.tvm.tuning`), keyed by `workloads`.
 
+Candidates come from `gemm_space.gemm_space` and `depthwise.dw_candidates`, the untuned default first (so a tuned
+kernel is never slower than an untuned one) and the other choices of the untuned rules next (`trials=N` times the
+first N). They are timed interleaved, minima, at the target's thread count (`threads.target_threads`: the
+lowering's `num_threads`), by `tuning.pick_fastest`.
+
 `x86.strategy` looks the stored knobs up (`lookup_knobs`, `lookup_dw_knobs`) when it emits a kernel;
 `tune_opcall` tunes the kernel an OpCall will get (`qc.lower(..., tune=True)`).
 """
@@ -19,16 +24,10 @@ from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
 from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, conv_kind
 from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_candidates, dw_weights
 from qcompile.backends.tvm.schedules.x86.dw_choice import depthwise_knobs_used
-from qcompile.backends.tvm.schedules.x86.gemm import (
-    LANES,
-    MODES,
-    GemmKnobs,
-    choose_mode,
-    default_knobs,
-    gemm_candidates,
-    pointwise_conv_x86,
-)
+from qcompile.backends.tvm.schedules.x86.gemm import MODES, GemmKnobs, choose_mode, pointwise_conv_x86
+from qcompile.backends.tvm.schedules.x86.gemm_space import gemm_space
 from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
+from qcompile.backends.tvm.threads import target_threads
 from qcompile.errors import ConfigError
 
 __all__ = ["lookup_knobs", "lookup_dw_knobs", "tune_gemm", "tune_depthwise", "tune_opcall"]
@@ -57,7 +56,9 @@ def tune_gemm(
     """Time every candidate tile of a `conv_gemm` workload on this CPU; store and return the best.
 
     `workload` is `gemm_workload(params) | {"mode": mode}` (`workloads.gemm_workload`). Random codes are used:
-    the schedule's speed does not depend on values. Returns `(knobs, seconds)`.
+    the schedule's speed does not depend on values. `candidates` default to `gemm_space(mode, k, p, o)`, of which
+    `trials` keeps the first; they are timed at the target's `num-cores` threads (`tuning.pick_fastest`). Returns
+    `(knobs, seconds)`.
     """
     k, p, o, mode = int(workload["k"]), int(workload["p"]), int(workload["o"]), workload["mode"]
     if mode not in MODES:
@@ -75,20 +76,22 @@ def tune_gemm(
         np.zeros((o, p), np.uint8),
     ]
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    if candidates is None:  # the untuned default always competes: tuning never makes a kernel slower
-        candidates = list(dict.fromkeys([default_knobs(mode, k, p), *gemm_candidates(o, LANES[mode])]))
+    if candidates is None:  # the untuned default first: tuning never makes a kernel slower
+        candidates = gemm_space(mode, k, p, o)
     candidates = list(candidates)[:trials] if trials else list(candidates)
     libs = [(kn, tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), mode, kn), target=target))
             for kn in candidates]
-    best = tuning.pick_fastest(libs, args, number, repeat, workload)
-    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
+    stats: dict = {}
+    best = tuning.pick_fastest(libs, args, number, repeat, workload, threads=target_threads(target), stats=stats)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, extra=stats)
     return best
 
 
 def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 20, repeat: int = 5,
                    seed: int = 0, trials: int | None = None) -> tuple[Any, float]:
     """Time the depthwise schedules of `workload` (`workloads.depthwise_workload`): the row kernel, tap pairs
-    and (VNNI targets) tap quads at several rows per step (`dw_candidates`); store and return
+    and (VNNI targets) tap quads and vertical quads at several rows per step (`dw_candidates`, the default first;
+    `trials` keeps the first), interleaved at the target's thread count (`tuning.pick_fastest`); store and return
     `(DwKnobs, seconds)`."""
     c, h, w = int(workload["c"]), int(workload["h"]), int(workload["w"])
     (kh, kw), stride = workload["k"], tuple(workload["stride"])
@@ -101,23 +104,21 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
             np.zeros((c, ho, wo), np.uint8)]
     candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw,
-                               stride=stride[0] if dilation == (1, 1) else None)[: trials or None]
-    libs = []
-    for kn in candidates:
-        func = depthwise_kernel(dw, kn, target=target)
-        libs.append((kn, tvm.compile(func, target=target)))
-    best = None
-    def layout_of(kn: DwKnobs) -> tuple:  # the kernels differ in weight packing
-        return kn.pairs, kn.taps, kn.vquads
+                               stride=stride[0] if dilation == (1, 1) else None, ho=ho)[: trials or None]
+    libs = [(kn, tvm.compile(depthwise_kernel(dw, kn, target=target), target=target)) for kn in candidates]
+    operands: dict[tuple, list] = {}  # the kernels differ in weight packing: one weight operand per layout
 
-    for layout in dict.fromkeys(layout_of(kn) for kn, _ in libs):
-        group = [(kn, lib) for kn, lib in libs if layout_of(kn) == layout]
-        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in (xs, dw_weights(ws, kh, kw, group[0][0], stride[0]),
-                                                            *rest)]
-        kn, t = tuning.pick_fastest(group, args, number, repeat, workload)
-        if best is None or t < best[1]:
-            best = (kn, t)
-    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6)
+    def args_of(kn: DwKnobs) -> list:
+        layout = (kn.pairs, kn.taps, kn.vquads)
+        if layout not in operands:
+            operands[layout] = [tvm.runtime.tensor(a, tvm.cpu())
+                                for a in (xs, dw_weights(ws, kh, kw, kn, stride[0]), *rest)]
+        return operands[layout]
+
+    stats: dict = {}
+    best = tuning.pick_fastest(libs, [], number, repeat, workload, lib_args=[args_of(kn) for kn, _ in libs],
+                               threads=target_threads(target), stats=stats)
+    tuning.database(target).put(workload, asdict(best[0]), best[1] * 1e6, extra=stats)
     return best
 
 

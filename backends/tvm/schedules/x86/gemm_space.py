@@ -1,0 +1,130 @@
+"""The tuner's tile space of the x86 GEMM: which `GemmKnobs` `tune.tune_gemm` times for a workload, in what order.
+
+Order matters because `trials=N` times the first N (`qc.lower(..., tune=True, trials=N)`):
+
+1. the untuned default (`gemm.default_knobs(mode, k, p)`), so a tuned kernel is never slower than the untuned one;
+2. the tiles session 12 measured close to the winner for this shape (docs/peers.md, "GEMM tiles by shape"): on
+   "vnni512", the whole-row 8-lane ymm tiles 3 x row and 2 x row where 8-lane padding is shorter (7x7: 3x56, 2x56),
+   6x32 and 4x48 for small K, 8x16, 6x16 and 6x32 elsewhere (the 14 px expands: 0.94-0.96x), and the old
+   default 12x16;
+3. the grid of `gemm_axes`, most promising first (`grid_rank`).
+
+Knobs that give the same kernel for this shape (`to` fitted to a divisor of O, `tp` capped at the padded pixel
+count: `conv.gemm_tile`) are listed once (`effective_tile`), so every trial times a different kernel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from qcompile.backends.tvm.schedules.conv import gemm_tile
+from qcompile.backends.tvm.schedules.x86.gemm import (
+    LANES,
+    MODES,
+    NARROW_INTRIN,
+    NARROW_ROW_MAX_P,
+    SMALL_K_MAX,
+    GemmKnobs,
+    default_knobs,
+    tile_intrinsic,
+    tile_on_stack,
+)
+from qcompile.errors import ConfigError
+
+__all__ = ["effective_tile", "gemm_axes", "gemm_space", "grid_rank", "near_tiles", "vector_registers"]
+
+
+def vector_registers(mode: str) -> int:
+    """Vector registers the tile's accumulators and activations share: 32 with AVX-512 (zmm, and ymm0-31 for the
+    8-lane calls of "vnni512"), 16 with AVX2 / AVX-VNNI."""
+    return 32 if mode == "vnni512" else 16
+
+
+def gemm_axes(mode: str) -> dict[str, tuple]:
+    """The values each `GemmKnobs` field takes in the grid of `mode`: the one place that lists the axes (a new
+    knob adds its entry here; its first value is the default's). `lanes` is 0 (the mode's width) plus every
+    narrower intrinsic of `gemm.NARROW_INTRIN` ("vnni512": 8, the 256-bit `vpdpbusd`)."""
+    if mode not in MODES:
+        raise ConfigError("mode", mode, sorted(MODES))
+    return {
+        "to": (2, 3, 4, 6, 8, 12, 16),
+        "tp": (8, 16, 24, 32, 40, 48, 56, 64),
+        "p_outer": (True, False),
+        "lanes": (0, *sorted(NARROW_INTRIN.get(mode, {}))),
+    }
+
+
+def effective_tile(mode: str, k: int, p: int, o: int, knobs: GemmKnobs) -> tuple:
+    """What the kernel of `knobs` is for this shape (`conv.gemm_tile`): channels and pixels per tile, padded pixels,
+    intrinsic lanes, loop order (irrelevant with one pixel tile or one channel tile) and every other knob."""
+    _, g, _, _ = MODES[mode]
+    _, lanes = tile_intrinsic(mode, knobs)
+    t = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, lanes)
+    p_outer = knobs.p_outer or t.pp == t.tp or t.to == o
+    rest = tuple(sorted((f, v) for f, v in vars(knobs).items() if f not in ("to", "tp", "lanes", "p_outer")))
+    return t.to, t.tp, t.pp, lanes, p_outer, rest
+
+
+def _valid(mode: str, knobs: GemmKnobs) -> bool:
+    """A grid point worth timing: `tp` whole calls of its intrinsic and at least 4 accumulators that stay in
+    registers: with 32 registers, accumulators plus one row of activation vectors at most 32 (7x7's 4 x 56 ymm, 28 +
+    7, spilled and was 1.09-1.29x slower, docs/peers.md session 12); with 16, at most 16 accumulators (the weight
+    broadcast and activations reuse registers, as the 8 x 16 default does)."""
+    try:
+        _, lanes = tile_intrinsic(mode, knobs)
+    except ConfigError:
+        return False
+    if knobs.tp % lanes:
+        return False
+    vecs = knobs.tp // lanes
+    acc = knobs.to * vecs
+    regs = vector_registers(mode)
+    return acc >= 4 and (acc + vecs <= regs if regs == 32 else acc <= regs)
+
+
+def grid_rank(mode: str, knobs: GemmKnobs) -> tuple:
+    """Sort key of the grid: tiles that stay on the stack (no workspace call per tile), pixels outside channels (the
+    untuned order), then about 2/3 of the vector registers as accumulators (12 of 32 zmm rows of 16 lanes measured
+    best, 10 of 16 ymm), the mode's own width first."""
+    _, lanes = tile_intrinsic(mode, knobs)
+    best_acc = 12 if vector_registers(mode) == 32 else 10
+    return (not tile_on_stack(knobs), not knobs.p_outer, abs(knobs.to * knobs.tp // lanes - best_acc),
+            knobs.lanes != 0)
+
+
+def near_tiles(mode: str, k: int, p: int) -> list[GemmKnobs]:
+    """The tiles measured close to the default for this shape (docs/peers.md, session 12), most likely first; only
+    "vnni512" has such measurements (the AVX2 / AVX-VNNI modes take the grid)."""
+    if mode != "vnni512":
+        return []
+    tp8 = -(-p // 8) * 8
+    row = [GemmKnobs(3, tp8, True, 8), GemmKnobs(2, tp8, True, 8)] if p <= NARROW_ROW_MAX_P else []
+    small_k = [GemmKnobs(6, 32), GemmKnobs(4, 48)]
+    mid = [GemmKnobs(8, 16), GemmKnobs(6, 16), GemmKnobs(6, 32)]
+    if k <= SMALL_K_MAX:
+        order = small_k + row + mid
+    elif row:
+        order = row + mid + small_k
+    else:
+        order = mid + small_k
+    return [*order, GemmKnobs(12, 16)]
+
+
+def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = ()) -> list[GemmKnobs]:
+    """Every candidate tile of a `K x P -> O` GEMM in `mode`, in the order `trials` cuts it: the default, then
+    `near_tiles`, `extra`, the grid of `gemm_axes` sorted by `grid_rank`; one per distinct kernel
+    (`effective_tile`)."""
+    axes = gemm_axes(mode)
+    names = list(axes)
+    grid = [GemmKnobs(**dict(zip(names, vals))) for vals in itertools.product(*axes.values())]
+    # the mode's own width written as 0: `lanes=LANES[mode]` is the same kernel
+    grid = [kn for kn in grid if _valid(mode, kn) and kn.lanes != LANES[mode]]
+    grid.sort(key=lambda kn: grid_rank(mode, kn))
+    out, seen = [], set()
+    for kn in (default_knobs(mode, k, p), *near_tiles(mode, k, p), *extra, *grid):
+        key = effective_tile(mode, k, p, o, kn)
+        if key not in seen:
+            seen.add(key)
+            out.append(kn)
+    return out

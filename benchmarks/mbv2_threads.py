@@ -47,20 +47,14 @@ def _fork_join_kernel() -> Any:
     return lib.mod if hasattr(lib, "mod") else lib
 
 
-def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max_others: float) -> dict:
-    """Per-PrimFunc minimum (us) over `rounds` x `per_round` single calls, and the network's minimum and median of
-    per-round minima (us), all interleaved in rounds in this process. Only rounds during which other processes
-    used at most `max_others` cores (/proc/stat, `harness._other_load`) count, unless none was that quiet."""
+def primfunc_evaluators(low: Any, per_round: int, rng: np.random.Generator) -> dict[str, tuple[Any, list]]:
+    """PrimFunc name -> (TVM `time_evaluator` of `per_round` single calls, random arguments) for every PrimFunc of a
+    loaded `Lowered` (a loaded export keeps only its library's path, so the library is opened again)."""
     import tvm
 
-    from qcompile import api as qc
     from qcompile.backends.tvm.lowered import _find_function_module, _random_arg, load_library
-    from qcompile.bench.harness import _cpu_snapshot, _other_load  # others' cores during a round
 
-    low = qc.load(lowered)
     dev = tvm.cpu()
-    rng = np.random.default_rng(0)
-    # the library's PrimFuncs, timed one by one (a loaded export keeps only its path)
     lib = low._exec if low._lib_path is None else load_library(low._lib_path)  # noqa: SLF001
     evs = {}
     for name, sig in low.meta["signatures"].items():
@@ -68,8 +62,23 @@ def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max
         if mod is None:
             continue
         args = [tvm.runtime.tensor(_random_arg(s, d, rng), dev) for s, d in sig]
-        ev = mod.time_evaluator(name, dev, number=1, repeat=per_round)
-        evs[name] = (ev, args)
+        evs[name] = (mod.time_evaluator(name, dev, number=1, repeat=per_round), args)
+    return evs
+
+
+def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max_others: float) -> dict:
+    """Per-PrimFunc minimum (us) over `rounds` x `per_round` single calls, and the network's minimum and median of
+    per-round minima (us), all interleaved in rounds in this process. Only rounds during which other processes
+    used at most `max_others` cores (/proc/stat, `harness._other_load`) count, unless none was that quiet."""
+    import tvm
+
+    from qcompile import api as qc
+    from qcompile.bench.harness import _cpu_snapshot, _other_load  # others' cores during a round
+
+    low = qc.load(lowered)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    evs = primfunc_evaluators(low, per_round, rng)
     evs[FORK_JOIN] = (_fork_join_kernel().time_evaluator("main", dev, number=1, repeat=per_round),
                       [tvm.runtime.tensor(np.zeros(64, "int32"), dev)])
     x = rng.standard_normal(low.input_shape).astype(low.input_dtype)

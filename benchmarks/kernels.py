@@ -41,7 +41,8 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
         func = depthwise_kernel(dw, dk, target=target)
         x = rng.integers(0, x_max + 1, (ly.c, ly.h, ly.h)).astype(np.uint8)
         wk = dw_weights(w, ly.k, ly.k, dk, ly.stride)
-        kind = ("quads" if dk.taps == 4 else "pairs") if dk.pairs else ("vquads" if dk.vquads else "rows")
+        kind = ("quads" if dk.taps == 4 else "pairs") if dk.pairs else (
+            "vquads" if dk.vquads else "slide" if dk.slide else "rows")
         mode = f"dw-{kind}{dk.vec}"
         out = np.zeros((ly.o, ly.ho, ly.ho), np.uint8)
     else:

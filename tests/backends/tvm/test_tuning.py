@@ -188,7 +188,7 @@ def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache, runs_avx2):
     assert isinstance(knobs, DwKnobs) and knobs.vec in (4, 8) and secs > 0  # AVX2: no 16-lane candidate
     rec = tuning.TuningDB(AVX2).get(depthwise_workload(params))
     assert rec["knobs"] == {"vec": knobs.vec, "pairs": knobs.pairs, "rows": knobs.rows, "taps": knobs.taps,
-                            "vquads": knobs.vquads}
+                            "vquads": knobs.vquads, "slide": knobs.slide}
     tuning._DB_CACHE.clear()
     assert tune.lookup_dw_knobs(depthwise_workload(params), AVX2) == knobs
     db = tuning.database(AVX2)

@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 
 from qcompile.backends.tvm import tuning
-from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
+from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vbmi, has_vnni
 from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, conv_kind
 from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_candidates, dw_weights
 from qcompile.backends.tvm.schedules.x86.dw_choice import depthwise_knobs_used
@@ -101,14 +101,15 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
             np.zeros((c, ho, wo), np.uint8)]
     candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw,
-                               stride=stride[0] if dilation == (1, 1) else None)[: trials or None]
+                               stride=stride[0] if dilation == (1, 1) else None,
+                               vbmi=has_vbmi(target))[: trials or None]
     libs = []
     for kn in candidates:
         func = depthwise_kernel(dw, kn, target=target)
         libs.append((kn, tvm.compile(func, target=target)))
     best = None
     def layout_of(kn: DwKnobs) -> tuple:  # the kernels differ in weight packing
-        return kn.pairs, kn.taps, kn.vquads
+        return kn.pairs, kn.taps, kn.vquads, kn.slide
 
     for layout in dict.fromkeys(layout_of(kn) for kn, _ in libs):
         group = [(kn, lib) for kn, lib in libs if layout_of(kn) == layout]

@@ -751,6 +751,51 @@ def test_mbv2_depthwise_default_on_vbmi_is_the_sliding_kernel_bit_exact(c, h, s,
     np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, **kw))
 
 
+@pytest.mark.parametrize("knobs", [
+    dict(vec=8, pairs=False, rows=2), dict(vec=16, pairs=True, rows=2, taps=4), dict(vec=8, pairs=True, rows=1),
+    dict(vec=16, pairs=False, rows=4, vquads=True), dict(vec=8, pairs=False, rows=8, slide=True),
+], ids=["rows", "quads", "pairs", "vquads", "slide"])
+@pytest.mark.parametrize("h,s", [(14, 1), (13, 2)])
+def test_depthwise_shift_branch_bit_exact_with_shifts_on_both_sides_of_32(knobs, h, s):
+    """`DW_SHIFT_BRANCH`: a layer whose shifts straddle 32 (the int64 requantize tail for shifts 1..31, the int32
+    one for 32..62, chosen per channel at run time) through every row-type x86 depthwise kernel, exact against the
+    reference with the extreme shifts, codes and weights; and the same as the kernel without the branch."""
+    import functools
+
+    import qcompile.backends.tvm.schedules.x86.depthwise as xdw
+    from qcompile.backends.tvm.schedules.conv import dw_epilogue
+
+    assert xdw.DW_SHIFT_BRANCH
+    target = VNNI512
+    c = 11
+    rng = np.random.default_rng(h + s)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255
+    wt = rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8)
+    wt[0] = -128
+    bias = rng.integers(40000, 90000, c).astype(np.int32)  # acc + bias about 2^16: codes about 128 at scale 2^-9
+    shift = np.array([1, 12, 23, 31, 32, 33, 40, 47, 55, 62, 36], np.int32)
+    mult = (2.0 ** (shift.astype(np.float64) - 9) * rng.uniform(0.5, 1.0, c)).clip(1, 2**31 - 1).astype(np.int32)
+    mult[[0, 9]] = [1, 2**31 - 1]
+    dw = DwConv(c, h, h, 3, 3, (s, s), (1, 1), (1, 1), 20, lo=3, hi=250, shift_min=int(shift.min()))
+    kn = xdw.DwKnobs(**knobs)
+    args = (x[0], xdw.dw_weights(wt, 3, 3, kn, s), bias_term(bias, mult, shift), mult, shift)
+    libs = [tvm.compile(xdw.depthwise_kernel(dw, kn, target=target), target=target)]
+    with pytest.MonkeyPatch.context() as mp:  # the same kernel with one requantize form for every channel
+        mp.setattr(xdw, "dw_epilogue", functools.partial(dw_epilogue, shift_branch=False))
+        libs.append(tvm.compile(xdw.depthwise_kernel(dw, kn, target=target), target=target))
+    if not isa.should_execute(FAMILY[target]):
+        pytest.skip("built the avx512-vnni kernels; this CPU cannot execute them")
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=1,
+                   groups=c, pad_value=20)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=3, hi=250).numpy()[0]
+    assert len(np.unique(ref)) > 20
+    for lib in libs:
+        out = tvm.runtime.tensor(np.zeros((c, dw.ho, dw.wo), np.uint8))
+        lib(*(tvm.runtime.tensor(a) for a in args), out)
+        np.testing.assert_array_equal(out.numpy(), ref)
+
+
 def test_depthwise_vertical_quads_rejects_dilation():
     from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_conv_vquads_x86
     from qcompile.errors import ConfigError

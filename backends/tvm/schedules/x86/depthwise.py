@@ -37,6 +37,11 @@ __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_
 #: the row, tap-pair/quad and vertical-quad kernels requantize with `requant_expr`'s even/odd-lane form
 #: (`pairs=True`): bit-exact, and measured faster on every depthwise layer of MobileNetV2 (docs/peers.md, session 11)
 DW_PAIRS = True
+#: the row, tap-pair/quad, vertical-quad and sliding-quad kernels of a layer with shifts below 32 branch per channel
+#: between the int32 requantize tail (channels with shift >= 32) and the int64 one (`conv.dw_epilogue(...,
+#: shift_branch=True)`): bit-exact; MobileNetV2's synthetic program has depthwise shifts 23-39, and one channel
+#: below 32 used to put every channel on the int64 tail (32x112x112 92.5 -> 73.0 us, docs/peers.md, session 13)
+DW_SHIFT_BRANCH = True
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -97,7 +102,8 @@ def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.P
         ),
         name="dw",
     )
-    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -212,7 +218,8 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
         ),
         name="dw",
     )
-    args = [x, w2, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, w2, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -302,7 +309,8 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm
         ),
         name="dw",
     )
-    args = [x, w4, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, w4, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -405,7 +413,8 @@ def depthwise_conv_vquads_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tv
         ),
         name="dw",
     )
-    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")

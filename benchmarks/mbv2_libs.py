@@ -3,7 +3,8 @@
     TVM_NUM_THREADS=1 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.mbv2_libs \\
         old=/work/main/runs/peers/lowered4/mobilenet_v2/host_untuned new=runs/lowered/host_untuned --rounds 30
 
-Every library runs the same input once and the outputs must be equal (bit for bit); then, in `--rounds` rounds
+Every library's output on the same input must equal its own integer program's (the export's `program`, run by
+the reference executor; bit for bit); then, in `--rounds` rounds
 (the libraries' order reversed every other round, a `--settle-ms` pause before each), each library's PrimFuncs are
 timed with TVM's `time_evaluator` (`mbv2_threads.primfunc_evaluators`: requantize operands with shift 36) and the
 network is called `--net-calls` times (`Lowered.__call__` with the real constants). Printed per library: the
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,10 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
         name, _, path = spec.partition("=")
         libs[name] = qc.load(Path(path))
     x = np.random.default_rng(0).standard_normal(next(iter(libs.values())).input_shape).astype(np.float32)
-    outs = {k: low(x) for k, low in libs.items()}
-    first = next(iter(outs.values()))
-    if not all(np.array_equal(first, o) for o in outs.values()):
-        raise AssertionError("the libraries' outputs differ")
+    for k, low in libs.items():  # each library against the reference executor on its own integer program
+        ref = low.program(torch.from_numpy(x)) if low.program is not None else None
+        if ref is None:
+            raise AssertionError(f"{k}: the export has no integer program to check the library against")
+        if not np.array_equal(low(x), np.asarray(ref)):
+            raise AssertionError(f"{k}: the library's output differs from its integer program's")
     for low in libs.values():
         low.num_threads = args.threads
     evs = {k: primfunc_evaluators(low, 10, np.random.default_rng(0)) for k, low in libs.items()}
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "depthwise_us": dws}
         print(f"{k}: network min {min(net[k]):.0f} us, median of round minima {np.median(net[k]):.0f} us; "
               f"kernel sum {ks:.0f} us, depthwise {dws:.0f} us")
-    print(f"outputs equal; {args.threads} thread(s); quiet rounds {quiet} of {args.rounds}; load average "
+    print(f"outputs exact; {args.threads} thread(s); quiet rounds {quiet} of {args.rounds}; load average "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     return res
 

@@ -39,8 +39,9 @@ import numpy as np
 INPUT_SHAPE = (1, 3, 224, 224)
 
 
-def openvino_model(workdir: Path, threads: int) -> tuple[Any, np.ndarray]:
-    """(OpenVINO compiled model with `PERF_COUNT`, input) of the harness's openvino_int8_qdq MobileNetV2 peer."""
+def openvino_model(workdir: Path, threads: int, extra: dict[str, Any] | None = None) -> tuple[Any, np.ndarray]:
+    """(OpenVINO compiled model with `PERF_COUNT` and `extra` settings, input) of the harness's openvino_int8_qdq
+    MobileNetV2 peer."""
     from qcompile.bench import peers
     from qcompile.bench.harness import BenchOptions, peer_specs
     from qcompile.bench.models import mobilenet_v2
@@ -52,7 +53,7 @@ def openvino_model(workdir: Path, threads: int) -> tuple[Any, np.ndarray]:
         raise RuntimeError(f"openvino_int8_qdq: {missing.get('openvino_int8_qdq')}")
     float_onnx, calib, path, _ = specs["openvino_int8_qdq"].args
     qdq = peers.ort_qdq_model(float_onnx, calib, path)
-    return peers.openvino_compile(qdq, threads, None, {"PERF_COUNT": "YES"}), x
+    return peers.openvino_compile(qdq, threads, None, {"PERF_COUNT": "YES", **(extra or {})}), x
 
 
 def qcompile_lowering(lowered: Path | None, threads: int) -> Any:
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-others", type=float, default=0.2, help="a round is quiet when others use <= this many cores")
     ap.add_argument("--settle-ms", type=float, default=200.0,
                     help="pause before each runtime's turn, so the other one's threads stop spinning")
+    ap.add_argument("--ov-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="an OpenVINO setting beyond the harness's, e.g. ENABLE_CPU_PINNING=NO (repeatable)")
     ap.add_argument("--out", type=Path, help="write the measurement as JSON")
     ap.add_argument("--table", type=Path, help="print the table of a JSON written by --out, measure nothing")
     args = ap.parse_args(argv)
@@ -247,12 +250,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's pool exists
     with tempfile.TemporaryDirectory(prefix="mbv2-ov-") as tmp:
-        compiled, x = openvino_model(Path(tmp), args.threads)
+        compiled, x = openvino_model(Path(tmp), args.threads, dict(kv.split("=", 1) for kv in args.ov_config))
         low = qcompile_lowering(args.lowered, args.threads)
         res = measure(compiled, x, low, args.rounds, args.per_round, args.max_others, args.settle_ms / 1e3)
         res["layers"] = layers(low.meta, res["openvino_nodes"], conv_nodes(compiled))
     res.update(threads=args.threads, cpu=platform.processor() or platform.machine(),
-               loadavg_end=Path("/proc/loadavg").read_text().split()[:3], lowered=str(args.lowered))
+               loadavg_end=Path("/proc/loadavg").read_text().split()[:3], lowered=str(args.lowered),
+               ov_config=args.ov_config)
     if args.out:
         args.out.write_text(json.dumps(res, indent=1))
     print(table(res))

@@ -508,7 +508,7 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     columns, undilated stride 1 or 2): the sliding tap-quad kernel (`depthwise_conv_slide_x86`), 16 lanes on
     rows of more than 14 outputs, else 8, rows per step for about 16 row vectors in flight at stride 1 and 8 at
     stride 2 (`_rows_for`). On AMD EPYC Zen 4, 1 thread (docs/peers.md, "session 13"): every 3x3 depthwise
-    layer of MobileNetV2 224 faster than with the kernels above (0.44-0.80x, 912 -> 605 us over the network);
+    layer of MobileNetV2 224 faster than with the kernels above (0.47-0.78x, 896 -> 613 us over the network);
     MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two."""
     if slide_applies(avx512, vnni, vbmi, kw, stride):
         vec = 16 if wo > ROW_KERNEL_MAX_WO_3X3 else 8

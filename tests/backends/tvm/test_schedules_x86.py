@@ -818,11 +818,12 @@ def test_depthwise_default_kernel_assembly_on_avx512_vnni(k, wo, dot):
     assert bool(re.search(r"vpdpbusd", isa.assembly(built))) == dot
 
 
-@pytest.mark.parametrize("kernel", ["rows-7", "rows-14", "cvec", "gemv"])
+@pytest.mark.parametrize("kernel", ["rows-7", "rows-14", "slide-7", "slide-14", "cvec", "gemv"])
 def test_register_tiles_are_not_workspace_allocations(kernel):
-    """Compile-only: the accumulator tiles of the row depthwise kernel on 7/14 px maps and of the channel-lane
-    kernels (`depthwise_cvec_x86`, `pointwise_gemv_x86`) live on the stack, not in a `TVMBackendAllocWorkspace`
-    call per channel (what a "local"-scope tile became: 10-23 % of MobileNetV2's 7-28 px depthwise time)."""
+    """Compile-only: the accumulator tiles of the row and sliding-quad depthwise kernels on 7/14 px maps and of the
+    channel-lane kernels (`depthwise_cvec_x86`, `pointwise_gemv_x86`) live on the stack, not in a
+    `TVMBackendAllocWorkspace` call per channel (what a "local"-scope tile became: 10-23 % of MobileNetV2's 7-28 px
+    depthwise time)."""
     from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_cvec_x86, depthwise_kernel
     from qcompile.backends.tvm.schedules.x86.gemv import pointwise_gemv_x86
 
@@ -833,6 +834,8 @@ def test_register_tiles_are_not_workspace_allocations(kernel):
     else:
         h = int(kernel.split("-")[1])
         knobs = DwKnobs(8, False, 1) if h == 7 else DwKnobs(16, False, 4)
+        if kernel.startswith("slide"):
+            knobs = DwKnobs(8, False, 16 if h == 7 else 8, slide=True)
         func = depthwise_kernel(DwConv(32, h, h, 3, 3, (1, 1), (1, 1), shift_min=34), knobs, target=VNNI512)
     assert _workspace_calls(func, VNNI512) == 0
 

@@ -18,16 +18,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def calls_per_primfunc(meta: dict) -> collections.Counter:
-    """PrimFunc name -> number of network kernels that call it (repeated layers share one PrimFunc)."""
+def network_primfuncs(meta: dict) -> list[str | None]:
+    """The PrimFunc each network kernel calls, in the network's order (repeated layers share one PrimFunc and are
+    listed in the metadata without one: matched to the emitted one by workload); None where none matches."""
     by_workload = {json.dumps(k["workload"], sort_keys=True): k["primfuncs"][0]
                    for k in meta["kernels"] if k["primfuncs"] and "workload" in k}
-    out: collections.Counter = collections.Counter()
-    for k in meta["kernels"]:
-        name = k["primfuncs"][0] if k["primfuncs"] else by_workload.get(json.dumps(k.get("workload"), sort_keys=True))
-        if name is not None:
-            out[name] += 1
-    return out
+    return [k["primfuncs"][0] if k["primfuncs"] else by_workload.get(json.dumps(k.get("workload"), sort_keys=True))
+            for k in meta["kernels"]]
+
+
+def calls_per_primfunc(meta: dict) -> collections.Counter:
+    """PrimFunc name -> number of network kernels that call it (repeated layers share one PrimFunc)."""
+    return collections.Counter(n for n in network_primfuncs(meta) if n is not None)
 
 
 def layer_type(name: str) -> str:

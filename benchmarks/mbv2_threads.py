@@ -47,6 +47,46 @@ def _fork_join_kernel() -> Any:
     return lib.mod if hasattr(lib, "mod") else lib
 
 
+#: the shift every channel gets in `primfunc_evaluators`' requantize operands: >= 32, the int32 tail of
+#: `requant_expr` that kernels branching per channel (x86 depthwise, `DW_SHIFT_BRANCH`) take for most channels
+TIMING_SHIFT = 36
+
+
+def timing_args(sig: list, rng: np.random.Generator) -> list[np.ndarray]:
+    """Arguments to time a PrimFunc of signature `sig` ([(shape, dtype)]): `_random_arg`'s small integers, except a
+    requantize triple (an int64 vector followed by two int32 vectors of its length: bias term, multiplier, shift),
+    which gets multipliers 2^30 and shifts `TIMING_SHIFT`: a kernel that branches on each channel's shift then
+    runs the branch most channels of a network take, not the int64 one that `_random_arg`'s shifts of 1..7 select."""
+    from qcompile.backends.tvm.lowered import _random_arg
+
+    args = [_random_arg(s, d, rng) for s, d in sig]
+    for i in range(len(sig) - 2):
+        (s0, d0), (s1, d1), (s2, d2) = sig[i:i + 3]
+        if (d0, d1, d2) == ("int64", "int32", "int32") and len(s0) == 1 and s0 == s1 == s2:
+            args[i + 1] = np.full(s1, 1 << 30, np.int32)
+            args[i + 2] = np.full(s2, TIMING_SHIFT, np.int32)
+    return args
+
+
+def primfunc_evaluators(low: Any, per_round: int, rng: np.random.Generator) -> dict[str, tuple[Any, list]]:
+    """PrimFunc name -> (TVM `time_evaluator` of `per_round` single calls, `timing_args`) for every PrimFunc of a
+    loaded `Lowered` (a loaded export keeps only its library's path, so the library is opened again)."""
+    import tvm
+
+    from qcompile.backends.tvm.lowered import _find_function_module, load_library
+
+    dev = tvm.cpu()
+    lib = low._exec if low._lib_path is None else load_library(low._lib_path)  # noqa: SLF001
+    evs = {}
+    for name, sig in low.meta["signatures"].items():
+        mod = _find_function_module(lib, name)
+        if mod is None:
+            continue
+        args = [tvm.runtime.tensor(a, dev) for a in timing_args(sig, rng)]
+        evs[name] = (mod.time_evaluator(name, dev, number=1, repeat=per_round), args)
+    return evs
+
+
 def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max_others: float) -> dict:
     """Per-PrimFunc minimum (us) over `rounds` x `per_round` single calls, and the network's minimum and median of
     per-round minima (us), all interleaved in rounds in this process. Only rounds during which other processes
@@ -54,22 +94,12 @@ def time_kernels(lowered: Path, rounds: int, per_round: int, net_calls: int, max
     import tvm
 
     from qcompile import api as qc
-    from qcompile.backends.tvm.lowered import _find_function_module, _random_arg, load_library
     from qcompile.bench.harness import _cpu_snapshot, _other_load  # others' cores during a round
 
     low = qc.load(lowered)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
-    # the library's PrimFuncs, timed one by one (a loaded export keeps only its path)
-    lib = low._exec if low._lib_path is None else load_library(low._lib_path)  # noqa: SLF001
-    evs = {}
-    for name, sig in low.meta["signatures"].items():
-        mod = _find_function_module(lib, name)
-        if mod is None:
-            continue
-        args = [tvm.runtime.tensor(_random_arg(s, d, rng), dev) for s, d in sig]
-        ev = mod.time_evaluator(name, dev, number=1, repeat=per_round)
-        evs[name] = (ev, args)
+    evs = primfunc_evaluators(low, per_round, rng)
     evs[FORK_JOIN] = (_fork_join_kernel().time_evaluator("main", dev, number=1, repeat=per_round),
                       [tvm.runtime.tensor(np.zeros(64, "int32"), dev)])
     x = rng.standard_normal(low.input_shape).astype(low.input_dtype)

@@ -153,6 +153,20 @@ def _require_openvino() -> Any:
     return openvino
 
 
+def openvino_compile(path: str | Path, threads: int, precision: str | None = "f32",
+                     extra_config: dict[str, Any] | None = None) -> Any:
+    """OpenVINO's compiled model of an ONNX file as `openvino_runner` runs it (latency hint, one stream, `threads`
+    inference threads, `precision` as there); `extra_config` is merged in (e.g. `{"PERF_COUNT": "YES"}` for the
+    per-node profile that `benchmarks.mbv2_vs_openvino` reads)."""
+    ov = _require_openvino()
+    core = ov.Core()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads)}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    config.update(extra_config or {})
+    return core.compile_model(core.read_model(str(path)), "CPU", config)
+
+
 def openvino_runner(path: str | Path, threads: int, precision: str | None = "f32") -> Runner:
     """OpenVINO's CPU plugin on an ONNX file: latency hint, one stream, `threads` inference threads.
 
@@ -160,13 +174,7 @@ def openvino_runner(path: str | Path, threads: int, precision: str | None = "f32
     really runs fp32; on AMX hosts OpenVINO's default is bf16); None keeps OpenVINO's default (the int8 row:
     how an OpenVINO user runs a quantized model). One infer request, reused per call, as in a serving loop.
     """
-    ov = _require_openvino()
-    core = ov.Core()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads)}
-    if precision is not None:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-    request = compiled.create_infer_request()
+    request = openvino_compile(path, threads, precision).create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:
         request.infer([np.ascontiguousarray(x, dtype=np.float32)])

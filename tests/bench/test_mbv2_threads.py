@@ -24,3 +24,18 @@ def test_table_ranks_by_calls_times_lost_time_and_sums():
     assert "network - kernel sum: -8 us at 1 thread, 10 us at 2" in lines[6]
     assert lines[7] == "empty parallel region (fork/join): 0.04 us at 1 thread, 1.50 us at 2"
     assert FORK_JOIN not in "\n".join(lines[:5])
+
+
+def test_timing_args_give_requantize_triples_shifts_of_the_int32_tail():
+    import numpy as np
+
+    from benchmarks.mbv2_threads import TIMING_SHIFT, timing_args
+
+    sig = [[[1, 8, 4, 4], "uint8"], [[8, 3, 3], "int8"], [[8], "int64"], [[8], "int32"], [[8], "int32"],
+           [[1, 8, 4, 4], "uint8"]]
+    args = timing_args(sig, np.random.default_rng(0))
+    assert [a.shape for a in args] == [tuple(s) for s, _ in sig]
+    assert (args[3] == 1 << 30).all() and (args[4] == TIMING_SHIFT).all() and TIMING_SHIFT >= 32
+    assert args[0].min() >= 1 and args[0].max() <= 7  # everything else: `_random_arg`'s small integers
+    other = [[[16], "int32"], [[16], "int32"]]
+    assert all(a.min() >= 1 and a.max() <= 7 for a in timing_args(other, np.random.default_rng(0)))

@@ -44,6 +44,8 @@ __all__ = [
     "U8S8_16x4_VNNI512_LANEWISE",
     "U8S8_8x4_VNNI_LANEWISE",
     "DOT_INTRINSICS",
+    "slide_intrinsic",
+    "has_vbmi",
     "has_avx512_vnni",
     "register_x86_intrinsics",
     "u8s8_pairs_safe",
@@ -61,6 +63,8 @@ S8U8_16x4_VNNI512_BCAST = "qcompile_s8u8_16x4_vnni512_bcast"
 S8U8_8x4_VNNI_BCAST = "qcompile_s8u8_8x4_vnni_bcast"
 U8S8_16x4_VNNI512_LANEWISE = "qcompile_u8s8_16x4_vnni512_lanewise"
 U8S8_8x4_VNNI_LANEWISE = "qcompile_u8s8_8x4_vnni_lanewise"
+#: strides of the sliding-window tap-quad steps (`slide_intrinsic`)
+SLIDE_STRIDES = (1, 2, 3, 4)  # (lanes - 1) * stride + 4 <= 4 * lanes: the window fits one load
 
 #: name -> (instruction, int32 lanes) of each broadcast dot-product intrinsic (`dot_impl`)
 DOT_INTRINSICS = {
@@ -109,6 +113,11 @@ def register_x86_intrinsics() -> None:
     for name, lanes in ((U8S8_16x4_VNNI512_LANEWISE, 16), (U8S8_8x4_VNNI_LANEWISE, 8)):
         register_scoped(name, lambda scope, lanes=lanes: dot_desc(lanes, 4, "uint8", "int8", scope, bcast="none"),
                         dot_impl(lanes, 4, "uint8", "int8", _LLVM[("vpdpbusd", lanes)], "fused", bcast="none"))
+    for lanes in (8, 16):
+        for stride in SLIDE_STRIDES:
+            register_scoped(slide_intrinsic(lanes, stride), lambda scope, lanes=lanes, stride=stride:
+                            _slide_desc(lanes, stride, scope), lambda scope, lanes=lanes, stride=stride:
+                            _slide_impl(lanes, stride, scope))
     for name, (instr, lanes) in DOT_INTRINSICS.items():
         k, adt, bdt = _operands(instr)
         register_scoped(name, lambda scope, lanes=lanes, k=k, adt=adt, bdt=bdt: dot_desc(lanes, k, adt, bdt, scope),
@@ -132,6 +141,12 @@ def has_vnni(target: tvm.target.Target) -> bool:
     return "avxvnni" in f or {"avx512vnni", "avx512vl"} <= f
 
 
+def has_vbmi(target: tvm.target.Target) -> bool:
+    """True when the target has AVX512-VBMI with VL (`vpermb` on zmm and ymm: one instruction for the byte
+    shuffle of `slide_intrinsic`; without it LLVM needs several)."""
+    return {"avx512vbmi", "avx512vl"} <= target_features(target)
+
+
 def has_avx512_vnni(target: tvm.target.Target) -> bool:
     """True when the target can execute the 512-bit `vpdpbusd` (AVX512-VNNI + AVX512-BW)."""
     return {"avx512vnni", "avx512bw"} <= target_features(target)
@@ -148,3 +163,65 @@ def u8s8_pairs_safe(w_packed: np.ndarray, act_max: int) -> bool:
     pos = act_max * np.maximum(w, 0).sum(axis=1)
     neg = act_max * np.minimum(w, 0).sum(axis=1)
     return bool(pos.max(initial=0) <= 32767 and neg.min(initial=0) >= -32768)
+
+
+def slide_intrinsic(lanes: int, stride: int) -> str:
+    """Name of the sliding-window tap-quad step: `C[i] += sum_k A[i*stride + k] * B[k]` for `i < lanes` (8: ymm,
+    16: zmm), `k < 4`, A a row of u8 codes, B four int8 taps broadcast: `vpdpbusd` on the four horizontally
+    adjacent codes of each output pixel, gathered in registers by one byte shuffle (`vpermb` where the target has
+    AVX512-VBMI) of one `4 * lanes`-byte load, instead of a copy of every padded pixel four times in memory
+    (`depthwise.depthwise_conv_pairs_x86`'s quads). The load reads `4 * lanes` bytes from the window's start, past
+    the `(lanes - 1) * stride + 4` bytes the step uses: the caller's buffer must have them (it does not use their
+    values). Exact: `vpdpbusd` sums four u8 x s8 products in int32 with no intermediate rounding."""
+    if lanes not in (8, 16) or stride not in SLIDE_STRIDES:
+        raise ValueError((lanes, stride))
+    return f"qcompile_u8s8_{lanes}x4_slide_s{stride}"
+
+
+def _slide_desc(lanes: int, stride: int, scope: str):
+    from tvm.script import tirx as T
+
+    span = (lanes - 1) * stride + 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (span,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:span], B[0:4])
+            T.writes(C[0:lanes])
+            for i, r in T.grid(lanes, 4):
+                with T.sblock("update"):
+                    vi, vr = T.axis.remap("SR", [i, r])
+                    C[vi] = C[vi] + T.cast(A[vi * stride + vr], "int32") * T.cast(B[vr], "int32")
+
+    return desc
+
+
+def _slide_impl(lanes: int, stride: int, scope: str):
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    span = (lanes - 1) * stride + 4
+    width = 4 * lanes
+    # byte 4i + k of the shuffled vector is code i*stride + k of the loaded row
+    index = [tirx.IntImm("int32", i * stride + k) for i in range(lanes) for k in range(4)]
+    llvm = _LLVM[("vpdpbusd", lanes)]
+    c_vt, a_vt = f"int32x{lanes}", f"uint8x{width}"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (span,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:span], B[0:4])
+            T.writes(C[0:lanes])
+            b_i32: T.let[T.int32] = T.reinterpret(B.vload([0], "int8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm), C.vload([0], c_vt),
+                T.Shuffle([A.vload([0], a_vt)], index),
+                T.reinterpret(T.broadcast(b_i32, lanes), dtype=f"int8x{width}"), dtype=c_vt)
+
+    return impl

@@ -137,7 +137,7 @@ class DwConv(ConvGeometry):
 
 
 def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None,
-                bias_at: Any = None, *, pairs: bool = False) -> list[te.Tensor]:
+                bias_at: Any = None, *, pairs: bool = False, shift_branch: bool = False) -> list[te.Tensor]:
     """Placeholders and stages after a depthwise accumulator `acc_at(ch, y, x)`: requantize (or add the int32
     bias) over `[C, Ho, wov]` as stage `epilogue`, then, when rows were padded to whole vectors (`wov > Wo`),
     copy the `Wo` valid outputs (`crop`): a ragged vectorised requantize would run scalar int64 code per element
@@ -146,7 +146,11 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
     `bias_at(ch, y, x)`: the bias element of an output (default `bias[ch]`; a per-pixel bias folds in constants
     that depend on the output pixel, as `x86.depthwise.depthwise_cvec_x86` does with its padding taps).
     `pairs`: `requant.requant_expr`'s even/odd-lane form (measured faster for the x86 depthwise kernels too,
-    docs/peers.md session 11; off by default, so every caller keeps its kernel until it opts in)."""
+    docs/peers.md session 11; off by default, so every caller keeps its kernel until it opts in).
+    `shift_branch`: where the layer has shifts below 32 (`dw.shift_min`), branch per channel: channels whose
+    shift is >= 32 take `requant_expr`'s int32 tail (`shift_min=32`), the others the int64 one; the condition is
+    the channel's, so the vectorised row keeps a scalar `if_then_else` (a branch around each form, not a select
+    of both). Same integers either way (each form is exact for the shifts it is taken for)."""
     c, ho, wo = dw.c, dw.ho, dw.wo
     wov = wo if wov is None else wov
     if bias_at is None:
@@ -162,10 +166,15 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
         def at(ch, y, xo):  # padded columns of a row read a valid skip element; they are cropped
             return (ch, y, tirx.min(xo, wo - 1) if wov != wo else xo)
 
-        res = te.compute((c, ho, wov), lambda ch, y, xo: apply_post(
-            requant_expr(acc_at(ch, y, xo), bias_at(ch, y, xo), mult[ch], shift[ch], dw.lo, dw.hi, dw.shift_min,
-                         pairs=pairs),
-            dw.post, post_ins, at(ch, y, xo)), name="epilogue")
+        def code(ch, y, xo):
+            args = (acc_at(ch, y, xo), bias_at(ch, y, xo), mult[ch], shift[ch], dw.lo, dw.hi)
+            if shift_branch and dw.shift_min < 32:
+                return tirx.if_then_else(shift[ch] >= 32, requant_expr(*args, 32, pairs=pairs),
+                                         requant_expr(*args, dw.shift_min, pairs=pairs))
+            return requant_expr(*args, dw.shift_min, pairs=pairs)
+
+        res = te.compute((c, ho, wov), lambda ch, y, xo: apply_post(code(ch, y, xo), dw.post, post_ins,
+                                                                     at(ch, y, xo)), name="epilogue")
     else:
         res = te.compute((c, ho, wov), lambda ch, y, xo: acc_at(ch, y, xo) + bias_at(ch, y, xo), name="epilogue")
     if wo == wov:

@@ -618,7 +618,8 @@ def test_depthwise_vertical_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
 @pytest.mark.parametrize("c,h", [(20, 14), (13, 7)])
 def test_depthwise_vertical_quads_int32_accumulator_through_the_strategy(c, h):
     """A 3x3 stride-1 depthwise conv without requantize (int32 `acc + bias`) on 14 / 7 px takes the default
-    vertical-quad kernel on AVX-512 VNNI (`vpdpbusd`), exact against the reference."""
+    kernel on AVX-512 VNNI (`vpdpbusd`: the sliding tap quads where the target has VBMI, else the vertical quads),
+    exact against the reference."""
     rng = np.random.default_rng(c + h)
     x, wt, bias, mult, shift = _case(rng, c, h, h, c, 3, 1, 1, c)
     x[0, 0] = 255
@@ -628,6 +629,171 @@ def test_depthwise_vertical_quads_int32_accumulator_through_the_strategy(c, h):
     ref = _reference(x, wt, bias, mult, shift, requant=False, **kw)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, ref)
+
+
+# (c, h, k, stride, pad_value, vec, rows): the sliding tap-quad kernel; MobileNetV2's 3x3 layers at 14 / 7 px,
+# odd sizes, C not a multiple of 16, 2x2 (one quad, half zero), 5x5 / 7x7 (two quads per kernel row), strides 2-4
+SLIDE_CASES = [
+    pytest.param(20, 14, 3, 1, 9, 8, 8, id="3x3-s1-14px-ymm"),
+    pytest.param(13, 7, 3, 1, 255, 8, 16, id="3x3-s1-7px-all-rows"),
+    pytest.param(24, 13, 3, 2, 0, 16, 4, id="3x3-s2-odd-zmm"),
+    pytest.param(6, 30, 3, 1, 17, 16, 2, id="3x3-s1-30px-ragged-zmm"),
+    pytest.param(5, 20, 2, 1, 0, 8, 3, id="2x2-even"),
+    pytest.param(17, 9, 5, 1, 3, 8, 2, id="5x5-s1"),
+    pytest.param(6, 15, 7, 2, 200, 16, 4, id="7x7-s2"),
+    pytest.param(4, 16, 7, 1, 1, 8, 8, id="7x7-s1"),
+    pytest.param(7, 19, 3, 3, 5, 8, 1, id="3x3-s3"),
+    pytest.param(3, 21, 5, 4, 250, 16, 2, id="5x5-s4-zmm"),
+]
+
+
+@pytest.mark.parametrize("c,h,k,s,pad_value,vec,rows", SLIDE_CASES)
+def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
+    """`vpdpbusd` on tap quads shuffled out of one row load (`depthwise_conv_slide_x86`, `vpermb` where the target
+    has VBMI) through `depthwise_kernel` and `dw_weights`: exact against the reference, the largest codes against
+    the most negative weights."""
+    from qcompile.backends.tvm.intrin.x86 import has_vbmi
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_weights
+
+    target = VNNI512
+    rng = np.random.default_rng(c * 100 + h * 10 + k + s)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255
+    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
+    wt[0] = -128
+    bias = rng.integers(-20000, 20000, c).astype(np.int32)
+    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    shift = rng.integers(34, 42, c).astype(np.int32)
+    p = (k - 1) // 2
+    ho = (h + 2 * p - k) // s + 1
+    dw = DwConv(c, h, h, k, k, (s, s), (p, p), (1, 1), pad_value, lo=1, hi=254, shift_min=int(shift.min()))
+    knobs = DwKnobs(vec, False, rows, slide=True)
+    lib = tvm.compile(depthwise_kernel(dw, knobs, target=target), target=target)
+    reg = r"\s+.*%zmm" if vec == 16 else r"\s+.*%ymm"
+    # the shuffle of stride 1 is one vpermb with VBMI (LLVM picks other byte shuffles for wider strides)
+    isa.check_instructions(lib, FAMILY[target], r"vpdpbusd" + reg,
+                           *([r"vpermb" + reg] if s == 1 and has_vbmi(target) else []))
+    if not isa.should_execute(FAMILY[target]):
+        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
+    out = tvm.runtime.tensor(np.zeros((c, ho, ho), np.uint8))
+    args = (x[0], dw_weights(wt, k, k, knobs, s), bias_term(bias, mult, shift), mult, shift)
+    lib(*(tvm.runtime.tensor(a) for a in args), out)
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=p,
+                   groups=c, pad_value=pad_value)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=1, hi=254).numpy()[0]
+    assert len(np.unique(ref)) > 20
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_depthwise_sliding_quads_are_the_default_with_vbmi():
+    """With AVX-512 VNNI and VBMI every undilated depthwise layer of at most 7 columns and stride 1 or 2 takes the
+    sliding tap quads: 16 lanes above 14 outputs per row, else 8; about 16 row vectors per step at stride 1, 8 at
+    stride 2 (MobileNetV2's shapes below). Without VBMI, VNNI, AVX-512, a known stride or with wider kernels the
+    choice is the one before; the tuner times the default first and can pick any sliding variant."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, default_dw_knobs, dw_candidates
+
+    def knobs(wo, s, kw=3, **kw_):
+        return default_dw_knobs(wo, True, vnni=True, kw=kw, stride=s, **({"vbmi": True} | kw_))
+
+    assert knobs(112, 1) == DwKnobs(16, False, 2, slide=True)  # 7 vectors per row: 2 rows
+    assert knobs(56, 2) == DwKnobs(16, False, 2, slide=True)
+    assert knobs(56, 1) == DwKnobs(16, False, 4, slide=True)
+    assert knobs(28, 2) == DwKnobs(16, False, 4, slide=True)
+    assert knobs(28, 1) == DwKnobs(16, False, 8, slide=True)
+    assert knobs(14, 2) == DwKnobs(8, False, 4, slide=True)
+    assert knobs(14, 1) == DwKnobs(8, False, 8, slide=True)
+    assert knobs(7, 2) == DwKnobs(8, False, 8, slide=True)
+    assert knobs(7, 1) == DwKnobs(8, False, 16, slide=True)
+    assert knobs(14, 1, kw=7).slide and knobs(14, 1, kw=5).slide
+    assert not knobs(14, 1, kw=9).slide
+    assert not knobs(14, None).slide  # dilated or unknown stride
+    assert not knobs(14, 3).slide
+    assert knobs(14, 1, vbmi=False) == DwKnobs(16, False, 4, vquads=True)  # the choice before
+    assert not default_dw_knobs(14, True, vnni=False, kw=3, stride=1, vbmi=True).slide
+    assert not default_dw_knobs(14, False, vnni=True, kw=3, stride=1, vbmi=True).slide
+    cands = dw_candidates(14, True, vnni=True, kw=3, stride=1, vbmi=True)
+    assert cands[0] == knobs(14, 1) and len(cands) == len(set(cands))
+    assert {(kn.vec, kn.rows) for kn in cands if kn.slide} == {(v, r) for v in (8, 16) for r in (1, 2, 4, 8, 16)}
+    assert not any(kn.slide for kn in dw_candidates(14, True, vnni=True, kw=3, stride=1))
+
+
+def test_depthwise_sliding_quads_rejects_what_they_cannot_compute():
+    from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_conv_slide_x86
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dilation"):
+        depthwise_conv_slide_x86(DwConv(8, 14, 14, 3, 3, (1, 1), (2, 2), (2, 2), shift_min=34))
+    with pytest.raises(ConfigError, match="stride"):
+        depthwise_conv_slide_x86(DwConv(8, 14, 14, 3, 3, (5, 5), (1, 1), shift_min=34))
+    with pytest.raises(ConfigError, match="vec"):
+        depthwise_conv_slide_x86(DwConv(8, 14, 14, 3, 3, (1, 1), (1, 1), shift_min=34), vec=4)
+    for bad in (dict(pairs=True), dict(vquads=True)):
+        with pytest.raises(ConfigError, match="slide"):
+            DwKnobs(16, rows=4, slide=True, **bad)
+
+
+@pytest.mark.parametrize("c,h,s,pad_value", [(384, 14, 1, 9), (576, 14, 2, 0), (960, 7, 1, 255), (144, 56, 2, 3)])
+def test_mbv2_depthwise_default_on_vbmi_is_the_sliding_kernel_bit_exact(c, h, s, pad_value):
+    """MobileNetV2's 3x3 depthwise layers through the strategy on an AVX-512 VNNI target with VBMI (this host's
+    own when it has them): the default kernel is the sliding tap quads (`vpermb` at stride 1), exact against the
+    reference executor's conv2d + requantize."""
+    from qcompile.backends.tvm.intrin.x86 import has_vbmi
+
+    if not has_vbmi(VNNI512):
+        pytest.skip("the avx512-vnni target of this host has no VBMI: the sliding quads are not the default")
+    rng = np.random.default_rng(c + h + s)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, c, 3, s, 1, c)
+    x[0, :3] = 255
+    wt[:3] = -128
+    kw = dict(s=s, p=1, groups=c, pad_value=pad_value, lo=0, hi=255)
+    got = _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=VNNI512,
+                        instr=r"vpermb\s+.*%ymm" if s == 1 else r"vpdpbusd", **kw)
+    np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, **kw))
+
+
+@pytest.mark.parametrize("knobs", [
+    dict(vec=8, pairs=False, rows=2), dict(vec=16, pairs=True, rows=2, taps=4), dict(vec=8, pairs=True, rows=1),
+    dict(vec=16, pairs=False, rows=4, vquads=True), dict(vec=8, pairs=False, rows=8, slide=True),
+], ids=["rows", "quads", "pairs", "vquads", "slide"])
+@pytest.mark.parametrize("h,s", [(14, 1), (13, 2)])
+def test_depthwise_shift_branch_bit_exact_with_shifts_on_both_sides_of_32(knobs, h, s):
+    """`DW_SHIFT_BRANCH`: a layer whose shifts straddle 32 (the int64 requantize tail for shifts 1..31, the int32
+    one for 32..62, chosen per channel at run time) through every row-type x86 depthwise kernel, exact against the
+    reference with the extreme shifts, codes and weights; and the same as the kernel without the branch."""
+    import functools
+
+    import qcompile.backends.tvm.schedules.x86.depthwise as xdw
+    from qcompile.backends.tvm.schedules.conv import dw_epilogue
+
+    assert xdw.DW_SHIFT_BRANCH
+    target = VNNI512
+    c = 11
+    rng = np.random.default_rng(h + s)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255
+    wt = rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8)
+    wt[0] = -128
+    bias = rng.integers(40000, 90000, c).astype(np.int32)  # acc + bias about 2^16: codes about 128 at scale 2^-9
+    shift = np.array([1, 12, 23, 31, 32, 33, 40, 47, 55, 62, 36], np.int32)
+    mult = (2.0 ** (shift.astype(np.float64) - 9) * rng.uniform(0.5, 1.0, c)).clip(1, 2**31 - 1).astype(np.int32)
+    mult[[0, 9]] = [1, 2**31 - 1]
+    dw = DwConv(c, h, h, 3, 3, (s, s), (1, 1), (1, 1), 20, lo=3, hi=250, shift_min=int(shift.min()))
+    kn = xdw.DwKnobs(**knobs)
+    args = (x[0], xdw.dw_weights(wt, 3, 3, kn, s), bias_term(bias, mult, shift), mult, shift)
+    libs = [tvm.compile(xdw.depthwise_kernel(dw, kn, target=target), target=target)]
+    with pytest.MonkeyPatch.context() as mp:  # the same kernel with one requantize form for every channel
+        mp.setattr(xdw, "dw_epilogue", functools.partial(dw_epilogue, shift_branch=False))
+        libs.append(tvm.compile(xdw.depthwise_kernel(dw, kn, target=target), target=target))
+    if not isa.should_execute(FAMILY[target]):
+        pytest.skip("built the avx512-vnni kernels; this CPU cannot execute them")
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=1,
+                   groups=c, pad_value=20)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=3, hi=250).numpy()[0]
+    assert len(np.unique(ref)) > 20
+    for lib in libs:
+        out = tvm.runtime.tensor(np.zeros((c, dw.ho, dw.wo), np.uint8))
+        lib(*(tvm.runtime.tensor(a) for a in args), out)
+        np.testing.assert_array_equal(out.numpy(), ref)
 
 
 def test_depthwise_vertical_quads_rejects_dilation():
@@ -652,11 +818,12 @@ def test_depthwise_default_kernel_assembly_on_avx512_vnni(k, wo, dot):
     assert bool(re.search(r"vpdpbusd", isa.assembly(built))) == dot
 
 
-@pytest.mark.parametrize("kernel", ["rows-7", "rows-14", "cvec", "gemv"])
+@pytest.mark.parametrize("kernel", ["rows-7", "rows-14", "slide-7", "slide-14", "cvec", "gemv"])
 def test_register_tiles_are_not_workspace_allocations(kernel):
-    """Compile-only: the accumulator tiles of the row depthwise kernel on 7/14 px maps and of the channel-lane
-    kernels (`depthwise_cvec_x86`, `pointwise_gemv_x86`) live on the stack, not in a `TVMBackendAllocWorkspace`
-    call per channel (what a "local"-scope tile became: 10-23 % of MobileNetV2's 7-28 px depthwise time)."""
+    """Compile-only: the accumulator tiles of the row and sliding-quad depthwise kernels on 7/14 px maps and of the
+    channel-lane kernels (`depthwise_cvec_x86`, `pointwise_gemv_x86`) live on the stack, not in a
+    `TVMBackendAllocWorkspace` call per channel (what a "local"-scope tile became: 10-23 % of MobileNetV2's 7-28 px
+    depthwise time)."""
     from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_cvec_x86, depthwise_kernel
     from qcompile.backends.tvm.schedules.x86.gemv import pointwise_gemv_x86
 
@@ -667,14 +834,17 @@ def test_register_tiles_are_not_workspace_allocations(kernel):
     else:
         h = int(kernel.split("-")[1])
         knobs = DwKnobs(8, False, 1) if h == 7 else DwKnobs(16, False, 4)
+        if kernel.startswith("slide"):
+            knobs = DwKnobs(8, False, 16 if h == 7 else 8, slide=True)
         func = depthwise_kernel(DwConv(32, h, h, 3, 3, (1, 1), (1, 1), shift_min=34), knobs, target=VNNI512)
     assert _workspace_calls(func, VNNI512) == 0
 
 
 @pytest.mark.parametrize("c,h,s,pad_value", [(16, 14, 1, 9), (32, 14, 2, 0), (24, 7, 1, 255), (16, 28, 2, 3)])
 def test_depthwise_3x3_short_rows_bit_exact_on_avx512_vnni(c, h, s, pad_value):
-    """MobileNetV2's 3x3 depthwise shapes at 14 and 7 px through the strategy on AVX-512 VNNI (the row kernel
-    at 2 rows x 16 lanes and 1 row x 8 lanes), bit-exact against the reference."""
+    """MobileNetV2's 3x3 depthwise shapes at 14 and 7 px through the strategy on AVX-512 VNNI (the sliding tap
+    quads where the target has VBMI; else the vertical quads at stride 1, the row kernel at stride 2),
+    bit-exact against the reference."""
     rng = np.random.default_rng(h * 10 + s)
     x, wt, bias, mult, shift = _case(rng, c, h, h, c, 3, s, 1, c)
     kw = dict(s=s, p=1, groups=c, pad_value=pad_value, lo=0, hi=255)

@@ -31,12 +31,17 @@ __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_
            "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs", "small_dw_applies",
            "small_dw_weights", "depthwise_small_x86", "CVEC_DW_PIXELS", "CVEC_DW_IN_PIXELS", "cvec_dw_lanes",
            "cvec_dw_operands", "depthwise_cvec_x86", "tap_matrix", "depthwise_conv_vquads_x86", "pack_vquad_weights",
-           "vquad_geometry"]
+           "vquad_geometry", "depthwise_conv_slide_x86", "slide_row_bytes", "slide_applies", "SLIDE_MAX_KW"]
 
 
 #: the row, tap-pair/quad and vertical-quad kernels requantize with `requant_expr`'s even/odd-lane form
 #: (`pairs=True`): bit-exact, and measured faster on every depthwise layer of MobileNetV2 (docs/peers.md, session 11)
 DW_PAIRS = True
+#: the row, tap-pair/quad, vertical-quad and sliding-quad kernels of a layer with shifts below 32 branch per channel
+#: between the int32 requantize tail (channels with shift >= 32) and the int64 one (`conv.dw_epilogue(...,
+#: shift_branch=True)`): bit-exact; MobileNetV2's synthetic program has depthwise shifts 23-39, and one channel
+#: below 32 used to put every channel on the int64 tail (32x112x112 92.5 -> 73.0 us, docs/peers.md, session 13)
+DW_SHIFT_BRANCH = True
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -97,7 +102,8 @@ def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.P
         ),
         name="dw",
     )
-    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -212,7 +218,8 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
         ),
         name="dw",
     )
-    args = [x, w2, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, w2, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -235,6 +242,92 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
     # scope and the intrinsic's global form: see depthwise_conv_x86)
     init = sch.decompose_reduction(dw_blk, rh_)
     sch.tensorize(xoi, _pair_intrinsic(vec, vnni) if g == 2 else _quad_intrinsic(vec))
+    sch.unroll(rj_)
+    sch.unroll(yi)
+    sch.unroll(xoo)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch.mod["main"]
+
+
+def slide_row_bytes(dw: DwConv, vec: int) -> int:
+    """Bytes per padded row of `depthwise_conv_slide_x86`: every tap quad of every output row vector, and the
+    `4 * vec`-byte load of the last one (`intrin.x86.slide_intrinsic` reads past the bytes it uses)."""
+    sw = dw.stride[1]
+    wov = -(-dw.wo // vec) * vec
+    kp = -(-dw.kw // 4)
+    return max((wov - vec) * sw + 4 * (kp - 1) + 4 * vec, (wov - 1) * sw + 4 * kp)
+
+
+def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm.tirx.PrimFunc:
+    """Depthwise conv on u8 tap quads gathered in registers: for each kernel row and output row vector, one load
+    of the padded row and one byte shuffle (`vpermb` with AVX512-VBMI) give every output pixel its four
+    horizontally adjacent codes `row[x*S + 4j + i]` (i < 4), and one `vpdpbusd` multiplies them by four taps
+    (`intrin.x86.slide_intrinsic`). Same contract as `depthwise_conv_x86`; weights `pack_pair_weights(w, KH, KW,
+    4)` (taps in quads, the last one zero-padded: a zero weight adds nothing). Dilation must be 1.
+
+    Where `depthwise_conv_pairs_x86(taps=4)` copies each padded pixel four times per channel (its quad buffer)
+    and `depthwise_conv_vquads_x86` interleaves four rows byte by byte, this kernel keeps only the padded plane
+    (a constant fill and a vectorised copy, rows widened to `slide_row_bytes` for the last load). 3x3 kernels:
+    3 `vpdpbusd` per row vector (the vertical quads need 6 and pad Ho to whole blocks of 4). Exact: `vpdpbusd`
+    adds four u8 x s8 products into int32 with no intermediate rounding and |acc| <= KH*KW*255*128 < 2^31."""
+    if vec not in (8, 16):
+        raise ConfigError("vec", vec, (8, 16))
+    if dw.dilation != (1, 1):
+        raise ConfigError("DwConv.dilation", dw.dilation, "(1, 1) for the sliding tap-quad kernel")
+    from qcompile.backends.tvm.intrin.x86 import SLIDE_STRIDES, register_x86_intrinsics, slide_intrinsic
+
+    if dw.stride[1] not in SLIDE_STRIDES:
+        raise ConfigError("DwConv.stride", dw.stride, f"a horizontal stride in {SLIDE_STRIDES} for the sliding "
+                          "tap-quad kernel")
+    register_x86_intrinsics()
+    c, h, w, kh, kw = dw.c, dw.h, dw.w, dw.kh, dw.kw
+    padding, pad_value = dw.padding, dw.pad_value
+    sh, sw = dw.stride
+    ho, wo = dw.ho, dw.wo
+    wov = -(-wo // vec) * vec
+    kp = -(-kw // 4)
+    hp = h + 2 * padding[0]
+    wpad = slide_row_bytes(dw, vec)
+
+    x = te.placeholder((c, h, w), "uint8", name="x")
+    w4 = te.placeholder((c, kh, kp, 4), "int8", name="w4")
+    bias = dw.bias()
+
+    def padded(ch, yy, col):
+        inside = tirx.all(yy >= padding[0], yy < h + padding[0], col >= padding[1], col < w + padding[1])
+        return tirx.if_then_else(inside, x[ch, yy - padding[0], col - padding[1]], tirx.const(pad_value, "uint8"))
+
+    xpad = te.compute((c, hp, wpad), padded, name="xpad")
+    rh = te.reduce_axis((0, kh), name="rh")
+    rj = te.reduce_axis((0, kp), name="rj")
+    ri = te.reduce_axis((0, 4), name="ri")
+    acc = te.compute(
+        (c, ho, wov),
+        lambda ch, y, xo: te.sum(
+            xpad[ch, y * sh + rh, xo * sw + 4 * rj + ri].astype("int32") * w4[ch, rh, rj, ri].astype("int32"),
+            axis=[rh, rj, ri],
+        ),
+        name="dw",
+    )
+    args = [x, w4, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
+    sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
+
+    dw_blk = sch.get_sblock("dw")
+    ch, y, xo, rh_, rj_, ri_ = sch.get_loops(dw_blk)
+    xoo, xoi = sch.split(xo, [None, vec])
+    yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
+    # taps outside the block of rows x row vectors: independent accumulators hide the vpdpbusd latency
+    sch.reorder(ch, yo, rh_, rj_, yi, xoo, xoi, ri_)
+    parallel_if_worth(sch, ch, c * ho * wov * kh * kp * 4, "depthwise")
+    _schedule_epilogue(sch, yo, vec, wo != wov)
+    sch.compute_at(sch.get_sblock("xpad"), ch)
+    pad_blk = sch.get_sblock("xpad")
+    sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
+    sch.vectorize(sch.get_loops(pad_blk)[-1])
+    # accumulators: a stack tile in registers ("global" scope, see depthwise_conv_x86)
+    init = sch.decompose_reduction(dw_blk, rh_)
+    sch.tensorize(xoi, slide_intrinsic(vec, sw))
     sch.unroll(rj_)
     sch.unroll(yi)
     sch.unroll(xoo)
@@ -320,7 +413,8 @@ def depthwise_conv_vquads_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tv
         ),
         name="dw",
     )
-    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS)]
+    args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
+                                 shift_branch=DW_SHIFT_BRANCH)]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -372,10 +466,13 @@ class DwKnobs:
     rows: int = 1  # output rows per step (at most; the kernel takes the largest divisor of Ho not above it)
     taps: int = 2  # taps per int32 lane of the grouped kernel: 2 (int16 pairs) or 4 (u8 quads, VNNI)
     vquads: bool = False  # vertical u8 tap quads (`depthwise_conv_vquads_x86`, VNNI); `pairs` must be False
+    slide: bool = False  # u8 tap quads shuffled in registers (`depthwise_conv_slide_x86`, VNNI); not with the others
 
     def __post_init__(self) -> None:
         if self.vquads and (self.pairs or self.vec == 4):
             raise ConfigError("DwKnobs.vquads", self.vquads, "only with pairs=False and vec 8 or 16")
+        if self.slide and (self.pairs or self.vquads or self.vec == 4):
+            raise ConfigError("DwKnobs.slide", self.slide, "only with pairs=False, vquads=False and vec 8 or 16")
         if self.vec not in (4, 8, 16) or (self.pairs and self.vec == 4):
             raise ConfigError("DwKnobs.vec", self.vec, "8 or 16 (4 also for the row kernel)")
         if self.taps not in (2, 4):
@@ -390,7 +487,7 @@ ROW_KERNEL_MAX_WO_3X3 = 14
 
 
 def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                     stride: int | None = None) -> DwKnobs:
+                     stride: int | None = None, vbmi: bool = False) -> DwKnobs:
     """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2).
 
     With a VNNI dot product (`vnni`): u8 tap quads (`vpdpbusd`), 16 lanes on AVX-512 for rows of >= 14
@@ -405,7 +502,17 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     (docs/peers.md, "AMD EPYC Zen 4"); at 56 outputs quads stay 1.6x faster than rows. Of those, stride-1
     layers (`stride`: the vertical stride of an undilated layer, None if unknown or dilated) take the
     vertical-quad kernel (`depthwise_conv_vquads_x86`, 4 rows per step): 384x14x14 45 -> 39 us, 960x7x7
-    43 -> 39 us (docs/peers.md, "session 11"); at stride 2 it was slower than rows."""
+    43 -> 39 us (docs/peers.md, "session 11"); at stride 2 it was slower than rows.
+
+    Before all of these (`slide_applies`: AVX-512 VNNI with VBMI's `vpermb`, at most `SLIDE_MAX_KW` kernel
+    columns, undilated stride 1 or 2): the sliding tap-quad kernel (`depthwise_conv_slide_x86`), 16 lanes on
+    rows of more than 14 outputs, else 8, rows per step for about 16 row vectors in flight at stride 1 and 8 at
+    stride 2 (`_rows_for`). On AMD EPYC Zen 4, 1 thread (docs/peers.md, "session 13"): every 3x3 depthwise
+    layer of MobileNetV2 224 faster than with the kernels above (0.47-0.78x, 896 -> 613 us over the network);
+    MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two."""
+    if slide_applies(avx512, vnni, vbmi, kw, stride):
+        vec = 16 if wo > ROW_KERNEL_MAX_WO_3X3 else 8
+        return DwKnobs(vec, False, _rows_for(wo, vec, 16 if stride == 1 else 8), slide=True)
     vec = 16 if avx512 and wo >= 14 else 8
     if vnni and avx512 and kw is not None and kw <= 3 and wo <= ROW_KERNEL_MAX_WO_3X3:
         if stride == 1:
@@ -418,23 +525,39 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     return DwKnobs(vec, False, _rows_for(wo, vec))
 
 
+#: widest kernel that takes the sliding tap-quad kernel by default (`slide_applies`; measured on 3x3, 5x5, 7x7)
+SLIDE_MAX_KW = 7
+
+
+def slide_applies(avx512: bool, vnni: bool, vbmi: bool, kw: int | None, stride: int | None) -> bool:
+    """Whether `default_dw_knobs` picks the sliding tap-quad kernel: AVX-512 VNNI with VBMI (`vpermb`; without it
+    the byte shuffle takes several instructions), a kernel of at most `SLIDE_MAX_KW` columns and an undilated
+    stride of 1 or 2 (`stride`, None where dilated or unknown)."""
+    return avx512 and vnni and vbmi and kw is not None and kw <= SLIDE_MAX_KW and stride in (1, 2)
+
+
 def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                  stride: int | None = None, ho: int | None = None) -> list[DwKnobs]:
+                  stride: int | None = None, ho: int | None = None, vbmi: bool = False) -> list[DwKnobs]:
     """Schedules the tuner times, in the order `trials` cuts them (`tune.tune_depthwise`):
 
     1. the default for kernel width `kw` and vertical `stride` (`default_dw_knobs`), so tuning never makes a layer
        slower;
     2. the kernels `default_dw_knobs` chooses between on some shape, each at the vector width and rows per step its
        rule gives at this `wo`: vertical quads (VNNI, undilated: `stride` given), tap quads (VNNI), the row kernel
-       (4 rows at >= 14 outputs, else 1, as the 3x3 rule; and about 8 row vectors in flight), tap pairs;
-    3. every kernel at 8 and (AVX-512) 16 lanes, 4 for the row kernel without AVX-512, at 1, 2, 4 and 8 rows.
+       (4 rows at >= 14 outputs, else 1, as the 3x3 rule; and about 8 row vectors in flight), tap pairs; with VNNI
+       and VBMI (`vbmi`, undilated stride 1 or 2) the sliding tap quads first among them;
+    3. every kernel at 8 and (AVX-512) 16 lanes, 4 for the row kernel without AVX-512, at 1, 2, 4 and 8 rows (the
+       sliding quads also at 16).
 
     With the output height `ho`, knobs that give the same kernel (rows fitted to a divisor of Ho, or to whole
     periods of the vertical-quad kernel) are listed once."""
     vec = 16 if avx512 and wo >= 14 else 8
     vecs = (8, 16) if avx512 else (8,)
-    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride)
+    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride, vbmi=vbmi)
+    slide = vnni and vbmi and stride in (1, 2)
     likely = []
+    if slide:
+        likely += [DwKnobs(vec, False, _rows_for(wo, vec, r), slide=True) for r in (16, 8)]
     if vnni and stride is not None:
         likely.append(DwKnobs(vec, False, 4, vquads=True))
     if vnni:
@@ -447,16 +570,18 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
         if stride is not None:
             kinds += [(v, False, 2, True) for v in vecs]
     grid = [DwKnobs(v, pairs, r, taps, vq) for v, pairs, taps, vq in kinds for r in (1, 2, 4, 8)]
+    if slide:
+        grid += [DwKnobs(v, False, r, slide=True) for v in vecs for r in (1, 2, 4, 8, 16)]
     grid.sort(key=lambda kn: kn.vec != vec)  # the default's width first (a stable sort keeps the rest in order)
 
     def kernel(kn: DwKnobs) -> tuple:
         if ho is None:
-            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.rows
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.rows
         if kn.vquads:  # rows in whole periods of the phase (`depthwise_conv_vquads_x86`), Ho padded to them
             period, _ = vquad_geometry(1, stride or 1)
-            return kn.vec, kn.pairs, kn.taps, kn.vquads, min(max(period, kn.rows // period * period),
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, min(max(period, kn.rows // period * period),
                                                              -(-ho // period) * period)
-        return kn.vec, kn.pairs, kn.taps, kn.vquads, _fit_rows(ho, kn.rows)
+        return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, _fit_rows(ho, kn.rows)
 
     out, seen = [], set()
     for kn in (default, *likely, *grid):
@@ -468,10 +593,12 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
 
 def dw_weights(w: np.ndarray, kh: int, kw: int, knobs: DwKnobs, stride: int = 1) -> np.ndarray:
     """The weight operand of `depthwise_kernel(..., knobs)`: [C, KH, KW] int8 for the row kernel, tap groups
-    (`pack_pair_weights`) for the grouped kernels, vertical quads (`pack_vquad_weights`, which depend on the
-    vertical `stride`) for `knobs.vquads`."""
+    (`pack_pair_weights`) for the grouped kernels and `knobs.slide`, vertical quads (`pack_vquad_weights`, which
+    depend on the vertical `stride`) for `knobs.vquads`."""
     if knobs.vquads:
         return pack_vquad_weights(w, kh, kw, stride)
+    if knobs.slide:
+        return pack_pair_weights(w, kh, kw, 4)
     if knobs.pairs:
         return pack_pair_weights(w, kh, kw, knobs.taps)
     return np.asarray(w).reshape(-1, kh, kw).astype(np.int8)
@@ -484,11 +611,12 @@ def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
 
 def target_dw_knobs(wo: int, target: tvm.target.Target, kw: int | None = None,
                     stride: int | None = None) -> DwKnobs:
-    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product); `kw` the kernel width,
-    `stride` the vertical stride."""
-    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
+    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product, VBMI); `kw` the kernel
+    width, `stride` the vertical stride (None where dilated)."""
+    from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vbmi, has_vnni
 
-    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw, stride=stride)
+    return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw, stride=stride,
+                            vbmi=has_vbmi(target))
 
 
 def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | None = None) -> tvm.tirx.PrimFunc:
@@ -503,6 +631,8 @@ def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | 
         return depthwise_conv_pairs_x86(dw, vec=knobs.vec, vnni=vnni, rows=knobs.rows, taps=knobs.taps)
     if knobs.vquads:
         return depthwise_conv_vquads_x86(dw, vec=knobs.vec, rows=knobs.rows)
+    if knobs.slide:
+        return depthwise_conv_slide_x86(dw, vec=knobs.vec, rows=knobs.rows)
     return depthwise_conv_x86(dw, vec=knobs.vec, rows=knobs.rows)
 
 

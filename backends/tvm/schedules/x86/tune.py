@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 
 from qcompile.backends.tvm import tuning
-from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vnni
+from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vbmi, has_vnni
 from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, conv_kind
 from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_candidates, dw_weights
 from qcompile.backends.tvm.schedules.x86.dw_choice import depthwise_knobs_used
@@ -104,12 +104,13 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
     rest = [rng.integers(-100, 100, c).astype(np.int64) << 30, np.full(c, 1 << 30, np.int32), np.full(c, 40, np.int32),
             np.zeros((c, ho, wo), np.uint8)]
     candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw,
-                               stride=stride[0] if dilation == (1, 1) else None, ho=ho)[: trials or None]
+                               stride=stride[0] if dilation == (1, 1) else None, ho=ho,
+                               vbmi=has_vbmi(target))[: trials or None]
     libs = [(kn, tvm.compile(depthwise_kernel(dw, kn, target=target), target=target)) for kn in candidates]
     operands: dict[tuple, list] = {}  # the kernels differ in weight packing: one weight operand per layout
 
     def args_of(kn: DwKnobs) -> list:
-        layout = (kn.pairs, kn.taps, kn.vquads)
+        layout = (kn.pairs, kn.taps, kn.vquads, kn.slide)
         if layout not in operands:
             operands[layout] = [tvm.runtime.tensor(a, tvm.cpu())
                                 for a in (xs, dw_weights(ws, kh, kw, kn, stride[0]), *rest)]

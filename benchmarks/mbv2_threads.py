@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.mbv2_profile import calls_per_primfunc, layer_type
+from qcompile.backends.tvm.lowered import kernel_timing_args
+
+#: the requantize operands of a timed kernel are those of `Lowered.benchmark`'s per-kernel table
+timing_args = kernel_timing_args
 
 #: name of the empty parallel kernel timed beside the network's (`_fork_join_kernel`)
 FORK_JOIN = "fork_join"
@@ -45,27 +49,6 @@ def _fork_join_kernel() -> Any:
 
     lib = tvm.compile(fork_join, target="llvm")
     return lib.mod if hasattr(lib, "mod") else lib
-
-
-#: the shift every channel gets in `primfunc_evaluators`' requantize operands: >= 32, the int32 tail of
-#: `requant_expr` that kernels branching per channel (x86 depthwise, `DW_SHIFT_BRANCH`) take for most channels
-TIMING_SHIFT = 36
-
-
-def timing_args(sig: list, rng: np.random.Generator) -> list[np.ndarray]:
-    """Arguments to time a PrimFunc of signature `sig` ([(shape, dtype)]): `_random_arg`'s small integers, except a
-    requantize triple (an int64 vector followed by two int32 vectors of its length: bias term, multiplier, shift),
-    which gets multipliers 2^30 and shifts `TIMING_SHIFT`: a kernel that branches on each channel's shift then
-    runs the branch most channels of a network take, not the int64 one that `_random_arg`'s shifts of 1..7 select."""
-    from qcompile.backends.tvm.lowered import _random_arg
-
-    args = [_random_arg(s, d, rng) for s, d in sig]
-    for i in range(len(sig) - 2):
-        (s0, d0), (s1, d1), (s2, d2) = sig[i:i + 3]
-        if (d0, d1, d2) == ("int64", "int32", "int32") and len(s0) == 1 and s0 == s1 == s2:
-            args[i + 1] = np.full(s1, 1 << 30, np.int32)
-            args[i + 2] = np.full(s2, TIMING_SHIFT, np.int32)
-    return args
 
 
 def primfunc_evaluators(low: Any, per_round: int, rng: np.random.Generator) -> dict[str, tuple[Any, list]]:

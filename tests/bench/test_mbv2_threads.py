@@ -29,7 +29,8 @@ def test_table_ranks_by_calls_times_lost_time_and_sums():
 def test_timing_args_give_requantize_triples_shifts_of_the_int32_tail():
     import numpy as np
 
-    from benchmarks.mbv2_threads import TIMING_SHIFT, timing_args
+    from benchmarks.mbv2_threads import timing_args
+    from qcompile.backends.tvm.lowered import TIMING_SHIFT
 
     sig = [[[1, 8, 4, 4], "uint8"], [[8, 3, 3], "int8"], [[8], "int64"], [[8], "int32"], [[8], "int32"],
            [[1, 8, 4, 4], "uint8"]]

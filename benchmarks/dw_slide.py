@@ -10,13 +10,12 @@ the two outputs are compared equal, and each kernel's time is the minimum over `
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 
 import numpy as np
 
 from benchmarks.kernels import qc_layer_kernel, time_min
-from benchmarks.mbv2 import mbv2_layers
+from benchmarks.mbv2 import mbv2_depthwise_layers
 
 log = logging.getLogger("benchmarks.dw_slide")
 
@@ -42,12 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     target = tvm.target.Target(host_x86_target(1))
-    calls: collections.Counter = collections.Counter()
-    shapes = {}
-    for _name, ly, _, _ in mbv2_layers():
-        if ly.kind == "depthwise":
-            calls[ly.c, ly.h, ly.stride] += 1
-            shapes[ly.c, ly.h, ly.stride] = ly
+    calls, shapes = mbv2_depthwise_layers()
     runs, knobs = {}, {}
     for key, ly in shapes.items():
         knobs[key, "before"] = default_dw_knobs(ly.ho, has_avx512(target), vnni=has_vnni(target), kw=ly.k,

@@ -76,6 +76,17 @@ def mbv2_layers(resolution: int = 224) -> list[tuple[str, ConvLayer, bool, bool]
     return out
 
 
+def mbv2_depthwise_layers(resolution: int = 224) -> tuple[dict, dict]:
+    """MobileNetV2's distinct depthwise layers: ({(C, H, stride): calls per network}, {(C, H, stride): ConvLayer})."""
+    calls: dict = {}
+    shapes = {}
+    for _name, ly, _, _ in mbv2_layers(resolution):
+        if ly.kind == "depthwise":
+            calls[ly.c, ly.h, ly.stride] = calls.get((ly.c, ly.h, ly.stride), 0) + 1
+            shapes[ly.c, ly.h, ly.stride] = ly
+    return calls, shapes
+
+
 def _requant_params(rng: np.random.Generator, o: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """bias, multiplier, shift keeping codes mid-range for a K-long u8 x s8 dot product."""
     shift = np.full(o, 38, np.int32)

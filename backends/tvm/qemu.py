@@ -102,6 +102,15 @@ def ensure_aarch64_runtime() -> Path:
     return dest
 
 
+def _require_emulator(what: str) -> None:
+    """LoweringError naming `what` unless qemu-aarch64 and the aarch64 sysroot are both present."""
+    if shutil.which(QEMU) is None:
+        raise LoweringError(what, f"{QEMU!r} not found", "install qemu-user (Debian: qemu-user)")
+    if not SYSROOT.is_dir():
+        raise LoweringError(what, f"aarch64 sysroot {SYSROOT} missing",
+                            "install g++-aarch64-linux-gnu or set QCOMPILE_AARCH64_SYSROOT")
+
+
 def _ffi_includes() -> list[str]:
     import tvm_ffi
 
@@ -154,11 +163,7 @@ class QemuRpcServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, start_timeout: float = 60.0):
-        if shutil.which(QEMU) is None:
-            raise LoweringError("arm_cpu RPC server", f"{QEMU!r} not found", "install qemu-user (Debian: qemu-user)")
-        if not SYSROOT.is_dir():
-            raise LoweringError("arm_cpu RPC server", f"aarch64 sysroot {SYSROOT} missing",
-                                "install g++-aarch64-linux-gnu or set QCOMPILE_AARCH64_SYSROOT")
+        _require_emulator("arm_cpu RPC server")
         exe = ensure_rpc_server()
         self.host = host
         self.workdir = tempfile.mkdtemp(prefix="qcompile-rpc-")  # the server's uploads; removed by close()
@@ -221,11 +226,7 @@ def run_aarch64(
     timeout: float = 600.0,
 ) -> tuple[np.ndarray, list[float]]:
     """Run `main(x)` of an aarch64 Relax library under qemu; returns (output, per-run ms if repeat > 1)."""
-    if shutil.which(QEMU) is None:
-        raise LoweringError("arm_cpu execution", f"{QEMU!r} not found", "install qemu-user (Debian: qemu-user)")
-    if not SYSROOT.is_dir():
-        raise LoweringError("arm_cpu execution", f"aarch64 sysroot {SYSROOT} missing",
-                            "install g++-aarch64-linux-gnu or set QCOMPILE_AARCH64_SYSROOT")
+    _require_emulator("arm_cpu execution")
     runner = ensure_runner()
     x = np.ascontiguousarray(x)
     with tempfile.TemporaryDirectory(prefix="qcompile-qemu-") as tmp:

@@ -45,7 +45,7 @@ from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
 __all__ = ["ARM_GROUP", "ARM_MODES", "CODE_OFFSET", "K_MAX", "ArmGemmKnobs", "arm_mode", "fold_code_offset",
-           "gemm_conv_arm"]
+           "gemm_conv_arm", "is_arm"]
 
 #: subtracted from u8 codes so they fit s8 (`sum(x*w) = sum((x-128)*w) + 128*sum(w)`)
 CODE_OFFSET = 128
@@ -57,6 +57,14 @@ ARM_GROUP = {"sdot": 4, "neon": 4, "i8mm": 8}
 _LANES = 4
 # largest K for which the shifted int32 accumulator cannot overflow: K * 128 * 128 < 2^31
 K_MAX = (2**31 - 1) // (CODE_OFFSET * CODE_OFFSET)
+
+
+def is_arm(target: tvm.target.Target) -> bool:
+    """An LLVM target for aarch64 (our intrinsics need NEON, which every aarch64 core has)."""
+    if target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.startswith(("aarch64", "arm64"))
 
 
 def arm_mode(target: tvm.target.Target, o: int | None = None) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import tvm
 from tvm import relax
 
 from qcompile.backends.tvm.schedules.arm.depthwise import depthwise_conv_arm, pack_depthwise_weights
@@ -23,6 +22,7 @@ from qcompile.backends.tvm.schedules.arm.gemm import (
     arm_mode,
     fold_code_offset,
     gemm_conv_arm,
+    is_arm,
 )
 from qcompile.backends.tvm.schedules.arm.tune import gemm_workload, lookup_knobs
 from qcompile.backends.tvm.schedules.conv import (
@@ -40,14 +40,6 @@ from qcompile.backends.tvm.strategy import OpCall
 log = logging.getLogger(__name__)
 
 __all__ = ["ArmConvRequant", "ArmConv", "is_arm"]
-
-
-def is_arm(target: tvm.target.Target) -> bool:
-    """An LLVM target for aarch64 (our intrinsics need NEON, which every aarch64 core has)."""
-    if target.kind.name != "llvm":
-        return False
-    triple = str(target.attrs.get("mtriple", "") or "")
-    return triple.startswith(("aarch64", "arm64"))
 
 
 class _ArmConvBase(ConvStrategy):

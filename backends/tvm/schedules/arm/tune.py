@@ -38,6 +38,7 @@ from qcompile.backends.tvm.schedules.arm.gemm import (
     arm_mode,
     fold_code_offset,
     gemm_conv_arm,
+    is_arm,
 )
 from qcompile.backends.tvm.schedules.conv import GemmConv, conv_kind, pack_weights
 from qcompile.backends.tvm.schedules.requant import bias_term
@@ -171,7 +172,6 @@ def _problem(k: int, p: int, o: int, seed: int, group: int = 4) -> tuple[list[np
 
 def _export(lib: Any, path: Path, target: tvm.target.Target) -> None:
     """Write a compiled kernel as a shared library for the target (cross-linked for aarch64)."""
-    from qcompile.backends.tvm.schedules.arm.strategy import is_arm
     from qcompile.backends.tvm.targets import CROSS_CXX
 
     kw = {"cc": CROSS_CXX} if is_arm(target) else {}
@@ -263,7 +263,6 @@ def tune_opcall(call: Any, w: np.ndarray | None = None, *, remote: Any = None,
     emulated record when `remote` is a board (then the board re-tunes). `w` is accepted for symmetry with
     `x86.tune.tune_opcall`: the ARM mode does not depend on the weights.
     """
-    from qcompile.backends.tvm.schedules.arm.strategy import is_arm
 
     del w
     if call.op not in ("conv2d_requant", "conv2d") or not is_arm(call.target):

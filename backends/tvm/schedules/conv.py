@@ -232,13 +232,28 @@ def gemm_tile(k: int, p: int, o: int, g: int, to: int, tp: int, align: int, lane
     return GemmTile(o, p, -(-k // g), g, fit_to(o, to), tp_, -(-p // tp_) * tp_, lanes)
 
 
-def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind: str) -> None:
+def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind: str, *,
+                       pack_tiles: int = 0) -> None:
     """The activation packing `xpack`: parallel over reduction blocks, the group unrolled, pixels inner so the
     writes are contiguous; a full conv's pixels split into output rows and columns (no div/mod by Wo per
     element) when no pixel padding follows. `kind` is the GEMM's `parallel.UNIT_COST_NS` kind: the packing is
-    parallel exactly when the GEMM is (one decision per kernel, on its MACs)."""
+    parallel exactly when the GEMM is (one decision per kernel, on its MACs).
+
+    `pack_tiles > 0` (a pointwise GEMM; x86 `GemmKnobs.pack_tiles`): parallel over chunks of `m` pixel tiles
+    instead, `m` the largest divisor of the tile count not above `pack_tiles`, reduction blocks then pixels inside
+    a chunk. TVM's static parallel launch gives each thread a contiguous range of chunks, the pixels of the tiles
+    it then multiplies (`schedule_gemm_tiles` with pixels outer), so the GEMM reads its packed activations from
+    its own core's cache (engineer A's hypothesis, docs/peers.md session 12; measured there and in session 13)."""
     pk = sch.get_sblock("xpack")
     b, j, i = sch.get_loops(pk)
+    if pack_tiles and conv is None:
+        n = tile.pp // tile.tp
+        m = max(d for d in range(1, min(pack_tiles, n) + 1) if n % d == 0)
+        jo, ji = sch.split(j, [None, tile.tp * m])
+        sch.reorder(jo, b, ji, i)
+        parallel_if_worth(sch, jo, tile.o * tile.pp * tile.kb * tile.g, kind)
+        sch.unroll(i)
+        return
     parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g, kind)
     sch.unroll(i)
     if conv is not None and tile.pp == tile.p:

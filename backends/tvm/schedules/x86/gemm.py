@@ -87,12 +87,18 @@ class GemmKnobs:
 
     `lanes`: int32 lanes (pixels) per intrinsic call; 0 is the mode's own width (`LANES`), 8 on a "vnni512"
     mode takes the 256-bit `vpdpbusd` (`U8S8_8x4_VNNI`, AVX512-VL encoding), so that pixels are padded to a
-    multiple of 8 instead of 16 (`tile_intrinsic`; 49 px: 56 instead of 64)."""
+    multiple of 8 instead of 16 (`tile_intrinsic`; 49 px: 56 instead of 64).
+
+    `pack_tiles`: the loop the activation packing is parallel over (`conv.schedule_gemm_pack`): 0 its reduction
+    blocks (a pointwise GEMM's packing then writes, per thread, half of what the other thread multiplies); `m > 0`
+    chunks of (the largest divisor of the pixel-tile count not above) `m` pixel tiles, the GEMM's own outer loop
+    with `p_outer`, so each thread packs the pixels it multiplies. A full conv (im2col) keeps its packing."""
 
     to: int = 4
     tp: int = 24
     p_outer: bool = True  # loop pixels outside channels (activation tile reused across channels)
     lanes: int = 0
+    pack_tiles: int = 0
 
     def __post_init__(self) -> None:
         if self.tp % 8 or self.tp <= 0:
@@ -101,6 +107,9 @@ class GemmKnobs:
             raise ConfigError("GemmKnobs.to", self.to, "positive integers")
         if self.lanes not in (0, 8, 16):
             raise ConfigError("GemmKnobs.lanes", self.lanes, "0 (the mode's width), 8 or 16")
+        if self.pack_tiles < 0:
+            raise ConfigError("GemmKnobs.pack_tiles", self.pack_tiles,
+                              "0 (pack over reduction blocks) or a positive count of pixel tiles per chunk")
 
 
 #: mode -> {lanes: intrinsic} of the narrower intrinsics a mode may run its tiles with (`GemmKnobs.lanes`)
@@ -137,9 +146,16 @@ NARROW_ROW_ACC = 21
 #: `default_knobs`: GEMMs of at most this reduction depth K (whose requantize epilogue outweighs the K/4
 #: `vpdpbusd` per vector) take two zmm per channel (6 x 32) where P is a multiple of 32
 SMALL_K_MAX = 24
+#: `default_knobs`: GEMMs of at least this many pixels with more reduction rows than output channels (K > O:
+#: MobileNetV2's project layers 32x12544->16, 96x3136->24, 144x3136->24) pack their activations over chunks of
+#: `PACK_TILES` pixel tiles (`GemmKnobs.pack_tiles`), so at 2 threads each thread packs what it multiplies
+PACK_PIXELS_MIN_P = 3136
+#: pixel tiles per packing chunk: 4 (64 px of 16-lane tiles, one cache line per activation row) cost 1.005-1.017x
+#: the block packing at 1 thread where single tiles cost 1.007-1.074x (docs/peers.md session 13)
+PACK_TILES = 4
 
 
-def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> GemmKnobs:
+def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int | None = None) -> GemmKnobs:
     """Untuned tile per mode: the most accumulators that still keep the tile on the stack (`tile_on_stack`);
     12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with AVX2.
 
@@ -152,6 +168,10 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> Gemm
     - `k <= SMALL_K_MAX` with `p % 32 == 0`: 6 x 32, two zmm per channel, so the epilogue's per-channel
       operands are loaded once per two vectors and the accumulators stay in registers (16->96 at 112 px 0.88x,
       24->144 at 56 px 0.94x; where 32 does not divide P the padded tile and its crop were 1.6x slower).
+
+    Given also the output channels `o`, "vnni512" GEMMs with `k > o`, `p >= PACK_PIXELS_MIN_P` and no padded
+    pixels (16 | P) pack over chunks of `PACK_TILES` pixel tiles (`GemmKnobs.pack_tiles`; 2 threads, quiet
+    rounds: 0.79-0.85x the kernel with block packing, docs/peers.md sessions 12 and 13).
     """
     if LANES.get(mode, 8) != 16:
         return GemmKnobs(8, 16)
@@ -161,6 +181,8 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> Gemm
             return GemmKnobs(max(1, NARROW_ROW_ACC // (tp8 // 8)), tp8, True, 8)
         if k is not None and k <= SMALL_K_MAX and p % 32 == 0:
             return GemmKnobs(6, 32)
+        if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 16 == 0:
+            return GemmKnobs(12, 16, pack_tiles=PACK_TILES)
     return GemmKnobs(12, 16)
 
 
@@ -233,8 +255,10 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     if conv is None and knobs.p_outer and pack_in_tiles() and pack_in_tiles_applies(k, o, tile.pp // tile.tp):
         schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
         return sch.mod["main"]
-    schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
-    schedule_pack_padding(sch, conv, split_pack_padding and tile.pp != p)
+    schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode], pack_tiles=knobs.pack_tiles)
+    # chunks of pixel tiles (`pack_tiles`): the padding is in the last chunk only, a fill of every chunk would
+    # not remove the per-element test, so that packing keeps it (no default takes it: `default_knobs`)
+    schedule_pack_padding(sch, conv, split_pack_padding and tile.pp != p and not knobs.pack_tiles)
     schedule_xpad(sch, conv, pad)
     schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
     return sch.mod["main"]

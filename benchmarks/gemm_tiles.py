@@ -5,8 +5,9 @@ conv of MobileNetV2 1.0 at 224 (`epilogue.gemm_layers`) three times: "old", `Gem
 unrolled epilogue and the split packing (the "vnni512" kernel before session 12); "s12", session 12's default,
 the shape-aware `gemm.default_knobs(mode, K, P)` (a whole-row 8-lane tile at 7x7, 6x32 for K <= 24) with the
 unrolled epilogue and the packing of pixel-padded GEMMs split from its zero fill (`split_pack_padding`); "new",
-today's default `gemm.default_knobs(mode, K, P, O)` (also the packing over pixel-tile chunks of the large
-K > O layers, `GemmKnobs.pack_tiles`). It checks that all
+today's default `gemm.default_knobs(mode, K, P, O)` (session 13: 2 x 64 tiles storing 64 codes at a time for
+K <= 24, `GemmKnobs.store64`, and the packing over pixel-tile chunks of the large K > O layers,
+`GemmKnobs.pack_tiles`). It checks that all
 three write the same codes and times them interleaved in `R` rounds of `N` calls in this process
 (`kernels.time_min`), printing each variant's minimum over all rounds and the sums weighted by how often the
 network runs each layer. Run it with `OMP_NUM_THREADS=1 TVM_NUM_THREADS=1` for 1-thread figures on an
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, ly, calls in layers:
         k, p = ly.c * ly.k * ly.k, ly.ho * ly.ho
         new = default_knobs("vnni512", k, p, ly.o)
-        knobs = {"old": GemmKnobs(12, 16), "s12": default_knobs("vnni512", k, p), "new": new}
+        s12 = default_knobs("vnni512", k, p)
+        s12 = GemmKnobs(6, 32) if s12.store64 else s12  # session 12's tile where session 13 took 2 x 64 stores
+        knobs = {"old": GemmKnobs(12, 16), "s12": s12, "new": new}
         variants = {}
         for label in VARIANTS:
             run, mode, out = qc_layer_kernel(ly, target, knobs=knobs[label], with_out=True,
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             tot[v] += us[v] * calls
         shape = f"{ly.c}->{ly.o} @{ly.ho} ({ly.c * ly.k * ly.k})"
         tile = f"{kn.to}x{kn.tp}" + (f" l{kn.lanes}" if kn.lanes else "")
-        tile += f" pk{kn.pack_tiles}" if kn.pack_tiles else ""
+        tile += (f" pk{kn.pack_tiles}" if kn.pack_tiles else "") + (" st64" if kn.store64 else "")
         print(f"{name:16} {shape:22} {calls:5d} {tile:14} {us['old']:8.1f} {us['s12']:8.1f} {us['new']:8.1f} "
               f"{us['new'] / us['old']:7.2f} {us['new'] / us['s12']:7.3f}")
     print(f"{'sum x calls':16} {'':22} {'':5} {'':14} {tot['old']:8.1f} {tot['s12']:8.1f} {tot['new']:8.1f} "

@@ -295,14 +295,15 @@ def test_default_gemm_knobs_pack_over_pixel_chunks_where_k_exceeds_o_on_large_ma
     """`default_knobs(mode, K, P, O)` (issue 20, docs/peers.md session 13): the large project layers (K > O,
     P >= 3136, no padded pixels) pack their activations over chunks of `PACK_TILES` pixel tiles; the expands, the
     28 px projects, K == O, padded pixels, other modes and calls without O keep the block packing."""
-    from qcompile.backends.tvm.schedules.x86.gemm import PACK_TILES, default_knobs
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
     from qcompile.errors import ConfigError
 
-    assert PACK_TILES == 4
     for k, p, o in ((32, 12544, 16), (96, 3136, 24), (144, 3136, 24)):  # MobileNetV2's 112 and 56 px projects
-        assert default_knobs("vnni512", k, p, o) == GemmKnobs(12, 16, pack_tiles=4), (k, p, o)
+        # 64 | P: 2 x 64 tiles storing 64 codes at a time, chunks of one 64-pixel tile
+        assert default_knobs("vnni512", k, p, o) == GemmKnobs(2, 64, pack_tiles=1, store64=True), (k, p, o)
         assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)  # no O: unchanged
-    assert default_knobs("vnni512", 48, 3136, 16).pack_tiles == 4  # CASES_VNNI512's pack-chunks case
+    assert default_knobs("vnni512", 48, 3152, 16) == GemmKnobs(12, 16, pack_tiles=4)  # 16 | P only: 4 x 16 px
+    assert default_knobs("vnni512", 48, 3136, 16).pack_tiles == 1  # CASES_VNNI512's pack-chunks case
     assert default_knobs("vnni512", 16, 12544, 96) == GemmKnobs(2, 64, store64=True)  # expands: K < O
     assert default_knobs("vnni512", 24, 3136, 144) == GemmKnobs(2, 64, store64=True)
     for k, p, o in ((144, 784, 32), (192, 784, 32), (384, 196, 64), (32, 3136, 32), (96, 3249, 24), (960, 49, 160)):

@@ -156,11 +156,11 @@ NARROW_ROW_ACC = 21
 SMALL_K_MAX = 24
 #: `default_knobs`: GEMMs of at least this many pixels with more reduction rows than output channels (K > O:
 #: MobileNetV2's project layers 32x12544->16, 96x3136->24, 144x3136->24) pack their activations over chunks of
-#: `PACK_TILES` pixel tiles (`GemmKnobs.pack_tiles`), so at 2 threads each thread packs what it multiplies
+#: `PACK_CHUNK_PX` pixels (`GemmKnobs.pack_tiles`), so at 2 threads each thread packs what it multiplies
 PACK_PIXELS_MIN_P = 3136
-#: pixel tiles per packing chunk: 4 (64 px of 16-lane tiles, one cache line per activation row) cost 1.005-1.017x
-#: the block packing at 1 thread where single tiles cost 1.007-1.074x (docs/peers.md session 13)
-PACK_TILES = 4
+#: pixels per packing chunk: 64 (one cache line per activation row; 4 tiles of 16) cost 1.005-1.017x the block
+#: packing at 1 thread where single 16-pixel tiles cost 1.007-1.074x (docs/peers.md session 13)
+PACK_CHUNK_PX = 64
 
 
 def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int | None = None) -> GemmKnobs:
@@ -180,8 +180,9 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int 
       24->144 at 56 px 0.935x and 0.947x the 6 x 32 tile, docs/peers.md session 13).
 
     Given also the output channels `o`, "vnni512" GEMMs with `k > o`, `p >= PACK_PIXELS_MIN_P` and no padded
-    pixels (16 | P) pack over chunks of `PACK_TILES` pixel tiles (`GemmKnobs.pack_tiles`; 2 threads, quiet
-    rounds: 0.79-0.85x the kernel with block packing, docs/peers.md sessions 12 and 13).
+    pixels (16 | P) pack over chunks of `PACK_CHUNK_PX` pixels (`GemmKnobs.pack_tiles`; 2 threads, quiet rounds:
+    0.76-0.79x the kernel with block packing, docs/peers.md sessions 12 and 13), in 2 x 64 tiles with `store64`
+    where 64 | P (MobileNetV2's three such layers: 0.94-0.99x the 12 x 16 tile at 2 threads, 0.96-0.98x at 1).
     """
     if LANES.get(mode, 8) != 16:
         return GemmKnobs(8, 16)
@@ -193,8 +194,10 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int 
             return GemmKnobs(2, 64, store64=True)
         if k is not None and k <= SMALL_K_MAX and p % 32 == 0:
             return GemmKnobs(6, 32)
+        if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 64 == 0:
+            return GemmKnobs(2, 64, p_outer=True, pack_tiles=PACK_CHUNK_PX // 64, store64=True)
         if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 16 == 0:
-            return GemmKnobs(12, 16, pack_tiles=PACK_TILES)
+            return GemmKnobs(12, 16, pack_tiles=PACK_CHUNK_PX // 16)
     return GemmKnobs(12, 16)
 
 

@@ -40,9 +40,9 @@ def _pack_schedule(variant: str, original: Any) -> Any:
     """A replacement for `schedule_gemm_pack` that parallelises the packing over `variant`'s loop."""
     from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 
-    def schedule(sch: Any, tile: Any, conv: Any, kind: str) -> None:
+    def schedule(sch: Any, tile: Any, conv: Any, kind: str, pack_tiles: int = 0) -> None:
         if variant == "blocks" or conv is not None:
-            original(sch, tile, conv, kind)
+            original(sch, tile, conv, kind, pack_tiles=pack_tiles)
             return
         b, j, i = sch.get_loops(sch.get_sblock("xpack"))
         if variant == "pixels":

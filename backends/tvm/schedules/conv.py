@@ -241,13 +241,28 @@ def gemm_tile(k: int, p: int, o: int, g: int, to: int, tp: int, align: int, lane
     return GemmTile(o, p, -(-k // g), g, fit_to(o, to), tp_, -(-p // tp_) * tp_, lanes)
 
 
-def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind: str) -> None:
+def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind: str, *,
+                       pack_tiles: int = 0) -> None:
     """The activation packing `xpack`: parallel over reduction blocks, the group unrolled, pixels inner so the
     writes are contiguous; a full conv's pixels split into output rows and columns (no div/mod by Wo per
     element) when no pixel padding follows. `kind` is the GEMM's `parallel.UNIT_COST_NS` kind: the packing is
-    parallel exactly when the GEMM is (one decision per kernel, on its MACs)."""
+    parallel exactly when the GEMM is (one decision per kernel, on its MACs).
+
+    `pack_tiles > 0` (a pointwise GEMM; x86 `GemmKnobs.pack_tiles`): parallel over chunks of `m` pixel tiles
+    instead, `m` the largest divisor of the tile count not above `pack_tiles`, reduction blocks then pixels inside
+    a chunk. TVM's static parallel launch gives each thread a contiguous range of chunks, the pixels of the tiles
+    it then multiplies (`schedule_gemm_tiles` with pixels outer), so the GEMM reads its packed activations from
+    its own core's cache (engineer A's hypothesis, docs/peers.md session 12; measured there and in session 13)."""
     pk = sch.get_sblock("xpack")
     b, j, i = sch.get_loops(pk)
+    if pack_tiles and conv is None:
+        n = tile.pp // tile.tp
+        m = max(d for d in range(1, min(pack_tiles, n) + 1) if n % d == 0)
+        jo, ji = sch.split(j, [None, tile.tp * m])
+        sch.reorder(jo, b, ji, i)
+        parallel_if_worth(sch, jo, tile.o * tile.pp * tile.kb * tile.g, kind)
+        sch.unroll(i)
+        return
     parallel_if_worth(sch, b, tile.o * tile.pp * tile.kb * tile.g, kind)
     sch.unroll(i)
     if conv is not None and tile.pp == tile.p:
@@ -255,11 +270,11 @@ def schedule_gemm_pack(sch: Any, tile: GemmTile, conv: ConvGeometry | None, kind
 
 
 def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = True, *, kind: str,
-                        unroll_epilogue: bool = False) -> None:
+                        unroll_epilogue: bool = False, epilogue_lanes: int | None = None) -> None:
     """The `gemm` micro-kernel: `to x tp` tiles (pixels outside channels with `p_outer`), parallel over tiles
     before decompose_reduction / tensorize (ARCHITECTURE.md, measured), the intrinsic on the innermost
     `lanes` pixels, the zero-init vectorised, and the epilogue (and `crop` of padded pixels) on each hot tile;
-    `kind`: the intrinsic's `parallel.UNIT_COST_NS` kind; `unroll_epilogue`: `finish_gemm_tile`'s."""
+    `kind`: the intrinsic's `parallel.UNIT_COST_NS` kind; `unroll_epilogue`, `epilogue_lanes`: `finish_gemm_tile`'s."""
     gm = sch.get_sblock("gemm")
     c, j, rb_, ri_ = sch.get_loops(gm)
     co, ci = sch.split(c, [None, tile.to])
@@ -271,17 +286,20 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
         sch.reorder(co, jo, rb_, ci, jm, ji, ri_)
         outer = sch.fuse(co, jo)
     parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
-    finish_gemm_tile(sch, tile, intrin, gm, outer, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue)
+    finish_gemm_tile(sch, tile, intrin, gm, outer, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
+                     epilogue_lanes=epilogue_lanes)
 
 
 def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb_: Any, ci: Any, jm: Any,
-                     ji: Any, *, unroll_epilogue: bool = False) -> None:
+                     ji: Any, *, unroll_epilogue: bool = False, epilogue_lanes: int | None = None) -> None:
     """The common tail of the tiled GEMM schedules: the epilogue (and `crop` of padded pixels) under loop `at`,
     the zero-init split off and vectorised, the intrinsic on `ji`, the tile's register loops unrolled.
 
     `unroll_epilogue` also unrolls the epilogue's channel and vector loops, so that every accumulator is read at a
     constant index and LLVM keeps the tile in registers (x86 12x16 tile: without it the 12 zmm accumulators were
-    stored to the stack and reloaded one channel at a time by the epilogue loop; docs/peers.md session 12)."""
+    stored to the stack and reloaded one channel at a time by the epilogue loop; docs/peers.md session 12).
+    `epilogue_lanes`: the epilogue's vector width in pixels (default the intrinsic's `tile.lanes`; 64 for the x86
+    epilogue that narrows 64 codes per store, `intrin.x86.narrow_u8_x86`)."""
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, at)
     init = sch.decompose_reduction(gm, rb_)
@@ -289,7 +307,7 @@ def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb
     sch.unroll(ci)
     sch.unroll(jm)
     sch.vectorize(sch.get_loops(init)[-1])
-    e_jo, e_ji = sch.split(sch.get_loops(ep)[-1], [None, tile.lanes])
+    e_jo, e_ji = sch.split(sch.get_loops(ep)[-1], [None, epilogue_lanes or tile.lanes])
     sch.vectorize(e_ji)
     if unroll_epilogue:
         sch.unroll(sch.get_loops(ep)[-3])
@@ -301,7 +319,7 @@ def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
                         post: tuple[EpilogueStep, ...] = (), opad: int | None = None, *,
-                        pairs: bool = False) -> list[te.Tensor]:
+                        pairs: bool = False, narrow: Any = None) -> list[te.Tensor]:
     """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
     expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
     `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
@@ -309,7 +327,8 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
     The requantized code goes through the fused steps `post` (`requant.apply_post`; their operands
     `requant.post_placeholders` over `[O, P]`). `pairs` selects `requant.requant_expr`'s even/odd-lane form of
-    the requantize (the x86 GEMMs). Returns the tensors after `(x, wp, bias)` in the kernel's signature:
+    the requantize (the x86 GEMMs), `narrow` its last step (`requant.requant_expr`'s). Returns the tensors after
+    `(x, wp, bias)` in the kernel's signature:
     `[mult, shift, *post operands,] out`."""
     kb, g = kgroups
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
@@ -330,7 +349,8 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
             return (c, tirx.min(j, p - 1) if pp != p else j)
 
         res = te.compute(shape, lambda c, j: apply_post(
-            requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs), post, post_ins,
+            requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow),
+            post, post_ins,
             at(c, j)),
             name="epilogue")
         ins = [mult, shift, *post_ins]

@@ -241,6 +241,7 @@ def requant_expr(
     shift_min: int = 1,
     *,
     pairs: bool = False,
+    narrow: Any = None,
 ) -> tirx.PrimExpr:
     """uint8 code of one int32 accumulator (without bias); scalar TE expressions of one channel.
 
@@ -249,16 +250,20 @@ def requant_expr(
     non-negative shift amount (with a possibly negative one it "proves" the clamp away).
     `pairs=True` computes the int64 `acc*M + bterm` through `MADD_HI32` / `MADD_SHR_CLAMP` (same integers,
     even/odd-lane vector lowering, `pair_lowering`); the default is the widening form.
+    `narrow(r, lo, hi)` (with `pairs`): the last step, int32 `r` to the uint8 code `clamp(r, lo, hi)` (x86:
+    `intrin.x86.narrow_u8_x86`, 64 lanes per pack); None is `max(min(r, hi), lo)` cast to uint8.
     """
     if pairs:
         register_pair_ops()
         if shift_min >= 32:
             hi32 = tirx.call_intrin("int32", MADD_HI32, acc, mult, bterm)
             r = hi32 >> ((shift - tirx.const(32, "int32")) & tirx.const(31, "int32"))
+            if narrow is not None:
+                return narrow(r, lo, hi)
             return tirx.Max(tirx.Min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype("uint8")
         r = tirx.call_intrin("int32", MADD_SHR_CLAMP, acc, mult, bterm, shift & tirx.const(63, "int32"),
                              tirx.const(lo, "int32"), tirx.const(hi, "int32"))
-        return r.astype("uint8")
+        return r.astype("uint8") if narrow is None else narrow(r, lo, hi)  # r is in [lo, hi] already
     v = acc.astype("int64") * mult.astype("int64") + bterm
     if shift_min >= 32:
         hi32 = (v >> tirx.const(32, "int64")).astype("int32")

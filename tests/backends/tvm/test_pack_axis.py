@@ -45,3 +45,19 @@ def test_pack_variants_parallel_loops_and_bit_exact(monkeypatch):
         args = (x, pack_weights(w, 4, "int8"), bias_term(bias, mult, shift), mult, shift)
         mod["main"](*(tvm.runtime.tensor(a) for a in args), out)
         np.testing.assert_array_equal(out.numpy(), ref, err_msg=v)
+
+
+def test_gemm_defaults_compares_session_12_knobs_with_todays():
+    """`benchmarks.gemm_defaults`: "s12" is session 12's untuned tile (6 x 32, block packing), "new" today's
+    `default_knobs(mode, K, P, O)`; they differ exactly on MobileNetV2's two small-K expands and three large
+    projects."""
+    from benchmarks.gemm_defaults import knobs
+    from benchmarks.pack_axis import MBV2_GEMMS
+    from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs
+
+    assert knobs("s12", 16, 12544, 96) == GemmKnobs(6, 32)
+    assert knobs("new", 16, 12544, 96) == GemmKnobs(2, 64, store64=True)
+    assert knobs("s12", 96, 3136, 24) == GemmKnobs(12, 16)
+    assert knobs("new", 96, 3136, 24) == GemmKnobs(2, 64, pack_tiles=1, store64=True)
+    differ = [s[:3] for s in MBV2_GEMMS if knobs("s12", *s[:3]) != knobs("new", *s[:3])]
+    assert differ == [(32, 12544, 16), (16, 12544, 96), (96, 3136, 24), (24, 3136, 144), (144, 3136, 24)]

@@ -12,7 +12,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 from tvm_graphs import conv_call_params  # noqa: E402
 
-from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, pack_weights  # noqa: E402
+from qcompile.backends.tvm.schedules.conv import DwConv, GemmConv, fit_to, pack_weights  # noqa: E402
 from qcompile.backends.tvm.schedules.requant import bias_term  # noqa: E402
 from qcompile.backends.tvm.schedules.x86.gemm import (  # noqa: E402
     MODES,
@@ -131,9 +131,13 @@ def test_conv_requant_bit_exact(c, h, w, o, k, s, p, groups, pad_value, x_all):
 
 
 # the shape-aware default tiles through the strategy (gemm.default_knobs): a full 3x3 conv on a 7x7 output (im2col
-# into 8-lane whole rows) and a K=16 expand on 16x16 pixels (6 x 32)
+# into 8-lane whole rows), K=16 expands on 16x16 pixels (2 x 64, 64 codes per store) and 8x12 pixels (6 x 32) and a
+# K=48 -> 16 project on 56x56 pixels
+# (packing over chunks of pixel tiles, `GemmKnobs.pack_tiles`)
 CASES_VNNI512 = [*CASES[:4], pytest.param(16, 7, 7, 24, 3, 1, 1, 1, 9, id="full-3x3-7x7-ymm-rows"),
-                 pytest.param(16, 16, 16, 48, 1, 1, 0, 1, 0, id="pointwise-k16-6x32")]
+                 pytest.param(16, 16, 16, 48, 1, 1, 0, 1, 0, id="pointwise-k16-2x64-store64"),
+                 pytest.param(16, 8, 12, 48, 1, 1, 0, 1, 0, id="pointwise-k16-6x32"),
+                 pytest.param(48, 56, 56, 16, 1, 1, 0, 1, 0, id="pointwise-k48-56x56-pack-chunks")]
 
 
 @pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES_VNNI512)
@@ -167,11 +171,11 @@ DEFAULT_KNOBS = GemmKnobs(8, 16)
 
 
 def _run_gemm(mode, x, w, bias, mult, shift, knobs=DEFAULT_KNOBS, target=AVX2, shift_min=None, instr=None,
-             unroll_epilogue=True):
+             unroll_epilogue=True, lo=0, hi=255):
     k, p = x.shape
     o = w.shape[0]
     sm = int(shift.min()) if shift_min is None else shift_min
-    func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=sm), mode, knobs, unroll_epilogue=unroll_epilogue)
+    func = pointwise_conv_x86(GemmConv(k, p, o, lo, hi, sm), mode, knobs, unroll_epilogue=unroll_epilogue)
     lib = tvm.compile(func, target=target)
     family = FAMILY[target]
     isa.check_instructions(
@@ -267,22 +271,115 @@ def test_gemm_vnni_exact_8bit(mode, knobs):
 
 def test_default_gemm_knobs_by_shape():
     """Which untuned tile a GEMM gets (issue 20, docs/peers.md session 12): a whole-row tile of 8-lane calls where
-    that pads fewer of <= 64 pixels than 16 lanes would (MobileNetV2's 7x7 layers), 6 x 32 for K <= 24 where 32
-    divides P (the expands at 112 and 56 px), else 12 x 16; other modes keep their tile whatever the shape."""
+    that pads fewer of <= 64 pixels than 16 lanes would (MobileNetV2's 7x7 layers), 2 x 64 (64 codes per store,
+    session 13) or 6 x 32 for K <= 24 where 64 or 32 divides P (the expands at 112 and 56 px), else 12 x 16; other
+    modes keep their tile whatever the shape."""
     from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
 
     assert default_knobs("vnni512") == GemmKnobs(12, 16)
     for k in (160, 320, 576, 960, 16):  # 7x7: 49 px, 7 ymm vectors, 21 accumulators
         assert default_knobs("vnni512", k, 49) == GemmKnobs(3, 56, True, 8)
     assert default_knobs("vnni512", 40, 36) == GemmKnobs(4, 40, True, 8)  # 6x6: 5 vectors, 20 accumulators
-    assert default_knobs("vnni512", 16, 12544) == GemmKnobs(6, 32)  # 16->96 at 112 px
-    assert default_knobs("vnni512", 24, 3136) == GemmKnobs(6, 32)  # 24->144 at 56 px
+    assert default_knobs("vnni512", 16, 12544) == GemmKnobs(2, 64, store64=True)  # 16->96 at 112 px
+    assert default_knobs("vnni512", 24, 3136) == GemmKnobs(2, 64, store64=True)  # 24->144 at 56 px
+    assert default_knobs("vnni512", 24, 96) == GemmKnobs(6, 32)  # 32 | P, not 64
     for k, p in ((16, 196), (32, 784), (27, 12544), (25, 3136), (96, 196), (64, 16), (64, 64)):
         # 14x14 (no 32 multiple), K = 25-32, 4x4 and 8x8 (8 and 16 lanes pad alike): the 12 x 16 tile
         assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)
     for mode in ("vnni", "u8s8", "i16"):
         assert default_knobs(mode, 16, 49) == default_knobs(mode, 16, 12544) == GemmKnobs(8, 16)
     assert default_knobs("vnni512", 160, 5) == GemmKnobs(21, 8, True, 8)  # one vector: 21 channels
+
+
+def test_default_gemm_knobs_pack_over_pixel_chunks_where_k_exceeds_o_on_large_maps():
+    """`default_knobs(mode, K, P, O)` (issue 20, docs/peers.md session 13): the large project layers (K > O,
+    P >= 3136, no padded pixels) pack their activations over chunks of `PACK_TILES` pixel tiles; the expands, the
+    28 px projects, K == O, padded pixels, other modes and calls without O keep the block packing."""
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
+    from qcompile.errors import ConfigError
+
+    for k, p, o in ((32, 12544, 16), (96, 3136, 24), (144, 3136, 24)):  # MobileNetV2's 112 and 56 px projects
+        # 64 | P: 2 x 64 tiles storing 64 codes at a time, chunks of one 64-pixel tile
+        assert default_knobs("vnni512", k, p, o) == GemmKnobs(2, 64, pack_tiles=1, store64=True), (k, p, o)
+        assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)  # no O: unchanged
+    assert default_knobs("vnni512", 48, 3152, 16) == GemmKnobs(12, 16, pack_tiles=4)  # 16 | P only: 4 x 16 px
+    assert default_knobs("vnni512", 48, 3136, 16).pack_tiles == 1  # CASES_VNNI512's pack-chunks case
+    assert default_knobs("vnni512", 16, 12544, 96) == GemmKnobs(2, 64, store64=True)  # expands: K < O
+    assert default_knobs("vnni512", 24, 3136, 144) == GemmKnobs(2, 64, store64=True)
+    for k, p, o in ((144, 784, 32), (192, 784, 32), (384, 196, 64), (32, 3136, 32), (96, 3249, 24), (960, 49, 160)):
+        assert default_knobs("vnni512", k, p, o).pack_tiles == 0, (k, p, o)
+    for mode in ("vnni", "u8s8", "i16"):
+        assert default_knobs(mode, 96, 3136, 24) == GemmKnobs(8, 16)
+    with pytest.raises(ConfigError, match="GemmKnobs.pack_tiles"):
+        GemmKnobs(12, 16, pack_tiles=-1)
+
+
+@pytest.mark.parametrize("k,p,o,pack_tiles,chunks", [
+    (96, 3136, 24, 4, 49),  # MobileNetV2's 96x56x56 -> 24: 196 tiles of 16 px, chunks of 4
+    (40, 784, 16, 8, 7),  # 49 tiles: chunks of 7 (the largest divisor not above 8)
+    (48, 200, 24, 4, 13),  # 13 tiles, the last one padded (200 -> 208): chunks of 1
+    (37, 196, 16, 2, 13),  # K not a multiple of 4 and padded pixels: the per-element test stays
+], ids=lambda v: str(v))
+def test_gemm_pack_over_pixel_chunks_parallel_and_exact(monkeypatch, k, p, o, pack_tiles, chunks):
+    """`GemmKnobs.pack_tiles`: the packing is one parallel loop over chunks of pixel tiles (then the GEMM's own
+    region over pixel x channel tiles), and gives the reference codes (integer_semantics.md `requant`) with the
+    largest codes against the most negative weights."""
+    from benchmarks.parallel_split import parallel_loops
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+
+    monkeypatch.setenv(ENV_MIN_US, "0")  # every region, whatever the size
+    knobs = GemmKnobs(12, 16, pack_tiles=pack_tiles)
+    func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=36), "vnni512", knobs)
+    loops = [(lp.var, lp.extent) for lp in parallel_loops(func)]
+    assert loops == [("j_0", chunks), ("j_0_c_0_fused", -(-p // 16) * (o // fit_to(o, 12)))], loops
+    rng = np.random.default_rng(k + p)
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(36, 40, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    np.testing.assert_array_equal(_run_gemm("vnni512", x, w, bias, mult, shift, knobs, target=VNNI512), ref)
+
+
+@pytest.mark.parametrize("k,p,o,knobs,lo,hi,shifts", [
+    (16, 256, 12, GemmKnobs(2, 64, store64=True), 0, 255, (36, 40)),  # shift >= 32: the int32 tail
+    (24, 200, 6, GemmKnobs(3, 64, store64=True), 3, 250, (20, 30)),  # int64 tail, padded pixels, lo > 0, hi < 255
+    (16, 256, 12, GemmKnobs(2, 128, store64=True), 0, 255, (20, 44)),  # two 64-pixel stores per channel
+], ids=lambda v: str(v))
+def test_gemm_store64_exact_and_packs(k, p, o, knobs, lo, hi, shifts):
+    """`GemmKnobs.store64`: the epilogue narrows 64 codes per store with `vpackssdw`/`vpackusdw` + `vpackuswb`
+    (no `vpmovusdb`), and the codes equal the reference (integer_semantics.md `requant`) with codes below 0 and
+    above 255 before the clamp, both shift tails and clamp bounds inside [0, 255]."""
+    rng = np.random.default_rng(k + p)
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(*shifts, o).astype(np.int32)
+    bias[0] -= 300 * 1024  # pre-clamp codes far below 0 and far above 255
+    bias[-1] += 300 * 1024
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, lo, hi)
+    assert len(np.unique(ref)) > 100 and (ref == lo).any() and (ref == hi).any()
+    func = pointwise_conv_x86(GemmConv(k, p, o, lo=lo, hi=hi, shift_min=int(shift.min())), "vnni512", knobs)
+    asm = isa.assembly(tvm.compile(func, target=VNNI512))
+    assert re.search(r"vpack(ss|us)dw\s", asm) and re.search(r"vpackuswb\s", asm) and "vpmovusdb" not in asm
+    got = _run_gemm("vnni512", x, w, bias, mult, shift, knobs, target=VNNI512, lo=lo, hi=hi)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_gemm_store64_needs_64_pixel_tiles_and_vnni512():
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="GemmKnobs.tp"):
+        GemmKnobs(6, 32, store64=True)
+    with pytest.raises(ConfigError, match="GemmKnobs.store64"):
+        pointwise_conv_x86(GemmConv(16, 256, 8), "vnni", GemmKnobs(2, 64, store64=True))
 
 
 def test_gemm_knobs_lanes_must_name_an_intrinsic_of_the_mode():

@@ -270,6 +270,8 @@ def test_records_of_an_older_schedule_space_are_not_reused(cache):
     (96, 196, 576, [GemmKnobs(8, 16), GemmKnobs(6, 16), GemmKnobs(6, 32)]),  # 14 px expand
     (16, 12544, 96, [GemmKnobs(6, 32), GemmKnobs(4, 48)]),  # K = 16 at 112 px
     (24, 196, 144, [GemmKnobs(6, 32), GemmKnobs(4, 48)]),  # small K where 32 does not divide P
+    # session 13: a large project packs over pixel chunks; the alternatives are the other packings and tiles
+    (96, 3136, 24, [GemmKnobs(12, 16, pack_tiles=4), GemmKnobs(2, 64, store64=True), GemmKnobs(12, 16)]),
 ])
 def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
     """`gemm_space` starts with the untuned default (so tuning never makes a kernel slower), lists the tiles session 12
@@ -279,7 +281,7 @@ def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
     from qcompile.backends.tvm.schedules.x86.gemm_space import effective_tile, gemm_space
 
     space = gemm_space("vnni512", k, p, o)
-    assert space[0] == default_knobs("vnni512", k, p)
+    assert space[0] == default_knobs("vnni512", k, p, o)
     keys = [effective_tile("vnni512", k, p, o, kn) for kn in space]
     assert len(set(keys)) == len(keys) > 20
     first = {effective_tile("vnni512", k, p, o, kn) for kn in space[:8]}
@@ -288,7 +290,10 @@ def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
     assert any(kn.lanes == 8 for kn in space) and any(kn.lanes == 0 for kn in space)
     for kn in space:
         _, lanes = tile_intrinsic("vnni512", kn)  # raises for a lane count the mode has no intrinsic for
-        assert kn.tp % lanes == 0
+        assert kn.tp % lanes == 0 and (not kn.store64 or kn.tp % 64 == 0)
+    # the packing and store variants are in the grid, but after every plain tile
+    grid_flags = [kn.pack_tiles != 0 or kn.store64 for kn in space[len(space) // 2:]]
+    assert any(grid_flags) and grid_flags == sorted(grid_flags)
 
 
 @pytest.mark.parametrize("mode", ["vnni", "u8s8", "i16"])
@@ -300,6 +305,7 @@ def test_gemm_space_of_8_lane_modes_has_no_narrower_tiles(mode):
     space = gemm_space(mode, 64, 196, 96)
     assert space[0] == default_knobs(mode, 64, 196) and len(space) > 10
     assert all(kn.lanes == 0 and kn.to * kn.tp // 8 <= 16 for kn in space[1:])
+    assert not any(kn.store64 for kn in space)  # a "vnni512" epilogue only
     with pytest.raises(ConfigError, match="mode"):
         gemm_space("avx9", 64, 196, 96)
 

@@ -34,6 +34,7 @@ from qcompile.backends.tvm.intrin.x86 import (
     U8S8_16x4_VNNI512,
     has_avx512_vnni,
     has_vnni,
+    narrow_u8_x86,
     register_x86_intrinsics,
     u8s8_pairs_safe,
 )
@@ -86,12 +87,23 @@ class GemmKnobs:
 
     `lanes`: int32 lanes (pixels) per intrinsic call; 0 is the mode's own width (`LANES`), 8 on a "vnni512"
     mode takes the 256-bit `vpdpbusd` (`U8S8_8x4_VNNI`, AVX512-VL encoding), so that pixels are padded to a
-    multiple of 8 instead of 16 (`tile_intrinsic`; 49 px: 56 instead of 64)."""
+    multiple of 8 instead of 16 (`tile_intrinsic`; 49 px: 56 instead of 64).
+
+    `pack_tiles`: the loop the activation packing is parallel over (`conv.schedule_gemm_pack`): 0 its reduction
+    blocks (a pointwise GEMM's packing then writes, per thread, half of what the other thread multiplies); `m > 0`
+    chunks of (the largest divisor of the pixel-tile count not above) `m` pixel tiles, the GEMM's own outer loop
+    with `p_outer`, so each thread packs the pixels it multiplies. A full conv (im2col) keeps its packing.
+
+    `store64` ("vnni512" only, `tp` a multiple of 64): the epilogue runs on 64 pixels of a channel at a time and
+    narrows their codes with two `vpackssdw`, a `vpackuswb` and a `vpermd` into one 64-byte store
+    (`intrin.x86.narrow_u8_x86`) instead of four `vpmaxsd` + `vpmovusdb`."""
 
     to: int = 4
     tp: int = 24
     p_outer: bool = True  # loop pixels outside channels (activation tile reused across channels)
     lanes: int = 0
+    pack_tiles: int = 0
+    store64: bool = False
 
     def __post_init__(self) -> None:
         if self.tp % 8 or self.tp <= 0:
@@ -100,6 +112,11 @@ class GemmKnobs:
             raise ConfigError("GemmKnobs.to", self.to, "positive integers")
         if self.lanes not in (0, 8, 16):
             raise ConfigError("GemmKnobs.lanes", self.lanes, "0 (the mode's width), 8 or 16")
+        if self.pack_tiles < 0:
+            raise ConfigError("GemmKnobs.pack_tiles", self.pack_tiles,
+                              "0 (pack over reduction blocks) or a positive count of pixel tiles per chunk")
+        if self.store64 and self.tp % 64:
+            raise ConfigError("GemmKnobs.tp", self.tp, "a multiple of 64 with store64=True")
 
 
 #: mode -> {lanes: intrinsic} of the narrower intrinsics a mode may run its tiles with (`GemmKnobs.lanes`)
@@ -136,9 +153,16 @@ NARROW_ROW_ACC = 21
 #: `default_knobs`: GEMMs of at most this reduction depth K (whose requantize epilogue outweighs the K/4
 #: `vpdpbusd` per vector) take two zmm per channel (6 x 32) where P is a multiple of 32
 SMALL_K_MAX = 24
+#: `default_knobs`: GEMMs of at least this many pixels with more reduction rows than output channels (K > O:
+#: MobileNetV2's project layers 32x12544->16, 96x3136->24, 144x3136->24) pack their activations over chunks of
+#: `PACK_CHUNK_PX` pixels (`GemmKnobs.pack_tiles`), so at 2 threads each thread packs what it multiplies
+PACK_PIXELS_MIN_P = 3136
+#: pixels per packing chunk: 64 (one cache line per activation row; 4 tiles of 16) cost 1.005-1.017x the block
+#: packing at 1 thread where single 16-pixel tiles cost 1.007-1.074x (docs/peers.md session 13)
+PACK_CHUNK_PX = 64
 
 
-def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> GemmKnobs:
+def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int | None = None) -> GemmKnobs:
     """Untuned tile per mode: the most accumulators that still keep the tile on the stack (`tile_on_stack`);
     12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with AVX2.
 
@@ -150,7 +174,14 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> Gemm
       320->1280 at 7x7: 0.71-0.87x the 12x16 tile's time);
     - `k <= SMALL_K_MAX` with `p % 32 == 0`: 6 x 32, two zmm per channel, so the epilogue's per-channel
       operands are loaded once per two vectors and the accumulators stay in registers (16->96 at 112 px 0.88x,
-      24->144 at 56 px 0.94x; where 32 does not divide P the padded tile and its crop were 1.6x slower).
+      24->144 at 56 px 0.94x; where 32 does not divide P the padded tile and its crop were 1.6x slower);
+      where 64 divides P, 2 x 64 with `store64` instead (64 codes narrowed per store: 16->96 at 112 px and
+      24->144 at 56 px 0.935x and 0.947x the 6 x 32 tile, docs/peers.md session 13).
+
+    Given also the output channels `o`, "vnni512" GEMMs with `k > o`, `p >= PACK_PIXELS_MIN_P` and no padded
+    pixels (16 | P) pack over chunks of `PACK_CHUNK_PX` pixels (`GemmKnobs.pack_tiles`; 2 threads, quiet rounds:
+    0.76-0.79x the kernel with block packing, docs/peers.md sessions 12 and 13), in 2 x 64 tiles with `store64`
+    where 64 | P (MobileNetV2's three such layers: 0.94-0.99x the 12 x 16 tile at 2 threads, 0.96-0.98x at 1).
     """
     if LANES.get(mode, 8) != 16:
         return GemmKnobs(8, 16)
@@ -158,8 +189,14 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None) -> Gemm
         tp8 = -(-p // 8) * 8
         if p <= NARROW_ROW_MAX_P and tp8 < -(-p // 16) * 16:
             return GemmKnobs(max(1, NARROW_ROW_ACC // (tp8 // 8)), tp8, True, 8)
+        if k is not None and k <= SMALL_K_MAX and p % 64 == 0:
+            return GemmKnobs(2, 64, store64=True)
         if k is not None and k <= SMALL_K_MAX and p % 32 == 0:
             return GemmKnobs(6, 32)
+        if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 64 == 0:
+            return GemmKnobs(2, 64, p_outer=True, pack_tiles=PACK_CHUNK_PX // 64, store64=True)
+        if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 16 == 0:
+            return GemmKnobs(12, 16, pack_tiles=PACK_CHUNK_PX // 16)
     return GemmKnobs(12, 16)
 
 
@@ -197,6 +234,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
+    if knobs.store64 and mode != "vnni512":
+        raise ConfigError("GemmKnobs.store64", knobs.store64, f"False with mode {mode!r} (True needs 'vnni512')")
     register_x86_intrinsics()
     _, g, xdt, wdt = MODES[mode]
     intrin, lanes = tile_intrinsic(mode, knobs)
@@ -206,19 +245,25 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     # requantize: the int64 bias term `bias*M + 2^(s-1)` (requant.bias_term); accumulator: the int32 bias
     wp, bias = tile.operands(wdt, requant)
     x, gather, pad = activation_gather(gc, xdt, pp)
+    # 64 codes per store: only where a tile row is whole 64-pixel vectors (a padded tile's crop reads them back)
+    store64 = knobs.store64 and tile.tp % 64 == 0 and pairs
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
-                                 pairs=pairs)
+                                 pairs=pairs, narrow=narrow_u8_x86 if store64 else None)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)
 
     if conv is None and knobs.p_outer and pack_in_tiles() and pack_in_tiles_applies(k, o, tile.pp // tile.tp):
-        schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
+        schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode], unroll_epilogue=unroll_epilogue,
+                                    epilogue_lanes=64 if store64 else None)
         return sch.mod["main"]
-    schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode])
-    schedule_pack_padding(sch, conv, split_pack_padding and tile.pp != p)
+    schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode], pack_tiles=knobs.pack_tiles)
+    # chunks of pixel tiles (`pack_tiles`): the padding is in the last chunk only, a fill of every chunk would
+    # not remove the per-element test, so that packing keeps it (no default takes it: `default_knobs`)
+    schedule_pack_padding(sch, conv, split_pack_padding and tile.pp != p and not knobs.pack_tiles)
     schedule_xpad(sch, conv, pad)
-    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode], unroll_epilogue=unroll_epilogue)
+    schedule_gemm_tiles(sch, tile, intrin, knobs.p_outer, kind=MODE_KIND[mode], unroll_epilogue=unroll_epilogue,
+                        epilogue_lanes=64 if store64 else None)
     return sch.mod["main"]
 
 
@@ -261,7 +306,7 @@ def pack_in_tiles_applies(k: int, o: int, n_tiles: int) -> bool:
 
 
 def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kind: str, *,
-                                unroll_epilogue: bool = False) -> None:
+                                unroll_epilogue: bool = False, epilogue_lanes: int | None = None) -> None:
     """Pointwise GEMM with one parallel region: parallel over pixel tiles only, each iteration packing its own
     `K x tp` activations (`xpack` computed at the pixel tile) before its channel tiles, instead of a separate
     parallel packing loop over reduction blocks (a second fork/join per kernel: 35 of MobileNetV2 224's 88
@@ -277,7 +322,8 @@ def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kin
     pk = sch.get_sblock("xpack")
     sch.compute_at(pk, jo)
     sch.unroll(sch.get_loops(pk)[-1])
-    finish_gemm_tile(sch, tile, intrin, gm, co, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue)
+    finish_gemm_tile(sch, tile, intrin, gm, co, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
+                     epilogue_lanes=epilogue_lanes)
 
 
 def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, tuple[int, int]]:

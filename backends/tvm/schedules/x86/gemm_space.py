@@ -2,11 +2,13 @@
 
 Order matters because `trials=N` times the first N (`qc.lower(..., tune=True, trials=N)`):
 
-1. the untuned default (`gemm.default_knobs(mode, k, p)`), so a tuned kernel is never slower than the untuned one;
+1. the untuned default (`gemm.default_knobs(mode, k, p, o)`), so a tuned kernel is never slower than the untuned one;
 2. the tiles session 12 measured close to the winner for this shape (docs/peers.md, "GEMM tiles by shape"): on
    "vnni512", the whole-row 8-lane ymm tiles 3 x row and 2 x row where 8-lane padding is shorter (7x7: 3x56, 2x56),
    6x32 and 4x48 for small K, 8x16, 6x16 and 6x32 elsewhere (the 14 px expands: 0.94-0.96x), and the old
-   default 12x16;
+   default 12x16; then, for "vnni512", the session 13 variants (docs/peers.md, engineer B): 2 x 64 with `store64`
+   where 64 | P, and where K > O (a project layer, whose packing pays at 2 threads) the pixel-chunk packing
+   `pack_tiles` on 2 x 64 / 12 x 16;
 3. the grid of `gemm_axes`, most promising first (`grid_rank`).
 
 Knobs that give the same kernel for this shape (`to` fitted to a divisor of O, `tp` capped at the padded pixel
@@ -44,7 +46,9 @@ def vector_registers(mode: str) -> int:
 def gemm_axes(mode: str) -> dict[str, tuple]:
     """The values each `GemmKnobs` field takes in the grid of `mode`: the one place that lists the axes (a new
     knob adds its entry here; its first value is the default's). `lanes` is 0 (the mode's width) plus every
-    narrower intrinsic of `gemm.NARROW_INTRIN` ("vnni512": 8, the 256-bit `vpdpbusd`)."""
+    narrower intrinsic of `gemm.NARROW_INTRIN` ("vnni512": 8, the 256-bit `vpdpbusd`). `pack_tiles` (0: packing
+    over reduction blocks; 4: chunks of 4 pixel tiles) and `store64` ("vnni512", `tp` 64) as `GemmKnobs`
+    documents them; combinations `GemmKnobs` refuses are left out of the grid."""
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
     return {
@@ -52,6 +56,8 @@ def gemm_axes(mode: str) -> dict[str, tuple]:
         "tp": (8, 16, 24, 32, 40, 48, 56, 64),
         "p_outer": (True, False),
         "lanes": (0, *sorted(NARROW_INTRIN.get(mode, {}))),
+        "pack_tiles": (0, 4),
+        "store64": (False, True) if mode == "vnni512" else (False,),
     }
 
 
@@ -86,18 +92,23 @@ def _valid(mode: str, knobs: GemmKnobs) -> bool:
 def grid_rank(mode: str, knobs: GemmKnobs) -> tuple:
     """Sort key of the grid: tiles that stay on the stack (no workspace call per tile), pixels outside channels (the
     untuned order), then about 2/3 of the vector registers as accumulators (12 of 32 zmm rows of 16 lanes measured
-    best, 10 of 16 ymm), the mode's own width first."""
+    best, 10 of 16 ymm), the mode's own width first; `pack_tiles` / `store64` variants last."""
     _, lanes = tile_intrinsic(mode, knobs)
     best_acc = 12 if vector_registers(mode) == 32 else 10
-    return (not tile_on_stack(knobs), not knobs.p_outer, abs(knobs.to * knobs.tp // lanes - best_acc),
-            knobs.lanes != 0)
+    # the packing and store variants after every plain tile: `near_tiles` already holds the ones measured to pay
+    return (knobs.pack_tiles != 0 or knobs.store64, not tile_on_stack(knobs), not knobs.p_outer,
+            abs(knobs.to * knobs.tp // lanes - best_acc), knobs.lanes != 0)
 
 
-def near_tiles(mode: str, k: int, p: int) -> list[GemmKnobs]:
-    """The tiles measured close to the default for this shape (docs/peers.md, session 12), most likely first; only
-    "vnni512" has such measurements (the AVX2 / AVX-VNNI modes take the grid)."""
+def near_tiles(mode: str, k: int, p: int, o: int | None = None) -> list[GemmKnobs]:
+    """The tiles measured close to the default for this shape (docs/peers.md, sessions 12 and 13), most likely
+    first; only "vnni512" has such measurements (the AVX2 / AVX-VNNI modes take the grid)."""
     if mode != "vnni512":
         return []
+    wide = [GemmKnobs(2, 64, store64=True)] if p % 64 == 0 else []
+    if o is not None and k > o:  # a project layer: packing over pixel chunks (session 13, 2 threads 0.72-0.80x)
+        wide = [GemmKnobs(2, 64, pack_tiles=1, store64=True)] * (p % 64 == 0) + [GemmKnobs(12, 16, pack_tiles=4)] \
+            + wide
     tp8 = -(-p // 8) * 8
     row = [GemmKnobs(3, tp8, True, 8), GemmKnobs(2, tp8, True, 8)] if p <= NARROW_ROW_MAX_P else []
     small_k = [GemmKnobs(6, 32), GemmKnobs(4, 48)]
@@ -108,7 +119,7 @@ def near_tiles(mode: str, k: int, p: int) -> list[GemmKnobs]:
         order = row + mid + small_k
     else:
         order = mid + small_k
-    return [*order, GemmKnobs(12, 16)]
+    return [*order, GemmKnobs(12, 16), *wide]
 
 
 def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = ()) -> list[GemmKnobs]:
@@ -117,12 +128,17 @@ def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = (
     (`effective_tile`)."""
     axes = gemm_axes(mode)
     names = list(axes)
-    grid = [GemmKnobs(**dict(zip(names, vals))) for vals in itertools.product(*axes.values())]
+    grid = []
+    for vals in itertools.product(*axes.values()):
+        try:
+            grid.append(GemmKnobs(**dict(zip(names, vals))))
+        except ConfigError:  # e.g. store64 with a tp that is not a multiple of 64
+            continue
     # the mode's own width written as 0: `lanes=LANES[mode]` is the same kernel
     grid = [kn for kn in grid if _valid(mode, kn) and kn.lanes != LANES[mode]]
     grid.sort(key=lambda kn: grid_rank(mode, kn))
     out, seen = [], set()
-    for kn in (default_knobs(mode, k, p), *near_tiles(mode, k, p), *extra, *grid):
+    for kn in (default_knobs(mode, k, p, o), *near_tiles(mode, k, p, o), *extra, *grid):
         key = effective_tile(mode, k, p, o, kn)
         if key not in seen:
             seen.add(key)

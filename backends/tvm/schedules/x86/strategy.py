@@ -145,7 +145,7 @@ class _ConvBase(ConvStrategy):
         act_max = max(int(p.get("x_max", 255)), cv.pad_value)
         mode = choose_mode(call.target, cv.weight, act_max)
         _, g, _, wdt = MODES[mode]
-        knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode, gc.k, gc.p)
+        knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode, gc.k, gc.p, gc.o)
         func = pointwise_conv_x86(cv.gemm, mode, knobs)
         log.debug("%s: %s conv as GEMM with %s, tile %s", cv.node, cv.kind, mode, knobs)
         return ConvKernel(func, f"qc_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, g, wdt), bias,

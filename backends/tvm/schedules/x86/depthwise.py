@@ -321,10 +321,14 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm
     sch.reorder(ch, yo, rh_, rj_, yi, xoo, xoi, ri_)
     parallel_if_worth(sch, ch, c * ho * wov * kh * kp * 4, "depthwise")
     _schedule_epilogue(sch, yo, vec, wo != wov)
-    sch.compute_at(sch.get_sblock("xpad"), ch)
+    # The padded plane stays a whole (C, Hp, Wpad) buffer, not computed per channel at `ch`: `compute_at` would
+    # shrink each row to the columns the arithmetic reads, and the intrinsic's `4 * vec`-byte load reads up to
+    # `slide_row_bytes`, past them (beyond the buffer's end on its last row; a dynamic-batch library faulted there).
     pad_blk = sch.get_sblock("xpad")
+    pad_ch = sch.get_loops(pad_blk)[0]
     sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
     sch.vectorize(sch.get_loops(pad_blk)[-1])
+    parallel_if_worth(sch, pad_ch, c * hp * wpad, "elementwise")
     # accumulators: a stack tile in registers ("global" scope, see depthwise_conv_x86)
     init = sch.decompose_reduction(dw_blk, rh_)
     sch.tensorize(xoi, slide_intrinsic(vec, sw))

@@ -77,20 +77,27 @@ class Clocks:
     runnable: Callable[[], int] = own_runnable_threads
 
 
-def settle(max_s: float, probe_s: float, idle_fraction: float, clocks: Clocks = Clocks()) -> float:
-    """Sleep in `probe_s` steps until one step used less than `idle_fraction * probe_s` of process CPU
-    time and no other thread is runnable at its end (no thread is spinning any more), or `max_s` has
-    passed; returns seconds waited. (The runnable count is read outside the CPU-measured step, so reading
-    /proc does not count as activity.)"""
+def settle(max_s: float, probe_s: float, idle_fraction: float, clocks: Clocks = Clocks(),
+           quiet_probes: int = 2) -> float:
+    """Sleep in `probe_s` steps until `quiet_probes` consecutive steps each used less than `idle_fraction *
+    probe_s` of process CPU time with no other thread runnable at their end (no thread is spinning any more),
+    or `max_s` has passed; returns seconds waited. (The runnable count is read outside the CPU-measured step, so
+    reading /proc does not count as activity.)
+
+    Why consecutive probes: the CPU clock of another process moves only at a scheduler tick, and the runnable
+    count is a thread-by-thread read of /proc, not a snapshot; a pool whose threads hand the GIL or a lock to one
+    another can read as idle at one probe (CI: 6 of 12 isolated samples beside 4 spinning threads took 3x)."""
     if max_s <= 0:
         return 0.0
     start = clocks.wall()
+    quiet = 0
     while True:
         c0 = clocks.cpu()
         clocks.sleep(probe_s)
         busy = clocks.cpu() - c0
         waited = clocks.wall() - start
-        if waited >= max_s or (busy < idle_fraction * probe_s and clocks.runnable() == 0):
+        quiet = quiet + 1 if busy < idle_fraction * probe_s and clocks.runnable() == 0 else 0
+        if waited >= max_s or quiet >= max(1, quiet_probes):
             return waited
 
 

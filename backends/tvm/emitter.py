@@ -67,14 +67,28 @@ class KernelRecord:
 
 
 class _Shaped:
-    """Shape and dtype of a value in a dry emission (`plan_kernels`): no TVM expression is built."""
+    """Shape and dtype of a value in a dry emission (`plan_kernels`): no TVM expression is built. A constant
+    keeps its numpy `value`, so weight-dependent choices are described as the real emission describes them."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: str) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: str, value: np.ndarray | None = None) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = str(dtype)
+        self.value = value
 
 
 _WORKLOAD_PARAMS = ("stride", "padding", "dilation", "groups")
+
+
+def _const_numpy(expr: Any) -> np.ndarray | None:
+    """The numpy value of a Relax constant (this TVM's `relax.Constant` holds it in `.value`, older ones in
+    `.data`), None for anything else. The weights `Strategy.describe` reads and the tuner times with; reading only
+    `.data` gave None for every layer, so weight-dependent modes (AVX2 `u8s8` vs `i16`, packed sub-8-bit
+    weights) were recorded and tuned as if the weights were unknown."""
+    for attr in ("value", "data"):
+        val = getattr(expr, attr, None)
+        if val is not None and hasattr(val, "numpy"):
+            return val.numpy()
+    return None
 
 
 def kernel_workload(op: str, strategy: Any, shapes: tuple[tuple[int, ...], ...], params: dict[str, Any],
@@ -241,7 +255,7 @@ class _Emitter:
                 if dtype is not None:
                     v = v.astype(dtype)
                 if self.dry:
-                    return _Shaped(v.shape, str(v.dtype))
+                    return _Shaped(v.shape, str(v.dtype), v)
                 # relax.const narrows float64 arrays to float32 unless told the dtype
                 return relax.const(v, str(v.dtype))
             if a not in self.env:
@@ -292,15 +306,16 @@ class _Emitter:
             if self.use_strategies and call_params is not None:
                 call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
                 strat = select_strategy(call)
+            w = args[1] if len(args) > 1 else None
             wl = kernel_workload(op, strat or "naive", shapes, {**static, **(call_params or {}), **(described or {})},
-                                 call if strat is not None else None, None)
+                                 call if strat is not None else None, getattr(w, "value", None))
             self.kernels.append(KernelRecord(op, node_names, (), wl["strategy"], wl))
             return _node_shaped(nodes[-1])
         before = self._funcs()
         if self.use_strategies and call_params is not None:
             call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
             w = args[1] if len(args) > 1 else None
-            wnp = w.data.numpy() if hasattr(w, "data") else None
+            wnp = _const_numpy(w)
             if self.call_log is not None:
                 self.call_log.append((call, wnp))
             strat = select_strategy(call)
@@ -881,8 +896,8 @@ def plan_kernels(ig: IntegerGraph, target: Any, input_shape: tuple[int, ...] | N
     """The kernels `emit_relax` would emit for `ig` on `target`, in order, without TVM expressions or builds.
 
     The same `_Emitter` walk (fusion, OpCall parameters, `select_strategy`, `kernel_workload`) in dry mode:
-    shapes come from each node's `tensor_meta`. Weight-dependent choices (the AVX2 u8s8/i16 mode) are taken
-    for unknown weights (`Strategy.describe(call, None)`). `primfuncs` are empty.
+    shapes come from each node's `tensor_meta`. Weight-dependent choices (the AVX2 u8s8/i16 mode) are described
+    from the graph's constant weights, as `emit_relax` describes them. `primfuncs` are empty.
     """
     shape = graph_input_shape(ig, input_shape)
     em = _Emitter(ig, target, shape, input_dtype, use_strategies, dry=True)

@@ -405,3 +405,28 @@ def test_residual_add_of_two_conv_branches_is_fused_once():
     for seed in range(2):
         x = make_input(ig, seed, scale=1.5)
         np.testing.assert_array_equal(low(x), G.reference(ig, x))
+
+
+def test_emitter_describes_and_logs_kernels_with_their_actual_weights():
+    """The emitter hands `Strategy.describe` and the tuner's call log the layer's constant weights (this TVM's
+    `relax.Constant` keeps them in `.value`; reading `.data` alone gave None for every layer). On AVX2 the GEMM mode
+    depends on them: 4-bit weights cannot saturate int16 pairs at any activation, so the recorded mode is `u8s8`,
+    where unknown weights at 8-bit activations would record `i16`; the dry `plan_kernels` says the same."""
+    from qcompile.backends.tvm import emitter
+    from qcompile.backends.tvm.schedules.x86.gemm import choose_mode
+    from tests import kernel_isa as isa
+
+    tgt = isa.target("avx2")
+    ig = G.mbv2_like(seed=1, bits=4)
+    calls: list = []
+    em = emitter.emit_relax(ig, tgt, None, "float32", call_log=calls)
+    convs = [(c, w) for c, w in calls if c.op == "conv2d_requant"]
+    assert convs and all(isinstance(w, np.ndarray) and w.dtype == np.int8 for _, w in convs)
+    for c, w in convs:
+        assert list(w.shape) == [int(d) for d in c.params["w_shape"]]
+        assert int(np.abs(w).max()) <= 8
+    modes = [k.workload.get("mode") for k in em.kernels if k.workload.get("kind") == "pointwise"]
+    assert modes and set(modes) == {"u8s8"}
+    assert choose_mode(tgt, None, 255) == "i16"  # what the records said before
+    # the dry plan describes the same kernels (the latency model and `plan_kernels` users see what is emitted)
+    assert [k.workload for k in emitter.plan_kernels(ig, tgt)] == [k.workload for k in em.kernels]

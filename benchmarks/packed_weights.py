@@ -1,17 +1,18 @@
-"""Per-layer: the batch-1 `linear` GEMV with int8 weights against 4-bit and 2-bit packed weights (issue 20's
-stretch, `backends/tvm/schedules/x86/packed_gemv.py`), warm and with the weights evicted between calls.
+"""Per-layer: the batch-1 `linear` GEMV and the pointwise GEMV (1x1 convs on 1-4 pixels) with int8 weights against
+4-bit and 2-bit packed weights (issue 20's stretch, `backends/tvm/schedules/x86/packed_gemv.py`), warm and with the
+weights evicted between calls.
 
     TVM_NUM_THREADS=1 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.packed_weights --out t1.json
     TVM_NUM_THREADS=2 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.packed_weights --out t2.json
 
-Each layer's kernel is emitted by the x86 `linear_requant` strategy with `weight_bits` forced (8, 4, 2: the same
-random 2-bit codes for all three, so the outputs must agree, which is checked), its PrimFunc compiled alone for the
-host and called with the strategy's own constants. Timing: `--rounds` rounds, each visiting every (layer, width) in
-rotating order; per visit the fastest of `--number` back-to-back calls ("warm": the weights stay in L1/L2 as when the
-harness times a kernel alone) and the fastest of `--cold` calls each after writing a 64 MiB buffer ("cold": a
-network streams the other layers' weights through the caches between two calls of a layer). Minima over rounds.
-Single calls through the FFI: `null_us` is an empty PrimFunc's call, the same in every figure. TVM sizes its pool
-once per process, so 1 and 2 threads are two processes.
+Each layer's kernel is emitted by the x86 `linear_requant` / `conv2d_requant` strategy with `weight_bits` forced (8,
+4, 2: the same random 2-bit codes for all three, so the outputs must agree, which is checked), its PrimFunc compiled
+alone for the host and called with the strategy's own constants. Timing: `--rounds` rounds, each visiting every
+(layer, width) in rotating order; per visit the fastest of `--number` back-to-back calls ("warm": the weights stay
+in L1/L2 as when the harness times a kernel alone) and the fastest of `--cold` calls each after writing a 64 MiB
+buffer ("cold": a network streams the other layers' weights through the caches between two calls of a layer). Minima
+over rounds. Single calls through the FFI: `null_us` is an empty PrimFunc's call, the same in every figure. TVM
+sizes its pool once per process, so 1 and 2 threads are two processes.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ from typing import Any
 
 import numpy as np
 
-#: (name, K, O): MobileNetV2's classifier (also the largest `mobilenet_v3` subnet's last linear), that subnet's
-#: 960->1280, and two smaller linears whose weights stay in L1 / L2
-LAYERS = (("fc_1280x1000", 1280, 1000), ("fc_960x1280", 960, 1280), ("fc_256x512", 256, 512),
-          ("fc_128x128", 128, 128))
+#: (name, op, K, O, pixels): MobileNetV2's classifier (also the largest `mobilenet_v3` subnet's last linear), that
+#: subnet's 960->1280 head (a 1x1 conv on the pooled pixel: the pointwise GEMV), smaller linears whose weights stay
+#: in L1 / L2, and the pointwise GEMV on 4 pixels (2x2 maps of MobileNetV3 at 32 px)
+LAYERS = (("fc_1280x1000", "linear", 1280, 1000, 1), ("pw_960x1280_1px", "pointwise", 960, 1280, 1),
+          ("fc_256x512", "linear", 256, 512, 1), ("fc_256x256", "linear", 256, 256, 1),
+          ("fc_128x128", "linear", 128, 128, 1), ("pw_160x960_4px", "pointwise", 160, 960, 4),
+          ("pw_96x576_1px", "pointwise", 96, 576, 1))
 BITS = (8, 4, 2)
 FLUSH_BYTES = 64 << 20
 
 
-def build(k: int, o: int, bits: int, target: Any, seed: int = 0) -> tuple[Any, list, int]:
-    """(compiled function, its tensors with the output last, bytes of weights) of the requantizing linear K->O
-    emitted with `weight_bits=bits` on 2-bit codes."""
+def build(op: str, k: int, o: int, pixels: int, bits: int, target: Any, seed: int = 0) -> tuple[Any, list, int]:
+    """(compiled function, its tensors with the output last, bytes of weights) of the requantizing `op`
+    ("linear": K -> O at batch 1; "pointwise": a 1x1 conv K -> O on `pixels` pixels, a square map) emitted by the
+    x86 strategy with `weight_bits=bits` on 2-bit codes."""
     import tvm
     from tvm import relax
 
@@ -42,14 +47,22 @@ def build(k: int, o: int, bits: int, target: Any, seed: int = 0) -> tuple[Any, l
     from qcompile.backends.tvm.strategy import OpCall, select_strategy
 
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (1, k)).astype(np.uint8)
     w = rng.integers(-2, 2, (o, k)).astype(np.int8)
     bias = rng.integers(-5000, 5000, o).astype(np.int32)
     mult = np.full(o, 1 << 26, np.int32)
     shift = np.full(o, 34, np.int32)
-    params = {"x_shape": (1, k), "w_shape": (o, k), "out_shape": (1, o), "node": "fc", "lo": 0, "hi": 255,
-              "weight_bits": bits}
-    call = OpCall("linear_requant", params, target)
+    if op == "linear":
+        x = rng.integers(0, 256, (1, k)).astype(np.uint8)
+        params = {"x_shape": (1, k), "w_shape": (o, k), "out_shape": (1, o), "node": "fc", "lo": 0, "hi": 255}
+        call = OpCall("linear_requant", {**params, "weight_bits": bits}, target)
+    else:
+        h = int(round(pixels ** 0.5))
+        x = rng.integers(0, 256, (1, k, h, h)).astype(np.uint8)
+        w = w[:, :, None, None]
+        params = {"x_shape": x.shape, "w_shape": w.shape, "out_shape": (1, o, h, h), "stride": (1, 1),
+                  "padding": (0, 0), "dilation": (1, 1), "groups": 1, "pad_value": 0, "node": "pw", "lo": 0,
+                  "hi": 255}
+        call = OpCall("conv2d_requant", {**params, "weight_bits": bits}, target)
     strat = select_strategy(call)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
@@ -59,12 +72,13 @@ def build(k: int, o: int, bits: int, target: Any, seed: int = 0) -> tuple[Any, l
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     mod = bb.get()
-    gv = next(g for g in mod.functions if g.name_hint.startswith("qc_linear"))
+    gv = next(g for g in mod.functions if g.name_hint.startswith(("qc_linear", "qc_gemv")))
     ctir = next(b.value for blk in mod["main"].body.blocks for b in blk.bindings
                 if isinstance(b.value, relax.Call) and "call_tir" in str(b.value.op))
-    consts = [const_value(a, "operand", "fc") for a in ctir.args[1].fields[1:]]
+    consts = [const_value(a, "operand", "layer") for a in ctir.args[1].fields[1:]]
     lib = tvm.compile(mod[gv].with_attr("global_symbol", "main"), target=target)
-    tensors = [tvm.runtime.tensor(a) for a in (x, *consts, np.zeros((1, o), np.uint8))]
+    xk, out_shape = ((x, (1, o)) if op == "linear" else (x.reshape(k, pixels), (o, pixels)))
+    tensors = [tvm.runtime.tensor(a) for a in (xk, *consts, np.zeros(out_shape, np.uint8))]
     return lib["main"], tensors, int(consts[0].nbytes)
 
 
@@ -111,10 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     target = tvm.target.Target(host_x86_target())
     kernels = {}
-    for name, k, o in LAYERS:
+    for name, op, k, o, pixels in LAYERS:
         outs = []
         for bits in BITS:
-            fn, args, nbytes = build(k, o, bits, target)
+            fn, args, nbytes = build(op, k, o, pixels, bits, target)
             kernels[(name, bits)] = (fn, args, nbytes)
             fn(*args)
             outs.append(args[-1].numpy())

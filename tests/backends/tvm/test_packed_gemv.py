@@ -57,12 +57,16 @@ def test_choose_weight_bits_rule():
     rng = np.random.default_rng(0)
     w2, w3, w4 = (_codes(rng, 64, 64, b) for b in (2, 3, 4))
     w8 = _codes(rng, 64, 64, 8)
-    assert [PG.choose_weight_bits(w, min_bytes=0) for w in (w2, w3, w4, w8)] == [2, 4, 4, 8]
+    every = PG.PackedWeights(min_bytes=0)
+    assert [PG.choose_weight_bits(w, policy=every) for w in (w2, w3, w4, w8)] == [2, 4, 4, 8]
     # 8-bit codes never take the packed path, whatever the size; nor a reduction length not a multiple of 4
-    assert PG.choose_weight_bits(w8, min_bytes=0) == 8
-    assert PG.choose_weight_bits(w2[:, :62], min_bytes=0, k=62) == 8
-    # below the size threshold the int8 kernel stays
-    assert PG.choose_weight_bits(w2, min_bytes=w2.size + 1) == 8
+    assert PG.choose_weight_bits(w8, policy=every) == 8
+    assert PG.choose_weight_bits(w2[:, :62], policy=every, k=62) == 8
+    # below the size threshold, or on more rows than `max_rows`, the int8 kernel stays (the default rule: 64x64 is
+    # 4 KiB, under PACKED_MIN_WEIGHT_BYTES)
+    assert PG.choose_weight_bits(w2, policy=PG.PackedWeights(min_bytes=w2.size + 1)) == 8
+    assert PG.choose_weight_bits(w2, rows=2, policy=every) == 8
+    assert PG.choose_weight_bits(w2) == 8 and PG.choose_weight_bits(np.tile(w2, (16, 1))) == 2
     # forcing: 8 always; a width the codes fit; a clear error otherwise
     assert PG.choose_weight_bits(w2, 8) == 8 and PG.choose_weight_bits(w2, 4) == 4
     with pytest.raises(ConfigError, match="weight_bits"):
@@ -73,6 +77,17 @@ def test_choose_weight_bits_rule():
         PG.choose_weight_bits(w2, 3)
     with pytest.raises(ConfigError, match="multiple of 4"):
         PG.choose_weight_bits(w2[:, :62], 2, k=62)
+    # the per-lowering policy: force 8 wins over the rule, a call's own width over the policy
+    with PG.packed_weights(PG.PackedWeights(force=8, min_bytes=0)):
+        assert PG.choose_weight_bits(w2) == 8 and PG.choose_weight_bits(w2, 2) == 2
+    with PG.packed_weights(PG.PackedWeights(force=4)):
+        assert PG.choose_weight_bits(w2) == 4
+        with pytest.raises(ConfigError, match="weight_bits"):
+            PG.choose_weight_bits(w8)
+    assert PG.current_packed_weights() == PG.PackedWeights()
+    for bad in ({"force": 3}, {"min_bytes": -1}, {"max_rows": 0}):
+        with pytest.raises(ConfigError, match="PackedWeights"):
+            PG.PackedWeights(**bad)
 
 
 def _linear(op: str, bits: int | None, x, w, bias, mult=None, shift=None, target=VNNI512):
@@ -143,3 +158,100 @@ def test_eight_bit_weights_keep_the_int8_kernel():
     np.testing.assert_array_equal(got, R.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)))
     with pytest.raises(ConfigError, match="weight_bits"):
         _linear("linear", 4, x, w, bias)
+
+
+def _pointwise(op: str, bits: int | None, x, w, bias, mult, shift, lo=2, hi=253, target=VNNI512):
+    """A 1x1 conv on `x` `[1, C, H, W]` through the x86 conv strategy with `weight_bits=bits`: (output, kernel
+    names, describe)."""
+    from tvm_graphs import conv_call_params
+
+    lohi = {"lo": lo, "hi": hi} if op == "conv2d_requant" else {}
+    params = conv_call_params(x.shape, w.shape, s=1, p=0, groups=1, pad_value=0, **lohi)
+    if bits is not None:
+        params["weight_bits"] = bits
+    call = OpCall(op, params, target)
+    strat = select_strategy(call)
+    consts = [w, bias] + ([mult, shift] if op == "conv2d_requant" else [])
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = strat.emit(bb, call, [xv, *(relax.const(c) for c in consts)])
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    names = [g.name_hint for g in mod.functions if g.name_hint.startswith("qc_")]
+    ex = tvm.compile(mod, target=target)
+    isa.check_instructions(ex, "avx512-vnni", r"vpdpbusd\s+.*%zmm")
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy(), names, strat.describe(call, w)
+
+
+@pytest.mark.parametrize("op", ["conv2d_requant", "conv2d"])
+@pytest.mark.parametrize("bits", PG.PACKED_BITS)
+@pytest.mark.parametrize("c,h,o", [(960, 1, 1280), (40, 2, 240), (38, 1, 56), (6, 2, 16)], ids=str)
+def test_packed_pointwise_gemv_bit_exact(op, bits, c, h, o):
+    """1x1 convs on 1 and 4 pixels (MobileNetV3's 960->1280 head, the 32 px stages) with packed weights against
+    the reference: extreme codes on every slot, K not a multiple of 4 (38, 6: zero-padded quads), O not a
+    multiple of the 16 * 8 // bits channels of a byte (56, 16, 240)."""
+    rng = np.random.default_rng(c + h + o + bits)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, : c // 3] = 255
+    w = _codes(rng, o, c, bits)[:, :, None, None]
+    bias = rng.integers(-2000, 2000, o).astype(np.int32)
+    acc0 = R.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.zeros(o, dtype=torch.int32)).numpy()
+    sh = 26 + max(0, int(np.round(np.log2(3 * acc0.std() / 128))))
+    mult, shift = np.full(o, 1 << 26, np.int32), np.full(o, sh, np.int32)
+    bias = (bias - int(np.median(acc0)) + (128 << (sh - 26))).astype(np.int32)
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias))
+    ref = acc.numpy() if op == "conv2d" else R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift),
+                                                          lo=2, hi=253).numpy()
+    got, names, desc = _pointwise(op, bits, x, w, bias, mult, shift)
+    assert desc == {"kind": "gemv", "mode": f"vnni512_w{bits}"}
+    assert any(nm.startswith(f"qc_gemv_w{bits}_") for nm in names), names
+    if op == "conv2d_requant":
+        assert len(np.unique(ref)) > 5
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_packed_pointwise_needs_avx512_vnni():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, 16, 1, 1)).astype(np.uint8)
+    w = _codes(rng, 32, 16, 2)[:, :, None, None]
+    z = np.zeros(32, np.int32)
+    with pytest.raises(ConfigError, match="weight_bits"):
+        _pointwise("conv2d", 2, x, w, z, z, z, target=isa.target("avx-vnni"))
+
+
+def test_supernet_subnet_with_packed_weights_is_exact():
+    """End to end: the largest subnet of a tiny `mobilenet_v3` space (digits, 32 px) with 2- and 4-bit weights
+    per layer (8-bit activations), lowered with the packed GEMVs on every layer that fits (`min_bytes=0`: at this
+    width the layers are 4-20 KB), bit-exact against the reference integer executor."""
+    import dataclasses
+
+    import qcompile as qc
+    from qcompile.config import QuantPolicy
+    from tests.conftest import tiny_space
+
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("the packed GEMVs need AVX512-VNNI on this host")
+    torch.manual_seed(0)
+    space = tiny_space("mobilenet_v3")
+    qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(2, 4), act_bits=(8,)).eval()
+    rng = np.random.default_rng(0)
+    policy = QuantPolicy(tuple((int(rng.choice([2, 4])), 8) for _ in range(space.num_layer_slots)))
+    sub = qc.extract(qnet, dataclasses.replace(space.largest(), policy=policy))
+    gen = torch.Generator().manual_seed(1)
+    qc.calibrate(sub, [(torch.randn(8, 3, 32, 32, generator=gen), torch.zeros(8, dtype=torch.long))
+                       for _ in range(2)])
+    ig = qc.to_integer(sub.eval())
+    with PG.packed_weights(PG.PackedWeights(min_bytes=0)):
+        low = qc.lower(ig, "x86")
+    packed = {f[:10] for k in low.kernels for f in k["primfuncs"] if f.startswith(("qc_gemv_w", "qc_linear_w"))}
+    # the 1-pixel pointwise layers of the last stage (the 2x2 ones have 4 pixels: `PACKED_MAX_ROWS`)
+    assert packed == {"qc_gemv_w2", "qc_gemv_w4"}, packed
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_array_equal(low(x), ig(torch.from_numpy(x)).numpy())

@@ -21,14 +21,18 @@ of u8 x s8 products like the int8 kernel's, so int32 holds it wherever `to_integ
 wrapped intermediate would still give the right difference modulo 2^32, and the true value fits. One 64-byte load
 feeds `g` `vpdpbusd` after `g - 1` `vpand`: 3 instructions per 32 channels x 4 values at 4 bits, 7 per 64 at 2 bits.
 
-Which width a layer takes (`choose_weight_bits`): the narrowest `PACKED_BITS` whose range holds *every* actual weight
-code (exact by construction; 3-bit codes take the 4-bit packing), where `packed_default` says it wins; a caller may
-force a width (`ConfigError` if the codes do not fit it) or 8.
+Which width a layer takes (`choose_weight_bits`, `PackedWeights`): the narrowest `PACKED_BITS` whose range holds
+*every* actual weight code (exact by construction; 3-bit codes take the 4-bit packing), for one activation row and
+at least `PACKED_MIN_WEIGHT_BYTES` of weights, where the per-layer measurements say it wins; a caller may force a
+width (`ConfigError` if the codes do not fit it) or 8, per lowering (`packed_weights`) or per call (`weight_bits`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,15 +47,64 @@ from qcompile.backends.tvm.intrin.x86 import (
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
-__all__ = ["PACKED_BITS", "WEIGHT_BITS_CHOICES", "PACKED_MIN_WEIGHT_BYTES", "fits_bits", "choose_weight_bits",
+__all__ = ["PACKED_BITS", "WEIGHT_BITS_CHOICES", "PACKED_MIN_WEIGHT_BYTES", "PACKED_MAX_ROWS", "PackedWeights",
+           "current_packed_weights", "packed_weights", "fits_bits", "choose_weight_bits",
            "pack_packed_weights", "unpack_packed_weights", "packed_linear_acc", "schedule_packed_linear",
-           "unmix_expr", "offset_expr"]
+           "unmix_expr", "packed_sums", "packed_at", "schedule_packed"]
 
-#: what a caller may force (`OpCall.params["weight_bits"]`): None (the rule), 8 (the int8 kernel), or a packed width
+#: what a caller may force (`PackedWeights.force`, `OpCall.params["weight_bits"]`): None (the rule), 8 (the int8
+#: kernel), or a packed width
 WEIGHT_BITS_CHOICES = (None, 8, *PACKED_BITS)
-#: int8 weight bytes from which the packed kernel is the default (`choose_weight_bits`): below it the weights live
-#: in L1/L2 and the unpacking costs more than the bytes it saves (docs/peers.md, session 14, per-layer table)
-PACKED_MIN_WEIGHT_BYTES = 1 << 30
+#: int8 weight bytes from which the packed kernel is the default: measured faster warm from 55 KB (96->576 on one
+#: pixel) to 1.3 MB, about even at 16 KB (docs/peers.md, session 14); below, the weights sit in L1 anyway
+PACKED_MIN_WEIGHT_BYTES = 32 << 10
+#: activation rows (batch rows of a linear, pixels of a pointwise GEMV) up to which the packed kernel is the
+#: default: on 4 pixels each weight vector feeds 4 `vpdpbusd` and the kernel is bound by them, not by the bytes
+#: (160->960 on 4 pixels: 4.73 us int8, 4.87 packed)
+PACKED_MAX_ROWS = 1
+
+
+@dataclass(frozen=True)
+class PackedWeights:
+    """When GEMV layers take packed 4-bit / 2-bit weights (`choose_weight_bits`). `force`: None (the rule below),
+    8 (never: the int8 kernels), or a `PACKED_BITS` width for every GEMV layer (a `ConfigError` names a layer whose
+    codes do not fit it). The rule: the narrowest packed width holding every code, for layers with at least
+    `min_bytes` of int8 weights and at most `max_rows` activation rows. Set it for a lowering with
+    `packed_weights(...)`; a call's own `OpCall.params["weight_bits"]` wins over it."""
+
+    force: int | None = None
+    min_bytes: int = PACKED_MIN_WEIGHT_BYTES
+    max_rows: int = PACKED_MAX_ROWS
+
+    def __post_init__(self) -> None:
+        if self.force not in WEIGHT_BITS_CHOICES:
+            raise ConfigError("PackedWeights.force", self.force, WEIGHT_BITS_CHOICES)
+        if int(self.min_bytes) < 0:
+            raise ConfigError("PackedWeights.min_bytes", self.min_bytes, "a byte count >= 0")
+        if int(self.max_rows) < 1:
+            raise ConfigError("PackedWeights.max_rows", self.max_rows, "a row count >= 1")
+
+
+_DEFAULT = PackedWeights()
+_POLICY: ContextVar[PackedWeights | None] = ContextVar("qcompile_packed_weights", default=None)
+
+
+def current_packed_weights() -> PackedWeights:
+    """The `PackedWeights` in effect (the default rule unless inside `packed_weights`)."""
+    return _POLICY.get() or _DEFAULT
+
+
+@contextlib.contextmanager
+def packed_weights(policy: PackedWeights) -> Iterator[PackedWeights]:
+    """Lower with `policy` in effect, e.g. `with packed_weights(PackedWeights(force=8)): qc.lower(...)` for the int8
+    kernels everywhere; the previous policy is restored afterwards."""
+    if not isinstance(policy, PackedWeights):
+        raise ConfigError("packed_weights", policy, "a PackedWeights")
+    token = _POLICY.set(policy)
+    try:
+        yield policy
+    finally:
+        _POLICY.reset(token)
 
 
 def fits_bits(w: np.ndarray, bits: int) -> bool:
@@ -60,13 +113,16 @@ def fits_bits(w: np.ndarray, bits: int) -> bool:
     return bool(w.size == 0 or (w.min() >= -(1 << (bits - 1)) and w.max() <= (1 << (bits - 1)) - 1))
 
 
-def choose_weight_bits(w: np.ndarray, force: int | None = None, *, k: int | None = None,
-                       min_bytes: int | None = None) -> int:
-    """Weight width of a GEMV layer with int8 codes `w[O, K]`: `force` when given (8, or a `PACKED_BITS` width the
-    codes fit: else `ConfigError`), otherwise the narrowest packed width that holds every code, if the layer has at
-    least `min_bytes` (default `PACKED_MIN_WEIGHT_BYTES`) of int8 weights, else 8. `k`: the reduction length, which
-    the packed kernel needs to be a multiple of 4 (else 8)."""
+def choose_weight_bits(w: np.ndarray, force: int | None = None, *, k: int | None = None, rows: int = 1,
+                       policy: PackedWeights | None = None) -> int:
+    """Weight width of a GEMV layer with int8 codes `w[O, K(,1,1)]` and `rows` activation rows: `force` (a call's
+    `weight_bits`, else `policy.force`) when given, 8 or a `PACKED_BITS` width the codes fit (else `ConfigError`);
+    otherwise `policy`'s rule (`PackedWeights`; default: `current_packed_weights()`). Exact by construction: a
+    packed width is taken only when every actual code fits it (3-bit codes take the 4-bit packing). `k`: a
+    reduction length the kernel needs to be a multiple of 4 (the linear GEMV), else None."""
     w = np.asarray(w)
+    policy = current_packed_weights() if policy is None else policy
+    force = policy.force if force is None else force
     if force not in WEIGHT_BITS_CHOICES:
         raise ConfigError("weight_bits", force, WEIGHT_BITS_CHOICES)
     if force is not None:
@@ -76,8 +132,7 @@ def choose_weight_bits(w: np.ndarray, force: int | None = None, *, k: int | None
         if force != 8 and k is not None and k % 4:
             raise ConfigError("weight_bits", force, f"8 for a reduction length {k} not a multiple of 4")
         return force
-    limit = PACKED_MIN_WEIGHT_BYTES if min_bytes is None else min_bytes
-    if w.size < limit or (k is not None and k % 4):
+    if w.size < policy.min_bytes or rows > policy.max_rows or (k is not None and k % 4):
         return 8
     for bits in sorted(PACKED_BITS):
         if fits_bits(w, bits):
@@ -127,73 +182,96 @@ def unpack_packed_weights(packed: np.ndarray, bits: int, o: int) -> np.ndarray:
     return w.reshape(-1, w.shape[-2] * 4)[:o].astype(np.int8)
 
 
-def unmix_expr(m_at: Callable[[Any], Any], s: Any, bits: int) -> Any:
-    """`(M_s - M_{s-1}) >> (bits*s)` of slot `s` from the masked sums `m_at(t)` (int32 `M_t`, `M_{-1} = 0`): the
-    slot's dot product, less `2^(bits-1) * sum_k x_k` below the top slot (`offset_expr`)."""
+def unmix_expr(m_at: Callable[[Any], Any], s: Any, sx: Any, bits: int) -> Any:
+    """Slot `s`'s dot product `sum_k x_k w_s` from the masked sums `m_at(t)` (int32 `M_t`, `M_{-1} = 0`) and the
+    activation sum `sx`: `(M_s - M_{s-1}) >> (bits*s)`, less `2^(bits-1) * sx` (what the offset-binary codes add)
+    below the top slot."""
     g = _slots(bits)
+    zero = tirx.const(0, "int32")
     # constant slot indices only (select chains that fold once the slot loop is unrolled): an index `s - 1` beside
-    # `s` is a read region reverse_compute_at cannot solve
-    cur, prev = m_at(g - 1), tirx.const(0, "int32")
+    # `s` is a read region compute_at cannot solve
+    cur, prev = m_at(g - 1), zero
     for t in range(g - 1):
         cur = tirx.if_then_else(s == t, m_at(t), cur)
         prev = tirx.if_then_else(s == t + 1, m_at(t), prev)
-    return tirx.shift_right(cur - prev, tirx.const(bits, "int32") * s)
+    off = tirx.if_then_else(s < g - 1, tirx.const(1 << (bits - 1), "int32") * sx, zero)
+    return tirx.shift_right(cur - prev, tirx.const(bits, "int32") * s) - off
 
 
-def offset_expr(s: Any, sx: Any, bits: int) -> Any:
-    """What slot `s`'s offset-binary codes add to its `unmix_expr`: `2^(bits-1) * sx` below the top slot, else 0."""
-    return tirx.if_then_else(s < _slots(bits) - 1, tirx.const(1 << (bits - 1), "int32") * sx,
-                             tirx.const(0, "int32"))
+def packed_sums(rows: int, kb: int, o: int, bits: int, xq_at: Callable[[Any, Any, Any], Any],
+                sx: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
+    """TE of the packed GEMV over `rows` activation vectors (batch rows of a linear, pixels of a pointwise conv):
+    `(wp, unmix)`, `wp` the `[O/(16g), kb, 16, 4]` uint8 placeholder, `unmix[r, b, s, l]` the int32 dot product of
+    output channel `(b*g + s)*16 + l` with row `r`; `xq_at(r, rb, ri)` the u8 activation `4*rb + ri` of row `r`
+    (zero past K), `sx[r]` the row's activation sum (int32, a stage at the root: read by "unmix", which anchors
+    each channel block, `schedule_packed`). Stages "packed_acc" and "unmix"."""
+    g = _slots(bits)
+    gb = -(-o // (16 * g))
+    wp = te.placeholder((gb, kb, 16, 4), "uint8", name="wp")
+    rb, ri = te.reduce_axis((0, kb), "rb"), te.reduce_axis((0, 4), "ri")
+    m = te.compute((rows, gb, g, 16), lambda r, b, s, li: te.sum(
+        xq_at(r, rb, ri).astype("int32") * packed_slot_expr(wp[b, rb, li, ri], s, bits), axis=[rb, ri]),
+        name="packed_acc")
+    un = te.compute((rows, gb, g, 16), lambda r, b, s, li: unmix_expr(lambda t: m[r, b, t, li], s, sx[r], bits),
+                    name="unmix")
+    return wp, un
+
+
+def packed_at(un: te.Tensor, bits: int) -> Callable[[Any, Any], Any]:
+    """`(r, c) -> unmix[r, c // 16g, (c // 16) % g, c % 16]`: output channel `c`'s accumulator for row `r`."""
+    g = _slots(bits)
+    return lambda r, c: un[r, c // (16 * g), (c // 16) % g, c % 16]
 
 
 def packed_linear_acc(x: te.Tensor, n: int, k: int, o: int, bits: int) -> tuple[te.Tensor, Callable[[Any, Any],
                                                                                                     Any]]:
-    """TE of `acc[i, j] = sum_k x[i, k] * w[j, k]` from packed weights: returns `(wp, acc_at)`, `wp` the
-    `[O/(16g), K/4, 16, 4]` uint8 placeholder and `acc_at(i, j)` the int32 accumulator (stages "sx", "packed_acc",
-    "unmix"; schedule them with `schedule_packed_linear`)."""
-    g = _slots(bits)
-    gb, kb = -(-o // (16 * g)), k // 4
-    wp = te.placeholder((gb, kb, 16, 4), "uint8", name="wp")
+    """TE of `acc[i, j] = sum_k x[i, k] * w[j, k]` (K a multiple of 4) from packed weights: `(wp, acc_at)`
+    (`packed_sums`; schedule with `schedule_packed`)."""
     rk = te.reduce_axis((0, k), "rk")
     sx = te.compute((n,), lambda i: te.sum(x[i, rk].astype("int32"), axis=rk), name="sx")
-    rb, ri = te.reduce_axis((0, kb), "rb"), te.reduce_axis((0, 4), "ri")
-    m = te.compute((n, gb, g, 16), lambda i, b, s, li: te.sum(
-        x[i, rb * 4 + ri].astype("int32") * packed_slot_expr(wp[b, rb, li, ri], s, bits), axis=[rb, ri]),
-        name="packed_acc")
-    acc = te.compute((n, gb, g, 16), lambda i, b, s, li: unmix_expr(lambda t: m[i, b, t, li], s, bits),
-                     name="unmix")
-    # the activation sum's term in the output stage (which reads the finished accumulators): in "unmix" it would
-    # make the per-call sum a producer of every channel block
-    return wp, lambda i, j: acc[i, j // (16 * g), (j // 16) % g, j % 16] - offset_expr((j // 16) % g, sx[i], bits)
+    wp, un = packed_sums(n, k // 4, o, bits, lambda i, rb, ri: x[i, rb * 4 + ri], sx)
+    return wp, packed_at(un, bits)
 
 
-def schedule_packed_linear(sch: s_tir.Schedule, n: int, k: int, o: int, bits: int) -> None:
-    """Schedule `packed_linear_acc`'s stages: channel groups over cores, `8 // g` accumulator vectors... in
-    registers per group block (`inner` groups of `g` slots, 8 zmm accumulators in flight as the int8 GEMV's 4), the
-    reduction through `packed_bcast_intrinsic(bits)`, the unmix of a block while it is hot (slots unrolled so its
-    selects fold, lanes vectorised); the activation sum once per call before the parallel region."""
+def schedule_packed(sch: s_tir.Schedule, gb: int, kb: int, bits: int, rows_inside: bool,
+                    epilogue: str | None = None) -> Any:
+    """Schedule `packed_sums`' stages: blocks of `inner` channel groups (8 zmm accumulators per row in flight, as
+    many as the int8 GEMV's 4 blocks... with `g` slots each) over cores, the reduction through
+    `packed_bcast_intrinsic(bits)` with the block's rows (`rows_inside`: the pixels of a pointwise GEMV, each
+    weight vector reused by all of them) and groups unrolled inside the reduction step, the unmix of a block while
+    it is hot (slots unrolled so its selects fold, lanes vectorised), and `epilogue` (a consumer block of
+    "unmix", or None) at the block. Returns the block loop."""
     register_packed_intrinsics()
     g = _slots(bits)
-    gb = -(-o // (16 * g))
-    want = max(1, 8 // g)
-    inner = max(t for t in range(1, want + 1) if gb % t == 0)
-    # the unmix stage anchors the block (compute_at of the sums into it: its select chains read every slot, a
-    # region reverse_compute_at cannot solve)
+    inner = max(t for t in range(1, max(1, 8 // g) + 1) if gb % t == 0)
+    # "unmix" anchors the block (compute_at of the sums into it: its select chains read every slot, a region
+    # reverse_compute_at cannot solve)
     un = sch.get_sblock("unmix")
-    _, u_b, u_s, u_l = sch.get_loops(un)
-    bo, _ = sch.split(u_b, [None, inner])
-    parallel_if_worth(sch, bo, n * k * gb * 16 * g, "gemv")
+    u_r, u_b, u_s, u_l = sch.get_loops(un)
+    bo, bi = sch.split(u_b, [None, inner])
+    sch.reorder(*((bo, u_r) if rows_inside else (u_r, bo)), bi, u_s, u_l)
+    # the multiply-adds, as the int8 GEMVs count them (their estimate is of int8 weights: this kernel reads fewer
+    # bytes but issues as many `vpdpbusd`)
+    parallel_if_worth(sch, bo, int(sch.get(u_r).extent) * kb * 4 * gb * g * 16, "gemv")
     blk = sch.get_sblock("packed_acc")
     sch.compute_at(blk, bo)
     loops = sch.get_loops(blk)
     at = next(j for j, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(bo)))
-    rest = loops[at + 1:]  # (bi, s, li, rb, ri), or without bi when one group is the block (compute_at drops it)
-    bi, (s, li, rb_, ri_) = (rest[0], rest[1:]) if len(rest) == 5 else (None, rest)
-    sch.reorder(rb_, *([bi] if bi is not None else []), s, li, ri_)
+    *between, s, li, rb_, ri_ = loops[at + 1:]  # rows and/or groups (compute_at drops loops of extent 1)
+    sch.reorder(rb_, *between, s, li, ri_)
     init = sch.decompose_reduction(blk, rb_)
     sch.tensorize(s, packed_bcast_intrinsic(bits))
-    if bi is not None:
-        sch.unroll(bi)
+    for lp in between:
+        sch.unroll(lp)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(u_s)
     sch.vectorize(u_l)
+    if epilogue is not None:
+        sch.reverse_compute_at(sch.get_sblock(epilogue), bo)
+    return bo
+
+
+def schedule_packed_linear(sch: s_tir.Schedule, n: int, k: int, o: int, bits: int) -> None:
+    """`schedule_packed` for `packed_linear_acc` (batch rows outside the channel blocks; the output stage stays at
+    the root, as the int8 linear GEMV's)."""
+    schedule_packed(sch, -(-o // (16 * _slots(bits))), k // 4, bits, rows_inside=False)

@@ -42,12 +42,16 @@ from qcompile.backends.tvm.schedules.x86.dw_choice import cvec_lanes
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
 from qcompile.backends.tvm.schedules.x86.gemv import (
     gemv_applies,
+    gemv_lanes,
     gemv_mode,
+    pack_gemv_packed_weights,
     pack_gemv_weights,
+    pointwise_gemv_packed_x86,
     pointwise_gemv_x86,
 )
 from qcompile.backends.tvm.schedules.x86.packed_gemv import (
     choose_weight_bits,
+    current_packed_weights,
     pack_packed_weights,
     packed_linear_acc,
     schedule_packed_linear,
@@ -55,6 +59,7 @@ from qcompile.backends.tvm.schedules.x86.packed_gemv import (
 from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
+from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,20 @@ def _num_cores(target: Any) -> int:
     return int(target.attrs.get("num-cores", 0) or 0) or 2
 
 
+def _gemv_weight_bits(call: OpCall, weight: np.ndarray | None) -> int:
+    """Weight width of a pointwise GEMV (`packed_gemv.choose_weight_bits`; `OpCall.params["weight_bits"]` forces
+    one): the packed kernels need the 16 lanes of AVX512-VNNI; unknown weights (`describe(call, None)`) count as 8."""
+    force = call.params.get("weight_bits")
+    if gemv_lanes(call.target) != 16:
+        if force not in (None, 8):
+            raise ConfigError("weight_bits", force, "8 on a target without AVX512-VNNI (the packed GEMV's lanes)")
+        return 8
+    if weight is None:  # a dry plan: what a forced width will be, else the int8 kernel
+        return int(force or current_packed_weights().force or 8)
+    _, k, p = _gemm_okp(call.params)
+    return choose_weight_bits(weight, force, rows=p)
+
+
 class _ConvBase(ConvStrategy):
     """x86 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): tensorized GEMM for pointwise and full
     convs (AMX-INT8 tiles where the target has them and the GEMM is large, `amx.amx_kernel_applies`; else the
@@ -109,7 +128,8 @@ class _ConvBase(ConvStrategy):
             return {"kind": kind, "mode": "cvec_vnni512" if lanes == 16 else "cvec_vnni"} if lanes else {"kind": kind}
         o, k, p = _gemm_okp(call.params)
         if gemv_applies(call.target, kind, p, k):
-            return {"kind": "gemv", "mode": gemv_mode(call.target, o)}
+            bits = _gemv_weight_bits(call, weight)
+            return {"kind": "gemv", "mode": gemv_mode(call.target, o) if bits == 8 else f"vnni512_w{bits}"}
         if amx_kernel_applies(call.target, o, k, p):
             return {"kind": kind, "mode": "amx"}
         act_max = max(int(call.params.get("x_max", 255)), int(call.params.get("pad_value", 0)))
@@ -138,6 +158,11 @@ class _ConvBase(ConvStrategy):
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
         gc = cv.gemm
         if gemv_applies(call.target, cv.kind, gc.p, gc.k):
+            bits = _gemv_weight_bits(call, cv.weight)
+            if bits != 8:
+                log.debug("%s: pointwise conv on %d pixels as a GEMV, %d-bit packed weights", cv.node, gc.p, bits)
+                return ConvKernel(pointwise_gemv_packed_x86(gc, bits), f"qc_gemv_w{bits}_{cv.tag}", x_shape,
+                                  pack_gemv_packed_weights(cv.weight, bits), bias, (cv.o, cv.ho * cv.wo))
             mode = gemv_mode(call.target, gc.o)
             lanes = 16 if mode == "vnni512" else 8
             log.debug("%s: pointwise conv on %d pixels as a GEMV over channels, %d lanes", cv.node, gc.p, lanes)
@@ -297,7 +322,8 @@ class _LinearBase:
         k = int(call.params["x_shape"][1])
         if not (has_avx512_vnni(call.target) and k % 4 == 0):
             return {"kind": "gemv", "mode": "i16"}
-        bits = 8 if weight is None else choose_weight_bits(weight, call.params.get("weight_bits"), k=k)
+        n = int(call.params["x_shape"][0])
+        bits = 8 if weight is None else choose_weight_bits(weight, call.params.get("weight_bits"), k=k, rows=n)
         return {"kind": "gemv", "mode": "vnni512" if bits == 8 else f"vnni512_w{bits}"}
 
     def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
@@ -312,7 +338,7 @@ class _LinearBase:
 
         if has_avx512_vnni(call.target) and k % 4 == 0:
             w8 = const_value(args[1], "weight", node)
-            bits = choose_weight_bits(w8, p.get("weight_bits"), k=k)
+            bits = choose_weight_bits(w8, p.get("weight_bits"), k=k, rows=n)
             if bits != 8:
                 return self._emit_packed(bb, call, args, n, k, o, node, w8, bits)
             return self._emit_vnni(bb, call, args, n, k, o, node)

@@ -11,8 +11,9 @@ alone for the host and called with the strategy's own constants. Timing: `--roun
 (layer, width) in rotating order; per visit the fastest of `--number` back-to-back calls ("warm": the weights stay
 in L1/L2 as when the harness times a kernel alone) and the fastest of `--cold` calls each after writing a 64 MiB
 buffer ("cold": a network streams the other layers' weights through the caches between two calls of a layer). Minima
-over rounds. Single calls through the FFI: `null_us` is an empty PrimFunc's call, the same in every figure. TVM
-sizes its pool once per process, so 1 and 2 threads are two processes.
+over rounds. Single calls through the FFI: `null_us` / `null_cold_us` is an empty PrimFunc's call, warm / after the
+flush (what every cold figure pays besides its weights: the runtime's own code and data evicted too). TVM sizes its
+pool once per process, so 1 and 2 threads are two processes.
 """
 
 from __future__ import annotations
@@ -139,20 +140,22 @@ def main(argv: list[str] | None = None) -> dict:
     keys = list(kernels)
     warm = {key: float("inf") for key in keys}
     cold = dict(warm)
-    null = float("inf")
+    null = null_cold = float("inf")
     for r in range(a.rounds):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             fn, args, _ = kernels[key]
             warm[key] = min(warm[key], _warm(fn, args, a.number))
             cold[key] = min(cold[key], _cold(fn, args, a.cold, buf))
         null = min(null, _warm(null_fn, null_args, a.number))
+        null_cold = min(null_cold, _cold(null_fn, null_args, a.cold, buf))
     threads = int(tvm.get_global_func("runtime.NumThreads")())
     rows = [{"layer": name, "bits": bits, "weight_bytes": kernels[(name, bits)][2],
              "warm_us": round(warm[(name, bits)] * 1e6, 2), "cold_us": round(cold[(name, bits)] * 1e6, 2)}
             for name, bits in keys]
     res = {"threads": threads, "cpu": platform.processor() or platform.machine(), "null_us": round(null * 1e6, 2),
+           "null_cold_us": round(null_cold * 1e6, 2),
            "rounds": a.rounds, "number": a.number, "cold": a.cold, "rows": rows}
-    print(f"threads {threads}, null call {res['null_us']} us")
+    print(f"threads {threads}, null call {res['null_us']} us warm, {res['null_cold_us']} us cold")
     print(f"{'layer':22s} {'bits':>4s} {'bytes':>9s} {'warm us':>8s} {'cold us':>8s}")
     for row in rows:
         print(f"{row['layer']:22s} {row['bits']:4d} {row['weight_bytes']:9d} {row['warm_us']:8.2f} "

@@ -235,19 +235,22 @@ def packed_linear_acc(x: te.Tensor, n: int, k: int, o: int, bits: int) -> tuple[
 
 def schedule_packed(sch: s_tir.Schedule, gb: int, kb: int, bits: int, rows_inside: bool,
                     epilogue: str | None = None) -> Any:
-    """Schedule `packed_sums`' stages: blocks of `inner` channel groups (8 zmm accumulators per row in flight, as
-    many as the int8 GEMV's 4 blocks... with `g` slots each) over cores, the reduction through
+    """Schedule `packed_sums`' stages: blocks of `inner` channel groups of `g` slots (8 zmm accumulators in flight
+    where the rows allow) over cores, the reduction through
     `packed_bcast_intrinsic(bits)` with the block's rows (`rows_inside`: the pixels of a pointwise GEMV, each
     weight vector reused by all of them) and groups unrolled inside the reduction step, the unmix of a block while
     it is hot (slots unrolled so its selects fold, lanes vectorised), and `epilogue` (a consumer block of
     "unmix", or None) at the block. Returns the block loop."""
     register_packed_intrinsics()
     g = _slots(bits)
-    inner = max(t for t in range(1, max(1, 8 // g) + 1) if gb % t == 0)
     # "unmix" anchors the block (compute_at of the sums into it: its select chains read every slot, a region
     # reverse_compute_at cannot solve)
     un = sch.get_sblock("unmix")
     u_r, u_b, u_s, u_l = sch.get_loops(un)
+    rows_in = int(sch.get(u_r).extent) if rows_inside else 1
+    # 8 accumulator vectors per block where the rows allow (more spill the 32 zmm with the broadcasts, and a tile
+    # over TVM's stack limit becomes a workspace allocation per block)
+    inner = max(t for t in range(1, max(1, 8 // (g * rows_in)) + 1) if gb % t == 0)
     bo, bi = sch.split(u_b, [None, inner])
     sch.reorder(*((bo, u_r) if rows_inside else (u_r, bo)), bi, u_s, u_l)
     # the multiply-adds, as the int8 GEMVs count them (their estimate is of int8 weights: this kernel reads fewer

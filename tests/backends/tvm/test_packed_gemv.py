@@ -67,6 +67,11 @@ def test_choose_weight_bits_rule():
     assert PG.choose_weight_bits(w2, policy=PG.PackedWeights(min_bytes=w2.size + 1)) == 8
     assert PG.choose_weight_bits(w2, rows=2, policy=every) == 8
     assert PG.choose_weight_bits(w2) == 8 and PG.choose_weight_bits(np.tile(w2, (16, 1))) == 2
+    # a reduction too long for int32 masked sums keeps int8; forcing it is an error
+    long_k = np.zeros((1, PG.PACKED_MAX_K + 4), np.int8)
+    assert PG.choose_weight_bits(long_k, policy=every) == 8
+    with pytest.raises(ConfigError, match="reduction length"):
+        PG.choose_weight_bits(long_k, 2)
     # forcing: 8 always; a width the codes fit; a clear error otherwise
     assert PG.choose_weight_bits(w2, 8) == 8 and PG.choose_weight_bits(w2, 4) == 4
     with pytest.raises(ConfigError, match="weight_bits"):

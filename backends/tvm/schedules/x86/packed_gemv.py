@@ -1,6 +1,6 @@
 """x86 GEMV with 4-bit and 2-bit weights packed two or four to a byte (issue 20's stretch): half or a quarter of the
 weight bytes of the int8 `linear` GEMV (`x86.strategy._LinearBase._emit_vnni`), for layers bound by reading their
-weights once per call (the batch-1 classifier).
+weights once per call (the batch-1 classifier, 1x1 convs on one pixel: `gemv.pointwise_gemv_packed_x86`).
 
 Packing (`pack_packed_weights`, at compile time from the constant weights): `g = 8 // bits` output-channel vectors
 of 16 lanes share one byte per (lane, reduction value): byte = `sum_{s<g-1} u_s << (bits*s) | (w_top mod 2^bits) <<
@@ -16,9 +16,9 @@ dot products follow by differences (`unmix_expr`, exact integer algebra):
 - `sum_k x_k w_s = (M_s - M_{s-1}) >> (bits*s) - 2^(bits-1) * sum_k x_k` for `s < g-1` (`M_{-1} = 0`),
 - `sum_k x_k w_top = (M_top - M_{g-2}) >> (bits*(g-1))`.
 
-The differences are exact multiples of `2^(bits*s)` (so the arithmetic shift is a division) and every `M_s` is a sum
-of u8 x s8 products like the int8 kernel's, so int32 holds it wherever `to_integer` proved the int8 layer fits; a
-wrapped intermediate would still give the right difference modulo 2^32, and the true value fits. One 64-byte load
+The differences are exact multiples of `2^(bits*s)` (so the arithmetic shift is a division). Every `M_s` is a sum of
+u8 x s8 products and every difference `2^(bits*s) * sum_k x_k u_s` is at most `255 * 128 * K` in magnitude, the int8
+kernel's own bound, so int32 holds them for `K <= PACKED_MAX_K` (`packed_sums` refuses more). One 64-byte load
 feeds `g` `vpdpbusd` after `g - 1` `vpand`: 3 instructions per 32 channels x 4 values at 4 bits, 7 per 64 at 2 bits.
 
 Which width a layer takes (`choose_weight_bits`, `PackedWeights`): the narrowest `PACKED_BITS` whose range holds
@@ -47,8 +47,8 @@ from qcompile.backends.tvm.intrin.x86 import (
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
-__all__ = ["PACKED_BITS", "WEIGHT_BITS_CHOICES", "PACKED_MIN_WEIGHT_BYTES", "PACKED_MAX_ROWS", "PackedWeights",
-           "current_packed_weights", "packed_weights", "fits_bits", "choose_weight_bits",
+__all__ = ["PACKED_BITS", "WEIGHT_BITS_CHOICES", "PACKED_MIN_WEIGHT_BYTES", "PACKED_MAX_ROWS", "PACKED_MAX_K",
+           "PackedWeights", "current_packed_weights", "packed_weights", "fits_bits", "choose_weight_bits",
            "pack_packed_weights", "unpack_packed_weights", "packed_linear_acc", "schedule_packed_linear",
            "unmix_expr", "packed_sums", "packed_at", "schedule_packed"]
 
@@ -62,6 +62,8 @@ PACKED_MIN_WEIGHT_BYTES = 32 << 10
 #: default: on 4 pixels each weight vector feeds 4 `vpdpbusd` and the kernel is bound by them, not by the bytes
 #: (160->960 on 4 pixels: 4.73 us int8, 4.87 packed)
 PACKED_MAX_ROWS = 1
+#: longest reduction whose masked sums and differences stay inside int32 (`255 * 128 * K < 2^31`)
+PACKED_MAX_K = (2**31 - 1) // (255 * 128)
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,11 @@ def choose_weight_bits(w: np.ndarray, force: int | None = None, *, k: int | None
                               f"a width holding the layer's codes [{int(w.min())}, {int(w.max())}] (8 always does)")
         if force != 8 and k is not None and k % 4:
             raise ConfigError("weight_bits", force, f"8 for a reduction length {k} not a multiple of 4")
+        if force != 8 and w.reshape(w.shape[0], -1).shape[1] > PACKED_MAX_K:
+            raise ConfigError("weight_bits", force, f"8 for a reduction length over {PACKED_MAX_K}")
         return force
-    if w.size < policy.min_bytes or rows > policy.max_rows or (k is not None and k % 4):
+    if w.size < policy.min_bytes or rows > policy.max_rows or (k is not None and k % 4) or \
+            w.reshape(w.shape[0], -1).shape[1] > PACKED_MAX_K:
         return 8
     for bits in sorted(PACKED_BITS):
         if fits_bits(w, bits):
@@ -206,6 +211,8 @@ def packed_sums(rows: int, kb: int, o: int, bits: int, xq_at: Callable[[Any, Any
     (zero past K), `sx[r]` the row's activation sum (int32, a stage at the root: read by "unmix", which anchors
     each channel block, `schedule_packed`). Stages "packed_acc" and "unmix"."""
     g = _slots(bits)
+    if kb * 4 > PACKED_MAX_K:
+        raise ConfigError("K", kb * 4, f"at most {PACKED_MAX_K} for packed weights (int32 masked sums)")
     gb = -(-o // (16 * g))
     wp = te.placeholder((gb, kb, 16, 4), "uint8", name="wp")
     rb, ri = te.reduce_axis((0, kb), "rb"), te.reduce_axis((0, 4), "ri")

@@ -34,8 +34,18 @@ def test_pack_unpack_round_trip(bits, o, k):
     w = _codes(np.random.default_rng(o + k), o, k, bits)
     packed = PG.pack_packed_weights(w, bits)
     g = 8 // bits
-    assert packed.dtype == np.uint8 and packed.shape == (-(-o // (16 * g)), k // 4, 16, 4)
+    groups, inner = PG.packed_blocking(o, bits)
+    assert groups % inner == 0 and groups * 16 * g >= o > (groups - inner) * 16 * g
+    assert packed.dtype == np.uint8 and packed.shape == (groups, k // 4, 16, 4)
     np.testing.assert_array_equal(PG.unpack_packed_weights(packed, bits, o), w)
+
+
+def test_blocking_pads_groups_to_whole_blocks():
+    """8 accumulator vectors per block (4 groups of 2 slots, 2 of 4), the groups padded to whole blocks (336
+    channels: 11 groups of 32 at 4 bits -> 12); on 4 pixels 1 group per block."""
+    assert PG.packed_blocking(336, 4) == (12, 4) and PG.packed_blocking(336, 2) == (6, 2)
+    assert PG.packed_blocking(1000, 4) == (32, 4) and PG.packed_blocking(24, 4) == (1, 1)
+    assert PG.packed_blocking(960, 4, block_rows=4) == (30, 1) and PG.packed_blocking(960, 2, 4) == (15, 1)
 
 
 @pytest.mark.parametrize("bits", PG.PACKED_BITS)
@@ -196,11 +206,11 @@ def _pointwise(op: str, bits: int | None, x, w, bias, mult, shift, lo=2, hi=253,
 
 @pytest.mark.parametrize("op", ["conv2d_requant", "conv2d"])
 @pytest.mark.parametrize("bits", PG.PACKED_BITS)
-@pytest.mark.parametrize("c,h,o", [(960, 1, 1280), (40, 2, 240), (38, 1, 56), (6, 2, 16)], ids=str)
+@pytest.mark.parametrize("c,h,o", [(960, 1, 1280), (40, 2, 240), (38, 1, 56), (6, 2, 16), (56, 1, 336)], ids=str)
 def test_packed_pointwise_gemv_bit_exact(op, bits, c, h, o):
     """1x1 convs on 1 and 4 pixels (MobileNetV3's 960->1280 head, the 32 px stages) with packed weights against
     the reference: extreme codes on every slot, K not a multiple of 4 (38, 6: zero-padded quads), O not a
-    multiple of the 16 * 8 // bits channels of a byte (56, 16, 240)."""
+    multiple of the 16 * 8 // bits channels of a byte (56, 16, 240, 336: groups padded to whole blocks)."""
     rng = np.random.default_rng(c + h + o + bits)
     x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
     x[0, : c // 3] = 255

@@ -166,14 +166,15 @@ def pointwise_gemv_x86(gc: GemmConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def pack_gemv_packed_weights(w: np.ndarray, bits: int) -> np.ndarray:
-    """[O, K(,1,1)] codes of `bits` bits -> the packed `[ceil(O/16g), ceil(K/4), 16, 4]` uint8 of
-    `packed_gemv.pack_packed_weights`, K padded with zero weights to whole reduction steps."""
+def pack_gemv_packed_weights(w: np.ndarray, bits: int, pixels: int) -> np.ndarray:
+    """[O, K(,1,1)] codes of `bits` bits -> the packed `[G, ceil(K/4), 16, 4]` uint8 of
+    `packed_gemv.pack_packed_weights` for a GEMV on `pixels` pixels, K padded with zero weights to whole reduction
+    steps."""
     w2 = np.asarray(w).reshape(w.shape[0], -1)
     k = w2.shape[1]
     wk = np.zeros((w2.shape[0], -(-k // 4) * 4), np.int8)
     wk[:, :k] = w2
-    return pack_packed_weights(wk, bits)
+    return pack_packed_weights(wk, bits, block_rows=pixels)
 
 
 def pointwise_gemv_packed_x86(gc: GemmConv, bits: int) -> tvm.tirx.PrimFunc:
@@ -186,14 +187,13 @@ def pointwise_gemv_packed_x86(gc: GemmConv, bits: int) -> tvm.tirx.PrimFunc:
     register_x86_intrinsics()
     k, p, o = gc.k, gc.p, gc.o
     kb = -(-k // 4)
-    g = 8 // bits
     x = te.placeholder((k, p), "uint8", name="x")
     bias = te.placeholder((o,), "int64" if gc.requant else "int32", name="bterm" if gc.requant else "bias")
     xq = te.compute((p, kb, 4), lambda j, b, i: tirx.if_then_else(
         b * 4 + i < k, x[tirx.min(b * 4 + i, k - 1), j], tirx.const(0, "uint8")), name="xpack")
     rk = te.reduce_axis((0, k), "rk")
     sx = te.compute((p,), lambda j: te.sum(x[rk, j].astype("int32"), axis=rk), name="sx")
-    wp, un = packed_sums(p, kb, o, bits, lambda j, rb, ri: xq[j, rb, ri], sx)
+    wp, un = packed_sums(p, kb, o, bits, lambda j, rb, ri: xq[j, rb, ri], sx, block_rows=p)
     at = packed_at(un, bits)
 
     def acc_at(c: Any, j: Any) -> Any:
@@ -211,7 +211,7 @@ def pointwise_gemv_packed_x86(gc: GemmConv, bits: int) -> tvm.tirx.PrimFunc:
         out = te.compute((o, p), lambda c, j: acc_at(c, j) + bias[c], name="epilogue")
         args = [x, wp, bias, out]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
-    bo = schedule_packed(sch, -(-o // (16 * g)), kb, bits, rows_inside=True, epilogue="epilogue")
+    bo = schedule_packed(sch, kb, bits, rows_inside=True, epilogue="epilogue")
     ep = sch.get_sblock("epilogue")
     loops = sch.get_loops(ep)
     at_bo = next(j for j, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(bo)))

@@ -48,7 +48,8 @@ from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
 __all__ = ["PACKED_BITS", "WEIGHT_BITS_CHOICES", "PACKED_MIN_WEIGHT_BYTES", "PACKED_MAX_ROWS", "PACKED_MAX_K",
-           "PackedWeights", "current_packed_weights", "packed_weights", "fits_bits", "choose_weight_bits",
+           "PackedWeights", "packed_blocking",
+           "current_packed_weights", "packed_weights", "fits_bits", "choose_weight_bits",
            "pack_packed_weights", "unpack_packed_weights", "packed_linear_acc", "schedule_packed_linear",
            "unmix_expr", "packed_sums", "packed_at", "schedule_packed"]
 
@@ -151,10 +152,22 @@ def _slots(bits: int) -> int:
     return 8 // bits
 
 
-def pack_packed_weights(w: np.ndarray, bits: int) -> np.ndarray:
-    """`[O, K]` codes (K a multiple of 4, each a signed `bits`-bit integer) -> `[ceil(O/16g), K/4, 16, 4]` uint8,
-    output channel `c = (gb*g + s)*16 + l` in slot `s` of byte `[gb, :, l, :]` (module docstring); zero weights pad
-    O (never stored)."""
+def packed_blocking(o: int, bits: int, block_rows: int = 1) -> tuple[int, int]:
+    """(channel groups, groups per block) of a packed GEMV with `o` outputs: `inner` groups of `g` vectors give 8
+    accumulator vectors per block with `block_rows` rows in it (more spill the 32 zmm with the broadcasts, and a
+    tile over TVM's stack limit becomes a workspace allocation per block), and the groups are padded with zero
+    channels to whole blocks: MobileNetV3's 336 channels are 11 groups at 4 bits, which as a divisor would have
+    left one group (2 accumulators) per block, 1.5x slower than int8 on 56->336."""
+    g = _slots(bits)
+    gb = -(-o // (16 * g))
+    inner = max(1, min(gb, 8 // (g * block_rows)))
+    return -(-gb // inner) * inner, inner
+
+
+def pack_packed_weights(w: np.ndarray, bits: int, block_rows: int = 1) -> np.ndarray:
+    """`[O, K]` codes (K a multiple of 4, each a signed `bits`-bit integer) -> `[G, K/4, 16, 4]` uint8 with `G`
+    channel groups (`packed_blocking(O, bits, block_rows)`), output channel `c = (gb*g + s)*16 + l` in slot `s` of
+    byte `[gb, :, l, :]` (module docstring); zero weights pad O (never stored)."""
     g = _slots(bits)
     w2 = np.asarray(w).reshape(w.shape[0], -1).astype(np.int64)
     o, k = w2.shape
@@ -162,7 +175,7 @@ def pack_packed_weights(w: np.ndarray, bits: int) -> np.ndarray:
         raise ConfigError("K", k, "a multiple of 4 (the packed GEMV reads 4 reduction values per lane)")
     if not fits_bits(w2, bits):
         raise ConfigError("weight codes", (int(w2.min()), int(w2.max())), f"signed {bits}-bit integers")
-    gb = -(-o // (16 * g))
+    gb, _ = packed_blocking(o, bits, block_rows)
     wp = np.zeros((gb * g * 16, k), np.int64)
     wp[:o] = w2
     wp = wp.reshape(gb, g, 16, k // 4, 4)
@@ -204,16 +217,17 @@ def unmix_expr(m_at: Callable[[Any], Any], s: Any, sx: Any, bits: int) -> Any:
 
 
 def packed_sums(rows: int, kb: int, o: int, bits: int, xq_at: Callable[[Any, Any, Any], Any],
-                sx: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
-    """TE of the packed GEMV over `rows` activation vectors (batch rows of a linear, pixels of a pointwise conv):
-    `(wp, unmix)`, `wp` the `[O/(16g), kb, 16, 4]` uint8 placeholder, `unmix[r, b, s, l]` the int32 dot product of
-    output channel `(b*g + s)*16 + l` with row `r`; `xq_at(r, rb, ri)` the u8 activation `4*rb + ri` of row `r`
-    (zero past K), `sx[r]` the row's activation sum (int32, a stage at the root: read by "unmix", which anchors
-    each channel block, `schedule_packed`). Stages "packed_acc" and "unmix"."""
+                sx: te.Tensor, block_rows: int = 1) -> tuple[te.Tensor, te.Tensor]:
+    """TE of the packed GEMV over `rows` activation vectors (batch rows of a linear, pixels of a pointwise conv): `(wp,
+    unmix)`, `wp` the `[G, kb, 16, 4]` uint8 placeholder (`packed_blocking(o, bits, block_rows)`: the rows of a
+    block, 1 for a linear's batch rows, all `rows` for a pointwise GEMV's pixels), `unmix[r, b, s, l]` the int32
+    dot product of output channel `(b*g + s)*16 + l` with row `r`; `xq_at(r, rb, ri)` the u8 activation `4*rb +
+    ri` of row `r` (zero past K), `sx[r]` the row's activation sum (int32, a stage at the root: read by "unmix",
+    which anchors each channel block, `schedule_packed`). Stages "packed_acc" and "unmix"."""
     g = _slots(bits)
     if kb * 4 > PACKED_MAX_K:
         raise ConfigError("K", kb * 4, f"at most {PACKED_MAX_K} for packed weights (int32 masked sums)")
-    gb = -(-o // (16 * g))
+    gb, _ = packed_blocking(o, bits, block_rows)
     wp = te.placeholder((gb, kb, 16, 4), "uint8", name="wp")
     rb, ri = te.reduce_axis((0, kb), "rb"), te.reduce_axis((0, 4), "ri")
     m = te.compute((rows, gb, g, 16), lambda r, b, s, li: te.sum(
@@ -240,8 +254,7 @@ def packed_linear_acc(x: te.Tensor, n: int, k: int, o: int, bits: int) -> tuple[
     return wp, packed_at(un, bits)
 
 
-def schedule_packed(sch: s_tir.Schedule, gb: int, kb: int, bits: int, rows_inside: bool,
-                    epilogue: str | None = None) -> Any:
+def schedule_packed(sch: s_tir.Schedule, kb: int, bits: int, rows_inside: bool, epilogue: str | None = None) -> Any:
     """Schedule `packed_sums`' stages: blocks of `inner` channel groups of `g` slots (8 zmm accumulators in flight
     where the rows allow) over cores, the reduction through
     `packed_bcast_intrinsic(bits)` with the block's rows (`rows_inside`: the pixels of a pointwise GEMV, each
@@ -255,9 +268,9 @@ def schedule_packed(sch: s_tir.Schedule, gb: int, kb: int, bits: int, rows_insid
     un = sch.get_sblock("unmix")
     u_r, u_b, u_s, u_l = sch.get_loops(un)
     rows_in = int(sch.get(u_r).extent) if rows_inside else 1
-    # 8 accumulator vectors per block where the rows allow (more spill the 32 zmm with the broadcasts, and a tile
-    # over TVM's stack limit becomes a workspace allocation per block)
-    inner = max(t for t in range(1, max(1, 8 // (g * rows_in)) + 1) if gb % t == 0)
+    gb = int(sch.get(u_b).extent)
+    _, want = packed_blocking(gb * 16 * g, bits, rows_in)
+    inner = max(t for t in range(1, want + 1) if gb % t == 0)  # `want`, as `packed_sums` padded the groups
     bo, bi = sch.split(u_b, [None, inner])
     sch.reorder(*((bo, u_r) if rows_inside else (u_r, bo)), bi, u_s, u_l)
     # the multiply-adds, as the int8 GEMVs count them (their estimate is of int8 weights: this kernel reads fewer
@@ -284,4 +297,4 @@ def schedule_packed(sch: s_tir.Schedule, gb: int, kb: int, bits: int, rows_insid
 def schedule_packed_linear(sch: s_tir.Schedule, n: int, k: int, o: int, bits: int) -> None:
     """`schedule_packed` for `packed_linear_acc` (batch rows outside the channel blocks; the output stage stays at
     the root, as the int8 linear GEMV's)."""
-    schedule_packed(sch, -(-o // (16 * _slots(bits))), k // 4, bits, rows_inside=False)
+    schedule_packed(sch, k // 4, bits, rows_inside=False)

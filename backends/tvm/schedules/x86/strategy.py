@@ -162,7 +162,7 @@ class _ConvBase(ConvStrategy):
             if bits != 8:
                 log.debug("%s: pointwise conv on %d pixels as a GEMV, %d-bit packed weights", cv.node, gc.p, bits)
                 return ConvKernel(pointwise_gemv_packed_x86(gc, bits), f"qc_gemv_w{bits}_{cv.tag}", x_shape,
-                                  pack_gemv_packed_weights(cv.weight, bits), bias, (cv.o, cv.ho * cv.wo))
+                                  pack_gemv_packed_weights(cv.weight, bits, gc.p), bias, (cv.o, cv.ho * cv.wo))
             mode = gemv_mode(call.target, gc.o)
             lanes = 16 if mode == "vnni512" else 8
             log.debug("%s: pointwise conv on %d pixels as a GEMV over channels, %d lanes", cv.node, gc.p, lanes)

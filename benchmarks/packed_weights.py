@@ -28,11 +28,13 @@ import numpy as np
 
 #: (name, op, K, O, pixels): MobileNetV2's classifier (also the largest `mobilenet_v3` subnet's last linear), that
 #: subnet's 960->1280 head (a 1x1 conv on the pooled pixel: the pointwise GEMV), smaller linears whose weights stay
-#: in L1 / L2, and the pointwise GEMV on 4 pixels (2x2 maps of MobileNetV3 at 32 px)
+#: in L1 / L2, the pointwise GEMV on 4 pixels (2x2 maps of MobileNetV3 at 32 px) and on one pixel at the demo's width
+#: (0.35: 96->336, 56->336)
 LAYERS = (("fc_1280x1000", "linear", 1280, 1000, 1), ("pw_960x1280_1px", "pointwise", 960, 1280, 1),
           ("fc_256x512", "linear", 256, 512, 1), ("fc_256x256", "linear", 256, 256, 1),
           ("fc_128x128", "linear", 128, 128, 1), ("pw_160x960_4px", "pointwise", 160, 960, 4),
-          ("pw_96x576_1px", "pointwise", 96, 576, 1))
+          ("pw_96x576_1px", "pointwise", 96, 576, 1), ("pw_96x336_1px", "pointwise", 96, 336, 1),
+          ("pw_56x336_1px", "pointwise", 56, 336, 1))
 BITS = (8, 4, 2)
 FLUSH_BYTES = 64 << 20
 

@@ -73,7 +73,7 @@ def test_choose_weight_bits_rule():
     assert PG.choose_weight_bits(w8, policy=every) == 8
     assert PG.choose_weight_bits(w2[:, :62], policy=every, k=62) == 8
     # below the size threshold, or on more rows than `max_rows`, the int8 kernel stays (the default rule: 64x64 is
-    # 4 KiB, under PACKED_MIN_WEIGHT_BYTES)
+    # 4 KiB, under PACKED_MIN_WEIGHT_BYTES; 1024x64 is 64 KiB)
     assert PG.choose_weight_bits(w2, policy=PG.PackedWeights(min_bytes=w2.size + 1)) == 8
     assert PG.choose_weight_bits(w2, rows=2, policy=every) == 8
     assert PG.choose_weight_bits(w2) == 8 and PG.choose_weight_bits(np.tile(w2, (16, 1))) == 2

@@ -56,9 +56,9 @@ __all__ = ["PACKED_BITS", "WEIGHT_BITS_CHOICES", "PACKED_MIN_WEIGHT_BYTES", "PAC
 #: what a caller may force (`PackedWeights.force`, `OpCall.params["weight_bits"]`): None (the rule), 8 (the int8
 #: kernel), or a packed width
 WEIGHT_BITS_CHOICES = (None, 8, *PACKED_BITS)
-#: int8 weight bytes from which the packed kernel is the default: measured faster warm from 55 KB (96->576 on one
-#: pixel) to 1.3 MB, about even at 16 KB (docs/peers.md, session 14); below, the weights sit in L1 anyway
-PACKED_MIN_WEIGHT_BYTES = 32 << 10
+#: int8 weight bytes from which the packed kernel is the default: measured faster warm from 32 KB (96->336 and
+#: 336->96 on one pixel) to 1.3 MB, even at 16-19 KB (128->128, 56->336, 336->56; docs/peers.md, session 14)
+PACKED_MIN_WEIGHT_BYTES = 24 << 10
 #: activation rows (batch rows of a linear, pixels of a pointwise GEMV) up to which the packed kernel is the
 #: default: on 4 pixels each weight vector feeds 4 `vpdpbusd` and the kernel is bound by them, not by the bytes
 #: (160->960 on 4 pixels: 4.73 us int8, 4.87 packed)

@@ -125,10 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--number", type=int, default=50)
     ap.add_argument("--cold", type=int, default=10)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--layers", nargs="*", default=None, help="names of LAYERS to time (default: all)")
     a = ap.parse_args(argv)
     target = tvm.target.Target(host_x86_target())
     kernels = {}
     for name, op, k, o, pixels in LAYERS:
+        if a.layers and name not in a.layers:
+            continue
         outs = []
         for bits in BITS:
             fn, args, nbytes = build(op, k, o, pixels, bits, target)

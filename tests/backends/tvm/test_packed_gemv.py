@@ -240,18 +240,15 @@ def test_packed_pointwise_needs_avx512_vnni():
         _pointwise("conv2d", 2, x, w, z, z, z, target=isa.target("avx-vnni"))
 
 
-def test_supernet_subnet_with_packed_weights_is_exact():
-    """End to end: the largest subnet of a tiny `mobilenet_v3` space (digits, 32 px) with 2- and 4-bit weights
-    per layer (8-bit activations), lowered with the packed GEMVs on every layer that fits (`min_bytes=0`: at this
-    width the layers are 4-20 KB), bit-exact against the reference integer executor."""
+def _subnet_integer_graph():
+    """The largest subnet of a tiny `mobilenet_v3` space (digits, 32 px, width 0.25) with 2- and 4-bit weights per
+    layer and 8-bit activations, calibrated: its IntegerGraph."""
     import dataclasses
 
     import qcompile as qc
     from qcompile.config import QuantPolicy
     from tests.conftest import tiny_space
 
-    if not isa.should_execute("avx512-vnni"):
-        pytest.skip("the packed GEMVs need AVX512-VNNI on this host")
     torch.manual_seed(0)
     space = tiny_space("mobilenet_v3")
     qnet = qc.quantize(qc.trace(space.build_supernet()), weight_bits=(2, 4), act_bits=(8,)).eval()
@@ -261,12 +258,43 @@ def test_supernet_subnet_with_packed_weights_is_exact():
     gen = torch.Generator().manual_seed(1)
     qc.calibrate(sub, [(torch.randn(8, 3, 32, 32, generator=gen), torch.zeros(8, dtype=torch.long))
                        for _ in range(2)])
-    ig = qc.to_integer(sub.eval())
+    return qc.to_integer(sub.eval())
+
+
+def _packed_kernels(low) -> set[str]:
+    return {f[:10] for k in low.kernels for f in k["primfuncs"] if f.startswith(("qc_gemv_w", "qc_linear_w"))}
+
+
+def test_supernet_subnet_with_packed_weights_is_exact():
+    """End to end: the 2/4-bit subnet (`_subnet_integer_graph`) lowered with the packed GEMVs on every layer that
+    fits (`min_bytes=0`: at this width the layers are 4-20 KB), bit-exact against the reference integer executor."""
+    import qcompile as qc
+
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("the packed GEMVs need AVX512-VNNI on this host")
+    ig = _subnet_integer_graph()
     with PG.packed_weights(PG.PackedWeights(min_bytes=0)):
         low = qc.lower(ig, "x86")
-    packed = {f[:10] for k in low.kernels for f in k["primfuncs"] if f.startswith(("qc_gemv_w", "qc_linear_w"))}
     # the 1-pixel pointwise layers of the last stage (the 2x2 ones have 4 pixels: `PACKED_MAX_ROWS`)
-    assert packed == {"qc_gemv_w2", "qc_gemv_w4"}, packed
+    assert _packed_kernels(low) == {"qc_gemv_w2", "qc_gemv_w4"}
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
         np.testing.assert_array_equal(low(x), ig(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.slow
+def test_supernet_subnet_with_packed_weights_dynamic_batch_is_exact():
+    """The same subnet as one dynamic-batch library (the batch-1 kernels in a loop over a symbolic batch, where a
+    read past a buffer segfaulted in session 13, commit 3316305): bit-exact at batch 1, 3 and 8."""
+    import qcompile as qc
+
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("the packed GEMVs need AVX512-VNNI on this host")
+    ig = _subnet_integer_graph()
+    with PG.packed_weights(PG.PackedWeights(min_bytes=0)):
+        low = qc.lower(ig, "x86", batch="dynamic")
+    assert _packed_kernels(low) == {"qc_gemv_w2", "qc_gemv_w4"}
+    for n in (1, 3, 8):
+        x = np.random.default_rng(n).standard_normal((n, 3, 32, 32)).astype(np.float32)
+        ref = np.concatenate([ig(torch.from_numpy(x[i : i + 1])).numpy() for i in range(n)])
+        np.testing.assert_array_equal(low(x), ref)

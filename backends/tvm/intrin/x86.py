@@ -294,3 +294,90 @@ def narrow_u8_x86(r: tirx.PrimExpr, lo: int, hi: int) -> tirx.PrimExpr:
         raise ValueError(f"narrow_u8_x86: bounds [{lo}, {hi}] outside the uint8 codes [0, 255]")
     register_clamp_u8()
     return tirx.call_intrin("uint8", CLAMP_U8_X86, r, tirx.const(lo, "int32"), tirx.const(hi, "int32"))
+
+
+#: weight widths of the packed GEMV step (`packed_bcast_intrinsic`): codes per byte = 8 // bits
+PACKED_BITS = (4, 2)
+
+
+def packed_bcast_intrinsic(bits: int) -> str:
+    """Name of the packed-weight GEMV step for `bits`-bit weights (`PACKED_BITS`), registered by
+    `register_x86_intrinsics`: `C[s, i] += sum_r A[r] * slot(B[i, r], s)` for `s < 8 // bits` channel vectors of
+    16 lanes, `r < 4`, A four u8 activations broadcast, B 64 packed bytes, where
+    `slot(v, s) = int8(v & (2^(bits*(s+1)) - 1))`: the low `bits*(s+1)` bits of the byte (the top slot is the
+    whole byte read as int8). One 64-byte load feeds `8 // bits` zmm `vpdpbusd`, each after one `vpand` (none for
+    the top slot); `packed_gemv.pack_packed_weights` stores the codes so that differences of these sums give the
+    weights' dot products exactly (`packed_gemv.unmix_expr`). AVX512-VNNI."""
+    if bits not in PACKED_BITS:
+        raise ValueError(f"packed_bcast_intrinsic: bits {bits} not in {PACKED_BITS}")
+    return f"qcompile_s8u8_16x4_vnni512_bcast_p{bits}"
+
+
+def packed_slot_expr(v: tirx.PrimExpr, s: tirx.PrimExpr, bits: int) -> tirx.PrimExpr:
+    """`slot(v, s)` of `packed_bcast_intrinsic` as int32, for a uint8 byte `v` and slot index `s`: shared by the
+    intrinsic's description and the kernel's compute so that tensorize matches them structurally."""
+    one = tirx.const(1, "int32")
+    mask = tirx.shift_left(one, tirx.const(bits, "int32") * (s + one)) - one
+    return tirx.bitwise_and(v.astype("int32"), mask).astype("int8").astype("int32")
+
+
+def _packed_desc(bits: int, scope: str):
+    from tvm.script import tirx as T
+
+    g = 8 // bits
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "uint8", offset_factor=1)
+        C = T.match_buffer(c, (g, 16), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:g, 0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:g, 0:16])
+            for s, i, r in T.grid(g, 16, 4):
+                with T.sblock("update"):
+                    vs, vi, vr = T.axis.remap("SSR", [s, i, r])
+                    C[vs, vi] = C[vs, vi] + T.cast(A[vr], "int32") * packed_slot_expr(B[vi, vr], vs, bits)
+
+    return desc
+
+
+def _packed_impl(bits: int, scope: str):
+    from tvm.script import tirx as T
+
+    g = 8 // bits
+    llvm = _LLVM[("vpdpbusd", 16)]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "uint8", offset_factor=1)
+        C = T.match_buffer(c, (g, 16), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:g, 0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:g, 0:16])
+            a_i32: T.let[T.int32] = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_vec: T.let[T.uint8x64] = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            v: T.let[T.uint8x64] = B.vload([0, 0], "uint8x64")
+            # the top slot's mask is 0xff: the `vpand` folds away and the byte is read whole as int8
+            for s in T.unroll(g):
+                C[s, T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm), C.vload([s, 0], "int32x16"), a_vec,
+                    T.reinterpret(T.bitwise_and(v, T.broadcast(T.Cast("uint8", T.shift_left(1, bits * (s + 1)) - 1),
+                                                                64)), dtype="int8x64"), dtype="int32x16")
+
+    return impl
+
+
+_packed_registered = False
+
+
+def register_packed_intrinsics() -> None:
+    """Register `packed_bcast_intrinsic(bits)` for every `PACKED_BITS` (idempotent)."""
+    global _packed_registered
+    if _packed_registered:
+        return
+    for bits in PACKED_BITS:
+        register_scoped(packed_bcast_intrinsic(bits), lambda scope, bits=bits: _packed_desc(bits, scope),
+                        lambda scope, bits=bits: _packed_impl(bits, scope))
+    _packed_registered = True

@@ -35,10 +35,16 @@ from qcompile.backends.tvm.intrin.x86 import (
 from qcompile.backends.tvm.schedules.conv import GemmConv
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.backends.tvm.schedules.requant import apply_post, post_placeholders, requant_expr
+from qcompile.backends.tvm.schedules.x86.packed_gemv import (
+    pack_packed_weights,
+    packed_at,
+    packed_sums,
+    schedule_packed,
+)
 from qcompile.errors import ConfigError
 
 __all__ = ["GEMV_MAX_PIXELS", "GEMV_MAX_ACC", "gemv_applies", "gemv_lanes", "gemv_mode", "pack_gemv_weights",
-           "pointwise_gemv_x86", "schedule_lane_block"]
+           "pointwise_gemv_x86", "schedule_lane_block", "pointwise_gemv_packed_x86", "pack_gemv_packed_weights"]
 
 #: most output pixels of a pointwise conv that `pointwise_gemv_x86` computes (more: the pixel-vector GEMM)
 GEMV_MAX_PIXELS = 4
@@ -157,4 +163,65 @@ def pointwise_gemv_x86(gc: GemmConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
                         (j_, ci), 1, o, lanes)
     xp_loops = sch.get_loops(sch.get_sblock("xpack"))
     sch.unroll(xp_loops[-1])
+    return sch.mod["main"]
+
+
+def pack_gemv_packed_weights(w: np.ndarray, bits: int, pixels: int) -> np.ndarray:
+    """[O, K(,1,1)] codes of `bits` bits -> the packed `[G, ceil(K/4), 16, 4]` uint8 of
+    `packed_gemv.pack_packed_weights` for a GEMV on `pixels` pixels, K padded with zero weights to whole reduction
+    steps."""
+    w2 = np.asarray(w).reshape(w.shape[0], -1)
+    k = w2.shape[1]
+    wk = np.zeros((w2.shape[0], -(-k // 4) * 4), np.int8)
+    wk[:, :k] = w2
+    return pack_packed_weights(wk, bits, block_rows=pixels)
+
+
+def pointwise_gemv_packed_x86(gc: GemmConv, bits: int) -> tvm.tirx.PrimFunc:
+    """`pointwise_gemv_x86` (AVX512-VNNI, 16 lanes) with `bits`-bit weights packed `8 // bits` to a byte
+    (`packed_gemv`; weights: `pack_gemv_packed_weights`): the same operands but `wp[O/(16g), K/4, 16, 4]` uint8. A
+    channel block is `inner` groups of `g` channel vectors, each 64-byte weight load feeding the block's P pixels
+    and `g` slots; the requantize epilogue runs on the block while it is hot. Exact (`packed_gemv`)."""
+    if gc.conv is not None:
+        raise ConfigError("GemmConv.conv", gc.conv, "None (the GEMV kernel computes pointwise convs)")
+    register_x86_intrinsics()
+    k, p, o = gc.k, gc.p, gc.o
+    kb = -(-k // 4)
+    x = te.placeholder((k, p), "uint8", name="x")
+    bias = te.placeholder((o,), "int64" if gc.requant else "int32", name="bterm" if gc.requant else "bias")
+    xq = te.compute((p, kb, 4), lambda j, b, i: tirx.if_then_else(
+        b * 4 + i < k, x[tirx.min(b * 4 + i, k - 1), j], tirx.const(0, "uint8")), name="xpack")
+    rk = te.reduce_axis((0, k), "rk")
+    sx = te.compute((p,), lambda j: te.sum(x[rk, j].astype("int32"), axis=rk), name="sx")
+    wp, un = packed_sums(p, kb, o, bits, lambda j, rb, ri: xq[j, rb, ri], sx, block_rows=p)
+    at = packed_at(un, bits)
+
+    def acc_at(c: Any, j: Any) -> Any:
+        return at(j, c)
+
+    if gc.requant:
+        mult = te.placeholder((o,), "int32", name="mult")
+        shift = te.placeholder((o,), "int32", name="shift")
+        post_ins = post_placeholders(gc.post, (o, p))
+        out = te.compute((o, p), lambda c, j: apply_post(
+            requant_expr(acc_at(c, j), bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min), gc.post, post_ins,
+            (c, j)), name="epilogue")
+        args = [x, wp, bias, mult, shift, *post_ins, out]
+    else:
+        out = te.compute((o, p), lambda c, j: acc_at(c, j) + bias[c], name="epilogue")
+        args = [x, wp, bias, out]
+    sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
+    bo = schedule_packed(sch, kb, bits, rows_inside=True, epilogue="epilogue")
+    ep = sch.get_sblock("epilogue")
+    loops = sch.get_loops(ep)
+    at_bo = next(j for j, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(bo)))
+    e_ch, *e_pix = loops[at_bo + 1:]
+    if e_pix:
+        sch.reorder(*e_pix, e_ch)
+    for lp in e_pix:
+        sch.unroll(lp)
+    if o % 16 == 0:
+        _, e_ci = sch.split(e_ch, [None, 16])
+        sch.vectorize(e_ci)
+    sch.unroll(sch.get_loops(sch.get_sblock("xpack"))[-1])
     return sch.mod["main"]

@@ -42,13 +42,24 @@ from qcompile.backends.tvm.schedules.x86.dw_choice import cvec_lanes
 from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pack_weights, pointwise_conv_x86
 from qcompile.backends.tvm.schedules.x86.gemv import (
     gemv_applies,
+    gemv_lanes,
     gemv_mode,
+    pack_gemv_packed_weights,
     pack_gemv_weights,
+    pointwise_gemv_packed_x86,
     pointwise_gemv_x86,
+)
+from qcompile.backends.tvm.schedules.x86.packed_gemv import (
+    choose_weight_bits,
+    current_packed_weights,
+    pack_packed_weights,
+    packed_linear_acc,
+    schedule_packed_linear,
 )
 from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
+from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,20 @@ def _num_cores(target: Any) -> int:
     return int(target.attrs.get("num-cores", 0) or 0) or 2
 
 
+def _gemv_weight_bits(call: OpCall, weight: np.ndarray | None) -> int:
+    """Weight width of a pointwise GEMV (`packed_gemv.choose_weight_bits`; `OpCall.params["weight_bits"]` forces
+    one): the packed kernels need the 16 lanes of AVX512-VNNI; unknown weights (`describe(call, None)`) count as 8."""
+    force = call.params.get("weight_bits")
+    if gemv_lanes(call.target) != 16:
+        if force not in (None, 8):
+            raise ConfigError("weight_bits", force, "8 on a target without AVX512-VNNI (the packed GEMV's lanes)")
+        return 8
+    if weight is None:  # a dry plan: what a forced width will be, else the int8 kernel
+        return int(force or current_packed_weights().force or 8)
+    _, k, p = _gemm_okp(call.params)
+    return choose_weight_bits(weight, force, rows=p)
+
+
 class _ConvBase(ConvStrategy):
     """x86 kernels of `conv2d_requant` (u8 out) and `conv2d` (i32 out): tensorized GEMM for pointwise and full
     convs (AMX-INT8 tiles where the target has them and the GEMM is large, `amx.amx_kernel_applies`; else the
@@ -103,7 +128,8 @@ class _ConvBase(ConvStrategy):
             return {"kind": kind, "mode": "cvec_vnni512" if lanes == 16 else "cvec_vnni"} if lanes else {"kind": kind}
         o, k, p = _gemm_okp(call.params)
         if gemv_applies(call.target, kind, p, k):
-            return {"kind": "gemv", "mode": gemv_mode(call.target, o)}
+            bits = _gemv_weight_bits(call, weight)
+            return {"kind": "gemv", "mode": gemv_mode(call.target, o) if bits == 8 else f"vnni512_w{bits}"}
         if amx_kernel_applies(call.target, o, k, p):
             return {"kind": kind, "mode": "amx"}
         act_max = max(int(call.params.get("x_max", 255)), int(call.params.get("pad_value", 0)))
@@ -132,6 +158,11 @@ class _ConvBase(ConvStrategy):
         x_shape = (cv.c, cv.h * cv.w) if cv.kind == "pointwise" else (cv.c, cv.h, cv.w)
         gc = cv.gemm
         if gemv_applies(call.target, cv.kind, gc.p, gc.k):
+            bits = _gemv_weight_bits(call, cv.weight)
+            if bits != 8:
+                log.debug("%s: pointwise conv on %d pixels as a GEMV, %d-bit packed weights", cv.node, gc.p, bits)
+                return ConvKernel(pointwise_gemv_packed_x86(gc, bits), f"qc_gemv_w{bits}_{cv.tag}", x_shape,
+                                  pack_gemv_packed_weights(cv.weight, bits, gc.p), bias, (cv.o, cv.ho * cv.wo))
             mode = gemv_mode(call.target, gc.o)
             lanes = 16 if mode == "vnni512" else 8
             log.debug("%s: pointwise conv on %d pixels as a GEMV over channels, %d lanes", cv.node, gc.p, lanes)
@@ -289,7 +320,11 @@ class _LinearBase:
         from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni
 
         k = int(call.params["x_shape"][1])
-        return {"kind": "gemv", "mode": "vnni512" if has_avx512_vnni(call.target) and k % 4 == 0 else "i16"}
+        if not (has_avx512_vnni(call.target) and k % 4 == 0):
+            return {"kind": "gemv", "mode": "i16"}
+        n = int(call.params["x_shape"][0])
+        bits = 8 if weight is None else choose_weight_bits(weight, call.params.get("weight_bits"), k=k, rows=n)
+        return {"kind": "gemv", "mode": "vnni512" if bits == 8 else f"vnni512_w{bits}"}
 
     def emit(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr]) -> relax.Expr:
         from tvm import s_tir, te
@@ -302,6 +337,10 @@ class _LinearBase:
         from qcompile.backends.tvm.intrin.x86 import has_avx512_vnni
 
         if has_avx512_vnni(call.target) and k % 4 == 0:
+            w8 = const_value(args[1], "weight", node)
+            bits = choose_weight_bits(w8, p.get("weight_bits"), k=k, rows=n)
+            if bits != 8:
+                return self._emit_packed(bb, call, args, n, k, o, node, w8, bits)
             return self._emit_vnni(bb, call, args, n, k, o, node)
         wnp = const_value(args[1], "weight", node).astype(np.int16)
         wpk = np.ascontiguousarray(wnp.reshape(o // 8, 8, k).transpose(0, 2, 1))
@@ -349,7 +388,7 @@ class _LinearBase:
     def _emit_vnni(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr], n: int, k: int, o: int,
                    node: str) -> relax.Expr:
         """AVX512-VNNI GEMV: int8 weights packed `[O/16, K/4, 16, 4]` (half the bytes of the int16 path), 4
-        activations broadcast per `vpdpbusd`, 4 channel blocks in flight (independent accumulators); O is
+        activations broadcast per `vpdpbusd`, up to 4 channel blocks in flight (independent accumulators); O is
         padded to 16 with zero weights, the padded outputs are never stored. Exact: u8 x s8 into int32."""
         from tvm import s_tir, te
 
@@ -375,7 +414,10 @@ class _LinearBase:
         sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *outs]))
         blk = sch.get_sblock("acc")
         i, ob, oi, rb_, ri_ = sch.get_loops(blk)
-        inner = 4 if ob_n % 4 == 0 else (2 if ob_n % 2 == 0 else 1)
+        # up to 4 channel blocks in flight, a divisor of the block count: MobileNetV2's 1000 classes are 63 blocks,
+        # which the old "4, else 2, else 1" ran one accumulator at a time (latency-bound: 18.9 us against 14.6 with
+        # 3 at 1 thread on Zen 4, docs/peers.md session 14)
+        inner = max(t for t in range(1, 5) if ob_n % t == 0)
         obo, obi = sch.split(ob, [None, inner])
         sch.reorder(i, obo, rb_, obi, oi, ri_)
         parallel_if_worth(sch, obo, n * k * ob_n * 16, "gemv")
@@ -386,6 +428,25 @@ class _LinearBase:
         gname = f"qc_linear_vnni_{'rq' if self.requant else 'acc'}_{n}x{k}_{o}"
         gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
         call_args = [args[0], relax.const(wpk), _bias_arg(args, self.requant, node), *extra]
+        return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))
+
+
+    def _emit_packed(self, bb: relax.BlockBuilder, call: OpCall, args: list[relax.Expr], n: int, k: int, o: int,
+                     node: str, w8: np.ndarray, bits: int) -> relax.Expr:
+        """The GEMV of `_emit_vnni` with `bits`-bit weights packed 8 // bits to a byte (`packed_gemv`): a half or a
+        quarter of the weight bytes, unpacked in registers; exact (its module docstring)."""
+        from tvm import s_tir, te
+
+        x = te.placeholder((n, k), "uint8", name="x")
+        wp, acc_at = packed_linear_acc(x, n, k, o, bits)
+        bias = te.placeholder((o,), "int64" if self.requant else "int32", name="bias")
+        outs, dt, extra = self._output_stage(args, call.params, node, n, o, bias, acc_at)
+        sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, *outs]))
+        schedule_packed_linear(sch, n, k, o, bits)
+        log.debug("%s: linear GEMV with %d-bit packed weights", node, bits)
+        gname = f"qc_linear_w{bits}_{'rq' if self.requant else 'acc'}_{n}x{k}_{o}"
+        gv = bb.add_func(sch.mod["main"].with_attr("global_symbol", gname), gname)
+        call_args = [args[0], relax.const(pack_packed_weights(w8, bits)), _bias_arg(args, self.requant, node), *extra]
         return bb.emit(relax.call_tir(gv, call_args, relax.TensorType((n, o), dt)))
 
 

@@ -17,6 +17,10 @@ reversed every other round) at 1 and 2 threads of TVM's pool (`threads.pool_thre
 queue for more than `--max-delay-us` during it (/proc/self/task/*/schedstat: the worker of a 2-thread kernel
 descheduled by another job); each variant keeps its minimum over those samples (over all of its samples, marked
 `*`, where none was clean).
+
+`--produce`: before every timed call (`time_evaluator`'s `f_preproc`, outside the timer) a 2-thread copy rewrites the
+GEMM's input split over channel halves, as the depthwise kernel before each GEMM does in the network: the two-region
+kernel's packing then reads its rows from the core that wrote them, the one-region kernel half of them remotely.
 """
 
 from __future__ import annotations
@@ -59,8 +63,34 @@ def knobs_of(variant: str, k: int, p: int, o: int) -> Any:
     return default_knobs("vnni512", k, p, o, 2)
 
 
-def build(shapes: list[tuple[int, int, int, int]], per_sample: int) -> list[tuple]:
-    """(shape, variant, evaluator, args) per GEMM and variant, outputs checked equal across variants."""
+def producer(k: int, p: int, target: Any) -> Any:
+    """A 2-thread copy `x[c, :] = src[c, :]` parallel over channel halves: what MobileNetV2's depthwise kernel before
+    each GEMM does to its input (thread t writes channels [t K/2, (t+1) K/2))."""
+    import tvm
+    from tvm import s_tir, te
+
+    src = te.placeholder((k, p), "uint8", name="src")
+    x = te.compute((k, p), lambda c, j: src[c, j], name="x")
+    sch = s_tir.Schedule(te.create_prim_func([src, x]).with_attr("global_symbol", "main"))
+    c, j = sch.get_loops(sch.get_sblock("x"))
+    co, _ = sch.split(c, [2, None]) if k % 2 == 0 else (c, None)
+    sch.parallel(co)
+    lib = tvm.compile(sch.mod["main"], target=target)
+    return getattr(lib, "mod", lib)["main"]
+
+
+_PRODUCERS: dict[int, Any] = {}
+
+
+def _run_producer(*args: Any) -> None:
+    """`time_evaluator`'s `f_preproc`: rewrite the GEMM's input (its first argument) from the other core's half."""
+    call, src = _PRODUCERS[args[0].data_ptr()]
+    call(src, args[0])
+
+
+def build(shapes: list[tuple[int, int, int, int]], per_sample: int, produce: bool = False) -> list[tuple]:
+    """(shape, variant, evaluator, args) per GEMM and variant, outputs checked equal across variants. `produce`:
+    before every timed call, `producer` rewrites the input on both threads (the network's situation)."""
     import tvm
 
     from qcompile.backends.tvm.schedules.conv import GemmConv, pack_weights
@@ -78,6 +108,8 @@ def build(shapes: list[tuple[int, int, int, int]], per_sample: int) -> list[tupl
         host = (rng.integers(0, 256, (k, p), dtype=np.uint8), pack_weights(w, 4, "int8"),
                 bias_term(rng.integers(-5000, 5000, o), mult, shift), mult, shift)
         args = [tvm.runtime.tensor(a) for a in host]
+        if produce:
+            _PRODUCERS[args[0].data_ptr()] = (producer(k, p, target), tvm.runtime.tensor(host[0]))
         ref = None
         for v in VARIANTS:
             lib = tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=33), "vnni512", knobs_of(v, k, p, o)),
@@ -89,8 +121,9 @@ def build(shapes: list[tuple[int, int, int, int]], per_sample: int) -> list[tupl
                 ref = out.numpy()
             elif not np.array_equal(ref, out.numpy()):
                 raise AssertionError(f"{k}x{p}->{o}: variant {v} differs from {VARIANTS[0]}")
-            jobs.append(((k, p, o, n), v, mod.time_evaluator("main", tvm.cpu(), number=1, repeat=per_sample),
-                         [*args, out]))
+            ev = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=per_sample,
+                                    f_preproc="benchmarks.gemm_chunks.producer" if produce else "")
+            jobs.append(((k, p, o, n), v, ev, [*args, out]))
     return jobs
 
 
@@ -124,8 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--per-sample", type=int, default=5)
     ap.add_argument("--max-delay-us", type=float, default=20.0)
+    ap.add_argument("--produce", action="store_true",
+                    help="rewrite each GEMM's input on both threads (split over channels) before every timed call")
     args = ap.parse_args(argv)
-    jobs = build(list(MBV2_GEMMS), args.per_sample)
+    if args.produce:
+        import tvm
+
+        tvm.register_global_func("benchmarks.gemm_chunks.producer", _run_producer, override=True)
+    jobs = build(list(MBV2_GEMMS), args.per_sample, args.produce)
     load0 = os.getloadavg()
     best, clean = measure(jobs, args.rounds, args.max_delay_us)
     print(f"{args.rounds} rounds; clean samples per variant {min(clean.values())}-{max(clean.values())} "

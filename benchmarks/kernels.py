@@ -27,6 +27,7 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
     from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_kernel, dw_weights, target_dw_knobs
     from qcompile.backends.tvm.schedules.x86.gemm import MODES, choose_mode, default_knobs, pointwise_conv_x86
     from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
+    from qcompile.backends.tvm.threads import target_threads
 
     rng = np.random.default_rng(seed)
     hw = 2 ** (w_bits - 1)
@@ -58,7 +59,8 @@ def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255,
             geom = ConvGeometry(ly.c, ly.h, ly.h, ly.k, ly.k, (ly.stride,) * 2, (pad, pad))
             x = x.reshape(ly.c, ly.h, ly.h)
         gc = GemmConv(ly.c * ly.k * ly.k, ly.ho * ly.ho, ly.o, shift_min=int(shift[0]), conv=geom)
-        knobs = knobs or lookup_knobs(wl | {"mode": mode}, target) or default_knobs(mode, gc.k, gc.p, gc.o)
+        knobs = knobs or lookup_knobs(wl | {"mode": mode}, target) or default_knobs(mode, gc.k, gc.p, gc.o,
+                                                                                    target_threads(target))
         func = pointwise_conv_x86(gc, mode, knobs, pairs=pairs, unroll_epilogue=unroll_epilogue,
                                   split_pack_padding=split_pack_padding)
         wk = pack_weights(w, g, wdt)

@@ -35,6 +35,7 @@ __all__ = [
     "fit_to",
     "gemm_requant_stages",
     "gemm_tile",
+    "schedule_gemm_chunks",
     "schedule_gemm_pack",
     "schedule_gemm_tiles",
     "pack_weights",
@@ -288,6 +289,49 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
     parallel_if_worth(sch, outer, tile.o * tile.pp * tile.kb * tile.g, kind)
     finish_gemm_tile(sch, tile, intrin, gm, outer, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
                      epilogue_lanes=epilogue_lanes)
+
+
+def schedule_gemm_chunks(sch: Any, tile: GemmTile, intrin: str, chunks: int, *, kind: str, p_outer: bool = False,
+                         pad_split: bool = False, unroll_epilogue: bool = False,
+                         epilogue_lanes: int | None = None) -> bool:
+    """Pointwise GEMM in one parallel region of `chunks` contiguous blocks of channel tiles, each packing for itself
+    all the activations its tiles read (issue 20, x86 `GemmKnobs.chunks`).
+
+    The channel-tile loop is split into `chunks` equal ranges (so each chunk writes a contiguous block of output rows
+    and streams only its own channels' packed weights), the chunk's tiles fused inside it (pixels outside channels
+    with `p_outer`); the packing `xpack` is computed at the chunk loop into a buffer private to the chunk (all
+    `K x Pp` codes: `compute_at` bounds the region by what the chunk's tiles read). Against `schedule_gemm_pack` +
+    `schedule_gemm_tiles`, whose packing region splits the reduction blocks between the threads so that every thread
+    then reads the other half of the packed activations from the other core: one fork/join instead of two, and the
+    packed activations never cross cores, for the price of each thread packing all of them (at 2 threads, quiet
+    rounds: MobileNetV2's 7-28 px GEMMs 0.76-0.95x the two-region kernel; docs/peers.md session 14). Same blocks and
+    arithmetic, so the same bit-exact result. `pad_split`: the packing's pixel-padding test split off
+    (`decompose_padding`) inside the chunk. Returns False, scheduling nothing, where the channel-tile count is not a
+    multiple of `chunks` (a ragged split would predicate the tensorized block)."""
+    n_c = tile.o // tile.to
+    if chunks <= 0 or n_c % chunks:
+        return False
+    gm = sch.get_sblock("gemm")
+    c, j, rb_, ri_ = sch.get_loops(gm)
+    co, ci = sch.split(c, [None, tile.to])
+    jo, jm, ji = sch.split(j, [None, tile.tp // tile.lanes, tile.lanes])
+    ch, co = sch.split(co, [chunks, None])
+    if p_outer:
+        sch.reorder(ch, jo, co, rb_, ci, jm, ji, ri_)
+        inner = sch.fuse(jo, co)
+    else:
+        sch.reorder(ch, co, jo, rb_, ci, jm, ji, ri_)
+        inner = sch.fuse(co, jo)
+    parallel_if_worth(sch, ch, tile.o * tile.pp * tile.kb * tile.g, kind)
+    pk = sch.get_sblock("xpack")
+    sch.compute_at(pk, ch)
+    pj, pi = sch.get_loops(pk)[-2:]
+    sch.unroll(pi)
+    if pad_split and sch.can_decompose_padding(pk, pj):
+        sch.decompose_padding(pk, pj)
+    finish_gemm_tile(sch, tile, intrin, gm, inner, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
+                     epilogue_lanes=epilogue_lanes)
+    return True
 
 
 def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb_: Any, ci: Any, jm: Any,

@@ -175,3 +175,32 @@ def test_static_batch_n_library_exact(mbv2_graph, mbv2_x86):
     assert_every_batch_exact(low, mbv2_graph, (3,))
     with pytest.raises(ConfigError, match="static-shaped"):
         low(batch_input(mbv2_graph, 1))
+
+
+@pytest.mark.parametrize("graph,batch", [("mbv2_like", "dynamic"), ("mbv2_like", 3)])
+def test_one_region_gemms_exact_at_every_batch(monkeypatch, graph, batch):
+    """The one-region pointwise GEMM (`GemmKnobs.chunks`, issue 20: a packing buffer allocated inside the parallel
+    loop) under the per-image batch loop, dynamic and static: every kernel parallel (`QCOMPILE_PARALLEL_MIN_US=0`)
+    on the 2-thread VNNI-512 target, so the default takes it on these small maps; bit-exact with the reference
+    executor at every batch (mbv2_like: its fused residual add and LUT included)."""
+    import qcompile.backends.tvm.schedules.x86.gemm as gemm
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("this CPU cannot execute AVX-512 VNNI")
+    monkeypatch.setenv(ENV_MIN_US, "0")
+    taken = []
+    real = gemm.schedule_gemm_chunks
+
+    def spy(*args, **kwargs):
+        taken.append(real(*args, **kwargs))
+        return taken[-1]
+
+    monkeypatch.setattr(gemm, "schedule_gemm_chunks", spy)
+    ig = getattr(G, graph)(seed=2)
+    low = lower_integer_graph(ig, family_target("avx512-vnni", 2), batch=batch)
+    assert any(taken)
+    if batch == "dynamic":
+        assert_every_batch_exact(low, ig)
+    else:
+        assert_every_batch_exact(low, ig, (batch,))

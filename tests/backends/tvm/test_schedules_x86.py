@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -148,6 +149,28 @@ def test_conv_requant_bit_exact_vnni512_target(c, h, w, o, k, s, p, groups, pad_
     kw = dict(s=s, p=p, groups=groups, pad_value=pad_value, lo=0, hi=255)
     got = _run_strategy("conv2d_requant", x, wt, bias, mult, shift, target=VNNI512, **kw)
     np.testing.assert_array_equal(got, _reference(x, wt, bias, mult, shift, **kw))
+
+
+@pytest.mark.parametrize("c,h,w,o", [(16, 14, 14, 96), (96, 7, 7, 24), (40, 28, 28, 48)], ids=lambda v: str(v))
+@pytest.mark.parametrize("op", ["conv2d_requant", "conv2d"])
+def test_pointwise_one_region_through_the_strategy_bit_exact(monkeypatch, c, h, w, o, op):
+    """At the 2-thread VNNI-512 target, the strategy's default for pointwise convs on at most 784 px is the one-region
+    GEMM (`GemmKnobs.chunks`, issue 20; every kernel parallel here): its codes, and its int32 accumulator, equal the
+    reference integer executor's (`qcompile.ops.reference`)."""
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+    from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
+    from qcompile.backends.tvm.threads import target_threads
+
+    monkeypatch.setenv(ENV_MIN_US, "0")
+    assert target_threads(VNNI512) == 2 and default_knobs("vnni512", c, h * w, o, 2).chunks == 2
+    rng = np.random.default_rng(c + h + o)
+    x, wt, bias, mult, shift = _case(rng, c, h, w, o, 1, 1, 0, 1)
+    x[..., :2] = 255
+    kw = dict(s=1, p=0, groups=1, pad_value=0, lo=0, hi=255)
+    got = _run_strategy(op, x, wt, bias, mult, shift, target=VNNI512, **kw)
+    ref = _reference(x, wt, bias, mult, shift, requant=op == "conv2d_requant", **kw)
+    assert len(np.unique(ref)) > 10
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", [CASES[0], CASES[2], CASES[5]])
@@ -483,6 +506,93 @@ def test_gemm_pack_in_tiles_exact(monkeypatch, mode, target, knobs, p):
     assert len(np.unique(ref)) > 10
     instr = r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else None
     np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target, instr=instr), ref)
+
+
+@pytest.mark.parametrize("mode,target,k,p,o,knobs,blocks", [
+    # 7 px: one padded pixel tile of 8-lane ymm rows (49 -> 56), 8 blocks of 3 channels split 2 ways
+    ("vnni512", VNNI512, 48, 49, 24, GemmKnobs(3, 56, False, 8, chunks=2), 2),
+    # 14 px: 13 pixel tiles, the last padded, channels outside pixels inside each block
+    ("vnni512", VNNI512, 40, 196, 48, GemmKnobs(12, 16, False, chunks=2), 2),
+    # K not a multiple of 4 (the packing keeps its per-element test), pixels outside channels inside each block
+    ("vnni512", VNNI512, 37, 196, 16, GemmKnobs(8, 16, True, chunks=2), 2),
+    # 64 codes per store (store64) and three blocks of three channel tiles
+    ("vnni512", VNNI512, 16, 256, 18, GemmKnobs(2, 64, False, store64=True, chunks=3), 3),
+    # the 8-lane modes: 256-bit vpdpbusd and the int16 vpmaddwd
+    ("vnni", VNNI256, 48, 100, 32, GemmKnobs(8, 16, False, chunks=2), 2),
+    ("i16", AVX2, 24, 64, 16, GemmKnobs(8, 16, False, chunks=2), 2),
+], ids=["7px-ymm-rows", "14px", "k37-pixels-outer", "store64-3-blocks", "vnni256", "i16"])
+def test_gemm_chunks_one_region_exact(monkeypatch, mode, target, k, p, o, knobs, blocks):
+    """`GemmKnobs.chunks` (issue 20): one parallel region of `chunks` blocks of channel tiles, each packing all the
+    activations into its own buffer (`conv.schedule_gemm_chunks`), gives the reference codes (integer_semantics.md
+    `requant`) with the largest codes against the most negative weights; the packing buffer is the whole padded
+    `K/4 x Pp x 4` (what the tiles' vector loads read), allocated inside the parallel loop."""
+    from benchmarks.parallel_split import parallel_loops
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+
+    monkeypatch.setenv(ENV_MIN_US, "0")  # every region, whatever the size
+    _, g, _, _ = MODES[mode]
+    func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=36), mode, knobs)
+    assert [lp.extent for lp in parallel_loops(func)] == [blocks]
+    script = func.script()
+    kb, tp = -(-k // g), knobs.tp
+    pp = -(-p // tp) * tp if knobs.lanes != 8 else -(-p // 8) * 8
+    assert f"xpack = T.sblock_alloc_buffer(({kb}, {pp}, {g})" in script, script[:2000]
+    rng = np.random.default_rng(k * p + o)
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    if mode == "u8s8":
+        w //= 2
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(36, 40, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 10
+    instr = r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else None
+    np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target, instr=instr), ref)
+
+
+def test_gemm_chunks_fall_back_to_two_regions(monkeypatch):
+    """Where the channel tiles do not split into `chunks` equal blocks, or the kernel stays serial, `chunks` builds
+    the two-region kernel (the packing over reduction blocks, then the tiles)."""
+    from benchmarks.parallel_split import parallel_loops
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+    from qcompile.errors import ConfigError
+
+    def extents(knobs, k=64, p=196, o=36):
+        return [lp.extent for lp in parallel_loops(pointwise_conv_x86(GemmConv(k, p, o), "vnni512", knobs))]
+
+    monkeypatch.setenv(ENV_MIN_US, "0")
+    assert extents(GemmKnobs(12, 16, chunks=2)) == [16, 13 * 3]  # 3 channel tiles: two regions
+    assert extents(GemmKnobs(12, 16, chunks=3)) == [3]
+    monkeypatch.delenv(ENV_MIN_US)
+    assert extents(GemmKnobs(12, 16, chunks=3), k=16, p=16, o=36) == []  # 9 kMAC: serial
+    with pytest.raises(ConfigError, match="GemmKnobs.chunks"):
+        GemmKnobs(12, 16, chunks=-1)
+    with pytest.raises(ConfigError, match="GemmKnobs.pack_tiles"):
+        GemmKnobs(12, 16, pack_tiles=4, chunks=2)
+
+
+def test_default_gemm_knobs_one_region_at_two_threads():
+    """`default_knobs(mode, K, P, O, threads)` (issue 20, docs/peers.md session 14): at 2 threads MobileNetV2's
+    7-28 px GEMMs take one region of 2 channel-tile blocks; the 56 and 112 px ones, other thread counts, the
+    8-lane modes, unequal blocks and serial kernels keep the two-region kernel of the same tile."""
+    from benchmarks.pack_axis import MBV2_GEMMS
+    from qcompile.backends.tvm.schedules.x86.gemm import CHUNK_MAX_P, default_knobs
+
+    for k, p, o, _ in MBV2_GEMMS:
+        two = default_knobs("vnni512", k, p, o, 2)
+        plain = default_knobs("vnni512", k, p, o)
+        if p <= CHUNK_MAX_P:
+            assert two == dataclasses.replace(plain, chunks=2, p_outer=False), (k, p, o)
+        else:
+            assert two == plain and plain.chunks == 0, (k, p, o)
+        for threads in (None, 1, 4):
+            assert default_knobs("vnni512", k, p, o, threads) == plain, (k, p, o, threads)
+    assert default_knobs("vnni", 96, 196, 576, 2).chunks == 0
+    assert default_knobs("vnni512", 960, 49, 21, 2).chunks == 0  # 7 blocks of 3 channels: unequal at 2
+    assert default_knobs("vnni512", 16, 16, 16, 2).chunks == 0  # 16 kMAC: a serial kernel
 
 
 def test_strategy_does_not_apply_off_x86_or_batch():

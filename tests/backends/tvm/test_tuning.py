@@ -296,6 +296,32 @@ def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
     assert any(grid_flags) and grid_flags == sorted(grid_flags)
 
 
+@pytest.mark.parametrize("k,p,o", [(960, 49, 320), (64, 196, 384), (96, 3136, 24)], ids=lambda v: str(v))
+def test_gemm_space_at_two_threads_holds_the_one_region_kernels(k, p, o):
+    """At a 2-thread lowering (session 14) the space starts with `default_knobs(..., threads=2)`, lists each near
+    tile in its one-region form `chunked` (`GemmKnobs.chunks=2`) within what `trials=8` times, before the plain tile
+    on at most `CHUNK_MAX_P` pixels and after it above; the grid has the `chunks` axis; no two candidates give the
+    same kernel, and a lowering without a thread count has no `chunks` candidate."""
+    from qcompile.backends.tvm.schedules.x86.gemm import CHUNK_MAX_P, default_knobs
+    from qcompile.backends.tvm.schedules.x86.gemm_space import chunked, effective_tile, gemm_axes, gemm_space
+    from qcompile.backends.tvm.schedules.x86.workloads import SCHEDULE_SPACE
+
+    assert SCHEDULE_SPACE["conv_gemm"] >= 4  # the space changed: records timed among the old candidates are stale
+    space = gemm_space("vnni512", k, p, o, threads=2)
+    assert space[0] == default_knobs("vnni512", k, p, o, 2)
+    assert space[0].chunks == (2 if p <= CHUNK_MAX_P else 0)
+    keys = [effective_tile("vnni512", k, p, o, kn) for kn in space]
+    assert len(set(keys)) == len(keys)
+    first = [effective_tile("vnni512", k, p, o, kn) for kn in space[:8]]
+    near = GemmKnobs(8, 16)
+    i_plain, i_one = first.index(effective_tile("vnni512", k, p, o, near)), \
+        first.index(effective_tile("vnni512", k, p, o, chunked(near, 2)))
+    assert (i_one < i_plain) == (p <= CHUNK_MAX_P)
+    assert gemm_axes("vnni512", 2)["chunks"] == (0, 2) and gemm_axes("vnni512")["chunks"] == (0,)
+    assert sum(kn.chunks == 2 for kn in space) > 20
+    assert not any(kn.chunks for kn in gemm_space("vnni512", k, p, o))
+
+
 @pytest.mark.parametrize("mode", ["vnni", "u8s8", "i16"])
 def test_gemm_space_of_8_lane_modes_has_no_narrower_tiles(mode):
     """AVX2 / AVX-VNNI modes run 8 lanes already: no `lanes=8` duplicates, at most 16 accumulators (16 ymm)."""

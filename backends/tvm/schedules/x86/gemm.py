@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,10 +44,11 @@ from qcompile.backends.tvm.schedules.conv import (
     gemm_requant_stages,
     gemm_tile,
     pack_weights,
+    schedule_gemm_chunks,
     schedule_gemm_pack,
     schedule_gemm_tiles,
 )
-from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
+from qcompile.backends.tvm.schedules.parallel import estimated_us, min_parallel_us, parallel_if_worth
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ __all__ = [
     "schedule_xpad",
     "choose_mode",
     "default_knobs",
+    "CHUNK_MAX_P",
+    "CHUNK_THREADS",
     "pointwise_conv_x86",
     "tile_intrinsic",
     "tile_on_stack",
@@ -96,7 +99,14 @@ class GemmKnobs:
 
     `store64` ("vnni512" only, `tp` a multiple of 64): the epilogue runs on 64 pixels of a channel at a time and
     narrows their codes with two `vpackssdw`, a `vpackuswb` and a `vpermd` into one 64-byte store
-    (`intrin.x86.narrow_u8_x86`) instead of four `vpmaxsd` + `vpmovusdb`."""
+    (`intrin.x86.narrow_u8_x86`) instead of four `vpmaxsd` + `vpmovusdb`.
+
+    `chunks` (a pointwise GEMM): 0 is the two parallel regions (packing, then tiles); `n > 0` one region of `n`
+    contiguous blocks of channel tiles, each packing all its activations itself into a private buffer
+    (`conv.schedule_gemm_chunks`; `p_outer` then orders the tiles inside a block), so no thread reads packed
+    activations from the other core. `n` should be the thread count the kernel runs at (`default_knobs`'s
+    `threads`): at 1 thread 2 blocks pack everything twice. Where the channel tiles do not split into `n` equal
+    blocks, or the kernel stays serial (`parallel.parallel_if_worth`), the two-region kernel is built."""
 
     to: int = 4
     tp: int = 24
@@ -104,6 +114,7 @@ class GemmKnobs:
     lanes: int = 0
     pack_tiles: int = 0
     store64: bool = False
+    chunks: int = 0
 
     def __post_init__(self) -> None:
         if self.tp % 8 or self.tp <= 0:
@@ -115,6 +126,12 @@ class GemmKnobs:
         if self.pack_tiles < 0:
             raise ConfigError("GemmKnobs.pack_tiles", self.pack_tiles,
                               "0 (pack over reduction blocks) or a positive count of pixel tiles per chunk")
+        if self.chunks < 0:
+            raise ConfigError("GemmKnobs.chunks", self.chunks,
+                              "0 (separate packing region) or a positive count of parallel chunks")
+        if self.chunks and self.pack_tiles:
+            raise ConfigError("GemmKnobs.pack_tiles", self.pack_tiles,
+                              f"0 with chunks={self.chunks} (each chunk packs its own activations)")
         if self.store64 and self.tp % 64:
             raise ConfigError("GemmKnobs.tp", self.tp, "a multiple of 64 with store64=True")
 
@@ -162,7 +179,35 @@ PACK_PIXELS_MIN_P = 3136
 PACK_CHUNK_PX = 64
 
 
-def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int | None = None) -> GemmKnobs:
+#: `default_knobs`: at `CHUNK_THREADS` threads, "vnni512" GEMMs on at most this many pixels run as one parallel
+#: region of channel-tile blocks, one per thread, each packing its own activations (`GemmKnobs.chunks`): MobileNetV2's
+#: 7-28 px GEMMs at 2 threads 0.76-0.96x the two-region kernel; on 3136 and 12544 px, where each thread would pack
+#: 0.3-0.8 MB twice over, 1.0-1.14x (AMD EPYC Zen 4, interleaved minima, docs/peers.md session 14)
+CHUNK_MAX_P = 784
+#: the thread counts the `chunks` rule was measured at (every thread packs all activations, a cost that does not
+#: shrink with more threads: other counts keep the two-region kernel until measured)
+CHUNK_THREADS = (2,)
+
+
+def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int | None = None,
+                  threads: int | None = None) -> GemmKnobs:
+    """The untuned tile of a GEMM (`_default_tile`) and, given the lowering's `threads`, its parallel structure: at
+    `CHUNK_THREADS` threads "vnni512" GEMMs on at most `CHUNK_MAX_P` pixels take one parallel region of `threads`
+    blocks of channel tiles (`GemmKnobs.chunks`, channels outside pixels inside a block), where the channel tiles split
+    into equal blocks and the kernel is parallel (`parallel.parallel_if_worth`'s estimate)."""
+    kn = _default_tile(mode, k, p, o)
+    if mode != "vnni512" or None in (k, p, o) or threads not in CHUNK_THREADS or p > CHUNK_MAX_P or kn.pack_tiles:
+        return kn
+    _, lanes = tile_intrinsic(mode, kn)
+    tile = gemm_tile(k, p, o, MODES[mode][1], kn.to, kn.tp, 8, lanes)
+    # only where the blocks are equal and the kernel is parallel at all: elsewhere `chunks` builds the old kernel
+    work = tile.o * tile.pp * tile.kb * tile.g
+    if (o // tile.to) % threads or estimated_us(work, MODE_KIND[mode]) < min_parallel_us():
+        return kn
+    return replace(kn, chunks=int(threads), p_outer=False)
+
+
+def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int | None = None) -> GemmKnobs:
     """Untuned tile per mode: the most accumulators that still keep the tile on the stack (`tile_on_stack`);
     12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with AVX2.
 
@@ -256,6 +301,12 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     if conv is None and knobs.p_outer and pack_in_tiles() and pack_in_tiles_applies(k, o, tile.pp // tile.tp):
         schedule_gemm_pack_in_tiles(sch, tile, intrin, MODE_KIND[mode], unroll_epilogue=unroll_epilogue,
                                     epilogue_lanes=64 if store64 else None)
+        return sch.mod["main"]
+    if conv is None and knobs.chunks and estimated_us(tile.o * tile.pp * tile.kb * g, MODE_KIND[mode]) >= \
+            min_parallel_us() and schedule_gemm_chunks(
+                sch, tile, intrin, knobs.chunks, kind=MODE_KIND[mode], p_outer=knobs.p_outer,
+                pad_split=split_pack_padding and tile.pp != p, unroll_epilogue=unroll_epilogue,
+                epilogue_lanes=64 if store64 else None):
         return sch.mod["main"]
     schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode], pack_tiles=knobs.pack_tiles)
     # chunks of pixel tiles (`pack_tiles`): the padding is in the last chunk only, a fill of every chunk would

@@ -11,6 +11,9 @@ Order matters because `trials=N` times the first N (`qc.lower(..., tune=True, tr
    `pack_tiles` on 2 x 64 / 12 x 16;
 3. the grid of `gemm_axes`, most promising first (`grid_rank`).
 
+At a lowering's thread count above 1, every tile of 2. is also listed in its one-region form (`chunked`:
+`GemmKnobs.chunks` = threads, session 14; before the plain tile where the default takes it), and the grid holds both.
+
 Knobs that give the same kernel for this shape (`to` fitted to a divisor of O, `tp` capped at the padded pixel
 count: `conv.gemm_tile`) are listed once (`effective_tile`), so every trial times a different kernel.
 """
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from dataclasses import replace
 
 from qcompile.backends.tvm.schedules.conv import gemm_tile
 from qcompile.backends.tvm.schedules.x86.gemm import (
+    CHUNK_MAX_P,
     LANES,
     MODES,
     NARROW_INTRIN,
@@ -34,7 +39,7 @@ from qcompile.backends.tvm.schedules.x86.gemm import (
 )
 from qcompile.errors import ConfigError
 
-__all__ = ["effective_tile", "gemm_axes", "gemm_space", "grid_rank", "near_tiles", "vector_registers"]
+__all__ = ["chunked", "effective_tile", "gemm_axes", "gemm_space", "grid_rank", "near_tiles", "vector_registers"]
 
 
 def vector_registers(mode: str) -> int:
@@ -43,12 +48,13 @@ def vector_registers(mode: str) -> int:
     return 32 if mode == "vnni512" else 16
 
 
-def gemm_axes(mode: str) -> dict[str, tuple]:
+def gemm_axes(mode: str, threads: int | None = None) -> dict[str, tuple]:
     """The values each `GemmKnobs` field takes in the grid of `mode`: the one place that lists the axes (a new
     knob adds its entry here; its first value is the default's). `lanes` is 0 (the mode's width) plus every
     narrower intrinsic of `gemm.NARROW_INTRIN` ("vnni512": 8, the 256-bit `vpdpbusd`). `pack_tiles` (0: packing
     over reduction blocks; 4: chunks of 4 pixel tiles) and `store64` ("vnni512", `tp` 64) as `GemmKnobs`
-    documents them; combinations `GemmKnobs` refuses are left out of the grid."""
+    documents them; `chunks` 0 (two parallel regions) and, at `threads` > 1, one region of `threads` blocks of channel
+    tiles (`GemmKnobs.chunks`); combinations `GemmKnobs` refuses are left out of the grid."""
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
     return {
@@ -58,6 +64,7 @@ def gemm_axes(mode: str) -> dict[str, tuple]:
         "lanes": (0, *sorted(NARROW_INTRIN.get(mode, {}))),
         "pack_tiles": (0, 4),
         "store64": (False, True) if mode == "vnni512" else (False,),
+        "chunks": (0, int(threads)) if threads and threads > 1 else (0,),
     }
 
 
@@ -68,6 +75,8 @@ def effective_tile(mode: str, k: int, p: int, o: int, knobs: GemmKnobs) -> tuple
     _, lanes = tile_intrinsic(mode, knobs)
     t = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, lanes)
     p_outer = knobs.p_outer or t.pp == t.tp or t.to == o
+    if knobs.chunks and (o // t.to) % knobs.chunks:  # unequal blocks: `pointwise_conv_x86` builds the two regions
+        knobs = replace(knobs, chunks=0)
     rest = tuple(sorted((f, v) for f, v in vars(knobs).items() if f not in ("to", "tp", "lanes", "p_outer")))
     return t.to, t.tp, t.pp, lanes, p_outer, rest
 
@@ -122,11 +131,19 @@ def near_tiles(mode: str, k: int, p: int, o: int | None = None) -> list[GemmKnob
     return [*order, GemmKnobs(12, 16), *wide]
 
 
-def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = ()) -> list[GemmKnobs]:
-    """Every candidate tile of a `K x P -> O` GEMM in `mode`, in the order `trials` cuts it: the default, then
-    `near_tiles`, `extra`, the grid of `gemm_axes` sorted by `grid_rank`; one per distinct kernel
-    (`effective_tile`)."""
-    axes = gemm_axes(mode)
+def chunked(knobs: GemmKnobs, threads: int) -> GemmKnobs:
+    """The one-region form of `knobs` at `threads` threads (`GemmKnobs.chunks`, channels outside pixels inside a
+    block, the untuned default's order), the pixel-chunk packing `pack_tiles` dropped (each block packs its own)."""
+    return replace(knobs, chunks=int(threads), pack_tiles=0, p_outer=False)
+
+
+def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = (),
+               threads: int | None = None) -> list[GemmKnobs]:
+    """Every candidate tile of a `K x P -> O` GEMM in `mode` for a lowering at `threads` threads, in the order
+    `trials` cuts it: the default (`default_knobs(mode, k, p, o, threads)`), then `near_tiles` (at `threads` > 1
+    each also in its one-region form `chunked`, first on at most `gemm.CHUNK_MAX_P` pixels, session 14), `extra`,
+    the grid of `gemm_axes` sorted by `grid_rank`; one per distinct kernel (`effective_tile`)."""
+    axes = gemm_axes(mode, threads)
     names = list(axes)
     grid = []
     for vals in itertools.product(*axes.values()):
@@ -138,7 +155,11 @@ def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = (
     grid = [kn for kn in grid if _valid(mode, kn) and kn.lanes != LANES[mode]]
     grid.sort(key=lambda kn: grid_rank(mode, kn))
     out, seen = [], set()
-    for kn in (default_knobs(mode, k, p, o), *near_tiles(mode, k, p, o), *extra, *grid):
+    near = near_tiles(mode, k, p, o)
+    if threads and threads > 1:  # each near tile in both forms, the one-region form first where it is the default's
+        first = p <= CHUNK_MAX_P
+        near = [v for kn in near for v in ((chunked(kn, threads), kn) if first else (kn, chunked(kn, threads)))]
+    for kn in (default_knobs(mode, k, p, o, threads), *near, *extra, *grid):
         key = effective_tile(mode, k, p, o, kn)
         if key not in seen:
             seen.add(key)

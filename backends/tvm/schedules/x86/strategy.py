@@ -59,6 +59,7 @@ from qcompile.backends.tvm.schedules.x86.packed_gemv import (
 from qcompile.backends.tvm.schedules.x86.tune import lookup_dw_knobs, lookup_knobs
 from qcompile.backends.tvm.schedules.x86.workloads import depthwise_workload, gemm_workload, is_x86
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
+from qcompile.backends.tvm.threads import target_threads
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,8 @@ class _ConvBase(ConvStrategy):
         act_max = max(int(p.get("x_max", 255)), cv.pad_value)
         mode = choose_mode(call.target, cv.weight, act_max)
         _, g, _, wdt = MODES[mode]
-        knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(mode, gc.k, gc.p, gc.o)
+        knobs = lookup_knobs(gemm_workload(p) | {"mode": mode}, call.target) or default_knobs(
+            mode, gc.k, gc.p, gc.o, target_threads(call.target))
         func = pointwise_conv_x86(cv.gemm, mode, knobs)
         log.debug("%s: %s conv as GEMM with %s, tile %s", cv.node, cv.kind, mode, knobs)
         return ConvKernel(func, f"qc_gemm_{mode}_{cv.tag}", x_shape, pack_weights(cv.weight, g, wdt), bias,

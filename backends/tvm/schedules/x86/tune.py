@@ -77,7 +77,7 @@ def tune_gemm(
     ]
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     if candidates is None:  # the untuned default first: tuning never makes a kernel slower
-        candidates = gemm_space(mode, k, p, o)
+        candidates = gemm_space(mode, k, p, o, threads=target_threads(target))
     candidates = list(candidates)[:trials] if trials else list(candidates)
     libs = [(kn, tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), mode, kn), target=target))
             for kn in candidates]

@@ -8,7 +8,7 @@ Order matters because `trials=N` times the first N (`qc.lower(..., tune=True, tr
    6x32 and 4x48 for small K, 8x16, 6x16 and 6x32 elsewhere (the 14 px expands: 0.94-0.96x), and the old
    default 12x16; then, for "vnni512", the session 13 variants (docs/peers.md, engineer B): 2 x 64 with `store64`
    where 64 | P, and where K > O (a project layer, whose packing pays at 2 threads) the pixel-chunk packing
-   `pack_tiles` on 2 x 64 / 12 x 16;
+   `pack_tiles` on 2 x 64 / 12 x 16, and (session 14) 12 x 16 with `vshift`;
 3. the grid of `gemm_axes`, most promising first (`grid_rank`).
 
 Knobs that give the same kernel for this shape (`to` fitted to a divisor of O, `tp` capped at the padded pixel
@@ -47,8 +47,8 @@ def gemm_axes(mode: str) -> dict[str, tuple]:
     """The values each `GemmKnobs` field takes in the grid of `mode`: the one place that lists the axes (a new
     knob adds its entry here; its first value is the default's). `lanes` is 0 (the mode's width) plus every
     narrower intrinsic of `gemm.NARROW_INTRIN` ("vnni512": 8, the 256-bit `vpdpbusd`). `pack_tiles` (0: packing
-    over reduction blocks; 4: chunks of 4 pixel tiles) and `store64` ("vnni512", `tp` 64) as `GemmKnobs`
-    documents them; combinations `GemmKnobs` refuses are left out of the grid."""
+    over reduction blocks; 4: chunks of 4 pixel tiles) `store64` ("vnni512", `tp` 64) and `vshift` ("vnni512") as
+    `GemmKnobs` documents them; combinations `GemmKnobs` refuses are left out of the grid."""
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
     return {
@@ -58,6 +58,7 @@ def gemm_axes(mode: str) -> dict[str, tuple]:
         "lanes": (0, *sorted(NARROW_INTRIN.get(mode, {}))),
         "pack_tiles": (0, 4),
         "store64": (False, True) if mode == "vnni512" else (False,),
+        "vshift": (False, True) if mode == "vnni512" else (False,),
     }
 
 
@@ -92,11 +93,12 @@ def _valid(mode: str, knobs: GemmKnobs) -> bool:
 def grid_rank(mode: str, knobs: GemmKnobs) -> tuple:
     """Sort key of the grid: tiles that stay on the stack (no workspace call per tile), pixels outside channels (the
     untuned order), then about 2/3 of the vector registers as accumulators (12 of 32 zmm rows of 16 lanes measured
-    best, 10 of 16 ymm), the mode's own width first; `pack_tiles` / `store64` variants last."""
+    best, 10 of 16 ymm), the mode's own width first; `vshift` variants after the plain tiles, `pack_tiles` /
+    `store64` variants last."""
     _, lanes = tile_intrinsic(mode, knobs)
     best_acc = 12 if vector_registers(mode) == 32 else 10
     # the packing and store variants after every plain tile: `near_tiles` already holds the ones measured to pay
-    return (knobs.pack_tiles != 0 or knobs.store64, not tile_on_stack(knobs), not knobs.p_outer,
+    return (knobs.pack_tiles != 0 or knobs.store64, knobs.vshift, not tile_on_stack(knobs), not knobs.p_outer,
             abs(knobs.to * knobs.tp // lanes - best_acc), knobs.lanes != 0)
 
 
@@ -119,7 +121,8 @@ def near_tiles(mode: str, k: int, p: int, o: int | None = None) -> list[GemmKnob
         order = row + mid + small_k
     else:
         order = mid + small_k
-    return [*order, GemmKnobs(12, 16), *wide]
+    # session 14: the per-lane shift of the requantize (`vshift`; the default's on 2 x 64) on the 12 x 16 tile
+    return [*order, GemmKnobs(12, 16), *wide, GemmKnobs(12, 16, vshift=True)]
 
 
 def gemm_space(mode: str, k: int, p: int, o: int, extra: Iterable[GemmKnobs] = ()) -> list[GemmKnobs]:

@@ -64,12 +64,16 @@ def gemm_axes(mode: str) -> dict[str, tuple]:
 
 def effective_tile(mode: str, k: int, p: int, o: int, knobs: GemmKnobs) -> tuple:
     """What the kernel of `knobs` is for this shape (`conv.gemm_tile`): channels and pixels per tile, padded pixels,
-    intrinsic lanes, loop order (irrelevant with one pixel tile or one channel tile) and every other knob."""
+    intrinsic lanes, loop order (irrelevant with one pixel tile or one channel tile) and every other knob (`vshift`
+    only where the epilogue has 16-lane vectors)."""
     _, g, _, _ = MODES[mode]
     _, lanes = tile_intrinsic(mode, knobs)
     t = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, lanes)
     p_outer = knobs.p_outer or t.pp == t.tp or t.to == o
-    rest = tuple(sorted((f, v) for f, v in vars(knobs).items() if f not in ("to", "tp", "lanes", "p_outer")))
+    rest = {f: v for f, v in vars(knobs).items() if f not in ("to", "tp", "lanes", "p_outer")}
+    if lanes % 16 and not knobs.store64:  # an epilogue of 8-lane vectors shifts as before (`requant.sra_lanes`)
+        rest["vshift"] = False
+    rest = tuple(sorted(rest.items()))
     return t.to, t.tp, t.pp, lanes, p_outer, rest
 
 

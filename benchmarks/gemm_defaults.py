@@ -1,13 +1,16 @@
-"""MobileNetV2 224's pointwise GEMMs with session 12's untuned knobs against today's, at the threads you give it.
+"""MobileNetV2 224's pointwise GEMMs with an earlier session's untuned knobs against today's, at the threads you give.
 
     TVM_NUM_THREADS=2 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.gemm_defaults [--rounds 40]
+        [--variants s13 new] [--shift 36]
 
-"s12" is `gemm.default_knobs(mode, K, P)` as session 12 left it (6 x 32 where today's takes 2 x 64 with
-`GemmKnobs.store64`; no `pack_tiles`), "new" today's `default_knobs(mode, K, P, O)` (issue 20, docs/peers.md
-session 13). Both built for this host (`host_x86_target`), outputs compared equal, timed with `time_evaluator`
-(single calls) in interleaved rounds, rotating order, as `benchmarks.pack_axis` does: minima over the rounds during
-which other processes used at most `--max-others` cores (/proc/stat), or over all rounds when none was that quiet
-(then it says so). Prints the layers whose knobs differ and the sum over all 19 GEMMs x calls per inference.
+`--variants` picks two of: "s12", `gemm.default_knobs(mode, K, P)` as session 12 left it (6 x 32 where today's
+takes 2 x 64 with `GemmKnobs.store64`; no `pack_tiles`); "new", today's `default_knobs(mode, K, P, O)` (issue 20,
+docs/peers.md sessions 13 and 14); "s13", today's without `GemmKnobs.vshift` (session 14's per-lane requantize
+shift). Both built for this host (`host_x86_target`), every channel's shift `--shift`, multiplier 2^30 (as
+`lowered.kernel_timing_args`), outputs compared equal, timed with `time_evaluator` (single calls) in interleaved
+rounds, rotating order, as `benchmarks.pack_axis` does: minima over the rounds during which other processes used at
+most `--max-others` cores (/proc/stat), or over all rounds when none was that quiet (then it says so). Prints the
+layers whose knobs differ and the sum over all 19 GEMMs x calls per inference.
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ import numpy as np
 
 from benchmarks.pack_axis import MBV2_GEMMS
 
+VARIANTS = ("s12", "s13", "new")
+
 
 def knobs(variant: str, k: int, p: int, o: int) -> Any:
     """`variant`'s untuned "vnni512" knobs for the `k x p -> o` GEMM."""
+    import dataclasses
+
     from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs, default_knobs
 
     if variant == "new":
         return default_knobs("vnni512", k, p, o)
+    if variant == "s13":
+        return dataclasses.replace(default_knobs("vnni512", k, p, o), vshift=False)
     kn = default_knobs("vnni512", k, p)
     return GemmKnobs(6, 32) if kn.store64 else kn
 
@@ -36,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--per-round", type=int, default=20)
     ap.add_argument("--max-others", type=float, default=0.2)
+    ap.add_argument("--variants", nargs=2, choices=VARIANTS, default=["s12", "new"], help="the two knob sets")
+    ap.add_argument("--shift", type=int, default=40, help="every channel's shift (>= 32: the int32 tail)")
     args = ap.parse_args(argv)
     import tvm
 
@@ -47,18 +58,20 @@ def main(argv: list[str] | None = None) -> None:
     threads = int(os.environ.get("TVM_NUM_THREADS", 2))
     target = tvm.target.Target(host_x86_target(threads))
     rng = np.random.default_rng(0)
-    variants = ("s12", "new")
+    variants = tuple(args.variants)
+    old, new = variants
     evs = {}
     for shape in MBV2_GEMMS:
         k, p, o, _ = shape
         arrays, outs = None, []
         for v in variants:
-            func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), "vnni512", knobs(v, k, p, o))
+            func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=args.shift), "vnni512", knobs(v, k, p, o))
             mod = tvm.compile(func, target=target)
             mod = mod.mod if hasattr(mod, "mod") else mod
-            if arrays is None:  # the same inputs for both; every shift 40 (the int32 tail, as shift_min says)
+            if arrays is None:  # the same inputs for both; every shift `--shift` (as shift_min says)
                 arrays = [rng.integers(0, 8, [int(s) for s in b.shape]).astype(str(b.dtype)) for b in func.params]
-                arrays[4][:] = 40
+                arrays[3][:] = 1 << 30  # `lowered.kernel_timing_args`' multiplier
+                arrays[4][:] = args.shift
             buf = [tvm.runtime.tensor(a) for a in arrays]
             mod["main"](*buf)
             outs.append(buf[-1].numpy())
@@ -84,11 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         t = {v: min(m[(shape, v)] for m in use) for v in variants}
         for v in variants:
             tot[v] += calls * t[v]
-        if knobs("s12", k, p, o) != knobs("new", k, p, o):
-            print(f"{k} x {p} -> {o} (x{calls}): s12 {t['s12']:.1f} us, new {t['new']:.1f} us "
-                  f"({t['new'] / t['s12']:.3f}), {knobs('new', k, p, o)}")
-    print(f"all {len(MBV2_GEMMS)} GEMMs x calls: s12 {tot['s12']:.0f} us, new {tot['new']:.0f} us "
-          f"({tot['new'] / tot['s12']:.3f})")
+        if knobs(old, k, p, o) != knobs(new, k, p, o):
+            print(f"{k} x {p} -> {o} (x{calls}): {old} {t[old]:.1f} us, {new} {t[new]:.1f} us "
+                  f"({t[new] / t[old]:.3f}), {knobs(new, k, p, o)}")
+    print(f"all {len(MBV2_GEMMS)} GEMMs x calls: {old} {tot[old]:.0f} us, {new} {tot[new]:.0f} us "
+          f"({tot[new] / tot[old]:.3f})")
 
 
 if __name__ == "__main__":

@@ -363,7 +363,7 @@ def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
                         post: tuple[EpilogueStep, ...] = (), opad: int | None = None, *,
-                        pairs: bool = False, narrow: Any = None) -> list[te.Tensor]:
+                        pairs: bool = False, narrow: Any = None, tail32: str = "hi32") -> list[te.Tensor]:
     """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
     expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
     `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
@@ -371,9 +371,8 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     pixels were padded to whole tiles (a predicated requantize on ragged tiles would run scalar int64 code).
     The requantized code goes through the fused steps `post` (`requant.apply_post`; their operands
     `requant.post_placeholders` over `[O, P]`). `pairs` selects `requant.requant_expr`'s even/odd-lane form of
-    the requantize (the x86 GEMMs), `narrow` its last step (`requant.requant_expr`'s). Returns the tensors after
-    `(x, wp, bias)` in the kernel's signature:
-    `[mult, shift, *post operands,] out`."""
+    the requantize (the x86 GEMMs), `narrow` its last step and `tail32` its int32 tail (`requant.requant_expr`'s).
+    Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift, *post operands,] out`."""
     kb, g = kgroups
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
     rb = te.reduce_axis((0, kb), name="rb")
@@ -393,7 +392,8 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
             return (c, tirx.min(j, p - 1) if pp != p else j)
 
         res = te.compute(shape, lambda c, j: apply_post(
-            requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow),
+            requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow,
+                         tail32=tail32),
             post, post_ins,
             at(c, j)),
             name="epilogue")

@@ -15,7 +15,9 @@ A third form (`requant_expr(..., pairs=True)`, the x86 GEMM's epilogue) changes 
 not what it is: the per-lane int64 `acc*M + bterm` is computed by two TIR ops (`MADD_HI32`, `MADD_SHR_CLAMP`)
 whose vector lowering multiplies the even and the odd int32 lanes of the accumulator in place
 (`vpmuldq`), instead of sign-extending the vector to two int64 halves and narrowing the result back
-(`pair_lowering` has the proof).
+(`pair_lowering` has the proof). Its int32 tail can shift lane by lane (`MADD_SHR32`, `tail32="shr"`): the
+shift by a broadcast count is the one instruction of the epilogue that LLVM emits in a form (`vpsrad zmm, xmm`)
+which competes with `vpdpbusd` for its pipe on Zen 4.
 
 Integer elementwise ops that follow the requantize (a 256-entry lookup-table activation, a rescale to
 another quantizer, the requantized residual add reading the skip tensor) run on the code inside the same
@@ -37,13 +39,17 @@ from tvm import te, tirx
 __all__ = [
     "EPILOGUE_OPS",
     "MADD_HI32",
+    "MADD_SHR32",
     "MADD_SHR_CLAMP",
+    "TAIL32_FORMS",
     "EpilogueStep",
     "apply_post",
     "bias_term",
     "pair_lowering",
     "post_placeholders",
     "register_pair_ops",
+    "shr32_amounts",
+    "sra_lanes",
     "requant_expr",
 ]
 
@@ -133,6 +139,14 @@ MADD_HI32 = "qcompile.madd_hi32"
 #: `madd_shr_clamp(acc: int32, M: int32, bterm: int64, s: int32, lo: int32, hi: int32) -> int32`:
 #: `clamp((sext(acc)*sext(M) + bterm) >> s, lo, hi)` in int64 (arithmetic shift, `s` in [0, 63])
 MADD_SHR_CLAMP = "qcompile.madd_shr_clamp"
+#: `madd_shr32(acc: int32, M: int32, bterm: int64, s: int32) -> int32`: `(sext(acc)*sext(M) + bterm) >> s`
+#: (arithmetic) for `s` in [32, 63]; the result always fits int32 (`|v| < 2^63`). Lowered as `MADD_HI32` then
+#: `(v >> 32) >> (s - 32)` lane by lane (`sra_lanes`): the int32 tail of `requant_expr(..., tail32="shr")`
+MADD_SHR32 = "qcompile.madd_shr32"
+#: the forms of `requant_expr(..., pairs=True)`'s int32 tail (every shift >= 32): "hi32" (`MADD_HI32`, then an int32
+#: shift by the channel's broadcast `s - 32`) and "shr" (`MADD_SHR32`: the same high halves, shifted lane by lane by
+#: `vpsravd` on AVX-512, `sra_lanes`)
+TAIL32_FORMS = ("hi32", "shr")
 
 _pair_ops_registered = False
 
@@ -162,6 +176,49 @@ def _halves(x: tirx.PrimExpr, n: int, dtype: str) -> tuple[tirx.PrimExpr, tirx.P
     return tirx.Shuffle([x], idx[0]).astype(f"{dtype}x{n // 2}"), tirx.Shuffle([x], idx[1]).astype(f"{dtype}x{n // 2}")
 
 
+#: the mask lanes of `shr32_amounts`: for `s` in [32, 63], `s & 31` and `s & ~0xE0` are both `s - 32`
+_SHR32_MASKS = (31, ~0xE0)
+
+
+def shr32_amounts(shift: tirx.PrimExpr, n: int) -> tirx.PrimExpr:
+    """The `n`-lane int32 vector of `s - 32` for a shift `s` in [32, 63] (a scalar, one channel's, or an `n`-lane
+    vector), as `s & 31` and `s & ~0xE0` in alternate lanes: the same value in every lane of a channel, but LLVM
+    cannot prove the vector a splat, so `sra_lanes` keeps its per-lane shift (a splat amount it turns back into the
+    shift by an xmm count), and a channel's amounts are a broadcast load and one `vpandd` (no scalar subtract, no
+    move from a general register)."""
+    masks = tirx.Shuffle([tirx.Broadcast(tirx.const(_SHR32_MASKS[0], "int32"), n),
+                          tirx.Broadcast(tirx.const(_SHR32_MASKS[1], "int32"), n)],
+                         [tirx.const(i if i % 2 == 0 else n + i, "int32") for i in range(n)])
+    if isinstance(shift, tirx.Broadcast):
+        shift = shift.value
+    vec = shift if shift.ty.dtype.lanes == n else tirx.Broadcast(shift, n)
+    return vec & masks
+
+
+#: AVX-512 per-lane variable arithmetic shifts (`vpsravd` zmm) on int32 lanes
+_PSRAV_D512 = "llvm.x86.avx512.psrav.d.512"
+
+
+def sra_lanes(x: tirx.PrimExpr, amount: tirx.PrimExpr) -> tirx.PrimExpr:
+    """`x >> amount` (int32 lanes, arithmetic, `amount` a vector of counts in [0, 31]) as AVX-512 per-lane variable
+    shifts (`vpsravd` on each zmm of `x`). With a broadcast count LLVM selects the shift by an xmm count (`vpsrad
+    zmm, xmm`), which on Zen 4 takes a cycle from the pipe `vpdpbusd` and `vpmuldq` run on; `vpsravd` does not
+    (docs/peers.md, session 14). `amount` must not be provably a splat (`shr32_amounts`), or LLVM turns the
+    intrinsic back into the xmm-count form. The same integers as `x >> amount`. Lane counts not a multiple of 16:
+    plain `>>`."""
+    n = x.ty.dtype.lanes
+    if n % 16:
+        return x >> amount
+    if n == 16:
+        return tirx.call_llvm_pure_intrin("int32x16", _PSRAV_D512, x, amount)
+
+    def part(v: tirx.PrimExpr, c: int) -> tirx.PrimExpr:
+        return tirx.Shuffle([v], [tirx.const(16 * c + i, "int32") for i in range(16)])
+
+    parts = [tirx.call_llvm_pure_intrin("int32x16", _PSRAV_D512, part(x, c), part(amount, c)) for c in range(n // 16)]
+    return tirx.Shuffle(parts, [tirx.const(i, "int32") for i in range(n)])
+
+
 def pair_lowering(e: tirx.PrimExpr) -> tirx.PrimExpr:
     """Lower a (vectorised) `MADD_HI32` / `MADD_SHR_CLAMP` call without widening the accumulator.
 
@@ -179,7 +236,9 @@ def pair_lowering(e: tirx.PrimExpr) -> tirx.PrimExpr:
       `vpmovqd` / `vinserti64x4`;
     - `MADD_SHR_CLAMP`: `clamp(pe >> s, lo, hi)` and `clamp(po >> s, lo, hi)` in int64 (the reference's own
       operations per lane); a value in `[lo, hi]` (int32 bounds) equals the low half of its int64, which the
-      shuffle places in lanes `2i`, `2i+1`.
+      shuffle places in lanes `2i`, `2i+1`;
+    - `MADD_SHR32`: `MADD_HI32`'s vector (`v >> 32` per lane, exact: `|v| < 2^63`), then `>> (s - 32)` per lane
+      (`sra_lanes`, counts from `shr32_amounts`): `(v >> 32) >> (s - 32) = v >> s` for `s` in [32, 63] (rewrite 2).
 
     Only the placement of lanes differs from the widening form, never an operation on a value, so the result
     equals `_scalar_form` for every int32 `acc`, `M`, int64 `bterm` and `s` in [0, 63] (tested against
@@ -189,6 +248,10 @@ def pair_lowering(e: tirx.PrimExpr) -> tirx.PrimExpr:
     args = list(e.args)
     n = e.ty.dtype.lanes
     if n < 4 or n % 2:  # (two lanes would make one-lane "vectors")
+        if op == MADD_SHR32:
+            c32, c31 = (tirx.const(c, "int32") if n == 1 else tirx.Broadcast(tirx.const(c, "int32"), n)
+                        for c in (32, 31))
+            return _scalar_form(MADD_HI32, args[:3], n) >> ((args[3] - c32) & c31)
         return _scalar_form(op, args, n)
     h = n // 2
     q64, q32 = f"int64x{h}", f"int32x{n}"
@@ -205,9 +268,11 @@ def pair_lowering(e: tirx.PrimExpr) -> tirx.PrimExpr:
     me, mo = evens_odds(args[1])
     be, bo = _halves(args[2], n, "int64")
     pe, po = ae * me + be, ao * mo + bo
-    if op == MADD_HI32:
+    if op in (MADD_HI32, MADD_SHR32):
         hi_idx = [tirx.const(j, "int32") for i in range(h) for j in (2 * i + 1, n + 2 * i + 1)]
-        return tirx.Shuffle([tirx.reinterpret(q32, pe), tirx.reinterpret(q32, po)], hi_idx)
+        hi = tirx.Shuffle([tirx.reinterpret(q32, pe), tirx.reinterpret(q32, po)], hi_idx)
+        # `MADD_SHR32`: then `>> (s - 32)` lane by lane, `(v >> 32) >> (s - 32) = v >> s`
+        return hi if op == MADD_HI32 else sra_lanes(hi, shr32_amounts(args[3], n))
     se, so = _halves(args[3], n, "int64")
     lo_e, lo_o = _halves(args[4], n, "int64")
     hi_e, hi_o = _halves(args[5], n, "int64")
@@ -223,7 +288,7 @@ def register_pair_ops() -> None:
     global _pair_ops_registered
     if _pair_ops_registered:
         return
-    for op in (MADD_HI32, MADD_SHR_CLAMP):
+    for op in (MADD_HI32, MADD_SHR_CLAMP, MADD_SHR32):
         tvm.ir.register_op_attr(op, "TCallEffectKind", tirx.CallEffectKind.Pure.value)
         tvm.ir.register_op_attr(op, "TVectorizable", True)
         tvm.ir.register_op_attr(op, "TScriptPrinterName", op.replace(".", "_"))  # printed as `T.qcompile_...`
@@ -242,6 +307,7 @@ def requant_expr(
     *,
     pairs: bool = False,
     narrow: Any = None,
+    tail32: str = "hi32",
 ) -> tirx.PrimExpr:
     """uint8 code of one int32 accumulator (without bias); scalar TE expressions of one channel.
 
@@ -252,12 +318,22 @@ def requant_expr(
     even/odd-lane vector lowering, `pair_lowering`); the default is the widening form.
     `narrow(r, lo, hi)` (with `pairs`): the last step, int32 `r` to the uint8 code `clamp(r, lo, hi)` (x86:
     `intrin.x86.narrow_u8_x86`, 64 lanes per pack); None is `max(min(r, hi), lo)` cast to uint8.
+    `tail32` (with `pairs`, `shift_min >= 32`): one of `TAIL32_FORMS`. "hi32" (default): `MADD_HI32`, then the
+    int32 shift by `s - 32`, which LLVM emits as a shift by an xmm count (`vpsrad zmm, xmm`); "shr": `MADD_SHR32`,
+    whose lowering shifts the same high halves lane by lane (`vpsravd`, `sra_lanes`): on Zen 4 the xmm-count shift
+    takes a cycle per zmm from the pipe `vpdpbusd` and `vpmuldq` run on, `vpsravd` none (docs/peers.md, session 14).
+    "shr" emits AVX-512 intrinsics for vectors of a multiple of 16 lanes: AVX-512 targets only. The same integers.
     """
+    if tail32 not in TAIL32_FORMS:
+        raise ValueError(f"requant_expr: tail32={tail32!r} is not one of {TAIL32_FORMS}")
     if pairs:
         register_pair_ops()
         if shift_min >= 32:
-            hi32 = tirx.call_intrin("int32", MADD_HI32, acc, mult, bterm)
-            r = hi32 >> ((shift - tirx.const(32, "int32")) & tirx.const(31, "int32"))
+            if tail32 == "shr":
+                r = tirx.call_intrin("int32", MADD_SHR32, acc, mult, bterm, shift)
+            else:
+                r = tirx.call_intrin("int32", MADD_HI32, acc, mult, bterm) >> (
+                    (shift - tirx.const(32, "int32")) & tirx.const(31, "int32"))
             if narrow is not None:
                 return narrow(r, lo, hi)
             return tirx.Max(tirx.Min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype("uint8")

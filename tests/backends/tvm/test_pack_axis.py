@@ -56,8 +56,8 @@ def test_gemm_defaults_compares_session_12_knobs_with_todays():
     from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs
 
     assert knobs("s12", 16, 12544, 96) == GemmKnobs(6, 32)
-    assert knobs("new", 16, 12544, 96) == GemmKnobs(2, 64, store64=True)
+    assert knobs("new", 16, 12544, 96) == GemmKnobs(2, 64, store64=True, vshift=True)
     assert knobs("s12", 96, 3136, 24) == GemmKnobs(12, 16)
-    assert knobs("new", 96, 3136, 24) == GemmKnobs(2, 64, pack_tiles=1, store64=True)
+    assert knobs("new", 96, 3136, 24) == GemmKnobs(2, 64, pack_tiles=1, store64=True, vshift=True)
     differ = [s[:3] for s in MBV2_GEMMS if knobs("s12", *s[:3]) != knobs("new", *s[:3])]
     assert differ == [(32, 12544, 16), (16, 12544, 96), (96, 3136, 24), (24, 3136, 144), (144, 3136, 24)]

@@ -63,10 +63,11 @@ def _reference(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int, hi
 
 
 def _epilogue_kernel(o: int, p: int, lo: int, hi: int, shift_min: int, lanes: int,
-                     channels_in_lanes: bool = False) -> tvm.tirx.PrimFunc:
+                     channels_in_lanes: bool = False, tail32: str = "hi32") -> tvm.tirx.PrimFunc:
     """The GEMM epilogue alone: `out[c, j] = requant_expr(acc[c, j], bterm[c], M[c], s[c], pairs=True)`, its
     pixel loop vectorised by `lanes` (1: scalar); `channels_in_lanes`: `[P, O]` tensors with the channel loop
-    vectorised, so multiplier, bias term and shift are vectors too (not broadcasts)."""
+    vectorised, so multiplier, bias term and shift are vectors too (not broadcasts); `tail32` is
+    `requant_expr`'s."""
     shape = (p, o) if channels_in_lanes else (o, p)
     acc = te.placeholder(shape, "int32", name="acc")
     bterm = te.placeholder((o,), "int64", name="bterm")
@@ -75,7 +76,7 @@ def _epilogue_kernel(o: int, p: int, lo: int, hi: int, shift_min: int, lanes: in
 
     def body(a, b):
         c, j = (b, a) if channels_in_lanes else (a, b)
-        return requant_expr(acc[a, b], bterm[c], mult[c], shift[c], lo, hi, shift_min, pairs=True)
+        return requant_expr(acc[a, b], bterm[c], mult[c], shift[c], lo, hi, shift_min, pairs=True, tail32=tail32)
 
     out = te.compute(shape, body, name="epilogue")
     sch = s_tir.Schedule(te.create_prim_func([acc, bterm, mult, shift, out]))
@@ -121,6 +122,50 @@ def test_pair_epilogue_bit_exact_on_adversarial_accumulators(family, lanes, cil,
     out = tvm.runtime.tensor(np.zeros(acc_in.shape, np.uint8))
     lib(*(tvm.runtime.tensor(a) for a in (acc_in, bterm, mult.astype(np.int32), shift.astype(np.int32))), out)
     np.testing.assert_array_equal(out.numpy().T if cil else out.numpy(), ref)
+
+
+# (vector lanes, channels in lanes): one zmm, four zmm (the 64-lane epilogue of `GemmKnobs.store64`), a vector of
+# channels (shift a vector, not a broadcast), and the lane counts that keep the plain shift (8) or lower lane by lane
+SHR_CASES = [(16, False), (64, False), (16, True), (8, False), (1, False)]
+
+
+@pytest.mark.parametrize("lanes,cil", SHR_CASES, ids=[f"x{n}{'-channels' if c else ''}" for n, c in SHR_CASES])
+@pytest.mark.parametrize("shifts,lo,hi", [
+    ([32, 33, 36, 40, 47, 55, 61, 62], 0, 255),
+    ([32, 38, 62], 3, 200),
+    ([36, 41], 0, 6),
+], ids=["all", "clamp", "relu6"])
+def test_shr32_tail_bit_exact_on_adversarial_accumulators(lanes, cil, shifts, lo, hi):
+    """`requant_expr(..., tail32="shr")` (`MADD_SHR32`: the high halves shifted lane by lane, `sra_lanes`) equals
+    `qcompile.ops.reference.requantize` for every multiplier class, offset and shift 32-62 on accumulators either
+    side of every rounding boundary, and emits `vpsravd` with no shift by an xmm count on 16k-lane vectors."""
+    rng = np.random.default_rng(sum(shifts) + lo + hi + lanes)
+    mult, shift, off = _channels(shifts, rng)
+    if cil:
+        pad = -len(mult) % lanes
+        mult, shift, off = (np.concatenate([a, a[:pad]]) for a in (mult, shift, off))
+    o, p = len(mult), 128
+    acc = np.stack([_accumulators(int(m), int(s), int(f), lo, hi, p, rng) for m, s, f in zip(mult, shift, off)])
+    ref = _reference(acc, mult, shift, lo, hi, offset=off)
+    assert (ref == lo).any() and (ref == hi).any() and ((ref > lo) & (ref < hi)).sum() > o
+    bterm = bias_term(np.zeros(o, np.int64), mult, shift, off)
+    lib = tvm.compile(_epilogue_kernel(o, p, lo, hi, min(shifts), lanes, cil, tail32="shr"),
+                      target=isa.target("avx512-vnni"))
+    asm = isa.assembly(lib)
+    if lanes % 16 == 0:
+        assert re.search(r"vpsravd\s+%zmm", asm) and not re.search(r"vpsrad\s+%xmm\d+, %zmm", asm)
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("built and checked the assembly; this CPU cannot execute avx512-vnni")
+    acc_in = np.ascontiguousarray(acc.T) if cil else acc
+    out = tvm.runtime.tensor(np.zeros(acc_in.shape, np.uint8))
+    lib(*(tvm.runtime.tensor(a) for a in (acc_in, bterm, mult.astype(np.int32), shift.astype(np.int32))), out)
+    np.testing.assert_array_equal(out.numpy().T if cil else out.numpy(), ref)
+
+
+def test_requant_expr_names_its_tail_forms():
+    with pytest.raises(ValueError, match="tail32"):
+        requant_expr(te.var("a", "int32"), te.var("b", "int64"), te.var("m", "int32"), te.var("s", "int32"), 0, 255,
+                     32, pairs=True, tail32="vpsrad")
 
 
 def test_pair_epilogue_with_bias_matches_the_reference_conv_requantize():

@@ -303,8 +303,8 @@ def test_default_gemm_knobs_by_shape():
     for k in (160, 320, 576, 960, 16):  # 7x7: 49 px, 7 ymm vectors, 21 accumulators
         assert default_knobs("vnni512", k, 49) == GemmKnobs(3, 56, True, 8)
     assert default_knobs("vnni512", 40, 36) == GemmKnobs(4, 40, True, 8)  # 6x6: 5 vectors, 20 accumulators
-    assert default_knobs("vnni512", 16, 12544) == GemmKnobs(2, 64, store64=True)  # 16->96 at 112 px
-    assert default_knobs("vnni512", 24, 3136) == GemmKnobs(2, 64, store64=True)  # 24->144 at 56 px
+    assert default_knobs("vnni512", 16, 12544) == GemmKnobs(2, 64, store64=True, vshift=True)  # 16->96 at 112 px
+    assert default_knobs("vnni512", 24, 3136) == GemmKnobs(2, 64, store64=True, vshift=True)  # 24->144 at 56 px
     assert default_knobs("vnni512", 24, 96) == GemmKnobs(6, 32)  # 32 | P, not 64
     for k, p in ((16, 196), (32, 784), (27, 12544), (25, 3136), (96, 196), (64, 16), (64, 64)):
         # 14x14 (no 32 multiple), K = 25-32, 4x4 and 8x8 (8 and 16 lanes pad alike): the 12 x 16 tile
@@ -323,12 +323,12 @@ def test_default_gemm_knobs_pack_over_pixel_chunks_where_k_exceeds_o_on_large_ma
 
     for k, p, o in ((32, 12544, 16), (96, 3136, 24), (144, 3136, 24)):  # MobileNetV2's 112 and 56 px projects
         # 64 | P: 2 x 64 tiles storing 64 codes at a time, chunks of one 64-pixel tile
-        assert default_knobs("vnni512", k, p, o) == GemmKnobs(2, 64, pack_tiles=1, store64=True), (k, p, o)
+        assert default_knobs("vnni512", k, p, o) == GemmKnobs(2, 64, pack_tiles=1, store64=True, vshift=True), (k, p, o)
         assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)  # no O: unchanged
     assert default_knobs("vnni512", 48, 3152, 16) == GemmKnobs(12, 16, pack_tiles=4)  # 16 | P only: 4 x 16 px
     assert default_knobs("vnni512", 48, 3136, 16).pack_tiles == 1  # CASES_VNNI512's pack-chunks case
-    assert default_knobs("vnni512", 16, 12544, 96) == GemmKnobs(2, 64, store64=True)  # expands: K < O
-    assert default_knobs("vnni512", 24, 3136, 144) == GemmKnobs(2, 64, store64=True)
+    assert default_knobs("vnni512", 16, 12544, 96) == GemmKnobs(2, 64, store64=True, vshift=True)  # expands: K < O
+    assert default_knobs("vnni512", 24, 3136, 144) == GemmKnobs(2, 64, store64=True, vshift=True)
     for k, p, o in ((144, 784, 32), (192, 784, 32), (384, 196, 64), (32, 3136, 32), (96, 3249, 24), (960, 49, 160)):
         assert default_knobs("vnni512", k, p, o).pack_tiles == 0, (k, p, o)
     for mode in ("vnni", "u8s8", "i16"):
@@ -394,6 +394,52 @@ def test_gemm_store64_exact_and_packs(k, p, o, knobs, lo, hi, shifts):
     assert re.search(r"vpack(ss|us)dw\s", asm) and re.search(r"vpackuswb\s", asm) and "vpmovusdb" not in asm
     got = _run_gemm("vnni512", x, w, bias, mult, shift, knobs, target=VNNI512, lo=lo, hi=hi)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("k,p,o,knobs,lo,hi,shifts", [
+    (16, 256, 12, GemmKnobs(2, 64, store64=True, vshift=True), 0, 255, (32, 63)),  # the default's tile, every shift
+    (24, 200, 6, GemmKnobs(3, 64, store64=True, vshift=True), 3, 250, (36, 48)),  # padded pixels, lo > 0, hi < 255
+    (16, 256, 12, GemmKnobs(2, 128, store64=True, vshift=True), 0, 255, (40, 63)),  # 128 lanes: eight zmm shifts
+    (32, 96, 24, GemmKnobs(12, 16, vshift=True), 0, 6, (32, 45)),  # one zmm per channel, ReLU6-like clamp
+    (40, 49, 20, GemmKnobs(3, 56, True, 8, vshift=True), 0, 255, (33, 50)),  # 8-lane ymm: the plain shift
+    (16, 256, 12, GemmKnobs(2, 64, store64=True, vshift=True), 0, 255, (20, 44)),  # some shift < 32: int64 tail
+], ids=lambda v: str(v))
+def test_gemm_vshift_exact(k, p, o, knobs, lo, hi, shifts):
+    """`GemmKnobs.vshift` (`requant.requant_expr(..., tail32="shr")`): the int32 tail shifts lane by lane
+    (`vpsravd`, no `vpsrad` by an xmm count) on 16-lane vectors, and the codes equal the reference
+    (integer_semantics.md `requant`) for shifts 32-62 (per channel, so every lane count of `s - 32` from 0 to 30),
+    codes far below 0 and above 255 before the clamp, clamp bounds inside [0, 255]; a layer with a shift below 32
+    keeps the int64 tail, exactly."""
+    rng = np.random.default_rng(k + p + shifts[0])
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    shift = rng.integers(shifts[0], min(shifts[1], 41), o).astype(np.int32)
+    shift[:3] = (shifts[0], shifts[1] - 1, (shifts[0] + shifts[1]) // 2)  # the range's ends (62: 30 lanes of shift)
+    # M / 2^s about 1/256 where M < 2^31 allows (s <= 39), so the codes spread; the bias centres them in [lo, hi],
+    # and pushes the first channel's below 0 and the last one's above 255 before the clamp
+    mult = np.minimum(np.ldexp(rng.uniform(0.5, 1.0, o), shift - 8), 2**31 - 1).astype(np.int32)
+    scale = mult / np.ldexp(1.0, shift)
+    centre = np.full(o, (lo + hi) / 2)
+    centre[0], centre[-1] = -300, 600
+    bias = np.clip(np.round(centre / scale), -(2**30), 2**30).astype(np.int32)
+    ref = _gemm_ref(x, w, bias, mult, shift, lo, hi)
+    assert len(np.unique(ref)) >= min(50, hi - lo) and (ref == lo).any() and (ref == hi).any()
+    func = pointwise_conv_x86(GemmConv(k, p, o, lo=lo, hi=hi, shift_min=int(shift.min())), "vnni512", knobs)
+    asm = isa.assembly(tvm.compile(func, target=VNNI512))
+    if int(shift.min()) >= 32 and knobs.lanes != 8:
+        assert re.search(r"vpsravd\s+%zmm", asm) and not re.search(r"vpsrad\s+%xmm\d+, %zmm", asm)
+    got = _run_gemm("vnni512", x, w, bias, mult, shift, knobs, target=VNNI512, lo=lo, hi=hi,
+                    instr=r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else None)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_gemm_vshift_needs_vnni512():
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="GemmKnobs.vshift"):
+        pointwise_conv_x86(GemmConv(16, 256, 8, shift_min=36), "vnni", GemmKnobs(2, 64, vshift=True))
 
 
 def test_gemm_store64_needs_64_pixel_tiles_and_vnni512():

@@ -270,8 +270,9 @@ def test_records_of_an_older_schedule_space_are_not_reused(cache):
     (96, 196, 576, [GemmKnobs(8, 16), GemmKnobs(6, 16), GemmKnobs(6, 32)]),  # 14 px expand
     (16, 12544, 96, [GemmKnobs(6, 32), GemmKnobs(4, 48)]),  # K = 16 at 112 px
     (24, 196, 144, [GemmKnobs(6, 32), GemmKnobs(4, 48)]),  # small K where 32 does not divide P
-    # session 13: a large project packs over pixel chunks; the alternatives are the other packings and tiles
-    (96, 3136, 24, [GemmKnobs(12, 16, pack_tiles=4), GemmKnobs(2, 64, store64=True), GemmKnobs(12, 16)]),
+    # session 13: a large project packs over pixel chunks; the alternatives are the other packings and tiles, and
+    # (session 14) the default without the per-lane requantize shift
+    (96, 3136, 24, [GemmKnobs(12, 16, pack_tiles=4), GemmKnobs(2, 64, pack_tiles=1, store64=True), GemmKnobs(12, 16)]),
 ])
 def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
     """`gemm_space` starts with the untuned default (so tuning never makes a kernel slower), lists the tiles session 12
@@ -294,6 +295,9 @@ def test_gemm_space_covers_the_untuned_rules_default_first(k, p, o, expect):
     # the packing and store variants are in the grid, but after every plain tile
     grid_flags = [kn.pack_tiles != 0 or kn.store64 for kn in space[len(space) // 2:]]
     assert any(grid_flags) and grid_flags == sorted(grid_flags)
+    # session 14: the per-lane requantize shift on and off are both candidates, not on 8-lane epilogues (no-op there)
+    assert any(kn.vshift for kn in space) and any(not kn.vshift for kn in space)
+    assert not any(kn.vshift and kn.lanes == 8 and not kn.store64 for kn in space)
 
 
 @pytest.mark.parametrize("k,p,o", [(960, 49, 320), (64, 196, 384), (96, 3136, 24)], ids=lambda v: str(v))

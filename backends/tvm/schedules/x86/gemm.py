@@ -106,7 +106,12 @@ class GemmKnobs:
     (`conv.schedule_gemm_chunks`; `p_outer` then orders the tiles inside a block), so no thread reads packed
     activations from the other core. `n` should be the thread count the kernel runs at (`default_knobs`'s
     `threads`): at 1 thread 2 blocks pack everything twice. Where the channel tiles do not split into `n` equal
-    blocks, or the kernel stays serial (`parallel.parallel_if_worth`), the two-region kernel is built."""
+    blocks, or the kernel stays serial (`parallel.parallel_if_worth`), the two-region kernel is built.
+
+    `vshift` ("vnni512" only): the requantize's int32 tail (every shift >= 32) shifts each lane by `s - 32` with
+    `vpsravd` (`requant.requant_expr(..., tail32="shr")`) instead of a shift by an xmm count, which on Zen 4 competes
+    with `vpdpbusd` for its pipe; it costs one `vpandd` and a register per channel of the tile (docs/peers.md,
+    session 14)."""
 
     to: int = 4
     tp: int = 24
@@ -115,6 +120,7 @@ class GemmKnobs:
     pack_tiles: int = 0
     store64: bool = False
     chunks: int = 0
+    vshift: bool = False
 
     def __post_init__(self) -> None:
         if self.tp % 8 or self.tp <= 0:
@@ -223,6 +229,10 @@ def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int 
       where 64 divides P, 2 x 64 with `store64` instead (64 codes narrowed per store: 16->96 at 112 px and
       24->144 at 56 px 0.935x and 0.947x the 6 x 32 tile, docs/peers.md session 13).
 
+    Every `store64` tile (four vectors per channel) also takes `vshift` (the per-lane shift of the requantize's int32
+    tail: 16->96 at 112 px 0.96x, the others 0.98-1.0x at 1 thread; on the 12 x 16 tile, one vector per channel,
+    it ranged 0.96-1.13x, docs/peers.md session 14).
+
     Given also the output channels `o`, "vnni512" GEMMs with `k > o`, `p >= PACK_PIXELS_MIN_P` and no padded
     pixels (16 | P) pack over chunks of `PACK_CHUNK_PX` pixels (`GemmKnobs.pack_tiles`; 2 threads, quiet rounds:
     0.76-0.79x the kernel with block packing, docs/peers.md sessions 12 and 13), in 2 x 64 tiles with `store64`
@@ -235,11 +245,11 @@ def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int 
         if p <= NARROW_ROW_MAX_P and tp8 < -(-p // 16) * 16:
             return GemmKnobs(max(1, NARROW_ROW_ACC // (tp8 // 8)), tp8, True, 8)
         if k is not None and k <= SMALL_K_MAX and p % 64 == 0:
-            return GemmKnobs(2, 64, store64=True)
+            return GemmKnobs(2, 64, store64=True, vshift=True)
         if k is not None and k <= SMALL_K_MAX and p % 32 == 0:
             return GemmKnobs(6, 32)
         if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 64 == 0:
-            return GemmKnobs(2, 64, p_outer=True, pack_tiles=PACK_CHUNK_PX // 64, store64=True)
+            return GemmKnobs(2, 64, p_outer=True, pack_tiles=PACK_CHUNK_PX // 64, store64=True, vshift=True)
         if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 16 == 0:
             return GemmKnobs(12, 16, pack_tiles=PACK_CHUNK_PX // 16)
     return GemmKnobs(12, 16)
@@ -281,6 +291,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
         raise ConfigError("mode", mode, sorted(MODES))
     if knobs.store64 and mode != "vnni512":
         raise ConfigError("GemmKnobs.store64", knobs.store64, f"False with mode {mode!r} (True needs 'vnni512')")
+    if knobs.vshift and mode != "vnni512":
+        raise ConfigError("GemmKnobs.vshift", knobs.vshift, f"False with mode {mode!r} (True needs 'vnni512')")
     register_x86_intrinsics()
     _, g, xdt, wdt = MODES[mode]
     intrin, lanes = tile_intrinsic(mode, knobs)
@@ -293,7 +305,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     # 64 codes per store: only where a tile row is whole 64-pixel vectors (a padded tile's crop reads them back)
     store64 = knobs.store64 and tile.tp % 64 == 0 and pairs
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
-                                 pairs=pairs, narrow=narrow_u8_x86 if store64 else None)
+                                 pairs=pairs, narrow=narrow_u8_x86 if store64 else None,
+                                 tail32="shr" if knobs.vshift else "hi32")
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)

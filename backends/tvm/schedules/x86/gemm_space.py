@@ -8,7 +8,7 @@ Order matters because `trials=N` times the first N (`qc.lower(..., tune=True, tr
    6x32 and 4x48 for small K, 8x16, 6x16 and 6x32 elsewhere (the 14 px expands: 0.94-0.96x), and the old
    default 12x16; then, for "vnni512", the session 13 variants (docs/peers.md, engineer B): 2 x 64 with `store64`
    where 64 | P, and where K > O (a project layer, whose packing pays at 2 threads) the pixel-chunk packing
-   `pack_tiles` on 2 x 64 / 12 x 16;
+   `pack_tiles` on 2 x 64 / 12 x 16, and (session 14) 12 x 16 with `vshift`;
 3. the grid of `gemm_axes`, most promising first (`grid_rank`).
 
 At a lowering's thread count above 1, every tile of 2. is also listed in its one-region form (`chunked`:
@@ -52,9 +52,9 @@ def gemm_axes(mode: str, threads: int | None = None) -> dict[str, tuple]:
     """The values each `GemmKnobs` field takes in the grid of `mode`: the one place that lists the axes (a new
     knob adds its entry here; its first value is the default's). `lanes` is 0 (the mode's width) plus every
     narrower intrinsic of `gemm.NARROW_INTRIN` ("vnni512": 8, the 256-bit `vpdpbusd`). `pack_tiles` (0: packing
-    over reduction blocks; 4: chunks of 4 pixel tiles) and `store64` ("vnni512", `tp` 64) as `GemmKnobs`
-    documents them; `chunks` 0 (two parallel regions) and, at `threads` > 1, one region of `threads` blocks of channel
-    tiles (`GemmKnobs.chunks`); combinations `GemmKnobs` refuses are left out of the grid."""
+    over reduction blocks; 4: chunks of 4 pixel tiles), `store64` ("vnni512", `tp` 64) and `vshift` ("vnni512") as
+    `GemmKnobs` documents them; `chunks` 0 (two parallel regions) and, at `threads` > 1, one region of `threads`
+    blocks of channel tiles (`GemmKnobs.chunks`); combinations `GemmKnobs` refuses are left out of the grid."""
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
     return {
@@ -65,19 +65,24 @@ def gemm_axes(mode: str, threads: int | None = None) -> dict[str, tuple]:
         "pack_tiles": (0, 4),
         "store64": (False, True) if mode == "vnni512" else (False,),
         "chunks": (0, int(threads)) if threads and threads > 1 else (0,),
+        "vshift": (False, True) if mode == "vnni512" else (False,),
     }
 
 
 def effective_tile(mode: str, k: int, p: int, o: int, knobs: GemmKnobs) -> tuple:
     """What the kernel of `knobs` is for this shape (`conv.gemm_tile`): channels and pixels per tile, padded pixels,
-    intrinsic lanes, loop order (irrelevant with one pixel tile or one channel tile) and every other knob."""
+    intrinsic lanes, loop order (irrelevant with one pixel tile or one channel tile) and every other knob (`vshift`
+    only where the epilogue has 16-lane vectors)."""
     _, g, _, _ = MODES[mode]
     _, lanes = tile_intrinsic(mode, knobs)
     t = gemm_tile(k, p, o, g, knobs.to, knobs.tp, 8, lanes)
     p_outer = knobs.p_outer or t.pp == t.tp or t.to == o
     if knobs.chunks and (o // t.to) % knobs.chunks:  # unequal blocks: `pointwise_conv_x86` builds the two regions
         knobs = replace(knobs, chunks=0)
-    rest = tuple(sorted((f, v) for f, v in vars(knobs).items() if f not in ("to", "tp", "lanes", "p_outer")))
+    rest = {f: v for f, v in vars(knobs).items() if f not in ("to", "tp", "lanes", "p_outer")}
+    if lanes % 16 and not knobs.store64:  # an epilogue of 8-lane vectors shifts as before (`requant.sra_lanes`)
+        rest["vshift"] = False
+    rest = tuple(sorted(rest.items()))
     return t.to, t.tp, t.pp, lanes, p_outer, rest
 
 
@@ -101,11 +106,12 @@ def _valid(mode: str, knobs: GemmKnobs) -> bool:
 def grid_rank(mode: str, knobs: GemmKnobs) -> tuple:
     """Sort key of the grid: tiles that stay on the stack (no workspace call per tile), pixels outside channels (the
     untuned order), then about 2/3 of the vector registers as accumulators (12 of 32 zmm rows of 16 lanes measured
-    best, 10 of 16 ymm), the mode's own width first; `pack_tiles` / `store64` variants last."""
+    best, 10 of 16 ymm), the mode's own width first; `vshift` variants after the plain tiles, `pack_tiles` /
+    `store64` variants last."""
     _, lanes = tile_intrinsic(mode, knobs)
     best_acc = 12 if vector_registers(mode) == 32 else 10
     # the packing and store variants after every plain tile: `near_tiles` already holds the ones measured to pay
-    return (knobs.pack_tiles != 0 or knobs.store64, not tile_on_stack(knobs), not knobs.p_outer,
+    return (knobs.pack_tiles != 0 or knobs.store64, knobs.vshift, not tile_on_stack(knobs), not knobs.p_outer,
             abs(knobs.to * knobs.tp // lanes - best_acc), knobs.lanes != 0)
 
 
@@ -128,7 +134,8 @@ def near_tiles(mode: str, k: int, p: int, o: int | None = None) -> list[GemmKnob
         order = row + mid + small_k
     else:
         order = mid + small_k
-    return [*order, GemmKnobs(12, 16), *wide]
+    # session 14: the per-lane shift of the requantize (`vshift`; the default's on 2 x 64) on the 12 x 16 tile
+    return [*order, GemmKnobs(12, 16), *wide, GemmKnobs(12, 16, vshift=True)]
 
 
 def chunked(knobs: GemmKnobs, threads: int) -> GemmKnobs:

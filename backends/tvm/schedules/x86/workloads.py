@@ -28,7 +28,8 @@ def is_x86(target: tvm.target.Target) -> bool:
 #: before a kernel changed) is not reused, so a newer, faster default is never overridden by a stale record.
 #: gemm 2: stack-sized tiles and let-bound intrinsics; conv_dw 2: tap quads and rows per step; 3 (both): the
 #: shape-aware defaults, 8-lane tiles and vertical quads among the candidates, timed at the lowering's thread count;
-#: gemm 4: the one-region GEMM of `GemmKnobs.chunks` (the default at 2 threads on at most 784 px) among them.
+#: conv_gemm 4 (session 14): the one-region GEMM of `GemmKnobs.chunks` (the default at 2 threads on at most 784 px)
+#: and `GemmKnobs.vshift` (the requantize's per-lane shift, the default on 2 x 64 tiles) in the defaults and the grid.
 SCHEDULE_SPACE = {"conv_gemm": 4, "conv_dw": 3}
 
 

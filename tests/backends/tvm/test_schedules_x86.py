@@ -744,11 +744,12 @@ SLIDE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("plane", ["whole", "channel"])
 @pytest.mark.parametrize("c,h,k,s,pad_value,vec,rows", SLIDE_CASES)
-def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
+def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows, plane):
     """`vpdpbusd` on tap quads shuffled out of one row load (`depthwise_conv_slide_x86`, `vpermb` where the target
     has VBMI) through `depthwise_kernel` and `dw_weights`: exact against the reference, the largest codes against
-    the most negative weights."""
+    the most negative weights; with the padded plane whole and padded per channel group inside the compute loop."""
     from qcompile.backends.tvm.intrin.x86 import has_vbmi
     from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_weights
 
@@ -764,7 +765,7 @@ def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
     p = (k - 1) // 2
     ho = (h + 2 * p - k) // s + 1
     dw = DwConv(c, h, h, k, k, (s, s), (p, p), (1, 1), pad_value, lo=1, hi=254, shift_min=int(shift.min()))
-    knobs = DwKnobs(vec, False, rows, slide=True)
+    knobs = DwKnobs(vec, False, rows, slide=True, plane=plane)
     lib = tvm.compile(depthwise_kernel(dw, knobs, target=target), target=target)
     reg = r"\s+.*%zmm" if vec == 16 else r"\s+.*%ymm"
     # the shuffle of stride 1 is one vpermb with VBMI (LLVM picks other byte shuffles for wider strides)
@@ -812,27 +813,50 @@ def test_depthwise_sliding_quads_are_the_default_with_vbmi():
     assert cands[0] == knobs(14, 1) and len(cands) == len(set(cands))
     assert {(kn.vec, kn.rows) for kn in cands if kn.slide} == {(v, r) for v in (8, 16) for r in (1, 2, 4, 8, 16)}
     assert not any(kn.slide for kn in dw_candidates(14, True, vnni=True, kw=3, stride=1))
+    # the plane padded per channel group: the default's twin second, every sliding variant with both planes
+    assert cands[1] == DwKnobs(8, False, 8, slide=True, plane="channel") and knobs(14, 1).plane == "whole"
+    assert {(kn.vec, kn.rows, kn.plane) for kn in cands if kn.slide} == {
+        (v, r, p) for v in (8, 16) for r in (1, 2, 4, 8, 16) for p in ("whole", "channel")}
 
 
-@pytest.mark.parametrize("vec, stride, w", [(8, 1, 11), (16, 1, 56), (8, 2, 14), (16, 2, 112)])
-def test_depthwise_sliding_quads_allocate_every_byte_their_loads_read(vec, stride, w):
-    """The intrinsic loads `4 * vec` bytes per row vector, past the columns the arithmetic uses: after TVM compacts
-    the kernel's buffers to what its blocks access, the padded plane must still be `slide_row_bytes` wide (a plane
-    computed per channel was compacted to the used columns and the last load read past the buffer: a dynamic-batch
-    library faulted on an 8x9x11 layer)."""
+def _slide_plane_allocs(dw, vec, plane):
+    """The padded plane's allocations of a sliding-quad kernel after the lowering passes that place and compact
+    buffers (as `tvm.compile` runs them), as TVMScript lines."""
     import tvm
     from tvm import s_tir
 
-    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_conv_slide_x86, slide_row_bytes
+    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_conv_slide_x86
+
+    mod = tvm.IRModule({"main": depthwise_conv_slide_x86(dw, vec=vec, rows=4, plane=plane)})
+    for t in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+              s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()):
+        mod = t(mod)
+    return [line for line in mod.script().splitlines() if re.search(r"xpad(_local)? = T.sblock_alloc_buffer", line)]
+
+
+@pytest.mark.parametrize("plane", ["whole", "channel"])
+@pytest.mark.parametrize("vec, stride, w", [(8, 1, 11), (16, 1, 56), (8, 2, 14), (16, 2, 112)])
+def test_depthwise_sliding_quads_allocate_every_byte_their_loads_read(vec, stride, w, plane):
+    """The intrinsic loads `4 * vec` bytes per row vector, past the columns the arithmetic uses: after TVM places and
+    compacts the kernel's buffers to what its blocks access, the padded plane must still be `slide_row_bytes` wide
+    (a plane computed per channel was compacted to the used columns and the last load read past the buffer: a
+    dynamic-batch library faulted on an 8x9x11 layer). With `plane="channel"` the plane is one channel group's,
+    allocated inside the channel loop; the same schedule without its widened reads (`_widen_read`) shrinks the rows
+    below the loads, and this test sees it."""
+    import qcompile.backends.tvm.schedules.x86.depthwise as xdw
 
     dw = DwConv(8, 9, w, 3, 3, (stride, stride), (1, 1), (1, 1), shift_min=34)
-    mod = tvm.IRModule({"main": depthwise_conv_slide_x86(dw, vec=vec, rows=4)})
-    for t in (s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
-              s_tir.transform.CompactBufferAllocation()):
-        mod = t(mod)
-    allocs = [line for line in mod.script().splitlines() if "xpad = T.sblock_alloc_buffer" in line]
-    assert len(allocs) == 1 and f", {slide_row_bytes(dw, vec)})" in allocs[0], allocs
-    assert slide_row_bytes(dw, vec) >= (-(-dw.wo // vec) * vec - vec) * stride + 4 * vec
+    row = xdw.slide_row_bytes(dw, vec)
+    assert row >= (-(-dw.wo // vec) * vec - vec) * stride + 4 * vec
+    allocs = _slide_plane_allocs(dw, vec, plane)
+    assert len(allocs) == 1 and re.search(rf", {row}\), \"uint8\"(, scope=\"local\")?\)$", allocs[0]), allocs
+    if plane == "channel":
+        group = xdw.slide_plane_group(8, 11, row)
+        assert f"(({group}, 11, {row})" in allocs[0]  # one group's plane, inside the parallel loop
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(xdw, "_widen_read", lambda *a, **k: None)
+            shrunk = _slide_plane_allocs(dw, vec, plane)
+        assert len(shrunk) == 1 and f", {row}), " not in shrunk[0], shrunk
 
 
 def test_depthwise_sliding_quads_rejects_what_they_cannot_compute():
@@ -848,6 +872,33 @@ def test_depthwise_sliding_quads_rejects_what_they_cannot_compute():
     for bad in (dict(pairs=True), dict(vquads=True)):
         with pytest.raises(ConfigError, match="slide"):
             DwKnobs(16, rows=4, slide=True, **bad)
+    with pytest.raises(ConfigError, match="plane"):
+        depthwise_conv_slide_x86(DwConv(8, 14, 14, 3, 3, (1, 1), (1, 1), shift_min=34), plane="row")
+    with pytest.raises(ConfigError, match="DwKnobs.plane"):
+        DwKnobs(16, rows=4, plane="channel")  # only the sliding quads have a padded plane to place
+    with pytest.raises(ConfigError, match="DwKnobs.plane"):
+        DwKnobs(16, rows=4, slide=True, plane="thread")
+
+
+@pytest.mark.parametrize("c,h,s,vec,rows", [(960, 7, 1, 8, 16), (144, 56, 1, 16, 4), (576, 14, 2, 8, 8)])
+def test_depthwise_sliding_quads_channel_plane_is_one_parallel_region(c, h, s, vec, rows):
+    """`plane="whole"` pads in one parallel loop and computes in another (two fork/joins per call); `plane="channel"`
+    pads each channel group inside the parallel loop that computes it: one parallel loop, over whole groups of
+    `slide_plane_group` channels (at least 8 groups; planes of at least `SLIDE_GROUP_BYTES` or one channel)."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import (
+        SLIDE_GROUP_BYTES,
+        depthwise_conv_slide_x86,
+        slide_plane_group,
+        slide_row_bytes,
+    )
+
+    dw = DwConv(c, h, h, 3, 3, (s, s), (1, 1), (1, 1), shift_min=34)
+    count = {p: depthwise_conv_slide_x86(dw, vec=vec, rows=rows, plane=p).script().count("T.parallel(")
+             for p in ("whole", "channel")}
+    assert count == {"whole": 2, "channel": 1}
+    plane = (h + 2) * slide_row_bytes(dw, vec)
+    g = slide_plane_group(c, h + 2, slide_row_bytes(dw, vec))
+    assert c % g == 0 and c // g >= 8 and (g * plane >= SLIDE_GROUP_BYTES or g == c // 8 or g == 1)
 
 
 @pytest.mark.parametrize("c,h,s,pad_value", [(384, 14, 1, 9), (576, 14, 2, 0), (960, 7, 1, 255), (144, 56, 2, 3)])

@@ -16,7 +16,7 @@ buffer (which LLVM then keeps in registers) only in that scope, and turned a "lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -249,6 +249,27 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
     return sch.mod["main"]
 
 
+#: where `depthwise_conv_slide_x86` builds its padded plane: "whole", one `(C, Hp, Wpad)` buffer filled in its own
+#: parallel loop before the one that computes; "channel", each channel's `(Hp, Wpad)` plane inside the computing
+#: channel loop (one parallel region, each thread pads the channels it computes)
+SLIDE_PLANES = ("whole", "channel")
+
+
+#: largest constant-size "global" buffer that TVM's LowerTVMBuiltin puts on the stack (`runtime::kMaxStackAlloca`)
+STACK_ALLOCA_BYTES = 1024
+#: least bytes of the per-channel planes of `depthwise_conv_slide_x86(..., plane="channel")` padded together (a group
+#: of channels): a plane of at most 1 KB is a stack array, which LLVM took apart into per-byte inserts feeding the
+#: loads (960x7x7: 22 -> 29 us at 1 thread); a larger one is a workspace buffer, allocated once per group
+SLIDE_GROUP_BYTES = 4096
+
+
+def slide_plane_group(c: int, hp: int, wpad: int) -> int:
+    """Channels whose planes `depthwise_conv_slide_x86(..., plane="channel")` pads together: the largest divisor of
+    `c` not above `ceil(SLIDE_GROUP_BYTES / (hp * wpad))` and `c // 8` (at least 1; whole groups, >= 8 of them)."""
+    want = min(-(-SLIDE_GROUP_BYTES // (hp * wpad)), max(1, c // 8))
+    return _fit_rows(c, want)
+
+
 def slide_row_bytes(dw: DwConv, vec: int) -> int:
     """Bytes per padded row of `depthwise_conv_slide_x86`: every tap quad of every output row vector, and the
     `4 * vec`-byte load of the last one (`intrin.x86.slide_intrinsic` reads past the bytes it uses)."""
@@ -258,7 +279,7 @@ def slide_row_bytes(dw: DwConv, vec: int) -> int:
     return max((wov - vec) * sw + 4 * (kp - 1) + 4 * vec, (wov - 1) * sw + 4 * kp)
 
 
-def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm.tirx.PrimFunc:
+def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4, plane: str = "whole") -> tvm.tirx.PrimFunc:
     """Depthwise conv on u8 tap quads gathered in registers: for each kernel row and output row vector, one load
     of the padded row and one byte shuffle (`vpermb` with AVX512-VBMI) give every output pixel its four
     horizontally adjacent codes `row[x*S + 4j + i]` (i < 4), and one `vpdpbusd` multiplies them by four taps
@@ -269,9 +290,16 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm
     and `depthwise_conv_vquads_x86` interleaves four rows byte by byte, this kernel keeps only the padded plane
     (a constant fill and a vectorised copy, rows widened to `slide_row_bytes` for the last load). 3x3 kernels:
     3 `vpdpbusd` per row vector (the vertical quads need 6 and pad Ho to whole blocks of 4). Exact: `vpdpbusd`
-    adds four u8 x s8 products into int32 with no intermediate rounding and |acc| <= KH*KW*255*128 < 2^31."""
+    adds four u8 x s8 products into int32 with no intermediate rounding and |acc| <= KH*KW*255*128 < 2^31.
+
+    `plane` (`SLIDE_PLANES`): "whole" fills one `(C, Hp, Wpad)` plane in its own parallel loop, then computes in a
+    second one (two fork/joins, and each thread reads planes the other core may have written); "channel" pads each
+    group of `slide_plane_group` channels inside the parallel channel loop that computes them, so a kernel is one
+    parallel region and each thread pads what it computes. Both allocate and fill every row `slide_row_bytes` wide."""
     if vec not in (8, 16):
         raise ConfigError("vec", vec, (8, 16))
+    if plane not in SLIDE_PLANES:
+        raise ConfigError("plane", plane, SLIDE_PLANES)
     if dw.dilation != (1, 1):
         raise ConfigError("DwConv.dilation", dw.dilation, "(1, 1) for the sliding tap-quad kernel")
     from qcompile.backends.tvm.intrin.x86 import SLIDE_STRIDES, register_x86_intrinsics, slide_intrinsic
@@ -314,29 +342,70 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
+    pad_blk = sch.get_sblock("xpad")
+    work = c * ho * wov * kh * kp * 4
     ch, y, xo, rh_, rj_, ri_ = sch.get_loops(dw_blk)
     xoo, xoi = sch.split(xo, [None, vec])
     yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
     # taps outside the block of rows x row vectors: independent accumulators hide the vpdpbusd latency
     sch.reorder(ch, yo, rh_, rj_, yi, xoo, xoi, ri_)
-    parallel_if_worth(sch, ch, c * ho * wov * kh * kp * 4, "depthwise")
+    par = ch
+    group = slide_plane_group(c, hp, wpad) if plane == "channel" else 1
+    if group > 1:
+        par, ch = sch.split(ch, [None, group])
+    parallel_if_worth(sch, par, work, "depthwise")
     _schedule_epilogue(sch, yo, vec, wo != wov)
-    # The padded plane stays a whole (C, Hp, Wpad) buffer, not computed per channel at `ch`: `compute_at` would
-    # shrink each row to the columns the arithmetic reads, and the intrinsic's `4 * vec`-byte load reads up to
-    # `slide_row_bytes`, past them (beyond the buffer's end on its last row; a dynamic-batch library faulted there).
-    pad_blk = sch.get_sblock("xpad")
-    pad_ch = sch.get_loops(pad_blk)[0]
-    sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
-    sch.vectorize(sch.get_loops(pad_blk)[-1])
-    parallel_if_worth(sch, pad_ch, c * hp * wpad, "elementwise")
     # accumulators: a stack tile in registers ("global" scope, see depthwise_conv_x86)
     init = sch.decompose_reduction(dw_blk, rh_)
+    pad_ch = sch.get_loops(pad_blk)[0]
+    if plane == "channel":
+        # One parallel region: each channel's plane is padded inside the channel loop that computes it, so each
+        # thread pads the channels it computes. `compute_at` sizes the plane by what its consumer reads, and the
+        # arithmetic reads fewer columns than the step's `4 * vec`-byte load (a plane shrunk to them was read past
+        # its end on the last row: a dynamic-batch library faulted there). So while it places the plane, each tap
+        # reads `4 * vec - span` more bytes (`_widen_read`): the plane's rows are filled, and so allocated, up to
+        # `slide_row_bytes`, every byte the loads touch (the fill's writes keep the buffer that wide).
+        extra = 4 * vec - ((vec - 1) * sw + 4)
+        _widen_read(sch, dw_blk, "xpad", extra)
+        sch.compute_at(pad_blk, par)
+        _widen_read(sch, dw_blk, "xpad", -extra)  # back to the arithmetic's reads (what the intrinsic matches)
+        pad_blk = sch.get_sblock("xpad")
+    sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
+    sch.vectorize(sch.get_loops(pad_blk)[-1])
+    if plane == "whole":
+        # one (C, Hp, Wpad) plane filled in its own parallel loop (two fork/joins; each thread computes channels that
+        # the other may have padded)
+        parallel_if_worth(sch, pad_ch, c * hp * wpad, "elementwise")
     sch.tensorize(xoi, slide_intrinsic(vec, sw))
+    if plane == "channel" and group * hp * wpad <= STACK_ALLOCA_BYTES:
+        # a "global" plane this small would be a stack array, which LLVM takes apart into per-byte inserts feeding
+        # the loads (no `vpermb` left); a "local" one is a workspace buffer it cannot see into
+        sch.set_scope(pad_blk, 0, "local")
     sch.unroll(rj_)
     sch.unroll(yi)
     sch.unroll(xoo)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]
+
+
+def _widen_read(sch: s_tir.Schedule, block: Any, buffer: str, extra: int) -> None:
+    """`Schedule.annotate_buffer_access`: `block`'s read region of `buffer` with its last axis `extra` elements longer;
+    a negative `extra` undoes an earlier widening and drops the annotation. Through the FFI call: the Python wrapper
+    asks for one range per block iterator instead of one per buffer axis."""
+    from tvm.s_tir.schedule import _ffi_api
+    from tvm.tirx.function import IndexMap
+
+    blk = sch.get(block)
+    index = next(i for i, r in enumerate(blk.reads) if r.source.name == buffer)
+    region = blk.reads[index].region
+    bounds = []
+    for i, r in enumerate(region):
+        bounds += [r.min, r.min + r.extent + (extra if i == len(region) - 1 else 0)]
+    index_map = IndexMap(initial_indices=[iv.var for iv in blk.iter_vars], final_indices=bounds,
+                         inverse_index_map=None)
+    _ffi_api.ScheduleAnnotateBufferAccess(sch, block, index, 0, index_map)
+    if extra < 0:
+        sch.unannotate(block, "explicit_read_region")
 
 
 def vquad_geometry(kh: int, stride: int) -> tuple[int, int]:
@@ -471,12 +540,15 @@ class DwKnobs:
     taps: int = 2  # taps per int32 lane of the grouped kernel: 2 (int16 pairs) or 4 (u8 quads, VNNI)
     vquads: bool = False  # vertical u8 tap quads (`depthwise_conv_vquads_x86`, VNNI); `pairs` must be False
     slide: bool = False  # u8 tap quads shuffled in registers (`depthwise_conv_slide_x86`, VNNI); not with the others
+    plane: str = "whole"  # the sliding quads' padded plane (`SLIDE_PLANES`); "channel" only with `slide`
 
     def __post_init__(self) -> None:
         if self.vquads and (self.pairs or self.vec == 4):
             raise ConfigError("DwKnobs.vquads", self.vquads, "only with pairs=False and vec 8 or 16")
         if self.slide and (self.pairs or self.vquads or self.vec == 4):
             raise ConfigError("DwKnobs.slide", self.slide, "only with pairs=False, vquads=False and vec 8 or 16")
+        if self.plane not in SLIDE_PLANES or (self.plane != "whole" and not self.slide):
+            raise ConfigError("DwKnobs.plane", self.plane, f"one of {SLIDE_PLANES}; not 'whole' only with slide=True")
         if self.vec not in (4, 8, 16) or (self.pairs and self.vec == 4):
             raise ConfigError("DwKnobs.vec", self.vec, "8 or 16 (4 also for the row kernel)")
         if self.taps not in (2, 4):
@@ -549,9 +621,10 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
     2. the kernels `default_dw_knobs` chooses between on some shape, each at the vector width and rows per step its
        rule gives at this `wo`: vertical quads (VNNI, undilated: `stride` given), tap quads (VNNI), the row kernel
        (4 rows at >= 14 outputs, else 1, as the 3x3 rule; and about 8 row vectors in flight), tap pairs; with VNNI
-       and VBMI (`vbmi`, undilated stride 1 or 2) the sliding tap quads first among them;
+       and VBMI (`vbmi`, undilated stride 1 or 2) the sliding tap quads first among them, the default's own knobs
+       with the plane padded per channel group (`plane="channel"`: one parallel region) before all;
     3. every kernel at 8 and (AVX-512) 16 lanes, 4 for the row kernel without AVX-512, at 1, 2, 4 and 8 rows (the
-       sliding quads also at 16).
+       sliding quads also at 16, each with both planes, `SLIDE_PLANES`).
 
     With the output height `ho`, knobs that give the same kernel (rows fitted to a divisor of Ho, or to whole
     periods of the vertical-quad kernel) are listed once."""
@@ -561,7 +634,10 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
     slide = vnni and vbmi and stride in (1, 2)
     likely = []
     if slide:
-        likely += [DwKnobs(vec, False, _rows_for(wo, vec, r), slide=True) for r in (16, 8)]
+        # the default's own rows with each thread padding the channels it computes (one parallel region) first
+        likely += [replace(default, plane="channel")] if default.slide else []
+        likely += [DwKnobs(vec, False, _rows_for(wo, vec, r), slide=True, plane=p) for r in (16, 8)
+                   for p in SLIDE_PLANES]
     if vnni and stride is not None:
         likely.append(DwKnobs(vec, False, 4, vquads=True))
     if vnni:
@@ -575,17 +651,18 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
             kinds += [(v, False, 2, True) for v in vecs]
     grid = [DwKnobs(v, pairs, r, taps, vq) for v, pairs, taps, vq in kinds for r in (1, 2, 4, 8)]
     if slide:
-        grid += [DwKnobs(v, False, r, slide=True) for v in vecs for r in (1, 2, 4, 8, 16)]
+        grid += [DwKnobs(v, False, r, slide=True, plane=p) for v in vecs for r in (1, 2, 4, 8, 16)
+                 for p in SLIDE_PLANES]
     grid.sort(key=lambda kn: kn.vec != vec)  # the default's width first (a stable sort keeps the rest in order)
 
     def kernel(kn: DwKnobs) -> tuple:
         if ho is None:
-            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.rows
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.plane, kn.rows
         if kn.vquads:  # rows in whole periods of the phase (`depthwise_conv_vquads_x86`), Ho padded to them
             period, _ = vquad_geometry(1, stride or 1)
-            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, min(max(period, kn.rows // period * period),
-                                                             -(-ho // period) * period)
-        return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, _fit_rows(ho, kn.rows)
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.plane, min(
+                max(period, kn.rows // period * period), -(-ho // period) * period)
+        return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.plane, _fit_rows(ho, kn.rows)
 
     out, seen = [], set()
     for kn in (default, *likely, *grid):
@@ -636,7 +713,7 @@ def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | 
     if knobs.vquads:
         return depthwise_conv_vquads_x86(dw, vec=knobs.vec, rows=knobs.rows)
     if knobs.slide:
-        return depthwise_conv_slide_x86(dw, vec=knobs.vec, rows=knobs.rows)
+        return depthwise_conv_slide_x86(dw, vec=knobs.vec, rows=knobs.rows, plane=knobs.plane)
     return depthwise_conv_x86(dw, vec=knobs.vec, rows=knobs.rows)
 
 

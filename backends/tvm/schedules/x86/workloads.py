@@ -27,8 +27,9 @@ def is_x86(target: tvm.target.Target) -> bool:
 #: version of each kernel's schedule space, part of its tuning key: a record timed among older candidates (or
 #: before a kernel changed) is not reused, so a newer, faster default is never overridden by a stale record.
 #: gemm 2: stack-sized tiles and let-bound intrinsics; conv_dw 2: tap quads and rows per step; 3 (both): the
-#: shape-aware defaults, 8-lane tiles and vertical quads among the candidates, timed at the lowering's thread count.
-SCHEDULE_SPACE = {"conv_gemm": 3, "conv_dw": 3}
+#: shape-aware defaults, 8-lane tiles and vertical quads among the candidates, timed at the lowering's thread count;
+#: conv_dw 4: the sliding quads' plane padded per channel group (`DwKnobs.plane`) among the candidates.
+SCHEDULE_SPACE = {"conv_gemm": 3, "conv_dw": 4}
 
 
 def gemm_workload(params: dict) -> dict:

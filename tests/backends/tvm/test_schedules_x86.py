@@ -880,25 +880,26 @@ def test_depthwise_sliding_quads_rejects_what_they_cannot_compute():
         DwKnobs(16, rows=4, slide=True, plane="thread")
 
 
-@pytest.mark.parametrize("c,h,s,vec,rows", [(960, 7, 1, 8, 16), (144, 56, 1, 16, 4), (576, 14, 2, 8, 8)])
-def test_depthwise_sliding_quads_channel_plane_is_one_parallel_region(c, h, s, vec, rows):
+@pytest.mark.parametrize("c,h,s,vec,rows,group", [(960, 7, 1, 8, 16, 48), (144, 56, 1, 16, 4, 3),
+                                                   (576, 14, 2, 8, 8, 32), (8, 7, 1, 8, 16, 1)])
+def test_depthwise_sliding_quads_channel_plane_is_one_parallel_region(c, h, s, vec, rows, group):
     """`plane="whole"` pads in one parallel loop and computes in another (two fork/joins per call); `plane="channel"`
     pads each channel group inside the parallel loop that computes it: one parallel loop, over whole groups of
-    `slide_plane_group` channels (at least 8 groups; planes of at least `SLIDE_GROUP_BYTES` or one channel)."""
+    `slide_plane_group` channels (16 KB of planes, at least 8 groups): 960x7x7's 288-byte planes in groups of 48 (20
+    groups), 144x56x56's 6.5 KB in groups of 3, 576x14x14 stride 2 (512 bytes) in groups of 32; 8 channels one by
+    one, each plane a workspace buffer (a "local" one: as a stack array LLVM took it apart, no `vpermb` left)."""
     from qcompile.backends.tvm.schedules.x86.depthwise import (
-        SLIDE_GROUP_BYTES,
         depthwise_conv_slide_x86,
         slide_plane_group,
         slide_row_bytes,
     )
 
     dw = DwConv(c, h, h, 3, 3, (s, s), (1, 1), (1, 1), shift_min=34)
-    count = {p: depthwise_conv_slide_x86(dw, vec=vec, rows=rows, plane=p).script().count("T.parallel(")
-             for p in ("whole", "channel")}
-    assert count == {"whole": 2, "channel": 1}
-    plane = (h + 2) * slide_row_bytes(dw, vec)
-    g = slide_plane_group(c, h + 2, slide_row_bytes(dw, vec))
-    assert c % g == 0 and c // g >= 8 and (g * plane >= SLIDE_GROUP_BYTES or g == c // 8 or g == 1)
+    funcs = {p: depthwise_conv_slide_x86(dw, vec=vec, rows=rows, plane=p) for p in ("whole", "channel")}
+    count = {p: f.script().count("T.parallel(") for p, f in funcs.items()}
+    assert count == ({"whole": 2, "channel": 1} if c > 8 else {"whole": 0, "channel": 0})  # 8 channels: serial
+    assert slide_plane_group(c, h + 2, slide_row_bytes(dw, vec)) == group
+    assert ('scope="local"' in funcs["channel"].script()) == (group * (h + 2) * slide_row_bytes(dw, vec) <= 1024)
 
 
 @pytest.mark.parametrize("c,h,s,pad_value", [(384, 14, 1, 9), (576, 14, 2, 0), (960, 7, 1, 255), (144, 56, 2, 3)])

@@ -257,15 +257,18 @@ SLIDE_PLANES = ("whole", "channel")
 
 #: largest constant-size "global" buffer that TVM's LowerTVMBuiltin puts on the stack (`runtime::kMaxStackAlloca`)
 STACK_ALLOCA_BYTES = 1024
-#: least bytes of the per-channel planes of `depthwise_conv_slide_x86(..., plane="channel")` padded together (a group
-#: of channels): a plane of at most 1 KB is a stack array, which LLVM took apart into per-byte inserts feeding the
-#: loads (960x7x7: 22 -> 29 us at 1 thread); a larger one is a workspace buffer, allocated once per group
-SLIDE_GROUP_BYTES = 4096
+#: bytes of the per-channel planes that `depthwise_conv_slide_x86(..., plane="channel")` pads together (a group of
+#: channels, at most half of Zen 4's 32 KB L1D): each group's plane is a workspace buffer allocated once per group,
+#: so small planes go in groups. 1 thread, AMD EPYC Zen 4, minima (docs/peers.md, session 14): one channel per group
+#: 960x7x7 21.9 -> 28.7 us against the whole plane (its 288-byte stack plane was taken apart by LLVM into per-byte
+#: inserts), groups of ~4 KB 23.8, ~16 KB 23.3, ~64 KB 23.0; 384x14x14 22.5 -> 24.7 / 23.5 / 23.6
+SLIDE_GROUP_BYTES = 16384
 
 
 def slide_plane_group(c: int, hp: int, wpad: int) -> int:
-    """Channels whose planes `depthwise_conv_slide_x86(..., plane="channel")` pads together: the largest divisor of
-    `c` not above `ceil(SLIDE_GROUP_BYTES / (hp * wpad))` and `c // 8` (at least 1; whole groups, >= 8 of them)."""
+    """Channels whose `(hp, wpad)` planes `depthwise_conv_slide_x86(..., plane="channel")` pads together: the largest
+    divisor of `c` not above `ceil(SLIDE_GROUP_BYTES / (hp * wpad))` and `c // 8` (at least 1; whole groups, at least
+    8 of them where C >= 8, so that the parallel loop splits evenly enough over a few threads)."""
     want = min(-(-SLIDE_GROUP_BYTES // (hp * wpad)), max(1, c // 8))
     return _fit_rows(c, want)
 

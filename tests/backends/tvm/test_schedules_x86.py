@@ -819,6 +819,26 @@ def test_depthwise_sliding_quads_are_the_default_with_vbmi():
         (v, r, p) for v in (8, 16) for r in (1, 2, 4, 8, 16) for p in ("whole", "channel")}
 
 
+def test_depthwise_sliding_plane_default_follows_the_environment(monkeypatch):
+    """`QCOMPILE_DW_PLANE=channel` makes the sliding quads' default pad per channel group (one parallel region; the
+    whole plane is then the twin the tuner times second); other kernels keep their knobs; a bad value is a
+    ConfigError naming the variable."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import ENV_DW_PLANE, DwKnobs, default_dw_knobs, dw_candidates
+    from qcompile.errors import ConfigError
+
+    monkeypatch.setenv(ENV_DW_PLANE, "channel")
+    assert default_dw_knobs(7, True, vnni=True, kw=3, stride=1, vbmi=True) == DwKnobs(8, False, 16, slide=True,
+                                                                                      plane="channel")
+    assert default_dw_knobs(14, True, vnni=True, kw=3, stride=1) == DwKnobs(16, False, 4, vquads=True)
+    cands = dw_candidates(7, True, vnni=True, kw=3, stride=1, vbmi=True)
+    assert cands[0].plane == "channel" and cands[1] == DwKnobs(8, False, 16, slide=True)
+    monkeypatch.setenv(ENV_DW_PLANE, "whole")
+    assert default_dw_knobs(7, True, vnni=True, kw=3, stride=1, vbmi=True).plane == "whole"
+    monkeypatch.setenv(ENV_DW_PLANE, "per-thread")
+    with pytest.raises(ConfigError, match=ENV_DW_PLANE):
+        default_dw_knobs(7, True, vnni=True, kw=3, stride=1, vbmi=True)
+
+
 def _slide_plane_allocs(dw, vec, plane):
     """The padded plane's allocations of a sliding-quad kernel after the lowering passes that place and compact
     buffers (as `tvm.compile` runs them), as TVMScript lines."""

@@ -16,6 +16,7 @@ buffer (which LLVM then keeps in registers) only in that scope, and turned a "lo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +32,8 @@ __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_
            "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs", "small_dw_applies",
            "small_dw_weights", "depthwise_small_x86", "CVEC_DW_PIXELS", "CVEC_DW_IN_PIXELS", "cvec_dw_lanes",
            "cvec_dw_operands", "depthwise_cvec_x86", "tap_matrix", "depthwise_conv_vquads_x86", "pack_vquad_weights",
-           "vquad_geometry", "depthwise_conv_slide_x86", "slide_row_bytes", "slide_applies", "SLIDE_MAX_KW"]
+           "vquad_geometry", "depthwise_conv_slide_x86", "slide_row_bytes", "slide_applies", "SLIDE_MAX_KW",
+           "SLIDE_PLANES", "slide_plane_group", "ENV_DW_PLANE", "default_slide_plane"]
 
 
 #: the row, tap-pair/quad and vertical-quad kernels requantize with `requant_expr`'s even/odd-lane form
@@ -588,10 +590,12 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     rows of more than 14 outputs, else 8, rows per step for about 16 row vectors in flight at stride 1 and 8 at
     stride 2 (`_rows_for`). On AMD EPYC Zen 4, 1 thread (docs/peers.md, "session 13"): every 3x3 depthwise
     layer of MobileNetV2 224 faster than with the kernels above (0.47-0.78x, 896 -> 613 us over the network);
-    MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two."""
+    MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two. Their padded
+    plane is `default_slide_plane()` ("whole" unless `ENV_DW_PLANE` says "channel")."""
     if slide_applies(avx512, vnni, vbmi, kw, stride):
         vec = 16 if wo > ROW_KERNEL_MAX_WO_3X3 else 8
-        return DwKnobs(vec, False, _rows_for(wo, vec, 16 if stride == 1 else 8), slide=True)
+        return DwKnobs(vec, False, _rows_for(wo, vec, 16 if stride == 1 else 8), slide=True,
+                       plane=default_slide_plane())
     vec = 16 if avx512 and wo >= 14 else 8
     if vnni and avx512 and kw is not None and kw <= 3 and wo <= ROW_KERNEL_MAX_WO_3X3:
         if stride == 1:
@@ -602,6 +606,21 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     if wo >= 28:
         return DwKnobs(vec, True, _rows_for(wo, vec))
     return DwKnobs(vec, False, _rows_for(wo, vec))
+
+
+#: Environment variable: the padded plane of the default sliding tap-quad kernels (`DwKnobs.plane`): "channel" pads
+#: each channel group inside the parallel compute loop (one parallel region per kernel); unset, "" or "whole"
+#: (default) keeps the whole plane in its own parallel loop. Read at schedule time. Default "whole" until timed at
+#: 2 threads on a quiet machine (`benchmarks.dw_plane`; docs/peers.md, session 14).
+ENV_DW_PLANE = "QCOMPILE_DW_PLANE"
+
+
+def default_slide_plane() -> str:
+    """The plane `default_dw_knobs` gives the sliding quads (`ENV_DW_PLANE`); `ConfigError` for other values."""
+    raw = os.environ.get(ENV_DW_PLANE, "") or "whole"
+    if raw not in SLIDE_PLANES:
+        raise ConfigError(ENV_DW_PLANE, raw, f"one of {SLIDE_PLANES} or unset")
+    return raw
 
 
 #: widest kernel that takes the sliding tap-quad kernel by default (`slide_applies`; measured on 3x3, 5x5, 7x7)
@@ -637,8 +656,9 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
     slide = vnni and vbmi and stride in (1, 2)
     likely = []
     if slide:
-        # the default's own rows with each thread padding the channels it computes (one parallel region) first
-        likely += [replace(default, plane="channel")] if default.slide else []
+        # the default's own rows with the other plane first (the one parallel region, or the whole plane)
+        if default.slide:
+            likely.append(replace(default, plane="whole" if default.plane == "channel" else "channel"))
         likely += [DwKnobs(vec, False, _rows_for(wo, vec, r), slide=True, plane=p) for r in (16, 8)
                    for p in SLIDE_PLANES]
     if vnni and stride is not None:

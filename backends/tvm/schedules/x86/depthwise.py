@@ -364,16 +364,18 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4, plane:
     init = sch.decompose_reduction(dw_blk, rh_)
     pad_ch = sch.get_loops(pad_blk)[0]
     if plane == "channel":
-        # One parallel region: each channel's plane is padded inside the channel loop that computes it, so each
-        # thread pads the channels it computes. `compute_at` sizes the plane by what its consumer reads, and the
-        # arithmetic reads fewer columns than the step's `4 * vec`-byte load (a plane shrunk to them was read past
-        # its end on the last row: a dynamic-batch library faulted there). So while it places the plane, each tap
-        # reads `4 * vec - span` more bytes (`_widen_read`): the plane's rows are filled, and so allocated, up to
-        # `slide_row_bytes`, every byte the loads touch (the fill's writes keep the buffer that wide).
+        # One parallel region: each group of channels (`slide_plane_group`) is padded inside the parallel loop that
+        # computes it, so each thread pads the channels it computes. `compute_at` sizes the plane by what its
+        # consumer reads, and the arithmetic reads fewer columns than the step's `4 * vec`-byte load (a plane shrunk
+        # to them was read past its end on the last row: a dynamic-batch library faulted there). So while it places
+        # the plane, each tap reads `4 * vec - span` more bytes (`_widen_read`): the plane's rows are filled, and so
+        # allocated, up to `slide_row_bytes`, every byte the loads touch (the fill's writes keep the buffer that wide).
         extra = 4 * vec - ((vec - 1) * sw + 4)
-        _widen_read(sch, dw_blk, "xpad", extra)
+        if extra > 0:
+            _widen_read(sch, dw_blk, "xpad", extra)
         sch.compute_at(pad_blk, par)
-        _widen_read(sch, dw_blk, "xpad", -extra)  # back to the arithmetic's reads (what the intrinsic matches)
+        if extra > 0:
+            _widen_read(sch, dw_blk, "xpad", -extra)  # back to the arithmetic's reads (what the intrinsic matches)
         pad_blk = sch.get_sblock("xpad")
     sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
     sch.vectorize(sch.get_loops(pad_blk)[-1])

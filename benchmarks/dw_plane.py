@@ -3,8 +3,8 @@
 `TVM_NUM_THREADS=2 OMP_NUM_THREADS=1 python -m benchmarks.dw_plane [--rounds 7 --number 30] [--net mbv2|mbv3|both]`:
 every depthwise layer shape of MobileNetV2 224 (and MobileNetV3's 5x5 / 7x7 shapes) is built with this target's
 default `DwKnobs` (the sliding quads, `plane="whole"`: one `(C, Hp, Wpad)` plane filled in its own parallel loop,
-then the compute loop) and the same knobs with `plane="channel"` (each channel's plane padded inside the compute
-loop: one parallel region); the two outputs are compared equal, and each kernel's time is the minimum
+then the compute loop) and the same knobs with `plane="channel"` (each channel group's planes padded inside the
+compute loop: one parallel region); the two outputs are compared equal, and each kernel's time is the minimum
 over `rounds` rounds of `time_min(number)` calls, the kernels and the thread counts (1 and 2, TVM's pool resized with
 `threads.pool_threads`) interleaved in every round; only rounds during which other processes used at most
 `--max-others` cores count (all of them if none was that quiet; the log says how many). The sums are weighted by how
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not base.slide:
             log.info("%s: default %s is not the sliding kernel, skipped", key, base)
             continue
-        knobs[key, "whole"] = base
+        knobs[key, "whole"] = dataclasses.replace(base, plane="whole")  # whatever QCOMPILE_DW_PLANE says
         knobs[key, "channel"] = dataclasses.replace(base, plane="channel")
         for which in ("whole", "channel"):
             run, _, out = qc_layer_kernel(ly, target, knobs=knobs[key, which], with_out=True)

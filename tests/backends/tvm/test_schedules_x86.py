@@ -793,11 +793,12 @@ def test_depthwise_sliding_quads_are_the_default_with_vbmi():
     def knobs(wo, s, kw=3, **kw_):
         return default_dw_knobs(wo, True, vnni=True, kw=kw, stride=s, **({"vbmi": True} | kw_))
 
-    assert knobs(112, 1) == DwKnobs(16, False, 2, slide=True)  # 7 vectors per row: 2 rows
-    assert knobs(56, 2) == DwKnobs(16, False, 2, slide=True)
-    assert knobs(56, 1) == DwKnobs(16, False, 4, slide=True)
-    assert knobs(28, 2) == DwKnobs(16, False, 4, slide=True)
-    assert knobs(28, 1) == DwKnobs(16, False, 8, slide=True)
+    ch = "channel"  # the plane padded per channel group above 14 outputs per row (`default_slide_plane`)
+    assert knobs(112, 1) == DwKnobs(16, False, 2, slide=True, plane=ch)  # 7 vectors per row: 2 rows
+    assert knobs(56, 2) == DwKnobs(16, False, 2, slide=True, plane=ch)
+    assert knobs(56, 1) == DwKnobs(16, False, 4, slide=True, plane=ch)
+    assert knobs(28, 2) == DwKnobs(16, False, 4, slide=True, plane=ch)
+    assert knobs(28, 1) == DwKnobs(16, False, 8, slide=True, plane=ch)
     assert knobs(14, 2) == DwKnobs(8, False, 4, slide=True)
     assert knobs(14, 1) == DwKnobs(8, False, 8, slide=True)
     assert knobs(7, 2) == DwKnobs(8, False, 8, slide=True)
@@ -817,6 +818,12 @@ def test_depthwise_sliding_quads_are_the_default_with_vbmi():
     assert cands[1] == DwKnobs(8, False, 8, slide=True, plane="channel") and knobs(14, 1).plane == "whole"
     assert {(kn.vec, kn.rows, kn.plane) for kn in cands if kn.slide} == {
         (v, r, p) for v in (8, 16) for r in (1, 2, 4, 8, 16) for p in ("whole", "channel")}
+    # one parallel region wherever the lowering runs 2 threads, and for 5x5 / 7x7 kernels at 1 thread
+    assert knobs(7, 1, threads=2).plane == knobs(14, 2, threads=4).plane == ch
+    assert knobs(14, 1, threads=1).plane == "whole" and knobs(14, 1, kw=7, threads=1).plane == ch
+    assert knobs(14, 1, kw=5).plane == ch
+    two = dw_candidates(14, True, vnni=True, kw=3, stride=1, vbmi=True, threads=2)
+    assert two[0] == DwKnobs(8, False, 8, slide=True, plane=ch) and two[1] == DwKnobs(8, False, 8, slide=True)
 
 
 def test_depthwise_sliding_plane_default_follows_the_environment(monkeypatch):

@@ -346,8 +346,10 @@ def test_dw_candidates_cover_the_depthwise_rules_default_first(wo, ho, stride, d
     assert slid[0].slide and set(cands) <= set(slid) and sum(kn.slide for kn in slid) > 1
     keys = [(kn.vec, kn.pairs, kn.taps, kn.slide, kn.plane, _fit_rows(ho, kn.rows)) for kn in slid if not kn.vquads]
     assert len(set(keys)) == len(keys)
-    # the sliding quads with the plane padded per channel group (one parallel region): the default's twin second
-    assert slid[1] == DwKnobs(slid[0].vec, False, slid[0].rows, slide=True, plane="channel")
+    # the sliding quads' other padded plane (whole, or per channel group in one parallel region): the default's twin
+    # second
+    other = "whole" if slid[0].plane == "channel" else "channel"
+    assert slid[1] == DwKnobs(slid[0].vec, False, slid[0].rows, slide=True, plane=other)
 
 
 def _spy_threads(monkeypatch):

@@ -570,7 +570,7 @@ ROW_KERNEL_MAX_WO_3X3 = 14
 
 
 def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                     stride: int | None = None, vbmi: bool = False) -> DwKnobs:
+                     stride: int | None = None, vbmi: bool = False, threads: int | None = None) -> DwKnobs:
     """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2).
 
     With a VNNI dot product (`vnni`): u8 tap quads (`vpdpbusd`), 16 lanes on AVX-512 for rows of >= 14
@@ -593,11 +593,11 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     stride 2 (`_rows_for`). On AMD EPYC Zen 4, 1 thread (docs/peers.md, "session 13"): every 3x3 depthwise
     layer of MobileNetV2 224 faster than with the kernels above (0.47-0.78x, 896 -> 613 us over the network);
     MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two. Their padded
-    plane is `default_slide_plane()` ("whole" unless `ENV_DW_PLANE` says "channel")."""
+    plane: `default_slide_plane(wo, kw, threads)` (`threads`: the lowering's thread count, None if unknown)."""
     if slide_applies(avx512, vnni, vbmi, kw, stride):
         vec = 16 if wo > ROW_KERNEL_MAX_WO_3X3 else 8
         return DwKnobs(vec, False, _rows_for(wo, vec, 16 if stride == 1 else 8), slide=True,
-                       plane=default_slide_plane())
+                       plane=default_slide_plane(wo, kw, threads))
     vec = 16 if avx512 and wo >= 14 else 8
     if vnni and avx512 and kw is not None and kw <= 3 and wo <= ROW_KERNEL_MAX_WO_3X3:
         if stride == 1:
@@ -610,19 +610,30 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     return DwKnobs(vec, False, _rows_for(wo, vec))
 
 
-#: Environment variable: the padded plane of the default sliding tap-quad kernels (`DwKnobs.plane`): "channel" pads
-#: each channel group inside the parallel compute loop (one parallel region per kernel); unset, "" or "whole"
-#: (default) keeps the whole plane in its own parallel loop. Read at schedule time. Default "whole" until timed at
-#: 2 threads on a quiet machine (`benchmarks.dw_plane`; docs/peers.md, session 14).
+#: Environment variable: the padded plane of every default sliding tap-quad kernel (`DwKnobs.plane`), "whole" or
+#: "channel"; unset or "": `default_slide_plane`'s rule. Read at schedule time (a quiet-window A/B without a code
+#: change).
 ENV_DW_PLANE = "QCOMPILE_DW_PLANE"
 
 
-def default_slide_plane() -> str:
-    """The plane `default_dw_knobs` gives the sliding quads (`ENV_DW_PLANE`); `ConfigError` for other values."""
-    raw = os.environ.get(ENV_DW_PLANE, "") or "whole"
-    if raw not in SLIDE_PLANES:
-        raise ConfigError(ENV_DW_PLANE, raw, f"one of {SLIDE_PLANES} or unset")
-    return raw
+def default_slide_plane(wo: int | None = None, kw: int | None = None, threads: int | None = None) -> str:
+    """The plane `default_dw_knobs` gives the sliding quads: `ENV_DW_PLANE` where set (`ConfigError` for other values
+    than `SLIDE_PLANES`); else "channel" (each channel group padded inside the one parallel region) where the lowering
+    runs on 2 or more `threads`, or for a kernel wider than 3 (`kw`) or rows of more than `ROW_KERNEL_MAX_WO_3X3`
+    outputs (`wo`); "whole" for 3x3 kernels on rows of <= 14 outputs at 1 thread (or an unknown count).
+
+    AMD EPYC Zen 4, minima of 1000-1500 interleaved rounds, load ~1.7 (`benchmarks.dw_plane`, docs/peers.md session
+    14): at 2 threads "channel" is faster on all 10 MobileNetV2 3x3 shapes (0.93-0.98x, 320 -> 306 us over the
+    network) and all 10 MobileNetV3 5x5/7x7 shapes (0.89-0.99x); at 1 thread on the 5x5/7x7 (0.95-1.00x) and the
+    28-112 px 3x3 ones (0.96-0.99x), but 1.04-1.05x slower on the 7-14 px 3x3 ones."""
+    raw = os.environ.get(ENV_DW_PLANE, "")
+    if raw:
+        if raw not in SLIDE_PLANES:
+            raise ConfigError(ENV_DW_PLANE, raw, f"one of {SLIDE_PLANES} or unset")
+        return raw
+    if (threads or 1) >= 2 or (kw is not None and kw > 3) or (wo is not None and wo > ROW_KERNEL_MAX_WO_3X3):
+        return "channel"
+    return "whole"
 
 
 #: widest kernel that takes the sliding tap-quad kernel by default (`slide_applies`; measured on 3x3, 5x5, 7x7)
@@ -637,7 +648,8 @@ def slide_applies(avx512: bool, vnni: bool, vbmi: bool, kw: int | None, stride: 
 
 
 def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                  stride: int | None = None, ho: int | None = None, vbmi: bool = False) -> list[DwKnobs]:
+                  stride: int | None = None, ho: int | None = None, vbmi: bool = False,
+                  threads: int | None = None) -> list[DwKnobs]:
     """Schedules the tuner times, in the order `trials` cuts them (`tune.tune_depthwise`):
 
     1. the default for kernel width `kw` and vertical `stride` (`default_dw_knobs`), so tuning never makes a layer
@@ -654,7 +666,7 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
     periods of the vertical-quad kernel) are listed once."""
     vec = 16 if avx512 and wo >= 14 else 8
     vecs = (8, 16) if avx512 else (8,)
-    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride, vbmi=vbmi)
+    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride, vbmi=vbmi, threads=threads)
     slide = vnni and vbmi and stride in (1, 2)
     likely = []
     if slide:
@@ -717,12 +729,13 @@ def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
 
 def target_dw_knobs(wo: int, target: tvm.target.Target, kw: int | None = None,
                     stride: int | None = None) -> DwKnobs:
-    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product, VBMI); `kw` the kernel
-    width, `stride` the vertical stride (None where dilated)."""
+    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product, VBMI) and the thread count it
+    runs at (`threads.target_threads`); `kw` the kernel width, `stride` the vertical stride (None where dilated)."""
     from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vbmi, has_vnni
+    from qcompile.backends.tvm.threads import target_threads
 
     return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw, stride=stride,
-                            vbmi=has_vbmi(target))
+                            vbmi=has_vbmi(target), threads=target_threads(target))
 
 
 def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | None = None) -> tvm.tirx.PrimFunc:

@@ -22,7 +22,7 @@ log = logging.getLogger("benchmarks.dw_slide")
 
 def _kind(knobs) -> str:
     if knobs.slide:
-        return f"slide{knobs.vec}x{knobs.rows}"
+        return f"slide{knobs.vec}x{knobs.rows}" + ("-chan" if knobs.plane == "channel" else "")
     if knobs.vquads:
         return f"vquads{knobs.vec}x{knobs.rows}"
     return (f"{'quads' if knobs.taps == 4 else 'pairs'}" if knobs.pairs else "rows") + f"{knobs.vec}x{knobs.rows}"

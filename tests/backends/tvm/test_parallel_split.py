@@ -55,8 +55,12 @@ def test_mbv2_depthwise_7x7_parallel_over_channels(always_parallel):
     func = depthwise_kernel(dw, knobs, target=target)
     got = parallel_loops(func)
     # the sliding tap quads pad their whole plane in a region of their own before the arithmetic's
-    # (`depthwise_conv_slide_x86`: a plane padded per channel was shrunk to the columns the arithmetic reads)
-    assert [(lp.var, lp.extent) for lp in got] == [("ch", 960)] * (2 if knobs.slide else 1)
+    # (`depthwise_conv_slide_x86`: a plane padded per channel was shrunk to the columns the arithmetic reads), or,
+    # with `plane="channel"` (`QCOMPILE_DW_PLANE`), each group of 48 channels inside the one region: 20 groups
+    if knobs.plane == "channel":
+        assert [(lp.var, lp.extent) for lp in got] == [("ch_0", 20)]
+    else:
+        assert [(lp.var, lp.extent) for lp in got] == [("ch", 960)] * (2 if knobs.slide else 1)
     assert all(lp.ratio(2) == 1.0 for lp in got)
 
 

@@ -900,11 +900,12 @@ SLIDE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("plane", ["whole", "channel"])
 @pytest.mark.parametrize("c,h,k,s,pad_value,vec,rows", SLIDE_CASES)
-def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
+def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows, plane):
     """`vpdpbusd` on tap quads shuffled out of one row load (`depthwise_conv_slide_x86`, `vpermb` where the target
     has VBMI) through `depthwise_kernel` and `dw_weights`: exact against the reference, the largest codes against
-    the most negative weights."""
+    the most negative weights; with the padded plane whole and padded per channel group inside the compute loop."""
     from qcompile.backends.tvm.intrin.x86 import has_vbmi
     from qcompile.backends.tvm.schedules.x86.depthwise import DwKnobs, depthwise_kernel, dw_weights
 
@@ -920,7 +921,7 @@ def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
     p = (k - 1) // 2
     ho = (h + 2 * p - k) // s + 1
     dw = DwConv(c, h, h, k, k, (s, s), (p, p), (1, 1), pad_value, lo=1, hi=254, shift_min=int(shift.min()))
-    knobs = DwKnobs(vec, False, rows, slide=True)
+    knobs = DwKnobs(vec, False, rows, slide=True, plane=plane)
     lib = tvm.compile(depthwise_kernel(dw, knobs, target=target), target=target)
     reg = r"\s+.*%zmm" if vec == 16 else r"\s+.*%ymm"
     # the shuffle of stride 1 is one vpermb with VBMI (LLVM picks other byte shuffles for wider strides)
@@ -948,11 +949,12 @@ def test_depthwise_sliding_quads_are_the_default_with_vbmi():
     def knobs(wo, s, kw=3, **kw_):
         return default_dw_knobs(wo, True, vnni=True, kw=kw, stride=s, **({"vbmi": True} | kw_))
 
-    assert knobs(112, 1) == DwKnobs(16, False, 2, slide=True)  # 7 vectors per row: 2 rows
-    assert knobs(56, 2) == DwKnobs(16, False, 2, slide=True)
-    assert knobs(56, 1) == DwKnobs(16, False, 4, slide=True)
-    assert knobs(28, 2) == DwKnobs(16, False, 4, slide=True)
-    assert knobs(28, 1) == DwKnobs(16, False, 8, slide=True)
+    ch = "channel"  # the plane padded per channel group above 14 outputs per row (`default_slide_plane`)
+    assert knobs(112, 1) == DwKnobs(16, False, 2, slide=True, plane=ch)  # 7 vectors per row: 2 rows
+    assert knobs(56, 2) == DwKnobs(16, False, 2, slide=True, plane=ch)
+    assert knobs(56, 1) == DwKnobs(16, False, 4, slide=True, plane=ch)
+    assert knobs(28, 2) == DwKnobs(16, False, 4, slide=True, plane=ch)
+    assert knobs(28, 1) == DwKnobs(16, False, 8, slide=True, plane=ch)
     assert knobs(14, 2) == DwKnobs(8, False, 4, slide=True)
     assert knobs(14, 1) == DwKnobs(8, False, 8, slide=True)
     assert knobs(7, 2) == DwKnobs(8, False, 8, slide=True)
@@ -968,27 +970,76 @@ def test_depthwise_sliding_quads_are_the_default_with_vbmi():
     assert cands[0] == knobs(14, 1) and len(cands) == len(set(cands))
     assert {(kn.vec, kn.rows) for kn in cands if kn.slide} == {(v, r) for v in (8, 16) for r in (1, 2, 4, 8, 16)}
     assert not any(kn.slide for kn in dw_candidates(14, True, vnni=True, kw=3, stride=1))
+    # the plane padded per channel group: the default's twin second, every sliding variant with both planes
+    assert cands[1] == DwKnobs(8, False, 8, slide=True, plane="channel") and knobs(14, 1).plane == "whole"
+    assert {(kn.vec, kn.rows, kn.plane) for kn in cands if kn.slide} == {
+        (v, r, p) for v in (8, 16) for r in (1, 2, 4, 8, 16) for p in ("whole", "channel")}
+    # one parallel region wherever the lowering runs 2 threads, and for 5x5 / 7x7 kernels at 1 thread
+    assert knobs(7, 1, threads=2).plane == knobs(14, 2, threads=4).plane == ch
+    assert knobs(14, 1, threads=1).plane == "whole" and knobs(14, 1, kw=7, threads=1).plane == ch
+    assert knobs(14, 1, kw=5).plane == ch
+    two = dw_candidates(14, True, vnni=True, kw=3, stride=1, vbmi=True, threads=2)
+    assert two[0] == DwKnobs(8, False, 8, slide=True, plane=ch) and two[1] == DwKnobs(8, False, 8, slide=True)
 
 
-@pytest.mark.parametrize("vec, stride, w", [(8, 1, 11), (16, 1, 56), (8, 2, 14), (16, 2, 112)])
-def test_depthwise_sliding_quads_allocate_every_byte_their_loads_read(vec, stride, w):
-    """The intrinsic loads `4 * vec` bytes per row vector, past the columns the arithmetic uses: after TVM compacts
-    the kernel's buffers to what its blocks access, the padded plane must still be `slide_row_bytes` wide (a plane
-    computed per channel was compacted to the used columns and the last load read past the buffer: a dynamic-batch
-    library faulted on an 8x9x11 layer)."""
+def test_depthwise_sliding_plane_default_follows_the_environment(monkeypatch):
+    """`QCOMPILE_DW_PLANE=channel` makes the sliding quads' default pad per channel group (one parallel region; the
+    whole plane is then the twin the tuner times second); other kernels keep their knobs; a bad value is a
+    ConfigError naming the variable."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import ENV_DW_PLANE, DwKnobs, default_dw_knobs, dw_candidates
+    from qcompile.errors import ConfigError
+
+    monkeypatch.setenv(ENV_DW_PLANE, "channel")
+    assert default_dw_knobs(7, True, vnni=True, kw=3, stride=1, vbmi=True) == DwKnobs(8, False, 16, slide=True,
+                                                                                      plane="channel")
+    assert default_dw_knobs(14, True, vnni=True, kw=3, stride=1) == DwKnobs(16, False, 4, vquads=True)
+    cands = dw_candidates(7, True, vnni=True, kw=3, stride=1, vbmi=True)
+    assert cands[0].plane == "channel" and cands[1] == DwKnobs(8, False, 16, slide=True)
+    monkeypatch.setenv(ENV_DW_PLANE, "whole")
+    assert default_dw_knobs(7, True, vnni=True, kw=3, stride=1, vbmi=True).plane == "whole"
+    monkeypatch.setenv(ENV_DW_PLANE, "per-thread")
+    with pytest.raises(ConfigError, match=ENV_DW_PLANE):
+        default_dw_knobs(7, True, vnni=True, kw=3, stride=1, vbmi=True)
+
+
+def _slide_plane_allocs(dw, vec, plane):
+    """The padded plane's allocations of a sliding-quad kernel after the lowering passes that place and compact
+    buffers (as `tvm.compile` runs them), as TVMScript lines."""
     import tvm
     from tvm import s_tir
 
-    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_conv_slide_x86, slide_row_bytes
+    from qcompile.backends.tvm.schedules.x86.depthwise import depthwise_conv_slide_x86
+
+    mod = tvm.IRModule({"main": depthwise_conv_slide_x86(dw, vec=vec, rows=4, plane=plane)})
+    for t in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+              s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()):
+        mod = t(mod)
+    return [line for line in mod.script().splitlines() if re.search(r"xpad(_local)? = T.sblock_alloc_buffer", line)]
+
+
+@pytest.mark.parametrize("plane", ["whole", "channel"])
+@pytest.mark.parametrize("vec, stride, w", [(8, 1, 11), (16, 1, 56), (8, 2, 14), (16, 2, 112)])
+def test_depthwise_sliding_quads_allocate_every_byte_their_loads_read(vec, stride, w, plane):
+    """The intrinsic loads `4 * vec` bytes per row vector, past the columns the arithmetic uses: after TVM places and
+    compacts the kernel's buffers to what its blocks access, the padded plane must still be `slide_row_bytes` wide
+    (a plane computed per channel was compacted to the used columns and the last load read past the buffer: a
+    dynamic-batch library faulted on an 8x9x11 layer). With `plane="channel"` the plane is one channel group's,
+    allocated inside the channel loop; the same schedule without its widened reads (`_widen_read`) shrinks the rows
+    below the loads, and this test sees it."""
+    import qcompile.backends.tvm.schedules.x86.depthwise as xdw
 
     dw = DwConv(8, 9, w, 3, 3, (stride, stride), (1, 1), (1, 1), shift_min=34)
-    mod = tvm.IRModule({"main": depthwise_conv_slide_x86(dw, vec=vec, rows=4)})
-    for t in (s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
-              s_tir.transform.CompactBufferAllocation()):
-        mod = t(mod)
-    allocs = [line for line in mod.script().splitlines() if "xpad = T.sblock_alloc_buffer" in line]
-    assert len(allocs) == 1 and f", {slide_row_bytes(dw, vec)})" in allocs[0], allocs
-    assert slide_row_bytes(dw, vec) >= (-(-dw.wo // vec) * vec - vec) * stride + 4 * vec
+    row = xdw.slide_row_bytes(dw, vec)
+    assert row >= (-(-dw.wo // vec) * vec - vec) * stride + 4 * vec
+    allocs = _slide_plane_allocs(dw, vec, plane)
+    assert len(allocs) == 1 and re.search(rf", {row}\), \"uint8\"(, scope=\"local\")?\)$", allocs[0]), allocs
+    if plane == "channel":
+        group = xdw.slide_plane_group(8, 11, row)
+        assert f"(({group}, 11, {row})" in allocs[0]  # one group's plane, inside the parallel loop
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(xdw, "_widen_read", lambda *a, **k: None)
+            shrunk = _slide_plane_allocs(dw, vec, plane)
+        assert len(shrunk) == 1 and f", {row}), " not in shrunk[0], shrunk
 
 
 def test_depthwise_sliding_quads_rejects_what_they_cannot_compute():
@@ -1004,6 +1055,34 @@ def test_depthwise_sliding_quads_rejects_what_they_cannot_compute():
     for bad in (dict(pairs=True), dict(vquads=True)):
         with pytest.raises(ConfigError, match="slide"):
             DwKnobs(16, rows=4, slide=True, **bad)
+    with pytest.raises(ConfigError, match="plane"):
+        depthwise_conv_slide_x86(DwConv(8, 14, 14, 3, 3, (1, 1), (1, 1), shift_min=34), plane="row")
+    with pytest.raises(ConfigError, match="DwKnobs.plane"):
+        DwKnobs(16, rows=4, plane="channel")  # only the sliding quads have a padded plane to place
+    with pytest.raises(ConfigError, match="DwKnobs.plane"):
+        DwKnobs(16, rows=4, slide=True, plane="thread")
+
+
+@pytest.mark.parametrize("c,h,s,vec,rows,group", [(960, 7, 1, 8, 16, 48), (144, 56, 1, 16, 4, 3),
+                                                   (576, 14, 2, 8, 8, 32), (8, 7, 1, 8, 16, 1)])
+def test_depthwise_sliding_quads_channel_plane_is_one_parallel_region(c, h, s, vec, rows, group):
+    """`plane="whole"` pads in one parallel loop and computes in another (two fork/joins per call); `plane="channel"`
+    pads each channel group inside the parallel loop that computes it: one parallel loop, over whole groups of
+    `slide_plane_group` channels (16 KB of planes, at least 8 groups): 960x7x7's 288-byte planes in groups of 48 (20
+    groups), 144x56x56's 6.5 KB in groups of 3, 576x14x14 stride 2 (512 bytes) in groups of 32; 8 channels one by
+    one, each plane a workspace buffer (a "local" one: as a stack array LLVM took it apart, no `vpermb` left)."""
+    from qcompile.backends.tvm.schedules.x86.depthwise import (
+        depthwise_conv_slide_x86,
+        slide_plane_group,
+        slide_row_bytes,
+    )
+
+    dw = DwConv(c, h, h, 3, 3, (s, s), (1, 1), (1, 1), shift_min=34)
+    funcs = {p: depthwise_conv_slide_x86(dw, vec=vec, rows=rows, plane=p) for p in ("whole", "channel")}
+    count = {p: f.script().count("T.parallel(") for p, f in funcs.items()}
+    assert count == ({"whole": 2, "channel": 1} if c > 8 else {"whole": 0, "channel": 0})  # 8 channels: serial
+    assert slide_plane_group(c, h + 2, slide_row_bytes(dw, vec)) == group
+    assert ('scope="local"' in funcs["channel"].script()) == (group * (h + 2) * slide_row_bytes(dw, vec) <= 1024)
 
 
 @pytest.mark.parametrize("c,h,s,pad_value", [(384, 14, 1, 9), (576, 14, 2, 0), (960, 7, 1, 255), (144, 56, 2, 3)])

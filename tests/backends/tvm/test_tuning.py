@@ -189,7 +189,7 @@ def test_depthwise_tuning_picks_a_schedule_and_is_reused(cache, runs_avx2):
     assert isinstance(knobs, DwKnobs) and knobs.vec in (4, 8) and secs > 0  # AVX2: no 16-lane candidate
     rec = tuning.TuningDB(AVX2).get(depthwise_workload(params))
     assert rec["knobs"] == {"vec": knobs.vec, "pairs": knobs.pairs, "rows": knobs.rows, "taps": knobs.taps,
-                            "vquads": knobs.vquads, "slide": knobs.slide}
+                            "vquads": knobs.vquads, "slide": knobs.slide, "plane": knobs.plane}
     tuning._DB_CACHE.clear()
     assert tune.lookup_dw_knobs(depthwise_workload(params), AVX2) == knobs
     db = tuning.database(AVX2)
@@ -374,8 +374,12 @@ def test_dw_candidates_cover_the_depthwise_rules_default_first(wo, ho, stride, d
     # with VBMI the sliding quads are the default and lead the space; still one entry per distinct kernel
     slid = dw_candidates(wo, True, vnni=True, kw=3, stride=stride, ho=ho, vbmi=True)
     assert slid[0].slide and set(cands) <= set(slid) and sum(kn.slide for kn in slid) > 1
-    keys = [(kn.vec, kn.pairs, kn.taps, kn.slide, _fit_rows(ho, kn.rows)) for kn in slid if not kn.vquads]
+    keys = [(kn.vec, kn.pairs, kn.taps, kn.slide, kn.plane, _fit_rows(ho, kn.rows)) for kn in slid if not kn.vquads]
     assert len(set(keys)) == len(keys)
+    # the sliding quads' other padded plane (whole, or per channel group in one parallel region): the default's twin
+    # second
+    other = "whole" if slid[0].plane == "channel" else "channel"
+    assert slid[1] == DwKnobs(slid[0].vec, False, slid[0].rows, slide=True, plane=other)
 
 
 def _spy_threads(monkeypatch):

@@ -16,7 +16,8 @@ buffer (which LLVM then keeps in registers) only in that scope, and turned a "lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ __all__ = ["DwKnobs", "default_dw_knobs", "depthwise_conv_x86", "depthwise_conv_
            "dw_candidates", "dw_weights", "pack_pair_weights", "target_dw_knobs", "small_dw_applies",
            "small_dw_weights", "depthwise_small_x86", "CVEC_DW_PIXELS", "CVEC_DW_IN_PIXELS", "cvec_dw_lanes",
            "cvec_dw_operands", "depthwise_cvec_x86", "tap_matrix", "depthwise_conv_vquads_x86", "pack_vquad_weights",
-           "vquad_geometry", "depthwise_conv_slide_x86", "slide_row_bytes", "slide_applies", "SLIDE_MAX_KW"]
+           "vquad_geometry", "depthwise_conv_slide_x86", "slide_row_bytes", "slide_applies", "SLIDE_MAX_KW",
+           "SLIDE_PLANES", "slide_plane_group", "ENV_DW_PLANE", "default_slide_plane"]
 
 
 #: the row, tap-pair/quad and vertical-quad kernels requantize with `requant_expr`'s even/odd-lane form
@@ -249,6 +251,30 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
     return sch.mod["main"]
 
 
+#: where `depthwise_conv_slide_x86` builds its padded plane: "whole", one `(C, Hp, Wpad)` buffer filled in its own
+#: parallel loop before the one that computes; "channel", each channel's `(Hp, Wpad)` plane inside the computing
+#: channel loop (one parallel region, each thread pads the channels it computes)
+SLIDE_PLANES = ("whole", "channel")
+
+
+#: largest constant-size "global" buffer that TVM's LowerTVMBuiltin puts on the stack (`runtime::kMaxStackAlloca`)
+STACK_ALLOCA_BYTES = 1024
+#: bytes of the per-channel planes that `depthwise_conv_slide_x86(..., plane="channel")` pads together (a group of
+#: channels, at most half of Zen 4's 32 KB L1D): each group's plane is a workspace buffer allocated once per group,
+#: so small planes go in groups. 1 thread, AMD EPYC Zen 4, minima (docs/peers.md, session 14): one channel per group
+#: 960x7x7 21.9 -> 28.7 us against the whole plane (its 288-byte stack plane was taken apart by LLVM into per-byte
+#: inserts), groups of ~4 KB 23.8, ~16 KB 23.3, ~64 KB 23.0; 384x14x14 22.5 -> 24.7 / 23.5 / 23.6
+SLIDE_GROUP_BYTES = 16384
+
+
+def slide_plane_group(c: int, hp: int, wpad: int) -> int:
+    """Channels whose `(hp, wpad)` planes `depthwise_conv_slide_x86(..., plane="channel")` pads together: the largest
+    divisor of `c` not above `ceil(SLIDE_GROUP_BYTES / (hp * wpad))` and `c // 8` (at least 1; whole groups, at least
+    8 of them where C >= 8, so that the parallel loop splits evenly enough over a few threads)."""
+    want = min(-(-SLIDE_GROUP_BYTES // (hp * wpad)), max(1, c // 8))
+    return _fit_rows(c, want)
+
+
 def slide_row_bytes(dw: DwConv, vec: int) -> int:
     """Bytes per padded row of `depthwise_conv_slide_x86`: every tap quad of every output row vector, and the
     `4 * vec`-byte load of the last one (`intrin.x86.slide_intrinsic` reads past the bytes it uses)."""
@@ -258,7 +284,7 @@ def slide_row_bytes(dw: DwConv, vec: int) -> int:
     return max((wov - vec) * sw + 4 * (kp - 1) + 4 * vec, (wov - 1) * sw + 4 * kp)
 
 
-def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm.tirx.PrimFunc:
+def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4, plane: str = "whole") -> tvm.tirx.PrimFunc:
     """Depthwise conv on u8 tap quads gathered in registers: for each kernel row and output row vector, one load
     of the padded row and one byte shuffle (`vpermb` with AVX512-VBMI) give every output pixel its four
     horizontally adjacent codes `row[x*S + 4j + i]` (i < 4), and one `vpdpbusd` multiplies them by four taps
@@ -269,9 +295,16 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm
     and `depthwise_conv_vquads_x86` interleaves four rows byte by byte, this kernel keeps only the padded plane
     (a constant fill and a vectorised copy, rows widened to `slide_row_bytes` for the last load). 3x3 kernels:
     3 `vpdpbusd` per row vector (the vertical quads need 6 and pad Ho to whole blocks of 4). Exact: `vpdpbusd`
-    adds four u8 x s8 products into int32 with no intermediate rounding and |acc| <= KH*KW*255*128 < 2^31."""
+    adds four u8 x s8 products into int32 with no intermediate rounding and |acc| <= KH*KW*255*128 < 2^31.
+
+    `plane` (`SLIDE_PLANES`): "whole" fills one `(C, Hp, Wpad)` plane in its own parallel loop, then computes in a
+    second one (two fork/joins, and each thread reads planes the other core may have written); "channel" pads each
+    group of `slide_plane_group` channels inside the parallel channel loop that computes them, so a kernel is one
+    parallel region and each thread pads what it computes. Both allocate and fill every row `slide_row_bytes` wide."""
     if vec not in (8, 16):
         raise ConfigError("vec", vec, (8, 16))
+    if plane not in SLIDE_PLANES:
+        raise ConfigError("plane", plane, SLIDE_PLANES)
     if dw.dilation != (1, 1):
         raise ConfigError("DwConv.dilation", dw.dilation, "(1, 1) for the sliding tap-quad kernel")
     from qcompile.backends.tvm.intrin.x86 import SLIDE_STRIDES, register_x86_intrinsics, slide_intrinsic
@@ -314,29 +347,72 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tvm
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
+    pad_blk = sch.get_sblock("xpad")
+    work = c * ho * wov * kh * kp * 4
     ch, y, xo, rh_, rj_, ri_ = sch.get_loops(dw_blk)
     xoo, xoi = sch.split(xo, [None, vec])
     yo, yi = sch.split(y, [None, _fit_rows(ho, rows)])
     # taps outside the block of rows x row vectors: independent accumulators hide the vpdpbusd latency
     sch.reorder(ch, yo, rh_, rj_, yi, xoo, xoi, ri_)
-    parallel_if_worth(sch, ch, c * ho * wov * kh * kp * 4, "depthwise")
+    par = ch
+    group = slide_plane_group(c, hp, wpad) if plane == "channel" else 1
+    if group > 1:
+        par, ch = sch.split(ch, [None, group])
+    parallel_if_worth(sch, par, work, "depthwise")
     _schedule_epilogue(sch, yo, vec, wo != wov)
-    # The padded plane stays a whole (C, Hp, Wpad) buffer, not computed per channel at `ch`: `compute_at` would
-    # shrink each row to the columns the arithmetic reads, and the intrinsic's `4 * vec`-byte load reads up to
-    # `slide_row_bytes`, past them (beyond the buffer's end on its last row; a dynamic-batch library faulted there).
-    pad_blk = sch.get_sblock("xpad")
-    pad_ch = sch.get_loops(pad_blk)[0]
-    sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
-    sch.vectorize(sch.get_loops(pad_blk)[-1])
-    parallel_if_worth(sch, pad_ch, c * hp * wpad, "elementwise")
     # accumulators: a stack tile in registers ("global" scope, see depthwise_conv_x86)
     init = sch.decompose_reduction(dw_blk, rh_)
+    pad_ch = sch.get_loops(pad_blk)[0]
+    if plane == "channel":
+        # One parallel region: each group of channels (`slide_plane_group`) is padded inside the parallel loop that
+        # computes it, so each thread pads the channels it computes. `compute_at` sizes the plane by what its
+        # consumer reads, and the arithmetic reads fewer columns than the step's `4 * vec`-byte load (a plane shrunk
+        # to them was read past its end on the last row: a dynamic-batch library faulted there). So while it places
+        # the plane, each tap reads `4 * vec - span` more bytes (`_widen_read`): the plane's rows are filled, and so
+        # allocated, up to `slide_row_bytes`, every byte the loads touch (the fill's writes keep the buffer that wide).
+        extra = 4 * vec - ((vec - 1) * sw + 4)
+        if extra > 0:
+            _widen_read(sch, dw_blk, "xpad", extra)
+        sch.compute_at(pad_blk, par)
+        if extra > 0:
+            _widen_read(sch, dw_blk, "xpad", -extra)  # back to the arithmetic's reads (what the intrinsic matches)
+        pad_blk = sch.get_sblock("xpad")
+    sch.decompose_padding(pad_blk, sch.get_loops(pad_blk)[1])
+    sch.vectorize(sch.get_loops(pad_blk)[-1])
+    if plane == "whole":
+        # one (C, Hp, Wpad) plane filled in its own parallel loop (two fork/joins; each thread computes channels that
+        # the other may have padded)
+        parallel_if_worth(sch, pad_ch, c * hp * wpad, "elementwise")
     sch.tensorize(xoi, slide_intrinsic(vec, sw))
+    if plane == "channel" and group * hp * wpad <= STACK_ALLOCA_BYTES:
+        # a "global" plane this small would be a stack array, which LLVM takes apart into per-byte inserts feeding
+        # the loads (no `vpermb` left); a "local" one is a workspace buffer it cannot see into
+        sch.set_scope(pad_blk, 0, "local")
     sch.unroll(rj_)
     sch.unroll(yi)
     sch.unroll(xoo)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]
+
+
+def _widen_read(sch: s_tir.Schedule, block: Any, buffer: str, extra: int) -> None:
+    """`Schedule.annotate_buffer_access`: `block`'s read region of `buffer` with its last axis `extra` elements longer;
+    a negative `extra` undoes an earlier widening and drops the annotation. Through the FFI call: the Python wrapper
+    asks for one range per block iterator instead of one per buffer axis."""
+    from tvm.s_tir.schedule import _ffi_api
+    from tvm.tirx.function import IndexMap
+
+    blk = sch.get(block)
+    index = next(i for i, r in enumerate(blk.reads) if r.source.name == buffer)
+    region = blk.reads[index].region
+    bounds = []
+    for i, r in enumerate(region):
+        bounds += [r.min, r.min + r.extent + (extra if i == len(region) - 1 else 0)]
+    index_map = IndexMap(initial_indices=[iv.var for iv in blk.iter_vars], final_indices=bounds,
+                         inverse_index_map=None)
+    _ffi_api.ScheduleAnnotateBufferAccess(sch, block, index, 0, index_map)
+    if extra < 0:
+        sch.unannotate(block, "explicit_read_region")
 
 
 def vquad_geometry(kh: int, stride: int) -> tuple[int, int]:
@@ -471,12 +547,15 @@ class DwKnobs:
     taps: int = 2  # taps per int32 lane of the grouped kernel: 2 (int16 pairs) or 4 (u8 quads, VNNI)
     vquads: bool = False  # vertical u8 tap quads (`depthwise_conv_vquads_x86`, VNNI); `pairs` must be False
     slide: bool = False  # u8 tap quads shuffled in registers (`depthwise_conv_slide_x86`, VNNI); not with the others
+    plane: str = "whole"  # the sliding quads' padded plane (`SLIDE_PLANES`); "channel" only with `slide`
 
     def __post_init__(self) -> None:
         if self.vquads and (self.pairs or self.vec == 4):
             raise ConfigError("DwKnobs.vquads", self.vquads, "only with pairs=False and vec 8 or 16")
         if self.slide and (self.pairs or self.vquads or self.vec == 4):
             raise ConfigError("DwKnobs.slide", self.slide, "only with pairs=False, vquads=False and vec 8 or 16")
+        if self.plane not in SLIDE_PLANES or (self.plane != "whole" and not self.slide):
+            raise ConfigError("DwKnobs.plane", self.plane, f"one of {SLIDE_PLANES}; not 'whole' only with slide=True")
         if self.vec not in (4, 8, 16) or (self.pairs and self.vec == 4):
             raise ConfigError("DwKnobs.vec", self.vec, "8 or 16 (4 also for the row kernel)")
         if self.taps not in (2, 4):
@@ -491,7 +570,7 @@ ROW_KERNEL_MAX_WO_3X3 = 14
 
 
 def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                     stride: int | None = None, vbmi: bool = False) -> DwKnobs:
+                     stride: int | None = None, vbmi: bool = False, threads: int | None = None) -> DwKnobs:
     """Untuned choice, from single-thread timings of MobileNet depthwise layers here (3x3..7x7, stride 1/2).
 
     With a VNNI dot product (`vnni`): u8 tap quads (`vpdpbusd`), 16 lanes on AVX-512 for rows of >= 14
@@ -513,10 +592,12 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     rows of more than 14 outputs, else 8, rows per step for about 16 row vectors in flight at stride 1 and 8 at
     stride 2 (`_rows_for`). On AMD EPYC Zen 4, 1 thread (docs/peers.md, "session 13"): every 3x3 depthwise
     layer of MobileNetV2 224 faster than with the kernels above (0.47-0.78x, 896 -> 613 us over the network);
-    MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two."""
+    MobileNetV3's 5x5 / 7x7 layers 0.36-0.91x on 8 of 10 shapes, 0.98x and 1.03x on the other two. Their padded
+    plane: `default_slide_plane(wo, kw, threads)` (`threads`: the lowering's thread count, None if unknown)."""
     if slide_applies(avx512, vnni, vbmi, kw, stride):
         vec = 16 if wo > ROW_KERNEL_MAX_WO_3X3 else 8
-        return DwKnobs(vec, False, _rows_for(wo, vec, 16 if stride == 1 else 8), slide=True)
+        return DwKnobs(vec, False, _rows_for(wo, vec, 16 if stride == 1 else 8), slide=True,
+                       plane=default_slide_plane(wo, kw, threads))
     vec = 16 if avx512 and wo >= 14 else 8
     if vnni and avx512 and kw is not None and kw <= 3 and wo <= ROW_KERNEL_MAX_WO_3X3:
         if stride == 1:
@@ -527,6 +608,32 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     if wo >= 28:
         return DwKnobs(vec, True, _rows_for(wo, vec))
     return DwKnobs(vec, False, _rows_for(wo, vec))
+
+
+#: Environment variable: the padded plane of every default sliding tap-quad kernel (`DwKnobs.plane`), "whole" or
+#: "channel"; unset or "": `default_slide_plane`'s rule. Read at schedule time (a quiet-window A/B without a code
+#: change).
+ENV_DW_PLANE = "QCOMPILE_DW_PLANE"
+
+
+def default_slide_plane(wo: int | None = None, kw: int | None = None, threads: int | None = None) -> str:
+    """The plane `default_dw_knobs` gives the sliding quads: `ENV_DW_PLANE` where set (`ConfigError` for other values
+    than `SLIDE_PLANES`); else "channel" (each channel group padded inside the one parallel region) where the lowering
+    runs on 2 or more `threads`, or for a kernel wider than 3 (`kw`) or rows of more than `ROW_KERNEL_MAX_WO_3X3`
+    outputs (`wo`); "whole" for 3x3 kernels on rows of <= 14 outputs at 1 thread (or an unknown count).
+
+    AMD EPYC Zen 4, minima of 1000-1500 interleaved rounds, load ~1.7 (`benchmarks.dw_plane`, docs/peers.md session
+    14): at 2 threads "channel" is faster on all 10 MobileNetV2 3x3 shapes (0.93-0.98x, 320 -> 306 us over the
+    network) and all 10 MobileNetV3 5x5/7x7 shapes (0.89-0.99x); at 1 thread on the 5x5/7x7 (0.95-1.00x) and the
+    28-112 px 3x3 ones (0.96-0.99x), but 1.04-1.05x slower on the 7-14 px 3x3 ones."""
+    raw = os.environ.get(ENV_DW_PLANE, "")
+    if raw:
+        if raw not in SLIDE_PLANES:
+            raise ConfigError(ENV_DW_PLANE, raw, f"one of {SLIDE_PLANES} or unset")
+        return raw
+    if (threads or 1) >= 2 or (kw is not None and kw > 3) or (wo is not None and wo > ROW_KERNEL_MAX_WO_3X3):
+        return "channel"
+    return "whole"
 
 
 #: widest kernel that takes the sliding tap-quad kernel by default (`slide_applies`; measured on 3x3, 5x5, 7x7)
@@ -541,7 +648,8 @@ def slide_applies(avx512: bool, vnni: bool, vbmi: bool, kw: int | None, stride: 
 
 
 def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None = None,
-                  stride: int | None = None, ho: int | None = None, vbmi: bool = False) -> list[DwKnobs]:
+                  stride: int | None = None, ho: int | None = None, vbmi: bool = False,
+                  threads: int | None = None) -> list[DwKnobs]:
     """Schedules the tuner times, in the order `trials` cuts them (`tune.tune_depthwise`):
 
     1. the default for kernel width `kw` and vertical `stride` (`default_dw_knobs`), so tuning never makes a layer
@@ -549,19 +657,24 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
     2. the kernels `default_dw_knobs` chooses between on some shape, each at the vector width and rows per step its
        rule gives at this `wo`: vertical quads (VNNI, undilated: `stride` given), tap quads (VNNI), the row kernel
        (4 rows at >= 14 outputs, else 1, as the 3x3 rule; and about 8 row vectors in flight), tap pairs; with VNNI
-       and VBMI (`vbmi`, undilated stride 1 or 2) the sliding tap quads first among them;
+       and VBMI (`vbmi`, undilated stride 1 or 2) the sliding tap quads first among them, the default's own knobs
+       with the plane padded per channel group (`plane="channel"`: one parallel region) before all;
     3. every kernel at 8 and (AVX-512) 16 lanes, 4 for the row kernel without AVX-512, at 1, 2, 4 and 8 rows (the
-       sliding quads also at 16).
+       sliding quads also at 16, each with both planes, `SLIDE_PLANES`).
 
     With the output height `ho`, knobs that give the same kernel (rows fitted to a divisor of Ho, or to whole
     periods of the vertical-quad kernel) are listed once."""
     vec = 16 if avx512 and wo >= 14 else 8
     vecs = (8, 16) if avx512 else (8,)
-    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride, vbmi=vbmi)
+    default = default_dw_knobs(wo, avx512, vnni=vnni, kw=kw, stride=stride, vbmi=vbmi, threads=threads)
     slide = vnni and vbmi and stride in (1, 2)
     likely = []
     if slide:
-        likely += [DwKnobs(vec, False, _rows_for(wo, vec, r), slide=True) for r in (16, 8)]
+        # the default's own rows with the other plane first (the one parallel region, or the whole plane)
+        if default.slide:
+            likely.append(replace(default, plane="whole" if default.plane == "channel" else "channel"))
+        likely += [DwKnobs(vec, False, _rows_for(wo, vec, r), slide=True, plane=p) for r in (16, 8)
+                   for p in SLIDE_PLANES]
     if vnni and stride is not None:
         likely.append(DwKnobs(vec, False, 4, vquads=True))
     if vnni:
@@ -575,17 +688,18 @@ def dw_candidates(wo: int, avx512: bool, *, vnni: bool = False, kw: int | None =
             kinds += [(v, False, 2, True) for v in vecs]
     grid = [DwKnobs(v, pairs, r, taps, vq) for v, pairs, taps, vq in kinds for r in (1, 2, 4, 8)]
     if slide:
-        grid += [DwKnobs(v, False, r, slide=True) for v in vecs for r in (1, 2, 4, 8, 16)]
+        grid += [DwKnobs(v, False, r, slide=True, plane=p) for v in vecs for r in (1, 2, 4, 8, 16)
+                 for p in SLIDE_PLANES]
     grid.sort(key=lambda kn: kn.vec != vec)  # the default's width first (a stable sort keeps the rest in order)
 
     def kernel(kn: DwKnobs) -> tuple:
         if ho is None:
-            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.rows
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.plane, kn.rows
         if kn.vquads:  # rows in whole periods of the phase (`depthwise_conv_vquads_x86`), Ho padded to them
             period, _ = vquad_geometry(1, stride or 1)
-            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, min(max(period, kn.rows // period * period),
-                                                             -(-ho // period) * period)
-        return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, _fit_rows(ho, kn.rows)
+            return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.plane, min(
+                max(period, kn.rows // period * period), -(-ho // period) * period)
+        return kn.vec, kn.pairs, kn.taps, kn.vquads, kn.slide, kn.plane, _fit_rows(ho, kn.rows)
 
     out, seen = [], set()
     for kn in (default, *likely, *grid):
@@ -615,12 +729,13 @@ def _rows_for(wo: int, vec: int, accumulators: int = 8) -> int:
 
 def target_dw_knobs(wo: int, target: tvm.target.Target, kw: int | None = None,
                     stride: int | None = None) -> DwKnobs:
-    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product, VBMI); `kw` the kernel
-    width, `stride` the vertical stride (None where dilated)."""
+    """`default_dw_knobs` for what `target` can execute (AVX-512, a VNNI dot product, VBMI) and the thread count it
+    runs at (`threads.target_threads`); `kw` the kernel width, `stride` the vertical stride (None where dilated)."""
     from qcompile.backends.tvm.intrin.x86 import has_avx512, has_vbmi, has_vnni
+    from qcompile.backends.tvm.threads import target_threads
 
     return default_dw_knobs(wo, has_avx512(target), vnni=has_vnni(target), kw=kw, stride=stride,
-                            vbmi=has_vbmi(target))
+                            vbmi=has_vbmi(target), threads=target_threads(target))
 
 
 def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | None = None) -> tvm.tirx.PrimFunc:
@@ -636,7 +751,7 @@ def depthwise_kernel(dw: DwConv, knobs: DwKnobs, *, target: tvm.target.Target | 
     if knobs.vquads:
         return depthwise_conv_vquads_x86(dw, vec=knobs.vec, rows=knobs.rows)
     if knobs.slide:
-        return depthwise_conv_slide_x86(dw, vec=knobs.vec, rows=knobs.rows)
+        return depthwise_conv_slide_x86(dw, vec=knobs.vec, rows=knobs.rows, plane=knobs.plane)
     return depthwise_conv_x86(dw, vec=knobs.vec, rows=knobs.rows)
 
 

@@ -105,7 +105,7 @@ def tune_depthwise(workload: dict, target: tvm.target.Target, *, number: int = 2
             np.zeros((c, ho, wo), np.uint8)]
     candidates = dw_candidates(wo, has_avx512(target), vnni=has_vnni(target), kw=kw,
                                stride=stride[0] if dilation == (1, 1) else None, ho=ho,
-                               vbmi=has_vbmi(target))[: trials or None]
+                               vbmi=has_vbmi(target), threads=target_threads(target))[: trials or None]
     libs = [(kn, tvm.compile(depthwise_kernel(dw, kn, target=target), target=target)) for kn in candidates]
     operands: dict[tuple, list] = {}  # the kernels differ in weight packing: one weight operand per layout
 

@@ -30,7 +30,8 @@ def is_x86(target: tvm.target.Target) -> bool:
 #: shape-aware defaults, 8-lane tiles and vertical quads among the candidates, timed at the lowering's thread count;
 #: conv_gemm 4 (session 14): the one-region GEMM of `GemmKnobs.chunks` (the default at 2 threads on at most 784 px)
 #: and `GemmKnobs.vshift` (the requantize's per-lane shift, the default on 2 x 64 tiles) in the defaults and the grid.
-SCHEDULE_SPACE = {"conv_gemm": 4, "conv_dw": 3}
+#: conv_dw 4 (session 14): the sliding quads' plane padded per channel group (`DwKnobs.plane`) among the candidates.
+SCHEDULE_SPACE = {"conv_gemm": 4, "conv_dw": 4}
 
 
 def gemm_workload(params: dict) -> dict:

@@ -115,6 +115,22 @@ def schedule_lane_block(sch: s_tir.Schedule, blk: Any, at: Any, rb: Any, lanes_l
         sch.vectorize(e_ci)
 
 
+def _gemv_signature(gc: GemmConv, x: te.Tensor, wp: te.Tensor, bias: te.Tensor, acc_at: Any) -> list[te.Tensor]:
+    """The GEMV kernels' parameters `(x, wp, bias[, mult, shift, *post operands], out)` with the `epilogue` stage
+    over `acc_at(c, j)`, the int32 accumulator of channel `c` and pixel `j`: the requantize with its fused steps, or
+    the int32 bias add when the conv has no requantize."""
+    o, p = gc.o, gc.p
+    if not gc.requant:
+        return [x, wp, bias, te.compute((o, p), lambda c, j: acc_at(c, j) + bias[c], name="epilogue")]
+    mult = te.placeholder((o,), "int32", name="mult")
+    shift = te.placeholder((o,), "int32", name="shift")
+    post_ins = post_placeholders(gc.post, (o, p))
+    out = te.compute((o, p), lambda c, j: apply_post(
+        requant_expr(acc_at(c, j), bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min), gc.post, post_ins,
+        (c, j)), name="epilogue")
+    return [x, wp, bias, mult, shift, *post_ins, out]
+
+
 def pointwise_gemv_x86(gc: GemmConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x[K, P] u8, wp[O/L, K/4, L, 4] i8, bterm[O] i64, mult[O] i32, shift[O] i32, ...)
     -> out[O, P]` for a pointwise conv on `P <= GEMV_MAX_PIXELS` pixels (`GemmConv` with `conv=None`): uint8
@@ -141,17 +157,7 @@ def pointwise_gemv_x86(gc: GemmConv, lanes: int = 16) -> tvm.tirx.PrimFunc:
     def acc_at(c: Any, j: Any) -> Any:
         return acc[c // lanes, j, c % lanes]
 
-    if gc.requant:
-        mult = te.placeholder((o,), "int32", name="mult")
-        shift = te.placeholder((o,), "int32", name="shift")
-        post_ins = post_placeholders(gc.post, (o, p))
-        out = te.compute((o, p), lambda c, j: apply_post(
-            requant_expr(acc_at(c, j), bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min), gc.post, post_ins,
-            (c, j)), name="epilogue")
-        args = [x, wp, bias, mult, shift, *post_ins, out]
-    else:
-        out = te.compute((o, p), lambda c, j: acc_at(c, j) + bias[c], name="epilogue")
-        args = [x, wp, bias, out]
+    args = _gemv_signature(gc, x, wp, bias, acc_at)
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     blk = sch.get_sblock("gemv")
@@ -199,17 +205,7 @@ def pointwise_gemv_packed_x86(gc: GemmConv, bits: int) -> tvm.tirx.PrimFunc:
     def acc_at(c: Any, j: Any) -> Any:
         return at(j, c)
 
-    if gc.requant:
-        mult = te.placeholder((o,), "int32", name="mult")
-        shift = te.placeholder((o,), "int32", name="shift")
-        post_ins = post_placeholders(gc.post, (o, p))
-        out = te.compute((o, p), lambda c, j: apply_post(
-            requant_expr(acc_at(c, j), bias[c], mult[c], shift[c], gc.lo, gc.hi, gc.shift_min), gc.post, post_ins,
-            (c, j)), name="epilogue")
-        args = [x, wp, bias, mult, shift, *post_ins, out]
-    else:
-        out = te.compute((o, p), lambda c, j: acc_at(c, j) + bias[c], name="epilogue")
-        args = [x, wp, bias, out]
+    args = _gemv_signature(gc, x, wp, bias, acc_at)
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
     bo = schedule_packed(sch, kb, bits, rows_inside=True, epilogue="epilogue")
     ep = sch.get_sblock("epilogue")

@@ -105,6 +105,26 @@ def test_choose_weight_bits_rule():
             PG.PackedWeights(**bad)
 
 
+def _run_strategy(strat, call, x, consts, target, prefix):
+    """Emit `strat` for `call` on input `x` with constant operands `consts`, build it for `target` (its assembly must
+    use zmm `vpdpbusd`), run it: (output, the kernels' names starting with `prefix`, `strat.describe`)."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = strat.emit(bb, call, [xv, *(relax.const(c) for c in consts)])
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    names = [g.name_hint for g in mod.functions if g.name_hint.startswith(prefix)]
+    ex = tvm.compile(mod, target=target)
+    isa.check_instructions(ex, "avx512-vnni", r"vpdpbusd\s+.*%zmm")
+    if not isa.should_execute("avx512-vnni"):
+        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy(), names, strat.describe(call, consts[0])
+
+
 def _linear(op: str, bits: int | None, x, w, bias, mult=None, shift=None, target=VNNI512):
     params = {"x_shape": x.shape, "w_shape": w.shape, "out_shape": (x.shape[0], w.shape[0]), "node": "fc"}
     if bits is not None:
@@ -116,21 +136,7 @@ def _linear(op: str, bits: int | None, x, w, bias, mult=None, shift=None, target
     call = OpCall(op, params, target)
     strat = select_strategy(call)
     assert strat is not None and strat.name.startswith("x86_linear")
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            y = strat.emit(bb, call, [xv, *(relax.const(c) for c in consts)])
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    mod = bb.get()
-    names = [g.name_hint for g in mod.functions if g.name_hint.startswith("qc_linear")]
-    ex = tvm.compile(mod, target=target)
-    isa.check_instructions(ex, "avx512-vnni", r"vpdpbusd\s+.*%zmm")
-    if not isa.should_execute("avx512-vnni"):
-        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy(), names, strat.describe(call, w)
+    return _run_strategy(strat, call, x, consts, target, "qc_linear")
 
 
 @pytest.mark.parametrize("requant", [True, False])
@@ -187,21 +193,7 @@ def _pointwise(op: str, bits: int | None, x, w, bias, mult, shift, lo=2, hi=253,
     call = OpCall(op, params, target)
     strat = select_strategy(call)
     consts = [w, bias] + ([mult, shift] if op == "conv2d_requant" else [])
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            y = strat.emit(bb, call, [xv, *(relax.const(c) for c in consts)])
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    mod = bb.get()
-    names = [g.name_hint for g in mod.functions if g.name_hint.startswith("qc_")]
-    ex = tvm.compile(mod, target=target)
-    isa.check_instructions(ex, "avx512-vnni", r"vpdpbusd\s+.*%zmm")
-    if not isa.should_execute("avx512-vnni"):
-        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy(), names, strat.describe(call, w)
+    return _run_strategy(strat, call, x, consts, target, "qc_")
 
 
 @pytest.mark.parametrize("op", ["conv2d_requant", "conv2d"])

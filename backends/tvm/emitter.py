@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcompile.backends.tvm import kernels as K
+from qcompile.backends.tvm.schedules.conv import const_array
 from qcompile.backends.tvm.schedules.requant import EpilogueStep
 from qcompile.backends.tvm.strategy import OpCall, select_strategy
 from qcompile.errors import LoweringError
@@ -77,18 +78,6 @@ class _Shaped:
 
 
 _WORKLOAD_PARAMS = ("stride", "padding", "dilation", "groups")
-
-
-def _const_numpy(expr: Any) -> np.ndarray | None:
-    """The numpy value of a Relax constant (this TVM's `relax.Constant` holds it in `.value`, older ones in
-    `.data`), None for anything else. The weights `Strategy.describe` reads and the tuner times with; reading only
-    `.data` gave None for every layer, so weight-dependent modes (AVX2 `u8s8` vs `i16`, packed sub-8-bit
-    weights) were recorded and tuned as if the weights were unknown."""
-    for attr in ("value", "data"):
-        val = getattr(expr, attr, None)
-        if val is not None and hasattr(val, "numpy"):
-            return val.numpy()
-    return None
 
 
 def kernel_workload(op: str, strategy: Any, shapes: tuple[tuple[int, ...], ...], params: dict[str, Any],
@@ -315,7 +304,8 @@ class _Emitter:
         if self.use_strategies and call_params is not None:
             call = OpCall(op=op, params={**call_params, "node": nodes[-1].name}, target=self.target)
             w = args[1] if len(args) > 1 else None
-            wnp = _const_numpy(w)
+            # the layer's constant weights: `describe` and the tuner's call log see what the kernel is built from
+            wnp = const_array(w)
             if self.call_log is not None:
                 self.call_log.append((call, wnp))
             strat = select_strategy(call)

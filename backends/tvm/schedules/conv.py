@@ -65,16 +65,24 @@ def conv_kind(params: dict) -> str | None:
     return None
 
 
+def const_array(expr: Any) -> np.ndarray | None:
+    """numpy value of a Relax constant (this TVM's `relax.Constant` holds it in `.value`, older ones in `.data`),
+    None for anything else."""
+    for attr in ("value", "data"):
+        val = getattr(expr, attr, None)
+        if val is not None and hasattr(val, "numpy"):
+            return val.numpy()
+    return None
+
+
 def const_value(expr: relax.Expr, what: str, node: str) -> np.ndarray:
     """numpy value of a Relax constant (weights, bias, multipliers are constants by contract)."""
-    val = getattr(expr, "value", None)
+    val = const_array(expr)
     if val is None:
-        val = getattr(expr, "data", None)
-    if val is None or not hasattr(val, "numpy"):
         raise LoweringError(
             node, f"{what} is not a Relax constant ({type(expr).__name__})", "bind weights as relax.const"
         )
-    return val.numpy()
+    return val
 
 
 def pack_weights(w: np.ndarray, group: int, dtype: str) -> np.ndarray:

@@ -12,6 +12,7 @@ kernel (`driver.py`, `meta["driver"]`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ _DOT_CHECK_MAX = 8192
 #: bytes (a 64 KiB copy: 1.5 us on Zen 4, less than the ~3 us `main` adds to the driver by its allocations
 #: and `np.from_dlpack`; a larger output keeps `main` and its fresh output tensor)
 _COPY_OUT_MAX = 1 << 16
+_copyto = np.copyto  # a module global: one lookup less per call than `np.copyto`
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ class Lowered:
         self._driver_args: tuple = ()
         self._out_array: np.ndarray | None = None
         # (shape, dtype, strides) of the input the driver takes without a check from Python (it checks finiteness
-        # itself); None where it does not
+        # itself), then the bound input array, the driver bound to its arguments and the output array; None where
+        # it does not
         self._ready: tuple | None = None
 
     # -- properties ----------------------------------------------------------------------------------
@@ -286,14 +289,16 @@ class Lowered:
         if ready is not None and type(x) is np.ndarray and x.shape == ready[0] and x.dtype is ready[1] \
                 and x.strides == ready[2]:
             # a C-contiguous array of the bound input's shape and dtype: copied as it is; the driver checks
-            # finiteness itself before any kernel runs (`driver.finite_check`)
-            np.copyto(self._in_array, x)
+            # finiteness itself before any kernel runs (`driver.finite_check`). One tuple read, the driver bound
+            # to its arguments: 0.5 us less per call than attribute lookups and `*args` (docs/benchmarks_demo.md,
+            # "Per-call overhead, session 15")
+            _copyto(ready[3], x)
             try:
-                self._driver(*self._driver_args)
+                ready[4]()
             except Exception:
                 self._check_input(x)  # the driver refused a NaN/inf: the ConfigError says so
                 raise
-            return self._out_array.copy()
+            return ready[5].copy()
         bound = self._in_array
         if bound is not None and self._ready_input(x, bound):
             # an array the bound buffer takes as it is, with finite values (the cheapest test from Python)
@@ -385,7 +390,8 @@ class Lowered:
         self._driver = lib.get_function(DRIVER_NAME)
         if 0 in info.get("finite_checked", ()) or np.dtype(self.input_dtype).kind != "f":
             bound = self._in_array
-            self._ready = (bound.shape, bound.dtype, bound.strides)
+            self._ready = (bound.shape, bound.dtype, bound.strides, bound,
+                           functools.partial(self._driver, *self._driver_args), out)
 
     def library_path(self) -> Path:
         """Path of the shared library (written to a temp dir on first use for in-memory builds)."""

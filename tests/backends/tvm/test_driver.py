@@ -137,6 +137,10 @@ def test_call_runs_the_driver_directly(mbv2_x86, mbv2_graph):
     assert mbv2_x86._driver is not None and mbv2_x86._ready is not None
     assert mbv2_x86.meta["driver"]["finite_checked"] == [0]
     assert not np.shares_memory(y, mbv2_x86._out_array) and y.flags.owndata
+    # the short path's bound buffers (`_ready`: input, driver with its arguments, output) are the driver's own
+    assert mbv2_x86._ready[3] is mbv2_x86._in_array and mbv2_x86._ready[5] is mbv2_x86._out_array
+    assert not np.shares_memory(y, x) and not np.shares_memory(y, mbv2_x86._in_array)
+    assert mbv2_x86(x) is not y
     via_main = mbv2_x86._native_vm()["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(y, via_main)
     np.testing.assert_array_equal(y, G.reference(mbv2_graph, x))
@@ -218,3 +222,20 @@ def test_driver_through_main_where_not_called_directly(mbv2_graph, monkeypatch):
     bad.flat[3] = np.nan
     with pytest.raises(ConfigError, match="non-finite"):
         again(bad)
+
+
+def test_call_minus_driver_probe(mbv2_graph, monkeypatch):
+    """`benchmarks.overhead.call_minus_driver` (`--probe DIR`) times `__call__`, the driver and the input copy in
+    interleaved rounds and reports their difference; a lowering whose `__call__` runs VM `main` is refused."""
+    from benchmarks.overhead import call_minus_driver
+    from qcompile.backends.tvm import lowered
+
+    low = lower_integer_graph(mbv2_graph, "x86")
+    res = call_minus_driver(low, rounds=3, calls=5)
+    assert set(res["min_us"]) == {"call", "driver", "input_copy"}
+    assert all(v > 0 for v in res["min_us"].values())
+    assert res["call_minus_driver_min_us"] == res["min_us"]["call"] - res["min_us"]["driver"]
+    assert res["input_bytes"] == 4 * int(np.prod(low.input_shape)) and 0 <= res["input_mod_64"] < 64
+    monkeypatch.setattr(lowered, "_COPY_OUT_MAX", 0)
+    with pytest.raises(ValueError, match="does not call the native driver"):
+        call_minus_driver(lower_integer_graph(mbv2_graph, "x86"), rounds=1, calls=1)

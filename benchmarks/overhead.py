@@ -25,6 +25,10 @@ Each build of `--builds` (default both) is measured in the same rounds: `driver`
 `main` calls one native function that calls every kernel (`backends/tvm/driver.py`), and `vm`, the same kernels
 with one Relax VM instruction per kernel call (`finalize_passes(native_driver=False)`, the figure before it).
 
+`--probe DIR` measures instead what `Lowered.__call__` adds to the native driver of an exported lowering
+(`call_minus_driver`: `__call__`, the driver on its prepared tensors and the input copy alone, interleaved rounds),
+e.g. MobileNetV2 224 at 2 threads.
+
 `--keep-views` builds without `AbsorbReshapeViews` (backends/tvm/views.py), for the before figure: the reshape
 views between kernels then stay VM instructions. `--unfused` builds without the emitter's fusions (elementwise ops
 in conv epilogues, `emitter.FUSED_EPILOGUE_OPS`; float islands as one kernel, `emitter.FUSE_FLOAT_ISLANDS`): each
@@ -258,6 +262,53 @@ def _pipeline(keep_views: bool, driver: bool) -> Any:
         finalize_passes, absorb_views=not keep_views, native_driver=driver))
 
 
+def call_minus_driver(low: Any, rounds: int, calls: int, seed: int = 0) -> dict[str, Any]:
+    """What `Lowered.__call__` adds to its native driver on an exported lowering (`--probe DIR`, e.g. MobileNetV2
+    224): per round (interleaved, rotating order) the median of `calls` calls of `__call__` on a float input as
+    numpy makes it, of the driver called from Python on its prepared tensors, and of the input copy into the bound
+    buffer alone (us); minima and medians over rounds. ValueError for a lowering whose `__call__` does not call the
+    driver directly (no driver, a dynamic batch, or an output above `lowered._COPY_OUT_MAX` bytes)."""
+    x = np.random.default_rng(seed).standard_normal(low.input_shape).astype(low.input_dtype)
+    low(x)
+    if low._driver is None or low._ready is None:
+        raise ValueError(f"{low}: __call__ does not call the native driver directly here")
+    quantities = {"call": lambda: low(x), "driver": lambda: low._driver(*low._driver_args),
+                  "input_copy": lambda: np.copyto(low._in_array, x)}
+    samples: dict[str, list[float]] = {k: [] for k in quantities}
+    names = list(quantities)
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(median_us(quantities[name], calls))
+    mins = {k: float(np.min(v)) for k, v in samples.items()}
+    meds = {k: float(np.median(v)) for k, v in samples.items()}
+    return {"min_us": mins, "median_us": meds, "call_minus_driver_min_us": mins["call"] - mins["driver"],
+            "call_minus_driver_median_us": meds["call"] - meds["driver"], "input_bytes": int(x.nbytes),
+            "input_mod_64": int(x.ctypes.data % 64)}
+
+
+def _probe(a: argparse.Namespace) -> None:
+    """`--probe DIR`: `call_minus_driver` of an exported lowering, printed and written to `--out`."""
+    import qcompile as qc
+    from qcompile.bench.harness import _cpu_info
+    from qcompile.utils.io import atomic_write_text
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    low = qc.load(a.probe)
+    load_before = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    res = call_minus_driver(low, a.rounds, a.calls)
+    res["meta"] = {"lowered": str(a.probe), "cpu": _cpu_info("model name") or platform.processor(),
+                   "threads": low.num_threads, "load_before": load_before,
+                   "load_after": "/".join(f"{v:.1f}" for v in os.getloadavg()),
+                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "probe.json", json.dumps(res, indent=1))
+    log.info("__call__ minus the driver: %.1f us by minima, %.1f by medians (input copy alone %.1f us; %s)",
+             res["call_minus_driver_min_us"], res["call_minus_driver_median_us"], res["min_us"]["input_copy"],
+             res["meta"])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -272,7 +323,13 @@ def main(argv: list[str] | None = None) -> None:
                                                                                     BUILDS.items()))
     ap.add_argument("--unfused", action="store_true",
                     help="build without epilogue and float-island fusion (one kernel per elementwise op)")
+    ap.add_argument("--probe", metavar="DIR",
+                    help="instead: what __call__ adds to the native driver of the exported lowering DIR "
+                         "(call_minus_driver), e.g. MobileNetV2 224 at --threads 2")
     a = ap.parse_args(argv)
+    if a.probe:
+        _probe(a)
+        return
     kinds = [k.strip() for k in a.builds.split(",") if k.strip()]
     if not kinds or any(k not in BUILDS for k in kinds):
         ap.error(f"--builds {a.builds!r}: a comma-separated list of {', '.join(BUILDS)}")
@@ -316,3 +373,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -89,15 +89,17 @@ def quantize_product_bounds(offset: float, qmax: int) -> tuple[float, float] | N
     return None
 
 
-def quantize(x: te.Tensor, inv_scale: float, offset: float, qmax: int, name: str = "quantize") -> te.Tensor:
+def quantize(x: te.Tensor, inv_scale: float, offset: float, qmax: int, name: str = "quantize", *,
+             product_bounds: bool = True) -> te.Tensor:
     """`clamp(floor(f64(x) * inv_scale + offset), 0, qmax)` as uint8 (BatchQuant Eq. 5).
 
     Computed as `trunc(clamp(f64(x) * inv_scale, p_lo, p_hi) + offset)` (`quantize_product_bounds`, the same codes
     for every input): one clamp on the product instead of a clamp on the product, a floor and a clamp on the sum.
     The clamp also keeps the product a separately rounded float64 (see `_PRODUCT_BOUND`). A NaN product becomes
     `p_hi` (code qmax) in both forms: the `min` comes first and returns its bound on NaN.
+    `product_bounds=False` builds the floor-and-clamp form (the kernel before session 15, for `benchmarks.front`).
     """
-    bounds = quantize_product_bounds(offset, qmax)
+    bounds = quantize_product_bounds(offset, qmax) if product_bounds else None
 
     def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
         p = x(*i).astype(F64) * _f64(inv_scale)

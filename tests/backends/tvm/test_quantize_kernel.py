@@ -23,10 +23,11 @@ from qcompile.backends.tvm.targets import host_x86_target  # noqa: E402
 from qcompile.ops import reference as R  # noqa: E402
 
 
-def _kernel(shape: tuple[int, ...], inv_scale: float, offset: float, qmax: int):
+def _kernel(shape: tuple[int, ...], inv_scale: float, offset: float, qmax: int, product_bounds: bool = True):
     """The kernel as the emitter builds it (default schedule: vectorised where the size allows), as a function."""
     xt = te.placeholder(shape, "float32", name="x")
-    func = schedule_primfunc(te.create_prim_func([xt, K.quantize(xt, inv_scale, offset, qmax)]), "quantize")
+    q = K.quantize(xt, inv_scale, offset, qmax, product_bounds=product_bounds)
+    func = schedule_primfunc(te.create_prim_func([xt, q]), "quantize")
     lib = tvm.compile(func, target=tvm.target.Target(host_x86_target(2)))
     dev = tvm.cpu()
 
@@ -108,6 +109,17 @@ def test_quantize_kernel_rounds_product_before_add(code):
         got = _run(xs, inv_scale, offset, 255)
         np.testing.assert_array_equal(got, _reference(xs, inv_scale, offset, 255))
         assert got.ravel()[0] == code
+
+
+def test_quantize_kernel_floor_form_bit_exact():
+    """`product_bounds=False` (the floor-and-clamp kernel, kept for `benchmarks.front`) gives the same codes."""
+    rng = np.random.default_rng(5)
+    shape = (1, 3, 16, 16)
+    vals = rng.permutation(_boundary_inputs(rng, 768, 1 / 0.018712, 114.5, 255))
+    run = _kernel(shape, 1 / 0.018712, 114.5, 255, product_bounds=False)
+    for start in range(0, len(vals), 768):
+        x = np.resize(vals[start:start + 768], shape).astype(np.float32)
+        np.testing.assert_array_equal(run(x), _reference(x, 1 / 0.018712, 114.5, 255))
 
 
 def test_quantize_kernel_large_offset_keeps_floor_form():

@@ -10,6 +10,7 @@ docs/integer_semantics.md "Fixed-point rule", gemmlowp's rounding). Float island
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from tvm import te, tirx
@@ -63,11 +64,48 @@ def _clamp_u8(v: tirx.PrimExpr, lo: int, hi: int) -> tirx.PrimExpr:
     return tirx.max(tirx.min(v, _c64(hi)), _c64(lo)).astype("uint8")
 
 
-def quantize(x: te.Tensor, inv_scale: float, offset: float, qmax: int, name: str = "quantize") -> te.Tensor:
-    """`clamp(floor(f64(x) * inv_scale + offset), 0, qmax)` as uint8 (BatchQuant Eq. 5)."""
+def quantize_product_bounds(offset: float, qmax: int) -> tuple[float, float] | None:
+    """`(p_lo, p_hi)` such that, for every float64 product `p` (x * inv_scale, rounded),
+    `trunc(min(max(p, p_lo), p_hi) + offset)` (float64 add) equals `clamp(floor(p + offset), 0, qmax)`; None where
+    `offset` is too large for the bounds to be exact (the kernel then keeps the floor-and-clamp form).
+
+    Why it holds: `p_lo = -offset` makes `p_lo + offset` exactly 0, and `p_hi` is the float64 nearest `qmax - offset`
+    moved until `p_hi + offset` (rounded) lies in `[qmax, qmax + 1)`. Rounding is monotone, so a product below
+    `p_lo` gives a sum <= 0 (code 0 either way), one above `p_hi` a sum >= qmax (code qmax either way), and one
+    between them a sum in `[0, qmax + 1)`, where truncation is the floor and the clamp changes nothing.
+    """
+    off, top = float(offset), float(qmax)
+    if not (abs(off) <= _PRODUCT_BOUND / 2 and 0 < qmax <= 255):
+        return None
+    p_hi = top - off
+    for _ in range(64):  # a few ulps at most: qmax - offset is rounded once
+        s = p_hi + off
+        if s < top:
+            p_hi = math.nextafter(p_hi, math.inf)
+        elif s >= top + 1.0:
+            p_hi = math.nextafter(p_hi, -math.inf)
+        else:
+            return -off, p_hi
+    return None
+
+
+def quantize(x: te.Tensor, inv_scale: float, offset: float, qmax: int, name: str = "quantize", *,
+             product_bounds: bool = True) -> te.Tensor:
+    """`clamp(floor(f64(x) * inv_scale + offset), 0, qmax)` as uint8 (BatchQuant Eq. 5).
+
+    Computed as `trunc(clamp(f64(x) * inv_scale, p_lo, p_hi) + offset)` (`quantize_product_bounds`, the same codes
+    for every input): one clamp on the product instead of a clamp on the product, a floor and a clamp on the sum.
+    The clamp also keeps the product a separately rounded float64 (see `_PRODUCT_BOUND`). A NaN product becomes
+    `p_hi` (code qmax) in both forms: the `min` comes first and returns its bound on NaN.
+    `product_bounds=False` builds the floor-and-clamp form (the kernel before session 15, for `benchmarks.front`).
+    """
+    bounds = quantize_product_bounds(offset, qmax) if product_bounds else None
 
     def f(*i: tirx.PrimExpr) -> tirx.PrimExpr:
         p = x(*i).astype(F64) * _f64(inv_scale)
+        if bounds is not None:
+            p = tirx.max(tirx.min(p, _f64(bounds[1])), _f64(bounds[0]))
+            return (p + _f64(offset)).astype("uint8")
         # The clamp keeps the product a separately rounded float64 (see _PRODUCT_BOUND).
         p = tirx.max(tirx.min(p, _f64(_PRODUCT_BOUND)), _f64(-_PRODUCT_BOUND))
         v = tirx.floor(p + _f64(offset))

@@ -134,11 +134,13 @@ def test_conv_requant_bit_exact(c, h, w, o, k, s, p, groups, pad_value, x_all):
 # the shape-aware default tiles through the strategy (gemm.default_knobs): a full 3x3 conv on a 7x7 output (im2col
 # into 8-lane whole rows), K=16 expands on 16x16 pixels (2 x 64, 64 codes per store) and 8x12 pixels (6 x 32) and a
 # K=48 -> 16 project on 56x56 pixels
-# (packing over chunks of pixel tiles, `GemmKnobs.pack_tiles`)
+# (packing over chunks of pixel tiles, `GemmKnobs.pack_tiles`) and a stem-like 3x3 s2 conv of 3 channels (K = 27)
 CASES_VNNI512 = [*CASES[:4], pytest.param(16, 7, 7, 24, 3, 1, 1, 1, 9, id="full-3x3-7x7-ymm-rows"),
                  pytest.param(16, 16, 16, 48, 1, 1, 0, 1, 0, id="pointwise-k16-2x64-store64"),
                  pytest.param(16, 8, 12, 48, 1, 1, 0, 1, 0, id="pointwise-k16-6x32"),
-                 pytest.param(48, 56, 56, 16, 1, 1, 0, 1, 0, id="pointwise-k48-56x56-pack-chunks")]
+                 pytest.param(48, 56, 56, 16, 1, 1, 0, 1, 0, id="pointwise-k48-56x56-pack-chunks"),
+                 # the stem's shape (K = 27, stride 2) on 32x32 px: 2 x 64 storing 64 codes, per-lane shift
+                 pytest.param(3, 64, 64, 32, 3, 2, 1, 1, 7, id="full-3x3-s2-k27-2x64-store64")]
 
 
 @pytest.mark.parametrize("c,h,w,o,k,s,p,groups,pad_value", CASES_VNNI512)
@@ -295,8 +297,8 @@ def test_gemm_vnni_exact_8bit(mode, knobs):
 def test_default_gemm_knobs_by_shape():
     """Which untuned tile a GEMM gets (issue 20, docs/peers.md session 12): a whole-row tile of 8-lane calls where
     that pads fewer of <= 64 pixels than 16 lanes would (MobileNetV2's 7x7 layers), 2 x 64 (64 codes per store,
-    session 13) or 6 x 32 for K <= 24 where 64 or 32 divides P (the expands at 112 and 56 px), else 12 x 16; other
-    modes keep their tile whatever the shape."""
+    session 13) or 6 x 32 for K <= 28 where 64 or 32 divides P (the expands at 112 and 56 px, the stem), else
+    12 x 16; other modes keep their tile whatever the shape."""
     from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
 
     assert default_knobs("vnni512") == GemmKnobs(12, 16)
@@ -306,8 +308,12 @@ def test_default_gemm_knobs_by_shape():
     assert default_knobs("vnni512", 16, 12544) == GemmKnobs(2, 64, store64=True, vshift=True)  # 16->96 at 112 px
     assert default_knobs("vnni512", 24, 3136) == GemmKnobs(2, 64, store64=True, vshift=True)  # 24->144 at 56 px
     assert default_knobs("vnni512", 24, 96) == GemmKnobs(6, 32)  # 32 | P, not 64
-    for k, p in ((16, 196), (32, 784), (27, 12544), (25, 3136), (96, 196), (64, 16), (64, 64)):
-        # 14x14 (no 32 multiple), K = 25-32, 4x4 and 8x8 (8 and 16 lanes pad alike): the 12 x 16 tile
+    # K = 25-28 (session 15): the stem's im2col GEMM (K = 27 at 112 px) and the like take the same 2 x 64
+    for k, p in ((27, 12544), (25, 3136), (28, 12544)):
+        assert default_knobs("vnni512", k, p) == GemmKnobs(2, 64, store64=True, vshift=True), (k, p)
+    assert default_knobs("vnni512", 27, 96) == GemmKnobs(6, 32)
+    for k, p in ((16, 196), (32, 784), (29, 12544), (32, 3136), (96, 196), (64, 16), (64, 64)):
+        # 14x14 (no 32 multiple), K = 29-32, 4x4 and 8x8 (8 and 16 lanes pad alike): the 12 x 16 tile
         assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)
     for mode in ("vnni", "u8s8", "i16"):
         assert default_knobs(mode, 16, 49) == default_knobs(mode, 16, 12544) == GemmKnobs(8, 16)

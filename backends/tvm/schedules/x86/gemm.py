@@ -174,8 +174,10 @@ NARROW_ROW_MAX_P = 64
 #: accumulators (`to` x vectors) of that whole-row tile: 3 x 7 at 49 px, leaving registers for the 7 activations
 NARROW_ROW_ACC = 21
 #: `default_knobs`: GEMMs of at most this reduction depth K (whose requantize epilogue outweighs the K/4
-#: `vpdpbusd` per vector) take two zmm per channel (6 x 32) where P is a multiple of 32
-SMALL_K_MAX = 24
+#: `vpdpbusd` per vector) take two zmm per channel (6 x 32) where P is a multiple of 32, 2 x 64 where 64 divides P.
+#: 28 (session 15): the stem's im2col GEMM (K = 27, padded to 28) on 12544 px 0.93x the 12 x 16 tile, pointwise
+#: K = 28 at 112 px 0.92x, K = 27 at 56 px 0.93x (1 thread, interleaved minima, docs/peers.md session 15)
+SMALL_K_MAX = 28
 #: `default_knobs`: GEMMs of at least this many pixels with more reduction rows than output channels (K > O:
 #: MobileNetV2's project layers 32x12544->16, 96x3136->24, 144x3136->24) pack their activations over chunks of
 #: `PACK_CHUNK_PX` pixels (`GemmKnobs.pack_tiles`), so at 2 threads each thread packs what it multiplies
@@ -225,7 +227,8 @@ def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int 
       320->1280 at 7x7: 0.71-0.87x the 12x16 tile's time);
     - `k <= SMALL_K_MAX` with `p % 32 == 0`: 6 x 32, two zmm per channel, so the epilogue's per-channel
       operands are loaded once per two vectors and the accumulators stay in registers (16->96 at 112 px 0.88x,
-      24->144 at 56 px 0.94x; where 32 does not divide P the padded tile and its crop were 1.6x slower);
+      24->144 at 56 px 0.94x; where 32 does not divide P the padded tile and its crop were 1.6x slower; the stem,
+      K = 27, takes the 2 x 64 below since session 15);
       where 64 divides P, 2 x 64 with `store64` instead (64 codes narrowed per store: 16->96 at 112 px and
       24->144 at 56 px 0.935x and 0.947x the 6 x 32 tile, docs/peers.md session 13).
 

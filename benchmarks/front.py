@@ -1,0 +1,113 @@
+"""MobileNetV2's front (issue 20, session 15): the input quantize and the stem, before and after, interleaved.
+
+`python -m benchmarks.front [--rounds R] [--number N]` builds, for this host (2-core target):
+
+- the input quantize of 1x3x224x224 float32 (`kernels.quantize`, default schedule), in its floor-and-clamp form
+  (`product_bounds=False`, the kernel before session 15) and its clamped-product form (today's), for the peer
+  harness's quantizer (inv_scale 32, offset 128.5) and a calibrated one (1/0.018712, 114.5);
+- the stem (3x3 s2, 3->32, 224 px in: the im2col GEMM, K = 27) with the 12 x 16 tile (the default before session
+  15) and the 2 x 64 tile with `store64` and `vshift` (today's `default_knobs`, `gemm.SMALL_K_MAX` = 28).
+
+Each pair's outputs are compared equal, then every variant is timed once per round, in turn (R rounds), and the
+minimum over all rounds is printed (us): on a shared machine the fastest call is the kernel's own speed, and
+interleaving keeps a change of load from favouring one variant. The quantize is timed by TVM's `time_evaluator`
+(N single calls per round), the stem by `time.perf_counter` around N single calls (`benchmarks.kernels`' helper;
+both variants pay the same Python call). Run it once per thread count (`TVM_NUM_THREADS=1` and `=2`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+SHAPE = (1, 3, 224, 224)
+#: (label, inv_scale, offset): the peer harness's MobileNetV2 input quantizer, and a calibrated-looking one
+QUANTIZERS = (("harness", 32.0, 128.5), ("calibrated", 1 / 0.018712, 114.5))
+
+
+def quantize_runs(number: int) -> dict[str, Callable[[], float]]:
+    """Name -> one round (the minimum of `number` calls, seconds) of each quantize variant."""
+    import tvm
+    from tvm import te
+
+    from qcompile.backends.tvm import kernels as K
+    from qcompile.backends.tvm.pipeline import schedule_primfunc
+    from qcompile.backends.tvm.targets import host_x86_target
+
+    target = tvm.target.Target(host_x86_target(2))
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    x = tvm.runtime.tensor((rng.standard_normal(SHAPE) * 2.5).astype(np.float32), dev)
+    runs: dict[str, Callable[[], float]] = {}
+    for label, inv, off in QUANTIZERS:
+        outs = {}
+        for form, bounds in (("floor", False), ("clamp", True)):
+            xt = te.placeholder(SHAPE, "float32", name="x")
+            func = te.create_prim_func([xt, K.quantize(xt, inv, off, 255, product_bounds=bounds)])
+            lib = tvm.compile(schedule_primfunc(func, "quantize"), target=target)
+            out = tvm.runtime.tensor(np.zeros(SHAPE, np.uint8), dev)
+            lib["main"](x, out)
+            outs[form] = out.numpy()
+            ev = lib.mod.time_evaluator("main", dev, number=1, repeat=number)
+            runs[f"quantize {label} {form}"] = (lambda ev=ev, out=out: min(ev(x, out).results))
+        if not (outs["floor"] == outs["clamp"]).all():
+            raise AssertionError(f"quantize {label}: the two forms differ")
+    return runs
+
+
+def stem_runs(number: int) -> dict[str, Callable[[], float]]:
+    """Name -> one round of each stem tile (the minimum of `number` single calls, seconds)."""
+    import tvm
+
+    from benchmarks.kernels import qc_layer_kernel
+    from benchmarks.mbv2 import ConvLayer
+    from qcompile.backends.tvm.schedules.x86.gemm import GemmKnobs
+    from qcompile.backends.tvm.targets import host_x86_target
+
+    target = tvm.target.Target(host_x86_target(2))
+    tiles = {"stem 12x16 (old)": GemmKnobs(12, 16), "stem 2x64 store64 vshift (new)": GemmKnobs(2, 64, store64=True,
+                                                                                                vshift=True)}
+    runs: dict[str, Callable[[], float]] = {}
+    outs = []
+    for name, knobs in tiles.items():
+        run, _, out = qc_layer_kernel(ConvLayer(3, 224, 32, 3, 2, 1), target, knobs=knobs, with_out=True)
+        run()
+        outs.append(out())
+
+        def one_round(run: Callable[[], object] = run) -> float:
+            best = float("inf")
+            for _ in range(number):
+                t = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t)
+            return best
+
+        runs[name] = one_round
+    if not (outs[0] == outs[1]).all():
+        raise AssertionError("stem: the two tiles differ")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--number", type=int, default=20)
+    args = ap.parse_args(argv)
+    runs = {**quantize_runs(args.number), **stem_runs(args.number)}
+    load0 = os.getloadavg()[0]
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(args.rounds):
+        for name, one_round in runs.items():
+            best[name] = min(best[name], one_round())
+    print(f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, {args.rounds} rounds x {args.number} calls, "
+          f"load {load0:.2f} -> {os.getloadavg()[0]:.2f}; minima in us:")
+    for name, sec in best.items():
+        print(f"  {name:36s} {sec * 1e6:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

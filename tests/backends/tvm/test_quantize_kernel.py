@@ -1,0 +1,153 @@
+"""The input quantize kernel (`kernels.quantize`, default schedule) bit-exact against `qcompile.ops.reference`.
+
+The kernel clamps the float64 product to `quantize_product_bounds` and truncates the sum instead of flooring and
+clamping it; these tests put inputs on the places where the two forms could part: sums that are exact integers
+(ties of the floor), one ulp either side of them, the codes 0 and qmax and the products just past the bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+from tvm import te  # noqa: E402
+
+from qcompile.backends.tvm import kernels as K  # noqa: E402
+from qcompile.backends.tvm.pipeline import schedule_primfunc  # noqa: E402
+from qcompile.backends.tvm.targets import host_x86_target  # noqa: E402
+from qcompile.ops import reference as R  # noqa: E402
+
+
+def _kernel(shape: tuple[int, ...], inv_scale: float, offset: float, qmax: int, product_bounds: bool = True):
+    """The kernel as the emitter builds it (default schedule: vectorised where the size allows), as a function."""
+    xt = te.placeholder(shape, "float32", name="x")
+    q = K.quantize(xt, inv_scale, offset, qmax, product_bounds=product_bounds)
+    func = schedule_primfunc(te.create_prim_func([xt, q]), "quantize")
+    lib = tvm.compile(func, target=tvm.target.Target(host_x86_target(2)))
+    dev = tvm.cpu()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = tvm.runtime.tensor(np.zeros(shape, np.uint8), dev)
+        lib["main"](tvm.runtime.tensor(x, dev), out)
+        return out.numpy()
+
+    return run
+
+
+def _run(x: np.ndarray, inv_scale: float, offset: float, qmax: int) -> np.ndarray:
+    return _kernel(x.shape, inv_scale, offset, qmax)(x)
+
+
+def _reference(x: np.ndarray, inv_scale: float, offset: float, qmax: int) -> np.ndarray:
+    return R.quantize(torch.from_numpy(x), inv_scale, offset, qmax).numpy()
+
+
+def _boundary_inputs(rng: np.random.Generator, n: int, inv_scale: float, offset: float, qmax: int) -> np.ndarray:
+    """float32 inputs whose float64 sums land on the integers -2..qmax+2 (ties of the floor), the float32
+    neighbours of those inputs, and random values across and beyond the code range."""
+    codes = np.arange(-2, qmax + 3, dtype=np.float64)
+    exact = ((codes - offset) / inv_scale).astype(np.float32)
+    near = np.concatenate([exact, np.nextafter(exact, np.float32(np.inf)), np.nextafter(exact, np.float32(-np.inf))])
+    span = (qmax + 4) / abs(inv_scale)
+    rand = (rng.uniform(-span, span, n) - offset / inv_scale).astype(np.float32)
+    return np.concatenate([near, rand])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 224, 224), (1, 3, 7, 5), (2, 3, 17, 16)])
+@pytest.mark.parametrize(("inv_scale", "offset", "qmax"), [
+    (32.0, 128.5, 255),  # MobileNetV2 224's input quantizer in the peer harness: power-of-two scale
+    (1 / 0.018712, 114.5, 255),  # a calibrated scale, integer zero point + 0.5
+    (41.37, 3.2871, 15),  # 4 bits, fractional zero point
+    (7.3, 0.5, 1),  # 1 bit: one code boundary
+    (-13.1, 200.75, 255),  # negative scale: the product bounds do not rely on the sign
+])
+def test_quantize_kernel_bit_exact(shape, inv_scale, offset, qmax):
+    rng = np.random.default_rng(int(qmax) + len(shape))
+    n = math.prod(shape)
+    vals = rng.permutation(_boundary_inputs(rng, n, inv_scale, offset, qmax))
+    run = _kernel(shape, inv_scale, offset, qmax)
+    seen: set[int] = set()
+    for start in range(0, len(vals), n):  # every boundary input, in as many calls as the shape needs
+        x = np.resize(vals[start:start + n], shape).astype(np.float32)
+        got = run(x)
+        np.testing.assert_array_equal(got, _reference(x, inv_scale, offset, qmax))
+        seen |= set(np.unique(got).tolist())
+    assert seen == set(range(qmax + 1))  # every code, both clamp bounds included
+
+
+def _rounded_up_products(inv_scale: float, count: int) -> list[tuple[float, float]]:
+    """float32 inputs `x` (around 100 / inv_scale) whose float64 product `p = x * inv_scale` rounded up, with `p`."""
+    found = []
+    for j in range(1, 10_000):
+        x = float(np.float32(100.0 / inv_scale + j * 1e-3))
+        p = x * inv_scale
+        if Fraction(p) > Fraction(x) * Fraction(inv_scale):
+            found.append((x, p))
+            if len(found) == count:
+                return found
+    raise AssertionError("no rounded-up products")
+
+
+@pytest.mark.parametrize("code", [1, 2, 200])
+def test_quantize_kernel_rounds_product_before_add(code):
+    """The product is rounded to float64 before the offset is added (the contract's two roundings, not one fused
+    multiply-add): with `offset = code - p` the sum is exactly `code`, while the exact `x * inv_scale + offset`
+    lies just below it, so a fused multiply-add would give `code - 1`. Codes near 0 make the sum's ulp finer than
+    the product's rounding error, which is where the two differ."""
+    inv_scale = 1 / 0.018712
+    for x, p in _rounded_up_products(inv_scale, 3):
+        offset = code - p
+        assert Fraction(offset) == code - Fraction(p)  # exact: the sum below is exactly `code`
+        assert Fraction(x) * Fraction(inv_scale) + Fraction(offset) < code
+        xs = np.resize(np.array([x, np.nextafter(np.float32(x), np.float32(np.inf)), -1e3, 1e3], np.float32),
+                       (1, 3, 16, 16))
+        got = _run(xs, inv_scale, offset, 255)
+        np.testing.assert_array_equal(got, _reference(xs, inv_scale, offset, 255))
+        assert got.ravel()[0] == code
+
+
+def test_quantize_kernel_floor_form_bit_exact():
+    """`product_bounds=False` (the floor-and-clamp kernel, kept for `benchmarks.front`) gives the same codes."""
+    rng = np.random.default_rng(5)
+    shape = (1, 3, 16, 16)
+    vals = rng.permutation(_boundary_inputs(rng, 768, 1 / 0.018712, 114.5, 255))
+    run = _kernel(shape, 1 / 0.018712, 114.5, 255, product_bounds=False)
+    for start in range(0, len(vals), 768):
+        x = np.resize(vals[start:start + 768], shape).astype(np.float32)
+        np.testing.assert_array_equal(run(x), _reference(x, 1 / 0.018712, 114.5, 255))
+
+
+def test_quantize_kernel_large_offset_keeps_floor_form():
+    """An offset beyond the product bounds' range keeps the floor-and-clamp form, still bit-exact."""
+    offset = 2.0**40
+    assert K.quantize_product_bounds(offset, 255) is None
+    x = np.array([-(2.0**40) - 3, -(2.0**40), -(2.0**40) + 100.5, 0.0, 1.0, 3e12], np.float32).reshape(1, 1, 2, 3)
+    np.testing.assert_array_equal(_run(x, 1.0, offset, 255), _reference(x, 1.0, offset, 255))
+
+
+def test_quantize_kernel_nan_and_inf_unchanged():
+    """NaN and +inf give qmax, -inf gives 0, as the floor-and-clamp kernel did (the `min` on the product comes
+    first and returns its bound on NaN); the network refuses such inputs before any kernel runs."""
+    x = np.resize(np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32), (1, 3, 8, 8))
+    got = _run(x, 0.37, 3.25, 255).ravel()[:6]
+    assert got.tolist() == [255, 255, 255, 0, 3, 3]
+
+
+@pytest.mark.parametrize("qmax", [1, 15, 255])
+def test_quantize_product_bounds(qmax):
+    """At the bounds and one ulp beyond them, `trunc(clamp(p) + offset)` equals `clamp(floor(p + offset))` in
+    float64, for offsets of every magnitude the kernel takes."""
+    rng = np.random.default_rng(qmax)
+    offsets = np.concatenate([rng.uniform(-300, 300, 200), rng.uniform(-1e9, 1e9, 50), [0.0, 0.5, -0.5, 1e-300,
+                              2.0**39, -(2.0**39)], np.arange(-3, qmax + 3) + 0.5])
+    for off in offsets.tolist():
+        p_lo, p_hi = K.quantize_product_bounds(off, qmax)
+        assert p_lo + off == 0.0 and qmax <= p_hi + off < qmax + 1
+        for p in (p_lo, p_hi, *(math.nextafter(b, d) for b in (p_lo, p_hi) for d in (-math.inf, math.inf))):
+            want = min(max(math.floor(p + off), 0), qmax)
+            assert math.trunc(min(max(p, p_lo), p_hi) + off) == want, (off, p)

@@ -34,9 +34,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DRIVER_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info"]
+__all__ = ["DRIVER_NAME", "PROFILE_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info"]
 
 DRIVER_NAME = "qc_driver"
+#: the driver's profiling twin in the same library: the same calls, plus a cycle-counter stamp before each call
+#: and after the last, into one more int64 buffer (`profile.py`); `main` never calls it
+PROFILE_NAME = "qc_driver_profile"
 #: PrimFunc attribute of the driver: the kernel symbols it calls, in order (`driver_calls`)
 DRIVER_CALLS_ATTR = "qcompile.driver_calls"
 #: PrimFunc attribute of the driver: indices of main's float inputs it checks for NaN/inf before any kernel
@@ -46,6 +49,27 @@ DRIVER_CHECKS_ATTR = "qcompile.driver_finite_checked"
 DRIVER_BLOB_NAME = "qc_driver_blob"
 #: byte alignment of every arena and blob offset (TVM's kAllocAlignment: kernels assume it of their buffers)
 ALIGN = 64
+
+
+#: Environment variable: calls a tensor's bytes rest after its last read before another kernel's output may take
+#: them (`_first_fit`); unset is `DEFAULT_ARENA_GAP`.
+ENV_ARENA_GAP = "QCOMPILE_ARENA_GAP"
+DEFAULT_ARENA_GAP = 0
+
+
+def arena_gap() -> int:
+    """The arena's reuse gap in force (`ENV_ARENA_GAP`, else `DEFAULT_ARENA_GAP`); `ConfigError` for a value that
+    is not an integer >= 0."""
+    import os
+
+    from qcompile.errors import ConfigError
+
+    raw = os.environ.get(ENV_ARENA_GAP, "")
+    if raw == "":
+        return DEFAULT_ARENA_GAP
+    if not raw.isdigit():
+        raise ConfigError(ENV_ARENA_GAP, raw, "an integer >= 0 (calls between a tensor's last read and reuse)")
+    return int(raw)
 
 
 class _NotApplicable(Exception):
@@ -96,13 +120,14 @@ def _symbol(func: Any, name: str) -> str:
     return str(attrs["global_symbol"]) if attrs is not None and "global_symbol" in attrs else name
 
 
-def _first_fit(slots: list[_Slot]) -> int:
+def _first_fit(slots: list[_Slot], gap: int = 0) -> int:
     """Arena offsets: the largest tensors first, each at the lowest aligned offset that overlaps no placed tensor
-    alive at the same time (both ends inclusive: a kernel's output never shares bytes with its inputs).
-    Returns the arena size."""
+    alive at the same time (both ends inclusive: a kernel's output never shares bytes with its inputs), nor one
+    whose last read was fewer than `gap` calls before it is written (`ARENA_GAP`). Returns the arena size."""
     placed: list[_Slot] = []
     for s in sorted(slots, key=lambda s: (-s.nbytes, s.first)):
-        busy = sorted((p.offset, p.offset + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
+        busy = sorted((p.offset, p.offset + p.nbytes) for p in placed
+                      if p.first <= s.last + gap and s.first <= p.last + gap)
         off = 0
         for lo, hi in busy:
             if off + s.nbytes <= lo:
@@ -184,7 +209,7 @@ def _plan(mod: Any, main: Any) -> _Plan:
     slot.kind = "out"  # the kernel writes the driver's output buffer directly
     if not plan.calls:
         raise _NotApplicable("main calls no kernel")
-    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"]), ALIGN)
+    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"], arena_gap()), ALIGN)
     off, parts = 0, []
     for i, c in enumerate(plan.consts):
         nxt = _align(off)
@@ -227,9 +252,16 @@ def finite_check(n: int, dtype: str, name: str) -> Any:
     return check.with_attr("global_symbol", name)
 
 
-def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None) -> Any:
+def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None,
+                     profile: bool = False) -> Any:
     """The TIR driver: parameters (main's inputs..., blob, out, arena), one `tvm_call_cpacked` per kernel, after
-    one per `checks` entry (parameter index -> symbol of its `finite_check`)."""
+    one per `checks` entry (parameter index -> symbol of its `finite_check`).
+
+    `profile`: the profiling twin (`PROFILE_NAME`): one more parameter, `stamps` (int64, one per call + 1), and
+    `llvm.readcyclecounter` (`rdtsc` on x86: an invariant TSC on `constant_tsc nonstop_tsc` CPUs) stored before
+    every call and after the last, so stamp i+1 - stamp i is call i's time inside the network (its input written
+    by the previous kernel, its weights wherever the previous calls left them). `rdtsc` is not serialising: a
+    stamp may run a few dozen cycles early or late, noise against kernels of microseconds."""
     from tvm import tirx
 
     ins = [tirx.decl_buffer(shape, dtype, f"in{i}") for i, (shape, dtype) in enumerate(params)]
@@ -245,28 +277,63 @@ def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int,
         base = arena if slot.kind == "arena" else blob
         return tirx.address_of(tirx.BufferLoad(base, [tirx.IntImm("int32", slot.offset)]))
 
+    n_calls = len(checks or {}) + len(plan.calls)
+    stamps = tirx.decl_buffer((n_calls + 1,), "int64", "stamps") if profile else None
     stmts = []
+
+    def call(symbol: str, *arrays: Any) -> None:
+        if stamps is not None:
+            stmts.append(_stamp(stamps, len(stmts) // 2))
+        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, *arrays)))
+
     for i, symbol in (checks or {}).items():
         n = int(np.prod(params[i][0], dtype=np.int64))
-        flat = tirx.tvm_stack_make_array(ins[i].data, tirx.tvm_stack_make_shape(n), 0, 1,
-                                         tirx.const(0, params[i][1]), 0)
-        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, flat)))
+        call(symbol, tirx.tvm_stack_make_array(ins[i].data, tirx.tvm_stack_make_shape(n), 0, 1,
+                                               tirx.const(0, params[i][1]), 0))
     for symbol, _gv, args in plan.calls:
-        arrays = [
+        call(symbol, *[
             tirx.tvm_stack_make_array(pointer(slot), tirx.tvm_stack_make_shape(*shape) if shape else 0, 0,
                                       len(shape), tirx.const(0, dtype), 0)
             for slot, shape, dtype in args
-        ]
-        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, *arrays)))
-    func = tirx.PrimFunc([*ins, blob, out, arena], tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
-    return func.with_attrs({"global_symbol": DRIVER_NAME, DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls],
+        ])
+    if stamps is not None:
+        stmts.append(_stamp(stamps, n_calls))
+    bufs = [*ins, blob, out, arena] + ([stamps] if stamps is not None else [])
+    func = tirx.PrimFunc(bufs, tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
+    return func.with_attrs({"global_symbol": PROFILE_NAME if profile else DRIVER_NAME,
+                            DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls],
                             DRIVER_CHECKS_ATTR: list(checks or {})})
 
 
-def native_driver(mod: Any) -> Any:
+def _stamp(stamps: Any, i: int) -> Any:
+    """`stamps[i] = llvm.readcyclecounter()` (x86: `rdtsc`)."""
+    from tvm import tirx
+
+    return tirx.BufferStore(stamps, tirx.call_llvm_intrin("int64", "llvm.readcyclecounter"),
+                            [tirx.IntImm("int32", i)])
+
+
+def _x86_target() -> bool:
+    """Whether the target in scope is x86-64, where `llvm.readcyclecounter` is `rdtsc` (user mode; on AArch64 it
+    reads PMCCNTR_EL0, which traps unless the kernel allows it, so no ARM library gets the profiling twin)."""
+    import tvm
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None or tgt.kind.name != "llvm":
+        return False
+    triple = str(tgt.attrs.get("mtriple", "") or "")
+    if triple:
+        return triple.startswith(("x86_64", "amd64"))
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def native_driver(mod: Any, profile: bool = True) -> Any:
     """`mod` with `main`'s kernel calls moved into one TIR driver (see the module docstring); `mod` unchanged
     when `main` is not a straight line of kernel calls over static shapes. Expects dataflow form, after
-    `AbsorbReshapeViews`."""
+    `AbsorbReshapeViews`. `profile`: also compile the driver's profiling twin (`PROFILE_NAME`, for
+    `Lowered.profile`); the driver `main` calls is the same either way."""
     import tvm
     from tvm import relax
 
@@ -280,6 +347,7 @@ def native_driver(mod: Any) -> Any:
     out_ty = _static(main.body.body.ty, "the result")
     checks = {i: f"{DRIVER_NAME}_finite{i}" for i, (_, dtype) in enumerate(params) if dtype in _FINITE_BITS}
     driver = _driver_primfunc(plan, params, out_ty, checks)
+    twin = _driver_primfunc(plan, params, out_ty, checks, profile=True) if profile and _x86_target() else None
     # the kernels are now called by symbol only: an exported symbol keeps each one (and its per-kernel timing)
     # through dead-code elimination
     kernels = {gv: mod[gv].with_attr("global_symbol", sym) for sym, gv, _ in plan.calls}
@@ -289,6 +357,8 @@ def native_driver(mod: Any) -> Any:
         out[gv] = f
     for i, symbol in checks.items():
         out[tvm.ir.GlobalVar(symbol)] = finite_check(int(np.prod(params[i][0], dtype=np.int64)), params[i][1], symbol)
+    if twin is not None:  # compiled and exported beside the driver (its global symbol keeps it through DCE)
+        out[tvm.ir.GlobalVar(PROFILE_NAME)] = twin
     bb = relax.BlockBuilder(out)
     gv_driver = bb.add_func(driver, DRIVER_NAME)
     new_params = [relax.Var(p.name, p.ty) for p in main.params]
@@ -309,24 +379,25 @@ def native_driver(mod: Any) -> Any:
 
 
 def driver_info(mod: Any) -> dict | None:
-    """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes"};
-    None without a driver."""
+    """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes",
+    "finite_checked", "profile": whether its profiling twin is compiled beside it}; None without a driver."""
+    names = {gv.name_hint for gv in mod.functions}
     for gv, f in mod.functions.items():
         if gv.name_hint == DRIVER_NAME and f.attrs is not None and DRIVER_CALLS_ATTR in f.attrs:
             params = list(f.params)
             checked = f.attrs.get(DRIVER_CHECKS_ATTR, [])
             return {"calls": [str(s) for s in f.attrs[DRIVER_CALLS_ATTR]],
                     "arena_bytes": int(params[-1].shape[0]), "blob_bytes": int(params[-3].shape[0]),
-                    "finite_checked": [int(i) for i in checked]}
+                    "finite_checked": [int(i) for i in checked], "profile": PROFILE_NAME in names}
     return None
 
 
-def NativeDriver() -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+def NativeDriver(profile: bool = True) -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
     """`native_driver` as a module pass."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.NativeDriver")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return native_driver(mod)
+        return native_driver(mod, profile=profile)
 
     return _pass

@@ -461,6 +461,13 @@ class Lowered:
         return BenchmarkResult(**_stats(ms), repeat=len(ms), where="qemu (emulated, not device latency)",
                                kernels=())
 
+    def profile(self, x: np.ndarray | None = None, repeat: int = 50, *, isolated: bool = True) -> Any:
+        """Every native-driver call's time inside the network against the kernel alone (`profile.profile_network`:
+        a `NetworkProfile` whose `rows` follow the driver's calls; `.table()` prints them)."""
+        from qcompile.backends.tvm.profile import profile_network
+
+        return profile_network(self, x, repeat, isolated=isolated)
+
     def _batch_shape(self, batch: int | None) -> tuple[int, ...]:
         """The input shape of a call with `batch` images (None: the library's own batch, 1 when dynamic)."""
         if batch is None:

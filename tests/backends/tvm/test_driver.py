@@ -218,3 +218,34 @@ def test_driver_through_main_where_not_called_directly(mbv2_graph, monkeypatch):
     bad.flat[3] = np.nan
     with pytest.raises(ConfigError, match="non-finite"):
         again(bad)
+
+
+def test_arena_gap_keeps_recently_read_bytes_free(monkeypatch):
+    """With `gap`, no tensor takes bytes another tensor was read from fewer than `gap` calls before (random
+    lifetimes); gap 0 is the plain rule (the ping-pong chain uses 2 buffers, gap 2 needs 4); the environment
+    knob is validated."""
+    from qcompile.backends.tvm import driver
+    from qcompile.errors import ConfigError
+
+    rng = np.random.default_rng(1)
+    for gap in (1, 3):
+        slots = []
+        for _ in range(30):
+            first = int(rng.integers(0, 30))
+            slots.append(_Slot("arena", nbytes=int(rng.integers(1, 5000)), first=first,
+                               last=first + int(rng.integers(0, 5))))
+        _first_fit(slots, gap)
+        for i, a in enumerate(slots):
+            for b in slots[i + 1:]:
+                if a.first <= b.last + gap and b.first <= a.last + gap:
+                    assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+    chain = [_Slot("arena", nbytes=1000, first=i, last=i + 1) for i in range(10)]
+    assert _first_fit(chain, 2) == 4 * 1024
+    monkeypatch.setenv(driver.ENV_ARENA_GAP, "3")
+    assert driver.arena_gap() == 3
+    monkeypatch.delenv(driver.ENV_ARENA_GAP)
+    assert driver.arena_gap() == driver.DEFAULT_ARENA_GAP
+    for bad in ("-1", "x", "1.5"):
+        monkeypatch.setenv(driver.ENV_ARENA_GAP, bad)
+        with pytest.raises(ConfigError, match=driver.ENV_ARENA_GAP):
+            driver.arena_gap()

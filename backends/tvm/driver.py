@@ -19,6 +19,9 @@ table times them alone). Each kernel reads and writes exactly the bytes it did u
 row-major buffers; a reshape is the same bytes under another shape), so the outputs are bit-exact by construction;
 tests compare them with the reference executor.
 
+Beside it, x86 libraries hold `qc_driver_profile` (`PROFILE_NAME`): the same calls with a cycle-counter stamp
+before each and after the last, for `Lowered.profile` (`profile.py`); `main` never calls it.
+
 The rewrite applies when `main` is a straight line of `call_tir` (one static-shaped tensor each), `reshape` and
 variable bindings over static-shaped tensors, and returns a tensor a kernel wrote; anything else (a dynamic batch,
 a tuple output, another Relax op) keeps the VM program, with the reason logged.
@@ -51,25 +54,25 @@ DRIVER_BLOB_NAME = "qc_driver_blob"
 ALIGN = 64
 
 
-#: Environment variable: calls a tensor's bytes rest after its last read before another kernel's output may take
-#: them (`_first_fit`); unset is `DEFAULT_ARENA_GAP`.
-ENV_ARENA_GAP = "QCOMPILE_ARENA_GAP"
-DEFAULT_ARENA_GAP = 0
+#: Environment variable: how the arena reuses freed bytes (`_first_fit`): "first" (the lowest offset) or "affine";
+#: unset is `DEFAULT_ARENA_REUSE`.
+ENV_ARENA_REUSE = "QCOMPILE_ARENA_REUSE"
+DEFAULT_ARENA_REUSE = "first"
+ARENA_REUSE = ("first", "affine")
 
 
-def arena_gap() -> int:
-    """The arena's reuse gap in force (`ENV_ARENA_GAP`, else `DEFAULT_ARENA_GAP`); `ConfigError` for a value that
-    is not an integer >= 0."""
+def arena_reuse() -> str:
+    """The arena's reuse rule in force (`ENV_ARENA_REUSE`, else `DEFAULT_ARENA_REUSE`); `ConfigError` otherwise."""
     import os
 
     from qcompile.errors import ConfigError
 
-    raw = os.environ.get(ENV_ARENA_GAP, "")
+    raw = os.environ.get(ENV_ARENA_REUSE, "")
     if raw == "":
-        return DEFAULT_ARENA_GAP
-    if not raw.isdigit():
-        raise ConfigError(ENV_ARENA_GAP, raw, "an integer >= 0 (calls between a tensor's last read and reuse)")
-    return int(raw)
+        return DEFAULT_ARENA_REUSE
+    if raw not in ARENA_REUSE:
+        raise ConfigError(ENV_ARENA_REUSE, raw, f"one of {ARENA_REUSE}")
+    return raw
 
 
 class _NotApplicable(Exception):
@@ -86,6 +89,8 @@ class _Slot:
     first: int = 0  # arena: the call that writes it ...
     last: int = 0  # ... and the last call that reads it
     offset: int = 0  # arena / blob byte offset
+    writer: str = ""  # arena: the symbol of the kernel that writes it ...
+    reader: str = ""  # ... and of the last kernel that reads it (`_first_fit(..., reuse="affine")`)
 
 
 @dataclass
@@ -120,19 +125,56 @@ def _symbol(func: Any, name: str) -> str:
     return str(attrs["global_symbol"]) if attrs is not None and "global_symbol" in attrs else name
 
 
-def _first_fit(slots: list[_Slot], gap: int = 0) -> int:
-    """Arena offsets: the largest tensors first, each at the lowest aligned offset that overlaps no placed tensor
-    alive at the same time (both ends inclusive: a kernel's output never shares bytes with its inputs), nor one
-    whose last read was fewer than `gap` calls before it is written (`ARENA_GAP`). Returns the arena size."""
+def _affinity(s: _Slot, off: int, placed: list[_Slot]) -> tuple[int, int]:
+    """For `s` at `off`: (bytes whose latest earlier tensor was last read by `s`'s writer, the latest call among
+    those earlier tensors' last reads, -1 if none)."""
+    end = off + s.nbytes
+    earlier = sorted((p for p in placed if p.offset < end and off < p.offset + p.nbytes and p.last < s.first),
+                     key=lambda p: -p.last)
+    covered: list[tuple[int, int]] = []
+    same = 0
+    for p in earlier:  # the latest first: each byte counts for the tensor that held it last
+        lo, hi = max(off, p.offset), min(end, p.offset + p.nbytes)
+        new = hi - lo
+        for clo, chi in covered:
+            new -= max(0, min(hi, chi) - max(lo, clo))
+        if p.reader == s.writer != "":
+            same += max(new, 0)
+        covered.append((lo, hi))
+    return same, (earlier[0].last if earlier else -1)
+
+
+def _first_fit(slots: list[_Slot], reuse: str = "first") -> int:
+    """Arena offsets: the largest tensors first, each at an aligned offset that overlaps no placed tensor alive at
+    the same time (both ends inclusive: a kernel's output never shares bytes with its inputs). Returns the arena
+    size.
+
+    `reuse="first"`: the lowest such offset. `reuse="affine"` (`ENV_ARENA_REUSE`): among the offsets that end
+    within two tensor sizes of the lowest one (and not above the arena so far, unless the lowest does), the one
+    with the most bytes whose latest earlier tensor was last read by the kernel that writes this one (the same
+    threads touched those cache lines last, with the same partition: a depthwise conv then writes lines its own
+    core holds, not lines a pointwise GEMM just read from both cores), then the one whose latest earlier tensor
+    was freed most recently (warm lines), then the lowest. Per step: a later tensor may still end higher."""
     placed: list[_Slot] = []
     for s in sorted(slots, key=lambda s: (-s.nbytes, s.first)):
-        busy = sorted((p.offset, p.offset + p.nbytes) for p in placed
-                      if p.first <= s.last + gap and s.first <= p.last + gap)
+        busy = sorted((p.offset, p.offset + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
         off = 0
         for lo, hi in busy:
             if off + s.nbytes <= lo:
                 break
             off = max(off, _align(hi))
+        if reuse == "affine" and placed:
+            limit = min(max(off + s.nbytes, max(p.offset + p.nbytes for p in placed)), off + 2 * _align(s.nbytes))
+            best = None
+            for cand in sorted({0, *(_align(p.offset + p.nbytes) for p in placed), *(p.offset for p in placed)}):
+                end = cand + s.nbytes
+                if end > limit or any(lo < end and cand < hi for lo, hi in busy):
+                    continue
+                score = (*_affinity(s, cand, placed), -cand)
+                if best is None or score > best[0]:
+                    best = (score, cand)
+            if best is not None:
+                off = best[1]
         s.offset = off
         placed.append(s)
     return max((_align(p.offset + p.nbytes) for p in placed), default=0)
@@ -187,11 +229,12 @@ def _plan(mod: Any, main: Any) -> _Plan:
                     elif isinstance(a, relax.Var) and a in where:
                         slot, shape, dtype = where[a]
                         slot.last = max(slot.last, n)
+                        slot.reader = _symbol(func, gv.name_hint)
                         args.append((slot, shape, dtype))
                     else:
                         raise _NotApplicable(f"argument {a} of {gv.name_hint}")
                 shape, dtype = _static(b.var.ty, f"output of {gv.name_hint}")
-                out = _Slot("arena", nbytes=_nbytes(shape, dtype), first=n, last=n)
+                out = _Slot("arena", nbytes=_nbytes(shape, dtype), first=n, last=n, writer=_symbol(func, gv.name_hint))
                 arena.append(out)
                 where[b.var] = (out, shape, dtype)
                 if len(args) + 1 != len(func.params):
@@ -209,7 +252,7 @@ def _plan(mod: Any, main: Any) -> _Plan:
     slot.kind = "out"  # the kernel writes the driver's output buffer directly
     if not plan.calls:
         raise _NotApplicable("main calls no kernel")
-    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"], arena_gap()), ALIGN)
+    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"], arena_reuse()), ALIGN)
     off, parts = 0, []
     for i, c in enumerate(plan.consts):
         nxt = _align(off)
@@ -228,28 +271,49 @@ _FINITE_BITS = {"float16": ("uint16", 0x7C00), "float32": ("uint32", 0x7F800000)
                 "float64": ("uint64", 0x7FF0000000000000)}
 
 
-def finite_check(n: int, dtype: str, name: str) -> Any:
+def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
     """A PrimFunc that fails (TVM raises `RuntimeError`) when a value of its flat `dtype` buffer of `n` values is
     NaN or inf.
 
     On the integer bits (`reinterpret`), not with float compares, so fast-math flags cannot fold it away: the
     maximum of the sign-cleared bits against the all-ones exponent (IEEE 754), one vectorised pass (`vpmaxud` on
     znver4: 0.09 us for the demo's 3,072 floats, against about 1 us for the BLAS-dot test of
-    `Lowered._ready_input` from Python). `dtype` is a key of `_FINITE_BITS`."""
+    `Lowered._ready_input` from Python). `dtype` is a key of `_FINITE_BITS`. `chunks > 1`: a parallel loop over
+    that many contiguous chunks, each with its own maximum (64 bytes apart: no shared cache line), tested together
+    after the join."""
     from tvm.script import tirx as T
 
     udt, exp_mask = _FINITE_BITS[dtype]
     abs_mask = (1 << (8 * np.dtype(dtype).itemsize - 1)) - 1
+    if chunks <= 1:
+        @T.prim_func
+        def check(x: T.Buffer((n,), dtype)):
+            acc = T.alloc_buffer((1,), udt, scope="local")
+            acc[0] = T.Cast(udt, 0)
+            for i in range(n):
+                acc[0] = T.max(acc[0], T.bitwise_and(T.reinterpret(udt, x[i]), T.Cast(udt, abs_mask)))
+            assert acc[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
+
+        return check.with_attr("global_symbol", name)
+    step = -(-n // chunks)
+    stride = max(1, 64 // np.dtype(udt).itemsize)
 
     @T.prim_func
-    def check(x: T.Buffer((n,), dtype)):
-        acc = T.alloc_buffer((1,), udt, scope="local")
-        acc[0] = T.Cast(udt, 0)
-        for i in range(n):
-            acc[0] = T.max(acc[0], T.bitwise_and(T.reinterpret(udt, x[i]), T.Cast(udt, abs_mask)))
-        assert acc[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
+    def check_chunks(x: T.Buffer((n,), dtype)):
+        accs = T.alloc_buffer((chunks * stride,), udt)
+        for c in T.parallel(chunks):
+            acc = T.alloc_buffer((1,), udt, scope="local")
+            acc[0] = T.Cast(udt, 0)
+            for i in range(T.min(step, n - c * step)):
+                acc[0] = T.max(acc[0], T.bitwise_and(T.reinterpret(udt, x[c * step + i]), T.Cast(udt, abs_mask)))
+            accs[c * stride] = acc[0]
+        top = T.alloc_buffer((1,), udt, scope="local")
+        top[0] = T.Cast(udt, 0)
+        for c in range(chunks):
+            top[0] = T.max(top[0], accs[c * stride])
+        assert top[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
 
-    return check.with_attr("global_symbol", name)
+    return check_chunks.with_attr("global_symbol", name)
 
 
 def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None,

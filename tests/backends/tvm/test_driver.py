@@ -220,32 +220,45 @@ def test_driver_through_main_where_not_called_directly(mbv2_graph, monkeypatch):
         again(bad)
 
 
-def test_arena_gap_keeps_recently_read_bytes_free(monkeypatch):
-    """With `gap`, no tensor takes bytes another tensor was read from fewer than `gap` calls before (random
-    lifetimes); gap 0 is the plain rule (the ping-pong chain uses 2 buffers, gap 2 needs 4); the environment
-    knob is validated."""
+def test_arena_affine_reuse_alternates_a_blocks_buffers(monkeypatch):
+    """`reuse="affine"`: never two live tensors on one byte (random lifetimes); in a chain of inverted-residual
+    blocks (expand E -> depthwise D -> project P) each depthwise output after the first lands on the bytes the
+    previous depthwise read (the previous E's output), where first fit puts every one on the bytes the previous P
+    read; the environment knob is validated."""
     from qcompile.backends.tvm import driver
     from qcompile.errors import ConfigError
 
-    rng = np.random.default_rng(1)
-    for gap in (1, 3):
+    rng = np.random.default_rng(2)
+    kinds = ["a", "b", "c"]
+    for _ in range(40):
         slots = []
-        for _ in range(30):
+        for _ in range(int(rng.integers(1, 30))):
             first = int(rng.integers(0, 30))
             slots.append(_Slot("arena", nbytes=int(rng.integers(1, 5000)), first=first,
-                               last=first + int(rng.integers(0, 5))))
-        _first_fit(slots, gap)
+                               last=first + int(rng.integers(0, 5)), writer=str(rng.choice(kinds)),
+                               reader=str(rng.choice(kinds))))
+        size = _first_fit(slots, reuse="affine")
         for i, a in enumerate(slots):
+            assert a.offset % ALIGN == 0 and a.offset + a.nbytes <= size
             for b in slots[i + 1:]:
-                if a.first <= b.last + gap and b.first <= a.last + gap:
+                if a.first <= b.last and b.first <= a.last:
                     assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
-    chain = [_Slot("arena", nbytes=1000, first=i, last=i + 1) for i in range(10)]
-    assert _first_fit(chain, 2) == 4 * 1024
-    monkeypatch.setenv(driver.ENV_ARENA_GAP, "3")
-    assert driver.arena_gap() == 3
-    monkeypatch.delenv(driver.ENV_ARENA_GAP)
-    assert driver.arena_gap() == driver.DEFAULT_ARENA_GAP
-    for bad in ("-1", "x", "1.5"):
-        monkeypatch.setenv(driver.ENV_ARENA_GAP, bad)
-        with pytest.raises(ConfigError, match=driver.ENV_ARENA_GAP):
-            driver.arena_gap()
+
+    def blocks(reuse):
+        slots = []
+        for k in range(4):
+            slots += [_Slot("arena", nbytes=75264, first=3 * k, last=3 * k + 1, writer="E", reader="D"),
+                      _Slot("arena", nbytes=75264, first=3 * k + 1, last=3 * k + 2, writer="D", reader="P"),
+                      _Slot("arena", nbytes=12544, first=3 * k + 2, last=3 * k + 3, writer="P", reader="E")]
+        _first_fit(slots, reuse=reuse)
+        return slots
+
+    aff, first = blocks("affine"), blocks("first")
+    for k in range(1, 4):
+        assert aff[3 * k + 1].offset == aff[3 * (k - 1)].offset  # D_k on E_(k-1)'s bytes (read by D_(k-1))
+        assert first[3 * k + 1].offset == first[3 * (k - 1) + 1].offset  # first fit: on D_(k-1)'s (read by P)
+    monkeypatch.setenv(driver.ENV_ARENA_REUSE, "affine")
+    assert driver.arena_reuse() == "affine"
+    monkeypatch.setenv(driver.ENV_ARENA_REUSE, "lru")
+    with pytest.raises(ConfigError, match=driver.ENV_ARENA_REUSE):
+        driver.arena_reuse()

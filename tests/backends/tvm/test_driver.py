@@ -171,23 +171,26 @@ def test_driver_refuses_non_finite_inputs_itself(mbv2_x86, mbv2_graph):
     np.testing.assert_array_equal(mbv2_x86(x), G.reference(mbv2_graph, x))
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_finite_check_on_the_bits(dtype):
+def test_finite_check_on_the_bits(dtype, chunks):
     """`finite_check` passes the largest finite values, subnormals and signed zeros, and fails on NaN (either sign)
-    and +-inf at the first, a middle and the last position (the vectorised loop's remainder included)."""
+    and +-inf at the first, a middle and the last position (the vectorised loop's remainder included); in the
+    parallel form too (3 chunks of 13, 13 and 11 values: each chunk's first and last position among them)."""
     import tvm
 
     from qcompile.backends.tvm.driver import finite_check
     from qcompile.backends.tvm.targets import resolve_target
 
     n = 37
-    lib = tvm.tirx.build(tvm.IRModule({"chk": finite_check(n, dtype, "chk")}), target=resolve_target("x86").target())
+    lib = tvm.tirx.build(tvm.IRModule({"chk": finite_check(n, dtype, "chk", chunks)}),
+                         target=resolve_target("x86").target())
     check = lib["chk"]
     fi = np.finfo(dtype)
     ok = np.resize(np.array([fi.max, -fi.max, fi.smallest_subnormal, -fi.tiny, 0.0, -0.0, 1.5], dtype), n)
     check(tvm.runtime.tensor(ok))
     for bad in (np.nan, -np.nan, np.inf, -np.inf):
-        for pos in (0, n // 2, n - 1):
+        for pos in (0, n // 2, n - 1, 12, 13, 25, 26):
             y = ok.copy()
             y[pos] = bad
             with pytest.raises(Exception, match="non-finite"):

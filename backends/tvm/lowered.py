@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError, LoweringError
 from qcompile.ops.graph import IntegerGraph
 from qcompile.ops.meta import program_meta
+
+if TYPE_CHECKING:
+    from qcompile.backends.tvm.profile import NetworkProfile
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +464,7 @@ class Lowered:
         return BenchmarkResult(**_stats(ms), repeat=len(ms), where="qemu (emulated, not device latency)",
                                kernels=())
 
-    def profile(self, x: np.ndarray | None = None, repeat: int = 50, *, isolated: bool = True) -> Any:
+    def profile(self, x: np.ndarray | None = None, repeat: int = 50, *, isolated: bool = True) -> NetworkProfile:
         """Every native-driver call's time inside the network against the kernel alone (`profile.profile_network`:
         a `NetworkProfile` whose `rows` follow the driver's calls; `.table()` prints them)."""
         from qcompile.backends.tvm.profile import profile_network

@@ -19,6 +19,9 @@ table times them alone). Each kernel reads and writes exactly the bytes it did u
 row-major buffers; a reshape is the same bytes under another shape), so the outputs are bit-exact by construction;
 tests compare them with the reference executor.
 
+Beside it, x86 libraries hold `qc_driver_profile` (`PROFILE_NAME`): the same calls with a cycle-counter stamp
+before each and after the last, for `Lowered.profile` (`profile.py`); `main` never calls it.
+
 The rewrite applies when `main` is a straight line of `call_tir` (one static-shaped tensor each), `reshape` and
 variable bindings over static-shaped tensors, and returns a tensor a kernel wrote; anything else (a dynamic batch,
 a tuple output, another Relax op) keeps the VM program, with the reason logged.
@@ -34,9 +37,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DRIVER_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info"]
+__all__ = ["DRIVER_NAME", "PROFILE_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info"]
 
 DRIVER_NAME = "qc_driver"
+#: the driver's profiling twin in the same library: the same calls, plus a cycle-counter stamp before each call
+#: and after the last, into one more int64 buffer (`profile.py`); `main` never calls it
+PROFILE_NAME = "qc_driver_profile"
 #: PrimFunc attribute of the driver: the kernel symbols it calls, in order (`driver_calls`)
 DRIVER_CALLS_ATTR = "qcompile.driver_calls"
 #: PrimFunc attribute of the driver: indices of main's float inputs it checks for NaN/inf before any kernel
@@ -46,6 +52,27 @@ DRIVER_CHECKS_ATTR = "qcompile.driver_finite_checked"
 DRIVER_BLOB_NAME = "qc_driver_blob"
 #: byte alignment of every arena and blob offset (TVM's kAllocAlignment: kernels assume it of their buffers)
 ALIGN = 64
+
+
+#: Environment variable: how the arena reuses freed bytes (`_first_fit`): "first" (the lowest offset) or "affine";
+#: unset is `DEFAULT_ARENA_REUSE`.
+ENV_ARENA_REUSE = "QCOMPILE_ARENA_REUSE"
+DEFAULT_ARENA_REUSE = "first"
+ARENA_REUSE = ("first", "affine")
+
+
+def arena_reuse() -> str:
+    """The arena's reuse rule in force (`ENV_ARENA_REUSE`, else `DEFAULT_ARENA_REUSE`); `ConfigError` otherwise."""
+    import os
+
+    from qcompile.errors import ConfigError
+
+    raw = os.environ.get(ENV_ARENA_REUSE, "")
+    if raw == "":
+        return DEFAULT_ARENA_REUSE
+    if raw not in ARENA_REUSE:
+        raise ConfigError(ENV_ARENA_REUSE, raw, f"one of {ARENA_REUSE}")
+    return raw
 
 
 class _NotApplicable(Exception):
@@ -62,6 +89,8 @@ class _Slot:
     first: int = 0  # arena: the call that writes it ...
     last: int = 0  # ... and the last call that reads it
     offset: int = 0  # arena / blob byte offset
+    writer: str = ""  # arena: the symbol of the kernel that writes it ...
+    reader: str = ""  # ... and of the last kernel that reads it (`_first_fit(..., reuse="affine")`)
 
 
 @dataclass
@@ -96,10 +125,36 @@ def _symbol(func: Any, name: str) -> str:
     return str(attrs["global_symbol"]) if attrs is not None and "global_symbol" in attrs else name
 
 
-def _first_fit(slots: list[_Slot]) -> int:
-    """Arena offsets: the largest tensors first, each at the lowest aligned offset that overlaps no placed tensor
-    alive at the same time (both ends inclusive: a kernel's output never shares bytes with its inputs).
-    Returns the arena size."""
+def _affinity(s: _Slot, off: int, placed: list[_Slot]) -> tuple[int, int]:
+    """For `s` at `off`: (bytes whose latest earlier tensor was last read by `s`'s writer, the latest call among
+    those earlier tensors' last reads, -1 if none)."""
+    end = off + s.nbytes
+    earlier = sorted((p for p in placed if p.offset < end and off < p.offset + p.nbytes and p.last < s.first),
+                     key=lambda p: -p.last)
+    covered: list[tuple[int, int]] = []
+    same = 0
+    for p in earlier:  # the latest first: each byte counts for the tensor that held it last
+        lo, hi = max(off, p.offset), min(end, p.offset + p.nbytes)
+        new = hi - lo
+        for clo, chi in covered:
+            new -= max(0, min(hi, chi) - max(lo, clo))
+        if p.reader == s.writer != "":
+            same += max(new, 0)
+        covered.append((lo, hi))
+    return same, (earlier[0].last if earlier else -1)
+
+
+def _first_fit(slots: list[_Slot], reuse: str = "first") -> int:
+    """Arena offsets: the largest tensors first, each at an aligned offset that overlaps no placed tensor alive at
+    the same time (both ends inclusive: a kernel's output never shares bytes with its inputs). Returns the arena
+    size.
+
+    `reuse="first"`: the lowest such offset. `reuse="affine"` (`ENV_ARENA_REUSE`): among the offsets that end
+    within two tensor sizes of the lowest one (and not above the arena so far, unless the lowest does), the one
+    with the most bytes whose latest earlier tensor was last read by the kernel that writes this one (the same
+    threads touched those cache lines last, with the same partition: a depthwise conv then writes lines its own
+    core holds, not lines a pointwise GEMM just read from both cores), then the one whose latest earlier tensor
+    was freed most recently (warm lines), then the lowest. Per step: a later tensor may still end higher."""
     placed: list[_Slot] = []
     for s in sorted(slots, key=lambda s: (-s.nbytes, s.first)):
         busy = sorted((p.offset, p.offset + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
@@ -108,6 +163,18 @@ def _first_fit(slots: list[_Slot]) -> int:
             if off + s.nbytes <= lo:
                 break
             off = max(off, _align(hi))
+        if reuse == "affine" and placed:
+            limit = min(max(off + s.nbytes, max(p.offset + p.nbytes for p in placed)), off + 2 * _align(s.nbytes))
+            best = None
+            for cand in sorted({0, *(_align(p.offset + p.nbytes) for p in placed), *(p.offset for p in placed)}):
+                end = cand + s.nbytes
+                if end > limit or any(lo < end and cand < hi for lo, hi in busy):
+                    continue
+                score = (*_affinity(s, cand, placed), -cand)
+                if best is None or score > best[0]:
+                    best = (score, cand)
+            if best is not None:
+                off = best[1]
         s.offset = off
         placed.append(s)
     return max((_align(p.offset + p.nbytes) for p in placed), default=0)
@@ -162,11 +229,12 @@ def _plan(mod: Any, main: Any) -> _Plan:
                     elif isinstance(a, relax.Var) and a in where:
                         slot, shape, dtype = where[a]
                         slot.last = max(slot.last, n)
+                        slot.reader = _symbol(func, gv.name_hint)
                         args.append((slot, shape, dtype))
                     else:
                         raise _NotApplicable(f"argument {a} of {gv.name_hint}")
                 shape, dtype = _static(b.var.ty, f"output of {gv.name_hint}")
-                out = _Slot("arena", nbytes=_nbytes(shape, dtype), first=n, last=n)
+                out = _Slot("arena", nbytes=_nbytes(shape, dtype), first=n, last=n, writer=_symbol(func, gv.name_hint))
                 arena.append(out)
                 where[b.var] = (out, shape, dtype)
                 if len(args) + 1 != len(func.params):
@@ -184,7 +252,7 @@ def _plan(mod: Any, main: Any) -> _Plan:
     slot.kind = "out"  # the kernel writes the driver's output buffer directly
     if not plan.calls:
         raise _NotApplicable("main calls no kernel")
-    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"]), ALIGN)
+    plan.arena_bytes = max(_first_fit([s for s in arena if s.kind == "arena"], arena_reuse()), ALIGN)
     off, parts = 0, []
     for i, c in enumerate(plan.consts):
         nxt = _align(off)
@@ -203,33 +271,61 @@ _FINITE_BITS = {"float16": ("uint16", 0x7C00), "float32": ("uint32", 0x7F800000)
                 "float64": ("uint64", 0x7FF0000000000000)}
 
 
-def finite_check(n: int, dtype: str, name: str) -> Any:
+def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
     """A PrimFunc that fails (TVM raises `RuntimeError`) when a value of its flat `dtype` buffer of `n` values is
     NaN or inf.
 
     On the integer bits (`reinterpret`), not with float compares, so fast-math flags cannot fold it away: the
     maximum of the sign-cleared bits against the all-ones exponent (IEEE 754), one vectorised pass (`vpmaxud` on
     znver4: 0.09 us for the demo's 3,072 floats, against about 1 us for the BLAS-dot test of
-    `Lowered._ready_input` from Python). `dtype` is a key of `_FINITE_BITS`."""
+    `Lowered._ready_input` from Python). `dtype` is a key of `_FINITE_BITS`. `chunks > 1`: a parallel loop over
+    that many contiguous chunks, each with its own maximum (64 bytes apart: no shared cache line), tested together
+    after the join."""
     from tvm.script import tirx as T
 
     udt, exp_mask = _FINITE_BITS[dtype]
     abs_mask = (1 << (8 * np.dtype(dtype).itemsize - 1)) - 1
+    if chunks <= 1:
+        @T.prim_func
+        def check(x: T.Buffer((n,), dtype)):
+            acc = T.alloc_buffer((1,), udt, scope="local")
+            acc[0] = T.Cast(udt, 0)
+            for i in range(n):
+                acc[0] = T.max(acc[0], T.bitwise_and(T.reinterpret(udt, x[i]), T.Cast(udt, abs_mask)))
+            assert acc[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
+
+        return check.with_attr("global_symbol", name)
+    step = -(-n // chunks)
+    stride = max(1, 64 // np.dtype(udt).itemsize)
 
     @T.prim_func
-    def check(x: T.Buffer((n,), dtype)):
-        acc = T.alloc_buffer((1,), udt, scope="local")
-        acc[0] = T.Cast(udt, 0)
-        for i in range(n):
-            acc[0] = T.max(acc[0], T.bitwise_and(T.reinterpret(udt, x[i]), T.Cast(udt, abs_mask)))
-        assert acc[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
+    def check_chunks(x: T.Buffer((n,), dtype)):
+        accs = T.alloc_buffer((chunks * stride,), udt)
+        for c in T.parallel(chunks):
+            acc = T.alloc_buffer((1,), udt, scope="local")
+            acc[0] = T.Cast(udt, 0)
+            for i in range(T.min(step, n - c * step)):
+                acc[0] = T.max(acc[0], T.bitwise_and(T.reinterpret(udt, x[c * step + i]), T.Cast(udt, abs_mask)))
+            accs[c * stride] = acc[0]
+        top = T.alloc_buffer((1,), udt, scope="local")
+        top[0] = T.Cast(udt, 0)
+        for c in range(chunks):
+            top[0] = T.max(top[0], accs[c * stride])
+        assert top[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
 
-    return check.with_attr("global_symbol", name)
+    return check_chunks.with_attr("global_symbol", name)
 
 
-def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None) -> Any:
+def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None,
+                     profile: bool = False) -> Any:
     """The TIR driver: parameters (main's inputs..., blob, out, arena), one `tvm_call_cpacked` per kernel, after
-    one per `checks` entry (parameter index -> symbol of its `finite_check`)."""
+    one per `checks` entry (parameter index -> symbol of its `finite_check`).
+
+    `profile`: the profiling twin (`PROFILE_NAME`): one more parameter, `stamps` (int64, one per call + 1), and
+    `llvm.readcyclecounter` (`rdtsc` on x86: an invariant TSC on `constant_tsc nonstop_tsc` CPUs) stored before
+    every call and after the last, so stamp i+1 - stamp i is call i's time inside the network (its input written
+    by the previous kernel, its weights wherever the previous calls left them). `rdtsc` is not serialising: a
+    stamp may run a few dozen cycles early or late, noise against kernels of microseconds."""
     from tvm import tirx
 
     ins = [tirx.decl_buffer(shape, dtype, f"in{i}") for i, (shape, dtype) in enumerate(params)]
@@ -245,28 +341,63 @@ def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int,
         base = arena if slot.kind == "arena" else blob
         return tirx.address_of(tirx.BufferLoad(base, [tirx.IntImm("int32", slot.offset)]))
 
+    n_calls = len(checks or {}) + len(plan.calls)
+    stamps = tirx.decl_buffer((n_calls + 1,), "int64", "stamps") if profile else None
     stmts = []
+
+    def call(symbol: str, *arrays: Any) -> None:
+        if stamps is not None:
+            stmts.append(_stamp(stamps, len(stmts) // 2))
+        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, *arrays)))
+
     for i, symbol in (checks or {}).items():
         n = int(np.prod(params[i][0], dtype=np.int64))
-        flat = tirx.tvm_stack_make_array(ins[i].data, tirx.tvm_stack_make_shape(n), 0, 1,
-                                         tirx.const(0, params[i][1]), 0)
-        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, flat)))
+        call(symbol, tirx.tvm_stack_make_array(ins[i].data, tirx.tvm_stack_make_shape(n), 0, 1,
+                                               tirx.const(0, params[i][1]), 0))
     for symbol, _gv, args in plan.calls:
-        arrays = [
+        call(symbol, *[
             tirx.tvm_stack_make_array(pointer(slot), tirx.tvm_stack_make_shape(*shape) if shape else 0, 0,
                                       len(shape), tirx.const(0, dtype), 0)
             for slot, shape, dtype in args
-        ]
-        stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, *arrays)))
-    func = tirx.PrimFunc([*ins, blob, out, arena], tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
-    return func.with_attrs({"global_symbol": DRIVER_NAME, DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls],
+        ])
+    if stamps is not None:
+        stmts.append(_stamp(stamps, n_calls))
+    bufs = [*ins, blob, out, arena] + ([stamps] if stamps is not None else [])
+    func = tirx.PrimFunc(bufs, tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
+    return func.with_attrs({"global_symbol": PROFILE_NAME if profile else DRIVER_NAME,
+                            DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls],
                             DRIVER_CHECKS_ATTR: list(checks or {})})
 
 
-def native_driver(mod: Any) -> Any:
+def _stamp(stamps: Any, i: int) -> Any:
+    """`stamps[i] = llvm.readcyclecounter()` (x86: `rdtsc`)."""
+    from tvm import tirx
+
+    return tirx.BufferStore(stamps, tirx.call_llvm_intrin("int64", "llvm.readcyclecounter"),
+                            [tirx.IntImm("int32", i)])
+
+
+def _x86_target() -> bool:
+    """Whether the target in scope is x86-64, where `llvm.readcyclecounter` is `rdtsc` (user mode; on AArch64 it
+    reads PMCCNTR_EL0, which traps unless the kernel allows it, so no ARM library gets the profiling twin)."""
+    import tvm
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None or tgt.kind.name != "llvm":
+        return False
+    triple = str(tgt.attrs.get("mtriple", "") or "")
+    if triple:
+        return triple.startswith(("x86_64", "amd64"))
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def native_driver(mod: Any, profile: bool = True) -> Any:
     """`mod` with `main`'s kernel calls moved into one TIR driver (see the module docstring); `mod` unchanged
     when `main` is not a straight line of kernel calls over static shapes. Expects dataflow form, after
-    `AbsorbReshapeViews`."""
+    `AbsorbReshapeViews`. `profile`: also compile the driver's profiling twin (`PROFILE_NAME`, for
+    `Lowered.profile`); the driver `main` calls is the same either way."""
     import tvm
     from tvm import relax
 
@@ -280,6 +411,7 @@ def native_driver(mod: Any) -> Any:
     out_ty = _static(main.body.body.ty, "the result")
     checks = {i: f"{DRIVER_NAME}_finite{i}" for i, (_, dtype) in enumerate(params) if dtype in _FINITE_BITS}
     driver = _driver_primfunc(plan, params, out_ty, checks)
+    twin = _driver_primfunc(plan, params, out_ty, checks, profile=True) if profile and _x86_target() else None
     # the kernels are now called by symbol only: an exported symbol keeps each one (and its per-kernel timing)
     # through dead-code elimination
     kernels = {gv: mod[gv].with_attr("global_symbol", sym) for sym, gv, _ in plan.calls}
@@ -289,6 +421,8 @@ def native_driver(mod: Any) -> Any:
         out[gv] = f
     for i, symbol in checks.items():
         out[tvm.ir.GlobalVar(symbol)] = finite_check(int(np.prod(params[i][0], dtype=np.int64)), params[i][1], symbol)
+    if twin is not None:  # compiled and exported beside the driver (its global symbol keeps it through DCE)
+        out[tvm.ir.GlobalVar(PROFILE_NAME)] = twin
     bb = relax.BlockBuilder(out)
     gv_driver = bb.add_func(driver, DRIVER_NAME)
     new_params = [relax.Var(p.name, p.ty) for p in main.params]
@@ -309,24 +443,25 @@ def native_driver(mod: Any) -> Any:
 
 
 def driver_info(mod: Any) -> dict | None:
-    """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes"};
-    None without a driver."""
+    """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes",
+    "finite_checked", "profile": whether its profiling twin is compiled beside it}; None without a driver."""
+    names = {gv.name_hint for gv in mod.functions}
     for gv, f in mod.functions.items():
         if gv.name_hint == DRIVER_NAME and f.attrs is not None and DRIVER_CALLS_ATTR in f.attrs:
             params = list(f.params)
             checked = f.attrs.get(DRIVER_CHECKS_ATTR, [])
             return {"calls": [str(s) for s in f.attrs[DRIVER_CALLS_ATTR]],
                     "arena_bytes": int(params[-1].shape[0]), "blob_bytes": int(params[-3].shape[0]),
-                    "finite_checked": [int(i) for i in checked]}
+                    "finite_checked": [int(i) for i in checked], "profile": PROFILE_NAME in names}
     return None
 
 
-def NativeDriver() -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+def NativeDriver(profile: bool = True) -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
     """`native_driver` as a module pass."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.NativeDriver")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return native_driver(mod)
+        return native_driver(mod, profile=profile)
 
     return _pass

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from qcompile.config import SubnetConfig
 from qcompile.errors import CheckpointError, ConfigError, LoweringError
 from qcompile.ops.graph import IntegerGraph
 from qcompile.ops.meta import program_meta
+
+if TYPE_CHECKING:
+    from qcompile.backends.tvm.profile import NetworkProfile
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +469,13 @@ class Lowered:
         _, ms = run_aarch64(self.library_path(), x, repeat=max(repeat, 2), num_threads=self.num_threads)
         return BenchmarkResult(**_stats(ms), repeat=len(ms), where="qemu (emulated, not device latency)",
                                kernels=())
+
+    def profile(self, x: np.ndarray | None = None, repeat: int = 50, *, isolated: bool = True) -> NetworkProfile:
+        """Every native-driver call's time inside the network against the kernel alone (`profile.profile_network`:
+        a `NetworkProfile` whose `rows` follow the driver's calls; `.table()` prints them)."""
+        from qcompile.backends.tvm.profile import profile_network
+
+        return profile_network(self, x, repeat, isolated=isolated)
 
     def _batch_shape(self, batch: int | None) -> tuple[int, ...]:
         """The input shape of a call with `batch` images (None: the library's own batch, 1 when dynamic)."""

@@ -175,23 +175,26 @@ def test_driver_refuses_non_finite_inputs_itself(mbv2_x86, mbv2_graph):
     np.testing.assert_array_equal(mbv2_x86(x), G.reference(mbv2_graph, x))
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_finite_check_on_the_bits(dtype):
+def test_finite_check_on_the_bits(dtype, chunks):
     """`finite_check` passes the largest finite values, subnormals and signed zeros, and fails on NaN (either sign)
-    and +-inf at the first, a middle and the last position (the vectorised loop's remainder included)."""
+    and +-inf at the first, a middle and the last position (the vectorised loop's remainder included); in the
+    parallel form too (3 chunks of 13, 13 and 11 values: each chunk's first and last position among them)."""
     import tvm
 
     from qcompile.backends.tvm.driver import finite_check
     from qcompile.backends.tvm.targets import resolve_target
 
     n = 37
-    lib = tvm.tirx.build(tvm.IRModule({"chk": finite_check(n, dtype, "chk")}), target=resolve_target("x86").target())
+    lib = tvm.tirx.build(tvm.IRModule({"chk": finite_check(n, dtype, "chk", chunks)}),
+                         target=resolve_target("x86").target())
     check = lib["chk"]
     fi = np.finfo(dtype)
     ok = np.resize(np.array([fi.max, -fi.max, fi.smallest_subnormal, -fi.tiny, 0.0, -0.0, 1.5], dtype), n)
     check(tvm.runtime.tensor(ok))
     for bad in (np.nan, -np.nan, np.inf, -np.inf):
-        for pos in (0, n // 2, n - 1):
+        for pos in (0, n // 2, n - 1, 12, 13, 25, 26):
             y = ok.copy()
             y[pos] = bad
             with pytest.raises(Exception, match="non-finite"):
@@ -239,3 +242,47 @@ def test_call_minus_driver_probe(mbv2_graph, monkeypatch):
     monkeypatch.setattr(lowered, "_COPY_OUT_MAX", 0)
     with pytest.raises(ValueError, match="does not call the native driver"):
         call_minus_driver(lower_integer_graph(mbv2_graph, "x86"), rounds=1, calls=1)
+
+
+def test_arena_affine_reuse_alternates_a_blocks_buffers(monkeypatch):
+    """`reuse="affine"`: never two live tensors on one byte (random lifetimes); in a chain of inverted-residual
+    blocks (expand E -> depthwise D -> project P) each depthwise output after the first lands on the bytes the
+    previous depthwise read (the previous E's output), where first fit puts every one on the bytes the previous P
+    read; the environment knob is validated."""
+    from qcompile.backends.tvm import driver
+    from qcompile.errors import ConfigError
+
+    rng = np.random.default_rng(2)
+    kinds = ["a", "b", "c"]
+    for _ in range(40):
+        slots = []
+        for _ in range(int(rng.integers(1, 30))):
+            first = int(rng.integers(0, 30))
+            slots.append(_Slot("arena", nbytes=int(rng.integers(1, 5000)), first=first,
+                               last=first + int(rng.integers(0, 5)), writer=str(rng.choice(kinds)),
+                               reader=str(rng.choice(kinds))))
+        size = _first_fit(slots, reuse="affine")
+        for i, a in enumerate(slots):
+            assert a.offset % ALIGN == 0 and a.offset + a.nbytes <= size
+            for b in slots[i + 1:]:
+                if a.first <= b.last and b.first <= a.last:
+                    assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+    def blocks(reuse):
+        slots = []
+        for k in range(4):
+            slots += [_Slot("arena", nbytes=75264, first=3 * k, last=3 * k + 1, writer="E", reader="D"),
+                      _Slot("arena", nbytes=75264, first=3 * k + 1, last=3 * k + 2, writer="D", reader="P"),
+                      _Slot("arena", nbytes=12544, first=3 * k + 2, last=3 * k + 3, writer="P", reader="E")]
+        _first_fit(slots, reuse=reuse)
+        return slots
+
+    aff, first = blocks("affine"), blocks("first")
+    for k in range(1, 4):
+        assert aff[3 * k + 1].offset == aff[3 * (k - 1)].offset  # D_k on E_(k-1)'s bytes (read by D_(k-1))
+        assert first[3 * k + 1].offset == first[3 * (k - 1) + 1].offset  # first fit: on D_(k-1)'s (read by P)
+    monkeypatch.setenv(driver.ENV_ARENA_REUSE, "affine")
+    assert driver.arena_reuse() == "affine"
+    monkeypatch.setenv(driver.ENV_ARENA_REUSE, "lru")
+    with pytest.raises(ConfigError, match=driver.ENV_ARENA_REUSE):
+        driver.arena_reuse()

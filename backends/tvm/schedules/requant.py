@@ -28,7 +28,7 @@ tensor and its call disappear. Each step is the reference op's formula (`qcompil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,10 +97,12 @@ def _clamp(v: tirx.PrimExpr, lo: int, hi: int) -> tirx.PrimExpr:
 
 
 def apply_post(code: tirx.PrimExpr, post: Sequence[EpilogueStep], operands: Sequence[te.Tensor],
-               at: tuple[Any, ...]) -> tirx.PrimExpr:
+               at: tuple[Any, ...] | Callable[[te.Tensor], tirx.PrimExpr]) -> tirx.PrimExpr:
     """`code` (a uint8 expression) through the epilogue steps `post`; `operands` are `post_placeholders`'
-    tensors and `at` the index of the output element (the skip tensor is read there). The formulas are the
-    reference's: `table[v]`, `clamp((v*M + off) >> s)`, `clamp((v*Ma + skip*Mb + off) >> s)`, in int64."""
+    tensors and `at` the index of the output element (the skip tensor is read there), or a function that reads
+    the output element's value from a skip tensor (`conv.gemm_requant_stages`: contiguous reads where pixels are
+    padded). The formulas are the reference's: `table[v]`, `clamp((v*M + off) >> s)`,
+    `clamp((v*Ma + skip*Mb + off) >> s)`, in int64."""
     it = iter(operands)
     v = code
     for st in post:
@@ -113,8 +115,9 @@ def apply_post(code: tirx.PrimExpr, post: Sequence[EpilogueStep], operands: Sequ
         elif st.op == "add":
             m_self, m_other, off, sh, lo, hi = (int(c) for c in st.consts)
             skip = next(it)
+            other = at(skip) if callable(at) else skip[tuple(at)]
             v = _clamp((v.astype("int64") * tirx.const(m_self, "int64")
-                        + skip[tuple(at)].astype("int64") * tirx.const(m_other, "int64")
+                        + other.astype("int64") * tirx.const(m_other, "int64")
                         + tirx.const(off, "int64")) >> tirx.const(sh, "int64"), lo, hi)
         else:
             raise ValueError(f"epilogue op {st.op!r} is not one of {EPILOGUE_OPS}")

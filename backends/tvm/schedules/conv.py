@@ -372,7 +372,7 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
                         post: tuple[EpilogueStep, ...] = (), opad: int | None = None, *,
                         pairs: bool = False, narrow: Any = None, tail32: str = "hi32",
-                        pad_skip: bool = False) -> list[te.Tensor]:
+                        pad_skip: bool = False, add32: bool = False) -> list[te.Tensor]:
     """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
     expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
     `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
@@ -387,7 +387,8 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     rows; the condition is the channel's, so the vectorised pixels keep contiguous loads. Without it every vector
     reads at `min(j, P - 1)`, which LLVM turns into 16 scalar byte loads (`vpinsrb`) per vector: 1.2-1.3x the time
     of the same GEMM without the add on MobileNetV2's 14 px projects (docs/peers.md, session 15). The padded
-    pixels' outputs are cropped, so the result is the same.
+    pixels' outputs are cropped, so the result is the same. `add32`: `requant.apply_post`'s (a residual add in
+    int32 arithmetic where its constants allow).
     Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift, *post operands,] out`."""
     kb, g = kgroups
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
@@ -425,7 +426,7 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
             requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow,
                          tail32=tail32),
             post, post_ins,
-            operand_at(c, j)),
+            operand_at(c, j), add32=add32),
             name="epilogue")
         ins = [mult, shift, *post_ins]
     else:

@@ -614,9 +614,9 @@ FUSED_ADD_CASES = [
 def test_gemm_fused_add_padded_pixels_exact(monkeypatch, k, p, o, knobs):
     """A residual add fused into a GEMM whose pixels are padded to whole tiles (issue 20, session 15: MobileNetV2's
     14 px and 7 px project + add layers): with `pad_skip` (default) the skip tensor is read with contiguous vector
-    loads (`conv.gemm_requant_stages`), and the codes equal the reference `requantize` then `add`
-    (integer_semantics.md) for extreme codes, multipliers that are not powers of two and a negative offset, as the
-    kernel before (`pad_skip=False`, one scalar load per pixel) did."""
+    loads (`conv.gemm_requant_stages`), with `add32` (default) the add runs in int32 (`requant.add_int32`), and the
+    codes equal the reference `requantize` then `add` (integer_semantics.md) for extreme codes, multipliers that
+    are not powers of two and a negative offset, as the kernel before (one scalar load per pixel, int64) did."""
     from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
     from qcompile.backends.tvm.schedules.requant import EpilogueStep
 
@@ -642,16 +642,18 @@ def test_gemm_fused_add_padded_pixels_exact(monkeypatch, k, p, o, knobs):
     bterm = bias_term(bias, mult, shift)
     got, loads = {}, {}
     for pad_skip in (True, False):
-        func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=36, post=post), "vnni512", knobs, pad_skip=pad_skip)
+        # the kernel before session 15 (clamped skip index, the add in int64) and the default
+        func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=36, post=post), "vnni512", knobs, pad_skip=pad_skip,
+                                  add32=pad_skip)
+        # the skip tensor read at the output's own index (a contiguous vector), not only at the clamped one
+        loads[pad_skip] = "skip0[v_c, v_j]" in func.script()
         lib = tvm.compile(func, target=VNNI512)
-        loads[pad_skip] = len(re.findall(r"vpinsrb", lib.mod.inspect_source("asm")))
         if not isa.should_execute("avx512-vnni"):
             continue
         out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
         lib(*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, 4, "int8"), bterm, mult, shift, skip)), out)
         got[pad_skip] = out.numpy()
-    if p > 16:  # the scalar byte loads of the clamped read remain only in the last row's branch
-        assert loads[True] < loads[False], loads
+    assert loads == {True: True, False: False}
     if not got:
         pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
     np.testing.assert_array_equal(got[True], ref)

@@ -274,7 +274,8 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
 
 def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), *,
                        pairs: bool = True, unroll_epilogue: bool = True,
-                       split_pack_padding: bool = True, pad_skip: bool = True) -> tvm.tirx.PrimFunc:
+                       split_pack_padding: bool = True, pad_skip: bool = True,
+                       add32: bool = True) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
     `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `gc.conv` describes a full (groups=1)
@@ -288,7 +289,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     (`schedule_pack_padding`). False for either is the kernel before session 12 (kept for `benchmarks.gemm_tiles`).
     `pad_skip` (default): a fused residual add on pixel-padded tiles reads its skip tensor with contiguous vector
     loads, the padded pixels' lanes from the next channel's row (`conv.gemm_requant_stages`); False is the kernel
-    before session 15 (16 scalar loads per vector; kept for `benchmarks.gemm_add`).
+    before session 15 (16 scalar loads per vector; kept for `benchmarks.gemm_add`). `add32` (default): that add in
+    int32 arithmetic where its constants allow (`requant.add_int32`); False is its int64 form.
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
@@ -309,7 +311,7 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     store64 = knobs.store64 and tile.tp % 64 == 0 and pairs
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
                                  pairs=pairs, narrow=narrow_u8_x86 if store64 else None,
-                                 tail32="shr" if knobs.vshift else "hi32", pad_skip=pad_skip)
+                                 tail32="shr" if knobs.vshift else "hi32", pad_skip=pad_skip, add32=add32)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)

@@ -1,5 +1,5 @@
-"""MobileNetV2 224's 19 pointwise GEMMs, their residual add fused as in the network, before and after the contiguous
-skip reads of session 15 (issue 20), at 1 and 2 threads.
+"""MobileNetV2 224's 19 pointwise GEMMs, their residual add fused as in the network, before and after session 15's
+contiguous skip reads and int32 add (issue 20), at 1 and 2 threads.
 
     TVM_NUM_THREADS=2 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.gemm_add [--rounds 40]
 
@@ -7,9 +7,11 @@ Each GEMM of `benchmarks.pack_axis.MBV2_GEMMS` is built as the network's kernel:
 a residual add (`ADD_LAYERS`) carry the add in their epilogue, with the synthetic MobileNetV2's add constants
 (`qcompile.bench.models`: both multipliers 2^30, shift 31), or `--multipliers` that are not powers of two. Variants:
 
-- `old`: `pointwise_conv_x86(..., pad_skip=False)`, the kernel before session 15: where the pixels are padded to
-  whole tiles (14 px and 7 px), every vector of the skip tensor is read at `min(j, P - 1)` (16 scalar loads);
-- `new`: the default, contiguous skip loads (`conv.gemm_requant_stages`' `pad_skip`);
+- `old`: `pointwise_conv_x86(..., pad_skip=False, add32=False)`, the kernel before session 15: where the pixels are
+  padded to whole tiles (14 px and 7 px), every vector of the skip tensor is read at `min(j, P - 1)` (16 scalar
+  loads), and the add runs on int64 lanes;
+- `new`: the default, contiguous skip loads (`conv.gemm_requant_stages`' `pad_skip`) and the add in int32
+  (`requant.add_int32`);
 - `bare` (the add layers): the same GEMM without the add, what the add costs on top.
 
 At each thread count the tile is that thread count's default (`gemm.default_knobs(mode, K, P, O, threads)`), the
@@ -62,7 +64,7 @@ def build(shapes: list[tuple[int, int, int, int]], per_sample: int, multipliers:
             ref = None
             for v in VARIANTS + (("bare",) if post else ()):
                 func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=33, post=() if v == "bare" else post),
-                                          "vnni512", knobs, pad_skip=v == "new")
+                                          "vnni512", knobs, pad_skip=v != "old", add32=v != "old")
                 lib = tvm.compile(func, target=target)
                 mod = getattr(lib, "mod", lib)
                 out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
@@ -89,10 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-delay-us", type=float, default=20.0)
     ap.add_argument("--multipliers", action="store_true",
                     help="add constants that are not powers of two (real LLVM multiplies) instead of 2^30")
+    ap.add_argument("--add-only", action="store_true", help="only the five GEMMs with a residual add")
     args = ap.parse_args(argv)
+    shapes = [s for s in MBV2_GEMMS if s[:3] in ADD_LAYERS or not args.add_only]
     consts = ((1 << 30) - 12345, (3 << 28) + 777, (1 << 30) - (40 << 31), 31) if args.multipliers else \
         (1 << 30, 1 << 30, 1 << 30, 31)
-    jobs = build(list(MBV2_GEMMS), args.per_sample, consts)
+    jobs = build(shapes, args.per_sample, consts)
     load0 = os.getloadavg()
     t0 = time.strftime("%H:%M:%S", time.gmtime())
     best, clean = measure(jobs, args.rounds, args.max_delay_us)
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
           "| without the add: 1 thr, 2 thr us |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     tot = dict.fromkeys(((t, v) for t in (1, 2) for v in VARIANTS), 0.0)
-    for shape in MBV2_GEMMS:
+    for shape in shapes:
         b = {(t, v): best[(t, shape, f"{v}{t}")] for t in (1, 2) for v in VARIANTS}
         for key, val in b.items():
             tot[key] += shape[3] * val

@@ -290,7 +290,9 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     `pad_skip` (default): a fused residual add on pixel-padded tiles reads its skip tensor with contiguous vector
     loads, the padded pixels' lanes from the next channel's row (`conv.gemm_requant_stages`); False is the kernel
     before session 15 (16 scalar loads per vector; kept for `benchmarks.gemm_add`). `add32` (default): that add in
-    int32 arithmetic where its constants allow (`requant.add_int32`); False is its int64 form.
+    int32 arithmetic where its constants allow (`requant.add_int32`), and on `store64` tiles the requantized codes
+    go to the fused steps without the 64-code narrowing, which they would widen again (144 x 3136 -> 24 + add at 1
+    thread: 0.97x); False is the kernel before session 15.
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
@@ -310,7 +312,7 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     # 64 codes per store: only where a tile row is whole 64-pixel vectors (a padded tile's crop reads them back)
     store64 = knobs.store64 and tile.tp % 64 == 0 and pairs
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
-                                 pairs=pairs, narrow=narrow_u8_x86 if store64 else None,
+                                 pairs=pairs, narrow=narrow_u8_x86 if store64 and not (add32 and gc.post) else None,
                                  tail32="shr" if knobs.vshift else "hi32", pad_skip=pad_skip, add32=add32)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")

@@ -371,7 +371,8 @@ def finish_gemm_tile(sch: Any, tile: GemmTile, intrin: str, gm: Any, at: Any, rb
 def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bias: te.Tensor, o: int, p: int,
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
                         post: tuple[EpilogueStep, ...] = (), opad: int | None = None, *,
-                        pairs: bool = False, narrow: Any = None, tail32: str = "hi32") -> list[te.Tensor]:
+                        pairs: bool = False, narrow: Any = None, tail32: str = "hi32",
+                        pad_skip: bool = False, add32: bool = False) -> list[te.Tensor]:
     """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
     expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
     `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
@@ -380,6 +381,14 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     The requantized code goes through the fused steps `post` (`requant.apply_post`; their operands
     `requant.post_placeholders` over `[O, P]`). `pairs` selects `requant.requant_expr`'s even/odd-lane form of
     the requantize (the x86 GEMMs), `narrow` its last step and `tail32` its int32 tail (`requant.requant_expr`'s).
+    `pad_skip` (pixels padded): a skip tensor (residual `add`) is read at the output's own index `(c, j)` also for
+    the padded pixels `j >= P`, whose elements lie in the next channel's row of the skip tensor (row-major), for
+    every channel `c < O - ceil((Pp - P) / P)` (in bounds: `c P + j < O P`), and at `min(j, P - 1)` only in the last
+    rows; the condition is the channel's, so the vectorised pixels keep contiguous loads. Without it every vector
+    reads at `min(j, P - 1)`, which LLVM turns into 16 scalar byte loads (`vpinsrb`) per vector: 1.2-1.3x the time
+    of the same GEMM without the add on MobileNetV2's 14 px projects (docs/peers.md, session 15). The padded
+    pixels' outputs are cropped, so the result is the same. `add32`: `requant.apply_post`'s (a residual add in
+    int32 arithmetic where its constants allow).
     Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift, *post operands,] out`."""
     kb, g = kgroups
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
@@ -399,11 +408,25 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
         def at(c, j):  # padded pixels read a valid skip element; they are cropped
             return (c, tirx.min(j, p - 1) if pp != p else j)
 
+        # rows read past P (into the next channel's row) stay inside the skip tensor for the first `o - r` rows
+        r = -(-(pp - p) // p)
+
+        def operand_at(c, j):
+            if not pad_skip or pp == p:
+                return at(c, j)
+
+            def read(t: te.Tensor) -> Any:
+                # the condition is the channel's, not the lane's: one branch per vector, contiguous loads in the
+                # first (the values read past P are those of padded pixels, which are cropped)
+                return tirx.if_then_else(c < o - r, t[c, j], t[c, tirx.min(j, p - 1)])
+
+            return read
+
         res = te.compute(shape, lambda c, j: apply_post(
             requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow,
                          tail32=tail32),
             post, post_ins,
-            at(c, j)),
+            operand_at(c, j), add32=add32),
             name="epilogue")
         ins = [mult, shift, *post_ins]
     else:

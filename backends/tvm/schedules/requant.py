@@ -28,7 +28,7 @@ tensor and its call disappear. Each step is the reference op's formula (`qcompil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,10 @@ __all__ = [
     "MADD_SHR_CLAMP",
     "TAIL32_FORMS",
     "EpilogueStep",
+    "ADD32_MAX_SHIFT",
+    "ADD32_SPLIT",
+    "add_int32",
+    "add_int32_applies",
     "apply_post",
     "bias_term",
     "pair_lowering",
@@ -96,11 +100,58 @@ def _clamp(v: tirx.PrimExpr, lo: int, hi: int) -> tirx.PrimExpr:
     return tirx.Max(tirx.Min(v, tirx.const(int(hi), "int64")), tirx.const(int(lo), "int64")).astype("uint8")
 
 
+#: `add_int32`'s split of the multipliers and the offset: `M = Mh 2^16 + Ml`, `off = oh 2^16 + ol`
+ADD32_SPLIT = 16
+#: `add_int32` holds for shifts in [ADD32_SPLIT, ADD32_MAX_SHIFT]: `2^24 + 2^9 + 2^(s - 8) < 2^31`
+ADD32_MAX_SHIFT = 38
+
+
+def add_int32_applies(m_self: int, m_other: int, shift: int, lo: int, hi: int) -> bool:
+    """Whether `add_int32` computes the residual add of these constants exactly: both multipliers in [0, 2^31),
+    the shift in [`ADD32_SPLIT`, `ADD32_MAX_SHIFT`], the clamp inside [0, 255] (every add of uint8 codes built by
+    `passes.to_integer` whose shift is at most 38)."""
+    return (0 <= m_self < 1 << 31 and 0 <= m_other < 1 << 31 and ADD32_SPLIT <= shift <= ADD32_MAX_SHIFT
+            and 0 <= lo <= hi <= 255)
+
+
+def add_int32(a: tirx.PrimExpr, b: tirx.PrimExpr, m_a: int, m_b: int, off: int, shift: int, lo: int,
+              hi: int) -> tirx.PrimExpr:
+    """The reference residual add `clamp((a Ma + b Mb + off) >> s, lo, hi)` of two uint8 codes `a`, `b` in int32
+    arithmetic only (`add_int32_applies`' constants), the same integer: with `M = Mh 2^16 + Ml` (`Ml < 2^16`) and
+    `off = oh 2^16 + ol` (`0 <= ol < 2^16`, floor division),
+
+    - `L = a Ml + b Ml' + ol < 2^25` and `H = a Mh + b Mh' < 2^24` are exact int32 values and the sum is
+      `(H + oh) 2^16 + L`, so `sum >> s = (H + (L >> 16) + oh) >> (s - 16)` (nested floor divisions by powers of
+      two, arithmetic shifts);
+    - `oh` (up to 2^46) is clamped to `[-2^26, 2^(s - 8)]`: below, `X = H + (L >> 16) + oh < 0` whichever it is, so
+      the shift is negative and clamps to `lo >= 0`; above, `X >= 256 2^(s - 16)`, the shift is at least 256 and
+      clamps to `hi <= 255`; between, `|X| < 2^31` for `s <= 38`.
+
+    Four `vpmulld` and int32 adds and shifts per 16 lanes instead of int64 lanes (two zmm per operand, their
+    widening and narrowing): docs/peers.md, session 15."""
+    k = ADD32_SPLIT
+    i32 = "int32"
+
+    def c(v: int) -> tirx.PrimExpr:
+        return tirx.const(int(v), i32)
+
+    mask = (1 << k) - 1
+    oh = min(max(off >> k, -(1 << 26)), 1 << (shift - 8))
+    a32, b32 = a.astype(i32), b.astype(i32)
+    low = a32 * c(m_a & mask) + b32 * c(m_b & mask) + c(off & mask)
+    x = a32 * c(m_a >> k) + b32 * c(m_b >> k) + (low >> c(k)) + c(oh)
+    r = x >> c(shift - k)
+    return tirx.Max(tirx.Min(r, c(hi)), c(lo)).astype("uint8")
+
+
 def apply_post(code: tirx.PrimExpr, post: Sequence[EpilogueStep], operands: Sequence[te.Tensor],
-               at: tuple[Any, ...]) -> tirx.PrimExpr:
+               at: tuple[Any, ...] | Callable[[te.Tensor], tirx.PrimExpr], *, add32: bool = False) -> tirx.PrimExpr:
     """`code` (a uint8 expression) through the epilogue steps `post`; `operands` are `post_placeholders`'
-    tensors and `at` the index of the output element (the skip tensor is read there). The formulas are the
-    reference's: `table[v]`, `clamp((v*M + off) >> s)`, `clamp((v*Ma + skip*Mb + off) >> s)`, in int64."""
+    tensors and `at` the index of the output element (the skip tensor is read there), or a function that reads
+    the output element's value from a skip tensor (`conv.gemm_requant_stages`: contiguous reads where pixels are
+    padded). The formulas are the reference's: `table[v]`, `clamp((v*M + off) >> s)`,
+    `clamp((v*Ma + skip*Mb + off) >> s)`, in int64; with `add32` the add in int32 (`add_int32`) where its
+    constants allow (`add_int32_applies`), the same integer."""
     it = iter(operands)
     v = code
     for st in post:
@@ -113,8 +164,12 @@ def apply_post(code: tirx.PrimExpr, post: Sequence[EpilogueStep], operands: Sequ
         elif st.op == "add":
             m_self, m_other, off, sh, lo, hi = (int(c) for c in st.consts)
             skip = next(it)
+            other = at(skip) if callable(at) else skip[tuple(at)]
+            if add32 and add_int32_applies(m_self, m_other, sh, lo, hi):
+                v = add_int32(v, other, m_self, m_other, off, sh, lo, hi)
+                continue
             v = _clamp((v.astype("int64") * tirx.const(m_self, "int64")
-                        + skip[tuple(at)].astype("int64") * tirx.const(m_other, "int64")
+                        + other.astype("int64") * tirx.const(m_other, "int64")
                         + tirx.const(off, "int64")) >> tirx.const(sh, "int64"), lo, hi)
         else:
             raise ValueError(f"epilogue op {st.op!r} is not one of {EPILOGUE_OPS}")

@@ -280,3 +280,75 @@ def test_pair_epilogue_on_short_and_odd_vectors(lanes, shift_min):
     args = (acc, bias_term(np.zeros(o, np.int64), mult, shift), mult.astype(np.int32), shift.astype(np.int32))
     lib(*(tvm.runtime.tensor(a) for a in args), out)
     np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def _add_cases(rng: np.random.Generator) -> list[tuple[tuple[int, int, int, int, int, int], bool]]:
+    """((Ma, Mb, offset, shift, lo, hi), spans) of residual adds at every shift of `add_int32` (16..38): every
+    multiplier class (0, 1, 2^16 - 1, 2^16, 2^30, 2^31 - 1, random) paired with offsets near the clamps; offsets far
+    beyond either clamp (the clamped high part); and `spans`: multipliers `r 2^s` (r in [0.3, 1), as
+    `passes.to_integer` makes them) with an offset that centres the result, so that most codes are inside the clamp.
+    """
+    cases = []
+    classes = (0, 1, 2**16 - 1, 2**16, 2**30, 2**31 - 1)
+    for s in range(16, 39):
+        for _ in range(2):
+            ma = int(rng.choice([*classes, int(rng.integers(1, 2**31))]))
+            mb = int(rng.choice([*classes, int(rng.integers(1, 2**31))]))
+            off = int(rng.integers(-(1 << (s + 9)), 1 << (s + 9)))
+            cases.append(((ma, mb, off, s, 0, 255), False))
+        for _ in range(2):
+            ma, mb = (min(int(rng.uniform(0.3, 1.0) * 2.0**s), 2**31 - 1) for _ in range(2))
+            lo, hi = (int(rng.integers(0, 30)), int(rng.integers(200, 256))) if rng.random() < 0.5 else (0, 255)
+            off = (int(rng.integers(-60, 60)) << s) + int(rng.integers(0, 1 << s))
+            cases.append(((ma, mb, off, s, lo, hi), s <= 31))
+        cases.append(((2**30, 2**30, -(2**61), s, 0, 255), False))  # below every clamp
+        cases.append(((2**30, 2**30, 2**61, s, 0, 255), False))  # above
+        cases.append(((int(rng.integers(1, 2**31)), 2**31 - 1, (1 << (s + 8)) + 12345, s, 0, 255), False))  # bound
+    return cases
+
+
+def _add_body(a, b, consts):
+    from qcompile.backends.tvm.schedules.requant import add_int32
+
+    return lambda i: add_int32(a[i], b[i], *consts)
+
+
+def test_add_int32_exact_on_every_code_pair():
+    """`requant.add_int32` (the residual add in int32 arithmetic) equals `qcompile.ops.reference.add` on all 65536
+    pairs of uint8 codes for every multiplier class and shift it applies to, offsets across and far beyond the
+    clamps; `add_int32_applies` refuses what it does not cover."""
+    from qcompile.backends.tvm.schedules.requant import add_int32_applies
+
+    rng = np.random.default_rng(20)
+    a_np = np.repeat(np.arange(256, dtype=np.uint8), 256)
+    b_np = np.tile(np.arange(256, dtype=np.uint8), 256)
+    cases = _add_cases(rng)
+    n = a_np.size
+    a = te.placeholder((n,), "uint8", name="a")
+    b = te.placeholder((n,), "uint8", name="b")
+    target = isa.target("avx512")
+    checked = 0
+    for consts, spans in cases:
+        ma, mb, off, s, lo, hi = consts
+        assert add_int32_applies(ma, mb, s, lo, hi)
+        out = te.compute((n,), _add_body(a, b, consts), name="out")
+        sch = s_tir.Schedule(te.create_prim_func([a, b, out]))
+        _, ji = sch.split(sch.get_loops(sch.get_sblock("out"))[0], [None, 16])
+        sch.vectorize(ji)
+        lib = tvm.compile(sch.mod["main"], target=target)
+        if not isa.should_execute("avx512"):
+            continue
+        got = tvm.runtime.tensor(np.zeros(n, np.uint8))
+        lib(tvm.runtime.tensor(a_np), tvm.runtime.tensor(b_np), got)
+        ref = R.add(torch.from_numpy(a_np), torch.from_numpy(b_np), multiplier_a=ma, multiplier_b=mb, offset=off,
+                    shift=s, lo=lo, hi=hi).numpy()
+        np.testing.assert_array_equal(got.numpy(), ref, err_msg=str((ma, mb, off, s, lo, hi)))
+        if spans:  # these test the arithmetic inside the clamp, not only the clamps
+            assert len(np.unique(ref)) > 100, (ma, mb, off, s)
+            checked += 1
+    if not isa.should_execute("avx512"):
+        pytest.skip("built the avx512 kernels; this CPU cannot execute them")
+    assert checked == 2 * (31 - 16 + 1)
+    for bad in ((-1, 5, 31, 0, 255), (5, 2**31, 31, 0, 255), (5, 5, 15, 0, 255), (5, 5, 39, 0, 255),
+                (5, 5, 31, -1, 255), (5, 5, 31, 0, 256)):
+        assert not add_int32_applies(*bad)

@@ -605,6 +605,67 @@ def test_gemm_chunks_one_region_exact(monkeypatch, mode, target, k, p, o, knobs,
     np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target, instr=instr), ref)
 
 
+# (k, p, o, knobs): pixel-padded tiles of every epilogue width; p=5 pads 11 pixels, more than a row, so the last
+# ceil(11/5) = 3 channels take the clamped read
+FUSED_ADD_CASES = [
+    pytest.param(64, 196, 24, GemmKnobs(12, 16, False, chunks=2), id="14px-one-region"),
+    pytest.param(64, 196, 36, GemmKnobs(12, 16), id="14px-two-regions"),
+    pytest.param(40, 49, 12, GemmKnobs(3, 56, True, 8), id="7px-ymm-rows"),
+    pytest.param(24, 100, 6, GemmKnobs(2, 64, store64=True, vshift=True), id="store64-vshift"),
+    pytest.param(8, 5, 8, GemmKnobs(4, 16), id="5px-rows-past-the-tensor"),
+]
+
+
+@pytest.mark.parametrize("k,p,o,knobs", FUSED_ADD_CASES)
+def test_gemm_fused_add_padded_pixels_exact(monkeypatch, k, p, o, knobs):
+    """A residual add fused into a GEMM whose pixels are padded to whole tiles (issue 20, session 15: MobileNetV2's
+    14 px and 7 px project + add layers): with `pad_skip` (default) the skip tensor is read with contiguous vector
+    loads (`conv.gemm_requant_stages`), with `add32` (default) the add runs in int32 (`requant.add_int32`), and the
+    codes equal the reference `requantize` then `add` (integer_semantics.md) for extreme codes, multipliers that
+    are not powers of two and a negative offset, as the kernel before (one scalar load per pixel, int64) did."""
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+    from qcompile.backends.tvm.schedules.requant import EpilogueStep
+
+    monkeypatch.setenv(ENV_MIN_US, "0")  # parallel regions whatever the size
+    add = dict(multiplier_a=(1 << 30) - 12345, multiplier_b=(3 << 28) + 777, offset=(1 << 30) - (40 << 31), shift=31,
+               lo=0, hi=255)
+    post = (EpilogueStep("add", tuple(add[f] for f in ("multiplier_a", "multiplier_b", "offset", "shift", "lo",
+                                                        "hi"))),)
+    rng = np.random.default_rng(k * p + o)
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(36, 40, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    skip = rng.integers(0, 256, (o, p)).astype(np.uint8)
+    skip[:, -1] = 255  # the last pixel: what the clamped read repeats
+    skip[-1, :] = 0
+    code = torch.from_numpy(_gemm_ref(x, w, bias, mult, shift, 0, 255).astype(np.uint8))
+    ref = R.add(code, torch.from_numpy(skip), **add).numpy()
+    assert len(np.unique(ref)) > min(20, ref.size // 4) and (ref == 0).any()
+    bterm = bias_term(bias, mult, shift)
+    got, loads = {}, {}
+    for pad_skip in (True, False):
+        # the kernel before session 15 (clamped skip index, the add in int64) and the default
+        func = pointwise_conv_x86(GemmConv(k, p, o, shift_min=36, post=post), "vnni512", knobs, pad_skip=pad_skip,
+                                  add32=pad_skip)
+        # the skip tensor read at the output's own index (a contiguous vector), not only at the clamped one
+        loads[pad_skip] = "skip0[v_c, v_j]" in func.script()
+        lib = tvm.compile(func, target=VNNI512)
+        if not isa.should_execute("avx512-vnni"):
+            continue
+        out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
+        lib(*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, 4, "int8"), bterm, mult, shift, skip)), out)
+        got[pad_skip] = out.numpy()
+    assert loads == {True: True, False: False}
+    if not got:
+        pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
+    np.testing.assert_array_equal(got[True], ref)
+    np.testing.assert_array_equal(got[False], ref)
+
+
 def test_gemm_chunks_fall_back_to_two_regions(monkeypatch):
     """Where the channel tiles do not split into `chunks` equal blocks, or the kernel stays serial, `chunks` builds
     the two-region kernel (the packing over reduction blocks, then the tiles)."""

@@ -277,7 +277,8 @@ def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -
 
 def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), *,
                        pairs: bool = True, unroll_epilogue: bool = True,
-                       split_pack_padding: bool = True) -> tvm.tirx.PrimFunc:
+                       split_pack_padding: bool = True, pad_skip: bool = True,
+                       add32: bool = True) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc `(x, wp[O, K/g, g], bterm[O] i64, mult[O] i32, shift[O] i32) -> out[O, P]`.
 
     `x` is `[K, P]` uint8 for a pointwise conv, or `[C, H, W]` when `gc.conv` describes a full (groups=1)
@@ -289,6 +290,12 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     `unroll_epilogue` (default): the epilogue reads the accumulator tile in registers (`conv.finish_gemm_tile`).
     `split_pack_padding` (default): the packing of pixel-padded pointwise GEMMs without a test per element
     (`schedule_pack_padding`). False for either is the kernel before session 12 (kept for `benchmarks.gemm_tiles`).
+    `pad_skip` (default): a fused residual add on pixel-padded tiles reads its skip tensor with contiguous vector
+    loads, the padded pixels' lanes from the next channel's row (`conv.gemm_requant_stages`); False is the kernel
+    before session 15 (16 scalar loads per vector; kept for `benchmarks.gemm_add`). `add32` (default): that add in
+    int32 arithmetic where its constants allow (`requant.add_int32`), and on `store64` tiles the requantized codes
+    go to the fused steps without the 64-code narrowing, which they would widen again (144 x 3136 -> 24 + add at 1
+    thread: 0.97x); False is the kernel before session 15.
     """
     if mode not in MODES:
         raise ConfigError("mode", mode, sorted(MODES))
@@ -308,8 +315,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     # 64 codes per store: only where a tile row is whole 64-pixel vectors (a padded tile's crop reads them back)
     store64 = knobs.store64 and tile.tp % 64 == 0 and pairs
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
-                                 pairs=pairs, narrow=narrow_u8_x86 if store64 else None,
-                                 tail32="shr" if knobs.vshift else "hi32")
+                                 pairs=pairs, narrow=narrow_u8_x86 if store64 and not (add32 and gc.post) else None,
+                                 tail32="shr" if knobs.vshift else "hi32", pad_skip=pad_skip, add32=add32)
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)

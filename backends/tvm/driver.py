@@ -37,7 +37,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DRIVER_NAME", "PROFILE_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info"]
+__all__ = ["DRIVER_NAME", "PROFILE_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info",
+           "aligned_empty"]
 
 DRIVER_NAME = "qc_driver"
 #: the driver's profiling twin in the same library: the same calls, plus a cycle-counter stamp before each call
@@ -465,3 +466,12 @@ def NativeDriver(profile: bool = True) -> Any:  # noqa: N802 (a TVM pass constru
         return native_driver(mod, profile=profile)
 
     return _pass
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data is `ALIGN`-byte aligned: the driver's arena, output and
+    input buffers (TVM's DLPack import and the kernels' buffers require it)."""
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + n].view(dtype).reshape(shape)

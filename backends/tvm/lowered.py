@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qcompile.backends.tvm.driver import aligned_empty
 from qcompile.backends.tvm.emitter import emit_relax
 from qcompile.backends.tvm.pipeline import Pipeline, build_pass, default_pipeline
 from qcompile.backends.tvm.targets import TargetSpec, resolve_target
@@ -356,7 +357,7 @@ class Lowered:
         if shape not in self._bound:
             if len(self._bound) >= _BOUND_SHAPES:  # the oldest batch size's buffer goes (a dict keeps insertion order)
                 self._bound.pop(next(iter(self._bound)))
-            arr = _aligned_empty(shape, np.dtype(self.input_dtype))
+            arr = aligned_empty(shape, np.dtype(self.input_dtype))
             self._bound[shape] = (arr, tvm.runtime.from_dlpack(arr))
         self._in_array, self._in_tensor = self._bound[shape]
         if self._main is None:
@@ -385,8 +386,8 @@ class Lowered:
         import tvm
 
         blob = vm[DRIVER_BLOB_NAME]()
-        out = _aligned_empty(out_shape, out_dtype)
-        arena = _aligned_empty((int(info["arena_bytes"]),), np.dtype(np.uint8))
+        out = aligned_empty(out_shape, out_dtype)
+        arena = aligned_empty((int(info["arena_bytes"]),), np.dtype(np.uint8))
         self._out_array = out
         # the tensors share the arrays' memory and keep them alive (DLPack)
         self._driver_args = (self._in_tensor, blob, tvm.runtime.from_dlpack(out), tvm.runtime.from_dlpack(arena))
@@ -543,14 +544,6 @@ class Lowered:
             dev = sess.cpu()
             vm = relax.VirtualMachine(sess.load_module(LIB_NAME), dev)
             return vm["main"](tvm.runtime.tensor(arr, dev)).numpy()
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data is `_ALIGN`-byte aligned (TVM's DLPack import requires it)."""
-    n = math.prod(shape) * dtype.itemsize
-    raw = np.empty(n + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    return raw[start : start + n].view(dtype).reshape(shape)
 
 
 def _allow_amx(spec: TargetSpec) -> None:

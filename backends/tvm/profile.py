@@ -109,8 +109,7 @@ class Stamper:
     def __init__(self, low: Any) -> None:
         import tvm
 
-        from qcompile.backends.tvm.driver import DRIVER_NAME
-        from qcompile.backends.tvm.lowered import _aligned_empty
+        from qcompile.backends.tvm.driver import DRIVER_NAME, aligned_empty
 
         twin = _twin(low)
         if low._driver is None:
@@ -120,7 +119,7 @@ class Stamper:
                                 "profile a network with a smaller output")
         info = low.meta["driver"]
         self.names = [f"{DRIVER_NAME}_finite{i}" for i in info.get("finite_checked", [])] + list(info["calls"])
-        self._stamps = _aligned_empty((len(self.names) + 1,), np.dtype(np.int64))  # DLPack wants 64-byte alignment
+        self._stamps = aligned_empty((len(self.names) + 1,), np.dtype(np.int64))  # DLPack wants 64-byte alignment
         self._twin, self._args = twin, (*low._driver_args, tvm.runtime.from_dlpack(self._stamps))
         self._plain, self._plain_args = low._driver, low._driver_args
         t0 = time.perf_counter()

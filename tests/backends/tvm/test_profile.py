@@ -45,7 +45,7 @@ def test_profiling_twin_computes_the_drivers_output(mbv2_x86, mbv2_graph):
     call + 1; its stamps span at least a sleep inserted between two of its runs (the counter counts time)."""
     import tvm
 
-    from qcompile.backends.tvm.lowered import _aligned_empty
+    from qcompile.backends.tvm.driver import aligned_empty
     from qcompile.backends.tvm.profile import _twin
 
     x = make_input(mbv2_graph, 32)
@@ -53,7 +53,7 @@ def test_profiling_twin_computes_the_drivers_output(mbv2_x86, mbv2_graph):
     mbv2_x86(x)
     twin = _twin(mbv2_x86)
     n = len(mbv2_x86.meta["driver"]["calls"]) + 1
-    stamps = _aligned_empty((n + 1,), np.dtype(np.int64))
+    stamps = aligned_empty((n + 1,), np.dtype(np.int64))
     stamps[:] = 0
     mbv2_x86._out_array[...] = 0
     twin(*mbv2_x86._driver_args, tvm.runtime.from_dlpack(stamps))

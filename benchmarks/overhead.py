@@ -21,9 +21,11 @@ interleaved rounds (each round times every quantity once, in rotating order, so 
 - the VM instructions per call (counted with the VM's instrument hook): kernel calls, `reshape` views,
   `alloc_tensor` / `alloc_storage`, `null_value` (register kills).
 
-Each build of `--builds` (default both) is measured in the same rounds: `driver`, the default lowering, where
-`main` calls one native function that calls every kernel (`backends/tvm/driver.py`), and `vm`, the same kernels
-with one Relax VM instruction per kernel call (`finalize_passes(native_driver=False)`, the figure before it).
+Each build of `--builds` (default all three) is measured in the same rounds: `driver`, the default lowering,
+where `main` calls one native function that calls every kernel's body directly (`backends/tvm/driver.py`),
+`packed`, the same driver calling each kernel through its packed API (`finalize_passes(direct_calls=False)`, the
+figure before direct calls), and `vm`, the same kernels with one Relax VM instruction per kernel call
+(`finalize_passes(native_driver=False)`, the figure before the driver).
 
 `--probe DIR` measures instead what `Lowered.__call__` adds to the native driver of an exported lowering
 (`call_minus_driver`: `__call__`, the driver on its prepared tensors and the input copy alone, interleaved rounds),
@@ -246,20 +248,21 @@ def to_markdown(res: dict[str, Any], threads: int, meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: the builds `--builds` names: the default native driver, and one VM instruction per kernel (the before figure)
-BUILDS = {"driver": "native driver", "vm": "Relax VM per kernel"}
+#: the builds `--builds` names: the default native driver (direct kernel calls), the native driver calling the
+#: kernels through their packed API, and one VM instruction per kernel (the figures before)
+BUILDS = {"driver": "native driver", "packed": "native driver, packed kernel calls", "vm": "Relax VM per kernel"}
 
 
-def _pipeline(keep_views: bool, driver: bool) -> Any:
-    """The default lowering pipeline, without `AbsorbReshapeViews` if `keep_views`, without the native driver
-    (`driver.NativeDriver`) unless `driver`."""
+def _pipeline(keep_views: bool, kind: str) -> Any:
+    """The default lowering pipeline for build `kind` (a key of `BUILDS`), without `AbsorbReshapeViews` if
+    `keep_views`."""
     import dataclasses
     import functools
 
     from qcompile.backends.tvm.pipeline import default_pipeline, finalize_passes
 
     return dataclasses.replace(default_pipeline(), finalize=functools.partial(
-        finalize_passes, absorb_views=not keep_views, native_driver=driver))
+        finalize_passes, absorb_views=not keep_views, native_driver=kind != "vm", direct_calls=kind != "packed"))
 
 
 def call_minus_driver(low: Any, rounds: int, calls: int, seed: int = 0) -> dict[str, Any]:
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/overhead")
     ap.add_argument("--keep-views", action="store_true",
                     help="build without absorbing the reshape views between kernels (the before figure)")
-    ap.add_argument("--builds", default="driver,vm",
+    ap.add_argument("--builds", default="driver,packed,vm",
                     help="comma-separated builds measured side by side: " + ", ".join(f"{k} ({v})" for k, v in
                                                                                     BUILDS.items()))
     ap.add_argument("--unfused", action="store_true",
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as empty:  # untuned: our default schedules, no database records
         os.environ["QCOMPILE_CACHE"] = empty
         builds = {BUILDS[k]: lower_integer_graph(ig, "x86", num_threads=a.threads,
-                                                 pipeline=_pipeline(a.keep_views, k == "driver")) for k in kinds}
+                                                 pipeline=_pipeline(a.keep_views, k)) for k in kinds}
     if warm is None:
         os.environ.pop("QCOMPILE_CACHE")
     else:

@@ -4,8 +4,9 @@ Per kernel, the Relax VM executes an `alloc_tensor` (a new tensor object on a st
 packed call through the interpreter and a register kill: about 0.2-0.3 us each, ~30 us per call of the demo
 subnet's 104 kernels (docs/benchmarks_demo.md, "Per-call overhead"). `NativeDriver` replaces the kernel calls
 of `main` by one TIR PrimFunc, `qc_driver`, compiled into the same library, which calls the kernels in program
-order as direct C calls (`tvm_call_cpacked`: a DLTensor per argument built on the stack, no lookup, no tensor
-object, no interpreter) on
+order as direct C calls of each kernel's body with its data pointers (`direct_body`: no DLTensor, no packed-API
+argument checks, no lookup, no tensor object, no interpreter; `direct_calls=False`: through the kernel's packed
+API, `tvm_call_cpacked`, a DLTensor per argument built on the stack) on
 
 - one arena for every intermediate tensor, its offsets planned at compile time (liveness intervals, first fit of
   the largest first, 64-byte aligned): the arena is the driver's second output, so the VM allocates it once per
@@ -317,10 +318,68 @@ def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
     return check_chunks.with_attr("global_symbol", name)
 
 
+#: suffix of a kernel's `direct_body` (a private function: no exported symbol)
+DIRECT_SUFFIX = "_direct"
+#: PrimFunc attribute of a `direct_body`: `PrivateDirectBodies` keeps it without a global symbol
+DIRECT_BODY_ATTR = "qcompile.direct_body"
+
+
+def direct_body(func: Any) -> Any:
+    """Kernel `func`'s computation as a private PrimFunc of its buffers' data pointers, in parameter order: no
+    packed API (TVM's `MakePackedAPI` only wraps functions with a global symbol), so a call is a plain C call.
+
+    The packed API of an exported kernel reads each argument's type code and DLTensor and checks its ndim, dtype,
+    shape, strides, offset and device before the body runs: about 30-40 ns per kernel call on Zen 4 with the
+    DLTensors the driver builds for it (about 4 us of the demo subnet's 104 calls: docs/benchmarks_demo.md,
+    "Per-call overhead, session 15"). The driver passes pointers into buffers it planned for exactly these static
+    shapes and dtypes, 64-byte aligned (`ALIGN`), so the checks cannot fail there. Each buffer parameter is
+    re-declared over its pointer (`DeclBuffer`, as `views._retype_params` does), so the body is unchanged."""
+    from tvm import ir, s_tir, tirx
+
+    ptrs = [ir.Var(f"{p.name}_ptr", ir.PointerType(ir.PrimType(str(p.dtype)))) for p in func.params]
+    decls = [tirx.DeclBuffer(p, data=q) for p, q in zip(func.params, ptrs)]
+    body = func.body
+    if isinstance(body, s_tir.SBlockRealize):  # inside the root block, where the blocks that use the buffers live
+        blk = body.block
+        body = s_tir.SBlockRealize(body.iter_values, body.predicate, s_tir.SBlock(
+            blk.iter_vars, blk.reads, blk.writes, blk.name_hint, tirx.SeqStmt([*decls, blk.body]), blk.init,
+            blk.alloc_buffers, blk.match_buffers, blk.annotations))
+    else:
+        body = tirx.SeqStmt([*decls, body])
+    # `tirx.noalias` kept: the kernel is compiled as under its packed API (`DirectBodyDevice` keeps it out of
+    # the driver, where TVM's per-buffer TBAA tags would be wrong)
+    attrs = {k: v for k, v in (func.attrs or {}).items() if k != "global_symbol"} | {DIRECT_BODY_ATTR: True}
+    # int32: 0, or -1 after a failed workspace allocation (TVM's error convention; `DirectBodyDevice` adds the
+    # `return 0`, `direct_call` checks it)
+    return tirx.PrimFunc(ptrs, body, ir.PrimType("int32"), ir.make_node("ir.DictAttrs", **attrs))
+
+
+def direct_call(gv: Any, pointers: list) -> Any:
+    """`gv(*pointers)` as a TIR statement: a direct call of a `direct_body`, whose error (a nonzero result: TVM's
+    last error is set) the caller returns as its own."""
+    from tvm import ir, tirx
+
+    call = ir.Call(gv, pointers, ret_ty=ir.PrimType("int32"))
+    return tirx.IfThenElse(tirx.NE(call, tirx.const(0, "int32")),
+                           tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_throw_last_error")), None)
+
+
+def _through_direct_body(func: Any, gv_body: Any) -> Any:
+    """Exported kernel `func` as its packed API around a call of its `direct_body`: one copy of the code, which
+    the per-kernel table (`Lowered.benchmark`) still times through the kernel's own symbol."""
+    from tvm import tirx
+
+    call = direct_call(gv_body, [tirx.buffer.buffer_data(p) for p in func.params])
+    return tirx.PrimFunc(list(func.params), call, func.ret_type, func.attrs)
+
+
 def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None,
-                     profile: bool = False) -> Any:
-    """The TIR driver: parameters (main's inputs..., blob, out, arena), one `tvm_call_cpacked` per kernel, after
-    one per `checks` entry (parameter index -> symbol of its `finite_check`).
+                     direct: dict | None = None, profile: bool = False) -> Any:
+    """The TIR driver: parameters (main's inputs..., blob, out, arena), one call per kernel, after one
+    `tvm_call_cpacked` per `checks` entry (parameter index -> symbol of its `finite_check`). A kernel in `direct`
+    (its GlobalVar -> the GlobalVar of its `direct_body`) is called there with its data pointers
+    (`direct_call`); any other through its packed API
+    (`tvm_call_cpacked`).
 
     `profile`: the profiling twin (`PROFILE_NAME`): one more parameter, `stamps` (int64, one per call + 1), and
     `llvm.readcyclecounter` (`rdtsc` on x86: an invariant TSC on `constant_tsc nonstop_tsc` CPUs) stored before
@@ -346,16 +405,23 @@ def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int,
     stamps = tirx.decl_buffer((n_calls + 1,), "int64", "stamps") if profile else None
     stmts = []
 
-    def call(symbol: str, *arrays: Any) -> None:
+    def stamp() -> None:
         if stamps is not None:
             stmts.append(_stamp(stamps, len(stmts) // 2))
+
+    def call(symbol: str, *arrays: Any) -> None:
+        stamp()
         stmts.append(tirx.Evaluate(tirx.call_cpacked(symbol, *arrays)))
 
     for i, symbol in (checks or {}).items():
         n = int(np.prod(params[i][0], dtype=np.int64))
         call(symbol, tirx.tvm_stack_make_array(ins[i].data, tirx.tvm_stack_make_shape(n), 0, 1,
                                                tirx.const(0, params[i][1]), 0))
-    for symbol, _gv, args in plan.calls:
+    for symbol, gv, args in plan.calls:
+        if gv in (direct or {}):
+            stamp()
+            stmts.append(direct_call(direct[gv], [pointer(slot) for slot, _, _ in args]))
+            continue
         call(symbol, *[
             tirx.tvm_stack_make_array(pointer(slot), tirx.tvm_stack_make_shape(*shape) if shape else 0, 0,
                                       len(shape), tirx.const(0, dtype), 0)
@@ -394,11 +460,30 @@ def _x86_target() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def native_driver(mod: Any, profile: bool = True) -> Any:
+def _add_kernels(out: Any, kernels: dict, direct_calls: bool) -> dict:
+    """Add the driver's kernels (GlobalVar -> PrimFunc with its exported symbol) to module `out`; with
+    `direct_calls`, each as its `direct_body` plus the exported packed API around a call of it. Returns
+    {kernel GlobalVar: its direct body's GlobalVar} (empty without `direct_calls`)."""
+    import tvm
+
+    direct = {}
+    for gv, f in kernels.items():
+        if direct_calls:
+            gv_body = tvm.ir.GlobalVar(f"{f.attrs['global_symbol']}{DIRECT_SUFFIX}")
+            out[gv_body] = direct_body(f)
+            f = _through_direct_body(f, gv_body)
+            direct[gv] = gv_body
+        out[gv] = f
+    return direct
+
+
+def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> Any:
     """`mod` with `main`'s kernel calls moved into one TIR driver (see the module docstring); `mod` unchanged
     when `main` is not a straight line of kernel calls over static shapes. Expects dataflow form, after
-    `AbsorbReshapeViews`. `profile`: also compile the driver's profiling twin (`PROFILE_NAME`, for
-    `Lowered.profile`); the driver `main` calls is the same either way."""
+    `AbsorbReshapeViews`. The driver calls each kernel's `direct_body` (docs/benchmarks_demo.md, "Per-call
+    overhead, session 15"); `direct_calls=False` through its packed API (`tvm_call_cpacked`), the figure before.
+    `profile`: also compile the driver's profiling twin (`PROFILE_NAME`, for `Lowered.profile`; x86 only); the
+    driver `main` calls is the same either way."""
     import tvm
     from tvm import relax
 
@@ -411,19 +496,17 @@ def native_driver(mod: Any, profile: bool = True) -> Any:
     params = [_static(p.ty, p.name) for p in main.params]
     out_ty = _static(main.body.body.ty, "the result")
     checks = {i: f"{DRIVER_NAME}_finite{i}" for i, (_, dtype) in enumerate(params) if dtype in _FINITE_BITS}
-    driver = _driver_primfunc(plan, params, out_ty, checks)
-    twin = _driver_primfunc(plan, params, out_ty, checks, profile=True) if profile and _x86_target() else None
     # the kernels are now called by symbol only: an exported symbol keeps each one (and its per-kernel timing)
     # through dead-code elimination
     kernels = {gv: mod[gv].with_attr("global_symbol", sym) for sym, gv, _ in plan.calls}
     out = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in kernels and gv.name_hint != "main"},
                        attrs=mod.attrs)
-    for gv, f in kernels.items():
-        out[gv] = f
+    direct = _add_kernels(out, kernels, direct_calls)
     for i, symbol in checks.items():
         out[tvm.ir.GlobalVar(symbol)] = finite_check(int(np.prod(params[i][0], dtype=np.int64)), params[i][1], symbol)
-    if twin is not None:  # compiled and exported beside the driver (its global symbol keeps it through DCE)
-        out[tvm.ir.GlobalVar(PROFILE_NAME)] = twin
+    driver = _driver_primfunc(plan, params, out_ty, checks, direct)
+    if profile and _x86_target():  # compiled and exported beside the driver (its global symbol keeps it through DCE)
+        out[tvm.ir.GlobalVar(PROFILE_NAME)] = _driver_primfunc(plan, params, out_ty, checks, direct, profile=True)
     bb = relax.BlockBuilder(out)
     gv_driver = bb.add_func(driver, DRIVER_NAME)
     new_params = [relax.Var(p.name, p.ty) for p in main.params]
@@ -457,13 +540,91 @@ def driver_info(mod: Any) -> dict | None:
     return None
 
 
-def NativeDriver(profile: bool = True) -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+#: the TIR pipeline `lower_integer_graph` builds with (`relax.build(..., tir_pipeline=...)`, `tir_pipeline()`)
+TIR_PIPELINE = "qcompile.driver"
+
+
+def tir_pipeline() -> str:
+    """The name of TVM's default TIR pipeline followed by `DirectBodyDevice`, registered with TVM on first use
+    (`tvm.tirx.compilation_pipeline.register_tir_pipeline`)."""
+    import tvm
+    from tvm.tirx import compilation_pipeline as cp
+
+    if TIR_PIPELINE not in cp.PIPELINE_MAP:
+        def factory(**kwargs: Any) -> tuple:
+            pipe, finalize_host, finalize_device = cp.get_tir_pipeline("default", **kwargs)
+            return tvm.transform.Sequential([pipe, DirectBodyDevice()]), finalize_host, finalize_device
+
+        cp.register_tir_pipeline(TIR_PIPELINE, factory)
+    return TIR_PIPELINE
+
+
+def DirectBodyDevice() -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+    """Each `direct_body` in the scopes `MakePackedAPI` gives an exported kernel's body, after the TIR pipeline
+    has hoisted the body's allocations to its top:
+
+    - the device scope (CPU, device 0: the driver's buffers are host memory): `LowerTVMBuiltin` turns a scratch
+      buffer above 1 KiB into a workspace allocation on that device;
+    - the compute scope: TVM's CPU codegen (`CodeGenCPU::CreateComputeScope`) emits the body as its own `noinline`
+      LLVM function with `noalias` pointer parameters, as it does an exported kernel's `<name>_compute_`. Without
+      it LLVM inlines the bodies into the driver, where the TBAA type TVM gives each buffer variable
+      (`CodeGenLLVM::AddAliasInfo`, one per buffer with `tirx.noalias`) tells it that a kernel's load from arena
+      bytes cannot see the previous kernel's store to them: GVN then reused a rescale's loads across the lut
+      between two calls of it (`test_tvm_lower_x86.py::test_absorbed_views_keep_every_kernel_name`, 254 of 256
+      values wrong);
+    - each pointer's 64-byte alignment (`storage_alignment`, what the packed API asserts of its buffers and the
+      driver's plan guarantees), which the compute scope's parameters carry as `align 64`."""
+    import tvm
+    from tvm import ir, tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.DirectBodyDevice")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        ctx = ir.StringImm("default")
+        out = mod
+        for gv, f in mod.functions.items():
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and DIRECT_BODY_ATTR in f.attrs:
+                # the return after the scope: an allocation's free ends its scope (in it, it would never run)
+                body = tirx.AttrStmt(tirx.const(0, "int32"), "compute_scope",
+                                     ir.StringImm(f"{gv.name_hint}_compute_"), f.body)
+                body = tirx.AttrStmt(ctx, "device_id", tirx.const(0, "int32"),
+                                     tirx.AttrStmt(ctx, "device_type", tirx.const(1, "int32"), body))
+                for p in f.params:
+                    body = tirx.AttrStmt(p, "storage_alignment", tirx.const(ALIGN, "int32"), body)
+                body = tirx.SeqStmt([body, tirx.Return(tirx.const(0, "int32"))])
+                if out is mod:
+                    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+                out[gv] = tirx.PrimFunc(list(f.params), body, f.ret_type, f.attrs)
+        return out
+
+    return _pass
+
+
+def PrivateDirectBodies() -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
+    """Drop the global symbol Relax's `AttachGlobalSymbol` gives every PrimFunc from the `direct_body` functions,
+    after it: without one, TVM's `MakePackedAPI` leaves a function's parameters as they are (plain pointers, a
+    direct call) and the library exports no symbol for it."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.PrivateDirectBodies")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        out = mod
+        for gv, f in mod.functions.items():
+            if f.attrs is not None and DIRECT_BODY_ATTR in f.attrs and "global_symbol" in f.attrs:
+                if out is mod:
+                    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+                out[gv] = f.without_attr("global_symbol")
+        return out
+
+    return _pass
+
+
+def NativeDriver(direct_calls: bool = True, profile: bool = True) -> Any:  # noqa: N802 (a TVM pass constructor, named like TVM's)
     """`native_driver` as a module pass."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.NativeDriver")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return native_driver(mod, profile=profile)
+        return native_driver(mod, direct_calls, profile)
 
     return _pass
 

@@ -611,6 +611,8 @@ def lower_integer_graph(
         raise ConfigError("trials", trials, "a positive number of schedules to time per kernel, or None for all")
     from tvm import relax
 
+    from qcompile.backends.tvm.driver import tir_pipeline
+
     spec = resolve_target(target, num_threads)
     tgt = spec.target()
     _check_tune_remote(spec, tune, remote)
@@ -634,7 +636,8 @@ def lower_integer_graph(
     with tgt:
         lowered_mod = build_pass(pipe, tgt)(mod)
     try:
-        ex = relax.build(lowered_mod, tgt, relax_pipeline=None)
+        # TVM's TIR pipeline, plus the device scope of the native driver's direct kernel calls
+        ex = relax.build(lowered_mod, tgt, relax_pipeline=None, tir_pipeline=tir_pipeline())
     except Exception as e:
         raise LoweringError(f"target={spec.name}", f"TVM build failed: {e}", "report the graph and target") from e
     pm = program_meta(ig).to_dict()

@@ -65,14 +65,16 @@ def default_schedule_passes(target: Any) -> list:
 
 
 def finalize_passes(target: Any, absorb_views: bool = True, batch_loop: int | str | None = None,
-                    native_driver: bool = True) -> list:
+                    native_driver: bool = True, direct_calls: bool = True) -> list:
     """Dataflow lowering and VM finalisation (TVM's cpu_generic passes, static memory planning included),
     with the reshape views between kernels absorbed into the kernels' parameter shapes (`views`), dropping the
     PrimFuncs no call uses any more (legalized reshapes that became views), which would otherwise be compiled
     and exported. `absorb_views=False` keeps the views (for before/after measurements). `batch_loop="dynamic"`
     then gives `main` and every batch-1 kernel a symbolic batch, `batch_loop=N` N images (`batch.DynamicBatch`),
     still in dataflow form. `native_driver` (without a batch loop) moves the kernel calls of `main` into one
-    TIR function on a planned arena (`driver.NativeDriver`); `False` keeps one VM instruction per kernel."""
+    TIR function on a planned arena (`driver.NativeDriver`); `False` keeps one VM instruction per kernel.
+    `direct_calls=False` has the driver call each kernel through its packed API instead of its body
+    (`driver.direct_body`)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -88,9 +90,12 @@ def finalize_passes(target: Any, absorb_views: bool = True, batch_loop: int | st
 
         absorb = absorb + [DynamicBatch(None if batch_loop == "dynamic" else int(batch_loop))]
     elif native_driver:
-        from qcompile.backends.tvm.driver import NativeDriver
+        from qcompile.backends.tvm.driver import NativeDriver, PrivateDirectBodies
 
-        absorb = absorb + [NativeDriver()]
+        absorb = absorb + [NativeDriver(direct_calls)]
+        # after `AttachGlobalSymbol` (the last of TVM's finalize passes): the driver's direct calls stay direct
+        return absorb + to_vm + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target) \
+            + [PrivateDirectBodies()]
     return absorb + to_vm + [relax.transform.DeadCodeElimination()] + cpu.finalize_passes(target)
 
 

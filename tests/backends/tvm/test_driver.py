@@ -281,8 +281,10 @@ def test_arena_affine_reuse_alternates_a_blocks_buffers(monkeypatch):
     for k in range(1, 4):
         assert aff[3 * k + 1].offset == aff[3 * (k - 1)].offset  # D_k on E_(k-1)'s bytes (read by D_(k-1))
         assert first[3 * k + 1].offset == first[3 * (k - 1) + 1].offset  # first fit: on D_(k-1)'s (read by P)
-    monkeypatch.setenv(driver.ENV_ARENA_REUSE, "affine")
-    assert driver.arena_reuse() == "affine"
+    monkeypatch.delenv(driver.ENV_ARENA_REUSE, raising=False)
+    assert driver.arena_reuse() == "affine"  # the default since session 15's 2-thread measurement
+    monkeypatch.setenv(driver.ENV_ARENA_REUSE, "first")
+    assert driver.arena_reuse() == "first"
     monkeypatch.setenv(driver.ENV_ARENA_REUSE, "lru")
     with pytest.raises(ConfigError, match=driver.ENV_ARENA_REUSE):
         driver.arena_reuse()

@@ -186,6 +186,20 @@ def test_conv_accumulator_bit_exact(c, h, w, o, k, s, p, groups, pad_value):
     np.testing.assert_array_equal(got, ref)
 
 
+def _gemm_operands(rng, k, p, o, shifts=(36, 40)):
+    """Adversarial GEMM operands (x codes, int8 weights, bias, per-channel shift and multiplier): the first 8 pixels
+    at code 255 against weights of -128 in half the channels (the largest accumulators), shifts in `shifts`,
+    multipliers about 2^(shift - 10) so the codes spread."""
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    x[:, :8] = 255
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    w[: o // 2, :8] = -128
+    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
+    shift = rng.integers(*shifts, o).astype(np.int32)
+    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    return x, w, bias, shift, mult
+
+
 def _gemm_ref(x, w, bias, mult, shift, lo, hi):
     acc = w.astype(np.int64) @ x.astype(np.int64) + bias[:, None]
     s = shift.astype(np.int64)[:, None]
@@ -362,13 +376,7 @@ def test_gemm_pack_over_pixel_chunks_parallel_and_exact(monkeypatch, k, p, o, pa
     loops = [(lp.var, lp.extent) for lp in parallel_loops(func)]
     assert loops == [("j_0", chunks), ("j_0_c_0_fused", -(-p // 16) * (o // fit_to(o, 12)))], loops
     rng = np.random.default_rng(k + p)
-    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
-    x[:, :8] = 255
-    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
-    w[: o // 2, :8] = -128
-    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
-    shift = rng.integers(36, 40, o).astype(np.int32)
-    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    x, w, bias, shift, mult = _gemm_operands(rng, k, p, o)
     ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
     assert len(np.unique(ref)) > 10
     np.testing.assert_array_equal(_run_gemm("vnni512", x, w, bias, mult, shift, knobs, target=VNNI512), ref)
@@ -384,15 +392,9 @@ def test_gemm_store64_exact_and_packs(k, p, o, knobs, lo, hi, shifts):
     (no `vpmovusdb`), and the codes equal the reference (integer_semantics.md `requant`) with codes below 0 and
     above 255 before the clamp, both shift tails and clamp bounds inside [0, 255]."""
     rng = np.random.default_rng(k + p)
-    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
-    x[:, :8] = 255
-    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
-    w[: o // 2, :8] = -128
-    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
-    shift = rng.integers(*shifts, o).astype(np.int32)
+    x, w, bias, shift, mult = _gemm_operands(rng, k, p, o, shifts)
     bias[0] -= 300 * 1024  # pre-clamp codes far below 0 and far above 255
     bias[-1] += 300 * 1024
-    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
     ref = _gemm_ref(x, w, bias, mult, shift, lo, hi)
     assert len(np.unique(ref)) > 100 and (ref == lo).any() and (ref == hi).any()
     func = pointwise_conv_x86(GemmConv(k, p, o, lo=lo, hi=hi, shift_min=int(shift.min())), "vnni512", knobs)
@@ -479,13 +481,7 @@ def test_gemm_default_tile_by_shape_exact_on_avx512_vnni(k, p, o):
     from qcompile.backends.tvm.schedules.x86.gemm import default_knobs
 
     rng = np.random.default_rng(k + p + o)
-    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
-    x[:, :8] = 255
-    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
-    w[: o // 2, :8] = -128
-    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
-    shift = rng.integers(36, 40, o).astype(np.int32)
-    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    x, w, bias, shift, mult = _gemm_operands(rng, k, p, o)
     knobs = default_knobs("vnni512", k, p)
     assert knobs != GemmKnobs(12, 16)
     ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
@@ -590,15 +586,9 @@ def test_gemm_chunks_one_region_exact(monkeypatch, mode, target, k, p, o, knobs,
     pp = -(-p // tp) * tp if knobs.lanes != 8 else -(-p // 8) * 8
     assert f"xpack = T.sblock_alloc_buffer(({kb}, {pp}, {g})" in script, script[:2000]
     rng = np.random.default_rng(k * p + o)
-    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
-    x[:, :8] = 255
-    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
-    w[: o // 2, :8] = -128
+    x, w, bias, shift, mult = _gemm_operands(rng, k, p, o)
     if mode == "u8s8":
         w //= 2
-    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
-    shift = rng.integers(36, 40, o).astype(np.int32)
-    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
     ref = _gemm_ref(x, w, bias, mult, shift, 0, 255)
     assert len(np.unique(ref)) > 10
     instr = r"vpdpbusd\s+.*%ymm" if knobs.lanes == 8 else None
@@ -632,13 +622,7 @@ def test_gemm_fused_add_padded_pixels_exact(monkeypatch, k, p, o, knobs):
     post = (EpilogueStep("add", tuple(add[f] for f in ("multiplier_a", "multiplier_b", "offset", "shift", "lo",
                                                         "hi"))),)
     rng = np.random.default_rng(k * p + o)
-    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
-    x[:, :8] = 255
-    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
-    w[: o // 2, :8] = -128
-    bias = rng.integers(-1000, 1000, o).astype(np.int32) + 128 * 1024
-    shift = rng.integers(36, 40, o).astype(np.int32)
-    mult = (np.float64(2.0) ** (shift.astype(np.float64) - 10) * rng.uniform(0.5, 1.0, o)).astype(np.int32)
+    x, w, bias, shift, mult = _gemm_operands(rng, k, p, o)
     skip = rng.integers(0, 256, (o, p)).astype(np.uint8)
     skip[:, -1] = 255  # the last pixel: what the clamped read repeats
     skip[-1, :] = 0

@@ -8,9 +8,11 @@ order as direct C calls of each kernel's body with its data pointers (`direct_bo
 argument checks, no lookup, no tensor object, no interpreter; `direct_calls=False`: through the kernel's packed
 API, `tvm_call_cpacked`, a DLTensor per argument built on the stack) on
 
-- one arena for every intermediate tensor, its offsets planned at compile time (liveness intervals, first fit of
-  the largest first, 64-byte aligned): the arena is the driver's second output, so the VM allocates it once per
-  call from its static plan;
+- one arena for every intermediate tensor, its offsets planned at compile time (liveness intervals, the largest
+  first, 64-byte aligned; each tensor on bytes its own kernel last read where that stays near first fit's offset,
+  `QCOMPILE_ARENA_REUSE=affine`, the default: at 2 threads a kernel then writes lines already in its core's cache;
+  `first`: plain first fit): the arena is the driver's second output, so the VM allocates it once per call from
+  its static plan;
 - one constant blob holding every weight, bias and table the kernels read (64-byte aligned offsets), one Relax
   constant instead of hundreds of arguments.
 

@@ -60,9 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lead-in-ms", type=float, default=d.lead_in_ms,
                    help="and untimed calls go on until this many ms have passed (0: exactly --lead-in calls)")
     p.add_argument("--host-probe-mb", type=float, default=d.host_probe_mb,
-                   help="MiB streamed by the host memory probe at the start of every round (0: no probe)")
+                   help="MiB of the host memory probe's buffer, gathered and streamed at the start of every round "
+                        "(0: no probe)")
     p.add_argument("--quiet-pct", type=float, default=d.quiet_pct,
-                   help="a round is quiet when its probe reads within this many %% of the run's best")
+                   help="a round is quiet when its probe's line rate is within this many %% of the run's best")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     p.add_argument("--tvm", default="host,avx2",
                    help="comma-separated untuned qcompile TVM rows: 'host' (this CPU), a kernel family (avx2, avx512, "

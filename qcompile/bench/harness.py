@@ -11,10 +11,10 @@ pools of the previous runtime otherwise steal the cores of the next one. Per run
 and report the median and the 10th-90th percentile spread.
 
 Host memory probe (`qcompile.bench.hostprobe`): at the start of every round, with no runner running, a timed
-streaming read of a buffer larger than L2 in this process; its GB/s per round goes into the result, and each
-runner's median over the rounds within `quiet_pct` % of the best probe is reported beside its median over all
-rounds, because the host under this VM can slow every runtime's memory side 1.5-1.8x for minutes unseen by
-the CPU-load figures.
+random-line gather and streaming read of a buffer larger than L2 in this process; its ns per line and GB/s per
+round go into the result, and each runner's median over the rounds whose gather was within `quiet_pct` % of the
+best is reported beside its median over all rounds, because the host under this VM can slow every runtime's
+memory side 1.5-1.8x for minutes unseen by the CPU-load figures.
 
 Fidelity (`qcompile.bench.fidelity`): relative L2 error and cosine similarity vs torch fp32 on the same
 input, and for runners of our IntegerGraph the max |code difference| vs the reference executor.
@@ -72,7 +72,7 @@ class BenchOptions:
     this process, `timing.time_runners`); worker_timeout_s: longest a worker may take to build its runner
     or answer one request before its row is marked failed; host_probe_mb: MiB of the host memory probe's buffer
     (`qcompile.bench.hostprobe`, run at the start of every round; 0 = no probe); quiet_pct: a round is quiet
-    when its probe reads within this many % of the run's best (`hostprobe.quiet_rounds`).
+    when its probe's line rate is within this many % of the run's best (`hostprobe.quiet_rounds`).
     """
 
     threads: int = 2
@@ -86,8 +86,8 @@ class BenchOptions:
     lead_in_ms: float = 50.0
     isolation: str = "process"
     worker_timeout_s: float = 600.0
-    host_probe_mb: float = 32.0
-    quiet_pct: float = 10.0
+    host_probe_mb: float = 16.0
+    quiet_pct: float = 40.0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -300,7 +300,7 @@ def run_bench(
                 samples, waits, workers = run.samples, run.settle_waits, run.workers
                 predictions = run.predictions
                 outputs = {n: (lambda y=y: y) for n, y in run.outputs.items()}
-            quiet = quiet_rounds([r.stream_gbs for r in readings], opts.quiet_pct) if readings else None
+            quiet = quiet_rounds([r.line_ns for r in readings], opts.quiet_pct) if readings else None
             stats = _fidelity_stats(model, x, integer_graph, outputs, missing, samples,
                                     [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners}, workers, quiet)
     finally:

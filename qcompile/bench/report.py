@@ -120,10 +120,11 @@ def host_probe_lines(result: BenchResult) -> list[str]:
     if not hp or not hp.get("stream_gbs"):
         return []
     n, q, pct = len(hp["stream_gbs"]), hp["n_quiet"], hp["quiet_pct"]
-    lines = [f"Host memory probe (`qcompile.bench.hostprobe`: best of 3 streaming reads of {hp['mb']:g} MiB in the "
-             f"harness's process at the start of every round, no runner running): median {hp['median_gbs']:.1f} "
-             f"GB/s, minimum {hp['min_gbs']:.1f}, best {hp['best_gbs']:.1f}; **{q} of {n} rounds quiet** "
-             f"(probe within {pct:g} % of the best).", ""]
+    lines = [f"Host memory probe (`qcompile.bench.hostprobe`, in the harness's process at the start of every round, "
+             f"no runner running, over {hp['mb']:g} MiB): random-line gather median {hp['median_line_ns']:.2f} ns per "
+             f"line, best {hp['best_line_ns']:.2f}, worst {hp['worst_line_ns']:.2f}; streaming read median "
+             f"{hp['median_gbs']:.1f} GB/s, minimum {hp['min_gbs']:.1f}, best {hp['best_gbs']:.1f}; **{q} of {n} "
+             f"rounds quiet** (gather's line rate within {pct:g} % of the best).", ""]
     if q < n / 2:
         lines += ["**Fewer than half the rounds were quiet: the host's memory side (shared L3/DRAM, outside this "
                   "VM) was slow for much of this run, which the CPU-load figures cannot see; medians over all rounds "

@@ -47,24 +47,25 @@ def test_probe_reads_distinct_random_lines_and_real_numbers():
         hp.HostProbe(mb=1, lines=2**20 // 64 + 1)
 
 
-def test_quiet_rounds_is_within_pct_of_the_best():
-    gbs = [40.0, 36.0, 35.9, 20.0, 39.0]
-    # floor = 0.9 * 40 = 36: 36.0 is in, 35.9 is out
-    assert hp.quiet_rounds(gbs, 10) == [True, True, False, False, True]
-    assert hp.quiet_rounds(gbs, 0) == [True, False, False, False, False]
-    assert hp.quiet_rounds(gbs, 50) == [True] * 5
+def test_quiet_rounds_is_within_pct_of_the_best_line_rate():
+    ns = [2.0, 2.5, 2.6, 5.0, 2.1]
+    # pct 20: ceiling = 2.0 / 0.8 = 2.5 ns (line rate 0.4 /ns = 80 % of the best 0.5): 2.5 is in, 2.6 is out
+    assert hp.quiet_rounds(ns, 20) == [True, True, False, False, True]
+    assert hp.quiet_rounds(ns, 0) == [True, False, False, False, False]
+    assert hp.quiet_rounds(ns, 60) == [True] * 5  # ceiling 5.0
     assert hp.quiet_rounds([], 10) == []
     for bad in (-1, 100, float("nan")):
         with pytest.raises(ConfigError, match="quiet_pct"):
-            hp.quiet_rounds(gbs, bad)
+            hp.quiet_rounds(ns, bad)
 
 
 def test_summary_and_quiet_medians():
-    readings = [hp.ProbeReading(g, 5.0 + i, 3.0) for i, g in enumerate([40.0, 38.0, 20.0, 39.0])]
-    s = hp.summary(readings, 10, 32)
-    assert s["quiet"] == [True, True, False, True] and s["n_quiet"] == 3
+    readings = [hp.ProbeReading(g, ns, 3.0) for g, ns in ((40.0, 2.0), (38.0, 2.2), (20.0, 6.0), (39.0, 2.4))]
+    s = hp.summary(readings, 20, 16)  # ceiling 2.5 ns
+    assert s["quiet"] == [True, True, False, True] and s["n_quiet"] == 3 and s["quiet_by"] == "line_ns"
     assert (s["median_gbs"], s["min_gbs"], s["best_gbs"]) == (38.5, 20.0, 40.0)
-    assert s["line_ns"] == [5.0, 6.0, 7.0, 8.0] and s["median_line_ns"] == 6.5
+    assert s["line_ns"] == [2.0, 2.2, 6.0, 2.4]
+    assert (s["median_line_ns"], s["best_line_ns"], s["worst_line_ns"]) == (pytest.approx(2.3), 2.0, 6.0)
     st = _stats("r", [0.001, 0.002, 0.010, 0.003], Fidelity(), "process", s["quiet"])
     assert st.median_ms == pytest.approx(2.5) and st.median_quiet_ms == pytest.approx(2.0) and st.n_quiet == 3
     # no probe, or a flag list that does not match the samples: no quiet median
@@ -73,22 +74,23 @@ def test_summary_and_quiet_medians():
 
 
 def _result(quiet):
-    readings = [hp.ProbeReading(g, 5.0, 3.0) for g in (40.0, 38.0, 20.0, 39.0)]
+    readings = [hp.ProbeReading(g, ns, 3.0) for g, ns in ((40.0, 2.0), (38.0, 2.2), (20.0, 6.0), (39.0, 2.4))]
     rows = (RunnerStats("a", "ok", 2.5, 1.0, 9.0, 1.0, 4.0, 4, median_quiet_ms=2.0, n_quiet=3),
             RunnerStats("b", "unavailable: no"))
-    return BenchResult(rows, {"host_probe": hp.summary(readings, quiet, 32)})
+    return BenchResult(rows, {"host_probe": hp.summary(readings, quiet, 16)})
 
 
 def test_bench_md_lines():
-    lines = "\n".join(host_probe_lines(_result(10)))
-    assert "median 38.5 GB/s, minimum 20.0, best 40.0" in lines and "**3 of 4 rounds quiet**" in lines
-    assert "within 10 % of the best" in lines and "32 MiB" in lines
+    lines = "\n".join(host_probe_lines(_result(20)))
+    assert "gather median 2.30 ns per line, best 2.00, worst 6.00" in lines
+    assert "streaming read median 38.5 GB/s, minimum 20.0, best 40.0" in lines and "**3 of 4 rounds quiet**" in lines
+    assert "within 20 % of the best" in lines and "16 MiB" in lines
     assert "| runner | median ms, all 4 rounds | median ms, quiet rounds | quiet rounds |" in lines
     assert "| a | 2.50 | 2.00 | 3 |" in lines and "| b |" not in lines
     assert "Fewer than half" not in lines
     assert "Fewer than half the rounds were quiet" in "\n".join(host_probe_lines(_result(0)))  # 1 of 4
     assert host_probe_lines(BenchResult(())) == []
-    assert lines in to_markdown(_result(10))
+    assert lines in to_markdown(_result(20))
 
 
 def test_probe_runs_at_the_start_of_every_round_outside_timed_calls():
@@ -106,7 +108,7 @@ def test_harness_records_one_probe_per_round(tiny_model, tiny_input, tmp_path):
     m = json.loads((tmp_path / "bench.json").read_text())["meta"]
     p = m["host_probe"]
     assert len(p["stream_gbs"]) == len(p["line_ns"]) == len(p["quiet"]) == 3 and p["mb"] == 2
-    assert p["quiet"] == hp.quiet_rounds(p["stream_gbs"], 20) and p["n_quiet"] == sum(p["quiet"]) >= 1
+    assert p["quiet"] == hp.quiet_rounds(p["line_ns"], 20) and p["n_quiet"] == sum(p["quiet"]) >= 1
     row = res.by_name()["torch_fp32"]
     q = np.asarray(row.samples_ms)[np.asarray(p["quiet"])]
     assert row.n_quiet == len(q) and row.median_quiet_ms == pytest.approx(float(np.median(q)))

@@ -11,18 +11,19 @@
 Each pair's outputs are compared equal, then every variant is timed once per round, in turn (R rounds), and the
 minimum over all rounds is printed (us): on a shared machine the fastest call is the kernel's own speed, and
 interleaving keeps a change of load from favouring one variant. The quantize is timed by TVM's `time_evaluator`
-(N single calls per round), the stem by `time.perf_counter` around N single calls (`benchmarks.kernels`' helper;
+(N single calls per round), the stem by `time.perf_counter` around N single calls (`benchmarks._common.time_min`;
 both variants pay the same Python call). Run it once per thread count (`TVM_NUM_THREADS=1` and `=2`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
+
+from benchmarks._common import rotating_rounds, rounds_parser, time_min
 
 SHAPE = (1, 3, 224, 224)
 #: (label, inv_scale, offset): the peer harness's MobileNetV2 input quantizer, and a calibrated-looking one
@@ -77,32 +78,19 @@ def stem_runs(number: int) -> dict[str, Callable[[], float]]:
         run, _, out = qc_layer_kernel(ConvLayer(3, 224, 32, 3, 2, 1), target, knobs=knobs, with_out=True)
         run()
         outs.append(out())
-
-        def one_round(run: Callable[[], object] = run) -> float:
-            best = float("inf")
-            for _ in range(number):
-                t = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - t)
-            return best
-
-        runs[name] = one_round
+        runs[name] = partial(time_min, run, number, warmup=0)
     if not (outs[0] == outs[1]).all():
         raise AssertionError("stem: the two tiles differ")
     return runs
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--number", type=int, default=20)
+    ap = rounds_parser(__doc__, rounds=20, number=20)
     args = ap.parse_args(argv)
     runs = {**quantize_runs(args.number), **stem_runs(args.number)}
     load0 = os.getloadavg()[0]
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(args.rounds):
-        for name, one_round in runs.items():
-            best[name] = min(best[name], one_round())
+    # step 0: every round in the same order, as before the shared helper
+    best = {name: min(v) for name, v in rotating_rounds(runs, args.rounds, step=0).items()}
     print(f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, {args.rounds} rounds x {args.number} calls, "
           f"load {load0:.2f} -> {os.getloadavg()[0]:.2f}; minima in us:")
     for name, sec in best.items():

@@ -16,14 +16,13 @@ a residual add (`ADD_LAYERS`) carry the add in their epilogue, with the syntheti
 
 At each thread count the tile is that thread count's default (`gemm.default_knobs(mode, K, P, O, threads)`), the
 kernel built for this host at that count. Outputs are compared equal, then every kernel is timed in interleaved rounds
-(`benchmarks.gemm_chunks.measure`: order reversed every other round, a sample counts only when no thread of the
+(`benchmarks._common.clean_minima`: order reversed every other round, a sample counts only when no thread of the
 process waited on a run queue more than `--max-delay-us`; minima over those, `*` where none was clean). Layers
 without an add, and the 28 and 56 px layers (no padded pixels), build the same kernel in both variants.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -82,13 +81,10 @@ def build(shapes: list[tuple[int, int, int, int]], per_sample: int, multipliers:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.gemm_chunks import measure
+    from benchmarks._common import clean_minima, rounds_parser
     from benchmarks.pack_axis import MBV2_GEMMS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--per-sample", type=int, default=5)
-    ap.add_argument("--max-delay-us", type=float, default=20.0)
+    ap = rounds_parser(__doc__, rounds=40, per_sample=5, max_delay_us=20.0)
     ap.add_argument("--multipliers", action="store_true",
                     help="add constants that are not powers of two (real LLVM multiplies) instead of 2^30")
     ap.add_argument("--add-only", action="store_true", help="only the five GEMMs with a residual add")
@@ -99,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = build(shapes, args.per_sample, consts)
     load0 = os.getloadavg()
     t0 = time.strftime("%H:%M:%S", time.gmtime())
-    best, clean = measure(jobs, args.rounds, args.max_delay_us)
+    best, clean = clean_minima(jobs, args.rounds, args.max_delay_us)
     # a job is timed at both pool sizes; each variant counts at the thread count it was built for
     mine = {key: val for key, val in best.items() if key[2].endswith(str(key[0]))}
     cl = [clean[key] for key in mine]

@@ -25,31 +25,13 @@ kernel's packing then reads its rows from the core that wrote them, the one-regi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import time
 from typing import Any
 
 import numpy as np
 
 VARIANTS = ("two", "chan", "one")
-
-
-def run_delay_ns() -> int:
-    """Nanoseconds the threads of this process have spent waiting on a run queue (Linux schedstat; 0 elsewhere)."""
-    total = 0
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return 0
-    for t in tasks:
-        try:
-            with open(f"/proc/self/task/{t}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
 
 
 def knobs_of(variant: str, k: int, p: int, o: int) -> Any:
@@ -127,36 +109,11 @@ def build(shapes: list[tuple[int, int, int, int]], per_sample: int, produce: boo
     return jobs
 
 
-def measure(jobs: list[tuple], rounds: int, max_delay_us: float) -> tuple[dict, dict]:
-    """Minima (us) per (threads, shape, variant) over clean samples (over all where none was clean), and the count
-    of clean samples."""
-    from qcompile.backends.tvm.threads import pool_threads
-
-    best: dict = {(t, s, v): float("inf") for t in (1, 2) for s, v, *_ in jobs}
-    every = dict(best)
-    clean = dict.fromkeys(best, 0)
-    for r in range(rounds):
-        for t in ((1, 2) if r % 2 == 0 else (2, 1)):
-            with pool_threads(t):
-                for s, v, ev, args in (jobs if r % 2 == 0 else jobs[::-1]):
-                    d0 = run_delay_ns()
-                    val = min(ev(*args).results) * 1e6
-                    every[(t, s, v)] = min(every[(t, s, v)], val)
-                    if run_delay_ns() - d0 <= max_delay_us * 1e3:
-                        clean[(t, s, v)] += 1
-                        best[(t, s, v)] = min(best[(t, s, v)], val)
-        time.sleep(0.02)
-    # a variant without one clean sample keeps its minimum over all samples (the table marks that with *)
-    return {key: (val if clean[key] else every[key]) for key, val in best.items()}, clean
-
-
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks._common import clean_minima, rounds_parser
     from benchmarks.pack_axis import MBV2_GEMMS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--per-sample", type=int, default=5)
-    ap.add_argument("--max-delay-us", type=float, default=20.0)
+    ap = rounds_parser(__doc__, rounds=40, per_sample=5, max_delay_us=20.0)
     ap.add_argument("--produce", action="store_true",
                     help="rewrite each GEMM's input on both threads (split over channels) before every timed call")
     args = ap.parse_args(argv)
@@ -166,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         tvm.register_global_func("benchmarks.gemm_chunks.producer", _run_producer, override=True)
     jobs = build(list(MBV2_GEMMS), args.per_sample, args.produce)
     load0 = os.getloadavg()
-    best, clean = measure(jobs, args.rounds, args.max_delay_us)
+    best, clean = clean_minima(jobs, args.rounds, args.max_delay_us)
     print(f"{args.rounds} rounds; clean samples per variant {min(clean.values())}-{max(clean.values())} "
           f"(run delay <= {args.max_delay_us} us); load average {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     print("| K x P -> O | calls | 1 thr two | chan | one | 2 thr two | chan | one | one / two (2 thr) "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks._common import time_min
 from benchmarks.mbv2 import ConvLayer
+
+__all__ = ["ort_layer", "qc_layer_kernel", "time_min", "torch_ao_layer"]
 
 
 def qc_layer_kernel(ly: ConvLayer, target, *, w_bits: int = 8, x_max: int = 255, knobs=None, seed: int = 0,
@@ -94,19 +96,3 @@ def torch_ao_layer(ly: ConvLayer, threads: int = 2) -> Callable[[], object]:
     run = torch_ao_int8(SingleConv(ly), shape)
     xf = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     return lambda: run(xf)
-
-
-def time_min(fn: Callable[[], object], number: int = 100, warmup: int = 5) -> float:
-    """Fastest single call of `number` (seconds).
-
-    This machine is shared: a parallel kernel waits for its second thread whenever another process holds
-    that core, which inflates means and medians by up to 10x. The fastest call is the kernel's own speed.
-    """
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(number):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best

@@ -53,10 +53,13 @@ import os
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._common import median_us, rotating_rounds
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +88,6 @@ def vm_instructions(low: Any, x: np.ndarray) -> dict[str, Any]:
         builtins |= {f"driver {s}": n for s, n in kernels.items()}
         kernels = dict(collections.Counter(driver["calls"]))
     return {"builtins": builtins, "kernel_calls": kernels}
-
-
-def median_us(fn, n: int) -> float:
-    """Median wall time (us) of `n` back-to-back calls of `fn`."""
-    ts = np.empty(n)
-    for i in range(n):
-        t = time.perf_counter()
-        fn()
-        ts[i] = time.perf_counter() - t
-    return float(np.median(ts) * 1e6)
 
 
 def median_cpu_us(fn, n: int) -> float:
@@ -155,20 +148,19 @@ def measure(builds: dict[str, Any], rounds: int, calls: int, kernel_repeat: int)
             }
     for f in quantities.values():  # warm every path
         f()
-    samples: dict[tuple[str, str], list[float]] = {k: [] for k in quantities}
     kernel_sums: dict[str, list[float]] = {label: [] for label in builds}
-    names = list(quantities)
     untimed: dict[str, list[str]] = {}
-    for r in range(rounds):
-        k = (r * 7) % len(names)  # rotate the start, builds and quantities alike
-        for name in names[k:] + names[:k]:
-            samples[name].append(quantities[name]())
+
+    def kernels_round(r: int, _: object) -> None:  # after each round's quantities: every build's kernel sum
         for label, low in builds.items():
             b = low.benchmark(repeat=kernel_repeat, kernels=True)
             per = {row["name"]: row["median_ms"] * 1e3 for row in b.kernels}
             calls_ = instr[label]["kernel_calls"]
             kernel_sums[label].append(sum(per.get(s, 0.0) * n for s, n in calls_.items()))
             untimed[label] = sorted(s for s in calls_ if s not in per)
+
+    # step 7: rotate the start, builds and quantities alike
+    samples = rotating_rounds(quantities, rounds, step=7, on_round=kernels_round)
     out: dict[str, Any] = {}
     for label, low in builds.items():
         rows = [q for _, q in ROWS if (label, q) in samples]
@@ -277,12 +269,7 @@ def call_minus_driver(low: Any, rounds: int, calls: int, seed: int = 0) -> dict[
         raise ValueError(f"{low}: __call__ does not call the native driver directly here")
     quantities = {"call": lambda: low(x), "driver": lambda: low._driver(*low._driver_args),
                   "input_copy": lambda: np.copyto(low._in_array, x)}
-    samples: dict[str, list[float]] = {k: [] for k in quantities}
-    names = list(quantities)
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            samples[name].append(median_us(quantities[name], calls))
+    samples = rotating_rounds({k: partial(median_us, f, calls) for k, f in quantities.items()}, rounds)
     mins = {k: float(np.min(v)) for k, v in samples.items()}
     meds = {k: float(np.median(v)) for k, v in samples.items()}
     return {"min_us": mins, "median_us": meds, "call_minus_driver_min_us": mins["call"] - mins["driver"],

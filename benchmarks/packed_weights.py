@@ -18,7 +18,6 @@ pool once per process, so 1 and 2 threads are two processes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -118,12 +117,10 @@ def _cold(fn: Any, args: list, number: int, buf: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> dict:
     import tvm
 
+    from benchmarks._common import rounds_parser
     from qcompile.backends.tvm.targets import host_x86_target
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--number", type=int, default=50)
-    ap.add_argument("--cold", type=int, default=10)
+    ap = rounds_parser(__doc__, rounds=7, number=50, cold=10)
     ap.add_argument("--out", default=None)
     ap.add_argument("--layers", nargs="*", default=None, help="names of LAYERS to time (default: all)")
     a = ap.parse_args(argv)

@@ -28,12 +28,13 @@ import os
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.overhead import median_us
+from benchmarks._common import median_us, rotating_rounds
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,10 @@ def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:
         main, xt = low._native_vm()["main"], tvm.runtime.tensor(x)
         mains[name] = lambda m=main, t=xt: m(t)
         median_us(mains[name], 5)  # warm
-    samples: dict[str, list[float]] = {k: [] for k in mains}
-    names = list(mains)
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            samples[name].append(median_us(mains[name], calls))
-        log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{n} {v[-1]:.0f} us" for n, v in samples.items()))
+    samples = rotating_rounds(
+        {k: partial(median_us, m, calls) for k, m in mains.items()}, rounds,
+        on_round=lambda r, got: log.info("round %d/%d: %s", r + 1, rounds,
+                                         ", ".join(f"{n} {v[-1]:.0f} us" for n, v in got.items())))
     return {
         n: {
             "median_us": float(np.median(v)),

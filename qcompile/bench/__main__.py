@@ -59,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lead-in", type=int, default=d.lead_in, help="untimed calls right before each timed call")
     p.add_argument("--lead-in-ms", type=float, default=d.lead_in_ms,
                    help="and untimed calls go on until this many ms have passed (0: exactly --lead-in calls)")
+    p.add_argument("--host-probe-mb", type=float, default=d.host_probe_mb,
+                   help="MiB of the host memory probe's buffer, gathered and streamed at the start of every round "
+                        "(0: no probe)")
+    p.add_argument("--quiet-pct", type=float, default=d.quiet_pct,
+                   help="a round is quiet when its probe's line rate is within this many %% of the run's best")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     p.add_argument("--tvm", default="host,avx2",
                    help="comma-separated untuned qcompile TVM rows: 'host' (this CPU), a kernel family (avx2, avx512, "
@@ -91,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"{title}, batch {a.batch}"
     x = np.random.default_rng(0).standard_normal((a.batch, 3, resolution, resolution)).astype(np.float32)
     opts = BenchOptions(threads=a.threads, repeats=a.repeats, warmup=a.warmup, settle_ms=a.settle_ms,
-                        lead_in=a.lead_in, lead_in_ms=a.lead_in_ms, peers=tuple(n for n in a.peers.split(",") if n))
+                        lead_in=a.lead_in, lead_in_ms=a.lead_in_ms, host_probe_mb=a.host_probe_mb,
+                        quiet_pct=a.quiet_pct, peers=tuple(n for n in a.peers.split(",") if n))
     t0 = time.perf_counter()
     runners, targets = tvm_runners(ig, [m for m in a.tvm.split(",") if m], a.threads, x.shape, tuned=a.tuned,
                                    trials=a.trials, lowered_dir=a.lowered,

@@ -10,6 +10,12 @@ thread of any worker or of this process spins, then `lead_in` untimed calls), be
 pools of the previous runtime otherwise steal the cores of the next one. Per runner we keep every sample
 and report the median and the 10th-90th percentile spread.
 
+Host memory probe (`qcompile.bench.hostprobe`): at the start of every round, with no runner running, a timed
+random-line gather and streaming read of a buffer larger than L2 in this process; its ns per line and GB/s per
+round go into the result, and each runner's median over the rounds whose gather was within `quiet_pct` % of the
+best is reported beside its median over all rounds, because the host under this VM can slow every runtime's
+memory side 1.5-1.8x for minutes unseen by the CPU-load figures.
+
 Fidelity (`qcompile.bench.fidelity`): relative L2 error and cosine similarity vs torch fp32 on the same
 input, and for runners of our IntegerGraph the max |code difference| vs the reference executor.
 """
@@ -32,6 +38,7 @@ from torch import nn
 
 from qcompile.bench import peers
 from qcompile.bench.fidelity import Fidelity, fidelity, output_scale
+from qcompile.bench.hostprobe import HostProbe, ProbeReading, quiet_rounds, summary
 from qcompile.bench.result import BenchResult, RunnerStats
 from qcompile.bench.timing import Hook, Runner, time_runners
 from qcompile.bench.workers import RunnerSpec, time_isolated
@@ -63,7 +70,9 @@ class BenchOptions:
     calls go on until this long has passed (`timing.lead_in_calls` says why); isolation: "process"
     (default: one spawned worker process per runner, `qcompile.bench.workers`) or "none" (every runner in
     this process, `timing.time_runners`); worker_timeout_s: longest a worker may take to build its runner
-    or answer one request before its row is marked failed.
+    or answer one request before its row is marked failed; host_probe_mb: MiB of the host memory probe's buffer
+    (`qcompile.bench.hostprobe`, run at the start of every round; 0 = no probe); quiet_pct: a round is quiet
+    when its probe's line rate is within this many % of the run's best (`hostprobe.quiet_rounds`).
     """
 
     threads: int = 2
@@ -77,6 +86,8 @@ class BenchOptions:
     lead_in_ms: float = 50.0
     isolation: str = "process"
     worker_timeout_s: float = 600.0
+    host_probe_mb: float = 16.0
+    quiet_pct: float = 40.0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -97,18 +108,30 @@ class BenchOptions:
                               "'process': one worker process per runner; 'none': every runner in this process")
         if not self.worker_timeout_s > 0:
             raise ConfigError("worker_timeout_s", self.worker_timeout_s, "> 0 (seconds a worker may take per request)")
+        if not 0 <= self.host_probe_mb <= 1024:
+            raise ConfigError("host_probe_mb", self.host_probe_mb,
+                              "0..1024 (MiB read by the host memory probe each round; 0 turns it off)")
+        if not 0 <= self.quiet_pct < 100:
+            raise ConfigError("quiet_pct", self.quiet_pct,
+                              "0 <= quiet_pct < 100 (% below the run's best probe that still counts as quiet)")
         unknown = [p for p in self.peers if p not in PEERS]
         if unknown:
             raise ConfigError("peers", unknown, PEERS)
 
 
-def _stats(name: str, s: list[float] | str, fid: Fidelity, isolation: str = "") -> RunnerStats:
+def _stats(name: str, s: list[float] | str, fid: Fidelity, isolation: str = "",
+           quiet: Sequence[bool] | None = None) -> RunnerStats:
+    """A row's statistics; `quiet` (one flag per round, as many as samples) adds the median over quiet rounds."""
     if isinstance(s, str):
         return RunnerStats(name, s, isolation=isolation)
     ms = np.asarray(s) * 1e3
+    median_quiet, n_quiet = None, 0
+    if quiet is not None and len(quiet) == len(ms) and any(quiet):
+        q = ms[np.asarray(quiet, dtype=bool)]
+        median_quiet, n_quiet = float(np.median(q)), len(q)
     return RunnerStats(name, "ok", float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)),
                        float(ms.min()), float(ms.mean()), len(ms), fid.rel_l2, fid.cosine, fid.max_code_diff,
-                       tuple(float(v) for v in ms), isolation)
+                       tuple(float(v) for v in ms), isolation, median_quiet_ms=median_quiet, n_quiet=n_quiet)
 
 
 def peer_specs(model: nn.Module, x: np.ndarray, options: BenchOptions, workdir: Path,
@@ -241,6 +264,15 @@ def run_bench(
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     waits: list[float] = []
+    readings: list[ProbeReading] = []
+    before_round: Callable[[int], object] | None = None
+    if opts.host_probe_mb > 0:
+        probe = HostProbe(opts.host_probe_mb)
+
+        def probe_round(r: int) -> None:
+            readings.append(probe())
+
+        before_round = probe_round
     cpu0 = _cpu_snapshot()
     try:
         with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
@@ -254,7 +286,8 @@ def run_bench(
                 built, failed = _build_in_process(rows, PEERS)
                 missing.update(failed)
                 samples = time_runners(built, x, opts.repeats, opts.warmup, hook, settle_s=opts.settle_ms / 1e3,
-                                       lead_in=opts.lead_in, lead_in_s=opts.lead_in_ms / 1e3, settle_log=waits)
+                                       lead_in=opts.lead_in, lead_in_s=opts.lead_in_ms / 1e3, settle_log=waits,
+                                       before_round=before_round)
                 outputs = {n: (lambda n=n: built[n](x)) for n in built}
                 workers = {n: {"isolation": "none", "pid": os.getpid(), "threads": opts.threads} for n in built}
                 predictions = _predict_in_process(built, eval_inputs)
@@ -263,18 +296,21 @@ def run_bench(
                                     settle_s=opts.settle_ms / 1e3, lead_in=opts.lead_in,
                                     lead_in_s=opts.lead_in_ms / 1e3,
                                     timeout_s=opts.worker_timeout_s, builtin=frozenset(PEERS),
-                                    eval_inputs=eval_inputs)
+                                    eval_inputs=eval_inputs, before_round=before_round)
                 samples, waits, workers = run.samples, run.settle_waits, run.workers
                 predictions = run.predictions
                 outputs = {n: (lambda y=y: y) for n, y in run.outputs.items()}
+            quiet = quiet_rounds([r.line_ns for r in readings], opts.quiet_pct) if readings else None
             stats = _fidelity_stats(model, x, integer_graph, outputs, missing, samples,
-                                    [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners}, workers)
+                                    [*opts.peers, *runners], {*INTEGER_PEERS, *graph_runners}, workers, quiet)
     finally:
         torch.set_num_threads(prev_threads)
     meta = _environment(opts, x, title, waits, integer_graph)
     if eval_inputs is not None:
         stats, meta["eval_set"] = _accuracy_stats(stats, predictions, eval_labels, eval_set[0], fake_quant)
     meta["workers"] = workers
+    if readings:
+        meta["host_probe"] = summary(readings, opts.quiet_pct, opts.host_probe_mb)
     meta.update(_other_load(cpu0, _cpu_snapshot()))
     meta.update(extra_meta or {})
     result = BenchResult(tuple(stats), meta)
@@ -287,9 +323,11 @@ def run_bench(
 
 def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, outputs: Mapping[str, Callable[[], np.ndarray]],
                     missing: Mapping[str, str], samples: Mapping[str, list[float] | str], order: Sequence[str],
-                    integer_names: Collection[str], workers: Mapping[str, Mapping[str, Any]]) -> list[RunnerStats]:
+                    integer_names: Collection[str], workers: Mapping[str, Mapping[str, Any]],
+                    quiet: Sequence[bool] | None = None) -> list[RunnerStats]:
     """RunnerStats per runner in `order`, with fidelity vs torch fp32 and (integer runners) the reference;
-    `outputs[name]()` gives the runner's output on `x` (fetched from its worker, or computed here)."""
+    `outputs[name]()` gives the runner's output on `x` (fetched from its worker, or computed here); `quiet`:
+    the host probe's quiet flag per round."""
     with torch.inference_mode():
         fp32 = model.eval()(torch.from_numpy(x)).numpy()
     ref = scale = None
@@ -309,7 +347,7 @@ def _fidelity_stats(model: nn.Module, x: np.ndarray, ig: Any, outputs: Mapping[s
             y = outputs[name]()
             is_int = name in integer_names
             fid = fidelity(y, fp32 if (comparable or not is_int) else None, ref if is_int else None, scale)
-        stats.append(_stats(name, samples[name], fid, isolation))
+        stats.append(_stats(name, samples[name], fid, isolation, quiet))
     return stats
 
 
@@ -431,6 +469,8 @@ def _environment(opts: BenchOptions, x: np.ndarray, title: str, waits: Sequence[
         "repeats": opts.repeats,
         "warmup": opts.warmup,
         "settle_ms": opts.settle_ms,
+        "host_probe_mb": opts.host_probe_mb,
+        "quiet_pct": opts.quiet_pct,
         "lead_in": opts.lead_in,
         "lead_in_ms": opts.lead_in_ms,
         "settle_waited_ms": {"median": float(np.median(w)), "max": float(w.max())},

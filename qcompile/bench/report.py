@@ -106,9 +106,36 @@ def table(result: BenchResult) -> str:
 
 
 def to_markdown(result: BenchResult) -> str:
-    """Title, run description and the peer table."""
+    """Title, run description, the peer table and the host memory probe's lines."""
     m = result.meta
-    return "\n".join([f"## {m.get('title', 'benchmark')}", "", *_header(m), "", table(result)])
+    return "\n".join([f"## {m.get('title', 'benchmark')}", "", *_header(m), "", table(result),
+                      *host_probe_lines(result)])
+
+
+def host_probe_lines(result: BenchResult) -> list[str]:
+    """Markdown lines on the host memory probe (`qcompile.bench.hostprobe`): its median, minimum and best GB/s, how
+    many rounds were quiet (within `quiet_pct` % of the best), and every row's median over all rounds beside
+    its median over the quiet rounds. Empty when the run had no probe."""
+    hp = result.meta.get("host_probe")
+    if not hp or not hp.get("stream_gbs"):
+        return []
+    n, q, pct = len(hp["stream_gbs"]), hp["n_quiet"], hp["quiet_pct"]
+    lines = [f"Host memory probe (`qcompile.bench.hostprobe`, in the harness's process at the start of every round, "
+             f"no runner running, over {hp['mb']:g} MiB): random-line gather median {hp['median_line_ns']:.2f} ns per "
+             f"line, best {hp['best_line_ns']:.2f}, worst {hp['worst_line_ns']:.2f}; streaming read median "
+             f"{hp['median_gbs']:.1f} GB/s, minimum {hp['min_gbs']:.1f}, best {hp['best_gbs']:.1f}; **{q} of {n} "
+             f"rounds quiet** (gather's line rate within {pct:g} % of the best).", ""]
+    if q < n / 2:
+        lines += ["**Fewer than half the rounds were quiet: the host's memory side (shared L3/DRAM, outside this "
+                  "VM) was slow for much of this run, which the CPU-load figures cannot see; medians over all rounds "
+                  "are inflated. Regenerate in a quiet window.**", ""]
+    ok = [r for r in result.runners if r.median_ms is not None]
+    if ok:
+        lines += [f"| runner | median ms, all {n} rounds | median ms, quiet rounds | quiet rounds |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {_label(r)} | {r.median_ms:.2f} | {_num(r.median_quiet_ms, '.2f')} | {r.n_quiet} |" for r in ok]
+        lines.append("")
+    return lines
 
 
 def _cpu_sentences(m: Mapping) -> str:
@@ -218,6 +245,7 @@ def peers_doc(result: BenchResult, command: str | None = None) -> str:
            "runners have no fp32 comparison." if m.get("synthetic_integer_graph") else ""),
         "",
         table(result),
+        *host_probe_lines(result),
         _timing_paragraph(m),
         "",
         *target_table(result),

@@ -33,6 +33,10 @@ class RunnerStats:
     top1: float | None = None
     #: fraction of the evaluation set where the runner's top-1 equals the fake-quant subnet's
     agree_fake_quant: float | None = None
+    #: median over the rounds the host memory probe called quiet (`qcompile.bench.hostprobe.quiet_rounds`), and
+    #: how many rounds that is; None / 0 without the probe. `median_ms` stays the median over all rounds.
+    median_quiet_ms: float | None = None
+    n_quiet: int = 0
 
 
 @dataclass(frozen=True)

@@ -132,13 +132,16 @@ def time_runners(
     idle_fraction: float = 0.05,
     clocks: Clocks = Clocks(),
     settle_log: list[float] | None = None,
+    before_round: Callable[[int], object] | None = None,
 ) -> dict[str, list[float] | str]:
     """Interleaved timing; seconds per timed call per runner, or the error text of a runner that failed.
 
     Each round visits every live runner once (order rotated by one per round); per visit: `settle`
     (at most `settle_s`), untimed calls (`lead_in_calls`: at least `lead_in`, for at least `lead_in_s`), one
     timed call, then `hook(name, round, seconds)`.
-    The seconds waited in each settle step are appended to `settle_log` when given.
+    The seconds waited in each settle step are appended to `settle_log` when given. `before_round(r)` (e.g. the
+    harness's host memory probe, `qcompile.bench.hostprobe`) is called at the start of every round, after a
+    settle step of its own, so no runner's call overlaps it.
     """
     names = list(runners)
     samples: dict[str, list[float] | str] = {n: [] for n in names}
@@ -151,6 +154,9 @@ def time_runners(
             log.warning("runner %s failed: %s", n, e)
     live = [n for n in names if isinstance(samples[n], list)]
     for r in range(repeats):
+        if before_round is not None:
+            settle(settle_s, probe_s, idle_fraction, clocks)
+            before_round(r)
         k = r % max(1, len(live))
         for n in live[k:] + live[:k]:
             waited = settle(settle_s, probe_s, idle_fraction, clocks)

@@ -382,6 +382,7 @@ def time_isolated(
     timeout_s: float = 300.0,
     builtin: frozenset[str] | set[str] = frozenset(),
     eval_inputs: np.ndarray | None = None,
+    before_round: Callable[[int], object] | None = None,
 ) -> IsolatedRun:
     """Interleaved timing with one worker process per `RunnerSpec` (plain callables run in this process).
 
@@ -395,6 +396,8 @@ def time_isolated(
     does not answer within `timeout_s` is dropped from the rounds with that status; the others go on.
     `eval_inputs` (a stack of input batches shaped like `x`): after the rounds, every live row's outputs on
     them go to `predictions` (a row failing there keeps its timings and gets no predictions).
+    `before_round(r)` (the harness's host memory probe) runs in this process at the start of every round, after
+    a settle step of its own (every worker idle), so it overlaps no runner's call.
     """
     names = list(runners)
     status: dict[str, str] = {}
@@ -427,6 +430,9 @@ def time_isolated(
         group = _GroupCpu(rows)
         clocks = Clocks(cpu=group, runnable=group.runnable)
         for r in range(repeats):
+            if before_round is not None:
+                settle(settle_s, probe_s, idle_fraction, clocks)
+                before_round(r)
             order = [n for n in live if n in rows]
             k = r % max(1, len(order))
             for n in order[k:] + order[:k]:

@@ -51,8 +51,18 @@ def test_every_peer_runs_and_report_is_written(tiny_bench, tiny_tvm):
         want = "in-process" if name in EXTRA else "process"
         assert s.isolation == want and m["workers"][name]["isolation"] == want, name
     assert [r["name"] for r in doc["runners"]] == list(stats)
+    # one host memory probe per round (the default probe), each row's quiet median beside its median
+    probe = m["host_probe"]
+    assert len(probe["stream_gbs"]) == 4 and probe["mb"] == BenchOptions().host_probe_mb and probe["n_quiet"] >= 1
+    for name, s in stats.items():
+        if s.status == "ok":
+            q = np.asarray(s.samples_ms)[np.asarray(probe["quiet"])]
+            assert s.n_quiet == len(q) and s.median_quiet_ms == pytest.approx(float(np.median(q))), name
     md = (out / "bench.md").read_text()
-    assert md.count("\n| ") == len(stats) + 1 and "torch_ao_int8" in md and "top-1 (test)" in md
+    peer_table, probe_part = md.split("Host memory probe")
+    assert peer_table.count("\n| ") == len(stats) + 1 and "torch_ao_int8" in md and "top-1 (test)" in md
+    ok = sum(s.status == "ok" for s in stats.values())
+    assert probe_part.count("\n| ") == ok + 1 and f"{probe['n_quiet']} of 4 rounds quiet" in probe_part
     assert "cosine" not in md and "rel L2" not in md  # no column compares with a differently calibrated twin
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -121,7 +131,7 @@ def test_peers_doc_from_json(tiny_bench, tmp_path):
     assert back == res  # JSON round trip is lossless
     doc = peers_doc(back, command="python -m qcompile.bench --resolution 32")
     assert "python -m qcompile.bench --resolution 32" in doc
-    assert doc.count("| runner |") == 2 and "ARCHITECTURE.md figure vs this run" in doc
+    assert doc.count("| runner |") == 3 and "ARCHITECTURE.md figure vs this run" in doc  # peers, probe, figures
     med = res.by_name()["torch_fp32"].median_ms
     assert f"| torch_fp32 | {ARCHITECTURE_MS['torch_fp32']:.1f} | {med:.2f} | {med / 20.6:.2f} |" in doc
     assert "not a reproduction check" in doc  # 32x32 width 0.25 is not ARCHITECTURE's workload

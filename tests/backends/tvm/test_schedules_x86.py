@@ -1001,6 +1001,15 @@ def test_preshift_applies_bounds():
         assert preshift_applies(first, bound) and not preshift_applies(first - 1, bound)
         assert bound << (32 - first) < 1 << 31 <= bound << (33 - first)
     assert preshift_applies(32, 1 << 40) and preshift_applies(62, 1 << 40)
+    # the x86 kernels take it on rows of >= 15 outputs, requantizing layers with a shift below 32 only
+    from qcompile.backends.tvm.schedules.x86.depthwise import _preshift
+
+    def dw(h, shift_min, **kw):
+        return DwConv(8, h, h, 3, 3, (1, 1), (1, 1), shift_min=shift_min, **kw)
+
+    assert _preshift(dw(15, 23)) and _preshift(dw(112, 20))
+    assert not _preshift(dw(14, 23)) and not _preshift(dw(56, 19)) and not _preshift(dw(56, 32))
+    assert not _preshift(dw(56, 23, lo=None, hi=None))
 
 
 def _requant_exact(acc, bterm, mult, shift, lo, hi):
@@ -1067,12 +1076,14 @@ def test_dw_epilogue_preshift_bit_exact(lo, hi):
 @pytest.mark.parametrize("kind", ["rows", "quads", "vquads", "slide"])
 def test_depthwise_preshift_bit_exact(kind):
     """The four x86 depthwise kernels that take `dw_epilogue(preshift=True)` on a layer with shifts 20-40 (most
-    channels below 32, one per shift), exact against the reference and equal to the same kernel with the per-channel
-    branch between the int32 and int64 tails (`depthwise.DW_PRESHIFT = False`, the form before)."""
+    channels below 32, one per shift) and 16 outputs per row (`DW_PRESHIFT_MIN_WO`), exact against the reference
+    and equal to the same kernel with the per-channel branch between the int32 and int64 tails
+    (`depthwise.DW_PRESHIFT = False`, the form before): the pre-shifted form shifts the accumulators left
+    (`vpsllvd`) and has no int64 shift (`vpsravq`), the branch form has one."""
     from qcompile.backends.tvm.schedules.x86 import depthwise as xdw
 
     target = VNNI512
-    c, h, k, s = 24, 12, 3, 1
+    c, h, k, s = 24, 16, 3, 1
     rng = np.random.default_rng(2016)
     x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
     x[0, 0] = 255
@@ -1082,6 +1093,7 @@ def test_depthwise_preshift_bit_exact(kind):
     mult = rng.integers(2**29, 2**31, c).astype(np.int32)
     shift = np.concatenate([np.arange(20, 41), [23, 23, 31]]).astype(np.int32)
     dw = DwConv(c, h, h, k, k, (s, s), (1, 1), (1, 1), 7, lo=1, hi=254, shift_min=20)
+    assert dw.wo >= xdw.DW_PRESHIFT_MIN_WO
     knobs = {"rows": xdw.DwKnobs(16, False, 4), "quads": xdw.DwKnobs(16, True, 2, taps=4),
              "vquads": xdw.DwKnobs(16, False, 4, vquads=True), "slide": xdw.DwKnobs(16, False, 4, slide=True)}[kind]
     outs = []
@@ -1092,6 +1104,8 @@ def test_depthwise_preshift_bit_exact(kind):
             lib = tvm.compile(xdw.depthwise_kernel(dw, knobs, target=target), target=target)
         finally:
             xdw.DW_PRESHIFT = old
+        asm = isa.assembly(lib)
+        assert (re.search(r"vpsllvd", asm) is not None) == pre and (re.search(r"vpsravq", asm) is None) == pre
         if not isa.should_execute(FAMILY[target]):
             pytest.skip("built the avx512-vnni kernels; this CPU cannot execute them")
         out = tvm.runtime.tensor(np.zeros((c, h, h), np.uint8))

@@ -169,10 +169,12 @@ def preshift_operands(acc: tirx.PrimExpr, bterm: tirx.PrimExpr,
     (`preshift_applies`' layers), without a branch between the int32 and int64 tails per channel. With
     `k = max(0, 32 - s)`: `acc' = acc 2^k`, `bterm' = clamp(bterm, +-2^(62-k)) 2^k` (no clamp where `k = 0`),
     `shift' = s + k`, so `acc' M + bterm' = 2^k (acc M + bterm_c)` and the floor divisions by `2^(s+k)` and `2^s`
-    agree; `|acc' M| < 2^62` and `|bterm'| <= 2^62`, so no int64 sum overflows. Where the clamp moved `bterm`
+    agree; where `k > 0`, `|acc' M| < 2^62` and `|bterm'| <= 2^62`, so no int64 sum overflows (where `k = 0` the
+    operands are the int32 tail's own, whose sums `to_integer` proved). Where the clamp moved `bterm`
     (`|bterm| > 2^(62-k)`), `|acc M| <= acc_bound 2^31` leaves both sums beyond `+-2^(s+8)` with the sign of `bterm`:
-    the same saturated code. The per-channel scalars are hoisted; per vector one shift (`vpsllvd`) is added to the
-    int32 tail."""
+    the same saturated code. Per vector one shift (`vpsllvd`) more than the int32 tail; `k`, `bterm'` and `shift'`
+    are the channel's scalars (LLVM hoists them out of the unrolled rows of the 28-112 px depthwise layers, not out of
+    the 7-14 px ones' rolled epilogue loop: `x86.depthwise.DW_PRESHIFT_MIN_WO`)."""
     k = _preshift_k(shift)
     return tirx.shift_left(acc, k), preshift_bterm(bterm, shift), shift + k
 

@@ -1073,18 +1073,19 @@ def test_dw_epilogue_preshift_bit_exact(lo, hi):
     np.testing.assert_array_equal(out.numpy()[:, 0], ref)
 
 
-@pytest.mark.parametrize("kind", ["rows", "quads", "vquads", "slide"])
-def test_depthwise_preshift_bit_exact(kind):
+@pytest.mark.parametrize("kind,s", [("rows", 1), ("quads", 1), ("vquads", 1), ("slide", 1), ("slide", 2)])
+def test_depthwise_preshift_bit_exact(kind, s):
     """The four x86 depthwise kernels that take `dw_epilogue(preshift=True)` on a layer with shifts 20-40 (most
-    channels below 32, one per shift) and 16 outputs per row (`DW_PRESHIFT_MIN_WO`), exact against the reference
+    channels below 32, one per shift) and 16 outputs per row (`DW_PRESHIFT_MIN_WO`; stride 1, and 2 for the sliding
+    quads as MobileNetV2's 96x112 and 144x56 layers), exact against the reference
     and equal to the same kernel with the per-channel branch between the int32 and int64 tails
     (`depthwise.DW_PRESHIFT = False`, the form before): the pre-shifted form shifts the accumulators left
     (`vpsllvd`) and has no int64 shift (`vpsravq`), the branch form has one."""
     from qcompile.backends.tvm.schedules.x86 import depthwise as xdw
 
     target = VNNI512
-    c, h, k, s = 24, 16, 3, 1
-    rng = np.random.default_rng(2016)
+    c, h, k = 24, 16 * s, 3
+    rng = np.random.default_rng(2016 + s)
     x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
     x[0, 0] = 255
     wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
@@ -1108,7 +1109,7 @@ def test_depthwise_preshift_bit_exact(kind):
         assert (re.search(r"vpsllvd", asm) is not None) == pre and (re.search(r"vpsravq", asm) is None) == pre
         if not isa.should_execute(FAMILY[target]):
             pytest.skip("built the avx512-vnni kernels; this CPU cannot execute them")
-        out = tvm.runtime.tensor(np.zeros((c, h, h), np.uint8))
+        out = tvm.runtime.tensor(np.zeros((c, dw.ho, dw.wo), np.uint8))
         args = (x[0], xdw.dw_weights(wt, k, k, knobs, s), bias_term(bias, mult, shift), mult, shift)
         lib(*(tvm.runtime.tensor(a) for a in args), out)
         outs.append(out.numpy())

@@ -17,7 +17,14 @@ import tvm
 from tvm import relax, te, tirx
 
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
-from qcompile.backends.tvm.schedules.requant import EpilogueStep, apply_post, post_placeholders, requant_expr
+from qcompile.backends.tvm.schedules.requant import (
+    EpilogueStep,
+    apply_post,
+    post_placeholders,
+    preshift_applies,
+    preshift_operands,
+    requant_expr,
+)
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
 from qcompile.errors import ConfigError, LoweringError
 
@@ -29,7 +36,9 @@ __all__ = [
     "DwConv",
     "const_value",
     "conv_kind",
+    "dw_acc_bound",
     "dw_epilogue",
+    "dw_preshift_applies",
     "GemmConv",
     "GemmTile",
     "fit_to",
@@ -145,8 +154,23 @@ class DwConv(ConvGeometry):
                               name="bterm" if self.requant else "bias")
 
 
+def dw_acc_bound(dw: DwConv) -> int:
+    """Largest `|acc|` of a depthwise layer's int32 accumulator before its bias: `KH*KW` products of a uint8 code (or
+    the padding code, also in [0, 255]) and an int8 weight, `KH*KW*255*128`."""
+    return dw.kh * dw.kw * 255 * 128
+
+
+def dw_preshift_applies(dw: DwConv) -> bool:
+    """Whether `dw_epilogue(..., pairs=True, preshift=True)` takes the pre-shifted int32 tail: a requantizing layer
+    with shifts below 32 (else the int32 tail needs nothing), its clamp inside the uint8 codes, and
+    `requant.preshift_applies` for its smallest shift and `dw_acc_bound`."""
+    return (dw.requant and dw.shift_min < 32 and 0 <= dw.lo <= dw.hi <= 255
+            and preshift_applies(dw.shift_min, dw_acc_bound(dw)))
+
+
 def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None,
-                bias_at: Any = None, *, pairs: bool = False, shift_branch: bool = False) -> list[te.Tensor]:
+                bias_at: Any = None, *, pairs: bool = False, shift_branch: bool = False,
+                preshift: bool = False) -> list[te.Tensor]:
     """Placeholders and stages after a depthwise accumulator `acc_at(ch, y, x)`: requantize (or add the int32
     bias) over `[C, Ho, wov]` as stage `epilogue`, then, when rows were padded to whole vectors (`wov > Wo`),
     copy the `Wo` valid outputs (`crop`): a ragged vectorised requantize would run scalar int64 code per element
@@ -159,7 +183,10 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
     `shift_branch`: where the layer has shifts below 32 (`dw.shift_min`), branch per channel: channels whose
     shift is >= 32 take `requant_expr`'s int32 tail (`shift_min=32`), the others the int64 one; the condition is
     the channel's, so the vectorised row keeps a scalar `if_then_else` (a branch around each form, not a select
-    of both). Same integers either way (each form is exact for the shifts it is taken for)."""
+    of both). Same integers either way (each form is exact for the shifts it is taken for).
+    `preshift` (with `pairs`): where the layer has shifts below 32 and `requant.preshift_applies` holds for its
+    smallest shift and accumulator bound (`dw_acc_bound`), every channel takes the int32 tail on pre-shifted
+    operands (`requant.preshift_operands`) instead: no branch and no int64 tail; before `shift_branch`."""
     c, ho, wo = dw.c, dw.ho, dw.wo
     wov = wo if wov is None else wov
     if bias_at is None:
@@ -176,6 +203,9 @@ def dw_epilogue(dw: DwConv, acc_at: Any, bias: te.Tensor, wov: int | None = None
             return (ch, y, tirx.min(xo, wo - 1) if wov != wo else xo)
 
         def code(ch, y, xo):
+            if preshift and pairs and dw_preshift_applies(dw):
+                acc2, bterm2, shift2 = preshift_operands(acc_at(ch, y, xo), bias_at(ch, y, xo), shift[ch])
+                return requant_expr(acc2, bterm2, mult[ch], shift2, dw.lo, dw.hi, 32, pairs=True)
             args = (acc_at(ch, y, xo), bias_at(ch, y, xo), mult[ch], shift[ch], dw.lo, dw.hi)
             if shift_branch and dw.shift_min < 32:
                 return tirx.if_then_else(shift[ch] >= 32, requant_expr(*args, 32, pairs=pairs),

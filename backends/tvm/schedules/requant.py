@@ -47,6 +47,9 @@ __all__ = [
     "ADD32_SPLIT",
     "add_int32",
     "add_int32_applies",
+    "preshift_applies",
+    "preshift_bterm",
+    "preshift_operands",
     "apply_post",
     "bias_term",
     "pair_lowering",
@@ -142,6 +145,51 @@ def add_int32(a: tirx.PrimExpr, b: tirx.PrimExpr, m_a: int, m_b: int, off: int, 
     x = a32 * c(m_a >> k) + b32 * c(m_b >> k) + (low >> c(k)) + c(oh)
     r = x >> c(shift - k)
     return tirx.Max(tirx.Min(r, c(hi)), c(lo)).astype("uint8")
+
+
+def preshift_applies(shift_min: int, acc_bound: int) -> bool:
+    """Whether `preshift_operands` is exact for every channel of a layer whose shifts are at least `shift_min` and
+    whose int32 accumulators satisfy `|acc| <= acc_bound` (a depthwise KHxKW layer on uint8 codes and int8
+    weights: `KH*KW*255*128`), for every multiplier `|M| <= 2^31` and every bias term. For each shift `s < 32`
+    (`k = 32 - s`): `acc_bound 2^k < 2^31` (the shifted accumulator is an int32), and
+    `2^(62-k) - acc_bound 2^31 > 2^(s+8)` (a bias term clamped to `+-2^(62-k)` leaves every code saturated where
+    it was). 3x3: shifts >= 20; 5x5: >= 21; 7x7: >= 22."""
+    for s in range(max(shift_min, 1), 32):
+        k = 32 - s
+        if acc_bound << k >= 1 << 31 or (1 << (62 - k)) - (acc_bound << 31) <= 1 << (s + 8):
+            return False
+    return True
+
+
+def preshift_operands(acc: tirx.PrimExpr, bterm: tirx.PrimExpr,
+                      shift: tirx.PrimExpr) -> tuple[tirx.PrimExpr, tirx.PrimExpr, tirx.PrimExpr]:
+    """`(acc', bterm', shift')` with `(acc' M + bterm') >> shift' = (acc M + bterm) >> shift` up to saturation and
+    `shift' >= 32`, so that `requant_expr(acc', bterm', M, shift', ..., shift_min=32)` (the int32 tail: the high
+    halves of the int64 sums, then an int32 shift) gives every channel's code, also those with shifts below 32
+    (`preshift_applies`' layers), without a branch between the int32 and int64 tails per channel. With
+    `k = max(0, 32 - s)`: `acc' = acc 2^k`, `bterm' = clamp(bterm, +-2^(62-k)) 2^k` (no clamp where `k = 0`),
+    `shift' = s + k`, so `acc' M + bterm' = 2^k (acc M + bterm_c)` and the floor divisions by `2^(s+k)` and `2^s`
+    agree; where `k > 0`, `|acc' M| < 2^62` and `|bterm'| <= 2^62`, so no int64 sum overflows (where `k = 0` the
+    operands are the int32 tail's own, whose sums `to_integer` proved). Where the clamp moved `bterm`
+    (`|bterm| > 2^(62-k)`), `|acc M| <= acc_bound 2^31` leaves both sums beyond `+-2^(s+8)` with the sign of `bterm`:
+    the same saturated code. Per vector one shift (`vpsllvd`) more than the int32 tail; `k`, `bterm'` and `shift'`
+    are the channel's scalars (LLVM hoists them out of the unrolled rows of the 28-112 px depthwise layers, not out of
+    the 7-14 px ones' rolled epilogue loop: `x86.depthwise.DW_PRESHIFT_MIN_WO`)."""
+    k = _preshift_k(shift)
+    return tirx.shift_left(acc, k), preshift_bterm(bterm, shift), shift + k
+
+
+def _preshift_k(shift: tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.max(tirx.const(32, "int32") - shift, tirx.const(0, "int32"))
+
+
+def preshift_bterm(bterm: tirx.PrimExpr, shift: tirx.PrimExpr) -> tirx.PrimExpr:
+    """`preshift_operands`' bias term (a channel's scalar)."""
+    i64 = "int64"
+    k = _preshift_k(shift)
+    lim = tirx.shift_left(tirx.const(1, i64), (tirx.const(62, "int32") - k).astype(i64))
+    clamped = tirx.if_then_else(k > 0, tirx.max(tirx.min(bterm, lim), tirx.const(0, i64) - lim), bterm)
+    return tirx.shift_left(clamped, k.astype(i64))
 
 
 def apply_post(code: tirx.PrimExpr, post: Sequence[EpilogueStep], operands: Sequence[te.Tensor],

@@ -990,6 +990,137 @@ def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows, pla
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
+def test_preshift_applies_bounds():
+    """`requant.preshift_applies`: the smallest shifts for which the pre-shifted int32 tail is exact on a depthwise
+    layer's accumulator bound (`conv.dw_acc_bound`, KH*KW*255*128): 3x3 from 20, 5x5 from 21, 7x7 from 22 (one
+    below fails on the int32 range of `acc 2^k`); every shift >= 32 (nothing is shifted)."""
+    from qcompile.backends.tvm.schedules.requant import preshift_applies
+
+    for k, first in ((3, 20), (5, 21), (7, 22)):
+        bound = k * k * 255 * 128
+        assert preshift_applies(first, bound) and not preshift_applies(first - 1, bound)
+        assert bound << (32 - first) < 1 << 31 <= bound << (33 - first)
+    assert preshift_applies(32, 1 << 40) and preshift_applies(62, 1 << 40)
+    # the x86 kernels take it on rows of >= 15 outputs, requantizing layers with a shift below 32 only
+    from qcompile.backends.tvm.schedules.x86.depthwise import _preshift
+
+    def dw(h, shift_min, **kw):
+        return DwConv(8, h, h, 3, 3, (1, 1), (1, 1), shift_min=shift_min, **kw)
+
+    assert _preshift(dw(15, 23)) and _preshift(dw(112, 20))
+    assert not _preshift(dw(14, 23)) and not _preshift(dw(56, 19)) and not _preshift(dw(56, 32))
+    assert not _preshift(dw(56, 23, lo=None, hi=None))
+
+
+def _requant_exact(acc, bterm, mult, shift, lo, hi):
+    """integer_semantics.md `requantize` on Python integers (no wrapping): `clamp((acc M + bterm) >> s, lo, hi)`."""
+    return np.array([[min(max((int(a) * int(m) + int(b)) >> int(s), lo), hi) for a in row]
+                     for row, b, m, s in zip(acc, bterm, mult, shift)], np.uint8)
+
+
+@pytest.mark.parametrize("lo,hi", [(0, 255), (3, 250)])
+def test_dw_epilogue_preshift_bit_exact(lo, hi):
+    """`conv.dw_epilogue(..., preshift=True)` (every channel on the int32 tail with `requant.preshift_operands`)
+    against the requantize of Python integers, on accumulators that a 3x3 layer can reach (its bound
+    `+-KH*KW*255*128`, 0, +-1 and random ones) and per channel: shifts 20 (the smallest `preshift_applies` allows)
+    to 40, multipliers 0, 1, 2^31 - 1 and random, bias terms from `requant.bias_term` (random biases and the
+    default rounding offset) and at the edges of the clamp, `+-2^(62-k)` and one beyond, and `+-2^62` (saturated
+    codes), plus the offsets of codes 0..255 around which a rounding error would move a code."""
+    from tvm import te
+
+    from qcompile.backends.tvm.schedules.conv import dw_acc_bound, dw_epilogue
+    from qcompile.backends.tvm.schedules.requant import preshift_applies
+
+    rng = np.random.default_rng(20 + lo)
+    c, n = 64, 256
+    dw = DwConv(c, 1, n, 3, 3, (1, 1), (1, 1), lo=lo, hi=hi, shift_min=20)  # outputs [C, 1, n]
+    bound = dw_acc_bound(dw)
+    assert preshift_applies(dw.shift_min, bound) and (dw.ho, dw.wo) == (1, n)
+    shift = np.concatenate([np.arange(20, 41), rng.integers(20, 41, c - 21)]).astype(np.int32)
+    mult = rng.integers(1 << 29, 1 << 31, c).astype(np.int64)
+    mult[:3] = (0, 1, (1 << 31) - 1)
+    bterm = bias_term(rng.integers(-20000, 20000, c), mult, shift)
+    k = np.maximum(0, 32 - shift.astype(np.int64))
+    edge = np.int64(1) << (62 - k)
+    # the clamp's edges (the channels' own k), beyond them, and the most extreme terms
+    bterm[21:27] = (edge[21:27] * np.array([1, -1, 1, -1, 1, -1]) + np.array([0, 0, 1, -1, 7, -7]))
+    bterm[27:29] = ((1 << 62), -(1 << 62))
+    acc = rng.integers(-bound, bound + 1, (c, n)).astype(np.int64)
+    acc[:, :5] = (bound, -bound, 0, 1, -1)
+    # accumulators right at and next to code boundaries: acc M + bterm = j 2^s (+-1) for some codes j
+    for ch in range(29, c):
+        m, b, s = int(mult[ch]), int(bterm[ch]), int(shift[ch])
+        for i, j in enumerate(range(0, 256, 16)):
+            a = ((j << s) - b) // m
+            acc[ch, 5 + 3 * i: 8 + 3 * i] = np.clip((a - 1, a, a + 1), -bound, bound)
+    assert (np.abs(acc) <= bound).all()
+    mult = mult.astype(np.int32)
+    acc_t = te.placeholder((c, 1, n), "int32", name="acc")
+    bias = dw.bias()
+    outs = dw_epilogue(dw, lambda ch, y, x: acc_t[ch, y, x], bias, pairs=True, preshift=True)
+    func = te.create_prim_func([acc_t, bias, *outs])
+    sch = tvm.s_tir.Schedule(func)
+    ep = sch.get_sblock("epilogue")
+    _, inner = sch.split(sch.get_loops(ep)[-1], [None, 16])
+    sch.vectorize(inner)
+    lib = tvm.compile(sch.mod["main"], target=VNNI512)
+    if not isa.should_execute(FAMILY[VNNI512]):
+        pytest.skip("built the avx512-vnni epilogue; this CPU cannot execute it")
+    out = tvm.runtime.tensor(np.zeros((c, 1, n), np.uint8))
+    lib(*(tvm.runtime.tensor(a) for a in (acc.astype(np.int32).reshape(c, 1, n), bterm, mult, shift)), out)
+    ref = _requant_exact(acc, bterm, mult, shift, lo, hi)
+    assert len(np.unique(ref)) > 100 and (ref[21:29] == lo).any() and (ref[21:29] == hi).any()
+    np.testing.assert_array_equal(out.numpy()[:, 0], ref)
+
+
+@pytest.mark.parametrize("kind,s", [("rows", 1), ("quads", 1), ("vquads", 1), ("slide", 1), ("slide", 2)])
+def test_depthwise_preshift_bit_exact(kind, s):
+    """The four x86 depthwise kernels that take `dw_epilogue(preshift=True)` on a layer with shifts 20-40 (most
+    channels below 32, one per shift) and 16 outputs per row (`DW_PRESHIFT_MIN_WO`; stride 1, and 2 for the sliding
+    quads as MobileNetV2's 96x112 and 144x56 layers), exact against the reference
+    and equal to the same kernel with the per-channel branch between the int32 and int64 tails
+    (`depthwise.DW_PRESHIFT = False`, the form before): the pre-shifted form shifts the accumulators left
+    (`vpsllvd`) and has no int64 shift (`vpsravq`), the branch form has one."""
+    from qcompile.backends.tvm.schedules.x86 import depthwise as xdw
+
+    target = VNNI512
+    c, h, k = 24, 16 * s, 3
+    rng = np.random.default_rng(2016 + s)
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255
+    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
+    wt[0] = -128
+    bias = rng.integers(-20000, 20000, c).astype(np.int32)
+    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    shift = np.concatenate([np.arange(20, 41), [23, 23, 31]]).astype(np.int32)
+    dw = DwConv(c, h, h, k, k, (s, s), (1, 1), (1, 1), 7, lo=1, hi=254, shift_min=20)
+    assert dw.wo >= xdw.DW_PRESHIFT_MIN_WO
+    knobs = {"rows": xdw.DwKnobs(16, False, 4), "quads": xdw.DwKnobs(16, True, 2, taps=4),
+             "vquads": xdw.DwKnobs(16, False, 4, vquads=True), "slide": xdw.DwKnobs(16, False, 4, slide=True)}[kind]
+    outs = []
+    for pre in (True, False):
+        old = xdw.DW_PRESHIFT
+        xdw.DW_PRESHIFT = pre
+        try:
+            lib = tvm.compile(xdw.depthwise_kernel(dw, knobs, target=target), target=target)
+        finally:
+            xdw.DW_PRESHIFT = old
+        asm = isa.assembly(lib)
+        assert (re.search(r"vpsllvd", asm) is not None) == pre and (re.search(r"vpsravq", asm) is None) == pre
+        if not isa.should_execute(FAMILY[target]):
+            pytest.skip("built the avx512-vnni kernels; this CPU cannot execute them")
+        out = tvm.runtime.tensor(np.zeros((c, dw.ho, dw.wo), np.uint8))
+        args = (x[0], xdw.dw_weights(wt, k, k, knobs, s), bias_term(bias, mult, shift), mult, shift)
+        lib(*(tvm.runtime.tensor(a) for a in args), out)
+        outs.append(out.numpy())
+    acc = R.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride=s, padding=1,
+                   groups=c, pad_value=7)
+    ref = R.requantize(acc, torch.from_numpy(mult), torch.from_numpy(shift), lo=1, hi=254).numpy()[0]
+    assert len(np.unique(ref)) > 20
+    np.testing.assert_array_equal(outs[0], ref)
+    np.testing.assert_array_equal(outs[1], ref)
+
+
 def test_depthwise_sliding_quads_are_the_default_with_vbmi():
     """With AVX-512 VNNI and VBMI every undilated depthwise layer of at most 7 columns and stride 1 or 2 takes the
     sliding tap quads: 16 lanes above 14 outputs per row, else 8; about 16 row vectors per step at stride 1, 8 at

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from qcompile.backends.tvm.schedules.conv import DwConv, dw_epilogue
+from qcompile.backends.tvm.schedules.conv import DwConv, dw_epilogue, dw_preshift_applies
 from qcompile.backends.tvm.schedules.parallel import parallel_if_worth
 from qcompile.errors import ConfigError
 
@@ -44,6 +44,19 @@ DW_PAIRS = True
 #: shift_branch=True)`): bit-exact; MobileNetV2's synthetic program has depthwise shifts 23-39, and one channel
 #: below 32 used to put every channel on the int64 tail (32x112x112 92.5 -> 73.0 us, docs/peers.md, session 13)
 DW_SHIFT_BRANCH = True
+#: ... and before that branch, where `requant.preshift_applies` (3x3 layers with shifts >= 20, 7x7 >= 22): every
+#: channel on the int32 tail with pre-shifted operands (`conv.dw_epilogue(..., preshift=True)`), no branch
+DW_PRESHIFT = True
+#: narrowest output row that takes it: on 7-14 px rows (8-lane vectors) LLVM left the longer epilogue a loop
+#: (accumulators spilled to the stack; 384x14x14 1.36x slower at 1 thread), on 28-112 px rows 0.93-0.96x
+#: (docs/peers.md, session 16)
+DW_PRESHIFT_MIN_WO = 15
+
+
+def _preshift(dw: DwConv) -> bool:
+    """Whether the row, tap-group, vertical-quad and sliding-quad kernels take the pre-shifted int32 tail
+    (`DW_PRESHIFT`, `conv.dw_preshift_applies`): on rows of more than `DW_PRESHIFT_MIN_WO - 1` outputs."""
+    return DW_PRESHIFT and DW_PAIRS and dw.wo >= DW_PRESHIFT_MIN_WO and dw_preshift_applies(dw)
 
 
 def _schedule_epilogue(sch: s_tir.Schedule, row: s_tir.LoopRV, vec: int, ragged: bool) -> None:
@@ -105,7 +118,7 @@ def depthwise_conv_x86(dw: DwConv, *, vec: int = 8, rows: int = 1) -> tvm.tirx.P
         name="dw",
     )
     args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
-                                 shift_branch=DW_SHIFT_BRANCH)]
+                                 shift_branch=DW_SHIFT_BRANCH, preshift=_preshift(dw))]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -221,7 +234,7 @@ def depthwise_conv_pairs_x86(dw: DwConv, *, vec: int = 16, vnni: bool = False, r
         name="dw",
     )
     args = [x, w2, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
-                                 shift_branch=DW_SHIFT_BRANCH)]
+                                 shift_branch=DW_SHIFT_BRANCH, preshift=_preshift(dw))]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -343,7 +356,7 @@ def depthwise_conv_slide_x86(dw: DwConv, *, vec: int = 16, rows: int = 4, plane:
         name="dw",
     )
     args = [x, w4, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
-                                 shift_branch=DW_SHIFT_BRANCH)]
+                                 shift_branch=DW_SHIFT_BRANCH, preshift=_preshift(dw))]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")
@@ -494,7 +507,7 @@ def depthwise_conv_vquads_x86(dw: DwConv, *, vec: int = 16, rows: int = 4) -> tv
         name="dw",
     )
     args = [x, wt, bias, *dw_epilogue(dw, lambda ch, y, xo: acc[ch, y, xo], bias, wov, pairs=DW_PAIRS,
-                                 shift_branch=DW_SHIFT_BRANCH)]
+                                 shift_branch=DW_SHIFT_BRANCH, preshift=_preshift(dw))]
     sch = s_tir.Schedule(te.create_prim_func(args).with_attr("global_symbol", "main"))
 
     dw_blk = sch.get_sblock("dw")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.mbv2_profile import calls_per_primfunc, layer_type
-from qcompile.backends.tvm.lowered import kernel_timing_args
+from qcompile.backends.tvm.lowered import kernel_timing_args, program_requant_operands
 
 #: the requantize operands of a timed kernel are those of `Lowered.benchmark`'s per-kernel table
 timing_args = kernel_timing_args
@@ -53,7 +53,9 @@ def _fork_join_kernel() -> Any:
 
 def primfunc_evaluators(low: Any, per_round: int, rng: np.random.Generator) -> dict[str, tuple[Any, list]]:
     """PrimFunc name -> (TVM `time_evaluator` of `per_round` single calls, `timing_args`) for every PrimFunc of a
-    loaded `Lowered` (a loaded export keeps only its library's path, so the library is opened again)."""
+    loaded `Lowered` (a loaded export keeps only its library's path, so the library is opened again). The requantize
+    operands are the program's own where the export has it (`lowered.program_requant_operands`: the network's shifts,
+    e.g. the depthwise layers' channels below 32), else `kernel_timing_args`' defaults."""
     import tvm
 
     from qcompile.backends.tvm.lowered import _find_function_module, load_library
@@ -61,11 +63,12 @@ def primfunc_evaluators(low: Any, per_round: int, rng: np.random.Generator) -> d
     dev = tvm.cpu()
     lib = low._exec if low._lib_path is None else load_library(low._lib_path)  # noqa: SLF001
     evs = {}
+    requant = program_requant_operands(low.meta, low.program)
     for name, sig in low.meta["signatures"].items():
         mod = _find_function_module(lib, name)
         if mod is None:
             continue
-        args = [tvm.runtime.tensor(a, dev) for a in timing_args(sig, rng)]
+        args = [tvm.runtime.tensor(a, dev) for a in timing_args(sig, rng, requant=requant.get(name))]
         evs[name] = (mod.time_evaluator(name, dev, number=1, repeat=per_round), args)
     return evs
 

@@ -142,7 +142,12 @@ def time_compare(folder: Path, rounds: int, per_round: int, net_calls: int, max_
 
     from benchmarks.mbv2_profile import calls_per_primfunc
     from qcompile import api as qc
-    from qcompile.backends.tvm.lowered import _find_function_module, kernel_timing_args, load_library
+    from qcompile.backends.tvm.lowered import (
+        _find_function_module,
+        kernel_timing_args,
+        load_library,
+        program_requant_operands,
+    )
     from qcompile.bench.harness import _cpu_snapshot, _other_load
 
     dev = tvm.cpu()
@@ -152,10 +157,11 @@ def time_compare(folder: Path, rounds: int, per_round: int, net_calls: int, max_
         low = qc.load(folder / f"host_{kind}")
         lows[kind] = low
         lib = low._exec if low._lib_path is None else load_library(low._lib_path)  # noqa: SLF001
+        requant = program_requant_operands(low.meta, low.program)  # the network's own shifts
         for name, sig in low.meta["signatures"].items():
             mod = _find_function_module(lib, name)
             if mod is not None:
-                args = [tvm.runtime.tensor(a, dev) for a in kernel_timing_args(sig, rng)]
+                args = [tvm.runtime.tensor(a, dev) for a in kernel_timing_args(sig, rng, requant=requant.get(name))]
                 evs[(kind, name)] = (mod.time_evaluator(name, dev, number=1, repeat=per_round), args)
     x = rng.standard_normal(lows["untuned"].input_shape).astype(lows["untuned"].input_dtype)
     np.testing.assert_array_equal(lows["untuned"](x), lows["tuned"](x))  # bit for bit, or nothing to compare

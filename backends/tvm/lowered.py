@@ -140,24 +140,75 @@ def _random_arg(shape: list[int], dtype: str, rng: np.random.Generator, batch: i
     return rng.integers(1, 8, size=shape).astype(dtype)
 
 
-#: the shift every channel gets in `kernel_timing_args`' requantize operands: >= 32, the int32 tail of
-#: `requant_expr` that kernels branching per channel (x86 depthwise, `DW_SHIFT_BRANCH`) take for most channels
+#: the shift every channel gets in `kernel_timing_args`' requantize operands where the program's own are not given:
+#: >= 32, the int32 tail of `requant_expr` that kernels branching per channel (x86 depthwise, `DW_SHIFT_BRANCH`)
+#: take for most channels
 TIMING_SHIFT = 36
 
+#: a kernel's requantize operands as it takes them: (int64 bias term, int32 multiplier, int32 shift) per channel
+RequantOperands = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-def kernel_timing_args(sig: list, rng: np.random.Generator, batch: int = 1) -> list[np.ndarray]:
+
+def kernel_timing_args(sig: list, rng: np.random.Generator, batch: int = 1,
+                       requant: RequantOperands | None = None) -> list[np.ndarray]:
     """Arguments to time one kernel of signature `sig` ([(shape, dtype)]) alone: `_random_arg`'s small integers,
     except a requantize triple (an int64 vector followed by two int32 vectors of its length: bias term, multiplier,
-    shift), which gets multipliers 2^30 and shifts `TIMING_SHIFT`. A kernel that branches on each channel's shift
-    then runs the branch most channels of a network take, not the int64 one that shifts of 1..7 would select, so
-    the per-kernel table (`Lowered.benchmark`) and the kernel sums built on it time what `main` runs."""
+    shift). `requant` (`program_requant_operands`: the network's own bias terms, multipliers and shifts) fills the
+    first triple of its length, so a kernel whose epilogue depends on the shifts (the x86 depthwise kernels branch
+    per channel below 32, `DW_SHIFT_BRANCH`; `preshift_operands` where it applies) runs what the network runs;
+    without it every triple gets multipliers 2^30 and shifts `TIMING_SHIFT` (the int32 tail most channels take)."""
     args = [_random_arg(s, d, rng, batch) for s, d in sig]
     for i in range(len(sig) - 2):
         (s0, d0), (s1, d1), (s2, d2) = sig[i:i + 3]
         if (d0, d1, d2) == ("int64", "int32", "int32") and len(s0) == 1 and s0 == s1 == s2:
+            if requant is not None and all(len(a) == s0[0] for a in requant):
+                for j, (a, dt) in enumerate(zip(requant, (d0, d1, d2), strict=True)):
+                    args[i + j] = np.asarray(a).astype(dt)
+                requant = None  # the kernel's own triple; any later one (a fused step's) keeps the defaults
+                continue
             args[i + 1] = np.full(args[i + 1].shape, 1 << 30, np.int32)
             args[i + 2] = np.full(args[i + 2].shape, TIMING_SHIFT, np.int32)
     return args
+
+
+def program_requant_operands(meta: dict, program: IntegerGraph | None) -> dict[str, RequantOperands]:
+    """PrimFunc name -> the requantize operands the network gives it: `requant.bias_term(bias, M, s, offset)`, `M`
+    and `s` of the kernel's `requantize` node (x86 `strategy._bias_arg`'s bias term). A PrimFunc that several layers
+    share (same workload) gets the operands of the first layer that calls it, the one `meta["kernels"]` lists it
+    under. Empty without a program (a library lowered without one); kernels without a `requantize` node (or whose
+    accumulator has no constant bias) are left out: `kernel_timing_args` gives them its defaults."""
+    from qcompile.backends.tvm.schedules.requant import bias_term
+
+    if program is None:
+        return {}
+    nodes = {n.name: n for n in program.graph.nodes}
+
+    def const(a: Any) -> np.ndarray | None:
+        if getattr(a, "op", None) != "get_attr":
+            return None
+        obj: Any = program
+        for part in a.target.split("."):  # a dotted get_attr target, as `IntegerGraph` stores its constants
+            obj = getattr(obj, part)
+        return obj.detach().cpu().numpy()
+
+    out: dict[str, RequantOperands] = {}
+    for k in meta.get("kernels", []):
+        names = [f for f in k.get("primfuncs", []) if f not in out]
+        rq = [nodes[n] for n in k.get("nodes", []) if n in nodes and getattr(nodes[n].target, "__name__", "")
+              == "requantize"]
+        if not names or len(rq) != 1 or not rq[0].args or getattr(rq[0].args[0], "op", None) != "call_function":
+            continue
+        acc = rq[0].args[0]
+        mult, shift = (const(a) for a in rq[0].args[1:3])
+        bias = const(acc.args[2]) if len(acc.args) > 2 else None
+        off_node = rq[0].kwargs.get("offset")
+        offset = const(off_node) if off_node is not None else None
+        if mult is None or shift is None or bias is None or (off_node is not None and offset is None):
+            continue
+        ops = (bias_term(bias, mult, shift, offset).astype(np.int64), mult.astype(np.int32), shift.astype(np.int32))
+        for f in names:
+            out[f] = ops
+    return out
 
 
 def load_library(path: str | os.PathLike) -> Any:
@@ -512,10 +563,12 @@ class Lowered:
         rows = []
         if kernels:
             by_func = {f: k for k in self.meta["kernels"] for f in k["primfuncs"]}
+            requant = program_requant_operands(self.meta, self.program)  # the network's own shifts
             for name, sig in self.meta["signatures"].items():
                 found = _find_function_module(mod_for_kernels, name) if sess is None else None
                 candidates = [found] if found is not None else [mod_for_kernels, *_imports(mod_for_kernels)]
-                args = [tvm.runtime.tensor(a, dev) for a in kernel_timing_args(sig, rng, len(x))]
+                args = [tvm.runtime.tensor(a, dev)
+                        for a in kernel_timing_args(sig, rng, len(x), requant.get(name))]
                 kms = None
                 for cand in candidates:
                     try:  # an RPC module only answers for the module that defines the symbol

@@ -402,7 +402,7 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
                         pp: int, lo: int | None, hi: int | None, shift_min: int,
                         post: tuple[EpilogueStep, ...] = (), opad: int | None = None, *,
                         pairs: bool = False, narrow: Any = None, tail32: str = "hi32",
-                        pad_skip: bool = False, add32: bool = False) -> list[te.Tensor]:
+                        pad_skip: bool = False, add32: bool = False, preshift: bool = False) -> list[te.Tensor]:
     """The stages every packed-GEMM conv kernel shares (x86 VNNI/AVX2, AMX and aarch64), named as their schedules
     expect: `xpack[K/g, Pp, g]` from `gather(k, j)`, `gemm` (int32 `acc[opad, j]`; `opad` = O unless the weights
     `wp` carry zero rows up to a whole tile, as AMX's do), `epilogue` (over the O real rows; requantize with the
@@ -418,7 +418,10 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
     reads at `min(j, P - 1)`, which LLVM turns into 16 scalar byte loads (`vpinsrb`) per vector: 1.2-1.3x the time
     of the same GEMM without the add on MobileNetV2's 14 px projects (docs/peers.md, session 15). The padded
     pixels' outputs are cropped, so the result is the same. `add32`: `requant.apply_post`'s (a residual add in
-    int32 arithmetic where its constants allow).
+    int32 arithmetic where its constants allow). `preshift` (with `pairs`, a layer with shifts below 32 for which
+    `requant.preshift_applies` holds: the caller checks, `x86.gemm.gemm_preshift_applies`): every channel takes the
+    int32 tail on `requant.preshift_operands` (one left shift per vector more) instead of the int64 shift and clamp
+    of `MADD_SHR_CLAMP` for the whole layer.
     Returns the tensors after `(x, wp, bias)` in the kernel's signature: `[mult, shift, *post operands,] out`."""
     kb, g = kgroups
     xp = te.compute((kb, pp, g), lambda b, j, i: gather(b * g + i, j), name="xpack")
@@ -452,12 +455,17 @@ def gemm_requant_stages(gather: Any, kgroups: tuple[int, int], wp: te.Tensor, bi
 
             return read
 
-        res = te.compute(shape, lambda c, j: apply_post(
-            requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow,
-                         tail32=tail32),
-            post, post_ins,
-            operand_at(c, j), add32=add32),
-            name="epilogue")
+        pre = preshift and pairs and shift_min < 32
+
+        def code(c, j):
+            if pre:  # (acc 2^k, bterm', s + k): every shift >= 32, the int32 tail for every channel
+                a, b, s = preshift_operands(acc[c, j], bias[c], shift[c])
+                return requant_expr(a, b, mult[c], s, lo, hi, 32, pairs=True, narrow=narrow, tail32=tail32)
+            return requant_expr(acc[c, j], bias[c], mult[c], shift[c], lo, hi, shift_min, pairs=pairs, narrow=narrow,
+                                tail32=tail32)
+
+        res = te.compute(shape, lambda c, j: apply_post(code(c, j), post, post_ins, operand_at(c, j), add32=add32),
+                         name="epilogue")
         ins = [mult, shift, *post_ins]
     else:
         res = te.compute(shape, lambda c, j: acc[c, j] + bias[c], name="epilogue")

@@ -1487,3 +1487,60 @@ def test_depthwise_on_small_maps_puts_channels_in_the_lanes(c, h, k, s, pad_valu
         _reference(x, wt, bias, mult, shift, requant=False, **kw))
     assert cvec_dw_lanes(c, 16, CVEC_DW_PIXELS + 1, 16) == 0 and cvec_dw_lanes(c, CVEC_DW_IN_PIXELS + 1, 4, 16) == 0
     assert cvec_dw_lanes(c, 16, 16, 0) == 0
+
+
+@pytest.mark.parametrize("knobs,p", [(GemmKnobs(2, 64, store64=True, vshift=True), 128), (GemmKnobs(8, 16), 120)],
+                         ids=["store64-vshift", "8x16-padded"])
+def test_gemm_preshift_bit_exact(monkeypatch, knobs, p):
+    """`x86.gemm.GEMM_PRESHIFT` (`conv.gemm_requant_stages(preshift=True)`) on a K = 16 GEMM with shifts 20 (the
+    smallest `requant.preshift_applies` allows at `K 255 128`) to 40 per channel, against the requantize of Python
+    integers on accumulators at +-the bound, 0, +-1 and next to code boundaries, multipliers 0, 1, 2^31 - 1, bias
+    terms at the clamp's edges `+-2^(62-k)`, one beyond, and `+-2^62` (fails without the clamp); equal to the int64
+    form (`GEMM_PRESHIFT = False`). The asm: the pre-shifted form shifts the accumulators left and has no int64
+    shift (`vpsraq`), the int64 form has one."""
+    from qcompile.backends.tvm.schedules.x86 import gemm as xg
+
+    k, o = 16, 48
+    rng = np.random.default_rng(1620 + p)
+    bound = k * 255 * 128
+    gc = GemmConv(k, p, o, 0, 255, 20)
+    assert xg.gemm_preshift_applies(gc, "vnni512") and not xg.gemm_preshift_applies(GemmConv(k, p, o, 0, 255, 19),
+                                                                                     "vnni512")
+    assert not xg.gemm_preshift_applies(GemmConv(k, p, o, 0, 255, 32), "vnni512")
+    assert not xg.gemm_preshift_applies(gc, "i16")  # int16 operands: not the uint8 x int8 bound
+    x = rng.integers(0, 256, (k, p)).astype(np.uint8)
+    w = rng.integers(-128, 128, (o, k)).astype(np.int8)
+    x[:, :2] = 255
+    w[: o // 2] = np.where(np.arange(o // 2)[:, None] % 2 == 0, -128, 127)  # +-the bound on the first pixels
+    acc = w.astype(np.int64) @ x.astype(np.int64)
+    assert np.abs(acc).max() == bound and acc.max() == k * 255 * 127
+    shift = np.concatenate([np.arange(20, 41), rng.integers(20, 41, o - 21)]).astype(np.int32)
+    mult = rng.integers(1 << 29, 1 << 31, o).astype(np.int64)
+    mult[:3] = (0, 1, (1 << 31) - 1)
+    bterm = bias_term(rng.integers(-20000, 20000, o), mult, shift)
+    kk = np.maximum(0, 32 - shift.astype(np.int64))
+    edge = np.int64(1) << (62 - kk)
+    bterm[21:27] = edge[21:27] * np.array([1, -1, 1, -1, 1, -1]) + np.array([0, 0, 1, -1, 7, -7])
+    bterm[27:29] = ((1 << 62), -(1 << 62))
+    # bias terms that put code boundaries (acc M + bterm = j 2^s) next to the accumulators of the first pixels
+    for ch in range(29, o):
+        m, s = int(mult[ch]), int(shift[ch])
+        if m:
+            j = int(rng.integers(0, 256))
+            bterm[ch] = (j << s) - int(acc[ch, 2 + ch % 8]) * m + int(rng.integers(-1, 2))
+    mult = mult.astype(np.int32)
+    ref = _requant_exact(acc, bterm, mult, shift, 0, 255)
+    assert len(np.unique(ref)) > 100 and (ref[21:29] == 0).any() and (ref[21:29] == 255).any()
+    outs = []
+    for pre in (True, False):
+        monkeypatch.setattr(xg, "GEMM_PRESHIFT", pre)
+        lib = tvm.compile(pointwise_conv_x86(gc, "vnni512", knobs), target=VNNI512)
+        asm = isa.assembly(lib)
+        assert (re.search(r"vpsll[v]?d\s", asm) is not None) == pre and (re.search(r"vpsraq", asm) is None) == pre
+        if not isa.should_execute(FAMILY[VNNI512]):
+            pytest.skip("built the avx512-vnni GEMMs; this CPU cannot execute them")
+        out = tvm.runtime.tensor(np.zeros((o, p), np.uint8))
+        lib(*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, 4, "int8"), bterm, mult, shift)), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[0], ref)
+    np.testing.assert_array_equal(outs[1], ref)

@@ -177,6 +177,15 @@ def test_benchmark_local(mbv2_x86):
     assert primfuncs <= names
     assert all(r["mean_ms"] >= 0 for r in res.kernels)
     assert "kernel" in res.table().splitlines()[0]
+    # the per-kernel table ran every requantizing kernel on the program's own shifts (`program_requant_operands`)
+    from qcompile.backends.tvm.lowered import program_requant_operands
+
+    ops = program_requant_operands(mbv2_x86.meta, mbv2_x86.program)
+    requant = {f for k in mbv2_x86.kernels if k["op"] == "conv2d_requant" for f in k["primfuncs"]}
+    assert requant and requant <= set(ops)
+    for f in requant:
+        sig = mbv2_x86.meta["signatures"][f]
+        assert [len(a) for a in ops[f]] == [sig[2][0][0]] * 3  # the kernel's (bias term, M, s) triple
 
 
 def test_repeated_calls_keep_earlier_outputs(mbv2_x86, mbv2_graph):

@@ -49,12 +49,15 @@ from qcompile.backends.tvm.schedules.conv import (
     schedule_gemm_tiles,
 )
 from qcompile.backends.tvm.schedules.parallel import estimated_us, min_parallel_us, parallel_if_worth
+from qcompile.backends.tvm.schedules.requant import preshift_applies
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "GEMM_PRESHIFT",
     "GemmKnobs",
+    "gemm_preshift_applies",
     "activation_gather",
     "schedule_pack_padding",
     "schedule_xpad",
@@ -258,6 +261,23 @@ def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int 
     return GemmKnobs(12, 16)
 
 
+#: the requantize of a layer with shifts below 32 (`gemm_preshift_applies`): True takes the pre-shifted int32 tail
+#: for every channel (`requant.preshift_operands`, `conv.gemm_requant_stages(preshift=True)`), False (default) the
+#: int64 shift and clamp (`MADD_SHR_CLAMP`) for every channel. Off: no MobileNetV2 GEMM has a shift below 32, and the
+#: pre-shifted form measured 0.85x the int64 one on the 112 and 56 px expands but 1.1x on the 7 px ones at 1 thread
+#: (docs/peers.md, session 16, engineer B, second round). Read at schedule time.
+GEMM_PRESHIFT = False
+
+
+def gemm_preshift_applies(gc: GemmConv, mode: str) -> bool:
+    """Whether `pointwise_conv_x86` requantizes `gc` with the pre-shifted int32 tail (`GEMM_PRESHIFT`): a
+    requantizing layer with a shift below 32, uint8 activations and int8 weights (`|acc| <= K 255 128`, the
+    padded reduction rows being zero), and `requant.preshift_applies` for its smallest shift and that bound
+    (K = 16: shifts >= 20 (as 3x3 depthwise); K = 960: >= 26)."""
+    return (gc.lo is not None and gc.shift_min < 32 and MODES[mode][2:] == ("uint8", "int8")
+            and preshift_applies(gc.shift_min, gc.k * 255 * 128))
+
+
 def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -> str:
     """Exact intrinsic for this layer: 'vnni512'/'vnni' if available, 'u8s8' if no pair can saturate, else 'i16'.
 
@@ -316,7 +336,8 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
     store64 = knobs.store64 and tile.tp % 64 == 0 and pairs
     stages = gemm_requant_stages(gather, (kb, g), wp, bias, o, p, pp, gc.lo, gc.hi, gc.shift_min, gc.post,
                                  pairs=pairs, narrow=narrow_u8_x86 if store64 and not (add32 and gc.post) else None,
-                                 tail32="shr" if knobs.vshift else "hi32", pad_skip=pad_skip, add32=add32)
+                                 tail32="shr" if knobs.vshift else "hi32", pad_skip=pad_skip, add32=add32,
+                                 preshift=pairs and GEMM_PRESHIFT and gemm_preshift_applies(gc, mode))
     args = [x, wp, bias, *stages]
     func = te.create_prim_func(args).with_attr("global_symbol", "main")
     sch = s_tir.Schedule(func)

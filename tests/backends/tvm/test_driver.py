@@ -523,3 +523,20 @@ def test_call_minus_driver_probe_times_the_zero_copy_path(mbv2_x86, tmp_path, mo
     assert res["zero_copy"] is True
     assert set(res["min_us"]) == {"call", "driver", "input_copy", "call_copy", "driver_zero_copy"}
     assert all(v > 0 for v in res["median_us"].values())
+
+
+def test_thread_pool_benchmark_runs_each_setting_in_its_own_process(mbv2_x86, tmp_path):
+    """`benchmarks.thread_pool.measure`: one process per setting, each seeing exactly its pool variables (TVM reads
+    them once, at pool start) and the thread count asked for, every round giving each setting its samples."""
+    from benchmarks.thread_pool import measure
+
+    path = str(mbv2_x86.export(tmp_path / "low"))
+    res = measure([path], ["default", "bind=0", "spin=3000"], threads=2, rounds=2, samples=2, burst=3,
+                  settle_ms=1.0, lead_in_ms=1.0)[path]
+    assert res["default"]["env"] == {"TVM_BIND_THREADS": None, "TVM_THREAD_POOL_SPIN_COUNT": None,
+                                     "TVM_NUM_THREADS": "2"}
+    assert res["bind=0"]["env"] == {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": None,
+                                    "TVM_NUM_THREADS": "2"}
+    assert res["spin=3000"]["env"]["TVM_THREAD_POOL_SPIN_COUNT"] == "3000"
+    for v in res.values():
+        assert len(v["sample"]) == 4 and len(v["burst"]) == 2 and min(v["sample"] + v["burst"]) > 0

@@ -291,7 +291,8 @@ class Lowered:
 
         Not thread-safe (neither is TVM's VM): one input, output and arena buffer per `Lowered`. The returned
         array is the caller's: later calls do not change it (a copy of the driver's output buffer, or the VM's
-        fresh output tensor without a copy).
+        fresh output tensor without a copy). `x` is never written; a writeable C-contiguous array of the input's
+        shape and dtype from `ZERO_COPY_MIN_BYTES` on is read where it lies, without a copy.
         """
         # any Python work between two calls costs the next one more than its own time in cold caches
         # (docs/benchmarks_demo.md, "Per-call overhead"), so the common call is short

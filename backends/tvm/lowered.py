@@ -62,7 +62,8 @@ _COPY_OUT_MAX = 1 << 16
 _copyto = np.copyto  # a module global: one lookup less per call than `np.copyto`
 #: `Lowered.__call__` hands the driver the caller's own input array (no copy into the bound buffer) from this many
 #: bytes on, where the driver takes unaligned inputs (`driver.DRIVER_INPUT_ALIGN_ATTR`): the DLPack import of the
-#: caller's array costs ~0.3 us, a copy ~0.06 us per KiB on Zen 4 (MobileNetV2 224's 602 KB: 15.4 us);
+#: caller's array and the packed API's checks of that fresh tensor cost ~1 us, a copy 0.7 us at 12 KiB (the
+#: break-even, measured on the demo subnet), 0.95 at 32 KiB, 14.5 at MobileNetV2 224's 602 KB (Zen 4);
 #: docs/peers.md, "session 16, engineer C"
 ZERO_COPY_MIN_BYTES = 1 << 15
 

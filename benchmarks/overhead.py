@@ -262,19 +262,29 @@ def call_minus_driver(low: Any, rounds: int, calls: int, seed: int = 0) -> dict[
     224): per round (interleaved, rotating order) the median of `calls` calls of `__call__` on a float input as
     numpy makes it, of the driver called from Python on its prepared tensors, and of the input copy into the bound
     buffer alone (us); minima and medians over rounds. ValueError for a lowering whose `__call__` does not call the
-    driver directly (no driver, a dynamic batch, or an output above `lowered._COPY_OUT_MAX` bytes)."""
+    driver directly (no driver, a dynamic batch, or an output above `lowered._COPY_OUT_MAX` bytes).
+
+    Where `__call__` hands the driver the caller's array (`lowered.ZERO_COPY_MIN_BYTES`, `zero_copy` in the
+    result) also `call_copy`, `__call__` on a read-only view of the same array (the copy path), and
+    `driver_zero_copy`, the driver on the DLPack import of the caller's array."""
     x = np.random.default_rng(seed).standard_normal(low.input_shape).astype(low.input_dtype)
     low(x)
     if low._driver is None or low._ready is None:
         raise ValueError(f"{low}: __call__ does not call the native driver directly here")
     quantities = {"call": lambda: low(x), "driver": lambda: low._driver(*low._driver_args),
                   "input_copy": lambda: np.copyto(low._in_array, x)}
+    zc = low._ready[6] if len(low._ready) > 6 else None
+    if zc is not None:
+        frozen = x.view()
+        frozen.flags.writeable = False  # numpy exports no read-only array through DLPack: the copy path
+        quantities["call_copy"] = lambda: low(frozen)
+        quantities["driver_zero_copy"] = lambda: zc[1](zc[0](x), *zc[2:])
     samples = rotating_rounds({k: partial(median_us, f, calls) for k, f in quantities.items()}, rounds)
     mins = {k: float(np.min(v)) for k, v in samples.items()}
     meds = {k: float(np.median(v)) for k, v in samples.items()}
     return {"min_us": mins, "median_us": meds, "call_minus_driver_min_us": mins["call"] - mins["driver"],
             "call_minus_driver_median_us": meds["call"] - meds["driver"], "input_bytes": int(x.nbytes),
-            "input_mod_64": int(x.ctypes.data % 64)}
+            "input_mod_64": int(x.ctypes.data % 64), "zero_copy": zc is not None}
 
 
 def _probe(a: argparse.Namespace) -> None:

@@ -52,6 +52,11 @@ DRIVER_CALLS_ATTR = "qcompile.driver_calls"
 #: PrimFunc attribute of the driver: indices of main's float inputs it checks for NaN/inf before any kernel
 #: (`finite_check`)
 DRIVER_CHECKS_ATTR = "qcompile.driver_finite_checked"
+#: PrimFunc attribute of the driver: the byte alignment it needs of main's inputs. With direct calls, each kernel
+#: body that reads an input is compiled without the 64-byte assumption for it (`UNALIGNED_ATTR`), so the driver
+#: takes a caller's array where it lies (`Lowered.__call__`'s zero-copy input): the element size. `ALIGN` with
+#: packed calls (each kernel's packed API marks its buffers 64-byte aligned)
+DRIVER_INPUT_ALIGN_ATTR = "qcompile.driver_input_align"
 #: Relax function of a driver library returning the constant blob (the driver's argument after main's inputs)
 DRIVER_BLOB_NAME = "qc_driver_blob"
 #: byte alignment of every arena and blob offset (TVM's kAllocAlignment: kernels assume it of their buffers)
@@ -278,7 +283,7 @@ _FINITE_BITS = {"float16": ("uint16", 0x7C00), "float32": ("uint32", 0x7F800000)
                 "float64": ("uint64", 0x7FF0000000000000)}
 
 
-def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
+def finite_check(n: int, dtype: str, name: str, chunks: int = 1, align: int = ALIGN) -> Any:
     """A PrimFunc that fails (TVM raises `RuntimeError`) when a value of its flat `dtype` buffer of `n` values is
     NaN or inf.
 
@@ -287,14 +292,15 @@ def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
     znver4: 0.09 us for the demo's 3,072 floats, against about 1 us for the BLAS-dot test of
     `Lowered._ready_input` from Python). `dtype` is a key of `_FINITE_BITS`. `chunks > 1`: a parallel loop over
     that many contiguous chunks, each with its own maximum (64 bytes apart: no shared cache line), tested together
-    after the join."""
+    after the join. `align`: the byte alignment it may assume of `x` (its buffer's `data_alignment`, which the
+    packed API marks on the pointer and LLVM turns into aligned vector loads)."""
     from tvm.script import tirx as T
 
     udt, exp_mask = _FINITE_BITS[dtype]
     abs_mask = (1 << (8 * np.dtype(dtype).itemsize - 1)) - 1
     if chunks <= 1:
         @T.prim_func
-        def check(x: T.Buffer((n,), dtype)):
+        def check(x: T.Buffer((n,), dtype, align=align)):
             acc = T.alloc_buffer((1,), udt, scope="local")
             acc[0] = T.Cast(udt, 0)
             for i in range(n):
@@ -306,7 +312,7 @@ def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
     stride = max(1, 64 // np.dtype(udt).itemsize)
 
     @T.prim_func
-    def check_chunks(x: T.Buffer((n,), dtype)):
+    def check_chunks(x: T.Buffer((n,), dtype, align=align)):
         accs = T.alloc_buffer((chunks * stride,), udt)
         for c in T.parallel(chunks):
             acc = T.alloc_buffer((1,), udt, scope="local")
@@ -327,9 +333,12 @@ def finite_check(n: int, dtype: str, name: str, chunks: int = 1) -> Any:
 DIRECT_SUFFIX = "_direct"
 #: PrimFunc attribute of a `direct_body`: `PrivateDirectBodies` keeps it without a global symbol
 DIRECT_BODY_ATTR = "qcompile.direct_body"
+#: PrimFunc attribute of a `direct_body`: the indices of its pointers that may be unaligned (a main input the
+#: driver passes where the caller's array lies); `DirectBodyDevice` gives them no 64-byte alignment
+UNALIGNED_ATTR = "qcompile.unaligned_params"
 
 
-def direct_body(func: Any) -> Any:
+def direct_body(func: Any, unaligned: tuple[int, ...] = ()) -> Any:
     """Kernel `func`'s computation as a private PrimFunc of its buffers' data pointers, in parameter order: no
     packed API (TVM's `MakePackedAPI` only wraps functions with a global symbol), so a call is a plain C call.
 
@@ -338,7 +347,9 @@ def direct_body(func: Any) -> Any:
     DLTensors the driver builds for it (about 4 us of the demo subnet's 104 calls: docs/benchmarks_demo.md,
     "Per-call overhead, session 15"). The driver passes pointers into buffers it planned for exactly these static
     shapes and dtypes, 64-byte aligned (`ALIGN`), so the checks cannot fail there. Each buffer parameter is
-    re-declared over its pointer (`DeclBuffer`, as `views._retype_params` does), so the body is unchanged."""
+    re-declared over its pointer (`DeclBuffer`, as `views._retype_params` does), so the body is unchanged.
+    `unaligned`: the parameters (indices) the driver may pass unaligned: a main input, taken where the caller's
+    array lies (`UNALIGNED_ATTR`)."""
     from tvm import ir, s_tir, tirx
 
     ptrs = [ir.Var(f"{p.name}_ptr", ir.PointerType(ir.PrimType(str(p.dtype)))) for p in func.params]
@@ -354,6 +365,8 @@ def direct_body(func: Any) -> Any:
     # `tirx.noalias` kept: the kernel is compiled as under its packed API (`DirectBodyDevice` keeps it out of
     # the driver, where TVM's per-buffer TBAA tags would be wrong)
     attrs = {k: v for k, v in (func.attrs or {}).items() if k != "global_symbol"} | {DIRECT_BODY_ATTR: True}
+    if unaligned:
+        attrs[UNALIGNED_ATTR] = sorted(int(i) for i in unaligned)
     # int32: 0, or -1 after a failed workspace allocation (TVM's error convention; `DirectBodyDevice` adds the
     # `return 0`, `direct_call` checks it)
     return tirx.PrimFunc(ptrs, body, ir.PrimType("int32"), ir.make_node("ir.DictAttrs", **attrs))
@@ -379,7 +392,7 @@ def _through_direct_body(func: Any, gv_body: Any) -> Any:
 
 
 def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None,
-                     direct: dict | None = None, profile: bool = False) -> Any:
+                     direct: dict | None = None, profile: bool = False, in_align: int = ALIGN) -> Any:
     """The TIR driver: parameters (main's inputs..., blob, out, arena), one call per kernel, after one
     `tvm_call_cpacked` per `checks` entry (parameter index -> symbol of its `finite_check`). A kernel in `direct`
     (its GlobalVar -> the GlobalVar of its `direct_body`) is called there with its data pointers
@@ -390,10 +403,13 @@ def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int,
     `llvm.readcyclecounter` (`rdtsc` on x86: an invariant TSC on `constant_tsc nonstop_tsc` CPUs) stored before
     every call and after the last, so stamp i+1 - stamp i is call i's time inside the network (its input written
     by the previous kernel, its weights wherever the previous calls left them). `rdtsc` is not serialising: a
-    stamp may run a few dozen cycles early or late, noise against kernels of microseconds."""
+    stamp may run a few dozen cycles early or late, noise against kernels of microseconds.
+
+    `in_align`: the byte alignment the driver assumes of main's inputs (`DRIVER_INPUT_ALIGN_ATTR`)."""
     from tvm import tirx
 
-    ins = [tirx.decl_buffer(shape, dtype, f"in{i}") for i, (shape, dtype) in enumerate(params)]
+    ins = [tirx.decl_buffer(shape, dtype, f"in{i}", data_alignment=min(in_align, ALIGN))
+           for i, (shape, dtype) in enumerate(params)]
     blob = tirx.decl_buffer((int(plan.blob.size),), "uint8", "blob")
     out = tirx.decl_buffer(out_ty[0], out_ty[1], "out")
     arena = tirx.decl_buffer((plan.arena_bytes,), "uint8", "arena")
@@ -438,7 +454,7 @@ def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int,
     func = tirx.PrimFunc(bufs, tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
     return func.with_attrs({"global_symbol": PROFILE_NAME if profile else DRIVER_NAME,
                             DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls],
-                            DRIVER_CHECKS_ATTR: list(checks or {})})
+                            DRIVER_CHECKS_ATTR: list(checks or {}), DRIVER_INPUT_ALIGN_ATTR: int(in_align)})
 
 
 def _stamp(stamps: Any, i: int) -> Any:
@@ -465,17 +481,18 @@ def _x86_target() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def _add_kernels(out: Any, kernels: dict, direct_calls: bool) -> dict:
+def _add_kernels(out: Any, kernels: dict, direct_calls: bool, unaligned: dict | None = None) -> dict:
     """Add the driver's kernels (GlobalVar -> PrimFunc with its exported symbol) to module `out`; with
-    `direct_calls`, each as its `direct_body` plus the exported packed API around a call of it. Returns
-    {kernel GlobalVar: its direct body's GlobalVar} (empty without `direct_calls`)."""
+    `direct_calls`, each as its `direct_body` (`unaligned`: GlobalVar -> the indices of its parameters that may
+    be unaligned) plus the exported packed API around a call of it. Returns {kernel GlobalVar: its direct body's
+    GlobalVar} (empty without `direct_calls`)."""
     import tvm
 
     direct = {}
     for gv, f in kernels.items():
         if direct_calls:
             gv_body = tvm.ir.GlobalVar(f"{f.attrs['global_symbol']}{DIRECT_SUFFIX}")
-            out[gv_body] = direct_body(f)
+            out[gv_body] = direct_body(f, tuple((unaligned or {}).get(gv, ())))
             f = _through_direct_body(f, gv_body)
             direct[gv] = gv_body
         out[gv] = f
@@ -506,12 +523,20 @@ def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> 
     kernels = {gv: mod[gv].with_attr("global_symbol", sym) for sym, gv, _ in plan.calls}
     out = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in kernels and gv.name_hint != "main"},
                        attrs=mod.attrs)
-    direct = _add_kernels(out, kernels, direct_calls)
+    # with direct calls the kernels that read an input assume no alignment of it: the driver then takes the
+    # caller's array where it lies (numpy's sit 16-48 bytes off 64), no copy (`Lowered.__call__`)
+    unaligned: dict = {}
+    for _, gv, args in plan.calls:
+        unaligned.setdefault(gv, set()).update(j for j, (slot, _, _) in enumerate(args) if slot.kind == "param")
+    in_align = min((np.dtype(d).itemsize for _, d in params), default=ALIGN) if direct_calls else ALIGN
+    direct = _add_kernels(out, kernels, direct_calls, unaligned)
     for i, symbol in checks.items():
-        out[tvm.ir.GlobalVar(symbol)] = finite_check(int(np.prod(params[i][0], dtype=np.int64)), params[i][1], symbol)
-    driver = _driver_primfunc(plan, params, out_ty, checks, direct)
+        out[tvm.ir.GlobalVar(symbol)] = finite_check(int(np.prod(params[i][0], dtype=np.int64)), params[i][1], symbol,
+                                                     align=in_align)
+    driver = _driver_primfunc(plan, params, out_ty, checks, direct, in_align=in_align)
     if profile and _x86_target():  # compiled and exported beside the driver (its global symbol keeps it through DCE)
-        out[tvm.ir.GlobalVar(PROFILE_NAME)] = _driver_primfunc(plan, params, out_ty, checks, direct, profile=True)
+        out[tvm.ir.GlobalVar(PROFILE_NAME)] = _driver_primfunc(plan, params, out_ty, checks, direct, profile=True,
+                                                               in_align=in_align)
     bb = relax.BlockBuilder(out)
     gv_driver = bb.add_func(driver, DRIVER_NAME)
     new_params = [relax.Var(p.name, p.ty) for p in main.params]
@@ -533,7 +558,9 @@ def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> 
 
 def driver_info(mod: Any) -> dict | None:
     """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes",
-    "finite_checked", "profile": whether its profiling twin is compiled beside it}; None without a driver."""
+    "finite_checked", "profile": whether its profiling twin is compiled beside it, "input_align": the byte
+    alignment it needs of main's inputs (`DRIVER_INPUT_ALIGN_ATTR`; `ALIGN` for drivers built before it)};
+    None without a driver."""
     names = {gv.name_hint for gv in mod.functions}
     for gv, f in mod.functions.items():
         if gv.name_hint == DRIVER_NAME and f.attrs is not None and DRIVER_CALLS_ATTR in f.attrs:
@@ -541,7 +568,8 @@ def driver_info(mod: Any) -> dict | None:
             checked = f.attrs.get(DRIVER_CHECKS_ATTR, [])
             return {"calls": [str(s) for s in f.attrs[DRIVER_CALLS_ATTR]],
                     "arena_bytes": int(params[-1].shape[0]), "blob_bytes": int(params[-3].shape[0]),
-                    "finite_checked": [int(i) for i in checked], "profile": PROFILE_NAME in names}
+                    "finite_checked": [int(i) for i in checked], "profile": PROFILE_NAME in names,
+                    "input_align": int(f.attrs.get(DRIVER_INPUT_ALIGN_ATTR, ALIGN))}
     return None
 
 
@@ -578,7 +606,9 @@ def DirectBodyDevice() -> Any:  # noqa: N802 (a TVM pass constructor, named like
       between two calls of it (`test_tvm_lower_x86.py::test_absorbed_views_keep_every_kernel_name`, 254 of 256
       values wrong);
     - each pointer's 64-byte alignment (`storage_alignment`, what the packed API asserts of its buffers and the
-      driver's plan guarantees), which the compute scope's parameters carry as `align 64`."""
+      driver's plan guarantees), which the compute scope's parameters carry as `align 64`; not for the pointers
+      in `UNALIGNED_ATTR` (a main input, the caller's array), which LLVM then loads with the element's
+      alignment (`CodeGenLLVM::GetAlignment` without storage info)."""
     import tvm
     from tvm import ir, tirx
 
@@ -593,8 +623,10 @@ def DirectBodyDevice() -> Any:  # noqa: N802 (a TVM pass constructor, named like
                                      ir.StringImm(f"{gv.name_hint}_compute_"), f.body)
                 body = tirx.AttrStmt(ctx, "device_id", tirx.const(0, "int32"),
                                      tirx.AttrStmt(ctx, "device_type", tirx.const(1, "int32"), body))
-                for p in f.params:
-                    body = tirx.AttrStmt(p, "storage_alignment", tirx.const(ALIGN, "int32"), body)
+                loose = {int(i) for i in f.attrs.get(UNALIGNED_ATTR, [])}
+                for j, p in enumerate(f.params):
+                    if j not in loose:
+                        body = tirx.AttrStmt(p, "storage_alignment", tirx.const(ALIGN, "int32"), body)
                 body = tirx.SeqStmt([body, tirx.Return(tirx.const(0, "int32"))])
                 if out is mod:
                     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)

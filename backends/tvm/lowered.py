@@ -60,6 +60,12 @@ _DOT_CHECK_MAX = 8192
 #: and `np.from_dlpack`; a larger output keeps `main` and its fresh output tensor)
 _COPY_OUT_MAX = 1 << 16
 _copyto = np.copyto  # a module global: one lookup less per call than `np.copyto`
+#: `Lowered.__call__` hands the driver the caller's own input array (no copy into the bound buffer) from this many
+#: bytes on, where the driver takes unaligned inputs (`driver.DRIVER_INPUT_ALIGN_ATTR`): the DLPack import of the
+#: caller's array and the packed API's checks of that fresh tensor cost ~1 us, a copy 0.7 us at 12 KiB (the
+#: break-even, measured on the demo subnet), 0.95 at 32 KiB, 14.5 at MobileNetV2 224's 602 KB (Zen 4);
+#: docs/peers.md, "session 16, engineer C"
+ZERO_COPY_MIN_BYTES = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,8 @@ class Lowered:
         self._driver_args: tuple = ()
         self._out_array: np.ndarray | None = None
         # (shape, dtype, strides) of the input the driver takes without a check from Python (it checks finiteness
-        # itself), then the bound input array, the driver bound to its arguments and the output array; None where
+        # itself), then the bound input array, the driver bound to its arguments, the output array and the
+        # zero-copy call (DLPack import, driver, blob, output, arena; None: copy into the bound array); None where
         # it does not
         self._ready: tuple | None = None
 
@@ -336,20 +343,27 @@ class Lowered:
 
         Not thread-safe (neither is TVM's VM): one input, output and arena buffer per `Lowered`. The returned
         array is the caller's: later calls do not change it (a copy of the driver's output buffer, or the VM's
-        fresh output tensor without a copy).
+        fresh output tensor without a copy). `x` is never written; a writeable C-contiguous array of the input's
+        shape and dtype from `ZERO_COPY_MIN_BYTES` on is read where it lies, without a copy.
         """
         # any Python work between two calls costs the next one more than its own time in cold caches
         # (docs/benchmarks_demo.md, "Per-call overhead"), so the common call is short
         ready = self._ready
         if ready is not None and type(x) is np.ndarray and x.shape == ready[0] and x.dtype is ready[1] \
                 and x.strides == ready[2]:
-            # a C-contiguous array of the bound input's shape and dtype: copied as it is; the driver checks
-            # finiteness itself before any kernel runs (`driver.finite_check`). One tuple read, the driver bound
-            # to its arguments: 0.5 us less per call than attribute lookups and `*args` (docs/benchmarks_demo.md,
-            # "Per-call overhead, session 15")
-            _copyto(ready[3], x)
+            # a C-contiguous array of the bound input's shape and dtype: copied as it is, or above
+            # `ZERO_COPY_MIN_BYTES` handed to the driver where it lies (writeable: numpy exports no read-only
+            # array through DLPack; element-aligned, all the driver assumes); the driver checks finiteness itself
+            # before any kernel runs (`driver.finite_check`) and never writes its input. One tuple read, the driver
+            # bound to its arguments: 0.5 us less per call than attribute lookups and `*args`
+            # (docs/benchmarks_demo.md, "Per-call overhead, session 15")
+            zc = ready[6]
             try:
-                ready[4]()
+                if zc is not None and (flags := x.flags).writeable and flags.aligned:
+                    zc[1](zc[0](x), zc[2], zc[3], zc[4])
+                else:
+                    _copyto(ready[3], x)
+                    ready[4]()
             except Exception:
                 self._check_input(x)  # the driver refused a NaN/inf: the ConfigError says so
                 raise
@@ -445,8 +459,13 @@ class Lowered:
         self._driver = lib.get_function(DRIVER_NAME)
         if 0 in info.get("finite_checked", ()) or np.dtype(self.input_dtype).kind != "f":
             bound = self._in_array
+            zero_copy = None
+            if int(info.get("input_align", _ALIGN)) <= bound.dtype.itemsize and bound.nbytes >= ZERO_COPY_MIN_BYTES:
+                import tvm_ffi  # TVM's own `from_dlpack` requires 64-byte alignment
+
+                zero_copy = (tvm_ffi.from_dlpack, self._driver, *self._driver_args[1:])
             self._ready = (bound.shape, bound.dtype, bound.strides, bound,
-                           functools.partial(self._driver, *self._driver_args), out)
+                           functools.partial(self._driver, *self._driver_args), out, zero_copy)
 
     def library_path(self) -> Path:
         """Path of the shared library (written to a temp dir on first use for in-memory builds)."""

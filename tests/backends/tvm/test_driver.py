@@ -328,7 +328,7 @@ def test_driver_calls_the_kernel_bodies_directly(mbv2_x86, mbv2_packed, mbv2_gra
     through its packed API. Both builds are bit-exact with the reference executor."""
     import re
 
-    from qcompile.backends.tvm.driver import DIRECT_BODY_ATTR, DIRECT_SUFFIX
+    from qcompile.backends.tvm.driver import DIRECT_BODY_ATTR, DIRECT_SUFFIX, UNALIGNED_ATTR
     from qcompile.backends.tvm.lowered import _find_function_module
 
     calls = mbv2_x86.meta["driver"]["calls"]
@@ -350,11 +350,16 @@ def test_driver_calls_the_kernel_bodies_directly(mbv2_x86, mbv2_packed, mbv2_gra
         assert _find_function_module(mbv2_x86._exec.mod, sym) is not None
         assert _find_function_module(mbv2_x86._exec.mod, sym + DIRECT_SUFFIX) is None
     ll = _llvm_source(mbv2_x86)
+    # the input's reader (the quantize) takes it unaligned (the caller's array, `Lowered.__call__`'s zero copy)
+    loose = {name: [int(i) for i in f.attrs[UNALIGNED_ATTR]] for name, f in bodies.items() if UNALIGNED_ATTR in f.attrs}
+    assert loose == {calls[0] + DIRECT_SUFFIX: [0]}
     for sym in set(calls):
         head = re.search(rf"define internal [^@\n]*@{sym}{DIRECT_SUFFIX}_compute_\((.*)\) \w+ #(\d+)", ll)
         assert head is not None, sym
         params = [p for p in head.group(1).split(", ") if p.startswith("ptr")]
-        assert params and all("noalias" in p and "align 64" in p for p in params), head.group(0)
+        assert params and all("noalias" in p for p in params), head.group(0)
+        assert [j for j, p in enumerate(params) if "align 64" not in p] == loose.get(sym + DIRECT_SUFFIX, []), \
+            head.group(0)
         assert re.search(rf"^attributes #{head.group(2)} = {{[^}}]*\bnoinline\b", ll, re.M), sym
     # the driver calls every body (inlined, a body is its call of its compute function), none inlined further
     start = re.search(rf"^define [^@\n]*@{DRIVER_NAME}_compute_\(", ll, re.M).start()
@@ -412,3 +417,126 @@ def test_direct_calls_free_their_workspace(mbv2_x86, mbv2_graph):
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kb < 2048, f"peak memory grew {grown_kb} KB over 3000 calls"
     np.testing.assert_array_equal(mbv2_x86(x), ref)
+
+
+def _zero_copy(low, tmp_path, monkeypatch):
+    """`low` exported and loaded again with the zero-copy input from any size on (`ZERO_COPY_MIN_BYTES = 0`)."""
+    from qcompile.backends.tvm import lowered
+
+    low.export(tmp_path / "zc")
+    monkeypatch.setattr(lowered, "ZERO_COPY_MIN_BYTES", 0)
+    return load(tmp_path / "zc")
+
+
+def test_zero_copy_input_at_every_offset(mbv2_x86, mbv2_graph, tmp_path, monkeypatch):
+    """With direct calls the driver takes its float input unaligned (`driver.DRIVER_INPUT_ALIGN_ATTR`: the element
+    size), so `__call__` hands it the caller's array (`lowered.ZERO_COPY_MIN_BYTES`): at every 4-byte offset from
+    0 to 60 past a 64-byte boundary the outputs equal the reference's and the copy path's, the bound input buffer
+    is never written (no copy happened) and neither is the caller's array or the bytes around it. A read-only
+    array (numpy exports none through DLPack) and one off its element alignment take the copy path, bit-exact
+    too."""
+    from qcompile.backends.tvm.driver import aligned_empty
+
+    assert mbv2_x86.meta["driver"]["input_align"] == 4
+    low = _zero_copy(mbv2_x86, tmp_path, monkeypatch)
+    x = make_input(mbv2_graph, 41)
+    ref = G.reference(mbv2_graph, x)
+    np.testing.assert_array_equal(low(x), ref)
+    assert low._ready is not None and low._ready[6] is not None
+    sentinel = np.full(low._in_array.shape, 7.25, np.float32)
+    np.copyto(low._in_array, sentinel)
+    base = aligned_empty((x.size + 32,), np.dtype(np.float32))
+    for off in range(16):  # bytes 0, 4, ..., 60 past the boundary
+        base[...] = -3.5
+        view = base[off:off + x.size].reshape(x.shape)
+        view[...] = x
+        assert view.ctypes.data % 64 == 4 * off and view.flags.c_contiguous
+        before = base.copy()
+        y = low(view)
+        np.testing.assert_array_equal(y, ref, err_msg=f"offset {4 * off}")
+        np.testing.assert_array_equal(base, before)
+        np.testing.assert_array_equal(low._in_array, sentinel)  # zero copy: the bound buffer untouched
+    other = make_input(mbv2_graph, 42)
+    view[...] = other
+    np.testing.assert_array_equal(low(view), G.reference(mbv2_graph, other))
+    np.testing.assert_array_equal(low(view), mbv2_x86(other.copy()))
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(low(frozen), ref)
+    np.testing.assert_array_equal(low._in_array, x)  # copied: read-only arrays take the copy path
+    raw = np.zeros(x.nbytes + 8, np.uint8)
+    odd = np.frombuffer(raw.data, np.float32, x.size, offset=1).reshape(x.shape)  # read-only, not 4-byte aligned
+    raw[1:1 + x.nbytes] = x.view(np.uint8).reshape(-1)
+    assert not odd.flags.aligned
+    np.testing.assert_array_equal(low(odd), ref)
+
+
+def test_zero_copy_input_refuses_non_finite_values(mbv2_x86, mbv2_graph, tmp_path, monkeypatch):
+    """A NaN or inf in an array the driver takes where it lies (misaligned here) raises the same ConfigError as
+    the copy path, and the next finite call is bit-exact."""
+    from qcompile.backends.tvm.driver import aligned_empty
+    from qcompile.errors import ConfigError
+
+    low = _zero_copy(mbv2_x86, tmp_path, monkeypatch)
+    x = make_input(mbv2_graph, 43)
+    base = aligned_empty((x.size + 16,), np.dtype(np.float32))
+    view = base[5:5 + x.size].reshape(x.shape)
+    view[...] = x
+    np.testing.assert_array_equal(low(view), G.reference(mbv2_graph, x))  # binds the driver
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in (0, x.size // 2, x.size - 1):
+            view[...] = x
+            view.flat[pos] = bad
+            with pytest.raises(ConfigError, match="non-finite"):
+                low(view)
+            assert low._ready[6] is not None
+    view[...] = x
+    np.testing.assert_array_equal(low(view), G.reference(mbv2_graph, x))
+
+
+def test_zero_copy_only_where_the_driver_takes_unaligned_inputs(mbv2_packed, mbv2_x86, mbv2_graph, tmp_path,
+                                                               monkeypatch):
+    """Packed kernel calls assume 64-byte aligned buffers (their packed API marks them): that driver needs aligned
+    inputs (`input_align` 64) and `__call__` keeps copying; below `ZERO_COPY_MIN_BYTES` the default build copies
+    too."""
+    from qcompile.backends.tvm import lowered
+
+    assert mbv2_packed.meta["driver"]["input_align"] == 64
+    low = _zero_copy(mbv2_packed, tmp_path, monkeypatch)
+    x = make_input(mbv2_graph, 44)
+    np.testing.assert_array_equal(low(x), G.reference(mbv2_graph, x))
+    assert low._ready is not None and low._ready[6] is None
+    monkeypatch.setattr(lowered, "ZERO_COPY_MIN_BYTES", x.nbytes + 1)
+    mbv2_x86.export(tmp_path / "small")
+    small = load(tmp_path / "small")
+    np.testing.assert_array_equal(small(x), G.reference(mbv2_graph, x))
+    assert small._ready[6] is None
+
+
+def test_call_minus_driver_probe_times_the_zero_copy_path(mbv2_x86, tmp_path, monkeypatch):
+    """Where `__call__` takes the caller's array, the probe also times the copy path (`call_copy`, a read-only
+    view) and the driver on the caller's array (`driver_zero_copy`), in the same rounds."""
+    from benchmarks.overhead import call_minus_driver
+
+    low = _zero_copy(mbv2_x86, tmp_path, monkeypatch)
+    res = call_minus_driver(low, rounds=2, calls=3)
+    assert res["zero_copy"] is True
+    assert set(res["min_us"]) == {"call", "driver", "input_copy", "call_copy", "driver_zero_copy"}
+    assert all(v > 0 for v in res["median_us"].values())
+
+
+def test_thread_pool_benchmark_runs_each_setting_in_its_own_process(mbv2_x86, tmp_path):
+    """`benchmarks.thread_pool.measure`: one process per setting, each seeing exactly its pool variables (TVM reads
+    them once, at pool start) and the thread count asked for, every round giving each setting its samples."""
+    from benchmarks.thread_pool import measure
+
+    path = str(mbv2_x86.export(tmp_path / "low"))
+    res = measure([path], ["default", "bind=0", "spin=3000"], threads=2, rounds=2, samples=2, burst=3,
+                  settle_ms=1.0, lead_in_ms=1.0)[path]
+    assert res["default"]["env"] == {"TVM_BIND_THREADS": None, "TVM_THREAD_POOL_SPIN_COUNT": None,
+                                     "TVM_NUM_THREADS": "2"}
+    assert res["bind=0"]["env"] == {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": None,
+                                    "TVM_NUM_THREADS": "2"}
+    assert res["spin=3000"]["env"]["TVM_THREAD_POOL_SPIN_COUNT"] == "3000"
+    for v in res.values():
+        assert len(v["sample"]) == 4 and len(v["burst"]) == 2 and min(v["sample"] + v["burst"]) > 0

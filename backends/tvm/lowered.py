@@ -293,7 +293,8 @@ class Lowered:
         if ready is not None and type(x) is np.ndarray and x.shape == ready[0] and x.dtype is ready[1] \
                 and x.strides == ready[2]:
             # a C-contiguous array of the bound input's shape and dtype: copied as it is; the driver checks
-            # finiteness itself before any kernel runs (`driver.finite_check`). One tuple read, the driver bound
+            # finiteness itself (in the input's quantize, `driver.quantize_checks_input`, else a `finite_check`
+            # call before any kernel) and fails the call on NaN/inf. One tuple read, the driver bound
             # to its arguments: 0.5 us less per call than attribute lookups and `*args` (docs/benchmarks_demo.md,
             # "Per-call overhead, session 15")
             _copyto(ready[3], x)

@@ -49,14 +49,15 @@ DRIVER_NAME = "qc_driver"
 PROFILE_NAME = "qc_driver_profile"
 #: PrimFunc attribute of the driver: the kernel symbols it calls, in order (`driver_calls`)
 DRIVER_CALLS_ATTR = "qcompile.driver_calls"
-#: PrimFunc attribute of the driver: indices of main's float inputs it checks for NaN/inf before any kernel
-#: (`finite_check`)
+#: PrimFunc attribute of the driver: indices of main's float inputs it refuses NaN/inf in: by a `finite_check` call
+#: before any kernel, or inside a kernel (`DRIVER_KERNEL_CHECKS_ATTR`)
 DRIVER_CHECKS_ATTR = "qcompile.driver_finite_checked"
 #: PrimFunc attribute of the driver: indices of main's float inputs whose NaN/inf check a kernel does, not a
 #: `finite_check` call (`quantize_checks_input`); a subset of `DRIVER_CHECKS_ATTR`
 DRIVER_KERNEL_CHECKS_ATTR = "qcompile.driver_finite_in_kernel"
 #: Environment variable: "0" keeps the driver's separate `finite_check` call before the input's quantize; unset, ""
-#: or "1" (default) folds the check into that quantize (`kernels.quantize_checked`, `quantize_checks_input`)
+#: or "1" (default) folds the check into that quantize (`kernels.quantize_checked`, `quantize_checks_input`;
+#: MobileNetV2 224's front, docs/peers.md session 16)
 ENV_FINITE_IN_QUANTIZE = "QCOMPILE_FINITE_IN_QUANTIZE"
 #: Relax function of a driver library returning the constant blob (the driver's argument after main's inputs)
 DRIVER_BLOB_NAME = "qc_driver_blob"

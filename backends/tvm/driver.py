@@ -49,14 +49,21 @@ DRIVER_NAME = "qc_driver"
 PROFILE_NAME = "qc_driver_profile"
 #: PrimFunc attribute of the driver: the kernel symbols it calls, in order (`driver_calls`)
 DRIVER_CALLS_ATTR = "qcompile.driver_calls"
-#: PrimFunc attribute of the driver: indices of main's float inputs it checks for NaN/inf before any kernel
-#: (`finite_check`)
+#: PrimFunc attribute of the driver: indices of main's float inputs it refuses NaN/inf in: by a `finite_check` call
+#: before any kernel, or inside a kernel (`DRIVER_KERNEL_CHECKS_ATTR`)
 DRIVER_CHECKS_ATTR = "qcompile.driver_finite_checked"
 #: PrimFunc attribute of the driver: the byte alignment it needs of main's inputs. With direct calls, each kernel
 #: body that reads an input is compiled without the 64-byte assumption for it (`UNALIGNED_ATTR`), so the driver
 #: takes a caller's array where it lies (`Lowered.__call__`'s zero-copy input): the element size. `ALIGN` with
 #: packed calls (each kernel's packed API marks its buffers 64-byte aligned)
 DRIVER_INPUT_ALIGN_ATTR = "qcompile.driver_input_align"
+#: PrimFunc attribute of the driver: indices of main's float inputs whose NaN/inf check a kernel does, not a
+#: `finite_check` call (`quantize_checks_input`); a subset of `DRIVER_CHECKS_ATTR`
+DRIVER_KERNEL_CHECKS_ATTR = "qcompile.driver_finite_in_kernel"
+#: Environment variable: "0" keeps the driver's separate `finite_check` call before the input's quantize; unset, ""
+#: or "1" (default) folds the check into that quantize (`kernels.quantize_checked`, `quantize_checks_input`;
+#: MobileNetV2 224's front, docs/peers.md session 16)
+ENV_FINITE_IN_QUANTIZE = "QCOMPILE_FINITE_IN_QUANTIZE"
 #: Relax function of a driver library returning the constant blob (the driver's argument after main's inputs)
 DRIVER_BLOB_NAME = "qc_driver_blob"
 #: byte alignment of every arena and blob offset (TVM's kAllocAlignment: kernels assume it of their buffers)
@@ -277,10 +284,55 @@ def _plan(mod: Any, main: Any) -> _Plan:
     return plan
 
 
-#: float dtype -> (unsigned type of its width, its exponent bits): a value is NaN or inf exactly when its bits
-#: without the sign are at least the exponent mask (IEEE 754: all-ones exponent)
-_FINITE_BITS = {"float16": ("uint16", 0x7C00), "float32": ("uint32", 0x7F800000),
-                "float64": ("uint64", 0x7FF0000000000000)}
+def finite_in_quantize() -> bool:
+    """Whether `ENV_FINITE_IN_QUANTIZE` folds the input's finiteness check into its quantize (the default);
+    `ConfigError` for a value other than "", "0" or "1"."""
+    import os
+
+    from qcompile.errors import ConfigError
+
+    raw = os.environ.get(ENV_FINITE_IN_QUANTIZE, "")
+    if raw not in ("", "0", "1"):
+        raise ConfigError(ENV_FINITE_IN_QUANTIZE, raw, "'1' or unset (check in the quantize), '0' (a separate check)")
+    return raw != "0"
+
+
+def quantize_checks_input(kernels: dict, plan: _Plan, i: int, dtype: str) -> tuple[Any, Any] | None:
+    """`(GlobalVar, PrimFunc)`: a kernel of `plan` that quantizes all of main's input `i` (its first buffer is the
+    input, whole; its PrimFunc carries `emitter.QUANTIZE_ATTR`), rebuilt as `kernels.quantize_checked`, which
+    fails on NaN or inf as `finite_check` does and computes the same codes: the driver then reads the input once
+    (MobileNetV2 224: 8.4 us of serial check before a 602 KB quantize at 2 threads, session 15's profile). Its
+    loop is parallel over the target's thread count where the default schedule would make the quantize parallel
+    (`parallel.estimated_us`, kind "naive"). None where no kernel qualifies (the driver keeps its `finite_check`).
+
+    The check may run in any kernel, not only before the first: a failed check fails the driver call, whose
+    output is then never returned (`Lowered.__call__` raises the input check's ConfigError)."""
+    import tvm
+
+    from qcompile.backends.tvm.emitter import QUANTIZE_ATTR
+    from qcompile.backends.tvm.kernels import quantize_checked
+    from qcompile.backends.tvm.schedules.parallel import estimated_us, min_parallel_us
+    from qcompile.backends.tvm.threads import target_threads
+
+    for _, gv, args in plan.calls:
+        f = kernels[gv]
+        consts = (f.attrs or {}).get(QUANTIZE_ATTR)
+        slot = args[0][0]
+        if consts is None or slot.kind != "param" or slot.index != i or len(f.params) != 2:
+            continue
+        x, y = f.params
+        shape, out_shape = [int(v) for v in x.shape], [int(v) for v in y.shape]
+        n = int(np.prod(shape, dtype=np.int64))
+        if str(x.dtype) != dtype or str(y.dtype) != "uint8" or int(np.prod(out_shape, dtype=np.int64)) != n:
+            continue
+        tgt = tvm.target.Target.current(allow_none=True)
+        threads = (target_threads(tgt) if tgt is not None else None) or 1
+        chunks = threads if estimated_us(n, "naive") >= min_parallel_us() else 1
+        new = quantize_checked(shape, dtype, float(consts[0]), float(consts[1]), int(float(consts[2])), chunks,
+                               out_shape=out_shape)
+        if new is not None:
+            return gv, new.with_attrs({**dict(f.attrs), "tirx.noalias": True})
+    return None
 
 
 def finite_check(n: int, dtype: str, name: str, chunks: int = 1, align: int = ALIGN) -> Any:
@@ -290,13 +342,15 @@ def finite_check(n: int, dtype: str, name: str, chunks: int = 1, align: int = AL
     On the integer bits (`reinterpret`), not with float compares, so fast-math flags cannot fold it away: the
     maximum of the sign-cleared bits against the all-ones exponent (IEEE 754), one vectorised pass (`vpmaxud` on
     znver4: 0.09 us for the demo's 3,072 floats, against about 1 us for the BLAS-dot test of
-    `Lowered._ready_input` from Python). `dtype` is a key of `_FINITE_BITS`. `chunks > 1`: a parallel loop over
+    `Lowered._ready_input` from Python). `dtype` is a key of `kernels.FINITE_BITS`. `chunks > 1`: a parallel loop over
     that many contiguous chunks, each with its own maximum (64 bytes apart: no shared cache line), tested together
     after the join. `align`: the byte alignment it may assume of `x` (its buffer's `data_alignment`, which the
     packed API marks on the pointer and LLVM turns into aligned vector loads)."""
     from tvm.script import tirx as T
 
-    udt, exp_mask = _FINITE_BITS[dtype]
+    from qcompile.backends.tvm.kernels import FINITE_BITS
+
+    udt, exp_mask = FINITE_BITS[dtype]
     abs_mask = (1 << (8 * np.dtype(dtype).itemsize - 1)) - 1
     if chunks <= 1:
         @T.prim_func
@@ -392,9 +446,11 @@ def _through_direct_body(func: Any, gv_body: Any) -> Any:
 
 
 def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int, str] | None = None,
-                     direct: dict | None = None, profile: bool = False, in_align: int = ALIGN) -> Any:
+                     direct: dict | None = None, profile: bool = False, in_kernel: list[int] | None = None,
+                     in_align: int = ALIGN) -> Any:
     """The TIR driver: parameters (main's inputs..., blob, out, arena), one call per kernel, after one
-    `tvm_call_cpacked` per `checks` entry (parameter index -> symbol of its `finite_check`). A kernel in `direct`
+    `tvm_call_cpacked` per `checks` entry (parameter index -> symbol of its `finite_check`; `in_kernel`: the inputs a
+    kernel checks instead, `quantize_checks_input`). A kernel in `direct`
     (its GlobalVar -> the GlobalVar of its `direct_body`) is called there with its data pointers
     (`direct_call`); any other through its packed API
     (`tvm_call_cpacked`).
@@ -454,7 +510,9 @@ def _driver_primfunc(plan: _Plan, params: list, out_ty: tuple, checks: dict[int,
     func = tirx.PrimFunc(bufs, tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0])
     return func.with_attrs({"global_symbol": PROFILE_NAME if profile else DRIVER_NAME,
                             DRIVER_CALLS_ATTR: [s for s, _, _ in plan.calls],
-                            DRIVER_CHECKS_ATTR: list(checks or {}), DRIVER_INPUT_ALIGN_ATTR: int(in_align)})
+                            DRIVER_CHECKS_ATTR: sorted([*(checks or {}), *(in_kernel or ())]),
+                            DRIVER_KERNEL_CHECKS_ATTR: list(in_kernel or ()),
+                            DRIVER_INPUT_ALIGN_ATTR: int(in_align)})
 
 
 def _stamp(stamps: Any, i: int) -> Any:
@@ -499,15 +557,19 @@ def _add_kernels(out: Any, kernels: dict, direct_calls: bool, unaligned: dict | 
     return direct
 
 
-def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> Any:
+def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True, fold_checks: bool | None = None) -> Any:
     """`mod` with `main`'s kernel calls moved into one TIR driver (see the module docstring); `mod` unchanged
     when `main` is not a straight line of kernel calls over static shapes. Expects dataflow form, after
     `AbsorbReshapeViews`. The driver calls each kernel's `direct_body` (docs/benchmarks_demo.md, "Per-call
     overhead, session 15"); `direct_calls=False` through its packed API (`tvm_call_cpacked`), the figure before.
     `profile`: also compile the driver's profiling twin (`PROFILE_NAME`, for `Lowered.profile`; x86 only); the
-    driver `main` calls is the same either way."""
+    driver `main` calls is the same either way. `fold_checks`: an input's NaN/inf check in the kernel that
+    quantizes it (`quantize_checks_input`) where one does, instead of a `finite_check` call; None reads
+    `ENV_FINITE_IN_QUANTIZE` (default on)."""
     import tvm
     from tvm import relax
+
+    from qcompile.backends.tvm.kernels import FINITE_BITS
 
     main = mod["main"]
     try:
@@ -517,14 +579,20 @@ def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> 
         return mod
     params = [_static(p.ty, p.name) for p in main.params]
     out_ty = _static(main.body.body.ty, "the result")
-    checks = {i: f"{DRIVER_NAME}_finite{i}" for i, (_, dtype) in enumerate(params) if dtype in _FINITE_BITS}
+    checks = {i: f"{DRIVER_NAME}_finite{i}" for i, (_, dtype) in enumerate(params) if dtype in FINITE_BITS}
     # the kernels are now called by symbol only: an exported symbol keeps each one (and its per-kernel timing)
     # through dead-code elimination
     kernels = {gv: mod[gv].with_attr("global_symbol", sym) for sym, gv, _ in plan.calls}
     out = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in kernels and gv.name_hint != "main"},
                        attrs=mod.attrs)
-    # with direct calls the kernels that read an input assume no alignment of it: the driver then takes the
-    # caller's array where it lies (numpy's sit 16-48 bytes off 64), no copy (`Lowered.__call__`)
+    in_kernel = []
+    fold = finite_in_quantize() if fold_checks is None else fold_checks
+    for i in list(checks) if fold else ():
+        found = quantize_checks_input(kernels, plan, i, params[i][1])
+        if found is not None:
+            kernels[found[0]] = found[1]
+            in_kernel.append(i)
+            del checks[i]
     unaligned: dict = {}
     for _, gv, args in plan.calls:
         unaligned.setdefault(gv, set()).update(j for j, (slot, _, _) in enumerate(args) if slot.kind == "param")
@@ -533,10 +601,10 @@ def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> 
     for i, symbol in checks.items():
         out[tvm.ir.GlobalVar(symbol)] = finite_check(int(np.prod(params[i][0], dtype=np.int64)), params[i][1], symbol,
                                                      align=in_align)
-    driver = _driver_primfunc(plan, params, out_ty, checks, direct, in_align=in_align)
+    driver = _driver_primfunc(plan, params, out_ty, checks, direct, in_kernel=in_kernel, in_align=in_align)
     if profile and _x86_target():  # compiled and exported beside the driver (its global symbol keeps it through DCE)
         out[tvm.ir.GlobalVar(PROFILE_NAME)] = _driver_primfunc(plan, params, out_ty, checks, direct, profile=True,
-                                                               in_align=in_align)
+                                                               in_kernel=in_kernel, in_align=in_align)
     bb = relax.BlockBuilder(out)
     gv_driver = bb.add_func(driver, DRIVER_NAME)
     new_params = [relax.Var(p.name, p.ty) for p in main.params]
@@ -558,17 +626,19 @@ def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True) -> 
 
 def driver_info(mod: Any) -> dict | None:
     """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes",
-    "finite_checked", "profile": whether its profiling twin is compiled beside it, "input_align": the byte
-    alignment it needs of main's inputs (`DRIVER_INPUT_ALIGN_ATTR`; `ALIGN` for drivers built before it)};
-    None without a driver."""
+    "finite_checked" (main's inputs the driver refuses NaN/inf in), "finite_in_kernel" (those of them a kernel
+    checks, not a `finite_check` call), "profile": whether its profiling twin is compiled beside it}; None without a
+    driver, "input_align" (`DRIVER_INPUT_ALIGN_ATTR`)}."""
     names = {gv.name_hint for gv in mod.functions}
     for gv, f in mod.functions.items():
         if gv.name_hint == DRIVER_NAME and f.attrs is not None and DRIVER_CALLS_ATTR in f.attrs:
             params = list(f.params)
             checked = f.attrs.get(DRIVER_CHECKS_ATTR, [])
+            in_kernel = f.attrs.get(DRIVER_KERNEL_CHECKS_ATTR, [])
             return {"calls": [str(s) for s in f.attrs[DRIVER_CALLS_ATTR]],
                     "arena_bytes": int(params[-1].shape[0]), "blob_bytes": int(params[-3].shape[0]),
-                    "finite_checked": [int(i) for i in checked], "profile": PROFILE_NAME in names,
+                    "finite_checked": [int(i) for i in checked], "finite_in_kernel": [int(i) for i in in_kernel],
+                    "profile": PROFILE_NAME in names,
                     "input_align": int(f.attrs.get(DRIVER_INPUT_ALIGN_ATTR, ALIGN))}
     return None
 
@@ -659,9 +729,11 @@ def NativeDriver(direct_calls: bool = True, profile: bool = True) -> Any:  # noq
     """`native_driver` as a module pass."""
     import tvm
 
+    fold = finite_in_quantize()  # read here: a bad value is a ConfigError before any pass runs
+
     @tvm.transform.module_pass(opt_level=0, name="qcompile.NativeDriver")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return native_driver(mod, direct_calls, profile)
+        return native_driver(mod, direct_calls, profile, fold_checks=fold)
 
     return _pass
 

@@ -49,10 +49,14 @@ from qcompile.ops.table import OPS, OpDef, is_integer_op, op_def
 log = logging.getLogger(__name__)
 
 __all__ = ["EmitResult", "KernelRecord", "emit_relax", "plan_kernels", "kernel_workload", "graph_input_shape",
-           "handled_ops", "SCHEDULE_ATTR", "FUSED_EPILOGUE_OPS", "FUSE_FLOAT_ISLANDS"]
+           "handled_ops", "SCHEDULE_ATTR", "QUANTIZE_ATTR", "FUSED_EPILOGUE_OPS",
+           "FUSE_FLOAT_ISLANDS"]
 
 #: PrimFunc attribute marking naive kernels the default schedule phase may schedule
 SCHEDULE_ATTR = "qcompile.schedule"
+#: PrimFunc attribute of a `quantize` kernel: its `[inv_scale, offset, qmax]`, so that the native driver can rebuild
+#: the input's quantize with its finiteness check folded in (`driver.native_driver`, `kernels.quantize_checked`)
+QUANTIZE_ATTR = "qcompile.quantize"
 
 
 @dataclass(frozen=True)
@@ -390,7 +394,14 @@ class _Emitter:
         if f in (R.conv2d, R.linear):
             params.update(self._mm_params(f, args, static))
             params["x_max"] = self._code_max(a["x"])
-        return self.emit_group(f.__name__, (node,), _INT_KERNELS[f], args, static, params)
+        out = self.emit_group(f.__name__, (node,), _INT_KERNELS[f], args, static, params)
+        if f is R.quantize and not self.dry:
+            consts = [float(static["inv_scale"]), float(static["offset"]), float(static["qmax"])]
+            mod = self.bb.get()
+            for gname in self.kernels[-1].primfuncs:
+                gv = mod.get_global_var(gname)
+                self.bb.update_func(gv, mod[gv].with_attr(QUANTIZE_ATTR, consts))
+        return out
 
     def qdq_op(self, node: fx.Node, f: Callable, a: dict[str, Any], static: dict[str, Any]) -> Any:
         """A float32 epilogue of the qdq flavour. Its float32 constants (QLinearConv's `x_scale * w_scale /

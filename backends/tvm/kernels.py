@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from tvm import te, tirx
 
 __all__ = [
     "quantize",
+    "quantize_checked",
     "dequantize",
     "conv2d_acc",
     "conv2d",
@@ -112,6 +114,77 @@ def quantize(x: te.Tensor, inv_scale: float, offset: float, qmax: int, name: str
         return tirx.max(tirx.min(v, _f64(qmax)), _f64(0.0)).astype("uint8")
 
     return te.compute(x.shape, f, name=name)
+
+
+#: float dtype -> (unsigned type of its width, its exponent bits): a value is NaN or inf exactly when its bits
+#: without the sign are at least the exponent mask (IEEE 754: all-ones exponent); `driver.finite_check` and
+#: `quantize_checked` test it
+FINITE_BITS = {"float16": ("uint16", 0x7C00), "float32": ("uint32", 0x7F800000),
+               "float64": ("uint64", 0x7FF0000000000000)}
+
+
+def quantize_checked(shape: Sequence[int], dtype: str, inv_scale: float, offset: float, qmax: int,
+                     chunks: int = 1, lanes: int = 16, out_shape: Sequence[int] | None = None) -> tirx.PrimFunc | None:
+    """`quantize` of a `dtype` tensor of `shape` that also fails (an `assert`: TVM raises, the native driver
+    returns the error) when a value is NaN or inf: the driver's finiteness check of its input (`driver.finite_check`)
+    folded into the kernel that reads the same values (issue 20, session 16: one pass over MobileNetV2's 602 KB
+    input instead of two, the first of them serial).
+
+    The codes are `quantize`'s clamped-product form, the same float64 operations in the same order; None where
+    that form does not apply (`quantize_product_bounds`) or `dtype` is not a key of `FINITE_BITS`. The check is
+    `driver.finite_check`'s, on the integer bits so fast-math flags cannot fold it: per chunk a `lanes`-wide maximum
+    of the sign-cleared bits (`vpmaxud`), the chunks' maxima 64 bytes apart, tested after the join against the
+    all-ones exponent. `chunks > 1`: a parallel loop over that many contiguous chunks of whole vectors; the
+    values past them (fewer than `chunks * lanes`) after the join. `out_shape`: the codes' buffer shape (default
+    `shape`; the same number of values, row-major: the driver passes a reshaped view as it is)."""
+    from tvm.script import tirx as T
+
+    bounds = quantize_product_bounds(offset, qmax)
+    if bounds is None or dtype not in FINITE_BITS:
+        return None
+    udt, exp_mask = FINITE_BITS[dtype]
+    abs_mask = (1 << (8 * np.dtype(dtype).itemsize - 1)) - 1
+    n = int(np.prod(shape, dtype=np.int64))
+    chunks = max(1, int(chunks))
+    per = n // (chunks * lanes)  # whole vectors per chunk
+    done = per * chunks * lanes
+    stride = max(lanes, 64 // np.dtype(udt).itemsize)
+    inv, p_lo, p_hi, off = float(inv_scale), float(bounds[0]), float(bounds[1]), float(offset)
+    shape = tuple(int(v) for v in shape)
+    oshape = shape if out_shape is None else tuple(int(v) for v in out_shape)
+    if int(np.prod(oshape, dtype=np.int64)) != n:
+        raise ValueError(f"quantize_checked: out_shape {oshape} does not hold the {n} values of {shape}")
+
+    @T.prim_func
+    def quantize_check(x: T.Buffer(shape, dtype), y: T.Buffer(oshape, "uint8")):
+        xf = T.decl_buffer((n,), dtype, data=x.data)
+        yf = T.decl_buffer((n,), "uint8", data=y.data)
+        accs = T.alloc_buffer((chunks * stride,), udt)
+        for c in T.parallel(chunks):
+            acc = T.alloc_buffer((lanes,), udt, scope="local")
+            for v in T.vectorized(lanes):
+                acc[v] = T.Cast(udt, 0)
+            for i in range(per):
+                for v in T.vectorized(lanes):
+                    acc[v] = T.max(acc[v], T.bitwise_and(T.reinterpret(udt, xf[(c * per + i) * lanes + v]),
+                                                         T.Cast(udt, abs_mask)))
+                    yf[(c * per + i) * lanes + v] = T.Cast("uint8", T.max(T.min(
+                        T.Cast("float64", xf[(c * per + i) * lanes + v]) * T.float64(inv), T.float64(p_hi)),
+                        T.float64(p_lo)) + T.float64(off))
+            for v in T.vectorized(lanes):
+                accs[c * stride + v] = acc[v]
+        top = T.alloc_buffer((1,), udt, scope="local")
+        top[0] = T.Cast(udt, 0)
+        for c in range(chunks):
+            for v in range(lanes):
+                top[0] = T.max(top[0], accs[c * stride + v])
+        for t in range(n - done):
+            top[0] = T.max(top[0], T.bitwise_and(T.reinterpret(udt, xf[done + t]), T.Cast(udt, abs_mask)))
+            yf[done + t] = T.Cast("uint8", T.max(T.min(T.Cast("float64", xf[done + t]) * T.float64(inv),
+                                                       T.float64(p_hi)), T.float64(p_lo)) + T.float64(off))
+        assert top[0] < T.Cast(udt, exp_mask), "input: a non-finite value (NaN or inf)"
+
+    return quantize_check
 
 
 def dequantize(q: te.Tensor, scale: float, zero_point: float, name: str = "dequantize") -> te.Tensor:

@@ -354,9 +354,10 @@ class Lowered:
             # a C-contiguous array of the bound input's shape and dtype: copied as it is, or above
             # `ZERO_COPY_MIN_BYTES` handed to the driver where it lies (writeable: numpy exports no read-only
             # array through DLPack; element-aligned, all the driver assumes); the driver checks finiteness itself
-            # before any kernel runs (`driver.finite_check`) and never writes its input. One tuple read, the driver
-            # bound to its arguments: 0.5 us less per call than attribute lookups and `*args`
-            # (docs/benchmarks_demo.md, "Per-call overhead, session 15")
+            # (in the input's quantize, `driver.quantize_checks_input`, else a `finite_check` call before any
+            # kernel), fails the call on NaN/inf and never writes its input. One tuple read, the driver bound to
+            # its arguments: 0.5 us less per call than attribute lookups and `*args` (docs/benchmarks_demo.md,
+            # "Per-call overhead, session 15")
             zc = ready[6]
             try:
                 if zc is not None and (flags := x.flags).writeable and flags.aligned:

@@ -118,7 +118,9 @@ class Stamper:
             raise LoweringError(str(low), "cannot profile: the driver is not called directly (output too large)",
                                 "profile a network with a smaller output")
         info = low.meta["driver"]
-        self.names = [f"{DRIVER_NAME}_finite{i}" for i in info.get("finite_checked", [])] + list(info["calls"])
+        in_kernel = info.get("finite_in_kernel", [])  # checked inside a kernel: no call of its own
+        self.names = [f"{DRIVER_NAME}_finite{i}" for i in info.get("finite_checked", []) if i not in in_kernel] \
+            + list(info["calls"])
         self._stamps = aligned_empty((len(self.names) + 1,), np.dtype(np.int64))  # DLPack wants 64-byte alignment
         self._twin, self._args = twin, (*low._driver_args, tvm.runtime.from_dlpack(self._stamps))
         self._plain, self._plain_args = low._driver, low._driver_args

@@ -175,6 +175,45 @@ def test_driver_refuses_non_finite_inputs_itself(mbv2_x86, mbv2_graph):
     np.testing.assert_array_equal(mbv2_x86(x), G.reference(mbv2_graph, x))
 
 
+def test_input_quantize_checks_finiteness_in_place_of_the_driver(mbv2_x86, mbv2_graph, monkeypatch):
+    """The input's quantize checks its NaN/inf (`driver.quantize_checks_input`, the default): the driver has no
+    `qc_driver_finite0` call, the profiling twin no stamp for it, the outputs equal the reference's and a NaN or inf
+    anywhere fails the driver as before; `QCOMPILE_FINITE_IN_QUANTIZE=0` keeps the separate check, same outputs."""
+    from qcompile.backends.tvm.driver import ENV_FINITE_IN_QUANTIZE, finite_in_quantize
+    from qcompile.backends.tvm.profile import Stamper
+    from qcompile.errors import ConfigError
+
+    x = make_input(mbv2_graph, 25)
+    ref = G.reference(mbv2_graph, x)
+    info = mbv2_x86.meta["driver"]
+    assert info["finite_checked"] == [0] and info["finite_in_kernel"] == [0]
+    np.testing.assert_array_equal(mbv2_x86(x), ref)  # a finite input in the bound buffer: the twin runs on it
+    assert Stamper(mbv2_x86).names == info["calls"]
+    monkeypatch.setenv(ENV_FINITE_IN_QUANTIZE, "0")
+    sep = lower_integer_graph(mbv2_graph, "x86")
+    assert sep.meta["driver"]["finite_checked"] == [0] and sep.meta["driver"]["finite_in_kernel"] == []
+    np.testing.assert_array_equal(sep(x), ref)
+    assert Stamper(sep).names == [f"{DRIVER_NAME}_finite0", *info["calls"]]
+    for low in (mbv2_x86, sep):
+        np.testing.assert_array_equal(low(x), ref)
+        for bad in (np.nan, -np.inf):
+            for pos in (0, x.size // 2 + 3, x.size - 1):
+                y = x.copy()
+                y.flat[pos] = bad
+                with pytest.raises(ConfigError, match="non-finite"):
+                    low(y)
+                np.copyto(low._in_array, y)
+                with pytest.raises(Exception, match="non-finite"):
+                    low._driver(*low._driver_args)
+        np.testing.assert_array_equal(low(x), ref)
+    assert not finite_in_quantize()
+    monkeypatch.delenv(ENV_FINITE_IN_QUANTIZE)
+    assert finite_in_quantize()
+    monkeypatch.setenv(ENV_FINITE_IN_QUANTIZE, "yes")
+    with pytest.raises(ConfigError, match=ENV_FINITE_IN_QUANTIZE):
+        finite_in_quantize()
+
+
 @pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 def test_finite_check_on_the_bits(dtype, chunks):
@@ -321,11 +360,12 @@ def _llvm_source(low):
 
 def test_driver_calls_the_kernel_bodies_directly(mbv2_x86, mbv2_packed, mbv2_graph):
     """By default the driver calls each kernel's `direct_body` (a private PrimFunc of data pointers: no exported
-    symbol, so no packed-API argument checks) in the order of `meta["driver"]["calls"]`, and only the finite check
-    through `tvm_call_cpacked`; each body is compiled as its own noinline LLVM function with noalias, 64-byte
-    aligned pointers (its compute scope, `DirectBodyDevice`), which the driver calls; each exported kernel calls
-    the same body and is still in the library (the per-kernel table). `direct_calls=False` calls every kernel
-    through its packed API. Both builds are bit-exact with the reference executor."""
+    symbol, so no packed-API argument checks) in the order of `meta["driver"]["calls"]`, and nothing through
+    `tvm_call_cpacked` (the input's quantize checks its NaN/inf, no `finite_check` call); each body is compiled
+    as its own noinline LLVM function with noalias, 64-byte aligned pointers (its compute scope,
+    `DirectBodyDevice`), which the driver calls; each exported kernel calls the same body and is still in the
+    library (the per-kernel table). `direct_calls=False` calls every kernel through its packed API. Both builds
+    are bit-exact with the reference executor."""
     import re
 
     from qcompile.backends.tvm.driver import DIRECT_BODY_ATTR, DIRECT_SUFFIX, UNALIGNED_ATTR
@@ -335,13 +375,14 @@ def test_driver_calls_the_kernel_bodies_directly(mbv2_x86, mbv2_packed, mbv2_gra
     assert mbv2_packed.meta["driver"]["calls"] == calls
     packed = _relax_module(mbv2_graph, _packed_pipeline())
     script = packed[packed.get_global_var(DRIVER_NAME)].script()
-    assert re.findall(r'call_cpacked\("(\w+)"', script) == [f"{DRIVER_NAME}_finite0", *calls]
+    # the input's NaN/inf check is in its quantize (`driver.quantize_checks_input`): no call of its own
+    assert re.findall(r'call_cpacked\("(\w+)"', script) == calls
     assert DIRECT_SUFFIX not in script
 
     mod = _relax_module(mbv2_graph)
     script = mod[mod.get_global_var(DRIVER_NAME)].script()
     assert re.findall(rf"\b(\w+){DIRECT_SUFFIX}\(", script) == calls
-    assert re.findall(r'call_cpacked\("(\w+)"', script) == [f"{DRIVER_NAME}_finite0"]
+    assert re.findall(r'call_cpacked\("(\w+)"', script) == []
     bodies = {gv.name_hint: f for gv, f in mod.functions.items() if f.attrs is not None and DIRECT_BODY_ATTR in f.attrs}
     assert set(bodies) == {s + DIRECT_SUFFIX for s in calls}
     assert all("global_symbol" not in f.attrs and f.attrs["tirx.noalias"] for f in bodies.values())

@@ -151,3 +151,81 @@ def test_quantize_product_bounds(qmax):
         for p in (p_lo, p_hi, *(math.nextafter(b, d) for b in (p_lo, p_hi) for d in (-math.inf, math.inf))):
             want = min(max(math.floor(p + off), 0), qmax)
             assert math.trunc(min(max(p, p_lo), p_hi) + off) == want, (off, p)
+
+
+def _checked(shape: tuple[int, ...], inv_scale: float, offset: float, qmax: int, chunks: int):
+    """`kernels.quantize_checked` (the input quantize with the driver's NaN/inf check folded in) as a function."""
+    func = K.quantize_checked(shape, "float32", inv_scale, offset, qmax, chunks)
+    assert func is not None
+    lib = tvm.compile(func, target=tvm.target.Target(host_x86_target(2)))
+    dev = tvm.cpu()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = tvm.runtime.tensor(np.zeros(shape, np.uint8), dev)
+        lib["main"](tvm.runtime.tensor(x, dev), out)
+        return out.numpy()
+
+    return run
+
+
+# (shape, chunks): MobileNetV2's input in 2 chunks of 4704 vectors; 105 values in 3 chunks of 2 vectors and 9 after
+# the join; 1632 in 2 chunks (51 vectors each, none after); 105 in 1 chunk (6 vectors and 9 after)
+CHECKED_SHAPES = [((1, 3, 224, 224), 2), ((1, 3, 7, 5), 3), ((2, 3, 17, 16), 2), ((1, 3, 7, 5), 1)]
+
+
+@pytest.mark.parametrize(("shape", "chunks"), CHECKED_SHAPES)
+@pytest.mark.parametrize(("inv_scale", "offset", "qmax"), [(32.0, 128.5, 255), (1 / 0.018712, 114.5, 255),
+                                                           (41.37, 3.2871, 15), (-13.1, 200.75, 255)])
+def test_quantize_checked_bit_exact(shape, chunks, inv_scale, offset, qmax):
+    """The quantize with the finiteness check folded in (issue 20, session 16) gives the reference codes for every
+    boundary input (ties of the floor, one ulp either side, every code), in its chunks and after them."""
+    rng = np.random.default_rng(int(qmax) + chunks)
+    n = math.prod(shape)
+    vals = rng.permutation(_boundary_inputs(rng, n, inv_scale, offset, qmax))
+    run = _checked(shape, inv_scale, offset, qmax, chunks)
+    seen: set[int] = set()
+    for start in range(0, len(vals), n):
+        x = np.resize(vals[start:start + n], shape).astype(np.float32)
+        got = run(x)
+        np.testing.assert_array_equal(got, _reference(x, inv_scale, offset, qmax))
+        seen |= set(np.unique(got).tolist())
+    assert seen == set(range(qmax + 1))
+
+
+def test_quantize_checked_rounds_product_before_add():
+    """No fused multiply-add in the checked kernel either (`test_quantize_kernel_rounds_product_before_add`)."""
+    inv_scale = 1 / 0.018712
+    for x, p in _rounded_up_products(inv_scale, 3):
+        offset = 2 - p
+        xs = np.resize(np.array([x, -1e3, 1e3], np.float32), (1, 3, 16, 16))
+        got = _checked(xs.shape, inv_scale, offset, 255, 2)(xs)
+        np.testing.assert_array_equal(got, _reference(xs, inv_scale, offset, 255))
+        assert got.ravel()[0] == 2
+
+
+@pytest.mark.parametrize(("shape", "chunks"), CHECKED_SHAPES[1:])
+def test_quantize_checked_refuses_nan_and_inf(shape, chunks):
+    """The checked quantize passes the largest finite values, subnormals and signed zeros, and fails as
+    `driver.finite_check` does on NaN (either sign) and +-inf at each chunk's first and last value and after the
+    chunks (the values the join handles)."""
+    n = math.prod(shape)
+    run = _checked(shape, 0.37, 3.25, 255, chunks)
+    fi = np.finfo(np.float32)
+    ok = np.resize(np.array([fi.max, -fi.max, fi.smallest_subnormal, -fi.tiny, 0.0, -0.0, 1.5], np.float32), shape)
+    np.testing.assert_array_equal(run(ok), _reference(ok, 0.37, 3.25, 255))
+    per = n // (chunks * 16) * 16
+    positions = sorted({0, n - 1, *(c * per for c in range(chunks)), *(c * per + per - 1 for c in range(chunks)),
+                        min(chunks * per, n - 1)})
+    for bad in (np.nan, -np.nan, np.inf, -np.inf):
+        for pos in positions:
+            y = ok.copy()
+            y.flat[pos] = bad
+            with pytest.raises(Exception, match="non-finite"):
+                run(y)
+
+
+def test_quantize_checked_needs_the_clamped_product_form_and_a_float_dtype():
+    """None (the driver keeps its separate check) where the kernel's form would not be `quantize`'s: an offset
+    too large for the product bounds, or an input that is not float16/32/64."""
+    assert K.quantize_checked((1, 3, 4, 4), "float32", 1.0, 2.0**40, 255) is None
+    assert K.quantize_checked((1, 3, 4, 4), "int32", 1.0, 0.5, 255) is None

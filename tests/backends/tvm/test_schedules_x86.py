@@ -595,6 +595,67 @@ def test_gemm_chunks_one_region_exact(monkeypatch, mode, target, k, p, o, knobs,
     np.testing.assert_array_equal(_run_gemm(mode, x, w, bias, mult, shift, knobs, target=target, instr=instr), ref)
 
 
+# (c, h, o, k, stride, pad, pad_value, knobs, chunks): the stem's geometry (3x3 s2, K = 27) on 64 px, 8 output rows
+# of 32 px per chunk; a 3x3 stride-1 conv whose last chunk reads the bottom padding row, 2 rows of 64 px (4 asked,
+# the smallest multiple that divides 16 rows and makes whole 64-px tiles is 4: 4 chunks) with channels outside;
+# a 5x5 stride-2 conv with padding 2 on 12x12 outputs (1 row = 12 px: 4 rows make 48, three 16-px tiles)
+CONV_ROWS_CASES = [
+    pytest.param(3, 64, 32, 3, 2, 1, 0, GemmKnobs(2, 64, store64=True, vshift=True), 4, id="stem-k27-2x64"),
+    pytest.param(8, 16, 16, 3, 1, 1, 7, GemmKnobs(4, 64, False, conv_rows=4), 4, id="3x3-s1-padvalue-channels-outer"),
+    pytest.param(4, 24, 24, 5, 2, 2, 0, GemmKnobs(12, 16, conv_rows=1), 3, id="5x5-s2-rows-of-4"),
+]
+
+
+@pytest.mark.parametrize("c,h,o,k,s,pad,pad_value,knobs,chunks", CONV_ROWS_CASES)
+def test_full_conv_rows_one_region_exact(monkeypatch, c, h, o, k, s, pad, pad_value, knobs, chunks):
+    """`GemmKnobs.conv_rows` (issue 20, session 16): a full conv (im2col) in one parallel region over chunks of whole
+    output rows, each padding and packing its own input rows (`gemm.schedule_conv_rows`), gives the reference codes
+    (integer_semantics.md `conv2d`, `requant`), padding value included; `conv_rows=0` (the separate padding,
+    packing and tile regions) gives the same. Every kernel parallel: one region of `chunks` chunks, against three
+    loops (packing, tiles; the padded copy serial) before."""
+    from benchmarks.parallel_split import parallel_loops
+    from qcompile.backends.tvm.schedules.conv import ConvGeometry
+    from qcompile.backends.tvm.schedules.parallel import ENV_MIN_US
+
+    monkeypatch.setenv(ENV_MIN_US, "0")
+    geom = ConvGeometry(c, h, h, k, k, (s, s), (pad, pad), pad_value=pad_value)
+    gc = GemmConv(c * k * k, geom.ho * geom.wo, o, shift_min=34, conv=geom)
+    rng = np.random.default_rng(c * h + k)
+    x, wt, bias, mult, shift = _case(rng, c, h, h, o, k, s, pad, 1)
+    x[..., :2] = 255
+    wt[: o // 2] = -128  # the largest codes against the most negative weights
+    kw = dict(s=s, p=pad, groups=1, pad_value=pad_value, lo=0, hi=255)
+    ref = _reference(x, wt, bias, mult, shift, **kw).reshape(o, -1)
+    assert len(np.unique(ref)) > 10
+    for kn, loops in ((knobs, [chunks]), (dataclasses.replace(knobs, conv_rows=0), None)):
+        func = pointwise_conv_x86(gc, "vnni512", kn)
+        got_loops = [lp.extent for lp in parallel_loops(func)]
+        assert got_loops == loops if loops else len(got_loops) == 2, got_loops
+        lib = tvm.compile(func, target=VNNI512)
+        isa.check_instructions(lib, FAMILY[VNNI512], INSTR["avx512-vnni"])
+        if not isa.should_execute(FAMILY[VNNI512]):
+            pytest.skip("built and checked the avx512-vnni assembly; this CPU cannot execute it")
+        out = tvm.runtime.tensor(np.zeros((o, gc.p), np.uint8))
+        args = (x[0], pack_weights(wt, 4, "int8"), bias_term(bias, mult, shift), mult, shift)
+        lib(*(tvm.runtime.tensor(a) for a in args), out)
+        np.testing.assert_array_equal(out.numpy(), ref, err_msg=str(kn))
+
+
+def test_full_conv_rows_fall_back_where_no_chunk_is_whole_tiles():
+    """Pixels padded to whole tiles (9 x 9 outputs, 16-px tiles): no chunk of rows is whole tiles, so
+    `conv_rows` builds the separate regions (`gemm.conv_rows_chunk` is 0)."""
+    from qcompile.backends.tvm.schedules.conv import ConvGeometry, gemm_tile
+    from qcompile.backends.tvm.schedules.x86.gemm import conv_rows_chunk
+
+    geom = ConvGeometry(8, 9, 9, 3, 3, (1, 1), (1, 1))
+    assert conv_rows_chunk(gemm_tile(72, 81, 16, 4, 12, 16, 8, 16), geom, 8) == 0
+    stem = ConvGeometry(3, 224, 224, 3, 3, (2, 2), (1, 1))
+    assert conv_rows_chunk(gemm_tile(27, 12544, 32, 4, 2, 64, 8, 16), stem, 8) == 8  # 14 chunks of 896 px
+    assert conv_rows_chunk(gemm_tile(27, 12544, 32, 4, 2, 64, 8, 16), stem, 1) == 4  # 4 x 112 = 7 tiles of 64
+    script = pointwise_conv_x86(GemmConv(72, 81, 16, conv=geom), "vnni512", GemmKnobs(12, 16)).script()
+    assert "xpad = T.sblock_alloc_buffer((8, 11, 11)" in script  # the whole padded input, at the root
+
+
 # (k, p, o, knobs): pixel-padded tiles of every epilogue width; p=5 pads 11 pixels, more than a row, so the last
 # ceil(11/5) = 3 channels take the clamped read
 FUSED_ADD_CASES = [

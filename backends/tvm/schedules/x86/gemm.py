@@ -65,6 +65,9 @@ __all__ = [
     "default_knobs",
     "CHUNK_MAX_P",
     "CHUNK_THREADS",
+    "CONV_ROWS",
+    "conv_rows_chunk",
+    "schedule_conv_rows",
     "pointwise_conv_x86",
     "tile_intrinsic",
     "tile_on_stack",
@@ -85,6 +88,13 @@ MODES = {
 LANES = {"u8s8": 8, "vnni": 8, "vnni512": 16, "i16": 8}  # int32 lanes (pixels) per intrinsic call
 #: mode -> its `parallel.UNIT_COST_NS` kind (serial cost per MAC)
 MODE_KIND = {"u8s8": "gemm_int16", "vnni": "gemm_dot", "vnni512": "gemm_dot", "i16": "gemm_int16"}
+
+
+#: `GemmKnobs.conv_rows`' default: output rows per chunk of a full conv's one parallel region (`schedule_conv_rows`):
+#: the stem's 112 rows in 14 chunks of 8 (7:7 at 2 threads; each chunk's 7 x 896 x 4 packed codes and 3 x 17 x 225
+#: padded input about fill L1). 4, 14 and 56 rows measured 58.5, 59.9 and 59.2 us against 8 rows' 53.6-64.9 at 2
+#: threads, 114.8, 103.0 and 103.2 against 104.4 at 1 (interleaved minima, loaded host, docs/peers.md session 16)
+CONV_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -114,7 +124,12 @@ class GemmKnobs:
     `vshift` ("vnni512" only): the requantize's int32 tail (every shift >= 32) shifts each lane by `s - 32` with
     `vpsravd` (`requant.requant_expr(..., tail32="shr")`) instead of a shift by an xmm count, which on Zen 4 competes
     with `vpdpbusd` for its pipe; it costs one `vpandd` and a register per channel of the tile (docs/peers.md,
-    session 14)."""
+    session 14).
+
+    `conv_rows` (a full conv, im2col): one parallel region over chunks of (the smallest multiple of) `conv_rows`
+    output rows that make whole pixel tiles, each chunk padding and packing its own input rows
+    (`schedule_conv_rows`); 0, or where no such chunk exists (padded pixels), the separate padding, packing and tile
+    regions. The default `CONV_ROWS` is every GEMM's, tuned records included (a pointwise GEMM ignores it)."""
 
     to: int = 4
     tp: int = 24
@@ -124,6 +139,7 @@ class GemmKnobs:
     store64: bool = False
     chunks: int = 0
     vshift: bool = False
+    conv_rows: int = CONV_ROWS
 
     def __post_init__(self) -> None:
         if self.tp % 8 or self.tp <= 0:
@@ -143,6 +159,9 @@ class GemmKnobs:
                               f"0 with chunks={self.chunks} (each chunk packs its own activations)")
         if self.store64 and self.tp % 64:
             raise ConfigError("GemmKnobs.tp", self.tp, "a multiple of 64 with store64=True")
+        if self.conv_rows < 0:
+            raise ConfigError("GemmKnobs.conv_rows", self.conv_rows,
+                              "0 (separate padding and packing regions) or a positive count of output rows")
 
 
 #: mode -> {lanes: intrinsic} of the narrower intrinsics a mode may run its tiles with (`GemmKnobs.lanes`)
@@ -352,6 +371,11 @@ def pointwise_conv_x86(gc: GemmConv, mode: str, knobs: GemmKnobs = GemmKnobs(), 
                 pad_split=split_pack_padding and tile.pp != p, unroll_epilogue=unroll_epilogue,
                 epilogue_lanes=64 if store64 else None):
         return sch.mod["main"]
+    if conv is not None and knobs.conv_rows and schedule_conv_rows(
+            sch, tile, conv, pad, intrin, knobs.conv_rows, MODE_KIND[mode], p_outer=knobs.p_outer,
+            unroll_epilogue=unroll_epilogue,
+            epilogue_lanes=64 if store64 else None):
+        return sch.mod["main"]
     schedule_gemm_pack(sch, tile, conv, MODE_KIND[mode], pack_tiles=knobs.pack_tiles)
     # chunks of pixel tiles (`pack_tiles`): the padding is in the last chunk only, a fill of every chunk would
     # not remove the per-element test, so that packing keeps it (no default takes it: `default_knobs`)
@@ -419,6 +443,59 @@ def schedule_gemm_pack_in_tiles(sch: s_tir.Schedule, tile: Any, intrin: str, kin
     sch.unroll(sch.get_loops(pk)[-1])
     finish_gemm_tile(sch, tile, intrin, gm, co, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
                      epilogue_lanes=epilogue_lanes)
+
+
+def conv_rows_chunk(tile: Any, conv: Any, rows: int) -> int:
+    """Output rows per chunk of `schedule_conv_rows`: the smallest multiple of `rows` that divides the output
+    height and makes a chunk whole pixel tiles; 0 where none does or the pixels are padded."""
+    if tile.pp != tile.p or rows <= 0:
+        return 0
+    for r in range(rows, conv.ho + 1, rows):
+        if conv.ho % r == 0 and (r * conv.wo) % tile.tp == 0:
+            return r
+    return 0
+
+
+def schedule_conv_rows(sch: s_tir.Schedule, tile: Any, conv: Any, pad: tuple[int, int], intrin: str, rows: int,
+                       kind: str, *, p_outer: bool = True, unroll_epilogue: bool = False,
+                       epilogue_lanes: int | None = None) -> bool:
+    """A full conv (im2col GEMM) in one parallel region over chunks of whole output rows (`conv_rows_chunk`): each
+    chunk pads the input rows it reads (`xpad`) and packs its own pixels (`xpack`, all K rows) into buffers
+    private to it, then multiplies its pixel tiles (pixels outside channels). Against `schedule_gemm_pack` +
+    `schedule_gemm_tiles`, with a serial padded copy of the whole input, a packing region parallel over the
+    K/g reduction blocks (7 for the stem: a 4:3 split) and a tile region in which every thread reads the packed
+    rows the other core wrote: one fork/join instead of two, no serial pass, no packed code crossing cores. Same
+    blocks and arithmetic, so the same bit-exact result. Returns False, scheduling nothing, where no chunk of
+    whole tiles exists (`conv_rows_chunk`)."""
+    r = conv_rows_chunk(tile, conv, rows)
+    if not r:
+        return False
+    gm = sch.get_sblock("gemm")
+    c, j, rb_, ri_ = sch.get_loops(gm)
+    co, ci = sch.split(c, [None, tile.to])
+    jc, jo, jm, ji = sch.split(j, [None, r * conv.wo // tile.tp, tile.tp // tile.lanes, tile.lanes])
+    if p_outer:
+        sch.reorder(jc, jo, co, rb_, ci, jm, ji, ri_)
+        inner = sch.fuse(jo, co)
+    else:
+        sch.reorder(jc, co, jo, rb_, ci, jm, ji, ri_)
+        inner = sch.fuse(co, jo)
+    parallel_if_worth(sch, jc, tile.o * tile.pp * tile.kb * tile.g, kind)
+    pk = sch.get_sblock("xpack")
+    sch.compute_at(pk, jc)
+    _, pj, pi = sch.get_loops(pk)[-3:]
+    sch.unroll(pi)
+    sch.split(pj, [r, conv.wo])
+    xp_blk = sch.get_sblock("xpad")
+    sch.compute_at(xp_blk, jc)
+    xl = sch.get_loops(xp_blk)
+    # the fill, then the copy of the chunk's input rows (the loop under the chunk: its channels)
+    if (any(conv.padding) or pad != (conv.h, conv.w)) and sch.can_decompose_padding(xp_blk, xl[-3]):
+        sch.decompose_padding(xp_blk, xl[-3])
+    sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])
+    finish_gemm_tile(sch, tile, intrin, gm, inner, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
+                     epilogue_lanes=epilogue_lanes)
+    return True
 
 
 def activation_gather(gc: GemmConv, xdt: str, pp: int) -> tuple[te.Tensor, Any, tuple[int, int]]:

@@ -19,6 +19,11 @@ other CPU load in the VM, while a second process busy on the other core left it 
 only 10 % (33.6 -> 30.3 GB/s). The buffer fits the L3 when the host is quiet; neighbours that evict it send the
 gather to DRAM.
 
+What it did not see (docs/peers.md, session 16 window): in a harness run on a disturbed host (every runner's
+median 1.3-1.8x its minimum), the per-round gather did not correlate with any runner's time (Pearson r -0.53 to
++0.02 over 30 rounds). One probe per round samples a moment; the disturbance moved faster. So its figures are a
+report beside the medians, not a filter: the acceptance figures stay the medians over all rounds.
+
 Quiet rounds (`quiet_rounds`): round i is quiet when its gather's line rate is within `pct` % of the run's best,
 i.e. ns_i <= min_j ns_j / (1 - pct / 100). The harness reports every runner's median over the quiet rounds
 *beside* its median over all rounds; no round is dropped.

@@ -44,6 +44,7 @@ __all__ = [
     "fit_to",
     "gemm_requant_stages",
     "gemm_tile",
+    "parallel_chunk_of_tiles",
     "schedule_gemm_chunks",
     "schedule_gemm_pack",
     "schedule_gemm_tiles",
@@ -329,6 +330,23 @@ def schedule_gemm_tiles(sch: Any, tile: GemmTile, intrin: str, p_outer: bool = T
                      epilogue_lanes=epilogue_lanes)
 
 
+def parallel_chunk_of_tiles(sch: Any, tile: GemmTile, chunk: Any, co: Any, jo: Any, rest: tuple, p_outer: bool,
+                            kind: str) -> Any:
+    """The loop nest of a GEMM in one parallel region of chunks: `chunk` outermost (parallel where
+    `parallel.parallel_if_worth` says the kernel pays for it), then the chunk's channel tiles `co` and pixel tiles `jo`
+    fused into one loop (pixels outside channels with `p_outer`), then `rest` (the reduction block, the tile's
+    channel, row and lane loops, the intrinsic's reduction) as given. Returns the fused tile loop. Shared by the
+    chunks of channel tiles (`schedule_gemm_chunks`) and of output rows (x86 `gemm.schedule_conv_rows`)."""
+    if p_outer:
+        sch.reorder(chunk, jo, co, *rest)
+        inner = sch.fuse(jo, co)
+    else:
+        sch.reorder(chunk, co, jo, *rest)
+        inner = sch.fuse(co, jo)
+    parallel_if_worth(sch, chunk, tile.o * tile.pp * tile.kb * tile.g, kind)
+    return inner
+
+
 def schedule_gemm_chunks(sch: Any, tile: GemmTile, intrin: str, chunks: int, *, kind: str, p_outer: bool = False,
                          pad_split: bool = False, unroll_epilogue: bool = False,
                          epilogue_lanes: int | None = None) -> bool:
@@ -354,13 +372,7 @@ def schedule_gemm_chunks(sch: Any, tile: GemmTile, intrin: str, chunks: int, *, 
     co, ci = sch.split(c, [None, tile.to])
     jo, jm, ji = sch.split(j, [None, tile.tp // tile.lanes, tile.lanes])
     ch, co = sch.split(co, [chunks, None])
-    if p_outer:
-        sch.reorder(ch, jo, co, rb_, ci, jm, ji, ri_)
-        inner = sch.fuse(jo, co)
-    else:
-        sch.reorder(ch, co, jo, rb_, ci, jm, ji, ri_)
-        inner = sch.fuse(co, jo)
-    parallel_if_worth(sch, ch, tile.o * tile.pp * tile.kb * tile.g, kind)
+    inner = parallel_chunk_of_tiles(sch, tile, ch, co, jo, (rb_, ci, jm, ji, ri_), p_outer, kind)
     pk = sch.get_sblock("xpack")
     sch.compute_at(pk, ch)
     pj, pi = sch.get_loops(pk)[-2:]

@@ -152,26 +152,38 @@ def test_call_runs_the_driver_directly(mbv2_x86, mbv2_graph):
         np.testing.assert_array_equal(mbv2_x86(other), kept)
 
 
+def _with_non_finite(x: np.ndarray, values: tuple, positions: tuple):
+    """Copies of `x` with one of `values` (NaN/inf) at one of the flat `positions`, every pair."""
+    for bad in values:
+        for pos in positions:
+            y = x.copy()
+            y.flat[pos] = bad
+            yield y
+
+
+def _assert_refused(low, y: np.ndarray) -> None:
+    """`low` refuses `y`: `__call__` with the input check's ConfigError, the driver called directly with its own."""
+    from qcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="non-finite"):
+        low(y)
+    np.copyto(low._in_array, y)
+    with pytest.raises(Exception, match="non-finite"):
+        low._driver(*low._driver_args)
+
+
 def test_driver_refuses_non_finite_inputs_itself(mbv2_x86, mbv2_graph):
     """The driver checks its float input before any kernel runs (`driver.finite_check`): called directly or through
     the VM's `main` with a NaN or inf it fails, and `__call__` turns that into the ConfigError of the input check."""
     import tvm
 
-    from qcompile.errors import ConfigError
 
     x = make_input(mbv2_graph, 23)
     mbv2_x86(x)
-    for bad in (np.nan, np.inf, -np.inf):
-        for pos in (0, x.size // 2, x.size - 1):
-            y = x.copy()
-            y.flat[pos] = bad
-            with pytest.raises(ConfigError, match="non-finite"):
-                mbv2_x86(y)
-            np.copyto(mbv2_x86._in_array, y)
-            with pytest.raises(Exception, match="non-finite"):
-                mbv2_x86._driver(*mbv2_x86._driver_args)
-            with pytest.raises(Exception, match="non-finite"):
-                mbv2_x86._native_vm()["main"](tvm.runtime.tensor(y))
+    for y in _with_non_finite(x, (np.nan, np.inf, -np.inf), (0, x.size // 2, x.size - 1)):
+        _assert_refused(mbv2_x86, y)
+        with pytest.raises(Exception, match="non-finite"):
+            mbv2_x86._native_vm()["main"](tvm.runtime.tensor(y))
     np.testing.assert_array_equal(mbv2_x86(x), G.reference(mbv2_graph, x))
 
 
@@ -196,15 +208,8 @@ def test_input_quantize_checks_finiteness_in_place_of_the_driver(mbv2_x86, mbv2_
     assert Stamper(sep).names == [f"{DRIVER_NAME}_finite0", *info["calls"]]
     for low in (mbv2_x86, sep):
         np.testing.assert_array_equal(low(x), ref)
-        for bad in (np.nan, -np.inf):
-            for pos in (0, x.size // 2 + 3, x.size - 1):
-                y = x.copy()
-                y.flat[pos] = bad
-                with pytest.raises(ConfigError, match="non-finite"):
-                    low(y)
-                np.copyto(low._in_array, y)
-                with pytest.raises(Exception, match="non-finite"):
-                    low._driver(*low._driver_args)
+        for y in _with_non_finite(x, (np.nan, -np.inf), (0, x.size // 2 + 3, x.size - 1)):
+            _assert_refused(low, y)
         np.testing.assert_array_equal(low(x), ref)
     assert not finite_in_quantize()
     monkeypatch.delenv(ENV_FINITE_IN_QUANTIZE)

@@ -27,7 +27,11 @@ def _kernel(shape: tuple[int, ...], inv_scale: float, offset: float, qmax: int, 
     """The kernel as the emitter builds it (default schedule: vectorised where the size allows), as a function."""
     xt = te.placeholder(shape, "float32", name="x")
     q = K.quantize(xt, inv_scale, offset, qmax, product_bounds=product_bounds)
-    func = schedule_primfunc(te.create_prim_func([xt, q]), "quantize")
+    return _as_function(schedule_primfunc(te.create_prim_func([xt, q]), "quantize"), shape)
+
+
+def _as_function(func, shape: tuple[int, ...]):
+    """A quantize PrimFunc compiled for this host's 2-core target, as float32 array -> uint8 codes."""
     lib = tvm.compile(func, target=tvm.target.Target(host_x86_target(2)))
     dev = tvm.cpu()
 
@@ -157,15 +161,7 @@ def _checked(shape: tuple[int, ...], inv_scale: float, offset: float, qmax: int,
     """`kernels.quantize_checked` (the input quantize with the driver's NaN/inf check folded in) as a function."""
     func = K.quantize_checked(shape, "float32", inv_scale, offset, qmax, chunks)
     assert func is not None
-    lib = tvm.compile(func, target=tvm.target.Target(host_x86_target(2)))
-    dev = tvm.cpu()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        out = tvm.runtime.tensor(np.zeros(shape, np.uint8), dev)
-        lib["main"](tvm.runtime.tensor(x, dev), out)
-        return out.numpy()
-
-    return run
+    return _as_function(func, shape)
 
 
 # (shape, chunks): MobileNetV2's input in 2 chunks of 4704 vectors; 105 values in 3 chunks of 2 vectors and 9 after

@@ -955,12 +955,7 @@ def test_depthwise_vertical_quads_bit_exact(c, h, k, s, pad_value, vec, rows):
 
     target = VNNI512
     rng = np.random.default_rng(c * 100 + h * 10 + k + s)
-    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
-    x[0, 0] = 255
-    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
-    wt[0] = -128
-    bias = rng.integers(-20000, 20000, c).astype(np.int32)
-    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    x, wt, bias, mult = _dw_operands(rng, c, h, k)
     shift = rng.integers(34, 42, c).astype(np.int32)
     p = (k - 1) // 2
     ho = (h + 2 * p - k) // s + 1
@@ -1023,12 +1018,7 @@ def test_depthwise_sliding_quads_bit_exact(c, h, k, s, pad_value, vec, rows, pla
 
     target = VNNI512
     rng = np.random.default_rng(c * 100 + h * 10 + k + s)
-    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
-    x[0, 0] = 255
-    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
-    wt[0] = -128
-    bias = rng.integers(-20000, 20000, c).astype(np.int32)
-    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    x, wt, bias, mult = _dw_operands(rng, c, h, k)
     shift = rng.integers(34, 42, c).astype(np.int32)
     p = (k - 1) // 2
     ho = (h + 2 * p - k) // s + 1
@@ -1073,6 +1063,35 @@ def test_preshift_applies_bounds():
     assert not _preshift(dw(56, 23, lo=None, hi=None))
 
 
+def _dw_operands(rng: np.random.Generator, c: int, h: int, k: int) -> tuple[np.ndarray, ...]:
+    """(input codes (1, c, h, h), weights (c, 1, k, k), int32 bias, int32 multipliers) of the depthwise bit-exact
+    tests, drawn in this order: the first channel at the largest code 255 and its weights at the most negative
+    -128 (the accumulator's extreme), the rest random; biases in +-20000, multipliers in [2^29, 2^31)."""
+    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
+    x[0, 0] = 255
+    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
+    wt[0] = -128
+    bias = rng.integers(-20000, 20000, c).astype(np.int32)
+    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    return x, wt, bias, mult
+
+
+def _preshift_operands_at_edges(rng: np.random.Generator, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shift int32, multiplier int64, bias term int64) for `c` >= 29 channels, the pre-shift tests' operands:
+    shifts 20..40 then random ones in that range; multipliers 0, 1, 2^31 - 1 then random in [2^29, 2^31); bias
+    terms from `requant.bias_term` (random biases), except channels 21-26 at the clamp's edges `+-2^(62-k)`
+    (k = max(0, 32 - shift), the channel's own) and one and seven beyond, and 27-28 at `+-2^62` (saturated codes)."""
+    shift = np.concatenate([np.arange(20, 41), rng.integers(20, 41, c - 21)]).astype(np.int32)
+    mult = rng.integers(1 << 29, 1 << 31, c).astype(np.int64)
+    mult[:3] = (0, 1, (1 << 31) - 1)
+    bterm = bias_term(rng.integers(-20000, 20000, c), mult, shift)
+    k = np.maximum(0, 32 - shift.astype(np.int64))
+    edge = np.int64(1) << (62 - k)
+    bterm[21:27] = edge[21:27] * np.array([1, -1, 1, -1, 1, -1]) + np.array([0, 0, 1, -1, 7, -7])
+    bterm[27:29] = ((1 << 62), -(1 << 62))
+    return shift, mult, bterm
+
+
 def _requant_exact(acc, bterm, mult, shift, lo, hi):
     """integer_semantics.md `requantize` on Python integers (no wrapping): `clamp((acc M + bterm) >> s, lo, hi)`."""
     return np.array([[min(max((int(a) * int(m) + int(b)) >> int(s), lo), hi) for a in row]
@@ -1097,15 +1116,7 @@ def test_dw_epilogue_preshift_bit_exact(lo, hi):
     dw = DwConv(c, 1, n, 3, 3, (1, 1), (1, 1), lo=lo, hi=hi, shift_min=20)  # outputs [C, 1, n]
     bound = dw_acc_bound(dw)
     assert preshift_applies(dw.shift_min, bound) and (dw.ho, dw.wo) == (1, n)
-    shift = np.concatenate([np.arange(20, 41), rng.integers(20, 41, c - 21)]).astype(np.int32)
-    mult = rng.integers(1 << 29, 1 << 31, c).astype(np.int64)
-    mult[:3] = (0, 1, (1 << 31) - 1)
-    bterm = bias_term(rng.integers(-20000, 20000, c), mult, shift)
-    k = np.maximum(0, 32 - shift.astype(np.int64))
-    edge = np.int64(1) << (62 - k)
-    # the clamp's edges (the channels' own k), beyond them, and the most extreme terms
-    bterm[21:27] = (edge[21:27] * np.array([1, -1, 1, -1, 1, -1]) + np.array([0, 0, 1, -1, 7, -7]))
-    bterm[27:29] = ((1 << 62), -(1 << 62))
+    shift, mult, bterm = _preshift_operands_at_edges(rng, c)
     acc = rng.integers(-bound, bound + 1, (c, n)).astype(np.int64)
     acc[:, :5] = (bound, -bound, 0, 1, -1)
     # accumulators right at and next to code boundaries: acc M + bterm = j 2^s (+-1) for some codes j
@@ -1147,12 +1158,7 @@ def test_depthwise_preshift_bit_exact(kind, s):
     target = VNNI512
     c, h, k = 24, 16 * s, 3
     rng = np.random.default_rng(2016 + s)
-    x = rng.integers(0, 256, (1, c, h, h)).astype(np.uint8)
-    x[0, 0] = 255
-    wt = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
-    wt[0] = -128
-    bias = rng.integers(-20000, 20000, c).astype(np.int32)
-    mult = rng.integers(2**29, 2**31, c).astype(np.int32)
+    x, wt, bias, mult = _dw_operands(rng, c, h, k)
     shift = np.concatenate([np.arange(20, 41), [23, 23, 31]]).astype(np.int32)
     dw = DwConv(c, h, h, k, k, (s, s), (1, 1), (1, 1), 7, lo=1, hi=254, shift_min=20)
     assert dw.wo >= xdw.DW_PRESHIFT_MIN_WO
@@ -1575,14 +1581,7 @@ def test_gemm_preshift_bit_exact(monkeypatch, knobs, p):
     w[: o // 2] = np.where(np.arange(o // 2)[:, None] % 2 == 0, -128, 127)  # +-the bound on the first pixels
     acc = w.astype(np.int64) @ x.astype(np.int64)
     assert np.abs(acc).max() == bound and acc.max() == k * 255 * 127
-    shift = np.concatenate([np.arange(20, 41), rng.integers(20, 41, o - 21)]).astype(np.int32)
-    mult = rng.integers(1 << 29, 1 << 31, o).astype(np.int64)
-    mult[:3] = (0, 1, (1 << 31) - 1)
-    bterm = bias_term(rng.integers(-20000, 20000, o), mult, shift)
-    kk = np.maximum(0, 32 - shift.astype(np.int64))
-    edge = np.int64(1) << (62 - kk)
-    bterm[21:27] = edge[21:27] * np.array([1, -1, 1, -1, 1, -1]) + np.array([0, 0, 1, -1, 7, -7])
-    bterm[27:29] = ((1 << 62), -(1 << 62))
+    shift, mult, bterm = _preshift_operands_at_edges(rng, o)
     # bias terms that put code boundaries (acc M + bterm = j 2^s) next to the accumulators of the first pixels
     for ch in range(29, o):
         m, s = int(mult[ch]), int(shift[ch])

@@ -44,6 +44,7 @@ from qcompile.backends.tvm.schedules.conv import (
     gemm_requant_stages,
     gemm_tile,
     pack_weights,
+    parallel_chunk_of_tiles,
     schedule_gemm_chunks,
     schedule_gemm_pack,
     schedule_gemm_tiles,
@@ -474,13 +475,7 @@ def schedule_conv_rows(sch: s_tir.Schedule, tile: Any, conv: Any, pad: tuple[int
     c, j, rb_, ri_ = sch.get_loops(gm)
     co, ci = sch.split(c, [None, tile.to])
     jc, jo, jm, ji = sch.split(j, [None, r * conv.wo // tile.tp, tile.tp // tile.lanes, tile.lanes])
-    if p_outer:
-        sch.reorder(jc, jo, co, rb_, ci, jm, ji, ri_)
-        inner = sch.fuse(jo, co)
-    else:
-        sch.reorder(jc, co, jo, rb_, ci, jm, ji, ri_)
-        inner = sch.fuse(co, jo)
-    parallel_if_worth(sch, jc, tile.o * tile.pp * tile.kb * tile.g, kind)
+    inner = parallel_chunk_of_tiles(sch, tile, jc, co, jo, (rb_, ci, jm, ji, ri_), p_outer, kind)
     pk = sch.get_sblock("xpack")
     sch.compute_at(pk, jc)
     _, pj, pi = sch.get_loops(pk)[-3:]

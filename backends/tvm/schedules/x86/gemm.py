@@ -484,9 +484,12 @@ def schedule_conv_rows(sch: s_tir.Schedule, tile: Any, conv: Any, pad: tuple[int
     xp_blk = sch.get_sblock("xpad")
     sch.compute_at(xp_blk, jc)
     xl = sch.get_loops(xp_blk)
-    # the fill, then the copy of the chunk's input rows (the loop under the chunk: its channels)
-    if (any(conv.padding) or pad != (conv.h, conv.w)) and sch.can_decompose_padding(xp_blk, xl[-3]):
-        sch.decompose_padding(xp_blk, xl[-3])
+    # the fill, then the copy of the chunk's input rows, at the loop under the chunk `xl[0]` (its channels; its
+    # rows where one input channel leaves no channel loop): decomposing at the chunk loop itself would rebuild the
+    # chunk loop and drop the tile loops scheduled under it (a 1-channel 3x3 conv failed so, session 16)
+    if (len(xl) > 1 and (any(conv.padding) or pad != (conv.h, conv.w))
+            and sch.can_decompose_padding(xp_blk, xl[1])):
+        sch.decompose_padding(xp_blk, xl[1])
     sch.vectorize(sch.get_loops(sch.get_sblock("xpad"))[-1])
     finish_gemm_tile(sch, tile, intrin, gm, inner, rb_, ci, jm, ji, unroll_epilogue=unroll_epilogue,
                      epilogue_lanes=epilogue_lanes)

@@ -627,8 +627,8 @@ def native_driver(mod: Any, direct_calls: bool = True, profile: bool = True, fol
 def driver_info(mod: Any) -> dict | None:
     """The driver of a lowered module: {"calls": kernel symbols in call order, "arena_bytes", "blob_bytes",
     "finite_checked" (main's inputs the driver refuses NaN/inf in), "finite_in_kernel" (those of them a kernel
-    checks, not a `finite_check` call), "profile": whether its profiling twin is compiled beside it}; None without a
-    driver, "input_align" (`DRIVER_INPUT_ALIGN_ATTR`)}."""
+    checks, not a `finite_check` call), "profile" (whether its profiling twin is compiled beside it), "input_align"
+    (the byte alignment it needs of main's inputs, `DRIVER_INPUT_ALIGN_ATTR`)}; None without a driver."""
     names = {gv.name_hint for gv in mod.functions}
     for gv, f in mod.functions.items():
         if gv.name_hint == DRIVER_NAME and f.attrs is not None and DRIVER_CALLS_ATTR in f.attrs:

@@ -184,6 +184,7 @@ def program_requant_operands(meta: dict, program: IntegerGraph | None) -> dict[s
     under. Empty without a program (a library lowered without one); kernels without a `requantize` node (or whose
     accumulator has no constant bias) are left out: `kernel_timing_args` gives them its defaults."""
     from qcompile.backends.tvm.schedules.requant import bias_term
+    from qcompile.ops.graph import _fetch_attr
 
     if program is None:
         return {}
@@ -192,10 +193,7 @@ def program_requant_operands(meta: dict, program: IntegerGraph | None) -> dict[s
     def const(a: Any) -> np.ndarray | None:
         if getattr(a, "op", None) != "get_attr":
             return None
-        obj: Any = program
-        for part in a.target.split("."):  # a dotted get_attr target, as `IntegerGraph` stores its constants
-            obj = getattr(obj, part)
-        return obj.detach().cpu().numpy()
+        return _fetch_attr(program, a.target).detach().cpu().numpy()
 
     out: dict[str, RequantOperands] = {}
     for k in meta.get("kernels", []):

@@ -24,6 +24,7 @@ from qcompile.backends.tvm.schedules.requant import (
     preshift_applies,
     preshift_operands,
     requant_expr,
+    u8s8_acc_bound,
 )
 from qcompile.backends.tvm.strategy import OpCall, register_strategy
 from qcompile.errors import ConfigError, LoweringError
@@ -158,7 +159,7 @@ class DwConv(ConvGeometry):
 def dw_acc_bound(dw: DwConv) -> int:
     """Largest `|acc|` of a depthwise layer's int32 accumulator before its bias: `KH*KW` products of a uint8 code (or
     the padding code, also in [0, 255]) and an int8 weight, `KH*KW*255*128`."""
-    return dw.kh * dw.kw * 255 * 128
+    return u8s8_acc_bound(dw.kh * dw.kw)
 
 
 def dw_preshift_applies(dw: DwConv) -> bool:

@@ -48,8 +48,8 @@ __all__ = [
     "add_int32",
     "add_int32_applies",
     "preshift_applies",
-    "preshift_bterm",
     "preshift_operands",
+    "u8s8_acc_bound",
     "apply_post",
     "bias_term",
     "pair_lowering",
@@ -147,6 +147,12 @@ def add_int32(a: tirx.PrimExpr, b: tirx.PrimExpr, m_a: int, m_b: int, off: int, 
     return tirx.Max(tirx.Min(r, c(hi)), c(lo)).astype("uint8")
 
 
+def u8s8_acc_bound(terms: int) -> int:
+    """Largest `|acc|` of an int32 sum of `terms` products of a uint8 code and an int8 weight: `terms*255*128`
+    (a depthwise KHxKW layer: `KH*KW` terms; a GEMM: K, its zero-padded reduction rows adding nothing)."""
+    return terms * 255 * 128
+
+
 def preshift_applies(shift_min: int, acc_bound: int) -> bool:
     """Whether `preshift_operands` is exact for every channel of a layer whose shifts are at least `shift_min` and
     whose int32 accumulators satisfy `|acc| <= acc_bound` (a depthwise KHxKW layer on uint8 codes and int8
@@ -176,14 +182,14 @@ def preshift_operands(acc: tirx.PrimExpr, bterm: tirx.PrimExpr,
     are the channel's scalars (LLVM hoists them out of the unrolled rows of the 28-112 px depthwise layers, not out of
     the 7-14 px ones' rolled epilogue loop: `x86.depthwise.DW_PRESHIFT_MIN_WO`)."""
     k = _preshift_k(shift)
-    return tirx.shift_left(acc, k), preshift_bterm(bterm, shift), shift + k
+    return tirx.shift_left(acc, k), _preshift_bterm(bterm, shift), shift + k
 
 
 def _preshift_k(shift: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.max(tirx.const(32, "int32") - shift, tirx.const(0, "int32"))
 
 
-def preshift_bterm(bterm: tirx.PrimExpr, shift: tirx.PrimExpr) -> tirx.PrimExpr:
+def _preshift_bterm(bterm: tirx.PrimExpr, shift: tirx.PrimExpr) -> tirx.PrimExpr:
     """`preshift_operands`' bias term (a channel's scalar)."""
     i64 = "int64"
     k = _preshift_k(shift)

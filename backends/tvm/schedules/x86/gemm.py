@@ -50,7 +50,7 @@ from qcompile.backends.tvm.schedules.conv import (
     schedule_gemm_tiles,
 )
 from qcompile.backends.tvm.schedules.parallel import estimated_us, min_parallel_us, parallel_if_worth
-from qcompile.backends.tvm.schedules.requant import preshift_applies
+from qcompile.backends.tvm.schedules.requant import preshift_applies, u8s8_acc_bound
 from qcompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def gemm_preshift_applies(gc: GemmConv, mode: str) -> bool:
     padded reduction rows being zero), and `requant.preshift_applies` for its smallest shift and that bound
     (K = 16: shifts >= 20 (as 3x3 depthwise); K = 960: >= 26)."""
     return (gc.lo is not None and gc.shift_min < 32 and MODES[mode][2:] == ("uint8", "int8")
-            and preshift_applies(gc.shift_min, gc.k * 255 * 128))
+            and preshift_applies(gc.shift_min, u8s8_acc_bound(gc.k)))
 
 
 def choose_mode(target: tvm.target.Target, w: np.ndarray | None, act_max: int) -> str:

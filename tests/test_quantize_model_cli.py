@@ -87,6 +87,8 @@ def test_lower_and_run_accept_it(subnet_dir, tmp_path, capsys):
 
 def test_export_onnx_and_calibrate_accept_it(subnet_dir, tmp_path):
     pytest.importorskip("onnxruntime")
+    import onnx
+
     from qcompile.backends.onnx.runtime import OnnxRunner
 
     path = tmp_path / "m.onnx"
@@ -95,6 +97,12 @@ def test_export_onnx_and_calibrate_accept_it(subnet_dir, tmp_path):
     x = torch.zeros(1, 3, 16, 16).uniform_(-1, 1)
     got = OnnxRunner(path, threads=1).run_all(x.numpy())["output"]
     np.testing.assert_array_equal(got, qc.to_integer(gm)(x).numpy())
+    u8 = tmp_path / "u8.onnx"  # --weights reaches the exporter: every integer layer uint8, still bit-exact
+    assert main(["export-onnx", str(subnet_dir), "--format", "qoperator", "--weights", "uint8", "--out", str(u8)]) == 0
+    props = {p.key: p.value for p in onnx.load(str(u8)).metadata_props}
+    assert props["qcompile.weights"] == "uint8"
+    assert set(json.loads(props["qcompile.weight_storage"]).values()) == {"uint8"}
+    np.testing.assert_array_equal(OnnxRunner(u8, threads=1).run_all(x.numpy())["output"], got)
     again = tmp_path / "again"
     assert main(["calibrate", str(subnet_dir), "--out", str(again)]) == 0
     _, gm2, _ = load_subnet(again)

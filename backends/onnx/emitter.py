@@ -42,6 +42,17 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("qdq", "qoperator")
 
+#: How conv / linear weight codes are stored (`OnnxExportOptions.weights`): "int8" codes with zero point 0,
+#: "uint8" codes `w + 128` with zero point 128 (the same integers), or "auto": uint8 for a layer whose codes
+#: leave [-64, 64], int8 otherwise. Why: onnxruntime's MLAS u8 x s8 GEMM on x86 without VNNI (AVX2, AVX-512
+#: without VNNI) adds pairs of u8 * s8 products with `vpmaddubsw` into a *saturating* int16, and
+#: 2 * 255 * 127 > 32767; its u8 x u8 path widens to int16 first and is exact (docs/qdq.md, measured).
+WEIGHT_STORAGE = ("auto", "int8", "uint8")
+
+#: With |w| <= 64 no pair of u8 * s8 products leaves int16 (2 * 255 * 64 = 32640 <= 32767): the bound under
+#: which onnxruntime's own Avx2WeightS8ToU8Transformer (`session.x64quantprecision`) leaves a layer int8.
+U8S8_SAFE_ABS_WEIGHT = 64
+
 
 @dataclass(frozen=True)
 class ValueInfo:
@@ -108,10 +119,13 @@ def _pair(v: int | Sequence[int], what: str, node: fx.Node) -> tuple[int, int]:
 class Emitter:
     """Builds the ONNX node list for one IntegerGraph; see the module docstring for the encodings."""
 
-    def __init__(self, gm: fx.GraphModule, info: dict[str, ValueInfo], fmt: str):
+    def __init__(self, gm: fx.GraphModule, info: dict[str, ValueInfo], fmt: str, weights: str = "int8"):
         if fmt not in FORMATS:
             raise LoweringError("onnx export", f"format {fmt!r} is unknown", f"use one of {FORMATS}")
-        self.gm, self.info, self.fmt = gm, info, fmt
+        if weights not in WEIGHT_STORAGE:
+            raise LoweringError("onnx export", f"weights {weights!r} is unknown", f"use one of {WEIGHT_STORAGE}")
+        self.gm, self.info, self.fmt, self.weights = gm, info, fmt, weights
+        self.weight_storage: dict[str, str] = {}  # conv / linear node -> "int8" | "uint8"
         self.nodes: list = []
         self.inits: list = []
         self._used: set[str] = set()
@@ -249,6 +263,20 @@ class Emitter:
         lo, hi = int(w.min()), int(w.max())
         self.weight_ranges[node.name] = {"min": lo, "max": hi, "bits": _sbits(lo, hi)}
 
+    def weight_codes(self, node: fx.Node, w: torch.Tensor, base: str, zp_shape: tuple[int, ...]) -> tuple[str, str]:
+        """(weight codes, weight zero point) initializers for the int8 codes `w` of `node`, stored as
+        `WEIGHT_STORAGE` says: int8 with zero point 0, or uint8 `w + 128` with zero point 128 (exact under
+        onnxruntime's u8 x u8 kernels on every x86 host). The choice is recorded in `weight_storage`."""
+        storage = self.weights
+        if storage == "auto":
+            storage = "int8" if int(w.to(torch.int16).abs().max()) <= U8S8_SAFE_ABS_WEIGHT else "uint8"
+        self.weight_storage[node.name] = storage
+        if storage == "uint8":
+            codes, zp = (w.to(torch.int16) + 128).to(torch.uint8).numpy(), np.full(zp_shape, 128, np.uint8)
+        else:
+            codes, zp = w.numpy(), np.zeros(zp_shape, np.int8)
+        return self.const(codes, base), self.const(zp, f"{base}zp")
+
     # -- driver ---------------------------------------------------------------------------------------------
     def run(self) -> None:
         if self.fmt == "qdq":
@@ -352,9 +380,12 @@ def _conv2d(e: Emitter, n: fx.Node) -> None:
         e.define(n, e.op("Cast", [acc], n.name, to=onnx_dtype(torch.int64)), torch.int64)
         e.exact_float_convs.append(n.name)
         return
-    ins = [x, e.const(w.numpy(), f"{n.name}_w")]
-    if pv:
+    wq, wzp = e.weight_codes(n, w, f"{n.name}_w", ())
+    ins = [x, wq]
+    if pv or e.weight_storage[n.name] == "uint8":
         ins.append(e.const(np.uint8(pv), "pad_code"))
+    if e.weight_storage[n.name] == "uint8":
+        ins.append(wzp)
     acc = e.op("ConvInteger", ins, n.name, **attrs)
     acc = e.op("Cast", [acc], n.name, to=onnx_dtype(torch.int64))
     acc = e.op("Add", [acc, e.const(e.channel(b, 4), f"{n.name}_bias")], n.name)
@@ -366,8 +397,11 @@ def _linear(e: Emitter, n: fx.Node) -> None:
     w = e.tensor(a["w"], n, "weight")
     e.record_weight(n, w)
     bias = e.tensor(a["bias"], n, "bias").to(torch.int64).numpy()
-    acc = e.op("MatMulInteger", [e.get(a["x"], torch.uint8, n), e.const(w.T.contiguous().numpy(), f"{n.name}_wT")],
-               n.name)
+    wq, wzp = e.weight_codes(n, w.T.contiguous(), f"{n.name}_wT", ())
+    ins = [e.get(a["x"], torch.uint8, n), wq]
+    if e.weight_storage[n.name] == "uint8":
+        ins += [e.const(np.uint8(0), "zp_u8_0"), wzp]
+    acc = e.op("MatMulInteger", ins, n.name)
     acc = e.op("Cast", [acc], n.name, to=onnx_dtype(torch.int64))
     acc = e.op("Add", [acc, e.const(bias, f"{n.name}_bias")], n.name)
     e.define(n, acc, torch.int64)
@@ -414,10 +448,9 @@ def _requantize_qdq(e: Emitter, n: fx.Node, src: fx.Node, m: np.ndarray, s: np.n
     one = e.const(np.float32(1.0), "one_f32")
     x = e.op("DequantizeLinear", [e.get(a["x"], torch.uint8, src), one, e.const(np.uint8(pv), "zp_u8")],
              f"{src.name}_x")
-    wq = e.const(w.numpy(), f"{src.name}_w")
+    wq, wzp = e.weight_codes(src, w, f"{src.name}_w", (nout,))
     wscale = e.const(scale32, f"{src.name}_wscale")
-    wf = e.op("DequantizeLinear", [wq, wscale, e.const(np.zeros(nout, np.int8), f"{src.name}_wzp")],
-              f"{src.name}_w", axis=0)
+    wf = e.op("DequantizeLinear", [wq, wscale, wzp], f"{src.name}_w", axis=0)
     # bias in the QDQ convention: int32 codes with scale x_scale * w_scale = w_scale
     bf = e.op("DequantizeLinear", [e.const(b.astype(np.int32), f"{src.name}_bias"), wscale,
                                    e.const(np.zeros(nout, np.int32), f"{src.name}_bzp")], f"{src.name}_b", axis=0)
@@ -561,8 +594,8 @@ def _requantize_float(e: Emitter, n: fx.Node) -> None:
         raise LoweringError(f"node {src.name}", "bias exceeds int32", "export with format='qoperator'")
     w_scale = np.broadcast_to(w_scale, (nout,)).astype(np.float32)
     x = _dq(e, src, sa["x"], xs, zx, f"{src.name}_x")
-    wf = e.op("DequantizeLinear", [e.const(w.numpy(), f"{src.name}_w"), e.const(w_scale, f"{src.name}_wscale"),
-                                   e.const(np.zeros(nout, np.int8), f"{src.name}_wzp")], f"{src.name}_w", axis=0)
+    wq, wzp = e.weight_codes(src, w, f"{src.name}_w", (nout,))
+    wf = e.op("DequantizeLinear", [wq, e.const(w_scale, f"{src.name}_wscale"), wzp], f"{src.name}_w", axis=0)
     bscale = (_f32(xs) * w_scale).astype(np.float32)  # the QDQ bias convention: scale x_scale * w_scale, zp 0
     bf = e.op("DequantizeLinear", [e.const(b.numpy().astype(np.int32), f"{src.name}_bias"),
                                    e.const(bscale, f"{src.name}_bscale"),

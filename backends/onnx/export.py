@@ -24,7 +24,7 @@ import torch
 from torch import fx
 
 from qcompile.backends.onnx._deps import require_onnx
-from qcompile.backends.onnx.emitter import FORMATS, Emitter, ValueInfo, onnx_dtype
+from qcompile.backends.onnx.emitter import FORMATS, WEIGHT_STORAGE, Emitter, ValueInfo, onnx_dtype
 from qcompile.errors import LoweringError
 from qcompile.ops.meta import program_meta
 
@@ -53,6 +53,12 @@ class OnnxExportOptions:
     input_shape: NCHW input shape; default the graph's `ProgramMeta` (`qcompile.ops.meta.program_meta`).
     dynamic_batch: declare the batch dimension symbolic ("N").
     debug_outputs: also output every op's value as `qc/<node name>` (for per-op comparisons).
+    weights: how conv / linear weight codes are stored (`emitter.WEIGHT_STORAGE`). "auto" (default): int8
+        where every code is in [-64, 64], else uint8 codes `w + 128` with zero point 128; exact under
+        onnxruntime on every host. "int8": int8 everywhere, the fastest on x86 with VNNI and on ARM, but on x86
+        without VNNI (AVX2, AVX-512 without VNNI) onnxruntime's u8 x s8 QLinearConv / QGemm / MatMulInteger
+        saturate pairs of products at int16 unless the session sets `session.x64quantprecision=1`
+        (`OnnxRunner` does there). "uint8": uint8 everywhere (docs/qdq.md, "Weights on x86 without VNNI").
     """
 
     format: str = "qoperator"
@@ -61,12 +67,16 @@ class OnnxExportOptions:
     ir_version: int = DEFAULT_IR_VERSION
     dynamic_batch: bool = True
     debug_outputs: bool = False
+    weights: str = "auto"
 
     def __post_init__(self) -> None:
         from qcompile.errors import ConfigError
 
         if self.format not in FORMATS:
             raise ConfigError("format", self.format, FORMATS)
+        if self.weights not in WEIGHT_STORAGE:
+            raise ConfigError("weights", self.weights, WEIGHT_STORAGE,
+                              "how conv/linear weight codes are stored; 'auto' is exact on every host")
         if not 7 <= self.ir_version <= 13:
             raise ConfigError("ir_version", self.ir_version, "7..13", "onnxruntime 1.31 reads IR <= 13")
         if self.opset < 21:
@@ -147,7 +157,7 @@ def build_onnx_model(ig_or_subnet: Any, options: OnnxExportOptions | None = None
         raise LoweringError("export_onnx", f"graph has {len(placeholders)} inputs", "export graphs with one input")
     shape = _input_shape(gm, opts.input_shape)
     rec = trace_values(gm, torch.zeros(shape, dtype=torch.float32))
-    em = Emitter(gm, rec.info, opts.format)
+    em = Emitter(gm, rec.info, opts.format, opts.weights)
     em.run()
     if opts.format == "qdq":
         _round_before_float_ops(em)
@@ -187,9 +197,12 @@ def build_onnx_model(ig_or_subnet: Any, options: OnnxExportOptions | None = None
         "qcompile.quant_policy": _json(meta["policy"]),
         "qcompile.activation_ranges": _json(em.ranges),
         "qcompile.weight_ranges": _json(em.weight_ranges),
-        "qcompile.containers": "activation codes uint8, weight codes int8; narrower bit-widths are stored in these "
-                               "8-bit containers and clamped to the ranges in qcompile.activation_ranges / "
+        "qcompile.containers": "activation codes uint8, weight codes int8 (zero point 0) or uint8 (w + 128, zero "
+                               "point 128) per layer as in qcompile.weight_storage; narrower bit-widths are stored "
+                               "in these 8-bit containers and clamped to the ranges in qcompile.activation_ranges / "
                                "qcompile.weight_ranges",
+        "qcompile.weights": opts.weights,
+        "qcompile.weight_storage": _json(em.weight_storage),
         "qcompile.float32_islands": _json(em.float32_islands),
         "qcompile.qdq_fused": _json(em.fused),
         "qcompile.exact_float32_convs": _json(em.exact_float_convs),
@@ -289,6 +302,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     debug_outputs: bool = False,
     check_inputs: Any = None,
+    weights: str = "auto",
 ) -> Path:
     """Write `ig_or_subnet` as an ONNX model to `path` and return the path.
 
@@ -300,6 +314,10 @@ def export_onnx(
     and round-half-up have no QDQ form): it warns (`QdqApproximationWarning`) and, given `check_inputs`
     (images, e.g. the calibration batches `qc.calibrate` keeps a sample of), says by how much: the share of
     inputs whose onnxruntime top-1 equals the integer program's. The "qdq" flavour exports exactly.
+
+    weights="auto" stores a layer's weights as uint8 (zero point 128) where int8 codes could saturate
+    onnxruntime's u8 x s8 kernels on x86 hosts without VNNI, so the file is exact wherever it runs;
+    weights="int8" is for files that run on VNNI or ARM hosts only (`OnnxExportOptions`).
     """
     from qcompile.errors import CheckpointError
     from qcompile.utils.io import atomic_write
@@ -307,7 +325,7 @@ def export_onnx(
     require_onnx()
     opts = OnnxExportOptions(format=format, input_shape=None if input_shape is None else tuple(input_shape),
                              opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
-                             debug_outputs=debug_outputs)
+                             debug_outputs=debug_outputs, weights=weights)
     path = Path(path)
     # checked before any work or write: never replace a directory or a file that is not a model
     if path.is_dir():

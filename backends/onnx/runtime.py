@@ -69,11 +69,17 @@ def _scale_of(gm: fx.GraphModule, n: fx.Node, ndim: int) -> np.ndarray | None:
 
 
 def compare_with_reference(ig: fx.GraphModule, x: np.ndarray | torch.Tensor, format: str = "qoperator",
-                           threads: int | None = None) -> ReferenceComparison:
-    """Export `ig` with every op as an output, run it in onnxruntime on `x`, diff against `ig`'s values."""
+                           threads: int | None = None, weights: str | None = None,
+                           x64_quant_precision: bool = False) -> ReferenceComparison:
+    """Export `ig` with every op as an output, run it in onnxruntime on `x`, diff against `ig`'s values.
+
+    `weights` is the export's weight storage (`OnnxExportOptions.weights`; None: its default),
+    `x64_quant_precision` the session option of `OnnxRunner`."""
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    model = build_onnx_model(ig, OnnxExportOptions(format=format, input_shape=tuple(xt.shape), debug_outputs=True))
-    got = OnnxRunner(model, threads=threads).run_all(xt.numpy())
+    storage = {} if weights is None else {"weights": weights}
+    model = build_onnx_model(ig, OnnxExportOptions(format=format, input_shape=tuple(xt.shape), debug_outputs=True,
+                                                   **storage))
+    got = OnnxRunner(model, threads=threads, x64_quant_precision=x64_quant_precision).run_all(xt.numpy())
     ref = trace_values(ig, xt, keep=True).values
     diffs = []
     for n in ig.graph.nodes:

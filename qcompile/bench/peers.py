@@ -139,10 +139,16 @@ def ort_float32(path: str | Path, threads: int) -> Runner:
 
 
 def export_ours(integer_graph: object, path: str | Path, fmt: str, batch_shape: Sequence[int]) -> Path:
-    """`export_onnx(integer_graph, format=fmt)` at the batch's shape (`qcompile.backends.onnx`)."""
-    from qcompile.backends.onnx import export_onnx
+    """`export_onnx(integer_graph, format=fmt)` at the batch's shape (`qcompile.backends.onnx`).
 
-    return Path(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape)))
+    The file runs here, so its weight storage is chosen for this host: int8 where onnxruntime's u8 x s8 GEMM
+    is exact (VNNI x86, ARM: the fast kernels), else "auto" (uint8 for layers whose int8 codes could saturate
+    `vpmaddubsw`'s int16 pairs; docs/qdq.md)."""
+    from qcompile.backends.onnx import export_onnx
+    from qcompile.backends.onnx.session import u8s8_exact_host
+
+    weights = "int8" if u8s8_exact_host() else "auto"
+    return Path(export_onnx(integer_graph, path, format=fmt, input_shape=tuple(batch_shape), weights=weights))
 
 
 def _require_openvino() -> Any:

@@ -278,7 +278,7 @@ def cmd_export_onnx(args) -> int:
         raise CheckpointError(f"{out}: is a directory (name the .onnx file to write, e.g. {out / 'model.onnx'})")
     pipeline = _pipeline(args)
     _, sub, _ = _load_calibrated(args.subnet)
-    qc.export_onnx(sub, args.out, format=args.format, pipeline=pipeline)
+    qc.export_onnx(sub, args.out, format=args.format, pipeline=pipeline, weights=args.weights)
     print(f"ONNX ({args.format}) written to {args.out}")
     return 0
 
@@ -474,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-onnx", help="export a calibrated subnet to ONNX")
     s.add_argument("subnet", help="calibrated subnet directory")
     s.add_argument("--format", default="qdq", choices=("qdq", "qoperator"))
+    s.add_argument("--weights", default="auto", choices=("auto", "int8", "uint8"),
+                   help="weight storage: auto (uint8 where int8 could saturate onnxruntime on x86 without VNNI; "
+                        "exact on every host), int8 (VNNI/ARM hosts only), uint8 (docs/qdq.md)")
     _pipeline_args(s)
     s.add_argument("--out", required=True, help="model.onnx path")
     s.set_defaults(fn=cmd_export_onnx)

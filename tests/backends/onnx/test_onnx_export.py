@@ -19,7 +19,7 @@ from qcompile.backends.onnx import (
     compare_with_reference,
     export_onnx,
 )
-from qcompile.backends.onnx.export import OnnxExportOptions
+from qcompile.backends.onnx.export import OnnxExportOptions, trace_values
 from qcompile.errors import ConfigError, LoweringError
 from qcompile.ops import INTEGER_OPS, QDQ_OPS, IntegerGraphBuilder
 from qcompile.ops import reference as R
@@ -214,6 +214,81 @@ def test_wide_conv_uses_convinteger_and_int64_division_exactly():
     assert "ConvInteger" in ops and "Div" in ops and "Conv" not in ops
     assert compare_with_reference(ig, x, format="qoperator").max_codes == 0
     assert compare_with_reference(ig, x, format="qdq").max_codes <= 1
+
+
+def _saturating_graph(seed: int = 11):
+    """quantize -> 1x1 conv (64 -> 8 channels) -> requantize -> flatten -> linear -> dequantize_acc, weights
+    full-range int8 (+-127, -128) and input codes 204..255: pairs of u8 x s8 products leave int16."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.tensor([-128, -127, -100, 100, 127], dtype=torch.int8)
+    w_conv = pick[torch.randint(0, 5, (8, 64, 1, 1), generator=g)]
+    w_fc = pick[torch.randint(0, 5, (4, 8 * 3 * 3), generator=g)]
+    b = IntegerGraphBuilder()
+    q = b.call(R.quantize, b.input("x"), 255.0, 0.5, 255)
+    acc = b.call(R.conv2d, q, b.const(w_conv), b.const(torch.full((8,), 200 << 13, dtype=torch.int32)))
+    y = b.call(R.requantize, acc, b.const(torch.full((8,), 1 << 30, dtype=torch.int32)),
+               b.const(torch.full((8,), 43, dtype=torch.int32)), lo=0, hi=255)  # acc / 2^13 + 200
+    fc = b.call(R.linear, b.call(R.flatten, y), b.const(w_fc), b.const(torch.zeros(4, dtype=torch.int32)))
+    out = b.call(R.dequantize_acc, fc, b.const(torch.full((4,), 1e-4, dtype=torch.float64)))
+    ig = b.build(out, meta={"input_shape": [2, 64, 3, 3]})
+    x = 0.8 + 0.2 * torch.rand(2, 64, 3, 3, generator=g)
+    return ig, x, w_conv, w_fc
+
+
+def _int16_pair_overflows(codes: torch.Tensor, w: torch.Tensor) -> int:
+    """How many pairs of adjacent-K products x[k] w[o, k] + x[k+1] w[o, k+1] (k even; `vpmaddubsw`'s pairs
+    along the reduction) leave int16: codes [N, K] uint8, w [O, K] int8."""
+    p = codes.to(torch.int64)[:, None, :] * w.to(torch.int64)[None]  # [N, O, K]
+    s = p[..., 0::2] + p[..., 1::2]
+    return int(((s > 32767) | (s < -32768)).sum())
+
+
+def test_u8s8_saturating_layers_are_stored_uint8_and_exact():
+    """A conv and a linear whose u8 x s8 product pairs exceed int16: onnxruntime's MLAS saturates them on x86
+    without VNNI (`vpmaddubsw`) when the weights are int8; the default storage ("auto") writes them as uint8
+    with zero point 128 (the exact u8 x u8 kernels), in QLinearConv (qdq) and MatMulInteger (both formats)."""
+    from qcompile.backends.onnx.session import u8s8_exact_host
+
+    ig, x, w_conv, w_fc = _saturating_graph()
+    vals = trace_values(ig, x, keep=True).values
+    codes_in = vals["quantize"].permute(0, 2, 3, 1).reshape(-1, 64)  # conv input codes, one row per pixel
+    assert _int16_pair_overflows(codes_in, w_conv.reshape(8, 64)) > 100  # premise: the conv saturates
+    assert _int16_pair_overflows(vals["flatten"], w_fc) > 10  # premise: the linear saturates
+    # qoperator runs this conv as an exact float32 Conv (sum|w| * 255 < 2^24), so it has no integer weights
+    for fmt, tol, stored in (("qoperator", 0, {"linear"}), ("qdq", 1, {"conv2d", "linear"})):
+        cmp = compare_with_reference(ig, x, format=fmt)
+        assert cmp.max_codes <= tol, (fmt, cmp.table())
+        assert cmp.top1_equal
+        assert json.loads(cmp.meta["qcompile.weight_storage"]) == dict.fromkeys(stored, "uint8")
+        # int8 weights with onnxruntime's own remedy (session.x64quantprecision): exact on every host
+        assert compare_with_reference(ig, x, format=fmt, weights="int8", x64_quant_precision=True).max_codes <= tol
+        plain = compare_with_reference(ig, x, format=fmt, weights="int8")
+        if u8s8_exact_host():  # VNNI (vpdpbusd accumulates in int32) or not x86: int8 weights are exact
+            assert plain.max_codes <= tol, plain.table()
+        else:  # the saturation this storage avoids, measured on AVX2 Zen 3: thousands of codes
+            assert plain.max_codes > 100, plain.table()
+    m = build_onnx_model(ig, OnnxExportOptions(format="qdq", weights="uint8"))
+    w_init = {t.name: t for t in m.graph.initializer}
+    assert w_init["conv2d_w"].data_type == onnx.TensorProto.UINT8
+    assert (onnx.numpy_helper.to_array(w_init["conv2d_w"]).astype(np.int64) - 128 == w_conv.numpy()).all()
+
+
+def test_auto_weight_storage_keeps_int8_where_pairs_fit_int16(all_ops_graph):
+    """|w| <= 64 cannot saturate (2 * 255 * 64 = 32640): "auto" keeps those layers int8 (the VNNI fast path),
+    "uint8" stores every layer uint8 and is as exact; an unknown storage is a ConfigError naming the field."""
+    ig, x = all_ops_graph
+    m = build_onnx_model(ig, OnnxExportOptions(format="qdq"))
+    props = {p.key: p.value for p in m.metadata_props}
+    ranges = json.loads(props["qcompile.weight_ranges"])
+    storage = json.loads(props["qcompile.weight_storage"])
+    assert set(storage) == set(ranges) and props["qcompile.weights"] == "auto"
+    for name, r in ranges.items():
+        assert storage[name] == ("int8" if max(-r["min"], r["max"]) <= 64 else "uint8"), (name, r)
+    assert "int8" in storage.values() and "uint8" in storage.values()  # the fixture has both kinds
+    for fmt, tol in (("qoperator", 0), ("qdq", 1)):
+        assert compare_with_reference(ig, x, format=fmt, weights="uint8").max_codes <= tol
+    with pytest.raises(ConfigError, match="weights.*'int4'.*auto"):
+        OnnxExportOptions(weights="int4")
 
 
 def test_small_convs_run_as_exact_float32_convs(all_ops_graph):

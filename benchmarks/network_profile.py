@@ -17,7 +17,7 @@ differ most between the first two libraries. `--env NAME:VAR=VALUE ...` sets a v
 loaded and bound, so one export can be compared under two runtime settings:
 
     TVM_NUM_THREADS=2 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.network_profile --threads 2 --rounds 40 \\
-        --compare old=DIR new=DIR --env old:QCOMPILE_HUGE_PAGES=0
+        --compare old=DIR new=DIR --env new:QCOMPILE_HUGE_PAGES=1
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _bind_env(envs: list[str] | None, names: list[str]) -> dict[str, dict[str, s
 def compare(specs: list[str], rounds: int, repeat: int, top: int, envs: list[str] | None = None) -> dict:
     """Interleaved network and per-call minima of the libraries `specs` (NAME=DIR; see the module docstring).
     `envs` (`NAME:VAR=VALUE`): environment variables set while library NAME is loaded and bound (its first call),
-    e.g. `QCOMPILE_HUGE_PAGES=0`, to compare one library under two runtime settings."""
+    e.g. `QCOMPILE_HUGE_PAGES=1`, to compare one library under two runtime settings."""
     import time
 
     import numpy as np

@@ -747,25 +747,27 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw[start : start + n].view(dtype).reshape(shape)
 
 
-#: Environment variable: "1" (default: unset or "") puts the driver's constant blob and arena on transparent huge
-#: pages when `Lowered` binds the driver (`huge_empty`); "0" keeps them on the library's constant and a plain
-#: `aligned_empty` arena (4 KiB pages)
+#: Environment variable: "1" puts the driver's constant blob (a copy of the library's, +blob bytes of memory) and
+#: arena on transparent huge pages when `Lowered` binds the driver (`huge_empty`); "0", unset or "" (the default)
+#: keeps the library's constant and a plain `aligned_empty` arena (4 KiB pages). Off by default: on the Zen 3 host
+#: (AVX2, 2 vCPUs, load 9-13) two interleaved 1-thread runs of MobileNetV2 gave sums of in-network call minima
+#: 9409 -> 9322 us and 9192 -> 9290 us, no effect beyond the noise (docs/peers.md, session 17, engineer D)
 ENV_HUGE_PAGES = "QCOMPILE_HUGE_PAGES"
 #: x86-64's transparent huge page (2 MiB): `huge_empty`'s alignment and size granule
 HUGE_PAGE = 2 << 20
 
 
 def huge_pages() -> bool:
-    """Whether `Lowered` binds the driver's blob and arena on huge pages (`ENV_HUGE_PAGES`); `ConfigError` for a
-    value other than "", "0" or "1"."""
+    """Whether `Lowered` binds the driver's blob and arena on huge pages (`ENV_HUGE_PAGES`, off unless "1");
+    `ConfigError` for a value other than "", "0" or "1"."""
     import os
 
     from qcompile.errors import ConfigError
 
     raw = os.environ.get(ENV_HUGE_PAGES, "")
     if raw not in ("", "0", "1"):
-        raise ConfigError(ENV_HUGE_PAGES, raw, '"1" (huge pages, the default), "0" (4 KiB pages) or unset')
-    return raw != "0"
+        raise ConfigError(ENV_HUGE_PAGES, raw, '"1" (huge pages), "0" or unset (4 KiB pages, the default)')
+    return raw == "1"
 
 
 def huge_empty(nbytes: int) -> np.ndarray:

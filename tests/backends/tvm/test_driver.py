@@ -627,22 +627,26 @@ def test_huge_empty_is_aligned_zeroed_and_advised():
 
 
 def test_driver_blob_and_arena_on_huge_pages(mbv2_x86, mbv2_graph, tmp_path, monkeypatch):
-    """By default (`QCOMPILE_HUGE_PAGES` unset) `__call__` binds the driver's constant blob, copied byte for byte
-    from the library's, and its arena at 2 MiB boundaries in mappings advised `MADV_HUGEPAGE`; with "0" the blob
-    is the library's constant itself and the arena a plain 64-byte aligned buffer. Outputs equal the reference
-    executor's either way, on several inputs; a bad setting is a `ConfigError` naming the variable at the first
-    call."""
+    """With `QCOMPILE_HUGE_PAGES=1` `__call__` binds the driver's constant blob, copied byte for byte from the
+    library's, and its arena at 2 MiB boundaries in mappings advised `MADV_HUGEPAGE`; by default (unset) and with
+    "0" the blob is the library's constant itself and the arena a plain 64-byte aligned buffer. Outputs equal the
+    reference executor's either way, on several inputs; a bad setting is a `ConfigError` naming the variable at
+    the first call."""
     from qcompile.backends.tvm.driver import DRIVER_BLOB_NAME, ENV_HUGE_PAGES, HUGE_PAGE
     from qcompile.errors import ConfigError
 
     path = mbv2_x86.export(tmp_path / "lib")
     lows = {}
-    for setting in ("", "0"):
-        monkeypatch.setenv(ENV_HUGE_PAGES, setting)
+    for setting in ("1", "0", None):
+        if setting is None:
+            monkeypatch.delenv(ENV_HUGE_PAGES)
+        else:
+            monkeypatch.setenv(ENV_HUGE_PAGES, setting)
         lows[setting] = load(path)
         lows[setting](make_input(mbv2_graph, 0))  # binds under the setting
-    monkeypatch.delenv(ENV_HUGE_PAGES)
-    on, off = lows[""], lows["0"]
+    on, off = lows["1"], lows["0"]
+    default = np.from_dlpack(lows[None]._driver_args[1])
+    assert default.ctypes.data == np.from_dlpack(lows[None]._native_vm()[DRIVER_BLOB_NAME]()).ctypes.data
     blob_on, arena_on = (np.from_dlpack(on._driver_args[i]) for i in (1, 3))
     blob_off, arena_off = (np.from_dlpack(off._driver_args[i]) for i in (1, 3))
     vm_blob = np.from_dlpack(on._native_vm()[DRIVER_BLOB_NAME]())

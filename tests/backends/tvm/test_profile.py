@@ -126,8 +126,8 @@ def test_network_profile_compare_binds_each_library_under_its_env(mbv2_x86, tmp_
         return low
 
     monkeypatch.setattr(qc, "load", spy)
-    res = npf.compare([f"old={path}", f"new={path}"], rounds=2, repeat=2, top=3, envs=[f"old:{ENV_HUGE_PAGES}=0"])
-    assert seen == {0: False, 1: True}  # old on 4 KiB pages, new on huge pages (the default)
+    res = npf.compare([f"old={path}", f"new={path}"], rounds=2, repeat=2, top=3, envs=[f"new:{ENV_HUGE_PAGES}=1"])
+    assert seen == {0: False, 1: True}  # old on 4 KiB pages (the default), new on huge pages
     assert ENV_HUGE_PAGES not in os.environ
     assert set(res) == {"old", "new"} and res["old"]["calls"] == res["new"]["calls"]
     assert "outputs equal" in capsys.readouterr().out

@@ -13,7 +13,11 @@ the stamped network, the plain driver timed from Python and the kernels alone, a
 driver): outputs checked equal to the first library's, then `--rounds` rounds (order reversed every other round, a
 50 ms pause before each library), each `--repeat` profiled + plain runs per library; prints per library the
 plain driver's minimum and median of round minima and the stamped minimum, then the calls whose in-network minima
-differ most between the first two libraries.
+differ most between the first two libraries. `--env NAME:VAR=VALUE ...` sets a variable while library NAME is
+loaded and bound, so one export can be compared under two runtime settings:
+
+    TVM_NUM_THREADS=2 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.network_profile --threads 2 --rounds 40 \\
+        --compare old=DIR new=DIR --env new:QCOMPILE_HUGE_PAGES=1
 """
 
 from __future__ import annotations
@@ -43,8 +47,27 @@ def _rebuilt(src: Path, out: Path, untuned: bool) -> Path:
     return new.export(out)
 
 
-def compare(specs: list[str], rounds: int, repeat: int, top: int) -> dict:
-    """Interleaved network and per-call minima of the libraries `specs` (NAME=DIR; see the module docstring)."""
+def _bind_env(envs: list[str] | None, names: list[str]) -> dict[str, dict[str, str]]:
+    """`--env NAME:VAR=VALUE` entries as {library name: {VAR: VALUE}}; `ConfigError` for a malformed entry or an
+    unknown library name."""
+    from qcompile.errors import ConfigError
+
+    out: dict[str, dict[str, str]] = {}
+    for e in envs or ():
+        name, sep, assign = e.partition(":")
+        var, eq, value = assign.partition("=")
+        if not sep or not eq or not var:
+            raise ConfigError("--env", e, "NAME:VAR=VALUE")
+        if name not in names:
+            raise ConfigError("--env", e, f"a library name of --compare: {names}")
+        out.setdefault(name, {})[var] = value
+    return out
+
+
+def compare(specs: list[str], rounds: int, repeat: int, top: int, envs: list[str] | None = None) -> dict:
+    """Interleaved network and per-call minima of the libraries `specs` (NAME=DIR; see the module docstring).
+    `envs` (`NAME:VAR=VALUE`): environment variables set while library NAME is loaded and bound (its first call),
+    e.g. `QCOMPILE_HUGE_PAGES=1`, to compare one library under two runtime settings."""
     import time
 
     import numpy as np
@@ -52,15 +75,28 @@ def compare(specs: list[str], rounds: int, repeat: int, top: int) -> dict:
     from qcompile import api as qc
     from qcompile.backends.tvm.profile import Stamper
 
+    parsed = [spec.partition("=")[::2] for spec in specs]
+    env = _bind_env(envs, [n for n, _ in parsed])
     libs = {}
-    for spec in specs:
-        name, _, path = spec.partition("=")
-        libs[name] = qc.load(Path(path))
-    first = next(iter(libs.values()))
-    x = np.random.default_rng(0).standard_normal(first.input_shape).astype(np.float32)
-    want = first(x)
+    outs = {}
+    x = None
+    for name, path in parsed:
+        saved = {k: os.environ.get(k) for k in env.get(name, {})}
+        os.environ.update(env.get(name, {}))
+        try:
+            libs[name] = qc.load(Path(path))
+            if x is None:
+                x = np.random.default_rng(0).standard_normal(libs[name].input_shape).astype(np.float32)
+            outs[name] = libs[name](x)  # binds the driver under the library's settings
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    want = next(iter(outs.values()))
     for k, low in libs.items():
-        if not np.array_equal(low(x), want):
+        if not np.array_equal(outs[k], want) or not np.array_equal(low(x), want):
             raise AssertionError(f"{k}: output differs from {next(iter(libs))}'s")
     st = {k: Stamper(low) for k, low in libs.items()}
     for s in st.values():
@@ -100,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("lowered", type=Path, nargs="?")
     ap.add_argument("--compare", nargs="+", default=None, metavar="NAME=DIR")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--env", nargs="+", default=None, metavar="NAME:VAR=VALUE",
+                    help="with --compare: set VAR=VALUE while library NAME is loaded and bound")
     ap.add_argument("--json", type=Path, default=None, help="with --compare: write the results here")
     ap.add_argument("--rebuild", action="store_true", help="lower the export's program again into --out")
     ap.add_argument("--untuned", action="store_true", help="with --rebuild: default schedules, no database")
@@ -112,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     from qcompile import api as qc
 
     if args.compare:
-        res = compare(args.compare, args.rounds, args.repeat, args.top or 12)
+        res = compare(args.compare, args.rounds, args.repeat, args.top or 12, args.env)
         if args.json is not None:
             import json
 

@@ -41,7 +41,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["DRIVER_NAME", "PROFILE_NAME", "DRIVER_CALLS_ATTR", "NativeDriver", "native_driver", "driver_info",
-           "aligned_empty"]
+           "aligned_empty", "huge_empty", "huge_pages", "HUGE_PAGE"]
 
 DRIVER_NAME = "qc_driver"
 #: the driver's profiling twin in the same library: the same calls, plus a cycle-counter stamp before each call
@@ -745,3 +745,54 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     raw = np.empty(n + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
     return raw[start : start + n].view(dtype).reshape(shape)
+
+
+#: Environment variable: "1" puts the driver's constant blob (a copy of the library's, +blob bytes of memory) and
+#: arena on transparent huge pages when `Lowered` binds the driver (`huge_empty`); "0", unset or "" (the default)
+#: keeps the library's constant and a plain `aligned_empty` arena (4 KiB pages). Off by default: on the Zen 3 host
+#: (AVX2, 2 vCPUs, load 9-13) two interleaved 1-thread runs of MobileNetV2 gave sums of in-network call minima
+#: 9409 -> 9322 us and 9192 -> 9290 us, no effect beyond the noise (docs/peers.md, session 17, engineer D)
+ENV_HUGE_PAGES = "QCOMPILE_HUGE_PAGES"
+#: x86-64's transparent huge page (2 MiB): `huge_empty`'s alignment and size granule
+HUGE_PAGE = 2 << 20
+
+
+def huge_pages() -> bool:
+    """Whether `Lowered` binds the driver's blob and arena on huge pages (`ENV_HUGE_PAGES`, off unless "1");
+    `ConfigError` for a value other than "", "0" or "1"."""
+    import os
+
+    from qcompile.errors import ConfigError
+
+    raw = os.environ.get(ENV_HUGE_PAGES, "")
+    if raw not in ("", "0", "1"):
+        raise ConfigError(ENV_HUGE_PAGES, raw, '"1" (huge pages), "0" or unset (4 KiB pages, the default)')
+    return raw == "1"
+
+
+def huge_empty(nbytes: int) -> np.ndarray:
+    """A zeroed uint8 array of `nbytes` at the start of an anonymous mapping aligned to `HUGE_PAGE` and rounded up
+    to whole huge pages, advised `MADV_HUGEPAGE` before its first touch: with transparent huge pages in `madvise`
+    (or `always`) mode the kernel backs it with 2 MiB pages, so the driver's 7 MB MobileNetV2 blob takes 4 TLB
+    entries instead of ~1750 (madvise(2), Documentation/admin-guide/mm/transhuge.rst). Where the kernel has no
+    `MADV_HUGEPAGE` (not Linux) or refuses it, the mapping stays on small pages, which every kernel reads the
+    same: only the speed differs. The array keeps its mapping alive (numpy holds the buffer)."""
+    import mmap
+
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+        from qcompile.errors import ConfigError
+
+        raise ConfigError("nbytes", nbytes, "a non-negative byte count")
+    size = max(-(-int(nbytes) // HUGE_PAGE), 1) * HUGE_PAGE
+    m = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = np.frombuffer(m, np.uint8)
+    start = -raw.ctypes.data % HUGE_PAGE
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            m.madvise(advice, start, size)
+        except OSError as e:  # THP compiled out of the kernel: 4 KiB pages, same bytes
+            log.debug("madvise(MADV_HUGEPAGE) refused (%s): the blob and arena stay on 4 KiB pages", e)
+    out = raw[start:start + int(nbytes)]
+    out.fill(0)  # first touch after the advice: the faults allocate huge pages
+    return out

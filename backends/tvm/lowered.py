@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qcompile.backends.tvm.driver import aligned_empty
+from qcompile.backends.tvm.driver import aligned_empty, huge_empty, huge_pages
 from qcompile.backends.tvm.emitter import emit_relax
 from qcompile.backends.tvm.pipeline import Pipeline, build_pass, default_pipeline
 from qcompile.backends.tvm.targets import TargetSpec, resolve_target
@@ -425,8 +425,9 @@ class Lowered:
             self._bound[shape] = (arr, tvm.runtime.from_dlpack(arr))
         self._in_array, self._in_tensor = self._bound[shape]
         if self._main is None:
-            self._main = self._native_vm()["main"]
-            self._bind_driver()
+            main = self._native_vm()["main"]
+            self._bind_driver()  # first: a bad `QCOMPILE_HUGE_PAGES` leaves nothing half bound
+            self._main = main
 
     def _bind_driver(self) -> None:
         """Call the native driver (`driver.py`) directly, out of the VM: `main` would allocate an output and an
@@ -451,7 +452,16 @@ class Lowered:
 
         blob = vm[DRIVER_BLOB_NAME]()
         out = aligned_empty(out_shape, out_dtype)
-        arena = aligned_empty((int(info["arena_bytes"]),), np.dtype(np.uint8))
+        if huge_pages():
+            # the blob's bytes copied once onto huge pages, and the arena there too (`driver.huge_empty`); the
+            # kernels read the same bytes at the same offsets, so outputs are unchanged
+            host = blob.numpy().view(np.uint8).reshape(-1)
+            arena = huge_empty(int(info["arena_bytes"]))
+            blob_arr = huge_empty(host.size)
+            blob_arr[:] = host
+            blob = tvm.runtime.from_dlpack(blob_arr)
+        else:
+            arena = aligned_empty((int(info["arena_bytes"]),), np.dtype(np.uint8))
         self._out_array = out
         # the tensors share the arrays' memory and keep them alive (DLPack)
         self._driver_args = (self._in_tensor, blob, tvm.runtime.from_dlpack(out), tvm.runtime.from_dlpack(arena))

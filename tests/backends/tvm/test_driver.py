@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -586,3 +587,85 @@ def test_thread_pool_benchmark_runs_each_setting_in_its_own_process(mbv2_x86, tm
     assert res["spin=3000"]["env"]["TVM_THREAD_POOL_SPIN_COUNT"] == "3000"
     for v in res.values():
         assert len(v["sample"]) == 4 and len(v["burst"]) == 2 and min(v["sample"] + v["burst"]) > 0
+
+
+def _vm_flags(addr: int) -> list[str]:
+    """The `VmFlags` of this process's mapping holding `addr` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def _thp_available() -> bool:
+    import os
+
+    return os.path.exists("/proc/self/smaps") and os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def test_huge_empty_is_aligned_zeroed_and_advised():
+    """`huge_empty`: a zeroed array of exactly the bytes asked, at a `HUGE_PAGE` boundary, in a mapping advised
+    `MADV_HUGEPAGE` (smaps' `hg` flag, madvise(2)); a bad size is a `ConfigError` naming it."""
+    from qcompile.backends.tvm.driver import HUGE_PAGE, huge_empty
+    from qcompile.errors import ConfigError
+
+    for n in (1, 64, HUGE_PAGE - 1, HUGE_PAGE, 3 * HUGE_PAGE + 5):
+        a = huge_empty(n)
+        assert a.dtype == np.uint8 and a.shape == (n,) and a.ctypes.data % HUGE_PAGE == 0 and a.flags.writeable
+        assert not a.any()
+        a[-1] = 7  # the last byte is ours
+        if _thp_available():
+            assert "hg" in _vm_flags(a.ctypes.data)
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(ConfigError, match="nbytes"):
+            huge_empty(bad)
+
+
+def test_driver_blob_and_arena_on_huge_pages(mbv2_x86, mbv2_graph, tmp_path, monkeypatch):
+    """With `QCOMPILE_HUGE_PAGES=1` `__call__` binds the driver's constant blob, copied byte for byte from the
+    library's, and its arena at 2 MiB boundaries in mappings advised `MADV_HUGEPAGE`; by default (unset) and with
+    "0" the blob is the library's constant itself and the arena a plain 64-byte aligned buffer. Outputs equal the
+    reference executor's either way, on several inputs; a bad setting is a `ConfigError` naming the variable at
+    the first call."""
+    from qcompile.backends.tvm.driver import DRIVER_BLOB_NAME, ENV_HUGE_PAGES, HUGE_PAGE
+    from qcompile.errors import ConfigError
+
+    path = mbv2_x86.export(tmp_path / "lib")
+    lows = {}
+    for setting in ("1", "0", None):
+        if setting is None:
+            monkeypatch.delenv(ENV_HUGE_PAGES)
+        else:
+            monkeypatch.setenv(ENV_HUGE_PAGES, setting)
+        lows[setting] = load(path)
+        lows[setting](make_input(mbv2_graph, 0))  # binds under the setting
+    on, off = lows["1"], lows["0"]
+    default = np.from_dlpack(lows[None]._driver_args[1])
+    assert default.ctypes.data == np.from_dlpack(lows[None]._native_vm()[DRIVER_BLOB_NAME]()).ctypes.data
+    blob_on, arena_on = (np.from_dlpack(on._driver_args[i]) for i in (1, 3))
+    blob_off, arena_off = (np.from_dlpack(off._driver_args[i]) for i in (1, 3))
+    vm_blob = np.from_dlpack(on._native_vm()[DRIVER_BLOB_NAME]())
+    assert blob_on.ctypes.data % HUGE_PAGE == 0 and arena_on.ctypes.data % HUGE_PAGE == 0
+    assert blob_on.nbytes == vm_blob.nbytes == on.meta["driver"]["blob_bytes"]
+    assert arena_on.nbytes == arena_off.nbytes == on.meta["driver"]["arena_bytes"]
+    np.testing.assert_array_equal(blob_on, vm_blob)
+    assert not np.shares_memory(blob_on, vm_blob)
+    assert blob_off.ctypes.data == np.from_dlpack(off._native_vm()[DRIVER_BLOB_NAME]()).ctypes.data
+    assert arena_off.ctypes.data % ALIGN == 0
+    if _thp_available():
+        assert "hg" in _vm_flags(blob_on.ctypes.data) and "hg" in _vm_flags(arena_on.ctypes.data)
+        assert "hg" not in _vm_flags(arena_off.ctypes.data)
+    for seed in range(1, 4):
+        x = make_input(mbv2_graph, seed, scale=1.0 + seed)
+        want = G.reference(mbv2_graph, x)
+        np.testing.assert_array_equal(on(x), want)
+        np.testing.assert_array_equal(off(x), want)
+    monkeypatch.setenv(ENV_HUGE_PAGES, "yes")
+    bad = load(path)
+    with pytest.raises(ConfigError, match=ENV_HUGE_PAGES):
+        bad(make_input(mbv2_graph, 0))

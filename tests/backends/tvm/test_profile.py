@@ -3,6 +3,7 @@ one row per driver call in order, stamps consistent with the call timed from Pyt
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -98,3 +99,38 @@ def test_only_x86_libraries_get_the_twin(mbv2_graph, mbv2_x86):
     assert arm.meta["driver"] is not None and arm.meta["driver"]["profile"] is False
     with pytest.raises(LoweringError, match="without the profiling driver"):
         arm.profile(make_input(mbv2_graph, 1))
+
+
+def test_network_profile_compare_binds_each_library_under_its_env(mbv2_x86, tmp_path, monkeypatch, capsys):
+    """`benchmarks.network_profile --compare ... --env NAME:VAR=VALUE`: one export compared under two runtime
+    settings (here `QCOMPILE_HUGE_PAGES`), each library bound under its own and the variable restored after; the
+    outputs were checked equal. A malformed entry or an unknown library name is a `ConfigError` naming `--env`."""
+    import qcompile.api as qc
+    from benchmarks import network_profile as npf
+    from qcompile.backends.tvm.driver import ENV_HUGE_PAGES, HUGE_PAGE
+
+    path = mbv2_x86.export(tmp_path / "lib")
+    monkeypatch.delenv(ENV_HUGE_PAGES, raising=False)
+    seen = {}
+    load = qc.load
+
+    def spy(p):
+        low = load(p)
+        orig = low._bind_driver
+
+        def bind():
+            orig()
+            seen[len(seen)] = np.from_dlpack(low._driver_args[1]).ctypes.data % HUGE_PAGE == 0
+
+        low._bind_driver = bind
+        return low
+
+    monkeypatch.setattr(qc, "load", spy)
+    res = npf.compare([f"old={path}", f"new={path}"], rounds=2, repeat=2, top=3, envs=[f"new:{ENV_HUGE_PAGES}=1"])
+    assert seen == {0: False, 1: True}  # old on 4 KiB pages (the default), new on huge pages
+    assert ENV_HUGE_PAGES not in os.environ
+    assert set(res) == {"old", "new"} and res["old"]["calls"] == res["new"]["calls"]
+    assert "outputs equal" in capsys.readouterr().out
+    for bad in (["old=QCOMPILE_HUGE_PAGES=0"], ["old:QCOMPILE_HUGE_PAGES"], ["other:X=1"]):
+        with pytest.raises(ConfigError, match="--env"):
+            npf.compare([f"old={path}"], rounds=1, repeat=1, top=1, envs=bad)

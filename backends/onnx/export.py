@@ -58,7 +58,8 @@ class OnnxExportOptions:
         onnxruntime on every host. "int8": int8 everywhere, the fastest on x86 with VNNI and on ARM, but on x86
         without VNNI (AVX2, AVX-512 without VNNI) onnxruntime's u8 x s8 QLinearConv / QGemm / MatMulInteger
         saturate pairs of products at int16 unless the session sets `session.x64quantprecision=1`
-        (`OnnxRunner` does there). "uint8": uint8 everywhere (docs/qdq.md, "Weights on x86 without VNNI").
+        (`OnnxRunner(..., x64_quant_precision=True)`). "uint8": uint8 everywhere (docs/qdq.md, "Weights on x86
+        without VNNI").
     """
 
     format: str = "qoperator"

@@ -25,9 +25,12 @@ def u8s8_exact_host() -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    from qcompile.backends.tvm.targets import host_cpu_features
-
-    return bool({"avx512vnni", "avxvnni"} & host_cpu_features())
+    try:  # /proc/cpuinfo read here, not through the TVM backend: an onnx-only install has no TVM
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags))
 
 
 class OnnxRunner:

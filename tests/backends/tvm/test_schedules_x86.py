@@ -329,8 +329,10 @@ def test_default_gemm_knobs_by_shape():
     for k, p in ((16, 196), (32, 784), (29, 12544), (32, 3136), (96, 196), (64, 16), (64, 64)):
         # 14x14 (no 32 multiple), K = 29-32, 4x4 and 8x8 (8 and 16 lanes pad alike): the 12 x 16 tile
         assert default_knobs("vnni512", k, p) == GemmKnobs(12, 16), (k, p)
-    for mode in ("vnni", "u8s8", "i16"):
-        assert default_knobs(mode, 16, 49) == default_knobs(mode, 16, 12544) == GemmKnobs(8, 16)
+    assert default_knobs("vnni", 16, 49) == default_knobs("vnni", 16, 12544) == GemmKnobs(8, 16)
+    for mode in ("u8s8", "i16"):  # AVX2: 12 ymm accumulators (session 17, tests/backends/tvm/test_avx2_tiles.py)
+        assert default_knobs(mode, 16, 49) == GemmKnobs(12, 8)
+        assert default_knobs(mode, 16, 12544) == default_knobs(mode, 96, 196) == default_knobs(mode) == GemmKnobs(6, 16)
     assert default_knobs("vnni512", 160, 5) == GemmKnobs(21, 8, True, 8)  # one vector: 21 channels
 
 
@@ -351,8 +353,9 @@ def test_default_gemm_knobs_pack_over_pixel_chunks_where_k_exceeds_o_on_large_ma
     assert default_knobs("vnni512", 24, 3136, 144) == GemmKnobs(2, 64, store64=True, vshift=True)
     for k, p, o in ((144, 784, 32), (192, 784, 32), (384, 196, 64), (32, 3136, 32), (96, 3249, 24), (960, 49, 160)):
         assert default_knobs("vnni512", k, p, o).pack_tiles == 0, (k, p, o)
-    for mode in ("vnni", "u8s8", "i16"):
-        assert default_knobs(mode, 96, 3136, 24) == GemmKnobs(8, 16)
+    assert default_knobs("vnni", 96, 3136, 24) == GemmKnobs(8, 16)
+    for mode in ("u8s8", "i16"):  # the AVX2 tile, block packing (session 17)
+        assert default_knobs(mode, 96, 3136, 24) == GemmKnobs(6, 16)
     with pytest.raises(ConfigError, match="GemmKnobs.pack_tiles"):
         GemmKnobs(12, 16, pack_tiles=-1)
 

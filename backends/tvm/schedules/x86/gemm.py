@@ -240,7 +240,8 @@ def default_knobs(mode: str, k: int | None = None, p: int | None = None, o: int 
 
 def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int | None = None) -> GemmKnobs:
     """Untuned tile per mode: the most accumulators that still keep the tile on the stack (`tile_on_stack`);
-    12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with AVX2.
+    12 zmm rows of 16 pixels with AVX-512, 8 ymm rows of 16 pixels (two 8-lane steps) with 256-bit VNNI ("vnni");
+    the AVX2 modes ("i16", "u8s8") `_avx2_tile`'s 12 ymm accumulators (6 x 16, or 12 x 8 on 7x7 maps).
 
     Given the GEMM's reduction depth `k` and pixel count `p`, "vnni512" has two shape rules (1 thread, minima of
     interleaved rounds, docs/peers.md "session 12"):
@@ -264,6 +265,8 @@ def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int 
     0.76-0.79x the kernel with block packing, docs/peers.md sessions 12 and 13), in 2 x 64 tiles with `store64`
     where 64 | P (MobileNetV2's three such layers: 0.94-0.99x the 12 x 16 tile at 2 threads, 0.96-0.98x at 1).
     """
+    if mode in AVX2_MODES:
+        return _avx2_tile(p)
     if LANES.get(mode, 8) != 16:
         return GemmKnobs(8, 16)
     if mode == "vnni512" and p is not None:
@@ -279,6 +282,34 @@ def _default_tile(mode: str, k: int | None = None, p: int | None = None, o: int 
         if k is not None and o is not None and k > o and p >= PACK_PIXELS_MIN_P and p % 16 == 0:
             return GemmKnobs(12, 16, pack_tiles=PACK_CHUNK_PX // 16)
     return GemmKnobs(12, 16)
+
+
+#: the AVX2 modes (no VNNI): 8-lane `vpmaddwd` / `vpmaddubsw` + `vpmaddwd` steps on ymm, 16 registers in all
+AVX2_MODES = ("i16", "u8s8")
+#: `_avx2_tile`: accumulators of the AVX2 tile. 16 ymm registers hold 12 accumulators, the tile's activation vectors
+#: (2 of 16 pixels), the broadcast weight pair and `vpmaddwd`'s product before its `vpaddd`. The 8 x 16 tile (16
+#: accumulators, the default until session 17) spilled: LLVM kept accumulators on the stack and rotated 12
+#: `vmovdqa` per reduction step. The new tiles on MobileNetV2's 20 GEMMs: 0.81x the 8 x 16 sum at 1 thread, every
+#: layer 0.77-0.89x (AMD EPYC Zen 3, interleaved minima of thread CPU time, `benchmarks.avx2_tiles`, docs/peers.md
+#: session 17, engineer C)
+AVX2_ACC = 12
+#: `_avx2_tile`: GEMMs on at most this many pixels take one 8-lane vector per channel (`AVX2_ACC` x 8) where that pads
+#: fewer pixels than 16 (MobileNetV2's 7x7 layers: 49 -> 56 instead of 64)
+AVX2_NARROW_MAX_P = 64
+
+
+def _avx2_tile(p: int | None) -> GemmKnobs:
+    """The untuned tile of the AVX2 modes (`AVX2_MODES`): `AVX2_ACC` accumulators, 6 channels x 16 pixels (two
+    vectors per channel), or 12 x 8 on at most `AVX2_NARROW_MAX_P` pixels where 8-lane padding is shorter than
+    16-lane (MobileNetV2's five 7x7 GEMMs: 0.93-1.05x the 6 x 16 tile at 1 thread, weighted sum 0.97x).
+    `conv.fit_to` takes the largest divisor of O not above the channel count (O = 16, 32, 64: 4 channels; 160,
+    320, 1280 on 7x7: 10). "u8s8" (`vpmaddubsw`, then `vpmaddwd` with a register of ones) keeps 2 ymm stack
+    references in the 6 x 16 reduction loop against 12 with 8 x 16 (untimed: no 8-bit MobileNetV2 GEMM proves its
+    pairs safe). AVX-512 targets without VNNI also run "i16" on ymm, with 32 registers: this tile is not measured
+    there."""
+    if p is not None and p <= AVX2_NARROW_MAX_P and -(-p // 8) * 8 < -(-p // 16) * 16:
+        return GemmKnobs(AVX2_ACC, 8)
+    return GemmKnobs(AVX2_ACC // 2, 16)
 
 
 #: the requantize of a layer with shifts below 32 (`gemm_preshift_applies`): True takes the pre-shifted int32 tail

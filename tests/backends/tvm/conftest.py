@@ -60,6 +60,13 @@ def mbv2_dynamic(mbv2_graph):
     return lower_integer_graph(mbv2_graph, "x86", batch="dynamic")
 
 
+@pytest.fixture(scope="session")
+def mbv2_arm(mbv2_graph):
+    """`mbv2_like` cross-compiled for `arm_cpu` (aarch64), built once per session: ~5-20 s a build here, and three
+    test files (lower_arm, profile, tune_arm) only read or run it."""
+    return lower_integer_graph(mbv2_graph, "arm_cpu")
+
+
 def fresh(low):
     """A new `Lowered` over `low`'s compiled library: its run-time state (the VM, bound input buffers, the
     directly called driver) starts empty, as after `lower_integer_graph`, without compiling the program again

@@ -52,3 +52,28 @@ def mbv2_graph():
 @pytest.fixture(scope="session")
 def mbv2_x86(mbv2_graph):
     return lower_integer_graph(mbv2_graph, "x86")
+
+
+@pytest.fixture(scope="session")
+def mbv2_dynamic(mbv2_graph):
+    """`mbv2_like` in one library for any batch size (`batch="dynamic"`), built once per session."""
+    return lower_integer_graph(mbv2_graph, "x86", batch="dynamic")
+
+
+@pytest.fixture(scope="session")
+def mbv2_arm(mbv2_graph):
+    """`mbv2_like` cross-compiled for `arm_cpu` (aarch64), built once per session: ~5-20 s a build here, and three
+    test files (lower_arm, profile, tune_arm) only read or run it."""
+    return lower_integer_graph(mbv2_graph, "arm_cpu")
+
+
+def fresh(low):
+    """A new `Lowered` over `low`'s compiled library: its run-time state (the VM, bound input buffers, the
+    directly called driver) starts empty, as after `lower_integer_graph`, without compiling the program again
+    (a warm mbv2_like lowering costs ~5 s here). For tests that need a Lowered no earlier call has bound."""
+    import copy
+
+    from qcompile.backends.tvm.lowered import Lowered
+
+    return Lowered(low._lib_path, low._exec, low.spec, copy.deepcopy(low.meta), low.program, low.num_threads,
+                   low._workdir)

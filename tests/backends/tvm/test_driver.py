@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm_graphs as G
-from conftest import make_input, vm_calls, vm_pipeline
+from conftest import fresh, make_input, vm_calls, vm_pipeline
 
 from qcompile.backends.tvm import load, lower_integer_graph
 from qcompile.backends.tvm.driver import ALIGN, DRIVER_NAME, _first_fit, _Slot
@@ -74,9 +74,9 @@ def test_driver_export_load_threads_and_kernel_table(mbv2_x86, mbv2_graph, tmp_p
     assert set(mbv2_x86.meta["driver"]["calls"]) <= names and DRIVER_NAME not in names
 
 
-def test_dynamic_batch_keeps_the_vm_program(mbv2_graph):
+def test_dynamic_batch_keeps_the_vm_program(mbv2_dynamic, mbv2_graph):
     """A batch loop is not a straight line of static kernel calls: the VM program runs it, as before."""
-    low = lower_integer_graph(mbv2_graph, "x86", batch="dynamic")
+    low = fresh(mbv2_dynamic)
     assert low.meta["driver"] is None
     x = (np.random.default_rng(2).standard_normal((2, 3, 17, 15)) * 3).astype(np.float32)
     np.testing.assert_array_equal(low(x)[1:], G.reference(mbv2_graph, x[1:]))
@@ -246,20 +246,21 @@ def test_finite_check_on_the_bits(dtype, chunks):
                 check(tvm.runtime.tensor(y))
 
 
-def test_driver_through_main_where_not_called_directly(mbv2_graph, monkeypatch):
+def test_driver_through_main_where_not_called_directly(mbv2_x86, mbv2_graph, monkeypatch):
     """An output above `_COPY_OUT_MAX` bytes, or a library without `qc_driver_blob` (built before it), runs the
-    driver through the VM's `main` as before: bit-exact, NaN refused from Python."""
+    driver through the VM's `main` as before: bit-exact, NaN refused from Python. (Each case on a fresh `Lowered`
+    over the session's library: the driver is bound at the first call.)"""
     from qcompile.backends.tvm import driver, lowered
     from qcompile.errors import ConfigError
 
     x = make_input(mbv2_graph, 24)
     ref = G.reference(mbv2_graph, x)
-    low = lower_integer_graph(mbv2_graph, "x86")
+    low = fresh(mbv2_x86)
     with monkeypatch.context() as m:
         m.setattr(lowered, "_COPY_OUT_MAX", 0)
         np.testing.assert_array_equal(low(x), ref)
         assert low._driver is None and low._ready is None
-    again = lower_integer_graph(mbv2_graph, "x86")
+    again = fresh(mbv2_x86)
     monkeypatch.setattr(driver, "DRIVER_BLOB_NAME", "qc_not_there")
     y = again(x)
     assert again._driver is None
@@ -272,13 +273,13 @@ def test_driver_through_main_where_not_called_directly(mbv2_graph, monkeypatch):
         again(bad)
 
 
-def test_call_minus_driver_probe(mbv2_graph, monkeypatch):
+def test_call_minus_driver_probe(mbv2_x86, monkeypatch):
     """`benchmarks.overhead.call_minus_driver` (`--probe DIR`) times `__call__`, the driver and the input copy in
     interleaved rounds and reports their difference; a lowering whose `__call__` runs VM `main` is refused."""
     from benchmarks.overhead import call_minus_driver
     from qcompile.backends.tvm import lowered
 
-    low = lower_integer_graph(mbv2_graph, "x86")
+    low = fresh(mbv2_x86)
     res = call_minus_driver(low, rounds=3, calls=5)
     assert set(res["min_us"]) == {"call", "driver", "input_copy"}
     assert all(v > 0 for v in res["min_us"].values())
@@ -286,7 +287,7 @@ def test_call_minus_driver_probe(mbv2_graph, monkeypatch):
     assert res["input_bytes"] == 4 * int(np.prod(low.input_shape)) and 0 <= res["input_mod_64"] < 64
     monkeypatch.setattr(lowered, "_COPY_OUT_MAX", 0)
     with pytest.raises(ValueError, match="does not call the native driver"):
-        call_minus_driver(lower_integer_graph(mbv2_graph, "x86"), rounds=1, calls=1)
+        call_minus_driver(fresh(mbv2_x86), rounds=1, calls=1)
 
 
 def test_arena_affine_reuse_alternates_a_blocks_buffers(monkeypatch):

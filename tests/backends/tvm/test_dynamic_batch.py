@@ -34,11 +34,6 @@ def assert_every_batch_exact(low, ig, batches=BATCHES) -> None:
         np.testing.assert_array_equal(y, r)
 
 
-@pytest.fixture(scope="session")
-def mbv2_dynamic(mbv2_graph):
-    return lower_integer_graph(mbv2_graph, "x86", batch="dynamic")
-
-
 def test_dynamic_library_exact_at_every_batch(mbv2_dynamic, mbv2_graph, mbv2_x86):
     """mbv2_like has every integer kernel family: the stem conv and pointwise GEMMs, a depthwise conv with its LUT,
     squeeze-excite (integer mean and gate multiply), a residual add fused into a GEMM epilogue, rescale, the

@@ -79,7 +79,7 @@ def test_profile_refuses_what_it_cannot_time(mbv2_graph, mbv2_x86):
             mbv2_x86.profile(make_input(mbv2_graph, 1), repeat=bad)
 
 
-def test_only_x86_libraries_get_the_twin(mbv2_graph, mbv2_x86):
+def test_only_x86_libraries_get_the_twin(mbv2_graph, mbv2_x86, mbv2_arm):
     """`llvm.readcyclecounter` is `rdtsc` on x86-64 but a trapping PMU read on AArch64: only x86 targets get it
     (an arm_cpu library has a driver without the twin, and `profile` says so)."""
     import tvm
@@ -95,7 +95,7 @@ def test_only_x86_libraries_get_the_twin(mbv2_graph, mbv2_x86):
         assert not _x86_target()
     assert PROFILE_NAME != DRIVER_NAME
     assert mbv2_x86.meta["driver"]["profile"] is True
-    arm = lower_integer_graph(mbv2_graph, "arm_cpu")
+    arm = mbv2_arm
     assert arm.meta["driver"] is not None and arm.meta["driver"]["profile"] is False
     with pytest.raises(LoweringError, match="without the profiling driver"):
         arm.profile(make_input(mbv2_graph, 1))

@@ -191,12 +191,12 @@ def test_tuned_arm_lowering_bit_exact_under_qemu(db_root, qemu_rpc, mbv2_graph, 
 
 @needs_qemu
 @pytest.mark.qemu
-def test_qemu_server_runs_libraries_but_never_passes_for_a_board(qemu_rpc, mbv2_graph):
+def test_qemu_server_runs_libraries_but_never_passes_for_a_board(qemu_rpc, mbv2_graph, mbv2_arm):
     """The aarch64 server under qemu runs a lowered arm_cpu library through RPC bit-exact; `benchmark` labels its
     timing emulated, and a latency table refuses it as a board."""
     from qcompile.search.latency.remote import Boards
 
-    low = lower_integer_graph(mbv2_graph, "arm_cpu")
+    low = mbv2_arm
     x = make_input(mbv2_graph, 5)
     np.testing.assert_array_equal(low.run_remote(x, qemu_rpc.address), G.reference(mbv2_graph, x))
     res = low.benchmark(repeat=2, remote=qemu_rpc.address, kernels=False)

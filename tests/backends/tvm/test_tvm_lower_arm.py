@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.qemu,
 
 
 @pytest.fixture(scope="module")
-def arm_mbv2(mbv2_graph):
-    return lower_integer_graph(mbv2_graph, "arm_cpu")
+def arm_mbv2(mbv2_arm):
+    return mbv2_arm
 
 
 def test_arm_library_is_aarch64_elf(arm_mbv2, tmp_path):

@@ -577,6 +577,11 @@ class DwKnobs:
             raise ConfigError("DwKnobs.rows", self.rows, "1..16")
 
 
+#: output rows per step of the tap-pair kernel that `default_dw_knobs` gives stride-2 layers on rows of < 28 outputs
+#: on AVX2 without VNNI: 2 (2-4 accumulators at 7-14 outputs); 7 rows at 7 outputs (8 row vectors in flight, the
+#: pair kernel's usual rule) measured 1.25x slower there (576x14x14 s2 61.5 vs 49.2 us, Zen 3, 1 thread)
+AVX2_DW_S2_ROWS = 2
+
 #: widest output row (pixels) on which a 3x3 depthwise layer takes the row kernel even where VNNI tap quads exist
 #: (`default_dw_knobs`)
 ROW_KERNEL_MAX_WO_3X3 = 14
@@ -590,6 +595,12 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
     outputs, else 8 (7x7 layers 1.1-2.3x faster than pairs). Without: rows of >= 28 outputs take the
     tap-pair kernel (1.3-3x faster on 7x7 than the row kernel); 14-27: the row kernel at 16 lanes; shorter
     rows: 8 lanes (16 would be mostly padding). Rows per step: about 8 row vectors in flight.
+
+    AVX2 without VNNI (neither `avx512` nor `vnni`), stride-2 layers (`stride` 2) on rows of < 28 outputs: the
+    tap-pair kernel at 8 lanes, `AVX2_DW_S2_ROWS` rows per step, instead of the row kernel (its stride-de-interleaved
+    plane is padded per element, its taps widen and `vpmulld` one at a time, and with 4-7 rows per step LLVM kept
+    its tap vectors on the stack). AMD EPYC Zen 3, 1 thread, thread-CPU minima (docs/peers.md, "session 17,
+    engineer E"): MobileNetV2's 192x28x28 s2 71 -> 35 us, 576x14x14 s2 74 -> 49 us.
 
     Exception (`kw`, the kernel width, given): a 3x3 layer with rows of <= `ROW_KERNEL_MAX_WO_3X3` outputs on an
     AVX-512 VNNI target takes the row kernel (2 rows per step at 14 outputs, 1 at 7). There the quads kernel's
@@ -620,6 +631,8 @@ def default_dw_knobs(wo: int, avx512: bool, *, vnni: bool = False, kw: int | Non
         return DwKnobs(vec, True, _rows_for(wo, vec), taps=4)
     if wo >= 28:
         return DwKnobs(vec, True, _rows_for(wo, vec))
+    if not avx512 and stride == 2:
+        return DwKnobs(vec, True, AVX2_DW_S2_ROWS)
     return DwKnobs(vec, False, _rows_for(wo, vec))
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -111,3 +112,22 @@ def clean_minima(jobs: list[tuple[Any, str, Any, list]], rounds: int, max_delay_
         time.sleep(0.02)
     # a variant without one clean sample keeps its minimum over all samples (the tables mark that with *)
     return {key: (val if clean[key] else every[key]) for key, val in best.items()}, clean
+
+
+@contextmanager
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """`os.environ` with `values` set (None: the variable removed) inside the block, every variable as it was after."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

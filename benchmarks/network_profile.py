@@ -27,6 +27,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks._common import environment
+
 
 def _rebuilt(src: Path, out: Path, untuned: bool) -> Path:
     """`src`'s program lowered again by this checkout into `out` (kept when it already holds a lowering)."""
@@ -81,19 +83,11 @@ def compare(specs: list[str], rounds: int, repeat: int, top: int, envs: list[str
     outs = {}
     x = None
     for name, path in parsed:
-        saved = {k: os.environ.get(k) for k in env.get(name, {})}
-        os.environ.update(env.get(name, {}))
-        try:
+        with environment(env.get(name, {})):
             libs[name] = qc.load(Path(path))
             if x is None:
                 x = np.random.default_rng(0).standard_normal(libs[name].input_shape).astype(np.float32)
             outs[name] = libs[name](x)  # binds the driver under the library's settings
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     want = next(iter(outs.values()))
     for k, low in libs.items():
         if not np.array_equal(outs[k], want) or not np.array_equal(low(x), want):

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import median_us, rotating_rounds
+from benchmarks._common import environment, median_us, rotating_rounds
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +75,9 @@ def build(ig: Any, threads: int, threshold: str) -> Any:
     restored."""
     import qcompile as qc
 
-    env = _threshold_env(threshold)
-    saved = {k: os.environ.get(k) for k in (*env, "QCOMPILE_CACHE")}
-    try:
-        with tempfile.TemporaryDirectory() as empty:  # untuned: default schedules, no database records
-            os.environ["QCOMPILE_CACHE"] = empty
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            return qc.lower(ig, target="x86", num_threads=threads)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # untuned: default schedules, no database records
+    with tempfile.TemporaryDirectory() as empty, environment({**_threshold_env(threshold), "QCOMPILE_CACHE": empty}):
+        return qc.lower(ig, target="x86", num_threads=threads)
 
 
 def measure(builds: dict[str, Any], rounds: int, calls: int) -> dict[str, Any]:

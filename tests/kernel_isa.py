@@ -104,3 +104,23 @@ def _model_name() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+def stack_ymm_in_blocks_with(asm: str, instr: str) -> list[str]:
+    """The ymm loads and stores to the stack (`(%rsp)`) in the basic blocks of `asm` that hold a match of the regex
+    `instr` (a block ends at a label or a jump, so an epilogue after a loop's branch is not in the loop's block): a
+    spilled accumulator or tap vector there costs a load and a store on every reduction step. Asserts `instr`
+    occurs at all, so a kernel that lost the instruction cannot pass as spill-free."""
+    blocks, cur = [], []
+    for line in asm.splitlines():
+        if re.match(r"^\S+:", line):  # a label starts a block, a jump ends one
+            blocks.append(cur)
+            cur = []
+        cur.append(line)
+        if re.match(r"^\s+j\w+\s", line):
+            blocks.append(cur)
+            cur = []
+    blocks.append(cur)
+    hot = [b for b in blocks if any(re.search(instr, ln) for ln in b)]
+    assert hot, f"no {instr} in the kernel"
+    return [ln.strip() for b in hot for ln in b if "(%rsp)" in ln and "ymm" in ln]

@@ -8,8 +8,6 @@ shapes with odd and even sizes, 3x3 / 5x5 / 7x7 taps, several pad codes, and eve
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
@@ -49,24 +47,6 @@ def test_avx2_stride2_short_rows_default_to_tap_pairs():
     assert default_dw_knobs(7, True, vnni=True, kw=3, stride=2) == DwKnobs(8, False, 1)  # AVX512-VNNI
 
 
-def _stack_ymm_in_blocks_with(asm: str, instr: str) -> list[str]:
-    """ymm loads / stores to the stack (`(%rsp)`) in the basic blocks holding `instr` (a block ends at a label or a
-    jump): the tap loop's, where an accumulator or tap vector on the stack costs a load and a store per tap."""
-    blocks, cur = [], []
-    for line in asm.splitlines():
-        if re.match(r"^\S+:", line):
-            blocks.append(cur)
-            cur = []
-        cur.append(line)
-        if re.match(r"^\s+j\w+\s", line):
-            blocks.append(cur)
-            cur = []
-    blocks.append(cur)
-    hot = [b for b in blocks if any(re.search(instr, ln) for ln in b)]
-    assert hot, f"no {instr} in the kernel"
-    return [ln.strip() for b in hot for ln in b if "(%rsp)" in ln and "ymm" in ln]
-
-
 @pytest.mark.parametrize("c,h", [(192, 28), (576, 14)], ids=["192x28-s2", "576x14-s2"])
 def test_avx2_stride2_default_keeps_tap_loop_in_registers(c, h):
     """MobileNetV2's stride-2 depthwise layers with 14 and 7 outputs a row, built for AVX2 with the untuned knobs:
@@ -75,10 +55,10 @@ def test_avx2_stride2_default_keeps_tap_loop_in_registers(c, h):
     dw = DwConv(c, h, h, 3, 3, (2, 2), (1, 1), shift_min=36)
     kn = default_dw_knobs(dw.wo, False, kw=3, stride=2)
     asm = isa.assembly(tvm.compile(depthwise_kernel(dw, kn, target=AVX2), target=AVX2))
-    assert _stack_ymm_in_blocks_with(asm, r"vpmaddwd\s+.*%ymm") == []
+    assert isa.stack_ymm_in_blocks_with(asm, r"vpmaddwd\s+.*%ymm") == []
     old = DwKnobs(8, False, max(1, 8 // -(-dw.wo // 8)))
     asm = isa.assembly(tvm.compile(depthwise_kernel(dw, old, target=AVX2), target=AVX2))
-    assert _stack_ymm_in_blocks_with(asm, r"vpmulld\s+.*%ymm") != []
+    assert isa.stack_ymm_in_blocks_with(asm, r"vpmulld\s+.*%ymm") != []
 
 
 # (c, h, k, pad_value, shift range): outputs per row 7 (h 13, 14), 8 (h 15, 16) and 14 (h 28), odd and even sizes

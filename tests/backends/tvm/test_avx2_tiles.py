@@ -10,8 +10,6 @@ activation code boundary (0, 127, 128, 255) occurs.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
@@ -30,25 +28,6 @@ from tests import kernel_isa as isa  # noqa: E402
 AVX2 = isa.target("avx2")
 
 
-def _stack_ymm_in_dot_loops(asm: str) -> list[str]:
-    """The ymm loads and stores to the stack (`(%rsp)`) in the basic blocks that hold a `vpmaddwd` (the reduction
-    loops of an "i16" GEMM; a block ends at a label or a jump, so the epilogue after the loop's branch is not one of
-    them): a spilled accumulator is reloaded and stored there on every reduction step."""
-    blocks, cur = [], []
-    for line in asm.splitlines():
-        if re.match(r"^\S+:", line):  # a label starts a block, a jump ends one
-            blocks.append(cur)
-            cur = []
-        cur.append(line)
-        if re.match(r"^\s+j\w+\s", line):
-            blocks.append(cur)
-            cur = []
-    blocks.append(cur)
-    hot = [b for b in blocks if any("vpmaddwd" in ln for ln in b)]
-    assert hot, "no vpmaddwd in the kernel"
-    return [ln.strip() for b in hot for ln in b if "(%rsp)" in ln and "ymm" in ln]
-
-
 def _kernel_asm(k: int, p: int, o: int, knobs: GemmKnobs) -> str:
     lib = tvm.compile(pointwise_conv_x86(GemmConv(k, p, o, shift_min=40), "i16", knobs), target=AVX2)
     return isa.assembly(lib)
@@ -62,8 +41,8 @@ def test_avx2_default_tile_keeps_accumulators_in_registers(k, p, o):
     so the check can see a spill)."""
     kn = default_knobs("i16", k, p, o)
     assert kn == (GemmKnobs(12, 8) if p == 49 else GemmKnobs(6, 16))
-    assert _stack_ymm_in_dot_loops(_kernel_asm(k, p, o, kn)) == []
-    assert _stack_ymm_in_dot_loops(_kernel_asm(k, p, o, GemmKnobs(8, 16))) != []
+    assert isa.stack_ymm_in_blocks_with(_kernel_asm(k, p, o, kn), "vpmaddwd") == []
+    assert isa.stack_ymm_in_blocks_with(_kernel_asm(k, p, o, GemmKnobs(8, 16)), "vpmaddwd") != []
 
 
 def _gemm_ref(x, w, bias, mult, shift, lo, hi):
